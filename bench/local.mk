@@ -1,0 +1,1 @@
+# Benchmark programs (built by make, not run by make check).

@@ -1,0 +1,1 @@
+# Daemons: thin mains over the service modules.

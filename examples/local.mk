@@ -1,0 +1,1 @@
+# Examples: small programs using the public API.

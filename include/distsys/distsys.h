@@ -1,0 +1,14 @@
+/*
+ * libdistsys: resilient HTTP microservices in C. This umbrella header
+ * includes every public header.
+ */
+#ifndef DSYS_DISTSYS_H
+#define DSYS_DISTSYS_H
+
+#include <distsys/common.h>
+#include <distsys/log.h>
+#include <distsys/clock.h>
+#include <distsys/util.h>
+#include <distsys/config.h>
+
+#endif

@@ -1,0 +1,50 @@
+/*
+ * Internal helpers shared across the library (dsysi_ prefix, hidden).
+ * Not installed.
+ */
+#ifndef DSYSI_INTERNAL_H
+#define DSYSI_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <distsys/common.h>
+#include <distsys/log.h>
+
+#define DSYSI_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define DSYSI_UNUSED(x) ((void)(x))
+
+/** printf-style logging; the public dsys_log_write takes no varargs. */
+void dsysi_log(int level, const char *component, const char *fmt, ...)
+    DSYSI_PRINTF(3, 4);
+/** Nonzero when a record at this level would be written. */
+int dsysi_log_enabled(int level);
+
+/** Growable byte buffer, always NUL-terminated when data != NULL. */
+typedef struct dsysi_buf {
+  char *data;
+  size_t len;
+  size_t cap;
+  int oom; /* sticky: set when an append failed */
+} dsysi_buf;
+
+int dsysi_buf_append(dsysi_buf *b, const void *data, size_t len);
+int dsysi_buf_puts(dsysi_buf *b, const char *s);
+int dsysi_buf_printf(dsysi_buf *b, const char *fmt, ...) DSYSI_PRINTF(2, 3);
+int dsysi_buf_vprintf(dsysi_buf *b, const char *fmt, va_list ap);
+/** Take ownership of the data (never NULL on success: "" for empty). */
+char *dsysi_buf_steal(dsysi_buf *b, size_t *len);
+void dsysi_buf_free(dsysi_buf *b);
+
+/** strdup that accepts NULL (returns NULL). */
+char *dsysi_strdup(const char *s);
+/** Copy of (s, n) with a trailing NUL. */
+char *dsysi_strndup(const char *s, size_t n);
+/** ASCII case-insensitive equality. */
+int dsysi_streq_nocase(const char *a, const char *b);
+/** Percent-decode (s, n) into a new string; '+' is kept unless plus_space. */
+char *dsysi_url_decode(const char *s, size_t n, int plus_space);
+/** Number of online CPUs (at least 1). */
+unsigned dsysi_ncpu(void);
+
+#endif

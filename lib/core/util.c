@@ -1,0 +1,259 @@
+/* Random ids, base64url, constant-time comparison, small string helpers. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <bsd/stdlib.h>
+#include <distsys/util.h>
+#include "internal.h"
+
+void dsys_random_bytes(void *buf, size_t len) {
+  if (buf && len) arc4random_buf(buf, len);
+}
+
+uint32_t dsys_random_uniform(uint32_t upper) {
+  return upper ? arc4random_uniform(upper) : 0;
+}
+
+int dsys_random_hex(char *out, size_t outlen, size_t nbytes) {
+  static const char hex[] = "0123456789abcdef";
+  if (!out || outlen < 2 * nbytes + 1) return DSYS_EINVAL;
+  unsigned char raw[64];
+  size_t done = 0;
+  while (done < nbytes) {
+    size_t n = nbytes - done < sizeof raw ? nbytes - done : sizeof raw;
+    arc4random_buf(raw, n);
+    for (size_t i = 0; i < n; i++) {
+      out[2 * (done + i)] = hex[raw[i] >> 4];
+      out[2 * (done + i) + 1] = hex[raw[i] & 15];
+    }
+    done += n;
+  }
+  out[2 * nbytes] = '\0';
+  return 0;
+}
+
+static const char b64url[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+int dsys_base64url_encode(const void *data, size_t len, char **out) {
+  if (!out || (!data && len)) return DSYS_EINVAL;
+  const unsigned char *p = data;
+  size_t olen = (len / 3) * 4 + (len % 3 ? len % 3 + 1 : 0);
+  char *s = malloc(olen + 1);
+  if (!s) return DSYS_ENOMEM;
+  size_t o = 0, i = 0;
+  for (; i + 2 < len; i += 3) {
+    uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+    s[o++] = b64url[v >> 18];
+    s[o++] = b64url[(v >> 12) & 63];
+    s[o++] = b64url[(v >> 6) & 63];
+    s[o++] = b64url[v & 63];
+  }
+  if (len - i == 1) {
+    uint32_t v = (uint32_t)p[i] << 16;
+    s[o++] = b64url[v >> 18];
+    s[o++] = b64url[(v >> 12) & 63];
+  } else if (len - i == 2) {
+    uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
+    s[o++] = b64url[v >> 18];
+    s[o++] = b64url[(v >> 12) & 63];
+    s[o++] = b64url[(v >> 6) & 63];
+  }
+  s[o] = '\0';
+  *out = s;
+  return 0;
+}
+
+static int b64val(unsigned char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '-') return 62;
+  if (c == '_') return 63;
+  return -1;
+}
+
+int dsys_base64url_decode(const char *text, size_t len, void **out,
+                          size_t *outlen) {
+  if (!out || !outlen || (!text && len)) return DSYS_EINVAL;
+  /* Optional '=' padding, only at the end and only to a multiple of 4. */
+  size_t pad = 0;
+  while (len > 0 && text[len - 1] == '=') {
+    len--;
+    pad++;
+  }
+  if (pad > 2 || (pad && (len + pad) % 4 != 0) || len % 4 == 1)
+    return DSYS_EINVAL;
+  unsigned char *b = malloc(len / 4 * 3 + 3);
+  if (!b) return DSYS_ENOMEM;
+  size_t o = 0;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < len; i++) {
+    int v = b64val((unsigned char)text[i]);
+    if (v < 0) {
+      free(b);
+      return DSYS_EINVAL;
+    }
+    acc = (acc << 6) | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      b[o++] = (unsigned char)(acc >> bits);
+    }
+  }
+  /* Leftover bits must be zero for a canonical encoding. */
+  if (bits && (acc & ((1u << bits) - 1))) {
+    free(b);
+    return DSYS_EINVAL;
+  }
+  b[o] = 0;
+  *out = b;
+  *outlen = o;
+  return 0;
+}
+
+int dsys_ct_equal(const void *a, size_t alen, const void *b, size_t blen) {
+  if (alen != blen) return 0;
+  if (alen == 0) return 1;
+  if (!a || !b) return 0;
+  /* libbsd 0.11 (Debian 12) has no timingsafe_bcmp: accumulate the XOR of
+   * every byte so the loop never exits early; volatile keeps the compiler
+   * from turning it back into a short-circuit compare. */
+  const volatile unsigned char *x = a, *y = b;
+  unsigned char acc = 0;
+  for (size_t i = 0; i < alen; i++) acc |= (unsigned char)(x[i] ^ y[i]);
+  return acc == 0;
+}
+
+/* ---- internal string helpers ---- */
+
+char *dsysi_strdup(const char *s) { return s ? strdup(s) : NULL; }
+
+char *dsysi_strndup(const char *s, size_t n) {
+  char *d = malloc(n + 1);
+  if (!d) return NULL;
+  if (n) memcpy(d, s, n);
+  d[n] = '\0';
+  return d;
+}
+
+int dsysi_streq_nocase(const char *a, const char *b) {
+  if (!a || !b) return a == b;
+  for (; *a && *b; a++, b++) {
+    unsigned char x = (unsigned char)*a, y = (unsigned char)*b;
+    if (x >= 'A' && x <= 'Z') x += 32;
+    if (y >= 'A' && y <= 'Z') y += 32;
+    if (x != y) return 0;
+  }
+  return *a == *b;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+char *dsysi_url_decode(const char *s, size_t n, int plus_space) {
+  char *d = malloc(n + 1);
+  if (!d) return NULL;
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+      d[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+      i += 2;
+    } else if (plus_space && s[i] == '+') {
+      d[o++] = ' ';
+    } else {
+      d[o++] = s[i];
+    }
+  }
+  d[o] = '\0';
+  return d;
+}
+
+unsigned dsysi_ncpu(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (unsigned)n : 1;
+}
+
+/* ---- growable buffer ---- */
+
+static int buf_reserve(dsysi_buf *b, size_t extra) {
+  if (b->oom) return DSYS_ENOMEM;
+  if (b->len + extra + 1 <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 64;
+  while (cap < b->len + extra + 1) {
+    if (cap > SIZE_MAX / 2) {
+      b->oom = 1;
+      return DSYS_ENOMEM;
+    }
+    cap *= 2;
+  }
+  char *d = realloc(b->data, cap);
+  if (!d) {
+    b->oom = 1;
+    return DSYS_ENOMEM;
+  }
+  b->data = d;
+  b->cap = cap;
+  return 0;
+}
+
+int dsysi_buf_append(dsysi_buf *b, const void *data, size_t len) {
+  int rc = buf_reserve(b, len);
+  if (rc) return rc;
+  if (len) memcpy(b->data + b->len, data, len);
+  b->len += len;
+  b->data[b->len] = '\0';
+  return 0;
+}
+
+int dsysi_buf_puts(dsysi_buf *b, const char *s) {
+  return dsysi_buf_append(b, s, strlen(s));
+}
+
+int dsysi_buf_vprintf(dsysi_buf *b, const char *fmt, va_list ap) {
+  va_list ap2;
+  va_copy(ap2, ap);
+  int n = vsnprintf(NULL, 0, fmt, ap2);
+  va_end(ap2);
+  if (n < 0) return DSYS_EINVAL;
+  int rc = buf_reserve(b, (size_t)n);
+  if (rc) return rc;
+  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+  b->len += (size_t)n;
+  return 0;
+}
+
+int dsysi_buf_printf(dsysi_buf *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = dsysi_buf_vprintf(b, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+char *dsysi_buf_steal(dsysi_buf *b, size_t *len) {
+  if (b->oom) {
+    dsysi_buf_free(b);
+    return NULL;
+  }
+  if (!b->data && dsysi_buf_append(b, "", 0)) return NULL;
+  char *d = b->data;
+  if (len) *len = b->len;
+  b->data = NULL;
+  b->len = b->cap = 0;
+  return d;
+}
+
+void dsysi_buf_free(dsysi_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+  b->oom = 0;
+}

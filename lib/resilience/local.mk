@@ -1,0 +1,1 @@
+# resilience (see issues): sources are appended here.

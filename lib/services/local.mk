@@ -1,0 +1,1 @@
+# services (see issues): sources are appended here.

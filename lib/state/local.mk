@@ -1,0 +1,1 @@
+# state (see issues): sources are appended here.

@@ -1,0 +1,1 @@
+# transport (see issues): sources are appended here.

@@ -1,0 +1,269 @@
+/* Unit tests of the core: errors, utilities, clock and timers, config, JSON. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <distsys/distsys.h>
+#include "core/internal.h"
+#include "core/json.h"
+#include "tap.h"
+
+static void test_errors(void) {
+  is_str(dsys_strerror(0), "success", "strerror(0)");
+  is_str(dsys_strerror(DSYS_ETIMEDOUT), "timed out", "strerror(ETIMEDOUT)");
+  is_str(dsys_err_name(DSYS_ECONNREFUSED), "DSYS_ECONNREFUSED", "err_name");
+  is_str(dsys_err_name(-9999), "DSYS_EUNKNOWN", "unknown code has a name");
+  is_str(dsys_strerror(12345), "unknown error", "unknown code has a message");
+  int n = dsys_err_count();
+  ok(n > 30, "error table has %d entries", n);
+  int contiguous = 1;
+  for (int i = 0; i < n; i++)
+    if (!strcmp(dsys_err_name(-i), "DSYS_EUNKNOWN")) contiguous = 0;
+  ok(contiguous, "codes 0..-(count-1) are all named");
+  is_str(dsys_version(), DSYS_VERSION_STRING, "dsys_version matches header");
+  is_int(dsys_version_number(), DSYS_VERSION_NUMBER, "version number");
+}
+
+static void test_base64url(void) {
+  static const struct { const char *in, *out; } v[] = {
+      {"", ""}, {"f", "Zg"}, {"fo", "Zm8"}, {"foo", "Zm9v"},
+      {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"},
+      {"\xfb\xff", "-_8"}};
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+    char *e = NULL;
+    is_int(dsys_base64url_encode(v[i].in, strlen(v[i].in), &e), 0, "encode '%s'", v[i].out);
+    is_str(e, v[i].out, "encode vector %zu", i);
+    void *d = NULL;
+    size_t dl = 0;
+    is_int(dsys_base64url_decode(v[i].out, strlen(v[i].out), &d, &dl), 0, "decode %zu", i);
+    ok(dl == strlen(v[i].in) && !memcmp(d, v[i].in, dl), "round trip %zu", i);
+    dsys_free(e);
+    dsys_free(d);
+  }
+  void *d = NULL;
+  size_t dl;
+  is_int(dsys_base64url_decode("Zm9v", 4, &d, &dl), 0, "decode no padding");
+  dsys_free(d);
+  is_int(dsys_base64url_decode("Zg==", 4, &d, &dl), 0, "decode with padding");
+  dsys_free(d);
+  is_int(dsys_base64url_decode("Zm9v+", 5, &d, &dl), DSYS_EINVAL, "'+' rejected (not url alphabet)");
+  is_int(dsys_base64url_decode("Z", 1, &d, &dl), DSYS_EINVAL, "length 1 mod 4 rejected");
+  is_int(dsys_base64url_decode("Zh", 2, &d, &dl), DSYS_EINVAL, "non-canonical trailing bits rejected");
+  is_int(dsys_base64url_decode("Zm 9v", 5, &d, &dl), DSYS_EINVAL, "whitespace rejected");
+  is_int(dsys_base64url_encode(NULL, 3, NULL), DSYS_EINVAL, "encode NULL args");
+}
+
+static void test_random_and_ct(void) {
+  char a[33], b[33];
+  is_int(dsys_random_hex(a, sizeof a, 16), 0, "random_hex");
+  dsys_random_hex(b, sizeof b, 16);
+  is_int((int)strlen(a), 32, "32 hex chars");
+  ok(strspn(a, "0123456789abcdef") == 32, "only hex digits");
+  ok(strcmp(a, b) != 0, "two ids differ");
+  is_int(dsys_random_hex(a, 10, 16), DSYS_EINVAL, "small buffer rejected");
+  int inrange = 1;
+  for (int i = 0; i < 1000; i++)
+    if (dsys_random_uniform(7) >= 7) inrange = 0;
+  ok(inrange, "random_uniform stays below its bound");
+  ok(dsys_ct_equal("secret", 6, "secret", 6), "ct_equal equal");
+  ok(!dsys_ct_equal("secret", 6, "secreT", 6), "ct_equal differs");
+  ok(!dsys_ct_equal("secret", 6, "secrets", 7), "ct_equal length differs");
+  ok(dsys_ct_equal("", 0, NULL, 0), "ct_equal empty");
+}
+
+static int fired[8];
+static int order[8], norder;
+static void on_timer(void *ud) {
+  int i = (int)(intptr_t)ud;
+  fired[i]++;
+  order[norder++] = i;
+}
+
+static void test_fake_clock(void) {
+  dsys_clock *c;
+  is_int(dsys_clock_fake_new(&c, 1700000000000), 0, "fake clock");
+  ok(dsys_clock_is_fake(c), "is fake");
+  is_int(dsys_clock_wall_ms(c), 1700000000000, "wall starts where asked");
+  int64_t t0 = dsys_clock_now_us(c);
+  uint64_t id1, id2, id3;
+  dsys_timer_add(c, 3000, on_timer, (void *)1, &id1);
+  dsys_timer_add(c, 1000, on_timer, (void *)2, &id2);
+  dsys_timer_add(c, 2000, on_timer, (void *)3, &id3);
+  dsys_timer_add(c, 2000, on_timer, (void *)4, NULL);
+  is_int(dsys_timer_cancel(c, id3), 0, "cancel pending timer");
+  is_int(dsys_timer_cancel(c, id3), DSYS_ENOTFOUND, "cancel twice -> ENOTFOUND");
+  dsys_clock_advance(c, 999);
+  is_int(norder, 0, "nothing due before its deadline");
+  dsys_clock_advance(c, 1);
+  is_int(fired[2], 1, "timer at 1 ms fired exactly at its deadline");
+  dsys_clock_advance(c, 5000);
+  is_int(norder, 3, "three timers ran in all");
+  ok(order[0] == 2 && order[1] == 4 && order[2] == 1, "ran in deadline order");
+  is_int(fired[3], 0, "cancelled timer never ran");
+  is_int(dsys_clock_now_us(c) - t0, 6000, "monotonic advanced by the total");
+  is_int(dsys_clock_wall_ms(c), 1700000000006, "wall advanced too");
+  is_int(dsys_clock_advance(c, -1), DSYS_EINVAL, "negative advance rejected");
+  is_int(dsys_clock_advance(dsys_clock_real(), 1), DSYS_EINVAL, "real clock cannot be advanced");
+  dsys_clock_free(c);
+}
+
+static pthread_mutex_t rmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t rcv = PTHREAD_COND_INITIALIZER;
+static int rdone;
+static int64_t rat;
+static void on_real(void *ud) {
+  pthread_mutex_lock(&rmu);
+  rdone = 1;
+  rat = dsys_clock_now_us(dsys_clock_real());
+  pthread_cond_signal(&rcv);
+  pthread_mutex_unlock(&rmu);
+}
+
+static void test_real_clock(void) {
+  dsys_clock *r = dsys_clock_real();
+  int64_t a = dsys_clock_now_us(r);
+  dsys_clock_sleep_us(r, 2000);
+  ok(dsys_clock_now_us(r) - a >= 2000, "real sleep of 2 ms lasts at least 2 ms");
+  ok(dsys_clock_wall_ms(r) > 1600000000000LL, "wall clock is plausible");
+  int64_t start = dsys_clock_now_us(r);
+  is_int(dsys_timer_add(r, 20000, on_real, NULL, NULL), 0, "real timer added");
+  pthread_mutex_lock(&rmu);
+  for (int i = 0; i < 200 && !rdone; i++) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 10000000;
+    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&rcv, &rmu, &ts);
+  }
+  pthread_mutex_unlock(&rmu);
+  ok(rdone, "real timer fired");
+  ok(rat - start >= 20000, "not before its deadline (%lld us)", (long long)(rat - start));
+  char iso[32];
+  dsys_time_iso8601(0, iso, sizeof iso);
+  is_str(iso, "1970-01-01T00:00:00.000Z", "iso8601 epoch");
+  dsys_time_iso8601(1700000000123, iso, sizeof iso);
+  is_str(iso, "2023-11-14T22:13:20.123Z", "iso8601 with ms");
+}
+
+static const dsys_option opts[] = {
+    {"listen", "DSYS_TEST_LISTEN", DSYS_OPT_STRING, "http://127.0.0.1:0", "where to listen"},
+    {"threads", "DSYS_TEST_THREADS", DSYS_OPT_INT, "4", "threads"},
+    {"verbose", NULL, DSYS_OPT_BOOL, NULL, "more output"},
+    {"upstream", NULL, DSYS_OPT_LIST, NULL, "upstreams"},
+};
+
+static void test_config(void) {
+  char err[256];
+  dsys_config *c;
+  unsetenv("DSYS_TEST_LISTEN");
+  char *argv1[] = {"prog", NULL};
+  is_int(dsys_config_parse(&c, opts, 4, 1, argv1, err, sizeof err), 0, "parse defaults");
+  is_str(dsys_config_get(c, "listen"), "http://127.0.0.1:0", "default used");
+  is_str(dsys_config_source(c, "listen"), "default", "source default");
+  ok(!dsys_config_get_bool(c, "verbose"), "bool unset is false");
+  dsys_config_free(c);
+
+  setenv("DSYS_TEST_LISTEN", "unix:///tmp/x.sock", 1);
+  setenv("DSYS_TEST_THREADS", "8", 1);
+  char *argv2[] = {"prog", "--threads=2", "--verbose", "--upstream", "a", "--upstream=b", "pos1", "--", "--not-a-flag"};
+  is_int(dsys_config_parse(&c, opts, 4, 9, argv2, err, sizeof err), 0, "parse flags (%s)", err);
+  is_str(dsys_config_get(c, "listen"), "unix:///tmp/x.sock", "env beats default");
+  is_str(dsys_config_source(c, "listen"), "env", "source env");
+  int64_t th = 0;
+  is_int(dsys_config_get_int(c, "threads", &th), 0, "int option");
+  is_int(th, 2, "flag beats env");
+  ok(dsys_config_get_bool(c, "verbose"), "bare bool flag is true");
+  is_int(dsys_config_count(c, "upstream"), 2, "list keeps every occurrence");
+  is_str(dsys_config_get_nth(c, "upstream", 1), "b", "second list value");
+  is_int(dsys_config_npositional(c), 2, "positionals, '--' ends options");
+  is_str(dsys_config_positional(c, 1), "--not-a-flag", "after --");
+  dsys_config_free(c);
+
+  char *argv3[] = {"prog", "--nope"};
+  is_int(dsys_config_parse(&c, opts, 4, 2, argv3, err, sizeof err), DSYS_EINVAL, "unknown flag");
+  ok(strstr(err, "--nope") != NULL, "message names the flag: %s", err);
+  char *argv4[] = {"prog", "--threads", "many"};
+  is_int(dsys_config_parse(&c, opts, 4, 3, argv4, err, sizeof err), DSYS_EINVAL, "non-integer");
+  ok(strstr(err, "integer") != NULL, "message says integer: %s", err);
+  char *argv5[] = {"prog", "--listen"};
+  is_int(dsys_config_parse(&c, opts, 4, 2, argv5, err, sizeof err), DSYS_EINVAL, "missing value");
+  setenv("DSYS_TEST_THREADS", "x1", 1);
+  is_int(dsys_config_parse(&c, opts, 4, 1, argv1, err, sizeof err), DSYS_EINVAL, "bad env value");
+  ok(strstr(err, "DSYS_TEST_THREADS") != NULL, "message names the variable: %s", err);
+  unsetenv("DSYS_TEST_THREADS");
+  unsetenv("DSYS_TEST_LISTEN");
+  char *usage = NULL;
+  is_int(dsys_config_usage(opts, 4, "prog", "Does things.", &usage), 0, "usage");
+  ok(usage && strstr(usage, "--listen") && strstr(usage, "DSYS_TEST_LISTEN") &&
+         strstr(usage, "http://127.0.0.1:0"), "usage lists flag, env and default");
+  dsys_free(usage);
+}
+
+static void test_json(void) {
+  json_object *o = NULL;
+  is_int(dsysi_json_parse("{\"a\":1}", 7, &o), 0, "parse object");
+  int64_t v = 0;
+  is_int(dsysi_json_int64(o, "a", &v), 0, "int member");
+  is_int(v, 1, "value");
+  is_int(dsysi_json_int64(o, "b", &v), DSYS_ENOTFOUND, "missing member");
+  json_object_put(o);
+  is_int(dsysi_json_parse("{\"a\":1} x", 9, &o), DSYS_EBADJSON, "trailing garbage rejected");
+  is_int(dsysi_json_parse("{\"a\":1}  \n", 10, &o), 0, "trailing whitespace ok");
+  json_object_put(o);
+  is_int(dsysi_json_parse("42", 2, &o), 0, "bare number");
+  json_object_put(o);
+  is_int(dsysi_json_parse("{\"a\":", 5, &o), DSYS_EBADJSON, "truncated");
+  is_int(dsysi_json_parse("", 0, &o), DSYS_EBADJSON, "empty");
+  is_int(dsysi_json_parse("{'a':1}", 7, &o), DSYS_EBADJSON, "single quotes rejected");
+  char deep[300];
+  memset(deep, '[', 200);
+  is_int(dsysi_json_parse(deep, 200, &o), DSYS_EBADJSON, "200-deep nesting rejected");
+  is_int(dsysi_json_parse("{\"a\":\"\\u00e9\"}", 14, &o), 0, "unicode escape");
+  is_str(dsysi_json_str(o, "a"), "\xc3\xa9", "decoded to UTF-8");
+  json_object_put(o);
+  is_int(dsysi_json_parse_object("[1]", 3, &o), DSYS_ETYPE, "array is not an object");
+}
+
+static void test_log(void) {
+  dsys_log_level lv;
+  is_int(dsys_log_level_parse("WARN", &lv), 0, "level parse");
+  is_int(lv, DSYS_LOG_WARN, "warn");
+  is_int(dsys_log_level_parse("loud", &lv), DSYS_EINVAL, "unknown level");
+  dsys_log_format f;
+  is_int(dsys_log_format_parse("json", &f), 0, "format json");
+  is_int(f, DSYS_LOG_JSON, "json value");
+  is_int(dsys_log_format_parse("xml", &f), DSYS_EINVAL, "unknown format");
+  /* A JSON record on stderr must be one parseable line. */
+  int fds[2];
+  if (pipe(fds) == 0) {
+    int saved = dup(2);
+    dup2(fds[1], 2);
+    dsys_log_set_format(DSYS_LOG_JSON);
+    dsys_log_write(DSYS_LOG_ERROR, "test", "hello \"world\"");
+    dsys_log_set_format(DSYS_LOG_TEXT);
+    dup2(saved, 2);
+    close(saved);
+    close(fds[1]);
+    char buf[512] = {0};
+    ssize_t n = read(fds[0], buf, sizeof buf - 1);
+    close(fds[0]);
+    ok(n > 0 && buf[n - 1] == '\n', "one line written");
+    json_object *o = NULL;
+    is_int(n > 0 ? dsysi_json_parse(buf, (size_t)n, &o) : -1, 0, "record is JSON");
+    is_str(dsysi_json_str(o, "msg"), "hello \"world\"", "message preserved");
+    is_str(dsysi_json_str(o, "level"), "error", "level field");
+    json_object_put(o);
+  }
+}
+
+int main(void) {
+  test_errors();
+  test_base64url();
+  test_random_and_ct();
+  test_fake_clock();
+  test_real_clock();
+  test_config();
+  test_json();
+  test_log();
+  return tap_done();
+}
