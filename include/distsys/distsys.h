@@ -10,5 +10,7 @@
 #include <distsys/clock.h>
 #include <distsys/util.h>
 #include <distsys/config.h>
+#include <distsys/server.h>
+#include <distsys/client.h>
 
 #endif

@@ -1,8 +1,8 @@
 # Core: errors, logging, clock and timers, JSON helpers, config, utilities.
 libdsys_internal_la_SOURCES += \
 	lib/core/error.c lib/core/log.c lib/core/clock.c lib/core/json.c \
-	lib/core/config.c lib/core/util.c
-noinst_HEADERS += lib/core/internal.h lib/core/json.h
+	lib/core/config.c lib/core/util.c lib/core/db.c
+noinst_HEADERS += lib/core/internal.h lib/core/json.h lib/core/db.h
 pkginclude_HEADERS += include/distsys/distsys.h include/distsys/common.h \
 	include/distsys/log.h include/distsys/clock.h include/distsys/util.h \
-	include/distsys/config.h
+	include/distsys/config.h include/distsys/server.h include/distsys/client.h

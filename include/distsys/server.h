@@ -1,0 +1,219 @@
+/*
+ * dsys_server: an HTTP server on any transport (http://, unix://, inproc://),
+ * with a router, built-in middleware and synchronous, asynchronous and
+ * streaming handlers.
+ *
+ * Built-in middleware, in order: a request id (X-Request-Id taken from the
+ * request when it is a sane token, else generated, and echoed on the
+ * response); W3C trace context (traceparent parsed or generated; the
+ * handler sees a child span); a body size limit (413); routing (404 and
+ * 405 with JSON bodies); user hooks (dsys_server_use); the handler; an
+ * access log line at completion when enabled.
+ *
+ * Handlers run on a server thread. A handler must, before it returns,
+ * either respond (dsys_respond*), start a stream (dsys_respond_stream), or
+ * call dsys_request_defer() and respond later from any thread. A handler
+ * that does none of these gets a 500 answer. No server thread waits for a
+ * deferred request: the connection is parked until the answer arrives.
+ *
+ * Request lifetime: a dsys_request is valid from the handler call until the
+ * call that finishes it: dsys_respond* (non-streaming) or dsys_stream_end.
+ * Each request must be finished exactly once, even after the client went
+ * away or the server stopped (the call then returns DSYS_ECLOSED but still
+ * releases the request).
+ *
+ * Thread-safety: dsys_server_route/use must be called before
+ * dsys_server_listen. Everything else may be called from any thread; a
+ * given request's functions must not be called concurrently with each other
+ * except dsys_stream_write from one producer at a time.
+ */
+#ifndef DSYS_SERVER_H
+#define DSYS_SERVER_H
+
+#include <distsys/common.h>
+#include <distsys/clock.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dsys_server dsys_server;
+typedef struct dsys_request dsys_request;
+
+/** A request handler (see the header comment for its obligations). */
+typedef void (*dsys_handler_fn)(dsys_request *req, void *ud);
+
+/**
+ * A hook run before the handler of every routed request.
+ * @return 0 to continue, nonzero when the hook responded itself.
+ */
+typedef int (*dsys_hook_fn)(dsys_request *req, void *ud);
+
+/** Called once if the client goes away (or the server stops) before a
+ *  deferred or streaming request is finished. Runs on a library thread. */
+typedef void (*dsys_close_fn)(dsys_request *req, void *ud);
+
+/** Server options. Zero fields take the documented defaults. */
+typedef struct dsys_server_options {
+  size_t size;               /**< sizeof(dsys_server_options), or 0 */
+  size_t max_body;           /**< request body limit, default 1 MiB */
+  uint32_t threads;          /**< server threads, default: CPU count, at least 2 */
+  uint32_t max_connections;  /**< default 1024 (http, unix) */
+  uint32_t idle_timeout_s;   /**< idle connection timeout, default 60 (http, unix) */
+  int32_t access_log;        /**< 1: log one INFO line per request */
+  dsys_clock *clock;         /**< default dsys_clock_real() */
+  const char *name;          /**< service name for logs, default "server" */
+} dsys_server_options;
+
+/**
+ * Create a server (not yet listening).
+ * @param opts may be NULL for defaults.
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_server_new(dsys_server **out, const dsys_server_options *opts);
+
+/**
+ * Add a route.
+ * @param method "GET", "POST", ... or "*" for any method.
+ * @param pattern a path: literal segments, ":name" segments (read with
+ *        dsys_request_param) and an optional trailing "*" that matches the
+ *        rest (read as param "*"). Routes are tried in the order added.
+ * @return 0, DSYS_EINVAL (bad pattern), DSYS_ESTATE (already listening),
+ *         DSYS_ENOMEM.
+ */
+DSYS_API int dsys_server_route(dsys_server *srv, const char *method,
+                               const char *pattern, dsys_handler_fn fn,
+                               void *ud);
+
+/** Add a hook run before every handler, in the order added. */
+DSYS_API int dsys_server_use(dsys_server *srv, dsys_hook_fn fn, void *ud);
+
+/**
+ * Start listening. May be called several times (one server on several
+ * transports). Port 0 picks a free port: read it back with dsys_server_url.
+ * @param url "http://127.0.0.1:0", "unix:///run/x.sock", "inproc://name".
+ * @return 0, DSYS_ESCHEME, DSYS_EURL, DSYS_EADDRINUSE, DSYS_EEXIST (inproc
+ *         name taken), DSYS_EIO, DSYS_ESTATE (stopped).
+ */
+DSYS_API int dsys_server_listen(dsys_server *srv, const char *url);
+
+/**
+ * The bound URL of listener i (0 = first), e.g. "http://127.0.0.1:39411".
+ * @return a string owned by the server, or NULL.
+ */
+DSYS_API const char *dsys_server_url(dsys_server *srv, size_t i);
+
+/**
+ * Stop gracefully: stop accepting, let in-flight requests finish for up to
+ * drain_ms, then answer what is left with 503 and end open streams, and
+ * close the listeners. Idempotent.
+ * @return 0, or DSYS_ETIMEDOUT when requests had to be cut off.
+ */
+DSYS_API int dsys_server_stop(dsys_server *srv, int64_t drain_ms);
+
+/** Stop (drain 5 s) if needed and free. NULL-safe. */
+DSYS_API void dsys_server_free(dsys_server *srv);
+
+/** Number of requests received and not yet finished (for tests, metrics). */
+DSYS_API uint64_t dsys_server_inflight(dsys_server *srv);
+
+/* ---- request accessors (valid until the request is finished) ---- */
+
+DSYS_API const char *dsys_request_method(const dsys_request *req);
+/** Percent-decoded path without the query, e.g. "/api/data/a b". */
+DSYS_API const char *dsys_request_path(const dsys_request *req);
+/** Raw request target as received, e.g. "/api/data/a%20b?x=1". */
+DSYS_API const char *dsys_request_target(const dsys_request *req);
+/** Raw query string without '?', "" when none. */
+DSYS_API const char *dsys_request_query(const dsys_request *req);
+/** Decoded value of the first query parameter name, or NULL. */
+DSYS_API const char *dsys_request_query_param(dsys_request *req,
+                                              const char *name);
+/** Decoded value of a route parameter (":name" or "*"), or NULL. */
+DSYS_API const char *dsys_request_param(const dsys_request *req,
+                                        const char *name);
+/** First header of that name (case-insensitive), or NULL. */
+DSYS_API const char *dsys_request_header(const dsys_request *req,
+                                         const char *name);
+/** Number of request headers. */
+DSYS_API size_t dsys_request_header_count(const dsys_request *req);
+/** Header i. @return 0 or DSYS_EINVAL (out of range). */
+DSYS_API int dsys_request_header_at(const dsys_request *req, size_t i,
+                                    const char **name, const char **value);
+/** The body (NUL-terminated for convenience; may contain NULs). */
+DSYS_API const void *dsys_request_body(const dsys_request *req, size_t *len);
+/** The request id (X-Request-Id). */
+DSYS_API const char *dsys_request_id(const dsys_request *req);
+/** The traceparent to send on calls made for this request (child span). */
+DSYS_API const char *dsys_request_traceparent(const dsys_request *req);
+/** The 32-hex trace id. */
+DSYS_API const char *dsys_request_trace_id(const dsys_request *req);
+/** Client address ("127.0.0.1", "unix", "inproc"). */
+DSYS_API const char *dsys_request_remote_addr(const dsys_request *req);
+/** The server that received the request. */
+DSYS_API dsys_server *dsys_request_server(const dsys_request *req);
+/** Attach user data to the request (for hooks and handlers). */
+DSYS_API void dsys_request_set_user(dsys_request *req, void *user);
+DSYS_API void *dsys_request_user(const dsys_request *req);
+
+/* ---- responding ---- */
+
+/**
+ * Add a response header (before the response or stream starts).
+ * @return 0, DSYS_EINVAL (CR/LF in name or value), DSYS_ESTATE, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_response_header(dsys_request *req, const char *name,
+                                  const char *value);
+
+/**
+ * Respond with a complete body (copied) and finish the request.
+ * @param content_type may be NULL (no Content-Type).
+ * @return 0; DSYS_ECLOSED if the client or server went away (the request is
+ *         released all the same); DSYS_ESTATE if already answered.
+ */
+DSYS_API int dsys_respond(dsys_request *req, int status,
+                          const char *content_type, const void *body,
+                          size_t len);
+
+/** Respond with a NUL-terminated JSON text (application/json). */
+DSYS_API int dsys_respond_json(dsys_request *req, int status, const char *json);
+
+/**
+ * Respond with the JSON error body {"error": message, "code": code}.
+ * @param code short slug or DSYS_E name; may be NULL (omitted).
+ */
+DSYS_API int dsys_respond_error(dsys_request *req, int status,
+                                const char *code, const char *message);
+
+/**
+ * Promise to respond later, from any thread. Call inside the handler.
+ * @return 0, DSYS_ESTATE (already answered or not inside the handler).
+ */
+DSYS_API int dsys_request_defer(dsys_request *req);
+
+/** Register the close callback (see dsys_close_fn). */
+DSYS_API void dsys_request_on_close(dsys_request *req, dsys_close_fn fn,
+                                    void *ud);
+
+/**
+ * Start a streaming response (chunked on HTTP). Headers are sent at once.
+ * May be called in the handler or after dsys_request_defer.
+ * @return 0, DSYS_ESTATE, DSYS_ECLOSED.
+ */
+DSYS_API int dsys_respond_stream(dsys_request *req, int status,
+                                 const char *content_type);
+
+/**
+ * Queue bytes on a stream; never blocks.
+ * @return 0; DSYS_ECLOSED when the client is gone or the server stopped
+ *         (the producer should then call dsys_stream_end); DSYS_ESTATE.
+ */
+DSYS_API int dsys_stream_write(dsys_request *req, const void *data, size_t len);
+
+/** End the stream and finish the request. @return 0 or DSYS_ECLOSED. */
+DSYS_API int dsys_stream_end(dsys_request *req);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,127 @@
+/* Internal SQLite helpers: open with WAL, per-component migrations. */
+#include <stdio.h>
+#include <string.h>
+#include <distsys/common.h>
+#include "db.h"
+
+int dsysi_db_err(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_OK:
+  case SQLITE_DONE:
+  case SQLITE_ROW:
+    return 0;
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    return DSYS_EBUSY;
+  case SQLITE_NOMEM:
+    return DSYS_ENOMEM;
+  case SQLITE_FULL:
+  case SQLITE_IOERR:
+  case SQLITE_CANTOPEN:
+    return DSYS_EIO;
+  case SQLITE_CONSTRAINT:
+    return DSYS_EEXIST;
+  case SQLITE_TOOBIG:
+    return DSYS_ETOOBIG;
+  case SQLITE_READONLY:
+  case SQLITE_PERM:
+  case SQLITE_AUTH:
+    return DSYS_EPERM;
+  default:
+    return DSYS_EDB;
+  }
+}
+
+int dsysi_db_exec(sqlite3 *db, const char *sql, char *errbuf, size_t errlen) {
+  char *msg = NULL;
+  int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+  if (rc != SQLITE_OK) {
+    if (errbuf && errlen)
+      snprintf(errbuf, errlen, "%s", msg ? msg : sqlite3_errstr(rc));
+    sqlite3_free(msg);
+    int e = dsysi_db_err(rc);
+    return e ? e : DSYS_EDB;
+  }
+  return 0;
+}
+
+int dsysi_db_open(const char *path, int full_sync, sqlite3 **out,
+                  char *errbuf, size_t errlen) {
+  sqlite3 *db = NULL;
+  int rc = sqlite3_open_v2(path, &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                               SQLITE_OPEN_NOMUTEX,
+                           NULL);
+  if (rc != SQLITE_OK) {
+    if (errbuf && errlen)
+      snprintf(errbuf, errlen, "cannot open %s: %s", path,
+               db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_close(db);
+    return DSYS_EIO;
+  }
+  sqlite3_busy_timeout(db, DSYSI_DB_BUSY_MS);
+  sqlite3_extended_result_codes(db, 1);
+  int e = 0;
+  if (strcmp(path, ":memory:") != 0)
+    e = dsysi_db_exec(db, "PRAGMA journal_mode=WAL", errbuf, errlen);
+  if (!e)
+    e = dsysi_db_exec(db,
+                      full_sync ? "PRAGMA synchronous=FULL"
+                                : "PRAGMA synchronous=NORMAL",
+                      errbuf, errlen);
+  if (!e) e = dsysi_db_exec(db, "PRAGMA foreign_keys=ON", errbuf, errlen);
+  if (e) {
+    sqlite3_close(db);
+    return e;
+  }
+  *out = db;
+  return 0;
+}
+
+int dsysi_db_migrate(sqlite3 *db, const char *component,
+                     const char *const *steps, int nsteps, char *errbuf,
+                     size_t errlen) {
+  int e = dsysi_db_exec(db, "BEGIN IMMEDIATE", errbuf, errlen);
+  if (e) return e;
+  e = dsysi_db_exec(db,
+                    "CREATE TABLE IF NOT EXISTS dsys_schema("
+                    "component TEXT PRIMARY KEY, version INTEGER NOT NULL);"
+                    "PRAGMA user_version=1",
+                    errbuf, errlen);
+  int version = 0;
+  if (!e) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT version FROM dsys_schema WHERE component=?",
+                           -1, &st, NULL) != SQLITE_OK) {
+      e = DSYS_EDB;
+    } else {
+      sqlite3_bind_text(st, 1, component, -1, SQLITE_STATIC);
+      if (sqlite3_step(st) == SQLITE_ROW) version = sqlite3_column_int(st, 0);
+      sqlite3_finalize(st);
+    }
+  }
+  if (!e && version > nsteps) {
+    if (errbuf && errlen)
+      snprintf(errbuf, errlen,
+               "%s schema version %d is newer than this library knows (%d)",
+               component, version, nsteps);
+    e = DSYS_ENOTSUP;
+  }
+  for (int v = version; !e && v < nsteps; v++) {
+    e = dsysi_db_exec(db, steps[v], errbuf, errlen);
+    if (!e) {
+      char sql[256];
+      snprintf(sql, sizeof sql,
+               "INSERT INTO dsys_schema(component, version) VALUES('%s', %d) "
+               "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
+               component, v + 1);
+      e = dsysi_db_exec(db, sql, errbuf, errlen);
+    }
+  }
+  if (e) {
+    dsysi_db_exec(db, "ROLLBACK", NULL, 0);
+    return e;
+  }
+  return dsysi_db_exec(db, "COMMIT", errbuf, errlen);
+}
