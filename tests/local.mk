@@ -13,3 +13,10 @@ tests_unit_test_core_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_core_LDADD = $(TEST_LIBS)
 
 TESTS += tests/unit/test-core tests/headers.test
+
+check_PROGRAMS += tests/conformance/test-transport
+tests_conformance_test_transport_SOURCES = tests/conformance/test-transport.c
+tests_conformance_test_transport_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_conformance_test_transport_CFLAGS = $(TEST_CFLAGS)
+tests_conformance_test_transport_LDADD = $(TEST_LIBS)
+TESTS += tests/conformance/test-transport

@@ -1,1 +1,6 @@
-# transport (see issues): sources are appended here.
+# Transports (http, unix, inproc), server core and client.
+libdsys_internal_la_SOURCES += \
+	lib/transport/request.c lib/transport/server.c lib/transport/url.c \
+	lib/transport/client.c lib/transport/http_server.c \
+	lib/transport/http_client.c lib/transport/inproc.c
+noinst_HEADERS += lib/transport/transport.h lib/transport/url.h

@@ -1,0 +1,304 @@
+/*
+ * dsys_client: the transport-independent part of the client (call setup,
+ * completion exactly once, sync over async, replies, classification).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "transport/transport.h"
+
+#define NSLOTS 2
+
+struct dsys_client {
+  dsys_client_options o;
+  pthread_mutex_t mu;
+  void *slots[NSLOTS];
+  dsysi_call *pending; /* calls started and not yet completed */
+  int closing;
+};
+
+void **dsysi_client_slot(dsys_client *c, const dsys_transport_ops *ops) {
+  return &c->slots[ops == &dsysi_inproc_ops ? 1 : 0];
+}
+
+pthread_mutex_t *dsysi_client_lock(dsys_client *c) { return &c->mu; }
+
+int dsys_client_new(dsys_client **out, const dsys_client_options *opts) {
+  if (!out) return DSYS_EINVAL;
+  dsys_client *c = calloc(1, sizeof *c);
+  if (!c) return DSYS_ENOMEM;
+  if (opts) {
+    size_t n = opts->size && opts->size < sizeof c->o ? opts->size : sizeof c->o;
+    memcpy(&c->o, opts, n);
+  }
+  c->o.size = sizeof c->o;
+  if (c->o.connect_timeout_ms <= 0) c->o.connect_timeout_ms = 2000;
+  if (c->o.timeout_ms <= 0) c->o.timeout_ms = 30000;
+  if (!c->o.max_response) c->o.max_response = 64u * 1024 * 1024;
+  if (!c->o.clock) c->o.clock = dsys_clock_real();
+  pthread_mutex_init(&c->mu, NULL);
+  *out = c;
+  return 0;
+}
+
+void dsys_client_free(dsys_client *c) {
+  if (!c) return;
+  pthread_mutex_lock(&c->mu);
+  c->closing = 1;
+  pthread_mutex_unlock(&c->mu);
+  /* Transports stop their threads first (completing their calls). */
+  dsysi_http_ops.client_free(c);
+  dsysi_inproc_ops.client_free(c);
+  /* Whatever is still pending completes now, canceled. */
+  for (;;) {
+    pthread_mutex_lock(&c->mu);
+    dsysi_call *call = c->pending;
+    pthread_mutex_unlock(&c->mu);
+    if (!call) break;
+    dsysi_call_complete(call, DSYS_ECANCELED, NULL);
+  }
+  pthread_mutex_destroy(&c->mu);
+  free(c);
+}
+
+static void call_free(dsysi_call *call) {
+  free(call->method);
+  free(call->url);
+  free(call->path);
+  dsysi_hdrs_free(&call->hdrs);
+  free(call->body);
+  free(call);
+}
+
+void dsysi_call_unref(dsysi_call *call) {
+  if (call && atomic_fetch_sub(&call->refs, 1) == 1) call_free(call);
+}
+
+void dsysi_call_complete(dsysi_call *call, int err, dsys_reply *reply) {
+  if (atomic_exchange(&call->done, 1)) {
+    dsys_reply_free(reply);
+    return;
+  }
+  dsys_client *c = call->client;
+  pthread_mutex_lock(&c->mu);
+  if (call->cprev) call->cprev->cnext = call->cnext;
+  else if (c->pending == call) c->pending = call->cnext;
+  if (call->cnext) call->cnext->cprev = call->cprev;
+  call->cprev = call->cnext = NULL;
+  pthread_mutex_unlock(&c->mu);
+  if (err) {
+    dsys_reply_free(reply);
+    reply = NULL;
+  } else if (!reply) {
+    err = DSYS_EINTERNAL;
+  }
+  call->cb(err, reply, call->ud);
+}
+
+static int is_token(const char *s) {
+  if (!s || !*s) return 0;
+  for (; *s; s++)
+    if (*s <= ' ' || *s >= 127 || strchr("()<>@,;:\\\"/[]?={}", *s)) return 0;
+  return 1;
+}
+
+/* Copy a dsys_call into a pending call. */
+static int make_call(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
+                     void *ud, dsysi_call **out) {
+  if (!c || !in || !in->url || !cb || (!in->body && in->body_len) ||
+      (in->nheaders && !in->headers))
+    return DSYS_EINVAL;
+  dsys_call d = {0};
+  size_t n = in->size && in->size < sizeof d ? in->size : sizeof d;
+  memcpy(&d, in, n);
+  const char *method = d.method ? d.method : "GET";
+  const char *path = d.path ? d.path : "/";
+  if (!is_token(method) || path[0] != '/' || strpbrk(path, " \r\n"))
+    return DSYS_EINVAL;
+  const dsys_transport_ops *ops = dsysi_transport_find(d.url);
+  if (!ops) return strstr(d.url, "://") ? DSYS_ESCHEME : DSYS_EURL;
+  dsysi_call *call = calloc(1, sizeof *call);
+  if (!call) return DSYS_ENOMEM;
+  call->client = c;
+  call->ops = ops;
+  call->method = strdup(method);
+  call->url = strdup(d.url);
+  call->path = strdup(path);
+  call->body = malloc(d.body_len + 1);
+  int rc = (!call->method || !call->url || !call->path || !call->body) ? DSYS_ENOMEM : 0;
+  if (!rc && d.body_len) memcpy(call->body, d.body, d.body_len);
+  if (call->body) call->body[d.body_len] = '\0';
+  call->body_len = d.body_len;
+  for (size_t i = 0; !rc && i < d.nheaders; i++) {
+    const dsys_header *h = &d.headers[i];
+    if (!is_token(h->name) || !h->value || !dsysi_header_ok(h->value))
+      rc = DSYS_EINVAL;
+    else
+      rc = dsysi_hdrs_add(&call->hdrs, h->name, strlen(h->name), h->value,
+                          strlen(h->value));
+  }
+  if (rc) {
+    call_free(call);
+    return rc;
+  }
+  call->timeout_ms = d.timeout_ms > 0 ? d.timeout_ms : c->o.timeout_ms;
+  call->connect_timeout_ms =
+      d.connect_timeout_ms > 0 ? d.connect_timeout_ms : c->o.connect_timeout_ms;
+  if (call->connect_timeout_ms > call->timeout_ms)
+    call->connect_timeout_ms = call->timeout_ms;
+  call->on_chunk = d.on_chunk;
+  call->chunk_ud = d.chunk_ud;
+  call->cb = cb;
+  call->ud = ud;
+  call->max_response = c->o.max_response;
+  call->clock = c->o.clock;
+  atomic_init(&call->refs, 1);
+  *out = call;
+  return 0;
+}
+
+static int track(dsys_client *c, dsysi_call *call) {
+  pthread_mutex_lock(&c->mu);
+  if (c->closing) {
+    pthread_mutex_unlock(&c->mu);
+    return DSYS_ECLOSED;
+  }
+  call->cnext = c->pending;
+  if (c->pending) c->pending->cprev = call;
+  c->pending = call;
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
+static void untrack(dsys_client *c, dsysi_call *call) {
+  atomic_store(&call->done, 1);
+  pthread_mutex_lock(&c->mu);
+  if (call->cprev) call->cprev->cnext = call->cnext;
+  else if (c->pending == call) c->pending = call->cnext;
+  if (call->cnext) call->cnext->cprev = call->cprev;
+  pthread_mutex_unlock(&c->mu);
+}
+
+int dsys_client_send(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
+                     void *ud) {
+  dsysi_call *call = NULL;
+  int rc = make_call(c, in, cb, ud, &call);
+  if (rc) return rc;
+  if ((rc = track(c, call))) {
+    call_free(call);
+    return rc;
+  }
+  rc = call->ops->call(call);
+  if (rc) {
+    /* Not started: the callback must never run. */
+    untrack(c, call);
+    dsysi_call_unref(call);
+  }
+  return rc;
+}
+
+typedef struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, err;
+  dsys_reply *reply;
+} waiter;
+
+static void wake(int err, dsys_reply *reply, void *ud) {
+  waiter *w = ud;
+  pthread_mutex_lock(&w->mu);
+  w->err = err;
+  w->reply = reply;
+  w->done = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+int dsys_client_do(dsys_client *c, const dsys_call *in, dsys_reply **out) {
+  if (!out) return DSYS_EINVAL;
+  waiter w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  dsysi_call *call = NULL;
+  int rc = make_call(c, in, wake, &w, &call);
+  if (rc) return rc;
+  if (call->ops->call_sync) {
+    /* Fast path on the caller's thread; not tracked (it cannot outlive
+     * this call). */
+    atomic_store(&call->done, 1);
+    rc = call->ops->call_sync(call, out);
+    dsysi_call_unref(call);
+    return rc;
+  }
+  if ((rc = track(c, call))) {
+    call_free(call);
+    return rc;
+  }
+  rc = call->ops->call(call);
+  if (rc) {
+    untrack(c, call);
+    dsysi_call_unref(call);
+    return rc;
+  }
+  pthread_mutex_lock(&w.mu);
+  while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
+  pthread_mutex_unlock(&w.mu);
+  if (w.err) return w.err;
+  *out = w.reply;
+  return 0;
+}
+
+/* ---- replies ---- */
+
+dsys_reply *dsysi_reply_new(int status) {
+  dsys_reply *r = calloc(1, sizeof *r);
+  if (r) r->status = status;
+  return r;
+}
+
+int dsys_reply_status(const dsys_reply *r) { return r ? r->status : 0; }
+
+const void *dsys_reply_body(const dsys_reply *r, size_t *len) {
+  if (len) *len = r ? r->body_len : 0;
+  return r && r->body ? r->body : "";
+}
+
+const char *dsys_reply_header(const dsys_reply *r, const char *name) {
+  return r && name ? dsysi_hdrs_get(&r->hdrs, name) : NULL;
+}
+
+size_t dsys_reply_header_count(const dsys_reply *r) { return r ? r->hdrs.n : 0; }
+
+int dsys_reply_header_at(const dsys_reply *r, size_t i, const char **name,
+                         const char **value) {
+  if (!r || i >= r->hdrs.n) return DSYS_EINVAL;
+  if (name) *name = r->hdrs.v[i].name;
+  if (value) *value = r->hdrs.v[i].value;
+  return 0;
+}
+
+void dsys_reply_free(dsys_reply *r) {
+  if (!r) return;
+  dsysi_hdrs_free(&r->hdrs);
+  free(r->body);
+  free(r);
+}
+
+dsys_outcome dsys_classify(int err, int status) {
+  switch (err) {
+  case 0:
+    if (status >= 500) return DSYS_OUTCOME_SERVER_ERROR;
+    if (status >= 400) return DSYS_OUTCOME_CLIENT_ERROR;
+    return DSYS_OUTCOME_OK;
+  case DSYS_ECONNREFUSED:
+  case DSYS_ERESOLVE:
+    return DSYS_OUTCOME_NOT_SENT;
+  case DSYS_ETIMEDOUT:
+    return DSYS_OUTCOME_TIMEOUT;
+  case DSYS_ECONNRESET:
+    return DSYS_OUTCOME_RESET;
+  case DSYS_EPROTO:
+  case DSYS_ETOOBIG:
+    return DSYS_OUTCOME_PROTOCOL;
+  default:
+    return DSYS_OUTCOME_LOCAL;
+  }
+}

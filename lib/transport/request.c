@@ -1,0 +1,321 @@
+/* The request object: accessors, responding, streaming, lifetime. */
+#include <stdlib.h>
+#include <string.h>
+#include "json.h"
+#include "transport/transport.h"
+
+/* ---- header lists ---- */
+
+int dsysi_hdrs_add(dsysi_hdrs *h, const char *name, size_t nlen,
+                   const char *value, size_t vlen) {
+  if (h->n == h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 8;
+    dsysi_hdr *v = realloc(h->v, cap * sizeof *v);
+    if (!v) return DSYS_ENOMEM;
+    h->v = v;
+    h->cap = cap;
+  }
+  char *n = dsysi_strndup(name, nlen), *val = dsysi_strndup(value, vlen);
+  if (!n || !val) {
+    free(n);
+    free(val);
+    return DSYS_ENOMEM;
+  }
+  h->v[h->n].name = n;
+  h->v[h->n].value = val;
+  h->n++;
+  return 0;
+}
+
+const char *dsysi_hdrs_get(const dsysi_hdrs *h, const char *name) {
+  for (size_t i = 0; i < h->n; i++)
+    if (dsysi_streq_nocase(h->v[i].name, name)) return h->v[i].value;
+  return NULL;
+}
+
+void dsysi_hdrs_free(dsysi_hdrs *h) {
+  for (size_t i = 0; i < h->n; i++) {
+    free(h->v[i].name);
+    free(h->v[i].value);
+  }
+  free(h->v);
+  h->v = NULL;
+  h->n = h->cap = 0;
+}
+
+int dsysi_header_ok(const char *s) {
+  return s && !strpbrk(s, "\r\n");
+}
+
+int dsysi_header_is_hop(const char *name) {
+  static const char *hop[] = {"connection", "keep-alive", "proxy-connection",
+                              "transfer-encoding", "te", "trailer", "upgrade",
+                              "content-length"};
+  for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+    if (dsysi_streq_nocase(name, hop[i])) return 1;
+  return 0;
+}
+
+/* ---- lifetime ---- */
+
+void dsysi_request_ref(dsys_request *req) { atomic_fetch_add(&req->refs, 1); }
+
+void dsysi_request_unref(dsys_request *req) {
+  if (atomic_fetch_sub(&req->refs, 1) != 1) return;
+  free(req->method);
+  free(req->path);
+  free(req->target);
+  free(req->query);
+  dsysi_hdrs_free(&req->hdrs);
+  free(req->body);
+  for (size_t i = 0; i < req->nparams; i++) {
+    free(req->pnames[i]);
+    free(req->pvals[i]);
+  }
+  free(req->pnames);
+  free(req->pvals);
+  dsysi_hdrs_free(&req->qparams);
+  free(req->ctype);
+  dsysi_hdrs_free(&req->rhdrs);
+  free(req->rbody);
+  dsysi_buf_free(&req->stream);
+  pthread_mutex_destroy(&req->mu);
+  free(req);
+}
+
+int dsysi_request_set_target(dsys_request *req, const char *target) {
+  if (!target || target[0] != '/') return DSYS_EURL;
+  const char *q = strchr(target, '?');
+  size_t plen = q ? (size_t)(q - target) : strlen(target);
+  free(req->target);
+  free(req->path);
+  free(req->query);
+  req->target = strdup(target);
+  req->path = dsysi_url_decode(target, plen, 0);
+  req->query = strdup(q ? q + 1 : "");
+  if (!req->target || !req->path || !req->query) return DSYS_ENOMEM;
+  return 0;
+}
+
+char *dsysi_error_json(const char *code, const char *message, size_t *len) {
+  json_object *o = json_object_new_object();
+  if (!o) return NULL;
+  json_object_object_add(o, "error", json_object_new_string(message ? message : ""));
+  if (code) json_object_object_add(o, "code", json_object_new_string(code));
+  char *s = dsysi_json_dump(o, len);
+  json_object_put(o);
+  return s;
+}
+
+/* ---- accessors ---- */
+
+const char *dsys_request_method(const dsys_request *r) { return r ? r->method : NULL; }
+const char *dsys_request_path(const dsys_request *r) { return r ? r->path : NULL; }
+const char *dsys_request_target(const dsys_request *r) { return r ? r->target : NULL; }
+const char *dsys_request_query(const dsys_request *r) { return r ? r->query : NULL; }
+const char *dsys_request_id(const dsys_request *r) { return r ? r->req_id : NULL; }
+const char *dsys_request_traceparent(const dsys_request *r) { return r ? r->traceparent : NULL; }
+const char *dsys_request_trace_id(const dsys_request *r) { return r ? r->trace_id : NULL; }
+const char *dsys_request_remote_addr(const dsys_request *r) { return r ? r->remote : NULL; }
+dsys_server *dsys_request_server(const dsys_request *r) { return r ? r->srv : NULL; }
+void dsys_request_set_user(dsys_request *r, void *user) { if (r) r->user = user; }
+void *dsys_request_user(const dsys_request *r) { return r ? r->user : NULL; }
+
+const char *dsys_request_header(const dsys_request *r, const char *name) {
+  return r && name ? dsysi_hdrs_get(&r->hdrs, name) : NULL;
+}
+
+size_t dsys_request_header_count(const dsys_request *r) { return r ? r->hdrs.n : 0; }
+
+int dsys_request_header_at(const dsys_request *r, size_t i, const char **name,
+                           const char **value) {
+  if (!r || i >= r->hdrs.n) return DSYS_EINVAL;
+  if (name) *name = r->hdrs.v[i].name;
+  if (value) *value = r->hdrs.v[i].value;
+  return 0;
+}
+
+const void *dsys_request_body(const dsys_request *r, size_t *len) {
+  if (len) *len = r ? r->body_len : 0;
+  return r && r->body ? r->body : "";
+}
+
+const char *dsys_request_param(const dsys_request *r, const char *name) {
+  if (!r || !name) return NULL;
+  for (size_t i = 0; i < r->nparams; i++)
+    if (!strcmp(r->pnames[i], name)) return r->pvals[i];
+  return NULL;
+}
+
+const char *dsys_request_query_param(dsys_request *r, const char *name) {
+  if (!r || !name) return NULL;
+  if (!r->qparsed) {
+    r->qparsed = 1;
+    const char *p = r->query;
+    while (p && *p) {
+      const char *amp = strchr(p, '&');
+      size_t len = amp ? (size_t)(amp - p) : strlen(p);
+      const char *eq = memchr(p, '=', len);
+      size_t klen = eq ? (size_t)(eq - p) : len;
+      char *k = dsysi_url_decode(p, klen, 1);
+      char *v = eq ? dsysi_url_decode(eq + 1, len - klen - 1, 1) : strdup("");
+      if (k && v) dsysi_hdrs_add(&r->qparams, k, strlen(k), v, strlen(v));
+      free(k);
+      free(v);
+      p = amp ? amp + 1 : NULL;
+    }
+  }
+  for (size_t i = 0; i < r->qparams.n; i++)
+    if (!strcmp(r->qparams.v[i].name, name)) return r->qparams.v[i].value;
+  return NULL;
+}
+
+/* ---- responding ---- */
+
+int dsys_response_header(dsys_request *r, const char *name, const char *value) {
+  if (!r || !name || !*name || !value || !dsysi_header_ok(name) ||
+      !dsysi_header_ok(value) || strchr(name, ':'))
+    return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  int rc = (r->state == DSYSI_RQ_ANSWERED || r->state == DSYSI_RQ_STREAMING ||
+            r->user_done)
+               ? DSYS_ESTATE
+               : dsysi_hdrs_add(&r->rhdrs, name, strlen(name), value,
+                                strlen(value));
+  pthread_mutex_unlock(&r->mu);
+  return rc;
+}
+
+void dsys_request_on_close(dsys_request *r, dsys_close_fn fn, void *ud) {
+  if (!r) return;
+  pthread_mutex_lock(&r->mu);
+  r->on_close = fn;
+  r->close_ud = ud;
+  pthread_mutex_unlock(&r->mu);
+}
+
+int dsys_request_defer(dsys_request *r) {
+  if (!r) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  int rc = 0;
+  if (r->state != DSYSI_RQ_NEW) rc = DSYS_ESTATE;
+  else r->state = DSYSI_RQ_DEFERRED;
+  pthread_mutex_unlock(&r->mu);
+  return rc;
+}
+
+/* Finish the user side: notify the transport, drop the user reference. */
+static int finish_user(dsys_request *r, int notify) {
+  int closed = r->closed;
+  pthread_mutex_unlock(&r->mu);
+  if (notify && !closed) r->ops->notify(r->lst, r);
+  dsysi_request_unref(r);
+  return closed ? DSYS_ECLOSED : 0;
+}
+
+int dsys_respond(dsys_request *r, int status, const char *content_type,
+                 const void *body, size_t len) {
+  if (!r || status < 100 || status > 999 || (!body && len) ||
+      (content_type && !dsysi_header_ok(content_type)))
+    return DSYS_EINVAL;
+  char *copy = malloc(len + 1);
+  char *ct = content_type ? strdup(content_type) : NULL;
+  if (!copy || (content_type && !ct)) {
+    free(copy);
+    free(ct);
+    return DSYS_ENOMEM;
+  }
+  if (len) memcpy(copy, body, len);
+  copy[len] = '\0';
+  pthread_mutex_lock(&r->mu);
+  if (r->user_done || r->state == DSYSI_RQ_ANSWERED ||
+      r->state == DSYSI_RQ_STREAMING) {
+    pthread_mutex_unlock(&r->mu);
+    free(copy);
+    free(ct);
+    return DSYS_ESTATE;
+  }
+  r->state = DSYSI_RQ_ANSWERED;
+  r->status = status;
+  r->ctype = ct;
+  r->rbody = copy;
+  r->rlen = len;
+  r->user_done = 1;
+  return finish_user(r, 1);
+}
+
+int dsys_respond_json(dsys_request *r, int status, const char *json) {
+  if (!json) return DSYS_EINVAL;
+  return dsys_respond(r, status, "application/json", json, strlen(json));
+}
+
+int dsys_respond_error(dsys_request *r, int status, const char *code,
+                       const char *message) {
+  size_t len = 0;
+  char *s = dsysi_error_json(code, message, &len);
+  if (!s) return DSYS_ENOMEM;
+  int rc = dsys_respond(r, status, "application/json", s, len);
+  free(s);
+  return rc;
+}
+
+int dsys_respond_stream(dsys_request *r, int status, const char *content_type) {
+  if (!r || status < 100 || status > 999 ||
+      (content_type && !dsysi_header_ok(content_type)))
+    return DSYS_EINVAL;
+  char *ct = content_type ? strdup(content_type) : NULL;
+  pthread_mutex_lock(&r->mu);
+  if (r->user_done || r->state == DSYSI_RQ_ANSWERED ||
+      r->state == DSYSI_RQ_STREAMING) {
+    pthread_mutex_unlock(&r->mu);
+    free(ct);
+    return DSYS_ESTATE;
+  }
+  int closed = r->closed;
+  r->state = DSYSI_RQ_STREAMING;
+  r->status = status;
+  r->ctype = ct;
+  pthread_mutex_unlock(&r->mu);
+  if (closed) return DSYS_ECLOSED;
+  r->ops->notify(r->lst, r);
+  return 0;
+}
+
+int dsys_stream_write(dsys_request *r, const void *data, size_t len) {
+  if (!r || (!data && len)) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  if (r->state != DSYSI_RQ_STREAMING || r->user_done) {
+    pthread_mutex_unlock(&r->mu);
+    return DSYS_ESTATE;
+  }
+  if (r->closed) {
+    pthread_mutex_unlock(&r->mu);
+    return DSYS_ECLOSED;
+  }
+  int rc = dsysi_buf_append(&r->stream, data, len);
+  pthread_mutex_unlock(&r->mu);
+  if (rc) return rc;
+  r->ops->notify(r->lst, r);
+  return 0;
+}
+
+int dsys_stream_end(dsys_request *r) {
+  if (!r) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  if (r->state != DSYSI_RQ_STREAMING || r->user_done) {
+    pthread_mutex_unlock(&r->mu);
+    return DSYS_ESTATE;
+  }
+  r->stream_ended = 1;
+  r->user_done = 1;
+  return finish_user(r, 1);
+}
+
+size_t dsysi_request_stream_take(dsys_request *r, void *buf, size_t max) {
+  size_t avail = r->stream.len - r->stream_off;
+  size_t n = avail < max ? avail : max;
+  if (n) memcpy(buf, r->stream.data + r->stream_off, n);
+  r->stream_off += n;
+  if (r->stream_off == r->stream.len) r->stream_off = r->stream.len = 0;
+  return n;
+}

@@ -1,0 +1,486 @@
+/*
+ * dsys_server: router, built-in middleware, dispatch, graceful stop.
+ * Transport-independent: listeners hand complete requests to
+ * dsysi_server_dispatch and are told about answers through ops->notify.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <distsys/util.h>
+#include "transport/transport.h"
+
+#define MAX_LISTENERS 8
+#define MAX_SEGS 32
+
+typedef struct route {
+  char *method; /* "*" = any */
+  char **segs;  /* pattern segments; ":x" params, "*" rest */
+  size_t nsegs;
+  int rest;     /* trailing "*" */
+  dsys_handler_fn fn;
+  void *ud;
+} route;
+
+typedef struct hook {
+  dsys_hook_fn fn;
+  void *ud;
+} hook;
+
+typedef struct listener {
+  const dsys_transport_ops *ops;
+  void *lst;
+} listener;
+
+struct dsys_server {
+  dsys_server_options o;
+  char *name;
+  route *routes;
+  size_t nroutes;
+  hook *hooks;
+  size_t nhooks;
+  listener ls[MAX_LISTENERS];
+  size_t nls;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  uint64_t inflight; /* requests whose transport side is not done */
+  dsys_request *live;
+  int listening;
+  int stopping;
+  int stopped;
+};
+
+size_t dsysi_server_max_body(dsys_server *s) { return s->o.max_body; }
+uint32_t dsysi_server_threads(dsys_server *s) { return s->o.threads; }
+uint32_t dsysi_server_max_connections(dsys_server *s) { return s->o.max_connections; }
+uint32_t dsysi_server_idle_timeout(dsys_server *s) { return s->o.idle_timeout_s; }
+dsys_clock *dsysi_server_clock(dsys_server *s) { return s->o.clock; }
+
+int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
+  if (!out) return DSYS_EINVAL;
+  dsys_server *s = calloc(1, sizeof *s);
+  if (!s) return DSYS_ENOMEM;
+  if (opts) {
+    size_t n = opts->size && opts->size < sizeof s->o ? opts->size : sizeof s->o;
+    memcpy(&s->o, opts, n);
+  }
+  s->o.size = sizeof s->o;
+  if (!s->o.max_body) s->o.max_body = 1024 * 1024;
+  if (!s->o.threads) s->o.threads = dsysi_ncpu() < 2 ? 2 : dsysi_ncpu();
+  if (!s->o.max_connections) s->o.max_connections = 1024;
+  if (!s->o.idle_timeout_s) s->o.idle_timeout_s = 60;
+  if (!s->o.clock) s->o.clock = dsys_clock_real();
+  s->name = strdup(s->o.name ? s->o.name : "server");
+  s->o.name = s->name;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->cv, &a);
+  pthread_condattr_destroy(&a);
+  if (!s->name) {
+    dsys_server_free(s);
+    return DSYS_ENOMEM;
+  }
+  *out = s;
+  return 0;
+}
+
+static void free_route(route *r) {
+  free(r->method);
+  for (size_t i = 0; i < r->nsegs; i++) free(r->segs[i]);
+  free(r->segs);
+}
+
+/* Split "/a/b/c" into segments (empty segments from "//" are kept). */
+static size_t split_path(const char *path, char **segs, size_t max,
+                         size_t *lens) {
+  size_t n = 0;
+  const char *p = path;
+  if (*p == '/') p++;
+  if (!*p) return 0;
+  while (n < max) {
+    const char *e = strchr(p, '/');
+    size_t l = e ? (size_t)(e - p) : strlen(p);
+    segs[n] = (char *)p;
+    lens[n] = l;
+    n++;
+    if (!e) break;
+    p = e + 1;
+  }
+  return n;
+}
+
+int dsys_server_route(dsys_server *s, const char *method, const char *pattern,
+                      dsys_handler_fn fn, void *ud) {
+  if (!s || !method || !*method || !pattern || pattern[0] != '/' || !fn)
+    return DSYS_EINVAL;
+  if (s->listening) return DSYS_ESTATE;
+  char *segs[MAX_SEGS];
+  size_t lens[MAX_SEGS];
+  size_t n = split_path(pattern, segs, MAX_SEGS, lens);
+  route r = {0};
+  for (size_t i = 0; i < n; i++) {
+    if (lens[i] == 1 && segs[i][0] == '*') {
+      if (i != n - 1) return DSYS_EINVAL; /* '*' only at the end */
+      r.rest = 1;
+      n--;
+      break;
+    }
+    if (segs[i][0] == ':' && lens[i] == 1) return DSYS_EINVAL;
+  }
+  route *nr = realloc(s->routes, (s->nroutes + 1) * sizeof *nr);
+  if (!nr) return DSYS_ENOMEM;
+  s->routes = nr;
+  r.method = strdup(method);
+  r.segs = calloc(n ? n : 1, sizeof *r.segs);
+  if (!r.method || !r.segs) goto oom;
+  for (size_t i = 0; i < n; i++) {
+    if (!(r.segs[i] = dsysi_strndup(segs[i], lens[i]))) goto oom;
+    r.nsegs++;
+  }
+  r.fn = fn;
+  r.ud = ud;
+  s->routes[s->nroutes++] = r;
+  return 0;
+oom:
+  free_route(&r);
+  return DSYS_ENOMEM;
+}
+
+int dsys_server_use(dsys_server *s, dsys_hook_fn fn, void *ud) {
+  if (!s || !fn) return DSYS_EINVAL;
+  if (s->listening) return DSYS_ESTATE;
+  hook *h = realloc(s->hooks, (s->nhooks + 1) * sizeof *h);
+  if (!h) return DSYS_ENOMEM;
+  s->hooks = h;
+  s->hooks[s->nhooks].fn = fn;
+  s->hooks[s->nhooks].ud = ud;
+  s->nhooks++;
+  return 0;
+}
+
+int dsys_server_listen(dsys_server *s, const char *url) {
+  if (!s || !url) return DSYS_EINVAL;
+  if (s->stopping) return DSYS_ESTATE;
+  if (s->nls == MAX_LISTENERS) return DSYS_ENOMEM;
+  const dsys_transport_ops *ops = dsysi_transport_find(url);
+  if (!ops) return DSYS_ESCHEME;
+  s->listening = 1;
+  void *lst = NULL;
+  int rc = ops->listen(s, url, &lst);
+  if (rc) return rc;
+  pthread_mutex_lock(&s->mu);
+  s->ls[s->nls].ops = ops;
+  s->ls[s->nls].lst = lst;
+  s->nls++;
+  pthread_mutex_unlock(&s->mu);
+  dsysi_log(DSYS_LOG_INFO, s->name, "listening on %s", ops->url(lst));
+  return 0;
+}
+
+const char *dsys_server_url(dsys_server *s, size_t i) {
+  if (!s || i >= s->nls) return NULL;
+  return s->ls[i].ops->url(s->ls[i].lst);
+}
+
+uint64_t dsys_server_inflight(dsys_server *s) {
+  if (!s) return 0;
+  pthread_mutex_lock(&s->mu);
+  uint64_t n = s->inflight;
+  pthread_mutex_unlock(&s->mu);
+  return n;
+}
+
+/* ---- requests ---- */
+
+dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
+                                void *lst, void *tctx) {
+  dsys_request *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  pthread_mutex_init(&r->mu, NULL);
+  atomic_init(&r->refs, 2); /* user + transport */
+  r->srv = s;
+  r->ops = ops;
+  r->lst = lst;
+  r->tctx = tctx;
+  r->remote = "";
+  r->start_us = dsys_clock_now_us(s->o.clock);
+  pthread_mutex_lock(&s->mu);
+  r->late = s->stopping;
+  s->inflight++;
+  r->next = s->live;
+  if (s->live) s->live->prev = r;
+  s->live = r;
+  pthread_mutex_unlock(&s->mu);
+  return r;
+}
+
+static void access_log(dsys_request *r, int ok) {
+  if (!r->srv->o.access_log && !dsysi_log_enabled(DSYS_LOG_DEBUG)) return;
+  double ms = (double)(dsys_clock_now_us(r->srv->o.clock) - r->start_us) / 1000.0;
+  dsysi_log(r->srv->o.access_log ? DSYS_LOG_INFO : DSYS_LOG_DEBUG, r->srv->name,
+            "%s %s %d %.3fms req=%s trace=%s remote=%s%s", r->method,
+            r->target, r->status, ms, r->req_id, r->trace_id, r->remote,
+            ok ? "" : " (aborted)");
+}
+
+void dsysi_request_transport_done(dsys_request *r, int ok) {
+  dsys_server *s = r->srv;
+  pthread_mutex_lock(&r->mu);
+  if (r->transport_done) {
+    pthread_mutex_unlock(&r->mu);
+    return;
+  }
+  r->transport_done = 1;
+  int fire = !r->user_done && !r->closed;
+  r->closed = 1;
+  dsys_close_fn cb = r->on_close;
+  void *ud = r->close_ud;
+  pthread_mutex_unlock(&r->mu);
+  access_log(r, ok);
+  if (fire && cb) cb(r, ud);
+  pthread_mutex_lock(&s->mu);
+  if (r->prev) r->prev->next = r->next;
+  else s->live = r->next;
+  if (r->next) r->next->prev = r->prev;
+  r->prev = r->next = NULL;
+  s->inflight--;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  dsysi_request_unref(r);
+}
+
+/* ---- middleware ---- */
+
+static int is_hex(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return 0;
+  return 1;
+}
+
+static int all_zero(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (s[i] != '0') return 0;
+  return 1;
+}
+
+/* W3C trace context: keep a valid incoming trace id, start a child span. */
+static void trace_context(dsys_request *r) {
+  const char *tp = dsysi_hdrs_get(&r->hdrs, "traceparent");
+  /* version(2)-traceid(32)-parentid(16)-flags(2) */
+  char flags[3] = "01";
+  if (tp && strlen(tp) >= 55 && tp[2] == '-' && tp[35] == '-' && tp[52] == '-' &&
+      is_hex(tp, 2) && strncmp(tp, "ff", 2) != 0 && is_hex(tp + 3, 32) &&
+      !all_zero(tp + 3, 32) && is_hex(tp + 36, 16) && !all_zero(tp + 36, 16) &&
+      is_hex(tp + 53, 2)) {
+    memcpy(r->trace_id, tp + 3, 32);
+    r->trace_id[32] = '\0';
+    memcpy(flags, tp + 53, 2);
+  } else {
+    dsys_random_hex(r->trace_id, sizeof r->trace_id, 16);
+  }
+  dsys_random_hex(r->span_id, sizeof r->span_id, 8);
+  snprintf(r->traceparent, sizeof r->traceparent, "00-%s-%s-%s", r->trace_id,
+           r->span_id, flags);
+}
+
+static void request_id(dsys_request *r) {
+  const char *id = dsysi_hdrs_get(&r->hdrs, "x-request-id");
+  size_t n = id ? strlen(id) : 0;
+  int ok = n > 0 && n < sizeof r->req_id;
+  for (size_t i = 0; ok && i < n; i++) {
+    char c = id[i];
+    ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+         (c >= 'A' && c <= 'Z') || c == '-' || c == '_' || c == '.';
+  }
+  if (ok) memcpy(r->req_id, id, n + 1);
+  else dsys_random_hex(r->req_id, sizeof r->req_id, 16);
+  dsysi_hdrs_add(&r->rhdrs, "X-Request-Id", 12, r->req_id, strlen(r->req_id));
+}
+
+/* Match one route; with r, on success fill the request's params.
+ * @return 1 match, 0 no match, -1 out of memory. */
+static int match_route(const route *rt, dsys_request *r, char **segs,
+                       size_t *lens, size_t n) {
+  if (n < rt->nsegs || (!rt->rest && n != rt->nsegs)) return 0;
+  for (size_t i = 0; i < rt->nsegs; i++) {
+    const char *p = rt->segs[i];
+    if (p[0] == ':') continue;
+    if (strlen(p) != lens[i] || memcmp(p, segs[i], lens[i])) return 0;
+  }
+  size_t np = 0;
+  for (size_t i = 0; i < rt->nsegs; i++)
+    if (rt->segs[i][0] == ':') np++;
+  if (rt->rest) np++;
+  if (!np || !r) return 1;
+  r->pnames = calloc(np, sizeof *r->pnames);
+  r->pvals = calloc(np, sizeof *r->pvals);
+  if (!r->pnames || !r->pvals) return -1;
+  for (size_t i = 0; i < rt->nsegs; i++)
+    if (rt->segs[i][0] == ':') {
+      r->pnames[r->nparams] = strdup(rt->segs[i] + 1);
+      r->pvals[r->nparams] = dsysi_url_decode(segs[i], lens[i], 0);
+      r->nparams++;
+    }
+  if (rt->rest) {
+    /* The rest of the raw path after the matched segments, decoded. */
+    const char *start = rt->nsegs < n ? segs[rt->nsegs] : "";
+    r->pnames[r->nparams] = strdup("*");
+    r->pvals[r->nparams] = dsysi_url_decode(start, strlen(start), 0);
+    r->nparams++;
+  }
+  for (size_t i = 0; i < r->nparams; i++)
+    if (!r->pnames[i] || !r->pvals[i]) return -1;
+  return 1;
+}
+
+void dsysi_server_dispatch(dsys_request *r) {
+  dsys_server *s = r->srv;
+  dsysi_request_ref(r); /* the handler may finish the request under us */
+  request_id(r);
+  trace_context(r);
+  if (r->late) {
+    dsys_response_header(r, "Connection", "close");
+    dsys_respond_error(r, 503, "DSYS_ESTOPPED", "Server is shutting down");
+    dsysi_request_unref(r);
+    return;
+  }
+  /* Route on the raw path so "%2F" inside a segment stays one segment;
+   * segments are decoded when read as params. */
+  char *raw = dsysi_strndup(r->target, strcspn(r->target, "?"));
+  char *segs[MAX_SEGS];
+  size_t lens[MAX_SEGS];
+  size_t n = raw ? split_path(raw, segs, MAX_SEGS, lens) : 0;
+  const route *found = NULL;
+  int path_matched = 0;
+  char allow[128] = "";
+  for (size_t i = 0; raw && i < s->nroutes; i++) {
+    const route *rt = &s->routes[i];
+    int method_ok = !strcmp(rt->method, "*") || !strcmp(rt->method, r->method) ||
+                    (!strcmp(r->method, "HEAD") && !strcmp(rt->method, "GET"));
+    if (match_route(rt, NULL, segs, lens, n) <= 0) continue;
+    path_matched = 1;
+    if (!method_ok) {
+      if (strlen(allow) + strlen(rt->method) + 3 < sizeof allow) {
+        if (*allow) strcat(allow, ", ");
+        strcat(allow, rt->method);
+      }
+      continue;
+    }
+    if (match_route(rt, r, segs, lens, n) < 0) {
+      free(raw);
+      dsys_respond_error(r, 500, "DSYS_ENOMEM", "Out of memory");
+      dsysi_request_unref(r);
+      return;
+    }
+    found = rt;
+    break;
+  }
+  free(raw);
+  if (!found) {
+    if (path_matched) {
+      dsys_response_header(r, "Allow", allow);
+      dsys_respond_error(r, 405, "method_not_allowed", "Method not allowed");
+    } else {
+      dsys_respond_error(r, 404, "not_found", "Not found");
+    }
+    dsysi_request_unref(r);
+    return;
+  }
+  for (size_t i = 0; i < s->nhooks; i++)
+    if (s->hooks[i].fn(r, s->hooks[i].ud)) {
+      dsysi_request_unref(r);
+      return;
+    }
+  found->fn(r, found->ud);
+  pthread_mutex_lock(&r->mu);
+  int undecided = r->state == DSYSI_RQ_NEW && !r->user_done;
+  pthread_mutex_unlock(&r->mu);
+  if (undecided) {
+    dsysi_log(DSYS_LOG_ERROR, s->name, "handler for %s %s did not respond",
+              r->method, r->path);
+    dsys_respond_error(r, 500, "DSYS_EINTERNAL", "Handler did not respond");
+  }
+  dsysi_request_unref(r);
+}
+
+/* ---- stop ---- */
+
+/* Wait until no request is in flight or the deadline (monotonic us). */
+static int wait_idle(dsys_server *s, int64_t deadline_us) {
+  pthread_mutex_lock(&s->mu);
+  while (s->inflight > 0) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t now_us = (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+    if (now_us >= deadline_us) break;
+    int64_t d = deadline_us < now_us + 50000 ? deadline_us : now_us + 50000;
+    struct timespec ts = {.tv_sec = d / 1000000, .tv_nsec = (long)(d % 1000000) * 1000};
+    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+  }
+  int idle = s->inflight == 0;
+  pthread_mutex_unlock(&s->mu);
+  return idle;
+}
+
+static int64_t mono_us(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+}
+
+int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
+  if (!s) return DSYS_EINVAL;
+  pthread_mutex_lock(&s->mu);
+  if (s->stopping) {
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+  }
+  s->stopping = 1;
+  pthread_mutex_unlock(&s->mu);
+  for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->quiesce(s->ls[i].lst);
+  int rc = 0;
+  if (!wait_idle(s, mono_us() + (drain_ms > 0 ? drain_ms : 0) * 1000)) {
+    rc = DSYS_ETIMEDOUT;
+    /* Cut off what is left: the transports answer 503 or end streams. */
+    for (;;) {
+      pthread_mutex_lock(&s->mu);
+      dsys_request *victim = NULL;
+      for (dsys_request *r = s->live; r; r = r->next)
+        if (!r->abandoned) {
+          victim = r;
+          break;
+        }
+      if (victim) {
+        victim->abandoned = 1;
+        dsysi_request_ref(victim);
+      }
+      pthread_mutex_unlock(&s->mu);
+      if (!victim) break;
+      victim->ops->notify(victim->lst, victim);
+      dsysi_request_unref(victim);
+    }
+    if (!wait_idle(s, mono_us() + 2000000))
+      dsysi_log(DSYS_LOG_WARN, s->name, "%llu requests still open at stop",
+                (unsigned long long)dsys_server_inflight(s));
+  }
+  for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->close(s->ls[i].lst);
+  pthread_mutex_lock(&s->mu);
+  s->stopped = 1;
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+void dsys_server_free(dsys_server *s) {
+  if (!s) return;
+  if (s->nls && !s->stopped) dsys_server_stop(s, 5000);
+  for (size_t i = 0; i < s->nroutes; i++) free_route(&s->routes[i]);
+  free(s->routes);
+  free(s->hooks);
+  free(s->name);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
+  free(s);
+}

@@ -1,0 +1,207 @@
+/*
+ * Internal transport interface: the request object shared by the server
+ * core and the transports, and the versioned transport ops table.
+ *
+ * A dsys_request is reference-counted: the user side holds one reference
+ * until it finishes the request (respond or stream end), the transport
+ * holds one until its side is done (response sent, connection gone, or
+ * abandoned at stop), and dispatch holds one while the handler runs.
+ */
+#ifndef DSYSI_TRANSPORT_H
+#define DSYSI_TRANSPORT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <distsys/client.h>
+#include <distsys/server.h>
+#include "core/internal.h"
+
+/* ---- header lists ---- */
+typedef struct dsysi_hdr {
+  char *name;
+  char *value;
+} dsysi_hdr;
+
+typedef struct dsysi_hdrs {
+  dsysi_hdr *v;
+  size_t n, cap;
+} dsysi_hdrs;
+
+int dsysi_hdrs_add(dsysi_hdrs *h, const char *name, size_t nlen,
+                   const char *value, size_t vlen);
+const char *dsysi_hdrs_get(const dsysi_hdrs *h, const char *name);
+void dsysi_hdrs_free(dsysi_hdrs *h);
+/** Nonzero when a header value or name is safe to emit (no CR, LF, NUL). */
+int dsysi_header_ok(const char *s);
+/** Hop-by-hop headers that a transport sets itself. */
+int dsysi_header_is_hop(const char *name);
+
+/* ---- request ---- */
+enum dsysi_rq_state {
+  DSYSI_RQ_NEW = 0,   /* in the handler, nothing decided */
+  DSYSI_RQ_DEFERRED,  /* the user will answer later */
+  DSYSI_RQ_ANSWERED,  /* a complete response is stored */
+  DSYSI_RQ_STREAMING, /* headers decided; chunks follow */
+};
+
+struct dsys_request {
+  pthread_mutex_t mu;
+  atomic_int refs;
+  dsys_server *srv;
+  const struct dsys_transport_ops *ops;
+  void *lst;  /* transport listener state */
+  void *tctx; /* transport per-request state */
+
+  char *method, *path, *target, *query;
+  const char *remote; /* static or owned by tctx */
+  dsysi_hdrs hdrs;
+  char *body;
+  size_t body_len;
+
+  char **pnames, **pvals; /* route params */
+  size_t nparams;
+  dsysi_hdrs qparams;
+  int qparsed;
+
+  char req_id[65];
+  char trace_id[33];
+  char span_id[17];
+  char traceparent[56];
+  void *user;
+
+  int state;
+  int user_done;      /* finished by the user (respond or stream end) */
+  int transport_done; /* the transport side completed */
+  int closed;         /* client gone or abandoned: writes fail */
+  int abandoned;      /* server stop: transport must cut it off */
+  int stream_ended;
+  int late;           /* arrived after stop began: answer 503 */
+  int status;
+  char *ctype;
+  dsysi_hdrs rhdrs;
+  char *rbody;
+  size_t rlen;
+  dsysi_buf stream; /* queued stream bytes */
+  size_t stream_off;
+  dsys_close_fn on_close;
+  void *close_ud;
+  int64_t start_us;
+  struct dsys_request *prev, *next; /* server's live list */
+};
+
+/**
+ * Create a request owned by the transport (one transport reference and one
+ * user reference), registered with the server's in-flight accounting.
+ * The transport fills method, path, target, query, headers, body, remote.
+ */
+dsys_request *dsysi_request_new(dsys_server *srv,
+                                const struct dsys_transport_ops *ops,
+                                void *lst, void *tctx);
+void dsysi_request_ref(dsys_request *req);
+void dsysi_request_unref(dsys_request *req);
+
+/**
+ * Split a raw target "/p%20x?q=1" into decoded path and raw query.
+ * @return 0 or DSYS_ENOMEM / DSYS_EURL.
+ */
+int dsysi_request_set_target(dsys_request *req, const char *target);
+
+/** Run middleware, routing and the handler (on the calling thread). */
+void dsysi_server_dispatch(dsys_request *req);
+
+/**
+ * The transport side is finished: response fully sent (ok=1) or the
+ * connection went away / was cut off (ok=0). Releases the transport
+ * reference; fires on_close when the user had not finished.
+ */
+void dsysi_request_transport_done(dsys_request *req, int ok);
+
+/**
+ * Copy up to max queued stream bytes into buf (req->mu held by caller).
+ * @return bytes copied.
+ */
+size_t dsysi_request_stream_take(dsys_request *req, void *buf, size_t max);
+
+/** Body of the standard JSON error: {"error": msg, "code": code}. */
+char *dsysi_error_json(const char *code, const char *message, size_t *len);
+
+/** Limits and settings the transports read from the server. */
+size_t dsysi_server_max_body(dsys_server *srv);
+uint32_t dsysi_server_threads(dsys_server *srv);
+uint32_t dsysi_server_max_connections(dsys_server *srv);
+uint32_t dsysi_server_idle_timeout(dsys_server *srv);
+dsys_clock *dsysi_server_clock(dsys_server *srv);
+
+/* ---- client-side pending call ---- */
+typedef struct dsysi_call dsysi_call;
+struct dsysi_call {
+  dsys_client *client;
+  const struct dsys_transport_ops *ops;
+  char *method, *url, *path;
+  dsysi_hdrs hdrs;
+  char *body;
+  size_t body_len;
+  int64_t timeout_ms, connect_timeout_ms;
+  dsys_chunk_fn on_chunk;
+  void *chunk_ud;
+  dsys_reply_fn cb;
+  void *ud;
+  atomic_int done; /* completion happened */
+  atomic_int refs;
+  void *tpriv;     /* transport private */
+  uint64_t timer;  /* inproc timeout timer */
+  size_t max_response;
+  dsys_clock *clock;
+  dsysi_call *cprev, *cnext; /* the client's list of pending calls */
+};
+
+struct dsys_reply {
+  int status;
+  dsysi_hdrs hdrs;
+  char *body;
+  size_t body_len;
+};
+
+/** Complete a call exactly once: runs the callback (or drops the reply if
+ *  it already completed). Takes ownership of reply. */
+void dsysi_call_complete(dsysi_call *call, int err, dsys_reply *reply);
+void dsysi_call_unref(dsysi_call *call);
+/** Build a reply: copies nothing, takes ownership of body (may be NULL). */
+dsys_reply *dsysi_reply_new(int status);
+
+/* ---- the ops table ---- */
+#define DSYS_TRANSPORT_OPS_VERSION 1
+
+typedef struct dsys_transport_ops {
+  int version;        /* DSYS_TRANSPORT_OPS_VERSION */
+  const char *name;   /* "http" */
+  const char *scheme; /* URL scheme without "://" */
+  /* listener side */
+  int (*listen)(dsys_server *srv, const char *url, void **lst);
+  const char *(*url)(void *lst);
+  void (*quiesce)(void *lst); /* stop accepting new connections */
+  /* The request's answer state changed (answered, stream data or end,
+   * abandoned). Called without req->mu held, from any thread. */
+  void (*notify)(void *lst, dsys_request *req);
+  void (*close)(void *lst); /* after every request completed or was cut */
+  /* dialer side: start an asynchronous call; complete it with
+   * dsysi_call_complete exactly once. A nonzero return means the call was
+   * not started and will never complete. */
+  int (*call)(dsysi_call *call);
+  /* optional synchronous fast path; NULL: call + wait */
+  int (*call_sync)(dsysi_call *call, dsys_reply **out);
+  void (*client_free)(dsys_client *c); /* release per-client state */
+} dsys_transport_ops;
+
+extern const dsys_transport_ops dsysi_http_ops;
+extern const dsys_transport_ops dsysi_unix_ops;
+extern const dsys_transport_ops dsysi_inproc_ops;
+
+/** The transport for a URL by scheme, or NULL. */
+const dsys_transport_ops *dsysi_transport_find(const char *url);
+
+/** Per-client slot for a transport's private state. */
+void **dsysi_client_slot(dsys_client *c, const dsys_transport_ops *ops);
+pthread_mutex_t *dsysi_client_lock(dsys_client *c);
+
+#endif

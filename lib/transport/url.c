@@ -1,0 +1,73 @@
+/* Endpoint URL parsing and scheme lookup. */
+#include <stdlib.h>
+#include <string.h>
+#include "transport/transport.h"
+#include "transport/url.h"
+
+int dsysi_url_parse(const char *url, dsysi_url *u) {
+  memset(u, 0, sizeof *u);
+  if (!url) return DSYS_EURL;
+  const char *sep = strstr(url, "://");
+  if (!sep || sep == url || (size_t)(sep - url) >= sizeof u->scheme)
+    return DSYS_EURL;
+  memcpy(u->scheme, url, (size_t)(sep - url));
+  const char *rest = sep + 3;
+  if (!strcmp(u->scheme, "unix")) {
+    if (rest[0] != '/' || strlen(rest) < 2) return DSYS_EURL;
+    u->path = strdup(rest);
+    return u->path ? 0 : DSYS_ENOMEM;
+  }
+  if (!strcmp(u->scheme, "inproc")) {
+    size_t n = strlen(rest);
+    if (n == 0 || n >= sizeof u->host || strchr(rest, '/')) return DSYS_EURL;
+    memcpy(u->host, rest, n + 1);
+    u->path = strdup("");
+    return u->path ? 0 : DSYS_ENOMEM;
+  }
+  /* http-like: host[:port][/path] */
+  const char *hs = rest, *he;
+  if (*hs == '[') {
+    he = strchr(hs, ']');
+    if (!he) return DSYS_EURL;
+    hs++;
+  } else {
+    he = hs + strcspn(hs, ":/");
+  }
+  size_t hl = (size_t)(he - hs);
+  if (hl >= sizeof u->host) return DSYS_EURL;
+  memcpy(u->host, hs, hl);
+  u->host[hl] = '\0';
+  const char *p = *he == ']' ? he + 1 : he;
+  u->port = 80;
+  if (*p == ':') {
+    char *end;
+    long port = strtol(p + 1, &end, 10);
+    if (end == p + 1 || port < 0 || port > 65535) return DSYS_EURL;
+    u->port = (int)port;
+    p = end;
+  }
+  if (*p && *p != '/') return DSYS_EURL;
+  if (hl == 0) return DSYS_EURL;
+  /* Drop a lone trailing slash so base + "/path" never doubles it. */
+  size_t pl = strlen(p);
+  if (pl == 1) pl = 0;
+  u->path = dsysi_strndup(p, pl);
+  return u->path ? 0 : DSYS_ENOMEM;
+}
+
+void dsysi_url_free(dsysi_url *u) {
+  free(u->path);
+  u->path = NULL;
+}
+
+const dsys_transport_ops *dsysi_transport_find(const char *url) {
+  static const dsys_transport_ops *const all[] = {&dsysi_http_ops, &dsysi_unix_ops,
+                                                  &dsysi_inproc_ops};
+  if (!url) return NULL;
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+    size_t n = strlen(all[i]->scheme);
+    if (!strncmp(url, all[i]->scheme, n) && !strncmp(url + n, "://", 3))
+      return all[i];
+  }
+  return NULL;
+}
