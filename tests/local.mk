@@ -20,3 +20,6 @@ tests_conformance_test_transport_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_conformance_test_transport_CFLAGS = $(TEST_CFLAGS)
 tests_conformance_test_transport_LDADD = $(TEST_LIBS)
 TESTS += tests/conformance/test-transport
+
+TESTS += tests/integration/echo-service.test
+EXTRA_DIST += tests/integration/echo-service.test

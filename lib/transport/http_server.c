@@ -355,13 +355,13 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   l->d = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
       0, NULL, NULL, access_handler, l,
+      MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, l,
       MHD_OPTION_LISTEN_SOCKET, l->fd,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
       MHD_OPTION_CONNECTION_LIMIT, (unsigned)dsysi_server_max_connections(srv),
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)dsysi_server_idle_timeout(srv),
       MHD_OPTION_NOTIFY_COMPLETED, request_completed, l,
       MHD_OPTION_URI_LOG_CALLBACK, uri_log, l,
-      MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, l,
       MHD_OPTION_END);
   if (!l->d) {
     close(l->fd);

@@ -306,7 +306,7 @@ static int inproc_call(dsysi_call *call) {
     free(ir);
     return DSYS_ENOMEM;
   }
-  atomic_fetch_add(&call->refs, 1); /* ir's reference */
+  /* ir owns the call's initial reference from here on. */
   ir->call = call;
   r->remote = "inproc";
   r->method = strdup(call->method);
@@ -328,19 +328,17 @@ static int inproc_call(dsysi_call *call) {
   if (!rc) rc = enqueue(l, r);
   pthread_mutex_unlock(&g_mu);
   if (rc) {
-    /* Never started: undo without completing the call. */
+    /* Never started: undo quietly; the caller releases the call. */
     if (call->timer && dsys_timer_cancel(call->clock, call->timer) == 0)
       atomic_fetch_sub(&call->refs, 1);
-    atomic_store(&call->done, 1);
     pthread_mutex_lock(&r->mu);
     r->user_done = 1;
+    r->closed = 1; /* no on_close for a request nobody saw */
     pthread_mutex_unlock(&r->mu);
     dsysi_request_transport_done(r, 0);
     dsysi_request_unref(r); /* the user's reference */
-    atomic_fetch_sub(&call->refs, 1);
     dsysi_buf_free(&ir->body);
     free(ir);
-    atomic_store(&call->done, 0);
     return rc;
   }
   return 0;

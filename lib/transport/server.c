@@ -29,7 +29,8 @@ typedef struct hook {
 
 typedef struct listener {
   const dsys_transport_ops *ops;
-  void *lst;
+  void *lst;  /* NULL once closed */
+  char *url;  /* copy: stays valid until dsys_server_free */
 } listener;
 
 struct dsys_server {
@@ -170,18 +171,24 @@ int dsys_server_listen(dsys_server *s, const char *url) {
   void *lst = NULL;
   int rc = ops->listen(s, url, &lst);
   if (rc) return rc;
+  char *bound = strdup(ops->url(lst));
+  if (!bound) {
+    ops->close(lst);
+    return DSYS_ENOMEM;
+  }
   pthread_mutex_lock(&s->mu);
   s->ls[s->nls].ops = ops;
   s->ls[s->nls].lst = lst;
+  s->ls[s->nls].url = bound;
   s->nls++;
   pthread_mutex_unlock(&s->mu);
-  dsysi_log(DSYS_LOG_INFO, s->name, "listening on %s", ops->url(lst));
+  dsysi_log(DSYS_LOG_INFO, s->name, "listening on %s", bound);
   return 0;
 }
 
 const char *dsys_server_url(dsys_server *s, size_t i) {
   if (!s || i >= s->nls) return NULL;
-  return s->ls[i].ops->url(s->ls[i].lst);
+  return s->ls[i].url;
 }
 
 uint64_t dsys_server_inflight(dsys_server *s) {
@@ -466,7 +473,10 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
       dsysi_log(DSYS_LOG_WARN, s->name, "%llu requests still open at stop",
                 (unsigned long long)dsys_server_inflight(s));
   }
-  for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->close(s->ls[i].lst);
+  for (size_t i = 0; i < s->nls; i++) {
+    s->ls[i].ops->close(s->ls[i].lst);
+    s->ls[i].lst = NULL;
+  }
   pthread_mutex_lock(&s->mu);
   s->stopped = 1;
   pthread_mutex_unlock(&s->mu);
@@ -476,6 +486,7 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
 void dsys_server_free(dsys_server *s) {
   if (!s) return;
   if (s->nls && !s->stopped) dsys_server_stop(s, 5000);
+  for (size_t i = 0; i < s->nls; i++) free(s->ls[i].url);
   for (size_t i = 0; i < s->nroutes; i++) free_route(&s->routes[i]);
   free(s->routes);
   free(s->hooks);
