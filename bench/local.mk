@@ -1,1 +1,7 @@
-# Benchmark programs (built by make, not run by make check).
+# Benchmark programs: built by make, run by the bench/ scripts (never by
+# make check, which must not time anything).
+noinst_PROGRAMS += bench/bench-server
+bench_bench_server_SOURCES = bench/bench-server.c
+bench_bench_server_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS)
+bench_bench_server_LDADD = libdistsys.la $(MHD_LIBS)
+EXTRA_DIST += bench/run-transport

@@ -44,6 +44,15 @@ char *dsysi_strndup(const char *s, size_t n);
 int dsysi_streq_nocase(const char *a, const char *b);
 /** Percent-decode (s, n) into a new string; '+' is kept unless plus_space. */
 char *dsysi_url_decode(const char *s, size_t n, int plus_space);
+/**
+ * Fast non-cryptographic random hex (thread-local xoshiro256**, seeded from
+ * arc4random once per thread): for request and trace ids, never secrets.
+ * Writes 2 * nbytes hex digits and a NUL into out.
+ */
+void dsysi_fast_hex(char *out, size_t nbytes);
+/** Next 64 fast random bits (see dsysi_fast_hex). */
+uint64_t dsysi_fast_rand(void);
+
 /** Number of online CPUs (at least 1). */
 unsigned dsysi_ncpu(void);
 

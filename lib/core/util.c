@@ -176,6 +176,40 @@ char *dsysi_url_decode(const char *s, size_t n, int plus_space) {
   return d;
 }
 
+static _Thread_local uint64_t xs[4];
+static _Thread_local int xs_seeded;
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t dsysi_fast_rand(void) {
+  if (!xs_seeded) {
+    do arc4random_buf(xs, sizeof xs);
+    while (!(xs[0] | xs[1] | xs[2] | xs[3]));
+    xs_seeded = 1;
+  }
+  uint64_t r = rotl(xs[1] * 5, 7) * 9, t = xs[1] << 17;
+  xs[2] ^= xs[0];
+  xs[3] ^= xs[1];
+  xs[1] ^= xs[2];
+  xs[0] ^= xs[3];
+  xs[2] ^= t;
+  xs[3] = rotl(xs[3], 45);
+  return r;
+}
+
+void dsysi_fast_hex(char *out, size_t nbytes) {
+  static const char hex[] = "0123456789abcdef";
+  size_t o = 0;
+  while (nbytes) {
+    uint64_t r = dsysi_fast_rand();
+    for (int i = 0; i < 8 && nbytes; i++, nbytes--, r >>= 8) {
+      out[o++] = hex[(r >> 4) & 15];
+      out[o++] = hex[r & 15];
+    }
+  }
+  out[o] = '\0';
+}
+
 unsigned dsysi_ncpu(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? (unsigned)n : 1;

@@ -15,14 +15,15 @@ int dsysi_hdrs_add(dsysi_hdrs *h, const char *name, size_t nlen,
     h->v = v;
     h->cap = cap;
   }
-  char *n = dsysi_strndup(name, nlen), *val = dsysi_strndup(value, vlen);
-  if (!n || !val) {
-    free(n);
-    free(val);
-    return DSYS_ENOMEM;
-  }
+  /* One allocation holds both strings; name owns it. */
+  char *n = malloc(nlen + vlen + 2);
+  if (!n) return DSYS_ENOMEM;
+  memcpy(n, name, nlen);
+  n[nlen] = '\0';
+  memcpy(n + nlen + 1, value, vlen);
+  n[nlen + 1 + vlen] = '\0';
   h->v[h->n].name = n;
-  h->v[h->n].value = val;
+  h->v[h->n].value = n + nlen + 1;
   h->n++;
   return 0;
 }
@@ -34,10 +35,7 @@ const char *dsysi_hdrs_get(const dsysi_hdrs *h, const char *name) {
 }
 
 void dsysi_hdrs_free(dsysi_hdrs *h) {
-  for (size_t i = 0; i < h->n; i++) {
-    free(h->v[i].name);
-    free(h->v[i].value);
-  }
+  for (size_t i = 0; i < h->n; i++) free(h->v[i].name);
   free(h->v);
   h->v = NULL;
   h->n = h->cap = 0;

@@ -286,11 +286,18 @@ static void trace_context(dsys_request *r) {
     r->trace_id[32] = '\0';
     memcpy(flags, tp + 53, 2);
   } else {
-    dsys_random_hex(r->trace_id, sizeof r->trace_id, 16);
+    dsysi_fast_hex(r->trace_id, 16);
   }
-  dsys_random_hex(r->span_id, sizeof r->span_id, 8);
-  snprintf(r->traceparent, sizeof r->traceparent, "00-%s-%s-%s", r->trace_id,
-           r->span_id, flags);
+  dsysi_fast_hex(r->span_id, 8);
+  /* "00-" trace "-" span "-" flags, without printf on the hot path. */
+  char *p = r->traceparent;
+  memcpy(p, "00-", 3);
+  memcpy(p + 3, r->trace_id, 32);
+  p[35] = '-';
+  memcpy(p + 36, r->span_id, 16);
+  p[52] = '-';
+  memcpy(p + 53, flags, 2);
+  p[55] = '\0';
 }
 
 static void request_id(dsys_request *r) {
@@ -303,7 +310,7 @@ static void request_id(dsys_request *r) {
          (c >= 'A' && c <= 'Z') || c == '-' || c == '_' || c == '.';
   }
   if (ok) memcpy(r->req_id, id, n + 1);
-  else dsys_random_hex(r->req_id, sizeof r->req_id, 16);
+  else dsysi_fast_hex(r->req_id, 16);
   dsysi_hdrs_add(&r->rhdrs, "X-Request-Id", 12, r->req_id, strlen(r->req_id));
 }
 
