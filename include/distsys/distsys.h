@@ -12,5 +12,6 @@
 #include <distsys/config.h>
 #include <distsys/server.h>
 #include <distsys/client.h>
+#include <distsys/store.h>
 
 #endif

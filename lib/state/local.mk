@@ -1,1 +1,12 @@
-# state (see issues): sources are appended here.
+# State: key-value store, durable job queue and workers (issue 4).
+libdsys_internal_la_SOURCES += \
+	lib/state/store.c lib/state/store_sqlite.c lib/state/store_mem.c
+noinst_HEADERS += lib/state/state.h
+pkginclude_HEADERS += include/distsys/store.h
+
+check_PROGRAMS += tests/state/test-store
+tests_state_test_store_SOURCES = tests/state/test-store.c
+tests_state_test_store_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_state_test_store_CFLAGS = $(TEST_CFLAGS)
+tests_state_test_store_LDADD = $(TEST_LIBS)
+TESTS += tests/state/test-store

@@ -1,0 +1,99 @@
+/*
+ * Configuration from command-line flags and DSYS_* environment variables.
+ * Precedence: flag, then environment variable, then default.
+ *
+ * Flags are GNU-style long options: "--name value", "--name=value"; boolean
+ * options take no value ("--flag") but accept "--flag=true|false". "--"
+ * ends option parsing; other arguments are positional.
+ *
+ * Thread-safety: a dsys_config is immutable after parsing and may be read
+ * from any thread; dsys_config_free must not race with readers.
+ */
+#ifndef DSYS_CONFIG_H
+#define DSYS_CONFIG_H
+
+#include <distsys/common.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Option value types. */
+typedef enum dsys_opt_type {
+  DSYS_OPT_STRING = 0,
+  DSYS_OPT_INT = 1,  /**< 64-bit signed decimal, validated at parse time */
+  DSYS_OPT_BOOL = 2, /**< true/false, yes/no, on/off, 1/0 */
+  DSYS_OPT_LIST = 3  /**< string, repeatable; every occurrence is kept */
+} dsys_opt_type;
+
+/** One option. An array of these describes a program's options. */
+typedef struct dsys_option {
+  const char *name; /**< flag without dashes: "listen" means --listen */
+  const char *env;  /**< environment variable, e.g. "DSYS_LISTEN", or NULL */
+  int type;         /**< a dsys_opt_type */
+  const char *def;  /**< default as text, or NULL for none */
+  const char *help; /**< one line for --help */
+} dsys_option;
+
+typedef struct dsys_config dsys_config;
+
+/**
+ * Parse argv and the environment against an option table.
+ * @param out receives the config (only on success); free with dsys_config_free.
+ * @param opts option table (must outlive the config).
+ * @param argv arguments; argv[0] is the program name and is skipped.
+ * @param errbuf receives a message on failure (may be NULL).
+ * @return 0; DSYS_EINVAL for an unknown flag, a missing value or a value of
+ *         the wrong type (message in errbuf); DSYS_ENOMEM.
+ */
+DSYS_API int dsys_config_parse(dsys_config **out, const dsys_option *opts,
+                               size_t nopts, int argc, char *const *argv,
+                               char *errbuf, size_t errlen);
+
+/** Free a config. NULL-safe. */
+DSYS_API void dsys_config_free(dsys_config *cfg);
+
+/**
+ * Value of an option (the last occurrence for lists), or NULL when it is
+ * unset and has no default. The string lives as long as the config.
+ */
+DSYS_API const char *dsys_config_get(const dsys_config *cfg, const char *name);
+
+/** Integer value. @return 0, DSYS_ENOTFOUND (unset), DSYS_ETYPE. */
+DSYS_API int dsys_config_get_int(const dsys_config *cfg, const char *name,
+                                 int64_t *out);
+
+/** Boolean value: 1 or 0; an unset option without default gives 0. */
+DSYS_API int dsys_config_get_bool(const dsys_config *cfg, const char *name);
+
+/** Number of values of a list option (0 when unset). */
+DSYS_API size_t dsys_config_count(const dsys_config *cfg, const char *name);
+
+/** The i-th value of a list option, or NULL. */
+DSYS_API const char *dsys_config_get_nth(const dsys_config *cfg,
+                                         const char *name, size_t i);
+
+/** Where the value came from: "flag", "env", "default" or "unset". */
+DSYS_API const char *dsys_config_source(const dsys_config *cfg,
+                                        const char *name);
+
+/** Number of positional arguments. */
+DSYS_API size_t dsys_config_npositional(const dsys_config *cfg);
+
+/** The i-th positional argument, or NULL. */
+DSYS_API const char *dsys_config_positional(const dsys_config *cfg, size_t i);
+
+/**
+ * Build a --help text: "Usage: prog [options]", the summary, then one line
+ * per option with its environment variable and default.
+ * @param out receives the text; release with dsys_free().
+ * @return 0, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_config_usage(const dsys_option *opts, size_t nopts,
+                               const char *progname, const char *summary,
+                               char **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
