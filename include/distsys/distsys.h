@@ -13,5 +13,6 @@
 #include <distsys/server.h>
 #include <distsys/client.h>
 #include <distsys/store.h>
+#include <distsys/queue.h>
 
 #endif

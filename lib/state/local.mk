@@ -10,3 +10,14 @@ tests_state_test_store_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_state_test_store_CFLAGS = $(TEST_CFLAGS)
 tests_state_test_store_LDADD = $(TEST_LIBS)
 TESTS += tests/state/test-store
+
+libdsys_internal_la_SOURCES += lib/state/queue.c lib/state/worker.c
+noinst_HEADERS += lib/state/queue_int.h
+pkginclude_HEADERS += include/distsys/queue.h
+
+check_PROGRAMS += tests/state/test-queue
+tests_state_test_queue_SOURCES = tests/state/test-queue.c
+tests_state_test_queue_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_state_test_queue_CFLAGS = $(TEST_CFLAGS)
+tests_state_test_queue_LDADD = $(TEST_LIBS)
+TESTS += tests/state/test-queue
