@@ -21,3 +21,10 @@ tests_state_test_queue_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_state_test_queue_CFLAGS = $(TEST_CFLAGS)
 tests_state_test_queue_LDADD = $(TEST_LIBS)
 TESTS += tests/state/test-queue
+
+check_PROGRAMS += tests/state/test-state-crash
+tests_state_test_state_crash_SOURCES = tests/state/test-state-crash.c
+tests_state_test_state_crash_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_state_test_state_crash_CFLAGS = $(TEST_CFLAGS)
+tests_state_test_state_crash_LDADD = $(TEST_LIBS)
+TESTS += tests/state/test-state-crash
