@@ -28,3 +28,18 @@ tests_state_test_state_crash_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_state_test_state_crash_CFLAGS = $(TEST_CFLAGS)
 tests_state_test_state_crash_LDADD = $(TEST_LIBS)
 TESTS += tests/state/test-state-crash
+
+# Example: a submitting process and a worker process on one file.
+noinst_PROGRAMS += examples/queue-worker
+examples_queue_worker_SOURCES = examples/queue-worker.c
+examples_queue_worker_LDADD = libdistsys.la
+TESTS += tests/state/example-queue-worker.test
+EXTRA_DIST += tests/state/example-queue-worker.test bench/run-state
+
+# Benchmarks (built by make like bench/local.mk says;
+# run bench/run-state). Not run by make check.
+noinst_PROGRAMS += bench/bench-store bench/bench-queue
+bench_bench_store_SOURCES = bench/bench-store.c
+bench_bench_store_LDADD = libdistsys.la $(PTHREAD_LIBS)
+bench_bench_queue_SOURCES = bench/bench-queue.c
+bench_bench_queue_LDADD = libdistsys.la $(PTHREAD_LIBS)
