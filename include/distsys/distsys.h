@@ -12,5 +12,7 @@
 #include <distsys/config.h>
 #include <distsys/server.h>
 #include <distsys/client.h>
+#include <distsys/store.h>
+#include <distsys/queue.h>
 
 #endif

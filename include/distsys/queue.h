@@ -1,0 +1,329 @@
+/*
+ * Durable job queue with leases, fencing tokens, retries with jittered
+ * exponential backoff, dead letters, delays, priorities, idempotency keys
+ * and retention; and a worker pool (dsys_worker) that runs a handler.
+ *
+ * Opened by URL like the store: "sqlite:///abs/path/file.sqlite" (several
+ * processes may share the file, also with a dsys_store) or "memory:" (an
+ * in-process SQLite database, for tests).
+ *
+ * Job states: waiting (ready to claim), delayed (run_at in the future, or
+ * backing off before a retry), active (claimed, under a lease), completed,
+ * failed (dead letter: the last attempt failed), canceled.
+ *
+ * Claim order: higher priority first, then FIFO (lower job id first).
+ * Every claim increments the job's fencing token; heartbeat, progress,
+ * complete, fail and release are accepted only while the job is active
+ * with that token, else DSYS_ELEASE. A lease that expires (no heartbeat)
+ * returns the job to waiting (or to failed if it used its last attempt)
+ * when the next claim in any process runs.
+ *
+ * Durability: a call returns only after its transaction committed. Writes of
+ * one process go through one connection and are committed in groups: calls
+ * that overlap in time from several threads share one transaction (group
+ * commit); a call that fails (e.g. a stale token) changes nothing and does
+ * not affect the others in its group.
+ *
+ * Thread-safety: a dsys_queue may be used from any number of threads.
+ * dsys_queue_close() must not run concurrently with other calls on it and
+ * must come after dsys_worker_stop() of every worker using it.
+ */
+#ifndef DSYS_QUEUE_H
+#define DSYS_QUEUE_H
+
+#include <distsys/common.h>
+#include <distsys/clock.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Maximum payload / result size in bytes. */
+#define DSYS_QUEUE_MAX_PAYLOAD (1024 * 1024)
+/** Maximum length of a queue name, worker id or idempotency key. */
+#define DSYS_QUEUE_MAX_NAME 256
+
+typedef struct dsys_queue dsys_queue;
+
+/** Job states. */
+typedef enum dsys_job_state {
+  DSYS_JOB_WAITING = 1,
+  DSYS_JOB_DELAYED = 2,
+  DSYS_JOB_ACTIVE = 3,
+  DSYS_JOB_COMPLETED = 4,
+  DSYS_JOB_FAILED = 5,
+  DSYS_JOB_CANCELED = 6
+} dsys_job_state;
+
+/**
+ * A job, returned as one allocation (strings live in the same block):
+ * release with dsys_job_free(). Optional strings are NULL when unset.
+ * Times are wall-clock ms since the epoch (0 = unset).
+ */
+typedef struct dsys_job {
+  int64_t id;
+  const char *queue;
+  const char *payload;         /**< JSON text */
+  int32_t state;               /**< dsys_job_state */
+  int32_t priority;            /**< higher runs first */
+  int32_t attempts;            /**< claims so far (releases not counted) */
+  int32_t max_attempts;
+  int64_t token;               /**< fencing token of the current claim */
+  const char *worker;          /**< worker id of the current/last claim */
+  int64_t lease_until;
+  int32_t progress;            /**< 0-100 */
+  const char *progress_msg;
+  const char *result;          /**< JSON text of a completed job */
+  const char *error;           /**< last failure message */
+  const char *idempotency_key;
+  int64_t created_at;
+  int64_t run_at;              /**< ready time (delay, backoff) */
+  int64_t finished_at;
+} dsys_job;
+
+/** Counts of jobs by state. */
+typedef struct dsys_job_counts {
+  int64_t waiting, delayed, active, completed, failed, canceled;
+} dsys_job_counts;
+
+/** Options for dsys_queue_open(). Zero fields mean the default. */
+typedef struct dsys_queue_options {
+  size_t size;       /**< sizeof(dsys_queue_options) */
+  dsys_clock *clock; /**< clock for leases, delays, backoff; NULL = real */
+  int full_sync;     /**< 1 = synchronous=FULL (see docs), 0 = NORMAL */
+  int max_batch;     /**< most calls committed in one transaction; 0 = 256;
+                          1 disables group commit */
+} dsys_queue_options;
+
+/** Options for dsys_queue_submit(). Zero fields mean the default. */
+typedef struct dsys_submit_options {
+  size_t size;              /**< sizeof(dsys_submit_options) */
+  int32_t priority;         /**< default 0; higher first */
+  int64_t delay_ms;         /**< not claimable before now + delay */
+  int32_t max_attempts;     /**< default 3 */
+  int64_t backoff_base_ms;  /**< default 1000 */
+  int64_t backoff_cap_ms;   /**< default 60000 */
+  const char *idempotency_key; /**< per queue; a repeat returns the
+                                    existing job (until it is purged) */
+} dsys_submit_options;
+
+/**
+ * Open a queue by URL (see the header comment); the schema is created or
+ * migrated (component "queue").
+ * @return 0, DSYS_EINVAL, DSYS_EURL, DSYS_ESCHEME, DSYS_ENOMEM, DSYS_EIO,
+ *         DSYS_EDB, DSYS_ENOTSUP. Thread: any.
+ */
+DSYS_API int dsys_queue_open(dsys_queue **out, const char *url,
+                             const dsys_queue_options *opts);
+
+/** Close and free. NULL-safe. No call or worker may be using it. */
+DSYS_API void dsys_queue_close(dsys_queue *q);
+
+/**
+ * Submit a job.
+ * @param queue queue name (1..DSYS_QUEUE_MAX_NAME bytes).
+ * @param payload JSON text (validated; at most DSYS_QUEUE_MAX_PAYLOAD).
+ * @param o options or NULL.
+ * @param id receives the job id (may be NULL).
+ * @param existed receives 1 when the idempotency key matched an existing
+ *        job (whose id is returned), else 0 (may be NULL).
+ * @return 0, DSYS_EINVAL, DSYS_EBADJSON, DSYS_ETOOBIG, DSYS_EDB, DSYS_EBUSY.
+ */
+DSYS_API int dsys_queue_submit(dsys_queue *q, const char *queue,
+                               const char *payload,
+                               const dsys_submit_options *o, int64_t *id,
+                               int *existed);
+
+/**
+ * Claim the next ready job of any of the given queues (priority, then
+ * FIFO), under a lease of lease_ms. Expired leases are reclaimed first.
+ * @param worker worker id stored on the job (NULL = "").
+ * @param out receives the job (state active, token = the fencing token).
+ * @return 0, DSYS_EAGAIN (nothing ready), DSYS_EINVAL, DSYS_EDB.
+ */
+DSYS_API int dsys_queue_claim(dsys_queue *q, const char *const *queues,
+                              size_t nqueues, const char *worker,
+                              int64_t lease_ms, dsys_job **out);
+
+/**
+ * Extend the lease to now + lease_ms.
+ * @return 0, DSYS_ELEASE (not active with this token), DSYS_ENOTFOUND.
+ */
+DSYS_API int dsys_queue_heartbeat(dsys_queue *q, int64_t id, int64_t token,
+                                  int64_t lease_ms);
+
+/**
+ * Store progress (0-100) and an optional message (NULL keeps none).
+ * @return 0, DSYS_EINVAL, DSYS_ELEASE, DSYS_ENOTFOUND.
+ */
+DSYS_API int dsys_queue_progress(dsys_queue *q, int64_t id, int64_t token,
+                                 int32_t percent, const char *message);
+
+/**
+ * Complete a job with a result (JSON text, NULL = null).
+ * @return 0, DSYS_ELEASE (token stale: the lease expired and/or the job
+ *         was handed to another worker), DSYS_ENOTFOUND, DSYS_EBADJSON.
+ */
+DSYS_API int dsys_queue_complete(dsys_queue *q, int64_t id, int64_t token,
+                                 const char *result);
+
+/**
+ * Fail an attempt. If attempts remain, the job is retried after a full-
+ * jitter exponential backoff: uniform in [0, min(cap, base * 2^(n-1))] ms
+ * after attempt n; otherwise it becomes failed (dead letter).
+ * @param error message stored on the job (NULL = "failed").
+ * @param dead receives 1 if the job was dead-lettered (may be NULL).
+ * @return 0, DSYS_ELEASE, DSYS_ENOTFOUND.
+ */
+DSYS_API int dsys_queue_fail(dsys_queue *q, int64_t id, int64_t token,
+                             const char *error, int *dead);
+
+/**
+ * Give an active job back (waiting again, this attempt not counted).
+ * @return 0, DSYS_ELEASE, DSYS_ENOTFOUND.
+ */
+DSYS_API int dsys_queue_release(dsys_queue *q, int64_t id, int64_t token);
+
+/**
+ * Cancel a waiting, delayed or active job (an active job's worker then
+ * gets DSYS_ELEASE).
+ * @return 0, DSYS_ENOTFOUND, DSYS_ESTATE (already finished).
+ */
+DSYS_API int dsys_queue_cancel(dsys_queue *q, int64_t id);
+
+/**
+ * Get a job. @param out receives it (dsys_job_free()).
+ * @return 0, DSYS_ENOTFOUND.
+ */
+DSYS_API int dsys_queue_get(dsys_queue *q, int64_t id, dsys_job **out);
+
+/**
+ * Count jobs by state, for one queue or all (queue NULL).
+ * @return 0, DSYS_EINVAL, DSYS_EDB.
+ */
+DSYS_API int dsys_queue_counts(dsys_queue *q, const char *queue,
+                               dsys_job_counts *out);
+
+/**
+ * List dead-lettered (failed) jobs of a queue (NULL = all) with id >
+ * after_id, in id order, at most limit (1..1000).
+ * @param jobs receives the array; free with dsys_job_list_free(jobs, n).
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM, DSYS_EDB.
+ */
+DSYS_API int dsys_queue_list_dead(dsys_queue *q, const char *queue,
+                                  int64_t after_id, size_t limit,
+                                  dsys_job ***jobs, size_t *n);
+
+/**
+ * Replay a failed or canceled job: waiting again with attempts reset.
+ * @return 0, DSYS_ENOTFOUND, DSYS_ESTATE.
+ */
+DSYS_API int dsys_queue_replay(dsys_queue *q, int64_t id);
+
+/**
+ * Retention: delete completed, failed and canceled jobs that finished at
+ * least older_than_ms ago.
+ * @param removed receives the count (may be NULL).
+ * @return 0, DSYS_EINVAL, DSYS_EDB.
+ */
+DSYS_API int dsys_queue_purge(dsys_queue *q, int64_t older_than_ms,
+                              int64_t *removed);
+
+/** Name of a job state ("waiting", ...; "unknown" otherwise). Static. */
+DSYS_API const char *dsys_job_state_name(int state);
+
+/** Free a job. NULL-safe. */
+DSYS_API void dsys_job_free(dsys_job *job);
+
+/** Free a job array from dsys_queue_list_dead(). NULL-safe. */
+DSYS_API void dsys_job_list_free(dsys_job **jobs, size_t n);
+
+/* ------------------------------------------------------------------ */
+/* Workers                                                              */
+
+typedef struct dsys_worker dsys_worker;
+/** Per-job context passed to a handler; valid during the call only. */
+typedef struct dsys_job_ctx dsys_job_ctx;
+
+/**
+ * Job handler. Runs on one of the worker's own threads (never on the
+ * caller's thread, never with a library lock held). Return 0 to complete
+ * the job (with the result set by dsys_job_ctx_set_result(), else null);
+ * any other value fails this attempt (message from dsys_job_ctx_set_error()
+ * or dsys_strerror(rc)). When the worker is stopping in
+ * DSYS_WORKER_STOP_RELEASE mode, returning DSYS_ECANCELED releases the job
+ * back to the queue instead of failing it.
+ */
+typedef int (*dsys_job_handler)(dsys_job_ctx *ctx, const dsys_job *job,
+                                void *ud);
+
+/** Options for dsys_worker_start(). */
+typedef struct dsys_worker_options {
+  size_t size;               /**< sizeof(dsys_worker_options) */
+  const char *const *queues; /**< queue names to claim from (copied) */
+  size_t nqueues;            /**< >= 1 */
+  uint32_t threads;          /**< handler threads; 0 = 1 */
+  int64_t lease_ms;          /**< 0 = 30000; renewed every lease_ms / 3 */
+  int64_t poll_ms;           /**< idle poll interval; 0 = 100 */
+  const char *worker_id;     /**< NULL = "<hostname>:<pid>:<random>" */
+  dsys_job_handler handler;  /**< mandatory */
+  void *ud;                  /**< passed to handler */
+} dsys_worker_options;
+
+/** Stop modes for dsys_worker_stop(). */
+typedef enum dsys_worker_stop_mode {
+  /** Stop claiming; let running handlers finish and record their outcome. */
+  DSYS_WORKER_STOP_FINISH = 0,
+  /** Stop claiming; dsys_job_ctx_stopping() becomes true, and handlers that
+   *  return DSYS_ECANCELED get their job released back to the queue. */
+  DSYS_WORKER_STOP_RELEASE = 1
+} dsys_worker_stop_mode;
+
+/**
+ * Start a worker pool on q. Leases are renewed by the queue's clock timers
+ * (on the real clock: its timer thread; on a fake clock: inside
+ * dsys_clock_advance()) while handlers run. If this call fails, no thread
+ * was started and no handler will run.
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_worker_start(dsys_worker **out, dsys_queue *q,
+                               const dsys_worker_options *opts);
+
+/**
+ * Stop the pool (see dsys_worker_stop_mode), wait for every thread, and
+ * free the worker. After it returns no handler runs. NULL-safe. Must not be
+ * called from a handler.
+ */
+DSYS_API void dsys_worker_stop(dsys_worker *w, int mode);
+
+/** The worker id used for claims. Valid until dsys_worker_stop(). */
+DSYS_API const char *dsys_worker_id(dsys_worker *w);
+
+/**
+ * Report progress of the current job (stored with the job).
+ * @return 0, DSYS_EINVAL, DSYS_ELEASE (lease lost).
+ */
+DSYS_API int dsys_job_ctx_progress(dsys_job_ctx *ctx, int32_t percent,
+                                   const char *message);
+
+/**
+ * Set the result (JSON text, copied) recorded when the handler returns 0.
+ * @return 0, DSYS_EBADJSON, DSYS_ETOOBIG, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_job_ctx_set_result(dsys_job_ctx *ctx, const char *json);
+
+/** Set the error message (copied) recorded when the handler fails.
+ *  @return 0, DSYS_ENOMEM. */
+DSYS_API int dsys_job_ctx_set_error(dsys_job_ctx *ctx, const char *message);
+
+/**
+ * Nonzero when the handler should give up: the worker is stopping in
+ * release mode, or the lease was lost (a renewal got DSYS_ELEASE, e.g. the
+ * job was canceled).
+ */
+DSYS_API int dsys_job_ctx_stopping(dsys_job_ctx *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,423 @@
+/*
+ * Queue conformance suite (run on memory: and on a file) with a fake clock:
+ * ordering, delays, leases and fencing, heartbeats, progress, retries with
+ * backoff, dead letters and replay, cancel, counts, retention,
+ * idempotency, bad input; then workers (lease renewal, stop modes).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <distsys/distsys.h>
+#include "state/queue_int.h"
+#include "tap.h"
+
+static const char *const QA[] = {"a"};
+
+static int64_t submit(dsys_queue *q, const char *name, const char *payload,
+                      int32_t prio, int64_t delay) {
+  dsys_submit_options o = {.size = sizeof o, .priority = prio,
+                           .delay_ms = delay};
+  int64_t id = 0;
+  int e = dsys_queue_submit(q, name, payload, &o, &id, NULL);
+  if (e) tap_diag("submit failed: %s", dsys_strerror(e));
+  return id;
+}
+
+static int64_t claim_id(dsys_queue *q, const char *const *names, size_t n,
+                        int64_t *token) {
+  dsys_job *j = NULL;
+  if (dsys_queue_claim(q, names, n, "w1", 10000, &j)) return 0;
+  int64_t id = j->id;
+  if (token) *token = j->token;
+  dsys_job_free(j);
+  return id;
+}
+
+static void conformance(const char *url) {
+  tap_diag("queue conformance on %s", url);
+  dsys_clock *clk = NULL;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  dsys_queue_options qo = {.size = sizeof qo, .clock = clk};
+  dsys_queue *q = NULL;
+  int e = dsys_queue_open(&q, url, &qo);
+  is_int(e, 0, "[%s] open", url);
+  if (e) tap_bail("open");
+
+  /* order: priority desc, then FIFO */
+  int64_t j1 = submit(q, "a", "{\"n\":1}", 0, 0);
+  int64_t j2 = submit(q, "a", "{\"n\":2}", 5, 0);
+  int64_t j3 = submit(q, "a", "{\"n\":3}", 0, 0);
+  int64_t j4 = submit(q, "a", "{\"n\":4}", 5, 0);
+  ok(j1 > 0 && j2 > j1 && j3 > j2 && j4 > j3, "ids increase");
+  dsys_job *j = NULL;
+  is_int(dsys_queue_claim(q, QA, 1, "w1", 10000, &j), 0, "claim");
+  ok(j && j->id == j2, "highest priority first");
+  ok(j && j->state == DSYS_JOB_ACTIVE && j->attempts == 1 && j->token == 1,
+     "claimed job active, attempt 1, token 1");
+  is_str(j ? j->payload : NULL, "{\"n\":2}", "payload");
+  is_str(j ? j->worker : NULL, "w1", "worker recorded");
+  ok(j && j->lease_until == dsys_clock_wall_ms(clk) + 10000, "lease_until");
+  dsys_job_free(j);
+  int64_t t;
+  is_int(claim_id(q, QA, 1, &t), j4, "then the other priority-5 job (FIFO)");
+  is_int(claim_id(q, QA, 1, &t), j1, "then FIFO among priority 0");
+  is_int(claim_id(q, QA, 1, &t), j3, "then the last");
+  is_int(dsys_queue_claim(q, QA, 1, "w1", 10000, &j), DSYS_EAGAIN, "empty queue: EAGAIN");
+  ok(j == NULL, "no job on EAGAIN");
+  static const char *const QB[] = {"b"};
+  is_int(dsys_queue_claim(q, QB, 1, "w1", 10000, &j), DSYS_EAGAIN, "other queue empty");
+  for (int64_t id = j1; id <= j4; id++) {
+    dsys_queue_get(q, id, &j);
+    dsys_queue_complete(q, id, j->token, "true");
+    dsys_job_free(j);
+  }
+
+  /* multiple queues: best across them */
+  int64_t b1 = submit(q, "b", "1", 1, 0);
+  int64_t c1 = submit(q, "c", "1", 2, 0);
+  static const char *const QBC[] = {"b", "c"};
+  is_int(claim_id(q, QBC, 2, &t), c1, "claim across queues picks best priority");
+  is_int(claim_id(q, QBC, 2, &t), b1, "then the other queue");
+
+  /* complete with fencing */
+  int64_t k = submit(q, "f", "{}", 0, 0);
+  static const char *const QF[] = {"f"};
+  int64_t tok1 = 0, tok2 = 0;
+  is_int(claim_id(q, QF, 1, &tok1), k, "claim f");
+  is_int(dsys_queue_progress(q, k, tok1, 40, "forty"), 0, "progress");
+  dsys_queue_get(q, k, &j);
+  ok(j && j->progress == 40 && j->progress_msg && !strcmp(j->progress_msg, "forty"), "progress stored");
+  dsys_job_free(j);
+  is_int(dsys_queue_progress(q, k, tok1, 101, NULL), DSYS_EINVAL, "progress > 100 rejected");
+  dsys_clock_advance(clk, 8000 * 1000);
+  is_int(dsys_queue_heartbeat(q, k, tok1, 10000), 0, "heartbeat");
+  dsys_clock_advance(clk, 8000 * 1000);
+  is_int(dsys_queue_claim(q, QF, 1, "w2", 10000, &j), DSYS_EAGAIN, "heartbeat kept the lease");
+  dsys_clock_advance(clk, 2001 * 1000);
+  is_int(claim_id(q, QF, 1, &tok2), k, "expired lease: job reclaimed by the next claim");
+  ok(tok2 == tok1 + 1, "fencing token incremented (%lld -> %lld)", (long long)tok1, (long long)tok2);
+  is_int(dsys_queue_complete(q, k, tok1, "1"), DSYS_ELEASE, "old token cannot complete");
+  is_int(dsys_queue_fail(q, k, tok1, "x", NULL), DSYS_ELEASE, "old token cannot fail");
+  is_int(dsys_queue_heartbeat(q, k, tok1, 1000), DSYS_ELEASE, "old token cannot heartbeat");
+  is_int(dsys_queue_progress(q, k, tok1, 1, NULL), DSYS_ELEASE, "old token cannot report progress");
+  is_int(dsys_queue_complete(q, k, tok2, "{\"r\":1}"), 0, "current token completes");
+  is_int(dsys_queue_complete(q, k, tok2, "1"), DSYS_ELEASE, "second complete rejected");
+  dsys_queue_get(q, k, &j);
+  ok(j && j->state == DSYS_JOB_COMPLETED && j->result && !strcmp(j->result, "{\"r\":1}"),
+     "completed with result");
+  ok(j && j->attempts == 2 && j->finished_at == dsys_clock_wall_ms(clk), "attempts 2, finished_at");
+  dsys_job_free(j);
+  is_int(dsys_queue_complete(q, 999999, 1, NULL), DSYS_ENOTFOUND, "complete unknown job");
+
+  /* delayed job ready on time */
+  static const char *const QD[] = {"d"};
+  int64_t d = submit(q, "d", "1", 0, 5000);
+  dsys_queue_get(q, d, &j);
+  ok(j && j->state == DSYS_JOB_DELAYED, "delayed state");
+  dsys_job_free(j);
+  dsys_clock_advance(clk, 4999 * 1000);
+  is_int(dsys_queue_claim(q, QD, 1, "w", 1000, &j), DSYS_EAGAIN, "not ready before delay");
+  dsys_clock_advance(clk, 1000);
+  is_int(claim_id(q, QD, 1, &t), d, "ready exactly at delay");
+  dsys_queue_release(q, d, t);
+  dsys_queue_get(q, d, &j);
+  ok(j && j->state == DSYS_JOB_WAITING && j->attempts == 0, "release: waiting, attempt not counted");
+  dsys_job_free(j);
+  is_int(dsys_queue_cancel(q, d), 0, "cancel waiting job");
+  is_int(dsys_queue_cancel(q, d), DSYS_ESTATE, "cancel twice: ESTATE");
+  is_int(dsys_queue_claim(q, QD, 1, "w", 1000, &j), DSYS_EAGAIN, "canceled job not claimed");
+
+  /* retries with backoff, dead letter, replay */
+  static const char *const QR[] = {"r"};
+  dsys_submit_options ro = {.size = sizeof ro, .max_attempts = 3,
+                            .backoff_base_ms = 1000, .backoff_cap_ms = 1500};
+  int64_t r = 0;
+  dsys_queue_submit(q, "r", "\"x\"", &ro, &r, NULL);
+  int dead = -1, delays_ok = 1;
+  for (int a = 1; a <= 3; a++) {
+    int64_t id = claim_id(q, QR, 1, &t);
+    if (id != r) {
+      /* the backoff may not have passed yet */
+      dsys_clock_advance(clk, 2000 * 1000);
+      id = claim_id(q, QR, 1, &t);
+    }
+    is_int(id, r, "attempt %d claimed", a);
+    int64_t before = dsys_clock_wall_ms(clk);
+    is_int(dsys_queue_fail(q, r, t, "boom", &dead), 0, "fail attempt %d", a);
+    dsys_queue_get(q, r, &j);
+    if (a < 3) {
+      int64_t bound = a == 1 ? 1000 : 1500;
+      if (!j || j->run_at < before || j->run_at > before + bound) delays_ok = 0;
+      ok(!dead && j && (j->state == DSYS_JOB_DELAYED || j->state == DSYS_JOB_WAITING),
+         "retry scheduled (backoff %lld ms)", (long long)(j ? j->run_at - before : -1));
+    } else {
+      ok(dead && j && j->state == DSYS_JOB_FAILED, "dead-lettered after max attempts");
+      is_str(j ? j->error : NULL, "boom", "error stored");
+    }
+    dsys_job_free(j);
+  }
+  ok(delays_ok, "backoff within [0, min(cap, base*2^(n-1))]");
+  dsys_job **dl = NULL;
+  size_t nd = 0;
+  is_int(dsys_queue_list_dead(q, "r", 0, 10, &dl, &nd), 0, "list dead");
+  ok(nd == 1 && dl[0]->id == r, "the dead job is listed");
+  dsys_job_list_free(dl, nd);
+  dsys_job_counts c;
+  is_int(dsys_queue_counts(q, "r", &c), 0, "counts");
+  ok(c.failed == 1 && c.waiting == 0, "counts: 1 failed");
+  is_int(dsys_queue_replay(q, r), 0, "replay");
+  is_int(dsys_queue_replay(q, r), DSYS_ESTATE, "replay of waiting job: ESTATE");
+  is_int(claim_id(q, QR, 1, &t), r, "replayed job claimable");
+  dsys_queue_get(q, r, &j);
+  ok(j && j->attempts == 1, "replay reset attempts");
+  dsys_job_free(j);
+  is_int(dsys_queue_cancel(q, r), 0, "cancel active job");
+  is_int(dsys_queue_complete(q, r, t, NULL), DSYS_ELEASE, "worker of a canceled job gets ELEASE");
+
+  /* lease expiry on the last attempt dead-letters */
+  static const char *const QL[] = {"l"};
+  dsys_submit_options lo = {.size = sizeof lo, .max_attempts = 1};
+  int64_t l = 0;
+  dsys_queue_submit(q, "l", "0", &lo, &l, NULL);
+  claim_id(q, QL, 1, &t);
+  dsys_clock_advance(clk, 11000 * 1000);
+  is_int(dsys_queue_claim(q, QL, 1, "w", 1000, &j), DSYS_EAGAIN, "expired last attempt not redelivered");
+  dsys_queue_get(q, l, &j);
+  ok(j && j->state == DSYS_JOB_FAILED && j->error && !strcmp(j->error, "lease expired"),
+     "expired last attempt is dead with 'lease expired'");
+  dsys_job_free(j);
+
+  /* idempotency */
+  dsys_submit_options io = {.size = sizeof io, .idempotency_key = "order-42"};
+  int64_t i1 = 0, i2 = 0;
+  int existed = -1;
+  is_int(dsys_queue_submit(q, "i", "1", &io, &i1, &existed), 0, "submit with key");
+  is_int(existed, 0, "first submit is new");
+  is_int(dsys_queue_submit(q, "i", "2", &io, &i2, &existed), 0, "repeat submit");
+  ok(existed == 1 && i2 == i1, "repeat returns the same job");
+  is_int(dsys_queue_submit(q, "i2", "2", &io, &i2, &existed), 0, "same key other queue");
+  ok(existed == 0 && i2 != i1, "keys are per queue");
+  is_int(dsys_queue_counts(q, "i", &c), 0, "counts i");
+  is_int(c.waiting, 1, "one job for the key");
+
+  /* counts over all queues; retention */
+  is_int(dsys_queue_counts(q, NULL, &c), 0, "counts all");
+  ok(c.completed >= 5 && c.canceled == 2 && c.failed == 1, "counts: completed %lld canceled %lld failed %lld",
+     (long long)c.completed, (long long)c.canceled, (long long)c.failed);
+  int64_t removed = 0;
+  is_int(dsys_queue_purge(q, 3600 * 1000, &removed), 0, "purge older than 1h");
+  is_int(removed, 0, "nothing that old");
+  dsys_clock_advance(clk, 3600LL * 1000 * 1000);
+  is_int(dsys_queue_purge(q, 3600 * 1000, &removed), 0, "purge after 1h");
+  is_int(removed, c.completed + c.canceled + c.failed, "all finished jobs purged");
+  is_int(dsys_queue_counts(q, NULL, &c), 0, "counts after purge");
+  ok(c.completed == 0 && c.failed == 0 && c.waiting == 4, "only waiting jobs remain: i, i2, and b, c whose leases lapsed (w %lld a %lld d %lld)", (long long)c.waiting, (long long)c.active, (long long)c.delayed);
+
+  /* bad input */
+  int64_t id;
+  is_int(dsys_queue_submit(q, "a", "{bad", NULL, &id, NULL), DSYS_EBADJSON, "invalid JSON payload");
+  is_int(dsys_queue_submit(q, "", "1", NULL, &id, NULL), DSYS_EINVAL, "empty queue name");
+  is_int(dsys_queue_submit(q, "a", NULL, NULL, &id, NULL), DSYS_EINVAL, "NULL payload");
+  dsys_submit_options neg = {.size = sizeof neg, .delay_ms = -1};
+  is_int(dsys_queue_submit(q, "a", "1", &neg, &id, NULL), DSYS_EINVAL, "negative delay");
+  char *huge = malloc(DSYS_QUEUE_MAX_PAYLOAD + 10);
+  memset(huge, ' ', DSYS_QUEUE_MAX_PAYLOAD + 9);
+  huge[0] = '1';
+  huge[DSYS_QUEUE_MAX_PAYLOAD + 9] = 0;
+  is_int(dsys_queue_submit(q, "a", huge, NULL, &id, NULL), DSYS_ETOOBIG, "payload over 1 MiB");
+  free(huge);
+  is_int(dsys_queue_claim(q, QA, 0, "w", 1000, &j), DSYS_EINVAL, "claim with no queues");
+  is_int(dsys_queue_claim(q, QA, 1, "w", 0, &j), DSYS_EINVAL, "claim with zero lease");
+  const char *odd = "it's \"odd\" \xe2\x98\x83";
+  static const char *const QO[] = {"it's \"odd\" \xe2\x98\x83"};
+  is_int(dsys_queue_submit(q, odd, "\"\\u2603 \xe2\x98\x83\"", NULL, &id, NULL), 0, "unicode/quotes in names and payload");
+  dsys_queue_claim(q, QO, 1, "w'\"", 1000, &j);
+  ok(j && !strcmp(j->payload, "\"\\u2603 \xe2\x98\x83\"") && !strcmp(j->worker, "w'\""),
+     "odd strings round trip");
+  is_int(dsys_queue_complete(q, id, j ? j->token : 0, "[1,"), DSYS_EBADJSON, "complete with invalid JSON result");
+  dsys_job_free(j);
+  is_str(dsys_job_state_name(DSYS_JOB_DELAYED), "delayed", "state name");
+
+  dsys_queue_close(q);
+  dsys_clock_free(clk);
+}
+
+/* ---- workers ---- */
+
+typedef struct wstate {
+  pthread_mutex_t mu;
+  int handled;
+  int block; /* handler waits until cleared (or stopping) */
+  int started;
+  int fail_first;
+} wstate;
+
+static int handler(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
+  wstate *ws = ud;
+  pthread_mutex_lock(&ws->mu);
+  ws->started++;
+  int fail = ws->fail_first-- > 0;
+  pthread_mutex_unlock(&ws->mu);
+  dsys_job_ctx_progress(ctx, 50, "half");
+  for (int i = 0; i < 5000; i++) { /* at most 5 s */
+    pthread_mutex_lock(&ws->mu);
+    int b = ws->block;
+    pthread_mutex_unlock(&ws->mu);
+    if (!b) break;
+    if (dsys_job_ctx_stopping(ctx)) return DSYS_ECANCELED;
+    usleep(1000);
+  }
+  pthread_mutex_lock(&ws->mu);
+  ws->handled++;
+  pthread_mutex_unlock(&ws->mu);
+  if (fail) {
+    dsys_job_ctx_set_error(ctx, "first attempt fails");
+    return DSYS_EIO;
+  }
+  char res[64];
+  snprintf(res, sizeof res, "{\"echo\":%s}", job->payload);
+  return dsys_job_ctx_set_result(ctx, res);
+}
+
+static int get_int(wstate *ws, int *p) {
+  pthread_mutex_lock(&ws->mu);
+  int v = *p;
+  pthread_mutex_unlock(&ws->mu);
+  return v;
+}
+
+static int wait_count(dsys_queue *q, const char *name, int64_t want) {
+  dsys_job_counts c = {0};
+  for (int i = 0; i < 5000; i++) { /* at most ~5 s */
+    dsys_queue_counts(q, name, &c);
+    if (c.completed >= want) return 1;
+    usleep(1000);
+  }
+  return 0;
+}
+
+static void workers(const char *url) {
+  dsys_clock *clk = NULL;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  dsys_queue_options qo = {.size = sizeof qo, .clock = clk};
+  dsys_queue *q = NULL;
+  is_int(dsys_queue_open(&q, url, &qo), 0, "open for workers");
+  wstate ws = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  static const char *const QW[] = {"w"};
+  dsys_worker_options wo = {.size = sizeof wo, .queues = QW, .nqueues = 1,
+                            .threads = 3, .lease_ms = 3000, .poll_ms = 5,
+                            .handler = handler, .ud = &ws};
+  dsys_worker *w = NULL;
+  dsys_worker_options bad = wo;
+  bad.handler = NULL;
+  is_int(dsys_worker_start(&w, q, &bad), DSYS_EINVAL, "start without handler fails");
+  ok(w == NULL, "no worker on failure");
+  is_int(dsys_worker_start(&w, q, &wo), 0, "start 3 threads");
+  ok(dsys_worker_id(w) && strchr(dsys_worker_id(w), ':'), "auto worker id %s", dsys_worker_id(w));
+  for (int i = 0; i < 30; i++) submit(q, "w", "7", 0, 0);
+  ok(wait_count(q, "w", 30), "30 jobs completed by the pool");
+  dsys_job **dl = NULL;
+  size_t nd = 0;
+  dsys_queue_list_dead(q, "w", 0, 10, &dl, &nd);
+  is_int(nd, 0, "none dead");
+  dsys_job_list_free(dl, nd);
+
+  /* lease renewal while a handler blocks: advance the fake clock past
+   * several lease lengths; the renewal timers run inside advance. */
+  pthread_mutex_lock(&ws.mu);
+  ws.block = 1;
+  int started0 = ws.started;
+  pthread_mutex_unlock(&ws.mu);
+  int64_t bj = submit(q, "w", "8", 0, 0);
+  for (int i = 0; i < 5000 && get_int(&ws, &ws.started) == started0; i++) usleep(1000);
+  for (int i = 0; i < 10; i++) dsys_clock_advance(clk, 1000 * 1000); /* 10 s > lease 3 s */
+  dsys_job *j = NULL;
+  static const char *const QW2[] = {"w"};
+  is_int(dsys_queue_claim(q, QW2, 1, "thief", 1000, &j), DSYS_EAGAIN, "renewed lease: nobody else can claim");
+  dsys_job_free(j);
+  dsys_queue_get(q, bj, &j);
+  ok(j && j->state == DSYS_JOB_ACTIVE && j->progress == 50, "job still active with progress 50");
+  ok(j && j->lease_until > dsys_clock_wall_ms(clk), "lease in the future");
+  dsys_job_free(j);
+  pthread_mutex_lock(&ws.mu);
+  ws.block = 0;
+  pthread_mutex_unlock(&ws.mu);
+  ok(wait_count(q, "w", 31), "blocked job completed after unblocking");
+  dsys_queue_get(q, bj, &j);
+  is_str(j ? j->result : NULL, "{\"echo\":8}", "handler result stored");
+  dsys_job_free(j);
+
+  /* a failing first attempt is retried (backoff on the fake clock) */
+  pthread_mutex_lock(&ws.mu);
+  ws.fail_first = 1;
+  pthread_mutex_unlock(&ws.mu);
+  dsys_submit_options fo = {.size = sizeof fo, .backoff_base_ms = 100, .backoff_cap_ms = 100};
+  int64_t fj = 0;
+  dsys_queue_submit(q, "w", "9", &fo, &fj, NULL);
+  int okf = 0;
+  for (int i = 0; i < 2000 && !okf; i++) {
+    dsys_queue_get(q, fj, &j);
+    okf = j && j->state == DSYS_JOB_COMPLETED;
+    if (j && j->state == DSYS_JOB_DELAYED) dsys_clock_advance(clk, 200 * 1000);
+    dsys_job_free(j);
+    usleep(1000);
+  }
+  ok(okf, "failed attempt retried after backoff and completed");
+  dsys_queue_get(q, fj, &j);
+  ok(j && j->attempts == 2 && j->error && !strcmp(j->error, "first attempt fails"), "2 attempts, error kept");
+  dsys_job_free(j);
+
+  /* stop in release mode while a handler blocks: the job goes back */
+  pthread_mutex_lock(&ws.mu);
+  ws.block = 1;
+  started0 = ws.started;
+  pthread_mutex_unlock(&ws.mu);
+  int64_t rj = submit(q, "w", "10", 0, 0);
+  for (int i = 0; i < 5000 && get_int(&ws, &ws.started) == started0; i++) usleep(1000);
+  dsys_worker_stop(w, DSYS_WORKER_STOP_RELEASE);
+  dsys_queue_get(q, rj, &j);
+  ok(j && j->state == DSYS_JOB_WAITING && j->attempts == 0, "release stop: job waiting again");
+  dsys_job_free(j);
+
+  /* finish mode: in-flight handler completes */
+  pthread_mutex_lock(&ws.mu);
+  ws.block = 0;
+  pthread_mutex_unlock(&ws.mu);
+  wo.threads = 1;
+  is_int(dsys_worker_start(&w, q, &wo), 0, "restart");
+  ok(wait_count(q, "w", 33), "released job completed by the new worker");
+  dsys_worker_stop(w, DSYS_WORKER_STOP_FINISH);
+  dsys_worker_stop(NULL, 0);
+  dsys_queue_close(q);
+  dsys_clock_free(clk);
+}
+
+int main(void) {
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s/dsys-queue-XXXXXX",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  if (!mkdtemp(dir)) tap_bail("mkdtemp");
+  char url[400];
+  snprintf(url, sizeof url, "sqlite://%s/q.sqlite", dir);
+  conformance("memory:");
+  conformance(url);
+  char url2[400];
+  snprintf(url2, sizeof url2, "sqlite://%s/w.sqlite", dir);
+  workers(url2);
+  /* backoff distribution: within bounds, and not constant */
+  int in = 1, distinct = 0;
+  int64_t first = dsysi_queue_backoff(3, 100, 10000);
+  for (int i = 0; i < 200; i++) {
+    int64_t b = dsysi_queue_backoff(3, 100, 10000);
+    if (b < 0 || b > 400) in = 0;
+    if (b != first) distinct = 1;
+  }
+  ok(in, "backoff(3, 100) in [0, 400]");
+  ok(distinct, "backoff is jittered");
+  ok(dsysi_queue_backoff(50, 100, 1000) <= 1000, "backoff capped");
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd)) tap_diag("cleanup failed");
+  return tap_done();
+}

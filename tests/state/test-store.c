@@ -1,0 +1,342 @@
+/*
+ * Store conformance suite: the same checks run against every backend
+ * (memory: and sqlite:), plus SQLite-only checks across processes.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <distsys/distsys.h>
+#include "tap.h"
+
+static char tmpdir[256];
+
+static void rmtree(void) {
+  if (!tmpdir[0]) return;
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd) != 0) tap_diag("cleanup failed");
+}
+
+typedef struct hookrec {
+  pthread_mutex_t mu;
+  int n;
+  int last_change;
+  char last_key[64];
+} hookrec;
+
+static void hook(void *ud, int change, const dsys_item *it) {
+  hookrec *h = ud;
+  pthread_mutex_lock(&h->mu);
+  h->n++;
+  h->last_change = change;
+  snprintf(h->last_key, sizeof h->last_key, "%s", it->key);
+  pthread_mutex_unlock(&h->mu);
+}
+
+typedef struct incr_arg {
+  dsys_store *s;
+  int n;
+  int errors;
+} incr_arg;
+
+static void *incr_thread(void *p) {
+  incr_arg *a = p;
+  for (int i = 0; i < a->n; i++)
+    if (dsys_store_incr(a->s, "counter", 1, NULL)) a->errors++;
+  return NULL;
+}
+
+static void conformance(const char *url) {
+  tap_diag("conformance on %s", url);
+  dsys_clock *clk = NULL;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  hookrec h = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  dsys_store_options o = {.size = sizeof o, .clock = clk, .hook = hook,
+                          .hook_ud = &h, .max_value = 4096};
+  dsys_store *s = NULL;
+  int e = dsys_store_open(&s, url, &o);
+  is_int(e, 0, "[%s] open", url);
+  if (e) tap_bail("cannot open %s: %s", url, dsys_strerror(e));
+
+  /* put / get */
+  dsys_item *it = NULL;
+  is_int(dsys_store_put(s, "a", "{\"x\":1}", NULL, &it), 0, "put a");
+  ok(it && it->version == 1 && it->id > 0, "put returns version 1 and an id");
+  ok(it && !strcmp(it->metadata, "{}"), "default metadata {}");
+  ok(it && it->created_at == 1700000000000LL && it->updated_at == it->created_at,
+     "timestamps from the clock");
+  int64_t id_a = it ? it->id : 0;
+  dsys_item_free(it);
+  is_int(h.n, 1, "hook ran once");
+  is_int(h.last_change, DSYS_STORE_PUT, "hook saw PUT");
+  dsys_clock_advance(clk, 5000 * 1000);
+  dsys_store_write w = {.size = sizeof w, .metadata = "{\"owner\":\"bob\"}"};
+  is_int(dsys_store_put(s, "a", "[1,2,3]", &w, &it), 0, "put replaces");
+  ok(it && it->version == 2 && it->id == id_a, "version 2, same id");
+  ok(it && it->updated_at == it->created_at + 5000, "updated_at advanced");
+  dsys_item_free(it);
+  is_int(dsys_store_get(s, "a", &it), 0, "get a");
+  is_str(it ? it->value : NULL, "[1,2,3]", "value round trip");
+  is_str(it ? it->metadata : NULL, "{\"owner\":\"bob\"}", "metadata round trip");
+  dsys_item_free(it);
+  is_int(dsys_store_get_by_id(s, id_a, &it), 0, "get by id");
+  is_str(it ? it->key : NULL, "a", "get by id finds key a");
+  dsys_item_free(it);
+  it = (dsys_item *)1;
+  is_int(dsys_store_get(s, "nope", &it), DSYS_ENOTFOUND, "get missing");
+  ok(it == NULL, "out cleared on error");
+  is_int(dsys_store_get_by_id(s, 999999, &it), DSYS_ENOTFOUND, "get missing id");
+
+  /* create */
+  is_int(dsys_store_create(s, "a", "1", NULL, NULL), DSYS_EEXIST, "create existing");
+  is_int(dsys_store_create(s, "b", "\"hello\"", NULL, &it), 0, "create new");
+  ok(it && it->version == 1 && it->id != id_a, "create: version 1, new id");
+  dsys_item_free(it);
+  is_int(h.last_change, DSYS_STORE_CREATE, "hook saw CREATE");
+
+  /* update with CAS */
+  dsys_store_write cas = {.size = sizeof cas, .expected_version = 1};
+  is_int(dsys_store_update(s, "b", "\"v2\"", &cas, &it), 0, "update with right version");
+  ok(it && it->version == 2, "update bumps version");
+  dsys_item_free(it);
+  is_int(dsys_store_update(s, "b", "\"v3\"", &cas, NULL), DSYS_ECONFLICT, "stale version conflicts");
+  is_int(dsys_store_update(s, "zz", "1", NULL, NULL), DSYS_ENOTFOUND, "update missing");
+  is_int(dsys_store_update(s, "b", "\"v3\"", NULL, NULL), 0, "update without CAS");
+  dsys_store_get(s, "b", &it);
+  is_str(it ? it->value : NULL, "\"v3\"", "updated value");
+  ok(it && it->version == 3, "version 3");
+  dsys_item_free(it);
+  is_int(dsys_store_update(s, "a", "{}", NULL, NULL), 0, "update keeps metadata");
+  dsys_store_get(s, "a", &it);
+  is_str(it ? it->metadata : NULL, "{\"owner\":\"bob\"}", "metadata kept on update");
+  dsys_item_free(it);
+
+  /* delete with CAS */
+  is_int(dsys_store_delete(s, "b", 1), DSYS_ECONFLICT, "delete wrong version");
+  is_int(dsys_store_delete(s, "b", 3), 0, "delete right version");
+  is_int(h.last_change, DSYS_STORE_DELETE, "hook saw DELETE");
+  is_str(h.last_key, "b", "hook got deleted key");
+  is_int(dsys_store_delete(s, "b", 0), DSYS_ENOTFOUND, "delete again");
+  is_int(dsys_store_get(s, "b", &it), DSYS_ENOTFOUND, "deleted item gone");
+  is_int(dsys_store_create(s, "b", "1", NULL, NULL), 0, "re-create after delete");
+
+  /* increment */
+  int64_t r = 0;
+  is_int(dsys_store_incr(s, "n", 5, &r), 0, "incr creates");
+  is_int(r, 5, "value 5");
+  is_int(dsys_store_incr(s, "n", -7, &r), 0, "incr negative");
+  is_int(r, -2, "value -2");
+  is_int(h.last_change, DSYS_STORE_INCR, "hook saw INCR");
+  is_int(dsys_store_incr(s, "a", 1, &r), DSYS_ETYPE, "incr of non-number");
+  dsys_store_put(s, "f", "1.5", NULL, NULL);
+  is_int(dsys_store_incr(s, "f", 1, &r), DSYS_ETYPE, "incr of fractional number");
+  dsys_store_put(s, "big", "9223372036854775807", NULL, NULL);
+  is_int(dsys_store_incr(s, "big", 1, &r), DSYS_ERANGE, "incr overflow");
+  dsys_store_get(s, "big", &it);
+  is_str(it ? it->value : NULL, "9223372036854775807", "value unchanged after overflow");
+  dsys_item_free(it);
+
+  /* concurrent increments: atomic */
+  incr_arg ia[2] = {{s, 300, 0}, {s, 300, 0}};
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, incr_thread, &ia[i]);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  dsys_store_get(s, "counter", &it);
+  is_str(it ? it->value : NULL, "600", "600 concurrent increments add up");
+  ok(it && it->version == 600, "counter version 600");
+  is_int(ia[0].errors + ia[1].errors, 0, "no increment failed");
+  dsys_item_free(it);
+
+  /* list with prefix, limit and cursor */
+  char key[32];
+  for (int i = 0; i < 25; i++) {
+    snprintf(key, sizeof key, "user/%03d", i);
+    dsys_store_put(s, key, "true", NULL, NULL);
+  }
+  dsys_store_put(s, "user0", "0", NULL, NULL); /* after the prefix range */
+  dsys_store_put(s, "usep", "0", NULL, NULL);  /* before it */
+  dsys_item **items = NULL;
+  size_t n = 0, total = 0;
+  char *cur = NULL;
+  int pages = 0, inorder = 1;
+  char last[32] = "";
+  do {
+    char *next = NULL;
+    e = dsys_store_list(s, "user/", cur, 10, &items, &n, &next);
+    if (e) break;
+    for (size_t i = 0; i < n; i++) {
+      if (strcmp(items[i]->key, last) <= 0 || strncmp(items[i]->key, "user/", 5))
+        inorder = 0;
+      snprintf(last, sizeof last, "%s", items[i]->key);
+    }
+    total += n;
+    pages++;
+    if (pages == 1) {
+      /* insert before and delete ahead of the cursor: pages stay stable */
+      dsys_store_put(s, "user/000a", "1", NULL, NULL);
+      dsys_store_delete(s, "user/015", 0);
+    }
+    dsys_item_list_free(items, n);
+    dsys_free(cur);
+    cur = next;
+  } while (cur && pages < 10);
+  dsys_free(cur);
+  is_int(e, 0, "list ok");
+  is_int(total, 24, "24 items listed (one deleted ahead, one added behind)");
+  is_int(pages, 3, "3 pages");
+  ok(inorder, "keys strictly increasing, all with prefix");
+  is_int(dsys_store_list(s, "", "garbage", 10, &items, &n, NULL), DSYS_EINVAL, "bad cursor");
+  is_int(dsys_store_list(s, "", NULL, 0, &items, &n, NULL), 0, "list all");
+  ok(n > 25, "list all returns everything (%zu)", n);
+  dsys_item_list_free(items, n);
+
+  /* TTL */
+  dsys_store_write tw = {.size = sizeof tw, .ttl_ms = 1000};
+  is_int(dsys_store_put(s, "tmp", "1", &tw, &it), 0, "put with ttl");
+  ok(it && it->expires_at == dsys_clock_wall_ms(clk) + 1000, "expires_at set");
+  dsys_item_free(it);
+  dsys_clock_advance(clk, 999 * 1000);
+  is_int(dsys_store_get(s, "tmp", &it), 0, "visible before expiry");
+  dsys_item_free(it);
+  dsys_clock_advance(clk, 1000);
+  is_int(dsys_store_get(s, "tmp", &it), DSYS_ENOTFOUND, "invisible at expiry");
+  dsys_store_list(s, "tmp", NULL, 10, &items, &n, NULL);
+  is_int(n, 0, "expired item not listed");
+  dsys_item_list_free(items, n);
+  is_int(dsys_store_update(s, "tmp", "2", NULL, NULL), DSYS_ENOTFOUND, "expired item cannot be updated");
+  is_int(dsys_store_create(s, "tmp", "2", NULL, &it), 0, "create over expired item");
+  ok(it && it->version == 1, "fresh item version 1");
+  dsys_item_free(it);
+  dsys_store_put(s, "tmp2", "1", &tw, NULL);
+  dsys_clock_advance(clk, 2000 * 1000);
+  size_t removed = 0;
+  is_int(dsys_store_purge_expired(s, &removed), 0, "purge");
+  is_int(removed, 1, "one expired item purged");
+
+  /* bad input */
+  is_int(dsys_store_put(s, "x", "{bad", NULL, NULL), DSYS_EBADJSON, "invalid JSON");
+  is_int(dsys_store_put(s, "x", "{'a':1}", NULL, NULL), DSYS_EBADJSON, "single quotes");
+  is_int(dsys_store_put(s, "x", "1 2", NULL, NULL), DSYS_EBADJSON, "trailing garbage");
+  is_int(dsys_store_put(s, "x", "", NULL, NULL), DSYS_EBADJSON, "empty value");
+  is_int(dsys_store_put(s, "x", NULL, NULL, NULL), DSYS_EINVAL, "NULL value");
+  is_int(dsys_store_put(s, "", "1", NULL, NULL), DSYS_EINVAL, "empty key");
+  is_int(dsys_store_put(s, NULL, "1", NULL, NULL), DSYS_EINVAL, "NULL key");
+  dsys_store_write bm = {.size = sizeof bm, .metadata = "[1]"};
+  is_int(dsys_store_put(s, "x", "1", &bm, NULL), DSYS_ETYPE, "metadata must be an object");
+  char *huge = malloc(5000);
+  memset(huge, 'a', 5000);
+  huge[0] = '"';
+  huge[4998] = '"';
+  huge[4999] = 0;
+  is_int(dsys_store_put(s, "x", huge, NULL, NULL), DSYS_ETOOBIG, "value over max_value");
+  huge[3000] = '"';
+  huge[3001] = 0;
+  is_int(dsys_store_put(s, "x", huge, NULL, NULL), 0, "value under max_value");
+  free(huge);
+  char longkey[DSYS_STORE_MAX_KEY + 2];
+  memset(longkey, 'k', sizeof longkey - 1);
+  longkey[sizeof longkey - 1] = 0;
+  is_int(dsys_store_put(s, longkey, "1", NULL, NULL), DSYS_EINVAL, "key too long");
+  const char *odd[] = {"it's \"quoted\"", "'; DROP TABLE dsys_store_items; --",
+                       "\xe2\x98\x83 snow/\xf0\x9f\x98\x80", "\x01\x02\x7f\xff\xfe",
+                       "back\\slash"};
+  for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+    is_int(dsys_store_put(s, odd[i], "\"\\u00e9\\n\xc3\xa9\"", NULL, NULL), 0, "odd key %zu put", i);
+    e = dsys_store_get(s, odd[i], &it);
+    ok(!e && !strcmp(it->key, odd[i]) && !strcmp(it->value, "\"\\u00e9\\n\xc3\xa9\""),
+       "odd key %zu round trips", i);
+    dsys_item_free(it);
+  }
+  is_int(dsys_store_get(s, "a", &it), 0, "store intact after odd keys");
+  dsys_item_free(it);
+
+  dsys_store_close(s);
+  dsys_clock_free(clk);
+}
+
+/* Several processes race to create the same keys: exactly one wins each. */
+static void cross_process_create(const char *url) {
+  int fds[2];
+  if (pipe(fds)) tap_bail("pipe");
+  pid_t kids[4];
+  for (int k = 0; k < 4; k++) {
+    kids[k] = fork();
+    if (kids[k] == 0) {
+      close(fds[0]);
+      dsys_store *s = NULL;
+      if (dsys_store_open(&s, url, NULL)) _exit(2);
+      int wins = 0;
+      char key[32];
+      for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof key, "race/%d", i);
+        int e = dsys_store_create(s, key, "1", NULL, NULL);
+        if (e == 0) wins++;
+        else if (e != DSYS_EEXIST) _exit(3);
+      }
+      dsys_store_close(s);
+      if (write(fds[1], &wins, sizeof wins) != sizeof wins) _exit(4);
+      _exit(0);
+    }
+  }
+  close(fds[1]);
+  int total = 0, bad = 0;
+  for (int k = 0; k < 4; k++) {
+    int st = 0;
+    waitpid(kids[k], &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st)) bad++;
+  }
+  int w;
+  while (read(fds[0], &w, sizeof w) == sizeof w) total += w;
+  close(fds[0]);
+  is_int(bad, 0, "4 creating processes exited cleanly");
+  is_int(total, 100, "each of 100 keys created exactly once across processes");
+}
+
+static void sqlite_persistence(const char *url) {
+  dsys_store *s = NULL;
+  is_int(dsys_store_open(&s, url, NULL), 0, "reopen file");
+  dsys_item *it = NULL;
+  is_int(dsys_store_get(s, "counter", &it), 0, "data persisted across close");
+  is_str(it ? it->value : NULL, "600", "counter persisted");
+  dsys_item_free(it);
+  dsys_store_close(s);
+  dsys_store_options o = {.size = sizeof o, .full_sync = 1};
+  is_int(dsys_store_open(&s, url, &o), 0, "open with synchronous=FULL");
+  is_int(dsys_store_put(s, "full", "1", NULL, NULL), 0, "put under FULL");
+  dsys_store_close(s);
+}
+
+static void open_errors(void) {
+  dsys_store *s = NULL;
+  is_int(dsys_store_open(&s, "redis://x", NULL), DSYS_ESCHEME, "unknown scheme");
+  is_int(dsys_store_open(&s, "nocolon", NULL), DSYS_EURL, "malformed url");
+  is_int(dsys_store_open(&s, "sqlite://", NULL), DSYS_EURL, "empty path");
+  is_int(dsys_store_open(&s, NULL, NULL), DSYS_EINVAL, "NULL url");
+  ok(dsys_store_open(&s, "sqlite:///nonexistent-dir/x/y.sqlite", NULL) < 0, "unopenable path fails");
+  ok(s == NULL, "out stays NULL");
+  dsys_store_ops bad = *dsys_store_ops_memory();
+  bad.get = NULL;
+  is_int(dsys_store_open_ops(&s, &bad, "", NULL), DSYS_EINVAL, "ops table missing get rejected");
+  bad = *dsys_store_ops_memory();
+  bad.version = 99;
+  is_int(dsys_store_open_ops(&s, &bad, "", NULL), DSYS_EINVAL, "future ops version rejected");
+  dsys_store_close(NULL);
+}
+
+int main(void) {
+  snprintf(tmpdir, sizeof tmpdir, "%s/dsys-store-XXXXXX",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  if (!mkdtemp(tmpdir)) tap_bail("mkdtemp");
+  char url[400];
+  snprintf(url, sizeof url, "sqlite://%s/store.sqlite", tmpdir);
+  conformance("memory:");
+  conformance(url);
+  sqlite_persistence(url);
+  cross_process_create(url);
+  open_errors();
+  rmtree();
+  return tap_done();
+}
