@@ -63,7 +63,9 @@ int main(int argc, char **argv) {
   struct MHD_Daemon *d = MHD_start_daemon(
       MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, mhd_handler, NULL,
       MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0,
-      MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_END);
+      MHD_OPTION_CONNECTION_LIMIT, 1024u,
+      /* the same buffer size dsys_server uses by default: a fair match */
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384, MHD_OPTION_END);
   if (!d) return 1;
   const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
   printf("listening http://127.0.0.1:%u\n", di ? di->port : 0);

@@ -63,6 +63,9 @@ typedef struct dsys_server_options {
   int32_t access_log;        /**< 1: log one INFO line per request */
   dsys_clock *clock;         /**< default dsys_clock_real() */
   const char *name;          /**< service name for logs, default "server" */
+  uint32_t connection_memory; /**< per-connection buffer in bytes (http,
+                                   unix), default 16 KiB; it bounds the
+                                   request line plus headers (larger: 431) */
 } dsys_server_options;
 
 /**

@@ -151,20 +151,20 @@ int dsysi_streq_nocase(const char *a, const char *b) {
   return *a == *b;
 }
 
-static int hexval(char c) {
+int dsysi_hexval(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
 
-char *dsysi_url_decode(const char *s, size_t n, int plus_space) {
-  char *d = malloc(n + 1);
-  if (!d) return NULL;
+size_t dsysi_url_decode_into(char *d, const char *s, size_t n, int plus_space) {
   size_t o = 0;
   for (size_t i = 0; i < n; i++) {
-    if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-      d[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+    int hi, lo;
+    if (s[i] == '%' && i + 2 < n && (hi = dsysi_hexval(s[i + 1])) >= 0 &&
+        (lo = dsysi_hexval(s[i + 2])) >= 0) {
+      d[o++] = (char)(hi * 16 + lo);
       i += 2;
     } else if (plus_space && s[i] == '+') {
       d[o++] = ' ';
@@ -173,6 +173,12 @@ char *dsysi_url_decode(const char *s, size_t n, int plus_space) {
     }
   }
   d[o] = '\0';
+  return o;
+}
+
+char *dsysi_url_decode(const char *s, size_t n, int plus_space) {
+  char *d = malloc(n + 1);
+  if (d) dsysi_url_decode_into(d, s, n, plus_space);
   return d;
 }
 
@@ -199,15 +205,14 @@ uint64_t dsysi_fast_rand(void) {
 
 void dsysi_fast_hex(char *out, size_t nbytes) {
   static const char hex[] = "0123456789abcdef";
-  size_t o = 0;
+  char *o = out;
   while (nbytes) {
     uint64_t r = dsysi_fast_rand();
-    for (int i = 0; i < 8 && nbytes; i++, nbytes--, r >>= 8) {
-      out[o++] = hex[(r >> 4) & 15];
-      out[o++] = hex[r & 15];
-    }
+    size_t n = nbytes < 8 ? nbytes : 8;
+    for (size_t i = 0; i < 2 * n; i++, r >>= 4) *o++ = hex[r & 15];
+    nbytes -= n;
   }
-  out[o] = '\0';
+  *o = '\0';
 }
 
 unsigned dsysi_ncpu(void) {

@@ -39,7 +39,6 @@ typedef struct mhd_req {
   int too_big;
   int suspended;
   dsys_request *req;
-  char remote[64];
 } mhd_req;
 
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
@@ -152,16 +151,15 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind,
   return MHD_YES;
 }
 
-static void set_remote(mhd_req *m) {
+static void set_remote(mhd_req *m, dsys_request *r) {
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(m->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  strcpy(m->remote, "unix");
+  r->raddr.ss_family = AF_UNIX;
   if (!ci || !ci->client_addr) return;
-  const struct sockaddr *sa = ci->client_addr;
-  if (sa->sa_family == AF_INET)
-    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, m->remote, sizeof m->remote);
-  else if (sa->sa_family == AF_INET6)
-    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, m->remote, sizeof m->remote);
+  size_t n = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+             : ci->client_addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                      : sizeof(sa_family_t);
+  memcpy(&r->raddr, ci->client_addr, n);
 }
 
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
@@ -199,11 +197,11 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
   if (!r) return MHD_NO;
   m->req = r;
   r->method = strdup(method);
-  set_remote(m);
-  r->remote = m->remote;
+  set_remote(m, r);
   MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, r);
   r->body = dsysi_buf_steal(&m->body, &r->body_len);
-  if (!r->method || !r->body || dsysi_request_set_target(r, m->target)) {
+  int trc = dsysi_request_set_target(r, m->target);
+  if (!r->method || !r->body || trc) {
     /* Answer through the normal path so accounting stays right. */
     if (!r->path) r->path = strdup("/");
     dsys_respond_error(r, 400, "DSYS_EURL", "Malformed request target");
@@ -360,6 +358,7 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
       MHD_OPTION_CONNECTION_LIMIT, (unsigned)dsysi_server_max_connections(srv),
       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)dsysi_server_idle_timeout(srv),
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)dsysi_server_connection_memory(srv),
       MHD_OPTION_NOTIFY_COMPLETED, request_completed, l,
       MHD_OPTION_URI_LOG_CALLBACK, uri_log, l,
       MHD_OPTION_END);

@@ -1,4 +1,5 @@
 /* The request object: accessors, responding, streaming, lifetime. */
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 #include "json.h"
@@ -61,9 +62,7 @@ void dsysi_request_ref(dsys_request *req) { atomic_fetch_add(&req->refs, 1); }
 void dsysi_request_unref(dsys_request *req) {
   if (atomic_fetch_sub(&req->refs, 1) != 1) return;
   free(req->method);
-  free(req->path);
-  free(req->target);
-  free(req->query);
+  free(req->target); /* also holds path and query */
   dsysi_hdrs_free(&req->hdrs);
   free(req->body);
   for (size_t i = 0; i < req->nparams; i++) {
@@ -85,13 +84,18 @@ int dsysi_request_set_target(dsys_request *req, const char *target) {
   if (!target || target[0] != '/') return DSYS_EURL;
   const char *q = strchr(target, '?');
   size_t plen = q ? (size_t)(q - target) : strlen(target);
+  size_t tlen = strlen(target);
+  /* One block: raw target, then the decoded path; the query points into
+   * the raw target (or at its NUL when there is none). */
+  char *buf = malloc(tlen + 1 + plen + 1);
+  if (!buf) return DSYS_ENOMEM;
+  memcpy(buf, target, tlen + 1);
+  char *path = buf + tlen + 1;
+  dsysi_url_decode_into(path, target, plen, 0);
   free(req->target);
-  free(req->path);
-  free(req->query);
-  req->target = strdup(target);
-  req->path = dsysi_url_decode(target, plen, 0);
-  req->query = strdup(q ? q + 1 : "");
-  if (!req->target || !req->path || !req->query) return DSYS_ENOMEM;
+  req->target = buf;
+  req->path = path;
+  req->query = q ? buf + (q - target) + 1 : buf + tlen;
   return 0;
 }
 
@@ -112,9 +116,33 @@ const char *dsys_request_path(const dsys_request *r) { return r ? r->path : NULL
 const char *dsys_request_target(const dsys_request *r) { return r ? r->target : NULL; }
 const char *dsys_request_query(const dsys_request *r) { return r ? r->query : NULL; }
 const char *dsys_request_id(const dsys_request *r) { return r ? r->req_id : NULL; }
-const char *dsys_request_traceparent(const dsys_request *r) { return r ? r->traceparent : NULL; }
-const char *dsys_request_trace_id(const dsys_request *r) { return r ? r->trace_id : NULL; }
-const char *dsys_request_remote_addr(const dsys_request *r) { return r ? r->remote : NULL; }
+const char *dsys_request_traceparent(const dsys_request *r) {
+  if (!r) return NULL;
+  dsysi_request_trace((dsys_request *)r); /* a lazily filled cache */
+  return r->traceparent;
+}
+const char *dsys_request_trace_id(const dsys_request *r) {
+  if (!r) return NULL;
+  dsysi_request_trace((dsys_request *)r);
+  return r->trace_id;
+}
+const char *dsys_request_remote_addr(const dsys_request *r) {
+  if (!r) return NULL;
+  dsys_request *w = (dsys_request *)r; /* a lazily filled cache */
+  pthread_mutex_lock(&w->mu);
+  if (!w->remote) {
+    const struct sockaddr *sa = (const struct sockaddr *)&w->raddr;
+    if (sa->sa_family == AF_INET)
+      inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, w->remote_buf, sizeof w->remote_buf);
+    else if (sa->sa_family == AF_INET6)
+      inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, w->remote_buf, sizeof w->remote_buf);
+    else
+      strcpy(w->remote_buf, sa->sa_family == AF_UNIX ? "unix" : "unknown");
+    w->remote = w->remote_buf;
+  }
+  pthread_mutex_unlock(&w->mu);
+  return w->remote;
+}
 dsys_server *dsys_request_server(const dsys_request *r) { return r ? r->srv : NULL; }
 void dsys_request_set_user(dsys_request *r, void *user) { if (r) r->user = user; }
 void *dsys_request_user(const dsys_request *r) { return r ? r->user : NULL; }

@@ -55,6 +55,7 @@ size_t dsysi_server_max_body(dsys_server *s) { return s->o.max_body; }
 uint32_t dsysi_server_threads(dsys_server *s) { return s->o.threads; }
 uint32_t dsysi_server_max_connections(dsys_server *s) { return s->o.max_connections; }
 uint32_t dsysi_server_idle_timeout(dsys_server *s) { return s->o.idle_timeout_s; }
+uint32_t dsysi_server_connection_memory(dsys_server *s) { return s->o.connection_memory; }
 dsys_clock *dsysi_server_clock(dsys_server *s) { return s->o.clock; }
 
 int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
@@ -71,6 +72,10 @@ int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
   if (!s->o.max_connections) s->o.max_connections = 1024;
   if (!s->o.idle_timeout_s) s->o.idle_timeout_s = 60;
   if (!s->o.clock) s->o.clock = dsys_clock_real();
+  /* MHD clears the whole pool on every keep-alive request; 16 KiB instead
+   * of its 32 KiB default measured 3-7% faster (MHD-NOTES.md). */
+  if (!s->o.connection_memory) s->o.connection_memory = 16 * 1024;
+  if (s->o.connection_memory < 4096) s->o.connection_memory = 4096;
   s->name = strdup(s->o.name ? s->o.name : "server");
   s->o.name = s->name;
   pthread_mutex_init(&s->mu, NULL);
@@ -211,7 +216,6 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
   r->ops = ops;
   r->lst = lst;
   r->tctx = tctx;
-  r->remote = "";
   r->start_us = dsys_clock_now_us(s->o.clock);
   pthread_mutex_lock(&s->mu);
   r->late = s->stopping;
@@ -226,9 +230,10 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
 static void access_log(dsys_request *r, int ok) {
   if (!r->srv->o.access_log && !dsysi_log_enabled(DSYS_LOG_DEBUG)) return;
   double ms = (double)(dsys_clock_now_us(r->srv->o.clock) - r->start_us) / 1000.0;
+  dsysi_request_trace(r);
   dsysi_log(r->srv->o.access_log ? DSYS_LOG_INFO : DSYS_LOG_DEBUG, r->srv->name,
             "%s %s %d %.3fms req=%s trace=%s remote=%s%s", r->method,
-            r->target, r->status, ms, r->req_id, r->trace_id, r->remote,
+            r->target, r->status, ms, r->req_id, r->trace_id, dsys_request_remote_addr(r),
             ok ? "" : " (aborted)");
 }
 
@@ -274,7 +279,12 @@ static int all_zero(const char *s, size_t n) {
 }
 
 /* W3C trace context: keep a valid incoming trace id, start a child span. */
-static void trace_context(dsys_request *r) {
+void dsysi_request_trace(dsys_request *r) {
+  pthread_mutex_lock(&r->mu);
+  if (r->traceparent[0]) {
+    pthread_mutex_unlock(&r->mu);
+    return;
+  }
   const char *tp = dsysi_hdrs_get(&r->hdrs, "traceparent");
   /* version(2)-traceid(32)-parentid(16)-flags(2) */
   char flags[3] = "01";
@@ -298,6 +308,7 @@ static void trace_context(dsys_request *r) {
   p[52] = '-';
   memcpy(p + 53, flags, 2);
   p[55] = '\0';
+  pthread_mutex_unlock(&r->mu);
 }
 
 static void request_id(dsys_request *r) {
@@ -310,7 +321,7 @@ static void request_id(dsys_request *r) {
          (c >= 'A' && c <= 'Z') || c == '-' || c == '_' || c == '.';
   }
   if (ok) memcpy(r->req_id, id, n + 1);
-  else dsysi_fast_hex(r->req_id, 16);
+  else dsysi_fast_hex(r->req_id, 8);
   dsysi_hdrs_add(&r->rhdrs, "X-Request-Id", 12, r->req_id, strlen(r->req_id));
 }
 
@@ -354,7 +365,6 @@ void dsysi_server_dispatch(dsys_request *r) {
   dsys_server *s = r->srv;
   dsysi_request_ref(r); /* the handler may finish the request under us */
   request_id(r);
-  trace_context(r);
   if (r->late) {
     dsys_response_header(r, "Connection", "close");
     dsys_respond_error(r, 503, "DSYS_ESTOPPED", "Server is shutting down");
@@ -363,7 +373,13 @@ void dsysi_server_dispatch(dsys_request *r) {
   }
   /* Route on the raw path so "%2F" inside a segment stays one segment;
    * segments are decoded when read as params. */
-  char *raw = dsysi_strndup(r->target, strcspn(r->target, "?"));
+  size_t rawlen = strcspn(r->target, "?");
+  char stackbuf[512];
+  char *raw = rawlen < sizeof stackbuf ? stackbuf : malloc(rawlen + 1);
+  if (raw) {
+    memcpy(raw, r->target, rawlen);
+    raw[rawlen] = '\0';
+  }
   char *segs[MAX_SEGS];
   size_t lens[MAX_SEGS];
   size_t n = raw ? split_path(raw, segs, MAX_SEGS, lens) : 0;
@@ -384,7 +400,7 @@ void dsysi_server_dispatch(dsys_request *r) {
       continue;
     }
     if (match_route(rt, r, segs, lens, n) < 0) {
-      free(raw);
+      if (raw != stackbuf) free(raw);
       dsys_respond_error(r, 500, "DSYS_ENOMEM", "Out of memory");
       dsysi_request_unref(r);
       return;
@@ -392,7 +408,7 @@ void dsysi_server_dispatch(dsys_request *r) {
     found = rt;
     break;
   }
-  free(raw);
+  if (raw != stackbuf) free(raw);
   if (!found) {
     if (path_matched) {
       dsys_response_header(r, "Allow", allow);

@@ -11,6 +11,7 @@
 #define DSYSI_TRANSPORT_H
 
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdatomic.h>
 #include <distsys/client.h>
 #include <distsys/server.h>
@@ -53,7 +54,9 @@ struct dsys_request {
   void *tctx; /* transport per-request state */
 
   char *method, *path, *target, *query;
-  const char *remote; /* static or owned by tctx */
+  const char *remote; /* static name, or remote_buf once formatted */
+  struct sockaddr_storage raddr; /* formatted lazily into remote_buf */
+  char remote_buf[64];
   dsysi_hdrs hdrs;
   char *body;
   size_t body_len;
@@ -106,6 +109,10 @@ void dsysi_request_unref(dsys_request *req);
  */
 int dsysi_request_set_target(dsys_request *req, const char *target);
 
+/** Fill trace_id/span_id/traceparent on first use (lazily: most requests
+ *  never read them). */
+void dsysi_request_trace(dsys_request *req);
+
 /** Run middleware, routing and the handler (on the calling thread). */
 void dsysi_server_dispatch(dsys_request *req);
 
@@ -130,6 +137,7 @@ size_t dsysi_server_max_body(dsys_server *srv);
 uint32_t dsysi_server_threads(dsys_server *srv);
 uint32_t dsysi_server_max_connections(dsys_server *srv);
 uint32_t dsysi_server_idle_timeout(dsys_server *srv);
+uint32_t dsysi_server_connection_memory(dsys_server *srv);
 dsys_clock *dsysi_server_clock(dsys_server *srv);
 
 /* ---- client-side pending call ---- */
