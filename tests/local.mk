@@ -23,3 +23,10 @@ TESTS += tests/conformance/test-transport
 
 TESTS += tests/integration/echo-service.test
 EXTRA_DIST += tests/integration/echo-service.test
+
+check_PROGRAMS += tests/unit/test-h1
+tests_unit_test_h1_SOURCES = tests/unit/test-h1.c
+tests_unit_test_h1_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_h1_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_h1_LDADD = $(TEST_LIBS)
+TESTS += tests/unit/test-h1
