@@ -45,6 +45,20 @@ int dsysi_db_exec(sqlite3 *db, const char *sql, char *errbuf, size_t errlen) {
   return 0;
 }
 
+/* Some statements can get SQLITE_BUSY without the busy handler being
+ * consulted (journal mode switch, WAL recovery by another process):
+ * retry them for up to the busy timeout. */
+static int exec_retry_busy(sqlite3 *db, const char *sql, char *errbuf,
+                           size_t errlen) {
+  int e = 0;
+  for (int i = 0; i < DSYSI_DB_BUSY_MS / 10; i++) {
+    e = dsysi_db_exec(db, sql, errbuf, errlen);
+    if (e != DSYS_EBUSY) break;
+    sqlite3_sleep(10);
+  }
+  return e;
+}
+
 int dsysi_db_open(const char *path, int full_sync, sqlite3 **out,
                   char *errbuf, size_t errlen) {
   sqlite3 *db = NULL;
@@ -62,8 +76,13 @@ int dsysi_db_open(const char *path, int full_sync, sqlite3 **out,
   sqlite3_busy_timeout(db, DSYSI_DB_BUSY_MS);
   sqlite3_extended_result_codes(db, 1);
   int e = 0;
-  if (strcmp(path, ":memory:") != 0)
-    e = dsysi_db_exec(db, "PRAGMA journal_mode=WAL", errbuf, errlen);
+  if (strcmp(path, ":memory:") != 0) {
+    /* Switching to WAL needs an exclusive lock, and SQLite may answer BUSY
+     * at once (without the busy handler) while another process opens or
+     * recovers the same file: retry for up to the busy timeout. Once the
+     * file is in WAL mode the switch is a no-op and never blocks. */
+    e = exec_retry_busy(db, "PRAGMA journal_mode=WAL", errbuf, errlen);
+  }
   if (!e)
     e = dsysi_db_exec(db,
                       full_sync ? "PRAGMA synchronous=FULL"
@@ -81,7 +100,7 @@ int dsysi_db_open(const char *path, int full_sync, sqlite3 **out,
 int dsysi_db_migrate(sqlite3 *db, const char *component,
                      const char *const *steps, int nsteps, char *errbuf,
                      size_t errlen) {
-  int e = dsysi_db_exec(db, "BEGIN IMMEDIATE", errbuf, errlen);
+  int e = exec_retry_busy(db, "BEGIN IMMEDIATE", errbuf, errlen);
   if (e) return e;
   e = dsysi_db_exec(db,
                     "CREATE TABLE IF NOT EXISTS dsys_schema("
