@@ -30,3 +30,25 @@ tests_unit_test_h1_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_h1_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_h1_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-h1
+
+# Fuzz targets: make check replays the seed corpus plus deterministic
+# mutations through a plain driver; `make fuzz` runs libFuzzer (clang).
+check_PROGRAMS += tests/fuzz/fuzz-h1-check
+tests_fuzz_fuzz_h1_check_SOURCES = tests/fuzz/fuzz-h1.c tests/fuzz/driver.c
+tests_fuzz_fuzz_h1_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_h1_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_h1_check_LDADD = $(TEST_LIBS)
+TESTS += tests/fuzz/h1.test
+EXTRA_DIST += tests/fuzz/h1.test tests/fuzz/corpus
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang"; exit 1; }
+	mkdir -p fuzz-out/h1
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -I$(top_srcdir)/include -I$(top_builddir)/include \
+	  -I$(top_srcdir)/lib -I$(top_srcdir)/lib/core -D_GNU_SOURCE $(DEP_CFLAGS) \
+	  $(top_srcdir)/tests/fuzz/fuzz-h1.c $(top_srcdir)/lib/transport/h1.c $(top_srcdir)/lib/transport/hdrs.c \
+	  $(top_srcdir)/lib/core/util.c $(top_srcdir)/lib/core/json.c $(top_srcdir)/lib/core/clock.c \
+	  -o fuzz-h1 $(JSONC_LIBS) $(BSD_LIBS) -pthread
+	./fuzz-h1 -max_total_time=$(FUZZ_SECONDS) fuzz-out/h1 $(top_srcdir)/tests/fuzz/corpus/h1
+.PHONY: fuzz
