@@ -52,3 +52,7 @@ fuzz:
 	  -o fuzz-h1 $(JSONC_LIBS) $(BSD_LIBS) -pthread
 	./fuzz-h1 -max_total_time=$(FUZZ_SECONDS) fuzz-out/h1 $(top_srcdir)/tests/fuzz/corpus/h1
 .PHONY: fuzz
+
+# Documentation check: every public function and error code is documented.
+TESTS += tests/docs.test
+EXTRA_DIST += tests/docs.test
