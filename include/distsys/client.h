@@ -12,9 +12,13 @@
  * calls a server in the same process with no socket.
  *
  * Threads: a client may be used from many threads at once. Asynchronous
- * callbacks and streaming chunk callbacks run on a library thread (the
- * client's I/O thread for http and unix; a server or timer thread for
- * inproc), with no library lock held; they must not free the client.
+ * completion callbacks run with no library lock held, on: the client's I/O
+ * thread (http, unix); for inproc, the thread that finished the request (a
+ * server worker, a timer thread, or an application thread answering a
+ * deferred request). Chunk callbacks of dsys_client_do over http/unix run
+ * on the calling thread. Callbacks must not free the client. With a fake
+ * client clock, inproc timeouts and "refused" fire only when the clock is
+ * advanced.
  */
 #ifndef DSYS_CLIENT_H
 #define DSYS_CLIENT_H
@@ -68,7 +72,8 @@ typedef struct dsys_call {
  *  the callee owns reply (dsys_reply_free). */
 typedef void (*dsys_reply_fn)(int err, dsys_reply *reply, void *ud);
 
-/** Create a client. @param opts may be NULL. @return 0, DSYS_ENOMEM. */
+/** Create a client. @param opts may be NULL.
+ *  @return 0, DSYS_EINVAL (out is NULL), DSYS_ENOMEM. */
 DSYS_API int dsys_client_new(dsys_client **out, const dsys_client_options *opts);
 
 /**
@@ -83,7 +88,8 @@ DSYS_API void dsys_client_free(dsys_client *c);
  * @param out receives the reply for any HTTP status (free with
  *        dsys_reply_free); untouched on error.
  * @return 0 or a transport error (see the header comment), DSYS_EINVAL,
- *         DSYS_ESCHEME, DSYS_EURL.
+ *         DSYS_ESCHEME, DSYS_EURL, DSYS_ENOMEM; DSYS_ECLOSED or
+ *         DSYS_ECANCELED when the client is being freed.
  */
 DSYS_API int dsys_client_do(dsys_client *c, const dsys_call *call,
                             dsys_reply **out);

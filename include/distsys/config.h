@@ -87,7 +87,7 @@ DSYS_API const char *dsys_config_positional(const dsys_config *cfg, size_t i);
  * Build a --help text: "Usage: prog [options]", the summary, then one line
  * per option with its environment variable and default.
  * @param out receives the text; release with dsys_free().
- * @return 0, DSYS_ENOMEM.
+ * @return 0, DSYS_EINVAL (out is NULL), DSYS_ENOMEM.
  */
 DSYS_API int dsys_config_usage(const dsys_option *opts, size_t nopts,
                                const char *progname, const char *summary,

@@ -49,8 +49,13 @@ typedef void (*dsys_handler_fn)(dsys_request *req, void *ud);
  */
 typedef int (*dsys_hook_fn)(dsys_request *req, void *ud);
 
-/** Called once if the client goes away (or the server stops) before a
- *  deferred or streaming request is finished. Runs on a library thread. */
+/** Called once if the transport side ends before a deferred or streaming
+ *  request is finished: the server stopped and cut the request off, or a
+ *  stream's client went away (seen when a write fails). A client that
+ *  disconnects while a deferred (non-streaming) request is parked is not
+ *  noticed until the answer is sent (libmicrohttpd does not watch parked
+ *  connections), so handlers must bound their own work with timeouts.
+ *  Runs on a library thread. */
 typedef void (*dsys_close_fn)(dsys_request *req, void *ud);
 
 /** Server options. Zero fields take the documented defaults. */
@@ -81,22 +86,25 @@ DSYS_API int dsys_server_new(dsys_server **out, const dsys_server_options *opts)
  * @param pattern a path: literal segments, ":name" segments (read with
  *        dsys_request_param) and an optional trailing "*" that matches the
  *        rest (read as param "*"). Routes are tried in the order added.
- * @return 0, DSYS_EINVAL (bad pattern), DSYS_ESTATE (already listening),
- *         DSYS_ENOMEM.
+ * @return 0, DSYS_EINVAL (bad pattern), DSYS_ESTATE (dsys_server_listen
+ *         was already called, even if it failed), DSYS_ENOMEM.
  */
 DSYS_API int dsys_server_route(dsys_server *srv, const char *method,
                                const char *pattern, dsys_handler_fn fn,
                                void *ud);
 
-/** Add a hook run before every handler, in the order added. */
+/** Add a hook run before every handler, in the order added.
+ *  @return 0, DSYS_EINVAL, DSYS_ESTATE (after dsys_server_listen), DSYS_ENOMEM. */
 DSYS_API int dsys_server_use(dsys_server *srv, dsys_hook_fn fn, void *ud);
 
 /**
  * Start listening. May be called several times (one server on several
  * transports). Port 0 picks a free port: read it back with dsys_server_url.
  * @param url "http://127.0.0.1:0", "unix:///run/x.sock", "inproc://name".
- * @return 0, DSYS_ESCHEME, DSYS_EURL, DSYS_EADDRINUSE, DSYS_EEXIST (inproc
- *         name taken), DSYS_EIO, DSYS_ESTATE (stopped).
+ * @return 0, DSYS_EINVAL, DSYS_ESCHEME, DSYS_EURL, DSYS_ERESOLVE,
+ *         DSYS_EADDRINUSE, DSYS_EPERM, DSYS_EEXIST (inproc name taken),
+ *         DSYS_EIO, DSYS_ESTATE (stopped), DSYS_ENOMEM (also: more than 8
+ *         listeners).
  */
 DSYS_API int dsys_server_listen(dsys_server *srv, const char *url);
 
@@ -108,8 +116,9 @@ DSYS_API const char *dsys_server_url(dsys_server *srv, size_t i);
 
 /**
  * Stop gracefully: stop accepting, let in-flight requests finish for up to
- * drain_ms, then answer what is left with 503 and end open streams, and
- * close the listeners. Idempotent.
+ * drain_ms (measured on the real clock), then answer what is left with 503
+ * and end open streams, and close the listeners. A second call returns 0
+ * at once. Must not run concurrently with dsys_server_free.
  * @return 0, or DSYS_ETIMEDOUT when requests had to be cut off.
  */
 DSYS_API int dsys_server_stop(dsys_server *srv, int64_t drain_ms);
@@ -129,7 +138,8 @@ DSYS_API const char *dsys_request_path(const dsys_request *req);
 DSYS_API const char *dsys_request_target(const dsys_request *req);
 /** Raw query string without '?', "" when none. */
 DSYS_API const char *dsys_request_query(const dsys_request *req);
-/** Decoded value of the first query parameter name, or NULL. */
+/** Decoded value of the first query parameter name, or NULL. The parse is
+ *  cached on first use: not safe from two threads on one request at once. */
 DSYS_API const char *dsys_request_query_param(dsys_request *req,
                                               const char *name);
 /** Decoded value of a route parameter (":name" or "*"), or NULL. */
@@ -171,8 +181,9 @@ DSYS_API int dsys_response_header(dsys_request *req, const char *name,
 /**
  * Respond with a complete body (copied) and finish the request.
  * @param content_type may be NULL (no Content-Type).
- * @return 0; DSYS_ECLOSED if the client or server went away (the request is
- *         released all the same); DSYS_ESTATE if already answered.
+ * @return 0; DSYS_ECLOSED if the transport side already ended (server
+ *         stop, see dsys_close_fn; the request is released all the same);
+ *         DSYS_ESTATE if already answered; DSYS_EINVAL; DSYS_ENOMEM.
  */
 DSYS_API int dsys_respond(dsys_request *req, int status,
                           const char *content_type, const void *body,
@@ -189,8 +200,9 @@ DSYS_API int dsys_respond_error(dsys_request *req, int status,
                                 const char *code, const char *message);
 
 /**
- * Promise to respond later, from any thread. Call inside the handler.
- * @return 0, DSYS_ESTATE (already answered or not inside the handler).
+ * Promise to respond later, from any thread. Call inside the handler (the
+ * library cannot tell; calling it elsewhere is a usage error).
+ * @return 0, DSYS_EINVAL (NULL), DSYS_ESTATE (already answered or deferred).
  */
 DSYS_API int dsys_request_defer(dsys_request *req);
 
@@ -201,7 +213,7 @@ DSYS_API void dsys_request_on_close(dsys_request *req, dsys_close_fn fn,
 /**
  * Start a streaming response (chunked on HTTP). Headers are sent at once.
  * May be called in the handler or after dsys_request_defer.
- * @return 0, DSYS_ESTATE, DSYS_ECLOSED.
+ * @return 0, DSYS_EINVAL, DSYS_ESTATE, DSYS_ECLOSED.
  */
 DSYS_API int dsys_respond_stream(dsys_request *req, int status,
                                  const char *content_type);
@@ -209,11 +221,13 @@ DSYS_API int dsys_respond_stream(dsys_request *req, int status,
 /**
  * Queue bytes on a stream; never blocks.
  * @return 0; DSYS_ECLOSED when the client is gone or the server stopped
- *         (the producer should then call dsys_stream_end); DSYS_ESTATE.
+ *         (the producer should then call dsys_stream_end); DSYS_ESTATE;
+ *         DSYS_EINVAL; DSYS_ENOMEM.
  */
 DSYS_API int dsys_stream_write(dsys_request *req, const void *data, size_t len);
 
-/** End the stream and finish the request. @return 0 or DSYS_ECLOSED. */
+/** End the stream and finish the request.
+ *  @return 0, DSYS_ECLOSED, DSYS_EINVAL, DSYS_ESTATE (not streaming). */
 DSYS_API int dsys_stream_end(dsys_request *req);
 
 #ifdef __cplusplus

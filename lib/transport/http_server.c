@@ -203,7 +203,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
   int trc = dsysi_request_set_target(r, m->target);
   if (!r->method || !r->body || trc) {
     /* Answer through the normal path so accounting stays right. */
-    if (!r->path) r->path = strdup("/");
+    if (!r->path) dsysi_request_set_target(r, "/");
     dsys_respond_error(r, 400, "DSYS_EURL", "Malformed request target");
     return after_dispatch(m);
   }

@@ -201,6 +201,12 @@ static void inproc_notify(void *lst, dsys_request *r) {
   }
   inproc_req *ir = r->tctx;
   if (r->state == DSYSI_RQ_ANSWERED) {
+    if (r->rlen > ir->call->max_response) {
+      /* Same rule as the http client: a reply over the limit is an error. */
+      pthread_mutex_unlock(&r->mu);
+      finish(r, ir, DSYS_ETOOBIG, NULL, 1);
+      return;
+    }
     char *body = r->rbody;
     r->rbody = NULL;
     dsys_reply *rep = reply_from(r, r->status, body, r->rlen);
