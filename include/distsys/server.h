@@ -71,6 +71,11 @@ typedef struct dsys_server_options {
   uint32_t connection_memory; /**< per-connection buffer in bytes (http,
                                    unix), default 16 KiB; it bounds the
                                    request line plus headers (larger: 431) */
+  uint32_t event_loops;      /**< http/unix: 0 (default) = libmicrohttpd's
+                                  thread pool of `threads`; N = N event-loop
+                                  threads (external epoll, SO_REUSEPORT),
+                                  where handlers may start non-blocking work
+                                  in the same loop (the gateway) */
 } dsys_server_options;
 
 /**

@@ -191,8 +191,13 @@ void dsysi_loop_stop(dsysi_loop *l) {
   (void)w;
 }
 
+static _Thread_local dsysi_loop *tl_current;
+
+dsysi_loop *dsysi_loop_current(void) { return tl_current; }
+
 void dsysi_loop_run(dsysi_loop *l) {
   struct epoll_event evs[128];
+  tl_current = l;
   for (;;) {
     /* Posted tasks first (they may resume requests). */
     pthread_mutex_lock(&l->mu);
@@ -206,7 +211,10 @@ void dsysi_loop_run(dsysi_loop *l) {
       free(p);
       p = n;
     }
-    if (stop) return;
+    if (stop) {
+      tl_current = NULL;
+      return;
+    }
     /* Due timers. */
     int64_t now = dsysi_loop_now_us();
     while (l->nt && l->t[0].at <= now) {
@@ -230,7 +238,10 @@ void dsysi_loop_run(dsysi_loop *l) {
     if (l->head || l->stop) wait_ms = 0;
     pthread_mutex_unlock(&l->mu);
     int n = epoll_wait(l->ep, evs, 128, wait_ms > 60000 ? 60000 : (int)wait_ms);
-    if (n < 0 && errno != EINTR) return;
+    if (n < 0 && errno != EINTR) {
+      tl_current = NULL;
+      return;
+    }
     for (int i = 0; i < n; i++) {
       dsysi_watch *w = evs[i].data.ptr;
       w->fn(l, w->fd, evs[i].events, w->ud);

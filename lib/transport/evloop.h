@@ -53,6 +53,9 @@ void dsysi_loop_run(dsysi_loop *l);
 /** Ask the loop to return from dsysi_loop_run; safe from any thread. */
 void dsysi_loop_stop(dsysi_loop *l);
 
+/** The loop running on the calling thread, or NULL. */
+dsysi_loop *dsysi_loop_current(void);
+
 /** Monotonic now in microseconds (the loop's timebase). */
 int64_t dsysi_loop_now_us(void);
 

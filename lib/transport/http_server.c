@@ -1,9 +1,15 @@
 /*
- * Listener side of the http:// and unix:// transports, on libmicrohttpd:
- * internal epoll thread pool, suspend/resume for deferred answers and
- * streams (no server thread ever waits). We create the listening socket
- * ourselves (TCP or AF_UNIX) and hand it to MHD, so both schemes share
- * everything else and the bound port can be read back.
+ * Listener side of the http:// and unix:// transports, on libmicrohttpd,
+ * with suspend/resume for deferred answers and streams (no server thread
+ * ever waits). Two modes:
+ * - pool (default): MHD's internal epoll thread pool;
+ * - event loops (dsys_server_options.event_loops = N): N threads, each an
+ *   MHD daemon in external epoll mode inside its own dsysi_loop, on its own
+ *   SO_REUSEPORT socket. Handlers then run on a loop thread and may start
+ *   non-blocking work in the same loop (the gateway's upstream client).
+ * We create the listening sockets ourselves (TCP or AF_UNIX) and hand them
+ * to MHD, so both schemes share everything else and the bound port can be
+ * read back.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -13,25 +19,42 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <microhttpd.h>
+#include "transport/evloop.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
-typedef struct mhd_lst {
+typedef struct mhd_lst mhd_lst;
+
+/* One MHD daemon: the pool daemon, or one per event loop. */
+typedef struct mhd_d {
+  mhd_lst *l;
+  struct MHD_Daemon *d;
+  int fd;               /* listening socket */
+  dsysi_loop *loop;     /* event-loop mode only */
+  dsysi_watch w;        /* MHD's epoll fd inside the loop */
+  pthread_t thr;
+  int started;
+} mhd_d;
+
+struct mhd_lst {
   dsys_server *srv;
   const dsys_transport_ops *ops;
-  struct MHD_Daemon *d;
-  int fd;
+  mhd_d *ds;
+  unsigned nd;
+  int loops;            /* event-loop mode */
   char url[300];
   char *unix_path;
   int quiesced;
-} mhd_lst;
+};
 
 typedef struct mhd_req {
   mhd_lst *l;
+  mhd_d *md;
   struct MHD_Connection *conn;
   char *target;
   dsysi_buf body;
@@ -44,7 +67,8 @@ typedef struct mhd_req {
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
   mhd_req *m = calloc(1, sizeof *m);
   if (!m) return NULL;
-  m->l = cls;
+  m->md = cls;
+  m->l = m->md->l;
   m->conn = conn;
   m->target = strdup(uri ? uri : "/");
   return m;
@@ -167,7 +191,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
                                       const char *version,
                                       const char *upload_data,
                                       size_t *upload_size, void **con_cls) {
-  mhd_lst *l = cls;
+  mhd_lst *l = ((mhd_d *)cls)->l;
   mhd_req *m = *con_cls;
   if (!m) return MHD_NO; /* out of memory in uri_log */
   if (m->req) return after_dispatch(m); /* resumed */
@@ -222,15 +246,45 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
   *con_cls = NULL;
 }
 
-static void notify(void *lst, dsys_request *r) {
-  pthread_mutex_lock(&r->mu);
-  if (!r->transport_done) {
-    mhd_req *m = r->tctx;
-    if (m->suspended) {
-      m->suspended = 0;
-      MHD_resume_connection(m->conn);
-    }
+/* Resume a parked connection if it is parked (r->mu held by the caller). */
+static void resume_locked(dsys_request *r) {
+  if (r->transport_done) return;
+  mhd_req *m = r->tctx;
+  if (m->suspended) {
+    m->suspended = 0;
+    MHD_resume_connection(m->conn);
   }
+}
+
+static void resume_task(dsysi_loop *loop, void *ud) {
+  dsys_request *r = ud;
+  pthread_mutex_lock(&r->mu);
+  resume_locked(r);
+  pthread_mutex_unlock(&r->mu);
+  dsysi_request_unref(r);
+}
+
+static void notify(void *lst, dsys_request *r) {
+  mhd_lst *l = lst;
+  if (l->loops) {
+    /* External mode: MHD may only be driven from its loop's thread
+     * (MHD-NOTES pitfall 1); from elsewhere, hand the resume over. */
+    pthread_mutex_lock(&r->mu);
+    mhd_req *m = r->transport_done ? NULL : r->tctx;
+    dsysi_loop *loop = m ? m->md->loop : NULL;
+    if (loop && dsysi_loop_current() == loop) {
+      resume_locked(r);
+      loop = NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (loop) {
+      dsysi_request_ref(r);
+      if (dsysi_loop_post(loop, resume_task, r)) dsysi_request_unref(r);
+    }
+    return;
+  }
+  pthread_mutex_lock(&r->mu);
+  resume_locked(r);
   pthread_mutex_unlock(&r->mu);
 }
 
@@ -242,7 +296,8 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap) {
   dsysi_buf_free(&b);
 }
 
-static int bind_socket(const char *url, int is_unix, mhd_lst *l) {
+static int bind_socket(const char *url, int is_unix, int reuseport, mhd_lst *l,
+                       int *fd_out) {
   int fd = -1;
   if (is_unix) {
     dsysi_url u;
@@ -300,6 +355,7 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l) {
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd >= 0 && reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
       int e = errno;
       if (fd >= 0) close(fd);
@@ -331,8 +387,93 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l) {
     return DSYS_EIO;
   }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-  l->fd = fd;
+  *fd_out = fd;
   return 0;
+}
+
+/* ---- event-loop mode ---- */
+
+static void mhd_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
+  /* Nothing to do here: the tick runs MHD after every wake-up. */
+}
+
+static void mhd_tick(dsysi_loop *loop, void *ud) {
+  mhd_d *md = ud;
+  MHD_run(md->d);
+}
+
+/* Bound the loop's sleep by MHD's own timeout: MHD's epoll fd is edge-
+ * triggered inside, so MHD may hold ready work (MHD-NOTES pitfall 9). */
+static int64_t mhd_timeout(dsysi_loop *loop, void *ud) {
+  mhd_d *md = ud;
+  MHD_UNSIGNED_LONG_LONG ms;
+  if (MHD_get_timeout(md->d, &ms) != MHD_YES) return -1;
+  return ms > 60000 ? 60000 : (int64_t)ms;
+}
+
+static void *loop_main(void *arg) {
+  mhd_d *md = arg;
+  dsysi_loop_run(md->loop);
+  return NULL;
+}
+
+static int start_daemon(mhd_lst *l, mhd_d *md) {
+  dsys_server *srv = l->srv;
+  unsigned threads = dsysi_server_threads(srv);
+  unsigned flags = MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+  /* A pool of 1 is ignored with a warning (MHD-NOTES pitfall 6). */
+  unsigned pool = l->loops ? 0 : (threads > 1 ? threads : 0);
+  flags |= l->loops ? MHD_USE_EPOLL : MHD_USE_EPOLL_INTERNAL_THREAD;
+  struct MHD_OptionItem o[16];
+  int n = 0;
+#define OPT(opt, v, p) o[n++] = (struct MHD_OptionItem){opt, (intptr_t)(v), p}
+  OPT(MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, l);
+  OPT(MHD_OPTION_LISTEN_SOCKET, md->fd, NULL);
+  if (pool) OPT(MHD_OPTION_THREAD_POOL_SIZE, pool, NULL);
+  OPT(MHD_OPTION_CONNECTION_LIMIT, dsysi_server_max_connections(srv), NULL);
+  OPT(MHD_OPTION_CONNECTION_TIMEOUT, dsysi_server_idle_timeout(srv), NULL);
+  OPT(MHD_OPTION_CONNECTION_MEMORY_LIMIT, dsysi_server_connection_memory(srv), NULL);
+  OPT(MHD_OPTION_NOTIFY_COMPLETED, request_completed, md);
+  OPT(MHD_OPTION_URI_LOG_CALLBACK, uri_log, md);
+  OPT(MHD_OPTION_END, 0, NULL);
+#undef OPT
+  /* The logger must come first so MHD's own early messages use it. */
+  md->d = MHD_start_daemon(flags, 0, NULL, NULL, access_handler, md,
+                           MHD_OPTION_ARRAY, o, MHD_OPTION_END);
+  if (!md->d) return DSYS_EIO;
+  if (!l->loops) return 0;
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(md->d, MHD_DAEMON_INFO_EPOLL_FD);
+  if (!di || dsysi_loop_new(&md->loop)) return DSYS_EIO;
+  md->w.fd = di->epoll_fd;
+  md->w.fn = mhd_io;
+  md->w.ud = md;
+  dsysi_loop_set_tick(md->loop, mhd_tick, mhd_timeout, md);
+  if (dsysi_loop_add(md->loop, &md->w, EPOLLIN, 0)) return DSYS_EIO;
+  if (pthread_create(&md->thr, NULL, loop_main, md)) return DSYS_ENOMEM;
+  md->started = 1;
+  return 0;
+}
+
+static void stop_daemon(mhd_d *md) {
+  if (md->started) {
+    dsysi_loop_stop(md->loop);
+    pthread_join(md->thr, NULL);
+    md->started = 0;
+  }
+  if (md->d) MHD_stop_daemon(md->d);
+  md->d = NULL;
+  dsysi_loop_free(md->loop);
+  md->loop = NULL;
+  if (md->fd >= 0) close(md->fd);
+  md->fd = -1;
+}
+
+static void free_lst(mhd_lst *l) {
+  for (unsigned i = 0; i < l->nd; i++) stop_daemon(&l->ds[i]);
+  if (l->unix_path) unlink(l->unix_path);
+  free(l->unix_path);
+  free(l->ds);
+  free(l);
 }
 
 static int mhd_listen(dsys_server *srv, const char *url, void **out,
@@ -341,33 +482,27 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   if (!l) return DSYS_ENOMEM;
   l->srv = srv;
   l->ops = ops;
-  l->fd = -1;
-  int rc = bind_socket(url, is_unix, l);
-  if (rc) {
-    free(l->unix_path);
+  unsigned loops = dsysi_server_event_loops(srv);
+  l->loops = loops > 0;
+  /* SO_REUSEPORT spreads TCP connections over the loops; a Unix socket
+   * path can have one listener only. */
+  l->nd = loops == 0 || is_unix ? 1 : loops;
+  l->ds = calloc(l->nd, sizeof *l->ds);
+  if (!l->ds) {
     free(l);
-    return rc;
+    return DSYS_ENOMEM;
   }
-  unsigned threads = dsysi_server_threads(srv);
-  /* A pool of 1 is ignored with a warning (MHD-NOTES pitfall 6). */
-  l->d = MHD_start_daemon(
-      MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
-      0, NULL, NULL, access_handler, l,
-      MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, l,
-      MHD_OPTION_LISTEN_SOCKET, l->fd,
-      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
-      MHD_OPTION_CONNECTION_LIMIT, (unsigned)dsysi_server_max_connections(srv),
-      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)dsysi_server_idle_timeout(srv),
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)dsysi_server_connection_memory(srv),
-      MHD_OPTION_NOTIFY_COMPLETED, request_completed, l,
-      MHD_OPTION_URI_LOG_CALLBACK, uri_log, l,
-      MHD_OPTION_END);
-  if (!l->d) {
-    close(l->fd);
-    if (l->unix_path) unlink(l->unix_path);
-    free(l->unix_path);
-    free(l);
-    return DSYS_EIO;
+  for (unsigned i = 0; i < l->nd; i++) {
+    l->ds[i].l = l;
+    l->ds[i].fd = -1;
+  }
+  int rc = bind_socket(url, is_unix, l->nd > 1, l, &l->ds[0].fd);
+  for (unsigned i = 1; !rc && i < l->nd; i++)
+    rc = bind_socket(l->url, 0, 1, l, &l->ds[i].fd); /* the bound port */
+  for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
+  if (rc) {
+    free_lst(l);
+    return rc;
   }
   *out = l;
   return 0;
@@ -383,21 +518,30 @@ static int unix_listen(dsys_server *srv, const char *url, void **out) {
 
 static const char *mhd_url(void *lst) { return ((mhd_lst *)lst)->url; }
 
+static void quiesce_one(mhd_d *md) {
+  MHD_socket fd = MHD_quiesce_daemon(md->d);
+  if (fd != MHD_INVALID_SOCKET) close(fd);
+  md->fd = -1;
+}
+
+static void quiesce_task(dsysi_loop *loop, void *ud) { quiesce_one(ud); }
+
 static void mhd_quiesce(void *lst) {
   mhd_lst *l = lst;
   if (l->quiesced) return;
   l->quiesced = 1;
-  MHD_socket fd = MHD_quiesce_daemon(l->d);
-  if (fd != MHD_INVALID_SOCKET) close(fd);
+  for (unsigned i = 0; i < l->nd; i++) {
+    /* In loop mode the loop's own thread must touch its daemon. */
+    if (l->loops) dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
+    else quiesce_one(&l->ds[i]);
+  }
   if (l->unix_path) unlink(l->unix_path);
 }
 
 static void mhd_close(void *lst) {
   mhd_lst *l = lst;
   mhd_quiesce(l);
-  MHD_stop_daemon(l->d);
-  free(l->unix_path);
-  free(l);
+  free_lst(l);
 }
 
 /* Dialer functions live in http_client.c. */

@@ -109,9 +109,10 @@ static void h_stream(dsys_request *req, void *ud) {
 
 /* ---- helpers ---- */
 
-static dsys_server *start_server(const char *url) {
+static dsys_server *start_server(const char *url, unsigned loops) {
   dsys_server *srv;
-  dsys_server_options o = {.size = sizeof o, .max_body = 2 * 1024 * 1024, .threads = 4};
+  dsys_server_options o = {.size = sizeof o, .max_body = 2 * 1024 * 1024, .threads = 4,
+                           .event_loops = loops};
   if (dsys_server_new(&srv, &o)) tap_bail("server_new");
   dsys_server_route(srv, "*", "/echo", h_echo, NULL);
   dsys_server_route(srv, "GET", "/items/:id", h_item, NULL);
@@ -192,12 +193,17 @@ static int refused_url(const char *name, char *buf, size_t n, const char *tmpdir
   return 0;
 }
 
-static void run_suite(const char *name, const char *listen_url, const char *tmpdir) {
-  tap_diag("---- transport %s", name);
-  dsys_server *srv = start_server(listen_url);
+static void run_suite(const char *label, const char *listen_url, const char *tmpdir,
+                      unsigned loops) {
+  /* The scheme decides the transport; label names the variant in output. */
+  char scheme[32];
+  snprintf(scheme, sizeof scheme, "%.*s", (int)strcspn(listen_url, ":"), listen_url);
+  const char *name = label;
+  tap_diag("---- transport %s (%s)", scheme, label);
+  dsys_server *srv = start_server(listen_url, loops);
   const char *url = dsys_server_url(srv, 0);
-  ok(url && strncmp(url, name, strlen(name)) == 0, "[%s] bound url %s", name, url ? url : "(null)");
-  if (!strcmp(name, "http")) ok(!strstr(url, ":0"), "[http] port 0 was replaced by the real port");
+  ok(url && strncmp(url, scheme, strlen(scheme)) == 0, "[%s] bound url %s", name, url ? url : "(null)");
+  if (!strcmp(scheme, "http")) ok(!strstr(url, ":0"), "[http] port 0 was replaced by the real port");
   dsys_client *c;
   dsys_client_options co = {.size = sizeof co, .timeout_ms = 5000};
   dsys_client_new(&c, &co);
@@ -351,7 +357,7 @@ static void run_suite(const char *name, const char *listen_url, const char *tmpd
 
   /* connection refused */
   char rurl[300];
-  refused_url(name, rurl, sizeof rurl, tmpdir);
+  refused_url(scheme, rurl, sizeof rurl, tmpdir);
   r = NULL;
   rc = do_call(c, rurl, "GET", "/", NULL, 0, &r);
   is_int(rc, DSYS_ECONNREFUSED, "[%s] nobody listening -> ECONNREFUSED (%s)", name, rurl);
@@ -420,9 +426,11 @@ int main(int argc, char **argv) {
   char unix_url[256];
   snprintf(unix_url, sizeof unix_url, "unix://%s/s.sock", tmpdir);
   const char *only = argc > 1 ? argv[1] : NULL;
-  if (!only || !strcmp(only, "http")) run_suite("http", "http://127.0.0.1:0", tmpdir);
-  if (!only || !strcmp(only, "unix")) run_suite("unix", unix_url, tmpdir);
-  if (!only || !strcmp(only, "inproc")) run_suite("inproc", "inproc://conformance", tmpdir);
+  if (!only || !strcmp(only, "http")) run_suite("http", "http://127.0.0.1:0", tmpdir, 0);
+  if (!only || !strcmp(only, "http-loops")) run_suite("http-loops", "http://127.0.0.1:0", tmpdir, 2);
+  if (!only || !strcmp(only, "unix")) run_suite("unix", unix_url, tmpdir, 0);
+  if (!only || !strcmp(only, "unix-loop")) run_suite("unix-loop", unix_url, tmpdir, 1);
+  if (!only || !strcmp(only, "inproc")) run_suite("inproc", "inproc://conformance", tmpdir, 0);
   if (!only) test_client_errors();
   char sock[300];
   snprintf(sock, sizeof sock, "%s/s.sock", tmpdir);
