@@ -12,5 +12,8 @@
 #include <distsys/config.h>
 #include <distsys/server.h>
 #include <distsys/client.h>
+#include <distsys/breaker.h>
+#include <distsys/balancer.h>
+#include <distsys/retry.h>
 
 #endif

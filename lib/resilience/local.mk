@@ -1,1 +1,28 @@
-# resilience (see issues): sources are appended here.
+# resilience: circuit breaker, balancer, retry policy, health checking and
+# outlier detection, service registry (memory and sqlite backends).
+libdsys_internal_la_SOURCES += \
+	lib/resilience/breaker.c lib/resilience/balancer.c \
+	lib/resilience/retry.c
+noinst_HEADERS += lib/resilience/rint.h
+pkginclude_HEADERS += include/distsys/breaker.h include/distsys/balancer.h \
+	include/distsys/retry.h
+
+RESIL_TESTS = tests/unit/test-breaker tests/unit/test-retry \
+	tests/unit/test-balancer
+check_PROGRAMS += $(RESIL_TESTS)
+TESTS += $(RESIL_TESTS)
+
+tests_unit_test_breaker_SOURCES = tests/unit/test-breaker.c
+tests_unit_test_breaker_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_breaker_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_breaker_LDADD = $(TEST_LIBS)
+
+tests_unit_test_retry_SOURCES = tests/unit/test-retry.c
+tests_unit_test_retry_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_retry_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_retry_LDADD = $(TEST_LIBS)
+
+tests_unit_test_balancer_SOURCES = tests/unit/test-balancer.c
+tests_unit_test_balancer_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_balancer_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_balancer_LDADD = $(TEST_LIBS)
