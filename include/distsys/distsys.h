@@ -15,5 +15,6 @@
 #include <distsys/breaker.h>
 #include <distsys/balancer.h>
 #include <distsys/retry.h>
+#include <distsys/health.h>
 
 #endif

@@ -2,13 +2,13 @@
 # outlier detection, service registry (memory and sqlite backends).
 libdsys_internal_la_SOURCES += \
 	lib/resilience/breaker.c lib/resilience/balancer.c \
-	lib/resilience/retry.c
+	lib/resilience/retry.c lib/resilience/health.c
 noinst_HEADERS += lib/resilience/rint.h
 pkginclude_HEADERS += include/distsys/breaker.h include/distsys/balancer.h \
-	include/distsys/retry.h
+	include/distsys/retry.h include/distsys/health.h
 
 RESIL_TESTS = tests/unit/test-breaker tests/unit/test-retry \
-	tests/unit/test-balancer
+	tests/unit/test-balancer tests/unit/test-health
 check_PROGRAMS += $(RESIL_TESTS)
 TESTS += $(RESIL_TESTS)
 
@@ -26,3 +26,8 @@ tests_unit_test_balancer_SOURCES = tests/unit/test-balancer.c
 tests_unit_test_balancer_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_balancer_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_balancer_LDADD = $(TEST_LIBS)
+
+tests_unit_test_health_SOURCES = tests/unit/test-health.c
+tests_unit_test_health_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_health_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_health_LDADD = $(TEST_LIBS)
