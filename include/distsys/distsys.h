@@ -16,5 +16,6 @@
 #include <distsys/balancer.h>
 #include <distsys/retry.h>
 #include <distsys/health.h>
+#include <distsys/registry.h>
 
 #endif
