@@ -40,3 +40,9 @@ tests_unit_test_registry_SOURCES = tests/unit/test-registry.c
 tests_unit_test_registry_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_registry_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_registry_LDADD = $(TEST_LIBS)
+
+# Benchmark (built by make, not run by make check): bench/bench-resil
+noinst_PROGRAMS += bench/bench-resil
+bench_bench_resil_SOURCES = bench/bench-resil.c
+bench_bench_resil_CFLAGS = $(AM_CFLAGS) -O2
+bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)
