@@ -14,5 +14,10 @@
 #include <distsys/client.h>
 #include <distsys/store.h>
 #include <distsys/queue.h>
+#include <distsys/breaker.h>
+#include <distsys/balancer.h>
+#include <distsys/retry.h>
+#include <distsys/health.h>
+#include <distsys/registry.h>
 
 #endif

@@ -1,1 +1,48 @@
-# resilience (see issues): sources are appended here.
+# resilience: circuit breaker, balancer, retry policy, health checking and
+# outlier detection, service registry (memory and sqlite backends).
+libdsys_internal_la_SOURCES += \
+	lib/resilience/breaker.c lib/resilience/balancer.c \
+	lib/resilience/retry.c lib/resilience/health.c \
+	lib/resilience/registry.c lib/resilience/registry-memory.c \
+	lib/resilience/registry-sqlite.c
+noinst_HEADERS += lib/resilience/rint.h lib/resilience/registry-int.h
+pkginclude_HEADERS += include/distsys/breaker.h include/distsys/balancer.h \
+	include/distsys/retry.h include/distsys/health.h \
+	include/distsys/registry.h
+
+RESIL_TESTS = tests/unit/test-breaker tests/unit/test-retry \
+	tests/unit/test-balancer tests/unit/test-health \
+	tests/unit/test-registry
+check_PROGRAMS += $(RESIL_TESTS)
+TESTS += $(RESIL_TESTS)
+
+tests_unit_test_breaker_SOURCES = tests/unit/test-breaker.c
+tests_unit_test_breaker_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_breaker_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_breaker_LDADD = $(TEST_LIBS)
+
+tests_unit_test_retry_SOURCES = tests/unit/test-retry.c
+tests_unit_test_retry_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_retry_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_retry_LDADD = $(TEST_LIBS)
+
+tests_unit_test_balancer_SOURCES = tests/unit/test-balancer.c
+tests_unit_test_balancer_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_balancer_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_balancer_LDADD = $(TEST_LIBS)
+
+tests_unit_test_health_SOURCES = tests/unit/test-health.c
+tests_unit_test_health_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_health_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_health_LDADD = $(TEST_LIBS)
+
+tests_unit_test_registry_SOURCES = tests/unit/test-registry.c
+tests_unit_test_registry_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_registry_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_registry_LDADD = $(TEST_LIBS)
+
+# Benchmark (built by make, not run by make check): bench/bench-resil
+noinst_PROGRAMS += bench/bench-resil
+bench_bench_resil_SOURCES = bench/bench-resil.c
+bench_bench_resil_CFLAGS = $(AM_CFLAGS) -O2
+bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)

@@ -1,0 +1,238 @@
+/*
+ * dsys_registry: the service registry. Instances register, heartbeat and
+ * deregister; clients look them up by service type, watch changes with a
+ * callback, or wait for the change index to pass a value (blocking queries).
+ *
+ * Health: an instance whose last heartbeat is older than ttl_ms is
+ * unhealthy (evaluated on every read, so it is exact whenever you look);
+ * after reap_ms without a heartbeat it is removed. A heartbeat makes it
+ * healthy again. A periodic sweep (a timer on the registry's clock, every
+ * sweep_interval_ms) records these transitions as changes, so that watchers
+ * and index waiters see them, and polls the backend for changes made by
+ * other processes.
+ *
+ * The change index starts at 0 for an empty store and increases by at least
+ * one with every change: register (new or replaced), deregister, turned
+ * unhealthy, turned healthy again (by a heartbeat), reaped. A heartbeat on a
+ * healthy instance only refreshes its time and is not a change.
+ *
+ * Backends: "memory" (this handle only) and "sqlite" (a file path; every
+ * handle and every process that opens the same file shares the instances,
+ * the index and the change log, with no daemon). Further backends plug in
+ * through the versioned dsys_registry_ops table.
+ *
+ * Thread-safety: all functions may be called from any thread; calls on one
+ * handle are serialised. Watch callbacks run with no library lock held, in
+ * change order, on the thread whose call made or noticed the change (the
+ * clock's timer thread for sweeps); a callback may call registry functions
+ * except dsys_registry_close(). After dsys_registry_unwatch() returns, that
+ * callback no longer runs.
+ */
+#ifndef DSYS_REGISTRY_H
+#define DSYS_REGISTRY_H
+
+#include <distsys/common.h>
+#include <distsys/clock.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dsys_registry dsys_registry;
+
+/** Instance health. */
+typedef enum dsys_instance_health {
+  DSYS_INSTANCE_HEALTHY = 0,
+  DSYS_INSTANCE_UNHEALTHY = 1
+} dsys_instance_health;
+
+/**
+ * A service instance. In arrays returned by the library every pointer points
+ * into the same allocation, released with one dsys_free() of the array.
+ */
+typedef struct dsys_instance {
+  const char *id;            /**< unique, required */
+  const char *type;          /**< service type, required, e.g. "auth" */
+  const char *url;           /**< required */
+  const char *name;          /**< default: the id */
+  const char *const *tags;   /**< ntags strings */
+  size_t ntags;
+  const char *metadata;      /**< a JSON object as text; default "{}" */
+  uint32_t weight;           /**< default 1 */
+  int32_t health;            /**< dsys_instance_health (output only) */
+  int64_t registered_ms;     /**< wall ms (output only) */
+  int64_t last_heartbeat_ms; /**< wall ms (output only) */
+} dsys_instance;
+
+/** Change kinds. */
+typedef enum dsys_registry_change_kind {
+  DSYS_REG_REGISTERED = 0,   /**< new or replaced */
+  DSYS_REG_DEREGISTERED = 1,
+  DSYS_REG_UNHEALTHY = 2,
+  DSYS_REG_HEALTHY = 3,      /**< healthy again after being unhealthy */
+  DSYS_REG_REAPED = 4,
+  DSYS_REG_RESYNC = 5        /**< changes were missed (log pruned): re-read all */
+} dsys_registry_change_kind;
+
+/** One change. Strings are valid during the callback only. */
+typedef struct dsys_registry_change {
+  uint64_t index;
+  int32_t kind;              /**< dsys_registry_change_kind */
+  const char *id;            /**< "" for RESYNC */
+  const char *type;          /**< "" for RESYNC */
+} dsys_registry_change;
+
+/** Watch callback. */
+typedef void (*dsys_registry_watch_fn)(void *ud, const dsys_registry_change *c);
+
+/** Change enumeration callback for backends. */
+typedef void (*dsys_registry_change_fn)(void *ctx, const dsys_registry_change *c);
+
+/**
+ * Backend operations (version 1). Append-only: new members go at the end and
+ * raise the version. All members are mandatory for version 1. The generic
+ * layer serialises calls on one state. Times are wall ms from the registry's
+ * clock. Instance arrays returned by get/list must be one malloc'd block
+ * releasable with dsys_free() (see dsys_instances_copy()); their health
+ * field holds the stored flag (the generic layer applies the TTL).
+ */
+typedef struct dsys_registry_ops {
+  int version;               /**< DSYS_REGISTRY_OPS_VERSION */
+  const char *name;
+  size_t state_size;         /**< bytes of zeroed state given to every op */
+  /** Open: target is backend-specific (a path for sqlite). */
+  int (*open)(void *st, const char *target, char *err, size_t errlen);
+  void (*close)(void *st);
+  /** Insert or replace (registered = heartbeat = now, healthy); one change. */
+  int (*put)(void *st, const dsys_instance *inst, int64_t now_ms);
+  /** Refresh the heartbeat; an unhealthy instance turns healthy (a change).
+   *  DSYS_ENOTFOUND when unknown. */
+  int (*heartbeat)(void *st, const char *id, int64_t now_ms);
+  /** Remove; DSYS_ENOTFOUND when unknown. One change. */
+  int (*remove)(void *st, const char *id);
+  int (*get)(void *st, const char *id, dsys_instance **out);
+  /** type NULL: every instance. Ordered by id. */
+  int (*list)(void *st, const char *type, dsys_instance **out, size_t *n);
+  /** Mark healthy instances whose heartbeat < unhealthy_before unhealthy and
+   *  remove those whose heartbeat < reap_before; one change each. */
+  int (*expire)(void *st, int64_t unhealthy_before, int64_t reap_before);
+  int (*index)(void *st, uint64_t *out);
+  /** Call fn for each change with index > after, in order; DSYS_ERANGE when
+   *  some of them are no longer kept. */
+  int (*changes)(void *st, uint64_t after, dsys_registry_change_fn fn, void *ctx);
+} dsys_registry_ops;
+
+#define DSYS_REGISTRY_OPS_VERSION 1
+
+/** Options. Zero fields take the defaults given. */
+typedef struct dsys_registry_options {
+  size_t size;               /**< sizeof(dsys_registry_options), or 0 */
+  dsys_clock *clock;         /**< default real */
+  int64_t ttl_ms;            /**< default 30000 */
+  int64_t reap_ms;           /**< default 300000; must exceed ttl_ms */
+  int64_t sweep_interval_ms; /**< default 1000; -1: no timer (call dsys_registry_sweep) */
+} dsys_registry_options;
+
+/**
+ * Open a registry on a built-in backend.
+ * @param backend "memory" or "sqlite".
+ * @param target sqlite: the database path (created if needed); memory: ignored.
+ * @param opts may be NULL.
+ * @return 0, DSYS_EINVAL, DSYS_ENOTSUP (unknown backend), DSYS_ENOMEM,
+ *         DSYS_EIO / DSYS_EDB (sqlite; see errbuf).
+ */
+DSYS_API int dsys_registry_open(dsys_registry **out, const char *backend,
+                                const char *target,
+                                const dsys_registry_options *opts,
+                                char *errbuf, size_t errlen);
+
+/**
+ * Open a registry on a caller-supplied backend. The ops table must outlive
+ * the registry.
+ * @return as dsys_registry_open; DSYS_ENOTSUP for an unknown ops version,
+ *         DSYS_EINVAL when a mandatory op is missing.
+ */
+DSYS_API int dsys_registry_open_ops(dsys_registry **out,
+                                    const dsys_registry_ops *ops,
+                                    const char *target,
+                                    const dsys_registry_options *opts,
+                                    char *errbuf, size_t errlen);
+
+/** Close: stops the sweep timer (waits for a running sweep). NULL-safe. */
+DSYS_API void dsys_registry_close(dsys_registry *r);
+
+/**
+ * Register (or replace, same id) an instance; strings are copied.
+ * @return 0, DSYS_EINVAL (missing id/type/url, metadata not a JSON object,
+ *         weight over 10000), DSYS_ENOMEM, backend errors.
+ */
+DSYS_API int dsys_registry_register(dsys_registry *r, const dsys_instance *inst);
+
+/** Heartbeat. @return 0, DSYS_EINVAL, DSYS_ENOTFOUND, backend errors. */
+DSYS_API int dsys_registry_heartbeat(dsys_registry *r, const char *id);
+
+/** Deregister. @return 0, DSYS_EINVAL, DSYS_ENOTFOUND, backend errors. */
+DSYS_API int dsys_registry_deregister(dsys_registry *r, const char *id);
+
+/**
+ * Instances of a type (NULL: all), ordered by id.
+ * @param healthy_only nonzero to leave out unhealthy instances.
+ * @param out receives an array (NULL when *n is 0) released with dsys_free().
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM, backend errors.
+ */
+DSYS_API int dsys_registry_lookup(dsys_registry *r, const char *type,
+                                  int healthy_only, dsys_instance **out,
+                                  size_t *n);
+
+/** One instance; *out released with dsys_free().
+ *  @return 0, DSYS_EINVAL, DSYS_ENOTFOUND, DSYS_ENOMEM. */
+DSYS_API int dsys_registry_get(dsys_registry *r, const char *id,
+                               dsys_instance **out);
+
+/** Current change index. @return 0, DSYS_EINVAL, backend errors. */
+DSYS_API int dsys_registry_index(dsys_registry *r, uint64_t *out);
+
+/**
+ * Wait until the change index exceeds after, or timeout_ms (on the
+ * registry's clock) passes. Changes by other processes are noticed by
+ * polling every 50 ms of real time.
+ * @param index_out receives the index when returning (may be NULL).
+ * @return 0 (index > after), DSYS_ETIMEDOUT, DSYS_EINVAL, backend errors.
+ */
+DSYS_API int dsys_registry_wait(dsys_registry *r, uint64_t after,
+                                int64_t timeout_ms, uint64_t *index_out);
+
+/**
+ * Call fn for every change from now on (changes at or below the current
+ * index are not replayed).
+ * @param id receives a watch id for dsys_registry_unwatch (may be NULL).
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_registry_watch(dsys_registry *r, dsys_registry_watch_fn fn,
+                                 void *ud, uint64_t *id);
+
+/** Stop a watch. @return 0, DSYS_ENOTFOUND. */
+DSYS_API int dsys_registry_unwatch(dsys_registry *r, uint64_t id);
+
+/**
+ * Sweep now: record TTL and reap transitions, then deliver every change not
+ * yet delivered to watchers (including other processes' changes).
+ * @return 0, DSYS_EINVAL, backend errors.
+ */
+DSYS_API int dsys_registry_sweep(dsys_registry *r);
+
+/** Last detailed error message of this handle (valid until the next call). */
+DSYS_API const char *dsys_registry_errmsg(dsys_registry *r);
+
+/**
+ * Deep-copy n instances into one allocation (for backends and callers).
+ * @param out released with dsys_free(); NULL when n is 0.
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_instances_copy(const dsys_instance *src, size_t n,
+                                 dsys_instance **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

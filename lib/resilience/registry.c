@@ -1,0 +1,487 @@
+/* Service registry: generic layer (TTL, sweeps, watches, index waits),
+ * instance copying, backend selection. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <distsys/registry.h>
+#include "internal.h"
+#include "json.h"
+#include "resilience/registry-int.h"
+
+typedef struct watch {
+  uint64_t id, from;
+  dsys_registry_watch_fn fn;
+  void *ud;
+} watch;
+
+struct dsys_registry {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  const dsys_registry_ops *ops;
+  void *st;
+  int opened;
+  dsys_clock *clk;
+  int64_t ttl_ms, reap_ms, sweep_us;
+  uint64_t delivered;
+  watch *w;
+  size_t nw, capw;
+  uint64_t next_watch;
+  int delivering, pending;
+  pthread_t deliver_thread;
+  uint64_t timer;
+  int timers_out, closing;
+  char errmsg[256];
+};
+
+/* ---- instance copies ---- */
+
+static size_t slen(const char *s) { return s ? strlen(s) + 1 : 1; }
+
+int dsys_instances_copy(const dsys_instance *src, size_t n, dsys_instance **out) {
+  if (!out || (n && !src)) return DSYS_EINVAL;
+  *out = NULL;
+  if (n == 0) return 0;
+  size_t ptrs = 0, chars = 0;
+  for (size_t i = 0; i < n; i++) {
+    const dsys_instance *s = &src[i];
+    if (s->ntags && !s->tags) return DSYS_EINVAL;
+    ptrs += s->ntags;
+    chars += slen(s->id) + slen(s->type) + slen(s->url) + slen(s->name) +
+             slen(s->metadata);
+    for (size_t t = 0; t < s->ntags; t++) chars += slen(s->tags[t]);
+  }
+  size_t total = n * sizeof(dsys_instance) + ptrs * sizeof(char *) + chars;
+  char *blk = malloc(total);
+  if (!blk) return DSYS_ENOMEM;
+  dsys_instance *d = (dsys_instance *)blk;
+  const char **pp = (const char **)(blk + n * sizeof(dsys_instance));
+  char *cp = (char *)(pp + ptrs);
+#define PUT(dst, s)                                   \
+  do {                                                \
+    size_t l_ = slen(s);                              \
+    if (s) memcpy(cp, (s), l_); else cp[0] = '\0';    \
+    (dst) = cp;                                       \
+    cp += l_;                                         \
+  } while (0)
+  for (size_t i = 0; i < n; i++) {
+    const dsys_instance *s = &src[i];
+    d[i] = *s;
+    PUT(d[i].id, s->id);
+    PUT(d[i].type, s->type);
+    PUT(d[i].url, s->url);
+    PUT(d[i].name, s->name);
+    PUT(d[i].metadata, s->metadata);
+    d[i].tags = s->ntags ? pp : NULL;
+    for (size_t t = 0; t < s->ntags; t++) PUT(pp[t], s->tags[t]);
+    pp += s->ntags;
+  }
+#undef PUT
+  *out = d;
+  return 0;
+}
+
+/* ---- open / close ---- */
+
+static void sweep_cb(void *ud);
+
+static const dsys_registry_ops *builtin(const char *name) {
+  if (!strcmp(name, "memory")) return &dsysi_registry_memory_ops;
+  if (!strcmp(name, "sqlite")) return &dsysi_registry_sqlite_ops;
+  return NULL;
+}
+
+int dsys_registry_open(dsys_registry **out, const char *backend,
+                       const char *target, const dsys_registry_options *opts,
+                       char *errbuf, size_t errlen) {
+  if (!out || !backend) return DSYS_EINVAL;
+  const dsys_registry_ops *ops = builtin(backend);
+  if (!ops) {
+    if (errbuf && errlen) snprintf(errbuf, errlen, "unknown registry backend '%s'", backend);
+    return DSYS_ENOTSUP;
+  }
+  return dsys_registry_open_ops(out, ops, target, opts, errbuf, errlen);
+}
+
+/* Hold mu. */
+static void schedule_sweep(dsys_registry *r) {
+  if (r->sweep_us < 0 || r->closing) return;
+  r->timers_out++;
+  if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, &r->timer)) {
+    r->timers_out--;
+    r->timer = 0;
+  }
+}
+
+int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
+                           const char *target, const dsys_registry_options *o,
+                           char *errbuf, size_t errlen) {
+  if (errbuf && errlen) errbuf[0] = '\0';
+  if (!out || !ops) return DSYS_EINVAL;
+  if (ops->version != DSYS_REGISTRY_OPS_VERSION) return DSYS_ENOTSUP;
+  if (!ops->name || !ops->open || !ops->close || !ops->put || !ops->heartbeat ||
+      !ops->remove || !ops->get || !ops->list || !ops->expire || !ops->index ||
+      !ops->changes)
+    return DSYS_EINVAL;
+  dsys_registry_options d = {0};
+  if (o) memcpy(&d, o, o->size && o->size < sizeof d ? o->size : sizeof d);
+  if (d.ttl_ms < 0 || d.reap_ms < 0 || d.sweep_interval_ms < -1) return DSYS_EINVAL;
+  dsys_registry *r = calloc(1, sizeof *r);
+  if (!r) return DSYS_ENOMEM;
+  r->ops = ops;
+  r->clk = d.clock ? d.clock : dsys_clock_real();
+  r->ttl_ms = d.ttl_ms ? d.ttl_ms : 30000;
+  r->reap_ms = d.reap_ms ? d.reap_ms : 300000;
+  if (r->reap_ms <= r->ttl_ms) {
+    free(r);
+    return DSYS_EINVAL;
+  }
+  r->sweep_us = d.sweep_interval_ms == -1 ? -1
+                : (d.sweep_interval_ms ? d.sweep_interval_ms : 1000) * 1000;
+  r->st = calloc(1, ops->state_size ? ops->state_size : 1);
+  if (!r->st) {
+    free(r);
+    return DSYS_ENOMEM;
+  }
+  int rc = ops->open(r->st, target, errbuf, errlen);
+  if (!rc) {
+    r->opened = 1;
+    rc = ops->index(r->st, &r->delivered);
+  }
+  if (rc) {
+    if (r->opened) ops->close(r->st);
+    free(r->st);
+    free(r);
+    return rc;
+  }
+  r->next_watch = 1;
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_cond_init(&r->cv, NULL);
+  pthread_mutex_lock(&r->mu);
+  schedule_sweep(r);
+  pthread_mutex_unlock(&r->mu);
+  *out = r;
+  return 0;
+}
+
+void dsys_registry_close(dsys_registry *r) {
+  if (!r) return;
+  pthread_mutex_lock(&r->mu);
+  r->closing = 1;
+  if (r->timer && dsys_timer_cancel(r->clk, r->timer) == 0) r->timers_out--;
+  r->timer = 0;
+  while (r->timers_out > 0 || r->delivering) pthread_cond_wait(&r->cv, &r->mu);
+  pthread_mutex_unlock(&r->mu);
+  r->ops->close(r->st);
+  free(r->st);
+  free(r->w);
+  pthread_mutex_destroy(&r->mu);
+  pthread_cond_destroy(&r->cv);
+  free(r);
+}
+
+const char *dsys_registry_errmsg(dsys_registry *r) {
+  return r ? r->errmsg : "";
+}
+
+/* ---- change delivery ---- */
+
+typedef struct chg {
+  uint64_t index;
+  int kind;
+  char *id, *type;
+} chg;
+
+typedef struct chglist {
+  chg *v;
+  size_t n, cap;
+  int oom;
+} chglist;
+
+static void collect_cb(void *ctx, const dsys_registry_change *c) {
+  chglist *l = ctx;
+  if (l->oom) return;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 16;
+    chg *nv = realloc(l->v, cap * sizeof *nv);
+    if (!nv) {
+      l->oom = 1;
+      return;
+    }
+    l->v = nv;
+    l->cap = cap;
+  }
+  chg *d = &l->v[l->n];
+  d->index = c->index;
+  d->kind = c->kind;
+  d->id = strdup(c->id ? c->id : "");
+  d->type = strdup(c->type ? c->type : "");
+  if (!d->id || !d->type) {
+    free(d->id);
+    free(d->type);
+    l->oom = 1;
+    return;
+  }
+  l->n++;
+}
+
+static void chglist_free(chglist *l) {
+  for (size_t i = 0; i < l->n; i++) {
+    free(l->v[i].id);
+    free(l->v[i].type);
+  }
+  free(l->v);
+  memset(l, 0, sizeof *l);
+}
+
+/* Deliver every change not yet delivered; see the header for the rules. */
+static void deliver(dsys_registry *r) {
+  pthread_mutex_lock(&r->mu);
+  if (r->delivering) {
+    r->pending = 1;
+    pthread_mutex_unlock(&r->mu);
+    return;
+  }
+  r->delivering = 1;
+  r->deliver_thread = pthread_self();
+  for (;;) {
+    r->pending = 0;
+    chglist l = {0};
+    uint64_t idx = r->delivered;
+    int rc = r->ops->changes(r->st, r->delivered, collect_cb, &l);
+    r->ops->index(r->st, &idx);
+    if (rc == DSYS_ERANGE || l.oom) {
+      chglist_free(&l);
+      dsys_registry_change c = {.index = idx, .kind = DSYS_REG_RESYNC, .id = "", .type = ""};
+      collect_cb(&l, &c);
+    }
+    if (l.n) r->delivered = l.v[l.n - 1].index;
+    if (idx > r->delivered && !rc) r->delivered = idx;
+    size_t nw = r->nw;
+    watch *ws = nw ? malloc(nw * sizeof *ws) : NULL;
+    if (ws) memcpy(ws, r->w, nw * sizeof *ws);
+    else nw = 0;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < l.n; i++) {
+      dsys_registry_change c = {.index = l.v[i].index, .kind = l.v[i].kind,
+                                .id = l.v[i].id, .type = l.v[i].type};
+      for (size_t k = 0; k < nw; k++)
+        if (c.index > ws[k].from) ws[k].fn(ws[k].ud, &c);
+    }
+    free(ws);
+    chglist_free(&l);
+    pthread_mutex_lock(&r->mu);
+    if (!r->pending) break;
+  }
+  r->delivering = 0;
+  pthread_cond_broadcast(&r->cv);
+  pthread_mutex_unlock(&r->mu);
+}
+
+int dsys_registry_watch(dsys_registry *r, dsys_registry_watch_fn fn, void *ud,
+                        uint64_t *id) {
+  if (!r || !fn) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  if (r->nw == r->capw) {
+    size_t cap = r->capw ? r->capw * 2 : 4;
+    watch *nw = realloc(r->w, cap * sizeof *nw);
+    if (!nw) {
+      pthread_mutex_unlock(&r->mu);
+      return DSYS_ENOMEM;
+    }
+    r->w = nw;
+    r->capw = cap;
+  }
+  uint64_t cur = r->delivered;
+  r->ops->index(r->st, &cur);
+  watch *w = &r->w[r->nw++];
+  w->id = r->next_watch++;
+  w->from = cur > r->delivered ? cur : r->delivered;
+  w->fn = fn;
+  w->ud = ud;
+  if (id) *id = w->id;
+  pthread_mutex_unlock(&r->mu);
+  return 0;
+}
+
+int dsys_registry_unwatch(dsys_registry *r, uint64_t id) {
+  if (!r) return DSYS_EINVAL;
+  int rc = DSYS_ENOTFOUND;
+  pthread_mutex_lock(&r->mu);
+  for (size_t i = 0; i < r->nw; i++)
+    if (r->w[i].id == id) {
+      memmove(&r->w[i], &r->w[i + 1], (r->nw - i - 1) * sizeof *r->w);
+      r->nw--;
+      rc = 0;
+      break;
+    }
+  /* a delivery on another thread may still hold a copy: wait for it */
+  while (rc == 0 && r->delivering && !pthread_equal(r->deliver_thread, pthread_self()))
+    pthread_cond_wait(&r->cv, &r->mu);
+  pthread_mutex_unlock(&r->mu);
+  return rc;
+}
+
+/* ---- operations ---- */
+
+static int set_err(dsys_registry *r, int rc, const char *what) {
+  if (rc) snprintf(r->errmsg, sizeof r->errmsg, "%s: %s", what, dsys_strerror(rc));
+  return rc;
+}
+
+int dsys_registry_register(dsys_registry *r, const dsys_instance *in) {
+  if (!r || !in || !in->id || !*in->id || !in->type || !*in->type || !in->url ||
+      !*in->url || in->weight > 10000 || (in->ntags && !in->tags))
+    return DSYS_EINVAL;
+  for (size_t t = 0; t < in->ntags; t++)
+    if (!in->tags[t]) return DSYS_EINVAL;
+  if (in->metadata) {
+    json_object *j = NULL;
+    int jrc = dsysi_json_parse_object(in->metadata, strlen(in->metadata), &j);
+    if (j) json_object_put(j);
+    if (jrc) {
+      snprintf(r->errmsg, sizeof r->errmsg, "metadata is not a JSON object");
+      return DSYS_EINVAL;
+    }
+  }
+  dsys_instance n = *in;
+  if (!n.name || !*n.name) n.name = n.id;
+  if (!n.metadata) n.metadata = "{}";
+  if (!n.weight) n.weight = 1;
+  n.health = DSYS_INSTANCE_HEALTHY;
+  pthread_mutex_lock(&r->mu);
+  int rc = r->ops->put(r->st, &n, dsys_clock_wall_ms(r->clk));
+  set_err(r, rc, "register");
+  pthread_mutex_unlock(&r->mu);
+  if (!rc) deliver(r);
+  return rc;
+}
+
+int dsys_registry_heartbeat(dsys_registry *r, const char *id) {
+  if (!r || !id) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  uint64_t before = 0, after = 0;
+  r->ops->index(r->st, &before);
+  int rc = r->ops->heartbeat(r->st, id, dsys_clock_wall_ms(r->clk));
+  if (!rc) r->ops->index(r->st, &after);
+  set_err(r, rc, "heartbeat");
+  pthread_mutex_unlock(&r->mu);
+  if (!rc && after != before) deliver(r);
+  return rc;
+}
+
+int dsys_registry_deregister(dsys_registry *r, const char *id) {
+  if (!r || !id) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  int rc = r->ops->remove(r->st, id);
+  set_err(r, rc, "deregister");
+  pthread_mutex_unlock(&r->mu);
+  if (!rc) deliver(r);
+  return rc;
+}
+
+/* Apply the TTL to stored health flags. */
+static void apply_ttl(dsys_registry *r, dsys_instance *v, size_t n, int64_t now) {
+  for (size_t i = 0; i < n; i++)
+    if (now - v[i].last_heartbeat_ms > r->ttl_ms) v[i].health = DSYS_INSTANCE_UNHEALTHY;
+}
+
+int dsys_registry_lookup(dsys_registry *r, const char *type, int healthy_only,
+                         dsys_instance **out, size_t *n) {
+  if (!r || !out || !n) return DSYS_EINVAL;
+  dsys_instance *v = NULL;
+  size_t cnt = 0;
+  pthread_mutex_lock(&r->mu);
+  int rc = r->ops->list(r->st, type, &v, &cnt);
+  set_err(r, rc, "lookup");
+  pthread_mutex_unlock(&r->mu);
+  if (rc) return rc;
+  apply_ttl(r, v, cnt, dsys_clock_wall_ms(r->clk));
+  if (healthy_only) {
+    size_t k = 0;
+    for (size_t i = 0; i < cnt; i++)
+      if (v[i].health == DSYS_INSTANCE_HEALTHY) v[k++] = v[i];
+    cnt = k;
+  }
+  if (!cnt) {
+    free(v);
+    v = NULL;
+  }
+  *out = v;
+  *n = cnt;
+  return 0;
+}
+
+int dsys_registry_get(dsys_registry *r, const char *id, dsys_instance **out) {
+  if (!r || !id || !out) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  int rc = r->ops->get(r->st, id, out);
+  pthread_mutex_unlock(&r->mu);
+  if (!rc) apply_ttl(r, *out, 1, dsys_clock_wall_ms(r->clk));
+  return rc;
+}
+
+int dsys_registry_index(dsys_registry *r, uint64_t *out) {
+  if (!r || !out) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  int rc = r->ops->index(r->st, out);
+  pthread_mutex_unlock(&r->mu);
+  return rc;
+}
+
+int dsys_registry_sweep(dsys_registry *r) {
+  if (!r) return DSYS_EINVAL;
+  int64_t now = dsys_clock_wall_ms(r->clk);
+  pthread_mutex_lock(&r->mu);
+  int rc = r->ops->expire(r->st, now - r->ttl_ms, now - r->reap_ms);
+  set_err(r, rc, "sweep");
+  pthread_mutex_unlock(&r->mu);
+  deliver(r);
+  return rc;
+}
+
+static void sweep_cb(void *ud) {
+  dsys_registry *r = ud;
+  pthread_mutex_lock(&r->mu);
+  r->timer = 0;
+  int closing = r->closing;
+  pthread_mutex_unlock(&r->mu);
+  if (!closing) dsys_registry_sweep(r);
+  pthread_mutex_lock(&r->mu);
+  schedule_sweep(r);
+  r->timers_out--;
+  pthread_cond_broadcast(&r->cv);
+  pthread_mutex_unlock(&r->mu);
+}
+
+int dsys_registry_wait(dsys_registry *r, uint64_t after, int64_t timeout_ms,
+                       uint64_t *index_out) {
+  if (!r || timeout_ms < 0) return DSYS_EINVAL;
+  int64_t deadline = dsys_clock_now_ms(r->clk) + timeout_ms;
+  int rc = 0;
+  pthread_mutex_lock(&r->mu);
+  for (;;) {
+    uint64_t idx = 0;
+    rc = r->ops->index(r->st, &idx);
+    if (rc) break;
+    if (index_out) *index_out = idx;
+    if (idx > after) break;
+    if (dsys_clock_now_ms(r->clk) >= deadline) {
+      rc = DSYS_ETIMEDOUT;
+      break;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 50 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+  }
+  pthread_mutex_unlock(&r->mu);
+  return rc;
+}

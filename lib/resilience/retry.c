@@ -1,0 +1,222 @@
+/* Retry policy: decisions, full-jitter backoff, per-try timeouts, budget. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <distsys/retry.h>
+#include <distsys/client.h>
+#include <distsys/util.h>
+#include "internal.h"
+#include "resilience/rint.h"
+
+typedef struct bbucket {
+  int64_t sec;
+  uint32_t requests, retries;
+} bbucket;
+
+struct dsys_retry {
+  pthread_mutex_t mu;
+  dsys_clock *clk;
+  uint32_t max_attempts;
+  int64_t per_try_ms, deadline_ms, base_ms, cap_ms;
+  int32_t *statuses;
+  size_t nstatuses;
+  uint32_t ratio_pct, min_per_s, window_s;
+  int budget_off;
+  uint64_t rng;
+  bbucket *bk;
+  int64_t head_sec;
+  uint64_t w_requests, w_retries;
+};
+
+static const int32_t default_statuses[] = {502, 503, 504};
+
+int dsys_method_idempotent(const char *m) {
+  if (!m) return 1; /* default GET */
+  static const char *const idem[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"};
+  for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
+    if (!strcmp(m, idem[i])) return 1;
+  return 0;
+}
+
+int dsys_retry_new(dsys_retry **out, const dsys_retry_options *o) {
+  if (!out) return DSYS_EINVAL;
+  dsys_retry_options d = {0};
+  if (o) memcpy(&d, o, o->size && o->size < sizeof d ? o->size : sizeof d);
+  if (d.per_try_timeout_ms < -1 || d.deadline_ms < -1 || d.backoff_base_ms < 0 ||
+      d.backoff_cap_ms < 0 || d.budget_window_s > 3600 || d.max_attempts > 100 ||
+      (d.n_retry_statuses && !d.retry_statuses))
+    return DSYS_EINVAL;
+  dsys_retry *r = calloc(1, sizeof *r);
+  if (!r) return DSYS_ENOMEM;
+  r->clk = d.clock ? d.clock : dsys_clock_real();
+  r->max_attempts = d.max_attempts ? d.max_attempts : 3;
+  r->per_try_ms = d.per_try_timeout_ms ? d.per_try_timeout_ms : 5000;
+  r->deadline_ms = d.deadline_ms ? d.deadline_ms : 15000;
+  r->base_ms = d.backoff_base_ms ? d.backoff_base_ms : 25;
+  r->cap_ms = d.backoff_cap_ms ? d.backoff_cap_ms : 1000;
+  const int32_t *st = d.n_retry_statuses ? d.retry_statuses : default_statuses;
+  r->nstatuses = d.n_retry_statuses ? d.n_retry_statuses : 3;
+  r->ratio_pct = d.budget_ratio_pct ? d.budget_ratio_pct : 20;
+  r->min_per_s = d.budget_min_per_s ? d.budget_min_per_s : 10;
+  r->window_s = d.budget_window_s ? d.budget_window_s : 10;
+  r->budget_off = d.budget_off != 0;
+  r->rng = d.seed;
+  if (!r->rng) dsys_random_bytes(&r->rng, sizeof r->rng);
+  if (!r->rng) r->rng = 0x9e3779b97f4a7c15ULL;
+  r->statuses = malloc(r->nstatuses * sizeof *r->statuses);
+  r->bk = calloc(r->window_s, sizeof *r->bk);
+  if (!r->statuses || !r->bk) {
+    free(r->statuses);
+    free(r->bk);
+    free(r);
+    return DSYS_ENOMEM;
+  }
+  memcpy(r->statuses, st, r->nstatuses * sizeof *st);
+  pthread_mutex_init(&r->mu, NULL);
+  *out = r;
+  return 0;
+}
+
+void dsys_retry_free(dsys_retry *r) {
+  if (!r) return;
+  pthread_mutex_destroy(&r->mu);
+  free(r->statuses);
+  free(r->bk);
+  free(r);
+}
+
+/* Hold mu. Drops buckets older than the window. */
+static void budget_advance(dsys_retry *r) {
+  int64_t sec = dsys_clock_now_ms(r->clk) / 1000;
+  if (r->head_sec == 0 || sec - r->head_sec >= (int64_t)r->window_s) {
+    memset(r->bk, 0, r->window_s * sizeof *r->bk);
+    r->w_requests = r->w_retries = 0;
+  } else {
+    for (int64_t s = r->head_sec + 1; s <= sec; s++) {
+      bbucket *b = &r->bk[s % r->window_s];
+      r->w_requests -= b->requests;
+      r->w_retries -= b->retries;
+      b->requests = b->retries = 0;
+    }
+  }
+  if (sec > r->head_sec) r->head_sec = sec;
+}
+
+void dsys_retry_request(dsys_retry *r) {
+  if (!r) return;
+  pthread_mutex_lock(&r->mu);
+  budget_advance(r);
+  r->bk[r->head_sec % r->window_s].requests++;
+  r->w_requests++;
+  pthread_mutex_unlock(&r->mu);
+}
+
+void dsys_retry_budget_get(dsys_retry *r, uint64_t *requests, uint64_t *retries) {
+  if (!r) return;
+  pthread_mutex_lock(&r->mu);
+  budget_advance(r);
+  if (requests) *requests = r->w_requests;
+  if (retries) *retries = r->w_retries;
+  pthread_mutex_unlock(&r->mu);
+}
+
+/* Take one retry from the budget; 0 on success. */
+static int budget_take(dsys_retry *r) {
+  if (r->budget_off) return 0;
+  pthread_mutex_lock(&r->mu);
+  budget_advance(r);
+  uint64_t allowed = (uint64_t)r->min_per_s * r->window_s +
+                     r->w_requests * r->ratio_pct / 100;
+  int rc = -1;
+  if (r->w_retries + 1 <= allowed) {
+    r->bk[r->head_sec % r->window_s].retries++;
+    r->w_retries++;
+    rc = 0;
+  }
+  pthread_mutex_unlock(&r->mu);
+  return rc;
+}
+
+int64_t dsys_retry_backoff_ms(dsys_retry *r, uint32_t n) {
+  if (!r || n == 0) return 0;
+  int64_t ceil = r->base_ms;
+  for (uint32_t i = 1; i < n && ceil < r->cap_ms; i++) ceil *= 2;
+  if (ceil > r->cap_ms) ceil = r->cap_ms;
+  pthread_mutex_lock(&r->mu);
+  uint64_t x = dsysi_rng_next(&r->rng);
+  pthread_mutex_unlock(&r->mu);
+  return (int64_t)(x % (uint64_t)(ceil + 1));
+}
+
+int64_t dsys_retry_try_timeout_ms(dsys_retry *r, int64_t elapsed_ms) {
+  if (!r) return -1;
+  int64_t t = r->per_try_ms;
+  if (r->deadline_ms >= 0) {
+    int64_t left = r->deadline_ms - elapsed_ms;
+    if (left < 0) left = 0;
+    if (t < 0 || left < t) t = left;
+  }
+  return t;
+}
+
+static int status_listed(const dsys_retry *r, int32_t status) {
+  for (size_t i = 0; i < r->nstatuses; i++)
+    if (r->statuses[i] == status) return 1;
+  return 0;
+}
+
+int dsys_retry_decide(dsys_retry *r, const dsys_retry_input *in,
+                      dsys_retry_decision *out) {
+  if (!r || !in || !out) return DSYS_EINVAL;
+  dsys_retry_input x = {0};
+  memcpy(&x, in, in->size && in->size < sizeof x ? in->size : sizeof x);
+  out->action = DSYS_RETRY_STOP;
+  out->delay_ms = 0;
+  out->timeout_ms = -1;
+  int retryable = 0, now = 0;
+  switch (x.outcome) {
+  case DSYS_OUTCOME_OK:
+    out->reason = DSYS_RETRY_R_SUCCESS;
+    return 0;
+  case DSYS_OUTCOME_NOT_SENT:
+    retryable = now = 1;
+    break;
+  case DSYS_OUTCOME_TIMEOUT:
+  case DSYS_OUTCOME_RESET:
+  case DSYS_OUTCOME_PROTOCOL:
+    retryable = 1;
+    break;
+  case DSYS_OUTCOME_CLIENT_ERROR:
+  case DSYS_OUTCOME_SERVER_ERROR:
+    retryable = status_listed(r, x.status);
+    break;
+  default: /* LOCAL and unknown */
+    retryable = 0;
+  }
+  if (!retryable) {
+    out->reason = DSYS_RETRY_R_NOT_RETRYABLE;
+    return 0;
+  }
+  if (!now && !x.has_idempotency_key && !dsys_method_idempotent(x.method)) {
+    out->reason = DSYS_RETRY_R_NOT_IDEMPOTENT;
+    return 0;
+  }
+  if (x.attempt >= r->max_attempts) {
+    out->reason = DSYS_RETRY_R_ATTEMPTS;
+    return 0;
+  }
+  int64_t delay = now ? 0 : dsys_retry_backoff_ms(r, x.attempt);
+  if (r->deadline_ms >= 0 && x.elapsed_ms + delay >= r->deadline_ms) {
+    out->reason = DSYS_RETRY_R_DEADLINE;
+    return 0;
+  }
+  if (budget_take(r)) {
+    out->reason = DSYS_RETRY_R_BUDGET;
+    return 0;
+  }
+  out->action = now ? DSYS_RETRY_NOW : DSYS_RETRY_AFTER_BACKOFF;
+  out->reason = DSYS_RETRY_R_RETRYABLE;
+  out->delay_ms = delay;
+  out->timeout_ms = dsys_retry_try_timeout_ms(r, x.elapsed_ms + delay);
+  return 0;
+}

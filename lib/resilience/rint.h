@@ -1,0 +1,32 @@
+/* Internal helpers of the resilience layer (dsysi_ prefix, hidden). */
+#ifndef DSYSI_RINT_H
+#define DSYSI_RINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/** splitmix64 step: a fast, well-mixed 64-bit generator (not for secrets). */
+static inline uint64_t dsysi_rng_next(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/** 64-bit hash of bytes (FNV-1a then a murmur3 finaliser), with a seed. */
+static inline uint64_t dsysi_hash64(const void *data, size_t len, uint64_t seed) {
+  const unsigned char *p = data;
+  uint64_t h = 0xcbf29ce484222325ULL ^ seed;
+  for (size_t i = 0; i < len; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ULL;
+  }
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+#endif

@@ -1,0 +1,222 @@
+/* Health checker and outlier detection on the fake clock. */
+#include <stdlib.h>
+#include <string.h>
+#include <distsys/distsys.h>
+#include "tap.h"
+
+typedef struct probes {
+  dsys_clock *clk;
+  int n;
+  uint64_t token[256];
+  int64_t at_ms[256];
+  int64_t at_us[256];
+  char id[256][16];
+  int sync_result; /* -1: async; 0/1: report inside the probe */
+  int fail_start;
+} probes;
+
+static int probe(void *ud, dsys_health *h, const char *id, const char *url,
+                 uint64_t token) {
+  probes *p = ud;
+  (void)url;
+  if (p->fail_start) return DSYS_ECONNREFUSED;
+  if (p->n < 256) {
+    p->token[p->n] = token;
+    p->at_ms[p->n] = dsys_clock_now_ms(p->clk);
+    p->at_us[p->n] = dsys_clock_now_us(p->clk);
+    snprintf(p->id[p->n], 16, "%s", id);
+  }
+  p->n++;
+  if (p->sync_result >= 0) dsys_health_report(h, token, p->sync_result);
+  return 0;
+}
+
+typedef struct evs {
+  int n;
+  dsys_health_event ev[64];
+  int usable[64];
+  char id[64][16];
+} evs;
+
+static void on_event(void *ud, const char *id, dsys_health_event ev, int usable) {
+  evs *e = ud;
+  if (e->n < 64) {
+    e->ev[e->n] = ev;
+    e->usable[e->n] = usable;
+    snprintf(e->id[e->n], 16, "%s", id);
+  }
+  e->n++;
+}
+
+/* advance in 10 ms steps until the probe was called once more */
+static int next_probe(dsys_clock *clk, probes *p, int64_t max_ms) {
+  int before = p->n;
+  for (int64_t t = 0; t <= max_ms && p->n == before; t += 10) dsys_clock_advance(clk, 10000);
+  return p->n > before ? p->n - 1 : -1;
+}
+
+static void test_active(void) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 0);
+  probes p = {.clk = clk, .sync_result = -1};
+  evs ev = {0};
+  dsys_health_options o = {.size = sizeof o, .clock = clk, .probe = probe,
+                           .probe_ud = &p, .on_event = on_event,
+                           .event_ud = &ev, .seed = 99};
+  dsys_health *h;
+  is_int(dsys_health_new(&h, &o), 0, "new checker (defaults 2 s, 1 s, rise 2, fall 3)");
+  int64_t t0 = dsys_clock_now_ms(clk);
+  is_int(dsys_health_add(h, "a", "http://a"), 0, "add a");
+  is_int(dsys_health_add(h, "a", "http://a"), DSYS_EEXIST, "add twice");
+  ok(!dsys_health_usable(h, "a"), "new endpoint gets no traffic before its first check");
+  dsys_health_info info;
+  dsys_health_info_get(h, "a", &info);
+  is_int(info.state, DSYS_HEALTH_PENDING, "pending");
+  int i = next_probe(clk, &p, 300);
+  ok(i == 0 && p.at_ms[0] - t0 <= 200, "first check within the jitter (%lld ms)", (long long)(p.at_ms[0] - t0));
+  is_int(dsys_health_report(h, p.token[0], 1), 0, "report pass");
+  ok(dsys_health_usable(h, "a"), "first passing check makes it usable");
+  is_int(dsys_health_report(h, p.token[0], 1), DSYS_ENOTFOUND, "second report of a token ignored");
+  ok(ev.n == 1 && ev.ev[0] == DSYS_HEALTH_EV_HEALTHY && ev.usable[0], "healthy event");
+
+  /* intervals: 2000 + [0, 200] ms after the previous result */
+  int jit_ok = 1;
+  int64_t last = dsys_clock_now_ms(clk);
+  for (int k = 0; k < 20; k++) {
+    int j = next_probe(clk, &p, 3000);
+    int64_t gap = p.at_ms[j] - last;
+    if (gap < 2000 || gap > 2210) jit_ok = 0;
+    dsys_health_report(h, p.token[j], 1);
+    last = dsys_clock_now_ms(clk);
+  }
+  ok(jit_ok, "every interval within [2000, 2200] ms (10 ms steps)");
+
+  /* fall: 3 failures, the first two keep it healthy */
+  for (int k = 0; k < 2; k++) {
+    int j = next_probe(clk, &p, 3000);
+    dsys_health_report(h, p.token[j], 0);
+  }
+  ok(dsys_health_usable(h, "a"), "2 failures: still healthy (fall 3)");
+  int j = next_probe(clk, &p, 3000);
+  /* third failure by timeout: no report, 1 s later */
+  dsys_clock_advance(clk, p.at_us[j] + 999000 - dsys_clock_now_us(clk));
+  ok(dsys_health_usable(h, "a"), "not yet timed out at 999 ms");
+  dsys_clock_advance(clk, 1000);
+  ok(!dsys_health_usable(h, "a"), "timeout = third failure: unhealthy");
+  is_int(dsys_health_report(h, p.token[j], 1), DSYS_ENOTFOUND, "late report ignored");
+  dsys_health_counters c;
+  dsys_health_counters_get(h, &c);
+  is_int(c.timeouts, 1, "one timeout counted");
+  ok(ev.n == 2 && ev.ev[1] == DSYS_HEALTH_EV_UNHEALTHY && !ev.usable[1], "unhealthy event");
+  /* rise: 2 passes */
+  j = next_probe(clk, &p, 3000);
+  dsys_health_report(h, p.token[j], 1);
+  ok(!dsys_health_usable(h, "a"), "1 pass: still unhealthy (rise 2)");
+  j = next_probe(clk, &p, 3000);
+  dsys_health_report(h, p.token[j], 1);
+  ok(dsys_health_usable(h, "a"), "2 passes: healthy again");
+  is_int(ev.n, 3, "three events so far");
+
+  /* probe that reports synchronously, and one that fails to start */
+  p.sync_result = 0;
+  for (int k = 0; k < 3; k++) next_probe(clk, &p, 3000);
+  ok(!dsys_health_usable(h, "a"), "synchronous reports work (3 failures)");
+  p.sync_result = 1;
+  p.fail_start = 1;
+  dsys_clock_advance(clk, 10 * 1000000LL);
+  dsys_health_info_get(h, "a", &info);
+  ok(info.state == DSYS_HEALTH_UNHEALTHY && info.consecutive_fails >= 5, "a probe that cannot start counts as failed (%u)", info.consecutive_fails);
+  p.fail_start = 0;
+  is_int(dsys_health_remove(h, "a"), 0, "remove");
+  int before = p.n;
+  dsys_clock_advance(clk, 10 * 1000000LL);
+  is_int(p.n, before, "no probes after removal");
+  is_int(dsys_health_remove(h, "a"), DSYS_ENOTFOUND, "remove twice");
+  /* an endpoint removed while its check is in flight: report is ignored */
+  p.sync_result = -1;
+  dsys_health_add(h, "b", "http://b");
+  j = next_probe(clk, &p, 300);
+  dsys_health_remove(h, "b");
+  is_int(dsys_health_report(h, p.token[j], 1), DSYS_ENOTFOUND, "report after removal ignored");
+  dsys_health_add(h, "c", "http://c");
+  dsys_health_free(h); /* with timers pending: must not leak or run them */
+  before = p.n;
+  dsys_clock_advance(clk, 10 * 1000000LL);
+  is_int(p.n, before, "no probe after free");
+
+  /* start_healthy */
+  o.start_healthy = 1;
+  dsys_health_new(&h, &o);
+  dsys_health_add(h, "x", NULL);
+  ok(dsys_health_usable(h, "x"), "start_healthy: usable before any check");
+  dsys_health_free(h);
+  dsys_clock_free(clk);
+}
+
+static void test_outlier(void) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 0);
+  evs ev = {0};
+  dsys_health_options o = {.size = sizeof o, .clock = clk, .on_event = on_event,
+                           .event_ud = &ev, .base_ejection_ms = 10000,
+                           .max_ejection_ms = 25000};
+  dsys_health *h;
+  dsys_health_new(&h, &o);
+  dsys_health_add(h, "a", NULL);
+  dsys_health_add(h, "b", NULL);
+  dsys_health_add(h, "c", NULL);
+  ok(dsys_health_usable(h, "a"), "no probe: healthy at once");
+  dsys_health_observe(h, "a", DSYS_OUTCOME_NOT_SENT);
+  ok(!dsys_health_usable(h, "a"), "refused connection ejects at once");
+  ok(ev.n == 1 && ev.ev[0] == DSYS_HEALTH_EV_EJECTED, "ejected event");
+  dsys_clock_advance(clk, 9999000);
+  ok(!dsys_health_usable(h, "a"), "still ejected at 9.999 s (base 10 s x 1)");
+  dsys_clock_advance(clk, 1000);
+  ok(dsys_health_usable(h, "a"), "back after 10 s");
+  ok(ev.n == 2 && ev.ev[1] == DSYS_HEALTH_EV_UNEJECTED && ev.usable[1], "unejected event");
+
+  for (int i = 0; i < 4; i++) dsys_health_observe(h, "a", DSYS_OUTCOME_SERVER_ERROR);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_OK);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  ok(dsys_health_usable(h, "a"), "a success breaks the failure streak");
+  for (int i = 0; i < 3; i++) dsys_health_observe(h, "a", DSYS_OUTCOME_RESET);
+  ok(dsys_health_usable(h, "a"), "4 consecutive failures: not ejected");
+  dsys_health_observe(h, "a", DSYS_OUTCOME_SERVER_ERROR);
+  ok(!dsys_health_usable(h, "a"), "5th consecutive failure ejects");
+  dsys_health_info info;
+  dsys_health_info_get(h, "a", &info);
+  is_int(info.ejection_count, 2, "second ejection");
+  dsys_clock_advance(clk, 19999000);
+  ok(!dsys_health_usable(h, "a"), "second ejection lasts 20 s");
+  dsys_clock_advance(clk, 1000);
+  ok(dsys_health_usable(h, "a"), "back after 20 s");
+  dsys_health_observe(h, "a", DSYS_OUTCOME_NOT_SENT);
+  dsys_health_info_get(h, "a", &info);
+  is_int(info.ejected_until_ms - dsys_clock_now_ms(clk), 25000, "third ejection capped at 25 s (not 30)");
+  dsys_clock_advance(clk, 25 * 1000000LL);
+  ok(dsys_health_usable(h, "a"), "back after the cap");
+  dsys_clock_advance(clk, 25 * 1000000LL);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_NOT_SENT);
+  dsys_health_info_get(h, "a", &info);
+  is_int(info.ejection_count, 1, "count reset after max_ejection of good behaviour");
+
+  /* never eject the last usable endpoint */
+  dsys_health_observe(h, "b", DSYS_OUTCOME_NOT_SENT);
+  dsys_health_observe(h, "c", DSYS_OUTCOME_NOT_SENT);
+  ok(!dsys_health_usable(h, "b"), "b ejected");
+  ok(dsys_health_usable(h, "c"), "c, the last usable endpoint, is not ejected");
+  for (int i = 0; i < 20; i++) dsys_health_observe(h, "c", DSYS_OUTCOME_SERVER_ERROR);
+  ok(dsys_health_usable(h, "c"), "not even after 20 failures");
+  dsys_health_counters c;
+  dsys_health_counters_get(h, &c);
+  ok(c.skipped_ejections >= 2, "skipped ejections counted (%llu)", (unsigned long long)c.skipped_ejections);
+  is_int(dsys_health_observe(h, "zz", DSYS_OUTCOME_OK), DSYS_ENOTFOUND, "unknown endpoint");
+  dsys_health_free(h);
+  dsys_clock_free(clk);
+}
+
+int main(void) {
+  test_active();
+  test_outlier();
+  return tap_done();
+}

@@ -1,0 +1,302 @@
+/* Registry conformance suite, run against every backend, plus sqlite
+ * sharing between handles and processes. All time runs on a fake clock. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <distsys/distsys.h>
+#include "tap.h"
+
+typedef struct seen {
+  int n;
+  int kind[128];
+  uint64_t index[128];
+  char id[128][32];
+} seen;
+
+static void on_change(void *ud, const dsys_registry_change *c) {
+  seen *s = ud;
+  if (s->n < 128) {
+    s->kind[s->n] = c->kind;
+    s->index[s->n] = c->index;
+    snprintf(s->id[s->n], 32, "%s", c->id);
+  }
+  s->n++;
+}
+
+static int reg(dsys_registry *r, const char *id, const char *type, const char *url) {
+  static const char *const tags[] = {"blue", "v2"};
+  dsys_instance in = {.id = id, .type = type, .url = url, .tags = tags,
+                      .ntags = 2, .metadata = "{\"port\":3001}", .weight = 3};
+  return dsys_registry_register(r, &in);
+}
+
+static int count(dsys_registry *r, const char *type, int healthy) {
+  dsys_instance *v;
+  size_t n;
+  if (dsys_registry_lookup(r, type, healthy, &v, &n)) return -1;
+  dsys_free(v);
+  return (int)n;
+}
+
+typedef struct waiter {
+  dsys_registry *r;
+  uint64_t after, got;
+  int rc;
+  int64_t timeout_ms;
+  _Atomic int done;
+} waiter;
+
+static void *wait_thread(void *p) {
+  waiter *w = p;
+  w->rc = dsys_registry_wait(w->r, w->after, w->timeout_ms ? w->timeout_ms : 60000, &w->got);
+  w->done = 1;
+  return NULL;
+}
+
+static void conformance(const char *backend, const char *target) {
+  tap_diag("conformance: %s", backend);
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  dsys_registry_options o = {.size = sizeof o, .clock = clk, .ttl_ms = 30000,
+                             .reap_ms = 120000, .sweep_interval_ms = 1000};
+  dsys_registry *r;
+  char err[256];
+  is_int(dsys_registry_open(&r, backend, target, &o, err, sizeof err), 0, "%s: open (%s)", backend, err);
+  uint64_t idx0, idx;
+  is_int(dsys_registry_index(r, &idx0), 0, "%s: index", backend);
+  seen s = {0};
+  uint64_t wid;
+  is_int(dsys_registry_watch(r, on_change, &s, &wid), 0, "%s: watch", backend);
+
+  is_int(reg(r, "auth-3001", "auth", "http://127.0.0.1:3001"), 0, "%s: register", backend);
+  reg(r, "auth-3002", "auth", "http://127.0.0.1:3002");
+  reg(r, "data-4002", "data", "http://127.0.0.1:4002");
+  dsys_registry_index(r, &idx);
+  ok(idx >= idx0 + 3, "%s: index grew by 3 or more (%llu -> %llu)", backend,
+     (unsigned long long)idx0, (unsigned long long)idx);
+  is_int(s.n, 3, "%s: three watch callbacks", backend);
+  ok(s.kind[0] == DSYS_REG_REGISTERED && !strcmp(s.id[0], "auth-3001") &&
+     s.index[0] < s.index[1] && s.index[1] < s.index[2], "%s: callbacks in order with increasing index", backend);
+
+  dsys_instance *v = NULL;
+  size_t n = 0;
+  is_int(dsys_registry_lookup(r, "auth", 0, &v, &n), 0, "%s: lookup auth", backend);
+  is_int(n, 2, "%s: two auth instances", backend);
+  if (n == 2) {
+    is_str(v[0].id, "auth-3001", "%s: ordered by id", backend);
+    is_str(v[0].url, "http://127.0.0.1:3001", "%s: url", backend);
+    is_str(v[0].name, "auth-3001", "%s: name defaults to id", backend);
+    is_str(v[0].type, "auth", "%s: type", backend);
+    is_int(v[0].ntags, 2, "%s: tags", backend);
+    if (v[0].ntags == 2) is_str(v[0].tags[1], "v2", "%s: tag value", backend);
+    is_str(v[0].metadata, "{\"port\":3001}", "%s: metadata", backend);
+    is_int(v[0].weight, 3, "%s: weight", backend);
+    is_int(v[0].health, DSYS_INSTANCE_HEALTHY, "%s: healthy", backend);
+    is_int(v[0].registered_ms, 1700000000000LL, "%s: registeredAt from the clock", backend);
+    is_int(v[0].last_heartbeat_ms, 1700000000000LL, "%s: lastHeartbeat", backend);
+  }
+  dsys_free(v);
+  is_int(count(r, NULL, 0), 3, "%s: lookup all", backend);
+  is_int(count(r, "compute", 0), 0, "%s: unknown type: none", backend);
+
+  /* replace */
+  dsys_clock_advance(clk, 5000 * 1000);
+  dsys_instance in = {.id = "data-4002", .type = "data", .url = "http://127.0.0.1:4999"};
+  is_int(dsys_registry_register(r, &in), 0, "%s: same id replaces", backend);
+  dsys_instance *one;
+  is_int(dsys_registry_get(r, "data-4002", &one), 0, "%s: get", backend);
+  is_str(one->url, "http://127.0.0.1:4999", "%s: replaced url", backend);
+  is_str(one->metadata, "{}", "%s: metadata defaults to {}", backend);
+  is_int(one->weight, 1, "%s: weight defaults to 1", backend);
+  is_int(one->ntags, 0, "%s: no tags", backend);
+  dsys_free(one);
+  is_int(count(r, "data", 0), 1, "%s: still one data instance", backend);
+  is_int(dsys_registry_get(r, "nope", &one), DSYS_ENOTFOUND, "%s: get unknown", backend);
+  is_int(dsys_registry_heartbeat(r, "nope"), DSYS_ENOTFOUND, "%s: heartbeat unknown", backend);
+  is_int(dsys_registry_deregister(r, "nope"), DSYS_ENOTFOUND, "%s: deregister unknown", backend);
+  dsys_instance bad = {.id = "x", .type = "t", .url = "u", .metadata = "[1]"};
+  is_int(dsys_registry_register(r, &bad), DSYS_EINVAL, "%s: metadata must be an object", backend);
+  bad.metadata = "{bad";
+  is_int(dsys_registry_register(r, &bad), DSYS_EINVAL, "%s: malformed metadata", backend);
+  bad.metadata = NULL;
+  bad.url = NULL;
+  is_int(dsys_registry_register(r, &bad), DSYS_EINVAL, "%s: url required", backend);
+
+  /* TTL: a heartbeat is not a change; expiry is */
+  dsys_registry_index(r, &idx0);
+  int before = s.n;
+  dsys_clock_advance(clk, 20000 * 1000); /* t = 25 s */
+  is_int(dsys_registry_heartbeat(r, "auth-3001"), 0, "%s: heartbeat", backend);
+  dsys_registry_index(r, &idx);
+  is_int(idx, idx0, "%s: heartbeat of a healthy instance is not a change", backend);
+  dsys_clock_advance(clk, 5500 * 1000); /* t = 30.5 s: auth-3002 at 30.5 s > ttl */
+  is_int(count(r, "auth", 1), 1, "%s: instance past its TTL is unhealthy on read", backend);
+  is_int(count(r, "auth", 0), 2, "%s: but still listed", backend);
+  dsys_registry_get(r, "auth-3002", &one);
+  is_int(one->health, DSYS_INSTANCE_UNHEALTHY, "%s: get shows unhealthy", backend);
+  dsys_free(one);
+  dsys_clock_advance(clk, 1000 * 1000); /* the sweep timer records it */
+  ok(s.n > before && s.kind[s.n - 1] == DSYS_REG_UNHEALTHY && !strcmp(s.id[s.n - 1], "auth-3002"),
+     "%s: sweep reports auth-3002 unhealthy to watchers", backend);
+  dsys_registry_index(r, &idx);
+  ok(idx > idx0, "%s: and bumps the index", backend);
+  is_int(dsys_registry_heartbeat(r, "auth-3002"), 0, "%s: heartbeat revives", backend);
+  is_int(count(r, "auth", 1), 2, "%s: healthy again", backend);
+  is_int(s.kind[s.n - 1], DSYS_REG_HEALTHY, "%s: healthy change reported", backend);
+
+  /* reap: data-4002 last heartbeat at t = 5 s; reap at 125 s */
+  dsys_clock_advance(clk, 60000 * 1000);
+  dsys_registry_heartbeat(r, "auth-3001");
+  dsys_registry_heartbeat(r, "auth-3002");
+  dsys_clock_advance(clk, 20000 * 1000);
+  dsys_registry_heartbeat(r, "auth-3001");
+  dsys_registry_heartbeat(r, "auth-3002");
+  dsys_clock_advance(clk, 20000 * 1000); /* t ~ 131.5 s */
+  is_int(dsys_registry_get(r, "data-4002", &one), DSYS_ENOTFOUND, "%s: reaped after reap time", backend);
+  int reaped = 0, unhealthy = 0;
+  for (int i = before; i < s.n && i < 128; i++) {
+    if (s.kind[i] == DSYS_REG_REAPED && !strcmp(s.id[i], "data-4002")) reaped++;
+    if (s.kind[i] == DSYS_REG_UNHEALTHY && !strcmp(s.id[i], "data-4002")) unhealthy++;
+  }
+  ok(reaped == 1 && unhealthy == 1, "%s: watchers saw data-4002 turn unhealthy then reaped", backend);
+  is_int(count(r, NULL, 1), 2, "%s: two healthy left", backend);
+
+  /* deregister + index wait */
+  dsys_registry_index(r, &idx0);
+  uint64_t got = 0;
+  is_int(dsys_registry_wait(r, idx0 - 1, 1000, &got), 0, "%s: wait for an index already passed returns at once", backend);
+  is_int(got, idx0, "%s: with the current index", backend);
+  is_int(dsys_registry_wait(r, idx0, 0, &got), DSYS_ETIMEDOUT, "%s: zero timeout, no change: timed out", backend);
+  waiter w = {r, idx0, 0, 99, 0, 0};
+  pthread_t t;
+  pthread_create(&t, NULL, wait_thread, &w);
+  is_int(dsys_registry_deregister(r, "auth-3002"), 0, "%s: deregister", backend);
+  pthread_join(t, NULL);
+  ok(w.rc == 0 && w.got > idx0, "%s: blocked waiter woken by the change (rc %d)", backend, w.rc);
+  is_int(s.kind[s.n - 1], DSYS_REG_DEREGISTERED, "%s: deregister reported", backend);
+  /* wait timeout runs on the registry clock */
+  dsys_registry_deregister(r, "auth-3001"); /* empty: no TTL changes */
+  dsys_registry_index(r, &idx0);
+  waiter w2 = {r, idx0, 0, 99, 5000, 0};
+  pthread_create(&t, NULL, wait_thread, &w2);
+  for (int i = 0; i < 100000 && !w2.done; i++) {
+    dsys_clock_advance(clk, 1000 * 1000);
+    sched_yield();
+  }
+  pthread_join(t, NULL);
+  is_int(w2.rc, DSYS_ETIMEDOUT, "%s: wait times out on the fake clock", backend);
+
+  is_int(dsys_registry_unwatch(r, wid), 0, "%s: unwatch", backend);
+  int sn = s.n;
+  reg(r, "late", "auth", "http://x");
+  is_int(s.n, sn, "%s: no callback after unwatch", backend);
+  is_int(dsys_registry_unwatch(r, wid), DSYS_ENOTFOUND, "%s: unwatch twice", backend);
+  dsys_registry_close(r);
+  dsys_clock_free(clk);
+}
+
+static void test_sqlite_sharing(const char *path) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  dsys_registry_options o = {.size = sizeof o, .clock = clk, .sweep_interval_ms = 1000};
+  dsys_registry *a, *b;
+  char err[256];
+  is_int(dsys_registry_open(&a, "sqlite", path, &o, err, sizeof err), 0, "sqlite: open A");
+  is_int(dsys_registry_open(&b, "sqlite", path, &o, err, sizeof err), 0, "sqlite: open B on the same file");
+  seen sb = {0};
+  dsys_registry_watch(b, on_change, &sb, NULL);
+  reg(a, "s1", "auth", "http://1");
+  is_int(count(b, "auth", 1), 1, "sqlite: B sees A's instance");
+  uint64_t ia, ib;
+  dsys_registry_index(a, &ia);
+  dsys_registry_index(b, &ib);
+  ok(ia == ib && ia > 0, "sqlite: one index across connections (%llu)", (unsigned long long)ia);
+  is_int(sb.n, 0, "sqlite: B not told before it polls");
+  dsys_clock_advance(clk, 1000 * 1000);
+  ok(sb.n == 1 && sb.kind[0] == DSYS_REG_REGISTERED && !strcmp(sb.id[0], "s1"),
+     "sqlite: B's sweep delivers A's change to B's watcher");
+  dsys_registry_heartbeat(b, "s1");
+  is_int(dsys_registry_deregister(b, "s1"), 0, "sqlite: B deregisters A's instance");
+  is_int(count(a, NULL, 0), 0, "sqlite: A sees it gone");
+
+  /* another process */
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dsys_registry *c;
+    int rc = dsys_registry_open(&c, "sqlite", path, NULL, NULL, 0);
+    if (!rc) rc = reg(c, "child-1", "data", "http://child");
+    dsys_registry_close(c);
+    _exit(rc ? 1 : 0);
+  }
+  int status = -1;
+  waitpid(pid, &status, 0);
+  ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "sqlite: child process registered");
+  dsys_instance *one;
+  is_int(dsys_registry_get(a, "child-1", &one), 0, "sqlite: parent sees the child's instance");
+  if (one) is_str(one->url, "http://child", "sqlite: child's url");
+  dsys_free(one);
+  uint64_t before;
+  dsys_registry_index(a, &before);
+  pid = fork();
+  if (pid == 0) {
+    dsys_registry *c;
+    int rc = dsys_registry_open(&c, "sqlite", path, NULL, NULL, 0);
+    usleep(100 * 1000);
+    if (!rc) rc = dsys_registry_deregister(c, "child-1");
+    dsys_registry_close(c);
+    _exit(rc ? 1 : 0);
+  }
+  uint64_t got = 0;
+  /* wait on the real clock path: poll notices another process's change */
+  dsys_registry *rr;
+  dsys_registry_open(&rr, "sqlite", path, NULL, NULL, 0);
+  int rc = dsys_registry_wait(rr, before, 10000, &got);
+  waitpid(pid, &status, 0);
+  ok(rc == 0 && got > before, "sqlite: index wait sees another process's change (rc %d)", rc);
+  dsys_registry_close(rr);
+  dsys_registry_close(a);
+  dsys_registry_close(b);
+  dsys_clock_free(clk);
+}
+
+static void test_misc(void) {
+  dsys_registry *r;
+  char err[128];
+  is_int(dsys_registry_open(&r, "etcd", NULL, NULL, err, sizeof err), DSYS_ENOTSUP, "unknown backend");
+  dsys_registry_options bad = {.size = sizeof bad, .ttl_ms = 1000, .reap_ms = 500};
+  is_int(dsys_registry_open(&r, "memory", NULL, &bad, NULL, 0), DSYS_EINVAL, "reap must exceed ttl");
+  is_int(dsys_registry_open(&r, "sqlite", NULL, NULL, err, sizeof err), DSYS_EINVAL, "sqlite needs a path");
+  dsys_registry_ops ops = {.version = 99, .name = "x"};
+  is_int(dsys_registry_open_ops(&r, &ops, NULL, NULL, NULL, 0), DSYS_ENOTSUP, "unknown ops version");
+  ops.version = DSYS_REGISTRY_OPS_VERSION;
+  is_int(dsys_registry_open_ops(&r, &ops, NULL, NULL, NULL, 0), DSYS_EINVAL, "missing mandatory ops");
+  static const char *const tags[] = {"a", "bb"};
+  dsys_instance src[2] = {{.id = "1", .type = "t", .url = "u", .tags = tags, .ntags = 2},
+                          {.id = "2", .type = "t2", .url = "u2", .name = "n"}};
+  dsys_instance *c;
+  is_int(dsys_instances_copy(src, 2, &c), 0, "copy");
+  ok(!strcmp(c[0].tags[1], "bb") && !strcmp(c[1].name, "n") && c[0].name && !*c[0].name &&
+     c[0].tags[1] != tags[1], "deep copy in one block");
+  dsys_free(c);
+}
+
+int main(void) {
+  char dir[] = "/tmp/dsys-reg-XXXXXX";
+  if (!mkdtemp(dir)) tap_bail("mkdtemp");
+  char path[256], path2[256];
+  snprintf(path, sizeof path, "%s/reg.sqlite", dir);
+  snprintf(path2, sizeof path2, "%s/shared.sqlite", dir);
+  conformance("memory", NULL);
+  conformance("sqlite", path);
+  test_sqlite_sharing(path2);
+  test_misc();
+  char cmd[300];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd)) tap_diag("cleanup failed");
+  return tap_done();
+}
