@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <distsys/queue.h>
 #include <distsys/util.h>
 #include "core/db.h"
@@ -210,11 +211,18 @@ static dsys_job *row_job(sqlite3_stmt *st) {
 static int sq_open(void *p, const char *location, const dsys_queue_options *o,
                    char *err, size_t errlen) {
   sq *q = p;
-  int e = dsysi_db_open(location, o->full_sync ? 1 : 0, &q->db, err, errlen);
-  if (!e) e = dsysi_db_migrate(q->db, "queue", migrations, 1, err, errlen);
-  if (e) {
-    sqlite3_close(q->db);
-    q->db = NULL;
+  int e = 0;
+  /* Two processes creating the same file at once can get SQLITE_BUSY
+   * from the journal-mode switch without the busy handler: retry a while. */
+  for (int attempt = 0; attempt < 50; attempt++) {
+    if (attempt) usleep(20000);
+    e = dsysi_db_open(location, o->full_sync ? 1 : 0, &q->db, err, errlen);
+    if (!e) e = dsysi_db_migrate(q->db, "queue", migrations, 1, err, errlen);
+    if (e) {
+      sqlite3_close(q->db);
+      q->db = NULL;
+    }
+    if (e != DSYS_EBUSY) break;
   }
   return e;
 }
