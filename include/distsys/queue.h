@@ -375,11 +375,9 @@ typedef struct dsys_queue_ops {
 } dsys_queue_ops;
 
 /** The built-in SQLite backend (scheme "sqlite"; location is a file path,
- *  or ":memory:" for a private in-memory database). */
+ *  or ":memory:" for a private in-memory database, which is what the URL
+ *  "memory:" opens). */
 DSYS_API const dsys_queue_ops *dsys_queue_ops_sqlite(void);
-/** The built-in in-memory backend (scheme "memory"; one process, lost on
- *  close; location ignored). */
-DSYS_API const dsys_queue_ops *dsys_queue_ops_memory(void);
 
 /**
  * Open a queue on an explicit backend. The ops table is checked: version
