@@ -1,7 +1,9 @@
 /*
  * Queue benchmark: jobs per second end to end (submit, claim, complete) on
  * a durable SQLite file (synchronous NORMAL, and FULL), with 1 and 4
- * worker threads (dsys_worker), 2 submitting threads; and the same cycle on
+ * worker threads (dsys_worker), 2 submitting threads using
+ * dsys_queue_submit_many (100 per call), plus one run with plain
+ * dsys_queue_submit (one job per call); and the same cycle on
  * beanstalkd with its binlog on (-b), 1 producer and 1 / 4 consumers.
  * Usage: bench-queue [DIR] [JOBS] [BEANSTALKD-PORT (0 = skip)]
  */
@@ -35,16 +37,26 @@ static int noop(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
 typedef struct sub_arg {
   dsys_queue *q;
   long n;
+  int many; /* jobs per submit call */
 } sub_arg;
 
 static void *submitter(void *p) {
   sub_arg *a = p;
-  for (long i = 0; i < a->n; i++)
-    if (dsys_queue_submit(a->q, "bench", "{\"task\":\"x\"}", NULL, NULL, NULL)) abort();
+  const char *payloads[100];
+  for (int i = 0; i < 100; i++) payloads[i] = "{\"task\":\"x\"}";
+  for (long i = 0; i < a->n;) {
+    long k = a->n - i < a->many ? a->n - i : a->many;
+    if (a->many == 1) {
+      if (dsys_queue_submit(a->q, "bench", payloads[0], NULL, NULL, NULL)) abort();
+    } else if (dsys_queue_submit_many(a->q, "bench", payloads, (size_t)k, NULL, NULL)) {
+      abort();
+    }
+    i += k;
+  }
   return NULL;
 }
 
-static void bench_dsys(const char *dir, int full, uint32_t threads) {
+static void bench_dsys(const char *dir, int full, uint32_t threads, int many) {
   char url[1024];
   snprintf(url, sizeof url, "sqlite://%s/bench-queue-%d-%u.sqlite", dir, full, threads);
   unlink(url + 9);
@@ -60,7 +72,7 @@ static void bench_dsys(const char *dir, int full, uint32_t threads) {
   double t0 = now_s();
   if (dsys_worker_start(&w, q, &wo)) abort();
   pthread_t th[2];
-  sub_arg sa = {q, njobs / 2};
+  sub_arg sa = {q, njobs / 2, many};
   for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, submitter, &sa);
   for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
   double tsub = now_s() - t0;
@@ -74,8 +86,9 @@ static void bench_dsys(const char *dir, int full, uint32_t threads) {
   double t = now_s() - t0;
   dsys_job_counts c = {0};
   dsys_queue_counts(q, "bench", &c);
-  printf("dsys queue  %-6s %u worker%s: %8.0f jobs/s end to end (%ld jobs, %.2f s; submits done at %.2f s)\n",
+  printf("dsys queue  %-6s %u worker%s submit%s: %8.0f jobs/s end to end (%ld jobs, %.2f s; submits done at %.2f s)\n",
          full ? "FULL" : "NORMAL", threads, threads > 1 ? "s" : " ",
+         many > 1 ? "_many" : "     ",
          c.completed / t, (long)c.completed, t, tsub);
   fflush(stdout);
   dsys_queue_close(q);
@@ -173,10 +186,12 @@ int main(int argc, char **argv) {
   const char *dir = argc > 1 ? argv[1] : "/tmp";
   if (argc > 2) njobs = atol(argv[2]);
   int port = argc > 3 ? atoi(argv[3]) : 0;
-  bench_dsys(dir, 0, 1);
-  bench_dsys(dir, 0, 4);
-  bench_dsys(dir, 1, 1);
-  bench_dsys(dir, 1, 4);
+  bench_dsys(dir, 0, 1, 100);
+  bench_dsys(dir, 0, 4, 100);
+  bench_dsys(dir, 1, 1, 100);
+  bench_dsys(dir, 1, 4, 100);
+  bench_dsys(dir, 0, 4, 1);
+  bench_dsys(dir, 1, 4, 1);
   if (port > 0) {
     bench_beanstalkd(port, 1);
     bench_beanstalkd(port, 4);

@@ -239,6 +239,156 @@ DSYS_API void dsys_job_free(dsys_job *job);
 DSYS_API void dsys_job_list_free(dsys_job **jobs, size_t n);
 
 /* ------------------------------------------------------------------ */
+/* Batch calls                                                          */
+
+/** Most jobs in one dsys_queue_submit_many() / dsys_queue_claim_many(). */
+#define DSYS_QUEUE_MAX_MANY 10000
+
+/**
+ * Submit n jobs to one queue in one transaction: all of them are stored,
+ * or (on error) none. Ids are consecutive within the call only if no other
+ * writer interleaves; use the returned ids.
+ * @param payloads n JSON texts (each validated, at most
+ *        DSYS_QUEUE_MAX_PAYLOAD).
+ * @param n 1..DSYS_QUEUE_MAX_MANY.
+ * @param o options applied to every job, or NULL. o->idempotency_key must
+ *        be NULL (a key names one job); use dsys_queue_submit() for keyed
+ *        jobs.
+ * @param ids receives n job ids (array of n, may be NULL).
+ * @return 0, DSYS_EINVAL, DSYS_EBADJSON, DSYS_ETOOBIG, DSYS_ENOMEM,
+ *         DSYS_EDB, DSYS_EBUSY. Thread: any.
+ */
+DSYS_API int dsys_queue_submit_many(dsys_queue *q, const char *queue,
+                                    const char *const *payloads, size_t n,
+                                    const dsys_submit_options *o,
+                                    int64_t *ids);
+
+/**
+ * Claim up to max ready jobs of the given queues in one transaction, each
+ * under its own lease of lease_ms and its own fencing token, in claim order
+ * (priority, then FIFO). Each job is handled exactly like one returned by
+ * dsys_queue_claim(): heartbeat it, then complete, fail or release it; a
+ * job that is neither renewed nor finished is redelivered after its lease.
+ * @param jobs caller's array of at least max pointers; receives *n jobs,
+ *        each to be freed with dsys_job_free().
+ * @param max 1..DSYS_QUEUE_MAX_MANY.
+ * @param n receives the count (0 on error).
+ * @return 0 (*n >= 1), DSYS_EAGAIN (nothing ready, *n = 0), DSYS_EINVAL,
+ *         DSYS_ENOMEM, DSYS_EDB. Thread: any.
+ */
+DSYS_API int dsys_queue_claim_many(dsys_queue *q, const char *const *queues,
+                                   size_t nqueues, const char *worker,
+                                   int64_t lease_ms, size_t max,
+                                   dsys_job **jobs, size_t *n);
+
+/**
+ * Copy a job into one new block (strings included), e.g. for a backend.
+ * @return the copy (dsys_job_free()) or NULL (out of memory, NULL job).
+ */
+DSYS_API dsys_job *dsys_job_dup(const dsys_job *job);
+
+/**
+ * Full-jitter backoff in ms after attempt n (>= 1): uniform in
+ * [0, min(cap, base * 2^(n-1))]. For backends implementing fail.
+ */
+DSYS_API int64_t dsys_queue_backoff_ms(int attempt, int64_t base_ms,
+                                       int64_t cap_ms);
+
+/* ------------------------------------------------------------------ */
+/* Backend ops table (append-only; version 1)                           */
+
+#define DSYS_QUEUE_OPS_VERSION 1
+
+/**
+ * A queue backend. The front end (dsys_queue_*) validates every argument,
+ * fills defaults into the submit options, computes times from the queue's
+ * clock, and runs the calls of all threads of a process in groups: one
+ * group is begin, then the ops of several calls, then commit (or rollback
+ * if commit fails, and then every call of the group fails). The front end
+ * never runs two groups of one handle at once, so the ops of one state need
+ * no locking among themselves (other processes are the backend's affair).
+ *
+ * Every op returns 0 or a DSYS_E code, and an op that fails must change
+ * nothing (the rest of its group still commits). Jobs returned through
+ * out-parameters are single blocks freed with dsys_job_free() (see
+ * dsys_job_dup()). Job-changing ops taking (id, token) must return
+ * DSYS_ELEASE unless the job is active with that token, DSYS_ENOTFOUND for
+ * an unknown id. Semantics are those documented for the public calls of the
+ * same name; the conformance test (tests/state/test-queue.c) checks them.
+ */
+typedef struct dsys_queue_ops {
+  int version;       /**< DSYS_QUEUE_OPS_VERSION */
+  const char *name;  /**< URL scheme, e.g. "sqlite" */
+  size_t state_size; /**< bytes of zeroed state passed to every op */
+  /** Open at location (the URL after "scheme://"). Mandatory. */
+  int (*open)(void *st, const char *location, const dsys_queue_options *o,
+              char *err, size_t errlen);
+  /** Release everything. Mandatory. */
+  void (*close)(void *st);
+  /** Start a group at time now: first make due delayed jobs waiting and
+   *  reclaim expired leases (to waiting, or to failed with error "lease
+   *  expired" after the last attempt). Mandatory. */
+  int (*begin)(void *st, int64_t now);
+  /** Make the group durable. Mandatory. */
+  int (*commit)(void *st);
+  /** Undo the group (after a failed commit). Mandatory. */
+  void (*rollback)(void *st);
+  /** Store n jobs, all or none (o has defaults filled in; with an
+   *  idempotency key n is 1 and *existed tells whether it matched).
+   *  Mandatory. */
+  int (*submit)(void *st, const char *queue, const char *const *payloads,
+                size_t n, const dsys_submit_options *o, int64_t now,
+                int64_t *ids, int *existed);
+  /** Claim up to max jobs (see dsys_queue_claim_many) with lease_until;
+   *  DSYS_EAGAIN when none. Mandatory. */
+  int (*claim)(void *st, const char *const *queues, size_t nqueues,
+               const char *worker, int64_t lease_until, size_t max,
+               int64_t now, dsys_job **jobs, size_t *n);
+  /** Set lease_until. Mandatory. */
+  int (*heartbeat)(void *st, int64_t id, int64_t token, int64_t lease_until);
+  /** Store progress; message may be NULL. Mandatory. */
+  int (*progress)(void *st, int64_t id, int64_t token, int32_t percent,
+                  const char *message);
+  /** Complete (result JSON text or NULL for null). Mandatory. */
+  int (*complete)(void *st, int64_t id, int64_t token, const char *result,
+                  int64_t now);
+  /** Fail an attempt (error never NULL); *dead = 1 if dead-lettered.
+   *  Mandatory. */
+  int (*fail)(void *st, int64_t id, int64_t token, const char *error,
+              int64_t now, int *dead);
+  /** Give back an active job. Mandatory. */
+  int (*release)(void *st, int64_t id, int64_t token, int64_t now);
+  /** Cancel (DSYS_ESTATE if finished). Mandatory. */
+  int (*cancel)(void *st, int64_t id, int64_t now);
+  /** Get a job. Mandatory. */
+  int (*get)(void *st, int64_t id, dsys_job **out);
+  /** Counts of one queue (NULL = all). Mandatory. */
+  int (*counts)(void *st, const char *queue, dsys_job_counts *out);
+  /** Dead jobs with id > after_id in id order, at most limit; *jobs is a
+   *  malloc'ed array (dsys_job_list_free). Optional (DSYS_ENOTSUP). */
+  int (*list_dead)(void *st, const char *queue, int64_t after_id,
+                   size_t limit, dsys_job ***jobs, size_t *n);
+  /** Replay a failed or canceled job. Optional (DSYS_ENOTSUP). */
+  int (*replay)(void *st, int64_t id, int64_t now);
+  /** Delete finished jobs with 0 < finished_at <= before. Optional. */
+  int (*purge)(void *st, int64_t before, int64_t *removed);
+} dsys_queue_ops;
+
+/** The built-in SQLite backend (scheme "sqlite"; location is a file path,
+ *  or ":memory:" for a private in-memory database, which is what the URL
+ *  "memory:" opens). */
+DSYS_API const dsys_queue_ops *dsys_queue_ops_sqlite(void);
+
+/**
+ * Open a queue on an explicit backend. The ops table is checked: version
+ * 1..DSYS_QUEUE_OPS_VERSION, a name, and every mandatory op present.
+ * @return as dsys_queue_open(); DSYS_EINVAL for a bad ops table.
+ */
+DSYS_API int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
+                                 const char *location,
+                                 const dsys_queue_options *opts);
+
+/* ------------------------------------------------------------------ */
 /* Workers                                                              */
 
 typedef struct dsys_worker dsys_worker;
@@ -268,6 +418,11 @@ typedef struct dsys_worker_options {
   const char *worker_id;     /**< NULL = "<hostname>:<pid>:<random>" */
   dsys_job_handler handler;  /**< mandatory */
   void *ud;                  /**< passed to handler */
+  /** Jobs claimed ahead of the handler threads (in one transaction with
+   *  the outcomes of finished jobs), leased to this worker and renewed
+   *  like running ones; never-started ones are released on stop.
+   *  0 = default 32; negative = none (claim only for idle threads). */
+  int32_t prefetch;
 } dsys_worker_options;
 
 /** Stop modes for dsys_worker_stop(). */

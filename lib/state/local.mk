@@ -11,7 +11,8 @@ tests_state_test_store_CFLAGS = $(TEST_CFLAGS)
 tests_state_test_store_LDADD = $(TEST_LIBS)
 TESTS += tests/state/test-store
 
-libdsys_internal_la_SOURCES += lib/state/queue.c lib/state/worker.c
+libdsys_internal_la_SOURCES += lib/state/queue.c lib/state/queue_sqlite.c \
+	lib/state/worker.c
 noinst_HEADERS += lib/state/queue_int.h
 pkginclude_HEADERS += include/distsys/queue.h
 

@@ -1,4 +1,4 @@
-/* Internal interface between the queue and its workers. */
+/* Internal interface between the queue front end, its workers and tests. */
 #ifndef DSYSI_QUEUE_INT_H
 #define DSYSI_QUEUE_INT_H
 
@@ -11,10 +11,39 @@ dsys_clock *dsysi_queue_clock(dsys_queue *q);
  *  *stop_flag becomes nonzero. */
 void dsysi_queue_wait_work(dsys_queue *q, int64_t timeout_ms,
                            const int *stop_flag);
-/** Wake every dsysi_queue_wait_work() waiter. */
+/** Wake every dsysi_queue_wait_work() waiter and registered waiter. */
 void dsysi_queue_wake(dsys_queue *q);
-/** Full-jitter backoff in ms after attempt n: uniform in
- *  [0, min(cap, base * 2^(n-1))]. */
+/** Full-jitter backoff (same as dsys_queue_backoff_ms). */
 int64_t dsysi_queue_backoff(int attempt, int64_t base, int64_t cap);
+
+/** Called (with the queue's lock held: it must only set a flag and signal)
+ *  when local work may be available. */
+typedef void (*dsysi_queue_wake_fn)(void *ud);
+/** Register / unregister a wake callback. @return 0, DSYS_ENOMEM. */
+int dsysi_queue_add_waiter(dsys_queue *q, dsysi_queue_wake_fn fn, void *ud);
+void dsysi_queue_remove_waiter(dsys_queue *q, dsysi_queue_wake_fn fn,
+                               void *ud);
+
+/** One outcome or renewal for dsysi_queue_batch(). */
+enum { DSYSI_Q_COMPLETE = 1, DSYSI_Q_FAIL, DSYSI_Q_RELEASE, DSYSI_Q_HEARTBEAT };
+typedef struct dsysi_qout {
+  int kind;
+  int64_t id, token;
+  const char *text;  /* result (complete) / error (fail) */
+  int64_t lease_ms;  /* heartbeat */
+  int rc;            /* out */
+  int dead;          /* out (fail) */
+} dsysi_qout;
+
+/**
+ * Run the n outcomes/renewals (each with its own result in rc) and, if
+ * claim_max > 0, a claim of up to claim_max jobs, all queued at once into
+ * the group commit (normally one transaction). Texts are not validated.
+ * @return the claim's result (0, DSYS_EAGAIN, ...) or 0 without a claim.
+ */
+int dsysi_queue_batch(dsys_queue *q, dsysi_qout *outs, size_t n,
+                      const char *const *queues, size_t nqueues,
+                      const char *worker, int64_t lease_ms, size_t claim_max,
+                      dsys_job **jobs, size_t *njobs);
 
 #endif

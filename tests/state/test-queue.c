@@ -34,13 +34,15 @@ static int64_t claim_id(dsys_queue *q, const char *const *names, size_t n,
   return id;
 }
 
-static void conformance(const char *url) {
-  tap_diag("queue conformance on %s", url);
+/* Runs through the backend ops table: every implementation of
+ * dsys_queue_ops must pass it (url is only a label). */
+static void conformance(const dsys_queue_ops *ops, const char *url) {
+  tap_diag("queue conformance on %s:%s", ops->name, url);
   dsys_clock *clk = NULL;
   dsys_clock_fake_new(&clk, 1700000000000LL);
   dsys_queue_options qo = {.size = sizeof qo, .clock = clk};
   dsys_queue *q = NULL;
-  int e = dsys_queue_open(&q, url, &qo);
+  int e = dsys_queue_open_ops(&q, ops, url, &qo);
   is_int(e, 0, "[%s] open", url);
   if (e) tap_bail("open");
 
@@ -239,6 +241,63 @@ static void conformance(const char *url) {
   dsys_job_free(j);
   is_str(dsys_job_state_name(DSYS_JOB_DELAYED), "delayed", "state name");
 
+  /* submit_many: all or nothing, ids in order */
+  static const char *const QM[] = {"m"};
+  const char *pl[5] = {"1", "2", "3", "4", "5"};
+  int64_t ids[5] = {0};
+  is_int(dsys_queue_submit_many(q, "m", pl, 5, NULL, ids), 0, "submit_many 5");
+  ok(ids[0] > 0 && ids[1] > ids[0] && ids[2] > ids[1] && ids[3] > ids[2] && ids[4] > ids[3],
+     "submit_many ids increase");
+  const char *bad[3] = {"6", "{nope", "8"};
+  is_int(dsys_queue_submit_many(q, "m", bad, 3, NULL, NULL), DSYS_EBADJSON, "submit_many with a bad payload");
+  is_int(dsys_queue_counts(q, "m", &c), 0, "counts m");
+  is_int(c.waiting, 5, "bad batch stored nothing");
+  is_int(dsys_queue_submit_many(q, "m", pl, 0, NULL, NULL), DSYS_EINVAL, "submit_many of 0");
+  dsys_submit_options ko = {.size = sizeof ko, .idempotency_key = "k"};
+  is_int(dsys_queue_submit_many(q, "m", pl, 2, &ko, NULL), DSYS_EINVAL, "submit_many with a key");
+  dsys_submit_options po = {.size = sizeof po, .priority = 9};
+  int64_t hi = 0;
+  is_int(dsys_queue_submit_many(q, "m", pl, 1, &po, &hi), 0, "submit_many with options");
+
+  /* claim_many: claim order, own tokens and leases */
+  dsys_job *js[8] = {0};
+  size_t nj = 99;
+  is_int(dsys_queue_claim_many(q, QM, 1, "wm", 5000, 4, js, &nj), 0, "claim_many 4");
+  is_int(nj, 4, "4 claimed");
+  ok(nj == 4 && js[0]->id == hi && js[1]->id == ids[0] && js[2]->id == ids[1] && js[3]->id == ids[2],
+     "claim_many order: priority, then FIFO");
+  int allok = nj == 4;
+  for (size_t i = 0; i < nj; i++)
+    if (js[i]->state != DSYS_JOB_ACTIVE || js[i]->token != 1 ||
+        js[i]->lease_until != dsys_clock_wall_ms(clk) + 5000 || strcmp(js[i]->worker, "wm"))
+      allok = 0;
+  ok(allok, "each claimed job active with token 1 and its lease");
+  is_int(dsys_queue_complete(q, js[0]->id, js[0]->token, "1"), 0, "complete one of a batch");
+  is_int(dsys_queue_heartbeat(q, js[1]->id, js[1]->token, 20000), 0, "heartbeat one of a batch");
+  dsys_clock_advance(clk, 6000 * 1000);
+  dsys_job *js2[8] = {0};
+  is_int(dsys_queue_claim_many(q, QM, 1, "wm2", 5000, 8, js2, &nj), 0, "claim_many after lease expiry");
+  /* expired: js[2], js[3] (tokens 2), plus ids[3], ids[4]; js[1] renewed */
+  is_int(nj, 4, "expired jobs of the batch redelivered, renewed one kept");
+  int fenced = 1;
+  for (size_t i = 0; i < nj; i++) {
+    if (js2[i]->id == js[1]->id) fenced = 0;
+    if ((js2[i]->id == js[2]->id || js2[i]->id == js[3]->id) && js2[i]->token != 2) fenced = 0;
+  }
+  ok(fenced, "redelivered with new tokens");
+  is_int(dsys_queue_complete(q, js[2]->id, js[2]->token, NULL), DSYS_ELEASE, "old token of a batch fenced off");
+  for (size_t i = 0; i < nj; i++) {
+    dsys_queue_complete(q, js2[i]->id, js2[i]->token, NULL);
+    dsys_job_free(js2[i]);
+  }
+  is_int(dsys_queue_complete(q, js[1]->id, js[1]->token, NULL), 0, "renewed job completes");
+  for (int i = 0; i < 4; i++) dsys_job_free(js[i]);
+  is_int(dsys_queue_claim_many(q, QM, 1, "wm", 5000, 8, js, &nj), DSYS_EAGAIN, "claim_many on empty: EAGAIN");
+  is_int(nj, 0, "n = 0 on EAGAIN");
+  is_int(dsys_queue_claim_many(q, QM, 1, "wm", 5000, 0, js, &nj), DSYS_EINVAL, "claim_many max 0");
+  is_int(dsys_queue_counts(q, "m", &c), 0, "counts m after");
+  is_int(c.completed, 6, "every job of m completed once");
+
   dsys_queue_close(q);
   dsys_clock_free(clk);
 }
@@ -389,8 +448,122 @@ static void workers(const char *url) {
   ok(wait_count(q, "w", 33), "released job completed by the new worker");
   dsys_worker_stop(w, DSYS_WORKER_STOP_FINISH);
   dsys_worker_stop(NULL, 0);
+
+  /* prefetch: one thread, 8 jobs ahead, all leased to the worker and
+   * renewed; stop gives the never-started ones back (attempt not counted) */
+  static const char *const QP[] = {"p"};
+  pthread_mutex_lock(&ws.mu);
+  ws.block = 1;
+  started0 = ws.started;
+  pthread_mutex_unlock(&ws.mu);
+  const char *pl[20];
+  for (int i = 0; i < 20; i++) pl[i] = "{}";
+  int64_t pids[20];
+  is_int(dsys_queue_submit_many(q, "p", pl, 20, NULL, pids), 0, "submit 20 for the prefetching worker");
+  dsys_worker_options po = wo;
+  po.queues = QP;
+  po.threads = 1;
+  po.prefetch = 8;
+  is_int(dsys_worker_start(&w, q, &po), 0, "start with prefetch 8");
+  for (int i = 0; i < 5000 && get_int(&ws, &ws.started) == started0; i++) usleep(1000);
+  dsys_job_counts pc = {0};
+  for (int i = 0; i < 2000 && pc.active < 9; i++) {
+    dsys_queue_counts(q, "p", &pc);
+    usleep(1000);
+  }
+  is_int(pc.active, 9, "1 running + 8 prefetched jobs leased");
+  is_int(pc.waiting, 11, "the rest still waiting");
+  for (int i = 0; i < 10; i++) dsys_clock_advance(clk, 1000 * 1000); /* 10 s > lease 3 s */
+  is_int(dsys_queue_claim(q, QP, 1, "thief", 1000, &j), DSYS_OK, "a waiting job is claimable");
+  int64_t stolen = j ? j->id : 0;
+  if (j) dsys_queue_complete(q, j->id, j->token, NULL);
+  dsys_job_free(j);
+  int renewed = 1;
+  for (int i = 0; i < 9; i++) {
+    dsys_queue_get(q, pids[i], &j);
+    if (!j || j->state != DSYS_JOB_ACTIVE || j->lease_until <= dsys_clock_wall_ms(clk) ||
+        j->attempts != 1 || j->token != 1)
+      renewed = 0;
+    dsys_job_free(j);
+  }
+  ok(renewed, "prefetched jobs kept their leases (renewed, never reclaimed)");
+  ok(stolen == pids[9], "the thief got the first job not prefetched");
+  dsys_worker_stop(w, DSYS_WORKER_STOP_RELEASE);
+  dsys_queue_counts(q, "p", &pc);
+  ok(pc.active == 0 && pc.waiting == 19 && pc.completed == 1, "stop released every held job (w %lld a %lld c %lld)",
+     (long long)pc.waiting, (long long)pc.active, (long long)pc.completed);
+  int reset = 1;
+  for (int i = 0; i < 9; i++) {
+    dsys_queue_get(q, pids[i], &j);
+    if (!j || j->attempts != 0) reset = 0;
+    dsys_job_free(j);
+  }
+  ok(reset, "released jobs: attempts not counted");
+  pthread_mutex_lock(&ws.mu);
+  ws.block = 0;
+  pthread_mutex_unlock(&ws.mu);
+  po.threads = 2;
+  is_int(dsys_worker_start(&w, q, &po), 0, "restart with prefetch");
+  ok(wait_count(q, "p", 20), "all 20 completed");
+  dsys_worker_stop(w, DSYS_WORKER_STOP_FINISH);
   dsys_queue_close(q);
   dsys_clock_free(clk);
+}
+
+/* ---- ops table checks ---- */
+
+static int no_purge(void *st, int64_t before, int64_t *removed) {
+  (void)st; (void)before; (void)removed;
+  return DSYS_EIO;
+}
+
+static void ops_table(void) {
+  dsys_queue *q = NULL;
+  dsys_queue_ops o = *dsys_queue_ops_sqlite();
+  is_int(o.version, DSYS_QUEUE_OPS_VERSION, "sqlite ops version");
+  is_str(o.name, "sqlite", "sqlite ops name");
+  o.version = 0;
+  is_int(dsys_queue_open_ops(&q, &o, ":memory:", NULL), DSYS_EINVAL, "ops version 0 rejected");
+  o.version = DSYS_QUEUE_OPS_VERSION + 1;
+  is_int(dsys_queue_open_ops(&q, &o, ":memory:", NULL), DSYS_EINVAL, "future ops version rejected");
+  ok(q == NULL, "no queue from a bad table");
+  o = *dsys_queue_ops_sqlite();
+  o.claim = NULL;
+  is_int(dsys_queue_open_ops(&q, &o, ":memory:", NULL), DSYS_EINVAL, "missing mandatory op rejected");
+  o = *dsys_queue_ops_sqlite();
+  o.name = NULL;
+  is_int(dsys_queue_open_ops(&q, &o, ":memory:", NULL), DSYS_EINVAL, "missing name rejected");
+  is_int(dsys_queue_open_ops(&q, NULL, ":memory:", NULL), DSYS_EINVAL, "NULL ops rejected");
+  o = *dsys_queue_ops_sqlite();
+  o.list_dead = NULL;
+  o.replay = NULL;
+  o.purge = no_purge;
+  is_int(dsys_queue_open_ops(&q, &o, ":memory:", NULL), 0, "optional ops may be missing");
+  dsys_job **dl = NULL;
+  size_t nd = 0;
+  is_int(dsys_queue_list_dead(q, NULL, 0, 10, &dl, &nd), DSYS_ENOTSUP, "missing list_dead: ENOTSUP");
+  is_int(dsys_queue_replay(q, 1), DSYS_ENOTSUP, "missing replay: ENOTSUP");
+  int64_t removed = -1;
+  is_int(dsys_queue_purge(q, 0, &removed), DSYS_EIO, "the table's own op is called");
+  int64_t id = 0;
+  is_int(dsys_queue_submit(q, "x", "1", NULL, &id, NULL), 0, "custom table works");
+  dsys_queue_close(q);
+  dsys_job j0 = {.id = 7, .queue = "qq", .payload = "[1]", .worker = "w", .token = 3};
+  dsys_job *d = dsys_job_dup(&j0);
+  ok(d && d->id == 7 && d->token == 3 && !strcmp(d->queue, "qq") && !strcmp(d->payload, "[1]") &&
+     d->queue != j0.queue && !strcmp(d->worker, "w") && d->result == NULL, "dsys_job_dup copies");
+  dsys_job_free(d);
+}
+
+static void url_open(const char *url) {
+  dsys_queue *q = NULL;
+  is_int(dsys_queue_open(&q, "memory:", NULL), 0, "open memory: URL");
+  dsys_queue_close(q);
+  is_int(dsys_queue_open(&q, url, NULL), 0, "open sqlite:// URL (conformance file)");
+  dsys_job_counts c;
+  is_int(dsys_queue_counts(q, NULL, &c), 0, "counts through the URL handle");
+  dsys_queue_close(q);
+  is_int(dsys_queue_open(&q, "etcd://x", NULL), DSYS_ESCHEME, "unknown scheme");
 }
 
 int main(void) {
@@ -400,8 +573,12 @@ int main(void) {
   if (!mkdtemp(dir)) tap_bail("mkdtemp");
   char url[400];
   snprintf(url, sizeof url, "sqlite://%s/q.sqlite", dir);
-  conformance("memory:");
-  conformance(url);
+  char path[400];
+  snprintf(path, sizeof path, "%s/q.sqlite", dir);
+  conformance(dsys_queue_ops_sqlite(), ":memory:");
+  conformance(dsys_queue_ops_sqlite(), path);
+  ops_table();
+  url_open(url);
   char url2[400];
   snprintf(url2, sizeof url2, "sqlite://%s/w.sqlite", dir);
   workers(url2);

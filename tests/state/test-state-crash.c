@@ -6,7 +6,9 @@
  *  2. a writer SIGKILLed during a write loop: every acknowledged put and
  *     submission is there afterwards, PRAGMA integrity_check is ok;
  *  3. 4 processes claiming from one file: every job completed exactly once,
- *     none held by two at the same time.
+ *     none held by two at the same time;
+ *  4. a worker holding prefetched jobs SIGKILLed: all of them are
+ *     redelivered after their leases, each completed exactly once.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -64,14 +66,14 @@ static int done_handler(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
   return e;
 }
 
-static pid_t spawn_worker(dsys_job_handler h, int fd) {
+static pid_t spawn_worker_on(const char *queue, dsys_job_handler h, int fd) {
   pid_t pid = fork();
   if (pid != 0) return pid;
   wfd = fd;
   dsys_queue *q = NULL;
   dsys_store *s = NULL;
   if (dsys_queue_open(&q, url, NULL) || dsys_store_open(&s, url, NULL)) _exit(2);
-  static const char *const QK[] = {"crash"};
+  const char *const QK[] = {queue};
   dsys_worker_options wo = {.size = sizeof wo, .queues = QK, .nqueues = 1,
                             .threads = 2, .lease_ms = 1000, .poll_ms = 20,
                             .handler = h, .ud = s};
@@ -80,6 +82,10 @@ static pid_t spawn_worker(dsys_job_handler h, int fd) {
   for (int i = 0; i < 30000; i++) usleep(1000); /* killed by the parent */
   dsys_worker_stop(w, DSYS_WORKER_STOP_FINISH);
   _exit(0);
+}
+
+static pid_t spawn_worker(dsys_job_handler h, int fd) {
+  return spawn_worker_on("crash", h, fd);
 }
 
 static int read_rec(int fd, rec *r, int timeout_ms) {
@@ -310,6 +316,69 @@ static void test_four_claimers(void) {
   dsys_store_close(s);
 }
 
+/* ---- 4: worker with prefetched jobs killed ---- */
+
+#define NPRE 20
+
+static void test_prefetch_killed(void) {
+  dsys_queue *q = NULL;
+  dsys_store *s = NULL;
+  is_int(dsys_queue_open(&q, url, NULL), 0, "open queue (prefetch)");
+  is_int(dsys_store_open(&s, url, NULL), 0, "open store (prefetch)");
+  const char *pl[NPRE];
+  for (int i = 0; i < NPRE; i++) pl[i] = "{\"p\":1}";
+  int64_t ids[NPRE];
+  is_int(dsys_queue_submit_many(q, "pre", pl, NPRE, NULL, ids), 0, "submit_many %d", NPRE);
+  int fds[2];
+  if (pipe(fds)) tap_bail("pipe");
+  fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  /* A: 2 threads hang on their jobs; the rest is prefetched (default 32). */
+  pid_t a = spawn_worker_on("pre", hang_handler, fds[1]);
+  rec r;
+  int started = 0;
+  for (int k = 0; k < 2; k++)
+    if (read_rec(fds[0], &r, 10000) && r.type == 3) started++;
+  ok(started == 2, "A runs 2 jobs");
+  dsys_job_counts c = {0};
+  for (int i = 0; i < 2000 && c.active < NPRE; i++) {
+    dsys_queue_counts(q, "pre", &c);
+    usleep(1000);
+  }
+  is_int(c.active, NPRE, "A holds all %d jobs (2 running, %d prefetched)", NPRE, NPRE - 2);
+  kill_wait(a);
+  int64_t t0 = mono_ms();
+  pid_t b = spawn_worker_on("pre", done_handler, fds[1]);
+  int done = 0;
+  for (int i = 0; i < 15000 && !done; i++) {
+    dsys_queue_counts(q, "pre", &c);
+    done = c.completed == NPRE;
+    if (!done) usleep(1000);
+  }
+  ok(done, "B completed all %d jobs after A died (%lld ms)", NPRE, (long long)(mono_ms() - t0));
+  usleep(300 * 1000); /* give B time to (wrongly) run any again */
+  kill_wait(b);
+  int once = 1, fenced = 1;
+  for (int i = 0; i < NPRE; i++) {
+    char key[64];
+    snprintf(key, sizeof key, "done/%lld", (long long)ids[i]);
+    dsys_item *it = NULL;
+    if (dsys_store_get(s, key, &it) || strcmp(it->value, "1")) once = 0;
+    dsys_item_free(it);
+    dsys_job *j = NULL;
+    if (dsys_queue_get(q, ids[i], &j) || j->attempts != 2 || j->token != 2 ||
+        j->state != DSYS_JOB_COMPLETED)
+      fenced = 0;
+    if (j && dsys_queue_complete(q, ids[i], 1, "1") != DSYS_ELEASE) fenced = 0;
+    dsys_job_free(j);
+  }
+  ok(once, "every prefetched job handled and completed exactly once by B");
+  ok(fenced, "each redelivered once with a new token; A's tokens fenced off");
+  close(fds[0]);
+  close(fds[1]);
+  dsys_store_close(s);
+  dsys_queue_close(q);
+}
+
 int main(void) {
   snprintf(dir, sizeof dir, "%s/dsys-crash-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -319,6 +388,7 @@ int main(void) {
   test_worker_killed();
   test_writer_killed();
   test_four_claimers();
+  test_prefetch_killed();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd)) tap_diag("cleanup failed");

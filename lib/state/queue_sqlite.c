@@ -1,0 +1,625 @@
+/*
+ * SQLite queue backend (dsys_queue_ops "sqlite"). One connection per
+ * handle; the front end runs one group at a time on it: begin = BEGIN
+ * IMMEDIATE plus housekeeping, then the ops, then COMMIT. Prepared
+ * statements are kept for the life of the handle. Several processes may
+ * share the file (WAL, busy timeout).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <distsys/queue.h>
+#include <distsys/util.h>
+#include "core/db.h"
+#include "core/internal.h"
+#include "core/json.h"
+#include "state/state.h"
+#include "state/queue_int.h"
+
+enum {
+  S_BEGIN, S_COMMIT, S_ROLLBACK,
+  S_PROMOTE, S_EXPIRE, S_IDEM, S_INSERT, S_PICK, S_CLAIM, S_COMPLETE,
+  S_GETFAIL, S_RETRY, S_DEAD, S_HEARTBEAT, S_PROGRESS, S_RELEASE, S_CANCEL,
+  S_GET, S_EXISTS, S_COUNTS, S_COUNTS_ALL, S_DEADLIST, S_DEADLIST_ALL,
+  S_REPLAY, S_PURGE, S_SAVEPOINT, S_RELEASE_SP, S_ROLLBACK_SP, S_COUNT
+};
+
+#define JCOLS                                                               \
+  "id, queue, payload, state, priority, attempts, max_attempts, token, "    \
+  "worker, lease_until, progress, progress_msg, result, error, idem_key, "  \
+  "created_at, run_at, finished_at"
+
+static const char *const sqls[S_COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_PROMOTE] = "UPDATE dsys_jobs SET state = 1 WHERE state = 2 AND "
+                  "run_at <= ?1",
+    [S_EXPIRE] = "UPDATE dsys_jobs SET "
+                 "state = CASE WHEN attempts >= max_attempts THEN 5 ELSE 1 END,"
+                 " error = 'lease expired', lease_until = 0, run_at = ?1,"
+                 " finished_at = CASE WHEN attempts >= max_attempts THEN ?1 "
+                 "ELSE 0 END WHERE state = 3 AND lease_until <= ?1",
+    [S_IDEM] = "SELECT id FROM dsys_jobs WHERE queue = ?1 AND idem_key = ?2",
+    [S_INSERT] = "INSERT INTO dsys_jobs(queue, payload, state, priority, "
+                 "max_attempts, backoff_base, backoff_cap, idem_key, "
+                 "created_at, run_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                 "?9, ?10)",
+    [S_PICK] = "SELECT id, priority FROM dsys_jobs WHERE queue = ?1 AND "
+               "state = 1 ORDER BY priority DESC, id LIMIT ?2",
+    [S_CLAIM] = "UPDATE dsys_jobs SET state = 3, token = token + 1, "
+                "attempts = attempts + 1, worker = ?2, lease_until = ?3, "
+                "progress = 0, progress_msg = NULL WHERE id = ?1 AND "
+                "state = 1 RETURNING " JCOLS,
+    [S_COMPLETE] = "UPDATE dsys_jobs SET state = 4, result = ?3, "
+                   "finished_at = ?4, lease_until = 0, progress = 100 "
+                   "WHERE id = ?1 AND state = 3 AND token = ?2",
+    [S_GETFAIL] = "SELECT attempts, max_attempts, backoff_base, backoff_cap "
+                  "FROM dsys_jobs WHERE id = ?1 AND state = 3 AND token = ?2",
+    [S_RETRY] = "UPDATE dsys_jobs SET state = ?2, run_at = ?3, error = ?4, "
+                "lease_until = 0 WHERE id = ?1",
+    [S_DEAD] = "UPDATE dsys_jobs SET state = 5, error = ?2, finished_at = ?3,"
+               " lease_until = 0 WHERE id = ?1",
+    [S_HEARTBEAT] = "UPDATE dsys_jobs SET lease_until = ?3 WHERE id = ?1 AND "
+                    "state = 3 AND token = ?2",
+    [S_PROGRESS] = "UPDATE dsys_jobs SET progress = ?3, progress_msg = ?4 "
+                   "WHERE id = ?1 AND state = 3 AND token = ?2",
+    [S_RELEASE] = "UPDATE dsys_jobs SET state = 1, attempts = attempts - 1, "
+                  "lease_until = 0, run_at = ?3 WHERE id = ?1 AND state = 3 "
+                  "AND token = ?2",
+    [S_CANCEL] = "UPDATE dsys_jobs SET state = 6, finished_at = ?2, "
+                 "lease_until = 0 WHERE id = ?1 AND state IN (1, 2, 3)",
+    [S_GET] = "SELECT " JCOLS " FROM dsys_jobs WHERE id = ?1",
+    [S_EXISTS] = "SELECT state FROM dsys_jobs WHERE id = ?1",
+    [S_COUNTS] = "SELECT state, count(*) FROM dsys_jobs WHERE queue = ?1 "
+                 "GROUP BY state",
+    [S_COUNTS_ALL] = "SELECT state, count(*) FROM dsys_jobs GROUP BY state",
+    [S_DEADLIST] = "SELECT " JCOLS " FROM dsys_jobs WHERE state = 5 AND "
+                   "queue = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    [S_DEADLIST_ALL] = "SELECT " JCOLS " FROM dsys_jobs WHERE state = 5 AND "
+                       "id > ?2 ORDER BY id LIMIT ?3",
+    [S_REPLAY] = "UPDATE dsys_jobs SET state = 1, attempts = 0, error = NULL,"
+                 " result = NULL, finished_at = 0, run_at = ?2 WHERE id = ?1 "
+                 "AND state IN (5, 6)",
+    [S_PURGE] = "DELETE FROM dsys_jobs WHERE state IN (4, 5, 6) AND "
+                "finished_at > 0 AND finished_at <= ?1",
+    [S_SAVEPOINT] = "SAVEPOINT dsys_many",
+    [S_RELEASE_SP] = "RELEASE dsys_many",
+    [S_ROLLBACK_SP] = "ROLLBACK TO dsys_many",
+};
+
+static const char *const migrations[] = {
+    "CREATE TABLE dsys_jobs("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " queue TEXT NOT NULL,"
+    " payload TEXT NOT NULL,"
+    " state INTEGER NOT NULL,"
+    " priority INTEGER NOT NULL DEFAULT 0,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " max_attempts INTEGER NOT NULL,"
+    " backoff_base INTEGER NOT NULL,"
+    " backoff_cap INTEGER NOT NULL,"
+    " token INTEGER NOT NULL DEFAULT 0,"
+    " worker TEXT,"
+    " lease_until INTEGER NOT NULL DEFAULT 0,"
+    " progress INTEGER NOT NULL DEFAULT 0,"
+    " progress_msg TEXT,"
+    " result TEXT,"
+    " error TEXT,"
+    " idem_key TEXT,"
+    " created_at INTEGER NOT NULL,"
+    " run_at INTEGER NOT NULL,"
+    " finished_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX dsys_jobs_claim ON dsys_jobs(queue, state, priority DESC, id);"
+    "CREATE INDEX dsys_jobs_delayed ON dsys_jobs(run_at) WHERE state = 2;"
+    "CREATE INDEX dsys_jobs_lease ON dsys_jobs(lease_until) WHERE state = 3;"
+    "CREATE INDEX dsys_jobs_finished ON dsys_jobs(finished_at) "
+    " WHERE finished_at > 0;"
+    "CREATE UNIQUE INDEX dsys_jobs_idem ON dsys_jobs(queue, idem_key) "
+    " WHERE idem_key IS NOT NULL;",
+};
+
+
+typedef struct sq {
+  sqlite3 *db;
+  sqlite3_stmt *st[S_COUNT];
+} sq;
+
+static sqlite3_stmt *stmt(sq *q, int i) {
+  if (!q->st[i]) {
+    if (sqlite3_prepare_v3(q->db, sqls[i], -1, SQLITE_PREPARE_PERSISTENT,
+                           &q->st[i], NULL) != SQLITE_OK) {
+      dsysi_log(DSYS_LOG_ERROR, "queue", "prepare: %s",
+                sqlite3_errmsg(q->db));
+      return NULL;
+    }
+    return q->st[i];
+  }
+  sqlite3_reset(q->st[i]);
+  sqlite3_clear_bindings(q->st[i]);
+  return q->st[i];
+}
+
+static int err_of(int rc) {
+  int e = dsysi_db_err(rc);
+  return e ? e : DSYS_EDB;
+}
+
+/* Run a statement to completion (no rows wanted). */
+static int run(sqlite3_stmt *st) {
+  if (!st) return DSYS_EDB;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+  }
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? 0 : err_of(rc);
+}
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s) {
+  if (s) sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+  else sqlite3_bind_null(st, i);
+}
+
+static dsys_job *row_job(sqlite3_stmt *st) {
+  static const int scol[] = {1, 2, 8, 11, 12, 13, 14};
+  size_t len[7], total = sizeof(dsys_job);
+  const unsigned char *txt[7];
+  for (int i = 0; i < 7; i++) {
+    txt[i] = sqlite3_column_text(st, scol[i]);
+    len[i] = txt[i] ? (size_t)sqlite3_column_bytes(st, scol[i]) : 0;
+    if (txt[i]) total += len[i] + 1;
+  }
+  dsys_job *j = malloc(total);
+  if (!j) return NULL;
+  char *p = (char *)(j + 1);
+  const char *strs[7];
+  for (int i = 0; i < 7; i++) {
+    if (!txt[i]) {
+      strs[i] = NULL;
+      continue;
+    }
+    memcpy(p, txt[i], len[i] + 1);
+    strs[i] = p;
+    p += len[i] + 1;
+  }
+  j->id = sqlite3_column_int64(st, 0);
+  j->queue = strs[0] ? strs[0] : "";
+  j->payload = strs[1] ? strs[1] : "null";
+  j->state = sqlite3_column_int(st, 3);
+  j->priority = sqlite3_column_int(st, 4);
+  j->attempts = sqlite3_column_int(st, 5);
+  j->max_attempts = sqlite3_column_int(st, 6);
+  j->token = sqlite3_column_int64(st, 7);
+  j->worker = strs[2];
+  j->lease_until = sqlite3_column_int64(st, 9);
+  j->progress = sqlite3_column_int(st, 10);
+  j->progress_msg = strs[3];
+  j->result = strs[4];
+  j->error = strs[5];
+  j->idempotency_key = strs[6];
+  j->created_at = sqlite3_column_int64(st, 15);
+  j->run_at = sqlite3_column_int64(st, 16);
+  j->finished_at = sqlite3_column_int64(st, 17);
+  return j;
+}
+
+/* ---- open / close / groups ---- */
+
+static int sq_open(void *p, const char *location, const dsys_queue_options *o,
+                   char *err, size_t errlen) {
+  sq *q = p;
+  int e = 0;
+  /* Two processes creating the same file at once can get SQLITE_BUSY
+   * from the journal-mode switch without the busy handler: retry a while. */
+  for (int attempt = 0; attempt < 50; attempt++) {
+    if (attempt) usleep(20000);
+    e = dsysi_db_open(location, o->full_sync ? 1 : 0, &q->db, err, errlen);
+    if (!e) e = dsysi_db_migrate(q->db, "queue", migrations, 1, err, errlen);
+    if (e) {
+      sqlite3_close(q->db);
+      q->db = NULL;
+    }
+    if (e != DSYS_EBUSY) break;
+  }
+  return e;
+}
+
+static void sq_close(void *p) {
+  sq *q = p;
+  for (int i = 0; i < S_COUNT; i++) sqlite3_finalize(q->st[i]);
+  sqlite3_close(q->db);
+}
+
+static void sq_rollback(void *p) {
+  sq *q = p;
+  if (sqlite3_get_autocommit(q->db) == 0) run(stmt(q, S_ROLLBACK));
+}
+
+static int sq_begin(void *p, int64_t now) {
+  sq *q = p;
+  int e = run(stmt(q, S_BEGIN));
+  if (!e) {
+    /* Housekeeping once per transaction: due delayed jobs become waiting,
+     * expired leases are reclaimed (both through partial indexes). */
+    sqlite3_stmt *st = stmt(q, S_PROMOTE);
+    if (st) sqlite3_bind_int64(st, 1, now);
+    e = run(st);
+    st = stmt(q, S_EXPIRE);
+    if (!e && st) sqlite3_bind_int64(st, 1, now);
+    if (!e) e = run(st);
+  }
+  if (e) sq_rollback(q);
+  return e;
+}
+
+static int sq_commit(void *p) {
+  sq *q = p;
+  /* SQLite may have rolled the whole transaction back (I/O error, full
+   * disk): then there is nothing to commit. */
+  if (sqlite3_get_autocommit(q->db)) return DSYS_EDB;
+  return run(stmt(q, S_COMMIT));
+}
+
+/* ---- operations (run inside the group transaction) ---- */
+
+static int not_active_reason(sq *q, int64_t id) {
+  sqlite3_stmt *st = stmt(q, S_EXISTS);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_ROW) return DSYS_ELEASE;
+  return rc == SQLITE_DONE ? DSYS_ENOTFOUND : err_of(rc);
+}
+
+static int changed_or(sq *q, int e, int64_t id) {
+  if (e) return e;
+  return sqlite3_changes(q->db) ? 0 : not_active_reason(q, id);
+}
+
+static int insert_one(sq *q, const char *queue, const char *payload,
+                      const dsys_submit_options *o, int64_t now,
+                      int64_t *id) {
+  sqlite3_stmt *st = stmt(q, S_INSERT);
+  if (!st) return DSYS_EDB;
+  int64_t delay = o->delay_ms;
+  sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, payload, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 3, delay > 0 ? DSYS_JOB_DELAYED : DSYS_JOB_WAITING);
+  sqlite3_bind_int(st, 4, o->priority);
+  sqlite3_bind_int(st, 5, o->max_attempts);
+  sqlite3_bind_int64(st, 6, o->backoff_base_ms);
+  sqlite3_bind_int64(st, 7, o->backoff_cap_ms);
+  bind_text_or_null(st, 8, o->idempotency_key);
+  sqlite3_bind_int64(st, 9, now);
+  sqlite3_bind_int64(st, 10, now + (delay > 0 ? delay : 0));
+  int e = run(st);
+  if (!e) *id = sqlite3_last_insert_rowid(q->db);
+  return e;
+}
+
+static int sq_submit(void *p, const char *queue, const char *const *payloads,
+                     size_t n, const dsys_submit_options *o, int64_t now,
+                     int64_t *ids, int *existed) {
+  sq *q = p;
+  *existed = 0;
+  if (o->idempotency_key) {
+    sqlite3_stmt *st = stmt(q, S_IDEM);
+    if (!st) return DSYS_EDB;
+    sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, o->idempotency_key, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      ids[0] = sqlite3_column_int64(st, 0);
+      *existed = 1;
+      sqlite3_reset(st);
+      return 0;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return err_of(rc);
+  }
+  if (n == 1) return insert_one(q, queue, payloads[0], o, now, &ids[0]);
+  /* Several rows: a savepoint makes them all-or-nothing. */
+  int e = run(stmt(q, S_SAVEPOINT));
+  if (e) return e;
+  for (size_t i = 0; i < n && !e; i++)
+    e = insert_one(q, queue, payloads[i], o, now, &ids[i]);
+  if (e) {
+    run(stmt(q, S_ROLLBACK_SP));
+    run(stmt(q, S_RELEASE_SP));
+    return e;
+  }
+  return run(stmt(q, S_RELEASE_SP));
+}
+
+typedef struct cand {
+  int64_t id;
+  int prio;
+} cand;
+
+static int cand_cmp(const void *a, const void *b) {
+  const cand *x = a, *y = b;
+  if (x->prio != y->prio) return x->prio > y->prio ? -1 : 1;
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int sq_claim(void *p, const char *const *queues, size_t nqueues,
+                    const char *worker, int64_t lease_until, size_t max,
+                    int64_t now, dsys_job **jobs, size_t *n) {
+  sq *q = p;
+  (void)now;
+  *n = 0;
+  cand one[1], *c = one;
+  size_t cap = nqueues * max, nc = 0;
+  if (cap > 1 && !(c = malloc(cap * sizeof *c))) return DSYS_ENOMEM;
+  int e = 0;
+  for (size_t i = 0; i < nqueues && !e; i++) {
+    sqlite3_stmt *st = stmt(q, S_PICK);
+    if (!st) {
+      e = DSYS_EDB;
+      break;
+    }
+    sqlite3_bind_text(st, 1, queues[i], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (int64_t)max);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      c[nc].id = sqlite3_column_int64(st, 0);
+      c[nc].prio = sqlite3_column_int(st, 1);
+      nc++;
+    }
+    if (rc != SQLITE_DONE) e = err_of(rc);
+    sqlite3_reset(st);
+  }
+  if (!e && nqueues > 1) qsort(c, nc, sizeof *c, cand_cmp);
+  if (nc > max) nc = max;
+  /* Several claims: a savepoint makes the op all-or-nothing. */
+  int sp = !e && nc > 1;
+  if (sp) e = run(stmt(q, S_SAVEPOINT));
+  for (size_t i = 0; i < nc && !e; i++) {
+    sqlite3_stmt *st = stmt(q, S_CLAIM);
+    if (!st) {
+      e = DSYS_EDB;
+      break;
+    }
+    sqlite3_bind_int64(st, 1, c[i].id);
+    sqlite3_bind_text(st, 2, worker, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, lease_until);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      if (!(jobs[*n] = row_job(st))) e = DSYS_ENOMEM;
+      else {
+        (*n)++;
+        rc = sqlite3_step(st);
+      }
+    }
+    if (!e && rc != SQLITE_DONE) e = err_of(rc);
+    sqlite3_reset(st);
+  }
+  if (sp) {
+    if (e) run(stmt(q, S_ROLLBACK_SP));
+    int e2 = run(stmt(q, S_RELEASE_SP));
+    if (!e) e = e2;
+  }
+  if (c != one) free(c);
+  if (e) {
+    for (size_t i = 0; i < *n; i++) {
+      free(jobs[i]);
+      jobs[i] = NULL;
+    }
+    *n = 0;
+    return e;
+  }
+  return *n ? 0 : DSYS_EAGAIN;
+}
+
+static int sq_complete(void *p, int64_t id, int64_t token, const char *result,
+                       int64_t now) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_COMPLETE);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, token);
+  sqlite3_bind_text(st, 3, result ? result : "null", -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, now);
+  return changed_or(q, run(st), id);
+}
+
+static int sq_fail(void *p, int64_t id, int64_t token, const char *msg,
+                   int64_t now, int *dead) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_GETFAIL);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, token);
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? not_active_reason(q, id) : err_of(rc);
+  }
+  int attempts = sqlite3_column_int(st, 0), maxa = sqlite3_column_int(st, 1);
+  int64_t base = sqlite3_column_int64(st, 2), cap = sqlite3_column_int64(st, 3);
+  sqlite3_reset(st);
+  if (attempts >= maxa) {
+    st = stmt(q, S_DEAD);
+    if (!st) return DSYS_EDB;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_text(st, 2, msg, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now);
+    int e = run(st);
+    if (!e) *dead = 1;
+    return e;
+  }
+  int64_t delay = dsys_queue_backoff_ms(attempts, base, cap);
+  st = stmt(q, S_RETRY);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int(st, 2, delay > 0 ? DSYS_JOB_DELAYED : DSYS_JOB_WAITING);
+  sqlite3_bind_int64(st, 3, now + delay);
+  sqlite3_bind_text(st, 4, msg, -1, SQLITE_STATIC);
+  *dead = 0;
+  return run(st);
+}
+
+static int sq_heartbeat(void *p, int64_t id, int64_t token,
+                        int64_t lease_until) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_HEARTBEAT);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, token);
+  sqlite3_bind_int64(st, 3, lease_until);
+  return changed_or(q, run(st), id);
+}
+
+static int sq_progress(void *p, int64_t id, int64_t token, int32_t percent,
+                       const char *message) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_PROGRESS);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, token);
+  sqlite3_bind_int64(st, 3, percent);
+  bind_text_or_null(st, 4, message);
+  return changed_or(q, run(st), id);
+}
+
+static int sq_release(void *p, int64_t id, int64_t token, int64_t now) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_RELEASE);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, token);
+  sqlite3_bind_int64(st, 3, now);
+  return changed_or(q, run(st), id);
+}
+
+static int sq_cancel(void *p, int64_t id, int64_t now) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_CANCEL);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, now);
+  int e = changed_or(q, run(st), id);
+  return e == DSYS_ELEASE ? DSYS_ESTATE : e;
+}
+
+static int sq_replay(void *p, int64_t id, int64_t now) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_REPLAY);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, now);
+  int e = changed_or(q, run(st), id);
+  return e == DSYS_ELEASE ? DSYS_ESTATE : e;
+}
+
+static int sq_get(void *p, int64_t id, dsys_job **out) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_GET);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  int rc = sqlite3_step(st);
+  int e = 0;
+  if (rc == SQLITE_ROW) {
+    *out = row_job(st);
+    if (!*out) e = DSYS_ENOMEM;
+  } else {
+    e = rc == SQLITE_DONE ? DSYS_ENOTFOUND : err_of(rc);
+  }
+  sqlite3_reset(st);
+  return e;
+}
+
+static int sq_counts(void *p, const char *queue, dsys_job_counts *out) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, queue ? S_COUNTS : S_COUNTS_ALL);
+  if (!st) return DSYS_EDB;
+  if (queue) sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+  memset(out, 0, sizeof *out);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int64_t n = sqlite3_column_int64(st, 1);
+    switch (sqlite3_column_int(st, 0)) {
+    case DSYS_JOB_WAITING: out->waiting = n; break;
+    case DSYS_JOB_DELAYED: out->delayed = n; break;
+    case DSYS_JOB_ACTIVE: out->active = n; break;
+    case DSYS_JOB_COMPLETED: out->completed = n; break;
+    case DSYS_JOB_FAILED: out->failed = n; break;
+    case DSYS_JOB_CANCELED: out->canceled = n; break;
+    default: break;
+    }
+  }
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? 0 : err_of(rc);
+}
+
+static int sq_list_dead(void *p, const char *queue, int64_t after_id,
+                        size_t limit, dsys_job ***jobs, size_t *n) {
+  sq *q = p;
+  *jobs = NULL;
+  *n = 0;
+  sqlite3_stmt *st = stmt(q, queue ? S_DEADLIST : S_DEADLIST_ALL);
+  if (!st) return DSYS_EDB;
+  if (queue) sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, after_id);
+  sqlite3_bind_int64(st, 3, (int64_t)limit);
+  dsys_job **arr = calloc(limit, sizeof *arr);
+  if (!arr) return DSYS_ENOMEM;
+  size_t k = 0;
+  int rc, e = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (!(arr[k] = row_job(st))) {
+      e = DSYS_ENOMEM;
+      break;
+    }
+    k++;
+  }
+  if (!e && rc != SQLITE_DONE) e = err_of(rc);
+  sqlite3_reset(st);
+  if (e) {
+    dsys_job_list_free(arr, k);
+    return e;
+  }
+  *jobs = arr;
+  *n = k;
+  return 0;
+}
+
+static int sq_purge(void *p, int64_t before, int64_t *removed) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_PURGE);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, before);
+  int e = run(st);
+  if (!e) *removed = sqlite3_changes(q->db);
+  return e;
+}
+
+static const dsys_queue_ops sqlite_ops = {
+    .version = DSYS_QUEUE_OPS_VERSION,
+    .name = "sqlite",
+    .state_size = sizeof(sq),
+    .open = sq_open,
+    .close = sq_close,
+    .begin = sq_begin,
+    .commit = sq_commit,
+    .rollback = sq_rollback,
+    .submit = sq_submit,
+    .claim = sq_claim,
+    .heartbeat = sq_heartbeat,
+    .progress = sq_progress,
+    .complete = sq_complete,
+    .fail = sq_fail,
+    .release = sq_release,
+    .cancel = sq_cancel,
+    .get = sq_get,
+    .counts = sq_counts,
+    .list_dead = sq_list_dead,
+    .replay = sq_replay,
+    .purge = sq_purge,
+};
+
+const dsys_queue_ops *dsys_queue_ops_sqlite(void) { return &sqlite_ops; }
