@@ -56,3 +56,10 @@ fuzz:
 # Documentation check: every public function and error code is documented.
 TESTS += tests/docs.test
 EXTRA_DIST += tests/docs.test
+
+check_PROGRAMS += tests/unit/test-h1client
+tests_unit_test_h1client_SOURCES = tests/unit/test-h1client.c
+tests_unit_test_h1client_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_h1client_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_h1client_LDADD = $(TEST_LIBS)
+TESTS += tests/unit/test-h1client

@@ -204,6 +204,7 @@ void dsysi_loop_run(dsysi_loop *l) {
     posted *p = l->head;
     l->head = l->tail = NULL;
     int stop = l->stop;
+    l->stop = 0; /* consumed: a later dsysi_loop_run runs again */
     pthread_mutex_unlock(&l->mu);
     while (p) {
       posted *n = p->next;

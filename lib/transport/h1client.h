@@ -63,6 +63,11 @@ void dsysi_h1pool_free(dsysi_h1pool *p);
  */
 int dsysi_h1_start(dsysi_h1pool *p, dsysi_h1req *r);
 
+/** Release what a finished request holds (its parsed headers). A request
+ *  struct must start zeroed; it may be reused for another exchange (a
+ *  retry) after on_done without calling this in between. */
+void dsysi_h1req_free(dsysi_h1req *r);
+
 /** Abort an exchange without calling on_done (its connection is closed). */
 void dsysi_h1_abort(dsysi_h1req *r);
 

@@ -1,0 +1,420 @@
+/* The gateway's loop-native HTTP/1.1 keep-alive upstream client. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include "transport/h1client.h"
+#include "transport/url.h"
+
+typedef struct endpoint {
+  char *addr;
+  struct sockaddr_storage sa;
+  socklen_t salen;
+  h1conn *idle; /* most recently used first */
+  unsigned nidle;
+  struct endpoint *next;
+} endpoint;
+
+struct h1conn {
+  dsysi_watch w;
+  dsysi_h1pool *pool;
+  endpoint *ep;
+  dsysi_h1req *req; /* NULL while idle */
+  int connecting;
+  size_t woff;      /* bytes of head+body written */
+  int64_t last_used;
+  h1conn *next;     /* idle list */
+  h1conn *anext, *aprev; /* all connections */
+};
+
+struct dsysi_h1pool {
+  dsysi_loop *loop;
+  dsysi_h1pool_options o;
+  endpoint *eps;
+  h1conn *all;
+  size_t nopen;
+  uint64_t sweep_timer;
+};
+
+static void conn_io(dsysi_loop *l, int fd, uint32_t ev, void *ud);
+
+static void sweep(dsysi_loop *l, void *ud);
+
+int dsysi_h1pool_new(dsysi_h1pool **out, dsysi_loop *loop,
+                     const dsysi_h1pool_options *opts) {
+  dsysi_h1pool *p = calloc(1, sizeof *p);
+  if (!p) return DSYS_ENOMEM;
+  p->loop = loop;
+  if (opts) p->o = *opts;
+  if (!p->o.max_idle_per_endpoint) p->o.max_idle_per_endpoint = 128;
+  if (!p->o.idle_timeout_us) p->o.idle_timeout_us = 15000000;
+  p->sweep_timer = dsysi_loop_timer(loop, 1000000, sweep, p);
+  *out = p;
+  return 0;
+}
+
+static void conn_close(dsysi_h1pool *p, h1conn *c) {
+  dsysi_loop_del(p->loop, &c->w);
+  close(c->w.fd);
+  if (c->aprev) c->aprev->anext = c->anext;
+  else p->all = c->anext;
+  if (c->anext) c->anext->aprev = c->aprev;
+  p->nopen--;
+  free(c);
+}
+
+static void idle_remove(h1conn *c) {
+  endpoint *ep = c->ep;
+  for (h1conn **pp = &ep->idle; *pp; pp = &(*pp)->next)
+    if (*pp == c) {
+      *pp = c->next;
+      ep->nidle--;
+      return;
+    }
+}
+
+static void sweep(dsysi_loop *l, void *ud) {
+  dsysi_h1pool *p = ud;
+  int64_t now = dsysi_loop_now_us();
+  for (endpoint *ep = p->eps; ep; ep = ep->next) {
+    h1conn **pp = &ep->idle;
+    while (*pp) {
+      h1conn *c = *pp;
+      if (now - c->last_used > p->o.idle_timeout_us) {
+        *pp = c->next;
+        ep->nidle--;
+        conn_close(p, c);
+      } else {
+        pp = &c->next;
+      }
+    }
+  }
+  p->sweep_timer = dsysi_loop_timer(l, 1000000, sweep, p);
+}
+
+void dsysi_h1pool_free(dsysi_h1pool *p) {
+  if (!p) return;
+  dsysi_loop_cancel(p->loop, p->sweep_timer);
+  while (p->all) {
+    h1conn *c = p->all;
+    dsysi_h1req *r = c->req;
+    if (r) {
+      r->conn = NULL;
+      dsysi_loop_cancel(p->loop, r->timer);
+    }
+    conn_close(p, c);
+    if (r) r->on_done(r, DSYS_ECANCELED);
+  }
+  while (p->eps) {
+    endpoint *ep = p->eps;
+    p->eps = ep->next;
+    free(ep->addr);
+    free(ep);
+  }
+  free(p);
+}
+
+size_t dsysi_h1pool_open(dsysi_h1pool *p) { return p->nopen; }
+
+static endpoint *endpoint_get(dsysi_h1pool *p, const char *addr) {
+  for (endpoint *ep = p->eps; ep; ep = ep->next)
+    if (!strcmp(ep->addr, addr)) return ep;
+  dsysi_url u;
+  if (dsysi_url_parse(addr, &u)) return NULL;
+  endpoint *ep = calloc(1, sizeof *ep);
+  if (!ep) {
+    dsysi_url_free(&u);
+    return NULL;
+  }
+  int ok = 0;
+  if (!strcmp(u.scheme, "unix")) {
+    struct sockaddr_un *sun = (struct sockaddr_un *)&ep->sa;
+    if (strlen(u.path) < sizeof sun->sun_path) {
+      sun->sun_family = AF_UNIX;
+      strcpy(sun->sun_path, u.path);
+      ep->salen = sizeof *sun;
+      ok = 1;
+    }
+  } else if (!strcmp(u.scheme, "http")) {
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%d", u.port);
+    /* Resolved once per pool: endpoints come from the registry as literal
+     * addresses; a name that moves needs a new pool. */
+    if (getaddrinfo(u.host, port, &hints, &ai) == 0 && ai) {
+      memcpy(&ep->sa, ai->ai_addr, ai->ai_addrlen);
+      ep->salen = ai->ai_addrlen;
+      ok = 1;
+    }
+    if (ai) freeaddrinfo(ai);
+  }
+  dsysi_url_free(&u);
+  if (!ok || !(ep->addr = strdup(addr))) {
+    free(ep);
+    return NULL;
+  }
+  ep->next = p->eps;
+  p->eps = ep;
+  return ep;
+}
+
+/* Finish the exchange: release or close the connection, then on_done. */
+static void finish(dsysi_h1req *r, int err, int reusable) {
+  dsysi_h1pool *p = r->pool;
+  h1conn *c = r->conn;
+  dsysi_loop_cancel(p->loop, r->timer);
+  r->timer = 0;
+  r->conn = NULL;
+  if (c) {
+    c->req = NULL;
+    if (reusable && !err && c->ep->nidle < p->o.max_idle_per_endpoint) {
+      c->last_used = dsysi_loop_now_us();
+      c->next = c->ep->idle;
+      c->ep->idle = c;
+      c->ep->nidle++;
+      /* Idle: watch for the peer closing it. */
+      dsysi_loop_mod(p->loop, &c->w, EPOLLIN | EPOLLRDHUP, 0);
+    } else {
+      conn_close(p, c);
+    }
+  }
+  r->err = err;
+  r->on_done(r, err);
+}
+
+static int new_conn(dsysi_h1pool *p, endpoint *ep, h1conn **out) {
+  int fd = socket(ep->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return DSYS_ECONNREFUSED;
+  if (ep->sa.ss_family != AF_UNIX) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  int rc = connect(fd, (struct sockaddr *)&ep->sa, ep->salen);
+  if (rc != 0 && errno != EINPROGRESS && errno != EAGAIN) {
+    close(fd);
+    return DSYS_ECONNREFUSED; /* refused, no such socket file, unreachable */
+  }
+  h1conn *c = calloc(1, sizeof *c);
+  if (!c) {
+    close(fd);
+    return DSYS_ENOMEM;
+  }
+  c->w.fd = fd;
+  c->w.fn = conn_io;
+  c->w.ud = c;
+  c->pool = p;
+  c->ep = ep;
+  c->connecting = rc != 0;
+  if (dsysi_loop_add(p->loop, &c->w, EPOLLOUT | EPOLLIN | EPOLLRDHUP, 0)) {
+    close(fd);
+    free(c);
+    return DSYS_EIO;
+  }
+  c->anext = p->all;
+  if (p->all) p->all->aprev = c;
+  p->all = c;
+  p->nopen++;
+  *out = c;
+  return 0;
+}
+
+static int h_head(void *ud) {
+  dsysi_h1req *r = ud;
+  return r->on_head ? r->on_head(r) : 0;
+}
+
+static int h_body(const char *d, size_t n, void *ud) {
+  dsysi_h1req *r = ud;
+  return r->on_body ? r->on_body(r, d, n) : 0;
+}
+
+/* Bind r to a connection (pooled or new) and start writing. */
+static int attach(dsysi_h1req *r, int allow_pooled) {
+  dsysi_h1pool *p = r->pool;
+  endpoint *ep = endpoint_get(p, r->addr);
+  if (!ep) return DSYS_EURL;
+  h1conn *c = allow_pooled ? ep->idle : NULL;
+  if (c) {
+    ep->idle = c->next;
+    ep->nidle--;
+    r->reused = 1;
+  } else {
+    r->reused = 0;
+    int rc = new_conn(p, ep, &c);
+    if (rc) return rc;
+  }
+  c->req = r;
+  c->woff = 0;
+  r->conn = c;
+  r->sent = 0;
+  r->received = 0;
+  dsysi_h1_free(&r->resp);
+  dsysi_h1_init(&r->resp, r->is_head, h_head, h_body, r);
+  dsysi_loop_mod(p->loop, &c->w, EPOLLOUT | EPOLLIN | EPOLLRDHUP, 0);
+  return 0;
+}
+
+/* The connection failed before any response byte. A reused keep-alive
+ * connection the server had already closed gets one retry on a fresh one
+ * (the request never reached a live peer); else report the failure. */
+static void failed_early(dsysi_h1req *r, int err) {
+  h1conn *c = r->conn;
+  if (r->reused && r->received == 0 && !r->stale_retry) {
+    r->stale_retry = 1;
+    r->conn = NULL;
+    c->req = NULL;
+    conn_close(r->pool, c);
+    int rc = attach(r, 0);
+    if (!rc) return;
+    err = rc;
+  }
+  finish(r, err, 0);
+}
+
+static void do_write(dsysi_h1req *r) {
+  h1conn *c = r->conn;
+  size_t total = r->head_len + r->body_len;
+  while (c->woff < total) {
+    struct iovec iov[2];
+    int n = 0;
+    if (c->woff < r->head_len) {
+      iov[n].iov_base = (char *)r->head + c->woff;
+      iov[n++].iov_len = r->head_len - c->woff;
+      if (r->body_len) {
+        iov[n].iov_base = (char *)r->body;
+        iov[n++].iov_len = r->body_len;
+      }
+    } else {
+      iov[n].iov_base = (char *)r->body + (c->woff - r->head_len);
+      iov[n++].iov_len = total - c->woff;
+    }
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    ssize_t w = sendmsg(c->w.fd, &mh, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      failed_early(r, c->connecting ? DSYS_ECONNREFUSED : DSYS_ECONNRESET);
+      return;
+    }
+    c->connecting = 0;
+    c->woff += (size_t)w;
+  }
+  r->sent = 1;
+  dsysi_loop_mod(r->pool->loop, &c->w, EPOLLIN | EPOLLRDHUP, 0);
+}
+
+static void do_read(dsysi_h1req *r) {
+  h1conn *c = r->conn;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = recv(c->w.fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      r->received += (size_t)n;
+      size_t used = 0;
+      int rc = dsysi_h1_feed(&r->resp, buf, (size_t)n, &used);
+      if (rc == DSYSI_H1_DONE) {
+        /* Extra bytes after a complete response: the peer is broken (we
+         * never pipeline), so the connection is not reused. */
+        finish(r, 0, r->resp.keep_alive && used == (size_t)n);
+        return;
+      }
+      if (rc < 0) {
+        finish(r, rc, 0);
+        return;
+      }
+      continue;
+    }
+    if (n == 0) {
+      if (r->received == 0) {
+        failed_early(r, DSYS_ECONNRESET);
+        return;
+      }
+      int rc = dsysi_h1_eof(&r->resp);
+      finish(r, rc == DSYSI_H1_DONE ? 0 : rc, 0);
+      return;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    if (errno == EINTR) continue;
+    if (r->received == 0) failed_early(r, c->connecting ? DSYS_ECONNREFUSED : DSYS_ECONNRESET);
+    else finish(r, DSYS_ECONNRESET, 0);
+    return;
+  }
+}
+
+static void conn_io(dsysi_loop *l, int fd, uint32_t ev, void *ud) {
+  h1conn *c = ud;
+  dsysi_h1req *r = c->req;
+  if (!r) {
+    /* Idle connection became readable: closed by the peer (or it sent
+     * something unsolicited). Either way it is no longer usable. */
+    idle_remove(c);
+    conn_close(c->pool, c);
+    return;
+  }
+  if (c->connecting && (ev & (EPOLLERR | EPOLLHUP))) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    finish(r, DSYS_ECONNREFUSED, 0); /* nothing was sent */
+    return;
+  }
+  if ((ev & EPOLLOUT) && !r->sent) {
+    do_write(r);
+    if (c != r->conn || !r->sent) return;
+  }
+  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) do_read(r);
+}
+
+static void on_timeout(dsysi_loop *l, void *ud) {
+  dsysi_h1req *r = ud;
+  r->timer = 0;
+  finish(r, DSYS_ETIMEDOUT, 0);
+}
+
+static void deliver_start_error(dsysi_loop *l, void *ud) {
+  dsysi_h1req *r = ud;
+  r->on_done(r, r->err);
+}
+
+int dsysi_h1_start(dsysi_h1pool *p, dsysi_h1req *r) {
+  if (!r->addr || !r->head || !r->on_done) return DSYS_EINVAL;
+  r->pool = p;
+  r->stale_retry = 0;
+  r->err = 0;
+  r->timer = 0;
+  int rc = attach(r, 1);
+  if (rc == DSYS_EURL || rc == DSYS_ENOMEM) return rc;
+  if (rc) {
+    /* Could not even connect: report through on_done, never from inside
+     * this call. */
+    r->err = rc;
+    r->conn = NULL;
+    if (!dsysi_loop_timer(p->loop, 0, deliver_start_error, r)) return DSYS_ENOMEM;
+    return 0;
+  }
+  if (r->timeout_us > 0) r->timer = dsysi_loop_timer(p->loop, r->timeout_us, on_timeout, r);
+  return 0;
+}
+
+void dsysi_h1req_free(dsysi_h1req *r) { dsysi_h1_free(&r->resp); }
+
+void dsysi_h1_abort(dsysi_h1req *r) {
+  if (!r->pool) return;
+  dsysi_loop_cancel(r->pool->loop, r->timer);
+  r->timer = 0;
+  if (r->conn) {
+    r->conn->req = NULL;
+    conn_close(r->pool, r->conn);
+    r->conn = NULL;
+  }
+  dsysi_h1_free(&r->resp);
+}
