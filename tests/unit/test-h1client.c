@@ -76,6 +76,7 @@ static void kick(dsysi_loop *l, void *ud) {
  * and a 10 s guard timer). */
 static void guard(dsysi_loop *l, void *ud) { dsysi_loop_stop(l); }
 static int run(ctx *c, const char *addr, const char *head, const char *body, size_t blen) {
+  dsysi_h1req_free(&c->r);
   memset(&c->r, 0, sizeof c->r);
   c->body.len = 0;
   c->done = 0;
@@ -163,6 +164,7 @@ int main(void) {
   is_int(run(&c, url, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n", NULL, 0), 0, "chunked response");
   ok(c.body.len == 13 && !memcmp(c.body.data, "one,two,three", 13), "de-chunked body");
 
+  dsysi_h1req_free(&c.r);
   memset(&c.r, 0, sizeof c.r);
   c.r.timeout_us = 0;
   int rc = run(&c, url, "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n", NULL, 0);
@@ -218,6 +220,7 @@ int main(void) {
   pthread_join(th, NULL);
 
   /* malformed upstream address */
+  dsysi_h1req_free(&c.r);
   memset(&c.r, 0, sizeof c.r);
   c.r.addr = "nonsense";
   c.r.head = get;
