@@ -14,5 +14,6 @@
 #include <distsys/client.h>
 #include <distsys/store.h>
 #include <distsys/queue.h>
+#include <distsys/services.h>
 
 #endif
