@@ -133,7 +133,7 @@ static void *par_main(void *a) {
   p->fn(p->i, p->ud);
   return NULL;
 }
-static void run_parallel(int n, void (*fn)(int, void *), void *ud) {
+__attribute__((unused)) static void run_parallel(int n, void (*fn)(int, void *), void *ud) {
   pthread_t t[64];
   par ps[64];
   atomic_int gate = 0;
