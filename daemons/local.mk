@@ -7,3 +7,6 @@ daemons_dsys_datad_SOURCES = daemons/dsys-datad.c
 daemons_dsys_datad_LDADD = libdistsys.la
 daemons_dsys_computed_SOURCES = daemons/dsys-computed.c
 daemons_dsys_computed_LDADD = libdistsys.la
+
+TESTS += tests/integration/services.test
+EXTRA_DIST += tests/integration/services.test
