@@ -44,9 +44,9 @@ static int mount(dsys_daemon *d, void *ud) {
     return 1;
   }
   dsys_auth_options o = {.size = sizeof o, .store = dsys_daemon_store(d),
-                         .name = dsys_daemon_name(d), .jwt_secret = secret,
-                         .jwt_secret_len = len,
-                         .jwt_alg = dsys_config_get(cfg, "jwt-alg"),
+                         .name = dsys_daemon_name(d), .token_secret = secret,
+                         .token_secret_len = len,
+                         .token_alg = dsys_config_get(cfg, "jwt-alg"),
                          .token_lifetime_s = life, .hash_threads = (uint32_t)threads};
   rc = dsys_service_auth_mount(dsys_daemon_server(d), &o, &svc);
   memset(secret, 0, len);

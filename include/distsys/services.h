@@ -47,9 +47,9 @@ typedef struct dsys_auth_options {
   dsys_clock *clock;          /**< token times, throttling, slow work;
                                    default dsys_clock_real() */
   const char *name;           /**< "service" field, default "auth-service" */
-  const void *jwt_secret;     /**< HMAC key (mandatory, >= 32 bytes; copied) */
-  size_t jwt_secret_len;
-  const char *jwt_alg;        /**< "HS256" (default), "HS384" or "HS512" */
+  const void *token_secret;    /**< HMAC key (mandatory, >= 32 bytes; copied) */
+  size_t token_secret_len;
+  const char *token_alg;        /**< "HS256" (default), "HS384" or "HS512" */
   int64_t token_lifetime_s;   /**< default 86400 (24 h) */
   uint32_t hash_threads;      /**< password hashing threads, default 2 */
   const char *hash_prefix;    /**< crypt prefix for new hashes, default

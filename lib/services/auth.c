@@ -537,12 +537,12 @@ static int auth_ready(void *ud, const char **what, char *err, size_t errlen) {
 
 int dsys_service_auth_mount(dsys_server *srv, const dsys_auth_options *opts,
                             dsys_auth_service **out) {
-  if (!srv || !opts || !out || !opts->store || !opts->jwt_secret ||
-      opts->jwt_secret_len < 32 || opts->jwt_secret_len > 4096)
+  if (!srv || !opts || !out || !opts->store || !opts->token_secret ||
+      opts->token_secret_len < 32 || opts->token_secret_len > 4096)
     return DSYS_EINVAL;
   jwt_alg_t alg = JWT_ALG_HS256;
-  if (opts->jwt_alg) {
-    alg = jwt_str_alg(opts->jwt_alg);
+  if (opts->token_alg) {
+    alg = jwt_str_alg(opts->token_alg);
     if (alg != JWT_ALG_HS256 && alg != JWT_ALG_HS384 && alg != JWT_ALG_HS512)
       return DSYS_EINVAL;
   }
@@ -553,8 +553,8 @@ int dsys_service_auth_mount(dsys_server *srv, const dsys_auth_options *opts,
   a->lifetime_s = opts->token_lifetime_s > 0 ? opts->token_lifetime_s : 86400;
   a->max_failures = opts->max_failures ? opts->max_failures : 5;
   a->window_ms = opts->failure_window_ms > 0 ? opts->failure_window_ms : 15 * 60 * 1000;
-  a->secret = malloc(opts->jwt_secret_len);
-  a->secret_len = opts->jwt_secret_len;
+  a->secret = malloc(opts->token_secret_len);
+  a->secret_len = opts->token_secret_len;
   a->prefix = strdup(opts->hash_prefix ? opts->hash_prefix : "$y$");
   if (!a->secret || !a->prefix) {
     free(a->secret);
@@ -562,7 +562,7 @@ int dsys_service_auth_mount(dsys_server *srv, const dsys_auth_options *opts,
     free(a);
     return DSYS_ENOMEM;
   }
-  memcpy(a->secret, opts->jwt_secret, opts->jwt_secret_len);
+  memcpy(a->secret, opts->token_secret, opts->token_secret_len);
   /* A hash of a random password: checks the prefix works, and is what
    * unknown users are verified against. */
   char rnd[33];

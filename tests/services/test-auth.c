@@ -32,7 +32,7 @@ static void inst_start(inst *I, const char *name, dsys_clock *clk) {
   dsys_server_options sv = {.size = sizeof sv, .name = name};
   if (dsys_server_new(&I->srv, &sv)) tap_bail("server");
   dsys_auth_options o = {.size = sizeof o, .store = I->st, .clock = clk,
-                         .jwt_secret = SECRET, .jwt_secret_len = strlen(SECRET)};
+                         .token_secret = SECRET, .token_secret_len = strlen(SECRET)};
   int rc = dsys_service_auth_mount(I->srv, &o, &I->svc);
   if (rc) tap_bail("mount: %s", dsys_strerror(rc));
   snprintf(I->url, sizeof I->url, "inproc://%s", name);
@@ -437,15 +437,15 @@ static void test_secret(void) {
   dsys_server *srv;
   dsys_server_new(&srv, NULL);
   dsys_auth_service *svc = NULL;
-  dsys_auth_options o = {.size = sizeof o, .store = A.st, .jwt_secret = "short",
-                         .jwt_secret_len = 5};
+  dsys_auth_options o = {.size = sizeof o, .store = A.st, .token_secret = "short",
+                         .token_secret_len = 5};
   is_int(dsys_service_auth_mount(srv, &o, &svc), DSYS_EINVAL,
          "a secret under 32 bytes is refused");
-  o.jwt_secret = SECRET;
-  o.jwt_secret_len = strlen(SECRET);
-  o.jwt_alg = "none";
+  o.token_secret = SECRET;
+  o.token_secret_len = strlen(SECRET);
+  o.token_alg = "none";
   is_int(dsys_service_auth_mount(srv, &o, &svc), DSYS_EINVAL, "alg none is refused");
-  o.jwt_alg = "RS256";
+  o.token_alg = "RS256";
   is_int(dsys_service_auth_mount(srv, &o, &svc), DSYS_EINVAL,
          "public-key algorithms are refused (no key confusion)");
   dsys_server_free(srv);
