@@ -10,7 +10,9 @@
  * GET /ready, and a slow-work route answered after a fixed delay by a clock
  * timer (no server thread waits).
  *
- * Lifetime: mount before dsys_server_listen(); at shutdown call
+ * Lifetime: mount before dsys_server_listen(); if a mount fails, routes
+ * may already point at the freed service: free the server as well. At
+ * shutdown call
  * dsys_server_stop(), then the module's _free() (it waits for work it has
  * in flight: hashing threads, slow-work timers, job workers), then
  * dsys_server_free(), then close the store or queue.
