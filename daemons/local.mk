@@ -1,1 +1,12 @@
-# Daemons: thin mains over the service modules.
+# Daemons: thin mains over the service modules; the shared boilerplate is
+# dsys_daemon_main() in lib/services/daemon.c.
+bin_PROGRAMS += daemons/dsys-authd daemons/dsys-datad daemons/dsys-computed
+daemons_dsys_authd_SOURCES = daemons/dsys-authd.c
+daemons_dsys_authd_LDADD = libdistsys.la
+daemons_dsys_datad_SOURCES = daemons/dsys-datad.c
+daemons_dsys_datad_LDADD = libdistsys.la
+daemons_dsys_computed_SOURCES = daemons/dsys-computed.c
+daemons_dsys_computed_LDADD = libdistsys.la
+
+TESTS += tests/integration/services.test
+EXTRA_DIST += tests/integration/services.test

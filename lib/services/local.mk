@@ -1,1 +1,26 @@
-# services (see issues): sources are appended here.
+# Services: mountable modules (auth, data, compute), their shared helpers,
+# and the daemon boilerplate used by daemons/ (issue 5).
+libdsys_internal_la_SOURCES += \
+	lib/services/common.c lib/services/auth.c lib/services/secret.c \
+	lib/services/data.c lib/services/compute.c lib/services/daemon.c
+noinst_HEADERS += lib/services/common.h
+pkginclude_HEADERS += include/distsys/services.h
+
+# Tests: each service on inproc:// with a temporary SQLite file.
+EXTRA_DIST += tests/services/svc-test.h
+check_PROGRAMS += tests/services/test-data tests/services/test-auth \
+	tests/services/test-compute
+tests_services_test_data_SOURCES = tests/services/test-data.c
+tests_services_test_data_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_data_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_data_LDADD = $(TEST_LIBS)
+tests_services_test_auth_SOURCES = tests/services/test-auth.c
+tests_services_test_auth_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_auth_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_auth_LDADD = $(TEST_LIBS)
+tests_services_test_compute_SOURCES = tests/services/test-compute.c
+tests_services_test_compute_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_compute_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_compute_LDADD = $(TEST_LIBS)
+TESTS += tests/services/test-data tests/services/test-auth \
+	tests/services/test-compute

@@ -1,0 +1,225 @@
+/*
+ * Service modules: the auth, data and compute services of the reference
+ * deployment (docs/reference/services.md; the HTTP contract is
+ * HTTP-API.md). Each module mounts its routes on a dsys_server that is not
+ * yet listening, so it runs on any transport (http://, unix://, inproc://).
+ * A module uses only the public store, queue, clock and server APIs: every
+ * instance of a service shares its state through the store or queue file.
+ *
+ * Every module also mounts GET /health, GET /api/<type>/health and
+ * GET /ready, and a slow-work route answered after a fixed delay by a clock
+ * timer (no server thread waits).
+ *
+ * Lifetime: mount before dsys_server_listen(); if a mount fails, routes
+ * may already point at the freed service: free the server as well. At
+ * shutdown call
+ * dsys_server_stop(), then the module's _free() (it waits for work it has
+ * in flight: hashing threads, slow-work timers, job workers), then
+ * dsys_server_free(), then close the store or queue.
+ *
+ * Thread-safety: a mount function and its _free() must not run
+ * concurrently with each other for the same service; route handlers run on
+ * server threads, hashing threads, timer threads and worker threads and are
+ * safe to run concurrently. dsys_auth_load_secret() and
+ * dsys_daemon_main() may be called from any thread.
+ */
+#ifndef DSYS_SERVICES_H
+#define DSYS_SERVICES_H
+
+#include <distsys/common.h>
+#include <distsys/clock.h>
+#include <distsys/config.h>
+#include <distsys/queue.h>
+#include <distsys/server.h>
+#include <distsys/store.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Auth                                                                 */
+
+typedef struct dsys_auth_service dsys_auth_service;
+
+/** Options for dsys_service_auth_mount(). Zero fields take the defaults. */
+typedef struct dsys_auth_options {
+  size_t size;                /**< sizeof(dsys_auth_options), or 0 */
+  dsys_store *store;          /**< users and login counters (mandatory) */
+  dsys_clock *clock;          /**< token times, throttling, slow work;
+                                   default dsys_clock_real() */
+  const char *name;           /**< "service" field, default "auth-service" */
+  const void *token_secret;    /**< HMAC key (mandatory, >= 32 bytes; copied) */
+  size_t token_secret_len;
+  const char *token_alg;        /**< "HS256" (default), "HS384" or "HS512" */
+  int64_t token_lifetime_s;   /**< default 86400 (24 h) */
+  uint32_t hash_threads;      /**< password hashing threads, default 2 */
+  const char *hash_prefix;    /**< crypt prefix for new hashes, default
+                                   "$y$" (yescrypt); "$2b$" for bcrypt */
+  uint32_t max_failures;      /**< failed logins before 429, default 5 */
+  int64_t failure_window_ms;  /**< window of those failures, default 15 min */
+  int64_t work_delay_ms;      /**< /auth-worker delay, default 800 */
+} dsys_auth_options;
+
+/**
+ * Mount the auth service: /api/auth/{signup,register,signin,login,verify,
+ * profile}, /api/auth/health, /health, /ready, /auth-worker, /auth-work
+ * (and the same under /api/auth for the slow work). Starts the hashing
+ * threads.
+ * @param srv a server not yet listening.
+ * @param out receives the service (free with dsys_service_auth_free()).
+ * @return 0, DSYS_EINVAL (missing store, secret shorter than 32 bytes,
+ *         unknown algorithm or hash prefix), DSYS_ESTATE (server already
+ *         listening), DSYS_ENOMEM.
+ */
+DSYS_API int dsys_service_auth_mount(dsys_server *srv,
+                                     const dsys_auth_options *opts,
+                                     dsys_auth_service **out);
+
+/** Wait for in-flight hashing and slow work, stop the threads, free.
+ *  Call after dsys_server_stop(). NULL-safe. */
+DSYS_API void dsys_service_auth_free(dsys_auth_service *svc);
+
+/**
+ * Find the JWT secret for an auth instance, in this order: the file
+ * secret_file (when not NULL); the DSYS_JWT_SECRET environment variable;
+ * else a file "jwt-secret" in the directory of db_path, created with 256
+ * random bits (64 hex digits, mode 0600) by the first instance: the file
+ * is written under a temporary name and published with link(2), so
+ * instances that race all read the same secret. Trailing newlines of a
+ * file are removed. There is no built-in secret.
+ * @param secret receives the secret bytes (NUL-terminated; dsys_free()).
+ * @param source receives a static description ("file", "env",
+ *        "generated", "existing") or NULL.
+ * @return 0, DSYS_EINVAL (no db_path and nothing else; empty secret),
+ *         DSYS_EIO (file unreadable or not creatable; see the log),
+ *         DSYS_ENOMEM.
+ */
+DSYS_API int dsys_auth_load_secret(const char *secret_file,
+                                   const char *db_path, char **secret,
+                                   size_t *len, const char **source);
+
+/* ------------------------------------------------------------------ */
+/* Data                                                                 */
+
+typedef struct dsys_data_service dsys_data_service;
+
+/** Options for dsys_service_data_mount(). */
+typedef struct dsys_data_options {
+  size_t size;             /**< sizeof(dsys_data_options), or 0 */
+  dsys_store *store;       /**< mandatory */
+  dsys_clock *clock;       /**< default real */
+  const char *name;        /**< default "data-service" */
+  int32_t no_seed;         /**< 1: do not create data-1..data-10 */
+  int64_t work_delay_ms;   /**< /data-work delay, default 500 */
+} dsys_data_options;
+
+/**
+ * Mount the data service (/api/data CRUD, increment, listing with prefix
+ * and cursor, /data-work, health routes). Seeds data-1..data-10 on the
+ * first start of the deployment (idempotent across racing instances).
+ * @return 0, DSYS_EINVAL, DSYS_ESTATE, DSYS_ENOMEM, DSYS_EDB (seeding
+ *         failed).
+ */
+DSYS_API int dsys_service_data_mount(dsys_server *srv,
+                                     const dsys_data_options *opts,
+                                     dsys_data_service **out);
+
+/** Wait for pending slow work and free. After dsys_server_stop().
+ *  NULL-safe. */
+DSYS_API void dsys_service_data_free(dsys_data_service *svc);
+
+/* ------------------------------------------------------------------ */
+/* Compute                                                              */
+
+typedef struct dsys_compute_service dsys_compute_service;
+
+/** Queue name of compute jobs. */
+#define DSYS_COMPUTE_QUEUE "compute"
+
+/** Options for dsys_service_compute_mount(). */
+typedef struct dsys_compute_options {
+  size_t size;             /**< sizeof(dsys_compute_options), or 0 */
+  dsys_queue *queue;       /**< mandatory */
+  dsys_clock *clock;       /**< default real */
+  const char *name;        /**< default "compute-service" */
+  uint32_t workers;        /**< job worker threads, default 2 */
+  int32_t no_workers;      /**< 1: run no worker (submit and read only) */
+  int32_t max_attempts;    /**< per job, default 3 */
+  int64_t worker_poll_ms;  /**< idle poll of the workers, default 100 */
+  int64_t work_delay_ms;   /**< /compute-worker delay, default 550 */
+} dsys_compute_options;
+
+/**
+ * Mount the compute service (/api/compute/direct, /job, /job/:id, /stats,
+ * /compute-worker, health routes) and start its worker pool on the
+ * "compute" queue.
+ * @return 0, DSYS_EINVAL, DSYS_ESTATE, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_service_compute_mount(dsys_server *srv,
+                                        const dsys_compute_options *opts,
+                                        dsys_compute_service **out);
+
+/** Stop the workers (running jobs finish), wait for slow work, free.
+ *  After dsys_server_stop(). NULL-safe. */
+DSYS_API void dsys_service_compute_free(dsys_compute_service *svc);
+
+/* ------------------------------------------------------------------ */
+/* Daemon boilerplate shared by dsys-authd, dsys-datad, dsys-computed   */
+
+typedef struct dsys_daemon dsys_daemon;
+
+/** Mount callback: mount the service on dsys_daemon_server(d). Return 0,
+ *  or nonzero to exit with status 1 (log why). */
+typedef int (*dsys_daemon_mount_fn)(dsys_daemon *d, void *ud);
+/** Unmount callback: free the service (the server is already stopped). */
+typedef void (*dsys_daemon_unmount_fn)(dsys_daemon *d, void *ud);
+
+/** What a daemon is. */
+typedef struct dsys_daemon_spec {
+  size_t size;                 /**< sizeof(dsys_daemon_spec), or 0 */
+  const char *progname;        /**< "dsys-authd" */
+  const char *summary;         /**< one paragraph for --help */
+  const char *default_name;    /**< --name default, e.g. "auth-service" */
+  const char *default_listen;  /**< --listen default */
+  const dsys_option *extra;    /**< options beyond the common ones */
+  size_t nextra;
+  int32_t open_store;          /**< 1: open the store on --db */
+  int32_t open_queue;          /**< 1: open the queue on --db */
+  dsys_daemon_mount_fn mount;  /**< mandatory */
+  dsys_daemon_unmount_fn unmount; /**< may be NULL */
+  void *ud;
+} dsys_daemon_spec;
+
+/**
+ * Run a service daemon: parse the common flags (--listen, --db,
+ * --registry, --name, --log-format, --log-level, --help, --version) plus
+ * spec->extra, with DSYS_* environment variables; create the directory of
+ * the database and open the store and/or queue on it; create the server,
+ * call mount, listen, print "listening URL" on stdout; wait for SIGINT or
+ * SIGTERM; stop taking requests and drain (5 s), call unmount, close.
+ * Blocks SIGINT and SIGTERM in the calling thread (call it from main
+ * before starting any thread).
+ * @return the process exit status: 0 (clean stop, --help, --version),
+ *         1 (start-up failure), 2 (bad flags).
+ */
+DSYS_API int dsys_daemon_main(const dsys_daemon_spec *spec, int argc,
+                              char *const *argv);
+
+/** The server (valid in mount and unmount). */
+DSYS_API dsys_server *dsys_daemon_server(dsys_daemon *d);
+/** The store, or NULL when spec->open_store was 0. */
+DSYS_API dsys_store *dsys_daemon_store(dsys_daemon *d);
+/** The queue, or NULL when spec->open_queue was 0. */
+DSYS_API dsys_queue *dsys_daemon_queue(dsys_daemon *d);
+/** The parsed configuration (read the extra options here). */
+DSYS_API const dsys_config *dsys_daemon_config(dsys_daemon *d);
+/** The --name value. */
+DSYS_API const char *dsys_daemon_name(dsys_daemon *d);
+/** The --db path. */
+DSYS_API const char *dsys_daemon_db_path(dsys_daemon *d);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

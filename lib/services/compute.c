@@ -1,0 +1,573 @@
+/*
+ * Compute service: direct computations with strict validation, and
+ * durable jobs on the shared queue ("compute") run by a worker pool in
+ * every instance.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <distsys/services.h>
+#include "core/internal.h"
+#include "core/json.h"
+#include "services/common.h"
+
+struct dsys_compute_service {
+  dsysi_svc svc;
+  dsys_queue *q;
+  dsys_worker *worker;
+  int32_t max_attempts;
+};
+
+static const char *const OPS[] = {"add", "subtract", "multiply", "divide",
+                                  "power", "factorial", "fibonacci",
+                                  "primeCheck", "sumOfSquares", "average",
+                                  "matrixMultiply"};
+#define NOPS (sizeof OPS / sizeof OPS[0])
+
+/* Largest result cells and multiply-adds of a matrix product. */
+#define MAX_CELLS 1000000
+#define MAX_FLOPS 100000000.0
+
+/* ---- the computations ---- */
+
+enum { C_OK = 0, C_BADOP = 1, C_BADARG = 2 };
+
+typedef struct cres {
+  char msg[160];
+} cres;
+
+static int bad(cres *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bad(cres *e, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+  va_end(ap);
+  return C_BADARG;
+}
+
+/* A JSON number as a double; 0 when v is not a finite number. */
+static int num(json_object *v, double *out) {
+  if (!v || !(json_object_is_type(v, json_type_int) ||
+              json_object_is_type(v, json_type_double)))
+    return 0;
+  double d = json_object_get_double(v);
+  if (!isfinite(d)) return 0;
+  *out = d;
+  return 1;
+}
+
+/* A number as JSON: integral values within 2^53 print as integers. */
+static json_object *jnum(double d) {
+  if (d == floor(d) && fabs(d) <= 9007199254740992.0)
+    return json_object_new_int64((int64_t)d);
+  return json_object_new_double(d);
+}
+
+/* The operands as an array of numbers. */
+static int numbers(json_object *ops, double **out, size_t *n, cres *e) {
+  if (!json_object_is_type(ops, json_type_array) || !json_object_array_length(ops))
+    return bad(e, "Operands must be a non-empty array of numbers");
+  size_t len = json_object_array_length(ops);
+  double *a = calloc(len, sizeof *a);
+  if (!a) return bad(e, "Out of memory");
+  for (size_t i = 0; i < len; i++)
+    if (!num(json_object_array_get_idx(ops, i), &a[i])) {
+      free(a);
+      return bad(e, "Operand at index %zu is not a number", i);
+    }
+  *out = a;
+  *n = len;
+  return C_OK;
+}
+
+/* The single integer operand n >= 0 (exact up to 2^53). */
+static int one_int(json_object *ops, const char *what, uint64_t *n, cres *e) {
+  double d;
+  if (!json_object_is_type(ops, json_type_array) ||
+      json_object_array_length(ops) != 1)
+    return bad(e, "%s requires exactly 1 operand: [n]", what);
+  if (!num(json_object_array_get_idx(ops, 0), &d) || d < 0 || d != floor(d))
+    return bad(e, "%s requires a non-negative integer", what);
+  if (d > 9007199254740992.0)
+    return bad(e, "%s supports integers up to 2^53", what);
+  *n = (uint64_t)d;
+  return C_OK;
+}
+
+static uint64_t mulmod(uint64_t a, uint64_t b, uint64_t m) {
+  return (uint64_t)((unsigned __int128)a * b % m);
+}
+static uint64_t powmod(uint64_t b, uint64_t e, uint64_t m) {
+  uint64_t r = 1;
+  b %= m;
+  for (; e; e >>= 1, b = mulmod(b, b, m))
+    if (e & 1) r = mulmod(r, b, m);
+  return r;
+}
+/* Deterministic Miller-Rabin for 64-bit n. */
+static int is_prime(uint64_t n) {
+  static const uint64_t bases[] = {2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37};
+  if (n < 2) return 0;
+  for (size_t i = 0; i < 12; i++) {
+    if (n == bases[i]) return 1;
+    if (n % bases[i] == 0) return 0;
+  }
+  uint64_t d = n - 1;
+  int s = 0;
+  while (!(d & 1)) {
+    d >>= 1;
+    s++;
+  }
+  for (size_t i = 0; i < 12; i++) {
+    uint64_t x = powmod(bases[i], d, n);
+    if (x == 1 || x == n - 1) continue;
+    int composite = 1;
+    for (int r = 1; r < s && composite; r++) {
+      x = mulmod(x, x, n);
+      if (x == n - 1) composite = 0;
+    }
+    if (composite) return 0;
+  }
+  return 1;
+}
+
+/* A matrix: non-empty array of equal-length non-empty rows of numbers. */
+static int matrix(json_object *m, const char *name, size_t *rows, size_t *cols,
+                  double **out, cres *e) {
+  size_t r = json_object_is_type(m, json_type_array) ? json_object_array_length(m) : 0;
+  json_object *r0 = r ? json_object_array_get_idx(m, 0) : NULL;
+  size_t c = json_object_is_type(r0, json_type_array) ? json_object_array_length(r0) : 0;
+  if (!r || !c)
+    return bad(e, "Matrix %s must be a non-empty array of non-empty rows", name);
+  if (r * c > 4 * 1024 * 1024) return bad(e, "Matrix %s is too large", name);
+  double *a = out ? malloc(r * c * sizeof *a) : NULL;
+  if (out && !a) return bad(e, "Out of memory");
+  for (size_t i = 0; i < r; i++) {
+    json_object *row = json_object_array_get_idx(m, i);
+    if (!json_object_is_type(row, json_type_array) ||
+        json_object_array_length(row) != c) {
+      free(a);
+      return bad(e, "Matrix %s rows must all have %zu numbers", name, c);
+    }
+    for (size_t j = 0; j < c; j++) {
+      double d;
+      if (!num(json_object_array_get_idx(row, j), &d)) {
+        free(a);
+        return bad(e, "Matrix %s element [%zu][%zu] is not a number", name, i, j);
+      }
+      if (a) a[i * c + j] = d;
+    }
+  }
+  *rows = r;
+  *cols = c;
+  if (out) *out = a;
+  return C_OK;
+}
+
+static int matmul(json_object *ops, int dry, json_object **res, cres *e) {
+  if (!json_object_is_type(ops, json_type_array) ||
+      json_object_array_length(ops) != 2)
+    return bad(e, "Matrix multiplication requires exactly 2 operands: [A, B]");
+  size_t m, k, k2, n;
+  double *a = NULL, *b = NULL;
+  int rc = matrix(json_object_array_get_idx(ops, 0), "A", &m, &k, dry ? NULL : &a, e);
+  if (rc) return rc;
+  rc = matrix(json_object_array_get_idx(ops, 1), "B", &k2, &n, dry ? NULL : &b, e);
+  if (rc) {
+    free(a);
+    return rc;
+  }
+  if (k != k2) {
+    free(a);
+    free(b);
+    return bad(e, "Matrix dimensions mismatch: %zux%zu cannot multiply %zux%zu",
+               m, k, k2, n);
+  }
+  if ((double)m * (double)n > MAX_CELLS ||
+      (double)m * (double)n * (double)k > MAX_FLOPS) {
+    free(a);
+    free(b);
+    return bad(e, "Matrix product too large (at most %d cells and 1e8 "
+                  "multiplications)", MAX_CELLS);
+  }
+  if (dry) return C_OK;
+  json_object *out = json_object_new_array();
+  for (size_t i = 0; i < m && !rc; i++) {
+    json_object *row = json_object_new_array();
+    for (size_t j = 0; j < n; j++) {
+      double s = 0;
+      for (size_t t = 0; t < k; t++) s += a[i * k + t] * b[t * n + j];
+      if (!isfinite(s)) {
+        rc = bad(e, "Result is not a finite number (overflow)");
+        break;
+      }
+      json_object_array_add(row, jnum(s));
+    }
+    json_object_array_add(out, row);
+  }
+  free(a);
+  free(b);
+  if (rc) json_object_put(out);
+  else *res = out;
+  return rc;
+}
+
+/*
+ * Run (or, with dry, only validate) one operation.
+ * @return C_OK with *res set (not when dry), C_BADOP, C_BADARG with e->msg.
+ */
+static int compute(const char *op, json_object *ops, int dry, json_object **res,
+                   cres *e) {
+  size_t which = NOPS;
+  for (size_t i = 0; op && i < NOPS; i++)
+    if (!strcmp(op, OPS[i])) which = i;
+  if (which == NOPS) return C_BADOP;
+  if (which == 10) return matmul(ops, dry, res, e);
+  double r = 0;
+  if (which == 5 || which == 6 || which == 7) {
+    uint64_t n = 0;
+    const char *name = which == 5 ? "Factorial" : which == 6 ? "Fibonacci" : "Prime check";
+    int rc = one_int(ops, name, &n, e);
+    if (rc) return rc;
+    if (which == 5) {
+      if (n > 170) return bad(e, "Factorial too large (max 170)");
+      r = 1;
+      for (uint64_t i = 2; i <= n; i++) r *= (double)i;
+    } else if (which == 6) {
+      if (n > 1476) return bad(e, "Fibonacci result overflows (max n is 1476)");
+      double a = 0, b = 1;
+      for (uint64_t i = 0; i < n; i++) {
+        double t = a + b;
+        a = b;
+        b = t;
+      }
+      r = a;
+    } else {
+      if (!dry) *res = json_object_new_boolean(is_prime(n));
+      return C_OK;
+    }
+  } else {
+    double *a = NULL;
+    size_t n = 0;
+    int rc = numbers(ops, &a, &n, e);
+    if (rc) return rc;
+    switch (which) {
+    case 0: /* add */
+    case 9: /* average */
+      for (size_t i = 0; i < n; i++) r += a[i];
+      if (which == 9) r /= (double)n;
+      break;
+    case 1: /* subtract */
+      r = n == 1 ? -a[0] : a[0];
+      for (size_t i = 1; i < n; i++) r -= a[i];
+      break;
+    case 2: /* multiply */
+      r = 1;
+      for (size_t i = 0; i < n; i++) r *= a[i];
+      break;
+    case 3: /* divide */
+      if (n < 2) rc = bad(e, "Division requires at least 2 operands");
+      r = a[0];
+      for (size_t i = 1; !rc && i < n; i++) {
+        if (a[i] == 0) rc = bad(e, "Division by zero is not allowed");
+        else r /= a[i];
+      }
+      break;
+    case 4: /* power */
+      if (n != 2) rc = bad(e, "Power requires exactly 2 operands: [base, exponent]");
+      else if (a[1] < 0 || a[1] != floor(a[1]))
+        rc = bad(e, "Exponent must be a non-negative integer");
+      else r = pow(a[0], a[1]);
+      break;
+    case 8: /* sumOfSquares */
+      for (size_t i = 0; i < n; i++) r += a[i] * a[i];
+      break;
+    }
+    free(a);
+    if (rc) return rc;
+  }
+  if (!isfinite(r)) return bad(e, "Result is not a finite number (overflow)");
+  if (!dry) *res = jnum(r);
+  return C_OK;
+}
+
+static void respond_invalid_op(dsys_request *req) {
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "error", json_object_new_string("Invalid operation"));
+  json_object_object_add(o, "code", json_object_new_string("DSYS_EINVAL"));
+  json_object *s = json_object_new_array();
+  for (size_t i = 0; i < NOPS; i++)
+    json_object_array_add(s, json_object_new_string(OPS[i]));
+  json_object_object_add(o, "supported", s);
+  dsysi_respond_obj(req, 400, o);
+}
+
+static json_object *given(json_object *o, const char *k) {
+  json_object *v;
+  return json_object_object_get_ex(o, k, &v) && v ? v : NULL;
+}
+
+/* ---- routes ---- */
+
+static void h_direct(dsys_request *req, void *ud) {
+  dsys_compute_service *c = ud;
+  json_object *b;
+  if (dsysi_body_object(req, &b)) return;
+  json_object *op = given(b, "operation"), *ops = given(b, "operands");
+  if (!op || !ops) {
+    dsysi_respond_err(req, 400, "DSYS_EINVAL", "Operation and operands are required");
+  } else {
+    json_object *res = NULL;
+    cres e = {""};
+    int rc = compute(json_object_is_type(op, json_type_string)
+                         ? json_object_get_string(op) : NULL,
+                     ops, 0, &res, &e);
+    if (rc == C_BADOP) {
+      respond_invalid_op(req);
+    } else if (rc) {
+      dsysi_respond_err(req, 400, "DSYS_EINVAL", e.msg);
+    } else {
+      json_object *o = json_object_new_object();
+      json_object_object_add(o, "operation", json_object_get(op));
+      json_object_object_add(o, "operands", json_object_get(ops));
+      json_object_object_add(o, "result", res);
+      json_object_object_add(o, "service", json_object_new_string(c->svc.name));
+      json_object_object_add(o, "computedAt", dsysi_json_time(dsysi_svc_now(&c->svc)));
+      dsysi_respond_obj(req, 200, o);
+    }
+  }
+  json_object_put(b);
+}
+
+/* The operation and operands of a job payload {type, data}. */
+static void job_parts(json_object *type, json_object *data, const char **op,
+                      json_object **ops) {
+  const char *t = json_object_is_type(type, json_type_string)
+                      ? json_object_get_string(type) : NULL;
+  *ops = json_object_is_type(data, json_type_object) ? given(data, "operands") : NULL;
+  if (t && !strcmp(t, "computation"))
+    t = json_object_is_type(data, json_type_object) ? dsysi_json_str(data, "operation") : NULL;
+  *op = t;
+}
+
+static void h_submit(dsys_request *req, void *ud) {
+  dsys_compute_service *c = ud;
+  json_object *b;
+  if (dsysi_body_object(req, &b)) return;
+  json_object *type = given(b, "type"), *data = given(b, "data"), *ops;
+  const char *op;
+  cres e = {""};
+  if (!type || !data) {
+    dsysi_respond_err(req, 400, "DSYS_EINVAL", "Type and data are required");
+  } else if (!json_object_is_type(data, json_type_object)) {
+    dsysi_respond_err(req, 400, "DSYS_ETYPE", "Data must be an object");
+  } else if (job_parts(type, data, &op, &ops), !ops) {
+    dsysi_respond_err(req, 400, "DSYS_EINVAL",
+                      "Operation and operands are required");
+  } else {
+    int rc = compute(op, ops, 1, NULL, &e);
+    if (rc == C_BADOP) {
+      respond_invalid_op(req);
+    } else if (rc) {
+      dsysi_respond_err(req, 400, "DSYS_EINVAL", e.msg);
+    } else {
+      json_object *p = json_object_new_object();
+      json_object_object_add(p, "type", json_object_get(type));
+      json_object_object_add(p, "data", json_object_get(data));
+      char *text = dsysi_json_dump(p, NULL);
+      json_object_put(p);
+      dsys_submit_options so = {.size = sizeof so, .max_attempts = c->max_attempts};
+      int64_t id = 0;
+      rc = text ? dsys_queue_submit(c->q, DSYS_COMPUTE_QUEUE, text, &so, &id, NULL)
+                : DSYS_ENOMEM;
+      free(text);
+      if (rc == DSYS_ETOOBIG) {
+        dsysi_respond_err(req, 413, "DSYS_ETOOBIG", "Job too large");
+      } else if (rc) {
+        dsysi_respond_err(req, 500, dsys_err_name(rc), "Could not queue the job");
+      } else {
+        char ids[24];
+        snprintf(ids, sizeof ids, "%lld", (long long)id);
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "message",
+                               json_object_new_string("Job submitted successfully"));
+        json_object_object_add(o, "jobId", json_object_new_string(ids));
+        json_object_object_add(o, "status", json_object_new_string("pending"));
+        dsysi_respond_obj(req, 202, o);
+      }
+    }
+  }
+  json_object_put(b);
+}
+
+static const char *api_state(int st) {
+  switch (st) {
+  case DSYS_JOB_WAITING: return "waiting";
+  case DSYS_JOB_DELAYED: return "delayed";
+  case DSYS_JOB_ACTIVE: return "active";
+  case DSYS_JOB_COMPLETED: return "completed";
+  default: return "failed"; /* failed, canceled */
+  }
+}
+
+static json_object *parse_or_null(const char *text) {
+  json_object *o = NULL;
+  if (text) dsysi_json_parse(text, strlen(text), &o);
+  return o;
+}
+
+static void h_job(dsys_request *req, void *ud) {
+  dsys_compute_service *c = ud;
+  const char *ids = dsys_request_param(req, "id");
+  char *end;
+  long long id = strtoll(ids, &end, 10);
+  dsys_job *j = NULL;
+  int rc = (*ids && !*end && id > 0 && ids[0] != '+' && ids[0] != '-')
+               ? dsys_queue_get(c->q, id, &j) : DSYS_ENOTFOUND;
+  if (!rc && strcmp(j->queue, DSYS_COMPUTE_QUEUE)) rc = DSYS_ENOTFOUND;
+  if (rc == DSYS_ENOTFOUND) {
+    dsysi_respond_err(req, 404, "DSYS_ENOTFOUND", "Job not found");
+  } else if (rc) {
+    dsysi_respond_err(req, 500, dsys_err_name(rc), "Queue error");
+  } else {
+    json_object *p = parse_or_null(j->payload), *v;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "jobId", json_object_new_string(ids));
+    json_object_object_add(o, "type", json_object_get(
+        json_object_object_get_ex(p, "type", &v) ? v : NULL));
+    json_object_object_add(o, "status", json_object_new_string(api_state(j->state)));
+    json_object_object_add(o, "progress", json_object_new_int(j->progress));
+    json_object_object_add(o, "data", json_object_get(
+        json_object_object_get_ex(p, "data", &v) ? v : NULL));
+    json_object_object_add(o, "result", parse_or_null(j->result));
+    json_object_object_add(o, "attempts", json_object_new_int(j->attempts));
+    json_object_object_add(o, "error",
+                           j->state == DSYS_JOB_CANCELED ? json_object_new_string("canceled")
+                           : j->error ? json_object_new_string(j->error) : NULL);
+    json_object_object_add(o, "createdAt", dsysi_json_time(j->created_at));
+    json_object_object_add(o, "finishedAt",
+                           j->finished_at ? dsysi_json_time(j->finished_at) : NULL);
+    json_object_put(p);
+    dsysi_respond_obj(req, 200, o);
+  }
+  dsys_job_free(j);
+}
+
+static void h_stats(dsys_request *req, void *ud) {
+  dsys_compute_service *c = ud;
+  dsys_job_counts n;
+  int rc = dsys_queue_counts(c->q, DSYS_COMPUTE_QUEUE, &n);
+  if (rc) {
+    dsysi_respond_err(req, 500, dsys_err_name(rc), "Queue error");
+    return;
+  }
+  json_object *q = json_object_new_object();
+  json_object_object_add(q, "waiting", json_object_new_int64(n.waiting));
+  json_object_object_add(q, "active", json_object_new_int64(n.active));
+  json_object_object_add(q, "completed", json_object_new_int64(n.completed));
+  json_object_object_add(q, "failed", json_object_new_int64(n.failed + n.canceled));
+  json_object_object_add(q, "delayed", json_object_new_int64(n.delayed));
+  json_object_object_add(q, "paused", json_object_new_int64(0));
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "service", json_object_new_string(c->svc.name));
+  json_object_object_add(o, "queue", q);
+  dsysi_respond_obj(req, 200, o);
+}
+
+/* ---- the worker ---- */
+
+static int run_job(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
+  dsys_compute_service *c = ud;
+  json_object *p = parse_or_null(job->payload);
+  const char *op = NULL;
+  json_object *ops = NULL, *res = NULL;
+  if (json_object_is_type(p, json_type_object))
+    job_parts(given(p, "type"), given(p, "data"), &op, &ops);
+  cres e = {""};
+  dsys_job_ctx_progress(ctx, 10, "computing");
+  int rc = ops ? compute(op, ops, 0, &res, &e) : C_BADARG;
+  if (rc) {
+    dsys_job_ctx_set_error(ctx, rc == C_BADOP ? "Invalid operation"
+                                : *e.msg ? e.msg : "Operation and operands are required");
+    json_object_put(p);
+    return DSYS_EINVAL;
+  }
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "operation", json_object_new_string(op));
+  json_object_object_add(o, "result", res);
+  json_object_object_add(o, "service", json_object_new_string(c->svc.name));
+  json_object_object_add(o, "computedAt", dsysi_json_time(dsysi_svc_now(&c->svc)));
+  char *text = dsysi_json_dump(o, NULL);
+  json_object_put(o);
+  json_object_put(p);
+  if (!text) return DSYS_ENOMEM;
+  dsys_job_ctx_progress(ctx, 100, "done");
+  rc = dsys_job_ctx_set_result(ctx, text);
+  free(text);
+  return rc;
+}
+
+static int compute_ready(void *ud, const char **what, char *err, size_t errlen) {
+  dsys_compute_service *c = ud;
+  dsys_job_counts n;
+  *what = "queue";
+  int rc = dsys_queue_counts(c->q, DSYS_COMPUTE_QUEUE, &n);
+  if (rc) snprintf(err, errlen, "%s", dsys_strerror(rc));
+  return rc;
+}
+
+int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opts,
+                               dsys_compute_service **out) {
+  if (!srv || !opts || !out || !opts->queue) return DSYS_EINVAL;
+  dsys_compute_service *c = calloc(1, sizeof *c);
+  if (!c) return DSYS_ENOMEM;
+  c->q = opts->queue;
+  c->max_attempts = opts->max_attempts > 0 ? opts->max_attempts : 3;
+  int rc = dsysi_svc_init(&c->svc, srv, opts->clock,
+                          opts->name ? opts->name : "compute-service",
+                          "compute", compute_ready, c);
+  if (rc) {
+    free(c);
+    return rc;
+  }
+  static const char *const slow[] = {"/compute-worker",
+                                     "/api/compute/compute-worker"};
+  rc = dsysi_svc_slow_routes(&c->svc, slow, 2,
+                             opts->work_delay_ms > 0 ? opts->work_delay_ms : 550,
+                             "Compute worker completed");
+  const struct {
+    const char *m, *p;
+    dsys_handler_fn fn;
+  } routes[] = {
+      {"POST", "/api/compute/direct", h_direct},
+      {"POST", "/api/compute/job", h_submit},
+      {"GET", "/api/compute/job/:id", h_job},
+      {"GET", "/api/compute/stats", h_stats},
+  };
+  for (size_t i = 0; !rc && i < sizeof routes / sizeof routes[0]; i++)
+    rc = dsys_server_route(srv, routes[i].m, routes[i].p, routes[i].fn, c);
+  if (!rc && !opts->no_workers) {
+    const char *queues[] = {DSYS_COMPUTE_QUEUE};
+    dsys_worker_options wo = {.size = sizeof wo, .queues = queues, .nqueues = 1,
+                              .threads = opts->workers ? opts->workers : 2,
+                              .poll_ms = opts->worker_poll_ms,
+                              .handler = run_job, .ud = c};
+    rc = dsys_worker_start(&c->worker, c->q, &wo);
+  }
+  if (rc) {
+    dsysi_svc_fini(&c->svc);
+    free(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+void dsys_service_compute_free(dsys_compute_service *c) {
+  if (!c) return;
+  dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
+  dsysi_svc_fini(&c->svc);
+  free(c);
+}

@@ -1,0 +1,201 @@
+/* The boilerplate every service daemon shares: flags and environment,
+ * logging, the database, the server, signals and a clean stop. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <distsys/log.h>
+#include <distsys/services.h>
+#include "core/internal.h"
+
+struct dsys_daemon {
+  const dsys_daemon_spec *spec;
+  dsys_config *cfg;
+  dsys_server *srv;
+  dsys_store *store;
+  dsys_queue *queue;
+};
+
+dsys_server *dsys_daemon_server(dsys_daemon *d) { return d ? d->srv : NULL; }
+dsys_store *dsys_daemon_store(dsys_daemon *d) { return d ? d->store : NULL; }
+dsys_queue *dsys_daemon_queue(dsys_daemon *d) { return d ? d->queue : NULL; }
+const dsys_config *dsys_daemon_config(dsys_daemon *d) { return d ? d->cfg : NULL; }
+const char *dsys_daemon_name(dsys_daemon *d) {
+  return d ? dsys_config_get(d->cfg, "name") : NULL;
+}
+const char *dsys_daemon_db_path(dsys_daemon *d) {
+  return d ? dsys_config_get(d->cfg, "db") : NULL;
+}
+
+/* mkdir -p of the directory part of path. */
+static int make_parent_dirs(const char *path) {
+  char *p = strdup(path);
+  if (!p) return DSYS_ENOMEM;
+  char *slash = strrchr(p, '/');
+  int rc = 0;
+  if (slash && slash != p) {
+    *slash = '\0';
+    for (char *s = p + 1; *s && !rc; s++) {
+      if (*s != '/') continue;
+      *s = '\0';
+      if (mkdir(p, 0755) && errno != EEXIST) rc = DSYS_EIO;
+      *s = '/';
+    }
+    if (!rc && mkdir(p, 0755) && errno != EEXIST) rc = DSYS_EIO;
+  }
+  free(p);
+  return rc;
+}
+
+static const dsys_option common_opts[] = {
+    {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, NULL,
+     "where to listen: http://HOST:PORT (port 0 picks one) or unix:///PATH"},
+    {"db", "DSYS_DB", DSYS_OPT_STRING, "data/distsys.sqlite",
+     "shared SQLite database file (its directory is created)"},
+    {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
+     "registry URL; accepted and stored, registration is not implemented yet"},
+    {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "service name (logs, /health)"},
+    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
+    {"log-level", "DSYS_LOG_LEVEL", DSYS_OPT_STRING, "info",
+     "debug, info, warn, error or off"},
+    {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, "false",
+     "log one line per request"},
+    {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help and exit"},
+    {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version and exit"},
+};
+#define NCOMMON (sizeof common_opts / sizeof common_opts[0])
+
+static int run(dsys_daemon *d, const char *prog) {
+  const dsys_daemon_spec *sp = d->spec;
+  const char *db = dsys_config_get(d->cfg, "db");
+  const char *name = dsys_config_get(d->cfg, "name");
+  char url[4096];
+  if (sp->open_store || sp->open_queue) {
+    if (make_parent_dirs(db)) {
+      fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
+              strerror(errno));
+      return 1;
+    }
+    snprintf(url, sizeof url, "sqlite://%s", db);
+  }
+  int rc = 0;
+  if (sp->open_store && (rc = dsys_store_open(&d->store, url, NULL))) {
+    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, db, dsys_strerror(rc));
+    return 1;
+  }
+  if (sp->open_queue && (rc = dsys_queue_open(&d->queue, url, NULL))) {
+    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, db, dsys_strerror(rc));
+    return 1;
+  }
+  dsys_server_options so = {.size = sizeof so, .name = name,
+                            .access_log = dsys_config_get_bool(d->cfg, "access-log")};
+  if ((rc = dsys_server_new(&d->srv, &so))) {
+    fprintf(stderr, "%s: %s\n", prog, dsys_strerror(rc));
+    return 1;
+  }
+  if (sp->mount(d, sp->ud)) {
+    fprintf(stderr, "%s: could not start the service (see the log)\n", prog);
+    return 1;
+  }
+  const char *listen = dsys_config_get(d->cfg, "listen");
+  if ((rc = dsys_server_listen(d->srv, listen))) {
+    fprintf(stderr, "%s: cannot listen on %s: %s\n", prog, listen, dsys_strerror(rc));
+    return 1;
+  }
+  /* Scripts read the bound URL from this line (port 0 picks a port). */
+  printf("listening %s\n", dsys_server_url(d->srv, 0));
+  fflush(stdout);
+  const char *reg = dsys_config_get(d->cfg, "registry");
+  if (sp->open_store || sp->open_queue)
+    dsysi_log(DSYS_LOG_INFO, name, "database %s", db);
+  if (reg)
+    dsysi_log(DSYS_LOG_WARN, name,
+              "--registry %s noted; registration is not implemented yet", reg);
+  return 0;
+}
+
+int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
+  if (!sp || !sp->mount || !sp->progname) return 1;
+  const char *prog = sp->progname;
+  size_t nopts = NCOMMON + sp->nextra;
+  dsys_option *opts = calloc(nopts, sizeof *opts);
+  if (!opts) return 1;
+  memcpy(opts, common_opts, sizeof common_opts);
+  opts[0].def = sp->default_listen ? sp->default_listen : "http://127.0.0.1:0";
+  opts[3].def = sp->default_name;
+  if (sp->nextra) memcpy(opts + NCOMMON, sp->extra, sp->nextra * sizeof *opts);
+  dsys_daemon d = {.spec = sp};
+  char err[256];
+  int status = 0;
+  if (dsys_config_parse(&d.cfg, opts, nopts, argc, argv, err, sizeof err)) {
+    fprintf(stderr, "%s: %s (try --help)\n", prog, err);
+    free(opts);
+    return 2;
+  }
+  if (dsys_config_get_bool(d.cfg, "help")) {
+    char *u = NULL;
+    dsys_config_usage(opts, nopts, prog, sp->summary, &u);
+    if (u) fputs(u, stdout);
+    dsys_free(u);
+    goto done;
+  }
+  if (dsys_config_get_bool(d.cfg, "version")) {
+    printf("%s (libdistsys %s)\n", prog, dsys_version());
+    goto done;
+  }
+  dsys_log_format fmt;
+  dsys_log_level lvl;
+  if (dsys_log_format_parse(dsys_config_get(d.cfg, "log-format"), &fmt)) {
+    fprintf(stderr, "%s: --log-format must be text or json\n", prog);
+    status = 2;
+    goto done;
+  }
+  if (dsys_log_level_parse(dsys_config_get(d.cfg, "log-level"), &lvl)) {
+    fprintf(stderr, "%s: --log-level must be debug, info, warn, error or off\n", prog);
+    status = 2;
+    goto done;
+  }
+  dsys_log_set_format(fmt);
+  dsys_log_set_level(lvl);
+  if (dsys_config_npositional(d.cfg)) {
+    fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog,
+            dsys_config_positional(d.cfg, 0));
+    status = 2;
+    goto done;
+  }
+
+  /* Block the stop signals before any library thread starts; wait for
+   * them synchronously below. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+  status = run(&d, prog);
+  if (!status) {
+    int sig = 0;
+    sigwait(&set, &sig);
+    dsysi_log(DSYS_LOG_INFO, dsys_config_get(d.cfg, "name"),
+              "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* Stop taking requests and drain in-flight ones, then stop the
+     * service's own threads (workers, hashing, timers). */
+    if (dsys_server_stop(d.srv, 5000) == DSYS_ETIMEDOUT)
+      dsysi_log(DSYS_LOG_WARN, dsys_config_get(d.cfg, "name"),
+                "some requests were cut off at shutdown");
+    if (sp->unmount) sp->unmount(&d, sp->ud);
+    dsysi_log(DSYS_LOG_INFO, dsys_config_get(d.cfg, "name"), "stopped");
+  } else if (d.srv) {
+    dsys_server_stop(d.srv, 0);
+    if (sp->unmount) sp->unmount(&d, sp->ud);
+  }
+  dsys_server_free(d.srv);
+  dsys_queue_close(d.queue);
+  dsys_store_close(d.store);
+done:
+  dsys_config_free(d.cfg);
+  free(opts);
+  return status;
+}
