@@ -19,5 +19,6 @@
 #include <distsys/retry.h>
 #include <distsys/health.h>
 #include <distsys/registry.h>
+#include <distsys/upstream.h>
 
 #endif

@@ -46,3 +46,7 @@ noinst_PROGRAMS += bench/bench-resil
 bench_bench_resil_SOURCES = bench/bench-resil.c
 bench_bench_resil_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)
+
+# dsys_upstream: the composed client (discover -> pick -> breaker -> call -> retry)
+libdsys_internal_la_SOURCES += lib/resilience/upstream.c
+pkginclude_HEADERS += include/distsys/upstream.h
