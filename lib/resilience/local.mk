@@ -50,3 +50,10 @@ bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)
 # dsys_upstream: the composed client (discover -> pick -> breaker -> call -> retry)
 libdsys_internal_la_SOURCES += lib/resilience/upstream.c
 pkginclude_HEADERS += include/distsys/upstream.h
+UPSTREAM_TESTS = tests/unit/test-upstream
+check_PROGRAMS += $(UPSTREAM_TESTS)
+TESTS += $(UPSTREAM_TESTS)
+tests_unit_test_upstream_SOURCES = tests/unit/test-upstream.c
+tests_unit_test_upstream_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_upstream_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_upstream_LDADD = $(TEST_LIBS)

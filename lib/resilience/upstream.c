@@ -518,8 +518,8 @@ static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
     dsys_breaker_permit permit;
     if (dsys_breaker_acquire(e->br, &permit)) {
       INC(e->rejections);
-      rejected++;
       dsys_balancer_release(u->bal, &pr);
+      if (++rejected >= n) break; /* as many rejections as endpoints */
       ex = e->id;
       continue;
     }
