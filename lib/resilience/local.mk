@@ -63,3 +63,9 @@ tests_integration_test_upstream_http_SOURCES = tests/integration/test-upstream-h
 tests_integration_test_upstream_http_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_integration_test_upstream_http_CFLAGS = $(TEST_CFLAGS)
 tests_integration_test_upstream_http_LDADD = $(TEST_LIBS)
+
+# Benchmark (built by make, not run by make check): bench/bench-upstream
+noinst_PROGRAMS += bench/bench-upstream
+bench_bench_upstream_SOURCES = bench/bench-upstream.c
+bench_bench_upstream_CFLAGS = $(AM_CFLAGS) -O2
+bench_bench_upstream_LDADD = libdistsys.la $(PTHREAD_LIBS)
