@@ -133,6 +133,13 @@ DSYS_API int dsys_balancer_pick(dsys_balancer *b, const void *key,
 /** End a picked request (decrements its in-flight count). NULL-safe. */
 DSYS_API void dsys_balancer_release(dsys_balancer *b, const dsys_pick_result *r);
 
+/**
+ * Reset the rotation state: round robin starts again at the first endpoint
+ * (in the order added) and smooth weighted round robin forgets its current
+ * weights. Other policies are unaffected. @return 0, DSYS_EINVAL.
+ */
+DSYS_API int dsys_balancer_reset(dsys_balancer *b);
+
 /** Figures of one endpoint. @return 0, DSYS_EINVAL, DSYS_ENOTFOUND. */
 DSYS_API int dsys_balancer_endpoint(dsys_balancer *b, const char *id,
                                     dsys_balancer_endpoint_info *out);

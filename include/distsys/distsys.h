@@ -20,5 +20,6 @@
 #include <distsys/health.h>
 #include <distsys/registry.h>
 #include <distsys/services.h>
+#include <distsys/upstream.h>
 
 #endif

@@ -218,6 +218,15 @@ size_t dsys_balancer_count(dsys_balancer *b) {
   return n;
 }
 
+int dsys_balancer_reset(dsys_balancer *b) {
+  if (!b) return DSYS_EINVAL;
+  pthread_mutex_lock(&b->mu);
+  b->cursor = 0;
+  for (size_t i = 0; i < b->n; i++) b->eps[i].cw = 0;
+  pthread_mutex_unlock(&b->mu);
+  return 0;
+}
+
 int dsys_balancer_endpoint(dsys_balancer *b, const char *id,
                            dsys_balancer_endpoint_info *out) {
   if (!b || !id || !out) return DSYS_EINVAL;

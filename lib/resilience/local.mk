@@ -46,3 +46,26 @@ noinst_PROGRAMS += bench/bench-resil
 bench_bench_resil_SOURCES = bench/bench-resil.c
 bench_bench_resil_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)
+
+# dsys_upstream: the composed client (discover -> pick -> breaker -> call -> retry)
+libdsys_internal_la_SOURCES += lib/resilience/upstream.c
+pkginclude_HEADERS += include/distsys/upstream.h
+UPSTREAM_TESTS = tests/unit/test-upstream
+check_PROGRAMS += $(UPSTREAM_TESTS)
+TESTS += $(UPSTREAM_TESTS)
+tests_unit_test_upstream_SOURCES = tests/unit/test-upstream.c
+tests_unit_test_upstream_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_upstream_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_upstream_LDADD = $(TEST_LIBS)
+check_PROGRAMS += tests/integration/test-upstream-http
+TESTS += tests/integration/test-upstream-http
+tests_integration_test_upstream_http_SOURCES = tests/integration/test-upstream-http.c
+tests_integration_test_upstream_http_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_integration_test_upstream_http_CFLAGS = $(TEST_CFLAGS)
+tests_integration_test_upstream_http_LDADD = $(TEST_LIBS)
+
+# Benchmark (built by make, not run by make check): bench/bench-upstream
+noinst_PROGRAMS += bench/bench-upstream
+bench_bench_upstream_SOURCES = bench/bench-upstream.c
+bench_bench_upstream_CFLAGS = $(AM_CFLAGS) -O2
+bench_bench_upstream_LDADD = libdistsys.la $(PTHREAD_LIBS)

@@ -1,0 +1,1140 @@
+/*
+ * dsys_upstream: discover -> pick -> breaker -> transport -> retry.
+ *
+ * Locks (always taken in this order, never held across a user callback):
+ *  - u->lk, a reader-preferring rwlock: the endpoint set and the closing
+ *    flag. Readers: picks, sends (so that free cannot pull the client away
+ *    under a send), event lookups. Writers: add, remove, the start of free.
+ *  - u->mu: availability updates (health and breaker events), breaker
+ *    reopen timers, the list of calls waiting for a backoff, and the
+ *    condition free waits on. Rare events only; no call takes it on the
+ *    hot path except when the last call in flight finishes.
+ *  - the balancer's, breaker's and health checker's own mutexes, taken
+ *    inside either of the above (they never call out while holding them).
+ * An endpoint (uep) is reference-counted: the set holds one reference, each
+ * outstanding pick one, each pending reopen timer one.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <distsys/upstream.h>
+#include "internal.h"
+
+#define LAT_N DSYS_UPSTREAM_LAT_BUCKETS
+#define MAX_TRIED 16
+#define PICK_LIMIT 64
+
+typedef _Atomic uint64_t au64;
+
+typedef struct uep {
+  atomic_int refs;
+  dsys_upstream *u;
+  char *id, *url;
+  _Atomic uint32_t weight;
+  int from_registry;
+  dsys_breaker *br;
+  /* availability inputs and timer, under u->mu */
+  int h_usable, removed;
+  uint64_t br_timer;
+  atomic_int br_open;      /* breaker OPEN or FORCED_OPEN (read lock-free) */
+  atomic_int gone;         /* removed from the set */
+  au64 requests, successes, failures, inflight, rejections, lat_count;
+  _Atomic int64_t lat_sum;
+  au64 by_outcome[8];
+  au64 lat[LAT_N];
+} uep;
+
+typedef struct ucall ucall;
+
+struct dsys_upstream {
+  pthread_rwlock_t lk;
+  uep **eps;
+  size_t n, cap;
+  atomic_int closing;
+
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int timers_out, no_timers;
+  ucall *backoffs;
+  atomic_int ncalls, probes;
+
+  dsys_clock *clk;
+  char *service, *health_path;
+  int64_t h_timeout_ms;
+  dsys_registry *reg;
+  uint64_t watch_id;
+  int watching;
+  dsys_balancer *bal;
+  dsys_health *health;
+  dsys_retry *retry;
+  dsys_client *client;
+  int own_client;
+  dsys_breaker_options br_tmpl;
+  int64_t open_wait_us;
+  dsys_breaker_event_fn user_br_ev;
+  void *user_br_ud;
+  dsys_health_event_fn user_h_ev;
+  void *user_h_ud;
+
+  au64 t_calls, t_replies, t_errors, t_attempts, t_retries, t_picks, t_panic,
+      t_unavail, t_brk;
+  au64 call_lat[LAT_N];
+};
+
+#define INC(x) atomic_fetch_add_explicit(&(x), 1, memory_order_relaxed)
+#define DEC(x) atomic_fetch_sub_explicit(&(x), 1, memory_order_relaxed)
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+/* ---- latency histogram: four buckets per power of two ---- */
+
+static inline unsigned lat_bucket(int64_t us) {
+  if (us < 4) return us < 0 ? 0 : (unsigned)us;
+  uint64_t v = (uint64_t)us;
+  unsigned e = 63u - (unsigned)__builtin_clzll(v);
+  unsigned idx = (e - 1) * 4 + (unsigned)((v >> (e - 2)) & 3);
+  return idx < LAT_N ? idx : LAT_N - 1;
+}
+
+int64_t dsys_upstream_bucket_lower_us(uint32_t i) {
+  if (i >= LAT_N) return INT64_MAX;
+  if (i < 4) return i;
+  unsigned e = i / 4 + 1, sub = i % 4;
+  return (int64_t)(4 + sub) << (e - 2);
+}
+
+/* Percentile p (0..100] from a snapshot of bucket counts, interpolated
+ * linearly inside the bucket. */
+static int64_t percentile(const uint64_t *b, uint64_t total, unsigned p) {
+  if (!total) return 0;
+  uint64_t target = (total * p + 99) / 100;
+  if (target == 0) target = 1;
+  uint64_t cum = 0;
+  for (uint32_t i = 0; i < LAT_N; i++) {
+    if (!b[i]) continue;
+    if (cum + b[i] >= target) {
+      int64_t lo = dsys_upstream_bucket_lower_us(i);
+      int64_t hi = i + 1 < LAT_N ? dsys_upstream_bucket_lower_us(i + 1) : lo * 2;
+      return lo + (int64_t)((double)(hi - lo) * (double)(target - cum) / (double)b[i]);
+    }
+    cum += b[i];
+  }
+  return dsys_upstream_bucket_lower_us(LAT_N - 1);
+}
+
+/* ---- endpoints ---- */
+
+static void ep_unref(uep *e) {
+  if (!e || atomic_fetch_sub(&e->refs, 1) != 1) return;
+  dsys_breaker_free(e->br);
+  free(e->id);
+  free(e->url);
+  free(e);
+}
+
+/* Hold lk (any mode). */
+static size_t find_idx(dsys_upstream *u, const char *id) {
+  for (size_t i = 0; i < u->n; i++)
+    if (!strcmp(u->eps[i]->id, id)) return i;
+  return SIZE_MAX;
+}
+
+/* Hold mu. The balancer learns the verdict of health and breaker. */
+static void sync_avail(dsys_upstream *u, uep *e) {
+  if (e->removed) return;
+  dsys_balancer_set_available(u->bal, e->id, e->h_usable && !atomic_load(&e->br_open));
+}
+
+static void br_timer_cb(void *ud);
+
+/* Hold mu. Arm the reopen timer; have_ref: reuse the reference and count of
+ * a timer that was just canceled or is ending. 0 when armed. */
+static int arm_timer(dsys_upstream *u, uep *e, int64_t delay_us, int have_ref) {
+  if (!have_ref) {
+    atomic_fetch_add(&e->refs, 1);
+    u->timers_out++;
+  }
+  if (dsys_timer_add(u->clk, delay_us, br_timer_cb, e, &e->br_timer) == 0) return 0;
+  e->br_timer = 0;
+  u->timers_out--;
+  atomic_fetch_sub(&e->refs, 1); /* never the last: the set holds one */
+  pthread_cond_broadcast(&u->cv);
+  return -1;
+}
+
+/* Breaker transitions: OPEN takes the endpoint out of rotation and arms a
+ * timer that moves it to HALF_OPEN when the wait is over (the breaker only
+ * moves lazily, and an endpoint out of rotation is never asked). */
+static void on_breaker(void *ud, const char *name, dsys_breaker_state from,
+                       dsys_breaker_state to) {
+  uep *e = ud;
+  dsys_upstream *u = e->u;
+  pthread_mutex_lock(&u->mu);
+  atomic_store(&e->br_open, to == DSYS_BREAKER_OPEN || to == DSYS_BREAKER_FORCED_OPEN);
+  sync_avail(u, e);
+  if (to == DSYS_BREAKER_OPEN && !e->removed && !u->no_timers) {
+    /* a pending timer belongs to an earlier opening: restart it */
+    int have = e->br_timer && dsys_timer_cancel(u->clk, e->br_timer) == 0;
+    if (have || !e->br_timer) arm_timer(u, e, u->open_wait_us, have);
+    /* else it is running right now and re-arms itself if still OPEN */
+  }
+  pthread_mutex_unlock(&u->mu);
+  if (u->user_br_ev) u->user_br_ev(u->user_br_ud, name, from, to);
+}
+
+static void br_timer_cb(void *ud) {
+  uep *e = ud;
+  dsys_upstream *u = e->u;
+  pthread_mutex_lock(&u->mu);
+  e->br_timer = 0;
+  int go = !e->removed && !u->no_timers;
+  pthread_mutex_unlock(&u->mu);
+  /* moves OPEN -> HALF_OPEN; the event puts it back in rotation */
+  dsys_breaker_state st = go ? dsys_breaker_state_get(e->br) : DSYS_BREAKER_CLOSED;
+  pthread_mutex_lock(&u->mu);
+  int carried = 0; /* our reference and count passed on (or released) */
+  if (st == DSYS_BREAKER_OPEN && !e->removed && !u->no_timers && !e->br_timer) {
+    /* still open (it reopened meanwhile): look again soon */
+    arm_timer(u, e, u->open_wait_us / 20 + 1000, 1);
+    carried = 1;
+  }
+  if (!carried) {
+    u->timers_out--;
+    pthread_cond_broadcast(&u->cv);
+  }
+  pthread_mutex_unlock(&u->mu);
+  if (!carried) ep_unref(e);
+}
+
+static void on_health(void *ud, const char *id, dsys_health_event ev, int usable) {
+  dsys_upstream *u = ud;
+  uep *e = NULL;
+  pthread_rwlock_rdlock(&u->lk);
+  size_t i = find_idx(u, id);
+  if (i != SIZE_MAX) {
+    e = u->eps[i];
+    atomic_fetch_add(&e->refs, 1);
+  }
+  pthread_rwlock_unlock(&u->lk);
+  if (e) {
+    /* re-read rather than trust the event: events of two threads may
+     * arrive out of order; the last update under mu sees the latest state */
+    pthread_mutex_lock(&u->mu);
+    if (!e->removed) {
+      e->h_usable = dsys_health_usable(u->health, e->id);
+      sync_avail(u, e);
+    }
+    pthread_mutex_unlock(&u->mu);
+    ep_unref(e);
+  }
+  if (u->user_h_ev) u->user_h_ev(u->user_h_ud, id, ev, usable);
+}
+
+static uep *ep_new(dsys_upstream *u, const char *id, const char *url,
+                   uint32_t weight, int from_registry, int *rc) {
+  uep *e = calloc(1, sizeof *e);
+  if (!e || !(e->id = strdup(id)) || !(e->url = strdup(url))) {
+    if (e) free(e->id);
+    free(e);
+    *rc = DSYS_ENOMEM;
+    return NULL;
+  }
+  atomic_init(&e->refs, 1);
+  e->u = u;
+  atomic_init(&e->weight, weight ? weight : 1);
+  e->from_registry = from_registry;
+  dsys_breaker_options bo = u->br_tmpl;
+  bo.size = sizeof bo;
+  bo.clock = u->clk;
+  bo.name = e->id;
+  bo.on_event = on_breaker;
+  bo.event_ud = e;
+  if ((*rc = dsys_breaker_new(&e->br, &bo))) {
+    free(e->id);
+    free(e->url);
+    free(e);
+    return NULL;
+  }
+  return e;
+}
+
+/* Hold lk for writing. Takes over the caller's reference on success. */
+static int add_locked(dsys_upstream *u, uep *e) {
+  if (atomic_load(&u->closing)) return DSYS_ECLOSED;
+  if (find_idx(u, e->id) != SIZE_MAX) return DSYS_EEXIST;
+  if (u->n == u->cap) {
+    size_t cap = u->cap ? u->cap * 2 : 8;
+    uep **ne = realloc(u->eps, cap * sizeof *ne);
+    if (!ne) return DSYS_ENOMEM;
+    u->eps = ne;
+    u->cap = cap;
+  }
+  int rc = dsys_balancer_add(u->bal, e->id, atomic_load(&e->weight), e);
+  if (rc) return rc;
+  if ((rc = dsys_health_add(u->health, e->id, e->url))) {
+    dsys_balancer_remove(u->bal, e->id);
+    return rc;
+  }
+  u->eps[u->n++] = e;
+  pthread_mutex_lock(&u->mu);
+  e->h_usable = dsys_health_usable(u->health, e->id);
+  sync_avail(u, e);
+  pthread_mutex_unlock(&u->mu);
+  return 0;
+}
+
+/* Hold lk for writing. Drops the set's reference. */
+static void remove_locked(dsys_upstream *u, size_t i) {
+  uep *e = u->eps[i];
+  memmove(&u->eps[i], &u->eps[i + 1], (u->n - i - 1) * sizeof *u->eps);
+  u->n--;
+  dsys_balancer_remove(u->bal, e->id);
+  dsys_health_remove(u->health, e->id);
+  atomic_store(&e->gone, 1);
+  int drop_timer = 0;
+  pthread_mutex_lock(&u->mu);
+  e->removed = 1;
+  if (e->br_timer && dsys_timer_cancel(u->clk, e->br_timer) == 0) {
+    u->timers_out--;
+    drop_timer = 1;
+    pthread_cond_broadcast(&u->cv);
+  }
+  e->br_timer = 0;
+  pthread_mutex_unlock(&u->mu);
+  if (drop_timer) ep_unref(e);
+  ep_unref(e);
+}
+
+static int valid_id(const char *id) {
+  size_t l = id ? strlen(id) : 0;
+  return l >= 1 && l <= DSYS_UPSTREAM_ID_MAX;
+}
+
+int dsys_upstream_add(dsys_upstream *u, const char *id, const char *url,
+                      uint32_t weight) {
+  if (!u || !valid_id(id) || !url || weight > 10000) return DSYS_EINVAL;
+  int rc;
+  uep *e = ep_new(u, id, url, weight, 0, &rc);
+  if (!e) return rc;
+  pthread_rwlock_wrlock(&u->lk);
+  rc = add_locked(u, e);
+  pthread_rwlock_unlock(&u->lk);
+  if (rc) ep_unref(e);
+  return rc;
+}
+
+int dsys_upstream_remove(dsys_upstream *u, const char *id) {
+  if (!u || !id) return DSYS_EINVAL;
+  pthread_rwlock_wrlock(&u->lk);
+  size_t i = find_idx(u, id);
+  if (i != SIZE_MAX) remove_locked(u, i);
+  pthread_rwlock_unlock(&u->lk);
+  return i == SIZE_MAX ? DSYS_ENOTFOUND : 0;
+}
+
+size_t dsys_upstream_count(dsys_upstream *u) {
+  if (!u) return 0;
+  pthread_rwlock_rdlock(&u->lk);
+  size_t n = u->n;
+  pthread_rwlock_unlock(&u->lk);
+  return n;
+}
+
+/* ---- registry ---- */
+
+/* Make the registry member id match inst (NULL: not a member). */
+static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *inst) {
+  uep *fresh = NULL;
+  int rc;
+  if (inst) {
+    fresh = ep_new(u, inst->id, inst->url, inst->weight ? inst->weight : 1, 1, &rc);
+    if (!fresh) {
+      dsysi_log(DSYS_LOG_WARN, "upstream", "%s: cannot add %s: %s", u->service, id,
+                dsys_strerror(rc));
+      return;
+    }
+  }
+  pthread_rwlock_wrlock(&u->lk);
+  size_t i = find_idx(u, id);
+  uep *cur = i != SIZE_MAX ? u->eps[i] : NULL;
+  if (cur && !cur->from_registry) {
+    /* a static endpoint with this id wins */
+  } else if (cur && fresh && !strcmp(cur->url, fresh->url)) {
+    uint32_t w = atomic_load(&fresh->weight);
+    if (atomic_load(&cur->weight) != w) {
+      dsys_balancer_set_weight(u->bal, cur->id, w);
+      atomic_store(&cur->weight, w);
+    }
+  } else {
+    if (cur) remove_locked(u, i);
+    if (fresh && (rc = add_locked(u, fresh)) == 0) fresh = NULL;
+  }
+  pthread_rwlock_unlock(&u->lk);
+  ep_unref(fresh);
+}
+
+static void reg_update(dsys_upstream *u, const char *id) {
+  dsys_instance *inst = NULL;
+  int rc = dsys_registry_get(u->reg, id, &inst);
+  int member = !rc && inst && !strcmp(inst->type, u->service) &&
+               inst->health == DSYS_INSTANCE_HEALTHY;
+  reg_apply(u, id, member ? inst : NULL);
+  dsys_free(inst);
+}
+
+/* Re-read every instance of the service type. */
+static int reg_resync(dsys_upstream *u) {
+  dsys_instance *v = NULL;
+  size_t n = 0;
+  int rc = dsys_registry_lookup(u->reg, u->service, 1, &v, &n);
+  if (rc) return rc;
+  for (size_t i = 0; i < n; i++) reg_apply(u, v[i].id, &v[i]);
+  /* registry members that are no longer listed leave */
+  for (;;) {
+    char *gone = NULL;
+    pthread_rwlock_rdlock(&u->lk);
+    for (size_t k = 0; k < u->n && !gone; k++) {
+      if (!u->eps[k]->from_registry) continue;
+      size_t j = 0;
+      while (j < n && strcmp(v[j].id, u->eps[k]->id)) j++;
+      if (j == n) gone = strdup(u->eps[k]->id);
+    }
+    pthread_rwlock_unlock(&u->lk);
+    if (!gone) break;
+    reg_apply(u, gone, NULL);
+    free(gone);
+  }
+  dsys_free(v);
+  return 0;
+}
+
+static void on_change(void *ud, const dsys_registry_change *c) {
+  dsys_upstream *u = ud;
+  if (atomic_load(&u->closing)) return;
+  if (c->kind == DSYS_REG_RESYNC) {
+    reg_resync(u);
+    return;
+  }
+  int ours = !c->type || !*c->type || !strcmp(c->type, u->service);
+  switch (c->kind) {
+  case DSYS_REG_REGISTERED:
+  case DSYS_REG_HEALTHY:
+    if (ours) reg_update(u, c->id);
+    else reg_apply(u, c->id, NULL); /* re-registered under another type */
+    break;
+  default: /* deregistered, unhealthy, reaped */
+    reg_apply(u, c->id, NULL);
+    break;
+  }
+}
+
+/* ---- active health checks ---- */
+
+typedef struct probe_ctx {
+  dsys_upstream *u;
+  uint64_t token;
+} probe_ctx;
+
+static void probes_done(dsys_upstream *u) {
+  if (atomic_fetch_sub(&u->probes, 1) == 1) {
+    pthread_mutex_lock(&u->mu);
+    pthread_cond_broadcast(&u->cv);
+    pthread_mutex_unlock(&u->mu);
+  }
+}
+
+static void probe_reply(int err, dsys_reply *r, void *ud) {
+  probe_ctx *p = ud;
+  int st = r ? dsys_reply_status(r) : 0;
+  dsys_health_report(p->u->health, p->token, !err && st >= 200 && st < 300);
+  dsys_reply_free(r);
+  dsys_upstream *u = p->u;
+  free(p);
+  probes_done(u);
+}
+
+static int probe_fn(void *ud, dsys_health *h, const char *id, const char *url,
+                    uint64_t token) {
+  dsys_upstream *u = ud;
+  probe_ctx *p = malloc(sizeof *p);
+  if (!p) return DSYS_ENOMEM;
+  p->u = u;
+  p->token = token;
+  dsys_call c = {.size = sizeof c, .method = "GET", .url = url,
+                 .path = u->health_path, .timeout_ms = u->h_timeout_ms};
+  int rc = DSYS_ECLOSED;
+  pthread_rwlock_rdlock(&u->lk);
+  if (!atomic_load(&u->closing)) {
+    atomic_fetch_add(&u->probes, 1);
+    rc = dsys_client_send(u->client, &c, probe_reply, p);
+    if (rc) atomic_fetch_sub(&u->probes, 1);
+  }
+  pthread_rwlock_unlock(&u->lk);
+  if (rc) free(p);
+  return rc;
+}
+
+/* ---- pick and report ---- */
+
+static int was_tried(uep *const *tried, size_t n, const uep *e) {
+  for (size_t i = 0; i < n; i++)
+    if (tried[i] == e) return 1;
+  return 0;
+}
+
+/* Hold lk. */
+static int all_breakers_open(dsys_upstream *u) {
+  if (!u->n) return 0;
+  for (size_t i = 0; i < u->n; i++)
+    if (!atomic_load(&u->eps[i]->br_open)) return 0;
+  return 1;
+}
+
+static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
+                   const char *exclude, uep *const *tried, size_t ntried,
+                   struct dsys_upstream_pick *out) {
+  pthread_rwlock_rdlock(&u->lk);
+  if (atomic_load(&u->closing)) {
+    pthread_rwlock_unlock(&u->lk);
+    return DSYS_ECLOSED;
+  }
+  size_t n = u->n;
+  size_t limit = 2 * n + 1 < PICK_LIMIT ? 2 * n + 1 : PICK_LIMIT;
+  const char *ex = exclude;
+  int rc = n ? 0 : DSYS_EUNAVAIL;
+  uint32_t rejected = 0;
+  dsys_pick_result pr;
+  for (size_t i = 0; n && i < limit; i++) {
+    rc = dsys_balancer_pick(u->bal, key, keylen, ex, &pr);
+    if (rc) break;
+    uep *e = pr.ud;
+    if (ntried && ntried < n && i < n && was_tried(tried, ntried, e)) {
+      dsys_balancer_release(u->bal, &pr);
+      ex = e->id;
+      continue;
+    }
+    dsys_breaker_permit permit;
+    if (dsys_breaker_acquire(e->br, &permit)) {
+      INC(e->rejections);
+      dsys_balancer_release(u->bal, &pr);
+      if (++rejected >= n) break; /* as many rejections as endpoints */
+      ex = e->id;
+      continue;
+    }
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    pthread_rwlock_unlock(&u->lk);
+    INC(e->requests);
+    INC(e->inflight);
+    INC(u->t_picks);
+    if (pr.panic) INC(u->t_panic);
+    out->id = e->id;
+    out->url = e->url;
+    out->panic = pr.panic;
+    out->reserved_ = 0;
+    out->ep_ = e;
+    out->lb_handle_ = pr.handle;
+    out->permit_ = permit;
+    out->start_us_ = dsys_clock_now_us(u->clk);
+    return 0;
+  }
+  if (!rc) rc = rejected ? DSYS_EBREAKER : DSYS_EUNAVAIL;
+  else if (rc == DSYS_EUNAVAIL && all_breakers_open(u)) rc = DSYS_EBREAKER;
+  pthread_rwlock_unlock(&u->lk);
+  if (rc == DSYS_EBREAKER) INC(u->t_brk);
+  else if (rc == DSYS_EUNAVAIL) INC(u->t_unavail);
+  return rc;
+}
+
+int dsys_upstream_pick(dsys_upstream *u, const void *key, size_t keylen,
+                       const char *exclude_id, struct dsys_upstream_pick *out) {
+  if (!u || !out || (keylen && !key)) return DSYS_EINVAL;
+  return pick_in(u, key, keylen, exclude_id, NULL, 0, out);
+}
+
+void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int err,
+                          int status) {
+  if (!u || !p || !p->ep_) return;
+  uep *e = p->ep_;
+  int64_t dur = dsys_clock_now_us(u->clk) - p->start_us_;
+  if (dur < 0) dur = 0;
+  dsys_outcome oc = dsys_classify(err, status);
+  int br = oc == DSYS_OUTCOME_OK || oc == DSYS_OUTCOME_CLIENT_ERROR
+               ? DSYS_BREAKER_SUCCESS
+               : oc == DSYS_OUTCOME_LOCAL ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
+  dsys_breaker_record(e->br, p->permit_, br, dur);
+  if (!atomic_load(&e->gone)) dsys_health_observe(u->health, e->id, oc);
+  if ((unsigned)oc < 8) INC(e->by_outcome[oc]);
+  if (oc == DSYS_OUTCOME_OK) INC(e->successes);
+  else if (br == DSYS_BREAKER_FAILURE) INC(e->failures);
+  if (oc != DSYS_OUTCOME_LOCAL) {
+    INC(e->lat[lat_bucket(dur)]);
+    INC(e->lat_count);
+    atomic_fetch_add_explicit(&e->lat_sum, dur, memory_order_relaxed);
+  }
+  DEC(e->inflight);
+  dsys_pick_result pr; /* release reads the handle only */
+  pr.handle = p->lb_handle_;
+  dsys_balancer_release(u->bal, &pr);
+  p->ep_ = NULL;
+  ep_unref(e);
+}
+
+dsys_retry *dsys_upstream_retry(dsys_upstream *u) { return u ? u->retry : NULL; }
+
+int dsys_upstream_reset_rr(dsys_upstream *u) {
+  return u ? dsys_balancer_reset(u->bal) : DSYS_EINVAL;
+}
+
+int dsys_upstream_breaker_set(dsys_upstream *u, const char *id,
+                              dsys_breaker_state state) {
+  if (!u || !id) return DSYS_EINVAL;
+  uep *e = NULL;
+  pthread_rwlock_rdlock(&u->lk);
+  size_t i = find_idx(u, id);
+  if (i != SIZE_MAX) {
+    e = u->eps[i];
+    atomic_fetch_add(&e->refs, 1);
+  }
+  pthread_rwlock_unlock(&u->lk);
+  if (!e) return DSYS_ENOTFOUND;
+  int rc = dsys_breaker_set_state(e->br, state);
+  ep_unref(e);
+  return rc;
+}
+
+/* ---- calls ---- */
+
+struct ucall {
+  dsys_upstream *u;
+  dsys_upstream_fn cb;
+  void *ud;
+  char *method, *path;
+  dsys_header *hdrs;
+  size_t nh;
+  void *body;
+  size_t blen;
+  dsys_chunk_fn on_chunk;
+  void *chunk_ud;
+  int idem_key;
+  int64_t start_us;
+  uint32_t attempt;
+  uep *tried[MAX_TRIED]; /* compared only, never dereferenced */
+  size_t ntried;
+  char last_id[DSYS_UPSTREAM_ID_MAX + 1];
+  struct dsys_upstream_pick pick;
+  dsys_reply *last;
+  int last_err, last_reason;
+  uint64_t timer;
+  ucall *next, *prev; /* u->backoffs while waiting */
+};
+
+static int has_idem_key(const dsys_header *h, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (h[i].name && !strcasecmp(h[i].name, "Idempotency-Key")) return 1;
+  return 0;
+}
+
+static void ucall_free(ucall *c) {
+  for (size_t i = 0; i < c->nh; i++) {
+    free((char *)c->hdrs[i].name);
+    free((char *)c->hdrs[i].value);
+  }
+  free(c->hdrs);
+  free(c->method);
+  free(c->path);
+  free(c->body);
+  dsys_reply_free(c->last);
+  free(c);
+}
+
+/* Normalise a caller's dsys_call (size-aware copy) and check it. */
+static int call_norm(const dsys_call *in, dsys_call *d) {
+  if (!in || (in->nheaders && !in->headers) || (in->body_len && !in->body))
+    return DSYS_EINVAL;
+  memset(d, 0, sizeof *d);
+  memcpy(d, in, in->size && in->size < sizeof *d ? in->size : sizeof *d);
+  d->size = sizeof *d;
+  if (!d->method) d->method = "GET";
+  if (!d->path) d->path = "/";
+  for (size_t i = 0; i < d->nheaders; i++)
+    if (!d->headers[i].name || !d->headers[i].value) return DSYS_EINVAL;
+  return 0;
+}
+
+static ucall *ucall_new(dsys_upstream *u, const dsys_call *d) {
+  ucall *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->u = u;
+  c->method = strdup(d->method);
+  c->path = strdup(d->path);
+  c->body = malloc(d->body_len ? d->body_len : 1);
+  c->hdrs = calloc(d->nheaders ? d->nheaders : 1, sizeof *c->hdrs);
+  int bad = !c->method || !c->path || !c->body || !c->hdrs;
+  for (size_t i = 0; !bad && i < d->nheaders; i++) {
+    c->hdrs[i].name = strdup(d->headers[i].name);
+    c->hdrs[i].value = strdup(d->headers[i].value);
+    c->nh = i + 1;
+    bad = !c->hdrs[i].name || !c->hdrs[i].value;
+  }
+  if (bad) {
+    ucall_free(c);
+    return NULL;
+  }
+  if (d->body_len) memcpy(c->body, d->body, d->body_len);
+  c->blen = d->body_len;
+  c->on_chunk = d->on_chunk;
+  c->chunk_ud = d->chunk_ud;
+  c->idem_key = has_idem_key(d->headers, d->nheaders);
+  return c;
+}
+
+static void calls_done(dsys_upstream *u) {
+  if (atomic_fetch_sub(&u->ncalls, 1) == 1) {
+    pthread_mutex_lock(&u->mu);
+    pthread_cond_broadcast(&u->cv);
+    pthread_mutex_unlock(&u->mu);
+  }
+}
+
+static void note_call_end(dsys_upstream *u, int64_t start_us, int err) {
+  int64_t d = dsys_clock_now_us(u->clk) - start_us;
+  INC(u->call_lat[lat_bucket(d < 0 ? 0 : d)]);
+  if (err) INC(u->t_errors);
+  else INC(u->t_replies);
+}
+
+static void finish(ucall *c, int err, dsys_reply *reply) {
+  dsys_upstream *u = c->u;
+  if (c->last && c->last != reply) dsys_reply_free(c->last);
+  c->last = NULL;
+  if (err) {
+    dsys_reply_free(reply);
+    reply = NULL;
+  } else if (!reply) {
+    err = DSYS_EINTERNAL;
+  }
+  note_call_end(u, c->start_us, err);
+  dsys_upstream_result res = {.size = sizeof res, .attempts = c->attempt,
+                              .last_retry_reason = c->last_reason};
+  memcpy(res.endpoint, c->last_id, sizeof res.endpoint);
+  c->cb(err, reply, &res, c->ud);
+  ucall_free(c);
+  calls_done(u);
+}
+
+static void on_attempt(int err, dsys_reply *reply, void *ud);
+
+/* Start the next attempt. 0: sent (on_attempt will run); else nothing runs. */
+static int start_attempt(ucall *c) {
+  dsys_upstream *u = c->u;
+  int64_t elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000;
+  int64_t to = dsys_retry_try_timeout_ms(u->retry, elapsed_ms);
+  if (to == 0) return DSYS_ETIMEDOUT;
+  int rc = pick_in(u, c->path, strlen(c->path), c->ntried ? c->last_id : NULL,
+                   c->tried, c->ntried, &c->pick);
+  if (rc) return rc;
+  c->attempt++;
+  INC(u->t_attempts);
+  if (c->attempt > 1) INC(u->t_retries);
+  if (c->ntried < MAX_TRIED) c->tried[c->ntried++] = c->pick.ep_;
+  snprintf(c->last_id, sizeof c->last_id, "%s", c->pick.id);
+  dsys_call dc = {.size = sizeof dc, .method = c->method, .url = c->pick.url,
+                  .path = c->path, .headers = c->hdrs, .nheaders = c->nh,
+                  .body = c->blen ? c->body : NULL, .body_len = c->blen,
+                  .timeout_ms = to > 0 ? to : 0, .on_chunk = c->on_chunk,
+                  .chunk_ud = c->chunk_ud};
+  pthread_rwlock_rdlock(&u->lk);
+  rc = atomic_load(&u->closing) ? DSYS_ECLOSED
+                                : dsys_client_send(u->client, &dc, on_attempt, c);
+  pthread_rwlock_unlock(&u->lk);
+  if (rc) dsys_upstream_report(u, &c->pick, rc, 0);
+  return rc;
+}
+
+/* After a failed retry start: deliver what the previous attempt gave. */
+static void next_attempt(ucall *c) {
+  int rc = start_attempt(c);
+  if (!rc) return;
+  if (c->last) finish(c, 0, c->last);
+  else finish(c, c->last_err ? c->last_err : rc, NULL);
+}
+
+static void backoff_cb(void *ud) {
+  ucall *c = ud;
+  dsys_upstream *u = c->u;
+  pthread_mutex_lock(&u->mu);
+  if (c->prev) c->prev->next = c->next;
+  else u->backoffs = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->next = c->prev = NULL;
+  c->timer = 0;
+  pthread_mutex_unlock(&u->mu);
+  next_attempt(c);
+}
+
+static void on_attempt(int err, dsys_reply *reply, void *ud) {
+  ucall *c = ud;
+  dsys_upstream *u = c->u;
+  int status = reply ? dsys_reply_status(reply) : 0;
+  dsys_upstream_report(u, &c->pick, err, status);
+  dsys_retry_input in = {.size = sizeof in, .method = c->method,
+                         .has_idempotency_key = c->idem_key,
+                         .outcome = dsys_classify(err, status), .status = status,
+                         .attempt = c->attempt,
+                         .elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000};
+  dsys_retry_decision d;
+  dsys_retry_decide(u->retry, &in, &d);
+  c->last_reason = d.reason;
+  if (d.action == DSYS_RETRY_STOP || atomic_load(&u->closing)) {
+    finish(c, err, reply);
+    return;
+  }
+  dsys_reply_free(c->last);
+  c->last = err ? NULL : reply;
+  if (err) dsys_reply_free(reply);
+  c->last_err = err;
+  if (d.action == DSYS_RETRY_NOW || d.delay_ms <= 0) {
+    next_attempt(c);
+    return;
+  }
+  pthread_mutex_lock(&u->mu);
+  c->next = u->backoffs;
+  c->prev = NULL;
+  if (u->backoffs) u->backoffs->prev = c;
+  u->backoffs = c;
+  int rc = dsys_timer_add(u->clk, d.delay_ms * 1000, backoff_cb, c, &c->timer);
+  if (rc) {
+    u->backoffs = c->next;
+    if (c->next) c->next->prev = NULL;
+    c->next = NULL;
+  }
+  pthread_mutex_unlock(&u->mu);
+  if (rc) next_attempt(c);
+}
+
+int dsys_upstream_send(dsys_upstream *u, const dsys_call *call,
+                       dsys_upstream_fn cb, void *ud) {
+  dsys_call d;
+  if (!u || !cb || call_norm(call, &d)) return DSYS_EINVAL;
+  if (atomic_load(&u->closing)) return DSYS_ECLOSED;
+  ucall *c = ucall_new(u, &d);
+  if (!c) return DSYS_ENOMEM;
+  c->cb = cb;
+  c->ud = ud;
+  c->start_us = dsys_clock_now_us(u->clk);
+  atomic_fetch_add(&u->ncalls, 1);
+  INC(u->t_calls);
+  dsys_retry_request(u->retry);
+  int rc = start_attempt(c);
+  if (rc) {
+    note_call_end(u, c->start_us, rc);
+    ucall_free(c);
+    calls_done(u);
+  }
+  return rc;
+}
+
+int dsys_upstream_call_ex(dsys_upstream *u, const dsys_call *call,
+                          dsys_reply **out, dsys_upstream_result *res) {
+  dsys_call d;
+  if (!u || !out || call_norm(call, &d)) return DSYS_EINVAL;
+  dsys_upstream_result r = {.size = sizeof r};
+  uep *tried[MAX_TRIED];
+  size_t ntried = 0;
+  int64_t start = dsys_clock_now_us(u->clk);
+  int idem = has_idem_key(d.headers, d.nheaders);
+  dsys_reply *last = NULL;
+  int last_err = 0, rc;
+  INC(u->t_calls);
+  dsys_retry_request(u->retry);
+  for (;;) {
+    int64_t elapsed_ms = (dsys_clock_now_us(u->clk) - start) / 1000;
+    int64_t to = dsys_retry_try_timeout_ms(u->retry, elapsed_ms);
+    struct dsys_upstream_pick p;
+    rc = to == 0 ? DSYS_ETIMEDOUT
+                 : pick_in(u, d.path, strlen(d.path), ntried ? r.endpoint : NULL,
+                           tried, ntried, &p);
+    if (rc) {
+      if (r.attempts) rc = last ? 0 : last_err; /* deliver the previous result */
+      break;
+    }
+    r.attempts++;
+    INC(u->t_attempts);
+    if (r.attempts > 1) INC(u->t_retries);
+    if (ntried < MAX_TRIED) tried[ntried++] = p.ep_;
+    snprintf(r.endpoint, sizeof r.endpoint, "%s", p.id);
+    dsys_reply_free(last);
+    last = NULL;
+    dsys_call dc = d;
+    dc.url = p.url;
+    dc.timeout_ms = to > 0 ? to : 0;
+    int err = dsys_client_do(u->client, &dc, &last);
+    if (err) last = NULL;
+    int status = last ? dsys_reply_status(last) : 0;
+    dsys_upstream_report(u, &p, err, status);
+    dsys_retry_input in = {.size = sizeof in, .method = d.method,
+                           .has_idempotency_key = idem,
+                           .outcome = dsys_classify(err, status), .status = status,
+                           .attempt = r.attempts,
+                           .elapsed_ms = (dsys_clock_now_us(u->clk) - start) / 1000};
+    dsys_retry_decision dec;
+    dsys_retry_decide(u->retry, &in, &dec);
+    r.last_retry_reason = dec.reason;
+    last_err = err;
+    if (dec.action == DSYS_RETRY_STOP) {
+      rc = err;
+      break;
+    }
+    if (dec.action == DSYS_RETRY_AFTER_BACKOFF && dec.delay_ms > 0)
+      dsys_clock_sleep_us(u->clk, dec.delay_ms * 1000);
+  }
+  if (rc) {
+    dsys_reply_free(last);
+    last = NULL;
+  } else if (!last) {
+    rc = DSYS_EINTERNAL;
+  }
+  note_call_end(u, start, rc);
+  if (!rc) *out = last;
+  if (res) {
+    size_t sz = res->size && res->size < sizeof r ? res->size : sizeof r;
+    memcpy(res, &r, sz);
+  }
+  return rc;
+}
+
+int dsys_upstream_call(dsys_upstream *u, const dsys_call *call, dsys_reply **out) {
+  return dsys_upstream_call_ex(u, call, out, NULL);
+}
+
+/* ---- statistics ---- */
+
+int dsys_upstream_stats(dsys_upstream *u, dsys_endpoint_stats **arr, size_t *n) {
+  if (!u || !arr || !n) return DSYS_EINVAL;
+  *arr = NULL;
+  *n = 0;
+  pthread_rwlock_rdlock(&u->lk);
+  size_t cnt = u->n, bytes = cnt * sizeof(dsys_endpoint_stats);
+  for (size_t i = 0; i < cnt; i++)
+    bytes += strlen(u->eps[i]->id) + strlen(u->eps[i]->url) + 2;
+  dsys_endpoint_stats *s = cnt ? calloc(1, bytes) : NULL;
+  if (cnt && !s) {
+    pthread_rwlock_unlock(&u->lk);
+    return DSYS_ENOMEM;
+  }
+  char *str = (char *)(s + cnt);
+  for (size_t i = 0; i < cnt; i++) {
+    uep *e = u->eps[i];
+    dsys_endpoint_stats *o = &s[i];
+    size_t l = strlen(e->id) + 1;
+    memcpy(str, e->id, l);
+    o->id = str;
+    str += l;
+    l = strlen(e->url) + 1;
+    memcpy(str, e->url, l);
+    o->url = str;
+    str += l;
+    o->weight = atomic_load(&e->weight);
+    dsys_health_info hi;
+    if (dsys_health_info_get(u->health, e->id, &hi) == 0) {
+      o->healthy = hi.state == DSYS_HEALTH_HEALTHY;
+      o->health_state = hi.state;
+      o->ejected = hi.ejected;
+    }
+    dsys_breaker_stats bs;
+    dsys_breaker_stats_get(e->br, &bs);
+    o->breaker_state = bs.state;
+    o->usable = hi.usable && bs.state != DSYS_BREAKER_OPEN &&
+                bs.state != DSYS_BREAKER_FORCED_OPEN;
+    o->requests = LOAD(e->requests);
+    o->successes = LOAD(e->successes);
+    o->failures = LOAD(e->failures);
+    for (int k = 0; k < 8; k++) o->by_outcome[k] = LOAD(e->by_outcome[k]);
+    o->in_flight = LOAD(e->inflight);
+    o->breaker_rejections = LOAD(e->rejections);
+    o->latency_sum_us = atomic_load_explicit(&e->lat_sum, memory_order_relaxed);
+    uint64_t tot = 0;
+    for (int k = 0; k < LAT_N; k++) tot += o->latency_buckets[k] = LOAD(e->lat[k]);
+    o->latency_count = tot;
+    o->p50_us = percentile(o->latency_buckets, tot, 50);
+    o->p90_us = percentile(o->latency_buckets, tot, 90);
+    o->p99_us = percentile(o->latency_buckets, tot, 99);
+  }
+  pthread_rwlock_unlock(&u->lk);
+  *arr = s;
+  *n = cnt;
+  return 0;
+}
+
+int dsys_upstream_totals_get(dsys_upstream *u, dsys_upstream_totals *out) {
+  if (!u || !out) return DSYS_EINVAL;
+  memset(out, 0, sizeof *out);
+  out->calls = LOAD(u->t_calls);
+  out->replies = LOAD(u->t_replies);
+  out->errors = LOAD(u->t_errors);
+  out->attempts = LOAD(u->t_attempts);
+  out->retries = LOAD(u->t_retries);
+  out->picks = LOAD(u->t_picks);
+  out->panic_picks = LOAD(u->t_panic);
+  out->unavailable = LOAD(u->t_unavail);
+  out->breaker_rejected = LOAD(u->t_brk);
+  out->endpoints = dsys_upstream_count(u);
+  uint64_t b[LAT_N], tot = 0;
+  for (int k = 0; k < LAT_N; k++) tot += b[k] = LOAD(u->call_lat[k]);
+  out->p50_us = percentile(b, tot, 50);
+  out->p90_us = percentile(b, tot, 90);
+  out->p99_us = percentile(b, tot, 99);
+  return 0;
+}
+
+/* ---- life cycle ---- */
+
+int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
+  if (!out) return DSYS_EINVAL;
+  dsys_upstream_options d = {0};
+  if (o) memcpy(&d, o, o->size && o->size < sizeof d ? o->size : sizeof d);
+  if (d.policy < 0 || d.policy > DSYS_LB_MAGLEV ||
+      (d.when_none != DSYS_LB_PANIC && d.when_none != DSYS_LB_FAIL_FAST) ||
+      (d.registry && (!d.service || !*d.service)) ||
+      (d.health_path && d.health_path[0] != '/'))
+    return DSYS_EINVAL;
+  dsys_upstream *u = calloc(1, sizeof *u);
+  if (!u) return DSYS_ENOMEM;
+  pthread_rwlockattr_t ra;
+  pthread_rwlockattr_init(&ra);
+  pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_READER_NP);
+  pthread_rwlock_init(&u->lk, &ra);
+  pthread_rwlockattr_destroy(&ra);
+  pthread_mutex_init(&u->mu, NULL);
+  pthread_cond_init(&u->cv, NULL);
+  u->clk = d.clock ? d.clock : dsys_clock_real();
+  u->service = strdup(d.service ? d.service : "upstream");
+  u->health_path = strdup(d.health_path ? d.health_path : "/health");
+  int rc = (!u->service || !u->health_path) ? DSYS_ENOMEM : 0;
+
+  if (!rc) {
+    dsys_balancer_options bo = {.size = sizeof bo, .policy = d.policy,
+                                .when_none = d.when_none, .seed = d.seed};
+    rc = dsys_balancer_new(&u->bal, &bo);
+  }
+  if (!rc && d.breaker) {
+    const dsys_breaker_options *t = d.breaker;
+    memcpy(&u->br_tmpl, t, t->size && t->size < sizeof u->br_tmpl ? t->size : sizeof u->br_tmpl);
+  }
+  if (!rc) {
+    u->user_br_ev = u->br_tmpl.on_event;
+    u->user_br_ud = u->br_tmpl.event_ud;
+    u->open_wait_us = (u->br_tmpl.open_wait_ms ? u->br_tmpl.open_wait_ms : 30000) * 1000;
+    dsys_breaker *probe_br; /* validate the template once */
+    dsys_breaker_options bo = u->br_tmpl;
+    bo.size = sizeof bo;
+    bo.clock = u->clk;
+    bo.name = NULL;
+    bo.on_event = NULL;
+    if (!(rc = dsys_breaker_new(&probe_br, &bo))) dsys_breaker_free(probe_br);
+  }
+  if (!rc) {
+    dsys_retry_options ro = {0};
+    if (d.retry)
+      memcpy(&ro, d.retry, d.retry->size && d.retry->size < sizeof ro ? d.retry->size : sizeof ro);
+    ro.size = sizeof ro;
+    if (!ro.clock) ro.clock = u->clk;
+    rc = dsys_retry_new(&u->retry, &ro);
+  }
+  if (!rc) {
+    if (d.client) {
+      u->client = d.client;
+    } else {
+      dsys_client_options co = {.size = sizeof co, .clock = u->clk};
+      rc = dsys_client_new(&u->client, &co);
+      u->own_client = !rc;
+    }
+  }
+  if (!rc) {
+    dsys_health_options ho = {0};
+    if (d.health)
+      memcpy(&ho, d.health, d.health->size && d.health->size < sizeof ho ? d.health->size : sizeof ho);
+    ho.size = sizeof ho;
+    ho.clock = u->clk;
+    u->user_h_ev = ho.on_event;
+    u->user_h_ud = ho.event_ud;
+    ho.on_event = on_health;
+    ho.event_ud = u;
+    ho.probe = d.health_check ? probe_fn : NULL;
+    ho.probe_ud = u;
+    if (!ho.seed) ho.seed = d.seed;
+    u->h_timeout_ms = ho.timeout_ms ? ho.timeout_ms : 1000;
+    rc = dsys_health_new(&u->health, &ho);
+  }
+  if (!rc && d.registry) {
+    u->reg = d.registry;
+    rc = dsys_registry_watch(u->reg, on_change, u, &u->watch_id);
+    u->watching = !rc;
+    if (!rc) rc = reg_resync(u);
+  }
+  if (rc) {
+    dsys_upstream_free(u);
+    return rc;
+  }
+  *out = u;
+  return 0;
+}
+
+void dsys_upstream_free(dsys_upstream *u) {
+  if (!u) return;
+  pthread_rwlock_wrlock(&u->lk);
+  atomic_store(&u->closing, 1);
+  pthread_rwlock_unlock(&u->lk);
+  if (u->watching) dsys_registry_unwatch(u->reg, u->watch_id);
+  /* calls waiting for a backoff: cancel their timers and end them */
+  ucall *canceled = NULL;
+  pthread_mutex_lock(&u->mu);
+  for (ucall *c = u->backoffs, *nx; c; c = nx) {
+    nx = c->next;
+    if (dsys_timer_cancel(u->clk, c->timer) != 0) continue; /* running */
+    if (c->prev) c->prev->next = c->next;
+    else u->backoffs = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = NULL;
+    c->next = canceled;
+    canceled = c;
+  }
+  pthread_mutex_unlock(&u->mu);
+  while (canceled) {
+    ucall *c = canceled;
+    canceled = c->next;
+    finish(c, DSYS_ECANCELED, NULL);
+  }
+  /* calls and probes in flight: the own client cancels them now */
+  if (u->own_client) {
+    dsys_client_free(u->client);
+    u->client = NULL;
+  }
+  pthread_mutex_lock(&u->mu);
+  while (atomic_load(&u->ncalls) > 0 || atomic_load(&u->probes) > 0)
+    pthread_cond_wait(&u->cv, &u->mu);
+  u->no_timers = 1;
+  for (size_t i = 0; i < u->n; i++) {
+    uep *e = u->eps[i];
+    if (e->br_timer && dsys_timer_cancel(u->clk, e->br_timer) == 0) {
+      u->timers_out--;
+      atomic_fetch_sub(&e->refs, 1); /* the set's reference remains */
+    }
+    e->br_timer = 0;
+  }
+  while (u->timers_out > 0) pthread_cond_wait(&u->cv, &u->mu);
+  pthread_mutex_unlock(&u->mu);
+  dsys_health_free(u->health);
+  for (size_t i = 0; i < u->n; i++) ep_unref(u->eps[i]);
+  free(u->eps);
+  dsys_balancer_free(u->bal);
+  dsys_retry_free(u->retry);
+  pthread_rwlock_destroy(&u->lk);
+  pthread_mutex_destroy(&u->mu);
+  pthread_cond_destroy(&u->cv);
+  free(u->service);
+  free(u->health_path);
+  free(u);
+}
