@@ -937,7 +937,7 @@ int dsys_upstream_stats(dsys_upstream *u, dsys_endpoint_stats **arr, size_t *n) 
     o->url = str;
     str += l;
     o->weight = atomic_load(&e->weight);
-    dsys_health_info hi;
+    dsys_health_info hi = {0};
     if (dsys_health_info_get(u->health, e->id, &hi) == 0) {
       o->healthy = hi.state == DSYS_HEALTH_HEALTHY;
       o->health_state = hi.state;

@@ -618,6 +618,55 @@ static void test_registry(void) {
   dsys_registry_close(reg);
 }
 
+typedef struct churn {
+  dsys_upstream *u;
+  atomic_int *stop;
+  long picks, errors;
+} churn;
+
+static void *pick_loop(void *arg) {
+  churn *c = arg;
+  for (long i = 0; i < 200000 && !atomic_load(c->stop); i++) {
+    struct dsys_upstream_pick p;
+    if (dsys_upstream_pick(c->u, NULL, 0, NULL, &p)) {
+      c->errors++;
+      continue;
+    }
+    c->picks++;
+    if (strncmp(p.url, "inproc://", 9)) c->errors += 1000000; /* id/url stay valid */
+    dsys_upstream_report(c->u, &p, i % 7 ? 0 : DSYS_ETIMEDOUT, 200);
+  }
+  return NULL;
+}
+
+/* picks and reports from two threads while endpoints come and go */
+static void test_churn(void) {
+  dsys_upstream *u = mk(&quick_retry, NULL, rcli, 0);
+  dsys_upstream_add(u, "a", A.url, 1);
+  atomic_int stop = 0;
+  churn c[2] = {{u, &stop, 0, 0}, {u, &stop, 0, 0}};
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, pick_loop, &c[i]);
+  for (int i = 0; i < 300; i++) {
+    dsys_upstream_add(u, "b", B.url, 1);
+    dsys_upstream_add(u, "c", C.url, 2);
+    usleep(100);
+    dsys_upstream_remove(u, "b");
+    dsys_upstream_remove(u, "c");
+  }
+  atomic_store(&stop, 1);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  ok(c[0].errors + c[1].errors == 0 && c[0].picks + c[1].picks > 0,
+     "2 threads pick/report while b and c are added and removed 300 times: %ld picks, %ld errors",
+     c[0].picks + c[1].picks, c[0].errors + c[1].errors);
+  dsys_endpoint_stats *s;
+  size_t n;
+  dsys_upstream_stats(u, &s, &n);
+  ok(n == 1 && s[0].in_flight == 0, "nothing left in flight");
+  dsys_free(s);
+  dsys_upstream_free(u);
+}
+
 int main(void) {
   dsys_log_set_level(DSYS_LOG_ERROR);
   if (dsys_clock_fake_new(&clk, 1700000000000LL)) tap_bail("clock");
@@ -635,6 +684,7 @@ int main(void) {
   test_async();
   test_timeouts_and_free();
   test_registry();
+  test_churn();
   is_int(dsys_upstream_new(NULL, NULL), DSYS_EINVAL, "new(NULL) -> EINVAL");
   dsys_upstream_free(NULL);
   dsys_client_free(rcli);
