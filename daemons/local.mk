@@ -10,3 +10,7 @@ daemons_dsys_computed_LDADD = libdistsys.la
 
 TESTS += tests/integration/services.test
 EXTRA_DIST += tests/integration/services.test
+
+bin_PROGRAMS += daemons/dsys-gatewayd
+daemons_dsys_gatewayd_SOURCES = daemons/dsys-gatewayd.c
+daemons_dsys_gatewayd_LDADD = libdistsys.la

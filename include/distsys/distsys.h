@@ -21,5 +21,6 @@
 #include <distsys/registry.h>
 #include <distsys/services.h>
 #include <distsys/upstream.h>
+#include <distsys/gateway.h>
 
 #endif

@@ -24,3 +24,13 @@ tests_services_test_compute_CFLAGS = $(TEST_CFLAGS)
 tests_services_test_compute_LDADD = $(TEST_LIBS)
 TESTS += tests/services/test-data tests/services/test-auth \
 	tests/services/test-compute
+
+# The gateway (load balancer) service (issue 6).
+libdsys_internal_la_SOURCES += lib/services/gateway.c
+pkginclude_HEADERS += include/distsys/gateway.h
+check_PROGRAMS += tests/services/test-gateway
+tests_services_test_gateway_SOURCES = tests/services/test-gateway.c
+tests_services_test_gateway_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_gateway_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_gateway_LDADD = $(TEST_LIBS)
+TESTS += tests/services/test-gateway

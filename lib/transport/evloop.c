@@ -13,12 +13,12 @@
 typedef struct ltimer {
   int64_t at;
   uint64_t id;
-  dsysi_task_fn fn;
+  dsysi_loop_fn fn;
   void *ud;
 } ltimer;
 
 typedef struct posted {
-  dsysi_task_fn fn;
+  dsysi_loop_fn fn;
   void *ud;
   struct posted *next;
 } posted;
@@ -36,6 +36,7 @@ struct dsysi_loop {
   dsysi_tick_fn tick;
   dsysi_timeout_fn timeout;
   void *tick_ud;
+  posted *on_free;
 };
 
 int64_t dsysi_loop_now_us(void) {
@@ -70,8 +71,26 @@ int dsysi_loop_new(dsysi_loop **out) {
   return 0;
 }
 
+int dsysi_loop_on_free(dsysi_loop *l, dsysi_loop_fn fn, void *ud) {
+  posted *p = malloc(sizeof *p);
+  if (!p) return DSYS_ENOMEM;
+  p->fn = fn;
+  p->ud = ud;
+  pthread_mutex_lock(&l->mu);
+  p->next = l->on_free;
+  l->on_free = p;
+  pthread_mutex_unlock(&l->mu);
+  return 0;
+}
+
 void dsysi_loop_free(dsysi_loop *l) {
   if (!l) return;
+  while (l->on_free) {
+    posted *p = l->on_free;
+    l->on_free = p->next;
+    p->fn(l, p->ud);
+    free(p);
+  }
   close(l->ep);
   close(l->wake_fd);
   while (l->head) {
@@ -129,7 +148,7 @@ static void t_down(ltimer *t, size_t n, size_t i) {
   }
 }
 
-uint64_t dsysi_loop_timer(dsysi_loop *l, int64_t delay_us, dsysi_task_fn fn,
+uint64_t dsysi_loop_timer(dsysi_loop *l, int64_t delay_us, dsysi_loop_fn fn,
                           void *ud) {
   if (l->nt == l->capt) {
     size_t cap = l->capt ? l->capt * 2 : 64;
@@ -158,7 +177,7 @@ void dsysi_loop_cancel(dsysi_loop *l, uint64_t id) {
     }
 }
 
-int dsysi_loop_post(dsysi_loop *l, dsysi_task_fn fn, void *ud) {
+int dsysi_loop_post(dsysi_loop *l, dsysi_loop_fn fn, void *ud) {
   posted *p = malloc(sizeof *p);
   if (!p) return DSYS_ENOMEM;
   p->fn = fn;

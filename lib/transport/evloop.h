@@ -15,7 +15,7 @@ typedef struct dsysi_loop dsysi_loop;
 /** I/O callback: events are EPOLLIN/EPOLLOUT/EPOLLERR/EPOLLHUP bits. */
 typedef void (*dsysi_io_fn)(dsysi_loop *l, int fd, uint32_t events, void *ud);
 /** Timer or posted-task callback. */
-typedef void (*dsysi_task_fn)(dsysi_loop *l, void *ud);
+typedef void (*dsysi_loop_fn)(dsysi_loop *l, void *ud);
 /** Called once per loop iteration after I/O and timers (MHD's run). */
 typedef void (*dsysi_tick_fn)(dsysi_loop *l, void *ud);
 /** Returns how long the loop may sleep at most in ms (-1: no limit). */
@@ -36,13 +36,13 @@ int dsysi_loop_mod(dsysi_loop *l, dsysi_watch *w, uint32_t events, int et);
 void dsysi_loop_del(dsysi_loop *l, dsysi_watch *w);
 
 /** Run fn after delay_us; returns a nonzero timer id (0 on failure). */
-uint64_t dsysi_loop_timer(dsysi_loop *l, int64_t delay_us, dsysi_task_fn fn,
+uint64_t dsysi_loop_timer(dsysi_loop *l, int64_t delay_us, dsysi_loop_fn fn,
                           void *ud);
 /** Cancel a pending timer (no-op when it already ran). */
 void dsysi_loop_cancel(dsysi_loop *l, uint64_t id);
 
 /** Run fn on the loop's thread soon; safe from any thread. */
-int dsysi_loop_post(dsysi_loop *l, dsysi_task_fn fn, void *ud);
+int dsysi_loop_post(dsysi_loop *l, dsysi_loop_fn fn, void *ud);
 
 /** Install the per-iteration hook and sleep bound (both optional). */
 void dsysi_loop_set_tick(dsysi_loop *l, dsysi_tick_fn tick,
@@ -52,6 +52,11 @@ void dsysi_loop_set_tick(dsysi_loop *l, dsysi_tick_fn tick,
 void dsysi_loop_run(dsysi_loop *l);
 /** Ask the loop to return from dsysi_loop_run; safe from any thread. */
 void dsysi_loop_stop(dsysi_loop *l);
+
+/** Run fn(l, ud) when the loop is freed (after its thread stopped), so
+ *  that per-loop state built by users can be torn down while the loop is
+ *  still valid. Hooks run in reverse order of registration. */
+int dsysi_loop_on_free(dsysi_loop *l, dsysi_loop_fn fn, void *ud);
 
 /** The loop running on the calling thread, or NULL. */
 dsysi_loop *dsysi_loop_current(void);

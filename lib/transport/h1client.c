@@ -38,6 +38,7 @@ struct h1conn {
 
 struct dsysi_h1pool {
   dsysi_loop *loop;
+  int closing;
   dsysi_h1pool_options o;
   endpoint *eps;
   h1conn *all;
@@ -103,6 +104,7 @@ static void sweep(dsysi_loop *l, void *ud) {
 
 void dsysi_h1pool_free(dsysi_h1pool *p) {
   if (!p) return;
+  p->closing = 1; /* on_done callbacks below must not start new work */
   dsysi_loop_cancel(p->loop, p->sweep_timer);
   while (p->all) {
     h1conn *c = p->all;
@@ -387,6 +389,7 @@ static void deliver_start_error(dsysi_loop *l, void *ud) {
 
 int dsysi_h1_start(dsysi_h1pool *p, dsysi_h1req *r) {
   if (!r->addr || !r->head || !r->on_done) return DSYS_EINVAL;
+  if (p->closing) return DSYS_ECLOSED;
   r->pool = p;
   r->stale_retry = 0;
   r->err = 0;

@@ -56,7 +56,8 @@ int dsysi_h1pool_new(dsysi_h1pool **out, dsysi_loop *loop,
 void dsysi_h1pool_free(dsysi_h1pool *p);
 
 /**
- * Start an exchange. @return 0 (on_done will run), DSYS_EURL, DSYS_ENOMEM.
+ * Start an exchange. @return 0 (on_done will run), DSYS_EURL, DSYS_ENOMEM,
+ * DSYS_ECLOSED (the pool is being freed).
  * Errors through on_done: DSYS_ECONNREFUSED (could not connect: nothing
  * was sent), DSYS_ETIMEDOUT, DSYS_ECONNRESET, DSYS_EPROTO, DSYS_ETOOBIG,
  * DSYS_ECANCELED.

@@ -1,0 +1,90 @@
+/*
+ * dsys_gateway: the reference deployment's load balancer as a mountable
+ * service. Routes map path prefixes to upstream services (discovered from a
+ * registry, or static URL lists); each upstream is a dsys_upstream (balancer,
+ * health checks, outlier detection, breaker per endpoint, retry policy).
+ *
+ * On a server with event loops (dsys_server_options.event_loops > 0, http)
+ * requests are proxied by the loop's own HTTP/1.1 keep-alive client, in the
+ * loop that received them: no thread waits for an upstream. On any other
+ * server (thread pool, inproc) the proxy uses dsys_upstream_send (libcurl).
+ * Method, raw target (path and query), headers (minus hop-by-hop ones) and
+ * body pass through both ways; X-Forwarded-For is appended; X-Request-Id and
+ * a W3C traceparent (a child span) are sent upstream; Server-Sent Events
+ * responses (text/event-stream) are streamed unbuffered on the event-loop
+ * path.
+ *
+ * Local routes (HTTP-API.md): GET /health, GET /status, GET /api/metrics,
+ * POST /api/round-robin/reset.
+ *
+ * Thread-safety: configure (add_upstream/add_route) before dsys_gateway_mount;
+ * afterwards the gateway is used by server threads. Free it after the server
+ * has stopped (dsys_server_stop or dsys_server_free).
+ */
+#ifndef DSYS_GATEWAY_H
+#define DSYS_GATEWAY_H
+
+#include <distsys/common.h>
+#include <distsys/client.h>
+#include <distsys/clock.h>
+#include <distsys/registry.h>
+#include <distsys/server.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dsys_gateway dsys_gateway;
+
+/** Gateway options. Zero fields take the documented defaults. */
+typedef struct dsys_gateway_options {
+  size_t size;                /**< sizeof(dsys_gateway_options), or 0 */
+  dsys_registry *registry;    /**< discovery source for named upstreams
+                                   (not owned); NULL: static upstreams only */
+  dsys_clock *clock;          /**< default real */
+  int64_t try_timeout_ms;     /**< per attempt, default 15000 */
+  int64_t deadline_ms;        /**< whole request with retries, default 30000 */
+  uint32_t max_attempts;      /**< default 3 */
+  int64_t health_interval_ms; /**< active checks, default 2000 */
+  size_t max_response;        /**< buffered response limit, default 64 MiB */
+  const char *name;           /**< for /health and logs, default "load-balancer" */
+} dsys_gateway_options;
+
+/** Create a gateway. @return 0, DSYS_EINVAL, DSYS_ENOMEM. */
+DSYS_API int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts);
+
+/**
+ * Declare an upstream service. With urls (n > 0) its endpoints are static;
+ * with n == 0 they come from the registry (service type = name).
+ * @param policy balancer policy name ("round-robin", "least-request", ...) or
+ *        NULL for round robin.
+ * @return 0, DSYS_EINVAL (bad name or policy; no registry for n == 0),
+ *         DSYS_EEXIST, DSYS_ENOMEM, DSYS_ESTATE (already mounted).
+ */
+DSYS_API int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
+                                       const char *const *urls, size_t n,
+                                       const char *policy);
+
+/**
+ * Route requests whose path starts with prefix ("/api/data" matches
+ * "/api/data" and "/api/data/..."; "/" matches everything) to an upstream.
+ * The longest matching prefix wins.
+ * @return 0, DSYS_EINVAL, DSYS_ENOTFOUND (unknown upstream), DSYS_ENOMEM,
+ *         DSYS_ESTATE.
+ */
+DSYS_API int dsys_gateway_add_route(dsys_gateway *gw, const char *prefix,
+                                    const char *upstream);
+
+/**
+ * Mount the local routes and the proxy on a server (before it listens).
+ * @return 0, DSYS_EINVAL, DSYS_ESTATE, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv);
+
+/** Free the gateway (after its server stopped). NULL-safe. */
+DSYS_API void dsys_gateway_free(dsys_gateway *gw);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,742 @@
+/*
+ * The gateway (load balancer) service: routing by path prefix to
+ * dsys_upstream groups, a proxy that runs inside the server's event loop
+ * with the loop's own HTTP/1.1 client (or through dsys_upstream_send where
+ * there is no loop), and the local status routes of HTTP-API.md.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <distsys/balancer.h>
+#include <distsys/gateway.h>
+#include <distsys/retry.h>
+#include <distsys/upstream.h>
+#include "core/internal.h"
+#include "core/json.h"
+#include "transport/evloop.h"
+#include "transport/h1client.h"
+#include "transport/transport.h"
+
+#define MAX_UPSTREAMS 32
+#define MAX_ROUTES 64
+
+typedef struct gw_upstream {
+  char *name;
+  dsys_upstream *u;
+  int from_registry;
+  atomic_uint_fast64_t total, success, failed;
+} gw_upstream;
+
+typedef struct gw_route {
+  char *prefix;
+  size_t plen;
+  gw_upstream *up;
+} gw_route;
+
+/* One HTTP/1.1 pool per event loop, created on first use in that loop and
+ * freed with the loop (dsysi_loop_on_free). */
+typedef struct gw_pool {
+  dsysi_loop *loop;
+  dsysi_h1pool *pool;
+  struct gw_pool *next;
+} gw_pool;
+
+static void pool_on_loop_free(dsysi_loop *l, void *ud) {
+  gw_pool *gp = ud;
+  dsysi_h1pool_free(gp->pool);
+  gp->pool = NULL;
+  gp->loop = NULL;
+}
+
+struct dsys_gateway {
+  dsys_gateway_options o;
+  char *name;
+  gw_upstream ups[MAX_UPSTREAMS];
+  size_t nups;
+  gw_route routes[MAX_ROUTES];
+  size_t nroutes;
+  dsys_server *srv;
+  int64_t start_ms;
+  atomic_uint_fast64_t total, success, failed;
+  pthread_mutex_t mu;
+  gw_pool *pools;
+};
+
+static _Thread_local gw_pool *tl_pool; /* this loop thread's pool */
+
+/* ---- configuration ---- */
+
+int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
+  if (!out) return DSYS_EINVAL;
+  dsys_gateway *gw = calloc(1, sizeof *gw);
+  if (!gw) return DSYS_ENOMEM;
+  if (opts) memcpy(&gw->o, opts, opts->size && opts->size < sizeof gw->o ? opts->size : sizeof gw->o);
+  gw->o.size = sizeof gw->o;
+  if (!gw->o.clock) gw->o.clock = dsys_clock_real();
+  if (gw->o.try_timeout_ms <= 0) gw->o.try_timeout_ms = 15000;
+  if (gw->o.deadline_ms <= 0) gw->o.deadline_ms = 30000;
+  if (!gw->o.max_attempts) gw->o.max_attempts = 3;
+  if (gw->o.health_interval_ms <= 0) gw->o.health_interval_ms = 2000;
+  if (!gw->o.max_response) gw->o.max_response = 64u * 1024 * 1024;
+  gw->name = strdup(gw->o.name ? gw->o.name : "load-balancer");
+  gw->o.name = gw->name;
+  gw->start_ms = dsys_clock_now_ms(gw->o.clock);
+  pthread_mutex_init(&gw->mu, NULL);
+  if (!gw->name) {
+    dsys_gateway_free(gw);
+    return DSYS_ENOMEM;
+  }
+  *out = gw;
+  return 0;
+}
+
+static gw_upstream *find_upstream(dsys_gateway *gw, const char *name) {
+  for (size_t i = 0; i < gw->nups; i++)
+    if (!strcmp(gw->ups[i].name, name)) return &gw->ups[i];
+  return NULL;
+}
+
+int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
+                              const char *const *urls, size_t n,
+                              const char *policy) {
+  if (!gw || !name || !*name || (n && !urls) || (!n && !gw->o.registry))
+    return DSYS_EINVAL;
+  if (gw->srv) return DSYS_ESTATE;
+  if (find_upstream(gw, name)) return DSYS_EEXIST;
+  if (gw->nups == MAX_UPSTREAMS) return DSYS_ENOMEM;
+  int32_t pol = DSYS_LB_ROUND_ROBIN;
+  if (policy && dsys_lb_policy_parse(policy, &pol)) return DSYS_EINVAL;
+  /* Static endpoints were named by the operator: they take traffic at once
+   * (active checks and outlier detection still take them out). Registry
+   * instances wait for their first passing check. */
+  dsys_health_options ho = {.size = sizeof ho, .interval_ms = gw->o.health_interval_ms,
+                            .timeout_ms = 1000, .clock = gw->o.clock, .start_healthy = n > 0};
+  dsys_retry_options ro = {.size = sizeof ro, .clock = gw->o.clock,
+                           .max_attempts = gw->o.max_attempts,
+                           .per_try_timeout_ms = gw->o.try_timeout_ms,
+                           .deadline_ms = gw->o.deadline_ms};
+  dsys_upstream_options uo = {.size = sizeof uo, .service = name,
+                              .registry = n ? NULL : gw->o.registry,
+                              .policy = pol, .health_check = 1, .health = &ho,
+                              .retry = &ro, .clock = gw->o.clock};
+  gw_upstream *up = &gw->ups[gw->nups];
+  memset(up, 0, sizeof *up);
+  int rc = dsys_upstream_new(&up->u, &uo);
+  if (rc) return rc;
+  for (size_t i = 0; !rc && i < n; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "%s-%zu", name, i + 1);
+    rc = dsys_upstream_add(up->u, id, urls[i], 1);
+  }
+  if (!rc && !(up->name = strdup(name))) rc = DSYS_ENOMEM;
+  if (rc) {
+    dsys_upstream_free(up->u);
+    free(up->name);
+    return rc;
+  }
+  up->from_registry = n == 0;
+  gw->nups++;
+  return 0;
+}
+
+int dsys_gateway_add_route(dsys_gateway *gw, const char *prefix,
+                           const char *upstream) {
+  if (!gw || !prefix || prefix[0] != '/' || !upstream) return DSYS_EINVAL;
+  if (gw->srv) return DSYS_ESTATE;
+  gw_upstream *up = find_upstream(gw, upstream);
+  if (!up) return DSYS_ENOTFOUND;
+  if (gw->nroutes == MAX_ROUTES) return DSYS_ENOMEM;
+  size_t plen = strlen(prefix);
+  while (plen > 1 && prefix[plen - 1] == '/') plen--;
+  char *p = dsysi_strndup(prefix, plen);
+  if (!p) return DSYS_ENOMEM;
+  gw->routes[gw->nroutes].prefix = p;
+  gw->routes[gw->nroutes].plen = plen;
+  gw->routes[gw->nroutes].up = up;
+  gw->nroutes++;
+  return 0;
+}
+
+/* Longest prefix on a segment boundary. */
+static gw_route *match(dsys_gateway *gw, const char *path) {
+  gw_route *best = NULL;
+  for (size_t i = 0; i < gw->nroutes; i++) {
+    gw_route *r = &gw->routes[i];
+    int ok = r->plen == 1 ||
+             (!strncmp(path, r->prefix, r->plen) &&
+              (path[r->plen] == '\0' || path[r->plen] == '/' || path[r->plen] == '?'));
+    if (ok && (!best || r->plen > best->plen)) best = r;
+  }
+  return best;
+}
+
+/* ---- the proxy ---- */
+
+typedef struct px {
+  dsys_gateway *gw;
+  gw_upstream *up;
+  dsys_request *req;
+  dsysi_h1req h1;
+  dsysi_h1pool *pool;
+  dsysi_buf head;
+  dsysi_buf body;
+  struct dsys_upstream_pick pick;
+  int picked;
+  char last_id[128];
+  uint32_t attempt;
+  int64_t start_ms;
+  int has_idem_key;
+  int streaming;
+  int too_big;
+} px;
+
+static int hop_by_hop(const char *name) {
+  return dsysi_header_is_hop(name) || dsysi_streq_nocase(name, "te") ||
+         dsysi_streq_nocase(name, "proxy-authenticate") ||
+         dsysi_streq_nocase(name, "proxy-authorization");
+}
+
+static void count(dsys_gateway *gw, gw_upstream *up, int ok) {
+  atomic_fetch_add(&gw->total, 1);
+  atomic_fetch_add(ok ? &gw->success : &gw->failed, 1);
+  if (up) {
+    atomic_fetch_add(&up->total, 1);
+    atomic_fetch_add(ok ? &up->success : &up->failed, 1);
+  }
+}
+
+static void respond_unavailable(px *p, int status, const char *message) {
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "error", json_object_new_string(
+      status == 503 ? "Service unavailable" : status == 504 ? "Gateway timeout" : "Bad gateway"));
+  json_object_object_add(o, "message", json_object_new_string(message));
+  json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(p->gw->o.clock)));
+  size_t len = 0;
+  char *s = dsysi_json_dump(o, &len);
+  json_object_put(o);
+  count(p->gw, p->up, 0);
+  dsys_respond(p->req, status, "application/json", s ? s : "{}", s ? len : 2);
+  free(s);
+}
+
+/* The request line and headers we send upstream. */
+static int build_head(px *p) {
+  dsys_request *req = p->req;
+  dsysi_buf *b = &p->head;
+  size_t blen;
+  dsys_request_body(req, &blen);
+  dsysi_buf_printf(b, "%s %s HTTP/1.1\r\n", dsys_request_method(req), dsys_request_target(req));
+  const char *xff = NULL;
+  size_t n = dsys_request_header_count(req);
+  for (size_t i = 0; i < n; i++) {
+    const char *name, *value;
+    dsys_request_header_at(req, i, &name, &value);
+    if (hop_by_hop(name) || dsysi_streq_nocase(name, "x-request-id") ||
+        dsysi_streq_nocase(name, "traceparent"))
+      continue;
+    if (dsysi_streq_nocase(name, "x-forwarded-for")) {
+      xff = value;
+      continue;
+    }
+    if (dsysi_streq_nocase(name, "idempotency-key")) p->has_idem_key = 1;
+    dsysi_buf_printf(b, "%s: %s\r\n", name, value);
+  }
+  const char *remote = dsys_request_remote_addr(req);
+  if (xff) dsysi_buf_printf(b, "X-Forwarded-For: %s, %s\r\n", xff, remote);
+  else dsysi_buf_printf(b, "X-Forwarded-For: %s\r\n", remote);
+  dsysi_buf_printf(b, "X-Request-Id: %s\r\ntraceparent: %s\r\n", dsys_request_id(req),
+                   dsys_request_traceparent(req));
+  const char *m = dsys_request_method(req);
+  if (blen || (strcmp(m, "GET") && strcmp(m, "HEAD") && strcmp(m, "DELETE") && strcmp(m, "OPTIONS")))
+    dsysi_buf_printf(b, "Content-Length: %zu\r\n", blen);
+  dsysi_buf_puts(b, "\r\n");
+  return b->oom ? DSYS_ENOMEM : 0;
+}
+
+/* Copy upstream response headers (minus hop-by-hop and the ones the
+ * server sets itself). */
+static void copy_headers(px *p, const dsysi_hdrs *h) {
+  for (size_t i = 0; i < h->n; i++) {
+    const char *name = h->v[i].name;
+    if (hop_by_hop(name) || dsysi_streq_nocase(name, "content-type") ||
+        dsysi_streq_nocase(name, "x-request-id") || dsysi_streq_nocase(name, "date"))
+      continue;
+    dsys_response_header(p->req, name, h->v[i].value);
+  }
+}
+
+static void px_free(px *p) {
+  dsysi_h1req_free(&p->h1);
+  dsysi_buf_free(&p->head);
+  dsysi_buf_free(&p->body);
+  free(p);
+}
+
+static void attempt(px *p);
+
+static void retry_later(dsysi_loop *l, void *ud) { attempt(ud); }
+
+static int on_head(dsysi_h1req *r) {
+  px *p = r->ud;
+  const char *ct = dsysi_hdrs_get(&r->resp.hdrs, "content-type");
+  if (r->resp.status < 300 && ct && !strncasecmp(ct, "text/event-stream", 17)) {
+    /* Server-Sent Events: pass through unbuffered; no retry from here. */
+    p->streaming = 1;
+    copy_headers(p, &r->resp.hdrs);
+    if (dsys_respond_stream(p->req, r->resp.status, ct)) return 1;
+  }
+  return 0;
+}
+
+static int on_body(dsysi_h1req *r, const char *d, size_t n) {
+  px *p = r->ud;
+  if (p->streaming) return dsys_stream_write(p->req, d, n) != 0;
+  if (p->body.len + n > p->gw->o.max_response) {
+    p->too_big = 1;
+    return 1;
+  }
+  return dsysi_buf_append(&p->body, d, n) != 0;
+}
+
+static void on_done(dsysi_h1req *r, int err) {
+  px *p = r->ud;
+  dsys_gateway *gw = p->gw;
+  int status = err ? 0 : r->resp.status;
+  dsys_upstream_report(p->up->u, &p->pick, err, status);
+  p->picked = 0;
+  if (p->streaming) {
+    count(gw, p->up, !err);
+    dsys_stream_end(p->req);
+    px_free(p);
+    return;
+  }
+  if (p->too_big) {
+    respond_unavailable(p, 502, "Upstream response too large");
+    px_free(p);
+    return;
+  }
+  if (err == DSYS_ECANCELED) { /* the gateway is stopping */
+    respond_unavailable(p, 503, "Gateway stopping");
+    px_free(p);
+    return;
+  }
+  dsys_retry_input in = {.size = sizeof in, .method = dsys_request_method(p->req),
+                         .has_idempotency_key = p->has_idem_key,
+                         .outcome = (int32_t)dsys_classify(err, status), .status = status,
+                         .attempt = p->attempt,
+                         .elapsed_ms = dsys_clock_now_ms(gw->o.clock) - p->start_ms};
+  dsys_retry_decision dec;
+  dsys_retry_decide(dsys_upstream_retry(p->up->u), &in, &dec);
+  if (dec.action == DSYS_RETRY_NOW) {
+    attempt(p);
+    return;
+  }
+  if (dec.action == DSYS_RETRY_AFTER_BACKOFF) {
+    if (dsysi_loop_timer(dsysi_loop_current(), dec.delay_ms * 1000, retry_later, p)) return;
+    attempt(p);
+    return;
+  }
+  if (err) {
+    const char *msg = dsys_strerror(err);
+    respond_unavailable(p, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_ECONNREFUSED ? 503 : 502, msg);
+    px_free(p);
+    return;
+  }
+  copy_headers(p, &r->resp.hdrs);
+  const char *ct = dsysi_hdrs_get(&r->resp.hdrs, "content-type");
+  count(gw, p->up, status < 400);
+  dsys_respond(p->req, status, ct, p->body.data ? p->body.data : "", p->body.len);
+  px_free(p);
+}
+
+static void attempt(px *p) {
+  dsys_gateway *gw = p->gw;
+  p->attempt++;
+  int64_t elapsed = dsys_clock_now_ms(gw->o.clock) - p->start_ms;
+  int64_t tmo = dsys_retry_try_timeout_ms(dsys_upstream_retry(p->up->u), elapsed);
+  if (tmo == 0) {
+    respond_unavailable(p, 504, "Deadline exceeded");
+    px_free(p);
+    return;
+  }
+  int rc = dsys_upstream_pick(p->up->u, NULL, 0, p->last_id[0] ? p->last_id : NULL, &p->pick);
+  if (rc) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No healthy %s instance available (%s)", p->up->name, dsys_strerror(rc));
+    respond_unavailable(p, 503, msg);
+    px_free(p);
+    return;
+  }
+  p->picked = 1;
+  snprintf(p->last_id, sizeof p->last_id, "%s", p->pick.id);
+  p->body.len = 0;
+  p->h1.addr = p->pick.url;
+  p->h1.head = p->head.data;
+  p->h1.head_len = p->head.len;
+  p->h1.body = dsys_request_body(p->req, &p->h1.body_len);
+  p->h1.is_head = !strcmp(dsys_request_method(p->req), "HEAD");
+  p->h1.timeout_us = tmo > 0 ? tmo * 1000 : 0;
+  p->h1.on_head = on_head;
+  p->h1.on_body = on_body;
+  p->h1.on_done = on_done;
+  p->h1.ud = p;
+  rc = dsysi_h1_start(p->pool, &p->h1);
+  if (rc) {
+    dsys_upstream_report(p->up->u, &p->pick, rc, 0);
+    p->picked = 0;
+    respond_unavailable(p, 502, dsys_strerror(rc));
+    px_free(p);
+  }
+}
+
+static dsysi_h1pool *loop_pool(dsys_gateway *gw) {
+  dsysi_loop *loop = dsysi_loop_current();
+  if (!loop) return NULL;
+  if (tl_pool && tl_pool->loop == loop) return tl_pool->pool;
+  gw_pool *gp = calloc(1, sizeof *gp);
+  if (!gp) return NULL;
+  gp->loop = loop;
+  if (dsysi_h1pool_new(&gp->pool, loop, NULL)) {
+    free(gp);
+    return NULL;
+  }
+  if (dsysi_loop_on_free(loop, pool_on_loop_free, gp)) {
+    dsysi_h1pool_free(gp->pool);
+    free(gp);
+    return NULL;
+  }
+  pthread_mutex_lock(&gw->mu);
+  gp->next = gw->pools;
+  gw->pools = gp;
+  pthread_mutex_unlock(&gw->mu);
+  tl_pool = gp;
+  return gp->pool;
+}
+
+/* Without an event loop: the same rules through dsys_upstream_send. */
+typedef struct fb {
+  dsys_gateway *gw;
+  gw_upstream *up;
+  dsys_request *req;
+  dsys_header *hdrs;
+  size_t nh;
+  char *xff;
+} fb;
+
+static void fb_done(int err, dsys_reply *reply, const dsys_upstream_result *res, void *ud) {
+  fb *f = ud;
+  px tmp = {.gw = f->gw, .up = f->up, .req = f->req};
+  if (err) {
+    respond_unavailable(&tmp, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_EUNAVAIL || err == DSYS_EBREAKER || err == DSYS_ECONNREFUSED ? 503 : 502,
+                        dsys_strerror(err));
+  } else {
+    copy_headers(&tmp, &reply->hdrs);
+    size_t len;
+    const void *b = dsys_reply_body(reply, &len);
+    count(f->gw, f->up, dsys_reply_status(reply) < 400);
+    dsys_respond(f->req, dsys_reply_status(reply), dsys_reply_header(reply, "Content-Type"), b, len);
+  }
+  dsys_reply_free(reply);
+  free(f->hdrs);
+  free(f->xff);
+  free(f);
+}
+
+static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req) {
+  fb *f = calloc(1, sizeof *f);
+  size_t n = dsys_request_header_count(req);
+  dsys_header *h = f ? calloc(n + 3, sizeof *h) : NULL;
+  if (!h) {
+    free(f);
+    dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+    return;
+  }
+  f->gw = gw;
+  f->up = up;
+  f->req = req;
+  f->hdrs = h;
+  const char *xff = NULL;
+  for (size_t i = 0; i < n; i++) {
+    const char *name, *value;
+    dsys_request_header_at(req, i, &name, &value);
+    if (hop_by_hop(name) || dsysi_streq_nocase(name, "x-request-id") ||
+        dsysi_streq_nocase(name, "traceparent") || dsysi_streq_nocase(name, "host"))
+      continue;
+    if (dsysi_streq_nocase(name, "x-forwarded-for")) {
+      xff = value;
+      continue;
+    }
+    h[f->nh].name = name;
+    h[f->nh++].value = value;
+  }
+  dsysi_buf xb = {0};
+  if (xff) dsysi_buf_printf(&xb, "%s, %s", xff, dsys_request_remote_addr(req));
+  else dsysi_buf_puts(&xb, dsys_request_remote_addr(req));
+  f->xff = dsysi_buf_steal(&xb, NULL);
+  h[f->nh].name = "X-Forwarded-For";
+  h[f->nh++].value = f->xff ? f->xff : "";
+  h[f->nh].name = "X-Request-Id";
+  h[f->nh++].value = dsys_request_id(req);
+  h[f->nh].name = "traceparent";
+  h[f->nh++].value = dsys_request_traceparent(req);
+  size_t blen;
+  const void *body = dsys_request_body(req, &blen);
+  dsys_call call = {.size = sizeof call, .method = dsys_request_method(req),
+                    .path = dsys_request_target(req), .headers = h, .nheaders = f->nh,
+                    .body = body, .body_len = blen};
+  dsys_request_defer(req);
+  int rc = dsys_upstream_send(up->u, &call, fb_done, f);
+  if (rc) fb_done(rc, NULL, NULL, f);
+}
+
+static void h_proxy(dsys_request *req, void *ud) {
+  dsys_gateway *gw = ud;
+  gw_route *rt = match(gw, dsys_request_path(req));
+  if (!rt) {
+    dsys_respond_error(req, 404, "not_found", "Not found");
+    return;
+  }
+  dsysi_h1pool *pool = loop_pool(gw);
+  dsys_retry_request(dsys_upstream_retry(rt->up->u));
+  if (!pool) {
+    proxy_fallback(gw, rt->up, req);
+    return;
+  }
+  px *p = calloc(1, sizeof *p);
+  if (!p) {
+    dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+    return;
+  }
+  p->gw = gw;
+  p->up = rt->up;
+  p->req = req;
+  p->pool = pool;
+  p->start_ms = dsys_clock_now_ms(gw->o.clock);
+  dsys_request_defer(req);
+  if (build_head(p)) {
+    respond_unavailable(p, 500, "Out of memory");
+    px_free(p);
+    return;
+  }
+  attempt(p);
+}
+
+/* ---- local routes ---- */
+
+static gw_upstream *by_type(dsys_gateway *gw, const char *type) {
+  return find_upstream(gw, type);
+}
+
+static json_object *endpoints_json(dsys_gateway *gw, gw_upstream *up, int detailed,
+                                   int *total, int *healthy) {
+  json_object *arr = json_object_new_array();
+  dsys_endpoint_stats *st = NULL;
+  size_t n = 0;
+  dsys_upstream_stats(up->u, &st, &n);
+  dsys_instance *inst = NULL;
+  size_t ni = 0;
+  if (detailed && up->from_registry && gw->o.registry)
+    dsys_registry_lookup(gw->o.registry, up->name, 0, &inst, &ni);
+  for (size_t i = 0; i < n; i++) {
+    json_object *e = json_object_new_object();
+    json_object_object_add(e, "url", json_object_new_string(st[i].url));
+    json_object_object_add(e, "healthy", json_object_new_boolean(st[i].usable));
+    json_object_object_add(e, "failures", json_object_new_int64((int64_t)st[i].failures));
+    if (detailed) {
+      const dsys_instance *in = NULL;
+      for (size_t k = 0; k < ni; k++)
+        if (!strcmp(inst[k].id, st[i].id)) in = &inst[k];
+      json_object_object_add(e, "serviceId", json_object_new_string(st[i].id));
+      json_object_object_add(e, "name", json_object_new_string(in && in->name ? in->name : st[i].id));
+      json_object *md = NULL;
+      if (in && in->metadata) dsysi_json_parse(in->metadata, strlen(in->metadata), &md);
+      json_object_object_add(e, "metadata", md ? md : json_object_new_object());
+    }
+    json_object_array_add(arr, e);
+    if (total) (*total)++;
+    if (healthy && st[i].usable) (*healthy)++;
+  }
+  dsys_free(st);
+  dsys_free(inst);
+  return arr;
+}
+
+static void h_health(dsys_request *req, void *ud) {
+  dsys_gateway *gw = ud;
+  json_object *o = json_object_new_object();
+  json_object *svcs = json_object_new_object();
+  int degraded = 0;
+  for (size_t i = 0; i < gw->nups; i++) {
+    int total = 0, healthy = 0;
+    json_object *list = endpoints_json(gw, &gw->ups[i], 0, &total, &healthy);
+    json_object *s = json_object_new_object();
+    json_object_object_add(s, "total", json_object_new_int(total));
+    json_object_object_add(s, "healthy", json_object_new_int(healthy));
+    json_object_object_add(s, "unhealthy", json_object_new_int(total - healthy));
+    json_object_object_add(s, "services", list);
+    json_object_object_add(svcs, gw->ups[i].name, s);
+    if (healthy == 0 || healthy < total) degraded = 1;
+  }
+  json_object_object_add(o, "status", json_object_new_string(degraded ? "degraded" : "healthy"));
+  json_object_object_add(o, "loadBalancer", json_object_new_string("operational"));
+  json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
+  json_object_object_add(o, "uptime", json_object_new_double(
+      (double)(dsys_clock_now_ms(gw->o.clock) - gw->start_ms) / 1000.0));
+  json_object_object_add(o, "services", svcs);
+  char *s = dsysi_json_dump(o, NULL);
+  json_object_put(o);
+  dsys_respond_json(req, 200, s ? s : "{}");
+  free(s);
+}
+
+static json_object *metrics_entry(dsys_gateway *gw, const char *name, const char *type,
+                                  const char *url, uint64_t total, uint64_t success) {
+  double up_s = (double)(dsys_clock_now_ms(gw->o.clock) - gw->start_ms) / 1000.0;
+  json_object *m = json_object_new_object();
+  json_object_object_add(m, "name", json_object_new_string(name));
+  json_object_object_add(m, "type", json_object_new_string(type));
+  json_object_object_add(m, "url", url ? json_object_new_string(url) : NULL);
+  json_object_object_add(m, "total", json_object_new_int64((int64_t)total));
+  json_object_object_add(m, "success", json_object_new_int64((int64_t)success));
+  json_object_object_add(m, "failed", json_object_new_int64((int64_t)(total - success)));
+  json_object_object_add(m, "requestsPerSecond", json_object_new_double(up_s > 0 ? (double)total / up_s : 0));
+  json_object_object_add(m, "successRate", json_object_new_double(total ? 100.0 * (double)success / (double)total : 100.0));
+  return m;
+}
+
+static json_object *request_metrics(dsys_gateway *gw) {
+  json_object *metrics = json_object_new_object();
+  uint64_t total = atomic_load(&gw->total), success = atomic_load(&gw->success);
+  json_object *lb = metrics_entry(gw, gw->name, "load-balancer", NULL, total, success);
+  json_object *fbt = json_object_new_object();
+  for (size_t i = 0; i < gw->nups; i++)
+    json_object_object_add(fbt, gw->ups[i].name,
+                           json_object_new_int64((int64_t)atomic_load(&gw->ups[i].failed)));
+  json_object_object_add(lb, "failuresByServiceType", fbt);
+  json_object_object_add(metrics, "load-balancer", lb);
+  for (size_t i = 0; i < gw->nups; i++) {
+    dsys_endpoint_stats *st = NULL;
+    size_t n = 0;
+    dsys_upstream_stats(gw->ups[i].u, &st, &n);
+    for (size_t k = 0; k < n; k++)
+      json_object_object_add(metrics, st[k].url,
+                             metrics_entry(gw, st[k].id, gw->ups[i].name, st[k].url,
+                                           st[k].requests, st[k].successes));
+    dsys_free(st);
+  }
+  return metrics;
+}
+
+static void h_metrics(dsys_request *req, void *ud) {
+  dsys_gateway *gw = ud;
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "metrics", request_metrics(gw));
+  json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
+  char *s = dsysi_json_dump(o, NULL);
+  json_object_put(o);
+  dsys_respond_json(req, 200, s ? s : "{}");
+  free(s);
+}
+
+static void h_status(dsys_request *req, void *ud) {
+  dsys_gateway *gw = ud;
+  json_object *o = json_object_new_object();
+  json_object *svcs = json_object_new_object();
+  json_object *rr = json_object_new_object();
+  for (size_t i = 0; i < gw->nups; i++) {
+    json_object_object_add(svcs, gw->ups[i].name, endpoints_json(gw, &gw->ups[i], 1, NULL, NULL));
+    dsys_upstream_totals t;
+    dsys_upstream_totals_get(gw->ups[i].u, &t);
+    json_object_object_add(rr, gw->ups[i].name, json_object_new_int64((int64_t)t.picks));
+  }
+  json_object_object_add(o, "services", svcs);
+  json_object_object_add(o, "roundRobin", rr);
+  json_object_object_add(o, "requestMetrics", request_metrics(gw));
+  json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
+  char *s = dsysi_json_dump(o, NULL);
+  json_object_put(o);
+  dsys_respond_json(req, 200, s ? s : "{}");
+  free(s);
+}
+
+static void h_rr_reset(dsys_request *req, void *ud) {
+  dsys_gateway *gw = ud;
+  size_t len;
+  const char *body = dsys_request_body(req, &len);
+  json_object *o = NULL;
+  const char *type = NULL;
+  if (len) {
+    if (dsysi_json_parse_object(body, len, &o)) {
+      dsys_respond_error(req, 400, "DSYS_EBADJSON", "Malformed JSON body");
+      return;
+    }
+    json_object *t;
+    if (json_object_object_get_ex(o, "serviceType", &t) && t) {
+      if (!json_object_is_type(t, json_type_string)) {
+        json_object_put(o);
+        dsys_respond_error(req, 400, "invalid_service_type", "Invalid service type");
+        return;
+      }
+      type = json_object_get_string(t);
+    }
+  }
+  char msg[200];
+  if (type) {
+    gw_upstream *up = by_type(gw, type);
+    if (!up) {
+      json_object_put(o);
+      dsys_respond_error(req, 400, "invalid_service_type", "Invalid service type");
+      return;
+    }
+    dsys_upstream_reset_rr(up->u);
+    snprintf(msg, sizeof msg, "Round-robin counter reset for %s", type);
+  } else {
+    for (size_t i = 0; i < gw->nups; i++) dsys_upstream_reset_rr(gw->ups[i].u);
+    snprintf(msg, sizeof msg, "All round-robin counters reset");
+  }
+  json_object_put(o);
+  json_object *r = json_object_new_object();
+  json_object_object_add(r, "success", json_object_new_boolean(1));
+  json_object_object_add(r, "message", json_object_new_string(msg));
+  json_object_object_add(r, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
+  char *s = dsysi_json_dump(r, NULL);
+  json_object_put(r);
+  dsys_respond_json(req, 200, s ? s : "{}");
+  free(s);
+}
+
+int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv) {
+  if (!gw || !srv) return DSYS_EINVAL;
+  if (gw->srv) return DSYS_ESTATE;
+  int rc = 0;
+  if (!rc) rc = dsys_server_route(srv, "GET", "/health", h_health, gw);
+  if (!rc) rc = dsys_server_route(srv, "GET", "/status", h_status, gw);
+  if (!rc) rc = dsys_server_route(srv, "GET", "/api/metrics", h_metrics, gw);
+  if (!rc) rc = dsys_server_route(srv, "POST", "/api/round-robin/reset", h_rr_reset, gw);
+  if (!rc) rc = dsys_server_route(srv, "*", "/*", h_proxy, gw);
+  if (!rc) gw->srv = srv;
+  return rc;
+}
+
+void dsys_gateway_free(dsys_gateway *gw) {
+  if (!gw) return;
+  /* Each pool was freed with its loop when the server stopped; a pool
+   * whose loop still exists means the server is still up (a usage error:
+   * leak the pool rather than free it under a running loop). */
+  while (gw->pools) {
+    gw_pool *p = gw->pools;
+    gw->pools = p->next;
+    if (p->pool) dsysi_log(DSYS_LOG_ERROR, "gateway", "freed while its server still runs");
+    else free(p);
+  }
+  for (size_t i = 0; i < gw->nroutes; i++) free(gw->routes[i].prefix);
+  for (size_t i = 0; i < gw->nups; i++) {
+    dsys_upstream_free(gw->ups[i].u);
+    free(gw->ups[i].name);
+  }
+  pthread_mutex_destroy(&gw->mu);
+  free(gw->name);
+  free(gw);
+}
