@@ -19,5 +19,7 @@
 #include <distsys/retry.h>
 #include <distsys/health.h>
 #include <distsys/registry.h>
+#include <distsys/registry_service.h>
+#include <distsys/registration.h>
 
 #endif

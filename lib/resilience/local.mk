@@ -46,3 +46,8 @@ noinst_PROGRAMS += bench/bench-resil
 bench_bench_resil_SOURCES = bench/bench-resil.c
 bench_bench_resil_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)
+
+# http registry backend (client of dsys-registryd) and the registration agent
+libdsys_internal_la_SOURCES += lib/resilience/registry-http.c \
+	lib/resilience/registration.c
+pkginclude_HEADERS += include/distsys/registration.h
