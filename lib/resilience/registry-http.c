@@ -561,8 +561,14 @@ static int h_put(void *vst, const dsys_instance *in, int64_t now) {
     rc = DSYS_EPROTO;
   if (!rc) {
     pthread_mutex_lock(&s->mu);
+    /* a register is one change, unless a daemon answer at least as new as
+     * this write already brought it into the view */
+    const char *ep = dsys_reply_header(rep, "X-Dsys-Epoch");
+    int seen = ep && !strcmp(ep, s->epoch) && hdr_index(rep) <= s->dindex;
+    int found;
+    size_t pos = lower(s, got->id, &found);
+    if (!(seen && found && same_content(s->v[pos], got))) rc = upsert(s, got);
     note_write(s, rep);
-    rc = upsert(s, got); /* a register is always one change */
     pthread_mutex_unlock(&s->mu);
   }
   dsys_free(got);
