@@ -511,8 +511,10 @@ static void h_health(dsys_request *req, void *ud) {
     json_object_object_add(o, "status", json_object_new_string(rc ? "unhealthy" : "healthy"));
     json_object_object_add(o, "service", json_object_new_string(s->name));
     json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(s->clk)));
-    json_object_object_add(o, "uptime", json_object_new_double(
-        (double)(dsys_clock_now_ms(s->clk) - s->started_ms) / 1000.0));
+    double up = (double)(dsys_clock_now_ms(s->clk) - s->started_ms) / 1000.0;
+    char upt[32];
+    snprintf(upt, sizeof upt, "%.3f", up);
+    json_object_object_add(o, "uptime", json_object_new_double_s(up, upt));
     json_object_object_add(o, "registeredServices", json_object_new_int64((int64_t)n));
     if (rc) json_object_object_add(o, "error", json_object_new_string(dsys_strerror(rc)));
   }
