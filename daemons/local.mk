@@ -14,3 +14,11 @@ EXTRA_DIST += tests/integration/services.test
 bin_PROGRAMS += daemons/dsys-gatewayd
 daemons_dsys_gatewayd_SOURCES = daemons/dsys-gatewayd.c
 daemons_dsys_gatewayd_LDADD = libdistsys.la
+# Daemons: thin mains over the service modules.
+
+# dsys-registryd: the service registry daemon
+bin_PROGRAMS += daemons/dsys-registryd
+daemons_dsys_registryd_SOURCES = daemons/dsys-registryd.c
+daemons_dsys_registryd_LDADD = libdistsys.la
+TESTS += tests/integration/registryd.test
+EXTRA_DIST += tests/integration/registryd.test

@@ -22,5 +22,7 @@
 #include <distsys/services.h>
 #include <distsys/upstream.h>
 #include <distsys/gateway.h>
+#include <distsys/registry_service.h>
+#include <distsys/registration.h>
 
 #endif

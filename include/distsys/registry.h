@@ -16,9 +16,12 @@
  * unhealthy, turned healthy again (by a heartbeat), reaped. A heartbeat on a
  * healthy instance only refreshes its time and is not a change.
  *
- * Backends: "memory" (this handle only) and "sqlite" (a file path; every
+ * Backends: "memory" (this handle only), "sqlite" (a file path; every
  * handle and every process that opens the same file shares the instances,
- * the index and the change log, with no daemon). Further backends plug in
+ * the index and the change log, with no daemon) and "http" (a client of a
+ * registry daemon, dsys-registryd: lookups are served from a local view
+ * that blocking queries keep current, and that keeps being served while the
+ * daemon is down; writes go to the daemon). Further backends plug in
  * through the versioned dsys_registry_ops table.
  *
  * Thread-safety: all functions may be called from any thread; calls on one
@@ -89,12 +92,35 @@ typedef void (*dsys_registry_watch_fn)(void *ud, const dsys_registry_change *c);
 typedef void (*dsys_registry_change_fn)(void *ctx, const dsys_registry_change *c);
 
 /**
- * Backend operations (version 1). Append-only: new members go at the end and
- * raise the version. All members are mandatory for version 1. The generic
- * layer serialises calls on one state. Times are wall ms from the registry's
- * clock. Instance arrays returned by get/list must be one malloc'd block
- * releasable with dsys_free() (see dsys_instances_copy()); their health
- * field holds the stored flag (the generic layer applies the TTL).
+ * What a version-2 backend learns from the registry that opened it (see
+ * dsys_registry_ops.attach). Valid until the backend's close op returns.
+ */
+typedef struct dsys_registry_env {
+  dsys_clock *clock;         /**< the registry's clock */
+  int64_t ttl_ms;            /**< the registry's TTL */
+  int64_t reap_ms;           /**< the registry's reap time */
+  /** Call from a backend thread (never from inside an op, with none of the
+   *  backend's locks held) when changes appeared by themselves, e.g. pushed
+   *  by a remote registry: the registry delivers them to watchers and wakes
+   *  index waiters at once instead of at its next sweep. */
+  void (*changed)(void *ctx);
+  void *ctx;                 /**< pass to changed */
+} dsys_registry_env;
+
+/** Flag of dsys_registry_ops.flags: the health field returned by get/list
+ *  is final; the generic layer does not apply its TTL on reads (for
+ *  backends whose instances are kept healthy by a remote registry). */
+#define DSYS_REGISTRY_OPS_OWN_HEALTH 1u
+
+/**
+ * Backend operations (version 2). Append-only: new members go at the end and
+ * raise the version. The version-1 members are mandatory; a version-1
+ * table (without the members marked "version 2") is still accepted. The
+ * generic layer serialises calls on one state. Times are wall ms from the
+ * registry's clock. Instance arrays returned by get/list must be one
+ * malloc'd block releasable with dsys_free() (see dsys_instances_copy());
+ * their health field holds the stored flag (the generic layer applies the
+ * TTL, unless DSYS_REGISTRY_OPS_OWN_HEALTH is set).
  */
 typedef struct dsys_registry_ops {
   int version;               /**< DSYS_REGISTRY_OPS_VERSION */
@@ -120,9 +146,15 @@ typedef struct dsys_registry_ops {
   /** Call fn for each change with index > after, in order; DSYS_ERANGE when
    *  some of them are no longer kept. */
   int (*changes)(void *st, uint64_t after, dsys_registry_change_fn fn, void *ctx);
+  /* ---- version 2 ---- */
+  uint32_t flags;            /**< DSYS_REGISTRY_OPS_* flags */
+  /** Optional: called once right after a successful open, before any other
+   *  op; the env is copied by the backend if it keeps it. A nonzero return
+   *  fails the open (close is then called). */
+  int (*attach)(void *st, const dsys_registry_env *env);
 } dsys_registry_ops;
 
-#define DSYS_REGISTRY_OPS_VERSION 1
+#define DSYS_REGISTRY_OPS_VERSION 2
 
 /** Options. Zero fields take the defaults given. */
 typedef struct dsys_registry_options {
@@ -135,8 +167,11 @@ typedef struct dsys_registry_options {
 
 /**
  * Open a registry on a built-in backend.
- * @param backend "memory" or "sqlite".
- * @param target sqlite: the database path (created if needed); memory: ignored.
+ * @param backend "memory", "sqlite", "http", or a registry daemon URL
+ *        ("http://host:port", "unix:///path.sock", "inproc://name"), which
+ *        selects the http backend with that URL as target.
+ * @param target sqlite: the database path (created if needed); http: the
+ *        daemon URL (when backend is "http"); memory: ignored.
  * @param opts may be NULL.
  * @return 0, DSYS_EINVAL, DSYS_ENOTSUP (unknown backend), DSYS_ENOMEM,
  *         DSYS_EIO / DSYS_EDB (sqlite; see errbuf).

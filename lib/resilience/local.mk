@@ -69,3 +69,7 @@ noinst_PROGRAMS += bench/bench-upstream
 bench_bench_upstream_SOURCES = bench/bench-upstream.c
 bench_bench_upstream_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_upstream_LDADD = libdistsys.la $(PTHREAD_LIBS)
+# http registry backend (client of dsys-registryd) and the registration agent
+libdsys_internal_la_SOURCES += lib/resilience/registry-http.c \
+	lib/resilience/registration.c
+pkginclude_HEADERS += include/distsys/registration.h

@@ -7,6 +7,7 @@
 /** Built-in backends. */
 extern const dsys_registry_ops dsysi_registry_memory_ops;
 extern const dsys_registry_ops dsysi_registry_sqlite_ops;
+extern const dsys_registry_ops dsysi_registry_http_ops;
 
 /** Changes kept for watchers by the built-in backends. */
 #define DSYSI_REGISTRY_LOG_KEEP 1024

@@ -33,6 +33,7 @@ struct dsys_registry {
   pthread_t deliver_thread;
   uint64_t timer;
   int timers_out, closing;
+  int own_health;            /* backend applies health itself (ops flag) */
   char errmsg[256];
 };
 
@@ -86,17 +87,29 @@ int dsys_instances_copy(const dsys_instance *src, size_t n, dsys_instance **out)
 /* ---- open / close ---- */
 
 static void sweep_cb(void *ud);
+static void changed_cb(void *ctx);
 
 static const dsys_registry_ops *builtin(const char *name) {
   if (!strcmp(name, "memory")) return &dsysi_registry_memory_ops;
   if (!strcmp(name, "sqlite")) return &dsysi_registry_sqlite_ops;
+  if (!strcmp(name, "http")) return &dsysi_registry_http_ops;
   return NULL;
+}
+
+/* A daemon URL given as the backend name selects the http backend. */
+static int is_daemon_url(const char *s) {
+  return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8) ||
+         !strncmp(s, "unix://", 7) || !strncmp(s, "inproc://", 9);
 }
 
 int dsys_registry_open(dsys_registry **out, const char *backend,
                        const char *target, const dsys_registry_options *opts,
                        char *errbuf, size_t errlen) {
   if (!out || !backend) return DSYS_EINVAL;
+  if (is_daemon_url(backend)) {
+    target = backend;
+    backend = "http";
+  }
   const dsys_registry_ops *ops = builtin(backend);
   if (!ops) {
     if (errbuf && errlen) snprintf(errbuf, errlen, "unknown registry backend '%s'", backend);
@@ -120,7 +133,7 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
                            char *errbuf, size_t errlen) {
   if (errbuf && errlen) errbuf[0] = '\0';
   if (!out || !ops) return DSYS_EINVAL;
-  if (ops->version != DSYS_REGISTRY_OPS_VERSION) return DSYS_ENOTSUP;
+  if (ops->version < 1 || ops->version > DSYS_REGISTRY_OPS_VERSION) return DSYS_ENOTSUP;
   if (!ops->name || !ops->open || !ops->close || !ops->put || !ops->heartbeat ||
       !ops->remove || !ops->get || !ops->list || !ops->expire || !ops->index ||
       !ops->changes)
@@ -131,6 +144,7 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
   dsys_registry *r = calloc(1, sizeof *r);
   if (!r) return DSYS_ENOMEM;
   r->ops = ops;
+  r->own_health = ops->version >= 2 && (ops->flags & DSYS_REGISTRY_OPS_OWN_HEALTH);
   r->clk = d.clock ? d.clock : dsys_clock_real();
   r->ttl_ms = d.ttl_ms ? d.ttl_ms : 30000;
   r->reap_ms = d.reap_ms ? d.reap_ms : 300000;
@@ -159,6 +173,21 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
   r->next_watch = 1;
   pthread_mutex_init(&r->mu, NULL);
   pthread_cond_init(&r->cv, NULL);
+  if (ops->version >= 2 && ops->attach) {
+    dsys_registry_env env = {.clock = r->clk, .ttl_ms = r->ttl_ms,
+                             .reap_ms = r->reap_ms, .changed = changed_cb,
+                             .ctx = r};
+    rc = ops->attach(r->st, &env);
+    if (!rc) rc = ops->index(r->st, &r->delivered);
+    if (rc) {
+      ops->close(r->st);
+      pthread_mutex_destroy(&r->mu);
+      pthread_cond_destroy(&r->cv);
+      free(r->st);
+      free(r);
+      return rc;
+    }
+  }
   pthread_mutex_lock(&r->mu);
   schedule_sweep(r);
   pthread_mutex_unlock(&r->mu);
@@ -281,6 +310,8 @@ static void deliver(dsys_registry *r) {
   pthread_mutex_unlock(&r->mu);
 }
 
+static void changed_cb(void *ctx) { deliver(ctx); }
+
 int dsys_registry_watch(dsys_registry *r, dsys_registry_watch_fn fn, void *ud,
                         uint64_t *id) {
   if (!r || !fn) return DSYS_EINVAL;
@@ -385,6 +416,7 @@ int dsys_registry_deregister(dsys_registry *r, const char *id) {
 
 /* Apply the TTL to stored health flags. */
 static void apply_ttl(dsys_registry *r, dsys_instance *v, size_t n, int64_t now) {
+  if (r->own_health) return;
   for (size_t i = 0; i < n; i++)
     if (now - v[i].last_heartbeat_ms > r->ttl_ms) v[i].health = DSYS_INSTANCE_UNHEALTHY;
 }

@@ -57,14 +57,51 @@ static void *wait_thread(void *p) {
   return NULL;
 }
 
+/* The http backend runs the suite against a registry daemon module mounted
+ * inside this process (on inproc:// or http://127.0.0.1:0), over a memory
+ * registry with the same options and the SAME fake clock: the daemon's TTL,
+ * sweeps and blocking-query waits run on the test's clock, so every part of
+ * the suite applies, including the TTL and reap checks. */
+typedef struct daemon_ctx {
+  dsys_registry *reg;
+  dsys_server *srv;
+  dsys_registry_service *svc;
+} daemon_ctx;
+
+static int daemon_start(daemon_ctx *d, const char *listen, const dsys_registry_options *o,
+                        char *url, size_t urllen) {
+  memset(d, 0, sizeof *d);
+  dsys_registry_service_options so = {.size = sizeof so, .clock = o->clock};
+  int rc = dsys_registry_open(&d->reg, "memory", NULL, o, NULL, 0);
+  if (!rc) rc = dsys_server_new(&d->srv, NULL);
+  if (!rc) rc = dsys_registry_service_mount(d->srv, d->reg, &so, &d->svc);
+  if (!rc) rc = dsys_server_listen(d->srv, listen);
+  if (!rc) snprintf(url, urllen, "%s", dsys_server_url(d->srv, 0));
+  return rc;
+}
+
+static void daemon_stop(daemon_ctx *d) {
+  dsys_registry_service_drain(d->svc);
+  dsys_server_stop(d->srv, 1000);
+  dsys_server_free(d->srv);
+  dsys_registry_service_free(d->svc);
+  dsys_registry_close(d->reg);
+}
+
 static void conformance(const char *backend, const char *target) {
-  tap_diag("conformance: %s", backend);
+  tap_diag("conformance: %s %s", backend, target ? target : "");
   dsys_clock *clk;
   dsys_clock_fake_new(&clk, 1700000000000LL);
   dsys_registry_options o = {.size = sizeof o, .clock = clk, .ttl_ms = 30000,
                              .reap_ms = 120000, .sweep_interval_ms = 1000};
   dsys_registry *r;
-  char err[256];
+  char err[256] = "", url[256];
+  daemon_ctx d;
+  int with_daemon = !strcmp(backend, "http");
+  if (with_daemon) {
+    is_int(daemon_start(&d, target, &o, url, sizeof url), 0, "%s: daemon module on %s", backend, target);
+    target = url;
+  }
   is_int(dsys_registry_open(&r, backend, target, &o, err, sizeof err), 0, "%s: open (%s)", backend, err);
   uint64_t idx0, idx;
   is_int(dsys_registry_index(r, &idx0), 0, "%s: index", backend);
@@ -196,6 +233,7 @@ static void conformance(const char *backend, const char *target) {
   is_int(s.n, sn, "%s: no callback after unwatch", backend);
   is_int(dsys_registry_unwatch(r, wid), DSYS_ENOTFOUND, "%s: unwatch twice", backend);
   dsys_registry_close(r);
+  if (with_daemon) daemon_stop(&d);
   dsys_clock_free(clk);
 }
 
@@ -271,6 +309,8 @@ static void test_misc(void) {
   dsys_registry_options bad = {.size = sizeof bad, .ttl_ms = 1000, .reap_ms = 500};
   is_int(dsys_registry_open(&r, "memory", NULL, &bad, NULL, 0), DSYS_EINVAL, "reap must exceed ttl");
   is_int(dsys_registry_open(&r, "sqlite", NULL, NULL, err, sizeof err), DSYS_EINVAL, "sqlite needs a path");
+  is_int(dsys_registry_open(&r, "http", NULL, NULL, err, sizeof err), DSYS_EINVAL, "http needs a URL");
+  is_int(dsys_registry_open(&r, "http", "ftp://x", NULL, err, sizeof err), DSYS_ESCHEME, "http: unsupported URL scheme");
   dsys_registry_ops ops = {.version = 99, .name = "x"};
   is_int(dsys_registry_open_ops(&r, &ops, NULL, NULL, NULL, 0), DSYS_ENOTSUP, "unknown ops version");
   ops.version = DSYS_REGISTRY_OPS_VERSION;
@@ -293,6 +333,8 @@ int main(void) {
   snprintf(path2, sizeof path2, "%s/shared.sqlite", dir);
   conformance("memory", NULL);
   conformance("sqlite", path);
+  conformance("http", "inproc://reg-conformance");
+  conformance("http", "http://127.0.0.1:0");
   test_sqlite_sharing(path2);
   test_misc();
   char cmd[300];

@@ -1,0 +1,110 @@
+/*
+ * dsys-registryd: the service registry daemon (HTTP API: "Registry" in the
+ * deployment contract; see docs/reference/registry-service.md).
+ *
+ *   dsys-registryd [--listen URL] [--store memory|sqlite:///path]
+ *                  [--ttl-ms N] [--reap-ms N] [--log-format text|json]
+ *
+ * Prints "listening URL" once it listens (port 0 picks a port). SIGTERM or
+ * SIGINT answers parked blocking queries, drains in-flight requests and
+ * exits 0.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <distsys/distsys.h>
+
+static const dsys_option opts[] = {
+    {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, "http://127.0.0.1:3005", "where to listen (http://, unix://)"},
+    {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory", "memory, or sqlite:///path (survives restarts)"},
+    {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_INT, "30000", "an instance without heartbeat this long is unhealthy"},
+    {"reap-ms", "DSYS_REGISTRY_REAP_MS", DSYS_OPT_INT, "300000", "and is removed after this long (must exceed --ttl-ms)"},
+    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
+    {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
+    {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
+};
+#define NOPTS (sizeof opts / sizeof opts[0])
+#define PROG "dsys-registryd"
+
+static int fail(dsys_config *cfg, const char *what, const char *detail) {
+  fprintf(stderr, PROG ": %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+  dsys_config_free(cfg);
+  return 2;
+}
+
+int main(int argc, char **argv) {
+  char err[256] = "";
+  dsys_config *cfg = NULL;
+  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) return fail(NULL, err, NULL);
+  if (dsys_config_get_bool(cfg, "help")) {
+    char *u;
+    dsys_config_usage(opts, NOPTS, PROG, "The libdistsys service registry daemon.", &u);
+    fputs(u, stdout);
+    dsys_free(u);
+    dsys_config_free(cfg);
+    return 0;
+  }
+  if (dsys_config_get_bool(cfg, "version")) {
+    printf(PROG " (libdistsys %s)\n", dsys_version());
+    dsys_config_free(cfg);
+    return 0;
+  }
+  dsys_log_format fmt;
+  if (dsys_log_format_parse(dsys_config_get(cfg, "log-format"), &fmt))
+    return fail(cfg, "--log-format must be text or json", NULL);
+  dsys_log_set_format(fmt);
+  int64_t ttl = 0, reap = 0;
+  dsys_config_get_int(cfg, "ttl-ms", &ttl);
+  dsys_config_get_int(cfg, "reap-ms", &reap);
+  if (ttl <= 0 || reap <= ttl) return fail(cfg, "--ttl-ms must be positive and --reap-ms larger", NULL);
+  const char *store = dsys_config_get(cfg, "store");
+  const char *backend = "memory", *target = NULL;
+  if (!strncmp(store, "sqlite://", 9) && store[9]) {
+    backend = "sqlite";
+    target = store + 9; /* sqlite:///var/lib/x.sqlite -> /var/lib/x.sqlite */
+  } else if (strcmp(store, "memory")) {
+    return fail(cfg, "--store must be memory or sqlite:///path", store);
+  }
+
+  /* Block the stop signals before any library thread starts. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+  dsys_registry_options ro = {.size = sizeof ro, .ttl_ms = ttl, .reap_ms = reap};
+  dsys_registry *reg = NULL;
+  int rc = dsys_registry_open(&reg, backend, target, &ro, err, sizeof err);
+  if (rc) return fail(cfg, "cannot open the store", err[0] ? err : dsys_strerror(rc));
+  dsys_server *srv = NULL;
+  dsys_registry_service *svc = NULL;
+  dsys_server_options so = {.size = sizeof so, .name = "registry", .access_log = 1};
+  rc = dsys_server_new(&srv, &so);
+  if (!rc) rc = dsys_registry_service_mount(srv, reg, NULL, &svc);
+  if (!rc) rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen"));
+  if (rc) {
+    fprintf(stderr, PROG ": cannot listen on %s: %s\n", dsys_config_get(cfg, "listen"),
+            dsys_strerror(rc));
+    dsys_server_free(srv);
+    dsys_registry_service_free(svc);
+    dsys_registry_close(reg);
+    dsys_config_free(cfg);
+    return 1;
+  }
+  printf("listening %s\n", dsys_server_url(srv, 0));
+  fflush(stdout);
+  snprintf(err, sizeof err, "store %s, ttl %lld ms, reap %lld ms", store, (long long)ttl,
+           (long long)reap);
+  dsys_log_write(DSYS_LOG_INFO, "registry", err);
+  int sig;
+  sigwait(&set, &sig);
+  dsys_log_write(DSYS_LOG_INFO, "registry", "stopping");
+  dsys_registry_service_drain(svc); /* long polls answer now */
+  dsys_server_stop(srv, 5000);
+  dsys_server_free(srv);
+  dsys_registry_service_free(svc);
+  dsys_registry_close(reg);
+  dsys_config_free(cfg);
+  return 0;
+}
