@@ -68,6 +68,6 @@ int main(int argc, char **argv) {
       .summary = "The auth service: sign-up, sign-in, JWT verification.",
       .default_name = "auth-service", .default_listen = "http://127.0.0.1:3001",
       .extra = extra, .nextra = sizeof extra / sizeof extra[0],
-      .open_store = 1, .mount = mount, .unmount = unmount};
+      .open_store = 1, .mount = mount, .unmount = unmount, .service_type = "auth"};
   return dsys_daemon_main(&spec, argc, argv);
 }

@@ -36,6 +36,6 @@ int main(int argc, char **argv) {
       .summary = "The compute service: direct computations and queued jobs.",
       .default_name = "compute-service", .default_listen = "http://127.0.0.1:5002",
       .extra = extra, .nextra = sizeof extra / sizeof extra[0],
-      .open_queue = 1, .mount = mount, .unmount = unmount};
+      .open_queue = 1, .mount = mount, .unmount = unmount, .service_type = "compute"};
   return dsys_daemon_main(&spec, argc, argv);
 }

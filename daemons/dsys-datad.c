@@ -29,6 +29,6 @@ int main(int argc, char **argv) {
       .summary = "The data service: items with versions over the shared store.",
       .default_name = "data-service", .default_listen = "http://127.0.0.1:4002",
       .extra = extra, .nextra = sizeof extra / sizeof extra[0],
-      .open_store = 1, .mount = mount, .unmount = unmount};
+      .open_store = 1, .mount = mount, .unmount = unmount, .service_type = "data"};
   return dsys_daemon_main(&spec, argc, argv);
 }

@@ -88,8 +88,7 @@ int main(int argc, char **argv) {
   dsys_registry *reg = NULL;
   const char *rurl = dsys_config_get(cfg, "registry");
   if (rurl) {
-    int sq = !strncmp(rurl, "sqlite://", 9);
-    int rc = dsys_registry_open(&reg, sq ? "sqlite" : "http", sq ? rurl + 9 : rurl, NULL, err, sizeof err);
+    int rc = dsys_registry_open(&reg, rurl, NULL, NULL, err, sizeof err);
     if (rc) {
       fprintf(stderr, "dsys-gatewayd: cannot open the registry %s: %s %s\n", rurl, dsys_strerror(rc), err);
       return 1;

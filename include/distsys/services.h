@@ -189,6 +189,9 @@ typedef struct dsys_daemon_spec {
   dsys_daemon_mount_fn mount;  /**< mandatory */
   dsys_daemon_unmount_fn unmount; /**< may be NULL */
   void *ud;
+  const char *service_type;    /**< "auth", "data", "compute": with
+                                    --registry the instance registers as
+                                    this type (NULL: no registration) */
 } dsys_daemon_spec;
 
 /**
@@ -196,8 +199,11 @@ typedef struct dsys_daemon_spec {
  * --registry, --name, --log-format, --log-level, --help, --version) plus
  * spec->extra, with DSYS_* environment variables; create the directory of
  * the database and open the store and/or queue on it; create the server,
- * call mount, listen, print "listening URL" on stdout; wait for SIGINT or
- * SIGTERM; stop taking requests and drain (5 s), call unmount, close.
+ * call mount, listen, print "listening URL" on stdout; with --registry,
+ * register the instance ({serviceId: <name>-<port>, serviceType, url, name,
+ * metadata: {port, host}}), heartbeat every 10 s and re-register when the
+ * registry forgot it (dsys_registration); wait for SIGINT or SIGTERM;
+ * deregister, stop taking requests and drain (5 s), call unmount, close.
  * Blocks SIGINT and SIGTERM in the calling thread (call it from main
  * before starting any thread).
  * @return the process exit status: 0 (clean stop, --help, --version),

@@ -109,6 +109,10 @@ int dsys_registry_open(dsys_registry **out, const char *backend,
   if (is_daemon_url(backend)) {
     target = backend;
     backend = "http";
+  } else if (!strncmp(backend, "sqlite://", 9)) {
+    /* "sqlite:///path/file.sqlite", the same URL form as the store's */
+    target = backend + 9;
+    backend = "sqlite";
   }
   const dsys_registry_ops *ops = builtin(backend);
   if (!ops) {

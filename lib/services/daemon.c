@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <distsys/log.h>
+#include <distsys/registration.h>
 #include <distsys/services.h>
 #include "core/internal.h"
 
@@ -16,6 +17,8 @@ struct dsys_daemon {
   dsys_server *srv;
   dsys_store *store;
   dsys_queue *queue;
+  dsys_registry *registry;
+  dsys_registration *agent;
 };
 
 dsys_server *dsys_daemon_server(dsys_daemon *d) { return d ? d->srv : NULL; }
@@ -49,13 +52,35 @@ static int make_parent_dirs(const char *path) {
   return rc;
 }
 
+/* Register with the registry; the agent heartbeats and re-registers. A
+ * registry that is down at start is retried quietly by the agent. */
+static int register_instance(dsys_daemon *d, const char *url, const char *name) {
+  char err[256] = "";
+  int rc = dsys_registry_open(&d->registry, url, NULL, NULL, err, sizeof err);
+  if (rc) {
+    dsysi_log(DSYS_LOG_ERROR, name, "registry %s: %s", url, err);
+    return rc;
+  }
+  const char *bound = dsys_server_url(d->srv, 0);
+  const char *colon = strrchr(bound, ':');
+  int port = colon ? atoi(colon + 1) : 0;
+  char id[300], meta[128];
+  snprintf(id, sizeof id, "%s-%d", name, port);
+  snprintf(meta, sizeof meta, "{\"port\":%d,\"host\":\"127.0.0.1\"}", port);
+  dsys_instance inst = {.id = id, .type = d->spec->service_type, .url = bound,
+                        .name = name, .metadata = meta, .weight = 1};
+  rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
+  if (!rc) dsysi_log(DSYS_LOG_INFO, name, "registering as %s with %s", id, url);
+  return rc;
+}
+
 static const dsys_option common_opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, NULL,
      "where to listen: http://HOST:PORT (port 0 picks one) or unix:///PATH"},
     {"db", "DSYS_DB", DSYS_OPT_STRING, "data/distsys.sqlite",
      "shared SQLite database file (its directory is created)"},
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
-     "registry URL; accepted and stored, registration is not implemented yet"},
+     "registry to register with: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
     {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "service name (logs, /health)"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
     {"log-level", "DSYS_LOG_LEVEL", DSYS_OPT_STRING, "info",
@@ -107,12 +132,13 @@ static int run(dsys_daemon *d, const char *prog) {
   /* Scripts read the bound URL from this line (port 0 picks a port). */
   printf("listening %s\n", dsys_server_url(d->srv, 0));
   fflush(stdout);
-  const char *reg = dsys_config_get(d->cfg, "registry");
   if (sp->open_store || sp->open_queue)
     dsysi_log(DSYS_LOG_INFO, name, "database %s", db);
-  if (reg)
-    dsysi_log(DSYS_LOG_WARN, name,
-              "--registry %s noted; registration is not implemented yet", reg);
+  const char *reg = dsys_config_get(d->cfg, "registry");
+  if (reg && sp->service_type && (rc = register_instance(d, reg, name))) {
+    fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg, dsys_strerror(rc));
+    return 1;
+  }
   return 0;
 }
 
@@ -180,8 +206,11 @@ int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
     sigwait(&set, &sig);
     dsysi_log(DSYS_LOG_INFO, dsys_config_get(d.cfg, "name"),
               "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    /* Stop taking requests and drain in-flight ones, then stop the
+    /* Deregister first so balancers stop sending new requests, then stop
+     * taking requests and drain in-flight ones, then stop the
      * service's own threads (workers, hashing, timers). */
+    dsys_registration_stop(d.agent);
+    d.agent = NULL;
     if (dsys_server_stop(d.srv, 5000) == DSYS_ETIMEDOUT)
       dsysi_log(DSYS_LOG_WARN, dsys_config_get(d.cfg, "name"),
                 "some requests were cut off at shutdown");
@@ -191,6 +220,8 @@ int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
     dsys_server_stop(d.srv, 0);
     if (sp->unmount) sp->unmount(&d, sp->ud);
   }
+  dsys_registration_stop(d.agent);
+  dsys_registry_close(d.registry);
   dsys_server_free(d.srv);
   dsys_queue_close(d.queue);
   dsys_store_close(d.store);
