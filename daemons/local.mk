@@ -22,3 +22,8 @@ daemons_dsys_registryd_SOURCES = daemons/dsys-registryd.c
 daemons_dsys_registryd_LDADD = libdistsys.la
 TESTS += tests/integration/registryd.test
 EXTRA_DIST += tests/integration/registryd.test
+
+# dsys-cluster: the supervisor of the reference deployment (issue 6).
+bin_PROGRAMS += daemons/dsys-cluster
+daemons_dsys_cluster_SOURCES = daemons/dsys-cluster.c
+daemons_dsys_cluster_LDADD = libdistsys.la

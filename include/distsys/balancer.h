@@ -147,7 +147,8 @@ DSYS_API int dsys_balancer_endpoint(dsys_balancer *b, const char *id,
 /** Name of a policy ("round_robin", ...) or NULL for an unknown value. */
 DSYS_API const char *dsys_lb_policy_name(int policy);
 
-/** Policy from its name. @return 0, DSYS_EINVAL. */
+/** Policy from its name ("round_robin" or "round-robin": - and _ are the
+ *  same). @return 0, DSYS_EINVAL. */
 DSYS_API int dsys_lb_policy_parse(const char *name, int32_t *out);
 
 #ifdef __cplusplus

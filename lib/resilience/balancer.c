@@ -64,10 +64,18 @@ const char *dsys_lb_policy_name(int p) {
   return p >= 0 && p <= DSYS_LB_MAGLEV ? policy_names[p] : NULL;
 }
 
+/* Names compare with '-' and '_' as the same character, so that command
+ * lines can say "round-robin". */
+static int same_name(const char *a, const char *b) {
+  for (; *a && *b; a++, b++)
+    if (*a != *b && !((*a == '-' || *a == '_') && (*b == '-' || *b == '_'))) return 0;
+  return *a == *b;
+}
+
 int dsys_lb_policy_parse(const char *name, int32_t *out) {
   if (!name || !out) return DSYS_EINVAL;
   for (int i = 0; i <= DSYS_LB_MAGLEV; i++)
-    if (!strcmp(name, policy_names[i])) return *out = i, 0;
+    if (same_name(name, policy_names[i])) return *out = i, 0;
   return DSYS_EINVAL;
 }
 

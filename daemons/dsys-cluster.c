@@ -1,0 +1,403 @@
+/*
+ * dsys-cluster: starts and supervises the reference deployment (registry,
+ * 3 auth, 3 data, 3 compute, gateway, fault detector) on one shared SQLite
+ * file; waits until every process is healthy and prints the URLs; restarts
+ * a crashed process with backoff; on SIGINT/SIGTERM stops everything
+ * cleanly (children also get SIGTERM if the supervisor itself dies).
+ *
+ *   dsys-cluster [run] [--config FILE] [--data-dir DIR] [--bin-dir DIR]
+ *   dsys-cluster status [--data-dir DIR]
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <distsys/distsys.h>
+
+#define MAXP 32
+
+typedef struct proc {
+  char name[32];    /* "data-2" */
+  char type[16];    /* "data" */
+  char bin[24];     /* "dsys-datad" */
+  int port;
+  pid_t pid;
+  int restarts;
+  int64_t started_ms, restart_at_ms, backoff_ms;
+  int healthy;
+} proc;
+
+static proc P[MAXP];
+static int NP;
+static char host[64] = "127.0.0.1";
+static char datadir[PATH_MAX] = "data", bindir[PATH_MAX], dbfile[PATH_MAX + 32];
+
+static char regurl[128];
+
+static int64_t now_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
+
+/* A free port now (bound, read back, released) so restarts reuse it. */
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET};
+  inet_pton(AF_INET, host, &sa.sin_addr);
+  socklen_t sl = sizeof sa;
+  int port = 0;
+  if (fd >= 0 && !bind(fd, (struct sockaddr *)&sa, sizeof sa) &&
+      !getsockname(fd, (struct sockaddr *)&sa, &sl))
+    port = ntohs(sa.sin_port);
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+static void add(const char *type, const char *bin, int idx, int port) {
+  if (NP == MAXP) return;
+  proc *p = &P[NP++];
+  memset(p, 0, sizeof *p);
+  snprintf(p->type, sizeof p->type, "%s", type);
+  snprintf(p->bin, sizeof p->bin, "%s", bin);
+  if (idx) snprintf(p->name, sizeof p->name, "%s-%d", type, idx);
+  else snprintf(p->name, sizeof p->name, "%s", type);
+  p->port = port ? port : free_port();
+  p->backoff_ms = 500;
+}
+
+static void add_list(const char *type, const char *bin, const char *ports) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", ports);
+  int i = 1;
+  for (char *s, *t = strtok_r(buf, ",", &s); t; t = strtok_r(NULL, ",", &s)) add(type, bin, i++, atoi(t));
+}
+
+/* The config file: "key = value" lines, '#' comments (see docs). */
+static int load_config(const char *path, char *ports[7]) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    fprintf(stderr, "dsys-cluster: cannot read %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  static const char *keys[7] = {"registry.port", "auth.ports", "data.ports", "compute.ports",
+                                "gateway.port", "faultd.port", "host"};
+  char line[512];
+  int ln = 0, bad = 0;
+  while (fgets(line, sizeof line, f)) {
+    ln++;
+    char *h = strchr(line, '#');
+    if (h) *h = 0;
+    char k[64], v[256];
+    if (sscanf(line, " %63[^= ] = %255s", k, v) != 2) {
+      if (strspn(line, " \t\r\n") != strlen(line)) {
+        fprintf(stderr, "dsys-cluster: %s:%d: expected 'key = value'\n", path, ln);
+        bad = 1;
+      }
+      continue;
+    }
+    int known = 0;
+    for (int i = 0; i < 7; i++)
+      if (!strcmp(k, keys[i])) {
+        free(ports[i]);
+        ports[i] = strdup(v);
+        known = 1;
+      }
+    if (!known) {
+      fprintf(stderr, "dsys-cluster: %s:%d: unknown key '%s'\n", path, ln, k);
+      bad = 1;
+    }
+  }
+  fclose(f);
+  return bad ? -1 : 0;
+}
+
+static void url_of(const proc *p, char *buf, size_t n) { snprintf(buf, n, "http://%s:%d", host, p->port); }
+
+static void spawn(proc *p) {
+  char listen[128], exe[PATH_MAX + 32], logf[PATH_MAX + 64], gw[128] = "";
+  url_of(p, listen, sizeof listen);
+  snprintf(exe, sizeof exe, "%s/%s", bindir, p->bin);
+  snprintf(logf, sizeof logf, "%s/logs/%s.log", datadir, p->name);
+  for (int i = 0; i < NP; i++)
+    if (!strcmp(P[i].type, "gateway")) url_of(&P[i], gw, sizeof gw);
+  char store[PATH_MAX + 48];
+  snprintf(store, sizeof store, "sqlite://%s", dbfile);
+  char *argv[20];
+  int a = 0;
+  argv[a++] = exe;
+  argv[a++] = "--listen";
+  argv[a++] = listen;
+  if (!strcmp(p->type, "registry")) {
+    argv[a++] = "--store";
+    argv[a++] = store;
+  } else {
+    argv[a++] = "--registry";
+    argv[a++] = regurl;
+  }
+  if (strcmp(p->type, "registry") && strcmp(p->type, "gateway") && strcmp(p->type, "faultd")) {
+    argv[a++] = "--db";
+    argv[a++] = dbfile;
+    argv[a++] = "--name";
+    argv[a++] = p->name;
+  }
+  if (!strcmp(p->type, "faultd") && gw[0]) {
+    argv[a++] = "--gateway";
+    argv[a++] = gw;
+  }
+  argv[a] = NULL;
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* The child dies with the supervisor: no orphans even on SIGKILL. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+    int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+    execv(exe, argv);
+    fprintf(stderr, "dsys-cluster: exec %s: %s\n", exe, strerror(errno));
+    _exit(127);
+  }
+  p->pid = pid > 0 ? pid : 0;
+  p->started_ms = now_ms();
+  p->healthy = 0;
+}
+
+static int check_health(dsys_client *c, proc *p) {
+  char url[128];
+  url_of(p, url, sizeof url);
+  dsys_call call = {.size = sizeof call, .url = url, .path = "/health", .timeout_ms = 1000};
+  dsys_reply *r = NULL;
+  int ok = dsys_client_do(c, &call, &r) == 0 && dsys_reply_status(r) == 200;
+  dsys_reply_free(r);
+  return ok;
+}
+
+static void write_state(void) {
+  char tmp[PATH_MAX + 32], path[PATH_MAX + 32];
+  snprintf(tmp, sizeof tmp, "%s/cluster.state.tmp", datadir);
+  snprintf(path, sizeof path, "%s/cluster.state", datadir);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return;
+  fprintf(f, "supervisor %d\n", (int)getpid());
+  for (int i = 0; i < NP; i++) {
+    char url[128];
+    url_of(&P[i], url, sizeof url);
+    fprintf(f, "%s %s %d %d %s\n", P[i].name, url, (int)P[i].pid, P[i].restarts,
+            P[i].pid ? (P[i].healthy ? "healthy" : "starting") : "down");
+  }
+  fclose(f);
+  rename(tmp, path);
+}
+
+static int status_cmd(void) {
+  char path[PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/cluster.state", datadir);
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    printf("no cluster state in %s (is dsys-cluster running with --data-dir %s?)\n", datadir, datadir);
+    return 1;
+  }
+  dsys_client *c;
+  dsys_client_new(&c, NULL);
+  char line[512], name[64], url[160], state[32];
+  int pid, restarts, sup = 0, down = 0;
+  if (fscanf(f, "supervisor %d\n", &sup) != 1 || kill(sup, 0) != 0)
+    printf("supervisor %d is not running (state may be stale)\n", sup), down = 1;
+  else
+    printf("supervisor pid %d\n", sup);
+  printf("%-12s %-28s %8s %9s %s\n", "process", "url", "pid", "restarts", "health");
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, "%63s %159s %d %d %31s", name, url, &pid, &restarts, state) != 5) continue;
+    proc p = {0};
+    const char *colon = strrchr(url, ':');
+    p.port = colon ? atoi(colon + 1) : 0;
+    int alive = pid > 0 && kill(pid, 0) == 0;
+    int h = alive && check_health(c, &p);
+    if (!h) down = 1;
+    printf("%-12s %-28s %8d %9d %s\n", name, url, pid, restarts, !alive ? "down" : h ? "healthy" : "unhealthy");
+  }
+  fclose(f);
+  dsys_client_free(c);
+  return down ? 1 : 0;
+}
+
+static const dsys_option opts[] = {
+    {"config", "DSYS_CLUSTER_CONFIG", DSYS_OPT_STRING, NULL, "config file (see docs/reference/cluster.md)"},
+    {"data-dir", "DSYS_DATA_DIR", DSYS_OPT_STRING, "data", "directory for the database, logs and state"},
+    {"bin-dir", "DSYS_BIN_DIR", DSYS_OPT_STRING, NULL, "where the daemons are (default: beside dsys-cluster)"},
+    {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
+    {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
+};
+#define NOPTS (sizeof opts / sizeof opts[0])
+
+static void stop_all(void) {
+  /* Front first (no new traffic), services next, the registry last. */
+  static const char *order[] = {"gateway", "faultd", "auth", "data", "compute", "registry"};
+  for (size_t o = 0; o < 6; o++) {
+    for (int i = 0; i < NP; i++)
+      if (P[i].pid && !strcmp(P[i].type, order[o])) kill(P[i].pid, SIGTERM);
+    int64_t end = now_ms() + 10000;
+    for (int i = 0; i < NP; i++) {
+      if (!P[i].pid || strcmp(P[i].type, order[o])) continue;
+      while (now_ms() < end && waitpid(P[i].pid, NULL, WNOHANG) == 0) usleep(20000);
+      if (waitpid(P[i].pid, NULL, WNOHANG) == 0) {
+        kill(P[i].pid, SIGKILL);
+        waitpid(P[i].pid, NULL, 0);
+      }
+      P[i].pid = 0;
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  char err[256];
+  dsys_config *cfg;
+  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) {
+    fprintf(stderr, "dsys-cluster: %s\n", err);
+    return 2;
+  }
+  const char *cmd = dsys_config_npositional(cfg) ? dsys_config_positional(cfg, 0) : "run";
+  if (dsys_config_get_bool(cfg, "help")) {
+    char *u;
+    dsys_config_usage(opts, NOPTS, "dsys-cluster [run|status]",
+                      "Starts and supervises the reference deployment; 'status' reports a running one.", &u);
+    fputs(u, stdout);
+    dsys_free(u);
+    return 0;
+  }
+  if (dsys_config_get_bool(cfg, "version")) {
+    printf("dsys-cluster (libdistsys %s)\n", dsys_version());
+    return 0;
+  }
+  if (!realpath(dsys_config_get(cfg, "data-dir"), datadir)) {
+    mkdir(dsys_config_get(cfg, "data-dir"), 0755);
+    if (!realpath(dsys_config_get(cfg, "data-dir"), datadir)) {
+      fprintf(stderr, "dsys-cluster: cannot use data dir %s\n", dsys_config_get(cfg, "data-dir"));
+      return 1;
+    }
+  }
+  if (!strcmp(cmd, "status")) return status_cmd();
+  if (strcmp(cmd, "run")) {
+    fprintf(stderr, "dsys-cluster: unknown command '%s' (run or status)\n", cmd);
+    return 2;
+  }
+  if (dsys_config_get(cfg, "bin-dir")) {
+    snprintf(bindir, sizeof bindir, "%s", dsys_config_get(cfg, "bin-dir"));
+  } else {
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[n > 0 ? n : 0] = 0;
+    char *slash = strrchr(self, '/');
+    if (slash) *slash = 0;
+    /* In a libtool build tree the real binary sits in .libs/ */
+    size_t l = strlen(self);
+    if (l > 6 && !strcmp(self + l - 6, "/.libs")) self[l - 6] = 0;
+    snprintf(bindir, sizeof bindir, "%s", self);
+  }
+  char *cfv[7] = {strdup("3005"), strdup("3001,3002,3003"), strdup("4002,4003,4004"),
+                  strdup("5002,5003,5004"), strdup("3000"), strdup("3004"), strdup("127.0.0.1")};
+  if (dsys_config_get(cfg, "config") && load_config(dsys_config_get(cfg, "config"), cfv)) return 2;
+  snprintf(host, sizeof host, "%s", cfv[6]);
+  add("registry", "dsys-registryd", 0, atoi(cfv[0]));
+  add_list("auth", "dsys-authd", cfv[1]);
+  add_list("data", "dsys-datad", cfv[2]);
+  add_list("compute", "dsys-computed", cfv[3]);
+  add("gateway", "dsys-gatewayd", 0, atoi(cfv[4]));
+  char fd_bin[PATH_MAX + 16];
+  snprintf(fd_bin, sizeof fd_bin, "%s/dsys-faultd", bindir);
+  if (access(fd_bin, X_OK) == 0) add("faultd", "dsys-faultd", 0, atoi(cfv[5]));
+  for (int i = 0; i < 7; i++) free(cfv[i]);
+  snprintf(dbfile, sizeof dbfile, "%s/distsys.sqlite", datadir);
+  char logs[PATH_MAX + 8];
+  snprintf(logs, sizeof logs, "%s/logs", datadir);
+  mkdir(logs, 0755);
+  url_of(&P[0], regurl, sizeof regurl);
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  dsys_client *c;
+  dsys_client_new(&c, NULL);
+
+  int64_t t0 = now_ms();
+  spawn(&P[0]); /* the registry first, so instances register at once */
+  for (int i = 0; i < 50 && !check_health(c, &P[0]); i++) usleep(20000);
+  for (int i = 1; i < NP; i++) spawn(&P[i]);
+  write_state();
+  int all = 0, announced = 0, stopping = 0;
+  while (!stopping) {
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = 200000000};
+    int sig = sigtimedwait(&set, NULL, &ts);
+    if (sig == SIGINT || sig == SIGTERM) break;
+    pid_t pid;
+    int st;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+      for (int i = 0; i < NP; i++)
+        if (P[i].pid == pid) {
+          /* Crashed: restart with backoff (reset once it ran a minute). */
+          if (now_ms() - P[i].started_ms > 60000) P[i].backoff_ms = 500;
+          P[i].restart_at_ms = now_ms() + P[i].backoff_ms;
+          P[i].backoff_ms = P[i].backoff_ms * 2 > 30000 ? 30000 : P[i].backoff_ms * 2;
+          P[i].pid = 0;
+          P[i].healthy = 0;
+          fprintf(stderr, "dsys-cluster: %s (pid %d) exited (%s %d); restarting in %lld ms\n", P[i].name,
+                  (int)pid, WIFSIGNALED(st) ? "signal" : "status", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+                  (long long)(P[i].restart_at_ms - now_ms()));
+          write_state();
+        }
+    for (int i = 0; i < NP; i++) {
+      if (!P[i].pid && now_ms() >= P[i].restart_at_ms) {
+        P[i].restarts++;
+        spawn(&P[i]);
+        write_state();
+      }
+    }
+    int nh = 0;
+    for (int i = 0; i < NP; i++) {
+      if (P[i].pid && !P[i].healthy && check_health(c, &P[i])) {
+        P[i].healthy = 1;
+        write_state();
+      }
+      nh += P[i].healthy;
+    }
+    all = nh == NP;
+    if (all && !announced) {
+      announced = 1;
+      printf("dsys-cluster: all %d processes healthy in %lld ms (data in %s)\n", NP, (long long)(now_ms() - t0), datadir);
+      for (int i = 0; i < NP; i++) {
+        char url[128];
+        url_of(&P[i], url, sizeof url);
+        printf("  %-10s %s\n", P[i].name, url);
+      }
+      for (int i = 0; i < NP; i++)
+        if (!strcmp(P[i].type, "gateway"))
+          printf("gateway: http://%s:%d   (Ctrl-C stops everything)\n", host, P[i].port);
+      fflush(stdout);
+    } else if (!announced && now_ms() - t0 > 60000) {
+      fprintf(stderr, "dsys-cluster: not all processes became healthy within 60 s; see %s/logs/\n", datadir);
+      stopping = 1;
+    }
+  }
+  fprintf(stderr, "dsys-cluster: stopping\n");
+  stop_all();
+  write_state();
+  dsys_client_free(c);
+  dsys_config_free(cfg);
+  return announced ? 0 : 1;
+}
