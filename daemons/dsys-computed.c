@@ -9,20 +9,28 @@
 static const dsys_option extra[] = {
     {"workers", "DSYS_WORKERS", DSYS_OPT_INT, "2",
      "job worker threads of this instance (0: submit and read only)"},
+    {"lease-ms", "DSYS_JOB_LEASE_MS", DSYS_OPT_INT, "30000",
+     "job lease: a job held by an instance that died runs again after this long"},
 };
 
 static dsys_compute_service *svc;
 
 static int mount(dsys_daemon *d, void *ud) {
-  int64_t workers = 0;
+  int64_t workers = 0, lease = 0;
   dsys_config_get_int(dsys_daemon_config(d), "workers", &workers);
+  dsys_config_get_int(dsys_daemon_config(d), "lease-ms", &lease);
+  if (lease < 300) {
+    fprintf(stderr, "dsys-computed: --lease-ms must be at least 300\n");
+    return 1;
+  }
   if (workers < 0 || workers > 256) {
     fprintf(stderr, "dsys-computed: --workers must be 0..256\n");
     return 1;
   }
   dsys_compute_options o = {.size = sizeof o, .queue = dsys_daemon_queue(d),
                             .name = dsys_daemon_name(d),
-                            .workers = (uint32_t)workers, .no_workers = workers == 0};
+                            .workers = (uint32_t)workers, .no_workers = workers == 0,
+                            .lease_ms = lease};
   int rc = dsys_service_compute_mount(dsys_daemon_server(d), &o, &svc);
   if (rc) fprintf(stderr, "dsys-computed: %s\n", dsys_strerror(rc));
   return rc ? 1 : 0;

@@ -148,6 +148,9 @@ typedef struct dsys_compute_options {
   int32_t max_attempts;    /**< per job, default 3 */
   int64_t worker_poll_ms;  /**< idle poll of the workers, default 100 */
   int64_t work_delay_ms;   /**< /compute-worker delay, default 550 */
+  int64_t lease_ms;        /**< job lease of the workers, default 30000: a
+                                job held by an instance that died is run
+                                again after this long */
 } dsys_compute_options;
 
 /**

@@ -352,6 +352,17 @@ static void job_parts(json_object *type, json_object *data, const char **op,
   *op = t;
 }
 
+/* Extension: data.delayMs (0..60000) makes a job take that long before it
+ * computes, reporting progress, so that long-running jobs (and workers
+ * dying in the middle of one) can be exercised. -1 when invalid. */
+static int64_t job_delay_ms(json_object *data) {
+  json_object *d = given(data, "delayMs");
+  if (!d) return 0;
+  if (!json_object_is_type(d, json_type_int)) return -1;
+  int64_t v = json_object_get_int64(d);
+  return v < 0 || v > 60000 ? -1 : v;
+}
+
 static void h_submit(dsys_request *req, void *ud) {
   dsys_compute_service *c = ud;
   json_object *b;
@@ -366,6 +377,9 @@ static void h_submit(dsys_request *req, void *ud) {
   } else if (job_parts(type, data, &op, &ops), !ops) {
     dsysi_respond_err(req, 400, "DSYS_EINVAL",
                       "Operation and operands are required");
+  } else if (job_delay_ms(data) < 0) {
+    dsysi_respond_err(req, 400, "DSYS_EINVAL",
+                      "delayMs must be an integer from 0 to 60000");
   } else {
     int rc = compute(op, ops, 1, NULL, &e);
     if (rc == C_BADOP) {
@@ -443,6 +457,7 @@ static void h_job(dsys_request *req, void *ud) {
         json_object_object_get_ex(p, "data", &v) ? v : NULL));
     json_object_object_add(o, "result", parse_or_null(j->result));
     json_object_object_add(o, "attempts", json_object_new_int(j->attempts));
+    json_object_object_add(o, "worker", j->worker ? json_object_new_string(j->worker) : NULL);
     json_object_object_add(o, "error",
                            j->state == DSYS_JOB_CANCELED ? json_object_new_string("canceled")
                            : j->error ? json_object_new_string(j->error) : NULL);
@@ -486,7 +501,16 @@ static int run_job(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
   if (json_object_is_type(p, json_type_object))
     job_parts(given(p, "type"), given(p, "data"), &op, &ops);
   cres e = {""};
-  dsys_job_ctx_progress(ctx, 10, "computing");
+  int64_t delay = json_object_is_type(p, json_type_object) ? job_delay_ms(given(p, "data")) : 0;
+  for (int64_t waited = 0; delay > 0 && waited < delay; waited += 100) {
+    if (dsys_job_ctx_stopping(ctx)) {
+      json_object_put(p);
+      return DSYS_ECANCELED; /* released back to the queue */
+    }
+    dsys_job_ctx_progress(ctx, (int)(waited * 90 / delay), "waiting");
+    dsys_clock_sleep_us(c->svc.clock, 100000);
+  }
+  dsys_job_ctx_progress(ctx, 90, "computing");
   int rc = ops ? compute(op, ops, 0, &res, &e) : C_BADARG;
   if (rc) {
     dsys_job_ctx_set_error(ctx, rc == C_BADOP ? "Invalid operation"
@@ -553,6 +577,9 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     dsys_worker_options wo = {.size = sizeof wo, .queues = queues, .nqueues = 1,
                               .threads = opts->workers ? opts->workers : 2,
                               .poll_ms = opts->worker_poll_ms,
+                              .lease_ms = opts->lease_ms,
+                              /* the instance name shows in GET /job/:id */
+                              .worker_id = c->svc.name,
                               .handler = run_job, .ud = c};
     rc = dsys_worker_start(&c->worker, c->q, &wo);
   }
