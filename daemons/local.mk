@@ -27,3 +27,11 @@ EXTRA_DIST += tests/integration/registryd.test
 bin_PROGRAMS += daemons/dsys-cluster
 daemons_dsys_cluster_SOURCES = daemons/dsys-cluster.c
 daemons_dsys_cluster_LDADD = libdistsys.la
+
+# The deployment under failure: real processes started by dsys-cluster.
+check_PROGRAMS += tests/integration/test-cluster
+tests_integration_test_cluster_SOURCES = tests/integration/test-cluster.c
+tests_integration_test_cluster_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_integration_test_cluster_CFLAGS = $(TEST_CFLAGS)
+tests_integration_test_cluster_LDADD = $(TEST_LIBS)
+TESTS += tests/integration/test-cluster

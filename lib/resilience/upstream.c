@@ -345,7 +345,11 @@ size_t dsys_upstream_count(dsys_upstream *u) {
 /* ---- registry ---- */
 
 /* Make the registry member id match inst (NULL: not a member). */
-static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *inst) {
+/* restart: the instance registered again (a new process): start it over
+ * with fresh health, outlier and breaker state even if its URL is the same,
+ * so an ejection of the dead process does not keep the new one out. */
+static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *inst,
+                         int restart) {
   uep *fresh = NULL;
   int rc;
   if (inst) {
@@ -361,7 +365,7 @@ static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *ins
   uep *cur = i != SIZE_MAX ? u->eps[i] : NULL;
   if (cur && !cur->from_registry) {
     /* a static endpoint with this id wins */
-  } else if (cur && fresh && !strcmp(cur->url, fresh->url)) {
+  } else if (cur && fresh && !strcmp(cur->url, fresh->url) && !restart) {
     uint32_t w = atomic_load(&fresh->weight);
     if (atomic_load(&cur->weight) != w) {
       dsys_balancer_set_weight(u->bal, cur->id, w);
@@ -375,12 +379,16 @@ static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *ins
   ep_unref(fresh);
 }
 
-static void reg_update(dsys_upstream *u, const char *id) {
+static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *inst) {
+  reg_apply_ex(u, id, inst, 0);
+}
+
+static void reg_update(dsys_upstream *u, const char *id, int restart) {
   dsys_instance *inst = NULL;
   int rc = dsys_registry_get(u->reg, id, &inst);
   int member = !rc && inst && !strcmp(inst->type, u->service) &&
                inst->health == DSYS_INSTANCE_HEALTHY;
-  reg_apply(u, id, member ? inst : NULL);
+  reg_apply_ex(u, id, member ? inst : NULL, restart);
   dsys_free(inst);
 }
 
@@ -421,7 +429,7 @@ static void on_change(void *ud, const dsys_registry_change *c) {
   switch (c->kind) {
   case DSYS_REG_REGISTERED:
   case DSYS_REG_HEALTHY:
-    if (ours) reg_update(u, c->id);
+    if (ours) reg_update(u, c->id, c->kind == DSYS_REG_REGISTERED);
     else reg_apply(u, c->id, NULL); /* re-registered under another type */
     break;
   default: /* deregistered, unhealthy, reaped */
