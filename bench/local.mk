@@ -5,3 +5,4 @@ bench_bench_server_SOURCES = bench/bench-server.c
 bench_bench_server_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS)
 bench_bench_server_LDADD = libdistsys.la $(MHD_LIBS)
 EXTRA_DIST += bench/run-transport
+EXTRA_DIST += bench/run-gateway
