@@ -377,7 +377,7 @@ class dsys_header(Structure):
 class dsys_call(Structure):
     _fields_ = [("size", c_size_t), ("method", c_char_p), ("url", c_char_p),
                 ("path", c_char_p), ("headers", POINTER(dsys_header)),
-                ("nheaders", c_size_t), ("body", c_void_p),
+                ("nheaders", c_size_t), ("body", c_char_p),
                 ("body_len", c_size_t), ("timeout_ms", c_int64),
                 ("connect_timeout_ms", c_int64), ("on_chunk", c_void_p),
                 ("chunk_ud", c_void_p)]
