@@ -63,3 +63,5 @@ tests_unit_test_h1client_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_h1client_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_h1client_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-h1client
+TESTS += tests/python.test
+EXTRA_DIST += tests/python.test bindings/python examples/python

@@ -19,6 +19,7 @@
 #include <distsys/retry.h>
 #include <distsys/health.h>
 #include <distsys/registry.h>
+#include <distsys/auth.h>
 #include <distsys/services.h>
 #include <distsys/upstream.h>
 #include <distsys/gateway.h>

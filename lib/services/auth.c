@@ -20,13 +20,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <jwt.h>
+#include <distsys/auth.h>
 #include <distsys/services.h>
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
 #include "services/common.h"
+#include "services/authfn.h"
 
-#define MAX_PASSWORD 1024
+#define MAX_PASSWORD DSYS_PASSWORD_MAX
 #define MAX_EMAIL 254
 #define MAX_USERNAME 256
 
@@ -44,74 +46,38 @@ struct dsys_auth_service {
   char dummy_hash[CRYPT_OUTPUT_SIZE]; /* verified against for unknown users */
 };
 
-/* ---- passwords ---- */
+/* ---- passwords and tokens: the shared primitives of authfn.c ---- */
 
 static int hash_password(const char *prefix, const char *pw, char *out) {
-  char *setting = crypt_gensalt_ra(prefix, 0, NULL, 0);
-  if (!setting) return DSYS_EINVAL;
-  struct crypt_data *cd = calloc(1, sizeof *cd);
-  if (!cd) {
-    free(setting);
-    return DSYS_ENOMEM;
-  }
-  char *h = crypt_rn(pw, setting, cd, (int)sizeof *cd);
-  free(setting);
-  int rc = 0;
-  if (!h || h[0] == '*' || strlen(h) >= CRYPT_OUTPUT_SIZE) rc = DSYS_EINTERNAL;
-  else strcpy(out, h);
-  explicit_bzero(cd, sizeof *cd);
-  free(cd);
-  return rc;
+  return dsysi_password_hash(prefix, pw, out);
 }
 
-/* 1 when pw matches the stored hash; compared in constant time. */
+/* 1 when pw matches the stored hash (0 also when out of memory). */
 static int verify_password(const char *pw, const char *stored) {
-  struct crypt_data *cd = calloc(1, sizeof *cd);
-  if (!cd) return 0;
-  char *h = crypt_rn(pw, stored, cd, (int)sizeof *cd);
-  int ok = h && h[0] != '*' &&
-           dsys_ct_equal(h, strlen(h), stored, strlen(stored));
-  explicit_bzero(cd, sizeof *cd);
-  free(cd);
-  return ok;
+  return dsysi_password_check(pw, stored) == 1;
 }
-
-/* ---- tokens ---- */
 
 static char *sign_token(dsys_auth_service *a, const char *id,
                         const char *email) {
   jwt_t *j = NULL;
   if (jwt_new(&j)) return NULL;
-  int64_t now = dsysi_svc_now(&a->svc) / 1000;
   char *tok = NULL;
-  if (!jwt_add_grant(j, "id", id) && !jwt_add_grant(j, "email", email) &&
-      !jwt_add_grant_int(j, "iat", (long)now) &&
-      !jwt_add_grant_int(j, "exp", (long)(now + a->lifetime_s)) &&
-      !jwt_set_alg(j, a->alg, a->secret, (int)a->secret_len))
-    tok = jwt_encode_str(j);
+  if (!jwt_add_grant(j, "id", id) && !jwt_add_grant(j, "email", email))
+    dsysi_token_encode(j, a->secret, a->secret_len, a->alg,
+                       dsysi_svc_now(&a->svc) / 1000, a->lifetime_s, &tok);
   jwt_free(j);
   return tok;
 }
 
-/* Verify a token: signature, algorithm (must be the configured one: alg
- * "none" and any other are rejected), exp, nbf. On success *id and *email
- * receive copies. */
+/* Verify a token (dsysi_token_decode: signature, the configured algorithm
+ * only, exp, nbf). On success *id and *email receive copies. */
 static int check_token(dsys_auth_service *a, const char *token, char **id,
                        char **email) {
   jwt_t *j = NULL;
-  if (!token || jwt_decode(&j, token, a->secret, (int)a->secret_len) || !j) {
-    if (j) jwt_free(j);
-    return DSYS_EAUTH;
-  }
-  int rc = DSYS_EAUTH;
-  int64_t now = dsysi_svc_now(&a->svc) / 1000;
-  if (jwt_get_alg(j) != a->alg) goto out;
-  errno = 0;
-  long exp = jwt_get_grant_int(j, "exp");
-  if (errno || exp <= now) goto out;
-  errno = 0;
-  long nbf = jwt_get_grant_int(j, "nbf");
-  if (!errno && nbf > now) goto out;
+  int rc = dsysi_token_decode(token, a->secret, a->secret_len, a->alg,
+                              dsysi_svc_now(&a->svc) / 1000, &j);
+  if (rc) return rc;
+  rc = DSYS_EAUTH;
   const char *i = jwt_get_grant(j, "id"), *e = jwt_get_grant(j, "email");
   if (!i || !e) goto out;
   *id = strdup(i);
@@ -540,12 +506,8 @@ int dsys_service_auth_mount(dsys_server *srv, const dsys_auth_options *opts,
   if (!srv || !opts || !out || !opts->store || !opts->token_secret ||
       opts->token_secret_len < 32 || opts->token_secret_len > 4096)
     return DSYS_EINVAL;
-  jwt_alg_t alg = JWT_ALG_HS256;
-  if (opts->token_alg) {
-    alg = jwt_str_alg(opts->token_alg);
-    if (alg != JWT_ALG_HS256 && alg != JWT_ALG_HS384 && alg != JWT_ALG_HS512)
-      return DSYS_EINVAL;
-  }
+  jwt_alg_t alg;
+  if (dsysi_token_alg(opts->token_alg, &alg)) return DSYS_EINVAL;
   dsys_auth_service *a = calloc(1, sizeof *a);
   if (!a) return DSYS_ENOMEM;
   a->store = opts->store;

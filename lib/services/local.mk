@@ -1,10 +1,11 @@
 # Services: mountable modules (auth, data, compute), their shared helpers,
 # and the daemon boilerplate used by daemons/ (issue 5).
 libdsys_internal_la_SOURCES += \
-	lib/services/common.c lib/services/auth.c lib/services/secret.c \
+	lib/services/common.c lib/services/auth.c lib/services/authfn.c \
+	lib/services/secret.c \
 	lib/services/data.c lib/services/compute.c lib/services/daemon.c
-noinst_HEADERS += lib/services/common.h
-pkginclude_HEADERS += include/distsys/services.h
+noinst_HEADERS += lib/services/common.h lib/services/authfn.h
+pkginclude_HEADERS += include/distsys/services.h include/distsys/auth.h
 
 # Tests: each service on inproc:// with a temporary SQLite file.
 EXTRA_DIST += tests/services/svc-test.h

@@ -1,0 +1,36 @@
+"""distsys: Python bindings (ctypes) for libdistsys.
+
+Registry, load balancing, circuit breakers, resilient service calls,
+key-value store, durable job queue with workers, and auth helpers. Load
+order of the C library: ``$DSYS_LIBRARY`` if set, else the installed
+``libdistsys``; see README.md.
+"""
+from __future__ import annotations
+
+from . import _lib
+from ._lib import LibraryNotFoundError
+from .errors import DistsysError, error_class, error_classes
+from .errors import *  # noqa: F401,F403 - the generated exception classes
+from .auth import hash_password, issue_token, verify_password, verify_token
+from .queue import JOB_STATES, Job, JobContext, Queue, Worker
+from .registry import CHANGE_KINDS, Change, Instance, Registry
+from .resilience import (BREAKER_STATES, POLICIES, Balancer, Breaker,
+                         BreakerStats, Pick)
+from .store import Item, Store
+from .upstream import EndpointStats, Response, Upstream
+from . import errors as _errors
+
+__version__ = "0.1.0"
+#: Version of the loaded C library, e.g. "0.1.0".
+library_version: str = _lib.LIB_VERSION
+#: Path or name the C library was loaded from.
+library_path: str = _lib.LIB_PATH
+
+__all__ = [
+    "LibraryNotFoundError", "DistsysError", "error_class", "error_classes",
+    "hash_password", "verify_password", "issue_token", "verify_token",
+    "Store", "Item", "Queue", "Job", "JobContext", "Worker", "JOB_STATES",
+    "Registry", "Instance", "Change", "CHANGE_KINDS", "Balancer", "Pick",
+    "Breaker", "BreakerStats", "POLICIES", "BREAKER_STATES", "Upstream",
+    "Response", "EndpointStats", "library_version", "library_path",
+] + sorted(_errors.error_classes())

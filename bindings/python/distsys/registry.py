@@ -1,0 +1,217 @@
+"""Service registry (``dsys_registry``)."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from ctypes import POINTER, byref, c_char_p, c_size_t, c_uint64, c_void_p, sizeof, create_string_buffer
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import _lib, errors
+from ._handle import attach, callback_scope
+
+__all__ = ["Registry", "Instance", "Change", "CHANGE_KINDS"]
+
+log = logging.getLogger("distsys")
+
+#: Change kind names by number (dsys_registry_change_kind).
+CHANGE_KINDS: Dict[int, str] = {0: "registered", 1: "deregistered",
+                                2: "unhealthy", 3: "healthy", 4: "reaped",
+                                5: "resync"}
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A registered service instance (a copy)."""
+
+    id: str
+    type: str
+    url: str
+    name: str = ""
+    tags: List[str] = field(default_factory=list)
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    weight: int = 1
+    healthy: bool = True
+    registered_ms: int = 0
+    last_heartbeat_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Change:
+    """One registry change, passed to watch callbacks."""
+
+    index: int
+    kind: str
+    id: str
+    type: str
+
+
+def _instances(arr: Any, n: int) -> List[Instance]:
+    out = []
+    for i in range(n):
+        x = arr[i]
+        out.append(Instance(
+            x.id.decode(), x.type.decode(), x.url.decode(),
+            x.name.decode() if x.name else x.id.decode(),
+            [x.tags[k].decode() for k in range(x.ntags)],
+            json.loads(x.metadata.decode()) if x.metadata else {},
+            x.weight, x.health == 0, x.registered_ms, x.last_heartbeat_ms))
+    return out
+
+
+class Registry:
+    """A service registry.
+
+    ``backend`` is "memory" (this handle only), "sqlite" (``target`` is a
+    file shared by every process that opens it) or a registry daemon URL
+    ("http://host:port"). Instances whose last heartbeat is older than
+    ``ttl_ms`` are unhealthy; after ``reap_ms`` they are removed.
+
+    Thread-safe. Watch callbacks run on library threads (or the thread whose
+    call made the change) with the GIL taken by ctypes; an exception in one
+    is logged on the "distsys" logger and otherwise ignored. ``close()``
+    first closes Upstreams that discover through this registry.
+
+    Example::
+
+        with distsys.Registry("memory") as r:
+            r.register("data-1", "data", "http://127.0.0.1:4002")
+            print([i.url for i in r.lookup("data")])
+    """
+
+    def __init__(self, backend: str = "memory", target: Optional[str] = None,
+                 *, ttl_ms: int = 0, reap_ms: int = 0,
+                 sweep_interval_ms: int = 0) -> None:
+        o = _lib.dsys_registry_options(
+            size=sizeof(_lib.dsys_registry_options), ttl_ms=ttl_ms,
+            reap_ms=reap_ms, sweep_interval_ms=sweep_interval_ms)
+        h = c_void_p()
+        err = create_string_buffer(512)
+        rc = _lib.dsys_registry_open(byref(h), backend.encode(),
+                                     None if target is None else target.encode(),
+                                     byref(o), err, len(err))
+        errors.raise_for(rc, err.value.decode() or f"backend {backend!r}")
+        self.backend = backend
+        self._watches: Dict[int, Any] = {}
+        self._wlock = threading.Lock()
+        # the watch callbacks stay alive until the registry is freed
+        self._life, self._fin = attach(self, h.value, _lib.dsys_registry_close,
+                                       keep=self._watches)
+
+    def close(self) -> None:
+        """Close dependent Upstreams, stop the sweep timer, free
+        (idempotent). Must not be called from a watch callback."""
+        self._fin()
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._life.closed
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, f: Any, *args: Any) -> None:
+        p = self._life.enter()
+        try:
+            rc = f(p, *args)
+            if rc:
+                m = _lib.dsys_registry_errmsg(p)
+                errors.raise_for(rc, m.decode() if m else None)
+        finally:
+            self._life.leave()
+
+    def register(self, id: str, type: str, url: str, *, name: Optional[str] = None,
+                 tags: Sequence[str] = (), metadata: Optional[Dict[str, Any]] = None,
+                 weight: int = 1) -> None:
+        """Register (or replace) an instance."""
+        tag_arr = (c_char_p * max(1, len(tags)))(*[t.encode() for t in tags])
+        inst = _lib.dsys_instance(
+            id=id.encode(), type=type.encode(), url=url.encode(),
+            name=None if name is None else name.encode(),
+            tags=tag_arr, ntags=len(tags),
+            metadata=None if metadata is None else json.dumps(metadata).encode(),
+            weight=weight)
+        self._call(_lib.dsys_registry_register, byref(inst))
+
+    def heartbeat(self, id: str) -> None:
+        """Refresh an instance's heartbeat (NotFoundError if unknown)."""
+        self._call(_lib.dsys_registry_heartbeat, id.encode())
+
+    def deregister(self, id: str) -> None:
+        """Remove an instance (NotFoundError if unknown)."""
+        self._call(_lib.dsys_registry_deregister, id.encode())
+
+    def lookup(self, type: Optional[str] = None, healthy_only: bool = True) -> List[Instance]:
+        """Instances of a service type (None: all), ordered by id."""
+        arr = POINTER(_lib.dsys_instance)()
+        n = c_size_t()
+        self._call(_lib.dsys_registry_lookup,
+                   None if type is None else type.encode(), int(healthy_only),
+                   byref(arr), byref(n))
+        try:
+            return _instances(arr, n.value)
+        finally:
+            _lib.dsys_free(arr)
+
+    def get(self, id: str) -> Instance:
+        """One instance by id (NotFoundError)."""
+        arr = POINTER(_lib.dsys_instance)()
+        self._call(_lib.dsys_registry_get, id.encode(), byref(arr))
+        try:
+            return _instances(arr, 1)[0]
+        finally:
+            _lib.dsys_free(arr)
+
+    @property
+    def index(self) -> int:
+        """The current change index."""
+        v = c_uint64()
+        self._call(_lib.dsys_registry_index, byref(v))
+        return v.value
+
+    def wait(self, after: int, timeout_ms: int) -> Optional[int]:
+        """Block (GIL released) until the index exceeds ``after``; returns
+        the new index, or None on timeout."""
+        v = c_uint64()
+        try:
+            self._call(_lib.dsys_registry_wait, after, timeout_ms, byref(v))
+        except errors.error_class(-6):
+            return None
+        return v.value
+
+    def sweep(self) -> None:
+        """Record TTL transitions now and deliver pending changes."""
+        self._call(_lib.dsys_registry_sweep)
+
+    def watch(self, callback: Callable[[Change], None]) -> int:
+        """Call ``callback(change)`` for every change from now on; returns a
+        watch id for :meth:`unwatch`."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+
+        def run(ud: Any, cp: Any) -> None:
+            try:
+                with callback_scope():
+                    c = cp.contents
+                    callback(Change(c.index, CHANGE_KINDS.get(c.kind, str(c.kind)),
+                                    c.id.decode(), c.type.decode()))
+            except BaseException:
+                log.exception("distsys: exception in a registry watch callback")
+
+        cb = _lib.WATCH_FN(run)
+        wid = c_uint64()
+        self._call(_lib.dsys_registry_watch, cb, None, byref(wid))
+        with self._wlock:
+            self._watches[wid.value] = cb
+        return wid.value
+
+    def unwatch(self, watch_id: int) -> None:
+        """Stop a watch; after this returns its callback no longer runs."""
+        self._call(_lib.dsys_registry_unwatch, watch_id)
+        with self._wlock:
+            self._watches.pop(watch_id, None)

@@ -1,0 +1,253 @@
+"""Calling a service by name with all the library's resilience
+(``dsys_upstream``): discovery, balancing, per-endpoint breakers, outlier
+detection, per-try timeouts, retries with backoff and a retry budget."""
+from __future__ import annotations
+
+import json as _json
+from ctypes import (POINTER, byref, c_char_p, c_int32, c_size_t, c_void_p,
+                    sizeof, string_at)
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
+
+from . import _lib, errors
+from ._handle import attach
+from .registry import Registry
+from .resilience import BREAKER_STATES, policy_number
+
+__all__ = ["Upstream", "Response", "EndpointStats"]
+
+
+@dataclass(frozen=True)
+class Response:
+    """The final reply of a call (any HTTP status), and what it took."""
+
+    status: int
+    headers: Dict[str, str]
+    body: bytes
+    attempts: int
+    endpoint: str
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8."""
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return _json.loads(self.body)
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx status."""
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    """Statistics of one endpoint (a subset of dsys_endpoint_stats)."""
+
+    id: str
+    url: str
+    weight: int
+    usable: bool
+    healthy: bool
+    ejected: bool
+    breaker_state: str
+    requests: int
+    successes: int
+    failures: int
+    in_flight: int
+    breaker_rejections: int
+    p50_us: int
+    p90_us: int
+    p99_us: int
+
+
+class Upstream:
+    """Calls one service through the library: endpoints from a
+    :class:`Registry` (kept current by a watch) and/or static ones, a
+    balancing policy, a circuit breaker per endpoint, passive outlier
+    detection (and active health checks with ``health_check=True``), a
+    per-try timeout, retries (refused connections at once on another
+    endpoint; after sending only for idempotent methods or with an
+    Idempotency-Key header) and a retry budget.
+
+    ``call()`` blocks the calling thread with the GIL released; many
+    threads may call at once. A reply with any status is a
+    :class:`Response`; transport failures raise (UnavailableError,
+    BreakerOpenError, ConnRefusedError, TimedOutError, ...).
+
+    The Upstream keeps its Registry alive; closing the Registry closes it.
+
+    Example::
+
+        with distsys.Upstream("data", endpoints={"d1": "http://127.0.0.1:4002"}) as up:
+            r = up.call("GET", "/api/data")
+            print(r.status, r.json())
+    """
+
+    def __init__(self, service: str = "upstream", *,
+                 registry: Optional[Registry] = None,
+                 endpoints: Optional[Mapping[str, str]] = None,
+                 policy: str = "round_robin", fail_fast: bool = False,
+                 seed: int = 0, health_check: bool = False,
+                 health_path: Optional[str] = None,
+                 max_attempts: int = 0, per_try_timeout_ms: int = 0,
+                 deadline_ms: int = 0, backoff_base_ms: int = 0,
+                 backoff_cap_ms: int = 0, retry_statuses: Optional[List[int]] = None,
+                 retry_budget: bool = True,
+                 breaker_minimum_calls: int = 0,
+                 breaker_failure_rate_pct: int = 0,
+                 breaker_open_wait_ms: int = 0) -> None:
+        statuses = None
+        if retry_statuses is not None:
+            statuses = (c_int32 * max(1, len(retry_statuses)))(*retry_statuses)
+        ro = _lib.dsys_retry_options(
+            size=sizeof(_lib.dsys_retry_options), max_attempts=max_attempts,
+            per_try_timeout_ms=per_try_timeout_ms, deadline_ms=deadline_ms,
+            backoff_base_ms=backoff_base_ms, backoff_cap_ms=backoff_cap_ms,
+            retry_statuses=statuses,
+            n_retry_statuses=0 if retry_statuses is None else len(retry_statuses),
+            budget_off=0 if retry_budget else 1)
+        bo = _lib.dsys_breaker_options(
+            size=sizeof(_lib.dsys_breaker_options),
+            minimum_calls=breaker_minimum_calls,
+            failure_rate_pct=breaker_failure_rate_pct,
+            open_wait_ms=breaker_open_wait_ms)
+        o = _lib.dsys_upstream_options(
+            size=sizeof(_lib.dsys_upstream_options), service=service.encode(),
+            policy=policy_number(policy), when_none=int(fail_fast), seed=seed,
+            health_check=int(health_check),
+            health_path=None if health_path is None else health_path.encode(),
+            breaker=POINTER(_lib.dsys_breaker_options)(bo),
+            retry=POINTER(_lib.dsys_retry_options)(ro))
+        self.service = service
+        self.registry = registry
+        keep = (registry, ro, bo, statuses)
+        parent = None
+        if registry is not None:
+            parent = registry._life
+            o.registry = parent.enter()
+        try:
+            h = c_void_p()
+            errors.raise_for(_lib.dsys_upstream_new(byref(h), byref(o)),
+                             f"service {service!r}")
+            self._life, self._fin = attach(self, h.value, _lib.dsys_upstream_free,
+                                           parent=parent, keep=keep)
+        finally:
+            if parent is not None:
+                parent.leave()
+        for eid, url in (endpoints or {}).items():
+            self.add(eid, url)
+
+    def close(self) -> None:
+        """Free the upstream (waits for calls in flight; idempotent)."""
+        self._fin()
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._life.closed
+
+    def __enter__(self) -> "Upstream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        """Number of endpoints."""
+        p = self._life.enter()
+        try:
+            return _lib.dsys_upstream_count(p)
+        finally:
+            self._life.leave()
+
+    def _call(self, f: Any, *args: Any) -> None:
+        p = self._life.enter()
+        try:
+            rc = f(p, *args)
+        finally:
+            self._life.leave()
+        errors.raise_for(rc)
+
+    def add(self, id: str, url: str, weight: int = 1) -> None:
+        """Add a static endpoint (AlreadyExistsError)."""
+        self._call(_lib.dsys_upstream_add, id.encode(), url.encode(), weight)
+
+    def remove(self, id: str) -> None:
+        """Remove an endpoint (NotFoundError)."""
+        self._call(_lib.dsys_upstream_remove, id.encode())
+
+    def call(self, method: str = "GET", path: str = "/", *,
+             body: Optional[bytes | str] = None, json: Any = None,
+             headers: Optional[Mapping[str, str]] = None) -> Response:
+        """Call the service and wait for the final reply (see the class
+        docstring for retries). ``json`` is serialized and sent with
+        ``Content-Type: application/json``."""
+        hdrs = dict(headers or {})
+        if json is not None:
+            body = _json.dumps(json).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        if isinstance(body, str):
+            body = body.encode()
+        harr = (_lib.dsys_header * max(1, len(hdrs)))(
+            *[_lib.dsys_header(k.encode(), v.encode()) for k, v in hdrs.items()])
+        c = _lib.dsys_call(size=sizeof(_lib.dsys_call), method=method.encode(),
+                           path=path.encode(), headers=harr, nheaders=len(hdrs),
+                           body=body, body_len=len(body) if body else 0)
+        reply = c_void_p()
+        res = _lib.dsys_upstream_result(size=sizeof(_lib.dsys_upstream_result))
+        p = self._life.enter()
+        try:
+            rc = _lib.dsys_upstream_call_ex(p, byref(c), byref(reply), byref(res))
+        finally:
+            self._life.leave()
+        errors.raise_for(rc, f"{self.service} {method} {path}; "
+                             f"{res.attempts} attempt(s), last endpoint "
+                             f"{res.endpoint.decode() or '-'}")
+        r = reply.value
+        try:
+            n = c_size_t()
+            bp = _lib.dsys_reply_body(r, byref(n))
+            data = string_at(bp, n.value) if bp and n.value else b""
+            out_h: Dict[str, str] = {}
+            for i in range(_lib.dsys_reply_header_count(r)):
+                k, v = c_char_p(), c_char_p()
+                if not _lib.dsys_reply_header_at(r, i, byref(k), byref(v)):
+                    out_h.setdefault(k.value.decode("latin-1"), v.value.decode("latin-1"))
+            return Response(_lib.dsys_reply_status(r), out_h, data,
+                            res.attempts, res.endpoint.decode())
+        finally:
+            _lib.dsys_reply_free(r)
+
+    def stats(self) -> List[EndpointStats]:
+        """Per-endpoint statistics."""
+        arr = POINTER(_lib.dsys_endpoint_stats)()
+        n = c_size_t()
+        self._call(_lib.dsys_upstream_stats, byref(arr), byref(n))
+        try:
+            return [EndpointStats(
+                s.id.decode(), s.url.decode(), s.weight, bool(s.usable),
+                bool(s.healthy), bool(s.ejected),
+                BREAKER_STATES.get(s.breaker_state, str(s.breaker_state)),
+                s.requests, s.successes, s.failures, s.in_flight,
+                s.breaker_rejections, s.p50_us, s.p90_us, s.p99_us)
+                for s in (arr[i] for i in range(n.value))]
+        finally:
+            _lib.dsys_free(arr)
+
+    def totals(self) -> Dict[str, int]:
+        """Service-level totals (calls, replies, errors, attempts, retries,
+        picks, panic_picks, unavailable, breaker_rejected, endpoints,
+        p50_us, p90_us, p99_us)."""
+        t = _lib.dsys_upstream_totals()
+        self._call(_lib.dsys_upstream_totals_get, byref(t))
+        return {n: getattr(t, n) for n, _ in t._fields_}
+
+    def set_breaker(self, id: str, state: str) -> None:
+        """Force one endpoint's breaker state ("forced-open", "closed", ...)."""
+        nums = {v: k for k, v in BREAKER_STATES.items()}
+        if state not in nums:
+            raise ValueError(f"state must be one of {sorted(nums)}")
+        self._call(_lib.dsys_upstream_breaker_set, id.encode(), nums[state])
