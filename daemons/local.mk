@@ -22,3 +22,12 @@ daemons_dsys_registryd_SOURCES = daemons/dsys-registryd.c
 daemons_dsys_registryd_LDADD = libdistsys.la
 TESTS += tests/integration/registryd.test
 EXTRA_DIST += tests/integration/registryd.test
+
+# dsys-loadtest: the load generator (issue 9); a client program, so it uses
+# libcurl directly. See docs/reference/loadtest.md.
+bin_PROGRAMS += tools/dsys-loadtest
+tools_dsys_loadtest_SOURCES = tools/dsys-loadtest.c tools/loadtest-hist.c tools/loadtest-hist.h
+tools_dsys_loadtest_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS)
+tools_dsys_loadtest_LDADD = libdistsys.la $(CURL_LIBS) -lm
+TESTS += tests/integration/loadtest.test
+EXTRA_DIST += tests/integration/loadtest.test

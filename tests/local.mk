@@ -63,3 +63,10 @@ tests_unit_test_h1client_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_h1client_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_h1client_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-h1client
+
+check_PROGRAMS += tests/unit/test-loadtest-hist
+tests_unit_test_loadtest_hist_SOURCES = tests/unit/test-loadtest-hist.c tools/loadtest-hist.c
+tests_unit_test_loadtest_hist_CPPFLAGS = $(TEST_CPPFLAGS) -I$(top_srcdir)/tools
+tests_unit_test_loadtest_hist_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_loadtest_hist_LDADD = $(TEST_LIBS)
+TESTS += tests/unit/test-loadtest-hist
