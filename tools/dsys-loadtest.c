@@ -336,7 +336,7 @@ static void put_req(lt *L, req *r) {
   L->free_list = r;
 }
 
-/* Start one request that was due at sched (now for the closed loop). */
+/* Start one request that was due at sched; 0 means "now" (closed loop). */
 static int launch(lt *L, uint64_t sched) {
   req *r = get_req(L);
   if (!r) return -1;
@@ -361,13 +361,13 @@ static int launch(lt *L, uint64_t sched) {
   } else {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   }
-  r->sched_ns = sched;
   r->sent_ns = now_ns();
+  r->sched_ns = sched ? sched : r->sent_ns;
   if (curl_multi_add_handle(L->multi, e) != CURLM_OK) {
     put_req(L, r);
     return -1;
   }
-  uint64_t lag = r->sent_ns > sched ? r->sent_ns - sched : 0;
+  uint64_t lag = r->sent_ns - r->sched_ns;
   if (lag > L->max_lag_ns) L->max_lag_ns = lag;
   if (lag > 10000000ull) L->late++;
   r->active = 1;
@@ -429,7 +429,7 @@ static int run(lt *L) {
   L->start_ns = start;
   if (L->closed)
     for (int64_t c = 0; c < L->connections; c++)
-      if (launch(L, now_ns())) return -1;
+      if (launch(L, 0)) return -1;
   for (;;) {
     uint64_t t = now_ns();
     if (interrupted && sending) end = t; /* Ctrl-C: stop sending, drain */
@@ -437,8 +437,14 @@ static int run(lt *L) {
     if (sending && t >= end) {
       sending = 0;
       L->send_end_ns = end;
-      if (!L->closed) /* due before the end but never sent (backlog) */
-        while ((uint64_t)((double)next_i * interval) < end - start) next_i++, L->not_sent++;
+      /* Requests due before the end still go out (late, timed from their
+       * schedule) if a slot is free; the rest of the backlog is not sent. */
+      for (; !L->closed; next_i++) {
+        uint64_t off = (uint64_t)((double)next_i * interval);
+        if (off >= end - start) break;
+        if (L->inflight >= L->max_inflight) L->not_sent++;
+        else if (launch(L, start + off)) return -1;
+      }
     }
     if (sending && !L->closed) {
       for (;;) {
@@ -455,7 +461,7 @@ static int run(lt *L) {
     while ((m = curl_multi_info_read(L->multi, &q)))
       if (m->msg == CURLMSG_DONE) {
         finish(L, m);
-        if (L->closed && sending && !interrupted && now_ns() < end && launch(L, now_ns())) return -1;
+        if (L->closed && sending && !interrupted && now_ns() < end && launch(L, 0)) return -1;
       }
     t = now_ns();
     if (L->progress && t >= next_tick) {
