@@ -146,6 +146,11 @@ static double rndf(lt *L, double lo, double hi) {
 
 static int body_add(req *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int body_add(req *r, const char *fmt, ...) {
+  if (!r->body) {
+    if (!(r->body = malloc(4096))) return -1;
+    r->cap = 4096;
+    r->len = 0;
+  }
   for (;;) {
     va_list ap;
     va_start(ap, fmt);
@@ -156,7 +161,7 @@ static int body_add(req *r, const char *fmt, ...) {
       r->len += (size_t)n;
       return 0;
     }
-    size_t cap = r->cap ? r->cap * 2 : 4096;
+    size_t cap = r->cap * 2;
     while (cap - r->len <= (size_t)n) cap *= 2;
     char *b = realloc(r->body, cap);
     if (!b) return -1;
