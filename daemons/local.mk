@@ -35,3 +35,11 @@ tests_integration_test_cluster_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_integration_test_cluster_CFLAGS = $(TEST_CFLAGS)
 tests_integration_test_cluster_LDADD = $(TEST_LIBS)
 TESTS += tests/integration/test-cluster
+# dsys-loadtest: the load generator (issue 9); a client program, so it uses
+# libcurl directly. See docs/reference/loadtest.md.
+bin_PROGRAMS += tools/dsys-loadtest
+tools_dsys_loadtest_SOURCES = tools/dsys-loadtest.c tools/loadtest-hist.c tools/loadtest-hist.h
+tools_dsys_loadtest_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS)
+tools_dsys_loadtest_LDADD = libdistsys.la $(CURL_LIBS) -lm
+TESTS += tests/integration/loadtest.test
+EXTRA_DIST += tests/integration/loadtest.test

@@ -65,3 +65,10 @@ tests_unit_test_h1client_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-h1client
 TESTS += tests/python.test
 EXTRA_DIST += tests/python.test bindings/python examples/python
+
+check_PROGRAMS += tests/unit/test-loadtest-hist
+tests_unit_test_loadtest_hist_SOURCES = tests/unit/test-loadtest-hist.c tools/loadtest-hist.c
+tests_unit_test_loadtest_hist_CPPFLAGS = $(TEST_CPPFLAGS) -I$(top_srcdir)/tools
+tests_unit_test_loadtest_hist_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_loadtest_hist_LDADD = $(TEST_LIBS)
+TESTS += tests/unit/test-loadtest-hist
