@@ -30,6 +30,7 @@ struct h1conn {
   endpoint *ep;
   dsysi_h1req *req; /* NULL while idle */
   int connecting;
+  int wout;         /* EPOLLOUT armed: only while connecting or blocked */
   size_t woff;      /* bytes of head+body written */
   int64_t last_used;
   h1conn *next;     /* idle list */
@@ -184,8 +185,7 @@ static void finish(dsysi_h1req *r, int err, int reusable) {
       c->next = c->ep->idle;
       c->ep->idle = c;
       c->ep->nidle++;
-      /* Idle: watch for the peer closing it. */
-      dsysi_loop_mod(p->loop, &c->w, EPOLLIN | EPOLLRDHUP, 0);
+      /* Idle: the watch (EPOLLIN|EPOLLRDHUP) reports the peer closing it. */
     } else {
       conn_close(p, c);
     }
@@ -217,6 +217,7 @@ static int new_conn(dsysi_h1pool *p, endpoint *ep, h1conn **out) {
   c->pool = p;
   c->ep = ep;
   c->connecting = rc != 0;
+  c->wout = 1;
   if (dsysi_loop_add(p->loop, &c->w, EPOLLOUT | EPOLLIN | EPOLLRDHUP, 0)) {
     close(fd);
     free(c);
@@ -240,6 +241,8 @@ static int h_body(const char *d, size_t n, void *ud) {
   return r->on_body ? r->on_body(r, d, n) : 0;
 }
 
+static void try_write(dsysi_h1req *r);
+
 /* Bind r to a connection (pooled or new) and start writing. */
 static int attach(dsysi_h1req *r, int allow_pooled) {
   dsysi_h1pool *p = r->pool;
@@ -262,7 +265,12 @@ static int attach(dsysi_h1req *r, int allow_pooled) {
   r->received = 0;
   dsysi_h1_free(&r->resp);
   dsysi_h1_init(&r->resp, r->is_head, h_head, h_body, r);
-  dsysi_loop_mod(p->loop, &c->w, EPOLLOUT | EPOLLIN | EPOLLRDHUP, 0);
+  if (!c->connecting) {
+    /* A pooled connection is writable almost always: write now and avoid
+     * two epoll_ctl calls per request. Whatever goes wrong here is left
+     * for the event loop to report (on_done never runs inside start). */
+    try_write(r);
+  }
   return 0;
 }
 
@@ -283,7 +291,15 @@ static void failed_early(dsysi_h1req *r, int err) {
   finish(r, err, 0);
 }
 
-static void do_write(dsysi_h1req *r) {
+static void arm_write(dsysi_h1pool *p, h1conn *c, int on) {
+  if (c->wout == on) return;
+  c->wout = on;
+  dsysi_loop_mod(p->loop, &c->w, EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0), 0);
+}
+
+/* Write as much as the socket takes; 0 when all written, 1 when it would
+ * block (EPOLLOUT armed), negative errno-style on failure. */
+static int write_some(dsysi_h1req *r) {
   h1conn *c = r->conn;
   size_t total = r->head_len + r->body_len;
   while (c->woff < total) {
@@ -303,15 +319,28 @@ static void do_write(dsysi_h1req *r) {
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
     ssize_t w = sendmsg(c->w.fd, &mh, MSG_NOSIGNAL);
     if (w < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      failed_early(r, c->connecting ? DSYS_ECONNREFUSED : DSYS_ECONNRESET);
-      return;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        arm_write(r->pool, c, 1);
+        return 1;
+      }
+      return -1;
     }
     c->connecting = 0;
     c->woff += (size_t)w;
   }
   r->sent = 1;
-  dsysi_loop_mod(r->pool->loop, &c->w, EPOLLIN | EPOLLRDHUP, 0);
+  arm_write(r->pool, c, 0);
+  return 0;
+}
+
+static void do_write(dsysi_h1req *r) {
+  if (write_some(r) < 0)
+    failed_early(r, r->conn->connecting ? DSYS_ECONNREFUSED : DSYS_ECONNRESET);
+}
+
+static void try_write(dsysi_h1req *r) {
+  /* On failure let the loop see the error (EPOLLOUT|EPOLLERR) and report it. */
+  if (write_some(r) < 0) arm_write(r->pool, r->conn, 1);
 }
 
 static void do_read(dsysi_h1req *r) {
