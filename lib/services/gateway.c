@@ -221,13 +221,25 @@ static void respond_unavailable(px *p, int status, const char *message) {
   free(s);
 }
 
+/* Append "name: value\r\n" without printf (this runs per proxied request). */
+static void put_header(dsysi_buf *b, const char *name, const char *value) {
+  dsysi_buf_puts(b, name);
+  dsysi_buf_append(b, ": ", 2);
+  dsysi_buf_puts(b, value);
+  dsysi_buf_append(b, "\r\n", 2);
+}
+
 /* The request line and headers we send upstream. */
 static int build_head(px *p) {
   dsys_request *req = p->req;
   dsysi_buf *b = &p->head;
   size_t blen;
   dsys_request_body(req, &blen);
-  dsysi_buf_printf(b, "%s %s HTTP/1.1\r\n", dsys_request_method(req), dsys_request_target(req));
+  const char *m = dsys_request_method(req);
+  dsysi_buf_puts(b, m);
+  dsysi_buf_append(b, " ", 1);
+  dsysi_buf_puts(b, dsys_request_target(req));
+  dsysi_buf_append(b, " HTTP/1.1\r\n", 11);
   const char *xff = NULL;
   size_t n = dsys_request_header_count(req);
   for (size_t i = 0; i < n; i++) {
@@ -241,17 +253,23 @@ static int build_head(px *p) {
       continue;
     }
     if (dsysi_streq_nocase(name, "idempotency-key")) p->has_idem_key = 1;
-    dsysi_buf_printf(b, "%s: %s\r\n", name, value);
+    put_header(b, name, value);
   }
-  const char *remote = dsys_request_remote_addr(req);
-  if (xff) dsysi_buf_printf(b, "X-Forwarded-For: %s, %s\r\n", xff, remote);
-  else dsysi_buf_printf(b, "X-Forwarded-For: %s\r\n", remote);
-  dsysi_buf_printf(b, "X-Request-Id: %s\r\ntraceparent: %s\r\n", dsys_request_id(req),
-                   dsys_request_traceparent(req));
-  const char *m = dsys_request_method(req);
-  if (blen || (strcmp(m, "GET") && strcmp(m, "HEAD") && strcmp(m, "DELETE") && strcmp(m, "OPTIONS")))
-    dsysi_buf_printf(b, "Content-Length: %zu\r\n", blen);
-  dsysi_buf_puts(b, "\r\n");
+  dsysi_buf_puts(b, "X-Forwarded-For: ");
+  if (xff) {
+    dsysi_buf_puts(b, xff);
+    dsysi_buf_append(b, ", ", 2);
+  }
+  dsysi_buf_puts(b, dsys_request_remote_addr(req));
+  dsysi_buf_append(b, "\r\n", 2);
+  put_header(b, "X-Request-Id", dsys_request_id(req));
+  put_header(b, "traceparent", dsys_request_traceparent(req));
+  if (blen || (strcmp(m, "GET") && strcmp(m, "HEAD") && strcmp(m, "DELETE") && strcmp(m, "OPTIONS"))) {
+    char cl[32];
+    snprintf(cl, sizeof cl, "%zu", blen);
+    put_header(b, "Content-Length", cl);
+  }
+  dsysi_buf_append(b, "\r\n", 2);
   return b->oom ? DSYS_ENOMEM : 0;
 }
 
