@@ -6,3 +6,4 @@ bench_bench_server_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS)
 bench_bench_server_LDADD = libdistsys.la $(MHD_LIBS)
 EXTRA_DIST += bench/run-transport
 EXTRA_DIST += bench/run-gateway
+EXTRA_DIST += bench/run-fullstack bench/run-all
