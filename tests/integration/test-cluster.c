@@ -151,7 +151,7 @@ int main(void) {
   pinfo ps[16];
   int np = read_state(ps, 16);
   ok(np >= 11, "state file lists %d processes", np);
-  int all_pids[16], nall = 0;
+  int all_pids[64], nall = 0; /* every PID seen, restarts included */
   for (int i = 0; i < np; i++) all_pids[nall++] = ps[i].pid;
   dsys_client *c;
   dsys_client_new(&c, NULL);
