@@ -7,3 +7,4 @@ bench_bench_server_LDADD = libdistsys.la $(MHD_LIBS)
 EXTRA_DIST += bench/run-transport
 EXTRA_DIST += bench/run-gateway
 EXTRA_DIST += bench/run-fullstack bench/run-all
+EXTRA_DIST += bench/python-memory.py
