@@ -22,3 +22,10 @@ daemons_dsys_registryd_SOURCES = daemons/dsys-registryd.c
 daemons_dsys_registryd_LDADD = libdistsys.la
 TESTS += tests/integration/registryd.test
 EXTRA_DIST += tests/integration/registryd.test
+
+# dsys-faultd: the fault detector daemon (issue 6)
+bin_PROGRAMS += daemons/dsys-faultd
+daemons_dsys_faultd_SOURCES = daemons/dsys-faultd.c
+daemons_dsys_faultd_LDADD = libdistsys.la
+TESTS += tests/integration/faultd.test
+EXTRA_DIST += tests/integration/faultd.test
