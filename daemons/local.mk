@@ -43,3 +43,9 @@ tools_dsys_loadtest_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS)
 tools_dsys_loadtest_LDADD = libdistsys.la $(CURL_LIBS) -lm
 TESTS += tests/integration/loadtest.test
 EXTRA_DIST += tests/integration/loadtest.test
+# dsys-faultd: the fault detector daemon (issue 6)
+bin_PROGRAMS += daemons/dsys-faultd
+daemons_dsys_faultd_SOURCES = daemons/dsys-faultd.c
+daemons_dsys_faultd_LDADD = libdistsys.la
+TESTS += tests/integration/faultd.test
+EXTRA_DIST += tests/integration/faultd.test

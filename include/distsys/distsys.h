@@ -25,5 +25,7 @@
 #include <distsys/gateway.h>
 #include <distsys/registry_service.h>
 #include <distsys/registration.h>
+#include <distsys/events.h>
+#include <distsys/faultd.h>
 
 #endif

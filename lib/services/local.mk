@@ -47,3 +47,13 @@ tests_unit_test_registry_service_SOURCES = tests/unit/test-registry-service.c
 tests_unit_test_registry_service_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_registry_service_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_registry_service_LDADD = $(TEST_LIBS)
+
+# The fault detector service (issue 6).
+libdsys_internal_la_SOURCES += lib/services/faultd.c
+pkginclude_HEADERS += include/distsys/faultd.h
+check_PROGRAMS += tests/services/test-faultd
+tests_services_test_faultd_SOURCES = tests/services/test-faultd.c
+tests_services_test_faultd_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_faultd_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_faultd_LDADD = $(TEST_LIBS)
+TESTS += tests/services/test-faultd

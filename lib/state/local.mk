@@ -44,3 +44,13 @@ bench_bench_store_SOURCES = bench/bench-store.c
 bench_bench_store_LDADD = libdistsys.la $(PTHREAD_LIBS)
 bench_bench_queue_SOURCES = bench/bench-queue.c
 bench_bench_queue_LDADD = libdistsys.la $(PTHREAD_LIBS)
+
+# Events: pub/sub with bounded queues, resume history, SSE streams (issue 7).
+libdsys_internal_la_SOURCES += lib/state/events.c
+pkginclude_HEADERS += include/distsys/events.h
+check_PROGRAMS += tests/state/test-events
+tests_state_test_events_SOURCES = tests/state/test-events.c
+tests_state_test_events_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_state_test_events_CFLAGS = $(TEST_CFLAGS)
+tests_state_test_events_LDADD = $(TEST_LIBS)
+TESTS += tests/state/test-events
