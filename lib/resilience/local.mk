@@ -3,9 +3,9 @@
 libdsys_internal_la_SOURCES += \
 	lib/resilience/breaker.c lib/resilience/balancer.c \
 	lib/resilience/retry.c lib/resilience/health.c \
-	lib/resilience/registry.c lib/resilience/registry-memory.c \
+	lib/resilience/registry.c lib/resilience/registry-memory.c lib/resilience/registry-table.c \
 	lib/resilience/registry-sqlite.c
-noinst_HEADERS += lib/resilience/rint.h lib/resilience/registry-int.h
+noinst_HEADERS += lib/resilience/rint.h lib/resilience/registry-int.h lib/resilience/registry-table.h
 pkginclude_HEADERS += include/distsys/breaker.h include/distsys/balancer.h \
 	include/distsys/retry.h include/distsys/health.h \
 	include/distsys/registry.h

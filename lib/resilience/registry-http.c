@@ -26,16 +26,10 @@
 #include <distsys/client.h>
 #include "internal.h"
 #include "json.h"
-#include "resilience/registry-int.h"
+#include "resilience/registry-table.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
-
-typedef struct hchg {
-  uint64_t index;
-  int kind;
-  char *id, *type;
-} hchg;
 
 typedef struct http_state {
   pthread_mutex_t mu;
@@ -46,12 +40,7 @@ typedef struct http_state {
   dsys_client *wcli; /* blocking queries (freed at close to cancel them) */
   dsys_registry_env env;
   int64_t wait_ms;
-  /* the view */
-  dsys_instance **v; /* dsys_instances_copy() blocks, sorted by id */
-  size_t n, cap;
-  uint64_t index;
-  hchg log[DSYSI_REGISTRY_LOG_KEEP];
-  size_t log_n;
+  dsysi_regtab t; /* the view (registry-table.c) */
   /* what we know of the daemon */
   char epoch[40], old_epoch[40];
   uint64_t dindex;
@@ -68,43 +57,6 @@ typedef struct http_state {
 
 /* ---- the view (hold mu) ---- */
 
-static size_t lower(http_state *s, const char *id, int *found) {
-  size_t lo = 0, hi = s->n;
-  while (lo < hi) {
-    size_t mid = (lo + hi) / 2;
-    if (strcmp(s->v[mid]->id, id) < 0) lo = mid + 1;
-    else hi = mid;
-  }
-  *found = lo < s->n && !strcmp(s->v[lo]->id, id);
-  return lo;
-}
-
-static int record(http_state *s, int kind, const char *id, const char *type) {
-  char *i = strdup(id), *t = strdup(type);
-  if (!i || !t) {
-    free(i);
-    free(t);
-    return DSYS_ENOMEM;
-  }
-  s->index++;
-  hchg *c = &s->log[s->index % DSYSI_REGISTRY_LOG_KEEP];
-  free(c->id);
-  free(c->type);
-  c->index = s->index;
-  c->kind = kind;
-  c->id = i;
-  c->type = t;
-  if (s->log_n < DSYSI_REGISTRY_LOG_KEEP) s->log_n++;
-  return 0;
-}
-
-static void remove_at(http_state *s, size_t pos, int kind) {
-  record(s, kind, s->v[pos]->id, s->v[pos]->type);
-  free(s->v[pos]);
-  memmove(&s->v[pos], &s->v[pos + 1], (s->n - pos - 1) * sizeof *s->v);
-  s->n--;
-}
-
 static int same_content(const dsys_instance *a, const dsys_instance *b) {
   if (strcmp(a->type, b->type) || strcmp(a->url, b->url) || strcmp(a->name, b->name) ||
       strcmp(a->metadata, b->metadata) || a->weight != b->weight || a->ntags != b->ntags ||
@@ -119,31 +71,7 @@ static int same_content(const dsys_instance *a, const dsys_instance *b) {
 static int upsert(http_state *s, const dsys_instance *in) {
   dsys_instance *copy;
   int rc = dsys_instances_copy(in, 1, &copy);
-  if (rc) return rc;
-  int found;
-  size_t pos = lower(s, in->id, &found);
-  if (!found && s->n == s->cap) {
-    size_t cap = s->cap ? s->cap * 2 : 16;
-    dsys_instance **nv = realloc(s->v, cap * sizeof *nv);
-    if (!nv) {
-      free(copy);
-      return DSYS_ENOMEM;
-    }
-    s->v = nv;
-    s->cap = cap;
-  }
-  if ((rc = record(s, DSYS_REG_REGISTERED, copy->id, copy->type))) {
-    free(copy);
-    return rc;
-  }
-  if (found) {
-    free(s->v[pos]);
-  } else {
-    memmove(&s->v[pos + 1], &s->v[pos], (s->n - pos) * sizeof *s->v);
-    s->n++;
-  }
-  s->v[pos] = copy;
-  return 0;
+  return rc ? rc : dsysi_regtab_upsert(&s->t, copy);
 }
 
 static int64_t now_ms(http_state *s) {
@@ -153,24 +81,24 @@ static int64_t now_ms(http_state *s) {
 /* Merge what the daemon says about one instance into the view. */
 static void merge_one(http_state *s, const dsys_instance *d, int64_t now) {
   int found;
-  size_t pos = lower(s, d->id, &found);
+  size_t pos = dsysi_regtab_lower(&s->t, d->id, &found);
   if (!found) {
     /* about to be reaped (we may have reaped it locally already) */
     if (now - d->last_heartbeat_ms > s->env.reap_ms) return;
     upsert(s, d);
     return;
   }
-  dsys_instance *e = s->v[pos];
+  dsys_instance *e = s->t.v[pos];
   if (!same_content(e, d)) {
     upsert(s, d);
     return;
   }
   if (d->health != DSYS_INSTANCE_HEALTHY && e->health == DSYS_INSTANCE_HEALTHY) {
-    if (!record(s, DSYS_REG_UNHEALTHY, e->id, e->type)) e->health = DSYS_INSTANCE_UNHEALTHY;
+    if (!dsysi_regtab_record(&s->t, DSYS_REG_UNHEALTHY, e->id, e->type)) e->health = DSYS_INSTANCE_UNHEALTHY;
   } else if (d->health == DSYS_INSTANCE_HEALTHY && e->health != DSYS_INSTANCE_HEALTHY &&
              d->last_heartbeat_ms > e->last_heartbeat_ms) {
     /* only a newer heartbeat revives: an older answer may predate our expiry */
-    if (!record(s, DSYS_REG_HEALTHY, e->id, e->type)) e->health = DSYS_INSTANCE_HEALTHY;
+    if (!dsysi_regtab_record(&s->t, DSYS_REG_HEALTHY, e->id, e->type)) e->health = DSYS_INSTANCE_HEALTHY;
   }
   if (d->last_heartbeat_ms > e->last_heartbeat_ms) e->last_heartbeat_ms = d->last_heartbeat_ms;
 }
@@ -182,14 +110,13 @@ static int cmp_inst(const void *a, const void *b) {
 /* Apply a full list (sorted by id). */
 static void apply_full(http_state *s, dsys_instance *d, size_t nd, int64_t now) {
   /* gone from the daemon: reaped if it was due, else deregistered */
-  for (size_t i = 0; i < s->n;) {
-    dsys_instance key = {.id = s->v[i]->id};
-    if (!nd || !bsearch(&key, d, nd, sizeof *d, cmp_inst)) {
-      remove_at(s, i, now - s->v[i]->last_heartbeat_ms > s->env.reap_ms ? DSYS_REG_REAPED
-                                                                         : DSYS_REG_DEREGISTERED);
-      continue;
-    }
-    i++;
+  for (size_t i = 0; i < s->t.n;) {
+    dsys_instance key = {.id = s->t.v[i]->id};
+    int kind = now - s->t.v[i]->last_heartbeat_ms > s->env.reap_ms ? DSYS_REG_REAPED
+                                                                   : DSYS_REG_DEREGISTERED;
+    /* (out of memory for the change record: keep the entry this time) */
+    if ((nd && bsearch(&key, d, nd, sizeof *d, cmp_inst)) || dsysi_regtab_remove_at(&s->t, i, kind))
+      i++;
   }
   for (size_t i = 0; i < nd; i++) merge_one(s, &d[i], now);
 }
@@ -374,12 +301,7 @@ static void h_close(void *vst) {
   if (s->th_started) pthread_join(s->th, NULL);
   dsys_reply_free(s->got_reply);
   dsys_client_free(s->cli);
-  for (size_t i = 0; i < s->n; i++) free(s->v[i]);
-  free(s->v);
-  for (size_t i = 0; i < DSYSI_REGISTRY_LOG_KEEP; i++) {
-    free(s->log[i].id);
-    free(s->log[i].type);
-  }
+  dsysi_regtab_free(&s->t);
   free(s->url);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
@@ -405,7 +327,7 @@ static int apply_reply(http_state *s, dsys_reply *rep) {
   size_t nd = 0;
   int rc = parse_list(rep, &d, &nd);
   pthread_mutex_lock(&s->mu);
-  uint64_t before = s->index;
+  uint64_t before = s->t.index;
   if (rc) {
     mark_down(s, rc, 0);
   } else if (accept_answer(s, dsys_reply_header(rep, "X-Dsys-Epoch"), hdr_index(rep))) {
@@ -416,7 +338,7 @@ static int apply_reply(http_state *s, dsys_reply *rep) {
     s->synced = 1;
     apply_full(s, d, nd, now_ms(s));
   }
-  int changed = s->index != before;
+  int changed = s->t.index != before;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
   dsys_free(d);
@@ -566,8 +488,8 @@ static int h_put(void *vst, const dsys_instance *in, int64_t now) {
     const char *ep = dsys_reply_header(rep, "X-Dsys-Epoch");
     int seen = ep && !strcmp(ep, s->epoch) && hdr_index(rep) <= s->dindex;
     int found;
-    size_t pos = lower(s, got->id, &found);
-    if (!(seen && found && same_content(s->v[pos], got))) rc = upsert(s, got);
+    size_t pos = dsysi_regtab_lower(&s->t, got->id, &found);
+    if (!(seen && found && same_content(s->t.v[pos], got))) rc = upsert(s, got);
     note_write(s, rep);
     pthread_mutex_unlock(&s->mu);
   }
@@ -592,10 +514,10 @@ static int h_heartbeat(void *vst, const char *id, int64_t now) {
   pthread_mutex_lock(&s->mu);
   note_write(s, rep);
   int found;
-  size_t pos = lower(s, id, &found);
+  size_t pos = dsysi_regtab_lower(&s->t, id, &found);
   if (found) {
-    dsys_instance *e = s->v[pos];
-    if (e->health != DSYS_INSTANCE_HEALTHY && !record(s, DSYS_REG_HEALTHY, e->id, e->type))
+    dsys_instance *e = s->t.v[pos];
+    if (e->health != DSYS_INSTANCE_HEALTHY && !dsysi_regtab_record(&s->t, DSYS_REG_HEALTHY, e->id, e->type))
       e->health = DSYS_INSTANCE_HEALTHY;
     if (hb > e->last_heartbeat_ms) e->last_heartbeat_ms = hb;
   }
@@ -619,8 +541,8 @@ static int h_remove(void *vst, const char *id) {
   pthread_mutex_lock(&s->mu);
   note_write(s, rep);
   int found;
-  size_t pos = lower(s, id, &found);
-  if (found) remove_at(s, pos, DSYS_REG_DEREGISTERED);
+  size_t pos = dsysi_regtab_lower(&s->t, id, &found);
+  if (found) dsysi_regtab_remove_at(&s->t, pos, DSYS_REG_DEREGISTERED);
   pthread_mutex_unlock(&s->mu);
   json_object_put(ans);
   dsys_reply_free(rep);
@@ -639,8 +561,8 @@ static int h_get(void *vst, const char *id, dsys_instance **out) {
   http_state *s = vst;
   pthread_mutex_lock(&s->mu);
   int found;
-  size_t pos = lower(s, id, &found);
-  int rc = found ? dsys_instances_copy(s->v[pos], 1, out) : DSYS_ENOTFOUND;
+  size_t pos = dsysi_regtab_lower(&s->t, id, &found);
+  int rc = found ? dsys_instances_copy(s->t.v[pos], 1, out) : DSYS_ENOTFOUND;
   if (!rc) served_health(s, *out, 1);
   pthread_mutex_unlock(&s->mu);
   return rc;
@@ -649,18 +571,9 @@ static int h_get(void *vst, const char *id, dsys_instance **out) {
 static int h_list(void *vst, const char *type, dsys_instance **out, size_t *n) {
   http_state *s = vst;
   pthread_mutex_lock(&s->mu);
-  dsys_instance *tmp = malloc((s->n ? s->n : 1) * sizeof *tmp);
-  int rc = tmp ? 0 : DSYS_ENOMEM;
-  size_t k = 0;
-  for (size_t i = 0; !rc && i < s->n; i++)
-    if (!type || !strcmp(s->v[i]->type, type)) tmp[k++] = *s->v[i];
-  if (!rc) rc = dsys_instances_copy(tmp, k, out);
-  if (!rc) {
-    *n = k;
-    served_health(s, *out, k);
-  }
+  int rc = dsysi_regtab_list(&s->t, type, out, n);
+  if (!rc) served_health(s, *out, *n);
   pthread_mutex_unlock(&s->mu);
-  free(tmp);
   return rc;
 }
 
@@ -670,27 +583,15 @@ static int h_list(void *vst, const char *type, dsys_instance **out, size_t *n) {
 static int h_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) {
   http_state *s = vst;
   pthread_mutex_lock(&s->mu);
-  if (s->live) {
-    for (size_t i = 0; i < s->n;) {
-      dsys_instance *e = s->v[i];
-      if (e->last_heartbeat_ms < reap_before) {
-        remove_at(s, i, DSYS_REG_REAPED);
-        continue;
-      }
-      if (e->health == DSYS_INSTANCE_HEALTHY && e->last_heartbeat_ms < unhealthy_before &&
-          !record(s, DSYS_REG_UNHEALTHY, e->id, e->type))
-        e->health = DSYS_INSTANCE_UNHEALTHY;
-      i++;
-    }
-  }
+  int rc = s->live ? dsysi_regtab_expire(&s->t, unhealthy_before, reap_before) : 0;
   pthread_mutex_unlock(&s->mu);
-  return 0;
+  return rc;
 }
 
 static int h_index(void *vst, uint64_t *out) {
   http_state *s = vst;
   pthread_mutex_lock(&s->mu);
-  *out = s->index;
+  *out = s->t.index;
   pthread_mutex_unlock(&s->mu);
   return 0;
 }
@@ -698,20 +599,8 @@ static int h_index(void *vst, uint64_t *out) {
 static int h_changes(void *vst, uint64_t after, dsys_registry_change_fn fn, void *ctx) {
   http_state *s = vst;
   pthread_mutex_lock(&s->mu);
-  int rc = 0;
-  if (after < s->index) {
-    uint64_t oldest = s->index - s->log_n + 1;
-    if (after + 1 < oldest) {
-      rc = DSYS_ERANGE;
-    } else {
-      for (uint64_t i = after + 1; i <= s->index; i++) {
-        const hchg *c = &s->log[i % DSYSI_REGISTRY_LOG_KEEP];
-        dsys_registry_change ch = {.index = c->index, .kind = c->kind, .id = c->id,
-                                   .type = c->type};
-        fn(ctx, &ch); /* the generic layer only copies: safe under mu */
-      }
-    }
-  }
+  /* the generic layer only copies in fn: safe under mu */
+  int rc = dsysi_regtab_changes(&s->t, after, fn, ctx);
   pthread_mutex_unlock(&s->mu);
   return rc;
 }
