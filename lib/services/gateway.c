@@ -192,11 +192,6 @@ typedef struct px {
   int too_big;
 } px;
 
-static int hop_by_hop(const char *name) {
-  return dsysi_header_is_hop(name) || dsysi_streq_nocase(name, "te") ||
-         dsysi_streq_nocase(name, "proxy-authenticate") ||
-         dsysi_streq_nocase(name, "proxy-authorization");
-}
 
 static void count(dsys_gateway *gw, gw_upstream *up, int ok) {
   atomic_fetch_add(&gw->total, 1);
@@ -233,6 +228,15 @@ static void put_header(dsysi_buf *b, const char *name, const char *value) {
 static int build_head(px *p) {
   dsys_request *req = p->req;
   dsysi_buf *b = &p->head;
+  /* one allocation for a typical head */
+  dsysi_buf_append(b, "", 0);
+  if (!b->oom && b->cap < 1024) {
+    char *d = realloc(b->data, 1024);
+    if (d) {
+      b->data = d;
+      b->cap = 1024;
+    }
+  }
   size_t blen;
   dsys_request_body(req, &blen);
   const char *m = dsys_request_method(req);
@@ -245,14 +249,14 @@ static int build_head(px *p) {
   for (size_t i = 0; i < n; i++) {
     const char *name, *value;
     dsys_request_header_at(req, i, &name, &value);
-    if (hop_by_hop(name) || dsysi_streq_nocase(name, "x-request-id") ||
-        dsysi_streq_nocase(name, "traceparent"))
+    int cls = dsysi_header_class(name);
+    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT)
       continue;
-    if (dsysi_streq_nocase(name, "x-forwarded-for")) {
+    if (cls == DSYSI_HDR_FORWARDED_FOR) {
       xff = value;
       continue;
     }
-    if (dsysi_streq_nocase(name, "idempotency-key")) p->has_idem_key = 1;
+    if (cls == DSYSI_HDR_IDEMPOTENCY_KEY) p->has_idem_key = 1;
     put_header(b, name, value);
   }
   dsysi_buf_puts(b, "X-Forwarded-For: ");
@@ -278,8 +282,9 @@ static int build_head(px *p) {
 static void copy_headers(px *p, const dsysi_hdrs *h) {
   for (size_t i = 0; i < h->n; i++) {
     const char *name = h->v[i].name;
-    if (hop_by_hop(name) || dsysi_streq_nocase(name, "content-type") ||
-        dsysi_streq_nocase(name, "x-request-id") || dsysi_streq_nocase(name, "date"))
+    int cls = dsysi_header_class(name);
+    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_CONTENT_TYPE || cls == DSYSI_HDR_REQUEST_ID ||
+        cls == DSYSI_HDR_DATE)
       continue;
     dsys_response_header(p->req, name, h->v[i].value);
   }
@@ -479,10 +484,11 @@ static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req)
   for (size_t i = 0; i < n; i++) {
     const char *name, *value;
     dsys_request_header_at(req, i, &name, &value);
-    if (hop_by_hop(name) || dsysi_streq_nocase(name, "x-request-id") ||
-        dsysi_streq_nocase(name, "traceparent") || dsysi_streq_nocase(name, "host"))
+    int cls = dsysi_header_class(name);
+    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT ||
+        dsysi_streq_nocase(name, "host"))
       continue;
-    if (dsysi_streq_nocase(name, "x-forwarded-for")) {
+    if (cls == DSYSI_HDR_FORWARDED_FOR) {
       xff = value;
       continue;
     }

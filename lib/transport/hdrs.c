@@ -44,12 +44,43 @@ int dsysi_header_ok(const char *s) {
   return s && !strpbrk(s, "\r\n");
 }
 
-int dsysi_header_is_hop(const char *name) {
-  static const char *hop[] = {"connection", "keep-alive", "proxy-connection",
-                              "transfer-encoding", "te", "trailer", "upgrade",
-                              "content-length"};
-  for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
-    if (dsysi_streq_nocase(name, hop[i])) return 1;
-  return 0;
+/* Case-insensitive compare of a name of known length against a lower-case
+ * literal of the same length. */
+static int same_lc(const char *name, const char *lc, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (c >= 'A' && c <= 'Z') c += 32;
+    if (c != (unsigned char)lc[i]) return 0;
+  }
+  return 1;
 }
+
+int dsysi_header_class(const char *name) {
+  /* Dispatch on the length first: this runs for every header of every
+   * proxied request, both ways. */
+  static const struct {
+    const char *lc;
+    int cls;
+  } known[] = {
+      {"te", DSYSI_HDR_HOP},          {"date", DSYSI_HDR_DATE},
+      {"trailer", DSYSI_HDR_HOP},     {"upgrade", DSYSI_HDR_HOP},
+      {"connection", DSYSI_HDR_HOP},  {"keep-alive", DSYSI_HDR_HOP},
+      {"traceparent", DSYSI_HDR_TRACEPARENT},
+      {"x-request-id", DSYSI_HDR_REQUEST_ID},
+      {"content-type", DSYSI_HDR_CONTENT_TYPE},
+      {"content-length", DSYSI_HDR_HOP},
+      {"idempotency-key", DSYSI_HDR_IDEMPOTENCY_KEY},
+      {"x-forwarded-for", DSYSI_HDR_FORWARDED_FOR},
+      {"proxy-connection", DSYSI_HDR_HOP},
+      {"transfer-encoding", DSYSI_HDR_HOP},
+      {"proxy-authenticate", DSYSI_HDR_HOP},
+      {"proxy-authorization", DSYSI_HDR_HOP},
+  };
+  size_t n = strlen(name);
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+    if (strlen(known[i].lc) == n && same_lc(name, known[i].lc, n)) return known[i].cls;
+  return DSYSI_HDR_OTHER;
+}
+
+int dsysi_header_is_hop(const char *name) { return dsysi_header_class(name) == DSYSI_HDR_HOP; }
 

@@ -82,12 +82,22 @@ const char *dsys_request_remote_addr(const dsys_request *r) {
   pthread_mutex_lock(&w->mu);
   if (!w->remote) {
     const struct sockaddr *sa = (const struct sockaddr *)&w->raddr;
-    if (sa->sa_family == AF_INET)
-      inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, w->remote_buf, sizeof w->remote_buf);
-    else if (sa->sa_family == AF_INET6)
+    if (sa->sa_family == AF_INET) {
+      /* dotted quad by hand: inet_ntop costs ~1.7k instructions a call */
+      const unsigned char *a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+      char *o = w->remote_buf;
+      for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100) *o++ = (char)('0' + v / 100);
+        if (v >= 10) *o++ = (char)('0' + v / 10 % 10);
+        *o++ = (char)('0' + v % 10);
+        *o++ = i < 3 ? '.' : '\0';
+      }
+    } else if (sa->sa_family == AF_INET6) {
       inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, w->remote_buf, sizeof w->remote_buf);
-    else
+    } else {
       strcpy(w->remote_buf, sa->sa_family == AF_UNIX ? "unix" : "unknown");
+    }
     w->remote = w->remote_buf;
   }
   pthread_mutex_unlock(&w->mu);

@@ -34,6 +34,19 @@ const char *dsysi_hdrs_get(const dsysi_hdrs *h, const char *name);
 void dsysi_hdrs_free(dsysi_hdrs *h);
 /** Nonzero when a header value or name is safe to emit (no CR, LF, NUL). */
 int dsysi_header_ok(const char *s);
+/** Classes of header names that proxies and transports treat specially. */
+enum {
+  DSYSI_HDR_OTHER = 0,
+  DSYSI_HDR_HOP,            /* hop-by-hop (incl. Content-Length, Proxy-*) */
+  DSYSI_HDR_DATE,
+  DSYSI_HDR_TRACEPARENT,
+  DSYSI_HDR_REQUEST_ID,
+  DSYSI_HDR_CONTENT_TYPE,
+  DSYSI_HDR_IDEMPOTENCY_KEY,
+  DSYSI_HDR_FORWARDED_FOR
+};
+/** The class of a header name (case-insensitive), one scan. */
+int dsysi_header_class(const char *name);
 /** Hop-by-hop headers that a transport sets itself. */
 int dsysi_header_is_hop(const char *name);
 
