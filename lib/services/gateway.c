@@ -15,6 +15,7 @@
 #include <distsys/upstream.h>
 #include "core/internal.h"
 #include "core/json.h"
+#include "services/common.h"
 #include "transport/evloop.h"
 #include "transport/h1client.h"
 #include "transport/transport.h"
@@ -208,12 +209,8 @@ static void respond_unavailable(px *p, int status, const char *message) {
       status == 503 ? "Service unavailable" : status == 504 ? "Gateway timeout" : "Bad gateway"));
   json_object_object_add(o, "message", json_object_new_string(message));
   json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(p->gw->o.clock)));
-  size_t len = 0;
-  char *s = dsysi_json_dump(o, &len);
-  json_object_put(o);
   count(p->gw, p->up, 0);
-  dsys_respond(p->req, status, "application/json", s ? s : "{}", s ? len : 2);
-  free(s);
+  dsysi_respond_obj(p->req, status, o);
 }
 
 /* Append "name: value\r\n" without printf (this runs per proxied request). */
@@ -609,10 +606,7 @@ static void h_health(dsys_request *req, void *ud) {
   json_object_object_add(o, "uptime", json_object_new_double(
       (double)(dsys_clock_now_ms(gw->o.clock) - gw->start_ms) / 1000.0));
   json_object_object_add(o, "services", svcs);
-  char *s = dsysi_json_dump(o, NULL);
-  json_object_put(o);
-  dsys_respond_json(req, 200, s ? s : "{}");
-  free(s);
+  dsysi_respond_obj(req, 200, o);
 }
 
 static json_object *metrics_entry(dsys_gateway *gw, const char *name, const char *type,
@@ -658,10 +652,7 @@ static void h_metrics(dsys_request *req, void *ud) {
   json_object *o = json_object_new_object();
   json_object_object_add(o, "metrics", request_metrics(gw));
   json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
-  char *s = dsysi_json_dump(o, NULL);
-  json_object_put(o);
-  dsys_respond_json(req, 200, s ? s : "{}");
-  free(s);
+  dsysi_respond_obj(req, 200, o);
 }
 
 static void h_status(dsys_request *req, void *ud) {
@@ -679,10 +670,7 @@ static void h_status(dsys_request *req, void *ud) {
   json_object_object_add(o, "roundRobin", rr);
   json_object_object_add(o, "requestMetrics", request_metrics(gw));
   json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
-  char *s = dsysi_json_dump(o, NULL);
-  json_object_put(o);
-  dsys_respond_json(req, 200, s ? s : "{}");
-  free(s);
+  dsysi_respond_obj(req, 200, o);
 }
 
 static void h_rr_reset(dsys_request *req, void *ud) {
@@ -725,10 +713,7 @@ static void h_rr_reset(dsys_request *req, void *ud) {
   json_object_object_add(r, "success", json_object_new_boolean(1));
   json_object_object_add(r, "message", json_object_new_string(msg));
   json_object_object_add(r, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
-  char *s = dsysi_json_dump(r, NULL);
-  json_object_put(r);
-  dsys_respond_json(req, 200, s ? s : "{}");
-  free(s);
+  dsysi_respond_obj(req, 200, r);
 }
 
 int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv) {
