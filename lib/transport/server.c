@@ -291,10 +291,15 @@ int dsys_request_log_field(dsys_request *r, const char *key, const char *value) 
   size_t i = 0;
   while (i < r->logf.n && strcmp(r->logf.v[i].name, key)) i++;
   if (i < r->logf.n) {
-    char *v = strdup(value);
-    if (v) {
-      free(r->logf.v[i].value);
-      r->logf.v[i].value = v;
+    /* one block holds name and value (see dsysi_hdrs_add) */
+    size_t kl = strlen(key), vl = strlen(value);
+    char *n = malloc(kl + vl + 2);
+    if (n) {
+      memcpy(n, key, kl + 1);
+      memcpy(n + kl + 1, value, vl + 1);
+      free(r->logf.v[i].name);
+      r->logf.v[i].name = n;
+      r->logf.v[i].value = n + kl + 1;
     } else {
       rc = DSYS_ENOMEM;
     }
