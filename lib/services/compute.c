@@ -667,7 +667,10 @@ static void job_open(dsys_sse_stream *st, dsys_request *req, void *ud) {
     dsys_sse_end(st);
     return;
   }
-  for (int k = 0; k < 2; k++) {
+  /* state then progress; for a finished job progress then the final state */
+  int fin = is_final(j->state);
+  for (int step = 0; step < 2; step++) {
+    int k = fin ? 1 - step : step; /* 0: job-state, 1: job-progress */
     const char *name = k == 0 ? "job-state" : "job-progress";
     if (k == 1 && j->progress <= 0) continue;
     char ids[24];
@@ -697,7 +700,7 @@ static void job_open(dsys_sse_stream *st, dsys_request *req, void *ud) {
     if (text) dsys_sse_send(st, 0, name, text, len);
     free(text);
   }
-  if (is_final(j->state)) dsys_sse_end(st);
+  if (fin) dsys_sse_end(st);
   dsys_job_free(j);
 }
 
