@@ -170,11 +170,30 @@ typedef struct dsys_sse_stream dsys_sse_stream;
  *  dsys_sse_send (e.g. a snapshot of the current state). */
 typedef void (*dsys_sse_open_fn)(dsys_sse_stream *st, dsys_request *req, void *ud);
 
+/** Answers of a dsys_sse_filter_fn. */
+enum {
+  DSYS_SSE_SKIP = 0,      /**< do not write this event */
+  DSYS_SSE_WRITE = 1,     /**< write it */
+  DSYS_SSE_WRITE_END = 2  /**< write it, then end the stream */
+};
+
+/** Per-stream event filter: called (with the stream's write lock held, so
+ *  it must not call functions of this header) for every subscribed event
+ *  before it is written; returns DSYS_SSE_SKIP, DSYS_SSE_WRITE or
+ *  DSYS_SSE_WRITE_END. */
+typedef int (*dsys_sse_filter_fn)(const dsys_event *e, void *filter_ud);
+
 /** Options of dsys_events_serve_sse. Zero fields take the defaults. */
 typedef struct dsys_sse_options {
   size_t size;               /**< sizeof(dsys_sse_options), or 0 */
   dsys_sse_open_fn on_open;  /**< may be NULL */
   void *ud;                  /**< for on_open */
+  /* appended (issue 7, streams): */
+  dsys_sse_filter_fn filter; /**< may be NULL (write every event) */
+  void *filter_ud;           /**< for filter and filter_free */
+  /** Called once when the stream is gone and filter no longer runs (also
+   *  when dsys_events_serve_sse fails); may be NULL. */
+  void (*filter_free)(void *filter_ud);
 } dsys_sse_options;
 
 /**
@@ -204,6 +223,13 @@ DSYS_API int dsys_events_serve_sse(dsys_events *ev, dsys_request *req,
  */
 DSYS_API int dsys_sse_send(dsys_sse_stream *st, uint64_t id, const char *name,
                            const char *data, size_t len);
+
+/**
+ * End the stream once on_open returns (e.g. the snapshot already is the
+ * final state). Only valid inside the stream's on_open callback.
+ * @return 0, DSYS_EINVAL (NULL, or not inside on_open).
+ */
+DSYS_API int dsys_sse_end(dsys_sse_stream *st);
 
 /** Number of SSE streams open right now. */
 DSYS_API size_t dsys_events_stream_count(dsys_events *ev);

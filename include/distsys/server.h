@@ -170,6 +170,20 @@ DSYS_API const char *dsys_request_trace_id(const dsys_request *req);
 DSYS_API const char *dsys_request_remote_addr(const dsys_request *req);
 /** The server that received the request. */
 DSYS_API dsys_server *dsys_request_server(const dsys_request *req);
+/**
+ * Add a field to the request's access-log record (replacing an earlier
+ * value of the same key), e.g. the gateway's "upstream" endpoint. With
+ * --log-format json the field is a member of the record; in text format it
+ * follows the line as " key=value". At most 16 fields per request. Call
+ * before the request is finished.
+ * @param key a name that is not one of the built-in fields (time, level,
+ *        component, msg, type, method, path, route, status, duration_ms,
+ *        request_id, trace_id, span_id, remote, aborted); no CR/LF.
+ * @param value UTF-8 text (copied); no CR/LF.
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM (also: more than 16 fields).
+ */
+DSYS_API int dsys_request_log_field(dsys_request *req, const char *key,
+                                    const char *value);
 /** Attach user data to the request (for hooks and handlers). */
 DSYS_API void dsys_request_set_user(dsys_request *req, void *user);
 DSYS_API void *dsys_request_user(const dsys_request *req);

@@ -112,11 +112,15 @@ typedef struct dsys_data_options {
   const char *name;        /**< default "data-service" */
   int32_t no_seed;         /**< 1: do not create data-1..data-10 */
   int64_t work_delay_ms;   /**< /data-work delay, default 500 */
+  int64_t events_poll_ms;  /**< appended: how often GET /api/data/events
+                                polls the shared change log for other
+                                instances' writes, default 200 */
 } dsys_data_options;
 
 /**
  * Mount the data service (/api/data CRUD, increment, listing with prefix
- * and cursor, /data-work, health routes). Seeds data-1..data-10 on the
+ * and cursor, /api/data/events (SSE of changes), /data-work, health
+ * routes). Seeds data-1..data-10 on the
  * first start of the deployment (idempotent across racing instances).
  * @return 0, DSYS_EINVAL, DSYS_ESTATE, DSYS_ENOMEM, DSYS_EDB (seeding
  *         failed).
@@ -151,12 +155,15 @@ typedef struct dsys_compute_options {
   int64_t lease_ms;        /**< job lease of the workers, default 30000: a
                                 job held by an instance that died is run
                                 again after this long */
+  int64_t events_poll_ms;  /**< appended: how often job event streams poll
+                                the shared queue for jobs run elsewhere,
+                                default 200 */
 } dsys_compute_options;
 
 /**
- * Mount the compute service (/api/compute/direct, /job, /job/:id, /stats,
- * /compute-worker, health routes) and start its worker pool on the
- * "compute" queue.
+ * Mount the compute service (/api/compute/direct, /job, /job/:id,
+ * /job/:id/events (SSE), /stats, /compute-worker, health routes) and start
+ * its worker pool on the "compute" queue.
  * @return 0, DSYS_EINVAL, DSYS_ESTATE, DSYS_ENOMEM.
  */
 DSYS_API int dsys_service_compute_mount(dsys_server *srv,

@@ -73,8 +73,26 @@ int dsysi_log_enabled(int level) {
   return level >= atomic_load(&g_level) && level < DSYS_LOG_OFF;
 }
 
+int dsysi_log_is_json(void) {
+  init_from_env();
+  return atomic_load(&g_format) == DSYS_LOG_JSON;
+}
+
+static void log_record(dsys_log_level level, const char *component,
+                       const char *message, json_object *fields);
+
 void dsys_log_write(dsys_log_level level, const char *component,
                     const char *message) {
+  log_record(level, component, message, NULL);
+}
+
+void dsysi_log_fields(int level, const char *component, const char *msg,
+                      json_object *fields) {
+  log_record((dsys_log_level)level, component, msg, fields);
+}
+
+static void log_record(dsys_log_level level, const char *component,
+                       const char *message, json_object *fields) {
   if (!dsysi_log_enabled((int)level)) return;
   char ts[32];
   dsys_time_iso8601(dsys_clock_wall_ms(dsys_clock_real()), ts, sizeof ts);
@@ -88,6 +106,10 @@ void dsys_log_write(dsys_log_level level, const char *component,
     if (component)
       json_object_object_add(o, "component", json_object_new_string(component));
     json_object_object_add(o, "msg", json_object_new_string(message ? message : ""));
+    if (json_object_is_type(fields, json_type_object)) {
+      json_object_object_foreach(fields, k, v)
+        json_object_object_add(o, k, json_object_get(v));
+    }
     dsysi_buf_puts(&b, json_object_to_json_string_ext(
                            o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(o);
@@ -98,6 +120,15 @@ void dsys_log_write(dsys_log_level level, const char *component,
     dsysi_buf_printf(&b, "%s %s%s%s %s%s%s", ts, tty ? colour[level] : "",
                      upper[level], tty ? "\033[0m" : "", component ? component : "",
                      component ? ": " : "", message ? message : "");
+    if (json_object_is_type(fields, json_type_object)) {
+      json_object_object_foreach(fields, k, v) {
+        if (!v) continue;
+        dsysi_buf_printf(&b, " %s=%s", k,
+                         json_object_is_type(v, json_type_string)
+                             ? json_object_get_string(v)
+                             : json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+      }
+    }
   }
   dsysi_buf_append(&b, "\n", 1);
   if (!b.oom) {

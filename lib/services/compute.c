@@ -5,20 +5,41 @@
  */
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
+#include <distsys/events.h>
 #include <distsys/services.h>
 #include "core/internal.h"
 #include "core/json.h"
 #include "services/common.h"
+
+/* A job that has SSE streams open on this instance: what they last saw. */
+typedef struct watch {
+  int64_t id;
+  atomic_int refs;  /* open streams (dropped without the lock) */
+  int state;        /* dsys_job_state last published, 0 = none */
+  int32_t progress;
+  int32_t attempts;
+  char *msg;
+  struct watch *next;
+} watch;
 
 struct dsys_compute_service {
   dsysi_svc svc;
   dsys_queue *q;
   dsys_worker *worker;
   int32_t max_attempts;
+  /* job event streams (GET /api/compute/job/:id/events) */
+  dsys_events *ev;
+  pthread_mutex_t wmu; /* watches; events are published under it, in order */
+  watch *watches;
+  dsysi_ticker ticker; /* polls the shared queue for the watched jobs */
 };
+
+#define JOB_TOPIC "jobs"
 
 static const char *const OPS[] = {"add", "subtract", "multiply", "divide",
                                   "power", "factorial", "fibonacci",
@@ -390,6 +411,9 @@ static void h_submit(dsys_request *req, void *ud) {
       json_object *p = json_object_new_object();
       json_object_object_add(p, "type", json_object_get(type));
       json_object_object_add(p, "data", json_object_get(data));
+      /* the submitting request's trace: the worker's log lines carry it */
+      json_object_object_add(p, "traceparent",
+                             json_object_new_string(dsys_request_traceparent(req)));
       char *text = dsysi_json_dump(p, NULL);
       json_object_put(p);
       dsys_submit_options so = {.size = sizeof so, .max_attempts = c->max_attempts};
@@ -432,6 +456,16 @@ static json_object *parse_or_null(const char *text) {
   return o;
 }
 
+/* The trace id (32 hex) of the traceparent stored in a job payload, or
+ * NULL. */
+static const char *payload_trace_id(json_object *p, char out[33]) {
+  const char *tp = json_object_is_type(p, json_type_object) ? dsysi_json_str(p, "traceparent") : NULL;
+  if (!tp || strlen(tp) != 55 || tp[2] != '-' || tp[35] != '-') return NULL;
+  memcpy(out, tp + 3, 32);
+  out[32] = '\0';
+  return out;
+}
+
 static void h_job(dsys_request *req, void *ud) {
   dsys_compute_service *c = ud;
   const char *ids = dsys_request_param(req, "id");
@@ -461,6 +495,9 @@ static void h_job(dsys_request *req, void *ud) {
     json_object_object_add(o, "error",
                            j->state == DSYS_JOB_CANCELED ? json_object_new_string("canceled")
                            : j->error ? json_object_new_string(j->error) : NULL);
+    char tb[33];
+    const char *trace = payload_trace_id(p, tb);
+    json_object_object_add(o, "traceId", trace ? json_object_new_string(trace) : NULL);
     json_object_object_add(o, "createdAt", dsysi_json_time(j->created_at));
     json_object_object_add(o, "finishedAt",
                            j->finished_at ? dsysi_json_time(j->finished_at) : NULL);
@@ -491,11 +528,236 @@ static void h_stats(dsys_request *req, void *ud) {
   dsysi_respond_obj(req, 200, o);
 }
 
+/* ---- job event streams ---- */
+
+/* An event about a job: {"jobId": "<id>", ...} (jobId first: the stream
+ * filter matches on that prefix). Publish with c->wmu held. */
+static void publish_job(dsys_compute_service *c, const char *name, const dsys_job *j,
+                        int state, int32_t progress, const char *msg) {
+  char ids[24];
+  snprintf(ids, sizeof ids, "%lld", (long long)j->id);
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "jobId", json_object_new_string(ids));
+  json_object_object_add(o, "status", json_object_new_string(api_state(state)));
+  json_object_object_add(o, "progress", json_object_new_int(progress));
+  if (!strcmp(name, "job-progress")) {
+    json_object_object_add(o, "message", msg ? json_object_new_string(msg) : NULL);
+  } else {
+    int fin = state == DSYS_JOB_COMPLETED || state == DSYS_JOB_FAILED ||
+              state == DSYS_JOB_CANCELED;
+    json_object_object_add(o, "attempts", json_object_new_int(j->attempts));
+    json_object_object_add(o, "result", state == DSYS_JOB_COMPLETED
+                                            ? parse_or_null(j->result) : NULL);
+    json_object_object_add(o, "error",
+                           state == DSYS_JOB_CANCELED ? json_object_new_string("canceled")
+                           : j->error && state != DSYS_JOB_COMPLETED
+                               ? json_object_new_string(j->error) : NULL);
+    json_object_object_add(o, "final", json_object_new_boolean(fin));
+  }
+  json_object_object_add(o, "timestamp", dsysi_json_time(dsysi_svc_now(&c->svc)));
+  size_t len = 0;
+  char *text = dsysi_json_dump(o, &len);
+  json_object_put(o);
+  if (text) dsys_events_publish(c->ev, JOB_TOPIC, name, text, len, NULL);
+  free(text);
+}
+
+static int is_final(int st) {
+  return st == DSYS_JOB_COMPLETED || st == DSYS_JOB_FAILED || st == DSYS_JOB_CANCELED;
+}
+
+/* Publish what changed since the watchers last saw the job (c->wmu held).
+ * Progress never goes backwards within one attempt. */
+static void observe(dsys_compute_service *c, watch *w, const dsys_job *j) {
+  int st_changed = w->state != j->state &&
+                   strcmp(api_state(w->state ? w->state : -1), api_state(j->state)) != 0;
+  if (!w->state) st_changed = 1;
+  const char *m = j->progress_msg ? j->progress_msg : "";
+  int pr_changed = (j->attempts != w->attempts || j->progress > w->progress ||
+                    (j->progress == w->progress && strcmp(m, w->msg ? w->msg : ""))) &&
+                   j->progress > 0;
+  int fin = is_final(j->state);
+  if (st_changed && !fin) publish_job(c, "job-state", j, j->state, j->progress, NULL);
+  if (pr_changed) {
+    publish_job(c, "job-progress", j, j->state, j->progress, j->progress_msg);
+    w->progress = j->progress;
+    w->attempts = j->attempts;
+    char *nm = strdup(m);
+    if (nm) {
+      free(w->msg);
+      w->msg = nm;
+    }
+  }
+  if (st_changed && fin) publish_job(c, "job-state", j, j->state, j->progress, NULL);
+  w->state = j->state;
+}
+
+/* The poller: read every watched job from the shared queue (another
+ * instance's worker may run it) and publish the changes; forget jobs
+ * nobody streams any more. */
+static void poll_jobs(void *ud) {
+  dsys_compute_service *c = ud;
+  pthread_mutex_lock(&c->wmu);
+  for (watch **pp = &c->watches; *pp;) {
+    watch *w = *pp;
+    if (atomic_load(&w->refs) == 0) {
+      *pp = w->next;
+      free(w->msg);
+      free(w);
+      continue;
+    }
+    dsys_job *j = NULL;
+    if (!dsys_queue_get(c->q, w->id, &j)) observe(c, w, j);
+    dsys_job_free(j);
+    pp = &w->next;
+  }
+  pthread_mutex_unlock(&c->wmu);
+}
+
+/* Progress reported by this instance's worker: stored, then published at
+ * once when someone streams the job. */
+static void report_progress(dsys_compute_service *c, dsys_job_ctx *ctx, const dsys_job *job,
+                            int32_t pct, const char *msg) {
+  if (dsys_job_ctx_progress(ctx, pct, msg)) return;
+  pthread_mutex_lock(&c->wmu);
+  for (watch *w = c->watches; w; w = w->next)
+    if (w->id == job->id && atomic_load(&w->refs) > 0) {
+      dsys_job tmp = *job;
+      tmp.state = DSYS_JOB_ACTIVE;
+      tmp.progress = pct;
+      tmp.progress_msg = msg;
+      observe(c, w, &tmp);
+      break;
+    }
+  pthread_mutex_unlock(&c->wmu);
+}
+
+typedef struct jstream {
+  dsys_compute_service *c;
+  watch *w;
+  int64_t id;
+  char prefix[48]; /* {"jobId":"<id>" */
+} jstream;
+
+static int job_filter(const dsys_event *e, void *ud) {
+  jstream *js = ud;
+  size_t n = strlen(js->prefix);
+  if (e->len <= n || memcmp(e->data, js->prefix, n) || e->data[n] != ',') return DSYS_SSE_SKIP;
+  if (strcmp(e->name, "job-state")) return DSYS_SSE_WRITE;
+  json_object *o = NULL, *f = NULL;
+  int fin = !dsysi_json_parse(e->data, e->len, &o) && json_object_object_get_ex(o, "final", &f) &&
+            json_object_get_boolean(f);
+  json_object_put(o);
+  return fin ? DSYS_SSE_WRITE_END : DSYS_SSE_WRITE;
+}
+
+static void job_filter_free(void *ud) {
+  jstream *js = ud;
+  atomic_fetch_sub(&js->w->refs, 1); /* the poller frees the watch */
+  free(js);
+}
+
+/* The snapshot: the job's current state (and progress), read after the
+ * subscription so nothing is missed; a finished job ends the stream. */
+static void job_open(dsys_sse_stream *st, dsys_request *req, void *ud) {
+  jstream *js = ud;
+  dsys_compute_service *c = js->c;
+  dsys_job *j = NULL;
+  if (dsys_queue_get(c->q, js->id, &j)) {
+    dsys_sse_end(st);
+    return;
+  }
+  /* state then progress; for a finished job progress then the final state */
+  int fin = is_final(j->state);
+  for (int step = 0; step < 2; step++) {
+    int k = fin ? 1 - step : step; /* 0: job-state, 1: job-progress */
+    const char *name = k == 0 ? "job-state" : "job-progress";
+    if (k == 1 && j->progress <= 0) continue;
+    char ids[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)j->id);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "jobId", json_object_new_string(ids));
+    json_object_object_add(o, "status", json_object_new_string(api_state(j->state)));
+    json_object_object_add(o, "progress", json_object_new_int(j->progress));
+    if (k == 1) {
+      json_object_object_add(o, "message",
+                             j->progress_msg ? json_object_new_string(j->progress_msg) : NULL);
+    } else {
+      json_object_object_add(o, "attempts", json_object_new_int(j->attempts));
+      json_object_object_add(o, "result", j->state == DSYS_JOB_COMPLETED
+                                              ? parse_or_null(j->result) : NULL);
+      json_object_object_add(o, "error",
+                             j->state == DSYS_JOB_CANCELED ? json_object_new_string("canceled")
+                             : j->error && j->state != DSYS_JOB_COMPLETED
+                                 ? json_object_new_string(j->error) : NULL);
+      json_object_object_add(o, "final", json_object_new_boolean(is_final(j->state)));
+      json_object_object_add(o, "snapshot", json_object_new_boolean(1));
+    }
+    json_object_object_add(o, "timestamp", dsysi_json_time(dsysi_svc_now(&c->svc)));
+    size_t len = 0;
+    char *text = dsysi_json_dump(o, &len);
+    json_object_put(o);
+    if (text) dsys_sse_send(st, 0, name, text, len);
+    free(text);
+  }
+  if (fin) dsys_sse_end(st);
+  dsys_job_free(j);
+}
+
+static void h_job_events(dsys_request *req, void *ud) {
+  dsys_compute_service *c = ud;
+  const char *ids = dsys_request_param(req, "id");
+  char *end;
+  long long id = strtoll(ids, &end, 10);
+  dsys_job *j = NULL;
+  int rc = (*ids && !*end && id > 0 && ids[0] != '+' && ids[0] != '-')
+               ? dsys_queue_get(c->q, id, &j) : DSYS_ENOTFOUND;
+  if (!rc && strcmp(j->queue, DSYS_COMPUTE_QUEUE)) rc = DSYS_ENOTFOUND;
+  if (rc == DSYS_ENOTFOUND) {
+    dsysi_respond_err(req, 404, "DSYS_ENOTFOUND", "Job not found");
+    return;
+  }
+  if (rc) {
+    dsysi_respond_err(req, 500, dsys_err_name(rc), "Queue error");
+    return;
+  }
+  jstream *js = calloc(1, sizeof *js);
+  watch *w = NULL;
+  pthread_mutex_lock(&c->wmu);
+  for (w = c->watches; w && w->id != id; w = w->next) ;
+  if (!w && js && (w = calloc(1, sizeof *w))) {
+    /* what a new watcher has seen: the snapshot of the stream */
+    w->id = id;
+    w->state = j->state;
+    w->progress = j->progress;
+    w->attempts = j->attempts;
+    w->msg = j->progress_msg ? strdup(j->progress_msg) : NULL;
+    w->next = c->watches;
+    c->watches = w;
+  }
+  if (w && js) atomic_fetch_add(&w->refs, 1);
+  pthread_mutex_unlock(&c->wmu);
+  dsys_job_free(j);
+  if (!js || !w) {
+    free(js);
+    dsysi_respond_err(req, 500, "DSYS_ENOMEM", "Out of memory");
+    return;
+  }
+  js->c = c;
+  js->w = w;
+  js->id = id;
+  snprintf(js->prefix, sizeof js->prefix, "{\"jobId\":\"%lld\"", id);
+  static const char *const topics[] = {JOB_TOPIC};
+  dsys_sse_options so = {.size = sizeof so, .on_open = job_open, .ud = js,
+                         .filter = job_filter, .filter_ud = js,
+                         .filter_free = job_filter_free};
+  dsys_events_serve_sse(c->ev, req, topics, 1, &so);
+}
+
 /* ---- the worker ---- */
 
-static int run_job(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
-  dsys_compute_service *c = ud;
-  json_object *p = parse_or_null(job->payload);
+static int run_job_inner(dsys_compute_service *c, dsys_job_ctx *ctx, const dsys_job *job,
+                         json_object *p) {
   const char *op = NULL;
   json_object *ops = NULL, *res = NULL;
   if (json_object_is_type(p, json_type_object))
@@ -503,19 +765,16 @@ static int run_job(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
   cres e = {""};
   int64_t delay = json_object_is_type(p, json_type_object) ? job_delay_ms(given(p, "data")) : 0;
   for (int64_t waited = 0; delay > 0 && waited < delay; waited += 100) {
-    if (dsys_job_ctx_stopping(ctx)) {
-      json_object_put(p);
+    if (dsys_job_ctx_stopping(ctx))
       return DSYS_ECANCELED; /* released back to the queue */
-    }
-    dsys_job_ctx_progress(ctx, (int)(waited * 90 / delay), "waiting");
+    report_progress(c, ctx, job, (int)(waited * 90 / delay), "waiting");
     dsys_clock_sleep_us(c->svc.clock, 100000);
   }
-  dsys_job_ctx_progress(ctx, 90, "computing");
+  report_progress(c, ctx, job, 90, "computing");
   int rc = ops ? compute(op, ops, 0, &res, &e) : C_BADARG;
   if (rc) {
     dsys_job_ctx_set_error(ctx, rc == C_BADOP ? "Invalid operation"
                                 : *e.msg ? e.msg : "Operation and operands are required");
-    json_object_put(p);
     return DSYS_EINVAL;
   }
   json_object *o = json_object_new_object();
@@ -525,12 +784,53 @@ static int run_job(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
   json_object_object_add(o, "computedAt", dsysi_json_time(dsysi_svc_now(&c->svc)));
   char *text = dsysi_json_dump(o, NULL);
   json_object_put(o);
-  json_object_put(p);
   if (!text) return DSYS_ENOMEM;
-  dsys_job_ctx_progress(ctx, 100, "done");
+  report_progress(c, ctx, job, 100, "done");
   rc = dsys_job_ctx_set_result(ctx, text);
   free(text);
   return rc;
+}
+
+/* Log lines of a job carry its trace id (JSON: fields jobId, traceId). */
+static void job_log(dsys_compute_service *c, int level, const dsys_job *job, const char *trace,
+                    const char *what) {
+  if (!dsysi_log_enabled(level)) return;
+  char msg[96], ids[24];
+  snprintf(ids, sizeof ids, "%lld", (long long)job->id);
+  snprintf(msg, sizeof msg, "job %s %s", ids, what);
+  json_object *f = json_object_new_object();
+  json_object_object_add(f, "jobId", json_object_new_string(ids));
+  json_object_object_add(f, "traceId", trace ? json_object_new_string(trace) : NULL);
+  json_object_object_add(f, "attempt", json_object_new_int(job->attempts));
+  dsysi_log_fields(level, c->svc.name, msg, f);
+  json_object_put(f);
+}
+
+static int run_job(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
+  dsys_compute_service *c = ud;
+  json_object *p = parse_or_null(job->payload);
+  char tb[33];
+  const char *trace = payload_trace_id(p, tb);
+  job_log(c, DSYS_LOG_INFO, job, trace, "started");
+  int rc = run_job_inner(c, ctx, job, p);
+  job_log(c, rc ? DSYS_LOG_WARN : DSYS_LOG_INFO, job, trace,
+          !rc ? "completed" : rc == DSYS_ECANCELED ? "released" : "failed");
+  json_object_put(p);
+  return rc;
+}
+
+/* End the streams, stop the poller, free the watches and the hub. */
+static void compute_free_streams(dsys_compute_service *c) {
+  dsys_events_close_streams(c->ev);
+  dsysi_ticker_stop(&c->ticker);
+  dsys_events_free(c->ev); /* every stream is gone: no watch is referenced */
+  while (c->watches) {
+    watch *w = c->watches;
+    c->watches = w->next;
+    free(w->msg);
+    free(w);
+  }
+  pthread_mutex_destroy(&c->wmu);
 }
 
 static int compute_ready(void *ud, const char **what, char *err, size_t errlen) {
@@ -556,6 +856,15 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     free(c);
     return rc;
   }
+  pthread_mutex_init(&c->wmu, NULL);
+  dsys_events_options eo = {.size = sizeof eo, .clock = c->svc.clock, .history = 256};
+  rc = dsys_events_new(&c->ev, &eo);
+  if (!rc) {
+    size_t osz = opts->size ? opts->size : sizeof *opts;
+    int64_t poll = osz >= offsetof(dsys_compute_options, events_poll_ms) + sizeof(int64_t)
+                       ? opts->events_poll_ms : 0;
+    rc = dsysi_ticker_start(&c->ticker, c->svc.clock, poll > 0 ? poll : 200, poll_jobs, c);
+  }
   static const char *const slow[] = {"/compute-worker",
                                      "/api/compute/compute-worker"};
   rc = dsysi_svc_slow_routes(&c->svc, slow, 2,
@@ -568,6 +877,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
       {"POST", "/api/compute/direct", h_direct},
       {"POST", "/api/compute/job", h_submit},
       {"GET", "/api/compute/job/:id", h_job},
+      {"GET", "/api/compute/job/:id/events", h_job_events},
       {"GET", "/api/compute/stats", h_stats},
   };
   for (size_t i = 0; !rc && i < sizeof routes / sizeof routes[0]; i++)
@@ -584,6 +894,8 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     rc = dsys_worker_start(&c->worker, c->q, &wo);
   }
   if (rc) {
+    dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
+    compute_free_streams(c);
     dsysi_svc_fini(&c->svc);
     free(c);
     return rc;
@@ -595,6 +907,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
 void dsys_service_compute_free(dsys_compute_service *c) {
   if (!c) return;
   dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
+  compute_free_streams(c);
   dsysi_svc_fini(&c->svc);
   free(c);
 }

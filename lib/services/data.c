@@ -10,6 +10,16 @@
  *                  a stale entry is harmless)
  *   data:seq       counter for new ids: "data-<10 + n>"
  *   data:seeded    set once data-1..data-10 were created
+ *   data:rev       change counter: +1 per write through the data service
+ *   data:log:<rev> (20 digits) the change event of revision rev
+ *                  {"event", "origin", "payload"}, kept 5 minutes (TTL)
+ *
+ * Change events (GET /api/data/events): a write through this instance is
+ * published at once; a poller reads data:rev every events_poll_ms (200 ms)
+ * and, when it grew, the data:log records after the last one seen, and
+ * publishes those written by other instances (in revision order; a record
+ * missing for 2 s - its writer died between the counter and the record -
+ * is skipped).
  *
  * Creation is atomic across instances (the store's UNIQUE key); updates,
  * deletes and increments are compare-and-swap on the item's version.
@@ -18,7 +28,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
+#include <distsys/events.h>
 #include <distsys/services.h>
+#include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
 #include "services/common.h"
@@ -26,9 +39,19 @@
 #define MAX_KEY 1000
 #define CAS_TRIES 16
 
+#define DATA_TOPIC "data"
+#define LOG_TTL_MS (5 * 60 * 1000)
+#define GAP_WAIT_MS 2000
+
 struct dsys_data_service {
   dsysi_svc svc;
   dsys_store *store;
+  /* change events */
+  dsys_events *ev;
+  dsysi_ticker ticker;
+  char origin[40];    /* this instance in the change log */
+  int64_t seen_rev;   /* poller only: last revision handled */
+  int64_t gap_since;  /* poller only: when a missing revision was noticed */
 };
 
 static char *cat(const char *a, const char *b) {
@@ -172,6 +195,119 @@ static json_object *given(json_object *o, const char *k) {
   return json_object_object_get_ex(o, k, &v) && v ? v : NULL;
 }
 
+/* ---- change events ---- */
+
+/* The event payload of a change: created/updated carry the item, deleted
+ * its id and key. */
+static json_object *change_payload(dsys_data_service *d, const dsys_item *it, int deleted) {
+  json_object *item = item_json(it);
+  if (!item) return NULL;
+  json_object *o = json_object_new_object(), *v;
+  json_object_object_add(o, "id", json_object_get(
+      json_object_object_get_ex(item, "id", &v) ? v : NULL));
+  json_object_object_add(o, "key", json_object_get(
+      json_object_object_get_ex(item, "key", &v) ? v : NULL));
+  if (!deleted) json_object_object_add(o, "data", json_object_get(item));
+  json_object_object_add(o, "service", json_object_new_string(d->svc.name));
+  json_object_object_add(o, "timestamp", dsysi_json_time(dsysi_svc_now(&d->svc)));
+  json_object_put(item);
+  return o;
+}
+
+/* After a committed write: append it to the shared change log (for the
+ * other instances) and publish it here at once. */
+static void record_change(dsys_data_service *d, const char *event, const dsys_item *it,
+                          int deleted) {
+  json_object *p = change_payload(d, it, deleted);
+  if (!p) return;
+  size_t len = 0;
+  char *text = dsysi_json_dump(p, &len);
+  int64_t rev = 0;
+  if (text && !dsys_store_incr(d->store, "data:rev", 1, &rev)) {
+    json_object *rec = json_object_new_object();
+    json_object_object_add(rec, "event", json_object_new_string(event));
+    json_object_object_add(rec, "origin", json_object_new_string(d->origin));
+    json_object_object_add(rec, "payload", json_object_get(p));
+    char *rt = dsysi_json_dump(rec, NULL);
+    json_object_put(rec);
+    char key[40];
+    snprintf(key, sizeof key, "data:log:%020lld", (long long)rev);
+    dsys_store_write w = {.size = sizeof w, .ttl_ms = LOG_TTL_MS};
+    if (!rt || dsys_store_put(d->store, key, rt, &w, NULL))
+      dsysi_log(DSYS_LOG_WARN, d->svc.name, "change %lld not logged", (long long)rev);
+    free(rt);
+  }
+  if (text) dsys_events_publish(d->ev, DATA_TOPIC, event, text, len, NULL);
+  free(text);
+  json_object_put(p);
+}
+
+static int64_t current_rev(dsys_data_service *d) {
+  dsys_item *it = NULL;
+  int64_t rev = 0;
+  if (!dsys_store_get(d->store, "data:rev", &it)) rev = strtoll(it->value, NULL, 10);
+  dsys_item_free(it);
+  return rev;
+}
+
+/* The poller: other instances' changes from the shared change log. */
+static void poll_changes(void *ud) {
+  dsys_data_service *d = ud;
+  int64_t rev = current_rev(d);
+  if (rev <= d->seen_rev) return;
+  int64_t now = dsys_clock_now_ms(d->svc.clock);
+  char key[40], *enc = NULL, *cursor = NULL;
+  snprintf(key, sizeof key, "data:log:%020lld", (long long)d->seen_rev);
+  if (!dsys_base64url_encode(key, strlen(key), &enc)) {
+    cursor = malloc(strlen(enc) + 4);
+    if (cursor) sprintf(cursor, "c1.%s", enc);
+  }
+  dsys_free(enc);
+  dsys_item **items = NULL;
+  size_t n = 0;
+  int rc = cursor ? dsys_store_list(d->store, "data:log:", cursor, 1000, &items, &n, NULL)
+                  : DSYS_ENOMEM;
+  free(cursor);
+  if (rc) return;
+  size_t i = 0;
+  while (d->seen_rev < rev) {
+    int64_t r = i < n ? strtoll(items[i]->key + 9, NULL, 10) : rev + 1;
+    if (r > d->seen_rev + 1) { /* a revision is missing (yet) */
+      if (!d->gap_since) d->gap_since = now;
+      if (now - d->gap_since < GAP_WAIT_MS) break;
+      d->seen_rev = (r <= rev ? r : rev + 1) - 1; /* give up on the gap */
+      d->gap_since = 0;
+      continue;
+    }
+    d->gap_since = 0;
+    if (r == d->seen_rev + 1) {
+      json_object *rec = NULL, *pl = NULL;
+      const char *ev = NULL, *origin = NULL;
+      if (!dsysi_json_parse_object(items[i]->value, strlen(items[i]->value), &rec)) {
+        ev = dsysi_json_str(rec, "event");
+        origin = dsysi_json_str(rec, "origin");
+        json_object_object_get_ex(rec, "payload", &pl);
+      }
+      if (ev && pl && (!origin || strcmp(origin, d->origin))) {
+        size_t len = 0;
+        char *text = dsysi_json_dump(pl, &len);
+        if (text) dsys_events_publish(d->ev, DATA_TOPIC, ev, text, len, NULL);
+        free(text);
+      }
+      json_object_put(rec);
+      d->seen_rev = r;
+    }
+    i++;
+  }
+  dsys_item_list_free(items, n);
+}
+
+static void h_events(dsys_request *req, void *ud) {
+  dsys_data_service *d = ud;
+  static const char *const topics[] = {DATA_TOPIC};
+  dsys_events_serve_sse(d->ev, req, topics, 1, NULL);
+}
+
 /* ---- create ---- */
 
 static void h_create(dsys_request *req, void *ud) {
@@ -248,6 +384,7 @@ static void h_create(dsys_request *req, void *ud) {
     dsysi_log(DSYS_LOG_WARN, d->svc.name, "could not index %s", id);
   free(kt);
   respond_item(req, 201, "Data created successfully", it);
+  record_change(d, "data-created", it, 0);
   dsys_item_free(it);
 out:
   free(sk);
@@ -459,6 +596,7 @@ static void modify(dsys_data_service *d, dsys_request *req, int inc) {
     else if (rc) respond_store_err(req, rc);
     else respond_item(req, 200, inc ? "Data incremented successfully"
                                     : "Data updated successfully", upd);
+    if (!rc) record_change(d, "data-updated", upd, 0);
     dsys_item_free(upd);
     break;
   }
@@ -499,6 +637,7 @@ static void h_delete(dsys_request *req, void *ud) {
     }
     json_object_put(env);
     dsys_respond_json(req, 200, "{\"message\":\"Data deleted successfully\"}");
+    record_change(d, "data-deleted", it, 1);
   }
   dsys_item_free(it);
 }
@@ -560,6 +699,16 @@ int dsys_service_data_mount(dsys_server *srv, const dsys_data_options *opts,
     free(d);
     return rc;
   }
+  if (dsys_random_hex(d->origin, sizeof d->origin, 16))
+    snprintf(d->origin, sizeof d->origin, "%p", (void *)d);
+  dsys_events_options eo = {.size = sizeof eo, .clock = d->svc.clock, .history = 256};
+  rc = dsys_events_new(&d->ev, &eo);
+  if (rc) {
+    dsysi_svc_fini(&d->svc);
+    free(d);
+    return rc;
+  }
+  d->seen_rev = current_rev(d);
   /* Before the :ref routes, which would otherwise take GET /api/data/data-work. */
   static const char *const slow[] = {"/data-work", "/api/data/data-work"};
   rc = dsysi_svc_slow_routes(&d->svc, slow, 2,
@@ -570,6 +719,7 @@ int dsys_service_data_mount(dsys_server *srv, const dsys_data_options *opts,
     dsys_handler_fn fn;
   } routes[] = {
       {"GET", "/api/data", h_list},
+      {"GET", "/api/data/events", h_events},
       {"POST", "/api/data", h_create},
       {"GET", "/api/data/:ref", h_get},
       {"PUT", "/api/data/:ref", h_update},
@@ -583,7 +733,14 @@ int dsys_service_data_mount(dsys_server *srv, const dsys_data_options *opts,
     if (rc) dsysi_log(DSYS_LOG_ERROR, d->svc.name, "seeding failed: %s",
                       dsys_strerror(rc));
   }
+  if (!rc) {
+    size_t osz = opts->size ? opts->size : sizeof *opts;
+    int64_t poll = osz >= offsetof(dsys_data_options, events_poll_ms) + sizeof(int64_t)
+                       ? opts->events_poll_ms : 0;
+    rc = dsysi_ticker_start(&d->ticker, d->svc.clock, poll > 0 ? poll : 200, poll_changes, d);
+  }
   if (rc) {
+    dsys_events_free(d->ev);
     dsysi_svc_fini(&d->svc);
     free(d);
     return rc;
@@ -594,6 +751,9 @@ int dsys_service_data_mount(dsys_server *srv, const dsys_data_options *opts,
 
 void dsys_service_data_free(dsys_data_service *d) {
   if (!d) return;
+  dsys_events_close_streams(d->ev);
+  dsysi_ticker_stop(&d->ticker);
+  dsys_events_free(d->ev);
   dsysi_svc_fini(&d->svc);
   free(d);
 }

@@ -391,6 +391,7 @@ static void attempt(px *p) {
   }
   p->picked = 1;
   snprintf(p->last_id, sizeof p->last_id, "%s", p->pick.id);
+  dsys_request_log_field(p->req, "upstream", p->pick.url); /* access log */
   p->body.len = 0;
   p->h1.addr = p->pick.url;
   p->h1.head = p->head.data;
@@ -448,6 +449,7 @@ typedef struct fb {
 static void fb_done(int err, dsys_reply *reply, const dsys_upstream_result *res, void *ud) {
   fb *f = ud;
   px tmp = {.gw = f->gw, .up = f->up, .req = f->req};
+  if (res && res->endpoint[0]) dsys_request_log_field(f->req, "upstream", res->endpoint);
   if (err) {
     respond_unavailable(&tmp, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_EUNAVAIL || err == DSYS_EBREAKER || err == DSYS_ECONNREFUSED ? 503 : 502,
                         dsys_strerror(err));

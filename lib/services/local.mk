@@ -57,3 +57,11 @@ tests_services_test_faultd_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_services_test_faultd_CFLAGS = $(TEST_CFLAGS)
 tests_services_test_faultd_LDADD = $(TEST_LIBS)
 TESTS += tests/services/test-faultd
+
+# Event streams and tracing across compute, data and the gateway (issue 7).
+check_PROGRAMS += tests/services/test-streams
+tests_services_test_streams_SOURCES = tests/services/test-streams.c
+tests_services_test_streams_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_streams_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_streams_LDADD = $(TEST_LIBS)
+TESTS += tests/services/test-streams

@@ -420,12 +420,17 @@ struct dsys_sse_stream {
   int ended;
   int in_open; /* on_open running: dsys_sse_send allowed */
   int closed_inline; /* on_close ran inside one of our writes */
+  int end_after;     /* the filter or on_open asked to end the stream */
+  dsys_sse_filter_fn filter;
+  void *filter_ud;
+  void (*filter_free)(void *);
   dsys_sse_stream *next, *prev;
 };
 
 static void st_unref(dsys_sse_stream *st) {
   if (atomic_fetch_sub(&st->refs, 1) != 1) return;
   dsys_events *ev = st->hub;
+  if (st->filter_free) st->filter_free(st->filter_ud);
   pthread_mutex_destroy(&st->mu);
   free(st);
   pthread_mutex_lock(&ev->mu);
@@ -486,7 +491,7 @@ static void st_pump(dsys_sse_stream *st) {
   atomic_fetch_add(&st->refs, 1);
   int fail = 0;
   pthread_mutex_lock(&st->mu);
-  while (!st->ended && !fail) {
+  while (!st->ended && !fail && !st->end_after) {
     const dsys_event *e = NULL;
     uint64_t dropped = 0;
     int rc = dsys_events_next(st->sub, &e, &dropped);
@@ -496,16 +501,19 @@ static void st_pump(dsys_sse_stream *st) {
       int n = snprintf(d, sizeof d, "{\"dropped\":%" PRIu64 "}", dropped);
       sse_frame(&b, 0, "dropped", d, (size_t)n);
     }
-    if (e) sse_frame(&b, e->id, e->name, e->data, e->len);
+    int f = e && st->filter ? st->filter(e, st->filter_ud) : DSYS_SSE_WRITE;
+    if (e && f != DSYS_SSE_SKIP) sse_frame(&b, e->id, e->name, e->data, e->len);
     dsys_event_release(e);
     if (b.len && (b.oom || st_write(st, b.data, b.len))) fail = 1;
     dsysi_buf_free(&b);
-    if (rc) break;
+    if (f == DSYS_SSE_WRITE_END) st->end_after = 1;
+    if (rc || st->end_after) break;
   }
   int inl = st->closed_inline;
   st->closed_inline = 0;
+  int end = st->end_after;
   pthread_mutex_unlock(&st->mu);
-  st_after(st, fail, inl);
+  st_after(st, fail || end, inl);
   st_unref(st);
 }
 
@@ -549,6 +557,12 @@ int dsys_sse_send(dsys_sse_stream *st, uint64_t id, const char *name, const char
   return rc;
 }
 
+int dsys_sse_end(dsys_sse_stream *st) {
+  if (!st || !st->in_open) return DSYS_EINVAL;
+  st->end_after = 1;
+  return 0;
+}
+
 static uint64_t parse_id(const char *s) {
   if (!s || !*s) return 0;
   char *end;
@@ -569,10 +583,14 @@ int dsys_events_serve_sse(dsys_events *ev, dsys_request *req, const char *const 
   uint64_t last_id = parse_id(lid);
   dsys_sse_stream *st = calloc(1, sizeof *st);
   if (!st) {
+    if (so.filter_free) so.filter_free(so.filter_ud);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
     return DSYS_ENOMEM;
   }
   pthread_mutex_init(&st->mu, NULL);
+  st->filter = so.filter;
+  st->filter_ud = so.filter_ud;
+  st->filter_free = so.filter_free;
   st->hub = ev;
   st->req = req;
   /* references: user side, on_close, subscription */
@@ -593,6 +611,7 @@ int dsys_events_serve_sse(dsys_events *ev, dsys_request *req, const char *const 
     if (rc) dsys_events_unsubscribe(st->sub);
   }
   if (rc) {
+    if (st->filter_free) st->filter_free(st->filter_ud);
     pthread_mutex_destroy(&st->mu);
     free(st);
     if (rc == DSYS_ESTOPPED) dsys_respond_error(req, 503, "DSYS_ESTOPPED", "Event streams are closing");
@@ -633,11 +652,16 @@ int dsys_events_serve_sse(dsys_events *ev, dsys_request *req, const char *const 
   }
   int inl = st->closed_inline;
   st->closed_inline = 0;
+  int end = st->end_after;
   pthread_mutex_unlock(&st->mu);
   if (rc || inl) {
     /* the transport ended already; st_finish ends the request */
     st_after(st, 1, inl);
     return rc ? rc : DSYS_ECLOSED;
+  }
+  if (end) {
+    st_finish(st); /* dsys_sse_end in on_open */
+    return 0;
   }
   st_pump(st); /* events queued by a resume or meanwhile */
   return 0;

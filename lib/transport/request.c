@@ -24,6 +24,7 @@ void dsysi_request_unref(dsys_request *req) {
   dsysi_hdrs_free(&req->qparams);
   free(req->ctype);
   dsysi_hdrs_free(&req->rhdrs);
+  dsysi_hdrs_free(&req->logf);
   free(req->rbody);
   dsysi_buf_free(&req->stream);
   pthread_mutex_destroy(&req->mu);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <json-c/json.h>
 #include <distsys/util.h>
 #include "transport/transport.h"
 
@@ -15,6 +16,7 @@
 
 typedef struct route {
   char *method; /* "*" = any */
+  char *pattern; /* as given, for the access log */
   char **segs;  /* pattern segments; ":x" params, "*" rest */
   size_t nsegs;
   int rest;     /* trailing "*" */
@@ -95,6 +97,7 @@ int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
 
 static void free_route(route *r) {
   free(r->method);
+  free(r->pattern);
   for (size_t i = 0; i < r->nsegs; i++) free(r->segs[i]);
   free(r->segs);
 }
@@ -140,8 +143,9 @@ int dsys_server_route(dsys_server *s, const char *method, const char *pattern,
   if (!nr) return DSYS_ENOMEM;
   s->routes = nr;
   r.method = strdup(method);
+  r.pattern = strdup(pattern);
   r.segs = calloc(n ? n : 1, sizeof *r.segs);
-  if (!r.method || !r.segs) goto oom;
+  if (!r.method || !r.pattern || !r.segs) goto oom;
   for (size_t i = 0; i < n; i++) {
     if (!(r.segs[i] = dsysi_strndup(segs[i], lens[i]))) goto oom;
     r.nsegs++;
@@ -230,12 +234,82 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
 
 static void access_log(dsys_request *r, int ok) {
   if (!r->srv->o.access_log && !dsysi_log_enabled(DSYS_LOG_DEBUG)) return;
+  int level = r->srv->o.access_log ? DSYS_LOG_INFO : DSYS_LOG_DEBUG;
+  if (!dsysi_log_enabled(level)) return;
   double ms = (double)(dsys_clock_now_us(r->srv->o.clock) - r->start_us) / 1000.0;
   dsysi_request_trace(r);
-  dsysi_log(r->srv->o.access_log ? DSYS_LOG_INFO : DSYS_LOG_DEBUG, r->srv->name,
-            "%s %s %d %.3fms req=%s trace=%s remote=%s%s", r->method,
+  if (dsysi_log_is_json()) {
+    /* One structured record per request (docs/reference/server.md). */
+    json_object *f = json_object_new_object();
+    if (!f) return;
+    json_object_object_add(f, "type", json_object_new_string("access"));
+    json_object_object_add(f, "method", json_object_new_string(r->method));
+    json_object_object_add(f, "path", json_object_new_string(r->target));
+    json_object_object_add(f, "route", r->route ? json_object_new_string(r->route) : NULL);
+    json_object_object_add(f, "status", json_object_new_int(r->status));
+    json_object_object_add(f, "duration_ms",
+                           json_object_new_double((double)(int64_t)(ms * 1000.0) / 1000.0));
+    json_object_object_add(f, "request_id", json_object_new_string(r->req_id));
+    json_object_object_add(f, "trace_id", json_object_new_string(r->trace_id));
+    json_object_object_add(f, "span_id", json_object_new_string(r->span_id));
+    json_object_object_add(f, "remote", json_object_new_string(dsys_request_remote_addr(r)));
+    if (!ok) json_object_object_add(f, "aborted", json_object_new_boolean(1));
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->logf.n; i++)
+      json_object_object_add(f, r->logf.v[i].name, json_object_new_string(r->logf.v[i].value));
+    pthread_mutex_unlock(&r->mu);
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s %d", r->method, r->status);
+    dsysi_log_fields(level, r->srv->name, msg, f);
+    json_object_put(f);
+    return;
+  }
+  dsysi_buf extra = {0};
+  pthread_mutex_lock(&r->mu);
+  for (size_t i = 0; i < r->logf.n; i++)
+    dsysi_buf_printf(&extra, " %s=%s", r->logf.v[i].name, r->logf.v[i].value);
+  pthread_mutex_unlock(&r->mu);
+  dsysi_log(level, r->srv->name,
+            "%s %s %d %.3fms req=%s trace=%s remote=%s route=%s%s%s", r->method,
             r->target, r->status, ms, r->req_id, r->trace_id, dsys_request_remote_addr(r),
+            r->route ? r->route : "-", extra.data && !extra.oom ? extra.data : "",
             ok ? "" : " (aborted)");
+  dsysi_buf_free(&extra);
+}
+
+int dsys_request_log_field(dsys_request *r, const char *key, const char *value) {
+  if (!r || !key || !*key || !value || !dsysi_header_ok(key) || !dsysi_header_ok(value))
+    return DSYS_EINVAL;
+  static const char *const reserved[] = {"time", "level", "component", "msg", "type",
+                                         "method", "path", "route", "status",
+                                         "duration_ms", "request_id", "trace_id",
+                                         "span_id", "remote", "aborted"};
+  for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+    if (!strcmp(key, reserved[i])) return DSYS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  int rc = 0;
+  size_t i = 0;
+  while (i < r->logf.n && strcmp(r->logf.v[i].name, key)) i++;
+  if (i < r->logf.n) {
+    /* one block holds name and value (see dsysi_hdrs_add) */
+    size_t kl = strlen(key), vl = strlen(value);
+    char *n = malloc(kl + vl + 2);
+    if (n) {
+      memcpy(n, key, kl + 1);
+      memcpy(n + kl + 1, value, vl + 1);
+      free(r->logf.v[i].name);
+      r->logf.v[i].name = n;
+      r->logf.v[i].value = n + kl + 1;
+    } else {
+      rc = DSYS_ENOMEM;
+    }
+  } else if (r->logf.n >= 16) {
+    rc = DSYS_ENOMEM;
+  } else {
+    rc = dsysi_hdrs_add(&r->logf, key, strlen(key), value, strlen(value));
+  }
+  pthread_mutex_unlock(&r->mu);
+  return rc;
 }
 
 void dsysi_request_transport_done(dsys_request *r, int ok) {
@@ -407,6 +481,7 @@ void dsysi_server_dispatch(dsys_request *r) {
       return;
     }
     found = rt;
+    r->route = rt->pattern;
     break;
   }
   if (raw != stackbuf) free(raw);

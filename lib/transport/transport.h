@@ -102,6 +102,8 @@ struct dsys_request {
   dsys_close_fn on_close;
   void *close_ud;
   int64_t start_us;
+  const char *route;   /* matched route pattern (owned by the server) */
+  dsysi_hdrs logf;     /* extra access-log fields (dsys_request_log_field) */
   struct dsys_request *prev, *next; /* server's live list */
 };
 

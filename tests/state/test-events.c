@@ -365,6 +365,70 @@ static void test_sse_stream(void) {
   dsys_clock_free(clk);
 }
 
+/* ---- per-stream filter, write-and-end, dsys_sse_end ---- */
+static atomic_int freed;
+static int only_mine(const dsys_event *e, void *ud) {
+  const char *want = ud;
+  if (strncmp(e->data, want, strlen(want))) return DSYS_SSE_SKIP;
+  return !strcmp(e->name, "last") ? DSYS_SSE_WRITE_END : DSYS_SSE_WRITE;
+}
+static void mine_free(void *ud) { atomic_fetch_add(&freed, 1); }
+static void open_end(dsys_sse_stream *st, dsys_request *req, void *ud) {
+  dsys_sse_send(st, 0, "final", "done", 4);
+  dsys_sse_end(st);
+}
+static void h_filtered(dsys_request *req, void *ud) {
+  const char *t[] = {"jobs"};
+  dsys_sse_options o = {.size = sizeof o, .filter = only_mine,
+                        .filter_ud = (void *)dsys_request_query_param(req, "who") ? "a:" : "b:",
+                        .filter_free = mine_free};
+  if (dsys_request_query_param(req, "end")) o.on_open = open_end;
+  dsys_events_serve_sse(sev, req, t, 1, &o);
+}
+
+static void test_sse_filter(void) {
+  dsys_events_new(&sev, NULL);
+  dsys_server *srv;
+  dsys_server_new(&srv, NULL);
+  dsys_server_route(srv, "GET", "/f", h_filtered, NULL);
+  if (dsys_server_listen(srv, "inproc://events-filter")) tap_bail("listen");
+  dsys_client *c;
+  dsys_client_new(&c, NULL);
+  static rx ra, rb, re;
+  dsys_call k = {.size = sizeof k, .url = "inproc://events-filter", .path = "/f?who=a",
+                 .on_chunk = on_chunk, .chunk_ud = &ra, .timeout_ms = 20000};
+  dsys_client_send(c, &k, on_done, &ra);
+  dsys_call kb = k;
+  kb.path = "/f";
+  kb.chunk_ud = &rb;
+  dsys_client_send(c, &kb, on_done, &rb);
+  for (int i = 0; i < 200 && dsys_events_stream_count(sev) != 2; i++) msleep(5);
+  is_int(dsys_events_stream_count(sev), 2, "[filter] two streams");
+  dsys_events_publish(sev, "jobs", "p", "a:1", 3, NULL);
+  dsys_events_publish(sev, "jobs", "p", "b:1", 3, NULL);
+  dsys_events_publish(sev, "jobs", "last", "a:2", 3, NULL);
+  dsys_events_publish(sev, "jobs", "p", "a:3", 3, NULL);
+  ok(wait_done(&ra), "[filter] WRITE_END ends the stream");
+  ok(has(&ra, "data: a:1") && has(&ra, "data: a:2") && !has(&ra, "b:1") && !has(&ra, "a:3"),
+     "[filter] only its events, up to the last one");
+  is_int(ra.status, 200, "[filter] clean end");
+  ok(wait_has(&rb, "data: b:1") && !has(&rb, "a:1"), "[filter] the other stream gets its own");
+  is_int(dsys_events_stream_count(sev), 1, "[filter] one stream left");
+  dsys_call ke = k;
+  ke.path = "/f?end=1";
+  ke.chunk_ud = &re;
+  dsys_client_send(c, &ke, on_done, &re);
+  ok(wait_done(&re) && has(&re, "event: final"), "[filter] dsys_sse_end in on_open: snapshot, then end");
+  ok(dsys_sse_end(NULL) == DSYS_EINVAL, "[filter] dsys_sse_end outside on_open -> EINVAL");
+  dsys_events_close_streams(sev);
+  ok(wait_done(&rb), "[filter] close_streams ends the other");
+  dsys_client_free(c);
+  dsys_server_stop(srv, 1000);
+  dsys_server_free(srv);
+  dsys_events_free(sev);
+  is_int(atomic_load(&freed), 3, "[filter] filter_free ran once per stream");
+}
+
 int main(void) {
   test_order_and_drop();
   test_resume();
@@ -372,5 +436,6 @@ int main(void) {
   test_unsub_during_publish();
   test_sse_framing();
   test_sse_stream();
+  test_sse_filter();
   return tap_done();
 }
