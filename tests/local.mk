@@ -72,3 +72,9 @@ tests_unit_test_loadtest_hist_CPPFLAGS = $(TEST_CPPFLAGS) -I$(top_srcdir)/tools
 tests_unit_test_loadtest_hist_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_loadtest_hist_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-loadtest-hist
+
+# The fault detector's dashboard in headless Chromium (issue 7); keeps two
+# screenshots in tests/artifacts/ (removed by make clean).
+TESTS += tests/integration/dashboard.test
+EXTRA_DIST += tests/integration/dashboard.test tests/integration/dashboard.py
+CLEANFILES += tests/artifacts/dashboard-healthy.png tests/artifacts/dashboard-unhealthy.png

@@ -707,10 +707,22 @@ uint64_t dsys_faultd_cycles(dsys_faultd *fd) {
 
 /* ---- routes ---- */
 
+/* The dashboard page (dashboard/index.html), embedded at build time by
+ * lib/services/embed-file.sh into a generated source (lib/services/local.mk). */
+extern const char dsysi_dashboard_html[];
+extern const size_t dsysi_dashboard_html_len;
+
+/* Only this origin; the page's own inline script and style; no framing. */
+#define DASHBOARD_CSP                                                                   \
+  "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; " \
+  "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "     \
+  "form-action 'none'; frame-ancestors 'none'"
+
 static void h_root(dsys_request *req, void *ud) {
-  static const char txt[] = "fault detector: the dashboard is not built yet (issue 7); "
-                            "see /api/status and /api/events\n";
-  dsys_respond(req, 200, "text/plain; charset=utf-8", txt, sizeof txt - 1);
+  dsys_response_header(req, "Cache-Control", "no-cache");
+  dsys_response_header(req, "Content-Security-Policy", DASHBOARD_CSP);
+  dsys_response_header(req, "X-Content-Type-Options", "nosniff");
+  dsys_respond(req, 200, "text/html; charset=utf-8", dsysi_dashboard_html, dsysi_dashboard_html_len);
 }
 
 static void h_health(dsys_request *req, void *ud) {

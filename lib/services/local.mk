@@ -65,3 +65,14 @@ tests_services_test_streams_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_services_test_streams_CFLAGS = $(TEST_CFLAGS)
 tests_services_test_streams_LDADD = $(TEST_LIBS)
 TESTS += tests/services/test-streams
+# The fault detector's dashboard (issue 7): dashboard/index.html is embedded
+# into the library as a C string by a POSIX od/sed script (no xxd, no build
+# compiler). The generated source lives in the build tree (out-of-tree and
+# distcheck builds work; it is not distributed).
+nodist_libdsys_internal_la_SOURCES = lib/services/dashboard-html.c
+EXTRA_DIST += dashboard/index.html lib/services/embed-file.sh
+CLEANFILES += lib/services/dashboard-html.c
+lib/services/dashboard-html.c: $(top_srcdir)/dashboard/index.html $(top_srcdir)/lib/services/embed-file.sh
+	@$(MKDIR_P) lib/services
+	$(AM_V_GEN)$(SHELL) $(top_srcdir)/lib/services/embed-file.sh dsysi_dashboard_html \
+	  $(top_srcdir)/dashboard/index.html > $@.tmp && mv $@.tmp $@
