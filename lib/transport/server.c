@@ -15,6 +15,7 @@
 
 typedef struct route {
   char *method; /* "*" = any */
+  char *pattern; /* as given, for metrics labels */
   char **segs;  /* pattern segments; ":x" params, "*" rest */
   size_t nsegs;
   int rest;     /* trailing "*" */
@@ -49,7 +50,19 @@ struct dsys_server {
   int listening;
   int stopping;
   int stopped;
+  dsysi_server_observer_fn observer;
+  void *observer_ud;
 };
+
+int dsysi_server_set_observer(dsys_server *s, dsysi_server_observer_fn fn,
+                              void *ud) {
+  if (!s || !fn) return DSYS_EINVAL;
+  if (s->listening) return DSYS_ESTATE;
+  if (s->observer) return DSYS_EEXIST;
+  s->observer = fn;
+  s->observer_ud = ud;
+  return 0;
+}
 
 size_t dsysi_server_max_body(dsys_server *s) { return s->o.max_body; }
 uint32_t dsysi_server_threads(dsys_server *s) { return s->o.threads; }
@@ -95,6 +108,7 @@ int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
 
 static void free_route(route *r) {
   free(r->method);
+  free(r->pattern);
   for (size_t i = 0; i < r->nsegs; i++) free(r->segs[i]);
   free(r->segs);
 }
@@ -140,8 +154,9 @@ int dsys_server_route(dsys_server *s, const char *method, const char *pattern,
   if (!nr) return DSYS_ENOMEM;
   s->routes = nr;
   r.method = strdup(method);
+  r.pattern = strdup(pattern);
   r.segs = calloc(n ? n : 1, sizeof *r.segs);
-  if (!r.method || !r.segs) goto oom;
+  if (!r.method || !r.pattern || !r.segs) goto oom;
   for (size_t i = 0; i < n; i++) {
     if (!(r.segs[i] = dsysi_strndup(segs[i], lens[i]))) goto oom;
     r.nsegs++;
@@ -218,6 +233,7 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
   r->lst = lst;
   r->tctx = tctx;
   r->start_us = dsys_clock_now_us(s->o.clock);
+  r->route_idx = -1;
   pthread_mutex_lock(&s->mu);
   r->late = s->stopping;
   s->inflight++;
@@ -252,6 +268,12 @@ void dsysi_request_transport_done(dsys_request *r, int ok) {
   void *ud = r->close_ud;
   pthread_mutex_unlock(&r->mu);
   access_log(r, ok);
+  if (s->observer) {
+    int ri = r->route_idx;
+    s->observer(s->observer_ud, ri, ri >= 0 ? s->routes[ri].pattern : NULL,
+                r->method, r->status,
+                dsys_clock_now_us(s->o.clock) - r->start_us);
+  }
   if (fire && cb) cb(r, ud);
   pthread_mutex_lock(&s->mu);
   if (r->prev) r->prev->next = r->next;
@@ -407,6 +429,7 @@ void dsysi_server_dispatch(dsys_request *r) {
       return;
     }
     found = rt;
+    r->route_idx = (int)i;
     break;
   }
   if (raw != stackbuf) free(raw);
