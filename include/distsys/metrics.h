@@ -216,7 +216,7 @@ DSYS_API int dsys_metrics_process(dsys_metrics *reg);
  * Add queue depth by state, read with dsys_queue_counts() at render time:
  * dsys_queue_jobs{queue,state} (state: waiting, delayed, active,
  * completed, failed, canceled).
- * @param q the queue (not owned; keep it open until dsys_metrics_free).
+ * @param q the queue (not owned; keep it open while renders may run).
  * @param queue the queue name to count, or NULL for all (label "*").
  * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
  */
@@ -247,7 +247,8 @@ DSYS_API int dsys_metrics_store(dsys_metrics *reg, dsys_store *s);
  * per upstream: dsys_upstream_retries_total, dsys_upstream_endpoints,
  * dsys_upstream_unavailable_total.
  * @param name the upstream's name (copied).
- * @param u the upstream (not owned; keep it until dsys_metrics_free()).
+ * @param u the upstream (not owned; keep it while renders may run, e.g.
+ *        free it after the server serving /metrics stopped).
  * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
  */
 DSYS_API int dsys_metrics_upstream(dsys_metrics *reg, const char *name,
