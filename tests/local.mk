@@ -72,3 +72,7 @@ tests_unit_test_loadtest_hist_CPPFLAGS = $(TEST_CPPFLAGS) -I$(top_srcdir)/tools
 tests_unit_test_loadtest_hist_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_loadtest_hist_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-loadtest-hist
+
+# Metrics: /metrics of every daemon, promtool, a real Prometheus (issue 7).
+TESTS += tests/integration/metrics.test
+EXTRA_DIST += tests/integration/metrics.test deploy
