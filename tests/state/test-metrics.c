@@ -3,6 +3,7 @@
  * store instrumentation (inproc server, memory store). TAP. */
 #include <math.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <distsys/distsys.h>
 #include <distsys/metrics.h>
 #include "tap.h"
@@ -283,6 +284,9 @@ static void test_server(void) {
   dsys_reply *r = NULL;
   dsys_client_do(cl, &post, &r);
   dsys_reply_free(r);
+  /* The transport side of a request (and so its observation) may finish
+   * just after the client has the reply: wait until none is in flight. */
+  for (int i = 0; i < 2000 && dsys_server_inflight(srv) > 0; i++) usleep(1000);
   dsys_call call = {.size = sizeof call, .url = "inproc://metrics-test", .path = "/metrics"};
   r = NULL;
   is_int(dsys_client_do(cl, &call, &r), 0, "GET /metrics");
