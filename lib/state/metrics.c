@@ -663,15 +663,10 @@ int dsys_server_metrics(dsys_server *srv, dsys_metrics *r) {
     rc = dsys_metrics_gauge(r, "dsys_http_requests_in_flight",
                             "HTTP requests received and not yet finished.", NULL,
                             NULL, 0, &r->inflight);
+  if (!rc) rc = add_helper(r, sm, free); /* owned by r from here on */
+  else free(sm);
   if (!rc) rc = dsysi_server_set_observer(srv, srv_observe, sm);
-  if (rc) {
-    free(sm);
-    return rc;
-  }
-  if ((rc = add_helper(r, sm, free))) {
-    free(sm); /* the observer stays set: the server is unusable anyway */
-    return rc;
-  }
+  if (rc) return rc;
   pthread_mutex_lock(&r->mu);
   r->servers[r->nservers++] = srv;
   pthread_mutex_unlock(&r->mu);
