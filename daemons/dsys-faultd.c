@@ -119,7 +119,12 @@ int main(int argc, char **argv) {
       return 2;
     }
   dsys_server_options so = {.size = sizeof so, .name = "faultd"};
+  dsys_metrics *met = NULL;
   if (!rc) rc = dsys_server_new(&srv, &so);
+  if (!rc) rc = dsys_metrics_new(&met);
+  if (!rc) rc = dsys_server_metrics(srv, met);
+  if (!rc) rc = dsys_metrics_mount(srv, met); /* GET /metrics */
+  if (!rc) rc = dsys_metrics_process(met);
   if (!rc) rc = dsys_faultd_mount(fd, srv);
   if (!rc) rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen"));
   if (rc) {
@@ -127,6 +132,7 @@ int main(int argc, char **argv) {
     dsys_faultd_shutdown(fd);
     dsys_server_free(srv);
     dsys_faultd_free(fd);
+    dsys_metrics_free(met);
     dsys_registry_close(reg);
     dsys_config_free(cfg);
     return 1;
@@ -140,6 +146,7 @@ int main(int argc, char **argv) {
   dsys_server_stop(srv, 5000);
   dsys_server_free(srv);
   dsys_faultd_free(fd);
+  dsys_metrics_free(met);
   dsys_registry_close(reg);
   dsys_config_free(cfg);
   return 0;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <distsys/distsys.h>
 #include <distsys/gateway.h>
+#include <distsys/metrics.h>
 
 static const dsys_option opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, "http://127.0.0.1:3000", "where to listen (port 0 picks one)"},
@@ -120,7 +121,20 @@ int main(int argc, char **argv) {
                             .event_loops = loops ? (uint32_t)loops : (uint32_t)sysconf(_SC_NPROCESSORS_ONLN),
                             .access_log = dsys_config_get_bool(cfg, "access-log")};
   dsys_server *srv;
-  if (dsys_server_new(&srv, &so) || dsys_gateway_mount(gw, srv)) return 1;
+  if (dsys_server_new(&srv, &so)) return 1;
+  /* GET /metrics (before the gateway's catch-all proxy route): requests
+   * per route, process, and per upstream endpoint stats and breakers. */
+  dsys_metrics *met = NULL;
+  if (dsys_metrics_new(&met) || dsys_server_metrics(srv, met) || dsys_metrics_mount(srv, met) ||
+      dsys_metrics_process(met))
+    return 1;
+  for (size_t i = 0; i < dsys_gateway_upstream_count(gw); i++) {
+    const char *uname;
+    dsys_upstream *up;
+    if (dsys_gateway_upstream_at(gw, i, &uname, &up) || dsys_metrics_upstream(met, uname, up))
+      return 1;
+  }
+  if (dsys_gateway_mount(gw, srv)) return 1;
   if ((rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen")))) {
     fprintf(stderr, "dsys-gatewayd: cannot listen on %s: %s\n", dsys_config_get(cfg, "listen"), dsys_strerror(rc));
     return 1;
@@ -133,6 +147,7 @@ int main(int argc, char **argv) {
   dsys_server_stop(srv, 5000);
   dsys_server_free(srv);
   dsys_gateway_free(gw);
+  dsys_metrics_free(met);
   dsys_registry_close(reg);
   dsys_config_free(cfg);
   return 0;

@@ -80,7 +80,12 @@ int main(int argc, char **argv) {
   dsys_server *srv = NULL;
   dsys_registry_service *svc = NULL;
   dsys_server_options so = {.size = sizeof so, .name = "registry", .access_log = 1};
+  dsys_metrics *met = NULL;
   rc = dsys_server_new(&srv, &so);
+  if (!rc) rc = dsys_metrics_new(&met);
+  if (!rc) rc = dsys_server_metrics(srv, met);
+  if (!rc) rc = dsys_metrics_mount(srv, met); /* GET /metrics */
+  if (!rc) rc = dsys_metrics_process(met);
   if (!rc) rc = dsys_registry_service_mount(srv, reg, NULL, &svc);
   if (!rc) rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen"));
   if (rc) {
@@ -88,6 +93,7 @@ int main(int argc, char **argv) {
             dsys_strerror(rc));
     dsys_server_free(srv);
     dsys_registry_service_free(svc);
+    dsys_metrics_free(met);
     dsys_registry_close(reg);
     dsys_config_free(cfg);
     return 1;
@@ -104,6 +110,7 @@ int main(int argc, char **argv) {
   dsys_server_stop(srv, 5000);
   dsys_server_free(srv);
   dsys_registry_service_free(svc);
+  dsys_metrics_free(met);
   dsys_registry_close(reg);
   dsys_config_free(cfg);
   return 0;

@@ -78,3 +78,6 @@ TESTS += tests/unit/test-loadtest-hist
 TESTS += tests/integration/dashboard.test
 EXTRA_DIST += tests/integration/dashboard.test tests/integration/dashboard.py
 CLEANFILES += tests/artifacts/dashboard-healthy.png tests/artifacts/dashboard-unhealthy.png
+# Metrics: /metrics of every daemon, promtool, a real Prometheus (issue 7).
+TESTS += tests/integration/metrics.test
+EXTRA_DIST += tests/integration/metrics.test deploy

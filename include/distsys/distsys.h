@@ -27,5 +27,6 @@
 #include <distsys/registration.h>
 #include <distsys/events.h>
 #include <distsys/faultd.h>
+#include <distsys/metrics.h>
 
 #endif

@@ -29,6 +29,7 @@
 #include <distsys/clock.h>
 #include <distsys/registry.h>
 #include <distsys/server.h>
+#include <distsys/upstream.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -80,6 +81,18 @@ DSYS_API int dsys_gateway_add_route(dsys_gateway *gw, const char *prefix,
  * @return 0, DSYS_EINVAL, DSYS_ESTATE, DSYS_ENOMEM.
  */
 DSYS_API int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv);
+
+/** Number of upstreams declared (for metrics and introspection). */
+DSYS_API size_t dsys_gateway_upstream_count(dsys_gateway *gw);
+
+/**
+ * Upstream i (0-based, in the order declared): its name and its
+ * dsys_upstream (both owned by the gateway, valid until dsys_gateway_free;
+ * e.g. for dsys_metrics_upstream). Either out-parameter may be NULL.
+ * @return 0, DSYS_EINVAL (NULL gateway or i out of range).
+ */
+DSYS_API int dsys_gateway_upstream_at(dsys_gateway *gw, size_t i,
+                                      const char **name, dsys_upstream **u);
 
 /** Free the gateway (after its server stopped). NULL-safe. */
 DSYS_API void dsys_gateway_free(dsys_gateway *gw);

@@ -214,6 +214,7 @@ typedef struct dsys_daemon_spec {
  * metadata: {port, host}}), heartbeat every 10 s and re-register when the
  * registry forgot it (dsys_registration); wait for SIGINT or SIGTERM;
  * deregister, stop taking requests and drain (5 s), call unmount, close.
+ * Every daemon serves GET /metrics (dsys_daemon_metrics()).
  * Blocks SIGINT and SIGTERM in the calling thread (call it from main
  * before starting any thread).
  * @return the process exit status: 0 (clean stop, --help, --version),
@@ -224,6 +225,11 @@ DSYS_API int dsys_daemon_main(const dsys_daemon_spec *spec, int argc,
 
 /** The server (valid in mount and unmount). */
 DSYS_API dsys_server *dsys_daemon_server(dsys_daemon *d);
+/** The daemon's metrics registry, served on GET /metrics (valid in mount
+ *  and unmount): a service may add its own series to it. It already holds
+ *  the server's request metrics, process metrics, and the store's
+ *  operation latency or the queue's depth by state. */
+DSYS_API struct dsys_metrics *dsys_daemon_metrics(dsys_daemon *d);
 /** The store, or NULL when spec->open_store was 0. */
 DSYS_API dsys_store *dsys_daemon_store(dsys_daemon *d);
 /** The queue, or NULL when spec->open_queue was 0. */

@@ -164,6 +164,33 @@ DSYS_API int dsys_store_open_ops(dsys_store **out, const dsys_store_ops *ops,
                                  const char *location,
                                  const dsys_store_options *opts);
 
+/** Store operations seen by a dsys_store_observer_fn. */
+typedef enum dsys_store_op {
+  DSYS_STORE_OP_GET = 0,    /**< dsys_store_get, dsys_store_get_by_id */
+  DSYS_STORE_OP_WRITE = 1,  /**< put, create, update */
+  DSYS_STORE_OP_DELETE = 2,
+  DSYS_STORE_OP_INCR = 3,
+  DSYS_STORE_OP_LIST = 4
+} dsys_store_op;
+
+/**
+ * Observer of backend calls: op (dsys_store_op), the call's duration in
+ * nanoseconds (monotonic clock) and its result code. Runs on the calling
+ * thread after the backend returns; must be cheap and must not call the
+ * store.
+ */
+typedef void (*dsys_store_observer_fn)(int32_t op, int64_t duration_ns,
+                                       int rc, void *ud);
+
+/**
+ * Set (or clear, fn NULL) the store's observer. Arguments rejected before
+ * reaching the backend are not observed. Set it before the store is shared
+ * between threads; ud must outlive the store or the observer.
+ * @return 0, DSYS_EINVAL.
+ */
+DSYS_API int dsys_store_set_observer(dsys_store *s, dsys_store_observer_fn fn,
+                                     void *ud);
+
 /** Close a store and free it. NULL-safe. No call may be in progress. */
 DSYS_API void dsys_store_close(dsys_store *s);
 

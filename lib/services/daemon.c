@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <distsys/log.h>
+#include <distsys/metrics.h>
 #include <distsys/registration.h>
 #include <distsys/services.h>
 #include "core/internal.h"
@@ -19,9 +20,11 @@ struct dsys_daemon {
   dsys_queue *queue;
   dsys_registry *registry;
   dsys_registration *agent;
+  dsys_metrics *metrics;
 };
 
 dsys_server *dsys_daemon_server(dsys_daemon *d) { return d ? d->srv : NULL; }
+dsys_metrics *dsys_daemon_metrics(dsys_daemon *d) { return d ? d->metrics : NULL; }
 dsys_store *dsys_daemon_store(dsys_daemon *d) { return d ? d->store : NULL; }
 dsys_queue *dsys_daemon_queue(dsys_daemon *d) { return d ? d->queue : NULL; }
 const dsys_config *dsys_daemon_config(dsys_daemon *d) { return d ? d->cfg : NULL; }
@@ -118,6 +121,15 @@ static int run(dsys_daemon *d, const char *prog) {
                             .access_log = dsys_config_get_bool(d->cfg, "access-log")};
   if ((rc = dsys_server_new(&d->srv, &so))) {
     fprintf(stderr, "%s: %s\n", prog, dsys_strerror(rc));
+    return 1;
+  }
+  /* GET /metrics: requests per route, process, store latency, queue
+   * depth; mounted first so no catch-all route of the service hides it. */
+  if ((rc = dsys_metrics_new(&d->metrics)) || (rc = dsys_server_metrics(d->srv, d->metrics)) ||
+      (rc = dsys_metrics_mount(d->srv, d->metrics)) || (rc = dsys_metrics_process(d->metrics)) ||
+      (d->store && (rc = dsys_metrics_store(d->metrics, d->store))) ||
+      (d->queue && (rc = dsys_metrics_queue(d->metrics, d->queue, NULL)))) {
+    fprintf(stderr, "%s: metrics: %s\n", prog, dsys_strerror(rc));
     return 1;
   }
   if (sp->mount(d, sp->ud)) {
@@ -225,6 +237,7 @@ int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
   dsys_server_free(d.srv);
   dsys_queue_close(d.queue);
   dsys_store_close(d.store);
+  dsys_metrics_free(d.metrics);
 done:
   dsys_config_free(d.cfg);
   free(opts);

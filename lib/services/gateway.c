@@ -751,3 +751,15 @@ void dsys_gateway_free(dsys_gateway *gw) {
   free(gw->name);
   free(gw);
 }
+
+/* ---- introspection (metrics) ---- */
+
+size_t dsys_gateway_upstream_count(dsys_gateway *gw) { return gw ? gw->nups : 0; }
+
+int dsys_gateway_upstream_at(dsys_gateway *gw, size_t i, const char **name,
+                             dsys_upstream **u) {
+  if (!gw || i >= gw->nups) return DSYS_EINVAL;
+  if (name) *name = gw->ups[i].name;
+  if (u) *u = gw->ups[i].u;
+  return 0;
+}

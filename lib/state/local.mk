@@ -54,3 +54,13 @@ tests_state_test_events_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_state_test_events_CFLAGS = $(TEST_CFLAGS)
 tests_state_test_events_LDADD = $(TEST_LIBS)
 TESTS += tests/state/test-events
+
+# Metrics: counters, gauges, histograms, Prometheus exposition (issue 7).
+libdsys_internal_la_SOURCES += lib/state/metrics.c
+pkginclude_HEADERS += include/distsys/metrics.h
+check_PROGRAMS += tests/state/test-metrics
+tests_state_test_metrics_SOURCES = tests/state/test-metrics.c
+tests_state_test_metrics_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_state_test_metrics_CFLAGS = $(TEST_CFLAGS)
+tests_state_test_metrics_LDADD = $(TEST_LIBS)
+TESTS += tests/state/test-metrics

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <distsys/store.h>
 #include <distsys/util.h>
 #include "core/internal.h"
@@ -19,7 +20,33 @@ struct dsys_store {
   void *hook_ud;
   unsigned writes; /* approximate write counter for lazy purge */
   char errmsg[256];
+  dsys_store_observer_fn obs; /* timing observer (dsys_store_set_observer) */
+  void *obs_ud;
 };
+
+int dsys_store_set_observer(dsys_store *s, dsys_store_observer_fn fn,
+                            void *ud) {
+  if (!s) return DSYS_EINVAL;
+  s->obs = fn;
+  s->obs_ud = ud;
+  return 0;
+}
+
+static int64_t obs_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Time one backend call for the observer (a NULL test without one). */
+#define OBSERVED(s, op, call)                                          \
+  __extension__({                                                      \
+    dsys_store_observer_fn obs_ = (s)->obs;                            \
+    int64_t t0_ = obs_ ? obs_now_ns() : 0;                             \
+    int rc_ = (call);                                                  \
+    if (obs_) obs_((op), obs_now_ns() - t0_, rc_, (s)->obs_ud);        \
+    rc_;                                                               \
+  })
 
 dsys_item *dsys_item_new(int64_t id, const char *key, const char *value,
                          const char *metadata, int64_t version,
@@ -171,13 +198,13 @@ int dsys_store_get(dsys_store *s, const char *key, dsys_item **out) {
   *out = NULL;
   int e = check_key(key);
   if (e) return e;
-  return s->ops->get(s->state, key, -1, now_ms(s), out);
+  return OBSERVED(s, DSYS_STORE_OP_GET, s->ops->get(s->state, key, -1, now_ms(s), out));
 }
 
 int dsys_store_get_by_id(dsys_store *s, int64_t id, dsys_item **out) {
   if (!s || !out || id < 0) return DSYS_EINVAL;
   *out = NULL;
-  return s->ops->get(s->state, NULL, id, now_ms(s), out);
+  return OBSERVED(s, DSYS_STORE_OP_GET, s->ops->get(s->state, NULL, id, now_ms(s), out));
 }
 
 static void after_write(dsys_store *s, int change, dsys_item *it,
@@ -209,7 +236,8 @@ static int do_write(dsys_store *s, int mode, const char *key,
   int64_t ev = (w && mode == DSYS_STORE_W_UPDATE) ? w->expected_version : 0;
   if (mode != DSYS_STORE_W_UPDATE && !meta) meta = "{}";
   dsys_item *it = NULL;
-  e = s->ops->write(s->state, mode, key, value, meta, exp, ev, now, &it);
+  e = OBSERVED(s, DSYS_STORE_OP_WRITE,
+               s->ops->write(s->state, mode, key, value, meta, exp, ev, now, &it));
   if (e) return e;
   after_write(s, mode == DSYS_STORE_W_PUT      ? DSYS_STORE_PUT
                  : mode == DSYS_STORE_W_CREATE ? DSYS_STORE_CREATE
@@ -240,7 +268,8 @@ int dsys_store_delete(dsys_store *s, const char *key,
   if (e) return e;
   int64_t now = now_ms(s);
   dsys_item *it = NULL;
-  e = s->ops->del(s->state, key, expected_version, now, s->hook ? &it : NULL);
+  e = OBSERVED(s, DSYS_STORE_OP_DELETE,
+               s->ops->del(s->state, key, expected_version, now, s->hook ? &it : NULL));
   if (e) return e;
   after_write(s, DSYS_STORE_DELETE, it, NULL, now);
   return 0;
@@ -253,7 +282,7 @@ int dsys_store_incr(dsys_store *s, const char *key, int64_t delta,
   if (e) return e;
   int64_t now = now_ms(s);
   dsys_item *it = NULL;
-  e = s->ops->incr(s->state, key, delta, now, &it);
+  e = OBSERVED(s, DSYS_STORE_OP_INCR, s->ops->incr(s->state, key, delta, now, &it));
   if (e) return e;
   if (result) *result = strtoll(it->value, NULL, 10);
   after_write(s, DSYS_STORE_INCR, it, NULL, now);
@@ -308,7 +337,8 @@ int dsys_store_list(dsys_store *s, const char *prefix, const char *cursor,
     }
     after = d;
   }
-  int e = s->ops->list(s->state, prefix, after, limit, now_ms(s), items, count);
+  int e = OBSERVED(s, DSYS_STORE_OP_LIST,
+                   s->ops->list(s->state, prefix, after, limit, now_ms(s), items, count));
   dsys_free(after);
   if (e) return e;
   if (next_cursor && *count == limit) {

@@ -16,7 +16,7 @@
 
 typedef struct route {
   char *method; /* "*" = any */
-  char *pattern; /* as given, for the access log */
+  char *pattern; /* as given, for the access log and metrics labels */
   char **segs;  /* pattern segments; ":x" params, "*" rest */
   size_t nsegs;
   int rest;     /* trailing "*" */
@@ -51,7 +51,19 @@ struct dsys_server {
   int listening;
   int stopping;
   int stopped;
+  dsysi_server_observer_fn observer;
+  void *observer_ud;
 };
+
+int dsysi_server_set_observer(dsys_server *s, dsysi_server_observer_fn fn,
+                              void *ud) {
+  if (!s || !fn) return DSYS_EINVAL;
+  if (s->listening) return DSYS_ESTATE;
+  if (s->observer) return DSYS_EEXIST;
+  s->observer = fn;
+  s->observer_ud = ud;
+  return 0;
+}
 
 size_t dsysi_server_max_body(dsys_server *s) { return s->o.max_body; }
 uint32_t dsysi_server_threads(dsys_server *s) { return s->o.threads; }
@@ -222,6 +234,7 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
   r->lst = lst;
   r->tctx = tctx;
   r->start_us = dsys_clock_now_us(s->o.clock);
+  r->route_idx = -1;
   pthread_mutex_lock(&s->mu);
   r->late = s->stopping;
   s->inflight++;
@@ -326,6 +339,12 @@ void dsysi_request_transport_done(dsys_request *r, int ok) {
   void *ud = r->close_ud;
   pthread_mutex_unlock(&r->mu);
   access_log(r, ok);
+  if (s->observer) {
+    int ri = r->route_idx;
+    s->observer(s->observer_ud, ri, ri >= 0 ? s->routes[ri].pattern : NULL,
+                r->method, r->status,
+                dsys_clock_now_us(s->o.clock) - r->start_us);
+  }
   if (fire && cb) cb(r, ud);
   pthread_mutex_lock(&s->mu);
   if (r->prev) r->prev->next = r->next;
@@ -482,6 +501,7 @@ void dsysi_server_dispatch(dsys_request *r) {
     }
     found = rt;
     r->route = rt->pattern;
+    r->route_idx = (int)i;
     break;
   }
   if (raw != stackbuf) free(raw);

@@ -104,6 +104,7 @@ struct dsys_request {
   int64_t start_us;
   const char *route;   /* matched route pattern (owned by the server) */
   dsysi_hdrs logf;     /* extra access-log fields (dsys_request_log_field) */
+  int route_idx;      /* index of the matched route, -1 when none */
   struct dsys_request *prev, *next; /* server's live list */
 };
 
@@ -146,6 +147,22 @@ size_t dsysi_request_stream_take(dsys_request *req, void *buf, size_t max);
 
 /** Body of the standard JSON error: {"error": msg, "code": code}. */
 char *dsysi_error_json(const char *code, const char *message, size_t *len);
+
+/**
+ * Observer of finished requests (metrics): runs once per request on the
+ * thread that completes its transport side, with the matched route's
+ * index and pattern (-1 and NULL when no route matched), the final status
+ * and the duration in microseconds on the server's clock.
+ */
+typedef void (*dsysi_server_observer_fn)(void *ud, int route_idx,
+                                         const char *route_pattern,
+                                         const char *method, int status,
+                                         int64_t duration_us);
+
+/** Set the server's one observer (before listen).
+ *  @return 0, DSYS_EINVAL, DSYS_ESTATE (listening), DSYS_EEXIST. */
+int dsysi_server_set_observer(dsys_server *srv, dsysi_server_observer_fn fn,
+                              void *ud);
 
 /** Limits and settings the transports read from the server. */
 size_t dsysi_server_max_body(dsys_server *srv);
