@@ -72,3 +72,12 @@ tests_unit_test_loadtest_hist_CPPFLAGS = $(TEST_CPPFLAGS) -I$(top_srcdir)/tools
 tests_unit_test_loadtest_hist_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_loadtest_hist_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-loadtest-hist
+
+# The gateway's edge (issue 10): rate limits, JWT, CORS, limits, path
+# tricks, idempotency, slow clients.
+check_PROGRAMS += tests/services/test-gateway-edge
+tests_services_test_gateway_edge_SOURCES = tests/services/test-gateway-edge.c
+tests_services_test_gateway_edge_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_gateway_edge_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_gateway_edge_LDADD = $(TEST_LIBS)
+TESTS += tests/services/test-gateway-edge

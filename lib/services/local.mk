@@ -57,3 +57,7 @@ tests_services_test_faultd_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_services_test_faultd_CFLAGS = $(TEST_CFLAGS)
 tests_services_test_faultd_LDADD = $(TEST_LIBS)
 TESTS += tests/services/test-faultd
+
+# The gateway's edge: rate limits, idempotency cache (issue 10).
+libdsys_internal_la_SOURCES += lib/services/edge.c
+noinst_HEADERS += lib/services/edge.h
