@@ -139,6 +139,7 @@ uint32_t dsysi_server_max_connections(dsys_server *srv);
 uint32_t dsysi_server_idle_timeout(dsys_server *srv);
 uint32_t dsysi_server_connection_memory(dsys_server *srv);
 uint32_t dsysi_server_event_loops(dsys_server *srv);
+uint32_t dsysi_server_request_timeout(dsys_server *srv);
 dsys_clock *dsysi_server_clock(dsys_server *srv);
 
 /* ---- client-side pending call ---- */

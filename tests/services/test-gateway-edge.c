@@ -26,6 +26,9 @@
 #include "services/edge.h"
 #include "tap.h"
 
+#ifndef LIMIT_LOOPS
+#define LIMIT_LOOPS 1
+#endif
 static const char SECRET[] = "0123456789abcdef0123456789abcdef-edge-test";
 static dsys_clock *fclk; /* the gateway's fake clock */
 
@@ -74,9 +77,9 @@ static void h_health(dsys_request *req, void *ud) { dsys_respond_json(req, 200, 
 static void start_backend(backend *b, const char *name) {
   snprintf(b->name, sizeof b->name, "%s", name);
   dsys_server_new(&b->srv, NULL);
+  dsys_server_route(b->srv, "GET", "/health", h_health, b);
   dsys_server_route(b->srv, "POST", "/api/data/slow", h_slow, b);
   dsys_server_route(b->srv, "*", "/*", h_echo, b);
-  dsys_server_route(b->srv, "GET", "/health", h_health, b);
   if (dsys_server_listen(b->srv, "http://127.0.0.1:0")) tap_bail("backend listen");
 }
 
@@ -167,6 +170,36 @@ static int raw_status(const char *url, const char *bytes, size_t len, char *resp
 
 static int raw(const char *bytes, char *resp, size_t cap) {
   return raw_status(gurl, bytes, strlen(bytes), resp, cap);
+}
+
+/* A client sending one header byte every step_ms: the ms after which the
+ * server closed the connection, or -1 if it was still open at max_ms. */
+static int trickle(const char *url, int step_ms, int max_ms) {
+  int fd = raw_connect(url);
+  if (fd < 0) return -2;
+  const char *start = "GET /api/open/x HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+  send(fd, start, strlen(start), MSG_NOSIGNAL);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int closed_at = -1;
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int pr = poll(&p, 1, step_ms);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    int el = (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+    char c;
+    if (pr > 0 && recv(fd, &c, 1, MSG_DONTWAIT) <= 0) {
+      closed_at = el;
+      break;
+    }
+    if (el >= max_ms) break;
+    if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) {
+      closed_at = el;
+      break;
+    }
+  }
+  close(fd);
+  return closed_at;
 }
 
 /* ---- tokens ---- */
@@ -318,7 +351,7 @@ int main(void) {
 
   dsys_server *srv;
   dsys_server_options so = {.size = sizeof so, .event_loops = 2, .max_body = 4096,
-                            .connection_memory = 8192};
+                            .connection_memory = 8192, .request_timeout_s = 2};
   dsys_server_new(&srv, &so);
   is_int(dsys_gateway_mount(gw, srv), 0, "mount");
   if (dsys_server_listen(srv, "http://127.0.0.1:0")) tap_bail("gateway listen");
@@ -389,7 +422,8 @@ int main(void) {
   is_int(status(r), 401, "tampered payload (old signature) -> 401");
   dsys_reply_free(r);
   snprintf(tampered, sizeof tampered, "Bearer %s", t2);
-  char *last = tampered + strlen(tampered) - 2;
+  /* Not the last character: it carries padding bits a decoder may ignore. */
+  char *last = tampered + strlen(tampered) - 5;
   *last = *last == 'A' ? 'B' : 'A';
   r = call("POST", "/api/data", ht, 1, "{}");
   is_int(status(r), 401, "tampered signature -> 401");
@@ -557,6 +591,47 @@ int main(void) {
   ok(status(r) == 201 && dsys_reply_header(r, "Idempotent-Replayed"), "then it is replayed");
   dsys_reply_free(r);
   is_int(atomic_load(&data.hits) - before, 1, "backend saw one slow POST");
+
+  /* ---- slow clients ---- */
+  int cut = trickle(gurl, 250, 6000);
+  ok(cut >= 1500 && cut <= 3500, "a client trickling header bytes is cut off after the 2 s request timeout (%d ms)", cut);
+  dsys_server *plain;
+  dsys_server_options po = {.size = sizeof po, .idle_timeout_s = 1};
+  dsys_server_new(&plain, &po);
+  dsys_server_route(plain, "*", "/*", h_health, NULL);
+  dsys_server_listen(plain, "http://127.0.0.1:0");
+  cut = trickle(dsys_server_url(plain, 0), 250, 3500);
+  is_int(cut, -1, "libmicrohttpd's idle timeout (1 s) alone does not cut a trickling client (still open at 3.5 s)");
+  int idle_fd = raw_connect(dsys_server_url(plain, 0));
+  cut = -1;
+  for (int i = 0; i < 40 && cut < 0; i++) {
+    struct pollfd p = {.fd = idle_fd, .events = POLLIN};
+    char c;
+    if (poll(&p, 1, 100) > 0 && recv(idle_fd, &c, 1, MSG_DONTWAIT) <= 0) cut = i * 100;
+  }
+  close(idle_fd);
+  ok(cut >= 500 && cut <= 3000, "but it does close a silent connection (%d ms)", cut);
+  dsys_server_free(plain);
+
+  /* ---- connection limit ---- */
+  dsys_server *lim;
+  dsys_server_options lo = {.size = sizeof lo, .max_connections = 3, .event_loops = LIMIT_LOOPS};
+  dsys_server_new(&lim, &lo);
+  dsys_server_route(lim, "*", "/*", h_health, NULL);
+  dsys_server_listen(lim, "http://127.0.0.1:0");
+  int held[3];
+  for (int i = 0; i < 3; i++) held[i] = raw_connect(dsys_server_url(lim, 0));
+  usleep(100000);
+  int s4 = raw_status(dsys_server_url(lim, 0), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27, resp, sizeof resp);
+  is_int(s4, -1, "4th connection over max_connections 3 gets no answer");
+  close(held[0]);
+  usleep(200000);
+  s4 = raw_status(dsys_server_url(lim, 0), "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 46, resp, sizeof resp);
+  is_int(s4, 200, "after one closes, a new connection is served");
+  if (s4 != 200) tap_diag("got: %.200s", resp);
+  close(held[1]);
+  close(held[2]);
+  dsys_server_free(lim);
 
   dsys_free(good);
   dsys_free(shortlived);
