@@ -157,8 +157,8 @@ int main(int argc, char **argv) {
       return fail("--protect needs --jwt-secret-file or DSYS_JWT_SECRET", NULL);
     if (secret_len < DSYS_TOKEN_SECRET_MIN)
       return fail("the JWT secret is too short (at least 32 bytes)", NULL);
-    go.jwt_secret = secret;
-    go.jwt_secret_len = secret_len;
+    go.token_secret = secret;
+    go.token_secret_len = secret_len;
   }
   dsys_gateway *gw;
   if (dsys_gateway_new(&gw, &go)) return 1;

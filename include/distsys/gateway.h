@@ -14,6 +14,12 @@
  * responses (text/event-stream) are streamed unbuffered on the event-loop
  * path.
  *
+ * Edge protections per route (dsys_gateway_add_route_ex; all off by default,
+ * see docs/reference/gateway.md): rate limits, JWT verification with the
+ * verified user id sent as X-Dsys-User-Id (always stripped from clients),
+ * CORS, Idempotency-Key replay; always: a /v1 alias, ambiguous framing and
+ * dot segments or encoded slashes refused with 400.
+ *
  * Local routes (HTTP-API.md): GET /health, GET /status, GET /api/metrics,
  * POST /api/round-robin/reset.
  *
@@ -49,9 +55,9 @@ typedef struct dsys_gateway_options {
   size_t max_response;        /**< buffered response limit, default 64 MiB */
   const char *name;           /**< for /health and logs, default "load-balancer" */
   /* Edge protections (appended; see docs/reference/gateway.md). */
-  const void *jwt_secret;     /**< HS256 key for protected routes (copied);
+  const void *token_secret;     /**< HS256 key for protected routes (copied);
                                    NULL: no route may be protected */
-  size_t jwt_secret_len;      /**< DSYS_TOKEN_SECRET_MIN..MAX bytes */
+  size_t token_secret_len;      /**< DSYS_TOKEN_SECRET_MIN..MAX bytes */
   size_t max_buckets;         /**< rate-limit buckets kept (LRU), default 65536 */
   size_t idempotency_max_keys; /**< Idempotency-Key entries kept (LRU),
                                     default 10000 */
@@ -111,7 +117,7 @@ DSYS_API int dsys_gateway_add_route(dsys_gateway *gw, const char *prefix,
  * Like dsys_gateway_add_route, with edge protections for the route: rate
  * limits, JWT protection, CORS origins, Idempotency-Key replay.
  * @param opts may be NULL (same as dsys_gateway_add_route).
- * @return 0, DSYS_EINVAL (also: a protected route without a jwt_secret in
+ * @return 0, DSYS_EINVAL (also: a protected route without a token_secret in
  *         the gateway options, a negative rate or TTL, an unknown protect
  *         value, an empty origin), DSYS_ENOTFOUND, DSYS_ENOMEM,
  *         DSYS_ESTATE.

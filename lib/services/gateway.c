@@ -97,22 +97,22 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   if (!gw->o.idempotency_max_body) gw->o.idempotency_max_body = 1024 * 1024;
   gw->name = strdup(gw->o.name ? gw->o.name : "load-balancer");
   gw->o.name = gw->name;
-  if (gw->o.jwt_secret) {
-    if (gw->o.jwt_secret_len < DSYS_TOKEN_SECRET_MIN || gw->o.jwt_secret_len > DSYS_TOKEN_SECRET_MAX) {
+  if (gw->o.token_secret) {
+    if (gw->o.token_secret_len < DSYS_TOKEN_SECRET_MIN || gw->o.token_secret_len > DSYS_TOKEN_SECRET_MAX) {
       free(gw->name);
       free(gw);
       return DSYS_EINVAL;
     }
-    gw->secret = malloc(gw->o.jwt_secret_len + 1);
+    gw->secret = malloc(gw->o.token_secret_len + 1);
     if (gw->secret) {
-      memcpy(gw->secret, gw->o.jwt_secret, gw->o.jwt_secret_len);
-      gw->secret[gw->o.jwt_secret_len] = '\0';
+      memcpy(gw->secret, gw->o.token_secret, gw->o.token_secret_len);
+      gw->secret[gw->o.token_secret_len] = '\0';
     }
-    gw->o.jwt_secret = gw->secret;
+    gw->o.token_secret = gw->secret;
   }
   gw->start_ms = dsys_clock_now_ms(gw->o.clock);
   pthread_mutex_init(&gw->mu, NULL);
-  if (!gw->name || (gw->o.jwt_secret_len && !gw->secret)) {
+  if (!gw->name || (gw->o.token_secret_len && !gw->secret)) {
     dsys_gateway_free(gw);
     return DSYS_ENOMEM;
   }
@@ -663,30 +663,40 @@ static int ambiguous_framing(dsys_request *req) {
   return te && cl;
 }
 
-/* Path tricks: a dot segment ("." or "..", also percent-encoded), an
- * encoded slash or backslash (%2F, %5C), a backslash or an encoded NUL in
- * the raw path. Such paths are refused instead of normalised, so the
- * prefix the gateway routes on is the prefix the upstream sees. */
+/* Path tricks. Routes match the raw path (as the server's router and the
+ * upstream see it: "%2F" stays inside its segment), so an encoded slash
+ * cannot move a request to another prefix. Refused (400): a segment that
+ * is, or after percent-decoding contains, a dot segment ("..", "%2e%2e",
+ * "..%2f..."): an upstream that decodes and normalises would see another
+ * path than the one routed; a raw backslash; an encoded NUL. */
 static int path_ok(const char *target) {
   size_t plen = strcspn(target, "?");
   const char *seg = target;
   for (size_t i = 0; i <= plen; i++) {
     char c = i < plen ? target[i] : '/';
     if (c == '\\') return 0;
-    if (c == '%' && i + 2 < plen + 1) {
-      int hi = dsysi_hexval(target[i + 1]), lo = hi < 0 ? -1 : dsysi_hexval(target[i + 2]);
-      int v = hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
-      if (v == '/' || v == '\\' || v == 0) return 0;
-    }
-    if (c == '/') {
-      size_t sl = (size_t)(target + i - seg);
-      if (sl && sl <= 9) { /* "." ".." and their encodings (max "%2e%2e") */
-        char d[10];
-        size_t dl = dsysi_url_decode_into(d, seg, sl, 0);
-        if ((dl == 1 && d[0] == '.') || (dl == 2 && d[0] == '.' && d[1] == '.')) return 0;
+    if (c == '%' && i + 2 < plen && dsysi_hexval(target[i + 1]) == 0 && dsysi_hexval(target[i + 2]) == 0)
+      return 0;
+    if (c != '/') continue;
+    size_t sl = (size_t)(target + i - seg);
+    if (memchr(seg, '.', sl) || memchr(seg, '%', sl)) {
+      char stack[256];
+      char *d = sl < sizeof stack ? stack : malloc(sl + 1);
+      if (!d) return 0;
+      size_t dl = dsysi_url_decode_into(d, seg, sl, 0);
+      /* split the decoded segment on '/' and '\' */
+      int bad = 0;
+      for (size_t s0 = 0, k = 0; k <= dl && !bad; k++) {
+        if (k == dl || d[k] == '/' || d[k] == '\\') {
+          size_t pl = k - s0;
+          bad = (pl == 1 && d[s0] == '.') || (pl == 2 && d[s0] == '.' && d[s0 + 1] == '.');
+          s0 = k + 1;
+        }
       }
-      seg = target + i + 1;
+      if (d != stack) free(d);
+      if (bad) return 0;
     }
+    seg = target + i + 1;
   }
   return 1;
 }
@@ -797,7 +807,7 @@ static int authenticate(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge 
   while (*tok == ' ') tok++;
   dsys_token_options to = {.size = sizeof to, .alg = "HS256", .clock = gw->o.clock};
   char *claims = NULL;
-  int rc = dsys_token_verify(gw->secret, gw->o.jwt_secret_len, tok, &to, &claims);
+  int rc = dsys_token_verify(gw->secret, gw->o.token_secret_len, tok, &to, &claims);
   json_object *o = NULL, *id = NULL;
   if (!rc && (dsysi_json_parse(claims, strlen(claims), &o) || !o ||
               !((json_object_object_get_ex(o, "id", &id) && id) ||
@@ -891,16 +901,12 @@ static void h_proxy(dsys_request *req, void *ud) {
     return;
   }
   if (!path_ok(e.target)) {
-    dsys_respond_error(req, 400, "bad_path", "Dot segments and encoded slashes are not allowed in paths");
+    dsys_respond_error(req, 400, "bad_path", "Dot segments are not allowed in paths");
     return;
   }
   /* /v1 aliases the current API: /v1/api/data/x -> /api/data/x upstream. */
-  const char *path = dsys_request_path(req);
-  if (!gw->v1_routes && !strncmp(path, "/v1/", 4) && !strncmp(e.target, "/v1/", 4)) {
-    path += 3;
-    e.target += 3;
-  }
-  gw_route *rt = match(gw, path);
+  if (!gw->v1_routes && !strncmp(e.target, "/v1/", 4)) e.target += 3;
+  gw_route *rt = match(gw, e.target); /* the raw path: see path_ok */
   if (!rt) {
     dsys_respond_error(req, 404, "not_found", "Not found");
     return;
@@ -1167,7 +1173,7 @@ void dsys_gateway_free(dsys_gateway *gw) {
   }
   dsysi_rl_free(gw->rl);
   dsysi_idem_free(gw->idem);
-  if (gw->secret) explicit_bzero(gw->secret, gw->o.jwt_secret_len);
+  if (gw->secret) explicit_bzero(gw->secret, gw->o.token_secret_len);
   free(gw->secret);
   for (size_t i = 0; i < gw->nups; i++) {
     dsys_upstream_free(gw->ups[i].u);

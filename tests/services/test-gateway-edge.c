@@ -324,8 +324,8 @@ int main(void) {
   const char *du[1] = {dsys_server_url(data.srv, 0)};
   const char *au[1] = {dsys_server_url(auth.srv, 0)};
   dsys_gateway_options go = {.size = sizeof go, .clock = fclk, .try_timeout_ms = 5000,
-                             .health_interval_ms = 3600000, .jwt_secret = SECRET,
-                             .jwt_secret_len = strlen(SECRET)};
+                             .health_interval_ms = 3600000, .token_secret = SECRET,
+                             .token_secret_len = strlen(SECRET)};
   dsys_gateway *gw;
   is_int(dsys_gateway_new(&gw, &go), 0, "gateway with a JWT secret");
   dsys_gateway_add_upstream(gw, "data", du, 1, NULL);
@@ -543,6 +543,14 @@ int main(void) {
   is_int(atomic_load(&data.hits) - bd, 0, "nor the data upstream");
   is_int(raw("GET /api/open/a..b/.x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", resp, sizeof resp), 201,
          "dots inside a segment are fine");
+  ok(strstr(resp, "\"target\":\"\\/api\\/open\\/a..b\\/.x\"") != NULL, "and pass unchanged");
+  is_int(raw("GET /api/open/a%2Fb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", resp, sizeof resp), 201,
+         "an encoded slash inside a segment (a key \"a/b\") is proxied");
+  ok(strstr(resp, "a%2Fb") != NULL, "raw, as sent");
+  before = atomic_load(&auth.hits);
+  is_int(raw("GET /api%2Fauth/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", resp, sizeof resp), 404,
+         "%s is not the /api/auth route (routing on the raw path)", "/api%2Fauth/x");
+  is_int(atomic_load(&auth.hits) - before, 0, "auth upstream not reached");
 
   /* ---- Idempotency-Key ---- */
   dsys_header hk[] = {{"Authorization", auth_h}, {"Idempotency-Key", "order-1"}};
