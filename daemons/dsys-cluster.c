@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include <distsys/services.h>
 
 #define MAXP 32
 
@@ -44,6 +45,11 @@ static char host[64] = "127.0.0.1";
 static char datadir[PATH_MAX] = "data", bindir[PATH_MAX], dbfile[PATH_MAX + 32];
 
 static char regurl[128];
+
+/* --profile secure: the gateway's protective flags (cluster.md). */
+static int secure;
+static char secret_file[PATH_MAX + 32]; /* "" when DSYS_JWT_SECRET is used */
+static char cors_origin[128];
 
 static int64_t now_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
 
@@ -130,7 +136,7 @@ static void spawn(proc *p) {
     if (!strcmp(P[i].type, "gateway")) url_of(&P[i], gw, sizeof gw);
   char store[PATH_MAX + 48];
   snprintf(store, sizeof store, "sqlite://%s", dbfile);
-  char *argv[20];
+  char *argv[40];
   int a = 0;
   argv[a++] = exe;
   argv[a++] = "--listen";
@@ -151,6 +157,21 @@ static void spawn(proc *p) {
   if (!strcmp(p->type, "faultd") && gw[0]) {
     argv[a++] = "--gateway";
     argv[a++] = gw;
+  }
+  if (secure && !strcmp(p->type, "gateway")) {
+    static char *sec[] = {"--rate-limit", "50/100", "--user-rate-limit", "20/40",
+                          "--protect", "/api/data=writes", "--protect", "/api/compute=writes",
+                          "--idempotency-ttl-ms", "86400000", "--request-timeout-s", "10",
+                          "--max-body", "1048576", "--max-connections", "1024"};
+    for (size_t i = 0; i < sizeof sec / sizeof *sec; i++) argv[a++] = sec[i];
+    if (!getenv("DSYS_CORS_ORIGIN")) {
+      argv[a++] = "--cors-origin";
+      argv[a++] = cors_origin;
+    }
+    if (secret_file[0]) {
+      argv[a++] = "--jwt-secret-file";
+      argv[a++] = secret_file;
+    }
   }
   argv[a] = NULL;
   pid_t pid = fork();
@@ -238,6 +259,8 @@ static const dsys_option opts[] = {
     {"config", "DSYS_CLUSTER_CONFIG", DSYS_OPT_STRING, NULL, "config file (see docs/reference/cluster.md)"},
     {"data-dir", "DSYS_DATA_DIR", DSYS_OPT_STRING, "data", "directory for the database, logs and state"},
     {"bin-dir", "DSYS_BIN_DIR", DSYS_OPT_STRING, NULL, "where the daemons are (default: beside dsys-cluster)"},
+    {"profile", "DSYS_CLUSTER_PROFILE", DSYS_OPT_STRING, "plain",
+     "plain (HTTP-API.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, idempotency)"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
 };
@@ -325,6 +348,29 @@ int main(int argc, char **argv) {
   snprintf(logs, sizeof logs, "%s/logs", datadir);
   mkdir(logs, 0755);
   url_of(&P[0], regurl, sizeof regurl);
+  const char *profile = dsys_config_get(cfg, "profile");
+  if (strcmp(profile, "plain") && strcmp(profile, "secure")) {
+    fprintf(stderr, "dsys-cluster: unknown --profile '%s' (plain or secure)\n", profile);
+    return 2;
+  }
+  if (!strcmp(profile, "secure")) {
+    /* The gateway verifies tokens with the auth services' secret: the
+     * environment's, or the file generated beside the database. */
+    char *sec = NULL;
+    size_t sl = 0;
+    const char *src = NULL;
+    if (dsys_auth_load_secret(NULL, dbfile, &sec, &sl, &src)) {
+      fprintf(stderr, "dsys-cluster: cannot prepare the JWT secret beside %s\n", dbfile);
+      return 1;
+    }
+    if (strcmp(src, "env")) snprintf(secret_file, sizeof secret_file, "%s/jwt-secret", datadir);
+    explicit_bzero(sec, sl);
+    dsys_free(sec);
+    secure = 1;
+    for (int i = 0; i < NP; i++)
+      if (!strcmp(P[i].type, "faultd")) snprintf(cors_origin, sizeof cors_origin, "http://%s:%d", host, P[i].port);
+    if (!cors_origin[0]) snprintf(cors_origin, sizeof cors_origin, "http://%s", host);
+  }
 
   sigset_t set;
   sigemptyset(&set);

@@ -11,6 +11,8 @@
 #include <distsys/distsys.h>
 #include <distsys/gateway.h>
 #include <distsys/metrics.h>
+#include <distsys/auth.h>
+#include <distsys/services.h>
 
 static const dsys_option opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, "http://127.0.0.1:3000", "where to listen (port 0 picks one)"},
@@ -24,6 +26,22 @@ static const dsys_option opts[] = {
      "balancing policy: round-robin, weighted-round-robin, least-request, random, ring-hash, maglev"},
     {"loops", "DSYS_LOOPS", DSYS_OPT_INT, "0", "event-loop threads (0: one per CPU)"},
     {"try-timeout-ms", "DSYS_TRY_TIMEOUT_MS", DSYS_OPT_INT, "15000", "timeout of one upstream attempt"},
+    /* The edge (docs/reference/gateway.md): everything off by default. */
+    {"rate-limit", "DSYS_RATE_LIMIT", DSYS_OPT_STRING, NULL, "RATE/BURST: per client address on every route (tokens/s)"},
+    {"user-rate-limit", "DSYS_USER_RATE_LIMIT", DSYS_OPT_STRING, NULL, "RATE/BURST: per verified user on protected requests"},
+    {"protect", "DSYS_PROTECT", DSYS_OPT_LIST, NULL,
+     "PREFIX or PREFIX=writes: requests under PREFIX need a valid JWT (writes: all but GET/HEAD/OPTIONS)"},
+    {"jwt-secret-file", "DSYS_JWT_SECRET_FILE", DSYS_OPT_STRING, NULL,
+     "HS256 secret for --protect (else DSYS_JWT_SECRET); the auth service's secret"},
+    {"cors-origin", "DSYS_CORS_ORIGIN", DSYS_OPT_LIST, NULL, "allowed CORS origin on every route ('*': any)"},
+    {"idempotency-ttl-ms", "DSYS_IDEMPOTENCY_TTL_MS", DSYS_OPT_INT, "0", "replay POSTs with an Idempotency-Key this long (0: off)"},
+    {"max-connections", "DSYS_MAX_CONNECTIONS", DSYS_OPT_INT, "0", "client connections per listener (0: 1024)"},
+    {"max-body", "DSYS_MAX_BODY", DSYS_OPT_INT, "0", "request body limit in bytes, larger: 413 (0: 1 MiB)"},
+    {"max-header-bytes", "DSYS_MAX_HEADER_BYTES", DSYS_OPT_INT, "0",
+     "per-connection memory bounding request line + headers, larger: 431 (0: 16 KiB)"},
+    {"idle-timeout-s", "DSYS_IDLE_TIMEOUT_S", DSYS_OPT_INT, "0", "close silent connections (0: 60)"},
+    {"request-timeout-s", "DSYS_REQUEST_TIMEOUT_S", DSYS_OPT_INT, "0",
+     "each request must arrive complete within this time (slow clients; 0: off)"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
     {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, NULL, "log one line per request"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
@@ -50,6 +68,42 @@ static int add_upstream(dsys_gateway *gw, const char *spec, const char *policy) 
   int rc = n ? dsys_gateway_add_upstream(gw, name, urls, n, policy) : DSYS_EINVAL;
   free(list);
   return rc;
+}
+
+/* "RATE/BURST" or "RATE". */
+static int parse_rate(const char *s, double *rate, uint32_t *burst) {
+  if (!s) return 0;
+  char *end;
+  *rate = strtod(s, &end);
+  if (end == s || !(*rate > 0) || *rate > 1e9) return -1;
+  *burst = 0;
+  if (*end == '/') {
+    char *e2;
+    unsigned long b = strtoul(end + 1, &e2, 10);
+    if (e2 == end + 1 || *e2 || b == 0 || b > 1000000000ul) return -1;
+    *burst = (uint32_t)b;
+  } else if (*end) {
+    return -1;
+  }
+  return 0;
+}
+
+typedef struct rspec {
+  char prefix[256];
+  char name[128];
+  int32_t protect;
+} rspec;
+
+/* The longest route prefix covering path (segment boundary), or -1. */
+static int covering(const rspec *r, size_t n, const char *path) {
+  int best = -1;
+  for (size_t i = 0; i < n; i++) {
+    size_t pl = strlen(r[i].prefix);
+    while (pl > 1 && r[i].prefix[pl - 1] == '/') pl--;
+    int ok = pl == 1 || (!strncmp(path, r[i].prefix, pl) && (path[pl] == '\0' || path[pl] == '/'));
+    if (ok && (best < 0 || pl > strlen(r[best].prefix))) best = (int)i;
+  }
+  return best;
 }
 
 int main(int argc, char **argv) {
@@ -96,30 +150,104 @@ int main(int argc, char **argv) {
     }
   }
   dsys_gateway_options go = {.size = sizeof go, .registry = reg, .try_timeout_ms = try_ms};
+  char *secret = NULL;
+  size_t secret_len = 0;
+  if (dsys_config_count(cfg, "protect")) {
+    /* The auth service's secret: --jwt-secret-file, else DSYS_JWT_SECRET. */
+    if (dsys_auth_load_secret(dsys_config_get(cfg, "jwt-secret-file"), NULL, &secret, &secret_len, NULL))
+      return fail("--protect needs --jwt-secret-file or DSYS_JWT_SECRET", NULL);
+    if (secret_len < DSYS_TOKEN_SECRET_MIN)
+      return fail("the JWT secret is too short (at least 32 bytes)", NULL);
+    go.token_secret = secret;
+    go.token_secret_len = secret_len;
+  }
   dsys_gateway *gw;
   if (dsys_gateway_new(&gw, &go)) return 1;
+  if (secret) {
+    explicit_bzero(secret, secret_len);
+    dsys_free(secret);
+  }
   int rc = 0;
   for (size_t i = 0; !rc && i < dsys_config_count(cfg, "upstream"); i++)
     if ((rc = add_upstream(gw, dsys_config_get_nth(cfg, "upstream", i), policy)))
       return fail("bad --upstream (want NAME=URL,URL,...)", dsys_config_get_nth(cfg, "upstream", i));
   size_t nroutes = dsys_config_count(cfg, "route");
   static const char *defaults[] = {"/api/auth=auth", "/api/data=data", "/api/compute=compute"};
+  size_t nprot = dsys_config_count(cfg, "protect");
+  rspec *rs = calloc((nroutes ? nroutes : 3) + nprot, sizeof *rs);
+  size_t nrs = 0;
+  if (!rs) return 1;
   for (size_t i = 0; i < (nroutes ? nroutes : 3); i++) {
     const char *r = nroutes ? dsys_config_get_nth(cfg, "route", i) : defaults[i];
     const char *eq = strchr(r, '=');
     if (!eq || eq == r || !eq[1]) return fail("bad --route (want PREFIX=NAME)", r);
-    char prefix[256];
-    snprintf(prefix, sizeof prefix, "%.*s", (int)(eq - r), r);
-    rc = dsys_gateway_add_route(gw, prefix, eq + 1);
-    if (rc == DSYS_ENOTFOUND && reg) { /* discover NAME from the registry */
-      rc = dsys_gateway_add_upstream(gw, eq + 1, NULL, 0, policy);
-      if (!rc) rc = dsys_gateway_add_route(gw, prefix, eq + 1);
-    }
-    if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), r);
+    snprintf(rs[nrs].prefix, sizeof rs[nrs].prefix, "%.*s", (int)(eq - r), r);
+    snprintf(rs[nrs].name, sizeof rs[nrs].name, "%s", eq + 1);
+    nrs++;
   }
+  /* --protect PREFIX[=writes]: marks the route with that prefix, or adds a
+   * more specific route to the same upstream. */
+  for (size_t i = 0; i < nprot; i++) {
+    const char *p = dsys_config_get_nth(cfg, "protect", i);
+    char prefix[256];
+    const char *eq = strchr(p, '=');
+    snprintf(prefix, sizeof prefix, "%.*s", eq ? (int)(eq - p) : (int)strlen(p), p);
+    int32_t mode = DSYS_GATEWAY_PROTECT_ALL;
+    if (eq && !strcmp(eq + 1, "writes")) mode = DSYS_GATEWAY_PROTECT_WRITES;
+    else if (eq && strcmp(eq + 1, "all")) return fail("bad --protect (want PREFIX, PREFIX=all or PREFIX=writes)", p);
+    size_t pl = strlen(prefix);
+    while (pl > 1 && prefix[pl - 1] == '/') prefix[--pl] = '\0';
+    if (prefix[0] != '/') return fail("bad --protect (PREFIX starts with /)", p);
+    int c = covering(rs, nrs, prefix);
+    if (c < 0) return fail("--protect: no route covers", p);
+    if (!strcmp(rs[c].prefix, prefix)) {
+      rs[c].protect = mode;
+    } else {
+      snprintf(rs[nrs].prefix, sizeof rs[nrs].prefix, "%s", prefix);
+      memcpy(rs[nrs].name, rs[c].name, sizeof rs[nrs].name);
+      rs[nrs++].protect = mode;
+    }
+  }
+  dsys_gateway_route_options ro = {.size = sizeof ro};
+  if (parse_rate(dsys_config_get(cfg, "rate-limit"), &ro.rate, &ro.burst))
+    return fail("bad --rate-limit (want RATE/BURST, RATE > 0)", dsys_config_get(cfg, "rate-limit"));
+  if (parse_rate(dsys_config_get(cfg, "user-rate-limit"), &ro.user_rate, &ro.user_burst))
+    return fail("bad --user-rate-limit (want RATE/BURST, RATE > 0)", dsys_config_get(cfg, "user-rate-limit"));
+  size_t norig = dsys_config_count(cfg, "cors-origin");
+  const char **origins = norig ? calloc(norig, sizeof *origins) : NULL;
+  for (size_t i = 0; i < norig; i++) origins[i] = dsys_config_get_nth(cfg, "cors-origin", i);
+  ro.cors_origins = origins;
+  ro.ncors_origins = norig;
+  int64_t idem = 0;
+  dsys_config_get_int(cfg, "idempotency-ttl-ms", &idem);
+  if (idem < 0) return fail("--idempotency-ttl-ms must be >= 0", NULL);
+  ro.idempotency_ttl_ms = idem;
+  for (size_t i = 0; i < nrs; i++) {
+    ro.protect = rs[i].protect;
+    rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
+    if (rc == DSYS_ENOTFOUND && reg) { /* discover NAME from the registry */
+      rc = dsys_gateway_add_upstream(gw, rs[i].name, NULL, 0, policy);
+      if (!rc) rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
+    }
+    if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), rs[i].prefix);
+  }
+  free(rs);
+  free(origins);
+  int64_t maxconn = 0, maxbody = 0, maxhdr = 0, idle_s = 0, req_s = 0;
+  dsys_config_get_int(cfg, "max-connections", &maxconn);
+  dsys_config_get_int(cfg, "max-body", &maxbody);
+  dsys_config_get_int(cfg, "max-header-bytes", &maxhdr);
+  dsys_config_get_int(cfg, "idle-timeout-s", &idle_s);
+  dsys_config_get_int(cfg, "request-timeout-s", &req_s);
+  if (maxconn < 0 || maxconn > 1000000 || maxbody < 0 || maxhdr < 0 || maxhdr > 16 * 1024 * 1024 ||
+      idle_s < 0 || idle_s > 86400 || req_s < 0 || req_s > 86400)
+    return fail("bad limit (--max-connections, --max-body, --max-header-bytes, --idle-timeout-s, --request-timeout-s)", NULL);
   dsys_server_options so = {.size = sizeof so, .name = "gateway",
                             .event_loops = loops ? (uint32_t)loops : (uint32_t)sysconf(_SC_NPROCESSORS_ONLN),
-                            .access_log = dsys_config_get_bool(cfg, "access-log")};
+                            .access_log = dsys_config_get_bool(cfg, "access-log"),
+                            .max_connections = (uint32_t)maxconn, .max_body = (size_t)maxbody,
+                            .connection_memory = (uint32_t)maxhdr, .idle_timeout_s = (uint32_t)idle_s,
+                            .request_timeout_s = (uint32_t)req_s};
   dsys_server *srv;
   if (dsys_server_new(&srv, &so)) return 1;
   /* GET /metrics (before the gateway's catch-all proxy route): requests

@@ -81,3 +81,11 @@ CLEANFILES += tests/artifacts/dashboard-healthy.png tests/artifacts/dashboard-un
 # Metrics: /metrics of every daemon, promtool, a real Prometheus (issue 7).
 TESTS += tests/integration/metrics.test
 EXTRA_DIST += tests/integration/metrics.test deploy
+# The gateway's edge (issue 10): rate limits, JWT, CORS, limits, path
+# tricks, idempotency, slow clients.
+check_PROGRAMS += tests/services/test-gateway-edge
+tests_services_test_gateway_edge_SOURCES = tests/services/test-gateway-edge.c
+tests_services_test_gateway_edge_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_services_test_gateway_edge_CFLAGS = $(TEST_CFLAGS)
+tests_services_test_gateway_edge_LDADD = $(TEST_LIBS)
+TESTS += tests/services/test-gateway-edge

@@ -14,6 +14,12 @@
  * responses (text/event-stream) are streamed unbuffered on the event-loop
  * path.
  *
+ * Edge protections per route (dsys_gateway_add_route_ex; all off by default,
+ * see docs/reference/gateway.md): rate limits, JWT verification with the
+ * verified user id sent as X-Dsys-User-Id (always stripped from clients),
+ * CORS, Idempotency-Key replay; always: a /v1 alias, ambiguous framing and
+ * dot segments or encoded slashes refused with 400.
+ *
  * Local routes (HTTP-API.md): GET /health, GET /status, GET /api/metrics,
  * POST /api/round-robin/reset.
  *
@@ -49,7 +55,39 @@ typedef struct dsys_gateway_options {
   int64_t health_interval_ms; /**< active checks, default 2000 */
   size_t max_response;        /**< buffered response limit, default 64 MiB */
   const char *name;           /**< for /health and logs, default "load-balancer" */
+  /* Edge protections (appended; see docs/reference/gateway.md). */
+  const void *token_secret;     /**< HS256 key for protected routes (copied);
+                                   NULL: no route may be protected */
+  size_t token_secret_len;      /**< DSYS_TOKEN_SECRET_MIN..MAX bytes */
+  size_t max_buckets;         /**< rate-limit buckets kept (LRU), default 65536 */
+  size_t idempotency_max_keys; /**< Idempotency-Key entries kept (LRU),
+                                    default 10000 */
+  size_t idempotency_max_body; /**< largest response body kept for replay,
+                                    default 1 MiB (larger: not kept) */
 } dsys_gateway_options;
+
+/** dsys_gateway_route_options.protect: who needs a valid JWT. */
+#define DSYS_GATEWAY_PROTECT_NONE 0   /**< nobody (default) */
+#define DSYS_GATEWAY_PROTECT_ALL 1    /**< every method */
+#define DSYS_GATEWAY_PROTECT_WRITES 2 /**< all but GET, HEAD and OPTIONS */
+
+/** Per-route edge options. Zero fields mean "off". Rates are tokens per
+ *  second; a burst of 0 means max(1, rate). */
+typedef struct dsys_gateway_route_options {
+  size_t size;                /**< sizeof(dsys_gateway_route_options), or 0 */
+  double rate;                /**< per client address */
+  uint32_t burst;
+  double user_rate;           /**< per verified user (protected requests) */
+  uint32_t user_burst;
+  double route_rate;          /**< the whole route, all clients together */
+  uint32_t route_burst;
+  int32_t protect;            /**< DSYS_GATEWAY_PROTECT_* */
+  const char *const *cors_origins; /**< allowed Origin values (copied);
+                                        "*" allows any origin */
+  size_t ncors_origins;
+  int64_t idempotency_ttl_ms; /**< keep the first answer to a POST with an
+                                   Idempotency-Key this long; 0: off */
+} dsys_gateway_route_options;
 
 /** Create a gateway. @return 0, DSYS_EINVAL, DSYS_ENOMEM. */
 DSYS_API int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts);
@@ -75,6 +113,19 @@ DSYS_API int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
  */
 DSYS_API int dsys_gateway_add_route(dsys_gateway *gw, const char *prefix,
                                     const char *upstream);
+
+/**
+ * Like dsys_gateway_add_route, with edge protections for the route: rate
+ * limits, JWT protection, CORS origins, Idempotency-Key replay.
+ * @param opts may be NULL (same as dsys_gateway_add_route).
+ * @return 0, DSYS_EINVAL (also: a protected route without a token_secret in
+ *         the gateway options, a negative rate or TTL, an unknown protect
+ *         value, an empty origin), DSYS_ENOTFOUND, DSYS_ENOMEM,
+ *         DSYS_ESTATE.
+ */
+DSYS_API int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
+                                       const char *upstream,
+                                       const dsys_gateway_route_options *opts);
 
 /**
  * Mount the local routes and the proxy on a server (before it listens).

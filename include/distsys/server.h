@@ -76,6 +76,13 @@ typedef struct dsys_server_options {
                                   threads (external epoll, SO_REUSEPORT),
                                   where handlers may start non-blocking work
                                   in the same loop (the gateway) */
+  uint32_t request_timeout_s; /**< http/unix: a connection must deliver each
+                                   complete request (line, headers, body)
+                                   within this many seconds of opening or of
+                                   its previous response, else it is closed
+                                   (slow clients trickling bytes reset the
+                                   idle timeout, not this one); 0 = off
+                                   (default) */
 } dsys_server_options;
 
 /**

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
+#include <distsys/auth.h>
 #include <distsys/balancer.h>
 #include <distsys/gateway.h>
 #include <distsys/retry.h>
@@ -19,6 +21,7 @@
 #include "transport/evloop.h"
 #include "transport/h1client.h"
 #include "transport/transport.h"
+#include "services/edge.h"
 
 #define MAX_UPSTREAMS 32
 #define MAX_ROUTES 64
@@ -34,6 +37,11 @@ typedef struct gw_route {
   char *prefix;
   size_t plen;
   gw_upstream *up;
+  dsys_gateway_route_options eo; /* edge options (cors_origins: ours) */
+  char **origins;
+  size_t norigins;
+  int any_origin;
+  size_t idx;
 } gw_route;
 
 /* One HTTP/1.1 pool per event loop, created on first use in that loop and
@@ -63,6 +71,10 @@ struct dsys_gateway {
   atomic_uint_fast64_t total, success, failed;
   pthread_mutex_t mu;
   gw_pool *pools;
+  char *secret;
+  dsysi_rl *rl;
+  dsysi_idem *idem;
+  int v1_routes; /* a route of its own under /v1: no alias */
 };
 
 static _Thread_local gw_pool *tl_pool; /* this loop thread's pool */
@@ -81,11 +93,27 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   if (!gw->o.max_attempts) gw->o.max_attempts = 3;
   if (gw->o.health_interval_ms <= 0) gw->o.health_interval_ms = 2000;
   if (!gw->o.max_response) gw->o.max_response = 64u * 1024 * 1024;
+  if (!gw->o.max_buckets) gw->o.max_buckets = 65536;
+  if (!gw->o.idempotency_max_keys) gw->o.idempotency_max_keys = 10000;
+  if (!gw->o.idempotency_max_body) gw->o.idempotency_max_body = 1024 * 1024;
   gw->name = strdup(gw->o.name ? gw->o.name : "load-balancer");
   gw->o.name = gw->name;
+  if (gw->o.token_secret) {
+    if (gw->o.token_secret_len < DSYS_TOKEN_SECRET_MIN || gw->o.token_secret_len > DSYS_TOKEN_SECRET_MAX) {
+      free(gw->name);
+      free(gw);
+      return DSYS_EINVAL;
+    }
+    gw->secret = malloc(gw->o.token_secret_len + 1);
+    if (gw->secret) {
+      memcpy(gw->secret, gw->o.token_secret, gw->o.token_secret_len);
+      gw->secret[gw->o.token_secret_len] = '\0';
+    }
+    gw->o.token_secret = gw->secret;
+  }
   gw->start_ms = dsys_clock_now_ms(gw->o.clock);
   pthread_mutex_init(&gw->mu, NULL);
-  if (!gw->name) {
+  if (!gw->name || (gw->o.token_secret_len && !gw->secret)) {
     dsys_gateway_free(gw);
     return DSYS_ENOMEM;
   }
@@ -144,18 +172,56 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
 
 int dsys_gateway_add_route(dsys_gateway *gw, const char *prefix,
                            const char *upstream) {
+  return dsys_gateway_add_route_ex(gw, prefix, upstream, NULL);
+}
+
+int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
+                              const char *upstream,
+                              const dsys_gateway_route_options *opts) {
   if (!gw || !prefix || prefix[0] != '/' || !upstream) return DSYS_EINVAL;
+  dsys_gateway_route_options eo = {0};
+  if (opts) memcpy(&eo, opts, opts->size && opts->size < sizeof eo ? opts->size : sizeof eo);
+  eo.size = sizeof eo;
+  if (eo.rate < 0 || eo.user_rate < 0 || eo.route_rate < 0 || !isfinite(eo.rate) ||
+      !isfinite(eo.user_rate) || !isfinite(eo.route_rate) || eo.idempotency_ttl_ms < 0 ||
+      eo.protect < DSYS_GATEWAY_PROTECT_NONE || eo.protect > DSYS_GATEWAY_PROTECT_WRITES ||
+      (eo.protect && !gw->secret) || (eo.ncors_origins && !eo.cors_origins))
+    return DSYS_EINVAL;
+  for (size_t i = 0; i < eo.ncors_origins; i++)
+    if (!eo.cors_origins[i] || !*eo.cors_origins[i]) return DSYS_EINVAL;
   if (gw->srv) return DSYS_ESTATE;
   gw_upstream *up = find_upstream(gw, upstream);
   if (!up) return DSYS_ENOTFOUND;
   if (gw->nroutes == MAX_ROUTES) return DSYS_ENOMEM;
   size_t plen = strlen(prefix);
   while (plen > 1 && prefix[plen - 1] == '/') plen--;
+  gw_route *r = &gw->routes[gw->nroutes];
+  memset(r, 0, sizeof *r);
   char *p = dsysi_strndup(prefix, plen);
-  if (!p) return DSYS_ENOMEM;
-  gw->routes[gw->nroutes].prefix = p;
-  gw->routes[gw->nroutes].plen = plen;
-  gw->routes[gw->nroutes].up = up;
+  r->origins = eo.ncors_origins ? calloc(eo.ncors_origins, sizeof *r->origins) : NULL;
+  int oom = !p || (eo.ncors_origins && !r->origins);
+  for (size_t i = 0; !oom && i < eo.ncors_origins; i++) {
+    if (!(r->origins[i] = strdup(eo.cors_origins[i]))) oom = 1;
+    else r->norigins++;
+    if (!strcmp(eo.cors_origins[i], "*")) r->any_origin = 1;
+  }
+  if (oom) {
+    for (size_t i = 0; i < r->norigins; i++) free(r->origins[i]);
+    free(r->origins);
+    free(p);
+    memset(r, 0, sizeof *r);
+    return DSYS_ENOMEM;
+  }
+  eo.cors_origins = NULL;
+  if (eo.rate > 0 && !eo.burst) eo.burst = eo.rate < 1 ? 1 : (uint32_t)ceil(eo.rate);
+  if (eo.user_rate > 0 && !eo.user_burst) eo.user_burst = eo.user_rate < 1 ? 1 : (uint32_t)ceil(eo.user_rate);
+  if (eo.route_rate > 0 && !eo.route_burst) eo.route_burst = eo.route_rate < 1 ? 1 : (uint32_t)ceil(eo.route_rate);
+  r->eo = eo;
+  r->prefix = p;
+  r->plen = plen;
+  r->up = up;
+  r->idx = gw->nroutes;
+  if (plen >= 3 && !strncmp(p, "/v1", 3) && (p[3] == '\0' || p[3] == '/')) gw->v1_routes = 1;
   gw->nroutes++;
   return 0;
 }
@@ -175,7 +241,18 @@ static gw_route *match(dsys_gateway *gw, const char *path) {
 
 /* ---- the proxy ---- */
 
+/* What the edge decided for one request. */
+typedef struct edge {
+  gw_route *rt;
+  const char *target;   /* forwarded target (the raw one, minus "/v1") */
+  char user[128];       /* verified user id, or "" */
+  char *idem_key;       /* reserved Idempotency-Key entry, or NULL */
+  size_t idem_klen;
+  uint64_t idem_gen;
+} edge;
+
 typedef struct px {
+  edge e;
   dsys_gateway *gw;
   gw_upstream *up;
   dsys_request *req;
@@ -203,7 +280,11 @@ static void count(dsys_gateway *gw, gw_upstream *up, int ok) {
   }
 }
 
+static void edge_finish(dsys_gateway *gw, edge *e, int status, const char *ctype,
+                        const dsysi_hdrs *h, const void *body, size_t len);
+
 static void respond_unavailable(px *p, int status, const char *message) {
+  edge_finish(p->gw, &p->e, status, NULL, NULL, NULL, 0);
   json_object *o = json_object_new_object();
   json_object_object_add(o, "error", json_object_new_string(
       status == 503 ? "Service unavailable" : status == 504 ? "Gateway timeout" : "Bad gateway"));
@@ -239,7 +320,7 @@ static int build_head(px *p) {
   const char *m = dsys_request_method(req);
   dsysi_buf_puts(b, m);
   dsysi_buf_append(b, " ", 1);
-  dsysi_buf_puts(b, dsys_request_target(req));
+  dsysi_buf_puts(b, p->e.target);
   dsysi_buf_append(b, " HTTP/1.1\r\n", 11);
   const char *xff = NULL;
   size_t n = dsys_request_header_count(req);
@@ -247,7 +328,8 @@ static int build_head(px *p) {
     const char *name, *value;
     dsys_request_header_at(req, i, &name, &value);
     int cls = dsysi_header_class(name);
-    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT)
+    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT ||
+        cls == DSYSI_HDR_USER_ID)
       continue;
     if (cls == DSYSI_HDR_FORWARDED_FOR) {
       xff = value;
@@ -265,6 +347,7 @@ static int build_head(px *p) {
   dsysi_buf_append(b, "\r\n", 2);
   put_header(b, "X-Request-Id", dsys_request_id(req));
   put_header(b, "traceparent", dsys_request_traceparent(req));
+  if (p->e.user[0]) put_header(b, "X-Dsys-User-Id", p->e.user);
   if (blen || (strcmp(m, "GET") && strcmp(m, "HEAD") && strcmp(m, "DELETE") && strcmp(m, "OPTIONS"))) {
     char cl[32];
     snprintf(cl, sizeof cl, "%zu", blen);
@@ -276,18 +359,23 @@ static int build_head(px *p) {
 
 /* Copy upstream response headers (minus hop-by-hop and the ones the
  * server sets itself). */
+static int skip_resp_header(const edge *e, const char *name) {
+  int cls = dsysi_header_class(name);
+  return cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_CONTENT_TYPE || cls == DSYSI_HDR_REQUEST_ID ||
+         cls == DSYSI_HDR_DATE ||
+         (e && e->rt && e->rt->norigins && !strncasecmp(name, "access-control-", 15));
+}
+
 static void copy_headers(px *p, const dsysi_hdrs *h) {
   for (size_t i = 0; i < h->n; i++) {
     const char *name = h->v[i].name;
-    int cls = dsysi_header_class(name);
-    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_CONTENT_TYPE || cls == DSYSI_HDR_REQUEST_ID ||
-        cls == DSYSI_HDR_DATE)
-      continue;
+    if (skip_resp_header(&p->e, name)) continue;
     dsys_response_header(p->req, name, h->v[i].value);
   }
 }
 
 static void px_free(px *p) {
+  free(p->e.idem_key);
   dsysi_h1req_free(&p->h1);
   dsysi_buf_free(&p->head);
   dsysi_buf_free(&p->body);
@@ -328,6 +416,7 @@ static void on_done(dsysi_h1req *r, int err) {
   p->picked = 0;
   if (p->streaming) {
     count(gw, p->up, !err);
+    edge_finish(gw, &p->e, 0, NULL, NULL, NULL, 0); /* streams are not kept */
     dsys_stream_end(p->req);
     px_free(p);
     return;
@@ -367,6 +456,7 @@ static void on_done(dsysi_h1req *r, int err) {
   copy_headers(p, &r->resp.hdrs);
   const char *ct = dsysi_hdrs_get(&r->resp.hdrs, "content-type");
   count(gw, p->up, status < 400);
+  edge_finish(gw, &p->e, status, ct, &r->resp.hdrs, p->body.data, p->body.len);
   dsys_respond(p->req, status, ct, p->body.data ? p->body.data : "", p->body.len);
   px_free(p);
 }
@@ -438,6 +528,7 @@ static dsysi_h1pool *loop_pool(dsys_gateway *gw) {
 
 /* Without an event loop: the same rules through dsys_upstream_send. */
 typedef struct fb {
+  edge e;
   dsys_gateway *gw;
   gw_upstream *up;
   dsys_request *req;
@@ -448,7 +539,8 @@ typedef struct fb {
 
 static void fb_done(int err, dsys_reply *reply, const dsys_upstream_result *res, void *ud) {
   fb *f = ud;
-  px tmp = {.gw = f->gw, .up = f->up, .req = f->req};
+  px tmp = {.gw = f->gw, .up = f->up, .req = f->req, .e = f->e};
+  f->e.idem_key = NULL; /* tmp.e owns it now */
   if (res && res->endpoint[0]) dsys_request_log_field(f->req, "upstream", res->endpoint);
   if (err) {
     respond_unavailable(&tmp, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_EUNAVAIL || err == DSYS_EBREAKER || err == DSYS_ECONNREFUSED ? 503 : 502,
@@ -458,23 +550,29 @@ static void fb_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
     size_t len;
     const void *b = dsys_reply_body(reply, &len);
     count(f->gw, f->up, dsys_reply_status(reply) < 400);
+    edge_finish(f->gw, &tmp.e, dsys_reply_status(reply), dsys_reply_header(reply, "Content-Type"),
+                &reply->hdrs, b, len);
     dsys_respond(f->req, dsys_reply_status(reply), dsys_reply_header(reply, "Content-Type"), b, len);
   }
+  free(tmp.e.idem_key);
   dsys_reply_free(reply);
   free(f->hdrs);
   free(f->xff);
   free(f);
 }
 
-static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req) {
+static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req, edge *e) {
   fb *f = calloc(1, sizeof *f);
   size_t n = dsys_request_header_count(req);
-  dsys_header *h = f ? calloc(n + 3, sizeof *h) : NULL;
+  dsys_header *h = f ? calloc(n + 4, sizeof *h) : NULL;
   if (!h) {
     free(f);
+    edge_finish(gw, e, 500, NULL, NULL, NULL, 0);
+    free(e->idem_key);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
     return;
   }
+  f->e = *e;
   f->gw = gw;
   f->up = up;
   f->req = req;
@@ -485,7 +583,7 @@ static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req)
     dsys_request_header_at(req, i, &name, &value);
     int cls = dsysi_header_class(name);
     if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT ||
-        dsysi_streq_nocase(name, "host"))
+        cls == DSYSI_HDR_USER_ID || dsysi_streq_nocase(name, "host"))
       continue;
     if (cls == DSYSI_HDR_FORWARDED_FOR) {
       xff = value;
@@ -504,34 +602,343 @@ static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req)
   h[f->nh++].value = dsys_request_id(req);
   h[f->nh].name = "traceparent";
   h[f->nh++].value = dsys_request_traceparent(req);
+  if (f->e.user[0]) {
+    h[f->nh].name = "X-Dsys-User-Id";
+    h[f->nh++].value = f->e.user;
+  }
   size_t blen;
   const void *body = dsys_request_body(req, &blen);
   dsys_call call = {.size = sizeof call, .method = dsys_request_method(req),
-                    .path = dsys_request_target(req), .headers = h, .nheaders = f->nh,
+                    .path = f->e.target, .headers = h, .nheaders = f->nh,
                     .body = body, .body_len = blen};
   dsys_request_defer(req);
   int rc = dsys_upstream_send(up->u, &call, fb_done, f);
   if (rc) fb_done(rc, NULL, NULL, f);
 }
 
+/* ---- the edge: checks before a request is proxied ---- */
+
+/* Record the first answer to a request holding an Idempotency-Key entry:
+ * kept for replay when the upstream answered below 500 (status 0: a
+ * stream; never kept), else the key is released for a retry. */
+static void edge_finish(dsys_gateway *gw, edge *e, int status, const char *ctype,
+                        const dsysi_hdrs *h, const void *body, size_t len) {
+  if (!e->idem_key) return;
+  if (status <= 0 || status >= 500 || !h) {
+    dsysi_idem_abort(gw->idem, e->idem_key, e->idem_klen, e->idem_gen);
+  } else {
+    dsysi_buf hb = {0};
+    for (size_t i = 0; i < h->n; i++) {
+      if (skip_resp_header(e, h->v[i].name)) continue;
+      dsysi_buf_append(&hb, h->v[i].name, strlen(h->v[i].name) + 1);
+      dsysi_buf_append(&hb, h->v[i].value, strlen(h->v[i].value) + 1);
+    }
+    dsysi_idem_resp r = {.status = status, .ctype = (char *)ctype, .hdrs = hb.data,
+                         .hlen = hb.len, .body = (char *)body, .blen = len};
+    if (hb.oom) dsysi_idem_abort(gw->idem, e->idem_key, e->idem_klen, e->idem_gen);
+    else dsysi_idem_complete(gw->idem, e->idem_key, e->idem_klen, e->idem_gen, &r);
+    dsysi_buf_free(&hb);
+  }
+  free(e->idem_key);
+  e->idem_key = NULL;
+}
+
+static void respond_json_obj(dsys_request *req, int status, json_object *o) {
+  char *s = dsysi_json_dump(o, NULL);
+  json_object_put(o);
+  dsys_respond_json(req, status, s ? s : "{}");
+  free(s);
+}
+
+/* Framing that a proxy must not guess about: Transfer-Encoding together
+ * with Content-Length, or Content-Length headers that disagree. */
+static int ambiguous_framing(dsys_request *req) {
+  const char *cl = NULL;
+  int te = 0;
+  size_t n = dsys_request_header_count(req);
+  for (size_t i = 0; i < n; i++) {
+    const char *name, *value;
+    dsys_request_header_at(req, i, &name, &value);
+    if (dsysi_streq_nocase(name, "transfer-encoding")) te = 1;
+    else if (dsysi_streq_nocase(name, "content-length")) {
+      if (cl && strcmp(cl, value)) return 1;
+      cl = value;
+    }
+  }
+  return te && cl;
+}
+
+/* Path tricks. Routes match the raw path (as the server's router and the
+ * upstream see it: "%2F" stays inside its segment), so an encoded slash
+ * cannot move a request to another prefix. Refused (400): a segment that
+ * is, or after percent-decoding contains, a dot segment ("..", "%2e%2e",
+ * "..%2f..."): an upstream that decodes and normalises would see another
+ * path than the one routed; a raw backslash; an encoded NUL. */
+static int path_ok(const char *target) {
+  size_t plen = strcspn(target, "?");
+  const char *seg = target;
+  for (size_t i = 0; i <= plen; i++) {
+    char c = i < plen ? target[i] : '/';
+    if (c == '\\') return 0;
+    if (c == '%' && i + 2 < plen && dsysi_hexval(target[i + 1]) == 0 && dsysi_hexval(target[i + 2]) == 0)
+      return 0;
+    if (c != '/') continue;
+    size_t sl = (size_t)(target + i - seg);
+    if (memchr(seg, '.', sl) || memchr(seg, '%', sl)) {
+      char stack[256];
+      char *d = sl < sizeof stack ? stack : malloc(sl + 1);
+      if (!d) return 0;
+      size_t dl = dsysi_url_decode_into(d, seg, sl, 0);
+      /* split the decoded segment on '/' and '\' */
+      int bad = 0;
+      for (size_t s0 = 0, k = 0; k <= dl && !bad; k++) {
+        if (k == dl || d[k] == '/' || d[k] == '\\') {
+          size_t pl = k - s0;
+          bad = (pl == 1 && d[s0] == '.') || (pl == 2 && d[s0] == '.' && d[s0 + 1] == '.');
+          s0 = k + 1;
+        }
+      }
+      if (d != stack) free(d);
+      if (bad) return 0;
+    }
+    seg = target + i + 1;
+  }
+  return 1;
+}
+
+static int method_is_read(const char *m) {
+  return !strcmp(m, "GET") || !strcmp(m, "HEAD") || !strcmp(m, "OPTIONS");
+}
+
+static void put_rl_headers(dsys_request *req, const dsysi_rl_result *r) {
+  char v[32];
+  snprintf(v, sizeof v, "%u", r->limit);
+  dsys_response_header(req, "RateLimit-Limit", v);
+  snprintf(v, sizeof v, "%u", r->remaining);
+  dsys_response_header(req, "RateLimit-Remaining", v);
+  snprintf(v, sizeof v, "%lld", (long long)r->reset_s);
+  dsys_response_header(req, "RateLimit-Reset", v);
+}
+
+/* Take a token from each configured bucket in order (kind: 'a'ddress,
+ * 'r'oute, 'u'ser). The headers describe the tightest bucket. @return 1
+ * when the request was refused (answered 429). */
+static int rate_limit(dsys_gateway *gw, dsys_request *req, gw_route *rt, int user_phase,
+                      const char *user, dsysi_rl_result *tight, int *have_tight) {
+  typedef struct lim_t {
+    char kind;
+    double rate;
+    uint32_t burst;
+    const char *who;
+  } lim_t;
+  lim_t lim[2];
+  int n = 0;
+  if (!user_phase) {
+    if (rt->eo.rate > 0) lim[n++] = (lim_t){'a', rt->eo.rate, rt->eo.burst, dsys_request_remote_addr(req)};
+    if (rt->eo.route_rate > 0) lim[n++] = (lim_t){'r', rt->eo.route_rate, rt->eo.route_burst, ""};
+  } else if (rt->eo.user_rate > 0 && user && *user) {
+    lim[n++] = (lim_t){'u', rt->eo.user_rate, rt->eo.user_burst, user};
+  }
+  for (int i = 0; i < n; i++) {
+    char key[256];
+    int kl = snprintf(key, sizeof key, "%zu%c%s", rt->idx, lim[i].kind, lim[i].who);
+    if (kl < 0 || (size_t)kl >= sizeof key) kl = (int)sizeof key - 1;
+    dsysi_rl_result r;
+    dsysi_rl_take(gw->rl, key, (size_t)kl, lim[i].rate, lim[i].burst, &r);
+    if (!r.allowed) {
+      put_rl_headers(req, &r);
+      char ra[32];
+      snprintf(ra, sizeof ra, "%lld", (long long)r.retry_after_s);
+      dsys_response_header(req, "Retry-After", ra);
+      json_object *o = json_object_new_object();
+      json_object_object_add(o, "error", json_object_new_string("Too many requests"));
+      json_object_object_add(o, "code", json_object_new_string("rate_limited"));
+      json_object_object_add(o, "retryAfter", json_object_new_int64(r.retry_after_s));
+      respond_json_obj(req, 429, o);
+      return 1;
+    }
+    if (!*have_tight || r.remaining < tight->remaining) {
+      *tight = r;
+      *have_tight = 1;
+    }
+  }
+  return 0;
+}
+
+/* CORS for a route with an origin allowlist. @return 1 when answered (a
+ * preflight, allowed or not). */
+static int cors(dsys_request *req, gw_route *rt) {
+  const char *origin = dsys_request_header(req, "Origin");
+  if (!rt->norigins || !origin) return 0;
+  int allowed = 0;
+  for (size_t i = 0; !allowed && i < rt->norigins; i++)
+    allowed = !strcmp(rt->origins[i], "*") || !strcmp(rt->origins[i], origin);
+  allowed = allowed && dsysi_header_ok(origin);
+  int preflight = !strcmp(dsys_request_method(req), "OPTIONS") &&
+                  dsys_request_header(req, "Access-Control-Request-Method");
+  dsys_response_header(req, "Vary", "Origin");
+  if (!allowed) {
+    if (!preflight) return 0; /* proxied without CORS headers: the browser blocks it */
+    dsys_respond_error(req, 403, "cors_origin", "CORS origin not allowed");
+    return 1;
+  }
+  dsys_response_header(req, "Access-Control-Allow-Origin", rt->any_origin ? "*" : origin);
+  if (!preflight) {
+    dsys_response_header(req, "Access-Control-Expose-Headers",
+                         "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, "
+                         "RateLimit-Reset, Idempotent-Replayed");
+    return 0;
+  }
+  dsys_response_header(req, "Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+  dsys_response_header(req, "Access-Control-Allow-Headers",
+                       "Authorization, Content-Type, Idempotency-Key, X-Request-Id, traceparent");
+  dsys_response_header(req, "Access-Control-Max-Age", "600");
+  dsys_respond(req, 204, NULL, "", 0);
+  return 1;
+}
+
+/* JWT at the edge. @return 1 when refused (answered 401). */
+static int authenticate(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
+  if (rt->eo.protect == DSYS_GATEWAY_PROTECT_NONE ||
+      (rt->eo.protect == DSYS_GATEWAY_PROTECT_WRITES && method_is_read(dsys_request_method(req))))
+    return 0;
+  const char *a = dsys_request_header(req, "Authorization");
+  dsys_response_header(req, "WWW-Authenticate", "Bearer");
+  if (!a || strncasecmp(a, "Bearer ", 7) || !a[7]) {
+    dsys_respond_error(req, 401, "unauthorized", "No token provided");
+    return 1;
+  }
+  const char *tok = a + 7;
+  while (*tok == ' ') tok++;
+  dsys_token_options to = {.size = sizeof to, .alg = "HS256", .clock = gw->o.clock};
+  char *claims = NULL;
+  int rc = dsys_token_verify(gw->secret, gw->o.token_secret_len, tok, &to, &claims);
+  json_object *o = NULL, *id = NULL;
+  if (!rc && (dsysi_json_parse(claims, strlen(claims), &o) || !o ||
+              !((json_object_object_get_ex(o, "id", &id) && id) ||
+                (json_object_object_get_ex(o, "sub", &id) && id))))
+    rc = DSYS_EAUTH;
+  if (!rc) {
+    const char *v = json_object_is_type(id, json_type_string) ? json_object_get_string(id)
+                    : json_object_is_type(id, json_type_int)  ? json_object_to_json_string(id)
+                                                              : NULL;
+    if (!v || !*v || strlen(v) >= sizeof e->user || !dsysi_header_ok(v)) rc = DSYS_EAUTH;
+    else snprintf(e->user, sizeof e->user, "%s", v);
+  }
+  json_object_put(o);
+  dsys_free(claims);
+  if (rc) {
+    json_object *r = json_object_new_object();
+    json_object_object_add(r, "error", json_object_new_string("Invalid token"));
+    json_object_object_add(r, "code", json_object_new_string("unauthorized"));
+    json_object_object_add(r, "valid", json_object_new_boolean(0));
+    respond_json_obj(req, 401, r);
+    return 1;
+  }
+  return 0;
+}
+
+/* Idempotency-Key on a POST. @return 1 when answered (replay, 409, 422,
+ * 400); otherwise e->idem_key may hold a reservation. */
+static int idempotency(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
+  if (rt->eo.idempotency_ttl_ms <= 0 || strcmp(dsys_request_method(req), "POST")) return 0;
+  const char *k = dsys_request_header(req, "Idempotency-Key");
+  if (!k) return 0;
+  size_t kl = strlen(k);
+  if (!kl || kl > 255) {
+    dsys_respond_error(req, 400, "bad_idempotency_key", "Idempotency-Key must be 1..255 characters");
+    return 1;
+  }
+  dsysi_buf key = {0};
+  dsysi_buf_printf(&key, "%zu\n%s%s\n%s", rt->idx, e->user[0] ? "u:" : "a:",
+                   e->user[0] ? e->user : dsys_request_remote_addr(req), k);
+  size_t blen;
+  const void *body = dsys_request_body(req, &blen);
+  uint64_t fp = dsysi_fnv64(0, dsys_request_method(req), strlen(dsys_request_method(req)));
+  fp = dsysi_fnv64(fp, " ", 1);
+  fp = dsysi_fnv64(fp, e->target, strlen(e->target));
+  fp = dsysi_fnv64(fp, "\n", 1);
+  fp = dsysi_fnv64(fp, body, blen);
+  if (key.oom) {
+    dsysi_buf_free(&key);
+    dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+    return 1;
+  }
+  dsysi_idem_resp r = {0};
+  uint64_t gen = 0;
+  int rc = dsysi_idem_begin(gw->idem, key.data, key.len, fp, rt->eo.idempotency_ttl_ms, &gen, &r);
+  if (rc == DSYSI_IDEM_NEW) {
+    e->idem_klen = key.len;
+    e->idem_key = dsysi_buf_steal(&key, NULL);
+    e->idem_gen = gen;
+    return 0;
+  }
+  dsysi_buf_free(&key);
+  if (rc == DSYSI_IDEM_REPLAY) {
+    for (size_t off = 0; off < r.hlen;) {
+      const char *name = r.hdrs + off;
+      const char *value = name + strlen(name) + 1;
+      off = (size_t)(value - r.hdrs) + strlen(value) + 1;
+      dsys_response_header(req, name, value);
+    }
+    dsys_response_header(req, "Idempotent-Replayed", "true");
+    dsys_respond(req, r.status, r.ctype, r.body, r.blen);
+    dsysi_idem_resp_free(&r);
+  } else if (rc == DSYSI_IDEM_INFLIGHT) {
+    dsys_respond_error(req, 409, "idempotency_in_flight",
+                       "A request with this Idempotency-Key is still in progress");
+  } else if (rc == DSYSI_IDEM_MISMATCH) {
+    dsys_respond_error(req, 422, "idempotency_mismatch",
+                       "This Idempotency-Key was used for a different request");
+  } else {
+    dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+  }
+  return 1;
+}
+
 static void h_proxy(dsys_request *req, void *ud) {
   dsys_gateway *gw = ud;
-  gw_route *rt = match(gw, dsys_request_path(req));
+  edge e = {.target = dsys_request_target(req)};
+  if (ambiguous_framing(req)) {
+    dsys_response_header(req, "Connection", "close");
+    dsys_respond_error(req, 400, "bad_framing",
+                       "Ambiguous request framing (Content-Length and Transfer-Encoding, or two Content-Lengths)");
+    return;
+  }
+  if (!path_ok(e.target)) {
+    dsys_respond_error(req, 400, "bad_path", "Dot segments are not allowed in paths");
+    return;
+  }
+  /* /v1 aliases the current API: /v1/api/data/x -> /api/data/x upstream. */
+  if (!gw->v1_routes && !strncmp(e.target, "/v1/", 4)) e.target += 3;
+  gw_route *rt = match(gw, e.target); /* the raw path: see path_ok */
   if (!rt) {
     dsys_respond_error(req, 404, "not_found", "Not found");
     return;
   }
+  e.rt = rt;
+  if (cors(req, rt)) return;
+  dsysi_rl_result tight;
+  int have_tight = 0;
+  if (rate_limit(gw, req, rt, 0, NULL, &tight, &have_tight)) return;
+  if (authenticate(gw, req, rt, &e)) return;
+  if (rate_limit(gw, req, rt, 1, e.user, &tight, &have_tight)) return;
+  if (have_tight) put_rl_headers(req, &tight);
+  if (idempotency(gw, req, rt, &e)) return;
+
   dsysi_h1pool *pool = loop_pool(gw);
   dsys_retry_request(dsys_upstream_retry(rt->up->u));
   if (!pool) {
-    proxy_fallback(gw, rt->up, req);
+    proxy_fallback(gw, rt->up, req, &e);
     return;
   }
   px *p = calloc(1, sizeof *p);
   if (!p) {
+    edge_finish(gw, &e, 500, NULL, NULL, NULL, 0);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
     return;
   }
+  p->e = e;
   p->gw = gw;
   p->up = rt->up;
   p->req = req;
@@ -722,6 +1129,16 @@ int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv) {
   if (!gw || !srv) return DSYS_EINVAL;
   if (gw->srv) return DSYS_ESTATE;
   int rc = 0;
+  int need_rl = 0, need_idem = 0;
+  for (size_t i = 0; i < gw->nroutes; i++) {
+    need_rl |= gw->routes[i].eo.rate > 0 || gw->routes[i].eo.user_rate > 0 ||
+               gw->routes[i].eo.route_rate > 0;
+    need_idem |= gw->routes[i].eo.idempotency_ttl_ms > 0;
+  }
+  if (need_rl && !gw->rl) rc = dsysi_rl_new(&gw->rl, gw->o.max_buckets, gw->o.clock);
+  if (!rc && need_idem && !gw->idem)
+    rc = dsysi_idem_new(&gw->idem, gw->o.idempotency_max_keys, gw->o.idempotency_max_body,
+                        gw->o.clock);
   if (!rc) rc = dsys_server_route(srv, "GET", "/health", h_health, gw);
   if (!rc) rc = dsys_server_route(srv, "GET", "/status", h_status, gw);
   if (!rc) rc = dsys_server_route(srv, "GET", "/api/metrics", h_metrics, gw);
@@ -742,7 +1159,15 @@ void dsys_gateway_free(dsys_gateway *gw) {
     if (p->pool) dsysi_log(DSYS_LOG_ERROR, "gateway", "freed while its server still runs");
     else free(p);
   }
-  for (size_t i = 0; i < gw->nroutes; i++) free(gw->routes[i].prefix);
+  for (size_t i = 0; i < gw->nroutes; i++) {
+    free(gw->routes[i].prefix);
+    for (size_t k = 0; k < gw->routes[i].norigins; k++) free(gw->routes[i].origins[k]);
+    free(gw->routes[i].origins);
+  }
+  dsysi_rl_free(gw->rl);
+  dsysi_idem_free(gw->idem);
+  if (gw->secret) explicit_bzero(gw->secret, gw->o.token_secret_len);
+  free(gw->secret);
   for (size_t i = 0; i < gw->nups; i++) {
     dsys_upstream_free(gw->ups[i].u);
     free(gw->ups[i].name);

@@ -76,3 +76,6 @@ lib/services/dashboard-html.c: $(top_srcdir)/dashboard/index.html $(top_srcdir)/
 	@$(MKDIR_P) lib/services
 	$(AM_V_GEN)$(SHELL) $(top_srcdir)/lib/services/embed-file.sh dsysi_dashboard_html \
 	  $(top_srcdir)/dashboard/index.html > $@.tmp && mv $@.tmp $@
+# The gateway's edge: rate limits, idempotency cache (issue 10).
+libdsys_internal_la_SOURCES += lib/services/edge.c
+noinst_HEADERS += lib/services/edge.h

@@ -67,6 +67,7 @@ int dsysi_header_class(const char *name) {
       {"connection", DSYSI_HDR_HOP},  {"keep-alive", DSYSI_HDR_HOP},
       {"traceparent", DSYSI_HDR_TRACEPARENT},
       {"x-request-id", DSYSI_HDR_REQUEST_ID},
+      {"x-dsys-user-id", DSYSI_HDR_USER_ID},
       {"content-type", DSYSI_HDR_CONTENT_TYPE},
       {"content-length", DSYSI_HDR_HOP},
       {"idempotency-key", DSYSI_HDR_IDEMPOTENCY_KEY},

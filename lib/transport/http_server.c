@@ -22,6 +22,7 @@
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <microhttpd.h>
 #include "transport/evloop.h"
@@ -41,7 +42,22 @@ typedef struct mhd_d {
   int started;
 } mhd_d;
 
+/* A connection watched by the request timeout (request_timeout_s). */
+typedef struct mconn {
+  int fd;
+  int64_t deadline_us; /* 0: a request is being handled (not watched) */
+  int cut;
+  struct mconn *prev, *next;
+} mconn;
+
 struct mhd_lst {
+  /* request timeout: connections, and the thread that cuts late ones */
+  pthread_mutex_t cmu;
+  pthread_cond_t ccv;
+  mconn *conns;
+  int64_t req_timeout_us;
+  pthread_t sweeper;
+  int sweeping, sweep_stop;
   dsys_server *srv;
   const dsys_transport_ops *ops;
   mhd_d *ds;
@@ -63,6 +79,81 @@ typedef struct mhd_req {
   int suspended;
   dsys_request *req;
 } mhd_req;
+
+static int64_t mono_now_us(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
+/* Start (deadline = now + timeout) or stop (0) watching a connection. */
+static void watch_conn(mhd_lst *l, struct MHD_Connection *conn, int on) {
+  if (!l->req_timeout_us) return;
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  mconn *mc = ci ? ci->socket_context : NULL;
+  if (!mc) return;
+  pthread_mutex_lock(&l->cmu);
+  mc->deadline_us = on ? mono_now_us() + l->req_timeout_us : 0;
+  pthread_mutex_unlock(&l->cmu);
+}
+
+static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+                        enum MHD_ConnectionNotificationCode code) {
+  mhd_lst *l = ((mhd_d *)cls)->l;
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    mconn *mc = ci ? calloc(1, sizeof *mc) : NULL;
+    if (!mc) return;
+    mc->fd = ci->connect_fd;
+    pthread_mutex_lock(&l->cmu);
+    mc->deadline_us = mono_now_us() + l->req_timeout_us;
+    mc->next = l->conns;
+    if (l->conns) l->conns->prev = mc;
+    l->conns = mc;
+    pthread_mutex_unlock(&l->cmu);
+    *socket_ctx = mc;
+    return;
+  }
+  /* CLOSED: MHD reports it before it closes the socket, so the sweeper
+   * never touches a descriptor that was reused. */
+  mconn *mc = *socket_ctx;
+  if (!mc) return;
+  pthread_mutex_lock(&l->cmu);
+  if (mc->prev) mc->prev->next = mc->next;
+  else l->conns = mc->next;
+  if (mc->next) mc->next->prev = mc->prev;
+  pthread_mutex_unlock(&l->cmu);
+  free(mc);
+  *socket_ctx = NULL;
+}
+
+/* Cut connections that did not deliver a request in time: shutdown()
+ * makes MHD see the end of the stream and close them in its own thread. */
+static void *sweeper_main(void *arg) {
+  mhd_lst *l = arg;
+  int64_t step = l->req_timeout_us / 8;
+  if (step < 50000) step = 50000;
+  if (step > 500000) step = 500000;
+  pthread_mutex_lock(&l->cmu);
+  while (!l->sweep_stop) {
+    int64_t now = mono_now_us();
+    for (mconn *mc = l->conns; mc; mc = mc->next)
+      if (mc->deadline_us && now >= mc->deadline_us && !mc->cut) {
+        mc->cut = 1;
+        shutdown(mc->fd, SHUT_RDWR);
+      }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t d = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 + step;
+    ts.tv_sec = d / 1000000;
+    ts.tv_nsec = (long)(d % 1000000) * 1000;
+    pthread_cond_timedwait(&l->ccv, &l->cmu, &ts);
+  }
+  pthread_mutex_unlock(&l->cmu);
+  return NULL;
+}
 
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
   mhd_req *m = calloc(1, sizeof *m);
@@ -199,8 +290,10 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
   if (!m->seen) {
     m->seen = 1;
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl && strtoull(cl, NULL, 10) > max)
+    if (cl && strtoull(cl, NULL, 10) > max) {
+      watch_conn(l, conn, 0);
       return queue_error(conn, 413, "DSYS_ETOOBIG", "Request body too large");
+    }
     return MHD_YES;
   }
   if (*upload_size) {
@@ -215,6 +308,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
     *upload_size = 0;
     return MHD_YES;
   }
+  watch_conn(l, conn, 0); /* the whole request is in */
   if (m->too_big)
     return queue_error(conn, 413, "DSYS_ETOOBIG", "Request body too large");
   dsys_request *r = dsysi_request_new(l->srv, l->ops, l, m);
@@ -240,6 +334,7 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
                               enum MHD_RequestTerminationCode toe) {
   mhd_req *m = *con_cls;
   if (!m) return;
+  watch_conn(m->l, conn, 1); /* the next request on this connection */
   if (m->req)
     dsysi_request_transport_done(m->req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
   free_mreq(m);
@@ -435,6 +530,7 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   OPT(MHD_OPTION_CONNECTION_MEMORY_LIMIT, dsysi_server_connection_memory(srv), NULL);
   OPT(MHD_OPTION_NOTIFY_COMPLETED, request_completed, md);
   OPT(MHD_OPTION_URI_LOG_CALLBACK, uri_log, md);
+  if (l->req_timeout_us) OPT(MHD_OPTION_NOTIFY_CONNECTION, notify_conn, md);
   OPT(MHD_OPTION_END, 0, NULL);
 #undef OPT
   /* The logger must come first so MHD's own early messages use it. */
@@ -470,6 +566,20 @@ static void stop_daemon(mhd_d *md) {
 
 static void free_lst(mhd_lst *l) {
   for (unsigned i = 0; i < l->nd; i++) stop_daemon(&l->ds[i]);
+  if (l->sweeping) {
+    pthread_mutex_lock(&l->cmu);
+    l->sweep_stop = 1;
+    pthread_cond_signal(&l->ccv);
+    pthread_mutex_unlock(&l->cmu);
+    pthread_join(l->sweeper, NULL);
+  }
+  while (l->conns) { /* MHD reported every close at stop; defensive */
+    mconn *mc = l->conns;
+    l->conns = mc->next;
+    free(mc);
+  }
+  pthread_mutex_destroy(&l->cmu);
+  pthread_cond_destroy(&l->ccv);
   if (l->unix_path) unlink(l->unix_path);
   free(l->unix_path);
   free(l->ds);
@@ -482,6 +592,13 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   if (!l) return DSYS_ENOMEM;
   l->srv = srv;
   l->ops = ops;
+  pthread_mutex_init(&l->cmu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&l->ccv, &ca);
+  pthread_condattr_destroy(&ca);
+  l->req_timeout_us = (int64_t)dsysi_server_request_timeout(srv) * 1000000;
   unsigned loops = dsysi_server_event_loops(srv);
   l->loops = loops > 0;
   /* SO_REUSEPORT spreads TCP connections over the loops; a Unix socket
@@ -489,6 +606,8 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   l->nd = loops == 0 || is_unix ? 1 : loops;
   l->ds = calloc(l->nd, sizeof *l->ds);
   if (!l->ds) {
+    pthread_mutex_destroy(&l->cmu);
+    pthread_cond_destroy(&l->ccv);
     free(l);
     return DSYS_ENOMEM;
   }
@@ -500,6 +619,10 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   for (unsigned i = 1; !rc && i < l->nd; i++)
     rc = bind_socket(l->url, 0, 1, l, &l->ds[i].fd); /* the bound port */
   for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
+  if (!rc && l->req_timeout_us) {
+    if (pthread_create(&l->sweeper, NULL, sweeper_main, l)) rc = DSYS_ENOMEM;
+    else l->sweeping = 1;
+  }
   if (rc) {
     free_lst(l);
     return rc;

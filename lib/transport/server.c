@@ -71,6 +71,7 @@ uint32_t dsysi_server_max_connections(dsys_server *s) { return s->o.max_connecti
 uint32_t dsysi_server_idle_timeout(dsys_server *s) { return s->o.idle_timeout_s; }
 uint32_t dsysi_server_connection_memory(dsys_server *s) { return s->o.connection_memory; }
 uint32_t dsysi_server_event_loops(dsys_server *s) { return s->o.event_loops; }
+uint32_t dsysi_server_request_timeout(dsys_server *s) { return s->o.request_timeout_s; }
 dsys_clock *dsysi_server_clock(dsys_server *s) { return s->o.clock; }
 
 int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {

@@ -43,7 +43,8 @@ enum {
   DSYSI_HDR_REQUEST_ID,
   DSYSI_HDR_CONTENT_TYPE,
   DSYSI_HDR_IDEMPOTENCY_KEY,
-  DSYSI_HDR_FORWARDED_FOR
+  DSYSI_HDR_FORWARDED_FOR,
+  DSYSI_HDR_USER_ID         /* X-Dsys-User-Id: set by the gateway only */
 };
 /** The class of a header name (case-insensitive), one scan. */
 int dsysi_header_class(const char *name);
@@ -171,6 +172,7 @@ uint32_t dsysi_server_max_connections(dsys_server *srv);
 uint32_t dsysi_server_idle_timeout(dsys_server *srv);
 uint32_t dsysi_server_connection_memory(dsys_server *srv);
 uint32_t dsysi_server_event_loops(dsys_server *srv);
+uint32_t dsysi_server_request_timeout(dsys_server *srv);
 dsys_clock *dsysi_server_clock(dsys_server *srv);
 
 /* ---- client-side pending call ---- */
