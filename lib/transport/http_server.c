@@ -492,9 +492,22 @@ static void mhd_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
   /* Nothing to do here: the tick runs MHD after every wake-up. */
 }
 
+static unsigned current_connections(struct MHD_Daemon *d) {
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+  return di ? di->num_connections : 0;
+}
+
 static void mhd_tick(dsysi_loop *loop, void *ud) {
   mhd_d *md = ud;
-  MHD_run(md->d);
+  /* At its connection limit MHD takes the listening socket out of its
+   * epoll set and puts it back only at the start of a later MHD_run; a run
+   * that closed connections must be followed by another, or connections
+   * waiting in the backlog stall until some unrelated event. */
+  for (int i = 0; i < 4; i++) {
+    unsigned before = current_connections(md->d);
+    MHD_run(md->d);
+    if (current_connections(md->d) >= before) break;
+  }
 }
 
 /* Bound the loop's sleep by MHD's own timeout: MHD's epoll fd is edge-
