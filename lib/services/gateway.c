@@ -480,7 +480,10 @@ static void attempt(px *p) {
     return;
   }
   p->picked = 1;
-  snprintf(p->last_id, sizeof p->last_id, "%s", p->pick.id);
+  size_t idl = strlen(p->pick.id);
+  if (idl >= sizeof p->last_id) idl = sizeof p->last_id - 1;
+  memcpy(p->last_id, p->pick.id, idl);
+  p->last_id[idl] = '\0';
   dsys_request_log_field(p->req, "upstream", p->pick.url); /* access log */
   p->body.len = 0;
   p->h1.addr = p->pick.url;

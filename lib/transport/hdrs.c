@@ -58,28 +58,35 @@ static int same_lc(const char *name, const char *lc, size_t n) {
 int dsysi_header_class(const char *name) {
   /* Dispatch on the length first: this runs for every header of every
    * proxied request, both ways. */
+#define K(lit, cls) {lit, sizeof lit - 1, cls}
   static const struct {
     const char *lc;
+    size_t len;
     int cls;
   } known[] = {
-      {"te", DSYSI_HDR_HOP},          {"date", DSYSI_HDR_DATE},
-      {"trailer", DSYSI_HDR_HOP},     {"upgrade", DSYSI_HDR_HOP},
-      {"connection", DSYSI_HDR_HOP},  {"keep-alive", DSYSI_HDR_HOP},
-      {"traceparent", DSYSI_HDR_TRACEPARENT},
-      {"x-request-id", DSYSI_HDR_REQUEST_ID},
-      {"x-dsys-user-id", DSYSI_HDR_USER_ID},
-      {"content-type", DSYSI_HDR_CONTENT_TYPE},
-      {"content-length", DSYSI_HDR_HOP},
-      {"idempotency-key", DSYSI_HDR_IDEMPOTENCY_KEY},
-      {"x-forwarded-for", DSYSI_HDR_FORWARDED_FOR},
-      {"proxy-connection", DSYSI_HDR_HOP},
-      {"transfer-encoding", DSYSI_HDR_HOP},
-      {"proxy-authenticate", DSYSI_HDR_HOP},
-      {"proxy-authorization", DSYSI_HDR_HOP},
+      K("te", DSYSI_HDR_HOP),
+      K("date", DSYSI_HDR_DATE),
+      K("trailer", DSYSI_HDR_HOP),
+      K("upgrade", DSYSI_HDR_HOP),
+      K("connection", DSYSI_HDR_HOP),
+      K("keep-alive", DSYSI_HDR_HOP),
+      K("traceparent", DSYSI_HDR_TRACEPARENT),
+      K("x-request-id", DSYSI_HDR_REQUEST_ID),
+      K("content-type", DSYSI_HDR_CONTENT_TYPE),
+      K("x-dsys-user-id", DSYSI_HDR_USER_ID),
+      K("content-length", DSYSI_HDR_HOP),
+      K("idempotency-key", DSYSI_HDR_IDEMPOTENCY_KEY),
+      K("x-forwarded-for", DSYSI_HDR_FORWARDED_FOR),
+      K("proxy-connection", DSYSI_HDR_HOP),
+      K("transfer-encoding", DSYSI_HDR_HOP),
+      K("proxy-authenticate", DSYSI_HDR_HOP),
+      K("proxy-authorization", DSYSI_HDR_HOP),
   };
+#undef K
   size_t n = strlen(name);
+  if (n < 2 || n > 19) return DSYSI_HDR_OTHER;
   for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-    if (strlen(known[i].lc) == n && same_lc(name, known[i].lc, n)) return known[i].cls;
+    if (known[i].len == n && same_lc(name, known[i].lc, n)) return known[i].cls;
   return DSYSI_HDR_OTHER;
 }
 

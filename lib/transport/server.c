@@ -300,6 +300,9 @@ int dsys_request_log_field(dsys_request *r, const char *key, const char *value) 
                                          "span_id", "remote", "aborted"};
   for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
     if (!strcmp(key, reserved[i])) return DSYS_EINVAL;
+  /* No access record will be written: nothing to keep (this is called on
+   * the gateway's hot path for every proxied request). */
+  if (!r->srv->o.access_log && !dsysi_log_enabled(DSYS_LOG_DEBUG)) return 0;
   pthread_mutex_lock(&r->mu);
   int rc = 0;
   size_t i = 0;
