@@ -286,25 +286,11 @@ static void stop_all(void) {
 }
 
 int main(int argc, char **argv) {
-  char err[256];
   dsys_config *cfg;
-  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) {
-    fprintf(stderr, "dsys-cluster: %s\n", err);
-    return 2;
-  }
+  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "dsys-cluster [run|status]",
+                              "Starts and supervises the reference deployment; 'status' reports a running one.");
+  if (st >= 0) return st;
   const char *cmd = dsys_config_npositional(cfg) ? dsys_config_positional(cfg, 0) : "run";
-  if (dsys_config_get_bool(cfg, "help")) {
-    char *u;
-    dsys_config_usage(opts, NOPTS, "dsys-cluster [run|status]",
-                      "Starts and supervises the reference deployment; 'status' reports a running one.", &u);
-    fputs(u, stdout);
-    dsys_free(u);
-    return 0;
-  }
-  if (dsys_config_get_bool(cfg, "version")) {
-    printf("dsys-cluster (libdistsys %s)\n", dsys_version());
-    return 0;
-  }
   if (!realpath(dsys_config_get(cfg, "data-dir"), datadir)) {
     mkdir(dsys_config_get(cfg, "data-dir"), 0755);
     if (!realpath(dsys_config_get(cfg, "data-dir"), datadir)) {

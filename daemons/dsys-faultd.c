@@ -55,26 +55,10 @@ static int add_target(dsys_faultd *fd, const char *spec) {
 }
 
 int main(int argc, char **argv) {
-  char err[256] = "";
   dsys_config *cfg = NULL;
-  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) return fail(NULL, err, NULL);
-  if (dsys_config_get_bool(cfg, "help")) {
-    char *u;
-    dsys_config_usage(opts, NOPTS, PROG, "The fault detector of the reference deployment (HTTP-API.md).", &u);
-    fputs(u, stdout);
-    dsys_free(u);
-    dsys_config_free(cfg);
-    return 0;
-  }
-  if (dsys_config_get_bool(cfg, "version")) {
-    printf(PROG " (libdistsys %s)\n", dsys_version());
-    dsys_config_free(cfg);
-    return 0;
-  }
-  dsys_log_format fmt;
-  if (dsys_log_format_parse(dsys_config_get(cfg, "log-format"), &fmt))
-    return fail(cfg, "--log-format must be text or json", NULL);
-  dsys_log_set_format(fmt);
+  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, PROG,
+                              "The fault detector of the reference deployment (HTTP-API.md).");
+  if (st >= 0) return st;
   int64_t interval = 0, timeout = 0, slow = 0, thr = 0;
   dsys_config_get_int(cfg, "interval-ms", &interval);
   dsys_config_get_int(cfg, "timeout-ms", &timeout);
@@ -94,8 +78,8 @@ int main(int argc, char **argv) {
 
   dsys_registry *reg = NULL;
   if (rurl) {
-    int sq = !strncmp(rurl, "sqlite://", 9);
-    int rc = dsys_registry_open(&reg, sq ? "sqlite" : "http", sq ? rurl + 9 : rurl, NULL, err, sizeof err);
+    char err[256] = "";
+    int rc = dsys_registry_open(&reg, rurl, NULL, NULL, err, sizeof err);
     if (rc) {
       fprintf(stderr, PROG ": cannot open the registry %s: %s %s\n", rurl, dsys_strerror(rc), err);
       dsys_config_free(cfg);

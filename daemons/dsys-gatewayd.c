@@ -109,23 +109,9 @@ static int covering(const rspec *r, size_t n, const char *path) {
 int main(int argc, char **argv) {
   char err[256];
   dsys_config *cfg;
-  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) return fail(err, NULL);
-  if (dsys_config_get_bool(cfg, "help")) {
-    char *u;
-    dsys_config_usage(opts, NOPTS, "dsys-gatewayd",
-                      "The load balancer of the reference deployment (HTTP-API.md).", &u);
-    fputs(u, stdout);
-    dsys_free(u);
-    return 0;
-  }
-  if (dsys_config_get_bool(cfg, "version")) {
-    printf("dsys-gatewayd (libdistsys %s)\n", dsys_version());
-    return 0;
-  }
-  dsys_log_format lf;
-  if (dsys_log_format_parse(dsys_config_get(cfg, "log-format"), &lf))
-    return fail("--log-format must be text or json", NULL);
-  dsys_log_set_format(lf);
+  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "dsys-gatewayd",
+                              "The load balancer of the reference deployment (HTTP-API.md).");
+  if (st >= 0) return st;
   int64_t loops = 0, try_ms = 0;
   dsys_config_get_int(cfg, "loops", &loops);
   dsys_config_get_int(cfg, "try-timeout-ms", &try_ms);

@@ -35,24 +35,9 @@ static int fail(dsys_config *cfg, const char *what, const char *detail) {
 int main(int argc, char **argv) {
   char err[256] = "";
   dsys_config *cfg = NULL;
-  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) return fail(NULL, err, NULL);
-  if (dsys_config_get_bool(cfg, "help")) {
-    char *u;
-    dsys_config_usage(opts, NOPTS, PROG, "The libdistsys service registry daemon.", &u);
-    fputs(u, stdout);
-    dsys_free(u);
-    dsys_config_free(cfg);
-    return 0;
-  }
-  if (dsys_config_get_bool(cfg, "version")) {
-    printf(PROG " (libdistsys %s)\n", dsys_version());
-    dsys_config_free(cfg);
-    return 0;
-  }
-  dsys_log_format fmt;
-  if (dsys_log_format_parse(dsys_config_get(cfg, "log-format"), &fmt))
-    return fail(cfg, "--log-format must be text or json", NULL);
-  dsys_log_set_format(fmt);
+  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, PROG,
+                              "The libdistsys service registry daemon.");
+  if (st >= 0) return st;
   int64_t ttl = 0, reap = 0;
   dsys_config_get_int(cfg, "ttl-ms", &ttl);
   dsys_config_get_int(cfg, "reap-ms", &reap);

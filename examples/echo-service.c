@@ -62,32 +62,11 @@ static void h_hello(dsys_request *req, void *ud) {
 }
 
 int main(int argc, char **argv) {
-  char err[256];
   dsys_config *cfg;
-  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) {
-    fprintf(stderr, "echo-service: %s\n", err);
-    return 2;
-  }
-  if (dsys_config_get_bool(cfg, "help")) {
-    char *u;
-    dsys_config_usage(opts, NOPTS, "echo-service", "A minimal libdistsys HTTP service.", &u);
-    fputs(u, stdout);
-    dsys_free(u);
-    dsys_config_free(cfg);
-    return 0;
-  }
-  if (dsys_config_get_bool(cfg, "version")) {
-    printf("echo-service (libdistsys %s)\n", dsys_version());
-    dsys_config_free(cfg);
-    return 0;
-  }
-  dsys_log_format fmt;
-  if (dsys_log_format_parse(dsys_config_get(cfg, "log-format"), &fmt)) {
-    fprintf(stderr, "echo-service: --log-format must be text or json\n");
-    dsys_config_free(cfg);
-    return 2;
-  }
-  dsys_log_set_format(fmt);
+  /* flags, environment, --help, --version and --log-format in one call */
+  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "echo-service",
+                              "A minimal libdistsys HTTP service.");
+  if (st >= 0) return st;
 
   /* Block the stop signals before any library thread starts, then wait
    * for them synchronously: no async-signal-safety puzzles. */

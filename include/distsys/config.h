@@ -93,6 +93,22 @@ DSYS_API int dsys_config_usage(const dsys_option *opts, size_t nopts,
                                const char *progname, const char *summary,
                                char **out);
 
+/**
+ * The common start of a program's main: parse argv and the environment
+ * (dsys_config_parse); answer --help (dsys_config_usage on stdout) and
+ * --version ("PROG (libdistsys VERSION)"); apply --log-format and
+ * --log-level when the table has them. Options named "help", "version",
+ * "log-format" and "log-level" are used when present.
+ * Messages for bad flags go to stderr as "PROG: message (try --help)".
+ * @param out receives the config when the program should go on.
+ * @return -1 to go on (*out set; free it with dsys_config_free); otherwise
+ *         the exit status to return at once: 0 after --help or --version,
+ *         2 for bad flags or values, 1 out of memory (*out untouched).
+ */
+DSYS_API int dsys_program_start(dsys_config **out, const dsys_option *opts,
+                                size_t nopts, int argc, char *const *argv,
+                                const char *progname, const char *summary);
+
 #ifdef __cplusplus
 }
 #endif

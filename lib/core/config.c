@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/config.h>
+#include <distsys/log.h>
 #include "internal.h"
 
 enum { SRC_UNSET = 0, SRC_DEFAULT, SRC_ENV, SRC_FLAG };
@@ -240,4 +241,60 @@ int dsys_config_usage(const dsys_option *opts, size_t nopts,
   if (!s) return DSYS_ENOMEM;
   *out = s;
   return 0;
+}
+
+static int has_opt(const dsys_option *opts, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(opts[i].name, name)) return 1;
+  return 0;
+}
+
+int dsys_program_start(dsys_config **out, const dsys_option *opts, size_t nopts,
+                       int argc, char *const *argv, const char *progname,
+                       const char *summary) {
+  char err[256];
+  dsys_config *cfg;
+  const char *prog = progname ? progname : "program";
+  if (!out) return 2;
+  int rc = dsys_config_parse(&cfg, opts, nopts, argc, argv, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "%s: %s (try --help)\n", prog, err);
+    return rc == DSYS_ENOMEM ? 1 : 2;
+  }
+  int status = -1;
+  if (has_opt(opts, nopts, "help") && dsys_config_get_bool(cfg, "help")) {
+    char *u = NULL;
+    if (dsys_config_usage(opts, nopts, prog, summary, &u)) status = 1;
+    else fputs(u, stdout), status = 0;
+    dsys_free(u);
+  } else if (has_opt(opts, nopts, "version") && dsys_config_get_bool(cfg, "version")) {
+    printf("%s (libdistsys %s)\n", prog, dsys_version());
+    status = 0;
+  } else {
+    const char *v;
+    dsys_log_format fmt;
+    dsys_log_level lvl;
+    if (has_opt(opts, nopts, "log-format") && (v = dsys_config_get(cfg, "log-format"))) {
+      if (dsys_log_format_parse(v, &fmt)) {
+        fprintf(stderr, "%s: --log-format must be text or json\n", prog);
+        status = 2;
+      } else {
+        dsys_log_set_format(fmt);
+      }
+    }
+    if (status < 0 && has_opt(opts, nopts, "log-level") && (v = dsys_config_get(cfg, "log-level"))) {
+      if (dsys_log_level_parse(v, &lvl)) {
+        fprintf(stderr, "%s: --log-level must be debug, info, warn, error or off\n", prog);
+        status = 2;
+      } else {
+        dsys_log_set_level(lvl);
+      }
+    }
+  }
+  if (status >= 0) {
+    dsys_config_free(cfg);
+    return status;
+  }
+  *out = cfg;
+  return -1;
 }

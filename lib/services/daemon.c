@@ -165,38 +165,12 @@ int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
   opts[3].def = sp->default_name;
   if (sp->nextra) memcpy(opts + NCOMMON, sp->extra, sp->nextra * sizeof *opts);
   dsys_daemon d = {.spec = sp};
-  char err[256];
-  int status = 0;
-  if (dsys_config_parse(&d.cfg, opts, nopts, argc, argv, err, sizeof err)) {
-    fprintf(stderr, "%s: %s (try --help)\n", prog, err);
+  int status = dsys_program_start(&d.cfg, opts, nopts, argc, argv, prog, sp->summary);
+  if (status >= 0) {
     free(opts);
-    return 2;
+    return status;
   }
-  if (dsys_config_get_bool(d.cfg, "help")) {
-    char *u = NULL;
-    dsys_config_usage(opts, nopts, prog, sp->summary, &u);
-    if (u) fputs(u, stdout);
-    dsys_free(u);
-    goto done;
-  }
-  if (dsys_config_get_bool(d.cfg, "version")) {
-    printf("%s (libdistsys %s)\n", prog, dsys_version());
-    goto done;
-  }
-  dsys_log_format fmt;
-  dsys_log_level lvl;
-  if (dsys_log_format_parse(dsys_config_get(d.cfg, "log-format"), &fmt)) {
-    fprintf(stderr, "%s: --log-format must be text or json\n", prog);
-    status = 2;
-    goto done;
-  }
-  if (dsys_log_level_parse(dsys_config_get(d.cfg, "log-level"), &lvl)) {
-    fprintf(stderr, "%s: --log-level must be debug, info, warn, error or off\n", prog);
-    status = 2;
-    goto done;
-  }
-  dsys_log_set_format(fmt);
-  dsys_log_set_level(lvl);
+  status = 0;
   if (dsys_config_npositional(d.cfg)) {
     fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog,
             dsys_config_positional(d.cfg, 0));
