@@ -120,3 +120,37 @@ def handling() -> list:
     if h is None:
         h = _tls.handling = []
     return h
+
+
+class Handle:
+    """Base of the classes that own a library handle: ``close()``,
+    ``closed``, use as a context manager, and ``_call()``, which holds the
+    handle while a library function runs and raises for its error code.
+    Subclasses set ``self._life, self._fin = attach(...)``."""
+
+    _life: Life
+    _fin: Callable[[], None]
+
+    def close(self) -> None:
+        """Free the library handle (idempotent); calls in progress on other
+        threads finish first."""
+        self._fin()
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._life.closed
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, f: Any, *args: Any) -> None:
+        p = self._life.enter()
+        try:
+            rc = f(p, *args)
+        finally:
+            self._life.leave()
+        errors.raise_for(rc)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import _handle, _lib, errors
-from ._handle import attach, callback_scope, handling
+from ._handle import attach, callback_scope, handling, Handle
 
 __all__ = ["Queue", "Job", "JobContext", "Worker", "JOB_STATES"]
 
@@ -82,7 +82,7 @@ def _names(queues: Union[str, Sequence[str]]) -> Any:
     return arr, len(queues)
 
 
-class Queue:
+class Queue(Handle):
     """A durable job queue opened by URL (``"memory:"`` or
     ``"sqlite:///abs/file.sqlite"``, shareable by several processes).
 
@@ -114,27 +114,8 @@ class Queue:
             raise errors.error_class(-16)(-16, "Queue.close() from its own worker's handler")
         self._fin()
 
-    @property
-    def closed(self) -> bool:
-        """True once closed."""
-        return self._life.closed
-
-    def __enter__(self) -> "Queue":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"<distsys.Queue {self.url!r}{' closed' if self.closed else ''}>"
-
-    def _call(self, f: Any, *args: Any) -> None:
-        p = self._life.enter()
-        try:
-            rc = f(p, *args)
-        finally:
-            self._life.leave()
-        errors.raise_for(rc)
 
     def submit(self, queue: str, payload: Any = None, *, priority: int = 0,
                delay_ms: int = 0, max_attempts: int = 0,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import _lib, errors
-from ._handle import attach, callback_scope
+from ._handle import attach, callback_scope, Handle
 
 __all__ = ["Registry", "Instance", "Change", "CHANGE_KINDS"]
 
@@ -60,7 +60,7 @@ def _instances(arr: Any, n: int) -> List[Instance]:
     return out
 
 
-class Registry:
+class Registry(Handle):
     """A service registry.
 
     ``backend`` is "memory" (this handle only), "sqlite" (``target`` is a
@@ -98,22 +98,6 @@ class Registry:
         # the watch callbacks stay alive until the registry is freed
         self._life, self._fin = attach(self, h.value, _lib.dsys_registry_close,
                                        keep=self._watches)
-
-    def close(self) -> None:
-        """Close dependent Upstreams, stop the sweep timer, free
-        (idempotent). Must not be called from a watch callback."""
-        self._fin()
-
-    @property
-    def closed(self) -> bool:
-        """True once closed."""
-        return self._life.closed
-
-    def __enter__(self) -> "Registry":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def _call(self, f: Any, *args: Any) -> None:
         p = self._life.enter()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 
 from . import _lib, errors
-from ._handle import attach, callback_scope
+from ._handle import attach, callback_scope, Handle
 
 __all__ = ["Balancer", "Pick", "Breaker", "BreakerStats", "POLICIES",
            "BREAKER_STATES"]
@@ -50,7 +50,7 @@ class Pick:
     _raw: Any = None
 
 
-class Balancer:
+class Balancer(Handle):
     """Picks one endpoint among a set with a policy: "round_robin",
     "weighted_round_robin", "least_request", "random", "ring_hash",
     "maglev". Each endpoint has an id, a weight, an availability flag and an
@@ -80,21 +80,6 @@ class Balancer:
         self._values: Dict[str, Any] = {}
         self._life, self._fin = attach(self, h.value, _lib.dsys_balancer_free)
 
-    def close(self) -> None:
-        """Free the balancer (idempotent)."""
-        self._fin()
-
-    @property
-    def closed(self) -> bool:
-        """True once closed."""
-        return self._life.closed
-
-    def __enter__(self) -> "Balancer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __len__(self) -> int:
         """Number of endpoints."""
         p = self._life.enter()
@@ -102,14 +87,6 @@ class Balancer:
             return _lib.dsys_balancer_count(p)
         finally:
             self._life.leave()
-
-    def _call(self, f: Any, *args: Any) -> None:
-        p = self._life.enter()
-        try:
-            rc = f(p, *args)
-        finally:
-            self._life.leave()
-        errors.raise_for(rc)
 
     def add(self, id: str, weight: int = 1, value: Any = None) -> None:
         """Add an endpoint (AlreadyExistsError for a known id)."""
@@ -188,7 +165,7 @@ class BreakerStats:
     transitions: int
 
 
-class Breaker:
+class Breaker(Handle):
     """A circuit breaker. States: "closed", "open", "half-open",
     "forced-open", "disabled".
 
@@ -242,21 +219,6 @@ class Breaker:
         self.name = name
         self._life, self._fin = attach(self, h.value, _lib.dsys_breaker_free,
                                        keep=cb)
-
-    def close(self) -> None:
-        """Free the breaker (idempotent)."""
-        self._fin()
-
-    @property
-    def closed(self) -> bool:
-        """True once freed (not the breaker state; see :attr:`state`)."""
-        return self._life.closed
-
-    def __enter__(self) -> "Breaker":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def acquire(self) -> int:
         """Ask permission; returns a permit for :meth:`record`. Raises

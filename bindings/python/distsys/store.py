@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import _lib, errors
-from ._handle import attach
+from ._handle import attach, Handle
 
 __all__ = ["Store", "Item"]
 
@@ -53,7 +53,7 @@ def _enc(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-class Store:
+class Store(Handle):
     """A key-value store opened by URL.
 
     ``"memory:"`` is private to this process; ``"sqlite:///abs/file.sqlite"``
@@ -85,20 +85,6 @@ class Store:
         self._life, self._fin = attach(self, h.value, _lib.dsys_store_close)
 
     # -- lifetime --
-    def close(self) -> None:
-        """Close the store (idempotent). Calls in progress finish first."""
-        self._fin()
-
-    @property
-    def closed(self) -> bool:
-        """True once closed."""
-        return self._life.closed
-
-    def __enter__(self) -> "Store":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<distsys.Store {self.url!r}{' closed' if self.closed else ''}>"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 from . import _lib, errors
-from ._handle import attach
+from ._handle import attach, Handle
 from .registry import Registry
 from .resilience import BREAKER_STATES, policy_number
 
@@ -63,7 +63,7 @@ class EndpointStats:
     p99_us: int
 
 
-class Upstream:
+class Upstream(Handle):
     """Calls one service through the library: endpoints from a
     :class:`Registry` (kept current by a watch) and/or static ones, a
     balancing policy, a circuit breaker per endpoint, passive outlier
@@ -140,21 +140,6 @@ class Upstream:
         for eid, url in (endpoints or {}).items():
             self.add(eid, url)
 
-    def close(self) -> None:
-        """Free the upstream (waits for calls in flight; idempotent)."""
-        self._fin()
-
-    @property
-    def closed(self) -> bool:
-        """True once closed."""
-        return self._life.closed
-
-    def __enter__(self) -> "Upstream":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __len__(self) -> int:
         """Number of endpoints."""
         p = self._life.enter()
@@ -162,14 +147,6 @@ class Upstream:
             return _lib.dsys_upstream_count(p)
         finally:
             self._life.leave()
-
-    def _call(self, f: Any, *args: Any) -> None:
-        p = self._life.enter()
-        try:
-            rc = f(p, *args)
-        finally:
-            self._life.leave()
-        errors.raise_for(rc)
 
     def add(self, id: str, url: str, weight: int = 1) -> None:
         """Add a static endpoint (AlreadyExistsError)."""
