@@ -8,7 +8,8 @@
  * DSYS_ETOOBIG for a response over the limit) or returns a reply with any
  * HTTP status; see dsys_classify().
  *
- * http:// and unix:// use libcurl with keep-alive connection reuse; inproc://
+ * http://, https:// and unix:// use libcurl with keep-alive connection
+ * reuse (a failed TLS handshake or certificate check is DSYS_EPROTO); inproc://
  * calls a server in the same process with no socket.
  *
  * Threads: a client may be used from many threads at once. Asynchronous
@@ -46,6 +47,13 @@ typedef struct dsys_client_options {
   int64_t timeout_ms;          /**< whole request, default 30000 */
   size_t max_response;         /**< response body limit, default 64 MiB */
   dsys_clock *clock;           /**< for inproc timeouts; default real */
+  /* https:// (strings copied by dsys_client_new). The server certificate
+   * and host name are always verified unless tls_insecure is set. */
+  const char *tls_ca_file;     /**< PEM CA bundle; default: the system store */
+  const char *tls_cert_file;   /**< PEM client certificate (mutual TLS) */
+  const char *tls_key_file;    /**< PEM client key (with tls_cert_file) */
+  int32_t tls_insecure;        /**< 1: skip certificate verification (never
+                                    in production) */
 } dsys_client_options;
 
 /** Streaming body callback: called for each piece of the body, in order. */

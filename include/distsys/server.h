@@ -83,6 +83,14 @@ typedef struct dsys_server_options {
                                    (slow clients trickling bytes reset the
                                    idle timeout, not this one); 0 = off
                                    (default) */
+  /* https:// listeners (ignored by other transports); the files are read
+   * at dsys_server_listen and the strings copied by dsys_server_new. */
+  const char *tls_cert_file;  /**< PEM certificate (chain); required for https */
+  const char *tls_key_file;   /**< PEM private key (unencrypted); required for https */
+  const char *tls_client_ca_file; /**< PEM CA(s): when set, mutual TLS: a
+                                       request whose connection did not
+                                       present a certificate signed by these
+                                       gets 403 (DSYS_EPERM) */
 } dsys_server_options;
 
 /**
@@ -112,8 +120,10 @@ DSYS_API int dsys_server_use(dsys_server *srv, dsys_hook_fn fn, void *ud);
 /**
  * Start listening. May be called several times (one server on several
  * transports). Port 0 picks a free port: read it back with dsys_server_url.
- * @param url "http://127.0.0.1:0", "unix:///run/x.sock", "inproc://name".
- * @return 0, DSYS_EINVAL, DSYS_ESCHEME, DSYS_EURL, DSYS_ERESOLVE,
+ * @param url "http://127.0.0.1:0", "https://127.0.0.1:0" (needs
+ *        tls_cert_file and tls_key_file), "unix:///run/x.sock", "inproc://name".
+ * @return 0, DSYS_EINVAL (https without certificate or key), DSYS_EIO (a TLS
+ *         file unreadable or rejected), DSYS_ENOTSUP, DSYS_ESCHEME, DSYS_EURL, DSYS_ERESOLVE,
  *         DSYS_EADDRINUSE, DSYS_EPERM, DSYS_EEXIST (inproc name taken),
  *         DSYS_EIO, DSYS_ESTATE (stopped), DSYS_ENOMEM (also: more than 8
  *         listeners).

@@ -11,6 +11,7 @@
 
 struct dsys_client {
   dsys_client_options o;
+  char *tls[3]; /* copies of tls_ca_file, tls_cert_file, tls_key_file */
   pthread_mutex_t mu;
   void *slots[NSLOTS];
   dsysi_call *pending; /* calls started and not yet completed */
@@ -22,6 +23,8 @@ void **dsysi_client_slot(dsys_client *c, const dsys_transport_ops *ops) {
 }
 
 pthread_mutex_t *dsysi_client_lock(dsys_client *c) { return &c->mu; }
+
+const dsys_client_options *dsysi_client_options(dsys_client *c) { return &c->o; }
 
 int dsys_client_new(dsys_client **out, const dsys_client_options *opts) {
   if (!out) return DSYS_EINVAL;
@@ -36,6 +39,16 @@ int dsys_client_new(dsys_client **out, const dsys_client_options *opts) {
   if (c->o.timeout_ms <= 0) c->o.timeout_ms = 30000;
   if (!c->o.max_response) c->o.max_response = 64u * 1024 * 1024;
   if (!c->o.clock) c->o.clock = dsys_clock_real();
+  const char **tf[3] = {&c->o.tls_ca_file, &c->o.tls_cert_file, &c->o.tls_key_file};
+  for (int i = 0; i < 3; i++)
+    if (*tf[i]) {
+      if (!(c->tls[i] = strdup(*tf[i]))) {
+        for (int j = 0; j < i; j++) free(c->tls[j]);
+        free(c);
+        return DSYS_ENOMEM;
+      }
+      *tf[i] = c->tls[i];
+    }
   pthread_mutex_init(&c->mu, NULL);
   *out = c;
   return 0;
@@ -58,6 +71,7 @@ void dsys_client_free(dsys_client *c) {
     dsysi_call_complete(call, DSYS_ECANCELED, NULL);
   }
   pthread_mutex_destroy(&c->mu);
+  for (int i = 0; i < 3; i++) free(c->tls[i]);
   free(c);
 }
 

@@ -1,5 +1,5 @@
 /*
- * Dialer side of the http:// and unix:// transports, on libcurl.
+ * Dialer side of the http://, https:// and unix:// transports, on libcurl.
  * Synchronous calls run on the caller's thread with pooled easy handles
  * (keep-alive reuse); asynchronous calls run on one I/O thread per client
  * driving a curl multi handle. Both share setup_xfer/finish_xfer.
@@ -108,7 +108,7 @@ static int setup_xfer(xfer *x) {
     dsysi_buf_printf(&url, "http://localhost%s", call->path);
   } else {
     int v6 = strchr(u.host, ':') != NULL;
-    dsysi_buf_printf(&url, "http://%s%s%s:%d%s%s", v6 ? "[" : "", u.host,
+    dsysi_buf_printf(&url, "%s://%s%s%s:%d%s%s", u.scheme, v6 ? "[" : "", u.host,
                      v6 ? "]" : "", u.port, u.path, call->path);
   }
   dsysi_url_free(&u);
@@ -118,7 +118,19 @@ static int setup_xfer(xfer *x) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)call->timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)call->connect_timeout_ms);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+  if (call->ops == &dsysi_https_ops) {
+    /* Verification is curl's default; set it anyway so a reused handle
+     * (curl_easy_reset) can never inherit an insecure setting. */
+    const dsys_client_options *o = dsysi_client_options(call->client);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->tls_insecure ? 0L : 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->tls_insecure ? 0L : 2L);
+    if (o->tls_ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, o->tls_ca_file);
+    if (o->tls_cert_file) curl_easy_setopt(e, CURLOPT_SSLCERT, o->tls_cert_file);
+    if (o->tls_key_file) curl_easy_setopt(e, CURLOPT_SSLKEY, o->tls_key_file);
+  } else {
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+  }
   if (!strcmp(call->method, "HEAD")) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
   } else if (strcmp(call->method, "GET") != 0 || call->body_len) {

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <microhttpd.h>
+#include <gnutls/gnutls.h>
 #include "transport/evloop.h"
 #include "transport/transport.h"
 #include "transport/url.h"
@@ -66,6 +67,8 @@ struct mhd_lst {
   char url[300];
   char *unix_path;
   int quiesced;
+  int tls;              /* https: MHD with GnuTLS */
+  char *pem_cert, *pem_key, *pem_trust; /* read at listen; MHD keeps pointers */
 };
 
 typedef struct mhd_req {
@@ -277,6 +280,19 @@ static void set_remote(mhd_req *m, dsys_request *r) {
   memcpy(&r->raddr, ci->client_addr, n);
 }
 
+/* Mutual TLS: MHD asks for a client certificate when it has a trust list
+ * (MHD_OPTION_HTTPS_MEM_TRUST) but leaves the verdict to the application:
+ * the peer must have sent a chain that verifies against that list. */
+static int client_cert_ok(struct MHD_Connection *conn) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  gnutls_session_t ts = ci ? (gnutls_session_t)ci->tls_session : NULL;
+  unsigned int n = 0, status = 0;
+  if (!ts || !gnutls_certificate_get_peers(ts, &n) || n == 0) return 0;
+  return gnutls_certificate_verify_peers2(ts, &status) == GNUTLS_E_SUCCESS &&
+         status == 0;
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
                                       const char *url, const char *method,
                                       const char *version,
@@ -289,6 +305,11 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
   size_t max = dsysi_server_max_body(l->srv);
   if (!m->seen) {
     m->seen = 1;
+    if (l->pem_trust && !client_cert_ok(conn)) {
+      watch_conn(l, conn, 0);
+      return queue_error(conn, 403, "DSYS_EPERM",
+                         "A valid client certificate is required");
+    }
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > max) {
       watch_conn(l, conn, 0);
@@ -393,6 +414,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap) {
 
 static int bind_socket(const char *url, int is_unix, int reuseport, mhd_lst *l,
                        int *fd_out) {
+  const char *scheme = l->tls ? "https" : "http";
   int fd = -1;
   if (is_unix) {
     dsysi_url u;
@@ -468,12 +490,12 @@ static int bind_socket(const char *url, int is_unix, int reuseport, mhd_lst *l,
       struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
       inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
       bport = ntohs(s6->sin6_port);
-      snprintf(l->url, sizeof l->url, "http://[%s]:%d", ip, bport);
+      snprintf(l->url, sizeof l->url, "%s://[%s]:%d", scheme, ip, bport);
     } else {
       struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
       inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
       bport = ntohs(s4->sin_port);
-      snprintf(l->url, sizeof l->url, "http://%s:%d", ip, bport);
+      snprintf(l->url, sizeof l->url, "%s://%s:%d", scheme, ip, bport);
     }
     dsysi_url_free(&u);
   }
@@ -544,6 +566,12 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   OPT(MHD_OPTION_NOTIFY_COMPLETED, request_completed, md);
   OPT(MHD_OPTION_URI_LOG_CALLBACK, uri_log, md);
   if (l->req_timeout_us) OPT(MHD_OPTION_NOTIFY_CONNECTION, notify_conn, md);
+  if (l->tls) {
+    flags |= MHD_USE_TLS;
+    OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, l->pem_key);
+    OPT(MHD_OPTION_HTTPS_MEM_CERT, 0, l->pem_cert);
+    if (l->pem_trust) OPT(MHD_OPTION_HTTPS_MEM_TRUST, 0, l->pem_trust);
+  }
   OPT(MHD_OPTION_END, 0, NULL);
 #undef OPT
   /* The logger must come first so MHD's own early messages use it. */
@@ -595,8 +623,55 @@ static void free_lst(mhd_lst *l) {
   pthread_cond_destroy(&l->ccv);
   if (l->unix_path) unlink(l->unix_path);
   free(l->unix_path);
+  free(l->pem_cert);
+  if (l->pem_key) explicit_bzero(l->pem_key, strlen(l->pem_key));
+  free(l->pem_key);
+  free(l->pem_trust);
   free(l->ds);
   free(l);
+}
+
+/* A whole PEM file as a NUL-terminated string (MHD wants memory). */
+static int read_pem(const char *path, char **out) {
+  FILE *f = fopen(path, "re");
+  if (!f) {
+    dsysi_log(DSYS_LOG_ERROR, "https", "cannot open %s", path);
+    return DSYS_EIO;
+  }
+  dsysi_buf b = {0};
+  char chunk[4096];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    if (dsysi_buf_append(&b, chunk, n)) break;
+  int err = ferror(f);
+  fclose(f);
+  if (b.oom) {
+    dsysi_buf_free(&b);
+    return DSYS_ENOMEM;
+  }
+  if (err || !b.len || !strstr(b.data, "-----BEGIN ")) {
+    dsysi_log(DSYS_LOG_ERROR, "https", "%s: not a readable PEM file", path);
+    dsysi_buf_free(&b);
+    return DSYS_EIO;
+  }
+  size_t len;
+  *out = dsysi_buf_steal(&b, &len);
+  return *out ? 0 : DSYS_ENOMEM;
+}
+
+/* https: read the PEM files; event-loop mode is checked by the caller. */
+static int load_tls(mhd_lst *l) {
+  const char *cert, *key, *ca;
+  dsysi_server_tls(l->srv, &cert, &key, &ca);
+  if (!cert || !key) {
+    dsysi_log(DSYS_LOG_ERROR, "https",
+              "https:// needs tls_cert_file and tls_key_file");
+    return DSYS_EINVAL;
+  }
+  int rc = read_pem(cert, &l->pem_cert);
+  if (!rc) rc = read_pem(key, &l->pem_key);
+  if (!rc && ca) rc = read_pem(ca, &l->pem_trust);
+  return rc;
 }
 
 static int mhd_listen(dsys_server *srv, const char *url, void **out,
@@ -605,6 +680,7 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   if (!l) return DSYS_ENOMEM;
   l->srv = srv;
   l->ops = ops;
+  l->tls = ops == &dsysi_https_ops;
   pthread_mutex_init(&l->cmu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
@@ -628,7 +704,8 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
     l->ds[i].l = l;
     l->ds[i].fd = -1;
   }
-  int rc = bind_socket(url, is_unix, l->nd > 1, l, &l->ds[0].fd);
+  int rc = l->tls ? load_tls(l) : 0;
+  if (!rc) rc = bind_socket(url, is_unix, l->nd > 1, l, &l->ds[0].fd);
   for (unsigned i = 1; !rc && i < l->nd; i++)
     rc = bind_socket(l->url, 0, 1, l, &l->ds[i].fd); /* the bound port */
   for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
@@ -646,6 +723,10 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
 
 static int http_listen(dsys_server *srv, const char *url, void **out) {
   return mhd_listen(srv, url, out, &dsysi_http_ops, 0);
+}
+
+static int https_listen(dsys_server *srv, const char *url, void **out) {
+  return mhd_listen(srv, url, out, &dsysi_https_ops, 0);
 }
 
 static int unix_listen(dsys_server *srv, const char *url, void **out) {
@@ -690,6 +771,22 @@ const dsys_transport_ops dsysi_http_ops = {
     .name = "http",
     .scheme = "http",
     .listen = http_listen,
+    .url = mhd_url,
+    .quiesce = mhd_quiesce,
+    .notify = notify,
+    .close = mhd_close,
+    .call = dsysi_curl_call,
+    .call_sync = dsysi_curl_call_sync,
+    .client_free = dsysi_curl_client_free,
+};
+
+/* https: the http code with MHD_USE_TLS on the listener and libcurl's TLS
+ * on the dialer. */
+const dsys_transport_ops dsysi_https_ops = {
+    .version = DSYS_TRANSPORT_OPS_VERSION,
+    .name = "https",
+    .scheme = "https",
+    .listen = https_listen,
     .url = mhd_url,
     .quiesce = mhd_quiesce,
     .notify = notify,

@@ -5,3 +5,7 @@ libdsys_internal_la_SOURCES += \
 	lib/transport/http_client.c lib/transport/inproc.c lib/transport/h1.c \
 	lib/transport/evloop.c lib/transport/h1client.c
 noinst_HEADERS += lib/transport/transport.h lib/transport/url.h lib/transport/h1.h lib/transport/evloop.h lib/transport/h1client.h
+# https:// (issue 10): the listener checks client certificates (mutual TLS)
+# with GnuTLS, which libmicrohttpd already links.
+libdsys_internal_la_LIBADD += -lgnutls
+libdistsys_la_LIBADD += -lgnutls

@@ -38,6 +38,7 @@ typedef struct listener {
 struct dsys_server {
   dsys_server_options o;
   char *name;
+  char *tls[3]; /* copies of tls_cert_file, tls_key_file, tls_client_ca_file */
   route *routes;
   size_t nroutes;
   hook *hooks;
@@ -73,6 +74,12 @@ uint32_t dsysi_server_connection_memory(dsys_server *s) { return s->o.connection
 uint32_t dsysi_server_event_loops(dsys_server *s) { return s->o.event_loops; }
 uint32_t dsysi_server_request_timeout(dsys_server *s) { return s->o.request_timeout_s; }
 dsys_clock *dsysi_server_clock(dsys_server *s) { return s->o.clock; }
+void dsysi_server_tls(dsys_server *s, const char **cert, const char **key,
+                      const char **client_ca) {
+  *cert = s->o.tls_cert_file;
+  *key = s->o.tls_key_file;
+  *client_ca = s->o.tls_client_ca_file;
+}
 
 int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
   if (!out) return DSYS_EINVAL;
@@ -94,13 +101,22 @@ int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
   if (s->o.connection_memory < 4096) s->o.connection_memory = 4096;
   s->name = strdup(s->o.name ? s->o.name : "server");
   s->o.name = s->name;
+  const char **tf[3] = {&s->o.tls_cert_file, &s->o.tls_key_file,
+                        &s->o.tls_client_ca_file};
+  int tls_oom = 0;
+  for (int i = 0; i < 3; i++)
+    if (*tf[i]) {
+      s->tls[i] = strdup(*tf[i]);
+      if (!s->tls[i]) tls_oom = 1;
+      *tf[i] = s->tls[i];
+    }
   pthread_mutex_init(&s->mu, NULL);
   pthread_condattr_t a;
   pthread_condattr_init(&a);
   pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
   pthread_cond_init(&s->cv, &a);
   pthread_condattr_destroy(&a);
-  if (!s->name) {
+  if (!s->name || tls_oom) {
     dsys_server_free(s);
     return DSYS_ENOMEM;
   }
@@ -614,6 +630,7 @@ void dsys_server_free(dsys_server *s) {
   free(s->routes);
   free(s->hooks);
   free(s->name);
+  for (int i = 0; i < 3; i++) free(s->tls[i]);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
   free(s);

@@ -174,6 +174,9 @@ uint32_t dsysi_server_connection_memory(dsys_server *srv);
 uint32_t dsysi_server_event_loops(dsys_server *srv);
 uint32_t dsysi_server_request_timeout(dsys_server *srv);
 dsys_clock *dsysi_server_clock(dsys_server *srv);
+/** The server's TLS files (NULL when unset). */
+void dsysi_server_tls(dsys_server *srv, const char **cert, const char **key,
+                      const char **client_ca);
 
 /* ---- client-side pending call ---- */
 typedef struct dsysi_call dsysi_call;
@@ -237,6 +240,7 @@ typedef struct dsys_transport_ops {
 } dsys_transport_ops;
 
 extern const dsys_transport_ops dsysi_http_ops;
+extern const dsys_transport_ops dsysi_https_ops;
 extern const dsys_transport_ops dsysi_unix_ops;
 extern const dsys_transport_ops dsysi_inproc_ops;
 
@@ -246,5 +250,7 @@ const dsys_transport_ops *dsysi_transport_find(const char *url);
 /** Per-client slot for a transport's private state. */
 void **dsysi_client_slot(dsys_client *c, const dsys_transport_ops *ops);
 pthread_mutex_t *dsysi_client_lock(dsys_client *c);
+/** The client's options (defaults applied). */
+const dsys_client_options *dsysi_client_options(dsys_client *c);
 
 #endif

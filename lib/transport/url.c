@@ -38,7 +38,7 @@ int dsysi_url_parse(const char *url, dsysi_url *u) {
   memcpy(u->host, hs, hl);
   u->host[hl] = '\0';
   const char *p = *he == ']' ? he + 1 : he;
-  u->port = 80;
+  u->port = !strcmp(u->scheme, "https") ? 443 : 80;
   if (*p == ':') {
     char *end;
     long port = strtol(p + 1, &end, 10);
@@ -61,8 +61,8 @@ void dsysi_url_free(dsysi_url *u) {
 }
 
 const dsys_transport_ops *dsysi_transport_find(const char *url) {
-  static const dsys_transport_ops *const all[] = {&dsysi_http_ops, &dsysi_unix_ops,
-                                                  &dsysi_inproc_ops};
+  static const dsys_transport_ops *const all[] = {&dsysi_http_ops, &dsysi_https_ops,
+                                                  &dsysi_unix_ops, &dsysi_inproc_ops};
   if (!url) return NULL;
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
     size_t n = strlen(all[i]->scheme);

@@ -1,6 +1,8 @@
 /*
- * Transport conformance suite: the same cases against http://, unix:// and
- * inproc:// (argv[1] selects one; no argument runs all three).
+ * Transport conformance suite: the same cases against http://, unix://,
+ * inproc:// and https:// (pool and event loops, certificates made with
+ * openssl in the temp dir), plus https specifics (argv[1] selects one
+ * variant; no argument runs all).
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -107,12 +109,58 @@ static void h_stream(dsys_request *req, void *ud) {
   dsys_timer_add(rc_, 50000, stream_tick, s, NULL);
 }
 
+/* ---- TLS material (made with openssl in the temp dir) ---- */
+static char g_ca[300], g_cert[300], g_key[300], g_ccert[300], g_ckey[300],
+    g_other_cert[300], g_other_key[300];
+
+static int make_certs(const char *dir) {
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "set -e; cd '%s'; exec >openssl.log 2>&1; "
+           "K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; "
+           "openssl req -x509 $K -keyout ca.key -out ca.pem -days 2 -subj /CN=dsys-test-ca; "
+           "openssl req $K -keyout srv.key -out srv.csr -subj /CN=127.0.0.1; "
+           "printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >srv.ext; "
+           "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+           "  -out srv.pem -days 2 -extfile srv.ext; "
+           "openssl req $K -keyout cli.key -out cli.csr -subj /CN=dsys-test-client; "
+           "printf 'extendedKeyUsage=clientAuth\n' >cli.ext; "
+           "openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+           "  -out cli.pem -days 2 -extfile cli.ext; "
+           "openssl req -x509 $K -keyout other.key -out other.pem -days 2 -subj /CN=not-from-the-ca",
+           dir);
+  if (system(cmd) != 0) return -1;
+  snprintf(g_ca, sizeof g_ca, "%s/ca.pem", dir);
+  snprintf(g_cert, sizeof g_cert, "%s/srv.pem", dir);
+  snprintf(g_key, sizeof g_key, "%s/srv.key", dir);
+  snprintf(g_ccert, sizeof g_ccert, "%s/cli.pem", dir);
+  snprintf(g_ckey, sizeof g_ckey, "%s/cli.key", dir);
+  snprintf(g_other_cert, sizeof g_other_cert, "%s/other.pem", dir);
+  snprintf(g_other_key, sizeof g_other_key, "%s/other.key", dir);
+  return 0;
+}
+
+static void remove_certs(const char *dir) {
+  static const char *const f[] = {"ca.key", "ca.pem", "ca.srl", "srv.key", "srv.csr", "srv.ext",
+                                  "srv.pem", "cli.key", "cli.csr", "cli.ext", "cli.pem",
+                                  "other.key", "other.pem", "openssl.log"};
+  char p[400];
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, f[i]);
+    unlink(p);
+  }
+}
+
 /* ---- helpers ---- */
 
 static dsys_server *start_server(const char *url, unsigned loops, unsigned threads) {
   dsys_server *srv;
   dsys_server_options o = {.size = sizeof o, .max_body = 2 * 1024 * 1024, .threads = threads,
                            .event_loops = loops};
+  if (!strncmp(url, "https:", 6)) {
+    o.tls_cert_file = g_cert;
+    o.tls_key_file = g_key;
+  }
   if (dsys_server_new(&srv, &o)) tap_bail("server_new");
   dsys_server_route(srv, "*", "/echo", h_echo, NULL);
   dsys_server_route(srv, "GET", "/items/:id", h_item, NULL);
@@ -176,7 +224,7 @@ static void on_chunk(const void *data, size_t len, void *ud) {
 }
 
 static int refused_url(const char *name, char *buf, size_t n, const char *tmpdir) {
-  if (!strcmp(name, "http")) {
+  if (!strcmp(name, "http") || !strcmp(name, "https")) {
     /* A port that was free a moment ago: bind, read it, close. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -184,7 +232,7 @@ static int refused_url(const char *name, char *buf, size_t n, const char *tmpdir
     socklen_t sl = sizeof sa;
     getsockname(fd, (struct sockaddr *)&sa, &sl);
     close(fd);
-    snprintf(buf, n, "http://127.0.0.1:%d", ntohs(sa.sin_port));
+    snprintf(buf, n, "%s://127.0.0.1:%d", name, ntohs(sa.sin_port));
   } else if (!strcmp(name, "unix")) {
     snprintf(buf, n, "unix://%s/nobody.sock", tmpdir);
   } else {
@@ -206,6 +254,7 @@ static void run_suite(const char *label, const char *listen_url, const char *tmp
   if (!strcmp(scheme, "http")) ok(!strstr(url, ":0"), "[http] port 0 was replaced by the real port");
   dsys_client *c;
   dsys_client_options co = {.size = sizeof co, .timeout_ms = 5000};
+  if (!strcmp(scheme, "https")) co.tls_ca_file = g_ca;
   dsys_client_new(&c, &co);
   dsys_reply *r = NULL;
 
@@ -418,6 +467,85 @@ static void test_client_errors(void) {
   dsys_server_free(s);
 }
 
+/* One GET /echo with a client made from these options. */
+static int tls_get(const dsys_client_options *co, const char *url, int *status) {
+  dsys_client *c;
+  if (dsys_client_new(&c, co)) tap_bail("client_new");
+  dsys_reply *r = NULL;
+  int rc = do_call(c, url, "GET", "/echo", NULL, 0, &r);
+  *status = rc ? 0 : dsys_reply_status(r);
+  dsys_reply_free(r);
+  dsys_client_free(c);
+  return rc;
+}
+
+/* https specifics: verification on by default, host name checked, mutual
+ * TLS, listen errors, and the event-loop mode. */
+static void test_tls(void) {
+  tap_diag("---- https: verification, mutual TLS, errors");
+  dsys_server *srv = start_server("https://127.0.0.1:0", 0, 2);
+  const char *url = dsys_server_url(srv, 0);
+  int st = 0;
+  dsys_client_options co = {.size = sizeof co, .timeout_ms = 5000};
+  int rc = tls_get(&co, url, &st);
+  is_int(rc, DSYS_EPROTO, "[https] no CA (system store only): certificate rejected");
+  is_int(dsys_classify(rc, 0), DSYS_OUTCOME_PROTOCOL, "[https] classified as protocol error");
+  co.tls_insecure = 1;
+  rc = tls_get(&co, url, &st);
+  ok(rc == 0 && st == 200, "[https] the same server with verification off answers (so the failure was verification): %s %d",
+     dsys_strerror(rc), st);
+  co.tls_insecure = 0;
+  co.tls_ca_file = g_ca;
+  rc = tls_get(&co, url, &st);
+  ok(rc == 0 && st == 200, "[https] with the CA: 200 (%s %d)", dsys_strerror(rc), st);
+  /* The certificate names IP 127.0.0.1 only: "localhost" must not match. */
+  char lurl[300];
+  snprintf(lurl, sizeof lurl, "https://localhost%s", strrchr(url, ':'));
+  rc = tls_get(&co, lurl, &st);
+  is_int(rc, DSYS_EPROTO, "[https] host name not in the certificate (%s): rejected", lurl);
+  /* Plain http to the https port is not an answer. */
+  char purl[300];
+  snprintf(purl, sizeof purl, "http://127.0.0.1%s", strrchr(url, ':'));
+  rc = tls_get(&co, purl, &st);
+  ok(rc != 0, "[https] plain http to an https listener fails: %s", dsys_strerror(rc));
+  dsys_server_free(srv);
+
+  /* Mutual TLS. */
+  dsys_server_options so = {.size = sizeof so, .threads = 2, .tls_cert_file = g_cert,
+                            .tls_key_file = g_key, .tls_client_ca_file = g_ca};
+  if (dsys_server_new(&srv, &so)) tap_bail("server_new");
+  dsys_server_route(srv, "GET", "/echo", h_echo, NULL);
+  is_int(dsys_server_listen(srv, "https://127.0.0.1:0"), 0, "[mtls] listen");
+  url = dsys_server_url(srv, 0);
+  dsys_client_options mc = {.size = sizeof mc, .timeout_ms = 5000, .tls_ca_file = g_ca};
+  rc = tls_get(&mc, url, &st);
+  ok(rc == 0 && st == 403, "[mtls] no client certificate: 403 (%s %d)", dsys_strerror(rc), st);
+  mc.tls_cert_file = g_other_cert;
+  mc.tls_key_file = g_other_key;
+  rc = tls_get(&mc, url, &st);
+  ok(rc == 0 && st == 403, "[mtls] certificate from another CA: 403 (%s %d)", dsys_strerror(rc), st);
+  mc.tls_cert_file = g_ccert;
+  mc.tls_key_file = g_ckey;
+  rc = tls_get(&mc, url, &st);
+  ok(rc == 0 && st == 200, "[mtls] with the client certificate: 200 (%s %d)", dsys_strerror(rc), st);
+  dsys_server_free(srv);
+
+  /* Listen errors. */
+  dsys_server *s;
+  dsys_server_new(&s, NULL);
+  is_int(dsys_server_listen(s, "https://127.0.0.1:0"), DSYS_EINVAL, "[https] listen without certificate and key: EINVAL");
+  dsys_server_free(s);
+  dsys_server_options bo = {.size = sizeof bo, .tls_cert_file = "/nonexistent/c.pem",
+                            .tls_key_file = g_key};
+  dsys_server_new(&s, &bo);
+  is_int(dsys_server_listen(s, "https://127.0.0.1:0"), DSYS_EIO, "[https] unreadable certificate file: EIO");
+  dsys_server_free(s);
+  bo.tls_cert_file = g_key; /* a key is not a certificate */
+  dsys_server_new(&s, &bo);
+  is_int(dsys_server_listen(s, "https://127.0.0.1:0"), DSYS_EIO, "[https] a key given as the certificate: EIO");
+  dsys_server_free(s);
+}
+
 int main(int argc, char **argv) {
   rc_ = dsys_clock_real();
   char tmpl[] = "/tmp/dsys-conf-XXXXXX";
@@ -433,6 +561,13 @@ int main(int argc, char **argv) {
   if (!only || !strcmp(only, "unix")) run_suite("unix", unix_url, tmpdir, 0, 4);
   if (!only || !strcmp(only, "unix-loop")) run_suite("unix-loop", unix_url, tmpdir, 1, 4);
   if (!only || !strcmp(only, "inproc")) run_suite("inproc", "inproc://conformance", tmpdir, 0, 4);
+  if (!only || !strncmp(only, "https", 5)) {
+    if (make_certs(tmpdir)) tap_bail("openssl could not make the test certificates");
+    if (!only || !strcmp(only, "https")) run_suite("https", "https://127.0.0.1:0", tmpdir, 0, 4);
+    if (!only || !strcmp(only, "https-loops")) run_suite("https-loops", "https://127.0.0.1:0", tmpdir, 2, 4);
+    if (!only || !strcmp(only, "https-tls")) test_tls();
+    remove_certs(tmpdir);
+  }
   if (!only) test_client_errors();
   char sock[300];
   snprintf(sock, sizeof sock, "%s/s.sock", tmpdir);
