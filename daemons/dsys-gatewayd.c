@@ -42,6 +42,12 @@ static const dsys_option opts[] = {
     {"idle-timeout-s", "DSYS_IDLE_TIMEOUT_S", DSYS_OPT_INT, "0", "close silent connections (0: 60)"},
     {"request-timeout-s", "DSYS_REQUEST_TIMEOUT_S", DSYS_OPT_INT, "0",
      "each request must arrive complete within this time (slow clients; 0: off)"},
+    {"tls-cert", "DSYS_TLS_CERT", DSYS_OPT_STRING, NULL, "PEM certificate for an https:// --listen"},
+    {"tls-key", "DSYS_TLS_KEY", DSYS_OPT_STRING, NULL, "PEM private key for an https:// --listen"},
+    {"tls-client-ca", "DSYS_TLS_CLIENT_CA", DSYS_OPT_STRING, NULL,
+     "PEM CA: require client certificates signed by it (mutual TLS; else 403)"},
+    {"upstream-ca", "DSYS_UPSTREAM_CA", DSYS_OPT_STRING, NULL,
+     "PEM CA trusted for https:// upstreams (default: the system store)"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
     {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, NULL, "log one line per request"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
@@ -135,7 +141,8 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  dsys_gateway_options go = {.size = sizeof go, .registry = reg, .try_timeout_ms = try_ms};
+  dsys_gateway_options go = {.size = sizeof go, .registry = reg, .try_timeout_ms = try_ms,
+                             .upstream_ca_file = dsys_config_get(cfg, "upstream-ca")};
   char *secret = NULL;
   size_t secret_len = 0;
   if (dsys_config_count(cfg, "protect")) {
@@ -233,7 +240,10 @@ int main(int argc, char **argv) {
                             .access_log = dsys_config_get_bool(cfg, "access-log"),
                             .max_connections = (uint32_t)maxconn, .max_body = (size_t)maxbody,
                             .connection_memory = (uint32_t)maxhdr, .idle_timeout_s = (uint32_t)idle_s,
-                            .request_timeout_s = (uint32_t)req_s};
+                            .request_timeout_s = (uint32_t)req_s,
+                            .tls_cert_file = dsys_config_get(cfg, "tls-cert"),
+                            .tls_key_file = dsys_config_get(cfg, "tls-key"),
+                            .tls_client_ca_file = dsys_config_get(cfg, "tls-client-ca")};
   dsys_server *srv;
   if (dsys_server_new(&srv, &so)) return 1;
   /* GET /metrics (before the gateway's catch-all proxy route): requests

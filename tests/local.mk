@@ -89,3 +89,7 @@ tests_services_test_gateway_edge_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_services_test_gateway_edge_CFLAGS = $(TEST_CFLAGS)
 tests_services_test_gateway_edge_LDADD = $(TEST_LIBS)
 TESTS += tests/services/test-gateway-edge
+# TLS (issue 10): dsys-gatewayd serving https (and mutual TLS) and
+# proxying to an https upstream, with a throwaway CA.
+TESTS += tests/integration/gateway-tls.test
+EXTRA_DIST += tests/integration/gateway-tls.test

@@ -64,6 +64,12 @@ typedef struct dsys_gateway_options {
                                     default 10000 */
   size_t idempotency_max_body; /**< largest response body kept for replay,
                                     default 1 MiB (larger: not kept) */
+  const char *upstream_ca_file; /**< PEM CA bundle trusted for https://
+                                     upstream endpoints (copied); NULL: the
+                                     system store. An upstream with an
+                                     https:// endpoint is proxied through
+                                     libcurl (dsys_upstream_send), not the
+                                     event loop's HTTP/1.1 client */
 } dsys_gateway_options;
 
 /** dsys_gateway_route_options.protect: who needs a valid JWT. */

@@ -30,6 +30,7 @@ typedef struct gw_upstream {
   char *name;
   dsys_upstream *u;
   int from_registry;
+  int tls; /* an https:// endpoint: proxied through dsys_upstream_send */
   atomic_uint_fast64_t total, success, failed;
 } gw_upstream;
 
@@ -75,6 +76,8 @@ struct dsys_gateway {
   dsysi_rl *rl;
   dsysi_idem *idem;
   int v1_routes; /* a route of its own under /v1: no alias */
+  char *upstream_ca;          /* copy of o.upstream_ca_file */
+  dsys_client *tls_client;    /* shared by the https upstreams */
 };
 
 static _Thread_local gw_pool *tl_pool; /* this loop thread's pool */
@@ -98,6 +101,12 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   if (!gw->o.idempotency_max_body) gw->o.idempotency_max_body = 1024 * 1024;
   gw->name = strdup(gw->o.name ? gw->o.name : "load-balancer");
   gw->o.name = gw->name;
+  int ca_oom = 0;
+  if (gw->o.upstream_ca_file) {
+    gw->upstream_ca = strdup(gw->o.upstream_ca_file);
+    ca_oom = !gw->upstream_ca;
+    gw->o.upstream_ca_file = gw->upstream_ca;
+  }
   if (gw->o.token_secret) {
     if (gw->o.token_secret_len < DSYS_TOKEN_SECRET_MIN || gw->o.token_secret_len > DSYS_TOKEN_SECRET_MAX) {
       free(gw->name);
@@ -113,7 +122,7 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   }
   gw->start_ms = dsys_clock_now_ms(gw->o.clock);
   pthread_mutex_init(&gw->mu, NULL);
-  if (!gw->name || (gw->o.token_secret_len && !gw->secret)) {
+  if (!gw->name || ca_oom || (gw->o.token_secret_len && !gw->secret)) {
     dsys_gateway_free(gw);
     return DSYS_ENOMEM;
   }
@@ -146,10 +155,23 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
                            .max_attempts = gw->o.max_attempts,
                            .per_try_timeout_ms = gw->o.try_timeout_ms,
                            .deadline_ms = gw->o.deadline_ms};
+  /* The event loop's HTTP/1.1 client has no TLS: an upstream with an
+   * https:// endpoint goes through dsys_upstream_send (libcurl), with one
+   * client that trusts upstream_ca_file. */
+  int tls = 0;
+  for (size_t i = 0; i < n; i++)
+    if (urls[i] && !strncmp(urls[i], "https://", 8)) tls = 1;
+  if (tls && !gw->tls_client) {
+    dsys_client_options co = {.size = sizeof co, .clock = gw->o.clock,
+                              .tls_ca_file = gw->o.upstream_ca_file};
+    int crc = dsys_client_new(&gw->tls_client, &co);
+    if (crc) return crc;
+  }
   dsys_upstream_options uo = {.size = sizeof uo, .service = name,
                               .registry = n ? NULL : gw->o.registry,
                               .policy = pol, .health_check = 1, .health = &ho,
-                              .retry = &ro, .clock = gw->o.clock};
+                              .retry = &ro, .clock = gw->o.clock,
+                              .client = tls ? gw->tls_client : NULL};
   gw_upstream *up = &gw->ups[gw->nups];
   memset(up, 0, sizeof *up);
   int rc = dsys_upstream_new(&up->u, &uo);
@@ -166,6 +188,7 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
     return rc;
   }
   up->from_registry = n == 0;
+  up->tls = tls;
   gw->nups++;
   return 0;
 }
@@ -931,7 +954,7 @@ static void h_proxy(dsys_request *req, void *ud) {
 
   dsysi_h1pool *pool = loop_pool(gw);
   dsys_retry_request(dsys_upstream_retry(rt->up->u));
-  if (!pool) {
+  if (!pool || rt->up->tls) {
     proxy_fallback(gw, rt->up, req, &e);
     return;
   }
@@ -1175,6 +1198,8 @@ void dsys_gateway_free(dsys_gateway *gw) {
     dsys_upstream_free(gw->ups[i].u);
     free(gw->ups[i].name);
   }
+  dsys_client_free(gw->tls_client); /* after the upstreams that used it */
+  free(gw->upstream_ca);
   pthread_mutex_destroy(&gw->mu);
   free(gw->name);
   free(gw);
