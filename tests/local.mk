@@ -89,3 +89,22 @@ tests_services_test_gateway_edge_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_services_test_gateway_edge_CFLAGS = $(TEST_CFLAGS)
 tests_services_test_gateway_edge_LDADD = $(TEST_LIBS)
 TESTS += tests/services/test-gateway-edge
+
+# More fuzz targets (issue 10): the router, JWT verification, and the
+# data/compute/auth JSON handlers, each replayed by make check like h1.
+check_PROGRAMS += tests/fuzz/fuzz-router-check tests/fuzz/fuzz-jwt-check \
+	tests/fuzz/fuzz-services-check
+tests_fuzz_fuzz_router_check_SOURCES = tests/fuzz/fuzz-router.c tests/fuzz/driver.c
+tests_fuzz_fuzz_router_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_router_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_router_check_LDADD = $(TEST_LIBS)
+tests_fuzz_fuzz_jwt_check_SOURCES = tests/fuzz/fuzz-jwt.c tests/fuzz/driver.c
+tests_fuzz_fuzz_jwt_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_jwt_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_jwt_check_LDADD = $(TEST_LIBS)
+tests_fuzz_fuzz_services_check_SOURCES = tests/fuzz/fuzz-services.c tests/fuzz/driver.c
+tests_fuzz_fuzz_services_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_services_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_services_check_LDADD = $(TEST_LIBS)
+TESTS += tests/fuzz/router.test tests/fuzz/jwt.test tests/fuzz/services.test
+EXTRA_DIST += tests/fuzz/router.test tests/fuzz/jwt.test tests/fuzz/services.test
