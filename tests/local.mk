@@ -139,3 +139,6 @@ fuzz-lib-targets: lib/services/dashboard-html.c
 	    fuzz-out/$$t $(top_srcdir)/tests/fuzz/corpus/$$t || exit 1; \
 	done
 .PHONY: fuzz-lib-targets
+# OpenSSL's per-thread state reported at exit (see the file).
+EXTRA_DIST += tests/fuzz/lsan.supp
+fuzz-lib-targets: export LSAN_OPTIONS = suppressions=$(abs_top_srcdir)/tests/fuzz/lsan.supp
