@@ -142,3 +142,13 @@ fuzz-lib-targets: lib/services/dashboard-html.c
 # OpenSSL's per-thread state reported at exit (see the file).
 EXTRA_DIST += tests/fuzz/lsan.supp
 fuzz-lib-targets: export LSAN_OPTIONS = suppressions=$(abs_top_srcdir)/tests/fuzz/lsan.supp
+# The gateway edge's request checks (path tricks, framing), through a whole
+# gateway on inproc:// (the checks are static functions of gateway.c).
+check_PROGRAMS += tests/fuzz/fuzz-gateway-check
+tests_fuzz_fuzz_gateway_check_SOURCES = tests/fuzz/fuzz-gateway.c tests/fuzz/driver.c
+tests_fuzz_fuzz_gateway_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_gateway_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_gateway_check_LDADD = $(TEST_LIBS)
+TESTS += tests/fuzz/gateway.test
+EXTRA_DIST += tests/fuzz/gateway.test
+FUZZ_TARGETS += gateway
