@@ -5,11 +5,12 @@
  * endpoint, the rest is the request body. Every answer must be 2xx or 4xx,
  * never 5xx, and its body must be valid JSON.
  *
- * Cost: a signup with a well-formed email and password, or a signin of a
- * user that exists, hashes a password once (tens of ms, yescrypt). Such
- * inputs are run only when FUZZ_SERVICES_HASH is set (libFuzzer, `make
- * fuzz`); make check's replay skips them so the run stays short. Signin of
- * an unknown user (the dummy-hash path) is always run. */
+ * Cost: a signup or signin whose body has a string email and password may
+ * hash a password once (tens of ms, yescrypt; an unknown user's signin
+ * hashes a dummy for constant time). Such inputs are run only when
+ * FUZZ_SERVICES_HASH is set (`make fuzz` sets it); make check's replay
+ * skips them so the run stays short, and covers only the auth handlers'
+ * validation before hashing. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
