@@ -93,3 +93,66 @@ TESTS += tests/services/test-gateway-edge
 # proxying to an https upstream, with a throwaway CA.
 TESTS += tests/integration/gateway-tls.test
 EXTRA_DIST += tests/integration/gateway-tls.test
+
+# More fuzz targets (issue 10): the router, JWT verification, and the
+# data/compute/auth JSON handlers, each replayed by make check like h1.
+check_PROGRAMS += tests/fuzz/fuzz-router-check tests/fuzz/fuzz-jwt-check \
+	tests/fuzz/fuzz-services-check
+tests_fuzz_fuzz_router_check_SOURCES = tests/fuzz/fuzz-router.c tests/fuzz/driver.c
+tests_fuzz_fuzz_router_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_router_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_router_check_LDADD = $(TEST_LIBS)
+tests_fuzz_fuzz_jwt_check_SOURCES = tests/fuzz/fuzz-jwt.c tests/fuzz/driver.c
+tests_fuzz_fuzz_jwt_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_jwt_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_jwt_check_LDADD = $(TEST_LIBS)
+tests_fuzz_fuzz_services_check_SOURCES = tests/fuzz/fuzz-services.c tests/fuzz/driver.c
+tests_fuzz_fuzz_services_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_services_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_services_check_LDADD = $(TEST_LIBS)
+TESTS += tests/fuzz/router.test tests/fuzz/jwt.test tests/fuzz/services.test
+EXTRA_DIST += tests/fuzz/router.test tests/fuzz/jwt.test tests/fuzz/services.test
+
+# `make fuzz` also runs the router, JWT and services targets under
+# libFuzzer for FUZZ_SECONDS each (before h1). They need the whole library:
+# its sources are compiled with clang and the fuzzer sanitizers into
+# fuzz-obj/ (plain objects, not libtool) and linked into each target.
+FUZZ_TARGETS = router jwt services
+FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer-no-link,address,undefined \
+	-I$(top_srcdir)/include -I$(top_builddir)/include -I$(top_builddir) \
+	-I$(top_srcdir)/lib -I$(top_srcdir)/lib/core -D_GNU_SOURCE -DHAVE_CONFIG_H \
+	-DDSYS_BUILDING_LIBRARY $(DEP_CFLAGS) -pthread
+fuzz: fuzz-lib-targets
+fuzz-lib-targets: lib/services/dashboard-html.c
+	@command -v clang >/dev/null || { echo "make fuzz needs clang"; exit 1; }
+	@mkdir -p fuzz-obj
+	@for s in $(filter %.c,$(libdsys_internal_la_SOURCES)); do echo $(top_srcdir)/$$s; done \
+	  > fuzz-obj/sources; echo lib/services/dashboard-html.c >> fuzz-obj/sources
+	@echo "  CLANG    `wc -l < fuzz-obj/sources` library sources"
+	@xargs -P 4 -I{} sh -c 'o=fuzz-obj/`echo {} | tr / _ | sed "s/\.c$$/.o/"`; \
+	  clang $(FUZZ_CFLAGS) -c {} -o $$o || exit 255' < fuzz-obj/sources
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "  CLANG    fuzz-$$t"; \
+	  clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $(top_srcdir)/tests/fuzz/fuzz-$$t.c fuzz-obj/*.o \
+	    -o fuzz-$$t $(DEP_LIBS) || exit 1; \
+	done
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz-out/$$t; \
+	  echo "== fuzz-$$t for $(FUZZ_SECONDS) s"; \
+	  FUZZ_SERVICES_HASH=1 ./fuzz-$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    fuzz-out/$$t $(top_srcdir)/tests/fuzz/corpus/$$t || exit 1; \
+	done
+.PHONY: fuzz-lib-targets
+# OpenSSL's per-thread state reported at exit (see the file).
+EXTRA_DIST += tests/fuzz/lsan.supp
+fuzz-lib-targets: export LSAN_OPTIONS = suppressions=$(abs_top_srcdir)/tests/fuzz/lsan.supp
+# The gateway edge's request checks (path tricks, framing), through a whole
+# gateway on inproc:// (the checks are static functions of gateway.c).
+check_PROGRAMS += tests/fuzz/fuzz-gateway-check
+tests_fuzz_fuzz_gateway_check_SOURCES = tests/fuzz/fuzz-gateway.c tests/fuzz/driver.c
+tests_fuzz_fuzz_gateway_check_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_fuzz_fuzz_gateway_check_CFLAGS = $(TEST_CFLAGS)
+tests_fuzz_fuzz_gateway_check_LDADD = $(TEST_LIBS)
+TESTS += tests/fuzz/gateway.test
+EXTRA_DIST += tests/fuzz/gateway.test
+FUZZ_TARGETS += gateway

@@ -124,6 +124,29 @@ static size_t utf8_len(const char *s) {
   return n;
 }
 
+/* Well-formed UTF-8 (no overlongs, surrogates or code points past
+ * U+10FFFF): the token library refuses claims that are not, so a user whose
+ * name or email is not could sign up but never get a token. */
+static int utf8_ok(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    unsigned c = *p;
+    size_t n = c < 0x80 ? 0 : c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2
+               : c >= 0xF0 && c <= 0xF4 ? 3 : 4;
+    if (n == 4) return 0;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c == 0xE0) lo = 0xA0;
+    else if (c == 0xED) hi = 0x9F;
+    else if (c == 0xF0) lo = 0x90;
+    else if (c == 0xF4) hi = 0x8F;
+    p++;
+    for (size_t i = 0; i < n; i++, p++) {
+      if (*p < (i ? 0x80 : lo) || *p > (i ? 0xBF : hi)) return 0;
+    }
+  }
+  return 1;
+}
+
 /* A string member: 1 present non-empty string, 0 absent/null/"",
  * -1 another type or an embedded NUL. */
 static int get_str(json_object *o, const char *k, const char **out) {
@@ -261,8 +284,11 @@ static void h_signup(dsys_request *req, void *ud) {
                       "Username, email and password must be strings");
   else if (!r1 || !r2 || !r3)
     dsysi_respond_err(req, 400, "DSYS_EINVAL", "All fields are required");
-  else if (strlen(email) > MAX_EMAIL || !email_ok(email))
+  else if (strlen(email) > MAX_EMAIL || !email_ok(email) || !utf8_ok(email))
     dsysi_respond_err(req, 400, "DSYS_EINVAL", "Invalid email format");
+  else if (!utf8_ok(user) || !utf8_ok(pw))
+    dsysi_respond_err(req, 400, "DSYS_EINVAL",
+                      "Username and password must be valid UTF-8");
   else if (utf8_len(pw) < 6)
     dsysi_respond_err(req, 400, "DSYS_EINVAL",
                       "Password must be at least 6 characters");

@@ -71,7 +71,9 @@ static void test_signup(void) {
   is_err(call(A.url, "POST", "/api/auth/signup",
               "{\"username\":1,\"email\":\"a@b.co\",\"password\":\"secret1\"}"),
          400, "Username, email and password must be strings", "numeric username");
-  const char *bad[] = {"plain", "a@b", "@b.co", "a b@c.de", "a@b.", "a@@b.co"};
+  const char *bad[] = {"plain", "a@b", "@b.co", "a b@c.de", "a@b.", "a@@b.co",
+                       "\xe1@maxeple.com" /* not UTF-8: found by fuzz-services */,
+                       "a\xc0\xaf@b.co" /* overlong */, "a@b\xed\xa0\x80.co" /* surrogate */};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     char body[200];
     snprintf(body, sizeof body,
@@ -79,6 +81,12 @@ static void test_signup(void) {
     is_err(call(A.url, "POST", "/api/auth/register", body), 400, "Invalid email format",
            bad[i]);
   }
+  is_err(call(A.url, "POST", "/api/auth/signup",
+              "{\"username\":\"u\xff\",\"email\":\"utf@b.co\",\"password\":\"secret1\"}"),
+         400, "Username and password must be valid UTF-8", "username not UTF-8");
+  is_err(call(A.url, "POST", "/api/auth/signup",
+              "{\"username\":\"u\",\"email\":\"utf@b.co\",\"password\":\"secret\x80\"}"),
+         400, "Username and password must be valid UTF-8", "password not UTF-8");
   is_err(call(A.url, "POST", "/api/auth/signup",
               "{\"username\":\"u\",\"email\":\"a@b.co\",\"password\":\"12345\"}"),
          400, "Password must be at least 6 characters", "5-character password");
