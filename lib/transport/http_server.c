@@ -766,46 +766,24 @@ int dsysi_curl_call(dsysi_call *call);
 int dsysi_curl_call_sync(dsysi_call *call, dsys_reply **out);
 void dsysi_curl_client_free(dsys_client *c);
 
-const dsys_transport_ops dsysi_http_ops = {
-    .version = DSYS_TRANSPORT_OPS_VERSION,
-    .name = "http",
-    .scheme = "http",
-    .listen = http_listen,
-    .url = mhd_url,
-    .quiesce = mhd_quiesce,
-    .notify = notify,
-    .close = mhd_close,
-    .call = dsysi_curl_call,
-    .call_sync = dsysi_curl_call_sync,
-    .client_free = dsysi_curl_client_free,
-};
+/* The three schemes share every op but listen: one definition. */
+#define MHD_TRANSPORT(NAME, LISTEN)              \
+  {                                              \
+      .version = DSYS_TRANSPORT_OPS_VERSION,     \
+      .name = NAME,                              \
+      .scheme = NAME,                            \
+      .listen = LISTEN,                          \
+      .url = mhd_url,                            \
+      .quiesce = mhd_quiesce,                    \
+      .notify = notify,                          \
+      .close = mhd_close,                        \
+      .call = dsysi_curl_call,                   \
+      .call_sync = dsysi_curl_call_sync,         \
+      .client_free = dsysi_curl_client_free,     \
+  }
 
+const dsys_transport_ops dsysi_http_ops = MHD_TRANSPORT("http", http_listen);
 /* https: the http code with MHD_USE_TLS on the listener and libcurl's TLS
  * on the dialer. */
-const dsys_transport_ops dsysi_https_ops = {
-    .version = DSYS_TRANSPORT_OPS_VERSION,
-    .name = "https",
-    .scheme = "https",
-    .listen = https_listen,
-    .url = mhd_url,
-    .quiesce = mhd_quiesce,
-    .notify = notify,
-    .close = mhd_close,
-    .call = dsysi_curl_call,
-    .call_sync = dsysi_curl_call_sync,
-    .client_free = dsysi_curl_client_free,
-};
-
-const dsys_transport_ops dsysi_unix_ops = {
-    .version = DSYS_TRANSPORT_OPS_VERSION,
-    .name = "unix",
-    .scheme = "unix",
-    .listen = unix_listen,
-    .url = mhd_url,
-    .quiesce = mhd_quiesce,
-    .notify = notify,
-    .close = mhd_close,
-    .call = dsysi_curl_call,
-    .call_sync = dsysi_curl_call_sync,
-    .client_free = dsysi_curl_client_free,
-};
+const dsys_transport_ops dsysi_https_ops = MHD_TRANSPORT("https", https_listen);
+const dsys_transport_ops dsysi_unix_ops = MHD_TRANSPORT("unix", unix_listen);
