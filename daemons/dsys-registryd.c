@@ -3,7 +3,8 @@
  * deployment contract; see docs/reference/registry-service.md).
  *
  *   dsys-registryd [--listen URL] [--store memory|sqlite:///path]
- *                  [--ttl-ms N] [--reap-ms N] [--log-format text|json]
+ *                  [--ttl-ms N] [--reap-ms N] [--identity-public-key PEM]
+ *                  [--log-format text|json]
  *
  * Prints "listening URL" once it listens (port 0 picks a port). SIGTERM or
  * SIGINT answers parked blocking queries, drains in-flight requests and
@@ -19,6 +20,9 @@ static const dsys_option opts[] = {
     {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory", "memory, or sqlite:///path (survives restarts)"},
     {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_INT, "30000", "an instance without heartbeat this long is unhealthy"},
     {"reap-ms", "DSYS_REGISTRY_REAP_MS", DSYS_OPT_INT, "300000", "and is removed after this long (must exceed --ttl-ms)"},
+    {"identity-public-key", "DSYS_IDENTITY_PUBLIC_KEY", DSYS_OPT_STRING, NULL,
+     "require an identity token signed by this deployment key (PEM) on register, "
+     "heartbeat and deregister: no rogue process can register itself"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
@@ -58,10 +62,19 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+  dsys_identity_verifier *ver = NULL;
+  const char *pk = dsys_config_get(cfg, "identity-public-key");
+  if (pk && *pk) {
+    int vr = dsys_identity_verifier_new(&ver, pk, NULL);
+    if (vr) return fail(cfg, "cannot use the identity public key", dsys_strerror(vr));
+  }
   dsys_registry_options ro = {.size = sizeof ro, .ttl_ms = ttl, .reap_ms = reap};
   dsys_registry *reg = NULL;
   int rc = dsys_registry_open(&reg, backend, target, &ro, err, sizeof err);
-  if (rc) return fail(cfg, "cannot open the store", err[0] ? err : dsys_strerror(rc));
+  if (rc) {
+    dsys_identity_verifier_free(ver);
+    return fail(cfg, "cannot open the store", err[0] ? err : dsys_strerror(rc));
+  }
   dsys_server *srv = NULL;
   dsys_registry_service *svc = NULL;
   dsys_server_options so = {.size = sizeof so, .name = "registry", .access_log = 1};
@@ -71,7 +84,8 @@ int main(int argc, char **argv) {
   if (!rc) rc = dsys_server_metrics(srv, met);
   if (!rc) rc = dsys_metrics_mount(srv, met); /* GET /metrics */
   if (!rc) rc = dsys_metrics_process(met);
-  if (!rc) rc = dsys_registry_service_mount(srv, reg, NULL, &svc);
+  dsys_registry_service_options svo = {.size = sizeof svo, .identity = ver};
+  if (!rc) rc = dsys_registry_service_mount(srv, reg, &svo, &svc);
   if (!rc) rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen"));
   if (rc) {
     fprintf(stderr, PROG ": cannot listen on %s: %s\n", dsys_config_get(cfg, "listen"),
@@ -80,13 +94,14 @@ int main(int argc, char **argv) {
     dsys_registry_service_free(svc);
     dsys_metrics_free(met);
     dsys_registry_close(reg);
+    dsys_identity_verifier_free(ver);
     dsys_config_free(cfg);
     return 1;
   }
   printf("listening %s\n", dsys_server_url(srv, 0));
   fflush(stdout);
-  snprintf(err, sizeof err, "store %s, ttl %lld ms, reap %lld ms", store, (long long)ttl,
-           (long long)reap);
+  snprintf(err, sizeof err, "store %s, ttl %lld ms, reap %lld ms, identities %s", store,
+           (long long)ttl, (long long)reap, ver ? "required" : "not required");
   dsys_log_write(DSYS_LOG_INFO, "registry", err);
   int sig;
   sigwait(&set, &sig);
@@ -97,6 +112,7 @@ int main(int argc, char **argv) {
   dsys_registry_service_free(svc);
   dsys_metrics_free(met);
   dsys_registry_close(reg);
+  dsys_identity_verifier_free(ver);
   dsys_config_free(cfg);
   return 0;
 }

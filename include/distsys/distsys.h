@@ -28,5 +28,6 @@
 #include <distsys/events.h>
 #include <distsys/faultd.h>
 #include <distsys/metrics.h>
+#include <distsys/identity.h>
 
 #endif

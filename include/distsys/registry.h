@@ -105,6 +105,10 @@ typedef struct dsys_registry_env {
    *  index waiters at once instead of at its next sweep. */
   void (*changed)(void *ctx);
   void *ctx;                 /**< pass to changed */
+  /* appended */
+  struct dsys_identity *identity; /**< the credential to present to a
+                                       remote registry, or NULL
+                                       (dsys_registry_options.identity) */
 } dsys_registry_env;
 
 /** Flag of dsys_registry_ops.flags: the health field returned by get/list
@@ -163,6 +167,13 @@ typedef struct dsys_registry_options {
   int64_t ttl_ms;            /**< default 30000 */
   int64_t reap_ms;           /**< default 300000; must exceed ttl_ms */
   int64_t sweep_interval_ms; /**< default 1000; -1: no timer (call dsys_registry_sweep) */
+  /* appended */
+  struct dsys_identity *identity; /**< http backend: sent as X-Dsys-Identity
+                                       on register, heartbeat and deregister
+                                       (a registry daemon that requires
+                                       identities refuses writes without
+                                       it); not owned, must outlive the
+                                       registry. NULL: none */
 } dsys_registry_options;
 
 /**

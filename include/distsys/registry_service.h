@@ -17,6 +17,11 @@
  * X-Dsys-Epoch header that changes whenever the service is mounted again
  * (a restarted daemon); list answers also carry "index" in the body.
  *
+ * Service identity: with options.identity set, only instances holding an
+ * identity token for their own name and type can register, heartbeat and
+ * deregister (see include/distsys/identity.h), so no rogue process can
+ * register itself and receive traffic.
+ *
  * Thread-safety: mount before dsys_server_listen. drain and free may be
  * called from any thread, but not concurrently with each other.
  */
@@ -27,6 +32,7 @@
 #include <distsys/clock.h>
 #include <distsys/server.h>
 #include <distsys/registry.h>
+#include <distsys/identity.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,6 +50,13 @@ typedef struct dsys_registry_service_options {
   int64_t default_wait_ms;   /**< ?index= without ?wait=, default 30000 */
   const char *name;          /**< "service" in /health, default
                                   "service-registry" */
+  /* appended */
+  dsys_identity_verifier *identity; /**< when set, register, heartbeat and
+                                  deregister need a valid X-Dsys-Identity
+                                  token: 401 without one; 403 when its
+                                  "sub" is not the instance's name or its
+                                  "svc" not its serviceType (must outlive
+                                  the service); reads stay open */
 } dsys_registry_service_options;
 
 /**

@@ -215,6 +215,10 @@ typedef struct dsys_daemon_spec {
  * registry forgot it (dsys_registration); wait for SIGINT or SIGTERM;
  * deregister, stop taking requests and drain (5 s), call unmount, close.
  * Every daemon serves GET /metrics (dsys_daemon_metrics()).
+ * Service identity (include/distsys/identity.h): --identity-token-file
+ * gives the instance's token, presented to the registry on every write;
+ * --identity-public-key makes the daemon refuse callers without a valid
+ * token (401) on every route but GET /health and /metrics.
  * Blocks SIGINT and SIGTERM in the calling thread (call it from main
  * before starting any thread).
  * @return the process exit status: 0 (clean stop, --help, --version),
@@ -240,6 +244,11 @@ DSYS_API const dsys_config *dsys_daemon_config(dsys_daemon *d);
 DSYS_API const char *dsys_daemon_name(dsys_daemon *d);
 /** The --db path. */
 DSYS_API const char *dsys_daemon_db_path(dsys_daemon *d);
+/** The instance's credential (--identity-token-file), or NULL: present
+ *  it to peers with dsys_identity_token() in the X-Dsys-Identity header. */
+DSYS_API struct dsys_identity *dsys_daemon_identity(dsys_daemon *d);
+/** The verifier of callers (--identity-public-key), or NULL. */
+DSYS_API struct dsys_identity_verifier *dsys_daemon_identity_verifier(dsys_daemon *d);
 
 #ifdef __cplusplus
 }

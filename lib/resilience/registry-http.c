@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 #include <distsys/client.h>
+#include <distsys/identity.h>
 #include "internal.h"
 #include "json.h"
 #include "resilience/registry-table.h"
@@ -224,6 +225,8 @@ static uint64_t hdr_index(dsys_reply *rep) {
 static int status_err(int status) {
   if (status == 404) return DSYS_ENOTFOUND;
   if (status == 400) return DSYS_EINVAL;
+  if (status == 401) return DSYS_EAUTH;
+  if (status == 403) return DSYS_EPERM;
   if (status == 503) return DSYS_EUNAVAIL;
   return DSYS_EHTTP;
 }
@@ -233,16 +236,29 @@ static int post(http_state *s, const char *path, json_object *body, dsys_reply *
                 json_object **out) {
   char *text = dsysi_json_dump(body, NULL);
   if (!text) return DSYS_ENOMEM;
-  dsys_header h = {"Content-Type", "application/json"};
+  /* writes present the instance's credential (a copy: the token file may
+   * rotate meanwhile) */
+  char *ident = NULL;
+  if (s->env.identity && dsys_identity_token(s->env.identity, &ident)) {
+    free(text);
+    return DSYS_ENOMEM;
+  }
+  dsys_header h[2] = {{"Content-Type", "application/json"}, {DSYS_IDENTITY_HEADER, ident}};
   dsys_call call = {.size = sizeof call, .method = "POST", .url = s->url, .path = path,
-                    .headers = &h, .nheaders = 1, .body = text, .body_len = strlen(text)};
+                    .headers = h, .nheaders = ident ? 2 : 1, .body = text,
+                    .body_len = strlen(text)};
   dsys_reply *rep = NULL;
   int rc = dsys_client_do(s->cli, &call, &rep);
   free(text);
+  dsys_free(ident);
   if (rc) return rc;
   int st = dsys_reply_status(rep);
   if (st != 200) {
-    if (st != 404 && st != 400)
+    if (st == 401 || st == 403)
+      dsysi_log(DSYS_LOG_ERROR, "registry", "%s %s: HTTP %d: the registry refuses this "
+                "instance's identity (%s)", s->url, path, st,
+                s->env.identity ? "token rejected" : "no identity token configured");
+    else if (st != 404 && st != 400)
       dsysi_log(DSYS_LOG_WARN, "registry", "%s %s: HTTP %d", s->url, path, st);
     dsys_reply_free(rep);
     return status_err(st);

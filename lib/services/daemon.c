@@ -9,6 +9,7 @@
 #include <distsys/log.h>
 #include <distsys/metrics.h>
 #include <distsys/registration.h>
+#include <distsys/identity.h>
 #include <distsys/services.h>
 #include "core/internal.h"
 
@@ -21,6 +22,8 @@ struct dsys_daemon {
   dsys_registry *registry;
   dsys_registration *agent;
   dsys_metrics *metrics;
+  dsys_identity *identity;           /* --identity-token-file */
+  dsys_identity_verifier *verifier;  /* --identity-public-key */
 };
 
 dsys_server *dsys_daemon_server(dsys_daemon *d) { return d ? d->srv : NULL; }
@@ -30,6 +33,10 @@ dsys_queue *dsys_daemon_queue(dsys_daemon *d) { return d ? d->queue : NULL; }
 const dsys_config *dsys_daemon_config(dsys_daemon *d) { return d ? d->cfg : NULL; }
 const char *dsys_daemon_name(dsys_daemon *d) {
   return d ? dsys_config_get(d->cfg, "name") : NULL;
+}
+dsys_identity *dsys_daemon_identity(dsys_daemon *d) { return d ? d->identity : NULL; }
+dsys_identity_verifier *dsys_daemon_identity_verifier(dsys_daemon *d) {
+  return d ? d->verifier : NULL;
 }
 const char *dsys_daemon_db_path(dsys_daemon *d) {
   return d ? dsys_config_get(d->cfg, "db") : NULL;
@@ -59,7 +66,8 @@ static int make_parent_dirs(const char *path) {
  * registry that is down at start is retried quietly by the agent. */
 static int register_instance(dsys_daemon *d, const char *url, const char *name) {
   char err[256] = "";
-  int rc = dsys_registry_open(&d->registry, url, NULL, NULL, err, sizeof err);
+  dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity};
+  int rc = dsys_registry_open(&d->registry, url, NULL, &ro, err, sizeof err);
   if (rc) {
     dsysi_log(DSYS_LOG_ERROR, name, "registry %s: %s", url, err);
     return rc;
@@ -90,6 +98,12 @@ static const dsys_option common_opts[] = {
      "debug, info, warn, error or off"},
     {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, "false",
      "log one line per request"},
+    {"identity-token-file", "DSYS_IDENTITY_TOKEN_FILE", DSYS_OPT_STRING, NULL,
+     "this instance's identity token (dsys-identity issue, or dsys-cluster "
+     "--profile secure), presented to the registry; reread when the file changes"},
+    {"identity-public-key", "DSYS_IDENTITY_PUBLIC_KEY", DSYS_OPT_STRING, NULL,
+     "the deployment's identity public key: callers must present a valid "
+     "identity token (every route but GET /health and /metrics; 401 otherwise)"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help and exit"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version and exit"},
 };
@@ -130,6 +144,23 @@ static int run(dsys_daemon *d, const char *prog) {
       (d->store && (rc = dsys_metrics_store(d->metrics, d->store))) ||
       (d->queue && (rc = dsys_metrics_queue(d->metrics, d->queue, NULL)))) {
     fprintf(stderr, "%s: metrics: %s\n", prog, dsys_strerror(rc));
+    return 1;
+  }
+  const char *tf = dsys_config_get(d->cfg, "identity-token-file");
+  if (tf && *tf && (rc = dsys_identity_open(&d->identity, tf, NULL))) {
+    fprintf(stderr, "%s: cannot use the identity token %s: %s\n", prog, tf, dsys_strerror(rc));
+    return 1;
+  }
+  const char *pk = dsys_config_get(d->cfg, "identity-public-key");
+  if (pk && *pk && (rc = dsys_identity_verifier_new(&d->verifier, pk, NULL))) {
+    fprintf(stderr, "%s: cannot use the identity public key %s: %s\n", prog, pk,
+            dsys_strerror(rc));
+    return 1;
+  }
+  /* peers only: the guard runs before every handler the mount adds */
+  if (d->verifier &&
+      (rc = dsys_server_require_identity(d->srv, d->verifier))) {
+    fprintf(stderr, "%s: %s\n", prog, dsys_strerror(rc));
     return 1;
   }
   if (sp->mount(d, sp->ud)) {
@@ -212,6 +243,8 @@ int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
   dsys_queue_close(d.queue);
   dsys_store_close(d.store);
   dsys_metrics_free(d.metrics);
+  dsys_identity_verifier_free(d.verifier);
+  dsys_identity_free(d.identity);
 done:
   dsys_config_free(d.cfg);
   free(opts);

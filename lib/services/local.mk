@@ -79,3 +79,15 @@ lib/services/dashboard-html.c: $(top_srcdir)/dashboard/index.html $(top_srcdir)/
 # The gateway's edge: rate limits, idempotency cache (issue 10).
 libdsys_internal_la_SOURCES += lib/services/edge.c
 noinst_HEADERS += lib/services/edge.h
+
+# Service identity: key pairs, ES256 tokens, credentials and the verifier
+# (issue 10).
+libdsys_internal_la_SOURCES += lib/services/identity.c
+noinst_HEADERS += lib/services/identity-int.h
+pkginclude_HEADERS += include/distsys/identity.h
+check_PROGRAMS += tests/unit/test-identity
+TESTS += tests/unit/test-identity
+tests_unit_test_identity_SOURCES = tests/unit/test-identity.c
+tests_unit_test_identity_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_identity_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_identity_LDADD = $(TEST_LIBS)

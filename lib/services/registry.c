@@ -11,6 +11,7 @@
 #include <distsys/util.h>
 #include "internal.h"
 #include "json.h"
+#include "services/identity-int.h"
 
 typedef struct pend {
   struct pend *next;
@@ -30,6 +31,7 @@ struct dsys_registry_service {
   pthread_cond_t cv;
   dsys_registry *reg;
   dsys_clock *clk;
+  dsys_identity_verifier *identity; /* NULL: writes are open */
   int64_t max_wait_ms, default_wait_ms;
   int64_t started_ms;
   char name[64];
@@ -126,8 +128,49 @@ static const char *nonempty(json_object *o, const char *key) {
 
 /* ---- write routes ---- */
 
+/* With identity on: 0 when the caller holds a valid token whose "sub" is
+ * name (and "svc" is type, when given); otherwise answers 401/403 and
+ * returns nonzero. A NULL name (unknown instance) needs only a valid token. */
+static int identity_ok(dsys_registry_service *s, dsys_request *req, dsys_identity_claims *c,
+                       const char *name, const char *type) {
+  if ((name && strcmp(c->instance, name)) || (type && strcmp(c->service, type))) {
+    dsysi_log(DSYS_LOG_WARN, s->name, "refused: identity %s (%s) acting for %s (%s)",
+              c->instance, c->service, name ? name : "-", type ? type : "-");
+    respond_err(s, req, 403, "identity_mismatch",
+                "the identity token does not belong to this instance");
+    return -1;
+  }
+  return 0;
+}
+
+/* With identity on: verify the caller (answers 401 itself). */
+static int identity_check(dsys_registry_service *s, dsys_request *req, dsys_identity_claims *c) {
+  if (!s->identity) return 0;
+  uint64_t idx = 0;
+  dsys_registry_index(s->reg, &idx);
+  set_index_headers(s, req, idx);
+  return dsysi_identity_check(s->identity, req, c);
+}
+
+/* With identity on: the caller must be the registered instance id. */
+static int identity_owns(dsys_registry_service *s, dsys_request *req, dsys_identity_claims *c,
+                         const char *id) {
+  if (!s->identity) return 0;
+  dsys_instance *got = NULL;
+  int rc = dsys_registry_get(s->reg, id, &got);
+  if (rc && rc != DSYS_ENOTFOUND) {
+    respond_rc(s, req, rc);
+    return -1;
+  }
+  rc = identity_ok(s, req, c, got ? got->name : NULL, NULL);
+  dsys_free(got);
+  return rc;
+}
+
 static void h_register(dsys_request *req, void *ud) {
   dsys_registry_service *s = ud;
+  dsys_identity_claims who;
+  if (identity_check(s, req, &who)) return;
   json_object *b = body_object(s, req);
   if (!b) return;
   dsys_instance in = {.id = nonempty(b, "serviceId"), .type = nonempty(b, "serviceType"),
@@ -139,6 +182,11 @@ static void h_register(dsys_request *req, void *ud) {
                 "Missing required fields: serviceId, serviceType, url, name");
     goto out;
   }
+  /* the token must name this instance, and may not take over an id
+   * registered by another instance */
+  if (s->identity && (identity_ok(s, req, &who, in.name, in.type) ||
+                      identity_owns(s, req, &who, in.id)))
+    goto out;
   json_object *m = NULL;
   if (json_object_object_get_ex(b, "metadata", &m) && m) {
     if (!json_object_is_type(m, json_type_object)) {
@@ -212,11 +260,17 @@ out:
 
 static void h_heartbeat(dsys_request *req, void *ud) {
   dsys_registry_service *s = ud;
+  dsys_identity_claims who;
+  if (identity_check(s, req, &who)) return;
   json_object *b = body_object(s, req);
   if (!b) return;
   const char *id = nonempty(b, "serviceId");
   if (!id) {
     respond_err(s, req, 400, "missing_fields", "Missing required field: serviceId");
+    json_object_put(b);
+    return;
+  }
+  if (identity_owns(s, req, &who, id)) {
     json_object_put(b);
     return;
   }
@@ -244,11 +298,17 @@ static void h_heartbeat(dsys_request *req, void *ud) {
 
 static void h_deregister(dsys_request *req, void *ud) {
   dsys_registry_service *s = ud;
+  dsys_identity_claims who;
+  if (identity_check(s, req, &who)) return;
   json_object *b = body_object(s, req);
   if (!b) return;
   const char *id = nonempty(b, "serviceId");
   if (!id) {
     respond_err(s, req, 400, "missing_fields", "Missing required field: serviceId");
+    json_object_put(b);
+    return;
+  }
+  if (identity_owns(s, req, &who, id)) {
     json_object_put(b);
     return;
   }
@@ -534,6 +594,7 @@ int dsys_registry_service_mount(dsys_server *srv, dsys_registry *reg,
   if (!s) return DSYS_ENOMEM;
   s->reg = reg;
   s->clk = d.clock ? d.clock : dsys_clock_real();
+  s->identity = d.identity;
   s->max_wait_ms = d.max_wait_ms ? d.max_wait_ms : 60000;
   s->default_wait_ms = d.default_wait_ms ? d.default_wait_ms : 30000;
   if (s->default_wait_ms > s->max_wait_ms) s->default_wait_ms = s->max_wait_ms;
