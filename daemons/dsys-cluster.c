@@ -50,6 +50,12 @@ static char regurl[128];
 static int secure;
 static char secret_file[PATH_MAX + 32]; /* "" when DSYS_JWT_SECRET is used */
 static char cors_origin[128];
+/* ... and service identities: the key pair and one token file per process
+ * in DIR/identity/ (cluster.md). */
+static char id_key[PATH_MAX + 32], id_pub[PATH_MAX + 32];
+static int64_t id_issued_ms;
+#define ID_LIFETIME_S 86400          /* tokens live a day ... */
+#define ID_REISSUE_MS (6 * 3600000LL) /* ... and are renewed every 6 hours */
 
 static int64_t now_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
 
@@ -127,6 +133,21 @@ static int load_config(const char *path, char *ports[7]) {
 
 static void url_of(const proc *p, char *buf, size_t n) { snprintf(buf, n, "http://%s:%d", host, p->port); }
 
+static void token_file(const proc *p, char *buf, size_t n) {
+  snprintf(buf, n, "%s/identity/%s.token", datadir, p->name);
+}
+
+/* A fresh credential for p ("sub" = its name, "svc" = its type): issued
+ * at every start, and renewed for running processes, which reread it. */
+static int issue_identity(const proc *p) {
+  char tf[PATH_MAX + 64];
+  token_file(p, tf, sizeof tf);
+  dsys_identity_issue_options o = {.size = sizeof o, .lifetime_s = ID_LIFETIME_S};
+  int rc = dsys_identity_issue_file(id_key, p->name, p->type, &o, tf);
+  if (rc) fprintf(stderr, "dsys-cluster: cannot issue the identity of %s: %s\n", p->name, dsys_strerror(rc));
+  return rc;
+}
+
 static void spawn(proc *p) {
   char listen[128], exe[PATH_MAX + 32], logf[PATH_MAX + 64], gw[128] = "";
   url_of(p, listen, sizeof listen);
@@ -172,6 +193,26 @@ static void spawn(proc *p) {
       argv[a++] = "--jwt-secret-file";
       argv[a++] = secret_file;
     }
+  }
+  /* identities: the registry and the services verify, every process but
+   * the registry and the fault detector (it only reads) presents one */
+  char tf[PATH_MAX + 64];
+  int verifies = !strcmp(p->type, "registry") || !strcmp(p->type, "auth") ||
+                 !strcmp(p->type, "data") || !strcmp(p->type, "compute");
+  int presents = strcmp(p->type, "registry") && strcmp(p->type, "faultd");
+  if (secure && presents) {
+    if (issue_identity(p)) { /* retried later, like a crash */
+      p->pid = 0;
+      p->restart_at_ms = now_ms() + p->backoff_ms;
+      return;
+    }
+    token_file(p, tf, sizeof tf);
+    argv[a++] = "--identity-token-file";
+    argv[a++] = tf;
+  }
+  if (secure && verifies) {
+    argv[a++] = "--identity-public-key";
+    argv[a++] = id_pub;
   }
   argv[a] = NULL;
   pid_t pid = fork();
@@ -260,7 +301,9 @@ static const dsys_option opts[] = {
     {"data-dir", "DSYS_DATA_DIR", DSYS_OPT_STRING, "data", "directory for the database, logs and state"},
     {"bin-dir", "DSYS_BIN_DIR", DSYS_OPT_STRING, NULL, "where the daemons are (default: beside dsys-cluster)"},
     {"profile", "DSYS_CLUSTER_PROFILE", DSYS_OPT_STRING, "plain",
-     "plain (HTTP-API.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, idempotency)"},
+     "plain (HTTP-API.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, "
+     "idempotency; service identities: only the supervisor's processes can register, services "
+     "answer only peers such as the gateway)"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
 };
@@ -356,6 +399,17 @@ int main(int argc, char **argv) {
     for (int i = 0; i < NP; i++)
       if (!strcmp(P[i].type, "faultd")) snprintf(cors_origin, sizeof cors_origin, "http://%s:%d", host, P[i].port);
     if (!cors_origin[0]) snprintf(cors_origin, sizeof cors_origin, "http://%s", host);
+    /* the identity key pair, made once and kept with the data */
+    char iddir[PATH_MAX + 16];
+    snprintf(iddir, sizeof iddir, "%s/identity", datadir);
+    snprintf(id_key, sizeof id_key, "%s/identity.key", iddir);
+    snprintf(id_pub, sizeof id_pub, "%s/identity.pub", iddir);
+    int created = 0;
+    if ((mkdir(iddir, 0700) && errno != EEXIST) || dsys_identity_keygen(id_key, id_pub, &created)) {
+      fprintf(stderr, "dsys-cluster: cannot prepare the identity key in %s\n", iddir);
+      return 1;
+    }
+    id_issued_ms = now_ms();
   }
 
   sigset_t set;
@@ -393,6 +447,12 @@ int main(int argc, char **argv) {
                   (long long)(P[i].restart_at_ms - now_ms()));
           write_state();
         }
+    if (secure && now_ms() - id_issued_ms >= ID_REISSUE_MS) {
+      id_issued_ms = now_ms();
+      for (int i = 0; i < NP; i++)
+        if (P[i].pid && strcmp(P[i].type, "registry") && strcmp(P[i].type, "faultd"))
+          issue_identity(&P[i]);
+    }
     for (int i = 0; i < NP; i++) {
       if (!P[i].pid && now_ms() >= P[i].restart_at_ms) {
         P[i].restarts++;

@@ -48,6 +48,9 @@ static const dsys_option opts[] = {
      "PEM CA: require client certificates signed by it (mutual TLS; else 403)"},
     {"upstream-ca", "DSYS_UPSTREAM_CA", DSYS_OPT_STRING, NULL,
      "PEM CA trusted for https:// upstreams (default: the system store)"},
+    {"identity-token-file", "DSYS_IDENTITY_TOKEN_FILE", DSYS_OPT_STRING, NULL,
+     "the gateway's identity token, sent to services as X-Dsys-Identity (services "
+     "started with --identity-public-key require it); reread when the file changes"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
     {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, NULL, "log one line per request"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
@@ -132,6 +135,15 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+  dsys_identity *ident = NULL;
+  const char *tf = dsys_config_get(cfg, "identity-token-file");
+  if (tf && *tf) {
+    int rc = dsys_identity_open(&ident, tf, NULL);
+    if (rc) {
+      fprintf(stderr, "dsys-gatewayd: cannot use the identity token %s: %s\n", tf, dsys_strerror(rc));
+      return 1;
+    }
+  }
   dsys_registry *reg = NULL;
   const char *rurl = dsys_config_get(cfg, "registry");
   if (rurl) {
@@ -142,7 +154,8 @@ int main(int argc, char **argv) {
     }
   }
   dsys_gateway_options go = {.size = sizeof go, .registry = reg, .try_timeout_ms = try_ms,
-                             .upstream_ca_file = dsys_config_get(cfg, "upstream-ca")};
+                             .upstream_ca_file = dsys_config_get(cfg, "upstream-ca"),
+                             .identity = ident};
   char *secret = NULL;
   size_t secret_len = 0;
   if (dsys_config_count(cfg, "protect")) {
@@ -273,6 +286,7 @@ int main(int argc, char **argv) {
   dsys_gateway_free(gw);
   dsys_metrics_free(met);
   dsys_registry_close(reg);
+  dsys_identity_free(ident);
   dsys_config_free(cfg);
   return 0;
 }

@@ -49,3 +49,10 @@ daemons_dsys_faultd_SOURCES = daemons/dsys-faultd.c
 daemons_dsys_faultd_LDADD = libdistsys.la
 TESTS += tests/integration/faultd.test
 EXTRA_DIST += tests/integration/faultd.test
+
+# dsys-identity: service identity keys and tokens for operators (issue 10).
+bin_PROGRAMS += daemons/dsys-identity
+daemons_dsys_identity_SOURCES = daemons/dsys-identity.c
+daemons_dsys_identity_LDADD = libdistsys.la
+TESTS += tests/integration/identity.test
+EXTRA_DIST += tests/integration/identity.test

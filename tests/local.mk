@@ -156,3 +156,8 @@ tests_fuzz_fuzz_gateway_check_LDADD = $(TEST_LIBS)
 TESTS += tests/fuzz/gateway.test
 EXTRA_DIST += tests/fuzz/gateway.test
 FUZZ_TARGETS += gateway
+
+# Service identity (issue 10): the secure cluster refuses rogue
+# registrations and direct calls without an identity.
+TESTS += tests/integration/cluster-secure.test
+EXTRA_DIST += tests/integration/cluster-secure.test

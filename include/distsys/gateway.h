@@ -70,6 +70,13 @@ typedef struct dsys_gateway_options {
                                      https:// endpoint is proxied through
                                      libcurl (dsys_upstream_send), not the
                                      event loop's HTTP/1.1 client */
+  struct dsys_identity *identity; /**< the gateway's credential, sent as
+                                     X-Dsys-Identity on every proxied
+                                     request (services started with
+                                     --identity-public-key require it); a
+                                     client's X-Dsys-Identity is always
+                                     stripped. Not owned; must outlive the
+                                     gateway. NULL: none */
 } dsys_gateway_options;
 
 /** dsys_gateway_route_options.protect: who needs a valid JWT. */

@@ -22,6 +22,7 @@
 #include "transport/h1client.h"
 #include "transport/transport.h"
 #include "services/edge.h"
+#include "services/identity-int.h"
 
 #define MAX_UPSTREAMS 32
 #define MAX_ROUTES 64
@@ -371,6 +372,9 @@ static int build_head(px *p) {
   put_header(b, "X-Request-Id", dsys_request_id(req));
   put_header(b, "traceparent", dsys_request_traceparent(req));
   if (p->e.user[0]) put_header(b, "X-Dsys-User-Id", p->e.user);
+  /* the gateway's own credential (a client's was stripped above) */
+  const char *ident = dsysi_identity_current(p->gw->o.identity);
+  if (ident) put_header(b, DSYS_IDENTITY_HEADER, ident);
   if (blen || (strcmp(m, "GET") && strcmp(m, "HEAD") && strcmp(m, "DELETE") && strcmp(m, "OPTIONS"))) {
     char cl[32];
     snprintf(cl, sizeof cl, "%zu", blen);
@@ -561,6 +565,7 @@ typedef struct fb {
   dsys_header *hdrs;
   size_t nh;
   char *xff;
+  char *ident; /* a copy: the token file may rotate before the call is made */
 } fb;
 
 static void fb_done(int err, dsys_reply *reply, const dsys_upstream_result *res, void *ud) {
@@ -584,13 +589,14 @@ static void fb_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
   dsys_reply_free(reply);
   free(f->hdrs);
   free(f->xff);
+  free(f->ident);
   free(f);
 }
 
 static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req, edge *e) {
   fb *f = calloc(1, sizeof *f);
   size_t n = dsys_request_header_count(req);
-  dsys_header *h = f ? calloc(n + 4, sizeof *h) : NULL;
+  dsys_header *h = f ? calloc(n + 5, sizeof *h) : NULL;
   if (!h) {
     free(f);
     edge_finish(gw, e, 500, NULL, NULL, NULL, 0);
@@ -631,6 +637,10 @@ static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req,
   if (f->e.user[0]) {
     h[f->nh].name = "X-Dsys-User-Id";
     h[f->nh++].value = f->e.user;
+  }
+  if (gw->o.identity && (f->ident = dsysi_strdup(dsysi_identity_current(gw->o.identity)))) {
+    h[f->nh].name = DSYS_IDENTITY_HEADER;
+    h[f->nh++].value = f->ident;
   }
   size_t blen;
   const void *body = dsys_request_body(req, &blen);

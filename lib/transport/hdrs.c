@@ -76,6 +76,7 @@ int dsysi_header_class(const char *name) {
       K("x-dsys-user-id", DSYSI_HDR_USER_ID),
       K("content-length", DSYSI_HDR_HOP),
       K("idempotency-key", DSYSI_HDR_IDEMPOTENCY_KEY),
+      K("x-dsys-identity", DSYSI_HDR_USER_ID),
       K("x-forwarded-for", DSYSI_HDR_FORWARDED_FOR),
       K("proxy-connection", DSYSI_HDR_HOP),
       K("transfer-encoding", DSYSI_HDR_HOP),

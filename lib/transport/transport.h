@@ -44,7 +44,8 @@ enum {
   DSYSI_HDR_CONTENT_TYPE,
   DSYSI_HDR_IDEMPOTENCY_KEY,
   DSYSI_HDR_FORWARDED_FOR,
-  DSYSI_HDR_USER_ID         /* X-Dsys-User-Id: set by the gateway only */
+  DSYSI_HDR_USER_ID         /* X-Dsys-User-Id and X-Dsys-Identity: set by
+                               the gateway only, stripped from clients */
 };
 /** The class of a header name (case-insensitive), one scan. */
 int dsysi_header_class(const char *name);
