@@ -8,3 +8,7 @@ EXTRA_DIST += bench/run-transport
 EXTRA_DIST += bench/run-gateway
 EXTRA_DIST += bench/run-fullstack bench/run-all
 EXTRA_DIST += bench/python-memory.py
+# Service identity: issue, first verify, cached verify.
+noinst_PROGRAMS += bench/bench-identity
+bench_bench_identity_SOURCES = bench/bench-identity.c
+bench_bench_identity_LDADD = libdistsys.la
