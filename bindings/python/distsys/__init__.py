@@ -1,9 +1,9 @@
 """distsys: Python bindings (ctypes) for libdistsys.
 
 Registry, load balancing, circuit breakers, resilient service calls,
-key-value store, durable job queue with workers, and auth helpers. Load
-order of the C library: ``$DSYS_LIBRARY`` if set, else the installed
-``libdistsys``; see README.md.
+key-value store, durable job queue with workers, auth helpers and service
+identity tokens. Load order of the C library: ``$DSYS_LIBRARY`` if set, else
+the installed ``libdistsys``; see README.md.
 """
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from ._lib import LibraryNotFoundError
 from .errors import DistsysError, error_class, error_classes
 from .errors import *  # noqa: F401,F403 - the generated exception classes
 from .auth import hash_password, issue_token, verify_password, verify_token
+from .identity import (IDENTITY_HEADER, IDENTITY_TOKEN_MAX, Identity,
+                       IdentityVerifier, identity_issue, identity_issue_file,
+                       identity_keygen)
 from .queue import JOB_STATES, Job, JobContext, Queue, Worker
 from .registry import CHANGE_KINDS, Change, Instance, Registry
 from .resilience import (BREAKER_STATES, POLICIES, Balancer, Breaker,
@@ -29,6 +32,8 @@ library_path: str = _lib.LIB_PATH
 __all__ = [
     "LibraryNotFoundError", "DistsysError", "error_class", "error_classes",
     "hash_password", "verify_password", "issue_token", "verify_token",
+    "identity_keygen", "identity_issue", "identity_issue_file", "Identity",
+    "IdentityVerifier", "IDENTITY_HEADER", "IDENTITY_TOKEN_MAX",
     "Store", "Item", "Queue", "Job", "JobContext", "Worker", "JOB_STATES",
     "Registry", "Instance", "Change", "CHANGE_KINDS", "Balancer", "Pick",
     "Breaker", "BreakerStats", "POLICIES", "BREAKER_STATES", "Upstream",

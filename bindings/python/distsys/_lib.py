@@ -469,3 +469,43 @@ dsys_token_issue = fn("dsys_token_issue", c_int, c_char_p, c_size_t, c_char_p,
                       POINTER(dsys_token_options), POINTER(c_void_p))
 dsys_token_verify = fn("dsys_token_verify", c_int, c_char_p, c_size_t, c_char_p,
                        POINTER(dsys_token_options), POINTER(c_void_p))
+
+# ---- identity.h ----
+IDENTITY_HEADER = "X-Dsys-Identity"
+IDENTITY_TOKEN_MAX = 4096
+
+
+class dsys_identity_claims(Structure):
+    _fields_ = [("instance", c_char * 128), ("service", c_char * 64),
+                ("expires_s", c_int64)]
+
+
+class dsys_identity_issue_options(Structure):
+    _fields_ = [("size", c_size_t), ("lifetime_s", c_int64),
+                ("clock", c_void_p)]
+
+
+class dsys_identity_options(Structure):
+    _fields_ = [("size", c_size_t), ("clock", c_void_p),
+                ("reload_ms", c_int64)]
+
+
+dsys_identity_keygen = fn("dsys_identity_keygen", c_int, c_char_p, c_char_p,
+                          POINTER(c_int))
+dsys_identity_issue = fn("dsys_identity_issue", c_int, c_char_p, c_char_p,
+                         c_char_p, POINTER(dsys_identity_issue_options),
+                         POINTER(c_void_p))
+dsys_identity_issue_file = fn("dsys_identity_issue_file", c_int, c_char_p,
+                              c_char_p, c_char_p,
+                              POINTER(dsys_identity_issue_options), c_char_p)
+dsys_identity_open = fn("dsys_identity_open", c_int, POINTER(c_void_p),
+                        c_char_p, POINTER(dsys_identity_options))
+dsys_identity_new = fn("dsys_identity_new", c_int, POINTER(c_void_p), c_char_p)
+dsys_identity_token = fn("dsys_identity_token", c_int, c_void_p,
+                         POINTER(c_void_p))
+dsys_identity_free = fn("dsys_identity_free", None, c_void_p)
+dsys_identity_verifier_new = fn("dsys_identity_verifier_new", c_int,
+                                POINTER(c_void_p), c_char_p, c_void_p)
+dsys_identity_verify = fn("dsys_identity_verify", c_int, c_void_p, c_char_p,
+                          POINTER(dsys_identity_claims))
+dsys_identity_verifier_free = fn("dsys_identity_verifier_free", None, c_void_p)
