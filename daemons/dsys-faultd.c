@@ -18,6 +18,11 @@ static const dsys_option opts[] = {
      "registry to learn instances from: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
     {"target", "DSYS_TARGET", DSYS_OPT_LIST, NULL, "static instance TYPE/NAME=URL or NAME=URL (type = NAME)"},
     {"gateway", "DSYS_GATEWAY", DSYS_OPT_STRING, NULL, "the gateway to check and mirror metrics from"},
+    {"peer-ca", "DSYS_PEER_CA", DSYS_OPT_STRING, NULL,
+     "PEM CA trusted for https:// instances and registry (default: the system store)"},
+    {"peer-cert", "DSYS_PEER_CERT", DSYS_OPT_STRING, NULL,
+     "PEM client certificate presented to them (mutual TLS)"},
+    {"peer-key", "DSYS_PEER_KEY", DSYS_OPT_STRING, NULL, "its PEM private key"},
     {"interval-ms", "DSYS_INTERVAL_MS", DSYS_OPT_INT, "5000", "check cycle interval"},
     {"timeout-ms", "DSYS_TIMEOUT_MS", DSYS_OPT_INT, "3000", "timeout of one check"},
     {"slow-ms", "DSYS_SLOW_MS", DSYS_OPT_INT, "1000", "an answer slower than this is a slow response"},
@@ -70,6 +75,12 @@ int main(int argc, char **argv) {
   size_t ntargets = dsys_config_count(cfg, "target");
   if (!rurl && !ntargets) return fail(cfg, "give --registry URL (or static --target NAME=URL)", NULL);
 
+  if (!dsys_config_get(cfg, "peer-cert") != !dsys_config_get(cfg, "peer-key"))
+    return fail(cfg, "--peer-cert and --peer-key go together", NULL);
+  dsys_client_options pco = {.size = sizeof pco, .tls_ca_file = dsys_config_get(cfg, "peer-ca"),
+                             .tls_cert_file = dsys_config_get(cfg, "peer-cert"),
+                             .tls_key_file = dsys_config_get(cfg, "peer-key")};
+
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -79,7 +90,8 @@ int main(int argc, char **argv) {
   dsys_registry *reg = NULL;
   if (rurl) {
     char err[256] = "";
-    int rc = dsys_registry_open(&reg, rurl, NULL, NULL, err, sizeof err);
+    dsys_registry_options ro = {.size = sizeof ro, .client = &pco};
+    int rc = dsys_registry_open(&reg, rurl, NULL, &ro, err, sizeof err);
     if (rc) {
       fprintf(stderr, PROG ": cannot open the registry %s: %s %s\n", rurl, dsys_strerror(rc), err);
       dsys_config_free(cfg);
@@ -90,7 +102,7 @@ int main(int argc, char **argv) {
                             .gateway_url = dsys_config_get(cfg, "gateway"),
                             .interval_ms = interval, .timeout_ms = timeout, .slow_ms = slow,
                             .fail_threshold = (uint32_t)thr,
-                            .alert_log = dsys_config_get(cfg, "alert-log")};
+                            .alert_log = dsys_config_get(cfg, "alert-log"), .client = &pco};
   dsys_faultd *fd = NULL;
   dsys_server *srv = NULL;
   int rc = dsys_faultd_new(&fd, &fo);

@@ -47,7 +47,10 @@ static const dsys_option opts[] = {
     {"tls-client-ca", "DSYS_TLS_CLIENT_CA", DSYS_OPT_STRING, NULL,
      "PEM CA: require client certificates signed by it (mutual TLS; else 403)"},
     {"upstream-ca", "DSYS_UPSTREAM_CA", DSYS_OPT_STRING, NULL,
-     "PEM CA trusted for https:// upstreams (default: the system store)"},
+     "PEM CA trusted for https:// upstreams and an https:// --registry (default: the system store)"},
+    {"upstream-cert", "DSYS_UPSTREAM_CERT", DSYS_OPT_STRING, NULL,
+     "PEM client certificate presented to https:// upstreams and registry (mutual TLS)"},
+    {"upstream-key", "DSYS_UPSTREAM_KEY", DSYS_OPT_STRING, NULL, "its PEM private key"},
     {"identity-token-file", "DSYS_IDENTITY_TOKEN_FILE", DSYS_OPT_STRING, NULL,
      "the gateway's identity token, sent to services as X-Dsys-Identity (services "
      "started with --identity-public-key require it); reread when the file changes"},
@@ -128,6 +131,16 @@ int main(int argc, char **argv) {
   const char *policy = dsys_config_get(cfg, "policy");
   int32_t pol;
   if (dsys_lb_policy_parse(policy, &pol)) return fail("unknown --policy", policy);
+  const char *why = dsys_daemon_tls_check(dsys_config_get(cfg, "listen"), dsys_config_get(cfg, "tls-cert"),
+                                          dsys_config_get(cfg, "tls-key"),
+                                          dsys_config_get(cfg, "tls-client-ca"));
+  if (why) return fail(why, NULL);
+  if (!dsys_config_get(cfg, "upstream-cert") != !dsys_config_get(cfg, "upstream-key"))
+    return fail("--upstream-cert and --upstream-key go together", NULL);
+  /* one set of client TLS settings for the upstreams and the registry */
+  dsys_client_options uco = {.size = sizeof uco, .tls_ca_file = dsys_config_get(cfg, "upstream-ca"),
+                             .tls_cert_file = dsys_config_get(cfg, "upstream-cert"),
+                             .tls_key_file = dsys_config_get(cfg, "upstream-key")};
 
   sigset_t set;
   sigemptyset(&set);
@@ -147,14 +160,17 @@ int main(int argc, char **argv) {
   dsys_registry *reg = NULL;
   const char *rurl = dsys_config_get(cfg, "registry");
   if (rurl) {
-    int rc = dsys_registry_open(&reg, rurl, NULL, NULL, err, sizeof err);
+    dsys_registry_options ro = {.size = sizeof ro, .client = &uco};
+    int rc = dsys_registry_open(&reg, rurl, NULL, &ro, err, sizeof err);
     if (rc) {
       fprintf(stderr, "dsys-gatewayd: cannot open the registry %s: %s %s\n", rurl, dsys_strerror(rc), err);
       return 1;
     }
   }
   dsys_gateway_options go = {.size = sizeof go, .registry = reg, .try_timeout_ms = try_ms,
-                             .upstream_ca_file = dsys_config_get(cfg, "upstream-ca"),
+                             .upstream_ca_file = uco.tls_ca_file,
+                             .upstream_cert_file = uco.tls_cert_file,
+                             .upstream_key_file = uco.tls_key_file,
                              .identity = ident};
   char *secret = NULL;
   size_t secret_len = 0;

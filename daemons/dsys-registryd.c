@@ -4,6 +4,7 @@
  *
  *   dsys-registryd [--listen URL] [--store memory|sqlite:///path]
  *                  [--ttl-ms N] [--reap-ms N] [--identity-public-key PEM]
+ *                  [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
  *                  [--log-format text|json]
  *
  * Prints "listening URL" once it listens (port 0 picks a port). SIGTERM or
@@ -20,6 +21,10 @@ static const dsys_option opts[] = {
     {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory", "memory, or sqlite:///path (survives restarts)"},
     {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_INT, "30000", "an instance without heartbeat this long is unhealthy"},
     {"reap-ms", "DSYS_REGISTRY_REAP_MS", DSYS_OPT_INT, "300000", "and is removed after this long (must exceed --ttl-ms)"},
+    {"tls-cert", "DSYS_TLS_CERT", DSYS_OPT_STRING, NULL, "PEM certificate for an https:// --listen"},
+    {"tls-key", "DSYS_TLS_KEY", DSYS_OPT_STRING, NULL, "its PEM private key (unencrypted)"},
+    {"tls-client-ca", "DSYS_TLS_CLIENT_CA", DSYS_OPT_STRING, NULL,
+     "PEM CA: require client certificates signed by it (mutual TLS; else 403)"},
     {"identity-public-key", "DSYS_IDENTITY_PUBLIC_KEY", DSYS_OPT_STRING, NULL,
      "require an identity token signed by this deployment key (PEM) on register, "
      "heartbeat and deregister: no rogue process can register itself"},
@@ -46,6 +51,10 @@ int main(int argc, char **argv) {
   dsys_config_get_int(cfg, "ttl-ms", &ttl);
   dsys_config_get_int(cfg, "reap-ms", &reap);
   if (ttl <= 0 || reap <= ttl) return fail(cfg, "--ttl-ms must be positive and --reap-ms larger", NULL);
+  const char *why = dsys_daemon_tls_check(dsys_config_get(cfg, "listen"), dsys_config_get(cfg, "tls-cert"),
+                                          dsys_config_get(cfg, "tls-key"),
+                                          dsys_config_get(cfg, "tls-client-ca"));
+  if (why) return fail(cfg, why, NULL);
   const char *store = dsys_config_get(cfg, "store");
   const char *backend = "memory", *target = NULL;
   if (!strncmp(store, "sqlite://", 9) && store[9]) {
@@ -77,7 +86,10 @@ int main(int argc, char **argv) {
   }
   dsys_server *srv = NULL;
   dsys_registry_service *svc = NULL;
-  dsys_server_options so = {.size = sizeof so, .name = "registry", .access_log = 1};
+  dsys_server_options so = {.size = sizeof so, .name = "registry", .access_log = 1,
+                            .tls_cert_file = dsys_config_get(cfg, "tls-cert"),
+                            .tls_key_file = dsys_config_get(cfg, "tls-key"),
+                            .tls_client_ca_file = dsys_config_get(cfg, "tls-client-ca")};
   dsys_metrics *met = NULL;
   rc = dsys_server_new(&srv, &so);
   if (!rc) rc = dsys_metrics_new(&met);

@@ -161,3 +161,7 @@ FUZZ_TARGETS += gateway
 # registrations and direct calls without an identity.
 TESTS += tests/integration/cluster-secure.test
 EXTRA_DIST += tests/integration/cluster-secure.test
+# Mutual TLS between services (issue 10): registry, data instance, gateway
+# and fault detector with a throwaway CA.
+TESTS += tests/integration/mtls.test
+EXTRA_DIST += tests/integration/mtls.test

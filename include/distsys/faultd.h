@@ -57,6 +57,11 @@ typedef struct dsys_faultd_options {
   const char *alert_log;     /**< JSON-lines alert file (appended), or NULL */
   int64_t heartbeat_ms;      /**< SSE heartbeat comment, default 15000 */
   const char *name;          /**< "service" in /health, default "fault-detector" */
+  /* appended */
+  const struct dsys_client_options *client; /**< TLS of the checks: its
+                                  tls_* fields (CA, client certificate for
+                                  instances that require one) are used;
+                                  copied; NULL: the system store */
 } dsys_faultd_options;
 
 /**

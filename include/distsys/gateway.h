@@ -70,6 +70,16 @@ typedef struct dsys_gateway_options {
                                      https:// endpoint is proxied through
                                      libcurl (dsys_upstream_send), not the
                                      event loop's HTTP/1.1 client */
+  const char *upstream_cert_file; /**< PEM client certificate presented to
+                                     https:// upstreams (mutual TLS between
+                                     services; copied); with
+                                     upstream_key_file, both or neither */
+  const char *upstream_key_file;  /**< its PEM private key (copied). When
+                                     upstream_ca_file or upstream_cert_file
+                                     is set, registry-discovered upstreams
+                                     are proxied through libcurl too, so
+                                     instances registered with https://
+                                     URLs work */
   struct dsys_identity *identity; /**< the gateway's credential, sent as
                                      X-Dsys-Identity on every proxied
                                      request (services started with

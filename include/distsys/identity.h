@@ -166,7 +166,8 @@ DSYS_API void dsys_identity_verifier_free(dsys_identity_verifier *v);
 
 /**
  * Require a valid identity on every request of srv except GET and HEAD
- * of /health and /metrics (liveness probes and scrapers stay open). A
+ * of /health, /ready, /metrics and /api/<type>/health (liveness probes
+ * and scrapers stay open). A
  * request without a valid X-Dsys-Identity header is answered 401
  * {"error": ..., "code": "identity_required"}; a verified one is logged
  * with the field "peer". Call before dsys_server_listen; the verifier

@@ -109,6 +109,9 @@ typedef struct dsys_registry_env {
   struct dsys_identity *identity; /**< the credential to present to a
                                        remote registry, or NULL
                                        (dsys_registry_options.identity) */
+  const struct dsys_client_options *client; /**< client options for a
+                                       remote registry, or NULL
+                                       (dsys_registry_options.client) */
 } dsys_registry_env;
 
 /** Flag of dsys_registry_ops.flags: the health field returned by get/list
@@ -174,6 +177,14 @@ typedef struct dsys_registry_options {
                                        identities refuses writes without
                                        it); not owned, must outlive the
                                        registry. NULL: none */
+  const struct dsys_client_options *client; /**< http backend: options of
+                                       its clients, for an https:// registry
+                                       (tls_ca_file, and tls_cert_file /
+                                       tls_key_file when it requires client
+                                       certificates); its timeouts apply
+                                       when nonzero (default connect 2000
+                                       ms, request 5000 ms). Copied at open.
+                                       NULL: defaults */
 } dsys_registry_options;
 
 /**

@@ -215,10 +215,14 @@ typedef struct dsys_daemon_spec {
  * registry forgot it (dsys_registration); wait for SIGINT or SIGTERM;
  * deregister, stop taking requests and drain (5 s), call unmount, close.
  * Every daemon serves GET /metrics (dsys_daemon_metrics()).
+ * TLS: --tls-cert/--tls-key serve an https:// --listen, --tls-client-ca
+ * requires client certificates (mutual TLS), --peer-ca/--peer-cert/
+ * --peer-key configure the client towards an https:// --registry.
  * Service identity (include/distsys/identity.h): --identity-token-file
  * gives the instance's token, presented to the registry on every write;
  * --identity-public-key makes the daemon refuse callers without a valid
- * token (401) on every route but GET /health and /metrics.
+ * token (401) on every route but GET /health, /ready, /metrics and
+ * /api/<type>/health.
  * Blocks SIGINT and SIGTERM in the calling thread (call it from main
  * before starting any thread).
  * @return the process exit status: 0 (clean stop, --help, --version),
@@ -247,6 +251,14 @@ DSYS_API const char *dsys_daemon_db_path(dsys_daemon *d);
 /** The instance's credential (--identity-token-file), or NULL: present
  *  it to peers with dsys_identity_token() in the X-Dsys-Identity header. */
 DSYS_API struct dsys_identity *dsys_daemon_identity(dsys_daemon *d);
+/**
+ * Check a daemon's TLS listening flags before starting: an https://
+ * listen URL needs a certificate and a key; certificate, key or client CA
+ * without an https:// URL are a mistake too (they would be ignored).
+ * @return NULL when consistent, else a message for the user (static).
+ */
+DSYS_API const char *dsys_daemon_tls_check(const char *listen, const char *cert,
+                                           const char *key, const char *client_ca);
 /** The verifier of callers (--identity-public-key), or NULL. */
 DSYS_API struct dsys_identity_verifier *dsys_daemon_identity_verifier(dsys_daemon *d);
 

@@ -180,7 +180,8 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
   if (ops->version >= 2 && ops->attach) {
     dsys_registry_env env = {.clock = r->clk, .ttl_ms = r->ttl_ms,
                              .reap_ms = r->reap_ms, .changed = changed_cb,
-                             .ctx = r, .identity = d.identity};
+                             .ctx = r, .identity = d.identity,
+                             .client = d.client};
     rc = ops->attach(r->st, &env);
     if (!rc) rc = ops->index(r->st, &r->delivered);
     if (rc) {

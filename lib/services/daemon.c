@@ -62,11 +62,24 @@ static int make_parent_dirs(const char *path) {
   return rc;
 }
 
+const char *dsys_daemon_tls_check(const char *listen, const char *cert, const char *key,
+                                  const char *client_ca) {
+  int https = listen && !strncmp(listen, "https://", 8);
+  if (https && (!cert || !key)) return "an https:// --listen needs --tls-cert and --tls-key";
+  if (!https && (cert || key || client_ca))
+    return "--tls-cert, --tls-key and --tls-client-ca need an https:// --listen";
+  return NULL;
+}
+
 /* Register with the registry; the agent heartbeats and re-registers. A
  * registry that is down at start is retried quietly by the agent. */
 static int register_instance(dsys_daemon *d, const char *url, const char *name) {
   char err[256] = "";
-  dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity};
+  const dsys_config *c = d->cfg;
+  dsys_client_options co = {.size = sizeof co, .tls_ca_file = dsys_config_get(c, "peer-ca"),
+                            .tls_cert_file = dsys_config_get(c, "peer-cert"),
+                            .tls_key_file = dsys_config_get(c, "peer-key")};
+  dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &co};
   int rc = dsys_registry_open(&d->registry, url, NULL, &ro, err, sizeof err);
   if (rc) {
     dsysi_log(DSYS_LOG_ERROR, name, "registry %s: %s", url, err);
@@ -98,12 +111,23 @@ static const dsys_option common_opts[] = {
      "debug, info, warn, error or off"},
     {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, "false",
      "log one line per request"},
+    {"tls-cert", "DSYS_TLS_CERT", DSYS_OPT_STRING, NULL,
+     "PEM certificate (chain) for an https:// --listen"},
+    {"tls-key", "DSYS_TLS_KEY", DSYS_OPT_STRING, NULL, "its PEM private key (unencrypted)"},
+    {"tls-client-ca", "DSYS_TLS_CLIENT_CA", DSYS_OPT_STRING, NULL,
+     "PEM CA: require client certificates signed by it (mutual TLS; else 403)"},
+    {"peer-ca", "DSYS_PEER_CA", DSYS_OPT_STRING, NULL,
+     "PEM CA trusted for an https:// --registry (default: the system store)"},
+    {"peer-cert", "DSYS_PEER_CERT", DSYS_OPT_STRING, NULL,
+     "PEM client certificate presented to an https:// --registry (mutual TLS)"},
+    {"peer-key", "DSYS_PEER_KEY", DSYS_OPT_STRING, NULL, "its PEM private key"},
     {"identity-token-file", "DSYS_IDENTITY_TOKEN_FILE", DSYS_OPT_STRING, NULL,
      "this instance's identity token (dsys-identity issue, or dsys-cluster "
      "--profile secure), presented to the registry; reread when the file changes"},
     {"identity-public-key", "DSYS_IDENTITY_PUBLIC_KEY", DSYS_OPT_STRING, NULL,
      "the deployment's identity public key: callers must present a valid "
-     "identity token (every route but GET /health and /metrics; 401 otherwise)"},
+     "identity token (every route but GET /health, /ready, /metrics and "
+     "/api/TYPE/health; 401 otherwise)"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help and exit"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version and exit"},
 };
@@ -131,8 +155,20 @@ static int run(dsys_daemon *d, const char *prog) {
     fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, db, dsys_strerror(rc));
     return 1;
   }
+  const char *listen = dsys_config_get(d->cfg, "listen");
   dsys_server_options so = {.size = sizeof so, .name = name,
-                            .access_log = dsys_config_get_bool(d->cfg, "access-log")};
+                            .access_log = dsys_config_get_bool(d->cfg, "access-log"),
+                            .tls_cert_file = dsys_config_get(d->cfg, "tls-cert"),
+                            .tls_key_file = dsys_config_get(d->cfg, "tls-key"),
+                            .tls_client_ca_file = dsys_config_get(d->cfg, "tls-client-ca")};
+  const char *why = dsys_daemon_tls_check(listen, so.tls_cert_file, so.tls_key_file,
+                                          so.tls_client_ca_file);
+  if (!why && !dsys_config_get(d->cfg, "peer-cert") != !dsys_config_get(d->cfg, "peer-key"))
+    why = "--peer-cert and --peer-key go together";
+  if (why) {
+    fprintf(stderr, "%s: %s\n", prog, why);
+    return 2;
+  }
   if ((rc = dsys_server_new(&d->srv, &so))) {
     fprintf(stderr, "%s: %s\n", prog, dsys_strerror(rc));
     return 1;
@@ -167,7 +203,6 @@ static int run(dsys_daemon *d, const char *prog) {
     fprintf(stderr, "%s: could not start the service (see the log)\n", prog);
     return 1;
   }
-  const char *listen = dsys_config_get(d->cfg, "listen");
   if ((rc = dsys_server_listen(d->srv, listen))) {
     fprintf(stderr, "%s: cannot listen on %s: %s\n", prog, listen, dsys_strerror(rc));
     return 1;

@@ -326,6 +326,15 @@ int dsys_faultd_new(dsys_faultd **out, const dsys_faultd_options *opts) {
   dsys_client_options co = {.size = sizeof co, .clock = o.clock, .timeout_ms = o.timeout_ms,
                             .connect_timeout_ms = o.timeout_ms < 2000 ? o.timeout_ms : 2000,
                             .max_response = 4u << 20};
+  if (o.client) {
+    dsys_client_options uc = {0};
+    memcpy(&uc, o.client, o.client->size && o.client->size < sizeof uc ? o.client->size : sizeof uc);
+    co.tls_ca_file = uc.tls_ca_file;
+    co.tls_cert_file = uc.tls_cert_file;
+    co.tls_key_file = uc.tls_key_file;
+    co.tls_insecure = uc.tls_insecure;
+  }
+  fd->o.client = NULL; /* the client holds copies */
   dsys_events_options eo = {.size = sizeof eo, .clock = o.clock, .heartbeat_ms = o.heartbeat_ms};
   int rc = (!fd->name || (o.gateway_url && !fd->gw_url) || (o.alert_log && !fd->alert_path))
                ? DSYS_ENOMEM

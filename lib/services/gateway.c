@@ -77,7 +77,7 @@ struct dsys_gateway {
   dsysi_rl *rl;
   dsysi_idem *idem;
   int v1_routes; /* a route of its own under /v1: no alias */
-  char *upstream_ca;          /* copy of o.upstream_ca_file */
+  char *upstream_tls[3];      /* copies of o.upstream_{ca,cert,key}_file */
   dsys_client *tls_client;    /* shared by the https upstreams */
 };
 
@@ -103,10 +103,19 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   gw->name = strdup(gw->o.name ? gw->o.name : "load-balancer");
   gw->o.name = gw->name;
   int ca_oom = 0;
-  if (gw->o.upstream_ca_file) {
-    gw->upstream_ca = strdup(gw->o.upstream_ca_file);
-    ca_oom = !gw->upstream_ca;
-    gw->o.upstream_ca_file = gw->upstream_ca;
+  const char **tls_files[3] = {&gw->o.upstream_ca_file, &gw->o.upstream_cert_file,
+                               &gw->o.upstream_key_file};
+  for (int i = 0; i < 3; i++) {
+    if (!*tls_files[i]) continue;
+    gw->upstream_tls[i] = strdup(*tls_files[i]);
+    ca_oom |= !gw->upstream_tls[i];
+    *tls_files[i] = gw->upstream_tls[i];
+  }
+  if (!gw->o.upstream_cert_file != !gw->o.upstream_key_file) {
+    for (int i = 0; i < 3; i++) free(gw->upstream_tls[i]);
+    free(gw->name);
+    free(gw);
+    return DSYS_EINVAL;
   }
   if (gw->o.token_secret) {
     if (gw->o.token_secret_len < DSYS_TOKEN_SECRET_MIN || gw->o.token_secret_len > DSYS_TOKEN_SECRET_MAX) {
@@ -158,13 +167,18 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
                            .deadline_ms = gw->o.deadline_ms};
   /* The event loop's HTTP/1.1 client has no TLS: an upstream with an
    * https:// endpoint goes through dsys_upstream_send (libcurl), with one
-   * client that trusts upstream_ca_file. */
-  int tls = 0;
+   * client that trusts upstream_ca_file (and presents the upstream client
+   * certificate). Registry instances may register https:// URLs: when the
+   * gateway was given upstream TLS settings, discovered upstreams take
+   * that path too. */
+  int tls = !n && (gw->o.upstream_ca_file || gw->o.upstream_cert_file);
   for (size_t i = 0; i < n; i++)
     if (urls[i] && !strncmp(urls[i], "https://", 8)) tls = 1;
   if (tls && !gw->tls_client) {
     dsys_client_options co = {.size = sizeof co, .clock = gw->o.clock,
-                              .tls_ca_file = gw->o.upstream_ca_file};
+                              .tls_ca_file = gw->o.upstream_ca_file,
+                              .tls_cert_file = gw->o.upstream_cert_file,
+                              .tls_key_file = gw->o.upstream_key_file};
     int crc = dsys_client_new(&gw->tls_client, &co);
     if (crc) return crc;
   }
@@ -1209,7 +1223,7 @@ void dsys_gateway_free(dsys_gateway *gw) {
     free(gw->ups[i].name);
   }
   dsys_client_free(gw->tls_client); /* after the upstreams that used it */
-  free(gw->upstream_ca);
+  for (int i = 0; i < 3; i++) free(gw->upstream_tls[i]);
   pthread_mutex_destroy(&gw->mu);
   free(gw->name);
   free(gw);

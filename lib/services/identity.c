@@ -475,11 +475,18 @@ int dsysi_identity_check(dsys_identity_verifier *v, dsys_request *req,
   return 0;
 }
 
+/* Probe and scrape paths of HTTP-API.md: /health, /ready, /metrics and
+ * /api/<type>/health. */
+static int open_path(const char *p) {
+  if (!strcmp(p, "/health") || !strcmp(p, "/ready") || !strcmp(p, "/metrics")) return 1;
+  if (strncmp(p, "/api/", 5)) return 0;
+  const char *slash = strchr(p + 5, '/');
+  return slash && slash > p + 5 && !strcmp(slash, "/health");
+}
+
 static int guard(dsys_request *req, void *ud) {
-  const char *m = dsys_request_method(req), *p = dsys_request_path(req);
-  if ((!strcmp(m, "GET") || !strcmp(m, "HEAD")) &&
-      (!strcmp(p, "/health") || !strcmp(p, "/metrics")))
-    return 0;
+  const char *m = dsys_request_method(req);
+  if ((!strcmp(m, "GET") || !strcmp(m, "HEAD")) && open_path(dsys_request_path(req))) return 0;
   dsys_identity_claims c;
   return dsysi_identity_check(ud, req, &c) ? 1 : 0;
 }

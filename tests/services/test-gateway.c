@@ -116,6 +116,8 @@ static void run(const char *label, const char *listen, unsigned loops) {
   const char *urls[3] = {dsys_server_url(be[0].srv, 0), dsys_server_url(be[1].srv, 0),
                          dsys_server_url(be[2].srv, 0)};
   dsys_gateway *gw;
+  dsys_gateway_options half = {.size = sizeof half, .upstream_cert_file = "/x/cert.pem"};
+  is_int(dsys_gateway_new(&gw, &half), DSYS_EINVAL, "[%s] upstream cert without its key", label);
   dsys_gateway_options go = {.size = sizeof go, .try_timeout_ms = 3000};
   is_int(dsys_gateway_new(&gw, &go), 0, "[%s] gateway_new", label);
   is_int(dsys_gateway_add_upstream(gw, "data", urls, 3, NULL), 0, "[%s] static upstream", label);

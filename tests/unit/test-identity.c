@@ -246,6 +246,8 @@ static void test_guard(dsys_client *cli) {
   dsys_server_new(&srv, NULL);
   dsys_server_route(srv, "GET", "/api/data/x", hello, NULL);
   dsys_server_route(srv, "*", "/health", hello, NULL);
+  dsys_server_route(srv, "GET", "/api/:type/health", hello, NULL);
+  dsys_server_route(srv, "GET", "/api/data/x/health", hello, NULL);
   is_int(dsys_server_require_identity(srv, v), 0, "require identity");
   is_int(dsys_server_require_identity(NULL, v), DSYS_EINVAL, "NULL server: EINVAL");
   is_int(dsys_server_listen(srv, "inproc://ident-guard"), 0, "listen");
@@ -262,6 +264,10 @@ static void test_guard(dsys_client *cli) {
   is_int(do_call(cli, u, "GET", "/api/data/x", good, NULL, body, sizeof body), 200,
          "a valid identity: 200");
   is_int(do_call(cli, u, "GET", "/health", NULL, NULL, NULL, 0), 200, "/health stays open");
+  is_int(do_call(cli, u, "GET", "/api/data/health", NULL, NULL, NULL, 0), 200,
+         "/api/data/health stays open");
+  is_int(do_call(cli, u, "GET", "/api/data/x/health", NULL, NULL, NULL, 0), 401,
+         "a deeper path ending in /health does not");
   is_int(do_call(cli, u, "POST", "/health", NULL, "{}", NULL, 0), 401,
          "but only for GET and HEAD");
   dsys_server_stop(srv, 1000);
