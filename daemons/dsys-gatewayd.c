@@ -61,8 +61,14 @@ static const dsys_option opts[] = {
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
+/* The parsed flags, freed by fail() so that a refused start is clean
+ * (sanitizer builds fail a process that leaks at exit). */
+static dsys_config *cfg_;
+
 static int fail(const char *msg, const char *arg) {
   fprintf(stderr, "dsys-gatewayd: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+  dsys_config_free(cfg_);
+  cfg_ = NULL;
   return 2;
 }
 
@@ -124,6 +130,7 @@ int main(int argc, char **argv) {
   int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "dsys-gatewayd",
                               "The load balancer of the reference deployment (HTTP-API.md).");
   if (st >= 0) return st;
+  cfg_ = cfg;
   int64_t loops = 0, try_ms = 0;
   dsys_config_get_int(cfg, "loops", &loops);
   dsys_config_get_int(cfg, "try-timeout-ms", &try_ms);
