@@ -21,10 +21,7 @@ static const dsys_option opts[] = {
     {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory", "memory, or sqlite:///path (survives restarts)"},
     {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_INT, "30000", "an instance without heartbeat this long is unhealthy"},
     {"reap-ms", "DSYS_REGISTRY_REAP_MS", DSYS_OPT_INT, "300000", "and is removed after this long (must exceed --ttl-ms)"},
-    {"tls-cert", "DSYS_TLS_CERT", DSYS_OPT_STRING, NULL, "PEM certificate for an https:// --listen"},
-    {"tls-key", "DSYS_TLS_KEY", DSYS_OPT_STRING, NULL, "its PEM private key (unencrypted)"},
-    {"tls-client-ca", "DSYS_TLS_CLIENT_CA", DSYS_OPT_STRING, NULL,
-     "PEM CA: require client certificates signed by it (mutual TLS; else 403)"},
+    DSYS_DAEMON_TLS_OPTIONS,
     {"identity-public-key", "DSYS_IDENTITY_PUBLIC_KEY", DSYS_OPT_STRING, NULL,
      "require an identity token signed by this deployment key (PEM) on register, "
      "heartbeat and deregister: no rogue process can register itself"},

@@ -251,6 +251,26 @@ DSYS_API const char *dsys_daemon_db_path(dsys_daemon *d);
 /** The instance's credential (--identity-token-file), or NULL: present
  *  it to peers with dsys_identity_token() in the X-Dsys-Identity header. */
 DSYS_API struct dsys_identity *dsys_daemon_identity(dsys_daemon *d);
+/** The rows of a daemon's option table for serving https:// (the flags
+ *  --tls-cert, --tls-key and --tls-client-ca; pass the values to
+ *  dsys_server_options and check them with dsys_daemon_tls_check()). */
+#define DSYS_DAEMON_TLS_OPTIONS                                                          \
+  {"tls-cert", "DSYS_TLS_CERT", DSYS_OPT_STRING, NULL,                                    \
+   "PEM certificate (chain) for an https:// --listen"},                                   \
+  {"tls-key", "DSYS_TLS_KEY", DSYS_OPT_STRING, NULL, "its PEM private key (unencrypted)"}, \
+  {"tls-client-ca", "DSYS_TLS_CLIENT_CA", DSYS_OPT_STRING, NULL,                          \
+   "PEM CA: require client certificates signed by it (mutual TLS; else 403)"}
+
+/** The rows for a daemon's client side towards https:// peers (registry,
+ *  checked instances): --peer-ca, --peer-cert and --peer-key. */
+#define DSYS_DAEMON_PEER_OPTIONS                                                         \
+  {"peer-ca", "DSYS_PEER_CA", DSYS_OPT_STRING, NULL,                                      \
+   "PEM CA trusted for https:// peers: the registry, checked instances "                  \
+   "(default: the system store)"},                                                        \
+  {"peer-cert", "DSYS_PEER_CERT", DSYS_OPT_STRING, NULL,                                  \
+   "PEM client certificate presented to https:// peers (mutual TLS)"},                    \
+  {"peer-key", "DSYS_PEER_KEY", DSYS_OPT_STRING, NULL, "its PEM private key"}
+
 /**
  * Check a daemon's TLS listening flags before starting: an https://
  * listen URL needs a certificate and a key; certificate, key or client CA
