@@ -269,7 +269,8 @@ WATCH_FN = CFUNCTYPE(None, c_void_p, POINTER(dsys_registry_change))
 
 class dsys_registry_options(Structure):
     _fields_ = [("size", c_size_t), ("clock", c_void_p), ("ttl_ms", c_int64),
-                ("reap_ms", c_int64), ("sweep_interval_ms", c_int64)]
+                ("reap_ms", c_int64), ("sweep_interval_ms", c_int64),
+                ("identity", c_void_p), ("client", c_void_p)]
 
 
 dsys_registry_open = fn("dsys_registry_open", c_int, POINTER(c_void_p),

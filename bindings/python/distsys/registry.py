@@ -68,6 +68,12 @@ class Registry(Handle):
     ("http://host:port"). Instances whose last heartbeat is older than
     ``ttl_ms`` are unhealthy; after ``reap_ms`` they are removed.
 
+    ``identity`` (an :class:`Identity`) is presented to a registry daemon
+    on register, heartbeat and deregister; a daemon started with
+    ``--identity-public-key`` refuses writes without it (AuthError) or with
+    another instance's (PermissionDeniedError). Closing the
+    Identity first closes this Registry.
+
     Thread-safe. Watch callbacks run on library threads (or the thread whose
     call made the change) with the GIL taken by ctypes; an exception in one
     is logged on the "distsys" logger and otherwise ignored. ``close()``
@@ -82,22 +88,31 @@ class Registry(Handle):
 
     def __init__(self, backend: str = "memory", target: Optional[str] = None,
                  *, ttl_ms: int = 0, reap_ms: int = 0,
-                 sweep_interval_ms: int = 0) -> None:
+                 sweep_interval_ms: int = 0, identity: Optional[Any] = None) -> None:
         o = _lib.dsys_registry_options(
             size=sizeof(_lib.dsys_registry_options), ttl_ms=ttl_ms,
             reap_ms=reap_ms, sweep_interval_ms=sweep_interval_ms)
         h = c_void_p()
         err = create_string_buffer(512)
-        rc = _lib.dsys_registry_open(byref(h), backend.encode(),
-                                     None if target is None else target.encode(),
-                                     byref(o), err, len(err))
-        errors.raise_for(rc, err.value.decode() or f"backend {backend!r}")
-        self.backend = backend
-        self._watches: Dict[int, Any] = {}
-        self._wlock = threading.Lock()
-        # the watch callbacks stay alive until the registry is freed
-        self._life, self._fin = attach(self, h.value, _lib.dsys_registry_close,
-                                       keep=self._watches)
+        # the credential's handle must outlive the registry: it is the parent
+        parent = identity._life if identity is not None else None
+        if parent is not None:
+            o.identity = parent.enter()
+        try:
+            rc = _lib.dsys_registry_open(byref(h), backend.encode(),
+                                         None if target is None else target.encode(),
+                                         byref(o), err, len(err))
+            errors.raise_for(rc, err.value.decode() or f"backend {backend!r}")
+            self.backend = backend
+            self.identity = identity
+            self._watches: Dict[int, Any] = {}
+            self._wlock = threading.Lock()
+            # the watch callbacks stay alive until the registry is freed
+            self._life, self._fin = attach(self, h.value, _lib.dsys_registry_close,
+                                           parent=parent, keep=(self._watches, identity))
+        finally:
+            if parent is not None:
+                parent.leave()
 
     def _call(self, f: Any, *args: Any) -> None:
         p = self._life.enter()

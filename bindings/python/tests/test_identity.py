@@ -326,3 +326,40 @@ def test_rss_flat(keys, tmp_path):
     gc.collect()
     after = rss_kib()
     assert after - before < limit, f"RSS {before} -> {after} KiB"
+
+
+def test_registry_presents_the_identity(tmp_path, keys, builddir):
+    """A Registry on a dsys-registryd that requires identities: writes
+    with the instance's own token succeed, without one they raise
+    AuthError, with another instance's PermissionDeniedError."""
+    import subprocess
+    regd = os.path.join(builddir, "daemons", "dsys-registryd")
+    if not os.path.exists(regd):
+        if os.environ.get("DSYS_BUILDDIR"):
+            pytest.fail(f"{regd} not built")
+        pytest.skip("dsys-registryd not available (set DSYS_BUILDDIR)")
+    key, pub = keys
+    p = subprocess.Popen([regd, "--listen", "http://127.0.0.1:0", "--identity-public-key", pub,
+                          "--log-format", "json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = p.stdout.readline().strip()
+        assert line.startswith("listening "), line
+        url = line.split()[1]
+        tf = str(tmp_path / "data-1.token")
+        distsys.identity_issue_file(key, "data-1", "data", tf)
+        with distsys.Identity.open(tf) as me:
+            with distsys.Registry(url, identity=me) as r:
+                r.register("data-1-4001", "data", "http://127.0.0.1:4001", name="data-1")
+                assert [i.url for i in r.lookup("data")] == ["http://127.0.0.1:4001"]
+                with pytest.raises(distsys.PermissionDeniedError):
+                    r.register("data-2-4002", "data", "http://127.0.0.1:4002", name="data-2")
+                r.heartbeat("data-1-4001")
+            with distsys.Registry(url) as anon:
+                with pytest.raises(distsys.AuthError):
+                    anon.deregister("data-1-4001")
+            r2 = distsys.Registry(url, identity=me)
+        assert r2.closed, "closing the Identity closes the Registry that uses it"
+    finally:
+        p.terminate()
+        p.wait(10)
