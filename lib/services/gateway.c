@@ -291,6 +291,7 @@ typedef struct px {
   int has_idem_key;
   int streaming;
   int too_big;
+  const char *ctype; /* the upstream's Content-Type (in h1's headers), or NULL */
 } px;
 
 
@@ -405,7 +406,7 @@ static void retry_later(dsysi_loop *l, void *ud) { attempt(ud); }
 
 static int on_head(dsysi_h1req *r) {
   px *p = r->ud;
-  const char *ct = dsysi_hdrs_get(&r->resp.hdrs, "content-type");
+  const char *ct = p->ctype = dsysi_hdrs_get(&r->resp.hdrs, "content-type");
   if (r->resp.status < 300 && ct && !strncasecmp(ct, "text/event-stream", 17)) {
     /* Server-Sent Events: pass through unbuffered; no retry from here. */
     p->streaming = 1;
@@ -471,7 +472,7 @@ static void on_done(dsysi_h1req *r, int err) {
     return;
   }
   copy_headers(p, &r->resp.hdrs);
-  const char *ct = dsysi_hdrs_get(&r->resp.hdrs, "content-type");
+  const char *ct = p->ctype; /* looked up once, in on_head */
   count(gw, p->up, status < 400);
   edge_finish(gw, &p->e, status, ct, &r->resp.hdrs, p->body.data, p->body.len);
   /* The body buffer goes to the transport as it is: no copy. */
@@ -508,6 +509,7 @@ static void attempt(px *p) {
   if (dsysi_request_log_wanted(p->req)) /* the access log names the endpoint */
     dsys_request_log_field(p->req, "upstream", p->pick.url);
   p->body.len = 0;
+  p->ctype = NULL;
   p->h1.addr = p->pick.url;
   p->h1.head = p->head.data;
   p->h1.head_len = p->head.len;
