@@ -1,4 +1,5 @@
 /* Strict incremental HTTP/1.1 response parser (see h1.h). */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "transport/h1.h"
@@ -17,7 +18,9 @@ enum {
 
 void dsysi_h1_init(dsysi_h1 *p, int head_request, dsysi_h1_head_fn on_head,
                    dsysi_h1_body_fn on_body, void *ud) {
-  memset(p, 0, sizeof *p);
+  memset(p, 0, offsetof(dsysi_h1, ar_mem)); /* ar_mem: no need to clear */
+  dsysi_arena_init(&p->ar, p->ar_mem, sizeof p->ar_mem);
+  p->hdrs.ar = &p->ar;
   p->head_request = head_request;
   p->content_length = -1;
   p->on_head = on_head;
@@ -28,6 +31,7 @@ void dsysi_h1_init(dsysi_h1 *p, int head_request, dsysi_h1_head_fn on_head,
 void dsysi_h1_free(dsysi_h1 *p) {
   dsysi_hdrs_free(&p->hdrs);
   dsysi_buf_free(&p->line);
+  dsysi_arena_free(&p->ar);
 }
 
 /* RFC 9110 tchar, as a table: this runs for every byte of every header
