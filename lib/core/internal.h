@@ -36,6 +36,9 @@ typedef struct dsysi_buf {
   int oom; /* sticky: set when an append failed */
 } dsysi_buf;
 
+/** Room for n more bytes (and the NUL) without a further allocation; an
+ *  empty buffer gets exactly that much. */
+int dsysi_buf_reserve(dsysi_buf *b, size_t n);
 int dsysi_buf_append(dsysi_buf *b, const void *data, size_t len);
 int dsysi_buf_puts(dsysi_buf *b, const char *s);
 int dsysi_buf_printf(dsysi_buf *b, const char *fmt, ...) DSYSI_PRINTF(2, 3);

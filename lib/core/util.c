@@ -225,7 +225,13 @@ unsigned dsysi_ncpu(void) {
 static int buf_reserve(dsysi_buf *b, size_t extra) {
   if (b->oom) return DSYS_ENOMEM;
   if (b->len + extra + 1 <= b->cap) return 0;
-  size_t cap = b->cap ? b->cap : 64;
+  if (extra > SIZE_MAX / 4 - b->len) {
+    b->oom = 1;
+    return DSYS_ENOMEM;
+  }
+  /* The first allocation fits the first need exactly (at least 64);
+   * later ones double. */
+  size_t cap = b->cap ? b->cap : b->len + extra + 1 > 64 ? b->len + extra + 1 : 64;
   while (cap < b->len + extra + 1) {
     if (cap > SIZE_MAX / 2) {
       b->oom = 1;
@@ -241,6 +247,12 @@ static int buf_reserve(dsysi_buf *b, size_t extra) {
   b->data = d;
   b->cap = cap;
   return 0;
+}
+
+int dsysi_buf_reserve(dsysi_buf *b, size_t n) {
+  int rc = buf_reserve(b, n);
+  if (!rc) b->data[b->len] = '\0';
+  return rc;
 }
 
 int dsysi_buf_append(dsysi_buf *b, const void *data, size_t len) {

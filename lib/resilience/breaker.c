@@ -1,5 +1,6 @@
 /* Circuit breaker: count/time sliding windows, N-in-T rule, half-open trials. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/breaker.h>
@@ -13,7 +14,26 @@ typedef struct tbucket {
   uint32_t calls, failures, slow;
 } tbucket;
 
+/* The lock-free fast path (the common case of a proxy: a closed breaker
+ * and calls that succeed) reads one word that the locked code republishes
+ * after every change: generation, state and whether the window is
+ * "quiet". Quiet: a full count window with no failure and no slow call;
+ * recording a fast success there changes nothing but the calls counter
+ * (the ring holds only clean entries, so which one a new clean entry
+ * replaces does not matter). The loops of a gateway call acquire and
+ * record for every request: no mutex, and no shared line written but a
+ * counter. */
+#define SNAP_STATE 7u
+#define SNAP_QUIET 8u
+#define SNAP_GEN_SHIFT 4
+
 struct dsys_breaker {
+  /* 64 bytes apart: never on one cache line (calloc does not align to
+   * 64, so no _Alignas) */
+  _Atomic uint64_t snap; /* gen << SNAP_GEN_SHIFT | quiet | state: read-mostly */
+  char pad1_[64];
+  atomic_uint_fast64_t fast_calls; /* successes recorded lock-free */
+  char pad2_[64];
   pthread_mutex_t mu;
   dsys_clock *clk;
   char *name;
@@ -67,6 +87,16 @@ static void window_clear(dsys_breaker *b) {
   b->fail_pos = b->fail_len = 0;
 }
 
+/* Must hold mu: publish state, generation and quietness for the fast
+ * paths. */
+static void publish(dsys_breaker *b) {
+  int quiet = b->state == DSYS_BREAKER_CLOSED && b->window_type == DSYS_BREAKER_WINDOW_COUNT &&
+              b->ring_len == b->wsize && b->w_fail == 0 && b->w_slow == 0;
+  atomic_store_explicit(&b->snap,
+                        b->gen << SNAP_GEN_SHIFT | (quiet ? SNAP_QUIET : 0) | (uint64_t)b->state,
+                        memory_order_release);
+}
+
 /* Must hold mu. Records the event for firing after unlock. */
 static void transition(dsys_breaker *b, dsys_breaker_state to, int64_t now,
                        pending_ev *ev) {
@@ -86,6 +116,7 @@ static void transition(dsys_breaker *b, dsys_breaker_state to, int64_t now,
   ev->from = from;
   ev->to = to;
 }
+
 
 static void fire(dsys_breaker *b, const pending_ev *ev) {
   if (ev->fire && ev->from != ev->to && b->on_event)
@@ -163,6 +194,7 @@ int dsys_breaker_new(dsys_breaker **out, const dsys_breaker_options *o) {
     return DSYS_ENOMEM;
   }
   pthread_mutex_init(&b->mu, NULL);
+  publish(b);
   *out = b;
   return 0;
 }
@@ -179,6 +211,13 @@ void dsys_breaker_free(dsys_breaker *b) {
 
 int dsys_breaker_acquire(dsys_breaker *b, dsys_breaker_permit *permit) {
   if (!b) return DSYS_EINVAL;
+  /* Closed or disabled: nothing to count or decide. */
+  uint64_t snap = atomic_load_explicit(&b->snap, memory_order_acquire);
+  unsigned st = (unsigned)(snap & SNAP_STATE);
+  if (st == DSYS_BREAKER_CLOSED || st == DSYS_BREAKER_DISABLED) {
+    if (permit) *permit = snap >> SNAP_GEN_SHIFT;
+    return 0;
+  }
   pending_ev ev = {0};
   int rc = 0;
   pthread_mutex_lock(&b->mu);
@@ -206,6 +245,7 @@ int dsys_breaker_acquire(dsys_breaker *b, dsys_breaker_permit *permit) {
   }
   if (rc) b->st.rejected++;
   if (permit) *permit = rc ? 0 : b->gen;
+  publish(b);
   pthread_mutex_unlock(&b->mu);
   fire(b, &ev);
   return rc;
@@ -256,6 +296,13 @@ int dsys_breaker_record(dsys_breaker *b, dsys_breaker_permit permit, int result,
                         int64_t duration_us) {
   if (!b || result < DSYS_BREAKER_SUCCESS || result > DSYS_BREAKER_IGNORED)
     return DSYS_EINVAL;
+  if (result == DSYS_BREAKER_SUCCESS && duration_us < b->slow_us) {
+    uint64_t snap = atomic_load_explicit(&b->snap, memory_order_acquire);
+    if ((snap & SNAP_QUIET) && (permit == 0 || permit == snap >> SNAP_GEN_SHIFT)) {
+      atomic_fetch_add_explicit(&b->fast_calls, 1, memory_order_relaxed);
+      return 0;
+    }
+  }
   pending_ev ev = {0};
   pthread_mutex_lock(&b->mu);
   int stale = permit != 0 && permit != b->gen;
@@ -288,6 +335,7 @@ int dsys_breaker_record(dsys_breaker *b, dsys_breaker_permit permit, int result,
       transition(b, bad ? DSYS_BREAKER_OPEN : DSYS_BREAKER_CLOSED, now, &ev);
     }
   }
+  publish(b);
   pthread_mutex_unlock(&b->mu);
   fire(b, &ev);
   return 0;
@@ -300,6 +348,7 @@ dsys_breaker_state dsys_breaker_state_get(dsys_breaker *b) {
   if (b->state == DSYS_BREAKER_OPEN)
     maybe_half_open(b, dsys_clock_now_us(b->clk), &ev);
   dsys_breaker_state s = b->state;
+  publish(b);
   pthread_mutex_unlock(&b->mu);
   fire(b, &ev);
   return s;
@@ -312,6 +361,7 @@ int dsys_breaker_set_state(dsys_breaker *b, dsys_breaker_state s) {
   int64_t now = dsys_clock_now_us(b->clk);
   if (s == DSYS_BREAKER_CLOSED && b->state == DSYS_BREAKER_CLOSED) window_clear(b);
   transition(b, s, now, &ev);
+  publish(b);
   pthread_mutex_unlock(&b->mu);
   fire(b, &ev);
   return 0;
@@ -323,6 +373,7 @@ int dsys_breaker_stats_get(dsys_breaker *b, dsys_breaker_stats *out) {
   if (b->window_type == DSYS_BREAKER_WINDOW_TIME && b->state == DSYS_BREAKER_CLOSED)
     tb_advance(b, dsys_clock_now_us(b->clk));
   *out = b->st;
+  out->calls += atomic_load_explicit(&b->fast_calls, memory_order_relaxed);
   out->state = b->state;
   out->window_calls = b->w_calls;
   out->window_failures = b->w_fail;

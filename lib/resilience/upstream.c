@@ -41,6 +41,8 @@ typedef struct uep {
   uint64_t br_timer;
   atomic_int br_open;      /* breaker OPEN or FORCED_OPEN (read lock-free) */
   atomic_int gone;         /* removed from the set */
+  atomic_int h_dirty;      /* a failure went to outlier detection since its
+                              last success (see dsys_upstream_report) */
   au64 requests, successes, failures, inflight, rejections, lat_count;
   _Atomic int64_t lat_sum;
   au64 by_outcome[8];
@@ -572,7 +574,15 @@ void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int er
                ? DSYS_BREAKER_SUCCESS
                : oc == DSYS_OUTCOME_LOCAL ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
   dsys_breaker_record(e->br, p->permit_, br, dur);
-  if (!atomic_load(&e->gone)) dsys_health_observe(u->health, e->id, oc);
+  /* Outlier detection only needs a success after a failure (to reset its
+   * count of consecutive failures): skipping the others saves a lock and
+   * a search by id per call. Two threads reporting at once may order a
+   * success and a failure either way, as without the skip. */
+  int clean = oc == DSYS_OUTCOME_OK || oc == DSYS_OUTCOME_CLIENT_ERROR;
+  int tell = clean ? atomic_load(&e->h_dirty) && atomic_exchange(&e->h_dirty, 0)
+                   : oc != DSYS_OUTCOME_LOCAL; /* LOCAL: the health module ignores it */
+  if (tell && !clean) atomic_store(&e->h_dirty, 1);
+  if (tell && !atomic_load(&e->gone)) dsys_health_observe(u->health, e->id, oc);
   if ((unsigned)oc < 8) INC(e->by_outcome[oc]);
   if (oc == DSYS_OUTCOME_OK) INC(e->successes);
   else if (br == DSYS_BREAKER_FAILURE) INC(e->failures);

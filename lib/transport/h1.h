@@ -37,12 +37,17 @@ typedef struct dsysi_h1 {
   int64_t content_length; /* -1: none */
   uint64_t remaining;     /* body or chunk bytes left */
   int until_close;        /* body delimited by connection close */
-  dsysi_hdrs hdrs;        /* response headers (owned) */
+  dsysi_hdrs hdrs;        /* response headers (in ar) */
   dsysi_buf line;         /* partial line */
   size_t header_bytes;
   dsysi_h1_body_fn on_body;
   dsysi_h1_head_fn on_head;
   void *ud;
+  /* hdrs lives here: a typical response's few headers fit inline (no
+   * malloc per header); sized so that the gateway's per-request state,
+   * which embeds this, stays within glibc's per-thread cache. */
+  dsysi_arena ar;
+  _Alignas(void *) char ar_mem[224];
 } dsysi_h1;
 
 /** Prepare for a response to a request; head_request=1 for HEAD. */

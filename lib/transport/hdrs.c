@@ -3,19 +3,81 @@
 #include <string.h>
 #include "transport/transport.h"
 
+/* ---- arena ---- */
+
+struct dsysi_arena_blk {
+  dsysi_arena_blk *next;
+  /* the block's memory follows, aligned like the struct */
+};
+
+#define ARENA_ALIGN (sizeof(void *))
+/* Blocks stay below glibc's per-thread cache limit (1032 bytes) unless a
+ * single allocation needs more. */
+#define ARENA_BLOCK 1016
+
+void dsysi_arena_init(dsysi_arena *a, void *mem, size_t len) {
+  a->cur = mem;
+  a->end = (char *)mem + len;
+  a->blks = NULL;
+}
+
+void *dsysi_arena_alloc(dsysi_arena *a, size_t n) {
+  n = (n + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1);
+  if ((size_t)(a->end - a->cur) < n) {
+    size_t sz = n > ARENA_BLOCK - sizeof(dsysi_arena_blk) ? n + sizeof(dsysi_arena_blk)
+                                                          : ARENA_BLOCK;
+    dsysi_arena_blk *b = malloc(sz);
+    if (!b) return NULL;
+    b->next = a->blks;
+    a->blks = b;
+    a->cur = (char *)(b + 1);
+    a->end = (char *)b + sz;
+  }
+  void *p = a->cur;
+  a->cur += n;
+  return p;
+}
+
+char *dsysi_arena_strndup(dsysi_arena *a, const char *s, size_t n) {
+  char *d = dsysi_arena_alloc(a, n + 1);
+  if (!d) return NULL;
+  memcpy(d, s, n);
+  d[n] = '\0';
+  return d;
+}
+
+void dsysi_arena_free(dsysi_arena *a) {
+  while (a->blks) {
+    dsysi_arena_blk *b = a->blks;
+    a->blks = b->next;
+    free(b);
+  }
+  a->cur = a->end = NULL;
+}
+
 /* ---- header lists ---- */
 
 int dsysi_hdrs_add(dsysi_hdrs *h, const char *name, size_t nlen,
                    const char *value, size_t vlen) {
   if (h->n == h->cap) {
-    size_t cap = h->cap ? h->cap * 2 : 8;
-    dsysi_hdr *v = realloc(h->v, cap * sizeof *v);
+    dsysi_hdr *v;
+    size_t cap;
+    if (h->ar) {
+      /* Few headers is the rule: start small; the old array stays in the
+       * arena until the request ends. */
+      cap = h->cap ? h->cap * 2 : 4;
+      v = dsysi_arena_alloc(h->ar, cap * sizeof *v);
+      if (v && h->n) memcpy(v, h->v, h->n * sizeof *v);
+    } else {
+      cap = h->cap ? h->cap * 2 : 8;
+      v = realloc(h->v, cap * sizeof *v);
+    }
     if (!v) return DSYS_ENOMEM;
     h->v = v;
     h->cap = cap;
   }
   /* One allocation holds both strings; name owns it. */
-  char *n = malloc(nlen + vlen + 2);
+  char *n = h->ar ? dsysi_arena_alloc(h->ar, nlen + vlen + 2) : malloc(nlen + vlen + 2);
   if (!n) return DSYS_ENOMEM;
   memcpy(n, name, nlen);
   n[nlen] = '\0';
@@ -34,8 +96,10 @@ const char *dsysi_hdrs_get(const dsysi_hdrs *h, const char *name) {
 }
 
 void dsysi_hdrs_free(dsysi_hdrs *h) {
-  for (size_t i = 0; i < h->n; i++) free(h->v[i].name);
-  free(h->v);
+  if (!h->ar) {
+    for (size_t i = 0; i < h->n; i++) free(h->v[i].name);
+    free(h->v);
+  }
   h->v = NULL;
   h->n = h->cap = 0;
 }

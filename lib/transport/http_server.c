@@ -75,12 +75,12 @@ typedef struct mhd_req {
   mhd_lst *l;
   mhd_d *md;
   struct MHD_Connection *conn;
-  char *target;
   dsysi_buf body;
   int seen;
   int too_big;
   int suspended;
   dsys_request *req;
+  char target[]; /* the raw request target (MHD-NOTES pitfall 5) */
 } mhd_req;
 
 static int64_t mono_now_us(void) {
@@ -159,17 +159,19 @@ static void *sweeper_main(void *arg) {
 }
 
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
-  mhd_req *m = calloc(1, sizeof *m);
+  if (!uri) uri = "/";
+  size_t n = strlen(uri);
+  mhd_req *m = malloc(sizeof *m + n + 1);
   if (!m) return NULL;
+  memset(m, 0, sizeof *m);
   m->md = cls;
   m->l = m->md->l;
   m->conn = conn;
-  m->target = strdup(uri ? uri : "/");
+  memcpy(m->target, uri, n + 1);
   return m;
 }
 
 static void free_mreq(mhd_req *m) {
-  free(m->target);
   dsysi_buf_free(&m->body);
   free(m);
 }
@@ -272,7 +274,7 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind,
 static void set_remote(mhd_req *m, dsys_request *r) {
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(m->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  r->raddr.ss_family = AF_UNIX;
+  r->raddr.sa.sa_family = AF_UNIX;
   if (!ci || !ci->client_addr) return;
   size_t n = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
              : ci->client_addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
@@ -335,12 +337,14 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
   dsys_request *r = dsysi_request_new(l->srv, l->ops, l, m);
   if (!r) return MHD_NO;
   m->req = r;
-  r->method = strdup(method);
+  r->method = dsysi_arena_strndup(&r->ar, method, strlen(method));
   set_remote(m, r);
   MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, r);
-  r->body = dsysi_buf_steal(&m->body, &r->body_len);
+  int body_oom = 0; /* no body: r->body stays NULL, read as "" */
+  if (m->body.len || m->body.oom)
+    body_oom = !(r->body = dsysi_buf_steal(&m->body, &r->body_len));
   int trc = dsysi_request_set_target(r, m->target);
-  if (!r->method || !r->body || trc) {
+  if (!r->method || body_oom || trc) {
     /* Answer through the normal path so accounting stays right. */
     if (!r->path) dsysi_request_set_target(r, "/");
     dsys_respond_error(r, 400, "DSYS_EURL", "Malformed request target");

@@ -315,7 +315,7 @@ static int inproc_call(dsysi_call *call) {
   /* ir owns the call's initial reference from here on. */
   ir->call = call;
   r->remote = "inproc";
-  r->method = strdup(call->method);
+  r->method = dsysi_arena_strndup(&r->ar, call->method, strlen(call->method));
   r->body = malloc(call->body_len + 1);
   rc = (!r->method || !r->body) ? DSYS_ENOMEM : dsysi_request_set_target(r, call->path);
   if (!rc) {

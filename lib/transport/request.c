@@ -11,22 +11,13 @@ void dsysi_request_ref(dsys_request *req) { atomic_fetch_add(&req->refs, 1); }
 
 void dsysi_request_unref(dsys_request *req) {
   if (atomic_fetch_sub(&req->refs, 1) != 1) return;
-  free(req->method);
-  free(req->target); /* also holds path and query */
-  dsysi_hdrs_free(&req->hdrs);
+  /* method, target, params, ctype and the hdrs, rhdrs and logf lists are
+   * in the arena */
   free(req->body);
-  for (size_t i = 0; i < req->nparams; i++) {
-    free(req->pnames[i]);
-    free(req->pvals[i]);
-  }
-  free(req->pnames);
-  free(req->pvals);
   dsysi_hdrs_free(&req->qparams);
-  free(req->ctype);
-  dsysi_hdrs_free(&req->rhdrs);
-  dsysi_hdrs_free(&req->logf);
   free(req->rbody);
   dsysi_buf_free(&req->stream);
+  dsysi_arena_free(&req->ar);
   pthread_mutex_destroy(&req->mu);
   free(req);
 }
@@ -38,12 +29,11 @@ int dsysi_request_set_target(dsys_request *req, const char *target) {
   size_t tlen = strlen(target);
   /* One block: raw target, then the decoded path; the query points into
    * the raw target (or at its NUL when there is none). */
-  char *buf = malloc(tlen + 1 + plen + 1);
+  char *buf = dsysi_arena_alloc(&req->ar, tlen + 1 + plen + 1);
   if (!buf) return DSYS_ENOMEM;
   memcpy(buf, target, tlen + 1);
   char *path = buf + tlen + 1;
   dsysi_url_decode_into(path, target, plen, 0);
-  free(req->target);
   req->target = buf;
   req->path = path;
   req->query = q ? buf + (q - target) + 1 : buf + tlen;
@@ -82,7 +72,7 @@ const char *dsys_request_remote_addr(const dsys_request *r) {
   dsys_request *w = (dsys_request *)r; /* a lazily filled cache */
   pthread_mutex_lock(&w->mu);
   if (!w->remote) {
-    const struct sockaddr *sa = (const struct sockaddr *)&w->raddr;
+    const struct sockaddr *sa = &w->raddr.sa;
     if (sa->sa_family == AF_INET) {
       /* dotted quad by hand: inet_ntop costs ~1.7k instructions a call */
       const unsigned char *a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
@@ -205,27 +195,38 @@ int dsys_respond(dsys_request *r, int status, const char *content_type,
   if (!r || status < 100 || status > 999 || (!body && len) ||
       (content_type && !dsysi_header_ok(content_type)))
     return DSYS_EINVAL;
-  char *copy = malloc(len + 1);
-  char *ct = content_type ? strdup(content_type) : NULL;
-  if (!copy || (content_type && !ct)) {
-    free(copy);
-    free(ct);
-    return DSYS_ENOMEM;
-  }
+  char *copy = malloc(len + 1); /* given to the transport, which frees it */
+  if (!copy) return DSYS_ENOMEM;
   if (len) memcpy(copy, body, len);
   copy[len] = '\0';
+  return dsysi_respond_owned(r, status, content_type, copy, len);
+}
+
+int dsysi_respond_owned(dsys_request *r, int status, const char *content_type,
+                        char *body, size_t len) {
+  if (!r || status < 100 || status > 999 || !body ||
+      (content_type && !dsysi_header_ok(content_type))) {
+    free(body);
+    return DSYS_EINVAL;
+  }
   pthread_mutex_lock(&r->mu);
-  if (r->user_done || r->state == DSYSI_RQ_ANSWERED ||
-      r->state == DSYSI_RQ_STREAMING) {
+  int rc = r->user_done || r->state == DSYSI_RQ_ANSWERED ||
+                   r->state == DSYSI_RQ_STREAMING
+               ? DSYS_ESTATE
+               : 0;
+  char *ct = NULL;
+  if (!rc && content_type &&
+      !(ct = dsysi_arena_strndup(&r->ar, content_type, strlen(content_type))))
+    rc = DSYS_ENOMEM;
+  if (rc) {
     pthread_mutex_unlock(&r->mu);
-    free(copy);
-    free(ct);
-    return DSYS_ESTATE;
+    free(body);
+    return rc;
   }
   r->state = DSYSI_RQ_ANSWERED;
   r->status = status;
   r->ctype = ct;
-  r->rbody = copy;
+  r->rbody = body;
   r->rlen = len;
   r->user_done = 1;
   return finish_user(r, 1);
@@ -250,13 +251,17 @@ int dsys_respond_stream(dsys_request *r, int status, const char *content_type) {
   if (!r || status < 100 || status > 999 ||
       (content_type && !dsysi_header_ok(content_type)))
     return DSYS_EINVAL;
-  char *ct = content_type ? strdup(content_type) : NULL;
   pthread_mutex_lock(&r->mu);
   if (r->user_done || r->state == DSYSI_RQ_ANSWERED ||
       r->state == DSYSI_RQ_STREAMING) {
     pthread_mutex_unlock(&r->mu);
-    free(ct);
     return DSYS_ESTATE;
+  }
+  char *ct = NULL;
+  if (content_type &&
+      !(ct = dsysi_arena_strndup(&r->ar, content_type, strlen(content_type)))) {
+    pthread_mutex_unlock(&r->mu);
+    return DSYS_ENOMEM;
   }
   int closed = r->closed;
   r->state = DSYSI_RQ_STREAMING;

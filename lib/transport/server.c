@@ -252,6 +252,8 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
   r->tctx = tctx;
   r->start_us = dsys_clock_now_us(s->o.clock);
   r->route_idx = -1;
+  dsysi_arena_init(&r->ar, r->ar_mem, sizeof r->ar_mem);
+  r->hdrs.ar = r->rhdrs.ar = r->logf.ar = &r->ar;
   pthread_mutex_lock(&s->mu);
   r->late = s->stopping;
   s->inflight++;
@@ -307,6 +309,10 @@ static void access_log(dsys_request *r, int ok) {
   dsysi_buf_free(&extra);
 }
 
+int dsysi_request_log_wanted(const dsys_request *r) {
+  return r->srv->o.access_log || dsysi_log_enabled(DSYS_LOG_DEBUG);
+}
+
 int dsys_request_log_field(dsys_request *r, const char *key, const char *value) {
   if (!r || !key || !*key || !value || !dsysi_header_ok(key) || !dsysi_header_ok(value))
     return DSYS_EINVAL;
@@ -316,26 +322,17 @@ int dsys_request_log_field(dsys_request *r, const char *key, const char *value) 
                                          "span_id", "remote", "aborted"};
   for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
     if (!strcmp(key, reserved[i])) return DSYS_EINVAL;
-  /* No access record will be written: nothing to keep (this is called on
-   * the gateway's hot path for every proxied request). */
-  if (!r->srv->o.access_log && !dsysi_log_enabled(DSYS_LOG_DEBUG)) return 0;
+  /* No access record will be written: nothing to keep. */
+  if (!dsysi_request_log_wanted(r)) return 0;
   pthread_mutex_lock(&r->mu);
   int rc = 0;
   size_t i = 0;
   while (i < r->logf.n && strcmp(r->logf.v[i].name, key)) i++;
   if (i < r->logf.n) {
-    /* one block holds name and value (see dsysi_hdrs_add) */
-    size_t kl = strlen(key), vl = strlen(value);
-    char *n = malloc(kl + vl + 2);
-    if (n) {
-      memcpy(n, key, kl + 1);
-      memcpy(n + kl + 1, value, vl + 1);
-      free(r->logf.v[i].name);
-      r->logf.v[i].name = n;
-      r->logf.v[i].value = n + kl + 1;
-    } else {
-      rc = DSYS_ENOMEM;
-    }
+    /* the old value stays in the arena until the request ends */
+    char *v = dsysi_arena_strndup(&r->ar, value, strlen(value));
+    if (v) r->logf.v[i].value = v;
+    else rc = DSYS_ENOMEM;
   } else if (r->logf.n >= 16) {
     rc = DSYS_ENOMEM;
   } else {
@@ -439,6 +436,13 @@ static void request_id(dsys_request *r) {
   dsysi_hdrs_add(&r->rhdrs, "X-Request-Id", 12, r->req_id, strlen(r->req_id));
 }
 
+/* A percent-decoded copy of a path segment in the request's arena. */
+static char *decode_param(dsys_request *r, const char *s, size_t n) {
+  char *d = dsysi_arena_alloc(&r->ar, n + 1);
+  if (d) dsysi_url_decode_into(d, s, n, 0);
+  return d;
+}
+
 /* Match one route; with r, on success fill the request's params.
  * @return 1 match, 0 no match, -1 out of memory. */
 static int match_route(const route *rt, dsys_request *r, char **segs,
@@ -454,24 +458,25 @@ static int match_route(const route *rt, dsys_request *r, char **segs,
     if (rt->segs[i][0] == ':') np++;
   if (rt->rest) np++;
   if (!np || !r) return 1;
-  r->pnames = calloc(np, sizeof *r->pnames);
-  r->pvals = calloc(np, sizeof *r->pvals);
+  /* Names point at the route's own strings (they live as long as the
+   * server); values are decoded into the request's arena (dispatch runs
+   * before the handler: no other thread uses the arena yet). */
+  r->pnames = dsysi_arena_alloc(&r->ar, np * sizeof *r->pnames);
+  r->pvals = dsysi_arena_alloc(&r->ar, np * sizeof *r->pvals);
   if (!r->pnames || !r->pvals) return -1;
   for (size_t i = 0; i < rt->nsegs; i++)
     if (rt->segs[i][0] == ':') {
-      r->pnames[r->nparams] = strdup(rt->segs[i] + 1);
-      r->pvals[r->nparams] = dsysi_url_decode(segs[i], lens[i], 0);
+      r->pnames[r->nparams] = rt->segs[i] + 1;
+      if (!(r->pvals[r->nparams] = decode_param(r, segs[i], lens[i]))) return -1;
       r->nparams++;
     }
   if (rt->rest) {
     /* The rest of the raw path after the matched segments, decoded. */
     const char *start = rt->nsegs < n ? segs[rt->nsegs] : "";
-    r->pnames[r->nparams] = strdup("*");
-    r->pvals[r->nparams] = dsysi_url_decode(start, strlen(start), 0);
+    r->pnames[r->nparams] = "*";
+    if (!(r->pvals[r->nparams] = decode_param(r, start, strlen(start)))) return -1;
     r->nparams++;
   }
-  for (size_t i = 0; i < r->nparams; i++)
-    if (!r->pnames[i] || !r->pvals[i]) return -1;
   return 1;
 }
 

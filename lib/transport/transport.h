@@ -12,10 +12,30 @@
 
 #include <pthread.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <distsys/client.h>
 #include <distsys/server.h>
 #include "core/internal.h"
+
+/* ---- arena: small allocations released all at once ---- */
+/* A request's strings and header arrays come from one arena instead of a
+ * malloc each (a proxied request made about 15 small allocations). It
+ * starts in memory the owner provides and continues in malloc'd blocks;
+ * dsysi_arena_free releases those blocks. Not thread-safe: the owner
+ * serialises use (see struct dsys_request). */
+typedef struct dsysi_arena_blk dsysi_arena_blk;
+typedef struct dsysi_arena {
+  char *cur, *end;       /* free space in the current block */
+  dsysi_arena_blk *blks; /* malloc'd blocks, newest first */
+} dsysi_arena;
+
+void dsysi_arena_init(dsysi_arena *a, void *mem, size_t len);
+/** n bytes aligned for pointers, or NULL when out of memory. */
+void *dsysi_arena_alloc(dsysi_arena *a, size_t n);
+/** Copy of (s, n) plus a NUL in the arena, or NULL. */
+char *dsysi_arena_strndup(dsysi_arena *a, const char *s, size_t n);
+void dsysi_arena_free(dsysi_arena *a);
 
 /* ---- header lists ---- */
 typedef struct dsysi_hdr {
@@ -26,6 +46,10 @@ typedef struct dsysi_hdr {
 typedef struct dsysi_hdrs {
   dsysi_hdr *v;
   size_t n, cap;
+  /* NULL: every entry and the array are malloc'd (and freed by
+   * dsysi_hdrs_free). Set: they come from this arena, and dsysi_hdrs_free
+   * only forgets them. */
+  dsysi_arena *ar;
 } dsysi_hdrs;
 
 int dsysi_hdrs_add(dsysi_hdrs *h, const char *name, size_t nlen,
@@ -68,15 +92,23 @@ struct dsys_request {
   void *lst;  /* transport listener state */
   void *tctx; /* transport per-request state */
 
+  /* method, target (which also holds path and query), the header lists,
+   * route params, ctype and log fields live in ar: allocate from it only
+   * before dispatch (one thread) or with mu held. */
   char *method, *path, *target, *query;
   const char *remote; /* static name, or remote_buf once formatted */
-  struct sockaddr_storage raddr; /* formatted lazily into remote_buf */
+  union {             /* formatted lazily into remote_buf */
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+  } raddr;
   char remote_buf[64];
   dsysi_hdrs hdrs;
   char *body;
   size_t body_len;
 
-  char **pnames, **pvals; /* route params */
+  const char **pnames;    /* route params: names are the route's */
+  char **pvals;
   size_t nparams;
   dsysi_hdrs qparams;
   int qparsed;
@@ -108,6 +140,11 @@ struct dsys_request {
   dsysi_hdrs logf;     /* extra access-log fields (dsys_request_log_field) */
   int route_idx;      /* index of the matched route, -1 when none */
   struct dsys_request *prev, *next; /* server's live list */
+  dsysi_arena ar;
+  /* The arena's first block: a typical request (method, target, a few
+   * headers, X-Request-Id, content type) fits, and the whole object stays
+   * small enough for glibc's per-thread cache. */
+  _Alignas(void *) char ar_mem[280];
 };
 
 /**
@@ -122,6 +159,14 @@ void dsysi_request_ref(dsys_request *req);
 void dsysi_request_unref(dsys_request *req);
 
 /**
+ * dsys_respond without the copy: takes body (malloc'd, len bytes and a NUL
+ * after them) in every case, freeing it on failure.
+ * @return as dsys_respond.
+ */
+int dsysi_respond_owned(dsys_request *req, int status, const char *content_type,
+                        char *body, size_t len);
+
+/**
  * Split a raw target "/p%20x?q=1" into decoded path and raw query.
  * @return 0 or DSYS_ENOMEM / DSYS_EURL.
  */
@@ -130,6 +175,11 @@ int dsysi_request_set_target(dsys_request *req, const char *target);
 /** Fill trace_id/span_id/traceparent on first use (lazily: most requests
  *  never read them). */
 void dsysi_request_trace(dsys_request *req);
+
+/** Nonzero when the request's access record will be written, i.e. when
+ *  dsys_request_log_field keeps what it is given (callers on a hot path
+ *  can skip building fields nobody reads). */
+int dsysi_request_log_wanted(const dsys_request *req);
 
 /** Run middleware, routing and the handler (on the calling thread). */
 void dsysi_server_dispatch(dsys_request *req);
