@@ -6,6 +6,4 @@ libdsys_internal_la_SOURCES += \
 	lib/transport/evloop.c lib/transport/h1client.c
 noinst_HEADERS += lib/transport/transport.h lib/transport/url.h lib/transport/h1.h lib/transport/evloop.h lib/transport/h1client.h
 # https:// (issue 10): the listener checks client certificates (mutual TLS)
-# with GnuTLS, which libmicrohttpd already links.
-libdsys_internal_la_LIBADD += -lgnutls
-libdistsys_la_LIBADD += -lgnutls
+# with GnuTLS (GNUTLS_LIBS, part of DEP_LIBS).
