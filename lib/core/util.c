@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <bsd/stdlib.h>
 #include <distsys/util.h>
 #include "internal.h"
@@ -230,6 +232,20 @@ void dsysi_fast_hex(char *out, size_t nbytes) {
     for (; nbytes; nbytes--, r >>= 8, o += 2) memcpy(o, hex_pairs + 2 * (r & 0xff), 2);
   }
   *o = '\0';
+}
+
+/* The contended path of dsysi_lock_acquire: mark the lock as having
+ * waiters and sleep until it is free. */
+void dsysi_lock_wait(dsysi_lock *l, int c) {
+  if (c != 2) c = atomic_exchange_explicit(&l->v, 2, memory_order_acquire);
+  while (c != 0) {
+    syscall(SYS_futex, &l->v, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+    c = atomic_exchange_explicit(&l->v, 2, memory_order_acquire);
+  }
+}
+
+void dsysi_lock_wake(dsysi_lock *l) {
+  syscall(SYS_futex, &l->v, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
 unsigned dsysi_ncpu(void) {

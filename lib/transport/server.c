@@ -249,7 +249,6 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
   dsys_request *r = malloc(sizeof *r);
   if (!r) return NULL;
   memset(r, 0, offsetof(dsys_request, ar_mem));
-  pthread_mutex_init(&r->mu, NULL);
   atomic_init(&r->refs, 2); /* user + transport */
   r->srv = s;
   r->ops = ops;
@@ -291,10 +290,10 @@ static void access_log(dsys_request *r, int ok) {
     json_object_object_add(f, "span_id", json_object_new_string(r->span_id));
     json_object_object_add(f, "remote", json_object_new_string(dsys_request_remote_addr(r)));
     if (!ok) json_object_object_add(f, "aborted", json_object_new_boolean(1));
-    pthread_mutex_lock(&r->mu);
+    dsysi_lock_acquire(&r->mu);
     for (size_t i = 0; i < r->logf.n; i++)
       json_object_object_add(f, r->logf.v[i].name, json_object_new_string(r->logf.v[i].value));
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     char msg[96];
     snprintf(msg, sizeof msg, "%s %d", r->method, r->status);
     dsysi_log_fields(level, r->srv->name, msg, f);
@@ -302,10 +301,10 @@ static void access_log(dsys_request *r, int ok) {
     return;
   }
   dsysi_buf extra = {0};
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   for (size_t i = 0; i < r->logf.n; i++)
     dsysi_buf_printf(&extra, " %s=%s", r->logf.v[i].name, r->logf.v[i].value);
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   dsysi_log(level, r->srv->name,
             "%s %s %d %.3fms req=%s trace=%s remote=%s route=%s%s%s", r->method,
             r->target, r->status, ms, r->req_id, r->trace_id, dsys_request_remote_addr(r),
@@ -329,7 +328,7 @@ int dsys_request_log_field(dsys_request *r, const char *key, const char *value) 
     if (!strcmp(key, reserved[i])) return DSYS_EINVAL;
   /* No access record will be written: nothing to keep. */
   if (!dsysi_request_log_wanted(r)) return 0;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   int rc = 0;
   size_t i = 0;
   while (i < r->logf.n && strcmp(r->logf.v[i].name, key)) i++;
@@ -343,15 +342,15 @@ int dsys_request_log_field(dsys_request *r, const char *key, const char *value) 
   } else {
     rc = dsysi_hdrs_add(&r->logf, key, strlen(key), value, strlen(value));
   }
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   return rc;
 }
 
 void dsysi_request_transport_done(dsys_request *r, int ok) {
   dsys_server *s = r->srv;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->transport_done) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return;
   }
   r->transport_done = 1;
@@ -359,7 +358,7 @@ void dsysi_request_transport_done(dsys_request *r, int ok) {
   r->closed = 1;
   dsys_close_fn cb = r->on_close;
   void *ud = r->close_ud;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   access_log(r, ok);
   if (s->observer) {
     int ri = r->route_idx;
@@ -396,9 +395,9 @@ static int all_zero(const char *s, size_t n) {
 
 /* W3C trace context: keep a valid incoming trace id, start a child span. */
 void dsysi_request_trace(dsys_request *r) {
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->traceparent[0]) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return;
   }
   const char *tp = dsysi_hdrs_get(&r->hdrs, "traceparent");
@@ -424,7 +423,7 @@ void dsysi_request_trace(dsys_request *r) {
   p[52] = '-';
   memcpy(p + 53, flags, 2);
   p[55] = '\0';
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
 }
 
 static void request_id(dsys_request *r) {
@@ -551,9 +550,9 @@ void dsysi_server_dispatch(dsys_request *r) {
       return;
     }
   found->fn(r, found->ud);
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   int undecided = r->state == DSYSI_RQ_NEW && !r->user_done;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   if (undecided) {
     dsysi_log(DSYS_LOG_ERROR, s->name, "handler for %s %s did not respond",
               r->method, r->path);
