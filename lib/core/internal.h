@@ -53,6 +53,8 @@ char *dsysi_strdup(const char *s);
 /** Copy of (s, n) with a trailing NUL. */
 char *dsysi_strndup(const char *s, size_t n);
 /** ASCII case-insensitive equality. */
+/** ASCII lower case of each byte value (table). */
+extern const unsigned char dsysi_lc[256];
 int dsysi_streq_nocase(const char *a, const char *b);
 /** Value of a hex digit, or -1. */
 int dsysi_hexval(char c);

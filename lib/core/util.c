@@ -142,15 +142,23 @@ char *dsysi_strndup(const char *s, size_t n) {
   return d;
 }
 
+/* ASCII lower case of every byte (others unchanged). */
+const unsigned char dsysi_lc[256] = {
+#define R8(b) b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+    R8(0x00), R8(0x08), R8(0x10), R8(0x18), R8(0x20), R8(0x28), R8(0x30), R8(0x38),
+    0x40, R8(0x61), R8(0x69), R8(0x71), 0x79, 0x7a, 0x5b, 0x5c, 0x5d, 0x5e, 0x5f,
+    R8(0x60), R8(0x68), R8(0x70), R8(0x78),
+    R8(0x80), R8(0x88), R8(0x90), R8(0x98), R8(0xa0), R8(0xa8), R8(0xb0), R8(0xb8),
+    R8(0xc0), R8(0xc8), R8(0xd0), R8(0xd8), R8(0xe0), R8(0xe8), R8(0xf0), R8(0xf8),
+#undef R8
+};
+
 int dsysi_streq_nocase(const char *a, const char *b) {
   if (!a || !b) return a == b;
-  for (; *a && *b; a++, b++) {
-    unsigned char x = (unsigned char)*a, y = (unsigned char)*b;
-    if (x >= 'A' && x <= 'Z') x += 32;
-    if (y >= 'A' && y <= 'Z') y += 32;
-    if (x != y) return 0;
-  }
-  return *a == *b;
+  const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+  for (; dsysi_lc[*x] == dsysi_lc[*y]; x++, y++)
+    if (!*x) return 1;
+  return 0;
 }
 
 int dsysi_hexval(char c) {
@@ -184,26 +192,35 @@ char *dsysi_url_decode(const char *s, size_t n, int plus_space) {
   return d;
 }
 
-static _Thread_local uint64_t xs[4];
-static _Thread_local int xs_seeded;
+/* One thread-local block: each access to thread-local storage from a
+ * shared library is a __tls_get_addr call, so it is looked up once per
+ * call, not per word. s[4] != 0 once seeded. */
+static _Thread_local uint64_t xs[5];
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t dsysi_fast_rand(void) {
-  if (!xs_seeded) {
-    do arc4random_buf(xs, sizeof xs);
-    while (!(xs[0] | xs[1] | xs[2] | xs[3]));
-    xs_seeded = 1;
+static uint64_t *rand_state(void) {
+  uint64_t *s = xs;
+  if (!s[4]) {
+    do arc4random_buf(s, 4 * sizeof *s);
+    while (!(s[0] | s[1] | s[2] | s[3]));
+    s[4] = 1;
   }
-  uint64_t r = rotl(xs[1] * 5, 7) * 9, t = xs[1] << 17;
-  xs[2] ^= xs[0];
-  xs[3] ^= xs[1];
-  xs[1] ^= xs[2];
-  xs[0] ^= xs[3];
-  xs[2] ^= t;
-  xs[3] = rotl(xs[3], 45);
+  return s;
+}
+
+static inline uint64_t rand_next(uint64_t *s) {
+  uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = rotl(s[3], 45);
   return r;
 }
+
+uint64_t dsysi_fast_rand(void) { return rand_next(rand_state()); }
 
 /* "00" "01" ... "ff": two hex digits per lookup. */
 static const char hex_pairs[513] =
@@ -222,13 +239,14 @@ void dsysi_hex64(char *out, uint64_t v) {
 
 void dsysi_fast_hex(char *out, size_t nbytes) {
   char *o = out;
+  uint64_t *s = rand_state();
   while (nbytes >= 8) {
-    dsysi_hex64(o, dsysi_fast_rand());
+    dsysi_hex64(o, rand_next(s));
     o += 16;
     nbytes -= 8;
   }
   if (nbytes) {
-    uint64_t r = dsysi_fast_rand();
+    uint64_t r = rand_next(s);
     for (; nbytes; nbytes--, r >>= 8, o += 2) memcpy(o, hex_pairs + 2 * (r & 0xff), 2);
   }
   *o = '\0';
