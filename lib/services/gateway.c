@@ -710,6 +710,8 @@ static int ambiguous_framing(dsys_request *req) {
   for (size_t i = 0; i < n; i++) {
     const char *name, *value;
     dsys_request_header_at(req, i, &name, &value);
+    unsigned char c = dsysi_lc[(unsigned char)name[0]];
+    if (c != 't' && c != 'c') continue; /* most names: no compare */
     if (dsysi_streq_nocase(name, "transfer-encoding")) te = 1;
     else if (dsysi_streq_nocase(name, "content-length")) {
       if (cl && strcmp(cl, value)) return 1;

@@ -232,10 +232,15 @@ static enum MHD_Result queue_answer(mhd_req *m) {
     if (resp) r->rbody = NULL; /* MHD frees it */
   }
   if (!resp) return MHD_NO;
-  for (size_t i = 0; i < r->rhdrs.n; i++)
-    if (!dsysi_streq_nocase(r->rhdrs.v[i].name, "Content-Length") &&
-        !dsysi_streq_nocase(r->rhdrs.v[i].name, "Transfer-Encoding"))
-      MHD_add_response_header(resp, r->rhdrs.v[i].name, r->rhdrs.v[i].value);
+  for (size_t i = 0; i < r->rhdrs.n; i++) {
+    /* MHD frames the body itself: never pass its framing headers on */
+    const char *name = r->rhdrs.v[i].name;
+    size_t nl = strlen(name);
+    if ((nl == 14 && dsysi_streq_nocase(name, "Content-Length")) ||
+        (nl == 17 && dsysi_streq_nocase(name, "Transfer-Encoding")))
+      continue;
+    MHD_add_response_header(resp, name, r->rhdrs.v[i].value);
+  }
   if (r->ctype) MHD_add_response_header(resp, "Content-Type", r->ctype);
   if (r->state == DSYSI_RQ_STREAMING)
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
