@@ -68,7 +68,8 @@ char *dsysi_url_decode(const char *s, size_t n, int plus_space);
  * Writes 2 * nbytes hex digits and a NUL into out.
  */
 void dsysi_fast_hex(char *out, size_t nbytes);
-/** Write the 8 bytes of v as 16 lower-case hex digits (no NUL). */
+/** Write the 64 bits of v as 16 lower-case hex digits (no NUL), nibbles in
+ *  a fixed but not big-endian order: for random ids. */
 void dsysi_hex64(char *out, uint64_t v);
 /** Next 64 fast random bits (see dsysi_fast_hex). */
 uint64_t dsysi_fast_rand(void);

@@ -201,6 +201,7 @@ static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k
 
 static uint64_t *rand_state(void) {
   uint64_t *s = xs;
+  __asm__("" : "+r"(s)); /* keep this one address: no TLS lookup per use */
   if (!s[4]) {
     do arc4random_buf(s, 4 * sizeof *s);
     while (!(s[0] | s[1] | s[2] | s[3]));
@@ -222,19 +223,22 @@ static inline uint64_t rand_next(uint64_t *s) {
 
 uint64_t dsysi_fast_rand(void) { return rand_next(rand_state()); }
 
-/* "00" "01" ... "ff": two hex digits per lookup. */
-static const char hex_pairs[513] =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
-    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
-    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
-    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
-    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
-    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
-    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+/* 32 bits to 8 hex digits without a loop: each nibble spread into its own
+ * byte, then '0'..'9' / 'a'..'f' added to all eight at once. The nibbles
+ * come out in a fixed but not big-endian order: fine for random ids. */
+static inline uint64_t hex8(uint32_t x) {
+  uint64_t y = x;
+  y = ((y & 0xffff0000ull) << 16) | (y & 0xffffull);
+  y = ((y & 0x0000ff000000ff00ull) << 8) | (y & 0x000000ff000000ffull);
+  y = ((y & 0x00f000f000f000f0ull) << 4) | (y & 0x000f000f000f000full);
+  uint64_t letters = ((y + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+  return y + 0x3030303030303030ull + letters * ('a' - '0' - 10);
+}
 
 void dsysi_hex64(char *out, uint64_t v) {
-  for (int i = 0; i < 8; i++, v >>= 8) memcpy(out + 2 * i, hex_pairs + 2 * (v & 0xff), 2);
+  uint64_t lo = hex8((uint32_t)v), hi = hex8((uint32_t)(v >> 32));
+  memcpy(out, &lo, 8);
+  memcpy(out + 8, &hi, 8);
 }
 
 void dsysi_fast_hex(char *out, size_t nbytes) {
@@ -246,8 +250,10 @@ void dsysi_fast_hex(char *out, size_t nbytes) {
     nbytes -= 8;
   }
   if (nbytes) {
-    uint64_t r = rand_next(s);
-    for (; nbytes; nbytes--, r >>= 8, o += 2) memcpy(o, hex_pairs + 2 * (r & 0xff), 2);
+    char tmp[16];
+    dsysi_hex64(tmp, rand_next(s));
+    memcpy(o, tmp, 2 * nbytes);
+    o += 2 * nbytes;
   }
   *o = '\0';
 }
