@@ -19,7 +19,10 @@ typedef struct route {
   char *method; /* "*" = any */
   char *pattern; /* as given, for the access log and metrics labels */
   char **segs;  /* pattern segments; ":x" params, "*" rest */
+  size_t *seglens; /* their lengths (routing runs per request) */
   size_t nsegs;
+  size_t nparams; /* ":x" segments plus the rest, if any */
+  int any_method; /* method "*" */
   int rest;     /* trailing "*" */
   dsys_handler_fn fn;
   void *ud;
@@ -130,6 +133,7 @@ static void free_route(route *r) {
   free(r->pattern);
   for (size_t i = 0; i < r->nsegs; i++) free(r->segs[i]);
   free(r->segs);
+  free(r->seglens);
 }
 
 /* Split "/a/b/c" into segments (empty segments from "//" are kept). */
@@ -175,11 +179,16 @@ int dsys_server_route(dsys_server *s, const char *method, const char *pattern,
   r.method = strdup(method);
   r.pattern = strdup(pattern);
   r.segs = calloc(n ? n : 1, sizeof *r.segs);
-  if (!r.method || !r.pattern || !r.segs) goto oom;
+  r.seglens = calloc(n ? n : 1, sizeof *r.seglens);
+  if (!r.method || !r.pattern || !r.segs || !r.seglens) goto oom;
   for (size_t i = 0; i < n; i++) {
     if (!(r.segs[i] = dsysi_strndup(segs[i], lens[i]))) goto oom;
+    r.seglens[i] = lens[i];
+    if (segs[i][0] == ':') r.nparams++;
     r.nsegs++;
   }
+  if (r.rest) r.nparams++;
+  r.any_method = !strcmp(method, "*");
   r.fn = fn;
   r.ud = ud;
   s->routes[s->nroutes++] = r;
@@ -455,12 +464,9 @@ static int match_route(const route *rt, dsys_request *r, char **segs,
   for (size_t i = 0; i < rt->nsegs; i++) {
     const char *p = rt->segs[i];
     if (p[0] == ':') continue;
-    if (strlen(p) != lens[i] || memcmp(p, segs[i], lens[i])) return 0;
+    if (rt->seglens[i] != lens[i] || memcmp(p, segs[i], lens[i])) return 0;
   }
-  size_t np = 0;
-  for (size_t i = 0; i < rt->nsegs; i++)
-    if (rt->segs[i][0] == ':') np++;
-  if (rt->rest) np++;
+  size_t np = rt->nparams;
   if (!np || !r) return 1;
   /* Names point at the route's own strings (they live as long as the
    * server); values are decoded into the request's arena (dispatch runs
@@ -511,9 +517,9 @@ void dsysi_server_dispatch(dsys_request *r) {
   char allow[128] = "";
   for (size_t i = 0; raw && i < s->nroutes; i++) {
     const route *rt = &s->routes[i];
-    int method_ok = !strcmp(rt->method, "*") || !strcmp(rt->method, r->method) ||
-                    (!strcmp(r->method, "HEAD") && !strcmp(rt->method, "GET"));
     if (match_route(rt, NULL, segs, lens, n) <= 0) continue;
+    int method_ok = rt->any_method || !strcmp(rt->method, r->method) ||
+                    (!strcmp(r->method, "HEAD") && !strcmp(rt->method, "GET"));
     path_matched = 1;
     if (!method_ok) {
       if (strlen(allow) + strlen(rt->method) + 3 < sizeof allow) {
