@@ -455,7 +455,7 @@ static void retry_later(dsysi_loop *l, void *ud) { attempt(ud); }
 
 static int on_head(dsysi_h1req *r) {
   px *p = r->ud;
-  const char *ct = p->ctype = dsysi_hdrs_get(&r->resp.hdrs, "content-type");
+  const char *ct = p->ctype = r->resp.content_type; /* found by the parser */
   if (r->resp.status < 300 && ct && !strncasecmp(ct, "text/event-stream", 17)) {
     /* Server-Sent Events: pass through unbuffered; no retry from here. */
     p->streaming = 1;

@@ -105,6 +105,24 @@ static int value_ok(const char *v, const char *e) {
   return 1;
 }
 
+/* A header name (already checked to be a token) equals a lower-case
+ * literal of letters and '-' of the same length n: OR-ing 0x20 lower-cases
+ * a letter, and no other token character turns into a letter or '-' that
+ * way. 8 bytes at a time. */
+static int name_is(const char *name, const char *lc, size_t n) {
+  const uint64_t lower = 0x2020202020202020ull;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t a, b;
+    memcpy(&a, name + i, 8);
+    memcpy(&b, lc + i, 8);
+    if ((a | lower) != b) return 0;
+  }
+  for (; i < n; i++)
+    if (((unsigned char)name[i] | 0x20) != (unsigned char)lc[i]) return 0;
+  return 1;
+}
+
 static int parse_header(dsysi_h1 *p, const char *l, size_t n) {
   if (l[0] == ' ' || l[0] == '\t') return DSYS_EPROTO; /* obs-fold */
   const char *colon = memchr(l, ':', n);
@@ -121,7 +139,9 @@ static int parse_header(dsysi_h1 *p, const char *l, size_t n) {
   const char *val = p->hdrs.v[p->hdrs.n - 1].value;
   const char *name = p->hdrs.v[p->hdrs.n - 1].name;
   /* The length first: most names are none of these three. */
-  if (nl == 14 && dsysi_streq_nocase(name, "content-length")) {
+  if (nl == 12 && name_is(name, "content-type", 12)) {
+    if (!p->content_type) p->content_type = val;
+  } else if (nl == 14 && name_is(name, "content-length", 14)) {
     if (!*val) return DSYS_EPROTO;
     uint64_t x = 0;
     for (const char *c = val; *c; c++) {
@@ -132,10 +152,10 @@ static int parse_header(dsysi_h1 *p, const char *l, size_t n) {
     if (p->content_length >= 0 && (uint64_t)p->content_length != x)
       return DSYS_EPROTO; /* differing lengths: request smuggling bait */
     p->content_length = (int64_t)x;
-  } else if (nl == 17 && dsysi_streq_nocase(name, "transfer-encoding")) {
+  } else if (nl == 17 && name_is(name, "transfer-encoding", 17)) {
     if (p->chunked || !dsysi_streq_nocase(val, "chunked")) return DSYS_EPROTO;
     p->chunked = 1;
-  } else if (nl == 10 && dsysi_streq_nocase(name, "connection")) {
+  } else if (nl == 10 && name_is(name, "connection", 10)) {
     if (token_has(val, "close")) p->keep_alive = -1;
     else if (token_has(val, "keep-alive") && p->keep_alive == 0) p->keep_alive = 2;
   }
@@ -251,6 +271,7 @@ int dsysi_h1_feed(dsysi_h1 *p, const char *data, size_t len, size_t *used) {
         if (p->status >= 100 && p->status < 200) {
           /* 1xx interim response: forget it, parse the real one. */
           dsysi_hdrs_free(&p->hdrs);
+          p->content_type = NULL;
           p->content_length = -1;
           p->chunked = 0;
           p->keep_alive = 0;
