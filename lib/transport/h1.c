@@ -84,21 +84,29 @@ static int token_has(const char *v, const char *tok) {
  * value (bytes >= 0x80 are: obs-text). */
 static int byte_ok(unsigned char c) { return (c >= 0x20 || c == '\t') && c != 0x7f; }
 
-/* The whole value, 8 bytes at a time: a word whose bytes are all in
- * 0x20..0x7e or >= 0x80 passes with a few operations; a word with anything
- * else (a control byte, DEL, or a legitimate HTAB) is checked byte by byte. */
-static int value_ok(const char *v, const char *e) {
+/* Some byte of the word is below 0x20 or is 0x7f (exact as a yes/no). */
+static int word_suspect(const char *p) {
   const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-  while (e - v >= 8) {
-    uint64_t x;
-    memcpy(&x, v, 8);
-    uint64_t lt20 = (x - ones * 0x20) & ~x & highs; /* some byte < 0x20 */
-    uint64_t y = x ^ (ones * 0x7f);
-    uint64_t del = (y - ones) & ~y & highs; /* some byte == 0x7f */
-    if (lt20 | del)
-      for (int i = 0; i < 8; i++)
-        if (!byte_ok((unsigned char)v[i])) return 0;
-    v += 8;
+  uint64_t x;
+  memcpy(&x, p, 8);
+  uint64_t lt20 = (x - ones * 0x20) & ~x & highs;
+  uint64_t y = x ^ (ones * 0x7f);
+  return ((lt20 | ((y - ones) & ~y)) & highs) != 0;
+}
+
+/* The value [v, e) of the header line starting at l, 8 bytes at a time:
+ * words whose bytes are all in 0x20..0x7e or >= 0x80 pass with a few
+ * operations. The last word is taken to end at e, overlapping what came
+ * before (the name, ':' and OWS: printable bytes or HTAB), so a short
+ * value costs one word too. Anything suspect (a control byte, DEL, or a
+ * legitimate HTAB) is checked byte by byte. */
+static int value_ok(const char *l, const char *v, const char *e) {
+  if (e - l >= 8) {
+    const char *q = v;
+    int suspect = 0;
+    for (; e - q > 8; q += 8) suspect |= word_suspect(q);
+    suspect |= word_suspect(e - 8);
+    if (!suspect) return 1;
   }
   for (; v < e; v++)
     if (!byte_ok((unsigned char)*v)) return 0;
@@ -132,7 +140,7 @@ static int parse_header(dsysi_h1 *p, const char *l, size_t n) {
   const char *v = colon + 1, *e = l + n;
   while (v < e && (*v == ' ' || *v == '\t')) v++;
   while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
-  if (!value_ok(v, e)) return DSYS_EPROTO;
+  if (!value_ok(l, v, e)) return DSYS_EPROTO;
   if (p->hdrs.n >= DSYSI_H1_MAX_HEADERS) return DSYS_ETOOBIG;
   size_t nl = (size_t)(colon - l);
   if (dsysi_hdrs_add(&p->hdrs, l, nl, v, (size_t)(e - v))) return DSYS_ENOMEM;
