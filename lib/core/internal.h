@@ -6,6 +6,7 @@
 #define DSYSI_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <distsys/common.h>
@@ -52,6 +53,8 @@ char *dsysi_strdup(const char *s);
 /** Copy of (s, n) with a trailing NUL. */
 char *dsysi_strndup(const char *s, size_t n);
 /** ASCII case-insensitive equality. */
+/** ASCII lower case of each byte value (table). */
+extern const unsigned char dsysi_lc[256];
 int dsysi_streq_nocase(const char *a, const char *b);
 /** Value of a hex digit, or -1. */
 int dsysi_hexval(char c);
@@ -65,6 +68,9 @@ char *dsysi_url_decode(const char *s, size_t n, int plus_space);
  * Writes 2 * nbytes hex digits and a NUL into out.
  */
 void dsysi_fast_hex(char *out, size_t nbytes);
+/** Write the 64 bits of v as 16 lower-case hex digits (no NUL), nibbles in
+ *  a fixed but not big-endian order: for random ids. */
+void dsysi_hex64(char *out, uint64_t v);
 /** Next 64 fast random bits (see dsysi_fast_hex). */
 uint64_t dsysi_fast_rand(void);
 
@@ -88,5 +94,31 @@ int dsysi_file_write(const char *path, const void *data, size_t len, unsigned mo
 
 /** Number of online CPUs (at least 1). */
 unsigned dsysi_ncpu(void);
+
+/*
+ * A small futex mutex for short critical sections that are nearly never
+ * contended (a request's state): zero-initialised means unlocked, no init
+ * or destroy, and the uncontended lock and unlock are one atomic
+ * instruction each, inline (a pthread mutex pair costs ~65 instructions
+ * through the PLT). 0 unlocked, 1 locked, 2 locked with waiters (Drepper,
+ * "Futexes Are Tricky", mutex 2). Not recursive; no condition variables.
+ */
+typedef struct dsysi_lock {
+  atomic_int v;
+} dsysi_lock;
+
+void dsysi_lock_wait(dsysi_lock *l, int c);
+void dsysi_lock_wake(dsysi_lock *l);
+
+static inline void dsysi_lock_acquire(dsysi_lock *l) {
+  int c = 0;
+  if (!atomic_compare_exchange_strong_explicit(&l->v, &c, 1, memory_order_acquire,
+                                               memory_order_relaxed))
+    dsysi_lock_wait(l, c);
+}
+
+static inline void dsysi_lock_release(dsysi_lock *l) {
+  if (atomic_exchange_explicit(&l->v, 0, memory_order_release) == 2) dsysi_lock_wake(l);
+}
 
 #endif

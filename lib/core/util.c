@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <bsd/stdlib.h>
 #include <distsys/util.h>
 #include "internal.h"
@@ -140,15 +142,23 @@ char *dsysi_strndup(const char *s, size_t n) {
   return d;
 }
 
+/* ASCII lower case of every byte (others unchanged). */
+const unsigned char dsysi_lc[256] = {
+#define R8(b) b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7
+    R8(0x00), R8(0x08), R8(0x10), R8(0x18), R8(0x20), R8(0x28), R8(0x30), R8(0x38),
+    0x40, R8(0x61), R8(0x69), R8(0x71), 0x79, 0x7a, 0x5b, 0x5c, 0x5d, 0x5e, 0x5f,
+    R8(0x60), R8(0x68), R8(0x70), R8(0x78),
+    R8(0x80), R8(0x88), R8(0x90), R8(0x98), R8(0xa0), R8(0xa8), R8(0xb0), R8(0xb8),
+    R8(0xc0), R8(0xc8), R8(0xd0), R8(0xd8), R8(0xe0), R8(0xe8), R8(0xf0), R8(0xf8),
+#undef R8
+};
+
 int dsysi_streq_nocase(const char *a, const char *b) {
   if (!a || !b) return a == b;
-  for (; *a && *b; a++, b++) {
-    unsigned char x = (unsigned char)*a, y = (unsigned char)*b;
-    if (x >= 'A' && x <= 'Z') x += 32;
-    if (y >= 'A' && y <= 'Z') y += 32;
-    if (x != y) return 0;
-  }
-  return *a == *b;
+  const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+  for (; dsysi_lc[*x] == dsysi_lc[*y]; x++, y++)
+    if (!*x) return 1;
+  return 0;
 }
 
 int dsysi_hexval(char c) {
@@ -182,37 +192,84 @@ char *dsysi_url_decode(const char *s, size_t n, int plus_space) {
   return d;
 }
 
-static _Thread_local uint64_t xs[4];
-static _Thread_local int xs_seeded;
+/* One thread-local block: each access to thread-local storage from a
+ * shared library is a __tls_get_addr call, so it is looked up once per
+ * call, not per word. s[4] != 0 once seeded. */
+static _Thread_local uint64_t xs[5];
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t dsysi_fast_rand(void) {
-  if (!xs_seeded) {
-    do arc4random_buf(xs, sizeof xs);
-    while (!(xs[0] | xs[1] | xs[2] | xs[3]));
-    xs_seeded = 1;
+static uint64_t *rand_state(void) {
+  uint64_t *s = xs;
+  __asm__("" : "+r"(s)); /* keep this one address: no TLS lookup per use */
+  if (!s[4]) {
+    do arc4random_buf(s, 4 * sizeof *s);
+    while (!(s[0] | s[1] | s[2] | s[3]));
+    s[4] = 1;
   }
-  uint64_t r = rotl(xs[1] * 5, 7) * 9, t = xs[1] << 17;
-  xs[2] ^= xs[0];
-  xs[3] ^= xs[1];
-  xs[1] ^= xs[2];
-  xs[0] ^= xs[3];
-  xs[2] ^= t;
-  xs[3] = rotl(xs[3], 45);
+  return s;
+}
+
+static inline uint64_t rand_next(uint64_t *s) {
+  uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = rotl(s[3], 45);
   return r;
 }
 
+uint64_t dsysi_fast_rand(void) { return rand_next(rand_state()); }
+
+/* 32 bits to 8 hex digits without a loop: each nibble spread into its own
+ * byte, then '0'..'9' / 'a'..'f' added to all eight at once. The nibbles
+ * come out in a fixed but not big-endian order: fine for random ids. */
+static inline uint64_t hex8(uint32_t x) {
+  uint64_t y = x;
+  y = ((y & 0xffff0000ull) << 16) | (y & 0xffffull);
+  y = ((y & 0x0000ff000000ff00ull) << 8) | (y & 0x000000ff000000ffull);
+  y = ((y & 0x00f000f000f000f0ull) << 4) | (y & 0x000f000f000f000full);
+  uint64_t letters = ((y + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull;
+  return y + 0x3030303030303030ull + letters * ('a' - '0' - 10);
+}
+
+void dsysi_hex64(char *out, uint64_t v) {
+  uint64_t lo = hex8((uint32_t)v), hi = hex8((uint32_t)(v >> 32));
+  memcpy(out, &lo, 8);
+  memcpy(out + 8, &hi, 8);
+}
+
 void dsysi_fast_hex(char *out, size_t nbytes) {
-  static const char hex[] = "0123456789abcdef";
   char *o = out;
-  while (nbytes) {
-    uint64_t r = dsysi_fast_rand();
-    size_t n = nbytes < 8 ? nbytes : 8;
-    for (size_t i = 0; i < 2 * n; i++, r >>= 4) *o++ = hex[r & 15];
-    nbytes -= n;
+  uint64_t *s = rand_state();
+  while (nbytes >= 8) {
+    dsysi_hex64(o, rand_next(s));
+    o += 16;
+    nbytes -= 8;
+  }
+  if (nbytes) {
+    char tmp[16];
+    dsysi_hex64(tmp, rand_next(s));
+    memcpy(o, tmp, 2 * nbytes);
+    o += 2 * nbytes;
   }
   *o = '\0';
+}
+
+/* The contended path of dsysi_lock_acquire: mark the lock as having
+ * waiters and sleep until it is free. */
+void dsysi_lock_wait(dsysi_lock *l, int c) {
+  if (c != 2) c = atomic_exchange_explicit(&l->v, 2, memory_order_acquire);
+  while (c != 0) {
+    syscall(SYS_futex, &l->v, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+    c = atomic_exchange_explicit(&l->v, 2, memory_order_acquire);
+  }
+}
+
+void dsysi_lock_wake(dsysi_lock *l) {
+  syscall(SYS_futex, &l->v, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
 unsigned dsysi_ncpu(void) {

@@ -620,11 +620,11 @@ int dsys_events_serve_sse(dsys_events *ev, dsys_request *req, const char *const 
   }
   /* Register on_close and learn, under the request lock, whether the
    * transport already ended (then the callback will never run). */
-  pthread_mutex_lock(&req->mu);
+  dsysi_lock_acquire(&req->mu);
   req->on_close = st_on_close;
   req->close_ud = st;
   int gone = req->closed;
-  pthread_mutex_unlock(&req->mu);
+  dsysi_lock_release(&req->mu);
   if (gone) st_unref(st); /* on_close will not run */
   dsys_response_header(req, "Cache-Control", "no-cache");
   dsys_response_header(req, "X-Accel-Buffering", "no");

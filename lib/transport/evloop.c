@@ -1,6 +1,7 @@
 /* Single-threaded event loop: epoll, timer heap, wakeup eventfd. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -31,6 +32,9 @@ struct dsysi_loop {
   size_t nt, capt;
   uint64_t next_id;
   pthread_mutex_t mu; /* guards posted and stop */
+  /* Set (after the queue or stop changed, mu released) by post and stop:
+   * the loop takes mu only when something may be waiting for it. */
+  atomic_int pending;
   posted *head, *tail;
   int stop;
   dsysi_tick_fn tick;
@@ -188,6 +192,7 @@ int dsysi_loop_post(dsysi_loop *l, dsysi_loop_fn fn, void *ud) {
   else l->head = p;
   l->tail = p;
   pthread_mutex_unlock(&l->mu);
+  atomic_store_explicit(&l->pending, 1, memory_order_release);
   uint64_t one = 1;
   ssize_t w = write(l->wake_fd, &one, sizeof one);
   (void)w;
@@ -205,6 +210,7 @@ void dsysi_loop_stop(dsysi_loop *l) {
   pthread_mutex_lock(&l->mu);
   l->stop = 1;
   pthread_mutex_unlock(&l->mu);
+  atomic_store_explicit(&l->pending, 1, memory_order_release);
   uint64_t one = 1;
   ssize_t w = write(l->wake_fd, &one, sizeof one);
   (void)w;
@@ -218,13 +224,19 @@ void dsysi_loop_run(dsysi_loop *l) {
   struct epoll_event evs[128];
   tl_current = l;
   for (;;) {
-    /* Posted tasks first (they may resume requests). */
-    pthread_mutex_lock(&l->mu);
-    posted *p = l->head;
-    l->head = l->tail = NULL;
-    int stop = l->stop;
-    l->stop = 0; /* consumed: a later dsysi_loop_run runs again */
-    pthread_mutex_unlock(&l->mu);
+    /* Posted tasks first (they may resume requests). The flag is cleared
+     * before the queue is taken: a post that lands in between leaves it
+     * set for the next round (and its eventfd write wakes us anyway). */
+    posted *p = NULL;
+    int stop = 0;
+    if (atomic_exchange_explicit(&l->pending, 0, memory_order_acq_rel)) {
+      pthread_mutex_lock(&l->mu);
+      p = l->head;
+      l->head = l->tail = NULL;
+      stop = l->stop;
+      l->stop = 0; /* consumed: a later dsysi_loop_run runs again */
+      pthread_mutex_unlock(&l->mu);
+    }
     while (p) {
       posted *n = p->next;
       p->fn(l, p->ud);
@@ -254,9 +266,7 @@ void dsysi_loop_run(dsysi_loop *l) {
       int64_t t = l->timeout(l, l->tick_ud);
       if (t >= 0 && (wait_ms < 0 || t < wait_ms)) wait_ms = t;
     }
-    pthread_mutex_lock(&l->mu);
-    if (l->head || l->stop) wait_ms = 0;
-    pthread_mutex_unlock(&l->mu);
+    if (atomic_load_explicit(&l->pending, memory_order_acquire)) wait_ms = 0;
     int n = epoll_wait(l->ep, evs, 128, wait_ms > 60000 ? 60000 : (int)wait_ms);
     if (n < 0 && errno != EINTR) {
       tl_current = NULL;

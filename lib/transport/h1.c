@@ -80,6 +80,57 @@ static int token_has(const char *v, const char *tok) {
   return 0;
 }
 
+/* Control characters other than HTAB, and DEL, are not allowed in a field
+ * value (bytes >= 0x80 are: obs-text). */
+static int byte_ok(unsigned char c) { return (c >= 0x20 || c == '\t') && c != 0x7f; }
+
+/* Some byte of the word is below 0x20 or is 0x7f (exact as a yes/no). */
+static int word_suspect(const char *p) {
+  const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  uint64_t x;
+  memcpy(&x, p, 8);
+  uint64_t lt20 = (x - ones * 0x20) & ~x & highs;
+  uint64_t y = x ^ (ones * 0x7f);
+  return ((lt20 | ((y - ones) & ~y)) & highs) != 0;
+}
+
+/* The value [v, e) of the header line starting at l, 8 bytes at a time:
+ * words whose bytes are all in 0x20..0x7e or >= 0x80 pass with a few
+ * operations. The last word is taken to end at e, overlapping what came
+ * before (the name, ':' and OWS: printable bytes or HTAB), so a short
+ * value costs one word too. Anything suspect (a control byte, DEL, or a
+ * legitimate HTAB) is checked byte by byte. */
+static int value_ok(const char *l, const char *v, const char *e) {
+  if (e - l >= 8) {
+    const char *q = v;
+    int suspect = 0;
+    for (; e - q > 8; q += 8) suspect |= word_suspect(q);
+    suspect |= word_suspect(e - 8);
+    if (!suspect) return 1;
+  }
+  for (; v < e; v++)
+    if (!byte_ok((unsigned char)*v)) return 0;
+  return 1;
+}
+
+/* A header name (already checked to be a token) equals a lower-case
+ * literal of letters and '-' of the same length n: OR-ing 0x20 lower-cases
+ * a letter, and no other token character turns into a letter or '-' that
+ * way. 8 bytes at a time. */
+static int name_is(const char *name, const char *lc, size_t n) {
+  const uint64_t lower = 0x2020202020202020ull;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t a, b;
+    memcpy(&a, name + i, 8);
+    memcpy(&b, lc + i, 8);
+    if ((a | lower) != b) return 0;
+  }
+  for (; i < n; i++)
+    if (((unsigned char)name[i] | 0x20) != (unsigned char)lc[i]) return 0;
+  return 1;
+}
+
 static int parse_header(dsysi_h1 *p, const char *l, size_t n) {
   if (l[0] == ' ' || l[0] == '\t') return DSYS_EPROTO; /* obs-fold */
   const char *colon = memchr(l, ':', n);
@@ -89,15 +140,16 @@ static int parse_header(dsysi_h1 *p, const char *l, size_t n) {
   const char *v = colon + 1, *e = l + n;
   while (v < e && (*v == ' ' || *v == '\t')) v++;
   while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
-  for (const char *c = v; c < e; c++)
-    if (((unsigned char)*c < 0x20 && *c != '\t') || *c == 0x7f) return DSYS_EPROTO;
+  if (!value_ok(l, v, e)) return DSYS_EPROTO;
   if (p->hdrs.n >= DSYSI_H1_MAX_HEADERS) return DSYS_ETOOBIG;
   size_t nl = (size_t)(colon - l);
   if (dsysi_hdrs_add(&p->hdrs, l, nl, v, (size_t)(e - v))) return DSYS_ENOMEM;
   const char *val = p->hdrs.v[p->hdrs.n - 1].value;
   const char *name = p->hdrs.v[p->hdrs.n - 1].name;
   /* The length first: most names are none of these three. */
-  if (nl == 14 && dsysi_streq_nocase(name, "content-length")) {
+  if (nl == 12 && name_is(name, "content-type", 12)) {
+    if (!p->content_type) p->content_type = val;
+  } else if (nl == 14 && name_is(name, "content-length", 14)) {
     if (!*val) return DSYS_EPROTO;
     uint64_t x = 0;
     for (const char *c = val; *c; c++) {
@@ -108,10 +160,10 @@ static int parse_header(dsysi_h1 *p, const char *l, size_t n) {
     if (p->content_length >= 0 && (uint64_t)p->content_length != x)
       return DSYS_EPROTO; /* differing lengths: request smuggling bait */
     p->content_length = (int64_t)x;
-  } else if (nl == 17 && dsysi_streq_nocase(name, "transfer-encoding")) {
+  } else if (nl == 17 && name_is(name, "transfer-encoding", 17)) {
     if (p->chunked || !dsysi_streq_nocase(val, "chunked")) return DSYS_EPROTO;
     p->chunked = 1;
-  } else if (nl == 10 && dsysi_streq_nocase(name, "connection")) {
+  } else if (nl == 10 && name_is(name, "connection", 10)) {
     if (token_has(val, "close")) p->keep_alive = -1;
     else if (token_has(val, "keep-alive") && p->keep_alive == 0) p->keep_alive = 2;
   }
@@ -227,6 +279,7 @@ int dsysi_h1_feed(dsysi_h1 *p, const char *data, size_t len, size_t *used) {
         if (p->status >= 100 && p->status < 200) {
           /* 1xx interim response: forget it, parse the real one. */
           dsysi_hdrs_free(&p->hdrs);
+          p->content_type = NULL;
           p->content_length = -1;
           p->chunked = 0;
           p->keep_alive = 0;

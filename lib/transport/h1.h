@@ -38,6 +38,7 @@ typedef struct dsysi_h1 {
   uint64_t remaining;     /* body or chunk bytes left */
   int until_close;        /* body delimited by connection close */
   dsysi_hdrs hdrs;        /* response headers (in ar) */
+  const char *content_type; /* the first Content-Type value (in hdrs), or NULL */
   dsysi_buf line;         /* partial line */
   size_t header_bytes;
   dsysi_h1_body_fn on_body;

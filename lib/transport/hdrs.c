@@ -90,8 +90,12 @@ int dsysi_hdrs_add(dsysi_hdrs *h, const char *name, size_t nlen,
 }
 
 const char *dsysi_hdrs_get(const dsysi_hdrs *h, const char *name) {
+  /* The first byte rules out most names without a call. */
+  unsigned char c0 = dsysi_lc[(unsigned char)name[0]];
   for (size_t i = 0; i < h->n; i++)
-    if (dsysi_streq_nocase(h->v[i].name, name)) return h->v[i].value;
+    if (dsysi_lc[(unsigned char)h->v[i].name[0]] == c0 &&
+        dsysi_streq_nocase(h->v[i].name, name))
+      return h->v[i].value;
   return NULL;
 }
 
@@ -111,48 +115,55 @@ int dsysi_header_ok(const char *s) {
 /* Case-insensitive compare of a name of known length against a lower-case
  * literal of the same length. */
 static int same_lc(const char *name, const char *lc, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)name[i];
-    if (c >= 'A' && c <= 'Z') c += 32;
-    if (c != (unsigned char)lc[i]) return 0;
-  }
+  for (size_t i = 0; i < n; i++)
+    if (dsysi_lc[(unsigned char)name[i]] != (unsigned char)lc[i]) return 0;
   return 1;
 }
 
 int dsysi_header_class(const char *name) {
-  /* Dispatch on the length first: this runs for every header of every
-   * proxied request, both ways. */
-#define K(lit, cls) {lit, sizeof lit - 1, cls}
-  static const struct {
-    const char *lc;
-    size_t len;
-    int cls;
-  } known[] = {
-      K("te", DSYSI_HDR_HOP),
-      K("date", DSYSI_HDR_DATE),
-      K("trailer", DSYSI_HDR_HOP),
-      K("upgrade", DSYSI_HDR_HOP),
-      K("connection", DSYSI_HDR_HOP),
-      K("keep-alive", DSYSI_HDR_HOP),
-      K("traceparent", DSYSI_HDR_TRACEPARENT),
-      K("x-request-id", DSYSI_HDR_REQUEST_ID),
-      K("content-type", DSYSI_HDR_CONTENT_TYPE),
-      K("x-dsys-user-id", DSYSI_HDR_USER_ID),
-      K("content-length", DSYSI_HDR_HOP),
-      K("idempotency-key", DSYSI_HDR_IDEMPOTENCY_KEY),
-      K("x-dsys-identity", DSYSI_HDR_USER_ID),
-      K("x-forwarded-for", DSYSI_HDR_FORWARDED_FOR),
-      K("proxy-connection", DSYSI_HDR_HOP),
-      K("transfer-encoding", DSYSI_HDR_HOP),
-      K("proxy-authenticate", DSYSI_HDR_HOP),
-      K("proxy-authorization", DSYSI_HDR_HOP),
-  };
-#undef K
+  /* Dispatch on the length and the first letter: this runs for every
+   * header of every proxied request, both ways; most names are none of
+   * these and are ruled out without a compare. */
+#define IS(lit) same_lc(name + 1, lit + 1, sizeof lit - 2)
   size_t n = strlen(name);
-  if (n < 2 || n > 19) return DSYSI_HDR_OTHER;
-  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-    if (known[i].len == n && same_lc(name, known[i].lc, n)) return known[i].cls;
-  return DSYSI_HDR_OTHER;
+  unsigned char c = dsysi_lc[(unsigned char)name[0]];
+  switch (n) {
+  case 2:
+    return c == 't' && IS("te") ? DSYSI_HDR_HOP : DSYSI_HDR_OTHER;
+  case 4:
+    return c == 'd' && IS("date") ? DSYSI_HDR_DATE : DSYSI_HDR_OTHER;
+  case 7:
+    return (c == 't' && IS("trailer")) || (c == 'u' && IS("upgrade")) ? DSYSI_HDR_HOP
+                                                                       : DSYSI_HDR_OTHER;
+  case 10:
+    return (c == 'c' && IS("connection")) || (c == 'k' && IS("keep-alive"))
+               ? DSYSI_HDR_HOP
+               : DSYSI_HDR_OTHER;
+  case 11:
+    return c == 't' && IS("traceparent") ? DSYSI_HDR_TRACEPARENT : DSYSI_HDR_OTHER;
+  case 12:
+    if (c == 'x') return IS("x-request-id") ? DSYSI_HDR_REQUEST_ID : DSYSI_HDR_OTHER;
+    return c == 'c' && IS("content-type") ? DSYSI_HDR_CONTENT_TYPE : DSYSI_HDR_OTHER;
+  case 14:
+    if (c == 'x') return IS("x-dsys-user-id") ? DSYSI_HDR_USER_ID : DSYSI_HDR_OTHER;
+    return c == 'c' && IS("content-length") ? DSYSI_HDR_HOP : DSYSI_HDR_OTHER;
+  case 15:
+    if (c == 'i') return IS("idempotency-key") ? DSYSI_HDR_IDEMPOTENCY_KEY : DSYSI_HDR_OTHER;
+    if (c != 'x') return DSYSI_HDR_OTHER;
+    if (IS("x-dsys-identity")) return DSYSI_HDR_USER_ID;
+    return IS("x-forwarded-for") ? DSYSI_HDR_FORWARDED_FOR : DSYSI_HDR_OTHER;
+  case 16:
+    return c == 'p' && IS("proxy-connection") ? DSYSI_HDR_HOP : DSYSI_HDR_OTHER;
+  case 17:
+    return c == 't' && IS("transfer-encoding") ? DSYSI_HDR_HOP : DSYSI_HDR_OTHER;
+  case 18:
+    return c == 'p' && IS("proxy-authenticate") ? DSYSI_HDR_HOP : DSYSI_HDR_OTHER;
+  case 19:
+    return c == 'p' && IS("proxy-authorization") ? DSYSI_HDR_HOP : DSYSI_HDR_OTHER;
+  default:
+    return DSYSI_HDR_OTHER;
+  }
+#undef IS
 }
 
 int dsysi_header_is_hop(const char *name) { return dsysi_header_class(name) == DSYSI_HDR_HOP; }

@@ -202,7 +202,7 @@ static enum MHD_Result queue_error(struct MHD_Connection *conn, int status,
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
   mhd_req *m = cls;
   dsys_request *r = m->req;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   size_t n = dsysi_request_stream_take(r, buf, max);
   ssize_t ret;
   if (n) ret = (ssize_t)n;
@@ -215,7 +215,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     MHD_suspend_connection(m->conn);
     ret = 0;
   }
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   return ret;
 }
 
@@ -232,10 +232,15 @@ static enum MHD_Result queue_answer(mhd_req *m) {
     if (resp) r->rbody = NULL; /* MHD frees it */
   }
   if (!resp) return MHD_NO;
-  for (size_t i = 0; i < r->rhdrs.n; i++)
-    if (!dsysi_streq_nocase(r->rhdrs.v[i].name, "Content-Length") &&
-        !dsysi_streq_nocase(r->rhdrs.v[i].name, "Transfer-Encoding"))
-      MHD_add_response_header(resp, r->rhdrs.v[i].name, r->rhdrs.v[i].value);
+  for (size_t i = 0; i < r->rhdrs.n; i++) {
+    /* MHD frames the body itself: never pass its framing headers on */
+    const char *name = r->rhdrs.v[i].name;
+    size_t nl = strlen(name);
+    if ((nl == 14 && dsysi_streq_nocase(name, "Content-Length")) ||
+        (nl == 17 && dsysi_streq_nocase(name, "Transfer-Encoding")))
+      continue;
+    MHD_add_response_header(resp, name, r->rhdrs.v[i].value);
+  }
   if (r->ctype) MHD_add_response_header(resp, "Content-Type", r->ctype);
   if (r->state == DSYSI_RQ_STREAMING)
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
@@ -248,7 +253,7 @@ static enum MHD_Result queue_answer(mhd_req *m) {
 static enum MHD_Result after_dispatch(mhd_req *m) {
   dsys_request *r = m->req;
   enum MHD_Result rc = MHD_YES;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->state == DSYSI_RQ_ANSWERED || r->state == DSYSI_RQ_STREAMING) {
     r->status = r->status ? r->status : 500;
     rc = queue_answer(m);
@@ -258,7 +263,7 @@ static enum MHD_Result after_dispatch(mhd_req *m) {
     m->suspended = 1;
     MHD_suspend_connection(m->conn);
   }
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   return rc;
 }
 
@@ -378,9 +383,9 @@ static void resume_locked(dsys_request *r) {
 
 static void resume_task(dsysi_loop *loop, void *ud) {
   dsys_request *r = ud;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   resume_locked(r);
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   dsysi_request_unref(r);
 }
 
@@ -389,23 +394,23 @@ static void notify(void *lst, dsys_request *r) {
   if (l->loops) {
     /* External mode: MHD may only be driven from its loop's thread
      * (MHD-NOTES pitfall 1); from elsewhere, hand the resume over. */
-    pthread_mutex_lock(&r->mu);
+    dsysi_lock_acquire(&r->mu);
     mhd_req *m = r->transport_done ? NULL : r->tctx;
     dsysi_loop *loop = m ? m->md->loop : NULL;
     if (loop && dsysi_loop_current() == loop) {
       resume_locked(r);
       loop = NULL;
     }
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     if (loop) {
       dsysi_request_ref(r);
       if (dsysi_loop_post(loop, resume_task, r)) dsysi_request_unref(r);
     }
     return;
   }
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   resume_locked(r);
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
 }
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap) {

@@ -43,9 +43,9 @@ static void *worker(void *arg) {
     l->qhead = (l->qhead + 1) % l->qcap;
     l->qn--;
     pthread_mutex_unlock(&l->mu);
-    pthread_mutex_lock(&r->mu);
+    dsysi_lock_acquire(&r->mu);
     int skip = r->transport_done || r->abandoned;
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     if (!skip) {
       if (r->body_len > dsysi_server_max_body(l->srv))
         dsys_respond_error(r, 413, "DSYS_ETOOBIG", "Request body too large");
@@ -194,23 +194,23 @@ static dsys_reply *reply_from(dsys_request *r, int status, char *body,
 }
 
 static void inproc_notify(void *lst, dsys_request *r) {
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->transport_done) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return;
   }
   inproc_req *ir = r->tctx;
   if (r->state == DSYSI_RQ_ANSWERED) {
     if (r->rlen > ir->call->max_response) {
       /* Same rule as the http client: a reply over the limit is an error. */
-      pthread_mutex_unlock(&r->mu);
+      dsysi_lock_release(&r->mu);
       finish(r, ir, DSYS_ETOOBIG, NULL, 1);
       return;
     }
     char *body = r->rbody;
     r->rbody = NULL;
     dsys_reply *rep = reply_from(r, r->status, body, r->rlen);
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     finish(r, ir, rep ? 0 : DSYS_ENOMEM, rep, 1);
     return;
   }
@@ -226,17 +226,17 @@ static void inproc_notify(void *lst, dsys_request *r) {
       } else {
         free(body);
       }
-      pthread_mutex_unlock(&r->mu);
+      dsysi_lock_release(&r->mu);
       finish(r, ir, rep ? 0 : DSYS_ENOMEM, rep, 0);
       return;
     }
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return;
   }
   /* Streaming: one pumper at a time delivers chunks in order. */
   if (ir->pumping) {
     ir->again = 1;
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return;
   }
   ir->pumping = 1;
@@ -248,7 +248,7 @@ static void inproc_notify(void *lst, dsys_request *r) {
     while ((n = dsysi_request_stream_take(r, tmp, sizeof tmp)) > 0)
       dsysi_buf_append(&chunk, tmp, n);
     int ended = r->stream_ended, cut = r->abandoned;
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     dsysi_call *call = ir->call;
     int gone = atomic_load(&call->done);
     if (chunk.len && !gone) {
@@ -258,7 +258,7 @@ static void inproc_notify(void *lst, dsys_request *r) {
     }
     dsysi_buf_free(&chunk);
     if (ended || cut || gone) {
-      pthread_mutex_lock(&r->mu);
+      dsysi_lock_acquire(&r->mu);
       dsys_reply *rep = NULL;
       int err = 0;
       if (cut == 2) err = DSYS_ETOOBIG;
@@ -268,15 +268,15 @@ static void inproc_notify(void *lst, dsys_request *r) {
         rep = reply_from(r, r->status, body, n);
         if (!rep) err = DSYS_ENOMEM;
       }
-      pthread_mutex_unlock(&r->mu);
+      dsysi_lock_release(&r->mu);
       finish(r, ir, err, rep, ended && !gone);
       return;
     }
-    pthread_mutex_lock(&r->mu);
+    dsysi_lock_acquire(&r->mu);
     if (!ir->again) break;
   }
   ir->pumping = 0;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
 }
 
 static void refused(void *ud) {
@@ -337,10 +337,10 @@ static int inproc_call(dsysi_call *call) {
     /* Never started: undo quietly; the caller releases the call. */
     if (call->timer && dsys_timer_cancel(call->clock, call->timer) == 0)
       atomic_fetch_sub(&call->refs, 1);
-    pthread_mutex_lock(&r->mu);
+    dsysi_lock_acquire(&r->mu);
     r->user_done = 1;
     r->closed = 1; /* no on_close for a request nobody saw */
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     dsysi_request_transport_done(r, 0);
     dsysi_request_unref(r); /* the user's reference */
     dsysi_buf_free(&ir->body);

@@ -18,7 +18,6 @@ void dsysi_request_unref(dsys_request *req) {
   free(req->rbody);
   dsysi_buf_free(&req->stream);
   dsysi_arena_free(&req->ar);
-  pthread_mutex_destroy(&req->mu);
   free(req);
 }
 
@@ -70,7 +69,7 @@ const char *dsys_request_trace_id(const dsys_request *r) {
 const char *dsys_request_remote_addr(const dsys_request *r) {
   if (!r) return NULL;
   dsys_request *w = (dsys_request *)r; /* a lazily filled cache */
-  pthread_mutex_lock(&w->mu);
+  dsysi_lock_acquire(&w->mu);
   if (!w->remote) {
     const struct sockaddr *sa = &w->raddr.sa;
     if (sa->sa_family == AF_INET) {
@@ -91,7 +90,7 @@ const char *dsys_request_remote_addr(const dsys_request *r) {
     }
     w->remote = w->remote_buf;
   }
-  pthread_mutex_unlock(&w->mu);
+  dsysi_lock_release(&w->mu);
   return w->remote;
 }
 dsys_server *dsys_request_server(const dsys_request *r) { return r ? r->srv : NULL; }
@@ -153,38 +152,38 @@ int dsys_response_header(dsys_request *r, const char *name, const char *value) {
   if (!r || !name || !*name || !value || !dsysi_header_ok(name) ||
       !dsysi_header_ok(value) || strchr(name, ':'))
     return DSYS_EINVAL;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   int rc = (r->state == DSYSI_RQ_ANSWERED || r->state == DSYSI_RQ_STREAMING ||
             r->user_done)
                ? DSYS_ESTATE
                : dsysi_hdrs_add(&r->rhdrs, name, strlen(name), value,
                                 strlen(value));
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   return rc;
 }
 
 void dsys_request_on_close(dsys_request *r, dsys_close_fn fn, void *ud) {
   if (!r) return;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   r->on_close = fn;
   r->close_ud = ud;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
 }
 
 int dsys_request_defer(dsys_request *r) {
   if (!r) return DSYS_EINVAL;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   int rc = 0;
   if (r->state != DSYSI_RQ_NEW) rc = DSYS_ESTATE;
   else r->state = DSYSI_RQ_DEFERRED;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   return rc;
 }
 
 /* Finish the user side: notify the transport, drop the user reference. */
 static int finish_user(dsys_request *r, int notify) {
   int closed = r->closed;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   if (notify && !closed) r->ops->notify(r->lst, r);
   dsysi_request_unref(r);
   return closed ? DSYS_ECLOSED : 0;
@@ -209,7 +208,7 @@ int dsysi_respond_owned(dsys_request *r, int status, const char *content_type,
     free(body);
     return DSYS_EINVAL;
   }
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   int rc = r->user_done || r->state == DSYSI_RQ_ANSWERED ||
                    r->state == DSYSI_RQ_STREAMING
                ? DSYS_ESTATE
@@ -219,7 +218,7 @@ int dsysi_respond_owned(dsys_request *r, int status, const char *content_type,
       !(ct = dsysi_arena_strndup(&r->ar, content_type, strlen(content_type))))
     rc = DSYS_ENOMEM;
   if (rc) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     free(body);
     return rc;
   }
@@ -251,23 +250,23 @@ int dsys_respond_stream(dsys_request *r, int status, const char *content_type) {
   if (!r || status < 100 || status > 999 ||
       (content_type && !dsysi_header_ok(content_type)))
     return DSYS_EINVAL;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->user_done || r->state == DSYSI_RQ_ANSWERED ||
       r->state == DSYSI_RQ_STREAMING) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return DSYS_ESTATE;
   }
   char *ct = NULL;
   if (content_type &&
       !(ct = dsysi_arena_strndup(&r->ar, content_type, strlen(content_type)))) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return DSYS_ENOMEM;
   }
   int closed = r->closed;
   r->state = DSYSI_RQ_STREAMING;
   r->status = status;
   r->ctype = ct;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   if (closed) return DSYS_ECLOSED;
   r->ops->notify(r->lst, r);
   return 0;
@@ -275,17 +274,17 @@ int dsys_respond_stream(dsys_request *r, int status, const char *content_type) {
 
 int dsys_stream_write(dsys_request *r, const void *data, size_t len) {
   if (!r || (!data && len)) return DSYS_EINVAL;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->state != DSYSI_RQ_STREAMING || r->user_done) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return DSYS_ESTATE;
   }
   if (r->closed) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return DSYS_ECLOSED;
   }
   int rc = dsysi_buf_append(&r->stream, data, len);
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   if (rc) return rc;
   r->ops->notify(r->lst, r);
   return 0;
@@ -293,9 +292,9 @@ int dsys_stream_write(dsys_request *r, const void *data, size_t len) {
 
 int dsys_stream_end(dsys_request *r) {
   if (!r) return DSYS_EINVAL;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->state != DSYSI_RQ_STREAMING || r->user_done) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return DSYS_ESTATE;
   }
   r->stream_ended = 1;

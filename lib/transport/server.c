@@ -3,6 +3,7 @@
  * Transport-independent: listeners hand complete requests to
  * dsysi_server_dispatch and are told about answers through ops->notify.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,10 @@ typedef struct route {
   char *method; /* "*" = any */
   char *pattern; /* as given, for the access log and metrics labels */
   char **segs;  /* pattern segments; ":x" params, "*" rest */
+  size_t *seglens; /* their lengths (routing runs per request) */
   size_t nsegs;
+  size_t nparams; /* ":x" segments plus the rest, if any */
+  int any_method; /* method "*" */
   int rest;     /* trailing "*" */
   dsys_handler_fn fn;
   void *ud;
@@ -129,6 +133,7 @@ static void free_route(route *r) {
   free(r->pattern);
   for (size_t i = 0; i < r->nsegs; i++) free(r->segs[i]);
   free(r->segs);
+  free(r->seglens);
 }
 
 /* Split "/a/b/c" into segments (empty segments from "//" are kept). */
@@ -174,11 +179,16 @@ int dsys_server_route(dsys_server *s, const char *method, const char *pattern,
   r.method = strdup(method);
   r.pattern = strdup(pattern);
   r.segs = calloc(n ? n : 1, sizeof *r.segs);
-  if (!r.method || !r.pattern || !r.segs) goto oom;
+  r.seglens = calloc(n ? n : 1, sizeof *r.seglens);
+  if (!r.method || !r.pattern || !r.segs || !r.seglens) goto oom;
   for (size_t i = 0; i < n; i++) {
     if (!(r.segs[i] = dsysi_strndup(segs[i], lens[i]))) goto oom;
+    r.seglens[i] = lens[i];
+    if (segs[i][0] == ':') r.nparams++;
     r.nsegs++;
   }
+  if (r.rest) r.nparams++;
+  r.any_method = !strcmp(method, "*");
   r.fn = fn;
   r.ud = ud;
   s->routes[s->nroutes++] = r;
@@ -242,9 +252,12 @@ uint64_t dsys_server_inflight(dsys_server *s) {
 
 dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
                                 void *lst, void *tctx) {
-  dsys_request *r = calloc(1, sizeof *r);
+  /* malloc + memset, not calloc: glibc's calloc bypasses the per-thread
+   * cache, so every request went through _int_malloc and its free through
+   * _int_free. The arena's first block needs no clearing. */
+  dsys_request *r = malloc(sizeof *r);
   if (!r) return NULL;
-  pthread_mutex_init(&r->mu, NULL);
+  memset(r, 0, offsetof(dsys_request, ar_mem));
   atomic_init(&r->refs, 2); /* user + transport */
   r->srv = s;
   r->ops = ops;
@@ -286,10 +299,10 @@ static void access_log(dsys_request *r, int ok) {
     json_object_object_add(f, "span_id", json_object_new_string(r->span_id));
     json_object_object_add(f, "remote", json_object_new_string(dsys_request_remote_addr(r)));
     if (!ok) json_object_object_add(f, "aborted", json_object_new_boolean(1));
-    pthread_mutex_lock(&r->mu);
+    dsysi_lock_acquire(&r->mu);
     for (size_t i = 0; i < r->logf.n; i++)
       json_object_object_add(f, r->logf.v[i].name, json_object_new_string(r->logf.v[i].value));
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     char msg[96];
     snprintf(msg, sizeof msg, "%s %d", r->method, r->status);
     dsysi_log_fields(level, r->srv->name, msg, f);
@@ -297,10 +310,10 @@ static void access_log(dsys_request *r, int ok) {
     return;
   }
   dsysi_buf extra = {0};
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   for (size_t i = 0; i < r->logf.n; i++)
     dsysi_buf_printf(&extra, " %s=%s", r->logf.v[i].name, r->logf.v[i].value);
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   dsysi_log(level, r->srv->name,
             "%s %s %d %.3fms req=%s trace=%s remote=%s route=%s%s%s", r->method,
             r->target, r->status, ms, r->req_id, r->trace_id, dsys_request_remote_addr(r),
@@ -324,7 +337,7 @@ int dsys_request_log_field(dsys_request *r, const char *key, const char *value) 
     if (!strcmp(key, reserved[i])) return DSYS_EINVAL;
   /* No access record will be written: nothing to keep. */
   if (!dsysi_request_log_wanted(r)) return 0;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   int rc = 0;
   size_t i = 0;
   while (i < r->logf.n && strcmp(r->logf.v[i].name, key)) i++;
@@ -338,15 +351,15 @@ int dsys_request_log_field(dsys_request *r, const char *key, const char *value) 
   } else {
     rc = dsysi_hdrs_add(&r->logf, key, strlen(key), value, strlen(value));
   }
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   return rc;
 }
 
 void dsysi_request_transport_done(dsys_request *r, int ok) {
   dsys_server *s = r->srv;
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->transport_done) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return;
   }
   r->transport_done = 1;
@@ -354,7 +367,7 @@ void dsysi_request_transport_done(dsys_request *r, int ok) {
   r->closed = 1;
   dsys_close_fn cb = r->on_close;
   void *ud = r->close_ud;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   access_log(r, ok);
   if (s->observer) {
     int ri = r->route_idx;
@@ -391,9 +404,9 @@ static int all_zero(const char *s, size_t n) {
 
 /* W3C trace context: keep a valid incoming trace id, start a child span. */
 void dsysi_request_trace(dsys_request *r) {
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   if (r->traceparent[0]) {
-    pthread_mutex_unlock(&r->mu);
+    dsysi_lock_release(&r->mu);
     return;
   }
   const char *tp = dsysi_hdrs_get(&r->hdrs, "traceparent");
@@ -419,7 +432,7 @@ void dsysi_request_trace(dsys_request *r) {
   p[52] = '-';
   memcpy(p + 53, flags, 2);
   p[55] = '\0';
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
 }
 
 static void request_id(dsys_request *r) {
@@ -451,12 +464,9 @@ static int match_route(const route *rt, dsys_request *r, char **segs,
   for (size_t i = 0; i < rt->nsegs; i++) {
     const char *p = rt->segs[i];
     if (p[0] == ':') continue;
-    if (strlen(p) != lens[i] || memcmp(p, segs[i], lens[i])) return 0;
+    if (rt->seglens[i] != lens[i] || memcmp(p, segs[i], lens[i])) return 0;
   }
-  size_t np = 0;
-  for (size_t i = 0; i < rt->nsegs; i++)
-    if (rt->segs[i][0] == ':') np++;
-  if (rt->rest) np++;
+  size_t np = rt->nparams;
   if (!np || !r) return 1;
   /* Names point at the route's own strings (they live as long as the
    * server); values are decoded into the request's arena (dispatch runs
@@ -507,9 +517,9 @@ void dsysi_server_dispatch(dsys_request *r) {
   char allow[128] = "";
   for (size_t i = 0; raw && i < s->nroutes; i++) {
     const route *rt = &s->routes[i];
-    int method_ok = !strcmp(rt->method, "*") || !strcmp(rt->method, r->method) ||
-                    (!strcmp(r->method, "HEAD") && !strcmp(rt->method, "GET"));
     if (match_route(rt, NULL, segs, lens, n) <= 0) continue;
+    int method_ok = rt->any_method || !strcmp(rt->method, r->method) ||
+                    (!strcmp(r->method, "HEAD") && !strcmp(rt->method, "GET"));
     path_matched = 1;
     if (!method_ok) {
       if (strlen(allow) + strlen(rt->method) + 3 < sizeof allow) {
@@ -546,9 +556,9 @@ void dsysi_server_dispatch(dsys_request *r) {
       return;
     }
   found->fn(r, found->ud);
-  pthread_mutex_lock(&r->mu);
+  dsysi_lock_acquire(&r->mu);
   int undecided = r->state == DSYSI_RQ_NEW && !r->user_done;
-  pthread_mutex_unlock(&r->mu);
+  dsysi_lock_release(&r->mu);
   if (undecided) {
     dsysi_log(DSYS_LOG_ERROR, s->name, "handler for %s %s did not respond",
               r->method, r->path);

@@ -85,7 +85,7 @@ enum dsysi_rq_state {
 };
 
 struct dsys_request {
-  pthread_mutex_t mu;
+  dsysi_lock mu; /* short sections only; never held across a callback */
   atomic_int refs;
   dsys_server *srv;
   const struct dsys_transport_ops *ops;

@@ -111,6 +111,17 @@ int main(void) {
   is_str(dsysi_hdrs_get(&p.hdrs, "x-name"), "spaced value", "header value trimmed, name case-insensitive");
   dsysi_h1_free(&p);
   dsysi_buf_free(&o.body);
+  /* The parser remembers the first Content-Type (any case); a value with
+   * an HTAB inside passes the control-byte check, one with DEL does not. */
+  parse(M("HTTP/1.1 200 OK\r\nCONTENT-type: text/plain;\tcharset=utf-8\r\n"
+          "Content-Type: text/html\r\nContent-Length: 0\r\n\r\n"),
+        0, 0, 0, &p, &o);
+  is_str(p.content_type, "text/plain;\tcharset=utf-8", "first Content-Type remembered");
+  dsysi_h1_free(&p);
+  dsysi_buf_free(&o.body);
+  check_err("DEL in a long header value",
+            M("HTTP/1.1 200 OK\r\nX-A: abcdefghijklmnop\x7fqrstuvwxyz\r\nContent-Length: 0\r\n\r\n"),
+            DSYS_EPROTO);
   /* A pipelined second response is not consumed. */
   dsysi_h1_init(&p, 0, NULL, NULL, NULL);
   size_t used = 0;
