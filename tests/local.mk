@@ -63,6 +63,14 @@ tests_unit_test_h1client_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_h1client_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_h1client_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-h1client
+
+check_PROGRAMS += tests/unit/test-http-stop
+tests_unit_test_http_stop_SOURCES = tests/unit/test-http-stop.c
+tests_unit_test_http_stop_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_http_stop_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_http_stop_LDADD = $(TEST_LIBS)
+TESTS += tests/unit/test-http-stop
+
 TESTS += tests/python.test
 EXTRA_DIST += tests/python.test bindings/python examples/python
 

@@ -67,6 +67,8 @@ struct mhd_lst {
   char url[300];
   char *unix_path;
   int quiesced;
+  atomic_int refusing;  /* pool mode, after quiesce: new connections are
+                           closed at once (accept_policy) */
   int tls;              /* https: MHD with GnuTLS */
   char *pem_cert, *pem_key, *pem_trust; /* read at listen; MHD keeps pointers */
 };
@@ -247,6 +249,16 @@ static enum MHD_Result queue_answer(mhd_req *m) {
   enum MHD_Result rc = MHD_queue_response(m->conn, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
   return rc;
+}
+
+/* Pool mode's quiesce (see mhd_quiesce): once refusing, MHD closes every
+ * newly accepted connection at once. Called by MHD's threads. */
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr,
+                                     socklen_t addrlen) {
+  (void)addr;
+  (void)addrlen;
+  mhd_lst *l = ((mhd_d *)cls)->l;
+  return atomic_load_explicit(&l->refusing, memory_order_relaxed) ? MHD_NO : MHD_YES;
 }
 
 /* After dispatch or a resume: answer if we can, else park the connection. */
@@ -584,7 +596,8 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   OPT(MHD_OPTION_END, 0, NULL);
 #undef OPT
   /* The logger must come first so MHD's own early messages use it. */
-  md->d = MHD_start_daemon(flags, 0, NULL, NULL, access_handler, md,
+  md->d = MHD_start_daemon(flags, 0, l->loops ? NULL : accept_policy, md,
+                           access_handler, md,
                            MHD_OPTION_ARRAY, o, MHD_OPTION_END);
   if (!md->d) return DSYS_EIO;
   if (!l->loops) return 0;
@@ -606,7 +619,12 @@ static void stop_daemon(mhd_d *md) {
     pthread_join(md->thr, NULL);
     md->started = 0;
   }
-  if (md->d) MHD_stop_daemon(md->d);
+  if (md->d) {
+    MHD_stop_daemon(md->d);
+    /* MHD closed the listening socket it was given, unless it was
+     * quiesced (then quiesce_one closed it and cleared md->fd) */
+    md->fd = -1;
+  }
   md->d = NULL;
   dsysi_loop_free(md->loop);
   md->loop = NULL;
@@ -756,10 +774,20 @@ static void mhd_quiesce(void *lst) {
   mhd_lst *l = lst;
   if (l->quiesced) return;
   l->quiesced = 1;
-  for (unsigned i = 0; i < l->nd; i++) {
-    /* In loop mode the loop's own thread must touch its daemon. */
-    if (l->loops) dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
-    else quiesce_one(&l->ds[i]);
+  if (l->loops) {
+    /* The loop's own thread must touch its daemon: MHD_quiesce_daemon
+     * then runs on the only thread that runs that daemon. */
+    for (unsigned i = 0; i < l->nd; i++)
+      dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
+  } else {
+    /* Not MHD_quiesce_daemon: with MHD's own epoll thread(s) it races
+     * with them (libmicrohttpd 0.9.75 daemon.c:5531 and :4975): both
+     * sides take the listening socket out of the thread's epoll set, the
+     * flags they check are neither atomic nor locked, and the loser's
+     * epoll_ctl(DEL) gets ENOENT, on which MHD panics (abort). Instead
+     * the socket stays open until MHD_stop_daemon (which closes it) and
+     * every connection accepted meanwhile is closed at once. */
+    atomic_store(&l->refusing, 1);
   }
   if (l->unix_path) unlink(l->unix_path);
 }
