@@ -614,12 +614,14 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
           victim = r;
           break;
         }
-      if (victim) {
-        victim->abandoned = 1;
-        dsysi_request_ref(victim);
-      }
+      if (victim) dsysi_request_ref(victim);
       pthread_mutex_unlock(&s->mu);
       if (!victim) break;
+      /* the transports read the flag under the request's lock; only this
+       * thread writes it, so the scan above may read it under s->mu */
+      dsysi_lock_acquire(&victim->mu);
+      victim->abandoned = 1;
+      dsysi_lock_release(&victim->mu);
       victim->ops->notify(victim->lst, victim);
       dsysi_request_unref(victim);
     }
