@@ -104,7 +104,8 @@ int dsys_balancer_new(dsys_balancer **out, const dsys_balancer_options *o) {
   b->rng = d.seed;
   if (!b->rng) dsys_random_bytes(&b->rng, sizeof b->rng);
   b->next_serial = 1;
-  pthread_mutex_init(&b->mu, NULL);
+  /* picked and released on every request, from every event loop */
+  dsysi_mutex_init_adaptive(&b->mu);
   *out = b;
   return 0;
 }
