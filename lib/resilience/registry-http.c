@@ -275,8 +275,9 @@ static int post(http_state *s, const char *path, json_object *body, dsys_reply *
   return 0;
 }
 
-/* The clients with the caller's options (TLS for an https:// registry);
- * the backend's own timeouts unless the caller set some. */
+/* The clients, made once in attach with the caller's options (TLS for an
+ * https:// registry); the backend's own timeouts unless the caller set
+ * some. */
 static int make_clients(http_state *s, const dsys_client_options *user) {
   dsys_client_options co = {.size = sizeof co, .connect_timeout_ms = 2000, .timeout_ms = 5000};
   if (user) {
@@ -285,18 +286,7 @@ static int make_clients(http_state *s, const dsys_client_options *user) {
     if (!co.connect_timeout_ms) co.connect_timeout_ms = 2000;
     if (!co.timeout_ms) co.timeout_ms = 5000;
   }
-  dsys_client *c = NULL, *w = NULL;
-  int rc = dsys_client_new(&c, &co);
-  if (!rc) rc = dsys_client_new(&w, &co);
-  if (rc) {
-    dsys_client_free(c);
-    return rc;
-  }
-  dsys_client_free(s->cli);
-  dsys_client_free(s->wcli);
-  s->cli = c;
-  s->wcli = w;
-  return 0;
+  return dsys_client_new(&s->cli, &co) || dsys_client_new(&s->wcli, &co) ? DSYS_ENOMEM : 0;
 }
 
 /* ---- ops ---- */
@@ -315,10 +305,7 @@ static int h_open(void *vst, const char *target, char *err, size_t errlen) {
   s->url = strdup(target);
   size_t l = s->url ? strlen(s->url) : 0;
   while (l > 0 && s->url[l - 1] == '/' && strncmp(s->url, "unix://", 7)) s->url[--l] = '\0';
-  if (!s->url || make_clients(s, NULL)) {
-    free(s->url);
-    return DSYS_ENOMEM;
-  }
+  if (!s->url) return DSYS_ENOMEM;
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   s->inited = 1;
@@ -467,10 +454,11 @@ static int h_attach(void *vst, const dsys_registry_env *env) {
   http_state *s = vst;
   s->env = *env;
   s->env.client = NULL; /* not kept: the clients hold copies */
-  if (env->client) {
-    int rc = make_clients(s, env->client);
-    if (rc) return rc;
-  }
+  /* attach is the first op after open (index reads only the table), so
+   * the clients are made here, once (close frees them, also after a
+   * failed attach) */
+  int crc = make_clients(s, env->client);
+  if (crc) return crc;
   /* a blocking answer at least every ttl/3 refreshes heartbeats seen by the
    * daemon but not by this view (heartbeats are not changes) */
   s->wait_ms = env->ttl_ms / 3;
