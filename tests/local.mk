@@ -71,6 +71,14 @@ tests_unit_test_http_stop_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_http_stop_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-http-stop
 
+# Event loops: one listening socket, connections spread by load.
+check_PROGRAMS += tests/unit/test-http-loops
+tests_unit_test_http_loops_SOURCES = tests/unit/test-http-loops.c
+tests_unit_test_http_loops_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_http_loops_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_http_loops_LDADD = $(TEST_LIBS)
+TESTS += tests/unit/test-http-loops
+
 TESTS += tests/python.test
 EXTRA_DIST += tests/python.test bindings/python examples/python
 

@@ -73,9 +73,12 @@ typedef struct dsys_server_options {
                                    request line plus headers (larger: 431) */
   uint32_t event_loops;      /**< http/unix: 0 (default) = libmicrohttpd's
                                   thread pool of `threads`; N = N event-loop
-                                  threads (external epoll, SO_REUSEPORT),
-                                  where handlers may start non-blocking work
-                                  in the same loop (the gateway) */
+                                  threads (external epoll; on TCP, loop 0
+                                  accepts and gives each connection to the
+                                  least loaded loop), where handlers may
+                                  start non-blocking work in the same loop
+                                  (the gateway); max_connections applies
+                                  per loop */
   uint32_t request_timeout_s; /**< http/unix: a connection must deliver each
                                    complete request (line, headers, body)
                                    within this many seconds of opening or of

@@ -41,7 +41,20 @@ typedef struct mhd_d {
   dsysi_watch w;        /* MHD's epoll fd inside the loop */
   pthread_t thr;
   int started;
+  /* Balanced accept (see on_accept): connections handed to this loop by
+   * the accepting loop, waiting for MHD_add_connection on this one. */
+  pthread_mutex_t hmu;
+  struct handoff *hq;
+  size_t hn, hcap;
+  atomic_uint conns;    /* open connections (MHD's start/close notices) */
+  atomic_uint pending;  /* handed over, not yet added */
 } mhd_d;
+
+typedef struct handoff {
+  int fd;
+  socklen_t alen;
+  struct sockaddr_storage addr;
+} handoff;
 
 /* A connection watched by the request timeout (request_timeout_s). */
 typedef struct mconn {
@@ -70,6 +83,11 @@ struct mhd_lst {
   atomic_int refusing;  /* pool mode, after quiesce: new connections are
                            closed at once (accept_policy) */
   int tls;              /* https: MHD with GnuTLS */
+  int balanced;         /* 2+ TCP event loops: one listening socket that
+                           loop 0 accepts on and spreads (on_accept) */
+  dsysi_watch acc;      /* that socket in loop 0 */
+  atomic_int acc_paused; /* every loop at max_connections */
+  int stopped;          /* free_lst: the loops' threads have ended */
   char *pem_cert, *pem_key, *pem_trust; /* read at listen; MHD keeps pointers */
 };
 
@@ -104,9 +122,23 @@ static void watch_conn(mhd_lst *l, struct MHD_Connection *conn, int on) {
   pthread_mutex_unlock(&l->cmu);
 }
 
+static void resume_accept(dsysi_loop *loop, void *ud);
+
 static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code) {
-  mhd_lst *l = ((mhd_d *)cls)->l;
+  mhd_d *md = cls;
+  mhd_lst *l = md->l;
+  if (l->balanced) {
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+      atomic_fetch_add(&md->conns, 1);
+    } else {
+      atomic_fetch_sub(&md->conns, 1);
+      /* A loop has room again: let loop 0 accept if it had stopped. */
+      if (!l->stopped && atomic_exchange(&l->acc_paused, 0))
+        dsysi_loop_post(l->ds[0].loop, resume_accept, l);
+    }
+  }
+  if (!l->req_timeout_us) return;
   if (code == MHD_CONNECTION_NOTIFY_STARTED) {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -541,6 +573,90 @@ static int bind_socket(const char *url, int is_unix, int reuseport, mhd_lst *l,
 
 /* ---- event-loop mode ---- */
 
+/* Balanced accept. With one SO_REUSEPORT socket per loop the kernel
+ * spreads connections by a hash of their addresses: 170/150 of 320 was
+ * typical, and the busier loop sets the tail latency. Instead loop 0
+ * accepts on the only listening socket and gives each connection to the
+ * loop with the fewest (open + on their way); MHD may only be driven
+ * from its loop's thread, so other loops get it through a queue and a
+ * posted task. When every loop is at max_connections, loop 0 stops
+ * watching the socket (clients wait in the backlog, as with MHD's own
+ * accept) until a connection closes somewhere. */
+static void add_queued(dsysi_loop *loop, void *ud) {
+  mhd_d *md = ud;
+  for (;;) {
+    pthread_mutex_lock(&md->hmu);
+    if (!md->hn) {
+      pthread_mutex_unlock(&md->hmu);
+      return;
+    }
+    handoff h = md->hq[--md->hn];
+    pthread_mutex_unlock(&md->hmu);
+    /* On failure MHD closes the socket itself. */
+    MHD_add_connection(md->d, h.fd, (struct sockaddr *)&h.addr, h.alen);
+    atomic_fetch_sub(&md->pending, 1);
+  }
+}
+
+static int hand_over(mhd_d *md, const handoff *h) {
+  pthread_mutex_lock(&md->hmu);
+  if (md->hn == md->hcap) {
+    size_t cap = md->hcap ? 2 * md->hcap : 16;
+    handoff *q = realloc(md->hq, cap * sizeof *q);
+    if (!q) {
+      pthread_mutex_unlock(&md->hmu);
+      return DSYS_ENOMEM;
+    }
+    md->hq = q;
+    md->hcap = cap;
+  }
+  int first = md->hn == 0; /* else a drain is already posted */
+  md->hq[md->hn++] = *h;
+  atomic_fetch_add(&md->pending, 1);
+  pthread_mutex_unlock(&md->hmu);
+  return first ? dsysi_loop_post(md->loop, add_queued, md) : 0;
+}
+
+static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
+  mhd_lst *l = ud;
+  unsigned limit = dsysi_server_max_connections(l->srv);
+  for (int burst = 0; burst < 64; burst++) {
+    mhd_d *best = NULL;
+    unsigned least = 0;
+    for (unsigned i = 0; i < l->nd; i++) {
+      unsigned n = atomic_load(&l->ds[i].conns) + atomic_load(&l->ds[i].pending);
+      if (!best || n < least) best = &l->ds[i], least = n;
+    }
+    if (least >= limit) {
+      dsysi_loop_mod(loop, &l->acc, 0, 0);
+      atomic_store(&l->acc_paused, 1);
+      /* A close between the count and the flag would be missed: look
+       * again now that closers will see the flag. */
+      int room = 0;
+      for (unsigned i = 0; i < l->nd; i++)
+        room |= atomic_load(&l->ds[i].conns) + atomic_load(&l->ds[i].pending) < limit;
+      if (room && atomic_exchange(&l->acc_paused, 0))
+        dsysi_loop_mod(loop, &l->acc, EPOLLIN, 0);
+      return;
+    }
+    handoff h = {.alen = sizeof h.addr};
+    h.fd = accept4(fd, (struct sockaddr *)&h.addr, &h.alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (h.fd < 0) return; /* EAGAIN, or an error the next wake-up retries */
+    if (best->loop == loop) {
+      atomic_fetch_add(&best->pending, 1);
+      MHD_add_connection(best->d, h.fd, (struct sockaddr *)&h.addr, h.alen);
+      atomic_fetch_sub(&best->pending, 1);
+    } else if (hand_over(best, &h)) {
+      close(h.fd);
+    }
+  }
+}
+
+static void resume_accept(dsysi_loop *loop, void *ud) {
+  mhd_lst *l = ud;
+  if (l->ds[0].fd >= 0) dsysi_loop_mod(loop, &l->acc, EPOLLIN, 0);
+}
+
 static void mhd_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
   /* Nothing to do here: the tick runs MHD after every wake-up. */
 }
@@ -589,14 +705,16 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   int n = 0;
 #define OPT(opt, v, p) o[n++] = (struct MHD_OptionItem){opt, (intptr_t)(v), p}
   OPT(MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, l);
-  OPT(MHD_OPTION_LISTEN_SOCKET, md->fd, NULL);
+  if (l->balanced) flags |= MHD_USE_NO_LISTEN_SOCKET;
+  else OPT(MHD_OPTION_LISTEN_SOCKET, md->fd, NULL);
   if (pool) OPT(MHD_OPTION_THREAD_POOL_SIZE, pool, NULL);
   OPT(MHD_OPTION_CONNECTION_LIMIT, dsysi_server_max_connections(srv), NULL);
   OPT(MHD_OPTION_CONNECTION_TIMEOUT, dsysi_server_idle_timeout(srv), NULL);
   OPT(MHD_OPTION_CONNECTION_MEMORY_LIMIT, dsysi_server_connection_memory(srv), NULL);
   OPT(MHD_OPTION_NOTIFY_COMPLETED, request_completed, md);
   OPT(MHD_OPTION_URI_LOG_CALLBACK, uri_log, md);
-  if (l->req_timeout_us) OPT(MHD_OPTION_NOTIFY_CONNECTION, notify_conn, md);
+  if (l->req_timeout_us || l->balanced)
+    OPT(MHD_OPTION_NOTIFY_CONNECTION, notify_conn, md);
   if (l->tls) {
     flags |= MHD_USE_TLS;
     OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, l->pem_key);
@@ -623,18 +741,28 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   return 0;
 }
 
-static void stop_daemon(mhd_d *md) {
+static void stop_loop(mhd_d *md) {
   if (md->started) {
     dsysi_loop_stop(md->loop);
     pthread_join(md->thr, NULL);
     md->started = 0;
   }
+}
+
+/* After every loop's thread has stopped (stop_loop): MHD's close notices
+ * then run on this thread and post nothing to the loops. */
+static void stop_daemon(mhd_d *md) {
   if (md->d) {
     MHD_stop_daemon(md->d);
     /* MHD closed the listening socket it was given, unless it was
      * quiesced (then quiesce_one closed it and cleared md->fd) */
-    md->fd = -1;
+    if (!md->l->balanced) md->fd = -1;
   }
+  /* Accepted but never added (the loops stopped first): close them. */
+  for (size_t i = 0; i < md->hn; i++) close(md->hq[i].fd);
+  free(md->hq);
+  md->hq = NULL;
+  md->hn = md->hcap = 0;
   md->d = NULL;
   dsysi_loop_free(md->loop);
   md->loop = NULL;
@@ -643,7 +771,10 @@ static void stop_daemon(mhd_d *md) {
 }
 
 static void free_lst(mhd_lst *l) {
+  for (unsigned i = 0; i < l->nd; i++) stop_loop(&l->ds[i]);
+  l->stopped = 1;
   for (unsigned i = 0; i < l->nd; i++) stop_daemon(&l->ds[i]);
+  for (unsigned i = 0; i < l->nd; i++) pthread_mutex_destroy(&l->ds[i].hmu);
   if (l->sweeping) {
     pthread_mutex_lock(&l->cmu);
     l->sweep_stop = 1;
@@ -730,6 +861,7 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   /* SO_REUSEPORT spreads TCP connections over the loops; a Unix socket
    * path can have one listener only. */
   l->nd = loops == 0 || is_unix ? 1 : loops;
+  l->balanced = l->loops && l->nd > 1;
   l->ds = calloc(l->nd, sizeof *l->ds);
   if (!l->ds) {
     pthread_mutex_destroy(&l->cmu);
@@ -740,12 +872,15 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   for (unsigned i = 0; i < l->nd; i++) {
     l->ds[i].l = l;
     l->ds[i].fd = -1;
+    pthread_mutex_init(&l->ds[i].hmu, NULL);
   }
   int rc = l->tls ? load_tls(l) : 0;
-  if (!rc) rc = bind_socket(url, is_unix, l->nd > 1, l, &l->ds[0].fd);
-  for (unsigned i = 1; !rc && i < l->nd; i++)
-    rc = bind_socket(l->url, 0, 1, l, &l->ds[i].fd); /* the bound port */
+  if (!rc) rc = bind_socket(url, is_unix, 0, l, &l->ds[0].fd);
   for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
+  if (!rc && l->balanced) {
+    l->acc = (dsysi_watch){.fd = l->ds[0].fd, .fn = on_accept, .ud = l};
+    if (dsysi_loop_add(l->ds[0].loop, &l->acc, EPOLLIN, 0)) rc = DSYS_EIO;
+  }
   if (!rc && l->req_timeout_us) {
     if (pthread_create(&l->sweeper, NULL, sweeper_main, l)) rc = DSYS_ENOMEM;
     else l->sweeping = 1;
@@ -780,6 +915,15 @@ static void quiesce_one(mhd_d *md) {
 
 static void quiesce_task(dsysi_loop *loop, void *ud) { quiesce_one(ud); }
 
+/* Balanced accept: the listening socket is ours, not MHD's. */
+static void quiesce_accept(dsysi_loop *loop, void *ud) {
+  mhd_lst *l = ud;
+  if (l->ds[0].fd < 0) return;
+  dsysi_loop_del(loop, &l->acc);
+  close(l->ds[0].fd);
+  l->ds[0].fd = -1;
+}
+
 static void mhd_quiesce(void *lst) {
   mhd_lst *l = lst;
   if (l->quiesced) return;
@@ -787,8 +931,10 @@ static void mhd_quiesce(void *lst) {
   if (l->loops) {
     /* The loop's own thread must touch its daemon: MHD_quiesce_daemon
      * then runs on the only thread that runs that daemon. */
-    for (unsigned i = 0; i < l->nd; i++)
-      dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
+    if (l->balanced) dsysi_loop_post(l->ds[0].loop, quiesce_accept, l);
+    else
+      for (unsigned i = 0; i < l->nd; i++)
+        dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
   } else {
     /* Not MHD_quiesce_daemon: with MHD's own epoll thread(s) it races
      * with them (libmicrohttpd 0.9.75 daemon.c:5531 and :4975): both
