@@ -88,6 +88,7 @@ struct mhd_lst {
   dsysi_watch acc;      /* that socket in loop 0 */
   atomic_int acc_paused; /* every loop at max_connections */
   int stopped;          /* free_lst: the loops' threads have ended */
+  int64_t acc_warned_us; /* loop 0: last accept-error warning */
   char *pem_cert, *pem_key, *pem_trust; /* read at listen; MHD keeps pointers */
 };
 
@@ -641,7 +642,21 @@ static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
     }
     handoff h = {.alen = sizeof h.addr};
     h.fd = accept4(fd, (struct sockaddr *)&h.addr, &h.alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (h.fd < 0) return; /* EAGAIN, or an error the next wake-up retries */
+    if (h.fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        /* The socket stays readable: without a pause the loop would spin
+         * on the same error. Retry in 100 ms (clients wait meanwhile). */
+        int64_t now = mono_now_us();
+        if (now - l->acc_warned_us > 10000000) {
+          l->acc_warned_us = now;
+          dsysi_log(DSYS_LOG_WARN, "http", "accept: %s; retrying every 100 ms",
+                    strerror(errno));
+        }
+        dsysi_loop_mod(loop, &l->acc, 0, 0);
+        dsysi_loop_timer(loop, 100000, resume_accept, l);
+      }
+      return; /* EAGAIN, or a passing error (ECONNABORTED) */
+    }
     if (best->loop == loop) {
       atomic_fetch_add(&best->pending, 1);
       MHD_add_connection(best->d, h.fd, (struct sockaddr *)&h.addr, h.alen);

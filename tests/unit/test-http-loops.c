@@ -9,13 +9,17 @@
  * Checks: connections opened one after another alternate between the
  * two loops (each answers from its own thread); max_connections holds
  * per loop, a connection over the total waits in the backlog and is
- * served once another closes; stop closes the listening socket. */
+ * served once another closes; with no descriptor left the accepting loop
+ * pauses instead of spinning; stop closes the listening socket. */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -156,5 +160,59 @@ int main(void) {
   ok(late < 0, "after stop, connecting is refused");
   if (late >= 0) close(late);
   dsys_server_free(srv);
+
+  /* Last, with no other server around: a server closing connections
+   * frees descriptors the server below would then get. */
+  /* ---- out of descriptors: accept pauses instead of spinning ---- */
+  {
+    dsys_server *s2 = start(0);
+    const char *u2 = dsys_server_url(s2, 0);
+    int c = socket(AF_INET, SOCK_STREAM, 0); /* made before the fds run out */
+    struct rlimit old_lim, lim;
+    getrlimit(RLIMIT_NOFILE, &old_lim);
+    int fill[256], nfill = 0;
+    /* every descriptor up to a low limit taken: the server's accept4 fails */
+    lim = old_lim;
+    lim.rlim_cur = 64;
+    setrlimit(RLIMIT_NOFILE, &lim);
+    int last_err = 0;
+    while (nfill < 256) {
+      int d = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (d < 0) {
+        last_err = errno;
+        break;
+      }
+      fill[nfill++] = d;
+    }
+    ok(last_err == EMFILE, "the process is out of descriptors (%d more taken)", nfill);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port_of(u2))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int conn_ok = c >= 0 && connect(c, (struct sockaddr *)&sa, sizeof sa) == 0;
+    ok(conn_ok, "a client connects while the server has no descriptor left");
+    static const char req[] = "GET /t HTTP/1.1\r\nHost: x\r\n\r\n";
+    if (conn_ok) send(c, req, sizeof req - 1, MSG_NOSIGNAL);
+    struct rusage r0, r1;
+    getrusage(RUSAGE_SELF, &r0);
+    usleep(500000);
+    getrusage(RUSAGE_SELF, &r1);
+    long cpu_us = (r1.ru_utime.tv_sec - r0.ru_utime.tv_sec) * 1000000L +
+                  (r1.ru_utime.tv_usec - r0.ru_utime.tv_usec) +
+                  (r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) * 1000000L +
+                  (r1.ru_stime.tv_usec - r0.ru_stime.tv_usec);
+    /* a loop retrying the failing accept4 would use the whole 500 ms */
+    ok(cpu_us < 150000, "the accepting loop does not spin on EMFILE (%ld us CPU in 500 ms)", cpu_us);
+    for (int i = 0; i < nfill; i++) close(fill[i]);
+    setrlimit(RLIMIT_NOFILE, &old_lim);
+    char b2[512] = "";
+    struct timeval tv2 = {.tv_sec = 3};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv2, sizeof tv2);
+    ssize_t got = conn_ok ? recv(c, b2, sizeof b2 - 1, 0) : -1;
+    if (got > 0) b2[got] = 0;
+    ok(got > 12 && !strncmp(b2, "HTTP/1.1 200", 12),
+       "once descriptors are free again, the waiting client is served");
+    if (c >= 0) close(c);
+    dsys_server_free(s2);
+  }
+
   return tap_done();
 }
