@@ -48,6 +48,8 @@ typedef struct mhd_d {
   size_t hn, hcap;
   atomic_uint conns;    /* open connections (MHD's start/close notices) */
   atomic_uint pending;  /* handed over, not yet added */
+  int queued;           /* loop mode: an answer was queued by a deferred
+                           handler call during this MHD_run */
 } mhd_d;
 
 typedef struct handoff {
@@ -303,6 +305,8 @@ static enum MHD_Result after_dispatch(mhd_req *m) {
   if (r->state == DSYSI_RQ_ANSWERED || r->state == DSYSI_RQ_STREAMING) {
     r->status = r->status ? r->status : 500;
     rc = queue_answer(m);
+    /* queued outside a read: MHD writes it on its next pass (mhd_tick) */
+    if (m->deferred) m->md->queued = 1;
   } else if (r->abandoned) {
     rc = queue_error(m->conn, 503, "DSYS_ESTOPPED", "Server is shutting down");
   } else if (m->l->loops && !m->deferred) {
@@ -689,7 +693,14 @@ static void mhd_tick(dsysi_loop *loop, void *ud) {
    * waiting in the backlog stall until some unrelated event. */
   for (int i = 0; i < 4; i++) {
     unsigned before = current_connections(md->d);
+    md->queued = 0;
     MHD_run(md->d);
+    /* An answer queued by a deferred handler call (after_dispatch) is only
+     * written on MHD's next pass: make it now, not after another wait. */
+    if (md->queued) {
+      md->queued = 0;
+      MHD_run(md->d);
+    }
     if (current_connections(md->d) >= before) break;
   }
 }
