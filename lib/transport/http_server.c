@@ -316,7 +316,8 @@ static enum MHD_Result after_dispatch(mhd_req *m) {
      * the read keeps MHD's "read" interest: its resume tries a recv that
      * fails with EAGAIN, and the suspend/resume pair takes it out of and
      * back into MHD's epoll set (2 epoll_ctl). Proxied requests mostly
-     * answer within that pass: 7.3 -> 5.6 syscalls per request. */
+     * answer within that pass (gateway at 64 connections: 7.3 -> 5.9
+     * syscalls per request, with mhd_tick's second run). */
     m->deferred = 1;
   } else {
     m->suspended = 1;
