@@ -1,7 +1,8 @@
 # Tests. C programs speak TAP (tests/helpers/tap.h). Each area appends its
 # programs to check_PROGRAMS and TESTS.
 check_LTLIBRARIES += libdsys_testutil.la
-libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h
+libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
+	tests/helpers/net.c tests/helpers/net.h
 libdsys_testutil_la_CPPFLAGS = $(TEST_CPPFLAGS)
 libdsys_testutil_la_CFLAGS = $(TEST_CFLAGS)
 EXTRA_DIST += tests/helpers/run-test tests/headers.test

@@ -24,6 +24,7 @@
 #include <distsys/gateway.h>
 #include "core/json.h"
 #include "services/edge.h"
+#include "net.h"
 #include "tap.h"
 
 #ifndef LIMIT_LOOPS
@@ -113,19 +114,6 @@ static const char *jstr(dsys_reply *r, const char *key, char *buf, size_t n) {
 
 /* ---- raw sockets ---- */
 
-static int port_of(const char *url) { return atoi(strrchr(url, ':') + 1); }
-
-static int raw_connect(const char *url) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port_of(url))};
-  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 /* Read until the peer closes, a whole response with Content-Length is in,
  * or timeout_ms passes. */
 static size_t raw_read(int fd, char *buf, size_t cap, int timeout_ms) {
@@ -153,7 +141,7 @@ static size_t raw_read(int fd, char *buf, size_t cap, int timeout_ms) {
 }
 
 static int raw_status(const char *url, const char *bytes, size_t len, char *resp, size_t cap) {
-  int fd = raw_connect(url);
+  int fd = test_connect(url);
   if (fd < 0) return -1;
   size_t off = 0;
   while (off < len) {
@@ -175,7 +163,7 @@ static int raw(const char *bytes, char *resp, size_t cap) {
 /* A client sending one header byte every step_ms: the ms after which the
  * server closed the connection, or -1 if it was still open at max_ms. */
 static int trickle(const char *url, int step_ms, int max_ms) {
-  int fd = raw_connect(url);
+  int fd = test_connect(url);
   if (fd < 0) return -2;
   const char *start = "GET /api/open/x HTTP/1.1\r\nHost: x\r\nX-Slow: ";
   send(fd, start, strlen(start), MSG_NOSIGNAL);
@@ -610,7 +598,7 @@ int main(void) {
   dsys_server_listen(plain, "http://127.0.0.1:0");
   cut = trickle(dsys_server_url(plain, 0), 250, 3500);
   is_int(cut, -1, "libmicrohttpd's idle timeout (1 s) alone does not cut a trickling client (still open at 3.5 s)");
-  int idle_fd = raw_connect(dsys_server_url(plain, 0));
+  int idle_fd = test_connect(dsys_server_url(plain, 0));
   cut = -1;
   for (int i = 0; i < 40 && cut < 0; i++) {
     struct pollfd p = {.fd = idle_fd, .events = POLLIN};
@@ -628,7 +616,7 @@ int main(void) {
   dsys_server_route(lim, "*", "/*", h_health, NULL);
   dsys_server_listen(lim, "http://127.0.0.1:0");
   int held[3];
-  for (int i = 0; i < 3; i++) held[i] = raw_connect(dsys_server_url(lim, 0));
+  for (int i = 0; i < 3; i++) held[i] = test_connect(dsys_server_url(lim, 0));
   usleep(100000);
   int s4 = raw_status(dsys_server_url(lim, 0), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27, resp, sizeof resp);
   is_int(s4, -1, "4th connection over max_connections 3 gets no answer");

@@ -11,10 +11,8 @@
  * per loop, a connection over the total waits in the backlog and is
  * served once another closes; with no descriptor left the accepting loop
  * pauses instead of spinning; stop closes the listening socket. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +22,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "net.h"
 #include "tap.h"
 
 /* Answers with an id of the thread that runs the handler: in event-loop
@@ -35,23 +34,11 @@ static void h_thread(dsys_request *r, void *ud) {
   dsys_respond_json(r, 200, body);
 }
 
-static int port_of(const char *url) {
-  const char *c = strrchr(url, ':');
-  return c ? atoi(c + 1) : 0;
-}
-
 /* A connected TCP socket with 2 s receive timeouts, or -1. */
 static int connect_to(const char *url) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
+  int fd = test_connect(url);
   struct timeval tv = {.tv_sec = 2};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port_of(url))};
-  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
-    close(fd);
-    return -1;
-  }
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   return fd;
 }
 
@@ -185,9 +172,7 @@ int main(void) {
       fill[nfill++] = d;
     }
     ok(last_err == EMFILE, "the process is out of descriptors (%d more taken)", nfill);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port_of(u2))};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    int conn_ok = c >= 0 && connect(c, (struct sockaddr *)&sa, sizeof sa) == 0;
+    int conn_ok = c >= 0 && test_connect_fd(c, u2) == 0;
     ok(conn_ok, "a client connects while the server has no descriptor left");
     static const char req[] = "GET /t HTTP/1.1\r\nHost: x\r\n\r\n";
     if (conn_ok) send(c, req, sizeof req - 1, MSG_NOSIGNAL);

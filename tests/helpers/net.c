@@ -1,0 +1,30 @@
+#include "net.h"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+int test_port_of(const char *url) {
+  const char *c = url ? strrchr(url, ':') : NULL;
+  return c ? atoi(c + 1) : 0;
+}
+
+int test_connect_fd(int fd, const char *url) {
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)test_port_of(url))};
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  return connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : -1;
+}
+
+int test_connect(const char *url) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  if (test_connect_fd(fd, url)) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}

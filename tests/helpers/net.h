@@ -1,0 +1,15 @@
+/* Small socket helpers shared by the tests that talk raw HTTP. */
+#ifndef DSYS_TEST_NET_H
+#define DSYS_TEST_NET_H
+
+/** The port of a URL such as http://127.0.0.1:PORT (0 if none). */
+int test_port_of(const char *url);
+
+/** A TCP socket connected to 127.0.0.1 at url's port, or -1. The socket
+ *  may be made before the connect (fd >= 0): then it is used. */
+int test_connect(const char *url);
+
+/** As test_connect, on an already made socket fd: 0 or -1. */
+int test_connect_fd(int fd, const char *url);
+
+#endif
