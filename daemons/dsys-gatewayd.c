@@ -35,7 +35,7 @@ static const dsys_option opts[] = {
      "HS256 secret for --protect (else DSYS_JWT_SECRET); the auth service's secret"},
     {"cors-origin", "DSYS_CORS_ORIGIN", DSYS_OPT_LIST, NULL, "allowed CORS origin on every route ('*': any)"},
     {"idempotency-ttl-ms", "DSYS_IDEMPOTENCY_TTL_MS", DSYS_OPT_INT, "0", "replay POSTs with an Idempotency-Key this long (0: off)"},
-    {"max-connections", "DSYS_MAX_CONNECTIONS", DSYS_OPT_INT, "0", "client connections per listener (0: 1024)"},
+    {"max-connections", "DSYS_MAX_CONNECTIONS", DSYS_OPT_INT, "0", "client connections per event loop (0: 1024)"},
     {"max-body", "DSYS_MAX_BODY", DSYS_OPT_INT, "0", "request body limit in bytes, larger: 413 (0: 1 MiB)"},
     {"max-header-bytes", "DSYS_MAX_HEADER_BYTES", DSYS_OPT_INT, "0",
      "per-connection memory bounding request line + headers, larger: 431 (0: 16 KiB)"},
