@@ -481,7 +481,7 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap) {
   dsysi_buf_free(&b);
 }
 
-static int bind_socket(const char *url, int is_unix, int reuseport, mhd_lst *l,
+static int bind_socket(const char *url, int is_unix, mhd_lst *l,
                        int *fd_out) {
   const char *scheme = l->tls ? "https" : "http";
   int fd = -1;
@@ -541,7 +541,6 @@ static int bind_socket(const char *url, int is_unix, int reuseport, mhd_lst *l,
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd >= 0 && reuseport) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
       int e = errno;
       if (fd >= 0) close(fd);
@@ -885,8 +884,8 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   l->req_timeout_us = (int64_t)dsysi_server_request_timeout(srv) * 1000000;
   unsigned loops = dsysi_server_event_loops(srv);
   l->loops = loops > 0;
-  /* SO_REUSEPORT spreads TCP connections over the loops; a Unix socket
-   * path can have one listener only. */
+  /* One MHD daemon per loop; a Unix socket gets one loop (its listener
+   * stays MHD's), TCP with 2+ loops gets the balanced accept. */
   l->nd = loops == 0 || is_unix ? 1 : loops;
   l->balanced = l->loops && l->nd > 1;
   l->ds = calloc(l->nd, sizeof *l->ds);
@@ -902,7 +901,7 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
     pthread_mutex_init(&l->ds[i].hmu, NULL);
   }
   int rc = l->tls ? load_tls(l) : 0;
-  if (!rc) rc = bind_socket(url, is_unix, 0, l, &l->ds[0].fd);
+  if (!rc) rc = bind_socket(url, is_unix, l, &l->ds[0].fd);
   for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
   if (!rc && l->balanced) {
     l->acc = (dsysi_watch){.fd = l->ds[0].fd, .fn = on_accept, .ud = l};
