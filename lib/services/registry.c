@@ -258,22 +258,33 @@ out:
   json_object_put(b);
 }
 
-static void h_heartbeat(dsys_request *req, void *ud) {
-  dsys_registry_service *s = ud;
+/* The shared start of heartbeat and deregister: the caller's identity,
+ * the JSON body and its serviceId, which that caller must own. Returns the
+ * body (the caller puts it) with *id inside it, or NULL once answered. */
+static json_object *owned_service_body(dsys_registry_service *s, dsys_request *req,
+                                       const char **id) {
   dsys_identity_claims who;
-  if (identity_check(s, req, &who)) return;
+  if (identity_check(s, req, &who)) return NULL;
   json_object *b = body_object(s, req);
-  if (!b) return;
-  const char *id = nonempty(b, "serviceId");
-  if (!id) {
+  if (!b) return NULL;
+  *id = nonempty(b, "serviceId");
+  if (!*id) {
     respond_err(s, req, 400, "missing_fields", "Missing required field: serviceId");
     json_object_put(b);
-    return;
+    return NULL;
   }
-  if (identity_owns(s, req, &who, id)) {
+  if (identity_owns(s, req, &who, *id)) {
     json_object_put(b);
-    return;
+    return NULL;
   }
+  return b;
+}
+
+static void h_heartbeat(dsys_request *req, void *ud) {
+  dsys_registry_service *s = ud;
+  const char *id;
+  json_object *b = owned_service_body(s, req, &id);
+  if (!b) return;
   int rc = dsys_registry_heartbeat(s->reg, id);
   dsys_instance *got = NULL;
   if (!rc) rc = dsys_registry_get(s->reg, id, &got);
@@ -298,20 +309,9 @@ static void h_heartbeat(dsys_request *req, void *ud) {
 
 static void h_deregister(dsys_request *req, void *ud) {
   dsys_registry_service *s = ud;
-  dsys_identity_claims who;
-  if (identity_check(s, req, &who)) return;
-  json_object *b = body_object(s, req);
+  const char *id;
+  json_object *b = owned_service_body(s, req, &id);
   if (!b) return;
-  const char *id = nonempty(b, "serviceId");
-  if (!id) {
-    respond_err(s, req, 400, "missing_fields", "Missing required field: serviceId");
-    json_object_put(b);
-    return;
-  }
-  if (identity_owns(s, req, &who, id)) {
-    json_object_put(b);
-    return;
-  }
   int rc = dsys_registry_deregister(s->reg, id);
   if (rc && rc != DSYS_ENOTFOUND) {
     respond_rc(s, req, rc);
