@@ -299,6 +299,13 @@ static int begin(sq *s, conn *c) {
   return e;
 }
 
+/* This thread's connection with the write lock taken and a transaction
+ * begun: every write starts so and ends with finish(). */
+static int begin_write(sq *s, conn **c) {
+  int e = get_conn(s, c);
+  return e ? e : begin(s, *c);
+}
+
 static int finish(sq *s, conn *c, int e) {
   if (!e) {
     e = run(c, ST_COMMIT);
@@ -370,9 +377,8 @@ static int sq_write(void *state, int mode, const char *key, const char *value,
                     dsys_item **out) {
   sq *s = state;
   conn *c;
-  int e = get_conn(s, &c);
+  int e = begin_write(s, &c);
   if (e) return e;
-  if ((e = begin(s, c))) return e;
   e = write_locked(c, mode, key, value, meta, exp, ev, now, out);
   e = finish(s, c, e);
   if (e && *out) {
@@ -386,9 +392,8 @@ static int sq_del(void *state, const char *key, int64_t ev, int64_t now,
                   dsys_item **out) {
   sq *s = state;
   conn *c;
-  int e = get_conn(s, &c);
+  int e = begin_write(s, &c);
   if (e) return e;
-  if ((e = begin(s, c))) return e;
   dsys_item *it = NULL;
   e = del_expired(c, key, now);
   if (!e) {
@@ -415,9 +420,8 @@ static int sq_incr(void *state, const char *key, int64_t delta, int64_t now,
                    dsys_item **out) {
   sq *s = state;
   conn *c;
-  int e = get_conn(s, &c);
+  int e = begin_write(s, &c);
   if (e) return e;
-  if ((e = begin(s, c))) return e;
   dsys_item *cur = NULL;
   e = del_expired(c, key, now);
   if (!e) {
@@ -495,9 +499,8 @@ static int sq_list(void *state, const char *prefix, const char *after,
 static int sq_purge(void *state, int64_t now, size_t limit, size_t *removed) {
   sq *s = state;
   conn *c;
-  int e = get_conn(s, &c);
+  int e = begin_write(s, &c);
   if (e) return e;
-  if ((e = begin(s, c))) return e;
   sqlite3_stmt *st = stmt(c, ST_PURGE);
   if (!st) e = DSYS_EDB;
   else {
