@@ -71,11 +71,10 @@ int main(int argc, char **argv) {
   size_t ntargets = dsys_config_count(cfg, "target");
   if (!rurl && !ntargets) return fail(cfg, "give --registry URL (or static --target NAME=URL)", NULL);
 
-  if (!dsys_config_get(cfg, "peer-cert") != !dsys_config_get(cfg, "peer-key"))
-    return fail(cfg, "--peer-cert and --peer-key go together", NULL);
-  dsys_client_options pco = {.size = sizeof pco, .tls_ca_file = dsys_config_get(cfg, "peer-ca"),
-                             .tls_cert_file = dsys_config_get(cfg, "peer-cert"),
-                             .tls_key_file = dsys_config_get(cfg, "peer-key")};
+  dsys_client_options pco;
+  char tls_err[128];
+  if (dsys_daemon_client_tls(cfg, "peer", &pco, tls_err, sizeof tls_err))
+    return fail(cfg, tls_err, NULL);
 
   sigset_t set;
   sigemptyset(&set);

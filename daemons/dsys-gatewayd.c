@@ -139,12 +139,11 @@ int main(int argc, char **argv) {
                                           dsys_config_get(cfg, "tls-key"),
                                           dsys_config_get(cfg, "tls-client-ca"));
   if (why) return fail(why, NULL);
-  if (!dsys_config_get(cfg, "upstream-cert") != !dsys_config_get(cfg, "upstream-key"))
-    return fail("--upstream-cert and --upstream-key go together", NULL);
   /* one set of client TLS settings for the upstreams and the registry */
-  dsys_client_options uco = {.size = sizeof uco, .tls_ca_file = dsys_config_get(cfg, "upstream-ca"),
-                             .tls_cert_file = dsys_config_get(cfg, "upstream-cert"),
-                             .tls_key_file = dsys_config_get(cfg, "upstream-key")};
+  dsys_client_options uco;
+  char tls_err[128];
+  if (dsys_daemon_client_tls(cfg, "upstream", &uco, tls_err, sizeof tls_err))
+    return fail(tls_err, NULL);
 
   sigset_t set;
   sigemptyset(&set);

@@ -27,6 +27,7 @@
 #define DSYS_SERVICES_H
 
 #include <distsys/common.h>
+#include <distsys/client.h>
 #include <distsys/clock.h>
 #include <distsys/config.h>
 #include <distsys/queue.h>
@@ -279,6 +280,15 @@ DSYS_API struct dsys_identity *dsys_daemon_identity(dsys_daemon *d);
  */
 DSYS_API const char *dsys_daemon_tls_check(const char *listen, const char *cert,
                                            const char *key, const char *client_ca);
+/**
+ * Fill a daemon's client TLS settings from its flags PREFIX-ca,
+ * PREFIX-cert and PREFIX-key (prefix "peer" for DSYS_DAEMON_PEER_OPTIONS,
+ * the gateway's "upstream"). The strings stay owned by cfg.
+ * @return 0, or DSYS_EINVAL with a message in err when only one of the
+ *         certificate and the key is given (they go together).
+ */
+DSYS_API int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
+                                    dsys_client_options *out, char *err, size_t errlen);
 /** The verifier of callers (--identity-public-key), or NULL. */
 DSYS_API struct dsys_identity_verifier *dsys_daemon_identity_verifier(dsys_daemon *d);
 

@@ -71,14 +71,27 @@ const char *dsys_daemon_tls_check(const char *listen, const char *cert, const ch
   return NULL;
 }
 
+int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
+                           dsys_client_options *out, char *err, size_t errlen) {
+  if (!cfg || !prefix || !out) return DSYS_EINVAL;
+  char ca[64], cert[64], key[64];
+  snprintf(ca, sizeof ca, "%s-ca", prefix);
+  snprintf(cert, sizeof cert, "%s-cert", prefix);
+  snprintf(key, sizeof key, "%s-key", prefix);
+  *out = (dsys_client_options){.size = sizeof *out, .tls_ca_file = dsys_config_get(cfg, ca),
+                               .tls_cert_file = dsys_config_get(cfg, cert),
+                               .tls_key_file = dsys_config_get(cfg, key)};
+  if (!out->tls_cert_file == !out->tls_key_file) return 0;
+  if (err && errlen) snprintf(err, errlen, "--%s and --%s go together", cert, key);
+  return DSYS_EINVAL;
+}
+
 /* Register with the registry; the agent heartbeats and re-registers. A
  * registry that is down at start is retried quietly by the agent. */
 static int register_instance(dsys_daemon *d, const char *url, const char *name) {
   char err[256] = "";
-  const dsys_config *c = d->cfg;
-  dsys_client_options co = {.size = sizeof co, .tls_ca_file = dsys_config_get(c, "peer-ca"),
-                            .tls_cert_file = dsys_config_get(c, "peer-cert"),
-                            .tls_key_file = dsys_config_get(c, "peer-key")};
+  dsys_client_options co;
+  dsys_daemon_client_tls(d->cfg, "peer", &co, NULL, 0); /* checked at start */
   dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &co};
   int rc = dsys_registry_open(&d->registry, url, NULL, &ro, err, sizeof err);
   if (rc) {
@@ -155,8 +168,10 @@ static int run(dsys_daemon *d, const char *prog) {
                             .tls_client_ca_file = dsys_config_get(d->cfg, "tls-client-ca")};
   const char *why = dsys_daemon_tls_check(listen, so.tls_cert_file, so.tls_key_file,
                                           so.tls_client_ca_file);
-  if (!why && !dsys_config_get(d->cfg, "peer-cert") != !dsys_config_get(d->cfg, "peer-key"))
-    why = "--peer-cert and --peer-key go together";
+  char tls_err[128];
+  dsys_client_options peer;
+  if (!why && dsys_daemon_client_tls(d->cfg, "peer", &peer, tls_err, sizeof tls_err))
+    why = tls_err;
   if (why) {
     fprintf(stderr, "%s: %s\n", prog, why);
     return 2;
