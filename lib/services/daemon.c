@@ -24,6 +24,7 @@ struct dsys_daemon {
   dsys_metrics *metrics;
   dsys_identity *identity;           /* --identity-token-file */
   dsys_identity_verifier *verifier;  /* --identity-public-key */
+  dsys_client_options peer;          /* --peer-*, read and checked at start */
 };
 
 dsys_server *dsys_daemon_server(dsys_daemon *d) { return d ? d->srv : NULL; }
@@ -90,9 +91,7 @@ int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
  * registry that is down at start is retried quietly by the agent. */
 static int register_instance(dsys_daemon *d, const char *url, const char *name) {
   char err[256] = "";
-  dsys_client_options co;
-  dsys_daemon_client_tls(d->cfg, "peer", &co, NULL, 0); /* checked at start */
-  dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &co};
+  dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer};
   int rc = dsys_registry_open(&d->registry, url, NULL, &ro, err, sizeof err);
   if (rc) {
     dsysi_log(DSYS_LOG_ERROR, name, "registry %s: %s", url, err);
@@ -169,8 +168,7 @@ static int run(dsys_daemon *d, const char *prog) {
   const char *why = dsys_daemon_tls_check(listen, so.tls_cert_file, so.tls_key_file,
                                           so.tls_client_ca_file);
   char tls_err[128];
-  dsys_client_options peer;
-  if (!why && dsys_daemon_client_tls(d->cfg, "peer", &peer, tls_err, sizeof tls_err))
+  if (!why && dsys_daemon_client_tls(d->cfg, "peer", &d->peer, tls_err, sizeof tls_err))
     why = tls_err;
   if (why) {
     fprintf(stderr, "%s: %s\n", prog, why);

@@ -619,7 +619,19 @@ static int hand_over(mhd_d *md, const handoff *h) {
   md->hq[md->hn++] = *h;
   atomic_fetch_add(&md->pending, 1);
   pthread_mutex_unlock(&md->hmu);
-  return first ? dsysi_loop_post(md->loop, add_queued, md) : 0;
+  if (!first || !dsysi_loop_post(md->loop, add_queued, md)) return 0;
+  /* No drain will run: take the connection back (the caller closes it;
+   * left queued, stop would close it a second time). */
+  pthread_mutex_lock(&md->hmu);
+  md->hn--;
+  atomic_fetch_sub(&md->pending, 1);
+  pthread_mutex_unlock(&md->hmu);
+  return DSYS_ENOMEM;
+}
+
+/* Connections a loop has or is being given: what on_accept balances. */
+static unsigned load_of(mhd_d *md) {
+  return atomic_load(&md->conns) + atomic_load(&md->pending);
 }
 
 static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
@@ -629,7 +641,7 @@ static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
     mhd_d *best = NULL;
     unsigned least = 0;
     for (unsigned i = 0; i < l->nd; i++) {
-      unsigned n = atomic_load(&l->ds[i].conns) + atomic_load(&l->ds[i].pending);
+      unsigned n = load_of(&l->ds[i]);
       if (!best || n < least) best = &l->ds[i], least = n;
     }
     if (least >= limit) {
@@ -638,8 +650,7 @@ static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
       /* A close between the count and the flag would be missed: look
        * again now that closers will see the flag. */
       int room = 0;
-      for (unsigned i = 0; i < l->nd; i++)
-        room |= atomic_load(&l->ds[i].conns) + atomic_load(&l->ds[i].pending) < limit;
+      for (unsigned i = 0; i < l->nd; i++) room |= load_of(&l->ds[i]) < limit;
       if (room && atomic_exchange(&l->acc_paused, 0))
         dsysi_loop_mod(loop, &l->acc, EPOLLIN, 0);
       return;
