@@ -1,7 +1,8 @@
 # Shared by bench/run-gateway and bench/ab-gateway (sourced, POSIX sh).
 # Expects: bld (build dir), tmp (scratch dir), pids (list to kill), dur.
 
-url_of() { i=0; u=; while [ -z "$u" ] && [ $i -lt 100 ]; do u=$(sed -n 's/^listening //p' "$1"); sleep 0.05; i=$((i+1)); done; echo "$u"; }
+# The file may not exist yet (the process's redirection races this loop).
+url_of() { i=0; u=; while [ -z "$u" ] && [ $i -lt 100 ]; do u=$(sed -n 's/^listening //p' "$1" 2>/dev/null || true); sleep 0.05; i=$((i+1)); done; echo "$u"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # CPU time (user + system, clock ticks) of a process so far
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -47,7 +48,7 @@ CFG
 }
 
 measure() { # url conns pid -> "rps p99ms cpu_us_per_request [errors]"
-  wrk -t2 -c"$2" -d2s "$1/json" >/dev/null 2>&1
+  wrk -t2 -c"$2" -d2s "$1/json" >"$tmp/warm" 2>&1 || { echo "warmup failed"; cat "$tmp/warm"; return 1; }
   t0=$(ticks "$3")
   wrk -t2 -c"$2" -d"${dur}s" --latency "$1/json" > "$tmp/w"
   t1=$(ticks "$3")
