@@ -79,6 +79,12 @@ tests_unit_test_http_loops_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_unit_test_http_loops_CFLAGS = $(TEST_CFLAGS)
 tests_unit_test_http_loops_LDADD = $(TEST_LIBS)
 TESTS += tests/unit/test-http-loops
+check_PROGRAMS += tests/unit/test-http-wait
+tests_unit_test_http_wait_SOURCES = tests/unit/test-http-wait.c
+tests_unit_test_http_wait_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_unit_test_http_wait_CFLAGS = $(TEST_CFLAGS)
+tests_unit_test_http_wait_LDADD = $(TEST_LIBS)
+TESTS += tests/unit/test-http-wait
 
 TESTS += tests/python.test
 EXTRA_DIST += tests/python.test bindings/python examples/python
