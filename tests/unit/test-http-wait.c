@@ -37,29 +37,34 @@ static int64_t now_ms(void) {
   return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static void answer_quick(void *ud) { dsys_respond((dsys_request *)ud, 200, "text/plain", "quick", 5); }
-static void answer_slow(void *ud) { dsys_respond((dsys_request *)ud, 200, "text/plain", "slow", 4); }
+/* A deferred answer: what to say and how many microseconds later, from
+ * the timer thread. quick (3 ms) comes within the unsuspended wait; hold
+ * (15 ms) waits unsuspended nearly all the time, leaving the loop few
+ * other reasons to wake up; slow (80 ms) outlasts the wait, so its
+ * connection is suspended and resumed. */
+typedef struct later {
+  const char *say;
+  int64_t after_us;
+} later;
+static const later quick = {"quick", 3000}, hold = {"quick", 15000}, slow = {"slow", 80000};
 
-/* Answered 3 ms later from the timer thread: within the wait. */
-static void h_quick(dsys_request *r, void *ud) {
-  (void)ud;
-  dsys_request_defer(r);
-  dsys_timer_add(clk, 3000, answer_quick, r, NULL);
+typedef struct pending {
+  dsys_request *r;
+  const later *l;
+} pending;
+
+static void answer(void *ud) {
+  pending *p = ud;
+  dsys_respond(p->r, 200, "text/plain", p->l->say, strlen(p->l->say));
+  free(p);
 }
 
-/* Answered 15 ms later: waits unsuspended nearly all the time, and the
- * loop has few other reasons to wake up. */
-static void h_hold(dsys_request *r, void *ud) {
-  (void)ud;
+static void h_later(dsys_request *r, void *ud) {
+  pending *p = malloc(sizeof *p);
+  if (!p) tap_bail("out of memory");
+  *p = (pending){r, ud};
   dsys_request_defer(r);
-  dsys_timer_add(clk, 15000, answer_quick, r, NULL);
-}
-
-/* Answered 80 ms later: past the wait, so the connection is suspended. */
-static void h_slow(dsys_request *r, void *ud) {
-  (void)ud;
-  dsys_request_defer(r);
-  dsys_timer_add(clk, 80000, answer_slow, r, NULL);
+  dsys_timer_add(clk, p->l->after_us, answer, p, NULL);
 }
 
 /* Answers with the body's length. */
@@ -204,9 +209,9 @@ int main(void) {
   dsys_server *srv = NULL;
   dsys_server_options o = {.size = sizeof o, .event_loops = 1, .max_body = BIG + 1};
   if (dsys_server_new(&srv, &o)) tap_bail("server_new");
-  dsys_server_route(srv, "GET", "/quick", h_quick, NULL);
-  dsys_server_route(srv, "GET", "/slow", h_slow, NULL);
-  dsys_server_route(srv, "GET", "/hold", h_hold, NULL);
+  dsys_server_route(srv, "GET", "/quick", h_later, (void *)&quick);
+  dsys_server_route(srv, "GET", "/slow", h_later, (void *)&slow);
+  dsys_server_route(srv, "GET", "/hold", h_later, (void *)&hold);
   dsys_server_route(srv, "POST", "/count", h_count, NULL);
   dsys_server_route(srv, "GET", "/big", h_big, NULL);
   if (dsys_server_listen(srv, "http://127.0.0.1:0")) tap_bail("listen");
