@@ -356,6 +356,8 @@ static enum MHD_Result after_dispatch(mhd_req *m) {
       m->md->waiting++;
       m->wait_until = m->md->now_us + WAIT_UNSUSPENDED_US;
     }
+  } else if (m->waiting && m->md->now_us < m->wait_until) {
+    /* notify() had news that was not an answer: keep waiting */
   } else {
     stop_waiting(m);
     m->suspended = 1;
