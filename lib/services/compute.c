@@ -466,20 +466,36 @@ static const char *payload_trace_id(json_object *p, char out[33]) {
   return out;
 }
 
-static void h_job(dsys_request *req, void *ud) {
-  dsys_compute_service *c = ud;
+/* The compute job named by the route's :id, or NULL once the request is
+ * answered (404 for a malformed id, an unknown job or another queue's job;
+ * 500 for a queue error). *idp (if not NULL) receives the id; free the
+ * job with dsys_job_free. */
+static dsys_job *job_of_request(dsys_compute_service *c, dsys_request *req,
+                                long long *idp) {
   const char *ids = dsys_request_param(req, "id");
   char *end;
   long long id = strtoll(ids, &end, 10);
   dsys_job *j = NULL;
   int rc = (*ids && !*end && id > 0 && ids[0] != '+' && ids[0] != '-')
                ? dsys_queue_get(c->q, id, &j) : DSYS_ENOTFOUND;
-  if (!rc && strcmp(j->queue, DSYS_COMPUTE_QUEUE)) rc = DSYS_ENOTFOUND;
-  if (rc == DSYS_ENOTFOUND) {
+  if (!rc && strcmp(j->queue, DSYS_COMPUTE_QUEUE)) {
+    dsys_job_free(j);
+    j = NULL;
+    rc = DSYS_ENOTFOUND;
+  }
+  if (rc == DSYS_ENOTFOUND)
     dsysi_respond_err(req, 404, "DSYS_ENOTFOUND", "Job not found");
-  } else if (rc) {
+  else if (rc)
     dsysi_respond_err(req, 500, dsys_err_name(rc), "Queue error");
-  } else {
+  if (idp) *idp = id;
+  return rc ? NULL : j;
+}
+
+static void h_job(dsys_request *req, void *ud) {
+  dsys_compute_service *c = ud;
+  const char *ids = dsys_request_param(req, "id");
+  dsys_job *j = job_of_request(c, req, NULL);
+  if (j) {
     json_object *p = parse_or_null(j->payload), *v;
     json_object *o = json_object_new_object();
     json_object_object_add(o, "jobId", json_object_new_string(ids));
@@ -706,21 +722,9 @@ static void job_open(dsys_sse_stream *st, dsys_request *req, void *ud) {
 
 static void h_job_events(dsys_request *req, void *ud) {
   dsys_compute_service *c = ud;
-  const char *ids = dsys_request_param(req, "id");
-  char *end;
-  long long id = strtoll(ids, &end, 10);
-  dsys_job *j = NULL;
-  int rc = (*ids && !*end && id > 0 && ids[0] != '+' && ids[0] != '-')
-               ? dsys_queue_get(c->q, id, &j) : DSYS_ENOTFOUND;
-  if (!rc && strcmp(j->queue, DSYS_COMPUTE_QUEUE)) rc = DSYS_ENOTFOUND;
-  if (rc == DSYS_ENOTFOUND) {
-    dsysi_respond_err(req, 404, "DSYS_ENOTFOUND", "Job not found");
-    return;
-  }
-  if (rc) {
-    dsysi_respond_err(req, 500, dsys_err_name(rc), "Queue error");
-    return;
-  }
+  long long id;
+  dsys_job *j = job_of_request(c, req, &id);
+  if (!j) return;
   jstream *js = calloc(1, sizeof *js);
   watch *w = NULL;
   pthread_mutex_lock(&c->wmu);

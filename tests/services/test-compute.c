@@ -245,6 +245,12 @@ static void test_jobs(void) {
   char path[64];
   snprintf(path, sizeof path, "/api/compute/job/%lld", (long long)jid);
   is_err(call(A.url, "GET", path, NULL), 404, "Job not found", "job of another queue");
+  strcat(path, "/events");
+  is_err(call(A.url, "GET", path, NULL), 404, "Job not found", "events of another queue's job");
+  is_err(call(A.url, "GET", "/api/compute/job/999999/events", NULL), 404, "Job not found",
+         "events of an unknown job");
+  is_err(call(A.url, "GET", "/api/compute/job/-1/events", NULL), 404, "Job not found",
+         "events of a negative job id");
   /* Delayed state. */
   so.delay_ms = 60000;
   dsys_queue_submit(A.q, DSYS_COMPUTE_QUEUE,
