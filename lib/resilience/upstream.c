@@ -143,6 +143,19 @@ static size_t find_idx(dsys_upstream *u, const char *id) {
   return SIZE_MAX;
 }
 
+/* The endpoint with this id, with a reference taken (ep_unref), or NULL. */
+static uep *ref_ep(dsys_upstream *u, const char *id) {
+  uep *e = NULL;
+  pthread_rwlock_rdlock(&u->lk);
+  size_t i = find_idx(u, id);
+  if (i != SIZE_MAX) {
+    e = u->eps[i];
+    atomic_fetch_add(&e->refs, 1);
+  }
+  pthread_rwlock_unlock(&u->lk);
+  return e;
+}
+
 /* Hold mu. The balancer learns the verdict of health and breaker. */
 static void sync_avail(dsys_upstream *u, uep *e) {
   if (e->removed) return;
@@ -212,14 +225,7 @@ static void br_timer_cb(void *ud) {
 
 static void on_health(void *ud, const char *id, dsys_health_event ev, int usable) {
   dsys_upstream *u = ud;
-  uep *e = NULL;
-  pthread_rwlock_rdlock(&u->lk);
-  size_t i = find_idx(u, id);
-  if (i != SIZE_MAX) {
-    e = u->eps[i];
-    atomic_fetch_add(&e->refs, 1);
-  }
-  pthread_rwlock_unlock(&u->lk);
+  uep *e = ref_ep(u, id);
   if (e) {
     /* re-read rather than trust the event: events of two threads may
      * arrive out of order; the last update under mu sees the latest state */
@@ -608,14 +614,7 @@ int dsys_upstream_reset_rr(dsys_upstream *u) {
 int dsys_upstream_breaker_set(dsys_upstream *u, const char *id,
                               dsys_breaker_state state) {
   if (!u || !id) return DSYS_EINVAL;
-  uep *e = NULL;
-  pthread_rwlock_rdlock(&u->lk);
-  size_t i = find_idx(u, id);
-  if (i != SIZE_MAX) {
-    e = u->eps[i];
-    atomic_fetch_add(&e->refs, 1);
-  }
-  pthread_rwlock_unlock(&u->lk);
+  uep *e = ref_ep(u, id);
   if (!e) return DSYS_ENOTFOUND;
   int rc = dsys_breaker_set_state(e->br, state);
   ep_unref(e);

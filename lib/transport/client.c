@@ -193,22 +193,27 @@ static void untrack(dsys_client *c, dsysi_call *call) {
   pthread_mutex_unlock(&c->mu);
 }
 
-int dsys_client_send(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
-                     void *ud) {
-  dsysi_call *call = NULL;
-  int rc = make_call(c, in, cb, ud, &call);
-  if (rc) return rc;
-  if ((rc = track(c, call))) {
+/* Track and start a call; on failure it is released and its callback
+ * never runs. */
+static int start_call(dsys_client *c, dsysi_call *call) {
+  int rc = track(c, call);
+  if (rc) {
     call_free(call);
     return rc;
   }
   rc = call->ops->call(call);
   if (rc) {
-    /* Not started: the callback must never run. */
     untrack(c, call);
     dsysi_call_unref(call);
   }
   return rc;
+}
+
+int dsys_client_send(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
+                     void *ud) {
+  dsysi_call *call = NULL;
+  int rc = make_call(c, in, cb, ud, &call);
+  return rc ? rc : start_call(c, call);
 }
 
 typedef struct waiter {
@@ -242,16 +247,7 @@ int dsys_client_do(dsys_client *c, const dsys_call *in, dsys_reply **out) {
     dsysi_call_unref(call);
     return rc;
   }
-  if ((rc = track(c, call))) {
-    call_free(call);
-    return rc;
-  }
-  rc = call->ops->call(call);
-  if (rc) {
-    untrack(c, call);
-    dsysi_call_unref(call);
-    return rc;
-  }
+  if ((rc = start_call(c, call))) return rc;
   pthread_mutex_lock(&w.mu);
   while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
   pthread_mutex_unlock(&w.mu);
