@@ -8,8 +8,8 @@
  *
  * Checks: answers that come within the wait, after it (the connection is
  * then suspended and resumed) and for pipelined requests; while other
- * requests keep waiting on the same loop, a 32 MiB upload and a 32 MiB
- * streamed answer go at full speed, about 50 ms each here (without the
+ * requests keep waiting on the same loop, a 32 MiB upload, a 32 MiB
+ * streamed answer and one from a single buffer go at full speed, about 50 ms each here (without the
  * "busy" rule in mhd_timeout they crawl at about one buffer per
  * millisecond: 3.5 s and 0.3-1 s); nothing is lost; and the loop does
  * not spin while an answer is awaited (without the 1 ms rule: 20 ms of
@@ -75,6 +75,16 @@ static void h_count(dsys_request *r, void *ud) {
   char b[32];
   snprintf(b, sizeof b, "%zu", len);
   dsys_respond(r, 200, "text/plain", b, strlen(b));
+}
+
+/* Answers BIG bytes in one buffer. */
+static void h_bigbuf(dsys_request *r, void *ud) {
+  (void)ud;
+  char *b = malloc(BIG);
+  if (!b) tap_bail("out of memory");
+  memset(b, 'x', BIG);
+  dsys_respond(r, 200, "application/octet-stream", b, BIG);
+  free(b);
 }
 
 /* Streams BIG bytes, queued at once in 64 KiB writes. */
@@ -180,15 +190,17 @@ static int upload(const char *url, const char *big, int64_t *ms) {
   return st;
 }
 
-/* GETs /big; returns the bytes received (0 unless the chunked answer
- * ended properly) and the time taken in *ms. buf holds BIG bytes. */
-static size_t stream(const char *url, char *buf, int64_t *ms) {
+/* GETs path with "Connection: close"; returns the bytes received (head
+ * included), the last 5 in tail and the time taken in *ms. buf holds BIG
+ * bytes. */
+static size_t fetch(const char *url, const char *path, char *buf, char tail[5], int64_t *ms) {
   int fd = open_conn(url);
-  static const char sreq[] = "GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  char sreq[128];
+  int sl = snprintf(sreq, sizeof sreq, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
   int64_t t0 = now_ms();
   size_t total = 0;
-  char tail[8] = "";
-  if (fd >= 0 && !send_all(fd, sreq, sizeof sreq - 1)) {
+  memset(tail, 0, 5);
+  if (fd >= 0 && !send_all(fd, sreq, (size_t)sl)) {
     /* bounded: each recv at most 5 s; ends when the server closes */
     for (;;) {
       ssize_t r = recv(fd, buf, BIG, 0);
@@ -201,7 +213,14 @@ static size_t stream(const char *url, char *buf, int64_t *ms) {
   }
   *ms = now_ms() - t0;
   if (fd >= 0) close(fd);
-  return memcmp(tail, "0\r\n\r\n", 5) ? 0 : total;
+  return total;
+}
+
+/* /big whole: the chunked answer's last chunk came (else 0). */
+static size_t stream(const char *url, char *buf, int64_t *ms) {
+  char tail[5];
+  size_t n = fetch(url, "/big", buf, tail, ms);
+  return memcmp(tail, "0\r\n\r\n", 5) ? 0 : n;
 }
 
 int main(void) {
@@ -214,6 +233,7 @@ int main(void) {
   dsys_server_route(srv, "GET", "/hold", h_later, (void *)&hold);
   dsys_server_route(srv, "POST", "/count", h_count, NULL);
   dsys_server_route(srv, "GET", "/big", h_big, NULL);
+  dsys_server_route(srv, "GET", "/bigbuf", h_bigbuf, NULL);
   if (dsys_server_listen(srv, "http://127.0.0.1:0")) tap_bail("listen");
   const char *url = dsys_server_url(srv, 0);
 
@@ -241,6 +261,9 @@ int main(void) {
   int64_t up0, st0;
   int up_ok0 = upload(url, big, &up0) == 200;
   size_t total0 = stream(url, big, &st0);
+  int64_t bb0, bb_ms;
+  char tail[5];
+  size_t bbn0 = fetch(url, "/bigbuf", big, tail, &bb0);
 
   load ld = {.url = url};
   pthread_t th;
@@ -263,6 +286,11 @@ int main(void) {
      "a 32 MiB streamed answer arrives whole while others wait (%zu bytes)", total);
   ok(st_ms < 4 * st0 + 100, "... without crawling: %lld ms (alone: %lld ms)", (long long)st_ms,
      (long long)st0);
+  size_t bbn = fetch(url, "/bigbuf", big, tail, &bb_ms);
+  ok(bbn0 > BIG && bbn == bbn0 && !memcmp(tail, "xxxxx", 5),
+     "a 32 MiB answer in one buffer arrives whole while others wait (%zu bytes)", bbn);
+  ok(bb_ms < 4 * bb0 + 100, "... without crawling: %lld ms (alone: %lld ms)", (long long)bb_ms,
+     (long long)bb0);
   free(big);
 
   /* Headers larger than MHD's first read need another pass, which has no
