@@ -9,9 +9,11 @@
  * Checks: answers that come within the wait, after it (the connection is
  * then suspended and resumed) and for pipelined requests; while other
  * requests keep waiting on the same loop, a 32 MiB upload, a 32 MiB
- * streamed answer and one from a single buffer go at full speed, about 50 ms each here (without the
- * "busy" rule in mhd_timeout they crawl at about one buffer per
- * millisecond: 3.5 s and 0.3-1 s); nothing is lost; and the loop does
+ * streamed answer and one from a single buffer go at full speed, about
+ * 50 ms each here (without the "busy" rule in mhd_timeout the first two
+ * crawl at about one buffer per millisecond: 3.5 s and 0.3-1 s; the
+ * third needs no rule: a write that fills the socket waits for its
+ * EPOLLOUT edge); nothing is lost; and the loop does
  * not spin while an answer is awaited (without the 1 ms rule: 20 ms of
  * CPU for a 20 ms wait). */
 #include <pthread.h>
