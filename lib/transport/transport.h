@@ -139,7 +139,8 @@ struct dsys_request {
   const char *route;   /* matched route pattern (owned by the server) */
   dsysi_hdrs logf;     /* extra access-log fields (dsys_request_log_field) */
   int route_idx;      /* index of the matched route, -1 when none */
-  struct dsys_request *prev, *next; /* server's live list */
+  struct dsys_request *prev, *next; /* server's live list (one shard) */
+  unsigned shard;                   /* which shard */
   dsysi_arena ar;
   /* The arena's first block: a typical request (method, target, a few
    * headers, X-Request-Id, content type) fits, and the whole object stays
