@@ -59,18 +59,41 @@ static int64_t id_issued_ms;
 
 static int64_t now_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
 
-/* A free port now (bound, read back, released) so restarts reuse it. */
-static int free_port(void) {
+/* Bind port (0: any) on host and release it: the port bound, or 0. */
+static int probe_port(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET};
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   inet_pton(AF_INET, host, &sa.sin_addr);
   socklen_t sl = sizeof sa;
-  int port = 0;
+  int got = 0;
   if (fd >= 0 && !bind(fd, (struct sockaddr *)&sa, sizeof sa) &&
       !getsockname(fd, (struct sockaddr *)&sa, &sl))
-    port = ntohs(sa.sin_port);
+    got = ntohs(sa.sin_port);
   if (fd >= 0) close(fd);
-  return port;
+  return got;
+}
+
+/* A free port now (bound, read back, released) so restarts reuse it.
+ * Looked for below the kernel's ephemeral range first: between the
+ * release here and the child's bind, any socket bound to port 0 and any
+ * outgoing connection may take an ephemeral port, and the child then
+ * cannot listen (seen once in make check, where other tests bind port 0
+ * all the time: the gateway failed to start through all its restarts). */
+static int free_port(void) {
+  int lo = 32768, hi = 60999;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (f) {
+    if (fscanf(f, "%d %d", &lo, &hi) != 2) lo = 32768;
+    fclose(f);
+  }
+  enum { BASE = 10000 };
+  for (int i = 0; lo > BASE + 1000 && i < 64; i++) {
+    uint32_t r = 0;
+    dsys_random_bytes(&r, sizeof r);
+    int port = probe_port(BASE + (int)(r % (uint32_t)(lo - BASE)));
+    if (port) return port;
+  }
+  return probe_port(0);
 }
 
 static void add(const char *type, const char *bin, int idx, int port) {
