@@ -1,5 +1,6 @@
 /* Retry policy: decisions, full-jitter backoff, per-try timeouts, budget. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/retry.h>
@@ -8,9 +9,15 @@
 #include "internal.h"
 #include "resilience/rint.h"
 
+/* One second of the budget's window. A request is counted without the
+ * lock (dsys_retry_request: every proxied request, from every event loop,
+ * where a shared lock was one of the places the loops stalled each other);
+ * claiming a bucket for a new second and everything about retries take
+ * the lock. */
 typedef struct bbucket {
-  int64_t sec;
-  uint32_t requests, retries;
+  _Atomic int64_t sec;
+  atomic_uint_fast32_t requests;
+  uint32_t retries;
 } bbucket;
 
 struct dsys_retry {
@@ -24,8 +31,6 @@ struct dsys_retry {
   int budget_off;
   uint64_t rng;
   bbucket *bk;
-  int64_t head_sec;
-  uint64_t w_requests, w_retries;
 };
 
 static const int32_t default_statuses[] = {502, 503, 504};
@@ -86,51 +91,69 @@ void dsys_retry_free(dsys_retry *r) {
 }
 
 /* Hold mu. Drops buckets older than the window. */
-static void budget_advance(dsys_retry *r) {
-  int64_t sec = dsys_clock_now_ms(r->clk) / 1000;
-  if (r->head_sec == 0 || sec - r->head_sec >= (int64_t)r->window_s) {
-    memset(r->bk, 0, r->window_s * sizeof *r->bk);
-    r->w_requests = r->w_retries = 0;
-  } else {
-    for (int64_t s = r->head_sec + 1; s <= sec; s++) {
-      bbucket *b = &r->bk[s % r->window_s];
-      r->w_requests -= b->requests;
-      r->w_retries -= b->retries;
-      b->requests = b->retries = 0;
+static int64_t now_sec(dsys_retry *r) { return dsys_clock_now_ms(r->clk) / 1000; }
+
+/* Hold mu. The bucket of second sec, emptied if it held an older one. */
+static bbucket *claim(dsys_retry *r, int64_t sec) {
+  bbucket *b = &r->bk[sec % r->window_s];
+  if (atomic_load_explicit(&b->sec, memory_order_relaxed) != sec) {
+    atomic_store_explicit(&b->requests, 0, memory_order_relaxed);
+    b->retries = 0;
+    atomic_store_explicit(&b->sec, sec, memory_order_release);
+  }
+  return b;
+}
+
+/* Hold mu. Requests and retries of the window ending at second sec. */
+static void window_sums(dsys_retry *r, int64_t sec, uint64_t *requests, uint64_t *retries) {
+  uint64_t q = 0, t = 0;
+  for (uint32_t i = 0; i < r->window_s; i++) {
+    bbucket *b = &r->bk[i];
+    int64_t bs = atomic_load_explicit(&b->sec, memory_order_acquire);
+    if (bs > sec - (int64_t)r->window_s && bs <= sec) {
+      q += atomic_load_explicit(&b->requests, memory_order_relaxed);
+      t += b->retries;
     }
   }
-  if (sec > r->head_sec) r->head_sec = sec;
+  *requests = q;
+  *retries = t;
 }
 
 void dsys_retry_request(dsys_retry *r) {
   if (!r) return;
-  pthread_mutex_lock(&r->mu);
-  budget_advance(r);
-  r->bk[r->head_sec % r->window_s].requests++;
-  r->w_requests++;
-  pthread_mutex_unlock(&r->mu);
+  int64_t sec = now_sec(r);
+  bbucket *b = &r->bk[sec % r->window_s];
+  if (atomic_load_explicit(&b->sec, memory_order_acquire) != sec) {
+    pthread_mutex_lock(&r->mu);
+    claim(r, sec);
+    pthread_mutex_unlock(&r->mu);
+  }
+  /* A bucket reclaimed between the check and the add (its second came
+   * round again a whole window later) gains one request: harmless. */
+  atomic_fetch_add_explicit(&b->requests, 1, memory_order_relaxed);
 }
 
 void dsys_retry_budget_get(dsys_retry *r, uint64_t *requests, uint64_t *retries) {
   if (!r) return;
+  uint64_t q, t;
   pthread_mutex_lock(&r->mu);
-  budget_advance(r);
-  if (requests) *requests = r->w_requests;
-  if (retries) *retries = r->w_retries;
+  window_sums(r, now_sec(r), &q, &t);
   pthread_mutex_unlock(&r->mu);
+  if (requests) *requests = q;
+  if (retries) *retries = t;
 }
 
 /* Take one retry from the budget; 0 on success. */
 static int budget_take(dsys_retry *r) {
   if (r->budget_off) return 0;
   pthread_mutex_lock(&r->mu);
-  budget_advance(r);
-  uint64_t allowed = (uint64_t)r->min_per_s * r->window_s +
-                     r->w_requests * r->ratio_pct / 100;
+  int64_t sec = now_sec(r);
+  uint64_t q, t;
+  window_sums(r, sec, &q, &t);
+  uint64_t allowed = (uint64_t)r->min_per_s * r->window_s + q * r->ratio_pct / 100;
   int rc = -1;
-  if (r->w_retries + 1 <= allowed) {
-    r->bk[r->head_sec % r->window_s].retries++;
-    r->w_retries++;
+  if (t + 1 <= allowed) {
+    claim(r, sec)->retries++;
     rc = 0;
   }
   pthread_mutex_unlock(&r->mu);

@@ -1,4 +1,5 @@
 /* Retry policy: decision table, backoff bounds, per-try timeouts, budget. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/distsys.h>
@@ -152,6 +153,44 @@ static void test_budget(void) {
   dsys_retry_budget_get(r, &req, &ret);
   ok(req == 0 && ret == 0, "window slid: counters back to 0");
   is_int(try_retry(r), 1, "budget available again");
+  /* A partial slide: 7 requests at second 15, 5 at second 20 (the retry
+   * of second 10 has left the window, seconds 11-20); at second 26 the
+   * window (seconds 17-26) holds only the later 5. */
+  dsys_clock_advance(clk, 5 * 1000000LL);
+  for (int i = 0; i < 7; i++) dsys_retry_request(r);
+  dsys_clock_advance(clk, 5 * 1000000LL);
+  for (int i = 0; i < 5; i++) dsys_retry_request(r);
+  dsys_retry_budget_get(r, &req, &ret);
+  ok(req == 12 && ret == 0, "both seconds in the window: %llu requests, %llu retries",
+     (unsigned long long)req, (unsigned long long)ret);
+  dsys_clock_advance(clk, 6 * 1000000LL);
+  dsys_retry_budget_get(r, &req, &ret);
+  ok(req == 5 && ret == 0, "the older second slid out: %llu requests, %llu retries",
+     (unsigned long long)req, (unsigned long long)ret);
+  dsys_retry_free(r);
+  dsys_clock_free(clk);
+}
+
+/* Requests are counted without the lock: two threads lose none. */
+static void *count_requests(void *r) {
+  for (int i = 0; i < 100000; i++) dsys_retry_request(r);
+  return NULL;
+}
+
+static void test_budget_threads(void) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 0);
+  dsys_retry_options o = {.size = sizeof o, .clock = clk};
+  dsys_retry *r;
+  dsys_retry_new(&r, &o);
+  pthread_t t1, t2;
+  pthread_create(&t1, NULL, count_requests, r);
+  pthread_create(&t2, NULL, count_requests, r);
+  pthread_join(t1, NULL);
+  pthread_join(t2, NULL);
+  uint64_t req, ret;
+  dsys_retry_budget_get(r, &req, &ret);
+  is_int(req, 200000, "two threads' 200,000 requests all counted");
   dsys_retry_free(r);
   dsys_clock_free(clk);
 }
@@ -160,5 +199,6 @@ int main(void) {
   test_table();
   test_backoff();
   test_budget();
+  test_budget_threads();
   return tap_done();
 }
