@@ -93,14 +93,6 @@ int dsysi_file_read(const char *path, size_t max, const char *component,
 int dsysi_file_write(const char *path, const void *data, size_t len, unsigned mode,
                      int replace, int *created);
 
-/**
- * Initialise a mutex that spins briefly before sleeping (glibc's adaptive
- * mutex): for locks held for a few dozen nanoseconds and taken by several
- * event loops, where sleeping in the kernel on contention costs far more
- * than the critical section. Falls back to a normal mutex.
- */
-void dsysi_mutex_init_adaptive(pthread_mutex_t *mu);
-
 /** Number of online CPUs (at least 1). */
 unsigned dsysi_ncpu(void);
 

@@ -272,16 +272,6 @@ void dsysi_lock_wake(dsysi_lock *l) {
   syscall(SYS_futex, &l->v, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-void dsysi_mutex_init_adaptive(pthread_mutex_t *mu) {
-  pthread_mutexattr_t a;
-  if (pthread_mutexattr_init(&a) == 0) {
-    int ok = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP) == 0 &&
-             pthread_mutex_init(mu, &a) == 0;
-    pthread_mutexattr_destroy(&a);
-    if (ok) return;
-  }
-  pthread_mutex_init(mu, NULL);
-}
 
 unsigned dsysi_ncpu(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);

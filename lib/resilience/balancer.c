@@ -1,6 +1,7 @@
 /* Load balancer: round robin, smooth weighted RR, P2C least request, random,
  * ring hash and Maglev. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/balancer.h>
@@ -18,8 +19,8 @@ typedef struct ep {
   size_t idlen;
   uint32_t weight;
   int available;
-  uint32_t active;
-  uint64_t picks;
+  atomic_uint active;          /* changed under the read lock */
+  atomic_uint_fast64_t picks;  /* likewise */
   uint64_t serial;
   int64_t cw; /* smooth WRR current weight */
   void *ud;
@@ -30,15 +31,22 @@ typedef struct ring_pt {
   uint32_t idx;
 } ring_pt;
 
+/* Locking: picks and releases come from every event loop on every
+ * request. Round robin and the hash policies pick under the read lock
+ * (the cursor and the counters are atomics), so one loop never waits for
+ * another; what changes the endpoint set or shared policy state (weighted
+ * round robin's current weights, the random generator, P2C's scratch
+ * array, a table rebuild) takes the write lock, which is preferred, so
+ * that a steady stream of picks cannot starve it. */
 struct dsys_balancer {
-  pthread_mutex_t mu;
+  pthread_rwlock_t lk;
   int policy, when_none;
   uint32_t vnodes, msize;
   uint64_t rng;
   ep *eps;
   size_t n, cap;
   uint32_t *scratch;
-  size_t cursor;
+  atomic_size_t cursor;
   uint64_t next_serial;
   int tables_dirty;
   ring_pt *ring;
@@ -104,8 +112,11 @@ int dsys_balancer_new(dsys_balancer **out, const dsys_balancer_options *o) {
   b->rng = d.seed;
   if (!b->rng) dsys_random_bytes(&b->rng, sizeof b->rng);
   b->next_serial = 1;
-  /* picked and released on every request, from every event loop */
-  dsysi_mutex_init_adaptive(&b->mu);
+  pthread_rwlockattr_t a;
+  pthread_rwlockattr_init(&a);
+  pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&b->lk, &a);
+  pthread_rwlockattr_destroy(&a);
   *out = b;
   return 0;
 }
@@ -117,7 +128,7 @@ void dsys_balancer_free(dsys_balancer *b) {
   free(b->scratch);
   free(b->ring);
   free(b->maglev);
-  pthread_mutex_destroy(&b->mu);
+  pthread_rwlock_destroy(&b->lk);
   free(b);
 }
 
@@ -137,7 +148,7 @@ int dsys_balancer_add(dsys_balancer *b, const char *id, uint32_t weight, void *u
   if (!b || !valid_id(id) || weight > MAX_WEIGHT) return DSYS_EINVAL;
   if (!weight) weight = 1;
   int rc = 0;
-  pthread_mutex_lock(&b->mu);
+  pthread_rwlock_wrlock(&b->lk);
   if (find(b, id) != SIZE_MAX) {
     rc = DSYS_EEXIST;
   } else if (b->n >= MAX_ENDPOINTS ||
@@ -168,14 +179,14 @@ int dsys_balancer_add(dsys_balancer *b, const char *id, uint32_t weight, void *u
       for (size_t i = 0; i < b->n; i++) b->eps[i].cw = 0;
     }
   }
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return rc;
 }
 
 int dsys_balancer_remove(dsys_balancer *b, const char *id) {
   if (!b || !id) return DSYS_EINVAL;
   int rc = 0;
-  pthread_mutex_lock(&b->mu);
+  pthread_rwlock_wrlock(&b->lk);
   size_t i = find(b, id);
   if (i == SIZE_MAX) {
     rc = DSYS_ENOTFOUND;
@@ -183,11 +194,12 @@ int dsys_balancer_remove(dsys_balancer *b, const char *id) {
     free(b->eps[i].id);
     memmove(&b->eps[i], &b->eps[i + 1], (b->n - i - 1) * sizeof *b->eps);
     b->n--;
-    if (b->cursor > i) b->cursor--;
+    size_t c = atomic_load(&b->cursor);
+    if (c > i) atomic_store(&b->cursor, c - 1);
     b->tables_dirty = 1;
     for (size_t k = 0; k < b->n; k++) b->eps[k].cw = 0;
   }
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return rc;
 }
 
@@ -195,7 +207,7 @@ int dsys_balancer_set_weight(dsys_balancer *b, const char *id, uint32_t weight) 
   if (!b || !id || weight > MAX_WEIGHT) return DSYS_EINVAL;
   if (!weight) weight = 1;
   int rc = 0;
-  pthread_mutex_lock(&b->mu);
+  pthread_rwlock_wrlock(&b->lk);
   size_t i = find(b, id);
   if (i == SIZE_MAX) {
     rc = DSYS_ENOTFOUND;
@@ -204,35 +216,35 @@ int dsys_balancer_set_weight(dsys_balancer *b, const char *id, uint32_t weight) 
     b->tables_dirty = 1;
     for (size_t k = 0; k < b->n; k++) b->eps[k].cw = 0;
   }
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return rc;
 }
 
 int dsys_balancer_set_available(dsys_balancer *b, const char *id, int available) {
   if (!b || !id) return DSYS_EINVAL;
   int rc = 0;
-  pthread_mutex_lock(&b->mu);
+  pthread_rwlock_wrlock(&b->lk);
   size_t i = find(b, id);
   if (i == SIZE_MAX) rc = DSYS_ENOTFOUND;
   else b->eps[i].available = available != 0;
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return rc;
 }
 
 size_t dsys_balancer_count(dsys_balancer *b) {
   if (!b) return 0;
-  pthread_mutex_lock(&b->mu);
+  pthread_rwlock_rdlock(&b->lk);
   size_t n = b->n;
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return n;
 }
 
 int dsys_balancer_reset(dsys_balancer *b) {
   if (!b) return DSYS_EINVAL;
-  pthread_mutex_lock(&b->mu);
-  b->cursor = 0;
+  pthread_rwlock_wrlock(&b->lk);
+  atomic_store(&b->cursor, 0);
   for (size_t i = 0; i < b->n; i++) b->eps[i].cw = 0;
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return 0;
 }
 
@@ -240,17 +252,17 @@ int dsys_balancer_endpoint(dsys_balancer *b, const char *id,
                            dsys_balancer_endpoint_info *out) {
   if (!b || !id || !out) return DSYS_EINVAL;
   int rc = 0;
-  pthread_mutex_lock(&b->mu);
+  pthread_rwlock_rdlock(&b->lk);
   size_t i = find(b, id);
   if (i == SIZE_MAX) {
     rc = DSYS_ENOTFOUND;
   } else {
     out->weight = b->eps[i].weight;
     out->available = b->eps[i].available;
-    out->active = b->eps[i].active;
-    out->picks = b->eps[i].picks;
+    out->active = atomic_load(&b->eps[i].active);
+    out->picks = atomic_load(&b->eps[i].picks);
   }
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return rc;
 }
 
@@ -339,15 +351,17 @@ static int ensure_tables(dsys_balancer *b) {
 
 /* ---- policies: each returns an index passing f (at least one does) ---- */
 
+/* Under the read lock: the cursor moves past the pick by compare and
+ * swap, so concurrent picks still take turns. */
 static size_t pick_rr(dsys_balancer *b, const filt *f) {
-  for (size_t k = 0; k < b->n; k++) {
-    size_t i = (b->cursor + k) % b->n;
-    if (passes(b, i, f)) {
-      b->cursor = (i + 1) % b->n;
-      return i;
-    }
+  size_t c = atomic_load(&b->cursor);
+  for (;;) {
+    size_t i = SIZE_MAX;
+    for (size_t k = 0; k < b->n && i == SIZE_MAX; k++)
+      if (passes(b, (c + k) % b->n, f)) i = (c + k) % b->n;
+    if (i == SIZE_MAX) return SIZE_MAX;
+    if (atomic_compare_exchange_weak(&b->cursor, &c, (i + 1) % b->n)) return i;
   }
-  return SIZE_MAX;
 }
 
 static size_t pick_wrr(dsys_balancer *b, const filt *f) {
@@ -381,8 +395,8 @@ static size_t pick_p2c(dsys_balancer *b, const filt *f) {
   if (y >= x) y++;
   const ep *a = &b->eps[b->scratch[x]], *c = &b->eps[b->scratch[y]];
   /* fewer in flight per unit of weight wins; ties: the first random one */
-  uint64_t la = (uint64_t)(a->active + 1) * c->weight;
-  uint64_t lc = (uint64_t)(c->active + 1) * a->weight;
+  uint64_t la = (uint64_t)(atomic_load(&a->active) + 1) * c->weight;
+  uint64_t lc = (uint64_t)(atomic_load(&c->active) + 1) * a->weight;
   return lc < la ? b->scratch[y] : b->scratch[x];
 }
 
@@ -448,14 +462,23 @@ int dsys_balancer_pick(dsys_balancer *b, const void *key, size_t key_len,
   uint64_t h = 0;
   if (b->policy == DSYS_LB_RING_HASH || b->policy == DSYS_LB_MAGLEV)
     h = dsysi_hash64(key ? key : "", key_len, 0);
-  pthread_mutex_lock(&b->mu);
+  int shared = b->policy == DSYS_LB_ROUND_ROBIN || b->policy == DSYS_LB_RING_HASH ||
+               b->policy == DSYS_LB_MAGLEV;
+  if (shared) {
+    pthread_rwlock_rdlock(&b->lk);
+    if (b->tables_dirty) { /* rebuilt under the write lock */
+      pthread_rwlock_unlock(&b->lk);
+      shared = 0;
+    }
+  }
+  if (!shared) pthread_rwlock_wrlock(&b->lk);
   if (b->n == 0) {
-    pthread_mutex_unlock(&b->mu);
+    pthread_rwlock_unlock(&b->lk);
     return DSYS_EUNAVAIL;
   }
   int rc = ensure_tables(b);
   if (rc) {
-    pthread_mutex_unlock(&b->mu);
+    pthread_rwlock_unlock(&b->lk);
     return rc;
   }
   size_t ex = exclude ? find(b, exclude) : SIZE_MAX;
@@ -474,17 +497,17 @@ int dsys_balancer_pick(dsys_balancer *b, const void *key, size_t key_len,
     chosen = pick_with(b, h, &passes_list[p]);
   }
   if (chosen == SIZE_MAX) {
-    pthread_mutex_unlock(&b->mu);
+    pthread_rwlock_unlock(&b->lk);
     return DSYS_EUNAVAIL;
   }
   ep *e = &b->eps[chosen];
-  e->active++;
-  e->picks++;
+  atomic_fetch_add(&e->active, 1);
+  atomic_fetch_add(&e->picks, 1);
   out->ud = e->ud;
   out->handle = (e->serial << IDX_BITS) | chosen;
   out->panic = panic;
   memcpy(out->id, e->id, e->idlen + 1);
-  pthread_mutex_unlock(&b->mu);
+  pthread_rwlock_unlock(&b->lk);
   return 0;
 }
 
@@ -492,12 +515,16 @@ void dsys_balancer_release(dsys_balancer *b, const dsys_pick_result *r) {
   if (!b || !r || !r->handle) return;
   uint64_t serial = r->handle >> IDX_BITS;
   size_t idx = (size_t)(r->handle & ((1u << IDX_BITS) - 1));
-  pthread_mutex_lock(&b->mu);
+  pthread_rwlock_rdlock(&b->lk);
   if (idx >= b->n || b->eps[idx].serial != serial) {
     idx = SIZE_MAX;
     for (size_t i = 0; i < b->n; i++)
       if (b->eps[i].serial == serial) idx = i;
   }
-  if (idx != SIZE_MAX && b->eps[idx].active > 0) b->eps[idx].active--;
-  pthread_mutex_unlock(&b->mu);
+  if (idx != SIZE_MAX) {
+    atomic_uint *a = &b->eps[idx].active;
+    unsigned v = atomic_load(a);
+    while (v > 0 && !atomic_compare_exchange_weak(a, &v, v - 1)) ;
+  }
+  pthread_rwlock_unlock(&b->lk);
 }

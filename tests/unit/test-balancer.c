@@ -239,6 +239,14 @@ static void *worker(void *p) {
   return NULL;
 }
 
+/* Takes ep1 out and puts it back, n times. */
+static void *toggler(void *p) {
+  targ *a = p;
+  for (int i = 0; i < a->n; i++) dsys_balancer_set_available(a->b, "ep1", i % 2);
+  dsys_balancer_set_available(a->b, "ep1", 1);
+  return NULL;
+}
+
 static void test_threads(void) {
   dsys_balancer *b = mk(DSYS_LB_LEAST_REQUEST, DSYS_LB_PANIC, 5, NULL);
   pthread_t t[4];
@@ -257,6 +265,43 @@ static void test_threads(void) {
   }
   is_int(picks, 80000, "80000 picks from 4 threads counted");
   is_int(active, 0, "every pick released");
+  dsys_balancer_free(b);
+
+  /* Round robin picks under the read lock: concurrent picks still take
+   * turns exactly, and a writer changing availability meanwhile is not
+   * starved and breaks nothing. */
+  b = mk(DSYS_LB_ROUND_ROBIN, DSYS_LB_PANIC, 5, NULL);
+  a.b = b;
+  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, &a);
+  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  int even = 1;
+  for (int i = 0; i < 5; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "ep%d", i);
+    dsys_balancer_endpoint_info info;
+    dsys_balancer_endpoint(b, id, &info);
+    even &= info.picks == 16000 && info.active == 0;
+  }
+  ok(even, "round robin from 4 threads: 16000 picks of each of 5, all released");
+  pthread_t w;
+  targ t2 = {b, 1000};
+  pthread_create(&w, NULL, toggler, &t2);
+  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, &a);
+  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  pthread_join(w, NULL);
+  picks = 0;
+  active = 0;
+  for (int i = 0; i < 5; i++) {
+    char id[8];
+    snprintf(id, sizeof id, "ep%d", i);
+    dsys_balancer_endpoint_info info;
+    dsys_balancer_endpoint(b, id, &info);
+    picks += info.picks;
+    active += info.active;
+  }
+  ok(picks == 160000 && active == 0,
+     "with 1000 availability changes meanwhile: %llu picks, %d in flight",
+     (unsigned long long)picks, active);
   dsys_balancer_free(b);
   int32_t p;
   is_int(dsys_lb_policy_parse("maglev", &p), 0, "parse policy");
