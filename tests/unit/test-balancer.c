@@ -247,22 +247,36 @@ static void *toggler(void *p) {
   return NULL;
 }
 
-static void test_threads(void) {
-  dsys_balancer *b = mk(DSYS_LB_LEAST_REQUEST, DSYS_LB_PANIC, 5, NULL);
+/* Four workers of a->n picks each, run to the end. */
+static void run_workers(targ *a) {
   pthread_t t[4];
-  targ a = {b, 20000};
-  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, &a);
+  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, a);
   for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
-  uint64_t picks = 0;
-  int active = 0;
+}
+
+/* Picks and picks in flight summed over ep0..ep4; *even: each had want. */
+static void totals(dsys_balancer *b, uint64_t *picks, int *active, uint64_t want, int *even) {
+  *picks = 0;
+  *active = 0;
+  *even = 1;
   for (int i = 0; i < 5; i++) {
     char id[8];
     snprintf(id, sizeof id, "ep%d", i);
     dsys_balancer_endpoint_info info;
     dsys_balancer_endpoint(b, id, &info);
-    picks += info.picks;
-    active += info.active;
+    *picks += info.picks;
+    *active += info.active;
+    *even &= info.picks == want;
   }
+}
+
+static void test_threads(void) {
+  dsys_balancer *b = mk(DSYS_LB_LEAST_REQUEST, DSYS_LB_PANIC, 5, NULL);
+  targ a = {b, 20000};
+  run_workers(&a);
+  uint64_t picks;
+  int active, even;
+  totals(b, &picks, &active, 0, &even);
   is_int(picks, 80000, "80000 picks from 4 threads counted");
   is_int(active, 0, "every pick released");
   dsys_balancer_free(b);
@@ -272,33 +286,15 @@ static void test_threads(void) {
    * starved and breaks nothing. */
   b = mk(DSYS_LB_ROUND_ROBIN, DSYS_LB_PANIC, 5, NULL);
   a.b = b;
-  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, &a);
-  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
-  int even = 1;
-  for (int i = 0; i < 5; i++) {
-    char id[8];
-    snprintf(id, sizeof id, "ep%d", i);
-    dsys_balancer_endpoint_info info;
-    dsys_balancer_endpoint(b, id, &info);
-    even &= info.picks == 16000 && info.active == 0;
-  }
-  ok(even, "round robin from 4 threads: 16000 picks of each of 5, all released");
+  run_workers(&a);
+  totals(b, &picks, &active, 16000, &even);
+  ok(even && active == 0, "round robin from 4 threads: 16000 picks of each of 5, all released");
   pthread_t w;
   targ t2 = {b, 1000};
   pthread_create(&w, NULL, toggler, &t2);
-  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, &a);
-  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  run_workers(&a);
   pthread_join(w, NULL);
-  picks = 0;
-  active = 0;
-  for (int i = 0; i < 5; i++) {
-    char id[8];
-    snprintf(id, sizeof id, "ep%d", i);
-    dsys_balancer_endpoint_info info;
-    dsys_balancer_endpoint(b, id, &info);
-    picks += info.picks;
-    active += info.active;
-  }
+  totals(b, &picks, &active, 0, &even);
   ok(picks == 160000 && active == 0,
      "with 1000 availability changes meanwhile: %llu picks, %d in flight",
      (unsigned long long)picks, active);
