@@ -115,12 +115,6 @@ typedef struct mhd_req {
   char target[]; /* the raw request target (MHD-NOTES pitfall 5) */
 } mhd_req;
 
-static int64_t mono_now_us(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
-}
-
 /* Start (deadline = now + timeout) or stop (0) watching a connection. */
 static void watch_conn(mhd_lst *l, struct MHD_Connection *conn, int on) {
   if (!l->req_timeout_us) return;
@@ -129,7 +123,7 @@ static void watch_conn(mhd_lst *l, struct MHD_Connection *conn, int on) {
   mconn *mc = ci ? ci->socket_context : NULL;
   if (!mc) return;
   pthread_mutex_lock(&l->cmu);
-  mc->deadline_us = on ? mono_now_us() + l->req_timeout_us : 0;
+  mc->deadline_us = on ? dsysi_loop_now_us() + l->req_timeout_us : 0;
   pthread_mutex_unlock(&l->cmu);
 }
 
@@ -157,7 +151,7 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
     if (!mc) return;
     mc->fd = ci->connect_fd;
     pthread_mutex_lock(&l->cmu);
-    mc->deadline_us = mono_now_us() + l->req_timeout_us;
+    mc->deadline_us = dsysi_loop_now_us() + l->req_timeout_us;
     mc->next = l->conns;
     if (l->conns) l->conns->prev = mc;
     l->conns = mc;
@@ -187,17 +181,14 @@ static void *sweeper_main(void *arg) {
   if (step > 500000) step = 500000;
   pthread_mutex_lock(&l->cmu);
   while (!l->sweep_stop) {
-    int64_t now = mono_now_us();
+    int64_t now = dsysi_loop_now_us();
     for (mconn *mc = l->conns; mc; mc = mc->next)
       if (mc->deadline_us && now >= mc->deadline_us && !mc->cut) {
         mc->cut = 1;
         shutdown(mc->fd, SHUT_RDWR);
       }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t d = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 + step;
-    ts.tv_sec = d / 1000000;
-    ts.tv_nsec = (long)(d % 1000000) * 1000;
+    int64_t d = dsysi_loop_now_us() + step;
+    struct timespec ts = {.tv_sec = d / 1000000, .tv_nsec = (long)(d % 1000000) * 1000};
     pthread_cond_timedwait(&l->ccv, &l->cmu, &ts);
   }
   pthread_mutex_unlock(&l->cmu);
@@ -705,7 +696,7 @@ static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         /* The socket stays readable: without a pause the loop would spin
          * on the same error. Retry in 100 ms (clients wait meanwhile). */
-        int64_t now = mono_now_us();
+        int64_t now = dsysi_loop_now_us();
         if (now - l->acc_warned_us > 10000000) {
           l->acc_warned_us = now;
           dsysi_log(DSYS_LOG_WARN, "http", "accept: %s; retrying every 100 ms",
@@ -746,7 +737,7 @@ static void mhd_tick(dsysi_loop *loop, void *ud) {
    * epoll set and puts it back only at the start of a later MHD_run; a run
    * that closed connections must be followed by another, or connections
    * waiting in the backlog stall until some unrelated event. */
-  md->now_us = mono_now_us();
+  md->now_us = dsysi_loop_now_us();
   md->busy = 0;
   for (int i = 0; i < 4; i++) {
     unsigned before = current_connections(md->d);

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <json-c/json.h>
 #include <distsys/util.h>
+#include "transport/evloop.h"
 #include "transport/transport.h"
 
 #define MAX_LISTENERS 8
@@ -602,9 +603,7 @@ void dsysi_server_dispatch(dsys_request *r) {
 static int wait_idle(dsys_server *s, int64_t deadline_us) {
   pthread_mutex_lock(&s->mu);
   while (atomic_load(&s->inflight) > 0) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t now_us = (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+    int64_t now_us = dsysi_loop_now_us();
     if (now_us >= deadline_us) break;
     int64_t d = deadline_us < now_us + 50000 ? deadline_us : now_us + 50000;
     struct timespec ts = {.tv_sec = d / 1000000, .tv_nsec = (long)(d % 1000000) * 1000};
@@ -613,12 +612,6 @@ static int wait_idle(dsys_server *s, int64_t deadline_us) {
   int idle = atomic_load(&s->inflight) == 0;
   pthread_mutex_unlock(&s->mu);
   return idle;
-}
-
-static int64_t mono_us(void) {
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
 }
 
 int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
@@ -632,7 +625,7 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
   pthread_mutex_unlock(&s->mu);
   for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->quiesce(s->ls[i].lst);
   int rc = 0;
-  if (!wait_idle(s, mono_us() + (drain_ms > 0 ? drain_ms : 0) * 1000)) {
+  if (!wait_idle(s, dsysi_loop_now_us() + (drain_ms > 0 ? drain_ms : 0) * 1000)) {
     rc = DSYS_ETIMEDOUT;
     /* Cut off what is left: the transports answer 503 or end streams. */
     for (;;) {
@@ -658,7 +651,7 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
       victim->ops->notify(victim->lst, victim);
       dsysi_request_unref(victim);
     }
-    if (!wait_idle(s, mono_us() + 2000000))
+    if (!wait_idle(s, dsysi_loop_now_us() + 2000000))
       dsysi_log(DSYS_LOG_WARN, s->name, "%llu requests still open at stop",
                 (unsigned long long)dsys_server_inflight(s));
   }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 int test_port_of(const char *url) {
@@ -26,5 +27,12 @@ int test_connect(const char *url) {
     close(fd);
     return -1;
   }
+  return fd;
+}
+
+int test_connect_timeout(const char *url, int recv_timeout_s) {
+  int fd = test_connect(url);
+  struct timeval tv = {.tv_sec = recv_timeout_s};
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   return fd;
 }

@@ -12,4 +12,7 @@ int test_connect(const char *url);
 /** As test_connect, on an already made socket fd: 0 or -1. */
 int test_connect_fd(int fd, const char *url);
 
+/** As test_connect, with receives bounded by recv_timeout_s seconds. */
+int test_connect_timeout(const char *url, int recv_timeout_s);
+
 #endif

@@ -34,14 +34,6 @@ static void h_thread(dsys_request *r, void *ud) {
   dsys_respond_json(r, 200, body);
 }
 
-/* A connected TCP socket with 2 s receive timeouts, or -1. */
-static int connect_to(const char *url) {
-  int fd = test_connect(url);
-  struct timeval tv = {.tv_sec = 2};
-  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
-
 /* One keep-alive GET on fd. Fills thread (from the body) and returns the
  * status, or -1 when nothing complete came back within wait_ms. */
 static int get_on(int fd, int wait_ms, char *thread, size_t cap) {
@@ -87,7 +79,7 @@ int main(void) {
   char threads[8][32];
   int served = 0;
   for (int i = 0; i < 8; i++) {
-    fds[i] = connect_to(url);
+    fds[i] = test_connect_timeout(url, 2);
     threads[i][0] = 0;
     if (fds[i] >= 0 && get_on(fds[i], 2000, threads[i], sizeof threads[i]) == 200) served++;
   }
@@ -105,7 +97,7 @@ int main(void) {
   /* one closes: the next connection goes to the loop that lost it */
   close(fds[2]);
   usleep(200000);
-  fds[2] = connect_to(url);
+  fds[2] = test_connect_timeout(url, 2);
   char th[32] = "";
   ok(fds[2] >= 0 && get_on(fds[2], 2000, th, sizeof th) == 200 && !strcmp(th, threads[2]),
      "after a close, a new connection fills the loop that has room");
@@ -119,12 +111,12 @@ int main(void) {
   int held[4];
   served = 0;
   for (int i = 0; i < 4; i++) {
-    held[i] = connect_to(url);
+    held[i] = test_connect_timeout(url, 2);
     char t[32];
     if (held[i] >= 0 && get_on(held[i], 2000, t, sizeof t) == 200) served++;
   }
   is_int(served, 4, "2 loops x max_connections 2: 4 connections served");
-  int fifth = connect_to(url); /* the kernel completes it into the backlog */
+  int fifth = test_connect_timeout(url, 2); /* the kernel completes it into the backlog */
   char t5[32] = "";
   ok(fifth >= 0, "a 5th connection is queued by the kernel");
   is_int(get_on(fifth, 300, t5, sizeof t5), -1, "the 5th gets no answer while all loops are full");
@@ -143,7 +135,7 @@ int main(void) {
   char saved[300];
   snprintf(saved, sizeof saved, "%s", url);
   dsys_server_stop(srv, 1000);
-  int late = connect_to(saved);
+  int late = test_connect_timeout(saved, 2);
   ok(late < 0, "after stop, connecting is refused");
   if (late >= 0) close(late);
   dsys_server_free(srv);

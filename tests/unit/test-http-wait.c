@@ -99,13 +99,6 @@ static void h_big(dsys_request *r, void *ud) {
   dsys_stream_end(r);
 }
 
-static int open_conn(const char *url) {
-  int fd = test_connect(url);
-  struct timeval tv = {.tv_sec = 5};
-  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
-
 static int send_all(int fd, const void *p, size_t n) {
   const char *c = p;
   while (n) {
@@ -161,7 +154,7 @@ typedef struct load {
 
 static void *load_main(void *arg) {
   load *ld = arg;
-  int fd = open_conn(ld->url);
+  int fd = test_connect_timeout(ld->url, 5);
   /* bounded: at most 100000 requests, each recv at most 5 s */
   for (int i = 0; i < 100000 && !atomic_load(&ld->stop); i++) {
     char body[64];
@@ -179,7 +172,7 @@ static char last_body[64];
 /* POSTs BIG bytes to /count; returns the status, the answer in last_body
  * and the time taken in *ms. */
 static int upload(const char *url, const char *big, int64_t *ms) {
-  int fd = open_conn(url);
+  int fd = test_connect_timeout(url, 5);
   char hdr[160];
   int hl = snprintf(hdr, sizeof hdr, "POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: %u\r\n\r\n", BIG);
   int64_t t0 = now_ms();
@@ -196,7 +189,7 @@ static int upload(const char *url, const char *big, int64_t *ms) {
  * included), the last 5 in tail and the time taken in *ms. buf holds BIG
  * bytes. */
 static size_t fetch(const char *url, const char *path, char *buf, char tail[5], int64_t *ms) {
-  int fd = open_conn(url);
+  int fd = test_connect_timeout(url, 5);
   char sreq[128];
   int sl = snprintf(sreq, sizeof sreq, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
   int64_t t0 = now_ms();
@@ -240,7 +233,7 @@ int main(void) {
   const char *url = dsys_server_url(srv, 0);
 
   char body[64];
-  int fd = open_conn(url);
+  int fd = test_connect_timeout(url, 5);
   int ok = 0;
   for (int i = 0; i < 20; i++) ok += get(fd, "/quick", body, sizeof body) == 200 && !strcmp(body, "quick");
   ok(ok == 20, "20 answers given 3 ms after the handler, one keep-alive connection (%d)", ok);
@@ -297,7 +290,7 @@ int main(void) {
 
   /* Headers larger than MHD's first read need another pass, which has no
    * new edge to wake the loop: the 1 ms bound applies. */
-  fd = open_conn(url);
+  fd = test_connect_timeout(url, 5);
   char *hreq = malloc(12000);
   int hn = snprintf(hreq, 12000, "GET /quick HTTP/1.1\r\nHost: x\r\nX-Big: %0*d\r\n\r\n", 10000, 7);
   int64_t t0 = now_ms();
@@ -323,7 +316,7 @@ int main(void) {
 
   /* While one request waits on its answer the loop does not spin: the
    * 80 ms one passes the wait and is suspended. */
-  fd = open_conn(url);
+  fd = test_connect_timeout(url, 5);
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
   st = get(fd, "/slow", body, sizeof body);
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
