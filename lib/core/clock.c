@@ -207,15 +207,9 @@ int dsys_timer_add(dsys_clock *clk, int64_t delay_us, dsys_timer_fn fn,
     }
     clk->thread_started = 1;
   }
-  if (clk->n == clk->cap) {
-    size_t cap = clk->cap ? clk->cap * 2 : 16;
-    timer_ent *h = realloc(clk->heap, cap * sizeof *h);
-    if (!h) {
-      pthread_mutex_unlock(&clk->mu);
-      return DSYS_ENOMEM;
-    }
-    clk->heap = h;
-    clk->cap = cap;
+  if (dsysi_grow(&clk->heap, &clk->cap, clk->n + 1, sizeof *clk->heap, 16)) {
+    pthread_mutex_unlock(&clk->mu);
+    return DSYS_ENOMEM;
   }
   int64_t now = clk->fake ? clk->fake_mono_us : dsys_clock_now_us(clk);
   timer_ent e = {.deadline = now + delay_us,

@@ -49,6 +49,13 @@ int dsysi_buf_vprintf(dsysi_buf *b, const char *fmt, va_list ap);
 char *dsysi_buf_steal(dsysi_buf *b, size_t *len);
 void dsysi_buf_free(dsysi_buf *b);
 
+/** Make room in a growable array for at least `need` elements of `elsize`
+ *  bytes. `arrp` is the address of the array pointer (any `T **`), `cap` its
+ *  capacity in elements. Capacity doubles from `first` (at least 1), so
+ *  appending one at a time stays amortised O(1). On failure (DSYS_ENOMEM,
+ *  also for a size that would overflow) the array and `cap` are unchanged. */
+int dsysi_grow(void *arrp, size_t *cap, size_t need, size_t elsize, size_t first);
+
 /** strdup that accepts NULL (returns NULL). */
 char *dsysi_strdup(const char *s);
 /** Copy of (s, n) with a trailing NUL. */

@@ -307,6 +307,26 @@ static int buf_reserve(dsysi_buf *b, size_t extra) {
   return 0;
 }
 
+int dsysi_grow(void *arrp, size_t *cap, size_t need, size_t elsize, size_t first) {
+  if (need <= *cap) return 0;
+  if (!elsize) return DSYS_EINVAL;
+  size_t nc = *cap ? *cap : first ? first : 1;
+  while (nc < need) {
+    if (nc > SIZE_MAX / 2) return DSYS_ENOMEM;
+    nc *= 2;
+  }
+  if (nc > SIZE_MAX / elsize) return DSYS_ENOMEM;
+  /* The pointer is copied in and out as bytes so one function serves every
+   * element type without casting T ** to void **. */
+  void *old;
+  memcpy(&old, arrp, sizeof old);
+  void *grown = realloc(old, nc * elsize);
+  if (!grown) return DSYS_ENOMEM;
+  memcpy(arrp, &grown, sizeof grown);
+  *cap = nc;
+  return 0;
+}
+
 int dsysi_buf_reserve(dsysi_buf *b, size_t n) {
   int rc = buf_reserve(b, n);
   if (!rc) b->data[b->len] = '\0';

@@ -155,15 +155,12 @@ int dsys_balancer_add(dsys_balancer *b, const char *id, uint32_t weight, void *u
              (b->policy == DSYS_LB_MAGLEV && b->n >= b->msize)) {
     rc = DSYS_ERANGE;
   } else {
-    if (b->n == b->cap) {
-      size_t cap = b->cap ? b->cap * 2 : 8;
-      ep *ne = realloc(b->eps, cap * sizeof *ne);
-      if (ne) b->eps = ne;
-      uint32_t *ns = ne ? realloc(b->scratch, cap * sizeof *ns) : NULL;
-      if (ns) b->scratch = ns;
-      if (!ne || !ns) rc = DSYS_ENOMEM;
-      else b->cap = cap;
-    }
+    /* Both arrays grow from the same capacity to the same new one; b->cap
+     * moves last, so a failure never leaves it above either array's size. */
+    size_t cap_scratch = b->cap;
+    if (dsysi_grow(&b->scratch, &cap_scratch, b->n + 1, sizeof *b->scratch, 8) ||
+        dsysi_grow(&b->eps, &b->cap, b->n + 1, sizeof *b->eps, 8))
+      rc = DSYS_ENOMEM;
     char *copy = rc ? NULL : strdup(id);
     if (!rc && !copy) rc = DSYS_ENOMEM;
     if (!rc) {

@@ -270,16 +270,7 @@ int dsys_health_add(dsys_health *h, const char *id, const char *url) {
     rc = DSYS_EEXIST;
     goto out;
   }
-  if (h->n == h->cap) {
-    size_t cap = h->cap ? h->cap * 2 : 8;
-    hep **ne = realloc(h->eps, cap * sizeof *ne);
-    if (!ne) {
-      rc = DSYS_ENOMEM;
-      goto out;
-    }
-    h->eps = ne;
-    h->cap = cap;
-  }
+  if ((rc = dsysi_grow(&h->eps, &h->cap, h->n + 1, sizeof *h->eps, 8))) goto out;
   hep *e = calloc(1, sizeof *e);
   if (e) {
     e->id = strdup(id);

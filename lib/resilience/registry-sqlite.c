@@ -214,29 +214,23 @@ static int read_rows(sqlite3_stmt *st, dsys_instance **out, size_t *n) {
   size_t nstrs = 0, capstrs = 0;
 #define KEEP(dst, col)                                                        \
   do {                                                                        \
-    if (nstrs == capstrs) {                                                   \
-      capstrs = capstrs ? capstrs * 2 : 64;                                   \
-      char **ns_ = realloc(strs, capstrs * sizeof *ns_);                      \
-      if (!ns_) { rc = DSYS_ENOMEM; goto done; }                              \
-      strs = ns_;                                                             \
+    if (dsysi_grow(&strs, &capstrs, nstrs + 1, sizeof *strs, 64)) {           \
+      rc = DSYS_ENOMEM;                                                       \
+      goto done;                                                              \
     }                                                                         \
     const char *t_ = (const char *)sqlite3_column_text(st, col);              \
     if (!(strs[nstrs] = strdup(t_ ? t_ : ""))) { rc = DSYS_ENOMEM; goto done; } \
     (dst) = strs[nstrs++];                                                    \
   } while (0)
   while ((sr = sqlite3_step(st)) == SQLITE_ROW) {
-    if (cnt == cap) {
-      cap = cap ? cap * 2 : 16;
-      dsys_instance *nv = realloc(v, cap * sizeof *nv);
-      if (nv) v = nv;
-      json_object **nt = nv ? realloc(tagobjs, cap * sizeof *nt) : NULL;
-      if (nt) tagobjs = nt;
-      const char ***ntv = nt ? realloc(tagv, cap * sizeof *ntv) : NULL;
-      if (ntv) tagv = ntv;
-      if (!nv || !nt || !ntv) {
-        rc = DSYS_ENOMEM;
-        goto done;
-      }
+    /* The three arrays grow from the same capacity to the same new one;
+     * cap moves last, so it never exceeds any array's size. */
+    size_t cap_t = cap, cap_tv = cap;
+    if (dsysi_grow(&tagobjs, &cap_t, cnt + 1, sizeof *tagobjs, 16) ||
+        dsysi_grow(&tagv, &cap_tv, cnt + 1, sizeof *tagv, 16) ||
+        dsysi_grow(&v, &cap, cnt + 1, sizeof *v, 16)) {
+      rc = DSYS_ENOMEM;
+      goto done;
     }
     dsys_instance *d = &v[cnt];
     memset(d, 0, sizeof *d);
@@ -326,16 +320,11 @@ static int expire_rule(sq_state *s, const char *select_sql, int64_t before, int 
   size_t n = 0, cap = 0;
   int sr;
   while ((sr = sqlite3_step(st)) == SQLITE_ROW && !rc) {
-    if (n == cap) {
-      cap = cap ? cap * 2 : 8;
-      char **ni = realloc(ids, cap * sizeof *ni);
-      if (ni) ids = ni;
-      char **nt = ni ? realloc(types, cap * sizeof *nt) : NULL;
-      if (nt) types = nt;
-      if (!ni || !nt) {
-        rc = DSYS_ENOMEM;
-        break;
-      }
+    size_t cap_types = cap; /* both arrays grow alike; cap moves last */
+    if (dsysi_grow(&types, &cap_types, n + 1, sizeof *types, 8) ||
+        dsysi_grow(&ids, &cap, n + 1, sizeof *ids, 8)) {
+      rc = DSYS_ENOMEM;
+      break;
     }
     ids[n] = strdup((const char *)sqlite3_column_text(st, 0));
     types[n] = strdup((const char *)sqlite3_column_text(st, 1));

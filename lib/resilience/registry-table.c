@@ -1,6 +1,8 @@
 /* In-memory instance table with a change log (see registry-table.h). */
 #include <stdlib.h>
 #include <string.h>
+#include <distsys/common.h>
+#include "core/internal.h"
 #include "resilience/registry-table.h"
 
 void dsysi_regtab_free(dsysi_regtab *t) {
@@ -46,15 +48,9 @@ int dsysi_regtab_record(dsysi_regtab *t, int kind, const char *id, const char *t
 int dsysi_regtab_upsert(dsysi_regtab *t, dsys_instance *copy) {
   int found;
   size_t pos = dsysi_regtab_lower(t, copy->id, &found);
-  if (!found && t->n == t->cap) {
-    size_t cap = t->cap ? t->cap * 2 : 16;
-    dsys_instance **nv = realloc(t->v, cap * sizeof *nv);
-    if (!nv) {
-      free(copy);
-      return DSYS_ENOMEM;
-    }
-    t->v = nv;
-    t->cap = cap;
+  if (!found && dsysi_grow(&t->v, &t->cap, t->n + 1, sizeof *t->v, 16)) {
+    free(copy);
+    return DSYS_ENOMEM;
   }
   int rc = dsysi_regtab_record(t, DSYS_REG_REGISTERED, copy->id, copy->type);
   if (rc) {

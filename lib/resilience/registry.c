@@ -237,15 +237,9 @@ typedef struct chglist {
 static void collect_cb(void *ctx, const dsys_registry_change *c) {
   chglist *l = ctx;
   if (l->oom) return;
-  if (l->n == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 16;
-    chg *nv = realloc(l->v, cap * sizeof *nv);
-    if (!nv) {
-      l->oom = 1;
-      return;
-    }
-    l->v = nv;
-    l->cap = cap;
+  if (dsysi_grow(&l->v, &l->cap, l->n + 1, sizeof *l->v, 16)) {
+    l->oom = 1;
+    return;
   }
   chg *d = &l->v[l->n];
   d->index = c->index;
@@ -321,15 +315,9 @@ int dsys_registry_watch(dsys_registry *r, dsys_registry_watch_fn fn, void *ud,
                         uint64_t *id) {
   if (!r || !fn) return DSYS_EINVAL;
   pthread_mutex_lock(&r->mu);
-  if (r->nw == r->capw) {
-    size_t cap = r->capw ? r->capw * 2 : 4;
-    watch *nw = realloc(r->w, cap * sizeof *nw);
-    if (!nw) {
-      pthread_mutex_unlock(&r->mu);
-      return DSYS_ENOMEM;
-    }
-    r->w = nw;
-    r->capw = cap;
+  if (dsysi_grow(&r->w, &r->capw, r->nw + 1, sizeof *r->w, 4)) {
+    pthread_mutex_unlock(&r->mu);
+    return DSYS_ENOMEM;
   }
   uint64_t cur = r->delivered;
   r->ops->index(r->st, &cur);

@@ -272,13 +272,7 @@ static uep *ep_new(dsys_upstream *u, const char *id, const char *url,
 static int add_locked(dsys_upstream *u, uep *e) {
   if (atomic_load(&u->closing)) return DSYS_ECLOSED;
   if (find_idx(u, e->id) != SIZE_MAX) return DSYS_EEXIST;
-  if (u->n == u->cap) {
-    size_t cap = u->cap ? u->cap * 2 : 8;
-    uep **ne = realloc(u->eps, cap * sizeof *ne);
-    if (!ne) return DSYS_ENOMEM;
-    u->eps = ne;
-    u->cap = cap;
-  }
+  if (dsysi_grow(&u->eps, &u->cap, u->n + 1, sizeof *u->eps, 8)) return DSYS_ENOMEM;
   int rc = dsys_balancer_add(u->bal, e->id, atomic_load(&e->weight), e);
   if (rc) return rc;
   if ((rc = dsys_health_add(u->health, e->id, e->url))) {

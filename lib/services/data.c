@@ -437,7 +437,7 @@ static void h_list(dsys_request *req, void *ud) {
     return;
   }
   dsys_item **all = NULL;
-  size_t nall = 0;
+  size_t nall = 0, capall = 0;
   char *next = NULL;
   int rc = 0;
   char *cur = cursor ? strdup(cursor) : NULL;
@@ -448,13 +448,11 @@ static void h_list(dsys_request *req, void *ud) {
     next = NULL;
     rc = dsys_store_list(d->store, sp, cur, limit, &items, &n, &next);
     if (rc) break;
-    dsys_item **grown = realloc(all, (nall + n + 1) * sizeof *all);
-    if (!grown) {
+    if (dsysi_grow(&all, &capall, nall + n + 1, sizeof *all, 64)) {
       dsys_item_list_free(items, n);
       rc = DSYS_ENOMEM;
       break;
     }
-    all = grown;
     memcpy(all + nall, items, n * sizeof *items);
     nall += n;
     free(items); /* the array only: the items moved to all */

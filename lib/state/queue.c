@@ -363,15 +363,9 @@ static void notify_work(dsys_queue *q) {
 
 int dsysi_queue_add_waiter(dsys_queue *q, dsysi_queue_wake_fn fn, void *ud) {
   pthread_mutex_lock(&q->mu);
-  if (q->nwaiters == q->capwaiters) {
-    size_t cap = q->capwaiters ? 2 * q->capwaiters : 4;
-    waiter *w = realloc(q->waiters, cap * sizeof *w);
-    if (!w) {
-      pthread_mutex_unlock(&q->mu);
-      return DSYS_ENOMEM;
-    }
-    q->waiters = w;
-    q->capwaiters = cap;
+  if (dsysi_grow(&q->waiters, &q->capwaiters, q->nwaiters + 1, sizeof *q->waiters, 4)) {
+    pthread_mutex_unlock(&q->mu);
+    return DSYS_ENOMEM;
   }
   q->waiters[q->nwaiters++] = (waiter){fn, ud};
   pthread_mutex_unlock(&q->mu);

@@ -119,16 +119,12 @@ static void purge_key(mem *m, const char *key, int64_t now) {
 }
 
 static int insert(mem *m, dsys_item *it) {
-  if (m->n == m->cap) {
-    size_t nc = m->cap ? m->cap * 2 : 16;
-    dsys_item **a = realloc(m->bykey, nc * sizeof *a);
-    if (!a) return DSYS_ENOMEM;
-    m->bykey = a;
-    a = realloc(m->byid, nc * sizeof *a);
-    if (!a) return DSYS_ENOMEM;
-    m->byid = a;
-    m->cap = nc;
-  }
+  /* Both arrays grow from the same capacity to the same new one; m->cap
+   * moves last, so a failure never leaves it above either array's size. */
+  size_t cap_id = m->cap;
+  if (dsysi_grow(&m->byid, &cap_id, m->n + 1, sizeof *m->byid, 16) ||
+      dsysi_grow(&m->bykey, &m->cap, m->n + 1, sizeof *m->bykey, 16))
+    return DSYS_ENOMEM;
   ptrdiff_t i = find_key(m, it->key);
   size_t at = (size_t)(-i - 1);
   memmove(&m->bykey[at + 1], &m->bykey[at], (m->n - at) * sizeof *m->bykey);

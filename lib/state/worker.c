@@ -206,13 +206,8 @@ static void renew_cb(void *p) {
 /* Caller holds w->mu. */
 static int push_outcome(dsys_worker *w, int kind, int64_t id, int64_t token,
                         const char *text, char *owned) {
-  if (w->done_n == w->done_cap) {
-    size_t cap = w->done_cap ? 2 * w->done_cap : 16;
-    outcome *d = realloc(w->done, cap * sizeof *d);
-    if (!d) return DSYS_ENOMEM;
-    w->done = d;
-    w->done_cap = cap;
-  }
+  if (dsysi_grow(&w->done, &w->done_cap, w->done_n + 1, sizeof *w->done, 16))
+    return DSYS_ENOMEM;
   w->done[w->done_n++] = (outcome){kind, id, token, text, owned};
   if (w->d_waiting) pthread_cond_signal(&w->dcv);
   return 0;
@@ -352,13 +347,7 @@ static void *dispatch_main(void *p) {
     if (want) w->hot = 0; /* a wake during the round sets it again */
     pthread_mutex_unlock(&w->mu);
 
-    if (n > qouts_cap) {
-      dsysi_qout *nq = realloc(qouts, n * sizeof *nq);
-      if (nq) {
-        qouts = nq;
-        qouts_cap = n;
-      }
-    }
+    (void)dsysi_grow(&qouts, &qouts_cap, n, sizeof *qouts, n); /* checked next */
     size_t nq = n <= qouts_cap ? n : 0;
     if (nq < n)
       dsysi_log(DSYS_LOG_WARN, "worker",

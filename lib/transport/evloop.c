@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <distsys/common.h>
+#include "core/internal.h"
 #include "transport/evloop.h"
 
 typedef struct ltimer {
@@ -154,13 +155,7 @@ static void t_down(ltimer *t, size_t n, size_t i) {
 
 uint64_t dsysi_loop_timer(dsysi_loop *l, int64_t delay_us, dsysi_loop_fn fn,
                           void *ud) {
-  if (l->nt == l->capt) {
-    size_t cap = l->capt ? l->capt * 2 : 64;
-    ltimer *t = realloc(l->t, cap * sizeof *t);
-    if (!t) return 0;
-    l->t = t;
-    l->capt = cap;
-  }
+  if (dsysi_grow(&l->t, &l->capt, l->nt + 1, sizeof *l->t, 64)) return 0;
   ltimer e = {.at = dsysi_loop_now_us() + (delay_us > 0 ? delay_us : 0),
               .id = l->next_id++, .fn = fn, .ud = ud};
   l->t[l->nt] = e;

@@ -59,20 +59,16 @@ void dsysi_arena_free(dsysi_arena *a) {
 
 int dsysi_hdrs_add(dsysi_hdrs *h, const char *name, size_t nlen,
                    const char *value, size_t vlen) {
+  if (h->n == h->cap && !h->ar &&
+      dsysi_grow(&h->v, &h->cap, h->n + 1, sizeof *h->v, 8))
+    return DSYS_ENOMEM;
   if (h->n == h->cap) {
-    dsysi_hdr *v;
-    size_t cap;
-    if (h->ar) {
-      /* Few headers is the rule: start small; the old array stays in the
-       * arena until the request ends. */
-      cap = h->cap ? h->cap * 2 : 4;
-      v = dsysi_arena_alloc(h->ar, cap * sizeof *v);
-      if (v && h->n) memcpy(v, h->v, h->n * sizeof *v);
-    } else {
-      cap = h->cap ? h->cap * 2 : 8;
-      v = realloc(h->v, cap * sizeof *v);
-    }
+    /* Few headers is the rule: start small; the old array stays in the
+     * arena until the request ends. */
+    size_t cap = h->cap ? h->cap * 2 : 4;
+    dsysi_hdr *v = dsysi_arena_alloc(h->ar, cap * sizeof *v);
     if (!v) return DSYS_ENOMEM;
+    if (h->n) memcpy(v, h->v, h->n * sizeof *v);
     h->v = v;
     h->cap = cap;
   }

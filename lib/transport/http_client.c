@@ -51,13 +51,7 @@ static curl_state *get_state(dsys_client *c) {
 }
 
 static int push(void ***arr, size_t *n, size_t *cap, void *v) {
-  if (*n == *cap) {
-    size_t nc = *cap ? *cap * 2 : 16;
-    void **na = realloc(*arr, nc * sizeof *na);
-    if (!na) return DSYS_ENOMEM;
-    *arr = na;
-    *cap = nc;
-  }
+  if (dsysi_grow(arr, cap, *n + 1, sizeof **arr, 16)) return DSYS_ENOMEM;
   (*arr)[(*n)++] = v;
   return 0;
 }

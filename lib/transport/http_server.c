@@ -640,15 +640,9 @@ static void add_queued(dsysi_loop *loop, void *ud) {
 
 static int hand_over(mhd_d *md, const handoff *h) {
   pthread_mutex_lock(&md->hmu);
-  if (md->hn == md->hcap) {
-    size_t cap = md->hcap ? 2 * md->hcap : 16;
-    handoff *q = realloc(md->hq, cap * sizeof *q);
-    if (!q) {
-      pthread_mutex_unlock(&md->hmu);
-      return DSYS_ENOMEM;
-    }
-    md->hq = q;
-    md->hcap = cap;
+  if (dsysi_grow(&md->hq, &md->hcap, md->hn + 1, sizeof *md->hq, 16)) {
+    pthread_mutex_unlock(&md->hmu);
+    return DSYS_ENOMEM;
   }
   int first = md->hn == 0; /* else a drain is already posted */
   md->hq[md->hn++] = *h;

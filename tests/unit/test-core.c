@@ -256,6 +256,39 @@ static void test_log(void) {
   }
 }
 
+/* The growable-array helper behind every append-one-at-a-time list. */
+static void test_grow(void) {
+  uint32_t *a = NULL;
+  size_t cap = 0, n = 0;
+  int fails = 0, moves = 0;
+  uint32_t *last = NULL;
+  for (uint32_t i = 0; i < 1000; i++) {
+    if (dsysi_grow(&a, &cap, n + 1, sizeof *a, 4)) fails++;
+    else a[n++] = i * 7;
+    if (a != last) moves++;
+    last = a;
+  }
+  int intact = n == 1000;
+  for (size_t i = 0; intact && i < n; i++) intact = a[i] == i * 7;
+  ok(!fails && intact, "1000 appends keep every element (%d failures)", fails);
+  ok(cap == 1024 && moves <= 9, "capacity doubles from the first size: %zu, %d moves", cap,
+     moves);
+  ok(dsysi_grow(&a, &cap, 10, sizeof *a, 4) == 0 && cap == 1024,
+     "a need within the capacity changes nothing");
+  uint32_t *before = a;
+  ok(dsysi_grow(&a, &cap, SIZE_MAX / 2, sizeof *a, 4) == DSYS_ENOMEM && a == before &&
+         cap == 1024 && a[999] == 999 * 7,
+     "a size that overflows is DSYS_ENOMEM and leaves the array as it was");
+  free(a);
+  char **s = NULL;
+  size_t scap = 0;
+  int rc = dsysi_grow(&s, &scap, 3, sizeof *s, 0);
+  ok(rc == 0 && scap == 4 && s, "first size 0 starts at 1 and doubles to the need: %zu", scap);
+  ok(dsysi_grow(&s, &scap, SIZE_MAX / 4 + 1, sizeof *s, 0) == DSYS_ENOMEM && scap == 4,
+     "a count whose byte size overflows is DSYS_ENOMEM");
+  free(s);
+}
+
 int main(void) {
   test_errors();
   test_base64url();
@@ -265,5 +298,6 @@ int main(void) {
   test_config();
   test_json();
   test_log();
+  test_grow();
   return tap_done();
 }
