@@ -121,7 +121,8 @@ EXTRA_DIST += tests/integration/gateway-tls.test
 # data/compute/auth JSON handlers, each replayed by make check like h1.
 check_PROGRAMS += tests/fuzz/fuzz-router-check tests/fuzz/fuzz-jwt-check \
 	tests/fuzz/fuzz-services-check
-tests_fuzz_fuzz_router_check_SOURCES = tests/fuzz/fuzz-router.c tests/fuzz/driver.c
+tests_fuzz_fuzz_router_check_SOURCES = tests/fuzz/fuzz-router.c tests/fuzz/driver.c \
+	tests/fuzz/fuzz-lines.h
 tests_fuzz_fuzz_router_check_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_fuzz_fuzz_router_check_CFLAGS = $(TEST_CFLAGS)
 tests_fuzz_fuzz_router_check_LDADD = $(TEST_LIBS)
@@ -172,7 +173,8 @@ fuzz-lib-targets: export LSAN_OPTIONS = suppressions=$(abs_top_srcdir)/tests/fuz
 # The gateway edge's request checks (path tricks, framing), through a whole
 # gateway on inproc:// (the checks are static functions of gateway.c).
 check_PROGRAMS += tests/fuzz/fuzz-gateway-check
-tests_fuzz_fuzz_gateway_check_SOURCES = tests/fuzz/fuzz-gateway.c tests/fuzz/driver.c
+tests_fuzz_fuzz_gateway_check_SOURCES = tests/fuzz/fuzz-gateway.c tests/fuzz/driver.c \
+	tests/fuzz/fuzz-lines.h
 tests_fuzz_fuzz_gateway_check_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_fuzz_fuzz_gateway_check_CFLAGS = $(TEST_CFLAGS)
 tests_fuzz_fuzz_gateway_check_LDADD = $(TEST_LIBS)

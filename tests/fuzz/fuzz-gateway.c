@@ -17,6 +17,7 @@
 #include <strings.h>
 #include <distsys/distsys.h>
 #include <distsys/gateway.h>
+#include "fuzz-lines.h"
 
 static dsys_server *backend_, *front_;
 static dsys_gateway *gw_;
@@ -88,17 +89,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     atexit(finish);
   }
   if (size > 4096) return 0;
-  char *in = malloc(size + 1);
-  memcpy(in, data, size);
-  in[size] = '\0';
-  char *f[6] = {0};
-  char *p = in;
-  for (int i = 0; i < 6 && p; i++) {
-    f[i] = p;
-    char *nl = strchr(p, '\n');
-    if (nl) *nl = '\0';
-    p = nl ? nl + 1 : NULL;
-  }
+  char *f[6];
+  char *in = fuzz_lines(data, size, f, 6);
+  if (!in) return 0;
   dsys_header h[4];
   size_t nh = 0;
   int te = 0, ncl = 0, cl_differ = 0;

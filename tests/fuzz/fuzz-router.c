@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/distsys.h>
+#include "fuzz-lines.h"
 
 static dsys_server *srv_;
 static dsys_client *cli_;
@@ -63,17 +64,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     atexit(finish);
   }
   if (size > 4096) return 0;
-  char *in = malloc(size + 1);
-  memcpy(in, data, size);
-  in[size] = '\0';
-  char *f[4] = {NULL, NULL, NULL, NULL};
-  char *p = in;
-  for (int i = 0; i < 4 && p; i++) {
-    f[i] = p;
-    char *nl = strchr(p, '\n');
-    if (nl) *nl = '\0';
-    p = nl ? nl + 1 : NULL;
-  }
+  char *f[4];
+  char *in = fuzz_lines(data, size, f, 4);
+  if (!in) return 0;
   dsys_header h[2];
   size_t nh = 0;
   if (f[2]) h[nh++] = (dsys_header){"X-Request-Id", f[2]};
