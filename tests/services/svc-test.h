@@ -145,4 +145,38 @@ __attribute__((unused)) static void run_parallel(int n, void (*fn)(int, void *),
   for (int i = 0; i < n && i < 64; i++) pthread_join(t[i], NULL);
 }
 
+/* A race of two instances over one new resource: each round, two threads
+ * make the same creating call at once, thread i through fn(round, i)
+ * (which picks the instance). */
+typedef resp *(*race_call)(int round, int i);
+typedef struct race {
+  race_call fn;
+  int round;
+  atomic_int c201, c409, other;
+} race;
+
+static void race_one(int i, void *ud) {
+  race *r = ud;
+  resp *x = r->fn(r->round, i);
+  if (x->status == 201) atomic_fetch_add(&r->c201, 1);
+  else if (x->status == 409) atomic_fetch_add(&r->c409, 1);
+  else atomic_fetch_add(&r->other, 1);
+  resp_free(x);
+}
+
+/* Runs `rounds` races; returns how many ended with exactly one 201 and one
+ * 409, and stores in *others how many replies were neither. */
+__attribute__((unused)) static int race_create(int rounds, race_call fn, int *others) {
+  race r = {.fn = fn};
+  int good = 0;
+  for (r.round = 0; r.round < rounds; r.round++) {
+    atomic_store(&r.c201, 0);
+    atomic_store(&r.c409, 0);
+    run_parallel(2, race_one, &r);
+    if (atomic_load(&r.c201) == 1 && atomic_load(&r.c409) == 1) good++;
+  }
+  *others = atomic_load(&r.other);
+  return good;
+}
+
 #endif
