@@ -12,7 +12,7 @@ enum { SRC_UNSET = 0, SRC_DEFAULT, SRC_ENV, SRC_FLAG };
 typedef struct opt_val {
   int source;
   char **vals; /* owned copies; lists keep every flag occurrence */
-  size_t n;
+  size_t n, cap;
 } opt_val;
 
 struct dsys_config {
@@ -20,14 +20,12 @@ struct dsys_config {
   size_t nopts;
   opt_val *v;
   char **pos;
-  size_t npos;
+  size_t npos, cappos;
 };
 
 static int add_val(opt_val *v, const char *s) {
-  char **nv = realloc(v->vals, (v->n + 1) * sizeof *nv);
-  if (!nv) return DSYS_ENOMEM;
-  v->vals = nv;
-  if (!(nv[v->n] = strdup(s))) return DSYS_ENOMEM;
+  if (dsysi_grow(&v->vals, &v->cap, v->n + 1, sizeof *v->vals, 4)) return DSYS_ENOMEM;
+  if (!(v->vals[v->n] = strdup(s))) return DSYS_ENOMEM;
   v->n++;
   return 0;
 }
@@ -36,7 +34,7 @@ static void clear_val(opt_val *v) {
   for (size_t i = 0; i < v->n; i++) free(v->vals[i]);
   free(v->vals);
   v->vals = NULL;
-  v->n = 0;
+  v->n = v->cap = 0;
 }
 
 static int parse_bool(const char *s, int *out) {
@@ -125,10 +123,8 @@ int dsys_config_parse(dsys_config **out, const dsys_option *opts, size_t nopts,
         only_pos = 1;
         continue;
       }
-      char **np = realloc(c->pos, (c->npos + 1) * sizeof *np);
-      if (!np) goto oom;
-      c->pos = np;
-      if (!(np[c->npos] = strdup(arg))) goto oom;
+      if (dsysi_grow(&c->pos, &c->cappos, c->npos + 1, sizeof *c->pos, 4)) goto oom;
+      if (!(c->pos[c->npos] = strdup(arg))) goto oom;
       c->npos++;
       continue;
     }

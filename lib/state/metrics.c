@@ -70,11 +70,11 @@ struct dsys_metrics {
   pthread_mutex_t render_mu; /* one render (and its hooks) at a time */
   family *families, *last;
   hookent *hooks;
-  size_t nhooks;
+  size_t nhooks, caphooks;
   helper *helpers;
   /* instrumented servers, for the in-flight gauge */
   dsys_server **servers;
-  size_t nservers;
+  size_t nservers, capservers;
   dsys_gauge *inflight;
 };
 
@@ -219,14 +219,12 @@ int dsys_metrics_on_collect(dsys_metrics *r, dsys_metrics_collect_fn fn,
                             void *ud) {
   if (!r || !fn) return DSYS_EINVAL;
   pthread_mutex_lock(&r->mu);
-  hookent *h = realloc(r->hooks, (r->nhooks + 1) * sizeof *h);
-  if (!h) {
+  if (dsysi_grow(&r->hooks, &r->caphooks, r->nhooks + 1, sizeof *r->hooks, 4)) {
     pthread_mutex_unlock(&r->mu);
     return DSYS_ENOMEM;
   }
-  r->hooks = h;
-  h[r->nhooks].fn = fn;
-  h[r->nhooks].ud = ud;
+  r->hooks[r->nhooks].fn = fn;
+  r->hooks[r->nhooks].ud = ud;
   r->nhooks++;
   pthread_mutex_unlock(&r->mu);
   return 0;
@@ -654,11 +652,10 @@ int dsys_server_metrics(dsys_server *srv, dsys_metrics *r) {
   int first = 0;
   int rc = 0;
   pthread_mutex_lock(&r->mu);
-  dsys_server **ns = realloc(r->servers, (r->nservers + 1) * sizeof *ns);
-  if (ns) r->servers = ns;
+  if (dsysi_grow(&r->servers, &r->capservers, r->nservers + 1, sizeof *r->servers, 4))
+    rc = DSYS_ENOMEM;
   first = r->nservers == 0;
   pthread_mutex_unlock(&r->mu);
-  if (!ns) rc = DSYS_ENOMEM;
   if (!rc && first && !r->inflight)
     rc = dsys_metrics_gauge(r, "dsys_http_requests_in_flight",
                             "HTTP requests received and not yet finished.", NULL,

@@ -58,9 +58,9 @@ struct dsys_server {
   char *name;
   char *tls[3]; /* copies of tls_cert_file, tls_key_file, tls_client_ca_file */
   route *routes;
-  size_t nroutes;
+  size_t nroutes, caproutes;
   hook *hooks;
-  size_t nhooks;
+  size_t nhooks, caphooks;
   listener ls[MAX_LISTENERS];
   size_t nls;
   pthread_mutex_t mu;
@@ -188,9 +188,8 @@ int dsys_server_route(dsys_server *s, const char *method, const char *pattern,
     }
     if (segs[i][0] == ':' && lens[i] == 1) return DSYS_EINVAL;
   }
-  route *nr = realloc(s->routes, (s->nroutes + 1) * sizeof *nr);
-  if (!nr) return DSYS_ENOMEM;
-  s->routes = nr;
+  if (dsysi_grow(&s->routes, &s->caproutes, s->nroutes + 1, sizeof *s->routes, 8))
+    return DSYS_ENOMEM;
   r.method = strdup(method);
   r.pattern = strdup(pattern);
   r.segs = calloc(n ? n : 1, sizeof *r.segs);
@@ -216,9 +215,8 @@ oom:
 int dsys_server_use(dsys_server *s, dsys_hook_fn fn, void *ud) {
   if (!s || !fn) return DSYS_EINVAL;
   if (s->listening) return DSYS_ESTATE;
-  hook *h = realloc(s->hooks, (s->nhooks + 1) * sizeof *h);
-  if (!h) return DSYS_ENOMEM;
-  s->hooks = h;
+  if (dsysi_grow(&s->hooks, &s->caphooks, s->nhooks + 1, sizeof *s->hooks, 4))
+    return DSYS_ENOMEM;
   s->hooks[s->nhooks].fn = fn;
   s->hooks[s->nhooks].ud = ud;
   s->nhooks++;

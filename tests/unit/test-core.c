@@ -179,6 +179,16 @@ static void test_config(void) {
   is_str(dsys_config_positional(c, 1), "--not-a-flag", "after --");
   dsys_config_free(c);
 
+  /* Each repeat of a non-list flag clears the value before storing the
+   * new one (and the list storage is reused). */
+  char *argv6[] = {"prog", "--threads=2", "--threads=3", "--threads=5"};
+  is_int(dsys_config_parse(&c, opts, 4, 4, argv6, err, sizeof err), 0, "repeated flag (%s)", err);
+  th = 0;
+  int got = dsys_config_get_int(c, "threads", &th);
+  ok(got == 0 && th == 5 && dsys_config_count(c, "threads") == 1,
+     "repeating a non-list flag keeps the last value: %lld", (long long)th);
+  dsys_config_free(c);
+
   char *argv3[] = {"prog", "--nope"};
   is_int(dsys_config_parse(&c, opts, 4, 2, argv3, err, sizeof err), DSYS_EINVAL, "unknown flag");
   ok(strstr(err, "--nope") != NULL, "message names the flag: %s", err);
