@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -21,6 +22,24 @@ typedef struct resp {
 } resp;
 
 static dsys_client *cli_;
+
+/* One service instance's server, named `name`; `access_log` as in
+ * dsys_server_options. */
+__attribute__((unused)) static dsys_server *svc_server(const char *name, int access_log) {
+  dsys_server_options so = {.size = sizeof so, .name = name, .access_log = access_log};
+  dsys_server *srv = NULL;
+  if (dsys_server_new(&srv, &so)) tap_bail("server %s", name);
+  return srv;
+}
+
+/* After the service's mount call returned mount_rc: listen on
+ * inproc://NAME and store that URL in url (n bytes). */
+__attribute__((unused)) static void svc_listen(dsys_server *srv, int mount_rc, const char *name,
+                                               char *url, size_t n) {
+  if (mount_rc) tap_bail("mount %s: %s", name, dsys_strerror(mount_rc));
+  snprintf(url, n, "inproc://%s", name);
+  if (dsys_server_listen(srv, url)) tap_bail("listen %s", url);
+}
 
 static void resp_free(resp *r) {
   if (!r) return;

@@ -29,14 +29,11 @@ static void inst_start(inst *I, const char *name, dsys_clock *clk) {
   snprintf(url, sizeof url, "sqlite://%s", db_);
   dsys_store_options so = {.size = sizeof so, .clock = clk};
   if (dsys_store_open(&I->st, url, &so)) tap_bail("store open");
-  dsys_server_options sv = {.size = sizeof sv, .name = name};
-  if (dsys_server_new(&I->srv, &sv)) tap_bail("server");
+  I->srv = svc_server(name, 0);
   dsys_auth_options o = {.size = sizeof o, .store = I->st, .clock = clk,
                          .token_secret = SECRET, .token_secret_len = strlen(SECRET)};
-  int rc = dsys_service_auth_mount(I->srv, &o, &I->svc);
-  if (rc) tap_bail("mount: %s", dsys_strerror(rc));
-  snprintf(I->url, sizeof I->url, "inproc://%s", name);
-  if (dsys_server_listen(I->srv, I->url)) tap_bail("listen");
+  svc_listen(I->srv, dsys_service_auth_mount(I->srv, &o, &I->svc), name, I->url,
+             sizeof I->url);
 }
 
 static void inst_stop(inst *I) {

@@ -22,14 +22,11 @@ static void inst_start(inst *I, const char *name, int workers) {
   char url[400];
   snprintf(url, sizeof url, "sqlite://%s", db_);
   if (dsys_queue_open(&I->q, url, NULL)) tap_bail("queue open");
-  dsys_server_options so = {.size = sizeof so, .name = name};
-  if (dsys_server_new(&I->srv, &so)) tap_bail("server");
+  I->srv = svc_server(name, 0);
   dsys_compute_options o = {.size = sizeof o, .queue = I->q, .workers = 2,
                             .no_workers = !workers, .worker_poll_ms = 20};
-  int rc = dsys_service_compute_mount(I->srv, &o, &I->svc);
-  if (rc) tap_bail("mount: %s", dsys_strerror(rc));
-  snprintf(I->url, sizeof I->url, "inproc://%s", name);
-  if (dsys_server_listen(I->srv, I->url)) tap_bail("listen");
+  svc_listen(I->srv, dsys_service_compute_mount(I->srv, &o, &I->svc), name, I->url,
+             sizeof I->url);
 }
 
 static void inst_stop(inst *I) {

@@ -19,13 +19,10 @@ static void inst_start(inst *I, const char *name, int no_seed) {
   char url[400];
   snprintf(url, sizeof url, "sqlite://%s", db_);
   if (dsys_store_open(&I->st, url, NULL)) tap_bail("store open");
-  dsys_server_options so = {.size = sizeof so, .name = name};
-  if (dsys_server_new(&I->srv, &so)) tap_bail("server");
+  I->srv = svc_server(name, 0);
   dsys_data_options o = {.size = sizeof o, .store = I->st, .no_seed = no_seed};
-  int rc = dsys_service_data_mount(I->srv, &o, &I->svc);
-  if (rc) tap_bail("mount: %s", dsys_strerror(rc));
-  snprintf(I->url, sizeof I->url, "inproc://%s", name);
-  if (dsys_server_listen(I->srv, I->url)) tap_bail("listen");
+  svc_listen(I->srv, dsys_service_data_mount(I->srv, &o, &I->svc), name, I->url,
+             sizeof I->url);
 }
 
 static void inst_stop(inst *I) {

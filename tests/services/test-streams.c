@@ -144,14 +144,12 @@ static void cinst_start(cinst *I, const char *name, int workers) {
   char url[400];
   snprintf(url, sizeof url, "sqlite://%s/q.sqlite", db_);
   if (dsys_queue_open(&I->q, url, NULL)) tap_bail("queue open");
-  dsys_server_options so = {.size = sizeof so, .name = name, .access_log = 1};
-  if (dsys_server_new(&I->srv, &so)) tap_bail("server");
+  I->srv = svc_server(name, 1);
   dsys_compute_options o = {.size = sizeof o, .queue = I->q, .workers = 2, .name = name,
                             .no_workers = !workers, .worker_poll_ms = 20,
                             .events_poll_ms = 50};
-  if (dsys_service_compute_mount(I->srv, &o, &I->svc)) tap_bail("compute mount");
-  snprintf(I->url, sizeof I->url, "inproc://%s", name);
-  if (dsys_server_listen(I->srv, I->url)) tap_bail("listen");
+  svc_listen(I->srv, dsys_service_compute_mount(I->srv, &o, &I->svc), name, I->url,
+             sizeof I->url);
   if (dsys_server_listen(I->srv, "http://127.0.0.1:0")) tap_bail("listen http");
 }
 static void cinst_stop(cinst *I) {
@@ -358,13 +356,11 @@ static void dinst_start(dinst *I, const char *name) {
   char url[400];
   snprintf(url, sizeof url, "sqlite://%s/d.sqlite", db_);
   if (dsys_store_open(&I->store, url, NULL)) tap_bail("store open");
-  dsys_server_options so = {.size = sizeof so, .name = name};
-  if (dsys_server_new(&I->srv, &so)) tap_bail("server");
+  I->srv = svc_server(name, 0);
   dsys_data_options o = {.size = sizeof o, .store = I->store, .name = name,
                          .events_poll_ms = 50};
-  if (dsys_service_data_mount(I->srv, &o, &I->svc)) tap_bail("data mount");
-  snprintf(I->url, sizeof I->url, "inproc://%s", name);
-  if (dsys_server_listen(I->srv, I->url)) tap_bail("listen");
+  svc_listen(I->srv, dsys_service_data_mount(I->srv, &o, &I->svc), name, I->url,
+             sizeof I->url);
 }
 static void dinst_stop(dinst *I) {
   dsys_server_stop(I->srv, 2000);
