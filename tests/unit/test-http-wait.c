@@ -7,7 +7,8 @@
  * sleeps up to 1 ms instead, unless the tick moved body or stream data.
  *
  * Checks: answers that come within the wait, after it (the connection is
- * then suspended and resumed) and for pipelined requests; while other
+ * then suspended and resumed), for pipelined requests and with bodies of
+ * several socket writes in a row on one connection; while other
  * requests keep waiting on the same loop, a 32 MiB upload, a 32 MiB
  * streamed answer and one from a single buffer go at full speed, about
  * 50 ms each here (without the "busy" rule in mhd_timeout the first two
@@ -67,6 +68,21 @@ static void h_later(dsys_request *r, void *ud) {
   *p = (pending){r, ud};
   dsys_request_defer(r);
   dsys_timer_add(clk, p->l->after_us, answer, p, NULL);
+}
+
+/* A 1 MiB answer given from the timer thread 3 ms after the handler,
+ * while its connection waits unsuspended: more than one socket write. */
+#define LATER_BIG (1u << 20)
+static char later_big[LATER_BIG];
+
+static void answer_big(void *ud) {
+  dsys_respond(ud, 200, "application/octet-stream", later_big, LATER_BIG);
+}
+
+static void h_later_big(dsys_request *r, void *ud) {
+  (void)ud;
+  dsys_request_defer(r);
+  dsys_timer_add(clk, 3000, answer_big, r, NULL);
 }
 
 /* Answers with the body's length. */
@@ -229,6 +245,8 @@ int main(void) {
   dsys_server_route(srv, "POST", "/count", h_count, NULL);
   dsys_server_route(srv, "GET", "/big", h_big, NULL);
   dsys_server_route(srv, "GET", "/bigbuf", h_bigbuf, NULL);
+  dsys_server_route(srv, "GET", "/laterbig", h_later_big, NULL);
+  for (size_t i = 0; i < LATER_BIG; i++) later_big[i] = (char)('a' + i % 23);
   if (dsys_server_listen(srv, "http://127.0.0.1:0")) tap_bail("listen");
   const char *url = dsys_server_url(srv, 0);
 
@@ -245,6 +263,20 @@ int main(void) {
   int s1 = read_response(fd, b1, sizeof b1), s2 = read_response(fd, b2, sizeof b2);
   ok(s1 == 200 && !strcmp(b1, "quick") && s2 == 200 && !strcmp(b2, "slow"),
          "two pipelined requests are answered in order (%s, %s)", b1, b2);
+  /* Later answers with a body the size of several socket writes, in a
+   * row on the same connection: each whole and in order. */
+  char *lb = malloc(LATER_BIG + 1);
+  if (!lb) tap_bail("out of memory");
+  int lb_ok = 0;
+  for (int i = 0; i < 3; i++) {
+    memset(lb, 0, LATER_BIG + 1);
+    /* read_response wants room for the body and its NUL */
+    lb_ok += get(fd, "/laterbig", lb, LATER_BIG + 1) == 200 && !memcmp(lb, later_big, LATER_BIG);
+  }
+  ok(lb_ok == 3, "three 1 MiB answers given 3 ms later arrive whole on one connection (%d)", lb_ok);
+  ok(get(fd, "/quick", body, sizeof body) == 200 && !strcmp(body, "quick"),
+     "the connection serves the next request after them");
+  free(lb);
   close(fd);
 
   /* The same transfers alone first: the pace to compare with (sanitizer
