@@ -5,7 +5,7 @@ bench_bench_server_SOURCES = bench/bench-server.c
 bench_bench_server_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS)
 bench_bench_server_LDADD = libdistsys.la $(MHD_LIBS)
 EXTRA_DIST += bench/run-transport
-EXTRA_DIST += bench/run-gateway bench/ab-gateway bench/proxy-common.sh
+EXTRA_DIST += bench/run-gateway bench/ab-gateway bench/proxy-common.sh bench/read-gap
 EXTRA_DIST += bench/run-fullstack bench/run-all
 EXTRA_DIST += bench/python-memory.py
 # Service identity: issue, first verify, cached verify.
