@@ -20,6 +20,18 @@ start_backends() {
   B1=$1; B2=$2; B3=$3
 }
 
+# dsys-gatewayd in front of B1..B3 with THREADS loops (default 2): binary
+# $1 (default the build's), libdistsys from directory $2 if given. Sets
+# GPID and G; prints the gateway's log and fails if it does not start.
+start_gateway() {
+  rm -f "$tmp/gw" # else url_of may read a previous gateway's address
+  env LD_LIBRARY_PATH="${2:-${LD_LIBRARY_PATH:-}}" "${1:-$bld/daemons/dsys-gatewayd}" \
+    --listen http://127.0.0.1:0 --loops "${THREADS:-2}" --upstream "bench=$B1,$B2,$B3" \
+    --route /=bench --log-format text > "$tmp/gw" 2>"$tmp/gw.log" & GPID=$!; pids="$pids $GPID"
+  G=$(url_of "$tmp/gw")
+  [ -n "$G" ] || { echo "the gateway did not start"; cat "$tmp/gw.log"; return 1; }
+}
+
 # HAProxy in front of B1..B3 on port $1, THREADS threads (default 2):
 # sets HPID and H.
 start_haproxy() {

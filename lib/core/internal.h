@@ -53,7 +53,8 @@ void dsysi_buf_free(dsysi_buf *b);
  *  bytes. `arrp` is the address of the array pointer (any `T **`), `cap` its
  *  capacity in elements. Capacity doubles from `first` (at least 1), so
  *  appending one at a time stays amortised O(1). On failure (DSYS_ENOMEM,
- *  also for a size that would overflow) the array and `cap` are unchanged. */
+ *  also for a size that would overflow; DSYS_EINVAL for elsize 0) the array
+ *  and `cap` are unchanged. */
 int dsysi_grow(void *arrp, size_t *cap, size_t need, size_t elsize, size_t first);
 
 /** strdup that accepts NULL (returns NULL). */

@@ -272,7 +272,6 @@ void dsysi_lock_wake(dsysi_lock *l) {
   syscall(SYS_futex, &l->v, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-
 unsigned dsysi_ncpu(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? (unsigned)n : 1;

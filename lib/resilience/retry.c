@@ -90,7 +90,6 @@ void dsys_retry_free(dsys_retry *r) {
   free(r);
 }
 
-/* Hold mu. Drops buckets older than the window. */
 static int64_t now_sec(dsys_retry *r) { return dsys_clock_now_ms(r->clk) / 1000; }
 
 /* Hold mu. The bucket of second sec, emptied if it held an older one. */
