@@ -384,6 +384,13 @@ static int64_t job_delay_ms(json_object *data) {
   return v < 0 || v > 60000 ? -1 : v;
 }
 
+/* A job's id as the API gives it: a decimal string ("jobId"). */
+static void add_job_id(json_object *o, long long id) {
+  char ids[24];
+  snprintf(ids, sizeof ids, "%lld", id);
+  json_object_object_add(o, "jobId", json_object_new_string(ids));
+}
+
 static void h_submit(dsys_request *req, void *ud) {
   dsys_compute_service *c = ud;
   json_object *b;
@@ -426,12 +433,10 @@ static void h_submit(dsys_request *req, void *ud) {
       } else if (rc) {
         dsysi_respond_err(req, 500, dsys_err_name(rc), "Could not queue the job");
       } else {
-        char ids[24];
-        snprintf(ids, sizeof ids, "%lld", (long long)id);
         json_object *o = json_object_new_object();
         json_object_object_add(o, "message",
                                json_object_new_string("Job submitted successfully"));
-        json_object_object_add(o, "jobId", json_object_new_string(ids));
+        add_job_id(o, (long long)id);
         json_object_object_add(o, "status", json_object_new_string("pending"));
         dsysi_respond_obj(req, 202, o);
       }
@@ -493,12 +498,11 @@ static dsys_job *job_of_request(dsys_compute_service *c, dsys_request *req,
 
 static void h_job(dsys_request *req, void *ud) {
   dsys_compute_service *c = ud;
-  const char *ids = dsys_request_param(req, "id");
   dsys_job *j = job_of_request(c, req, NULL);
   if (j) {
     json_object *p = parse_or_null(j->payload), *v;
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "jobId", json_object_new_string(ids));
+    add_job_id(o, (long long)j->id);
     json_object_object_add(o, "type", json_object_get(
         json_object_object_get_ex(p, "type", &v) ? v : NULL));
     json_object_object_add(o, "status", json_object_new_string(api_state(j->state)));
@@ -550,10 +554,8 @@ static void h_stats(dsys_request *req, void *ud) {
  * filter matches on that prefix). Publish with c->wmu held. */
 static void publish_job(dsys_compute_service *c, const char *name, const dsys_job *j,
                         int state, int32_t progress, const char *msg) {
-  char ids[24];
-  snprintf(ids, sizeof ids, "%lld", (long long)j->id);
   json_object *o = json_object_new_object();
-  json_object_object_add(o, "jobId", json_object_new_string(ids));
+  add_job_id(o, (long long)j->id);
   json_object_object_add(o, "status", json_object_new_string(api_state(state)));
   json_object_object_add(o, "progress", json_object_new_int(progress));
   if (!strcmp(name, "job-progress")) {
@@ -689,10 +691,8 @@ static void job_open(dsys_sse_stream *st, dsys_request *req, void *ud) {
     int k = fin ? 1 - step : step; /* 0: job-state, 1: job-progress */
     const char *name = k == 0 ? "job-state" : "job-progress";
     if (k == 1 && j->progress <= 0) continue;
-    char ids[24];
-    snprintf(ids, sizeof ids, "%lld", (long long)j->id);
     json_object *o = json_object_new_object();
-    json_object_object_add(o, "jobId", json_object_new_string(ids));
+    add_job_id(o, (long long)j->id);
     json_object_object_add(o, "status", json_object_new_string(api_state(j->state)));
     json_object_object_add(o, "progress", json_object_new_int(j->progress));
     if (k == 1) {
@@ -799,11 +799,10 @@ static int run_job_inner(dsys_compute_service *c, dsys_job_ctx *ctx, const dsys_
 static void job_log(dsys_compute_service *c, int level, const dsys_job *job, const char *trace,
                     const char *what) {
   if (!dsysi_log_enabled(level)) return;
-  char msg[96], ids[24];
-  snprintf(ids, sizeof ids, "%lld", (long long)job->id);
-  snprintf(msg, sizeof msg, "job %s %s", ids, what);
+  char msg[96];
+  snprintf(msg, sizeof msg, "job %lld %s", (long long)job->id, what);
   json_object *f = json_object_new_object();
-  json_object_object_add(f, "jobId", json_object_new_string(ids));
+  add_job_id(f, (long long)job->id);
   json_object_object_add(f, "traceId", trace ? json_object_new_string(trace) : NULL);
   json_object_object_add(f, "attempt", json_object_new_int(job->attempts));
   dsysi_log_fields(level, c->svc.name, msg, f);

@@ -237,6 +237,13 @@ static void test_jobs(void) {
          ji(r, "attempts") == 1 && jget(r->j, "result") == NULL,
      "a failing job: status failed with its error: %s", r->body);
   resp_free(r);
+  /* The id as the job has it, not as the path spelled it. */
+  char path0[64];
+  snprintf(path0, sizeof path0, "/api/compute/job/00%s", id);
+  r = call(A.url, "GET", path0, NULL);
+  ok(r->status == 200 && !strcmp(js(r, "jobId"), id), "GET %s: jobId %s: %s", path0, id,
+     r->body);
+  resp_free(r);
   /* A job of another queue is not a compute job. */
   dsys_queue_submit(A.q, "other", "{}", NULL, &jid, NULL);
   char path[64];
