@@ -69,18 +69,33 @@ static int fail(const char *msg, const char *arg) {
   return 2;
 }
 
-/* "NAME=URL,URL" -> the gateway; or from the registry when no URL. */
-static int add_upstream(dsys_gateway *gw, const char *spec, const char *policy) {
+/* At most this many URLs in one --upstream (a longer list is refused,
+ * never cut short). */
+#define MAX_URLS 64
+
+/* "NAME=URL,URL" -> the gateway. On failure, why (for the error line). */
+static int add_upstream(dsys_gateway *gw, const char *spec, const char *policy,
+                        const char **why) {
+  *why = "want NAME=URL,URL,...";
   const char *eq = strchr(spec, '=');
   if (!eq || eq == spec || !eq[1]) return DSYS_EINVAL;
   char name[128];
   snprintf(name, sizeof name, "%.*s", (int)(eq - spec), spec);
   char *list = strdup(eq + 1);
-  const char *urls[64];
+  if (!list) return DSYS_ENOMEM;
+  const char *urls[MAX_URLS];
   size_t n = 0;
-  for (char *save, *t = strtok_r(list, ",", &save); t && n < 64; t = strtok_r(NULL, ",", &save))
-    urls[n++] = t;
-  int rc = n ? dsys_gateway_add_upstream(gw, name, urls, n, policy) : DSYS_EINVAL;
+  int rc = 0;
+  for (char *save, *t = strtok_r(list, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
+    if (n == MAX_URLS) {
+      *why = "more than 64 URLs";
+      rc = DSYS_EINVAL;
+    }
+    else urls[n++] = t;
+  }
+  if (!rc && !n) rc = DSYS_EINVAL;
+  if (!rc && (rc = dsys_gateway_add_upstream(gw, name, urls, n, policy)))
+    *why = rc == DSYS_EEXIST ? "upstream named twice" : dsys_strerror(rc);
   free(list);
   return rc;
 }
@@ -193,9 +208,14 @@ int main(int argc, char **argv) {
     dsys_free(secret);
   }
   int rc = 0;
-  for (size_t i = 0; !rc && i < dsys_config_count(cfg, "upstream"); i++)
-    if ((rc = add_upstream(gw, dsys_config_get_nth(cfg, "upstream", i), policy)))
-      return fail("bad --upstream (want NAME=URL,URL,...)", dsys_config_get_nth(cfg, "upstream", i));
+  for (size_t i = 0; !rc && i < dsys_config_count(cfg, "upstream"); i++) {
+    const char *spec = dsys_config_get_nth(cfg, "upstream", i), *why;
+    if ((rc = add_upstream(gw, spec, policy, &why))) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "bad --upstream (%s)", why);
+      return fail(msg, spec);
+    }
+  }
   size_t nroutes = dsys_config_count(cfg, "route");
   static const char *defaults[] = {"/api/auth=auth", "/api/data=data", "/api/compute=compute"};
   size_t nprot = dsys_config_count(cfg, "protect");

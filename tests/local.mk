@@ -116,6 +116,9 @@ TESTS += tests/services/test-gateway-edge
 # proxying to an https upstream, with a throwaway CA.
 TESTS += tests/integration/gateway-tls.test
 EXTRA_DIST += tests/integration/gateway-tls.test
+# dsys-gatewayd's static mode and its flag errors.
+TESTS += tests/integration/gatewayd-static.test
+EXTRA_DIST += tests/integration/gatewayd-static.test
 
 # More fuzz targets (issue 10): the router, JWT verification, and the
 # data/compute/auth JSON handlers, each replayed by make check like h1.

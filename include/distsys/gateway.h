@@ -121,6 +121,7 @@ DSYS_API int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *op
  * @param policy balancer policy name ("round-robin", "least-request", ...) or
  *        NULL for round robin.
  * @return 0, DSYS_EINVAL (bad name or policy; no registry for n == 0),
+ *         DSYS_EURL, DSYS_ESCHEME (a URL as dsys_upstream_add refuses it),
  *         DSYS_EEXIST, DSYS_ENOMEM, DSYS_ESTATE (already mounted).
  */
 DSYS_API int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,

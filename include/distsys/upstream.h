@@ -184,8 +184,9 @@ DSYS_API void dsys_upstream_free(dsys_upstream *u);
  * active checks are on without start_healthy (then after its first
  * passing check).
  * @param weight 1..10000; 0 means 1.
- * @return 0, DSYS_EINVAL (empty or over-long id, NULL url), DSYS_EEXIST,
- *         DSYS_ECLOSED, DSYS_ENOMEM.
+ * @return 0, DSYS_EINVAL (empty or over-long id, NULL url), DSYS_EURL
+ *         (malformed url), DSYS_ESCHEME (no transport for its scheme),
+ *         DSYS_EEXIST, DSYS_ECLOSED, DSYS_ENOMEM.
  */
 DSYS_API int dsys_upstream_add(dsys_upstream *u, const char *id,
                                const char *url, uint32_t weight);

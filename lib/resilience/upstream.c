@@ -22,6 +22,7 @@
 #include <strings.h>
 #include <distsys/upstream.h>
 #include "internal.h"
+#include "transport/url.h"
 
 #define LAT_N DSYS_UPSTREAM_LAT_BUCKETS
 #define MAX_TRIED 16
@@ -317,7 +318,9 @@ static int valid_id(const char *id) {
 int dsys_upstream_add(dsys_upstream *u, const char *id, const char *url,
                       uint32_t weight) {
   if (!u || !valid_id(id) || !url || weight > 10000) return DSYS_EINVAL;
-  int rc;
+  /* An operator's typo fails here, not as a 502 on every request. */
+  int rc = dsysi_url_check(url);
+  if (rc) return rc;
   uep *e = ep_new(u, id, url, weight, 0, &rc);
   if (!e) return rc;
   pthread_rwlock_wrlock(&u->lk);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include "transport/transport.h"
+#include "transport/url.h"
 
 #define NSLOTS 2
 
@@ -130,7 +131,7 @@ static int make_call(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
   if (!is_token(method) || path[0] != '/' || strpbrk(path, " \r\n"))
     return DSYS_EINVAL;
   const dsys_transport_ops *ops = dsysi_transport_find(d.url);
-  if (!ops) return strstr(d.url, "://") ? DSYS_ESCHEME : DSYS_EURL;
+  if (!ops) return dsysi_url_check(d.url); /* which error: no scheme or unknown */
   dsysi_call *call = calloc(1, sizeof *call);
   if (!call) return DSYS_ENOMEM;
   call->client = c;

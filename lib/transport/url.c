@@ -60,6 +60,14 @@ void dsysi_url_free(dsysi_url *u) {
   u->path = NULL;
 }
 
+int dsysi_url_check(const char *url) {
+  if (!dsysi_transport_find(url)) return url && strstr(url, "://") ? DSYS_ESCHEME : DSYS_EURL;
+  dsysi_url u;
+  int rc = dsysi_url_parse(url, &u);
+  dsysi_url_free(&u);
+  return rc;
+}
+
 const dsys_transport_ops *dsysi_transport_find(const char *url) {
   static const dsys_transport_ops *const all[] = {&dsysi_http_ops, &dsysi_https_ops,
                                                   &dsysi_unix_ops, &dsysi_inproc_ops};

@@ -14,4 +14,8 @@ typedef struct dsysi_url {
 int dsysi_url_parse(const char *url, dsysi_url *out);
 void dsysi_url_free(dsysi_url *u);
 
+/** Whether a client can call url: 0, DSYS_ESCHEME (no transport has its
+ * scheme), DSYS_EURL (no scheme, or malformed), DSYS_ENOMEM. */
+int dsysi_url_check(const char *url);
+
 #endif

@@ -139,6 +139,11 @@ static void test_set(void) {
   is_int(dsys_upstream_add(u, "a", B.url, 1), DSYS_EEXIST, "same id -> EEXIST");
   is_int(dsys_upstream_add(u, "", B.url, 1), DSYS_EINVAL, "empty id -> EINVAL");
   is_int(dsys_upstream_add(u, "x", NULL, 1), DSYS_EINVAL, "NULL url -> EINVAL");
+  is_int(dsys_upstream_add(u, "x", "127.0.0.1:80", 1), DSYS_EURL, "URL without a scheme -> EURL");
+  is_int(dsys_upstream_add(u, "x", "gopher://h", 1), DSYS_ESCHEME, "unknown scheme -> ESCHEME");
+  is_int(dsys_upstream_add(u, "x", "http://h:70000", 1), DSYS_EURL, "port out of range -> EURL");
+  is_int(dsys_upstream_add(u, "x", "http://", 1), DSYS_EURL, "no host -> EURL");
+  is_int(dsys_upstream_count(u), 1, "refused URLs add no endpoint");
   dsys_upstream_add(u, "b", B.url, 1);
   dsys_upstream_add(u, "c", C.url, 1);
   is_int(dsys_upstream_count(u), 3, "three endpoints");
