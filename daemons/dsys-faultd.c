@@ -103,7 +103,10 @@ int main(int argc, char **argv) {
   int rc = dsys_faultd_new(&fd, &fo);
   for (size_t i = 0; !rc && i < ntargets; i++)
     if ((rc = add_target(fd, dsys_config_get_nth(cfg, "target", i)))) {
-      fprintf(stderr, PROG ": bad --target %s (want [TYPE/]NAME=URL)\n", dsys_config_get_nth(cfg, "target", i));
+      fprintf(stderr, PROG ": bad --target (%s): %s\n",
+              rc == DSYS_EURL || rc == DSYS_ESCHEME ? dsys_strerror(rc)
+              : rc == DSYS_EEXIST ? "target named twice" : "want [TYPE/]NAME=URL",
+              dsys_config_get_nth(cfg, "target", i));
       dsys_faultd_free(fd);
       dsys_registry_close(reg);
       dsys_config_free(cfg);

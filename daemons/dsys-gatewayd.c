@@ -58,15 +58,43 @@ static const dsys_option opts[] = {
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
-/* The parsed flags, freed by fail() so that a refused start is clean
- * (sanitizer builds fail a process that leaks at exit). */
-static dsys_config *cfg_;
+/* What the process holds, released by finish() on every way out, so that
+ * a refused start is as clean as a stop (sanitizer builds fail a process
+ * that leaks at exit). */
+static struct {
+  dsys_config *cfg;
+  dsys_identity *ident;
+  dsys_registry *reg;
+  char *secret;
+  size_t secret_len;
+  dsys_gateway *gw;
+  void *rs, *origins;
+  dsys_server *srv;
+  dsys_metrics *met;
+} g_;
 
+/* Release everything (users before what they use) and return code. */
+static int finish(int code) {
+  dsys_server_free(g_.srv);
+  dsys_gateway_free(g_.gw);
+  dsys_metrics_free(g_.met);
+  dsys_registry_close(g_.reg);
+  dsys_identity_free(g_.ident);
+  if (g_.secret) {
+    explicit_bzero(g_.secret, g_.secret_len);
+    dsys_free(g_.secret);
+  }
+  free(g_.rs);
+  free(g_.origins);
+  dsys_config_free(g_.cfg);
+  memset(&g_, 0, sizeof g_);
+  return code;
+}
+
+/* A bad flag: say which, release, exit status 2. */
 static int fail(const char *msg, const char *arg) {
   fprintf(stderr, "dsys-gatewayd: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
-  dsys_config_free(cfg_);
-  cfg_ = NULL;
-  return 2;
+  return finish(2);
 }
 
 /* At most this many URLs in one --upstream (a longer list is refused,
@@ -142,7 +170,7 @@ int main(int argc, char **argv) {
   int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "dsys-gatewayd",
                               "The load balancer of the reference deployment (HTTP-API.md).");
   if (st >= 0) return st;
-  cfg_ = cfg;
+  g_.cfg = cfg;
   int64_t loops = 0, try_ms = 0;
   dsys_config_get_int(cfg, "loops", &loops);
   dsys_config_get_int(cfg, "try-timeout-ms", &try_ms);
@@ -166,46 +194,45 @@ int main(int argc, char **argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-  dsys_identity *ident = NULL;
   const char *tf = dsys_config_get(cfg, "identity-token-file");
   if (tf && *tf) {
-    int rc = dsys_identity_open(&ident, tf, NULL);
+    int rc = dsys_identity_open(&g_.ident, tf, NULL);
     if (rc) {
       fprintf(stderr, "dsys-gatewayd: cannot use the identity token %s: %s\n", tf, dsys_strerror(rc));
-      return 1;
+      return finish(1);
     }
   }
-  dsys_registry *reg = NULL;
   const char *rurl = dsys_config_get(cfg, "registry");
   if (rurl) {
     dsys_registry_options ro = {.size = sizeof ro, .client = &uco};
-    int rc = dsys_registry_open(&reg, rurl, NULL, &ro, err, sizeof err);
+    int rc = dsys_registry_open(&g_.reg, rurl, NULL, &ro, err, sizeof err);
     if (rc) {
       fprintf(stderr, "dsys-gatewayd: cannot open the registry %s: %s %s\n", rurl, dsys_strerror(rc), err);
-      return 1;
+      return finish(1);
     }
   }
+  dsys_registry *reg = g_.reg;
   dsys_gateway_options go = {.size = sizeof go, .registry = reg, .try_timeout_ms = try_ms,
                              .upstream_ca_file = uco.tls_ca_file,
                              .upstream_cert_file = uco.tls_cert_file,
                              .upstream_key_file = uco.tls_key_file,
-                             .identity = ident};
-  char *secret = NULL;
-  size_t secret_len = 0;
+                             .identity = g_.ident};
   if (dsys_config_count(cfg, "protect")) {
     /* The auth service's secret: --jwt-secret-file, else DSYS_JWT_SECRET. */
-    if (dsys_auth_load_secret(dsys_config_get(cfg, "jwt-secret-file"), NULL, &secret, &secret_len, NULL))
+    if (dsys_auth_load_secret(dsys_config_get(cfg, "jwt-secret-file"), NULL, &g_.secret,
+                              &g_.secret_len, NULL))
       return fail("--protect needs --jwt-secret-file or DSYS_JWT_SECRET", NULL);
-    if (secret_len < DSYS_TOKEN_SECRET_MIN)
+    if (g_.secret_len < DSYS_TOKEN_SECRET_MIN)
       return fail("the JWT secret is too short (at least 32 bytes)", NULL);
-    go.token_secret = secret;
-    go.token_secret_len = secret_len;
+    go.token_secret = g_.secret;
+    go.token_secret_len = g_.secret_len;
   }
-  dsys_gateway *gw;
-  if (dsys_gateway_new(&gw, &go)) return 1;
-  if (secret) {
-    explicit_bzero(secret, secret_len);
-    dsys_free(secret);
+  if (dsys_gateway_new(&g_.gw, &go)) return finish(1);
+  dsys_gateway *gw = g_.gw;
+  if (g_.secret) { /* the gateway keeps its own copy */
+    explicit_bzero(g_.secret, g_.secret_len);
+    dsys_free(g_.secret);
+    g_.secret = NULL;
   }
   int rc = 0;
   for (size_t i = 0; !rc && i < dsys_config_count(cfg, "upstream"); i++) {
@@ -219,9 +246,9 @@ int main(int argc, char **argv) {
   size_t nroutes = dsys_config_count(cfg, "route");
   static const char *defaults[] = {"/api/auth=auth", "/api/data=data", "/api/compute=compute"};
   size_t nprot = dsys_config_count(cfg, "protect");
-  rspec *rs = calloc((nroutes ? nroutes : 3) + nprot, sizeof *rs);
+  rspec *rs = g_.rs = calloc((nroutes ? nroutes : 3) + nprot, sizeof *rs);
   size_t nrs = 0;
-  if (!rs) return 1;
+  if (!rs) return finish(1);
   for (size_t i = 0; i < (nroutes ? nroutes : 3); i++) {
     const char *r = nroutes ? dsys_config_get_nth(cfg, "route", i) : defaults[i];
     const char *eq = strchr(r, '=');
@@ -259,7 +286,8 @@ int main(int argc, char **argv) {
   if (parse_rate(dsys_config_get(cfg, "user-rate-limit"), &ro.user_rate, &ro.user_burst))
     return fail("bad --user-rate-limit (want RATE/BURST, RATE > 0)", dsys_config_get(cfg, "user-rate-limit"));
   size_t norig = dsys_config_count(cfg, "cors-origin");
-  const char **origins = norig ? calloc(norig, sizeof *origins) : NULL;
+  const char **origins = g_.origins = norig ? calloc(norig, sizeof *origins) : NULL;
+  if (norig && !origins) return finish(1);
   for (size_t i = 0; i < norig; i++) origins[i] = dsys_config_get_nth(cfg, "cors-origin", i);
   ro.cors_origins = origins;
   ro.ncors_origins = norig;
@@ -276,8 +304,6 @@ int main(int argc, char **argv) {
     }
     if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), rs[i].prefix);
   }
-  free(rs);
-  free(origins);
   int64_t maxconn = 0, maxbody = 0, maxhdr = 0, idle_s = 0, req_s = 0;
   dsys_config_get_int(cfg, "max-connections", &maxconn);
   dsys_config_get_int(cfg, "max-body", &maxbody);
@@ -296,24 +322,24 @@ int main(int argc, char **argv) {
                             .tls_cert_file = dsys_config_get(cfg, "tls-cert"),
                             .tls_key_file = dsys_config_get(cfg, "tls-key"),
                             .tls_client_ca_file = dsys_config_get(cfg, "tls-client-ca")};
-  dsys_server *srv;
-  if (dsys_server_new(&srv, &so)) return 1;
+  if (dsys_server_new(&g_.srv, &so)) return finish(1);
+  dsys_server *srv = g_.srv;
   /* GET /metrics (before the gateway's catch-all proxy route): requests
    * per route, process, and per upstream endpoint stats and breakers. */
-  dsys_metrics *met = NULL;
-  if (dsys_metrics_new(&met) || dsys_server_metrics(srv, met) || dsys_metrics_mount(srv, met) ||
-      dsys_metrics_process(met))
-    return 1;
+  if (dsys_metrics_new(&g_.met)) return finish(1);
+  dsys_metrics *met = g_.met;
+  if (dsys_server_metrics(srv, met) || dsys_metrics_mount(srv, met) || dsys_metrics_process(met))
+    return finish(1);
   for (size_t i = 0; i < dsys_gateway_upstream_count(gw); i++) {
     const char *uname;
     dsys_upstream *up;
     if (dsys_gateway_upstream_at(gw, i, &uname, &up) || dsys_metrics_upstream(met, uname, up))
-      return 1;
+      return finish(1);
   }
-  if (dsys_gateway_mount(gw, srv)) return 1;
+  if (dsys_gateway_mount(gw, srv)) return finish(1);
   if ((rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen")))) {
     fprintf(stderr, "dsys-gatewayd: cannot listen on %s: %s\n", dsys_config_get(cfg, "listen"), dsys_strerror(rc));
-    return 1;
+    return finish(1);
   }
   printf("listening %s\n", dsys_server_url(srv, 0));
   fflush(stdout);
@@ -321,11 +347,5 @@ int main(int argc, char **argv) {
   sigwait(&set, &sig);
   dsys_log_write(DSYS_LOG_INFO, "gateway", "stopping");
   dsys_server_stop(srv, 5000);
-  dsys_server_free(srv);
-  dsys_gateway_free(gw);
-  dsys_metrics_free(met);
-  dsys_registry_close(reg);
-  dsys_identity_free(ident);
-  dsys_config_free(cfg);
-  return 0;
+  return finish(0);
 }

@@ -75,8 +75,9 @@ DSYS_API int dsys_faultd_new(dsys_faultd **out, const dsys_faultd_options *opts)
  * Add a static target (checked like a registry instance, never forgotten).
  * @param type service type ("data"); name shown as its name; url its base
  *        URL ("http://127.0.0.1:4002", "inproc://x").
- * @return 0, DSYS_EINVAL, DSYS_EEXIST (same name and type), DSYS_ENOMEM,
- *         DSYS_ESTATE (already mounted).
+ * @return 0, DSYS_EINVAL, DSYS_EURL (malformed url), DSYS_ESCHEME (no
+ *         transport for its scheme), DSYS_EEXIST (same name and type),
+ *         DSYS_ENOMEM, DSYS_ESTATE (already mounted).
  */
 DSYS_API int dsys_faultd_add_target(dsys_faultd *fd, const char *type,
                                     const char *name, const char *url);

@@ -19,6 +19,7 @@
 #include <distsys/faultd.h>
 #include "core/internal.h"
 #include "core/json.h"
+#include "transport/url.h"
 #include "services/common.h"
 
 #define TOPIC "faultd"
@@ -362,11 +363,12 @@ int dsys_faultd_add_target(dsys_faultd *fd, const char *type, const char *name,
                            const char *url) {
   if (!fd || !type || !*type || !name || !*name || !url || !*url) return DSYS_EINVAL;
   if (fd->srv) return DSYS_ESTATE;
+  int rc = dsysi_url_check(url); /* a typo fails here, not as "down" forever */
+  if (rc) return rc;
   size_t n = strlen(type) + strlen(name) + 10;
   char *key = malloc(n);
   if (!key) return DSYS_ENOMEM;
   snprintf(key, n, "static:%s:%s", type, name);
-  int rc = 0;
   if (find(fd, key)) rc = DSYS_EEXIST;
   entry *e = rc ? NULL : entry_new(key, type, name, url);
   if (!rc && !e) rc = DSYS_ENOMEM;

@@ -228,6 +228,10 @@ int main(void) {
   is_int(dsys_faultd_new(&fd, &fo), 0, "faultd_new");
   is_int(dsys_faultd_add_target(fd, "compute", "static-1", "inproc://fd-none"), 0, "static target");
   is_int(dsys_faultd_add_target(fd, "compute", "static-1", "inproc://x"), DSYS_EEXIST, "same static target twice");
+  is_int(dsys_faultd_add_target(fd, "compute", "static-2", "localhost:80"), DSYS_EURL,
+         "a target URL without a scheme: EURL");
+  is_int(dsys_faultd_add_target(fd, "compute", "static-2", "gopher://h"), DSYS_ESCHEME,
+         "a target URL no transport serves: ESCHEME");
   dsys_faultd_options bad = {.size = sizeof bad, .interval_ms = -1};
   dsys_faultd *x;
   is_int(dsys_faultd_new(&x, &bad), DSYS_EINVAL, "negative interval rejected");
