@@ -79,6 +79,12 @@ static int probe_port(int port) {
  * outgoing connection may take an ephemeral port, and the child then
  * cannot listen (seen once in make check, where other tests bind port 0
  * all the time: the gateway failed to start through all its restarts). */
+static int port_taken(int port) {
+  for (int i = 0; i < NP; i++)
+    if (P[i].port == port) return 1;
+  return 0;
+}
+
 static int free_port(void) {
   int lo = 32768, hi = 60999;
   FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
@@ -91,28 +97,77 @@ static int free_port(void) {
     uint32_t r = 0;
     dsys_random_bytes(&r, sizeof r);
     int port = probe_port(BASE + (int)(r % (uint32_t)(lo - BASE)));
-    if (port) return port;
+    if (port && !port_taken(port)) return port;
   }
-  return probe_port(0);
+  for (int i = 0; i < 64; i++) {
+    int port = probe_port(0);
+    if (port && !port_taken(port)) return port;
+  }
+  return 0;
 }
 
+/* A process of the layout; port 0 is picked later (pick_ports). */
 static void add(const char *type, const char *bin, int idx, int port) {
-  if (NP == MAXP) return;
   proc *p = &P[NP++];
   memset(p, 0, sizeof *p);
   snprintf(p->type, sizeof p->type, "%s", type);
   snprintf(p->bin, sizeof p->bin, "%s", bin);
   if (idx) snprintf(p->name, sizeof p->name, "%s-%d", type, idx);
   else snprintf(p->name, sizeof p->name, "%s", type);
-  p->port = port ? port : free_port();
+  p->port = port;
   p->backoff_ms = 500;
 }
 
-static void add_list(const char *type, const char *bin, const char *ports) {
-  char buf[256];
-  snprintf(buf, sizeof buf, "%s", ports);
-  int i = 1;
-  for (char *s, *t = strtok_r(buf, ",", &s); t; t = strtok_r(NULL, ",", &s)) add(type, bin, i++, atoi(t));
+/* A port as the config gives it: decimal 0..65535 and nothing else, or -1. */
+static int parse_port(const char *s, size_t n) {
+  if (n == 0 || n > 5) return -1;
+  int v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9') return -1;
+    v = v * 10 + (s[i] - '0');
+  }
+  return v <= 65535 ? v : -1;
+}
+
+/* The processes of one config key: a port ("gateway.port"), or with
+ * numbered a list of them, one instance each ("data.ports"). A bad value
+ * is said and gives -1 (nothing is started). */
+static int add_ports(const char *key, const char *type, const char *bin, const char *list,
+                     int numbered) {
+  int idx = 0;
+  for (const char *t = list;; t++) {
+    size_t n = strcspn(t, ",");
+    int port = parse_port(t, n);
+    const char *why = port < 0 ? "ports are 0..65535 (0: pick a free one), comma-separated"
+                      : idx && !numbered ? "one port only"
+                      : NP == MAXP ? "more than 32 processes in all" : NULL;
+    if (why) {
+      fprintf(stderr, "dsys-cluster: bad %s '%s': %s\n", key, list, why);
+      return -1;
+    }
+    idx++;
+    add(type, bin, numbered ? idx : 0, port);
+    t += n;
+    if (!*t) return 0;
+  }
+}
+
+/* Ports named twice would start a process that cannot listen while the
+ * other one answers its health checks; then pick the free ones. */
+static int pick_ports(void) {
+  for (int i = 0; i < NP; i++)
+    for (int j = i + 1; P[i].port && j < NP; j++)
+      if (P[i].port == P[j].port) {
+        fprintf(stderr, "dsys-cluster: port %d is given to both %s and %s\n", P[i].port,
+                P[i].name, P[j].name);
+        return -1;
+      }
+  for (int i = 0; i < NP; i++)
+    if (!P[i].port && !(P[i].port = free_port())) {
+      fprintf(stderr, "dsys-cluster: no free port on %s for %s\n", host, P[i].name);
+      return -1;
+    }
+  return 0;
 }
 
 /* The config file: "key = value" lines, '#' comments (see docs). */
@@ -131,7 +186,9 @@ static int load_config(const char *path, char *ports[7]) {
     char *h = strchr(line, '#');
     if (h) *h = 0;
     char k[64], v[256];
-    if (sscanf(line, " %63[^= ] = %255s", k, v) != 2) {
+    int end = 0;
+    /* one key, one value without spaces, nothing after */
+    if (sscanf(line, " %63[^= ] = %255s %n", k, v, &end) != 2 || line[end]) {
       if (strspn(line, " \t\r\n") != strlen(line)) {
         fprintf(stderr, "dsys-cluster: %s:%d: expected 'key = value'\n", path, ln);
         bad = 1;
@@ -351,11 +408,20 @@ static void stop_all(void) {
   }
 }
 
+static int run(dsys_config *cfg);
+
 int main(int argc, char **argv) {
   dsys_config *cfg;
   int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "dsys-cluster [run|status]",
                               "Starts and supervises the reference deployment; 'status' reports a running one.");
   if (st >= 0) return st;
+  st = run(cfg);
+  dsys_config_free(cfg); /* on every way out: sanitizer builds fail a leak */
+  return st;
+}
+
+/* The command (run or status) with the parsed flags: an exit status. */
+static int run(dsys_config *cfg) {
   const char *cmd = dsys_config_npositional(cfg) ? dsys_config_positional(cfg, 0) : "run";
   if (!realpath(dsys_config_get(cfg, "data-dir"), datadir)) {
     mkdir(dsys_config_get(cfg, "data-dir"), 0755);
@@ -384,17 +450,24 @@ int main(int argc, char **argv) {
   }
   char *cfv[7] = {strdup("3005"), strdup("3001,3002,3003"), strdup("4002,4003,4004"),
                   strdup("5002,5003,5004"), strdup("3000"), strdup("3004"), strdup("127.0.0.1")};
-  if (dsys_config_get(cfg, "config") && load_config(dsys_config_get(cfg, "config"), cfv)) return 2;
+  int bad = dsys_config_get(cfg, "config") && load_config(dsys_config_get(cfg, "config"), cfv);
   snprintf(host, sizeof host, "%s", cfv[6]);
-  add("registry", "dsys-registryd", 0, atoi(cfv[0]));
-  add_list("auth", "dsys-authd", cfv[1]);
-  add_list("data", "dsys-datad", cfv[2]);
-  add_list("compute", "dsys-computed", cfv[3]);
-  add("gateway", "dsys-gatewayd", 0, atoi(cfv[4]));
+  struct in_addr ia;
+  if (!bad && (strlen(cfv[6]) >= sizeof host || inet_pton(AF_INET, host, &ia) != 1)) {
+    fprintf(stderr, "dsys-cluster: bad host '%s': an IPv4 address, e.g. 127.0.0.1\n", cfv[6]);
+    bad = 1;
+  }
   char fd_bin[PATH_MAX + 16];
   snprintf(fd_bin, sizeof fd_bin, "%s/dsys-faultd", bindir);
-  if (access(fd_bin, X_OK) == 0) add("faultd", "dsys-faultd", 0, atoi(cfv[5]));
+  bad = bad || add_ports("registry.port", "registry", "dsys-registryd", cfv[0], 0) ||
+        add_ports("auth.ports", "auth", "dsys-authd", cfv[1], 1) ||
+        add_ports("data.ports", "data", "dsys-datad", cfv[2], 1) ||
+        add_ports("compute.ports", "compute", "dsys-computed", cfv[3], 1) ||
+        add_ports("gateway.port", "gateway", "dsys-gatewayd", cfv[4], 0) ||
+        (access(fd_bin, X_OK) == 0 && add_ports("faultd.port", "faultd", "dsys-faultd", cfv[5], 0)) ||
+        pick_ports();
   for (int i = 0; i < 7; i++) free(cfv[i]);
+  if (bad) return 2;
   snprintf(dbfile, sizeof dbfile, "%s/distsys.sqlite", datadir);
   char logs[PATH_MAX + 8];
   snprintf(logs, sizeof logs, "%s/logs", datadir);
@@ -513,6 +586,5 @@ int main(int argc, char **argv) {
   stop_all();
   write_state();
   dsys_client_free(c);
-  dsys_config_free(cfg);
   return announced ? 0 : 1;
 }

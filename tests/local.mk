@@ -119,6 +119,9 @@ EXTRA_DIST += tests/integration/gateway-tls.test
 # dsys-gatewayd's static mode and its flag errors.
 TESTS += tests/integration/gatewayd-static.test
 EXTRA_DIST += tests/integration/gatewayd-static.test
+# dsys-cluster's config file errors.
+TESTS += tests/integration/cluster-config.test
+EXTRA_DIST += tests/integration/cluster-config.test
 
 # More fuzz targets (issue 10): the router, JWT verification, and the
 # data/compute/auth JSON handlers, each replayed by make check like h1.
