@@ -61,7 +61,9 @@ static int64_t now_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
 
 /* Bind port (0: any) on host and release it: the port bound, or 0. */
 static int probe_port(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+  /* as the daemons bind: a port left in TIME_WAIT by a stopped run is free */
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   inet_pton(AF_INET, host, &sa.sin_addr);
   socklen_t sl = sizeof sa;
@@ -468,6 +470,14 @@ static int run(dsys_config *cfg) {
         pick_ports();
   for (int i = 0; i < 7; i++) free(cfv[i]);
   if (bad) return 2;
+  /* A port something else listens on would not just fail that process:
+   * the other program's answers to /health would pass for its own. */
+  for (int i = 0; i < NP; i++)
+    if (probe_port(P[i].port) != P[i].port) {
+      fprintf(stderr, "dsys-cluster: port %d on %s (for %s) is in use; is a deployment already "
+              "running? (dsys-cluster status --data-dir DIR)\n", P[i].port, host, P[i].name);
+      return 1;
+    }
   snprintf(dbfile, sizeof dbfile, "%s/distsys.sqlite", datadir);
   char logs[PATH_MAX + 8];
   snprintf(logs, sizeof logs, "%s/logs", datadir);
