@@ -13,6 +13,7 @@
 #include <distsys/util.h>
 #include "transport/evloop.h"
 #include "transport/transport.h"
+#include "transport/url.h"
 
 #define MAX_LISTENERS 8
 #define MAX_SEGS 32
@@ -228,7 +229,7 @@ int dsys_server_listen(dsys_server *s, const char *url) {
   if (s->stopping) return DSYS_ESTATE;
   if (s->nls == MAX_LISTENERS) return DSYS_ENOMEM;
   const dsys_transport_ops *ops = dsysi_transport_find(url);
-  if (!ops) return DSYS_ESCHEME;
+  if (!ops) return dsysi_url_check(url); /* no scheme (EURL) or unknown (ESCHEME) */
   s->listening = 1;
   void *lst = NULL;
   int rc = ops->listen(s, url, &lst);

@@ -487,6 +487,7 @@ static void test_client_errors(void) {
   is_int(dsys_server_route(s, "GET", "no-slash", h_echo, NULL), DSYS_EINVAL, "route pattern must start with /");
   is_int(dsys_server_route(s, "GET", "/a/*/b", h_echo, NULL), DSYS_EINVAL, "* only at the end");
   is_int(dsys_server_listen(s, "gopher://x"), DSYS_ESCHEME, "listen on unknown scheme");
+  is_int(dsys_server_listen(s, "127.0.0.1:8080"), DSYS_EURL, "listen on a URL without a scheme");
   is_int(dsys_server_listen(s, "inproc://dup"), 0, "inproc listen");
   dsys_server *s2;
   dsys_server_new(&s2, NULL);
