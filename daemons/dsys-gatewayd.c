@@ -22,8 +22,9 @@ static const dsys_option opts[] = {
     {"route", "DSYS_ROUTE", DSYS_OPT_LIST, NULL,
      "PREFIX=NAME: proxy paths under PREFIX to upstream NAME ('/=NAME' catches all); default "
      "/api/auth=auth, /api/data=data, /api/compute=compute"},
-    {"policy", "DSYS_POLICY", DSYS_OPT_STRING, "round-robin",
-     "balancing policy: round-robin, weighted-round-robin, least-request, random, ring-hash, maglev"},
+    {"policy", "DSYS_POLICY", DSYS_OPT_LIST, "round-robin",
+     "balancing policy: round-robin, weighted-round-robin, least-request, random, ring-hash, maglev; "
+     "P for every upstream, NAME=P for the routes to upstream NAME"},
     {"loops", "DSYS_LOOPS", DSYS_OPT_INT, "0", "event-loop threads (0: one per CPU)"},
     {"try-timeout-ms", "DSYS_TRY_TIMEOUT_MS", DSYS_OPT_INT, "15000", "timeout of one upstream attempt"},
     /* The edge (docs/reference/gateway.md): everything off by default. */
@@ -97,13 +98,25 @@ static int fail(const char *msg, const char *arg) {
   return finish(2);
 }
 
+/* The policy of upstream name: its own --policy NAME=P, else the plain
+ * --policy P (round-robin by default). */
+static const char *policy_for(const char *name) {
+  const char *all = "round-robin";
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < dsys_config_count(g_.cfg, "policy"); i++) {
+    const char *v = dsys_config_get_nth(g_.cfg, "policy", i), *eq = strchr(v, '=');
+    if (!eq) all = v;
+    else if ((size_t)(eq - v) == nl && !strncmp(v, name, nl)) return eq + 1;
+  }
+  return all;
+}
+
 /* At most this many URLs in one --upstream (a longer list is refused,
  * never cut short). */
 #define MAX_URLS 64
 
 /* "NAME=URL,URL" -> the gateway. On failure, why (for the error line). */
-static int add_upstream(dsys_gateway *gw, const char *spec, const char *policy,
-                        const char **why) {
+static int add_upstream(dsys_gateway *gw, const char *spec, const char **why) {
   *why = "want NAME=URL,URL,...";
   const char *eq = strchr(spec, '=');
   if (!eq || eq == spec || !eq[1]) return DSYS_EINVAL;
@@ -122,7 +135,7 @@ static int add_upstream(dsys_gateway *gw, const char *spec, const char *policy,
     else urls[n++] = t;
   }
   if (!rc && !n) rc = DSYS_EINVAL;
-  if (!rc && (rc = dsys_gateway_add_upstream(gw, name, urls, n, policy)))
+  if (!rc && (rc = dsys_gateway_add_upstream(gw, name, urls, n, policy_for(name))))
     *why = rc == DSYS_EEXIST ? "upstream named twice" : dsys_strerror(rc);
   free(list);
   return rc;
@@ -152,6 +165,25 @@ typedef struct rspec {
   int32_t protect;
 } rspec;
 
+/* Each --policy names a known policy, at most one is plain, and each
+ * NAME=P names an upstream some route uses: else why not, and *bad the
+ * value (for fail()). */
+static const char *check_policies(const rspec *r, size_t n, const char **bad) {
+  int plain = 0;
+  for (size_t i = 0; i < dsys_config_count(g_.cfg, "policy"); i++) {
+    const char *v = dsys_config_get_nth(g_.cfg, "policy", i), *eq = strchr(v, '=');
+    int32_t pol;
+    *bad = v;
+    if (dsys_lb_policy_parse(eq ? eq + 1 : v, &pol)) return "unknown --policy";
+    if (!eq && plain++) return "--policy P given twice (NAME=P sets one upstream's)";
+    size_t k = 0;
+    while (eq && k < n && (strlen(r[k].name) != (size_t)(eq - v) || strncmp(r[k].name, v, (size_t)(eq - v))))
+      k++;
+    if (eq && k == n) return "--policy NAME=P: no route goes to upstream NAME";
+  }
+  return NULL;
+}
+
 /* The longest route prefix covering path (segment boundary), or -1. */
 static int covering(const rspec *r, size_t n, const char *path) {
   int best = -1;
@@ -175,9 +207,6 @@ int main(int argc, char **argv) {
   dsys_config_get_int(cfg, "loops", &loops);
   dsys_config_get_int(cfg, "try-timeout-ms", &try_ms);
   if (loops < 0 || loops > 256) return fail("--loops must be 0..256", NULL);
-  const char *policy = dsys_config_get(cfg, "policy");
-  int32_t pol;
-  if (dsys_lb_policy_parse(policy, &pol)) return fail("unknown --policy", policy);
   const char *why = dsys_daemon_tls_check(dsys_config_get(cfg, "listen"), dsys_config_get(cfg, "tls-cert"),
                                           dsys_config_get(cfg, "tls-key"),
                                           dsys_config_get(cfg, "tls-client-ca"));
@@ -234,15 +263,6 @@ int main(int argc, char **argv) {
     dsys_free(g_.secret);
     g_.secret = NULL;
   }
-  int rc = 0;
-  for (size_t i = 0; !rc && i < dsys_config_count(cfg, "upstream"); i++) {
-    const char *spec = dsys_config_get_nth(cfg, "upstream", i), *why;
-    if ((rc = add_upstream(gw, spec, policy, &why))) {
-      char msg[160];
-      snprintf(msg, sizeof msg, "bad --upstream (%s)", why);
-      return fail(msg, spec);
-    }
-  }
   size_t nroutes = dsys_config_count(cfg, "route");
   static const char *defaults[] = {"/api/auth=auth", "/api/data=data", "/api/compute=compute"};
   size_t nprot = dsys_config_count(cfg, "protect");
@@ -280,6 +300,17 @@ int main(int argc, char **argv) {
       rs[nrs++].protect = mode;
     }
   }
+  const char *pbad, *pwhy = check_policies(rs, nrs, &pbad);
+  if (pwhy) return fail(pwhy, pbad);
+  int rc = 0;
+  for (size_t i = 0; !rc && i < dsys_config_count(cfg, "upstream"); i++) {
+    const char *spec = dsys_config_get_nth(cfg, "upstream", i), *why;
+    if ((rc = add_upstream(gw, spec, &why))) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "bad --upstream (%s)", why);
+      return fail(msg, spec);
+    }
+  }
   dsys_gateway_route_options ro = {.size = sizeof ro};
   if (parse_rate(dsys_config_get(cfg, "rate-limit"), &ro.rate, &ro.burst))
     return fail("bad --rate-limit (want RATE/BURST, RATE > 0)", dsys_config_get(cfg, "rate-limit"));
@@ -299,7 +330,7 @@ int main(int argc, char **argv) {
     ro.protect = rs[i].protect;
     rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     if (rc == DSYS_ENOTFOUND && reg) { /* discover NAME from the registry */
-      rc = dsys_gateway_add_upstream(gw, rs[i].name, NULL, 0, policy);
+      rc = dsys_gateway_add_upstream(gw, rs[i].name, NULL, 0, policy_for(rs[i].name));
       if (!rc) rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     }
     if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), rs[i].prefix);
