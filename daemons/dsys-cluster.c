@@ -75,18 +75,19 @@ static int probe_port(int port) {
   return got;
 }
 
-/* A free port now (bound, read back, released) so restarts reuse it.
- * Looked for below the kernel's ephemeral range first: between the
- * release here and the child's bind, any socket bound to port 0 and any
- * outgoing connection may take an ephemeral port, and the child then
- * cannot listen (seen once in make check, where other tests bind port 0
- * all the time: the gateway failed to start through all its restarts). */
+/* A port the layout already uses (given, or picked before). */
 static int port_taken(int port) {
   for (int i = 0; i < NP; i++)
     if (P[i].port == port) return 1;
   return 0;
 }
 
+/* A free port now (bound, read back, released) so restarts reuse it.
+ * Looked for below the kernel's ephemeral range first: between the
+ * release here and the child's bind, any socket bound to port 0 and any
+ * outgoing connection may take an ephemeral port, and the child then
+ * cannot listen (seen once in make check, where other tests bind port 0
+ * all the time: the gateway failed to start through all its restarts). */
 static int free_port(void) {
   int lo = 32768, hi = 60999;
   FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");

@@ -74,6 +74,15 @@ static struct {
   dsys_metrics *met;
 } g_;
 
+/* Wipe and free the JWT secret once the gateway has its own copy. */
+static void drop_secret(void) {
+  if (g_.secret) {
+    explicit_bzero(g_.secret, g_.secret_len);
+    dsys_free(g_.secret);
+    g_.secret = NULL;
+  }
+}
+
 /* Release everything (users before what they use) and return code. */
 static int finish(int code) {
   dsys_server_free(g_.srv);
@@ -81,10 +90,7 @@ static int finish(int code) {
   dsys_metrics_free(g_.met);
   dsys_registry_close(g_.reg);
   dsys_identity_free(g_.ident);
-  if (g_.secret) {
-    explicit_bzero(g_.secret, g_.secret_len);
-    dsys_free(g_.secret);
-  }
+  drop_secret();
   free(g_.rs);
   free(g_.origins);
   dsys_config_free(g_.cfg);
@@ -131,8 +137,9 @@ static int add_upstream(dsys_gateway *gw, const char *spec, const char **why) {
     if (n == MAX_URLS) {
       *why = "more than 64 URLs";
       rc = DSYS_EINVAL;
+    } else {
+      urls[n++] = t;
     }
-    else urls[n++] = t;
   }
   if (!rc && !n) rc = DSYS_EINVAL;
   if (!rc && (rc = dsys_gateway_add_upstream(gw, name, urls, n, policy_for(name))))
@@ -258,11 +265,7 @@ int main(int argc, char **argv) {
   }
   if (dsys_gateway_new(&g_.gw, &go)) return finish(1);
   dsys_gateway *gw = g_.gw;
-  if (g_.secret) { /* the gateway keeps its own copy */
-    explicit_bzero(g_.secret, g_.secret_len);
-    dsys_free(g_.secret);
-    g_.secret = NULL;
-  }
+  drop_secret(); /* the gateway keeps its own copy */
   size_t nroutes = dsys_config_count(cfg, "route");
   static const char *defaults[] = {"/api/auth=auth", "/api/data=data", "/api/compute=compute"};
   size_t nprot = dsys_config_count(cfg, "protect");
