@@ -64,7 +64,7 @@ typedef struct dsys_call {
   size_t size;                 /**< sizeof(dsys_call), or 0 */
   const char *method;          /**< default "GET" */
   const char *url;             /**< endpoint: "http://h:p", "unix:///p.sock", "inproc://n" */
-  const char *path;            /**< "/path?query", default "/" */
+  const char *path;            /**< "/path?query", default "/"; no space, CR, LF or "#" (DSYS_EINVAL) */
   const dsys_header *headers;
   size_t nheaders;
   const void *body;

@@ -128,7 +128,8 @@ static int make_call(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
   memcpy(&d, in, n);
   const char *method = d.method ? d.method : "GET";
   const char *path = d.path ? d.path : "/";
-  if (!is_token(method) || path[0] != '/' || strpbrk(path, " \r\n"))
+  /* no fragment: it is not sent (libcurl drops it, a server refuses it) */
+  if (!is_token(method) || path[0] != '/' || strpbrk(path, " \r\n#"))
     return DSYS_EINVAL;
   const dsys_transport_ops *ops = dsysi_transport_find(d.url);
   if (!ops) return dsysi_url_check(d.url); /* which error: no scheme or unknown */

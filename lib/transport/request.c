@@ -22,7 +22,10 @@ void dsysi_request_unref(dsys_request *req) {
 }
 
 int dsysi_request_set_target(dsys_request *req, const char *target) {
-  if (!target || target[0] != '/') return DSYS_EURL;
+  /* A fragment is never part of a request target (RFC 9112, 3.2); taken
+   * as part of the path, it would make a check on this target disagree
+   * with a peer that drops it ("/a/%2f.#x" is "/a//." there). */
+  if (!target || target[0] != '/' || strchr(target, '#')) return DSYS_EURL;
   const char *q = strchr(target, '?');
   size_t plen = q ? (size_t)(q - target) : strlen(target);
   size_t tlen = strlen(target);

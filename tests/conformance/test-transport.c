@@ -477,6 +477,7 @@ static void test_client_errors(void) {
   is_int(do_call(c, "nonsense", "GET", "/", NULL, 0, &r), DSYS_EURL, "not a URL");
   is_int(do_call(c, "http://127.0.0.1:1", "GE T", "/", NULL, 0, &r), DSYS_EINVAL, "bad method");
   is_int(do_call(c, "http://127.0.0.1:1", "GET", "no-slash", NULL, 0, &r), DSYS_EINVAL, "path must start with /");
+  is_int(do_call(c, "inproc://x", "GET", "/a#frag", NULL, 0, &r), DSYS_EINVAL, "a fragment in the path rejected");
   dsys_header bad[] = {{"X-Evil", "a\r\nInjected: 1"}};
   dsys_call call = {.size = sizeof call, .url = "http://127.0.0.1:1", .headers = bad, .nheaders = 1};
   is_int(dsys_client_do(c, &call, &r), DSYS_EINVAL, "CR/LF in a header value rejected");

@@ -521,7 +521,10 @@ int main(void) {
   int bd = atomic_load(&data.hits);
   const char *tricks[] = {"/api/open/../auth/x", "/api/open/%2e%2e/auth/x", "/api/open/.%2E/auth/x",
                           "/api/open%2F..%2Fauth/x", "/api/open/..%2fauth/x", "/api/open/x%5c..%5c..%5cauth",
-                          "/api/open/./x", "/v1/api/open/../../api/auth/x"};
+                          "/api/open/./x", "/v1/api/open/../../api/auth/x",
+                          /* found by fuzz-gateway: a fragment hid the dot segment
+                           * its upstream sees once it drops the fragment */
+                          "/api/open/a://%2f.#x", "/api/open/x#/../../auth/x"};
   for (size_t i = 0; i < sizeof tricks / sizeof *tricks; i++) {
     char req[256];
     snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", tricks[i]);

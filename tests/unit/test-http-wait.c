@@ -356,6 +356,18 @@ int main(void) {
   ok(st == 200 && w < 10, "waiting 80 ms for an answer costs %.1f ms CPU", w);
   close(fd);
 
+  /* The target check (server.md, request pipeline): a target that is not
+   * a path, or that carries a fragment, is answered 400 before routing. */
+  static const char *const bad_targets[] = {"http://evil/quick", "/quick#x", "/a/%2f.#x"};
+  for (size_t i = 0; i < sizeof bad_targets / sizeof *bad_targets; i++) {
+    char eb[128] = "";
+    fd = test_connect_timeout(url, 5);
+    st = get(fd, bad_targets[i], eb, sizeof eb);
+    ok(st == 400 && strstr(eb, "Malformed request target") && strstr(eb, "DSYS_EURL"),
+       "GET %s: 400 (%d %s)", bad_targets[i], st, eb);
+    close(fd);
+  }
+
   dsys_server_free(srv);
   return tap_done();
 }
