@@ -9,6 +9,7 @@
  *   dsys-cluster status [--data-dir DIR]
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -320,7 +321,49 @@ static void spawn(proc *p) {
   p->healthy = 0;
 }
 
+/* Whether process pid holds a TCP socket listening on port (Linux /proc):
+ * a health check must be answered by the process itself, not by another
+ * program that took the port while it was down (it then cannot listen). */
+static int listens(pid_t pid, int port) {
+  unsigned long inodes[16];
+  int n = 0;
+  static const char *const tables[] = {"/proc/net/tcp", "/proc/net/tcp6"};
+  for (int t = 0; t < 2; t++) {
+    FILE *f = fopen(tables[t], "r");
+    if (!f) continue;
+    char line[512];
+    while (n < 16 && fgets(line, sizeof line, f)) {
+      unsigned lport, st;
+      unsigned long inode;
+      /* "sl: local:port remote:port st tx:rx tr:when retrnsmt uid timeout inode" */
+      if (sscanf(line, " %*d: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x %*x:%*x %*x:%*x %*x %*u %*u %lu",
+                 &lport, &st, &inode) == 3 &&
+          (int)lport == port && st == 0x0A /* LISTEN */)
+        inodes[n++] = inode;
+    }
+    fclose(f);
+  }
+  char dir[64];
+  snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+  DIR *d = n ? opendir(dir) : NULL;
+  int found = 0;
+  for (struct dirent *e; d && !found && (e = readdir(d));) {
+    char path[320], link[64];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    ssize_t l = readlink(path, link, sizeof link - 1);
+    if (l <= 0) continue;
+    link[l] = '\0';
+    unsigned long ino;
+    if (sscanf(link, "socket:[%lu]", &ino) == 1)
+      for (int i = 0; i < n; i++) found |= ino == inodes[i];
+  }
+  if (d) closedir(d);
+  return found;
+}
+
+/* GET /health answered 200; by p's own process when p->pid is known. */
 static int check_health(dsys_client *c, proc *p) {
+  if (p->pid && !listens(p->pid, p->port)) return 0;
   char url[128];
   url_of(p, url, sizeof url);
   dsys_call call = {.size = sizeof call, .url = url, .path = "/health", .timeout_ms = 1000};
