@@ -104,15 +104,20 @@ static int fail(const char *msg, const char *arg) {
   return finish(2);
 }
 
+/* Whether the --policy value v ("NAME=P", eq at its '=') is for upstream name. */
+static int policy_is_for(const char *v, const char *eq, const char *name) {
+  size_t nl = (size_t)(eq - v);
+  return strlen(name) == nl && !strncmp(v, name, nl);
+}
+
 /* The policy of upstream name: its own --policy NAME=P, else the plain
  * --policy P (round-robin by default). */
 static const char *policy_for(const char *name) {
   const char *all = "round-robin";
-  size_t nl = strlen(name);
   for (size_t i = 0; i < dsys_config_count(g_.cfg, "policy"); i++) {
     const char *v = dsys_config_get_nth(g_.cfg, "policy", i), *eq = strchr(v, '=');
     if (!eq) all = v;
-    else if ((size_t)(eq - v) == nl && !strncmp(v, name, nl)) return eq + 1;
+    else if (policy_is_for(v, eq, name)) return eq + 1;
   }
   return all;
 }
@@ -184,8 +189,7 @@ static const char *check_policies(const rspec *r, size_t n, const char **bad) {
     if (dsys_lb_policy_parse(eq ? eq + 1 : v, &pol)) return "unknown --policy";
     if (!eq && plain++) return "--policy P given twice (NAME=P sets one upstream's)";
     size_t k = 0;
-    while (eq && k < n && (strlen(r[k].name) != (size_t)(eq - v) || strncmp(r[k].name, v, (size_t)(eq - v))))
-      k++;
+    while (eq && k < n && !policy_is_for(v, eq, r[k].name)) k++;
     if (eq && k == n) return "--policy NAME=P: no route goes to upstream NAME";
   }
   return NULL;
