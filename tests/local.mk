@@ -5,7 +5,7 @@ libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
 	tests/helpers/net.c tests/helpers/net.h
 libdsys_testutil_la_CPPFLAGS = $(TEST_CPPFLAGS)
 libdsys_testutil_la_CFLAGS = $(TEST_CFLAGS)
-EXTRA_DIST += tests/helpers/run-test tests/headers.test
+EXTRA_DIST += tests/helpers/run-test tests/helpers/conn.sh tests/headers.test
 
 check_PROGRAMS += tests/unit/test-core
 tests_unit_test_core_SOURCES = tests/unit/test-core.c
