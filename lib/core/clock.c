@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <distsys/clock.h>
-#include "internal.h"
+#include "core/internal.h"
 
 typedef struct timer_ent {
   int64_t deadline;

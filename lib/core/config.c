@@ -5,7 +5,7 @@
 #include <string.h>
 #include <distsys/config.h>
 #include <distsys/log.h>
-#include "internal.h"
+#include "core/internal.h"
 
 enum { SRC_UNSET = 0, SRC_DEFAULT, SRC_ENV, SRC_FLAG };
 

@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <distsys/common.h>
-#include "db.h"
+#include "core/db.h"
 
 int dsysi_db_err(int rc) {
   switch (rc & 0xff) {

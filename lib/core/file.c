@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <distsys/util.h>
-#include "internal.h"
+#include "core/internal.h"
 
 int dsysi_file_read(const char *path, size_t max, const char *component,
                     char **out, size_t *len) {

@@ -4,7 +4,7 @@
 #include <string.h>
 #include <distsys/clock.h>
 #include <distsys/common.h>
-#include "json.h"
+#include "core/json.h"
 
 /* json-c 0.16 accepts single-quoted keys even in strict mode; RFC 8259 does
  * not. Reject a quote character outside double-quoted strings. */

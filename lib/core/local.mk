@@ -1,8 +1,9 @@
-# Core: errors, logging, clock and timers, JSON helpers, config, utilities.
+# core: errors, logging, clock and timers, JSON helpers, config, utilities,
+# SQLite and file helpers. Uses no other layer.
 libdsys_internal_la_SOURCES += \
 	lib/core/error.c lib/core/log.c lib/core/clock.c lib/core/json.c \
 	lib/core/config.c lib/core/util.c lib/core/db.c lib/core/file.c
-noinst_HEADERS += lib/core/internal.h lib/core/json.h lib/core/db.h
+noinst_HEADERS += lib/core/internal.h lib/core/json.h lib/core/db.h lib/core/rng.h
 pkginclude_HEADERS += include/distsys/distsys.h include/distsys/common.h \
 	include/distsys/log.h include/distsys/clock.h include/distsys/util.h \
-	include/distsys/config.h include/distsys/server.h include/distsys/client.h
+	include/distsys/config.h

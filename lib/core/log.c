@@ -7,7 +7,7 @@
 #include <json-c/json.h>
 #include <distsys/clock.h>
 #include <distsys/log.h>
-#include "internal.h"
+#include "core/internal.h"
 
 static atomic_int g_level = -1; /* -1: not yet read from the environment */
 static atomic_int g_format = -1;

@@ -8,7 +8,7 @@
 #include <sys/syscall.h>
 #include <bsd/stdlib.h>
 #include <distsys/util.h>
-#include "internal.h"
+#include "core/internal.h"
 
 void dsys_random_bytes(void *buf, size_t len) {
   if (buf && len) arc4random_buf(buf, len);

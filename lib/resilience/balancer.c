@@ -6,8 +6,8 @@
 #include <string.h>
 #include <distsys/balancer.h>
 #include <distsys/util.h>
-#include "internal.h"
-#include "resilience/rint.h"
+#include "core/internal.h"
+#include "core/rng.h"
 
 #define MAX_ENDPOINTS (1u << 20)
 #define IDX_BITS 24

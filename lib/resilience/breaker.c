@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/breaker.h>
-#include "internal.h"
+#include "core/internal.h"
 
 #define OUT_FAIL 1
 #define OUT_SLOW 2

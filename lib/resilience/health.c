@@ -5,8 +5,8 @@
 #include <distsys/health.h>
 #include <distsys/client.h>
 #include <distsys/util.h>
-#include "internal.h"
-#include "resilience/rint.h"
+#include "core/internal.h"
+#include "core/rng.h"
 
 typedef struct hep hep;
 struct hep {

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/registration.h>
-#include "internal.h"
+#include "core/internal.h"
 
 struct dsys_registration {
   pthread_mutex_t mu;

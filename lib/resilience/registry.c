@@ -7,9 +7,9 @@
 #include <string.h>
 #include <time.h>
 #include <distsys/registry.h>
-#include "internal.h"
-#include "json.h"
-#include "resilience/registry-int.h"
+#include "core/internal.h"
+#include "core/json.h"
+#include "resilience/registry_int.h"
 
 typedef struct watch {
   uint64_t id, from;

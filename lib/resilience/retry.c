@@ -6,8 +6,8 @@
 #include <distsys/retry.h>
 #include <distsys/client.h>
 #include <distsys/util.h>
-#include "internal.h"
-#include "resilience/rint.h"
+#include "core/internal.h"
+#include "core/rng.h"
 
 /* One second of the budget's window. A request is counted without the
  * lock (dsys_retry_request: every proxied request, from every event loop,

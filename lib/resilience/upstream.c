@@ -21,7 +21,7 @@
 #include <string.h>
 #include <strings.h>
 #include <distsys/upstream.h>
-#include "internal.h"
+#include "core/internal.h"
 #include "transport/url.h"
 
 #define LAT_N DSYS_UPSTREAM_LAT_BUCKETS

@@ -26,7 +26,7 @@
 #include "core/internal.h"
 #include "core/json.h"
 #include "services/common.h"
-#include "services/authfn.h"
+#include "security/crypto.h"
 
 #define MAX_PASSWORD DSYS_PASSWORD_MAX
 #define MAX_EMAIL 254
@@ -46,7 +46,7 @@ struct dsys_auth_service {
   char dummy_hash[CRYPT_OUTPUT_SIZE]; /* verified against for unknown users */
 };
 
-/* ---- passwords and tokens: the shared primitives of authfn.c ---- */
+/* ---- passwords and tokens: the shared primitives of crypto.c ---- */
 
 static int hash_password(const char *prefix, const char *pw, char *out) {
   return dsysi_password_hash(prefix, pw, out);

@@ -719,7 +719,7 @@ uint64_t dsys_faultd_cycles(dsys_faultd *fd) {
 /* ---- routes ---- */
 
 /* The dashboard page (dashboard/index.html), embedded at build time by
- * lib/services/embed-file.sh into a generated source (lib/services/local.mk). */
+ * lib/services/embed_file.sh into a generated source (lib/services/local.mk). */
 extern const char dsysi_dashboard_html[];
 extern const size_t dsysi_dashboard_html_len;
 

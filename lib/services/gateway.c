@@ -22,7 +22,7 @@
 #include "transport/h1client.h"
 #include "transport/transport.h"
 #include "services/edge.h"
-#include "services/identity-int.h"
+#include "security/identity_int.h"
 
 #define MAX_UPSTREAMS 32
 #define MAX_ROUTES 64

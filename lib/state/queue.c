@@ -21,7 +21,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "state/state.h"
+#include "state/store_int.h"
 #include "state/queue_int.h"
 
 enum {

@@ -16,7 +16,7 @@
 #include "core/db.h"
 #include "core/internal.h"
 #include "core/json.h"
-#include "state/state.h"
+#include "state/store_int.h"
 #include "state/queue_int.h"
 
 enum {

@@ -9,7 +9,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "state/state.h"
+#include "state/store_int.h"
 
 struct dsys_store {
   const dsys_store_ops *ops;

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <distsys/store.h>
 #include "core/internal.h"
-#include "state/state.h"
+#include "state/store_int.h"
 
 typedef struct mem {
   pthread_rwlock_t lock;

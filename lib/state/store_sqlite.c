@@ -11,7 +11,7 @@
 #include <distsys/store.h>
 #include "core/db.h"
 #include "core/internal.h"
-#include "state/state.h"
+#include "state/store_int.h"
 
 enum {
   ST_GET_KEY, ST_GET_ID, ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_DEL_EXPIRED,

@@ -2,7 +2,7 @@
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
-#include "json.h"
+#include "core/json.h"
 #include "transport/transport.h"
 
 /* ---- lifetime ---- */

@@ -1,10 +1,10 @@
 /*
  * Internal: the password and token primitives shared by the public helpers
- * of <distsys/auth.h> (lib/services/authfn.c) and the auth service
+ * of <distsys/auth.h> (lib/security/crypto.c) and the auth service
  * (lib/services/auth.c). One implementation serves both.
  */
-#ifndef DSYSI_AUTHFN_H
-#define DSYSI_AUTHFN_H
+#ifndef DSYSI_CRYPTO_H
+#define DSYSI_CRYPTO_H
 
 #include <crypt.h>
 #include <stdint.h>

@@ -1,9 +1,9 @@
 /* Registry backend "memory": instances of this handle only, in an
- * in-memory table (registry-table.c). */
+ * in-memory table (registry_table.c). */
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
-#include "resilience/registry-table.h"
+#include "core/internal.h"
+#include "resilience/registry_table.h"
 
 typedef struct mem_state {
   dsysi_regtab t;

@@ -1,9 +1,9 @@
-/* In-memory instance table with a change log (see registry-table.h). */
+/* In-memory instance table with a change log (see registry_table.h). */
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/common.h>
 #include "core/internal.h"
-#include "resilience/registry-table.h"
+#include "resilience/registry_table.h"
 
 void dsysi_regtab_free(dsysi_regtab *t) {
   for (size_t i = 0; i < t->n; i++) free(t->v[i]);

@@ -1,5 +1,5 @@
 /*
- * Password hashing and JWT primitives (internal, see authfn.h) and the
+ * Password hashing and JWT primitives (internal, see crypto.h) and the
  * public helpers of <distsys/auth.h> built on them.
  */
 #include <errno.h>
@@ -9,7 +9,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "services/authfn.h"
+#include "security/crypto.h"
 
 /* ---- internal primitives ---- */
 

@@ -5,10 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "internal.h"
-#include "json.h"
-#include "db.h"
-#include "resilience/registry-int.h"
+#include "core/internal.h"
+#include "core/json.h"
+#include "core/db.h"
+#include "resilience/registry_int.h"
 
 typedef struct sq_state {
   sqlite3 *db;

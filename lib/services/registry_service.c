@@ -9,9 +9,9 @@
 #include <string.h>
 #include <distsys/registry_service.h>
 #include <distsys/util.h>
-#include "internal.h"
-#include "json.h"
-#include "services/identity-int.h"
+#include "core/internal.h"
+#include "core/json.h"
+#include "security/identity_int.h"
 
 typedef struct pend {
   struct pend *next;

@@ -1,5 +1,5 @@
 /* Service identity: key pairs (GnuTLS), ES256 tokens (libjwt, through the
- * pinned-algorithm primitives of authfn.c), credentials that follow their
+ * pinned-algorithm primitives of crypto.c), credentials that follow their
  * token file, a verifier with a digest cache, and the server guard. See
  * include/distsys/identity.h. */
 #include <errno.h>
@@ -17,8 +17,8 @@
 #include <distsys/identity.h>
 #include <distsys/util.h>
 #include "core/internal.h"
-#include "services/authfn.h"
-#include "services/identity-int.h"
+#include "security/crypto.h"
+#include "security/identity_int.h"
 
 #define KEY_MAX 16384
 #define USE_CLAIM "dsys-identity"

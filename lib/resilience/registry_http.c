@@ -1,5 +1,5 @@
 /* Registry backend "http": a client of a registry daemon (the routes of
- * lib/services/registry.c) over any dsys_client transport.
+ * lib/services/registry_service.c) over any dsys_client transport.
  *
  * A local view (instances sorted by id, a change log, a local change index)
  * is kept current by a background thread running blocking queries
@@ -25,9 +25,9 @@
 #include <time.h>
 #include <distsys/client.h>
 #include <distsys/identity.h>
-#include "internal.h"
-#include "json.h"
-#include "resilience/registry-table.h"
+#include "core/internal.h"
+#include "core/json.h"
+#include "resilience/registry_table.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -41,7 +41,7 @@ typedef struct http_state {
   dsys_client *wcli; /* blocking queries (freed at close to cancel them) */
   dsys_registry_env env;
   int64_t wait_ms;
-  dsysi_regtab t; /* the view (registry-table.c) */
+  dsysi_regtab t; /* the view (registry_table.c) */
   /* what we know of the daemon */
   char epoch[40], old_epoch[40];
   uint64_t dindex;

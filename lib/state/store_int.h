@@ -1,6 +1,6 @@
 /* Internal helpers shared by the state modules (store, queue). */
-#ifndef DSYSI_STATE_H
-#define DSYSI_STATE_H
+#ifndef DSYSI_STORE_INT_H
+#define DSYSI_STORE_INT_H
 
 #include <stdint.h>
 

@@ -7,7 +7,7 @@
 #ifndef DSYSI_REGISTRY_TABLE_H
 #define DSYSI_REGISTRY_TABLE_H
 
-#include "resilience/registry-int.h"
+#include "resilience/registry_int.h"
 
 typedef struct dsysi_regchg {
   uint64_t index;

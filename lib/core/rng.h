@@ -1,6 +1,6 @@
-/* Internal helpers of the resilience layer (dsysi_ prefix, hidden). */
-#ifndef DSYSI_RINT_H
-#define DSYSI_RINT_H
+/* Fast non-cryptographic random numbers and hashing (dsysi_ prefix, hidden). */
+#ifndef DSYSI_RNG_H
+#define DSYSI_RNG_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "loadtest-hist.h"
+#include "../../tools/loadtest-hist.h"
 #include "tap.h"
 
 static uint64_t rs = 0x9e3779b97f4a7c15ull;
