@@ -380,6 +380,19 @@ typedef struct dsys_queue_ops {
 DSYS_API const dsys_queue_ops *dsys_queue_ops_sqlite(void);
 
 /**
+ * Add a queue backend, found afterwards by dsys_queue_open() through its
+ * name as the URL scheme ("NAME://location" or "NAME:location"). The
+ * built-in "sqlite" backend is always there ("memory:" opens it on a
+ * private in-memory database unless a backend named "memory" is added).
+ * The ops table must be static (registrations are permanent).
+ * @return 0; DSYS_EINVAL for a bad ops table (as dsys_queue_open_ops());
+ *         DSYS_EEXIST when a backend of that name exists; DSYS_ENOMEM when
+ *         the table of backends is full (32).
+ * Thread: any.
+ */
+DSYS_API int dsys_queue_register_backend(const dsys_queue_ops *ops);
+
+/**
  * Open a queue on an explicit backend. The ops table is checked: version
  * 1..DSYS_QUEUE_OPS_VERSION, a name, and every mandatory op present.
  * @return as dsys_queue_open(); DSYS_EINVAL for a bad ops table.

@@ -188,8 +188,23 @@ typedef struct dsys_registry_options {
 } dsys_registry_options;
 
 /**
- * Open a registry on a built-in backend.
- * @param backend "memory", "sqlite", "http", or a registry daemon URL
+ * Add a registry backend, found afterwards by dsys_registry_open() through
+ * its name (as the backend argument, or as the scheme of a
+ * "NAME://target" URL). The built-in "memory", "sqlite" and "http"
+ * backends are always there. The ops table must be static (registrations
+ * are permanent).
+ * @return 0; DSYS_EINVAL for a bad ops table (an unknown version or a
+ *         mandatory op missing); DSYS_EEXIST when a backend of that name
+ *         exists; DSYS_ENOMEM when the table of backends is full (32).
+ * Thread: any.
+ */
+DSYS_API int dsys_registry_register_backend(const dsys_registry_ops *ops);
+
+/**
+ * Open a registry on a backend by name or URL.
+ * @param backend "memory", "sqlite", "http", the name of a backend added
+ *        with dsys_registry_register_backend(), "NAME://target" (e.g.
+ *        "sqlite:///var/lib/registry.sqlite"), or a registry daemon URL
  *        ("http://host:port", "unix:///path.sock", "inproc://name"), which
  *        selects the http backend with that URL as target.
  * @param target sqlite: the database path (created if needed); http: the

@@ -142,7 +142,21 @@ DSYS_API const dsys_store_ops *dsys_store_ops_sqlite(void);
 DSYS_API const dsys_store_ops *dsys_store_ops_memory(void);
 
 /**
- * Open a store by URL ("sqlite:///abs/path" or "memory:").
+ * Add a store backend, found afterwards by dsys_store_open() through its
+ * name as the URL scheme ("NAME://location" or "NAME:location"; the
+ * location is passed to its open op). The built-in "sqlite" and "memory"
+ * backends are always there. The ops table must outlive the process's use
+ * of the store library (a static table); registrations are permanent.
+ * @return 0; DSYS_EINVAL for a bad ops table (as dsys_store_open_ops());
+ *         DSYS_EEXIST when a backend of that name exists; DSYS_ENOMEM when
+ *         the table of backends is full (32).
+ * Thread: any.
+ */
+DSYS_API int dsys_store_register_backend(const dsys_store_ops *ops);
+
+/**
+ * Open a store by URL ("sqlite:///abs/path", "memory:", or the scheme of a
+ * backend added with dsys_store_register_backend()).
  * @param out receives the store.
  * @param url see the header comment; relative sqlite paths
  *        ("sqlite://rel/path") are accepted as given.

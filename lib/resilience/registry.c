@@ -9,7 +9,9 @@
 #include <distsys/registry.h>
 #include "core/internal.h"
 #include "core/json.h"
+#include "core/plugin.h"
 #include "resilience/registry_int.h"
+#include "transport/transport.h"
 
 typedef struct watch {
   uint64_t id, from;
@@ -89,32 +91,44 @@ int dsys_instances_copy(const dsys_instance *src, size_t n, dsys_instance **out)
 static void sweep_cb(void *ud);
 static void changed_cb(void *ctx);
 
-static const dsys_registry_ops *builtin(const char *name) {
-  if (!strcmp(name, "memory")) return &dsysi_registry_memory_ops;
-  if (!strcmp(name, "sqlite")) return &dsysi_registry_sqlite_ops;
-  if (!strcmp(name, "http")) return &dsysi_registry_http_ops;
-  return NULL;
+/* The ops checks of dsys_registry_open_ops: 0, DSYS_ENOTSUP or DSYS_EINVAL. */
+static int check_ops(const dsys_registry_ops *ops) {
+  if (ops->version < 1 || ops->version > DSYS_REGISTRY_OPS_VERSION) return DSYS_ENOTSUP;
+  if (!ops->name || !ops->open || !ops->close || !ops->put || !ops->heartbeat ||
+      !ops->remove || !ops->get || !ops->list || !ops->expire || !ops->index ||
+      !ops->changes)
+    return DSYS_EINVAL;
+  return 0;
 }
 
-/* A daemon URL given as the backend name selects the http backend. */
-static int is_daemon_url(const char *s) {
-  return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8) ||
-         !strncmp(s, "unix://", 7) || !strncmp(s, "inproc://", 9);
+static int usable(const void *ops) { return !check_ops(ops); }
+static const char *key(const void *ops) { return ((const dsys_registry_ops *)ops)->name; }
+static dsysi_family backends = DSYSI_FAMILY("registry", usable, key);
+
+int dsys_registry_register_backend(const dsys_registry_ops *ops) {
+  return dsysi_family_register(&backends, ops);
 }
 
 int dsys_registry_open(dsys_registry **out, const char *backend,
                        const char *target, const dsys_registry_options *opts,
                        char *errbuf, size_t errlen) {
   if (!out || !backend) return DSYS_EINVAL;
-  if (is_daemon_url(backend)) {
-    target = backend;
-    backend = "http";
-  } else if (!strncmp(backend, "sqlite://", 9)) {
-    /* "sqlite:///path/file.sqlite", the same URL form as the store's */
-    target = backend + 9;
-    backend = "sqlite";
+  const dsys_registry_ops *ops = NULL;
+  const char *scheme, *loc;
+  size_t sl;
+  if (strstr(backend, "://") && !dsysi_plugin_url(backend, &scheme, &sl, &loc)) {
+    /* the URL of a registry daemon on any transport selects the http
+     * backend, whose target it is; else "NAME://target" names a backend
+     * and its target ("sqlite:///path") */
+    if (dsysi_transport_find(backend)) {
+      ops = dsysi_family_find(&backends, "http", 4);
+      target = backend;
+    } else if ((ops = dsysi_family_find(&backends, scheme, sl))) {
+      target = loc;
+    }
+  } else {
+    ops = dsysi_family_find(&backends, backend, strlen(backend));
   }
-  const dsys_registry_ops *ops = builtin(backend);
   if (!ops) {
     if (errbuf && errlen) snprintf(errbuf, errlen, "unknown registry backend '%s'", backend);
     return DSYS_ENOTSUP;
@@ -137,11 +151,8 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
                            char *errbuf, size_t errlen) {
   if (errbuf && errlen) errbuf[0] = '\0';
   if (!out || !ops) return DSYS_EINVAL;
-  if (ops->version < 1 || ops->version > DSYS_REGISTRY_OPS_VERSION) return DSYS_ENOTSUP;
-  if (!ops->name || !ops->open || !ops->close || !ops->put || !ops->heartbeat ||
-      !ops->remove || !ops->get || !ops->list || !ops->expire || !ops->index ||
-      !ops->changes)
-    return DSYS_EINVAL;
+  int ce = check_ops(ops);
+  if (ce) return ce;
   dsys_registry_options d = {0};
   if (o) memcpy(&d, o, o->size && o->size < sizeof d ? o->size : sizeof d);
   if (d.ttl_ms < 0 || d.reap_ms < 0 || d.sweep_interval_ms < -1) return DSYS_EINVAL;

@@ -26,6 +26,7 @@
 #include <distsys/client.h>
 #include <distsys/identity.h>
 #include "core/internal.h"
+#include "core/plugin.h"
 #include "core/json.h"
 #include "resilience/registry_table.h"
 
@@ -636,7 +637,7 @@ static int h_changes(void *vst, uint64_t after, dsys_registry_change_fn fn, void
   return rc;
 }
 
-const dsys_registry_ops dsysi_registry_http_ops = {
+static const dsys_registry_ops http_ops = {
     .version = DSYS_REGISTRY_OPS_VERSION,
     .name = "http",
     .state_size = sizeof(http_state),
@@ -653,3 +654,4 @@ const dsys_registry_ops dsysi_registry_http_ops = {
     .flags = DSYS_REGISTRY_OPS_OWN_HEALTH,
     .attach = h_attach,
 };
+DSYSI_PLUGIN(registry, http, &http_ops);

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/internal.h"
+#include "core/plugin.h"
 #include "resilience/registry_table.h"
 
 typedef struct mem_state {
@@ -70,7 +71,7 @@ static int mem_changes(void *vst, uint64_t after, dsys_registry_change_fn fn,
   return dsysi_regtab_changes(&((mem_state *)vst)->t, after, fn, ctx);
 }
 
-const dsys_registry_ops dsysi_registry_memory_ops = {
+static const dsys_registry_ops memory_ops = {
     .version = DSYS_REGISTRY_OPS_VERSION,
     .name = "memory",
     .state_size = sizeof(mem_state),
@@ -85,3 +86,4 @@ const dsys_registry_ops dsysi_registry_memory_ops = {
     .index = mem_index,
     .changes = mem_changes,
 };
+DSYSI_PLUGIN(registry, memory, &memory_ops);

@@ -8,6 +8,7 @@
 #include "core/internal.h"
 #include "core/json.h"
 #include "core/db.h"
+#include "core/plugin.h"
 #include "resilience/registry_int.h"
 
 typedef struct sq_state {
@@ -421,7 +422,7 @@ static int sq_changes(void *vst, uint64_t after, dsys_registry_change_fn fn, voi
   return rc;
 }
 
-const dsys_registry_ops dsysi_registry_sqlite_ops = {
+static const dsys_registry_ops sqlite_ops = {
     .version = DSYS_REGISTRY_OPS_VERSION,
     .name = "sqlite",
     .state_size = sizeof(sq_state),
@@ -436,3 +437,4 @@ const dsys_registry_ops dsysi_registry_sqlite_ops = {
     .index = sq_index,
     .changes = sq_changes,
 };
+DSYSI_PLUGIN(registry, sqlite, &sqlite_ops);

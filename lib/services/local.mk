@@ -12,7 +12,7 @@ pkginclude_HEADERS += include/distsys/services.h include/distsys/gateway.h \
 # library as a C string by a POSIX od/sed script (no xxd, no build
 # compiler). The generated source lives in the build tree (out-of-tree and
 # distcheck builds work; it is not distributed).
-nodist_libdsys_internal_la_SOURCES = lib/services/dashboard_html.c
+nodist_libdsys_internal_la_SOURCES += lib/services/dashboard_html.c
 EXTRA_DIST += dashboard/index.html lib/services/embed_file.sh
 CLEANFILES += lib/services/dashboard_html.c
 lib/services/dashboard_html.c: $(top_srcdir)/dashboard/index.html $(top_srcdir)/lib/services/embed_file.sh

@@ -21,6 +21,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
+#include "core/plugin.h"
 #include "state/store_int.h"
 #include "state/queue_int.h"
 
@@ -327,16 +328,30 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
   return 0;
 }
 
+static int usable(const void *ops) { return check_ops(ops); }
+static const char *key(const void *ops) { return ((const dsys_queue_ops *)ops)->name; }
+static dsysi_family backends = DSYSI_FAMILY("queue", usable, key);
+
+int dsys_queue_register_backend(const dsys_queue_ops *ops) {
+  return dsysi_family_register(&backends, ops);
+}
+
 int dsys_queue_open(dsys_queue **out, const char *url,
                     const dsys_queue_options *opts) {
   if (!out) return DSYS_EINVAL;
   *out = NULL;
   const char *scheme, *loc;
-  int e = dsysi_state_parse_url(url, &scheme, &loc);
+  size_t sl;
+  int e = dsysi_plugin_url(url, &scheme, &sl, &loc);
   if (e) return e;
-  if (!strcmp(scheme, "memory"))
-    return dsys_queue_open_ops(out, dsys_queue_ops_sqlite(), ":memory:", opts);
-  return dsys_queue_open_ops(out, dsys_queue_ops_sqlite(), loc, opts);
+  /* "memory:" is the sqlite backend on a private in-memory database unless
+   * a program registered a backend of that name */
+  const dsys_queue_ops *ops = dsysi_family_find(&backends, scheme, sl);
+  if (!ops && sl == 6 && !strncmp(scheme, "memory", 6)) {
+    ops = dsysi_family_find(&backends, "sqlite", 6);
+    loc = ":memory:";
+  }
+  return ops ? dsys_queue_open_ops(out, ops, loc, opts) : DSYS_ESCHEME;
 }
 
 void dsys_queue_close(dsys_queue *q) {

@@ -16,6 +16,7 @@
 #include "core/db.h"
 #include "core/internal.h"
 #include "core/json.h"
+#include "core/plugin.h"
 #include "state/store_int.h"
 #include "state/queue_int.h"
 
@@ -212,6 +213,7 @@ static int sq_open(void *p, const char *location, const dsys_queue_options *o,
                    char *err, size_t errlen) {
   sq *q = p;
   int e = 0;
+  if (!*location) return DSYS_EURL; /* "sqlite://" names no file */
   /* Two processes creating the same file at once can get SQLITE_BUSY
    * from the journal-mode switch without the busy handler: retry a while. */
   for (int attempt = 0; attempt < 50; attempt++) {
@@ -623,3 +625,4 @@ static const dsys_queue_ops sqlite_ops = {
 };
 
 const dsys_queue_ops *dsys_queue_ops_sqlite(void) { return &sqlite_ops; }
+DSYSI_PLUGIN(queue, sqlite, &sqlite_ops);

@@ -9,6 +9,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
+#include "core/plugin.h"
 #include "state/store_int.h"
 
 struct dsys_store {
@@ -126,21 +127,12 @@ int dsys_store_open_ops(dsys_store **out, const dsys_store_ops *ops,
   return 0;
 }
 
-int dsysi_state_parse_url(const char *url, const char **scheme_out,
-                          const char **loc_out) {
-  if (!url) return DSYS_EINVAL;
-  if (!strcmp(url, "memory:") || !strcmp(url, "memory://")) {
-    *scheme_out = "memory";
-    *loc_out = "";
-    return 0;
-  }
-  if (!strncmp(url, "sqlite://", 9)) {
-    *scheme_out = "sqlite";
-    *loc_out = url + 9; /* "sqlite:///abs" -> "/abs" */
-    return **loc_out ? 0 : DSYS_EURL;
-  }
-  if (!strchr(url, ':')) return DSYS_EURL;
-  return DSYS_ESCHEME;
+static int usable(const void *ops) { return check_ops(ops); }
+static const char *key(const void *ops) { return ((const dsys_store_ops *)ops)->name; }
+static dsysi_family backends = DSYSI_FAMILY("store", usable, key);
+
+int dsys_store_register_backend(const dsys_store_ops *ops) {
+  return dsysi_family_register(&backends, ops);
 }
 
 int dsys_store_open(dsys_store **out, const char *url,
@@ -148,12 +140,11 @@ int dsys_store_open(dsys_store **out, const char *url,
   if (!out) return DSYS_EINVAL;
   *out = NULL;
   const char *scheme, *loc;
-  int e = dsysi_state_parse_url(url, &scheme, &loc);
+  size_t sl;
+  int e = dsysi_plugin_url(url, &scheme, &sl, &loc);
   if (e) return e;
-  const dsys_store_ops *ops = !strcmp(scheme, "memory")
-                                  ? dsys_store_ops_memory()
-                                  : dsys_store_ops_sqlite();
-  return dsys_store_open_ops(out, ops, loc, opts);
+  const dsys_store_ops *ops = dsysi_family_find(&backends, scheme, sl);
+  return ops ? dsys_store_open_ops(out, ops, loc, opts) : DSYS_ESCHEME;
 }
 
 void dsys_store_close(dsys_store *s) {

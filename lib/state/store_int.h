@@ -4,10 +4,6 @@
 
 #include <stdint.h>
 
-/** Split "memory:" / "sqlite://<path>" into scheme and location.
- *  @return 0, DSYS_EINVAL, DSYS_EURL, DSYS_ESCHEME. */
-int dsysi_state_parse_url(const char *url, const char **scheme,
-                          const char **loc);
 /** Parse a strict JSON integer text. @return 0, DSYS_ETYPE, DSYS_ERANGE. */
 int dsysi_store_parse_int(const char *v, int64_t *out);
 /** a + b with overflow check. @return 0 or DSYS_ERANGE. */

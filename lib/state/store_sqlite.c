@@ -11,6 +11,7 @@
 #include <distsys/store.h>
 #include "core/db.h"
 #include "core/internal.h"
+#include "core/plugin.h"
 #include "state/store_int.h"
 
 enum {
@@ -193,6 +194,7 @@ static dsys_item *row_item(sqlite3_stmt *st) {
 static int sq_open(void *state, const char *location,
                    const dsys_store_options *o, char *err, size_t errlen) {
   sq *s = state;
+  if (!*location) return DSYS_EURL; /* "sqlite://" names no file */
   s->path = dsysi_strdup(location);
   if (!s->path) return DSYS_ENOMEM;
   s->full_sync = o->full_sync ? 1 : 0;
@@ -529,3 +531,4 @@ static const dsys_store_ops sqlite_ops = {
 };
 
 const dsys_store_ops *dsys_store_ops_sqlite(void) { return &sqlite_ops; }
+DSYSI_PLUGIN(store, sqlite, &sqlite_ops);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <distsys/store.h>
 #include "core/internal.h"
+#include "core/plugin.h"
 #include "state/store_int.h"
 
 typedef struct mem {
@@ -285,3 +286,4 @@ static const dsys_store_ops mem_ops = {
 };
 
 const dsys_store_ops *dsys_store_ops_memory(void) { return &mem_ops; }
+DSYSI_PLUGIN(store, memory, &mem_ops);
