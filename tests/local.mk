@@ -10,7 +10,7 @@ libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
 	tests/helpers/net.c tests/helpers/net.h
 
 C_TESTS = \
-	tests/core/test-core \
+	tests/core/test-core tests/core/test-plugin \
 	tests/security/test-identity \
 	tests/transport/test-transport tests/transport/test-h1 \
 	tests/transport/test-h1client tests/transport/test-http-stop \

@@ -20,11 +20,12 @@ static int add_locked(dsysi_family *f, const void *ops) {
  * the library, reported once rather than silently missing. */
 static void load_locked(dsysi_family *f) {
   if (atomic_load_explicit(&f->loaded, memory_order_relaxed)) return;
-  for (const dsysi_plugin *const *p = dsysi_builtin_plugins; *p; p++)
-    if (!strcmp((*p)->family, f->name)) {
-      int e = add_locked(f, (*p)->ops);
-      if (e) dsysi_log(DSYS_LOG_ERROR, "plugin", "built-in %s backend not added: %s", f->name, dsys_strerror(e));
-    }
+  for (const dsysi_plugin *const *l = dsysi_builtin_plugins; *l; l++)
+    for (const dsysi_plugin *p = *l; p->family; p++)
+      if (!strcmp(p->family, f->name)) {
+        int e = add_locked(f, p->ops);
+        if (e) dsysi_log(DSYS_LOG_ERROR, "plugin", "built-in %s backend not added: %s", f->name, dsys_strerror(e));
+      }
   atomic_store_explicit(&f->loaded, 1, memory_order_release);
 }
 

@@ -2,10 +2,11 @@
  * Plugin families: the backends of one kind (transports, stores, queues,
  * registries), each found by the name it serves (a URL scheme).
  *
- * A built-in backend registers itself: its file ends with its ops table
- * and DSYSI_PLUGIN(family, name, &ops), and its source file is listed in
- * DSYS_PLUGIN_SOURCES of its folder's local.mk, from which the build
- * generates the table dsysi_builtin_plugins (lib/plugins.c). A family
+ * A built-in backend registers itself: its file ends with its ops tables
+ * and the list of them, DSYSI_PLUGINS(FILE) = {{"store", &ops}, {0}}
+ * (FILE is the file's base name), and it is listed in DSYS_PLUGIN_SOURCES
+ * of its folder's local.mk, from which the build generates the table of
+ * all the lists, dsysi_builtin_plugins (lib/plugins.c). A family
  * loads its built-ins on first use. Programs add backends of their own
  * through the family's public dsys_*_register function, which lands in
  * dsysi_family_register. Entries are never removed, so lookups read the
@@ -24,12 +25,12 @@ typedef struct dsysi_plugin {
   const void *ops;
 } dsysi_plugin;
 
-/** Registers the ops table of the built-in backend NAME of FAMILY (a file
- *  whose name is FAMILY_NAME.c, listed in DSYS_PLUGIN_SOURCES). */
-#define DSYSI_PLUGIN(family, name, ops) \
-  const dsysi_plugin dsysi_plugin_##family##_##name = {#family, (ops)}
+/** The list of the built-in backends in source file FILE.c (its base
+ *  name, listed in DSYS_PLUGIN_SOURCES), ended by {0}:
+ *  DSYSI_PLUGINS(store_sqlite) = {{"store", &sqlite_ops}, {0}}; */
+#define DSYSI_PLUGINS(file) const dsysi_plugin dsysi_plugins_##file[]
 
-/** Every built-in backend, NULL-terminated (generated: lib/plugins.c). */
+/** Every file's list, NULL-terminated (generated: lib/plugins.c). */
 extern const dsysi_plugin *const dsysi_builtin_plugins[];
 
 /** The most backends one family holds (built-in and registered). */

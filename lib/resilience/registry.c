@@ -120,7 +120,7 @@ int dsys_registry_open(dsys_registry **out, const char *backend,
     /* the URL of a registry daemon on any transport selects the http
      * backend, whose target it is; else "NAME://target" names a backend
      * and its target ("sqlite:///path") */
-    if (dsysi_transport_find(backend)) {
+    if (dsysi_dialer_find(backend)) {
       ops = dsysi_family_find(&backends, "http", 4);
       target = backend;
     } else if ((ops = dsysi_family_find(&backends, scheme, sl))) {

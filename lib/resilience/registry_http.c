@@ -654,4 +654,4 @@ static const dsys_registry_ops http_ops = {
     .flags = DSYS_REGISTRY_OPS_OWN_HEALTH,
     .attach = h_attach,
 };
-DSYSI_PLUGIN(registry, http, &http_ops);
+DSYSI_PLUGINS(registry_http) = {{"registry", &http_ops}, {0}};

@@ -86,4 +86,4 @@ static const dsys_registry_ops memory_ops = {
     .index = mem_index,
     .changes = mem_changes,
 };
-DSYSI_PLUGIN(registry, memory, &memory_ops);
+DSYSI_PLUGINS(registry_memory) = {{"registry", &memory_ops}, {0}};

@@ -437,4 +437,4 @@ static const dsys_registry_ops sqlite_ops = {
     .index = sq_index,
     .changes = sq_changes,
 };
-DSYSI_PLUGIN(registry, sqlite, &sqlite_ops);
+DSYSI_PLUGINS(registry_sqlite) = {{"registry", &sqlite_ops}, {0}};

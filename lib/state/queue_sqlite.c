@@ -625,4 +625,4 @@ static const dsys_queue_ops sqlite_ops = {
 };
 
 const dsys_queue_ops *dsys_queue_ops_sqlite(void) { return &sqlite_ops; }
-DSYSI_PLUGIN(queue, sqlite, &sqlite_ops);
+DSYSI_PLUGINS(queue_sqlite) = {{"queue", &sqlite_ops}, {0}};

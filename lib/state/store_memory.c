@@ -286,4 +286,4 @@ static const dsys_store_ops mem_ops = {
 };
 
 const dsys_store_ops *dsys_store_ops_memory(void) { return &mem_ops; }
-DSYSI_PLUGIN(store, memory, &mem_ops);
+DSYSI_PLUGINS(store_memory) = {{"store", &mem_ops}, {0}};

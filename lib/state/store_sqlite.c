@@ -531,4 +531,4 @@ static const dsys_store_ops sqlite_ops = {
 };
 
 const dsys_store_ops *dsys_store_ops_sqlite(void) { return &sqlite_ops; }
-DSYSI_PLUGIN(store, sqlite, &sqlite_ops);
+DSYSI_PLUGINS(store_sqlite) = {{"store", &sqlite_ops}, {0}};

@@ -5,22 +5,32 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "core/plugin.h"
 #include "transport/transport.h"
 #include "transport/url.h"
-
-#define NSLOTS 2
 
 struct dsys_client {
   dsys_client_options o;
   char *tls[3]; /* copies of tls_ca_file, tls_cert_file, tls_key_file */
   pthread_mutex_t mu;
-  void *slots[NSLOTS];
+  /* per-engine dialer state, at the index of the engine's first dialer in
+   * the dialer family (slot_of) */
+  void *slots[DSYSI_FAMILY_MAX];
   dsysi_call *pending; /* calls started and not yet completed */
   int closing;
 };
 
-void **dsysi_client_slot(dsys_client *c, const dsys_transport_ops *ops) {
-  return &c->slots[ops == &dsysi_inproc_ops ? 1 : 0];
+/* The slot of a dialer's engine: the family only grows, so the index of
+ * an engine's first dialer never changes. */
+static size_t slot_of(const dsysi_dialer_ops *ops) {
+  const dsysi_dialer_ops *d;
+  size_t i = 0;
+  while ((d = dsysi_dialer_at(i)) && strcmp(d->engine, ops->engine)) i++;
+  return i < DSYSI_FAMILY_MAX ? i : DSYSI_FAMILY_MAX - 1; /* ops is registered: found */
+}
+
+void **dsysi_client_slot(dsys_client *c, const dsysi_dialer_ops *ops) {
+  return &c->slots[slot_of(ops)];
 }
 
 pthread_mutex_t *dsysi_client_lock(dsys_client *c) { return &c->mu; }
@@ -60,9 +70,11 @@ void dsys_client_free(dsys_client *c) {
   pthread_mutex_lock(&c->mu);
   c->closing = 1;
   pthread_mutex_unlock(&c->mu);
-  /* Transports stop their threads first (completing their calls). */
-  dsysi_http_ops.client_free(c);
-  dsysi_inproc_ops.client_free(c);
+  /* Dialers stop their threads first (completing their calls): each
+   * engine once, through its first dialer. */
+  const dsysi_dialer_ops *d;
+  for (size_t i = 0; (d = dsysi_dialer_at(i)); i++)
+    if (slot_of(d) == i) d->client_free(c);
   /* Whatever is still pending completes now, canceled. */
   for (;;) {
     pthread_mutex_lock(&c->mu);
@@ -131,7 +143,7 @@ static int make_call(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
   /* no fragment: it is not sent (libcurl drops it, a server refuses it) */
   if (!is_token(method) || path[0] != '/' || strpbrk(path, " \r\n#"))
     return DSYS_EINVAL;
-  const dsys_transport_ops *ops = dsysi_transport_find(d.url);
+  const dsysi_dialer_ops *ops = dsysi_dialer_find(d.url);
   if (!ops) return dsysi_url_check(d.url); /* which error: no scheme or unknown */
   dsysi_call *call = calloc(1, sizeof *call);
   if (!call) return DSYS_ENOMEM;

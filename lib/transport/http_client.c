@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <curl/curl.h>
+#include "core/plugin.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
@@ -33,13 +34,15 @@ typedef struct curl_state {
   size_t nact, capact;
 } curl_state;
 
+static const dsysi_dialer_ops http_ops; /* at the end */
+
 static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
 static curl_state *get_state(dsys_client *c) {
   pthread_once(&g_curl_once, curl_init_once);
   pthread_mutex_t *mu = dsysi_client_lock(c);
-  void **slot = dsysi_client_slot(c, &dsysi_http_ops);
+  void **slot = dsysi_client_slot(c, &http_ops);
   pthread_mutex_lock(mu);
   curl_state *s = *slot;
   if (!s && (s = calloc(1, sizeof *s))) {
@@ -97,7 +100,7 @@ static int setup_xfer(xfer *x) {
   int rc = dsysi_url_parse(call->url, &u);
   if (rc) return rc;
   dsysi_buf url = {0};
-  if (call->ops == &dsysi_unix_ops) {
+  if (!strcmp(call->ops->scheme, "unix")) {
     curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, u.path);
     dsysi_buf_printf(&url, "http://localhost%s", call->path);
   } else {
@@ -112,7 +115,7 @@ static int setup_xfer(xfer *x) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)call->timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)call->connect_timeout_ms);
-  if (call->ops == &dsysi_https_ops) {
+  if (!strcmp(call->ops->scheme, "https")) {
     /* Verification is curl's default; set it anyway so a reused handle
      * (curl_easy_reset) can never inherit an insecure setting. */
     const dsys_client_options *o = dsysi_client_options(call->client);
@@ -224,7 +227,7 @@ static void xfer_free(xfer *x) {
   free(x);
 }
 
-int dsysi_curl_call_sync(dsysi_call *call, dsys_reply **out) {
+static int curl_call_sync(dsysi_call *call, dsys_reply **out) {
   curl_state *s = get_state(call->client);
   if (!s) return DSYS_ENOMEM;
   CURL *e = NULL;
@@ -300,7 +303,7 @@ static void *io_thread(void *arg) {
   return NULL;
 }
 
-int dsysi_curl_call(dsysi_call *call) {
+static int curl_call(dsysi_call *call) {
   curl_state *s = get_state(call->client);
   if (!s) return DSYS_ENOMEM;
   CURL *e = curl_easy_init();
@@ -334,8 +337,8 @@ int dsysi_curl_call(dsysi_call *call) {
   return 0;
 }
 
-void dsysi_curl_client_free(dsys_client *c) {
-  void **slot = dsysi_client_slot(c, &dsysi_http_ops);
+static void curl_client_free(dsys_client *c) {
+  void **slot = dsysi_client_slot(c, &http_ops);
   curl_state *s = *slot;
   if (!s) return;
   pthread_mutex_lock(&s->mu);
@@ -365,3 +368,22 @@ void dsysi_curl_client_free(dsys_client *c) {
   free(s);
   *slot = NULL;
 }
+
+/* http, https (libcurl's TLS) and unix share every op and, as one engine,
+ * one per-client state. */
+#define CURL_DIALER(SCHEME)                \
+  {                                        \
+      .version = DSYSI_DIALER_OPS_VERSION, \
+      .scheme = SCHEME,                    \
+      .engine = "curl",                    \
+      .call = curl_call,                   \
+      .call_sync = curl_call_sync,         \
+      .client_free = curl_client_free,     \
+  }
+
+static const dsysi_dialer_ops http_ops = CURL_DIALER("http");
+static const dsysi_dialer_ops https_ops = CURL_DIALER("https");
+static const dsysi_dialer_ops unix_ops = CURL_DIALER("unix");
+
+DSYSI_PLUGINS(http_client) = {{"dialer", &http_ops}, {"dialer", &https_ops},
+                              {"dialer", &unix_ops}, {0}};

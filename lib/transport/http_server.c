@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <microhttpd.h>
 #include <gnutls/gnutls.h>
+#include "core/plugin.h"
 #include "transport/evloop.h"
 #include "transport/transport.h"
 #include "transport/url.h"
@@ -80,7 +81,7 @@ struct mhd_lst {
   pthread_t sweeper;
   int sweeping, sweep_stop;
   dsys_server *srv;
-  const dsys_transport_ops *ops;
+  const dsysi_listener_ops *ops;
   mhd_d *ds;
   unsigned nd;
   int loops;            /* event-loop mode */
@@ -920,12 +921,12 @@ static int load_tls(mhd_lst *l) {
 }
 
 static int mhd_listen(dsys_server *srv, const char *url, void **out,
-                      const dsys_transport_ops *ops, int is_unix) {
+                      const dsysi_listener_ops *ops, int is_unix) {
   mhd_lst *l = calloc(1, sizeof *l);
   if (!l) return DSYS_ENOMEM;
   l->srv = srv;
   l->ops = ops;
-  l->tls = ops == &dsysi_https_ops;
+  l->tls = !strcmp(ops->scheme, "https");
   pthread_mutex_init(&l->cmu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
@@ -970,16 +971,18 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   return 0;
 }
 
+static const dsysi_listener_ops http_ops, https_ops, unix_ops; /* at the end */
+
 static int http_listen(dsys_server *srv, const char *url, void **out) {
-  return mhd_listen(srv, url, out, &dsysi_http_ops, 0);
+  return mhd_listen(srv, url, out, &http_ops, 0);
 }
 
 static int https_listen(dsys_server *srv, const char *url, void **out) {
-  return mhd_listen(srv, url, out, &dsysi_https_ops, 0);
+  return mhd_listen(srv, url, out, &https_ops, 0);
 }
 
 static int unix_listen(dsys_server *srv, const char *url, void **out) {
-  return mhd_listen(srv, url, out, &dsysi_unix_ops, 1);
+  return mhd_listen(srv, url, out, &unix_ops, 1);
 }
 
 static const char *mhd_url(void *lst) { return ((mhd_lst *)lst)->url; }
@@ -1031,29 +1034,22 @@ static void mhd_close(void *lst) {
   free_lst(l);
 }
 
-/* Dialer functions live in http_client.c. */
-int dsysi_curl_call(dsysi_call *call);
-int dsysi_curl_call_sync(dsysi_call *call, dsys_reply **out);
-void dsysi_curl_client_free(dsys_client *c);
-
 /* The three schemes share every op but listen: one definition. */
-#define MHD_TRANSPORT(NAME, LISTEN)              \
-  {                                              \
-      .version = DSYS_TRANSPORT_OPS_VERSION,     \
-      .name = NAME,                              \
-      .scheme = NAME,                            \
-      .listen = LISTEN,                          \
-      .url = mhd_url,                            \
-      .quiesce = mhd_quiesce,                    \
-      .notify = notify,                          \
-      .close = mhd_close,                        \
-      .call = dsysi_curl_call,                   \
-      .call_sync = dsysi_curl_call_sync,         \
-      .client_free = dsysi_curl_client_free,     \
+#define MHD_LISTENER(SCHEME, LISTEN)         \
+  {                                          \
+      .version = DSYSI_LISTENER_OPS_VERSION, \
+      .scheme = SCHEME,                      \
+      .listen = LISTEN,                      \
+      .url = mhd_url,                        \
+      .quiesce = mhd_quiesce,                \
+      .notify = notify,                      \
+      .close = mhd_close,                    \
   }
 
-const dsys_transport_ops dsysi_http_ops = MHD_TRANSPORT("http", http_listen);
-/* https: the http code with MHD_USE_TLS on the listener and libcurl's TLS
- * on the dialer. */
-const dsys_transport_ops dsysi_https_ops = MHD_TRANSPORT("https", https_listen);
-const dsys_transport_ops dsysi_unix_ops = MHD_TRANSPORT("unix", unix_listen);
+static const dsysi_listener_ops http_ops = MHD_LISTENER("http", http_listen);
+/* https: the http code with MHD_USE_TLS on the listener. */
+static const dsysi_listener_ops https_ops = MHD_LISTENER("https", https_listen);
+static const dsysi_listener_ops unix_ops = MHD_LISTENER("unix", unix_listen);
+
+DSYSI_PLUGINS(http_server) = {{"listener", &http_ops}, {"listener", &https_ops},
+                              {"listener", &unix_ops}, {0}};

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/plugin.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
@@ -29,6 +30,8 @@ typedef struct inproc_req {
   dsysi_buf body; /* streamed bytes when the caller has no chunk callback */
   int pumping, again;
 } inproc_req;
+
+static const dsysi_listener_ops listener_ops; /* at the end */
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static inproc_lst *g_listeners;
@@ -306,7 +309,7 @@ static int inproc_call(dsysi_call *call) {
     return dsys_timer_add(call->clock, 0, refused, call, NULL);
   }
   inproc_req *ir = calloc(1, sizeof *ir);
-  dsys_request *r = ir ? dsysi_request_new(l->srv, &dsysi_inproc_ops, l, ir) : NULL;
+  dsys_request *r = ir ? dsysi_request_new(l->srv, &listener_ops, l, ir) : NULL;
   if (!r) {
     pthread_mutex_unlock(&g_mu);
     free(ir);
@@ -352,16 +355,22 @@ static int inproc_call(dsysi_call *call) {
 
 static void inproc_client_free(dsys_client *c) { (void)c; }
 
-const dsys_transport_ops dsysi_inproc_ops = {
-    .version = DSYS_TRANSPORT_OPS_VERSION,
-    .name = "inproc",
+static const dsysi_listener_ops listener_ops = {
+    .version = DSYSI_LISTENER_OPS_VERSION,
     .scheme = "inproc",
     .listen = inproc_listen,
     .url = inproc_url,
     .quiesce = inproc_quiesce,
     .notify = inproc_notify,
     .close = inproc_close,
+};
+
+static const dsysi_dialer_ops dialer_ops = {
+    .version = DSYSI_DIALER_OPS_VERSION,
+    .scheme = "inproc",
+    .engine = "inproc",
     .call = inproc_call,
-    .call_sync = NULL,
     .client_free = inproc_client_free,
 };
+
+DSYSI_PLUGINS(inproc) = {{"listener", &listener_ops}, {"dialer", &dialer_ops}, {0}};

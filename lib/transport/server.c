@@ -37,7 +37,7 @@ typedef struct hook {
 } hook;
 
 typedef struct listener {
-  const dsys_transport_ops *ops;
+  const dsysi_listener_ops *ops;
   void *lst;  /* NULL once closed */
   char *url;  /* copy: stays valid until dsys_server_free */
 } listener;
@@ -228,8 +228,11 @@ int dsys_server_listen(dsys_server *s, const char *url) {
   if (!s || !url) return DSYS_EINVAL;
   if (s->stopping) return DSYS_ESTATE;
   if (s->nls == MAX_LISTENERS) return DSYS_ENOMEM;
-  const dsys_transport_ops *ops = dsysi_transport_find(url);
-  if (!ops) return dsysi_url_check(url); /* no scheme (EURL) or unknown (ESCHEME) */
+  const dsysi_listener_ops *ops = dsysi_listener_find(url);
+  if (!ops) { /* no scheme (EURL), or no listener for it (ESCHEME) */
+    int e = dsysi_url_check(url);
+    return e && e != DSYS_ESCHEME ? e : DSYS_ESCHEME;
+  }
   s->listening = 1;
   void *lst = NULL;
   int rc = ops->listen(s, url, &lst);
@@ -269,7 +272,7 @@ static unsigned live_shard_of(void) {
 
 /* ---- requests ---- */
 
-dsys_request *dsysi_request_new(dsys_server *s, const dsys_transport_ops *ops,
+dsys_request *dsysi_request_new(dsys_server *s, const dsysi_listener_ops *ops,
                                 void *lst, void *tctx) {
   /* malloc + memset, not calloc: glibc's calloc bypasses the per-thread
    * cache, so every request went through _int_malloc and its free through

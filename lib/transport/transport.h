@@ -88,7 +88,7 @@ struct dsys_request {
   dsysi_lock mu; /* short sections only; never held across a callback */
   atomic_int refs;
   dsys_server *srv;
-  const struct dsys_transport_ops *ops;
+  const struct dsysi_listener_ops *ops;
   void *lst;  /* transport listener state */
   void *tctx; /* transport per-request state */
 
@@ -154,7 +154,7 @@ struct dsys_request {
  * The transport fills method, path, target, query, headers, body, remote.
  */
 dsys_request *dsysi_request_new(dsys_server *srv,
-                                const struct dsys_transport_ops *ops,
+                                const struct dsysi_listener_ops *ops,
                                 void *lst, void *tctx);
 void dsysi_request_ref(dsys_request *req);
 void dsysi_request_unref(dsys_request *req);
@@ -234,7 +234,7 @@ void dsysi_server_tls(dsys_server *srv, const char **cert, const char **key,
 typedef struct dsysi_call dsysi_call;
 struct dsysi_call {
   dsys_client *client;
-  const struct dsys_transport_ops *ops;
+  const struct dsysi_dialer_ops *ops;
   char *method, *url, *path;
   dsysi_hdrs hdrs;
   char *body;
@@ -267,14 +267,17 @@ void dsysi_call_unref(dsysi_call *call);
 /** Build a reply: copies nothing, takes ownership of body (may be NULL). */
 dsys_reply *dsysi_reply_new(int status);
 
-/* ---- the ops table ---- */
-#define DSYS_TRANSPORT_OPS_VERSION 1
+/* ---- the plugin families: listeners and dialers ---- */
+/* A transport is a listener (the server side of a scheme) and a dialer
+ * (its client side), registered separately in the "listener" and "dialer"
+ * families (core/plugin.h) and found by URL scheme, as nng's transports
+ * split dialer and listener ops. The http listener (libmicrohttpd) and
+ * the libcurl dialer serve http, https and unix; inproc has both. */
+#define DSYSI_LISTENER_OPS_VERSION 1
 
-typedef struct dsys_transport_ops {
-  int version;        /* DSYS_TRANSPORT_OPS_VERSION */
-  const char *name;   /* "http" */
+typedef struct dsysi_listener_ops {
+  int version;        /* DSYSI_LISTENER_OPS_VERSION */
   const char *scheme; /* URL scheme without "://" */
-  /* listener side */
   int (*listen)(dsys_server *srv, const char *url, void **lst);
   const char *(*url)(void *lst);
   void (*quiesce)(void *lst); /* stop accepting new connections */
@@ -282,25 +285,34 @@ typedef struct dsys_transport_ops {
    * abandoned). Called without req->mu held, from any thread. */
   void (*notify)(void *lst, dsys_request *req);
   void (*close)(void *lst); /* after every request completed or was cut */
-  /* dialer side: start an asynchronous call; complete it with
-   * dsysi_call_complete exactly once. A nonzero return means the call was
-   * not started and will never complete. */
+} dsysi_listener_ops;
+
+#define DSYSI_DIALER_OPS_VERSION 1
+
+typedef struct dsysi_dialer_ops {
+  int version;        /* DSYSI_DIALER_OPS_VERSION */
+  const char *scheme; /* URL scheme without "://" */
+  /* Dialers of one engine (e.g. "curl" for http, https and unix) share
+   * one per-client state (dsysi_client_slot) and one client_free. */
+  const char *engine;
+  /* Start an asynchronous call; complete it with dsysi_call_complete
+   * exactly once. A nonzero return means the call was not started and
+   * will never complete. */
   int (*call)(dsysi_call *call);
   /* optional synchronous fast path; NULL: call + wait */
   int (*call_sync)(dsysi_call *call, dsys_reply **out);
   void (*client_free)(dsys_client *c); /* release per-client state */
-} dsys_transport_ops;
+} dsysi_dialer_ops;
 
-extern const dsys_transport_ops dsysi_http_ops;
-extern const dsys_transport_ops dsysi_https_ops;
-extern const dsys_transport_ops dsysi_unix_ops;
-extern const dsys_transport_ops dsysi_inproc_ops;
-
-/** The transport for a URL by scheme, or NULL. */
-const dsys_transport_ops *dsysi_transport_find(const char *url);
+/** The listener / dialer for a URL by its scheme, or NULL. */
+const dsysi_listener_ops *dsysi_listener_find(const char *url);
+const dsysi_dialer_ops *dsysi_dialer_find(const char *url);
+/** The dialer at index i of its family (registration order), or NULL past
+ *  the end: for releasing every engine's per-client state. */
+const dsysi_dialer_ops *dsysi_dialer_at(size_t i);
 
 /** Per-client slot for a transport's private state. */
-void **dsysi_client_slot(dsys_client *c, const dsys_transport_ops *ops);
+void **dsysi_client_slot(dsys_client *c, const dsysi_dialer_ops *ops);
 pthread_mutex_t *dsysi_client_lock(dsys_client *c);
 /** The client's options (defaults applied). */
 const dsys_client_options *dsysi_client_options(dsys_client *c);

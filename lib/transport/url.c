@@ -1,6 +1,7 @@
 /* Endpoint URL parsing and scheme lookup. */
 #include <stdlib.h>
 #include <string.h>
+#include "core/plugin.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
@@ -61,21 +62,42 @@ void dsysi_url_free(dsysi_url *u) {
 }
 
 int dsysi_url_check(const char *url) {
-  if (!dsysi_transport_find(url)) return url && strstr(url, "://") ? DSYS_ESCHEME : DSYS_EURL;
+  if (!dsysi_dialer_find(url)) return url && strstr(url, "://") ? DSYS_ESCHEME : DSYS_EURL;
   dsysi_url u;
   int rc = dsysi_url_parse(url, &u);
   dsysi_url_free(&u);
   return rc;
 }
 
-const dsys_transport_ops *dsysi_transport_find(const char *url) {
-  static const dsys_transport_ops *const all[] = {&dsysi_http_ops, &dsysi_https_ops,
-                                                  &dsysi_unix_ops, &dsysi_inproc_ops};
-  if (!url) return NULL;
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-    size_t n = strlen(all[i]->scheme);
-    if (!strncmp(url, all[i]->scheme, n) && !strncmp(url + n, "://", 3))
-      return all[i];
-  }
-  return NULL;
+/* ---- the listener and dialer families ---- */
+
+static int listener_usable(const void *p) {
+  const dsysi_listener_ops *o = p;
+  return o->version >= 1 && o->version <= DSYSI_LISTENER_OPS_VERSION && o->listen &&
+         o->url && o->quiesce && o->notify && o->close;
 }
+
+static const char *listener_key(const void *p) { return ((const dsysi_listener_ops *)p)->scheme; }
+
+static int dialer_usable(const void *p) {
+  const dsysi_dialer_ops *o = p;
+  return o->version >= 1 && o->version <= DSYSI_DIALER_OPS_VERSION && o->engine && o->call &&
+         o->client_free;
+}
+
+static const char *dialer_key(const void *p) { return ((const dsysi_dialer_ops *)p)->scheme; }
+
+static dsysi_family listeners = DSYSI_FAMILY("listener", listener_usable, listener_key);
+static dsysi_family dialers = DSYSI_FAMILY("dialer", dialer_usable, dialer_key);
+
+/* Transport URLs are "scheme://...": a bare "scheme:" names none. */
+static const void *find(dsysi_family *f, const char *url) {
+  const char *scheme, *loc;
+  size_t n;
+  if (dsysi_plugin_url(url, &scheme, &n, &loc) || strncmp(url + n, "://", 3)) return NULL;
+  return dsysi_family_find(f, scheme, n);
+}
+
+const dsysi_listener_ops *dsysi_listener_find(const char *url) { return find(&listeners, url); }
+const dsysi_dialer_ops *dsysi_dialer_find(const char *url) { return find(&dialers, url); }
+const dsysi_dialer_ops *dsysi_dialer_at(size_t i) { return dsysi_family_at(&dialers, i); }
