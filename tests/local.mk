@@ -33,7 +33,7 @@ FUZZ_CHECKS = tests/fuzz/fuzz-h1-check tests/fuzz/fuzz-router-check tests/fuzz/f
 	tests/fuzz/fuzz-services-check tests/fuzz/fuzz-gateway-check
 
 SCRIPT_TESTS = \
-	tests/headers.test tests/docs.test tests/python.test \
+	tests/headers.test tests/docs.test tests/layers.test tests/python.test \
 	tests/state/example-queue-worker.test \
 	tests/integration/echo-service.test tests/integration/upstream-client.test \
 	tests/integration/services.test tests/integration/registryd.test \

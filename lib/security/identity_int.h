@@ -10,10 +10,4 @@
  *  file (a ring of 8): copy it at once, do not keep it. */
 const char *dsysi_identity_current(dsys_identity *id);
 
-/** Verify the request's X-Dsys-Identity header into *out. On failure the
- *  request is answered (401 identity_required, or 503 out of memory) and
- *  the error returned. On success the "peer" log field is set. */
-int dsysi_identity_check(dsys_identity_verifier *v, dsys_request *req,
-                         dsys_identity_claims *out);
-
 #endif

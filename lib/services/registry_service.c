@@ -11,7 +11,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "security/identity_int.h"
+#include "transport/identity_guard.h"
 
 typedef struct pend {
   struct pend *next;
