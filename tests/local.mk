@@ -34,7 +34,7 @@ FUZZ_CHECKS = tests/fuzz/fuzz-h1-check tests/fuzz/fuzz-router-check tests/fuzz/f
 
 SCRIPT_TESTS = \
 	tests/headers.test tests/docs.test tests/layers.test tests/python.test \
-	tests/state/example-queue-worker.test \
+	tests/state/example-queue-worker.test tests/state/example-toy-store.test \
 	tests/integration/echo-service.test tests/integration/upstream-client.test \
 	tests/integration/services.test tests/integration/registryd.test \
 	tests/integration/faultd.test tests/integration/identity.test \
@@ -55,6 +55,7 @@ CLEANFILES += tests/artifacts/dashboard-healthy.png tests/artifacts/dashboard-un
 
 # Programs of more than one source file.
 tests_tools_test_loadtest_hist_SOURCES = tests/tools/test-loadtest-hist.c tools/loadtest-hist.c
+tests_state_test_store_SOURCES = tests/state/test-store.c examples/toy-store.c examples/toy-store.h
 tests_fuzz_fuzz_h1_check_SOURCES = tests/fuzz/fuzz-h1.c tests/fuzz/driver.c
 tests_fuzz_fuzz_router_check_SOURCES = tests/fuzz/fuzz-router.c tests/fuzz/driver.c
 tests_fuzz_fuzz_jwt_check_SOURCES = tests/fuzz/fuzz-jwt.c tests/fuzz/driver.c

@@ -1,6 +1,8 @@
 /*
  * Store conformance suite: the same checks run against every backend
- * (memory: and sqlite:), plus SQLite-only checks across processes.
+ * (memory:, sqlite: and the example backend toy: of examples/toy-store.c,
+ * which registers itself through the public API), plus SQLite-only checks
+ * across processes.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -10,6 +12,7 @@
 #include <unistd.h>
 #include <distsys/distsys.h>
 #include "tap.h"
+#include "../../examples/toy-store.h" /* examples/ is not on the include path */
 
 static char tmpdir[256];
 
@@ -326,13 +329,27 @@ static void open_errors(void) {
   dsys_store_close(NULL);
 }
 
+/* A backend added through the public API, under both URL forms. */
+static void toy_backend(void) {
+  is_int(toy_store_register(), 0, "register the toy backend");
+  is_int(toy_store_register(), DSYS_EEXIST, "a second backend named toy is refused");
+  dsys_store *s = NULL;
+  is_int(dsys_store_open(&s, "toy://", NULL), 0, "toy:// opens (NAME://location form)");
+  dsys_store_close(s);
+  s = NULL;
+  is_int(dsys_store_open(&s, "toy:/var/x", NULL), DSYS_EURL, "toy: refuses a location");
+  ok(s == NULL, "out stays NULL");
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "%s/dsys-store-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
   if (!mkdtemp(tmpdir)) tap_bail("mkdtemp");
   char url[400];
   snprintf(url, sizeof url, "sqlite://%s/store.sqlite", tmpdir);
+  toy_backend();
   conformance("memory:");
+  conformance("toy:");
   conformance(url);
   sqlite_persistence(url);
   cross_process_create(url);
