@@ -12,6 +12,7 @@
 #include "core/internal.h"
 #include "core/json.h"
 #include "transport/identity_guard.h"
+#include "transport/url.h"
 
 typedef struct pend {
   struct pend *next;
@@ -560,6 +561,46 @@ static void h_service(dsys_request *req, void *ud) {
   respond_obj(s, req, 200, o, 1, idx);
 }
 
+/* Prometheus HTTP service discovery: one target group per registered
+ * instance reachable over TCP (unix and inproc ones cannot be scraped),
+ * unhealthy ones included so that Prometheus's "up" shows them down. The
+ * labels name the service type (map it to the job with relabelling), the
+ * instance id and the registry's view of its health. */
+static void h_prometheus_sd(dsys_request *req, void *ud) {
+  dsys_registry_service *s = ud;
+  dsys_instance *v = NULL;
+  size_t n = 0;
+  int rc = dsys_registry_lookup(s->reg, NULL, 0, &v, &n);
+  if (rc) {
+    respond_rc(s, req, rc);
+    return;
+  }
+  json_object *arr = json_object_new_array();
+  for (size_t i = 0; arr && i < n; i++) {
+    dsysi_url u;
+    if (dsysi_url_parse(v[i].url, &u)) continue;
+    int tcp = !strcmp(u.scheme, "http") || !strcmp(u.scheme, "https");
+    char target[300];
+    snprintf(target, sizeof target, strchr(u.host, ':') ? "[%s]:%d" : "%s:%d", u.host, u.port);
+    if (tcp) {
+      json_object *g = json_object_new_object(), *t = json_object_new_array(),
+                  *l = json_object_new_object();
+      json_object_array_add(t, json_object_new_string(target));
+      json_object_object_add(l, "__scheme__", json_object_new_string(u.scheme));
+      json_object_object_add(l, "dsys_type", json_object_new_string(v[i].type));
+      json_object_object_add(l, "dsys_id", json_object_new_string(v[i].id));
+      json_object_object_add(l, "dsys_healthy",
+                             json_object_new_string(v[i].health == DSYS_INSTANCE_HEALTHY ? "true" : "false"));
+      json_object_object_add(g, "targets", t);
+      json_object_object_add(g, "labels", l);
+      json_object_array_add(arr, g);
+    }
+    dsysi_url_free(&u);
+  }
+  dsys_free(v);
+  respond_obj(s, req, 200, arr, 0, 0);
+}
+
 static void h_health(dsys_request *req, void *ud) {
   dsys_registry_service *s = ud;
   dsys_instance *v = NULL;
@@ -614,6 +655,7 @@ int dsys_registry_service_mount(dsys_server *srv, dsys_registry *reg,
       {"GET", "/api/registry/services/:type", h_services_type},
       {"GET", "/api/registry/service/:id", h_service},
       {"GET", "/api/registry/health", h_health},
+      {"GET", "/v1/sd/prometheus", h_prometheus_sd},
       {"GET", "/health", h_health},
   };
   int rc = 0;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <json-c/json.h>
 #include <distsys/distsys.h>
 #include "tap.h"
 
@@ -211,6 +212,38 @@ static void test_routes(void) {
   ok(has(b, "\"removed\":true"), "deregister known: removed:true");
   call(u, "GET", "/api/registry/services", NULL, b, sizeof b, NULL);
   ok(has(b, "\"total\":1"), "one left");
+  daemon_stop(&d);
+  dsys_clock_free(clk);
+}
+
+/* GET /v1/sd/prometheus: one target group per TCP instance. */
+static void test_prometheus_sd(void) {
+  tap_diag("Prometheus HTTP service discovery");
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, T0);
+  regd d;
+  is_int(daemon_start(&d, "inproc://reg-sd", clk, "memory", NULL, 0), 0, "daemon module up");
+  char b[8192];
+  is_int(call(d.url, "GET", "/v1/sd/prometheus", NULL, b, sizeof b, NULL), 200, "empty registry: 200");
+  is_str(b, "[]", "empty registry: no target group");
+  call(d.url, "POST", "/api/registry/register", REG_A, b, sizeof b, NULL);
+  call(d.url, "POST", "/api/registry/register", REG_D, b, sizeof b, NULL);
+  call(d.url, "POST", "/api/registry/register",
+       "{\"serviceId\":\"x-1\",\"serviceType\":\"x\",\"url\":\"unix:///tmp/x.sock\",\"name\":\"x\"}", b, sizeof b, NULL);
+  call(d.url, "POST", "/api/registry/register",
+       "{\"serviceId\":\"s-1\",\"serviceType\":\"secure\",\"url\":\"https://[::1]:8443\",\"name\":\"s\"}", b, sizeof b, NULL);
+  is_int(call(d.url, "GET", "/v1/sd/prometheus", NULL, b, sizeof b, NULL), 200, "GET /v1/sd/prometheus: 200");
+  json_object *o = json_tokener_parse(b);
+  ok(o && json_object_is_type(o, json_type_array) && json_object_array_length(o) == 3,
+     "three target groups (the unix instance cannot be scraped): %s", b);
+  ok(has(b, "{\"targets\":[\"127.0.0.1:3001\"],\"labels\":{\"__scheme__\":\"http\",\"dsys_type\":\"auth\","
+            "\"dsys_id\":\"auth-3001\",\"dsys_healthy\":\"true\"}}"),
+     "auth-3001: host:port target, type, id, health");
+  ok(has(b, "\"127.0.0.1:4002\"") && has(b, "\"dsys_type\":\"data\""), "data-4002 listed");
+  ok(has(b, "{\"targets\":[\"[::1]:8443\"],\"labels\":{\"__scheme__\":\"https\""),
+     "an https instance on IPv6: bracketed target, https scheme");
+  ok(!has(b, "x.sock") && !has(b, "\"x-1\""), "the unix instance is left out");
+  json_object_put(o);
   daemon_stop(&d);
   dsys_clock_free(clk);
 }
@@ -426,6 +459,7 @@ int main(void) {
   dsys_client_options co = {.size = sizeof co, .timeout_ms = 10000};
   dsys_client_new(&cli, &co);
   test_routes();
+  test_prometheus_sd();
   test_blocking();
   test_outage(dir);
   test_agent();
