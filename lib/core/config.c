@@ -441,9 +441,10 @@ const char *dsys_config_positional(const dsys_config *cfg, size_t i) {
 
 /* ---- help and the start of a main -------------------------------------- */
 
-static const char *metavar(int t) {
-  switch (t) {
-  case DSYS_OPT_BOOL: return "";
+static const char *metavar(const dsys_option *o) {
+  switch (o->type) {
+  case DSYS_OPT_BOOL: /* -h and -V are actions, other booleans can be turned off */
+    return !strcmp(o->name, "help") || !strcmp(o->name, "version") ? "" : "[=BOOL]";
   case DSYS_OPT_INT: return " N";
   case DSYS_OPT_DURATION:
   case DSYS_OPT_DURATION_S: return " DURATION";
@@ -466,7 +467,7 @@ int dsys_config_usage(const dsys_option *opts, size_t nopts,
     const char *sh = o->type != DSYS_OPT_BOOL ? ""
                      : !strcmp(o->name, "help") ? "-h, "
                      : !strcmp(o->name, "version") ? "-V, " : "";
-    dsysi_buf_printf(&b, "  %s--%s%s\n      %s", sh, o->name, metavar(o->type), o->help ? o->help : "");
+    dsysi_buf_printf(&b, "  %s--%s%s\n      %s", sh, o->name, metavar(o), o->help ? o->help : "");
     if (o->type == DSYS_OPT_LIST) dsysi_buf_puts(&b, " (repeatable)");
     if (bare_unit(o->type)) dsysi_buf_printf(&b, " (a bare number is %s)", bare_unit(o->type));
     durations |= o->type == DSYS_OPT_DURATION || o->type == DSYS_OPT_DURATION_S;

@@ -152,24 +152,27 @@ static const dsys_option *extra_named(const dsys_daemon_spec *sp, const char *na
 }
 
 /* The daemon's option table: the common rows it takes (replaced by an
- * extra row of the same name), then its other extra rows. */
+ * extra row of the same name), its other extra rows, then -h and -V. */
 static dsys_option *build_options(const dsys_daemon_spec *sp, size_t *n) {
   dsys_option *opts = calloc(NCOMMON + sp->nextra, sizeof *opts);
   if (!opts) return NULL;
   size_t k = 0;
-  for (size_t i = 0; i < NCOMMON; i++) {
-    const dsys_option *o = &common_opts[i], *x = extra_named(sp, o->name);
-    if (!takes(sp, o->name)) continue;
-    opts[k] = x ? *x : *o;
-    if (!x && !strcmp(o->name, "listen"))
-      opts[k].def = sp->default_listen ? sp->default_listen : "http://127.0.0.1:0";
-    if (!x && !strcmp(o->name, "name")) opts[k].def = sp->default_name;
-    k++;
-  }
-  for (size_t i = 0; i < sp->nextra; i++) {
-    size_t c = 0;
-    while (c < NCOMMON && strcmp(common_opts[c].name, sp->extra[i].name)) c++;
-    if (c == NCOMMON) opts[k++] = sp->extra[i];
+  for (int last = 0; last < 2; last++) {
+    for (size_t i = 0; i < NCOMMON; i++) {
+      const dsys_option *o = &common_opts[i], *x = extra_named(sp, o->name);
+      int end = !strcmp(o->name, "help") || !strcmp(o->name, "version");
+      if (end != last || !takes(sp, o->name)) continue;
+      opts[k] = x ? *x : *o;
+      if (!x && !strcmp(o->name, "listen"))
+        opts[k].def = sp->default_listen ? sp->default_listen : "http://127.0.0.1:0";
+      if (!x && !strcmp(o->name, "name")) opts[k].def = sp->default_name;
+      k++;
+    }
+    for (size_t i = 0; !last && i < sp->nextra; i++) {
+      size_t c = 0;
+      while (c < NCOMMON && strcmp(common_opts[c].name, sp->extra[i].name)) c++;
+      if (c == NCOMMON) opts[k++] = sp->extra[i];
+    }
   }
   *n = k;
   return opts;
