@@ -171,7 +171,7 @@ static dsys_option *build_options(const dsys_daemon_spec *sp, size_t *n) {
     for (size_t i = 0; !last && i < sp->nextra; i++) {
       size_t c = 0;
       while (c < NCOMMON && strcmp(common_opts[c].name, sp->extra[i].name)) c++;
-      if (c == NCOMMON) opts[k++] = sp->extra[i];
+      if (c == NCOMMON || !takes(sp, common_opts[c].name)) opts[k++] = sp->extra[i];
     }
   }
   *n = k;
