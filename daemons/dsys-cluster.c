@@ -269,8 +269,8 @@ static void spawn(proc *p) {
   if (secure && !strcmp(p->type, "gateway")) {
     static char *sec[] = {"--rate-limit", "50/100", "--user-rate-limit", "20/40",
                           "--protect", "/api/data=writes", "--protect", "/api/compute=writes",
-                          "--idempotency-ttl-ms", "86400000", "--request-timeout-s", "10",
-                          "--max-body", "1048576", "--max-connections", "1024"};
+                          "--idempotency-ttl", "24h", "--request-timeout", "10s",
+                          "--max-body", "1MiB", "--max-connections", "1024"};
     for (size_t i = 0; i < sizeof sec / sizeof *sec; i++) argv[a++] = sec[i];
     if (!getenv("DSYS_CORS_ORIGIN")) {
       argv[a++] = "--cors-origin";
@@ -483,7 +483,7 @@ int main(int argc, char **argv) {
   int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "dsys-cluster [run|status]",
                               "Starts and supervises the reference deployment; 'status' reports a running one.");
   if (st >= 0) return st;
-  st = run(cfg);
+  if (!(st = dsys_program_positionals(cfg, "dsys-cluster", 1))) st = run(cfg);
   dsys_config_free(cfg); /* on every way out: sanitizer builds fail a leak */
   return st;
 }

@@ -9,8 +9,9 @@
 static const dsys_option extra[] = {
     {"workers", "DSYS_WORKERS", DSYS_OPT_INT, "2",
      "job worker threads of this instance (0: submit and read only)"},
-    {"lease-ms", "DSYS_JOB_LEASE_MS", DSYS_OPT_INT, "30000",
-     "job lease: a job held by an instance that died runs again after this long"},
+    {"lease", "DSYS_JOB_LEASE", DSYS_OPT_DURATION, "30s",
+     "job lease: a job held by an instance that died runs again after this long (at least 300ms)"},
+    {"lease-ms", "DSYS_JOB_LEASE_MS", DSYS_OPT_ALIAS, "lease", NULL},
 };
 
 static dsys_compute_service *svc;
@@ -18,14 +19,14 @@ static dsys_compute_service *svc;
 static int mount(dsys_daemon *d, void *ud) {
   int64_t workers = 0, lease = 0;
   dsys_config_get_int(dsys_daemon_config(d), "workers", &workers);
-  dsys_config_get_int(dsys_daemon_config(d), "lease-ms", &lease);
+  dsys_config_get_duration_ms(dsys_daemon_config(d), "lease", &lease);
   if (lease < 300) {
-    fprintf(stderr, "dsys-computed: --lease-ms must be at least 300\n");
-    return 1;
+    fprintf(stderr, "dsys-computed: --lease must be at least 300ms\n");
+    return DSYS_EINVAL;
   }
   if (workers < 0 || workers > 256) {
     fprintf(stderr, "dsys-computed: --workers must be 0..256\n");
-    return 1;
+    return DSYS_EINVAL;
   }
   dsys_compute_options o = {.size = sizeof o, .queue = dsys_daemon_queue(d),
                             .name = dsys_daemon_name(d),

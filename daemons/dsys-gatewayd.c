@@ -3,7 +3,6 @@
  * the registry (or takes static upstreams), proxies /api/auth, /api/data and
  * /api/compute by default, on one event loop per core.
  */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +13,7 @@
 #include <distsys/auth.h>
 #include <distsys/services.h>
 
-static const dsys_option opts[] = {
-    {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, "http://127.0.0.1:3000", "where to listen (port 0 picks one)"},
+static const dsys_option extra[] = {
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
      "registry to discover instances from: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
     {"upstream", "DSYS_UPSTREAM", DSYS_OPT_LIST, NULL, "static upstream NAME=URL,URL,... (no registry needed)"},
@@ -26,7 +24,8 @@ static const dsys_option opts[] = {
      "balancing policy: round-robin, weighted-round-robin, least-request, random, ring-hash, maglev; "
      "P for every upstream, NAME=P for the routes to upstream NAME"},
     {"loops", "DSYS_LOOPS", DSYS_OPT_INT, "0", "event-loop threads (0: one per CPU)"},
-    {"try-timeout-ms", "DSYS_TRY_TIMEOUT_MS", DSYS_OPT_INT, "15000", "timeout of one upstream attempt"},
+    {"try-timeout", "DSYS_TRY_TIMEOUT", DSYS_OPT_DURATION, "15s", "timeout of one upstream attempt"},
+    {"try-timeout-ms", "DSYS_TRY_TIMEOUT_MS", DSYS_OPT_ALIAS, "try-timeout", NULL},
     /* The edge (docs/reference/gateway.md): everything off by default. */
     {"rate-limit", "DSYS_RATE_LIMIT", DSYS_OPT_STRING, NULL, "RATE/BURST: per client address on every route (tokens/s)"},
     {"user-rate-limit", "DSYS_USER_RATE_LIMIT", DSYS_OPT_STRING, NULL, "RATE/BURST: per verified user on protected requests"},
@@ -35,15 +34,21 @@ static const dsys_option opts[] = {
     {"jwt-secret-file", "DSYS_JWT_SECRET_FILE", DSYS_OPT_STRING, NULL,
      "HS256 secret for --protect (else DSYS_JWT_SECRET); the auth service's secret"},
     {"cors-origin", "DSYS_CORS_ORIGIN", DSYS_OPT_LIST, NULL, "allowed CORS origin on every route ('*': any)"},
-    {"idempotency-ttl-ms", "DSYS_IDEMPOTENCY_TTL_MS", DSYS_OPT_INT, "0", "replay POSTs with an Idempotency-Key this long (0: off)"},
-    {"max-connections", "DSYS_MAX_CONNECTIONS", DSYS_OPT_INT, "0", "client connections per event loop (0: 1024)"},
-    {"max-body", "DSYS_MAX_BODY", DSYS_OPT_INT, "0", "request body limit in bytes, larger: 413 (0: 1 MiB)"},
-    {"max-header-bytes", "DSYS_MAX_HEADER_BYTES", DSYS_OPT_INT, "0",
-     "per-connection memory bounding request line + headers, larger: 431 (0: 16 KiB)"},
-    {"idle-timeout-s", "DSYS_IDLE_TIMEOUT_S", DSYS_OPT_INT, "0", "close silent connections (0: 60)"},
-    {"request-timeout-s", "DSYS_REQUEST_TIMEOUT_S", DSYS_OPT_INT, "0",
-     "each request must arrive complete within this time (slow clients; 0: off)"},
-    DSYS_DAEMON_TLS_OPTIONS,
+    {"idempotency-ttl", "DSYS_IDEMPOTENCY_TTL", DSYS_OPT_DURATION, "0",
+     "replay POSTs with an Idempotency-Key this long (0: off)"},
+    {"idempotency-ttl-ms", "DSYS_IDEMPOTENCY_TTL_MS", DSYS_OPT_ALIAS, "idempotency-ttl", NULL},
+    {"max-connections", "DSYS_MAX_CONNECTIONS", DSYS_OPT_INT, "1024", "client connections per event loop"},
+    {"max-body", "DSYS_MAX_BODY", DSYS_OPT_SIZE, "1MiB", "request body limit, larger: 413"},
+    {"max-header-size", "DSYS_MAX_HEADER_SIZE", DSYS_OPT_SIZE, "16KiB",
+     "per-connection memory bounding request line + headers, larger: 431"},
+    {"max-header-bytes", "DSYS_MAX_HEADER_BYTES", DSYS_OPT_ALIAS, "max-header-size", NULL},
+    {"idle-timeout", "DSYS_IDLE_TIMEOUT", DSYS_OPT_DURATION_S, "60s",
+     "close connections silent this long (whole seconds, rounded up)"},
+    {"idle-timeout-s", "DSYS_IDLE_TIMEOUT_S", DSYS_OPT_ALIAS, "idle-timeout", NULL},
+    {"request-timeout", "DSYS_REQUEST_TIMEOUT", DSYS_OPT_DURATION_S, "0",
+     "each request must arrive complete within this time (slow clients; whole seconds, "
+     "rounded up; 0: off)"},
+    {"request-timeout-s", "DSYS_REQUEST_TIMEOUT_S", DSYS_OPT_ALIAS, "request-timeout", NULL},
     {"upstream-ca", "DSYS_UPSTREAM_CA", DSYS_OPT_STRING, NULL,
      "PEM CA trusted for https:// upstreams and an https:// --registry (default: the system store)"},
     {"upstream-cert", "DSYS_UPSTREAM_CERT", DSYS_OPT_STRING, NULL,
@@ -52,26 +57,17 @@ static const dsys_option opts[] = {
     {"identity-token-file", "DSYS_IDENTITY_TOKEN_FILE", DSYS_OPT_STRING, NULL,
      "the gateway's identity token, sent to services as X-Dsys-Identity (services "
      "started with --identity-public-key require it); reread when the file changes"},
-    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
-    {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, NULL, "log one line per request"},
-    {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
-    {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
 };
-#define NOPTS (sizeof opts / sizeof opts[0])
 
-/* What the process holds, released by finish() on every way out, so that
- * a refused start is as clean as a stop (sanitizer builds fail a process
- * that leaks at exit). */
+/* What the gateway holds beyond the shell's, released by unmount on every
+ * way out, so that a refused start is as clean as a stop (sanitizer builds
+ * fail a process that leaks at exit). */
 static struct {
-  dsys_config *cfg;
-  dsys_identity *ident;
-  dsys_registry *reg;
   char *secret;
   size_t secret_len;
   dsys_gateway *gw;
   void *rs, *origins;
-  dsys_server *srv;
-  dsys_metrics *met;
+  const dsys_config *cfg;
 } g_;
 
 /* Wipe and free the JWT secret once the gateway has its own copy. */
@@ -83,25 +79,10 @@ static void drop_secret(void) {
   }
 }
 
-/* Release everything (users before what they use) and return code. */
-static int finish(int code) {
-  dsys_server_free(g_.srv);
-  dsys_gateway_free(g_.gw);
-  dsys_metrics_free(g_.met);
-  dsys_registry_close(g_.reg);
-  dsys_identity_free(g_.ident);
-  drop_secret();
-  free(g_.rs);
-  free(g_.origins);
-  dsys_config_free(g_.cfg);
-  memset(&g_, 0, sizeof g_);
-  return code;
-}
-
-/* A bad flag: say which, release, exit status 2. */
+/* A bad flag: say which; the shell exits 2. */
 static int fail(const char *msg, const char *arg) {
   fprintf(stderr, "dsys-gatewayd: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
-  return finish(2);
+  return DSYS_EINVAL;
 }
 
 /* Whether the --policy value v ("NAME=P", eq at its '=') is for upstream name. */
@@ -207,56 +188,49 @@ static int covering(const rspec *r, size_t n, const char *path) {
   return best;
 }
 
-int main(int argc, char **argv) {
-  char err[256];
-  dsys_config *cfg;
-  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "dsys-gatewayd",
-                              "The load balancer of the reference deployment (HTTP-API.md).");
-  if (st >= 0) return st;
-  g_.cfg = cfg;
-  int64_t loops = 0, try_ms = 0;
+/* Whole seconds of a duration flag, rounded up (the server counts seconds). */
+static uint32_t seconds(const char *name) {
+  int64_t ms = 0;
+  dsys_config_get_duration_ms(g_.cfg, name, &ms);
+  return (uint32_t)((ms + 999) / 1000);
+}
+
+static int prepare(dsys_daemon *d, dsys_server_options *so, void *ud) {
+  const dsys_config *cfg = g_.cfg = dsys_daemon_config(d);
+  int64_t loops = 0, maxconn = 0, try_ms = 0, idem = 0;
+  uint64_t maxbody = 0, maxhdr = 0;
   dsys_config_get_int(cfg, "loops", &loops);
-  dsys_config_get_int(cfg, "try-timeout-ms", &try_ms);
+  dsys_config_get_int(cfg, "max-connections", &maxconn);
+  dsys_config_get_size(cfg, "max-body", &maxbody);
+  dsys_config_get_size(cfg, "max-header-size", &maxhdr);
+  dsys_config_get_duration_ms(cfg, "try-timeout", &try_ms);
+  dsys_config_get_duration_ms(cfg, "idempotency-ttl", &idem);
   if (loops < 0 || loops > 256) return fail("--loops must be 0..256", NULL);
-  const char *why = dsys_daemon_tls_check(dsys_config_get(cfg, "listen"), dsys_config_get(cfg, "tls-cert"),
-                                          dsys_config_get(cfg, "tls-key"),
-                                          dsys_config_get(cfg, "tls-client-ca"));
-  if (why) return fail(why, NULL);
-  /* one set of client TLS settings for the upstreams and the registry */
-  dsys_client_options uco;
-  char tls_err[128];
-  if (dsys_daemon_client_tls(cfg, "upstream", &uco, tls_err, sizeof tls_err))
-    return fail(tls_err, NULL);
+  if (try_ms < 0 || idem < 0) return fail("--try-timeout and --idempotency-ttl must be >= 0", NULL);
+  if (maxconn < 0 || maxconn > 1000000 || maxbody > SIZE_MAX || maxhdr > 16 * 1024 * 1024 ||
+      seconds("idle-timeout") > 86400 || seconds("request-timeout") > 86400)
+    return fail("bad limit (--max-connections 0..1000000, --max-header-size up to 16MiB, "
+                "--idle-timeout and --request-timeout up to 24h)", NULL);
+  so->event_loops = loops ? (uint32_t)loops : (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
+  so->max_connections = (uint32_t)maxconn;
+  so->max_body = (size_t)maxbody;
+  so->connection_memory = (uint32_t)maxhdr;
+  so->idle_timeout_s = seconds("idle-timeout");
+  so->request_timeout_s = seconds("request-timeout");
+  return 0;
+}
 
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-  const char *tf = dsys_config_get(cfg, "identity-token-file");
-  if (tf && *tf) {
-    int rc = dsys_identity_open(&g_.ident, tf, NULL);
-    if (rc) {
-      fprintf(stderr, "dsys-gatewayd: cannot use the identity token %s: %s\n", tf, dsys_strerror(rc));
-      return finish(1);
-    }
-  }
-  const char *rurl = dsys_config_get(cfg, "registry");
-  if (rurl) {
-    dsys_registry_options ro = {.size = sizeof ro, .client = &uco};
-    int rc = dsys_registry_open(&g_.reg, rurl, NULL, &ro, err, sizeof err);
-    if (rc) {
-      fprintf(stderr, "dsys-gatewayd: cannot open the registry %s: %s %s\n", rurl, dsys_strerror(rc), err);
-      return finish(1);
-    }
-  }
-  dsys_registry *reg = g_.reg;
-  dsys_gateway_options go = {.size = sizeof go, .registry = reg, .try_timeout_ms = try_ms,
+static int mount(dsys_daemon *d, void *ud) {
+  const dsys_config *cfg = g_.cfg;
+  dsys_client_options uco; /* the upstreams' TLS, checked by the shell */
+  dsys_daemon_client_tls(cfg, "upstream", &uco, NULL, 0);
+  dsys_registry *reg = dsys_daemon_registry(d);
+  dsys_gateway_options go = {.size = sizeof go, .registry = reg,
                              .upstream_ca_file = uco.tls_ca_file,
                              .upstream_cert_file = uco.tls_cert_file,
                              .upstream_key_file = uco.tls_key_file,
-                             .identity = g_.ident};
+                             .identity = dsys_daemon_identity(d)};
+  dsys_config_get_duration_ms(cfg, "try-timeout", &go.try_timeout_ms);
   if (dsys_config_count(cfg, "protect")) {
     /* The auth service's secret: --jwt-secret-file, else DSYS_JWT_SECRET. */
     if (dsys_auth_load_secret(dsys_config_get(cfg, "jwt-secret-file"), NULL, &g_.secret,
@@ -267,15 +241,16 @@ int main(int argc, char **argv) {
     go.token_secret = g_.secret;
     go.token_secret_len = g_.secret_len;
   }
-  if (dsys_gateway_new(&g_.gw, &go)) return finish(1);
-  dsys_gateway *gw = g_.gw;
+  int rc = dsys_gateway_new(&g_.gw, &go);
   drop_secret(); /* the gateway keeps its own copy */
+  if (rc) return rc;
+  dsys_gateway *gw = g_.gw;
   size_t nroutes = dsys_config_count(cfg, "route");
   static const char *defaults[] = {"/api/auth=auth", "/api/data=data", "/api/compute=compute"};
   size_t nprot = dsys_config_count(cfg, "protect");
   rspec *rs = g_.rs = calloc((nroutes ? nroutes : 3) + nprot, sizeof *rs);
   size_t nrs = 0;
-  if (!rs) return finish(1);
+  if (!rs) return DSYS_ENOMEM;
   for (size_t i = 0; i < (nroutes ? nroutes : 3); i++) {
     const char *r = nroutes ? dsys_config_get_nth(cfg, "route", i) : defaults[i];
     const char *eq = strchr(r, '=');
@@ -309,13 +284,12 @@ int main(int argc, char **argv) {
   }
   const char *pbad, *pwhy = check_policies(rs, nrs, &pbad);
   if (pwhy) return fail(pwhy, pbad);
-  int rc = 0;
-  for (size_t i = 0; !rc && i < dsys_config_count(cfg, "upstream"); i++) {
+  for (size_t i = 0; i < dsys_config_count(cfg, "upstream"); i++) {
     const char *spec = dsys_config_get_nth(cfg, "upstream", i), *why;
     if ((rc = add_upstream(gw, spec, &why))) {
       char msg[160];
       snprintf(msg, sizeof msg, "bad --upstream (%s)", why);
-      return fail(msg, spec);
+      return rc == DSYS_ENOMEM ? rc : fail(msg, spec);
     }
   }
   dsys_gateway_route_options ro = {.size = sizeof ro};
@@ -325,14 +299,11 @@ int main(int argc, char **argv) {
     return fail("bad --user-rate-limit (want RATE/BURST, RATE > 0)", dsys_config_get(cfg, "user-rate-limit"));
   size_t norig = dsys_config_count(cfg, "cors-origin");
   const char **origins = g_.origins = norig ? calloc(norig, sizeof *origins) : NULL;
-  if (norig && !origins) return finish(1);
+  if (norig && !origins) return DSYS_ENOMEM;
   for (size_t i = 0; i < norig; i++) origins[i] = dsys_config_get_nth(cfg, "cors-origin", i);
   ro.cors_origins = origins;
   ro.ncors_origins = norig;
-  int64_t idem = 0;
-  dsys_config_get_int(cfg, "idempotency-ttl-ms", &idem);
-  if (idem < 0) return fail("--idempotency-ttl-ms must be >= 0", NULL);
-  ro.idempotency_ttl_ms = idem;
+  dsys_config_get_duration_ms(cfg, "idempotency-ttl", &ro.idempotency_ttl_ms);
   for (size_t i = 0; i < nrs; i++) {
     ro.protect = rs[i].protect;
     rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
@@ -342,48 +313,32 @@ int main(int argc, char **argv) {
     }
     if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), rs[i].prefix);
   }
-  int64_t maxconn = 0, maxbody = 0, maxhdr = 0, idle_s = 0, req_s = 0;
-  dsys_config_get_int(cfg, "max-connections", &maxconn);
-  dsys_config_get_int(cfg, "max-body", &maxbody);
-  dsys_config_get_int(cfg, "max-header-bytes", &maxhdr);
-  dsys_config_get_int(cfg, "idle-timeout-s", &idle_s);
-  dsys_config_get_int(cfg, "request-timeout-s", &req_s);
-  if (maxconn < 0 || maxconn > 1000000 || maxbody < 0 || maxhdr < 0 || maxhdr > 16 * 1024 * 1024 ||
-      idle_s < 0 || idle_s > 86400 || req_s < 0 || req_s > 86400)
-    return fail("bad limit (--max-connections, --max-body, --max-header-bytes, --idle-timeout-s, --request-timeout-s)", NULL);
-  dsys_server_options so = {.size = sizeof so, .name = "gateway",
-                            .event_loops = loops ? (uint32_t)loops : (uint32_t)sysconf(_SC_NPROCESSORS_ONLN),
-                            .access_log = dsys_config_get_bool(cfg, "access-log"),
-                            .max_connections = (uint32_t)maxconn, .max_body = (size_t)maxbody,
-                            .connection_memory = (uint32_t)maxhdr, .idle_timeout_s = (uint32_t)idle_s,
-                            .request_timeout_s = (uint32_t)req_s,
-                            .tls_cert_file = dsys_config_get(cfg, "tls-cert"),
-                            .tls_key_file = dsys_config_get(cfg, "tls-key"),
-                            .tls_client_ca_file = dsys_config_get(cfg, "tls-client-ca")};
-  if (dsys_server_new(&g_.srv, &so)) return finish(1);
-  dsys_server *srv = g_.srv;
-  /* GET /metrics (before the gateway's catch-all proxy route): requests
-   * per route, process, and per upstream endpoint stats and breakers. */
-  if (dsys_metrics_new(&g_.met)) return finish(1);
-  dsys_metrics *met = g_.met;
-  if (dsys_server_metrics(srv, met) || dsys_metrics_mount(srv, met) || dsys_metrics_process(met))
-    return finish(1);
+  /* per upstream endpoint stats and breakers on GET /metrics */
   for (size_t i = 0; i < dsys_gateway_upstream_count(gw); i++) {
     const char *uname;
     dsys_upstream *up;
-    if (dsys_gateway_upstream_at(gw, i, &uname, &up) || dsys_metrics_upstream(met, uname, up))
-      return finish(1);
+    if ((rc = dsys_gateway_upstream_at(gw, i, &uname, &up)) ||
+        (rc = dsys_metrics_upstream(dsys_daemon_metrics(d), uname, up)))
+      return rc;
   }
-  if (dsys_gateway_mount(gw, srv)) return finish(1);
-  if ((rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen")))) {
-    fprintf(stderr, "dsys-gatewayd: cannot listen on %s: %s\n", dsys_config_get(cfg, "listen"), dsys_strerror(rc));
-    return finish(1);
-  }
-  printf("listening %s\n", dsys_server_url(srv, 0));
-  fflush(stdout);
-  int sig;
-  sigwait(&set, &sig);
-  dsys_log_write(DSYS_LOG_INFO, "gateway", "stopping");
-  dsys_server_stop(srv, 5000);
-  return finish(0);
+  return dsys_gateway_mount(gw, dsys_daemon_server(d));
+}
+
+static void unmount(dsys_daemon *d, void *ud) {
+  dsys_gateway_free(g_.gw);
+  drop_secret();
+  free(g_.rs);
+  free(g_.origins);
+  memset(&g_, 0, sizeof g_);
+}
+
+int main(int argc, char **argv) {
+  dsys_daemon_spec spec = {
+      .size = sizeof spec, .progname = "dsys-gatewayd",
+      .summary = "The load balancer of the reference deployment (HTTP-API.md).",
+      .default_name = "gateway", .default_listen = "http://127.0.0.1:3000",
+      .extra = extra, .nextra = sizeof extra / sizeof extra[0],
+      .prepare = prepare, .mount = mount, .unmount = unmount,
+      .without = DSYS_DAEMON_NO_PEER | DSYS_DAEMON_NO_IDENTITY_KEY, .peer_prefix = "upstream"};
+  return dsys_daemon_main(&spec, argc, argv);
 }

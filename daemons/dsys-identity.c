@@ -5,7 +5,7 @@
  *
  *   dsys-identity keygen --key FILE --public-key FILE
  *   dsys-identity issue  --key FILE --instance NAME --service TYPE
- *                        [--lifetime-s N] [--out FILE]
+ *                        [--lifetime DURATION] [--out FILE]
  *   dsys-identity verify --public-key FILE [TOKEN]   (else read stdin)
  *
  * Exit status: 0 success; 1 failure (an invalid token for verify); 2 bad
@@ -20,10 +20,14 @@ static const dsys_option opts[] = {
      "the private key (keygen: created 0600 unless it exists; issue: signs)"},
     {"public-key", "DSYS_IDENTITY_PUBLIC_KEY", DSYS_OPT_STRING, NULL,
      "the public key (keygen: written from the key; verify: checks with it)"},
-    {"instance", NULL, DSYS_OPT_STRING, NULL, "issue: the instance name (--name of the daemon)"},
-    {"service", NULL, DSYS_OPT_STRING, NULL, "issue: the service type (auth, data, compute, gateway)"},
-    {"lifetime-s", NULL, DSYS_OPT_INT, "86400", "issue: seconds until the token expires"},
-    {"out", NULL, DSYS_OPT_STRING, NULL,
+    {"instance", "DSYS_IDENTITY_INSTANCE", DSYS_OPT_STRING, NULL,
+     "issue: the instance name (--name of the daemon)"},
+    {"service", "DSYS_IDENTITY_SERVICE", DSYS_OPT_STRING, NULL,
+     "issue: the service type (auth, data, compute, gateway)"},
+    {"lifetime", "DSYS_IDENTITY_LIFETIME", DSYS_OPT_DURATION_S, "24h",
+     "issue: how long until the token expires (whole seconds, rounded up)"},
+    {"lifetime-s", "DSYS_IDENTITY_LIFETIME_S", DSYS_OPT_ALIAS, "lifetime", NULL},
+    {"out", "DSYS_IDENTITY_OUT", DSYS_OPT_STRING, NULL,
      "issue: write the token to this file (0600, replaced atomically) instead of stdout"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
@@ -57,10 +61,10 @@ static int keygen(const dsys_config *cfg) {
 static int issue(const dsys_config *cfg) {
   if (!need(cfg, "key") || !need(cfg, "instance") || !need(cfg, "service"))
     return usage("issue needs --key, --instance and --service");
-  int64_t life = 0;
-  dsys_config_get_int(cfg, "lifetime-s", &life);
-  if (life <= 0) return usage("--lifetime-s must be positive");
-  dsys_identity_issue_options o = {.size = sizeof o, .lifetime_s = life};
+  int64_t life_ms = 0;
+  dsys_config_get_duration_ms(cfg, "lifetime", &life_ms);
+  if (life_ms <= 0) return usage("--lifetime must be positive");
+  dsys_identity_issue_options o = {.size = sizeof o, .lifetime_s = (life_ms + 999) / 1000};
   const char *key = dsys_config_get(cfg, "key"), *inst = dsys_config_get(cfg, "instance"),
              *svc = dsys_config_get(cfg, "service"), *out = dsys_config_get(cfg, "out");
   int rc;
@@ -113,10 +117,18 @@ int main(int argc, char **argv) {
                               "an instance's token, verify checks one.");
   if (st >= 0) return st;
   const char *cmd = dsys_config_npositional(cfg) ? dsys_config_positional(cfg, 0) : "";
-  if (!strcmp(cmd, "keygen")) st = keygen(cfg);
-  else if (!strcmp(cmd, "issue")) st = issue(cfg);
-  else if (!strcmp(cmd, "verify")) st = verify(cfg);
-  else st = usage(*cmd ? "unknown command (keygen, issue or verify)" : "give a command: keygen, issue or verify");
+  /* verify takes the token as an argument; the others nothing more */
+  st = dsys_program_positionals(cfg, PROG, strcmp(cmd, "verify") ? 1 : 2);
+  if (st) {
+  } else if (!strcmp(cmd, "keygen")) {
+    st = keygen(cfg);
+  } else if (!strcmp(cmd, "issue")) {
+    st = issue(cfg);
+  } else if (!strcmp(cmd, "verify")) {
+    st = verify(cfg);
+  } else {
+    st = usage(*cmd ? "unknown command (keygen, issue or verify)" : "give a command: keygen, issue or verify");
+  }
   dsys_config_free(cfg);
   return st;
 }

@@ -1,127 +1,94 @@
 /*
  * dsys-registryd: the service registry daemon (HTTP API: "Registry" in the
- * deployment contract; see docs/reference/registry-service.md).
- *
- *   dsys-registryd [--listen URL] [--store memory|sqlite:///path]
- *                  [--ttl-ms N] [--reap-ms N] [--identity-public-key PEM]
- *                  [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
- *                  [--log-format text|json]
- *
- * Prints "listening URL" once it listens (port 0 picks a port). SIGTERM or
- * SIGINT answers parked blocking queries, drains in-flight requests and
- * exits 0.
+ * deployment contract; see docs/reference/registry-service.md). Flags: see
+ * --help. Prints "listening URL" once it listens (port 0 picks a port).
+ * SIGTERM or SIGINT answers parked blocking queries, drains in-flight
+ * requests and exits 0.
  */
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <distsys/distsys.h>
 
-static const dsys_option opts[] = {
-    {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, "http://127.0.0.1:3005", "where to listen (http://, unix://)"},
-    {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory", "memory, or sqlite:///path (survives restarts)"},
-    {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_INT, "30000", "an instance without heartbeat this long is unhealthy"},
-    {"reap-ms", "DSYS_REGISTRY_REAP_MS", DSYS_OPT_INT, "300000", "and is removed after this long (must exceed --ttl-ms)"},
-    DSYS_DAEMON_TLS_OPTIONS,
+static const dsys_option extra[] = {
+    {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory",
+     "memory, or sqlite:///path (survives restarts)"},
+    {"ttl", "DSYS_REGISTRY_TTL", DSYS_OPT_DURATION, "30s",
+     "an instance without heartbeat this long is unhealthy"},
+    {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_ALIAS, "ttl", NULL},
+    {"reap", "DSYS_REGISTRY_REAP", DSYS_OPT_DURATION, "5m",
+     "and is removed after this long (must exceed --ttl)"},
+    {"reap-ms", "DSYS_REGISTRY_REAP_MS", DSYS_OPT_ALIAS, "reap", NULL},
     {"identity-public-key", "DSYS_IDENTITY_PUBLIC_KEY", DSYS_OPT_STRING, NULL,
      "require an identity token signed by this deployment key (PEM) on register, "
      "heartbeat and deregister: no rogue process can register itself"},
-    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
-    {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
-    {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
+    {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, "true", "log one line per request"},
 };
-#define NOPTS (sizeof opts / sizeof opts[0])
-#define PROG "dsys-registryd"
 
-static int fail(dsys_config *cfg, const char *what, const char *detail) {
-  fprintf(stderr, PROG ": %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
-  dsys_config_free(cfg);
-  return 2;
+static struct {
+  int64_t ttl, reap;
+  const char *backend, *target;
+  dsys_registry *reg;
+  dsys_registry_service *svc;
+} g_;
+
+static int prepare(dsys_daemon *d, dsys_server_options *so, void *ud) {
+  const dsys_config *cfg = dsys_daemon_config(d);
+  dsys_config_get_duration_ms(cfg, "ttl", &g_.ttl);
+  dsys_config_get_duration_ms(cfg, "reap", &g_.reap);
+  if (g_.ttl <= 0 || g_.reap <= g_.ttl) {
+    fprintf(stderr, "dsys-registryd: --ttl must be positive and --reap larger\n");
+    return DSYS_EINVAL;
+  }
+  const char *store = dsys_config_get(cfg, "store");
+  g_.backend = "memory";
+  if (!strncmp(store, "sqlite://", 9) && store[9]) {
+    g_.backend = "sqlite";
+    g_.target = store + 9; /* sqlite:///var/lib/x.sqlite -> /var/lib/x.sqlite */
+  } else if (strcmp(store, "memory")) {
+    fprintf(stderr, "dsys-registryd: --store must be memory or sqlite:///path: %s\n", store);
+    return DSYS_EINVAL;
+  }
+  return 0;
+}
+
+static int mount(dsys_daemon *d, void *ud) {
+  char err[256] = "";
+  dsys_registry_options ro = {.size = sizeof ro, .ttl_ms = g_.ttl, .reap_ms = g_.reap};
+  int rc = dsys_registry_open(&g_.reg, g_.backend, g_.target, &ro, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "dsys-registryd: cannot open the store: %s\n", err[0] ? err : dsys_strerror(rc));
+    return DSYS_EINVAL;
+  }
+  /* identities on writes only: reads stay open */
+  dsys_registry_service_options svo = {.size = sizeof svo,
+                                       .identity = dsys_daemon_identity_verifier(d)};
+  if ((rc = dsys_registry_service_mount(dsys_daemon_server(d), g_.reg, &svo, &g_.svc))) {
+    fprintf(stderr, "dsys-registryd: %s\n", dsys_strerror(rc));
+    return rc;
+  }
+  snprintf(err, sizeof err, "store %s, ttl %lld ms, reap %lld ms, identities %s",
+           dsys_config_get(dsys_daemon_config(d), "store"), (long long)g_.ttl,
+           (long long)g_.reap, svo.identity ? "required" : "not required");
+  dsys_log_write(DSYS_LOG_INFO, dsys_daemon_name(d), err);
+  return 0;
+}
+
+/* Parked blocking queries answer now, so the drain does not wait on them. */
+static void drain(dsys_daemon *d, void *ud) { dsys_registry_service_drain(g_.svc); }
+
+static void unmount(dsys_daemon *d, void *ud) {
+  dsys_registry_service_free(g_.svc);
+  dsys_registry_close(g_.reg);
 }
 
 int main(int argc, char **argv) {
-  char err[256] = "";
-  dsys_config *cfg = NULL;
-  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, PROG,
-                              "The libdistsys service registry daemon.");
-  if (st >= 0) return st;
-  int64_t ttl = 0, reap = 0;
-  dsys_config_get_int(cfg, "ttl-ms", &ttl);
-  dsys_config_get_int(cfg, "reap-ms", &reap);
-  if (ttl <= 0 || reap <= ttl) return fail(cfg, "--ttl-ms must be positive and --reap-ms larger", NULL);
-  const char *why = dsys_daemon_tls_check(dsys_config_get(cfg, "listen"), dsys_config_get(cfg, "tls-cert"),
-                                          dsys_config_get(cfg, "tls-key"),
-                                          dsys_config_get(cfg, "tls-client-ca"));
-  if (why) return fail(cfg, why, NULL);
-  const char *store = dsys_config_get(cfg, "store");
-  const char *backend = "memory", *target = NULL;
-  if (!strncmp(store, "sqlite://", 9) && store[9]) {
-    backend = "sqlite";
-    target = store + 9; /* sqlite:///var/lib/x.sqlite -> /var/lib/x.sqlite */
-  } else if (strcmp(store, "memory")) {
-    return fail(cfg, "--store must be memory or sqlite:///path", store);
-  }
-
-  /* Block the stop signals before any library thread starts. */
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-  dsys_identity_verifier *ver = NULL;
-  const char *pk = dsys_config_get(cfg, "identity-public-key");
-  if (pk && *pk) {
-    int vr = dsys_identity_verifier_new(&ver, pk, NULL);
-    if (vr) return fail(cfg, "cannot use the identity public key", dsys_strerror(vr));
-  }
-  dsys_registry_options ro = {.size = sizeof ro, .ttl_ms = ttl, .reap_ms = reap};
-  dsys_registry *reg = NULL;
-  int rc = dsys_registry_open(&reg, backend, target, &ro, err, sizeof err);
-  if (rc) {
-    dsys_identity_verifier_free(ver);
-    return fail(cfg, "cannot open the store", err[0] ? err : dsys_strerror(rc));
-  }
-  dsys_server *srv = NULL;
-  dsys_registry_service *svc = NULL;
-  dsys_server_options so = {.size = sizeof so, .name = "registry", .access_log = 1,
-                            .tls_cert_file = dsys_config_get(cfg, "tls-cert"),
-                            .tls_key_file = dsys_config_get(cfg, "tls-key"),
-                            .tls_client_ca_file = dsys_config_get(cfg, "tls-client-ca")};
-  dsys_metrics *met = NULL;
-  rc = dsys_server_new(&srv, &so);
-  if (!rc) rc = dsys_metrics_new(&met);
-  if (!rc) rc = dsys_server_metrics(srv, met);
-  if (!rc) rc = dsys_metrics_mount(srv, met); /* GET /metrics */
-  if (!rc) rc = dsys_metrics_process(met);
-  dsys_registry_service_options svo = {.size = sizeof svo, .identity = ver};
-  if (!rc) rc = dsys_registry_service_mount(srv, reg, &svo, &svc);
-  if (!rc) rc = dsys_server_listen(srv, dsys_config_get(cfg, "listen"));
-  if (rc) {
-    fprintf(stderr, PROG ": cannot listen on %s: %s\n", dsys_config_get(cfg, "listen"),
-            dsys_strerror(rc));
-    dsys_server_free(srv);
-    dsys_registry_service_free(svc);
-    dsys_metrics_free(met);
-    dsys_registry_close(reg);
-    dsys_identity_verifier_free(ver);
-    dsys_config_free(cfg);
-    return 1;
-  }
-  printf("listening %s\n", dsys_server_url(srv, 0));
-  fflush(stdout);
-  snprintf(err, sizeof err, "store %s, ttl %lld ms, reap %lld ms, identities %s", store,
-           (long long)ttl, (long long)reap, ver ? "required" : "not required");
-  dsys_log_write(DSYS_LOG_INFO, "registry", err);
-  int sig;
-  sigwait(&set, &sig);
-  dsys_log_write(DSYS_LOG_INFO, "registry", "stopping");
-  dsys_registry_service_drain(svc); /* long polls answer now */
-  dsys_server_stop(srv, 5000);
-  dsys_server_free(srv);
-  dsys_registry_service_free(svc);
-  dsys_metrics_free(met);
-  dsys_registry_close(reg);
-  dsys_identity_verifier_free(ver);
-  dsys_config_free(cfg);
-  return 0;
+  dsys_daemon_spec spec = {
+      .size = sizeof spec, .progname = "dsys-registryd",
+      .summary = "The libdistsys service registry daemon.",
+      .default_name = "registry", .default_listen = "http://127.0.0.1:3005",
+      .extra = extra, .nextra = sizeof extra / sizeof extra[0],
+      .mount = mount, .unmount = unmount, .drain = drain, .prepare = prepare,
+      .without = DSYS_DAEMON_NO_REGISTRY | DSYS_DAEMON_NO_PEER | DSYS_DAEMON_NO_IDENTITY_TOKEN,
+      .own_identity_check = 1};
+  return dsys_daemon_main(&spec, argc, argv);
 }

@@ -67,6 +67,10 @@ int main(int argc, char **argv) {
   int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, "echo-service",
                               "A minimal libdistsys HTTP service.");
   if (st >= 0) return st;
+  if ((st = dsys_program_positionals(cfg, "echo-service", 0))) { /* it takes none */
+    dsys_config_free(cfg);
+    return st;
+  }
 
   /* Block the stop signals before any library thread starts, then wait
    * for them synchronously: no async-signal-safety puzzles. */

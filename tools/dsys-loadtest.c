@@ -54,12 +54,13 @@ static const dsys_option opts[] = {
      "open loop: target requests per second (default 100 unless --connections)"},
     {"connections", "DSYS_LOADTEST_CONNECTIONS", DSYS_OPT_INT, NULL,
      "closed loop: N concurrent requests, each starting the next (excludes --rps)"},
-    {"duration", "DSYS_LOADTEST_DURATION", DSYS_OPT_STRING, "10s",
-     "how long to send: 30, 30s, 500ms, 2m"},
+    {"duration", "DSYS_LOADTEST_DURATION", DSYS_OPT_DURATION_S, "10s",
+     "how long to send (1ms to 24h): 30, 30s, 500ms, 2m"},
     {"max-inflight", "DSYS_LOADTEST_MAX_INFLIGHT", DSYS_OPT_INT, "1000",
      "open loop: most requests outstanding at once; due requests beyond it wait (still timed "
      "from their schedule)"},
-    {"timeout-ms", "DSYS_LOADTEST_TIMEOUT_MS", DSYS_OPT_INT, "30000", "timeout of one request"},
+    {"timeout", "DSYS_LOADTEST_TIMEOUT", DSYS_OPT_DURATION, "30s", "timeout of one request (up to 1h)"},
+    {"timeout-ms", "DSYS_LOADTEST_TIMEOUT_MS", DSYS_OPT_ALIAS, "timeout", NULL},
     {"max-errors", "DSYS_LOADTEST_MAX_ERRORS", DSYS_OPT_INT, NULL,
      "exit 3 when more than this many requests failed (4xx, 5xx, network, not sent)"},
     {"seed", "DSYS_LOADTEST_SEED", DSYS_OPT_INT, NULL, "seed of the operand generator (default: random)"},
@@ -624,20 +625,6 @@ static void print_human(const lt *L, FILE *f) {
 
 /* ---- flags ------------------------------------------------------------- */
 
-/* "30", "30s", "500ms", "2m" -> nanoseconds; 0 on error. */
-static uint64_t parse_duration(const char *s) {
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || end == s || !(v > 0)) return 0;
-  double mul = 1e9;
-  if (!strcmp(end, "ms")) mul = 1e6;
-  else if (!strcmp(end, "m")) mul = 60e9;
-  else if (*end && strcmp(end, "s")) return 0;
-  double ns = v * mul;
-  return ns >= 1e6 && ns <= 86400e9 ? (uint64_t)ns : 0;
-}
-
 static int bad(dsys_config *cfg, const char *msg, const char *arg) {
   fprintf(stderr, PROG ": %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
   dsys_config_free(cfg);
@@ -691,39 +678,28 @@ static void cleanup(lt *L) {
 int main(int argc, char **argv) {
   char err[512];
   dsys_config *cfg;
-  if (dsys_config_parse(&cfg, opts, NOPTS, argc, argv, err, sizeof err)) {
-    fprintf(stderr, PROG ": %s\n", err);
-    return 2;
-  }
-  if (dsys_config_get_bool(cfg, "help")) {
-    char *u;
-    dsys_config_usage(opts, NOPTS, PROG,
-                      "Load generator for the reference deployment: open loop at a target rate "
-                      "(latency from each request's scheduled send time) or closed loop with N "
-                      "connections; HDR-style latency histogram. Exit 0 after a run, 1 if it "
-                      "could not start, 2 for bad flags, 3 over --max-errors.",
-                      &u);
-    fputs(u, stdout);
-    dsys_free(u);
+  int st = dsys_program_start(&cfg, opts, NOPTS, argc, argv, PROG,
+                              "Load generator for the reference deployment: open loop at a target rate "
+                              "(latency from each request's scheduled send time) or closed loop with N "
+                              "connections; HDR-style latency histogram. Exit 0 after a run, 1 if it "
+                              "could not start, 2 for bad flags, 3 over --max-errors.");
+  if (st >= 0) return st;
+  if ((st = dsys_program_positionals(cfg, PROG, 0))) {
     dsys_config_free(cfg);
-    return 0;
+    return st;
   }
-  if (dsys_config_get_bool(cfg, "version")) {
-    printf(PROG " (libdistsys %s)\n", dsys_version());
-    dsys_config_free(cfg);
-    return 0;
-  }
-  if (dsys_config_npositional(cfg))
-    return bad(cfg, "unexpected argument", dsys_config_positional(cfg, 0));
 
   static lt L; /* large (histograms): not on the stack */
   L.type = -1;
   for (int i = 0; i < 5; i++)
     if (!strcmp(dsys_config_get(cfg, "type"), type_names[i])) L.type = i;
   if (L.type < 0) return bad(cfg, "--type must be auth, data, compute, all or mixed", dsys_config_get(cfg, "type"));
-  if (!(L.duration_ns = parse_duration(dsys_config_get(cfg, "duration"))))
+  int64_t dur_ms = 0;
+  dsys_config_get_duration_ms(cfg, "duration", &dur_ms);
+  if (dur_ms < 1 || dur_ms > 86400000)
     return bad(cfg, "--duration must be a time between 1ms and 24h (30, 30s, 500ms, 2m)",
                dsys_config_get(cfg, "duration"));
+  L.duration_ns = (uint64_t)dur_ms * 1000000;
   const char *rps = dsys_config_get(cfg, "rps");
   if (dsys_config_get(cfg, "connections")) {
     if (rps) return bad(cfg, "--rps (open loop) and --connections (closed loop) exclude each other", NULL);
@@ -737,9 +713,9 @@ int main(int argc, char **argv) {
       return bad(cfg, "--rps must be a number above 0 and at most 1000000", rps);
   }
   dsys_config_get_int(cfg, "max-inflight", &L.max_inflight);
-  dsys_config_get_int(cfg, "timeout-ms", &L.timeout_ms);
+  dsys_config_get_duration_ms(cfg, "timeout", &L.timeout_ms);
   if (L.max_inflight < 1 || L.max_inflight > 100000) return bad(cfg, "--max-inflight must be 1..100000", NULL);
-  if (L.timeout_ms < 1 || L.timeout_ms > 3600000) return bad(cfg, "--timeout-ms must be 1..3600000", NULL);
+  if (L.timeout_ms < 1 || L.timeout_ms > 3600000) return bad(cfg, "--timeout must be 1ms..1h", NULL);
   int64_t max_errors = -1;
   if (dsys_config_get(cfg, "max-errors")) {
     dsys_config_get_int(cfg, "max-errors", &max_errors);

@@ -176,24 +176,45 @@ DSYS_API int dsys_service_compute_mount(dsys_server *srv,
 DSYS_API void dsys_service_compute_free(dsys_compute_service *svc);
 
 /* ------------------------------------------------------------------ */
-/* Daemon boilerplate shared by dsys-authd, dsys-datad, dsys-computed   */
+/* The daemon shell: every daemon's main (authd, datad, computed,        */
+/* registryd, gatewayd, faultd)                                          */
 
 typedef struct dsys_daemon dsys_daemon;
+struct dsys_registry;
 
-/** Mount callback: mount the service on dsys_daemon_server(d). Return 0,
- *  or nonzero to exit with status 1 (log why). */
+/** Mount callback: mount the service on dsys_daemon_server(d). Return 0;
+ *  DSYS_EINVAL when a flag value cannot be used (say why on stderr: the
+ *  daemon exits 2); any other nonzero value exits 1 (log why). */
 typedef int (*dsys_daemon_mount_fn)(dsys_daemon *d, void *ud);
-/** Unmount callback: free the service (the server is already stopped). */
+/** Unmount callback: free the service (the server is already stopped).
+ *  Also called when the start failed after the server was created, maybe
+ *  before mount ran: free only what exists. */
 typedef void (*dsys_daemon_unmount_fn)(dsys_daemon *d, void *ud);
+/** Prepare callback: the flags are parsed, nothing is started yet (no
+ *  thread, no database, no server). Check the daemon's own flags and
+ *  adjust the server options (so: name, access log and TLS already set
+ *  from the common flags). Allocate nothing. Return 0; DSYS_EINVAL for a
+ *  flag value it refuses (say why on stderr: exit 2); other nonzero: exit 1. */
+typedef int (*dsys_daemon_prepare_fn)(dsys_daemon *d, dsys_server_options *so, void *ud);
 
-/** What a daemon is. */
+/** dsys_daemon_spec.without: common flags a daemon does not take. */
+#define DSYS_DAEMON_NO_REGISTRY 0x1u       /**< --registry */
+#define DSYS_DAEMON_NO_PEER 0x2u           /**< --peer-ca, --peer-cert, --peer-key */
+#define DSYS_DAEMON_NO_IDENTITY_TOKEN 0x4u /**< --identity-token-file */
+#define DSYS_DAEMON_NO_IDENTITY_KEY 0x8u   /**< --identity-public-key */
+
+/** What a daemon is. Append-only: a field added later reads as zero for a
+ *  caller whose size ends before it. */
 typedef struct dsys_daemon_spec {
-  size_t size;                 /**< sizeof(dsys_daemon_spec), or 0 */
+  size_t size;                 /**< sizeof(dsys_daemon_spec), or 0 (only
+                                    the fields up to service_type) */
   const char *progname;        /**< "dsys-authd" */
   const char *summary;         /**< one paragraph for --help */
   const char *default_name;    /**< --name default, e.g. "auth-service" */
   const char *default_listen;  /**< --listen default */
-  const dsys_option *extra;    /**< options beyond the common ones */
+  const dsys_option *extra;    /**< options beyond the common ones; a row
+                                    named like a common option replaces it
+                                    (its help, its default) */
   size_t nextra;
   int32_t open_store;          /**< 1: open the store on --db */
   int32_t open_queue;          /**< 1: open the queue on --db */
@@ -203,18 +224,38 @@ typedef struct dsys_daemon_spec {
   const char *service_type;    /**< "auth", "data", "compute": with
                                     --registry the instance registers as
                                     this type (NULL: no registration) */
+  /* appended: */
+  uint32_t without;            /**< DSYS_DAEMON_NO_* bits */
+  const char *peer_prefix;     /**< prefix of the flags of the client TLS
+                                    settings used towards the registry:
+                                    default "peer"; the gateway's
+                                    "upstream" (its own rows in extra,
+                                    with DSYS_DAEMON_NO_PEER) */
+  dsys_daemon_prepare_fn prepare; /**< may be NULL */
+  dsys_daemon_unmount_fn drain; /**< may be NULL: on a stop signal, after
+                                    deregistering and before the server
+                                    stops taking requests: answer long
+                                    polls, end event streams */
+  int32_t own_identity_check;  /**< 1: --identity-public-key is not
+                                    required on every route; the mount
+                                    applies dsys_daemon_identity_verifier()
+                                    itself (the registry: writes only) */
 } dsys_daemon_spec;
 
 /**
- * Run a service daemon: parse the common flags (--listen, --db,
- * --registry, --name, --log-format, --log-level, --help, --version) plus
- * spec->extra, with DSYS_* environment variables; create the directory of
- * the database and open the store and/or queue on it; create the server,
- * call mount, listen, print "listening URL" on stdout; with --registry,
- * register the instance ({serviceId: <name>-<port>, serviceType, url, name,
- * metadata: {port, host}}), heartbeat every 10 s and re-register when the
- * registry forgot it (dsys_registration); wait for SIGINT or SIGTERM;
- * deregister, stop taking requests and drain (5 s), call unmount, close.
+ * Run a daemon: parse the common flags (--listen, --db, --registry,
+ * --name, --log-format, --log-level, --access-log, TLS, identity, -h/--help,
+ * -V/--version; minus spec->without) plus spec->extra, with DSYS_*
+ * environment variables (dsys_program_start: unknown options and stray
+ * arguments exit 2); call prepare; create the directory of the database
+ * and open the store and/or queue on it; open --registry (client TLS from
+ * the spec->peer_prefix flags, the instance's identity); create the
+ * server, call mount, listen, print "listening URL" on stdout; with
+ * service_type and --registry, register the instance ({serviceId:
+ * <name>-<port>, serviceType, url, name, metadata: {port, host}}),
+ * heartbeat every 10 s and re-register when the registry forgot it
+ * (dsys_registration); wait for SIGINT or SIGTERM; deregister, call drain,
+ * stop taking requests and drain in-flight ones (5 s), call unmount, close.
  * Every daemon serves GET /metrics (dsys_daemon_metrics()).
  * TLS: --tls-cert/--tls-key serve an https:// --listen, --tls-client-ca
  * requires client certificates (mutual TLS), --peer-ca/--peer-cert/
@@ -223,11 +264,11 @@ typedef struct dsys_daemon_spec {
  * gives the instance's token, presented to the registry on every write;
  * --identity-public-key makes the daemon refuse callers without a valid
  * token (401) on every route but GET /health, /ready, /metrics and
- * /api/<type>/health.
+ * /api/<type>/health (unless spec->own_identity_check).
  * Blocks SIGINT and SIGTERM in the calling thread (call it from main
  * before starting any thread).
  * @return the process exit status: 0 (clean stop, --help, --version),
- *         1 (start-up failure), 2 (bad flags).
+ *         1 (start-up failure), 2 (bad flags or flag values).
  */
 DSYS_API int dsys_daemon_main(const dsys_daemon_spec *spec, int argc,
                               char *const *argv);
@@ -249,6 +290,9 @@ DSYS_API const dsys_config *dsys_daemon_config(dsys_daemon *d);
 DSYS_API const char *dsys_daemon_name(dsys_daemon *d);
 /** The --db path. */
 DSYS_API const char *dsys_daemon_db_path(dsys_daemon *d);
+/** The registry opened on --registry, or NULL (no --registry): for
+ *  discovery (the gateway, the fault detector); owned by the daemon. */
+DSYS_API struct dsys_registry *dsys_daemon_registry(dsys_daemon *d);
 /** The instance's credential (--identity-token-file), or NULL: present
  *  it to peers with dsys_identity_token() in the X-Dsys-Identity header. */
 DSYS_API struct dsys_identity *dsys_daemon_identity(dsys_daemon *d);

@@ -1,6 +1,8 @@
-/* The boilerplate every service daemon shares: flags and environment,
- * logging, the database, the server, signals and a clean stop. */
+/* The shell every daemon runs on: flags and environment, logging, the
+ * database, the registry, the server, signals, registration and a clean
+ * stop. */
 #include <errno.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +16,7 @@
 #include "core/internal.h"
 
 struct dsys_daemon {
-  const dsys_daemon_spec *spec;
+  dsys_daemon_spec spec; /* the caller's, in this version's layout */
   dsys_config *cfg;
   dsys_server *srv;
   dsys_store *store;
@@ -42,6 +44,7 @@ dsys_identity_verifier *dsys_daemon_identity_verifier(dsys_daemon *d) {
 const char *dsys_daemon_db_path(dsys_daemon *d) {
   return d ? dsys_config_get(d->cfg, "db") : NULL;
 }
+dsys_registry *dsys_daemon_registry(dsys_daemon *d) { return d ? d->registry : NULL; }
 
 /* mkdir -p of the directory part of path. */
 static int make_parent_dirs(const char *path) {
@@ -89,35 +92,30 @@ int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
 
 /* Register with the registry; the agent heartbeats and re-registers. A
  * registry that is down at start is retried quietly by the agent. */
-static int register_instance(dsys_daemon *d, const char *url, const char *name) {
-  char err[256] = "";
-  dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer};
-  int rc = dsys_registry_open(&d->registry, url, NULL, &ro, err, sizeof err);
-  if (rc) {
-    dsysi_log(DSYS_LOG_ERROR, name, "registry %s: %s", url, err);
-    return rc;
-  }
+static int register_instance(dsys_daemon *d, const char *name) {
   const char *bound = dsys_server_url(d->srv, 0);
   const char *colon = strrchr(bound, ':');
   int port = colon ? atoi(colon + 1) : 0;
   char id[300], meta[128];
   snprintf(id, sizeof id, "%s-%d", name, port);
   snprintf(meta, sizeof meta, "{\"port\":%d,\"host\":\"127.0.0.1\"}", port);
-  dsys_instance inst = {.id = id, .type = d->spec->service_type, .url = bound,
+  dsys_instance inst = {.id = id, .type = d->spec.service_type, .url = bound,
                         .name = name, .metadata = meta, .weight = 1};
-  rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
-  if (!rc) dsysi_log(DSYS_LOG_INFO, name, "registering as %s with %s", id, url);
+  int rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
+  if (!rc)
+    dsysi_log(DSYS_LOG_INFO, name, "registering as %s with %s", id,
+              dsys_config_get(d->cfg, "registry"));
   return rc;
 }
 
 static const dsys_option common_opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, NULL,
-     "where to listen: http://HOST:PORT (port 0 picks one) or unix:///PATH"},
+     "where to listen: http://HOST:PORT (port 0 picks one), https://HOST:PORT or unix:///PATH"},
     {"db", "DSYS_DB", DSYS_OPT_STRING, "data/distsys.sqlite",
      "shared SQLite database file (its directory is created)"},
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
      "registry to register with: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
-    {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "service name (logs, /health)"},
+    {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "instance name (logs, /health)"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
     {"log-level", "DSYS_LOG_LEVEL", DSYS_OPT_STRING, "info",
      "debug, info, warn, error or off"},
@@ -137,28 +135,57 @@ static const dsys_option common_opts[] = {
 };
 #define NCOMMON (sizeof common_opts / sizeof common_opts[0])
 
+/* Whether this daemon takes common flag name. */
+static int takes(const dsys_daemon_spec *sp, const char *name) {
+  if (!strcmp(name, "db")) return sp->open_store || sp->open_queue;
+  if (!strcmp(name, "registry")) return !(sp->without & DSYS_DAEMON_NO_REGISTRY);
+  if (!strncmp(name, "peer-", 5)) return !(sp->without & DSYS_DAEMON_NO_PEER);
+  if (!strcmp(name, "identity-token-file")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_TOKEN);
+  if (!strcmp(name, "identity-public-key")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_KEY);
+  return 1;
+}
+
+static const dsys_option *extra_named(const dsys_daemon_spec *sp, const char *name) {
+  for (size_t i = 0; i < sp->nextra; i++)
+    if (sp->extra[i].name && !strcmp(sp->extra[i].name, name)) return &sp->extra[i];
+  return NULL;
+}
+
+/* The daemon's option table: the common rows it takes (replaced by an
+ * extra row of the same name), its other extra rows, then -h and -V. */
+static dsys_option *build_options(const dsys_daemon_spec *sp, size_t *n) {
+  dsys_option *opts = calloc(NCOMMON + sp->nextra, sizeof *opts);
+  if (!opts) return NULL;
+  size_t k = 0;
+  for (int last = 0; last < 2; last++) {
+    for (size_t i = 0; i < NCOMMON; i++) {
+      const dsys_option *o = &common_opts[i], *x = extra_named(sp, o->name);
+      int end = !strcmp(o->name, "help") || !strcmp(o->name, "version");
+      if (end != last || !takes(sp, o->name)) continue;
+      opts[k] = x ? *x : *o;
+      if (!x && !strcmp(o->name, "listen"))
+        opts[k].def = sp->default_listen ? sp->default_listen : "http://127.0.0.1:0";
+      if (!x && !strcmp(o->name, "name")) opts[k].def = sp->default_name;
+      k++;
+    }
+    for (size_t i = 0; !last && i < sp->nextra; i++) {
+      size_t c = 0;
+      while (c < NCOMMON && strcmp(common_opts[c].name, sp->extra[i].name)) c++;
+      if (c == NCOMMON || !takes(sp, common_opts[c].name)) opts[k++] = sp->extra[i];
+    }
+  }
+  *n = k;
+  return opts;
+}
+
+/* A step of the start failed: the exit status for rc of a callback
+ * (DSYS_EINVAL: a flag value, 2; else 1). */
+static int cb_status(int rc) { return rc == DSYS_EINVAL ? 2 : 1; }
+
 static int run(dsys_daemon *d, const char *prog) {
-  const dsys_daemon_spec *sp = d->spec;
+  const dsys_daemon_spec *sp = &d->spec;
   const char *db = dsys_config_get(d->cfg, "db");
   const char *name = dsys_config_get(d->cfg, "name");
-  char url[4096];
-  if (sp->open_store || sp->open_queue) {
-    if (make_parent_dirs(db)) {
-      fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
-              strerror(errno));
-      return 1;
-    }
-    snprintf(url, sizeof url, "sqlite://%s", db);
-  }
-  int rc = 0;
-  if (sp->open_store && (rc = dsys_store_open(&d->store, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, db, dsys_strerror(rc));
-    return 1;
-  }
-  if (sp->open_queue && (rc = dsys_queue_open(&d->queue, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, db, dsys_strerror(rc));
-    return 1;
-  }
   const char *listen = dsys_config_get(d->cfg, "listen");
   dsys_server_options so = {.size = sizeof so, .name = name,
                             .access_log = dsys_config_get_bool(d->cfg, "access-log"),
@@ -168,11 +195,52 @@ static int run(dsys_daemon *d, const char *prog) {
   const char *why = dsys_daemon_tls_check(listen, so.tls_cert_file, so.tls_key_file,
                                           so.tls_client_ca_file);
   char tls_err[128];
-  if (!why && dsys_daemon_client_tls(d->cfg, "peer", &d->peer, tls_err, sizeof tls_err))
+  if (!why && dsys_daemon_client_tls(d->cfg, sp->peer_prefix ? sp->peer_prefix : "peer",
+                                     &d->peer, tls_err, sizeof tls_err))
     why = tls_err;
   if (why) {
     fprintf(stderr, "%s: %s\n", prog, why);
     return 2;
+  }
+  int rc = 0;
+  if (sp->prepare && (rc = sp->prepare(d, &so, sp->ud))) return cb_status(rc);
+  char url[4096];
+  if (sp->open_store || sp->open_queue) {
+    if (make_parent_dirs(db)) {
+      fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
+              strerror(errno));
+      return 1;
+    }
+    snprintf(url, sizeof url, "sqlite://%s", db);
+  }
+  if (sp->open_store && (rc = dsys_store_open(&d->store, url, NULL))) {
+    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, db, dsys_strerror(rc));
+    return 1;
+  }
+  if (sp->open_queue && (rc = dsys_queue_open(&d->queue, url, NULL))) {
+    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, db, dsys_strerror(rc));
+    return 1;
+  }
+  const char *tf = dsys_config_get(d->cfg, "identity-token-file");
+  if (tf && *tf && (rc = dsys_identity_open(&d->identity, tf, NULL))) {
+    fprintf(stderr, "%s: cannot use the identity token %s: %s\n", prog, tf, dsys_strerror(rc));
+    return 1;
+  }
+  const char *pk = dsys_config_get(d->cfg, "identity-public-key");
+  if (pk && *pk && (rc = dsys_identity_verifier_new(&d->verifier, pk, NULL))) {
+    fprintf(stderr, "%s: cannot use the identity public key %s: %s\n", prog, pk,
+            dsys_strerror(rc));
+    return 2;
+  }
+  const char *reg = dsys_config_get(d->cfg, "registry");
+  if (reg) {
+    char err[256] = "";
+    dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer};
+    if ((rc = dsys_registry_open(&d->registry, reg, NULL, &ro, err, sizeof err))) {
+      fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg, dsys_strerror(rc),
+              err[0] ? ": " : "", err);
+      return 1;
+    }
   }
   if ((rc = dsys_server_new(&d->srv, &so))) {
     fprintf(stderr, "%s: %s\n", prog, dsys_strerror(rc));
@@ -187,26 +255,15 @@ static int run(dsys_daemon *d, const char *prog) {
     fprintf(stderr, "%s: metrics: %s\n", prog, dsys_strerror(rc));
     return 1;
   }
-  const char *tf = dsys_config_get(d->cfg, "identity-token-file");
-  if (tf && *tf && (rc = dsys_identity_open(&d->identity, tf, NULL))) {
-    fprintf(stderr, "%s: cannot use the identity token %s: %s\n", prog, tf, dsys_strerror(rc));
-    return 1;
-  }
-  const char *pk = dsys_config_get(d->cfg, "identity-public-key");
-  if (pk && *pk && (rc = dsys_identity_verifier_new(&d->verifier, pk, NULL))) {
-    fprintf(stderr, "%s: cannot use the identity public key %s: %s\n", prog, pk,
-            dsys_strerror(rc));
-    return 1;
-  }
   /* peers only: the guard runs before every handler the mount adds */
-  if (d->verifier &&
+  if (d->verifier && !sp->own_identity_check &&
       (rc = dsys_server_require_identity(d->srv, d->verifier))) {
     fprintf(stderr, "%s: %s\n", prog, dsys_strerror(rc));
     return 1;
   }
-  if (sp->mount(d, sp->ud)) {
-    fprintf(stderr, "%s: could not start the service (see the log)\n", prog);
-    return 1;
+  if ((rc = sp->mount(d, sp->ud))) {
+    if (rc != DSYS_EINVAL) fprintf(stderr, "%s: could not start the service (see the log)\n", prog);
+    return cb_status(rc);
   }
   if ((rc = dsys_server_listen(d->srv, listen))) {
     fprintf(stderr, "%s: cannot listen on %s: %s\n", prog, listen, dsys_strerror(rc));
@@ -217,37 +274,37 @@ static int run(dsys_daemon *d, const char *prog) {
   fflush(stdout);
   if (sp->open_store || sp->open_queue)
     dsysi_log(DSYS_LOG_INFO, name, "database %s", db);
-  const char *reg = dsys_config_get(d->cfg, "registry");
-  if (reg && sp->service_type && (rc = register_instance(d, reg, name))) {
+  if (d->registry && sp->service_type && (rc = register_instance(d, name))) {
     fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg, dsys_strerror(rc));
     return 1;
   }
   return 0;
 }
 
-int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
-  if (!sp || !sp->mount || !sp->progname) return 1;
+/* The caller's spec in this version's layout: fields past its size read
+ * as zero (append-only). */
+static void copy_spec(dsys_daemon_spec *to, const dsys_daemon_spec *sp) {
+  size_t first = offsetof(dsys_daemon_spec, service_type) + sizeof sp->service_type;
+  size_t n = sp->size ? sp->size : first;
+  memset(to, 0, sizeof *to);
+  memcpy(to, sp, n < sizeof *to ? n : sizeof *to);
+}
+
+int dsys_daemon_main(const dsys_daemon_spec *spec, int argc, char *const *argv) {
+  if (!spec || !spec->mount || !spec->progname) return 1;
+  dsys_daemon d = {0};
+  copy_spec(&d.spec, spec);
+  const dsys_daemon_spec *sp = &d.spec;
   const char *prog = sp->progname;
-  size_t nopts = NCOMMON + sp->nextra;
-  dsys_option *opts = calloc(nopts, sizeof *opts);
+  size_t nopts = 0;
+  dsys_option *opts = build_options(sp, &nopts);
   if (!opts) return 1;
-  memcpy(opts, common_opts, sizeof common_opts);
-  opts[0].def = sp->default_listen ? sp->default_listen : "http://127.0.0.1:0";
-  opts[3].def = sp->default_name;
-  if (sp->nextra) memcpy(opts + NCOMMON, sp->extra, sp->nextra * sizeof *opts);
-  dsys_daemon d = {.spec = sp};
   int status = dsys_program_start(&d.cfg, opts, nopts, argc, argv, prog, sp->summary);
   if (status >= 0) {
     free(opts);
     return status;
   }
-  status = 0;
-  if (dsys_config_npositional(d.cfg)) {
-    fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", prog,
-            dsys_config_positional(d.cfg, 0));
-    status = 2;
-    goto done;
-  }
+  if ((status = dsys_program_positionals(d.cfg, prog, 0))) goto done;
 
   /* Block the stop signals before any library thread starts; wait for
    * them synchronously below. */
@@ -257,29 +314,31 @@ int dsys_daemon_main(const dsys_daemon_spec *sp, int argc, char *const *argv) {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+  const char *name = dsys_config_get(d.cfg, "name");
   status = run(&d, prog);
   if (!status) {
     int sig = 0;
     sigwait(&set, &sig);
-    dsysi_log(DSYS_LOG_INFO, dsys_config_get(d.cfg, "name"),
-              "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    /* Deregister first so balancers stop sending new requests, then stop
-     * taking requests and drain in-flight ones, then stop the
-     * service's own threads (workers, hashing, timers). */
+    dsysi_log(DSYS_LOG_INFO, name, "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* Deregister first so balancers stop sending new requests, then end
+     * what would hold the drain (long polls, streams), then stop taking
+     * requests and drain in-flight ones, then stop the service's own
+     * threads (workers, hashing, timers). */
     dsys_registration_stop(d.agent);
     d.agent = NULL;
+    if (sp->drain) sp->drain(&d, sp->ud);
     if (dsys_server_stop(d.srv, 5000) == DSYS_ETIMEDOUT)
-      dsysi_log(DSYS_LOG_WARN, dsys_config_get(d.cfg, "name"),
-                "some requests were cut off at shutdown");
+      dsysi_log(DSYS_LOG_WARN, name, "some requests were cut off at shutdown");
     if (sp->unmount) sp->unmount(&d, sp->ud);
-    dsysi_log(DSYS_LOG_INFO, dsys_config_get(d.cfg, "name"), "stopped");
+    dsysi_log(DSYS_LOG_INFO, name, "stopped");
   } else if (d.srv) {
+    if (sp->drain) sp->drain(&d, sp->ud);
     dsys_server_stop(d.srv, 0);
     if (sp->unmount) sp->unmount(&d, sp->ud);
   }
   dsys_registration_stop(d.agent);
-  dsys_registry_close(d.registry);
   dsys_server_free(d.srv);
+  dsys_registry_close(d.registry);
   dsys_queue_close(d.queue);
   dsys_store_close(d.store);
   dsys_metrics_free(d.metrics);

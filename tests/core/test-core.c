@@ -1,9 +1,11 @@
 /* Unit tests of the core: errors, utilities, clock and timers, config, JSON. */
+#include <getopt.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "core/config.h"
 #include "core/internal.h"
 #include "core/json.h"
 #include "tap.h"
@@ -209,6 +211,165 @@ static void test_config(void) {
   dsys_free(usage);
 }
 
+/* The typed option kinds: their grammar, and what a user sees through a
+ * table (aliases, variables, messages, help). */
+static void test_config_kinds(void) {
+  static const struct { const char *in; int64_t bare, want; } durs[] = {
+      {"500ms", 1, 500}, {"5s", 1, 5000}, {"2m", 1, 120000}, {"1h", 1, 3600000},
+      {"1d", 1, 86400000}, {"1.5s", 1, 1500}, {"0.25m", 1, 15000}, {"250", 1, 250},
+      {"0.5", 1000, 500}, {"30", 1000, 30000}, {"5S", 1, 5000}, {"10MS", 1, 10}, {"0", 1, 0},
+      {"9223372036854775807ms", 1, INT64_MAX}, {"106751991167d", 1, 106751991167LL * 86400000}};
+  for (size_t i = 0; i < sizeof durs / sizeof *durs; i++) {
+    int64_t v = -1;
+    int rc = dsysi_parse_duration_ms(durs[i].in, durs[i].bare, &v);
+    ok(rc == 0 && v == durs[i].want, "duration '%s' (bare x%lld) is %lld ms (%lld, rc %d)", durs[i].in,
+       (long long)durs[i].bare, (long long)durs[i].want, (long long)v, rc);
+  }
+  static const char *bad_durs[] = {"", "s", "5x", "5 s", " 5s", "5s ", "-5s", "+5s", "-1",
+                                   "1.s", ".5s", "0.5ms", "1e3", "5sec", "1m30s", "0x10"};
+  for (size_t i = 0; i < sizeof bad_durs / sizeof *bad_durs; i++) {
+    int64_t v = 42;
+    int rc = dsysi_parse_duration_ms(bad_durs[i], 1, &v);
+    ok(rc == DSYS_ETYPE && v == 42, "duration '%s' refused as garbage (rc %d)", bad_durs[i], rc);
+  }
+  static const char *big_durs[] = {"9223372036854775808ms", "9223372036854775807s",
+                                   "106751991168d", "99999999999999999999999"};
+  for (size_t i = 0; i < sizeof big_durs / sizeof *big_durs; i++) {
+    int64_t v = 42;
+    int rc = dsysi_parse_duration_ms(big_durs[i], 1, &v);
+    ok(rc == DSYS_ERANGE && v == 42, "duration '%s' out of range (rc %d)", big_durs[i], rc);
+  }
+  static const struct { const char *in; int64_t want; } sizes[] = {
+      {"65536", 65536}, {"64KiB", 65536}, {"1MiB", 1048576}, {"1.5KiB", 1536},
+      {"2mib", 2097152}, {"1GiB", 1073741824}, {"1TiB", 1099511627776LL}, {"7B", 7},
+      {"0", 0}, {"8388607TiB", 8388607LL << 40}};
+  for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+    int64_t v = -1;
+    int rc = dsysi_parse_size(sizes[i].in, &v);
+    ok(rc == 0 && v == sizes[i].want, "size '%s' is %lld bytes (%lld, rc %d)", sizes[i].in,
+       (long long)sizes[i].want, (long long)v, rc);
+  }
+  static const char *bad_sizes[] = {"", "KiB", "1KB", "1k", "1.5B", "0.1KiB", "-1", "-1KiB",
+                                    "1 MiB", "1MiB!", "1EiB"};
+  for (size_t i = 0; i < sizeof bad_sizes / sizeof *bad_sizes; i++) {
+    int64_t v = 42;
+    ok(dsysi_parse_size(bad_sizes[i], &v) == DSYS_ETYPE && v == 42, "size '%s' refused as garbage",
+       bad_sizes[i]);
+  }
+  int64_t v = 42;
+  ok(dsysi_parse_size("8388608TiB", &v) == DSYS_ERANGE && v == 42, "2^63 bytes is out of range");
+
+  static const dsys_option t[] = {
+      {"ttl", "DSYS_T_TTL", DSYS_OPT_DURATION, "30s", "time to live"},
+      {"ttl-ms", "DSYS_T_TTL_MS", DSYS_OPT_ALIAS, "ttl", NULL},
+      {"life", "DSYS_T_LIFE", DSYS_OPT_DURATION_S, "24h", "lifetime"},
+      {"max", "DSYS_T_MAX", DSYS_OPT_SIZE, "1MiB", "limit"},
+      {"verbose", "DSYS_T_VERBOSE", DSYS_OPT_BOOL, NULL, "more"},
+      {"help", NULL, DSYS_OPT_BOOL, NULL, "help"},
+  };
+  const size_t nt = sizeof t / sizeof *t;
+  char err[256];
+  dsys_config *c = NULL;
+  unsetenv("DSYS_T_TTL");
+  unsetenv("DSYS_T_TTL_MS");
+  char *a0[] = {"prog"};
+  is_int(dsys_config_parse(&c, t, nt, 1, a0, err, sizeof err), 0, "typed table parses (%s)", err);
+  int64_t ms = 0, i64 = 0;
+  uint64_t bytes = 0;
+  ok(!dsys_config_get_duration_ms(c, "ttl", &ms) && ms == 30000, "default 30s is 30000 ms");
+  ok(!dsys_config_get_duration_ms(c, "life", &ms) && ms == 86400000, "default 24h is 86400000 ms");
+  ok(!dsys_config_get_size(c, "max", &bytes) && bytes == 1048576, "default 1MiB is 1048576 bytes");
+  ok(!dsys_config_get_int(c, "max", &i64) && i64 == 1048576, "get_int of a size: bytes");
+  ok(!dsys_config_get_int(c, "ttl", &i64) && i64 == 30000, "get_int of a duration: ms");
+  dsys_config_free(c);
+
+  char *a1[] = {"prog", "--ttl-ms", "250", "--life=30", "--max", "64KiB"};
+  is_int(dsys_config_parse(&c, t, nt, 6, a1, err, sizeof err), 0, "old spelling (%s)", err);
+  ok(!dsys_config_get_duration_ms(c, "ttl", &ms) && ms == 250, "--ttl-ms 250: a bare number keeps meaning ms");
+  is_str(dsys_config_source(c, "ttl"), "flag", "the alias sets the option (source flag)");
+  ok(!dsys_config_get_duration_ms(c, "ttl-ms", &ms) && ms == 250, "reading by the old name works too");
+  ok(!dsys_config_get_duration_ms(c, "life", &ms) && ms == 30000, "DURATION_S: bare 30 is 30 s");
+  ok(!dsys_config_get_size(c, "max", &bytes) && bytes == 65536, "--max 64KiB");
+  is_str(dsys_config_get(c, "max"), "64KiB", "the text is kept as given");
+  dsys_config_free(c);
+
+  char *a2[] = {"prog", "--ttl", "2s", "--ttl-ms=100", "--ttl", "1.5m"};
+  is_int(dsys_config_parse(&c, t, nt, 6, a2, err, sizeof err), 0, "both spellings (%s)", err);
+  ok(!dsys_config_get_duration_ms(c, "ttl", &ms) && ms == 90000, "the last spelling given wins: %lld",
+     (long long)ms);
+  dsys_config_free(c);
+
+  setenv("DSYS_T_TTL_MS", "700", 1);
+  is_int(dsys_config_parse(&c, t, nt, 1, a0, err, sizeof err), 0, "old variable (%s)", err);
+  ok(!dsys_config_get_duration_ms(c, "ttl", &ms) && ms == 700, "DSYS_T_TTL_MS=700 is read");
+  is_str(dsys_config_source(c, "ttl"), "env", "source env");
+  dsys_config_free(c);
+  setenv("DSYS_T_TTL", "3s", 1);
+  is_int(dsys_config_parse(&c, t, nt, 1, a0, err, sizeof err), 0, "both variables (%s)", err);
+  ok(!dsys_config_get_duration_ms(c, "ttl", &ms) && ms == 3000, "the option's own variable beats the old one");
+  dsys_config_free(c);
+  setenv("DSYS_T_TTL_MS", "soon", 1);
+  unsetenv("DSYS_T_TTL");
+  is_int(dsys_config_parse(&c, t, nt, 1, a0, err, sizeof err), DSYS_EINVAL, "bad old variable");
+  ok(strstr(err, "DSYS_T_TTL_MS") && strstr(err, "milliseconds"), "message names it and the unit: %s", err);
+  unsetenv("DSYS_T_TTL_MS");
+
+  static const struct { const char *flag, *val, *says; } refused[] = {
+      {"--ttl", "5x", "expects a duration"}, {"--ttl", "-1s", "expects a duration"},
+      {"--ttl", "", "expects a duration"}, {"--max", "1KB", "expects a size"},
+      {"--max", "-1", "expects a size"}, {"--max", "99999999TiB", "out of range"},
+      {"--ttl", "999999999999d", "out of range"}, {"--life", "1.0001s", "expects a duration"},
+      {"--verbose=maybe", NULL, "true or false"}};
+  for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+    char *ar[] = {"prog", (char *)refused[i].flag, (char *)refused[i].val};
+    int n = refused[i].val ? 3 : 2;
+    int rc = dsys_config_parse(&c, t, nt, n, ar, err, sizeof err);
+    char name[32];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(refused[i].flag, "="), refused[i].flag);
+    ok(rc == DSYS_EINVAL && strstr(err, refused[i].says) && strstr(err, name),
+       "%s %s refused: %s", refused[i].flag, refused[i].val ? refused[i].val : "", err);
+  }
+
+  /* getopt_long's habits that would surprise: abbreviations, short
+   * options, its global state */
+  static const struct { const char *arg, *says; } unknown[] = {
+      {"--verb", "unknown option '--verb'"}, {"--tt=1s", "unknown option '--tt'"},
+      {"-x", "unknown option '-x'"}, {"-ttl", "long options start with --"},
+      {"--ttl", "needs a value"}};
+  for (size_t i = 0; i < sizeof unknown / sizeof *unknown; i++) {
+    char *ar[] = {"prog", (char *)unknown[i].arg};
+    int rc = dsys_config_parse(&c, t, nt, 2, ar, err, sizeof err);
+    ok(rc == DSYS_EINVAL && strstr(err, unknown[i].says), "%s refused: %s", unknown[i].arg, err);
+  }
+  optind = 5;
+  char *a3[] = {"prog", "-h", "-", "pos", "--verbose", "--", "--ttl"};
+  is_int(dsys_config_parse(&c, t, nt, 7, a3, err, sizeof err), 0, "short -h, '-' and '--' (%s)", err);
+  ok(dsys_config_get_bool(c, "help") && dsys_config_get_bool(c, "verbose"), "-h is --help");
+  ok(dsys_config_npositional(c) == 3 && !strcmp(dsys_config_positional(c, 0), "-") &&
+         !strcmp(dsys_config_positional(c, 2), "--ttl"),
+     "'-' and everything after '--' are positional, in order");
+  is_int(optind, 5, "the caller's optind is put back");
+  dsys_config_free(c);
+  char *a4[] = {"prog", "-V"};
+  is_int(dsys_config_parse(&c, t, nt, 2, a4, err, sizeof err), DSYS_EINVAL,
+         "-V is unknown when the table has no version option");
+
+  static const dsys_option badt1[] = {{"t", NULL, DSYS_OPT_DURATION, "5x", "bad default"}};
+  is_int(dsys_config_parse(&c, badt1, 1, 1, a0, err, sizeof err), DSYS_EINVAL, "a default that does not parse");
+  ok(strstr(err, "option table") != NULL, "said as a table mistake: %s", err);
+  static const dsys_option badt2[] = {{"old", NULL, DSYS_OPT_ALIAS, "nothing", NULL}};
+  is_int(dsys_config_parse(&c, badt2, 1, 1, a0, err, sizeof err), DSYS_EINVAL, "an alias of no option");
+
+  char *u = NULL;
+  is_int(dsys_config_usage(t, nt, "prog", NULL, &u), 0, "usage of the typed table");
+  ok(u && strstr(u, "--ttl DURATION") && strstr(u, "[also --ttl-ms]") &&
+         strstr(u, "[env DSYS_T_TTL or DSYS_T_TTL_MS]") && strstr(u, "a bare number is milliseconds") &&
+         strstr(u, "a bare number is seconds") && strstr(u, "--max SIZE") &&
+         strstr(u, "[default 1MiB]") && strstr(u, "-h, --help") && !strstr(u, "  --ttl-ms"),
+     "help: kinds, the alias and both variables on the option's entry, real defaults");
+  dsys_free(u);
+}
+
 static void test_json(void) {
   json_object *o = NULL;
   is_int(dsysi_json_parse("{\"a\":1}", 7, &o), 0, "parse object");
@@ -306,6 +467,7 @@ int main(void) {
   test_fake_clock();
   test_real_clock();
   test_config();
+  test_config_kinds();
   test_json();
   test_log();
   test_grow();
