@@ -72,7 +72,8 @@ fuzz:
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -I$(top_srcdir)/include -I$(top_builddir)/include \
 	  -I$(top_srcdir)/lib -D_GNU_SOURCE $(DEP_CFLAGS) \
 	  $(top_srcdir)/tests/fuzz/fuzz-h1.c $(top_srcdir)/lib/transport/h1.c $(top_srcdir)/lib/transport/hdrs.c \
-	  $(top_srcdir)/lib/core/util.c $(top_srcdir)/lib/core/json.c $(top_srcdir)/lib/core/clock.c \
+	  $(top_srcdir)/lib/core/buf.c $(top_srcdir)/lib/core/str.c \
+	  $(top_srcdir)/lib/core/json.c $(top_srcdir)/lib/core/clock.c \
 	  -o fuzz-h1 $(JSONC_LIBS) $(BSD_LIBS) -pthread
 	./fuzz-h1 -max_total_time=$(FUZZ_SECONDS) fuzz-out/h1 $(top_srcdir)/tests/fuzz/corpus/h1
 .PHONY: fuzz

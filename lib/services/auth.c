@@ -25,7 +25,8 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "services/common.h"
+#include "services/reply.h"
+#include "services/svc.h"
 #include "security/crypto.h"
 
 #define MAX_PASSWORD DSYS_PASSWORD_MAX

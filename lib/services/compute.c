@@ -14,7 +14,8 @@
 #include <distsys/services.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "services/common.h"
+#include "services/reply.h"
+#include "services/svc.h"
 
 /* A job that has SSE streams open on this instance: what they last saw. */
 typedef struct watch {

@@ -34,7 +34,8 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "services/common.h"
+#include "services/reply.h"
+#include "services/svc.h"
 
 #define MAX_KEY 1000
 #define CAS_TRIES 16

@@ -20,7 +20,7 @@
 #include "core/internal.h"
 #include "core/json.h"
 #include "transport/url.h"
-#include "services/common.h"
+#include "services/reply.h"
 
 #define TOPIC "faultd"
 #define VANISH_MISSING (-1)

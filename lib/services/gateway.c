@@ -17,7 +17,7 @@
 #include <distsys/upstream.h>
 #include "core/internal.h"
 #include "core/json.h"
-#include "services/common.h"
+#include "services/reply.h"
 #include "transport/evloop.h"
 #include "transport/h1client.h"
 #include "transport/transport.h"

@@ -1,10 +1,12 @@
 # services: mountable modules (registry, auth, data, compute, gateway and
-# its edge, fault detector), their shared helpers and the daemon shell.
+# its edge, fault detector), what they share (svc: health, readiness and
+# slow-work routes; reply: JSON answers and bodies) and the daemon shell.
 libdsys_internal_la_SOURCES += \
-	lib/services/common.c lib/services/auth.c lib/services/data.c \
-	lib/services/compute.c lib/services/daemon.c lib/services/gateway.c \
-	lib/services/edge.c lib/services/registry_service.c lib/services/faultd.c
-noinst_HEADERS += lib/services/common.h lib/services/edge.h
+	lib/services/svc.c lib/services/reply.c lib/services/auth.c \
+	lib/services/data.c lib/services/compute.c lib/services/daemon.c \
+	lib/services/gateway.c lib/services/edge.c lib/services/registry_service.c \
+	lib/services/faultd.c
+noinst_HEADERS += lib/services/svc.h lib/services/reply.h lib/services/edge.h
 pkginclude_HEADERS += include/distsys/services.h include/distsys/gateway.h \
 	include/distsys/registry_service.h include/distsys/faultd.h
 

@@ -53,6 +53,30 @@ static void test_base64url(void) {
   is_int(dsys_base64url_decode("Zh", 2, &d, &dl), DSYS_EINVAL, "non-canonical trailing bits rejected");
   is_int(dsys_base64url_decode("Zm 9v", 5, &d, &dl), DSYS_EINVAL, "whitespace rejected");
   is_int(dsys_base64url_encode(NULL, 3, NULL), DSYS_EINVAL, "encode NULL args");
+  /* Malformed input, with explicit lengths: some hold a NUL. */
+  static const struct { const char *text; size_t len; const char *why; } bad[] = {
+      {"Zm9v/", 5, "'/' (not url alphabet)"}, {"Zg=", 3, "incomplete padding"},
+      {"Zg===", 5, "three padding characters"}, {"Zm9v=", 5, "padding after a whole group"},
+      {"=", 1, "padding alone"}, {"==", 2, "two padding alone"},
+      {"Zg==Zg==", 8, "padding inside"}, {"A===", 4, "one character and three pads"},
+      {"Zm9vZ", 5, "a lone character after a group"}, {"Zm9=", 4, "non-canonical bits before '='"},
+      {"Zm9v\n", 5, "trailing newline"}, {"\tZm9v", 5, "leading tab"},
+      {"Zg= =", 5, "space inside the padding"}, {"Zm\0v", 4, "embedded NUL"},
+      {"Zm9\xff", 4, "byte above 0x7f"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    d = NULL;
+    is_int(dsys_base64url_decode(bad[i].text, bad[i].len, &d, &dl), DSYS_EINVAL,
+           "%s rejected", bad[i].why);
+    ok(d == NULL, "nothing returned for %s", bad[i].why);
+  }
+  is_int(dsys_base64url_decode("Zm8=", 4, &d, &dl), 0, "one padding character");
+  ok(dl == 2 && !memcmp(d, "fo", 3), "decodes to \"fo\" plus a NUL");
+  dsys_free(d);
+  is_int(dsys_base64url_decode("", 0, &d, &dl), 0, "empty input");
+  ok(dl == 0 && d && !*(char *)d, "empty output, NUL-terminated");
+  dsys_free(d);
+  is_int(dsys_base64url_decode(NULL, 0, &d, &dl), 0, "NULL text of length 0");
+  dsys_free(d);
 }
 
 static void test_random_and_ct(void) {
@@ -71,6 +95,8 @@ static void test_random_and_ct(void) {
   ok(!dsys_ct_equal("secret", 6, "secreT", 6), "ct_equal differs");
   ok(!dsys_ct_equal("secret", 6, "secrets", 7), "ct_equal length differs");
   ok(dsys_ct_equal("", 0, NULL, 0), "ct_equal empty");
+  ok(!dsys_ct_equal("Secret", 6, "secret", 6), "ct_equal first byte differs");
+  ok(!dsys_ct_equal(NULL, 3, "abc", 3), "ct_equal NULL is unequal");
 }
 
 static int fired[8];

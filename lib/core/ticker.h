@@ -1,0 +1,32 @@
+/*
+ * A periodic tick on a clock (ticker.c), for pollers of the event streams.
+ * Thread-safety: fn runs on the clock's timer thread; start and stop from
+ * any one thread, never from fn.
+ */
+#ifndef DSYSI_TICKER_H
+#define DSYSI_TICKER_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <distsys/clock.h>
+
+typedef struct dsysi_ticker {
+  dsys_clock *clock;
+  int64_t period_us;
+  void (*fn)(void *ud);
+  void *ud;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  uint64_t timer;
+  int pending;  /* a timer is scheduled or its callback is running */
+  int stopping;
+} dsysi_ticker;
+
+/** Run fn(ud) every period_ms on the clock's timers (never two at once).
+ *  @return 0, DSYS_ENOMEM, DSYS_EINVAL. */
+int dsysi_ticker_start(dsysi_ticker *t, dsys_clock *clock, int64_t period_ms,
+                       void (*fn)(void *), void *ud);
+/** Stop: after it returns fn no longer runs. Safe on a zeroed ticker. */
+void dsysi_ticker_stop(dsysi_ticker *t);
+
+#endif

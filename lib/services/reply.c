@@ -1,0 +1,55 @@
+/* JSON answers and request bodies of the service modules. */
+#include <stdlib.h>
+#include "core/json.h"
+#include "services/reply.h"
+
+int dsysi_respond_obj(dsys_request *req, int status, json_object *obj) {
+  size_t len = 0;
+  char *s = obj ? dsysi_json_dump(obj, &len) : NULL;
+  json_object_put(obj);
+  if (!s) return dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+  int rc = dsys_respond(req, status, "application/json", s, len);
+  free(s);
+  return rc;
+}
+
+int dsysi_respond_err(dsys_request *req, int status, const char *code,
+                      const char *msg) {
+  return dsys_respond_error(req, status, code, msg);
+}
+
+int dsysi_body_object(dsys_request *req, json_object **out) {
+  size_t len = 0;
+  const char *body = dsys_request_body(req, &len);
+  *out = NULL;
+  size_t i = 0;
+  while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' ||
+                     body[i] == '\n'))
+    i++;
+  if (i == len) {
+    *out = json_object_new_object();
+    if (!*out) {
+      dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+      return -1;
+    }
+    return 0;
+  }
+  json_object *o = NULL;
+  int rc = dsysi_json_parse(body, len, &o);
+  if (rc == DSYS_ENOMEM) {
+    dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+    return -1;
+  }
+  if (rc) {
+    dsys_respond_error(req, 400, "DSYS_EBADJSON", "Invalid JSON body");
+    return -1;
+  }
+  if (!json_object_is_type(o, json_type_object)) {
+    json_object_put(o);
+    dsys_respond_error(req, 400, "DSYS_ETYPE",
+                       "Request body must be a JSON object");
+    return -1;
+  }
+  *out = o;
+  return 0;
+}
