@@ -1,6 +1,6 @@
 /*
  * dsys_faultd: the deployment's fault detector as a mountable service (the
- * "Fault detector (3004)" section of HTTP-API.md; reference page
+ * "Fault detector" section of docs/reference/http-api.md; reference page
  * docs/reference/faultd.md).
  *
  * It learns service instances from a registry (a watch plus a full

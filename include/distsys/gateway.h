@@ -20,7 +20,7 @@
  * CORS, Idempotency-Key replay; always: a /v1 alias, ambiguous framing and
  * dot segments or encoded slashes refused with 400.
  *
- * Local routes (HTTP-API.md): GET /health, GET /status, GET /api/metrics,
+ * Local routes (docs/reference/http-api.md, "Gateway"): GET /health, GET /status, GET /api/metrics,
  * POST /api/round-robin/reset.
  *
  * Thread-safety: configure (add_upstream/add_route) before dsys_gateway_mount;

@@ -1,7 +1,7 @@
 /*
  * Service modules: the auth, data and compute services of the reference
  * deployment (docs/reference/services.md; the HTTP contract is
- * HTTP-API.md). Each module mounts its routes on a dsys_server that is not
+ * docs/reference/http-api.md). Each module mounts its routes on a dsys_server that is not
  * yet listening, so it runs on any transport (http://, unix://, inproc://).
  * A module uses only the public store, queue, clock and server APIs: every
  * instance of a service shares its state through the store or queue file.

@@ -373,7 +373,9 @@ int dsys_registry_register(dsys_registry *r, const dsys_instance *in) {
     return DSYS_EINVAL;
   for (size_t t = 0; t < in->ntags; t++)
     if (!in->tags[t]) return DSYS_EINVAL;
-  if (in->metadata) {
+  /* NULL or "" (what dsys_instances_copy makes of NULL, e.g. in the
+   * registration agent's copy) means the default "{}", like name. */
+  if (in->metadata && *in->metadata) {
     json_object *j = NULL;
     int jrc = dsysi_json_parse_object(in->metadata, strlen(in->metadata), &j);
     if (j) json_object_put(j);
@@ -384,7 +386,7 @@ int dsys_registry_register(dsys_registry *r, const dsys_instance *in) {
   }
   dsys_instance n = *in;
   if (!n.name || !*n.name) n.name = n.id;
-  if (!n.metadata) n.metadata = "{}";
+  if (!n.metadata || !*n.metadata) n.metadata = "{}";
   if (!n.weight) n.weight = 1;
   n.health = DSYS_INSTANCE_HEALTHY;
   pthread_mutex_lock(&r->mu);

@@ -25,7 +25,7 @@ int dsysi_identity_check(dsys_identity_verifier *v, dsys_request *req,
   return 0;
 }
 
-/* Probe and scrape paths of HTTP-API.md: /health, /ready, /metrics and
+/* Probe and scrape paths of docs/reference/http-api.md: /health, /ready, /metrics and
  * /api/<type>/health. */
 static int open_path(const char *p) {
   if (!strcmp(p, "/health") || !strcmp(p, "/ready") || !strcmp(p, "/metrics")) return 1;

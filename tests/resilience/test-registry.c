@@ -151,6 +151,15 @@ static void conformance(const char *backend, const char *target) {
   is_int(one->weight, 1, "%s: weight defaults to 1", backend);
   is_int(one->ntags, 0, "%s: no tags", backend);
   dsys_free(one);
+  /* a copy turns the NULL metadata into "": still the default (the
+   * registration agent registers such a copy) */
+  dsys_instance *cp;
+  is_int(dsys_instances_copy(&in, 1, &cp), 0, "%s: copy", backend);
+  is_int(dsys_registry_register(r, cp), 0, "%s: copied instance without metadata registers", backend);
+  dsys_free(cp);
+  is_int(dsys_registry_get(r, "data-4002", &one), 0, "%s: get", backend);
+  is_str(one->metadata, "{}", "%s: empty metadata defaults to {}", backend);
+  dsys_free(one);
   is_int(count(r, "data", 0), 1, "%s: still one data instance", backend);
   is_int(dsys_registry_get(r, "nope", &one), DSYS_ENOTFOUND, "%s: get unknown", backend);
   is_int(dsys_registry_heartbeat(r, "nope"), DSYS_ENOTFOUND, "%s: heartbeat unknown", backend);

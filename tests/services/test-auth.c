@@ -1,6 +1,6 @@
 /*
  * Auth service over inproc:// with a temporary SQLite file: every route,
- * status and message of HTTP-API.md; bad input; token tampering, alg
+ * status and message of docs/reference/http-api.md; bad input; token tampering, alg
  * "none", a foreign algorithm, expiry on a fake clock; throttling shared
  * by two instances; bcrypt hashes; concurrent sign-up; the secret loader;
  * hashing does not stall other requests.

@@ -1,7 +1,8 @@
 /*
  * Data service over inproc:// with a temporary SQLite file: every route,
- * status and message of HTTP-API.md, the extensions (versions, increment,
- * paging), bad input, two instances on one file, slow work under load.
+ * status and message of docs/reference/http-api.md, the extensions
+ * (versions, increment, paging), bad input, two instances on one file,
+ * slow work under load.
  */
 #include <stdio.h>
 #include "svc-test.h"

@@ -589,7 +589,8 @@ int main(int argc, char **argv) {
   snprintf(unix_url, sizeof unix_url, "unix://%s/s.sock", tmpdir);
   const char *only = argc > 1 ? argv[1] : NULL;
   if (!only || !strcmp(only, "http")) run_suite("http", "http://127.0.0.1:0", tmpdir, 0, 4);
-  /* one server thread: MHD ignores a pool of 1 (MHD-NOTES pitfall 6) */
+  /* one server thread: MHD ignores a pool of 1 (docs/reference/transports.md,
+   * libmicrohttpd pitfall 6) */
   if (!only || !strcmp(only, "http-1thread")) run_suite("http-1thread", "http://127.0.0.1:0", tmpdir, 0, 1);
   if (!only || !strcmp(only, "http-loops")) run_suite("http-loops", "http://127.0.0.1:0", tmpdir, 2, 4);
   if (!only || !strcmp(only, "unix")) run_suite("unix", unix_url, tmpdir, 0, 4);
