@@ -449,7 +449,7 @@ static const dsys_option opts[] = {
     {"data-dir", "DSYS_DATA_DIR", DSYS_OPT_STRING, "data", "directory for the database, logs and state"},
     {"bin-dir", "DSYS_BIN_DIR", DSYS_OPT_STRING, NULL, "where the daemons are (default: beside dsys-cluster)"},
     {"profile", "DSYS_CLUSTER_PROFILE", DSYS_OPT_STRING, "plain",
-     "plain (HTTP-API.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, "
+     "plain (the HTTP contract of docs/reference/http-api.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, "
      "idempotency; service identities: only the supervisor's processes can register, services "
      "answer only peers such as the gateway)"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},

@@ -98,7 +98,7 @@ static void unmount(dsys_daemon *d, void *ud) { dsys_faultd_free(fd); }
 int main(int argc, char **argv) {
   dsys_daemon_spec spec = {
       .size = sizeof spec, .progname = "dsys-faultd",
-      .summary = "The fault detector of the reference deployment (HTTP-API.md).",
+      .summary = "The fault detector of the reference deployment (docs/reference/http-api.md).",
       .default_name = "faultd", .default_listen = "http://127.0.0.1:3004",
       .extra = extra, .nextra = sizeof extra / sizeof extra[0],
       .prepare = prepare, .mount = mount, .drain = drain, .unmount = unmount,

@@ -335,7 +335,7 @@ static void unmount(dsys_daemon *d, void *ud) {
 int main(int argc, char **argv) {
   dsys_daemon_spec spec = {
       .size = sizeof spec, .progname = "dsys-gatewayd",
-      .summary = "The load balancer of the reference deployment (HTTP-API.md).",
+      .summary = "The load balancer of the reference deployment (docs/reference/http-api.md).",
       .default_name = "gateway", .default_listen = "http://127.0.0.1:3000",
       .extra = extra, .nextra = sizeof extra / sizeof extra[0],
       .prepare = prepare, .mount = mount, .unmount = unmount,
