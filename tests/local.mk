@@ -42,7 +42,7 @@ SCRIPT_TESTS = \
 	tests/integration/metrics.test tests/integration/gateway-tls.test \
 	tests/integration/gatewayd-static.test tests/integration/cluster-config.test \
 	tests/integration/cluster-secure.test tests/integration/mtls.test \
-	tests/integration/cli.test tests/integration/http-api.test \
+	tests/integration/cli.test tests/integration/http-api.test tests/integration/storage.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 

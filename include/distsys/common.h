@@ -62,7 +62,8 @@ extern "C" {
   X(DSYS_EBUDGET, -32, "retry budget exhausted")                            \
   X(DSYS_ETYPE, -33, "wrong type")                                          \
   X(DSYS_ESCHEME, -34, "unknown URL scheme")                                \
-  X(DSYS_EURL, -35, "malformed URL")
+  X(DSYS_EURL, -35, "malformed URL")                                        \
+  X(DSYS_ENOSPC, -36, "no space left on the storage")
 
 /** Error codes (see DSYS_ERRORS). */
 typedef enum dsys_err {

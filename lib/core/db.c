@@ -16,6 +16,7 @@ int dsysi_db_err(int rc) {
   case SQLITE_NOMEM:
     return DSYS_ENOMEM;
   case SQLITE_FULL:
+    return DSYS_ENOSPC;
   case SQLITE_IOERR:
   case SQLITE_CANTOPEN:
     return DSYS_EIO;

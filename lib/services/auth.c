@@ -240,7 +240,7 @@ static void do_signup(void *arg) {
   if (rc == DSYS_EEXIST)
     dsysi_respond_err(j->req, 409, "DSYS_EEXIST", "User already exists");
   else if (rc)
-    dsysi_respond_err(j->req, 500, dsys_err_name(rc), "Could not store user");
+    dsysi_respond_storage_err(j->req, rc, "Could not store user");
   else
     respond_token(a, j->req, 201, "User registered successfully", u);
   json_object_put(u);
@@ -309,7 +309,7 @@ static void h_signup(dsys_request *req, void *ud) {
     if (rc == 0)
       dsysi_respond_err(req, 409, "DSYS_EEXIST", "User already exists");
     else if (rc != DSYS_ENOTFOUND)
-      dsysi_respond_err(req, 500, dsys_err_name(rc), "Storage error");
+      dsysi_respond_storage_err(req, rc, "Storage error");
     else if ((rc = submit(a, req, do_signup, user, email, pw)))
       dsysi_respond_err(req, 500, dsys_err_name(rc), dsys_strerror(rc));
   }
@@ -404,7 +404,7 @@ static void do_signin(void *arg) {
   }
   int rc = dsys_store_get(a->store, key, &it);
   if (rc && rc != DSYS_ENOTFOUND) {
-    dsysi_respond_err(j->req, 500, dsys_err_name(rc), "Storage error");
+    dsysi_respond_storage_err(j->req, rc, "Storage error");
     goto out;
   }
   const char *hash = NULL;
@@ -484,7 +484,7 @@ static json_object *authed_user(dsys_auth_service *a, dsys_request *req) {
   if (rc == DSYS_ENOTFOUND)
     dsysi_respond_err(req, 404, "DSYS_ENOTFOUND", "User not found");
   else if (rc)
-    dsysi_respond_err(req, 500, dsys_err_name(rc), "Storage error");
+    dsysi_respond_storage_err(req, rc, "Storage error");
   if (rc) {
     json_object_put(u);
     u = NULL;

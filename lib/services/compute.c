@@ -432,7 +432,7 @@ static void h_submit(dsys_request *req, void *ud) {
       if (rc == DSYS_ETOOBIG) {
         dsysi_respond_err(req, 413, "DSYS_ETOOBIG", "Job too large");
       } else if (rc) {
-        dsysi_respond_err(req, 500, dsys_err_name(rc), "Could not queue the job");
+        dsysi_respond_storage_err(req, rc, "Could not queue the job");
       } else {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "message",
@@ -492,7 +492,7 @@ static dsys_job *job_of_request(dsys_compute_service *c, dsys_request *req,
   if (rc == DSYS_ENOTFOUND)
     dsysi_respond_err(req, 404, "DSYS_ENOTFOUND", "Job not found");
   else if (rc)
-    dsysi_respond_err(req, 500, dsys_err_name(rc), "Queue error");
+    dsysi_respond_storage_err(req, rc, "Queue error");
   if (idp) *idp = id;
   return rc ? NULL : j;
 }
@@ -533,7 +533,7 @@ static void h_stats(dsys_request *req, void *ud) {
   dsys_job_counts n;
   int rc = dsys_queue_counts(c->q, DSYS_COMPUTE_QUEUE, &n);
   if (rc) {
-    dsysi_respond_err(req, 500, dsys_err_name(rc), "Queue error");
+    dsysi_respond_storage_err(req, rc, "Queue error");
     return;
   }
   json_object *q = json_object_new_object();

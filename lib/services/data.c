@@ -104,7 +104,7 @@ static void respond_store_err(dsys_request *req, int rc) {
   else if (rc == DSYS_ETOOBIG)
     dsysi_respond_err(req, 413, "DSYS_ETOOBIG", "Value too large");
   else
-    dsysi_respond_err(req, 500, dsys_err_name(rc), "Storage error");
+    dsysi_respond_storage_err(req, rc, "Storage error");
 }
 
 /* Find an item by id, then by key. @return 0, DSYS_ENOTFOUND, other. */

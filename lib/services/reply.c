@@ -1,4 +1,5 @@
 /* JSON answers and request bodies of the service modules. */
+#include <stdio.h>
 #include <stdlib.h>
 #include "core/json.h"
 #include "services/reply.h"
@@ -16,6 +17,33 @@ int dsysi_respond_obj(dsys_request *req, int status, json_object *obj) {
 int dsysi_respond_err(dsys_request *req, int status, const char *code,
                       const char *msg) {
   return dsys_respond_error(req, status, code, msg);
+}
+
+int dsysi_respond_storage_err(dsys_request *req, int rc, const char *what) {
+  char msg[160];
+  switch (rc) {
+  case DSYS_ENOSPC:
+    /* 507, not 500: the instance is fine, its storage is full (shared by
+     * every instance on the host), so a proxy's breaker must not eject
+     * it, and reads go on */
+    snprintf(msg, sizeof msg, "%s: no space left on the storage", what);
+    return dsys_respond_error(req, 507, "DSYS_ENOSPC", msg);
+  case DSYS_EBUSY:
+    /* locked by another process past the busy wait: try again shortly */
+    dsys_response_header(req, "Retry-After", "1");
+    snprintf(msg, sizeof msg, "%s: the storage is locked by another process", what);
+    return dsys_respond_error(req, 503, "DSYS_EBUSY", msg);
+  case DSYS_EPERM:
+    snprintf(msg, sizeof msg, "%s: the storage is read-only", what);
+    return dsys_respond_error(req, 503, "DSYS_EPERM", msg);
+  case DSYS_EIO:
+    snprintf(msg, sizeof msg, "%s: the storage cannot be read or written", what);
+    return dsys_respond_error(req, 503, "DSYS_EIO", msg);
+  case DSYS_ENOMEM:
+    return dsys_respond_error(req, 503, "DSYS_ENOMEM", "Out of memory");
+  default:
+    return dsys_respond_error(req, 500, dsys_err_name(rc), what);
+  }
 }
 
 int dsysi_body_object(dsys_request *req, json_object **out) {

@@ -16,6 +16,16 @@ int dsysi_respond_err(dsys_request *req, int status, const char *code,
                       const char *msg);
 
 /**
+ * Answer a storage failure (store or queue) with the status that says whose
+ * fault it is: 507 DSYS_ENOSPC (storage full), 503 with Retry-After for a
+ * lock held by another process (DSYS_EBUSY), 503 for a read-only or failing
+ * storage (DSYS_EPERM, DSYS_EIO) and for DSYS_ENOMEM, else 500 with the
+ * error's name. what names the operation ("Storage error", "Could not
+ * queue the job"), first in the message.
+ */
+int dsysi_respond_storage_err(dsys_request *req, int rc, const char *what);
+
+/**
  * Parse the request body as a JSON object. An empty body counts as {}.
  * On failure responds 400 (malformed JSON or not an object) and returns
  * nonzero; on success *out owns one reference.

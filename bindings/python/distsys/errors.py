@@ -46,7 +46,7 @@ WORDS: Dict[str, str] = {
     "UNAVAIL": "Unavailable", "BREAKER": "BreakerOpen",
     "RATELIMIT": "RateLimited", "ADDRINUSE": "AddrInUse",
     "PERM": "PermissionDenied", "HTTP": "Http", "DB": "Db", "IO": "Io",
-    "URL": "Url",
+    "URL": "Url", "NOSPC": "NoSpace",
 }
 
 _BUILTIN_BASES: Dict[str, Tuple[type, ...]] = {
