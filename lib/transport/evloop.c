@@ -42,7 +42,15 @@ struct dsysi_loop {
   dsysi_timeout_fn timeout;
   void *tick_ud;
   posted *on_free;
+  struct llocal *locals; /* dsysi_loop_local blocks, newest first */
 };
+
+typedef struct llocal {
+  const void *key;
+  dsysi_loop_fn fini;
+  struct llocal *next;
+  _Alignas(16) char blk[]; /* the module's state */
+} llocal;
 
 int64_t dsysi_loop_now_us(void) {
   struct timespec ts;
@@ -88,8 +96,30 @@ int dsysi_loop_on_free(dsysi_loop *l, dsysi_loop_fn fn, void *ud) {
   return 0;
 }
 
+void *dsysi_loop_local(dsysi_loop *l, const void *key, size_t size,
+                       dsysi_loop_fn fini) {
+  if (!l) return NULL;
+  for (llocal *x = l->locals; x; x = x->next)
+    if (x->key == key) return x->blk;
+  llocal *x = calloc(1, sizeof *x + size);
+  if (!x) return NULL;
+  x->key = key;
+  x->fini = fini;
+  x->next = l->locals;
+  l->locals = x;
+  return x->blk;
+}
+
 void dsysi_loop_free(dsysi_loop *l) {
   if (!l) return;
+  /* Modules' per-loop state first, newest first: a dialer's exchanges end
+   * (their completions may still use older blocks). */
+  while (l->locals) {
+    llocal *x = l->locals;
+    l->locals = x->next;
+    if (x->fini) x->fini(l, x->blk);
+    free(x);
+  }
   while (l->on_free) {
     posted *p = l->on_free;
     l->on_free = p->next;
