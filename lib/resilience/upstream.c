@@ -659,10 +659,12 @@ static int has_idem_key(const dsys_header *h, size_t n) {
   return 0;
 }
 
+static int ucall_key; /* finished calls kept per event loop */
+
 static void ucall_free(ucall *c) {
   dsys_reply_free(c->last);
   free(c->own);
-  free(c);
+  if (dsysi_loop_cache_put(&ucall_key, c, 256, free)) free(c);
 }
 
 /* Copy the call's strings, header array and body into one block. */
@@ -692,9 +694,10 @@ static int ucall_copy(ucall *c) {
 static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_usend *o,
                         int *rc) {
   dsys_call d;
-  if ((*rc = dsysi_call_norm(call, &d))) return NULL;
+  if ((*rc = dsysi_call_norm(call, &d, !o || !o->checked))) return NULL;
   /* malloc + memset: glibc's calloc never takes from the per-thread cache */
-  ucall *c = malloc(sizeof *c);
+  ucall *c = dsysi_loop_cache_get(&ucall_key);
+  if (!c) c = malloc(sizeof *c);
   if (!c) {
     *rc = DSYS_ENOMEM;
     return NULL;

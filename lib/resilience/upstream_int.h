@@ -24,6 +24,9 @@ typedef struct dsysi_usend {
                           0: 64 MiB. The client applies its own. */
   int borrow;          /* the call's strings, headers and body stay valid
                           until the completion: not copied */
+  int checked;         /* the call is known to be well-formed (a request
+                          the server parsed): dsysi_call_norm's checks are
+                          skipped */
 } dsysi_usend;
 
 /** dsys_upstream_send with hooks (o may be NULL: then the same). */

@@ -20,6 +20,7 @@
 #include "core/json.h"
 #include "services/common.h"
 #include "resilience/upstream_int.h"
+#include "transport/evloop.h"
 #include "transport/transport.h"
 #include "services/edge.h"
 #include "security/identity_int.h"
@@ -278,10 +279,12 @@ typedef struct px {
   dsysi_fwd fwd;
 } px;
 
+static int px_key; /* finished states kept per event loop */
+
 static void px_free(px *p) {
   free(p->e.idem_key);
   dsysi_fwd_free(&p->fwd);
-  free(p);
+  if (dsysi_loop_cache_put(&px_key, p, 256, free)) free(p);
 }
 
 /* One atomic per proxied request (both event loops write these lines):
@@ -321,7 +324,7 @@ static void copy_headers(px *p, const dsys_reply *r) {
  * through unbuffered, and the attempt is final from here. */
 static int px_head(void *ud, const dsys_reply *head) {
   px *p = ud;
-  const char *ct = dsys_reply_header(head, "Content-Type");
+  const char *ct = dsysi_reply_ctype(head);
   if (head->status >= 300 || !ct || strncasecmp(ct, "text/event-stream", 17)) return 0;
   p->streaming = 1;
   copy_headers(p, head);
@@ -359,7 +362,7 @@ static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
                         dsys_strerror(err));
   } else {
     int status = dsys_reply_status(reply);
-    const char *ct = dsys_reply_header(reply, "Content-Type");
+    const char *ct = dsysi_reply_ctype(reply);
     copy_headers(p, reply);
     count(gw, p->up, status < 400);
     edge_finish(gw, &p->e, status, ct, &reply->hdrs, reply->body, reply->body_len);
@@ -376,8 +379,8 @@ static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
 /* Hand the request to dsys_upstream: it picks, sends (the event loop's
  * HTTP/1.1 dialer or libcurl), reports and retries; px_done answers. */
 static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
-  /* malloc: glibc's calloc never takes from the per-thread cache */
-  px *p = malloc(sizeof *p);
+  px *p = dsysi_loop_cache_get(&px_key);
+  if (!p) p = malloc(sizeof *p);
   if (!p) {
     edge_finish(gw, e, 500, NULL, NULL, NULL, 0);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
@@ -401,7 +404,7 @@ static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
                     .body = body, .body_len = blen};
   dsysi_usend o = {.on_head = px_head, .on_body = px_body,
                    .on_pick = dsysi_request_log_wanted(req) ? px_pick : NULL,
-                   .max_response = gw->o.max_response, .borrow = 1};
+                   .max_response = gw->o.max_response, .borrow = 1, .checked = 1};
   int rc = dsysi_upstream_send(rt->up->u, &call, &o, px_done, p);
   if (rc) px_done(rc, NULL, NULL, p);
 }

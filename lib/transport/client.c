@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "transport/evloop.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
@@ -118,7 +119,7 @@ static int is_token(const char *s) {
   return 1;
 }
 
-int dsysi_call_norm(const dsys_call *in, dsys_call *d) {
+int dsysi_call_norm(const dsys_call *in, dsys_call *d, int check) {
   if (!in || (in->nheaders && !in->headers) || (in->body_len && !in->body))
     return DSYS_EINVAL;
   memset(d, 0, sizeof *d);
@@ -126,6 +127,7 @@ int dsysi_call_norm(const dsys_call *in, dsys_call *d) {
   d->size = sizeof *d;
   if (!d->method) d->method = "GET";
   if (!d->path) d->path = "/";
+  if (!check) return 0;
   /* no fragment: it is not sent (libcurl drops it, a server refuses it) */
   if (!is_token(d->method) || d->path[0] != '/' || strpbrk(d->path, " \r\n#"))
     return DSYS_EINVAL;
@@ -140,7 +142,7 @@ int dsysi_call_norm(const dsys_call *in, dsys_call *d) {
 static int make_call(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
                      void *ud, dsysi_call **out) {
   dsys_call d;
-  if (!c || !in || !in->url || !cb || dsysi_call_norm(in, &d)) return DSYS_EINVAL;
+  if (!c || !in || !in->url || !cb || dsysi_call_norm(in, &d, 1)) return DSYS_EINVAL;
   const char *method = d.method, *path = d.path;
   const dsys_transport_ops *ops = dsysi_transport_find(d.url);
   if (!ops) return dsysi_url_check(d.url); /* which error: no scheme or unknown */
@@ -267,14 +269,21 @@ int dsys_client_do(dsys_client *c, const dsys_call *in, dsys_reply **out) {
 
 /* ---- replies ---- */
 
+static int reply_key; /* replies kept per event loop (the gateway's) */
+
 dsys_reply *dsysi_reply_new(int status) {
-  dsys_reply *r = malloc(sizeof *r);
+  dsys_reply *r = dsysi_loop_cache_get(&reply_key);
+  if (!r) r = malloc(sizeof *r);
   if (!r) return NULL;
   memset(r, 0, offsetof(dsys_reply, ar_mem));
   r->status = status;
   dsysi_arena_init(&r->ar, r->ar_mem, sizeof r->ar_mem);
   r->hdrs.ar = &r->ar;
   return r;
+}
+
+const char *dsysi_reply_ctype(const dsys_reply *r) {
+  return r->ctype ? r->ctype : dsysi_hdrs_get(&r->hdrs, "Content-Type");
 }
 
 char *dsysi_reply_take_body(dsys_reply *r, size_t *len) {
@@ -311,7 +320,7 @@ void dsys_reply_free(dsys_reply *r) {
   dsysi_hdrs_free(&r->hdrs);
   dsysi_arena_free(&r->ar);
   free(r->body);
-  free(r);
+  if (dsysi_loop_cache_put(&reply_key, r, 256, free)) free(r);
 }
 
 dsys_outcome dsys_classify(int err, int status) {

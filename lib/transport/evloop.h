@@ -69,6 +69,22 @@ int dsysi_loop_on_free(dsysi_loop *l, dsysi_loop_fn fn, void *ud);
 void *dsysi_loop_local(dsysi_loop *l, const void *key, size_t size,
                        dsysi_loop_fn fini);
 
+/**
+ * Per-loop caches of finished objects, one per kind, so that a hot path
+ * reuses memory that stays in its thread instead of a malloc and a free
+ * per request (glibc's per-thread cache keeps 7 chunks of a size: a burst
+ * of finished requests goes past it, and objects over 1 KiB never enter
+ * it). kind: a static int of the module, zero at start (given a slot on
+ * first use; at most 7 kinds). get: a cached object (contents as left,
+ * its first word overwritten) or NULL (empty, or not on a loop thread).
+ * put: keeps obj when fewer than max are kept (0), else the caller frees
+ * it (-1); objects still kept when the loop is freed go to dtor. The
+ * calling thread's loop only.
+ */
+void *dsysi_loop_cache_get(int *kind);
+int dsysi_loop_cache_put(int *kind, void *obj, unsigned max,
+                         void (*dtor)(void *));
+
 /** The loop running on the calling thread, or NULL. */
 dsysi_loop *dsysi_loop_current(void);
 

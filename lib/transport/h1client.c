@@ -475,9 +475,9 @@ void dsysi_h1_abort(dsysi_h1req *r) {
 
 /* ---- the dialer: a dsys_call as one exchange on the current loop ---- */
 
-/* One exchange of dsysi_h1_dial. Finished ones are kept per loop with
- * their head buffers (the gateway's hot path: two mallocs and two frees
- * fewer per request). */
+/* One exchange of dsysi_h1_dial. Finished ones are kept per loop
+ * (dsysi_loop_cache) with their head buffers: two mallocs and two frees
+ * fewer per request on the gateway's hot path. */
 typedef struct xchg {
   dsysi_h1req h1;
   struct dialctx *dc;
@@ -490,15 +490,13 @@ typedef struct xchg {
   dsys_reply_fn done;
   void *ud;
   int streaming, too_big;
-  struct xchg *next, *prev; /* dialctx live list, or the spare list */
+  struct xchg *next, *prev; /* dialctx live list */
 } xchg;
 
 /* The loop's dialer state (dsysi_loop_local). */
 typedef struct dialctx {
   dsysi_h1pool *pool;
   xchg *live;  /* started, not yet done */
-  xchg *spare;
-  unsigned nspare;
 } dialctx;
 
 /* As many as a loop has requests in flight at 256 connections over two
@@ -509,21 +507,22 @@ typedef struct dialctx {
 #define MAX_SPARE_X 256
 #define MAX_SPARE_HEAD 4096 /* a larger head buffer is not kept */
 
+static int xchg_key;
+
+static void x_destroy(void *o) {
+  xchg *x = o;
+  dsysi_buf_free(&x->head);
+  free(x);
+}
+
 static void x_release(xchg *x) {
-  dialctx *dc = x->dc;
   dsysi_h1req_free(&x->h1);
   dsysi_buf_free(&x->body);
   dsys_reply_free(x->reply);
   x->reply = NULL;
-  if (dc && dc->pool && dc->nspare < MAX_SPARE_X && !x->head.oom &&
-      x->head.cap <= MAX_SPARE_HEAD) {
-    x->next = dc->spare;
-    dc->spare = x;
-    dc->nspare++;
-    return;
-  }
-  dsysi_buf_free(&x->head);
-  free(x);
+  if (x->head.oom || x->head.cap > MAX_SPARE_HEAD ||
+      dsysi_loop_cache_put(&xchg_key, x, MAX_SPARE_X, x_destroy))
+    x_destroy(x);
 }
 
 static void dial_fini(dsysi_loop *l, void *blk) {
@@ -537,12 +536,6 @@ static void dial_fini(dsysi_loop *l, void *blk) {
     x->next = x->prev = NULL;
     x->h1.conn = NULL;
     x->h1.on_done(&x->h1, DSYS_ECANCELED);
-  }
-  while (dc->spare) {
-    xchg *x = dc->spare;
-    dc->spare = x->next;
-    dsysi_buf_free(&x->head);
-    free(x);
   }
 }
 
@@ -633,6 +626,7 @@ static int x_head(dsysi_h1req *r) {
   xchg *x = r->ud;
   x->reply->status = r->resp.status;
   x->reply->hdrs = r->resp.hdrs; /* in the reply's arena */
+  x->reply->ctype = r->resp.content_type; /* found by the parser */
   int st = x->o.on_head ? x->o.on_head(x->ud, x->reply) : x->on_chunk != NULL;
   x->streaming = st > 0;
   return st < 0;
@@ -666,6 +660,7 @@ static void x_done(dsysi_h1req *r, int err) {
     x->reply = NULL;
     reply->status = r->resp.status;
     reply->hdrs = r->resp.hdrs;
+    reply->ctype = r->resp.content_type;
     r->resp.hdrs.v = NULL; /* the reply owns them now */
     r->resp.hdrs.n = r->resp.hdrs.cap = 0;
     reply->body = dsysi_buf_steal(&x->body, &reply->body_len);
@@ -690,10 +685,8 @@ int dsysi_h1_dial(const dsys_call *call, const dsysi_dial_opts *o, dsys_reply_fn
   if (!dc) return DSYS_ENOMEM;
   endpoint *ep = endpoint_get(dc->pool, call->url);
   if (!ep) return DSYS_EURL;
-  xchg *x = dc->spare;
+  xchg *x = dsysi_loop_cache_get(&xchg_key);
   if (x) {
-    dc->spare = x->next;
-    dc->nspare--;
     dsysi_buf head = x->head;
     memset(x, 0, sizeof *x);
     head.len = 0;

@@ -291,6 +291,8 @@ struct dsysi_call {
 struct dsys_reply {
   int status;
   dsysi_hdrs hdrs; /* in ar */
+  const char *ctype; /* Content-Type in hdrs when the dialer noted it (else
+                        NULL: look it up; see dsysi_reply_ctype) */
   char *body;
   size_t body_len;
   /* The headers live here (no malloc per header); a typical reply's fit
@@ -300,12 +302,12 @@ struct dsys_reply {
   _Alignas(void *) char ar_mem[448];
 };
 
-/** Check a caller's call and copy it into *d with the defaults applied
- *  (method GET, path "/"; size-aware): method a token, path starting with
- *  '/' without space, CR, LF or '#', header names tokens, values without
- *  CR or LF. Pointers still point into the caller's memory.
- *  @return 0 or DSYS_EINVAL. */
-int dsysi_call_norm(const dsys_call *in, dsys_call *d);
+/** Copy a caller's call into *d with the defaults applied (method GET,
+ *  path "/"; size-aware) and, with check, check it: method a token, path
+ *  starting with '/' without space, CR, LF or '#', header names tokens,
+ *  values without CR or LF. Pointers still point into the caller's
+ *  memory. @return 0 or DSYS_EINVAL. */
+int dsysi_call_norm(const dsys_call *in, dsys_call *d, int check);
 
 /** Complete a call exactly once: runs the callback (or drops the reply if
  *  it already completed). Takes ownership of reply. */
@@ -313,6 +315,8 @@ void dsysi_call_complete(dsysi_call *call, int err, dsys_reply *reply);
 void dsysi_call_unref(dsysi_call *call);
 /** An empty reply (no body; headers go to its arena). */
 dsys_reply *dsysi_reply_new(int status);
+/** The reply's Content-Type, or NULL. */
+const char *dsysi_reply_ctype(const dsys_reply *r);
 /** Take the body out of a reply (malloc'd, NUL after len bytes; the
  *  reply keeps an empty one). NULL when out of memory. */
 char *dsysi_reply_take_body(dsys_reply *r, size_t *len);
