@@ -130,4 +130,15 @@ static inline void dsysi_lock_release(dsysi_lock *l) {
   if (atomic_exchange_explicit(&l->v, 0, memory_order_release) == 2) dsysi_lock_wake(l);
 }
 
+/** A small number for the calling thread, handed out round robin on its
+ *  first call (per translation unit): the index of its shard of counters
+ *  that several threads would otherwise all write (cache-line bouncing
+ *  between cores on every request). Take it modulo the shard count. */
+static inline unsigned dsysi_thread_slot(void) {
+  static _Atomic unsigned next;
+  static _Thread_local unsigned mine; /* slot + 1; 0: none yet */
+  if (!mine) mine = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) + 1;
+  return mine - 1;
+}
+
 #endif

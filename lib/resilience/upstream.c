@@ -54,6 +54,25 @@ typedef struct uep {
 
 typedef struct ucall ucall;
 
+/* Service-level counters in per-thread shards: every request writes
+ * several, and two event loops writing the same cache lines made each
+ * write a transfer between cores. Read by summing. */
+#define NSHARD 8
+typedef struct ushard {
+  _Alignas(64) au64 calls, replies, errors, attempts, retries, picks, panic,
+      unavail, brk;
+  au64 started, ended; /* calls in flight: started - ended (free waits) */
+  au64 call_lat[LAT_N];
+} ushard;
+
+/* Sum of one counter over the shards. */
+#define SUM(u, field)                                              \
+  ({                                                               \
+    uint64_t s_ = 0;                                               \
+    for (int i_ = 0; i_ < NSHARD; i_++) s_ += LOAD((u)->sh[i_].field); \
+    s_;                                                            \
+  })
+
 struct dsys_upstream {
   pthread_rwlock_t lk;
   uep **eps;
@@ -64,7 +83,7 @@ struct dsys_upstream {
   pthread_cond_t cv;
   int timers_out, no_timers;
   ucall *backoffs;
-  atomic_int ncalls, probes;
+  atomic_int probes;
 
   dsys_clock *clk;
   char *service, *health_path;
@@ -84,10 +103,10 @@ struct dsys_upstream {
   dsys_health_event_fn user_h_ev;
   void *user_h_ud;
 
-  au64 t_calls, t_replies, t_errors, t_attempts, t_retries, t_picks, t_panic,
-      t_unavail, t_brk;
-  au64 call_lat[LAT_N];
+  ushard *sh; /* NSHARD */
 };
+
+static inline ushard *shard(dsys_upstream *u) { return &u->sh[dsysi_thread_slot() % NSHARD]; }
 
 #define INC(x) atomic_fetch_add_explicit(&(x), 1, memory_order_relaxed)
 #define DEC(x) atomic_fetch_sub_explicit(&(x), 1, memory_order_relaxed)
@@ -542,8 +561,9 @@ static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
     pthread_rwlock_unlock(&u->lk);
     INC(e->requests);
     INC(e->inflight);
-    INC(u->t_picks);
-    if (pr.panic) INC(u->t_panic);
+    ushard *sh = shard(u);
+    INC(sh->picks);
+    if (pr.panic) INC(sh->panic);
     out->id = e->id;
     out->url = e->url;
     out->panic = pr.panic;
@@ -557,8 +577,8 @@ static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
   if (!rc) rc = rejected ? DSYS_EBREAKER : DSYS_EUNAVAIL;
   else if (rc == DSYS_EUNAVAIL && all_breakers_open(u)) rc = DSYS_EBREAKER;
   pthread_rwlock_unlock(&u->lk);
-  if (rc == DSYS_EBREAKER) INC(u->t_brk);
-  else if (rc == DSYS_EUNAVAIL) INC(u->t_unavail);
+  if (rc == DSYS_EBREAKER) INC(shard(u)->brk);
+  else if (rc == DSYS_EUNAVAIL) INC(shard(u)->unavail);
   return rc;
 }
 
@@ -715,8 +735,16 @@ static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_use
   return c;
 }
 
+/* Calls in flight, for free: every ended is counted after its started
+ * (read ended first, then started: never below the true count). */
+static uint64_t calls_in_flight(dsys_upstream *u) {
+  uint64_t ended = SUM(u, ended);
+  return SUM(u, started) - ended;
+}
+
 static void calls_done(dsys_upstream *u) {
-  if (atomic_fetch_sub(&u->ncalls, 1) == 1) {
+  INC(shard(u)->ended);
+  if (atomic_load(&u->closing)) { /* free may be waiting for this one */
     pthread_mutex_lock(&u->mu);
     pthread_cond_broadcast(&u->cv);
     pthread_mutex_unlock(&u->mu);
@@ -725,9 +753,10 @@ static void calls_done(dsys_upstream *u) {
 
 static void note_call_end(dsys_upstream *u, int64_t start_us, int err) {
   int64_t d = dsys_clock_now_us(u->clk) - start_us;
-  INC(u->call_lat[lat_bucket(d < 0 ? 0 : d)]);
-  if (err) INC(u->t_errors);
-  else INC(u->t_replies);
+  ushard *sh = shard(u);
+  INC(sh->call_lat[lat_bucket(d < 0 ? 0 : d)]);
+  if (err) INC(sh->errors);
+  else INC(sh->replies);
 }
 
 static void result_of(const ucall *c, dsys_upstream_result *res) {
@@ -749,8 +778,9 @@ static int attempt_begin(ucall *c, dsys_call *dc) {
                    c->tried, c->ntried, &c->pick);
   if (rc) return rc;
   c->attempt++;
-  INC(u->t_attempts);
-  if (c->attempt > 1) INC(u->t_retries);
+  ushard *sh = shard(u);
+  INC(sh->attempts);
+  if (c->attempt > 1) INC(sh->retries);
   if (c->ntried < MAX_TRIED) c->tried[c->ntried++] = c->pick.ep_;
   size_t idl = strlen(c->pick.id);
   memcpy(c->last_id, c->pick.id, idl + 1);
@@ -958,8 +988,9 @@ int dsysi_upstream_send(dsys_upstream *u, const dsys_call *call, const dsysi_use
   if (!c) return rc;
   c->cb = cb;
   c->ud = ud;
-  atomic_fetch_add(&u->ncalls, 1);
-  INC(u->t_calls);
+  ushard *sh = shard(u);
+  INC(sh->started);
+  INC(sh->calls);
   dsys_retry_request(u->retry);
   rc = start_attempt(c);
   if (rc) {
@@ -984,7 +1015,7 @@ int dsys_upstream_call_ex(dsys_upstream *u, const dsys_call *call,
   dsysi_usend o = {.borrow = 1}; /* the caller waits: nothing to copy */
   ucall *c = ucall_new(u, call, &o, &rc);
   if (!c) return rc;
-  INC(u->t_calls);
+  INC(shard(u)->calls);
   dsys_retry_request(u->retry);
   dsys_reply *r = NULL;
   for (;;) {
@@ -1088,18 +1119,18 @@ int dsys_upstream_stats(dsys_upstream *u, dsys_endpoint_stats **arr, size_t *n) 
 int dsys_upstream_totals_get(dsys_upstream *u, dsys_upstream_totals *out) {
   if (!u || !out) return DSYS_EINVAL;
   memset(out, 0, sizeof *out);
-  out->calls = LOAD(u->t_calls);
-  out->replies = LOAD(u->t_replies);
-  out->errors = LOAD(u->t_errors);
-  out->attempts = LOAD(u->t_attempts);
-  out->retries = LOAD(u->t_retries);
-  out->picks = LOAD(u->t_picks);
-  out->panic_picks = LOAD(u->t_panic);
-  out->unavailable = LOAD(u->t_unavail);
-  out->breaker_rejected = LOAD(u->t_brk);
+  out->calls = SUM(u, calls);
+  out->replies = SUM(u, replies);
+  out->errors = SUM(u, errors);
+  out->attempts = SUM(u, attempts);
+  out->retries = SUM(u, retries);
+  out->picks = SUM(u, picks);
+  out->panic_picks = SUM(u, panic);
+  out->unavailable = SUM(u, unavail);
+  out->breaker_rejected = SUM(u, brk);
   out->endpoints = dsys_upstream_count(u);
   uint64_t b[LAT_N], tot = 0;
-  for (int k = 0; k < LAT_N; k++) tot += b[k] = LOAD(u->call_lat[k]);
+  for (int k = 0; k < LAT_N; k++) tot += b[k] = SUM(u, call_lat[k]);
   out->p50_us = percentile(b, tot, 50);
   out->p90_us = percentile(b, tot, 90);
   out->p99_us = percentile(b, tot, 99);
@@ -1118,7 +1149,11 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
       (d.health_path && d.health_path[0] != '/'))
     return DSYS_EINVAL;
   dsys_upstream *u = calloc(1, sizeof *u);
-  if (!u) return DSYS_ENOMEM;
+  if (!u || !(u->sh = aligned_alloc(64, NSHARD * sizeof *u->sh))) {
+    free(u);
+    return DSYS_ENOMEM;
+  }
+  memset(u->sh, 0, NSHARD * sizeof *u->sh);
   pthread_rwlockattr_t ra;
   pthread_rwlockattr_init(&ra);
   pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_READER_NP);
@@ -1227,7 +1262,7 @@ void dsys_upstream_free(dsys_upstream *u) {
     u->client = NULL;
   }
   pthread_mutex_lock(&u->mu);
-  while (atomic_load(&u->ncalls) > 0 || atomic_load(&u->probes) > 0)
+  while (calls_in_flight(u) > 0 || atomic_load(&u->probes) > 0)
     pthread_cond_wait(&u->cv, &u->mu);
   u->no_timers = 1;
   for (size_t i = 0; i < u->n; i++) {
@@ -1250,5 +1285,6 @@ void dsys_upstream_free(dsys_upstream *u) {
   pthread_cond_destroy(&u->cv);
   free(u->service);
   free(u->health_path);
+  free(u->sh);
   free(u);
 }
