@@ -11,14 +11,13 @@
  *    refused before any pick, a call waiting for a backoff when the loop
  *    is freed (DSYS_ECANCELED, and dsys_upstream_free does not hang).
  */
-#include <arpa/inet.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "net.h"
 #include "tap.h"
 #include "resilience/upstream_int.h"
 #include "transport/h1client.h"
@@ -182,22 +181,13 @@ static uint64_t seed_for(const dsys_retry_options *ro, int64_t lo) {
 }
 
 static char dead_url[64];
-static void make_dead_url(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  bind(fd, (struct sockaddr *)&sa, sizeof sa);
-  socklen_t sl = sizeof sa;
-  getsockname(fd, (struct sockaddr *)&sa, &sl);
-  close(fd);
-  snprintf(dead_url, sizeof dead_url, "http://127.0.0.1:%d", ntohs(sa.sin_port));
-}
 
 int main(void) {
   dsys_log_set_level(DSYS_LOG_ERROR);
   dsys_server *b1 = backend("b1");
   const char *u1 = dsys_server_url(b1, 0);
   const char *a1 = strstr(u1, "://") + 3;
-  make_dead_url();
+  snprintf(dead_url, sizeof dead_url, "http://127.0.0.1:%d", test_free_port());
   if (dsysi_loop_new(&loop)) tap_bail("loop");
 
   /* ---- the dialer ---- */
