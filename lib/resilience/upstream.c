@@ -652,6 +652,7 @@ int dsys_upstream_breaker_set(dsys_upstream *u, const char *id,
 
 struct ucall {
   dsys_upstream *u;
+  ushard *sh;            /* the starting thread's counters */
   dsys_upstream_fn cb;
   void *ud;
   dsys_call call;        /* method, path, headers, body: borrowed or in own */
@@ -713,25 +714,38 @@ static int ucall_copy(ucall *c) {
 /* A call's state. o may be NULL; with o->borrow the call is not copied. */
 static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_usend *o,
                         int *rc) {
-  dsys_call d;
-  if ((*rc = dsysi_call_norm(call, &d, !o || !o->checked))) return NULL;
-  /* malloc + memset: glibc's calloc never takes from the per-thread cache */
   ucall *c = dsysi_loop_cache_get(&ucall_key);
   if (!c) c = malloc(sizeof *c);
   if (!c) {
     *rc = DSYS_ENOMEM;
     return NULL;
   }
-  memset(c, 0, offsetof(ucall, last_id) + 1);
+  if ((*rc = dsysi_call_norm(call, &c->call, !o || !o->checked))) {
+    free(c);
+    return NULL;
+  }
+  /* fields set here, not the whole object: tried[] and pick need no
+   * zeroes (ntried, and report runs only after a pick) */
   c->u = u;
-  c->call = d;
   if (o) c->o = *o;
+  else memset(&c->o, 0, sizeof c->o);
+  c->own = NULL;
+  c->committed = 0;
+  c->attempt = 0;
+  c->ntried = 0;
+  c->last = NULL;
+  c->last_err = c->last_reason = 0;
+  c->timer = 0;
+  c->ul = NULL;
+  c->next = c->prev = NULL;
+  c->last_id[0] = '\0';
   if (!c->o.borrow && (*rc = ucall_copy(c))) {
     free(c);
     return NULL;
   }
   c->idem_key = has_idem_key(c->call.headers, c->call.nheaders);
   c->start_us = dsys_clock_now_us(u->clk);
+  c->sh = shard(u);
   return c;
 }
 
@@ -742,8 +756,8 @@ static uint64_t calls_in_flight(dsys_upstream *u) {
   return SUM(u, started) - ended;
 }
 
-static void calls_done(dsys_upstream *u) {
-  INC(shard(u)->ended);
+static void calls_done(dsys_upstream *u, ushard *sh) {
+  INC(sh->ended);
   if (atomic_load(&u->closing)) { /* free may be waiting for this one */
     pthread_mutex_lock(&u->mu);
     pthread_cond_broadcast(&u->cv);
@@ -751,9 +765,9 @@ static void calls_done(dsys_upstream *u) {
   }
 }
 
-static void note_call_end(dsys_upstream *u, int64_t start_us, int err) {
-  int64_t d = dsys_clock_now_us(u->clk) - start_us;
-  ushard *sh = shard(u);
+static void note_call_end(ucall *c, int err) {
+  int64_t d = dsys_clock_now_us(c->u->clk) - c->start_us;
+  ushard *sh = c->sh;
   INC(sh->call_lat[lat_bucket(d < 0 ? 0 : d)]);
   if (err) INC(sh->errors);
   else INC(sh->replies);
@@ -778,9 +792,8 @@ static int attempt_begin(ucall *c, dsys_call *dc) {
                    c->tried, c->ntried, &c->pick);
   if (rc) return rc;
   c->attempt++;
-  ushard *sh = shard(u);
-  INC(sh->attempts);
-  if (c->attempt > 1) INC(sh->retries);
+  INC(c->sh->attempts);
+  if (c->attempt > 1) INC(c->sh->retries);
   if (c->ntried < MAX_TRIED) c->tried[c->ntried++] = c->pick.ep_;
   size_t idl = strlen(c->pick.id);
   memcpy(c->last_id, c->pick.id, idl + 1);
@@ -837,12 +850,13 @@ static void finish(ucall *c, int err, dsys_reply *reply) {
   } else if (!reply) {
     err = DSYS_EINTERNAL;
   }
-  note_call_end(u, c->start_us, err);
+  note_call_end(c, err);
   dsys_upstream_result res;
   result_of(c, &res);
   c->cb(err, reply, &res, c->ud);
+  ushard *sh = c->sh;
   ucall_free(c);
-  calls_done(u);
+  calls_done(u, sh);
 }
 
 static void on_attempt(int err, dsys_reply *reply, void *ud);
@@ -988,15 +1002,15 @@ int dsysi_upstream_send(dsys_upstream *u, const dsys_call *call, const dsysi_use
   if (!c) return rc;
   c->cb = cb;
   c->ud = ud;
-  ushard *sh = shard(u);
-  INC(sh->started);
-  INC(sh->calls);
+  INC(c->sh->started);
+  INC(c->sh->calls);
   dsys_retry_request(u->retry);
   rc = start_attempt(c);
   if (rc) {
-    note_call_end(u, c->start_us, rc);
+    note_call_end(c, rc);
+    ushard *sh = c->sh;
     ucall_free(c);
-    calls_done(u);
+    calls_done(u, sh);
   }
   return rc;
 }
@@ -1015,7 +1029,7 @@ int dsys_upstream_call_ex(dsys_upstream *u, const dsys_call *call,
   dsysi_usend o = {.borrow = 1}; /* the caller waits: nothing to copy */
   ucall *c = ucall_new(u, call, &o, &rc);
   if (!c) return rc;
-  INC(shard(u)->calls);
+  INC(c->sh->calls);
   dsys_retry_request(u->retry);
   dsys_reply *r = NULL;
   for (;;) {
@@ -1041,7 +1055,7 @@ int dsys_upstream_call_ex(dsys_upstream *u, const dsys_call *call,
   } else if (!r) {
     rc = DSYS_EINTERNAL;
   }
-  note_call_end(u, c->start_us, rc);
+  note_call_end(c, rc);
   if (!rc) *out = r;
   if (res) {
     dsys_upstream_result full;

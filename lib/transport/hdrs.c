@@ -171,7 +171,7 @@ int dsysi_header_is_hop(const char *name) { return dsysi_header_class(name) == D
 
 int dsysi_fwd_request(dsysi_fwd *f, dsys_request *req, const char *user,
                       const char *ident) {
-  size_t n = dsys_request_header_count(req);
+  size_t n = req->hdrs.n;
   f->n = 0;
   f->idem_key = 0;
   f->xff = f->ident = NULL;
@@ -180,8 +180,7 @@ int dsysi_fwd_request(dsysi_fwd *f, dsys_request *req, const char *user,
   if (!f->h) return DSYS_ENOMEM;
   const char *xff = NULL;
   for (size_t i = 0; i < n; i++) {
-    const char *name, *value;
-    dsys_request_header_at(req, i, &name, &value);
+    const char *name = req->hdrs.v[i].name, *value = req->hdrs.v[i].value;
     int cls = dsysi_header_class(name);
     if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT ||
         cls == DSYSI_HDR_USER_ID)
