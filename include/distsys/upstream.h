@@ -41,8 +41,14 @@
  * (a read lock on the endpoint set, the balancer's and the breaker's
  * mutexes; counters are atomics). Completion callbacks of
  * dsys_upstream_send run with no library lock held, on the client's
- * completion thread, on the clock's timer thread (after a backoff), or on
- * the thread calling dsys_upstream_free() (canceled calls).
+ * completion thread, on the event loop's thread (a call started on a
+ * server's event-loop thread: attempts to http:// and unix:// endpoints
+ * go through that loop's own HTTP/1.1 dialer, and its backoffs wait on the
+ * loop's timers), on the clock's timer thread (after a backoff), or on the
+ * thread calling dsys_upstream_free() (canceled calls).
+ *
+ * dsys_upstream is the library's one request engine: the gateway proxies
+ * through the same attempt loop (docs/reference/resilience.md).
  */
 #ifndef DSYS_UPSTREAM_H
 #define DSYS_UPSTREAM_H
@@ -94,7 +100,7 @@ typedef struct dsys_upstream_options {
 #define DSYS_UPSTREAM_ID_MAX DSYS_BALANCER_ID_MAX
 
 /**
- * A pick for callers that do their own I/O (the gateway). Filled by
+ * A pick for callers that do their own I/O. Filled by
  * dsys_upstream_pick(); hand it to dsys_upstream_report() exactly once.
  * id and url stay valid until then. The fields after panic are private.
  * Like POSIX `struct stat` and stat(), the struct tag shares its name with
@@ -149,7 +155,9 @@ typedef struct dsys_upstream_totals {
   uint64_t calls;              /**< calls started (call/send) */
   uint64_t replies;            /**< calls that ended with a reply */
   uint64_t errors;             /**< calls that ended with an error */
-  uint64_t attempts;           /**< attempts of calls (not gateway picks) */
+  uint64_t attempts;           /**< attempts of calls (the gateway's
+                                    proxied requests are calls; not picks
+                                    made with dsys_upstream_pick) */
   uint64_t retries;            /**< attempts after the first */
   uint64_t picks;              /**< successful picks (calls and gateway) */
   uint64_t panic_picks;
@@ -171,7 +179,9 @@ DSYS_API int dsys_upstream_new(dsys_upstream **out,
 
 /**
  * Free an upstream: stops the registry watch, health checks and timers;
- * calls waiting for a backoff complete with DSYS_ECANCELED; waits for
+ * calls waiting for a backoff on the clock complete with DSYS_ECANCELED
+ * (those waiting on an event loop's timer complete when it runs, with the
+ * previous attempt's result, or canceled when the loop is freed); waits for
  * calls and probes in flight to complete (with its own client they are
  * canceled at once; with the caller's client they end by their timeouts).
  * After it returns no callback of this upstream runs. Every pick must have
@@ -204,8 +214,9 @@ DSYS_API size_t dsys_upstream_count(dsys_upstream *u);
 /**
  * Call the service and wait. The call's url is ignored; method, path,
  * headers, body, on_chunk are used (timeout_ms is replaced by the per-try
- * timeout of the retry policy). Backoffs sleep on the upstream's clock
- * (dsys_clock_sleep_us: a fake clock is advanced).
+ * timeout of the retry policy). Each attempt is made with dsys_client_do
+ * on the calling thread (never the event loop's dialer). Backoffs sleep on
+ * the upstream's clock (dsys_clock_sleep_us: a fake clock is advanced).
  * @param out receives the final reply, any status (dsys_reply_free);
  *        untouched on error.
  * @return 0 or an error (see the header comment).
@@ -239,9 +250,12 @@ typedef void (*dsys_upstream_fn)(int err, dsys_reply *reply,
 
 /**
  * Start a call; cb runs exactly once when it completes. The request is
- * copied. Backoffs are clock timers (no thread sleeps). If this returns an
- * error (including DSYS_EUNAVAIL / DSYS_EBREAKER for the first pick), cb
- * never runs.
+ * copied. Called on an event-loop thread, attempts to http:// and unix://
+ * endpoints run on that loop's HTTP/1.1 dialer and cb runs on the loop;
+ * elsewhere attempts go through the client. Backoffs are timers (the
+ * loop's, else the clock's; no thread sleeps). If this returns an error
+ * (including DSYS_EINVAL for a malformed call and DSYS_EUNAVAIL /
+ * DSYS_EBREAKER for the first pick), cb never runs.
  * @return 0, DSYS_EINVAL, DSYS_ENOMEM, DSYS_ECLOSED, DSYS_EUNAVAIL,
  *         DSYS_EBREAKER, client start errors.
  */

@@ -25,4 +25,15 @@
 #include "core/str.h"
 #include "core/ticker.h"
 
+/** A small number for the calling thread, handed out round robin on its
+ *  first call (per translation unit): the index of its shard of counters
+ *  that several threads would otherwise all write (cache-line bouncing
+ *  between cores on every request). Take it modulo the shard count. */
+static inline unsigned dsysi_thread_slot(void) {
+  static _Atomic unsigned next;
+  static _Thread_local unsigned mine; /* slot + 1; 0: none yet */
+  if (!mine) mine = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) + 1;
+  return mine - 1;
+}
+
 #endif

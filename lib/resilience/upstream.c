@@ -22,6 +22,8 @@
 #include <strings.h>
 #include <distsys/upstream.h>
 #include "core/internal.h"
+#include "resilience/upstream_int.h"
+#include "transport/h1client.h"
 #include "transport/url.h"
 
 #define LAT_N DSYS_UPSTREAM_LAT_BUCKETS
@@ -52,6 +54,25 @@ typedef struct uep {
 
 typedef struct ucall ucall;
 
+/* Service-level counters in per-thread shards: every request writes
+ * several, and two event loops writing the same cache lines made each
+ * write a transfer between cores. Read by summing. */
+#define NSHARD 8
+typedef struct ushard {
+  _Alignas(64) au64 calls, replies, errors, attempts, retries, picks, panic,
+      unavail, brk;
+  au64 started, ended; /* calls in flight: started - ended (free waits) */
+  au64 call_lat[LAT_N];
+} ushard;
+
+/* Sum of one counter over the shards. */
+#define SUM(u, field)                                              \
+  ({                                                               \
+    uint64_t s_ = 0;                                               \
+    for (int i_ = 0; i_ < NSHARD; i_++) s_ += LOAD((u)->sh[i_].field); \
+    s_;                                                            \
+  })
+
 struct dsys_upstream {
   pthread_rwlock_t lk;
   uep **eps;
@@ -62,7 +83,7 @@ struct dsys_upstream {
   pthread_cond_t cv;
   int timers_out, no_timers;
   ucall *backoffs;
-  atomic_int ncalls, probes;
+  atomic_int probes;
 
   dsys_clock *clk;
   char *service, *health_path;
@@ -82,10 +103,10 @@ struct dsys_upstream {
   dsys_health_event_fn user_h_ev;
   void *user_h_ud;
 
-  au64 t_calls, t_replies, t_errors, t_attempts, t_retries, t_picks, t_panic,
-      t_unavail, t_brk;
-  au64 call_lat[LAT_N];
+  ushard *sh; /* NSHARD */
 };
+
+static inline ushard *shard(dsys_upstream *u) { return &u->sh[dsysi_thread_slot() % NSHARD]; }
 
 #define INC(x) atomic_fetch_add_explicit(&(x), 1, memory_order_relaxed)
 #define DEC(x) atomic_fetch_sub_explicit(&(x), 1, memory_order_relaxed)
@@ -540,8 +561,9 @@ static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
     pthread_rwlock_unlock(&u->lk);
     INC(e->requests);
     INC(e->inflight);
-    INC(u->t_picks);
-    if (pr.panic) INC(u->t_panic);
+    ushard *sh = shard(u);
+    INC(sh->picks);
+    if (pr.panic) INC(sh->panic);
     out->id = e->id;
     out->url = e->url;
     out->panic = pr.panic;
@@ -555,8 +577,8 @@ static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
   if (!rc) rc = rejected ? DSYS_EBREAKER : DSYS_EUNAVAIL;
   else if (rc == DSYS_EUNAVAIL && all_breakers_open(u)) rc = DSYS_EBREAKER;
   pthread_rwlock_unlock(&u->lk);
-  if (rc == DSYS_EBREAKER) INC(u->t_brk);
-  else if (rc == DSYS_EUNAVAIL) INC(u->t_unavail);
+  if (rc == DSYS_EBREAKER) INC(shard(u)->brk);
+  else if (rc == DSYS_EUNAVAIL) INC(shard(u)->unavail);
   return rc;
 }
 
@@ -618,106 +640,205 @@ int dsys_upstream_breaker_set(dsys_upstream *u, const char *id,
   return rc;
 }
 
-/* ---- calls ---- */
+/* ---- calls: one attempt loop ----
+ *
+ * dsys_upstream_send, dsys_upstream_call_ex and the gateway (through
+ * dsysi_upstream_send) share the steps below: attempt_begin (deadline,
+ * pick, counters) and attempt_end (report, retry decision, what the call
+ * keeps). The asynchronous driver dials each attempt (the event loop's
+ * HTTP/1.1 dialer on a loop thread, else the client) and waits for a
+ * backoff on a timer; the synchronous one runs the same steps on the
+ * caller's thread with dsys_client_do and sleeps on the clock. */
 
 struct ucall {
   dsys_upstream *u;
+  ushard *sh;            /* the starting thread's counters */
   dsys_upstream_fn cb;
   void *ud;
-  char *method, *path;
-  dsys_header *hdrs;
-  size_t nh;
-  void *body;
-  size_t blen;
-  dsys_chunk_fn on_chunk;
-  void *chunk_ud;
+  dsys_call call;        /* method, path, headers, body: borrowed or in own */
+  dsysi_usend o;
+  void *own;             /* one block holding copies of the call's data */
   int idem_key;
+  int committed;         /* a streamed answer began: this attempt is final */
   int64_t start_us;
   uint32_t attempt;
   uep *tried[MAX_TRIED]; /* compared only, never dereferenced */
   size_t ntried;
-  char last_id[DSYS_UPSTREAM_ID_MAX + 1];
   struct dsys_upstream_pick pick;
   dsys_reply *last;
   int last_err, last_reason;
   uint64_t timer;
-  ucall *next, *prev; /* u->backoffs while waiting */
+  struct uloop *ul;       /* waiting for a backoff on this loop's timer */
+  ucall *next, *prev;     /* u->backoffs or ul->backoffs while waiting */
+  char last_id[DSYS_UPSTREAM_ID_MAX + 1];
 };
 
 static int has_idem_key(const dsys_header *h, size_t n) {
   for (size_t i = 0; i < n; i++)
-    if (h[i].name && !strcasecmp(h[i].name, "Idempotency-Key")) return 1;
+    if (dsysi_lc[(unsigned char)h[i].name[0]] == 'i' && !strcasecmp(h[i].name, "Idempotency-Key"))
+      return 1;
   return 0;
 }
+
+static int ucall_key; /* finished calls kept per event loop */
 
 static void ucall_free(ucall *c) {
-  for (size_t i = 0; i < c->nh; i++) {
-    free((char *)c->hdrs[i].name);
-    free((char *)c->hdrs[i].value);
-  }
-  free(c->hdrs);
-  free(c->method);
-  free(c->path);
-  free(c->body);
   dsys_reply_free(c->last);
-  free(c);
+  free(c->own);
+  if (dsysi_loop_cache_put(&ucall_key, c, 256, free)) free(c);
 }
 
-/* Normalise a caller's dsys_call (size-aware copy) and check it. */
-static int call_norm(const dsys_call *in, dsys_call *d) {
-  if (!in || (in->nheaders && !in->headers) || (in->body_len && !in->body))
-    return DSYS_EINVAL;
-  memset(d, 0, sizeof *d);
-  memcpy(d, in, in->size && in->size < sizeof *d ? in->size : sizeof *d);
-  d->size = sizeof *d;
-  if (!d->method) d->method = "GET";
-  if (!d->path) d->path = "/";
+/* Copy the call's strings, header array and body into one block. */
+static int ucall_copy(ucall *c) {
+  dsys_call *d = &c->call;
+  size_t ml = strlen(d->method) + 1, pl = strlen(d->path) + 1;
+  size_t sz = d->nheaders * sizeof(dsys_header) + ml + pl + d->body_len;
   for (size_t i = 0; i < d->nheaders; i++)
-    if (!d->headers[i].name || !d->headers[i].value) return DSYS_EINVAL;
+    sz += strlen(d->headers[i].name) + strlen(d->headers[i].value) + 2;
+  dsys_header *h = c->own = malloc(sz ? sz : 1);
+  if (!h) return DSYS_ENOMEM;
+  char *s = (char *)(h + d->nheaders);
+#define COPY(dst, src, n) (memcpy(s, src, n), dst = s, s += (n))
+  for (size_t i = 0; i < d->nheaders; i++) {
+    COPY(h[i].name, d->headers[i].name, strlen(d->headers[i].name) + 1);
+    COPY(h[i].value, d->headers[i].value, strlen(d->headers[i].value) + 1);
+  }
+  COPY(d->method, d->method, ml);
+  COPY(d->path, d->path, pl);
+  if (d->body_len) COPY(d->body, d->body, d->body_len);
+#undef COPY
+  d->headers = h;
   return 0;
 }
 
-static ucall *ucall_new(dsys_upstream *u, const dsys_call *d) {
-  ucall *c = calloc(1, sizeof *c);
-  if (!c) return NULL;
-  c->u = u;
-  c->method = strdup(d->method);
-  c->path = strdup(d->path);
-  c->body = malloc(d->body_len ? d->body_len : 1);
-  c->hdrs = calloc(d->nheaders ? d->nheaders : 1, sizeof *c->hdrs);
-  int bad = !c->method || !c->path || !c->body || !c->hdrs;
-  for (size_t i = 0; !bad && i < d->nheaders; i++) {
-    c->hdrs[i].name = strdup(d->headers[i].name);
-    c->hdrs[i].value = strdup(d->headers[i].value);
-    c->nh = i + 1;
-    bad = !c->hdrs[i].name || !c->hdrs[i].value;
-  }
-  if (bad) {
-    ucall_free(c);
+/* A call's state. o may be NULL; with o->borrow the call is not copied. */
+static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_usend *o,
+                        int *rc) {
+  ucall *c = dsysi_loop_cache_get(&ucall_key);
+  if (!c) c = malloc(sizeof *c);
+  if (!c) {
+    *rc = DSYS_ENOMEM;
     return NULL;
   }
-  if (d->body_len) memcpy(c->body, d->body, d->body_len);
-  c->blen = d->body_len;
-  c->on_chunk = d->on_chunk;
-  c->chunk_ud = d->chunk_ud;
-  c->idem_key = has_idem_key(d->headers, d->nheaders);
+  if ((*rc = dsysi_call_norm(call, &c->call, !o || !o->checked))) {
+    free(c);
+    return NULL;
+  }
+  /* fields set here, not the whole object: tried[] and pick need no
+   * zeroes (ntried, and report runs only after a pick) */
+  c->u = u;
+  if (o) c->o = *o;
+  else memset(&c->o, 0, sizeof c->o);
+  c->own = NULL;
+  c->committed = 0;
+  c->attempt = 0;
+  c->ntried = 0;
+  c->last = NULL;
+  c->last_err = c->last_reason = 0;
+  c->timer = 0;
+  c->ul = NULL;
+  c->next = c->prev = NULL;
+  c->last_id[0] = '\0';
+  if (!c->o.borrow && (*rc = ucall_copy(c))) {
+    free(c);
+    return NULL;
+  }
+  c->idem_key = has_idem_key(c->call.headers, c->call.nheaders);
+  c->start_us = dsys_clock_now_us(u->clk);
+  c->sh = shard(u);
   return c;
 }
 
-static void calls_done(dsys_upstream *u) {
-  if (atomic_fetch_sub(&u->ncalls, 1) == 1) {
+/* Calls in flight, for free: every ended is counted after its started
+ * (read ended first, then started: never below the true count). */
+static uint64_t calls_in_flight(dsys_upstream *u) {
+  uint64_t ended = SUM(u, ended);
+  return SUM(u, started) - ended;
+}
+
+static void calls_done(dsys_upstream *u, ushard *sh) {
+  INC(sh->ended);
+  if (atomic_load(&u->closing)) { /* free may be waiting for this one */
     pthread_mutex_lock(&u->mu);
     pthread_cond_broadcast(&u->cv);
     pthread_mutex_unlock(&u->mu);
   }
 }
 
-static void note_call_end(dsys_upstream *u, int64_t start_us, int err) {
-  int64_t d = dsys_clock_now_us(u->clk) - start_us;
-  INC(u->call_lat[lat_bucket(d < 0 ? 0 : d)]);
-  if (err) INC(u->t_errors);
-  else INC(u->t_replies);
+static void note_call_end(ucall *c, int err) {
+  int64_t d = dsys_clock_now_us(c->u->clk) - c->start_us;
+  ushard *sh = c->sh;
+  INC(sh->call_lat[lat_bucket(d < 0 ? 0 : d)]);
+  if (err) INC(sh->errors);
+  else INC(sh->replies);
 }
+
+static void result_of(const ucall *c, dsys_upstream_result *res) {
+  res->size = sizeof *res;
+  res->attempts = c->attempt;
+  res->last_retry_reason = c->last_reason;
+  memcpy(res->endpoint, c->last_id, strlen(c->last_id) + 1);
+}
+
+/* Step 1 of an attempt: deadline, pick (not an endpoint already tried
+ * when another is available), counters. Fills dc with the request for
+ * the picked endpoint. 0, or the error that stops the call. */
+static int attempt_begin(ucall *c, dsys_call *dc) {
+  dsys_upstream *u = c->u;
+  int64_t elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000;
+  int64_t to = dsys_retry_try_timeout_ms(u->retry, elapsed_ms);
+  if (to == 0) return DSYS_ETIMEDOUT;
+  int rc = pick_in(u, c->call.path, strlen(c->call.path), c->ntried ? c->last_id : NULL,
+                   c->tried, c->ntried, &c->pick);
+  if (rc) return rc;
+  c->attempt++;
+  INC(c->sh->attempts);
+  if (c->attempt > 1) INC(c->sh->retries);
+  if (c->ntried < MAX_TRIED) c->tried[c->ntried++] = c->pick.ep_;
+  size_t idl = strlen(c->pick.id);
+  memcpy(c->last_id, c->pick.id, idl + 1);
+  if (c->o.on_pick) c->o.on_pick(c->ud, c->pick.id, c->pick.url);
+  *dc = c->call;
+  dc->url = c->pick.url;
+  dc->timeout_ms = to > 0 ? to : 0;
+  return 0;
+}
+
+/* Step 2: the attempt ended with (err, reply). Reports it and decides.
+ * On STOP the caller delivers (err, reply); otherwise the call keeps the
+ * reply as its result should the retry not start. */
+static int attempt_end(ucall *c, int err, dsys_reply *reply, dsys_retry_decision *d) {
+  dsys_upstream *u = c->u;
+  int status = reply ? dsys_reply_status(reply) : 0;
+  dsys_upstream_report(u, &c->pick, err, status);
+  dsys_retry_input in = {.size = sizeof in, .method = c->call.method,
+                         .has_idempotency_key = c->idem_key,
+                         .outcome = dsys_classify(err, status), .status = status,
+                         .attempt = c->attempt,
+                         .elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000};
+  dsys_retry_decide(u->retry, &in, d);
+  c->last_reason = d->reason;
+  if (c->committed || atomic_load_explicit(&u->closing, memory_order_relaxed))
+    d->action = DSYS_RETRY_STOP;
+  if (d->action != DSYS_RETRY_STOP) {
+    dsys_reply_free(c->last);
+    c->last = err ? NULL : reply;
+    if (err) dsys_reply_free(reply);
+    c->last_err = err;
+  }
+  return d->action;
+}
+
+/* A retry could not start (rc): the previous attempt's result stands. */
+static int last_result(ucall *c, int rc, dsys_reply **out) {
+  *out = NULL;
+  if (!c->attempt) return rc;
+  *out = c->last;
+  c->last = NULL;
+  return *out ? 0 : c->last_err ? c->last_err : rc;
+}
+
+/* ---- the asynchronous driver ---- */
 
 static void finish(ucall *c, int err, dsys_reply *reply) {
   dsys_upstream *u = c->u;
@@ -729,193 +850,220 @@ static void finish(ucall *c, int err, dsys_reply *reply) {
   } else if (!reply) {
     err = DSYS_EINTERNAL;
   }
-  note_call_end(u, c->start_us, err);
-  dsys_upstream_result res = {.size = sizeof res, .attempts = c->attempt,
-                              .last_retry_reason = c->last_reason};
-  memcpy(res.endpoint, c->last_id, sizeof res.endpoint);
+  note_call_end(c, err);
+  dsys_upstream_result res;
+  result_of(c, &res);
   c->cb(err, reply, &res, c->ud);
+  ushard *sh = c->sh;
   ucall_free(c);
-  calls_done(u);
+  calls_done(u, sh);
 }
 
 static void on_attempt(int err, dsys_reply *reply, void *ud);
 
-/* Start the next attempt. 0: sent (on_attempt will run); else nothing runs. */
-static int start_attempt(ucall *c) {
+static int on_head(void *ud, const dsys_reply *head) {
+  ucall *c = ud;
+  int st = c->o.on_head(c->ud, head);
+  c->committed = st != 0;
+  return st;
+}
+
+static int on_body(void *ud, const void *data, size_t len) {
+  ucall *c = ud;
+  return c->o.on_body(c->ud, data, len);
+}
+
+/* Send the attempt: on an event-loop thread an http:// or unix://
+ * endpoint goes through the loop's own HTTP/1.1 dialer (no thread
+ * hand-off; the completion runs on this loop), anything else through
+ * the client (libcurl for http, https and unix; inproc). */
+static int dial(ucall *c, dsys_call *dc) {
   dsys_upstream *u = c->u;
-  int64_t elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000;
-  int64_t to = dsys_retry_try_timeout_ms(u->retry, elapsed_ms);
-  if (to == 0) return DSYS_ETIMEDOUT;
-  int rc = pick_in(u, c->path, strlen(c->path), c->ntried ? c->last_id : NULL,
-                   c->tried, c->ntried, &c->pick);
-  if (rc) return rc;
-  c->attempt++;
-  INC(u->t_attempts);
-  if (c->attempt > 1) INC(u->t_retries);
-  if (c->ntried < MAX_TRIED) c->tried[c->ntried++] = c->pick.ep_;
-  snprintf(c->last_id, sizeof c->last_id, "%s", c->pick.id);
-  dsys_call dc = {.size = sizeof dc, .method = c->method, .url = c->pick.url,
-                  .path = c->path, .headers = c->hdrs, .nheaders = c->nh,
-                  .body = c->blen ? c->body : NULL, .body_len = c->blen,
-                  .timeout_ms = to > 0 ? to : 0, .on_chunk = c->on_chunk,
-                  .chunk_ud = c->chunk_ud};
-  pthread_rwlock_rdlock(&u->lk);
-  rc = atomic_load(&u->closing) ? DSYS_ECLOSED
-                                : dsys_client_send(u->client, &dc, on_attempt, c);
+  if (dsysi_h1_dial_ok(dc->url)) {
+    if (atomic_load_explicit(&u->closing, memory_order_relaxed)) return DSYS_ECLOSED;
+    dsysi_dial_opts o = {.on_head = c->o.on_head ? on_head : NULL,
+                         .on_body = c->o.on_body ? on_body : NULL,
+                         .max_response = c->o.max_response};
+    return dsysi_h1_dial(dc, &o, on_attempt, c);
+  }
+  /* the client buffers whole answers: a caller's stream hooks do not
+   * apply there, and its on_chunk is not the caller's */
+  if (c->o.on_head || c->o.on_body) dc->on_chunk = NULL;
+  pthread_rwlock_rdlock(&u->lk); /* free must not pull the client away */
+  int rc = atomic_load(&u->closing) ? DSYS_ECLOSED : dsys_client_send(u->client, dc, on_attempt, c);
   pthread_rwlock_unlock(&u->lk);
-  if (rc) dsys_upstream_report(u, &c->pick, rc, 0);
   return rc;
 }
 
-/* After a failed retry start: deliver what the previous attempt gave. */
+/* Start the next attempt. 0: sent (on_attempt will run); else nothing runs. */
+static int start_attempt(ucall *c) {
+  dsys_call dc;
+  int rc = attempt_begin(c, &dc);
+  if (rc) return rc;
+  rc = dial(c, &dc);
+  if (rc) dsys_upstream_report(c->u, &c->pick, rc, 0);
+  return rc;
+}
+
+/* After a backoff or a refused attempt. */
 static void next_attempt(ucall *c) {
   int rc = start_attempt(c);
   if (!rc) return;
-  if (c->last) finish(c, 0, c->last);
-  else finish(c, c->last_err ? c->last_err : rc, NULL);
+  dsys_reply *r;
+  rc = last_result(c, rc, &r);
+  finish(c, rc, r);
+}
+
+/* Calls waiting for a backoff on an event loop: the loop's timers belong
+ * to its thread, and when the loop is freed first they end canceled. */
+typedef struct uloop {
+  ucall *backoffs;
+} uloop;
+
+static char uloop_key;
+
+static void unlink_call(ucall **head, ucall *c) {
+  if (c->prev) c->prev->next = c->next;
+  else *head = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->next = c->prev = NULL;
+}
+
+static void link_call(ucall **head, ucall *c) {
+  c->prev = NULL;
+  c->next = *head;
+  if (*head) (*head)->prev = c;
+  *head = c;
+}
+
+static void uloop_fini(dsysi_loop *l, void *blk) {
+  uloop *ul = blk;
+  while (ul->backoffs) {
+    ucall *c = ul->backoffs;
+    unlink_call(&ul->backoffs, c);
+    finish(c, DSYS_ECANCELED, NULL);
+  }
+}
+
+static void loop_backoff_cb(dsysi_loop *l, void *ud) {
+  ucall *c = ud;
+  unlink_call(&c->ul->backoffs, c);
+  c->ul = NULL;
+  next_attempt(c);
 }
 
 static void backoff_cb(void *ud) {
   ucall *c = ud;
   dsys_upstream *u = c->u;
   pthread_mutex_lock(&u->mu);
-  if (c->prev) c->prev->next = c->next;
-  else u->backoffs = c->next;
-  if (c->next) c->next->prev = c->prev;
-  c->next = c->prev = NULL;
+  unlink_call(&u->backoffs, c);
   c->timer = 0;
   pthread_mutex_unlock(&u->mu);
   next_attempt(c);
 }
 
-static void on_attempt(int err, dsys_reply *reply, void *ud) {
-  ucall *c = ud;
+/* Wait delay_ms, then next_attempt: on this thread's event loop when
+ * there is one (the attempt stays on the loop), else on the clock. */
+static void backoff(ucall *c, int64_t delay_ms) {
   dsys_upstream *u = c->u;
-  int status = reply ? dsys_reply_status(reply) : 0;
-  dsys_upstream_report(u, &c->pick, err, status);
-  dsys_retry_input in = {.size = sizeof in, .method = c->method,
-                         .has_idempotency_key = c->idem_key,
-                         .outcome = dsys_classify(err, status), .status = status,
-                         .attempt = c->attempt,
-                         .elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000};
-  dsys_retry_decision d;
-  dsys_retry_decide(u->retry, &in, &d);
-  c->last_reason = d.reason;
-  if (d.action == DSYS_RETRY_STOP || atomic_load(&u->closing)) {
-    finish(c, err, reply);
-    return;
-  }
-  dsys_reply_free(c->last);
-  c->last = err ? NULL : reply;
-  if (err) dsys_reply_free(reply);
-  c->last_err = err;
-  if (d.action == DSYS_RETRY_NOW || d.delay_ms <= 0) {
+  dsysi_loop *l = dsysi_loop_current();
+  if (l) {
+    uloop *ul = dsysi_loop_local(l, &uloop_key, sizeof *ul, uloop_fini);
+    if (ul && (c->timer = dsysi_loop_timer(l, delay_ms * 1000, loop_backoff_cb, c))) {
+      c->ul = ul;
+      link_call(&ul->backoffs, c);
+      return;
+    }
     next_attempt(c);
     return;
   }
   pthread_mutex_lock(&u->mu);
-  c->next = u->backoffs;
-  c->prev = NULL;
-  if (u->backoffs) u->backoffs->prev = c;
-  u->backoffs = c;
-  int rc = dsys_timer_add(u->clk, d.delay_ms * 1000, backoff_cb, c, &c->timer);
-  if (rc) {
-    u->backoffs = c->next;
-    if (c->next) c->next->prev = NULL;
-    c->next = NULL;
-  }
+  link_call(&u->backoffs, c);
+  int rc = dsys_timer_add(u->clk, delay_ms * 1000, backoff_cb, c, &c->timer);
+  if (rc) unlink_call(&u->backoffs, c);
   pthread_mutex_unlock(&u->mu);
   if (rc) next_attempt(c);
 }
 
-int dsys_upstream_send(dsys_upstream *u, const dsys_call *call,
-                       dsys_upstream_fn cb, void *ud) {
-  dsys_call d;
-  if (!u || !cb || call_norm(call, &d)) return DSYS_EINVAL;
+static void on_attempt(int err, dsys_reply *reply, void *ud) {
+  ucall *c = ud;
+  dsys_retry_decision d;
+  if (attempt_end(c, err, reply, &d) == DSYS_RETRY_STOP) finish(c, err, reply);
+  else if (d.action == DSYS_RETRY_NOW || d.delay_ms <= 0) next_attempt(c);
+  else backoff(c, d.delay_ms);
+}
+
+int dsysi_upstream_send(dsys_upstream *u, const dsys_call *call, const dsysi_usend *o,
+                        dsys_upstream_fn cb, void *ud) {
+  if (!u || !cb) return DSYS_EINVAL;
   if (atomic_load(&u->closing)) return DSYS_ECLOSED;
-  ucall *c = ucall_new(u, &d);
-  if (!c) return DSYS_ENOMEM;
+  int rc;
+  ucall *c = ucall_new(u, call, o, &rc);
+  if (!c) return rc;
   c->cb = cb;
   c->ud = ud;
-  c->start_us = dsys_clock_now_us(u->clk);
-  atomic_fetch_add(&u->ncalls, 1);
-  INC(u->t_calls);
+  INC(c->sh->started);
+  INC(c->sh->calls);
   dsys_retry_request(u->retry);
-  int rc = start_attempt(c);
+  rc = start_attempt(c);
   if (rc) {
-    note_call_end(u, c->start_us, rc);
+    note_call_end(c, rc);
+    ushard *sh = c->sh;
     ucall_free(c);
-    calls_done(u);
+    calls_done(u, sh);
   }
   return rc;
 }
 
+int dsys_upstream_send(dsys_upstream *u, const dsys_call *call,
+                       dsys_upstream_fn cb, void *ud) {
+  return dsysi_upstream_send(u, call, NULL, cb, ud);
+}
+
+/* ---- the synchronous driver: the same steps on the caller's thread ---- */
+
 int dsys_upstream_call_ex(dsys_upstream *u, const dsys_call *call,
                           dsys_reply **out, dsys_upstream_result *res) {
-  dsys_call d;
-  if (!u || !out || call_norm(call, &d)) return DSYS_EINVAL;
-  dsys_upstream_result r = {.size = sizeof r};
-  uep *tried[MAX_TRIED];
-  size_t ntried = 0;
-  int64_t start = dsys_clock_now_us(u->clk);
-  int idem = has_idem_key(d.headers, d.nheaders);
-  dsys_reply *last = NULL;
-  int last_err = 0, rc;
-  INC(u->t_calls);
+  if (!u || !out) return DSYS_EINVAL;
+  int rc;
+  dsysi_usend o = {.borrow = 1}; /* the caller waits: nothing to copy */
+  ucall *c = ucall_new(u, call, &o, &rc);
+  if (!c) return rc;
+  INC(c->sh->calls);
   dsys_retry_request(u->retry);
+  dsys_reply *r = NULL;
   for (;;) {
-    int64_t elapsed_ms = (dsys_clock_now_us(u->clk) - start) / 1000;
-    int64_t to = dsys_retry_try_timeout_ms(u->retry, elapsed_ms);
-    struct dsys_upstream_pick p;
-    rc = to == 0 ? DSYS_ETIMEDOUT
-                 : pick_in(u, d.path, strlen(d.path), ntried ? r.endpoint : NULL,
-                           tried, ntried, &p);
-    if (rc) {
-      if (r.attempts) rc = last ? 0 : last_err; /* deliver the previous result */
+    dsys_call dc;
+    if ((rc = attempt_begin(c, &dc))) {
+      rc = last_result(c, rc, &r);
       break;
     }
-    r.attempts++;
-    INC(u->t_attempts);
-    if (r.attempts > 1) INC(u->t_retries);
-    if (ntried < MAX_TRIED) tried[ntried++] = p.ep_;
-    snprintf(r.endpoint, sizeof r.endpoint, "%s", p.id);
-    dsys_reply_free(last);
-    last = NULL;
-    dsys_call dc = d;
-    dc.url = p.url;
-    dc.timeout_ms = to > 0 ? to : 0;
-    int err = dsys_client_do(u->client, &dc, &last);
-    if (err) last = NULL;
-    int status = last ? dsys_reply_status(last) : 0;
-    dsys_upstream_report(u, &p, err, status);
-    dsys_retry_input in = {.size = sizeof in, .method = d.method,
-                           .has_idempotency_key = idem,
-                           .outcome = dsys_classify(err, status), .status = status,
-                           .attempt = r.attempts,
-                           .elapsed_ms = (dsys_clock_now_us(u->clk) - start) / 1000};
-    dsys_retry_decision dec;
-    dsys_retry_decide(u->retry, &in, &dec);
-    r.last_retry_reason = dec.reason;
-    last_err = err;
-    if (dec.action == DSYS_RETRY_STOP) {
+    int err = dsys_client_do(u->client, &dc, &r);
+    if (err) r = NULL;
+    dsys_retry_decision d;
+    if (attempt_end(c, err, r, &d) == DSYS_RETRY_STOP) {
       rc = err;
       break;
     }
-    if (dec.action == DSYS_RETRY_AFTER_BACKOFF && dec.delay_ms > 0)
-      dsys_clock_sleep_us(u->clk, dec.delay_ms * 1000);
+    r = NULL;
+    if (d.action == DSYS_RETRY_AFTER_BACKOFF && d.delay_ms > 0)
+      dsys_clock_sleep_us(u->clk, d.delay_ms * 1000);
   }
   if (rc) {
-    dsys_reply_free(last);
-    last = NULL;
-  } else if (!last) {
+    dsys_reply_free(r);
+    r = NULL;
+  } else if (!r) {
     rc = DSYS_EINTERNAL;
   }
-  note_call_end(u, start, rc);
-  if (!rc) *out = last;
+  note_call_end(c, rc);
+  if (!rc) *out = r;
   if (res) {
-    size_t sz = res->size && res->size < sizeof r ? res->size : sizeof r;
-    memcpy(res, &r, sz);
+    dsys_upstream_result full;
+    result_of(c, &full);
+    size_t sz = res->size && res->size < sizeof full ? res->size : sizeof full;
+    memcpy(res, &full, sz);
   }
+  ucall_free(c);
   return rc;
 }
 
@@ -985,18 +1133,18 @@ int dsys_upstream_stats(dsys_upstream *u, dsys_endpoint_stats **arr, size_t *n) 
 int dsys_upstream_totals_get(dsys_upstream *u, dsys_upstream_totals *out) {
   if (!u || !out) return DSYS_EINVAL;
   memset(out, 0, sizeof *out);
-  out->calls = LOAD(u->t_calls);
-  out->replies = LOAD(u->t_replies);
-  out->errors = LOAD(u->t_errors);
-  out->attempts = LOAD(u->t_attempts);
-  out->retries = LOAD(u->t_retries);
-  out->picks = LOAD(u->t_picks);
-  out->panic_picks = LOAD(u->t_panic);
-  out->unavailable = LOAD(u->t_unavail);
-  out->breaker_rejected = LOAD(u->t_brk);
+  out->calls = SUM(u, calls);
+  out->replies = SUM(u, replies);
+  out->errors = SUM(u, errors);
+  out->attempts = SUM(u, attempts);
+  out->retries = SUM(u, retries);
+  out->picks = SUM(u, picks);
+  out->panic_picks = SUM(u, panic);
+  out->unavailable = SUM(u, unavail);
+  out->breaker_rejected = SUM(u, brk);
   out->endpoints = dsys_upstream_count(u);
   uint64_t b[LAT_N], tot = 0;
-  for (int k = 0; k < LAT_N; k++) tot += b[k] = LOAD(u->call_lat[k]);
+  for (int k = 0; k < LAT_N; k++) tot += b[k] = SUM(u, call_lat[k]);
   out->p50_us = percentile(b, tot, 50);
   out->p90_us = percentile(b, tot, 90);
   out->p99_us = percentile(b, tot, 99);
@@ -1015,7 +1163,11 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
       (d.health_path && d.health_path[0] != '/'))
     return DSYS_EINVAL;
   dsys_upstream *u = calloc(1, sizeof *u);
-  if (!u) return DSYS_ENOMEM;
+  if (!u || !(u->sh = aligned_alloc(64, NSHARD * sizeof *u->sh))) {
+    free(u);
+    return DSYS_ENOMEM;
+  }
+  memset(u->sh, 0, NSHARD * sizeof *u->sh);
   pthread_rwlockattr_t ra;
   pthread_rwlockattr_init(&ra);
   pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_READER_NP);
@@ -1108,10 +1260,7 @@ void dsys_upstream_free(dsys_upstream *u) {
   for (ucall *c = u->backoffs, *nx; c; c = nx) {
     nx = c->next;
     if (dsys_timer_cancel(u->clk, c->timer) != 0) continue; /* running */
-    if (c->prev) c->prev->next = c->next;
-    else u->backoffs = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->prev = NULL;
+    unlink_call(&u->backoffs, c);
     c->next = canceled;
     canceled = c;
   }
@@ -1127,7 +1276,7 @@ void dsys_upstream_free(dsys_upstream *u) {
     u->client = NULL;
   }
   pthread_mutex_lock(&u->mu);
-  while (atomic_load(&u->ncalls) > 0 || atomic_load(&u->probes) > 0)
+  while (calls_in_flight(u) > 0 || atomic_load(&u->probes) > 0)
     pthread_cond_wait(&u->cv, &u->mu);
   u->no_timers = 1;
   for (size_t i = 0; i < u->n; i++) {
@@ -1150,5 +1299,6 @@ void dsys_upstream_free(dsys_upstream *u) {
   pthread_cond_destroy(&u->cv);
   free(u->service);
   free(u->health_path);
+  free(u->sh);
   free(u);
 }

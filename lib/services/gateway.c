@@ -1,10 +1,11 @@
 /*
  * The gateway (load balancer) service: routing by path prefix to
- * dsys_upstream groups, a proxy that runs inside the server's event loop
- * with the loop's own HTTP/1.1 client (or through dsys_upstream_send where
- * there is no loop), and the local status routes of HTTP-API.md.
+ * dsys_upstream groups, the edge checks, and the local status routes of
+ * HTTP-API.md. A proxied request is handed to dsys_upstream (pick, send,
+ * report, retry: on an event-loop server through the loop's own HTTP/1.1
+ * dialer, else and for https endpoints through libcurl) with the headers
+ * of the one forwarding policy (dsysi_fwd_request).
  */
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +19,8 @@
 #include "core/internal.h"
 #include "core/json.h"
 #include "services/reply.h"
+#include "resilience/upstream_int.h"
 #include "transport/evloop.h"
-#include "transport/h1client.h"
 #include "transport/transport.h"
 #include "services/edge.h"
 #include "security/identity_int.h"
@@ -31,7 +32,6 @@ typedef struct gw_upstream {
   char *name;
   dsys_upstream *u;
   int from_registry;
-  int tls; /* an https:// endpoint: proxied through dsys_upstream_send */
   atomic_uint_fast64_t failed; /* failed proxied requests (count()) */
 } gw_upstream;
 
@@ -46,37 +46,6 @@ typedef struct gw_route {
   size_t idx;
 } gw_route;
 
-/* One HTTP/1.1 pool per event loop, created on first use in that loop and
- * freed with the loop (dsysi_loop_on_free). */
-typedef struct gw_pool {
-  dsysi_loop *loop;
-  dsysi_h1pool *pool;
-  struct gw_pool *next;
-  /* Finished proxy states kept for the next requests of this loop (only
-   * its thread touches them), each with its request-head buffer: two
-   * mallocs and two frees fewer per proxied request. */
-  struct px *spare;
-  unsigned nspare;
-} gw_pool;
-
-/* As many as a loop has requests in flight at 256 connections over two
- * loops: with 64, bursts went past the list and the 1 KiB px went back to
- * malloc's large-chunk path (malloc_consolidate); 256 measured about 3%
- * less CPU per request at 256 connections (12 A/B rounds, PERFORMANCE.md).
- * At most about 1.3 MiB per loop, held only after such a burst. */
-#define MAX_SPARE_PX 256
-#define MAX_SPARE_HEAD 4096 /* a larger head buffer is not kept */
-
-static void spare_free_all(gw_pool *gp);
-
-static void pool_on_loop_free(dsysi_loop *l, void *ud) {
-  gw_pool *gp = ud;
-  dsysi_h1pool_free(gp->pool); /* in-flight exchanges end (ECANCELED) first */
-  gp->pool = NULL;
-  gp->loop = NULL;
-  spare_free_all(gp);
-}
-
 struct dsys_gateway {
   dsys_gateway_options o;
   char *name;
@@ -87,8 +56,6 @@ struct dsys_gateway {
   dsys_server *srv;
   int64_t start_ms;
   atomic_uint_fast64_t success, failed; /* proxied requests (count()) */
-  pthread_mutex_t mu;
-  gw_pool *pools;
   char *secret;
   dsysi_rl *rl;
   dsysi_idem *idem;
@@ -96,8 +63,6 @@ struct dsys_gateway {
   char *upstream_tls[3];      /* copies of o.upstream_{ca,cert,key}_file */
   dsys_client *tls_client;    /* shared by the https upstreams */
 };
-
-static _Thread_local gw_pool *tl_pool; /* this loop thread's pool */
 
 /* ---- configuration ---- */
 
@@ -147,7 +112,6 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
     gw->o.token_secret = gw->secret;
   }
   gw->start_ms = dsys_clock_now_ms(gw->o.clock);
-  pthread_mutex_init(&gw->mu, NULL);
   if (!gw->name || ca_oom || (gw->o.token_secret_len && !gw->secret)) {
     dsys_gateway_free(gw);
     return DSYS_ENOMEM;
@@ -181,12 +145,12 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
                            .max_attempts = gw->o.max_attempts,
                            .per_try_timeout_ms = gw->o.try_timeout_ms,
                            .deadline_ms = gw->o.deadline_ms};
-  /* The event loop's HTTP/1.1 client has no TLS: an upstream with an
-   * https:// endpoint goes through dsys_upstream_send (libcurl), with one
-   * client that trusts upstream_ca_file (and presents the upstream client
-   * certificate). Registry instances may register https:// URLs: when the
-   * gateway was given upstream TLS settings, discovered upstreams take
-   * that path too. */
+  /* dsys_upstream sends to https:// endpoints through its client
+   * (libcurl; the event loop's dialer has no TLS). An upstream that may
+   * have one (an https:// URL given, or discovered while the gateway has
+   * upstream TLS settings: instances may register https:// URLs) gets the
+   * one gateway-wide client that trusts upstream_ca_file and presents the
+   * upstream client certificate. */
   int tls = !n && (gw->o.upstream_ca_file || gw->o.upstream_cert_file);
   for (size_t i = 0; i < n; i++)
     if (urls[i] && !strncmp(urls[i], "https://", 8)) tls = 1;
@@ -219,7 +183,6 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
     return rc;
   }
   up->from_registry = n == 0;
-  up->tls = tls;
   gw->nups++;
   return 0;
 }
@@ -305,60 +268,24 @@ typedef struct edge {
   uint64_t idem_gen;
 } edge;
 
+/* One proxied request: what the edge decided and the headers that go
+ * upstream (dsysi_fwd_request), held until dsys_upstream answers. */
 typedef struct px {
   edge e;
   dsys_gateway *gw;
   gw_upstream *up;
   dsys_request *req;
-  dsysi_h1req h1;
-  dsysi_h1pool *pool;
-  dsysi_buf head;
-  dsysi_buf body;
-  struct dsys_upstream_pick pick;
-  int picked;
-  char last_id[128];
-  uint32_t attempt;
-  int64_t start_ms;
-  int has_idem_key;
   int streaming;
-  int too_big;
-  const char *ctype; /* the upstream's Content-Type (in h1's headers), or NULL */
-  struct px *next_spare; /* in gw_pool.spare */
+  dsysi_fwd fwd;
 } px;
 
-static void spare_free_all(gw_pool *gp) {
-  while (gp->spare) {
-    px *p = gp->spare;
-    gp->spare = p->next_spare;
-    dsysi_buf_free(&p->head);
-    free(p);
-  }
-  gp->nspare = 0;
-}
+static int px_key; /* finished states kept per event loop */
 
-/* A zeroed proxy state: a spare one of this loop (keeping its head buffer,
- * emptied) or a new one. */
-static px *px_new(gw_pool *gp) {
-  px *p = gp ? gp->spare : NULL;
-  if (p) {
-    gp->spare = p->next_spare;
-    gp->nspare--;
-    dsysi_buf head = p->head;
-    memset(p, 0, sizeof *p);
-    head.len = 0;
-    if (head.data) head.data[0] = '\0';
-    p->head = head;
-    return p;
-  }
-  /* malloc + memset: glibc's calloc never takes from the per-thread
-   * cache (this object is sized to fit it); the barrier keeps the
-   * compiler from fusing the two back into calloc. */
-  p = malloc(sizeof *p);
-  __asm__ volatile("" : "+r"(p));
-  if (p) memset(p, 0, sizeof *p);
-  return p;
+static void px_free(px *p) {
+  free(p->e.idem_key);
+  dsysi_fwd_free(&p->fwd);
+  if (dsysi_loop_cache_put(&px_key, p, 256, free)) free(p);
 }
-
 
 /* One atomic per proxied request (both event loops write these lines):
  * the total is success + failed, and per upstream only failures are read. */
@@ -381,379 +308,105 @@ static void respond_unavailable(px *p, int status, const char *message) {
   dsysi_respond_obj(p->req, status, o);
 }
 
-/* Appends for the request head: a memcpy when the buffer has room (it
- * almost always has: build_head reserves a typical head's size), the
- * general dsysi_buf_append otherwise. */
-static inline void put(dsysi_buf *b, const char *s, size_t n) {
-  if (!b->oom && b->len + n + 1 <= b->cap) {
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-  } else {
-    dsysi_buf_append(b, s, n);
-  }
-}
-#define PUT_LIT(b, lit) put(b, lit, sizeof lit - 1)
+/* Upstream response headers that go back (dsysi_fwd_response_header; on
+ * a CORS route the gateway's own Access-Control-* answer stands). */
+static int drop_cors(const edge *e) { return e->rt && e->rt->norigins; }
 
-/* Append "name: value\r\n" without printf (this runs per proxied request). */
-static void put_header(dsysi_buf *b, const char *name, size_t nlen, const char *value) {
-  size_t vlen = strlen(value);
-  if (!b->oom && b->len + nlen + vlen + 4 + 1 <= b->cap) {
-    char *o = b->data + b->len;
-    memcpy(o, name, nlen);
-    o += nlen;
-    *o++ = ':';
-    *o++ = ' ';
-    memcpy(o, value, vlen);
-    o += vlen;
-    *o++ = '\r';
-    *o++ = '\n';
-    *o = '\0';
-    b->len = (size_t)(o - b->data);
-    return;
-  }
-  put(b, name, nlen);
-  PUT_LIT(b, ": ");
-  put(b, value, vlen);
-  PUT_LIT(b, "\r\n");
-}
-#define PUT_HEADER(b, lit, value) put_header(b, lit, sizeof lit - 1, value)
-
-/* The request line and headers we send upstream. */
-static int build_head(px *p) {
-  dsys_request *req = p->req;
-  dsysi_buf *b = &p->head;
-  /* One allocation for a typical head, small enough to stay in glibc's
-   * per-thread cache (at most 1032 bytes). */
-  dsysi_buf_reserve(b, 1000 - 1);
-  size_t blen;
-  dsys_request_body(req, &blen);
-  const char *m = dsys_request_method(req);
-  put(b, m, strlen(m));
-  PUT_LIT(b, " ");
-  put(b, p->e.target, strlen(p->e.target));
-  PUT_LIT(b, " HTTP/1.1\r\n");
-  const char *xff = NULL;
-  size_t n = dsys_request_header_count(req);
-  for (size_t i = 0; i < n; i++) {
-    const char *name, *value;
-    dsys_request_header_at(req, i, &name, &value);
-    int cls = dsysi_header_class(name);
-    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT ||
-        cls == DSYSI_HDR_USER_ID)
-      continue;
-    if (cls == DSYSI_HDR_FORWARDED_FOR) {
-      xff = value;
-      continue;
-    }
-    if (cls == DSYSI_HDR_IDEMPOTENCY_KEY) p->has_idem_key = 1;
-    put_header(b, name, strlen(name), value);
-  }
-  PUT_LIT(b, "X-Forwarded-For: ");
-  if (xff) {
-    put(b, xff, strlen(xff));
-    PUT_LIT(b, ", ");
-  }
-  const char *ra = dsys_request_remote_addr(req);
-  put(b, ra, strlen(ra));
-  PUT_LIT(b, "\r\n");
-  PUT_HEADER(b, "X-Request-Id", dsys_request_id(req));
-  PUT_HEADER(b, "traceparent", dsys_request_traceparent(req));
-  if (p->e.user[0]) PUT_HEADER(b, "X-Dsys-User-Id", p->e.user);
-  /* the gateway's own credential (a client's was stripped above) */
-  const char *ident = dsysi_identity_current(p->gw->o.identity);
-  if (ident) put_header(b, DSYS_IDENTITY_HEADER, strlen(DSYS_IDENTITY_HEADER), ident);
-  if (blen || (strcmp(m, "GET") && strcmp(m, "HEAD") && strcmp(m, "DELETE") && strcmp(m, "OPTIONS"))) {
-    char cl[32];
-    snprintf(cl, sizeof cl, "%zu", blen);
-    PUT_HEADER(b, "Content-Length", cl);
-  }
-  PUT_LIT(b, "\r\n");
-  return b->oom ? DSYS_ENOMEM : 0;
-}
-
-/* Copy upstream response headers (minus hop-by-hop and the ones the
- * server sets itself). */
-static int skip_resp_header(const edge *e, const char *name) {
-  int cls = dsysi_header_class(name);
-  return cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_CONTENT_TYPE || cls == DSYSI_HDR_REQUEST_ID ||
-         cls == DSYSI_HDR_DATE ||
-         (e && e->rt && e->rt->norigins && !strncasecmp(name, "access-control-", 15));
-}
-
-static void copy_headers(px *p, const dsysi_hdrs *h) {
-  for (size_t i = 0; i < h->n; i++) {
-    const char *name = h->v[i].name;
-    if (skip_resp_header(&p->e, name)) continue;
-    dsys_response_header(p->req, name, h->v[i].value);
+static void copy_headers(px *p, const dsys_reply *r) {
+  for (size_t i = 0; i < r->hdrs.n; i++) {
+    const char *name = r->hdrs.v[i].name;
+    if (dsysi_fwd_response_header(name, drop_cors(&p->e)))
+      dsys_response_header(p->req, name, r->hdrs.v[i].value);
   }
 }
 
-static void px_free(px *p) {
-  free(p->e.idem_key);
-  dsysi_h1req_free(&p->h1);
-  dsysi_buf_free(&p->body);
-  /* Kept for this loop's next request when freed on the loop's own thread
-   * (at loop teardown, exchanges end on the stopping thread: freed). */
-  gw_pool *gp = tl_pool;
-  if (gp && gp->pool && gp->loop == dsysi_loop_current() && gp->nspare < MAX_SPARE_PX &&
-      !p->head.oom && p->head.cap <= MAX_SPARE_HEAD) {
-    p->next_spare = gp->spare;
-    gp->spare = p;
-    gp->nspare++;
-    return;
-  }
-  dsysi_buf_free(&p->head);
-  free(p);
+/* The answer's head (event-loop attempts): Server-Sent Events pass
+ * through unbuffered, and the attempt is final from here. */
+static int px_head(void *ud, const dsys_reply *head) {
+  px *p = ud;
+  const char *ct = dsysi_reply_ctype(head);
+  if (head->status >= 300 || !ct || strncasecmp(ct, "text/event-stream", 17)) return 0;
+  p->streaming = 1;
+  copy_headers(p, head);
+  return dsys_respond_stream(p->req, head->status, ct) ? -1 : 1;
 }
 
-static void attempt(px *p);
-
-static void retry_later(dsysi_loop *l, void *ud) { attempt(ud); }
-
-static int on_head(dsysi_h1req *r) {
-  px *p = r->ud;
-  const char *ct = p->ctype = r->resp.content_type; /* found by the parser */
-  if (r->resp.status < 300 && ct && !strncasecmp(ct, "text/event-stream", 17)) {
-    /* Server-Sent Events: pass through unbuffered; no retry from here. */
-    p->streaming = 1;
-    copy_headers(p, &r->resp.hdrs);
-    if (dsys_respond_stream(p->req, r->resp.status, ct)) return 1;
-  }
-  return 0;
+static int px_body(void *ud, const void *d, size_t n) {
+  px *p = ud;
+  return dsys_stream_write(p->req, d, n) != 0;
 }
 
-static int on_body(dsysi_h1req *r, const char *d, size_t n) {
-  px *p = r->ud;
-  if (p->streaming) return dsys_stream_write(p->req, d, n) != 0;
-  if (p->body.len + n > p->gw->o.max_response) {
-    p->too_big = 1;
-    return 1;
-  }
-  return dsysi_buf_append(&p->body, d, n) != 0;
+static void px_pick(void *ud, const char *id, const char *url) {
+  px *p = ud; /* the access log names the endpoint */
+  dsys_request_log_field(p->req, "upstream", url);
 }
 
-static void on_done(dsysi_h1req *r, int err) {
-  px *p = r->ud;
+/* dsys_upstream's answer (any thread): pass it on, or say why not. */
+static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res, void *ud) {
+  px *p = ud;
   dsys_gateway *gw = p->gw;
-  int status = err ? 0 : r->resp.status;
-  dsys_upstream_report(p->up->u, &p->pick, err, status);
-  p->picked = 0;
   if (p->streaming) {
     count(gw, p->up, !err);
     edge_finish(gw, &p->e, 0, NULL, NULL, NULL, 0); /* streams are not kept */
     dsys_stream_end(p->req);
-    px_free(p);
-    return;
-  }
-  if (p->too_big) {
+  } else if (err == DSYS_ETOOBIG) {
     respond_unavailable(p, 502, "Upstream response too large");
-    px_free(p);
-    return;
-  }
-  if (err == DSYS_ECANCELED) { /* the gateway is stopping */
+  } else if (err == DSYS_ECANCELED || err == DSYS_ECLOSED) {
     respond_unavailable(p, 503, "Gateway stopping");
-    px_free(p);
-    return;
+  } else if (err == DSYS_EUNAVAIL || err == DSYS_EBREAKER) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "No healthy %s instance available (%s)", p->up->name, dsys_strerror(err));
+    respond_unavailable(p, 503, msg);
+  } else if (err) {
+    respond_unavailable(p, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_ECONNREFUSED ? 503 : 502,
+                        dsys_strerror(err));
+  } else {
+    int status = dsys_reply_status(reply);
+    const char *ct = dsysi_reply_ctype(reply);
+    copy_headers(p, reply);
+    count(gw, p->up, status < 400);
+    edge_finish(gw, &p->e, status, ct, &reply->hdrs, reply->body, reply->body_len);
+    /* The body goes to the transport as it is: no copy. */
+    size_t blen;
+    char *body = dsysi_reply_take_body(reply, &blen);
+    if (body) dsysi_respond_owned(p->req, status, ct, body, blen);
+    else dsys_respond_error(p->req, 500, "DSYS_ENOMEM", "Out of memory");
   }
-  dsys_retry_input in = {.size = sizeof in, .method = dsys_request_method(p->req),
-                         .has_idempotency_key = p->has_idem_key,
-                         .outcome = (int32_t)dsys_classify(err, status), .status = status,
-                         .attempt = p->attempt,
-                         .elapsed_ms = dsys_clock_now_ms(gw->o.clock) - p->start_ms};
-  dsys_retry_decision dec;
-  dsys_retry_decide(dsys_upstream_retry(p->up->u), &in, &dec);
-  if (dec.action == DSYS_RETRY_NOW) {
-    attempt(p);
-    return;
-  }
-  if (dec.action == DSYS_RETRY_AFTER_BACKOFF) {
-    if (dsysi_loop_timer(dsysi_loop_current(), dec.delay_ms * 1000, retry_later, p)) return;
-    attempt(p);
-    return;
-  }
-  if (err) {
-    const char *msg = dsys_strerror(err);
-    respond_unavailable(p, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_ECONNREFUSED ? 503 : 502, msg);
-    px_free(p);
-    return;
-  }
-  copy_headers(p, &r->resp.hdrs);
-  const char *ct = p->ctype; /* looked up once, in on_head */
-  count(gw, p->up, status < 400);
-  edge_finish(gw, &p->e, status, ct, &r->resp.hdrs, p->body.data, p->body.len);
-  /* The body buffer goes to the transport as it is: no copy. */
-  size_t blen;
-  char *body = dsysi_buf_steal(&p->body, &blen);
-  if (body) dsysi_respond_owned(p->req, status, ct, body, blen);
-  else dsys_respond_error(p->req, 500, "DSYS_ENOMEM", "Out of memory");
+  dsys_reply_free(reply);
   px_free(p);
 }
 
-static void attempt(px *p) {
-  dsys_gateway *gw = p->gw;
-  p->attempt++;
-  int64_t elapsed = dsys_clock_now_ms(gw->o.clock) - p->start_ms;
-  int64_t tmo = dsys_retry_try_timeout_ms(dsys_upstream_retry(p->up->u), elapsed);
-  if (tmo == 0) {
-    respond_unavailable(p, 504, "Deadline exceeded");
-    px_free(p);
-    return;
-  }
-  int rc = dsys_upstream_pick(p->up->u, NULL, 0, p->last_id[0] ? p->last_id : NULL, &p->pick);
-  if (rc) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "No healthy %s instance available (%s)", p->up->name, dsys_strerror(rc));
-    respond_unavailable(p, 503, msg);
-    px_free(p);
-    return;
-  }
-  p->picked = 1;
-  size_t idl = strlen(p->pick.id);
-  if (idl >= sizeof p->last_id) idl = sizeof p->last_id - 1;
-  memcpy(p->last_id, p->pick.id, idl);
-  p->last_id[idl] = '\0';
-  if (dsysi_request_log_wanted(p->req)) /* the access log names the endpoint */
-    dsys_request_log_field(p->req, "upstream", p->pick.url);
-  p->body.len = 0;
-  p->ctype = NULL;
-  p->h1.addr = p->pick.url;
-  p->h1.head = p->head.data;
-  p->h1.head_len = p->head.len;
-  p->h1.body = dsys_request_body(p->req, &p->h1.body_len);
-  p->h1.is_head = !strcmp(dsys_request_method(p->req), "HEAD");
-  p->h1.timeout_us = tmo > 0 ? tmo * 1000 : 0;
-  p->h1.on_head = on_head;
-  p->h1.on_body = on_body;
-  p->h1.on_done = on_done;
-  p->h1.ud = p;
-  rc = dsysi_h1_start(p->pool, &p->h1);
-  if (rc) {
-    dsys_upstream_report(p->up->u, &p->pick, rc, 0);
-    p->picked = 0;
-    respond_unavailable(p, 502, dsys_strerror(rc));
-    px_free(p);
-  }
-}
-
-static dsysi_h1pool *loop_pool(dsys_gateway *gw) {
-  dsysi_loop *loop = dsysi_loop_current();
-  if (!loop) return NULL;
-  if (tl_pool && tl_pool->loop == loop) return tl_pool->pool;
-  gw_pool *gp = calloc(1, sizeof *gp);
-  if (!gp) return NULL;
-  gp->loop = loop;
-  if (dsysi_h1pool_new(&gp->pool, loop, NULL)) {
-    free(gp);
-    return NULL;
-  }
-  if (dsysi_loop_on_free(loop, pool_on_loop_free, gp)) {
-    dsysi_h1pool_free(gp->pool);
-    free(gp);
-    return NULL;
-  }
-  pthread_mutex_lock(&gw->mu);
-  gp->next = gw->pools;
-  gw->pools = gp;
-  pthread_mutex_unlock(&gw->mu);
-  tl_pool = gp;
-  return gp->pool;
-}
-
-/* Without an event loop: the same rules through dsys_upstream_send. */
-typedef struct fb {
-  edge e;
-  dsys_gateway *gw;
-  gw_upstream *up;
-  dsys_request *req;
-  dsys_header *hdrs;
-  size_t nh;
-  char *xff;
-  char *ident; /* a copy: the token file may rotate before the call is made */
-} fb;
-
-static void fb_done(int err, dsys_reply *reply, const dsys_upstream_result *res, void *ud) {
-  fb *f = ud;
-  px tmp = {.gw = f->gw, .up = f->up, .req = f->req, .e = f->e};
-  f->e.idem_key = NULL; /* tmp.e owns it now */
-  if (res && res->endpoint[0]) dsys_request_log_field(f->req, "upstream", res->endpoint);
-  if (err) {
-    respond_unavailable(&tmp, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_EUNAVAIL || err == DSYS_EBREAKER || err == DSYS_ECONNREFUSED ? 503 : 502,
-                        dsys_strerror(err));
-  } else {
-    copy_headers(&tmp, &reply->hdrs);
-    size_t len;
-    const void *b = dsys_reply_body(reply, &len);
-    count(f->gw, f->up, dsys_reply_status(reply) < 400);
-    edge_finish(f->gw, &tmp.e, dsys_reply_status(reply), dsys_reply_header(reply, "Content-Type"),
-                &reply->hdrs, b, len);
-    dsys_respond(f->req, dsys_reply_status(reply), dsys_reply_header(reply, "Content-Type"), b, len);
-  }
-  free(tmp.e.idem_key);
-  dsys_reply_free(reply);
-  free(f->hdrs);
-  free(f->xff);
-  free(f->ident);
-  free(f);
-}
-
-static void proxy_fallback(dsys_gateway *gw, gw_upstream *up, dsys_request *req, edge *e) {
-  fb *f = calloc(1, sizeof *f);
-  size_t n = dsys_request_header_count(req);
-  dsys_header *h = f ? calloc(n + 5, sizeof *h) : NULL;
-  if (!h) {
-    free(f);
+/* Hand the request to dsys_upstream: it picks, sends (the event loop's
+ * HTTP/1.1 dialer or libcurl), reports and retries; px_done answers. */
+static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
+  px *p = dsysi_loop_cache_get(&px_key);
+  if (!p) p = malloc(sizeof *p);
+  if (!p) {
     edge_finish(gw, e, 500, NULL, NULL, NULL, 0);
-    free(e->idem_key);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
     return;
   }
-  f->e = *e;
-  f->gw = gw;
-  f->up = up;
-  f->req = req;
-  f->hdrs = h;
-  const char *xff = NULL;
-  for (size_t i = 0; i < n; i++) {
-    const char *name, *value;
-    dsys_request_header_at(req, i, &name, &value);
-    int cls = dsysi_header_class(name);
-    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT ||
-        cls == DSYSI_HDR_USER_ID || dsysi_streq_nocase(name, "host"))
-      continue;
-    if (cls == DSYSI_HDR_FORWARDED_FOR) {
-      xff = value;
-      continue;
-    }
-    h[f->nh].name = name;
-    h[f->nh++].value = value;
-  }
-  dsysi_buf xb = {0};
-  if (xff) dsysi_buf_printf(&xb, "%s, %s", xff, dsys_request_remote_addr(req));
-  else dsysi_buf_puts(&xb, dsys_request_remote_addr(req));
-  f->xff = dsysi_buf_steal(&xb, NULL);
-  h[f->nh].name = "X-Forwarded-For";
-  h[f->nh++].value = f->xff ? f->xff : "";
-  h[f->nh].name = "X-Request-Id";
-  h[f->nh++].value = dsys_request_id(req);
-  h[f->nh].name = "traceparent";
-  h[f->nh++].value = dsys_request_traceparent(req);
-  if (f->e.user[0]) {
-    h[f->nh].name = "X-Dsys-User-Id";
-    h[f->nh++].value = f->e.user;
-  }
-  if (gw->o.identity && (f->ident = dsysi_strdup(dsysi_identity_current(gw->o.identity)))) {
-    h[f->nh].name = DSYS_IDENTITY_HEADER;
-    h[f->nh++].value = f->ident;
+  p->e = *e;
+  p->gw = gw;
+  p->up = rt->up;
+  p->req = req;
+  p->streaming = 0;
+  dsys_request_defer(req);
+  if (dsysi_fwd_request(&p->fwd, req, p->e.user, dsysi_identity_current(gw->o.identity))) {
+    respond_unavailable(p, 500, "Out of memory");
+    px_free(p);
+    return;
   }
   size_t blen;
   const void *body = dsys_request_body(req, &blen);
   dsys_call call = {.size = sizeof call, .method = dsys_request_method(req),
-                    .path = f->e.target, .headers = h, .nheaders = f->nh,
+                    .path = p->e.target, .headers = p->fwd.h, .nheaders = p->fwd.n,
                     .body = body, .body_len = blen};
-  dsys_request_defer(req);
-  int rc = dsys_upstream_send(up->u, &call, fb_done, f);
-  if (rc) fb_done(rc, NULL, NULL, f);
+  dsysi_usend o = {.on_head = px_head, .on_body = px_body,
+                   .on_pick = dsysi_request_log_wanted(req) ? px_pick : NULL,
+                   .max_response = gw->o.max_response, .borrow = 1, .checked = 1};
+  int rc = dsysi_upstream_send(rt->up->u, &call, &o, px_done, p);
+  if (rc) px_done(rc, NULL, NULL, p);
 }
 
 /* ---- the edge: checks before a request is proxied ---- */
@@ -769,7 +422,7 @@ static void edge_finish(dsys_gateway *gw, edge *e, int status, const char *ctype
   } else {
     dsysi_buf hb = {0};
     for (size_t i = 0; i < h->n; i++) {
-      if (skip_resp_header(e, h->v[i].name)) continue;
+      if (!dsysi_fwd_response_header(h->v[i].name, drop_cors(e))) continue;
       dsysi_buf_append(&hb, h->v[i].name, strlen(h->v[i].name) + 1);
       dsysi_buf_append(&hb, h->v[i].value, strlen(h->v[i].value) + 1);
     }
@@ -1068,31 +721,7 @@ static void h_proxy(dsys_request *req, void *ud) {
   if (have_tight) put_rl_headers(req, &tight);
   if (idempotency(gw, req, rt, &e)) return;
 
-  dsysi_h1pool *pool = loop_pool(gw);
-  dsys_retry_request(dsys_upstream_retry(rt->up->u));
-  if (!pool || rt->up->tls) {
-    proxy_fallback(gw, rt->up, req, &e);
-    return;
-  }
-  px *p = px_new(tl_pool && tl_pool->pool == pool ? tl_pool : NULL);
-  if (!p) {
-    edge_finish(gw, &e, 500, NULL, NULL, NULL, 0);
-    dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
-    return;
-  }
-  p->e = e;
-  p->gw = gw;
-  p->up = rt->up;
-  p->req = req;
-  p->pool = pool;
-  p->start_ms = dsys_clock_now_ms(gw->o.clock);
-  dsys_request_defer(req);
-  if (build_head(p)) {
-    respond_unavailable(p, 500, "Out of memory");
-    px_free(p);
-    return;
-  }
-  attempt(p);
+  proxy(gw, rt, req, &e);
 }
 
 /* ---- local routes ---- */
@@ -1292,15 +921,6 @@ int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv) {
 
 void dsys_gateway_free(dsys_gateway *gw) {
   if (!gw) return;
-  /* Each pool was freed with its loop when the server stopped; a pool
-   * whose loop still exists means the server is still up (a usage error:
-   * leak the pool rather than free it under a running loop). */
-  while (gw->pools) {
-    gw_pool *p = gw->pools;
-    gw->pools = p->next;
-    if (p->pool) dsysi_log(DSYS_LOG_ERROR, "gateway", "freed while its server still runs");
-    else free(p);
-  }
   for (size_t i = 0; i < gw->nroutes; i++) {
     free(gw->routes[i].prefix);
     for (size_t k = 0; k < gw->routes[i].norigins; k++) free(gw->routes[i].origins[k]);
@@ -1316,7 +936,6 @@ void dsys_gateway_free(dsys_gateway *gw) {
   }
   dsys_client_free(gw->tls_client); /* after the upstreams that used it */
   for (int i = 0; i < 3; i++) free(gw->upstream_tls[i]);
-  pthread_mutex_destroy(&gw->mu);
   free(gw->name);
   free(gw);
 }

@@ -2,10 +2,12 @@
  * dsys_client: the transport-independent part of the client (call setup,
  * completion exactly once, sync over async, replies, classification).
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "core/plugin.h"
+#include "transport/evloop.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
@@ -129,20 +131,31 @@ static int is_token(const char *s) {
   return 1;
 }
 
+int dsysi_call_norm(const dsys_call *in, dsys_call *d, int check) {
+  if (!in || (in->nheaders && !in->headers) || (in->body_len && !in->body))
+    return DSYS_EINVAL;
+  memset(d, 0, sizeof *d);
+  memcpy(d, in, in->size && in->size < sizeof *d ? in->size : sizeof *d);
+  d->size = sizeof *d;
+  if (!d->method) d->method = "GET";
+  if (!d->path) d->path = "/";
+  if (!check) return 0;
+  /* no fragment: it is not sent (libcurl drops it, a server refuses it) */
+  if (!is_token(d->method) || d->path[0] != '/' || strpbrk(d->path, " \r\n#"))
+    return DSYS_EINVAL;
+  for (size_t i = 0; i < d->nheaders; i++) {
+    const dsys_header *h = &d->headers[i];
+    if (!is_token(h->name) || !h->value || !dsysi_header_ok(h->value)) return DSYS_EINVAL;
+  }
+  return 0;
+}
+
 /* Copy a dsys_call into a pending call. */
 static int make_call(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
                      void *ud, dsysi_call **out) {
-  if (!c || !in || !in->url || !cb || (!in->body && in->body_len) ||
-      (in->nheaders && !in->headers))
-    return DSYS_EINVAL;
-  dsys_call d = {0};
-  size_t n = in->size && in->size < sizeof d ? in->size : sizeof d;
-  memcpy(&d, in, n);
-  const char *method = d.method ? d.method : "GET";
-  const char *path = d.path ? d.path : "/";
-  /* no fragment: it is not sent (libcurl drops it, a server refuses it) */
-  if (!is_token(method) || path[0] != '/' || strpbrk(path, " \r\n#"))
-    return DSYS_EINVAL;
+  dsys_call d;
+  if (!c || !in || !in->url || !cb || dsysi_call_norm(in, &d, 1)) return DSYS_EINVAL;
+  const char *method = d.method, *path = d.path;
   const dsysi_dialer_ops *ops = dsysi_dialer_find(d.url);
   if (!ops) return dsysi_url_check(d.url); /* which error: no scheme or unknown */
   dsysi_call *call = calloc(1, sizeof *call);
@@ -159,11 +172,7 @@ static int make_call(dsys_client *c, const dsys_call *in, dsys_reply_fn cb,
   call->body_len = d.body_len;
   for (size_t i = 0; !rc && i < d.nheaders; i++) {
     const dsys_header *h = &d.headers[i];
-    if (!is_token(h->name) || !h->value || !dsysi_header_ok(h->value))
-      rc = DSYS_EINVAL;
-    else
-      rc = dsysi_hdrs_add(&call->hdrs, h->name, strlen(h->name), h->value,
-                          strlen(h->value));
+    rc = dsysi_hdrs_add(&call->hdrs, h->name, strlen(h->name), h->value, strlen(h->value));
   }
   if (rc) {
     call_free(call);
@@ -272,10 +281,29 @@ int dsys_client_do(dsys_client *c, const dsys_call *in, dsys_reply **out) {
 
 /* ---- replies ---- */
 
+static int reply_key; /* replies kept per event loop (the gateway's) */
+
 dsys_reply *dsysi_reply_new(int status) {
-  dsys_reply *r = calloc(1, sizeof *r);
-  if (r) r->status = status;
+  dsys_reply *r = dsysi_loop_cache_get(&reply_key);
+  if (!r) r = malloc(sizeof *r);
+  if (!r) return NULL;
+  memset(r, 0, offsetof(dsys_reply, ar_mem));
+  r->status = status;
+  dsysi_arena_init(&r->ar, r->ar_mem, sizeof r->ar_mem);
+  r->hdrs.ar = &r->ar;
   return r;
+}
+
+const char *dsysi_reply_ctype(const dsys_reply *r) {
+  return r->ctype ? r->ctype : dsysi_hdrs_get(&r->hdrs, "Content-Type");
+}
+
+char *dsysi_reply_take_body(dsys_reply *r, size_t *len) {
+  char *b = r->body ? r->body : calloc(1, 1);
+  *len = r->body ? r->body_len : 0;
+  r->body = NULL;
+  r->body_len = 0;
+  return b;
 }
 
 int dsys_reply_status(const dsys_reply *r) { return r ? r->status : 0; }
@@ -302,8 +330,9 @@ int dsys_reply_header_at(const dsys_reply *r, size_t i, const char **name,
 void dsys_reply_free(dsys_reply *r) {
   if (!r) return;
   dsysi_hdrs_free(&r->hdrs);
+  dsysi_arena_free(&r->ar);
   free(r->body);
-  free(r);
+  if (dsysi_loop_cache_put(&reply_key, r, 256, free)) free(r);
 }
 
 dsys_outcome dsys_classify(int err, int status) {

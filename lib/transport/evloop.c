@@ -25,6 +25,16 @@ typedef struct posted {
   struct posted *next;
 } posted;
 
+/* A kind's cached objects (dsysi_loop_cache): a list through each
+ * object's first word. */
+typedef struct lcache {
+  void *head;
+  unsigned n;
+  void (*dtor)(void *);
+} lcache;
+
+#define MAX_KINDS 8
+
 struct dsysi_loop {
   int ep;
   int wake_fd;
@@ -42,7 +52,18 @@ struct dsysi_loop {
   dsysi_timeout_fn timeout;
   void *tick_ud;
   posted *on_free;
+  struct llocal *locals; /* dsysi_loop_local blocks, newest first */
+  lcache caches[MAX_KINDS]; /* dsysi_loop_cache, by kind slot (0: none) */
 };
+
+static _Thread_local dsysi_loop *tl_current; /* the loop this thread runs */
+
+typedef struct llocal {
+  const void *key;
+  dsysi_loop_fn fini;
+  struct llocal *next;
+  _Alignas(16) char blk[]; /* the module's state */
+} llocal;
 
 int64_t dsysi_loop_now_us(void) {
   struct timespec ts;
@@ -88,8 +109,73 @@ int dsysi_loop_on_free(dsysi_loop *l, dsysi_loop_fn fn, void *ud) {
   return 0;
 }
 
+void *dsysi_loop_local(dsysi_loop *l, const void *key, size_t size,
+                       dsysi_loop_fn fini) {
+  if (!l) return NULL;
+  for (llocal *x = l->locals; x; x = x->next)
+    if (x->key == key) return x->blk;
+  llocal *x = calloc(1, sizeof *x + size);
+  if (!x) return NULL;
+  x->key = key;
+  x->fini = fini;
+  x->next = l->locals;
+  l->locals = x;
+  return x->blk;
+}
+
+static atomic_int n_kinds; /* cache kinds given a slot so far */
+
+/* The slot of a kind: given on first use, the same in every loop. */
+static int kind_slot(int *kind) {
+  int k = atomic_load_explicit((atomic_int *)kind, memory_order_relaxed);
+  if (k) return k;
+  int want = atomic_fetch_add(&n_kinds, 1) + 1, zero = 0;
+  if (want >= MAX_KINDS) return 0; /* no room: never cached */
+  if (!atomic_compare_exchange_strong((atomic_int *)kind, &zero, want)) return zero;
+  return want;
+}
+
+void *dsysi_loop_cache_get(int *kind) {
+  dsysi_loop *l = tl_current;
+  int k = l ? kind_slot(kind) : 0;
+  if (!k || !l->caches[k].head) return NULL;
+  lcache *c = &l->caches[k];
+  void *o = c->head;
+  c->head = *(void **)o;
+  c->n--;
+  return o;
+}
+
+int dsysi_loop_cache_put(int *kind, void *obj, unsigned max, void (*dtor)(void *)) {
+  dsysi_loop *l = tl_current;
+  int k = l ? kind_slot(kind) : 0;
+  if (!k || l->caches[k].n >= max) return -1;
+  lcache *c = &l->caches[k];
+  c->dtor = dtor;
+  *(void **)obj = c->head;
+  c->head = obj;
+  c->n++;
+  return 0;
+}
+
 void dsysi_loop_free(dsysi_loop *l) {
   if (!l) return;
+  /* Modules' per-loop state first, newest first: a dialer's exchanges end
+   * (their completions may still use older blocks). */
+  while (l->locals) {
+    llocal *x = l->locals;
+    l->locals = x->next;
+    if (x->fini) x->fini(l, x->blk);
+    free(x);
+  }
+  for (int k = 1; k < MAX_KINDS; k++) {
+    lcache *c = &l->caches[k];
+    while (c->head) {
+      void *o = c->head;
+      c->head = *(void **)o;
+      c->dtor(o);
+    }
+  }
   while (l->on_free) {
     posted *p = l->on_free;
     l->on_free = p->next;
@@ -211,7 +297,6 @@ void dsysi_loop_stop(dsysi_loop *l) {
   (void)w;
 }
 
-static _Thread_local dsysi_loop *tl_current;
 
 dsysi_loop *dsysi_loop_current(void) { return tl_current; }
 

@@ -8,6 +8,7 @@
 #ifndef DSYSI_EVLOOP_H
 #define DSYSI_EVLOOP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct dsysi_loop dsysi_loop;
@@ -57,6 +58,32 @@ void dsysi_loop_stop(dsysi_loop *l);
  *  that per-loop state built by users can be torn down while the loop is
  *  still valid. Hooks run in reverse order of registration. */
 int dsysi_loop_on_free(dsysi_loop *l, dsysi_loop_fn fn, void *ud);
+
+/**
+ * Per-loop state of a module, found by key (the address of something of
+ * the module's): a zeroed block of size bytes made on first use. When the
+ * loop is freed (after its thread stopped; before the dsysi_loop_on_free
+ * hooks) fini(l, block) runs, newest block first, then the block is freed.
+ * Loop thread only (and l's freeing thread for fini). NULL: out of memory.
+ */
+void *dsysi_loop_local(dsysi_loop *l, const void *key, size_t size,
+                       dsysi_loop_fn fini);
+
+/**
+ * Per-loop caches of finished objects, one per kind, so that a hot path
+ * reuses memory that stays in its thread instead of a malloc and a free
+ * per request (glibc's per-thread cache keeps 7 chunks of a size: a burst
+ * of finished requests goes past it, and objects over 1 KiB never enter
+ * it). kind: a static int of the module, zero at start (given a slot on
+ * first use; at most 7 kinds). get: a cached object (contents as left,
+ * its first word overwritten) or NULL (empty, or not on a loop thread).
+ * put: keeps obj when fewer than max are kept (0), else the caller frees
+ * it (-1); objects still kept when the loop is freed go to dtor. The
+ * calling thread's loop only.
+ */
+void *dsysi_loop_cache_get(int *kind);
+int dsysi_loop_cache_put(int *kind, void *obj, unsigned max,
+                         void (*dtor)(void *));
 
 /** The loop running on the calling thread, or NULL. */
 dsysi_loop *dsysi_loop_current(void);

@@ -1,6 +1,8 @@
 /* Header lists shared by requests, replies and the HTTP/1.1 parser. */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <distsys/identity.h>
 #include "transport/transport.h"
 
 /* ---- arena ---- */
@@ -164,3 +166,66 @@ int dsysi_header_class(const char *name) {
 
 int dsysi_header_is_hop(const char *name) { return dsysi_header_class(name) == DSYSI_HDR_HOP; }
 
+
+/* ---- what a proxy forwards: the one policy ---- */
+
+int dsysi_fwd_request(dsysi_fwd *f, dsys_request *req, const char *user,
+                      const char *ident) {
+  size_t n = req->hdrs.n;
+  f->n = 0;
+  f->idem_key = 0;
+  f->xff = f->ident = NULL;
+  /* the client's headers plus the five we may add */
+  f->h = n + 5 <= sizeof f->inl / sizeof f->inl[0] ? f->inl : malloc((n + 5) * sizeof *f->h);
+  if (!f->h) return DSYS_ENOMEM;
+  const char *xff = NULL;
+  for (size_t i = 0; i < n; i++) {
+    const char *name = req->hdrs.v[i].name, *value = req->hdrs.v[i].value;
+    int cls = dsysi_header_class(name);
+    if (cls == DSYSI_HDR_HOP || cls == DSYSI_HDR_REQUEST_ID || cls == DSYSI_HDR_TRACEPARENT ||
+        cls == DSYSI_HDR_USER_ID)
+      continue;
+    if (cls == DSYSI_HDR_FORWARDED_FOR) {
+      xff = value;
+      continue;
+    }
+    if (cls == DSYSI_HDR_IDEMPOTENCY_KEY) f->idem_key = 1;
+    f->h[f->n++] = (dsys_header){name, value};
+  }
+  /* X-Forwarded-For: the client's list, then the TCP peer */
+  const char *ra = dsys_request_remote_addr(req);
+  size_t xl = xff ? strlen(xff) : 0, rl = strlen(ra);
+  char *x = xl + 2 + rl < sizeof f->xff_inl ? f->xff_inl : (f->xff = malloc(xl + 2 + rl + 1));
+  if (!x) return DSYS_ENOMEM;
+  if (xff) {
+    memcpy(x, xff, xl);
+    memcpy(x + xl, ", ", 2);
+    xl += 2;
+  }
+  memcpy(x + xl, ra, rl + 1);
+  f->h[f->n++] = (dsys_header){"X-Forwarded-For", x};
+  f->h[f->n++] = (dsys_header){"X-Request-Id", dsys_request_id(req)};
+  f->h[f->n++] = (dsys_header){"traceparent", dsys_request_traceparent(req)};
+  if (user && *user) f->h[f->n++] = (dsys_header){"X-Dsys-User-Id", user};
+  if (ident) {
+    /* a copy: a credential file may rotate while the call waits */
+    if (!(f->ident = dsysi_strdup(ident))) return DSYS_ENOMEM;
+    f->h[f->n++] = (dsys_header){DSYS_IDENTITY_HEADER, f->ident};
+  }
+  return 0;
+}
+
+void dsysi_fwd_free(dsysi_fwd *f) {
+  if (f->h != f->inl) free(f->h);
+  free(f->xff);
+  free(f->ident);
+  f->h = NULL;
+  f->xff = f->ident = NULL;
+  f->n = 0;
+}
+
+int dsysi_fwd_response_header(const char *name, int drop_cors) {
+  int cls = dsysi_header_class(name);
+  return cls != DSYSI_HDR_HOP && cls != DSYSI_HDR_CONTENT_TYPE && cls != DSYSI_HDR_REQUEST_ID &&
+         cls != DSYSI_HDR_DATE && !(drop_cors && !strncasecmp(name, "access-control-", 15));
+}

@@ -76,6 +76,41 @@ int dsysi_header_class(const char *name);
 /** Hop-by-hop headers that a transport sets itself. */
 int dsysi_header_is_hop(const char *name);
 
+/* ---- what a proxy forwards (the gateway, every path) ---- */
+typedef struct dsysi_fwd {
+  dsys_header *h; /* the request headers to send upstream, in order */
+  size_t n;
+  int idem_key;   /* the client sent an Idempotency-Key */
+  /* private */
+  char *xff, *ident;
+  dsys_header inl[24];
+  char xff_inl[64];
+} dsysi_fwd;
+
+/**
+ * The one header-forwarding policy, request side: fills f with the
+ * headers a proxy sends upstream for req. Dropped: hop-by-hop headers
+ * (Connection, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding,
+ * Upgrade; Content-Length, which the dialer recomputes), the client's
+ * X-Request-Id and traceparent (replaced), X-Forwarded-For (extended) and
+ * X-Dsys-User-Id / X-Dsys-Identity (a client cannot forge them). Host and
+ * everything else pass as they came. Added: X-Forwarded-For (the client's
+ * list, then the peer address), X-Request-Id (req's id), traceparent
+ * (req's trace id, its new span), X-Dsys-User-Id when user is not empty,
+ * X-Dsys-Identity: ident (copied) when ident is set.
+ * Names and values point into req, user, or f: valid while they live.
+ * @return 0 or DSYS_ENOMEM; call dsysi_fwd_free in both cases.
+ */
+int dsysi_fwd_request(dsysi_fwd *f, dsys_request *req, const char *user,
+                      const char *ident);
+void dsysi_fwd_free(dsysi_fwd *f);
+/** The response side: nonzero when an upstream response header goes back
+ *  to the client. Not: hop-by-hop ones, Content-Type (passed on as the
+ *  response's type), X-Request-Id (the server sets the request's), Date
+ *  (regenerated), and with drop_cors any Access-Control-* (a route whose
+ *  CORS answers the gateway gives itself). */
+int dsysi_fwd_response_header(const char *name, int drop_cors);
+
 /* ---- request ---- */
 enum dsysi_rq_state {
   DSYSI_RQ_NEW = 0,   /* in the handler, nothing decided */
@@ -255,17 +290,36 @@ struct dsysi_call {
 
 struct dsys_reply {
   int status;
-  dsysi_hdrs hdrs;
+  dsysi_hdrs hdrs; /* in ar */
+  const char *ctype; /* Content-Type in hdrs when the dialer noted it (else
+                        NULL: look it up; see dsysi_reply_ctype) */
   char *body;
   size_t body_len;
+  /* The headers live here (no malloc per header); a typical reply's fit
+   * in ar_mem, and the whole object stays within glibc's per-thread
+   * cache. */
+  dsysi_arena ar;
+  _Alignas(void *) char ar_mem[448];
 };
+
+/** Copy a caller's call into *d with the defaults applied (method GET,
+ *  path "/"; size-aware) and, with check, check it: method a token, path
+ *  starting with '/' without space, CR, LF or '#', header names tokens,
+ *  values without CR or LF. Pointers still point into the caller's
+ *  memory. @return 0 or DSYS_EINVAL. */
+int dsysi_call_norm(const dsys_call *in, dsys_call *d, int check);
 
 /** Complete a call exactly once: runs the callback (or drops the reply if
  *  it already completed). Takes ownership of reply. */
 void dsysi_call_complete(dsysi_call *call, int err, dsys_reply *reply);
 void dsysi_call_unref(dsysi_call *call);
-/** Build a reply: copies nothing, takes ownership of body (may be NULL). */
+/** An empty reply (no body; headers go to its arena). */
 dsys_reply *dsysi_reply_new(int status);
+/** The reply's Content-Type, or NULL. */
+const char *dsysi_reply_ctype(const dsys_reply *r);
+/** Take the body out of a reply (malloc'd, NUL after len bytes; the
+ *  reply keeps an empty one). NULL when out of memory. */
+char *dsysi_reply_take_body(dsys_reply *r, size_t *len);
 
 /* ---- the plugin families: listeners and dialers ---- */
 /* A transport is a listener (the server side of a scheme) and a dialer

@@ -36,3 +36,13 @@ int test_connect_timeout(const char *url, int recv_timeout_s) {
   if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   return fd;
 }
+
+int test_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof sa;
+  int ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+           getsockname(fd, (struct sockaddr *)&sa, &sl) == 0;
+  if (fd >= 0) close(fd);
+  return ok ? ntohs(sa.sin_port) : 0;
+}

@@ -15,4 +15,8 @@ int test_connect_fd(int fd, const char *url);
 /** As test_connect, with receives bounded by recv_timeout_s seconds. */
 int test_connect_timeout(const char *url, int recv_timeout_s);
 
+/** A port on 127.0.0.1 that was free a moment ago (bound, read, closed):
+ *  a connect to it is refused. 0 on failure. */
+int test_free_port(void);
+
 #endif

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "net.h"
 #include "tap.h"
 #include "transport/h1client.h"
 
@@ -189,14 +190,9 @@ int main(void) {
   }
 
   /* refused: a port nobody listens on */
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  bind(fd, (struct sockaddr *)&sa, sizeof sa);
-  socklen_t sl = sizeof sa;
-  getsockname(fd, (struct sockaddr *)&sa, &sl);
-  close(fd);
   char dead[64];
-  snprintf(dead, sizeof dead, "http://127.0.0.1:%d", ntohs(sa.sin_port));
+  snprintf(dead, sizeof dead, "http://127.0.0.1:%d", test_free_port());
+  socklen_t sl;
   is_int(run(&c, dead, get, NULL, 0), DSYS_ECONNREFUSED, "refused connection");
   is_int(c.r.sent, 0, "nothing was sent");
 

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "net.h"
 #include "tap.h"
 
 static dsys_clock *rc_;
@@ -233,14 +234,7 @@ static void on_chunk(const void *data, size_t len, void *ud) {
 
 static int refused_url(const char *name, char *buf, size_t n, const char *tmpdir) {
   if (!strcmp(name, "http") || !strcmp(name, "https")) {
-    /* A port that was free a moment ago: bind, read it, close. */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    bind(fd, (struct sockaddr *)&sa, sizeof sa);
-    socklen_t sl = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &sl);
-    close(fd);
-    snprintf(buf, n, "%s://127.0.0.1:%d", name, ntohs(sa.sin_port));
+    snprintf(buf, n, "%s://127.0.0.1:%d", name, test_free_port());
   } else if (!strcmp(name, "unix")) {
     snprintf(buf, n, "unix://%s/nobody.sock", tmpdir);
   } else {
