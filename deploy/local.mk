@@ -58,7 +58,9 @@ man: $(DAEMON_MANS) $(TOOL_MANS)
 # distsys-daemons, python3-distsys) from the release tree (make distdir),
 # built by dpkg-buildpackage in deb/, then lintian. DEB_BUILD_OPTIONS=nocheck
 # skips make check inside the package build.
-EXTRA_DIST += debian
+# The release tree carries the packaging and the Python package (which
+# python3-distsys installs and tests/python.test runs).
+EXTRA_DIST += debian bindings/python
 deb: distdir
 	rm -rf deb && $(MKDIR_P) deb && mv $(distdir) deb/
 	cd deb/$(distdir) && dpkg-buildpackage -us -uc -b
