@@ -1,7 +1,7 @@
 /*
  * echo-service: the smallest complete libdistsys service.
  *
- *   echo-service [--listen URL] [--log-format text|json]
+ *   echo-service [--listen URL] [--log-format text|json|journal]
  *
  * Routes: GET /health, POST /echo (answers the body back as
  * {"echo": <body as a string>, "requestId": ...}), GET /hello/:name.
@@ -15,7 +15,7 @@
 
 static const dsys_option opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, "http://127.0.0.1:8080", "where to listen (http://, unix://)"},
-    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
+    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text, json or journal"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
 };

@@ -10,7 +10,7 @@ libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
 	tests/helpers/net.c tests/helpers/net.h
 
 C_TESTS = \
-	tests/core/test-core tests/core/test-plugin \
+	tests/core/test-core tests/core/test-plugin tests/core/test-log \
 	tests/security/test-identity \
 	tests/transport/test-transport tests/transport/test-h1 \
 	tests/transport/test-h1client tests/transport/test-http-stop \
@@ -24,7 +24,7 @@ C_TESTS = \
 	tests/services/test-data tests/services/test-auth tests/services/test-compute \
 	tests/services/test-gateway tests/services/test-gateway-edge \
 	tests/services/test-registry-service tests/services/test-faultd \
-	tests/services/test-streams \
+	tests/services/test-streams tests/services/test-daemon-reload \
 	tests/integration/test-cluster \
 	tests/tools/test-loadtest-hist
 
@@ -34,6 +34,7 @@ FUZZ_CHECKS = tests/fuzz/fuzz-h1-check tests/fuzz/fuzz-router-check tests/fuzz/f
 
 SCRIPT_TESTS = \
 	tests/headers.test tests/docs.test tests/layers.test tests/python.test \
+	tests/man.test tests/symbols.test \
 	tests/state/example-queue-worker.test tests/state/example-toy-store.test \
 	tests/integration/echo-service.test tests/integration/upstream-client.test \
 	tests/integration/services.test tests/integration/registryd.test \
@@ -43,6 +44,7 @@ SCRIPT_TESTS = \
 	tests/integration/gatewayd-static.test tests/integration/cluster-config.test \
 	tests/integration/cluster-secure.test tests/integration/mtls.test \
 	tests/integration/cli.test tests/integration/http-api.test tests/integration/storage.test \
+	tests/integration/systemd.test tests/integration/daemon-signals.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 

@@ -196,6 +196,12 @@ typedef void (*dsys_daemon_unmount_fn)(dsys_daemon *d, void *ud);
  *  from the common flags). Allocate nothing. Return 0; DSYS_EINVAL for a
  *  flag value it refuses (say why on stderr: exit 2); other nonzero: exit 1. */
 typedef int (*dsys_daemon_prepare_fn)(dsys_daemon *d, dsys_server_options *so, void *ud);
+/** Reload callback: the daemon got SIGHUP (systemctl reload). Runs on the
+ *  thread of dsys_daemon_main() while the service keeps serving: reread
+ *  what can change without a restart (files the daemon reads, reopen its
+ *  own log files). Return 0; nonzero is logged as an error and the daemon
+ *  keeps running with what it had. */
+typedef int (*dsys_daemon_reload_fn)(dsys_daemon *d, void *ud);
 
 /** dsys_daemon_spec.without: common flags a daemon does not take. */
 #define DSYS_DAEMON_NO_REGISTRY 0x1u       /**< --registry */
@@ -240,6 +246,7 @@ typedef struct dsys_daemon_spec {
                                     required on every route; the mount
                                     applies dsys_daemon_identity_verifier()
                                     itself (the registry: writes only) */
+  dsys_daemon_reload_fn reload; /**< may be NULL: called on SIGHUP */
 } dsys_daemon_spec;
 
 /**
@@ -254,8 +261,11 @@ typedef struct dsys_daemon_spec {
  * service_type and --registry, register the instance ({serviceId:
  * <name>-<port>, serviceType, url, name, metadata: {port, host}}),
  * heartbeat every 10 s and re-register when the registry forgot it
- * (dsys_registration); wait for SIGINT or SIGTERM; deregister, call drain,
- * stop taking requests and drain in-flight ones (5 s), call unmount, close.
+ * (dsys_registration); tell systemd READY=1 (sd_notify(3): a no-op
+ * without NOTIFY_SOCKET); wait for SIGINT or SIGTERM; on SIGHUP log
+ * "reload requested", call spec->reload and keep running; on a stop
+ * signal tell systemd STOPPING=1, deregister, call drain, stop taking
+ * requests and drain in-flight ones (5 s), call unmount, close.
  * Every daemon serves GET /metrics (dsys_daemon_metrics()).
  * TLS: --tls-cert/--tls-key serve an https:// --listen, --tls-client-ca
  * requires client certificates (mutual TLS), --peer-ca/--peer-cert/
@@ -265,8 +275,8 @@ typedef struct dsys_daemon_spec {
  * --identity-public-key makes the daemon refuse callers without a valid
  * token (401) on every route but GET /health, /ready, /metrics and
  * /api/<type>/health (unless spec->own_identity_check).
- * Blocks SIGINT and SIGTERM in the calling thread (call it from main
- * before starting any thread).
+ * Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (call it from
+ * main before starting any thread).
  * @return the process exit status: 0 (clean stop, --help, --version),
  *         1 (start-up failure), 2 (bad flags or flag values).
  */

@@ -543,7 +543,7 @@ int dsys_program_start(dsys_config **out, const dsys_option *opts, size_t nopts,
     dsys_log_level lvl;
     if (has_opt(opts, nopts, "log-format") && (v = dsys_config_get(cfg, "log-format"))) {
       if (dsys_log_format_parse(v, &fmt)) {
-        fprintf(stderr, "%.*s: --log-format must be text or json, got '%s'\n", plen, prog, v);
+        fprintf(stderr, "%.*s: --log-format must be text, json or journal, got '%s'\n", plen, prog, v);
         status = 2;
       } else {
         dsys_log_set_format(fmt);

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <systemd/sd-daemon.h>
 #include <distsys/log.h>
 #include <distsys/metrics.h>
 #include <distsys/registration.h>
@@ -116,7 +118,9 @@ static const dsys_option common_opts[] = {
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
      "registry to register with: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
     {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "instance name (logs, /health)"},
-    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text", "text or json"},
+    {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text",
+     "text, json or journal (text with sd-daemon priority prefixes; they are "
+     "added anyway when stderr is the journal)"},
     {"log-level", "DSYS_LOG_LEVEL", DSYS_OPT_STRING, "info",
      "debug, info, warn, error or off"},
     {"access-log", "DSYS_ACCESS_LOG", DSYS_OPT_BOOL, "false",
@@ -281,6 +285,25 @@ static int run(dsys_daemon *d, const char *prog) {
   return 0;
 }
 
+/* SIGHUP: the daemon keeps running. The shell has no log file of its own
+ * to reopen (the log goes to stderr: the journal under systemd); the
+ * daemon's reload hook rereads what it can. */
+static void reload(dsys_daemon *d) {
+  const char *name = dsys_config_get(d->cfg, "name");
+  /* MONOTONIC_USEC: what Type=notify-reload (systemd 253) expects with it */
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+             (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000);
+  dsysi_log(DSYS_LOG_INFO, name,
+            "SIGHUP: reload requested (no log file to reopen: the log goes to stderr)%s",
+            d->spec.reload ? "" : "; this daemon has nothing to reload");
+  int rc = d->spec.reload ? d->spec.reload(d, d->spec.ud) : 0;
+  if (rc) dsysi_log(DSYS_LOG_ERROR, name, "reload failed (%s): still running as before",
+                    dsys_strerror(rc));
+  sd_notifyf(0, "READY=1\nSTATUS=serving on %s", dsys_server_url(d->srv, 0));
+}
+
 /* The caller's spec in this version's layout: fields past its size read
  * as zero (append-only). */
 static void copy_spec(dsys_daemon_spec *to, const dsys_daemon_spec *sp) {
@@ -306,19 +329,24 @@ int dsys_daemon_main(const dsys_daemon_spec *spec, int argc, char *const *argv) 
   }
   if ((status = dsys_program_positionals(d.cfg, prog, 0))) goto done;
 
-  /* Block the stop signals before any library thread starts; wait for
-   * them synchronously below. */
+  /* Block the stop and reload signals before any library thread starts;
+   * wait for them synchronously below. */
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
   const char *name = dsys_config_get(d.cfg, "name");
   status = run(&d, prog);
   if (!status) {
+    /* systemd (Type=notify): listening and registration started. Without
+     * NOTIFY_SOCKET sd_notify does nothing. */
+    sd_notifyf(0, "READY=1\nSTATUS=serving on %s", dsys_server_url(d.srv, 0));
     int sig = 0;
-    sigwait(&set, &sig);
+    while (!sigwait(&set, &sig) && sig == SIGHUP) reload(&d);
+    sd_notify(0, "STOPPING=1\nSTATUS=stopping: deregistering and draining");
     dsysi_log(DSYS_LOG_INFO, name, "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     /* Deregister first so balancers stop sending new requests, then end
      * what would hold the drain (long polls, streams), then stop taking
