@@ -169,9 +169,11 @@ static int cmd_deregister(dsys_registry *r, const char *id) {
   int rc = dsys_registry_deregister(r, id);
   if (rc) {
     char what[600];
-    const char *detail = dsys_registry_errmsg(r);
-    snprintf(what, sizeof what, "deregister %s%s%s", id, detail && *detail ? " - " : "",
-             detail ? detail : "");
+    /* the handle's detail says more than the code, e.g. why a daemon
+     * refused (not for an unknown id: the code says it all) */
+    const char *detail = rc == DSYS_ENOTFOUND ? NULL : dsys_registry_errmsg(r);
+    snprintf(what, sizeof what, "deregister %s%s%s%s", id, detail && *detail ? " (" : "",
+             detail && *detail ? detail : "", detail && *detail ? ")" : "");
     return cli_error(PROG, what, rc);
   }
   if (json_out) {
