@@ -25,3 +25,10 @@ daemons_dsys_cluster_LDADD = libdistsys.la
 tools_dsys_loadtest_SOURCES = tools/dsys-loadtest.c tools/loadtest-hist.c tools/loadtest-hist.h
 tools_dsys_loadtest_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS)
 tools_dsys_loadtest_LDADD = libdistsys.la $(CURL_LIBS) -lm
+# dsys-queue and dsys-registry: operator tools over the public queue and
+# registry APIs. See docs/reference/queue.md and registry-service.md.
+bin_PROGRAMS += tools/dsys-queue tools/dsys-registry
+tools_dsys_queue_SOURCES = tools/dsys-queue.c tools/cli-util.c tools/cli-util.h
+tools_dsys_queue_LDADD = libdistsys.la
+tools_dsys_registry_SOURCES = tools/dsys-registry.c tools/cli-util.c tools/cli-util.h
+tools_dsys_registry_LDADD = libdistsys.la

@@ -229,6 +229,68 @@ DSYS_API int dsys_queue_replay(dsys_queue *q, int64_t id);
 DSYS_API int dsys_queue_purge(dsys_queue *q, int64_t older_than_ms,
                               int64_t *removed);
 
+/* ------------------------------------------------------------------ */
+/* Operations: queues, pause, dead-letter retention                      */
+
+/**
+ * A queue as listed by dsys_queue_list_queues(). In the array returned,
+ * every name points into the same allocation (one dsys_free()).
+ */
+typedef struct dsys_queue_info {
+  const char *name;
+  int32_t paused;          /**< 1 while paused (dsys_queue_pause), else 0 */
+  int64_t paused_at;       /**< wall ms when it was paused, 0 if not */
+  dsys_job_counts counts;  /**< its jobs by state */
+} dsys_queue_info;
+
+/**
+ * List the queues: every queue name that has at least one job, and every
+ * paused queue (also one without jobs), ordered by name (bytewise), each
+ * with its counts by state and whether it is paused.
+ * @param out receives the array (NULL when *n is 0), released with one
+ *        dsys_free().
+ * @param n receives the count.
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM, DSYS_EDB, DSYS_ENOTSUP (a backend
+ *         without the op). Thread: any.
+ */
+DSYS_API int dsys_queue_list_queues(dsys_queue *q, dsys_queue_info **out,
+                                    size_t *n);
+
+/**
+ * Pause a queue: it keeps accepting submits, but no claim (in any process
+ * sharing the database) hands out its jobs until dsys_queue_resume().
+ * Workers keep polling and get nothing from it; jobs already claimed
+ * (running, or in a worker's prefetch buffer) are not affected, and their
+ * leases, retries and backoff go on as usual. The pause is stored with the
+ * queue's jobs, so it holds across processes and restarts. Pausing a paused
+ * queue changes nothing (paused_at is kept); a queue without jobs may be
+ * paused.
+ * @param queue queue name (1..DSYS_QUEUE_MAX_NAME bytes).
+ * @return 0, DSYS_EINVAL, DSYS_EDB, DSYS_ENOTSUP (a backend without the
+ *         op). Thread: any.
+ */
+DSYS_API int dsys_queue_pause(dsys_queue *q, const char *queue);
+
+/**
+ * Resume a paused queue: its ready jobs can be claimed again (local
+ * workers are woken at once; workers in other processes see it at their
+ * next poll). Resuming a queue that is not paused changes nothing.
+ * @return 0, DSYS_EINVAL, DSYS_EDB, DSYS_ENOTSUP. Thread: any.
+ */
+DSYS_API int dsys_queue_resume(dsys_queue *q, const char *queue);
+
+/**
+ * Retention for dead letters only: delete the failed (dead-lettered) jobs
+ * of a queue (NULL = every queue) that were dead-lettered at least
+ * older_than_ms ago (0 = all of them). Waiting, delayed, active, completed
+ * and canceled jobs are kept. An idempotency key of a deleted job can be
+ * used again.
+ * @param removed receives the count (may be NULL).
+ * @return 0, DSYS_EINVAL, DSYS_EDB, DSYS_ENOTSUP. Thread: any.
+ */
+DSYS_API int dsys_queue_purge_dead(dsys_queue *q, const char *queue,
+                                   int64_t older_than_ms, int64_t *removed);
+
 /** Name of a job state ("waiting", ...; "unknown" otherwise). Static. */
 DSYS_API const char *dsys_job_state_name(int state);
 
@@ -295,9 +357,9 @@ DSYS_API int64_t dsys_queue_backoff_ms(int attempt, int64_t base_ms,
                                        int64_t cap_ms);
 
 /* ------------------------------------------------------------------ */
-/* Backend ops table (append-only; version 1)                           */
+/* Backend ops table (append-only; version 2)                           */
 
-#define DSYS_QUEUE_OPS_VERSION 1
+#define DSYS_QUEUE_OPS_VERSION 2
 
 /**
  * A queue backend. The front end (dsys_queue_*) validates every argument,
@@ -372,6 +434,19 @@ typedef struct dsys_queue_ops {
   int (*replay)(void *st, int64_t id, int64_t now);
   /** Delete finished jobs with 0 < finished_at <= before. Optional. */
   int (*purge)(void *st, int64_t before, int64_t *removed);
+  /* ---- version 2 (the front end reads these only from a table whose
+   *      version is at least 2; all optional: DSYS_ENOTSUP when absent) ---- */
+  /** The queues (see dsys_queue_list_queues): *out is one malloc'd block
+   *  (dsys_free) ordered by name, NULL when *n is 0. */
+  int (*list_queues)(void *st, dsys_queue_info **out, size_t *n);
+  /** Pause (paused 1, at time now) or resume (0) a queue; both idempotent.
+   *  A backend with this op must make claim skip the ready jobs of paused
+   *  queues, as seen by every handle on the same data. */
+  int (*set_paused)(void *st, const char *queue, int paused, int64_t now);
+  /** Delete failed jobs of queue (NULL = all) with 0 < finished_at <=
+   *  before. */
+  int (*purge_dead)(void *st, const char *queue, int64_t before,
+                    int64_t *removed);
 } dsys_queue_ops;
 
 /** The built-in SQLite backend (scheme "sqlite"; location is a file path,
@@ -394,7 +469,8 @@ DSYS_API int dsys_queue_register_backend(const dsys_queue_ops *ops);
 
 /**
  * Open a queue on an explicit backend. The ops table is checked: version
- * 1..DSYS_QUEUE_OPS_VERSION, a name, and every mandatory op present.
+ * 1..DSYS_QUEUE_OPS_VERSION (a version-1 table, which ends at purge, is
+ * still accepted), a name, and every mandatory op present.
  * @return as dsys_queue_open(); DSYS_EINVAL for a bad ops table.
  */
 DSYS_API int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,

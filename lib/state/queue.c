@@ -27,7 +27,8 @@
 
 enum {
   K_SUBMIT = 1, K_CLAIM, K_HEARTBEAT, K_PROGRESS, K_COMPLETE, K_FAIL,
-  K_RELEASE, K_CANCEL, K_GET, K_COUNTS, K_LISTDEAD, K_REPLAY, K_PURGE
+  K_RELEASE, K_CANCEL, K_GET, K_COUNTS, K_LISTDEAD, K_REPLAY, K_PURGE,
+  K_LISTQUEUES, K_SETPAUSED, K_PURGEDEAD
 };
 
 typedef struct qop qop;
@@ -52,6 +53,7 @@ struct qop {
   size_t njobs;
   dsys_job *job;
   dsys_job_counts *counts;
+  dsys_queue_info *infos; /* list_queues: allocated */
 };
 
 typedef struct waiter {
@@ -154,7 +156,15 @@ static void free_results(qop *op) {
   op->njobs = 0;
   free(op->job);
   op->job = NULL;
+  if (op->kind == K_LISTQUEUES) {
+    free(op->infos);
+    op->infos = NULL;
+    op->out_id = 0;
+  }
 }
+
+/* The version-2 ops exist only in tables of version 2 and later. */
+#define OP2(o, f) ((o)->version >= 2 ? (o)->f : NULL)
 
 static int run_op(dsys_queue *q, qop *op, int64_t now) {
   const dsys_queue_ops *o = q->ops;
@@ -193,6 +203,19 @@ static int run_op(dsys_queue *q, qop *op, int64_t now) {
   case K_PURGE:
     if (!o->purge) return DSYS_ENOTSUP;
     return o->purge(st, now - op->num, &op->out_id);
+  case K_LISTQUEUES: {
+    if (!OP2(o, list_queues)) return DSYS_ENOTSUP;
+    size_t n = 0;
+    int e = o->list_queues(st, &op->infos, &n);
+    op->out_id = (int64_t)n;
+    return e;
+  }
+  case K_SETPAUSED:
+    if (!OP2(o, set_paused)) return DSYS_ENOTSUP;
+    return o->set_paused(st, op->queue, op->flag, now);
+  case K_PURGEDEAD:
+    if (!OP2(o, purge_dead)) return DSYS_ENOTSUP;
+    return o->purge_dead(st, op->queue, now - op->num, &op->out_id);
   default:
     return DSYS_EINVAL;
   }
@@ -662,6 +685,46 @@ int dsys_queue_purge(dsys_queue *q, int64_t older_than_ms, int64_t *removed) {
   if (removed) *removed = 0;
   if (!q || older_than_ms < 0) return DSYS_EINVAL;
   qop op = {.kind = K_PURGE, .num = older_than_ms};
+  int e = execute(q, &op);
+  if (!e && removed) *removed = op.out_id;
+  return e;
+}
+
+int dsys_queue_list_queues(dsys_queue *q, dsys_queue_info **out, size_t *n) {
+  if (out) *out = NULL;
+  if (n) *n = 0;
+  if (!q || !out || !n) return DSYS_EINVAL;
+  qop op = {.kind = K_LISTQUEUES};
+  int e = execute(q, &op);
+  if (!e) {
+    *out = op.infos;
+    *n = (size_t)op.out_id;
+  }
+  return e;
+}
+
+static int set_paused(dsys_queue *q, const char *queue, int paused) {
+  if (!q || check_name(queue)) return DSYS_EINVAL;
+  qop op = {.kind = K_SETPAUSED, .queue = queue, .flag = paused};
+  int e = execute(q, &op);
+  if (!e && !paused) notify_work(q);
+  return e;
+}
+
+int dsys_queue_pause(dsys_queue *q, const char *queue) {
+  return set_paused(q, queue, 1);
+}
+
+int dsys_queue_resume(dsys_queue *q, const char *queue) {
+  return set_paused(q, queue, 0);
+}
+
+int dsys_queue_purge_dead(dsys_queue *q, const char *queue,
+                          int64_t older_than_ms, int64_t *removed) {
+  if (removed) *removed = 0;
+  if (!q || older_than_ms < 0 || (queue && check_name(queue)))
+    return DSYS_EINVAL;
+  qop op = {.kind = K_PURGEDEAD, .queue = queue, .num = older_than_ms};
   int e = execute(q, &op);
   if (!e && removed) *removed = op.out_id;
   return e;

@@ -25,7 +25,8 @@ enum {
   S_PROMOTE, S_EXPIRE, S_IDEM, S_INSERT, S_PICK, S_CLAIM, S_COMPLETE,
   S_GETFAIL, S_RETRY, S_DEAD, S_HEARTBEAT, S_PROGRESS, S_RELEASE, S_CANCEL,
   S_GET, S_EXISTS, S_COUNTS, S_COUNTS_ALL, S_DEADLIST, S_DEADLIST_ALL,
-  S_REPLAY, S_PURGE, S_SAVEPOINT, S_RELEASE_SP, S_ROLLBACK_SP, S_COUNT
+  S_REPLAY, S_PURGE, S_SAVEPOINT, S_RELEASE_SP, S_ROLLBACK_SP, S_QUEUES,
+  S_PAUSE, S_RESUME, S_PURGEDEAD, S_COUNT
 };
 
 #define JCOLS                                                               \
@@ -49,8 +50,11 @@ static const char *const sqls[S_COUNT] = {
                  "max_attempts, backoff_base, backoff_cap, idem_key, "
                  "created_at, run_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
                  "?9, ?10)",
+    /* a paused queue hands out nothing (the subquery does not depend on
+     * the row: SQLite runs it once per statement) */
     [S_PICK] = "SELECT id, priority FROM dsys_jobs WHERE queue = ?1 AND "
-               "state = 1 ORDER BY priority DESC, id LIMIT ?2",
+               "state = 1 AND NOT EXISTS (SELECT 1 FROM dsys_queue_paused "
+               "WHERE queue = ?1) ORDER BY priority DESC, id LIMIT ?2",
     [S_CLAIM] = "UPDATE dsys_jobs SET state = 3, token = token + 1, "
                 "attempts = attempts + 1, worker = ?2, lease_until = ?3, "
                 "progress = 0, progress_msg = NULL WHERE id = ?1 AND "
@@ -90,6 +94,19 @@ static const char *const sqls[S_COUNT] = {
     [S_SAVEPOINT] = "SAVEPOINT dsys_many",
     [S_RELEASE_SP] = "RELEASE dsys_many",
     [S_ROLLBACK_SP] = "ROLLBACK TO dsys_many",
+    /* one row per (queue, state) with jobs, one per paused queue; grouped
+     * by name in sq_list_queues */
+    [S_QUEUES] = "SELECT name, state, n, paused_at FROM ("
+                 "SELECT queue AS name, state, count(*) AS n, 0 AS paused_at "
+                 "FROM dsys_jobs GROUP BY queue, state UNION ALL "
+                 "SELECT queue, 0, 0, paused_at FROM dsys_queue_paused) "
+                 "ORDER BY name",
+    [S_PAUSE] = "INSERT OR IGNORE INTO dsys_queue_paused(queue, paused_at) "
+                "VALUES(?1, ?2)",
+    [S_RESUME] = "DELETE FROM dsys_queue_paused WHERE queue = ?1",
+    [S_PURGEDEAD] = "DELETE FROM dsys_jobs WHERE state = 5 AND "
+                    "finished_at > 0 AND finished_at <= ?1 AND "
+                    "(?2 IS NULL OR queue = ?2)",
 };
 
 static const char *const migrations[] = {
@@ -121,6 +138,10 @@ static const char *const migrations[] = {
     " WHERE finished_at > 0;"
     "CREATE UNIQUE INDEX dsys_jobs_idem ON dsys_jobs(queue, idem_key) "
     " WHERE idem_key IS NOT NULL;",
+    /* 2: paused queues (dsys_queue_pause), a row per paused queue */
+    "CREATE TABLE dsys_queue_paused("
+    " queue TEXT PRIMARY KEY,"
+    " paused_at INTEGER NOT NULL) WITHOUT ROWID;",
 };
 
 
@@ -219,7 +240,9 @@ static int sq_open(void *p, const char *location, const dsys_queue_options *o,
   for (int attempt = 0; attempt < 50; attempt++) {
     if (attempt) usleep(20000);
     e = dsysi_db_open(location, o->full_sync ? 1 : 0, &q->db, err, errlen);
-    if (!e) e = dsysi_db_migrate(q->db, "queue", migrations, 1, err, errlen);
+    if (!e) e = dsysi_db_migrate(q->db, "queue", migrations,
+                                    (int)(sizeof migrations / sizeof *migrations),
+                                    err, errlen);
     if (e) {
       sqlite3_close(q->db);
       q->db = NULL;
@@ -600,6 +623,95 @@ static int sq_purge(void *p, int64_t before, int64_t *removed) {
   return e;
 }
 
+static int sq_list_queues(void *p, dsys_queue_info **out, size_t *n) {
+  sq *q = p;
+  *out = NULL;
+  *n = 0;
+  sqlite3_stmt *st = stmt(q, S_QUEUES);
+  if (!st) return DSYS_EDB;
+  /* rows come ordered by name: build the entries, then one block */
+  typedef struct ent {
+    char *name;
+    dsys_queue_info info;
+  } ent;
+  ent *v = NULL;
+  size_t nv = 0, cap = 0, names = 0;
+  int rc, e = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *name = (const char *)sqlite3_column_text(st, 0);
+    if (!name) continue;
+    if (!nv || strcmp(v[nv - 1].name, name)) {
+      if (dsysi_grow(&v, &cap, nv + 1, sizeof *v, 16) ||
+          !(v[nv].name = strdup(name))) {
+        e = DSYS_ENOMEM;
+        break;
+      }
+      memset(&v[nv].info, 0, sizeof v[nv].info);
+      names += strlen(name) + 1;
+      nv++;
+    }
+    dsys_queue_info *in = &v[nv - 1].info;
+    int64_t c = sqlite3_column_int64(st, 2);
+    switch (sqlite3_column_int(st, 1)) {
+    case 0: /* the paused row */
+      in->paused = 1;
+      in->paused_at = sqlite3_column_int64(st, 3);
+      break;
+    case DSYS_JOB_WAITING: in->counts.waiting = c; break;
+    case DSYS_JOB_DELAYED: in->counts.delayed = c; break;
+    case DSYS_JOB_ACTIVE: in->counts.active = c; break;
+    case DSYS_JOB_COMPLETED: in->counts.completed = c; break;
+    case DSYS_JOB_FAILED: in->counts.failed = c; break;
+    case DSYS_JOB_CANCELED: in->counts.canceled = c; break;
+    default: break;
+    }
+  }
+  if (!e && rc != SQLITE_DONE) e = err_of(rc);
+  sqlite3_reset(st);
+  dsys_queue_info *blk = NULL;
+  if (!e && nv) {
+    blk = malloc(nv * sizeof *blk + names);
+    if (!blk) e = DSYS_ENOMEM;
+  }
+  if (blk) {
+    char *p2 = (char *)(blk + nv);
+    for (size_t i = 0; i < nv; i++) {
+      size_t l = strlen(v[i].name) + 1;
+      blk[i] = v[i].info;
+      memcpy(p2, v[i].name, l);
+      blk[i].name = p2;
+      p2 += l;
+    }
+  }
+  for (size_t i = 0; i < nv; i++) free(v[i].name);
+  free(v);
+  if (e) return e;
+  *out = blk;
+  *n = blk ? nv : 0;
+  return 0;
+}
+
+static int sq_set_paused(void *p, const char *queue, int paused, int64_t now) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, paused ? S_PAUSE : S_RESUME);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+  if (paused) sqlite3_bind_int64(st, 2, now);
+  return run(st);
+}
+
+static int sq_purge_dead(void *p, const char *queue, int64_t before,
+                         int64_t *removed) {
+  sq *q = p;
+  sqlite3_stmt *st = stmt(q, S_PURGEDEAD);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, before);
+  bind_text_or_null(st, 2, queue);
+  int e = run(st);
+  if (!e) *removed = sqlite3_changes(q->db);
+  return e;
+}
+
 static const dsys_queue_ops sqlite_ops = {
     .version = DSYS_QUEUE_OPS_VERSION,
     .name = "sqlite",
@@ -622,6 +734,9 @@ static const dsys_queue_ops sqlite_ops = {
     .list_dead = sq_list_dead,
     .replay = sq_replay,
     .purge = sq_purge,
+    .list_queues = sq_list_queues,
+    .set_paused = sq_set_paused,
+    .purge_dead = sq_purge_dead,
 };
 
 const dsys_queue_ops *dsys_queue_ops_sqlite(void) { return &sqlite_ops; }

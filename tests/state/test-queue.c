@@ -298,6 +298,91 @@ static void conformance(const dsys_queue_ops *ops, const char *url) {
   is_int(dsys_queue_counts(q, "m", &c), 0, "counts m after");
   is_int(c.completed, 6, "every job of m completed once");
 
+  /* pause / resume: submits accepted, no claim while paused */
+  static const char *const QZ[] = {"z"};
+  static const char *const QZA[] = {"z", "za"};
+  int64_t z1 = submit(q, "z", "1", 0, 0);
+  is_int(dsys_queue_pause(q, "z"), 0, "pause z");
+  int64_t z2 = submit(q, "z", "2", 0, 0);
+  ok(z1 > 0 && z2 > 0, "a paused queue accepts submits");
+  is_int(dsys_queue_claim(q, QZ, 1, "w", 1000, &j), DSYS_EAGAIN, "paused queue: nothing to claim");
+  is_int(dsys_queue_claim_many(q, QZ, 1, "w", 1000, 4, js, &nj), DSYS_EAGAIN, "paused queue: claim_many gets nothing");
+  int64_t a1 = submit(q, "za", "{}", 0, 0);
+  is_int(claim_id(q, QZA, 2, NULL), a1, "another queue of the same claim still serves");
+  dsys_clock_advance(clk, 60000 * 1000); /* the claim above expires */
+  is_int(dsys_queue_pause(q, "z"), 0, "pause twice: no change");
+  is_int(dsys_queue_pause(q, "empty"), 0, "pause a queue without jobs");
+  dsys_queue_info *qi = NULL;
+  size_t nqi = 0;
+  is_int(dsys_queue_list_queues(q, &qi, &nqi), 0, "list_queues");
+  const dsys_queue_info *qz = NULL, *qe = NULL, *qm = NULL;
+  int sorted = 1;
+  for (size_t i = 0; i < nqi; i++) {
+    if (!strcmp(qi[i].name, "z")) qz = &qi[i];
+    if (!strcmp(qi[i].name, "empty")) qe = &qi[i];
+    if (!strcmp(qi[i].name, "m")) qm = &qi[i];
+    if (i && strcmp(qi[i - 1].name, qi[i].name) >= 0) sorted = 0;
+  }
+  ok(sorted, "queues ordered by name, each once (%zu)", nqi);
+  ok(qz && qz->paused && qz->paused_at == dsys_clock_wall_ms(clk) - 60000 && qz->counts.waiting == 2,
+     "z: paused (first pause time kept), 2 waiting");
+  ok(qe && qe->paused && qe->counts.waiting == 0, "a paused queue without jobs is listed");
+  ok(qm && !qm->paused && qm->paused_at == 0 && qm->counts.completed == 6, "m: not paused, 6 completed");
+  dsys_free(qi);
+  is_int(dsys_queue_resume(q, "z"), 0, "resume z");
+  is_int(dsys_queue_resume(q, "z"), 0, "resume twice: no change");
+  is_int(dsys_queue_resume(q, "empty"), 0, "resume empty");
+  is_int(claim_id(q, QZ, 1, NULL), z1, "resumed: claims again, FIFO");
+  is_int(claim_id(q, QZ, 1, NULL), z2, "resumed: the job submitted while paused");
+  is_int(dsys_queue_list_queues(q, &qi, &nqi), 0, "list_queues again");
+  int gone = 1;
+  for (size_t i = 0; i < nqi; i++)
+    if (!strcmp(qi[i].name, "empty") || qi[i].paused) gone = 0;
+  ok(gone, "resumed queues: not paused; a resumed queue without jobs is not listed");
+  dsys_free(qi);
+  is_int(dsys_queue_pause(q, ""), DSYS_EINVAL, "pause with an empty name");
+  is_int(dsys_queue_resume(q, NULL), DSYS_EINVAL, "resume NULL");
+  is_int(dsys_queue_list_queues(q, NULL, &nqi), DSYS_EINVAL, "list_queues without out");
+
+  /* purge_dead: only failed jobs, by age and queue */
+  is_int(dsys_queue_purge_dead(q, NULL, 0, NULL), 0, "purge the dead letters of earlier tests");
+  dsys_submit_options one = {.size = sizeof one, .max_attempts = 1};
+  int64_t d1 = 0, d2 = 0, d3 = 0, live = 0, done = 0;
+  static const char *const QPD[] = {"pd"};
+  static const char *const QPD2[] = {"pd2"};
+  dsys_queue_submit(q, "pd", "1", &one, &d1, NULL);
+  dsys_queue_submit(q, "pd2", "1", &one, &d3, NULL);
+  int64_t tk = 0;
+  claim_id(q, QPD, 1, &tk);
+  dsys_queue_fail(q, d1, tk, "old", NULL);
+  claim_id(q, QPD2, 1, &tk);
+  dsys_queue_fail(q, d3, tk, "old other queue", NULL);
+  dsys_clock_advance(clk, 10000 * 1000);
+  dsys_queue_submit(q, "pd", "2", &one, &d2, NULL);
+  claim_id(q, QPD, 1, &tk);
+  dsys_queue_fail(q, d2, tk, "new", NULL);
+  dsys_queue_submit(q, "pd", "3", &one, &done, NULL);
+  claim_id(q, QPD, 1, &tk);
+  dsys_queue_complete(q, done, tk, NULL);
+  dsys_queue_submit(q, "pd", "4", &one, &live, NULL);
+  removed = -1;
+  is_int(dsys_queue_purge_dead(q, "pd", 5000, &removed), 0, "purge_dead d older than 5 s");
+  is_int(removed, 1, "one old dead job removed");
+  is_int(dsys_queue_get(q, d1, &j), DSYS_ENOTFOUND, "the old dead job is gone");
+  is_int(dsys_queue_get(q, d3, &j), 0, "the old dead job of another queue kept");
+  dsys_job_free(j);
+  is_int(dsys_queue_get(q, d2, &j), 0, "the recent dead job kept");
+  dsys_job_free(j);
+  is_int(dsys_queue_purge_dead(q, NULL, 0, &removed), 0, "purge_dead everything dead");
+  is_int(removed, 2, "both remaining dead jobs removed");
+  is_int(dsys_queue_get(q, done, &j), 0, "completed job kept");
+  dsys_job_free(j);
+  is_int(dsys_queue_get(q, live, &j), 0, "waiting job kept");
+  ok(j && j->state == DSYS_JOB_WAITING, "still waiting");
+  dsys_job_free(j);
+  is_int(dsys_queue_purge_dead(q, NULL, -1, NULL), DSYS_EINVAL, "negative age");
+  is_int(dsys_queue_purge_dead(q, "", 0, NULL), DSYS_EINVAL, "empty queue name");
+
   dsys_queue_close(q);
   dsys_clock_free(clk);
 }
@@ -548,6 +633,26 @@ static void ops_table(void) {
   int64_t id = 0;
   is_int(dsys_queue_submit(q, "x", "1", NULL, &id, NULL), 0, "custom table works");
   dsys_queue_close(q);
+  /* a version-1 table ends at purge: the version-2 ops are never read from
+   * it (here they are present, and must still be ignored) */
+  o = *dsys_queue_ops_sqlite();
+  o.version = 1;
+  is_int(dsys_queue_open_ops(&q, &o, ":memory:", NULL), 0, "a version-1 table is accepted");
+  is_int(dsys_queue_pause(q, "x"), DSYS_ENOTSUP, "version 1: pause ENOTSUP");
+  is_int(dsys_queue_resume(q, "x"), DSYS_ENOTSUP, "version 1: resume ENOTSUP");
+  dsys_queue_info *qi = NULL;
+  size_t nqi = 0;
+  is_int(dsys_queue_list_queues(q, &qi, &nqi), DSYS_ENOTSUP, "version 1: list_queues ENOTSUP");
+  is_int(dsys_queue_purge_dead(q, NULL, 0, NULL), DSYS_ENOTSUP, "version 1: purge_dead ENOTSUP");
+  is_int(dsys_queue_submit(q, "x", "1", NULL, &id, NULL), 0, "version 1: submit works");
+  dsys_queue_close(q);
+  o = *dsys_queue_ops_sqlite();
+  o.set_paused = NULL;
+  o.list_queues = NULL;
+  o.purge_dead = NULL;
+  is_int(dsys_queue_open_ops(&q, &o, ":memory:", NULL), 0, "version 2 without the new ops");
+  is_int(dsys_queue_pause(q, "x"), DSYS_ENOTSUP, "missing set_paused: ENOTSUP");
+  dsys_queue_close(q);
   dsys_job j0 = {.id = 7, .queue = "qq", .payload = "[1]", .worker = "w", .token = 3};
   dsys_job *d = dsys_job_dup(&j0);
   ok(d && d->id == 7 && d->token == 3 && !strcmp(d->queue, "qq") && !strcmp(d->payload, "[1]") &&
@@ -564,6 +669,33 @@ static void url_open(const char *url) {
   is_int(dsys_queue_counts(q, NULL, &c), 0, "counts through the URL handle");
   dsys_queue_close(q);
   is_int(dsys_queue_open(&q, "etcd://x", NULL), DSYS_ESCHEME, "unknown scheme");
+  /* a pause is stored with the jobs: another handle (another process)
+   * sees it at once */
+  dsys_queue *q2 = NULL;
+  is_int(dsys_queue_open(&q, url, NULL), 0, "two handles on one file");
+  is_int(dsys_queue_open(&q2, url, NULL), 0, "the second");
+  static const char *const QS[] = {"shared"};
+  int64_t sid = 0;
+  dsys_queue_submit(q, "shared", "1", NULL, &sid, NULL);
+  is_int(dsys_queue_pause(q, "shared"), 0, "pause through the first");
+  dsys_job *j = NULL;
+  is_int(dsys_queue_claim(q2, QS, 1, "other", 1000, &j), DSYS_EAGAIN, "the second handle gets nothing");
+  dsys_queue_close(q);
+  is_int(dsys_queue_open(&q, url, NULL), 0, "reopen");
+  dsys_queue_info *qi = NULL;
+  size_t nqi = 0;
+  dsys_queue_list_queues(q, &qi, &nqi);
+  int kept = 0;
+  for (size_t i = 0; i < nqi; i++)
+    if (!strcmp(qi[i].name, "shared")) kept = qi[i].paused && qi[i].counts.waiting == 1;
+  ok(kept, "the pause survives a reopen");
+  dsys_free(qi);
+  is_int(dsys_queue_resume(q, "shared"), 0, "resume through the first");
+  is_int(dsys_queue_claim(q2, QS, 1, "other", 1000, &j), 0, "the second handle claims again");
+  ok(j && j->id == sid, "the paused job");
+  dsys_job_free(j);
+  dsys_queue_close(q);
+  dsys_queue_close(q2);
 }
 
 int main(void) {
