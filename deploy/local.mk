@@ -25,7 +25,8 @@ $(SYSTEMD_UNITS): %: $(srcdir)/%.in Makefile
 # flag; a new program in bin_PROGRAMS needs its line here (the test says so).
 DAEMON_MANS = man/dsys-authd.8 man/dsys-datad.8 man/dsys-computed.8 man/dsys-gatewayd.8 \
 	man/dsys-registryd.8 man/dsys-faultd.8
-TOOL_MANS = man/dsys-identity.1 man/dsys-cluster.1 man/dsys-loadtest.1
+TOOL_MANS = man/dsys-identity.1 man/dsys-cluster.1 man/dsys-loadtest.1 \
+	man/dsys-queue.1 man/dsys-registry.1
 if HAVE_HELP2MAN
 man_MANS = $(DAEMON_MANS) $(TOOL_MANS)
 endif
@@ -40,6 +41,8 @@ man/dsys-faultd.8: daemons/dsys-faultd$(EXEEXT)
 man/dsys-identity.1: daemons/dsys-identity$(EXEEXT)
 man/dsys-cluster.1: daemons/dsys-cluster$(EXEEXT)
 man/dsys-loadtest.1: tools/dsys-loadtest$(EXEEXT)
+man/dsys-queue.1: tools/dsys-queue$(EXEEXT)
+man/dsys-registry.1: tools/dsys-registry$(EXEEXT)
 # NAME: the summary line of --help up to its first ':', ';', '.' or '('.
 $(DAEMON_MANS): $(srcdir)/man/daemon.h2m
 $(TOOL_MANS): $(srcdir)/man/tool.h2m

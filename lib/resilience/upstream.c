@@ -23,7 +23,8 @@
 #include <distsys/upstream.h>
 #include "core/internal.h"
 #include "resilience/upstream_int.h"
-#include "transport/h1client.h"
+#include "transport/evloop.h"
+#include "transport/transport.h"
 #include "transport/url.h"
 
 #define LAT_N DSYS_UPSTREAM_LAT_BUCKETS
@@ -879,12 +880,13 @@ static int on_body(void *ud, const void *data, size_t len) {
  * the client (libcurl for http, https and unix; inproc). */
 static int dial(ucall *c, dsys_call *dc) {
   dsys_upstream *u = c->u;
-  if (dsysi_h1_dial_ok(dc->url)) {
+  const dsysi_loop_dialer_ops *ld = dsysi_loop_dialer_find(dc->url);
+  if (ld) {
     if (atomic_load_explicit(&u->closing, memory_order_relaxed)) return DSYS_ECLOSED;
     dsysi_dial_opts o = {.on_head = c->o.on_head ? on_head : NULL,
                          .on_body = c->o.on_body ? on_body : NULL,
                          .max_response = c->o.max_response};
-    return dsysi_h1_dial(dc, &o, on_attempt, c);
+    return ld->dial(dc, &o, on_attempt, c);
   }
   /* the client buffers whole answers: a caller's stream hooks do not
    * apply there, and its on_chunk is not the caller's */

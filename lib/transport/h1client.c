@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "core/plugin.h"
 #include "transport/h1client.h"
 #include "transport/url.h"
 
@@ -548,11 +549,6 @@ static dialctx *dial_ctx(void) {
   return dc;
 }
 
-int dsysi_h1_dial_ok(const char *url) {
-  return url && (!strncmp(url, "http://", 7) || !strncmp(url, "unix://", 7)) &&
-         dsysi_loop_current() != NULL;
-}
-
 /* Appends for the request head: a memcpy when the buffer has room (it
  * almost always has: build_head reserves a typical head's size), the
  * general dsysi_buf_append otherwise. */
@@ -735,3 +731,12 @@ int dsysi_h1_dial(const dsys_call *call, const dsysi_dial_opts *o, dsys_reply_fn
   if (rc) x_release(x);
   return rc;
 }
+
+/* The loop dialers of http and unix (transport.h): dsys_upstream finds them
+ * by scheme when it runs on a loop thread. */
+static const dsysi_loop_dialer_ops http_loop = {
+    .version = DSYSI_LOOP_DIALER_OPS_VERSION, .scheme = "http", .dial = dsysi_h1_dial};
+static const dsysi_loop_dialer_ops unix_loop = {
+    .version = DSYSI_LOOP_DIALER_OPS_VERSION, .scheme = "unix", .dial = dsysi_h1_dial};
+
+DSYSI_PLUGINS(h1client) = {{"loop-dialer", &http_loop}, {"loop-dialer", &unix_loop}, {0}};

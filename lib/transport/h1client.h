@@ -77,26 +77,6 @@ void dsysi_h1_abort(dsysi_h1req *r);
 /** Number of open upstream connections (idle + busy), for stats. */
 size_t dsysi_h1pool_open(dsysi_h1pool *p);
 
-/* ---- the dialer ----
- * dsysi_h1_dial runs one dsys_call as an HTTP/1.1 exchange on the calling
- * thread's event loop, over that loop's own pool (made on first use,
- * closed when the loop is freed). It is the transport-level entry that
- * dsys_upstream uses on a loop thread (the libcurl client elsewhere); it
- * takes what the http dialer of the transport ops table takes. */
-typedef struct dsysi_dial_opts {
-  /* Called on the loop thread when the response head is parsed, with a
-   * reply holding status and headers (no body yet) and the ud of
-   * dsysi_h1_dial. Return 1 to have the body go to call->on_chunk as it
-   * arrives (on_body, or call->on_chunk; the reply then comes with an
-   * empty body), 0 to buffer it,
-   * negative to abort (DSYS_ECANCELED). NULL: stream when the call has
-   * an on_chunk. */
-  int (*on_head)(void *ud, const dsys_reply *head);
-  /* Where a streamed body goes (nonzero aborts: DSYS_ECANCELED); NULL:
-   * call->on_chunk. */
-  int (*on_body)(void *ud, const void *data, size_t len);
-  size_t max_response; /* buffered body limit (DSYS_ETOOBIG); 0: 64 MiB */
-} dsysi_dial_opts;
 
 /**
  * Start call (method, url "http://" or "unix://" with its base path, path,
@@ -114,8 +94,5 @@ typedef struct dsysi_dial_opts {
 int dsysi_h1_dial(const dsys_call *call, const dsysi_dial_opts *o,
                   dsys_reply_fn done, void *ud);
 
-/** Nonzero when dsysi_h1_dial can take url on this thread (an http:// or
- *  unix:// URL, and the thread runs an event loop). */
-int dsysi_h1_dial_ok(const char *url);
 
 #endif

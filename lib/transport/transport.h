@@ -358,6 +358,42 @@ typedef struct dsysi_dialer_ops {
   void (*client_free)(dsys_client *c); /* release per-client state */
 } dsysi_dialer_ops;
 
+/* Options of a loop dialer's dial (below): how the response comes back. */
+typedef struct dsysi_dial_opts {
+  /* Called on the loop thread when the response head is parsed, with a
+   * reply holding status and headers (no body yet) and the ud of
+   * dsysi_h1_dial. Return 1 to have the body go to call->on_chunk as it
+   * arrives (on_body, or call->on_chunk; the reply then comes with an
+   * empty body), 0 to buffer it,
+   * negative to abort (DSYS_ECANCELED). NULL: stream when the call has
+   * an on_chunk. */
+  int (*on_head)(void *ud, const dsys_reply *head);
+  /* Where a streamed body goes (nonzero aborts: DSYS_ECANCELED); NULL:
+   * call->on_chunk. */
+  int (*on_body)(void *ud, const void *data, size_t len);
+  size_t max_response; /* buffered body limit (DSYS_ETOOBIG); 0: 64 MiB */
+} dsysi_dial_opts;
+
+#define DSYSI_LOOP_DIALER_OPS_VERSION 1
+
+/* A dialer for callers that run on an event-loop thread (dsys_upstream on
+ * the gateway's loops): the exchange runs on the caller's own loop, with
+ * no thread hand-off, and completes there. Family "loop-dialer", by
+ * scheme; the in-loop HTTP/1.1 client (h1client.c) serves http and unix.
+ * Off a loop, or for a scheme without one, the dialer family serves. */
+typedef struct dsysi_loop_dialer_ops {
+  int version;        /* DSYSI_LOOP_DIALER_OPS_VERSION */
+  const char *scheme; /* URL scheme without "://" */
+  /* Start call on this thread's loop; done(err, reply, ud) runs exactly
+   * once on the loop thread, never inside dial. Nonzero: not started, done
+   * never runs. */
+  int (*dial)(const dsys_call *call, const dsysi_dial_opts *o, dsys_reply_fn done, void *ud);
+} dsysi_loop_dialer_ops;
+
+/** The loop dialer for url when the calling thread runs an event loop and
+ *  one serves url's scheme; else NULL. */
+const dsysi_loop_dialer_ops *dsysi_loop_dialer_find(const char *url);
+
 /** The listener / dialer for a URL by its scheme, or NULL. */
 const dsysi_listener_ops *dsysi_listener_find(const char *url);
 const dsysi_dialer_ops *dsysi_dialer_find(const char *url);

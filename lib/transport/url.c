@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/plugin.h"
+#include "transport/evloop.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
@@ -101,3 +102,16 @@ static const void *find(dsysi_family *f, const char *url) {
 const dsysi_listener_ops *dsysi_listener_find(const char *url) { return find(&listeners, url); }
 const dsysi_dialer_ops *dsysi_dialer_find(const char *url) { return find(&dialers, url); }
 const dsysi_dialer_ops *dsysi_dialer_at(size_t i) { return dsysi_family_at(&dialers, i); }
+
+static int loop_dialer_usable(const void *p) {
+  const dsysi_loop_dialer_ops *o = p;
+  return o->version >= 1 && o->version <= DSYSI_LOOP_DIALER_OPS_VERSION && o->dial;
+}
+
+static const char *loop_dialer_key(const void *p) { return ((const dsysi_loop_dialer_ops *)p)->scheme; }
+
+static dsysi_family loop_dialers = DSYSI_FAMILY("loop-dialer", loop_dialer_usable, loop_dialer_key);
+
+const dsysi_loop_dialer_ops *dsysi_loop_dialer_find(const char *url) {
+  return dsysi_loop_current() ? find(&loop_dialers, url) : NULL;
+}

@@ -235,7 +235,7 @@ int main(void) {
 
   dsys_call off = {.size = sizeof off, .method = "GET", .url = u1, .path = "/who"};
   is_int(dsysi_h1_dial(&off, NULL, dial_done, NULL), DSYS_ESTATE, "dial: off a loop thread -> DSYS_ESTATE");
-  ok(!dsysi_h1_dial_ok(u1), "dial_ok: not on a loop thread");
+  ok(dsysi_loop_dialer_find(u1) == NULL, "no loop dialer off a loop thread");
   dcase c7 = {.call = {.size = sizeof c7.call, .method = "GET", .url = "https://127.0.0.1:1", .path = "/"}};
   dial(&c7);
   is_int(c7.start_rc, DSYS_ESCHEME, "dial: https -> DSYS_ESCHEME (libcurl's)");
