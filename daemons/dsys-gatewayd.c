@@ -34,6 +34,10 @@ static const dsys_option extra[] = {
     {"jwt-secret-file", "DSYS_JWT_SECRET_FILE", DSYS_OPT_STRING, NULL,
      "HS256 secret for --protect (else DSYS_JWT_SECRET); the auth service's secret"},
     {"cors-origin", "DSYS_CORS_ORIGIN", DSYS_OPT_LIST, NULL, "allowed CORS origin on every route ('*': any)"},
+    {"filters", "DSYS_FILTERS", DSYS_OPT_LIST, NULL,
+     "the edge filters a route runs, in order, from cors, ratelimit, jwt, user-ratelimit, idempotency "
+     "('none': no filter): LIST for every route, PREFIX=LIST for the route with that prefix; "
+     "default: all five in that order"},
     {"idempotency-ttl", "DSYS_IDEMPOTENCY_TTL", DSYS_OPT_DURATION, "0",
      "replay POSTs with an Idempotency-Key this long (0: off)"},
     {"idempotency-ttl-ms", "DSYS_IDEMPOTENCY_TTL_MS", DSYS_OPT_ALIAS, "idempotency-ttl", NULL},
@@ -91,17 +95,21 @@ static int policy_is_for(const char *v, const char *eq, const char *name) {
   return strlen(name) == nl && !strncmp(v, name, nl);
 }
 
-/* The policy of upstream name: its own --policy NAME=P, else the plain
- * --policy P (round-robin by default). */
-static const char *policy_for(const char *name) {
-  const char *all = "round-robin";
-  for (size_t i = 0; i < dsys_config_count(g_.cfg, "policy"); i++) {
-    const char *v = dsys_config_get_nth(g_.cfg, "policy", i), *eq = strchr(v, '=');
+/* The value of a keyed list option for key: its own OPT KEY=V, else the
+ * plain OPT V, else dflt (--policy NAME=P / P, --filters PREFIX=LIST /
+ * LIST). */
+static const char *keyed_value(const char *opt, const char *key, const char *dflt) {
+  const char *all = dflt;
+  for (size_t i = 0; i < dsys_config_count(g_.cfg, opt); i++) {
+    const char *v = dsys_config_get_nth(g_.cfg, opt, i), *eq = strchr(v, '=');
     if (!eq) all = v;
-    else if (policy_is_for(v, eq, name)) return eq + 1;
+    else if (policy_is_for(v, eq, key)) return eq + 1;
   }
   return all;
 }
+
+/* The policy of upstream name (round-robin by default). */
+static const char *policy_for(const char *name) { return keyed_value("policy", name, "round-robin"); }
 
 /* At most this many URLs in one --upstream (a longer list is refused,
  * never cut short). */
@@ -304,13 +312,23 @@ static int mount(dsys_daemon *d, void *ud) {
   ro.cors_origins = origins;
   ro.ncors_origins = norig;
   dsys_config_get_duration_ms(cfg, "idempotency-ttl", &ro.idempotency_ttl_ms);
+  /* each --filters PREFIX=LIST names a route */
+  for (size_t i = 0; i < dsys_config_count(cfg, "filters"); i++) {
+    const char *v = dsys_config_get_nth(cfg, "filters", i), *eq = strchr(v, '=');
+    size_t k = 0;
+    while (eq && k < nrs && !policy_is_for(v, eq, rs[k].prefix)) k++;
+    if (eq && k == nrs) return fail("--filters: no route has that prefix", v);
+  }
   for (size_t i = 0; i < nrs; i++) {
     ro.protect = rs[i].protect;
+    ro.filters = keyed_value("filters", rs[i].prefix, NULL);
     rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     if (rc == DSYS_ENOTFOUND && reg) { /* discover NAME from the registry */
       rc = dsys_gateway_add_upstream(gw, rs[i].name, NULL, 0, policy_for(rs[i].name));
       if (!rc) rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     }
+    if (rc == DSYS_EINVAL && ro.filters)
+      return fail("bad --filters (names from cors, ratelimit, jwt, user-ratelimit, idempotency, each once; or none)", ro.filters);
     if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), rs[i].prefix);
   }
   /* per upstream endpoint stats and breakers on GET /metrics */

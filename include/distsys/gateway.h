@@ -17,8 +17,10 @@
  * Edge protections per route (dsys_gateway_add_route_ex; all off by default,
  * see docs/reference/gateway.md): rate limits, JWT verification with the
  * verified user id sent as X-Dsys-User-Id (always stripped from clients),
- * CORS, Idempotency-Key replay; always: a /v1 alias, ambiguous framing and
- * dot segments or encoded slashes refused with 400.
+ * CORS, Idempotency-Key replay, each a filter of the route's chain whose
+ * members and order the route's options choose (filters); always, before
+ * routing: a /v1 alias, ambiguous framing and dot segments or encoded
+ * slashes refused with 400.
  *
  * Local routes (docs/reference/http-api.md, "Gateway"): GET /health, GET /status, GET /api/metrics,
  * POST /api/round-robin/reset.
@@ -110,6 +112,15 @@ typedef struct dsys_gateway_route_options {
   size_t ncors_origins;
   int64_t idempotency_ttl_ms; /**< keep the first answer to a POST with an
                                    Idempotency-Key this long; 0: off */
+  /* appended */
+  const char *filters;        /**< the route's edge filters, in the order
+                                   they run, comma-separated, from "cors",
+                                   "ratelimit" (client address and route
+                                   buckets), "jwt", "user-ratelimit",
+                                   "idempotency"; "none" or "" for none;
+                                   NULL: all five in that order. A filter
+                                   whose options above are unset lets
+                                   every request pass. Copied (parsed). */
 } dsys_gateway_route_options;
 
 /** Create a gateway. @return 0, DSYS_EINVAL, DSYS_ENOMEM. */
@@ -144,8 +155,8 @@ DSYS_API int dsys_gateway_add_route(dsys_gateway *gw, const char *prefix,
  * @param opts may be NULL (same as dsys_gateway_add_route).
  * @return 0, DSYS_EINVAL (also: a protected route without a token_secret in
  *         the gateway options, a negative rate or TTL, an unknown protect
- *         value, an empty origin), DSYS_ENOTFOUND, DSYS_ENOMEM,
- *         DSYS_ESTATE.
+ *         value, an empty origin, an unknown or repeated filter name),
+ *         DSYS_ENOTFOUND, DSYS_ENOMEM, DSYS_ESTATE.
  */
 DSYS_API int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
                                        const char *upstream,

@@ -44,7 +44,43 @@ typedef struct gw_route {
   size_t norigins;
   int any_origin;
   size_t idx;
+  uint8_t chain[8]; /* the edge filters, in order (indexes of edge_filters) */
+  uint8_t nchain;
+  int8_t rl_last;   /* the chain's last rate-limit filter, -1 for none */
 } gw_route;
+
+/* The edge filters (HAProxy's filter model): each protection is a filter
+ * with a request hook and, where it needs one, a response hook; a route
+ * runs the ones its options name, in their order (see edge_filters and
+ * h_proxy). Framing and path checks come before routing and are not
+ * filters: they decide which route a request may reach. */
+enum { F_CORS, F_RATELIMIT, F_JWT, F_USER_RATELIMIT, F_IDEMPOTENCY, NFILTERS };
+static const char *const filter_names[NFILTERS] = {"cors", "ratelimit", "jwt", "user-ratelimit",
+                                                   "idempotency"};
+
+/* Parse a route's filter list ("cors,jwt", "" or "none" for no filter,
+ * NULL for every filter in the order above). @return 0 or DSYS_EINVAL
+ * (an unknown or repeated name). */
+static int parse_chain(const char *list, gw_route *r) {
+  r->nchain = 0;
+  r->rl_last = -1;
+  if (!list) {
+    for (int i = 0; i < NFILTERS; i++) r->chain[r->nchain++] = (uint8_t)i;
+  } else if (*list && strcmp(list, "none")) {
+    for (const char *s = list;; s++) { /* names between commas, none empty */
+      size_t n = strcspn(s, ",");
+      int f = 0;
+      while (f < NFILTERS && (strlen(filter_names[f]) != n || strncmp(s, filter_names[f], n))) f++;
+      if (f == NFILTERS || memchr(r->chain, f, r->nchain)) return DSYS_EINVAL;
+      r->chain[r->nchain++] = (uint8_t)f;
+      if (!s[n]) break;
+      s += n;
+    }
+  }
+  for (int i = 0; i < r->nchain; i++)
+    if (r->chain[i] == F_RATELIMIT || r->chain[i] == F_USER_RATELIMIT) r->rl_last = (int8_t)i;
+  return 0;
+}
 
 struct dsys_gateway {
   dsys_gateway_options o;
@@ -214,6 +250,8 @@ int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
   while (plen > 1 && prefix[plen - 1] == '/') plen--;
   gw_route *r = &gw->routes[gw->nroutes];
   memset(r, 0, sizeof *r);
+  if (parse_chain(eo.filters, r)) return DSYS_EINVAL;
+  eo.filters = NULL; /* parsed: not kept */
   char *p = dsysi_strndup(prefix, plen);
   r->origins = eo.ncors_origins ? calloc(eo.ncors_origins, sizeof *r->origins) : NULL;
   int oom = !p || (eo.ncors_origins && !r->origins);
@@ -266,6 +304,9 @@ typedef struct edge {
   char *idem_key;       /* reserved Idempotency-Key entry, or NULL */
   size_t idem_klen;
   uint64_t idem_gen;
+  int strip_cors;       /* the cors filter answers CORS: drop the upstream's */
+  int have_tight;       /* rate-limit filters: the tightest bucket so far */
+  dsysi_rl_result tight;
 } edge;
 
 /* One proxied request: what the edge decided and the headers that go
@@ -294,11 +335,11 @@ static void count(dsys_gateway *gw, gw_upstream *up, int ok) {
   if (up && !ok) atomic_fetch_add_explicit(&up->failed, 1, memory_order_relaxed);
 }
 
-static void edge_finish(dsys_gateway *gw, edge *e, int status, const char *ctype,
-                        const dsysi_hdrs *h, const void *body, size_t len);
+static void edge_respond(dsys_gateway *gw, edge *e, int status, const char *ctype,
+                         const dsysi_hdrs *h, const void *body, size_t len);
 
 static void respond_unavailable(px *p, int status, const char *message) {
-  edge_finish(p->gw, &p->e, status, NULL, NULL, NULL, 0);
+  edge_respond(p->gw, &p->e, status, NULL, NULL, NULL, 0);
   json_object *o = json_object_new_object();
   json_object_object_add(o, "error", json_object_new_string(
       status == 503 ? "Service unavailable" : status == 504 ? "Gateway timeout" : "Bad gateway"));
@@ -308,9 +349,9 @@ static void respond_unavailable(px *p, int status, const char *message) {
   dsysi_respond_obj(p->req, status, o);
 }
 
-/* Upstream response headers that go back (dsysi_fwd_response_header; on
- * a CORS route the gateway's own Access-Control-* answer stands). */
-static int drop_cors(const edge *e) { return e->rt && e->rt->norigins; }
+/* Upstream response headers that go back (dsysi_fwd_response_header; when
+ * the cors filter ran, the gateway's own Access-Control-* answer stands). */
+static int drop_cors(const edge *e) { return e->strip_cors; }
 
 static void copy_headers(px *p, const dsys_reply *r) {
   for (size_t i = 0; i < r->hdrs.n; i++) {
@@ -347,7 +388,7 @@ static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
   dsys_gateway *gw = p->gw;
   if (p->streaming) {
     count(gw, p->up, !err);
-    edge_finish(gw, &p->e, 0, NULL, NULL, NULL, 0); /* streams are not kept */
+    edge_respond(gw, &p->e, 0, NULL, NULL, NULL, 0); /* streams are not kept */
     dsys_stream_end(p->req);
   } else if (err == DSYS_ETOOBIG) {
     respond_unavailable(p, 502, "Upstream response too large");
@@ -365,7 +406,7 @@ static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
     const char *ct = dsysi_reply_ctype(reply);
     copy_headers(p, reply);
     count(gw, p->up, status < 400);
-    edge_finish(gw, &p->e, status, ct, &reply->hdrs, reply->body, reply->body_len);
+    edge_respond(gw, &p->e, status, ct, &reply->hdrs, reply->body, reply->body_len);
     /* The body goes to the transport as it is: no copy. */
     size_t blen;
     char *body = dsysi_reply_take_body(reply, &blen);
@@ -382,7 +423,7 @@ static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
   px *p = dsysi_loop_cache_get(&px_key);
   if (!p) p = malloc(sizeof *p);
   if (!p) {
-    edge_finish(gw, e, 500, NULL, NULL, NULL, 0);
+    edge_respond(gw, e, 500, NULL, NULL, NULL, 0);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
     return;
   }
@@ -414,7 +455,7 @@ static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
 /* Record the first answer to a request holding an Idempotency-Key entry:
  * kept for replay when the upstream answered below 500 (status 0: a
  * stream; never kept), else the key is released for a retry. */
-static void edge_finish(dsys_gateway *gw, edge *e, int status, const char *ctype,
+static void idem_finish(dsys_gateway *gw, edge *e, int status, const char *ctype,
                         const dsysi_hdrs *h, const void *body, size_t len) {
   if (!e->idem_key) return;
   if (status <= 0 || status >= 500 || !h) {
@@ -691,6 +732,47 @@ static int idempotency(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *
   return 1;
 }
 
+static int f_cors(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
+  e->strip_cors = rt->norigins > 0;
+  return cors(req, rt);
+}
+
+static int f_ratelimit(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
+  return rate_limit(gw, req, rt, 0, NULL, &e->tight, &e->have_tight);
+}
+
+static int f_user_ratelimit(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
+  return rate_limit(gw, req, rt, 1, e->user, &e->tight, &e->have_tight);
+}
+
+/* One edge filter: on_request returns 0 to go on, 1 when it answered the
+ * request (the chain stops); on_response, where there is one, sees the
+ * answer before it goes back (status 0: a stream, never stored). */
+typedef struct edge_filter {
+  int (*on_request)(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e);
+  void (*on_response)(dsys_gateway *gw, edge *e, int status, const char *ctype,
+                      const dsysi_hdrs *h, const void *body, size_t len);
+} edge_filter;
+
+/* In the order of filter_names. */
+static const edge_filter edge_filters[NFILTERS] = {
+    [F_CORS] = {f_cors, NULL},
+    [F_RATELIMIT] = {f_ratelimit, NULL},
+    [F_JWT] = {authenticate, NULL},
+    [F_USER_RATELIMIT] = {f_user_ratelimit, NULL},
+    [F_IDEMPOTENCY] = {idempotency, idem_finish},
+};
+
+/* The answer to a request that passed the chain (or failed upstream): the
+ * route's response hooks, last filter first. */
+static void edge_respond(dsys_gateway *gw, edge *e, int status, const char *ctype,
+                         const dsysi_hdrs *h, const void *body, size_t len) {
+  for (int i = e->rt->nchain - 1; i >= 0; i--) {
+    const edge_filter *f = &edge_filters[e->rt->chain[i]];
+    if (f->on_response) f->on_response(gw, e, status, ctype, h, body, len);
+  }
+}
+
 static void h_proxy(dsys_request *req, void *ud) {
   dsys_gateway *gw = ud;
   edge e = {.target = dsys_request_target(req)};
@@ -712,15 +794,11 @@ static void h_proxy(dsys_request *req, void *ud) {
     return;
   }
   e.rt = rt;
-  if (cors(req, rt)) return;
-  dsysi_rl_result tight;
-  int have_tight = 0;
-  if (rate_limit(gw, req, rt, 0, NULL, &tight, &have_tight)) return;
-  if (authenticate(gw, req, rt, &e)) return;
-  if (rate_limit(gw, req, rt, 1, e.user, &tight, &have_tight)) return;
-  if (have_tight) put_rl_headers(req, &tight);
-  if (idempotency(gw, req, rt, &e)) return;
-
+  for (int i = 0; i < rt->nchain; i++) {
+    if (edge_filters[rt->chain[i]].on_request(gw, req, rt, &e)) return;
+    /* the tightest bucket's headers, once the last limiter let it pass */
+    if (i == rt->rl_last && e.have_tight) put_rl_headers(req, &e.tight);
+  }
   proxy(gw, rt, req, &e);
 }
 

@@ -329,6 +329,19 @@ int main(void) {
   is_int(dsys_gateway_add_route_ex(gw, "/api/limited", "data", &lro), 0, "rate-limited route");
   dsys_gateway_route_options bad = {.size = sizeof bad, .rate = -1};
   is_int(dsys_gateway_add_route_ex(gw, "/x", "data", &bad), DSYS_EINVAL, "negative rate refused");
+  /* the edge as a filter chain: which filters run and in which order */
+  dsys_gateway_route_options cro = {.size = sizeof cro, .rate = 1, .burst = 1,
+                                    .protect = DSYS_GATEWAY_PROTECT_ALL, .filters = "ratelimit,jwt"};
+  is_int(dsys_gateway_add_route_ex(gw, "/api/chain-rl-first", "data", &cro), 0, "filters ratelimit,jwt");
+  cro.filters = "jwt,ratelimit";
+  is_int(dsys_gateway_add_route_ex(gw, "/api/chain-jwt-first", "data", &cro), 0, "filters jwt,ratelimit");
+  cro.filters = "none";
+  is_int(dsys_gateway_add_route_ex(gw, "/api/chain-off", "data", &cro), 0, "filters none");
+  static const char *const bad_chains[] = {"bogus", "jwt,jwt", "cors,,jwt", "jwt,", "JWT"};
+  for (size_t i = 0; i < sizeof bad_chains / sizeof bad_chains[0]; i++) {
+    cro.filters = bad_chains[i];
+    is_int(dsys_gateway_add_route_ex(gw, "/x", "data", &cro), DSYS_EINVAL, "filters '%s' refused", bad_chains[i]);
+  }
   dsys_gateway *gw2;
   dsys_gateway_new(&gw2, NULL);
   dsys_gateway_add_upstream(gw2, "data", du, 1, NULL);
@@ -631,6 +644,32 @@ int main(void) {
   close(held[1]);
   close(held[2]);
   dsys_server_free(lim);
+
+  /* ---- the filter chain: order and membership per route ---- */
+  r = call("GET", "/api/chain-rl-first/x", NULL, 0, NULL);
+  is_int(status(r), 401, "ratelimit,jwt: the first request spends the token, then 401");
+  dsys_reply_free(r);
+  r = call("GET", "/api/chain-rl-first/x", NULL, 0, NULL);
+  is_int(status(r), 429, "ratelimit,jwt: the second is limited before its token is looked at");
+  dsys_reply_free(r);
+  for (int i = 0; i < 2; i++) {
+    r = call("GET", "/api/chain-jwt-first/x", NULL, 0, NULL);
+    is_int(status(r), 401, "jwt,ratelimit: request %d refused by jwt before it spends a token", i + 1);
+    dsys_reply_free(r);
+  }
+  char ch[2048];
+  snprintf(ch, sizeof ch, "Bearer %s", good);
+  dsys_header cah[] = {{"Authorization", ch}};
+  r = call("GET", "/api/chain-jwt-first/x", cah, 1, NULL);
+  is_int(status(r), 201, "jwt,ratelimit: an authenticated request gets the bucket's token");
+  is_str(dsys_reply_header(r, "RateLimit-Remaining"), "0", "... and the limiter's headers");
+  dsys_reply_free(r);
+  for (int i = 0; i < 3; i++) {
+    r = call("GET", "/api/chain-off/x", NULL, 0, NULL);
+    is_int(status(r), 201, "filters none: request %d proxied without token or limit", i + 1);
+    ok(r && !dsys_reply_header(r, "RateLimit-Limit"), "filters none: no limiter headers");
+    dsys_reply_free(r);
+  }
 
   dsys_free(good);
   dsys_free(shortlived);
