@@ -7,6 +7,8 @@
  * comparison at every check cycle) or from static targets, and checks every
  * instance's GET /health, and the gateway's, every interval_ms with
  * asynchronous calls bounded by timeout_ms: no thread waits for a check.
+ * An instance that appears in the registry is checked at once (one check
+ * in flight per instance), not at the next cycle.
  * fail_threshold consecutive failures make an instance CRITICAL (a
  * `service-failure` event and alert); a success after that is a
  * `service-recovery`; an answer slower than slow_ms is a `slow-response`.
@@ -84,8 +86,8 @@ DSYS_API int dsys_faultd_add_target(dsys_faultd *fd, const char *type,
 
 /**
  * Mount the routes on srv (before dsys_server_listen), watch the registry
- * and start the check cycles: the first runs at once, then one every
- * interval_ms.
+ * and start the check cycles: the first starts in this call (its checks
+ * complete asynchronously), then one every interval_ms.
  * @return 0, DSYS_EINVAL, DSYS_ESTATE (mounted already, or server
  *         listening), DSYS_ENOMEM.
  */

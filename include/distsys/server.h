@@ -94,7 +94,23 @@ typedef struct dsys_server_options {
                                        request whose connection did not
                                        present a certificate signed by these
                                        gets 403 (DSYS_EPERM) */
+  uint32_t header_timeout_s; /**< http/https/unix: a connection is closed
+                                  when the request line and headers (and,
+                                  on https, the TLS handshake) are not
+                                  complete this many seconds after it
+                                  opened; a later request on a keep-alive
+                                  connection gets idle_timeout_s plus this
+                                  from the previous response. Cuts clients
+                                  that trickle a header (which the idle
+                                  timeout does not). 0: the default, 30;
+                                  DSYS_SERVER_TIMEOUT_OFF: off */
 } dsys_server_options;
+
+/** A timeout field value meaning "no timeout" (header_timeout_s). */
+#define DSYS_SERVER_TIMEOUT_OFF UINT32_MAX
+
+/** The default header_timeout_s, in seconds. */
+#define DSYS_SERVER_HEADER_TIMEOUT_DEFAULT 30
 
 /**
  * Create a server (not yet listening).
@@ -153,6 +169,17 @@ DSYS_API void dsys_server_free(dsys_server *srv);
 
 /** Number of requests received and not yet finished (for tests, metrics). */
 DSYS_API uint64_t dsys_server_inflight(dsys_server *srv);
+
+/**
+ * The options in effect, defaults filled in (what a zero field became).
+ * @param out its size field says how many bytes the caller's struct has
+ *        (0: this version's sizeof); that many are written, size included.
+ *        The strings and the clock belong to the server (valid until
+ *        dsys_server_free).
+ * @return 0, DSYS_EINVAL (a NULL argument).
+ */
+DSYS_API int dsys_server_get_options(const dsys_server *srv,
+                                     dsys_server_options *out);
 
 /* ---- request accessors (valid until the request is finished) ---- */
 

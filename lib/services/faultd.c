@@ -43,6 +43,7 @@ typedef struct entry {
   int64_t rt_ms;   /* -1: none */
   double uptime;   /* NAN: unknown */
   int64_t last_check, last_success; /* wall ms, 0: never */
+  int checking;    /* a check of it is in flight: no second one */
   char err[128];
 } entry;
 
@@ -54,6 +55,7 @@ typedef struct waiter {
 typedef struct chk {
   dsys_faultd *fd;
   char *key; /* NULL: the gateway's metrics */
+  int single; /* an instance's first check, outside any cycle */
   int64_t start_us;
 } chk;
 
@@ -73,6 +75,7 @@ struct dsys_faultd {
   int running;     /* a cycle is in progress */
   int outstanding; /* its checks not yet completed */
   int rerun;       /* POST /api/check waits for a fresh cycle */
+  int singles;     /* first checks of new instances in flight */
   uint64_t cycles;
   waiter *wait_next, *wait_cur;
   json_object *metrics; /* the gateway's "metrics" member, or NULL */
@@ -397,18 +400,30 @@ static void vanished(dsys_faultd *fd, entry *e, int kind) {
                                 : "gone from the registry without deregistering");
 }
 
-/* Compare the registry with the table. */
-static void reconcile(dsys_faultd *fd) {
+static chk *chk_new(dsys_faultd *fd, entry *e, int64_t t0);
+static void send_each(dsys_faultd *fd, chk **list, size_t n);
+
+/* Compare the registry with the table. An instance seen for the first
+ * time (or back with an unknown status) is checked at once rather than a
+ * whole interval later: "unknown" for up to interval_ms after it
+ * registered (or after the detector started before it) told nothing.
+ * in_round: called by run_round, whose cycle checks new instances anyway
+ * unless one is still running. */
+static void reconcile(dsys_faultd *fd, int in_round) {
   if (!fd->o.registry) return;
   dsys_instance *in = NULL;
   size_t n = 0;
   if (dsys_registry_lookup(fd->o.registry, NULL, 0, &in, &n)) return;
+  chk **first = n ? calloc(n, sizeof *first) : NULL;
+  size_t nfirst = 0;
   pthread_mutex_lock(&fd->mu);
   if (fd->stopping) {
     pthread_mutex_unlock(&fd->mu);
     dsys_free(in);
+    free(first);
     return;
   }
+  int64_t t0 = dsys_clock_now_us(fd->o.clock);
   for (size_t i = 0; i < n; i++) {
     entry *e = find(fd, in[i].id);
     if (e && (strcmp(e->url, in[i].url) || strcmp(e->type, in[i].type))) {
@@ -417,18 +432,27 @@ static void reconcile(dsys_faultd *fd) {
       entry_free(e);
       e = NULL;
     }
+    int check = 0;
     if (!e) {
       e = entry_new(in[i].id, in[i].type, in[i].name, in[i].url);
       if (!e) continue;
       insert(fd, e);
       publish(fd, "service-health-update", entry_event(e));
+      check = 1;
     } else if (!e->registered) {
       e->registered = 1;
       e->vanish_kind = 0;
       if (e->status == ST_UNKNOWN && e->last_success && !e->fails) e->status = ST_HEALTHY;
       publish(fd, "service-health-update", entry_event(e));
+      check = e->status == ST_UNKNOWN;
     }
     e->reg_healthy = in[i].health == DSYS_INSTANCE_HEALTHY;
+    /* one check in flight per instance, however many changes come in */
+    if (check && first && (!in_round || fd->running) && !e->checking &&
+        (first[nfirst] = chk_new(fd, e, t0))) {
+      first[nfirst++]->single = 1;
+      fd->singles++;
+    }
   }
   for (entry *e = fd->entries; e; e = e->next) {
     if (e->is_static || !e->registered) continue;
@@ -438,6 +462,8 @@ static void reconcile(dsys_faultd *fd) {
   }
   pthread_mutex_unlock(&fd->mu);
   dsys_free(in);
+  send_each(fd, first, nfirst);
+  free(first);
 }
 
 static void on_change(void *ud, const dsys_registry_change *c) {
@@ -449,13 +475,14 @@ static void on_change(void *ud, const dsys_registry_change *c) {
     pthread_mutex_unlock(&fd->mu);
     return;
   }
-  reconcile(fd);
+  reconcile(fd, 0);
 }
 
 /* ---- check cycles ---- */
 
 static void cycle_start_locked(dsys_faultd *fd, chk ***list, size_t *n);
 static void send_checks(dsys_faultd *fd, chk **list, size_t n);
+static void tick(void *ud);
 
 static void answer_waiters(dsys_faultd *fd, waiter *w, int ok) {
   while (w) {
@@ -570,10 +597,11 @@ static void check_done(int err, dsys_reply *rep, void *ud) {
     json_object_put(o);
   }
   pthread_mutex_lock(&fd->mu);
+  entry *e = c->key ? find(fd, c->key) : NULL;
+  if (e) e->checking = 0;
   if (!fd->stopping) {
-    if (c->key) {
-      entry *e = find(fd, c->key);
-      if (e) apply(fd, e, err, rep, rt);
+    if (e) {
+      apply(fd, e, err, rep, rt);
     } else if (m) {
       json_object_put(fd->metrics);
       fd->metrics = m;
@@ -584,8 +612,16 @@ static void check_done(int err, dsys_reply *rep, void *ud) {
   json_object_put(m);
   dsys_reply_free(rep);
   free(c->key);
+  int single = c->single;
   free(c);
-  cycle_release(fd);
+  if (!single) {
+    cycle_release(fd);
+    return;
+  }
+  pthread_mutex_lock(&fd->mu);
+  fd->singles--;
+  pthread_cond_broadcast(&fd->cv);
+  pthread_mutex_unlock(&fd->mu);
 }
 
 /* Split "http://h:p/base" into the endpoint and "/base<suffix>". */
@@ -631,16 +667,8 @@ static void cycle_start_locked(dsys_faultd *fd, chk ***list, size_t *n) {
   if (!l) return;
   size_t k = 0;
   int64_t t0 = dsys_clock_now_us(fd->o.clock);
-  for (entry *e = fd->entries; e; e = e->next) {
-    chk *c = calloc(1, sizeof *c);
-    if (!c || !(c->key = strdup(e->key))) {
-      free(c);
-      continue;
-    }
-    c->fd = fd;
-    c->start_us = t0;
-    l[k++] = c;
-  }
+  for (entry *e = fd->entries; e; e = e->next)
+    if (!e->checking && (l[k] = chk_new(fd, e, t0))) k++; /* else its result is on its way */
   if (fd->gw_url && (l[k] = calloc(1, sizeof **l))) {
     l[k]->fd = fd;
     l[k]->start_us = t0;
@@ -654,8 +682,21 @@ static void cycle_start_locked(dsys_faultd *fd, chk ***list, size_t *n) {
   *n = k;
 }
 
-static void send_checks(dsys_faultd *fd, chk **list, size_t n) {
-  if (!list) return;
+/* A check of e (hold mu); it is in flight from here until check_done. */
+static chk *chk_new(dsys_faultd *fd, entry *e, int64_t t0) {
+  chk *c = calloc(1, sizeof *c);
+  if (!c || !(c->key = strdup(e->key))) {
+    free(c);
+    return NULL;
+  }
+  c->fd = fd;
+  c->start_us = t0;
+  e->checking = 1;
+  return c;
+}
+
+/* Start the checks of list (no lock held); each ends in check_done. */
+static void send_each(dsys_faultd *fd, chk **list, size_t n) {
   for (size_t i = 0; i < n; i++) {
     chk *c = list[i];
     char ep[1024], path[1024];
@@ -676,20 +717,28 @@ static void send_checks(dsys_faultd *fd, chk **list, size_t n) {
     int rc = *ep ? dsys_client_send(fd->cli, &call, check_done, c) : DSYS_EINVAL;
     if (rc) check_done(rc, NULL, c);
   }
+}
+
+/* Start a cycle's checks (no lock held). */
+static void send_checks(dsys_faultd *fd, chk **list, size_t n) {
+  if (!list) return;
+  send_each(fd, list, n);
   free(list);
   cycle_release(fd); /* the cycle's own count */
 }
 
-static void tick(void *ud) {
-  dsys_faultd *fd = ud;
+/* One round: compare with the registry, start a cycle (unless one is still
+ * running), schedule the next round. @return the scheduling result. */
+static int run_round(dsys_faultd *fd) {
+  int rc = 0;
   pthread_mutex_lock(&fd->mu);
   if (fd->stopping) {
     pthread_mutex_unlock(&fd->mu);
-    return;
+    return 0;
   }
   fd->firing++;
   pthread_mutex_unlock(&fd->mu);
-  reconcile(fd);
+  reconcile(fd, 1);
   chk **list = NULL;
   size_t n = 0;
   pthread_mutex_lock(&fd->mu);
@@ -697,8 +746,8 @@ static void tick(void *ud) {
     int rerun = fd->rerun;
     cycle_start_locked(fd, &list, &n);
     if (!list) fd->rerun = rerun; /* a cycle is still running: skip this tick */
-    if (dsys_timer_add(fd->o.clock, fd->o.interval_ms * 1000, tick, fd, &fd->timer))
-      dsysi_log(DSYS_LOG_ERROR, fd->name, "cannot schedule the next check cycle");
+    rc = dsys_timer_add(fd->o.clock, fd->o.interval_ms * 1000, tick, fd, &fd->timer);
+    if (rc) dsysi_log(DSYS_LOG_ERROR, fd->name, "cannot schedule the next check cycle");
   }
   pthread_mutex_unlock(&fd->mu);
   send_checks(fd, list, n);
@@ -706,7 +755,10 @@ static void tick(void *ud) {
   fd->firing--;
   pthread_cond_broadcast(&fd->cv);
   pthread_mutex_unlock(&fd->mu);
+  return rc;
 }
+
+static void tick(void *ud) { run_round(ud); }
 
 uint64_t dsys_faultd_cycles(dsys_faultd *fd) {
   if (!fd) return 0;
@@ -849,10 +901,9 @@ int dsys_faultd_mount(dsys_faultd *fd, dsys_server *srv) {
     if (rc) return rc;
     fd->watching = 1;
   }
-  pthread_mutex_lock(&fd->mu);
-  rc = dsys_timer_add(fd->o.clock, 0, tick, fd, &fd->timer);
-  pthread_mutex_unlock(&fd->mu);
-  return rc;
+  /* The first round now, on this thread: not after a timer's hop (on a
+   * fake clock, not only at the next advance). */
+  return run_round(fd);
 }
 
 int dsys_faultd_status_json(dsys_faultd *fd, char **out) {
@@ -896,7 +947,7 @@ void dsys_faultd_free(dsys_faultd *fd) {
   dsys_faultd_shutdown(fd);
   dsys_client_free(fd->cli); /* pending checks complete (canceled) first */
   pthread_mutex_lock(&fd->mu);
-  while (fd->running) pthread_cond_wait(&fd->cv, &fd->mu);
+  while (fd->running || fd->singles) pthread_cond_wait(&fd->cv, &fd->mu);
   pthread_mutex_unlock(&fd->mu);
   dsys_events_free(fd->ev);
   while (fd->entries) {

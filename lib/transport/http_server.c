@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -64,22 +65,51 @@ typedef struct handoff {
   struct sockaddr_storage addr;
 } handoff;
 
-/* A connection watched by the request timeout (request_timeout_s). */
+/* Per connection, from MHD's STARTED notice to its CLOSED one: the
+ * deadlines the guard thread enforces (header_timeout_s, request_timeout_s;
+ * 0: not watched) and whether its close should linger. */
 typedef struct mconn {
   int fd;
-  int64_t deadline_us; /* 0: a request is being handled (not watched) */
-  int cut;
+  _Atomic int64_t head_deadline_us; /* request line + headers */
+  _Atomic int64_t req_deadline_us;  /* the whole request */
+  atomic_int cut;    /* cut on purpose (a timeout, an endless body): no lingering */
+  atomic_int linger; /* answered before its body was read */
   struct mconn *prev, *next;
 } mconn;
 
+/* A closed connection whose input is still being read and dropped (see
+ * linger_start), owned by the guard loop. */
+typedef struct lingerer {
+  dsysi_watch w;
+  uint64_t timer;
+  uint64_t left; /* bytes that may still be discarded */
+  mhd_lst *l;
+  struct lingerer *prev, *next;
+} lingerer;
+
+/* Lingering close bounds. The point is only to let a client that writes
+ * its whole request before reading (Python's http.client, most simple
+ * clients) finish the write it has in flight and read the early answer
+ * instead of a reset: 2 s and 64 MiB cover a body of that size down to
+ * about 270 Mbit/s and end long before nginx's lingering_time (30 s); a
+ * slower or endless sender is cut as before. */
+#define LINGER_US 2000000
+#define LINGER_MAX_BYTES ((uint64_t)64 << 20)
+
 struct mhd_lst {
-  /* request timeout: connections, and the thread that cuts late ones */
+  /* Timeouts and lingering close: the watched connections and the guard,
+   * one loop thread per listener whatever the mode (see guard_start). */
   pthread_mutex_t cmu;
-  pthread_cond_t ccv;
   mconn *conns;
-  int64_t req_timeout_us;
-  pthread_t sweeper;
-  int sweeping, sweep_stop;
+  int64_t req_timeout_us, head_timeout_us, idle_us, sweep_us;
+  dsysi_loop *guard;
+  pthread_t guard_thr;
+  int guard_started;
+  pthread_mutex_t lmu;  /* lq: descriptors waiting for the guard */
+  int *lq;
+  size_t lqn, lqcap;
+  lingerer *lingering;  /* guard thread only */
+  atomic_uint nlinger;  /* queued + lingering */
   dsys_server *srv;
   const dsysi_listener_ops *ops;
   mhd_d *ds;
@@ -104,9 +134,12 @@ typedef struct mhd_req {
   mhd_lst *l;
   mhd_d *md;
   struct MHD_Connection *conn;
+  mconn *mc;            /* its connection's watch (NULL without memory) */
   dsysi_buf body;
   int seen;
   int too_big;
+  uint64_t dropped;     /* too_big: body bytes discarded so far */
+  int64_t too_big_us;   /* when the body went over the limit */
   int suspended;
   int deferred;         /* answered later than in the handler's first call */
   int waiting;          /* left unanswered and unsuspended until wait_until */
@@ -116,19 +149,45 @@ typedef struct mhd_req {
   char target[]; /* the raw request target (MHD-NOTES pitfall 5) */
 } mhd_req;
 
-/* Start (deadline = now + timeout) or stop (0) watching a connection. */
-static void watch_conn(mhd_lst *l, struct MHD_Connection *conn, int on) {
-  if (!l->req_timeout_us) return;
+static mconn *conn_watch(struct MHD_Connection *conn) {
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  mconn *mc = ci ? ci->socket_context : NULL;
-  if (!mc) return;
-  pthread_mutex_lock(&l->cmu);
-  mc->deadline_us = on ? dsysi_loop_now_us() + l->req_timeout_us : 0;
-  pthread_mutex_unlock(&l->cmu);
+  return ci ? ci->socket_context : NULL;
+}
+
+/* The request line and headers are in. */
+static void head_done(mhd_req *m) {
+  if (m->mc) atomic_store_explicit(&m->mc->head_deadline_us, 0, memory_order_relaxed);
+}
+
+/* The whole request is in, or was answered before its body (early): the
+ * connection is no longer the client's to hold up; an early answer makes
+ * its close linger. */
+static void request_in(mhd_req *m, int early) {
+  if (!m->mc) return;
+  atomic_store_explicit(&m->mc->head_deadline_us, 0, memory_order_relaxed);
+  atomic_store_explicit(&m->mc->req_deadline_us, 0, memory_order_relaxed);
+  if (early) atomic_store_explicit(&m->mc->linger, 1, memory_order_relaxed);
+}
+
+/* Arm the deadlines of the next request on a connection. */
+static void watch_next(mhd_lst *l, mconn *mc, int first) {
+  int64_t now = dsysi_loop_now_us();
+  /* On a kept-alive connection we cannot see when the next request's
+   * first byte arrives: allow the idle time before it (the idle timeout
+   * cuts a silent connection anyway), so this never shortens idle_timeout_s.
+   * The worst case equals nginx's keepalive_timeout + client_header_timeout. */
+  if (l->head_timeout_us)
+    atomic_store_explicit(&mc->head_deadline_us,
+                          now + l->head_timeout_us + (first ? 0 : l->idle_us),
+                          memory_order_relaxed);
+  if (l->req_timeout_us)
+    atomic_store_explicit(&mc->req_deadline_us, now + l->req_timeout_us,
+                          memory_order_relaxed);
 }
 
 static void resume_accept(dsysi_loop *loop, void *ud);
+static void linger_start(mhd_lst *l, int fd);
 
 static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code) {
@@ -144,15 +203,14 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
         dsysi_loop_post(l->ds[0].loop, resume_accept, l);
     }
   }
-  if (!l->req_timeout_us) return;
   if (code == MHD_CONNECTION_NOTIFY_STARTED) {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     mconn *mc = ci ? calloc(1, sizeof *mc) : NULL;
-    if (!mc) return;
+    if (!mc) return; /* not watched: as without timeouts */
     mc->fd = ci->connect_fd;
+    watch_next(l, mc, 1);
     pthread_mutex_lock(&l->cmu);
-    mc->deadline_us = dsysi_loop_now_us() + l->req_timeout_us;
     mc->next = l->conns;
     if (l->conns) l->conns->prev = mc;
     l->conns = mc;
@@ -160,7 +218,7 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
     *socket_ctx = mc;
     return;
   }
-  /* CLOSED: MHD reports it before it closes the socket, so the sweeper
+  /* CLOSED: MHD reports it before it closes the socket, so the guard
    * never touches a descriptor that was reused. */
   mconn *mc = *socket_ctx;
   if (!mc) return;
@@ -169,31 +227,175 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
   else l->conns = mc->next;
   if (mc->next) mc->next->prev = mc->prev;
   pthread_mutex_unlock(&l->cmu);
+  /* Closing a socket with unread input makes the kernel send a reset:
+   * a client still writing its body then fails (EPIPE, ECONNRESET) before
+   * it reads our early answer (413, 403, or MHD's own 431/414/400). */
+  int unread = 0;
+  if (!atomic_load(&mc->cut) &&
+      (atomic_load(&mc->linger) || (ioctl(mc->fd, FIONREAD, &unread) == 0 && unread > 0)))
+    linger_start(l, mc->fd);
   free(mc);
   *socket_ctx = NULL;
 }
 
-/* Cut connections that did not deliver a request in time: shutdown()
- * makes MHD see the end of the stream and close them in its own thread. */
-static void *sweeper_main(void *arg) {
-  mhd_lst *l = arg;
-  int64_t step = l->req_timeout_us / 8;
-  if (step < 50000) step = 50000;
-  if (step > 500000) step = 500000;
+/* ---- the guard: timeouts and lingering close ----
+ * One loop thread per listener, in both modes: MHD's pool threads cannot
+ * host our timers, and a loop thread must not block on a slow client. */
+
+/* Cut connections that did not deliver a request (head) in time:
+ * shutdown() makes MHD see the end of the stream and close them in its
+ * own thread. */
+static void sweep(dsysi_loop *loop, void *ud) {
+  mhd_lst *l = ud;
+  int64_t now = dsysi_loop_now_us();
   pthread_mutex_lock(&l->cmu);
-  while (!l->sweep_stop) {
-    int64_t now = dsysi_loop_now_us();
-    for (mconn *mc = l->conns; mc; mc = mc->next)
-      if (mc->deadline_us && now >= mc->deadline_us && !mc->cut) {
-        mc->cut = 1;
-        shutdown(mc->fd, SHUT_RDWR);
-      }
-    int64_t d = dsysi_loop_now_us() + step;
-    struct timespec ts = {.tv_sec = d / 1000000, .tv_nsec = (long)(d % 1000000) * 1000};
-    pthread_cond_timedwait(&l->ccv, &l->cmu, &ts);
+  for (mconn *mc = l->conns; mc; mc = mc->next) {
+    int64_t h = atomic_load_explicit(&mc->head_deadline_us, memory_order_relaxed);
+    int64_t r = atomic_load_explicit(&mc->req_deadline_us, memory_order_relaxed);
+    if (((h && now >= h) || (r && now >= r)) && !atomic_exchange(&mc->cut, 1))
+      shutdown(mc->fd, SHUT_RDWR);
   }
   pthread_mutex_unlock(&l->cmu);
+  if (!dsysi_loop_timer(loop, l->sweep_us, sweep, l))
+    dsysi_log(DSYS_LOG_ERROR, "http", "out of memory: connection timeouts stopped");
+}
+
+static void linger_end(dsysi_loop *loop, lingerer *lg) {
+  mhd_lst *l = lg->l;
+  dsysi_loop_del(loop, &lg->w);
+  dsysi_loop_cancel(loop, lg->timer);
+  close(lg->w.fd);
+  if (lg->prev) lg->prev->next = lg->next;
+  else l->lingering = lg->next;
+  if (lg->next) lg->next->prev = lg->prev;
+  free(lg);
+  atomic_fetch_sub(&l->nlinger, 1);
+}
+
+static void linger_expire(dsysi_loop *loop, void *ud) {
+  lingerer *lg = ud;
+  lg->timer = 0;
+  linger_end(loop, lg);
+}
+
+/* Read and drop until the client is done (EOF), an error, or a bound. */
+static void linger_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
+  lingerer *lg = ud;
+  char buf[16384];
+  for (int i = 0; i < 64; i++) { /* then let the loop serve others */
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0 || (uint64_t)n >= lg->left) {
+      linger_end(loop, lg);
+      return;
+    }
+    lg->left -= (uint64_t)n;
+  }
+}
+
+/* Posted by linger_start: take the queued descriptors in. */
+static void linger_take(dsysi_loop *loop, void *ud) {
+  mhd_lst *l = ud;
+  pthread_mutex_lock(&l->lmu);
+  int *q = l->lq;
+  size_t n = l->lqn;
+  l->lq = NULL;
+  l->lqn = l->lqcap = 0;
+  pthread_mutex_unlock(&l->lmu);
+  for (size_t i = 0; i < n; i++) {
+    lingerer *lg = calloc(1, sizeof *lg);
+    if (lg) {
+      lg->w = (dsysi_watch){.fd = q[i], .fn = linger_io, .ud = lg};
+      lg->left = LINGER_MAX_BYTES;
+      lg->l = l;
+      lg->timer = dsysi_loop_timer(loop, LINGER_US, linger_expire, lg);
+    }
+    if (!lg || !lg->timer || dsysi_loop_add(loop, &lg->w, EPOLLIN, 0)) {
+      if (lg && lg->timer) dsysi_loop_cancel(loop, lg->timer);
+      free(lg);
+      close(q[i]);
+      atomic_fetch_sub(&l->nlinger, 1);
+      continue;
+    }
+    lg->next = l->lingering;
+    if (l->lingering) l->lingering->prev = lg;
+    l->lingering = lg;
+  }
+  free(q);
+}
+
+/* Called from MHD's CLOSED notice, before MHD closes fd: keep the socket
+ * open on a duplicate and let the guard drain it (nginx's lingering_close).
+ * MHD has already sent the answer and shut its sending side, so the
+ * client reads the answer and the end of the stream. Over the bound of
+ * lingering sockets (max_connections) the close stays abrupt. */
+static void linger_start(mhd_lst *l, int fd) {
+  if (!l->guard_started ||
+      atomic_fetch_add(&l->nlinger, 1) >= dsysi_server_max_connections(l->srv)) {
+    atomic_fetch_sub(&l->nlinger, 1);
+    return;
+  }
+  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0) {
+    atomic_fetch_sub(&l->nlinger, 1);
+    return;
+  }
+  /* MHD shut the TCP side down only for plain sockets (TLS: close_notify). */
+  shutdown(dup_fd, SHUT_WR);
+  pthread_mutex_lock(&l->lmu);
+  int first = l->lqn == 0; /* else a take is already posted */
+  int rc = dsysi_grow(&l->lq, &l->lqcap, l->lqn + 1, sizeof *l->lq, 16);
+  if (!rc) l->lq[l->lqn++] = dup_fd;
+  pthread_mutex_unlock(&l->lmu);
+  if (rc) {
+    close(dup_fd);
+    atomic_fetch_sub(&l->nlinger, 1);
+    return;
+  }
+  /* A failed post leaves the descriptor queued: guard_stop closes it. */
+  if (first) dsysi_loop_post(l->guard, linger_take, l);
+}
+
+static void *guard_main(void *arg) {
+  dsysi_loop_run(arg);
   return NULL;
+}
+
+static void guard_sweep_start(dsysi_loop *loop, void *ud) { sweep(loop, ud); }
+
+static int guard_start(mhd_lst *l) {
+  if (dsysi_loop_new(&l->guard)) return DSYS_ENOMEM;
+  int64_t t = l->head_timeout_us;
+  if (l->req_timeout_us && (!t || l->req_timeout_us < t)) t = l->req_timeout_us;
+  if (t) {
+    /* a cut comes up to one step late: an eighth of the shortest timeout */
+    l->sweep_us = t / 8 < 50000 ? 50000 : t / 8 > 500000 ? 500000 : t / 8;
+    if (dsysi_loop_post(l->guard, guard_sweep_start, l)) return DSYS_ENOMEM;
+  }
+  if (pthread_create(&l->guard_thr, NULL, guard_main, l->guard)) return DSYS_ENOMEM;
+  l->guard_started = 1;
+  return 0;
+}
+
+/* After the daemons stopped: nothing queues any more. */
+static void guard_stop(mhd_lst *l) {
+  if (l->guard_started) {
+    dsysi_loop_stop(l->guard);
+    pthread_join(l->guard_thr, NULL);
+    l->guard_started = 0;
+  }
+  while (l->lingering) {
+    lingerer *lg = l->lingering;
+    l->lingering = lg->next;
+    close(lg->w.fd);
+    free(lg);
+  }
+  for (size_t i = 0; i < l->lqn; i++) close(l->lq[i]);
+  free(l->lq);
+  l->lq = NULL;
+  l->lqn = l->lqcap = 0;
+  dsysi_loop_free(l->guard);
+  l->guard = NULL;
 }
 
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
@@ -205,6 +407,7 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn) {
   m->md = cls;
   m->l = m->md->l;
   m->conn = conn;
+  m->mc = conn_watch(conn);
   memcpy(m->target, uri, n + 1);
   return m;
 }
@@ -405,14 +608,17 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
   size_t max = dsysi_server_max_body(l->srv);
   if (!m->seen) {
     m->seen = 1;
+    head_done(m);
+    /* Answers before the body is read: MHD then closes the connection,
+     * which lingers (linger_start) so that the client reads them. */
     if (l->pem_trust && !client_cert_ok(conn)) {
-      watch_conn(l, conn, 0);
+      request_in(m, 1);
       return queue_error(conn, 403, "DSYS_EPERM",
                          "A valid client certificate is required");
     }
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > max) {
-      watch_conn(l, conn, 0);
+      request_in(m, 1);
       return queue_error(conn, 413, "DSYS_ETOOBIG", "Request body too large");
     }
     return MHD_YES;
@@ -422,15 +628,27 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn,
     if (!m->too_big) {
       if (m->body.len + *upload_size > max) {
         m->too_big = 1;
+        m->too_big_us = dsysi_loop_now_us();
         dsysi_buf_free(&m->body);
       } else if (dsysi_buf_append(&m->body, upload_data, *upload_size)) {
+        return MHD_NO;
+      }
+    }
+    if (m->too_big) {
+      /* A body without a length (chunked) that went over the limit: MHD
+       * cannot answer before its end, so it is read and dropped, within
+       * the bounds of a lingering close; past them, the connection is
+       * cut without an answer. */
+      m->dropped += *upload_size;
+      if (m->dropped > LINGER_MAX_BYTES || dsysi_loop_now_us() - m->too_big_us > LINGER_US) {
+        if (m->mc) atomic_store(&m->mc->cut, 1); /* its bounds are spent */
         return MHD_NO;
       }
     }
     *upload_size = 0;
     return MHD_YES;
   }
-  watch_conn(l, conn, 0); /* the whole request is in */
+  request_in(m, 0); /* the whole request is in */
   if (m->too_big)
     return queue_error(conn, 413, "DSYS_ETOOBIG", "Request body too large");
   dsys_request *r = dsysi_request_new(l->srv, l->ops, l, m);
@@ -458,7 +676,7 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
                               enum MHD_RequestTerminationCode toe) {
   mhd_req *m = *con_cls;
   if (!m) return;
-  watch_conn(m->l, conn, 1); /* the next request on this connection */
+  if (m->mc) watch_next(m->l, m->mc, 0); /* the next request on this connection */
   stop_waiting(m);
   if (m->req)
     dsysi_request_transport_done(m->req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
@@ -791,8 +1009,7 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   OPT(MHD_OPTION_CONNECTION_MEMORY_LIMIT, dsysi_server_connection_memory(srv), NULL);
   OPT(MHD_OPTION_NOTIFY_COMPLETED, request_completed, md);
   OPT(MHD_OPTION_URI_LOG_CALLBACK, uri_log, md);
-  if (l->req_timeout_us || l->balanced)
-    OPT(MHD_OPTION_NOTIFY_CONNECTION, notify_conn, md);
+  OPT(MHD_OPTION_NOTIFY_CONNECTION, notify_conn, md);
   if (l->tls) {
     flags |= MHD_USE_TLS;
     OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, l->pem_key);
@@ -853,20 +1070,14 @@ static void free_lst(mhd_lst *l) {
   l->stopped = 1;
   for (unsigned i = 0; i < l->nd; i++) stop_daemon(&l->ds[i]);
   for (unsigned i = 0; i < l->nd; i++) pthread_mutex_destroy(&l->ds[i].hmu);
-  if (l->sweeping) {
-    pthread_mutex_lock(&l->cmu);
-    l->sweep_stop = 1;
-    pthread_cond_signal(&l->ccv);
-    pthread_mutex_unlock(&l->cmu);
-    pthread_join(l->sweeper, NULL);
-  }
+  guard_stop(l);
   while (l->conns) { /* MHD reported every close at stop; defensive */
     mconn *mc = l->conns;
     l->conns = mc->next;
     free(mc);
   }
   pthread_mutex_destroy(&l->cmu);
-  pthread_cond_destroy(&l->ccv);
+  pthread_mutex_destroy(&l->lmu);
   if (l->unix_path) unlink(l->unix_path);
   free(l->unix_path);
   free(l->pem_cert);
@@ -928,12 +1139,10 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   l->ops = ops;
   l->tls = !strcmp(ops->scheme, "https");
   pthread_mutex_init(&l->cmu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&l->ccv, &ca);
-  pthread_condattr_destroy(&ca);
+  pthread_mutex_init(&l->lmu, NULL);
   l->req_timeout_us = (int64_t)dsysi_server_request_timeout(srv) * 1000000;
+  l->head_timeout_us = (int64_t)dsysi_server_header_timeout(srv) * 1000000;
+  l->idle_us = (int64_t)dsysi_server_idle_timeout(srv) * 1000000;
   unsigned loops = dsysi_server_event_loops(srv);
   l->loops = loops > 0;
   /* One MHD daemon per loop; a Unix socket gets one loop (its listener
@@ -943,7 +1152,7 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   l->ds = calloc(l->nd, sizeof *l->ds);
   if (!l->ds) {
     pthread_mutex_destroy(&l->cmu);
-    pthread_cond_destroy(&l->ccv);
+    pthread_mutex_destroy(&l->lmu);
     free(l);
     return DSYS_ENOMEM;
   }
@@ -952,16 +1161,14 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
     l->ds[i].fd = -1;
     pthread_mutex_init(&l->ds[i].hmu, NULL);
   }
-  int rc = l->tls ? load_tls(l) : 0;
+  /* the guard first: MHD's notices may hand it connections at once */
+  int rc = guard_start(l);
+  if (!rc && l->tls) rc = load_tls(l);
   if (!rc) rc = bind_socket(url, is_unix, l, &l->ds[0].fd);
   for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
   if (!rc && l->balanced) {
     l->acc = (dsysi_watch){.fd = l->ds[0].fd, .fn = on_accept, .ud = l};
     if (dsysi_loop_add(l->ds[0].loop, &l->acc, EPOLLIN, 0)) rc = DSYS_EIO;
-  }
-  if (!rc && l->req_timeout_us) {
-    if (pthread_create(&l->sweeper, NULL, sweeper_main, l)) rc = DSYS_ENOMEM;
-    else l->sweeping = 1;
   }
   if (rc) {
     free_lst(l);

@@ -91,7 +91,12 @@ uint32_t dsysi_server_max_connections(dsys_server *s) { return s->o.max_connecti
 uint32_t dsysi_server_idle_timeout(dsys_server *s) { return s->o.idle_timeout_s; }
 uint32_t dsysi_server_connection_memory(dsys_server *s) { return s->o.connection_memory; }
 uint32_t dsysi_server_event_loops(dsys_server *s) { return s->o.event_loops; }
-uint32_t dsysi_server_request_timeout(dsys_server *s) { return s->o.request_timeout_s; }
+uint32_t dsysi_server_request_timeout(dsys_server *s) {
+  return s->o.request_timeout_s == DSYS_SERVER_TIMEOUT_OFF ? 0 : s->o.request_timeout_s;
+}
+uint32_t dsysi_server_header_timeout(dsys_server *s) {
+  return s->o.header_timeout_s == DSYS_SERVER_TIMEOUT_OFF ? 0 : s->o.header_timeout_s;
+}
 dsys_clock *dsysi_server_clock(dsys_server *s) { return s->o.clock; }
 void dsysi_server_tls(dsys_server *s, const char **cert, const char **key,
                       const char **client_ca) {
@@ -113,6 +118,12 @@ int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
   if (!s->o.threads) s->o.threads = dsysi_ncpu() < 2 ? 2 : dsysi_ncpu();
   if (!s->o.max_connections) s->o.max_connections = 1024;
   if (!s->o.idle_timeout_s) s->o.idle_timeout_s = 60;
+  /* A complete request head takes one round trip from any sane client;
+   * 30 s leaves room for a TLS handshake and a 16 KiB head over a slow
+   * mobile link, is half of nginx's client_header_timeout (60 s), and
+   * makes a slowloris attacker open max_connections/30 new connections a
+   * second to keep a listener full instead of a few hundred once. */
+  if (!s->o.header_timeout_s) s->o.header_timeout_s = DSYS_SERVER_HEADER_TIMEOUT_DEFAULT;
   if (!s->o.clock) s->o.clock = dsys_clock_real();
   /* MHD clears the whole pool on every keep-alive request; 16 KiB instead
    * of its 32 KiB default measured 3-7% faster (MHD-NOTES.md). */
@@ -259,6 +270,14 @@ const char *dsys_server_url(dsys_server *s, size_t i) {
 
 uint64_t dsys_server_inflight(dsys_server *s) {
   return s ? atomic_load(&s->inflight) : 0;
+}
+
+int dsys_server_get_options(const dsys_server *s, dsys_server_options *out) {
+  if (!s || !out) return DSYS_EINVAL;
+  size_t n = out->size && out->size < sizeof s->o ? out->size : sizeof s->o;
+  memcpy(out, &s->o, n);
+  out->size = n;
+  return 0;
 }
 
 /* This thread's shard of the live list, chosen round robin on its first

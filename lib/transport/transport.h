@@ -259,7 +259,9 @@ uint32_t dsysi_server_max_connections(dsys_server *srv);
 uint32_t dsysi_server_idle_timeout(dsys_server *srv);
 uint32_t dsysi_server_connection_memory(dsys_server *srv);
 uint32_t dsysi_server_event_loops(dsys_server *srv);
+/** request_timeout_s and header_timeout_s in seconds, 0 when off. */
 uint32_t dsysi_server_request_timeout(dsys_server *srv);
+uint32_t dsysi_server_header_timeout(dsys_server *srv);
 dsys_clock *dsysi_server_clock(dsys_server *srv);
 /** The server's TLS files (NULL when unset). */
 void dsysi_server_tls(dsys_server *srv, const char **cert, const char **key,

@@ -1,5 +1,7 @@
 #include "net.h"
 #include <arpa/inet.h>
+#include <poll.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -45,4 +47,31 @@ int test_free_port(void) {
            getsockname(fd, (struct sockaddr *)&sa, &sl) == 0;
   if (fd >= 0) close(fd);
   return ok ? ntohs(sa.sin_port) : 0;
+}
+
+int test_trickle(const char *url, const char *head, int step_ms, int max_ms) {
+  int fd = test_connect(url);
+  if (fd < 0) return -2;
+  send(fd, head, strlen(head), MSG_NOSIGNAL);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int closed_at = -1;
+  for (;;) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int pr = poll(&p, 1, step_ms);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    int el = (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+    char c;
+    if (pr > 0 && recv(fd, &c, 1, MSG_DONTWAIT) <= 0) {
+      closed_at = el;
+      break;
+    }
+    if (el >= max_ms) break;
+    if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) {
+      closed_at = el;
+      break;
+    }
+  }
+  close(fd);
+  return closed_at;
 }

@@ -19,4 +19,10 @@ int test_connect_timeout(const char *url, int recv_timeout_s);
  *  a connect to it is refused. 0 on failure. */
 int test_free_port(void);
 
+/** A slow client: connects to url, sends head (a request cut off inside a
+ *  header), then one byte every step_ms. @return the milliseconds after
+ *  which the server closed the connection, -1 when it was still open
+ *  after max_ms, -2 when it could not connect. */
+int test_trickle(const char *url, const char *head, int step_ms, int max_ms);
+
 #endif

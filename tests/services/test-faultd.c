@@ -5,7 +5,9 @@
  * healthy -> 3 failures -> CRITICAL -> recovery (events in order, alert
  * log), slow responses, an instance reaped from the registry while alive
  * (kept, reported), a deregistered instance that went away (removed),
- * POST /api/check, and an SSE client that gets health-status first.
+ * POST /api/check, an SSE client that gets health-status first, the first
+ * round at mount (no clock advance needed) and a newly registered instance
+ * checked at once, exactly once, instead of a whole interval later.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,6 +30,7 @@ enum { OK = 0, FAIL = 1, SLOW = 2 };
 typedef struct target {
   dsys_server *srv;
   atomic_int mode;
+  atomic_int hits; /* /health requests */
   char url[64];
 } target;
 
@@ -37,6 +40,7 @@ static void slow_answer(void *ud) {
 
 static void h_health(dsys_request *req, void *ud) {
   target *t = ud;
+  atomic_fetch_add(&t->hits, 1);
   int m = atomic_load(&t->mode);
   if (m == FAIL) {
     dsys_respond_error(req, 503, "down", "down");
@@ -248,10 +252,24 @@ int main(void) {
   is_int(dsys_client_send(cli, &sk, on_sse_done, NULL), 0, "SSE client connects");
   ok(wait_event("health-status", NULL, 0), "health-status arrives on connect");
 
+  /* the first round runs at mount: the fake clock has not moved */
+  int st;
+  json_object *s = NULL;
+  for (int i = 0; i < 400; i++) {
+    json_object_put(s);
+    s = status_now();
+    if (iget(path_get(s, "summary", "services", "data"), "healthy") == 2) break;
+    msleep(5);
+  }
+  is_int(iget(path_get(s, "summary", "services", "data"), "healthy"), 2,
+         "both instances checked at start, before any clock advance");
+  json_object_put(s);
+  ok(atomic_load(&d1.hits) == 1 && atomic_load(&d2.hits) == 1,
+     "each checked once at start (%d, %d)", atomic_load(&d1.hits), atomic_load(&d2.hits));
+
   /* first cycle: runs at mount; the static target is refused on the next advance */
   ok(wait_cycles(1), "first cycle completed");
-  int st;
-  json_object *s = status_now();
+  s = status_now();
   json_object *sum = path_get(s, "summary", NULL, NULL);
   is_int(iget(sum, "total"), 4, "summary total: 2 data + gateway + static");
   is_int(iget(sum, "healthy"), 3, "3 healthy");
@@ -414,6 +432,33 @@ int main(void) {
   json_object_put(s);
   ok(wait_event("service-health-update", "\"removed\"", 0), "with a removed update event");
 
+  /* a new instance is checked when it appears: once, without waiting for
+   * the next round (the clock stands still; the next round is 5 s away) */
+  static target d3;
+  start_target(&d3, "fd-data-3", 0);
+  n0 = dsys_faultd_cycles(fd);
+  dsys_instance i3 = {.id = "data-4004", .type = "data", .url = d3.url, .name = "data-3"};
+  dsys_registry_register(reg, &i3);
+  dsys_registry_register(reg, &i3); /* more changes while its check runs */
+  dsys_registry_heartbeat(reg, "data-4004");
+  dsys_registry_register(reg, &i3);
+  const char *st3 = NULL;
+  s = NULL;
+  for (int i = 0; i < 400; i++) {
+    json_object_put(s);
+    s = status_now();
+    st3 = dsysi_json_str(entry_of(s, "data", "data-3"), "status");
+    if (st3 && !strcmp(st3, "healthy")) break;
+    msleep(5);
+  }
+  is_str(st3, "healthy", "a newly registered instance is healthy without waiting for a round");
+  json_object_put(s);
+  msleep(50);
+  is_int(atomic_load(&d3.hits), 1, "checked exactly once for its registration and 3 more changes");
+  is_int(dsys_faultd_cycles(fd), n0, "by a check of its own, not a cycle");
+  ok(cycle(), "next cycle");
+  is_int(atomic_load(&d3.hits), 2, "then once per cycle");
+
   /* shutdown ends the stream */
   dsys_faultd_shutdown(fd);
   for (int i = 0; i < 400 && !atomic_load(&sse_done); i++) msleep(5);
@@ -429,6 +474,7 @@ int main(void) {
   dsys_server_free(d1.srv);
   dsys_server_free(d2.srv);
   dsys_server_free(gw.srv);
+  dsys_server_free(d3.srv);
   dsys_clock_free(clk);
   unlink(alog);
   return tap_done();

@@ -163,31 +163,7 @@ static int raw(const char *bytes, char *resp, size_t cap) {
 /* A client sending one header byte every step_ms: the ms after which the
  * server closed the connection, or -1 if it was still open at max_ms. */
 static int trickle(const char *url, int step_ms, int max_ms) {
-  int fd = test_connect(url);
-  if (fd < 0) return -2;
-  const char *start = "GET /api/open/x HTTP/1.1\r\nHost: x\r\nX-Slow: ";
-  send(fd, start, strlen(start), MSG_NOSIGNAL);
-  struct timespec t0, t1;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  int closed_at = -1;
-  for (;;) {
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    int pr = poll(&p, 1, step_ms);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    int el = (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
-    char c;
-    if (pr > 0 && recv(fd, &c, 1, MSG_DONTWAIT) <= 0) {
-      closed_at = el;
-      break;
-    }
-    if (el >= max_ms) break;
-    if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) {
-      closed_at = el;
-      break;
-    }
-  }
-  close(fd);
-  return closed_at;
+  return test_trickle(url, "GET /api/open/x HTTP/1.1\r\nHost: x\r\nX-Slow: ", step_ms, max_ms);
 }
 
 /* ---- tokens ---- */

@@ -298,14 +298,10 @@ static void run_suite(const char *label, const char *listen_url, const char *tmp
   char *huge = calloc(1, 3 * 1024 * 1024);
   r = NULL;
   int rc = do_call(c, url, "POST", "/echo", huge, 3 * 1024 * 1024, &r);
-  ok(rc == 0 || rc == DSYS_ECONNRESET, "[%s] oversized body call returns (%s)", name, dsys_strerror(rc));
-  if (rc == 0) {
-    is_int(dsys_reply_status(r), 413, "[%s] oversized body -> 413", name);
-    ok(strstr(dsys_reply_body(r, NULL), "\"error\"") != NULL, "[%s] 413 has a JSON error", name);
-  } else {
-    ok(1, "[%s] server closed the connection on an oversized body", name);
-    ok(1, "[%s] (no body to check)", name);
-  }
+  /* not a reset: the http listeners linger after an early answer */
+  is_int(rc, 0, "[%s] oversized body call gets an answer (%s)", name, dsys_strerror(rc));
+  is_int(r ? dsys_reply_status(r) : 0, 413, "[%s] oversized body -> 413", name);
+  ok(r && strstr(dsys_reply_body(r, NULL), "\"DSYS_ETOOBIG\"") != NULL, "[%s] 413 has a JSON error", name);
   dsys_reply_free(r);
   free(huge);
   free(payload);
