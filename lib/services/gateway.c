@@ -1,7 +1,8 @@
 /*
  * The gateway (load balancer) service: routing by path prefix to
- * dsys_upstream groups, the edge checks, and the local status routes of
- * HTTP-API.md. A proxied request is handed to dsys_upstream (pick, send,
+ * dsys_upstream groups, the edge (fixed checks, then the route's filter
+ * chain), and the local status routes of docs/reference/http-api.md. A
+ * proxied request is handed to dsys_upstream (pick, send,
  * report, retry: on an event-loop server through the loop's own HTTP/1.1
  * dialer, else and for https endpoints through libcurl) with the headers
  * of the one forwarding policy (dsysi_fwd_request).

@@ -146,7 +146,7 @@ typedef struct mhd_req {
   int64_t wait_until;
   atomic_int ready;     /* notify() was called: an answer or news is in */
   dsys_request *req;
-  char target[]; /* the raw request target (MHD-NOTES pitfall 5) */
+  char target[]; /* the raw request target (transports.md, libmicrohttpd pitfall 5) */
 } mhd_req;
 
 static mconn *conn_watch(struct MHD_Connection *conn) {
@@ -706,7 +706,7 @@ static void notify(void *lst, dsys_request *r) {
   mhd_lst *l = lst;
   if (l->loops) {
     /* External mode: MHD may only be driven from its loop's thread
-     * (MHD-NOTES pitfall 1); from elsewhere, hand the resume over. */
+     * (transports.md, libmicrohttpd pitfall 1); from elsewhere, hand the resume over. */
     dsysi_lock_acquire(&r->mu);
     mhd_req *m = r->transport_done ? NULL : r->tctx;
     dsysi_loop *loop = m ? m->md->loop : NULL;
@@ -967,7 +967,7 @@ static void mhd_tick(dsysi_loop *loop, void *ud) {
 }
 
 /* Bound the loop's sleep by MHD's own timeout: MHD's epoll fd is edge-
- * triggered inside, so MHD may hold ready work (MHD-NOTES pitfall 9).
+ * triggered inside, so MHD may hold ready work (transports.md, libmicrohttpd pitfall 9).
  * A connection left waiting (after_dispatch) stays on MHD's ready list, so
  * MHD then reports zero even with nothing to do: taken literally, the loop
  * would spin until every answer is in. Then sleep until I/O, a task (an
@@ -994,7 +994,7 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   dsys_server *srv = l->srv;
   unsigned threads = dsysi_server_threads(srv);
   unsigned flags = MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-  /* A pool of 1 is ignored with a warning (MHD-NOTES pitfall 6). */
+  /* A pool of 1 is ignored with a warning (transports.md, libmicrohttpd pitfall 6). */
   unsigned pool = l->loops ? 0 : (threads > 1 ? threads : 0);
   flags |= l->loops ? MHD_USE_EPOLL : MHD_USE_EPOLL_INTERNAL_THREAD;
   struct MHD_OptionItem o[16];

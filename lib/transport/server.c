@@ -126,7 +126,7 @@ int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
   if (!s->o.header_timeout_s) s->o.header_timeout_s = DSYS_SERVER_HEADER_TIMEOUT_DEFAULT;
   if (!s->o.clock) s->o.clock = dsys_clock_real();
   /* MHD clears the whole pool on every keep-alive request; 16 KiB instead
-   * of its 32 KiB default measured 3-7% faster (MHD-NOTES.md). */
+   * of its 32 KiB default measured 3-7% faster (docs/reference/transports.md). */
   if (!s->o.connection_memory) s->o.connection_memory = 16 * 1024;
   if (s->o.connection_memory < 4096) s->o.connection_memory = 4096;
   s->name = strdup(s->o.name ? s->o.name : "server");
