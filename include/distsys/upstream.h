@@ -94,7 +94,27 @@ typedef struct dsys_upstream_options {
   dsys_client *client;         /**< not owned; NULL: the upstream creates one
                                     on its clock */
   dsys_clock *clock;           /**< default dsys_clock_real() */
+  /* appended */
+  int32_t count_5xx;           /**< which 5xx answers count against the
+                                    endpoint that gave them (its breaker
+                                    and outlier detection):
+                                    DSYS_UPSTREAM_COUNT_GATEWAY_5XX (0,
+                                    default) only 502, 503 and 504, which
+                                    say the instance is unavailable;
+                                    DSYS_UPSTREAM_COUNT_ALL_5XX every 5xx.
+                                    With the default a 500 or a 507 that
+                                    every instance gives (a bad request, a
+                                    full storage they share) does not take
+                                    them all out of rotation. Connection
+                                    failures, resets and timeouts always
+                                    count. */
 } dsys_upstream_options;
+
+/** Values of dsys_upstream_options.count_5xx. */
+enum {
+  DSYS_UPSTREAM_COUNT_GATEWAY_5XX = 0,
+  DSYS_UPSTREAM_COUNT_ALL_5XX = 1
+};
 
 /** Longest endpoint id in bytes (the balancer's limit). */
 #define DSYS_UPSTREAM_ID_MAX DSYS_BALANCER_ID_MAX

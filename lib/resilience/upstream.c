@@ -98,6 +98,7 @@ struct dsys_upstream {
   dsys_client *client;
   int own_client;
   dsys_breaker_options br_tmpl;
+  int count_all_5xx; /* options.count_5xx */
   int64_t open_wait_us;
   dsys_breaker_event_fn user_br_ev;
   void *user_br_ud;
@@ -596,19 +597,26 @@ void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int er
   int64_t dur = dsys_clock_now_us(u->clk) - p->start_us_;
   if (dur < 0) dur = 0;
   dsys_outcome oc = dsys_classify(err, status);
-  int br = oc == DSYS_OUTCOME_OK || oc == DSYS_OUTCOME_CLIENT_ERROR
+  /* What the endpoint's breaker and outlier detection see: an answer
+   * other than 502/503/504 says the request or a shared resource is bad,
+   * not this instance (unless the upstream counts every 5xx). */
+  dsys_outcome seen = oc == DSYS_OUTCOME_SERVER_ERROR && !u->count_all_5xx && status != 502 &&
+                              status != 503 && status != 504
+                          ? DSYS_OUTCOME_CLIENT_ERROR
+                          : oc;
+  int br = seen == DSYS_OUTCOME_OK || seen == DSYS_OUTCOME_CLIENT_ERROR
                ? DSYS_BREAKER_SUCCESS
-               : oc == DSYS_OUTCOME_LOCAL ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
+               : seen == DSYS_OUTCOME_LOCAL ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
   dsys_breaker_record(e->br, p->permit_, br, dur);
   /* Outlier detection only needs a success after a failure (to reset its
    * count of consecutive failures): skipping the others saves a lock and
    * a search by id per call. Two threads reporting at once may order a
    * success and a failure either way, as without the skip. */
-  int clean = oc == DSYS_OUTCOME_OK || oc == DSYS_OUTCOME_CLIENT_ERROR;
+  int clean = seen == DSYS_OUTCOME_OK || seen == DSYS_OUTCOME_CLIENT_ERROR;
   int tell = clean ? atomic_load(&e->h_dirty) && atomic_exchange(&e->h_dirty, 0)
-                   : oc != DSYS_OUTCOME_LOCAL; /* LOCAL: the health module ignores it */
+                   : seen != DSYS_OUTCOME_LOCAL; /* LOCAL: the health module ignores it */
   if (tell && !clean) atomic_store(&e->h_dirty, 1);
-  if (tell && !atomic_load(&e->gone)) dsys_health_observe(u->health, e->id, oc);
+  if (tell && !atomic_load(&e->gone)) dsys_health_observe(u->health, e->id, seen);
   if ((unsigned)oc < 8) INC(e->by_outcome[oc]);
   if (oc == DSYS_OUTCOME_OK) INC(e->successes);
   else if (br == DSYS_BREAKER_FAILURE) INC(e->failures);
@@ -1162,7 +1170,8 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
   if (d.policy < 0 || d.policy > DSYS_LB_MAGLEV ||
       (d.when_none != DSYS_LB_PANIC && d.when_none != DSYS_LB_FAIL_FAST) ||
       (d.registry && (!d.service || !*d.service)) ||
-      (d.health_path && d.health_path[0] != '/'))
+      (d.health_path && d.health_path[0] != '/') ||
+      (d.count_5xx != DSYS_UPSTREAM_COUNT_GATEWAY_5XX && d.count_5xx != DSYS_UPSTREAM_COUNT_ALL_5XX))
     return DSYS_EINVAL;
   dsys_upstream *u = calloc(1, sizeof *u);
   if (!u || !(u->sh = aligned_alloc(64, NSHARD * sizeof *u->sh))) {
@@ -1178,6 +1187,7 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
   pthread_mutex_init(&u->mu, NULL);
   pthread_cond_init(&u->cv, NULL);
   u->clk = d.clock ? d.clock : dsys_clock_real();
+  u->count_all_5xx = d.count_5xx == DSYS_UPSTREAM_COUNT_ALL_5XX;
   u->service = strdup(d.service ? d.service : "upstream");
   u->health_path = strdup(d.health_path ? d.health_path : "/health");
   int rc = (!u->service || !u->health_path) ? DSYS_ENOMEM : 0;

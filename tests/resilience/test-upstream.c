@@ -12,7 +12,7 @@
 #include <distsys/distsys.h>
 #include "tap.h"
 
-enum { M_OK = 0, M_503 = 1, M_PARK = 2 };
+enum { M_OK = 0, M_503 = 1, M_PARK = 2, M_507 = 3 };
 
 typedef struct srvst {
   char name[16];
@@ -38,6 +38,9 @@ static void h_any(dsys_request *req, void *ud) {
   switch (atomic_load(&s->mode)) {
   case M_503:
     dsys_respond_error(req, 503, "down", "unavailable");
+    break;
+  case M_507:
+    dsys_respond_error(req, 507, "DSYS_ENOSPC", "no space left on the storage");
     break;
   case M_PARK:
     dsys_request_defer(req);
@@ -672,6 +675,50 @@ static void test_churn(void) {
   dsys_upstream_free(u);
 }
 
+/* Which 5xx answers count against an endpoint (count_5xx): by default a
+ * 507 (a full storage every instance shares) keeps it in rotation, while a
+ * 503 opens its breaker; with COUNT_ALL_5XX the 507 does too. */
+static void test_count_5xx(void) {
+  dsys_retry_options ro = quick_retry;
+  ro.max_attempts = 1;
+  dsys_breaker_options bo = {.size = sizeof bo, .failures_n = 2, .failures_window_ms = 10000,
+                             .open_wait_ms = 1000, .half_open_calls = 1};
+  for (int all = 0; all < 2; all++) {
+    dsys_upstream_options o = {.size = sizeof o, .service = "svc", .clock = clk, .client = rcli,
+                               .retry = &ro, .breaker = &bo, .seed = 7,
+                               .count_5xx = all ? DSYS_UPSTREAM_COUNT_ALL_5XX : DSYS_UPSTREAM_COUNT_GATEWAY_5XX};
+    dsys_upstream *u = NULL;
+    if (dsys_upstream_new(&u, &o)) tap_bail("upstream_new");
+    dsys_upstream_add(u, "a", A.url, 1);
+    atomic_store(&A.mode, M_507);
+    dsys_reply *r = NULL;
+    dsys_upstream_result res;
+    int n507 = 0;
+    for (int i = 0; i < 4; i++)
+      if (get(u, "GET", "/who", NULL, 0, &r, &res) == 0) {
+        n507 += dsys_reply_status(r) == 507;
+        dsys_reply_free(r);
+      }
+    dsys_endpoint_stats *s;
+    size_t n;
+    dsys_upstream_stats(u, &s, &n);
+    if (!all) {
+      is_int(n507, 4, "count_5xx default: four 507 answers passed on");
+      is_int(s[0].breaker_state, DSYS_BREAKER_CLOSED, "count_5xx default: 507s do not open the breaker");
+      ok(s[0].usable && !s[0].ejected, "count_5xx default: the endpoint stays in rotation");
+    } else {
+      is_int(s[0].breaker_state, DSYS_BREAKER_OPEN, "COUNT_ALL_5XX: two 507s open the breaker");
+      ok(!s[0].usable, "COUNT_ALL_5XX: out of rotation");
+    }
+    dsys_free(s);
+    dsys_upstream_free(u);
+  }
+  atomic_store(&A.mode, M_OK);
+  dsys_upstream_options bad = {.size = sizeof bad, .count_5xx = 2};
+  dsys_upstream *u = NULL;
+  is_int(dsys_upstream_new(&u, &bad), DSYS_EINVAL, "count_5xx out of range -> DSYS_EINVAL");
+}
+
 int main(void) {
   dsys_log_set_level(DSYS_LOG_ERROR);
   if (dsys_clock_fake_new(&clk, 1700000000000LL)) tap_bail("clock");
@@ -684,6 +731,7 @@ int main(void) {
   test_retries();
   test_budget();
   test_breakers();
+  test_count_5xx();
   test_active_checks();
   test_stats();
   test_async();
