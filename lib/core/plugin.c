@@ -3,13 +3,23 @@
 #include "core/internal.h"
 #include "core/plugin.h"
 
+/* Every ops table starts with its version and its name (or scheme). */
+typedef struct ops_head {
+  int version;
+  const char *name;
+} ops_head;
+
+static const char *key_of(const dsysi_family *f, const void *ops) {
+  return f->key ? f->key(ops) : ((const ops_head *)ops)->name;
+}
+
 /* Hold f->mu. */
 static int add_locked(dsysi_family *f, const void *ops) {
-  if (!ops || !f->usable(ops) || !f->key(ops) || !*f->key(ops)) return DSYS_EINVAL;
-  const char *k = f->key(ops);
+  if (!ops || !f->usable(ops) || !key_of(f, ops) || !*key_of(f, ops)) return DSYS_EINVAL;
+  const char *k = key_of(f, ops);
   size_t n = atomic_load_explicit(&f->n, memory_order_relaxed);
   for (size_t i = 0; i < n; i++)
-    if (!strcmp(f->key(atomic_load_explicit(&f->v[i], memory_order_relaxed)), k)) return DSYS_EEXIST;
+    if (!strcmp(key_of(f, atomic_load_explicit(&f->v[i], memory_order_relaxed)), k)) return DSYS_EEXIST;
   if (n == DSYSI_FAMILY_MAX) return DSYS_ENOMEM;
   atomic_store_explicit(&f->v[n], ops, memory_order_relaxed);
   atomic_store_explicit(&f->n, n + 1, memory_order_release); /* publish */
@@ -50,7 +60,7 @@ const void *dsysi_family_find(dsysi_family *f, const char *name, size_t len) {
   size_t n = atomic_load_explicit(&f->n, memory_order_acquire);
   for (size_t i = 0; i < n; i++) {
     const void *ops = atomic_load_explicit(&f->v[i], memory_order_relaxed);
-    const char *k = f->key(ops);
+    const char *k = key_of(f, ops);
     if (strlen(k) == len && !memcmp(k, name, len)) return ops;
   }
   return NULL;
@@ -65,6 +75,16 @@ int dsysi_plugin_url(const char *url, const char **scheme, size_t *slen,
   *slen = n;
   *location = url + n + 1 + (strncmp(url + n, "://", 3) ? 0 : 2);
   return 0;
+}
+
+int dsysi_family_for_url(dsysi_family *f, const char *url, const void **ops,
+                         const char **location) {
+  const char *scheme;
+  size_t n;
+  int e = dsysi_plugin_url(url, &scheme, &n, location);
+  if (e) return e;
+  *ops = dsysi_family_find(f, scheme, n);
+  return *ops ? 0 : DSYS_ESCHEME;
 }
 
 const void *dsysi_family_at(dsysi_family *f, size_t i) {

@@ -40,7 +40,8 @@ typedef struct dsysi_family {
   const char *name; /* matches dsysi_plugin.family */
   /* nonzero when ops is usable: a known version, every mandatory op */
   int (*usable)(const void *ops);
-  /* the name ops serves (its URL scheme) */
+  /* the name ops serves (its URL scheme); NULL: the table's head, as every
+   * ops table of the library starts {int version; const char *name;} */
   const char *(*key)(const void *ops);
   pthread_mutex_t mu; /* serialises registrations */
   atomic_int loaded;  /* built-ins added */
@@ -48,7 +49,7 @@ typedef struct dsysi_family {
   const void *_Atomic v[DSYSI_FAMILY_MAX];
 } dsysi_family;
 
-/** A static family: DSYSI_FAMILY("store", usable_fn, key_fn). */
+/** A static family: DSYSI_FAMILY("store", usable_fn, key_fn or NULL). */
 #define DSYSI_FAMILY(name, usable, key) \
   { (name), (usable), (key), PTHREAD_MUTEX_INITIALIZER, 0, 0, {0} }
 
@@ -62,6 +63,15 @@ int dsysi_family_register(dsysi_family *f, const void *ops);
 
 /** The backend serving name (len bytes, not NUL-terminated), or NULL. */
 const void *dsysi_family_find(dsysi_family *f, const char *name, size_t len);
+
+/**
+ * The backend of a backend URL ("NAME://location" or "NAME:location", see
+ * dsysi_plugin_url) and its location.
+ * @return 0; DSYS_EINVAL (NULL url), DSYS_EURL (no scheme), DSYS_ESCHEME
+ *         (no backend of that name).
+ */
+int dsysi_family_for_url(dsysi_family *f, const char *url, const void **ops,
+                         const char **location);
 
 /** The backend at index i (0 <= i < count), in registration order, for
  *  callers that keep per-backend state in an array; NULL past the end. */

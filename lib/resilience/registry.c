@@ -102,8 +102,7 @@ static int check_ops(const dsys_registry_ops *ops) {
 }
 
 static int usable(const void *ops) { return !check_ops(ops); }
-static const char *key(const void *ops) { return ((const dsys_registry_ops *)ops)->name; }
-static dsysi_family backends = DSYSI_FAMILY("registry", usable, key);
+static dsysi_family backends = DSYSI_FAMILY("registry", usable, NULL);
 
 int dsys_registry_register_backend(const dsys_registry_ops *ops) {
   return dsysi_family_register(&backends, ops);

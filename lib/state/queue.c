@@ -352,8 +352,7 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
 }
 
 static int usable(const void *ops) { return check_ops(ops); }
-static const char *key(const void *ops) { return ((const dsys_queue_ops *)ops)->name; }
-static dsysi_family backends = DSYSI_FAMILY("queue", usable, key);
+static dsysi_family backends = DSYSI_FAMILY("queue", usable, NULL);
 
 int dsys_queue_register_backend(const dsys_queue_ops *ops) {
   return dsysi_family_register(&backends, ops);
@@ -363,18 +362,17 @@ int dsys_queue_open(dsys_queue **out, const char *url,
                     const dsys_queue_options *opts) {
   if (!out) return DSYS_EINVAL;
   *out = NULL;
-  const char *scheme, *loc;
-  size_t sl;
-  int e = dsysi_plugin_url(url, &scheme, &sl, &loc);
-  if (e) return e;
+  const void *ops;
+  const char *loc;
+  int e = dsysi_family_for_url(&backends, url, &ops, &loc);
   /* "memory:" is the sqlite backend on a private in-memory database unless
    * a program registered a backend of that name */
-  const dsys_queue_ops *ops = dsysi_family_find(&backends, scheme, sl);
-  if (!ops && sl == 6 && !strncmp(scheme, "memory", 6)) {
+  if (e == DSYS_ESCHEME && (!strcmp(url, "memory:") || !strcmp(url, "memory://"))) {
     ops = dsysi_family_find(&backends, "sqlite", 6);
     loc = ":memory:";
+    e = ops ? 0 : DSYS_ESCHEME;
   }
-  return ops ? dsys_queue_open_ops(out, ops, loc, opts) : DSYS_ESCHEME;
+  return e ? e : dsys_queue_open_ops(out, ops, loc, opts);
 }
 
 void dsys_queue_close(dsys_queue *q) {

@@ -128,8 +128,7 @@ int dsys_store_open_ops(dsys_store **out, const dsys_store_ops *ops,
 }
 
 static int usable(const void *ops) { return check_ops(ops); }
-static const char *key(const void *ops) { return ((const dsys_store_ops *)ops)->name; }
-static dsysi_family backends = DSYSI_FAMILY("store", usable, key);
+static dsysi_family backends = DSYSI_FAMILY("store", usable, NULL);
 
 int dsys_store_register_backend(const dsys_store_ops *ops) {
   return dsysi_family_register(&backends, ops);
@@ -139,12 +138,10 @@ int dsys_store_open(dsys_store **out, const char *url,
                     const dsys_store_options *opts) {
   if (!out) return DSYS_EINVAL;
   *out = NULL;
-  const char *scheme, *loc;
-  size_t sl;
-  int e = dsysi_plugin_url(url, &scheme, &sl, &loc);
-  if (e) return e;
-  const dsys_store_ops *ops = dsysi_family_find(&backends, scheme, sl);
-  return ops ? dsys_store_open_ops(out, ops, loc, opts) : DSYS_ESCHEME;
+  const void *ops;
+  const char *loc;
+  int e = dsysi_family_for_url(&backends, url, &ops, &loc);
+  return e ? e : dsys_store_open_ops(out, ops, loc, opts);
 }
 
 void dsys_store_close(dsys_store *s) {

@@ -78,18 +78,14 @@ static int listener_usable(const void *p) {
          o->url && o->quiesce && o->notify && o->close;
 }
 
-static const char *listener_key(const void *p) { return ((const dsysi_listener_ops *)p)->scheme; }
-
 static int dialer_usable(const void *p) {
   const dsysi_dialer_ops *o = p;
   return o->version >= 1 && o->version <= DSYSI_DIALER_OPS_VERSION && o->engine && o->call &&
          o->client_free;
 }
 
-static const char *dialer_key(const void *p) { return ((const dsysi_dialer_ops *)p)->scheme; }
-
-static dsysi_family listeners = DSYSI_FAMILY("listener", listener_usable, listener_key);
-static dsysi_family dialers = DSYSI_FAMILY("dialer", dialer_usable, dialer_key);
+static dsysi_family listeners = DSYSI_FAMILY("listener", listener_usable, NULL);
+static dsysi_family dialers = DSYSI_FAMILY("dialer", dialer_usable, NULL);
 
 /* Transport URLs are "scheme://...": a bare "scheme:" names none. */
 static const void *find(dsysi_family *f, const char *url) {
@@ -108,9 +104,7 @@ static int loop_dialer_usable(const void *p) {
   return o->version >= 1 && o->version <= DSYSI_LOOP_DIALER_OPS_VERSION && o->dial;
 }
 
-static const char *loop_dialer_key(const void *p) { return ((const dsysi_loop_dialer_ops *)p)->scheme; }
-
-static dsysi_family loop_dialers = DSYSI_FAMILY("loop-dialer", loop_dialer_usable, loop_dialer_key);
+static dsysi_family loop_dialers = DSYSI_FAMILY("loop-dialer", loop_dialer_usable, NULL);
 
 const dsysi_loop_dialer_ops *dsysi_loop_dialer_find(const char *url) {
   return dsysi_loop_current() ? find(&loop_dialers, url) : NULL;
