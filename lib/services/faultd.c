@@ -81,7 +81,21 @@ struct dsys_faultd {
   json_object *metrics; /* the gateway's "metrics" member, or NULL */
   int64_t start_ms;
   pthread_mutex_t log_mu;
+  /* Events are queued under mu and published by flush() after mu is
+   * released: the event stream's open callback (sse_open) takes mu while
+   * the stream holds its own lock, so publishing under mu deadlocked with
+   * a client connecting while a check completed. pub_mu keeps the queued
+   * order across threads (lock order: pub_mu, then mu or a stream's). */
+  pthread_mutex_t pub_mu;
+  struct ev_out *out, **out_tail;
 };
+
+typedef struct ev_out {
+  struct ev_out *next;
+  const char *name; /* a string literal */
+  char *data;
+  size_t len;
+} ev_out;
 
 /* ---- helpers ---- */
 
@@ -239,17 +253,43 @@ static json_object *metrics_json(dsys_faultd *fd) {
   return o;
 }
 
-/* Publish an event (hold mu); consumes o. */
+/* Queue an event (hold mu; flush() publishes it); consumes o. */
 static void publish(dsys_faultd *fd, const char *name, json_object *o) {
   if (!json_object_object_get_ex(o, "timestamp", NULL))
     json_object_object_add(o, "timestamp", dsysi_json_time(wall(fd)));
-  size_t len = 0;
-  char *s = dsysi_json_dump(o, &len);
+  ev_out *x = malloc(sizeof *x);
+  if (x && !(x->data = dsysi_json_dump(o, &x->len))) {
+    free(x);
+    x = NULL;
+  }
   json_object_put(o);
-  if (!s) return;
-  if (dsys_events_publish(fd->ev, TOPIC, name, s, len, NULL))
+  if (!x) {
     dsysi_log(DSYS_LOG_WARN, fd->name, "could not publish a %s event", name);
-  free(s);
+    return;
+  }
+  x->name = name;
+  x->next = NULL;
+  *fd->out_tail = x;
+  fd->out_tail = &x->next;
+}
+
+/* Publish the queued events, in order (not holding mu). */
+static void flush(dsys_faultd *fd) {
+  pthread_mutex_lock(&fd->pub_mu);
+  pthread_mutex_lock(&fd->mu);
+  ev_out *l = fd->out;
+  fd->out = NULL;
+  fd->out_tail = &fd->out;
+  pthread_mutex_unlock(&fd->mu);
+  while (l) {
+    ev_out *x = l;
+    l = l->next;
+    if (dsys_events_publish(fd->ev, TOPIC, x->name, x->data, x->len, NULL))
+      dsysi_log(DSYS_LOG_WARN, fd->name, "could not publish a %s event", x->name);
+    free(x->data);
+    free(x);
+  }
+  pthread_mutex_unlock(&fd->pub_mu);
 }
 
 /* The entry with its type, as event payloads carry it (hold mu). */
@@ -319,6 +359,8 @@ int dsys_faultd_new(dsys_faultd **out, const dsys_faultd_options *opts) {
   fd->o = o;
   pthread_mutex_init(&fd->mu, NULL);
   pthread_mutex_init(&fd->log_mu, NULL);
+  pthread_mutex_init(&fd->pub_mu, NULL);
+  fd->out_tail = &fd->out;
   pthread_cond_init(&fd->cv, NULL);
   fd->name = strdup(o.name ? o.name : "fault-detector");
   fd->gw_url = dsysi_strdup(o.gateway_url);
@@ -461,6 +503,7 @@ static void reconcile(dsys_faultd *fd, int in_round) {
     if (!present) vanished(fd, e, VANISH_MISSING);
   }
   pthread_mutex_unlock(&fd->mu);
+  flush(fd);
   dsys_free(in);
   send_each(fd, first, nfirst);
   free(first);
@@ -473,6 +516,7 @@ static void on_change(void *ud, const dsys_registry_change *c) {
     entry *e = fd->stopping ? NULL : find(fd, c->id);
     if (e) vanished(fd, e, c->kind);
     pthread_mutex_unlock(&fd->mu);
+    flush(fd);
     return;
   }
   reconcile(fd, 0);
@@ -578,6 +622,7 @@ static void cycle_release(dsys_faultd *fd) {
     pthread_cond_broadcast(&fd->cv);
   }
   pthread_mutex_unlock(&fd->mu);
+  flush(fd);
   answer_waiters(fd, done, 1);
   send_checks(fd, list, n);
 }
@@ -609,6 +654,7 @@ static void check_done(int err, dsys_reply *rep, void *ud) {
     }
   }
   pthread_mutex_unlock(&fd->mu);
+  flush(fd);
   json_object_put(m);
   dsys_reply_free(rep);
   free(c->key);
@@ -750,6 +796,7 @@ static int run_round(dsys_faultd *fd) {
     if (rc) dsysi_log(DSYS_LOG_ERROR, fd->name, "cannot schedule the next check cycle");
   }
   pthread_mutex_unlock(&fd->mu);
+  flush(fd);
   send_checks(fd, list, n);
   pthread_mutex_lock(&fd->mu);
   fd->firing--;
@@ -850,6 +897,7 @@ static void h_check(dsys_request *req, void *ud) {
     cycle_start_locked(fd, &list, &n); /* or rerun after the running one */
   }
   pthread_mutex_unlock(&fd->mu);
+  flush(fd);
   if (stopping) {
     answer_waiters(fd, w, 0);
     return;
@@ -956,8 +1004,15 @@ void dsys_faultd_free(dsys_faultd *fd) {
     entry_free(e);
   }
   json_object_put(fd->metrics);
+  while (fd->out) { /* queued after the streams closed */
+    ev_out *x = fd->out;
+    fd->out = x->next;
+    free(x->data);
+    free(x);
+  }
   pthread_mutex_destroy(&fd->mu);
   pthread_mutex_destroy(&fd->log_mu);
+  pthread_mutex_destroy(&fd->pub_mu);
   pthread_cond_destroy(&fd->cv);
   free(fd->name);
   free(fd->gw_url);
