@@ -6,6 +6,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/** The option rows every tool ends its table with (dsys_config). */
+#define CLI_COMMON_OPTIONS                                               \
+  {"log-level", "DSYS_LOG_LEVEL", DSYS_OPT_STRING, "off",                \
+   "library log lines on stderr: debug, info, warn, error or off"},      \
+      {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help and exit"},    \
+      {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version and exit"}
+
 /** Print s as a JSON string ("null" for NULL), escaped. */
 void cli_json_str(FILE *f, const char *s);
 

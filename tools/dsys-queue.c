@@ -38,10 +38,7 @@ static const dsys_option opts[] = {
     {"older-than", "DSYS_QUEUE_OLDER_THAN", DSYS_OPT_DURATION, "0",
      "purge-dead: only jobs dead for at least this long (0: every dead job)"},
     {"json", "DSYS_QUEUE_JSON", DSYS_OPT_BOOL, "false", "print JSON instead of text"},
-    {"log-level", "DSYS_LOG_LEVEL", DSYS_OPT_STRING, "off",
-     "library log lines on stderr: debug, info, warn, error or off"},
-    {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help and exit"},
-    {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version and exit"},
+    CLI_COMMON_OPTIONS,
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 

@@ -46,10 +46,7 @@ static const dsys_option opts[] = {
      "deregister on a daemon that requires identities: a token (dsys-identity issue) naming the "
      "instance's name"},
     DSYS_DAEMON_PEER_OPTIONS,
-    {"log-level", "DSYS_LOG_LEVEL", DSYS_OPT_STRING, "off",
-     "library log lines on stderr: debug, info, warn, error or off"},
-    {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help and exit"},
-    {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version and exit"},
+    CLI_COMMON_OPTIONS,
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 
