@@ -7,10 +7,11 @@
 # (tests/helpers/tap.h). Adding a test = its file + its name below.
 check_LTLIBRARIES += libdsys_testutil.la
 libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
-	tests/helpers/net.c tests/helpers/net.h
+	tests/helpers/net.c tests/helpers/net.h \
+	tests/helpers/pgserver.c tests/helpers/pgserver.h
 
 C_TESTS = \
-	tests/core/test-core tests/core/test-plugin tests/core/test-log \
+	tests/core/test-core tests/core/test-plugin tests/core/test-log tests/core/test-pg \
 	tests/security/test-identity \
 	tests/transport/test-transport tests/transport/test-h1 \
 	tests/transport/test-h1client tests/transport/test-http-stop \
