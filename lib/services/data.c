@@ -84,8 +84,24 @@ static json_object *item_json(const dsys_item *it) {
   return o;
 }
 
+/* The entity tag of an item: its store id (never reused, so a deleted and
+ * recreated key does not match an old tag) and its version. */
+static void etag_of(const dsys_item *it, char *out, size_t n) {
+  snprintf(out, n, "\"%lld.%lld\"", (long long)it->id, (long long)it->version);
+}
+
+/* Items change at any time through any instance: a cache may keep one but
+ * must revalidate it (If-None-Match) before each use. */
+static void cache_headers(dsys_request *req, const dsys_item *it) {
+  char tag[64];
+  etag_of(it, tag, sizeof tag);
+  dsys_response_header(req, "ETag", tag);
+  dsys_response_header(req, "Cache-Control", "no-cache");
+}
+
 static void respond_item(dsys_request *req, int status, const char *msg,
                          const dsys_item *it) {
+  cache_headers(req, it);
   json_object *o = json_object_new_object();
   json_object_object_add(o, "message", json_object_new_string(msg));
   json_object *d = item_json(it);
@@ -146,27 +162,41 @@ static int resolve(dsys_data_service *d, const char *ref, dsys_item **out) {
   return rc;
 }
 
+/* A positive decimal integer of n bytes at s, or -1. */
+static long long positive(const char *s, size_t n) {
+  char buf[24];
+  if (!n || n >= sizeof buf || *s < '0' || *s > '9') return -1;
+  memcpy(buf, s, n);
+  buf[n] = '\0';
+  char *end;
+  errno = 0;
+  long long v = strtoll(buf, &end, 10);
+  return !errno && !*end && v > 0 ? v : -1;
+}
+
 /* Expected version from If-Match or the body's expectedVersion: 0 when
- * none, -1 (and a 400 answer) when malformed. */
-static int64_t expected_version(dsys_request *req, json_object *body) {
+ * none, -1 (and a 400 answer) when malformed. If-Match takes a version
+ * number or an ETag of this service ("ID.VERSION"); *tag_id gets the ID
+ * of the latter (0 otherwise): it must be the item's, or 412. */
+static int64_t expected_version(dsys_request *req, json_object *body, int64_t *tag_id) {
+  *tag_id = 0;
   const char *h = dsys_request_header(req, "If-Match");
   if (h) {
     if (!strncmp(h, "W/", 2)) h += 2;
-    char buf[32];
     size_t n = strlen(h);
     if (n >= 2 && h[0] == '"' && h[n - 1] == '"') {
       h++;
       n -= 2;
     }
-    if (n && n < sizeof buf) {
-      memcpy(buf, h, n);
-      buf[n] = '\0';
-      char *end;
-      errno = 0;
-      long long v = strtoll(buf, &end, 10);
-      if (!errno && !*end && v > 0 && buf[0] != '+' && buf[0] != ' ') return v;
+    const char *dot = memchr(h, '.', n);
+    long long v = dot ? positive(dot + 1, n - (size_t)(dot + 1 - h)) : positive(h, n);
+    long long id = dot ? positive(h, (size_t)(dot - h)) : 0;
+    if (v > 0 && id >= 0) {
+      *tag_id = id;
+      return v;
     }
-    dsysi_respond_err(req, 400, "DSYS_EINVAL", "If-Match must be a version number");
+    dsysi_respond_err(req, 400, "DSYS_EINVAL",
+                      "If-Match must be a version number or an ETag of this item");
     return -1;
   }
   int64_t v = 0;
@@ -397,12 +427,36 @@ out:
 
 /* ---- read ---- */
 
+/* Whether an If-None-Match list ("*" or comma-separated tags, weak or
+ * strong: a GET compares weakly) names the item's current tag. */
+static int none_match_hits(const char *h, const dsys_item *it) {
+  char tag[64];
+  etag_of(it, tag, sizeof tag);
+  size_t tn = strlen(tag);
+  while (h && *h) {
+    while (*h == ' ' || *h == '\t' || *h == ',') h++;
+    if (*h == '*') return 1;
+    if (!strncmp(h, "W/", 2)) h += 2;
+    size_t n = strcspn(h, ",");
+    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
+    if (n == tn && !memcmp(h, tag, n)) return 1;
+    h += strcspn(h, ",");
+  }
+  return 0;
+}
+
 static void h_get(dsys_request *req, void *ud) {
   dsys_data_service *d = ud;
   dsys_item *it = NULL;
   int rc = resolve(d, dsys_request_param(req, "ref"), &it);
-  if (rc) respond_store_err(req, rc);
-  else respond_item(req, 200, "Data retrieved successfully", it);
+  if (rc) {
+    respond_store_err(req, rc);
+  } else if (none_match_hits(dsys_request_header(req, "If-None-Match"), it)) {
+    cache_headers(req, it); /* the client's copy is current: no body */
+    dsys_respond(req, 304, NULL, NULL, 0);
+  } else {
+    respond_item(req, 200, "Data retrieved successfully", it);
+  }
   dsys_item_free(it);
 }
 
@@ -548,7 +602,8 @@ static void modify(dsys_data_service *d, dsys_request *req, int inc) {
   if (dsysi_body_object(req, &b)) return;
   json_object *nv = given(b, "value"), *meta = given(b, "metadata");
   int64_t by = 1;
-  int64_t ev = expected_version(req, b);
+  int64_t tag_id;
+  int64_t ev = expected_version(req, b, &tag_id);
   if (ev < 0) goto out;
   if (!inc && meta && !json_object_is_type(meta, json_type_object)) {
     dsysi_respond_err(req, 400, "DSYS_ETYPE", "Metadata must be an object");
@@ -566,7 +621,7 @@ static void modify(dsys_data_service *d, dsys_request *req, int inc) {
       respond_store_err(req, rc);
       break;
     }
-    if (ev && ev != it->version) {
+    if ((ev && ev != it->version) || (tag_id && tag_id != it->id)) {
       respond_mismatch(req, it->version);
       dsys_item_free(it);
       break;
@@ -608,7 +663,8 @@ static void h_incr(dsys_request *req, void *ud) { modify(ud, req, 1); }
 
 static void h_delete(dsys_request *req, void *ud) {
   dsys_data_service *d = ud;
-  int64_t ev = expected_version(req, NULL);
+  int64_t tag_id;
+  int64_t ev = expected_version(req, NULL, &tag_id);
   if (ev < 0) return;
   dsys_item *it = NULL;
   int rc = resolve(d, dsys_request_param(req, "ref"), &it);
@@ -616,7 +672,7 @@ static void h_delete(dsys_request *req, void *ud) {
     respond_store_err(req, rc);
     return;
   }
-  if (ev && ev != it->version) {
+  if ((ev && ev != it->version) || (tag_id && tag_id != it->id)) {
     respond_mismatch(req, it->version);
     dsys_item_free(it);
     return;

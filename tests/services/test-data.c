@@ -228,7 +228,10 @@ static void test_update(void) {
          "expectedVersion must be a positive integer", "bad expectedVersion");
   const char *h3[] = {"If-Match: abc", NULL};
   is_err(call_h(A.url, "PUT", "/api/data/k1", "{}", 0, h3), 400,
-         "If-Match must be a version number", "bad If-Match");
+         "If-Match must be a version number or an ETag of this item", "bad If-Match");
+  const char *h3b[] = {"If-Match: \"7.\"", NULL};
+  is_err(call_h(A.url, "PUT", "/api/data/k1", "{}", 0, h3b), 400,
+         "If-Match must be a version number or an ETag of this item", "bad If-Match ETag");
 
   /* increment */
   r = call(A.url, "POST", "/api/data/zero-0/increment", NULL);
@@ -272,6 +275,70 @@ static void test_update(void) {
   resp_free(r);
   is_err(call(A.url, "GET", "/api/data/data-2", NULL), 404, "Data not found",
          "old id does not reach the new item");
+}
+
+/* ---- HTTP caching: ETag, If-None-Match, If-Match with a tag ---- */
+
+static void test_http_cache(void) {
+  resp *r = call(A.url, "POST", "/api/data", "{\"key\":\"cached\",\"value\":1}");
+  ok(r->status == 201 && r->etag && r->etag[0] == '"', "create answers an ETag (%s)",
+     r->etag ? r->etag : "none");
+  resp_free(r);
+  r = call(B.url, "GET", "/api/data/cached", NULL);
+  char tag[64] = "";
+  snprintf(tag, sizeof tag, "%s", r->etag ? r->etag : "");
+  ok(r->status == 200 && tag[0], "GET answers an ETag (%s)", tag);
+  ok(r->cache_control && !strcmp(r->cache_control, "no-cache"),
+     "and Cache-Control: no-cache (may store, must revalidate): %s",
+     r->cache_control ? r->cache_control : "none");
+  resp_free(r);
+  char inm[96], im[96];
+  snprintf(inm, sizeof inm, "If-None-Match: %s", tag);
+  const char *h1[] = {inm, NULL};
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  ok(r->status == 304 && !r->body[0] && r->etag && !strcmp(r->etag, tag),
+     "If-None-Match with the current tag (any instance): 304, no body, same ETag");
+  resp_free(r);
+  snprintf(inm, sizeof inm, "If-None-Match: \"1.999\", W/%s", tag);
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  is_int(r->status, 304, "a list with a weak match: 304");
+  resp_free(r);
+  const char *hs[] = {"If-None-Match: *", NULL};
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, hs);
+  is_int(r->status, 304, "If-None-Match: * on an existing item: 304");
+  resp_free(r);
+  const char *hother[] = {"If-None-Match: \"1.999\"", NULL};
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, hother);
+  ok(r->status == 200 && ji(r, "data.value") == 1, "another tag: 200 with the item");
+  resp_free(r);
+  /* If-Match with the tag: compare-and-swap over HTTP */
+  snprintf(im, sizeof im, "If-Match: %s", tag);
+  const char *h2[] = {im, NULL};
+  r = call_h(B.url, "PUT", "/api/data/cached", "{\"value\":2}", 0, h2);
+  ok(r->status == 200 && r->etag && strcmp(r->etag, tag), "PUT If-Match with the tag: 200, new ETag %s",
+     r->etag ? r->etag : "none");
+  resp_free(r);
+  r = call_h(A.url, "PUT", "/api/data/cached", "{\"value\":3}", 0, h2);
+  is_int(r->status, 412, "the same tag again (stale): 412");
+  resp_free(r);
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  is_int(r->status, 200, "If-None-Match with the old tag after a change: 200");
+  resp_free(r);
+  /* a deleted and re-created key does not match the old item's tag */
+  r = call(A.url, "GET", "/api/data/cached", NULL);
+  snprintf(tag, sizeof tag, "%s", r->etag ? r->etag : "");
+  resp_free(r);
+  resp_free(call(A.url, "DELETE", "/api/data/cached", NULL));
+  resp_free(call(A.url, "POST", "/api/data", "{\"key\":\"cached\",\"value\":1}"));
+  snprintf(inm, sizeof inm, "If-None-Match: %s", tag);
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  ok(r->status == 200 && r->etag && strcmp(r->etag, tag),
+     "re-created key: the old tag does not match (%s vs %s)", tag, r->etag ? r->etag : "none");
+  resp_free(r);
+  snprintf(im, sizeof im, "If-Match: %s", tag);
+  r = call_h(A.url, "DELETE", "/api/data/cached", NULL, 0, h2);
+  is_int(r->status, 412, "DELETE If-Match with the old item's tag: 412");
+  resp_free(r);
 }
 
 /* ---- listing ---- */
@@ -404,6 +471,7 @@ int main(void) {
   test_seed();
   test_create();
   test_update();
+  test_http_cache();
   test_list();
   test_race();
   test_health();
