@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <distsys/cache.h>
 #include <distsys/events.h>
 #include <distsys/services.h>
 #include <distsys/util.h>
@@ -53,6 +54,7 @@ struct dsys_data_service {
   char origin[40];    /* this instance in the change log */
   int64_t seen_rev;   /* poller only: last revision handled */
   int64_t gap_since;  /* poller only: when a missing revision was noticed */
+  dsys_cache *cache;  /* GET /api/data/:ref read-through, or NULL */
 };
 
 static char *cat(const char *a, const char *b) {
@@ -92,16 +94,16 @@ static void etag_of(const dsys_item *it, char *out, size_t n) {
 
 /* Items change at any time through any instance: a cache may keep one but
  * must revalidate it (If-None-Match) before each use. */
-static void cache_headers(dsys_request *req, const dsys_item *it) {
-  char tag[64];
-  etag_of(it, tag, sizeof tag);
+static void cache_headers(dsys_request *req, const char *tag) {
   dsys_response_header(req, "ETag", tag);
   dsys_response_header(req, "Cache-Control", "no-cache");
 }
 
 static void respond_item(dsys_request *req, int status, const char *msg,
                          const dsys_item *it) {
-  cache_headers(req, it);
+  char tag[64];
+  etag_of(it, tag, sizeof tag);
+  cache_headers(req, tag);
   json_object *o = json_object_new_object();
   json_object_object_add(o, "message", json_object_new_string(msg));
   json_object *d = item_json(it);
@@ -245,12 +247,39 @@ static json_object *change_payload(dsys_data_service *d, const dsys_item *it, in
   return o;
 }
 
+/* A change of the item with this payload ({id, key, ...}): both refs that
+ * reach it leave the read cache. */
+static void evict(dsys_data_service *d, json_object *payload) {
+  if (!d->cache) return;
+  const char *id = dsysi_json_str(payload, "id"), *key = dsysi_json_str(payload, "key");
+  if (id) dsys_cache_invalidate(d->cache, id);
+  if (key) dsys_cache_invalidate(d->cache, key);
+}
+
+/* Before answering a write: this instance's cache forgets the item, so the
+ * writer reads its write back at once from here (the change log, written
+ * after the answer, reaches the other instances). */
+static void evict_item(dsys_data_service *d, const dsys_item *it) {
+  if (!d->cache) return;
+  json_object *env = NULL;
+  if (!dsysi_json_parse_object(it->value, strlen(it->value), &env) && dsysi_json_str(env, "id"))
+    dsys_cache_invalidate(d->cache, dsysi_json_str(env, "id"));
+  else
+    dsys_cache_clear(d->cache); /* cannot name its id */
+  json_object_put(env);
+  if (!strncmp(it->key, "data:k:", 7)) dsys_cache_invalidate(d->cache, it->key + 7);
+}
+
 /* After a committed write: append it to the shared change log (for the
  * other instances) and publish it here at once. */
 static void record_change(dsys_data_service *d, const char *event, const dsys_item *it,
                           int deleted) {
   json_object *p = change_payload(d, it, deleted);
-  if (!p) return;
+  if (!p) {
+    if (d->cache) dsys_cache_clear(d->cache); /* cannot name the refs: drop all */
+    return;
+  }
+  evict(d, p);
   size_t len = 0;
   char *text = dsysi_json_dump(p, &len);
   int64_t rev = 0;
@@ -307,6 +336,7 @@ static void poll_changes(void *ud) {
       if (!d->gap_since) d->gap_since = now;
       if (now - d->gap_since < GAP_WAIT_MS) break;
       d->seen_rev = (r <= rev ? r : rev + 1) - 1; /* give up on the gap */
+      if (d->cache) dsys_cache_clear(d->cache); /* its change is unknown */
       d->gap_since = 0;
       continue;
     }
@@ -320,6 +350,7 @@ static void poll_changes(void *ud) {
         json_object_object_get_ex(rec, "payload", &pl);
       }
       if (ev && pl && (!origin || strcmp(origin, d->origin))) {
+        evict(d, pl);
         size_t len = 0;
         char *text = dsysi_json_dump(pl, &len);
         if (text) dsys_events_publish(d->ev, DATA_TOPIC, ev, text, len, NULL);
@@ -414,6 +445,7 @@ static void h_create(dsys_request *req, void *ud) {
   if (!kt || dsys_store_put(d->store, ik, kt, NULL, NULL))
     dsysi_log(DSYS_LOG_WARN, d->svc.name, "could not index %s", id);
   free(kt);
+  evict_item(d, it); /* a remembered 404 (negative caching) */
   respond_item(req, 201, "Data created successfully", it);
   record_change(d, "data-created", it, 0);
   dsys_item_free(it);
@@ -429,9 +461,7 @@ out:
 
 /* Whether an If-None-Match list ("*" or comma-separated tags, weak or
  * strong: a GET compares weakly) names the item's current tag. */
-static int none_match_hits(const char *h, const dsys_item *it) {
-  char tag[64];
-  etag_of(it, tag, sizeof tag);
+static int none_match_hits(const char *h, const char *tag) {
   size_t tn = strlen(tag);
   while (h && *h) {
     while (*h == ' ' || *h == '\t' || *h == ',') h++;
@@ -445,14 +475,79 @@ static int none_match_hits(const char *h, const dsys_item *it) {
   return 0;
 }
 
-static void h_get(dsys_request *req, void *ud) {
+/* The cached form of an item: its ETag, a newline, its API JSON. */
+static int load_item(void *ud, const char *ref, void **value, size_t *len) {
   dsys_data_service *d = ud;
   dsys_item *it = NULL;
+  int rc = resolve(d, ref, &it);
+  if (rc) return rc;
+  json_object *j = item_json(it);
+  size_t jn = 0;
+  char *text = j ? dsysi_json_dump(j, &jn) : NULL, tag[64];
+  json_object_put(j);
+  etag_of(it, tag, sizeof tag);
+  dsys_item_free(it);
+  if (!text) return j ? DSYS_ENOMEM : DSYS_EBADJSON;
+  size_t tn = strlen(tag);
+  char *v = malloc(tn + 1 + jn);
+  if (v) {
+    memcpy(v, tag, tn);
+    v[tn] = '\n';
+    memcpy(v + tn + 1, text, jn);
+    *value = v;
+    *len = tn + 1 + jn;
+  }
+  free(text);
+  return v ? 0 : DSYS_ENOMEM;
+}
+
+static void h_get_cached(dsys_data_service *d, dsys_request *req) {
+  void *v = NULL;
+  size_t n = 0;
+  int rc = dsys_cache_get(d->cache, dsys_request_param(req, "ref"), load_item, d, &v, &n);
+  const char *nl = rc ? NULL : memchr(v, '\n', n);
+  if (rc == DSYS_EBADJSON || (!rc && !nl)) {
+    dsysi_respond_err(req, 500, "DSYS_EBADJSON", "Stored item is malformed");
+  } else if (rc) {
+    respond_store_err(req, rc);
+  } else {
+    char tag[64];
+    snprintf(tag, sizeof tag, "%.*s", (int)(nl - (char *)v), (char *)v);
+    cache_headers(req, tag);
+    if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+      dsys_respond(req, 304, NULL, NULL, 0);
+    } else {
+      static const char head[] = "{\"message\":\"Data retrieved successfully\",\"data\":";
+      size_t jn = n - (size_t)(nl + 1 - (char *)v);
+      char *body = malloc(sizeof head + jn + 1);
+      if (!body) {
+        dsysi_respond_err(req, 500, "DSYS_ENOMEM", "Out of memory");
+      } else {
+        memcpy(body, head, sizeof head - 1);
+        memcpy(body + sizeof head - 1, nl + 1, jn);
+        body[sizeof head - 1 + jn] = '}';
+        dsys_respond(req, 200, "application/json", body, sizeof head + jn);
+        free(body);
+      }
+    }
+  }
+  dsys_free(v);
+}
+
+static void h_get(dsys_request *req, void *ud) {
+  dsys_data_service *d = ud;
+  if (d->cache) {
+    h_get_cached(d, req);
+    return;
+  }
+  dsys_item *it = NULL;
   int rc = resolve(d, dsys_request_param(req, "ref"), &it);
+  char tag[64];
+  if (!rc) etag_of(it, tag, sizeof tag);
   if (rc) {
     respond_store_err(req, rc);
-  } else if (none_match_hits(dsys_request_header(req, "If-None-Match"), it)) {
-    cache_headers(req, it); /* the client's copy is current: no body */
+  } else if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+    cache_headers(req, tag); /* the client's copy is current: no body */
     dsys_respond(req, 304, NULL, NULL, 0);
   } else {
     respond_item(req, 200, "Data retrieved successfully", it);
@@ -646,6 +741,7 @@ static void modify(dsys_data_service *d, dsys_request *req, int inc) {
     free(mtext);
     dsys_item_free(it);
     if (rc == DSYS_ECONFLICT && !ev && attempt < CAS_TRIES) continue;
+    if (!rc) evict_item(d, upd);
     if (rc == DSYS_ECONFLICT) respond_mismatch(req, 0);
     else if (rc) respond_store_err(req, rc);
     else respond_item(req, 200, inc ? "Data incremented successfully"
@@ -691,6 +787,7 @@ static void h_delete(dsys_request *req, void *ud) {
       free(ik);
     }
     json_object_put(env);
+    evict_item(d, it);
     dsys_respond_json(req, 200, "{\"message\":\"Data deleted successfully\"}");
     record_change(d, "data-deleted", it, 1);
   }
@@ -792,6 +889,7 @@ int dsys_service_data_mount(dsys_server *srv, const dsys_data_options *opts,
     size_t osz = opts->size ? opts->size : sizeof *opts;
     int64_t poll = osz >= offsetof(dsys_data_options, events_poll_ms) + sizeof(int64_t)
                        ? opts->events_poll_ms : 0;
+    if (osz >= offsetof(dsys_data_options, cache) + sizeof opts->cache) d->cache = opts->cache;
     rc = dsysi_ticker_start(&d->ticker, d->svc.clock, poll > 0 ? poll : 200, poll_changes, d);
   }
   if (rc) {
