@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "pgserver.h"
 #include "tap.h"
 
 static int64_t mono_ms(void) {
@@ -260,9 +261,10 @@ static void counter_procs(const char *url, const char *store_url) {
 
 static void processes(const char *url, const char *store_url) {
   tap_diag("processes on %s", url);
-  counter_procs(url, store_url);
   dsys_locks *ls = NULL;
-  dsys_locks_open(&ls, url, NULL);
+  /* the children would wait forever on a parent that cannot take part */
+  if (!is_int(dsys_locks_open(&ls, url, NULL), 0, "%s: open for the process tests", url)) return;
+  counter_procs(url, store_url);
   int sv[2];
   socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
   char c = 0;
@@ -356,6 +358,37 @@ static void election(void) {
   dsys_locks_close(ls);
 }
 
+/* PostgreSQL down: bounded DSYS_EUNAVAIL, a held lock is lost when its
+ * lease ends without a renewal; back: the same handle works again. */
+static void pg_outage(tpg *srv) {
+  dsys_locks *ls = NULL;
+  if (!is_int(dsys_locks_open(&ls, srv->url, NULL), 0, "pg: open for the outage test")) return;
+  dsys_lock *lk = NULL;
+  lost_calls = 0;
+  dsys_lock_options o = {.size = sizeof o, .ttl_ms = 600, .on_lost = on_lost};
+  is_int(dsys_lock_acquire(ls, "outage", 0, &o, &lk), 0, "pg: a lock with a 600 ms lease");
+  tpg_kill(srv);
+  int64_t t0 = mono_ms();
+  dsys_lock *other = NULL;
+  is_int(dsys_lock_acquire(ls, "other", 0, NULL, &other), DSYS_EUNAVAIL,
+         "pg: server killed: acquire fails with DSYS_EUNAVAIL");
+  ok(mono_ms() - t0 < 6000, "... within the connect bound (%lld ms)", (long long)(mono_ms() - t0));
+  for (int i = 0; i < 300 && dsys_lock_held(lk); i++) usleep(10000);
+  ok(!dsys_lock_held(lk), "pg: no renewal got through: the lock counts as lost after its lease");
+  for (int i = 0; i < 300 && !lost_calls; i++) usleep(10000);
+  is_int(lost_calls, 1, "pg: ... and its lost callback ran");
+  dsys_lock_release(lk);
+  ok(tpg_restart(srv) == 0, "pg: server restarted");
+  int e = -1;
+  for (int i = 0; i < 100 && e; i++) {
+    e = dsys_lock_acquire(ls, "outage", 2000, NULL, &lk);
+    if (e) usleep(50000);
+  }
+  is_int(e, 0, "pg: the same handle takes the lock again");
+  dsys_lock_release(lk);
+  dsys_locks_close(ls);
+}
+
 int main(void) {
   char dir[] = "/tmp/dsys-lock.XXXXXX";
   if (!mkdtemp(dir)) tap_bail("mkdtemp");
@@ -371,6 +404,17 @@ int main(void) {
   guarded_put();
   election();
   processes(url, store_url);
+  /* PostgreSQL: a real throwaway server */
+  tpg srv;
+  if (ok(tpg_start(&srv) == 0, "start a throwaway PostgreSQL")) {
+    rules(srv.url);
+    contention(srv.url);
+    char pg_store[160]; /* its own counter and protected item */
+    snprintf(pg_store, sizeof pg_store, "sqlite://%s/store-pg.sqlite", dir);
+    processes(srv.url, pg_store);
+    pg_outage(&srv);
+  }
+  tpg_stop(&srv);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd)) {}
