@@ -16,6 +16,7 @@
 #include <distsys/identity.h>
 #include <distsys/services.h>
 #include "core/internal.h"
+#include "core/pg.h"
 
 struct dsys_daemon {
   dsys_daemon_spec spec; /* the caller's, in this version's layout */
@@ -92,6 +93,13 @@ int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
   return DSYS_EINVAL;
 }
 
+/* value as messages show it: a PostgreSQL URI without its password */
+static void show(const char *value, char *out, size_t n) {
+  char *r = dsysi_pg_is_url(value) ? dsysi_pg_redact_url(value) : NULL;
+  snprintf(out, n, "%s", r ? r : value);
+  free(r);
+}
+
 /* Register with the registry; the agent heartbeats and re-registers. A
  * registry that is down at start is retried quietly by the agent. */
 static int register_instance(dsys_daemon *d, const char *name) {
@@ -104,9 +112,9 @@ static int register_instance(dsys_daemon *d, const char *name) {
   dsys_instance inst = {.id = id, .type = d->spec.service_type, .url = bound,
                         .name = name, .metadata = meta, .weight = 1};
   int rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
-  if (!rc)
-    dsysi_log(DSYS_LOG_INFO, name, "registering as %s with %s", id,
-              dsys_config_get(d->cfg, "registry"));
+  char shown[512];
+  show(dsys_config_get(d->cfg, "registry"), shown, sizeof shown);
+  if (!rc) dsysi_log(DSYS_LOG_INFO, name, "registering as %s with %s", id, shown);
   return rc;
 }
 
@@ -114,9 +122,9 @@ static const dsys_option common_opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, NULL,
      "where to listen: http://HOST:PORT (port 0 picks one), https://HOST:PORT or unix:///PATH"},
     {"db", "DSYS_DB", DSYS_OPT_STRING, "data/distsys.sqlite",
-     "shared SQLite database file (its directory is created)"},
+     "SQLite file path (its directory is created) or postgresql:// URI"},
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
-     "registry to register with: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
+     "registry to register with: http://HOST:PORT (dsys-registryd), sqlite:///path or postgresql://..."},
     {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "instance name (logs, /health)"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text",
      "text, json or journal (text with sd-daemon priority prefixes; they are "
@@ -208,21 +216,28 @@ static int run(dsys_daemon *d, const char *prog) {
   }
   int rc = 0;
   if (sp->prepare && (rc = sp->prepare(d, &so, sp->ud))) return cb_status(rc);
-  char url[4096];
+  char url[4096], shown[512] = "";
   if (sp->open_store || sp->open_queue) {
-    if (make_parent_dirs(db)) {
-      fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
-              strerror(errno));
-      return 1;
+    /* a PostgreSQL URI goes to the store and the queue as it is; it is
+     * shown without its password */
+    show(db, shown, sizeof shown);
+    if (dsysi_pg_is_url(db)) {
+      snprintf(url, sizeof url, "%s", db);
+    } else {
+      if (make_parent_dirs(db)) {
+        fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
+                strerror(errno));
+        return 1;
+      }
+      snprintf(url, sizeof url, "sqlite://%s", db);
     }
-    snprintf(url, sizeof url, "sqlite://%s", db);
   }
   if (sp->open_store && (rc = dsys_store_open(&d->store, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, db, dsys_strerror(rc));
+    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, shown, dsys_strerror(rc));
     return 1;
   }
   if (sp->open_queue && (rc = dsys_queue_open(&d->queue, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, db, dsys_strerror(rc));
+    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, shown, dsys_strerror(rc));
     return 1;
   }
   const char *tf = dsys_config_get(d->cfg, "identity-token-file");
@@ -237,11 +252,13 @@ static int run(dsys_daemon *d, const char *prog) {
     return 2;
   }
   const char *reg = dsys_config_get(d->cfg, "registry");
+  char reg_shown[512] = "";
   if (reg) {
+    show(reg, reg_shown, sizeof reg_shown);
     char err[256] = "";
     dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer};
     if ((rc = dsys_registry_open(&d->registry, reg, NULL, &ro, err, sizeof err))) {
-      fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg, dsys_strerror(rc),
+      fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg_shown, dsys_strerror(rc),
               err[0] ? ": " : "", err);
       return 1;
     }
@@ -277,9 +294,9 @@ static int run(dsys_daemon *d, const char *prog) {
   printf("listening %s\n", dsys_server_url(d->srv, 0));
   fflush(stdout);
   if (sp->open_store || sp->open_queue)
-    dsysi_log(DSYS_LOG_INFO, name, "database %s", db);
+    dsysi_log(DSYS_LOG_INFO, name, "database %s", shown);
   if (d->registry && sp->service_type && (rc = register_instance(d, name))) {
-    fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg, dsys_strerror(rc));
+    fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg_shown, dsys_strerror(rc));
     return 1;
   }
   return 0;
