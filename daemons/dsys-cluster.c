@@ -515,6 +515,19 @@ static int run(dsys_config *cfg) {
     fprintf(stderr, "dsys-cluster: unknown command '%s' (run or status)\n", cmd);
     return 2;
   }
+  const char *db = dsys_config_get(cfg, "db");
+  if (db && *db) {
+    if (strncmp(db, "postgresql://", 13) && strncmp(db, "postgres://", 11)) {
+      fprintf(stderr, "dsys-cluster: --db must be a postgresql:// URI (the SQLite file is "
+              "DIR/distsys.sqlite of --data-dir)\n");
+      return 2;
+    }
+    if (strlen(db) >= sizeof dburi) {
+      fprintf(stderr, "dsys-cluster: --db URI too long\n");
+      return 2;
+    }
+    snprintf(dburi, sizeof dburi, "%s", db);
+  }
   if (dsys_config_get(cfg, "bin-dir")) {
     snprintf(bindir, sizeof bindir, "%s", dsys_config_get(cfg, "bin-dir"));
   } else {
@@ -571,19 +584,6 @@ static int run(dsys_config *cfg) {
   if (strcmp(profile, "plain") && strcmp(profile, "secure")) {
     fprintf(stderr, "dsys-cluster: unknown --profile '%s' (plain or secure)\n", profile);
     return 2;
-  }
-  const char *db = dsys_config_get(cfg, "db");
-  if (db && *db) {
-    if (strncmp(db, "postgresql://", 13) && strncmp(db, "postgres://", 11)) {
-      fprintf(stderr, "dsys-cluster: --db must be a postgresql:// URI (the SQLite file is "
-              "DIR/distsys.sqlite of --data-dir)\n");
-      return 2;
-    }
-    if (strlen(db) >= sizeof dburi) {
-      fprintf(stderr, "dsys-cluster: --db URI too long\n");
-      return 2;
-    }
-    snprintf(dburi, sizeof dburi, "%s", db);
   }
   if (!strcmp(profile, "secure") || dburi[0]) {
     /* The gateway (secure) and, with a database URI, the auth instances
