@@ -118,6 +118,13 @@ typedef struct dsys_data_options {
   int64_t events_poll_ms;  /**< appended: how often GET /api/data/events
                                 polls the shared change log for other
                                 instances' writes, default 200 */
+  struct dsys_cache *cache; /**< appended: read-through cache for GET
+                                /api/data/:ref (not owned), or NULL (every
+                                read goes to the store). Writes through
+                                this instance evict at once; other
+                                instances' writes when the change log poll
+                                sees them (within events_poll_ms), so a
+                                read may be that stale */
 } dsys_data_options;
 
 /**
