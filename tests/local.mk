@@ -38,6 +38,7 @@ FUZZ_CHECKS = tests/fuzz/fuzz-h1-check tests/fuzz/fuzz-router-check tests/fuzz/f
 SCRIPT_TESTS = \
 	tests/headers.test tests/docs.test tests/layers.test tests/python.test \
 	tests/man.test tests/symbols.test \
+	tests/integration/pg-deploy.test \
 	tests/state/example-queue-worker.test tests/state/example-toy-store.test tests/state/example-locks.test \
 	tests/integration/echo-service.test tests/integration/advertise.test tests/integration/faultd-leader.test tests/integration/upstream-client.test \
 	tests/integration/services.test tests/integration/registryd.test \

@@ -92,7 +92,9 @@ DSYS_API void dsys_service_auth_free(dsys_auth_service *svc);
  * @param secret receives the secret bytes (NUL-terminated; dsys_free()).
  * @param source receives a static description ("file", "env",
  *        "generated", "existing") or NULL.
- * @return 0, DSYS_EINVAL (no db_path and nothing else; empty secret),
+ * @return 0, DSYS_EINVAL (no db_path and nothing else, or db_path is a
+ *         URI such as postgresql://..., which has no directory; empty
+ *         secret),
  *         DSYS_EIO (file unreadable or not creatable; see the log),
  *         DSYS_ENOMEM.
  */

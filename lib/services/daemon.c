@@ -23,6 +23,7 @@
 #include <distsys/identity.h>
 #include <distsys/services.h>
 #include "core/internal.h"
+#include "core/pg.h"
 #include "transport/url.h"
 
 struct dsys_daemon {
@@ -98,6 +99,13 @@ int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
   if (!out->tls_cert_file == !out->tls_key_file) return 0;
   if (err && errlen) snprintf(err, errlen, "--%s and --%s go together", cert, key);
   return DSYS_EINVAL;
+}
+
+/* value as messages show it: a PostgreSQL URI without its password */
+static void show(const char *value, char *out, size_t n) {
+  char *r = dsysi_pg_is_url(value) ? dsysi_pg_redact_url(value) : NULL;
+  snprintf(out, n, "%s", r ? r : value);
+  free(r);
 }
 
 /* An address of this host that others can reach: the source address of
@@ -197,9 +205,9 @@ static int register_instance(dsys_daemon *d, const char *name) {
   dsys_instance inst = {.id = id, .type = d->spec.service_type, .url = url,
                         .name = name, .metadata = meta, .weight = 1};
   rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
-  if (!rc)
-    dsysi_log(DSYS_LOG_INFO, name, "registering as %s (%s) with %s", id, url,
-              dsys_config_get(d->cfg, "registry"));
+  char shown[512];
+  show(dsys_config_get(d->cfg, "registry"), shown, sizeof shown);
+  if (!rc) dsysi_log(DSYS_LOG_INFO, name, "registering as %s (%s) with %s", id, url, shown);
   return rc;
 }
 
@@ -207,9 +215,9 @@ static const dsys_option common_opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, NULL,
      "where to listen: http://HOST:PORT (port 0 picks one), https://HOST:PORT or unix:///PATH"},
     {"db", "DSYS_DB", DSYS_OPT_STRING, "data/distsys.sqlite",
-     "shared SQLite database file (its directory is created)"},
+     "SQLite file path (its directory is created) or postgresql:// URI"},
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
-     "registry to register with: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
+     "registry to register with: http://HOST:PORT (dsys-registryd), sqlite:///path or postgresql://..."},
     {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "instance name (logs, /health)"},
     {"advertise", "DSYS_ADVERTISE", DSYS_OPT_STRING, NULL,
      "URL others should call, registered in the registry (default: the --listen URL; "
@@ -309,21 +317,28 @@ static int run(dsys_daemon *d, const char *prog) {
   }
   int rc = 0;
   if (sp->prepare && (rc = sp->prepare(d, &so, sp->ud))) return cb_status(rc);
-  char url[4096];
+  char url[4096], shown[512] = "";
   if (sp->open_store || sp->open_queue) {
-    if (make_parent_dirs(db)) {
-      fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
-              strerror(errno));
-      return 1;
+    /* a PostgreSQL URI goes to the store and the queue as it is; it is
+     * shown without its password */
+    show(db, shown, sizeof shown);
+    if (dsysi_pg_is_url(db)) {
+      snprintf(url, sizeof url, "%s", db);
+    } else {
+      if (make_parent_dirs(db)) {
+        fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
+                strerror(errno));
+        return 1;
+      }
+      snprintf(url, sizeof url, "sqlite://%s", db);
     }
-    snprintf(url, sizeof url, "sqlite://%s", db);
   }
   if (sp->open_store && (rc = dsys_store_open(&d->store, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, db, dsys_strerror(rc));
+    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, shown, dsys_strerror(rc));
     return 1;
   }
   if (sp->open_queue && (rc = dsys_queue_open(&d->queue, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, db, dsys_strerror(rc));
+    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, shown, dsys_strerror(rc));
     return 1;
   }
   const char *tf = dsys_config_get(d->cfg, "identity-token-file");
@@ -338,11 +353,13 @@ static int run(dsys_daemon *d, const char *prog) {
     return 2;
   }
   const char *reg = dsys_config_get(d->cfg, "registry");
+  char reg_shown[512] = "";
   if (reg) {
+    show(reg, reg_shown, sizeof reg_shown);
     char err[256] = "";
     dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer};
     if ((rc = dsys_registry_open(&d->registry, reg, NULL, &ro, err, sizeof err))) {
-      fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg, dsys_strerror(rc),
+      fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg_shown, dsys_strerror(rc),
               err[0] ? ": " : "", err);
       return 1;
     }
@@ -378,10 +395,10 @@ static int run(dsys_daemon *d, const char *prog) {
   printf("listening %s\n", dsys_server_url(d->srv, 0));
   fflush(stdout);
   if (sp->open_store || sp->open_queue)
-    dsysi_log(DSYS_LOG_INFO, name, "database %s", db);
+    dsysi_log(DSYS_LOG_INFO, name, "database %s", shown);
   if (d->registry && sp->service_type && (rc = register_instance(d, name))) {
     if (rc != DSYS_EINVAL) /* EINVAL: a flag, already said */
-      fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg, dsys_strerror(rc));
+      fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg_shown, dsys_strerror(rc));
     return cb_status(rc);
   }
   return 0;
