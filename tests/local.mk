@@ -40,7 +40,7 @@ SCRIPT_TESTS = \
 	tests/man.test tests/symbols.test \
 	tests/integration/pg-deploy.test \
 	tests/state/example-queue-worker.test tests/state/example-toy-store.test tests/state/example-locks.test \
-	tests/integration/echo-service.test tests/integration/advertise.test tests/integration/faultd-leader.test tests/integration/upstream-client.test \
+	tests/integration/echo-service.test tests/integration/advertise.test tests/integration/faultd-leader.test tests/integration/pg-failover.test tests/integration/upstream-client.test \
 	tests/integration/services.test tests/integration/registryd.test \
 	tests/integration/faultd.test tests/integration/identity.test \
 	tests/integration/loadtest.test tests/integration/dashboard.test \
