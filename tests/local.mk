@@ -15,7 +15,7 @@ C_TESTS = \
 	tests/transport/test-transport tests/transport/test-h1 \
 	tests/transport/test-h1client tests/transport/test-http-stop \
 	tests/transport/test-http-loops tests/transport/test-http-wait \
-	tests/transport/test-http-limits \
+	tests/transport/test-http-limits tests/transport/test-http-flood \
 	tests/resilience/test-breaker tests/resilience/test-retry \
 	tests/resilience/test-balancer tests/resilience/test-health \
 	tests/resilience/test-registry tests/resilience/test-upstream \
