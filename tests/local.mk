@@ -46,6 +46,7 @@ SCRIPT_TESTS = \
 	tests/integration/cluster-secure.test tests/integration/mtls.test \
 	tests/integration/cli.test tests/integration/http-api.test tests/integration/storage.test \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \
+	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
@@ -55,7 +56,7 @@ TEST_HELPERS = tests/integration/queue-fixture
 
 check_PROGRAMS += $(C_TESTS) $(FUZZ_CHECKS) $(TEST_HELPERS)
 TESTS += $(C_TESTS) $(SCRIPT_TESTS)
-EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh \
+EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests/helpers/conn-flood.py \
 	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.
