@@ -15,6 +15,7 @@ another, and prints one "key value" line per result:
   p50_ms, p99_ms, max_ms   their latency, connect to complete answer
   still_open N      held connections open after the requests
   rss_kib N         VmRSS of --rss-pid, read while the connections are held
+  (--linger S: then keeps holding them S seconds)
   all_closed_ms N   with --wait-closed S: when the server had closed every
                     held connection, counted from the last one's connect
                     (-1: not within S seconds of the requests' end)
@@ -128,6 +129,7 @@ def main():
     ap.add_argument("--batch", type=int, default=500, help="connects in flight at once")
     ap.add_argument("--rss-pid", type=int, default=0)
     ap.add_argument("--wait-closed", type=float, default=0)
+    ap.add_argument("--linger", type=float, default=0, help="hold the connections this long at the end")
     a = ap.parse_args()
 
     held, failed = [], 0
@@ -179,6 +181,7 @@ def main():
             time.sleep(0.05)
             left = [s for s in left if not closed(s)]
         print("all_closed_ms", -1 if left else int((time.monotonic() - t_open) * 1000))
+    time.sleep(a.linger)
     for s in held:
         s.close()
     return 0
