@@ -11,6 +11,8 @@
  * oldest idle one in libmicrohttpd, and a new connection is refused only
  * when all of that address's are busy, while other addresses are not
  * touched; over max_silent_connections the oldest silent one is closed;
+ * with every loop full of connections that sent half a head, an ordinary
+ * client takes the place of the oldest of them;
  * a silent connection is closed at the header timeout from its accept;
  * thread-pool mode refuses over the per-address limit (libmicrohttpd's
  * own); what happened is counted (dsys_server_conn_stats_get) and shown
@@ -267,6 +269,22 @@ int main(void) {
   is_int(get_on(q[8], "/x"), 200, "the new one is served");
   is_int(stats(s).evicted_silent, 1, "counted: evicted silent_limit 1");
   for (int i = 1; i < 9; i++) close(q[i]);
+  dsys_server_free(s);
+
+  /* ---- half a head is idle too: a full server evicts it ---- */
+  s = serve((dsys_server_options){.event_loops = 2, .max_connections = 2});
+  url = dsys_server_url(s, 0);
+  int half[4];
+  for (int i = 0; i < 4; i++) {
+    half[i] = connect_from(url, 11);
+    if (half[i] >= 0) send(half[i], "GET /x HT", 9, MSG_NOSIGNAL);
+    wait_silent(s, 0); /* in libmicrohttpd, one after another: oldest first */
+  }
+  is_int(wait_open(s, 4), 4, "4 connections with half a head fill both loops (max_connections 2)");
+  is_int(get_from(url, 12, &ms), 200, "an ordinary client is served");
+  ok(closed_within(half[0], 2000), "in the place of the oldest half-head connection");
+  is_int(stats(s).evicted_full, 1, "counted: evicted full 1");
+  for (int i = 0; i < 4; i++) close(half[i]);
   dsys_server_free(s);
 
   /* ---- the header timeout closes a silent connection ---- */
