@@ -118,7 +118,7 @@ typedef struct dsys_server_options {
                                   DSYS_SERVER_LIMIT_OFF: no limit */
   uint32_t max_silent_connections; /**< event-loop mode on TCP: connections
                                   accepted that have not sent a byte yet,
-                                  held outside libmicrohttpd (about 150
+                                  held outside libmicrohttpd (about 130
                                   bytes each) until their first byte or
                                   header_timeout_s; over it the oldest is
                                   closed. 0: the default, 65536, lowered to

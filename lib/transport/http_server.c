@@ -947,7 +947,7 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l,
  *
  * Connection floods (docs/reference/server.md): a connection goes to MHD
  * only once it has sent a byte. Until then loop 0 holds it as a `silent`
- * record of about 150 bytes (MHD would allocate its connection_memory
+ * record of about 130 bytes (MHD would allocate its connection_memory
  * pool at once), so tens of thousands cost a few MiB and never take a
  * loop's max_connections. Each address may hold max_connections_per_addr
  * connections; at that limit, at max_silent_connections, or when every
@@ -1005,7 +1005,7 @@ static caddr *addr_get(mhd_lst *l, const unsigned char key[16]) {
   return a;
 }
 
-/* One connection of a fewer (cmu held); the record goes with the last. */
+/* One connection fewer (cmu held); the record goes with the last. */
 static void addr_put(mhd_lst *l, caddr *a) {
   if (!a || --a->n) return;
   caddr **pp = &l->atab[addr_slot(l, a->key)];
@@ -1067,6 +1067,7 @@ static void evict_mconn(mhd_lst *l, mconn *mc, int stat) {
   dsysi_server_conn_note(l->srv, stat, 1);
 }
 
+/* Whether mc is idle, not already cut, and idle for longer than best. */
 static int idle_victim(mconn *mc, mconn *best) {
   if (atomic_load_explicit(&mc->busy, memory_order_relaxed) ||
       atomic_load_explicit(&mc->cut, memory_order_relaxed))
