@@ -346,9 +346,9 @@ static void sweep(dsysi_loop *loop, void *ud) {
     int64_t h = atomic_load_explicit(&mc->head_deadline_us, memory_order_relaxed);
     int64_t r = atomic_load_explicit(&mc->req_deadline_us, memory_order_relaxed);
     if (((h && now >= h) || (r && now >= r)) && !atomic_exchange(&mc->cut, 1)) {
-      shutdown(mc->fd, SHUT_RDWR);
       dsysi_server_conn_note(l->srv, h && now >= h ? DSYSI_CONN_HEADER_TIMEOUTS
                                                    : DSYSI_CONN_REQUEST_TIMEOUTS, 1);
+      shutdown(mc->fd, SHUT_RDWR);
     }
   }
   pthread_mutex_unlock(&l->cmu);
@@ -778,8 +778,8 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
      * (wait_for_room) and this one is idle now: it makes the room. */
     if (atomic_load_explicit(&m->l->room_wanted, memory_order_relaxed) &&
         toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !atomic_exchange(&m->mc->cut, 1)) {
-      shutdown(m->mc->fd, SHUT_RDWR);
       dsysi_server_conn_note(m->l->srv, DSYSI_CONN_EVICTED_FULL, 1);
+      shutdown(m->mc->fd, SHUT_RDWR);
     }
   }
   stop_waiting(m);
@@ -1054,17 +1054,18 @@ static void lobby_drop(mhd_lst *l, silent *s, int stat) {
   else silent_unlink(l, s);
   addr_put(l, s->a);
   bury(l, s);
-  close(s->w.fd);
+  /* counted before the client can see the close */
   dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, -1);
   if (stat >= 0) dsysi_server_conn_note(l->srv, stat, 1);
+  close(s->w.fd);
 }
 
 /* Cut an idle connection in MHD (cmu held, so it is still open): its loop
  * sees the end of the stream and closes it. */
 static void evict_mconn(mhd_lst *l, mconn *mc, int stat) {
   atomic_store(&mc->cut, 1);
-  shutdown(mc->fd, SHUT_RDWR);
   dsysi_server_conn_note(l->srv, stat, 1);
+  shutdown(mc->fd, SHUT_RDWR);
 }
 
 /* Whether mc is idle, not already cut, and idle for longer than best. */
@@ -1091,6 +1092,7 @@ static int evict_for_addr(mhd_lst *l, caddr *a) {
 }
 
 static void silent_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud);
+static void first_byte(mhd_lst *l, dsysi_loop *loop, silent *s);
 
 /* A connection loop 0 accepted: count it against its address and hold it
  * until its first byte. */
@@ -1127,9 +1129,14 @@ static void admit(mhd_lst *l, dsysi_loop *loop, int fd, const struct sockaddr_in
   l->nsilent++;
   dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, 1);
   dsysi_server_conn_note(l->srv, DSYSI_CONN_SILENT, 1);
-  /* level-triggered: a byte that arrives before this still wakes us */
-  if (dsysi_loop_add(loop, &s->w, EPOLLIN | EPOLLRDHUP, 0)) lobby_drop(l, s, -1);
+  /* Most clients have sent their request (or TLS hello) by now: then no
+   * need to watch for it. Else level-triggered: a byte that arrives
+   * before the add still wakes us. */
+  char c;
+  int sent = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  if (!sent && dsysi_loop_add(loop, &s->w, EPOLLIN | EPOLLRDHUP, 0)) lobby_drop(l, s, -1);
   pthread_mutex_unlock(&l->cmu);
+  if (sent) first_byte(l, loop, s);
 }
 
 /* Add a connection to this loop's MHD (its thread). MHD reports it
@@ -1265,12 +1272,18 @@ static void silent_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
   char c;
   ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-  pthread_mutex_lock(&l->cmu);
-  if (n <= 0) { /* gone before a byte */
-    lobby_drop(l, s, -1);
-    pthread_mutex_unlock(&l->cmu);
+  if (n > 0) {
+    first_byte(l, loop, s);
     return;
   }
+  pthread_mutex_lock(&l->cmu); /* gone before a byte */
+  lobby_drop(l, s, -1);
+  pthread_mutex_unlock(&l->cmu);
+}
+
+/* s sent its first byte: out of the silent lists, to a loop. */
+static void first_byte(mhd_lst *l, dsysi_loop *loop, silent *s) {
+  pthread_mutex_lock(&l->cmu);
   silent_unlink(l, s);
   pthread_mutex_unlock(&l->cmu);
   /* oldest first: others may already wait for room */
