@@ -41,7 +41,12 @@ static const dsys_option extra[] = {
     {"idempotency-ttl", "DSYS_IDEMPOTENCY_TTL", DSYS_OPT_DURATION, "0",
      "replay POSTs with an Idempotency-Key this long (0: off)"},
     {"idempotency-ttl-ms", "DSYS_IDEMPOTENCY_TTL_MS", DSYS_OPT_ALIAS, "idempotency-ttl", NULL},
-    {"max-connections", "DSYS_MAX_CONNECTIONS", DSYS_OPT_INT, "1024", "client connections per event loop"},
+    {"max-connections", "DSYS_MAX_CONNECTIONS", DSYS_OPT_INT, "1024",
+     "client connections per event loop (those that sent a byte)"},
+    {"max-connections-per-addr", "DSYS_MAX_CONNECTIONS_PER_ADDR", DSYS_OPT_INT, "1024",
+     "client connections one IP address may hold; over it its oldest idle one is closed (0: no limit)"},
+    {"max-silent-connections", "DSYS_MAX_SILENT_CONNECTIONS", DSYS_OPT_INT, "65536",
+     "accepted connections that have not sent a byte yet; over it the oldest is closed"},
     {"max-body", "DSYS_MAX_BODY", DSYS_OPT_SIZE, "1MiB", "request body limit, larger: 413"},
     {"max-header-size", "DSYS_MAX_HEADER_SIZE", DSYS_OPT_SIZE, "16KiB",
      "per-connection memory bounding request line + headers, larger: 431"},
@@ -53,6 +58,9 @@ static const dsys_option extra[] = {
      "each request must arrive complete within this time (slow clients; whole seconds, "
      "rounded up; 0: off)"},
     {"request-timeout-s", "DSYS_REQUEST_TIMEOUT_S", DSYS_OPT_ALIAS, "request-timeout", NULL},
+    {"header-timeout", "DSYS_HEADER_TIMEOUT", DSYS_OPT_DURATION_S, "10s",
+     "close a connection whose request head is not complete this long after it opened "
+     "(whole seconds, rounded up; 0: off)"},
     {"upstream-ca", "DSYS_UPSTREAM_CA", DSYS_OPT_STRING, NULL,
      "PEM CA trusted for https:// upstreams and an https:// --registry (default: the system store)"},
     {"upstream-cert", "DSYS_UPSTREAM_CERT", DSYS_OPT_STRING, NULL,
@@ -205,26 +213,34 @@ static uint32_t seconds(const char *name) {
 
 static int prepare(dsys_daemon *d, dsys_server_options *so, void *ud) {
   const dsys_config *cfg = g_.cfg = dsys_daemon_config(d);
-  int64_t loops = 0, maxconn = 0, try_ms = 0, idem = 0;
+  int64_t loops = 0, maxconn = 0, try_ms = 0, idem = 0, peraddr = 0, silent = 0;
   uint64_t maxbody = 0, maxhdr = 0;
   dsys_config_get_int(cfg, "loops", &loops);
   dsys_config_get_int(cfg, "max-connections", &maxconn);
+  dsys_config_get_int(cfg, "max-connections-per-addr", &peraddr);
+  dsys_config_get_int(cfg, "max-silent-connections", &silent);
   dsys_config_get_size(cfg, "max-body", &maxbody);
   dsys_config_get_size(cfg, "max-header-size", &maxhdr);
   dsys_config_get_duration_ms(cfg, "try-timeout", &try_ms);
   dsys_config_get_duration_ms(cfg, "idempotency-ttl", &idem);
   if (loops < 0 || loops > 256) return fail("--loops must be 0..256", NULL);
   if (try_ms < 0 || idem < 0) return fail("--try-timeout and --idempotency-ttl must be >= 0", NULL);
-  if (maxconn < 0 || maxconn > 1000000 || maxbody > SIZE_MAX || maxhdr > 16 * 1024 * 1024 ||
-      seconds("idle-timeout") > 86400 || seconds("request-timeout") > 86400)
-    return fail("bad limit (--max-connections 0..1000000, --max-header-size up to 16MiB, "
-                "--idle-timeout and --request-timeout up to 24h)", NULL);
+  if (maxconn < 0 || maxconn > 1000000 || peraddr < 0 || peraddr > 1000000 || silent < 1 ||
+      silent > 10000000 || maxbody > SIZE_MAX || maxhdr > 16 * 1024 * 1024 ||
+      seconds("idle-timeout") > 86400 || seconds("request-timeout") > 86400 ||
+      seconds("header-timeout") > 86400)
+    return fail("bad limit (--max-connections and --max-connections-per-addr 0..1000000, "
+                "--max-silent-connections 1..10000000, --max-header-size up to 16MiB, "
+                "--idle-timeout, --request-timeout and --header-timeout up to 24h)", NULL);
   so->event_loops = loops ? (uint32_t)loops : (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
   so->max_connections = (uint32_t)maxconn;
   so->max_body = (size_t)maxbody;
   so->connection_memory = (uint32_t)maxhdr;
   so->idle_timeout_s = seconds("idle-timeout");
   so->request_timeout_s = seconds("request-timeout");
+  so->max_connections_per_addr = peraddr ? (uint32_t)peraddr : DSYS_SERVER_LIMIT_OFF;
+  so->max_silent_connections = (uint32_t)silent;
+  so->header_timeout_s = seconds("header-timeout") ? seconds("header-timeout") : DSYS_SERVER_TIMEOUT_OFF;
   return 0;
 }
 

@@ -16,7 +16,7 @@ C_TESTS = \
 	tests/transport/test-transport tests/transport/test-h1 \
 	tests/transport/test-h1client tests/transport/test-http-stop \
 	tests/transport/test-http-loops tests/transport/test-http-wait \
-	tests/transport/test-http-limits \
+	tests/transport/test-http-limits tests/transport/test-http-flood \
 	tests/resilience/test-breaker tests/resilience/test-retry \
 	tests/resilience/test-balancer tests/resilience/test-health \
 	tests/resilience/test-registry tests/resilience/test-upstream \
@@ -49,6 +49,7 @@ SCRIPT_TESTS = \
 	tests/integration/cluster-secure.test tests/integration/mtls.test \
 	tests/integration/cli.test tests/integration/http-api.test tests/integration/storage.test \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \
+	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
@@ -58,7 +59,7 @@ TEST_HELPERS = tests/integration/queue-fixture
 
 check_PROGRAMS += $(C_TESTS) $(FUZZ_CHECKS) $(TEST_HELPERS)
 TESTS += $(C_TESTS) $(SCRIPT_TESTS)
-EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh \
+EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests/helpers/conn-flood.py \
 	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.

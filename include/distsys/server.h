@@ -63,7 +63,10 @@ typedef struct dsys_server_options {
   size_t size;               /**< sizeof(dsys_server_options), or 0 */
   size_t max_body;           /**< request body limit, default 1 MiB */
   uint32_t threads;          /**< server threads, default: CPU count, at least 2 */
-  uint32_t max_connections;  /**< default 1024 (http, unix) */
+  uint32_t max_connections;  /**< default 1024 (http, unix); in event-loop
+                                  mode on TCP per loop, counting only
+                                  connections that sent a byte (see
+                                  max_silent_connections) */
   uint32_t idle_timeout_s;   /**< idle connection timeout, default 60 (http, unix) */
   int32_t access_log;        /**< 1: log one INFO line per request */
   dsys_clock *clock;         /**< default dsys_clock_real() */
@@ -102,15 +105,78 @@ typedef struct dsys_server_options {
                                   connection gets idle_timeout_s plus this
                                   from the previous response. Cuts clients
                                   that trickle a header (which the idle
-                                  timeout does not). 0: the default, 30;
+                                  timeout does not). 0: the default, 10;
                                   DSYS_SERVER_TIMEOUT_OFF: off */
+  uint32_t max_connections_per_addr; /**< http/https on TCP: connections one
+                                  client IP address may hold on a listener.
+                                  In event-loop mode a new connection over
+                                  it takes the place of that address's
+                                  oldest idle one (silent, or between
+                                  requests), and is closed at once only
+                                  when all of them are busy; in thread-pool
+                                  mode it is refused. 0: the default, 1024;
+                                  DSYS_SERVER_LIMIT_OFF: no limit */
+  uint32_t max_silent_connections; /**< event-loop mode on TCP: connections
+                                  accepted that have not sent a byte yet,
+                                  held outside libmicrohttpd (about 130
+                                  bytes each) until their first byte or
+                                  header_timeout_s; over it the oldest is
+                                  closed. 0: the default, 65536, lowered to
+                                  fit the descriptor limit (RLIMIT_NOFILE) */
 } dsys_server_options;
 
 /** A timeout field value meaning "no timeout" (header_timeout_s). */
 #define DSYS_SERVER_TIMEOUT_OFF UINT32_MAX
 
+/** A limit field value meaning "no limit" (max_connections_per_addr). */
+#define DSYS_SERVER_LIMIT_OFF UINT32_MAX
+
 /** The default header_timeout_s, in seconds. */
-#define DSYS_SERVER_HEADER_TIMEOUT_DEFAULT 30
+#define DSYS_SERVER_HEADER_TIMEOUT_DEFAULT 10
+
+/** The default max_connections_per_addr. */
+#define DSYS_SERVER_PER_ADDR_DEFAULT 1024
+
+/** The default max_silent_connections (before the descriptor limit). */
+#define DSYS_SERVER_SILENT_DEFAULT 65536
+
+/**
+ * What happened to a server's connections (http, https, unix listeners),
+ * for metrics: gauges of now and counters since dsys_server_new.
+ */
+typedef struct dsys_server_conn_stats {
+  size_t size;               /**< sizeof(dsys_server_conn_stats), or 0 */
+  uint64_t open;             /**< connections open now, silent ones included */
+  uint64_t silent;           /**< of those, accepted and silent: no byte
+                                  received yet (event-loop mode on TCP) */
+  uint64_t refused_per_addr; /**< closed at accept: their address held
+                                  max_connections_per_addr, none idle */
+  uint64_t refused_full;     /**< closed at accept: libmicrohttpd refused
+                                  them (over its connection limit) */
+  uint64_t evicted_per_addr; /**< idle connections closed to make room for
+                                  a new one of the same address */
+  uint64_t evicted_silent;   /**< silent connections closed, oldest first,
+                                  at max_silent_connections */
+  uint64_t evicted_full;     /**< idle connections closed, oldest first, to
+                                  make room for a connection that sent a
+                                  request while every event loop held
+                                  max_connections */
+  uint64_t evicted_fds;      /**< silent connections closed, oldest first,
+                                  when accept ran out of descriptors */
+  uint64_t header_timeouts;  /**< closed without a complete request head
+                                  within header_timeout_s (silent ones
+                                  included) */
+  uint64_t request_timeouts; /**< closed by request_timeout_s */
+} dsys_server_conn_stats;
+
+/**
+ * Read a server's connection statistics.
+ * @param out its size field says how many bytes the caller's struct has
+ *        (0: this version's sizeof); that many are written, size included.
+ * @return 0, DSYS_EINVAL (a NULL argument).
+ */
+DSYS_API int dsys_server_conn_stats_get(const dsys_server *srv,
+                                        dsys_server_conn_stats *out);
 
 /**
  * Create a server (not yet listening).

@@ -631,12 +631,57 @@ static void srv_observe(void *ud, int route_idx, const char *pattern,
   dsys_histogram_observe(h, (double)dur_us / 1e6);
 }
 
+/* The connection metrics of the instrumented servers: family, help and
+ * label value per field of dsys_server_conn_stats, in its order. */
+#define CONN_OPEN_HELP "Client connections open, silent ones included."
+#define CONN_SILENT_HELP "Client connections accepted that have not sent a byte yet."
+#define CONN_REFUSED_HELP "Client connections closed at accept, by reason."
+#define CONN_EVICTED_HELP "Idle client connections closed to make room for others, by reason."
+#define CONN_TIMEOUT_HELP "Client connections closed by a timeout, by reason."
+static const struct {
+  const char *name, *help, *reason;
+} conn_series[] = {
+    {"dsys_http_connections_open", CONN_OPEN_HELP, NULL},
+    {"dsys_http_connections_silent", CONN_SILENT_HELP, NULL},
+    {"dsys_http_connections_refused_total", CONN_REFUSED_HELP, "per_addr"},
+    {"dsys_http_connections_refused_total", CONN_REFUSED_HELP, "full"},
+    {"dsys_http_connections_evicted_total", CONN_EVICTED_HELP, "per_addr"},
+    {"dsys_http_connections_evicted_total", CONN_EVICTED_HELP, "silent_limit"},
+    {"dsys_http_connections_evicted_total", CONN_EVICTED_HELP, "full"},
+    {"dsys_http_connections_evicted_total", CONN_EVICTED_HELP, "fds"},
+    {"dsys_http_connections_timed_out_total", CONN_TIMEOUT_HELP, "header"},
+    {"dsys_http_connections_timed_out_total", CONN_TIMEOUT_HELP, "request"},
+};
+
 static void collect_inflight(dsys_metrics *r, void *ud) {
   uint64_t n = 0;
+  enum { NCONN = sizeof conn_series / sizeof conn_series[0] };
+  uint64_t sum[NCONN] = {0};
   pthread_mutex_lock(&r->mu);
-  for (size_t i = 0; i < r->nservers; i++) n += dsys_server_inflight(r->servers[i]);
+  for (size_t i = 0; i < r->nservers; i++) {
+    n += dsys_server_inflight(r->servers[i]);
+    dsys_server_conn_stats st = {.size = sizeof st};
+    dsys_server_conn_stats_get(r->servers[i], &st);
+    const uint64_t *f = &st.open; /* the fields, in conn_series order */
+    for (size_t k = 0; k < NCONN; k++) sum[k] += f[k];
+  }
   pthread_mutex_unlock(&r->mu);
   dsys_gauge_set(r->inflight, (double)n);
+  static const char *const ln[] = {"reason"};
+  for (size_t k = 0; k < NCONN; k++) {
+    const char *lv[] = {conn_series[k].reason};
+    size_t nl = conn_series[k].reason ? 1 : 0;
+    const char *help = conn_series[k].help;
+    if (k < 2) {
+      dsys_gauge *g = NULL;
+      dsys_metrics_gauge(r, conn_series[k].name, help, NULL, NULL, 0, &g);
+      dsys_gauge_set(g, (double)sum[k]);
+    } else {
+      dsys_counter *c = NULL;
+      dsys_metrics_counter(r, conn_series[k].name, help, ln, lv, nl, &c);
+      dsys_counter_store(c, sum[k]);
+    }
+  }
 }
 
 int dsys_server_metrics(dsys_server *srv, dsys_metrics *r) {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <arpa/inet.h>
@@ -295,8 +296,20 @@ static dsys_option *build_options(const dsys_daemon_spec *sp, size_t *n) {
  * (DSYS_EINVAL: a flag value, 2; else 1). */
 static int cb_status(int rc) { return rc == DSYS_EINVAL ? 2 : 1; }
 
+/* Every connection is a descriptor, and the usual soft limit (1024) is
+ * far below what a listener holds in a flood (docs/reference/server.md,
+ * "Connection floods"): take the hard limit, which needs no privilege. */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
 static int run(dsys_daemon *d, const char *prog) {
   const dsys_daemon_spec *sp = &d->spec;
+  raise_nofile();
   const char *db = dsys_config_get(d->cfg, "db");
   const char *name = dsys_config_get(d->cfg, "name");
   const char *listen = dsys_config_get(d->cfg, "listen");

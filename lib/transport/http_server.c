@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -28,11 +29,15 @@
 #include <microhttpd.h>
 #include <gnutls/gnutls.h>
 #include "core/plugin.h"
+#include "core/rng.h"
 #include "transport/evloop.h"
 #include "transport/transport.h"
 #include "transport/url.h"
 
 typedef struct mhd_lst mhd_lst;
+typedef struct caddr caddr;
+typedef struct silent silent;
+typedef struct handoff handoff;
 
 /* One MHD daemon: the pool daemon, or one per event loop. */
 typedef struct mhd_d {
@@ -57,13 +62,18 @@ typedef struct mhd_d {
   int busy;             /* this tick moved body or stream data: MHD may
                            have more to do at once (see mhd_timeout) */
   int64_t now_us;       /* read once per tick */
+  handoff *incoming;    /* during MHD_add_connection: what its STARTED
+                           notice takes over (add_one) */
 } mhd_d;
 
-typedef struct handoff {
+/* A connection on its way to a loop's MHD (TCP event loops). */
+struct handoff {
   int fd;
   socklen_t alen;
-  struct sockaddr_storage addr;
-} handoff;
+  struct sockaddr_in6 addr; /* AF_INET or AF_INET6 */
+  caddr *a;                 /* its address's record */
+  int64_t accepted_us;
+};
 
 /* Per connection, from MHD's STARTED notice to its CLOSED one: the
  * deadlines the guard thread enforces (header_timeout_s, request_timeout_s;
@@ -72,10 +82,45 @@ typedef struct mconn {
   int fd;
   _Atomic int64_t head_deadline_us; /* request line + headers */
   _Atomic int64_t req_deadline_us;  /* the whole request */
-  atomic_int cut;    /* cut on purpose (a timeout, an endless body): no lingering */
+  atomic_int cut;    /* cut on purpose (a timeout, an endless body,
+                        an eviction): no lingering */
   atomic_int linger; /* answered before its body was read */
-  struct mconn *prev, *next;
+  /* For eviction (TCP event loops): a connection is idle from its start or
+   * its last answer until its next request head is complete. */
+  atomic_int busy;
+  _Atomic int64_t idle_us; /* since when idle */
+  caddr *a;                /* its address (NULL: not counted) */
+  struct mconn *prev, *next;   /* l->conns */
+  struct mconn *aprev, *anext; /* a's connections in MHD */
 } mconn;
+
+/* A client address of a TCP event-loop listener: the connections it holds
+ * (silent, on their way, in MHD) and which they are, for
+ * max_connections_per_addr. Under l->cmu; freed when n drops to 0. */
+struct caddr {
+  unsigned char key[16]; /* IPv6, IPv4 as v4-mapped */
+  unsigned n;
+  silent *s_first, *s_last;  /* its silent connections, oldest first */
+  mconn *m_first, *m_last;   /* its connections in MHD */
+  caddr *hnext;              /* hash chain */
+};
+
+/* An accepted connection that has not sent a byte yet (TCP event loops):
+ * held by loop 0 outside MHD, which would give it a connection_memory
+ * pool at once, until its first byte, its header deadline or an eviction
+ * (see admit). */
+struct silent {
+  dsysi_watch w;
+  mhd_lst *l;
+  caddr *a;
+  int64_t accepted_us;
+  int ready;   /* it sent bytes, and waits for a loop with room (l->r_*) */
+  int dead;    /* closed; freed after the loop's current batch (graveyard) */
+  silent *prev, *next;   /* l->s_* or l->r_*, oldest first; graveyard */
+  silent *aprev, *anext; /* a's silent ones */
+  socklen_t alen;
+  struct sockaddr_in6 addr;
+};
 
 /* A closed connection whose input is still being read and dropped (see
  * linger_start), owned by the guard loop. */
@@ -121,10 +166,23 @@ struct mhd_lst {
   atomic_int refusing;  /* pool mode, after quiesce: new connections are
                            closed at once (accept_policy) */
   int tls;              /* https: MHD with GnuTLS */
-  int balanced;         /* 2+ TCP event loops: one listening socket that
-                           loop 0 accepts on and spreads (on_accept) */
+  int is_unix;
+  int balanced;         /* TCP event loops: one listening socket that loop
+                           0 accepts on, holds silent connections (admit)
+                           and spreads (on_accept) */
   dsysi_watch acc;      /* that socket in loop 0 */
-  atomic_int acc_paused; /* every loop at max_connections */
+  /* The accept path of TCP event loops (admit): client addresses and the
+   * connections that have not sent a byte, under cmu; the lists are
+   * changed on loop 0's thread only. */
+  caddr **atab;         /* hash table of addresses */
+  size_t acap, an;
+  silent *s_first, *s_last; /* silent, oldest first */
+  silent *r_first, *r_last; /* sent a byte, waiting for a loop with room */
+  silent *graveyard;    /* loop 0 only: closed, freed in its tick */
+  unsigned nsilent;
+  unsigned per_addr;    /* 0: no limit */
+  unsigned max_silent;  /* after the descriptor limit (silent_limit) */
+  atomic_int room_wanted; /* r_* waits: a closing connection posts drain_task */
   int stopped;          /* free_lst: the loops' threads have ended */
   int64_t acc_warned_us; /* loop 0: last accept-error warning */
   char *pem_cert, *pem_key, *pem_trust; /* read at listen; MHD keeps pointers */
@@ -155,9 +213,12 @@ static mconn *conn_watch(struct MHD_Connection *conn) {
   return ci ? ci->socket_context : NULL;
 }
 
-/* The request line and headers are in. */
+/* The request line and headers are in: the connection is busy (not
+ * evictable) until its answer is done (request_completed). */
 static void head_done(mhd_req *m) {
-  if (m->mc) atomic_store_explicit(&m->mc->head_deadline_us, 0, memory_order_relaxed);
+  if (!m->mc) return;
+  atomic_store_explicit(&m->mc->head_deadline_us, 0, memory_order_relaxed);
+  atomic_store_explicit(&m->mc->busy, 1, memory_order_relaxed);
 }
 
 /* The whole request is in, or was answered before its body (early): the
@@ -170,9 +231,12 @@ static void request_in(mhd_req *m, int early) {
   if (early) atomic_store_explicit(&m->mc->linger, 1, memory_order_relaxed);
 }
 
-/* Arm the deadlines of the next request on a connection. */
-static void watch_next(mhd_lst *l, mconn *mc, int first) {
-  int64_t now = dsysi_loop_now_us();
+/* Arm the deadlines of the next request on a connection; the first
+ * counts from start_us (its accept). */
+static void watch_next(mhd_lst *l, mconn *mc, int first, int64_t start_us) {
+  int64_t now = first ? start_us : dsysi_loop_now_us();
+  atomic_store_explicit(&mc->busy, 0, memory_order_relaxed);
+  atomic_store_explicit(&mc->idle_us, now, memory_order_relaxed);
   /* On a kept-alive connection we cannot see when the next request's
    * first byte arrives: allow the idle time before it (the idle timeout
    * cuts a silent connection anyway), so this never shortens idle_timeout_s.
@@ -186,8 +250,9 @@ static void watch_next(mhd_lst *l, mconn *mc, int first) {
                           memory_order_relaxed);
 }
 
-static void resume_accept(dsysi_loop *loop, void *ud);
+static void drain_task(dsysi_loop *loop, void *ud);
 static void linger_start(mhd_lst *l, int fd);
+static void addr_put(mhd_lst *l, caddr *a);
 
 static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ctx,
                         enum MHD_ConnectionNotificationCode code) {
@@ -198,22 +263,42 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
       atomic_fetch_add(&md->conns, 1);
     } else {
       atomic_fetch_sub(&md->conns, 1);
-      /* A loop has room again: let loop 0 accept if it had stopped. */
-      if (!l->stopped && atomic_exchange(&l->acc_paused, 0))
-        dsysi_loop_post(l->ds[0].loop, resume_accept, l);
+      /* A loop has room again: connections that sent a byte may wait. */
+      if (!l->stopped && atomic_exchange(&l->room_wanted, 0))
+        dsysi_loop_post(l->ds[0].loop, drain_task, l);
     }
   }
   if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+    /* Added by add_one (TCP event loops): already counted, with its
+     * address; else accepted by MHD itself. */
+    handoff *h = md->incoming;
+    md->incoming = NULL;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     mconn *mc = ci ? calloc(1, sizeof *mc) : NULL;
-    if (!mc) return; /* not watched: as without timeouts */
+    if (!mc) { /* not watched or counted: as without timeouts and limits */
+      if (h) {
+        pthread_mutex_lock(&l->cmu);
+        addr_put(l, h->a);
+        pthread_mutex_unlock(&l->cmu);
+        dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, -1);
+      }
+      return;
+    }
+    if (!h) dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, 1);
     mc->fd = ci->connect_fd;
-    watch_next(l, mc, 1);
+    watch_next(l, mc, 1, h ? h->accepted_us : dsysi_loop_now_us());
     pthread_mutex_lock(&l->cmu);
     mc->next = l->conns;
     if (l->conns) l->conns->prev = mc;
     l->conns = mc;
+    if (h) {
+      mc->a = h->a;
+      mc->aprev = h->a->m_last;
+      if (mc->aprev) mc->aprev->anext = mc;
+      else h->a->m_first = mc;
+      h->a->m_last = mc;
+    }
     pthread_mutex_unlock(&l->cmu);
     *socket_ctx = mc;
     return;
@@ -226,7 +311,15 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
   if (mc->prev) mc->prev->next = mc->next;
   else l->conns = mc->next;
   if (mc->next) mc->next->prev = mc->prev;
+  if (mc->a) {
+    if (mc->aprev) mc->aprev->anext = mc->anext;
+    else mc->a->m_first = mc->anext;
+    if (mc->anext) mc->anext->aprev = mc->aprev;
+    else mc->a->m_last = mc->aprev;
+    addr_put(l, mc->a);
+  }
   pthread_mutex_unlock(&l->cmu);
+  dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, -1);
   /* Closing a socket with unread input makes the kernel send a reset:
    * a client still writing its body then fails (EPIPE, ECONNRESET) before
    * it reads our early answer (413, 403, or MHD's own 431/414/400). */
@@ -252,8 +345,11 @@ static void sweep(dsysi_loop *loop, void *ud) {
   for (mconn *mc = l->conns; mc; mc = mc->next) {
     int64_t h = atomic_load_explicit(&mc->head_deadline_us, memory_order_relaxed);
     int64_t r = atomic_load_explicit(&mc->req_deadline_us, memory_order_relaxed);
-    if (((h && now >= h) || (r && now >= r)) && !atomic_exchange(&mc->cut, 1))
+    if (((h && now >= h) || (r && now >= r)) && !atomic_exchange(&mc->cut, 1)) {
+      dsysi_server_conn_note(l->srv, h && now >= h ? DSYSI_CONN_HEADER_TIMEOUTS
+                                                   : DSYSI_CONN_REQUEST_TIMEOUTS, 1);
       shutdown(mc->fd, SHUT_RDWR);
+    }
   }
   pthread_mutex_unlock(&l->cmu);
   if (!dsysi_loop_timer(loop, l->sweep_us, sweep, l))
@@ -676,7 +772,16 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
                               enum MHD_RequestTerminationCode toe) {
   mhd_req *m = *con_cls;
   if (!m) return;
-  if (m->mc) watch_next(m->l, m->mc, 0); /* the next request on this connection */
+  if (m->mc) {
+    watch_next(m->l, m->mc, 0, 0); /* the next request on this connection */
+    /* A connection that sent a request waits for a loop with room
+     * (wait_for_room) and this one is idle now: it makes the room. */
+    if (atomic_load_explicit(&m->l->room_wanted, memory_order_relaxed) &&
+        toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !atomic_exchange(&m->mc->cut, 1)) {
+      dsysi_server_conn_note(m->l->srv, DSYSI_CONN_EVICTED_FULL, 1);
+      shutdown(m->mc->fd, SHUT_RDWR);
+    }
+  }
   stop_waiting(m);
   if (m->req)
     dsysi_request_transport_done(m->req, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
@@ -838,9 +943,219 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l,
  * accepts on the only listening socket and gives each connection to the
  * loop with the fewest (open + on their way); MHD may only be driven
  * from its loop's thread, so other loops get it through a queue and a
- * posted task. When every loop is at max_connections, loop 0 stops
- * watching the socket (clients wait in the backlog, as with MHD's own
- * accept) until a connection closes somewhere. */
+ * posted task.
+ *
+ * Connection floods (docs/reference/server.md): a connection goes to MHD
+ * only once it has sent a byte. Until then loop 0 holds it as a `silent`
+ * record of about 130 bytes (MHD would allocate its connection_memory
+ * pool at once), so tens of thousands cost a few MiB and never take a
+ * loop's max_connections. Each address may hold max_connections_per_addr
+ * connections; at that limit, at max_silent_connections, or when every
+ * loop is full, the oldest idle connection goes (the address's own
+ * first), and a busy one never does. Accepting never stops for a full
+ * loop: a connection that sent a byte waits in the r_* list for room
+ * instead of in the kernel's backlog, where ordinary clients queued
+ * behind the flood and their connects timed out. */
+
+static void addr_key(const struct sockaddr_in6 *sa, unsigned char key[16]) {
+  if (sa->sin6_family == AF_INET6) {
+    memcpy(key, &sa->sin6_addr, 16);
+  } else {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    memcpy(key, mapped, 12);
+    memcpy(key + 12, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+  }
+}
+
+static size_t addr_slot(const mhd_lst *l, const unsigned char key[16]) {
+  return (size_t)dsysi_hash64(key, 16, 0x5eed) & (l->acap - 1);
+}
+
+/* The record of an address, made on first use (cmu held); NULL: out of
+ * memory. */
+static caddr *addr_get(mhd_lst *l, const unsigned char key[16]) {
+  if (l->acap) {
+    for (caddr *a = l->atab[addr_slot(l, key)]; a; a = a->hnext)
+      if (!memcmp(a->key, key, 16)) return a;
+  }
+  if (l->an >= l->acap / 2) { /* grow: keep chains short */
+    size_t ncap = l->acap ? l->acap * 2 : 64;
+    caddr **nt = calloc(ncap, sizeof *nt);
+    if (!nt) return NULL;
+    size_t ocap = l->acap;
+    caddr **ot = l->atab;
+    l->atab = nt;
+    l->acap = ncap;
+    for (size_t i = 0; i < ocap; i++)
+      for (caddr *a = ot[i], *nx; a; a = nx) {
+        nx = a->hnext;
+        size_t k = addr_slot(l, a->key);
+        a->hnext = nt[k];
+        nt[k] = a;
+      }
+    free(ot);
+  }
+  caddr *a = calloc(1, sizeof *a);
+  if (!a) return NULL;
+  memcpy(a->key, key, 16);
+  size_t k = addr_slot(l, key);
+  a->hnext = l->atab[k];
+  l->atab[k] = a;
+  l->an++;
+  return a;
+}
+
+/* One connection fewer (cmu held); the record goes with the last. */
+static void addr_put(mhd_lst *l, caddr *a) {
+  if (!a || --a->n) return;
+  caddr **pp = &l->atab[addr_slot(l, a->key)];
+  while (*pp != a) pp = &(*pp)->hnext;
+  *pp = a->hnext;
+  l->an--;
+  free(a);
+}
+
+static void ready_unlink(mhd_lst *l, silent *s) {
+  if (s->prev) s->prev->next = s->next;
+  else l->r_first = s->next;
+  if (s->next) s->next->prev = s->prev;
+  else l->r_last = s->prev;
+}
+
+/* Take a silent connection out of the silent lists (cmu held). */
+static void silent_unlink(mhd_lst *l, silent *s) {
+  if (s->prev) s->prev->next = s->next;
+  else l->s_first = s->next;
+  if (s->next) s->next->prev = s->prev;
+  else l->s_last = s->prev;
+  caddr *a = s->a;
+  if (s->aprev) s->aprev->anext = s->anext;
+  else a->s_first = s->anext;
+  if (s->anext) s->anext->aprev = s->aprev;
+  else a->s_last = s->aprev;
+  l->nsilent--;
+  dsysi_server_conn_note(l->srv, DSYSI_CONN_SILENT, -1);
+}
+
+/* Out of the lobby (a silent or waiting connection): its record waits in
+ * the graveyard until the loop's current batch of events is through (an
+ * event for it may still be in that batch). */
+static void bury(mhd_lst *l, silent *s) {
+  dsysi_loop_del(l->ds[0].loop, &s->w);
+  s->dead = 1;
+  s->next = l->graveyard;
+  l->graveyard = s;
+}
+
+/* Close a silent or waiting connection (loop 0, cmu held) and count why
+ * (stat; -1: not counted). */
+static void lobby_drop(mhd_lst *l, silent *s, int stat) {
+  if (s->ready) ready_unlink(l, s);
+  else silent_unlink(l, s);
+  addr_put(l, s->a);
+  bury(l, s);
+  /* counted before the client can see the close */
+  dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, -1);
+  if (stat >= 0) dsysi_server_conn_note(l->srv, stat, 1);
+  close(s->w.fd);
+}
+
+/* Cut an idle connection in MHD (cmu held, so it is still open): its loop
+ * sees the end of the stream and closes it. */
+static void evict_mconn(mhd_lst *l, mconn *mc, int stat) {
+  atomic_store(&mc->cut, 1);
+  dsysi_server_conn_note(l->srv, stat, 1);
+  shutdown(mc->fd, SHUT_RDWR);
+}
+
+/* Whether mc is idle, not already cut, and idle for longer than best. */
+static int idle_victim(mconn *mc, mconn *best) {
+  if (atomic_load_explicit(&mc->busy, memory_order_relaxed) ||
+      atomic_load_explicit(&mc->cut, memory_order_relaxed))
+    return 0;
+  return !best || atomic_load_explicit(&mc->idle_us, memory_order_relaxed) <
+                      atomic_load_explicit(&best->idle_us, memory_order_relaxed);
+}
+
+/* a is at max_connections_per_addr: close its oldest silent connection,
+ * else its oldest idle one in MHD (cmu held). 0: all of them are busy. */
+static int evict_for_addr(mhd_lst *l, caddr *a) {
+  if (a->s_first) {
+    lobby_drop(l, a->s_first, DSYSI_CONN_EVICTED_PER_ADDR);
+    return 1;
+  }
+  mconn *v = NULL;
+  for (mconn *mc = a->m_first; mc; mc = mc->anext)
+    if (idle_victim(mc, v)) v = mc;
+  if (v) evict_mconn(l, v, DSYSI_CONN_EVICTED_PER_ADDR);
+  return v != NULL;
+}
+
+static void silent_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud);
+static void first_byte(mhd_lst *l, dsysi_loop *loop, silent *s);
+
+/* A connection loop 0 accepted: count it against its address and hold it
+ * until its first byte. */
+static void admit(mhd_lst *l, dsysi_loop *loop, int fd, const struct sockaddr_in6 *sa,
+                  socklen_t alen) {
+  unsigned char key[16];
+  addr_key(sa, key);
+  silent *s = calloc(1, sizeof *s);
+  pthread_mutex_lock(&l->cmu);
+  caddr *a = s ? addr_get(l, key) : NULL; /* NULL: out of memory */
+  if (!a || (l->per_addr && a->n >= l->per_addr && !evict_for_addr(l, a))) {
+    if (a) dsysi_server_conn_note(l->srv, DSYSI_CONN_REFUSED_PER_ADDR, 1);
+    pthread_mutex_unlock(&l->cmu);
+    free(s);
+    close(fd);
+    return;
+  }
+  if (l->nsilent >= l->max_silent) lobby_drop(l, l->s_first, DSYSI_CONN_EVICTED_SILENT);
+  s->w = (dsysi_watch){.fd = fd, .fn = silent_io, .ud = s};
+  s->l = l;
+  s->a = a;
+  s->accepted_us = dsysi_loop_now_us();
+  s->alen = alen;
+  memcpy(&s->addr, sa, alen);
+  a->n++;
+  s->prev = l->s_last;
+  if (s->prev) s->prev->next = s;
+  else l->s_first = s;
+  l->s_last = s;
+  s->aprev = a->s_last;
+  if (s->aprev) s->aprev->anext = s;
+  else a->s_first = s;
+  a->s_last = s;
+  l->nsilent++;
+  dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, 1);
+  dsysi_server_conn_note(l->srv, DSYSI_CONN_SILENT, 1);
+  /* Most clients have sent their request (or TLS hello) by now: then no
+   * need to watch for it. Else level-triggered: a byte that arrives
+   * before the add still wakes us. */
+  char c;
+  int sent = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  if (!sent && dsysi_loop_add(loop, &s->w, EPOLLIN | EPOLLRDHUP, 0)) lobby_drop(l, s, -1);
+  pthread_mutex_unlock(&l->cmu);
+  if (sent) first_byte(l, loop, s);
+}
+
+/* Add a connection to this loop's MHD (its thread). MHD reports it
+ * STARTED inside the call (external polling), where notify_conn takes h
+ * over; on failure MHD has closed the socket. */
+static void add_one(mhd_d *md, handoff *h) {
+  mhd_lst *l = md->l;
+  md->incoming = h;
+  MHD_add_connection(md->d, h->fd, (struct sockaddr *)&h->addr, h->alen);
+  if (md->incoming) {
+    md->incoming = NULL;
+    pthread_mutex_lock(&l->cmu);
+    addr_put(l, h->a);
+    pthread_mutex_unlock(&l->cmu);
+    dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, -1);
+    dsysi_server_conn_note(l->srv, DSYSI_CONN_REFUSED_FULL, 1);
+  }
+}
+
 static void add_queued(dsysi_loop *loop, void *ud) {
   mhd_d *md = ud;
   for (;;) {
@@ -851,8 +1166,7 @@ static void add_queued(dsysi_loop *loop, void *ud) {
     }
     handoff h = md->hq[--md->hn];
     pthread_mutex_unlock(&md->hmu);
-    /* On failure MHD closes the socket itself. */
-    MHD_add_connection(md->d, h.fd, (struct sockaddr *)&h.addr, h.alen);
+    add_one(md, &h);
     atomic_fetch_sub(&md->pending, 1);
   }
 }
@@ -877,35 +1191,153 @@ static int hand_over(mhd_d *md, const handoff *h) {
   return DSYS_ENOMEM;
 }
 
-/* Connections a loop has or is being given: what on_accept balances. */
+/* Connections a loop has or is being given: what placing balances. */
 static unsigned load_of(mhd_d *md) {
   return atomic_load(&md->conns) + atomic_load(&md->pending);
 }
 
+static mhd_d *least_loaded(mhd_lst *l) {
+  mhd_d *best = NULL;
+  unsigned least = 0;
+  for (unsigned i = 0; i < l->nd; i++) {
+    unsigned n = load_of(&l->ds[i]);
+    if (!best || n < least) best = &l->ds[i], least = n;
+  }
+  return least < dsysi_server_max_connections(l->srv) ? best : NULL;
+}
+
+/* Give a connection that sent a byte to the least loaded loop (loop 0,
+ * cmu not held, s out of the silent lists). 0: done (s is buried); else
+ * every loop is full. */
+static int place(mhd_lst *l, dsysi_loop *loop, silent *s) {
+  mhd_d *best = least_loaded(l);
+  if (!best) return -1;
+  handoff h = {.fd = s->w.fd, .alen = s->alen, .a = s->a, .accepted_us = s->accepted_us};
+  memcpy(&h.addr, &s->addr, s->alen);
+  pthread_mutex_lock(&l->cmu);
+  if (s->ready) ready_unlink(l, s);
+  bury(l, s);
+  pthread_mutex_unlock(&l->cmu);
+  if (best->loop == loop) {
+    atomic_fetch_add(&best->pending, 1);
+    add_one(best, &h);
+    atomic_fetch_sub(&best->pending, 1);
+  } else if (hand_over(best, &h)) {
+    close(h.fd);
+    pthread_mutex_lock(&l->cmu);
+    addr_put(l, h.a);
+    pthread_mutex_unlock(&l->cmu);
+    dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, -1);
+  }
+  return 0;
+}
+
+/* Place the waiting connections, oldest first, while a loop has room. */
+static void drain_ready(mhd_lst *l, dsysi_loop *loop) {
+  while (l->r_first) {
+    /* Set before looking: a close after the look then posts drain_task. */
+    atomic_store(&l->room_wanted, 1);
+    if (!least_loaded(l)) return;
+    atomic_store(&l->room_wanted, 0);
+    place(l, loop, l->r_first);
+  }
+}
+
+static void drain_task(dsysi_loop *loop, void *ud) { drain_ready(ud, loop); }
+
+/* Every loop is full and s sent a byte: make room by cutting the oldest
+ * idle connection in MHD, and let s wait for it (its input unwatched). */
+static void wait_for_room(mhd_lst *l, dsysi_loop *loop, silent *s) {
+  pthread_mutex_lock(&l->cmu);
+  s->ready = 1;
+  s->next = NULL;
+  s->prev = l->r_last;
+  if (s->prev) s->prev->next = s;
+  else l->r_first = s;
+  l->r_last = s;
+  dsysi_loop_mod(loop, &s->w, 0, 0);
+  mconn *v = NULL;
+  for (mconn *mc = l->conns; mc; mc = mc->next)
+    if (mc->a && idle_victim(mc, v)) v = mc;
+  if (v) evict_mconn(l, v, DSYSI_CONN_EVICTED_FULL);
+  pthread_mutex_unlock(&l->cmu);
+  drain_ready(l, loop);
+}
+
+/* A silent connection is readable: its first byte, or its end. */
+static void silent_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
+  silent *s = ud;
+  if (s->dead) return;
+  mhd_lst *l = s->l;
+  char c;
+  ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n > 0) {
+    first_byte(l, loop, s);
+    return;
+  }
+  pthread_mutex_lock(&l->cmu); /* gone before a byte */
+  lobby_drop(l, s, -1);
+  pthread_mutex_unlock(&l->cmu);
+}
+
+/* s sent its first byte: out of the silent lists, to a loop. */
+static void first_byte(mhd_lst *l, dsysi_loop *loop, silent *s) {
+  pthread_mutex_lock(&l->cmu);
+  silent_unlink(l, s);
+  pthread_mutex_unlock(&l->cmu);
+  /* oldest first: others may already wait for room */
+  if (l->r_first || place(l, loop, s)) wait_for_room(l, loop, s);
+}
+
+/* Silent and waiting connections past their header deadline (from their
+ * accept; the idle timeout when the header timeout is off). */
+static void lobby_sweep(dsysi_loop *loop, void *ud) {
+  mhd_lst *l = ud;
+  int64_t limit = l->head_timeout_us ? l->head_timeout_us : l->idle_us;
+  int64_t now = dsysi_loop_now_us();
+  pthread_mutex_lock(&l->cmu);
+  while (l->s_first && now - l->s_first->accepted_us >= limit)
+    lobby_drop(l, l->s_first, DSYSI_CONN_HEADER_TIMEOUTS);
+  for (silent *s = l->r_first, *nx; s; s = nx) {
+    nx = s->next;
+    if (now - s->accepted_us >= limit) lobby_drop(l, s, DSYSI_CONN_HEADER_TIMEOUTS);
+  }
+  pthread_mutex_unlock(&l->cmu);
+  /* a cut comes up to one step late: an eighth of the limit */
+  int64_t step = limit / 8 < 50000 ? 50000 : limit / 8 > 500000 ? 500000 : limit / 8;
+  if (!dsysi_loop_timer(loop, step, lobby_sweep, l))
+    dsysi_log(DSYS_LOG_ERROR, "http", "out of memory: silent connections no longer time out");
+}
+
+/* Loop 0's tick: free what lobby_drop and place buried. */
+static void lobby_free_dead(mhd_lst *l) {
+  while (l->graveyard) {
+    silent *s = l->graveyard;
+    l->graveyard = s->next;
+    free(s);
+  }
+}
+
+/* The oldest silent connection goes when accept runs out of descriptors. */
+static int evict_for_fd(mhd_lst *l) {
+  pthread_mutex_lock(&l->cmu);
+  int any = l->s_first != NULL;
+  if (any) lobby_drop(l, l->s_first, DSYSI_CONN_EVICTED_FDS);
+  pthread_mutex_unlock(&l->cmu);
+  return any;
+}
+
+static void resume_accept(dsysi_loop *loop, void *ud);
+
 static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
   mhd_lst *l = ud;
-  unsigned limit = dsysi_server_max_connections(l->srv);
   for (int burst = 0; burst < 64; burst++) {
-    mhd_d *best = NULL;
-    unsigned least = 0;
-    for (unsigned i = 0; i < l->nd; i++) {
-      unsigned n = load_of(&l->ds[i]);
-      if (!best || n < least) best = &l->ds[i], least = n;
-    }
-    if (least >= limit) {
-      dsysi_loop_mod(loop, &l->acc, 0, 0);
-      atomic_store(&l->acc_paused, 1);
-      /* A close between the count and the flag would be missed: look
-       * again now that closers will see the flag. */
-      int room = 0;
-      for (unsigned i = 0; i < l->nd; i++) room |= load_of(&l->ds[i]) < limit;
-      if (room && atomic_exchange(&l->acc_paused, 0))
-        dsysi_loop_mod(loop, &l->acc, EPOLLIN, 0);
-      return;
-    }
-    handoff h = {.alen = sizeof h.addr};
-    h.fd = accept4(fd, (struct sockaddr *)&h.addr, &h.alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (h.fd < 0) {
+    struct sockaddr_in6 sa;
+    socklen_t alen = sizeof sa;
+    int cfd = accept4(fd, (struct sockaddr *)&sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (cfd < 0) {
+      if ((errno == EMFILE || errno == ENFILE) && evict_for_fd(l)) continue;
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         /* The socket stays readable: without a pause the loop would spin
          * on the same error. Retry in 100 ms (clients wait meanwhile). */
@@ -920,19 +1352,29 @@ static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
       }
       return; /* EAGAIN, or a passing error (ECONNABORTED) */
     }
-    if (best->loop == loop) {
-      atomic_fetch_add(&best->pending, 1);
-      MHD_add_connection(best->d, h.fd, (struct sockaddr *)&h.addr, h.alen);
-      atomic_fetch_sub(&best->pending, 1);
-    } else if (hand_over(best, &h)) {
-      close(h.fd);
-    }
+    admit(l, loop, cfd, &sa, alen);
   }
 }
 
 static void resume_accept(dsysi_loop *loop, void *ud) {
   mhd_lst *l = ud;
   if (l->ds[0].fd >= 0) dsysi_loop_mod(loop, &l->acc, EPOLLIN, 0);
+}
+
+/* How many silent connections a listener may hold: the option, lowered so
+ * that the descriptor limit keeps room for every loop's connections in
+ * MHD and as many upstream ones, plus a reserve. */
+static unsigned silent_limit(dsys_server *srv, unsigned loops) {
+  unsigned want = dsysi_server_max_silent(srv);
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur == RLIM_INFINITY) return want;
+  uint64_t used = 2 * (uint64_t)loops * dsysi_server_max_connections(srv) + 256;
+  uint64_t room = rl.rlim_cur > used + 64 ? rl.rlim_cur - used : 64;
+  if (room >= want) return want;
+  dsysi_log(DSYS_LOG_INFO, "http",
+            "max_silent_connections %u lowered to %llu by the descriptor limit (ulimit -n %llu)",
+            want, (unsigned long long)room, (unsigned long long)rl.rlim_cur);
+  return (unsigned)room;
 }
 
 static void mhd_io(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
@@ -952,6 +1394,7 @@ static void mhd_tick(dsysi_loop *loop, void *ud) {
    * waiting in the backlog stall until some unrelated event. */
   md->now_us = dsysi_loop_now_us();
   md->busy = 0;
+  if (md == md->l->ds && md->l->graveyard) lobby_free_dead(md->l);
   for (int i = 0; i < 4; i++) {
     unsigned before = current_connections(md->d);
     md->queued = 0;
@@ -1004,6 +1447,10 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   if (l->balanced) flags |= MHD_USE_NO_LISTEN_SOCKET;
   else OPT(MHD_OPTION_LISTEN_SOCKET, md->fd, NULL);
   if (pool) OPT(MHD_OPTION_THREAD_POOL_SIZE, pool, NULL);
+  /* Without our accept path (admit), libmicrohttpd's own limit: it
+   * refuses instead of evicting. */
+  if (!l->balanced && !l->is_unix && l->per_addr)
+    OPT(MHD_OPTION_PER_IP_CONNECTION_LIMIT, l->per_addr, NULL);
   OPT(MHD_OPTION_CONNECTION_LIMIT, dsysi_server_max_connections(srv), NULL);
   OPT(MHD_OPTION_CONNECTION_TIMEOUT, dsysi_server_idle_timeout(srv), NULL);
   OPT(MHD_OPTION_CONNECTION_MEMORY_LIMIT, dsysi_server_connection_memory(srv), NULL);
@@ -1054,7 +1501,10 @@ static void stop_daemon(mhd_d *md) {
     if (!md->l->balanced) md->fd = -1;
   }
   /* Accepted but never added (the loops stopped first): close them. */
-  for (size_t i = 0; i < md->hn; i++) close(md->hq[i].fd);
+  for (size_t i = 0; i < md->hn; i++) {
+    close(md->hq[i].fd);
+    dsysi_server_conn_note(md->l->srv, DSYSI_CONN_OPEN, -1);
+  }
   free(md->hq);
   md->hq = NULL;
   md->hn = md->hcap = 0;
@@ -1076,6 +1526,23 @@ static void free_lst(mhd_lst *l) {
     l->conns = mc->next;
     free(mc);
   }
+  /* The lobby, after loop 0 stopped (its watches go with the loop). */
+  silent *lists[2] = {l->s_first, l->r_first};
+  for (int k = 0; k < 2; k++)
+    for (silent *s = lists[k], *nx; s; s = nx) {
+      nx = s->next;
+      close(s->w.fd);
+      dsysi_server_conn_note(l->srv, DSYSI_CONN_OPEN, -1);
+      if (!s->ready) dsysi_server_conn_note(l->srv, DSYSI_CONN_SILENT, -1);
+      free(s);
+    }
+  lobby_free_dead(l);
+  for (size_t i = 0; i < l->acap; i++)
+    for (caddr *a = l->atab[i], *nx; a; a = nx) {
+      nx = a->hnext;
+      free(a);
+    }
+  free(l->atab);
   pthread_mutex_destroy(&l->cmu);
   pthread_mutex_destroy(&l->lmu);
   if (l->unix_path) unlink(l->unix_path);
@@ -1138,6 +1605,8 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   l->srv = srv;
   l->ops = ops;
   l->tls = !strcmp(ops->scheme, "https");
+  l->is_unix = is_unix;
+  l->per_addr = dsysi_server_per_addr(srv);
   pthread_mutex_init(&l->cmu, NULL);
   pthread_mutex_init(&l->lmu, NULL);
   l->req_timeout_us = (int64_t)dsysi_server_request_timeout(srv) * 1000000;
@@ -1146,9 +1615,10 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   unsigned loops = dsysi_server_event_loops(srv);
   l->loops = loops > 0;
   /* One MHD daemon per loop; a Unix socket gets one loop (its listener
-   * stays MHD's), TCP with 2+ loops gets the balanced accept. */
+   * stays MHD's), TCP gets our accept path (on_accept). */
   l->nd = loops == 0 || is_unix ? 1 : loops;
-  l->balanced = l->loops && l->nd > 1;
+  l->balanced = l->loops && !is_unix;
+  if (l->balanced) l->max_silent = silent_limit(srv, l->nd);
   l->ds = calloc(l->nd, sizeof *l->ds);
   if (!l->ds) {
     pthread_mutex_destroy(&l->cmu);
@@ -1168,7 +1638,9 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
   if (!rc && l->balanced) {
     l->acc = (dsysi_watch){.fd = l->ds[0].fd, .fn = on_accept, .ud = l};
-    if (dsysi_loop_add(l->ds[0].loop, &l->acc, EPOLLIN, 0)) rc = DSYS_EIO;
+    if (dsysi_loop_add(l->ds[0].loop, &l->acc, EPOLLIN, 0) ||
+        dsysi_loop_post(l->ds[0].loop, lobby_sweep, l))
+      rc = DSYS_EIO;
   }
   if (rc) {
     free_lst(l);
@@ -1202,13 +1674,18 @@ static void quiesce_one(mhd_d *md) {
 
 static void quiesce_task(dsysi_loop *loop, void *ud) { quiesce_one(ud); }
 
-/* Balanced accept: the listening socket is ours, not MHD's. */
+/* Balanced accept: the listening socket is ours, not MHD's. Silent
+ * connections never sent a request: they go at once (waiting ones did,
+ * and still get a loop). */
 static void quiesce_accept(dsysi_loop *loop, void *ud) {
   mhd_lst *l = ud;
   if (l->ds[0].fd < 0) return;
   dsysi_loop_del(loop, &l->acc);
   close(l->ds[0].fd);
   l->ds[0].fd = -1;
+  pthread_mutex_lock(&l->cmu);
+  while (l->s_first) lobby_drop(l, l->s_first, -1);
+  pthread_mutex_unlock(&l->cmu);
 }
 
 static void mhd_quiesce(void *lst) {

@@ -67,6 +67,7 @@ struct dsys_server {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   atomic_uint_fast64_t inflight; /* requests whose transport side is not done */
+  atomic_uint_fast64_t conn[DSYSI_CONN_NSTATS]; /* dsys_server_conn_stats */
   live_shard live[LIVE_SHARDS];
   int listening;
   atomic_int stopping; /* set under mu */
@@ -97,6 +98,29 @@ uint32_t dsysi_server_request_timeout(dsys_server *s) {
 uint32_t dsysi_server_header_timeout(dsys_server *s) {
   return s->o.header_timeout_s == DSYS_SERVER_TIMEOUT_OFF ? 0 : s->o.header_timeout_s;
 }
+uint32_t dsysi_server_per_addr(dsys_server *s) {
+  return s->o.max_connections_per_addr == DSYS_SERVER_LIMIT_OFF ? 0
+                                                                : s->o.max_connections_per_addr;
+}
+uint32_t dsysi_server_max_silent(dsys_server *s) { return s->o.max_silent_connections; }
+
+void dsysi_server_conn_note(dsys_server *s, int what, int delta) {
+  atomic_fetch_add_explicit(&s->conn[what], (uint_fast64_t)(int_fast64_t)delta,
+                            memory_order_relaxed);
+}
+
+int dsys_server_conn_stats_get(const dsys_server *s, dsys_server_conn_stats *out) {
+  if (!s || !out) return DSYS_EINVAL;
+  dsys_server_conn_stats st = {.size = sizeof st};
+  /* the order of dsysi_conn_stat is the order of the struct's fields */
+  uint64_t *f = &st.open;
+  for (int i = 0; i < DSYSI_CONN_NSTATS; i++)
+    f[i] = atomic_load_explicit(&((dsys_server *)s)->conn[i], memory_order_relaxed);
+  size_t n = out->size && out->size < sizeof st ? out->size : sizeof st;
+  memcpy(out, &st, n);
+  out->size = n;
+  return 0;
+}
 dsys_clock *dsysi_server_clock(dsys_server *s) { return s->o.clock; }
 void dsysi_server_tls(dsys_server *s, const char **cert, const char **key,
                       const char **client_ca) {
@@ -119,11 +143,13 @@ int dsys_server_new(dsys_server **out, const dsys_server_options *opts) {
   if (!s->o.max_connections) s->o.max_connections = 1024;
   if (!s->o.idle_timeout_s) s->o.idle_timeout_s = 60;
   /* A complete request head takes one round trip from any sane client;
-   * 30 s leaves room for a TLS handshake and a 16 KiB head over a slow
-   * mobile link, is half of nginx's client_header_timeout (60 s), and
-   * makes a slowloris attacker open max_connections/30 new connections a
-   * second to keep a listener full instead of a few hundred once. */
+   * 10 s (HAProxy's recommended `timeout http-request`) still leaves room
+   * for a TLS handshake and a 16 KiB head over a slow mobile link, and
+   * bounds how long a connection that sends nothing holds anything
+   * (docs/reference/server.md, "Connection floods"). */
   if (!s->o.header_timeout_s) s->o.header_timeout_s = DSYS_SERVER_HEADER_TIMEOUT_DEFAULT;
+  if (!s->o.max_connections_per_addr) s->o.max_connections_per_addr = DSYS_SERVER_PER_ADDR_DEFAULT;
+  if (!s->o.max_silent_connections) s->o.max_silent_connections = DSYS_SERVER_SILENT_DEFAULT;
   if (!s->o.clock) s->o.clock = dsys_clock_real();
   /* MHD clears the whole pool on every keep-alive request; 16 KiB instead
    * of its 32 KiB default measured 3-7% faster (docs/reference/transports.md). */

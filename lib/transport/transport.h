@@ -262,6 +262,26 @@ uint32_t dsysi_server_event_loops(dsys_server *srv);
 /** request_timeout_s and header_timeout_s in seconds, 0 when off. */
 uint32_t dsysi_server_request_timeout(dsys_server *srv);
 uint32_t dsysi_server_header_timeout(dsys_server *srv);
+/** max_connections_per_addr, 0 when off. */
+uint32_t dsysi_server_per_addr(dsys_server *srv);
+uint32_t dsysi_server_max_silent(dsys_server *srv);
+
+/* Connection statistics (dsys_server_conn_stats, fields in this order). */
+enum dsysi_conn_stat {
+  DSYSI_CONN_OPEN = 0,
+  DSYSI_CONN_SILENT,
+  DSYSI_CONN_REFUSED_PER_ADDR,
+  DSYSI_CONN_REFUSED_FULL,
+  DSYSI_CONN_EVICTED_PER_ADDR,
+  DSYSI_CONN_EVICTED_SILENT,
+  DSYSI_CONN_EVICTED_FULL,
+  DSYSI_CONN_EVICTED_FDS,
+  DSYSI_CONN_HEADER_TIMEOUTS,
+  DSYSI_CONN_REQUEST_TIMEOUTS,
+  DSYSI_CONN_NSTATS
+};
+/** Add delta to one of the server's connection statistics (any thread). */
+void dsysi_server_conn_note(dsys_server *srv, int what, int delta);
 dsys_clock *dsysi_server_clock(dsys_server *srv);
 /** The server's TLS files (NULL when unset). */
 void dsysi_server_tls(dsys_server *srv, const char **cert, const char **key,

@@ -1,7 +1,7 @@
 /* The safe defaults of the http/https listeners, where a client notices
  * them.
  *
- * Header timeout (header_timeout_s, on by default: 30 s, read back with
+ * Header timeout (header_timeout_s, on by default: 10 s, read back with
  * dsys_server_get_options): a client that sends half a header and then one
  * byte a second is closed about when the (here 2 s) limit passes, in the
  * thread-pool and event-loop modes of http and https (a TLS client that
@@ -286,7 +286,7 @@ int main(void) {
   dsys_server_options got = {.size = sizeof got};
   is_int(dsys_server_get_options(s, &got), 0, "dsys_server_get_options");
   is_int(got.header_timeout_s, DSYS_SERVER_HEADER_TIMEOUT_DEFAULT, "header_timeout_s is on by default");
-  is_int(DSYS_SERVER_HEADER_TIMEOUT_DEFAULT, 30, "and that default is 30 s");
+  is_int(DSYS_SERVER_HEADER_TIMEOUT_DEFAULT, 10, "and that default is 10 s");
   is_int(got.idle_timeout_s, 60, "idle_timeout_s 60 (separate)");
   is_int(got.request_timeout_s, 0, "request_timeout_s off");
   is_int(got.max_body, 1 << 20, "max_body 1 MiB");
@@ -307,7 +307,7 @@ int main(void) {
   is_int(mine.size, old, "older struct: size kept");
   ok(mine.header_timeout_s == 0xabababab, "older struct: nothing written past its size");
   dsys_server_get_options(s, &got);
-  is_int(got.header_timeout_s, 30, "older struct: the default applies");
+  is_int(got.header_timeout_s, 10, "older struct: the default applies");
   dsys_server_free(s);
   dsys_server_options off = {.size = sizeof off, .header_timeout_s = DSYS_SERVER_TIMEOUT_OFF};
   dsys_server_new(&s, &off);

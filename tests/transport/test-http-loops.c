@@ -8,10 +8,13 @@
  *
  * Checks: connections opened one after another alternate between the
  * two loops (each answers from its own thread); max_connections holds
- * per loop, a connection over the total waits in the backlog and is
- * served once another closes; with no descriptor left the accepting loop
- * pauses instead of spinning; stop closes the listening socket. */
+ * per loop: a connection over the total that sends a request takes the
+ * place of the oldest idle one, and when all are busy it waits (accepted,
+ * not in the backlog) and is served once one of them is done; with no
+ * descriptor left the accepting loop pauses instead of spinning; stop
+ * closes the listening socket. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -62,11 +65,34 @@ static int get_on(int fd, int wait_ms, char *thread, size_t cap) {
   return -1;
 }
 
+/* Parks its request until the test answers it: a busy connection. */
+static dsys_request *g_parked[8];
+static atomic_int g_nparked;
+static void h_park(dsys_request *r, void *ud) {
+  (void)ud;
+  dsys_request_defer(r);
+  int i = atomic_load(&g_nparked);
+  if (i < 8) g_parked[i] = r;
+  atomic_store(&g_nparked, i + 1);
+}
+
+/* Wait (bounded) until fd's peer closes: 1 when it did within wait_ms. */
+static int closed_within(int fd, int wait_ms) {
+  struct timeval tv = {.tv_sec = wait_ms / 1000, .tv_usec = (wait_ms % 1000) * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char b[256];
+  ssize_t r;
+  while ((r = recv(fd, b, sizeof b, 0)) > 0) {
+  }
+  return r == 0 || (r < 0 && errno == ECONNRESET);
+}
+
 static dsys_server *start(uint32_t max_conns) {
   dsys_server *srv = NULL;
   dsys_server_options o = {.size = sizeof o, .event_loops = 2, .max_connections = max_conns};
   if (dsys_server_new(&srv, &o)) tap_bail("server_new");
   dsys_server_route(srv, "GET", "/t", h_thread, NULL);
+  dsys_server_route(srv, "GET", "/park", h_park, NULL);
   if (dsys_server_listen(srv, "http://127.0.0.1:0")) tap_bail("listen");
   return srv;
 }
@@ -116,20 +142,41 @@ int main(void) {
     if (held[i] >= 0 && get_on(held[i], 2000, t, sizeof t) == 200) served++;
   }
   is_int(served, 4, "2 loops x max_connections 2: 4 connections served");
-  int fifth = test_connect_timeout(url, 2); /* the kernel completes it into the backlog */
+  /* all four idle (kept alive after their answer) */
+  int fifth = test_connect_timeout(url, 2);
   char t5[32] = "";
-  ok(fifth >= 0, "a 5th connection is queued by the kernel");
-  is_int(get_on(fifth, 300, t5, sizeof t5), -1, "the 5th gets no answer while all loops are full");
-  close(held[0]);
-  /* the request already sent is answered once a slot frees */
+  ok(fifth >= 0, "a 5th connection is accepted");
+  is_int(get_on(fifth, 2000, t5, sizeof t5), 200,
+         "the 5th is served while all loops are full of idle connections");
+  ok(closed_within(held[0], 2000), "the oldest idle connection made room for it");
+  /* now all four busy */
+  int busy[4] = {held[1], held[2], held[3], fifth}, nb = 0;
+  static const char park[] = "GET /park HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (int i = 0; i < 4; i++) nb += send(busy[i], park, sizeof park - 1, MSG_NOSIGNAL) > 0;
+  for (int i = 0; i < 200 && atomic_load(&g_nparked) < 4; i++) usleep(10000); /* bounded: 2 s */
+  is_int(atomic_load(&g_nparked), 4, "4 requests parked: every connection busy");
+  int sixth = test_connect_timeout(url, 2);
+  static const char req6[] = "GET /t HTTP/1.1\r\nHost: x\r\n\r\n";
+  ok(sixth >= 0 && send(sixth, req6, sizeof req6 - 1, MSG_NOSIGNAL) > 0,
+     "a 6th connection is accepted and sends its request");
   char buf[512];
-  struct timeval tv = {.tv_sec = 3};
-  setsockopt(fifth, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ssize_t r = recv(fifth, buf, sizeof buf - 1, 0);
+  struct timeval tv = {.tv_usec = 300000};
+  setsockopt(sixth, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ssize_t r = recv(sixth, buf, sizeof buf - 1, 0);
+  ok(r < 0 && errno == EAGAIN, "the 6th gets no answer while every connection is busy");
+  /* one busy connection is answered: it is idle now and makes room */
+  dsys_respond_json(g_parked[0], 200, "{}");
+  tv = (struct timeval){.tv_sec = 3};
+  setsockopt(sixth, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  r = recv(sixth, buf, sizeof buf - 1, 0);
   if (r > 0) buf[r] = 0;
-  ok(r > 12 && !strncmp(buf, "HTTP/1.1 200", 12), "after one closes, the 5th is served");
-  close(fifth);
-  for (int i = 1; i < 4; i++) close(held[i]);
+  ok(r > 12 && !strncmp(buf, "HTTP/1.1 200", 12), "once one is done, the 6th is served");
+  dsys_server_conn_stats cs = {.size = sizeof cs};
+  dsys_server_conn_stats_get(srv, &cs);
+  is_int(cs.evicted_full, 2, "two idle connections were evicted for a full server");
+  for (int i = 1; i < 4; i++) dsys_respond_json(g_parked[i], 200, "{}");
+  close(sixth);
+  for (int i = 0; i < 4; i++) close(busy[i]);
 
   /* ---- stop closes the one listening socket ---- */
   char saved[300];
