@@ -104,6 +104,24 @@ typedef struct dsys_server_options {
                                   that trickle a header (which the idle
                                   timeout does not). 0: the default, 30;
                                   DSYS_SERVER_TIMEOUT_OFF: off */
+  /* appended: */
+  int32_t reuse_port;        /**< http/https: 1 sets SO_REUSEPORT on the
+                                  listening socket, so that another process
+                                  of the same user may bind the same port
+                                  (a hitless restart: the new one starts,
+                                  then the old one stops). Any process of
+                                  that user can then take a share of the
+                                  port's connections. 0 (default): off */
+  int32_t drain_keepalive;   /**< 1: during dsys_server_stop(), requests
+                                  that arrive on open keep-alive
+                                  connections are still served, answered
+                                  with Connection: close, until every
+                                  connection closed or the drain time is
+                                  up (clients move to another server
+                                  without a failed request); 0 (default):
+                                  they get 503 DSYS_ESTOPPED once stop
+                                  began. Either way, answers sent while
+                                  stopping carry Connection: close */
 } dsys_server_options;
 
 /** A timeout field value meaning "no timeout" (header_timeout_s). */

@@ -110,6 +110,8 @@ struct mhd_lst {
   size_t lqn, lqcap;
   lingerer *lingering;  /* guard thread only */
   atomic_uint nlinger;  /* queued + lingering */
+  atomic_uint nopen;    /* client connections open (MHD's notices) */
+  atomic_uint nquiesced; /* loop mode: loops whose quiesce task ran */
   dsys_server *srv;
   const dsysi_listener_ops *ops;
   mhd_d *ds;
@@ -126,6 +128,7 @@ struct mhd_lst {
   dsysi_watch acc;      /* that socket in loop 0 */
   atomic_int acc_paused; /* every loop at max_connections */
   int stopped;          /* free_lst: the loops' threads have ended */
+  int acc_empty;        /* loop 0: the last accept found the backlog empty */
   int64_t acc_warned_us; /* loop 0: last accept-error warning */
   char *pem_cert, *pem_key, *pem_trust; /* read at listen; MHD keeps pointers */
 };
@@ -203,6 +206,8 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
         dsysi_loop_post(l->ds[0].loop, resume_accept, l);
     }
   }
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) atomic_fetch_add(&l->nopen, 1);
+  else atomic_fetch_sub(&l->nopen, 1);
   if (code == MHD_CONNECTION_NOTIFY_STARTED) {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -488,6 +493,10 @@ static enum MHD_Result queue_answer(mhd_req *m) {
   if (r->ctype) MHD_add_response_header(resp, "Content-Type", r->ctype);
   if (r->state == DSYSI_RQ_STREAMING)
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  /* A stopping server: the client's next request goes elsewhere (a
+   * connection closed without saying so looks like a failure to it) */
+  if (dsysi_server_stopping(m->l->srv) && !MHD_get_response_header(resp, "Connection"))
+    MHD_add_response_header(resp, "Connection", "close");
   enum MHD_Result rc = MHD_queue_response(m->conn, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
   return rc;
@@ -795,6 +804,11 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l,
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd >= 0 && dsysi_server_reuse_port(l->srv) &&
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one)) {
+      close(fd);
+      fd = -1;
+    }
     if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
       int e = errno;
       if (fd >= 0) close(fd);
@@ -918,6 +932,7 @@ static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
         dsysi_loop_mod(loop, &l->acc, 0, 0);
         dsysi_loop_timer(loop, 100000, resume_accept, l);
       }
+      l->acc_empty = errno == EAGAIN || errno == EWOULDBLOCK;
       return; /* EAGAIN, or a passing error (ECONNABORTED) */
     }
     if (best->loop == loop) {
@@ -1194,21 +1209,48 @@ static int unix_listen(dsys_server *srv, const char *url, void **out) {
 
 static const char *mhd_url(void *lst) { return ((mhd_lst *)lst)->url; }
 
+/* Connections already in the backlog were accepted by the kernel: closing
+ * the listening socket would reset them. Take them first (bounded: new
+ * ones may keep coming until the close). */
+static void take_backlog(mhd_d *md, int fd) {
+  for (int i = 0; i < 4096; i++) {
+    handoff h = {.alen = sizeof h.addr};
+    h.fd = accept4(fd, (struct sockaddr *)&h.addr, &h.alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (h.fd < 0 && errno == EINTR) continue;
+    if (h.fd < 0) return;
+    MHD_add_connection(md->d, h.fd, (struct sockaddr *)&h.addr, h.alen);
+  }
+}
+
 static void quiesce_one(mhd_d *md) {
   MHD_socket fd = MHD_quiesce_daemon(md->d);
-  if (fd != MHD_INVALID_SOCKET) close(fd);
+  if (fd != MHD_INVALID_SOCKET) {
+    take_backlog(md, fd);
+    close(fd);
+  }
   md->fd = -1;
 }
 
-static void quiesce_task(dsysi_loop *loop, void *ud) { quiesce_one(ud); }
+static void quiesce_task(dsysi_loop *loop, void *ud) {
+  mhd_d *md = ud;
+  quiesce_one(md);
+  atomic_fetch_add(&md->l->nquiesced, 1);
+}
 
 /* Balanced accept: the listening socket is ours, not MHD's. */
 static void quiesce_accept(dsysi_loop *loop, void *ud) {
   mhd_lst *l = ud;
-  if (l->ds[0].fd < 0) return;
-  dsysi_loop_del(loop, &l->acc);
-  close(l->ds[0].fd);
-  l->ds[0].fd = -1;
+  if (l->ds[0].fd >= 0) {
+    /* the backlog, spread as usual (on_accept stops at EAGAIN, or when
+     * every loop is full: those wait no longer) */
+    l->acc_empty = 0;
+    for (int i = 0; i < 64 && !l->acc_empty && !atomic_load(&l->acc_paused); i++)
+      on_accept(loop, l->ds[0].fd, EPOLLIN, l);
+    dsysi_loop_del(loop, &l->acc);
+    close(l->ds[0].fd);
+    l->ds[0].fd = -1;
+  }
+  atomic_fetch_add(&l->nquiesced, 1);
 }
 
 static void mhd_quiesce(void *lst) {
@@ -1218,10 +1260,19 @@ static void mhd_quiesce(void *lst) {
   if (l->loops) {
     /* The loop's own thread must touch its daemon: MHD_quiesce_daemon
      * then runs on the only thread that runs that daemon. */
-    if (l->balanced) dsysi_loop_post(l->ds[0].loop, quiesce_accept, l);
+    unsigned posted = 0;
+    if (l->balanced) posted += !dsysi_loop_post(l->ds[0].loop, quiesce_accept, l);
     else
       for (unsigned i = 0; i < l->nd; i++)
-        dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
+        posted += !dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
+    /* Return once the sockets are closed (bounded): a stop then knows
+     * that no new connection reaches this listener, and the server's
+     * answers may send clients elsewhere. */
+    int64_t end = dsysi_loop_now_us() + 1000000;
+    while (atomic_load(&l->nquiesced) < posted && dsysi_loop_now_us() < end) {
+      struct timespec ts = {.tv_nsec = 1000000};
+      nanosleep(&ts, NULL);
+    }
   } else {
     /* Not MHD_quiesce_daemon: with MHD's own epoll thread(s) it races
      * with them (libmicrohttpd 0.9.75 daemon.c:5531 and :4975): both
@@ -1233,6 +1284,11 @@ static void mhd_quiesce(void *lst) {
     atomic_store(&l->refusing, 1);
   }
   if (l->unix_path) unlink(l->unix_path);
+}
+
+static unsigned mhd_open_connections(void *lst) {
+  mhd_lst *l = lst;
+  return atomic_load(&l->nopen);
 }
 
 static void mhd_close(void *lst) {
@@ -1251,6 +1307,7 @@ static void mhd_close(void *lst) {
       .quiesce = mhd_quiesce,                \
       .notify = notify,                      \
       .close = mhd_close,                    \
+      .open_connections = mhd_open_connections, \
   }
 
 static const dsysi_listener_ops http_ops = MHD_LISTENER("http", http_listen);

@@ -160,7 +160,7 @@ struct dsys_request {
   int closed;         /* client gone or abandoned: writes fail */
   int abandoned;      /* server stop: transport must cut it off */
   int stream_ended;
-  int late;           /* arrived after stop began: answer 503 */
+  int late;           /* arrived once stop refused requests: answer 503 */
   int status;
   char *ctype;
   dsysi_hdrs rhdrs;
@@ -259,6 +259,10 @@ uint32_t dsysi_server_max_connections(dsys_server *srv);
 uint32_t dsysi_server_idle_timeout(dsys_server *srv);
 uint32_t dsysi_server_connection_memory(dsys_server *srv);
 uint32_t dsysi_server_event_loops(dsys_server *srv);
+int dsysi_server_reuse_port(dsys_server *srv);
+/* Nonzero once dsys_server_stop() began: answers then carry
+ * Connection: close (the client goes elsewhere). */
+int dsysi_server_stopping(dsys_server *srv);
 /** request_timeout_s and header_timeout_s in seconds, 0 when off. */
 uint32_t dsysi_server_request_timeout(dsys_server *srv);
 uint32_t dsysi_server_header_timeout(dsys_server *srv);
@@ -341,6 +345,9 @@ typedef struct dsysi_listener_ops {
    * abandoned). Called without req->mu held, from any thread. */
   void (*notify)(void *lst, dsys_request *req);
   void (*close)(void *lst); /* after every request completed or was cut */
+  /* optional (NULL: none kept open): client connections still open, for a
+   * stop that waits for keep-alive connections (drain_keepalive) */
+  unsigned (*open_connections)(void *lst);
 } dsysi_listener_ops;
 
 #define DSYSI_DIALER_OPS_VERSION 1
