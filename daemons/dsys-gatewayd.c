@@ -93,7 +93,8 @@ static void drop_secret(void) {
  * running configuration (reload). */
 static int fail(const char *msg, const char *arg) {
   char line[600];
-  snprintf(line, sizeof line, "%s%s%s", msg, arg ? ": " : "", arg ? arg : "");
+  snprintf(line, sizeof line, "%s%s%s%s", g_.reloading ? "reload: " : "", msg, arg ? ": " : "",
+           arg ? arg : "");
   if (g_.reloading) dsys_log_write(DSYS_LOG_ERROR, dsys_config_get(g_.cfg, "name"), line);
   else fprintf(stderr, "dsys-gatewayd: %s\n", line);
   return DSYS_EINVAL;
