@@ -602,13 +602,14 @@ int dsysi_config_file_args(const dsys_option *opts, size_t nopts, const char *pa
         if (opts[i].env && strlen(opts[i].env) == (size_t)(eq - p) &&
             !strncmp(opts[i].env, p, (size_t)(eq - p)))
           idx = (long)i;
-    if (idx < 0 || (skip && !strcmp(opts[idx].name, skip))) {
+    if (idx < 0) {
       if (errbuf)
-        snprintf(errbuf, errlen, "%s:%d: want VAR=value, VAR a variable of --help%s", path,
-                 lineno, idx >= 0 ? " (not this one)" : "");
+        snprintf(errbuf, errlen, "%s:%d: want VAR=value, VAR a variable of --help", path, lineno);
       rc = DSYS_EINVAL;
       break;
     }
+    /* the option naming the file: a unit's environment file may name itself */
+    if (skip && !strcmp(opts[idx].name, skip)) continue;
     char *val = eq + 1;
     size_t vl = strlen(val);
     if (vl >= 2 && (val[0] == '"' || val[0] == '\'') && val[vl - 1] == val[0]) {

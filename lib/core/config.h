@@ -33,7 +33,8 @@ int dsysi_parse_size(const char *s, int64_t *out);
  * VAR being an option's environment variable (or an alias's), and each
  * line becomes "--NAME=value", in file order (a repeatable option's
  * variable may repeat).
- * @param skip an option name the file may not set (the one naming it), or NULL.
+ * @param skip an option whose lines are ignored (the one naming the file:
+ *        an environment file may name itself), or NULL.
  * @param out receives a NULL-terminated array of *n strings (free each and
  *        the array).
  * @return 0; DSYS_EIO (cannot read the file), DSYS_EINVAL (a line that is
