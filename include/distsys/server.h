@@ -182,6 +182,20 @@ DSYS_API const char *dsys_server_url(dsys_server *srv, size_t i);
  */
 DSYS_API int dsys_server_stop(dsys_server *srv, int64_t drain_ms);
 
+/**
+ * Read the files tls_cert_file and tls_key_file again (same paths; e.g. a
+ * renewed certificate written over the old one) and present the new pair
+ * on every https listener from the next TLS handshake on; connections
+ * already open keep theirs (nothing is dropped). The client CA
+ * (tls_client_ca_file) is not reread. Each reload keeps the previous
+ * pair in memory until the server is freed (open sessions may use it).
+ * @return 0 (also for a server without an https listener); DSYS_EIO (a
+ *         file cannot be read, or they are not a certificate and its
+ *         private key): the old pair stays; DSYS_EINVAL (NULL),
+ *         DSYS_ESTATE (stopping), DSYS_ENOMEM.
+ */
+DSYS_API int dsys_server_reload_tls(dsys_server *srv);
+
 /** Stop (drain 5 s) if needed and free. NULL-safe. */
 DSYS_API void dsys_server_free(dsys_server *srv);
 

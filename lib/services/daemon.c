@@ -375,19 +375,33 @@ static void reload(dsys_daemon *d) {
   clock_gettime(CLOCK_MONOTONIC, &now);
   sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
              (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000);
+  const char *cert = dsys_config_get(d->cfg0, "tls-cert");
   dsysi_log(DSYS_LOG_INFO, name,
             "SIGHUP: reload requested (no log file to reopen: the log goes to stderr)%s",
-            d->spec.reload ? "" : "; this daemon has nothing to reload");
+            d->spec.reload || cert ? "" : "; this daemon has nothing to reload");
   int rc = 0;
+  /* An https listener: its certificate and key, reread (a renewed
+   * certificate written over the files); new handshakes present them. */
+  if (cert) {
+    int trc = dsys_server_reload_tls(d->srv);
+    if (trc)
+      dsysi_log(DSYS_LOG_ERROR, name, "TLS certificate %s not reloaded (%s): the old one stays",
+                cert, dsys_strerror(trc));
+    else
+      dsysi_log(DSYS_LOG_INFO, name, "TLS certificate reloaded from %s", cert);
+    rc = trc;
+  }
   if (d->spec.reload) {
     char err[512] = "";
     dsys_config *next = NULL, *old = d->cfg;
-    if ((rc = reread_config(d, &next, err, sizeof err))) {
+    int hrc;
+    if ((hrc = reread_config(d, &next, err, sizeof err))) {
       dsysi_log(DSYS_LOG_ERROR, name, "reload: %s", err);
+      rc = hrc;
     } else {
       d->cfg = next;
-      rc = d->spec.reload(d, d->spec.ud);
-      if (rc) {
+      if ((hrc = d->spec.reload(d, d->spec.ud))) rc = hrc;
+      if (hrc) {
         d->cfg = old;
         dsys_config_free(next);
       } else {
@@ -399,9 +413,9 @@ static void reload(dsys_daemon *d) {
       }
     }
   }
-  if (rc) dsysi_log(DSYS_LOG_ERROR, name, "reload failed (%s): still running as before",
+  if (rc) dsysi_log(DSYS_LOG_ERROR, name, "reload failed (%s): what was not reloaded stays as before",
                     dsys_strerror(rc));
-  else if (d->spec.reload) dsysi_log(DSYS_LOG_INFO, name, "reloaded");
+  else if (d->spec.reload || cert) dsysi_log(DSYS_LOG_INFO, name, "reloaded");
   sd_notifyf(0, "READY=1\nSTATUS=serving on %s", dsys_server_url(d->srv, 0));
 }
 

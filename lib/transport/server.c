@@ -646,6 +646,16 @@ static int wait_idle(dsys_server *s, int64_t deadline_us) {
   return idle;
 }
 
+int dsys_server_reload_tls(dsys_server *s) {
+  if (!s) return DSYS_EINVAL;
+  pthread_mutex_lock(&s->mu);
+  int rc = s->stopped || s->stopping ? DSYS_ESTATE : 0;
+  for (size_t i = 0; !rc && i < s->nls; i++)
+    if (s->ls[i].ops->reload_tls) rc = s->ls[i].ops->reload_tls(s->ls[i].lst);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
 /* drain_keepalive: wait until the listeners have no client connection
  * left or the deadline (monotonic us); requests may come and go. */
 static void wait_closed(dsys_server *s, int64_t deadline_us) {

@@ -348,6 +348,10 @@ typedef struct dsysi_listener_ops {
   /* optional (NULL: none kept open): client connections still open, for a
    * stop that waits for keep-alive connections (drain_keepalive) */
   unsigned (*open_connections)(void *lst);
+  /* optional: reread the TLS certificate and key files (the server's
+   * tls_cert_file, tls_key_file) for new handshakes; on failure the old
+   * ones stay. 0 for a listener without TLS. */
+  int (*reload_tls)(void *lst);
 } dsysi_listener_ops;
 
 #define DSYSI_DIALER_OPS_VERSION 1
