@@ -36,6 +36,13 @@ typedef struct gw_upstream {
   dsys_upstream *u;
   int from_registry;
   atomic_uint_fast64_t failed; /* failed proxied requests (count()) */
+  /* A reload keeps an upstream whose definition did not change (its
+   * endpoints' health, breakers and statistics carry on; a new registry
+   * upstream would wait for its first health checks): u is then shared by
+   * the tables holding it, freed with the last. */
+  char *def;                   /* what it was made from */
+  atomic_int *urefs;           /* tables holding u */
+  int shareable;               /* u needs nothing else of its table (no TLS client) */
 } gw_upstream;
 
 typedef struct gw_route {
@@ -123,7 +130,6 @@ struct dsys_gateway {
   gw_table *retired;
   pthread_t reaper;
   int reaper_started, reaper_stop;
-  uint64_t reloads;
 };
 
 /* The current table, held until t_put. */
@@ -153,8 +159,12 @@ static void t_free(gw_table *t) {
   if (t->secret) explicit_bzero(t->secret, t->secret_len);
   free(t->secret);
   for (size_t i = 0; i < t->nups; i++) {
-    dsys_upstream_free(t->ups[i].u);
+    if (atomic_fetch_sub(t->ups[i].urefs, 1) == 1) {
+      dsys_upstream_free(t->ups[i].u);
+      free(t->ups[i].urefs);
+    }
     free(t->ups[i].name);
+    free(t->ups[i].def);
   }
   dsys_client_free(t->tls_client); /* after the upstreams that used it */
   free(t);
@@ -294,17 +304,29 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
   memset(up, 0, sizeof *up);
   int rc = dsys_upstream_new(&up->u, &uo);
   if (rc) return rc;
+  dsysi_buf def = {0};
+  dsysi_buf_printf(&def, "%d %lld %lld %u %lld %p", (int)pol, (long long)gw->o.try_timeout_ms,
+                   (long long)gw->o.deadline_ms, (unsigned)gw->o.max_attempts,
+                   (long long)gw->o.health_interval_ms, n ? NULL : (void *)gw->o.registry);
   for (size_t i = 0; !rc && i < n; i++) {
     char id[32];
     snprintf(id, sizeof id, "%s-%zu", name, i + 1);
     rc = dsys_upstream_add(up->u, id, urls[i], 1);
+    dsysi_buf_printf(&def, " %s", urls[i]);
   }
-  if (!rc && !(up->name = strdup(name))) rc = DSYS_ENOMEM;
+  if (!rc && (!(up->name = strdup(name)) || !(up->urefs = malloc(sizeof *up->urefs)) ||
+              def.oom || !(up->def = dsysi_buf_steal(&def, NULL))))
+    rc = DSYS_ENOMEM;
+  dsysi_buf_free(&def);
   if (rc) {
     dsys_upstream_free(up->u);
     free(up->name);
+    free(up->urefs);
+    free(up->def);
     return rc;
   }
+  atomic_init(up->urefs, 1);
+  up->shareable = !tls;
   up->from_registry = n == 0;
   t->nups++;
   return 0;
@@ -1116,6 +1138,21 @@ int dsys_gateway_reload(dsys_gateway *gw, dsys_gateway *next) {
   gw_table *t = next->cur;
   int rc = edge_state(gw, t);
   if (rc) return rc;
+  /* Unchanged upstreams carry on: the new table takes the running one
+   * (only this thread changes tables; the old one stays current until the
+   * swap below, so the reference taken here is never the last). */
+  gw_table *cur = gw->cur;
+  for (size_t i = 0; i < t->nups; i++) {
+    gw_upstream *nu = &t->ups[i], *ou = find_upstream(cur, nu->name);
+    if (!ou || !ou->shareable || !nu->shareable || strcmp(ou->def, nu->def) ||
+        ou->from_registry != nu->from_registry)
+      continue;
+    dsys_upstream_free(nu->u); /* never used */
+    free(nu->urefs);
+    atomic_fetch_add(ou->urefs, 1);
+    nu->u = ou->u;
+    nu->urefs = ou->urefs;
+  }
   pthread_rwlock_wrlock(&gw->tlk);
   gw_table *old = gw->cur;
   gw->cur = t;
@@ -1125,7 +1162,6 @@ int dsys_gateway_reload(dsys_gateway *gw, dsys_gateway *next) {
   pthread_mutex_lock(&gw->rmu);
   old->retired_next = gw->retired;
   gw->retired = old;
-  gw->reloads++;
   pthread_mutex_unlock(&gw->rmu);
   t_put(gw, old); /* the current table's own reference */
   return 0;
