@@ -180,7 +180,10 @@ DSYS_API int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv);
  * runs entirely on the set it started with, so requests in flight finish
  * on the old one, which is freed (its upstreams stopped: health checks,
  * registry watch) on a thread of the gateway once the last of them is
- * answered. The other options of next (clock, limits of the edge caches,
+ * answered. An upstream of next defined exactly like a running one of
+ * the same name (policy, endpoints or registry, retry settings; no https
+ * endpoint) is not replaced: the running one, with its health and breaker
+ * state, serves the new routes. The other options of next (clock, limits of the edge caches,
  * name) are not used; the rate-limit buckets and the Idempotency-Key cache
  * are kept (buckets are per route position). On success next is freed
  * (do not use it); on failure nothing changed and the caller still owns
