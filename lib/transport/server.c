@@ -36,6 +36,12 @@ typedef struct hook {
   void *ud;
 } hook;
 
+/* dsys_server.stopping: running; stopping, the listeners not yet closed
+ * (drain_keepalive: answers still keep connections open); stopping but
+ * still serving requests on open connections (drain_keepalive); stopping
+ * and answering new requests 503. */
+enum { STOP_NO, STOP_QUIESCING, STOP_DRAINING, STOP_REFUSING };
+
 typedef struct listener {
   const dsysi_listener_ops *ops;
   void *lst;  /* NULL once closed */
@@ -47,12 +53,6 @@ typedef struct listener {
  * list under the server's lock, taken twice per request, was where the
  * gateway's two loops contended (0.02 futex calls per proxied request at
  * 64 connections, each a possible stall of a whole loop). */
-/* dsys_server.stopping: running; stopping, the listeners not yet closed
- * (drain_keepalive: answers still keep connections open); stopping but
- * still serving requests on open connections (drain_keepalive); stopping
- * and answering new requests 503. */
-enum { STOP_NO, STOP_QUIESCING, STOP_DRAINING, STOP_REFUSING };
-
 #define LIVE_SHARDS 8
 typedef struct live_shard {
   pthread_mutex_t mu;
@@ -676,7 +676,6 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
     pthread_mutex_unlock(&s->mu);
     return 0;
   }
-  s->stopping = s->o.drain_keepalive ? STOP_DRAINING : STOP_REFUSING;
   if (s->o.drain_keepalive) {
     /* Close the listening sockets before any answer says Connection:
      * close: a client reconnecting at once must not land in a backlog
@@ -686,6 +685,7 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
     for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->quiesce(s->ls[i].lst);
     atomic_store(&s->stopping, STOP_DRAINING);
   } else {
+    s->stopping = STOP_REFUSING;
     pthread_mutex_unlock(&s->mu);
     for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->quiesce(s->ls[i].lst);
   }
