@@ -69,17 +69,23 @@ static const dsys_option extra[] = {
     {"identity-token-file", "DSYS_IDENTITY_TOKEN_FILE", DSYS_OPT_STRING, NULL,
      "the gateway's identity token, sent to services as X-Dsys-Identity (services "
      "started with --identity-public-key require it); reread when the file changes"},
+    {"reuse-port", "DSYS_REUSE_PORT", DSYS_OPT_BOOL, "false",
+     "hitless restart: bind the port with SO_REUSEPORT (a second gateway may bind it too; so "
+     "may any process of this user), and on SIGTERM keep answering requests on open "
+     "connections, each answer closing its connection, until the clients left (at most 5 s)"},
 };
 
-/* What the gateway holds beyond the shell's, released by unmount on every
- * way out, so that a refused start is as clean as a stop (sanitizer builds
- * fail a process that leaks at exit). */
+/* What the gateway holds beyond the shell's, released on every way out,
+ * so that a refused start or reload is as clean as a stop (sanitizer
+ * builds fail a process that leaks at exit). g_.gw is the mounted
+ * gateway; the rest belongs to the configuration being built. */
 static struct {
   char *secret;
   size_t secret_len;
   dsys_gateway *gw;
   void *rs, *origins;
   const dsys_config *cfg;
+  int reloading; /* fail() logs instead of writing to stderr */
 } g_;
 
 /* Wipe and free the JWT secret once the gateway has its own copy. */
@@ -91,9 +97,14 @@ static void drop_secret(void) {
   }
 }
 
-/* A bad flag: say which; the shell exits 2. */
+/* A bad flag: say which; the shell exits 2 (at start) or keeps the
+ * running configuration (reload). */
 static int fail(const char *msg, const char *arg) {
-  fprintf(stderr, "dsys-gatewayd: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+  char line[600];
+  snprintf(line, sizeof line, "%s%s%s%s", g_.reloading ? "reload: " : "", msg, arg ? ": " : "",
+           arg ? arg : "");
+  if (g_.reloading) dsys_log_write(DSYS_LOG_ERROR, dsys_config_get(g_.cfg, "name"), line);
+  else fprintf(stderr, "dsys-gatewayd: %s\n", line);
   return DSYS_EINVAL;
 }
 
@@ -241,11 +252,14 @@ static int prepare(dsys_daemon *d, dsys_server_options *so, void *ud) {
   so->max_connections_per_addr = peraddr ? (uint32_t)peraddr : DSYS_SERVER_LIMIT_OFF;
   so->max_silent_connections = (uint32_t)silent;
   so->header_timeout_s = seconds("header-timeout") ? seconds("header-timeout") : DSYS_SERVER_TIMEOUT_OFF;
+  so->reuse_port = so->drain_keepalive = dsys_config_get_bool(cfg, "reuse-port");
   return 0;
 }
 
-static int mount(dsys_daemon *d, void *ud) {
-  const dsys_config *cfg = g_.cfg;
+/* Build a gateway from configuration cfg in *out, every value checked,
+ * nothing mounted (start and reload). */
+static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **out) {
+  g_.cfg = cfg;
   dsys_client_options uco; /* the upstreams' TLS, checked by the shell */
   dsys_daemon_client_tls(cfg, "upstream", &uco, NULL, 0);
   dsys_registry *reg = dsys_daemon_registry(d);
@@ -265,10 +279,10 @@ static int mount(dsys_daemon *d, void *ud) {
     go.token_secret = g_.secret;
     go.token_secret_len = g_.secret_len;
   }
-  int rc = dsys_gateway_new(&g_.gw, &go);
+  int rc = dsys_gateway_new(out, &go);
   drop_secret(); /* the gateway keeps its own copy */
   if (rc) return rc;
-  dsys_gateway *gw = g_.gw;
+  dsys_gateway *gw = *out;
   size_t nroutes = dsys_config_count(cfg, "route");
   static const char *defaults[] = {"/api/auth=auth", "/api/data=data", "/api/compute=compute"};
   size_t nprot = dsys_config_count(cfg, "protect");
@@ -347,22 +361,52 @@ static int mount(dsys_daemon *d, void *ud) {
       return fail("bad --filters (names from cors, ratelimit, jwt, user-ratelimit, idempotency, each once; or none)", ro.filters);
     if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), rs[i].prefix);
   }
-  /* per upstream endpoint stats and breakers on GET /metrics */
-  for (size_t i = 0; i < dsys_gateway_upstream_count(gw); i++) {
-    const char *uname;
-    dsys_upstream *up;
-    if ((rc = dsys_gateway_upstream_at(gw, i, &uname, &up)) ||
-        (rc = dsys_metrics_upstream(dsys_daemon_metrics(d), uname, up)))
-      return rc;
+  return 0;
+}
+
+/* What build_gateway allocated for itself (the gateway aside). */
+static void drop_build(void) {
+  drop_secret();
+  free(g_.rs);
+  free(g_.origins);
+  g_.rs = g_.origins = NULL;
+}
+
+static int mount(dsys_daemon *d, void *ud) {
+  int rc = build_gateway(d, dsys_daemon_config(d), &g_.gw);
+  drop_build();
+  /* per upstream endpoint stats and breakers on GET /metrics, across reloads */
+  if (!rc) rc = dsys_gateway_metrics(g_.gw, dsys_daemon_metrics(d));
+  return rc ? rc : dsys_gateway_mount(g_.gw, dsys_daemon_server(d));
+}
+
+/* SIGHUP: the routes, upstreams, policies, edge settings, try timeout and
+ * JWT secret (file) from the configuration parsed again (the shell's
+ * --config), built and checked in full, then swapped in at once; requests
+ * in flight finish on the old ones. A bad value keeps the old ones. What
+ * the server was started with (--listen, --loops, limits, TLS) needs a
+ * restart (docs/reference/gateway.md, "Reload"). */
+static int reload(dsys_daemon *d, void *ud) {
+  dsys_gateway *next = NULL;
+  g_.reloading = 1;
+  int rc = build_gateway(d, dsys_daemon_config(d), &next);
+  g_.reloading = 0;
+  drop_build();
+  if (!rc) rc = dsys_gateway_reload(g_.gw, next);
+  if (rc) {
+    dsys_gateway_free(next);
+    return rc;
   }
-  return dsys_gateway_mount(gw, dsys_daemon_server(d));
+  char line[128];
+  snprintf(line, sizeof line, "reload: the new routes are in effect (%zu upstreams)",
+           dsys_gateway_upstream_count(g_.gw));
+  dsys_log_write(DSYS_LOG_INFO, dsys_daemon_name(d), line);
+  return 0;
 }
 
 static void unmount(dsys_daemon *d, void *ud) {
   dsys_gateway_free(g_.gw);
-  drop_secret();
-  free(g_.rs);
-  free(g_.origins);
+  drop_build();
   memset(&g_, 0, sizeof g_);
 }
 
@@ -372,7 +416,7 @@ int main(int argc, char **argv) {
       .summary = "The load balancer of the reference deployment (docs/reference/http-api.md).",
       .default_name = "gateway", .default_listen = "http://127.0.0.1:3000",
       .extra = extra, .nextra = sizeof extra / sizeof extra[0],
-      .prepare = prepare, .mount = mount, .unmount = unmount,
+      .prepare = prepare, .mount = mount, .unmount = unmount, .reload = reload,
       .without = DSYS_DAEMON_NO_PEER | DSYS_DAEMON_NO_IDENTITY_KEY, .peer_prefix = "upstream"};
   return dsys_daemon_main(&spec, argc, argv);
 }

@@ -46,6 +46,8 @@ SCRIPT_TESTS = \
 	tests/integration/loadtest.test tests/integration/dashboard.test \
 	tests/integration/metrics.test tests/integration/gateway-tls.test \
 	tests/integration/gatewayd-static.test tests/integration/cluster-config.test \
+	tests/integration/gateway-reload.test tests/integration/gateway-restart.test \
+	tests/integration/tls-reload.test \
 	tests/integration/cluster-secure.test tests/integration/mtls.test \
 	tests/integration/cli.test tests/integration/http-api.test tests/integration/storage.test \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \

@@ -26,8 +26,10 @@
  * POST /api/round-robin/reset.
  *
  * Thread-safety: configure (add_upstream/add_route) before dsys_gateway_mount;
- * afterwards the gateway is used by server threads. Free it after the server
- * has stopped (dsys_server_stop or dsys_server_free).
+ * afterwards the gateway is used by server threads. A mounted gateway
+ * changes its routes, upstreams, filters and JWT secret as a whole with
+ * dsys_gateway_reload() (from one thread at a time). Free it after the
+ * server has stopped (dsys_server_stop or dsys_server_free).
  */
 #ifndef DSYS_GATEWAY_H
 #define DSYS_GATEWAY_H
@@ -44,6 +46,7 @@ extern "C" {
 #endif
 
 typedef struct dsys_gateway dsys_gateway;
+struct dsys_metrics;
 
 /** Gateway options. Zero fields take the documented defaults. */
 typedef struct dsys_gateway_options {
@@ -168,13 +171,46 @@ DSYS_API int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
  */
 DSYS_API int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv);
 
+/**
+ * Replace the routes of a gateway, mounted or not, by those of next, a
+ * gateway configured the same way (dsys_gateway_new, add_upstream,
+ * add_route_ex: every check already passed) and never mounted: its
+ * upstreams, routes with their edge options and filters, and its JWT
+ * secret (token_secret) take over at once, atomically: each request
+ * runs entirely on the set it started with, so requests in flight finish
+ * on the old one, which is freed (its upstreams stopped: health checks,
+ * registry watch) on a thread of the gateway once the last of them is
+ * answered. An upstream of next defined exactly like a running one of
+ * the same name (policy, endpoints or registry, retry settings; no https
+ * endpoint) is not replaced: the running one, with its health and breaker
+ * state, serves the new routes. The other options of next (clock, limits of the edge caches,
+ * name) are not used; the rate-limit buckets and the Idempotency-Key cache
+ * are kept (buckets are per route position). On success next is freed
+ * (do not use it); on failure nothing changed and the caller still owns
+ * next. Not concurrently with itself.
+ * @return 0, DSYS_EINVAL (NULL, the same gateway, next mounted),
+ *         DSYS_ENOMEM.
+ */
+DSYS_API int dsys_gateway_reload(dsys_gateway *gw, dsys_gateway *next);
+
+/**
+ * Serve the upstreams' series on reg (what dsys_metrics_upstream() gives
+ * for one upstream: per endpoint attempts, failures, latency, breaker
+ * state; per upstream retries and endpoints) for the upstreams the gateway
+ * has at each render, across reloads (an upstream a reload removed keeps
+ * its last values: series are never removed). Call once.
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_gateway_metrics(dsys_gateway *gw, struct dsys_metrics *reg);
+
 /** Number of upstreams declared (for metrics and introspection). */
 DSYS_API size_t dsys_gateway_upstream_count(dsys_gateway *gw);
 
 /**
  * Upstream i (0-based, in the order declared): its name and its
- * dsys_upstream (both owned by the gateway, valid until dsys_gateway_free;
- * e.g. for dsys_metrics_upstream). Either out-parameter may be NULL.
+ * dsys_upstream (both owned by the gateway, valid until dsys_gateway_free
+ * or the next dsys_gateway_reload; e.g. for dsys_metrics_upstream, or use
+ * dsys_gateway_metrics on a gateway that reloads). Either out-parameter may be NULL.
  * @return 0, DSYS_EINVAL (NULL gateway or i out of range).
  */
 DSYS_API int dsys_gateway_upstream_at(dsys_gateway *gw, size_t i,

@@ -123,6 +123,24 @@ typedef struct dsys_server_options {
                                   header_timeout_s; over it the oldest is
                                   closed. 0: the default, 65536, lowered to
                                   fit the descriptor limit (RLIMIT_NOFILE) */
+  /* appended: */
+  int32_t reuse_port;        /**< http/https: 1 sets SO_REUSEPORT on the
+                                  listening socket, so that another process
+                                  of the same user may bind the same port
+                                  (a hitless restart: the new one starts,
+                                  then the old one stops). Any process of
+                                  that user can then take a share of the
+                                  port's connections. 0 (default): off */
+  int32_t drain_keepalive;   /**< 1: during dsys_server_stop(), requests
+                                  that arrive on open keep-alive
+                                  connections are still served, answered
+                                  with Connection: close, until every
+                                  connection closed or the drain time is
+                                  up (clients move to another server
+                                  without a failed request); 0 (default):
+                                  they get 503 DSYS_ESTOPPED once stop
+                                  began. Either way, answers sent while
+                                  stopping carry Connection: close */
 } dsys_server_options;
 
 /** A timeout field value meaning "no timeout" (header_timeout_s). */
@@ -229,6 +247,20 @@ DSYS_API const char *dsys_server_url(dsys_server *srv, size_t i);
  * @return 0, or DSYS_ETIMEDOUT when requests had to be cut off.
  */
 DSYS_API int dsys_server_stop(dsys_server *srv, int64_t drain_ms);
+
+/**
+ * Read the files tls_cert_file and tls_key_file again (same paths; e.g. a
+ * renewed certificate written over the old one) and present the new pair
+ * on every https listener from the next TLS handshake on; connections
+ * already open keep theirs (nothing is dropped). The client CA
+ * (tls_client_ca_file) is not reread. Each reload keeps the previous
+ * pair in memory until the server is freed (open sessions may use it).
+ * @return 0 (also for a server without an https listener); DSYS_EIO (a
+ *         file cannot be read, or they are not a certificate and its
+ *         private key): the old pair stays; DSYS_EINVAL (NULL),
+ *         DSYS_ESTATE (stopping), DSYS_ENOMEM.
+ */
+DSYS_API int dsys_server_reload_tls(dsys_server *srv);
 
 /** Stop (drain 5 s) if needed and free. NULL-safe. */
 DSYS_API void dsys_server_free(dsys_server *srv);

@@ -208,8 +208,13 @@ typedef int (*dsys_daemon_prepare_fn)(dsys_daemon *d, dsys_server_options *so, v
 /** Reload callback: the daemon got SIGHUP (systemctl reload). Runs on the
  *  thread of dsys_daemon_main() while the service keeps serving: reread
  *  what can change without a restart (files the daemon reads, reopen its
- *  own log files). Return 0; nonzero is logged as an error and the daemon
- *  keeps running with what it had. */
+ *  own log files). The shell has parsed the flags, the environment and the
+ *  --config file again: dsys_daemon_config() returns that configuration
+ *  during the call and, if it returns 0, afterwards (a replaced one is
+ *  freed at the next successful reload: copy what you keep). Return 0;
+ *  nonzero is logged as an error and the daemon keeps running with what
+ *  it had (and its previous configuration). A daemon with this hook takes
+ *  the common flag --config FILE (DSYS_CONFIG). */
 typedef int (*dsys_daemon_reload_fn)(dsys_daemon *d, void *ud);
 
 /** dsys_daemon_spec.without: common flags a daemon does not take. */
@@ -272,7 +277,8 @@ typedef struct dsys_daemon_spec {
  * heartbeat every 10 s and re-register when the registry forgot it
  * (dsys_registration); tell systemd READY=1 (sd_notify(3): a no-op
  * without NOTIFY_SOCKET); wait for SIGINT or SIGTERM; on SIGHUP log
- * "reload requested", call spec->reload and keep running; on a stop
+ * "reload requested", parse the configuration again (with --config) and
+ * call spec->reload, and keep running; on a stop
  * signal tell systemd STOPPING=1, deregister, call drain, stop taking
  * requests and drain in-flight ones (5 s), call unmount, close.
  * Every daemon serves GET /metrics (dsys_daemon_metrics()).

@@ -566,3 +566,81 @@ int dsys_program_start(dsys_config **out, const dsys_option *opts, size_t nopts,
   *out = cfg;
   return -1;
 }
+
+/* ---- configuration files ---- */
+
+static void free_args(char **v, size_t n) {
+  for (size_t i = 0; i < n; i++) free(v[i]);
+  free(v);
+}
+
+int dsysi_config_file_args(const dsys_option *opts, size_t nopts, const char *path,
+                           const char *skip, char ***out, size_t *n, char *errbuf,
+                           size_t errlen) {
+  if (errbuf && errlen) errbuf[0] = '\0';
+  FILE *f = fopen(path, "re");
+  if (!f) {
+    if (errbuf) snprintf(errbuf, errlen, "cannot read %s: %s", path, strerror(errno));
+    return DSYS_EIO;
+  }
+  char **v = NULL, *line = NULL;
+  size_t nv = 0, cap = 0, lcap = 0;
+  int rc = 0, lineno = 0;
+  ssize_t len;
+  while (!rc && (len = getline(&line, &lcap, f)) >= 0) {
+    lineno++;
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' ' ||
+                       line[len - 1] == '\t'))
+      line[--len] = '\0';
+    char *p = line;
+    while (*p == ' ' || *p == '\t') p++;
+    if (!*p || *p == '#' || *p == ';') continue;
+    char *eq = strchr(p, '=');
+    long idx = -1;
+    if (eq)
+      for (size_t i = 0; i < nopts && idx < 0; i++)
+        if (opts[i].env && strlen(opts[i].env) == (size_t)(eq - p) &&
+            !strncmp(opts[i].env, p, (size_t)(eq - p)))
+          idx = (long)i;
+    if (idx < 0) {
+      if (errbuf)
+        snprintf(errbuf, errlen, "%s:%d: want VAR=value, VAR a variable of --help", path, lineno);
+      rc = DSYS_EINVAL;
+      break;
+    }
+    /* the option naming the file: a unit's environment file may name itself */
+    if (skip && !strcmp(opts[idx].name, skip)) continue;
+    char *val = eq + 1;
+    size_t vl = strlen(val);
+    if (vl >= 2 && (val[0] == '"' || val[0] == '\'') && val[vl - 1] == val[0]) {
+      val[vl - 1] = '\0';
+      val++;
+    }
+    if (dsysi_grow(&v, &cap, nv + 2, sizeof *v, 8)) {
+      rc = DSYS_ENOMEM;
+      break;
+    }
+    size_t sz = strlen(opts[idx].name) + strlen(val) + 4;
+    if (!(v[nv] = malloc(sz))) {
+      rc = DSYS_ENOMEM;
+      break;
+    }
+    snprintf(v[nv++], sz, "--%s=%s", opts[idx].name, val);
+    v[nv] = NULL;
+  }
+  if (!rc && ferror(f)) {
+    if (errbuf) snprintf(errbuf, errlen, "cannot read %s", path);
+    rc = DSYS_EIO;
+  }
+  free(line);
+  fclose(f);
+  if (rc) {
+    if (rc == DSYS_ENOMEM && errbuf) snprintf(errbuf, errlen, "out of memory");
+    free_args(v, nv);
+    return rc;
+  }
+  if (!v && !(v = calloc(1, sizeof *v))) return DSYS_ENOMEM;
+  *out = v;
+  *n = nv;
+  return 0;
+}

@@ -15,6 +15,7 @@
 #include <distsys/metrics.h>
 #include <distsys/cache.h>
 #include "core/internal.h"
+#include "observe/metrics.h"
 #include "transport/transport.h"
 
 enum { T_COUNTER, T_GAUGE, T_HISTOGRAM };
@@ -902,8 +903,22 @@ int dsys_metrics_store(dsys_metrics *r, dsys_store *s) {
 typedef struct upstream_metrics {
   dsys_upstream *u;
   char *name;
-  size_t map[DSYS_UPSTREAM_LAT_BUCKETS]; /* upstream bucket -> our bucket */
 } upstream_metrics;
+
+/* Upstream latency bucket -> ours. Values of upstream bucket k are below
+ * lower(k + 1) microseconds, so they are <= (lower(k + 1) - 1) us: the
+ * first of our bounds at or above that holds them all (the open-ended last
+ * bucket goes to +Inf). */
+static void lat_map(size_t map[DSYS_UPSTREAM_LAT_BUCKETS]) {
+  for (size_t k = 0; k < DSYS_UPSTREAM_LAT_BUCKETS; k++) {
+    int64_t up = dsys_upstream_bucket_lower_us((uint32_t)k + 1);
+    size_t j = NDEFAULT;
+    if (up != INT64_MAX)
+      for (j = 0; j < NDEFAULT; j++)
+        if ((double)(up - 1) <= default_bounds[j] * 1e6) break;
+    map[k] = j;
+  }
+}
 
 static void free_upstream_metrics(void *p) {
   upstream_metrics *um = p;
@@ -911,15 +926,16 @@ static void free_upstream_metrics(void *p) {
   free(um);
 }
 
-static void collect_upstream(dsys_metrics *r, void *ud) {
-  upstream_metrics *um = ud;
+void dsysi_metrics_collect_upstream(dsys_metrics *r, const char *name, dsys_upstream *u) {
+  size_t map[DSYS_UPSTREAM_LAT_BUCKETS];
+  lat_map(map);
   dsys_endpoint_stats *st = NULL;
   size_t n = 0;
-  if (!dsys_upstream_stats(um->u, &st, &n)) {
+  if (!dsys_upstream_stats(u, &st, &n)) {
     for (size_t i = 0; i < n; i++) {
       const dsys_endpoint_stats *e = &st[i];
       const char *ln[] = {"upstream", "endpoint"};
-      const char *lv[] = {um->name, e->id};
+      const char *lv[] = {name, e->id};
       dsys_counter *c = NULL;
       dsys_gauge *g = NULL;
       dsys_histogram *h = NULL;
@@ -952,16 +968,16 @@ static void collect_upstream(dsys_metrics *r, void *ud) {
                                   NULL, 0, ln, lv, 2, &h)) {
         uint64_t counts[NDEFAULT + 1] = {0};
         for (size_t k = 0; k < DSYS_UPSTREAM_LAT_BUCKETS; k++)
-          counts[um->map[k]] += e->latency_buckets[k];
+          counts[map[k]] += e->latency_buckets[k];
         dsys_histogram_store(h, counts, NDEFAULT + 1, (double)e->latency_sum_us / 1e6);
       }
     }
     dsys_free(st);
   }
   dsys_upstream_totals t;
-  if (!dsys_upstream_totals_get(um->u, &t)) {
+  if (!dsys_upstream_totals_get(u, &t)) {
     const char *ln[] = {"upstream"};
-    const char *lv[] = {um->name};
+    const char *lv[] = {name};
     dsys_counter *c = NULL;
     dsys_gauge *g = NULL;
     if (!dsys_metrics_counter(r, "dsys_upstream_retries_total",
@@ -976,6 +992,11 @@ static void collect_upstream(dsys_metrics *r, void *ud) {
   }
 }
 
+static void collect_upstream(dsys_metrics *r, void *ud) {
+  upstream_metrics *um = ud;
+  dsysi_metrics_collect_upstream(r, um->name, um->u);
+}
+
 int dsys_metrics_upstream(dsys_metrics *r, const char *name, dsys_upstream *u) {
   if (!r || !name || !u) return DSYS_EINVAL;
   upstream_metrics *um = calloc(1, sizeof *um);
@@ -984,17 +1005,6 @@ int dsys_metrics_upstream(dsys_metrics *r, const char *name, dsys_upstream *u) {
   if (!(um->name = strdup(name))) {
     free(um);
     return DSYS_ENOMEM;
-  }
-  /* Values of upstream bucket k are below lower(k + 1) microseconds, so
-   * they are <= (lower(k + 1) - 1) us: the first of our bounds at or above
-   * that holds them all (the open-ended last bucket goes to +Inf). */
-  for (size_t k = 0; k < DSYS_UPSTREAM_LAT_BUCKETS; k++) {
-    int64_t up = dsys_upstream_bucket_lower_us((uint32_t)k + 1);
-    size_t j = NDEFAULT;
-    if (up != INT64_MAX)
-      for (j = 0; j < NDEFAULT; j++)
-        if ((double)(up - 1) <= default_bounds[j] * 1e6) break;
-    um->map[k] = j;
   }
   int rc = add_helper(r, um, free_upstream_metrics);
   if (rc) {

@@ -26,6 +26,7 @@
 #include "core/internal.h"
 #include "core/pg.h"
 #include "transport/url.h"
+#include "core/config.h"
 
 struct dsys_daemon {
   dsys_daemon_spec spec; /* the caller's, in this version's layout */
@@ -39,6 +40,12 @@ struct dsys_daemon {
   dsys_identity *identity;           /* --identity-token-file */
   dsys_identity_verifier *verifier;  /* --identity-public-key */
   dsys_client_options peer;          /* --peer-*, read and checked at start */
+  /* What SIGHUP parses again (a daemon with a reload hook, --config). */
+  const dsys_option *opts;
+  size_t nopts;
+  int argc;
+  char *const *argv;
+  dsys_config *cfg0; /* the start's, kept to the end: its strings are in use */
 };
 
 dsys_server *dsys_daemon_server(dsys_daemon *d) { return d ? d->srv : NULL; }
@@ -226,6 +233,10 @@ static const dsys_option common_opts[] = {
     {"host-id", "DSYS_HOST_ID", DSYS_OPT_STRING, NULL,
      "this host's name in instance ids and metadata (default: the hostname); an "
      "instance advertised on a non-loopback address registers as NAME-PORT@HOSTID"},
+    {"config", "DSYS_CONFIG", DSYS_OPT_STRING, NULL,
+     "a file of DSYS_VAR=value lines (the units' environment file format; a repeatable "
+     "option's variable may repeat), read as flags placed before the command line's, "
+     "at start and again on SIGHUP (what the daemon reloads: its page)"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text",
      "text, json or journal (text with sd-daemon priority prefixes; they are "
      "added anyway when stderr is the journal)"},
@@ -256,6 +267,7 @@ static int takes(const dsys_daemon_spec *sp, const char *name) {
   if (!strncmp(name, "peer-", 5)) return !(sp->without & DSYS_DAEMON_NO_PEER);
   if (!strcmp(name, "identity-token-file")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_TOKEN);
   if (!strcmp(name, "identity-public-key")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_KEY);
+  if (!strcmp(name, "config")) return sp->reload != NULL;
   return 1;
 }
 
@@ -417,22 +429,125 @@ static int run(dsys_daemon *d, const char *prog) {
   return 0;
 }
 
+/* argv with the lines of cfg's --config file as flags after argv[0]
+ * (before the command line's: those win, or add to a list), or NULL
+ * without --config. @return 0, or nonzero with err set. */
+static int config_argv(const dsys_daemon *d, const dsys_config *cfg, char ***out, int *outc,
+                       char *err, size_t errlen) {
+  const char *path = dsys_config_get(cfg, "config");
+  *out = NULL;
+  if (!path || !*path) return 0;
+  char **fa = NULL;
+  size_t n = 0;
+  int rc = dsysi_config_file_args(d->opts, d->nopts, path, "config", &fa, &n, err, errlen);
+  if (rc) return rc;
+  char **av = calloc(n + (size_t)d->argc + 1, sizeof *av);
+  if (!av) {
+    for (size_t i = 0; i < n; i++) free(fa[i]);
+    free(fa);
+    snprintf(err, errlen, "out of memory");
+    return DSYS_ENOMEM;
+  }
+  av[0] = d->argc ? d->argv[0] : (char *)"daemon";
+  memcpy(av + 1, fa, n * sizeof *av);
+  for (int i = 1; i < d->argc; i++) av[n + (size_t)i] = d->argv[i];
+  free(fa);
+  *out = av;
+  *outc = (int)n + (d->argc ? d->argc : 1);
+  return 0;
+}
+
+/* Free what config_argv made (the file's strings; argv's are the caller's). */
+static void free_config_argv(const dsys_daemon *d, char **av, int ac) {
+  if (!av) return;
+  for (int i = 1; i < ac - (d->argc ? d->argc - 1 : 0); i++) free(av[i]);
+  free(av);
+}
+
+/* SIGHUP: the flags, the environment and the --config file parsed again,
+ * with the log settings applied; *out NULL for a daemon without --config. */
+static int reread_config(dsys_daemon *d, dsys_config **out, char *err, size_t errlen) {
+  dsys_config *c = NULL, *c2 = NULL;
+  char **av = NULL;
+  int ac = 0;
+  int rc = dsys_config_parse(&c, d->opts, d->nopts, d->argc, d->argv, err, errlen);
+  if (!rc) rc = config_argv(d, c, &av, &ac, err, errlen);
+  if (!rc && av) {
+    rc = dsys_config_parse(&c2, d->opts, d->nopts, ac, av, err, errlen);
+    free_config_argv(d, av, ac);
+    dsys_config_free(c);
+    c = c2;
+  }
+  dsys_log_format fmt = DSYS_LOG_TEXT;
+  dsys_log_level lvl = DSYS_LOG_INFO;
+  const char *f = rc ? NULL : dsys_config_get(c, "log-format");
+  const char *l = rc ? NULL : dsys_config_get(c, "log-level");
+  if (!rc && ((f && dsys_log_format_parse(f, &fmt)) || (l && dsys_log_level_parse(l, &lvl)))) {
+    snprintf(err, errlen, "bad --log-format or --log-level");
+    rc = DSYS_EINVAL;
+  }
+  if (rc) {
+    dsys_config_free(c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
 /* SIGHUP: the daemon keeps running. The shell has no log file of its own
- * to reopen (the log goes to stderr: the journal under systemd); the
- * daemon's reload hook rereads what it can. */
+ * to reopen (the log goes to stderr: the journal under systemd). A daemon
+ * with a reload hook gets its configuration parsed again (flags,
+ * environment, --config file), then the hook rereads what it can; the new
+ * configuration (log level and format included) takes effect only when
+ * it parses and the hook accepts it. */
 static void reload(dsys_daemon *d) {
-  const char *name = dsys_config_get(d->cfg, "name");
+  const char *name = dsys_config_get(d->cfg0, "name"); /* d->cfg may be freed below */
   /* MONOTONIC_USEC: what Type=notify-reload (systemd 253) expects with it */
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
              (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000);
+  const char *cert = dsys_config_get(d->cfg0, "tls-cert");
   dsysi_log(DSYS_LOG_INFO, name,
             "SIGHUP: reload requested (no log file to reopen: the log goes to stderr)%s",
-            d->spec.reload ? "" : "; this daemon has nothing to reload");
-  int rc = d->spec.reload ? d->spec.reload(d, d->spec.ud) : 0;
-  if (rc) dsysi_log(DSYS_LOG_ERROR, name, "reload failed (%s): still running as before",
+            d->spec.reload || cert ? "" : "; this daemon has nothing to reload");
+  int rc = 0;
+  /* An https listener: its certificate and key, reread (a renewed
+   * certificate written over the files); new handshakes present them. */
+  if (cert) {
+    int trc = dsys_server_reload_tls(d->srv);
+    if (trc)
+      dsysi_log(DSYS_LOG_ERROR, name, "TLS certificate %s not reloaded (%s): the old one stays",
+                cert, dsys_strerror(trc));
+    else
+      dsysi_log(DSYS_LOG_INFO, name, "TLS certificate reloaded from %s", cert);
+    rc = trc;
+  }
+  if (d->spec.reload) {
+    char err[512] = "";
+    dsys_config *next = NULL, *old = d->cfg;
+    int hrc;
+    if ((hrc = reread_config(d, &next, err, sizeof err))) {
+      dsysi_log(DSYS_LOG_ERROR, name, "reload: %s", err);
+      rc = hrc;
+    } else {
+      d->cfg = next;
+      if ((hrc = d->spec.reload(d, d->spec.ud))) rc = hrc;
+      if (hrc) {
+        d->cfg = old;
+        dsys_config_free(next);
+      } else {
+        if (old != d->cfg0) dsys_config_free(old);
+        dsys_log_format fmt;
+        dsys_log_level lvl;
+        if (!dsys_log_format_parse(dsys_config_get(next, "log-format"), &fmt)) dsys_log_set_format(fmt);
+        if (!dsys_log_level_parse(dsys_config_get(next, "log-level"), &lvl)) dsys_log_set_level(lvl);
+      }
+    }
+  }
+  if (rc) dsysi_log(DSYS_LOG_ERROR, name, "reload failed (%s): what was not reloaded stays as before",
                     dsys_strerror(rc));
+  else if (d->spec.reload || cert) dsysi_log(DSYS_LOG_INFO, name, "reloaded");
   sd_notifyf(0, "READY=1\nSTATUS=serving on %s", dsys_server_url(d->srv, 0));
 }
 
@@ -459,6 +574,28 @@ int dsys_daemon_main(const dsys_daemon_spec *spec, int argc, char *const *argv) 
     free(opts);
     return status;
   }
+  d.opts = opts;
+  d.nopts = nopts;
+  d.argc = argc;
+  d.argv = argv;
+  {
+    /* --config: parse again with the file's lines as the first flags */
+    char err[512], **av = NULL;
+    int ac = 0;
+    if (config_argv(&d, d.cfg, &av, &ac, err, sizeof err)) {
+      fprintf(stderr, "%s: --config: %s\n", prog, err);
+      status = 2;
+      goto done;
+    }
+    if (av) {
+      dsys_config_free(d.cfg);
+      d.cfg = NULL;
+      status = dsys_program_start(&d.cfg, opts, nopts, ac, av, prog, sp->summary);
+      free_config_argv(&d, av, ac);
+      if (status >= 0) goto done;
+    }
+  }
+  d.cfg0 = d.cfg;
   if ((status = dsys_program_positionals(d.cfg, prog, 0))) goto done;
 
   /* Block the stop and reload signals before any library thread starts;
@@ -505,6 +642,7 @@ int dsys_daemon_main(const dsys_daemon_spec *spec, int argc, char *const *argv) 
   dsys_identity_verifier_free(d.verifier);
   dsys_identity_free(d.identity);
 done:
+  if (d.cfg != d.cfg0) dsys_config_free(d.cfg0);
   dsys_config_free(d.cfg);
   free(opts);
   return status;

@@ -15,6 +15,7 @@
 #include <distsys/auth.h>
 #include <distsys/balancer.h>
 #include <distsys/gateway.h>
+#include <distsys/metrics.h>
 #include <distsys/retry.h>
 #include <distsys/upstream.h>
 #include "core/internal.h"
@@ -24,6 +25,7 @@
 #include "transport/evloop.h"
 #include "transport/transport.h"
 #include "services/edge.h"
+#include "observe/metrics.h"
 #include "security/identity_int.h"
 
 #define MAX_UPSTREAMS 32
@@ -34,6 +36,13 @@ typedef struct gw_upstream {
   dsys_upstream *u;
   int from_registry;
   atomic_uint_fast64_t failed; /* failed proxied requests (count()) */
+  /* A reload keeps an upstream whose definition did not change (its
+   * endpoints' health, breakers and statistics carry on; a new registry
+   * upstream would wait for its first health checks): u is then shared by
+   * the tables holding it, freed with the last. */
+  char *def;                   /* what it was made from */
+  atomic_int *urefs;           /* tables holding u */
+  int shareable;               /* u needs nothing else of its table (no TLS client) */
 } gw_upstream;
 
 typedef struct gw_route {
@@ -83,23 +92,107 @@ static int parse_chain(const char *list, gw_route *r) {
   return 0;
 }
 
-struct dsys_gateway {
-  dsys_gateway_options o;
-  char *name;
+/* What a reload replaces as a whole: the routes, the upstreams they go
+ * to and what those need. A request takes a reference to the current
+ * table (t_get) and keeps it until it is answered, so a request in flight
+ * across a reload finishes on the table it started with; a replaced table
+ * is freed by the reaper thread once its last request let go. */
+typedef struct gw_table {
+  atomic_int refs;            /* 1 while current, +1 per holder */
   gw_upstream ups[MAX_UPSTREAMS];
   size_t nups;
   gw_route routes[MAX_ROUTES];
   size_t nroutes;
+  int v1_routes;              /* a route of its own under /v1: no alias */
+  char *secret;               /* the JWT secret (token_secret), or NULL */
+  size_t secret_len;
+  dsys_client *tls_client;    /* shared by the https upstreams */
+  dsysi_rl *rl;               /* the gateway's (kept across reloads) */
+  dsysi_idem *idem;
+  struct gw_table *retired_next;
+} gw_table;
+
+struct dsys_gateway {
+  dsys_gateway_options o;
+  char *name;
+  gw_table *cur;              /* under tlk; written by configuration and reload */
+  pthread_rwlock_t tlk;
   dsys_server *srv;
   int64_t start_ms;
   atomic_uint_fast64_t success, failed; /* proxied requests (count()) */
-  char *secret;
-  dsysi_rl *rl;
+  dsysi_rl *rl;               /* created when a route first needs them */
   dsysi_idem *idem;
-  int v1_routes; /* a route of its own under /v1: no alias */
   char *upstream_tls[3];      /* copies of o.upstream_{ca,cert,key}_file */
-  dsys_client *tls_client;    /* shared by the https upstreams */
+  /* Replaced tables and the thread that frees them (dsys_upstream_free
+   * must not run on a callback's thread, and waits for calls in flight). */
+  pthread_mutex_t rmu;
+  pthread_cond_t rcv;
+  gw_table *retired;
+  pthread_t reaper;
+  int reaper_started, reaper_stop;
 };
+
+/* The current table, held until t_put. */
+static gw_table *t_get(dsys_gateway *gw) {
+  pthread_rwlock_rdlock(&gw->tlk);
+  gw_table *t = gw->cur;
+  atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+  pthread_rwlock_unlock(&gw->tlk);
+  return t;
+}
+
+static void t_put(dsys_gateway *gw, gw_table *t) {
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  /* the last holder of a replaced table: wake the reaper */
+  pthread_mutex_lock(&gw->rmu);
+  pthread_cond_signal(&gw->rcv);
+  pthread_mutex_unlock(&gw->rmu);
+}
+
+static void t_free(gw_table *t) {
+  if (!t) return;
+  for (size_t i = 0; i < t->nroutes; i++) {
+    free(t->routes[i].prefix);
+    for (size_t k = 0; k < t->routes[i].norigins; k++) free(t->routes[i].origins[k]);
+    free(t->routes[i].origins);
+  }
+  if (t->secret) explicit_bzero(t->secret, t->secret_len);
+  free(t->secret);
+  for (size_t i = 0; i < t->nups; i++) {
+    if (atomic_fetch_sub(t->ups[i].urefs, 1) == 1) {
+      dsys_upstream_free(t->ups[i].u);
+      free(t->ups[i].urefs);
+    }
+    free(t->ups[i].name);
+    free(t->ups[i].def);
+  }
+  dsys_client_free(t->tls_client); /* after the upstreams that used it */
+  free(t);
+}
+
+/* Free the retired tables nobody holds; with all, every one (at free). */
+static void reap(dsys_gateway *gw, int all) {
+  for (;;) {
+    gw_table **pp = &gw->retired, *t = NULL;
+    while (*pp && !all && atomic_load(&(*pp)->refs) > 0) pp = &(*pp)->retired_next;
+    if (!(t = *pp)) return;
+    *pp = t->retired_next;
+    pthread_mutex_unlock(&gw->rmu);
+    t_free(t);
+    pthread_mutex_lock(&gw->rmu);
+  }
+}
+
+static void *reaper_main(void *arg) {
+  dsys_gateway *gw = arg;
+  pthread_mutex_lock(&gw->rmu);
+  while (!gw->reaper_stop) {
+    reap(gw, 0);
+    if (!gw->reaper_stop) pthread_cond_wait(&gw->rcv, &gw->rmu);
+  }
+  pthread_mutex_unlock(&gw->rmu);
+  return NULL;
+}
 
 /* ---- configuration ---- */
 
@@ -120,6 +213,11 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   if (!gw->o.idempotency_max_body) gw->o.idempotency_max_body = 1024 * 1024;
   gw->name = strdup(gw->o.name ? gw->o.name : "load-balancer");
   gw->o.name = gw->name;
+  pthread_rwlock_init(&gw->tlk, NULL);
+  pthread_mutex_init(&gw->rmu, NULL);
+  pthread_cond_init(&gw->rcv, NULL);
+  gw->cur = calloc(1, sizeof *gw->cur);
+  if (gw->cur) atomic_init(&gw->cur->refs, 1);
   int ca_oom = 0;
   const char **tls_files[3] = {&gw->o.upstream_ca_file, &gw->o.upstream_cert_file,
                                &gw->o.upstream_key_file};
@@ -129,27 +227,24 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
     ca_oom |= !gw->upstream_tls[i];
     *tls_files[i] = gw->upstream_tls[i];
   }
-  if (!gw->o.upstream_cert_file != !gw->o.upstream_key_file) {
-    for (int i = 0; i < 3; i++) free(gw->upstream_tls[i]);
-    free(gw->name);
-    free(gw);
+  if ((!gw->o.upstream_cert_file != !gw->o.upstream_key_file) ||
+      (gw->o.token_secret && (gw->o.token_secret_len < DSYS_TOKEN_SECRET_MIN ||
+                              gw->o.token_secret_len > DSYS_TOKEN_SECRET_MAX))) {
+    dsys_gateway_free(gw);
     return DSYS_EINVAL;
   }
-  if (gw->o.token_secret) {
-    if (gw->o.token_secret_len < DSYS_TOKEN_SECRET_MIN || gw->o.token_secret_len > DSYS_TOKEN_SECRET_MAX) {
-      free(gw->name);
-      free(gw);
-      return DSYS_EINVAL;
+  gw_table *t = gw->cur;
+  if (gw->o.token_secret && t) {
+    t->secret = malloc(gw->o.token_secret_len + 1);
+    if (t->secret) {
+      memcpy(t->secret, gw->o.token_secret, gw->o.token_secret_len);
+      t->secret[gw->o.token_secret_len] = '\0';
+      t->secret_len = gw->o.token_secret_len;
     }
-    gw->secret = malloc(gw->o.token_secret_len + 1);
-    if (gw->secret) {
-      memcpy(gw->secret, gw->o.token_secret, gw->o.token_secret_len);
-      gw->secret[gw->o.token_secret_len] = '\0';
-    }
-    gw->o.token_secret = gw->secret;
   }
+  gw->o.token_secret = NULL; /* the caller's: not kept (the table has a copy) */
   gw->start_ms = dsys_clock_now_ms(gw->o.clock);
-  if (!gw->name || ca_oom || (gw->o.token_secret_len && !gw->secret)) {
+  if (!gw->name || ca_oom || !t || (gw->o.token_secret_len && !t->secret)) {
     dsys_gateway_free(gw);
     return DSYS_ENOMEM;
   }
@@ -157,9 +252,9 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   return 0;
 }
 
-static gw_upstream *find_upstream(dsys_gateway *gw, const char *name) {
-  for (size_t i = 0; i < gw->nups; i++)
-    if (!strcmp(gw->ups[i].name, name)) return &gw->ups[i];
+static gw_upstream *find_upstream(gw_table *t, const char *name) {
+  for (size_t i = 0; i < t->nups; i++)
+    if (!strcmp(t->ups[i].name, name)) return &t->ups[i];
   return NULL;
 }
 
@@ -169,8 +264,9 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
   if (!gw || !name || !*name || (n && !urls) || (!n && !gw->o.registry))
     return DSYS_EINVAL;
   if (gw->srv) return DSYS_ESTATE;
-  if (find_upstream(gw, name)) return DSYS_EEXIST;
-  if (gw->nups == MAX_UPSTREAMS) return DSYS_ENOMEM;
+  gw_table *t = gw->cur;
+  if (find_upstream(t, name)) return DSYS_EEXIST;
+  if (t->nups == MAX_UPSTREAMS) return DSYS_ENOMEM;
   int32_t pol = DSYS_LB_ROUND_ROBIN;
   if (policy && dsys_lb_policy_parse(policy, &pol)) return DSYS_EINVAL;
   /* Static endpoints were named by the operator: they take traffic at once
@@ -191,36 +287,48 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
   int tls = !n && (gw->o.upstream_ca_file || gw->o.upstream_cert_file);
   for (size_t i = 0; i < n; i++)
     if (urls[i] && !strncmp(urls[i], "https://", 8)) tls = 1;
-  if (tls && !gw->tls_client) {
+  if (tls && !t->tls_client) {
     dsys_client_options co = {.size = sizeof co, .clock = gw->o.clock,
                               .tls_ca_file = gw->o.upstream_ca_file,
                               .tls_cert_file = gw->o.upstream_cert_file,
                               .tls_key_file = gw->o.upstream_key_file};
-    int crc = dsys_client_new(&gw->tls_client, &co);
+    int crc = dsys_client_new(&t->tls_client, &co);
     if (crc) return crc;
   }
   dsys_upstream_options uo = {.size = sizeof uo, .service = name,
                               .registry = n ? NULL : gw->o.registry,
                               .policy = pol, .health_check = 1, .health = &ho,
                               .retry = &ro, .clock = gw->o.clock,
-                              .client = tls ? gw->tls_client : NULL};
-  gw_upstream *up = &gw->ups[gw->nups];
+                              .client = tls ? t->tls_client : NULL};
+  gw_upstream *up = &t->ups[t->nups];
   memset(up, 0, sizeof *up);
   int rc = dsys_upstream_new(&up->u, &uo);
   if (rc) return rc;
+  dsysi_buf def = {0};
+  dsysi_buf_printf(&def, "%d %lld %lld %u %lld %p", (int)pol, (long long)gw->o.try_timeout_ms,
+                   (long long)gw->o.deadline_ms, (unsigned)gw->o.max_attempts,
+                   (long long)gw->o.health_interval_ms, n ? NULL : (void *)gw->o.registry);
   for (size_t i = 0; !rc && i < n; i++) {
     char id[32];
     snprintf(id, sizeof id, "%s-%zu", name, i + 1);
     rc = dsys_upstream_add(up->u, id, urls[i], 1);
+    dsysi_buf_printf(&def, " %s", urls[i]);
   }
-  if (!rc && !(up->name = strdup(name))) rc = DSYS_ENOMEM;
+  if (!rc && (!(up->name = strdup(name)) || !(up->urefs = malloc(sizeof *up->urefs)) ||
+              def.oom || !(up->def = dsysi_buf_steal(&def, NULL))))
+    rc = DSYS_ENOMEM;
+  dsysi_buf_free(&def);
   if (rc) {
     dsys_upstream_free(up->u);
     free(up->name);
+    free(up->urefs);
+    free(up->def);
     return rc;
   }
+  atomic_init(up->urefs, 1);
+  up->shareable = !tls;
   up->from_registry = n == 0;
-  gw->nups++;
+  t->nups++;
   return 0;
 }
 
@@ -239,17 +347,18 @@ int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
   if (eo.rate < 0 || eo.user_rate < 0 || eo.route_rate < 0 || !isfinite(eo.rate) ||
       !isfinite(eo.user_rate) || !isfinite(eo.route_rate) || eo.idempotency_ttl_ms < 0 ||
       eo.protect < DSYS_GATEWAY_PROTECT_NONE || eo.protect > DSYS_GATEWAY_PROTECT_WRITES ||
-      (eo.protect && !gw->secret) || (eo.ncors_origins && !eo.cors_origins))
+      (eo.protect && !gw->cur->secret) || (eo.ncors_origins && !eo.cors_origins))
     return DSYS_EINVAL;
   for (size_t i = 0; i < eo.ncors_origins; i++)
     if (!eo.cors_origins[i] || !*eo.cors_origins[i]) return DSYS_EINVAL;
   if (gw->srv) return DSYS_ESTATE;
-  gw_upstream *up = find_upstream(gw, upstream);
+  gw_table *t = gw->cur;
+  gw_upstream *up = find_upstream(t, upstream);
   if (!up) return DSYS_ENOTFOUND;
-  if (gw->nroutes == MAX_ROUTES) return DSYS_ENOMEM;
+  if (t->nroutes == MAX_ROUTES) return DSYS_ENOMEM;
   size_t plen = strlen(prefix);
   while (plen > 1 && prefix[plen - 1] == '/') plen--;
-  gw_route *r = &gw->routes[gw->nroutes];
+  gw_route *r = &t->routes[t->nroutes];
   memset(r, 0, sizeof *r);
   if (parse_chain(eo.filters, r)) return DSYS_EINVAL;
   eo.filters = NULL; /* parsed: not kept */
@@ -276,17 +385,17 @@ int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
   r->prefix = p;
   r->plen = plen;
   r->up = up;
-  r->idx = gw->nroutes;
-  if (plen >= 3 && !strncmp(p, "/v1", 3) && (p[3] == '\0' || p[3] == '/')) gw->v1_routes = 1;
-  gw->nroutes++;
+  r->idx = t->nroutes;
+  if (plen >= 3 && !strncmp(p, "/v1", 3) && (p[3] == '\0' || p[3] == '/')) t->v1_routes = 1;
+  t->nroutes++;
   return 0;
 }
 
 /* Longest prefix on a segment boundary. */
-static gw_route *match(dsys_gateway *gw, const char *path) {
+static gw_route *match(gw_table *t, const char *path) {
   gw_route *best = NULL;
-  for (size_t i = 0; i < gw->nroutes; i++) {
-    gw_route *r = &gw->routes[i];
+  for (size_t i = 0; i < t->nroutes; i++) {
+    gw_route *r = &t->routes[i];
     int ok = r->plen == 1 ||
              (!strncmp(path, r->prefix, r->plen) &&
               (path[r->plen] == '\0' || path[r->plen] == '/' || path[r->plen] == '?'));
@@ -299,6 +408,7 @@ static gw_route *match(dsys_gateway *gw, const char *path) {
 
 /* What the edge decided for one request. */
 typedef struct edge {
+  gw_table *t;          /* held (t_get) until the answer */
   gw_route *rt;
   const char *target;   /* forwarded target (the raw one, minus "/v1") */
   char user[128];       /* verified user id, or "" */
@@ -324,6 +434,7 @@ typedef struct px {
 static int px_key; /* finished states kept per event loop */
 
 static void px_free(px *p) {
+  t_put(p->gw, p->e.t);
   free(p->e.idem_key);
   dsysi_fwd_free(&p->fwd);
   if (dsysi_loop_cache_put(&px_key, p, 256, free)) free(p);
@@ -426,6 +537,7 @@ static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
   if (!p) {
     edge_respond(gw, e, 500, NULL, NULL, NULL, 0);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
+    t_put(gw, e->t);
     return;
   }
   p->e = *e;
@@ -460,7 +572,7 @@ static void idem_finish(dsys_gateway *gw, edge *e, int status, const char *ctype
                         const dsysi_hdrs *h, const void *body, size_t len) {
   if (!e->idem_key) return;
   if (status <= 0 || status >= 500 || !h) {
-    dsysi_idem_abort(gw->idem, e->idem_key, e->idem_klen, e->idem_gen);
+    dsysi_idem_abort(e->t->idem, e->idem_key, e->idem_klen, e->idem_gen);
   } else {
     dsysi_buf hb = {0};
     for (size_t i = 0; i < h->n; i++) {
@@ -470,8 +582,8 @@ static void idem_finish(dsys_gateway *gw, edge *e, int status, const char *ctype
     }
     dsysi_idem_resp r = {.status = status, .ctype = (char *)ctype, .hdrs = hb.data,
                          .hlen = hb.len, .body = (char *)body, .blen = len};
-    if (hb.oom) dsysi_idem_abort(gw->idem, e->idem_key, e->idem_klen, e->idem_gen);
-    else dsysi_idem_complete(gw->idem, e->idem_key, e->idem_klen, e->idem_gen, &r);
+    if (hb.oom) dsysi_idem_abort(e->t->idem, e->idem_key, e->idem_klen, e->idem_gen);
+    else dsysi_idem_complete(e->t->idem, e->idem_key, e->idem_klen, e->idem_gen, &r);
     dsysi_buf_free(&hb);
   }
   free(e->idem_key);
@@ -560,7 +672,7 @@ static void put_rl_headers(dsys_request *req, const dsysi_rl_result *r) {
 /* Take a token from each configured bucket in order (kind: 'a'ddress,
  * 'r'oute, 'u'ser). The headers describe the tightest bucket. @return 1
  * when the request was refused (answered 429). */
-static int rate_limit(dsys_gateway *gw, dsys_request *req, gw_route *rt, int user_phase,
+static int rate_limit(dsysi_rl *rl, dsys_request *req, gw_route *rt, int user_phase,
                       const char *user, dsysi_rl_result *tight, int *have_tight) {
   typedef struct lim_t {
     char kind;
@@ -581,7 +693,7 @@ static int rate_limit(dsys_gateway *gw, dsys_request *req, gw_route *rt, int use
     int kl = snprintf(key, sizeof key, "%zu%c%s", rt->idx, lim[i].kind, lim[i].who);
     if (kl < 0 || (size_t)kl >= sizeof key) kl = (int)sizeof key - 1;
     dsysi_rl_result r;
-    dsysi_rl_take(gw->rl, key, (size_t)kl, lim[i].rate, lim[i].burst, &r);
+    dsysi_rl_take(rl, key, (size_t)kl, lim[i].rate, lim[i].burst, &r);
     if (!r.allowed) {
       put_rl_headers(req, &r);
       char ra[32];
@@ -649,7 +761,7 @@ static int authenticate(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge 
   while (*tok == ' ') tok++;
   dsys_token_options to = {.size = sizeof to, .alg = "HS256", .clock = gw->o.clock};
   char *claims = NULL;
-  int rc = dsys_token_verify(gw->secret, gw->o.token_secret_len, tok, &to, &claims);
+  int rc = dsys_token_verify(e->t->secret, e->t->secret_len, tok, &to, &claims);
   json_object *o = NULL, *id = NULL;
   if (!rc && (dsysi_json_parse(claims, strlen(claims), &o) || !o ||
               !((json_object_object_get_ex(o, "id", &id) && id) ||
@@ -703,7 +815,7 @@ static int idempotency(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *
   }
   dsysi_idem_resp r = {0};
   uint64_t gen = 0;
-  int rc = dsysi_idem_begin(gw->idem, key.data, key.len, fp, rt->eo.idempotency_ttl_ms, &gen, &r);
+  int rc = dsysi_idem_begin(e->t->idem, key.data, key.len, fp, rt->eo.idempotency_ttl_ms, &gen, &r);
   if (rc == DSYSI_IDEM_NEW) {
     e->idem_klen = key.len;
     e->idem_key = dsysi_buf_steal(&key, NULL);
@@ -739,11 +851,11 @@ static int f_cors(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
 }
 
 static int f_ratelimit(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
-  return rate_limit(gw, req, rt, 0, NULL, &e->tight, &e->have_tight);
+  return rate_limit(e->t->rl, req, rt, 0, NULL, &e->tight, &e->have_tight);
 }
 
 static int f_user_ratelimit(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
-  return rate_limit(gw, req, rt, 1, e->user, &e->tight, &e->have_tight);
+  return rate_limit(e->t->rl, req, rt, 1, e->user, &e->tight, &e->have_tight);
 }
 
 /* One edge filter: on_request returns 0 to go on, 1 when it answered the
@@ -787,27 +899,29 @@ static void h_proxy(dsys_request *req, void *ud) {
     dsys_respond_error(req, 400, "bad_path", "Dot segments are not allowed in paths");
     return;
   }
+  e.t = t_get(gw);
   /* /v1 aliases the current API: /v1/api/data/x -> /api/data/x upstream. */
-  if (!gw->v1_routes && !strncmp(e.target, "/v1/", 4)) e.target += 3;
-  gw_route *rt = match(gw, e.target); /* the raw path: see path_ok */
+  if (!e.t->v1_routes && !strncmp(e.target, "/v1/", 4)) e.target += 3;
+  gw_route *rt = match(e.t, e.target); /* the raw path: see path_ok */
   if (!rt) {
+    t_put(gw, e.t);
     dsys_respond_error(req, 404, "not_found", "Not found");
     return;
   }
   e.rt = rt;
   for (int i = 0; i < rt->nchain; i++) {
-    if (edge_filters[rt->chain[i]].on_request(gw, req, rt, &e)) return;
+    if (edge_filters[rt->chain[i]].on_request(gw, req, rt, &e)) {
+      t_put(gw, e.t);
+      return;
+    }
     /* the tightest bucket's headers, once the last limiter let it pass */
     if (i == rt->rl_last && e.have_tight) put_rl_headers(req, &e.tight);
   }
-  proxy(gw, rt, req, &e);
+  proxy(gw, rt, req, &e); /* takes the table's reference */
 }
 
 /* ---- local routes ---- */
 
-static gw_upstream *by_type(dsys_gateway *gw, const char *type) {
-  return find_upstream(gw, type);
-}
 
 static json_object *endpoints_json(dsys_gateway *gw, gw_upstream *up, int detailed,
                                    int *total, int *healthy) {
@@ -848,17 +962,19 @@ static void h_health(dsys_request *req, void *ud) {
   json_object *o = json_object_new_object();
   json_object *svcs = json_object_new_object();
   int degraded = 0;
-  for (size_t i = 0; i < gw->nups; i++) {
+  gw_table *t = t_get(gw);
+  for (size_t i = 0; i < t->nups; i++) {
     int total = 0, healthy = 0;
-    json_object *list = endpoints_json(gw, &gw->ups[i], 0, &total, &healthy);
+    json_object *list = endpoints_json(gw, &t->ups[i], 0, &total, &healthy);
     json_object *s = json_object_new_object();
     json_object_object_add(s, "total", json_object_new_int(total));
     json_object_object_add(s, "healthy", json_object_new_int(healthy));
     json_object_object_add(s, "unhealthy", json_object_new_int(total - healthy));
     json_object_object_add(s, "services", list);
-    json_object_object_add(svcs, gw->ups[i].name, s);
+    json_object_object_add(svcs, t->ups[i].name, s);
     if (healthy == 0 || healthy < total) degraded = 1;
   }
+  t_put(gw, t);
   json_object_object_add(o, "status", json_object_new_string(degraded ? "degraded" : "healthy"));
   json_object_object_add(o, "loadBalancer", json_object_new_string("operational"));
   json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
@@ -883,23 +999,23 @@ static json_object *metrics_entry(dsys_gateway *gw, const char *name, const char
   return m;
 }
 
-static json_object *request_metrics(dsys_gateway *gw) {
+static json_object *request_metrics(dsys_gateway *gw, gw_table *t) {
   json_object *metrics = json_object_new_object();
   uint64_t success = atomic_load(&gw->success), total = success + atomic_load(&gw->failed);
   json_object *lb = metrics_entry(gw, gw->name, "load-balancer", NULL, total, success);
   json_object *fbt = json_object_new_object();
-  for (size_t i = 0; i < gw->nups; i++)
-    json_object_object_add(fbt, gw->ups[i].name,
-                           json_object_new_int64((int64_t)atomic_load(&gw->ups[i].failed)));
+  for (size_t i = 0; i < t->nups; i++)
+    json_object_object_add(fbt, t->ups[i].name,
+                           json_object_new_int64((int64_t)atomic_load(&t->ups[i].failed)));
   json_object_object_add(lb, "failuresByServiceType", fbt);
   json_object_object_add(metrics, "load-balancer", lb);
-  for (size_t i = 0; i < gw->nups; i++) {
+  for (size_t i = 0; i < t->nups; i++) {
     dsys_endpoint_stats *st = NULL;
     size_t n = 0;
-    dsys_upstream_stats(gw->ups[i].u, &st, &n);
+    dsys_upstream_stats(t->ups[i].u, &st, &n);
     for (size_t k = 0; k < n; k++)
       json_object_object_add(metrics, st[k].url,
-                             metrics_entry(gw, st[k].id, gw->ups[i].name, st[k].url,
+                             metrics_entry(gw, st[k].id, t->ups[i].name, st[k].url,
                                            st[k].requests, st[k].successes));
     dsys_free(st);
   }
@@ -909,7 +1025,9 @@ static json_object *request_metrics(dsys_gateway *gw) {
 static void h_metrics(dsys_request *req, void *ud) {
   dsys_gateway *gw = ud;
   json_object *o = json_object_new_object();
-  json_object_object_add(o, "metrics", request_metrics(gw));
+  gw_table *t = t_get(gw);
+  json_object_object_add(o, "metrics", request_metrics(gw, t));
+  t_put(gw, t);
   json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
   dsysi_respond_obj(req, 200, o);
 }
@@ -919,15 +1037,17 @@ static void h_status(dsys_request *req, void *ud) {
   json_object *o = json_object_new_object();
   json_object *svcs = json_object_new_object();
   json_object *rr = json_object_new_object();
-  for (size_t i = 0; i < gw->nups; i++) {
-    json_object_object_add(svcs, gw->ups[i].name, endpoints_json(gw, &gw->ups[i], 1, NULL, NULL));
-    dsys_upstream_totals t;
-    dsys_upstream_totals_get(gw->ups[i].u, &t);
-    json_object_object_add(rr, gw->ups[i].name, json_object_new_int64((int64_t)t.picks));
+  gw_table *t = t_get(gw);
+  for (size_t i = 0; i < t->nups; i++) {
+    json_object_object_add(svcs, t->ups[i].name, endpoints_json(gw, &t->ups[i], 1, NULL, NULL));
+    dsys_upstream_totals tot;
+    dsys_upstream_totals_get(t->ups[i].u, &tot);
+    json_object_object_add(rr, t->ups[i].name, json_object_new_int64((int64_t)tot.picks));
   }
   json_object_object_add(o, "services", svcs);
   json_object_object_add(o, "roundRobin", rr);
-  json_object_object_add(o, "requestMetrics", request_metrics(gw));
+  json_object_object_add(o, "requestMetrics", request_metrics(gw, t));
+  t_put(gw, t);
   json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
   dsysi_respond_obj(req, 200, o);
 }
@@ -954,9 +1074,11 @@ static void h_rr_reset(dsys_request *req, void *ud) {
     }
   }
   char msg[200];
+  gw_table *t = t_get(gw);
   if (type) {
-    gw_upstream *up = by_type(gw, type);
+    gw_upstream *up = find_upstream(t, type);
     if (!up) {
+      t_put(gw, t);
       json_object_put(o);
       dsys_respond_error(req, 400, "invalid_service_type", "Invalid service type");
       return;
@@ -964,9 +1086,10 @@ static void h_rr_reset(dsys_request *req, void *ud) {
     dsys_upstream_reset_rr(up->u);
     snprintf(msg, sizeof msg, "Round-robin counter reset for %s", type);
   } else {
-    for (size_t i = 0; i < gw->nups; i++) dsys_upstream_reset_rr(gw->ups[i].u);
+    for (size_t i = 0; i < t->nups; i++) dsys_upstream_reset_rr(t->ups[i].u);
     snprintf(msg, sizeof msg, "All round-robin counters reset");
   }
+  t_put(gw, t);
   json_object_put(o);
   json_object *r = json_object_new_object();
   json_object_object_add(r, "success", json_object_new_boolean(1));
@@ -975,20 +1098,28 @@ static void h_rr_reset(dsys_request *req, void *ud) {
   dsysi_respond_obj(req, 200, r);
 }
 
-int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv) {
-  if (!gw || !srv) return DSYS_EINVAL;
-  if (gw->srv) return DSYS_ESTATE;
-  int rc = 0;
-  int need_rl = 0, need_idem = 0;
-  for (size_t i = 0; i < gw->nroutes; i++) {
-    need_rl |= gw->routes[i].eo.rate > 0 || gw->routes[i].eo.user_rate > 0 ||
-               gw->routes[i].eo.route_rate > 0;
-    need_idem |= gw->routes[i].eo.idempotency_ttl_ms > 0;
+/* The limiter and the cache the routes of t use (created on first need,
+ * then kept across reloads), set in t. */
+static int edge_state(dsys_gateway *gw, gw_table *t) {
+  int rc = 0, need_rl = 0, need_idem = 0;
+  for (size_t i = 0; i < t->nroutes; i++) {
+    need_rl |= t->routes[i].eo.rate > 0 || t->routes[i].eo.user_rate > 0 ||
+               t->routes[i].eo.route_rate > 0;
+    need_idem |= t->routes[i].eo.idempotency_ttl_ms > 0;
   }
   if (need_rl && !gw->rl) rc = dsysi_rl_new(&gw->rl, gw->o.max_buckets, gw->o.clock);
   if (!rc && need_idem && !gw->idem)
     rc = dsysi_idem_new(&gw->idem, gw->o.idempotency_max_keys, gw->o.idempotency_max_body,
                         gw->o.clock);
+  t->rl = gw->rl;
+  t->idem = gw->idem;
+  return rc;
+}
+
+int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv) {
+  if (!gw || !srv) return DSYS_EINVAL;
+  if (gw->srv) return DSYS_ESTATE;
+  int rc = edge_state(gw, gw->cur);
   if (!rc) rc = dsys_server_route(srv, "GET", "/health", h_health, gw);
   if (!rc) rc = dsys_server_route(srv, "GET", "/status", h_status, gw);
   if (!rc) rc = dsys_server_route(srv, "GET", "/api/metrics", h_metrics, gw);
@@ -998,35 +1129,87 @@ int dsys_gateway_mount(dsys_gateway *gw, dsys_server *srv) {
   return rc;
 }
 
+int dsys_gateway_reload(dsys_gateway *gw, dsys_gateway *next) {
+  if (!gw || !next || gw == next || next->srv || !next->cur) return DSYS_EINVAL;
+  if (!gw->reaper_started) {
+    if (pthread_create(&gw->reaper, NULL, reaper_main, gw)) return DSYS_ENOMEM;
+    gw->reaper_started = 1;
+  }
+  gw_table *t = next->cur;
+  int rc = edge_state(gw, t);
+  if (rc) return rc;
+  /* Unchanged upstreams carry on: the new table takes the running one
+   * (only this thread changes tables; the old one stays current until the
+   * swap below, so the reference taken here is never the last). */
+  gw_table *cur = gw->cur;
+  for (size_t i = 0; i < t->nups; i++) {
+    gw_upstream *nu = &t->ups[i], *ou = find_upstream(cur, nu->name);
+    if (!ou || !ou->shareable || !nu->shareable || strcmp(ou->def, nu->def) ||
+        ou->from_registry != nu->from_registry)
+      continue;
+    dsys_upstream_free(nu->u); /* never used */
+    free(nu->urefs);
+    atomic_fetch_add(ou->urefs, 1);
+    nu->u = ou->u;
+    nu->urefs = ou->urefs;
+  }
+  pthread_rwlock_wrlock(&gw->tlk);
+  gw_table *old = gw->cur;
+  gw->cur = t;
+  pthread_rwlock_unlock(&gw->tlk);
+  next->cur = NULL;
+  dsys_gateway_free(next);
+  pthread_mutex_lock(&gw->rmu);
+  old->retired_next = gw->retired;
+  gw->retired = old;
+  pthread_mutex_unlock(&gw->rmu);
+  t_put(gw, old); /* the current table's own reference */
+  return 0;
+}
+
 void dsys_gateway_free(dsys_gateway *gw) {
   if (!gw) return;
-  for (size_t i = 0; i < gw->nroutes; i++) {
-    free(gw->routes[i].prefix);
-    for (size_t k = 0; k < gw->routes[i].norigins; k++) free(gw->routes[i].origins[k]);
-    free(gw->routes[i].origins);
+  if (gw->reaper_started) {
+    pthread_mutex_lock(&gw->rmu);
+    gw->reaper_stop = 1;
+    pthread_cond_signal(&gw->rcv);
+    pthread_mutex_unlock(&gw->rmu);
+    pthread_join(gw->reaper, NULL);
   }
+  pthread_mutex_lock(&gw->rmu);
+  reap(gw, 1); /* the server stopped: nobody holds them */
+  pthread_mutex_unlock(&gw->rmu);
+  t_free(gw->cur);
   dsysi_rl_free(gw->rl);
   dsysi_idem_free(gw->idem);
-  if (gw->secret) explicit_bzero(gw->secret, gw->o.token_secret_len);
-  free(gw->secret);
-  for (size_t i = 0; i < gw->nups; i++) {
-    dsys_upstream_free(gw->ups[i].u);
-    free(gw->ups[i].name);
-  }
-  dsys_client_free(gw->tls_client); /* after the upstreams that used it */
   for (int i = 0; i < 3; i++) free(gw->upstream_tls[i]);
+  pthread_rwlock_destroy(&gw->tlk);
+  pthread_mutex_destroy(&gw->rmu);
+  pthread_cond_destroy(&gw->rcv);
   free(gw->name);
   free(gw);
 }
 
 /* ---- introspection (metrics) ---- */
 
-size_t dsys_gateway_upstream_count(dsys_gateway *gw) { return gw ? gw->nups : 0; }
+static void collect_gw(dsys_metrics *reg, void *ud) {
+  dsys_gateway *gw = ud;
+  gw_table *t = t_get(gw);
+  for (size_t i = 0; i < t->nups; i++) dsysi_metrics_collect_upstream(reg, t->ups[i].name, t->ups[i].u);
+  t_put(gw, t);
+}
+
+int dsys_gateway_metrics(dsys_gateway *gw, dsys_metrics *reg) {
+  if (!gw || !reg) return DSYS_EINVAL;
+  return dsys_metrics_on_collect(reg, collect_gw, gw);
+}
+
+size_t dsys_gateway_upstream_count(dsys_gateway *gw) { return gw ? gw->cur->nups : 0; }
 
 int dsys_gateway_upstream_at(dsys_gateway *gw, size_t i, const char **name,
                              dsys_upstream **u) {
-  if (!gw || i >= gw->nups) return DSYS_EINVAL;
-  if (name) *name = gw->ups[i].name;
-  if (u) *u = gw->ups[i].u;
+  if (!gw || i >= gw->cur->nups) return DSYS_EINVAL;
+  if (name) *name = gw->cur->ups[i].name;
+  if (u) *u = gw->cur->ups[i].u;
   return 0;
 }

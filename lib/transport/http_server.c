@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include <microhttpd.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/abstract.h>
 #include "core/plugin.h"
 #include "core/rng.h"
 #include "transport/evloop.h"
@@ -38,6 +39,16 @@ typedef struct mhd_lst mhd_lst;
 typedef struct caddr caddr;
 typedef struct silent silent;
 typedef struct handoff handoff;
+
+/* The certificate (chain) and key an https listener presents. A reload
+ * puts new ones in front; the older ones stay until the listener is freed
+ * (GnuTLS keeps pointing at them for the sessions that used them). */
+typedef struct tls_keys {
+  gnutls_pcert_st pcert[16];
+  unsigned n;
+  gnutls_privkey_t key;
+  struct tls_keys *older;
+} tls_keys;
 
 /* One MHD daemon: the pool daemon, or one per event loop. */
 typedef struct mhd_d {
@@ -155,6 +166,8 @@ struct mhd_lst {
   size_t lqn, lqcap;
   lingerer *lingering;  /* guard thread only */
   atomic_uint nlinger;  /* queued + lingering */
+  atomic_uint nopen;    /* client connections open (MHD's notices) */
+  atomic_uint nquiesced; /* loop mode: loops whose quiesce task ran */
   dsys_server *srv;
   const dsysi_listener_ops *ops;
   mhd_d *ds;
@@ -184,9 +197,29 @@ struct mhd_lst {
   unsigned max_silent;  /* after the descriptor limit (silent_limit) */
   atomic_int room_wanted; /* r_* waits: a closing connection posts drain_task */
   int stopped;          /* free_lst: the loops' threads have ended */
+  int acc_empty;        /* loop 0: the last accept found the backlog empty */
   int64_t acc_warned_us; /* loop 0: last accept-error warning */
-  char *pem_cert, *pem_key, *pem_trust; /* read at listen; MHD keeps pointers */
+  char *pem_trust;       /* read at listen; MHD keeps the pointer */
+  tls_keys *keys;        /* https: what cert_cb presents (under tls_mu) */
+  int port;              /* the bound TCP port (cert_cb finds us by it) */
+  mhd_lst *tls_next;     /* in tls_lsts */
 };
+
+/* https listeners, for cert_cb: GnuTLS's certificate callback has no
+ * closure argument, and MHD gives the session only the socket. */
+static pthread_mutex_t tls_mu = PTHREAD_MUTEX_INITIALIZER;
+static mhd_lst *tls_lsts;
+
+static void keys_free(tls_keys *k) {
+  if (!k) return;
+  for (unsigned i = 0; i < k->n; i++) gnutls_pcert_deinit(&k->pcert[i]);
+  if (k->key) gnutls_privkey_deinit(k->key);
+  free(k);
+}
+
+static int cert_cb(gnutls_session_t s, const gnutls_datum_t *req_ca, int nreq,
+                   const gnutls_pk_algorithm_t *algos, int nalgos, gnutls_pcert_st **pcert,
+                   unsigned int *pcert_len, gnutls_privkey_t *key);
 
 typedef struct mhd_req {
   mhd_lst *l;
@@ -268,6 +301,8 @@ static void notify_conn(void *cls, struct MHD_Connection *conn, void **socket_ct
         dsysi_loop_post(l->ds[0].loop, drain_task, l);
     }
   }
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) atomic_fetch_add(&l->nopen, 1);
+  else atomic_fetch_sub(&l->nopen, 1);
   if (code == MHD_CONNECTION_NOTIFY_STARTED) {
     /* Added by add_one (TCP event loops): already counted, with its
      * address; else accepted by MHD itself. */
@@ -584,6 +619,10 @@ static enum MHD_Result queue_answer(mhd_req *m) {
   if (r->ctype) MHD_add_response_header(resp, "Content-Type", r->ctype);
   if (r->state == DSYSI_RQ_STREAMING)
     MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  /* A stopping server: the client's next request goes elsewhere (a
+   * connection closed without saying so looks like a failure to it) */
+  if (dsysi_server_stopping(m->l->srv) && !MHD_get_response_header(resp, "Connection"))
+    MHD_add_response_header(resp, "Connection", "close");
   enum MHD_Result rc = MHD_queue_response(m->conn, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
   return rc;
@@ -900,6 +939,11 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l,
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd >= 0 && dsysi_server_reuse_port(l->srv) &&
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one)) {
+      close(fd);
+      fd = -1;
+    }
     if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
       int e = errno;
       if (fd >= 0) close(fd);
@@ -912,7 +956,7 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l,
     socklen_t sl = sizeof ss;
     getsockname(fd, (struct sockaddr *)&ss, &sl);
     char ip[64] = "";
-    int bport = 0;
+    int bport = 0; /* l->port below */
     if (ss.ss_family == AF_INET6) {
       struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
       inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
@@ -924,6 +968,7 @@ static int bind_socket(const char *url, int is_unix, mhd_lst *l,
       bport = ntohs(s4->sin_port);
       snprintf(l->url, sizeof l->url, "%s://%s:%d", scheme, ip, bport);
     }
+    l->port = bport;
     dsysi_url_free(&u);
   }
   if (listen(fd, 1024) != 0) {
@@ -1350,6 +1395,7 @@ static void on_accept(dsysi_loop *loop, int fd, uint32_t ev, void *ud) {
         dsysi_loop_mod(loop, &l->acc, 0, 0);
         dsysi_loop_timer(loop, 100000, resume_accept, l);
       }
+      l->acc_empty = errno == EAGAIN || errno == EWOULDBLOCK;
       return; /* EAGAIN, or a passing error (ECONNABORTED) */
     }
     admit(l, loop, cfd, &sa, alen);
@@ -1459,8 +1505,7 @@ static int start_daemon(mhd_lst *l, mhd_d *md) {
   OPT(MHD_OPTION_NOTIFY_CONNECTION, notify_conn, md);
   if (l->tls) {
     flags |= MHD_USE_TLS;
-    OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, l->pem_key);
-    OPT(MHD_OPTION_HTTPS_MEM_CERT, 0, l->pem_cert);
+    OPT(MHD_OPTION_HTTPS_CERT_CALLBACK, 0, cert_cb);
     if (l->pem_trust) OPT(MHD_OPTION_HTTPS_MEM_TRUST, 0, l->pem_trust);
   }
   OPT(MHD_OPTION_END, 0, NULL);
@@ -1547,9 +1592,19 @@ static void free_lst(mhd_lst *l) {
   pthread_mutex_destroy(&l->lmu);
   if (l->unix_path) unlink(l->unix_path);
   free(l->unix_path);
-  free(l->pem_cert);
-  if (l->pem_key) explicit_bzero(l->pem_key, strlen(l->pem_key));
-  free(l->pem_key);
+  /* MHD is stopped: no handshake reads the keys any more */
+  pthread_mutex_lock(&tls_mu);
+  for (mhd_lst **pp = &tls_lsts; *pp; pp = &(*pp)->tls_next)
+    if (*pp == l) {
+      *pp = l->tls_next;
+      break;
+    }
+  pthread_mutex_unlock(&tls_mu);
+  while (l->keys) {
+    tls_keys *k = l->keys;
+    l->keys = k->older;
+    keys_free(k);
+  }
   free(l->pem_trust);
   free(l->ds);
   free(l);
@@ -1583,19 +1638,105 @@ static int read_pem(const char *path, char **out) {
   return *out ? 0 : DSYS_ENOMEM;
 }
 
-/* https: read the PEM files; event-loop mode is checked by the caller. */
-static int load_tls(mhd_lst *l) {
+/* A certificate chain and its key from PEM text. @return 0, DSYS_EIO
+ * (not a certificate or key GnuTLS reads, or a key that is not the
+ * certificate's: a reload must not install a pair that fails every
+ * handshake), DSYS_ENOMEM. */
+static int keys_load(const char *cert_pem, const char *key_pem, tls_keys **out) {
+  tls_keys *k = calloc(1, sizeof *k);
+  if (!k) return DSYS_ENOMEM;
+  gnutls_datum_t c = {(unsigned char *)cert_pem, (unsigned)strlen(cert_pem)};
+  gnutls_datum_t kd = {(unsigned char *)key_pem, (unsigned)strlen(key_pem)};
+  unsigned n = sizeof k->pcert / sizeof k->pcert[0];
+  int rc = DSYS_EIO;
+  gnutls_pubkey_t pub = NULL;
+  unsigned char id1[64], id2[64];
+  size_t l1 = sizeof id1, l2 = sizeof id2;
+  if (gnutls_pcert_list_import_x509_raw(k->pcert, &n, &c, GNUTLS_X509_FMT_PEM, 0) >= 0 && n > 0) {
+    k->n = n;
+    if (gnutls_privkey_init(&k->key) >= 0 &&
+        gnutls_privkey_import_x509_raw(k->key, &kd, GNUTLS_X509_FMT_PEM, NULL, 0) >= 0 &&
+        gnutls_pubkey_init(&pub) >= 0 && gnutls_pubkey_import_privkey(pub, k->key, 0, 0) >= 0 &&
+        gnutls_pubkey_get_key_id(pub, GNUTLS_KEYID_USE_SHA256, id1, &l1) >= 0 &&
+        gnutls_pubkey_get_key_id(k->pcert[0].pubkey, GNUTLS_KEYID_USE_SHA256, id2, &l2) >= 0 &&
+        l1 == l2 && !memcmp(id1, id2, l1))
+      rc = 0;
+  }
+  if (pub) gnutls_pubkey_deinit(pub);
+  if (rc) {
+    keys_free(k);
+    return rc;
+  }
+  *out = k;
+  return 0;
+}
+
+/* The server's certificate and key files, read and checked. */
+static int keys_read(mhd_lst *l, tls_keys **out) {
   const char *cert, *key, *ca;
   dsysi_server_tls(l->srv, &cert, &key, &ca);
   if (!cert || !key) {
-    dsysi_log(DSYS_LOG_ERROR, "https",
-              "https:// needs tls_cert_file and tls_key_file");
+    dsysi_log(DSYS_LOG_ERROR, "https", "https:// needs tls_cert_file and tls_key_file");
     return DSYS_EINVAL;
   }
-  int rc = read_pem(cert, &l->pem_cert);
-  if (!rc) rc = read_pem(key, &l->pem_key);
+  char *cp = NULL, *kp = NULL;
+  int rc = read_pem(cert, &cp);
+  if (!rc) rc = read_pem(key, &kp);
+  if (!rc && (rc = keys_load(cp, kp, out)) == DSYS_EIO)
+    dsysi_log(DSYS_LOG_ERROR, "https", "%s and %s: not a certificate and its private key", cert,
+              key);
+  free(cp);
+  if (kp) explicit_bzero(kp, strlen(kp));
+  free(kp);
+  return rc;
+}
+
+/* GnuTLS asks which certificate to present: the current one of the
+ * listener whose port the connection came in on. */
+static int cert_cb(gnutls_session_t s, const gnutls_datum_t *req_ca, int nreq,
+                   const gnutls_pk_algorithm_t *algos, int nalgos, gnutls_pcert_st **pcert,
+                   unsigned int *pcert_len, gnutls_privkey_t *key) {
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  int port = -1;
+  if (!getsockname(gnutls_transport_get_int(s), (struct sockaddr *)&ss, &sl))
+    port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                          : ((struct sockaddr_in *)&ss)->sin_port);
+  pthread_mutex_lock(&tls_mu);
+  mhd_lst *l = tls_lsts;
+  while (l && l->port != port) l = l->tls_next;
+  tls_keys *k = l ? l->keys : NULL;
+  pthread_mutex_unlock(&tls_mu);
+  if (!k) return -1;
+  *pcert = k->pcert;
+  *pcert_len = k->n;
+  *key = k->key;
+  return 0;
+}
+
+/* https: the certificate, key and client CA; event-loop mode is checked
+ * by the caller. */
+static int load_tls(mhd_lst *l) {
+  const char *cert, *key, *ca;
+  dsysi_server_tls(l->srv, &cert, &key, &ca);
+  int rc = keys_read(l, &l->keys);
   if (!rc && ca) rc = read_pem(ca, &l->pem_trust);
   return rc;
+}
+
+/* Reread the certificate and key files: new handshakes present them;
+ * open connections keep theirs. On failure the old pair stays. */
+static int mhd_reload_tls(void *lst) {
+  mhd_lst *l = lst;
+  if (!l->tls) return 0;
+  tls_keys *k = NULL;
+  int rc = keys_read(l, &k);
+  if (rc) return rc;
+  pthread_mutex_lock(&tls_mu);
+  k->older = l->keys;
+  l->keys = k;
+  pthread_mutex_unlock(&tls_mu);
+  return 0;
 }
 
 static int mhd_listen(dsys_server *srv, const char *url, void **out,
@@ -1635,6 +1776,12 @@ static int mhd_listen(dsys_server *srv, const char *url, void **out,
   int rc = guard_start(l);
   if (!rc && l->tls) rc = load_tls(l);
   if (!rc) rc = bind_socket(url, is_unix, l, &l->ds[0].fd);
+  if (!rc && l->tls) {
+    pthread_mutex_lock(&tls_mu);
+    l->tls_next = tls_lsts;
+    tls_lsts = l;
+    pthread_mutex_unlock(&tls_mu);
+  }
   for (unsigned i = 0; !rc && i < l->nd; i++) rc = start_daemon(l, &l->ds[i]);
   if (!rc && l->balanced) {
     l->acc = (dsysi_watch){.fd = l->ds[0].fd, .fn = on_accept, .ud = l};
@@ -1666,26 +1813,58 @@ static int unix_listen(dsys_server *srv, const char *url, void **out) {
 
 static const char *mhd_url(void *lst) { return ((mhd_lst *)lst)->url; }
 
+/* Connections already in the backlog were accepted by the kernel: closing
+ * the listening socket would reset them. Take them first (bounded: new
+ * ones may keep coming until the close). */
+static void take_backlog(mhd_d *md, int fd) {
+  for (int i = 0; i < 4096; i++) {
+    handoff h = {.alen = sizeof h.addr};
+    h.fd = accept4(fd, (struct sockaddr *)&h.addr, &h.alen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (h.fd < 0 && errno == EINTR) continue;
+    if (h.fd < 0) return;
+    MHD_add_connection(md->d, h.fd, (struct sockaddr *)&h.addr, h.alen);
+  }
+}
+
 static void quiesce_one(mhd_d *md) {
   MHD_socket fd = MHD_quiesce_daemon(md->d);
-  if (fd != MHD_INVALID_SOCKET) close(fd);
+  if (fd != MHD_INVALID_SOCKET) {
+    take_backlog(md, fd);
+    close(fd);
+  }
   md->fd = -1;
 }
 
-static void quiesce_task(dsysi_loop *loop, void *ud) { quiesce_one(ud); }
+static void quiesce_task(dsysi_loop *loop, void *ud) {
+  mhd_d *md = ud;
+  quiesce_one(md);
+  atomic_fetch_add(&md->l->nquiesced, 1);
+}
 
 /* Balanced accept: the listening socket is ours, not MHD's. Silent
  * connections never sent a request: they go at once (waiting ones did,
  * and still get a loop). */
 static void quiesce_accept(dsysi_loop *loop, void *ud) {
   mhd_lst *l = ud;
-  if (l->ds[0].fd < 0) return;
-  dsysi_loop_del(loop, &l->acc);
-  close(l->ds[0].fd);
-  l->ds[0].fd = -1;
-  pthread_mutex_lock(&l->cmu);
-  while (l->s_first) lobby_drop(l, l->s_first, -1);
-  pthread_mutex_unlock(&l->cmu);
+  if (l->ds[0].fd >= 0) {
+    /* the backlog was accepted by the kernel: closing the socket would
+     * reset it, so take it first, spread as usual (on_accept stops at
+     * EAGAIN) */
+    l->acc_empty = 0;
+    for (int i = 0; i < 64 && !l->acc_empty; i++) on_accept(loop, l->ds[0].fd, EPOLLIN, l);
+    dsysi_loop_del(loop, &l->acc);
+    close(l->ds[0].fd);
+    l->ds[0].fd = -1;
+    /* silent connections never sent a request: they go now, unless the
+     * stop keeps serving open connections (drain_keepalive: their first
+     * request is answered with Connection: close) */
+    if (!dsysi_server_drain_keepalive(l->srv)) {
+      pthread_mutex_lock(&l->cmu);
+      while (l->s_first) lobby_drop(l, l->s_first, -1);
+      pthread_mutex_unlock(&l->cmu);
+    }
+  }
+  atomic_fetch_add(&l->nquiesced, 1);
 }
 
 static void mhd_quiesce(void *lst) {
@@ -1695,10 +1874,19 @@ static void mhd_quiesce(void *lst) {
   if (l->loops) {
     /* The loop's own thread must touch its daemon: MHD_quiesce_daemon
      * then runs on the only thread that runs that daemon. */
-    if (l->balanced) dsysi_loop_post(l->ds[0].loop, quiesce_accept, l);
+    unsigned posted = 0;
+    if (l->balanced) posted += !dsysi_loop_post(l->ds[0].loop, quiesce_accept, l);
     else
       for (unsigned i = 0; i < l->nd; i++)
-        dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
+        posted += !dsysi_loop_post(l->ds[i].loop, quiesce_task, &l->ds[i]);
+    /* Return once the sockets are closed (bounded): a stop then knows
+     * that no new connection reaches this listener, and the server's
+     * answers may send clients elsewhere. */
+    int64_t end = dsysi_loop_now_us() + 1000000;
+    while (atomic_load(&l->nquiesced) < posted && dsysi_loop_now_us() < end) {
+      struct timespec ts = {.tv_nsec = 1000000};
+      nanosleep(&ts, NULL);
+    }
   } else {
     /* Not MHD_quiesce_daemon: with MHD's own epoll thread(s) it races
      * with them (libmicrohttpd 0.9.75 daemon.c:5531 and :4975): both
@@ -1710,6 +1898,11 @@ static void mhd_quiesce(void *lst) {
     atomic_store(&l->refusing, 1);
   }
   if (l->unix_path) unlink(l->unix_path);
+}
+
+static unsigned mhd_open_connections(void *lst) {
+  mhd_lst *l = lst;
+  return atomic_load(&l->nopen);
 }
 
 static void mhd_close(void *lst) {
@@ -1728,6 +1921,8 @@ static void mhd_close(void *lst) {
       .quiesce = mhd_quiesce,                \
       .notify = notify,                      \
       .close = mhd_close,                    \
+      .open_connections = mhd_open_connections, \
+      .reload_tls = mhd_reload_tls,          \
   }
 
 static const dsysi_listener_ops http_ops = MHD_LISTENER("http", http_listen);

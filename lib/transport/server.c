@@ -36,6 +36,12 @@ typedef struct hook {
   void *ud;
 } hook;
 
+/* dsys_server.stopping: running; stopping, the listeners not yet closed
+ * (drain_keepalive: answers still keep connections open); stopping but
+ * still serving requests on open connections (drain_keepalive); stopping
+ * and answering new requests 503. */
+enum { STOP_NO, STOP_QUIESCING, STOP_DRAINING, STOP_REFUSING };
+
 typedef struct listener {
   const dsysi_listener_ops *ops;
   void *lst;  /* NULL once closed */
@@ -70,7 +76,7 @@ struct dsys_server {
   atomic_uint_fast64_t conn[DSYSI_CONN_NSTATS]; /* dsys_server_conn_stats */
   live_shard live[LIVE_SHARDS];
   int listening;
-  atomic_int stopping; /* set under mu */
+  atomic_int stopping; /* set under mu: STOP_* */
   int stopped;
   dsysi_server_observer_fn observer;
   void *observer_ud;
@@ -92,6 +98,12 @@ uint32_t dsysi_server_max_connections(dsys_server *s) { return s->o.max_connecti
 uint32_t dsysi_server_idle_timeout(dsys_server *s) { return s->o.idle_timeout_s; }
 uint32_t dsysi_server_connection_memory(dsys_server *s) { return s->o.connection_memory; }
 uint32_t dsysi_server_event_loops(dsys_server *s) { return s->o.event_loops; }
+int dsysi_server_reuse_port(dsys_server *s) { return s->o.reuse_port; }
+int dsysi_server_drain_keepalive(dsys_server *s) { return s->o.drain_keepalive; }
+int dsysi_server_stopping(dsys_server *s) {
+  int st = atomic_load(&s->stopping);
+  return st != STOP_NO && st != STOP_QUIESCING;
+}
 uint32_t dsysi_server_request_timeout(dsys_server *s) {
   return s->o.request_timeout_s == DSYS_SERVER_TIMEOUT_OFF ? 0 : s->o.request_timeout_s;
 }
@@ -341,7 +353,7 @@ dsys_request *dsysi_request_new(dsys_server *s, const dsysi_listener_ops *ops,
    * is answered 503. Under the shard's lock, so stop's scan of the shard
    * finds every request that did not see it. */
   atomic_fetch_add(&s->inflight, 1);
-  r->late = atomic_load(&s->stopping);
+  r->late = atomic_load(&s->stopping) == STOP_REFUSING;
   r->next = sh->head;
   if (sh->head) sh->head->prev = r;
   sh->head = r;
@@ -661,6 +673,29 @@ static int wait_idle(dsys_server *s, int64_t deadline_us) {
   return idle;
 }
 
+int dsys_server_reload_tls(dsys_server *s) {
+  if (!s) return DSYS_EINVAL;
+  pthread_mutex_lock(&s->mu);
+  int rc = s->stopped || s->stopping ? DSYS_ESTATE : 0;
+  for (size_t i = 0; !rc && i < s->nls; i++)
+    if (s->ls[i].ops->reload_tls) rc = s->ls[i].ops->reload_tls(s->ls[i].lst);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+/* drain_keepalive: wait until the listeners have no client connection
+ * left or the deadline (monotonic us); requests may come and go. */
+static void wait_closed(dsys_server *s, int64_t deadline_us) {
+  for (;;) {
+    unsigned open = 0;
+    for (size_t i = 0; i < s->nls; i++)
+      if (s->ls[i].ops->open_connections) open += s->ls[i].ops->open_connections(s->ls[i].lst);
+    if (!open || dsysi_loop_now_us() >= deadline_us) return;
+    struct timespec ts = {.tv_nsec = 5 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
   if (!s) return DSYS_EINVAL;
   pthread_mutex_lock(&s->mu);
@@ -668,11 +703,31 @@ int dsys_server_stop(dsys_server *s, int64_t drain_ms) {
     pthread_mutex_unlock(&s->mu);
     return 0;
   }
-  s->stopping = 1;
-  pthread_mutex_unlock(&s->mu);
-  for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->quiesce(s->ls[i].lst);
+  if (s->o.drain_keepalive) {
+    /* Close the listening sockets before any answer says Connection:
+     * close: a client reconnecting at once must not land in a backlog
+     * that is about to be closed (its connection would be reset). */
+    s->stopping = STOP_QUIESCING;
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->quiesce(s->ls[i].lst);
+    atomic_store(&s->stopping, STOP_DRAINING);
+  } else {
+    s->stopping = STOP_REFUSING;
+    pthread_mutex_unlock(&s->mu);
+    for (size_t i = 0; i < s->nls; i++) s->ls[i].ops->quiesce(s->ls[i].lst);
+  }
   int rc = 0;
-  if (!wait_idle(s, dsysi_loop_now_us() + (drain_ms > 0 ? drain_ms : 0) * 1000)) {
+  int64_t deadline = dsysi_loop_now_us() + (drain_ms > 0 ? drain_ms : 0) * 1000;
+  int idle = wait_idle(s, deadline);
+  if (s->o.drain_keepalive) {
+    /* Keep serving the open connections (each answer closes its
+     * connection) until the clients have left, then refuse; requests that
+     * came in between the count and the switch are waited for again. */
+    if (idle) wait_closed(s, deadline);
+    atomic_store(&s->stopping, STOP_REFUSING);
+    idle = wait_idle(s, deadline);
+  }
+  if (!idle) {
     rc = DSYS_ETIMEDOUT;
     /* Cut off what is left: the transports answer 503 or end streams. */
     for (;;) {

@@ -160,7 +160,7 @@ struct dsys_request {
   int closed;         /* client gone or abandoned: writes fail */
   int abandoned;      /* server stop: transport must cut it off */
   int stream_ended;
-  int late;           /* arrived after stop began: answer 503 */
+  int late;           /* arrived once stop refused requests: answer 503 */
   int status;
   char *ctype;
   dsysi_hdrs rhdrs;
@@ -259,6 +259,12 @@ uint32_t dsysi_server_max_connections(dsys_server *srv);
 uint32_t dsysi_server_idle_timeout(dsys_server *srv);
 uint32_t dsysi_server_connection_memory(dsys_server *srv);
 uint32_t dsysi_server_event_loops(dsys_server *srv);
+int dsysi_server_reuse_port(dsys_server *srv);
+/** The server's drain_keepalive option. */
+int dsysi_server_drain_keepalive(dsys_server *srv);
+/* Nonzero once dsys_server_stop() began: answers then carry
+ * Connection: close (the client goes elsewhere). */
+int dsysi_server_stopping(dsys_server *srv);
 /** request_timeout_s and header_timeout_s in seconds, 0 when off. */
 uint32_t dsysi_server_request_timeout(dsys_server *srv);
 uint32_t dsysi_server_header_timeout(dsys_server *srv);
@@ -361,6 +367,13 @@ typedef struct dsysi_listener_ops {
    * abandoned). Called without req->mu held, from any thread. */
   void (*notify)(void *lst, dsys_request *req);
   void (*close)(void *lst); /* after every request completed or was cut */
+  /* optional (NULL: none kept open): client connections still open, for a
+   * stop that waits for keep-alive connections (drain_keepalive) */
+  unsigned (*open_connections)(void *lst);
+  /* optional: reread the TLS certificate and key files (the server's
+   * tls_cert_file, tls_key_file) for new handshakes; on failure the old
+   * ones stay. 0 for a listener without TLS. */
+  int (*reload_tls)(void *lst);
 } dsysi_listener_ops;
 
 #define DSYSI_DIALER_OPS_VERSION 1
