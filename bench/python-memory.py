@@ -26,11 +26,11 @@ def rss_kib():
 def c_store(i):
     with distsys.Store("memory:") as s:
         s.put("k", {"i": i}, metadata={"m": 1})
-        s.get("k")
+        s.item("k")
         s.incr("n")
         s.list()
         try:
-            s.get("absent")
+            s.item("absent")
         except distsys.NotFoundError:
             pass
 

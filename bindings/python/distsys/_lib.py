@@ -75,7 +75,7 @@ def _check_version() -> str:
             f"distsys: {lib._name} is not libdistsys (no dsys_version)") from None
     num = lib.dsys_version_number()
     ver = (num // 10000, num // 100 % 100, num % 100)
-    text = lib.dsys_version().decode()
+    text: str = lib.dsys_version().decode()
     if ver[0] != MIN_VERSION[0] or ver < MIN_VERSION:
         raise LibraryNotFoundError(
             f"distsys: {lib._name} is libdistsys {text}; this package needs "
