@@ -58,6 +58,8 @@ from .registry import CHANGE_KINDS, Change, Instance, Registry
 from .resilience import (BREAKER_STATES, POLICIES, Balancer, Breaker,
                          BreakerStats, Pick)
 from .store import Item, Store
+from .service import (App, Counter, Gauge, Histogram, HTTPError, Metrics,
+                      Registration, Request, Response as HTTPResponse, Service)
 from .upstream import EndpointStats, Response, Upstream
 from . import errors as _errors
 
@@ -76,5 +78,7 @@ __all__ = [
     "Registry", "Instance", "Change", "CHANGE_KINDS", "Balancer", "Pick",
     "Breaker", "BreakerStats", "POLICIES", "BREAKER_STATES", "Upstream",
     "Response", "EndpointStats", "library_version", "library_path",
+    "Service", "App", "Request", "HTTPResponse", "HTTPError", "Metrics",
+    "Counter", "Gauge", "Histogram", "Registration",
 ]
 __all__ += sorted(_errors.error_classes())  # also codes added later
