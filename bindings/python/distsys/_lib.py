@@ -608,3 +608,8 @@ dsys_registration_start = fn("dsys_registration_start", c_int,
 dsys_registration_stop = fn("dsys_registration_stop", c_int, c_void_p)
 dsys_registration_stats_get = fn("dsys_registration_stats_get", c_int,
                                  c_void_p, POINTER(dsys_registration_stats))
+
+UPSTREAM_FN = CFUNCTYPE(None, c_int, c_void_p, POINTER(dsys_upstream_result),
+                        c_void_p)
+dsys_upstream_send = fn("dsys_upstream_send", c_int, c_void_p,
+                        POINTER(dsys_call), UPSTREAM_FN, c_void_p)

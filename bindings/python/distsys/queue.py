@@ -1,6 +1,7 @@
 """Durable job queue (``dsys_queue``) and worker pools (``dsys_worker``)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from ctypes import (POINTER, byref, c_char_p, c_int, c_int64, c_size_t,
@@ -284,9 +285,14 @@ class JobContext:
 Handler = Callable[[Job, JobContext], Any]
 
 
-def _trampoline(handler: Handler, lives: List[Any]) -> Any:
+def _trampoline(handler: Handler, lives: List[Any],
+                loop: Optional[asyncio.AbstractEventLoop]) -> Any:
     """The C handler: runs on a library worker thread (ctypes takes the GIL).
-    Never lets an exception escape into C (which would complete the job)."""
+    Never lets an exception escape into C (which would complete the job).
+    With a loop, the handler is a coroutine function run on that loop
+    (handed over with call_soon_threadsafe by run_coroutine_threadsafe);
+    the library thread waits for it with the GIL released, so the job's
+    lease and context stay valid meanwhile."""
 
     def run(ctx: int, jobp: Any, ud: Any) -> int:
         try:
@@ -296,7 +302,11 @@ def _trampoline(handler: Handler, lives: List[Any]) -> Any:
                 c = JobContext(ctx)
                 try:
                     try:
-                        result = handler(Job._from(jobp), c)
+                        if loop is None:
+                            result = handler(Job._from(jobp), c)
+                        else:
+                            result = asyncio.run_coroutine_threadsafe(
+                                handler(Job._from(jobp), c), loop).result()
                         data = _check.json_text(result, "the handler's result")
                     except errors.DistsysError as e:
                         _lib.dsys_job_ctx_set_error(ctx, str(e).encode("utf-8", "replace"))
@@ -340,6 +350,13 @@ class Worker:
     handler runs. It must not be called from the worker's own handler
     (InvalidStateError). The Worker keeps its Queue alive.
 
+    An ``async def`` handler runs on an asyncio event loop (``loop=``, or
+    the loop running when the Worker is created): the library thread that
+    claimed the job hands it over with ``call_soon_threadsafe`` and waits,
+    GIL released, for the coroutine; ``await worker.astop()`` (or ``async
+    with``) stops it from that loop (plain ``stop()`` there would wait for
+    itself: InvalidStateError).
+
     Example::
 
         def square(job, ctx):
@@ -353,13 +370,26 @@ class Worker:
     def __init__(self, queue: Queue, handler: Handler,
                  queues: Union[str, Sequence[str]], *, threads: int = 1,
                  lease_ms: int = 0, poll_ms: int = 0,
-                 worker_id: Optional[str] = None, prefetch: int = 0) -> None:
+                 worker_id: Optional[str] = None, prefetch: int = 0,
+                 loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
         if not isinstance(queue, Queue):
             raise TypeError(f"queue must be a distsys.Queue, not {type(queue).__name__}")
         _check.function(handler, "handler")
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        if asyncio.iscoroutinefunction(handler):
+            if loop is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    raise errors.error_class(-16)(
+                        -16, "an async handler needs an event loop: create the "
+                             "Worker inside it or pass loop=") from None
+            self._loop = loop
+        elif loop is not None:
+            raise TypeError("loop= is for async def handlers only")
         arr, n = _names(queues)
         lives: List[Any] = []
-        cb = _trampoline(handler, lives)
+        cb = _trampoline(handler, lives, self._loop)
         o = _lib.dsys_worker_options(
             size=sizeof(_lib.dsys_worker_options), queues=arr, nqueues=n,
             threads=_check.count(threads, "threads"),
@@ -378,8 +408,10 @@ class Worker:
             mode: List[int] = [0]
             self._mode = mode
 
+            aloop = self._loop
+
             def free(p: int, keep: Any = keep, mode: List[int] = mode) -> None:
-                if _handle.in_callback():
+                if _handle.in_callback() or (aloop is not None and _on_loop(aloop)):
                     # On a library thread (the GC ran inside a callback):
                     # stopping here could wait for ourselves. A helper
                     # thread stops it, holding what C may still use.
@@ -406,12 +438,33 @@ class Worker:
         _check.choice(mode, "mode", list(_STOP_MODES))
         if any(wl is self._life for wl, _ in handling()):
             raise errors.error_class(-16)(-16, "Worker.stop() from its own handler")
+        if self._loop is not None and not self._life.closed and _on_loop(self._loop):
+            # stop waits for handlers that need this very loop to finish
+            raise errors.error_class(-16)(
+                -16, "Worker.stop() on the event loop of its async handler: "
+                     "use 'await worker.astop()' or 'async with'")
         self._mode[0] = _STOP_MODES[mode]
         self._fin()
 
     def close(self) -> None:
         """Same as ``stop("finish")``."""
         self.stop()
+
+    async def astop(self, mode: str = "finish") -> None:
+        """:meth:`stop` for asyncio: waits in a helper thread, so the
+        event loop keeps running the async handlers being finished."""
+        _check.choice(mode, "mode", list(_STOP_MODES))
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_off_loop, mode)
+
+    def _stop_off_loop(self, mode: str) -> None:
+        self._mode[0] = _STOP_MODES[mode]
+        self._fin()
+
+    async def __aenter__(self) -> "Worker":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.astop()
 
     @property
     def stopped(self) -> bool:
@@ -426,6 +479,13 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<distsys.Worker {self._id!r} on {self.queues}{' stopped' if self.stopped else ''}>"
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _stop(p: int, mode: int, keep: Any) -> None:

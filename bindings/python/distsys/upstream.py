@@ -3,11 +3,14 @@
 detection, per-try timeouts, retries with backoff and a retry budget."""
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json as _json
+import threading
 from ctypes import (POINTER, byref, c_char_p, c_int32, c_size_t, c_void_p,
                     sizeof, string_at)
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _check, _lib, errors
 from ._handle import attach, Handle
@@ -86,6 +89,49 @@ def _build_call(method: str, path: str, body: Optional[Union[bytes, str]],
                        nheaders=len(hdrs), body=data,
                        body_len=len(data) if data else 0)
     return c, (harr, data)
+
+
+_Pending = Dict[int, Tuple[asyncio.AbstractEventLoop, "asyncio.Future[Response]", str]]
+
+
+def _completer(pending: _Pending, lock: threading.Lock) -> Callable[..., None]:
+    """The completion callback of acall (dsys_upstream_fn)."""
+
+    def run(err: int, reply: Optional[int], res: Any, ud: Optional[int]) -> None:
+        # On a library thread, GIL taken by ctypes. The reply is copied and
+        # freed here; only Python objects cross to the event loop.
+        with lock:
+            entry = pending.pop(ud or 0, None)
+        out: Any
+        try:
+            if err:
+                what = entry[2] if entry else "call"
+                if res:
+                    what += (f"; {res.contents.attempts} attempt(s), last endpoint "
+                             f"{res.contents.endpoint.decode() or '-'}")
+                out = errors.error_class(err)(err, what)
+            else:
+                out = _take_reply(reply or 0, res.contents)
+        except BaseException as e:  # never into C
+            out = e
+        if entry is None:
+            return
+        try:
+            entry[0].call_soon_threadsafe(_settle, entry[1], out)
+        except RuntimeError:  # the loop was closed meanwhile: nobody waits
+            pass
+
+    return run
+
+
+def _settle(fut: "asyncio.Future[Response]", out: Any) -> None:
+    """On the event loop: complete the awaiting future (unless cancelled)."""
+    if fut.done():
+        return
+    if isinstance(out, BaseException):
+        fut.set_exception(out)
+    else:
+        fut.set_result(out)
 
 
 def _take_reply(r: int, res: Any) -> Response:
@@ -178,7 +224,15 @@ class Upstream(Handle):
             retry=POINTER(_lib.dsys_retry_options)(ro))
         self.service = service
         self.registry = registry
-        keep = (registry, ro, bo, statuses)
+        self._pending: _Pending = {}
+        self._plock = threading.Lock()
+        self._ids = itertools.count(1)
+        # One completion callback for every acall, held until the C
+        # upstream is freed (dsys_upstream_free waits for calls in flight),
+        # so no callback object is freed while C may still run it. It
+        # refers to the pending table, not to self (no cycle through C).
+        self._done_cb = _lib.UPSTREAM_FN(_completer(self._pending, self._plock))
+        keep = (registry, ro, bo, statuses, self._done_cb)
         parent = None
         if registry is not None:
             parent = registry._life
@@ -233,6 +287,32 @@ class Upstream(Handle):
                              f"{res.attempts} attempt(s), last endpoint "
                              f"{res.endpoint.decode() or '-'}")
         return _take_reply(reply.value or 0, res)
+
+    async def acall(self, method: str = "GET", path: str = "/", *,
+                    body: Optional[Union[bytes, str]] = None, json: Any = None,
+                    headers: Optional[Mapping[str, str]] = None) -> Response:
+        """``await up.acall(...)``: :meth:`call` for asyncio. The call runs
+        in the library (its client thread or event loop, retries as
+        timers); no thread waits for it. Its completion is handed to the
+        awaiting event loop with ``loop.call_soon_threadsafe``. Cancelling
+        the awaiting task abandons the result (the call itself finishes in
+        the library)."""
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Response]" = loop.create_future()
+        c, keep = _build_call(method, path, body, json, headers)
+        key = next(self._ids)
+        with self._plock:
+            self._pending[key] = (loop, fut, f"{self.service} {method} {path}")
+        p = self._life.enter()
+        try:
+            rc = _lib.dsys_upstream_send(p, byref(c), self._done_cb, key)
+        finally:
+            self._life.leave()
+        if rc:  # the callback never runs
+            with self._plock:
+                self._pending.pop(key, None)
+            errors.raise_for(rc, f"{self.service} {method} {path}")
+        return await fut
 
     def stats(self) -> List[EndpointStats]:
         """Per-endpoint statistics."""
