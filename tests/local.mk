@@ -49,6 +49,7 @@ SCRIPT_TESTS = \
 	tests/integration/cli.test tests/integration/http-api.test tests/integration/storage.test \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
+	tests/integration/python-service.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 
@@ -57,7 +58,7 @@ TEST_HELPERS = tests/integration/queue-fixture
 
 check_PROGRAMS += $(C_TESTS) $(FUZZ_CHECKS) $(TEST_HELPERS)
 TESTS += $(C_TESTS) $(SCRIPT_TESTS)
-EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh \
+EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests/helpers/pyenv.sh \
 	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.

@@ -83,10 +83,11 @@ def number(v: Any, what: str) -> float:
     return float(v)
 
 
-def json_text(v: Any, what: str) -> bytes:
-    """A JSON-serializable value as compact JSON bytes."""
+def json_text(v: Any, what: str, ascii: bool = True) -> bytes:
+    """A JSON-serializable value as compact JSON bytes (ascii False: UTF-8
+    text instead of \\u escapes)."""
     try:
-        return json.dumps(v, separators=(",", ":")).encode()
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=ascii).encode()
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} is not JSON-serializable: {e}") from None
 

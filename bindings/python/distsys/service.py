@@ -260,7 +260,7 @@ class Response:
     def json(cls, data: Any, status: int = 200,
              headers: Optional[Mapping[str, str]] = None) -> "Response":
         """A JSON answer (``application/json``)."""
-        return cls(_check.json_text(data, "data"), status, headers,
+        return cls(_check.json_text(data, "data", ascii=False), status, headers,
                    "application/json")
 
     @classmethod
