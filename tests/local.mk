@@ -36,7 +36,7 @@ FUZZ_CHECKS = tests/fuzz/fuzz-h1-check tests/fuzz/fuzz-router-check tests/fuzz/f
 
 SCRIPT_TESTS = \
 	tests/headers.test tests/docs.test tests/layers.test tests/python.test \
-	tests/python-types.test \
+	tests/python-types.test tests/python-install.test \
 	tests/man.test tests/symbols.test \
 	tests/state/example-queue-worker.test tests/state/example-toy-store.test \
 	tests/integration/echo-service.test tests/integration/upstream-client.test \
