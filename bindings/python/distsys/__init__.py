@@ -63,7 +63,7 @@ from .service import (App, Counter, Gauge, Histogram, HTTPError, Metrics,
 from .upstream import EndpointStats, Response, Upstream
 from . import errors as _errors
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 #: Version of the loaded C library, e.g. "0.1.0".
 library_version: str = _lib.LIB_VERSION
 #: Path or name the C library was loaded from.
