@@ -118,7 +118,7 @@ def attach(owner: Any, ptr: Optional[int], free: Callable[[int], None],
     return life, fin
 
 
-def handling() -> List[Tuple["Life", "Life"]]:
+def handling() -> List[Tuple[Optional["Life"], Optional["Life"]]]:
     """(worker Life, queue Life) pairs whose handler runs on this thread."""
     h = getattr(_tls, "handling", None)
     if h is None:

@@ -298,7 +298,9 @@ def _trampoline(handler: Handler, lives: List[Any],
         try:
             with callback_scope():
                 h = handling()
-                h.append((lives[0], lives[1]))
+                # lives is filled just after dsys_worker_start returns: a
+                # handler may already run before that
+                h.append((lives[0], lives[1]) if len(lives) == 2 else (None, None))
                 c = JobContext(ctx)
                 try:
                     try:

@@ -6,7 +6,10 @@ Threading model: handlers run on the server's threads (libmicrohttpd's
 pool, ``threads`` of them), never on the thread that started the service.
 ctypes takes the GIL for each call, so one handler at a time runs Python
 code; a handler that waits (I/O, ``Upstream.call``, ``time.sleep``, the
-store) releases the GIL and lets the others run. Everything the library
+store) releases the GIL and lets the others run. A connection is served by
+the server thread that accepted it: a handler that blocks holds that
+thread and every connection it serves, so size ``threads`` for the
+blocking the handlers do. Everything the library
 hands a handler is valid only while it runs: a :class:`Request` raises
 InvalidStateError when used after its handler returned.
 """

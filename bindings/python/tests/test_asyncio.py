@@ -13,12 +13,19 @@ import distsys
 @pytest.fixture
 def slow_service():
     app = distsys.Service("slow", threads=8)
-    barrier = threading.Barrier(6, timeout=10)
+    lock = threading.Lock()
+    app.live = 0
+    app.most = 0
 
     @app.get("/together")
     def together(req):
-        # answers only once six requests are in their handlers at once
-        return {"n": barrier.wait()}
+        with lock:
+            app.live += 1
+            app.most = max(app.most, app.live)
+        time.sleep(0.2)
+        with lock:
+            app.live -= 1
+        return {"ok": True}
 
     @app.get("/sleep/{ms}")
     def sleep(req, ms):
@@ -46,16 +53,29 @@ def test_acall_runs_calls_concurrently_without_threads(slow_service):
     async def main():
         with distsys.Upstream("slow", endpoints={"a": slow_service.url}) as up:
             threads_before = threading.active_count()
-            # six calls in flight at once from one thread, or the
-            # service's barrier breaks (500)
+            ticks = 0
+            done = asyncio.Event()
+
+            async def ticker():
+                nonlocal ticks
+                while not done.is_set():
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            tt = asyncio.ensure_future(ticker())
             rs = await asyncio.gather(*[up.acall("GET", "/together") for _ in range(6)])
+            done.set()
+            await tt
             assert threading.active_count() - threads_before <= 1  # no thread per call
             r = await up.acall("POST", "/echo", json={"a": [1, 2]})
-            return rs, r
+            return rs, r, ticks
 
-    rs, r = asyncio.run(main())
+    rs, r, ticks = asyncio.run(main())
     assert [x.status for x in rs] == [200] * 6
-    assert sorted(x.json()["n"] for x in rs) == list(range(6))
+    # the loop kept running while the calls were in flight (>= 200 ms)...
+    assert ticks >= 5, ticks
+    # ...and they were in flight together (several handlers at once)
+    assert slow_service.most >= 2, slow_service.most
     assert r.status == 200 and r.json() == {"a": [1, 2]} and r.endpoint == "a"
 
 

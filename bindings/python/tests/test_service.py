@@ -231,35 +231,53 @@ def test_bad_routes_and_state():
 
 
 def test_concurrent_handlers_and_drain():
+    # libmicrohttpd binds a connection to the server thread that accepted
+    # it, and a thread busy in a handler accepts nothing: each client
+    # starts once the previous one is in its handler, so the four land on
+    # the four threads and are in their handlers at once.
     a = distsys.Service("slow", threads=4)
     started = threading.Semaphore(0)
-    barrier = threading.Barrier(4, timeout=10)
+    gate = threading.Event()
 
     @a.get("/slow")
     def slow(req):
         started.release()
-        # the four handlers are in here at once (a wait releases the GIL),
-        # or the barrier breaks and they answer 500
-        barrier.wait()
-        time.sleep(0.3)
+        gate.wait(10)  # releases the GIL: the other handlers run meanwhile
         return "done"
 
     url = a.listen()
     results = []
 
     def client():
-        results.append(call(url, path="/slow")[0])
+        results.append(call(url, path="/slow", timeout=15)[0])
 
     ts = [threading.Thread(target=client) for _ in range(4)]
     for t in ts:
         t.start()
-    for _ in range(4):
-        assert started.acquire(timeout=5)
-    # all four are in their handlers: stop drains them instead of cutting
-    assert a.stop(drain_ms=5000) is True
+        assert started.acquire(timeout=5), "a handler did not start"
+    assert a.inflight == 4
+    stopper = threading.Thread(target=lambda: results.append(a.stop(drain_ms=10000)))
+    stopper.start()
+
+    def refused():
+        try:
+            call(url, path="/slow", timeout=1)
+        except ConnectionRefusedError:
+            return True
+        except OSError:  # accepted by the kernel, no thread free: still listening
+            return False
+        return False
+
+    # stop() first stops accepting, then waits for the four
+    deadline = time.monotonic() + 5
+    while not refused() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert refused() and stopper.is_alive()
+    gate.set()
+    stopper.join(10)
     for t in ts:
         t.join(5)
-    assert results == [200] * 4
+    assert sorted(results, key=str) == [200] * 4 + [True]
     assert a.closed and a.stop() is True
     with pytest.raises(distsys.ClosedError):
         a.urls
