@@ -53,7 +53,7 @@ from .auth import hash_password, issue_token, verify_password, verify_token
 from .identity import (IDENTITY_HEADER, IDENTITY_TOKEN_MAX, Identity,
                        IdentityVerifier, identity_issue, identity_issue_file,
                        identity_keygen)
-from .queue import JOB_STATES, Job, JobContext, Queue, Worker
+from .queue import JOB_STATES, Job, JobContext, JobFailed, Queue, Worker
 from .registry import CHANGE_KINDS, Change, Instance, Registry
 from .resilience import (BREAKER_STATES, POLICIES, Balancer, Breaker,
                          BreakerStats, Pick)
@@ -74,7 +74,7 @@ __all__ = [
     "hash_password", "verify_password", "issue_token", "verify_token",
     "identity_keygen", "identity_issue", "identity_issue_file", "Identity",
     "IdentityVerifier", "IDENTITY_HEADER", "IDENTITY_TOKEN_MAX",
-    "Store", "Item", "Queue", "Job", "JobContext", "Worker", "JOB_STATES",
+    "Store", "Item", "Queue", "Job", "JobContext", "JobFailed", "Worker", "JOB_STATES",
     "Registry", "Instance", "Change", "CHANGE_KINDS", "Balancer", "Pick",
     "Breaker", "BreakerStats", "POLICIES", "BREAKER_STATES", "Upstream",
     "Response", "EndpointStats", "library_version", "library_path",

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 from . import _check, _handle, _lib, errors
 from ._handle import attach, callback_scope, handling, Handle
 
-__all__ = ["Queue", "Job", "JobContext", "Worker", "JOB_STATES"]
+__all__ = ["Queue", "Job", "JobContext", "Worker", "JobFailed", "JOB_STATES"]
 
 #: Job state names by number (dsys_job_state).
 JOB_STATES: Dict[int, str] = {i: _lib.dsys_job_state_name(i).decode()
@@ -285,6 +285,12 @@ class JobContext:
 Handler = Callable[[Job, JobContext], Any]
 
 
+class JobFailed(Exception):
+    """Raise in a worker handler to fail the attempt with exactly this
+    message as the job's error (other exceptions store
+    ``"ExcType: message"``)."""
+
+
 def _trampoline(handler: Handler, lives: List[Any],
                 loop: Optional[asyncio.AbstractEventLoop]) -> Any:
     """The C handler: runs on a library worker thread (ctypes takes the GIL).
@@ -313,6 +319,9 @@ def _trampoline(handler: Handler, lives: List[Any],
                     except errors.DistsysError as e:
                         _lib.dsys_job_ctx_set_error(ctx, str(e).encode("utf-8", "replace"))
                         return e.code
+                    except JobFailed as e:
+                        _lib.dsys_job_ctx_set_error(ctx, str(e).encode("utf-8", "replace"))
+                        return _EINTERNAL
                     except BaseException as e:  # noqa: B902 - all become failures
                         msg = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                         _lib.dsys_job_ctx_set_error(ctx, msg.encode("utf-8", "replace"))
