@@ -355,3 +355,53 @@ def test_serve_forever_drains_on_sigterm(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def _pki(d):
+    """A throwaway CA, a server/client certificate it signs, and a rogue
+    self-signed one (openssl command line)."""
+    k = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ext = d / "svc.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    cmds = [
+        ["req", "-x509", *k, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=py-test-ca"],
+        ["req", *k, "-keyout", "svc.key", "-out", "svc.csr", "-subj", "/CN=svc"],
+        ["x509", "-req", "-in", "svc.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "svc.pem", "-days", "2", "-extfile", "svc.ext"],
+        ["req", "-x509", *k, "-keyout", "rogue.key", "-out", "rogue.pem", "-days", "2",
+         "-subj", "/CN=rogue"],
+    ]
+    for c in cmds:
+        subprocess.run(["openssl", *c], cwd=d, check=True, capture_output=True)
+    return {n: str(d / n) for n in ("ca.pem", "svc.pem", "svc.key", "rogue.pem", "rogue.key")}
+
+
+def test_https_and_mutual_tls(tmp_path):
+    import ssl
+    f = _pki(tmp_path)
+    with distsys.Service("tls", tls_cert_file=f["svc.pem"], tls_key_file=f["svc.key"],
+                         tls_client_ca_file=f["ca.pem"]) as app:
+        app.get("/who")(lambda req: {"ok": True})
+        url = app.listen("https://127.0.0.1:0")
+        assert url.startswith("https://127.0.0.1:")
+        u = urllib.parse.urlsplit(url)
+
+        def get(cert):
+            ctx = ssl.create_default_context(cafile=f["ca.pem"])
+            if cert:
+                ctx.load_cert_chain(f[cert + ".pem"], f[cert + ".key"])
+            c = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=5)
+            try:
+                c.request("GET", "/who")
+                r = c.getresponse()
+                return r.status, r.read()
+            finally:
+                c.close()
+
+        assert get("svc") == (200, b'{"ok":true}')
+        assert get(None)[0] == 403       # no client certificate
+        assert get("rogue")[0] == 403    # one the CA did not sign
+    with pytest.raises(distsys.IoError):
+        distsys.Service("x", tls_cert_file=str(tmp_path / "missing.pem"),
+                        tls_key_file=f["svc.key"]).listen("https://127.0.0.1:0")
