@@ -272,8 +272,10 @@ class Response:
                headers: Optional[Mapping[str, str]] = None) -> "Response":
         """A streamed answer (chunked): the headers are sent at once, then
         each chunk as the iterable yields it, on the handler's thread
-        (a long stream holds one server thread). A client that goes away
-        ends the iteration (the generator is closed)."""
+        (a long stream holds one server thread). Writes never block: what
+        the client has not read yet is queued in memory, so a producer
+        faster than the client grows memory. A client that goes away ends
+        the iteration (the generator is closed)."""
         r = cls(b"", status, headers, content_type)
         if not isinstance(chunks, Iterable):
             raise TypeError(f"chunks must be iterable, not {type(chunks).__name__}")
@@ -924,22 +926,23 @@ class Service:
         if threading.current_thread() is not threading.main_thread():
             raise errors.error_class(_ESTATE)(
                 _ESTATE, "serve_forever() handles signals: call it from the main thread")
-        for u in urls:
-            self.listen(u)
-        if not self._listening:
-            self.listen("http://127.0.0.1:8080")
-        if announce:
-            for u in self.urls:
-                print(f"listening {u}", flush=True)
         old = {}
 
         def on_signal(signum: int, frame: Any) -> None:
             log.info("distsys: %s: signal %d, draining", self.name, signum)
             self._stop_event.set()
 
+        # handlers first: whoever reads "listening" may signal at once
         for s in signals:
             old[s] = signal.signal(s, on_signal)
         try:
+            for u in urls:
+                self.listen(u)
+            if not self._listening:
+                self.listen("http://127.0.0.1:8080")
+            if announce:
+                for u in self.urls:
+                    print(f"listening {u}", flush=True)
             # Event.wait is interrupted by signals in the main thread: the
             # handler above runs, sets the event, and the wait returns.
             self._stop_event.wait()
