@@ -705,7 +705,7 @@ class Service:
         return deco
 
     def get(self, pattern: str) -> Callable[[_Handler], _Handler]:
-        """``@app.get(pattern)``: route GET."""
+        """``@app.get(pattern)``: route GET (HEAD requests take GET routes)."""
         return self.route("GET", pattern)
 
     def post(self, pattern: str) -> Callable[[_Handler], _Handler]:
