@@ -156,6 +156,19 @@ class Queue(Handle):
         errors.raise_for(rc)
         return _take_job(out)
 
+    async def aclaim(self, queues: Union[str, Sequence[str]], worker: str = "",
+                     lease_ms: int = 30000) -> Optional[Job]:
+        """``await q.aclaim(...)``: :meth:`claim` for asyncio (None when
+        nothing is ready). The claim, a SQLite transaction that may wait
+        on the database's lock, runs on the loop's default executor, so
+        the event loop never blocks on it; to wait for jobs as they come,
+        use a :class:`Worker` with an ``async def`` handler."""
+        _names(queues)
+        _check.text(worker, "worker")
+        _check.integer(lease_ms, "lease_ms")
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.claim, queues, worker, lease_ms)
+
     def heartbeat(self, job_id: int, token: int, lease_ms: int = 30000) -> None:
         """Extend the lease (LeaseError when the lease was lost)."""
         self._call(_lib.dsys_queue_heartbeat, _check.integer(job_id, "job_id"),

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import weakref
-from ctypes import (POINTER, byref, c_char_p, c_double, c_size_t, c_uint64,
+from ctypes import (byref, c_char_p, c_double, c_size_t, c_uint64,
                     c_void_p, sizeof, string_at)
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sequence, Tuple, Union)
@@ -550,7 +550,7 @@ class Registration(Handle):
                  heartbeat_ms: int = 0, retry_ms: int = 0,
                  require_registered: bool = False) -> None:
         if not isinstance(registry, Registry):
-            raise TypeError(f"registry must be a distsys.Registry, not {type_name(registry)}")
+            raise TypeError(f"registry must be a distsys.Registry, not {_type_name(registry)}")
         btags = _check.texts(tags, "tags")
         tag_arr = (c_char_p * max(1, len(btags)))(*btags)
         inst = _lib.dsys_instance(
@@ -584,7 +584,7 @@ class Registration(Handle):
         return {n: getattr(s, n) for n, _ in s._fields_}
 
 
-def type_name(v: Any) -> str:
+def _type_name(v: Any) -> str:
     return type(v).__name__
 
 

@@ -151,3 +151,18 @@ def test_async_handler_needs_a_loop():
                 distsys.Worker(q, lambda j, c: None, "a", loop=lp)
         finally:
             lp.close()
+
+
+def test_aclaim():
+    async def main():
+        with distsys.Queue("memory:") as q:
+            assert await q.aclaim("a") is None
+            jid = q.submit("a", {"n": 1})
+            job = await q.aclaim(["a", "b"], worker="w1", lease_ms=5000)
+            assert job.id == jid and job.payload == {"n": 1} and job.worker == "w1"
+            q.complete(job.id, job.token, 1)
+            with pytest.raises(TypeError):
+                await q.aclaim("a", worker=1)
+            return q.get(jid).state
+
+    assert asyncio.run(main()) == "completed"
