@@ -1,11 +1,11 @@
 /*
  * dsys-cluster: starts and supervises the reference deployment (registry,
  * 3 auth, 3 data, 3 compute, gateway, fault detector) on one shared SQLite
- * file; waits until every process is healthy and prints the URLs; restarts
+ * file or, with --db, on one PostgreSQL database; waits until every process is healthy and prints the URLs; restarts
  * a crashed process with backoff; on SIGINT/SIGTERM stops everything
  * cleanly (children also get SIGTERM if the supervisor itself dies).
  *
- *   dsys-cluster [run] [--config FILE] [--data-dir DIR] [--bin-dir DIR]
+ *   dsys-cluster [run] [--config FILE] [--data-dir DIR] [--db URI] [--bin-dir DIR]
  *   dsys-cluster status [--data-dir DIR]
  */
 #include <arpa/inet.h>
@@ -47,6 +47,9 @@ static proc P[MAXP];
 static int NP;
 static char host[64] = "127.0.0.1";
 static char datadir[PATH_MAX] = "data", bindir[PATH_MAX], dbfile[PATH_MAX + 32];
+/* --db URI (PostgreSQL): every daemon's --db and the registry's --store;
+ * "" for the SQLite file dbfile */
+static char dburi[2048];
 
 static char regurl[128];
 
@@ -242,8 +245,9 @@ static void spawn(proc *p) {
   snprintf(logf, sizeof logf, "%s/logs/%s.log", datadir, p->name);
   for (int i = 0; i < NP; i++)
     if (!strcmp(P[i].type, "gateway")) url_of(&P[i], gw, sizeof gw);
-  char store[PATH_MAX + 48];
-  snprintf(store, sizeof store, "sqlite://%s", dbfile);
+  char store[PATH_MAX + 2048];
+  if (dburi[0]) snprintf(store, sizeof store, "%s", dburi);
+  else snprintf(store, sizeof store, "sqlite://%s", dbfile);
   char *argv[40];
   int a = 0;
   argv[a++] = exe;
@@ -258,13 +262,18 @@ static void spawn(proc *p) {
   }
   if (strcmp(p->type, "registry") && strcmp(p->type, "gateway") && strcmp(p->type, "faultd")) {
     argv[a++] = "--db";
-    argv[a++] = dbfile;
+    argv[a++] = dburi[0] ? dburi : dbfile;
     argv[a++] = "--name";
     argv[a++] = p->name;
   }
   if (!strcmp(p->type, "faultd") && gw[0]) {
     argv[a++] = "--gateway";
     argv[a++] = gw;
+  }
+  /* with a database URI the auth instances find no secret beside it */
+  if (dburi[0] && !strcmp(p->type, "auth") && secret_file[0]) {
+    argv[a++] = "--jwt-secret-file";
+    argv[a++] = secret_file;
   }
   if (secure && !strcmp(p->type, "gateway")) {
     static char *sec[] = {"--rate-limit", "50/100", "--user-rate-limit", "20/40",
@@ -447,6 +456,9 @@ static int status_cmd(void) {
 static const dsys_option opts[] = {
     {"config", "DSYS_CLUSTER_CONFIG", DSYS_OPT_STRING, NULL, "config file (see docs/reference/cluster.md)"},
     {"data-dir", "DSYS_DATA_DIR", DSYS_OPT_STRING, "data", "directory for the database, logs and state"},
+    {"db", "DSYS_DB", DSYS_OPT_STRING, NULL,
+     "postgresql:// URI: every daemon's database and the registry's store (default: the SQLite "
+     "file DIR/distsys.sqlite)"},
     {"bin-dir", "DSYS_BIN_DIR", DSYS_OPT_STRING, NULL, "where the daemons are (default: beside dsys-cluster)"},
     {"profile", "DSYS_CLUSTER_PROFILE", DSYS_OPT_STRING, "plain",
      "plain (the HTTP contract of docs/reference/http-api.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, "
@@ -502,6 +514,19 @@ static int run(dsys_config *cfg) {
   if (strcmp(cmd, "run")) {
     fprintf(stderr, "dsys-cluster: unknown command '%s' (run or status)\n", cmd);
     return 2;
+  }
+  const char *db = dsys_config_get(cfg, "db");
+  if (db && *db) {
+    if (strncmp(db, "postgresql://", 13) && strncmp(db, "postgres://", 11)) {
+      fprintf(stderr, "dsys-cluster: --db must be a postgresql:// URI (the SQLite file is "
+              "DIR/distsys.sqlite of --data-dir)\n");
+      return 2;
+    }
+    if (strlen(db) >= sizeof dburi) {
+      fprintf(stderr, "dsys-cluster: --db URI too long\n");
+      return 2;
+    }
+    snprintf(dburi, sizeof dburi, "%s", db);
   }
   if (dsys_config_get(cfg, "bin-dir")) {
     snprintf(bindir, sizeof bindir, "%s", dsys_config_get(cfg, "bin-dir"));
@@ -560,9 +585,11 @@ static int run(dsys_config *cfg) {
     fprintf(stderr, "dsys-cluster: unknown --profile '%s' (plain or secure)\n", profile);
     return 2;
   }
-  if (!strcmp(profile, "secure")) {
-    /* The gateway verifies tokens with the auth services' secret: the
-     * environment's, or the file generated beside the database. */
+  if (!strcmp(profile, "secure") || dburi[0]) {
+    /* The gateway (secure) and, with a database URI, the auth instances
+     * take the auth services' secret from here: the environment's, or the
+     * file generated in DIR (the SQLite file's directory; the file itself
+     * is not created). */
     char *sec = NULL;
     size_t sl = 0;
     const char *src = NULL;
@@ -573,6 +600,8 @@ static int run(dsys_config *cfg) {
     if (strcmp(src, "env")) snprintf(secret_file, sizeof secret_file, "%s/jwt-secret", datadir);
     explicit_bzero(sec, sl);
     dsys_free(sec);
+  }
+  if (!strcmp(profile, "secure")) {
     secure = 1;
     for (int i = 0; i < NP; i++)
       if (!strcmp(P[i].type, "faultd")) snprintf(cors_origin, sizeof cors_origin, "http://%s:%d", host, P[i].port);

@@ -24,9 +24,22 @@ static const dsys_option extra[] = {
     {"slow-ms", "DSYS_SLOW_MS", DSYS_OPT_ALIAS, "slow", NULL},
     {"fail-threshold", "DSYS_FAIL_THRESHOLD", DSYS_OPT_INT, "3", "consecutive failures that make an instance CRITICAL"},
     {"alert-log", "DSYS_ALERT_LOG", DSYS_OPT_STRING, NULL, "append alerts as JSON lines to this file"},
+    {"leader-lock", "DSYS_LEADER_LOCK", DSYS_OPT_STRING, NULL,
+     "locks URL (sqlite:///path shared by the detectors): the detectors elect one "
+     "leader, and only it writes alerts (all keep checking and serving)"},
+    {"leader-ttl", "DSYS_LEADER_TTL", DSYS_OPT_DURATION, "10s",
+     "lease of the leadership: a dead leader is replaced within it"},
 };
 
 static dsys_faultd *fd;
+static dsys_locks *locks;
+static dsys_election *election;
+
+static void on_role(void *ud, int leader, int64_t token) {
+  fprintf(stderr, "dsys-faultd: %s (token %lld)\n",
+          leader ? "leading: this detector writes the alerts" : "following: another detector alerts",
+          (long long)token);
+}
 
 static int prepare(dsys_daemon *d, dsys_server_options *so, void *ud) {
   const dsys_config *cfg = dsys_daemon_config(d);
@@ -74,7 +87,27 @@ static int mount(dsys_daemon *d, void *ud) {
   dsys_config_get_duration_ms(cfg, "interval", &fo.interval_ms);
   dsys_config_get_duration_ms(cfg, "timeout", &fo.timeout_ms);
   dsys_config_get_duration_ms(cfg, "slow", &fo.slow_ms);
-  int rc = dsys_faultd_new(&fd, &fo);
+  const char *ll = dsys_config_get(cfg, "leader-lock");
+  int rc = 0;
+  if (ll && *ll) {
+    int64_t ttl = 0;
+    dsys_config_get_duration_ms(cfg, "leader-ttl", &ttl);
+    dsys_election_options eo = {.size = sizeof eo, .ttl_ms = ttl, .on_change = on_role};
+    if (ttl < 100) {
+      fprintf(stderr, "dsys-faultd: --leader-ttl must be at least 100ms\n");
+      return DSYS_EINVAL;
+    }
+    if ((rc = dsys_locks_open(&locks, ll, NULL))) {
+      fprintf(stderr, "dsys-faultd: cannot open --leader-lock %s: %s\n", ll, dsys_strerror(rc));
+      return rc == DSYS_EURL || rc == DSYS_ESCHEME ? DSYS_EINVAL : rc;
+    }
+    if ((rc = dsys_election_campaign(locks, "faultd-alerts", &eo, &election))) {
+      fprintf(stderr, "dsys-faultd: election: %s\n", dsys_strerror(rc));
+      return rc;
+    }
+    fo.election = election;
+  }
+  rc = dsys_faultd_new(&fd, &fo);
   for (size_t i = 0; !rc && i < dsys_config_count(cfg, "target"); i++)
     if ((rc = add_target(dsys_config_get_nth(cfg, "target", i)))) {
       fprintf(stderr, "dsys-faultd: bad --target (%s): %s\n",
@@ -93,7 +126,11 @@ static int mount(dsys_daemon *d, void *ud) {
  * wait on them. */
 static void drain(dsys_daemon *d, void *ud) { dsys_faultd_shutdown(fd); }
 
-static void unmount(dsys_daemon *d, void *ud) { dsys_faultd_free(fd); }
+static void unmount(dsys_daemon *d, void *ud) {
+  dsys_faultd_free(fd);
+  dsys_election_resign(election); /* hands the alerts over at once */
+  dsys_locks_close(locks);
+}
 
 int main(int argc, char **argv) {
   dsys_daemon_spec spec = {

@@ -11,7 +11,7 @@
 
 static const dsys_option extra[] = {
     {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory",
-     "memory, or sqlite:///path (survives restarts)"},
+     "memory, sqlite:///path (survives restarts) or postgresql:// URI (shared by hosts)"},
     {"ttl", "DSYS_REGISTRY_TTL", DSYS_OPT_DURATION, "30s",
      "an instance without heartbeat this long is unhealthy"},
     {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_ALIAS, "ttl", NULL},
@@ -44,8 +44,11 @@ static int prepare(dsys_daemon *d, dsys_server_options *so, void *ud) {
   if (!strncmp(store, "sqlite://", 9) && store[9]) {
     g_.backend = "sqlite";
     g_.target = store + 9; /* sqlite:///var/lib/x.sqlite -> /var/lib/x.sqlite */
+  } else if (!strncmp(store, "postgresql://", 13) || !strncmp(store, "postgres://", 11)) {
+    g_.backend = "postgresql";
+    g_.target = store; /* the URI as libpq takes it */
   } else if (strcmp(store, "memory")) {
-    fprintf(stderr, "dsys-registryd: --store must be memory or sqlite:///path: %s\n", store);
+    fprintf(stderr, "dsys-registryd: --store must be memory, sqlite:///path or postgresql://...\n");
     return DSYS_EINVAL;
   }
   return 0;
@@ -67,7 +70,10 @@ static int mount(dsys_daemon *d, void *ud) {
     return rc;
   }
   snprintf(err, sizeof err, "store %s, ttl %lld ms, reap %lld ms, identities %s",
-           dsys_config_get(dsys_daemon_config(d), "store"), (long long)g_.ttl,
+           /* a PostgreSQL URI may hold a password: only its kind is shown */
+           strcmp(g_.backend, "postgresql") ? dsys_config_get(dsys_daemon_config(d), "store")
+                                            : "postgresql",
+           (long long)g_.ttl,
            (long long)g_.reap, svo.identity ? "required" : "not required");
   dsys_log_write(DSYS_LOG_INFO, dsys_daemon_name(d), err);
   return 0;

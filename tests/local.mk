@@ -22,6 +22,7 @@ C_TESTS = \
 	tests/resilience/test-registry tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/state/test-store tests/state/test-queue tests/state/test-state-crash \
+	tests/state/test-lock tests/state/test-cache \
 	tests/observe/test-events tests/observe/test-metrics \
 	tests/services/test-data tests/services/test-auth tests/services/test-compute \
 	tests/services/test-gateway tests/services/test-gateway-edge \
@@ -38,8 +39,9 @@ SCRIPT_TESTS = \
 	tests/headers.test tests/docs.test tests/layers.test tests/python.test \
 	tests/python-types.test tests/python-install.test \
 	tests/man.test tests/symbols.test \
-	tests/state/example-queue-worker.test tests/state/example-toy-store.test \
-	tests/integration/echo-service.test tests/integration/upstream-client.test \
+	tests/integration/pg-deploy.test \
+	tests/state/example-queue-worker.test tests/state/example-toy-store.test tests/state/example-locks.test \
+	tests/integration/echo-service.test tests/integration/advertise.test tests/integration/faultd-leader.test tests/integration/pg-failover.test tests/integration/upstream-client.test \
 	tests/integration/services.test tests/integration/registryd.test \
 	tests/integration/faultd.test tests/integration/identity.test \
 	tests/integration/loadtest.test tests/integration/dashboard.test \

@@ -14,6 +14,8 @@
 #include <distsys/client.h>
 #include <distsys/store.h>
 #include <distsys/queue.h>
+#include <distsys/lock.h>
+#include <distsys/cache.h>
 #include <distsys/breaker.h>
 #include <distsys/balancer.h>
 #include <distsys/retry.h>

@@ -64,6 +64,13 @@ typedef struct dsys_faultd_options {
                                   tls_* fields (CA, client certificate for
                                   instances that require one) are used;
                                   copied; NULL: the system store */
+  struct dsys_election *election; /**< appended: several detectors, one
+                                  alerting: when set, alert lines (the
+                                  alert log and the log) are written only
+                                  while this detector leads the election;
+                                  every detector keeps checking and serving
+                                  status and events. Not owned. NULL: this
+                                  detector always alerts */
 } dsys_faultd_options;
 
 /**

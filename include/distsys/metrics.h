@@ -16,7 +16,7 @@
  * Helpers instrument the rest of the library: dsys_server_metrics (per
  * route request counts and latency), dsys_metrics_mount (GET /metrics),
  * dsys_metrics_process, dsys_metrics_queue, dsys_metrics_store,
- * dsys_metrics_upstream.
+ * dsys_metrics_upstream, dsys_metrics_cache.
  *
  * Thread-safety: everything may be called from any thread, except
  * dsys_metrics_free (no other call on the registry may run or follow).
@@ -253,6 +253,20 @@ DSYS_API int dsys_metrics_store(dsys_metrics *reg, dsys_store *s);
  */
 DSYS_API int dsys_metrics_upstream(dsys_metrics *reg, const char *name,
                                    dsys_upstream *u);
+
+struct dsys_cache;
+
+/**
+ * Export a dsys_cache's counters at every render, labeled cache=name:
+ * dsys_cache_hits_total, dsys_cache_stale_hits_total,
+ * dsys_cache_negative_hits_total, dsys_cache_misses_total,
+ * dsys_cache_loads_total, dsys_cache_load_errors_total,
+ * dsys_cache_evictions_total, dsys_cache_invalidations_total,
+ * dsys_cache_entries, dsys_cache_bytes.
+ * @param c the cache (not owned; keep it while renders may run).
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
+ */
+DSYS_API int dsys_metrics_cache(dsys_metrics *reg, const char *name, struct dsys_cache *c);
 
 #ifdef __cplusplus
 }

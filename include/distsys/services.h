@@ -92,7 +92,9 @@ DSYS_API void dsys_service_auth_free(dsys_auth_service *svc);
  * @param secret receives the secret bytes (NUL-terminated; dsys_free()).
  * @param source receives a static description ("file", "env",
  *        "generated", "existing") or NULL.
- * @return 0, DSYS_EINVAL (no db_path and nothing else; empty secret),
+ * @return 0, DSYS_EINVAL (no db_path and nothing else, or db_path is a
+ *         URI such as postgresql://..., which has no directory; empty
+ *         secret),
  *         DSYS_EIO (file unreadable or not creatable; see the log),
  *         DSYS_ENOMEM.
  */
@@ -116,6 +118,13 @@ typedef struct dsys_data_options {
   int64_t events_poll_ms;  /**< appended: how often GET /api/data/events
                                 polls the shared change log for other
                                 instances' writes, default 200 */
+  struct dsys_cache *cache; /**< appended: read-through cache for GET
+                                /api/data/:ref (not owned), or NULL (every
+                                read goes to the store). Writes through
+                                this instance evict at once; other
+                                instances' writes when the change log poll
+                                sees them (within events_poll_ms), so a
+                                read may be that stale */
 } dsys_data_options;
 
 /**

@@ -4,6 +4,8 @@
  * hook. Opened by URL:
  *
  *   sqlite:///abs/path/file.sqlite   durable, shared by many processes
+ *   postgresql://user@host/db        shared by hosts (alias postgres://;
+ *                                    docs/reference/postgresql.md)
  *   memory:                          in-process only (tests, embedding)
  *
  * Values are JSON texts (any JSON value), metadata is a JSON object text.
@@ -14,7 +16,9 @@
  * once. The SQLite backend gives each thread its own connection (created on
  * the thread's first call) with its own cached prepared statements, and
  * funnels a process's write transactions through one mutex. Several
- * processes may open the same file. dsys_store_close() must not run
+ * processes may open the same file. The PostgreSQL backend shares a pool
+ * of connections (8) between the threads; every operation is one
+ * statement. dsys_store_close() must not run
  * concurrently with any other call on the same store.
  */
 #ifndef DSYS_STORE_H
@@ -162,7 +166,11 @@ DSYS_API int dsys_store_register_backend(const dsys_store_ops *ops);
  *        ("sqlite://rel/path") are accepted as given.
  * @param opts options or NULL for defaults.
  * @return 0, DSYS_EINVAL, DSYS_EURL, DSYS_ESCHEME, DSYS_ENOMEM, DSYS_EIO,
- *         DSYS_EDB, DSYS_ENOTSUP (schema newer than this library).
+ *         DSYS_EDB, DSYS_ENOTSUP (schema newer than this library),
+ *         DSYS_EUNAVAIL / DSYS_EAUTH (PostgreSQL: server unreachable, login
+ *         refused). On PostgreSQL every call may also fail with
+ *         DSYS_EUNAVAIL (server down: the handle recovers by itself) or
+ *         DSYS_ETIMEDOUT (statement timeout).
  * Thread: any.
  */
 DSYS_API int dsys_store_open(dsys_store **out, const char *url,

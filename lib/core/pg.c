@@ -43,8 +43,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, const char *msg) 
   while (n && (err[n - 1] == '\n' || err[n - 1] == ' ')) err[--n] = 0;
 }
 
-/* The URI with any password replaced by "***": for logs and errors. */
-static char *display_url(const char *url) {
+char *dsysi_pg_redact_url(const char *url) {
   size_t n = strlen(url);
   char *d = malloc(n + 8);
   if (!d) return NULL;
@@ -115,7 +114,7 @@ int dsysi_pg_open(dsysi_pg **out, const char *url, const dsysi_pg_options *o, ch
   if (p->o.statement_timeout_ms <= 0) p->o.statement_timeout_ms = DSYSI_PG_STATEMENT_TIMEOUT_MS;
   if (p->o.acquire_timeout_ms <= 0) p->o.acquire_timeout_ms = DSYSI_PG_ACQUIRE_TIMEOUT_MS;
   p->url = strdup(url);
-  p->display = display_url(url);
+  p->display = dsysi_pg_redact_url(url);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
   if (!p->url || !p->display) {

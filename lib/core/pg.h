@@ -120,6 +120,10 @@ int dsysi_pg_migrate(dsysi_pg *p, const char *component, const char *const *step
 /** The pool's last connection error message (for logs), never NULL. */
 const char *dsysi_pg_last_error(dsysi_pg *p);
 
+/** A copy of url with any password replaced by "***" (for logs and
+ *  messages; free() it), NULL on out of memory. */
+char *dsysi_pg_redact_url(const char *url);
+
 /** The URI the pool was opened with, password removed (for logs). */
 const char *dsysi_pg_display_url(dsysi_pg *p);
 

@@ -4,6 +4,7 @@
  * stores, queues, upstreams and the process.
  */
 #include <dirent.h>
+#include <stddef.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <distsys/metrics.h>
+#include <distsys/cache.h>
 #include "core/internal.h"
 #include "transport/transport.h"
 
@@ -955,4 +957,74 @@ int dsys_metrics_upstream(dsys_metrics *r, const char *name, dsys_upstream *u) {
     return rc;
   }
   return dsys_metrics_on_collect(r, collect_upstream, um);
+}
+
+/* ---- cache ---- */
+
+typedef struct cache_metrics {
+  dsys_cache *c;
+  char *name;
+} cache_metrics;
+
+static void free_cache_metrics(void *p) {
+  cache_metrics *cm = p;
+  free(cm->name);
+  free(cm);
+}
+
+static void collect_cache(dsys_metrics *r, void *ud) {
+  cache_metrics *cm = ud;
+  dsys_cache_stats st;
+  dsys_cache_get_stats(cm->c, &st);
+  const char *ln[] = {"cache"};
+  const char *lv[] = {cm->name};
+  static const struct {
+    const char *name, *help;
+    size_t off;
+  } counters[] = {
+      {"dsys_cache_hits_total", "Gets answered by a fresh entry.",
+       offsetof(dsys_cache_stats, hits)},
+      {"dsys_cache_stale_hits_total", "Gets answered by a stale entry while it was refreshed.",
+       offsetof(dsys_cache_stats, stale_hits)},
+      {"dsys_cache_negative_hits_total", "Gets answered by a remembered not-found.",
+       offsetof(dsys_cache_stats, negative_hits)},
+      {"dsys_cache_misses_total", "Gets that found no usable entry.",
+       offsetof(dsys_cache_stats, misses)},
+      {"dsys_cache_loads_total", "Loader runs (concurrent misses of a key share one).",
+       offsetof(dsys_cache_stats, loads)},
+      {"dsys_cache_load_errors_total", "Loader runs that failed.",
+       offsetof(dsys_cache_stats, load_errors)},
+      {"dsys_cache_evictions_total", "Entries dropped to stay within the size bounds.",
+       offsetof(dsys_cache_stats, evictions)},
+      {"dsys_cache_invalidations_total", "Entries dropped because their source changed.",
+       offsetof(dsys_cache_stats, invalidations)},
+  };
+  for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
+    dsys_counter *c = NULL;
+    if (!dsys_metrics_counter(r, counters[i].name, counters[i].help, ln, lv, 1, &c))
+      dsys_counter_store(c, *(const uint64_t *)((const char *)&st + counters[i].off));
+  }
+  dsys_gauge *g = NULL;
+  if (!dsys_metrics_gauge(r, "dsys_cache_entries", "Entries in the cache.", ln, lv, 1, &g))
+    dsys_gauge_set(g, (double)st.entries);
+  if (!dsys_metrics_gauge(r, "dsys_cache_bytes", "Bytes held by the cache (keys, values, overhead).",
+                          ln, lv, 1, &g))
+    dsys_gauge_set(g, (double)st.bytes);
+}
+
+int dsys_metrics_cache(dsys_metrics *r, const char *name, dsys_cache *c) {
+  if (!r || !name || !c) return DSYS_EINVAL;
+  cache_metrics *cm = calloc(1, sizeof *cm);
+  if (!cm) return DSYS_ENOMEM;
+  cm->c = c;
+  if (!(cm->name = strdup(name))) {
+    free(cm);
+    return DSYS_ENOMEM;
+  }
+  int rc = add_helper(r, cm, free_cache_metrics);
+  if (rc) {
+    free_cache_metrics(cm);
+    return rc;
+  }
+  return dsys_metrics_on_collect(r, collect_cache, cm);
 }

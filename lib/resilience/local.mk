@@ -6,9 +6,11 @@ libdsys_internal_la_SOURCES += \
 	lib/resilience/breaker.c lib/resilience/balancer.c \
 	lib/resilience/retry.c lib/resilience/health.c \
 	lib/resilience/registry.c lib/resilience/registry_table.c \
+	lib/resilience/registry_rows.c \
 	lib/resilience/registration.c lib/resilience/upstream.c
 DSYS_PLUGIN_SOURCES += lib/resilience/registry_memory.c \
-	lib/resilience/registry_sqlite.c lib/resilience/registry_http.c
+	lib/resilience/registry_sqlite.c lib/resilience/registry_http.c \
+	lib/resilience/registry_pg.c
 noinst_HEADERS += lib/resilience/registry_int.h lib/resilience/registry_table.h \
 	lib/resilience/upstream_int.h
 pkginclude_HEADERS += include/distsys/breaker.h include/distsys/balancer.h \

@@ -193,7 +193,10 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
                              .ctx = r, .identity = d.identity,
                              .client = d.client};
     rc = ops->attach(r->st, &env);
+    /* under the lock: the backend's thread may be delivering already */
+    pthread_mutex_lock(&r->mu);
     if (!rc) rc = ops->index(r->st, &r->delivered);
+    pthread_mutex_unlock(&r->mu);
     if (rc) {
       ops->close(r->st);
       pthread_mutex_destroy(&r->mu);
@@ -287,9 +290,13 @@ static void deliver(dsys_registry *r) {
   for (;;) {
     r->pending = 0;
     chglist l = {0};
+    /* the index first: every change up to it is then in the log the
+     * changes call reads. Read after, it could include a change another
+     * handle committed in between, which would be marked delivered
+     * without being delivered. */
     uint64_t idx = r->delivered;
-    int rc = r->ops->changes(r->st, r->delivered, collect_cb, &l);
     r->ops->index(r->st, &idx);
+    int rc = r->ops->changes(r->st, r->delivered, collect_cb, &l);
     if (rc == DSYS_ERANGE || l.oom) {
       chglist_free(&l);
       dsys_registry_change c = {.index = idx, .kind = DSYS_REG_RESYNC, .id = "", .type = ""};

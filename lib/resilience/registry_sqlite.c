@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/internal.h"
-#include "core/json.h"
 #include "core/db.h"
 #include "core/plugin.h"
 #include "resilience/registry_int.h"
@@ -97,25 +96,9 @@ static int record(sq_state *s, int kind, const char *id, const char *type) {
   return step_done(st);
 }
 
-static char *tags_json(const dsys_instance *in) {
-  json_object *a = json_object_new_array();
-  if (!a) return NULL;
-  for (size_t i = 0; i < in->ntags; i++) {
-    json_object *t = json_object_new_string(in->tags[i]);
-    if (!t || json_object_array_add(a, t)) {
-      json_object_put(t);
-      json_object_put(a);
-      return NULL;
-    }
-  }
-  char *out = dsysi_json_dump(a, NULL);
-  json_object_put(a);
-  return out;
-}
-
 static int sq_put(void *vst, const dsys_instance *in, int64_t now) {
   sq_state *s = vst;
-  char *tags = tags_json(in);
+  char *tags = dsysi_registry_tags_json(in);
   if (!tags) return DSYS_ENOMEM;
   int rc = begin(s);
   if (rc) {
@@ -203,86 +186,19 @@ static int sq_remove(void *vst, const char *id) {
 
 #define COLS "id, type, name, url, tags, metadata, weight, healthy, registered_ms, heartbeat_ms"
 
+/* Row source over a prepared SELECT COLS (dsysi_registry_rows). */
+static int next_row(void *src, const char **col) {
+  sqlite3_stmt *st = src;
+  int sr = sqlite3_step(st);
+  if (sr == SQLITE_DONE) return 0;
+  if (sr != SQLITE_ROW) return dsysi_db_err(sr) ? dsysi_db_err(sr) : DSYS_EDB;
+  for (int i = 0; i < DSYSI_REGISTRY_NCOLS; i++) col[i] = (const char *)sqlite3_column_text(st, i);
+  return 1;
+}
+
 /* Read rows of a prepared SELECT COLS into one instance block. */
 static int read_rows(sqlite3_stmt *st, dsys_instance **out, size_t *n) {
-  dsys_instance *v = NULL;
-  json_object **tagobjs = NULL;
-  const char ***tagv = NULL;
-  size_t cnt = 0, cap = 0;
-  int rc = 0, sr;
-  /* column texts stay valid only until the next step: keep copies */
-  char **strs = NULL;
-  size_t nstrs = 0, capstrs = 0;
-#define KEEP(dst, col)                                                        \
-  do {                                                                        \
-    if (dsysi_grow(&strs, &capstrs, nstrs + 1, sizeof *strs, 64)) {           \
-      rc = DSYS_ENOMEM;                                                       \
-      goto done;                                                              \
-    }                                                                         \
-    const char *t_ = (const char *)sqlite3_column_text(st, col);              \
-    if (!(strs[nstrs] = strdup(t_ ? t_ : ""))) { rc = DSYS_ENOMEM; goto done; } \
-    (dst) = strs[nstrs++];                                                    \
-  } while (0)
-  while ((sr = sqlite3_step(st)) == SQLITE_ROW) {
-    /* The three arrays grow from the same capacity to the same new one;
-     * cap moves last, so it never exceeds any array's size. */
-    size_t cap_t = cap, cap_tv = cap;
-    if (dsysi_grow(&tagobjs, &cap_t, cnt + 1, sizeof *tagobjs, 16) ||
-        dsysi_grow(&tagv, &cap_tv, cnt + 1, sizeof *tagv, 16) ||
-        dsysi_grow(&v, &cap, cnt + 1, sizeof *v, 16)) {
-      rc = DSYS_ENOMEM;
-      goto done;
-    }
-    dsys_instance *d = &v[cnt];
-    memset(d, 0, sizeof *d);
-    tagobjs[cnt] = NULL;
-    tagv[cnt] = NULL;
-    cnt++;
-    KEEP(d->id, 0);
-    KEEP(d->type, 1);
-    KEEP(d->name, 2);
-    KEEP(d->url, 3);
-    KEEP(d->metadata, 5);
-    d->weight = (uint32_t)sqlite3_column_int64(st, 6);
-    d->health = sqlite3_column_int(st, 7) ? DSYS_INSTANCE_HEALTHY : DSYS_INSTANCE_UNHEALTHY;
-    d->registered_ms = sqlite3_column_int64(st, 8);
-    d->last_heartbeat_ms = sqlite3_column_int64(st, 9);
-    const char *tj = (const char *)sqlite3_column_text(st, 4);
-    json_object *a = NULL;
-    if (tj && !dsysi_json_parse(tj, strlen(tj), &a) && a &&
-        json_object_is_type(a, json_type_array)) {
-      size_t nt = json_object_array_length(a);
-      tagobjs[cnt - 1] = a;
-      tagv[cnt - 1] = calloc(nt ? nt : 1, sizeof(char *));
-      if (!tagv[cnt - 1]) {
-        rc = DSYS_ENOMEM;
-        goto done;
-      }
-      size_t k = 0;
-      for (size_t i = 0; i < nt; i++) {
-        const char *t = json_object_get_string(json_object_array_get_idx(a, i));
-        if (t) tagv[cnt - 1][k++] = t;
-      }
-      d->tags = tagv[cnt - 1];
-      d->ntags = k;
-    } else if (a) {
-      json_object_put(a);
-    }
-  }
-  if (sr != SQLITE_DONE) rc = dsysi_db_err(sr) ? dsysi_db_err(sr) : DSYS_EDB;
-  if (!rc) rc = dsys_instances_copy(v, cnt, out);
-  if (!rc) *n = cnt;
-done:
-#undef KEEP
-  for (size_t i = 0; i < cnt; i++) {
-    if (tagobjs && tagobjs[i]) json_object_put(tagobjs[i]);
-    if (tagv) free(tagv[i]);
-  }
-  for (size_t i = 0; i < nstrs; i++) free(strs[i]);
-  free(strs);
-  free(tagobjs);
-  free(tagv);
-  free(v);
+  int rc = dsysi_registry_rows(next_row, st, out, n);
   sqlite3_finalize(st);
   return rc;
 }

@@ -37,7 +37,8 @@ int dsys_auth_load_secret(const char *secret_file, const char *db_path,
     *len = *secret ? strlen(*secret) : 0;
     rc = *secret ? 0 : DSYS_ENOMEM;
   } else {
-    if (!db_path || !*db_path) return DSYS_EINVAL;
+    /* a database URI (postgresql://) has no directory to keep it in */
+    if (!db_path || !*db_path || strstr(db_path, "://")) return DSYS_EINVAL;
     const char *slash = strrchr(db_path, '/');
     size_t dl = slash ? (size_t)(slash - db_path) : 0;
     char *path = malloc(dl + 16);

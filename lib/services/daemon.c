@@ -1,6 +1,7 @@
 /* The shell every daemon runs on: flags and environment, logging, the
  * database, the registry, the server, signals, registration and a clean
  * stop. */
+#include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
 #include <signal.h>
@@ -9,6 +10,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <systemd/sd-daemon.h>
 #include <distsys/log.h>
 #include <distsys/metrics.h>
@@ -16,6 +23,8 @@
 #include <distsys/identity.h>
 #include <distsys/services.h>
 #include "core/internal.h"
+#include "core/pg.h"
+#include "transport/url.h"
 
 struct dsys_daemon {
   dsys_daemon_spec spec; /* the caller's, in this version's layout */
@@ -92,21 +101,113 @@ int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
   return DSYS_EINVAL;
 }
 
+/* value as messages show it: a PostgreSQL URI without its password */
+static void show(const char *value, char *out, size_t n) {
+  char *r = dsysi_pg_is_url(value) ? dsysi_pg_redact_url(value) : NULL;
+  snprintf(out, n, "%s", r ? r : value);
+  free(r);
+}
+
+/* An address of this host that others can reach: the source address of
+ * the default route (a UDP connect sends nothing), else the first
+ * non-loopback IPv4 address of an interface that is up, else 127.0.0.1. */
+static void host_address(char *out, size_t n) {
+  snprintf(out, n, "127.0.0.1");
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9)};
+  socklen_t len = sizeof a;
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  inet_pton(AF_INET, "192.0.2.1", &a.sin_addr); /* TEST-NET-1 */
+  int ok = fd >= 0 && !connect(fd, (struct sockaddr *)&a, sizeof a) &&
+           !getsockname(fd, (struct sockaddr *)&a, &len) && a.sin_addr.s_addr != htonl(INADDR_ANY);
+  if (fd >= 0) close(fd);
+  if (ok) {
+    inet_ntop(AF_INET, &a.sin_addr, out, (socklen_t)n);
+    return;
+  }
+  struct ifaddrs *ifs = NULL;
+  if (getifaddrs(&ifs)) return;
+  for (struct ifaddrs *i = ifs; i; i = i->ifa_next)
+    if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && (i->ifa_flags & IFF_UP) &&
+        !(i->ifa_flags & IFF_LOOPBACK)) {
+      inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, out, (socklen_t)n);
+      break;
+    }
+  freeifaddrs(ifs);
+}
+
+/* Host names and ids go into instance ids and JSON metadata as they are. */
+static int plain_token(const char *s) {
+  if (!s || !*s) return 0;
+  for (; *s; s++)
+    if (!isalnum((unsigned char)*s) && !strchr(".-_:", *s)) return 0;
+  return 1;
+}
+
+static int loopback_host(const char *h) {
+  return !strcmp(h, "localhost") || !strncmp(h, "127.", 4) || !strcmp(h, "::1");
+}
+
+/* What others should call: --advertise, else the bound URL, whose wildcard
+ * host (0.0.0.0 or ::, which no one can call) becomes this host's address.
+ * host receives the advertised host. */
+static int advertised_url(dsys_daemon *d, char *out, size_t n, char *host, size_t hn) {
+  const char *adv = dsys_config_get(d->cfg, "advertise");
+  const char *url = adv && *adv ? adv : dsys_server_url(d->srv, 0);
+  dsysi_url u;
+  int rc = dsysi_url_parse(url, &u);
+  if (rc) return rc;
+  if (!strcmp(u.scheme, "http") || !strcmp(u.scheme, "https")) {
+    if (!strcmp(u.host, "0.0.0.0") || !strcmp(u.host, "::")) {
+      host_address(host, hn);
+      snprintf(out, n, "%s://%s:%d%s", u.scheme, host, u.port, u.path ? u.path : "");
+    } else {
+      snprintf(host, hn, "%s", u.host);
+      snprintf(out, n, "%s", url);
+    }
+  } else { /* unix://, inproc://: only this host can call it */
+    snprintf(host, hn, "127.0.0.1");
+    snprintf(out, n, "%s", url);
+  }
+  dsysi_url_free(&u);
+  return 0;
+}
+
 /* Register with the registry; the agent heartbeats and re-registers. A
- * registry that is down at start is retried quietly by the agent. */
+ * registry that is down at start is retried quietly by the agent. The id is
+ * NAME-PORT (the HTTP contract's serviceId) for an instance advertised on a
+ * loopback address; one that other hosts call gets NAME-PORT@HOSTID, so two
+ * hosts running the same name and port do not replace each other. */
 static int register_instance(dsys_daemon *d, const char *name) {
-  const char *bound = dsys_server_url(d->srv, 0);
-  const char *colon = strrchr(bound, ':');
+  char url[512], host[256], hostid[256] = "";
+  int rc = advertised_url(d, url, sizeof url, host, sizeof host);
+  if (!rc && !plain_token(host)) rc = DSYS_EURL;
+  if (rc) {
+    fprintf(stderr, "%s: --advertise is not a URL others can call: %s\n", name,
+            dsys_config_get(d->cfg, "advertise"));
+    return DSYS_EINVAL;
+  }
+  const char *colon = strrchr(url, ':');
   int port = colon ? atoi(colon + 1) : 0;
-  char id[300], meta[128];
-  snprintf(id, sizeof id, "%s-%d", name, port);
-  snprintf(meta, sizeof meta, "{\"port\":%d,\"host\":\"127.0.0.1\"}", port);
-  dsys_instance inst = {.id = id, .type = d->spec.service_type, .url = bound,
+  const char *hid = dsys_config_get(d->cfg, "host-id");
+  if (hid && *hid) snprintf(hostid, sizeof hostid, "%s", hid);
+  else if (gethostname(hostid, sizeof hostid - 1) || !plain_token(hostid))
+    snprintf(hostid, sizeof hostid, "host");
+  if (!plain_token(hostid)) {
+    fprintf(stderr, "%s: --host-id may hold only letters, digits, '.', '-', '_' and ':'\n", name);
+    return DSYS_EINVAL;
+  }
+  char id[600], meta[700];
+  if (loopback_host(host)) snprintf(id, sizeof id, "%s-%d", name, port);
+  else snprintf(id, sizeof id, "%s-%d@%s", name, port, hostid);
+  /* host and hostId are plain tokens (flag values checked at start) */
+  snprintf(meta, sizeof meta, "{\"port\":%d,\"host\":\"%s\",\"hostId\":\"%s\"}", port, host,
+           hostid);
+  dsys_instance inst = {.id = id, .type = d->spec.service_type, .url = url,
                         .name = name, .metadata = meta, .weight = 1};
-  int rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
-  if (!rc)
-    dsysi_log(DSYS_LOG_INFO, name, "registering as %s with %s", id,
-              dsys_config_get(d->cfg, "registry"));
+  rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
+  char shown[512];
+  show(dsys_config_get(d->cfg, "registry"), shown, sizeof shown);
+  if (!rc) dsysi_log(DSYS_LOG_INFO, name, "registering as %s (%s) with %s", id, url, shown);
   return rc;
 }
 
@@ -114,10 +215,16 @@ static const dsys_option common_opts[] = {
     {"listen", "DSYS_LISTEN", DSYS_OPT_STRING, NULL,
      "where to listen: http://HOST:PORT (port 0 picks one), https://HOST:PORT or unix:///PATH"},
     {"db", "DSYS_DB", DSYS_OPT_STRING, "data/distsys.sqlite",
-     "shared SQLite database file (its directory is created)"},
+     "SQLite file path (its directory is created) or postgresql:// URI"},
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
-     "registry to register with: http://HOST:PORT (dsys-registryd) or sqlite:///path"},
+     "registry to register with: http://HOST:PORT (dsys-registryd), sqlite:///path or postgresql://..."},
     {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "instance name (logs, /health)"},
+    {"advertise", "DSYS_ADVERTISE", DSYS_OPT_STRING, NULL,
+     "URL others should call, registered in the registry (default: the --listen URL; "
+     "a 0.0.0.0 or :: host becomes this host's address)"},
+    {"host-id", "DSYS_HOST_ID", DSYS_OPT_STRING, NULL,
+     "this host's name in instance ids and metadata (default: the hostname); an "
+     "instance advertised on a non-loopback address registers as NAME-PORT@HOSTID"},
     {"log-format", "DSYS_LOG_FORMAT", DSYS_OPT_STRING, "text",
      "text, json or journal (text with sd-daemon priority prefixes; they are "
      "added anyway when stderr is the journal)"},
@@ -143,6 +250,8 @@ static const dsys_option common_opts[] = {
 static int takes(const dsys_daemon_spec *sp, const char *name) {
   if (!strcmp(name, "db")) return sp->open_store || sp->open_queue;
   if (!strcmp(name, "registry")) return !(sp->without & DSYS_DAEMON_NO_REGISTRY);
+  if (!strcmp(name, "advertise") || !strcmp(name, "host-id")) /* only what registers */
+    return !(sp->without & DSYS_DAEMON_NO_REGISTRY) && sp->service_type;
   if (!strncmp(name, "peer-", 5)) return !(sp->without & DSYS_DAEMON_NO_PEER);
   if (!strcmp(name, "identity-token-file")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_TOKEN);
   if (!strcmp(name, "identity-public-key")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_KEY);
@@ -208,21 +317,28 @@ static int run(dsys_daemon *d, const char *prog) {
   }
   int rc = 0;
   if (sp->prepare && (rc = sp->prepare(d, &so, sp->ud))) return cb_status(rc);
-  char url[4096];
+  char url[4096], shown[512] = "";
   if (sp->open_store || sp->open_queue) {
-    if (make_parent_dirs(db)) {
-      fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
-              strerror(errno));
-      return 1;
+    /* a PostgreSQL URI goes to the store and the queue as it is; it is
+     * shown without its password */
+    show(db, shown, sizeof shown);
+    if (dsysi_pg_is_url(db)) {
+      snprintf(url, sizeof url, "%s", db);
+    } else {
+      if (make_parent_dirs(db)) {
+        fprintf(stderr, "%s: cannot create the directory of %s: %s\n", prog, db,
+                strerror(errno));
+        return 1;
+      }
+      snprintf(url, sizeof url, "sqlite://%s", db);
     }
-    snprintf(url, sizeof url, "sqlite://%s", db);
   }
   if (sp->open_store && (rc = dsys_store_open(&d->store, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, db, dsys_strerror(rc));
+    fprintf(stderr, "%s: cannot open the store %s: %s\n", prog, shown, dsys_strerror(rc));
     return 1;
   }
   if (sp->open_queue && (rc = dsys_queue_open(&d->queue, url, NULL))) {
-    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, db, dsys_strerror(rc));
+    fprintf(stderr, "%s: cannot open the queue %s: %s\n", prog, shown, dsys_strerror(rc));
     return 1;
   }
   const char *tf = dsys_config_get(d->cfg, "identity-token-file");
@@ -237,11 +353,13 @@ static int run(dsys_daemon *d, const char *prog) {
     return 2;
   }
   const char *reg = dsys_config_get(d->cfg, "registry");
+  char reg_shown[512] = "";
   if (reg) {
+    show(reg, reg_shown, sizeof reg_shown);
     char err[256] = "";
     dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer};
     if ((rc = dsys_registry_open(&d->registry, reg, NULL, &ro, err, sizeof err))) {
-      fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg, dsys_strerror(rc),
+      fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg_shown, dsys_strerror(rc),
               err[0] ? ": " : "", err);
       return 1;
     }
@@ -277,10 +395,11 @@ static int run(dsys_daemon *d, const char *prog) {
   printf("listening %s\n", dsys_server_url(d->srv, 0));
   fflush(stdout);
   if (sp->open_store || sp->open_queue)
-    dsysi_log(DSYS_LOG_INFO, name, "database %s", db);
+    dsysi_log(DSYS_LOG_INFO, name, "database %s", shown);
   if (d->registry && sp->service_type && (rc = register_instance(d, name))) {
-    fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg, dsys_strerror(rc));
-    return 1;
+    if (rc != DSYS_EINVAL) /* EINVAL: a flag, already said */
+      fprintf(stderr, "%s: cannot use the registry %s: %s\n", prog, reg_shown, dsys_strerror(rc));
+    return cb_status(rc);
   }
   return 0;
 }

@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <distsys/cache.h>
 #include <distsys/events.h>
 #include <distsys/services.h>
 #include <distsys/util.h>
@@ -53,6 +54,7 @@ struct dsys_data_service {
   char origin[40];    /* this instance in the change log */
   int64_t seen_rev;   /* poller only: last revision handled */
   int64_t gap_since;  /* poller only: when a missing revision was noticed */
+  dsys_cache *cache;  /* GET /api/data/:ref read-through, or NULL */
 };
 
 static char *cat(const char *a, const char *b) {
@@ -84,8 +86,24 @@ static json_object *item_json(const dsys_item *it) {
   return o;
 }
 
+/* The entity tag of an item: its store id (never reused, so a deleted and
+ * recreated key does not match an old tag) and its version. */
+static void etag_of(const dsys_item *it, char *out, size_t n) {
+  snprintf(out, n, "\"%lld.%lld\"", (long long)it->id, (long long)it->version);
+}
+
+/* Items change at any time through any instance: a cache may keep one but
+ * must revalidate it (If-None-Match) before each use. */
+static void cache_headers(dsys_request *req, const char *tag) {
+  dsys_response_header(req, "ETag", tag);
+  dsys_response_header(req, "Cache-Control", "no-cache");
+}
+
 static void respond_item(dsys_request *req, int status, const char *msg,
                          const dsys_item *it) {
+  char tag[64];
+  etag_of(it, tag, sizeof tag);
+  cache_headers(req, tag);
   json_object *o = json_object_new_object();
   json_object_object_add(o, "message", json_object_new_string(msg));
   json_object *d = item_json(it);
@@ -146,27 +164,41 @@ static int resolve(dsys_data_service *d, const char *ref, dsys_item **out) {
   return rc;
 }
 
+/* A positive decimal integer of n bytes at s, or -1. */
+static long long positive(const char *s, size_t n) {
+  char buf[24];
+  if (!n || n >= sizeof buf || *s < '0' || *s > '9') return -1;
+  memcpy(buf, s, n);
+  buf[n] = '\0';
+  char *end;
+  errno = 0;
+  long long v = strtoll(buf, &end, 10);
+  return !errno && !*end && v > 0 ? v : -1;
+}
+
 /* Expected version from If-Match or the body's expectedVersion: 0 when
- * none, -1 (and a 400 answer) when malformed. */
-static int64_t expected_version(dsys_request *req, json_object *body) {
+ * none, -1 (and a 400 answer) when malformed. If-Match takes a version
+ * number or an ETag of this service ("ID.VERSION"); *tag_id gets the ID
+ * of the latter (0 otherwise): it must be the item's, or 412. */
+static int64_t expected_version(dsys_request *req, json_object *body, int64_t *tag_id) {
+  *tag_id = 0;
   const char *h = dsys_request_header(req, "If-Match");
   if (h) {
     if (!strncmp(h, "W/", 2)) h += 2;
-    char buf[32];
     size_t n = strlen(h);
     if (n >= 2 && h[0] == '"' && h[n - 1] == '"') {
       h++;
       n -= 2;
     }
-    if (n && n < sizeof buf) {
-      memcpy(buf, h, n);
-      buf[n] = '\0';
-      char *end;
-      errno = 0;
-      long long v = strtoll(buf, &end, 10);
-      if (!errno && !*end && v > 0 && buf[0] != '+' && buf[0] != ' ') return v;
+    const char *dot = memchr(h, '.', n);
+    long long v = dot ? positive(dot + 1, n - (size_t)(dot + 1 - h)) : positive(h, n);
+    long long id = dot ? positive(h, (size_t)(dot - h)) : 0;
+    if (v > 0 && id >= 0) {
+      *tag_id = id;
+      return v;
     }
-    dsysi_respond_err(req, 400, "DSYS_EINVAL", "If-Match must be a version number");
+    dsysi_respond_err(req, 400, "DSYS_EINVAL",
+                      "If-Match must be a version number or an ETag of this item");
     return -1;
   }
   int64_t v = 0;
@@ -215,12 +247,39 @@ static json_object *change_payload(dsys_data_service *d, const dsys_item *it, in
   return o;
 }
 
+/* A change of the item with this payload ({id, key, ...}): both refs that
+ * reach it leave the read cache. */
+static void evict(dsys_data_service *d, json_object *payload) {
+  if (!d->cache) return;
+  const char *id = dsysi_json_str(payload, "id"), *key = dsysi_json_str(payload, "key");
+  if (id) dsys_cache_invalidate(d->cache, id);
+  if (key) dsys_cache_invalidate(d->cache, key);
+}
+
+/* Before answering a write: this instance's cache forgets the item, so the
+ * writer reads its write back at once from here (the change log, written
+ * after the answer, reaches the other instances). */
+static void evict_item(dsys_data_service *d, const dsys_item *it) {
+  if (!d->cache) return;
+  json_object *env = NULL;
+  if (!dsysi_json_parse_object(it->value, strlen(it->value), &env) && dsysi_json_str(env, "id"))
+    dsys_cache_invalidate(d->cache, dsysi_json_str(env, "id"));
+  else
+    dsys_cache_clear(d->cache); /* cannot name its id */
+  json_object_put(env);
+  if (!strncmp(it->key, "data:k:", 7)) dsys_cache_invalidate(d->cache, it->key + 7);
+}
+
 /* After a committed write: append it to the shared change log (for the
  * other instances) and publish it here at once. */
 static void record_change(dsys_data_service *d, const char *event, const dsys_item *it,
                           int deleted) {
   json_object *p = change_payload(d, it, deleted);
-  if (!p) return;
+  if (!p) {
+    if (d->cache) dsys_cache_clear(d->cache); /* cannot name the refs: drop all */
+    return;
+  }
+  evict(d, p);
   size_t len = 0;
   char *text = dsysi_json_dump(p, &len);
   int64_t rev = 0;
@@ -277,6 +336,7 @@ static void poll_changes(void *ud) {
       if (!d->gap_since) d->gap_since = now;
       if (now - d->gap_since < GAP_WAIT_MS) break;
       d->seen_rev = (r <= rev ? r : rev + 1) - 1; /* give up on the gap */
+      if (d->cache) dsys_cache_clear(d->cache); /* its change is unknown */
       d->gap_since = 0;
       continue;
     }
@@ -290,6 +350,7 @@ static void poll_changes(void *ud) {
         json_object_object_get_ex(rec, "payload", &pl);
       }
       if (ev && pl && (!origin || strcmp(origin, d->origin))) {
+        evict(d, pl);
         size_t len = 0;
         char *text = dsysi_json_dump(pl, &len);
         if (text) dsys_events_publish(d->ev, DATA_TOPIC, ev, text, len, NULL);
@@ -384,6 +445,7 @@ static void h_create(dsys_request *req, void *ud) {
   if (!kt || dsys_store_put(d->store, ik, kt, NULL, NULL))
     dsysi_log(DSYS_LOG_WARN, d->svc.name, "could not index %s", id);
   free(kt);
+  evict_item(d, it); /* a remembered 404 (negative caching) */
   respond_item(req, 201, "Data created successfully", it);
   record_change(d, "data-created", it, 0);
   dsys_item_free(it);
@@ -397,12 +459,99 @@ out:
 
 /* ---- read ---- */
 
-static void h_get(dsys_request *req, void *ud) {
+/* Whether an If-None-Match list ("*" or comma-separated tags, weak or
+ * strong: a GET compares weakly) names the item's current tag. */
+static int none_match_hits(const char *h, const char *tag) {
+  size_t tn = strlen(tag);
+  while (h && *h) {
+    while (*h == ' ' || *h == '\t' || *h == ',') h++;
+    if (*h == '*') return 1;
+    if (!strncmp(h, "W/", 2)) h += 2;
+    size_t n = strcspn(h, ",");
+    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
+    if (n == tn && !memcmp(h, tag, n)) return 1;
+    h += strcspn(h, ",");
+  }
+  return 0;
+}
+
+/* The cached form of an item: its ETag, a newline, its API JSON. */
+static int load_item(void *ud, const char *ref, void **value, size_t *len) {
   dsys_data_service *d = ud;
   dsys_item *it = NULL;
+  int rc = resolve(d, ref, &it);
+  if (rc) return rc;
+  json_object *j = item_json(it);
+  size_t jn = 0;
+  char *text = j ? dsysi_json_dump(j, &jn) : NULL, tag[64];
+  json_object_put(j);
+  etag_of(it, tag, sizeof tag);
+  dsys_item_free(it);
+  if (!text) return j ? DSYS_ENOMEM : DSYS_EBADJSON;
+  size_t tn = strlen(tag);
+  char *v = malloc(tn + 1 + jn);
+  if (v) {
+    memcpy(v, tag, tn);
+    v[tn] = '\n';
+    memcpy(v + tn + 1, text, jn);
+    *value = v;
+    *len = tn + 1 + jn;
+  }
+  free(text);
+  return v ? 0 : DSYS_ENOMEM;
+}
+
+static void h_get_cached(dsys_data_service *d, dsys_request *req) {
+  void *v = NULL;
+  size_t n = 0;
+  int rc = dsys_cache_get(d->cache, dsys_request_param(req, "ref"), load_item, d, &v, &n);
+  const char *nl = rc ? NULL : memchr(v, '\n', n);
+  if (rc == DSYS_EBADJSON || (!rc && !nl)) {
+    dsysi_respond_err(req, 500, "DSYS_EBADJSON", "Stored item is malformed");
+  } else if (rc) {
+    respond_store_err(req, rc);
+  } else {
+    char tag[64];
+    snprintf(tag, sizeof tag, "%.*s", (int)(nl - (char *)v), (char *)v);
+    cache_headers(req, tag);
+    if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+      dsys_respond(req, 304, NULL, NULL, 0);
+    } else {
+      static const char head[] = "{\"message\":\"Data retrieved successfully\",\"data\":";
+      size_t jn = n - (size_t)(nl + 1 - (char *)v);
+      char *body = malloc(sizeof head + jn + 1);
+      if (!body) {
+        dsysi_respond_err(req, 500, "DSYS_ENOMEM", "Out of memory");
+      } else {
+        memcpy(body, head, sizeof head - 1);
+        memcpy(body + sizeof head - 1, nl + 1, jn);
+        body[sizeof head - 1 + jn] = '}';
+        dsys_respond(req, 200, "application/json", body, sizeof head + jn);
+        free(body);
+      }
+    }
+  }
+  dsys_free(v);
+}
+
+static void h_get(dsys_request *req, void *ud) {
+  dsys_data_service *d = ud;
+  if (d->cache) {
+    h_get_cached(d, req);
+    return;
+  }
+  dsys_item *it = NULL;
   int rc = resolve(d, dsys_request_param(req, "ref"), &it);
-  if (rc) respond_store_err(req, rc);
-  else respond_item(req, 200, "Data retrieved successfully", it);
+  char tag[64];
+  if (!rc) etag_of(it, tag, sizeof tag);
+  if (rc) {
+    respond_store_err(req, rc);
+  } else if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+    cache_headers(req, tag); /* the client's copy is current: no body */
+    dsys_respond(req, 304, NULL, NULL, 0);
+  } else {
+    respond_item(req, 200, "Data retrieved successfully", it);
+  }
   dsys_item_free(it);
 }
 
@@ -548,7 +697,8 @@ static void modify(dsys_data_service *d, dsys_request *req, int inc) {
   if (dsysi_body_object(req, &b)) return;
   json_object *nv = given(b, "value"), *meta = given(b, "metadata");
   int64_t by = 1;
-  int64_t ev = expected_version(req, b);
+  int64_t tag_id;
+  int64_t ev = expected_version(req, b, &tag_id);
   if (ev < 0) goto out;
   if (!inc && meta && !json_object_is_type(meta, json_type_object)) {
     dsysi_respond_err(req, 400, "DSYS_ETYPE", "Metadata must be an object");
@@ -566,7 +716,7 @@ static void modify(dsys_data_service *d, dsys_request *req, int inc) {
       respond_store_err(req, rc);
       break;
     }
-    if (ev && ev != it->version) {
+    if ((ev && ev != it->version) || (tag_id && tag_id != it->id)) {
       respond_mismatch(req, it->version);
       dsys_item_free(it);
       break;
@@ -591,6 +741,7 @@ static void modify(dsys_data_service *d, dsys_request *req, int inc) {
     free(mtext);
     dsys_item_free(it);
     if (rc == DSYS_ECONFLICT && !ev && attempt < CAS_TRIES) continue;
+    if (!rc) evict_item(d, upd);
     if (rc == DSYS_ECONFLICT) respond_mismatch(req, 0);
     else if (rc) respond_store_err(req, rc);
     else respond_item(req, 200, inc ? "Data incremented successfully"
@@ -608,7 +759,8 @@ static void h_incr(dsys_request *req, void *ud) { modify(ud, req, 1); }
 
 static void h_delete(dsys_request *req, void *ud) {
   dsys_data_service *d = ud;
-  int64_t ev = expected_version(req, NULL);
+  int64_t tag_id;
+  int64_t ev = expected_version(req, NULL, &tag_id);
   if (ev < 0) return;
   dsys_item *it = NULL;
   int rc = resolve(d, dsys_request_param(req, "ref"), &it);
@@ -616,7 +768,7 @@ static void h_delete(dsys_request *req, void *ud) {
     respond_store_err(req, rc);
     return;
   }
-  if (ev && ev != it->version) {
+  if ((ev && ev != it->version) || (tag_id && tag_id != it->id)) {
     respond_mismatch(req, it->version);
     dsys_item_free(it);
     return;
@@ -635,6 +787,7 @@ static void h_delete(dsys_request *req, void *ud) {
       free(ik);
     }
     json_object_put(env);
+    evict_item(d, it);
     dsys_respond_json(req, 200, "{\"message\":\"Data deleted successfully\"}");
     record_change(d, "data-deleted", it, 1);
   }
@@ -736,6 +889,7 @@ int dsys_service_data_mount(dsys_server *srv, const dsys_data_options *opts,
     size_t osz = opts->size ? opts->size : sizeof *opts;
     int64_t poll = osz >= offsetof(dsys_data_options, events_poll_ms) + sizeof(int64_t)
                        ? opts->events_poll_ms : 0;
+    if (osz >= offsetof(dsys_data_options, cache) + sizeof opts->cache) d->cache = opts->cache;
     rc = dsysi_ticker_start(&d->ticker, d->svc.clock, poll > 0 ? poll : 200, poll_changes, d);
   }
   if (rc) {

@@ -17,6 +17,7 @@
 #include <distsys/client.h>
 #include <distsys/events.h>
 #include <distsys/faultd.h>
+#include <distsys/lock.h>
 #include "core/internal.h"
 #include "core/json.h"
 #include "transport/url.h"
@@ -307,6 +308,12 @@ static void alert(dsys_faultd *fd, const char *event, const char *level, const e
   json_object_object_add(o, "message", json_object_new_string(message));
   if (!strcmp(event, "slow-response"))
     json_object_object_add(o, "threshold", json_object_new_int64(fd->o.slow_ms));
+  /* with an election, only the leader writes alerts (one page per fault,
+   * not one per detector); the event still goes to this detector's stream */
+  if (fd->o.election && !dsys_election_is_leader(fd->o.election, NULL)) {
+    publish(fd, event, o);
+    return;
+  }
   if (fd->alert_path) {
     json_object *l = json_object_new_object();
     json_object_object_add(l, "timestamp", dsysi_json_time(wall(fd)));

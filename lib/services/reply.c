@@ -33,6 +33,18 @@ int dsysi_respond_storage_err(dsys_request *req, int rc, const char *what) {
     dsys_response_header(req, "Retry-After", "1");
     snprintf(msg, sizeof msg, "%s: the storage is locked by another process", what);
     return dsys_respond_error(req, 503, "DSYS_EBUSY", msg);
+  case DSYS_EUNAVAIL:
+    /* a database server (PostgreSQL) that is down or unreachable: every
+     * instance sees the same; the pool reconnects by itself once it is
+     * back */
+    dsys_response_header(req, "Retry-After", "1");
+    snprintf(msg, sizeof msg, "%s: the database is unavailable", what);
+    return dsys_respond_error(req, 503, "DSYS_EUNAVAIL", msg);
+  case DSYS_ETIMEDOUT:
+    /* the database did not answer within its statement timeout */
+    dsys_response_header(req, "Retry-After", "1");
+    snprintf(msg, sizeof msg, "%s: the database did not answer in time", what);
+    return dsys_respond_error(req, 503, "DSYS_ETIMEDOUT", msg);
   case DSYS_EPERM:
     snprintf(msg, sizeof msg, "%s: the storage is read-only", what);
     return dsys_respond_error(req, 503, "DSYS_EPERM", msg);

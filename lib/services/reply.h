@@ -18,8 +18,10 @@ int dsysi_respond_err(dsys_request *req, int status, const char *code,
 /**
  * Answer a storage failure (store or queue) with the status that says whose
  * fault it is: 507 DSYS_ENOSPC (storage full), 503 with Retry-After for a
- * lock held by another process (DSYS_EBUSY), 503 for a read-only or failing
- * storage (DSYS_EPERM, DSYS_EIO) and for DSYS_ENOMEM, else 500 with the
+ * lock held by another process (DSYS_EBUSY), 503 with Retry-After for a
+ * database server that is down or too slow (DSYS_EUNAVAIL, DSYS_ETIMEDOUT),
+ * 503 for a read-only or failing storage (DSYS_EPERM, DSYS_EIO) and for
+ * DSYS_ENOMEM, else 500 with the
  * error's name. what names the operation ("Storage error", "Could not
  * queue the job"), first in the message.
  */

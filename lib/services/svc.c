@@ -38,6 +38,8 @@ static void h_ready(dsys_request *req, void *ud) {
                          json_object_new_string(rc ? "not ready" : "ready"));
   json_object_object_add(o, "service", json_object_new_string(s->name));
   if (rc) {
+    /* DSYS_EUNAVAIL's own text speaks of endpoints: say what is down */
+    if (rc == DSYS_EUNAVAIL) snprintf(err, sizeof err, "%s unavailable", what);
     json_object_object_add(o, "error",
                            json_object_new_string(*err ? err : dsys_strerror(rc)));
     dsysi_respond_obj(req, 503, o);

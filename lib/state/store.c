@@ -117,8 +117,10 @@ int dsys_store_open_ops(dsys_store **out, const dsys_store_ops *ops,
   s->hook_ud = o.hook_ud;
   int e = ops->open(s->state, location, &o, s->errmsg, sizeof s->errmsg);
   if (e) {
-    dsysi_log(DSYS_LOG_ERROR, "store", "open %s:%s failed: %s", ops->name,
-              location, s->errmsg);
+    /* the backend's message names the location as it sees fit: a
+     * PostgreSQL URI's location can hold a password */
+    dsysi_log(DSYS_LOG_ERROR, "store", "open %s: failed: %s", ops->name,
+              s->errmsg[0] ? s->errmsg : location);
     free(s->state);
     free(s);
     return e;

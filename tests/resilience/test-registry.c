@@ -1,13 +1,17 @@
-/* Registry conformance suite, run against every backend, plus sqlite
- * sharing between handles and processes. All time runs on a fake clock. */
+/* Registry conformance suite, run against every backend (postgresql on a
+ * real throwaway server), plus sharing between handles and processes
+ * (sqlite, postgresql) and a PostgreSQL outage. All registry time runs on
+ * a fake clock. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "pgserver.h"
 #include "tap.h"
 
 typedef struct seen {
@@ -347,6 +351,124 @@ static void test_misc(void) {
   dsys_free(c);
 }
 
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct racer {
+  dsys_registry *r;
+  const char *prefix;
+} racer;
+
+static void *race_thread(void *p) {
+  racer *x = p;
+  for (int i = 0; i < 50; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "%s-%d", x->prefix, i);
+    reg(x->r, id, "race", "http://r");
+  }
+  return NULL;
+}
+
+/* Two handles (two hosts) on one server: B's watcher hears of A's change
+ * through NOTIFY, without a sweep (the fake clock stands still); a change
+ * made by another process is seen too. */
+static void test_pg_sharing(const char *url) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  dsys_registry_options o = {.size = sizeof o, .clock = clk, .sweep_interval_ms = 1000};
+  dsys_registry *a = NULL, *b = NULL;
+  char err[256] = "";
+  is_int(dsys_registry_open(&a, url, NULL, &o, err, sizeof err), 0, "pg: open A by URL (%s)", err);
+  is_int(dsys_registry_open(&b, "postgres", url, &o, err, sizeof err), 0,
+         "pg: open B as backend postgres + URL (%s)", err);
+  if (!a || !b) goto out;
+  seen sb = {0};
+  dsys_registry_watch(b, on_change, &sb, NULL);
+  reg(a, "s1", "shared", "http://1");
+  is_int(count(b, "shared", 1), 1, "pg: B sees A's instance");
+  is_int(wait_n(&sb, 1), 1, "pg: B's watcher is told of A's change without a sweep (NOTIFY)");
+  ok(sb.kind[0] == DSYS_REG_REGISTERED && !strcmp(sb.id[0], "s1"), "pg: ... a REGISTERED of s1");
+  uint64_t ia, ib;
+  dsys_registry_index(a, &ia);
+  dsys_registry_index(b, &ib);
+  ok(ia == ib && ia > 0, "pg: one index across handles (%llu)", (unsigned long long)ia);
+  fflush(stdout);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dsys_registry *c;
+    int rc = dsys_registry_open(&c, url, NULL, NULL, NULL, 0);
+    if (!rc) rc = reg(c, "child-1", "data", "http://child");
+    dsys_registry_close(c);
+    _exit(rc ? 1 : 0);
+  }
+  int status = -1;
+  waitpid(pid, &status, 0);
+  ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "pg: a child process registered");
+  is_int(wait_n(&sb, 2), 2, "pg: B's watcher is told of the child's change");
+  dsys_instance *one = NULL;
+  is_int(dsys_registry_get(a, "child-1", &one), 0, "pg: A sees the child's instance");
+  dsys_free(one);
+  /* 100 changes from two handles at once: one index each, none lost */
+  racer ra = {a, "ra"}, rb = {b, "rb"};
+  pthread_t ta, tb;
+  pthread_create(&ta, NULL, race_thread, &ra);
+  pthread_create(&tb, NULL, race_thread, &rb);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  uint64_t after;
+  dsys_registry_index(a, &after);
+  is_int((int64_t)(after - ia), 101, "pg: index advanced once per change (%llu -> %llu)",
+         (unsigned long long)ia, (unsigned long long)after);
+  is_int(count(a, "race", 1), 100, "pg: 100 instances registered by two racing handles");
+out:
+  dsys_registry_close(a);
+  dsys_registry_close(b);
+  dsys_clock_free(clk);
+}
+
+/* Kill the server under a registry: calls fail with DSYS_EUNAVAIL at once;
+ * after the restart the same handle works and its watcher hears again. */
+static void test_pg_outage(tpg *srv) {
+  /* a clock that stands still: no sweep, so the watcher hears only NOTIFY */
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  dsys_registry_options o = {.size = sizeof o, .clock = clk};
+  dsys_registry *r = NULL, *w = NULL;
+  char err[256] = "";
+  is_int(dsys_registry_open(&r, srv->url, NULL, &o, err, sizeof err), 0, "pg: open for the outage");
+  dsys_registry_open(&w, srv->url, NULL, &o, err, sizeof err);
+  if (!r || !w) goto out;
+  seen sw = {0};
+  dsys_registry_watch(w, on_change, &sw, NULL);
+  tpg_kill(srv);
+  int64_t t0 = mono_ms();
+  int e1 = reg(r, "o1", "outage", "http://o1");
+  dsys_instance *v = NULL;
+  size_t n = 0;
+  int e2 = dsys_registry_lookup(r, "outage", 0, &v, &n);
+  ok(e1 == DSYS_EUNAVAIL && e2 == DSYS_EUNAVAIL, "pg: server killed: register and lookup fail with DSYS_EUNAVAIL (%d %d)", e1, e2);
+  ok(mono_ms() - t0 < 6000, "pg: ... in bounded time (%lld ms)", (long long)(mono_ms() - t0));
+  if (!ok(tpg_restart(srv) == 0, "pg: server restarted")) goto out;
+  int e = -1;
+  t0 = mono_ms();
+  while (e && mono_ms() - t0 < 10000)
+    if ((e = reg(r, "o2", "outage", "http://o2"))) usleep(50 * 1000);
+  is_int(e, 0, "pg: the same handle registers again (%lld ms)", (long long)(mono_ms() - t0));
+  int k;
+  for (k = 0; k < 1000 && sw.n < 1; k++) usleep(10 * 1000);
+  ok(sw.n >= 1 && !strcmp(sw.id[sw.n - 1], "o2"), "pg: the other handle's watcher hears of it (%d)", sw.n);
+out:
+  dsys_registry_close(r);
+  dsys_registry_close(w);
+  dsys_clock_free(clk);
+}
+
+static tpg pgsrv;
+static void stop_pg(void) { tpg_stop(&pgsrv); }
+
 int main(void) {
   char dir[] = "/tmp/dsys-reg-XXXXXX";
   if (!mkdtemp(dir)) tap_bail("mkdtemp");
@@ -358,6 +480,12 @@ int main(void) {
   conformance("http", "inproc://reg-conformance");
   conformance("http", "http://127.0.0.1:0");
   test_sqlite_sharing(path2);
+  if (ok(tpg_start(&pgsrv) == 0, "start a throwaway PostgreSQL")) {
+    atexit(stop_pg);
+    conformance("postgresql", pgsrv.url);
+    test_pg_sharing(pgsrv.url);
+    test_pg_outage(&pgsrv);
+  }
   test_misc();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

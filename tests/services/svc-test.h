@@ -19,6 +19,8 @@ typedef struct resp {
   char *body;
   json_object *j;     /* parsed body, or NULL */
   char *retry_after;  /* Retry-After header or NULL */
+  char *etag;         /* ETag header or NULL */
+  char *cache_control; /* Cache-Control header or NULL */
 } resp;
 
 static dsys_client *cli_;
@@ -45,6 +47,8 @@ static void resp_free(resp *r) {
   if (!r) return;
   free(r->body);
   free(r->retry_after);
+  free(r->etag);
+  free(r->cache_control);
   json_object_put(r->j);
   free(r);
 }
@@ -80,6 +84,9 @@ static resp *call_h(const char *url, const char *method, const char *path,
   r->body = strndup(b, len);
   if (dsys_reply_header(rep, "Retry-After"))
     r->retry_after = strdup(dsys_reply_header(rep, "Retry-After"));
+  if (dsys_reply_header(rep, "ETag")) r->etag = strdup(dsys_reply_header(rep, "ETag"));
+  if (dsys_reply_header(rep, "Cache-Control"))
+    r->cache_control = strdup(dsys_reply_header(rep, "Cache-Control"));
   if (dsysi_json_parse(b, len, &r->j)) r->j = NULL;
   dsys_reply_free(rep);
   return r;

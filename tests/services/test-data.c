@@ -5,25 +5,37 @@
  * slow work under load.
  */
 #include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+#include <distsys/cache.h>
 #include "svc-test.h"
 
 typedef struct inst {
   dsys_server *srv;
   dsys_store *st;
   dsys_data_service *svc;
+  dsys_cache *cache; /* or NULL */
   char url[64];
 } inst;
 
 static char db_[300];
 
-static void inst_start(inst *I, const char *name, int no_seed) {
+static void inst_start_cached(inst *I, const char *name, int no_seed, int cached) {
   char url[400];
   snprintf(url, sizeof url, "sqlite://%s", db_);
   if (dsys_store_open(&I->st, url, NULL)) tap_bail("store open");
   I->srv = svc_server(name, 0);
-  dsys_data_options o = {.size = sizeof o, .store = I->st, .no_seed = no_seed};
+  I->cache = NULL;
+  dsys_cache_options co = {.size = sizeof co, .ttl_ms = 60000};
+  if (cached && dsys_cache_new(&I->cache, &co)) tap_bail("cache");
+  dsys_data_options o = {.size = sizeof o, .store = I->st, .no_seed = no_seed,
+                         .events_poll_ms = 50, .cache = I->cache};
   svc_listen(I->srv, dsys_service_data_mount(I->srv, &o, &I->svc), name, I->url,
              sizeof I->url);
+}
+
+static void inst_start(inst *I, const char *name, int no_seed) {
+  inst_start_cached(I, name, no_seed, 0);
 }
 
 static void inst_stop(inst *I) {
@@ -31,6 +43,7 @@ static void inst_stop(inst *I) {
   dsys_service_data_free(I->svc);
   dsys_server_free(I->srv);
   dsys_store_close(I->st);
+  dsys_cache_free(I->cache);
 }
 
 static inst A, B;
@@ -228,7 +241,10 @@ static void test_update(void) {
          "expectedVersion must be a positive integer", "bad expectedVersion");
   const char *h3[] = {"If-Match: abc", NULL};
   is_err(call_h(A.url, "PUT", "/api/data/k1", "{}", 0, h3), 400,
-         "If-Match must be a version number", "bad If-Match");
+         "If-Match must be a version number or an ETag of this item", "bad If-Match");
+  const char *h3b[] = {"If-Match: \"7.\"", NULL};
+  is_err(call_h(A.url, "PUT", "/api/data/k1", "{}", 0, h3b), 400,
+         "If-Match must be a version number or an ETag of this item", "bad If-Match ETag");
 
   /* increment */
   r = call(A.url, "POST", "/api/data/zero-0/increment", NULL);
@@ -272,6 +288,70 @@ static void test_update(void) {
   resp_free(r);
   is_err(call(A.url, "GET", "/api/data/data-2", NULL), 404, "Data not found",
          "old id does not reach the new item");
+}
+
+/* ---- HTTP caching: ETag, If-None-Match, If-Match with a tag ---- */
+
+static void test_http_cache(void) {
+  resp *r = call(A.url, "POST", "/api/data", "{\"key\":\"cached\",\"value\":1}");
+  ok(r->status == 201 && r->etag && r->etag[0] == '"', "create answers an ETag (%s)",
+     r->etag ? r->etag : "none");
+  resp_free(r);
+  r = call(B.url, "GET", "/api/data/cached", NULL);
+  char tag[64] = "";
+  snprintf(tag, sizeof tag, "%s", r->etag ? r->etag : "");
+  ok(r->status == 200 && tag[0], "GET answers an ETag (%s)", tag);
+  ok(r->cache_control && !strcmp(r->cache_control, "no-cache"),
+     "and Cache-Control: no-cache (may store, must revalidate): %s",
+     r->cache_control ? r->cache_control : "none");
+  resp_free(r);
+  char inm[96], im[96];
+  snprintf(inm, sizeof inm, "If-None-Match: %s", tag);
+  const char *h1[] = {inm, NULL};
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  ok(r->status == 304 && !r->body[0] && r->etag && !strcmp(r->etag, tag),
+     "If-None-Match with the current tag (any instance): 304, no body, same ETag");
+  resp_free(r);
+  snprintf(inm, sizeof inm, "If-None-Match: \"1.999\", W/%s", tag);
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  is_int(r->status, 304, "a list with a weak match: 304");
+  resp_free(r);
+  const char *hs[] = {"If-None-Match: *", NULL};
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, hs);
+  is_int(r->status, 304, "If-None-Match: * on an existing item: 304");
+  resp_free(r);
+  const char *hother[] = {"If-None-Match: \"1.999\"", NULL};
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, hother);
+  ok(r->status == 200 && ji(r, "data.value") == 1, "another tag: 200 with the item");
+  resp_free(r);
+  /* If-Match with the tag: compare-and-swap over HTTP */
+  snprintf(im, sizeof im, "If-Match: %s", tag);
+  const char *h2[] = {im, NULL};
+  r = call_h(B.url, "PUT", "/api/data/cached", "{\"value\":2}", 0, h2);
+  ok(r->status == 200 && r->etag && strcmp(r->etag, tag), "PUT If-Match with the tag: 200, new ETag %s",
+     r->etag ? r->etag : "none");
+  resp_free(r);
+  r = call_h(A.url, "PUT", "/api/data/cached", "{\"value\":3}", 0, h2);
+  is_int(r->status, 412, "the same tag again (stale): 412");
+  resp_free(r);
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  is_int(r->status, 200, "If-None-Match with the old tag after a change: 200");
+  resp_free(r);
+  /* a deleted and re-created key does not match the old item's tag */
+  r = call(A.url, "GET", "/api/data/cached", NULL);
+  snprintf(tag, sizeof tag, "%s", r->etag ? r->etag : "");
+  resp_free(r);
+  resp_free(call(A.url, "DELETE", "/api/data/cached", NULL));
+  resp_free(call(A.url, "POST", "/api/data", "{\"key\":\"cached\",\"value\":1}"));
+  snprintf(inm, sizeof inm, "If-None-Match: %s", tag);
+  r = call_h(A.url, "GET", "/api/data/cached", NULL, 0, h1);
+  ok(r->status == 200 && r->etag && strcmp(r->etag, tag),
+     "re-created key: the old tag does not match (%s vs %s)", tag, r->etag ? r->etag : "none");
+  resp_free(r);
+  snprintf(im, sizeof im, "If-Match: %s", tag);
+  r = call_h(A.url, "DELETE", "/api/data/cached", NULL, 0, h2);
+  is_int(r->status, 412, "DELETE If-Match with the old item's tag: 412");
+  resp_free(r);
 }
 
 /* ---- listing ---- */
@@ -397,6 +477,86 @@ static void test_health(void) {
   resp_free(r);
 }
 
+/* ---- the read cache: two cached instances on one store ---- */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_read_cache(void) {
+  inst C, D;
+  inst_start_cached(&C, "data-cc", 1, 1);
+  inst_start_cached(&D, "data-cd", 1, 1);
+  resp_free(call(C.url, "POST", "/api/data", "{\"key\":\"hotitem\",\"value\":1}"));
+  resp *r = call(D.url, "GET", "/api/data/hotitem", NULL);
+  ok(r->status == 200 && ji(r, "data.value") == 1 && r->etag, "cached GET: the item with its ETag");
+  char tag[64];
+  snprintf(tag, sizeof tag, "%s", r->etag ? r->etag : "");
+  resp_free(r);
+  r = call(D.url, "GET", "/api/data/hotitem", NULL);
+  dsys_cache_stats st;
+  dsys_cache_get_stats(D.cache, &st);
+  ok(r->status == 200 && ji(r, "data.value") == 1 && st.hits == 1 && st.loads == 1,
+     "the second GET is a cache hit (%llu hits, %llu loads): %s", (unsigned long long)st.hits,
+     (unsigned long long)st.loads, r->body);
+  ok(r->etag && !strcmp(r->etag, tag), "same ETag from the cache");
+  resp_free(r);
+  char inm[96];
+  snprintf(inm, sizeof inm, "If-None-Match: %s", tag);
+  const char *h[] = {inm, NULL};
+  r = call_h(D.url, "GET", "/api/data/hotitem", NULL, 0, h);
+  is_int(r->status, 304, "If-None-Match through the cache: 304");
+  resp_free(r);
+  /* a write through D itself: read your write at once */
+  resp_free(call(D.url, "PUT", "/api/data/hotitem", "{\"value\":2}"));
+  r = call(D.url, "GET", "/api/data/hotitem", NULL);
+  is_int(ji(r, "data.value"), 2, "a write through the same instance is read back at once");
+  resp_free(r);
+  /* a write through C: D's cache learns it from the change log */
+  resp_free(call(D.url, "GET", "/api/data/hotitem", NULL));
+  dsys_cache_get_stats(D.cache, &st);
+  uint64_t hits = st.hits;
+  resp_free(call(D.url, "GET", "/api/data/hotitem", NULL));
+  dsys_cache_get_stats(D.cache, &st);
+  is_int((int64_t)(st.hits - hits), 1, "D holds the item in its cache");
+  int64_t t0 = now_ms();
+  resp_free(call(C.url, "PUT", "/api/data/hotitem", "{\"value\":3}"));
+  int64_t seen = -1;
+  for (int i = 0; i < 400; i++) {
+    r = call(D.url, "GET", "/api/data/hotitem", NULL);
+    int64_t v = ji(r, "data.value");
+    resp_free(r);
+    if (v == 3) {
+      seen = now_ms() - t0;
+      break;
+    }
+    usleep(5000);
+  }
+  ok(seen >= 0 && seen < 1000, "another instance's write evicted D's copy within %lld ms "
+     "(poll 50 ms)", (long long)seen);
+  /* by id too, and deletes */
+  r = call(D.url, "GET", "/api/data/hotitem", NULL);
+  char id[64];
+  snprintf(id, sizeof id, "/api/data/%s", js(r, "data.id"));
+  resp_free(r);
+  r = call(D.url, "GET", id, NULL);
+  is_int(r->status, 200, "GET by id (cached under the id)");
+  resp_free(r);
+  resp_free(call(C.url, "DELETE", "/api/data/hotitem", NULL));
+  int gone = 0;
+  for (int i = 0; i < 400 && !gone; i++) {
+    r = call(D.url, "GET", id, NULL);
+    gone = r->status == 404;
+    resp_free(r);
+    if (!gone) usleep(5000);
+  }
+  ok(gone, "a delete through another instance evicts the id ref too");
+  inst_stop(&C);
+  inst_stop(&D);
+}
+
 int main(void) {
   make_tmpdir("data");
   snprintf(db_, sizeof db_, "%s/distsys.sqlite", tmpdir_);
@@ -404,10 +564,12 @@ int main(void) {
   test_seed();
   test_create();
   test_update();
+  test_http_cache();
   test_list();
   test_race();
   test_health();
   test_slow();
+  test_read_cache();
   inst_stop(&A);
   inst_stop(&B);
   /* A restart does not seed again (data-2 was deleted above). */

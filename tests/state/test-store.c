@@ -1,16 +1,19 @@
 /*
  * Store conformance suite: the same checks run against every backend
  * (memory:, sqlite: and the example backend toy: of examples/toy-store.c,
- * which registers itself through the public API), plus SQLite-only checks
- * across processes.
+ * which registers itself through the public API, and postgresql: on a
+ * real throwaway server), plus checks across processes (SQLite, PostgreSQL)
+ * and PostgreSQL outages.
  */
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "pgserver.h"
 #include "tap.h"
 #include "../../examples/toy-store.h" /* examples/ is not on the include path */
 
@@ -341,6 +344,153 @@ static void toy_backend(void) {
   ok(s == NULL, "out stays NULL");
 }
 
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Two handles (as two processes would): compare-and-swap lets exactly one
+ * of two writers that read the same version win. */
+static void pg_cas_two_handles(const char *url) {
+  dsys_store *a = NULL, *b = NULL;
+  is_int(dsys_store_open(&a, url, NULL), 0, "pg: open handle A");
+  is_int(dsys_store_open(&b, url, NULL), 0, "pg: open handle B");
+  if (!a || !b) goto out;
+  int wins = 0, conflicts = 0;
+  for (int i = 0; i < 20; i++) {
+    dsys_item *it = NULL;
+    dsys_store_put(a, "cas/k", "0", NULL, NULL);
+    if (dsys_store_get(b, "cas/k", &it)) break;
+    dsys_store_write w = {.size = sizeof w, .expected_version = it->version};
+    dsys_item_free(it);
+    int ea = dsys_store_update(a, "cas/k", "\"a\"", &w, NULL);
+    int eb = dsys_store_update(b, "cas/k", "\"b\"", &w, NULL);
+    wins += (ea == 0) + (eb == 0);
+    conflicts += (ea == DSYS_ECONFLICT) + (eb == DSYS_ECONFLICT);
+  }
+  ok(wins == 20 && conflicts == 20, "pg: 20 CAS races between two handles: one winner each (%d wins, %d conflicts)", wins, conflicts);
+  is_int(dsys_store_delete(b, "cas/k", 1), DSYS_ECONFLICT, "pg: delete with a stale version conflicts");
+out:
+  dsys_store_close(a);
+  dsys_store_close(b);
+}
+
+/* Increments from 4 threads on 2 handles: none lost. */
+static void pg_incr_many(const char *url) {
+  dsys_store *a = NULL, *b = NULL;
+  dsys_store_open(&a, url, NULL);
+  dsys_store_open(&b, url, NULL);
+  if (!ok(a && b, "pg: two handles for the increments")) goto out;
+  dsys_store_delete(a, "counter", 0);
+  incr_arg ia[4] = {{a, 250, 0}, {a, 250, 0}, {b, 250, 0}, {b, 250, 0}};
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, incr_thread, &ia[i]);
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  dsys_item *it = NULL;
+  dsys_store_get(b, "counter", &it);
+  is_str(it ? it->value : NULL, "1000", "pg: 1000 increments from 4 threads on 2 handles add up");
+  is_int(ia[0].errors + ia[1].errors + ia[2].errors + ia[3].errors, 0, "pg: no increment failed");
+  dsys_item_free(it);
+out:
+  dsys_store_close(a);
+  dsys_store_close(b);
+}
+
+/* TTL on the real clock: the server's own now() plays no part. */
+static void pg_ttl(const char *url) {
+  dsys_store *s = NULL;
+  dsys_store_open(&s, url, NULL);
+  if (!ok(s != NULL, "pg: open for TTL")) return;
+  dsys_store_write tw = {.size = sizeof tw, .ttl_ms = 200};
+  dsys_item *it = NULL;
+  is_int(dsys_store_put(s, "ttl/a", "1", &tw, &it), 0, "pg: put with a 200 ms TTL");
+  int64_t id1 = it ? it->id : 0;
+  dsys_item_free(it);
+  is_int(dsys_store_incr(s, "ttl/a", 1, NULL), 0, "pg: incr keeps the TTL");
+  int e = 0;
+  int64_t t0 = mono_ms();
+  while ((e = dsys_store_get(s, "ttl/a", &it)) == 0 && mono_ms() - t0 < 5000) {
+    dsys_item_free(it);
+    usleep(20 * 1000);
+  }
+  is_int(e, DSYS_ENOTFOUND, "pg: the item is gone once expired");
+  int64_t r = 0;
+  is_int(dsys_store_incr(s, "ttl/a", 5, &r), 0, "pg: incr of an expired item");
+  is_int(r, 5, "pg: ... starts again from the delta");
+  dsys_store_get(s, "ttl/a", &it);
+  ok(it && it->version == 1 && it->id != id1 && it->expires_at == 0,
+     "pg: ... as a new item (version 1, a new id, no TTL)");
+  dsys_item_free(it);
+  dsys_store_close(s);
+}
+
+/* Kill the server under a store handle: calls fail with DSYS_EUNAVAIL in
+ * bounded time; after a restart the same handle works again. */
+static void pg_outage(tpg *srv, const char *url) {
+  dsys_store *s = NULL;
+  dsys_store_open(&s, url, NULL);
+  if (!ok(s != NULL, "pg: open for the outage")) return;
+  is_int(dsys_store_put(s, "out/before", "1", NULL, NULL), 0, "pg: write before the outage");
+  tpg_kill(srv);
+  int64_t t0 = mono_ms(), worst = 0;
+  int unavail = 0;
+  for (int i = 0; i < 5; i++) {
+    int64_t t1 = mono_ms();
+    dsys_item *it = NULL;
+    int e = i % 2 ? dsys_store_get(s, "out/before", &it) : dsys_store_put(s, "out/during", "1", NULL, NULL);
+    dsys_item_free(it);
+    unavail += e == DSYS_EUNAVAIL;
+    if (mono_ms() - t1 > worst) worst = mono_ms() - t1;
+  }
+  is_int(unavail, 5, "pg: server killed: every call fails with DSYS_EUNAVAIL");
+  ok(worst < 6000, "pg: ... each within the connect timeout (worst %lld ms, all %lld ms)",
+     (long long)worst, (long long)(mono_ms() - t0));
+  if (!ok(tpg_restart(srv) == 0, "pg: server restarted")) {
+    dsys_store_close(s);
+    return;
+  }
+  int e = -1;
+  t0 = mono_ms();
+  while (e && mono_ms() - t0 < 10000) {
+    if ((e = dsys_store_put(s, "out/after", "2", NULL, NULL))) usleep(50 * 1000);
+  }
+  is_int(e, 0, "pg: the same handle writes again after the restart (%lld ms)",
+         (long long)(mono_ms() - t0));
+  dsys_item *it = NULL;
+  is_int(dsys_store_get(s, "out/before", &it), 0, "pg: the write made before the outage is there");
+  dsys_item_free(it);
+  dsys_store_close(s);
+}
+
+static tpg pgsrv;
+static void stop_pg(void) { tpg_stop(&pgsrv); }
+
+static void postgresql(void) {
+  if (!ok(tpg_start(&pgsrv) == 0, "start a throwaway PostgreSQL")) return;
+  atexit(stop_pg); /* also when a check bails out */
+  conformance(pgsrv.url);
+  cross_process_create(pgsrv.url);
+  pg_cas_two_handles(pgsrv.url);
+  pg_incr_many(pgsrv.url);
+  pg_ttl(pgsrv.url);
+  /* the postgres:// alias opens the same data */
+  char alias[300];
+  snprintf(alias, sizeof alias, "postgres://%s", pgsrv.url + strlen("postgresql://"));
+  dsys_store *s = NULL;
+  dsys_item *it = NULL;
+  is_int(dsys_store_open(&s, alias, NULL), 0, "pg: postgres:// opens too");
+  is_int(s ? dsys_store_get(s, "counter", &it) : -1, 0, "pg: ... the same database");
+  dsys_item_free(it);
+  dsys_store_close(s);
+  s = NULL;
+  int64_t t0 = mono_ms();
+  is_int(dsys_store_open(&s, "postgresql://x@/dsys?host=/nonexistent&port=1", NULL),
+         DSYS_EUNAVAIL, "pg: no server: open fails with DSYS_EUNAVAIL");
+  ok(mono_ms() - t0 < 3000 && s == NULL, "pg: ... at once");
+  pg_outage(&pgsrv, pgsrv.url);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "%s/dsys-store-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -354,6 +504,7 @@ int main(void) {
   sqlite_persistence(url);
   cross_process_create(url);
   open_errors();
+  postgresql();
   rmtree();
   return tap_done();
 }
