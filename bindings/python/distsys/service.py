@@ -30,7 +30,7 @@ from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
 from urllib.parse import parse_qsl
 
 from . import _check, _lib, errors
-from ._handle import attach, callback_scope, Handle
+from ._handle import attach, callback_scope, Handle, in_callback
 from .registry import Registry
 
 __all__ = ["Service", "App", "Request", "Response", "HTTPError", "Metrics",
@@ -633,7 +633,10 @@ class Service:
     for mutual TLS.
 
     Lifetime: :meth:`stop` (or ``close()``, the context manager,
-    :meth:`serve_forever` on a signal, or garbage collection) first
+    :meth:`serve_forever` on a signal, garbage collection, or interpreter
+    exit; note that handlers defined beside a module-level service reach
+    it through their globals, so such a service lives until one of the
+    others) first
     deregisters, then stops accepting, lets requests in flight finish for
     up to ``drain_ms``, answers what is left with 503, and frees the
     server; after it returns no handler runs. The callbacks given to C
@@ -679,9 +682,10 @@ class Service:
         mp = self.metrics._life.enter()
         try:
             # the server uses the metrics registry: it is the parent
+            keep = (self._callbacks, self.metrics)
             self._life, self._fin = attach(
-                self, h.value, _free_server, parent=self.metrics._life,
-                keep=(self._callbacks, self.metrics))
+                self, h.value, _server_freer(keep), parent=self.metrics._life,
+                keep=keep)
             if self._with_metrics:
                 errors.raise_for(_lib.dsys_server_metrics(h.value, mp))
                 errors.raise_for(_lib.dsys_metrics_process(mp))
@@ -961,7 +965,22 @@ class Service:
 App = Service
 
 
-def _free_server(p: int) -> None:
+def _server_freer(keep: Any) -> Callable[[int], None]:
+    """The function that frees a server; keep (its callbacks) must live
+    until dsys_server_free has returned."""
+
+    def free(p: int) -> None:
+        if in_callback():
+            # The garbage collector ran on a library thread (in a handler):
+            # freeing here would wait for that handler, i.e. for itself.
+            threading.Thread(target=_free_holding, args=(p, keep), daemon=True).start()
+        else:
+            _free_holding(p, keep)
+
+    return free
+
+
+def _free_holding(p: int, keep: Any) -> None:
     _lib.dsys_server_free(p)  # stops with a 5 s drain if still running
 
 

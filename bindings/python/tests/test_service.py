@@ -405,3 +405,32 @@ def test_https_and_mutual_tls(tmp_path):
     with pytest.raises(distsys.IoError):
         distsys.Service("x", tls_cert_file=str(tmp_path / "missing.pem"),
                         tls_key_file=f["svc.key"]).listen("https://127.0.0.1:0")
+
+
+def test_service_collected_inside_its_own_handler():
+    # The handler drops the last reference to its Service: the finalizer
+    # runs on the handler's thread, where freeing the server would wait
+    # for that very handler; it is freed on a helper thread instead, and
+    # the callbacks stay alive until it is.
+    import weakref
+    holder = [distsys.Service("self", threads=2)]
+    ref = weakref.ref(holder[0])
+
+    def drop(req):
+        holder.clear()  # the last reference: collected here
+        return "bye"
+
+    holder[0].add_route("GET", "/drop", drop)
+    url = holder[0].listen()
+    st, _, body = call(url, path="/drop", timeout=10)
+    assert (st, body) == (200, b"bye")
+    assert ref() is None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            call(url, path="/drop", timeout=1)
+        except OSError:
+            break  # the server is gone
+        time.sleep(0.05)
+    else:
+        pytest.fail("the server still answers 10 s after its Service was collected")
