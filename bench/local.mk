@@ -20,5 +20,6 @@ bench_bench_upstream_SOURCES = bench/bench-upstream.c
 bench_bench_upstream_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_upstream_LDADD = libdistsys.la $(PTHREAD_LIBS)
 EXTRA_DIST += bench/run-transport bench/run-state bench/run-gateway bench/ab-gateway bench/run-conn-flood \
+	bench/run-python-service bench/python_service_app.py \
 	bench/proxy-common.sh bench/read-gap bench/run-fullstack bench/run-all \
 	bench/python-memory.py bench/run-locks

@@ -26,11 +26,11 @@ def rss_kib():
 def c_store(i):
     with distsys.Store("memory:") as s:
         s.put("k", {"i": i}, metadata={"m": 1})
-        s.get("k")
+        s.item("k")
         s.incr("n")
         s.list()
         try:
-            s.get("absent")
+            s.item("absent")
         except distsys.NotFoundError:
             pass
 
@@ -111,9 +111,46 @@ def c_auth(i):
         pass
 
 
+_UP = None
+
+
+def _up():
+    global _UP
+    if _UP is None:
+        _UP = distsys.Upstream("mem", endpoints={"s": "inproc://pymem-service"},
+                               retry_budget=False)
+    return _UP
+
+
+def c_service(i):
+    # a service per cycle: routes, listen, two requests, drain, free
+    with distsys.Service("mem", threads=2) as app:
+        app.get("/a/{x}")(lambda req, x: {"x": x, "q": req.query})
+        app.post("/b")(lambda req: distsys.HTTPResponse(req.body, 201))
+        app.listen("inproc://pymem-service")
+        assert _up().call("GET", f"/a/{i}?k=v").status == 200
+        assert _up().call("POST", "/b", body=b"x" * 100).status == 201
+
+
+_SVC = None
+
+
+def c_service_requests(i):
+    # requests on one long-lived service: the request path alone
+    global _SVC
+    if _SVC is None:
+        _SVC = distsys.Service("mem2", threads=2)
+        _SVC.get("/r/{x}")(lambda req, x: {"x": x, "h": req.headers.get("x-a")})
+        _SVC.listen("inproc://pymem-requests")
+        _SVC.up = distsys.Upstream("mem2", endpoints={"s": "inproc://pymem-requests"},
+                                   retry_budget=False)
+    assert _SVC.up.call("GET", f"/r/{i}", headers={"X-A": "b"}).status == 200
+
+
 CYCLES = {"Store": c_store, "Queue": c_queue, "Worker": c_worker,
           "Registry": c_registry, "Balancer": c_balancer, "Breaker": c_breaker,
-          "Upstream": c_upstream, "auth": c_auth}
+          "Upstream": c_upstream, "auth": c_auth, "Service": c_service,
+          "Service requests": c_service_requests}
 
 
 def measure(name, n, warmup=1000):

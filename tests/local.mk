@@ -37,6 +37,7 @@ FUZZ_CHECKS = tests/fuzz/fuzz-h1-check tests/fuzz/fuzz-router-check tests/fuzz/f
 
 SCRIPT_TESTS = \
 	tests/headers.test tests/docs.test tests/layers.test tests/python.test \
+	tests/python-types.test tests/python-install.test \
 	tests/man.test tests/symbols.test \
 	tests/integration/pg-deploy.test \
 	tests/state/example-queue-worker.test tests/state/example-toy-store.test tests/state/example-locks.test \
@@ -53,6 +54,7 @@ SCRIPT_TESTS = \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \
 	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
+	tests/integration/python-service.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 
@@ -62,6 +64,7 @@ TEST_HELPERS = tests/integration/queue-fixture
 check_PROGRAMS += $(C_TESTS) $(FUZZ_CHECKS) $(TEST_HELPERS)
 TESTS += $(C_TESTS) $(SCRIPT_TESTS)
 EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests/helpers/conn-flood.py \
+	tests/helpers/pyenv.sh \
 	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.

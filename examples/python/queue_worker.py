@@ -12,13 +12,14 @@ process. Set DSYS_LIBRARY to a built libdistsys.so if it is not installed.
 """
 import sys
 import time
+from typing import Dict, List
 
 import distsys
 
 QUEUE = "squares"
 
 
-def square(job: distsys.Job, ctx: distsys.JobContext) -> dict:
+def square(job: distsys.Job, ctx: distsys.JobContext) -> Dict[str, int]:
     n = job.payload.get("n") if isinstance(job.payload, dict) else None
     if not isinstance(n, int):
         raise ValueError('payload must be {"n": <int>}')
@@ -58,7 +59,7 @@ def work(url: str, n: int, threads: int) -> int:
     return 0
 
 
-def main(argv: list) -> int:
+def main(argv: List[str]) -> int:
     if len(argv) < 4 or argv[1] not in ("submit", "work"):
         print(__doc__, file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import errors
 
@@ -90,7 +90,7 @@ class Life:
 
 
 def _final(life: Life, free: Callable[[int], None], parent: Optional[Life],
-           me: list, keep: Any) -> None:
+           me: List[Any], keep: Any) -> None:
     # keep: objects (ctypes callbacks, buffers, parents) that must stay
     # alive until the C handle is freed. Dropped when this returns.
     life.shutdown(free)
@@ -98,11 +98,15 @@ def _final(life: Life, free: Callable[[int], None], parent: Optional[Life],
         parent.drop_child(me[0])
 
 
-def attach(owner: Any, ptr: int, free: Callable[[int], None],
-           parent: Optional[Life] = None, keep: Any = None) -> "tuple[Life, weakref.finalize]":
-    """Give owner a Life for ptr and a finalizer that frees it exactly once."""
+def attach(owner: Any, ptr: Optional[int], free: Callable[[int], None],
+           parent: Optional[Life] = None,
+           keep: Any = None) -> "Tuple[Life, weakref.finalize]":
+    """Give owner a Life for ptr (the handle a successful open returned,
+    never NULL) and a finalizer that frees it exactly once."""
+    if not ptr:
+        raise errors.error_class(-31)(-31, "the library returned a NULL handle")
     life = Life(ptr)
-    me: list = []
+    me: List[Any] = []
     fin = weakref.finalize(owner, _final, life, free, parent, me, keep)
     me.append(fin)
     if parent is not None:
@@ -114,7 +118,7 @@ def attach(owner: Any, ptr: int, free: Callable[[int], None],
     return life, fin
 
 
-def handling() -> list:
+def handling() -> List[Tuple[Optional["Life"], Optional["Life"]]]:
     """(worker Life, queue Life) pairs whose handler runs on this thread."""
     h = getattr(_tls, "handling", None)
     if h is None:

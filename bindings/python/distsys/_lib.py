@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_int,
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_int,
                     c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p)
 from typing import Any, List, Optional
 
@@ -75,7 +75,7 @@ def _check_version() -> str:
             f"distsys: {lib._name} is not libdistsys (no dsys_version)") from None
     num = lib.dsys_version_number()
     ver = (num // 10000, num // 100 % 100, num % 100)
-    text = lib.dsys_version().decode()
+    text: str = lib.dsys_version().decode()
     if ver[0] != MIN_VERSION[0] or ver < MIN_VERSION:
         raise LibraryNotFoundError(
             f"distsys: {lib._name} is libdistsys {text}; this package needs "
@@ -510,3 +510,106 @@ dsys_identity_verifier_new = fn("dsys_identity_verifier_new", c_int,
 dsys_identity_verify = fn("dsys_identity_verify", c_int, c_void_p, c_char_p,
                           POINTER(dsys_identity_claims))
 dsys_identity_verifier_free = fn("dsys_identity_verifier_free", None, c_void_p)
+
+# ---- server.h ----
+HANDLER_FN = CFUNCTYPE(None, c_void_p, c_void_p)
+
+
+class dsys_server_options(Structure):
+    _fields_ = [("size", c_size_t), ("max_body", c_size_t),
+                ("threads", c_uint32), ("max_connections", c_uint32),
+                ("idle_timeout_s", c_uint32), ("access_log", c_int32),
+                ("clock", c_void_p), ("name", c_char_p),
+                ("connection_memory", c_uint32), ("event_loops", c_uint32),
+                ("request_timeout_s", c_uint32), ("tls_cert_file", c_char_p),
+                ("tls_key_file", c_char_p), ("tls_client_ca_file", c_char_p),
+                ("header_timeout_s", c_uint32)]
+
+
+dsys_server_new = fn("dsys_server_new", c_int, POINTER(c_void_p),
+                     POINTER(dsys_server_options))
+dsys_server_route = fn("dsys_server_route", c_int, c_void_p, c_char_p,
+                       c_char_p, HANDLER_FN, c_void_p)
+dsys_server_listen = fn("dsys_server_listen", c_int, c_void_p, c_char_p)
+dsys_server_url = fn("dsys_server_url", c_char_p, c_void_p, c_size_t)
+dsys_server_stop = fn("dsys_server_stop", c_int, c_void_p, c_int64)
+dsys_server_free = fn("dsys_server_free", None, c_void_p)
+dsys_server_inflight = fn("dsys_server_inflight", c_uint64, c_void_p)
+dsys_request_method = fn("dsys_request_method", c_char_p, c_void_p)
+dsys_request_path = fn("dsys_request_path", c_char_p, c_void_p)
+dsys_request_target = fn("dsys_request_target", c_char_p, c_void_p)
+dsys_request_query = fn("dsys_request_query", c_char_p, c_void_p)
+dsys_request_id = fn("dsys_request_id", c_char_p, c_void_p)
+dsys_request_traceparent = fn("dsys_request_traceparent", c_char_p, c_void_p)
+dsys_request_trace_id = fn("dsys_request_trace_id", c_char_p, c_void_p)
+dsys_request_remote_addr = fn("dsys_request_remote_addr", c_char_p, c_void_p)
+dsys_request_param = fn("dsys_request_param", c_char_p, c_void_p, c_char_p)
+dsys_request_header = fn("dsys_request_header", c_char_p, c_void_p, c_char_p)
+dsys_request_header_count = fn("dsys_request_header_count", c_size_t, c_void_p)
+dsys_request_header_at = fn("dsys_request_header_at", c_int, c_void_p,
+                            c_size_t, c_char_pp, c_char_pp)
+dsys_request_body = fn("dsys_request_body", c_void_p, c_void_p, c_size_t_p)
+dsys_response_header = fn("dsys_response_header", c_int, c_void_p, c_char_p,
+                          c_char_p)
+dsys_respond = fn("dsys_respond", c_int, c_void_p, c_int, c_char_p, c_char_p,
+                  c_size_t)
+dsys_respond_error = fn("dsys_respond_error", c_int, c_void_p, c_int,
+                        c_char_p, c_char_p)
+dsys_respond_stream = fn("dsys_respond_stream", c_int, c_void_p, c_int,
+                         c_char_p)
+dsys_stream_write = fn("dsys_stream_write", c_int, c_void_p, c_char_p,
+                       c_size_t)
+dsys_stream_end = fn("dsys_stream_end", c_int, c_void_p)
+dsys_request_defer = fn("dsys_request_defer", c_int, c_void_p)
+
+# ---- metrics.h ----
+dsys_metrics_new = fn("dsys_metrics_new", c_int, POINTER(c_void_p))
+dsys_metrics_free = fn("dsys_metrics_free", None, c_void_p)
+_series = (c_void_p, c_char_p, c_char_p)
+dsys_metrics_counter = fn("dsys_metrics_counter", c_int, *_series, c_char_pp,
+                          c_char_pp, c_size_t, POINTER(c_void_p))
+dsys_metrics_gauge = fn("dsys_metrics_gauge", c_int, *_series, c_char_pp,
+                        c_char_pp, c_size_t, POINTER(c_void_p))
+dsys_metrics_histogram = fn("dsys_metrics_histogram", c_int, *_series,
+                            POINTER(c_double), c_size_t, c_char_pp, c_char_pp,
+                            c_size_t, POINTER(c_void_p))
+dsys_counter_add = fn("dsys_counter_add", None, c_void_p, c_uint64)
+dsys_counter_value = fn("dsys_counter_value", c_uint64, c_void_p)
+dsys_gauge_set = fn("dsys_gauge_set", None, c_void_p, c_double)
+dsys_gauge_add = fn("dsys_gauge_add", None, c_void_p, c_double)
+dsys_gauge_value = fn("dsys_gauge_value", c_double, c_void_p)
+dsys_histogram_observe = fn("dsys_histogram_observe", None, c_void_p, c_double)
+dsys_histogram_read = fn("dsys_histogram_read", c_int, c_void_p, c_size_t,
+                         POINTER(c_uint64), POINTER(c_uint64),
+                         POINTER(c_double))
+dsys_metrics_render = fn("dsys_metrics_render", c_int, c_void_p,
+                         POINTER(c_void_p), c_size_t_p)
+dsys_server_metrics = fn("dsys_server_metrics", c_int, c_void_p, c_void_p)
+dsys_metrics_mount = fn("dsys_metrics_mount", c_int, c_void_p, c_void_p)
+dsys_metrics_process = fn("dsys_metrics_process", c_int, c_void_p)
+
+# ---- registration.h ----
+class dsys_registration_options(Structure):
+    _fields_ = [("size", c_size_t), ("clock", c_void_p),
+                ("heartbeat_ms", c_int64), ("retry_ms", c_int64),
+                ("require_registered", c_int32)]
+
+
+class dsys_registration_stats(Structure):
+    _fields_ = [("registrations", c_uint64), ("heartbeats", c_uint64),
+                ("failures", c_uint64), ("registered", c_int32),
+                ("last_error", c_int32)]
+
+
+dsys_registration_start = fn("dsys_registration_start", c_int,
+                             POINTER(c_void_p), c_void_p,
+                             POINTER(dsys_instance),
+                             POINTER(dsys_registration_options))
+dsys_registration_stop = fn("dsys_registration_stop", c_int, c_void_p)
+dsys_registration_stats_get = fn("dsys_registration_stats_get", c_int,
+                                 c_void_p, POINTER(dsys_registration_stats))
+
+UPSTREAM_FN = CFUNCTYPE(None, c_int, c_void_p, POINTER(dsys_upstream_result),
+                        c_void_p)
+dsys_upstream_send = fn("dsys_upstream_send", c_int, c_void_p,
+                        POINTER(dsys_call), UPSTREAM_FN, c_void_p)

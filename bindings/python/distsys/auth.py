@@ -6,7 +6,7 @@ import json
 from ctypes import byref, c_void_p, sizeof
 from typing import Any, Dict, Optional, Union
 
-from . import _lib, errors
+from . import _check, _lib, errors
 
 __all__ = ["hash_password", "verify_password", "issue_token", "verify_token"]
 
@@ -20,14 +20,15 @@ def hash_password(password: str, prefix: Optional[str] = None) -> str:
     bytes or an unsupported prefix."""
     out = c_void_p()
     errors.raise_for(_lib.dsys_password_hash(
-        password.encode(), None if prefix is None else prefix.encode(), byref(out)))
+        _check.text(password, "password"), _check.opt_text(prefix, "prefix"), byref(out)))
     return _lib.take_string(out.value)  # type: ignore[return-value]
 
 
 def verify_password(password: str, hashed: str) -> bool:
     """True when password matches hashed (constant-time comparison); False
     when it does not or the hash is malformed."""
-    rc = _lib.dsys_password_verify(password.encode(), hashed.encode())
+    rc = _lib.dsys_password_verify(_check.text(password, "password"),
+                                   _check.text(hashed, "hashed"))
     if rc == _EAUTH:
         return False
     errors.raise_for(rc)
@@ -35,12 +36,13 @@ def verify_password(password: str, hashed: str) -> bool:
 
 
 def _key(secret: Union[bytes, str]) -> bytes:
-    return secret.encode() if isinstance(secret, str) else bytes(secret)
+    return _check.blob(secret, "secret")
 
 
 def _opts(alg: str, lifetime_s: int) -> Any:
     return _lib.dsys_token_options(size=sizeof(_lib.dsys_token_options),
-                                   alg=alg.encode(), lifetime_s=lifetime_s)
+                                   alg=_check.text(alg, "alg"),
+                                   lifetime_s=_check.integer(lifetime_s, "lifetime_s"))
 
 
 def issue_token(secret: Union[bytes, str], claims: Optional[Dict[str, Any]] = None,
@@ -50,7 +52,7 @@ def issue_token(secret: Union[bytes, str], claims: Optional[Dict[str, Any]] = No
     32..4096 bytes (InvalidArgumentError)."""
     k = _key(secret)
     out = c_void_p()
-    cj = None if claims is None else json.dumps(claims).encode()
+    cj = _check.json_object(claims, "claims")
     errors.raise_for(_lib.dsys_token_issue(k, len(k), cj, byref(_opts(alg, lifetime_s)),
                                            byref(out)))
     return _lib.take_string(out.value)  # type: ignore[return-value]
@@ -63,6 +65,7 @@ def verify_token(secret: Union[bytes, str], token: str, *,
     is expired, not yet valid or malformed."""
     k = _key(secret)
     out = c_void_p()
-    errors.raise_for(_lib.dsys_token_verify(k, len(k), token.encode(),
+    errors.raise_for(_lib.dsys_token_verify(k, len(k), _check.text(token, "token"),
                                             byref(_opts(alg, 0)), byref(out)))
-    return json.loads(_lib.take_string(out.value) or "{}")
+    claims: Dict[str, Any] = json.loads(_lib.take_string(out.value) or "{}")
+    return claims

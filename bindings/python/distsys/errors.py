@@ -20,7 +20,7 @@ subclass of :class:`DistsysError`, named from the code's symbolic name
 
 A few classes also derive from the matching built-in, so generic handlers
 work: ``InvalidArgumentError`` and ``BadJsonError`` are ``ValueError``\\ s,
-``NotFoundError`` is a ``LookupError``.
+``NotFoundError`` is a ``LookupError``, ``DsysTypeError`` a ``TypeError``.
 
 Every exception carries ``code`` (the negative number), ``name``
 (``"DSYS_ENOTFOUND"``), ``message`` (``dsys_strerror``) and ``detail`` (the
@@ -51,7 +51,7 @@ WORDS: Dict[str, str] = {
 
 _BUILTIN_BASES: Dict[str, Tuple[type, ...]] = {
     "DSYS_EINVAL": (ValueError,), "DSYS_EBADJSON": (ValueError,),
-    "DSYS_ENOTFOUND": (LookupError,),
+    "DSYS_ENOTFOUND": (LookupError,), "DSYS_ETYPE": (TypeError,),
 }
 
 
@@ -81,7 +81,7 @@ class DistsysError(Exception):
             text += f" ({self.detail})"
         super().__init__(text)
 
-    def __reduce__(self):  # picklable (multiprocessing)
+    def __reduce__(self) -> Tuple[Type["DistsysError"], Tuple[int, Optional[str]]]:  # picklable (multiprocessing)
         return (error_class(self.code), (self.code, self.detail))
 
 

@@ -15,7 +15,7 @@ import os
 from ctypes import byref, c_int, c_void_p, sizeof
 from typing import Any, Dict, Optional, Union
 
-from . import _lib, errors
+from . import _check, _lib, errors
 from ._handle import attach, Handle
 
 __all__ = ["IDENTITY_HEADER", "IDENTITY_TOKEN_MAX", "identity_keygen",
@@ -33,21 +33,8 @@ _EAUTH = -20
 PathArg = Union[str, "os.PathLike[str]", bytes]
 
 
-def _path(p: PathArg, what: str) -> bytes:
-    # C would stop at a NUL byte and use a shorter path than the one given
-    b = os.fsencode(p)
-    if b"\0" in b:
-        errors.raise_for(_EINVAL, f"{what} contains a NUL byte")
-    return b
-
-
-def _text(s: str, what: str) -> bytes:
-    if not isinstance(s, str):
-        raise TypeError(f"{what} must be str, not {type(s).__name__}")
-    b = s.encode()
-    if b"\0" in b:
-        errors.raise_for(_EINVAL, f"{what} contains a NUL byte")
-    return b
+_path = _check.path
+_text = _check.text
 
 
 def _token(t: Union[str, bytes], code: int) -> bytes:
@@ -65,7 +52,7 @@ def _token(t: Union[str, bytes], code: int) -> bytes:
 def _issue_opts(lifetime_s: Optional[int]) -> Any:
     return _lib.dsys_identity_issue_options(
         size=sizeof(_lib.dsys_identity_issue_options),
-        lifetime_s=0 if lifetime_s is None else lifetime_s)
+        lifetime_s=0 if lifetime_s is None else _check.integer(lifetime_s, "lifetime_s"))
 
 
 def identity_keygen(key_file: PathArg, pub_file: PathArg) -> bool:
@@ -153,7 +140,7 @@ class Identity(Handle):
             p = _path(token_file, "token_file")
             o = _lib.dsys_identity_options(
                 size=sizeof(_lib.dsys_identity_options),
-                reload_ms=0 if reload_ms is None else reload_ms)
+                reload_ms=0 if reload_ms is None else _check.integer(reload_ms, "reload_ms"))
             errors.raise_for(_lib.dsys_identity_open(byref(h), p, byref(o)),
                              f"token file {os.fsdecode(p)!r}")
             self.token_file = os.fsdecode(p)

@@ -8,7 +8,7 @@ from ctypes import POINTER, byref, c_char_p, c_size_t, c_uint64, c_void_p, sizeo
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import _lib, errors
+from . import _check, _lib, errors
 from ._handle import attach, callback_scope, Handle
 
 __all__ = ["Registry", "Instance", "Change", "CHANGE_KINDS"]
@@ -90,17 +90,24 @@ class Registry(Handle):
                  *, ttl_ms: int = 0, reap_ms: int = 0,
                  sweep_interval_ms: int = 0, identity: Optional[Any] = None) -> None:
         o = _lib.dsys_registry_options(
-            size=sizeof(_lib.dsys_registry_options), ttl_ms=ttl_ms,
-            reap_ms=reap_ms, sweep_interval_ms=sweep_interval_ms)
+            size=sizeof(_lib.dsys_registry_options),
+            ttl_ms=_check.integer(ttl_ms, "ttl_ms"),
+            reap_ms=_check.integer(reap_ms, "reap_ms"),
+            sweep_interval_ms=_check.integer(sweep_interval_ms, "sweep_interval_ms"))
+        b_backend = _check.text(backend, "backend")
+        b_target = _check.opt_text(target, "target")
         h = c_void_p()
         err = create_string_buffer(512)
+        from .identity import Identity  # here: identity imports nothing of ours
+        if identity is not None and not isinstance(identity, Identity):
+            raise TypeError("identity must be a distsys.Identity, not "
+                            f"{type(identity).__name__}")
         # the credential's handle must outlive the registry: it is the parent
         parent = identity._life if identity is not None else None
         if parent is not None:
             o.identity = parent.enter()
         try:
-            rc = _lib.dsys_registry_open(byref(h), backend.encode(),
-                                         None if target is None else target.encode(),
+            rc = _lib.dsys_registry_open(byref(h), b_backend, b_target,
                                          byref(o), err, len(err))
             errors.raise_for(rc, err.value.decode() or f"backend {backend!r}")
             self.backend = backend
@@ -128,29 +135,30 @@ class Registry(Handle):
                  tags: Sequence[str] = (), metadata: Optional[Dict[str, Any]] = None,
                  weight: int = 1) -> None:
         """Register (or replace) an instance."""
-        tag_arr = (c_char_p * max(1, len(tags)))(*[t.encode() for t in tags])
+        btags = _check.texts(tags, "tags")
+        tag_arr = (c_char_p * max(1, len(btags)))(*btags)
         inst = _lib.dsys_instance(
-            id=id.encode(), type=type.encode(), url=url.encode(),
-            name=None if name is None else name.encode(),
-            tags=tag_arr, ntags=len(tags),
-            metadata=None if metadata is None else json.dumps(metadata).encode(),
-            weight=weight)
+            id=_check.text(id, "id"), type=_check.text(type, "type"),
+            url=_check.text(url, "url"), name=_check.opt_text(name, "name"),
+            tags=tag_arr, ntags=len(btags),
+            metadata=_check.json_object(metadata, "metadata"),
+            weight=_check.count(weight, "weight"))
         self._call(_lib.dsys_registry_register, byref(inst))
 
     def heartbeat(self, id: str) -> None:
         """Refresh an instance's heartbeat (NotFoundError if unknown)."""
-        self._call(_lib.dsys_registry_heartbeat, id.encode())
+        self._call(_lib.dsys_registry_heartbeat, _check.text(id, "id"))
 
     def deregister(self, id: str) -> None:
         """Remove an instance (NotFoundError if unknown)."""
-        self._call(_lib.dsys_registry_deregister, id.encode())
+        self._call(_lib.dsys_registry_deregister, _check.text(id, "id"))
 
     def lookup(self, type: Optional[str] = None, healthy_only: bool = True) -> List[Instance]:
         """Instances of a service type (None: all), ordered by id."""
         arr = POINTER(_lib.dsys_instance)()
         n = c_size_t()
-        self._call(_lib.dsys_registry_lookup,
-                   None if type is None else type.encode(), int(healthy_only),
+        self._call(_lib.dsys_registry_lookup, _check.opt_text(type, "type"),
+                   int(bool(healthy_only)),
                    byref(arr), byref(n))
         try:
             return _instances(arr, n.value)
@@ -160,7 +168,7 @@ class Registry(Handle):
     def get(self, id: str) -> Instance:
         """One instance by id (NotFoundError)."""
         arr = POINTER(_lib.dsys_instance)()
-        self._call(_lib.dsys_registry_get, id.encode(), byref(arr))
+        self._call(_lib.dsys_registry_get, _check.text(id, "id"), byref(arr))
         try:
             return _instances(arr, 1)[0]
         finally:
@@ -178,7 +186,9 @@ class Registry(Handle):
         the new index, or None on timeout."""
         v = c_uint64()
         try:
-            self._call(_lib.dsys_registry_wait, after, timeout_ms, byref(v))
+            self._call(_lib.dsys_registry_wait,
+                       _check.count(after, "after", (1 << 64) - 1),
+                       _check.integer(timeout_ms, "timeout_ms"), byref(v))
         except errors.error_class(-6):
             return None
         return v.value
@@ -190,8 +200,7 @@ class Registry(Handle):
     def watch(self, callback: Callable[[Change], None]) -> int:
         """Call ``callback(change)`` for every change from now on; returns a
         watch id for :meth:`unwatch`."""
-        if not callable(callback):
-            raise TypeError("callback must be callable")
+        _check.function(callback, "callback")
 
         def run(ud: Any, cp: Any) -> None:
             try:
@@ -211,6 +220,7 @@ class Registry(Handle):
 
     def unwatch(self, watch_id: int) -> None:
         """Stop a watch; after this returns its callback no longer runs."""
-        self._call(_lib.dsys_registry_unwatch, watch_id)
+        self._call(_lib.dsys_registry_unwatch,
+                   _check.count(watch_id, "watch_id", (1 << 64) - 1))
         with self._wlock:
             self._watches.pop(watch_id, None)

@@ -8,7 +8,7 @@ from ctypes import byref, c_int32, c_uint64, c_void_p, sizeof
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 
-from . import _lib, errors
+from . import _check, _lib, errors
 from ._handle import attach, callback_scope, Handle
 
 __all__ = ["Balancer", "Pick", "Breaker", "BreakerStats", "POLICIES",
@@ -34,7 +34,7 @@ _STATE_NUM = {v: k for k, v in BREAKER_STATES.items()}
 def policy_number(name: str) -> int:
     """The number of a policy name (InvalidArgumentError if unknown)."""
     v = c_int32()
-    errors.raise_for(_lib.dsys_lb_policy_parse(name.encode(), byref(v)),
+    errors.raise_for(_lib.dsys_lb_policy_parse(_check.text(name, "policy"), byref(v)),
                      f"policy {name!r}; known: {', '.join(POLICIES.values())}")
     return v.value
 
@@ -72,8 +72,10 @@ class Balancer(Handle):
                  seed: int = 0, ring_vnodes: int = 0, maglev_size: int = 0) -> None:
         o = _lib.dsys_balancer_options(
             size=sizeof(_lib.dsys_balancer_options), policy=policy_number(policy),
-            when_none=int(fail_fast), ring_vnodes=ring_vnodes,
-            maglev_size=maglev_size, seed=seed)
+            when_none=int(bool(fail_fast)),
+            ring_vnodes=_check.count(ring_vnodes, "ring_vnodes"),
+            maglev_size=_check.count(maglev_size, "maglev_size"),
+            seed=_check.count(seed, "seed", (1 << 64) - 1))
         h = c_void_p()
         errors.raise_for(_lib.dsys_balancer_new(byref(h), byref(o)))
         self.policy = policy
@@ -84,27 +86,30 @@ class Balancer(Handle):
         """Number of endpoints."""
         p = self._life.enter()
         try:
-            return _lib.dsys_balancer_count(p)
+            return int(_lib.dsys_balancer_count(p))
         finally:
             self._life.leave()
 
     def add(self, id: str, weight: int = 1, value: Any = None) -> None:
         """Add an endpoint (AlreadyExistsError for a known id)."""
-        self._call(_lib.dsys_balancer_add, id.encode(), weight, None)
+        self._call(_lib.dsys_balancer_add, _check.text(id, "id"),
+                   _check.count(weight, "weight"), None)
         self._values[id] = value
 
     def remove(self, id: str) -> None:
         """Remove an endpoint (NotFoundError)."""
-        self._call(_lib.dsys_balancer_remove, id.encode())
+        self._call(_lib.dsys_balancer_remove, _check.text(id, "id"))
         self._values.pop(id, None)
 
     def set_weight(self, id: str, weight: int) -> None:
         """Change an endpoint's weight (1..10000)."""
-        self._call(_lib.dsys_balancer_set_weight, id.encode(), weight)
+        self._call(_lib.dsys_balancer_set_weight, _check.text(id, "id"),
+                   _check.count(weight, "weight"))
 
     def set_available(self, id: str, available: bool) -> None:
         """Mark an endpoint available or not."""
-        self._call(_lib.dsys_balancer_set_available, id.encode(), int(available))
+        self._call(_lib.dsys_balancer_set_available, _check.text(id, "id"),
+                   int(bool(available)))
 
     def reset(self) -> None:
         """Restart the rotation at the first endpoint."""
@@ -114,10 +119,10 @@ class Balancer(Handle):
              exclude: Optional[str] = None) -> Pick:
         """Pick an endpoint (key: for the hashing policies). Call
         :meth:`release` when the request ends."""
-        k = key.encode() if isinstance(key, str) else key
+        k = None if key is None else _check.blob(key, "key")
         r = _lib.dsys_pick_result()
         self._call(_lib.dsys_balancer_pick, k, len(k) if k else 0,
-                   None if exclude is None else exclude.encode(), byref(r))
+                   _check.opt_text(exclude, "exclude"), byref(r))
         pid = r.id.decode()
         return Pick(pid, self._values.get(pid), bool(r.panic), r)
 
@@ -145,7 +150,7 @@ class Balancer(Handle):
     def endpoint(self, id: str) -> Dict[str, int]:
         """Figures of one endpoint: weight, available, active, picks."""
         i = _lib.dsys_balancer_endpoint_info()
-        self._call(_lib.dsys_balancer_endpoint, id.encode(), byref(i))
+        self._call(_lib.dsys_balancer_endpoint, _check.text(id, "id"), byref(i))
         return {"weight": i.weight, "available": bool(i.available),
                 "active": i.active, "picks": i.picks}
 
@@ -193,25 +198,31 @@ class Breaker(Handle):
                  on_event: Optional[Callable[[str, str, str], None]] = None) -> None:
         cb = None
         if on_event is not None:
-            if not callable(on_event):
-                raise TypeError("on_event must be callable")
+            _check.function(on_event, "on_event")
+
+            handler = on_event
 
             def run(ud: Any, nm: Optional[bytes], frm: int, to: int) -> None:
                 try:
                     with callback_scope():
-                        on_event((nm or b"").decode(), BREAKER_STATES.get(frm, str(frm)),
+                        handler((nm or b"").decode(), BREAKER_STATES.get(frm, str(frm)),
                                  BREAKER_STATES.get(to, str(to)))
                 except BaseException:
                     log.exception("distsys: exception in a breaker on_event callback")
 
             cb = _lib.BREAKER_EVENT(run)
         o = _lib.dsys_breaker_options(
-            size=sizeof(_lib.dsys_breaker_options), name=name.encode(),
-            window_type=int(time_window), window_size=window_size,
-            minimum_calls=minimum_calls, failure_rate_pct=failure_rate_pct,
-            slow_rate_pct=slow_rate_pct, slow_call_us=slow_call_us,
-            failures_n=failures_n, failures_window_ms=failures_window_ms,
-            open_wait_ms=open_wait_ms, half_open_calls=half_open_calls)
+            size=sizeof(_lib.dsys_breaker_options), name=_check.text(name, "name"),
+            window_type=int(bool(time_window)),
+            window_size=_check.count(window_size, "window_size"),
+            minimum_calls=_check.count(minimum_calls, "minimum_calls"),
+            failure_rate_pct=_check.count(failure_rate_pct, "failure_rate_pct", 100),
+            slow_rate_pct=_check.count(slow_rate_pct, "slow_rate_pct", 100),
+            slow_call_us=_check.integer(slow_call_us, "slow_call_us"),
+            failures_n=_check.count(failures_n, "failures_n"),
+            failures_window_ms=_check.integer(failures_window_ms, "failures_window_ms"),
+            open_wait_ms=_check.integer(open_wait_ms, "open_wait_ms"),
+            half_open_calls=_check.count(half_open_calls, "half_open_calls"))
         if cb is not None:
             o.on_event = cb
         h = c_void_p()
@@ -238,7 +249,9 @@ class Breaker(Handle):
         res = 2 if ok is None else (0 if ok else 1)
         p = self._life.enter()
         try:
-            rc = _lib.dsys_breaker_record(p, permit, res, duration_us)
+            rc = _lib.dsys_breaker_record(
+                p, _check.count(permit, "permit", (1 << 64) - 1), res,
+                _check.integer(duration_us, "duration_us"))
         finally:
             self._life.leave()
         errors.raise_for(rc)
@@ -273,8 +286,7 @@ class Breaker(Handle):
     @state.setter
     def state(self, name: str) -> None:
         """Force a state by name ("forced-open", "disabled", "closed", ...)."""
-        if name not in _STATE_NUM:
-            raise ValueError(f"state must be one of {sorted(_STATE_NUM)}")
+        _check.choice(name, "state", list(_STATE_NUM))
         p = self._life.enter()
         try:
             rc = _lib.dsys_breaker_set_state(p, _STATE_NUM[name])

@@ -6,9 +6,9 @@ import json
 from ctypes import byref, c_int64, c_size_t, c_void_p, POINTER
 from ctypes import sizeof as _sizeof
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, MutableMapping
 
-from . import _lib, errors
+from . import _check, _lib, errors
 from ._handle import attach, Handle
 
 __all__ = ["Store", "Item"]
@@ -49,18 +49,29 @@ def _take_item(p: Any) -> Item:
         _lib.dsys_item_free(p)
 
 
-def _enc(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+_ENOTFOUND = -3
+_MISSING: Any = object()
 
 
-class Store(Handle):
-    """A key-value store opened by URL.
+class Store(Handle, MutableMapping[str, Any]):
+    """A key-value store opened by URL, and a ``MutableMapping`` of key ->
+    value.
 
     ``"memory:"`` is private to this process; ``"sqlite:///abs/file.sqlite"``
     is durable and may be shared by several processes (and with a
     :class:`~distsys.Queue` on the same file).
 
-    Values are any JSON-serializable Python value; metadata is a dict.
+    Keys are non-empty str; values are any JSON-serializable Python value;
+    metadata is a dict. As a mapping: ``store[key]`` (KeyError when absent
+    or expired), ``store[key] = value``, ``del store[key]``, ``key in
+    store``, ``len(store)``, iteration over the keys in key order (paged
+    through the library's list cursor, so any size works) and the usual
+    ``get``, ``pop``, ``setdefault``, ``update``, ``keys``, ``items``,
+    ``values``. The richer calls return :class:`Item` (metadata, version,
+    times): :meth:`item`, :meth:`put`, :meth:`create`, :meth:`replace`
+    (compare-and-swap), :meth:`delete`, :meth:`incr`, :meth:`list`,
+    :meth:`scan`.
+
     Thread-safe: a Store may be used from many threads; ``close()`` waits
     for calls in progress and then frees the handle. Use it as a context
     manager or call ``close()``; an unreferenced Store is closed by the
@@ -69,17 +80,19 @@ class Store(Handle):
     Example::
 
         with distsys.Store("memory:") as s:
-            s.put("user:1", {"name": "Ada"})
-            assert s.get("user:1").value == {"name": "Ada"}
+            s["user:1"] = {"name": "Ada"}
+            assert s["user:1"] == {"name": "Ada"}
+            item = s.item("user:1")          # value, metadata, version...
+            s.replace("user:1", {"name": "Ada L."}, expected_version=item.version)
     """
 
     def __init__(self, url: str = "memory:", *, full_sync: bool = False,
                  max_value: int = 0) -> None:
         o = _lib.dsys_store_options(size=_sizeof(_lib.dsys_store_options),
-                                    full_sync=int(full_sync),
-                                    max_value=max_value)
+                                    full_sync=int(bool(full_sync)),
+                                    max_value=_check.count(max_value, "max_value", None))
         h = c_void_p()
-        rc = _lib.dsys_store_open(byref(h), url.encode(), byref(o))
+        rc = _lib.dsys_store_open(byref(h), _check.text(url, "url"), byref(o))
         errors.raise_for(rc, f"opening {url!r}")
         self.url = url
         self._life, self._fin = attach(self, h.value, _lib.dsys_store_close)
@@ -89,49 +102,49 @@ class Store(Handle):
     def __repr__(self) -> str:
         return f"<distsys.Store {self.url!r}{' closed' if self.closed else ''}>"
 
-    def _check(self, rc: int, p: int) -> None:
-        if rc:
-            detail = _lib.dsys_store_errmsg(p)
-            errors.raise_for(rc, detail.decode() if detail else None)
+    def _run(self, f: Any, *args: Any) -> None:
+        """Call f(handle, *args); raise with the store's detailed message."""
+        p = self._life.enter()
+        try:
+            rc = f(p, *args)
+            if rc:
+                detail = _lib.dsys_store_errmsg(p)
+                errors.raise_for(rc, detail.decode() if detail else None)
+        finally:
+            self._life.leave()
 
     def _write(self, f: Any, key: str, value: Any, metadata: Optional[Dict[str, Any]],
                ttl_ms: int, expected_version: int) -> Item:
         w = _lib.dsys_store_write(
             size=_sizeof(_lib.dsys_store_write),
-            metadata=None if metadata is None else _enc(metadata),
-            ttl_ms=ttl_ms, expected_version=expected_version)
+            metadata=_check.json_object(metadata, "metadata"),
+            ttl_ms=_check.integer(ttl_ms, "ttl_ms"),
+            expected_version=_check.integer(expected_version, "expected_version"))
         out = _lib.item_p()
-        p = self._life.enter()
-        try:
-            self._check(f(p, key.encode(), _enc(value), byref(w), byref(out)), p)
-        finally:
-            self._life.leave()
+        self._run(f, _check.text(key, "key"), _check.json_text(value, "value"),
+                  byref(w), byref(out))
         return _take_item(out)
 
-    # -- operations --
-    def get(self, key: str) -> Item:
-        """The item at key. Raises NotFoundError when absent or expired."""
+    # -- operations returning items --
+
+    def item(self, key: str) -> Item:
+        """The item at key (value, metadata, version, times). Raises
+        NotFoundError (a LookupError) when absent or expired."""
         out = _lib.item_p()
-        p = self._life.enter()
-        try:
-            self._check(_lib.dsys_store_get(p, key.encode(), byref(out)), p)
-        finally:
-            self._life.leave()
+        self._run(_lib.dsys_store_get, _check.text(key, "key"), byref(out))
         return _take_item(out)
 
     def get_by_id(self, item_id: int) -> Item:
         """The item with this numeric id. Raises NotFoundError."""
         out = _lib.item_p()
-        p = self._life.enter()
-        try:
-            self._check(_lib.dsys_store_get_by_id(p, item_id, byref(out)), p)
-        finally:
-            self._life.leave()
+        self._run(_lib.dsys_store_get_by_id, _check.integer(item_id, "item_id"),
+                  byref(out))
         return _take_item(out)
 
     def put(self, key: str, value: Any, *, metadata: Optional[Dict[str, Any]] = None,
             ttl_ms: int = 0) -> Item:
-        """Insert or replace; returns the stored item (version +1)."""
+        """Insert or replace; returns the stored item (version +1). A TTL
+        of 0 means none."""
         return self._write(_lib.dsys_store_put, key, value, metadata, ttl_ms, 0)
 
     def create(self, key: str, value: Any, *, metadata: Optional[Dict[str, Any]] = None,
@@ -139,46 +152,38 @@ class Store(Handle):
         """Insert only if absent (atomic across processes); AlreadyExistsError."""
         return self._write(_lib.dsys_store_create, key, value, metadata, ttl_ms, 0)
 
-    def update(self, key: str, value: Any, *, metadata: Optional[Dict[str, Any]] = None,
-               ttl_ms: int = 0, expected_version: int = 0) -> Item:
+    def replace(self, key: str, value: Any, *, metadata: Optional[Dict[str, Any]] = None,
+                ttl_ms: int = 0, expected_version: int = 0) -> Item:
         """Replace an existing value. With expected_version > 0 it is a
         compare-and-swap (ConflictError on mismatch); NotFoundError if absent.
-        metadata None keeps the current metadata."""
+        metadata None keeps the current metadata; ttl_ms 0 removes a TTL."""
         return self._write(_lib.dsys_store_update, key, value, metadata, ttl_ms,
                            expected_version)
 
     def delete(self, key: str, expected_version: int = 0) -> None:
         """Delete (NotFoundError; ConflictError with a stale expected_version)."""
-        p = self._life.enter()
-        try:
-            self._check(_lib.dsys_store_delete(p, key.encode(), expected_version), p)
-        finally:
-            self._life.leave()
+        self._run(_lib.dsys_store_delete, _check.text(key, "key"),
+                  _check.integer(expected_version, "expected_version"))
 
     def incr(self, key: str, delta: int = 1) -> int:
         """Atomically add delta to an integer value (created as delta)."""
         r = c_int64()
-        p = self._life.enter()
-        try:
-            self._check(_lib.dsys_store_incr(p, key.encode(), delta, byref(r)), p)
-        finally:
-            self._life.leave()
+        self._run(_lib.dsys_store_incr, _check.text(key, "key"),
+                  _check.integer(delta, "delta"), byref(r))
         return r.value
 
     def list(self, prefix: str = "", cursor: Optional[str] = None,
              limit: int = 100) -> Tuple[List[Item], Optional[str]]:
         """One page of items with the key prefix, in key order, and the
-        cursor of the next page (None after the last page)."""
+        cursor of the next page (None after the last page). limit is
+        1..1000."""
         arr = POINTER(_lib.item_p)()
         n = c_size_t()
         nxt = c_void_p()
-        p = self._life.enter()
-        try:
-            self._check(_lib.dsys_store_list(
-                p, prefix.encode(), None if cursor is None else cursor.encode(),
-                limit, byref(arr), byref(n), byref(nxt)), p)
-        finally:
-            self._life.leave()
+        self._run(_lib.dsys_store_list, _check.text(prefix, "prefix"),
+                  _check.opt_text(cursor, "cursor"),
+                  _check.integer(limit, "limit", 1, 1000),
+                  byref(arr), byref(n), byref(nxt))
         try:
             items = [Item._from(arr[i]) for i in range(n.value)]
         finally:
@@ -187,7 +192,14 @@ class Store(Handle):
         return items, next_cursor
 
     def scan(self, prefix: str = "", page: int = 100) -> Iterator[Item]:
-        """Iterate over every item with the key prefix, page by page."""
+        """Iterate over every item with the key prefix in key order, page
+        by page (``page`` items per library call). Items added or removed
+        meanwhile after the current page are seen or not, never twice."""
+        _check.text(prefix, "prefix")
+        _check.integer(page, "page", 1, 1000)
+        return self._scan(prefix, page)
+
+    def _scan(self, prefix: str, page: int) -> Iterator[Item]:
         cursor: Optional[str] = None
         while True:
             items, cursor = self.list(prefix, cursor, page)
@@ -198,29 +210,102 @@ class Store(Handle):
     def purge_expired(self) -> int:
         """Remove expired items now; returns how many."""
         n = c_size_t()
-        p = self._life.enter()
-        try:
-            self._check(_lib.dsys_store_purge_expired(p, byref(n)), p)
-        finally:
-            self._life.leave()
+        self._run(_lib.dsys_store_purge_expired, byref(n))
         return n.value
 
+    # -- the MutableMapping protocol --
+
     def __getitem__(self, key: str) -> Any:
-        """``store[key]``: the value (NotFoundError, a LookupError, if absent)."""
-        return self.get(key).value
+        """``store[key]``: the value; KeyError when absent or expired."""
+        try:
+            return self.item(key).value
+        except errors.error_class(_ENOTFOUND):
+            raise KeyError(key) from None
 
     def __setitem__(self, key: str, value: Any) -> None:
-        """``store[key] = value``: put."""
+        """``store[key] = value``: put (no TTL; metadata kept as given by
+        :meth:`put`: none)."""
         self.put(key, value)
 
     def __delitem__(self, key: str) -> None:
-        """``del store[key]``: delete."""
-        self.delete(key)
-
-    def __contains__(self, key: str) -> bool:
-        """``key in store``."""
+        """``del store[key]``: delete; KeyError when absent."""
         try:
-            self.get(key)
-        except errors.error_class(-3):
+            self.delete(key)
+        except errors.error_class(_ENOTFOUND):
+            raise KeyError(key) from None
+
+    def __contains__(self, key: object) -> bool:
+        """``key in store`` (False for a key that is not a str)."""
+        if not isinstance(key, str):
+            return False
+        try:
+            self.item(key)
+        except errors.error_class(_ENOTFOUND):
             return False
         return True
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys in key order, one page of the list cursor at a time."""
+        return (it.key for it in self._scan("", 1000))
+
+    def __len__(self) -> int:
+        """Number of live items (counts them page by page: O(n))."""
+        return sum(1 for _ in self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value at key, or default when absent (Mapping.get)."""
+        _check.text(key, "key")
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        """Remove key and return its value (KeyError or default when absent).
+        The read and the delete are one compare-and-swap: a concurrent
+        writer makes it retry, so the value returned is the one removed."""
+        while True:
+            try:
+                it = self.item(key)
+            except errors.error_class(_ENOTFOUND):
+                if default is _MISSING:
+                    raise KeyError(key) from None
+                return default
+            try:
+                self.delete(key, it.version)
+                return it.value
+            except errors.error_class(_ENOTFOUND):
+                continue
+            except errors.ConflictError:
+                continue
+
+    def clear(self) -> None:
+        """Delete every item (page by page)."""
+        while True:
+            items, _ = self.list("", None, 1000)
+            if not items:
+                return
+            for it in items:
+                try:
+                    self.delete(it.key)
+                except errors.error_class(_ENOTFOUND):
+                    pass
+
+    # A Store is a handle: equal only to itself (Mapping's __eq__ would
+    # compare whole contents, and make the object unhashable).
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """The value at key; when absent, store default (atomically, with
+        :meth:`create`) and return it."""
+        while True:
+            try:
+                return self[key]
+            except KeyError:
+                pass
+            try:
+                self.create(key, default)
+                return default
+            except errors.AlreadyExistsError:
+                continue

@@ -3,13 +3,16 @@
 detection, per-try timeouts, retries with backoff and a retry budget."""
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json as _json
+import threading
 from ctypes import (POINTER, byref, c_char_p, c_int32, c_size_t, c_void_p,
                     sizeof, string_at)
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _lib, errors
+from . import _check, _lib, errors
 from ._handle import attach, Handle
 from .registry import Registry
 from .resilience import BREAKER_STATES, policy_number
@@ -63,6 +66,92 @@ class EndpointStats:
     p99_us: int
 
 
+def _build_call(method: str, path: str, body: Optional[Union[bytes, str]],
+                json: Any, headers: Optional[Mapping[str, str]]) -> Tuple[Any, Any]:
+    """The dsys_call of one request, and the buffers it points into (keep
+    them alive until the call returns)."""
+    if headers is not None and not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping, not {type(headers).__name__}")
+    hdrs = {_check.text(k, "header name"): _check.text(v, f"header {k!r}")
+            for k, v in (headers or {}).items()}
+    if json is not None:
+        if body is not None:
+            raise TypeError("give body or json, not both")
+        body = _check.json_text(json, "json")
+        if not any(k.lower() == b"content-type" for k in hdrs):
+            hdrs[b"Content-Type"] = b"application/json"
+    data = None if body is None else _check.blob(body, "body")
+    harr = (_lib.dsys_header * max(1, len(hdrs)))(
+        *[_lib.dsys_header(k, v) for k, v in hdrs.items()])
+    c = _lib.dsys_call(size=sizeof(_lib.dsys_call),
+                       method=_check.text(method, "method"),
+                       path=_check.text(path, "path"), headers=harr,
+                       nheaders=len(hdrs), body=data,
+                       body_len=len(data) if data else 0)
+    return c, (harr, data)
+
+
+_Pending = Dict[int, Tuple[asyncio.AbstractEventLoop, "asyncio.Future[Response]", str]]
+
+
+def _completer(pending: _Pending, lock: threading.Lock) -> Callable[..., None]:
+    """The completion callback of acall (dsys_upstream_fn)."""
+
+    def run(err: int, reply: Optional[int], res: Any, ud: Optional[int]) -> None:
+        # On a library thread, GIL taken by ctypes. The reply is copied and
+        # freed here; only Python objects cross to the event loop.
+        with lock:
+            entry = pending.pop(ud or 0, None)
+        out: Any
+        try:
+            if err:
+                what = entry[2] if entry else "call"
+                if res:
+                    what += (f"; {res.contents.attempts} attempt(s), last endpoint "
+                             f"{res.contents.endpoint.decode() or '-'}")
+                out = errors.error_class(err)(err, what)
+            else:
+                out = _take_reply(reply or 0, res.contents)
+        except BaseException as e:  # never into C
+            out = e
+        if entry is None:
+            return
+        try:
+            entry[0].call_soon_threadsafe(_settle, entry[1], out)
+        except RuntimeError:  # the loop was closed meanwhile: nobody waits
+            pass
+
+    return run
+
+
+def _settle(fut: "asyncio.Future[Response]", out: Any) -> None:
+    """On the event loop: complete the awaiting future (unless cancelled)."""
+    if fut.done():
+        return
+    if isinstance(out, BaseException):
+        fut.set_exception(out)
+    else:
+        fut.set_result(out)
+
+
+def _take_reply(r: int, res: Any) -> Response:
+    """Copy a dsys_reply into a Response and free it."""
+    try:
+        n = c_size_t()
+        bp = _lib.dsys_reply_body(r, byref(n))
+        data = string_at(bp, n.value) if bp and n.value else b""
+        out_h: Dict[str, str] = {}
+        for i in range(_lib.dsys_reply_header_count(r)):
+            k, v = c_char_p(), c_char_p()
+            if not _lib.dsys_reply_header_at(r, i, byref(k), byref(v)):
+                out_h.setdefault((k.value or b"").decode("latin-1"),
+                                 (v.value or b"").decode("latin-1"))
+        return Response(_lib.dsys_reply_status(r), out_h, data,
+                        res.attempts, res.endpoint.decode())
+    finally:
+        _lib.dsys_reply_free(r)
+
+
 class Upstream(Handle):
     """Calls one service through the library: endpoints from a
     :class:`Registry` (kept current by a watch) and/or static ones, a
@@ -101,29 +190,49 @@ class Upstream(Handle):
                  breaker_open_wait_ms: int = 0) -> None:
         statuses = None
         if retry_statuses is not None:
-            statuses = (c_int32 * max(1, len(retry_statuses)))(*retry_statuses)
+            if isinstance(retry_statuses, (str, bytes)) or not isinstance(retry_statuses, Sequence):
+                raise TypeError("retry_statuses must be a sequence of int, "
+                                f"not {type(retry_statuses).__name__}")
+            statuses = (c_int32 * max(1, len(retry_statuses)))(
+                *[_check.integer(s, "retry_statuses[]", 100, 599) for s in retry_statuses])
+        if registry is not None and not isinstance(registry, Registry):
+            raise TypeError(f"registry must be a distsys.Registry, not {type(registry).__name__}")
         ro = _lib.dsys_retry_options(
-            size=sizeof(_lib.dsys_retry_options), max_attempts=max_attempts,
-            per_try_timeout_ms=per_try_timeout_ms, deadline_ms=deadline_ms,
-            backoff_base_ms=backoff_base_ms, backoff_cap_ms=backoff_cap_ms,
+            size=sizeof(_lib.dsys_retry_options),
+            max_attempts=_check.count(max_attempts, "max_attempts"),
+            per_try_timeout_ms=_check.integer(per_try_timeout_ms, "per_try_timeout_ms"),
+            deadline_ms=_check.integer(deadline_ms, "deadline_ms"),
+            backoff_base_ms=_check.integer(backoff_base_ms, "backoff_base_ms"),
+            backoff_cap_ms=_check.integer(backoff_cap_ms, "backoff_cap_ms"),
             retry_statuses=statuses,
             n_retry_statuses=0 if retry_statuses is None else len(retry_statuses),
             budget_off=0 if retry_budget else 1)
         bo = _lib.dsys_breaker_options(
             size=sizeof(_lib.dsys_breaker_options),
-            minimum_calls=breaker_minimum_calls,
-            failure_rate_pct=breaker_failure_rate_pct,
-            open_wait_ms=breaker_open_wait_ms)
+            minimum_calls=_check.count(breaker_minimum_calls, "breaker_minimum_calls"),
+            failure_rate_pct=_check.count(breaker_failure_rate_pct,
+                                          "breaker_failure_rate_pct", 100),
+            open_wait_ms=_check.integer(breaker_open_wait_ms, "breaker_open_wait_ms"))
         o = _lib.dsys_upstream_options(
-            size=sizeof(_lib.dsys_upstream_options), service=service.encode(),
-            policy=policy_number(policy), when_none=int(fail_fast), seed=seed,
-            health_check=int(health_check),
-            health_path=None if health_path is None else health_path.encode(),
+            size=sizeof(_lib.dsys_upstream_options),
+            service=_check.text(service, "service"),
+            policy=policy_number(policy), when_none=int(bool(fail_fast)),
+            seed=_check.count(seed, "seed", (1 << 64) - 1),
+            health_check=int(bool(health_check)),
+            health_path=_check.opt_text(health_path, "health_path"),
             breaker=POINTER(_lib.dsys_breaker_options)(bo),
             retry=POINTER(_lib.dsys_retry_options)(ro))
         self.service = service
         self.registry = registry
-        keep = (registry, ro, bo, statuses)
+        self._pending: _Pending = {}
+        self._plock = threading.Lock()
+        self._ids = itertools.count(1)
+        # One completion callback for every acall, held until the C
+        # upstream is freed (dsys_upstream_free waits for calls in flight),
+        # so no callback object is freed while C may still run it. It
+        # refers to the pending table, not to self (no cycle through C).
+        self._done_cb = _lib.UPSTREAM_FN(_completer(self._pending, self._plock))
+        keep = (registry, ro, bo, statuses, self._done_cb)
         parent = None
         if registry is not None:
             parent = registry._life
@@ -137,6 +246,9 @@ class Upstream(Handle):
         finally:
             if parent is not None:
                 parent.leave()
+        if endpoints is not None and not isinstance(endpoints, Mapping):
+            raise TypeError(f"endpoints must be a mapping of id -> url, not "
+                            f"{type(endpoints).__name__}")
         for eid, url in (endpoints or {}).items():
             self.add(eid, url)
 
@@ -144,35 +256,26 @@ class Upstream(Handle):
         """Number of endpoints."""
         p = self._life.enter()
         try:
-            return _lib.dsys_upstream_count(p)
+            return int(_lib.dsys_upstream_count(p))
         finally:
             self._life.leave()
 
     def add(self, id: str, url: str, weight: int = 1) -> None:
         """Add a static endpoint (AlreadyExistsError)."""
-        self._call(_lib.dsys_upstream_add, id.encode(), url.encode(), weight)
+        self._call(_lib.dsys_upstream_add, _check.text(id, "id"),
+                   _check.text(url, "url"), _check.count(weight, "weight"))
 
     def remove(self, id: str) -> None:
         """Remove an endpoint (NotFoundError)."""
-        self._call(_lib.dsys_upstream_remove, id.encode())
+        self._call(_lib.dsys_upstream_remove, _check.text(id, "id"))
 
     def call(self, method: str = "GET", path: str = "/", *,
-             body: Optional[bytes | str] = None, json: Any = None,
+             body: Optional[Union[bytes, str]] = None, json: Any = None,
              headers: Optional[Mapping[str, str]] = None) -> Response:
         """Call the service and wait for the final reply (see the class
         docstring for retries). ``json`` is serialized and sent with
         ``Content-Type: application/json``."""
-        hdrs = dict(headers or {})
-        if json is not None:
-            body = _json.dumps(json).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        if isinstance(body, str):
-            body = body.encode()
-        harr = (_lib.dsys_header * max(1, len(hdrs)))(
-            *[_lib.dsys_header(k.encode(), v.encode()) for k, v in hdrs.items()])
-        c = _lib.dsys_call(size=sizeof(_lib.dsys_call), method=method.encode(),
-                           path=path.encode(), headers=harr, nheaders=len(hdrs),
-                           body=body, body_len=len(body) if body else 0)
+        c, keep = _build_call(method, path, body, json, headers)
         reply = c_void_p()
         res = _lib.dsys_upstream_result(size=sizeof(_lib.dsys_upstream_result))
         p = self._life.enter()
@@ -183,20 +286,33 @@ class Upstream(Handle):
         errors.raise_for(rc, f"{self.service} {method} {path}; "
                              f"{res.attempts} attempt(s), last endpoint "
                              f"{res.endpoint.decode() or '-'}")
-        r = reply.value
+        return _take_reply(reply.value or 0, res)
+
+    async def acall(self, method: str = "GET", path: str = "/", *,
+                    body: Optional[Union[bytes, str]] = None, json: Any = None,
+                    headers: Optional[Mapping[str, str]] = None) -> Response:
+        """``await up.acall(...)``: :meth:`call` for asyncio. The call runs
+        in the library (its client thread or event loop, retries as
+        timers); no thread waits for it. Its completion is handed to the
+        awaiting event loop with ``loop.call_soon_threadsafe``. Cancelling
+        the awaiting task abandons the result (the call itself finishes in
+        the library)."""
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[Response]" = loop.create_future()
+        c, keep = _build_call(method, path, body, json, headers)
+        key = next(self._ids)
+        with self._plock:
+            self._pending[key] = (loop, fut, f"{self.service} {method} {path}")
+        p = self._life.enter()
         try:
-            n = c_size_t()
-            bp = _lib.dsys_reply_body(r, byref(n))
-            data = string_at(bp, n.value) if bp and n.value else b""
-            out_h: Dict[str, str] = {}
-            for i in range(_lib.dsys_reply_header_count(r)):
-                k, v = c_char_p(), c_char_p()
-                if not _lib.dsys_reply_header_at(r, i, byref(k), byref(v)):
-                    out_h.setdefault(k.value.decode("latin-1"), v.value.decode("latin-1"))
-            return Response(_lib.dsys_reply_status(r), out_h, data,
-                            res.attempts, res.endpoint.decode())
+            rc = _lib.dsys_upstream_send(p, byref(c), self._done_cb, key)
         finally:
-            _lib.dsys_reply_free(r)
+            self._life.leave()
+        if rc:  # the callback never runs
+            with self._plock:
+                self._pending.pop(key, None)
+            errors.raise_for(rc, f"{self.service} {method} {path}")
+        return await fut
 
     def stats(self) -> List[EndpointStats]:
         """Per-endpoint statistics."""
@@ -225,6 +341,5 @@ class Upstream(Handle):
     def set_breaker(self, id: str, state: str) -> None:
         """Force one endpoint's breaker state ("forced-open", "closed", ...)."""
         nums = {v: k for k, v in BREAKER_STATES.items()}
-        if state not in nums:
-            raise ValueError(f"state must be one of {sorted(nums)}")
-        self._call(_lib.dsys_upstream_breaker_set, id.encode(), nums[state])
+        _check.choice(state, "state", list(nums))
+        self._call(_lib.dsys_upstream_breaker_set, _check.text(id, "id"), nums[state])

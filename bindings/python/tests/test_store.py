@@ -12,16 +12,16 @@ def test_crud_and_versions():
         assert it.version == 1 and it.value == {"a": [1, 2]} and it.metadata == {"m": 1}
         it2 = s.put("k", "two")
         assert it2.version == 2 and it2.id == it.id
-        assert s.get("k").value == "two"
+        assert s.item("k").value == "two"
         assert s.get_by_id(it.id).key == "k"
         with pytest.raises(distsys.AlreadyExistsError):
             s.create("k", 1)
         with pytest.raises(distsys.ConflictError):
-            s.update("k", 3, expected_version=1)
-        assert s.update("k", 3, expected_version=2).version == 3
+            s.replace("k", 3, expected_version=1)
+        assert s.replace("k", 3, expected_version=2).version == 3
         s.delete("k")
         with pytest.raises(distsys.NotFoundError):
-            s.get("k")
+            s.item("k")
         assert "k" not in s
         s["x"] = [1]
         assert s["x"] == [1] and "x" in s
@@ -43,7 +43,7 @@ def test_incr_list_scan(dbfile):
         assert [x.value for x in s.scan("p:", page=7)] == list(range(25))
     # another handle on the same file sees the data
     with distsys.Store("sqlite://" + dbfile) as s2:
-        assert s2.get("p:03").value == 3
+        assert s2.item("p:03").value == 3
 
 
 def test_bad_input():
@@ -52,7 +52,7 @@ def test_bad_input():
             s.put("", 1)
         with pytest.raises(TypeError):
             s.put("k", object())  # not JSON-serializable
-        with pytest.raises(distsys.DsysTypeError):
+        with pytest.raises(TypeError, match="metadata must be a dict"):
             s.put("k", 1, metadata=[1])
         with pytest.raises(distsys.InvalidArgumentError):
             s.list(limit=100000)
@@ -66,10 +66,10 @@ def test_ttl():
     import time
     with distsys.Store() as s:
         s.put("t", 1, ttl_ms=50)
-        assert s.get("t").expires_at > 0
+        assert s.item("t").expires_at > 0
         time.sleep(0.12)
         with pytest.raises(distsys.NotFoundError):
-            s.get("t")
+            s.item("t")
 
 
 def test_close_twice_use_after_close_and_gc():
@@ -79,7 +79,7 @@ def test_close_twice_use_after_close_and_gc():
     s.close()
     assert s.closed
     with pytest.raises(distsys.ClosedError):
-        s.get("a")
+        s.item("a")
     s = distsys.Store()
     s.put("a", 1)
     del s
