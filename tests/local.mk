@@ -20,7 +20,8 @@ C_TESTS = \
 	tests/transport/test-http-limits tests/transport/test-http-flood \
 	tests/resilience/test-breaker tests/resilience/test-retry \
 	tests/resilience/test-balancer tests/resilience/test-health \
-	tests/resilience/test-registry tests/resilience/test-upstream \
+	tests/resilience/test-registry tests/resilience/test-registry-etcd \
+	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/state/test-store tests/state/test-queue tests/state/test-state-crash \
 	tests/state/test-lock tests/state/test-cache \

@@ -19,9 +19,10 @@
  *
  * Health follows the registry's clock like every backend: a heartbeat is a
  * put of the new time. The instance's lease (one per handle, TTL = reap
- * time + LEASE_MARGIN_S, kept alive by heartbeats at most every third of
- * its TTL) only removes instances when no registry handle sweeps at all
- * (every process gone): a backstop, without a log entry.
+ * time + a margin of a tenth, at least 2 s, kept alive by heartbeats at
+ * most every third of its TTL) only removes instances when no registry
+ * handle sweeps them first (every process gone): a backstop, without a log
+ * entry.
  *
  * Push: a thread keeps a streaming watch on PREFIX/index and calls
  * env.changed() on every event and on every (re)connection (changes may
@@ -50,7 +51,7 @@
 #include "core/plugin.h"
 #include "resilience/registry_int.h"
 
-#define LEASE_MARGIN_S 10   /* lease TTL beyond the reap time */
+#define LEASE_MARGIN_MIN_S 2 /* lease TTL beyond the reap time: at least */
 #define MAX_RETRIES 16      /* txn conflicts before DSYS_EBUSY */
 #define EXPIRE_BATCH 40     /* transitions per txn (etcd allows 128 ops) */
 #define KA_SLOTS 16         /* leases whose last keepalive is remembered */
@@ -581,7 +582,7 @@ static int et_open(void *vst, const char *target, char *err, size_t errlen) {
   s->mu_init = 1;
   s->connect_ms = 1000;
   s->timeout_ms = 3000;
-  s->lease_ttl_s = 300 + LEASE_MARGIN_S; /* attach sets the registry's */
+  s->lease_ttl_s = 330; /* attach sets it from the registry's reap time */
   const char *slash = strchr(target, '/');
   size_t hl = slash ? (size_t)(slash - target) : strlen(target);
   const char *prefix = slash && slash[1] ? slash : "/dsys/registry";
@@ -1021,7 +1022,8 @@ static int et_attach(void *vst, const dsys_registry_env *env) {
   et_state *s = vst;
   s->env = *env;
   s->env.client = NULL;
-  s->lease_ttl_s = (env->reap_ms + 999) / 1000 + LEASE_MARGIN_S;
+  int64_t reap_s = (env->reap_ms + 999) / 1000;
+  s->lease_ttl_s = reap_s + (reap_s / 10 > LEASE_MARGIN_MIN_S ? reap_s / 10 : LEASE_MARGIN_MIN_S);
   if (env->client) {
     if (env->client->connect_timeout_ms > 0) s->connect_ms = (long)env->client->connect_timeout_ms;
     if (env->client->timeout_ms > 0) s->timeout_ms = (long)env->client->timeout_ms;
