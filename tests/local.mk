@@ -53,6 +53,7 @@ SCRIPT_TESTS = \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \
 	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
+	tests/integration/etcd-registry.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 
