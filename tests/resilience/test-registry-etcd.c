@@ -3,6 +3,7 @@
  * processes would be), the lease backstop, one member down (keeps
  * working), two members down (bounded DSYS_EUNAVAIL, no hang), members
  * back (works again without reopening). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +23,18 @@ typedef struct seen {
   _Atomic int n;
   _Atomic int64_t last_ms; /* when the last callback ran */
   char last_id[64];
+  int kind[256];
+  uint64_t index[256];
 } seen;
 
 static void on_change(void *ud, const dsys_registry_change *c) {
   seen *s = ud;
   snprintf(s->last_id, sizeof s->last_id, "%s", c->id);
   s->last_ms = now_ms();
+  if (s->n < 256) {
+    s->kind[s->n] = c->kind;
+    s->index[s->n] = c->index;
+  }
   s->n++;
 }
 
@@ -96,6 +103,86 @@ static void test_push(const char *eps) {
   dsys_registry_close(b);
 }
 
+typedef struct writer {
+  dsys_registry *r;
+  const char *prefix;
+  int failures;
+} writer;
+
+static void *write_many(void *p) {
+  writer *w = p;
+  for (int i = 0; i < 40; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "%s-%02d", w->prefix, i);
+    if (reg(w->r, id, "conc")) w->failures++;
+  }
+  return NULL;
+}
+
+static void *sweep_now(void *p) {
+  dsys_registry_sweep(p);
+  return NULL;
+}
+
+/* Two handles (two processes) write at once: every change gets its own
+ * index, consecutive, seen once by a third handle's watcher; two sweepers
+ * at once record each transition once. On a fake clock shared by the
+ * three handles (no sweep timers), so the test decides when TTLs pass. */
+static void test_concurrent(const char *eps) {
+  char url[400];
+  snprintf(url, sizeof url, "etcd://%s/t/conc", eps);
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 1700000000000LL);
+  dsys_registry_options o = {.size = sizeof o, .clock = clk, .ttl_ms = 30000,
+                             .reap_ms = 120000, .sweep_interval_ms = -1};
+  dsys_registry *a = NULL, *b = NULL, *w = NULL;
+  dsys_registry_open(&a, url, NULL, &o, NULL, 0);
+  dsys_registry_open(&b, url, NULL, &o, NULL, 0);
+  dsys_registry_open(&w, url, NULL, &o, NULL, 0);
+  ok(a && b && w, "concurrent: three handles");
+  if (!a || !b || !w) return;
+  seen s = {0};
+  dsys_registry_watch(w, on_change, &s, NULL);
+  writer wa = {a, "a", 0}, wb = {b, "b", 0};
+  pthread_t ta, tb;
+  pthread_create(&ta, NULL, write_many, &wa);
+  pthread_create(&tb, NULL, write_many, &wb);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  is_int(wa.failures + wb.failures, 0, "concurrent: 80 registrations from two handles at once");
+  uint64_t idx = 0;
+  dsys_registry_index(w, &idx);
+  is_int(idx, 80, "concurrent: index 80, one per change");
+  int64_t end = now_ms() + 5000;
+  while (s.n < 80 && now_ms() < end) usleep(2000);
+  int seq = s.n == 80;
+  for (int i = 0; seq && i < 80; i++) seq = s.index[i] == (uint64_t)i + 1;
+  ok(seq, "concurrent: the watcher saw 80 changes, indexes 1..80 in order (%d)", (int)s.n);
+  is_int(count(w, "conc"), 80, "concurrent: 80 listed");
+
+  /* 31 s later both sweep at once: 80 UNHEALTHY, each once */
+  dsys_clock_advance(clk, 31000 * 1000);
+  int before = s.n;
+  pthread_create(&ta, NULL, sweep_now, a);
+  pthread_create(&tb, NULL, sweep_now, b);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  dsys_registry_index(w, &idx);
+  is_int(idx, 160, "concurrent sweeps: 80 transitions recorded once each");
+  end = now_ms() + 5000;
+  while (s.n < before + 80 && now_ms() < end) usleep(2000);
+  int unh = 0;
+  for (int i = before; i < s.n && i < 256; i++) unh += s.kind[i] == DSYS_REG_UNHEALTHY;
+  is_int(unh, 80, "concurrent sweeps: the watcher saw 80 UNHEALTHY");
+  dsys_registry_sweep(a);
+  dsys_registry_index(w, &idx);
+  is_int(idx, 160, "a sweep with nothing to do writes nothing");
+  dsys_registry_close(a);
+  dsys_registry_close(b);
+  dsys_registry_close(w);
+  dsys_clock_free(clk);
+}
+
 /* Nobody sweeps: the lease (reap 1 s + 2 s margin) removes the instance. */
 static void test_lease(const char *eps) {
   char url[400];
@@ -117,7 +204,8 @@ static void test_lease(const char *eps) {
 static void test_failures(tetcd *et) {
   char url[400];
   snprintf(url, sizeof url, "etcd://%s/t/fail", et->endpoints);
-  dsys_registry *a = open_reg(url, 2000, 4000, 1000), *b = open_reg(url, 2000, 4000, -1);
+  /* a reap time longer than the test: the outage must not reap f-1 */
+  dsys_registry *a = open_reg(url, 2000, 60000, 1000), *b = open_reg(url, 2000, 60000, -1);
   ok(a && b, "failures: two handles open");
   if (!a || !b) return;
   seen s = {0};
@@ -179,6 +267,7 @@ int main(void) {
   if (tetcd_start(&et, 3)) tap_bail("cannot start etcd");
   test_push(et.endpoints);
   test_lease(et.endpoints);
+  test_concurrent(et.endpoints);
   test_failures(&et);
   tetcd_stop(&et);
   return tap_done();
