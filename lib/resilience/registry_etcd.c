@@ -71,6 +71,7 @@ typedef struct et_state {
   struct { int64_t id, at_ms; } ka[KA_SLOTS];
   size_t ka_next;
   int down;                 /* an outage is being logged */
+  char last[256];           /* why the last member tried failed */
   /* push */
   dsys_registry_env env;
   pthread_t th;
@@ -255,7 +256,9 @@ static int et_post(et_state *s, const char *path, json_object *req, json_object 
   if (!body) return DSYS_ENOMEM;
   int64_t start = mono_ms();
   size_t first = s->cur;
-  char last[256] = "";
+  char *last = s->last;
+  size_t lastlen = sizeof s->last;
+  last[0] = '\0';
   for (size_t i = 0; i < s->neps; i++) {
     size_t ep = (first + i) % s->neps;
     long left = s->timeout_ms - (long)(mono_ms() - start);
@@ -271,7 +274,7 @@ static int et_post(et_state *s, const char *path, json_object *req, json_object 
     long status = 0;
     curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
     if (cc != CURLE_OK || s->body.oom) {
-      snprintf(last, sizeof last, "%s: %s", s->eps[ep],
+      snprintf(last, lastlen, "%s: %s", s->eps[ep],
                s->body.oom ? "out of memory" : curl_easy_strerror(cc));
       if (s->body.oom) return DSYS_ENOMEM;
       continue;
@@ -280,13 +283,13 @@ static int et_post(et_state *s, const char *path, json_object *req, json_object 
     int prc = dsysi_json_parse(s->body.data ? s->body.data : "", s->body.len, &j);
     if (prc || !j || !json_object_is_type(j, json_type_object)) {
       if (j) json_object_put(j);
-      snprintf(last, sizeof last, "%s: HTTP %ld, not a JSON object", s->eps[ep], status);
+      snprintf(last, lastlen, "%s: HTTP %ld, not a JSON object", s->eps[ep], status);
       continue;
     }
     if (status != 200) {
       int64_t code = get_i64(j, "code");
       const char *msg = dsysi_json_str(j, "error");
-      snprintf(last, sizeof last, "%s: %s (code %lld)", s->eps[ep], msg ? msg : "error",
+      snprintf(last, lastlen, "%s: %s (code %lld)", s->eps[ep], msg ? msg : "error",
                (long long)code);
       json_object_put(j);
       if (failover_code(code)) continue;
@@ -569,6 +572,7 @@ static char *inst_key(et_state *s, const char *id) {
 }
 
 static void et_close(void *vst);
+static int et_index(void *vst, uint64_t *out);
 
 /* "host:port[,host:port...]/prefix" */
 static int et_open(void *vst, const char *target, char *err, size_t errlen) {
@@ -624,7 +628,16 @@ static int et_open(void *vst, const char *target, char *err, size_t errlen) {
     et_close(s); /* the generic layer closes only what opened */
     return DSYS_ENOMEM;
   }
-  return 0;
+  /* the generic layer reads the index next: say here why it cannot */
+  uint64_t idx;
+  int rc = et_index(s, &idx);
+  if (rc) {
+    if (err && errlen)
+      snprintf(err, errlen, "etcd: %s (last: %s)",
+               rc == DSYS_EUNAVAIL ? "no member answered" : dsys_strerror(rc), s->last);
+    et_close(s);
+  }
+  return rc;
 }
 
 static void et_close(void *vst) {

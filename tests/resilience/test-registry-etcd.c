@@ -262,7 +262,18 @@ static void test_failures(tetcd *et) {
   dsys_registry_close(b);
 }
 
+/* Nothing listens: the open fails within the bound and says why. */
+static void test_down(void) {
+  dsys_registry *r = NULL;
+  char err[256] = "";
+  int64_t t0 = now_ms();
+  int rc = dsys_registry_open(&r, "etcd://127.0.0.1:1,127.0.0.1:2/x", NULL, NULL, err, sizeof err);
+  is_int(rc, DSYS_EUNAVAIL, "down: open fails with DSYS_EUNAVAIL in %lld ms", (long long)(now_ms() - t0));
+  ok(strstr(err, "no member answered") && strstr(err, "127.0.0.1:"), "down: errbuf: %s", err);
+}
+
 int main(void) {
+  test_down();
   tetcd et;
   if (tetcd_start(&et, 3)) tap_bail("cannot start etcd");
   test_push(et.endpoints);
