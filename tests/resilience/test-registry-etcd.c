@@ -99,6 +99,15 @@ static void test_push(const char *eps) {
   tap_diag("figure: register through etcd %.1f ms on average; seen by another handle's "
            "watcher after %lld ms at worst", regs ? (double)total / regs : 0.0, (long long)worst);
   is_int(count(b, "push"), 10, "push: B lists them");
+  int64_t t0 = now_ms();
+  int hb_ok = 0;
+  for (int i = 0; i < 10; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "p-%d", i);
+    hb_ok += dsys_registry_heartbeat(a, id) == 0;
+  }
+  is_int(hb_ok, 10, "push: heartbeats");
+  tap_diag("figure: heartbeat through etcd %.1f ms on average", (double)(now_ms() - t0) / 10);
   dsys_registry_close(a);
   dsys_registry_close(b);
 }
