@@ -34,9 +34,11 @@
  * Thread-safety: all functions may be called from any thread; calls on one
  * handle are serialised. Watch callbacks run with no library lock held, in
  * change order, on the thread whose call made or noticed the change (the
- * clock's timer thread for sweeps); a callback may call registry functions
- * except dsys_registry_close(). After dsys_registry_unwatch() returns, that
- * callback no longer runs.
+ * clock's timer thread for sweeps), or on a thread already delivering
+ * (then the call returns once they ran: a call's changes have reached the
+ * watchers when it returns, unless it is made from a callback); a callback
+ * may call registry functions except dsys_registry_close(). After
+ * dsys_registry_unwatch() returns, that callback no longer runs.
  */
 #ifndef DSYS_REGISTRY_H
 #define DSYS_REGISTRY_H
