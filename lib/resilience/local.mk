@@ -1,8 +1,7 @@
 # resilience: registry (generic layer and the memory, sqlite, http,
 # postgresql and etcd backends), registration agent, balancers, health
 # checks and outlier detection, breakers, retry policy, and dsys_upstream.
-# Uses core,
-# security and transport.
+# Uses core, security and transport.
 libdsys_internal_la_SOURCES += \
 	lib/resilience/breaker.c lib/resilience/balancer.c \
 	lib/resilience/retry.c lib/resilience/health.c \
