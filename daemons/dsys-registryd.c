@@ -11,7 +11,8 @@
 
 static const dsys_option extra[] = {
     {"store", "DSYS_REGISTRY_STORE", DSYS_OPT_STRING, "memory",
-     "memory, sqlite:///path (survives restarts) or postgresql:// URI (shared by hosts)"},
+     "memory, sqlite:///path (survives restarts), postgresql:// URI or "
+     "etcd://HOST:PORT[,HOST:PORT...]/PREFIX (shared by hosts)"},
     {"ttl", "DSYS_REGISTRY_TTL", DSYS_OPT_DURATION, "30s",
      "an instance without heartbeat this long is unhealthy"},
     {"ttl-ms", "DSYS_REGISTRY_TTL_MS", DSYS_OPT_ALIAS, "ttl", NULL},
@@ -47,8 +48,11 @@ static int prepare(dsys_daemon *d, dsys_server_options *so, void *ud) {
   } else if (!strncmp(store, "postgresql://", 13) || !strncmp(store, "postgres://", 11)) {
     g_.backend = "postgresql";
     g_.target = store; /* the URI as libpq takes it */
+  } else if (!strncmp(store, "etcd://", 7) && store[7]) {
+    g_.backend = store; /* the URL names the backend and its target */
   } else if (strcmp(store, "memory")) {
-    fprintf(stderr, "dsys-registryd: --store must be memory, sqlite:///path or postgresql://...\n");
+    fprintf(stderr, "dsys-registryd: --store must be memory, sqlite:///path, postgresql://... "
+                    "or etcd://HOST:PORT[,HOST:PORT...]/PREFIX\n");
     return DSYS_EINVAL;
   }
   return 0;

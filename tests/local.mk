@@ -8,7 +8,8 @@
 check_LTLIBRARIES += libdsys_testutil.la
 libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
 	tests/helpers/net.c tests/helpers/net.h \
-	tests/helpers/pgserver.c tests/helpers/pgserver.h
+	tests/helpers/pgserver.c tests/helpers/pgserver.h \
+	tests/helpers/etcdserver.c tests/helpers/etcdserver.h
 
 C_TESTS = \
 	tests/core/test-core tests/core/test-plugin tests/core/test-log tests/core/test-pg \
@@ -19,7 +20,8 @@ C_TESTS = \
 	tests/transport/test-http-limits tests/transport/test-http-flood \
 	tests/resilience/test-breaker tests/resilience/test-retry \
 	tests/resilience/test-balancer tests/resilience/test-health \
-	tests/resilience/test-registry tests/resilience/test-upstream \
+	tests/resilience/test-registry tests/resilience/test-registry-etcd \
+	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/state/test-store tests/state/test-queue tests/state/test-state-crash \
 	tests/state/test-lock tests/state/test-cache \
@@ -54,7 +56,7 @@ SCRIPT_TESTS = \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \
 	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
-	tests/integration/python-service.test \
+	tests/integration/python-service.test tests/integration/etcd-registry.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 

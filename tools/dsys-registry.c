@@ -32,9 +32,10 @@
 static const dsys_option opts[] = {
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, "http://127.0.0.1:3005",
      "the registry: a dsys-registryd URL (http://HOST:PORT, https://..., unix:///PATH) or "
-     "sqlite:///PATH (a shared registry file, which must exist)"},
+     "sqlite:///PATH (a shared registry file, which must exist) or "
+     "etcd://HOST:PORT[,HOST:PORT...]/PREFIX"},
     {"timeout", "DSYS_REGISTRY_TIMEOUT", DSYS_OPT_DURATION, "5s",
-     "how long to wait for a registry daemon: connect and request timeout"},
+     "how long to wait for a registry daemon or etcd: connect and request timeout"},
     {"type", "DSYS_REGISTRY_TYPE", DSYS_OPT_STRING, NULL, "list, watch: only this service type"},
     {"healthy", "DSYS_REGISTRY_HEALTHY", DSYS_OPT_BOOL, "false", "list: only healthy instances"},
     {"unhealthy", "DSYS_REGISTRY_UNHEALTHY", DSYS_OPT_BOOL, "false", "list: only unhealthy instances"},

@@ -21,18 +21,24 @@
  * the index and the change log, with no daemon), "postgresql" (alias
  * "postgres": the same on a PostgreSQL server shared by hosts, a
  * postgresql:// URI; watchers hear of other hosts' changes by
- * LISTEN/NOTIFY) and "http" (a client of a
- * registry daemon, dsys-registryd: lookups are served from a local view
- * that blocking queries keep current, and that keeps being served while the
- * daemon is down; writes go to the daemon). Further backends plug in
+ * LISTEN/NOTIFY), "http" (a client of a registry daemon, dsys-registryd:
+ * lookups are served from a local view that blocking queries keep current,
+ * and that keeps being served while the daemon is down; writes go to the
+ * daemon) and "etcd"
+ * ("etcd://host:port,.../prefix": an etcd v3 cluster shared by every
+ * process on every host; changes of other processes are pushed by a watch;
+ * calls fail with DSYS_EUNAVAIL within a few seconds while the cluster has
+ * no quorum; see docs/reference/etcd.md). Further backends plug in
  * through the versioned dsys_registry_ops table.
  *
  * Thread-safety: all functions may be called from any thread; calls on one
  * handle are serialised. Watch callbacks run with no library lock held, in
  * change order, on the thread whose call made or noticed the change (the
- * clock's timer thread for sweeps); a callback may call registry functions
- * except dsys_registry_close(). After dsys_registry_unwatch() returns, that
- * callback no longer runs.
+ * clock's timer thread for sweeps), or on a thread already delivering
+ * (then the call returns once they ran: a call's changes have reached the
+ * watchers when it returns, unless it is made from a callback); a callback
+ * may call registry functions except dsys_registry_close(). After
+ * dsys_registry_unwatch() returns, that callback no longer runs.
  */
 #ifndef DSYS_REGISTRY_H
 #define DSYS_REGISTRY_H
@@ -194,8 +200,8 @@ typedef struct dsys_registry_options {
  * Add a registry backend, found afterwards by dsys_registry_open() through
  * its name (as the backend argument, or as the scheme of a
  * "NAME://target" URL). The built-in "memory", "sqlite", "postgresql",
- * "postgres" and "http" backends are always there. The ops table must be static (registrations
- * are permanent).
+ * "postgres", "http" and "etcd" backends are always there. The ops table
+ * must be static (registrations are permanent).
  * @return 0; DSYS_EINVAL for a bad ops table (an unknown version or a
  *         mandatory op missing); DSYS_EEXIST when a backend of that name
  *         exists; DSYS_ENOMEM when the table of backends is full (32).
@@ -205,19 +211,21 @@ DSYS_API int dsys_registry_register_backend(const dsys_registry_ops *ops);
 
 /**
  * Open a registry on a backend by name or URL.
- * @param backend "memory", "sqlite", "postgresql", "http", the name of a
- *        backend added with dsys_registry_register_backend(),
+ * @param backend "memory", "sqlite", "postgresql", "http", "etcd", the name
+ *        of a backend added with dsys_registry_register_backend(),
  *        "NAME://target" (e.g. "sqlite:///var/lib/registry.sqlite",
- *        "postgresql://dsys@db/dsys"), or a registry daemon URL
- *        ("http://host:port", "unix:///path.sock", "inproc://name"), which
- *        selects the http backend with that URL as target.
+ *        "postgresql://dsys@db/dsys", "etcd://127.0.0.1:2379/dsys"), or a
+ *        registry daemon URL ("http://host:port", "unix:///path.sock",
+ *        "inproc://name"), which selects the http backend with that URL as
+ *        target.
  * @param target sqlite: the database path (created if needed); postgresql:
  *        the postgresql:// URI; http: the daemon URL (when backend is
- *        "http"); memory: ignored.
+ *        "http"); etcd: "host:port[,host:port...]/prefix"; memory: ignored.
  * @param opts may be NULL.
  * @return 0, DSYS_EINVAL, DSYS_ENOTSUP (unknown backend), DSYS_ENOMEM,
  *         DSYS_EIO / DSYS_EDB (sqlite; see errbuf), DSYS_EURL /
- *         DSYS_EUNAVAIL / DSYS_EAUTH (postgresql; see errbuf).
+ *         DSYS_EUNAVAIL / DSYS_EAUTH (postgresql; see errbuf),
+ *         DSYS_EUNAVAIL (etcd: no member answered; see errbuf).
  */
 DSYS_API int dsys_registry_open(dsys_registry **out, const char *backend,
                                 const char *target,

@@ -32,6 +32,7 @@ struct dsys_registry {
   size_t nw, capw;
   uint64_t next_watch;
   int delivering, pending;
+  uint64_t rounds_started, rounds_done; /* of the delivering loop */
   pthread_t deliver_thread;
   uint64_t timer;
   int timers_out, closing;
@@ -282,6 +283,15 @@ static void deliver(dsys_registry *r) {
   pthread_mutex_lock(&r->mu);
   if (r->delivering) {
     r->pending = 1;
+    /* Another thread (a backend's push thread, a sweep) is delivering: its
+     * next round delivers our changes too. Wait for that round, so that a
+     * call's own changes have reached the watchers when it returns, as when
+     * it delivers them itself. A callback's call (the delivering thread)
+     * cannot wait for itself: its round follows when the callback returns. */
+    uint64_t want = r->rounds_started + 1;
+    while (r->delivering && r->rounds_done < want &&
+           !pthread_equal(r->deliver_thread, pthread_self()))
+      pthread_cond_wait(&r->cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
     return;
   }
@@ -289,6 +299,7 @@ static void deliver(dsys_registry *r) {
   r->deliver_thread = pthread_self();
   for (;;) {
     r->pending = 0;
+    r->rounds_started++;
     chglist l = {0};
     /* the index first: every change up to it is then in the log the
      * changes call reads. Read after, it could include a change another
@@ -319,6 +330,8 @@ static void deliver(dsys_registry *r) {
     free(ws);
     chglist_free(&l);
     pthread_mutex_lock(&r->mu);
+    r->rounds_done++;
+    pthread_cond_broadcast(&r->cv);
     if (!r->pending) break;
   }
   r->delivering = 0;

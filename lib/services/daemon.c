@@ -212,7 +212,10 @@ static int register_instance(dsys_daemon *d, const char *name) {
            hostid);
   dsys_instance inst = {.id = id, .type = d->spec.service_type, .url = url,
                         .name = name, .metadata = meta, .weight = 1};
-  rc = dsys_registration_start(&d->agent, d->registry, &inst, NULL);
+  int64_t ttl = 30000;
+  dsys_config_get_duration_ms(d->cfg, "registry-ttl", &ttl);
+  dsys_registration_options ao = {.size = sizeof ao, .heartbeat_ms = ttl / 3};
+  rc = dsys_registration_start(&d->agent, d->registry, &inst, &ao);
   char shown[512];
   show(dsys_config_get(d->cfg, "registry"), shown, sizeof shown);
   if (!rc) dsysi_log(DSYS_LOG_INFO, name, "registering as %s (%s) with %s", id, url, shown);
@@ -225,7 +228,13 @@ static const dsys_option common_opts[] = {
     {"db", "DSYS_DB", DSYS_OPT_STRING, "data/distsys.sqlite",
      "SQLite file path (its directory is created) or postgresql:// URI"},
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
-     "registry to register with: http://HOST:PORT (dsys-registryd), sqlite:///path or postgresql://..."},
+     "registry to register with: http://HOST:PORT (dsys-registryd), sqlite:///path, "
+     "postgresql://... or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"},
+    {"registry-ttl", "DSYS_REGISTRY_INSTANCE_TTL", DSYS_OPT_DURATION, "30s",
+     "instances are unhealthy after this long without a heartbeat and reaped after "
+     "ten times it (a registry opened directly, sqlite://, postgresql:// or etcd://: "
+     "every process on one registry must use the same); this instance heartbeats "
+     "every third of it"},
     {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "instance name (logs, /health)"},
     {"advertise", "DSYS_ADVERTISE", DSYS_OPT_STRING, NULL,
      "URL others should call, registered in the registry (default: the --listen URL; "
@@ -261,7 +270,8 @@ static const dsys_option common_opts[] = {
 /* Whether this daemon takes common flag name. */
 static int takes(const dsys_daemon_spec *sp, const char *name) {
   if (!strcmp(name, "db")) return sp->open_store || sp->open_queue;
-  if (!strcmp(name, "registry")) return !(sp->without & DSYS_DAEMON_NO_REGISTRY);
+  if (!strcmp(name, "registry") || !strcmp(name, "registry-ttl"))
+    return !(sp->without & DSYS_DAEMON_NO_REGISTRY);
   if (!strcmp(name, "advertise") || !strcmp(name, "host-id")) /* only what registers */
     return !(sp->without & DSYS_DAEMON_NO_REGISTRY) && sp->service_type;
   if (!strncmp(name, "peer-", 5)) return !(sp->without & DSYS_DAEMON_NO_PEER);
@@ -382,7 +392,14 @@ static int run(dsys_daemon *d, const char *prog) {
   if (reg) {
     show(reg, reg_shown, sizeof reg_shown);
     char err[256] = "";
-    dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer};
+    int64_t ttl = 30000;
+    dsys_config_get_duration_ms(d->cfg, "registry-ttl", &ttl);
+    if (ttl < 300) {
+      fprintf(stderr, "%s: --registry-ttl must be at least 300ms\n", prog);
+      return 2;
+    }
+    dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer,
+                                .ttl_ms = ttl, .reap_ms = 10 * ttl};
     if ((rc = dsys_registry_open(&d->registry, reg, NULL, &ro, err, sizeof err))) {
       fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg_shown, dsys_strerror(rc),
               err[0] ? ": " : "", err);

@@ -13,6 +13,7 @@
 #include <distsys/distsys.h>
 #include "pgserver.h"
 #include "tap.h"
+#include "etcdserver.h"
 
 typedef struct seen {
   _Atomic int n; /* written by the delivering thread, after the entry */
@@ -331,7 +332,9 @@ static void test_sqlite_sharing(const char *path) {
 static void test_misc(void) {
   dsys_registry *r;
   char err[128];
-  is_int(dsys_registry_open(&r, "etcd", NULL, NULL, err, sizeof err), DSYS_ENOTSUP, "unknown backend");
+  is_int(dsys_registry_open(&r, "consul", NULL, NULL, err, sizeof err), DSYS_ENOTSUP, "unknown backend");
+  is_int(dsys_registry_open(&r, "etcd", NULL, NULL, err, sizeof err), DSYS_EINVAL, "etcd needs endpoints");
+  is_int(dsys_registry_open(&r, "etcd://127.0.0.1:1,/p", NULL, NULL, err, sizeof err), DSYS_EINVAL, "etcd: empty endpoint");
   dsys_registry_options bad = {.size = sizeof bad, .ttl_ms = 1000, .reap_ms = 500};
   is_int(dsys_registry_open(&r, "memory", NULL, &bad, NULL, 0), DSYS_EINVAL, "reap must exceed ttl");
   is_int(dsys_registry_open(&r, "sqlite", NULL, NULL, err, sizeof err), DSYS_EINVAL, "sqlite needs a path");
@@ -479,6 +482,15 @@ int main(void) {
   conformance("sqlite", path);
   conformance("http", "inproc://reg-conformance");
   conformance("http", "http://127.0.0.1:0");
+  /* a real 3-member cluster; each run under its own prefix */
+  tetcd et;
+  if (tetcd_start(&et, 3)) tap_bail("cannot start etcd");
+  char eurl[400];
+  snprintf(eurl, sizeof eurl, "etcd://%s/dsys-test/url", et.endpoints);
+  conformance(eurl, NULL);
+  snprintf(eurl, sizeof eurl, "%s/dsys-test/name", et.endpoints);
+  conformance("etcd", eurl);
+  tetcd_stop(&et);
   test_sqlite_sharing(path2);
   if (ok(tpg_start(&pgsrv) == 0, "start a throwaway PostgreSQL")) {
     atexit(stop_pg);

@@ -1,0 +1,122 @@
+/* Throwaway etcd clusters for the tests (see etcdserver.h). */
+#include "etcdserver.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *script(void) {
+  static char path[512];
+  const char *src = getenv("top_srcdir");
+  snprintf(path, sizeof path, "%s/scripts/etcd-local", src ? src : ".");
+  return path;
+}
+
+/* The members' PIDs, for the exit paths where the script cannot run: a
+ * failed assertion's abort, a crash, the test timeout's SIGTERM. */
+static pid_t pids[16];
+static int npids;
+
+static pid_t member_pid(const tetcd *t, int i) {
+  char path[128], buf[32] = "";
+  snprintf(path, sizeof path, "%s/m%d/pid", t->dir, i);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+  fclose(f);
+  pid_t pid = (pid_t)atoi(buf);
+  return pid > 0 ? pid : -1;
+}
+
+static void kill_all(void) {
+  for (int i = 0; i < npids; i++)
+    if (pids[i] > 0) kill(pids[i], SIGKILL);
+}
+
+static void on_signal(int sig) {
+  kill_all();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static void note_pids(const tetcd *t) {
+  static int hooked;
+  for (int i = 1; i <= t->members && i <= 16; i++) pids[i - 1] = member_pid(t, i);
+  npids = t->members < 16 ? t->members : 16;
+  if (hooked++) return;
+  atexit(kill_all);
+  int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGABRT, SIGSEGV, SIGBUS};
+  for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], on_signal);
+}
+
+/* Run etcd-local CMD DIR ARGS; the first output line goes to out. */
+static int etcd_local(const char *cmd, const tetcd *t, const char *args, char *out,
+                      size_t outlen) {
+  char line[1024];
+  snprintf(line, sizeof line, "sh '%s' %s '%s' %s", script(), cmd, t->dir, args);
+  FILE *f = popen(line, "r");
+  if (!f) return -1;
+  char buf[512] = "";
+  if (fgets(buf, sizeof buf, f) && out) {
+    buf[strcspn(buf, "\n")] = 0;
+    snprintf(out, outlen, "%s", buf);
+  }
+  while (fgets(line, sizeof line, f)) {}
+  int st = pclose(f);
+  if (st != 0) {
+    printf("# etcd-local %s %s %s failed (exit %d)\n", cmd, t->dir, args,
+           WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    return -1;
+  }
+  return 0;
+}
+
+int tetcd_start(tetcd *t, int members) {
+  memset(t, 0, sizeof *t);
+  struct stat st;
+  snprintf(t->dir, sizeof t->dir, "%s/dsys-etcd.XXXXXX",
+           stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) ? "/dev/shm" : "/tmp");
+  if (!mkdtemp(t->dir)) {
+    perror("# mkdtemp");
+    return -1;
+  }
+  t->members = members;
+  char args[32];
+  snprintf(args, sizeof args, "--members %d", members);
+  if (etcd_local("start", t, args, t->endpoints, sizeof t->endpoints) ||
+      strncmp(t->endpoints, "127.0.0.1:", 10)) {
+    printf("# could not start etcd in %s (is etcd-server installed?)\n", t->dir);
+    return -1;
+  }
+  note_pids(t);
+  return 0;
+}
+
+int tetcd_kill_member(tetcd *t, int i) {
+  char args[16];
+  snprintf(args, sizeof args, "%d", i);
+  return etcd_local("kill-member", t, args, NULL, 0);
+}
+
+int tetcd_start_member(tetcd *t, int i) {
+  char args[16];
+  snprintf(args, sizeof args, "%d", i);
+  int rc = etcd_local("start-member", t, args, NULL, 0);
+  note_pids(t);
+  return rc;
+}
+
+void tetcd_stop(tetcd *t) {
+  if (!t->dir[0]) return;
+  etcd_local("stop", t, "", NULL, 0);
+  npids = 0;
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
+  if (system(cmd)) {}
+  t->dir[0] = 0;
+}
