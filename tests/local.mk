@@ -48,6 +48,7 @@ SCRIPT_TESTS = \
 	tests/integration/cli.test tests/integration/http-api.test tests/integration/storage.test \
 	tests/integration/systemd.test tests/integration/daemon-signals.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
+	tests/integration/hung-instance.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 
