@@ -31,10 +31,10 @@ static const dsys_option extra[] = {
     {"adaptive-timeout", "DSYS_ADAPTIVE_TIMEOUT", DSYS_OPT_LIST, "p99x4",
      "per-try timeout from the upstream's recent latency, pPCTxFACTOR (the last attempt keeps "
      "--try-timeout), or off"},
-    {"adaptive-timeout-min", "DSYS_ADAPTIVE_TIMEOUT_MIN", DSYS_OPT_LIST, "100ms", "its floor"},
+    {"adaptive-timeout-min", "DSYS_ADAPTIVE_TIMEOUT_MIN", DSYS_OPT_LIST, "250ms", "its floor"},
     {"adaptive-timeout-max", "DSYS_ADAPTIVE_TIMEOUT_MAX", DSYS_OPT_LIST, NULL,
      "its ceiling (default: --try-timeout)"},
-    {"slow-ejection", "DSYS_SLOW_EJECTION", DSYS_OPT_LIST, "3",
+    {"slow-ejection", "DSYS_SLOW_EJECTION", DSYS_OPT_LIST, "5",
      "N timeouts or too slow answers in a row eject an instance until a health check passes (0: off)"},
     {"hedge", "DSYS_HEDGE", DSYS_OPT_LIST, "off",
      "a second attempt of idempotent requests on another instance after DELAY (e.g. 20ms) or the "
@@ -147,12 +147,12 @@ static const char *upstream_opts(const char *name, dsys_gateway_upstream_options
   else if (sscanf(v, "p%ux%lf%n", &pct, &f, &end) != 2 || v[end] || !pct || pct > 100 || !(f >= 1 && f <= 1000))
     return "bad --adaptive-timeout (want pPCTxFACTOR, e.g. p99x4, or off)";
   else o->timeout_percentile = pct, o->timeout_factor = f;
-  const char *mn = *bad = keyed_value("adaptive-timeout-min", name, "100ms");
+  const char *mn = *bad = keyed_value("adaptive-timeout-min", name, "250ms");
   if ((o->timeout_min_ms = parse_ms(mn)) <= 0) return "bad --adaptive-timeout-min";
   const char *mx = *bad = keyed_value("adaptive-timeout-max", name, NULL);
   if (mx && ((o->timeout_max_ms = parse_ms(mx)) <= 0 || o->timeout_max_ms < o->timeout_min_ms))
     return "bad --adaptive-timeout-max (a duration, at least the min)";
-  v = *bad = keyed_value("slow-ejection", name, "3");
+  v = *bad = keyed_value("slow-ejection", name, "5");
   char *e;
   long n = strtol(v, &e, 10);
   if (e == v || *e || n < 0 || n > 1000) return "bad --slow-ejection (0..1000)";

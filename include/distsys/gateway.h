@@ -154,10 +154,10 @@ typedef struct dsys_gateway_upstream_options {
                                     try_timeout_ms for every attempt) */
   uint32_t timeout_percentile; /**< default 99 */
   double timeout_factor;       /**< default 4 */
-  int64_t timeout_min_ms;      /**< default 100 */
+  int64_t timeout_min_ms;      /**< default 250 */
   int64_t timeout_max_ms;      /**< default: the gateway's try_timeout_ms */
   int32_t slow_ejection;       /**< timeouts or slow answers in a row that
-                                    eject an instance for slowness; 0: 3
+                                    eject an instance for slowness; 0: 5
                                     (default); -1: off */
   int64_t hedge_delay_ms;      /**< 0: no hedging (default); > 0: a fixed
                                     delay; -1: the upstream's

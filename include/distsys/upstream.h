@@ -141,7 +141,7 @@ typedef struct dsys_upstream_options {
   uint32_t timeout_percentile; /**< percentile of the window, 1..100;
                                     default 99 */
   double timeout_factor;       /**< times this, >= 1; default 4 */
-  int64_t timeout_min_ms;      /**< floor; default 100 */
+  int64_t timeout_min_ms;      /**< floor; default 250 */
   int64_t timeout_max_ms;      /**< ceiling; default: the retry policy's
                                     per-try timeout (none: 15000) */
   int64_t latency_window_ms;   /**< the window of answers, 100..3600000;

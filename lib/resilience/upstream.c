@@ -1429,7 +1429,7 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
   u->to_pct = d.timeout_percentile ? d.timeout_percentile : 99;
   u->hedge_pct = d.hedge_percentile ? d.hedge_percentile : 95;
   u->to_factor = d.timeout_factor ? d.timeout_factor : 4;
-  u->to_min_us = (d.timeout_min_ms ? d.timeout_min_ms : 100) * 1000;
+  u->to_min_us = (d.timeout_min_ms ? d.timeout_min_ms : 250) * 1000;
   u->hedge_fixed_us = u->hedge ? d.hedge_delay_ms * 1000 : 0;
   u->win_us = (d.latency_window_ms ? d.latency_window_ms : 10000) * 1000;
   u->min_samples = d.latency_min_samples ? d.latency_min_samples : 20;

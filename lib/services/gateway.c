@@ -194,7 +194,7 @@ int dsys_gateway_add_upstream_ex(dsys_gateway *gw, const char *name,
   dsys_health_options ho = {.size = sizeof ho, .interval_ms = gw->o.health_interval_ms,
                             .timeout_ms = 1000, .clock = gw->o.clock, .start_healthy = n > 0,
                             .consecutive_slow = x.slow_ejection < 0 ? 0
-                                                : x.slow_ejection ? (uint32_t)x.slow_ejection : 3,
+                                                : x.slow_ejection ? (uint32_t)x.slow_ejection : 5,
                             .down_interval_ms = gw->o.health_interval_ms / 8 + 1};
   dsys_retry_options ro = {.size = sizeof ro, .clock = gw->o.clock,
                            .max_attempts = gw->o.max_attempts,
