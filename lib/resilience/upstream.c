@@ -131,7 +131,7 @@ struct dsys_upstream {
   pthread_mutex_t lat_mu;
   uint64_t (*snap)[LAT_N];
   size_t snap_n, snap_next;
-  int64_t next_snap;
+  int64_t next_snap, last_snap;
 };
 
 #define NSNAP 10
@@ -189,17 +189,24 @@ static void lat_eval(dsys_upstream *u, int64_t now) {
   }
   atomic_store(&u->next_eval, now + EVAL_US);
   uint64_t cur[LAT_N], win[LAT_N], tot = 0;
-  const uint64_t *base = u->snap_n < NSNAP ? (u->snap_n ? u->snap[0] : NULL) : u->snap[u->snap_next];
-  for (int k = 0; k < LAT_N; k++) {
-    cur[k] = SUM(u, alat[k]);
-    win[k] = cur[k] - (base ? base[k] : 0);
-    tot += win[k];
+  for (int k = 0; k < LAT_N; k++) cur[k] = SUM(u, alat[k]);
+  /* the first derivation, or after an idle window (no call derived):
+   * what came before is history, start the window now */
+  if (!u->snap_n || now - u->last_snap > u->win_us) {
+    u->snap_n = u->snap_next = 0;
+    u->next_snap = now;
   }
   if (now >= u->next_snap) {
     memcpy(u->snap[u->snap_next], cur, sizeof cur);
     u->snap_next = (u->snap_next + 1) % NSNAP;
     if (u->snap_n < NSNAP) u->snap_n++;
+    u->last_snap = now;
     u->next_snap = now + u->win_us / NSNAP;
+  }
+  const uint64_t *base = u->snap[u->snap_n < NSNAP ? 0 : u->snap_next];
+  for (int k = 0; k < LAT_N; k++) {
+    win[k] = cur[k] - base[k];
+    tot += win[k];
   }
   int enough = tot >= u->min_samples && tot > 0;
   int64_t p = enough ? percentile(win, tot, u->to_pct) : 0;
