@@ -23,7 +23,9 @@
  *
  * Ejection for slowness (consecutive_slow > 0): consecutive timeouts, or
  * answers its caller found too slow (dsys_health_observe_slow()), eject the
- * endpoint too. Such an ejection lasts at least slow_ejection_ms times the
+ * endpoint too, when at least half of the other usable endpoints have no
+ * such streak (else the traffic is slow, not the endpoint: skipped, counted
+ * in skipped_ejections). Such an ejection lasts at least slow_ejection_ms times the
  * ejection count (capped at max_ejection_ms); with active checks it then
  * lasts until a check passes (one that passed meanwhile counts), so an
  * instance that stalls comes back as soon as it answers its checks again,

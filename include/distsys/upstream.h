@@ -59,12 +59,15 @@
  *    policy's per-try timeout. On an event loop it bounds the time to the
  *    response head (a streamed answer may then run to the retry policy's
  *    per-try timeout); through the client, the whole attempt of a call
- *    without on_chunk. The last attempt, and requests that are not
- *    retried, keep the retry policy's per-try timeout: an adaptive timeout
- *    moves a request to another instance, it never fails one by itself.
- *    An answer slower than the adaptive timeout is a slow answer.
- *  - timeouts and slow answers go to the health checker's slowness streak
- *    (dsys_health_options.consecutive_slow: ejection for slowness).
+ *    without on_chunk. The last attempt, requests that are not retried,
+ *    attempts with no endpoint left untried, and every attempt after one
+ *    it cut (a second slow instance says the request is slow) keep the
+ *    retry policy's per-try timeout: an adaptive timeout moves a request
+ *    to another instance, it never fails one by itself. An answer slower
+ *    than the adaptive timeout is a slow answer.
+ *  - attempts it cut and slow answers go to the health checker's slowness
+ *    streak only (dsys_health_options.consecutive_slow: ejection for
+ *    slowness; the breaker ignores them); other timeouts are failures.
  *  - hedge: an idempotent request started on an event loop without a body
  *    it lends (dsysi_usend.borrow) whose first attempt has no response head
  *    after the hedge delay gets a second attempt on another endpoint, if

@@ -359,10 +359,15 @@ static void eject_cb(void *ud) {
 /* Hold mu. slow: for slowness (see the header). */
 static void eject(dsys_health *h, hep *e, evq *q, int slow) {
   if (e->ejected) return;
-  size_t others = 0;
+  size_t others = 0, in_time = 0;
   for (size_t i = 0; i < h->n; i++)
-    if (h->eps[i] != e && usable(h->eps[i])) others++;
-  if (others == 0) {
+    if (h->eps[i] != e && usable(h->eps[i])) {
+      others++;
+      in_time += !h->eps[i]->oslow;
+    }
+  /* slowness is relative: when half the others are slow too, the traffic
+   * is (a slow route), not this endpoint */
+  if (others == 0 || (slow && in_time * 2 < others)) {
     h->ctr.skipped_ejections++;
     return;
   }

@@ -606,15 +606,17 @@ static int all_breakers_open(dsys_upstream *u) {
   return 1;
 }
 
+/* members (may be NULL): the number of endpoints when it picked. */
 static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
                    const char *exclude, uep *const *tried, size_t ntried,
-                   struct dsys_upstream_pick *out) {
+                   struct dsys_upstream_pick *out, size_t *members) {
   pthread_rwlock_rdlock(&u->lk);
   if (atomic_load(&u->closing)) {
     pthread_rwlock_unlock(&u->lk);
     return DSYS_ECLOSED;
   }
   size_t n = u->n;
+  if (members) *members = n;
   size_t limit = 2 * n + 1 < PICK_LIMIT ? 2 * n + 1 : PICK_LIMIT;
   const char *ex = exclude;
   int rc = n ? 0 : DSYS_EUNAVAIL;
@@ -665,11 +667,14 @@ static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
 int dsys_upstream_pick(dsys_upstream *u, const void *key, size_t keylen,
                        const char *exclude_id, struct dsys_upstream_pick *out) {
   if (!u || !out || (keylen && !key)) return DSYS_EINVAL;
-  return pick_in(u, key, keylen, exclude_id, NULL, 0, out);
+  return pick_in(u, key, keylen, exclude_id, NULL, 0, out, NULL);
 }
 
-void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int err,
-                          int status) {
+/* dsys_upstream_report; cut: the attempt timed out by its adaptive
+ * timeout. That says the endpoint is slower than the tier, not that it
+ * failed: it extends the slowness streak only, and the breaker ignores it
+ * (a rare slow route must not open every breaker of the service). */
+static void report(dsys_upstream *u, struct dsys_upstream_pick *p, int err, int status, int cut) {
   if (!u || !p || !p->ep_) return;
   uep *e = p->ep_;
   int64_t dur = dsys_clock_now_us(u->clk) - p->start_us_;
@@ -684,7 +689,7 @@ void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int er
                           : oc;
   int br = seen == DSYS_OUTCOME_OK || seen == DSYS_OUTCOME_CLIENT_ERROR
                ? DSYS_BREAKER_SUCCESS
-               : seen == DSYS_OUTCOME_LOCAL ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
+               : seen == DSYS_OUTCOME_LOCAL || cut ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
   dsys_breaker_record(e->br, p->permit_, br, dur);
   /* Outlier detection only needs a success after a failure (to reset its
    * count of consecutive failures): skipping the others saves a lock and
@@ -701,6 +706,7 @@ void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int er
       if (slow) INC(sh->slow_answers);
     }
   }
+  slow |= cut;
   if (oc == DSYS_OUTCOME_TIMEOUT) INC(shard(u)->att_timeouts);
   int tell = clean && !slow ? atomic_load(&e->h_dirty) && atomic_exchange(&e->h_dirty, 0)
                             : seen != DSYS_OUTCOME_LOCAL; /* LOCAL: the health module ignores it */
@@ -723,6 +729,11 @@ void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int er
   dsys_balancer_release(u->bal, &pr);
   p->ep_ = NULL;
   ep_unref(e);
+}
+
+void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int err,
+                          int status) {
+  report(u, p, err, status, 0);
 }
 
 dsys_retry *dsys_upstream_retry(dsys_upstream *u) { return u ? u->retry : NULL; }
@@ -777,6 +788,7 @@ struct ucall {
   int finished;          /* the callback ran; a loser is still out */
   int winner;            /* the attempt whose head came first, or -1 */
   int hedged;            /* a hedge was sent (one per call) */
+  int cut;               /* an attempt was cut by the adaptive timeout */
   uint64_t hedge_timer;  /* on the loop */
   int64_t start_us;
   uint32_t attempt;
@@ -848,7 +860,7 @@ static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_use
   else memset(&c->o, 0, sizeof c->o);
   c->own = NULL;
   c->committed = 0;
-  c->inflight = c->finished = c->hedged = 0;
+  c->inflight = c->finished = c->hedged = c->cut = 0;
   c->winner = -1;
   c->hedge_timer = 0;
   c->att[0].c = c->att[1].c = c;
@@ -917,8 +929,9 @@ static int attempt_begin(ucall *c, uatt *a, dsys_call *dc) {
   if (to == 0) return DSYS_ETIMEDOUT;
   if (u->lat_on && now >= atomic_load_explicit(&u->next_eval, memory_order_relaxed))
     lat_eval(u, now);
+  size_t members;
   int rc = pick_in(u, c->call.path, strlen(c->call.path), c->ntried ? c->last_id : NULL,
-                   c->tried, c->ntried, &a->pick);
+                   c->tried, c->ntried, &a->pick, &members);
   if (rc) return rc;
   const uatt *other = &c->att[a == c->att];
   if (a->hedge && other->busy && a->pick.ep_ == other->pick.ep_) { /* nowhere else to go */
@@ -935,9 +948,12 @@ static int attempt_begin(ucall *c, uatt *a, dsys_call *dc) {
   *dc = c->call;
   dc->url = a->pick.url;
   dc->timeout_ms = to > 0 ? to : 0;
-  /* the adaptive timeout only where another attempt can follow */
+  /* the adaptive timeout only where another attempt can follow, on an
+   * endpoint not tried yet: it moves requests, it does not fail them;
+   * and once: when a second instance is slow too, the request is */
   a->head_ms = 0;
-  if (u->adaptive && c->retryable && c->attempt < u->max_attempts) {
+  if (u->adaptive && !c->cut && c->retryable && c->attempt < u->max_attempts &&
+      c->ntried < members) {
     int64_t at = atomic_load_explicit(&u->to_us, memory_order_relaxed);
     int64_t ams = (at + 999) / 1000;
     if (at > 0 && (to < 0 || ams < to)) a->head_ms = ams;
@@ -951,7 +967,9 @@ static int attempt_begin(ucall *c, uatt *a, dsys_call *dc) {
 static int attempt_end(ucall *c, uatt *a, int err, dsys_reply *reply, dsys_retry_decision *d) {
   dsys_upstream *u = c->u;
   int status = reply ? dsys_reply_status(reply) : 0;
-  dsys_upstream_report(u, &a->pick, err, status);
+  int cut = err == DSYS_ETIMEDOUT && a->head_ms;
+  c->cut |= cut;
+  report(u, &a->pick, err, status, cut);
   dsys_retry_input in = {.size = sizeof in, .method = c->call.method,
                          .has_idempotency_key = c->idem_key,
                          .outcome = dsys_classify(err, status), .status = status,
@@ -1195,7 +1213,8 @@ static void on_attempt(int err, dsys_reply *reply, void *ud) {
   c->inflight--;
   a->busy = 0;
   if (c->finished) { /* the abandoned attempt of a hedged call */
-    dsys_upstream_report(c->u, &a->pick, err, reply ? dsys_reply_status(reply) : 0);
+    report(c->u, &a->pick, err, reply ? dsys_reply_status(reply) : 0,
+           err == DSYS_ETIMEDOUT && a->head_ms);
     dsys_reply_free(reply);
     if (!c->inflight) ucall_release(c);
     return;

@@ -246,6 +246,23 @@ static void test_slowness(void) {
   dsys_clock_advance(clk, 1000);
   ok(dsys_health_usable(h, "a") && ev.n == 2 && ev.ev[1] == DSYS_HEALTH_EV_UNEJECTED,
      "slowness: without checks, back after that time");
+  /* slow traffic (every endpoint slow): no ejection, only outliers */
+  dsys_health_add(h, "c", "http://c");
+  for (int k = 0; k < 2; k++) {
+    dsys_health_observe_slow(h, "a");
+    dsys_health_observe_slow(h, "b");
+    dsys_health_observe_slow(h, "c");
+  }
+  dsys_health_observe_slow(h, "a");
+  ok(dsys_health_usable(h, "a") && dsys_health_usable(h, "b") && dsys_health_usable(h, "c"),
+     "slowness: every endpoint slow (a slow route): nobody ejected");
+  dsys_health_observe(h, "c", DSYS_OUTCOME_OK);
+  dsys_health_observe_slow(h, "a");
+  ok(!dsys_health_usable(h, "a"), "slowness: half the others in time again: the slowest is ejected");
+  dsys_health_remove(h, "c");
+  dsys_health_remove(h, "a");
+  dsys_health_add(h, "a", "http://a");
+  dsys_health_observe(h, "b", DSYS_OUTCOME_OK);
   dsys_health_observe_slow(h, "b");
   dsys_health_observe_slow(h, "b");
   dsys_health_observe(h, "b", DSYS_OUTCOME_TIMEOUT);
