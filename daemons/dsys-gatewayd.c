@@ -173,7 +173,8 @@ static const char *upstream_opts(const char *name, dsys_gateway_upstream_options
  * never cut short). */
 #define MAX_URLS 64
 
-/* "NAME=URL,URL" -> the gateway. On failure, why (for the error line). */
+/* "NAME=URL,URL" -> the gateway. On failure, why (for the error line;
+ * NULL when the line was printed). */
 static int add_upstream(dsys_gateway *gw, const char *spec, const char **why) {
   *why = "want NAME=URL,URL,...";
   const char *eq = strchr(spec, '=');
@@ -195,8 +196,11 @@ static int add_upstream(dsys_gateway *gw, const char *spec, const char **why) {
   }
   if (!rc && !n) rc = DSYS_EINVAL;
   dsys_gateway_upstream_options uo;
-  const char *bad;
-  if (!rc && (*why = upstream_opts(name, &uo, &bad))) rc = DSYS_EINVAL;
+  const char *bad, *bad_opt = rc ? NULL : upstream_opts(name, &uo, &bad);
+  if (bad_opt) { /* said here, about the flag (*why NULL: nothing more to say) */
+    *why = NULL;
+    rc = fail(bad_opt, bad);
+  }
   if (!rc && (rc = dsys_gateway_add_upstream_ex(gw, name, urls, n, &uo)))
     *why = rc == DSYS_EEXIST ? "upstream named twice" : dsys_strerror(rc);
   free(list);
@@ -356,6 +360,7 @@ static int mount(dsys_daemon *d, void *ud) {
   for (size_t i = 0; i < dsys_config_count(cfg, "upstream"); i++) {
     const char *spec = dsys_config_get_nth(cfg, "upstream", i), *why;
     if ((rc = add_upstream(gw, spec, &why))) {
+      if (!why) return rc;
       char msg[160];
       snprintf(msg, sizeof msg, "bad --upstream (%s)", why);
       return rc == DSYS_ENOMEM ? rc : fail(msg, spec);
