@@ -979,6 +979,12 @@ static int attempt_end(ucall *c, uatt *a, int err, dsys_reply *reply, dsys_retry
   c->last_reason = d->reason;
   if (c->committed || atomic_load_explicit(&u->closing, memory_order_relaxed))
     d->action = DSYS_RETRY_STOP;
+  /* a cut attempt moves to another instance at once: the backoff spares
+   * an overloaded service, and this one is not (the others answer) */
+  if (cut && d->action == DSYS_RETRY_AFTER_BACKOFF) {
+    d->action = DSYS_RETRY_NOW;
+    d->delay_ms = 0;
+  }
   if (d->action != DSYS_RETRY_STOP) {
     dsys_reply_free(c->last);
     c->last = err ? NULL : reply;
@@ -1060,6 +1066,9 @@ static int dial(ucall *c, uatt *a, dsys_call *dc, int *on_loop) {
   dsys_upstream *u = c->u;
   const dsysi_loop_dialer_ops *ld = dsysi_loop_dialer_find(dc->url);
   *on_loop = ld != NULL;
+  /* a hedge completes on the loop like the attempt beside it: the call's
+   * state has no lock */
+  if (!ld && a->hedge) return DSYS_ESCHEME;
   if (ld) {
     if (atomic_load_explicit(&u->closing, memory_order_relaxed)) return DSYS_ECLOSED;
     dsysi_dial_opts o = {.on_head = c->o.on_head || c->hedgeable ? on_head : NULL,
@@ -1086,6 +1095,12 @@ static void hedge_cb(dsysi_loop *l, void *ud);
  * nothing runs. */
 static int start_in(ucall *c, uatt *a, int hedge) {
   a->hedge = hedge;
+  if (c->hedge_timer && !hedge) { /* a retry: no hedge any more, and this
+                                     attempt may complete off the loop */
+    dsysi_loop *l = dsysi_loop_current(); /* the loop of the first attempt */
+    if (l) dsysi_loop_cancel(l, c->hedge_timer);
+    c->hedge_timer = 0;
+  }
   dsys_call dc;
   int rc = attempt_begin(c, a, &dc);
   if (rc) return rc;
