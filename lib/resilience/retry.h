@@ -1,4 +1,5 @@
-/* Internals of the retry policy shared with dsys_upstream. */
+/* Internals of the retry policy shared with dsys_upstream. Thread-safety:
+ * as <distsys/retry.h> (any thread; the budget has its mutex). */
 #ifndef DSYSI_RETRY_H
 #define DSYSI_RETRY_H
 
