@@ -26,6 +26,19 @@ static const dsys_option extra[] = {
     {"loops", "DSYS_LOOPS", DSYS_OPT_INT, "0", "event-loop threads (0: one per CPU)"},
     {"try-timeout", "DSYS_TRY_TIMEOUT", DSYS_OPT_DURATION, "15s", "timeout of one upstream attempt"},
     {"try-timeout-ms", "DSYS_TRY_TIMEOUT_MS", DSYS_OPT_ALIAS, "try-timeout", NULL},
+    /* Slow and hung instances (docs/reference/gateway.md); each V for
+     * every upstream or NAME=V for one, as --policy. */
+    {"adaptive-timeout", "DSYS_ADAPTIVE_TIMEOUT", DSYS_OPT_LIST, "p99x4",
+     "per-try timeout from the upstream's recent latency, pPCTxFACTOR (the last attempt keeps "
+     "--try-timeout), or off"},
+    {"adaptive-timeout-min", "DSYS_ADAPTIVE_TIMEOUT_MIN", DSYS_OPT_LIST, "250ms", "its floor"},
+    {"adaptive-timeout-max", "DSYS_ADAPTIVE_TIMEOUT_MAX", DSYS_OPT_LIST, NULL,
+     "its ceiling (default: --try-timeout)"},
+    {"slow-ejection", "DSYS_SLOW_EJECTION", DSYS_OPT_LIST, "5",
+     "N timeouts or too slow answers in a row eject an instance until a health check passes (0: off)"},
+    {"hedge", "DSYS_HEDGE", DSYS_OPT_LIST, "off",
+     "a second attempt of idempotent requests on another instance after DELAY (e.g. 20ms) or the "
+     "upstream's percentile pPCT (e.g. p95), first answer wins; off"},
     /* The edge (docs/reference/gateway.md): everything off by default. */
     {"rate-limit", "DSYS_RATE_LIMIT", DSYS_OPT_STRING, NULL, "RATE/BURST: per client address on every route (tokens/s)"},
     {"user-rate-limit", "DSYS_USER_RATE_LIMIT", DSYS_OPT_STRING, NULL, "RATE/BURST: per verified user on protected requests"},
@@ -130,11 +143,57 @@ static const char *keyed_value(const char *opt, const char *key, const char *dfl
 /* The policy of upstream name (round-robin by default). */
 static const char *policy_for(const char *name) { return keyed_value("policy", name, "round-robin"); }
 
+/* "250ms", "2s", "100" (ms) -> ms; -1 when malformed. */
+static int64_t parse_ms(const char *v) {
+  char *end;
+  double x = strtod(v, &end);
+  double mul = !strcmp(end, "s") ? 1000 : (!*end || !strcmp(end, "ms")) ? 1 : -1;
+  return end == v || mul < 0 || !(x >= 0) || x * mul > 86400e3 ? -1 : (int64_t)(x * mul);
+}
+
+/* The settings of upstream name from the keyed flags; NULL, or what is
+ * wrong (*bad: the value). */
+static const char *upstream_opts(const char *name, dsys_gateway_upstream_options *o,
+                                 const char **bad) {
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->policy = policy_for(name);
+  const char *v = *bad = keyed_value("adaptive-timeout", name, "p99x4");
+  unsigned pct;
+  double f;
+  int end = 0;
+  if (!strcmp(v, "off")) o->adaptive_timeout = -1;
+  else if (sscanf(v, "p%ux%lf%n", &pct, &f, &end) != 2 || v[end] || !pct || pct > 100 || !(f >= 1 && f <= 1000))
+    return "bad --adaptive-timeout (want pPCTxFACTOR, e.g. p99x4, or off)";
+  else o->timeout_percentile = pct, o->timeout_factor = f;
+  const char *mn = *bad = keyed_value("adaptive-timeout-min", name, "250ms");
+  if ((o->timeout_min_ms = parse_ms(mn)) <= 0) return "bad --adaptive-timeout-min";
+  const char *mx = *bad = keyed_value("adaptive-timeout-max", name, NULL);
+  if (mx && ((o->timeout_max_ms = parse_ms(mx)) <= 0 || o->timeout_max_ms < o->timeout_min_ms))
+    return "bad --adaptive-timeout-max (a duration, at least the min)";
+  v = *bad = keyed_value("slow-ejection", name, "5");
+  char *e;
+  long n = strtol(v, &e, 10);
+  if (e == v || *e || n < 0 || n > 1000) return "bad --slow-ejection (0..1000)";
+  o->slow_ejection = n ? (int32_t)n : -1;
+  v = *bad = keyed_value("hedge", name, "off");
+  if (v[0] == 'p') {
+    if (sscanf(v, "p%u%n", &pct, &end) != 1 || v[end] || !pct || pct > 100)
+      return "bad --hedge (want off, DELAY or pPCT)";
+    o->hedge_delay_ms = -1;
+    o->hedge_percentile = pct;
+  } else if (strcmp(v, "off") && (o->hedge_delay_ms = parse_ms(v)) <= 0) {
+    return "bad --hedge (want off, DELAY or pPCT)";
+  }
+  return NULL;
+}
+
 /* At most this many URLs in one --upstream (a longer list is refused,
  * never cut short). */
 #define MAX_URLS 64
 
-/* "NAME=URL,URL" -> the gateway. On failure, why (for the error line). */
+/* "NAME=URL,URL" -> the gateway. On failure, why (for the error line;
+ * NULL when the line was printed). */
 static int add_upstream(dsys_gateway *gw, const char *spec, const char **why) {
   *why = "want NAME=URL,URL,...";
   const char *eq = strchr(spec, '=');
@@ -155,7 +214,13 @@ static int add_upstream(dsys_gateway *gw, const char *spec, const char **why) {
     }
   }
   if (!rc && !n) rc = DSYS_EINVAL;
-  if (!rc && (rc = dsys_gateway_add_upstream(gw, name, urls, n, policy_for(name))))
+  dsys_gateway_upstream_options uo;
+  const char *bad, *bad_opt = rc ? NULL : upstream_opts(name, &uo, &bad);
+  if (bad_opt) { /* said here, about the flag (*why NULL: nothing more to say) */
+    *why = NULL;
+    rc = fail(bad_opt, bad);
+  }
+  if (!rc && (rc = dsys_gateway_add_upstream_ex(gw, name, urls, n, &uo)))
     *why = rc == DSYS_EEXIST ? "upstream named twice" : dsys_strerror(rc);
   free(list);
   return rc;
@@ -325,6 +390,7 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
   for (size_t i = 0; i < dsys_config_count(cfg, "upstream"); i++) {
     const char *spec = dsys_config_get_nth(cfg, "upstream", i), *why;
     if ((rc = add_upstream(gw, spec, &why))) {
+      if (!why) return rc;
       char msg[160];
       snprintf(msg, sizeof msg, "bad --upstream (%s)", why);
       return rc == DSYS_ENOMEM ? rc : fail(msg, spec);
@@ -354,7 +420,10 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
     ro.filters = keyed_value("filters", rs[i].prefix, NULL);
     rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     if (rc == DSYS_ENOTFOUND && reg) { /* discover NAME from the registry */
-      rc = dsys_gateway_add_upstream(gw, rs[i].name, NULL, 0, policy_for(rs[i].name));
+      dsys_gateway_upstream_options uo;
+      const char *bad, *why = upstream_opts(rs[i].name, &uo, &bad);
+      if (why) return fail(why, bad);
+      rc = dsys_gateway_add_upstream_ex(gw, rs[i].name, NULL, 0, &uo);
       if (!rc) rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     }
     if (rc == DSYS_EINVAL && ro.filters)

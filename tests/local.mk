@@ -23,6 +23,7 @@ C_TESTS = \
 	tests/resilience/test-registry tests/resilience/test-registry-etcd \
 	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
+	tests/resilience/test-upstream-slow \
 	tests/state/test-store tests/state/test-queue tests/state/test-state-crash \
 	tests/state/test-lock tests/state/test-cache \
 	tests/observe/test-events tests/observe/test-metrics \
@@ -57,6 +58,7 @@ SCRIPT_TESTS = \
 	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
 	tests/integration/python-service.test tests/integration/etcd-registry.test \
+	tests/integration/hung-instance.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
 

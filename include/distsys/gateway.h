@@ -131,7 +131,8 @@ DSYS_API int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *op
 
 /**
  * Declare an upstream service. With urls (n > 0) its endpoints are static;
- * with n == 0 they come from the registry (service type = name).
+ * with n == 0 they come from the registry (service type = name). The
+ * upstream has the defaults of dsys_gateway_upstream_options.
  * @param policy balancer policy name ("round-robin", "least-request", ...) or
  *        NULL for round robin.
  * @return 0, DSYS_EINVAL (bad name or policy; no registry for n == 0),
@@ -141,6 +142,41 @@ DSYS_API int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *op
 DSYS_API int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
                                        const char *const *urls, size_t n,
                                        const char *policy);
+
+/**
+ * Per-upstream settings of dsys_gateway_add_upstream_ex(): the balancer
+ * and how the upstream follows its instances' latency (docs/reference/
+ * gateway.md, "Slow and hung instances"). Zero fields take the defaults
+ * given: adaptive per-try timeouts and ejection for slowness on, hedging
+ * off.
+ */
+typedef struct dsys_gateway_upstream_options {
+  size_t size;                 /**< sizeof(dsys_gateway_upstream_options), or 0 */
+  const char *policy;          /**< balancer policy name; NULL: round robin */
+  int32_t adaptive_timeout;    /**< 0: on (default); -1: off (the gateway's
+                                    try_timeout_ms for every attempt) */
+  uint32_t timeout_percentile; /**< default 99 */
+  double timeout_factor;       /**< default 4 */
+  int64_t timeout_min_ms;      /**< default 250 */
+  int64_t timeout_max_ms;      /**< default: the gateway's try_timeout_ms */
+  int32_t slow_ejection;       /**< timeouts or slow answers in a row that
+                                    eject an instance for slowness; 0: 5
+                                    (default); -1: off */
+  int64_t hedge_delay_ms;      /**< 0: no hedging (default); > 0: a fixed
+                                    delay; -1: the upstream's
+                                    hedge_percentile */
+  uint32_t hedge_percentile;   /**< default 95 */
+} dsys_gateway_upstream_options;
+
+/**
+ * dsys_gateway_add_upstream() with per-upstream settings.
+ * @param opts may be NULL (the defaults, round robin).
+ * @return as dsys_gateway_add_upstream(); DSYS_EINVAL also for a bad
+ *         setting (see dsys_upstream_options).
+ */
+DSYS_API int dsys_gateway_add_upstream_ex(dsys_gateway *gw, const char *name,
+                                          const char *const *urls, size_t n,
+                                          const dsys_gateway_upstream_options *opts);
 
 /**
  * Route requests whose path starts with prefix ("/api/data" matches

@@ -21,6 +21,21 @@
  * un-ejected for max_ejection_ms. The last usable endpoint is never ejected
  * by outlier detection (counted in skipped_ejections).
  *
+ * Ejection for slowness (consecutive_slow > 0): consecutive timeouts, or
+ * answers its caller found too slow (dsys_health_observe_slow()), eject the
+ * endpoint too, when at least half of the other usable endpoints have no
+ * such streak (else the traffic is slow, not the endpoint: skipped, counted
+ * in skipped_ejections). Such an ejection lasts at least slow_ejection_ms times the
+ * ejection count (capped at max_ejection_ms); with active checks it then
+ * lasts until a check passes (one that passed meanwhile counts), so an
+ * instance that stalls comes back as soon as it answers its checks again,
+ * and one that still hangs stays out. Without active checks it ends after
+ * that time.
+ *
+ * While an endpoint does not take traffic (PENDING, UNHEALTHY or ejected)
+ * its active checks run every down_interval_ms, so that it comes back soon
+ * after it recovers.
+ *
  * An endpoint is usable when it is HEALTHY and not ejected.
  *
  * All timers run on the checker's dsys_clock. Callbacks (probe, event) run
@@ -56,7 +71,8 @@ typedef enum dsys_health_event {
   DSYS_HEALTH_EV_HEALTHY = 0,
   DSYS_HEALTH_EV_UNHEALTHY = 1,
   DSYS_HEALTH_EV_EJECTED = 2,
-  DSYS_HEALTH_EV_UNEJECTED = 3
+  DSYS_HEALTH_EV_UNEJECTED = 3,
+  DSYS_HEALTH_EV_EJECTED_SLOW = 4 /**< ejected for slowness (see above) */
 } dsys_health_event;
 
 /**
@@ -90,6 +106,13 @@ typedef struct dsys_health_options {
   dsys_health_event_fn on_event;
   void *event_ud;
   uint64_t seed;               /**< jitter; 0: random */
+  /* appended: slowness */
+  uint32_t consecutive_slow;   /**< timeouts or slow answers in a row that
+                                    eject for slowness; 0: off (default) */
+  int64_t slow_ejection_ms;    /**< shortest ejection for slowness, times
+                                    the ejection count; default 1000 */
+  int64_t down_interval_ms;    /**< active checks of an endpoint that takes
+                                    no traffic; default interval_ms */
 } dsys_health_options;
 
 /** Per-endpoint figures. */
@@ -140,12 +163,21 @@ DSYS_API int dsys_health_report(dsys_health *h, uint64_t token, int passed);
 
 /**
  * Passive observation of a real call's outcome (a dsys_outcome value).
- * OK and CLIENT_ERROR reset the failure streak; NOT_SENT ejects at once;
- * TIMEOUT, RESET, PROTOCOL and SERVER_ERROR extend the streak; LOCAL is
- * ignored.
+ * OK and CLIENT_ERROR reset the failure and slowness streaks; NOT_SENT
+ * ejects at once; TIMEOUT, RESET, PROTOCOL and SERVER_ERROR extend the
+ * failure streak, TIMEOUT the slowness streak too; LOCAL is ignored.
  * @return 0, DSYS_EINVAL, DSYS_ENOTFOUND.
  */
 DSYS_API int dsys_health_observe(dsys_health *h, const char *id, int outcome);
+
+/**
+ * Passive observation of an answer that came but too slowly (its caller
+ * decides what is too slow, e.g. dsys_upstream: slower than its adaptive
+ * per-try timeout): extends the slowness streak like a timeout, leaves the
+ * failure streak alone. A no-op unless consecutive_slow is set.
+ * @return 0, DSYS_EINVAL, DSYS_ENOTFOUND.
+ */
+DSYS_API int dsys_health_observe_slow(dsys_health *h, const char *id);
 
 /** Nonzero when the endpoint takes traffic (HEALTHY and not ejected). */
 DSYS_API int dsys_health_usable(dsys_health *h, const char *id);

@@ -47,6 +47,35 @@
  * loop's timers), on the clock's timer thread (after a backoff), or on the
  * thread calling dsys_upstream_free() (canceled calls).
  *
+ * Per-try timeouts, hedging, slowness (docs/reference/resilience.md):
+ *  - adaptive_timeout: the upstream keeps a histogram of the latency of
+ *    the answers of the last latency_window_ms (replies other than those
+ *    counted against the endpoint; timeouts are not answers), derived
+ *    again every 100 ms at most. An attempt of an idempotent request (or
+ *    one with an Idempotency-Key) that another attempt could follow gets
+ *    the per-try timeout timeout_percentile x timeout_factor, within
+ *    [timeout_min_ms, timeout_max_ms] and what is left of the deadline;
+ *    with fewer than latency_min_samples answers in the window, the retry
+ *    policy's per-try timeout. On an event loop it bounds the time to the
+ *    response head (a streamed answer may then run to the retry policy's
+ *    per-try timeout); through the client, the whole attempt of a call
+ *    without on_chunk. The last attempt, requests that are not retried,
+ *    attempts with no endpoint left untried, and every attempt after one
+ *    it cut (a second slow instance says the request is slow) keep the
+ *    retry policy's per-try timeout: an adaptive timeout moves a request
+ *    to another instance, it never fails one by itself. An answer slower
+ *    than the adaptive timeout is a slow answer.
+ *  - attempts it cut and slow answers go to the health checker's slowness
+ *    streak only (dsys_health_options.consecutive_slow: ejection for
+ *    slowness; the breaker ignores them); other timeouts are failures.
+ *  - hedge: an idempotent request started on an event loop without a body
+ *    it lends (dsysi_usend.borrow) whose first attempt has no response head
+ *    after the hedge delay gets a second attempt on another endpoint, if
+ *    the retry budget allows; the first response head wins and the other
+ *    attempt is abandoned (canceled when its head comes, else ended by its
+ *    timeout; its outcome still counts for its endpoint). A hedge counts
+ *    as an attempt. Calls made off an event loop are not hedged.
+ *
  * dsys_upstream is the library's one request engine: the gateway proxies
  * through the same attempt loop (docs/reference/resilience.md).
  */
@@ -108,6 +137,26 @@ typedef struct dsys_upstream_options {
                                     them all out of rotation. Connection
                                     failures, resets and timeouts always
                                     count. */
+  /* appended: following the service's latency (see "Per-try timeouts,
+   * hedging, slowness" above) */
+  int32_t adaptive_timeout;    /**< nonzero: adaptive per-try timeouts and
+                                    slow answers; 0: off (default) */
+  uint32_t timeout_percentile; /**< percentile of the window, 1..100;
+                                    default 99 */
+  double timeout_factor;       /**< times this, >= 1; default 4 */
+  int64_t timeout_min_ms;      /**< floor; default 250 */
+  int64_t timeout_max_ms;      /**< ceiling; default: the retry policy's
+                                    per-try timeout (none: 15000) */
+  int64_t latency_window_ms;   /**< the window of answers, 100..3600000;
+                                    default 10000 */
+  uint32_t latency_min_samples;/**< fewer answers in the window: no
+                                    adaptive timeout, no adaptive hedge;
+                                    default 20 */
+  int32_t hedge;               /**< nonzero: hedge idempotent requests;
+                                    0: off (default) */
+  int64_t hedge_delay_ms;      /**< > 0: a fixed delay; 0: the window's
+                                    hedge_percentile */
+  uint32_t hedge_percentile;   /**< 1..100; default 95 */
 } dsys_upstream_options;
 
 /** Values of dsys_upstream_options.count_5xx. */
@@ -186,6 +235,25 @@ typedef struct dsys_upstream_totals {
   uint64_t endpoints;          /**< current members */
   int64_t p50_us, p90_us, p99_us; /**< whole-call latency (incl. retries) */
 } dsys_upstream_totals;
+
+/**
+ * The latency-following features of an upstream: counters since it was
+ * created and the current derived values. Filled by
+ * dsys_upstream_latency_get(); size is set by the caller.
+ */
+typedef struct dsys_upstream_latency {
+  size_t size;                 /**< sizeof(dsys_upstream_latency) */
+  int64_t try_timeout_ms;      /**< adaptive per-try timeout now; 0: none
+                                    (off, or too few answers) */
+  int64_t hedge_delay_ms;      /**< hedge delay now; -1: no hedging */
+  int64_t window_p_us;         /**< the window's timeout_percentile */
+  uint64_t window_answers;     /**< answers in the window */
+  uint64_t attempt_timeouts;   /**< attempts that ended DSYS_ETIMEDOUT */
+  uint64_t slow_answers;       /**< answers slower than the adaptive timeout */
+  uint64_t hedges;             /**< hedge attempts sent */
+  uint64_t hedges_won;         /**< calls answered by their hedge */
+  uint64_t slow_ejections;     /**< endpoints ejected for slowness */
+} dsys_upstream_latency;
 
 /**
  * Create an upstream. With a registry, it watches the registry and loads
@@ -322,6 +390,11 @@ DSYS_API int dsys_upstream_stats(dsys_upstream *u, dsys_endpoint_stats **arr,
 /** Service-level totals. @return 0, DSYS_EINVAL. */
 DSYS_API int dsys_upstream_totals_get(dsys_upstream *u,
                                       dsys_upstream_totals *out);
+
+/** Latency-following figures (see dsys_upstream_latency).
+ *  @param out its size field set; a smaller size gets a prefix.
+ *  @return 0, DSYS_EINVAL. */
+DSYS_API int dsys_upstream_latency_get(dsys_upstream *u, dsys_upstream_latency *out);
 
 /** Lower bound in microseconds of latency bucket i (0 for i = 0;
  *  INT64_MAX for i >= DSYS_UPSTREAM_LAT_BUCKETS). */

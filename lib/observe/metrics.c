@@ -990,6 +990,35 @@ void dsysi_metrics_collect_upstream(dsys_metrics *r, const char *name, dsys_upst
                             "Endpoints of the upstream (usable or not).", ln, lv, 1, &g))
       dsys_gauge_set(g, (double)t.endpoints);
   }
+  dsys_upstream_latency l = {.size = sizeof l};
+  if (!dsys_upstream_latency_get(u, &l)) {
+    const char *ln[] = {"upstream"};
+    const char *lv[] = {name};
+    static const struct {
+      const char *name, *help;
+      size_t off;
+    } ctr[] = {
+        {"dsys_upstream_attempt_timeouts_total", "Attempts that timed out.",
+         offsetof(dsys_upstream_latency, attempt_timeouts)},
+        {"dsys_upstream_slow_answers_total", "Answers slower than the adaptive per-try timeout.",
+         offsetof(dsys_upstream_latency, slow_answers)},
+        {"dsys_upstream_hedges_total", "Hedge attempts sent.", offsetof(dsys_upstream_latency, hedges)},
+        {"dsys_upstream_hedges_won_total", "Calls answered by their hedge.",
+         offsetof(dsys_upstream_latency, hedges_won)},
+        {"dsys_upstream_slow_ejections_total", "Endpoints ejected for slowness.",
+         offsetof(dsys_upstream_latency, slow_ejections)},
+    };
+    for (size_t k = 0; k < sizeof ctr / sizeof ctr[0]; k++) {
+      dsys_counter *c = NULL;
+      uint64_t v;
+      memcpy(&v, (const char *)&l + ctr[k].off, sizeof v);
+      if (!dsys_metrics_counter(r, ctr[k].name, ctr[k].help, ln, lv, 1, &c)) dsys_counter_store(c, v);
+    }
+    dsys_gauge *g = NULL;
+    if (!dsys_metrics_gauge(r, "dsys_upstream_try_timeout_seconds",
+                            "The adaptive per-try timeout now (0: none).", ln, lv, 1, &g))
+      dsys_gauge_set(g, (double)l.try_timeout_ms / 1000.0);
+  }
 }
 
 static void collect_upstream(dsys_metrics *r, void *ud) {

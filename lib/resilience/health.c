@@ -14,7 +14,10 @@ struct hep {
   char *id, *url;
   int removed;
   int state, ejected;
-  uint32_t passes, fails, ofails, ejcount;
+  int slow_ej;    /* the ejection is for slowness */
+  int await_pass; /* ... its time is over: the next passing check ends it */
+  int passed_ej;  /* the last check since the ejection passed */
+  uint32_t passes, fails, ofails, oslow, ejcount;
   uint64_t checks, checks_failed, ejections;
   int64_t ejected_until_us, last_uneject_us;
   uint64_t check_timer, timeout_timer, eject_timer;
@@ -27,7 +30,8 @@ struct dsys_health {
   pthread_cond_t cv;
   dsys_clock *clk;
   int64_t interval_us, jitter_us, timeout_us, base_ej_us, max_ej_us;
-  uint32_t rise, fall, ofail_max;
+  int64_t slow_ej_us, down_us;
+  uint32_t rise, fall, ofail_max, oslow_max;
   int start_healthy, outlier_off;
   dsys_health_probe_fn probe;
   void *probe_ud;
@@ -119,6 +123,8 @@ static void schedule_check(dsys_health *h, hep *e, int64_t delay_us) {
   add_timer(h, e, delay_us, check_cb, &e->check_timer);
 }
 
+static void uneject(dsys_health *h, hep *e, evq *q);
+
 /* Hold mu. Applies one active check result. */
 static void apply_result(dsys_health *h, hep *e, int passed, evq *q) {
   int before = e->state;
@@ -142,7 +148,11 @@ static void apply_result(dsys_health *h, hep *e, int passed, evq *q) {
     push_ev(q, e, e->state == DSYS_HEALTH_HEALTHY ? DSYS_HEALTH_EV_HEALTHY
                                                   : DSYS_HEALTH_EV_UNHEALTHY);
   }
-  schedule_check(h, e, h->interval_us + jitter(h));
+  if (e->ejected && e->slow_ej) {
+    e->passed_ej = passed;
+    if (passed && e->await_pass) uneject(h, e, q);
+  }
+  schedule_check(h, e, (usable(e) ? h->interval_us : h->down_us) + jitter(h));
 }
 
 static void timeout_cb(void *ud) {
@@ -203,7 +213,8 @@ int dsys_health_new(dsys_health **out, const dsys_health_options *o) {
   dsys_health_options d = {0};
   if (o) memcpy(&d, o, o->size && o->size < sizeof d ? o->size : sizeof d);
   if (d.interval_ms < 0 || d.jitter_ms < -1 || d.timeout_ms < 0 ||
-      d.base_ejection_ms < 0 || d.max_ejection_ms < 0)
+      d.base_ejection_ms < 0 || d.max_ejection_ms < 0 || d.slow_ejection_ms < 0 ||
+      d.down_interval_ms < 0)
     return DSYS_EINVAL;
   dsys_health *h = calloc(1, sizeof *h);
   if (!h) return DSYS_ENOMEM;
@@ -220,6 +231,9 @@ int dsys_health_new(dsys_health **out, const dsys_health_options *o) {
   h->base_ej_us = (d.base_ejection_ms ? d.base_ejection_ms : 30000) * 1000;
   h->max_ej_us = (d.max_ejection_ms ? d.max_ejection_ms : 300000) * 1000;
   h->outlier_off = d.outlier_off != 0;
+  h->oslow_max = d.consecutive_slow;
+  h->slow_ej_us = (d.slow_ejection_ms ? d.slow_ejection_ms : 1000) * 1000;
+  h->down_us = d.down_interval_ms ? d.down_interval_ms * 1000 : h->interval_us;
   h->on_event = d.on_event;
   h->event_ud = d.event_ud;
   h->rng = d.seed;
@@ -317,6 +331,14 @@ int dsys_health_report(dsys_health *h, uint64_t token, int passed) {
   return rc;
 }
 
+/* Hold mu. */
+static void uneject(dsys_health *h, hep *e, evq *q) {
+  e->ejected = e->slow_ej = e->await_pass = 0;
+  e->ejected_until_us = 0;
+  e->last_uneject_us = dsys_clock_now_us(h->clk);
+  push_ev(q, e, DSYS_HEALTH_EV_UNEJECTED);
+}
+
 static void eject_cb(void *ud) {
   hep *e = ud;
   dsys_health *h = e->h;
@@ -324,23 +346,28 @@ static void eject_cb(void *ud) {
   pthread_mutex_lock(&h->mu);
   e->eject_timer = 0;
   if (!e->removed && e->ejected) {
-    e->ejected = 0;
-    e->ejected_until_us = 0;
-    e->last_uneject_us = dsys_clock_now_us(h->clk);
-    push_ev(&q, e, DSYS_HEALTH_EV_UNEJECTED);
+    /* a slow instance with checks comes back by a passing check: time
+     * alone says nothing about a process that still hangs */
+    if (e->slow_ej && h->probe && !e->passed_ej) e->await_pass = 1;
+    else uneject(h, e, &q);
   }
   pthread_mutex_unlock(&h->mu);
   fire(h, &q);
   finish(h, e);
 }
 
-/* Hold mu. */
-static void eject(dsys_health *h, hep *e, evq *q) {
+/* Hold mu. slow: for slowness (see the header). */
+static void eject(dsys_health *h, hep *e, evq *q, int slow) {
   if (e->ejected) return;
-  size_t others = 0;
+  size_t others = 0, in_time = 0;
   for (size_t i = 0; i < h->n; i++)
-    if (h->eps[i] != e && usable(h->eps[i])) others++;
-  if (others == 0) {
+    if (h->eps[i] != e && usable(h->eps[i])) {
+      others++;
+      in_time += !h->eps[i]->oslow;
+    }
+  /* slowness is relative: when half the others are slow too, the traffic
+   * is (a slow route), not this endpoint */
+  if (others == 0 || (slow && in_time * 2 < others)) {
     h->ctr.skipped_ejections++;
     return;
   }
@@ -348,16 +375,24 @@ static void eject(dsys_health *h, hep *e, evq *q) {
   if (e->ejcount && e->last_uneject_us && now - e->last_uneject_us >= h->max_ej_us)
     e->ejcount = 0;
   uint32_t count = e->ejcount + 1;
-  int64_t dur = h->base_ej_us * count;
-  if (dur > h->max_ej_us || dur / count != h->base_ej_us) dur = h->max_ej_us;
+  int64_t base = slow ? h->slow_ej_us : h->base_ej_us;
+  int64_t dur = base * count;
+  if (dur > h->max_ej_us || dur / count != base) dur = h->max_ej_us;
   if (add_timer(h, e, dur, eject_cb, &e->eject_timer)) return;
   e->ejcount = count;
   e->ejected = 1;
+  e->slow_ej = slow;
+  e->await_pass = e->passed_ej = 0;
   e->ejected_until_us = now + dur;
-  e->ofails = 0;
+  e->ofails = e->oslow = 0;
   e->ejections++;
   h->ctr.ejections++;
-  push_ev(q, e, DSYS_HEALTH_EV_EJECTED);
+  push_ev(q, e, slow ? DSYS_HEALTH_EV_EJECTED_SLOW : DSYS_HEALTH_EV_EJECTED);
+  /* check it soon rather than at the next healthy interval */
+  if (h->probe && h->down_us < h->interval_us && e->check_timer) {
+    cancel_timer(h, e, &e->check_timer);
+    schedule_check(h, e, h->down_us + jitter(h));
+  }
 }
 
 int dsys_health_observe(dsys_health *h, const char *id, int outcome) {
@@ -372,16 +407,21 @@ int dsys_health_observe(dsys_health *h, const char *id, int outcome) {
     switch (outcome) {
     case DSYS_OUTCOME_OK:
     case DSYS_OUTCOME_CLIENT_ERROR:
-      e->ofails = 0;
+      e->ofails = e->oslow = 0;
       break;
     case DSYS_OUTCOME_NOT_SENT:
-      eject(h, e, &q);
+      eject(h, e, &q, 0);
       break;
     case DSYS_OUTCOME_TIMEOUT:
+      if (h->oslow_max && ++e->oslow >= h->oslow_max) {
+        eject(h, e, &q, 1);
+        break;
+      }
+      /* fall through */
     case DSYS_OUTCOME_RESET:
     case DSYS_OUTCOME_PROTOCOL:
     case DSYS_OUTCOME_SERVER_ERROR:
-      if (++e->ofails >= h->ofail_max) eject(h, e, &q);
+      if (++e->ofails >= h->ofail_max) eject(h, e, &q, 0);
       break;
     default:
       break;
@@ -390,6 +430,17 @@ int dsys_health_observe(dsys_health *h, const char *id, int outcome) {
   pthread_mutex_unlock(&h->mu);
   fire(h, &q);
   return rc;
+}
+
+int dsys_health_observe_slow(dsys_health *h, const char *id) {
+  if (!h || !id) return DSYS_EINVAL;
+  evq q = {0};
+  pthread_mutex_lock(&h->mu);
+  hep *e = find(h, id, NULL);
+  if (e && !h->outlier_off && h->oslow_max && ++e->oslow >= h->oslow_max) eject(h, e, &q, 1);
+  pthread_mutex_unlock(&h->mu);
+  fire(h, &q);
+  return e ? 0 : DSYS_ENOTFOUND;
 }
 
 int dsys_health_usable(dsys_health *h, const char *id) {

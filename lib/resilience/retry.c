@@ -8,6 +8,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/rng.h"
+#include "resilience/retry.h"
 
 /* One second of the budget's window. A request is counted without the
  * lock (dsys_retry_request: every proxied request, from every event loop,
@@ -158,6 +159,10 @@ static int budget_take(dsys_retry *r) {
   pthread_mutex_unlock(&r->mu);
   return rc;
 }
+
+int dsysi_retry_budget_take(dsys_retry *r) { return budget_take(r); }
+
+uint32_t dsysi_retry_max_attempts(const dsys_retry *r) { return r->max_attempts; }
 
 int64_t dsys_retry_backoff_ms(dsys_retry *r, uint32_t n) {
   if (!r || n == 0) return 0;

@@ -22,6 +22,7 @@
 #include <strings.h>
 #include <distsys/upstream.h>
 #include "core/internal.h"
+#include "resilience/retry.h"
 #include "resilience/upstream_int.h"
 #include "transport/evloop.h"
 #include "transport/transport.h"
@@ -64,6 +65,9 @@ typedef struct ushard {
       unavail, brk;
   au64 started, ended; /* calls in flight: started - ended (free waits) */
   au64 call_lat[LAT_N];
+  /* following the service's latency (lat_eval) */
+  au64 att_timeouts, slow_answers, hedges, hedges_won;
+  au64 alat[LAT_N];    /* answered attempts, cumulative (the window's source) */
 } ushard;
 
 /* Sum of one counter over the shards. */
@@ -106,7 +110,32 @@ struct dsys_upstream {
   void *user_h_ud;
 
   ushard *sh; /* NSHARD */
+
+  /* Following the service's latency: the window of answers is the
+   * difference between the shards' cumulative histogram now and a
+   * snapshot taken about a window ago (a ring of NSNAP, one per
+   * win_us / NSNAP); whichever thread first finds next_eval passed derives
+   * the timeout and hedge delay from it (lat_mu, tried, never waited for),
+   * so calls only read two atomics. */
+  int adaptive, hedge, lat_on;
+  unsigned to_pct, hedge_pct;
+  double to_factor;
+  int64_t to_min_us, to_max_us, hedge_fixed_us, win_us;
+  uint64_t min_samples;
+  uint32_t max_attempts;
+  _Atomic int64_t to_us;     /* adaptive per-try timeout; 0: none */
+  _Atomic int64_t hedge_us;  /* hedge delay; -1: none */
+  _Atomic int64_t next_eval; /* clock us */
+  _Atomic int64_t win_p_us;
+  au64 win_n, slow_ejections;
+  pthread_mutex_t lat_mu;
+  uint64_t (*snap)[LAT_N];
+  size_t snap_n, snap_next;
+  int64_t next_snap, last_snap;
 };
+
+#define NSNAP 10
+#define EVAL_US 100000
 
 static inline ushard *shard(dsys_upstream *u) { return &u->sh[dsysi_thread_slot() % NSHARD]; }
 
@@ -148,6 +177,54 @@ static int64_t percentile(const uint64_t *b, uint64_t total, unsigned p) {
     cum += b[i];
   }
   return dsys_upstream_bucket_lower_us(LAT_N - 1);
+}
+
+/* Derive the adaptive timeout and hedge delay from the window (see
+ * struct dsys_upstream). */
+static void lat_eval(dsys_upstream *u, int64_t now) {
+  if (pthread_mutex_trylock(&u->lat_mu)) return; /* another thread does it */
+  if (now < atomic_load(&u->next_eval)) {
+    pthread_mutex_unlock(&u->lat_mu);
+    return;
+  }
+  atomic_store(&u->next_eval, now + EVAL_US);
+  uint64_t cur[LAT_N], win[LAT_N], tot = 0;
+  for (int k = 0; k < LAT_N; k++) cur[k] = SUM(u, alat[k]);
+  /* the first derivation, or after an idle window (no call derived):
+   * what came before is history, start the window now */
+  if (!u->snap_n || now - u->last_snap > u->win_us) {
+    u->snap_n = u->snap_next = 0;
+    u->next_snap = now;
+  }
+  if (now >= u->next_snap) {
+    memcpy(u->snap[u->snap_next], cur, sizeof cur);
+    u->snap_next = (u->snap_next + 1) % NSNAP;
+    if (u->snap_n < NSNAP) u->snap_n++;
+    u->last_snap = now;
+    u->next_snap = now + u->win_us / NSNAP;
+  }
+  const uint64_t *base = u->snap[u->snap_n < NSNAP ? 0 : u->snap_next];
+  for (int k = 0; k < LAT_N; k++) {
+    win[k] = cur[k] - base[k];
+    tot += win[k];
+  }
+  int enough = tot >= u->min_samples && tot > 0;
+  int64_t p = enough ? percentile(win, tot, u->to_pct) : 0;
+  int64_t to = 0;
+  if (u->adaptive && enough) {
+    double t = (double)p * u->to_factor;
+    to = t > (double)u->to_max_us ? u->to_max_us : (int64_t)t;
+    if (to < u->to_min_us) to = u->to_min_us;
+  }
+  int64_t hd = -1;
+  if (u->hedge_fixed_us > 0) hd = u->hedge_fixed_us;
+  else if (u->hedge && enough) hd = percentile(win, tot, u->hedge_pct);
+  if (hd >= 0 && hd < 1000) hd = 1000; /* below a millisecond it is noise */
+  atomic_store(&u->to_us, to);
+  atomic_store(&u->hedge_us, u->hedge ? hd : -1);
+  atomic_store(&u->win_p_us, p);
+  atomic_store(&u->win_n, tot);
+  pthread_mutex_unlock(&u->lat_mu);
 }
 
 /* ---- endpoints ---- */
@@ -249,6 +326,7 @@ static void br_timer_cb(void *ud) {
 
 static void on_health(void *ud, const char *id, dsys_health_event ev, int usable) {
   dsys_upstream *u = ud;
+  if (ev == DSYS_HEALTH_EV_EJECTED_SLOW) INC(u->slow_ejections);
   uep *e = ref_ep(u, id);
   if (e) {
     /* re-read rather than trust the event: events of two threads may
@@ -528,15 +606,17 @@ static int all_breakers_open(dsys_upstream *u) {
   return 1;
 }
 
+/* members (may be NULL): the number of endpoints when it picked. */
 static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
                    const char *exclude, uep *const *tried, size_t ntried,
-                   struct dsys_upstream_pick *out) {
+                   struct dsys_upstream_pick *out, size_t *members) {
   pthread_rwlock_rdlock(&u->lk);
   if (atomic_load(&u->closing)) {
     pthread_rwlock_unlock(&u->lk);
     return DSYS_ECLOSED;
   }
   size_t n = u->n;
+  if (members) *members = n;
   size_t limit = 2 * n + 1 < PICK_LIMIT ? 2 * n + 1 : PICK_LIMIT;
   const char *ex = exclude;
   int rc = n ? 0 : DSYS_EUNAVAIL;
@@ -587,11 +667,14 @@ static int pick_in(dsys_upstream *u, const void *key, size_t keylen,
 int dsys_upstream_pick(dsys_upstream *u, const void *key, size_t keylen,
                        const char *exclude_id, struct dsys_upstream_pick *out) {
   if (!u || !out || (keylen && !key)) return DSYS_EINVAL;
-  return pick_in(u, key, keylen, exclude_id, NULL, 0, out);
+  return pick_in(u, key, keylen, exclude_id, NULL, 0, out, NULL);
 }
 
-void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int err,
-                          int status) {
+/* dsys_upstream_report; cut: the attempt timed out by its adaptive
+ * timeout. That says the endpoint is slower than the tier, not that it
+ * failed: it extends the slowness streak only, and the breaker ignores it
+ * (a rare slow route must not open every breaker of the service). */
+static void report(dsys_upstream *u, struct dsys_upstream_pick *p, int err, int status, int cut) {
   if (!u || !p || !p->ep_) return;
   uep *e = p->ep_;
   int64_t dur = dsys_clock_now_us(u->clk) - p->start_us_;
@@ -606,17 +689,32 @@ void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int er
                           : oc;
   int br = seen == DSYS_OUTCOME_OK || seen == DSYS_OUTCOME_CLIENT_ERROR
                ? DSYS_BREAKER_SUCCESS
-               : seen == DSYS_OUTCOME_LOCAL ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
+               : seen == DSYS_OUTCOME_LOCAL || cut ? DSYS_BREAKER_IGNORED : DSYS_BREAKER_FAILURE;
   dsys_breaker_record(e->br, p->permit_, br, dur);
   /* Outlier detection only needs a success after a failure (to reset its
    * count of consecutive failures): skipping the others saves a lock and
    * a search by id per call. Two threads reporting at once may order a
    * success and a failure either way, as without the skip. */
   int clean = seen == DSYS_OUTCOME_OK || seen == DSYS_OUTCOME_CLIENT_ERROR;
-  int tell = clean ? atomic_load(&e->h_dirty) && atomic_exchange(&e->h_dirty, 0)
-                   : seen != DSYS_OUTCOME_LOCAL; /* LOCAL: the health module ignores it */
-  if (tell && !clean) atomic_store(&e->h_dirty, 1);
-  if (tell && !atomic_load(&e->gone)) dsys_health_observe(u->health, e->id, seen);
+  int slow = 0;
+  if (u->lat_on) {
+    ushard *sh = shard(u);
+    if (clean) {
+      INC(sh->alat[lat_bucket(dur)]);
+      int64_t to = LOAD(u->to_us);
+      slow = to > 0 && dur > to; /* it would have timed out */
+      if (slow) INC(sh->slow_answers);
+    }
+  }
+  slow |= cut;
+  if (oc == DSYS_OUTCOME_TIMEOUT) INC(shard(u)->att_timeouts);
+  int tell = clean && !slow ? atomic_load(&e->h_dirty) && atomic_exchange(&e->h_dirty, 0)
+                            : seen != DSYS_OUTCOME_LOCAL; /* LOCAL: the health module ignores it */
+  if (tell && (!clean || slow)) atomic_store(&e->h_dirty, 1);
+  if (tell && !atomic_load(&e->gone)) {
+    if (slow) dsys_health_observe_slow(u->health, e->id);
+    else dsys_health_observe(u->health, e->id, seen);
+  }
   if ((unsigned)oc < 8) INC(e->by_outcome[oc]);
   if (oc == DSYS_OUTCOME_OK) INC(e->successes);
   else if (br == DSYS_BREAKER_FAILURE) INC(e->failures);
@@ -631,6 +729,11 @@ void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int er
   dsys_balancer_release(u->bal, &pr);
   p->ep_ = NULL;
   ep_unref(e);
+}
+
+void dsys_upstream_report(dsys_upstream *u, struct dsys_upstream_pick *p, int err,
+                          int status) {
+  report(u, p, err, status, 0);
 }
 
 dsys_retry *dsys_upstream_retry(dsys_upstream *u) { return u ? u->retry : NULL; }
@@ -659,6 +762,15 @@ int dsys_upstream_breaker_set(dsys_upstream *u, const char *id,
  * backoff on a timer; the synchronous one runs the same steps on the
  * caller's thread with dsys_client_do and sleeps on the clock. */
 
+/* One attempt of a call: two when a hedge runs beside the first. */
+typedef struct uatt {
+  ucall *c;
+  struct dsys_upstream_pick pick;
+  int64_t head_ms;       /* its adaptive timeout (0: none) */
+  int hedge;             /* started as a hedge */
+  int busy;              /* sent, not completed */
+} uatt;
+
 struct ucall {
   dsys_upstream *u;
   ushard *sh;            /* the starting thread's counters */
@@ -668,12 +780,20 @@ struct ucall {
   dsysi_usend o;
   void *own;             /* one block holding copies of the call's data */
   int idem_key;
+  int retryable;         /* idempotent or with a key (when u->lat_on) */
+  int hedgeable;
   int committed;         /* a streamed answer began: this attempt is final */
+  uatt att[2];           /* [0] unless a hedge runs beside it */
+  int inflight;          /* attempts sent and not completed */
+  int finished;          /* the callback ran; a loser is still out */
+  int winner;            /* the attempt whose head came first, or -1 */
+  int hedged;            /* a hedge was sent (one per call) */
+  int cut;               /* an attempt was cut by the adaptive timeout */
+  uint64_t hedge_timer;  /* on the loop */
   int64_t start_us;
   uint32_t attempt;
   uep *tried[MAX_TRIED]; /* compared only, never dereferenced */
   size_t ntried;
-  struct dsys_upstream_pick pick;
   dsys_reply *last;
   int last_err, last_reason;
   uint64_t timer;
@@ -740,6 +860,12 @@ static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_use
   else memset(&c->o, 0, sizeof c->o);
   c->own = NULL;
   c->committed = 0;
+  c->inflight = c->finished = c->hedged = c->cut = 0;
+  c->winner = -1;
+  c->hedge_timer = 0;
+  c->att[0].c = c->att[1].c = c;
+  c->att[0].hedge = c->att[1].hedge = 0;
+  c->att[0].busy = c->att[1].busy = 0;
   c->attempt = 0;
   c->ntried = 0;
   c->last = NULL;
@@ -753,6 +879,9 @@ static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_use
     return NULL;
   }
   c->idem_key = has_idem_key(c->call.headers, c->call.nheaders);
+  c->retryable = u->lat_on && (c->idem_key || dsys_method_idempotent(c->call.method));
+  /* a lent body may be gone when a losing hedge still writes it */
+  c->hedgeable = u->hedge && c->retryable && !(c->o.borrow && c->call.body_len);
   c->start_us = dsys_clock_now_us(u->clk);
   c->sh = shard(u);
   return c;
@@ -792,34 +921,55 @@ static void result_of(const ucall *c, dsys_upstream_result *res) {
 /* Step 1 of an attempt: deadline, pick (not an endpoint already tried
  * when another is available), counters. Fills dc with the request for
  * the picked endpoint. 0, or the error that stops the call. */
-static int attempt_begin(ucall *c, dsys_call *dc) {
+static int attempt_begin(ucall *c, uatt *a, dsys_call *dc) {
   dsys_upstream *u = c->u;
-  int64_t elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000;
+  int64_t now = dsys_clock_now_us(u->clk);
+  int64_t elapsed_ms = (now - c->start_us) / 1000;
   int64_t to = dsys_retry_try_timeout_ms(u->retry, elapsed_ms);
   if (to == 0) return DSYS_ETIMEDOUT;
+  if (u->lat_on && now >= atomic_load_explicit(&u->next_eval, memory_order_relaxed))
+    lat_eval(u, now);
+  size_t members;
   int rc = pick_in(u, c->call.path, strlen(c->call.path), c->ntried ? c->last_id : NULL,
-                   c->tried, c->ntried, &c->pick);
+                   c->tried, c->ntried, &a->pick, &members);
   if (rc) return rc;
+  const uatt *other = &c->att[a == c->att];
+  if (a->hedge && other->busy && a->pick.ep_ == other->pick.ep_) { /* nowhere else to go */
+    dsys_upstream_report(u, &a->pick, DSYS_ECANCELED, 0);
+    return DSYS_EUNAVAIL;
+  }
   c->attempt++;
   INC(c->sh->attempts);
   if (c->attempt > 1) INC(c->sh->retries);
-  if (c->ntried < MAX_TRIED) c->tried[c->ntried++] = c->pick.ep_;
-  size_t idl = strlen(c->pick.id);
-  memcpy(c->last_id, c->pick.id, idl + 1);
-  if (c->o.on_pick) c->o.on_pick(c->ud, c->pick.id, c->pick.url);
+  if (c->ntried < MAX_TRIED) c->tried[c->ntried++] = a->pick.ep_;
+  size_t idl = strlen(a->pick.id);
+  memcpy(c->last_id, a->pick.id, idl + 1);
+  if (c->o.on_pick) c->o.on_pick(c->ud, a->pick.id, a->pick.url);
   *dc = c->call;
-  dc->url = c->pick.url;
+  dc->url = a->pick.url;
   dc->timeout_ms = to > 0 ? to : 0;
+  /* the adaptive timeout only where another attempt can follow, on an
+   * endpoint not tried yet: it moves requests, it does not fail them;
+   * and once: when a second instance is slow too, the request is */
+  a->head_ms = 0;
+  if (u->adaptive && !c->cut && c->retryable && c->attempt < u->max_attempts &&
+      c->ntried < members) {
+    int64_t at = atomic_load_explicit(&u->to_us, memory_order_relaxed);
+    int64_t ams = (at + 999) / 1000;
+    if (at > 0 && (to < 0 || ams < to)) a->head_ms = ams;
+  }
   return 0;
 }
 
 /* Step 2: the attempt ended with (err, reply). Reports it and decides.
  * On STOP the caller delivers (err, reply); otherwise the call keeps the
  * reply as its result should the retry not start. */
-static int attempt_end(ucall *c, int err, dsys_reply *reply, dsys_retry_decision *d) {
+static int attempt_end(ucall *c, uatt *a, int err, dsys_reply *reply, dsys_retry_decision *d) {
   dsys_upstream *u = c->u;
   int status = reply ? dsys_reply_status(reply) : 0;
-  dsys_upstream_report(u, &c->pick, err, status);
+  int cut = err == DSYS_ETIMEDOUT && a->head_ms;
+  c->cut |= cut;
+  report(u, &a->pick, err, status, cut);
   dsys_retry_input in = {.size = sizeof in, .method = c->call.method,
                          .has_idempotency_key = c->idem_key,
                          .outcome = dsys_classify(err, status), .status = status,
@@ -829,6 +979,12 @@ static int attempt_end(ucall *c, int err, dsys_reply *reply, dsys_retry_decision
   c->last_reason = d->reason;
   if (c->committed || atomic_load_explicit(&u->closing, memory_order_relaxed))
     d->action = DSYS_RETRY_STOP;
+  /* a cut attempt moves to another instance at once: the backoff spares
+   * an overloaded service, and this one is not (the others answer) */
+  if (cut && d->action == DSYS_RETRY_AFTER_BACKOFF) {
+    d->action = DSYS_RETRY_NOW;
+    d->delay_ms = 0;
+  }
   if (d->action != DSYS_RETRY_STOP) {
     dsys_reply_free(c->last);
     c->last = err ? NULL : reply;
@@ -849,8 +1005,15 @@ static int last_result(ucall *c, int rc, dsys_reply **out) {
 
 /* ---- the asynchronous driver ---- */
 
-static void finish(ucall *c, int err, dsys_reply *reply) {
+/* The call's end once its callback ran and no attempt is out. */
+static void ucall_release(ucall *c) {
   dsys_upstream *u = c->u;
+  ushard *sh = c->sh;
+  ucall_free(c);
+  calls_done(u, sh);
+}
+
+static void finish(ucall *c, int err, dsys_reply *reply) {
   if (c->last && c->last != reply) dsys_reply_free(c->last);
   c->last = NULL;
   if (err) {
@@ -859,60 +1022,124 @@ static void finish(ucall *c, int err, dsys_reply *reply) {
   } else if (!reply) {
     err = DSYS_EINTERNAL;
   }
+  if (c->hedge_timer) { /* on the loop that armed it: completions of a
+                           hedgeable call run there */
+    dsysi_loop *l = dsysi_loop_current();
+    if (l) dsysi_loop_cancel(l, c->hedge_timer);
+    c->hedge_timer = 0;
+  }
   note_call_end(c, err);
   dsys_upstream_result res;
   result_of(c, &res);
+  c->finished = 1;
   c->cb(err, reply, &res, c->ud);
-  ushard *sh = c->sh;
-  ucall_free(c);
-  calls_done(u, sh);
+  if (!c->inflight) ucall_release(c);
 }
 
 static void on_attempt(int err, dsys_reply *reply, void *ud);
 
+/* The first response head of a call wins: a later one (a hedge's, or
+ * the first attempt's after its hedge answered) is canceled here. */
 static int on_head(void *ud, const dsys_reply *head) {
-  ucall *c = ud;
-  int st = c->o.on_head(c->ud, head);
+  uatt *a = ud;
+  ucall *c = a->c;
+  int me = (int)(a - c->att);
+  if (c->finished || (c->winner >= 0 && c->winner != me)) return -1;
+  c->winner = me;
+  int st = c->o.on_head ? c->o.on_head(c->ud, head) : c->call.on_chunk != NULL;
   c->committed = st != 0;
   return st;
 }
 
 static int on_body(void *ud, const void *data, size_t len) {
-  ucall *c = ud;
+  uatt *a = ud;
+  ucall *c = a->c;
   return c->o.on_body(c->ud, data, len);
 }
 
 /* Send the attempt: on an event-loop thread an http:// or unix://
  * endpoint goes through the loop's own HTTP/1.1 dialer (no thread
  * hand-off; the completion runs on this loop), anything else through
- * the client (libcurl for http, https and unix; inproc). */
-static int dial(ucall *c, dsys_call *dc) {
+ * the client (libcurl for http, https and unix; inproc). *on_loop tells
+ * which. */
+static int dial(ucall *c, uatt *a, dsys_call *dc, int *on_loop) {
   dsys_upstream *u = c->u;
   const dsysi_loop_dialer_ops *ld = dsysi_loop_dialer_find(dc->url);
+  *on_loop = ld != NULL;
+  /* a hedge completes on the loop like the attempt beside it: the call's
+   * state has no lock */
+  if (!ld && a->hedge) return DSYS_ESCHEME;
   if (ld) {
     if (atomic_load_explicit(&u->closing, memory_order_relaxed)) return DSYS_ECLOSED;
-    dsysi_dial_opts o = {.on_head = c->o.on_head ? on_head : NULL,
+    dsysi_dial_opts o = {.on_head = c->o.on_head || c->hedgeable ? on_head : NULL,
                          .on_body = c->o.on_body ? on_body : NULL,
-                         .max_response = c->o.max_response};
-    return ld->dial(dc, &o, on_attempt, c);
+                         .max_response = c->o.max_response,
+                         .head_timeout_ms = a->head_ms};
+    return ld->dial(dc, &o, on_attempt, a);
   }
   /* the client buffers whole answers: a caller's stream hooks do not
    * apply there, and its on_chunk is not the caller's */
   if (c->o.on_head || c->o.on_body) dc->on_chunk = NULL;
+  /* the client has one timeout for the whole exchange: a streamed one
+   * keeps the policy's */
+  if (a->head_ms && !dc->on_chunk && !c->o.on_head) dc->timeout_ms = a->head_ms;
   pthread_rwlock_rdlock(&u->lk); /* free must not pull the client away */
-  int rc = atomic_load(&u->closing) ? DSYS_ECLOSED : dsys_client_send(u->client, dc, on_attempt, c);
+  int rc = atomic_load(&u->closing) ? DSYS_ECLOSED : dsys_client_send(u->client, dc, on_attempt, a);
   pthread_rwlock_unlock(&u->lk);
   return rc;
 }
 
-/* Start the next attempt. 0: sent (on_attempt will run); else nothing runs. */
-static int start_attempt(ucall *c) {
+static void hedge_cb(dsysi_loop *l, void *ud);
+
+/* Start an attempt in slot a. 0: sent (on_attempt will run); else
+ * nothing runs. */
+static int start_in(ucall *c, uatt *a, int hedge) {
+  a->hedge = hedge;
+  if (c->hedge_timer && !hedge) { /* a retry: no hedge any more, and this
+                                     attempt may complete off the loop */
+    dsysi_loop *l = dsysi_loop_current(); /* the loop of the first attempt */
+    if (l) dsysi_loop_cancel(l, c->hedge_timer);
+    c->hedge_timer = 0;
+  }
   dsys_call dc;
-  int rc = attempt_begin(c, &dc);
+  int rc = attempt_begin(c, a, &dc);
   if (rc) return rc;
-  rc = dial(c, &dc);
-  if (rc) dsys_upstream_report(c->u, &c->pick, rc, 0);
-  return rc;
+  int on_loop;
+  /* counted before: off a loop the completion may run (and end the call)
+   * before dial returns; c is only touched afterwards on a loop */
+  c->inflight++;
+  a->busy = 1;
+  rc = dial(c, a, &dc, &on_loop);
+  if (rc) {
+    c->inflight--;
+    a->busy = 0;
+    dsys_upstream_report(c->u, &a->pick, rc, 0);
+    return rc;
+  }
+  /* a hedge waits on this loop's timer for the first attempt's head */
+  if (on_loop && c->hedgeable && !c->hedged && !c->hedge_timer && c->attempt == 1) {
+    dsys_upstream *u = c->u;
+    int64_t d = atomic_load_explicit(&u->hedge_us, memory_order_relaxed);
+    if (d >= 0) c->hedge_timer = dsysi_loop_timer(dsysi_loop_current(), d, hedge_cb, c);
+  }
+  return 0;
+}
+
+/* Start the next attempt in a free slot. */
+static int start_attempt(ucall *c) { return start_in(c, &c->att[c->att[0].busy], 0); }
+
+/* The hedge delay passed with the first attempt still out and no head:
+ * a second attempt to another endpoint, within the retry budget. */
+static void hedge_cb(dsysi_loop *l, void *ud) {
+  ucall *c = ud;
+  dsys_upstream *u = c->u;
+  c->hedge_timer = 0;
+  if (c->finished || c->inflight != 1 || c->winner >= 0 || c->hedged || c->committed ||
+      c->attempt >= u->max_attempts || atomic_load(&u->closing))
+    return;
+  if (dsysi_retry_budget_take(u->retry)) return;
+  c->hedged = 1;
+  if (start_in(c, &c->att[!c->att[0].busy ? 0 : 1], 1) == 0) INC(c->sh->hedges);
 }
 
 /* After a backoff or a refused attempt. */
@@ -996,10 +1223,35 @@ static void backoff(ucall *c, int64_t delay_ms) {
 }
 
 static void on_attempt(int err, dsys_reply *reply, void *ud) {
-  ucall *c = ud;
+  uatt *a = ud;
+  ucall *c = a->c;
+  c->inflight--;
+  a->busy = 0;
+  if (c->finished) { /* the abandoned attempt of a hedged call */
+    report(c->u, &a->pick, err, reply ? dsys_reply_status(reply) : 0,
+           err == DSYS_ETIMEDOUT && a->head_ms);
+    dsys_reply_free(reply);
+    if (!c->inflight) ucall_release(c);
+    return;
+  }
+  if (c->winner == (int)(a - c->att)) c->winner = -1; /* it failed after its head */
   dsys_retry_decision d;
-  if (attempt_end(c, err, reply, &d) == DSYS_RETRY_STOP) finish(c, err, reply);
-  else if (d.action == DSYS_RETRY_NOW || d.delay_ms <= 0) next_attempt(c);
+  int act = attempt_end(c, a, err, reply, &d);
+  if (act == DSYS_RETRY_STOP && (d.reason == DSYS_RETRY_R_SUCCESS || !c->inflight || c->committed)) {
+    if (a->hedge && !err) INC(c->sh->hedges_won);
+    finish(c, err, reply);
+    return;
+  }
+  if (c->inflight) { /* the other attempt may still answer: wait for it */
+    if (act == DSYS_RETRY_STOP) { /* keep this result should it fail too */
+      dsys_reply_free(c->last);
+      c->last = err ? NULL : reply;
+      if (err) dsys_reply_free(reply);
+      c->last_err = err;
+    }
+    return;
+  }
+  if (d.action == DSYS_RETRY_NOW || d.delay_ms <= 0) next_attempt(c);
   else backoff(c, d.delay_ms);
 }
 
@@ -1044,14 +1296,16 @@ int dsys_upstream_call_ex(dsys_upstream *u, const dsys_call *call,
   dsys_reply *r = NULL;
   for (;;) {
     dsys_call dc;
-    if ((rc = attempt_begin(c, &dc))) {
+    uatt *a = &c->att[0];
+    if ((rc = attempt_begin(c, a, &dc))) {
       rc = last_result(c, rc, &r);
       break;
     }
+    if (a->head_ms && !dc.on_chunk) dc.timeout_ms = a->head_ms; /* see dial() */
     int err = dsys_client_do(u->client, &dc, &r);
     if (err) r = NULL;
     dsys_retry_decision d;
-    if (attempt_end(c, err, r, &d) == DSYS_RETRY_STOP) {
+    if (attempt_end(c, a, err, r, &d) == DSYS_RETRY_STOP) {
       rc = err;
       break;
     }
@@ -1161,6 +1415,23 @@ int dsys_upstream_totals_get(dsys_upstream *u, dsys_upstream_totals *out) {
   return 0;
 }
 
+int dsys_upstream_latency_get(dsys_upstream *u, dsys_upstream_latency *out) {
+  if (!u || !out || out->size < sizeof(size_t)) return DSYS_EINVAL;
+  dsys_upstream_latency l = {.size = out->size < sizeof l ? out->size : sizeof l};
+  l.try_timeout_ms = (atomic_load(&u->to_us) + 999) / 1000;
+  l.hedge_delay_ms = atomic_load(&u->hedge_us);
+  if (l.hedge_delay_ms > 0) l.hedge_delay_ms = (l.hedge_delay_ms + 999) / 1000;
+  l.window_p_us = atomic_load(&u->win_p_us);
+  l.window_answers = LOAD(u->win_n);
+  l.attempt_timeouts = SUM(u, att_timeouts);
+  l.slow_answers = SUM(u, slow_answers);
+  l.hedges = SUM(u, hedges);
+  l.hedges_won = SUM(u, hedges_won);
+  l.slow_ejections = LOAD(u->slow_ejections);
+  memcpy(out, &l, l.size);
+  return 0;
+}
+
 /* ---- life cycle ---- */
 
 int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
@@ -1171,7 +1442,12 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
       (d.when_none != DSYS_LB_PANIC && d.when_none != DSYS_LB_FAIL_FAST) ||
       (d.registry && (!d.service || !*d.service)) ||
       (d.health_path && d.health_path[0] != '/') ||
-      (d.count_5xx != DSYS_UPSTREAM_COUNT_GATEWAY_5XX && d.count_5xx != DSYS_UPSTREAM_COUNT_ALL_5XX))
+      (d.count_5xx != DSYS_UPSTREAM_COUNT_GATEWAY_5XX && d.count_5xx != DSYS_UPSTREAM_COUNT_ALL_5XX) ||
+      d.timeout_percentile > 100 || d.hedge_percentile > 100 ||
+      (d.timeout_factor != 0 && !(d.timeout_factor >= 1 && d.timeout_factor <= 1000)) ||
+      d.timeout_min_ms < 0 || d.timeout_max_ms < 0 || d.hedge_delay_ms < 0 ||
+      (d.latency_window_ms && (d.latency_window_ms < 100 || d.latency_window_ms > 3600000)) ||
+      (d.timeout_max_ms && d.timeout_min_ms > d.timeout_max_ms))
     return DSYS_EINVAL;
   dsys_upstream *u = calloc(1, sizeof *u);
   if (!u || !(u->sh = aligned_alloc(64, NSHARD * sizeof *u->sh))) {
@@ -1186,7 +1462,23 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
   pthread_rwlockattr_destroy(&ra);
   pthread_mutex_init(&u->mu, NULL);
   pthread_cond_init(&u->cv, NULL);
+  pthread_mutex_init(&u->lat_mu, NULL);
   u->clk = d.clock ? d.clock : dsys_clock_real();
+  u->adaptive = d.adaptive_timeout != 0;
+  u->hedge = d.hedge != 0;
+  u->lat_on = u->adaptive || u->hedge;
+  u->to_pct = d.timeout_percentile ? d.timeout_percentile : 99;
+  u->hedge_pct = d.hedge_percentile ? d.hedge_percentile : 95;
+  u->to_factor = d.timeout_factor ? d.timeout_factor : 4;
+  u->to_min_us = (d.timeout_min_ms ? d.timeout_min_ms : 250) * 1000;
+  u->hedge_fixed_us = u->hedge ? d.hedge_delay_ms * 1000 : 0;
+  u->win_us = (d.latency_window_ms ? d.latency_window_ms : 10000) * 1000;
+  u->min_samples = d.latency_min_samples ? d.latency_min_samples : 20;
+  atomic_init(&u->hedge_us, u->hedge_fixed_us > 0 ? u->hedge_fixed_us : -1);
+  if (u->lat_on && !(u->snap = calloc(NSNAP, sizeof *u->snap))) {
+    dsys_upstream_free(u);
+    return DSYS_ENOMEM;
+  }
   u->count_all_5xx = d.count_5xx == DSYS_UPSTREAM_COUNT_ALL_5XX;
   u->service = strdup(d.service ? d.service : "upstream");
   u->health_path = strdup(d.health_path ? d.health_path : "/health");
@@ -1220,6 +1512,10 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
     ro.size = sizeof ro;
     if (!ro.clock) ro.clock = u->clk;
     rc = dsys_retry_new(&u->retry, &ro);
+    if (!rc) u->max_attempts = dsysi_retry_max_attempts(u->retry);
+    int64_t per_try = ro.per_try_timeout_ms ? ro.per_try_timeout_ms : 5000;
+    u->to_max_us = (d.timeout_max_ms ? d.timeout_max_ms : per_try > 0 ? per_try : 15000) * 1000;
+    if (u->to_min_us > u->to_max_us) u->to_min_us = u->to_max_us;
   }
   if (!rc) {
     if (d.client) {
@@ -1308,7 +1604,9 @@ void dsys_upstream_free(dsys_upstream *u) {
   dsys_retry_free(u->retry);
   pthread_rwlock_destroy(&u->lk);
   pthread_mutex_destroy(&u->mu);
+  pthread_mutex_destroy(&u->lat_mu);
   pthread_cond_destroy(&u->cv);
+  free(u->snap);
   free(u->service);
   free(u->health_path);
   free(u->sh);

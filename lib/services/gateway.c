@@ -261,7 +261,19 @@ static gw_upstream *find_upstream(gw_table *t, const char *name) {
 int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
                               const char *const *urls, size_t n,
                               const char *policy) {
-  if (!gw || !name || !*name || (n && !urls) || (!n && !gw->o.registry))
+  dsys_gateway_upstream_options uo = {.size = sizeof uo, .policy = policy};
+  return dsys_gateway_add_upstream_ex(gw, name, urls, n, &uo);
+}
+
+int dsys_gateway_add_upstream_ex(dsys_gateway *gw, const char *name,
+                                 const char *const *urls, size_t n,
+                                 const dsys_gateway_upstream_options *opts) {
+  dsys_gateway_upstream_options x = {0};
+  if (opts) memcpy(&x, opts, opts->size && opts->size < sizeof x ? opts->size : sizeof x);
+  const char *policy = x.policy;
+  if (!gw || !name || !*name || (n && !urls) || (!n && !gw->o.registry) ||
+      x.adaptive_timeout < -1 || x.adaptive_timeout > 1 || x.slow_ejection < -1 ||
+      x.hedge_delay_ms < -1)
     return DSYS_EINVAL;
   if (gw->srv) return DSYS_ESTATE;
   gw_table *t = gw->cur;
@@ -272,8 +284,14 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
   /* Static endpoints were named by the operator: they take traffic at once
    * (active checks and outlier detection still take them out). Registry
    * instances wait for their first passing check. */
+  /* An instance out of rotation is checked 8 times as often, so that one
+   * that hung comes back soon after it answers again (a slowness
+   * ejection ends with its first passing check). */
   dsys_health_options ho = {.size = sizeof ho, .interval_ms = gw->o.health_interval_ms,
-                            .timeout_ms = 1000, .clock = gw->o.clock, .start_healthy = n > 0};
+                            .timeout_ms = 1000, .clock = gw->o.clock, .start_healthy = n > 0,
+                            .consecutive_slow = x.slow_ejection < 0 ? 0
+                                                : x.slow_ejection ? (uint32_t)x.slow_ejection : 5,
+                            .down_interval_ms = gw->o.health_interval_ms / 8 + 1};
   dsys_retry_options ro = {.size = sizeof ro, .clock = gw->o.clock,
                            .max_attempts = gw->o.max_attempts,
                            .per_try_timeout_ms = gw->o.try_timeout_ms,
@@ -299,7 +317,15 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
                               .registry = n ? NULL : gw->o.registry,
                               .policy = pol, .health_check = 1, .health = &ho,
                               .retry = &ro, .clock = gw->o.clock,
-                              .client = tls ? t->tls_client : NULL};
+                              .client = tls ? t->tls_client : NULL,
+                              .adaptive_timeout = x.adaptive_timeout >= 0,
+                              .timeout_percentile = x.timeout_percentile,
+                              .timeout_factor = x.timeout_factor,
+                              .timeout_min_ms = x.timeout_min_ms,
+                              .timeout_max_ms = x.timeout_max_ms,
+                              .hedge = x.hedge_delay_ms != 0,
+                              .hedge_delay_ms = x.hedge_delay_ms > 0 ? x.hedge_delay_ms : 0,
+                              .hedge_percentile = x.hedge_percentile};
   gw_upstream *up = &t->ups[t->nups];
   memset(up, 0, sizeof *up);
   int rc = dsys_upstream_new(&up->u, &uo);
@@ -308,6 +334,12 @@ int dsys_gateway_add_upstream(dsys_gateway *gw, const char *name,
   dsysi_buf_printf(&def, "%d %lld %lld %u %lld %p", (int)pol, (long long)gw->o.try_timeout_ms,
                    (long long)gw->o.deadline_ms, (unsigned)gw->o.max_attempts,
                    (long long)gw->o.health_interval_ms, n ? NULL : (void *)gw->o.registry);
+  /* the adaptive timeout, hedging and slowness settings too: a reload
+   * that changes them builds a new upstream */
+  dsysi_buf_printf(&def, " a%d %g %g %lld %lld s%d h%lld %g", (int)x.adaptive_timeout,
+                   (double)x.timeout_percentile, (double)x.timeout_factor,
+                   (long long)x.timeout_min_ms, (long long)x.timeout_max_ms, (int)x.slow_ejection,
+                   (long long)x.hedge_delay_ms, (double)x.hedge_percentile);
   for (size_t i = 0; !rc && i < n; i++) {
     char id[32];
     snprintf(id, sizeof id, "%s-%zu", name, i + 1);
@@ -939,6 +971,7 @@ static json_object *endpoints_json(dsys_gateway *gw, gw_upstream *up, int detail
     json_object_object_add(e, "healthy", json_object_new_boolean(st[i].usable));
     json_object_object_add(e, "failures", json_object_new_int64((int64_t)st[i].failures));
     if (detailed) {
+      json_object_object_add(e, "ejected", json_object_new_boolean(st[i].ejected));
       const dsys_instance *in = NULL;
       for (size_t k = 0; k < ni; k++)
         if (!strcmp(inst[k].id, st[i].id)) in = &inst[k];
@@ -1032,6 +1065,29 @@ static void h_metrics(dsys_request *req, void *ud) {
   dsysi_respond_obj(req, 200, o);
 }
 
+/* Per upstream: the adaptive per-try timeout, hedging and slowness
+ * counters (dsys_upstream_latency). */
+static json_object *latency_json(gw_table *t) {
+  json_object *o = json_object_new_object();
+  for (size_t i = 0; i < t->nups; i++) {
+    dsys_upstream_latency l = {.size = sizeof l};
+    dsys_upstream_latency_get(t->ups[i].u, &l);
+    json_object *e = json_object_new_object();
+#define F(k, v) json_object_object_add(e, k, json_object_new_int64((int64_t)(v)))
+    F("tryTimeoutMs", l.try_timeout_ms);
+    F("hedgeDelayMs", l.hedge_delay_ms);
+    F("windowAnswers", l.window_answers);
+    F("attemptTimeouts", l.attempt_timeouts);
+    F("slowAnswers", l.slow_answers);
+    F("hedges", l.hedges);
+    F("hedgesWon", l.hedges_won);
+    F("slowEjections", l.slow_ejections);
+#undef F
+    json_object_object_add(o, t->ups[i].name, e);
+  }
+  return o;
+}
+
 static void h_status(dsys_request *req, void *ud) {
   dsys_gateway *gw = ud;
   json_object *o = json_object_new_object();
@@ -1046,6 +1102,7 @@ static void h_status(dsys_request *req, void *ud) {
   }
   json_object_object_add(o, "services", svcs);
   json_object_object_add(o, "roundRobin", rr);
+  json_object_object_add(o, "latency", latency_json(t));
   json_object_object_add(o, "requestMetrics", request_metrics(gw, t));
   t_put(gw, t);
   json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));

@@ -491,6 +491,9 @@ typedef struct xchg {
   dsys_reply_fn done;
   void *ud;
   int streaming, too_big;
+  int head_limited;         /* the timer runs to the head timeout ... */
+  int64_t full_deadline_us; /* ... and this loop time bounds the whole
+                               exchange (0: nothing does) */
   struct xchg *next, *prev; /* dialctx live list */
 } xchg;
 
@@ -620,6 +623,14 @@ static int build_head(dsysi_buf *b, const dsys_call *call, const endpoint *ep) {
 
 static int x_head(dsysi_h1req *r) {
   xchg *x = r->ud;
+  if (x->head_limited) { /* the head came in time: the call's own timeout now */
+    x->head_limited = 0;
+    dsysi_loop_cancel(r->pool->loop, r->timer);
+    int64_t left = x->full_deadline_us - dsysi_loop_now_us();
+    r->timer = x->full_deadline_us
+                   ? dsysi_loop_timer(r->pool->loop, left > 0 ? left : 0, on_timeout, r)
+                   : 0;
+  }
   x->reply->status = r->resp.status;
   x->reply->hdrs = r->resp.hdrs; /* in the reply's arena */
   x->reply->ctype = r->resp.content_type; /* found by the parser */
@@ -713,6 +724,12 @@ int dsysi_h1_dial(const dsys_call *call, const dsysi_dial_opts *o, dsys_reply_fn
     r->body_len = call->body_len;
     r->is_head = !strcmp(call->method, "HEAD");
     r->timeout_us = call->timeout_ms > 0 ? call->timeout_ms * 1000 : 0;
+    int64_t head_us = x->o.head_timeout_ms > 0 ? x->o.head_timeout_ms * 1000 : 0;
+    if (head_us && (!r->timeout_us || head_us < r->timeout_us)) {
+      x->head_limited = 1;
+      x->full_deadline_us = r->timeout_us ? dsysi_loop_now_us() + r->timeout_us : 0;
+      r->timeout_us = head_us;
+    }
     r->on_head = x_head;
     r->on_body = x_body;
     r->on_done = x_done;

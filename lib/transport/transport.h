@@ -407,6 +407,10 @@ typedef struct dsysi_dial_opts {
    * call->on_chunk. */
   int (*on_body)(void *ud, const void *data, size_t len);
   size_t max_response; /* buffered body limit (DSYS_ETOOBIG); 0: 64 MiB */
+  /* Time allowed until the response head, when shorter than the call's
+   * timeout_ms (which then bounds the whole exchange): a stalled server
+   * is given up early while a streamed answer may run longer. 0: none. */
+  int64_t head_timeout_ms;
 } dsysi_dial_opts;
 
 #define DSYSI_LOOP_DIALER_OPS_VERSION 1

@@ -215,8 +215,132 @@ static void test_outlier(void) {
   dsys_clock_free(clk);
 }
 
+/* Ejection for slowness: consecutive timeouts or slow answers; back by
+ * time without checks, by a passing check (checked every down_interval)
+ * with them. */
+static void test_slowness(void) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 0);
+  evs ev = {0};
+  dsys_health_options o = {.size = sizeof o, .clock = clk, .on_event = on_event, .event_ud = &ev,
+                           .seed = 5, .consecutive_slow = 3, .slow_ejection_ms = 500};
+  dsys_health *h;
+  is_int(dsys_health_new(&h, &o), 0, "slowness: new checker without probes");
+  dsys_health_add(h, "a", "http://a");
+  dsys_health_add(h, "b", "http://b");
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_OK);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_observe_slow(h, "a");
+  ok(dsys_health_usable(h, "a") && ev.n == 0, "slowness: an answer in time breaks the streak");
+  dsys_health_observe_slow(h, "a");
+  ok(!dsys_health_usable(h, "a") && ev.n == 1 && ev.ev[0] == DSYS_HEALTH_EV_EJECTED_SLOW,
+     "slowness: timeout, slow, slow in a row eject (event EJECTED_SLOW)");
+  dsys_health_info info;
+  dsys_health_info_get(h, "a", &info);
+  ok(info.ejected && info.ejected_until_ms - dsys_clock_now_ms(clk) == 500,
+     "slowness: for slow_ejection_ms (%lld ms)", (long long)(info.ejected_until_ms - dsys_clock_now_ms(clk)));
+  dsys_clock_advance(clk, 499000);
+  ok(!dsys_health_usable(h, "a"), "slowness: still out at 499 ms");
+  dsys_clock_advance(clk, 1000);
+  ok(dsys_health_usable(h, "a") && ev.n == 2 && ev.ev[1] == DSYS_HEALTH_EV_UNEJECTED,
+     "slowness: without checks, back after that time");
+  /* slow traffic (every endpoint slow): no ejection, only outliers */
+  dsys_health_add(h, "c", "http://c");
+  for (int k = 0; k < 2; k++) {
+    dsys_health_observe_slow(h, "a");
+    dsys_health_observe_slow(h, "b");
+    dsys_health_observe_slow(h, "c");
+  }
+  dsys_health_observe_slow(h, "a");
+  ok(dsys_health_usable(h, "a") && dsys_health_usable(h, "b") && dsys_health_usable(h, "c"),
+     "slowness: every endpoint slow (a slow route): nobody ejected");
+  dsys_health_observe(h, "c", DSYS_OUTCOME_OK);
+  dsys_health_observe_slow(h, "a");
+  ok(!dsys_health_usable(h, "a"), "slowness: half the others in time again: the slowest is ejected");
+  dsys_health_remove(h, "c");
+  dsys_health_remove(h, "a");
+  dsys_health_add(h, "a", "http://a");
+  dsys_health_observe(h, "b", DSYS_OUTCOME_OK);
+  dsys_health_observe_slow(h, "b");
+  dsys_health_observe_slow(h, "b");
+  dsys_health_observe(h, "b", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  ok(!dsys_health_usable(h, "b") && dsys_health_usable(h, "a"),
+     "slowness: the last usable endpoint is never ejected");
+  dsys_health_free(h);
+
+  /* off by default: timeouts only feed the failure streak (5) */
+  o.consecutive_slow = 0;
+  dsys_health_new(&h, &o);
+  dsys_health_add(h, "a", "http://a");
+  dsys_health_add(h, "b", "http://b");
+  for (int i = 0; i < 4; i++) dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  for (int i = 0; i < 10; i++) dsys_health_observe_slow(h, "a");
+  ok(dsys_health_usable(h, "a"), "slowness off: 4 timeouts and slow answers eject nothing");
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_info_get(h, "a", &info);
+  ok(info.ejected && info.ejected_until_ms - dsys_clock_now_ms(clk) == 30000,
+     "slowness off: the 5th failure ejects as any failure streak (30 s)");
+  dsys_health_free(h);
+
+  /* with checks: out until a check passes, checked every down_interval */
+  probes p = {.clk = clk, .sync_result = -1};
+  ev.n = 0;
+  dsys_health_options ao = o;
+  ao.consecutive_slow = 2;
+  ao.probe = probe;
+  ao.probe_ud = &p;
+  ao.start_healthy = 1;
+  ao.interval_ms = 2000;
+  ao.jitter_ms = -1;
+  ao.down_interval_ms = 100;
+  ao.timeout_ms = 300;
+  ao.fall = 100; /* only the ejection takes it out here */
+  is_int(dsys_health_new(&h, &ao), 0, "slowness: a checker with probes, down_interval 100 ms");
+  dsys_health_add(h, "a", "http://a");
+  dsys_health_add(h, "b", "http://b");
+  int i = next_probe(clk, &p, 50); /* the first checks at once (no jitter) */
+  while (i >= 0 && i < 1) i = next_probe(clk, &p, 50);
+  for (int k = 0; k < p.n; k++) dsys_health_report(h, p.token[k], 1);
+  int before = p.n;
+  int64_t t_ej = dsys_clock_now_ms(clk);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  dsys_health_observe(h, "a", DSYS_OUTCOME_TIMEOUT);
+  ok(!dsys_health_usable(h, "a"), "slowness: ejected (2 timeouts)");
+  i = next_probe(clk, &p, 1000);
+  ok(i == before && !strcmp(p.id[i], "a") && p.at_ms[i] - t_ej <= 100,
+     "slowness: the ejected endpoint is checked within down_interval (%lld ms)",
+     (long long)(i >= 0 ? p.at_ms[i] - t_ej : -1));
+  /* its checks time out (a hung process) past slow_ejection_ms */
+  while (dsys_clock_now_ms(clk) - t_ej < 1500) dsys_clock_advance(clk, 10000);
+  ok(!dsys_health_usable(h, "a"), "slowness: still out at 1.5 s while its checks fail (> slow_ejection_ms)");
+  int checked = 0;
+  for (int k = before; k < p.n; k++) checked += !strcmp(p.id[k], "a");
+  ok(checked >= 3, "slowness: checked again and again meanwhile (%d checks)", checked);
+  /* it answers again: the next check passes and ends the ejection */
+  i = next_probe(clk, &p, 1000);
+  while (i >= 0 && strcmp(p.id[i], "a")) i = next_probe(clk, &p, 1000);
+  int64_t t_pass = dsys_clock_now_ms(clk);
+  is_int(dsys_health_report(h, p.token[i], 1), 0, "slowness: a passing check");
+  ok(dsys_health_usable(h, "a") && ev.ev[ev.n - 1] == DSYS_HEALTH_EV_UNEJECTED,
+     "slowness: back in rotation by it (at %lld ms)", (long long)(t_pass - t_ej));
+  /* healthy again: checks back at the normal interval */
+  int n0 = p.n;
+  for (int k = 0; k < 150; k++) dsys_clock_advance(clk, 10000);
+  checked = 0;
+  for (int k = n0; k < p.n; k++) checked += !strcmp(p.id[k], "a");
+  ok(checked <= 1, "slowness: usable again, checked at the normal interval (%d in 1.5 s)", checked);
+  dsys_health_free(h);
+  dsys_clock_free(clk);
+}
+
 int main(void) {
   test_active();
   test_outlier();
+  test_slowness();
   return tap_done();
 }

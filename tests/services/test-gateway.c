@@ -125,6 +125,15 @@ static void run(const char *label, const char *listen, unsigned loops) {
   is_int(dsys_gateway_add_route(gw, "/x", "nope"), DSYS_ENOTFOUND, "[%s] route to unknown upstream", label);
   is_int(dsys_gateway_add_upstream(gw, "bad", NULL, 0, NULL), DSYS_EINVAL, "[%s] no urls and no registry", label);
   is_int(dsys_gateway_add_upstream(gw, "p", urls, 1, "bogus"), DSYS_EINVAL, "[%s] unknown policy", label);
+  dsys_gateway_upstream_options xo = {.size = sizeof xo, .adaptive_timeout = 2};
+  is_int(dsys_gateway_add_upstream_ex(gw, "x", urls, 1, &xo), DSYS_EINVAL, "[%s] bad adaptive_timeout", label);
+  xo = (dsys_gateway_upstream_options){.size = sizeof xo, .timeout_factor = 0.5};
+  is_int(dsys_gateway_add_upstream_ex(gw, "x", urls, 1, &xo), DSYS_EINVAL, "[%s] bad timeout_factor", label);
+  xo = (dsys_gateway_upstream_options){.size = sizeof xo, .hedge_delay_ms = -2};
+  is_int(dsys_gateway_add_upstream_ex(gw, "x", urls, 1, &xo), DSYS_EINVAL, "[%s] bad hedge delay", label);
+  xo = (dsys_gateway_upstream_options){.size = sizeof xo, .policy = "random", .adaptive_timeout = -1,
+                                       .slow_ejection = -1, .hedge_delay_ms = 20};
+  is_int(dsys_gateway_add_upstream_ex(gw, "x", urls, 1, &xo), 0, "[%s] an upstream with its own settings", label);
   dsys_server *srv;
   dsys_server_options so = {.size = sizeof so, .event_loops = loops};
   dsys_server_new(&srv, &so);
@@ -217,6 +226,15 @@ static void run(const char *label, const char *listen, unsigned loops) {
   o = body_json(r);
   ok(o && json_object_object_get_ex(o, "services", &svcs) && json_object_object_get_ex(svcs, "data", &data) &&
          json_object_array_length(data) == 3, "[%s] /status lists the data instances", label);
+  json_object *lat = NULL, *ld = NULL, *lx = NULL, *v = NULL, *v2 = NULL;
+  int lat_ok = o && json_object_object_get_ex(o, "latency", &lat) &&
+               json_object_object_get_ex(lat, "data", &ld) &&
+               json_object_object_get_ex(ld, "tryTimeoutMs", &v) && json_object_get_int64(v) >= 0 &&
+               json_object_object_get_ex(lat, "x", &lx) &&
+               json_object_object_get_ex(lx, "hedgeDelayMs", &v2) && json_object_get_int64(v2) == 20;
+  long long data_to = v ? (long long)json_object_get_int64(v) : -1LL;
+  ok(lat_ok, "[%s] /status: the latency figures per upstream (data: timeout %lld ms; x: hedge 20 ms)",
+     label, data_to);
   json_object_put(o);
   dsys_reply_free(r);
   r = call(c, gurl, "POST", "/api/round-robin/reset", NULL, 0, "{\"serviceType\":\"nope\"}", &err);
