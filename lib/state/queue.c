@@ -165,6 +165,40 @@ static void free_results(qop *op) {
 
 /* The version-2 ops exist only in tables of version 2 and later. */
 #define OP2(o, f) ((o)->version >= 2 ? (o)->f : NULL)
+#define OP3(o, f) ((o)->version >= 3 ? (o)->f : NULL)
+
+static int finishable(const qop *op) {
+  return op && (op->kind == K_COMPLETE || op->kind == K_HEARTBEAT);
+}
+
+/* A run of consecutive completions and renewals starting at first, handed
+ * to the backend's finish_many at once (for a server backend: one
+ * statement instead of one round trip each). Returns the op after the run,
+ * or first when the backend has no finish_many or the run is a single op. */
+static qop *run_finish(dsys_queue *q, qop *first, int64_t now) {
+  int (*fm)(void *, dsys_queue_finish *, size_t, int64_t) = OP3(q->ops, finish_many);
+  size_t n = 0;
+  qop *end = first;
+  while (finishable(end)) {
+    n++;
+    end = end->next;
+  }
+  if (!fm || n < 2) return first;
+  dsys_queue_finish stackf[16];
+  dsys_queue_finish *f = n <= 16 ? stackf : calloc(n, sizeof *f);
+  if (!f) return first; /* one by one instead */
+  size_t i = 0;
+  for (qop *op = first; op != end; op = op->next, i++)
+    f[i] = (dsys_queue_finish){
+        .kind = op->kind == K_COMPLETE ? DSYS_QUEUE_FINISH_COMPLETE : DSYS_QUEUE_FINISH_HEARTBEAT,
+        .id = op->id, .token = op->token, .result = op->text,
+        .lease_until = now + op->num};
+  int e = fm(q->st, f, n, now);
+  i = 0;
+  for (qop *op = first; op != end; op = op->next, i++) op->rc = e ? e : f[i].rc;
+  if (f != stackf) free(f);
+  return end;
+}
 
 static int run_op(dsys_queue *q, qop *op, int64_t now) {
   const dsys_queue_ops *o = q->ops;
@@ -228,9 +262,15 @@ static void run_group(dsys_queue *q, qop *group) {
     for (qop *op = group; op; op = op->next) op->rc = e;
     return;
   }
-  for (qop *op = group; op; op = op->next) {
+  for (qop *op = group; op;) {
+    qop *next = run_finish(q, op, now);
+    if (next != op) {
+      op = next;
+      continue;
+    }
     op->rc = run_op(q, op, now);
     if (op->rc) free_results(op);
+    op = op->next;
   }
   e = q->ops->commit(q->st);
   if (e) {
@@ -306,6 +346,10 @@ static int check_ops(const dsys_queue_ops *o) {
          o->get && o->counts;
 }
 
+static void notify_work(dsys_queue *q);
+/* A backend's wakeup (another process made jobs ready). */
+static void wake_cb(void *ud) { notify_work(ud); }
+
 int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
                         const char *location, const dsys_queue_options *opts) {
   if (!out) return DSYS_EINVAL;
@@ -347,6 +391,7 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
   pthread_cond_init(&q->work_cv, &ca);
   pthread_condattr_destroy(&ca);
   q->pending_tail = &q->pending;
+  if (OP3(ops, set_wake)) ops->set_wake(q->st, wake_cb, q);
   *out = q;
   return 0;
 }
