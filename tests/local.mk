@@ -21,7 +21,7 @@ C_TESTS = \
 	tests/resilience/test-balancer tests/resilience/test-health \
 	tests/resilience/test-registry tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
-	tests/state/test-store tests/state/test-queue tests/state/test-state-crash \
+	tests/state/test-store tests/state/test-queue tests/state/test-queue-pg tests/state/test-state-crash \
 	tests/observe/test-events tests/observe/test-metrics \
 	tests/services/test-data tests/services/test-auth tests/services/test-compute \
 	tests/services/test-gateway tests/services/test-gateway-edge \
