@@ -381,9 +381,10 @@ typedef struct dsys_queue_finish {
  * fills defaults into the submit options, computes times from the queue's
  * clock, and runs the calls of all threads of a process in groups: one
  * group is begin, then the ops of several calls, then commit (or rollback
- * if commit fails, and then every call of the group fails). The front end
- * never runs two groups of one handle at once, so the ops of one state need
- * no locking among themselves (other processes are the backend's affair).
+ * if commit fails, and then every call of the group fails). Unless the
+ * table says otherwise (concurrent_groups, version 3), the front end never
+ * runs two groups of one handle at once, so the ops of one state need no
+ * locking among themselves (other processes are the backend's affair).
  *
  * Every op returns 0 or a DSYS_E code, and an op that fails must change
  * nothing (the rest of its group still commits). Jobs returned through
@@ -475,6 +476,11 @@ typedef struct dsys_queue_ops {
    *  made jobs ready (local workers then claim at once instead of at their
    *  next poll). Its threads must be stopped by close. */
   void (*set_wake)(void *st, void (*wake)(void *ud), void *ud);
+  /** Groups the front end may run at once on this state (0 or 1: one at a
+   *  time). With more, each group runs wholly on one thread (begin, its
+   *  ops, commit or rollback) and the backend keeps per-group state apart
+   *  (e.g. per thread) and locks what groups share. */
+  int concurrent_groups;
 } dsys_queue_ops;
 
 /** The built-in SQLite backend (scheme "sqlite"; location is a file path,

@@ -9,7 +9,11 @@
  * IMMEDIATE transaction on the handle's single connection), and wakes the
  * others. Callers that arrive meanwhile form the next group, so under load
  * every transaction carries the calls of all threads of the process. A
- * call returns after the commit of its group. Operations that fail (e.g. a
+ * call returns after the commit of its group. A server backend may run
+ * several groups at once (ops concurrent_groups, each on its own
+ * connection): then up to that many leaders run, so commits that wait for
+ * the server's disk overlap, and calls of different threads are not
+ * ordered among themselves (as they never were). Operations that fail (e.g. a
  * stale token) change nothing, so the rest of the group still commits.
  */
 #include <pthread.h>
@@ -70,7 +74,8 @@ struct dsys_queue {
   pthread_cond_t cv;      /* a group finished */
   pthread_cond_t work_cv; /* new work for local waiters */
   qop *pending, **pending_tail;
-  int committing;
+  int committing;  /* groups running */
+  int max_groups;  /* groups that may run at once (backend's choice) */
   uint64_t work_seq;
   waiter *waiters;
   size_t nwaiters, capwaiters;
@@ -290,7 +295,8 @@ static void execute_chain(dsys_queue *q, qop *first, qop *last) {
   *q->pending_tail = first;
   q->pending_tail = &last->next;
   while (!last->done) {
-    if (q->committing) {
+    /* my ops may be in a group another leader is running: wait for it */
+    if (q->committing >= q->max_groups || !q->pending) {
       pthread_cond_wait(&q->cv, &q->mu);
       continue;
     }
@@ -304,7 +310,7 @@ static void execute_chain(dsys_queue *q, qop *first, qop *last) {
     q->pending = *pp;
     *pp = NULL;
     if (!q->pending) q->pending_tail = &q->pending;
-    q->committing = 1;
+    q->committing++;
     pthread_mutex_unlock(&q->mu);
     run_group(q, group);
     pthread_mutex_lock(&q->mu);
@@ -312,7 +318,7 @@ static void execute_chain(dsys_queue *q, qop *first, qop *last) {
       nx = o->next;
       o->done = 1;
     }
-    q->committing = 0;
+    q->committing--;
     pthread_cond_broadcast(&q->cv);
   }
   pthread_mutex_unlock(&q->mu);
@@ -374,6 +380,7 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
   q->clock = o.clock ? o.clock : dsys_clock_real();
   o.clock = q->clock;
   q->max_batch = o.max_batch ? o.max_batch : 256;
+  q->max_groups = ops->version >= 3 && ops->concurrent_groups > 1 ? ops->concurrent_groups : 1;
   char err[256] = "";
   int e = ops->open(q->st, location, &o, err, sizeof err);
   if (e) {
