@@ -514,7 +514,7 @@ static void end_group(void) {
 }
 
 static void pq_rollback(void *p) {
-  pq *q = p;
+  (void)p;
   if (!G.c) return;
   if (PQtransactionStatus(G.c->pg) != PQTRANS_IDLE) dsysi_pg_run(G.c, "ROLLBACK");
   end_group();
