@@ -5,7 +5,9 @@
  *
  * Opened by URL like the store: "sqlite:///abs/path/file.sqlite" (several
  * processes may share the file, also with a dsys_store) or "memory:" (an
- * in-process SQLite database, for tests).
+ * in-process SQLite database, for tests); or "postgresql://..." (also
+ * "postgres://"), a libpq connection URI: one queue shared by processes on
+ * several hosts (docs/reference/postgresql-queue.md).
  *
  * Job states: waiting (ready to claim), delayed (run_at in the future, or
  * backing off before a retry), active (claimed, under a lease), completed,
