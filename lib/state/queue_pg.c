@@ -6,9 +6,10 @@
  * Groups: the front end runs up to GROUPS groups at once per handle (their
  * commits wait for the server's WAL flush side by side); a group is one
  * READ COMMITTED transaction on one pooled connection (taken at begin, given
- * back at commit). Its round trips: BEGIN plus housekeeping (one), one per
- * op (the worker's outcomes of a group are one statement: finish_many),
- * COMMIT plus at most one NOTIFY (one). Transactions stay as short as the
+ * back at commit). Its round trips: one per op (the first one also carries
+ * BEGIN and housekeeping, in pipeline mode; the worker's outcomes of a
+ * group are one statement: finish_many), and COMMIT with at most one
+ * NOTIFY. Transactions stay as short as the
  * group (vacuum must not be held back).
  *
  * Concurrency between processes: claims take rows with FOR UPDATE SKIP
@@ -265,6 +266,8 @@ typedef struct pq {
 #define GROUPS 4
 typedef struct group {
   dsysi_pg_conn *c; /* between begin and commit / rollback */
+  int64_t now;      /* the group's time (housekeeping) */
+  int begun;        /* BEGIN was sent (with the group's first statement) */
   int ready;        /* the group made jobs claimable: NOTIFY at commit */
   int broken;       /* an op changed rows it could not report: roll back */
 } group;
@@ -368,8 +371,66 @@ static dsys_job *row_job(const PGresult *r, int row) {
   return dsys_job_dup(&j);
 }
 
+static int has_prepared(const dsysi_pg_conn *c, const dsysi_pg_stmt *st);
+
+/* BEGIN, housekeeping and the group's first statement in one round trip
+ * (libpq pipeline mode; both statements already prepared on G.c). */
+static int exec_pipelined(const dsysi_pg_stmt *st, const char *const *params, PGresult **res) {
+  PGconn *pg = G.c->pg;
+  char nv[24];
+  snprintf(nv, sizeof nv, "%lld", (long long)G.now);
+  const char *hp[] = {nv};
+  if (!PQenterPipelineMode(pg)) return DSYS_EUNAVAIL;
+  int sent = PQsendQueryParams(pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
+             PQsendQueryPrepared(pg, st_house.name, 1, hp, NULL, NULL, 0) &&
+             PQsendQueryPrepared(pg, st->name, st->nparams, params, NULL, NULL, 0) &&
+             PQpipelineSync(pg);
+  int e = sent ? 0 : DSYS_EUNAVAIL;
+  /* each query's results end with NULL; then the sync point */
+  for (int i = 0; i < 3 && sent; i++) {
+    PGresult *r;
+    while ((r = PQgetResult(pg))) {
+      int re = dsysi_pg_result_err(pg, r); /* aborted by an earlier error: EDB */
+      if (!e && re) e = re;
+      if (i == 2 && !e && res && !*res) *res = r;
+      else PQclear(r);
+    }
+  }
+  if (sent) {
+    PGresult *r = PQgetResult(pg);
+    if (!r) e = e ? e : DSYS_EUNAVAIL;
+    else if (PQresultStatus(r) != PGRES_PIPELINE_SYNC && !e) e = DSYS_EDB;
+    PQclear(r);
+  }
+  /* fails when results are left (the connection is then given up at
+   * release: it is not idle) */
+  if (!PQexitPipelineMode(pg) && !e) e = DSYS_EUNAVAIL;
+  if (e && res) {
+    PQclear(*res);
+    *res = NULL;
+  }
+  return e;
+}
+
+/* The group's first statement also begins its transaction. */
+static int exec_first(const dsysi_pg_stmt *st, const char *const *params, PGresult **res) {
+  G.begun = 1;
+  if (has_prepared(G.c, &st_house) && has_prepared(G.c, st))
+    return exec_pipelined(st, params, res);
+  /* first use on this connection: prepare them on the way */
+  char a[24];
+  const char *pv[] = {I64(a, G.now)};
+  int e = dsysi_pg_run(G.c, "BEGIN");
+  if (!e) e = dsysi_pg_exec(G.c, &st_house, pv, NULL);
+  if (!e) e = dsysi_pg_exec(G.c, st, params, res);
+  return e;
+}
+
 static int exec(pq *q, const dsysi_pg_stmt *st, const char *const *params, PGresult **res) {
+  (void)q;
+  if (res) *res = NULL;
   if (!G.c) return DSYS_EUNAVAIL;
+  if (!G.begun) return exec_first(st, params, res);
   return dsysi_pg_exec(G.c, st, params, res);
 }
 
@@ -528,26 +589,14 @@ static int has_prepared(const dsysi_pg_conn *c, const dsysi_pg_stmt *st) {
   return 0;
 }
 
+/* BEGIN goes with the group's first statement (exec_first): a group costs
+ * one round trip per op plus its COMMIT. */
 static int pq_begin(void *p, int64_t now) {
   pq *q = p;
-  G.ready = G.broken = 0;
+  G.ready = G.broken = G.begun = 0;
+  G.now = now;
   int e = dsysi_pg_acquire(q->pool, &G.c);
-  if (e) {
-    G.c = NULL;
-    return e;
-  }
-  char a[24];
-  if (has_prepared(G.c, &st_house)) {
-    /* one round trip: BEGIN and housekeeping in one simple query */
-    char sql[96];
-    snprintf(sql, sizeof sql, "BEGIN; EXECUTE %s(%lld)", st_house.name, (long long)now);
-    e = dsysi_pg_run(G.c, sql);
-  } else {
-    e = dsysi_pg_run(G.c, "BEGIN");
-    const char *pv[] = {I64(a, now)};
-    if (!e) e = exec(q, &st_house, pv, NULL);
-  }
-  if (e) pq_rollback(q);
+  if (e) G.c = NULL;
   return e;
 }
 
