@@ -10,8 +10,17 @@
  *  4. the server SIGKILLed during concurrent submits and claims/completions,
  *     then restarted: calls fail (DSYS_EUNAVAIL) within a bounded time
  *     meanwhile, the same handles work again without reopening, every
- *     acknowledged submit is there and each job is completed exactly once.
+ *     acknowledged submit is there and each job is completed exactly once;
+ *  5. client processes SIGKILLed (as test-state-crash does on SQLite): a
+ *     worker mid-job (its job is redelivered after the lease, completed
+ *     once, its token fenced off) and a producer mid-loop (every
+ *     acknowledged submit is there; the server rolls back the cut-off
+ *     transaction).
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +39,16 @@ static int64_t mono_ms(void) {
 }
 
 static dsys_queue *open_q(dsys_clock *clk) {
+  if (!clk) { /* the alias scheme opens the same backend */
+    static int alias;
+    if (!alias++) {
+      char u[300];
+      snprintf(u, sizeof u, "postgres://%s", srv.url + strlen("postgresql://"));
+      dsys_queue *q = NULL;
+      is_int(dsys_queue_open(&q, u, NULL), 0, "open by postgres:// (alias)");
+      return q;
+    }
+  }
   dsys_queue_options qo = {.size = sizeof qo, .clock = clk};
   dsys_queue *q = NULL;
   int e = dsys_queue_open(&q, srv.url, &qo);
@@ -334,11 +353,114 @@ static void test_kill_restart(void) {
   free(k.completed);
 }
 
+/* ---- 5: client processes killed ---- */
+
+static int rec_fd = -1;
+
+static void send_id(int64_t id) {
+  if (write(rec_fd, &id, sizeof id) != sizeof id) _exit(9);
+}
+
+static int read_id(int fd, int64_t *id, int timeout_ms) {
+  int64_t end = mono_ms() + timeout_ms;
+  size_t got = 0;
+  while (got < sizeof *id && mono_ms() < end) {
+    ssize_t n = read(fd, (char *)id + got, sizeof *id - got);
+    if (n > 0) got += (size_t)n;
+    else if (n == 0 || (errno != EAGAIN && errno != EINTR)) return 0;
+    else usleep(1000);
+  }
+  return got == sizeof *id;
+}
+
+static int hang_handler(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
+  (void)ctx, (void)ud;
+  send_id(job->id);
+  for (int i = 0; i < 30000; i++) usleep(1000); /* "working" until killed */
+  return DSYS_ETIMEDOUT;
+}
+
+/* Child: a worker hanging in its handler, or (queue NULL) a producer
+ * reporting each acknowledged submit; both until killed. */
+static pid_t spawn(int fd, const char *worker_queue) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  rec_fd = fd;
+  dsys_queue *q = NULL;
+  if (dsys_queue_open(&q, srv.url, NULL)) _exit(2);
+  if (worker_queue) {
+    const char *const QW[] = {worker_queue};
+    dsys_worker_options wo = {.size = sizeof wo, .queues = QW, .nqueues = 1, .lease_ms = 1000,
+                              .poll_ms = 20, .handler = hang_handler};
+    dsys_worker *w = NULL;
+    if (dsys_worker_start(&w, q, &wo)) _exit(3);
+    for (int i = 0; i < 30000; i++) usleep(1000);
+    _exit(0);
+  }
+  for (;;) {
+    int64_t id = 0;
+    if (!dsys_queue_submit(q, "prod", "{\"p\":1}", NULL, &id, NULL)) send_id(id);
+  }
+}
+
+static void kill_wait(pid_t pid) {
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+}
+
+static void test_clients_killed(void) {
+  int fds[2], pfd[2];
+  if (pipe(fds) || pipe(pfd)) tap_bail("pipe");
+  fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+  /* children first: this process has no queue thread when it forks */
+  pid_t wk = spawn(fds[1], "hang");
+  pid_t pr = spawn(pfd[1], NULL);
+  dsys_queue *q = open_q(NULL);
+  int64_t id = 0, got = 0;
+  dsys_queue_submit(q, "hang", "{}", NULL, &id, NULL);
+  ok(read_id(fds[0], &got, 10000) && got == id, "worker process started the job");
+  int64_t acked[4096];
+  size_t na = 0;
+  while (na < 200 && read_id(pfd[0], &acked[na], 10000)) na++;
+  dsys_job *j = NULL;
+  dsys_queue_get(q, id, &j);
+  int64_t tok = j ? j->token : -1;
+  dsys_job_free(j);
+  kill_wait(wk);
+  kill_wait(pr);
+  while (na < 4096 && read_id(pfd[0], &acked[na], 0)) na++; /* acks in the pipe */
+  ok(na >= 200, "producer process killed after %zu acknowledged submits", na);
+  size_t missing = 0;
+  for (size_t i = 0; i < na; i++) {
+    if (dsys_queue_get(q, acked[i], &j)) missing++;
+    dsys_job_free(j);
+  }
+  is_int(missing, 0, "every acknowledged submit of the killed producer is there");
+  static const char *const QH[] = {"hang"};
+  int64_t t0 = mono_ms();
+  int e = DSYS_EAGAIN;
+  for (int i = 0; i < 5000 && e == DSYS_EAGAIN; i++)
+    if ((e = dsys_queue_claim(q, QH, 1, "rescuer", 5000, &j)) == DSYS_EAGAIN) usleep(2000);
+  ok(!e && j && j->id == id && j->token == tok + 1 && j->attempts == 2,
+     "the dead worker's job is redelivered after its lease (%lld ms), next token",
+     (long long)(mono_ms() - t0));
+  is_int(dsys_queue_complete(q, id, tok, "1"), DSYS_ELEASE, "the dead worker's token is fenced off");
+  is_int(dsys_queue_complete(q, id, j ? j->token : 0, "2"), 0, "completed by the rescuer");
+  dsys_job_free(j);
+  close(fds[0]);
+  close(fds[1]);
+  close(pfd[0]);
+  close(pfd[1]);
+  dsys_queue_close(q);
+}
+
 int main(void) {
   if (!ok(tpg_start(&srv) == 0, "start a throwaway PostgreSQL")) {
     tpg_stop(&srv);
     return tap_done();
   }
+  test_clients_killed();
   test_concurrent_claims();
   test_paused_worker();
   test_notify();
