@@ -69,9 +69,11 @@ static void bench_dsys(const char *dir, const char *pg, int full, uint32_t threa
   else snprintf(url, sizeof url, "sqlite://%s/bench-queue-%d-%u.sqlite", dir, full, threads);
   if (!pg) unlink(url + 9);
   /* a fresh queue name per run: counts are per run on a shared server */
-  snprintf(name, sizeof name, "bench-%d", ++run);
+  snprintf(name, sizeof name, "bench-%d-%d", (int)getpid(), ++run);
   qname = name;
   dsys_queue_options qo = {.size = sizeof qo, .full_sync = full};
+  /* BENCH_MAX_BATCH=1: no group commit (for comparison) */
+  if (getenv("BENCH_MAX_BATCH")) qo.max_batch = atoi(getenv("BENCH_MAX_BATCH"));
   dsys_queue *q = NULL;
   int e = dsys_queue_open(&q, url, &qo);
   if (e) {

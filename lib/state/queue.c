@@ -39,7 +39,7 @@ typedef struct qop qop;
 struct qop {
   int kind;
   qop *next;
-  int done;
+  int *left; /* ops of its chain not yet run (the caller's counter) */
   int rc;
   /* arguments */
   const char *queue;
@@ -288,13 +288,20 @@ static void run_group(dsys_queue *q, qop *group) {
 }
 
 /* Queue the chain first..last (linked through next) and return when all of
- * it has been committed (groups run in FIFO order). */
+ * it has been committed. A chain may be split between groups, and with
+ * concurrent groups a later part may finish first: the caller waits for
+ * every op of its chain (its ops live in its frame). */
 static void execute_chain(dsys_queue *q, qop *first, qop *last) {
   last->next = NULL;
+  int left = 0;
+  for (qop *o = first; o; o = o->next) {
+    o->left = &left;
+    left++;
+  }
   pthread_mutex_lock(&q->mu);
   *q->pending_tail = first;
   q->pending_tail = &last->next;
-  while (!last->done) {
+  while (left > 0) {
     /* my ops may be in a group another leader is running: wait for it */
     if (q->committing >= q->max_groups || !q->pending) {
       pthread_cond_wait(&q->cv, &q->mu);
@@ -315,8 +322,8 @@ static void execute_chain(dsys_queue *q, qop *first, qop *last) {
     run_group(q, group);
     pthread_mutex_lock(&q->mu);
     for (qop *o = group, *nx; o; o = nx) {
-      nx = o->next;
-      o->done = 1;
+      nx = o->next; /* o may be gone once its counter reaches 0 */
+      (*o->left)--;
     }
     q->committing--;
     pthread_cond_broadcast(&q->cv);

@@ -11,6 +11,9 @@
  *     then restarted: calls fail (DSYS_EUNAVAIL) within a bounded time
  *     meanwhile, the same handles work again without reopening, every
  *     acknowledged submit is there and each job is completed exactly once;
+ *  6. groups running at once (4 per handle on PostgreSQL): a caller whose
+ *     chain of ops was split between groups returns only after all of them
+ *     ran (a later group may commit first);
  *  5. client processes SIGKILLed (as test-state-crash does on SQLite): a
  *     worker mid-job (its job is redelivered after the lease, completed
  *     once, its token fenced off) and a producer mid-loop (every
@@ -21,12 +24,14 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "state/queue_int.h"
 #include "pgserver.h"
 #include "tap.h"
 
@@ -455,6 +460,87 @@ static void test_clients_killed(void) {
   dsys_queue_close(q);
 }
 
+/* ---- 6: a chain split between concurrent groups ---- */
+
+static int busy_stop;
+
+static void *busy_counts(void *p) {
+  dsys_job_counts c;
+  while (!__atomic_load_n(&busy_stop, __ATOMIC_ACQUIRE)) dsys_queue_counts(p, "split", &c);
+  return NULL;
+}
+
+typedef struct locker {
+  int64_t id;
+  int locked;
+} locker;
+
+/* Hold a row lock on job id for 600 ms from a connection of its own. */
+static void *lock_row(void *p) {
+  locker *l = p;
+  PGconn *c = PQconnectdb(srv.url);
+  char sql[128];
+  snprintf(sql, sizeof sql, "BEGIN; SELECT 1 FROM dsys_jobs WHERE id = %lld FOR UPDATE",
+           (long long)l->id);
+  PGresult *r = PQexec(c, sql);
+  int okk = PQresultStatus(r) == PGRES_TUPLES_OK;
+  PQclear(r);
+  __atomic_store_n(&l->locked, okk ? 1 : -1, __ATOMIC_RELEASE);
+  usleep(600 * 1000);
+  PQclear(PQexec(c, "COMMIT"));
+  PQfinish(c);
+  return NULL;
+}
+
+static void test_split_chain(void) {
+  /* one op per group: the worker-style batch below becomes 301 groups,
+   * run by this thread and the three others' leaders at once; its op in
+   * the middle waits 600 ms for a row lock (led by another thread, most
+   * of the time) while the later ones (the claim last) finish */
+  dsys_queue_options qo = {.size = sizeof qo, .max_batch = 1};
+  dsys_queue *q = NULL;
+  if (!is_int(dsys_queue_open(&q, srv.url, &qo), 0, "open with max_batch 1")) return;
+  const char *pl[300];
+  for (int i = 0; i < 300; i++) pl[i] = "1";
+  static const char *const QS[] = {"split"};
+  dsys_job *js[300];
+  size_t n = 0;
+  dsys_queue_submit_many(q, "split", pl, 300, NULL, NULL);
+  is_int(dsys_queue_claim_many(q, QS, 1, "w", 60000, 300, js, &n), 0, "claim 300");
+  if (n != 300) return;
+  locker l = {.id = js[150]->id};
+  pthread_t lt, th[3];
+  pthread_create(&lt, NULL, lock_row, &l);
+  for (int i = 0; i < 5000 && !__atomic_load_n(&l.locked, __ATOMIC_ACQUIRE); i++) usleep(1000);
+  ok(l.locked == 1, "another connection holds a row lock on a job in the middle");
+  for (int i = 0; i < 3; i++) pthread_create(&th[i], NULL, busy_counts, q);
+  dsysi_qout outs[300];
+  memset(outs, 0, sizeof outs);
+  for (size_t i = 0; i < n; i++)
+    outs[i] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = js[i]->id, .token = js[i]->token};
+  dsys_job *more[1];
+  size_t nmore = 0;
+  int64_t t0 = mono_ms();
+  dsysi_queue_batch(q, outs, n, QS, 1, "w", 60000, 1, more, &nmore);
+  int64_t took = mono_ms() - t0;
+  /* checked at once: every op of the chain ran before the call returned */
+  dsys_job *j = NULL;
+  int mid_done = !dsys_queue_get(q, js[150]->id, &j) && j->state == DSYS_JOB_COMPLETED;
+  dsys_job_free(j);
+  int done = 1;
+  for (size_t i = 0; i < n; i++) {
+    if (outs[i].rc != 0) done = 0;
+    dsys_job_free(js[i]);
+  }
+  __atomic_store_n(&busy_stop, 1, __ATOMIC_RELEASE);
+  for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
+  pthread_join(lt, NULL);
+  ok(mid_done && took >= 400, "the call returned after its blocked op committed (%lld ms)",
+     (long long)took);
+  ok(done, "every outcome of the split chain succeeded");
+  dsys_queue_close(q);
+}
+
 int main(void) {
   if (!ok(tpg_start(&srv) == 0, "start a throwaway PostgreSQL")) {
     tpg_stop(&srv);
@@ -462,6 +548,7 @@ int main(void) {
   }
   test_clients_killed();
   test_concurrent_claims();
+  test_split_chain();
   test_paused_worker();
   test_notify();
   test_kill_restart();
