@@ -465,16 +465,25 @@ static int change_one(pq *q, const dsysi_pg_stmt *st, const char *const *params,
 
 /* ---- listener: NOTIFY from other handles wakes local workers ---- */
 
+/* Connect and LISTEN; every wait is bounded (connect_timeout; 5 s for
+ * the LISTEN, cut short by close) so that close never hangs on a server
+ * that stopped answering. */
 static PGconn *listen_connect(pq *q) {
   const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
   const char *vals[] = {q->url, "2", "libdistsys-listen", NULL};
   PGconn *c = PQconnectdbParams(keys, vals, 1);
-  if (c && PQstatus(c) == CONNECTION_OK) {
-    PGresult *r = PQexec(c, "LISTEN " NOTIFY_CHANNEL);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    if (ok) return c;
+  int ok = c && PQstatus(c) == CONNECTION_OK && PQsendQuery(c, "LISTEN " NOTIFY_CHANNEL);
+  while (ok && PQisBusy(c)) {
+    struct pollfd pfd[2] = {{.fd = q->stop_fd[0], .events = POLLIN},
+                            {.fd = PQsocket(c), .events = POLLIN}};
+    if (poll(pfd, 2, 5000) <= 0 || pfd[0].revents || !PQconsumeInput(c)) ok = 0;
   }
+  PGresult *r;
+  while (ok && (r = PQgetResult(c))) {
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) ok = 0;
+    PQclear(r);
+  }
+  if (ok) return c;
   PQfinish(c);
   return NULL;
 }
