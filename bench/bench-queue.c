@@ -4,8 +4,11 @@
  * worker threads (dsys_worker), 2 submitting threads using
  * dsys_queue_submit_many (100 per call), plus one run with plain
  * dsys_queue_submit (one job per call); and the same cycle on
- * beanstalkd with its binlog on (-b), 1 producer and 1 / 4 consumers.
- * Usage: bench-queue [DIR] [JOBS] [BEANSTALKD-PORT (0 = skip)]
+ * beanstalkd with its binlog on (-b), 1 producer and 1 / 4 consumers;
+ * and, given a PostgreSQL URL, the same dsys rows on PostgreSQL (durable as
+ * the server is configured: bench/run-state starts one with fsync on and
+ * synchronous_commit on).
+ * Usage: bench-queue [DIR] [JOBS] [BEANSTALKD-PORT (0 = skip)] [PG-URL]
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -40,6 +43,8 @@ typedef struct sub_arg {
   int many; /* jobs per submit call */
 } sub_arg;
 
+static const char *qname = "bench";
+
 static void *submitter(void *p) {
   sub_arg *a = p;
   const char *payloads[100];
@@ -47,8 +52,8 @@ static void *submitter(void *p) {
   for (long i = 0; i < a->n;) {
     long k = a->n - i < a->many ? a->n - i : a->many;
     if (a->many == 1) {
-      if (dsys_queue_submit(a->q, "bench", payloads[0], NULL, NULL, NULL)) abort();
-    } else if (dsys_queue_submit_many(a->q, "bench", payloads, (size_t)k, NULL, NULL)) {
+      if (dsys_queue_submit(a->q, qname, payloads[0], NULL, NULL, NULL)) abort();
+    } else if (dsys_queue_submit_many(a->q, qname, payloads, (size_t)k, NULL, NULL)) {
       abort();
     }
     i += k;
@@ -56,17 +61,32 @@ static void *submitter(void *p) {
   return NULL;
 }
 
-static void bench_dsys(const char *dir, int full, uint32_t threads, int many) {
-  char url[1024];
-  snprintf(url, sizeof url, "sqlite://%s/bench-queue-%d-%u.sqlite", dir, full, threads);
-  unlink(url + 9);
+/* pg: a PostgreSQL URL (then full is only a label), else SQLite in dir */
+static void bench_dsys(const char *dir, const char *pg, int full, uint32_t threads, int many) {
+  char url[1024], name[64];
+  static int run;
+  if (pg) snprintf(url, sizeof url, "%s", pg);
+  else snprintf(url, sizeof url, "sqlite://%s/bench-queue-%d-%u.sqlite", dir, full, threads);
+  if (!pg) unlink(url + 9);
+  /* a fresh queue name per run: counts are per run on a shared server */
+  snprintf(name, sizeof name, "bench-%d-%d", (int)getpid(), ++run);
+  qname = name;
   dsys_queue_options qo = {.size = sizeof qo, .full_sync = full};
+  /* BENCH_MAX_BATCH=1: no group commit (for comparison) */
+  if (getenv("BENCH_MAX_BATCH")) qo.max_batch = atoi(getenv("BENCH_MAX_BATCH"));
   dsys_queue *q = NULL;
-  if (dsys_queue_open(&q, url, &qo)) abort();
-  static const char *const QB[] = {"bench"};
+  int e = dsys_queue_open(&q, url, &qo);
+  if (e) {
+    fprintf(stderr, "open %s: %s\n", url, dsys_strerror(e));
+    abort();
+  }
+  const char *const QB[] = {qname};
   dsys_worker_options wo = {.size = sizeof wo, .queues = QB, .nqueues = 1,
                             .threads = threads, .lease_ms = 30000,
                             .poll_ms = 50, .handler = noop};
+  /* a server commit costs a WAL flush (ms): claim more per transaction
+   * (BENCH_PREFETCH overrides; the default is 32) */
+  wo.prefetch = getenv("BENCH_PREFETCH") ? atoi(getenv("BENCH_PREFETCH")) : pg ? 256 : 0;
   dsys_worker *w = NULL;
   handled = 0;
   double t0 = now_s();
@@ -85,14 +105,18 @@ static void bench_dsys(const char *dir, int full, uint32_t threads, int many) {
   dsys_worker_stop(w, DSYS_WORKER_STOP_FINISH);
   double t = now_s() - t0;
   dsys_job_counts c = {0};
-  dsys_queue_counts(q, "bench", &c);
-  printf("dsys queue  %-6s %u worker%s submit%s: %8.0f jobs/s end to end (%ld jobs, %.2f s; submits done at %.2f s)\n",
-         full ? "FULL" : "NORMAL", threads, threads > 1 ? "s" : " ",
+  dsys_queue_counts(q, qname, &c);
+  printf("dsys queue  %-10s %u worker%s submit%s: %8.0f jobs/s end to end (%ld jobs, %.2f s; submits done at %.2f s; prefetch %d)\n",
+         pg ? "PostgreSQL" : full ? "FULL" : "NORMAL", threads, threads > 1 ? "s" : " ",
          many > 1 ? "_many" : "     ",
-         c.completed / t, (long)c.completed, t, tsub);
+         c.completed / t, (long)c.completed, t, tsub, wo.prefetch ? wo.prefetch : 32);
   fflush(stdout);
+  if (pg) { /* keep the table small for the next run */
+    int64_t removed;
+    dsys_queue_purge(q, 0, &removed);
+  }
   dsys_queue_close(q);
-  unlink(url + 9);
+  if (!pg) unlink(url + 9);
 }
 
 /* ---- beanstalkd client (text protocol) ---- */
@@ -186,12 +210,22 @@ int main(int argc, char **argv) {
   const char *dir = argc > 1 ? argv[1] : "/tmp";
   if (argc > 2) njobs = atol(argv[2]);
   int port = argc > 3 ? atoi(argv[3]) : 0;
-  bench_dsys(dir, 0, 1, 100);
-  bench_dsys(dir, 0, 4, 100);
-  bench_dsys(dir, 1, 1, 100);
-  bench_dsys(dir, 1, 4, 100);
-  bench_dsys(dir, 0, 4, 1);
-  bench_dsys(dir, 1, 4, 1);
+  const char *pg = argc > 4 && *argv[4] ? argv[4] : NULL;
+  if (getenv("BENCH_PG_ONLY") == NULL) {
+    bench_dsys(dir, NULL, 0, 1, 100);
+    bench_dsys(dir, NULL, 0, 4, 100);
+    bench_dsys(dir, NULL, 1, 1, 100);
+    bench_dsys(dir, NULL, 1, 4, 100);
+    bench_dsys(dir, NULL, 0, 4, 1);
+    bench_dsys(dir, NULL, 1, 4, 1);
+  }
+  if (pg) { /* fsync on, synchronous_commit on: each commit is on disk */
+    /* BENCH_PG_ONLY=4: only the 4-worker batching row (for profiling) */
+    int one = getenv("BENCH_PG_ONLY") && !strcmp(getenv("BENCH_PG_ONLY"), "4");
+    if (!one) bench_dsys(dir, pg, 1, 1, 100);
+    bench_dsys(dir, pg, 1, 4, 100);
+    if (!one) bench_dsys(dir, pg, 1, 4, 1);
+  }
   if (port > 0) {
     bench_beanstalkd(port, 1);
     bench_beanstalkd(port, 4);

@@ -5,7 +5,9 @@
  *
  * Opened by URL like the store: "sqlite:///abs/path/file.sqlite" (several
  * processes may share the file, also with a dsys_store) or "memory:" (an
- * in-process SQLite database, for tests).
+ * in-process SQLite database, for tests); or "postgresql://..." (also
+ * "postgres://"), a libpq connection URI: one queue shared by processes on
+ * several hosts (docs/reference/postgresql-queue.md).
  *
  * Job states: waiting (ready to claim), delayed (run_at in the future, or
  * backing off before a retry), active (claimed, under a lease), completed,
@@ -357,18 +359,34 @@ DSYS_API int64_t dsys_queue_backoff_ms(int attempt, int64_t base_ms,
                                        int64_t cap_ms);
 
 /* ------------------------------------------------------------------ */
-/* Backend ops table (append-only; version 2)                           */
+/* Backend ops table (append-only; version 3)                           */
 
-#define DSYS_QUEUE_OPS_VERSION 2
+#define DSYS_QUEUE_OPS_VERSION 3
+
+/** Kinds of dsys_queue_finish. */
+enum { DSYS_QUEUE_FINISH_COMPLETE = 1, DSYS_QUEUE_FINISH_HEARTBEAT = 2 };
+
+/**
+ * One completion or lease renewal passed to dsys_queue_ops.finish_many:
+ * the outcomes of several calls of one group, applied at once.
+ */
+typedef struct dsys_queue_finish {
+  int32_t kind;        /**< DSYS_QUEUE_FINISH_COMPLETE or _HEARTBEAT */
+  int64_t id, token;
+  const char *result;  /**< complete: JSON text, or NULL for null */
+  int64_t lease_until; /**< heartbeat */
+  int rc;              /**< out: what complete / heartbeat would return */
+} dsys_queue_finish;
 
 /**
  * A queue backend. The front end (dsys_queue_*) validates every argument,
  * fills defaults into the submit options, computes times from the queue's
  * clock, and runs the calls of all threads of a process in groups: one
  * group is begin, then the ops of several calls, then commit (or rollback
- * if commit fails, and then every call of the group fails). The front end
- * never runs two groups of one handle at once, so the ops of one state need
- * no locking among themselves (other processes are the backend's affair).
+ * if commit fails, and then every call of the group fails). Unless the
+ * table says otherwise (concurrent_groups, version 3), the front end never
+ * runs two groups of one handle at once, so the ops of one state need no
+ * locking among themselves (other processes are the backend's affair).
  *
  * Every op returns 0 or a DSYS_E code, and an op that fails must change
  * nothing (the rest of its group still commits). Jobs returned through
@@ -447,6 +465,24 @@ typedef struct dsys_queue_ops {
    *  before. */
   int (*purge_dead)(void *st, const char *queue, int64_t before,
                     int64_t *removed);
+  /* ---- version 3 (read only from tables of version 3 and later; both
+   *      optional) ---- */
+  /** Apply n completions and renewals (consecutive calls of one group, on
+   *  distinct or repeated jobs, in order) with one result each in f[i].rc,
+   *  exactly as complete / heartbeat would; e.g. in one statement. Return
+   *  nonzero only when nothing was applied (then every call gets it).
+   *  Absent: the front end calls complete / heartbeat one by one. */
+  int (*finish_many)(void *st, dsys_queue_finish *f, size_t n, int64_t now);
+  /** Called once after open: the backend may call wake(ud) from any of its
+   *  threads, holding none of its locks, when another process may have
+   *  made jobs ready (local workers then claim at once instead of at their
+   *  next poll). Its threads must be stopped by close. */
+  void (*set_wake)(void *st, void (*wake)(void *ud), void *ud);
+  /** Groups the front end may run at once on this state (0 or 1: one at a
+   *  time). With more, each group runs wholly on one thread (begin, its
+   *  ops, commit or rollback) and the backend keeps per-group state apart
+   *  (e.g. per thread) and locks what groups share. */
+  int concurrent_groups;
 } dsys_queue_ops;
 
 /** The built-in SQLite backend (scheme "sqlite"; location is a file path,

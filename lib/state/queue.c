@@ -9,7 +9,11 @@
  * IMMEDIATE transaction on the handle's single connection), and wakes the
  * others. Callers that arrive meanwhile form the next group, so under load
  * every transaction carries the calls of all threads of the process. A
- * call returns after the commit of its group. Operations that fail (e.g. a
+ * call returns after the commit of its group. A server backend may run
+ * several groups at once (ops concurrent_groups, each on its own
+ * connection): then up to that many leaders run, so commits that wait for
+ * the server's disk overlap, and calls of different threads are not
+ * ordered among themselves (as they never were). Operations that fail (e.g. a
  * stale token) change nothing, so the rest of the group still commits.
  */
 #include <pthread.h>
@@ -35,7 +39,7 @@ typedef struct qop qop;
 struct qop {
   int kind;
   qop *next;
-  int done;
+  int *left; /* ops of its chain not yet run (the caller's counter) */
   int rc;
   /* arguments */
   const char *queue;
@@ -70,7 +74,8 @@ struct dsys_queue {
   pthread_cond_t cv;      /* a group finished */
   pthread_cond_t work_cv; /* new work for local waiters */
   qop *pending, **pending_tail;
-  int committing;
+  int committing;  /* groups running */
+  int max_groups;  /* groups that may run at once (backend's choice) */
   uint64_t work_seq;
   waiter *waiters;
   size_t nwaiters, capwaiters;
@@ -165,6 +170,40 @@ static void free_results(qop *op) {
 
 /* The version-2 ops exist only in tables of version 2 and later. */
 #define OP2(o, f) ((o)->version >= 2 ? (o)->f : NULL)
+#define OP3(o, f) ((o)->version >= 3 ? (o)->f : NULL)
+
+static int finishable(const qop *op) {
+  return op && (op->kind == K_COMPLETE || op->kind == K_HEARTBEAT);
+}
+
+/* A run of consecutive completions and renewals starting at first, handed
+ * to the backend's finish_many at once (for a server backend: one
+ * statement instead of one round trip each). Returns the op after the run,
+ * or first when the backend has no finish_many or the run is a single op. */
+static qop *run_finish(dsys_queue *q, qop *first, int64_t now) {
+  int (*fm)(void *, dsys_queue_finish *, size_t, int64_t) = OP3(q->ops, finish_many);
+  size_t n = 0;
+  qop *end = first;
+  while (finishable(end)) {
+    n++;
+    end = end->next;
+  }
+  if (!fm || n < 2) return first;
+  dsys_queue_finish stackf[16];
+  dsys_queue_finish *f = n <= 16 ? stackf : calloc(n, sizeof *f);
+  if (!f) return first; /* one by one instead */
+  size_t i = 0;
+  for (qop *op = first; op != end; op = op->next, i++)
+    f[i] = (dsys_queue_finish){
+        .kind = op->kind == K_COMPLETE ? DSYS_QUEUE_FINISH_COMPLETE : DSYS_QUEUE_FINISH_HEARTBEAT,
+        .id = op->id, .token = op->token, .result = op->text,
+        .lease_until = now + op->num};
+  int e = fm(q->st, f, n, now);
+  i = 0;
+  for (qop *op = first; op != end; op = op->next, i++) op->rc = e ? e : f[i].rc;
+  if (f != stackf) free(f);
+  return end;
+}
 
 static int run_op(dsys_queue *q, qop *op, int64_t now) {
   const dsys_queue_ops *o = q->ops;
@@ -228,9 +267,15 @@ static void run_group(dsys_queue *q, qop *group) {
     for (qop *op = group; op; op = op->next) op->rc = e;
     return;
   }
-  for (qop *op = group; op; op = op->next) {
+  for (qop *op = group; op;) {
+    qop *next = run_finish(q, op, now);
+    if (next != op) {
+      op = next;
+      continue;
+    }
     op->rc = run_op(q, op, now);
     if (op->rc) free_results(op);
+    op = op->next;
   }
   e = q->ops->commit(q->st);
   if (e) {
@@ -243,14 +288,22 @@ static void run_group(dsys_queue *q, qop *group) {
 }
 
 /* Queue the chain first..last (linked through next) and return when all of
- * it has been committed (groups run in FIFO order). */
+ * it has been committed. A chain may be split between groups, and with
+ * concurrent groups a later part may finish first: the caller waits for
+ * every op of its chain (its ops live in its frame). */
 static void execute_chain(dsys_queue *q, qop *first, qop *last) {
   last->next = NULL;
+  int left = 0;
+  for (qop *o = first; o; o = o->next) {
+    o->left = &left;
+    left++;
+  }
   pthread_mutex_lock(&q->mu);
   *q->pending_tail = first;
   q->pending_tail = &last->next;
-  while (!last->done) {
-    if (q->committing) {
+  while (left > 0) {
+    /* my ops may be in a group another leader is running: wait for it */
+    if (q->committing >= q->max_groups || !q->pending) {
       pthread_cond_wait(&q->cv, &q->mu);
       continue;
     }
@@ -264,15 +317,15 @@ static void execute_chain(dsys_queue *q, qop *first, qop *last) {
     q->pending = *pp;
     *pp = NULL;
     if (!q->pending) q->pending_tail = &q->pending;
-    q->committing = 1;
+    q->committing++;
     pthread_mutex_unlock(&q->mu);
     run_group(q, group);
     pthread_mutex_lock(&q->mu);
     for (qop *o = group, *nx; o; o = nx) {
-      nx = o->next;
-      o->done = 1;
+      nx = o->next; /* o may be gone once its counter reaches 0 */
+      (*o->left)--;
     }
-    q->committing = 0;
+    q->committing--;
     pthread_cond_broadcast(&q->cv);
   }
   pthread_mutex_unlock(&q->mu);
@@ -306,6 +359,10 @@ static int check_ops(const dsys_queue_ops *o) {
          o->get && o->counts;
 }
 
+static void notify_work(dsys_queue *q);
+/* A backend's wakeup (another process made jobs ready). */
+static void wake_cb(void *ud) { notify_work(ud); }
+
 int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
                         const char *location, const dsys_queue_options *opts) {
   if (!out) return DSYS_EINVAL;
@@ -330,6 +387,7 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
   q->clock = o.clock ? o.clock : dsys_clock_real();
   o.clock = q->clock;
   q->max_batch = o.max_batch ? o.max_batch : 256;
+  q->max_groups = ops->version >= 3 && ops->concurrent_groups > 1 ? ops->concurrent_groups : 1;
   char err[256] = "";
   int e = ops->open(q->st, location, &o, err, sizeof err);
   if (e) {
@@ -347,6 +405,7 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
   pthread_cond_init(&q->work_cv, &ca);
   pthread_condattr_destroy(&ca);
   q->pending_tail = &q->pending;
+  if (OP3(ops, set_wake)) ops->set_wake(q->st, wake_cb, q);
   *out = q;
   return 0;
 }

@@ -4,6 +4,10 @@
 
 #include <distsys/queue.h>
 
+/** The built-in PostgreSQL backend (queue_pg.c; scheme "postgresql", also
+ *  registered as "postgres"): location is the URI after "scheme://". */
+const dsys_queue_ops *dsysi_queue_ops_pg(void);
+
 /** The queue's clock. */
 dsys_clock *dsysi_queue_clock(dsys_queue *q);
 /** Wait (real time, at most timeout_ms) until a local submit/release/fail

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <distsys/distsys.h>
 #include "state/queue_int.h"
+#include "pgserver.h"
 #include "tap.h"
 
 static const char *const QA[] = {"a"};
@@ -725,6 +726,15 @@ int main(void) {
   ok(in, "backoff(3, 100) in [0, 400]");
   ok(distinct, "backoff is jittered");
   ok(dsysi_queue_backoff(50, 100, 1000) <= 1000, "backoff capped");
+  /* the same suite on PostgreSQL (a real throwaway server; failing to
+   * start it fails the test) */
+  tpg srv;
+  if (ok(tpg_start(&srv) == 0, "start a throwaway PostgreSQL")) {
+    conformance(dsysi_queue_ops_pg(), srv.url + strlen("postgresql://"));
+    url_open(srv.url);
+    workers(srv.url);
+  }
+  tpg_stop(&srv);
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd)) tap_diag("cleanup failed");
