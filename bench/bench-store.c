@@ -1,6 +1,7 @@
 /*
- * Store benchmark: gets and puts per second on a durable SQLite file with
- * 1 and 2 threads (synchronous=NORMAL). Usage: bench-store [DIR] [SECONDS]
+ * Store benchmark: gets and puts per second with 1 and 2 threads, on a
+ * durable SQLite file in DIR (synchronous=NORMAL) or on a store URL
+ * (e.g. postgresql://...). Usage: bench-store [DIR|URL] [SECONDS]
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 static dsys_store *s;
 static double secs = 2.0;
 static int do_put;
+static const char *backend = "sqlite";
 
 static double now_s(void) {
   struct timespec ts;
@@ -54,8 +56,8 @@ static void run(const char *what, int put, int threads) {
     pthread_join(th[i], NULL);
     total += counts[i];
   }
-  printf("store %-4s %d thread%s: %9.0f ops/s\n", what, threads, threads > 1 ? "s" : " ",
-         total / (now_s() - t0));
+  printf("store %-4s %d thread%s: %9.0f ops/s  (%s)\n", what, threads, threads > 1 ? "s" : " ",
+         total / (now_s() - t0), backend);
   fflush(stdout);
 }
 
@@ -63,7 +65,9 @@ int main(int argc, char **argv) {
   const char *dir = argc > 1 ? argv[1] : "/tmp";
   if (argc > 2) secs = atof(argv[2]);
   char url[1024];
-  snprintf(url, sizeof url, "sqlite://%s/bench-store.sqlite", dir);
+  if (strstr(dir, "://")) snprintf(url, sizeof url, "%s", dir);
+  else snprintf(url, sizeof url, "sqlite://%s/bench-store.sqlite", dir);
+  if (!strncmp(url, "postgres", 8)) backend = "postgresql";
   int e = dsys_store_open(&s, url, NULL);
   if (e) {
     fprintf(stderr, "open %s: %s\n", url, dsys_strerror(e));

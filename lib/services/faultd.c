@@ -80,6 +80,8 @@ struct dsys_faultd {
   uint64_t cycles;
   waiter *wait_next, *wait_cur;
   json_object *metrics; /* the gateway's "metrics" member, or NULL */
+  json_object *latency; /* the gateway's last "latency" member (per upstream
+                           counters), or NULL */
   int64_t start_ms;
   pthread_mutex_t log_mu;
   /* Events are queued under mu and published by flush() after mu is
@@ -634,11 +636,48 @@ static void cycle_release(dsys_faultd *fd) {
   send_checks(fd, list, n);
 }
 
+/* The gateway's per-upstream counter named k grew since the last look:
+ * by how much (0: not, or no earlier look). */
+static int64_t grew(json_object *prev, const char *up, json_object *cur, const char *k) {
+  json_object *p = NULL, *pv = NULL, *cv = NULL;
+  if (!prev || !json_object_object_get_ex(prev, up, &p) || !json_object_object_get_ex(p, k, &pv) ||
+      !json_object_object_get_ex(cur, k, &cv))
+    return 0;
+  int64_t d = json_object_get_int64(cv) - json_object_get_int64(pv);
+  return d > 0 ? d : 0;
+}
+
+/* Events for what the gateway's upstreams did since the last look (hold
+ * mu): an instance ejected for slowness is an alert; attempts cut by the
+ * per-try timeout and hedges sent are events for the dashboard. */
+static void latency_events(dsys_faultd *fd, json_object *lat) {
+  entry *g = find(fd, "gateway");
+  json_object_object_foreach(lat, up, cur) {
+    int64_t ej = grew(fd->latency, up, cur, "slowEjections");
+    int64_t to = grew(fd->latency, up, cur, "attemptTimeouts");
+    int64_t hd = grew(fd->latency, up, cur, "hedges");
+    if (ej && g) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "upstream %s: %lld instance%s ejected for slowness", up,
+               (long long)ej, ej > 1 ? "s" : "");
+      alert(fd, "slow-ejection", "WARNING", g, msg);
+    }
+    if (to || hd) {
+      json_object *o = json_object_new_object();
+      json_object_object_add(o, "upstream", json_object_new_string(up));
+      json_object_object_add(o, "attemptTimeouts", json_object_new_int64(to));
+      json_object_object_add(o, "hedges", json_object_new_int64(hd));
+      json_object_object_add(o, "timestamp", dsysi_json_time(wall(fd)));
+      publish(fd, "upstream-latency", o);
+    }
+  }
+}
+
 static void check_done(int err, dsys_reply *rep, void *ud) {
   chk *c = ud;
   dsys_faultd *fd = c->fd;
   int64_t rt = (dsys_clock_now_us(fd->o.clock) - c->start_us) / 1000;
-  json_object *m = NULL;
+  json_object *m = NULL, *lat = NULL;
   if (!c->key && !err && dsys_reply_status(rep) == 200) {
     size_t len = 0;
     const char *b = dsys_reply_body(rep, &len);
@@ -646,6 +685,8 @@ static void check_done(int err, dsys_reply *rep, void *ud) {
     if (!dsysi_json_parse_object(b, len, &o) && json_object_object_get_ex(o, "metrics", &x) &&
         json_object_is_type(x, json_type_object))
       m = json_object_get(x);
+    if (o && json_object_object_get_ex(o, "latency", &x) && json_object_is_type(x, json_type_object))
+      lat = json_object_get(x);
     json_object_put(o);
   }
   pthread_mutex_lock(&fd->mu);
@@ -659,10 +700,17 @@ static void check_done(int err, dsys_reply *rep, void *ud) {
       fd->metrics = m;
       m = NULL;
     }
+    if (lat) {
+      latency_events(fd, lat);
+      json_object_put(fd->latency);
+      fd->latency = lat;
+      lat = NULL;
+    }
   }
   pthread_mutex_unlock(&fd->mu);
   flush(fd);
   json_object_put(m);
+  json_object_put(lat);
   dsys_reply_free(rep);
   free(c->key);
   int single = c->single;
@@ -1023,6 +1071,7 @@ void dsys_faultd_free(dsys_faultd *fd) {
   pthread_cond_destroy(&fd->cv);
   free(fd->name);
   free(fd->gw_url);
+  json_object_put(fd->latency);
   free(fd->alert_path);
   free(fd);
 }

@@ -1055,16 +1055,6 @@ static json_object *request_metrics(dsys_gateway *gw, gw_table *t) {
   return metrics;
 }
 
-static void h_metrics(dsys_request *req, void *ud) {
-  dsys_gateway *gw = ud;
-  json_object *o = json_object_new_object();
-  gw_table *t = t_get(gw);
-  json_object_object_add(o, "metrics", request_metrics(gw, t));
-  t_put(gw, t);
-  json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
-  dsysi_respond_obj(req, 200, o);
-}
-
 /* Per upstream: the adaptive per-try timeout, hedging and slowness
  * counters (dsys_upstream_latency). */
 static json_object *latency_json(gw_table *t) {
@@ -1087,6 +1077,19 @@ static json_object *latency_json(gw_table *t) {
   }
   return o;
 }
+
+static void h_metrics(dsys_request *req, void *ud) {
+  dsys_gateway *gw = ud;
+  json_object *o = json_object_new_object();
+  gw_table *t = t_get(gw);
+  json_object_object_add(o, "metrics", request_metrics(gw, t));
+  /* the fault detector turns growth of these counters into events */
+  json_object_object_add(o, "latency", latency_json(t));
+  t_put(gw, t);
+  json_object_object_add(o, "timestamp", dsysi_json_time(dsys_clock_wall_ms(gw->o.clock)));
+  dsysi_respond_obj(req, 200, o);
+}
+
 
 static void h_status(dsys_request *req, void *ud) {
   dsys_gateway *gw = ud;

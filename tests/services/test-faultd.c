@@ -52,9 +52,18 @@ static void h_health(dsys_request *req, void *ud) {
   }
 }
 
+/* The gateway's /api/metrics; its per-upstream latency counters grow by
+ * one attempt timeout every look and one slowness ejection every third. */
+static atomic_int gw_looks;
 static void h_gw_metrics(dsys_request *req, void *ud) {
-  dsys_respond_json(req, 200, "{\"metrics\":{\"load-balancer\":{\"name\":\"load-balancer\",\"total\":7}},"
-                              "\"timestamp\":\"2026-01-01T00:00:00.000Z\"}");
+  int n = atomic_fetch_add(&gw_looks, 1);
+  char body[512];
+  snprintf(body, sizeof body,
+           "{\"metrics\":{\"load-balancer\":{\"name\":\"load-balancer\",\"total\":7}},"
+           "\"latency\":{\"data\":{\"attemptTimeouts\":%d,\"hedges\":0,\"slowEjections\":%d}},"
+           "\"timestamp\":\"2026-01-01T00:00:00.000Z\"}",
+           n, n / 3);
+  dsys_respond_json(req, 200, body);
 }
 
 static void start_target(target *t, const char *name, int gw) {
@@ -365,6 +374,14 @@ int main(void) {
   is_str(dsysi_json_str(e2, "status"), "healthy", "slow but healthy");
   json_object_put(s);
   ok(file_has(alog, "\"slow-response\"", "WARNING"), "alert log has the slow response");
+  /* the gateway's counters grew across these cycles */
+  ok(wait_event("upstream-latency", "\"upstream\":\"data\"", 0),
+     "upstream-latency event from the gateway's growing attempt timeouts");
+  ok(atomic_load(&gw_looks) >= 4, "the gateway was looked at %d times (its slowEjections grew)",
+     atomic_load(&gw_looks));
+  ok(wait_event("slow-ejection", "ejected for slowness", 0),
+     "slow-ejection alert event once the gateway's slowEjections grew");
+  ok(file_has(alog, "\"slow-ejection\"", "WARNING"), "alert log has the slowness ejection");
   atomic_store(&d2.mode, OK);
   /* back in step with the interval (checks measure time on the fake clock,
    * so the clock must not jump while one is in flight) */
