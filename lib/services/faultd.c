@@ -34,6 +34,7 @@ typedef struct entry {
   char *key;  /* registry id; "static:<type>:<name>"; "gateway" */
   char *type, *name, *url;
   int is_static, is_gateway;
+  int storage_full; /* its last /health said "storage":"full" */
   int registered;  /* in the registry (always 1 for static targets) */
   int vanish_kind; /* DSYS_REG_DEREGISTERED, DSYS_REG_REAPED, VANISH_MISSING */
   int64_t vanished_ms;
@@ -575,8 +576,20 @@ static void apply(dsys_faultd *fd, entry *e, int err, dsys_reply *rep, int64_t r
     if (!dsysi_json_parse_object(b, len, &o) && json_object_object_get_ex(o, "uptime", &up) &&
         (json_object_is_type(up, json_type_double) || json_object_is_type(up, json_type_int)))
       e->uptime = json_object_get_double(up);
+    /* a full disk keeps the instance healthy (reads work) but fails its
+     * writes: alert on the change, both ways */
+    json_object *stg = NULL;
+    int full = o && json_object_object_get_ex(o, "storage", &stg) &&
+               json_object_is_type(stg, json_type_string) &&
+               !strcmp(json_object_get_string(stg), "full");
     json_object_put(o);
     publish(fd, "service-health-update", entry_event(e));
+    if (full != e->storage_full) {
+      e->storage_full = full;
+      alert(fd, full ? "storage-full" : "storage-recovered", full ? "WARNING" : "INFO", e,
+            full ? "its storage is full: writes answer 507, reads go on"
+                 : "writes work again: its storage has space");
+    }
     if (e->slow) {
       char m[128];
       snprintf(m, sizeof m, "health check took %lld ms (over %lld ms)", (long long)rt,

@@ -1,6 +1,8 @@
 /* JSON answers and request bodies of the service modules. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include "core/json.h"
 #include "services/reply.h"
 
@@ -19,10 +21,26 @@ int dsysi_respond_err(dsys_request *req, int status, const char *code,
   return dsys_respond_error(req, status, code, msg);
 }
 
+/* Monotonic ms of the last answer that said the storage is full (0:
+ * never): the storage is the host's, so one mark for the process. */
+static _Atomic int64_t full_at_ms;
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int dsysi_storage_full_recently(int64_t within_ms) {
+  int64_t at = atomic_load(&full_at_ms);
+  return at && mono_ms() - at < within_ms;
+}
+
 int dsysi_respond_storage_err(dsys_request *req, int rc, const char *what) {
   char msg[160];
   switch (rc) {
   case DSYS_ENOSPC:
+    atomic_store(&full_at_ms, mono_ms());
     /* 507, not 500: the instance is fine, its storage is full (shared by
      * every instance on the host), so a proxy's breaker must not eject
      * it, and reads go on */

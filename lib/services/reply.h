@@ -5,6 +5,7 @@
 #ifndef DSYSI_SERVICES_REPLY_H
 #define DSYSI_SERVICES_REPLY_H
 
+#include <stdint.h>
 #include <distsys/server.h>
 #include <json-c/json.h>
 
@@ -14,6 +15,10 @@ int dsysi_respond_obj(dsys_request *req, int status, json_object *obj);
 /** Respond {"error": msg, "code": code}. */
 int dsysi_respond_err(dsys_request *req, int status, const char *code,
                       const char *msg);
+
+/** 1 when this process answered "storage full" (507) within the last
+ *  within_ms: /health reports it, the fault detector alerts on it. */
+int dsysi_storage_full_recently(int64_t within_ms);
 
 /**
  * Answer a storage failure (store or queue) with the status that says whose

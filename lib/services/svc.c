@@ -25,6 +25,9 @@ static void h_health(dsys_request *req, void *ud) {
   json_object *mem = json_object_new_object();
   json_object_object_add(mem, "rss", json_object_new_int64(dsysi_rss_bytes()));
   json_object_object_add(o, "memory", mem);
+  /* still healthy (reads work), but writes answer 507 until space is back */
+  if (dsysi_storage_full_recently(10000))
+    json_object_object_add(o, "storage", json_object_new_string("full"));
   dsysi_respond_obj(req, 200, o);
 }
 

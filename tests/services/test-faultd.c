@@ -26,7 +26,7 @@ static void msleep(int ms) {
 }
 
 /* ---- targets ---- */
-enum { OK = 0, FAIL = 1, SLOW = 2 };
+enum { OK = 0, FAIL = 1, SLOW = 2, FULL = 3 };
 typedef struct target {
   dsys_server *srv;
   atomic_int mode;
@@ -47,6 +47,8 @@ static void h_health(dsys_request *req, void *ud) {
   } else if (m == SLOW) {
     dsys_request_defer(req);
     dsys_timer_add(clk, 1500 * 1000, slow_answer, req, NULL);
+  } else if (m == FULL) {
+    dsys_respond_json(req, 200, "{\"status\":\"healthy\",\"uptime\":12.5,\"storage\":\"full\"}");
   } else {
     dsys_respond_json(req, 200, "{\"status\":\"healthy\",\"uptime\":12.5}");
   }
@@ -388,6 +390,18 @@ int main(void) {
   n0 = dsys_faultd_cycles(fd);
   dsys_clock_advance(clk, 3500 * 1000);
   ok(wait_cycles(n0 + 1), "next cycle");
+  /* a full disk: healthy, but an alert, and another when space is back */
+  atomic_store(&d2.mode, FULL);
+  n0 = dsys_faultd_cycles(fd);
+  dsys_clock_advance(clk, 5000 * 1000);
+  ok(wait_cycles(n0 + 1), "cycle with a full storage");
+  ok(wait_event("storage-full", "data-2", 0), "storage-full alert event");
+  ok(file_has(alog, "\"storage-full\"", "WARNING"), "alert log has the full storage");
+  atomic_store(&d2.mode, OK);
+  n0 = dsys_faultd_cycles(fd);
+  dsys_clock_advance(clk, 5000 * 1000);
+  ok(wait_cycles(n0 + 1), "cycle with space back");
+  ok(wait_event("storage-recovered", "data-2", 0), "storage-recovered event");
   s = status_now();
   e2 = entry_of(s, "data", "data-2");
   ok(!json_object_get_boolean(path_get(e2, "slow", NULL, NULL)) && iget(e2, "responseTime") < 1000,
