@@ -275,7 +275,7 @@ int dsysi_pg_result_err(PGconn *pg, const PGresult *r) {
   return DSYS_EDB;
 }
 
-static int prepared(dsysi_pg_conn *c, const dsysi_pg_stmt *st) {
+int dsysi_pg_is_prepared(const dsysi_pg_conn *c, const dsysi_pg_stmt *st) {
   for (int i = 0; i < c->nprepared; i++)
     if (c->prepared[i] == st) return 1;
   return 0;
@@ -286,14 +286,14 @@ int dsysi_pg_exec(dsysi_pg_conn *c, const dsysi_pg_stmt *st, const char *const *
   if (res) *res = NULL;
   int cache = (size_t)c->nprepared < sizeof c->prepared / sizeof c->prepared[0];
   PGresult *r;
-  if (!prepared(c, st) && cache) {
+  if (!dsysi_pg_is_prepared(c, st) && cache) {
     r = PQprepare(c->pg, st->name, st->sql, st->nparams, NULL);
     int e = dsysi_pg_result_err(c->pg, r);
     PQclear(r);
     if (e) return e;
     c->prepared[c->nprepared++] = st;
   }
-  if (prepared(c, st))
+  if (dsysi_pg_is_prepared(c, st))
     r = PQexecPrepared(c->pg, st->name, st->nparams, params, NULL, NULL, 0);
   else /* cache full: unnamed statement */
     r = PQexecParams(c->pg, st->sql, st->nparams, NULL, params, NULL, NULL, 0);

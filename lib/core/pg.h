@@ -95,6 +95,11 @@ void dsysi_pg_release(dsysi_pg_conn *c);
 int dsysi_pg_exec(dsysi_pg_conn *c, const dsysi_pg_stmt *st,
                   const char *const *params, PGresult **res);
 
+/** 1 when statement st is prepared on this connection (its first
+ *  dsysi_pg_exec there prepares it): a pipelined caller can then send it
+ *  without a Parse round of its own. */
+int dsysi_pg_is_prepared(const dsysi_pg_conn *c, const dsysi_pg_stmt *st);
+
 /** Run SQL text without parameters (BEGIN, COMMIT, DDL). @return as above. */
 int dsysi_pg_run(dsysi_pg_conn *c, const char *sql);
 

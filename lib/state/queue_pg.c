@@ -371,8 +371,6 @@ static dsys_job *row_job(const PGresult *r, int row) {
   return dsys_job_dup(&j);
 }
 
-static int has_prepared(const dsysi_pg_conn *c, const dsysi_pg_stmt *st);
-
 /* BEGIN, housekeeping and the group's first statement in one round trip
  * (libpq pipeline mode; both statements already prepared on G.c). */
 static int exec_pipelined(const dsysi_pg_stmt *st, const char *const *params, PGresult **res) {
@@ -415,7 +413,7 @@ static int exec_pipelined(const dsysi_pg_stmt *st, const char *const *params, PG
 /* The group's first statement also begins its transaction. */
 static int exec_first(const dsysi_pg_stmt *st, const char *const *params, PGresult **res) {
   G.begun = 1;
-  if (has_prepared(G.c, &st_house) && has_prepared(G.c, st))
+  if (dsysi_pg_is_prepared(G.c, &st_house) && dsysi_pg_is_prepared(G.c, st))
     return exec_pipelined(st, params, res);
   /* first use on this connection: prepare them on the way. The plans of
    * prepared statements are cached, and one made while the table was
@@ -424,7 +422,7 @@ static int exec_first(const dsysi_pg_stmt *st, const char *const *params, PGresu
    * has an index to use, so this connection never scans. */
   char a[24];
   const char *pv[] = {I64(a, G.now)};
-  int e = has_prepared(G.c, &st_house) ? 0 : dsysi_pg_run(G.c, "SET enable_seqscan = off");
+  int e = dsysi_pg_is_prepared(G.c, &st_house) ? 0 : dsysi_pg_run(G.c, "SET enable_seqscan = off");
   if (!e) e = dsysi_pg_run(G.c, "BEGIN");
   if (!e) e = dsysi_pg_exec(G.c, &st_house, pv, NULL);
   if (!e) e = dsysi_pg_exec(G.c, st, params, res);
@@ -593,14 +591,6 @@ static void pq_rollback(void *p) {
   if (!G.c) return;
   if (PQtransactionStatus(G.c->pg) != PQTRANS_IDLE) dsysi_pg_run(G.c, "ROLLBACK");
   end_group();
-}
-
-/* 1 when the connection has statement st prepared (its first use on a
- * connection prepares it through dsysi_pg_exec). */
-static int has_prepared(const dsysi_pg_conn *c, const dsysi_pg_stmt *st) {
-  for (int i = 0; i < c->nprepared; i++)
-    if (c->prepared[i] == st) return 1;
-  return 0;
 }
 
 /* BEGIN goes with the group's first statement (exec_first): a group costs
