@@ -58,6 +58,7 @@ from .registry import CHANGE_KINDS, Change, Instance, Registry
 from .resilience import (BREAKER_STATES, POLICIES, Balancer, Breaker,
                          BreakerStats, Pick)
 from .store import Item, Store
+from .locks import Cache, Election, Lock, LockHolder, Locks, guarded_put
 from .service import (App, Counter, Gauge, Histogram, HTTPError, Metrics,
                       Registration, Request, Response as HTTPResponse, Service)
 from .upstream import EndpointStats, Response, Upstream
@@ -80,5 +81,6 @@ __all__ = [
     "Response", "EndpointStats", "library_version", "library_path",
     "Service", "App", "Request", "HTTPResponse", "HTTPError", "Metrics",
     "Counter", "Gauge", "Histogram", "Registration",
+    "Locks", "Lock", "LockHolder", "Election", "Cache", "guarded_put",
 ]
 __all__ += sorted(_errors.error_classes())  # also codes added later

@@ -613,3 +613,63 @@ UPSTREAM_FN = CFUNCTYPE(None, c_int, c_void_p, POINTER(dsys_upstream_result),
                         c_void_p)
 dsys_upstream_send = fn("dsys_upstream_send", c_int, c_void_p,
                         POINTER(dsys_call), UPSTREAM_FN, c_void_p)
+
+# ---- lock.h ----
+class dsys_lock_info(Structure):
+    _fields_ = [("owner", c_char * 128), ("token", c_int64), ("expires_at", c_int64)]
+
+
+class dsys_lock_options(Structure):
+    _fields_ = [("size", c_size_t), ("ttl_ms", c_int64), ("manual_renew", c_int),
+                ("on_lost", c_void_p), ("ud", c_void_p), ("owner", c_char_p)]
+
+
+class dsys_election_options(Structure):
+    _fields_ = [("size", c_size_t), ("ttl_ms", c_int64), ("candidate", c_char_p),
+                ("on_change", c_void_p), ("ud", c_void_p)]
+
+
+dsys_locks_open = fn("dsys_locks_open", c_int, POINTER(c_void_p), c_char_p, c_void_p)
+dsys_locks_close = fn("dsys_locks_close", None, c_void_p)
+dsys_lock_acquire = fn("dsys_lock_acquire", c_int, c_void_p, c_char_p, c_int64,
+                       POINTER(dsys_lock_options), POINTER(c_void_p))
+dsys_lock_token = fn("dsys_lock_token", c_int64, c_void_p)
+dsys_lock_held = fn("dsys_lock_held", c_int, c_void_p)
+dsys_lock_renew = fn("dsys_lock_renew", c_int, c_void_p)
+dsys_lock_release = fn("dsys_lock_release", c_int, c_void_p)
+dsys_lock_holder = fn("dsys_lock_holder", c_int, c_void_p, c_char_p, POINTER(dsys_lock_info))
+dsys_lock_guarded_put = fn("dsys_lock_guarded_put", c_int, c_void_p, c_char_p, c_char_p,
+                           c_int64)
+dsys_election_campaign = fn("dsys_election_campaign", c_int, c_void_p, c_char_p,
+                            POINTER(dsys_election_options), POINTER(c_void_p))
+dsys_election_is_leader = fn("dsys_election_is_leader", c_int, c_void_p, c_int64_p)
+dsys_election_leader = fn("dsys_election_leader", c_int, c_void_p, c_char_p,
+                          POINTER(dsys_lock_info))
+dsys_election_resign = fn("dsys_election_resign", None, c_void_p)
+
+# ---- cache.h ----
+class dsys_cache_options(Structure):
+    _fields_ = [("size", c_size_t), ("max_bytes", c_size_t), ("max_entries", c_size_t),
+                ("ttl_ms", c_int64), ("stale_ms", c_int64), ("negative_ttl_ms", c_int64),
+                ("clock", c_void_p)]
+
+
+class dsys_cache_stats(Structure):
+    _fields_ = [(n, c_uint64) for n in (
+        "hits", "stale_hits", "negative_hits", "misses", "loads", "load_errors",
+        "evictions", "invalidations", "entries", "bytes")]
+
+
+CACHE_LOAD = CFUNCTYPE(c_int, c_void_p, c_char_p, POINTER(c_void_p), c_size_t_p)
+dsys_cache_new = fn("dsys_cache_new", c_int, POINTER(c_void_p), POINTER(dsys_cache_options))
+dsys_cache_free = fn("dsys_cache_free", None, c_void_p)
+dsys_cache_get = fn("dsys_cache_get", c_int, c_void_p, c_char_p, c_void_p, c_void_p,
+                    POINTER(c_void_p), c_size_t_p)
+dsys_cache_put = fn("dsys_cache_put", c_int, c_void_p, c_char_p, c_char_p, c_size_t)
+dsys_cache_invalidate = fn("dsys_cache_invalidate", c_int, c_void_p, c_char_p)
+dsys_cache_clear = fn("dsys_cache_clear", None, c_void_p)
+dsys_cache_get_stats = fn("dsys_cache_get_stats", None, c_void_p, POINTER(dsys_cache_stats))
+# The loader hands the cache a block it frees with free(): the C library's.
+libc_malloc = ctypes.CDLL(None).malloc
+libc_malloc.restype = c_void_p
+libc_malloc.argtypes = [c_size_t]
