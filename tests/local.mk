@@ -9,7 +9,8 @@ check_LTLIBRARIES += libdsys_testutil.la
 libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
 	tests/helpers/net.c tests/helpers/net.h \
 	tests/helpers/pgserver.c tests/helpers/pgserver.h \
-	tests/helpers/etcdserver.c tests/helpers/etcdserver.h
+	tests/helpers/etcdserver.c tests/helpers/etcdserver.h \
+	tests/helpers/reaper.c tests/helpers/reaper.h
 
 C_TESTS = \
 	tests/core/test-core tests/core/test-plugin tests/core/test-log tests/core/test-pg \

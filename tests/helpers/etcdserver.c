@@ -1,5 +1,6 @@
 /* Throwaway etcd clusters for the tests (see etcdserver.h). */
 #include "etcdserver.h"
+#include "reaper.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -17,11 +18,6 @@ static const char *script(void) {
   return path;
 }
 
-/* The members' PIDs, for the exit paths where the script cannot run: a
- * failed assertion's abort, a crash, the test timeout's SIGTERM. */
-static pid_t pids[16];
-static int npids;
-
 static pid_t member_pid(const tetcd *t, int i) {
   char path[128], buf[32] = "";
   snprintf(path, sizeof path, "%s/m%d/pid", t->dir, i);
@@ -33,25 +29,10 @@ static pid_t member_pid(const tetcd *t, int i) {
   return pid > 0 ? pid : -1;
 }
 
-static void kill_all(void) {
-  for (int i = 0; i < npids; i++)
-    if (pids[i] > 0) kill(pids[i], SIGKILL);
-}
-
-static void on_signal(int sig) {
-  kill_all();
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
+/* The members' PIDs are killed on the exit paths where the script cannot
+ * run (reaper.h). */
 static void note_pids(const tetcd *t) {
-  static int hooked;
-  for (int i = 1; i <= t->members && i <= 16; i++) pids[i - 1] = member_pid(t, i);
-  npids = t->members < 16 ? t->members : 16;
-  if (hooked++) return;
-  atexit(kill_all);
-  int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGABRT, SIGSEGV, SIGBUS};
-  for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], on_signal);
+  for (int i = 1; i <= t->members; i++) reaper_track(member_pid(t, i));
 }
 
 /* Run etcd-local CMD DIR ARGS; the first output line goes to out. */
@@ -98,6 +79,7 @@ int tetcd_start(tetcd *t, int members) {
 }
 
 int tetcd_kill_member(tetcd *t, int i) {
+  reaper_untrack(member_pid(t, i)); /* its PID may be reused later */
   char args[16];
   snprintf(args, sizeof args, "%d", i);
   return etcd_local("kill-member", t, args, NULL, 0);
@@ -113,8 +95,8 @@ int tetcd_start_member(tetcd *t, int i) {
 
 void tetcd_stop(tetcd *t) {
   if (!t->dir[0]) return;
+  for (int i = 1; i <= t->members; i++) reaper_untrack(member_pid(t, i));
   etcd_local("stop", t, "", NULL, 0);
-  npids = 0;
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
   if (system(cmd)) {}

@@ -1,5 +1,6 @@
 /* Throwaway PostgreSQL servers for the tests (see pgserver.h). */
 #include "pgserver.h"
+#include "reaper.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -47,12 +48,14 @@ int tpg_start(tpg *t) {
     printf("# could not start PostgreSQL in %s (is postgresql-15 installed?)\n", t->dir);
     return -1;
   }
+  reaper_track(tpg_pid(t)); /* killed if the test dies before tpg_stop */
   return 0;
 }
 
 int tpg_restart(tpg *t) {
   char url[256];
   if (pg_local("start", t->dir, url, sizeof url)) return -1;
+  reaper_track(tpg_pid(t));
   return 0;
 }
 
@@ -69,6 +72,7 @@ pid_t tpg_pid(const tpg *t) {
 
 void tpg_kill(tpg *t) {
   pid_t pid = tpg_pid(t);
+  reaper_untrack(pid); /* its PID may be reused later */
   if (pid > 0) kill(pid, SIGKILL);
   /* the postmaster is not our child (popen's shell started it): poll */
   for (int i = 0; i < 200 && pid > 0 && kill(pid, 0) == 0; i++) usleep(10000);
@@ -81,6 +85,7 @@ void tpg_kill(tpg *t) {
 
 void tpg_stop(tpg *t) {
   if (!t->dir[0]) return;
+  reaper_untrack(tpg_pid(t));
   pg_local("stop", t->dir, NULL, 0);
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
