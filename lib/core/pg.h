@@ -15,6 +15,7 @@
 #define DSYSI_PG_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <libpq-fe.h>
 
@@ -131,6 +132,10 @@ char *dsysi_pg_redact_url(const char *url);
 
 /** The URI the pool was opened with, password removed (for logs). */
 const char *dsysi_pg_display_url(dsysi_pg *p);
+
+/** A statement parameter from an integer: v as text in buf (a char
+ *  array of at least 21 bytes), which the expression then names. */
+#define DSYSI_PG_I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
 
 /** Parse a bigint column; 0 for NULL. */
 int64_t dsysi_pg_int64(const PGresult *r, int row, int col);

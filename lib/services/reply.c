@@ -36,44 +36,38 @@ int dsysi_storage_full_recently(int64_t within_ms) {
   return at && mono_ms() - at < within_ms;
 }
 
-int dsysi_respond_storage_err(dsys_request *req, int rc, const char *what) {
-  char msg[160];
-  switch (rc) {
-  case DSYS_ENOSPC:
-    atomic_store(&full_at_ms, mono_ms());
+/* How each storage error is answered. */
+static const struct {
+  int rc, status, retry; /* retry: send Retry-After: 1 */
+  const char *code, *msg;
+} storage_answers[] = {
     /* 507, not 500: the instance is fine, its storage is full (shared by
-     * every instance on the host), so a proxy's breaker must not eject
-     * it, and reads go on */
-    snprintf(msg, sizeof msg, "%s: no space left on the storage", what);
-    return dsys_respond_error(req, 507, "DSYS_ENOSPC", msg);
-  case DSYS_EBUSY:
+     * every instance on the host), so a proxy's breaker must not eject it,
+     * and reads go on */
+    {DSYS_ENOSPC, 507, 0, "DSYS_ENOSPC", "no space left on the storage"},
     /* locked by another process past the busy wait: try again shortly */
-    dsys_response_header(req, "Retry-After", "1");
-    snprintf(msg, sizeof msg, "%s: the storage is locked by another process", what);
-    return dsys_respond_error(req, 503, "DSYS_EBUSY", msg);
-  case DSYS_EUNAVAIL:
+    {DSYS_EBUSY, 503, 1, "DSYS_EBUSY", "the storage is locked by another process"},
     /* a database server (PostgreSQL) that is down or unreachable: every
      * instance sees the same; the pool reconnects by itself once it is
      * back */
-    dsys_response_header(req, "Retry-After", "1");
-    snprintf(msg, sizeof msg, "%s: the database is unavailable", what);
-    return dsys_respond_error(req, 503, "DSYS_EUNAVAIL", msg);
-  case DSYS_ETIMEDOUT:
+    {DSYS_EUNAVAIL, 503, 1, "DSYS_EUNAVAIL", "the database is unavailable"},
     /* the database did not answer within its statement timeout */
-    dsys_response_header(req, "Retry-After", "1");
-    snprintf(msg, sizeof msg, "%s: the database did not answer in time", what);
-    return dsys_respond_error(req, 503, "DSYS_ETIMEDOUT", msg);
-  case DSYS_EPERM:
-    snprintf(msg, sizeof msg, "%s: the storage is read-only", what);
-    return dsys_respond_error(req, 503, "DSYS_EPERM", msg);
-  case DSYS_EIO:
-    snprintf(msg, sizeof msg, "%s: the storage cannot be read or written", what);
-    return dsys_respond_error(req, 503, "DSYS_EIO", msg);
-  case DSYS_ENOMEM:
-    return dsys_respond_error(req, 503, "DSYS_ENOMEM", "Out of memory");
-  default:
-    return dsys_respond_error(req, 500, dsys_err_name(rc), what);
+    {DSYS_ETIMEDOUT, 503, 1, "DSYS_ETIMEDOUT", "the database did not answer in time"},
+    {DSYS_EPERM, 503, 0, "DSYS_EPERM", "the storage is read-only"},
+    {DSYS_EIO, 503, 0, "DSYS_EIO", "the storage cannot be read or written"},
+};
+
+int dsysi_respond_storage_err(dsys_request *req, int rc, const char *what) {
+  if (rc == DSYS_ENOSPC) atomic_store(&full_at_ms, mono_ms());
+  if (rc == DSYS_ENOMEM) return dsys_respond_error(req, 503, "DSYS_ENOMEM", "Out of memory");
+  for (size_t i = 0; i < sizeof storage_answers / sizeof storage_answers[0]; i++) {
+    if (storage_answers[i].rc != rc) continue;
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s: %s", what, storage_answers[i].msg);
+    if (storage_answers[i].retry) dsys_response_header(req, "Retry-After", "1");
+    return dsys_respond_error(req, storage_answers[i].status, storage_answers[i].code, msg);
   }
+  return dsys_respond_error(req, 500, dsys_err_name(rc), what);
 }
 
 int dsysi_body_object(dsys_request *req, json_object **out) {

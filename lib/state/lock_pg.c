@@ -83,9 +83,7 @@ static int p_acquire(void *state, const char *name, const char *owner, int64_t n
                      int64_t ttl_ms, int64_t *token, dsys_lock_info *held) {
   pl *p = state;
   char nows[24], exps[24];
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  snprintf(exps, sizeof exps, "%lld", (long long)(now + ttl_ms));
-  const char *a[] = {name, owner, nows, exps};
+  const char *a[] = {name, owner, DSYSI_PG_I64(nows, now), DSYSI_PG_I64(exps, now + ttl_ms)};
   PGresult *r = NULL;
   int e = run(p, &st_acquire, a, &r);
   if (!e && PQntuples(r) == 1) {
@@ -113,23 +111,19 @@ static int p_update(pl *p, const dsysi_pg_stmt *st, const char *const *a) {
 static int p_renew(void *state, const char *name, const char *owner, int64_t token, int64_t now,
                    int64_t ttl_ms) {
   char tok[24], exps[24];
-  snprintf(tok, sizeof tok, "%lld", (long long)token);
-  snprintf(exps, sizeof exps, "%lld", (long long)(now + ttl_ms));
-  const char *a[] = {name, owner, tok, exps};
+  const char *a[] = {name, owner, DSYSI_PG_I64(tok, token), DSYSI_PG_I64(exps, now + ttl_ms)};
   return p_update(state, &st_renew, a);
 }
 
 static int p_release(void *state, const char *name, const char *owner, int64_t token) {
   char tok[24];
-  snprintf(tok, sizeof tok, "%lld", (long long)token);
-  const char *a[] = {name, owner, tok};
+  const char *a[] = {name, owner, DSYSI_PG_I64(tok, token)};
   return p_update(state, &st_release, a);
 }
 
 static int p_holder(void *state, const char *name, int64_t now, dsys_lock_info *out) {
   char nows[24];
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  const char *a[] = {name, nows};
+  const char *a[] = {name, DSYSI_PG_I64(nows, now)};
   PGresult *r = NULL;
   int e = run(state, &st_held, a, &r);
   if (!e && PQntuples(r) != 1) e = DSYS_ENOTFOUND;

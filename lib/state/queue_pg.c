@@ -275,7 +275,7 @@ static __thread group G;
 
 /* ---- helpers ---- */
 
-#define I64(buf, v) (snprintf((buf), sizeof(buf), "%lld", (long long)(v)), (buf))
+#define I64 DSYSI_PG_I64
 
 /* PostgreSQL rejects invalid UTF-8 with an error that would abort the
  * group's transaction: refuse such text before sending it. */

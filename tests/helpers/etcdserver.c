@@ -11,22 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *script(void) {
-  static char path[512];
-  const char *src = getenv("top_srcdir");
-  snprintf(path, sizeof path, "%s/scripts/etcd-local", src ? src : ".");
-  return path;
-}
-
 static pid_t member_pid(const tetcd *t, int i) {
-  char path[128], buf[32] = "";
+  char path[128];
   snprintf(path, sizeof path, "%s/m%d/pid", t->dir, i);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
-  fclose(f);
-  pid_t pid = (pid_t)atoi(buf);
-  return pid > 0 ? pid : -1;
+  return reaper_pid_file(path);
 }
 
 /* The members' PIDs are killed on the exit paths where the script cannot
@@ -38,23 +26,9 @@ static void note_pids(const tetcd *t) {
 /* Run etcd-local CMD DIR ARGS; the first output line goes to out. */
 static int etcd_local(const char *cmd, const tetcd *t, const char *args, char *out,
                       size_t outlen) {
-  char line[1024];
-  snprintf(line, sizeof line, "sh '%s' %s '%s' %s", script(), cmd, t->dir, args);
-  FILE *f = popen(line, "r");
-  if (!f) return -1;
-  char buf[512] = "";
-  if (fgets(buf, sizeof buf, f) && out) {
-    buf[strcspn(buf, "\n")] = 0;
-    snprintf(out, outlen, "%s", buf);
-  }
-  while (fgets(line, sizeof line, f)) {}
-  int st = pclose(f);
-  if (st != 0) {
-    printf("# etcd-local %s %s %s failed (exit %d)\n", cmd, t->dir, args,
-           WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    return -1;
-  }
-  return 0;
+  char all[256];
+  snprintf(all, sizeof all, "%s '%s' %s", cmd, t->dir, args);
+  return reaper_run_script("etcd-local", all, out, outlen);
 }
 
 int tetcd_start(tetcd *t, int members) {

@@ -9,32 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *script(void) {
-  static char path[512];
-  const char *src = getenv("top_srcdir");
-  snprintf(path, sizeof path, "%s/scripts/pg-local", src ? src : ".");
-  return path;
-}
-
 /* Run pg-local CMD DIR; the first output line goes to out (may be NULL). */
 static int pg_local(const char *cmd, const char *dir, char *out, size_t outlen) {
-  char line[1024];
-  snprintf(line, sizeof line, "sh '%s' %s '%s'%s", script(), cmd, dir,
-           !strcmp(cmd, "start") ? " --fsync off" : "");
-  FILE *f = popen(line, "r");
-  if (!f) return -1;
-  char buf[512] = "";
-  if (fgets(buf, sizeof buf, f) && out) {
-    buf[strcspn(buf, "\n")] = 0;
-    snprintf(out, outlen, "%s", buf);
-  }
-  while (fgets(line, sizeof line, f)) {}
-  int st = pclose(f);
-  if (st != 0) {
-    printf("# pg-local %s %s failed (exit %d)\n", cmd, dir, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-    return -1;
-  }
-  return 0;
+  char args[256];
+  snprintf(args, sizeof args, "%s '%s'%s", cmd, dir, !strcmp(cmd, "start") ? " --fsync off" : "");
+  return reaper_run_script("pg-local", args, out, outlen);
 }
 
 int tpg_start(tpg *t) {
@@ -60,14 +39,9 @@ int tpg_restart(tpg *t) {
 }
 
 pid_t tpg_pid(const tpg *t) {
-  char path[128], buf[32] = "";
+  char path[128];
   snprintf(path, sizeof path, "%s/pid", t->dir);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
-  fclose(f);
-  pid_t pid = (pid_t)atoi(buf);
-  return pid > 0 ? pid : -1;
+  return reaper_pid_file(path);
 }
 
 void tpg_kill(tpg *t) {

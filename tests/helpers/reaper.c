@@ -2,7 +2,10 @@
 #include "reaper.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
 
 #define MAX_TRACKED 64
 
@@ -40,4 +43,34 @@ void reaper_track(pid_t pid) {
 void reaper_untrack(pid_t pid) {
   for (int i = 0; i < MAX_TRACKED; i++)
     if (tracked[i] == pid) tracked[i] = 0;
+}
+
+int reaper_run_script(const char *script, const char *args, char *first, size_t n) {
+  const char *src = getenv("top_srcdir");
+  char line[1024];
+  snprintf(line, sizeof line, "sh '%s/scripts/%s' %s", src ? src : ".", script, args);
+  FILE *f = popen(line, "r");
+  if (!f) return -1;
+  char buf[512] = "";
+  if (fgets(buf, sizeof buf, f) && first) {
+    buf[strcspn(buf, "\n")] = 0;
+    snprintf(first, n, "%s", buf);
+  }
+  while (fgets(buf, sizeof buf, f)) {} /* drain: the script must not block */
+  int st = pclose(f);
+  if (st != 0) {
+    printf("# %s %s failed (exit %d)\n", script, args, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    return -1;
+  }
+  return 0;
+}
+
+pid_t reaper_pid_file(const char *path) {
+  char buf[32] = "";
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+  fclose(f);
+  pid_t pid = (pid_t)atoi(buf);
+  return pid > 0 ? pid : -1;
 }
