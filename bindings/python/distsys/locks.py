@@ -149,23 +149,17 @@ class Locks(Handle):
                                    manual_renew=int(bool(manual_renew)),
                                    owner=_check.opt_text(owner, "owner"))
         lk = c_void_p()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_lock_acquire(p, _check.text(name, "name"), _ms(wait, "wait"),
                                         byref(o), byref(lk))
-        finally:
-            self._life.leave()
         errors.raise_for(rc, name)
         return Lock(self, int(lk.value or 0))
 
     def holder(self, name: str) -> Optional[LockHolder]:
         """Who holds ``name`` now, or None when it is free."""
         info = _lib.dsys_lock_info()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_lock_holder(p, _check.text(name, "name"), byref(info))
-        finally:
-            self._life.leave()
         return _holder(rc, info)
 
     def campaign(self, name: str, *, ttl: float = 10.0,
@@ -175,22 +169,16 @@ class Locks(Handle):
                                        ttl_ms=_ms(ttl, "ttl"),
                                        candidate=_check.opt_text(candidate, "candidate"))
         e = c_void_p()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_election_campaign(p, _check.text(name, "name"), byref(o), byref(e))
-        finally:
-            self._life.leave()
         errors.raise_for(rc, name)
         return Election(self, name, int(e.value or 0))
 
     def leader(self, name: str) -> Optional[LockHolder]:
         """The current leader of election ``name`` (any candidate), or None."""
         info = _lib.dsys_lock_info()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_election_leader(p, _check.text(name, "name"), byref(info))
-        finally:
-            self._life.leave()
         return _holder(rc, info)
 
 
@@ -265,12 +253,9 @@ class Cache(Handle):
         k = _check.text(key, "key")
         v, ln = c_void_p(), c_size_t()
         self._tls.error = None
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_cache_get(p, k, self._cb if self._loader else None, None,
                                      byref(v), byref(ln))
-        finally:
-            self._life.leave()
         err, self._tls.error = self._tls.error, None
         if rc and err is not None:
             raise err
@@ -293,19 +278,13 @@ class Cache(Handle):
 
     def clear(self) -> None:
         """Drop every entry."""
-        p = self._life.enter()
-        try:
+        with self._life as p:
             _lib.dsys_cache_clear(p)
-        finally:
-            self._life.leave()
 
     def stats(self) -> Dict[str, int]:
         """Counters: hits, stale_hits, negative_hits, misses, loads,
         load_errors, evictions, invalidations, entries, bytes."""
         s = _lib.dsys_cache_stats()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             _lib.dsys_cache_get_stats(p, byref(s))
-        finally:
-            self._life.leave()
         return {name: int(getattr(s, name)) for name, _ in s._fields_}
