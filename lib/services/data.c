@@ -37,6 +37,7 @@
 #include "core/json.h"
 #include "services/reply.h"
 #include "services/svc.h"
+#include "services/edge.h" /* dsysi_etag_list_match */
 
 #define MAX_KEY 1000
 #define CAS_TRIES 16
@@ -459,22 +460,6 @@ out:
 
 /* ---- read ---- */
 
-/* Whether an If-None-Match list ("*" or comma-separated tags, weak or
- * strong: a GET compares weakly) names the item's current tag. */
-static int none_match_hits(const char *h, const char *tag) {
-  size_t tn = strlen(tag);
-  while (h && *h) {
-    while (*h == ' ' || *h == '\t' || *h == ',') h++;
-    if (*h == '*') return 1;
-    if (!strncmp(h, "W/", 2)) h += 2;
-    size_t n = strcspn(h, ",");
-    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
-    if (n == tn && !memcmp(h, tag, n)) return 1;
-    h += strcspn(h, ",");
-  }
-  return 0;
-}
-
 /* The cached form of an item: its ETag, a newline, its API JSON. */
 static int load_item(void *ud, const char *ref, void **value, size_t *len) {
   dsys_data_service *d = ud;
@@ -514,7 +499,7 @@ static void h_get_cached(dsys_data_service *d, dsys_request *req) {
     char tag[64];
     snprintf(tag, sizeof tag, "%.*s", (int)(nl - (char *)v), (char *)v);
     cache_headers(req, tag);
-    if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+    if (dsysi_etag_list_match(dsys_request_header(req, "If-None-Match"), tag)) {
       dsys_respond(req, 304, NULL, NULL, 0);
     } else {
       static const char head[] = "{\"message\":\"Data retrieved successfully\",\"data\":";
@@ -546,7 +531,7 @@ static void h_get(dsys_request *req, void *ud) {
   if (!rc) etag_of(it, tag, sizeof tag);
   if (rc) {
     respond_store_err(req, rc);
-  } else if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+  } else if (dsysi_etag_list_match(dsys_request_header(req, "If-None-Match"), tag)) {
     cache_headers(req, tag); /* the client's copy is current: no body */
     dsys_respond(req, 304, NULL, NULL, 0);
   } else {
