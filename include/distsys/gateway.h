@@ -17,7 +17,8 @@
  * Edge protections per route (dsys_gateway_add_route_ex; all off by default,
  * see docs/reference/gateway.md): rate limits, JWT verification with the
  * verified user id sent as X-Dsys-User-Id (always stripped from clients),
- * CORS, Idempotency-Key replay, each a filter of the route's chain whose
+ * CORS, Idempotency-Key replay, a response cache for GET/HEAD (RFC 9111
+ * rules), each a filter of the route's chain whose
  * members and order the route's options choose (filters); always, before
  * routing: a /v1 alias, ambiguous framing and dot segments or encoded
  * slashes refused with 400.

@@ -94,7 +94,10 @@ static void etag_of(const dsys_item *it, char *out, size_t n) {
 }
 
 /* Items change at any time through any instance: a cache may keep one but
- * must revalidate it (If-None-Match) before each use. */
+ * must revalidate it (If-None-Match) before each use. Not a max-age: a
+ * caching gateway would then serve an old version for that long after a
+ * write through another instance; the revalidation is a 304 from this
+ * service's own cache (docs/reference/gateway.md, "Response cache"). */
 static void cache_headers(dsys_request *req, const char *tag) {
   dsys_response_header(req, "ETag", tag);
   dsys_response_header(req, "Cache-Control", "no-cache");
