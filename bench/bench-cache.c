@@ -9,11 +9,20 @@
  * of the poll.
  *
  *   bench-cache DB_FILE POLL_MS WRITES
+ *   bench-cache serve
  *
  * POLL_MS is the data services' change-log poll (events_poll_ms; dsys-
  * datad's is 200 ms). Prints, for data-2 and for the gateway: median,
  * p99 and max delay in ms, and reads that never saw the write (5 s bound).
+ *
+ * "serve" runs an upstream whose GET /api/data/... answers are like an
+ * item's (about 330 bytes of JSON, an ETag) but carry Cache-Control:
+ * max-age=60, so that a caching gateway answers them itself (X-Cache:
+ * HIT): what dsys-datad's no-cache items never allow. It prints
+ * "listening URL" and runs until SIGTERM or SIGINT.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,9 +108,49 @@ static void report(const char *what, double *d, int n, int missed) {
          d[(n - 1) / 2], d[p99], d[n - 1], n, missed);
 }
 
+static void h_item(dsys_request *req, void *ud) {
+  (void)ud;
+  static char body[400];
+  static size_t len;
+  if (!len) {
+    char val[281];
+    memset(val, '0', 280);
+    val[280] = '\0';
+    len = (size_t)snprintf(body, sizeof body,
+                           "{\"message\":\"Data retrieved successfully\",\"data\":{\"id\":\"d1\","
+                           "\"key\":\"k\",\"value\":\"%s\",\"version\":1}}",
+                           val);
+  }
+  dsys_response_header(req, "ETag", "\"1.1\"");
+  dsys_response_header(req, "Cache-Control", "max-age=60");
+  dsys_respond(req, 200, "application/json", body, len);
+}
+
+static int serve(void) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  dsys_log_set_level(DSYS_LOG_ERROR);
+  dsys_server *srv = NULL;
+  dsys_server_options o = {.size = sizeof o, .event_loops = 1};
+  int rc = dsys_server_new(&srv, &o);
+  if (!rc) rc = dsys_server_route(srv, "GET", "/api/data/*", h_item, NULL);
+  if (!rc) rc = dsys_server_listen(srv, "http://127.0.0.1:0");
+  if (rc) die("serve", rc);
+  printf("listening %s\n", dsys_server_url(srv, 0));
+  fflush(stdout);
+  int sig;
+  sigwait(&set, &sig);
+  dsys_server_free(srv);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 2 && !strcmp(argv[1], "serve")) return serve();
   if (argc != 4) {
-    fprintf(stderr, "usage: bench-cache DB_FILE POLL_MS WRITES\n");
+    fprintf(stderr, "usage: bench-cache DB_FILE POLL_MS WRITES | bench-cache serve\n");
     return 2;
   }
   int64_t poll = atoll(argv[2]);
