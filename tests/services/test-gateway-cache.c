@@ -152,8 +152,54 @@ static dsys_gateway *make_gateway(const char *up, int cache, size_t max_object,
   return gw;
 }
 
+/* The parsers alone: given values, then random bytes (no crash, the
+ * results within their bounds). */
+static void unit_parsers(void) {
+  dsysi_cc cc;
+  dsysi_cc_init(&cc);
+  dsysi_cc_parse(&cc, "Public, MAX-AGE=30 ,s-maxage=\"99999999999\", no-cache=\"a,b\", x=\"\\\"\"");
+  ok(!cc.bad && cc.public_ && cc.max_age == 30 && cc.s_maxage == 2147483648LL && cc.no_cache,
+     "Cache-Control: case, spaces, quoted values, a quoted comma, delta-seconds capped at 2^31");
+  static const char *const bad_cc[] = {"max-age=1 2", "max-age=", "=", "a b", "max-age=\"1",
+                                       "max-age=0x10", "max-age=1;", "\"x\""};
+  for (size_t i = 0; i < sizeof bad_cc / sizeof bad_cc[0]; i++) {
+    dsysi_cc_init(&cc);
+    dsysi_cc_parse(&cc, bad_cc[i]);
+    ok(cc.bad, "Cache-Control '%s' is malformed", bad_cc[i]);
+  }
+  char names[DSYSI_VARY_MAX][64];
+  size_t nn = 0;
+  ok(!dsysi_vary_parse(" Accept-Encoding ,, accept-language", names, &nn) && nn == 2 &&
+         !strcmp(names[0], "accept-encoding") && !strcmp(names[1], "accept-language"),
+     "Vary: names lower-cased, empty elements skipped");
+  ok(dsysi_etag_list_match("\"a\", W/\"b\"", "\"b\"") && dsysi_etag_list_match("*", "\"x\"") &&
+         !dsysi_etag_list_match("\"a\"", "\"b\"") && dsysi_etag_list_match("\"b\"", "W/\"b\""),
+     "If-None-Match: lists, weak tags, *");
+  uint64_t x = 88172645463325252ull;
+  int sane = 1;
+  static const char alphabet[] = "max-age=s-maxage=no-store,private\"\\ \t,=*\x01\xff" "0123456789Vary";
+  for (int i = 0; i < 100000 && sane; i++) {
+    char buf[64];
+    size_t len = (size_t)(i % 63);
+    for (size_t k = 0; k < len; k++) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      buf[k] = alphabet[x % (sizeof alphabet - 1)];
+    }
+    buf[len] = '\0';
+    dsysi_cc_init(&cc);
+    dsysi_cc_parse(&cc, buf);
+    nn = 0;
+    int vr = dsysi_vary_parse(buf, names, &nn);
+    sane = cc.max_age >= -1 && cc.max_age <= 2147483648LL && cc.s_maxage >= -1 &&
+           nn <= DSYSI_VARY_MAX && (vr == 0 || vr == -1);
+    for (size_t k = 0; k < nn && sane; k++) sane = strlen(names[k]) < 64 && names[k][0];
+  }
+  ok(sane, "100000 random Cache-Control and Vary values: parsed within bounds");
+}
+
 int main(void) {
   dsys_log_set_level(DSYS_LOG_ERROR);
+  unit_parsers();
   dsys_clock_fake_new(&fclk, dsys_clock_wall_ms(dsys_clock_real()));
   dsys_server *up;
   dsys_server_new(&up, NULL);
