@@ -472,6 +472,7 @@ typedef struct edge {
   uint64_t idem_gen;
   int strip_cors;       /* the cors filter answers CORS: drop the upstream's */
   char rc;              /* the cache filter's decision (RC_*), 0: none */
+  char rc_cred;         /* the request has Authorization or Cookie */
   char *rc_ent;         /* RC_REVAL: the stored response (its copy) */
   size_t rc_len;
   char *rc_key;         /* RC_REVAL: its key */
@@ -979,19 +980,6 @@ static int rc_decode(const char *v, size_t n, rc_view *o) {
   return 0;
 }
 
-/* Every value of request header name, one after the other, to fn. */
-static void req_header_each(dsys_request *req, const char *name, void (*fn)(void *, const char *),
-                            void *ud) {
-  size_t n = dsys_request_header_count(req);
-  for (size_t i = 0; i < n; i++) {
-    const char *hn, *hv;
-    dsys_request_header_at(req, i, &hn, &hv);
-    if (!strcasecmp(hn, name)) fn(ud, hv);
-  }
-}
-
-static void cc_add(void *ud, const char *v) { dsysi_cc_parse(ud, v); }
-
 /* The key of a request: the upstream, Host and target, then for each
  * Vary name the request's value (or its absence). @return 0, or -1 when
  * too long or out of memory (not cached). */
@@ -1040,13 +1028,6 @@ static void rc_lookup(dsys_cache *c, dsys_request *req, const edge *e, char **v,
   }
 }
 
-/* Whether the request carries credentials (a shared cache must not hand
- * its answer to others unless the answer says public; Cookie is treated
- * like Authorization: sessions ride on it). */
-static int rc_credentials(dsys_request *req) {
-  return dsys_request_header(req, "Authorization") || dsys_request_header(req, "Cookie");
-}
-
 /* Answer req from a stored answer; its age in ms. */
 static void rc_serve(dsys_request *req, const edge *e, const rc_view *w, const char *xcache,
                      int64_t age_ms) {
@@ -1073,18 +1054,41 @@ static int f_cache(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
     if (!method_is_read(m)) e->rc = RC_INVALIDATE;
     return 0;
   }
+  /* One pass over the headers: the request's Cache-Control (all of it),
+   * Pragma, credentials (a shared cache must not hand an answer to them
+   * to others unless it says public; Cookie counts like Authorization:
+   * sessions ride on it), and what this cache does not do: ranges, and
+   * conditions other than If-None-Match (it keeps no Last-Modified). */
   dsysi_cc rq;
   dsysi_cc_init(&rq);
-  req_header_each(req, "Cache-Control", cc_add, &rq);
-  const char *pragma = dsys_request_header(req, "Pragma");
-  if (!dsys_request_header(req, "Cache-Control") && pragma && strcasestr(pragma, "no-cache"))
-    rq.no_cache = 1;
-  /* what this cache does not do: ranges, and conditions other than
-   * If-None-Match (it keeps no Last-Modified) */
-  if (rq.bad || rq.no_store || dsys_request_header(req, "Range") ||
-      dsys_request_header(req, "If-Range") || dsys_request_header(req, "If-Match") ||
-      dsys_request_header(req, "If-Modified-Since") ||
-      dsys_request_header(req, "If-Unmodified-Since")) {
+  int has_cc = 0, pragma_no_cache = 0, unsupported = 0;
+  size_t nh = dsys_request_header_count(req);
+  for (size_t i = 0; i < nh; i++) {
+    const char *hn, *hv;
+    dsys_request_header_at(req, i, &hn, &hv);
+    switch (dsysi_lc[(unsigned char)hn[0]]) { /* most names: no compare */
+    case 'c':
+      if (!strcasecmp(hn, "Cache-Control")) has_cc = 1, dsysi_cc_parse(&rq, hv);
+      else if (!strcasecmp(hn, "Cookie")) e->rc_cred = 1;
+      break;
+    case 'a':
+      if (!strcasecmp(hn, "Authorization")) e->rc_cred = 1;
+      break;
+    case 'p':
+      if (!strcasecmp(hn, "Pragma") && strcasestr(hv, "no-cache")) pragma_no_cache = 1;
+      break;
+    case 'r':
+      if (!strcasecmp(hn, "Range")) unsupported = 1;
+      break;
+    case 'i':
+      if (!strcasecmp(hn, "If-Range") || !strcasecmp(hn, "If-Match") ||
+          !strcasecmp(hn, "If-Modified-Since") || !strcasecmp(hn, "If-Unmodified-Since"))
+        unsupported = 1;
+      break;
+    }
+  }
+  if (!has_cc && pragma_no_cache) rq.no_cache = 1;
+  if (rq.bad || rq.no_store || unsupported) {
     e->rc = RC_BYPASS;
     return 0;
   }
@@ -1094,7 +1098,7 @@ static int f_cache(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
   rc_lookup(e->t->rcache, req, e, &v, &n, &key);
   rc_view w;
   if (v && !rc_decode(v, n, &w) &&
-      (!rc_credentials(req) || rt->eo.cache == DSYS_GATEWAY_CACHE_AUTHORIZED ||
+      (!e->rc_cred || rt->eo.cache == DSYS_GATEWAY_CACHE_AUTHORIZED ||
        (w.m.flags & RCF_PUBLIC))) {
     int64_t age = w.m.age0_ms + dsys_clock_now_ms(gw->o.clock) - w.m.stored_ms;
     if (age < w.m.fresh_ms && !rq.no_cache && !(rq.max_age >= 0 && age >= rq.max_age * 1000)) {
@@ -1161,7 +1165,7 @@ static void rc_store(px *p, const dsys_reply *r) {
   rc_meta m = {0};
   const char *etag = dsysi_hdrs_get(&r->hdrs, "ETag");
   if (etag && (strlen(etag) > 256 || !dsysi_header_ok(etag))) etag = NULL;
-  if (rc_policy(gw, r, &m, rc_credentials(p->req), e->rt->eo.cache) ||
+  if (rc_policy(gw, r, &m, e->rc_cred, e->rt->eo.cache) ||
       (!m.fresh_ms && !etag) || r->body_len > gw->o.cache_max_object)
     return; /* useless without freshness or a validator */
   char names[DSYSI_VARY_MAX][64];
@@ -1235,16 +1239,19 @@ static int rc_reply(px *p, dsys_reply *r) {
     if (status == 304 && !rc_decode(e->rc_ent, e->rc_len, &w)) {
       rc_meta m = w.m;
       int has_cc = dsysi_hdrs_get(&r->hdrs, "Cache-Control") != NULL;
-      int ok = !rc_policy(gw, r, &m, rc_credentials(p->req), e->rt->eo.cache);
+      int ok = !rc_policy(gw, r, &m, e->rc_cred, e->rt->eo.cache);
       if (!has_cc) { /* the stored directives still hold */
         m.fresh_ms = w.m.fresh_ms;
         m.flags = w.m.flags;
       }
-      if (ok || !has_cc) {
+      if (!ok && has_cc) {
+        dsys_cache_invalidate(e->t->rcache, e->rc_key);
+      } else if (m.fresh_ms || m.fresh_ms != w.m.fresh_ms || m.flags != w.m.flags) {
+        /* fresh again from now; an answer revalidated at every use
+         * (no-cache) needs no new copy, so it is not put again (it then
+         * leaves after cache_max_ttl_ms and is stored anew) */
         memcpy(e->rc_ent + 1, &m, sizeof m);
         dsys_cache_put(e->t->rcache, e->rc_key, e->rc_ent, e->rc_len);
-      } else {
-        dsys_cache_invalidate(e->t->rcache, e->rc_key);
       }
       atomic_fetch_add_explicit(&gw->c_reval, 1, memory_order_relaxed);
       rc_serve(p->req, e, &w, "REVALIDATED", m.age0_ms);
