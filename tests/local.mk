@@ -29,7 +29,7 @@ C_TESTS = \
 	tests/state/test-lock tests/state/test-cache \
 	tests/observe/test-events tests/observe/test-metrics \
 	tests/services/test-data tests/services/test-auth tests/services/test-compute \
-	tests/services/test-gateway tests/services/test-gateway-edge \
+	tests/services/test-gateway tests/services/test-gateway-edge tests/services/test-gateway-cache \
 	tests/services/test-registry-service tests/services/test-faultd \
 	tests/services/test-streams tests/services/test-daemon-reload \
 	tests/integration/test-cluster \
