@@ -8,6 +8,10 @@
  *   runs each row once, in the same order, so rows alternate and a slow
  *   patch of the machine spreads over all of them; the last lines give
  *   each row's median and range over the rounds.
+ * ONLY="put 4" in the environment runs that one row (for perf, strace).
+ * Each line also gives the process's CPU time (user + system, all
+ * threads) per operation: on a shared machine the ops/s follow the load
+ * of the other processes, the CPU time per op much less.
  * Puts write 10,000 keys at random (replacing: every put after the first
  * round is an update of an existing row), values of 36 bytes.
  */
@@ -16,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <distsys/distsys.h>
 
 #define NKEYS 10000
@@ -63,8 +68,17 @@ static void *loop(void *arg) {
   return NULL;
 }
 
-static double run(int put, int threads) {
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+         ru.ru_stime.tv_usec / 1e6;
+}
+
+/* ops/s; *us_per_op gets the CPU time per op in microseconds. */
+static double run(int put, int threads, double *us_per_op) {
   do_put = put;
+  double c0 = cpu_s();
   pthread_t th[MAXTH];
   long counts[MAXTH] = {0};
   double t0 = now_s();
@@ -74,7 +88,9 @@ static double run(int put, int threads) {
     pthread_join(th[i], NULL);
     total += counts[i];
   }
-  return total / (now_s() - t0);
+  double wall = now_s() - t0;
+  *us_per_op = (cpu_s() - c0) * 1e6 / (total ? total : 1);
+  return total / wall;
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -114,19 +130,32 @@ int main(int argc, char **argv) {
     snprintf(key, sizeof key, "bench/%05d", i);
     dsys_store_put(s, key, "{\"v\":\"some value of moderate size\"}", NULL, NULL);
   }
-  double res[NROWS][MAXROUNDS];
+  const char *only = getenv("ONLY");
+  int skip[NROWS] = {0};
+  for (size_t i = 0; only && i < NROWS; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "%s %d", rows[i].what, rows[i].threads);
+    skip[i] = strcmp(name, only) != 0;
+  }
+  double res[NROWS][MAXROUNDS], cpu[NROWS][MAXROUNDS];
   for (int r = 0; r < rounds; r++)
     for (size_t i = 0; i < NROWS; i++) {
-      res[i][r] = run(rows[i].put, rows[i].threads);
-      printf("round %d: store %-4s %2d thread%s %9.0f ops/s\n", r + 1, rows[i].what,
-             rows[i].threads, rows[i].threads > 1 ? "s" : " ", res[i][r]);
+      if (skip[i]) continue;
+      res[i][r] = run(rows[i].put, rows[i].threads, &cpu[i][r]);
+      printf("round %d: store %-4s %2d thread%s %9.0f ops/s %6.1f us CPU/op\n", r + 1,
+             rows[i].what, rows[i].threads, rows[i].threads > 1 ? "s" : " ", res[i][r],
+             cpu[i][r]);
       fflush(stdout);
     }
   for (size_t i = 0; i < NROWS; i++) {
+    if (skip[i]) continue;
     qsort(res[i], (size_t)rounds, sizeof res[i][0], cmp_d);
-    printf("store %-4s %2d thread%s: %9.0f ops/s median, range %.0f-%.0f (%d rounds of %g s; %s)\n",
+    qsort(cpu[i], (size_t)rounds, sizeof cpu[i][0], cmp_d);
+    printf("store %-4s %2d thread%s: %9.0f ops/s median, range %.0f-%.0f; %.1f us CPU/op median "
+           "(%d rounds of %g s; %s)\n",
            rows[i].what, rows[i].threads, rows[i].threads > 1 ? "s" : " ",
-           (res[i][(rounds - 1) / 2] + res[i][rounds / 2]) / 2, res[i][0], res[i][rounds - 1], rounds, secs, backend);
+           (res[i][(rounds - 1) / 2] + res[i][rounds / 2]) / 2, res[i][0], res[i][rounds - 1],
+           (cpu[i][(rounds - 1) / 2] + cpu[i][rounds / 2]) / 2, rounds, secs, backend);
   }
   dsys_store_close(s);
   return 0;

@@ -25,7 +25,7 @@ C_TESTS = \
 	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/resilience/test-upstream-slow \
-	tests/state/test-store tests/state/test-queue tests/state/test-queue-pg tests/state/test-state-crash \
+	tests/state/test-store tests/state/test-store-group tests/state/test-queue tests/state/test-queue-pg tests/state/test-state-crash \
 	tests/state/test-lock tests/state/test-cache \
 	tests/observe/test-events tests/observe/test-metrics \
 	tests/services/test-data tests/services/test-auth tests/services/test-compute \
