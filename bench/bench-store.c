@@ -6,8 +6,9 @@
  * Usage: bench-store [DIR|URL] [SECONDS] [ROUNDS]
  *   SECONDS per measurement (default 5), ROUNDS (default 3): every round
  *   runs each row once, in the same order, so rows alternate and a slow
- *   patch of the machine spreads over all of them; the last lines give
- *   each row's median and range over the rounds.
+ *   patch of the machine spreads over all of them; one line per row at
+ *   the end gives its median, range and each round's figure (one line a
+ *   row: bench/run-all picks the lines with "get" and "put").
  * ONLY="put 4" in the environment runs that one row (for perf, strace).
  * Each line also gives the process's CPU time (user + system, all
  * threads) per operation: on a shared machine the ops/s follow the load
@@ -142,20 +143,20 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < NROWS; i++) {
       if (skip[i]) continue;
       res[i][r] = run(rows[i].put, rows[i].threads, &cpu[i][r]);
-      printf("round %d: store %-4s %2d thread%s %9.0f ops/s %6.1f us CPU/op\n", r + 1,
-             rows[i].what, rows[i].threads, rows[i].threads > 1 ? "s" : " ", res[i][r],
-             cpu[i][r]);
-      fflush(stdout);
     }
   for (size_t i = 0; i < NROWS; i++) {
     if (skip[i]) continue;
+    char each[MAXROUNDS * 12] = "", *p = each; /* the rounds in run order */
+    for (int r = 0; r < rounds; r++)
+      p += snprintf(p, sizeof each - (size_t)(p - each), "%s%.0f", r ? " " : "", res[i][r]);
     qsort(res[i], (size_t)rounds, sizeof res[i][0], cmp_d);
     qsort(cpu[i], (size_t)rounds, sizeof cpu[i][0], cmp_d);
     printf("store %-4s %2d thread%s: %9.0f ops/s median, range %.0f-%.0f; %.1f us CPU/op median "
-           "(%d rounds of %g s; %s)\n",
+           "(%d rounds of %g s: %s; %s)\n",
            rows[i].what, rows[i].threads, rows[i].threads > 1 ? "s" : " ",
            (res[i][(rounds - 1) / 2] + res[i][rounds / 2]) / 2, res[i][0], res[i][rounds - 1],
-           (cpu[i][(rounds - 1) / 2] + cpu[i][rounds / 2]) / 2, rounds, secs, backend);
+           (cpu[i][(rounds - 1) / 2] + cpu[i][rounds / 2]) / 2, rounds, secs, each, backend);
+    fflush(stdout);
   }
   dsys_store_close(s);
   return 0;
