@@ -24,4 +24,4 @@ bench_bench_upstream_LDADD = libdistsys.la $(PTHREAD_LIBS)
 EXTRA_DIST += bench/run-transport bench/run-state bench/run-gateway bench/ab-gateway bench/run-conn-flood \
 	bench/run-python-service bench/python_service_app.py \
 	bench/proxy-common.sh bench/read-gap bench/run-fullstack bench/run-all \
-	bench/python-memory.py bench/run-locks bench/run-cache
+	bench/python-memory.py bench/run-locks bench/run-cache bench/run-jobs-http

@@ -25,10 +25,10 @@ C_TESTS = \
 	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/resilience/test-upstream-slow \
-	tests/state/test-store tests/state/test-queue tests/state/test-queue-pg tests/state/test-state-crash \
+	tests/state/test-store tests/state/test-store-group tests/state/test-queue tests/state/test-queue-pg tests/state/test-state-crash \
 	tests/state/test-lock tests/state/test-cache \
 	tests/observe/test-events tests/observe/test-metrics \
-	tests/services/test-data tests/services/test-auth tests/services/test-compute \
+	tests/services/test-data tests/services/test-auth tests/services/test-compute tests/services/test-compute-submit \
 	tests/services/test-gateway tests/services/test-gateway-edge tests/services/test-gateway-cache \
 	tests/services/test-registry-service tests/services/test-faultd \
 	tests/services/test-streams tests/services/test-daemon-reload \
