@@ -15,6 +15,9 @@
  *
  *   memory:                        this process only (tests, embedding)
  *   sqlite:///abs/path/file.sqlite shared by every process on the host
+ *   postgresql://...               every host reaching the server
+ *   etcd://host:port[,...]/prefix  every host reaching the etcd cluster;
+ *                                  tokens are etcd revisions
  *
  * Further backends plug in with dsys_locks_register_backend().
  *
@@ -71,8 +74,9 @@ typedef struct dsys_lock_ops {
   int (*open)(void *st, const char *location, char *err, size_t errlen);
   void (*close)(void *st);
   /** Take name for owner until now + ttl_ms when it is free or its lease
-   *  ended (expires_at <= now); *token = the name's last token + 1 (tokens
-   *  of a name are never reused, also across releases). DSYS_EBUSY when
+   *  ended (expires_at <= now); *token = a token larger than every earlier
+   *  one of the name, also across releases (the SQL backends: last + 1;
+   *  etcd: the cluster revision of the acquiring write). DSYS_EBUSY when
    *  another lease is running (*held, may be NULL, gets its holder). */
   int (*acquire)(void *st, const char *name, const char *owner, int64_t now, int64_t ttl_ms,
                  int64_t *token, dsys_lock_info *held);

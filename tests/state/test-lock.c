@@ -4,7 +4,9 @@
  * from threads; then, on SQLite (shared by processes): exclusion across
  * processes, expiry after a holder is SIGKILLed, a holder paused with
  * SIGSTOP past its lease whose fenced store write is refused, and leader
- * election taking over from a killed leader.
+ * election taking over from a killed leader; the same on PostgreSQL and a
+ * 3-member etcd (both real, throwaway servers), with the server's outage
+ * (on etcd: one member lost, then quorum lost).
  */
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "etcdserver.h"
 #include "pgserver.h"
 #include "tap.h"
 
@@ -358,34 +361,86 @@ static void election(void) {
   dsys_locks_close(ls);
 }
 
-/* PostgreSQL down: bounded DSYS_EUNAVAIL, a held lock is lost when its
- * lease ends without a renewal; back: the same handle works again. */
-static void pg_outage(tpg *srv) {
+/* The server down (down(ud) kills it): bounded DSYS_EUNAVAIL, a held lock
+ * is lost when its lease ends without a renewal; back (up(ud)): the same
+ * handle works again. */
+static void outage(const char *what, const char *url, int (*down)(void *), int (*up)(void *),
+                   void *ud) {
   dsys_locks *ls = NULL;
-  if (!is_int(dsys_locks_open(&ls, srv->url, NULL), 0, "pg: open for the outage test")) return;
+  if (!is_int(dsys_locks_open(&ls, url, NULL), 0, "%s: open for the outage test", what)) return;
   dsys_lock *lk = NULL;
   lost_calls = 0;
   dsys_lock_options o = {.size = sizeof o, .ttl_ms = 600, .on_lost = on_lost};
-  is_int(dsys_lock_acquire(ls, "outage", 0, &o, &lk), 0, "pg: a lock with a 600 ms lease");
-  tpg_kill(srv);
+  is_int(dsys_lock_acquire(ls, "outage", 0, &o, &lk), 0, "%s: a lock with a 600 ms lease", what);
+  ok(down(ud) == 0, "%s: server down", what);
   int64_t t0 = mono_ms();
   dsys_lock *other = NULL;
   is_int(dsys_lock_acquire(ls, "other", 0, NULL, &other), DSYS_EUNAVAIL,
-         "pg: server killed: acquire fails with DSYS_EUNAVAIL");
-  ok(mono_ms() - t0 < 6000, "... within the connect bound (%lld ms)", (long long)(mono_ms() - t0));
+         "%s: acquire fails with DSYS_EUNAVAIL", what);
+  ok(mono_ms() - t0 < 6000, "%s: ... within the bound (%lld ms)", what, (long long)(mono_ms() - t0));
   for (int i = 0; i < 300 && dsys_lock_held(lk); i++) usleep(10000);
-  ok(!dsys_lock_held(lk), "pg: no renewal got through: the lock counts as lost after its lease");
-  for (int i = 0; i < 300 && !lost_calls; i++) usleep(10000);
-  is_int(lost_calls, 1, "pg: ... and its lost callback ran");
+  ok(!dsys_lock_held(lk), "%s: no renewal got through: the lock counts as lost after its lease",
+     what);
+  for (int i = 0; i < 600 && !lost_calls; i++) usleep(10000);
+  is_int(lost_calls, 1, "%s: ... and its lost callback ran", what);
   dsys_lock_release(lk);
-  ok(tpg_restart(srv) == 0, "pg: server restarted");
+  ok(up(ud) == 0, "%s: server back", what);
   int e = -1;
   for (int i = 0; i < 100 && e; i++) {
     e = dsys_lock_acquire(ls, "outage", 2000, NULL, &lk);
     if (e) usleep(50000);
   }
-  is_int(e, 0, "pg: the same handle takes the lock again");
+  is_int(e, 0, "%s: the same handle takes the lock again", what);
   dsys_lock_release(lk);
+  dsys_locks_close(ls);
+}
+
+static int pg_down(void *ud) {
+  tpg_kill(ud);
+  return 0;
+}
+static int pg_up(void *ud) { return tpg_restart(ud); }
+
+/* etcd: members 1 and 2 of 3 killed (no quorum), then started again */
+static int etcd_down(void *ud) { return tetcd_kill_member(ud, 2); }
+static int etcd_up(void *ud) {
+  return tetcd_start_member(ud, 1) || tetcd_start_member(ud, 2) ? -1 : 0;
+}
+
+/* One member of three killed: the handle moves to the others and locks
+ * keep working (the member is left down for the outage test). */
+static void etcd_member_down(tetcd *et, const char *url) {
+  dsys_locks *ls = NULL;
+  if (!is_int(dsys_locks_open(&ls, url, NULL), 0, "etcd: open for the member test")) return;
+  dsys_lock *lk = NULL;
+  /* the lease outlasts etcd's own failover: a new raft leader takes
+   * about 1-2 s (election timeout 1 s) when the killed member led */
+  dsys_lock_options o = {.size = sizeof o, .ttl_ms = 6000};
+  is_int(dsys_lock_acquire(ls, "member", 0, &o, &lk), 0, "etcd: a lock held on 3 members");
+  int64_t t1 = dsys_lock_token(lk);
+  is_int(tetcd_kill_member(et, 1), 0, "etcd: member 1 killed");
+  int64_t t0 = mono_ms();
+  int e = -1;
+  while (e && mono_ms() - t0 < 5000) /* EUNAVAIL while the others elect a leader */
+    if ((e = dsys_lock_renew(lk))) usleep(50000);
+  is_int(e, 0, "etcd: the holder renews through another member (%lld ms)",
+         (long long)(mono_ms() - t0));
+  ok(dsys_lock_held(lk), "etcd: and still holds it");
+  dsys_lock *b = NULL;
+  is_int(dsys_lock_acquire(ls, "member", 0, &o, &b), DSYS_EBUSY, "etcd: it is still held");
+  is_int(dsys_lock_release(lk), 0, "etcd: released");
+  int good = 1;
+  int64_t last = t1;
+  for (int i = 0; i < 10; i++) {
+    if (dsys_lock_acquire(ls, "member", 2000, &o, &lk)) {
+      good = 0;
+      continue;
+    }
+    if (dsys_lock_token(lk) <= last) good = 0;
+    last = dsys_lock_token(lk);
+    if (dsys_lock_release(lk)) good = 0;
+  }
+  ok(good, "etcd: 10 more acquisitions on 2 members, tokens growing (last %lld)", (long long)last);
   dsys_locks_close(ls);
 }
 
@@ -412,9 +467,26 @@ int main(void) {
     char pg_store[160]; /* its own counter and protected item */
     snprintf(pg_store, sizeof pg_store, "sqlite://%s/store-pg.sqlite", dir);
     processes(srv.url, pg_store);
-    pg_outage(&srv);
+    outage("pg", srv.url, pg_down, pg_up, &srv);
   }
   tpg_stop(&srv);
+  /* etcd: a real 3-member cluster */
+  tetcd et;
+  if (ok(tetcd_start(&et, 3) == 0, "start a throwaway 3-member etcd")) {
+    char eurl[320], etcd_store[160];
+    snprintf(eurl, sizeof eurl, "etcd://%s/dsys-test/locks", et.endpoints);
+    snprintf(etcd_store, sizeof etcd_store, "sqlite://%s/store-etcd.sqlite", dir);
+    rules(eurl);
+    contention(eurl);
+    processes(eurl, etcd_store);
+    etcd_member_down(&et, eurl);
+    outage("etcd", eurl, etcd_down, etcd_up, &et);
+    dsys_locks *bad = NULL;
+    is_int(dsys_locks_open(&bad, "etcd://", NULL), DSYS_EINVAL, "etcd: no endpoint: DSYS_EINVAL");
+    is_int(dsys_locks_open(&bad, "etcd://127.0.0.1:9,/p", NULL), DSYS_EINVAL,
+           "etcd: an empty endpoint: DSYS_EINVAL");
+  }
+  tetcd_stop(&et);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd)) {}
