@@ -200,6 +200,17 @@ typedef struct dsys_election_options {
 DSYS_API int dsys_election_campaign(dsys_locks *ls, const char *name,
                                     const dsys_election_options *o, dsys_election **out);
 
+/**
+ * Open the locks at url (as dsys_locks_open() with default options) and
+ * campaign for name on them: the election owns that handle, and
+ * dsys_election_resign() closes it. What a daemon's --leader-lock URL
+ * does (dsys-faultd's alerts, dsys-computed's retention sweep).
+ * @return 0; as dsys_locks_open() (DSYS_EURL, DSYS_ESCHEME, backend
+ *         errors) and dsys_election_campaign() (DSYS_EINVAL, DSYS_ENOMEM).
+ */
+DSYS_API int dsys_election_open(const char *url, const char *name,
+                                const dsys_election_options *o, dsys_election **out);
+
 /** 1 while this candidate leads; *token (may be NULL) gets its token. */
 DSYS_API int dsys_election_is_leader(dsys_election *e, int64_t *token);
 
@@ -207,7 +218,8 @@ DSYS_API int dsys_election_is_leader(dsys_election *e, int64_t *token);
 DSYS_API int dsys_election_leader(dsys_locks *ls, const char *name, dsys_lock_info *out);
 
 /** Stop campaigning and give up the leadership if held (on_change(0) is
- *  called first when it was leader); frees e. NULL-safe. */
+ *  called first when it was leader); frees e (and closes the locks handle
+ *  of dsys_election_open()). NULL-safe. */
 DSYS_API void dsys_election_resign(dsys_election *e);
 
 /** The built-in backends. */

@@ -1,7 +1,8 @@
 /*
  * Compute service: direct computations with strict validation, and
  * durable jobs on the shared queue ("compute") run by a worker pool in
- * every instance.
+ * every instance; a periodic retention sweep of finished jobs, by one
+ * elected instance when given an election.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -11,6 +12,8 @@
 #include <string.h>
 #include <stdatomic.h>
 #include <distsys/events.h>
+#include <distsys/lock.h>
+#include <distsys/metrics.h>
 #include <distsys/services.h>
 #include "core/internal.h"
 #include "core/json.h"
@@ -38,6 +41,11 @@ struct dsys_compute_service {
   pthread_mutex_t wmu; /* watches; events are published under it, in order */
   watch *watches;
   dsysi_ticker ticker; /* polls the shared queue for the watched jobs */
+  /* the retention sweep */
+  int64_t retention_ms;
+  dsysi_ticker sweeper;
+  dsys_election *election; /* or NULL: sweep whenever the ticker says */
+  dsys_counter *sweeps, *swept;
 };
 
 #define JOB_TOPIC "jobs"
@@ -837,6 +845,54 @@ static void compute_free_streams(dsys_compute_service *c) {
   pthread_mutex_destroy(&c->wmu);
 }
 
+/* ---- the retention sweep ---- */
+
+/* One sweep, by the leader only when there is an election (the others
+ * skip it, so one instance does the deletes and the logging). */
+static void sweep(void *ud) {
+  dsys_compute_service *c = ud;
+  int64_t token = 0;
+  if (c->election && !dsys_election_is_leader(c->election, &token)) return;
+  int64_t removed = 0;
+  int rc = dsys_queue_purge(c->q, c->retention_ms, &removed);
+  if (rc) {
+    dsysi_log(DSYS_LOG_WARN, "compute", "retention sweep failed: %s", dsys_strerror(rc));
+    return;
+  }
+  if (c->sweeps) dsys_counter_inc(c->sweeps);
+  if (c->swept) dsys_counter_add(c->swept, (uint64_t)removed);
+  dsysi_log(removed ? DSYS_LOG_INFO : DSYS_LOG_DEBUG, "compute",
+            "retention sweep: %lld jobs finished over %lld ms ago deleted%s", (long long)removed,
+            (long long)c->retention_ms, c->election ? " (as the elected sweeper)" : "");
+}
+
+/* The options' sweep fields (appended: read only when the caller's struct
+ * has them). */
+static int start_sweeper(dsys_compute_service *c, const dsys_compute_options *opts) {
+  size_t osz = opts->size ? opts->size : sizeof *opts;
+  if (osz < offsetof(dsys_compute_options, metrics) + sizeof(void *)) return 0;
+  if (opts->retention_ms < 0 || opts->sweep_interval_ms < 0) return DSYS_EINVAL;
+  if (!opts->retention_ms) return 0;
+  c->retention_ms = opts->retention_ms;
+  c->election = opts->election;
+  int64_t every = opts->sweep_interval_ms;
+  if (!every) {
+    every = opts->retention_ms / 10;
+    every = every < 1000 ? 1000 : every > 3600000 ? 3600000 : every;
+  }
+  if (opts->metrics) {
+    int rc = dsys_metrics_counter(opts->metrics, "dsys_queue_sweeps_total",
+                                  "Retention sweeps of the job queue run by this instance",
+                                  NULL, NULL, 0, &c->sweeps);
+    if (!rc)
+      rc = dsys_metrics_counter(opts->metrics, "dsys_queue_swept_jobs_total",
+                                "Finished jobs deleted by this instance's retention sweeps",
+                                NULL, NULL, 0, &c->swept);
+    if (rc) return rc;
+  }
+  return dsysi_ticker_start(&c->sweeper, c->svc.clock, every, sweep, c);
+}
+
 static int compute_ready(void *ud, const char **what, char *err, size_t errlen) {
   dsys_compute_service *c = ud;
   dsys_job_counts n;
@@ -886,6 +942,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
   };
   for (size_t i = 0; !rc && i < sizeof routes / sizeof routes[0]; i++)
     rc = dsys_server_route(srv, routes[i].m, routes[i].p, routes[i].fn, c);
+  if (!rc) rc = start_sweeper(c, opts);
   if (!rc && !opts->no_workers) {
     const char *queues[] = {DSYS_COMPUTE_QUEUE};
     dsys_worker_options wo = {.size = sizeof wo, .queues = queues, .nqueues = 1,
@@ -898,6 +955,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     rc = dsys_worker_start(&c->worker, c->q, &wo);
   }
   if (rc) {
+    dsysi_ticker_stop(&c->sweeper);
     dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
     compute_free_streams(c);
     dsysi_svc_fini(&c->svc);
@@ -910,6 +968,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
 
 void dsys_service_compute_free(dsys_compute_service *c) {
   if (!c) return;
+  dsysi_ticker_stop(&c->sweeper);
   dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
   compute_free_streams(c);
   dsysi_svc_fini(&c->svc);

@@ -310,6 +310,7 @@ struct dsys_election {
   pthread_mutex_t mu; /* guards lk */
   dsys_lock *lk;      /* held while leader */
   dsysi_ticker ticker;
+  int owns_ls;        /* opened by dsys_election_open: closed on resign */
 };
 
 static int election_lock_name(const char *name, char *out, size_t n) {
@@ -379,6 +380,21 @@ int dsys_election_campaign(dsys_locks *ls, const char *name, const dsys_election
   return 0;
 }
 
+int dsys_election_open(const char *url, const char *name, const dsys_election_options *o,
+                       dsys_election **out) {
+  if (!out) return DSYS_EINVAL;
+  *out = NULL;
+  dsys_locks *ls = NULL;
+  int e = dsys_locks_open(&ls, url, NULL);
+  if (!e) e = dsys_election_campaign(ls, name, o, out);
+  if (e) {
+    dsys_locks_close(ls);
+    return e;
+  }
+  (*out)->owns_ls = 1;
+  return 0;
+}
+
 int dsys_election_is_leader(dsys_election *e, int64_t *token) {
   if (!e) return 0;
   pthread_mutex_lock(&e->mu);
@@ -406,5 +422,6 @@ void dsys_election_resign(dsys_election *e) {
     dsys_lock_release(lk);
   }
   pthread_mutex_destroy(&e->mu);
+  if (e->owns_ls) dsys_locks_close(e->ls);
   free(e);
 }
