@@ -127,13 +127,23 @@ typedef struct dsys_lock_options {
   dsys_lock_lost_fn on_lost; /**< or NULL */
   void *ud;                 /**< passed to on_lost */
   const char *owner;        /**< default "HOSTNAME:PID:RANDOM" */
+  int unfair;               /**< appended: 1 = no waiting line (below) */
 } dsys_lock_options;
 
 /**
  * Acquire a lock, waiting up to wait_ms for its holder to release it or
- * for its lease to end (polling the backend with growing, jittered pauses
- * of at most 100 ms; a release through the same handle wakes waiters at
- * once). While held, it is renewed every ttl/3 unless manual_renew.
+ * for its lease to end (polling the backend with jittered pauses of at
+ * most 100 ms; a release through the same handle wakes waiters at once).
+ * While held, it is renewed every ttl/3 unless manual_renew.
+ *
+ * Fairness (unless o->unfair): a waiter that finds the lock held takes
+ * the name's ticket (the lock "next-in-line/NAME", a lease of min(ttl,
+ * 2 s)), and while another caller holds the ticket no one else, not even
+ * a holder coming straight back after a release, takes the lock or tries
+ * it; the ticket holder takes the lock once it is free. Waiters without
+ * the ticket have equal chances to get it next. This costs one extra
+ * read per acquisition. Lock names starting with "next-in-line/" are
+ * best left to it.
  * @param wait_ms 0 = try once.
  * @return 0; DSYS_EBUSY (wait_ms 0 and held), DSYS_ETIMEDOUT (still held
  *         after wait_ms), DSYS_EINVAL (empty or too long name or owner,

@@ -112,6 +112,21 @@ static void rules(const char *url) {
   }
   ok(mono, "%s: 20 acquisitions, tokens strictly increasing (last %lld)", url, (long long)last);
 
+  /* fairness: while another caller is next in line (holds the ticket),
+   * a free lock is not taken (unless unfair) */
+  dsys_lock *tk = NULL, *f = NULL;
+  dsys_lock_options to = o, uo = o;
+  to.owner = "waiter";
+  uo.unfair = 1;
+  is_int(dsys_lock_acquire(ls, "next-in-line/fair", 0, &to, &tk), 0, "%s: a waiter's ticket", url);
+  is_int(dsys_lock_acquire(ls, "fair", 0, &o, &f), DSYS_EBUSY,
+         "%s: a free lock with someone next in line: DSYS_EBUSY", url);
+  is_int(dsys_lock_acquire(ls, "fair", 0, &uo, &f), 0, "%s: unfair: taken anyway", url);
+  dsys_lock_release(f);
+  dsys_lock_release(tk);
+  is_int(dsys_lock_acquire(ls, "fair", 0, &o, &f), 0, "%s: the ticket released: taken", url);
+  dsys_lock_release(f);
+
   /* bad input */
   is_int(dsys_lock_acquire(ls, "", 0, &o, &c), DSYS_EINVAL, "%s: empty name: DSYS_EINVAL", url);
   dsys_lock_options bad = {.size = sizeof bad, .ttl_ms = 50};
@@ -155,6 +170,44 @@ static void *contender(void *p) {
   return NULL;
 }
 
+typedef struct waiter {
+  dsys_locks *ls;
+  int rc;
+} waiter;
+
+static void *wait_b(void *p) {
+  waiter *w = p;
+  dsys_lock *lk = NULL;
+  dsys_lock_options o = {.size = sizeof o, .ttl_ms = 5000, .owner = "B"};
+  w->rc = dsys_lock_acquire(w->ls, "turn", 10000, &o, &lk);
+  dsys_lock_release(lk);
+  return NULL;
+}
+
+/* A holder that releases and comes straight back does not overtake a
+ * waiter: the waiter holds the ticket, and gets the lock. */
+static void handover(dsys_locks *ls, const char *url) {
+  dsys_lock *a = NULL;
+  dsys_lock_options o = {.size = sizeof o, .ttl_ms = 5000, .owner = "A"};
+  is_int(dsys_lock_acquire(ls, "turn", 0, &o, &a), 0, "%s: A holds turn", url);
+  waiter w = {.ls = ls, .rc = -1};
+  pthread_t th;
+  pthread_create(&th, NULL, wait_b, &w);
+  dsys_lock_info info = {0};
+  int64_t t0 = mono_ms();
+  while (mono_ms() - t0 < 5000 &&
+         (dsys_lock_holder(ls, "next-in-line/turn", &info) || strcmp(info.owner, "B")))
+    usleep(2000);
+  ok(!strcmp(info.owner, "B"), "%s: B waits and is next in line", url);
+  is_int(dsys_lock_release(a), 0, "%s: A releases", url);
+  a = NULL;
+  is_int(dsys_lock_acquire(ls, "turn", 0, &o, &a), DSYS_EBUSY,
+         "%s: A comes straight back: DSYS_EBUSY (B is first)", url);
+  dsys_lock_release(a);
+  pthread_join(th, NULL);
+  is_int(w.rc, 0, "%s: B got the lock", url);
+}
+
 static void contention(const char *url) {
   arena a = {0};
   if (!is_int(dsys_locks_open(&a.ls, url, NULL), 0, "%s: open (real clock)", url)) return;
@@ -169,6 +222,7 @@ static void contention(const char *url) {
   for (int i = 1; i < a.ntokens && i < 400; i++)
     if (a.tokens[i] <= a.tokens[i - 1]) inc = 0;
   ok(inc, "%s: tokens increase in the order the lock was held", url);
+  handover(a.ls, url);
   dsys_locks_close(a.ls);
 }
 
