@@ -3,9 +3,11 @@
  * uncontended (one thread, its own name) and contended (T threads on one
  * name, waits allowed), for bench/run-locks.
  *
- *   bench-locks URL THREADS SECONDS
+ *   bench-locks URL THREADS SECONDS [unfair]
  *
- * Prints one line: "pairs/s P  threads T  url U".
+ * Prints one line: "pairs/s P  threads T  errors E  fair|unfair  url U"
+ * ("unfair": dsys_lock_options.unfair, no waiting line: the cost of the
+ * waiting line's extra read shows beside it).
  *
  *   bench-locks --procs URL PROCS SECONDS [unfair]
  *
@@ -28,12 +30,14 @@
 static dsys_locks *ls;
 static atomic_long pairs;
 static atomic_int stop, errors;
+static int unfair;
 
 static void *run(void *p) {
   const char *name = p;
   while (!stop) {
     dsys_lock *lk = NULL;
-    dsys_lock_options o = {.size = sizeof o, .ttl_ms = 10000, .manual_renew = 1};
+    dsys_lock_options o = {.size = sizeof o, .ttl_ms = 10000, .manual_renew = 1,
+                           .unfair = unfair};
     if (dsys_lock_acquire(ls, name, 10000, &o, &lk)) {
       errors++;
       continue;
@@ -52,8 +56,6 @@ static double now_s(void) {
 
 /* One process of --procs: counts its acquisitions until the deadline and
  * writes the count to fd. */
-static int unfair;
-
 static void proc_main(const char *url, double until, int fd) {
   dsys_locks *h = NULL;
   if (dsys_locks_open(&h, url, NULL)) _exit(1);
@@ -107,8 +109,12 @@ int main(int argc, char **argv) {
     if (np < 1 || np > 64 || secs < 1) return 2;
     return procs(argv[2], np, secs);
   }
+  if (argc == 5 && !strcmp(argv[4], "unfair")) {
+    unfair = 1;
+    argc--;
+  }
   if (argc != 4) {
-    fprintf(stderr, "usage: bench-locks URL THREADS SECONDS | --procs URL PROCS SECONDS [unfair]\n");
+    fprintf(stderr, "usage: bench-locks URL THREADS SECONDS [unfair] | --procs URL PROCS SECONDS [unfair]\n");
     return 2;
   }
   int t = atoi(argv[2]), secs = atoi(argv[3]);
@@ -124,8 +130,8 @@ int main(int argc, char **argv) {
   nanosleep(&d, NULL);
   stop = 1;
   for (int i = 0; i < t; i++) pthread_join(th[i], NULL);
-  printf("pairs/s %.0f  threads %d  errors %d  url %s\n", (double)pairs / secs, t, (int)errors,
-         argv[1]);
+  printf("pairs/s %.0f  threads %d  errors %d  %s  url %s\n", (double)pairs / secs, t,
+         (int)errors, unfair ? "unfair" : "fair", argv[1]);
   dsys_locks_close(ls);
   return 0;
 }
