@@ -173,13 +173,18 @@ static void *contender(void *p) {
 typedef struct waiter {
   dsys_locks *ls;
   int rc;
+  _Atomic int done; /* set by the main thread: B may release */
 } waiter;
 
+/* B waits for the lock and holds it until the main thread has checked
+ * (so A's try always meets B's ticket or B's lock, whatever the timing) */
 static void *wait_b(void *p) {
   waiter *w = p;
   dsys_lock *lk = NULL;
   dsys_lock_options o = {.size = sizeof o, .ttl_ms = 5000, .owner = "B"};
   w->rc = dsys_lock_acquire(w->ls, "turn", 10000, &o, &lk);
+  int64_t t0 = mono_ms();
+  while (!w->done && mono_ms() - t0 < 10000) usleep(1000);
   dsys_lock_release(lk);
   return NULL;
 }
@@ -204,6 +209,7 @@ static void handover(dsys_locks *ls, const char *url) {
   is_int(dsys_lock_acquire(ls, "turn", 0, &o, &a), DSYS_EBUSY,
          "%s: A comes straight back: DSYS_EBUSY (B is first)", url);
   dsys_lock_release(a);
+  w.done = 1;
   pthread_join(th, NULL);
   is_int(w.rc, 0, "%s: B got the lock", url);
 }
