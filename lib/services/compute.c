@@ -927,9 +927,10 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
   }
   static const char *const slow[] = {"/compute-worker",
                                      "/api/compute/compute-worker"};
-  rc = dsysi_svc_slow_routes(&c->svc, slow, 2,
-                             opts->work_delay_ms > 0 ? opts->work_delay_ms : 550,
-                             "Compute worker completed");
+  if (!rc) /* a failed event hub or poller is not overwritten */
+    rc = dsysi_svc_slow_routes(&c->svc, slow, 2,
+                               opts->work_delay_ms > 0 ? opts->work_delay_ms : 550,
+                               "Compute worker completed");
   const struct {
     const char *m, *p;
     dsys_handler_fn fn;
