@@ -59,6 +59,7 @@ SCRIPT_TESTS = \
 	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
 	tests/integration/python-service.test tests/integration/etcd-registry.test \
+	tests/integration/compute-sweep.test \
 	tests/integration/hung-instance.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test

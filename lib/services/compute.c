@@ -1,7 +1,8 @@
 /*
  * Compute service: direct computations with strict validation, and
  * durable jobs on the shared queue ("compute") run by a worker pool in
- * every instance.
+ * every instance; a periodic retention sweep of finished jobs, by one
+ * elected instance when given an election.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -11,6 +12,8 @@
 #include <string.h>
 #include <stdatomic.h>
 #include <distsys/events.h>
+#include <distsys/lock.h>
+#include <distsys/metrics.h>
 #include <distsys/services.h>
 #include "core/internal.h"
 #include "core/json.h"
@@ -45,6 +48,11 @@ struct dsys_compute_service {
   size_t nsubs;
   int sub_stop, sub_started;
   pthread_t sub_thread;
+  /* the retention sweep */
+  int64_t retention_ms;
+  dsysi_ticker sweeper;
+  dsys_election *election; /* or NULL: sweep whenever the ticker says */
+  dsys_counter *sweeps, *swept;
 };
 
 /* A submission waiting for the submitter thread. */
@@ -942,6 +950,54 @@ static void compute_free_streams(dsys_compute_service *c) {
   pthread_cond_destroy(&c->scv);
 }
 
+/* ---- the retention sweep ---- */
+
+/* One sweep, by the leader only when there is an election (the others
+ * skip it, so one instance does the deletes and the logging). */
+static void sweep(void *ud) {
+  dsys_compute_service *c = ud;
+  int64_t token = 0;
+  if (c->election && !dsys_election_is_leader(c->election, &token)) return;
+  int64_t removed = 0;
+  int rc = dsys_queue_purge(c->q, c->retention_ms, &removed);
+  if (rc) {
+    dsysi_log(DSYS_LOG_WARN, "compute", "retention sweep failed: %s", dsys_strerror(rc));
+    return;
+  }
+  if (c->sweeps) dsys_counter_inc(c->sweeps);
+  if (c->swept) dsys_counter_add(c->swept, (uint64_t)removed);
+  dsysi_log(removed ? DSYS_LOG_INFO : DSYS_LOG_DEBUG, "compute",
+            "retention sweep: %lld jobs finished over %lld ms ago deleted%s", (long long)removed,
+            (long long)c->retention_ms, c->election ? " (as the elected sweeper)" : "");
+}
+
+/* The options' sweep fields (appended: read only when the caller's struct
+ * has them). */
+static int start_sweeper(dsys_compute_service *c, const dsys_compute_options *opts) {
+  size_t osz = opts->size ? opts->size : sizeof *opts;
+  if (osz < offsetof(dsys_compute_options, metrics) + sizeof(void *)) return 0;
+  if (opts->retention_ms < 0 || opts->sweep_interval_ms < 0) return DSYS_EINVAL;
+  if (!opts->retention_ms) return 0;
+  c->retention_ms = opts->retention_ms;
+  c->election = opts->election;
+  int64_t every = opts->sweep_interval_ms;
+  if (!every) {
+    every = opts->retention_ms / 10;
+    every = every < 1000 ? 1000 : every > 3600000 ? 3600000 : every;
+  }
+  if (opts->metrics) {
+    int rc = dsys_metrics_counter(opts->metrics, "dsys_queue_sweeps_total",
+                                  "Retention sweeps of the job queue run by this instance",
+                                  NULL, NULL, 0, &c->sweeps);
+    if (!rc)
+      rc = dsys_metrics_counter(opts->metrics, "dsys_queue_swept_jobs_total",
+                                "Finished jobs deleted by this instance's retention sweeps",
+                                NULL, NULL, 0, &c->swept);
+    if (rc) return rc;
+  }
+  return dsysi_ticker_start(&c->sweeper, c->svc.clock, every, sweep, c);
+}
+
 static int compute_ready(void *ud, const char **what, char *err, size_t errlen) {
   dsys_compute_service *c = ud;
   dsys_job_counts n;
@@ -979,10 +1035,10 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
   }
   static const char *const slow[] = {"/compute-worker",
                                      "/api/compute/compute-worker"};
-  if (!rc)
+  if (!rc) /* a failed event hub or poller is not overwritten */
     rc = dsysi_svc_slow_routes(&c->svc, slow, 2,
-                             opts->work_delay_ms > 0 ? opts->work_delay_ms : 550,
-                             "Compute worker completed");
+                               opts->work_delay_ms > 0 ? opts->work_delay_ms : 550,
+                               "Compute worker completed");
   const struct {
     const char *m, *p;
     dsys_handler_fn fn;
@@ -999,6 +1055,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
   }
   for (size_t i = 0; !rc && i < sizeof routes / sizeof routes[0]; i++)
     rc = dsys_server_route(srv, routes[i].m, routes[i].p, routes[i].fn, c);
+  if (!rc) rc = start_sweeper(c, opts);
   if (!rc && !opts->no_workers) {
     const char *queues[] = {DSYS_COMPUTE_QUEUE};
     dsys_worker_options wo = {.size = sizeof wo, .queues = queues, .nqueues = 1,
@@ -1011,6 +1068,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     rc = dsys_worker_start(&c->worker, c->q, &wo);
   }
   if (rc) {
+    dsysi_ticker_stop(&c->sweeper);
     dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
     submitter_stop(c);
     compute_free_streams(c);
@@ -1024,6 +1082,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
 
 void dsys_service_compute_free(dsys_compute_service *c) {
   if (!c) return;
+  dsysi_ticker_stop(&c->sweeper);
   submitter_stop(c); /* answers what is queued */
   dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
   compute_free_streams(c);

@@ -124,7 +124,7 @@ class Election:
 
 class Locks(Handle):
     """The locks of a backend URL: ``memory:``, ``sqlite:///path``,
-    ``postgresql://...``. Release every Lock and resign every Election
+    ``postgresql://...``, ``etcd://host:port[,host:port...]/prefix``. Release every Lock and resign every Election
     before closing.
 
     Example::
@@ -141,13 +141,16 @@ class Locks(Handle):
         self._life, self._fin = attach(self, h.value, _lib.dsys_locks_close)
 
     def acquire(self, name: str, wait: float = 0.0, *, ttl: float = 10.0,
-                owner: Optional[str] = None, manual_renew: bool = False) -> Lock:
+                owner: Optional[str] = None, manual_renew: bool = False,
+                unfair: bool = False) -> Lock:
         """Take the lock ``name``, waiting up to ``wait`` seconds (0: try
         once: BusyError when held; else TimedOutError). ``ttl``: the lease
-        in seconds (at least 0.1)."""
+        in seconds (at least 0.1). Waiters take turns (a waiter next in
+        line goes first) unless ``unfair``."""
         o = _lib.dsys_lock_options(size=sizeof(_lib.dsys_lock_options), ttl_ms=_ms(ttl, "ttl"),
                                    manual_renew=int(bool(manual_renew)),
-                                   owner=_check.opt_text(owner, "owner"))
+                                   owner=_check.opt_text(owner, "owner"),
+                                   unfair=int(bool(unfair)))
         lk = c_void_p()
         with self._life as p:
             rc = _lib.dsys_lock_acquire(p, _check.text(name, "name"), _ms(wait, "wait"),
