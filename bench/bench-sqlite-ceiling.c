@@ -68,8 +68,8 @@ static double run(const char *path, long njobs, int full, int batch) {
            " DEFAULT 0, result TEXT);"
            "CREATE INDEX jobs_claim ON jobs(queue, state, id)");
   sqlite3_stmt *ins = prep(db, "INSERT INTO jobs(queue, payload, state) VALUES('bench', ?1, 1)");
-  sqlite3_stmt *pick = prep(db, "SELECT id FROM jobs WHERE queue = 'bench' AND state = 1 ORDER BY id LIMIT ?1");
-  sqlite3_stmt *claim = prep(db, "UPDATE jobs SET state = 3, token = token + 1, lease_until = ?2 WHERE id = ?1 AND state = 1 RETURNING token");
+  sqlite3_stmt *pick = prep(db, "SELECT id, token FROM jobs WHERE queue = 'bench' AND state = 1 ORDER BY id LIMIT ?1");
+  sqlite3_stmt *claim = prep(db, "UPDATE jobs SET state = 3, token = token + 1, lease_until = ?2 WHERE id = ?1 AND state = 1");
   sqlite3_stmt *done = prep(db, "UPDATE jobs SET state = 4, result = 'null', lease_until = 0 WHERE id = ?1 AND state = 3 AND token = ?2");
   sqlite3_stmt *begin = prep(db, "BEGIN IMMEDIATE"), *commit = prep(db, "COMMIT");
   int64_t *ids = malloc(2 * batch * sizeof *ids), *toks = ids + batch;
@@ -85,14 +85,16 @@ static double run(const char *path, long njobs, int full, int batch) {
     }
     int n = 0;
     sqlite3_bind_int(pick, 1, batch);
-    while (sqlite3_step(pick) == SQLITE_ROW) ids[n++] = sqlite3_column_int64(pick, 0);
+    while (sqlite3_step(pick) == SQLITE_ROW) {
+      ids[n] = sqlite3_column_int64(pick, 0);
+      toks[n++] = sqlite3_column_int64(pick, 1) + 1;
+    }
     sqlite3_reset(pick);
     for (int i = 0; i < n; i++) {
       sqlite3_bind_int64(claim, 1, ids[i]);
       sqlite3_bind_int64(claim, 2, 30000);
-      if (sqlite3_step(claim) != SQLITE_ROW) check(db, SQLITE_ERROR, "claim");
-      toks[i] = sqlite3_column_int64(claim, 0);
       step_done(db, claim);
+      if (sqlite3_changes(db) != 1) check(db, SQLITE_ERROR, "claim");
     }
     for (int i = 0; i < nprev; i++) {
       sqlite3_bind_int64(done, 1, prev[i]);
