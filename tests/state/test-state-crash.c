@@ -156,6 +156,34 @@ static void test_worker_killed(void) {
   dsys_queue_close(q);
 }
 
+/* Read a child's acknowledgements from fd (one record per write: atomic
+ * on a pipe) until EOF, SIGKILLing it after ms; reap it and close fd.
+ * Returns the records (malloc'd), their count in *n, its status in *st. */
+static rec *read_until_killed(pid_t pid, int fd, int ms, size_t *n, int *st) {
+  size_t cap = 1 << 16;
+  rec *recs = malloc(cap * sizeof *recs);
+  int64_t end = mono_ms() + ms;
+  int killed = 0;
+  *n = 0;
+  for (;;) {
+    if (!killed && mono_ms() >= end) {
+      kill(pid, SIGKILL);
+      killed = 1;
+    }
+    rec r;
+    ssize_t k = read(fd, &r, sizeof r);
+    if (k == sizeof r) {
+      if (*n == cap) recs = realloc(recs, (cap *= 2) * sizeof *recs);
+      recs[(*n)++] = r;
+    } else if (k <= 0) {
+      break; /* EOF: the child is dead and the pipe drained */
+    }
+  }
+  waitpid(pid, st, 0);
+  close(fd);
+  return recs;
+}
+
 /* ---- 2: writer killed during a write loop ---- */
 
 static void test_writer_killed(void) {
@@ -181,27 +209,9 @@ static void test_writer_killed(void) {
   }
   close(fds[1]);
   /* Let it run, reading acknowledgements, then kill it mid-loop. */
-  size_t cap = 1 << 16, n = 0;
-  rec *recs = malloc(cap * sizeof *recs);
-  int64_t end = mono_ms() + 400;
-  int killed = 0;
-  for (;;) {
-    if (!killed && mono_ms() >= end) {
-      kill(pid, SIGKILL);
-      killed = 1;
-    }
-    rec r;
-    ssize_t k = read(fds[0], &r, sizeof r);
-    if (k == sizeof r) {
-      if (n == cap) recs = realloc(recs, (cap *= 2) * sizeof *recs);
-      recs[n++] = r;
-    } else if (k <= 0) {
-      break; /* EOF: the child is dead and the pipe drained */
-    }
-  }
+  size_t n = 0;
   int st = 0;
-  waitpid(pid, &st, 0);
-  close(fds[0]);
+  rec *recs = read_until_killed(pid, fds[0], 400, &n, &st);
   ok(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "writer was killed by SIGKILL");
   ok(n > 10, "writer acknowledged %zu writes before being killed", n);
   dsys_store *s = NULL;
@@ -428,27 +438,9 @@ static void test_threads_killed(void) {
     _exit(0);
   }
   close(fds[1]);
-  size_t cap = 1 << 16, n = 0;
-  rec *recs = malloc(cap * sizeof *recs);
-  int64_t end = mono_ms() + 600;
-  int killed = 0;
-  for (;;) {
-    if (!killed && mono_ms() >= end) {
-      kill(pid, SIGKILL);
-      killed = 1;
-    }
-    rec r;
-    ssize_t k = read(fds[0], &r, sizeof r); /* one record per write: atomic */
-    if (k == sizeof r) {
-      if (n == cap) recs = realloc(recs, (cap *= 2) * sizeof *recs);
-      recs[n++] = r;
-    } else if (k <= 0) {
-      break;
-    }
-  }
+  size_t n = 0;
   int st = 0;
-  waitpid(pid, &st, 0);
-  close(fds[0]);
+  rec *recs = read_until_killed(pid, fds[0], 600, &n, &st);
   ok(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "16-thread process killed by SIGKILL");
   size_t subs = 0, dones = 0, missing = 0, undone = 0;
   dsys_queue *q = NULL;
