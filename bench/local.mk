@@ -1,7 +1,8 @@
 # Benchmark programs: built by make, run by the bench/ scripts (never by
 # make check, which must not time anything).
 noinst_PROGRAMS += bench/bench-server bench/bench-identity bench/bench-store \
-	bench/bench-queue bench/bench-resil bench/bench-upstream bench/bench-locks bench/bench-cache
+	bench/bench-queue bench/bench-resil bench/bench-upstream bench/bench-locks bench/bench-cache \
+	bench/bench-sqlite-ceiling
 bench_bench_server_SOURCES = bench/bench-server.c
 bench_bench_server_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS)
 bench_bench_server_LDADD = libdistsys.la $(MHD_LIBS)
@@ -14,6 +15,9 @@ bench_bench_queue_LDADD = libdistsys.la $(PTHREAD_LIBS)
 bench_bench_resil_SOURCES = bench/bench-resil.c
 bench_bench_resil_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)
+bench_bench_sqlite_ceiling_SOURCES = bench/bench-sqlite-ceiling.c
+bench_bench_sqlite_ceiling_CFLAGS = $(AM_CFLAGS) $(SQLITE_CFLAGS)
+bench_bench_sqlite_ceiling_LDADD = $(SQLITE_LIBS)
 bench_bench_locks_SOURCES = bench/bench-locks.c
 bench_bench_locks_LDADD = libdistsys.la $(PTHREAD_LIBS)
 bench_bench_cache_SOURCES = bench/bench-cache.c

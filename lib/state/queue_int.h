@@ -17,6 +17,9 @@ void dsysi_queue_wait_work(dsys_queue *q, int64_t timeout_ms,
                            const int *stop_flag);
 /** Wake every dsysi_queue_wait_work() waiter and registered waiter. */
 void dsysi_queue_wake(dsys_queue *q);
+/** Ops queued for the group commit and not yet taken by a group (for
+ *  tests that hold a group and check who shares the next). */
+size_t dsysi_queue_pending(dsys_queue *q);
 /** Full-jitter backoff (same as dsys_queue_backoff_ms). */
 int64_t dsysi_queue_backoff(int attempt, int64_t base, int64_t cap);
 

@@ -5,6 +5,7 @@
  * idempotency, bad input; then workers (lease renewal, stop modes).
  */
 #include <pthread.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -661,6 +662,149 @@ static void ops_table(void) {
   dsys_job_free(d);
 }
 
+/* ---- shared groups: one transaction carries the ops of 16 callers, and
+ * each caller gets its own result (a bad op fails alone) ---- */
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_closed, groups_begun;
+static int (*real_begin)(void *, int64_t);
+
+/* The backend's begin, held while the gate is closed: the group in
+ * progress stays open and every other call queues behind it. */
+static int gated_begin(void *st, int64_t now) {
+  pthread_mutex_lock(&gate_mu);
+  groups_begun++;
+  pthread_cond_broadcast(&gate_cv);
+  while (gate_closed) pthread_cond_wait(&gate_cv, &gate_mu);
+  pthread_mutex_unlock(&gate_mu);
+  return real_begin(st, now);
+}
+
+typedef struct gcall {
+  dsys_queue *q;
+  int i;
+  dsys_job *job; /* claimed by the test for this caller */
+  int rc, existed;
+  int64_t id;
+} gcall;
+
+/* Caller i's one op: completions (odd ones with a stale token), submits
+ * of one idempotency key, and a few others, good and bad. */
+static void *group_caller(void *p) {
+  gcall *c = p;
+  const dsys_job *j = c->job;
+  int bad = c->i % 2;
+  if (c->i < 8) {
+    c->rc = dsys_queue_complete(c->q, j->id, j->token + bad, "{\"ok\":1}");
+  } else if (c->i < 12) {
+    dsys_submit_options so = {.size = sizeof so, .idempotency_key = "same"};
+    c->rc = dsys_queue_submit(c->q, "g", "{}", &so, &c->id, &c->existed);
+  } else if (c->i == 12) {
+    c->rc = dsys_queue_heartbeat(c->q, j->id, j->token, 60000);
+  } else if (c->i == 13) {
+    c->rc = dsys_queue_complete(c->q, 999999, 1, NULL);
+  } else if (c->i == 14) {
+    c->rc = dsys_queue_fail(c->q, j->id, j->token, "boom", &c->existed);
+  } else {
+    c->rc = dsys_queue_release(c->q, j->id, j->token + 1);
+  }
+  return NULL;
+}
+
+static void *group_blocker(void *p) {
+  dsys_job_counts cn;
+  dsys_queue_counts(p, NULL, &cn);
+  return NULL;
+}
+
+static int wait_until(int (*cond)(void *), void *arg) {
+  for (int i = 0; i < 10000; i++) { /* at most 10 s */
+    if (cond(arg)) return 1;
+    usleep(1000);
+  }
+  return 0;
+}
+
+static int one_group_begun(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&gate_mu);
+  int r = groups_begun >= 1;
+  pthread_mutex_unlock(&gate_mu);
+  return r;
+}
+
+static int sixteen_pending(void *q) { return dsysi_queue_pending(q) == 16; }
+
+static void shared_groups(const char *path) {
+  dsys_queue_ops o = *dsys_queue_ops_sqlite();
+  real_begin = o.begin;
+  o.begin = gated_begin;
+  dsys_queue *q = NULL;
+  if (!ok(dsys_queue_open_ops(&q, &o, path, NULL) == 0, "open with a gated begin"))
+    return;
+  static const char *const G[] = {"g"};
+  const char *pl[16];
+  for (int i = 0; i < 16; i++) pl[i] = "{}";
+  dsys_job *jobs[16] = {0};
+  size_t nj = 0;
+  dsys_queue_submit_many(q, "g", pl, 16, NULL, NULL);
+  is_int(dsys_queue_claim_many(q, G, 1, "t", 60000, 16, jobs, &nj), 0, "claim 16");
+  is_int(nj, 16, "16 jobs held");
+  pthread_mutex_lock(&gate_mu);
+  gate_closed = 1;
+  groups_begun = 0;
+  pthread_mutex_unlock(&gate_mu);
+  pthread_t blocker, th[16];
+  gcall calls[16];
+  pthread_create(&blocker, NULL, group_blocker, q);
+  ok(wait_until(one_group_begun, NULL), "a group is held open");
+  for (int i = 0; i < 16; i++) {
+    calls[i] = (gcall){.q = q, .i = i, .job = jobs[i]};
+    pthread_create(&th[i], NULL, group_caller, &calls[i]);
+  }
+  ok(wait_until(sixteen_pending, q), "16 callers' ops queued behind it");
+  pthread_mutex_lock(&gate_mu);
+  gate_closed = 0;
+  pthread_cond_broadcast(&gate_cv);
+  pthread_mutex_unlock(&gate_mu);
+  pthread_join(blocker, NULL);
+  for (int i = 0; i < 16; i++) pthread_join(th[i], NULL);
+  is_int(groups_begun, 2, "the 16 ops ran as one group");
+  int completes = 1;
+  for (int i = 0; i < 8; i++)
+    if (calls[i].rc != (i % 2 ? DSYS_ELEASE : 0)) completes = 0;
+  ok(completes, "in the group: completions with good tokens succeed, stale ones get ELEASE");
+  int fresh = 0, same = 1;
+  for (int i = 8; i < 12; i++) {
+    if (calls[i].rc) same = 0;
+    if (!calls[i].existed) fresh++;
+    if (calls[i].id != calls[8].id) same = 0;
+  }
+  ok(same && fresh == 1, "one idempotency key from 4 callers of the group: one job, created once");
+  is_int(calls[12].rc, 0, "heartbeat in the group");
+  is_int(calls[13].rc, DSYS_ENOTFOUND, "complete of an unknown job in the group: ENOTFOUND");
+  is_int(calls[14].rc, 0, "fail in the group");
+  is_int(calls[15].rc, DSYS_ELEASE, "release with a stale token in the group: ELEASE");
+  int stored = 1;
+  for (int i = 0; i < 16; i++) {
+    dsys_job *j = NULL;
+    if (dsys_queue_get(q, jobs[i]->id, &j)) {
+      stored = 0;
+      continue;
+    }
+    int want = i < 8 ? (i % 2 ? DSYS_JOB_ACTIVE : DSYS_JOB_COMPLETED)
+               : i == 14 ? (j->state == DSYS_JOB_DELAYED ? DSYS_JOB_DELAYED : DSYS_JOB_WAITING)
+                         : DSYS_JOB_ACTIVE;
+    if (j->state != want) stored = 0;
+    if (i == 12 && j->lease_until <= jobs[i]->lease_until) stored = 0;
+    dsys_job_free(j);
+  }
+  ok(stored, "each op's effect committed, the failed ones changed nothing");
+  for (int i = 0; i < 16; i++) dsys_job_free(jobs[i]);
+  dsys_queue_close(q);
+}
+
 static void url_open(const char *url) {
   dsys_queue *q = NULL;
   is_int(dsys_queue_open(&q, "memory:", NULL), 0, "open memory: URL");
@@ -715,6 +859,9 @@ int main(void) {
   char url2[400];
   snprintf(url2, sizeof url2, "sqlite://%s/w.sqlite", dir);
   workers(url2);
+  char path3[400];
+  snprintf(path3, sizeof path3, "%s/g.sqlite", dir);
+  shared_groups(path3);
   /* backoff distribution: within bounds, and not constant */
   int in = 1, distinct = 0;
   int64_t first = dsysi_queue_backoff(3, 100, 10000);

@@ -8,10 +8,14 @@
  *  3. 4 processes claiming from one file: every job completed exactly once,
  *     none held by two at the same time;
  *  4. a worker holding prefetched jobs SIGKILLed: all of them are
- *     redelivered after their leases, each completed exactly once.
+ *     redelivered after their leases, each completed exactly once;
+ *  5. 16 threads of one process, one op per call (12 submitting, 4
+ *     claiming and completing), so their calls share group commits,
+ *     SIGKILLed mid-run: every acknowledged submit and completion is there.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +156,34 @@ static void test_worker_killed(void) {
   dsys_queue_close(q);
 }
 
+/* Read a child's acknowledgements from fd (one record per write: atomic
+ * on a pipe) until EOF, SIGKILLing it after ms; reap it and close fd.
+ * Returns the records (malloc'd), their count in *n, its status in *st. */
+static rec *read_until_killed(pid_t pid, int fd, int ms, size_t *n, int *st) {
+  size_t cap = 1 << 16;
+  rec *recs = malloc(cap * sizeof *recs);
+  int64_t end = mono_ms() + ms;
+  int killed = 0;
+  *n = 0;
+  for (;;) {
+    if (!killed && mono_ms() >= end) {
+      kill(pid, SIGKILL);
+      killed = 1;
+    }
+    rec r;
+    ssize_t k = read(fd, &r, sizeof r);
+    if (k == sizeof r) {
+      if (*n == cap) recs = realloc(recs, (cap *= 2) * sizeof *recs);
+      recs[(*n)++] = r;
+    } else if (k <= 0) {
+      break; /* EOF: the child is dead and the pipe drained */
+    }
+  }
+  waitpid(pid, st, 0);
+  close(fd);
+  return recs;
+}
+
 /* ---- 2: writer killed during a write loop ---- */
 
 static void test_writer_killed(void) {
@@ -177,27 +209,9 @@ static void test_writer_killed(void) {
   }
   close(fds[1]);
   /* Let it run, reading acknowledgements, then kill it mid-loop. */
-  size_t cap = 1 << 16, n = 0;
-  rec *recs = malloc(cap * sizeof *recs);
-  int64_t end = mono_ms() + 400;
-  int killed = 0;
-  for (;;) {
-    if (!killed && mono_ms() >= end) {
-      kill(pid, SIGKILL);
-      killed = 1;
-    }
-    rec r;
-    ssize_t k = read(fds[0], &r, sizeof r);
-    if (k == sizeof r) {
-      if (n == cap) recs = realloc(recs, (cap *= 2) * sizeof *recs);
-      recs[n++] = r;
-    } else if (k <= 0) {
-      break; /* EOF: the child is dead and the pipe drained */
-    }
-  }
+  size_t n = 0;
   int st = 0;
-  waitpid(pid, &st, 0);
-  close(fds[0]);
+  rec *recs = read_until_killed(pid, fds[0], 400, &n, &st);
   ok(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "writer was killed by SIGKILL");
   ok(n > 10, "writer acknowledged %zu writes before being killed", n);
   dsys_store *s = NULL;
@@ -379,6 +393,73 @@ static void test_prefetch_killed(void) {
   dsys_queue_close(q);
 }
 
+/* ---- 5: 16 threads, one op per call, killed mid-run ---- */
+
+static dsys_queue *gq;
+static int gfd;
+
+static void *g_submitter(void *p) {
+  (void)p;
+  for (int i = 0; i < 1000000; i++) {
+    int64_t id;
+    if (dsys_queue_submit(gq, "gc", "{\"g\":1}", NULL, &id, NULL)) _exit(5);
+    send_rec(gfd, 2, id);
+  }
+  return NULL;
+}
+
+static void *g_completer(void *p) {
+  (void)p;
+  static const char *const QG[] = {"gc"};
+  for (int i = 0; i < 1000000; i++) {
+    dsys_job *j = NULL;
+    int e = dsys_queue_claim(gq, QG, 1, "g", 60000, &j);
+    if (e == DSYS_EAGAIN) continue;
+    if (e) _exit(6);
+    if (dsys_queue_complete(gq, j->id, j->token, NULL)) _exit(7);
+    send_rec(gfd, 4, j->id);
+    dsys_job_free(j);
+  }
+  return NULL;
+}
+
+static void test_threads_killed(void) {
+  int fds[2];
+  if (pipe(fds)) tap_bail("pipe");
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    gfd = fds[1];
+    if (dsys_queue_open(&gq, url, NULL)) _exit(2);
+    pthread_t th[16];
+    for (int i = 0; i < 16; i++)
+      pthread_create(&th[i], NULL, i < 12 ? g_submitter : g_completer, NULL);
+    for (int i = 0; i < 16; i++) pthread_join(th[i], NULL);
+    _exit(0);
+  }
+  close(fds[1]);
+  size_t n = 0;
+  int st = 0;
+  rec *recs = read_until_killed(pid, fds[0], 600, &n, &st);
+  ok(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "16-thread process killed by SIGKILL");
+  size_t subs = 0, dones = 0, missing = 0, undone = 0;
+  dsys_queue *q = NULL;
+  is_int(dsys_queue_open(&q, url, NULL), 0, "reopen queue after the crash");
+  for (size_t i = 0; i < n; i++) {
+    dsys_job *j = NULL;
+    if (dsys_queue_get(q, recs[i].v, &j)) missing++;
+    else if (recs[i].type == 4 && j->state != DSYS_JOB_COMPLETED) undone++;
+    if (recs[i].type == 2) subs++;
+    else dones++;
+    dsys_job_free(j);
+  }
+  ok(subs > 16 && dones > 4, "threads acknowledged %zu submits and %zu completions", subs, dones);
+  is_int(missing, 0, "every acknowledged submit present");
+  is_int(undone, 0, "every acknowledged completion committed");
+  free(recs);
+  dsys_queue_close(q);
+}
+
 int main(void) {
   snprintf(dir, sizeof dir, "%s/dsys-crash-XXXXXX",
            getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -389,6 +470,7 @@ int main(void) {
   test_writer_killed();
   test_four_claimers();
   test_prefetch_killed();
+  test_threads_killed();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd)) tap_diag("cleanup failed");
