@@ -396,6 +396,7 @@ typedef struct wstate {
   int handled;
   int block; /* handler waits until cleared (or stopping) */
   int started;
+  int progressed; /* handlers whose progress 50 is stored */
   int fail_first;
 } wstate;
 
@@ -406,6 +407,9 @@ static int handler(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
   int fail = ws->fail_first-- > 0;
   pthread_mutex_unlock(&ws->mu);
   dsys_job_ctx_progress(ctx, 50, "half");
+  pthread_mutex_lock(&ws->mu);
+  ws->progressed++;
+  pthread_mutex_unlock(&ws->mu);
   for (int i = 0; i < 5000; i++) { /* at most 5 s */
     pthread_mutex_lock(&ws->mu);
     int b = ws->block;
@@ -473,10 +477,12 @@ static void workers(const char *url) {
    * several lease lengths; the renewal timers run inside advance. */
   pthread_mutex_lock(&ws.mu);
   ws.block = 1;
-  int started0 = ws.started;
+  int started0 = ws.started, progressed0 = ws.progressed;
   pthread_mutex_unlock(&ws.mu);
   int64_t bj = submit(q, "w", "8", 0, 0);
-  for (int i = 0; i < 5000 && get_int(&ws, &ws.started) == started0; i++) usleep(1000);
+  /* wait for the stored progress, not the start: checking right after the
+   * start raced the handler's progress write (seen once under load) */
+  for (int i = 0; i < 5000 && get_int(&ws, &ws.progressed) == progressed0; i++) usleep(1000);
   for (int i = 0; i < 10; i++) dsys_clock_advance(clk, 1000 * 1000); /* 10 s > lease 3 s */
   dsys_job *j = NULL;
   static const char *const QW2[] = {"w"};
