@@ -75,7 +75,9 @@ static int64_t id_issued_ms;
 
 static int64_t now_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
 
-/* Bind port (0: any) on host and release it: the port bound, or 0. */
+/* Bind port (0: any) on host and release it: the port bound, or 0 with
+ * the reason in probe_errno. */
+static int probe_errno;
 static int probe_port(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
   /* as the daemons bind: a port left in TIME_WAIT by a stopped run is free */
@@ -87,6 +89,7 @@ static int probe_port(int port) {
   if (fd >= 0 && !bind(fd, (struct sockaddr *)&sa, sizeof sa) &&
       !getsockname(fd, (struct sockaddr *)&sa, &sl))
     got = ntohs(sa.sin_port);
+  probe_errno = got ? 0 : errno;
   if (fd >= 0) close(fd);
   return got;
 }
@@ -956,6 +959,11 @@ static int run(dsys_config *cfg) {
    * the other program's answers to /health would pass for its own. */
   for (int i = 0; i < NP; i++)
     if (probe_port(P[i].port) != P[i].port) {
+      if (probe_errno == EADDRNOTAVAIL) {
+        fprintf(stderr, "dsys-cluster: %s is not an address of this machine (for %s)%s\n", host,
+                P[i].name, deployment ? ": is --host right?" : "");
+        return 1;
+      }
       fprintf(stderr, "dsys-cluster: port %d on %s (for %s) is in use; is a deployment already "
               "running? (dsys-cluster status --data-dir DIR)\n", P[i].port, host, P[i].name);
       return 1;
