@@ -591,7 +591,11 @@ static void spawn(proc *p) {
     argv[a++] = dburi[0] ? dburi : dbfile;
     argv[a++] = "--name";
     argv[a++] = p->name;
-    if (deployment) { /* others call this address; ids unique across hosts */
+    if (deployment) {
+      /* names unique across hosts too (a job's worker, its result's
+       * service, log components): data-1.h1; others call this address */
+      snprintf(bufs[0], sizeof bufs[0], "%s.%s", p->name, me);
+      argv[a - 1] = bufs[0];
       argv[a++] = "--advertise";
       argv[a++] = listen;
       argv[a++] = "--host-id";
