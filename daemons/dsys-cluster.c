@@ -369,15 +369,11 @@ static int load_deployment(const char *path) {
       if (port_pair(h, 7, &a, &b)) return -1;
       add_pair("etcd", "etcd", a, b);
       members++;
-      rl += (size_t)snprintf(etcd + rl, rl < sizeof etcd ? sizeof etcd - rl : 0, "%s%s:%d",
-                             rl ? "," : "", h->addr, a);
     }
     if (h->v[8]) {
       if (port_pair(h, 8, &a, &b)) return -1;
       add_pair("patroni", "patroni", b, a);
       pgnodes++;
-      dl += (size_t)snprintf(pg + dl, dl < sizeof pg ? sizeof pg - dl : 0, "%s%s:%d",
-                             dl ? "," : "", h->addr, a);
     }
     static const char *const bins[6] = {NULL, "dsys-authd", "dsys-datad", "dsys-computed",
                                         "dsys-gatewayd", "dsys-faultd"};
@@ -399,6 +395,20 @@ static int load_deployment(const char *path) {
     for (int i = 0; i < NH; i++) fprintf(stderr, " %s", H[i].name);
     fprintf(stderr, ")\n");
     return -1;
+  }
+  /* The endpoints in the URLs start with this host's own (then the next
+   * hosts of the file, round): a client tries them in order, and a dead
+   * host listed first would cost every survivor a timeout per request or
+   * connection. */
+  for (int j = 0; j < NH; j++) {
+    const dhost *h = &H[(mine + j) % NH];
+    int a, b;
+    if (h->v[7] && !port_pair(h, 7, &a, &b))
+      rl += (size_t)snprintf(etcd + rl, rl < sizeof etcd ? sizeof etcd - rl : 0, "%s%s:%d",
+                             rl ? "," : "", h->addr, a);
+    if (h->v[8] && !port_pair(h, 8, &a, &b))
+      dl += (size_t)snprintf(pg + dl, dl < sizeof pg ? sizeof pg - dl : 0, "%s%s:%d",
+                             dl ? "," : "", h->addr, a);
   }
   const char *why = !members ? "no etcd member (NAME.etcd = CLIENT,PEER on 1, 3 or 5 hosts)"
                     : services && !pgnodes ? "services but no PostgreSQL node (NAME.postgres = PG,API)"

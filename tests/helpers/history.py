@@ -116,9 +116,10 @@ def load(args):
         while running():
             k = keys[i % len(keys)]
             i += 1
-            st, doc, _ = http("GET", "%s/api/data/%s" % (url, k), timeout=args.timeout)
+            t0 = now_ms()
+            st, doc, ms = http("GET", "%s/api/data/%s" % (url, k), timeout=args.timeout)
             if st != 200:
-                hist.add(op="read", gw=gw, key=k, t0=now_ms(), status=st, ms=0)
+                hist.add(op="read", gw=gw, key=k, t0=t0, status=st, ms=ms)
                 time.sleep(args.pause / 1000)
                 continue
             d = doc["data"]
@@ -316,8 +317,11 @@ def failures(args):
     statuses = {}
     for o in nonidem:
         statuses[str(o["status"])] = statuses.get(str(o["status"]), 0) + 1
+    # a clear answer: done, a CAS conflict, or an error JSON: 503 (nothing
+    # to serve it now) or 504 (sent to an instance that died with it: the
+    # outcome is unknown, said after the gateway's try timeout)
     unclear = [o for o in nonidem if o["status"] not in (200, 202, 412) and not (
-        o["status"] == 503 and isinstance(o.get("body"), dict) and o["body"].get("error"))]
+        o["status"] in (503, 504) and isinstance(o.get("body"), dict) and o["body"].get("error"))]
     out = {"reads": len(reads), "failedReads": len(failed),
            "firstFailed": failed[:3], "nonIdempotent": len(nonidem), "statuses": statuses,
            "unclear": len(unclear), "unclearSample": unclear[:3],
@@ -340,27 +344,33 @@ def view(url):
 
 def converge(args):
     """Waits (at most --timeout s) until the healthy view of every gateway
-    is exactly --live (URLs of instances; absent types: none); prints
-    the ms it took per gateway and 0 when all converged."""
+    is exactly --live (URLs of instances), and records when the --dead
+    instances had all left it ("gone", ms since --since); prints both per
+    gateway and returns 0 when every view converged."""
     live = set(u for u in args.live.split(",") if u)
-    t0 = now_ms() if not args.since else args.since
-    done = {}
+    dead = set(u for u in args.dead.split(",") if u)
+    t0 = args.since or now_ms()
+    done, gone, last = {}, {}, {}
+    names = [g.split("=", 1)[0] for g in args.gateway]
     end = time.time() + args.timeout
-    last = {}
-    while time.time() < end and len(done) < len(args.gateway):
+    while time.time() < end and len(done) < len(names):
         for g in args.gateway:
             name, url = g.split("=", 1)
             if name in done:
                 continue
             v = view(url)
-            last[name] = v
-            if v is not None and set().union(*v.values()) == live:
+            if v is None:
+                continue
+            seen = set().union(*v.values())
+            last[name] = seen
+            if name not in gone and not seen & dead:
+                gone[name] = now_ms() - t0
+            if seen == live:
                 done[name] = now_ms() - t0
         time.sleep(0.05)
-    print(json.dumps({"converged": done, "pending": {
-        n: sorted(set().union(*(last.get(n) or {}).values()) ^ live) if last.get(n) else None
-        for n in (g.split("=", 1)[0] for g in args.gateway) if n not in done}}))
-    return 0 if len(done) == len(args.gateway) else 1
+    print(json.dumps({"gone": gone, "converged": done, "pending": {
+        n: sorted(last[n] ^ live) if n in last else None for n in names if n not in done}}))
+    return 0 if len(done) == len(names) and len(gone) == len(names) else 1
 
 
 def main():
@@ -388,6 +398,7 @@ def main():
     vp = sub.add_parser("converge", help="wait for the gateways' views")
     vp.add_argument("--gateway", action="append", required=True, help="NAME=URL")
     vp.add_argument("--live", required=True, help="URLs of the live instances, comma-separated")
+    vp.add_argument("--dead", default="", help="URLs of the dead instances, comma-separated")
     vp.add_argument("--timeout", type=float, default=30)
     vp.add_argument("--since", type=int, default=0, help="epoch ms to measure from (default now)")
     a = p.parse_args()
