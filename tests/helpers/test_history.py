@@ -48,6 +48,9 @@ stale = {"compute-2": ("x INFO  compute-2: job 2 completed jobId=2 attempt=1\n"
 comp = history.completions(stale)
 t(comp["2"] == {"compute-2": 0, "compute-3": 1}, "a refused (stale) completion is not counted: %r" % comp)
 
+comp = history.completions({"compute-2": "x WARN  worker: job 2: recording outcome: lease lost\n"})
+t(comp["2"] == {"compute-2": 0}, "a refused release (no completion) counts as none: %r" % comp)
+
 bad = history.check_history(good_ops, good_finals, good_jobs, good_comp)
 t(bad == [], "a good history passes (an unknown-outcome write may be applied): %r" % bad)
 

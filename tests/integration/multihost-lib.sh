@@ -21,6 +21,7 @@ net=$tmp/net
 sups="" loader=""
 mh_cleanup() {
   [ -n "$loader" ] && kill -KILL "$loader" 2>/dev/null
+  for p in ${MH_CONT:-}; do kill -CONT "$p" 2>/dev/null; done # paused by a scenario
   for p in $sups; do kill -CONT "$p" 2>/dev/null; kill -TERM "$p" 2>/dev/null; done
   # the supervisors stop their children (SIGTERM, then SIGKILL after 10 s)
   for p in $sups; do
