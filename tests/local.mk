@@ -69,7 +69,8 @@ SCRIPT_TESTS = \
 # network namespaces (root), real etcd, Patroni and PostgreSQL. make check
 # runs scenario 1 with a short load (multihost-kill.test, about a minute);
 # `make check-multihost` runs every scenario with longer load phases.
-MULTIHOST_TESTS = tests/integration/multihost-kill.test tests/integration/multihost-pause.test
+MULTIHOST_TESTS = tests/integration/multihost-kill.test tests/integration/multihost-pause.test \
+	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test
 check-multihost: all
 	MH_LOAD_S=20 $(MAKE) $(AM_MAKEFLAGS) check TESTS="$(MULTIHOST_TESTS)"
 .PHONY: check-multihost
@@ -82,6 +83,7 @@ TESTS += $(C_TESTS) $(SCRIPT_TESTS)
 EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests/helpers/conn-flood.py \
 	tests/helpers/pyenv.sh tests/helpers/history.py tests/helpers/test_history.py \
 	tests/integration/multihost-lib.sh tests/integration/multihost-pause.test \
+	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test \
 	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.
