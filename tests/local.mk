@@ -70,7 +70,8 @@ SCRIPT_TESTS = \
 # runs scenario 1 with a short load (multihost-kill.test, about a minute);
 # `make check-multihost` runs every scenario with longer load phases.
 MULTIHOST_TESTS = tests/integration/multihost-kill.test tests/integration/multihost-pause.test \
-	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test
+	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test \
+	tests/integration/multihost-rolling.test
 check-multihost: all
 	MH_LOAD_S=20 $(MAKE) $(AM_MAKEFLAGS) check TESTS="$(MULTIHOST_TESTS)"
 .PHONY: check-multihost
@@ -84,6 +85,7 @@ EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests
 	tests/helpers/pyenv.sh tests/helpers/history.py tests/helpers/test_history.py \
 	tests/integration/multihost-lib.sh tests/integration/multihost-pause.test \
 	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test \
+	tests/integration/multihost-rolling.test \
 	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.

@@ -328,7 +328,10 @@ def failures(args):
     # outcome is unknown, said after the gateway's try timeout)
     unclear = [o for o in nonidem if o["status"] not in (200, 202, 412) and not (
         o["status"] in (503, 504) and isinstance(o.get("body"), dict) and o["body"].get("error"))]
-    out = {"reads": len(reads), "failedReads": len(failed),
+    # the client's timeout (--timeout of load, above the gateway's 30 s
+    # deadline) passed without an answer: a hang
+    hung = [o for o in ops if o["status"] == 0 and since(o)]
+    out = {"reads": len(reads), "failedReads": len(failed), "noAnswer": len(hung),
            "firstFailed": failed[:3], "nonIdempotent": len(nonidem), "statuses": statuses,
            "unclear": len(unclear), "unclearSample": unclear[:3],
            "maxMs": max([o["ms"] for o in ops if since(o)] or [0])}
@@ -390,7 +393,8 @@ def main():
     lp.add_argument("--keys", type=int, default=4)
     lp.add_argument("--prefix", default="mh")
     lp.add_argument("--pause", type=float, default=50, help="ms between operations")
-    lp.add_argument("--timeout", type=float, default=15, help="s per request")
+    lp.add_argument("--timeout", type=float, default=35,
+                    help="s per request (above the gateway's 30 s deadline)")
     cp = sub.add_parser("check", help="the checks after a scenario")
     cp.add_argument("--history", required=True)
     cp.add_argument("--gateway", action="append", required=True, help="NAME=URL of a survivor")

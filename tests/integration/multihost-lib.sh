@@ -97,7 +97,7 @@ mh_load() {
   args=""
   for g in "$@"; do args="$args --gateway $g"; done
   rm -f "$tmp/stop"
-  $HIST load $args --timeout 20 --out "$tmp/history.jsonl" --stop-file "$tmp/stop" --duration 600 \
+  $HIST load $args --out "$tmp/history.jsonl" --stop-file "$tmp/stop" --duration 600 \
     ${MH_LOAD_ARGS:-} > "$tmp/load.out" 2>&1 &
   loader=$!
 }
