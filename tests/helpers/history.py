@@ -343,19 +343,27 @@ def failures(args):
 
 
 def view(url):
-    """{type: set of healthy instance URLs} in a gateway's /status, or None."""
+    """A gateway's /status as ({type: healthy instance URLs}, {type: the
+    ones it routes to now}), or None. Healthy = registered and passing its
+    health checks: the view; an outlier ejection (the gateway resting an
+    instance that answered errors) takes it out of rotation for a while
+    without taking it out of the view."""
     st, doc, _ = http("GET", url + "/status", timeout=3)
     if st != 200 or not doc:
         return None
-    return {t: {i["url"] for i in l if i.get("healthy") and not i.get("ejected")}
-            for t, l in doc.get("services", {}).items()}
+    svc = doc.get("services", {})
+    healthy = {t: {i["url"] for i in l if i.get("healthy")} for t, l in svc.items()}
+    routed = {t: {i["url"] for i in l if i.get("healthy") and not i.get("ejected")}
+              for t, l in svc.items()}
+    return healthy, routed
 
 
 def converge(args):
-    """Waits (at most --timeout s) until the healthy view of every gateway
-    is exactly --live (URLs of instances), and records when the --dead
-    instances had all left it ("gone", ms since --since); prints both per
-    gateway and returns 0 when every view converged."""
+    """Waits (at most --timeout s) until the view (healthy instances) of
+    every gateway is exactly --live (URLs of instances), and records when
+    it stopped routing to every --dead instance ("gone", ms since
+    --since); prints both per gateway and returns 0 when every view
+    converged."""
     live = set(u for u in args.live.split(",") if u)
     dead = set(u for u in args.dead.split(",") if u)
     t0 = args.since or now_ms()
@@ -370,9 +378,10 @@ def converge(args):
             v = view(url)
             if v is None:
                 continue
-            seen = set().union(*v.values())
+            seen = set().union(*v[0].values())
             last[name] = seen
-            if name not in gone and not seen & dead:
+            # gone: no dead instance is routed to any more
+            if name not in gone and not set().union(*v[1].values()) & dead:
                 gone[name] = now_ms() - t0
             if seen == live:
                 done[name] = now_ms() - t0
