@@ -865,6 +865,8 @@ int main(int argc, char **argv) {
   if (st >= 0) return st;
   if (!(st = dsys_program_positionals(cfg, "dsys-cluster", 1))) st = run(cfg);
   dsys_config_free(cfg); /* on every way out: sanitizer builds fail a leak */
+  for (int i = 0; i < NH; i++)
+    for (int k = 0; k < 9; k++) free(H[i].v[k]);
   return st;
 }
 

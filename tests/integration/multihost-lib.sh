@@ -55,8 +55,18 @@ mh_up() {
       echo "h$i.faultd.port = 3004"
     done
   } > "$tmp/deployment.conf"
-  for i in 1 2 3; do mh_start $i; done
-  for i in 1 2 3; do mh_wait_healthy $i 120 || { mh_dump; echo "Bail out! host $i did not come up"; exit 1; }; done
+  for _h in 1 2 3; do mh_start $_h; done
+  for _h in 1 2 3; do
+    mh_wait_healthy $_h 120 || { mh_dump; echo "Bail out! host $_h did not come up within 120 s"; exit 1; }
+  done
+  # Patroni acknowledges commits without waiting for a standby until it
+  # has named a synchronous one (synchronous_mode, not strict): only from
+  # then on may a scenario expect an acknowledged write to survive.
+  _end=$(( $(ms) + 60000 ))
+  until mh_sync_standby >/dev/null; do
+    [ "$(ms)" -lt $_end ] || { mh_dump; echo "Bail out! no synchronous standby within 60 s"; exit 1; }
+    sleep 0.2
+  done
 }
 
 # mh_start I: host I's supervisor (its PID in $tmp/sup$i)
@@ -67,11 +77,12 @@ mh_start() {
   sups="$sups $!"
 }
 
+# (the helpers' variables start with _: a caller's loop variable survives)
 mh_wait_healthy() {
-  i=0
-  while [ $i -lt $(($2 * 10)) ]; do
+  _end=$(( $(ms) + $2 * 1000 ))
+  while [ "$(ms)" -lt $_end ]; do
     grep -q "processes healthy" "$tmp/s$1.out" 2>/dev/null && return 0
-    sleep 0.1; i=$((i + 1))
+    sleep 0.1
   done
   return 1
 }
@@ -80,30 +91,46 @@ mh_addr() { echo "$X.$1"; }
 mh_gw() { echo "http://$X.$1:3000"; }
 # the live instance URLs of the hosts given (auth, data, compute)
 mh_instances() {
-  out=""
-  for i in "$@"; do out="$out${out:+,}http://$X.$i:3001,http://$X.$i:4002,http://$X.$i:5002"; done
-  echo "$out"
+  _out=""
+  for _h in "$@"; do _out="$_out${_out:+,}http://$X.$_h:3001,http://$X.$_h:4002,http://$X.$_h:5002"; done
+  echo "$_out"
 }
 # the host whose PostgreSQL is the primary (Patroni's GET /primary: 200)
 mh_leader() {
-  for i in 1 2 3; do
-    [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$X.$i:8008/primary")" = 200 ] && { echo $i; return 0; }
+  for _h in 1 2 3; do
+    [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$X.$_h:8008/primary")" = 200 ] && { echo $_h; return 0; }
+  done
+  return 1
+}
+
+# the host of the streaming synchronous standby (Patroni's GET /cluster)
+mh_sync_standby() {
+  for _h in 1 2 3; do
+    curl -s -m 2 "http://$X.$_h:8008/cluster" 2>/dev/null | $PY -c '
+import json, sys
+try:
+    m = json.load(sys.stdin)["members"]
+except Exception:
+    sys.exit(1)
+s = [x["name"] for x in m if x["role"] == "sync_standby" and x["state"] in ("running", "streaming")]
+sys.exit(0 if s and print(s[0][1:]) is None else 1)' && return 0
   done
   return 1
 }
 
 # mh_load NAME=URL...: history.py load in the background until mh_unload
 mh_load() {
-  args=""
-  for g in "$@"; do args="$args --gateway $g"; done
+  _args=""
+  for _g in "$@"; do _args="$_args --gateway $_g"; done
   rm -f "$tmp/stop"
-  $HIST load $args --out "$tmp/history.jsonl" --stop-file "$tmp/stop" --duration 600 \
+  $HIST load $_args --out "$tmp/history.jsonl" --stop-file "$tmp/stop" --duration 600 \
     ${MH_LOAD_ARGS:-} > "$tmp/load.out" 2>&1 &
   loader=$!
 }
 mh_unload() {
   touch "$tmp/stop"
-  i=0; while kill -0 "$loader" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+  _end=$(( $(ms) + 45000 )) # a request may wait up to the client's 35 s
+  while kill -0 "$loader" 2>/dev/null && [ "$(ms)" -lt $_end ]; do sleep 0.1; done
   kill -KILL "$loader" 2>/dev/null
   loader=""
 }
