@@ -1,18 +1,34 @@
 /*
- * Store benchmark: gets and puts per second with 1 and 2 threads, on a
- * durable SQLite file in DIR (synchronous=NORMAL) or on a store URL
- * (e.g. postgresql://...). Usage: bench-store [DIR|URL] [SECONDS]
+ * Store benchmark: gets and puts per second from 1, 2, 4 and 16 threads,
+ * on a durable SQLite file in DIR (synchronous=NORMAL, or FULL with
+ * FULL=1 in the environment) or on a store URL (e.g. postgresql://...).
+ *
+ * Usage: bench-store [DIR|URL] [SECONDS] [ROUNDS]
+ *   SECONDS per measurement (default 5), ROUNDS (default 3): every round
+ *   runs each row once, in the same order, so rows alternate and a slow
+ *   patch of the machine spreads over all of them; one line per row at
+ *   the end gives its median, range and each round's figure (one line a
+ *   row: bench/run-all picks the lines with "get" and "put").
+ * ONLY="put 4" in the environment runs that one row (for perf, strace).
+ * Each line also gives the process's CPU time (user + system, all
+ * threads) per operation: on a shared machine the ops/s follow the load
+ * of the other processes, the CPU time per op much less.
+ * Puts write 10,000 keys at random (replacing: every put after the first
+ * round is an update of an existing row), values of 36 bytes.
  */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <distsys/distsys.h>
 
 #define NKEYS 10000
+#define MAXTH 16
+#define MAXROUNDS 15
 static dsys_store *s;
-static double secs = 2.0;
+static double secs = 5.0;
 static int do_put;
 static const char *backend = "sqlite";
 
@@ -31,10 +47,18 @@ static void *loop(void *arg) {
     for (int i = 0; i < 256; i++) {
       snprintf(key, sizeof key, "bench/%05u", rand_r(&seed) % NKEYS);
       if (do_put) {
-        if (dsys_store_put(s, key, "{\"v\":\"some value of moderate size\"}", NULL, NULL)) abort();
+        int e = dsys_store_put(s, key, "{\"v\":\"some value of moderate size\"}", NULL, NULL);
+        if (e) {
+          fprintf(stderr, "put: %s\n", dsys_strerror(e));
+          abort();
+        }
       } else {
         dsys_item *it = NULL;
-        if (dsys_store_get(s, key, &it)) abort();
+        int e = dsys_store_get(s, key, &it);
+        if (e) {
+          fprintf(stderr, "get: %s\n", dsys_strerror(e));
+          abort();
+        }
         dsys_item_free(it);
       }
       n++;
@@ -45,10 +69,19 @@ static void *loop(void *arg) {
   return NULL;
 }
 
-static void run(const char *what, int put, int threads) {
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+         ru.ru_stime.tv_usec / 1e6;
+}
+
+/* ops/s; *us_per_op gets the CPU time per op in microseconds. */
+static double run(int put, int threads, double *us_per_op) {
   do_put = put;
-  pthread_t th[8];
-  long counts[8] = {0};
+  double c0 = cpu_s();
+  pthread_t th[MAXTH];
+  long counts[MAXTH] = {0};
   double t0 = now_s();
   for (int i = 0; i < threads; i++) pthread_create(&th[i], NULL, loop, &counts[i]);
   long total = 0;
@@ -56,19 +89,39 @@ static void run(const char *what, int put, int threads) {
     pthread_join(th[i], NULL);
     total += counts[i];
   }
-  printf("store %-4s %d thread%s: %9.0f ops/s  (%s)\n", what, threads, threads > 1 ? "s" : " ",
-         total / (now_s() - t0), backend);
-  fflush(stdout);
+  double wall = now_s() - t0;
+  *us_per_op = (cpu_s() - c0) * 1e6 / (total ? total : 1);
+  return total / wall;
 }
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static const struct row {
+  const char *what;
+  int put, threads;
+} rows[] = {{"get", 0, 1}, {"get", 0, 2}, {"put", 1, 1},
+            {"put", 1, 2}, {"put", 1, 4}, {"put", 1, 16}};
+#define NROWS (sizeof rows / sizeof rows[0])
 
 int main(int argc, char **argv) {
   const char *dir = argc > 1 ? argv[1] : "/tmp";
   if (argc > 2) secs = atof(argv[2]);
+  int rounds = argc > 3 ? atoi(argv[3]) : 3;
+  if (secs <= 0 || rounds < 1 || rounds > MAXROUNDS) {
+    fprintf(stderr, "usage: bench-store [DIR|URL] [SECONDS > 0] [ROUNDS 1..%d]\n", MAXROUNDS);
+    return 2;
+  }
+  const char *full = getenv("FULL");
+  dsys_store_options o = {.size = sizeof o, .full_sync = full && !strcmp(full, "1")};
   char url[1024];
   if (strstr(dir, "://")) snprintf(url, sizeof url, "%s", dir);
   else snprintf(url, sizeof url, "sqlite://%s/bench-store.sqlite", dir);
   if (!strncmp(url, "postgres", 8)) backend = "postgresql";
-  int e = dsys_store_open(&s, url, NULL);
+  else if (!strncmp(url, "sqlite", 6)) backend = o.full_sync ? "sqlite FULL" : "sqlite NORMAL";
+  int e = dsys_store_open(&s, url, &o);
   if (e) {
     fprintf(stderr, "open %s: %s\n", url, dsys_strerror(e));
     return 1;
@@ -78,10 +131,33 @@ int main(int argc, char **argv) {
     snprintf(key, sizeof key, "bench/%05d", i);
     dsys_store_put(s, key, "{\"v\":\"some value of moderate size\"}", NULL, NULL);
   }
-  run("get", 0, 1);
-  run("get", 0, 2);
-  run("put", 1, 1);
-  run("put", 1, 2);
+  const char *only = getenv("ONLY");
+  int skip[NROWS] = {0};
+  for (size_t i = 0; only && i < NROWS; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "%s %d", rows[i].what, rows[i].threads);
+    skip[i] = strcmp(name, only) != 0;
+  }
+  double res[NROWS][MAXROUNDS], cpu[NROWS][MAXROUNDS];
+  for (int r = 0; r < rounds; r++)
+    for (size_t i = 0; i < NROWS; i++) {
+      if (skip[i]) continue;
+      res[i][r] = run(rows[i].put, rows[i].threads, &cpu[i][r]);
+    }
+  for (size_t i = 0; i < NROWS; i++) {
+    if (skip[i]) continue;
+    char each[MAXROUNDS * 12] = "", *p = each; /* the rounds in run order */
+    for (int r = 0; r < rounds; r++)
+      p += snprintf(p, sizeof each - (size_t)(p - each), "%s%.0f", r ? " " : "", res[i][r]);
+    qsort(res[i], (size_t)rounds, sizeof res[i][0], cmp_d);
+    qsort(cpu[i], (size_t)rounds, sizeof cpu[i][0], cmp_d);
+    printf("store %-4s %2d thread%s: %9.0f ops/s median, range %.0f-%.0f; %.1f us CPU/op median "
+           "(%d rounds of %g s: %s; %s)\n",
+           rows[i].what, rows[i].threads, rows[i].threads > 1 ? "s" : " ",
+           (res[i][(rounds - 1) / 2] + res[i][rounds / 2]) / 2, res[i][0], res[i][rounds - 1],
+           (cpu[i][(rounds - 1) / 2] + cpu[i][rounds / 2]) / 2, rounds, secs, each, backend);
+    fflush(stdout);
+  }
   dsys_store_close(s);
   return 0;
 }

@@ -1,7 +1,7 @@
 # Benchmark programs: built by make, run by the bench/ scripts (never by
 # make check, which must not time anything).
 noinst_PROGRAMS += bench/bench-server bench/bench-identity bench/bench-store \
-	bench/bench-queue bench/bench-resil bench/bench-upstream bench/bench-locks
+	bench/bench-queue bench/bench-resil bench/bench-upstream bench/bench-locks bench/bench-cache
 bench_bench_server_SOURCES = bench/bench-server.c
 bench_bench_server_CFLAGS = $(AM_CFLAGS) $(MHD_CFLAGS)
 bench_bench_server_LDADD = libdistsys.la $(MHD_LIBS)
@@ -16,10 +16,12 @@ bench_bench_resil_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_resil_LDADD = libdistsys.la $(PTHREAD_LIBS)
 bench_bench_locks_SOURCES = bench/bench-locks.c
 bench_bench_locks_LDADD = libdistsys.la $(PTHREAD_LIBS)
+bench_bench_cache_SOURCES = bench/bench-cache.c
+bench_bench_cache_LDADD = libdistsys.la
 bench_bench_upstream_SOURCES = bench/bench-upstream.c
 bench_bench_upstream_CFLAGS = $(AM_CFLAGS) -O2
 bench_bench_upstream_LDADD = libdistsys.la $(PTHREAD_LIBS)
 EXTRA_DIST += bench/run-transport bench/run-state bench/run-gateway bench/ab-gateway bench/run-conn-flood \
 	bench/run-python-service bench/python_service_app.py \
 	bench/proxy-common.sh bench/read-gap bench/run-fullstack bench/run-all \
-	bench/python-memory.py bench/run-locks
+	bench/python-memory.py bench/run-locks bench/run-cache bench/run-jobs-http

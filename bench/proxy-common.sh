@@ -59,10 +59,12 @@ CFG
   i=0; while [ $i -lt 100 ] && ! curl -sf "$H/json" >/dev/null; do sleep 0.05; i=$((i+1)); done
 }
 
+# WRK_PATH (default /json) is appended to the url; WRK_SCRIPT, if set, is
+# a Lua script given to wrk (-s).
 measure() { # url conns pid -> "rps p99ms cpu_us_per_request [errors]"
-  wrk -t2 -c"$2" -d2s "$1/json" >"$tmp/warm" 2>&1 || { echo "warmup failed"; cat "$tmp/warm"; return 1; }
+  wrk -t2 -c"$2" -d2s ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "$1${WRK_PATH-/json}" >"$tmp/warm" 2>&1 || { echo "warmup failed"; cat "$tmp/warm"; return 1; }
   t0=$(ticks "$3")
-  wrk -t2 -c"$2" -d"${dur}s" --latency "$1/json" > "$tmp/w"
+  wrk -t2 -c"$2" -d"${dur}s" --latency ${WRK_SCRIPT:+-s "$WRK_SCRIPT"} "$1${WRK_PATH-/json}" > "$tmp/w"
   t1=$(ticks "$3")
   reqs=$(awk '/requests in/ {print $1}' "$tmp/w")
   cpu=$(awk -v a="$t0" -v b="$t1" -v n="$reqs" -v hz="$hz" 'BEGIN { printf "%.1f", n ? (b - a) / hz / n * 1e6 : 0 }')

@@ -1,6 +1,7 @@
 /*
  * dsys-computed: the compute service (direct computations and durable
- * jobs run by a worker pool) as a daemon.
+ * jobs run by a worker pool) as a daemon, with the queue's retention
+ * sweep (run by one elected instance when --leader-lock is given).
  * Flags: see --help and docs/reference/services.md.
  */
 #include <stdio.h>
@@ -12,9 +13,27 @@ static const dsys_option extra[] = {
     {"lease", "DSYS_JOB_LEASE", DSYS_OPT_DURATION, "30s",
      "job lease: a job held by an instance that died runs again after this long (at least 300ms)"},
     {"lease-ms", "DSYS_JOB_LEASE_MS", DSYS_OPT_ALIAS, "lease", NULL},
+    {"retention", "DSYS_RETENTION", DSYS_OPT_DURATION, "7d",
+     "retention sweep: delete completed, failed and canceled jobs of the queue database "
+     "finished this long ago (0: keep them forever)"},
+    {"sweep-interval", "DSYS_SWEEP_INTERVAL", DSYS_OPT_DURATION, "0",
+     "time between retention sweeps (0: a tenth of --retention, within 1s..1h)"},
+    {"leader-lock", "DSYS_LEADER_LOCK", DSYS_OPT_STRING, NULL,
+     "locks URL (sqlite:///path, postgresql://..., etcd://... shared by the instances): the "
+     "instances elect one leader, and only it runs the retention sweep (all keep running jobs)"},
+    {"leader-ttl", "DSYS_LEADER_TTL", DSYS_OPT_DURATION, "10s",
+     "lease of the leadership: a dead leader is replaced within it"},
 };
 
 static dsys_compute_service *svc;
+static dsys_election *election;
+
+static void on_role(void *ud, int leader, int64_t token) {
+  fprintf(stderr, "dsys-computed: %s (token %lld)\n",
+          leader ? "leading: this instance runs the retention sweep"
+                 : "following: another instance sweeps",
+          (long long)token);
+}
 
 static int mount(dsys_daemon *d, void *ud) {
   int64_t workers = 0, lease = 0;
@@ -28,16 +47,44 @@ static int mount(dsys_daemon *d, void *ud) {
     fprintf(stderr, "dsys-computed: --workers must be 0..256\n");
     return DSYS_EINVAL;
   }
+  const dsys_config *cfg = dsys_daemon_config(d);
+  int64_t retention = 0, every = 0, ttl = 0;
+  dsys_config_get_duration_ms(cfg, "retention", &retention);
+  dsys_config_get_duration_ms(cfg, "sweep-interval", &every);
+  dsys_config_get_duration_ms(cfg, "leader-ttl", &ttl);
+  if (retention < 0 || every < 0) {
+    fprintf(stderr, "dsys-computed: --retention and --sweep-interval must not be negative\n");
+    return DSYS_EINVAL;
+  }
+  const char *ll = dsys_config_get(cfg, "leader-lock");
+  if (ll && *ll) {
+    if (ttl < 100) {
+      fprintf(stderr, "dsys-computed: --leader-ttl must be at least 100ms\n");
+      return DSYS_EINVAL;
+    }
+    dsys_election_options eo = {.size = sizeof eo, .ttl_ms = ttl, .on_change = on_role};
+    int rc = dsys_election_open(ll, "compute-sweep", &eo, &election);
+    if (rc) {
+      fprintf(stderr, "dsys-computed: cannot campaign on --leader-lock %s: %s\n", ll,
+              dsys_strerror(rc));
+      return rc == DSYS_EURL || rc == DSYS_ESCHEME ? DSYS_EINVAL : rc;
+    }
+  }
   dsys_compute_options o = {.size = sizeof o, .queue = dsys_daemon_queue(d),
                             .name = dsys_daemon_name(d),
                             .workers = (uint32_t)workers, .no_workers = workers == 0,
-                            .lease_ms = lease};
+                            .lease_ms = lease, .retention_ms = retention,
+                            .sweep_interval_ms = every, .election = election,
+                            .metrics = dsys_daemon_metrics(d)};
   int rc = dsys_service_compute_mount(dsys_daemon_server(d), &o, &svc);
   if (rc) fprintf(stderr, "dsys-computed: %s\n", dsys_strerror(rc));
   return rc ? 1 : 0;
 }
 
-static void unmount(dsys_daemon *d, void *ud) { dsys_service_compute_free(svc); }
+static void unmount(dsys_daemon *d, void *ud) {
+  dsys_service_compute_free(svc);
+  dsys_election_resign(election); /* another instance sweeps at once */
+}
 
 int main(int argc, char **argv) {
   dsys_daemon_spec spec = {

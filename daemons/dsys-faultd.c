@@ -25,14 +25,13 @@ static const dsys_option extra[] = {
     {"fail-threshold", "DSYS_FAIL_THRESHOLD", DSYS_OPT_INT, "3", "consecutive failures that make an instance CRITICAL"},
     {"alert-log", "DSYS_ALERT_LOG", DSYS_OPT_STRING, NULL, "append alerts as JSON lines to this file"},
     {"leader-lock", "DSYS_LEADER_LOCK", DSYS_OPT_STRING, NULL,
-     "locks URL (sqlite:///path shared by the detectors): the detectors elect one "
+     "locks URL (sqlite:///path, postgresql://..., etcd://... shared by the detectors): the detectors elect one "
      "leader, and only it writes alerts (all keep checking and serving)"},
     {"leader-ttl", "DSYS_LEADER_TTL", DSYS_OPT_DURATION, "10s",
      "lease of the leadership: a dead leader is replaced within it"},
 };
 
 static dsys_faultd *fd;
-static dsys_locks *locks;
 static dsys_election *election;
 
 static void on_role(void *ud, int leader, int64_t token) {
@@ -97,13 +96,10 @@ static int mount(dsys_daemon *d, void *ud) {
       fprintf(stderr, "dsys-faultd: --leader-ttl must be at least 100ms\n");
       return DSYS_EINVAL;
     }
-    if ((rc = dsys_locks_open(&locks, ll, NULL))) {
-      fprintf(stderr, "dsys-faultd: cannot open --leader-lock %s: %s\n", ll, dsys_strerror(rc));
+    if ((rc = dsys_election_open(ll, "faultd-alerts", &eo, &election))) {
+      fprintf(stderr, "dsys-faultd: cannot campaign on --leader-lock %s: %s\n", ll,
+              dsys_strerror(rc));
       return rc == DSYS_EURL || rc == DSYS_ESCHEME ? DSYS_EINVAL : rc;
-    }
-    if ((rc = dsys_election_campaign(locks, "faultd-alerts", &eo, &election))) {
-      fprintf(stderr, "dsys-faultd: election: %s\n", dsys_strerror(rc));
-      return rc;
     }
     fo.election = election;
   }
@@ -129,7 +125,6 @@ static void drain(dsys_daemon *d, void *ud) { dsys_faultd_shutdown(fd); }
 static void unmount(dsys_daemon *d, void *ud) {
   dsys_faultd_free(fd);
   dsys_election_resign(election); /* hands the alerts over at once */
-  dsys_locks_close(locks);
 }
 
 int main(int argc, char **argv) {

@@ -48,9 +48,20 @@ static const dsys_option extra[] = {
      "HS256 secret for --protect (else DSYS_JWT_SECRET); the auth service's secret"},
     {"cors-origin", "DSYS_CORS_ORIGIN", DSYS_OPT_LIST, NULL, "allowed CORS origin on every route ('*': any)"},
     {"filters", "DSYS_FILTERS", DSYS_OPT_LIST, NULL,
-     "the edge filters a route runs, in order, from cors, ratelimit, jwt, user-ratelimit, idempotency "
-     "('none': no filter): LIST for every route, PREFIX=LIST for the route with that prefix; "
-     "default: all five in that order"},
+     "the edge filters a route runs, in order, from cors, ratelimit, jwt, user-ratelimit, idempotency, "
+     "cache ('none': no filter): LIST for every route, PREFIX=LIST for the route with that prefix; "
+     "default: all six in that order"},
+    /* The response cache (docs/reference/gateway.md, "Response cache"). */
+    {"cache", "DSYS_CACHE", DSYS_OPT_LIST, "off",
+     "response cache of GET/HEAD answers as their Cache-Control allows: on, off, or authorized "
+     "(also answers to requests with Authorization/Cookie not marked public: only for upstreams "
+     "that answer every caller alike); V for every route, PREFIX=V for the route with that prefix"},
+    {"cache-size", "DSYS_CACHE_SIZE", DSYS_OPT_SIZE, "64MiB", "response cache bound in bytes"},
+    {"cache-entries", "DSYS_CACHE_ENTRIES", DSYS_OPT_INT, "10000", "response cache bound in entries"},
+    {"cache-max-object", "DSYS_CACHE_MAX_OBJECT", DSYS_OPT_SIZE, "1MiB",
+     "larger response bodies are not stored"},
+    {"cache-max-ttl", "DSYS_CACHE_MAX_TTL", DSYS_OPT_DURATION, "1h",
+     "no answer is kept longer than this after it was stored or revalidated, whatever its max-age"},
     {"idempotency-ttl", "DSYS_IDEMPOTENCY_TTL", DSYS_OPT_DURATION, "0",
      "replay POSTs with an Idempotency-Key this long (0: off)"},
     {"idempotency-ttl-ms", "DSYS_IDEMPOTENCY_TTL_MS", DSYS_OPT_ALIAS, "idempotency-ttl", NULL},
@@ -334,6 +345,19 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
                              .upstream_key_file = uco.tls_key_file,
                              .identity = dsys_daemon_identity(d)};
   dsys_config_get_duration_ms(cfg, "try-timeout", &go.try_timeout_ms);
+  uint64_t csize = 0, cobj = 0;
+  int64_t centries = 0;
+  dsys_config_get_size(cfg, "cache-size", &csize);
+  dsys_config_get_size(cfg, "cache-max-object", &cobj);
+  dsys_config_get_int(cfg, "cache-entries", &centries);
+  dsys_config_get_duration_ms(cfg, "cache-max-ttl", &go.cache_max_ttl_ms);
+  if (!csize || csize > SIZE_MAX || !cobj || cobj > SIZE_MAX || centries < 1 ||
+      centries > 100000000 || go.cache_max_ttl_ms < 1000)
+    return fail("bad response cache bound (--cache-size and --cache-max-object > 0, "
+                "--cache-entries 1..100000000, --cache-max-ttl at least 1s)", NULL);
+  go.cache_max_bytes = (size_t)csize;
+  go.cache_max_object = (size_t)cobj;
+  go.cache_max_entries = (size_t)centries;
   if (dsys_config_count(cfg, "protect")) {
     /* The auth service's secret: --jwt-secret-file, else DSYS_JWT_SECRET. */
     if (dsys_auth_load_secret(dsys_config_get(cfg, "jwt-secret-file"), NULL, &g_.secret,
@@ -415,9 +439,22 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
     while (eq && k < nrs && !policy_is_for(v, eq, rs[k].prefix)) k++;
     if (eq && k == nrs) return fail("--filters: no route has that prefix", v);
   }
+  for (size_t i = 0; i < dsys_config_count(cfg, "cache"); i++) {
+    const char *v = dsys_config_get_nth(cfg, "cache", i), *eq = strchr(v, '=');
+    const char *mode = eq ? eq + 1 : v;
+    size_t k = 0;
+    while (eq && k < nrs && !policy_is_for(v, eq, rs[k].prefix)) k++;
+    if (eq && k == nrs) return fail("--cache: no route has that prefix", v);
+    if (strcmp(mode, "on") && strcmp(mode, "off") && strcmp(mode, "authorized"))
+      return fail("bad --cache (want on, off or authorized, or PREFIX=one of them)", v);
+  }
   for (size_t i = 0; i < nrs; i++) {
     ro.protect = rs[i].protect;
     ro.filters = keyed_value("filters", rs[i].prefix, NULL);
+    const char *cache = keyed_value("cache", rs[i].prefix, "off");
+    ro.cache = !strcmp(cache, "on")           ? DSYS_GATEWAY_CACHE_ON
+               : !strcmp(cache, "authorized") ? DSYS_GATEWAY_CACHE_AUTHORIZED
+                                              : DSYS_GATEWAY_CACHE_OFF;
     rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     if (rc == DSYS_ENOTFOUND && reg) { /* discover NAME from the registry */
       dsys_gateway_upstream_options uo;
@@ -427,7 +464,10 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
       if (!rc) rc = dsys_gateway_add_route_ex(gw, rs[i].prefix, rs[i].name, &ro);
     }
     if (rc == DSYS_EINVAL && ro.filters)
-      return fail("bad --filters (names from cors, ratelimit, jwt, user-ratelimit, idempotency, each once; or none)", ro.filters);
+      return fail(ro.cache ? "bad --filters (names from cors, ratelimit, jwt, user-ratelimit, idempotency, cache, "
+                             "each once; or none; a route with --cache needs cache among them)"
+                           : "bad --filters (names from cors, ratelimit, jwt, user-ratelimit, idempotency, cache, each once; or none)",
+                  ro.filters);
     if (rc) return fail(rc == DSYS_ENOTFOUND ? "no such upstream (give --upstream or --registry)" : dsys_strerror(rc), rs[i].prefix);
   }
   return 0;

@@ -25,11 +25,11 @@ C_TESTS = \
 	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/resilience/test-upstream-slow \
-	tests/state/test-store tests/state/test-queue tests/state/test-queue-pg tests/state/test-state-crash \
+	tests/state/test-store tests/state/test-store-group tests/state/test-queue tests/state/test-queue-pg tests/state/test-state-crash \
 	tests/state/test-lock tests/state/test-cache \
 	tests/observe/test-events tests/observe/test-metrics \
-	tests/services/test-data tests/services/test-auth tests/services/test-compute \
-	tests/services/test-gateway tests/services/test-gateway-edge \
+	tests/services/test-data tests/services/test-auth tests/services/test-compute tests/services/test-compute-submit \
+	tests/services/test-gateway tests/services/test-gateway-edge tests/services/test-gateway-cache \
 	tests/services/test-registry-service tests/services/test-faultd \
 	tests/services/test-streams tests/services/test-daemon-reload \
 	tests/integration/test-cluster \
@@ -59,6 +59,7 @@ SCRIPT_TESTS = \
 	tests/integration/conn-flood.test \
 	tests/integration/queue-cli.test tests/integration/registry-cli.test \
 	tests/integration/python-service.test tests/integration/etcd-registry.test \
+	tests/integration/compute-sweep.test \
 	tests/integration/hung-instance.test \
 	tests/integration/multihost-config.test tests/integration/multihost-history.test \
 	tests/integration/multihost-kill.test \

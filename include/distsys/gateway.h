@@ -17,7 +17,8 @@
  * Edge protections per route (dsys_gateway_add_route_ex; all off by default,
  * see docs/reference/gateway.md): rate limits, JWT verification with the
  * verified user id sent as X-Dsys-User-Id (always stripped from clients),
- * CORS, Idempotency-Key replay, each a filter of the route's chain whose
+ * CORS, Idempotency-Key replay, a response cache for GET/HEAD (RFC 9111
+ * rules), each a filter of the route's chain whose
  * members and order the route's options choose (filters); always, before
  * routing: a /v1 alias, ambiguous framing and dot segments or encoded
  * slashes refused with 400.
@@ -92,6 +93,15 @@ typedef struct dsys_gateway_options {
                                      client's X-Dsys-Identity is always
                                      stripped. Not owned; must outlive the
                                      gateway. NULL: none */
+  /* The response cache (routes with dsys_gateway_route_options.cache;
+   * docs/reference/gateway.md, "Response cache"). Created when a route
+   * first needs it, with these bounds; kept across reloads. */
+  size_t cache_max_bytes;     /**< keys, headers and bodies; default 64 MiB */
+  size_t cache_max_entries;   /**< default 10000 */
+  size_t cache_max_object;    /**< larger bodies are not stored; default 1 MiB */
+  int64_t cache_max_ttl_ms;   /**< no response is kept longer than this
+                                   after it was stored or revalidated,
+                                   whatever its max-age; default 1 h */
 } dsys_gateway_options;
 
 /** dsys_gateway_route_options.protect: who needs a valid JWT. */
@@ -120,11 +130,25 @@ typedef struct dsys_gateway_route_options {
                                    they run, comma-separated, from "cors",
                                    "ratelimit" (client address and route
                                    buckets), "jwt", "user-ratelimit",
-                                   "idempotency"; "none" or "" for none;
-                                   NULL: all five in that order. A filter
+                                   "idempotency", "cache"; "none" or ""
+                                   for none; NULL: all six in that order. A filter
                                    whose options above are unset lets
                                    every request pass. Copied (parsed). */
+  int32_t cache;              /**< DSYS_GATEWAY_CACHE_*: store and serve
+                                   GET/HEAD responses as their
+                                   Cache-Control allows (the chain must
+                                   have the "cache" filter) */
 } dsys_gateway_route_options;
+
+/** dsys_gateway_route_options.cache */
+#define DSYS_GATEWAY_CACHE_OFF 0  /**< no response cache (default) */
+#define DSYS_GATEWAY_CACHE_ON 1   /**< responses to requests without
+                                       Authorization or Cookie, and those
+                                       marked public */
+#define DSYS_GATEWAY_CACHE_AUTHORIZED 2 /**< also responses to requests with
+                                       Authorization or Cookie that are not
+                                       marked public: only for an upstream
+                                       that answers every caller alike */
 
 /** Create a gateway. @return 0, DSYS_EINVAL, DSYS_ENOMEM. */
 DSYS_API int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts);

@@ -15,6 +15,9 @@
  *
  *   memory:                        this process only (tests, embedding)
  *   sqlite:///abs/path/file.sqlite shared by every process on the host
+ *   postgresql://...               every host reaching the server
+ *   etcd://host:port[,...]/prefix  every host reaching the etcd cluster;
+ *                                  tokens are etcd revisions
  *
  * Further backends plug in with dsys_locks_register_backend().
  *
@@ -71,8 +74,9 @@ typedef struct dsys_lock_ops {
   int (*open)(void *st, const char *location, char *err, size_t errlen);
   void (*close)(void *st);
   /** Take name for owner until now + ttl_ms when it is free or its lease
-   *  ended (expires_at <= now); *token = the name's last token + 1 (tokens
-   *  of a name are never reused, also across releases). DSYS_EBUSY when
+   *  ended (expires_at <= now); *token = a token larger than every earlier
+   *  one of the name, also across releases (the SQL backends: last + 1;
+   *  etcd: the cluster revision of the acquiring write). DSYS_EBUSY when
    *  another lease is running (*held, may be NULL, gets its holder). */
   int (*acquire)(void *st, const char *name, const char *owner, int64_t now, int64_t ttl_ms,
                  int64_t *token, dsys_lock_info *held);
@@ -123,13 +127,23 @@ typedef struct dsys_lock_options {
   dsys_lock_lost_fn on_lost; /**< or NULL */
   void *ud;                 /**< passed to on_lost */
   const char *owner;        /**< default "HOSTNAME:PID:RANDOM" */
+  int unfair;               /**< appended: 1 = no waiting line (below) */
 } dsys_lock_options;
 
 /**
  * Acquire a lock, waiting up to wait_ms for its holder to release it or
- * for its lease to end (polling the backend with growing, jittered pauses
- * of at most 100 ms; a release through the same handle wakes waiters at
- * once). While held, it is renewed every ttl/3 unless manual_renew.
+ * for its lease to end (polling the backend with jittered pauses of at
+ * most 100 ms; a release through the same handle wakes waiters at once).
+ * While held, it is renewed every ttl/3 unless manual_renew.
+ *
+ * Fairness (unless o->unfair): a waiter that finds the lock held takes
+ * the name's ticket (the lock "next-in-line/NAME", a lease of min(ttl,
+ * 2 s)), and while another caller holds the ticket no one else, not even
+ * a holder coming straight back after a release, takes the lock or tries
+ * it; the ticket holder takes the lock once it is free. Waiters without
+ * the ticket have equal chances to get it next. This costs one extra
+ * read per acquisition. Lock names starting with "next-in-line/" are
+ * best left to it.
  * @param wait_ms 0 = try once.
  * @return 0; DSYS_EBUSY (wait_ms 0 and held), DSYS_ETIMEDOUT (still held
  *         after wait_ms), DSYS_EINVAL (empty or too long name or owner,
@@ -196,6 +210,17 @@ typedef struct dsys_election_options {
 DSYS_API int dsys_election_campaign(dsys_locks *ls, const char *name,
                                     const dsys_election_options *o, dsys_election **out);
 
+/**
+ * Open the locks at url (as dsys_locks_open() with default options) and
+ * campaign for name on them: the election owns that handle, and
+ * dsys_election_resign() closes it. What a daemon's --leader-lock URL
+ * does (dsys-faultd's alerts, dsys-computed's retention sweep).
+ * @return 0; as dsys_locks_open() (DSYS_EURL, DSYS_ESCHEME, backend
+ *         errors) and dsys_election_campaign() (DSYS_EINVAL, DSYS_ENOMEM).
+ */
+DSYS_API int dsys_election_open(const char *url, const char *name,
+                                const dsys_election_options *o, dsys_election **out);
+
 /** 1 while this candidate leads; *token (may be NULL) gets its token. */
 DSYS_API int dsys_election_is_leader(dsys_election *e, int64_t *token);
 
@@ -203,7 +228,8 @@ DSYS_API int dsys_election_is_leader(dsys_election *e, int64_t *token);
 DSYS_API int dsys_election_leader(dsys_locks *ls, const char *name, dsys_lock_info *out);
 
 /** Stop campaigning and give up the leadership if held (on_change(0) is
- *  called first when it was leader); frees e. NULL-safe. */
+ *  called first when it was leader); frees e (and closes the locks handle
+ *  of dsys_election_open()). NULL-safe. */
 DSYS_API void dsys_election_resign(dsys_election *e);
 
 /** The built-in backends. */

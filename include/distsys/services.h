@@ -168,6 +168,21 @@ typedef struct dsys_compute_options {
   int64_t events_poll_ms;  /**< appended: how often job event streams poll
                                 the shared queue for jobs run elsewhere,
                                 default 200 */
+  int64_t retention_ms;    /**< appended: the retention sweep deletes the
+                                completed, failed (dead) and canceled jobs
+                                of the queue database (dsys_queue_purge(),
+                                every queue) that finished at least this
+                                long ago; 0: no sweep */
+  int64_t sweep_interval_ms; /**< appended: time between sweeps, default
+                                a tenth of retention_ms within 1 s..1 h */
+  struct dsys_election *election; /**< appended: when set, an instance
+                                sweeps only while it leads this election
+                                (one sweeper among several instances);
+                                NULL: every instance sweeps (purges are
+                                idempotent) */
+  struct dsys_metrics *metrics; /**< appended: counters
+                                dsys_queue_sweeps_total and
+                                dsys_queue_swept_jobs_total here, or NULL */
 } dsys_compute_options;
 
 /**

@@ -13,9 +13,11 @@
  * (DSYS_STORE_DEFAULT_MAX_VALUE) and metadata is limited to 64 KiB.
  *
  * Thread-safety: a dsys_store may be used from any number of threads at
- * once. The SQLite backend gives each thread its own connection (created on
- * the thread's first call) with its own cached prepared statements, and
- * funnels a process's write transactions through one mutex. Several
+ * once. The SQLite backend gives each thread its own read connection
+ * (created on the thread's first call) with its own cached prepared
+ * statements; writes from concurrent threads are group-committed on one
+ * writer connection per handle (one transaction, a savepoint per write, each
+ * caller answered with its own result after the commit: store.md). Several
  * processes may open the same file. The PostgreSQL backend shares a pool
  * of connections (8) between the threads; every operation is one
  * statement. dsys_store_close() must not run

@@ -240,10 +240,9 @@ static int pgr_put(void *vst, const dsys_instance *in, int64_t now) {
   char *tags = dsysi_registry_tags_json(in);
   if (!tags) return DSYS_ENOMEM;
   char w[24], nows[24];
-  snprintf(w, sizeof w, "%lld", (long long)in->weight);
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
   const char *p[] = {in->id, in->type, in->name ? in->name : "", in->url, tags,
-                     in->metadata ? in->metadata : "{}", w, nows};
+                     in->metadata ? in->metadata : "{}", DSYSI_PG_I64(w, in->weight),
+                     DSYSI_PG_I64(nows, now)};
   int e = run_record(vst, &st_put, p);
   free(tags);
   return e == DSYS_ENOTFOUND ? DSYS_EDB : e;
@@ -251,8 +250,7 @@ static int pgr_put(void *vst, const dsys_instance *in, int64_t now) {
 
 static int pgr_heartbeat(void *vst, const char *id, int64_t now) {
   char nows[24];
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  const char *p[] = {id, nows};
+  const char *p[] = {id, DSYSI_PG_I64(nows, now)};
   /* healthy (the usual case), else turning healthy, else healthy again
    * because a racing heartbeat turned it so, else absent */
   for (int i = 0; i < 3; i++) {
@@ -314,9 +312,7 @@ static int pgr_list(void *vst, const char *type, dsys_instance **out, size_t *n)
 
 static int pgr_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) {
   char u[24], r[24];
-  snprintf(u, sizeof u, "%lld", (long long)unhealthy_before);
-  snprintf(r, sizeof r, "%lld", (long long)reap_before);
-  const char *p[] = {u, r};
+  const char *p[] = {DSYSI_PG_I64(u, unhealthy_before), DSYSI_PG_I64(r, reap_before)};
   int e = run_record(vst, &st_expire, p);
   return e == DSYS_ENOTFOUND ? 0 : e;
 }
@@ -332,8 +328,8 @@ static int pgr_index(void *vst, uint64_t *out) {
 
 static int pgr_changes(void *vst, uint64_t after, dsys_registry_change_fn fn, void *ctx) {
   char a[24];
-  snprintf(a, sizeof a, "%llu", (unsigned long long)after);
-  const char *p[] = {a};
+  /* indexes stay far below INT64_MAX, so the signed form is exact */
+  const char *p[] = {DSYSI_PG_I64(a, after)};
   PGresult *r = NULL;
   int e = run1(vst, &st_changes, p, &r);
   if (e) return e;

@@ -1,7 +1,8 @@
 /*
  * Compute service: direct computations with strict validation, and
  * durable jobs on the shared queue ("compute") run by a worker pool in
- * every instance.
+ * every instance; a periodic retention sweep of finished jobs, by one
+ * elected instance when given an election.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -11,6 +12,8 @@
 #include <string.h>
 #include <stdatomic.h>
 #include <distsys/events.h>
+#include <distsys/lock.h>
+#include <distsys/metrics.h>
 #include <distsys/services.h>
 #include "core/internal.h"
 #include "core/json.h"
@@ -38,7 +41,29 @@ struct dsys_compute_service {
   pthread_mutex_t wmu; /* watches; events are published under it, in order */
   watch *watches;
   dsysi_ticker ticker; /* polls the shared queue for the watched jobs */
+  /* submissions (POST /api/compute/job): deferred, stored in batches */
+  pthread_mutex_t smu;
+  pthread_cond_t scv;
+  struct sub *subs, **subs_tail;
+  size_t nsubs;
+  int sub_stop, sub_started;
+  pthread_t sub_thread;
+  /* the retention sweep */
+  int64_t retention_ms;
+  dsysi_ticker sweeper;
+  dsys_election *election; /* or NULL: sweep whenever the ticker says */
+  dsys_counter *sweeps, *swept;
 };
+
+/* A submission waiting for the submitter thread. */
+typedef struct sub {
+  struct sub *next;
+  dsys_request *req;
+  char *text; /* the job's payload */
+} sub;
+
+/* Most submissions stored in one transaction. */
+#define SUB_BATCH 512
 
 #define JOB_TOPIC "jobs"
 
@@ -392,6 +417,95 @@ static void add_job_id(json_object *o, long long id) {
   json_object_object_add(o, "jobId", json_object_new_string(ids));
 }
 
+/* ---- submissions: many requests, one transaction ----
+ *
+ * A server thread that waited for each submission's commit would hold the
+ * request's thread for the commit, and the queue could group only as many
+ * submissions as there are server threads. Instead the request is deferred
+ * and handed to the submitter thread, which stores everything that arrived
+ * meanwhile with one dsys_queue_submit_many() (one transaction) and
+ * answers each request after the commit. */
+
+static void answer_submit(dsys_request *req, int rc, int64_t id) {
+  if (rc) {
+    dsysi_respond_storage_err(req, rc, "Could not queue the job");
+    return;
+  }
+  json_object *o = json_object_new_object();
+  json_object_object_add(o, "message", json_object_new_string("Job submitted successfully"));
+  add_job_id(o, (long long)id);
+  json_object_object_add(o, "status", json_object_new_string("pending"));
+  dsysi_respond_obj(req, 202, o);
+}
+
+static void *submitter(void *ud) {
+  dsys_compute_service *c = ud;
+  const char *payloads[SUB_BATCH];
+  int64_t ids[SUB_BATCH];
+  sub *batch[SUB_BATCH];
+  dsys_submit_options so = {.size = sizeof so, .max_attempts = c->max_attempts};
+  pthread_mutex_lock(&c->smu);
+  for (;;) {
+    while (!c->subs && !c->sub_stop) pthread_cond_wait(&c->scv, &c->smu);
+    if (!c->subs) break; /* stopping, and everything answered */
+    size_t n = 0;
+    while (c->subs && n < SUB_BATCH) {
+      batch[n] = c->subs;
+      payloads[n] = c->subs->text;
+      c->subs = c->subs->next;
+      n++;
+    }
+    if (!c->subs) c->subs_tail = &c->subs;
+    c->nsubs -= n;
+    pthread_mutex_unlock(&c->smu);
+    int rc = dsys_queue_submit_many(c->q, DSYS_COMPUTE_QUEUE, payloads, n, &so, ids);
+    for (size_t i = 0; i < n; i++) {
+      answer_submit(batch[i]->req, rc, rc ? 0 : ids[i]);
+      free(batch[i]->text);
+      free(batch[i]);
+    }
+    pthread_mutex_lock(&c->smu);
+  }
+  pthread_mutex_unlock(&c->smu);
+  return NULL;
+}
+
+/* Defer req and queue its job for the submitter (takes text). */
+static void submit_later(dsys_compute_service *c, dsys_request *req, char *text) {
+  sub *sb = malloc(sizeof *sb);
+  if (!sb) {
+    free(text);
+    dsysi_respond_storage_err(req, DSYS_ENOMEM, "Could not queue the job");
+    return;
+  }
+  *sb = (sub){.req = req, .text = text};
+  pthread_mutex_lock(&c->smu);
+  if (c->sub_stop) {
+    pthread_mutex_unlock(&c->smu);
+    free(text);
+    free(sb);
+    dsysi_respond_err(req, 503, "DSYS_ESTOPPED", "Service is stopping");
+    return;
+  }
+  dsys_request_defer(req);
+  *c->subs_tail = sb;
+  c->subs_tail = &sb->next;
+  c->nsubs++;
+  pthread_cond_signal(&c->scv);
+  pthread_mutex_unlock(&c->smu);
+}
+
+/* Answer every queued submission and end the submitter thread. */
+static void submitter_stop(dsys_compute_service *c) {
+  if (!c->sub_started) return;
+  pthread_mutex_lock(&c->smu);
+  c->sub_stop = 1;
+  pthread_cond_signal(&c->scv);
+  pthread_mutex_unlock(&c->smu);
+  pthread_join(c->sub_thread, NULL);
+  c->sub_started = 0;
+}
+
 static void h_submit(dsys_request *req, void *ud) {
   dsys_compute_service *c = ud;
   json_object *b;
@@ -424,23 +538,14 @@ static void h_submit(dsys_request *req, void *ud) {
                              json_object_new_string(dsys_request_traceparent(req)));
       char *text = dsysi_json_dump(p, NULL);
       json_object_put(p);
-      dsys_submit_options so = {.size = sizeof so, .max_attempts = c->max_attempts};
-      int64_t id = 0;
-      rc = text ? dsys_queue_submit(c->q, DSYS_COMPUTE_QUEUE, text, &so, &id, NULL)
-                : DSYS_ENOMEM;
-      free(text);
-      if (rc == DSYS_ETOOBIG) {
+      if (!text)
+        dsysi_respond_storage_err(req, DSYS_ENOMEM, "Could not queue the job");
+      else if (strlen(text) > DSYS_QUEUE_MAX_PAYLOAD) /* before batching: it
+                                                 would fail the whole batch */
         dsysi_respond_err(req, 413, "DSYS_ETOOBIG", "Job too large");
-      } else if (rc) {
-        dsysi_respond_storage_err(req, rc, "Could not queue the job");
-      } else {
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "message",
-                               json_object_new_string("Job submitted successfully"));
-        add_job_id(o, (long long)id);
-        json_object_object_add(o, "status", json_object_new_string("pending"));
-        dsysi_respond_obj(req, 202, o);
-      }
+      else
+        submit_later(c, req, text);
+      text = NULL;
     }
   }
   json_object_put(b);
@@ -633,11 +738,11 @@ static void poll_jobs(void *ud) {
   pthread_mutex_unlock(&c->wmu);
 }
 
-/* Progress reported by this instance's worker: stored, then published at
- * once when someone streams the job. */
+/* Progress reported by this instance's worker: stored (when durable),
+ * then published at once when someone streams the job on this instance. */
 static void report_progress(dsys_compute_service *c, dsys_job_ctx *ctx, const dsys_job *job,
-                            int32_t pct, const char *msg) {
-  if (dsys_job_ctx_progress(ctx, pct, msg)) return;
+                            int32_t pct, const char *msg, int durable) {
+  if (durable && dsys_job_ctx_progress(ctx, pct, msg)) return;
   pthread_mutex_lock(&c->wmu);
   for (watch *w = c->watches; w; w = w->next)
     if (w->id == job->id && atomic_load(&w->refs) > 0) {
@@ -772,10 +877,16 @@ static int run_job_inner(dsys_compute_service *c, dsys_job_ctx *ctx, const dsys_
   for (int64_t waited = 0; delay > 0 && waited < delay; waited += 100) {
     if (dsys_job_ctx_stopping(ctx))
       return DSYS_ECANCELED; /* released back to the queue */
-    report_progress(c, ctx, job, (int)(waited * 90 / delay), "waiting");
+    report_progress(c, ctx, job, (int)(waited * 90 / delay), "waiting", 1);
     dsys_clock_sleep_us(c->svc.clock, 100000);
   }
-  report_progress(c, ctx, job, 90, "computing");
+  /* A job without delayMs is computed within microseconds: storing its 90
+   * and 100 would cost two transactions per job for states that the
+   * completion (progress 100) replaces at once, before a stream polling
+   * from another instance could see them. They are published to this
+   * instance's streams only; delayed jobs store every step. */
+  int durable = delay > 0;
+  report_progress(c, ctx, job, 90, "computing", durable);
   int rc = ops ? compute(op, ops, 0, &res, &e) : C_BADARG;
   if (rc) {
     dsys_job_ctx_set_error(ctx, rc == C_BADOP ? "Invalid operation"
@@ -790,7 +901,7 @@ static int run_job_inner(dsys_compute_service *c, dsys_job_ctx *ctx, const dsys_
   char *text = dsysi_json_dump(o, NULL);
   json_object_put(o);
   if (!text) return DSYS_ENOMEM;
-  report_progress(c, ctx, job, 100, "done");
+  report_progress(c, ctx, job, 100, "done", durable);
   rc = dsys_job_ctx_set_result(ctx, text);
   free(text);
   return rc;
@@ -835,6 +946,56 @@ static void compute_free_streams(dsys_compute_service *c) {
     free(w);
   }
   pthread_mutex_destroy(&c->wmu);
+  pthread_mutex_destroy(&c->smu);
+  pthread_cond_destroy(&c->scv);
+}
+
+/* ---- the retention sweep ---- */
+
+/* One sweep, by the leader only when there is an election (the others
+ * skip it, so one instance does the deletes and the logging). */
+static void sweep(void *ud) {
+  dsys_compute_service *c = ud;
+  int64_t token = 0;
+  if (c->election && !dsys_election_is_leader(c->election, &token)) return;
+  int64_t removed = 0;
+  int rc = dsys_queue_purge(c->q, c->retention_ms, &removed);
+  if (rc) {
+    dsysi_log(DSYS_LOG_WARN, "compute", "retention sweep failed: %s", dsys_strerror(rc));
+    return;
+  }
+  if (c->sweeps) dsys_counter_inc(c->sweeps);
+  if (c->swept) dsys_counter_add(c->swept, (uint64_t)removed);
+  dsysi_log(removed ? DSYS_LOG_INFO : DSYS_LOG_DEBUG, "compute",
+            "retention sweep: %lld jobs finished over %lld ms ago deleted%s", (long long)removed,
+            (long long)c->retention_ms, c->election ? " (as the elected sweeper)" : "");
+}
+
+/* The options' sweep fields (appended: read only when the caller's struct
+ * has them). */
+static int start_sweeper(dsys_compute_service *c, const dsys_compute_options *opts) {
+  size_t osz = opts->size ? opts->size : sizeof *opts;
+  if (osz < offsetof(dsys_compute_options, metrics) + sizeof(void *)) return 0;
+  if (opts->retention_ms < 0 || opts->sweep_interval_ms < 0) return DSYS_EINVAL;
+  if (!opts->retention_ms) return 0;
+  c->retention_ms = opts->retention_ms;
+  c->election = opts->election;
+  int64_t every = opts->sweep_interval_ms;
+  if (!every) {
+    every = opts->retention_ms / 10;
+    every = every < 1000 ? 1000 : every > 3600000 ? 3600000 : every;
+  }
+  if (opts->metrics) {
+    int rc = dsys_metrics_counter(opts->metrics, "dsys_queue_sweeps_total",
+                                  "Retention sweeps of the job queue run by this instance",
+                                  NULL, NULL, 0, &c->sweeps);
+    if (!rc)
+      rc = dsys_metrics_counter(opts->metrics, "dsys_queue_swept_jobs_total",
+                                "Finished jobs deleted by this instance's retention sweeps",
+                                NULL, NULL, 0, &c->swept);
+    if (rc) return rc;
+  }
+  return dsysi_ticker_start(&c->sweeper, c->svc.clock, every, sweep, c);
 }
 
 static int compute_ready(void *ud, const char **what, char *err, size_t errlen) {
@@ -861,6 +1022,9 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     return rc;
   }
   pthread_mutex_init(&c->wmu, NULL);
+  pthread_mutex_init(&c->smu, NULL);
+  pthread_cond_init(&c->scv, NULL);
+  c->subs_tail = &c->subs;
   dsys_events_options eo = {.size = sizeof eo, .clock = c->svc.clock, .history = 256};
   rc = dsys_events_new(&c->ev, &eo);
   if (!rc) {
@@ -871,9 +1035,10 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
   }
   static const char *const slow[] = {"/compute-worker",
                                      "/api/compute/compute-worker"};
-  rc = dsysi_svc_slow_routes(&c->svc, slow, 2,
-                             opts->work_delay_ms > 0 ? opts->work_delay_ms : 550,
-                             "Compute worker completed");
+  if (!rc) /* a failed event hub or poller is not overwritten */
+    rc = dsysi_svc_slow_routes(&c->svc, slow, 2,
+                               opts->work_delay_ms > 0 ? opts->work_delay_ms : 550,
+                               "Compute worker completed");
   const struct {
     const char *m, *p;
     dsys_handler_fn fn;
@@ -884,8 +1049,13 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
       {"GET", "/api/compute/job/:id/events", h_job_events},
       {"GET", "/api/compute/stats", h_stats},
   };
+  if (!rc) {
+    rc = pthread_create(&c->sub_thread, NULL, submitter, c) ? DSYS_ENOMEM : 0;
+    c->sub_started = !rc;
+  }
   for (size_t i = 0; !rc && i < sizeof routes / sizeof routes[0]; i++)
     rc = dsys_server_route(srv, routes[i].m, routes[i].p, routes[i].fn, c);
+  if (!rc) rc = start_sweeper(c, opts);
   if (!rc && !opts->no_workers) {
     const char *queues[] = {DSYS_COMPUTE_QUEUE};
     dsys_worker_options wo = {.size = sizeof wo, .queues = queues, .nqueues = 1,
@@ -898,7 +1068,9 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     rc = dsys_worker_start(&c->worker, c->q, &wo);
   }
   if (rc) {
+    dsysi_ticker_stop(&c->sweeper);
     dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
+    submitter_stop(c);
     compute_free_streams(c);
     dsysi_svc_fini(&c->svc);
     free(c);
@@ -910,6 +1082,8 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
 
 void dsys_service_compute_free(dsys_compute_service *c) {
   if (!c) return;
+  dsysi_ticker_stop(&c->sweeper);
+  submitter_stop(c); /* answers what is queued */
   dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
   compute_free_streams(c);
   dsysi_svc_fini(&c->svc);

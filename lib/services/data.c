@@ -37,6 +37,7 @@
 #include "core/json.h"
 #include "services/reply.h"
 #include "services/svc.h"
+#include "services/edge.h" /* dsysi_etag_list_match */
 
 #define MAX_KEY 1000
 #define CAS_TRIES 16
@@ -93,7 +94,10 @@ static void etag_of(const dsys_item *it, char *out, size_t n) {
 }
 
 /* Items change at any time through any instance: a cache may keep one but
- * must revalidate it (If-None-Match) before each use. */
+ * must revalidate it (If-None-Match) before each use. Not a max-age: a
+ * caching gateway would then serve an old version for that long after a
+ * write through another instance; the revalidation is a 304 from this
+ * service's own cache (docs/reference/gateway.md, "Response cache"). */
 static void cache_headers(dsys_request *req, const char *tag) {
   dsys_response_header(req, "ETag", tag);
   dsys_response_header(req, "Cache-Control", "no-cache");
@@ -459,22 +463,6 @@ out:
 
 /* ---- read ---- */
 
-/* Whether an If-None-Match list ("*" or comma-separated tags, weak or
- * strong: a GET compares weakly) names the item's current tag. */
-static int none_match_hits(const char *h, const char *tag) {
-  size_t tn = strlen(tag);
-  while (h && *h) {
-    while (*h == ' ' || *h == '\t' || *h == ',') h++;
-    if (*h == '*') return 1;
-    if (!strncmp(h, "W/", 2)) h += 2;
-    size_t n = strcspn(h, ",");
-    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
-    if (n == tn && !memcmp(h, tag, n)) return 1;
-    h += strcspn(h, ",");
-  }
-  return 0;
-}
-
 /* The cached form of an item: its ETag, a newline, its API JSON. */
 static int load_item(void *ud, const char *ref, void **value, size_t *len) {
   dsys_data_service *d = ud;
@@ -514,7 +502,7 @@ static void h_get_cached(dsys_data_service *d, dsys_request *req) {
     char tag[64];
     snprintf(tag, sizeof tag, "%.*s", (int)(nl - (char *)v), (char *)v);
     cache_headers(req, tag);
-    if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+    if (dsysi_etag_list_match(dsys_request_header(req, "If-None-Match"), tag)) {
       dsys_respond(req, 304, NULL, NULL, 0);
     } else {
       static const char head[] = "{\"message\":\"Data retrieved successfully\",\"data\":";
@@ -546,7 +534,7 @@ static void h_get(dsys_request *req, void *ud) {
   if (!rc) etag_of(it, tag, sizeof tag);
   if (rc) {
     respond_store_err(req, rc);
-  } else if (none_match_hits(dsys_request_header(req, "If-None-Match"), tag)) {
+  } else if (dsysi_etag_list_match(dsys_request_header(req, "If-None-Match"), tag)) {
     cache_headers(req, tag); /* the client's copy is current: no body */
     dsys_respond(req, 304, NULL, NULL, 0);
   } else {

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <distsys/common.h>
 #include "core/internal.h"
 #include "services/edge.h"
@@ -341,4 +342,125 @@ void dsysi_idem_abort(dsysi_idem *c, const char *key, size_t klen, uint64_t gen)
   ent *e = find(s, h, key, klen);
   if (e && e->gen == gen && e->state == DSYSI_IDEM_INFLIGHT) remove_ent(s, e);
   pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- HTTP caching (RFC 9111) ---- */
+
+/* RFC 9110 tchar */
+static int tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+void dsysi_cc_init(dsysi_cc *cc) {
+  memset(cc, 0, sizeof *cc);
+  cc->max_age = cc->s_maxage = -1;
+}
+
+/* delta-seconds (RFC 9111 1.2.2): digits; larger than 2^31 counts as 2^31. */
+static int delta_seconds(const char *v, size_t n, int64_t *out) {
+  if (!n) return -1;
+  int64_t x = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9') return -1;
+    if (x < 2147483648LL) x = x * 10 + (v[i] - '0');
+  }
+  *out = x > 2147483648LL ? 2147483648LL : x;
+  return 0;
+}
+
+/* A seconds directive: a second occurrence with another value is a
+ * conflict (RFC 9111 4.2.1: the cache may treat it as stale; here: bad). */
+static void cc_seconds(dsysi_cc *cc, int64_t *field, const char *v, size_t n) {
+  int64_t x;
+  if (!v || delta_seconds(v, n, &x)) cc->bad = 1;
+  else if (*field >= 0 && *field != x) cc->bad = 1;
+  else *field = x;
+}
+
+void dsysi_cc_parse(dsysi_cc *cc, const char *s) {
+  if (!s) return;
+  for (;;) {
+    while (*s == ' ' || *s == '\t' || *s == ',') s++;
+    if (!*s) return;
+    const char *name = s;
+    while (tchar((unsigned char)*s)) s++;
+    size_t nl = (size_t)(s - name);
+    const char *val = NULL;
+    size_t vl = 0;
+    if (!nl) {
+      cc->bad = 1;
+      return;
+    }
+    if (*s == '=') {
+      s++;
+      if (*s == '"') { /* quoted-string: the value without quotes (escapes kept) */
+        val = ++s;
+        while (*s && *s != '"') s += s[0] == '\\' && s[1] ? 2 : 1;
+        if (*s != '"') {
+          cc->bad = 1;
+          return;
+        }
+        vl = (size_t)(s++ - val);
+      } else {
+        val = s;
+        while (tchar((unsigned char)*s)) s++;
+        vl = (size_t)(s - val);
+        if (!vl) {
+          cc->bad = 1;
+          return;
+        }
+      }
+    }
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s && *s != ',') {
+      cc->bad = 1;
+      return;
+    }
+#define IS(k) (nl == sizeof(k) - 1 && !strncasecmp(name, k, nl))
+    if (IS("max-age")) cc_seconds(cc, &cc->max_age, val, vl);
+    else if (IS("s-maxage")) cc_seconds(cc, &cc->s_maxage, val, vl);
+    else if (IS("no-store")) cc->no_store = 1;
+    /* no-cache="field" and private="field" are taken as the whole
+     * directive: stricter than the RFC asks, never wrong */
+    else if (IS("no-cache")) cc->no_cache = 1;
+    else if (IS("private")) cc->private_ = 1;
+    else if (IS("public")) cc->public_ = 1;
+    else if (IS("must-revalidate") || IS("proxy-revalidate")) cc->must_revalidate = 1;
+#undef IS
+    /* other directives (immutable, stale-while-revalidate, ...) are
+     * extensions a cache may ignore */
+  }
+}
+
+int dsysi_vary_parse(const char *s, char names[][64], size_t *n) {
+  if (!s) return 0;
+  for (;;) {
+    while (*s == ' ' || *s == '\t' || *s == ',') s++;
+    if (!*s) return 0;
+    const char *b = s;
+    while (tchar((unsigned char)*s)) s++;
+    size_t l = (size_t)(s - b);
+    while (*s == ' ' || *s == '\t') s++;
+    if (!l || (*s && *s != ',') || (l == 1 && *b == '*') || l > 63 || *n >= DSYSI_VARY_MAX)
+      return -1;
+    for (size_t i = 0; i < l; i++) names[*n][i] = (char)dsysi_lc[(unsigned char)b[i]];
+    names[*n][l] = '\0';
+    (*n)++;
+  }
+}
+
+int dsysi_etag_list_match(const char *h, const char *tag) {
+  if (!strncmp(tag, "W/", 2)) tag += 2;
+  size_t tn = strlen(tag);
+  while (h && *h) {
+    while (*h == ' ' || *h == '\t' || *h == ',') h++;
+    if (*h == '*') return 1;
+    if (!strncmp(h, "W/", 2)) h += 2;
+    size_t n = strcspn(h, ",");
+    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t')) n--;
+    if (n == tn && !memcmp(h, tag, n)) return 1;
+    h += strcspn(h, ",");
+  }
+  return 0;
 }

@@ -81,6 +81,35 @@ void dsysi_idem_abort(dsysi_idem *c, const char *key, size_t klen, uint64_t gen)
 /** Entries held (<= max_keys). */
 size_t dsysi_idem_count(dsysi_idem *c);
 
+/* ---- HTTP caching (RFC 9111) ---- */
+
+/** Cache-Control directives, from one or more header values. */
+typedef struct dsysi_cc {
+  int bad;             /* malformed, or a directive given twice with two
+                          values: the caller treats it as no-store */
+  int no_store, no_cache, private_, public_, must_revalidate;
+  int64_t max_age;     /* seconds; -1: absent */
+  int64_t s_maxage;    /* seconds; -1: absent */
+} dsysi_cc;
+
+void dsysi_cc_init(dsysi_cc *cc);
+/** Add the directives of one Cache-Control value (NULL: nothing). */
+void dsysi_cc_parse(dsysi_cc *cc, const char *v);
+
+/** The most names a Vary the gateway caches may list. */
+#define DSYSI_VARY_MAX 8
+/**
+ * Add the header names of one Vary value to names (lower case, at most
+ * DSYSI_VARY_MAX of at most 63 bytes, *n counting them).
+ * @return 0; -1 for "*", a name that is not a token, or too many names
+ *         (the response is then not cached).
+ */
+int dsysi_vary_parse(const char *v, char names[][64], size_t *n);
+
+/** Whether an If-None-Match list ("*" or comma-separated tags, weak or
+ *  strong) names tag (weak comparison, as GET and HEAD use). */
+int dsysi_etag_list_match(const char *list, const char *tag);
+
 /** FNV-1a 64 over (d, n), chained from h (start with 0). */
 uint64_t dsysi_fnv64(uint64_t h, const void *d, size_t n);
 

@@ -14,6 +14,7 @@
 #include <math.h>
 #include <distsys/auth.h>
 #include <distsys/balancer.h>
+#include <distsys/cache.h>
 #include <distsys/gateway.h>
 #include <distsys/metrics.h>
 #include <distsys/retry.h>
@@ -64,9 +65,9 @@ typedef struct gw_route {
  * runs the ones its options name, in their order (see edge_filters and
  * h_proxy). Framing and path checks come before routing and are not
  * filters: they decide which route a request may reach. */
-enum { F_CORS, F_RATELIMIT, F_JWT, F_USER_RATELIMIT, F_IDEMPOTENCY, NFILTERS };
+enum { F_CORS, F_RATELIMIT, F_JWT, F_USER_RATELIMIT, F_IDEMPOTENCY, F_CACHE, NFILTERS };
 static const char *const filter_names[NFILTERS] = {"cors", "ratelimit", "jwt", "user-ratelimit",
-                                                   "idempotency"};
+                                                   "idempotency", "cache"};
 
 /* Parse a route's filter list ("cors,jwt", "" or "none" for no filter,
  * NULL for every filter in the order above). @return 0 or DSYS_EINVAL
@@ -109,6 +110,7 @@ typedef struct gw_table {
   dsys_client *tls_client;    /* shared by the https upstreams */
   dsysi_rl *rl;               /* the gateway's (kept across reloads) */
   dsysi_idem *idem;
+  dsys_cache *rcache;         /* the response cache (kept across reloads) */
   struct gw_table *retired_next;
 } gw_table;
 
@@ -122,6 +124,9 @@ struct dsys_gateway {
   atomic_uint_fast64_t success, failed; /* proxied requests (count()) */
   dsysi_rl *rl;               /* created when a route first needs them */
   dsysi_idem *idem;
+  dsys_cache *rcache;
+  /* response cache outcomes (X-Cache), for the metrics */
+  atomic_uint_fast64_t c_hit, c_miss, c_reval, c_bypass, c_stored;
   char *upstream_tls[3];      /* copies of o.upstream_{ca,cert,key}_file */
   /* Replaced tables and the thread that frees them (dsys_upstream_free
    * must not run on a callback's thread, and waits for calls in flight). */
@@ -211,6 +216,10 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   if (!gw->o.max_buckets) gw->o.max_buckets = 65536;
   if (!gw->o.idempotency_max_keys) gw->o.idempotency_max_keys = 10000;
   if (!gw->o.idempotency_max_body) gw->o.idempotency_max_body = 1024 * 1024;
+  if (!gw->o.cache_max_bytes) gw->o.cache_max_bytes = 64u << 20;
+  if (!gw->o.cache_max_entries) gw->o.cache_max_entries = 10000;
+  if (!gw->o.cache_max_object) gw->o.cache_max_object = 1u << 20;
+  if (gw->o.cache_max_ttl_ms <= 0) gw->o.cache_max_ttl_ms = 3600000;
   gw->name = strdup(gw->o.name ? gw->o.name : "load-balancer");
   gw->o.name = gw->name;
   pthread_rwlock_init(&gw->tlk, NULL);
@@ -379,7 +388,8 @@ int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
   if (eo.rate < 0 || eo.user_rate < 0 || eo.route_rate < 0 || !isfinite(eo.rate) ||
       !isfinite(eo.user_rate) || !isfinite(eo.route_rate) || eo.idempotency_ttl_ms < 0 ||
       eo.protect < DSYS_GATEWAY_PROTECT_NONE || eo.protect > DSYS_GATEWAY_PROTECT_WRITES ||
-      (eo.protect && !gw->cur->secret) || (eo.ncors_origins && !eo.cors_origins))
+      (eo.protect && !gw->cur->secret) || (eo.ncors_origins && !eo.cors_origins) ||
+      eo.cache < DSYS_GATEWAY_CACHE_OFF || eo.cache > DSYS_GATEWAY_CACHE_AUTHORIZED)
     return DSYS_EINVAL;
   for (size_t i = 0; i < eo.ncors_origins; i++)
     if (!eo.cors_origins[i] || !*eo.cors_origins[i]) return DSYS_EINVAL;
@@ -392,7 +402,11 @@ int dsys_gateway_add_route_ex(dsys_gateway *gw, const char *prefix,
   while (plen > 1 && prefix[plen - 1] == '/') plen--;
   gw_route *r = &t->routes[t->nroutes];
   memset(r, 0, sizeof *r);
-  if (parse_chain(eo.filters, r)) return DSYS_EINVAL;
+  /* a cached route without the cache filter would silently not cache */
+  if (parse_chain(eo.filters, r) || (eo.cache && !memchr(r->chain, F_CACHE, r->nchain))) {
+    memset(r, 0, sizeof *r);
+    return DSYS_EINVAL;
+  }
   eo.filters = NULL; /* parsed: not kept */
   char *p = dsysi_strndup(prefix, plen);
   r->origins = eo.ncors_origins ? calloc(eo.ncors_origins, sizeof *r->origins) : NULL;
@@ -438,6 +452,15 @@ static gw_route *match(gw_table *t, const char *path) {
 
 /* ---- the proxy ---- */
 
+/* The cache filter's decision for a request (edge.rc). */
+enum {
+  RC_STORE = 1,  /* a GET missed: store a cacheable answer */
+  RC_REVAL,      /* a GET found a stale answer with an ETag: ask the upstream */
+  RC_MISS,       /* a HEAD missed: passed on, not stored */
+  RC_BYPASS,     /* a request the cache may not answer (no-store, Range, ...) */
+  RC_INVALIDATE, /* an unsafe method: a success drops the stored answer */
+};
+
 /* What the edge decided for one request. */
 typedef struct edge {
   gw_table *t;          /* held (t_get) until the answer */
@@ -448,6 +471,11 @@ typedef struct edge {
   size_t idem_klen;
   uint64_t idem_gen;
   int strip_cors;       /* the cors filter answers CORS: drop the upstream's */
+  char rc;              /* the cache filter's decision (RC_*), 0: none */
+  char rc_cred;         /* the request has Authorization or Cookie */
+  char *rc_ent;         /* RC_REVAL: the stored response (its copy) */
+  size_t rc_len;
+  char *rc_key;         /* RC_REVAL: its key */
   int have_tight;       /* rate-limit filters: the tightest bucket so far */
   dsysi_rl_result tight;
 } edge;
@@ -461,13 +489,22 @@ typedef struct px {
   dsys_request *req;
   int streaming;
   dsysi_fwd fwd;
+  dsys_header *rch;     /* RC_REVAL: fwd's headers with our If-None-Match */
+  size_t nrch;
 } px;
 
 static int px_key; /* finished states kept per event loop */
 
+static void edge_free(edge *e) {
+  free(e->idem_key);
+  free(e->rc_ent);
+  free(e->rc_key);
+}
+
 static void px_free(px *p) {
   t_put(p->gw, p->e.t);
-  free(p->e.idem_key);
+  edge_free(&p->e);
+  free(p->rch);
   dsysi_fwd_free(&p->fwd);
   if (dsysi_loop_cache_put(&px_key, p, 256, free)) free(p);
 }
@@ -526,6 +563,8 @@ static void px_pick(void *ud, const char *id, const char *url) {
   dsys_request_log_field(p->req, "upstream", url);
 }
 
+static int rc_reply(px *p, dsys_reply *r);
+
 /* dsys_upstream's answer (any thread): pass it on, or say why not. */
 static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res, void *ud) {
   px *p = ud;
@@ -545,6 +584,9 @@ static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
   } else if (err) {
     respond_unavailable(p, err == DSYS_ETIMEDOUT ? 504 : err == DSYS_ECONNREFUSED ? 503 : 502,
                         dsys_strerror(err));
+  } else if (p->e.rc && rc_reply(p, reply)) { /* revalidated: the stored answer */
+    count(gw, p->up, 1);
+    edge_respond(gw, &p->e, 0, NULL, NULL, NULL, 0);
   } else {
     int status = dsys_reply_status(reply);
     const char *ct = dsysi_reply_ctype(reply);
@@ -561,6 +603,8 @@ static void px_done(int err, dsys_reply *reply, const dsys_upstream_result *res,
   px_free(p);
 }
 
+static int rc_conditional(px *p);
+
 /* Hand the request to dsys_upstream: it picks, sends (the event loop's
  * HTTP/1.1 dialer or libcurl), reports and retries; px_done answers. */
 static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
@@ -570,6 +614,7 @@ static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
     edge_respond(gw, e, 500, NULL, NULL, NULL, 0);
     dsys_respond_error(req, 500, "DSYS_ENOMEM", "Out of memory");
     t_put(gw, e->t);
+    edge_free(e);
     return;
   }
   p->e = *e;
@@ -577,8 +622,10 @@ static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
   p->up = rt->up;
   p->req = req;
   p->streaming = 0;
+  p->rch = NULL;
   dsys_request_defer(req);
-  if (dsysi_fwd_request(&p->fwd, req, p->e.user, dsysi_identity_current(gw->o.identity))) {
+  if (dsysi_fwd_request(&p->fwd, req, p->e.user, dsysi_identity_current(gw->o.identity)) ||
+      (p->e.rc == RC_REVAL && rc_conditional(p))) {
     respond_unavailable(p, 500, "Out of memory");
     px_free(p);
     return;
@@ -586,7 +633,7 @@ static void proxy(dsys_gateway *gw, gw_route *rt, dsys_request *req, edge *e) {
   size_t blen;
   const void *body = dsys_request_body(req, &blen);
   dsys_call call = {.size = sizeof call, .method = dsys_request_method(req),
-                    .path = p->e.target, .headers = p->fwd.h, .nheaders = p->fwd.n,
+                    .path = p->e.target, .headers = p->rch ? p->rch : p->fwd.h, .nheaders = p->rch ? p->nrch : p->fwd.n,
                     .body = body, .body_len = blen};
   dsysi_usend o = {.on_head = px_head, .on_body = px_body,
                    .on_pick = dsysi_request_log_wanted(req) ? px_pick : NULL,
@@ -890,6 +937,341 @@ static int f_user_ratelimit(dsys_gateway *gw, dsys_request *req, gw_route *rt, e
   return rate_limit(e->t->rl, req, rt, 1, e->user, &e->tight, &e->have_tight);
 }
 
+
+/* ---- the response cache (the "cache" filter; RFC 9111, shared cache) ----
+ *
+ * Storage is a dsys_cache (bounded in bytes and entries, LRU), used as a
+ * map: the loads are the proxy's own, asynchronous. A value is either a
+ * stored answer ('R': rc_meta, Content-Type, ETag, headers, body) or, at
+ * the primary key of a URL whose answer has a Vary, the list of its
+ * names ('V'), the answer itself then being at the key extended by the
+ * request's values of those headers. */
+
+#define RCF_PUBLIC 1u     /* Cache-Control: public */
+#define RC_KEY_MAX 8192   /* longer keys (huge Vary values): not cached */
+
+typedef struct rc_meta {
+  int64_t stored_ms;      /* the gateway's clock when stored or revalidated */
+  int64_t fresh_ms;       /* freshness lifetime (0: revalidate every use) */
+  int64_t age0_ms;        /* the upstream's Age then */
+  uint32_t flags;
+  uint32_t ctlen, etlen;  /* with their NUL; 0: none */
+  uint32_t hlen;          /* "name\0value\0" pairs */
+  uint64_t blen;
+} rc_meta;
+
+typedef struct rc_view {
+  rc_meta m;
+  const char *ctype, *etag, *hdrs, *body;
+} rc_view;
+
+static int rc_decode(const char *v, size_t n, rc_view *o) {
+  if (n < 1 + sizeof o->m || v[0] != 'R') return -1;
+  memcpy(&o->m, v + 1, sizeof o->m);
+  const char *p = v + 1 + sizeof o->m;
+  if ((uint64_t)o->m.ctlen + o->m.etlen + o->m.hlen + o->m.blen != n - 1 - sizeof o->m) return -1;
+  o->ctype = o->m.ctlen ? p : NULL;
+  o->etag = o->m.etlen ? p + o->m.ctlen : NULL;
+  o->hdrs = p + o->m.ctlen + o->m.etlen;
+  o->body = o->hdrs + o->m.hlen;
+  if ((o->ctype && o->ctype[o->m.ctlen - 1]) || (o->etag && o->etag[o->m.etlen - 1]) ||
+      (o->m.hlen && o->hdrs[o->m.hlen - 1]))
+    return -1;
+  return 0;
+}
+
+/* The key of a request: the upstream, Host and target, then for each
+ * Vary name the request's value (or its absence). @return 0, or -1 when
+ * too long or out of memory (not cached). */
+static int rc_key(dsysi_buf *k, dsys_request *req, const edge *e, char names[][64], size_t nn) {
+  const char *host = dsys_request_header(req, "Host");
+  dsysi_buf_printf(k, "%s\n%s\n%s", e->rt->up->name, host ? host : "", e->target);
+  for (size_t i = 0; i < nn; i++) {
+    const char *v = dsys_request_header(req, names[i]);
+    dsysi_buf_printf(k, "\n%s%s", v ? "=" : "!", v ? v : "");
+  }
+  if (!k->oom && k->len <= RC_KEY_MAX) return 0;
+  dsysi_buf_free(k);
+  return -1;
+}
+
+/* Look a request up: the stored answer for its key (and, through a Vary
+ * record, for its header values), copied to *v; *key its key. */
+static void rc_lookup(dsys_cache *c, dsys_request *req, const edge *e, char **v, size_t *n,
+                      char **key) {
+  dsysi_buf k = {0};
+  *v = NULL;
+  *key = NULL;
+  if (rc_key(&k, req, e, NULL, 0)) return;
+  void *got = NULL;
+  if (dsys_cache_get(c, k.data, NULL, NULL, &got, n) == 0 && *n && ((char *)got)[0] == 'V') {
+    char names[DSYSI_VARY_MAX][64];
+    size_t nn = 0;
+    char *list = dsysi_strndup((char *)got + 1, *n - 1);
+    int bad = !list || dsysi_vary_parse(list, names, &nn);
+    free(list);
+    dsys_free(got);
+    got = NULL;
+    dsysi_buf_free(&k);
+    if (bad || rc_key(&k, req, e, names, nn)) return;
+    if (dsys_cache_get(c, k.data, NULL, NULL, &got, n)) got = NULL;
+  }
+  if (!got) {
+    dsysi_buf_free(&k);
+    return;
+  }
+  *v = got;
+  *key = dsysi_buf_steal(&k, NULL);
+  if (!*key) {
+    dsys_free(got);
+    *v = NULL;
+  }
+}
+
+/* Answer req from a stored answer; its age in ms. */
+static void rc_serve(dsys_request *req, const edge *e, const rc_view *w, const char *xcache,
+                     int64_t age_ms) {
+  for (size_t off = 0; off < w->m.hlen;) {
+    const char *name = w->hdrs + off, *value = name + strlen(name) + 1;
+    off = (size_t)(value - w->hdrs) + strlen(value) + 1;
+    if (dsysi_fwd_response_header(name, drop_cors(e))) dsys_response_header(req, name, value);
+  }
+  char age[24];
+  snprintf(age, sizeof age, "%lld", (long long)(age_ms > 0 ? age_ms / 1000 : 0));
+  dsys_response_header(req, "Age", age);
+  dsys_response_header(req, "X-Cache", xcache);
+  if (w->etag && dsysi_etag_list_match(dsys_request_header(req, "If-None-Match"), w->etag))
+    dsys_respond(req, 304, NULL, NULL, 0);
+  else
+    dsys_respond(req, 200, w->ctype, w->body, (size_t)w->m.blen);
+}
+
+static int f_cache(dsys_gateway *gw, dsys_request *req, gw_route *rt, edge *e) {
+  if (rt->eo.cache == DSYS_GATEWAY_CACHE_OFF || !e->t->rcache) return 0;
+  const char *m = dsys_request_method(req);
+  int get = !strcmp(m, "GET"), head = !strcmp(m, "HEAD");
+  if (!get && !head) {
+    if (!method_is_read(m)) e->rc = RC_INVALIDATE;
+    return 0;
+  }
+  /* One pass over the headers: the request's Cache-Control (all of it),
+   * Pragma, credentials (a shared cache must not hand an answer to them
+   * to others unless it says public; Cookie counts like Authorization:
+   * sessions ride on it), and what this cache does not do: ranges, and
+   * conditions other than If-None-Match (it keeps no Last-Modified). */
+  dsysi_cc rq;
+  dsysi_cc_init(&rq);
+  int has_cc = 0, pragma_no_cache = 0, unsupported = 0;
+  size_t nh = dsys_request_header_count(req);
+  for (size_t i = 0; i < nh; i++) {
+    const char *hn, *hv;
+    dsys_request_header_at(req, i, &hn, &hv);
+    switch (dsysi_lc[(unsigned char)hn[0]]) { /* most names: no compare */
+    case 'c':
+      if (!strcasecmp(hn, "Cache-Control")) has_cc = 1, dsysi_cc_parse(&rq, hv);
+      else if (!strcasecmp(hn, "Cookie")) e->rc_cred = 1;
+      break;
+    case 'a':
+      if (!strcasecmp(hn, "Authorization")) e->rc_cred = 1;
+      break;
+    case 'p':
+      if (!strcasecmp(hn, "Pragma") && strcasestr(hv, "no-cache")) pragma_no_cache = 1;
+      break;
+    case 'r':
+      if (!strcasecmp(hn, "Range")) unsupported = 1;
+      break;
+    case 'i':
+      if (!strcasecmp(hn, "If-Range") || !strcasecmp(hn, "If-Match") ||
+          !strcasecmp(hn, "If-Modified-Since") || !strcasecmp(hn, "If-Unmodified-Since"))
+        unsupported = 1;
+      break;
+    }
+  }
+  if (!has_cc && pragma_no_cache) rq.no_cache = 1;
+  if (rq.bad || rq.no_store || unsupported) {
+    e->rc = RC_BYPASS;
+    return 0;
+  }
+  e->rc = get ? RC_STORE : RC_MISS;
+  char *v, *key;
+  size_t n;
+  rc_lookup(e->t->rcache, req, e, &v, &n, &key);
+  rc_view w;
+  if (v && !rc_decode(v, n, &w) &&
+      (!e->rc_cred || rt->eo.cache == DSYS_GATEWAY_CACHE_AUTHORIZED ||
+       (w.m.flags & RCF_PUBLIC))) {
+    int64_t age = w.m.age0_ms + dsys_clock_now_ms(gw->o.clock) - w.m.stored_ms;
+    if (age < w.m.fresh_ms && !rq.no_cache && !(rq.max_age >= 0 && age >= rq.max_age * 1000)) {
+      atomic_fetch_add_explicit(&gw->c_hit, 1, memory_order_relaxed);
+      rc_serve(req, e, &w, "HIT", age);
+      dsys_free(v);
+      free(key);
+      return 1;
+    }
+    if (get && w.etag) { /* stale: ask the upstream whether it changed */
+      e->rc = RC_REVAL;
+      e->rc_ent = v;
+      e->rc_len = n;
+      e->rc_key = key;
+      return 0;
+    }
+  }
+  dsys_free(v);
+  free(key);
+  return 0;
+}
+
+/* The revalidation request's headers: the client's, minus its own
+ * conditions, plus If-None-Match with the stored ETag. @return 0 or
+ * DSYS_ENOMEM. */
+static int rc_conditional(px *p) {
+  rc_view w;
+  if (rc_decode(p->e.rc_ent, p->e.rc_len, &w)) return DSYS_EINVAL; /* decoded before */
+  p->rch = malloc((p->fwd.n + 1) * sizeof *p->rch);
+  if (!p->rch) return DSYS_ENOMEM;
+  size_t k = 0;
+  for (size_t i = 0; i < p->fwd.n; i++)
+    if (strcasecmp(p->fwd.h[i].name, "If-None-Match")) p->rch[k++] = p->fwd.h[i];
+  p->rch[k++] = (dsys_header){"If-None-Match", w.etag};
+  p->nrch = k;
+  return 0;
+}
+
+/* Cache-Control and Age of an upstream answer into m (fresh_ms, flags,
+ * age0_ms). @return 0, or -1 when it may not be stored. */
+static int rc_policy(dsys_gateway *gw, const dsys_reply *r, rc_meta *m, int credentials,
+                     int32_t mode) {
+  dsysi_cc cc;
+  dsysi_cc_init(&cc);
+  for (size_t i = 0; i < r->hdrs.n; i++)
+    if (!strcasecmp(r->hdrs.v[i].name, "Cache-Control")) dsysi_cc_parse(&cc, r->hdrs.v[i].value);
+  if (cc.bad || cc.no_store || cc.private_) return -1;
+  if (credentials && !cc.public_ && mode != DSYS_GATEWAY_CACHE_AUTHORIZED) return -1;
+  int64_t secs = cc.no_cache ? 0 : cc.s_maxage >= 0 ? cc.s_maxage : cc.max_age >= 0 ? cc.max_age : 0;
+  m->fresh_ms = secs * 1000 < gw->o.cache_max_ttl_ms ? secs * 1000 : gw->o.cache_max_ttl_ms;
+  m->flags = cc.public_ ? RCF_PUBLIC : 0;
+  const char *age = dsysi_hdrs_get(&r->hdrs, "Age");
+  char *end;
+  long long a = age ? strtoll(age, &end, 10) : 0;
+  m->age0_ms = age && end != age && !*end && a >= 0 && a < 2147483648LL ? a * 1000 : 0;
+  m->stored_ms = dsys_clock_now_ms(gw->o.clock);
+  return 0;
+}
+
+/* Store a 200 answer to a GET when its headers allow it. */
+static void rc_store(px *p, const dsys_reply *r) {
+  dsys_gateway *gw = p->gw;
+  edge *e = &p->e;
+  rc_meta m = {0};
+  const char *etag = dsysi_hdrs_get(&r->hdrs, "ETag");
+  if (etag && (strlen(etag) > 256 || !dsysi_header_ok(etag))) etag = NULL;
+  if (rc_policy(gw, r, &m, e->rc_cred, e->rt->eo.cache) ||
+      (!m.fresh_ms && !etag) || r->body_len > gw->o.cache_max_object)
+    return; /* useless without freshness or a validator */
+  char names[DSYSI_VARY_MAX][64];
+  size_t nn = 0;
+  dsysi_buf hb = {0}, vb = {0};
+  for (size_t i = 0; i < r->hdrs.n; i++) {
+    const char *name = r->hdrs.v[i].name, *value = r->hdrs.v[i].value;
+    if (!strcasecmp(name, "Set-Cookie")) goto out; /* never shared */
+    if (!strcasecmp(name, "Vary")) {
+      if (dsysi_vary_parse(value, names, &nn)) goto out; /* "*", malformed, too many */
+      dsysi_buf_printf(&vb, "%s%s", vb.len ? "," : "V", value);
+    }
+    if (!dsysi_fwd_response_header(name, 0) || !strcasecmp(name, "Age") ||
+        !strcasecmp(name, "X-Cache"))
+      continue;
+    dsysi_buf_append(&hb, name, strlen(name) + 1);
+    dsysi_buf_append(&hb, value, strlen(value) + 1);
+  }
+  const char *ct = dsysi_reply_ctype(r);
+  m.ctlen = ct ? (uint32_t)strlen(ct) + 1 : 0;
+  m.etlen = etag ? (uint32_t)strlen(etag) + 1 : 0;
+  m.hlen = (uint32_t)hb.len;
+  m.blen = r->body_len;
+  dsysi_buf val = {0}, k = {0}, pk = {0};
+  dsysi_buf_append(&val, "R", 1);
+  dsysi_buf_append(&val, &m, sizeof m);
+  if (ct) dsysi_buf_append(&val, ct, m.ctlen);
+  if (etag) dsysi_buf_append(&val, etag, m.etlen);
+  if (hb.len) dsysi_buf_append(&val, hb.data, hb.len);
+  if (r->body_len) dsysi_buf_append(&val, r->body, r->body_len);
+  if (!val.oom && !hb.oom && !vb.oom && !rc_key(&pk, p->req, e, NULL, 0) &&
+      (!nn || !rc_key(&k, p->req, e, names, nn))) {
+    dsys_cache *c = e->t->rcache;
+    if (nn) { /* the Vary record first: a reader then finds the answer or nothing */
+      dsys_cache_put(c, k.data, val.data, val.len);
+      dsys_cache_put(c, pk.data, vb.data, vb.len);
+    } else {
+      dsys_cache_put(c, pk.data, val.data, val.len);
+    }
+    atomic_fetch_add_explicit(&gw->c_stored, 1, memory_order_relaxed);
+  }
+  dsysi_buf_free(&val);
+  dsysi_buf_free(&k);
+  dsysi_buf_free(&pk);
+out:
+  dsysi_buf_free(&hb);
+  dsysi_buf_free(&vb);
+}
+
+/* The cache filter's answer side, before an upstream answer goes back.
+ * @return 1 when it answered the request itself (a 304 confirmed the
+ * stored answer), 0 when the upstream's answer goes on. */
+static int rc_reply(px *p, dsys_reply *r) {
+  dsys_gateway *gw = p->gw;
+  edge *e = &p->e;
+  int status = dsys_reply_status(r);
+  const char *x = "MISS";
+  switch (e->rc) {
+  case RC_INVALIDATE:
+    if (status < 400) { /* RFC 9111 4.4: a write through the cache */
+      dsysi_buf k = {0};
+      if (!rc_key(&k, p->req, e, NULL, 0)) dsys_cache_invalidate(e->t->rcache, k.data);
+      dsysi_buf_free(&k);
+    }
+    return 0;
+  case RC_BYPASS:
+    x = "BYPASS";
+    break;
+  case RC_REVAL: {
+    rc_view w;
+    if (status == 304 && !rc_decode(e->rc_ent, e->rc_len, &w)) {
+      rc_meta m = w.m;
+      int has_cc = dsysi_hdrs_get(&r->hdrs, "Cache-Control") != NULL;
+      int ok = !rc_policy(gw, r, &m, e->rc_cred, e->rt->eo.cache);
+      if (!has_cc) { /* the stored directives still hold */
+        m.fresh_ms = w.m.fresh_ms;
+        m.flags = w.m.flags;
+      }
+      if (!ok && has_cc) {
+        dsys_cache_invalidate(e->t->rcache, e->rc_key);
+      } else if (m.fresh_ms || m.fresh_ms != w.m.fresh_ms || m.flags != w.m.flags) {
+        /* fresh again from now; an answer revalidated at every use
+         * (no-cache) needs no new copy, so it is not put again (it then
+         * leaves after cache_max_ttl_ms and is stored anew) */
+        memcpy(e->rc_ent + 1, &m, sizeof m);
+        dsys_cache_put(e->t->rcache, e->rc_key, e->rc_ent, e->rc_len);
+      }
+      atomic_fetch_add_explicit(&gw->c_reval, 1, memory_order_relaxed);
+      rc_serve(p->req, e, &w, "REVALIDATED", m.age0_ms);
+      return 1;
+    }
+    if (status != 200) dsys_cache_invalidate(e->t->rcache, e->rc_key);
+  } /* fallthrough: a 200 replaces it */
+  /* fallthrough */
+  case RC_STORE:
+    if (status == 200) rc_store(p, r);
+    break;
+  default:
+    break;
+  }
+  atomic_fetch_add_explicit(!strcmp(x, "BYPASS") ? &gw->c_bypass : &gw->c_miss, 1,
+                            memory_order_relaxed);
+  dsys_response_header(p->req, "X-Cache", x);
+  return 0;
+}
+
 /* One edge filter: on_request returns 0 to go on, 1 when it answered the
  * request (the chain stops); on_response, where there is one, sees the
  * answer before it goes back (status 0: a stream, never stored). */
@@ -906,6 +1288,7 @@ static const edge_filter edge_filters[NFILTERS] = {
     [F_JWT] = {authenticate, NULL},
     [F_USER_RATELIMIT] = {f_user_ratelimit, NULL},
     [F_IDEMPOTENCY] = {idempotency, idem_finish},
+    [F_CACHE] = {f_cache, NULL}, /* its answer side is rc_reply (it may answer) */
 };
 
 /* The answer to a request that passed the chain (or failed upstream): the
@@ -944,6 +1327,7 @@ static void h_proxy(dsys_request *req, void *ud) {
   for (int i = 0; i < rt->nchain; i++) {
     if (edge_filters[rt->chain[i]].on_request(gw, req, rt, &e)) {
       t_put(gw, e.t);
+      edge_free(&e);
       return;
     }
     /* the tightest bucket's headers, once the last limiter let it pass */
@@ -1161,8 +1545,9 @@ static void h_rr_reset(dsys_request *req, void *ud) {
 /* The limiter and the cache the routes of t use (created on first need,
  * then kept across reloads), set in t. */
 static int edge_state(dsys_gateway *gw, gw_table *t) {
-  int rc = 0, need_rl = 0, need_idem = 0;
+  int rc = 0, need_rl = 0, need_idem = 0, need_cache = 0;
   for (size_t i = 0; i < t->nroutes; i++) {
+    need_cache |= t->routes[i].eo.cache != DSYS_GATEWAY_CACHE_OFF;
     need_rl |= t->routes[i].eo.rate > 0 || t->routes[i].eo.user_rate > 0 ||
                t->routes[i].eo.route_rate > 0;
     need_idem |= t->routes[i].eo.idempotency_ttl_ms > 0;
@@ -1171,8 +1556,18 @@ static int edge_state(dsys_gateway *gw, gw_table *t) {
   if (!rc && need_idem && !gw->idem)
     rc = dsysi_idem_new(&gw->idem, gw->o.idempotency_max_keys, gw->o.idempotency_max_body,
                         gw->o.clock);
+  if (!rc && need_cache && !gw->rcache) {
+    dsys_cache_options co = {.size = sizeof co, .max_bytes = gw->o.cache_max_bytes,
+                             .max_entries = gw->o.cache_max_entries,
+                             .ttl_ms = gw->o.cache_max_ttl_ms, .clock = gw->o.clock};
+    rc = dsys_cache_new(&gw->rcache, &co);
+  }
+  /* caching turned off everywhere: give the memory back (the cache itself
+   * stays, for its counters and a later reload) */
+  if (!rc && !need_cache && gw->rcache) dsys_cache_clear(gw->rcache);
   t->rl = gw->rl;
   t->idem = gw->idem;
+  t->rcache = gw->rcache;
   return rc;
 }
 
@@ -1196,6 +1591,11 @@ int dsys_gateway_reload(dsys_gateway *gw, dsys_gateway *next) {
     gw->reaper_started = 1;
   }
   gw_table *t = next->cur;
+  if (!gw->rcache) { /* its bounds are those of the first gateway that needs it */
+    gw->o.cache_max_bytes = next->o.cache_max_bytes;
+    gw->o.cache_max_entries = next->o.cache_max_entries;
+    gw->o.cache_max_ttl_ms = next->o.cache_max_ttl_ms;
+  }
   int rc = edge_state(gw, t);
   if (rc) return rc;
   /* Unchanged upstreams carry on: the new table takes the running one
@@ -1242,6 +1642,7 @@ void dsys_gateway_free(dsys_gateway *gw) {
   t_free(gw->cur);
   dsysi_rl_free(gw->rl);
   dsysi_idem_free(gw->idem);
+  dsys_cache_free(gw->rcache);
   for (int i = 0; i < 3; i++) free(gw->upstream_tls[i]);
   pthread_rwlock_destroy(&gw->tlk);
   pthread_mutex_destroy(&gw->rmu);
@@ -1252,10 +1653,49 @@ void dsys_gateway_free(dsys_gateway *gw) {
 
 /* ---- introspection (metrics) ---- */
 
+/* The response cache's series (once a route needed the cache). */
+static void collect_cache(dsys_metrics *reg, dsys_gateway *gw, dsys_cache *c) {
+  static const struct {
+    const char *outcome;
+    size_t off;
+  } outcomes[] = {{"hit", offsetof(dsys_gateway, c_hit)},
+                  {"miss", offsetof(dsys_gateway, c_miss)},
+                  {"revalidated", offsetof(dsys_gateway, c_reval)},
+                  {"bypass", offsetof(dsys_gateway, c_bypass)}};
+  const char *ln[] = {"outcome"};
+  dsys_counter *k = NULL;
+  for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++) {
+    const char *lv[] = {outcomes[i].outcome};
+    if (!dsys_metrics_counter(reg, "dsys_gateway_cache_requests_total",
+                              "GET and HEAD requests on caching routes, by X-Cache outcome.", ln,
+                              lv, 1, &k))
+      dsys_counter_store(k, atomic_load((atomic_uint_fast64_t *)((char *)gw + outcomes[i].off)));
+  }
+  dsys_cache_stats st;
+  dsys_cache_get_stats(c, &st);
+  if (!dsys_metrics_counter(reg, "dsys_gateway_cache_stores_total", "Upstream answers stored.",
+                            NULL, NULL, 0, &k))
+    dsys_counter_store(k, atomic_load(&gw->c_stored));
+  if (!dsys_metrics_counter(reg, "dsys_gateway_cache_evictions_total",
+                            "Stored answers dropped to stay within the size bounds.", NULL, NULL,
+                            0, &k))
+    dsys_counter_store(k, st.evictions);
+  dsys_gauge *g = NULL;
+  if (!dsys_metrics_gauge(reg, "dsys_gateway_cache_entries",
+                          "Entries in the response cache (answers and Vary records).", NULL,
+                          NULL, 0, &g))
+    dsys_gauge_set(g, (double)st.entries);
+  if (!dsys_metrics_gauge(reg, "dsys_gateway_cache_bytes",
+                          "Bytes held by the response cache (keys, headers, bodies, overhead).",
+                          NULL, NULL, 0, &g))
+    dsys_gauge_set(g, (double)st.bytes);
+}
+
 static void collect_gw(dsys_metrics *reg, void *ud) {
   dsys_gateway *gw = ud;
   gw_table *t = t_get(gw);
   for (size_t i = 0; i < t->nups; i++) dsysi_metrics_collect_upstream(reg, t->ups[i].name, t->ups[i].u);
+  if (t->rcache) collect_cache(reg, gw, t->rcache);
   t_put(gw, t);
 }
 

@@ -157,6 +157,58 @@ static int64_t pause_ms(int attempt) {
   return p / 2 + (int64_t)(dsysi_fast_rand() % (uint64_t)(p / 2 + 1));
 }
 
+/* Fairness (the default): a waiter takes the name's ticket, a lock named
+ * "next-in-line/NAME" with a lease of its own, and while someone else
+ * holds that ticket nobody else takes NAME, not even a holder that
+ * releases and comes straight back. The ticket holder watches NAME every
+ * TICKET_POLL_MS and takes it once free; the others poll the ticket with
+ * the same jittered pause whatever their wait so far, so each has the same
+ * chance to be next (a queue one deep: not FIFO, but no waiter starves
+ * behind a fast re-acquirer). A dead ticket holder blocks the others for
+ * its ticket lease at most. */
+#define TICKET_PREFIX "next-in-line/"
+#define TICKET_TTL_MAX_MS 2000
+#define TICKET_POLL_MS 4
+#define QUEUED_POLL_MS 20
+
+typedef struct ticket {
+  char name[DSYS_LOCK_MAX_NAME + sizeof TICKET_PREFIX];
+  int64_t ttl_ms, token, end; /* token 0: not held; end: wall ms of its lease */
+} ticket;
+
+/* Whether NAME may be tried now: 0 yes, DSYS_EBUSY (someone else is next
+ * in line or, for the ticket holder, NAME is still held), or an error. */
+static int may_try(dsys_locks *ls, dsys_lock *lk, ticket *t, int64_t now) {
+  dsys_lock_info hi;
+  int e;
+  if (t->token) { /* next in line: a read, and the write only when free */
+    e = ls->ops->holder(ls->state, lk->name, now, &hi);
+    return e == DSYS_ENOTFOUND ? 0 : e ? e : DSYS_EBUSY;
+  }
+  e = ls->ops->holder(ls->state, t->name, now, &hi);
+  if (e == DSYS_ENOTFOUND) return 0;
+  return e ? e : strcmp(hi.owner, lk->owner) ? DSYS_EBUSY : 0;
+}
+
+/* After a busy try: take the ticket when nobody has it, keep it renewed
+ * while waiting. Errors are the backend's (the caller gives up). */
+static int keep_ticket(dsys_locks *ls, dsys_lock *lk, ticket *t, int64_t now) {
+  if (!t->token) {
+    int e = ls->ops->acquire(ls->state, t->name, lk->owner, now, t->ttl_ms, &t->token, NULL);
+    if (e == DSYS_EBUSY) return 0;
+    if (!e) t->end = now + t->ttl_ms;
+    return e;
+  }
+  if (now < t->end - t->ttl_ms / 2) return 0;
+  int e = ls->ops->renew(ls->state, t->name, lk->owner, t->token, now, t->ttl_ms);
+  if (!e) t->end = now + t->ttl_ms;
+  if (e == DSYS_ELEASE) { /* it ran out (a long stall): queue again */
+    t->token = 0;
+    e = 0;
+  }
+  return e;
+}
+
 int dsys_lock_acquire(dsys_locks *ls, const char *name, int64_t wait_ms,
                       const dsys_lock_options *opts, dsys_lock **out) {
   if (!out) return DSYS_EINVAL;
@@ -180,6 +232,8 @@ int dsys_lock_acquire(dsys_locks *ls, const char *name, int64_t wait_ms,
   lk->on_lost = o.on_lost;
   lk->ud = o.ud;
   pthread_mutex_init(&lk->mu, NULL);
+  ticket t = {.ttl_ms = o.ttl_ms < TICKET_TTL_MAX_MS ? o.ttl_ms : TICKET_TTL_MAX_MS};
+  snprintf(t.name, sizeof t.name, TICKET_PREFIX "%s", name);
   int64_t deadline = dsys_clock_now_us(ls->clock) + wait_ms * 1000;
   int e;
   for (int attempt = 0;; attempt++) {
@@ -187,14 +241,22 @@ int dsys_lock_acquire(dsys_locks *ls, const char *name, int64_t wait_ms,
     uint64_t seen = ls->releases;
     pthread_mutex_unlock(&ls->mu);
     int64_t now = dsys_clock_wall_ms(ls->clock);
-    e = ls->ops->acquire(ls->state, lk->name, lk->owner, now, lk->ttl_ms, &lk->token, NULL);
+    int queued = 0; /* someone else holds the ticket */
+    e = o.unfair ? 0 : may_try(ls, lk, &t, now);
+    if (e == DSYS_EBUSY && !t.token) queued = 1;
+    if (!e) e = ls->ops->acquire(ls->state, lk->name, lk->owner, now, lk->ttl_ms, &lk->token, NULL);
     if (e != DSYS_EBUSY) break;
+    if (!o.unfair && wait_ms && !queued && (e = keep_ticket(ls, lk, &t, now))) break;
+    e = DSYS_EBUSY;
     int64_t left_us = deadline - dsys_clock_now_us(ls->clock);
     if (left_us <= 0) {
       e = wait_ms ? DSYS_ETIMEDOUT : DSYS_EBUSY;
       break;
     }
-    int64_t p_us = pause_ms(attempt) * 1000;
+    int64_t p_ms = t.token ? TICKET_POLL_MS
+                   : queued ? QUEUED_POLL_MS / 2 + (int64_t)(dsysi_fast_rand() % (QUEUED_POLL_MS + 1))
+                            : pause_ms(attempt);
+    int64_t p_us = p_ms * 1000;
     if (p_us > left_us) p_us = left_us;
     if (dsys_clock_is_fake(ls->clock)) { /* tests: time moves when they say */
       dsys_clock_sleep_us(ls->clock, p_us);
@@ -212,6 +274,8 @@ int dsys_lock_acquire(dsys_locks *ls, const char *name, int64_t wait_ms,
     }
     pthread_mutex_unlock(&ls->mu);
   }
+  /* the ticket's job is done either way (a failure to free it: it runs out) */
+  if (t.token) ls->ops->release(ls->state, t.name, lk->owner, t.token);
   if (e) {
     pthread_mutex_destroy(&lk->mu);
     free(lk);
@@ -310,6 +374,7 @@ struct dsys_election {
   pthread_mutex_t mu; /* guards lk */
   dsys_lock *lk;      /* held while leader */
   dsysi_ticker ticker;
+  int owns_ls;        /* opened by dsys_election_open: closed on resign */
 };
 
 static int election_lock_name(const char *name, char *out, size_t n) {
@@ -379,6 +444,21 @@ int dsys_election_campaign(dsys_locks *ls, const char *name, const dsys_election
   return 0;
 }
 
+int dsys_election_open(const char *url, const char *name, const dsys_election_options *o,
+                       dsys_election **out) {
+  if (!out) return DSYS_EINVAL;
+  *out = NULL;
+  dsys_locks *ls = NULL;
+  int e = dsys_locks_open(&ls, url, NULL);
+  if (!e) e = dsys_election_campaign(ls, name, o, out);
+  if (e) {
+    dsys_locks_close(ls);
+    return e;
+  }
+  (*out)->owns_ls = 1;
+  return 0;
+}
+
 int dsys_election_is_leader(dsys_election *e, int64_t *token) {
   if (!e) return 0;
   pthread_mutex_lock(&e->mu);
@@ -406,5 +486,6 @@ void dsys_election_resign(dsys_election *e) {
     dsys_lock_release(lk);
   }
   pthread_mutex_destroy(&e->mu);
+  if (e->owns_ls) dsys_locks_close(e->ls);
   free(e);
 }

@@ -153,6 +153,9 @@ void dsys_store_close(dsys_store *s) {
   free(s);
 }
 
+void *dsysi_store_state(dsys_store *s) { return s->state; }
+const dsys_store_ops *dsysi_store_ops(dsys_store *s) { return s->ops; }
+
 const char *dsys_store_errmsg(dsys_store *s) { return s ? s->errmsg : ""; }
 
 static int check_key(const char *key) {

@@ -245,9 +245,7 @@ static int pgs_get(void *state, const char *key, int64_t id, int64_t now, dsys_i
   char a[24], nows[24];
   char *hk = NULL;
   if (key && !(hk = hex_key(key))) return DSYS_ENOMEM;
-  snprintf(a, sizeof a, "%lld", (long long)id);
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  const char *p[] = {key ? hk : a, nows};
+  const char *p[] = {key ? hk : DSYSI_PG_I64(a, id), DSYSI_PG_I64(nows, now)};
   PGresult *r = NULL;
   int e = run1(state, key ? &st_get_key : &st_get_id, p, 1, &r);
   free(hk);
@@ -268,10 +266,8 @@ static int pgs_write(void *state, int mode, const char *key, const char *value, 
   char *hk = hex_key(key);
   if (!hk) return DSYS_ENOMEM;
   char nows[24], exps[24], evs[24];
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  snprintf(exps, sizeof exps, "%lld", (long long)exp);
-  snprintf(evs, sizeof evs, "%lld", (long long)ev);
-  const char *p[] = {hk, value, meta, nows, exps, evs};
+  const char *p[] = {hk, value, meta, DSYSI_PG_I64(nows, now), DSYSI_PG_I64(exps, exp),
+                     DSYSI_PG_I64(evs, ev)};
   const dsysi_pg_stmt *st = mode == DSYS_STORE_W_PUT      ? &st_put
                             : mode == DSYS_STORE_W_CREATE ? &st_create
                                                           : &st_update;
@@ -288,9 +284,7 @@ static int pgs_del(void *state, const char *key, int64_t ev, int64_t now, dsys_i
   char *hk = hex_key(key);
   if (!hk) return DSYS_ENOMEM;
   char nows[24], evs[24];
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  snprintf(evs, sizeof evs, "%lld", (long long)ev);
-  const char *p[] = {hk, evs, nows};
+  const char *p[] = {hk, DSYSI_PG_I64(evs, ev), DSYSI_PG_I64(nows, now)};
   PGresult *r = NULL;
   int e = run1(state, &st_delete, p, 0, &r);
   free(hk);
@@ -306,9 +300,7 @@ static int pgs_incr(void *state, const char *key, int64_t delta, int64_t now, ds
   char *hk = hex_key(key);
   if (!hk) return DSYS_ENOMEM;
   char ds[24], nows[24];
-  snprintf(ds, sizeof ds, "%lld", (long long)delta);
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  const char *p[] = {hk, ds, nows};
+  const char *p[] = {hk, DSYSI_PG_I64(ds, delta), DSYSI_PG_I64(nows, now)};
   PGresult *r = NULL;
   int e = run1(state, &st_incr, p, 0, &r);
   free(hk);
@@ -337,8 +329,8 @@ static int pgs_list(void *state, const char *prefix, const char *after, size_t l
   char *up = prefix_upper(prefix);
   char *hp = hex_key(prefix), *ha = hex_key(after ? after : ""), *hu = up ? hex_key(up) : NULL;
   char nows[24], lims[24];
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  snprintf(lims, sizeof lims, "%zu", limit);
+  DSYSI_PG_I64(nows, now);
+  DSYSI_PG_I64(lims, limit);
   const char *pu[] = {hp, ha, hu, nows, lims}, *po[] = {hp, ha, nows, lims};
   PGresult *r = NULL;
   int e = !hp || !ha || (up && !hu) ? DSYS_ENOMEM
@@ -366,9 +358,7 @@ static int pgs_list(void *state, const char *prefix, const char *after, size_t l
 
 static int pgs_purge(void *state, int64_t now, size_t limit, size_t *removed) {
   char nows[24], lims[24];
-  snprintf(nows, sizeof nows, "%lld", (long long)now);
-  snprintf(lims, sizeof lims, "%zu", limit);
-  const char *p[] = {nows, lims};
+  const char *p[] = {DSYSI_PG_I64(nows, now), DSYSI_PG_I64(lims, limit)};
   PGresult *r = NULL;
   int e = run1(state, &st_purge, p, 0, &r);
   if (e) return e;

@@ -1,8 +1,17 @@
 /*
- * SQLite store backend. One connection per thread (pthread key), each with
- * its own prepared statements; write transactions of the process are
- * funnelled through one mutex (SQLite serializes writers anyway, and a
- * mutex is fairer than busy_timeout waits inside one process).
+ * SQLite store backend. Reads: one connection per thread (pthread key),
+ * each with its own prepared statements. Writes: group commit
+ * (core/group.h). Every write (put, create, update, delete, increment,
+ * purge) becomes an operation; the writes that threads of the process make
+ * at the same time run as one BEGIN IMMEDIATE transaction on the handle's
+ * single writer connection, by whichever caller leads the group, and share
+ * its commit (and at synchronous=FULL its fsync). SQLite serializes writers
+ * anyway, and one writer connection keeps its page cache warm (a
+ * connection whose cache another connection's commit made stale rereads
+ * it). Each operation of a group of several runs inside its own savepoint,
+ * so one that fails (a version conflict, an existing key) is undone alone
+ * and the others commit; a caller returns after its group's commit, with
+ * its own result.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -10,6 +19,7 @@
 #include <string.h>
 #include <distsys/store.h>
 #include "core/db.h"
+#include "core/group.h"
 #include "core/internal.h"
 #include "core/plugin.h"
 #include "state/store_int.h"
@@ -17,7 +27,7 @@
 enum {
   ST_GET_KEY, ST_GET_ID, ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_DEL_EXPIRED,
   ST_PUT, ST_CREATE, ST_UPDATE, ST_DELETE, ST_VERSION, ST_LIST, ST_PURGE,
-  ST_COUNT
+  ST_SAVEPOINT, ST_RELEASE, ST_ROLLBACK_TO, ST_COUNT
 };
 
 #define COLS "id, key, value, metadata, version, created_at, updated_at, expires_at"
@@ -51,6 +61,9 @@ static const char *const sqls[ST_COUNT] = {
     [ST_PURGE] = "DELETE FROM dsys_store_items WHERE id IN (SELECT id FROM "
                  "dsys_store_items WHERE expires_at > 0 AND expires_at <= ?1 "
                  "LIMIT ?2)",
+    [ST_SAVEPOINT] = "SAVEPOINT dsys_op",
+    [ST_RELEASE] = "RELEASE dsys_op",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO dsys_op",
 };
 
 static const char *const migrations[] = {
@@ -81,8 +94,9 @@ struct sq {
   pthread_key_t key;
   int key_ok;
   pthread_mutex_t mu;  /* protects conns */
-  pthread_mutex_t wmu; /* one writer per process */
   conn *conns;
+  dsysi_group group; /* the process's writes, one group at a time */
+  conn *wconn;       /* the writer connection (used by the group's leader) */
 };
 
 static void conn_close(conn *c) {
@@ -191,6 +205,8 @@ static dsys_item *row_item(sqlite3_stmt *st) {
   return it;
 }
 
+static void run_group(void *ud, dsysi_group_op *first);
+
 static int sq_open(void *state, const char *location,
                    const dsys_store_options *o, char *err, size_t errlen) {
   sq *s = state;
@@ -199,8 +215,10 @@ static int sq_open(void *state, const char *location,
   if (!s->path) return DSYS_ENOMEM;
   s->full_sync = o->full_sync ? 1 : 0;
   pthread_mutex_init(&s->mu, NULL);
-  pthread_mutex_init(&s->wmu, NULL);
+  dsysi_group_init(&s->group, 256, 1, run_group, s);
   if (pthread_key_create(&s->key, conn_dtor)) {
+    dsysi_group_destroy(&s->group);
+    pthread_mutex_destroy(&s->mu);
     free(s->path);
     return DSYS_ENOMEM;
   }
@@ -215,6 +233,8 @@ static int sq_open(void *state, const char *location,
       conn_close(c);
     }
     pthread_key_delete(s->key);
+    dsysi_group_destroy(&s->group);
+    pthread_mutex_destroy(&s->mu);
     free(s->path);
     return e;
   }
@@ -233,7 +253,7 @@ static void sq_close(void *state) {
     c = n;
   }
   pthread_mutex_destroy(&s->mu);
-  pthread_mutex_destroy(&s->wmu);
+  dsysi_group_destroy(&s->group);
   free(s->path);
 }
 
@@ -294,31 +314,6 @@ static int run(conn *c, int i) {
   return (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : err_of(rc);
 }
 
-static int begin(sq *s, conn *c) {
-  pthread_mutex_lock(&s->wmu);
-  int e = run(c, ST_BEGIN);
-  if (e) pthread_mutex_unlock(&s->wmu);
-  return e;
-}
-
-/* This thread's connection with the write lock taken and a transaction
- * begun: every write starts so and ends with finish(). */
-static int begin_write(sq *s, conn **c) {
-  int e = get_conn(s, c);
-  return e ? e : begin(s, *c);
-}
-
-static int finish(sq *s, conn *c, int e) {
-  if (!e) {
-    e = run(c, ST_COMMIT);
-    if (e) run(c, ST_ROLLBACK);
-  } else {
-    run(c, ST_ROLLBACK);
-  }
-  pthread_mutex_unlock(&s->wmu);
-  return e;
-}
-
 static int del_expired(conn *c, const char *key, int64_t now) {
   sqlite3_stmt *st = stmt(c, ST_DEL_EXPIRED);
   if (!st) return DSYS_EDB;
@@ -374,58 +369,27 @@ static int write_locked(conn *c, int mode, const char *key, const char *value,
   return 0;
 }
 
-static int sq_write(void *state, int mode, const char *key, const char *value,
-                    const char *meta, int64_t exp, int64_t ev, int64_t now,
-                    dsys_item **out) {
-  sq *s = state;
-  conn *c;
-  int e = begin_write(s, &c);
+static int del_locked(conn *c, const char *key, int64_t ev, int64_t now,
+                      dsys_item **out) {
+  int e = del_expired(c, key, now);
   if (e) return e;
-  e = write_locked(c, mode, key, value, meta, exp, ev, now, out);
-  e = finish(s, c, e);
-  if (e && *out) {
-    free(*out);
-    *out = NULL;
-  }
-  return e;
-}
-
-static int sq_del(void *state, const char *key, int64_t ev, int64_t now,
-                  dsys_item **out) {
-  sq *s = state;
-  conn *c;
-  int e = begin_write(s, &c);
-  if (e) return e;
-  dsys_item *it = NULL;
-  e = del_expired(c, key, now);
-  if (!e) {
-    sqlite3_stmt *st = stmt(c, ST_DELETE);
-    if (!st) e = DSYS_EDB;
-    else {
-      sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(st, 2, ev);
-      e = step_item(st, &it);
-    }
-  }
-  if (!e && !it) {
+  sqlite3_stmt *st = stmt(c, ST_DELETE);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, ev);
+  e = step_item(st, out);
+  if (!e && !*out) {
     int64_t v;
     e = cur_version(c, key, &v);
     if (!e) e = v ? DSYS_ECONFLICT : DSYS_ENOTFOUND;
   }
-  e = finish(s, c, e);
-  if (!e && out) *out = it;
-  else free(it);
   return e;
 }
 
-static int sq_incr(void *state, const char *key, int64_t delta, int64_t now,
-                   dsys_item **out) {
-  sq *s = state;
-  conn *c;
-  int e = begin_write(s, &c);
-  if (e) return e;
+static int incr_locked(conn *c, const char *key, int64_t delta, int64_t now,
+                       dsys_item **out) {
   dsys_item *cur = NULL;
-  e = del_expired(c, key, now);
+  int e = del_expired(c, key, now);
   if (!e) {
     sqlite3_stmt *st = stmt(c, ST_GET_KEY);
     if (!st) e = DSYS_EDB;
@@ -434,9 +398,9 @@ static int sq_incr(void *state, const char *key, int64_t delta, int64_t now,
       e = step_item(st, &cur);
     }
   }
-  char num[32];
   if (!e) {
     int64_t v = 0, nv;
+    char num[32];
     if (cur) e = dsysi_store_parse_int(cur->value, &v);
     if (!e) e = dsysi_store_add(v, delta, &nv);
     if (!e) {
@@ -450,11 +414,137 @@ static int sq_incr(void *state, const char *key, int64_t delta, int64_t now,
     }
   }
   free(cur);
-  e = finish(s, c, e);
-  if (e && *out) {
-    free(*out);
-    *out = NULL;
+  return e;
+}
+
+static int purge_locked(conn *c, int64_t now, size_t limit, size_t *removed) {
+  sqlite3_stmt *st = stmt(c, ST_PURGE);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, now);
+  sqlite3_bind_int64(st, 2, (int64_t)limit);
+  int rc = sqlite3_step(st);
+  int e = 0;
+  if (rc != SQLITE_DONE) e = err_of(rc);
+  else *removed = (size_t)sqlite3_changes(c->db);
+  sqlite3_reset(st);
+  return e;
+}
+
+/* ---- group commit of the writes ---- */
+
+enum { W_WRITE, W_DEL, W_INCR, W_PURGE };
+
+typedef struct wop {
+  dsysi_group_op g; /* first: the group links ops through it */
+  int kind, mode;
+  const char *key, *value, *meta;
+  int64_t exp, ev, now, delta;
+  size_t limit, removed;
+  dsys_item *item; /* result (write, incr; delete when wanted) */
+  int rc;
+} wop;
+
+static int run_wop(conn *c, wop *op) {
+  switch (op->kind) {
+  case W_WRITE:
+    return write_locked(c, op->mode, op->key, op->value, op->meta, op->exp,
+                        op->ev, op->now, &op->item);
+  case W_DEL:
+    return del_locked(c, op->key, op->ev, op->now, &op->item);
+  case W_INCR:
+    return incr_locked(c, op->key, op->delta, op->now, &op->item);
+  default:
+    return purge_locked(c, op->now, op->limit, &op->removed);
   }
+}
+
+/* A failed op keeps no result (its item, if any, was never committed). */
+static void fail_op(wop *op, int e) {
+  op->rc = e;
+  free(op->item);
+  op->item = NULL;
+  op->removed = 0;
+}
+
+static void run_group(void *ud, dsysi_group_op *first) {
+  sq *s = ud;
+  int e = 0;
+  if (!s->wconn) { /* only the leader of the one running group gets here */
+    char err[200];
+    e = conn_new(s, &s->wconn, err, sizeof err);
+    if (e) dsysi_log(DSYS_LOG_ERROR, "store", "sqlite open: %s", err);
+  }
+  conn *c = s->wconn;
+  if (!e) e = run(c, ST_BEGIN);
+  if (e) {
+    for (dsysi_group_op *g = first; g; g = g->next) fail_op((wop *)g, e);
+    return;
+  }
+  /* One op alone needs no savepoint: the transaction is its own. */
+  int multi = first->next != NULL, committed = 0;
+  for (dsysi_group_op *g = first; g && !e; g = g->next) {
+    wop *op = (wop *)g;
+    if (multi) e = run(c, ST_SAVEPOINT);
+    if (e) break;
+    op->rc = run_wop(c, op);
+    if (op->rc) {
+      free(op->item);
+      op->item = NULL;
+    }
+    /* SQLite rolls the whole transaction back itself on some errors (I/O,
+     * full disk, out of memory): then nothing of the group stands. */
+    if (sqlite3_get_autocommit(c->db)) {
+      e = op->rc ? op->rc : DSYS_EDB;
+      break;
+    }
+    if (!op->rc) committed++;
+    if (multi && op->rc) e = run(c, ST_ROLLBACK_TO);
+    if (multi && !e) e = run(c, ST_RELEASE);
+  }
+  if (!e && committed) {
+    e = run(c, ST_COMMIT);
+    if (!e) return;
+  }
+  /* Nothing to commit (every op failed alone), or the group failed: no op
+   * of it is acknowledged, each caller gets its error or the group's. */
+  if (!sqlite3_get_autocommit(c->db)) run(c, ST_ROLLBACK);
+  if (!e) return;
+  for (dsysi_group_op *g = first; g; g = g->next) {
+    wop *op = (wop *)g;
+    if (!op->rc || op->item || op->removed) fail_op(op, op->rc ? op->rc : e);
+  }
+}
+
+/* Run one write as part of a group; returns its own result. */
+static int execute(sq *s, wop *op) {
+  dsysi_group_execute(&s->group, &op->g, &op->g);
+  return op->rc;
+}
+
+static int sq_write(void *state, int mode, const char *key, const char *value,
+                    const char *meta, int64_t exp, int64_t ev, int64_t now,
+                    dsys_item **out) {
+  wop op = {.kind = W_WRITE, .mode = mode, .key = key, .value = value,
+            .meta = meta, .exp = exp, .ev = ev, .now = now};
+  int e = execute(state, &op);
+  *out = op.item;
+  return e;
+}
+
+static int sq_del(void *state, const char *key, int64_t ev, int64_t now,
+                  dsys_item **out) {
+  wop op = {.kind = W_DEL, .key = key, .ev = ev, .now = now};
+  int e = execute(state, &op);
+  if (out) *out = op.item;
+  else free(op.item);
+  return e;
+}
+
+static int sq_incr(void *state, const char *key, int64_t delta, int64_t now,
+                   dsys_item **out) {
+  wop op = {.kind = W_INCR, .key = key, .delta = delta, .now = now};
+  int e = execute(state, &op);
+  *out = op.item;
   return e;
 }
 
@@ -499,21 +589,10 @@ static int sq_list(void *state, const char *prefix, const char *after,
 }
 
 static int sq_purge(void *state, int64_t now, size_t limit, size_t *removed) {
-  sq *s = state;
-  conn *c;
-  int e = begin_write(s, &c);
-  if (e) return e;
-  sqlite3_stmt *st = stmt(c, ST_PURGE);
-  if (!st) e = DSYS_EDB;
-  else {
-    sqlite3_bind_int64(st, 1, now);
-    sqlite3_bind_int64(st, 2, (int64_t)limit);
-    int rc = sqlite3_step(st);
-    if (rc != SQLITE_DONE) e = err_of(rc);
-    else *removed = (size_t)sqlite3_changes(c->db);
-    sqlite3_reset(st);
-  }
-  return finish(s, c, e);
+  wop op = {.kind = W_PURGE, .now = now, .limit = limit};
+  int e = execute(state, &op);
+  *removed = op.removed;
+  return e;
 }
 
 static const dsys_store_ops sqlite_ops = {
@@ -531,4 +610,10 @@ static const dsys_store_ops sqlite_ops = {
 };
 
 const dsys_store_ops *dsys_store_ops_sqlite(void) { return &sqlite_ops; }
+
+dsysi_group *dsysi_store_sqlite_group(dsys_store *st) {
+  if (dsysi_store_ops(st) != &sqlite_ops) return NULL;
+  sq *s = dsysi_store_state(st);
+  return &s->group;
+}
 DSYSI_PLUGINS(store_sqlite) = {{"store", &sqlite_ops}, {0}};

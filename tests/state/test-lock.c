@@ -4,7 +4,9 @@
  * from threads; then, on SQLite (shared by processes): exclusion across
  * processes, expiry after a holder is SIGKILLed, a holder paused with
  * SIGSTOP past its lease whose fenced store write is refused, and leader
- * election taking over from a killed leader.
+ * election taking over from a killed leader; the same on PostgreSQL and a
+ * 3-member etcd (both real, throwaway servers), with the server's outage
+ * (on etcd: one member lost, then quorum lost).
  */
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "etcdserver.h"
 #include "pgserver.h"
 #include "tap.h"
 
@@ -109,6 +112,21 @@ static void rules(const char *url) {
   }
   ok(mono, "%s: 20 acquisitions, tokens strictly increasing (last %lld)", url, (long long)last);
 
+  /* fairness: while another caller is next in line (holds the ticket),
+   * a free lock is not taken (unless unfair) */
+  dsys_lock *tk = NULL, *f = NULL;
+  dsys_lock_options to = o, uo = o;
+  to.owner = "waiter";
+  uo.unfair = 1;
+  is_int(dsys_lock_acquire(ls, "next-in-line/fair", 0, &to, &tk), 0, "%s: a waiter's ticket", url);
+  is_int(dsys_lock_acquire(ls, "fair", 0, &o, &f), DSYS_EBUSY,
+         "%s: a free lock with someone next in line: DSYS_EBUSY", url);
+  is_int(dsys_lock_acquire(ls, "fair", 0, &uo, &f), 0, "%s: unfair: taken anyway", url);
+  dsys_lock_release(f);
+  dsys_lock_release(tk);
+  is_int(dsys_lock_acquire(ls, "fair", 0, &o, &f), 0, "%s: the ticket released: taken", url);
+  dsys_lock_release(f);
+
   /* bad input */
   is_int(dsys_lock_acquire(ls, "", 0, &o, &c), DSYS_EINVAL, "%s: empty name: DSYS_EINVAL", url);
   dsys_lock_options bad = {.size = sizeof bad, .ttl_ms = 50};
@@ -152,6 +170,50 @@ static void *contender(void *p) {
   return NULL;
 }
 
+typedef struct waiter {
+  dsys_locks *ls;
+  int rc;
+  _Atomic int done; /* set by the main thread: B may release */
+} waiter;
+
+/* B waits for the lock and holds it until the main thread has checked
+ * (so A's try always meets B's ticket or B's lock, whatever the timing) */
+static void *wait_b(void *p) {
+  waiter *w = p;
+  dsys_lock *lk = NULL;
+  dsys_lock_options o = {.size = sizeof o, .ttl_ms = 5000, .owner = "B"};
+  w->rc = dsys_lock_acquire(w->ls, "turn", 10000, &o, &lk);
+  int64_t t0 = mono_ms();
+  while (!w->done && mono_ms() - t0 < 10000) usleep(1000);
+  dsys_lock_release(lk);
+  return NULL;
+}
+
+/* A holder that releases and comes straight back does not overtake a
+ * waiter: the waiter holds the ticket, and gets the lock. */
+static void handover(dsys_locks *ls, const char *url) {
+  dsys_lock *a = NULL;
+  dsys_lock_options o = {.size = sizeof o, .ttl_ms = 5000, .owner = "A"};
+  is_int(dsys_lock_acquire(ls, "turn", 0, &o, &a), 0, "%s: A holds turn", url);
+  waiter w = {.ls = ls, .rc = -1};
+  pthread_t th;
+  pthread_create(&th, NULL, wait_b, &w);
+  dsys_lock_info info = {0};
+  int64_t t0 = mono_ms();
+  while (mono_ms() - t0 < 5000 &&
+         (dsys_lock_holder(ls, "next-in-line/turn", &info) || strcmp(info.owner, "B")))
+    usleep(2000);
+  ok(!strcmp(info.owner, "B"), "%s: B waits and is next in line", url);
+  is_int(dsys_lock_release(a), 0, "%s: A releases", url);
+  a = NULL;
+  is_int(dsys_lock_acquire(ls, "turn", 0, &o, &a), DSYS_EBUSY,
+         "%s: A comes straight back: DSYS_EBUSY (B is first)", url);
+  dsys_lock_release(a);
+  w.done = 1;
+  pthread_join(th, NULL);
+  is_int(w.rc, 0, "%s: B got the lock", url);
+}
+
 static void contention(const char *url) {
   arena a = {0};
   if (!is_int(dsys_locks_open(&a.ls, url, NULL), 0, "%s: open (real clock)", url)) return;
@@ -166,6 +228,7 @@ static void contention(const char *url) {
   for (int i = 1; i < a.ntokens && i < 400; i++)
     if (a.tokens[i] <= a.tokens[i - 1]) inc = 0;
   ok(inc, "%s: tokens increase in the order the lock was held", url);
+  handover(a.ls, url);
   dsys_locks_close(a.ls);
 }
 
@@ -358,34 +421,86 @@ static void election(void) {
   dsys_locks_close(ls);
 }
 
-/* PostgreSQL down: bounded DSYS_EUNAVAIL, a held lock is lost when its
- * lease ends without a renewal; back: the same handle works again. */
-static void pg_outage(tpg *srv) {
+/* The server down (down(ud) kills it): bounded DSYS_EUNAVAIL, a held lock
+ * is lost when its lease ends without a renewal; back (up(ud)): the same
+ * handle works again. */
+static void outage(const char *what, const char *url, int (*down)(void *), int (*up)(void *),
+                   void *ud) {
   dsys_locks *ls = NULL;
-  if (!is_int(dsys_locks_open(&ls, srv->url, NULL), 0, "pg: open for the outage test")) return;
+  if (!is_int(dsys_locks_open(&ls, url, NULL), 0, "%s: open for the outage test", what)) return;
   dsys_lock *lk = NULL;
   lost_calls = 0;
   dsys_lock_options o = {.size = sizeof o, .ttl_ms = 600, .on_lost = on_lost};
-  is_int(dsys_lock_acquire(ls, "outage", 0, &o, &lk), 0, "pg: a lock with a 600 ms lease");
-  tpg_kill(srv);
+  is_int(dsys_lock_acquire(ls, "outage", 0, &o, &lk), 0, "%s: a lock with a 600 ms lease", what);
+  ok(down(ud) == 0, "%s: server down", what);
   int64_t t0 = mono_ms();
   dsys_lock *other = NULL;
   is_int(dsys_lock_acquire(ls, "other", 0, NULL, &other), DSYS_EUNAVAIL,
-         "pg: server killed: acquire fails with DSYS_EUNAVAIL");
-  ok(mono_ms() - t0 < 6000, "... within the connect bound (%lld ms)", (long long)(mono_ms() - t0));
+         "%s: acquire fails with DSYS_EUNAVAIL", what);
+  ok(mono_ms() - t0 < 6000, "%s: ... within the bound (%lld ms)", what, (long long)(mono_ms() - t0));
   for (int i = 0; i < 300 && dsys_lock_held(lk); i++) usleep(10000);
-  ok(!dsys_lock_held(lk), "pg: no renewal got through: the lock counts as lost after its lease");
-  for (int i = 0; i < 300 && !lost_calls; i++) usleep(10000);
-  is_int(lost_calls, 1, "pg: ... and its lost callback ran");
+  ok(!dsys_lock_held(lk), "%s: no renewal got through: the lock counts as lost after its lease",
+     what);
+  for (int i = 0; i < 600 && !lost_calls; i++) usleep(10000);
+  is_int(lost_calls, 1, "%s: ... and its lost callback ran", what);
   dsys_lock_release(lk);
-  ok(tpg_restart(srv) == 0, "pg: server restarted");
+  ok(up(ud) == 0, "%s: server back", what);
   int e = -1;
   for (int i = 0; i < 100 && e; i++) {
     e = dsys_lock_acquire(ls, "outage", 2000, NULL, &lk);
     if (e) usleep(50000);
   }
-  is_int(e, 0, "pg: the same handle takes the lock again");
+  is_int(e, 0, "%s: the same handle takes the lock again", what);
   dsys_lock_release(lk);
+  dsys_locks_close(ls);
+}
+
+static int pg_down(void *ud) {
+  tpg_kill(ud);
+  return 0;
+}
+static int pg_up(void *ud) { return tpg_restart(ud); }
+
+/* etcd: members 1 and 2 of 3 killed (no quorum), then started again */
+static int etcd_down(void *ud) { return tetcd_kill_member(ud, 2); }
+static int etcd_up(void *ud) {
+  return tetcd_start_member(ud, 1) || tetcd_start_member(ud, 2) ? -1 : 0;
+}
+
+/* One member of three killed: the handle moves to the others and locks
+ * keep working (the member is left down for the outage test). */
+static void etcd_member_down(tetcd *et, const char *url) {
+  dsys_locks *ls = NULL;
+  if (!is_int(dsys_locks_open(&ls, url, NULL), 0, "etcd: open for the member test")) return;
+  dsys_lock *lk = NULL;
+  /* the lease outlasts etcd's own failover: a new raft leader takes
+   * about 1-2 s (election timeout 1 s) when the killed member led */
+  dsys_lock_options o = {.size = sizeof o, .ttl_ms = 6000};
+  is_int(dsys_lock_acquire(ls, "member", 0, &o, &lk), 0, "etcd: a lock held on 3 members");
+  int64_t t1 = dsys_lock_token(lk);
+  is_int(tetcd_kill_member(et, 1), 0, "etcd: member 1 killed");
+  int64_t t0 = mono_ms();
+  int e = -1;
+  while (e && mono_ms() - t0 < 5000) /* EUNAVAIL while the others elect a leader */
+    if ((e = dsys_lock_renew(lk))) usleep(50000);
+  is_int(e, 0, "etcd: the holder renews through another member (%lld ms)",
+         (long long)(mono_ms() - t0));
+  ok(dsys_lock_held(lk), "etcd: and still holds it");
+  dsys_lock *b = NULL;
+  is_int(dsys_lock_acquire(ls, "member", 0, &o, &b), DSYS_EBUSY, "etcd: it is still held");
+  is_int(dsys_lock_release(lk), 0, "etcd: released");
+  int good = 1;
+  int64_t last = t1;
+  for (int i = 0; i < 10; i++) {
+    if (dsys_lock_acquire(ls, "member", 2000, &o, &lk)) {
+      good = 0;
+      continue;
+    }
+    if (dsys_lock_token(lk) <= last) good = 0;
+    last = dsys_lock_token(lk);
+    if (dsys_lock_release(lk)) good = 0;
+  }
+  ok(good, "etcd: 10 more acquisitions on 2 members, tokens growing (last %lld)", (long long)last);
   dsys_locks_close(ls);
 }
 
@@ -412,9 +527,26 @@ int main(void) {
     char pg_store[160]; /* its own counter and protected item */
     snprintf(pg_store, sizeof pg_store, "sqlite://%s/store-pg.sqlite", dir);
     processes(srv.url, pg_store);
-    pg_outage(&srv);
+    outage("pg", srv.url, pg_down, pg_up, &srv);
   }
   tpg_stop(&srv);
+  /* etcd: a real 3-member cluster */
+  tetcd et;
+  if (ok(tetcd_start(&et, 3) == 0, "start a throwaway 3-member etcd")) {
+    char eurl[320], etcd_store[160];
+    snprintf(eurl, sizeof eurl, "etcd://%s/dsys-test/locks", et.endpoints);
+    snprintf(etcd_store, sizeof etcd_store, "sqlite://%s/store-etcd.sqlite", dir);
+    rules(eurl);
+    contention(eurl);
+    processes(eurl, etcd_store);
+    etcd_member_down(&et, eurl);
+    outage("etcd", eurl, etcd_down, etcd_up, &et);
+    dsys_locks *bad = NULL;
+    is_int(dsys_locks_open(&bad, "etcd://", NULL), DSYS_EINVAL, "etcd: no endpoint: DSYS_EINVAL");
+    is_int(dsys_locks_open(&bad, "etcd://127.0.0.1:9,/p", NULL), DSYS_EINVAL,
+           "etcd: an empty endpoint: DSYS_EINVAL");
+  }
+  tetcd_stop(&et);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd)) {}

@@ -38,6 +38,9 @@ class callback_scope:
 
 
 class Life:
+    """One C handle's lifetime. ``with life as p:`` holds the handle (p, the
+    C pointer) for the duration of a call: close() waits for it to end."""
+
     __slots__ = ("ptr", "cond", "busy", "closed", "children", "__weakref__")
 
     def __init__(self, ptr: int) -> None:
@@ -60,6 +63,12 @@ class Life:
             self.busy -= 1
             if not self.busy:
                 self.cond.notify_all()
+
+    def __enter__(self) -> int:
+        return self.enter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.leave()
 
     def add_child(self, fin: Callable[[], Any]) -> None:
         with self.cond:
@@ -152,9 +161,6 @@ class Handle:
         self.close()
 
     def _call(self, f: Any, *args: Any) -> None:
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = f(p, *args)
-        finally:
-            self._life.leave()
         errors.raise_for(rc)

@@ -621,7 +621,8 @@ class dsys_lock_info(Structure):
 
 class dsys_lock_options(Structure):
     _fields_ = [("size", c_size_t), ("ttl_ms", c_int64), ("manual_renew", c_int),
-                ("on_lost", c_void_p), ("ud", c_void_p), ("owner", c_char_p)]
+                ("on_lost", c_void_p), ("ud", c_void_p), ("owner", c_char_p),
+                ("unfair", c_int)]
 
 
 class dsys_election_options(Structure):

@@ -124,7 +124,7 @@ class Election:
 
 class Locks(Handle):
     """The locks of a backend URL: ``memory:``, ``sqlite:///path``,
-    ``postgresql://...``. Release every Lock and resign every Election
+    ``postgresql://...``, ``etcd://host:port[,host:port...]/prefix``. Release every Lock and resign every Election
     before closing.
 
     Example::
@@ -141,31 +141,28 @@ class Locks(Handle):
         self._life, self._fin = attach(self, h.value, _lib.dsys_locks_close)
 
     def acquire(self, name: str, wait: float = 0.0, *, ttl: float = 10.0,
-                owner: Optional[str] = None, manual_renew: bool = False) -> Lock:
+                owner: Optional[str] = None, manual_renew: bool = False,
+                unfair: bool = False) -> Lock:
         """Take the lock ``name``, waiting up to ``wait`` seconds (0: try
         once: BusyError when held; else TimedOutError). ``ttl``: the lease
-        in seconds (at least 0.1)."""
+        in seconds (at least 0.1). Waiters take turns (a waiter next in
+        line goes first) unless ``unfair``."""
         o = _lib.dsys_lock_options(size=sizeof(_lib.dsys_lock_options), ttl_ms=_ms(ttl, "ttl"),
                                    manual_renew=int(bool(manual_renew)),
-                                   owner=_check.opt_text(owner, "owner"))
+                                   owner=_check.opt_text(owner, "owner"),
+                                   unfair=int(bool(unfair)))
         lk = c_void_p()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_lock_acquire(p, _check.text(name, "name"), _ms(wait, "wait"),
                                         byref(o), byref(lk))
-        finally:
-            self._life.leave()
         errors.raise_for(rc, name)
         return Lock(self, int(lk.value or 0))
 
     def holder(self, name: str) -> Optional[LockHolder]:
         """Who holds ``name`` now, or None when it is free."""
         info = _lib.dsys_lock_info()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_lock_holder(p, _check.text(name, "name"), byref(info))
-        finally:
-            self._life.leave()
         return _holder(rc, info)
 
     def campaign(self, name: str, *, ttl: float = 10.0,
@@ -175,22 +172,16 @@ class Locks(Handle):
                                        ttl_ms=_ms(ttl, "ttl"),
                                        candidate=_check.opt_text(candidate, "candidate"))
         e = c_void_p()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_election_campaign(p, _check.text(name, "name"), byref(o), byref(e))
-        finally:
-            self._life.leave()
         errors.raise_for(rc, name)
         return Election(self, name, int(e.value or 0))
 
     def leader(self, name: str) -> Optional[LockHolder]:
         """The current leader of election ``name`` (any candidate), or None."""
         info = _lib.dsys_lock_info()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_election_leader(p, _check.text(name, "name"), byref(info))
-        finally:
-            self._life.leave()
         return _holder(rc, info)
 
 
@@ -265,12 +256,9 @@ class Cache(Handle):
         k = _check.text(key, "key")
         v, ln = c_void_p(), c_size_t()
         self._tls.error = None
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_cache_get(p, k, self._cb if self._loader else None, None,
                                      byref(v), byref(ln))
-        finally:
-            self._life.leave()
         err, self._tls.error = self._tls.error, None
         if rc and err is not None:
             raise err
@@ -293,19 +281,13 @@ class Cache(Handle):
 
     def clear(self) -> None:
         """Drop every entry."""
-        p = self._life.enter()
-        try:
+        with self._life as p:
             _lib.dsys_cache_clear(p)
-        finally:
-            self._life.leave()
 
     def stats(self) -> Dict[str, int]:
         """Counters: hits, stale_hits, negative_hits, misses, loads,
         load_errors, evictions, invalidations, entries, bytes."""
         s = _lib.dsys_cache_stats()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             _lib.dsys_cache_get_stats(p, byref(s))
-        finally:
-            self._life.leave()
         return {name: int(getattr(s, name)) for name, _ in s._fields_}

@@ -144,13 +144,10 @@ class Queue(Handle):
         ``job.id`` and ``job.token``."""
         arr, n = _names(queues)
         out = _lib.job_p()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_queue_claim(p, arr, n, _check.text(worker, "worker"),
                                        _check.integer(lease_ms, "lease_ms"),
                                        byref(out))
-        finally:
-            self._life.leave()
         if rc == -17:  # DSYS_EAGAIN: nothing ready
             return None
         errors.raise_for(rc)
@@ -424,8 +421,7 @@ class Worker:
         self.queue = queue
         self.queues = list(queues) if not isinstance(queues, str) else [queues]
         keep = (cb, queue, handler)
-        qp = queue._life.enter()
-        try:
+        with queue._life as qp:
             h = c_void_p()
             errors.raise_for(_lib.dsys_worker_start(byref(h), qp, byref(o)))
             self._id = _lib.dsys_worker_id(h.value).decode()
@@ -447,8 +443,6 @@ class Worker:
             self._life, self._fin = attach(self, h.value, free,
                                            parent=queue._life, keep=keep)
             lives.extend((self._life, queue._life))
-        finally:
-            queue._life.leave()
 
     @property
     def id(self) -> str:

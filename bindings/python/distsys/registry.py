@@ -122,14 +122,11 @@ class Registry(Handle):
                 parent.leave()
 
     def _call(self, f: Any, *args: Any) -> None:
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = f(p, *args)
             if rc:
                 m = _lib.dsys_registry_errmsg(p)
                 errors.raise_for(rc, m.decode() if m else None)
-        finally:
-            self._life.leave()
 
     def register(self, id: str, type: str, url: str, *, name: Optional[str] = None,
                  tags: Sequence[str] = (), metadata: Optional[Dict[str, Any]] = None,

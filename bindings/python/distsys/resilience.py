@@ -84,11 +84,8 @@ class Balancer(Handle):
 
     def __len__(self) -> int:
         """Number of endpoints."""
-        p = self._life.enter()
-        try:
+        with self._life as p:
             return int(_lib.dsys_balancer_count(p))
-        finally:
-            self._life.leave()
 
     def add(self, id: str, weight: int = 1, value: Any = None) -> None:
         """Add an endpoint (AlreadyExistsError for a known id)."""
@@ -131,11 +128,8 @@ class Balancer(Handle):
         raw, pick._raw = pick._raw, None
         if raw is None:
             return
-        p = self._life.enter()
-        try:
+        with self._life as p:
             _lib.dsys_balancer_release(p, byref(raw))
-        finally:
-            self._life.leave()
 
     @contextmanager
     def picked(self, key: Optional[bytes | str] = None,
@@ -235,11 +229,8 @@ class Breaker(Handle):
         """Ask permission; returns a permit for :meth:`record`. Raises
         BreakerOpenError when the breaker rejects the call."""
         v = c_uint64()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_breaker_acquire(p, byref(v))
-        finally:
-            self._life.leave()
         errors.raise_for(rc, self.name or None)
         return v.value
 
@@ -247,13 +238,10 @@ class Breaker(Handle):
         """Record a permitted call: ok True (success), False (failure) or
         None (ignored: releases the permit without counting)."""
         res = 2 if ok is None else (0 if ok else 1)
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_breaker_record(
                 p, _check.count(permit, "permit", (1 << 64) - 1), res,
                 _check.integer(duration_us, "duration_us"))
-        finally:
-            self._life.leave()
         errors.raise_for(rc)
 
     @contextmanager
@@ -277,31 +265,22 @@ class Breaker(Handle):
     @property
     def state(self) -> str:
         """The current state name (may move open -> half-open)."""
-        p = self._life.enter()
-        try:
+        with self._life as p:
             return BREAKER_STATES[_lib.dsys_breaker_state_get(p)]
-        finally:
-            self._life.leave()
 
     @state.setter
     def state(self, name: str) -> None:
         """Force a state by name ("forced-open", "disabled", "closed", ...)."""
         _check.choice(name, "state", list(_STATE_NUM))
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_breaker_set_state(p, _STATE_NUM[name])
-        finally:
-            self._life.leave()
         errors.raise_for(rc)
 
     def stats(self) -> BreakerStats:
         """A copy of the counters."""
         s = _lib.dsys_breaker_stats()
-        p = self._life.enter()
-        try:
+        with self._life as p:
             errors.raise_for(_lib.dsys_breaker_stats_get(p, byref(s)))
-        finally:
-            self._life.leave()
         return BreakerStats(BREAKER_STATES.get(s.state, str(s.state)),
                             s.window_calls, s.window_failures, s.window_slow,
                             s.calls, s.failures, s.slow_calls, s.rejected,

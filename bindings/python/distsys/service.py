@@ -391,11 +391,8 @@ class _Series:
         self._m, self._h = m, h
 
     def _run(self, f: Any, *a: Any) -> Any:
-        self._m._life.enter()
-        try:
+        with self._m._life:
             return f(self._h, *a)
-        finally:
-            self._m._life.leave()
 
 
 class Counter(_Series):
@@ -679,8 +676,7 @@ class Service:
         self._t0 = time.monotonic()
         h = c_void_p()
         errors.raise_for(_lib.dsys_server_new(byref(h), byref(o)), f"service {name!r}")
-        mp = self.metrics._life.enter()
-        try:
+        with self.metrics._life as mp:
             # the server uses the metrics registry: it is the parent
             keep = (self._callbacks, self.metrics)
             self._life, self._fin = attach(
@@ -689,8 +685,6 @@ class Service:
             if self._with_metrics:
                 errors.raise_for(_lib.dsys_server_metrics(h.value, mp))
                 errors.raise_for(_lib.dsys_metrics_process(mp))
-        finally:
-            self.metrics._life.leave()
 
     # -- routes --
 
@@ -739,14 +733,11 @@ class Service:
         cname = {n: (b"*" if n == rest else n.encode()) for n in all_names}
         cb = _lib.HANDLER_FN(_trampoline(fn, all_names, kw, cname))
         with self._lock:
-            p = self._life.enter()
-            try:
+            with self._life as p:
                 rc = _lib.dsys_server_route(p, m.encode(), cpat, cb, None)
                 if rc == _ESTATE:
                     errors.raise_for(rc, "routes must be added before listen()")
                 errors.raise_for(rc, f"route {m} {pattern}")
-            finally:
-                self._life.leave()
             self._callbacks.append(cb)
             self._routes.append((m, cpat))
 
@@ -780,13 +771,9 @@ class Service:
             if ("GET", path) not in self._routes:
                 self.add_route("GET", path.decode(), fn)
         if self._with_metrics and ("GET", b"/metrics") not in self._routes:
-            p = self._life.enter()
-            mp = self.metrics._life.enter()
-            try:
+            # (the second handle's enter may raise: the first is left then too)
+            with self._life as p, self.metrics._life as mp:
                 errors.raise_for(_lib.dsys_metrics_mount(p, mp))
-            finally:
-                self.metrics._life.leave()
-                self._life.leave()
 
     def _not_ready(self) -> Optional[str]:
         if self._draining:
@@ -812,28 +799,22 @@ class Service:
         with self._lock:
             if not self._listening:
                 self._builtins()
-            p = self._life.enter()
-            try:
+            with self._life as p:
                 rc = _lib.dsys_server_listen(p, b)
                 self._listening = True
                 errors.raise_for(rc, f"listening on {url}")
-            finally:
-                self._life.leave()
         return self.urls[-1]
 
     @property
     def urls(self) -> List[str]:
         """The bound URLs, in the order of :meth:`listen` calls."""
         out: List[str] = []
-        p = self._life.enter()
-        try:
+        with self._life as p:
             while True:
                 u = _lib.dsys_server_url(p, len(out))
                 if u is None:
                     return out
                 out.append(u.decode())
-        finally:
-            self._life.leave()
 
     @property
     def url(self) -> str:
@@ -846,11 +827,8 @@ class Service:
     @property
     def inflight(self) -> int:
         """Requests received and not yet answered."""
-        p = self._life.enter()
-        try:
+        with self._life as p:
             return int(_lib.dsys_server_inflight(p))
-        finally:
-            self._life.leave()
 
     def register(self, registry: Registry, id: Optional[str] = None,
                  url: Optional[str] = None, *, type: Optional[str] = None,

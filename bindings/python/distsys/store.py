@@ -104,14 +104,11 @@ class Store(Handle, MutableMapping[str, Any]):
 
     def _run(self, f: Any, *args: Any) -> None:
         """Call f(handle, *args); raise with the store's detailed message."""
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = f(p, *args)
             if rc:
                 detail = _lib.dsys_store_errmsg(p)
                 errors.raise_for(rc, detail.decode() if detail else None)
-        finally:
-            self._life.leave()
 
     def _write(self, f: Any, key: str, value: Any, metadata: Optional[Dict[str, Any]],
                ttl_ms: int, expected_version: int) -> Item:

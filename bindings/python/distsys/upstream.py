@@ -254,11 +254,8 @@ class Upstream(Handle):
 
     def __len__(self) -> int:
         """Number of endpoints."""
-        p = self._life.enter()
-        try:
+        with self._life as p:
             return int(_lib.dsys_upstream_count(p))
-        finally:
-            self._life.leave()
 
     def add(self, id: str, url: str, weight: int = 1) -> None:
         """Add a static endpoint (AlreadyExistsError)."""
@@ -278,11 +275,8 @@ class Upstream(Handle):
         c, keep = _build_call(method, path, body, json, headers)
         reply = c_void_p()
         res = _lib.dsys_upstream_result(size=sizeof(_lib.dsys_upstream_result))
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_upstream_call_ex(p, byref(c), byref(reply), byref(res))
-        finally:
-            self._life.leave()
         errors.raise_for(rc, f"{self.service} {method} {path}; "
                              f"{res.attempts} attempt(s), last endpoint "
                              f"{res.endpoint.decode() or '-'}")
@@ -303,11 +297,8 @@ class Upstream(Handle):
         key = next(self._ids)
         with self._plock:
             self._pending[key] = (loop, fut, f"{self.service} {method} {path}")
-        p = self._life.enter()
-        try:
+        with self._life as p:
             rc = _lib.dsys_upstream_send(p, byref(c), self._done_cb, key)
-        finally:
-            self._life.leave()
         if rc:  # the callback never runs
             with self._plock:
                 self._pending.pop(key, None)

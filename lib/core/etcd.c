@@ -1,0 +1,354 @@
+/* etcd v3 through its JSON gateway (core/etcd.h): requests with member
+ * failover, and the JSON pieces of the protocol. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <distsys/clock.h>
+#include "core/internal.h"
+#include "core/base64.h"
+#include "core/etcd.h"
+#include "core/json.h"
+
+static int64_t mono_ms(void) { return dsys_clock_now_us(dsys_clock_real()) / 1000; }
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+/* ---- JSON pieces ---- */
+
+json_object *dsysi_etcd_b64(const char *s, size_t len) {
+  char *e = NULL;
+  if (dsysi_base64_encode(s, len, &e)) return NULL;
+  json_object *o = json_object_new_string(e);
+  free(e);
+  return o;
+}
+
+json_object *dsysi_etcd_b64s(const char *s) { return dsysi_etcd_b64(s, strlen(s)); }
+
+json_object *dsysi_etcd_i64(int64_t v) {
+  char b[24];
+  snprintf(b, sizeof b, "%lld", (long long)v);
+  return json_object_new_string(b);
+}
+
+int64_t dsysi_etcd_get_i64(json_object *o, const char *key) {
+  json_object *v;
+  if (!o || !json_object_object_get_ex(o, key, &v)) return 0;
+  if (json_object_is_type(v, json_type_string)) return strtoll(json_object_get_string(v), NULL, 10);
+  return json_object_get_int64(v);
+}
+
+static void add(json_object *o, const char *k, json_object *v) { json_object_object_add(o, k, v); }
+
+char *dsysi_etcd_prefix_end(const char *prefix) {
+  char *e = strdup(prefix);
+  if (e && *e) e[strlen(e) - 1]++;
+  return e;
+}
+
+json_object *dsysi_etcd_range_op(const char *key, const char *end) {
+  json_object *r = json_object_new_object(), *op = json_object_new_object();
+  add(r, "key", dsysi_etcd_b64s(key));
+  if (end) add(r, "range_end", dsysi_etcd_b64s(end));
+  add(op, "request_range", r);
+  return op;
+}
+
+json_object *dsysi_etcd_put_op(const char *key, const char *value, int64_t lease) {
+  json_object *r = json_object_new_object(), *op = json_object_new_object();
+  add(r, "key", dsysi_etcd_b64s(key));
+  add(r, "value", dsysi_etcd_b64s(value));
+  if (lease > 0) add(r, "lease", dsysi_etcd_i64(lease));
+  if (lease < 0) add(r, "ignore_lease", json_object_new_boolean(1));
+  add(op, "request_put", r);
+  return op;
+}
+
+json_object *dsysi_etcd_del_op(const char *key, const char *end) {
+  json_object *r = json_object_new_object(), *op = json_object_new_object();
+  add(r, "key", dsysi_etcd_b64s(key));
+  if (end) add(r, "range_end", dsysi_etcd_b64s(end));
+  add(op, "request_delete_range", r);
+  return op;
+}
+
+static json_object *cmp_rev(const char *key, const char *target, const char *field, int64_t rev) {
+  json_object *c = json_object_new_object();
+  add(c, "key", dsysi_etcd_b64s(key));
+  add(c, "target", json_object_new_string(target));
+  add(c, "result", json_object_new_string("EQUAL"));
+  add(c, field, dsysi_etcd_i64(rev));
+  return c;
+}
+
+json_object *dsysi_etcd_cmp_mod(const char *key, int64_t rev) {
+  return cmp_rev(key, "MOD", "mod_revision", rev);
+}
+
+json_object *dsysi_etcd_cmp_create(const char *key, int64_t rev) {
+  return cmp_rev(key, "CREATE", "create_revision", rev);
+}
+
+void dsysi_etcd_kvs_free(dsysi_etcd_kv *v, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(v[i].key);
+    free(v[i].value);
+  }
+  free(v);
+}
+
+int dsysi_etcd_decode_kvs(json_object *rr, dsysi_etcd_kv **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
+  json_object *a;
+  if (!json_object_object_get_ex(rr, "kvs", &a)) return 0;
+  if (!json_object_is_type(a, json_type_array)) return DSYS_EPROTO;
+  size_t cnt = json_object_array_length(a);
+  dsysi_etcd_kv *v = calloc(cnt ? cnt : 1, sizeof *v);
+  if (!v) return DSYS_ENOMEM;
+  for (size_t i = 0; i < cnt; i++) {
+    json_object *e = json_object_array_get_idx(a, i);
+    const char *k = dsysi_json_str(e, "key"), *val = dsysi_json_str(e, "value");
+    size_t kl;
+    void *kb = NULL, *vb = NULL;
+    if (!k || dsysi_base64_decode(k, strlen(k), &kb, &kl) ||
+        dsysi_base64_decode(val ? val : "", val ? strlen(val) : 0, &vb, &v[i].vlen)) {
+      free(kb);
+      dsysi_etcd_kvs_free(v, i);
+      return DSYS_EPROTO;
+    }
+    v[i].key = kb;
+    v[i].value = vb;
+    v[i].mod = dsysi_etcd_get_i64(e, "mod_revision");
+    v[i].create = dsysi_etcd_get_i64(e, "create_revision");
+    v[i].lease = dsysi_etcd_get_i64(e, "lease");
+  }
+  *out = v;
+  *n = cnt;
+  return 0;
+}
+
+int64_t dsysi_etcd_revision(json_object *resp) {
+  json_object *h;
+  return json_object_object_get_ex(resp, "header", &h) ? dsysi_etcd_get_i64(h, "revision") : 0;
+}
+
+/* ---- requests ---- */
+
+int dsysi_etcd_open(dsysi_etcd *c, const char *target, const char *area,
+                    const char *default_prefix, char **prefix, char *err, size_t errlen) {
+  *prefix = NULL;
+  if (!target || !*target) {
+    if (err && errlen) snprintf(err, errlen, "etcd %s needs host:port[,host:port...]/prefix", area);
+    return DSYS_EINVAL;
+  }
+  pthread_once(&curl_once, curl_init_once);
+  pthread_mutex_init(&c->mu, NULL);
+  c->mu_init = 1;
+  c->area = area;
+  c->connect_ms = 1000;
+  c->timeout_ms = 3000;
+  const char *slash = strchr(target, '/');
+  size_t hl = slash ? (size_t)(slash - target) : strlen(target);
+  const char *pre = slash && slash[1] ? slash : default_prefix;
+  size_t pl = strlen(pre);
+  while (pl > 1 && pre[pl - 1] == '/') pl--;
+  size_t cap = 0;
+  for (size_t i = 0, st = 0; i <= hl; i++) {
+    if (i < hl && target[i] != ',') continue;
+    if (i == st) {
+      if (err && errlen) snprintf(err, errlen, "etcd %s: empty endpoint in '%s'", area, target);
+      dsysi_etcd_close(c);
+      return DSYS_EINVAL;
+    }
+    dsysi_buf b = {0};
+    dsysi_buf_printf(&b, "http://%.*s", (int)(i - st), target + st);
+    if (b.oom || dsysi_grow(&c->eps, &cap, c->neps + 1, sizeof *c->eps, 4)) {
+      dsysi_buf_free(&b);
+      dsysi_etcd_close(c);
+      return DSYS_ENOMEM;
+    }
+    c->eps[c->neps++] = dsysi_buf_steal(&b, NULL);
+    st = i + 1;
+  }
+  c->easy = curl_easy_init();
+  /* a member without a leader refuses at once instead of after etcd's own
+   * request timeout: the request moves on to the next member */
+  c->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+  struct curl_slist *h2 =
+      c->hdrs ? curl_slist_append(c->hdrs, "Grpc-Metadata-hasleader: true") : NULL;
+  if (h2) c->hdrs = h2;
+  *prefix = strndup(pre, pl);
+  if (!c->easy || !h2 || !*prefix) {
+    free(*prefix);
+    *prefix = NULL;
+    dsysi_etcd_close(c);
+    return DSYS_ENOMEM;
+  }
+  return 0;
+}
+
+void dsysi_etcd_close(dsysi_etcd *c) {
+  if (c->easy) curl_easy_cleanup(c->easy);
+  curl_slist_free_all(c->hdrs);
+  dsysi_buf_free(&c->body);
+  for (size_t i = 0; i < c->neps; i++) free(c->eps[i]);
+  free(c->eps);
+  if (c->mu_init) pthread_mutex_destroy(&c->mu);
+  memset(c, 0, sizeof *c);
+}
+
+static size_t on_body(char *p, size_t sz, size_t nm, void *ud) {
+  return dsysi_buf_append(ud, p, sz * nm) ? 0 : sz * nm;
+}
+
+/* gRPC codes after which another member may do better: Unknown (the
+ * gateway's "context deadline exceeded"), DeadlineExceeded, Unavailable
+ * ("no leader", "request timed out", "leader changed") */
+static int failover_code(int64_t code) { return code == 2 || code == 4 || code == 14; }
+
+static int grpc_err(int64_t code) {
+  switch (code) {
+  case 3: return DSYS_EINVAL;     /* e.g. ignore_lease on a missing key */
+  case 5: return DSYS_ENOTFOUND;  /* e.g. requested lease not found */
+  case 7: return DSYS_EPERM;
+  case 8: return DSYS_ENOSPC;     /* the NOSPACE alarm: quota reached */
+  case 16: return DSYS_EAUTH;
+  default: return DSYS_EPROTO;
+  }
+}
+
+void dsysi_etcd_setup_easy(dsysi_etcd *c, CURL *e, const char *url, const char *body,
+                           long timeout_ms) {
+  curl_easy_reset(e);
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_ms);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->hdrs);
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 5L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 2L);
+}
+
+int dsysi_etcd_post(dsysi_etcd *c, const char *path, json_object *req, json_object **resp) {
+  *resp = NULL;
+  if (!req) return DSYS_ENOMEM;
+  const char *body = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+  if (!body) return DSYS_ENOMEM;
+  int64_t start = mono_ms();
+  size_t first = c->cur;
+  char *last = c->last;
+  size_t lastlen = sizeof c->last;
+  last[0] = '\0';
+  for (size_t i = 0; i < c->neps; i++) {
+    size_t ep = (first + i) % c->neps;
+    long left = c->timeout_ms - (long)(mono_ms() - start);
+    if (i > 0 && left <= 0) break;
+    /* a member that takes the connection but does not answer (paused,
+     * overloaded) must not use up the whole bound: each member but the
+     * last gets an equal share of it (seen in multihost-etcd.test: one
+     * SIGSTOPped member made every new process listing it first fail) */
+    long share = c->timeout_ms / (long)c->neps;
+    if (i + 1 < c->neps && left > share) left = share;
+    if (left < c->connect_ms) left = c->connect_ms;
+    char url[300];
+    snprintf(url, sizeof url, "%s%s", c->eps[ep], path);
+    dsysi_buf_free(&c->body);
+    dsysi_etcd_setup_easy(c, c->easy, url, body, left);
+    curl_easy_setopt(c->easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c->easy, CURLOPT_WRITEDATA, &c->body);
+    CURLcode cc = curl_easy_perform(c->easy);
+    long status = 0;
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (cc != CURLE_OK || c->body.oom) {
+      snprintf(last, lastlen, "%s: %s", c->eps[ep],
+               c->body.oom ? "out of memory" : curl_easy_strerror(cc));
+      if (c->body.oom) return DSYS_ENOMEM;
+      continue;
+    }
+    json_object *j = NULL;
+    int prc = dsysi_json_parse(c->body.data ? c->body.data : "", c->body.len, &j);
+    if (prc || !j || !json_object_is_type(j, json_type_object)) {
+      if (j) json_object_put(j);
+      snprintf(last, lastlen, "%s: HTTP %ld, not a JSON object", c->eps[ep], status);
+      continue;
+    }
+    if (status != 200) {
+      int64_t code = dsysi_etcd_get_i64(j, "code");
+      const char *msg = dsysi_json_str(j, "error");
+      snprintf(last, lastlen, "%s: %s (code %lld)", c->eps[ep], msg ? msg : "error",
+               (long long)code);
+      json_object_put(j);
+      if (failover_code(code)) continue;
+      dsysi_log(DSYS_LOG_DEBUG, c->area, "etcd %s: %s", path, last);
+      return grpc_err(code);
+    }
+    if (ep != first) c->cur = ep;
+    if (c->down) {
+      dsysi_log(DSYS_LOG_INFO, c->area, "etcd: reachable again through %s", c->eps[ep]);
+      c->down = 0;
+    }
+    *resp = j;
+    return 0;
+  }
+  /* start the next call on the next member: the first one was no good */
+  c->cur = (first + 1) % c->neps;
+  if (!c->down) {
+    dsysi_log(DSYS_LOG_WARN, c->area, "etcd: no member answered %s within %ld ms (last: %s)",
+              path, c->timeout_ms, last);
+    c->down = 1;
+  }
+  return DSYS_EUNAVAIL;
+}
+
+int dsysi_etcd_txn(dsysi_etcd *c, json_object *cmps, json_object *ops, json_object *fail,
+                   int *succeeded, json_object **resp) {
+  json_object *req = json_object_new_object();
+  if (cmps) add(req, "compare", cmps);
+  add(req, "success", ops);
+  if (fail) add(req, "failure", fail);
+  int rc = dsysi_etcd_post(c, "/v3/kv/txn", req, resp);
+  json_object_put(req);
+  if (!rc && succeeded) {
+    json_object *v;
+    *succeeded = json_object_object_get_ex(*resp, "succeeded", &v) && json_object_get_boolean(v);
+  }
+  return rc;
+}
+
+json_object *dsysi_etcd_txn_range(json_object *resp, size_t i) {
+  json_object *a, *r;
+  if (!json_object_object_get_ex(resp, "responses", &a) ||
+      !json_object_is_type(a, json_type_array) || i >= json_object_array_length(a))
+    return NULL;
+  if (!json_object_object_get_ex(json_object_array_get_idx(a, i), "response_range", &r))
+    return NULL;
+  return r;
+}
+
+int dsysi_etcd_lease_grant(dsysi_etcd *c, int64_t ttl_s, int64_t *id) {
+  json_object *req = json_object_new_object(), *resp = NULL;
+  add(req, "TTL", dsysi_etcd_i64(ttl_s));
+  int rc = dsysi_etcd_post(c, "/v3/lease/grant", req, &resp);
+  json_object_put(req);
+  if (rc) return rc;
+  *id = dsysi_etcd_get_i64(resp, "ID");
+  json_object_put(resp);
+  return *id ? 0 : DSYS_EPROTO;
+}
+
+int dsysi_etcd_lease_keepalive(dsysi_etcd *c, int64_t id) {
+  json_object *req = json_object_new_object(), *resp = NULL, *r;
+  add(req, "ID", dsysi_etcd_i64(id));
+  int rc = dsysi_etcd_post(c, "/v3/lease/keepalive", req, &resp);
+  json_object_put(req);
+  /* an ended lease is answered with a TTL of 0 (or none) */
+  if (!rc && (!json_object_object_get_ex(resp, "result", &r) || dsysi_etcd_get_i64(r, "TTL") <= 0))
+    rc = DSYS_ENOTFOUND;
+  if (resp) json_object_put(resp);
+  return rc;
+}
