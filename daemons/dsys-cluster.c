@@ -5,7 +5,13 @@
  * a crashed process with backoff; on SIGINT/SIGTERM stops everything
  * cleanly (children also get SIGTERM if the supervisor itself dies).
  *
+ * With --deployment FILE --host NAME it runs one host's share of a
+ * multi-host deployment instead (multi-host.md): that host's etcd member,
+ * its Patroni/PostgreSQL node and its daemons, on the registry in etcd and
+ * the state on the Patroni cluster.
+ *
  *   dsys-cluster [run] [--config FILE] [--data-dir DIR] [--db URI] [--bin-dir DIR]
+ *   dsys-cluster [run] --deployment FILE --host NAME [--data-dir DIR]
  *   dsys-cluster status [--data-dir DIR]
  */
 #include <arpa/inet.h>
@@ -26,6 +32,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
 #include <distsys/services.h>
@@ -37,6 +45,7 @@ typedef struct proc {
   char type[16];    /* "data" */
   char bin[24];     /* "dsys-datad" */
   int port;
+  int port2;        /* etcd: the peer port; patroni: PostgreSQL's port */
   pid_t pid;
   int restarts;
   int64_t started_ms, restart_at_ms, backoff_ms;
@@ -51,7 +60,7 @@ static char datadir[PATH_MAX] = "data", bindir[PATH_MAX], dbfile[PATH_MAX + 32];
  * "" for the SQLite file dbfile */
 static char dburi[2048];
 
-static char regurl[128];
+static char regurl[1280];
 
 /* --profile secure: the gateway's protective flags (cluster.md). */
 static int secure;
@@ -66,7 +75,9 @@ static int64_t id_issued_ms;
 
 static int64_t now_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
 
-/* Bind port (0: any) on host and release it: the port bound, or 0. */
+/* Bind port (0: any) on host and release it: the port bound, or 0 with
+ * the reason in probe_errno. */
+static int probe_errno;
 static int probe_port(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
   /* as the daemons bind: a port left in TIME_WAIT by a stopped run is free */
@@ -78,6 +89,7 @@ static int probe_port(int port) {
   if (fd >= 0 && !bind(fd, (struct sockaddr *)&sa, sizeof sa) &&
       !getsockname(fd, (struct sockaddr *)&sa, &sl))
     got = ntohs(sa.sin_port);
+  probe_errno = got ? 0 : errno;
   if (fd >= 0) close(fd);
   return got;
 }
@@ -163,15 +175,23 @@ static int add_ports(const char *key, const char *type, const char *bin, const c
 }
 
 /* Ports named twice would start a process that cannot listen while the
- * other one answers its health checks; then pick the free ones. */
-static int pick_ports(void) {
-  for (int i = 0; i < NP; i++)
+ * other one answers its health checks (P[from..NP) are one host's). */
+static int dup_ports(int from) {
+  for (int i = from; i < NP; i++)
     for (int j = i + 1; P[i].port && j < NP; j++)
-      if (P[i].port == P[j].port) {
-        fprintf(stderr, "dsys-cluster: port %d is given to both %s and %s\n", P[i].port,
+      if (P[i].port == P[j].port || (P[j].port2 && P[i].port == P[j].port2) ||
+          (P[i].port2 && (P[i].port2 == P[j].port || P[i].port2 == P[j].port2))) {
+        fprintf(stderr, "dsys-cluster: port %d is given to both %s and %s\n",
+                P[i].port == P[j].port || P[i].port == P[j].port2 ? P[i].port : P[i].port2,
                 P[i].name, P[j].name);
         return -1;
       }
+  return 0;
+}
+
+/* No port twice, then pick the free ones. */
+static int pick_ports(void) {
+  if (dup_ports(0)) return -1;
   for (int i = 0; i < NP; i++)
     if (!P[i].port && !(P[i].port = free_port())) {
       fprintf(stderr, "dsys-cluster: no free port on %s for %s\n", host, P[i].name);
@@ -180,15 +200,17 @@ static int pick_ports(void) {
   return 0;
 }
 
-/* The config file: "key = value" lines, '#' comments (see docs). */
-static int load_config(const char *path, char *ports[7]) {
+/* The "key = value" lines of a config or deployment file ('#' comments;
+ * one value without spaces): fn(ud, path, line number, key, value) for
+ * each, which says what is wrong and returns -1. -1 when any line was
+ * bad or the file cannot be read (said); every line is looked at. */
+static int read_kv(const char *path, int (*fn)(void *, const char *, int, const char *, const char *),
+                   void *ud) {
   FILE *f = fopen(path, "r");
   if (!f) {
     fprintf(stderr, "dsys-cluster: cannot read %s: %s\n", path, strerror(errno));
     return -1;
   }
-  static const char *keys[7] = {"registry.port", "auth.ports", "data.ports", "compute.ports",
-                                "gateway.port", "faultd.port", "host"};
   char line[512];
   int ln = 0, bad = 0;
   while (fgets(line, sizeof line, f)) {
@@ -205,20 +227,215 @@ static int load_config(const char *path, char *ports[7]) {
       }
       continue;
     }
-    int known = 0;
-    for (int i = 0; i < 7; i++)
-      if (!strcmp(k, keys[i])) {
-        free(ports[i]);
-        ports[i] = strdup(v);
-        known = 1;
-      }
-    if (!known) {
-      fprintf(stderr, "dsys-cluster: %s:%d: unknown key '%s'\n", path, ln, k);
-      bad = 1;
-    }
+    if (fn(ud, path, ln, k, v)) bad = 1;
   }
   fclose(f);
   return bad ? -1 : 0;
+}
+
+/* The keys of the config file, and of one host in a deployment file
+ * ("NAME.data.ports"); the last two only in a deployment. */
+static const char *const cfkeys[9] = {"registry.port", "auth.ports", "data.ports", "compute.ports",
+                                      "gateway.port", "faultd.port", "host", "etcd", "postgres"};
+
+static int set_key(char **vals, int n, const char *path, int ln, const char *k, const char *v) {
+  for (int i = 0; i < n; i++)
+    if (cfkeys[i] && !strcmp(k, cfkeys[i])) {
+      free(vals[i]);
+      vals[i] = strdup(v);
+      return 0;
+    }
+  fprintf(stderr, "dsys-cluster: %s:%d: unknown key '%s'\n", path, ln, k);
+  return -1;
+}
+
+static int config_line(void *ud, const char *path, int ln, const char *k, const char *v) {
+  return set_key(ud, 7, path, ln, k, v);
+}
+
+/* The config file (see docs). */
+static int load_config(const char *path, char *ports[7]) { return read_kv(path, config_line, ports); }
+
+/* A multi-host deployment (multi-host.md): the hosts, what each runs, and
+ * the settings every host shares. */
+#define MAXH 16
+typedef struct dhost {
+  char name[32], addr[INET_ADDRSTRLEN];
+  char *v[9]; /* by cfkeys: [0] and [6] unused; [7] "CLIENT,PEER", [8] "PG,API" */
+  int ln;     /* the line that named it first */
+} dhost;
+static dhost H[MAXH];
+static int NH, deployment;
+static char me[32];             /* --host */
+static char reg_prefix[200] = "/dsys/registry", db_name[64] = "postgres", db_trusted[64];
+static char patroni_tmpl[PATH_MAX + 64], jwt_file[PATH_MAX];
+
+static int deployment_line(void *ud, const char *path, int ln, const char *k, const char *v) {
+  (void)ud;
+  static const struct {
+    const char *key;
+    char *dst;
+    size_t n;
+  } global[] = {{"registry.prefix", reg_prefix, sizeof reg_prefix},
+                {"db.name", db_name, sizeof db_name},
+                {"db.trusted", db_trusted, sizeof db_trusted},
+                {"patroni.template", patroni_tmpl, sizeof patroni_tmpl},
+                {"jwt-secret-file", jwt_file, sizeof jwt_file}};
+  for (size_t i = 0; i < sizeof global / sizeof *global; i++)
+    if (!strcmp(k, global[i].key)) {
+      if (strlen(v) >= global[i].n) {
+        fprintf(stderr, "dsys-cluster: %s:%d: %s is too long\n", path, ln, k);
+        return -1;
+      }
+      memcpy(global[i].dst, v, strlen(v) + 1);
+      return 0;
+    }
+  const char *dot = strchr(k, '.');
+  size_t nl = dot ? (size_t)(dot - k) : 0;
+  if (!dot || nl == 0 || nl >= sizeof H[0].name || strspn(k, "abcdefghijklmnopqrstuvwxyz"
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != nl) {
+    fprintf(stderr, "dsys-cluster: %s:%d: unknown key '%s' (host keys are NAME.KEY, NAME of "
+            "letters, digits and '-', at most 31)\n", path, ln, k);
+    return -1;
+  }
+  dhost *h = NULL;
+  for (int i = 0; i < NH; i++)
+    if (strlen(H[i].name) == nl && !strncmp(H[i].name, k, nl)) h = &H[i];
+  if (!h) {
+    if (NH == MAXH) {
+      fprintf(stderr, "dsys-cluster: %s:%d: more than %d hosts\n", path, ln, MAXH);
+      return -1;
+    }
+    h = &H[NH++];
+    memcpy(h->name, k, nl);
+    h->ln = ln;
+  }
+  if (!strcmp(dot + 1, "address")) {
+    struct in_addr ia;
+    if (strlen(v) >= sizeof h->addr || inet_pton(AF_INET, v, &ia) != 1) {
+      fprintf(stderr, "dsys-cluster: %s:%d: bad address '%s': an IPv4 address\n", path, ln, v);
+      return -1;
+    }
+    snprintf(h->addr, sizeof h->addr, "%s", v);
+    return 0;
+  }
+  if (!strcmp(dot + 1, "registry.port") || !strcmp(dot + 1, "host")) {
+    fprintf(stderr, "dsys-cluster: %s:%d: unknown key '%s' (no registry daemon in a deployment: "
+            "the registry is in etcd; the host's address is NAME.address)\n", path, ln, k);
+    return -1;
+  }
+  return set_key(h->v, 9, path, ln, dot + 1, v);
+}
+
+/* "A,B": two non-zero ports, or -1 (said). */
+static int port_pair(const dhost *h, int key, int *a, int *b) {
+  const char *v = h->v[key], *c = strchr(v, ',');
+  *a = c ? parse_port(v, (size_t)(c - v)) : -1;
+  *b = c ? parse_port(c + 1, strlen(c + 1)) : -1;
+  if (*a > 0 && *b > 0 && *a != *b) return 0;
+  fprintf(stderr, "dsys-cluster: bad %s.%s '%s': %s\n", h->name, cfkeys[key], v,
+          key == 7 ? "CLIENT,PEER: etcd's two ports, 1..65535, different"
+                   : "PG,API: PostgreSQL's and Patroni's ports, 1..65535, different");
+  return -1;
+}
+
+static void add_pair(const char *type, const char *bin, int a, int b) {
+  add(type, bin, 0, a);
+  P[NP - 1].port2 = b;
+}
+
+/* Reads and checks the whole deployment, then lays out host `me`'s share
+ * in P (etcd and Patroni first); also the registry and database URLs. */
+static int load_deployment(const char *path) {
+  if (read_kv(path, deployment_line, NULL)) return -1;
+  int members = 0, pgnodes = 0, services = 0, mine = -1;
+  size_t rl = 0, dl = 0;
+  char etcd[1024] = "", pg[1024] = "";
+  for (int i = 0; i < NH; i++) {
+    dhost *h = &H[i];
+    if (!h->addr[0]) {
+      fprintf(stderr, "dsys-cluster: %s: host '%s' (line %d) has no %s.address\n", path, h->name,
+              h->ln, h->name);
+      return -1;
+    }
+    for (int j = 0; j < i; j++)
+      if (!strcmp(H[j].addr, h->addr)) {
+        fprintf(stderr, "dsys-cluster: %s: hosts '%s' and '%s' have the same address %s\n", path,
+                H[j].name, h->name, h->addr);
+        return -1;
+      }
+    int from = NP, a, b;
+    if (h->v[7]) {
+      if (port_pair(h, 7, &a, &b)) return -1;
+      add_pair("etcd", "etcd", a, b);
+      members++;
+    }
+    if (h->v[8]) {
+      if (port_pair(h, 8, &a, &b)) return -1;
+      add_pair("patroni", "patroni", b, a);
+      pgnodes++;
+    }
+    static const char *const bins[6] = {NULL, "dsys-authd", "dsys-datad", "dsys-computed",
+                                        "dsys-gatewayd", "dsys-faultd"};
+    static const char *const types[6] = {NULL, "auth", "data", "compute", "gateway", "faultd"};
+    for (int k = 1; k < 6; k++)
+      if (h->v[k]) {
+        char key[64];
+        snprintf(key, sizeof key, "%.31s.%.20s", h->name, cfkeys[k]);
+        if (add_ports(key, types[k], bins[k], h->v[k], k <= 3)) return -1;
+        services++;
+      }
+    if (dup_ports(from)) return -1;
+    /* only this host's processes stay in P (the others' were checked) */
+    if (!strcmp(h->name, me)) mine = i;
+    else NP = from;
+  }
+  if (mine < 0) {
+    fprintf(stderr, "dsys-cluster: %s names no host '%s' (hosts:", path, me);
+    for (int i = 0; i < NH; i++) fprintf(stderr, " %s", H[i].name);
+    fprintf(stderr, ")\n");
+    return -1;
+  }
+  /* The endpoints in the URLs start with this host's own (then the next
+   * hosts of the file, round): a client tries them in order, and a dead
+   * host listed first would cost every survivor a timeout per request or
+   * connection. */
+  for (int j = 0; j < NH; j++) {
+    const dhost *h = &H[(mine + j) % NH];
+    int a, b;
+    if (h->v[7] && !port_pair(h, 7, &a, &b))
+      rl += (size_t)snprintf(etcd + rl, rl < sizeof etcd ? sizeof etcd - rl : 0, "%s%s:%d",
+                             rl ? "," : "", h->addr, a);
+    if (h->v[8] && !port_pair(h, 8, &a, &b))
+      dl += (size_t)snprintf(pg + dl, dl < sizeof pg ? sizeof pg - dl : 0, "%s%s:%d",
+                             dl ? "," : "", h->addr, a);
+  }
+  const char *why = !members ? "no etcd member (NAME.etcd = CLIENT,PEER on 1, 3 or 5 hosts)"
+                    : services && !pgnodes ? "services but no PostgreSQL node (NAME.postgres = PG,API)"
+                    : pgnodes && !db_trusted[0] ? "PostgreSQL nodes but no db.trusted (the CIDR of the hosts' network)"
+                    : rl >= sizeof etcd || dl >= sizeof pg ? "too many hosts for the URLs"
+                    : NULL;
+  unsigned o[4], bits;
+  char tail;
+  if (!why && db_trusted[0] &&
+      (sscanf(db_trusted, "%u.%u.%u.%u/%u%c", &o[0], &o[1], &o[2], &o[3], &bits, &tail) != 5 ||
+       o[0] > 255 || o[1] > 255 || o[2] > 255 || o[3] > 255 || bits > 32))
+    why = "db.trusted is not an IPv4 CIDR such as 10.0.0.0/24";
+  if (!why && (reg_prefix[0] != '/' || strspn(reg_prefix, "abcdefghijklmnopqrstuvwxyz"
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./") != strlen(reg_prefix)))
+    why = "registry.prefix is a path such as /dsys/registry (letters, digits, -_./)";
+  if (!why && strspn(db_name, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(db_name))
+    why = "db.name is a database name of lower-case letters, digits and '_'";
+  if (why) {
+    fprintf(stderr, "dsys-cluster: %s: %s\n", path, why);
+    return -1;
+  }
+  snprintf(host, sizeof host, "%s", H[mine].addr);
+  snprintf(regurl, sizeof regurl, "etcd://%s%s", etcd, reg_prefix);
+  if (pgnodes)
+    snprintf(dburi, sizeof dburi, "postgresql://postgres@%s/%s?target_session_attrs=read-write", pg,
+             db_name);
+  return 0;
 }
 
 static void url_of(const proc *p, char *buf, size_t n) { snprintf(buf, n, "http://%s:%d", host, p->port); }
@@ -238,8 +455,113 @@ static int issue_identity(const proc *p) {
   return rc;
 }
 
+/* Patroni's directory on this host (its data, socket and config), owned
+ * by the postgres user when we are root (PostgreSQL refuses to run as root). */
+static void patroni_dir(char *buf, size_t n) { snprintf(buf, n, "%s/patroni", datadir); }
+
+/* This host's Patroni config, written from the template
+ * (deploy/patroni/patroni.yml.in: the @FIELD@s it documents, the same that
+ * scripts/patroni-local fills for loopback), or -1 (said). */
+static int patroni_config(const proc *p, const char *path, uid_t uid, gid_t gid) {
+  char dir[PATH_MAX + 16], api[16], pgp[16], etcd[1024] = "";
+  patroni_dir(dir, sizeof dir);
+  snprintf(api, sizeof api, "%d", p->port);
+  snprintf(pgp, sizeof pgp, "%d", p->port2);
+  size_t el = 0;
+  for (int i = 0; i < NH; i++)
+    if (H[i].v[7] && el < sizeof etcd)
+      el += (size_t)snprintf(etcd + el, sizeof etcd - el, "%s%s:%d", el ? "," : "", H[i].addr,
+                             atoi(H[i].v[7]));
+  const char *fields[][2] = {{"@NAME@", me}, {"@ADDR@", host}, {"@API_PORT@", api},
+                             {"@PG_PORT@", pgp}, {"@ETCD@", etcd}, {"@DIR@", dir},
+                             {"@NET@", db_trusted}};
+  FILE *in = fopen(patroni_tmpl, "r");
+  if (!in) {
+    fprintf(stderr, "dsys-cluster: cannot read the Patroni template %s: %s (patroni.template)\n",
+            patroni_tmpl, strerror(errno));
+    return -1;
+  }
+  char tmp[PATH_MAX + 32];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *out = fopen(tmp, "w");
+  char line[1024];
+  while (out && fgets(line, sizeof line, in)) {
+    for (const char *c = line; *c;) {
+      size_t k = 0;
+      while (k < sizeof fields / sizeof *fields && strncmp(c, fields[k][0], strlen(fields[k][0]))) k++;
+      if (k < sizeof fields / sizeof *fields) {
+        fputs(fields[k][1], out);
+        c += strlen(fields[k][0]);
+      } else {
+        fputc(*c++, out);
+      }
+    }
+  }
+  fclose(in);
+  if (!out || fclose(out) || (uid && chown(tmp, uid, gid)) || rename(tmp, path)) {
+    fprintf(stderr, "dsys-cluster: cannot write %s\n", path);
+    return -1;
+  }
+  return 0;
+}
+
+/* etcd's and Patroni's command lines (argv from a, into bufs); the user
+ * Patroni runs as in *uid and *gid (0: ours). -1 when it cannot start now. */
+static int infra_argv(proc *p, char **argv, int a, char bufs[][PATH_MAX + 64], uid_t *uid, gid_t *gid) {
+  if (!strcmp(p->type, "etcd")) {
+    const char *bin = getenv("DSYS_ETCD");
+    snprintf(bufs[0], sizeof bufs[0], "%s", bin && *bin ? bin : "/usr/bin/etcd");
+    snprintf(bufs[1], sizeof bufs[1], "%s/etcd", datadir);
+    snprintf(bufs[2], sizeof bufs[2], "http://%s:%d", host, p->port);
+    snprintf(bufs[3], sizeof bufs[3], "http://%s:%d", host, p->port2);
+    size_t l = 0;
+    for (int i = 0; i < NH; i++)
+      if (H[i].v[7] && l < sizeof bufs[4]) {
+        const char *c = strchr(H[i].v[7], ',');
+        l += (size_t)snprintf(bufs[4] + l, sizeof bufs[4] - l, "%s%s=http://%s:%s", l ? "," : "",
+                              H[i].name, H[i].addr, c ? c + 1 : "");
+      }
+    /* the initial-* flags matter only for a new member: a restarted one
+     * (its data dir kept) rejoins with what it stored */
+    char *const v[] = {bufs[0], "--name", me, "--data-dir", bufs[1],
+                       "--listen-client-urls", bufs[2], "--advertise-client-urls", bufs[2],
+                       "--listen-peer-urls", bufs[3], "--initial-advertise-peer-urls", bufs[3],
+                       "--initial-cluster", bufs[4], "--initial-cluster-token", "dsys",
+                       "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn",
+                       "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m"};
+    argv[0] = bufs[0];
+    for (size_t i = 1; i < sizeof v / sizeof *v; i++) argv[a++] = v[i];
+    return a;
+  }
+  /* patroni */
+  const char *bin = getenv("DSYS_PATRONI");
+  snprintf(bufs[0], sizeof bufs[0], "%s", bin && *bin ? bin : "/usr/bin/patroni");
+  char dir[PATH_MAX + 16];
+  patroni_dir(dir, sizeof dir);
+  *uid = 0;
+  *gid = 0;
+  if (geteuid() == 0) {
+    struct passwd *pw = getpwnam("postgres");
+    if (!pw) {
+      fprintf(stderr, "dsys-cluster: as root, Patroni runs as user postgres, which does not exist\n");
+      return -1;
+    }
+    *uid = pw->pw_uid;
+    *gid = pw->pw_gid;
+  }
+  if ((mkdir(dir, 0700) && errno != EEXIST) || (*uid && chown(dir, *uid, *gid))) {
+    fprintf(stderr, "dsys-cluster: cannot prepare %s\n", dir);
+    return -1;
+  }
+  snprintf(bufs[1], sizeof bufs[1], "%s/patroni.yml", dir);
+  if (patroni_config(p, bufs[1], *uid, *gid)) return -1;
+  argv[0] = bufs[0];
+  argv[a++] = bufs[1];
+  return a;
+}
+
 static void spawn(proc *p) {
-  char listen[128], exe[PATH_MAX + 32], logf[PATH_MAX + 64], gw[128] = "";
+  char listen[128], exe[PATH_MAX + 64], logf[PATH_MAX + 64], gw[128] = "";
   url_of(p, listen, sizeof listen);
   snprintf(exe, sizeof exe, "%s/%s", bindir, p->bin);
   snprintf(logf, sizeof logf, "%s/logs/%s.log", datadir, p->name);
@@ -251,6 +573,20 @@ static void spawn(proc *p) {
   char *argv[40];
   int a = 0;
   argv[a++] = exe;
+  char bufs[5][PATH_MAX + 64];
+  uid_t uid = 0;
+  gid_t gid = 0;
+  int infra = !strcmp(p->type, "etcd") || !strcmp(p->type, "patroni");
+  if (infra) {
+    if ((a = infra_argv(p, argv, 1, bufs, &uid, &gid)) < 0) { /* retried like a crash */
+      p->pid = 0;
+      p->started_ms = now_ms();
+      p->restart_at_ms = now_ms() + p->backoff_ms;
+      return;
+    }
+    snprintf(exe, sizeof exe, "%.*s", PATH_MAX, argv[0]);
+    goto start;
+  }
   argv[a++] = "--listen";
   argv[a++] = listen;
   if (!strcmp(p->type, "registry")) {
@@ -265,6 +601,16 @@ static void spawn(proc *p) {
     argv[a++] = dburi[0] ? dburi : dbfile;
     argv[a++] = "--name";
     argv[a++] = p->name;
+    if (deployment) {
+      /* names unique across hosts too (a job's worker, its result's
+       * service, log components): data-1.h1; others call this address */
+      snprintf(bufs[0], sizeof bufs[0], "%s.%s", p->name, me);
+      argv[a - 1] = bufs[0];
+      argv[a++] = "--advertise";
+      argv[a++] = listen;
+      argv[a++] = "--host-id";
+      argv[a++] = me;
+    }
   }
   if (!strcmp(p->type, "faultd") && gw[0]) {
     argv[a++] = "--gateway";
@@ -299,6 +645,7 @@ static void spawn(proc *p) {
   if (secure && presents) {
     if (issue_identity(p)) { /* retried later, like a crash */
       p->pid = 0;
+      p->started_ms = now_ms();
       p->restart_at_ms = now_ms() + p->backoff_ms;
       return;
     }
@@ -310,20 +657,26 @@ static void spawn(proc *p) {
     argv[a++] = "--identity-public-key";
     argv[a++] = id_pub;
   }
+start:
   argv[a] = NULL;
-  pid_t pid = fork();
+  pid_t parent = getpid(), pid = fork();
   if (pid == 0) {
-    /* The child dies with the supervisor: no orphans even on SIGKILL. */
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    sigset_t none;
-    sigemptyset(&none);
-    pthread_sigmask(SIG_SETMASK, &none, NULL);
+    /* the log is ours (root's when we are root): opened before the switch */
     int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
       dup2(fd, 2);
       close(fd);
     }
+    /* PostgreSQL refuses to run as root: Patroni (and so PostgreSQL) runs
+     * as postgres. Before PDEATHSIG, which a change of user clears. */
+    if (uid && (setgroups(0, NULL) || setgid(gid) || setuid(uid))) _exit(126);
+    /* The child dies with the supervisor: no orphans even on SIGKILL. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(0); /* it died before the line above */
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
     execv(exe, argv);
     fprintf(stderr, "dsys-cluster: exec %s: %s\n", exe, strerror(errno));
     _exit(127);
@@ -459,6 +812,10 @@ static const dsys_option opts[] = {
     {"db", "DSYS_DB", DSYS_OPT_STRING, NULL,
      "postgresql:// URI: every daemon's database and the registry's store (default: the SQLite "
      "file DIR/distsys.sqlite)"},
+    {"deployment", "DSYS_DEPLOYMENT", DSYS_OPT_STRING, NULL,
+     "multi-host deployment file (docs/reference/multi-host.md): run the share of the host --host "
+     "names (its etcd member, Patroni node and daemons)"},
+    {"host", "DSYS_CLUSTER_HOST", DSYS_OPT_STRING, NULL, "with --deployment: this host's name in the file"},
     {"bin-dir", "DSYS_BIN_DIR", DSYS_OPT_STRING, NULL, "where the daemons are (default: beside dsys-cluster)"},
     {"profile", "DSYS_CLUSTER_PROFILE", DSYS_OPT_STRING, "plain",
      "plain (the HTTP contract of docs/reference/http-api.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, "
@@ -471,8 +828,9 @@ static const dsys_option opts[] = {
 
 static void stop_all(void) {
   /* Front first (no new traffic), services next, the registry last. */
-  static const char *order[] = {"gateway", "faultd", "auth", "data", "compute", "registry"};
-  for (size_t o = 0; o < 6; o++) {
+  static const char *order[] = {"gateway", "faultd", "auth", "data", "compute", "registry",
+                                "patroni", "etcd"};
+  for (size_t o = 0; o < 8; o++) {
     for (int i = 0; i < NP; i++)
       if (P[i].pid && !strcmp(P[i].type, order[o])) kill(P[i].pid, SIGTERM);
     int64_t end = now_ms() + 10000;
@@ -482,6 +840,16 @@ static void stop_all(void) {
       if (waitpid(P[i].pid, NULL, WNOHANG) == 0) {
         kill(P[i].pid, SIGKILL);
         waitpid(P[i].pid, NULL, 0);
+        /* a killed Patroni leaves its PostgreSQL running */
+        if (!strcmp(P[i].type, "patroni")) {
+          char pm[PATH_MAX + 64];
+          patroni_dir(pm, sizeof pm);
+          snprintf(pm + strlen(pm), sizeof pm - strlen(pm), "/%s/postmaster.pid", me);
+          FILE *f = fopen(pm, "r");
+          int pmpid = 0;
+          if (f && fscanf(f, "%d", &pmpid) == 1 && pmpid > 1) kill(pmpid, SIGKILL);
+          if (f) fclose(f);
+        }
       }
       P[i].pid = 0;
     }
@@ -497,6 +865,8 @@ int main(int argc, char **argv) {
   if (st >= 0) return st;
   if (!(st = dsys_program_positionals(cfg, "dsys-cluster", 1))) st = run(cfg);
   dsys_config_free(cfg); /* on every way out: sanitizer builds fail a leak */
+  for (int i = 0; i < NH; i++)
+    for (int k = 0; k < 9; k++) free(H[i].v[k]);
   return st;
 }
 
@@ -547,6 +917,38 @@ static int run(dsys_config *cfg) {
     if (l > 6 && !strcmp(self + l - 6, "/.libs") && access(probe, X_OK)) self[l - 6] = 0;
     snprintf(bindir, sizeof bindir, "%s", self);
   }
+  const char *dep = dsys_config_get(cfg, "deployment"), *hn = dsys_config_get(cfg, "host");
+  if (dep || hn) {
+    const char *why = !dep || !hn ? "--deployment FILE and --host NAME go together"
+                      : dsys_config_get(cfg, "config") || dburi[0]
+                          ? "--config and --db do not apply to a deployment (the file says it all)"
+                      : strcmp(dsys_config_get(cfg, "profile"), "plain")
+                          ? "--profile secure is not supported for a multi-host deployment yet "
+                            "(its identity key pair is per host; multi-host.md)"
+                      : strlen(hn) >= sizeof me ? "--host: a name of at most 31 characters"
+                      : NULL;
+    if (why) {
+      fprintf(stderr, "dsys-cluster: %s\n", why);
+      return 2;
+    }
+    deployment = 1;
+    snprintf(me, sizeof me, "%s", hn);
+    /* the template beside the installed programs (share/distsys/) unless named */
+    snprintf(patroni_tmpl, sizeof patroni_tmpl, "%s/../share/distsys/patroni.yml.in", bindir);
+    if (load_deployment(dep) || pick_ports()) return 2;
+    if (!jwt_file[0] && !getenv("DSYS_JWT_SECRET")) {
+      fprintf(stderr, "dsys-cluster: %s: the auth instances of every host must share one JWT "
+              "secret: set jwt-secret-file = PATH (the same file on every host) or "
+              "DSYS_JWT_SECRET\n", dep);
+      return 2;
+    }
+    snprintf(secret_file, sizeof secret_file, "%s", jwt_file);
+    if (jwt_file[0] && access(jwt_file, R_OK)) {
+      fprintf(stderr, "dsys-cluster: cannot read jwt-secret-file %s: %s\n", jwt_file, strerror(errno));
+      return 2;
+    }
+  }
+  if (!deployment) {
   char *cfv[7] = {strdup("3005"), strdup("3001,3002,3003"), strdup("4002,4003,4004"),
                   strdup("5002,5003,5004"), strdup("3000"), strdup("3004"), strdup("127.0.0.1")};
   int bad = dsys_config_get(cfg, "config") && load_config(dsys_config_get(cfg, "config"), cfv);
@@ -567,10 +969,17 @@ static int run(dsys_config *cfg) {
         pick_ports();
   for (int i = 0; i < 7; i++) free(cfv[i]);
   if (bad) return 2;
+  url_of(&P[0], regurl, sizeof regurl);
+  }
   /* A port something else listens on would not just fail that process:
    * the other program's answers to /health would pass for its own. */
   for (int i = 0; i < NP; i++)
     if (probe_port(P[i].port) != P[i].port) {
+      if (probe_errno == EADDRNOTAVAIL) {
+        fprintf(stderr, "dsys-cluster: %s is not an address of this machine (for %s)%s\n", host,
+                P[i].name, deployment ? ": is --host right?" : "");
+        return 1;
+      }
       fprintf(stderr, "dsys-cluster: port %d on %s (for %s) is in use; is a deployment already "
               "running? (dsys-cluster status --data-dir DIR)\n", P[i].port, host, P[i].name);
       return 1;
@@ -579,13 +988,12 @@ static int run(dsys_config *cfg) {
   char logs[PATH_MAX + 8];
   snprintf(logs, sizeof logs, "%s/logs", datadir);
   mkdir(logs, 0755);
-  url_of(&P[0], regurl, sizeof regurl);
   const char *profile = dsys_config_get(cfg, "profile");
   if (strcmp(profile, "plain") && strcmp(profile, "secure")) {
     fprintf(stderr, "dsys-cluster: unknown --profile '%s' (plain or secure)\n", profile);
     return 2;
   }
-  if (!strcmp(profile, "secure") || dburi[0]) {
+  if (!deployment && (!strcmp(profile, "secure") || dburi[0])) {
     /* The gateway (secure) and, with a database URI, the auth instances
      * take the auth services' secret from here: the environment's, or the
      * file generated in DIR (the SQLite file's directory; the file itself
@@ -629,12 +1037,28 @@ static int run(dsys_config *cfg) {
   dsys_client_new(&c, NULL);
 
   int64_t t0 = now_ms();
-  spawn(&P[0]); /* the registry first, so instances register at once */
-  for (int i = 0; i < 50 && !check_health(c, &P[0]); i++) usleep(20000);
-  for (int i = 1; i < NP; i++) spawn(&P[i]);
+  /* A deployment host starts its etcd member and Patroni node first and
+   * its daemons once they are healthy (etcd: a quorum with the other
+   * hosts; Patroni: its PostgreSQL runs), so that the daemons do not spend
+   * their restart backoff on a registry or database still coming up. */
+  int gate = !deployment;
+  for (int i = 0; i < NP; i++)
+    if (!strcmp(P[i].type, "etcd") || !strcmp(P[i].type, "patroni")) spawn(&P[i]);
+  if (!deployment) {
+    spawn(&P[0]); /* the registry first, so instances register at once */
+    for (int i = 0; i < 50 && !check_health(c, &P[0]); i++) usleep(20000);
+    for (int i = 1; i < NP; i++) spawn(&P[i]);
+  }
   write_state();
   int all = 0, announced = 0, stopping = 0;
   while (!stopping) {
+    if (!gate) {
+      gate = 1;
+      for (int i = 0; i < NP; i++) gate &= !P[i].started_ms || P[i].healthy;
+      for (int i = 0; gate && i < NP; i++)
+        if (!P[i].started_ms) spawn(&P[i]);
+      if (gate) write_state();
+    }
     /* short ticks until all are healthy: start-up is mostly waiting for
      * the next look, and a look at a process not yet listening is cheap */
     struct timespec ts = {.tv_sec = 0, .tv_nsec = announced ? 200000000 : 10000000};
@@ -663,7 +1087,7 @@ static int run(dsys_config *cfg) {
           issue_identity(&P[i]);
     }
     for (int i = 0; i < NP; i++) {
-      if (!P[i].pid && now_ms() >= P[i].restart_at_ms) {
+      if (!P[i].pid && P[i].started_ms && now_ms() >= P[i].restart_at_ms) {
         P[i].restarts++;
         spawn(&P[i]);
         write_state();
@@ -690,9 +1114,15 @@ static int run(dsys_config *cfg) {
         if (!strcmp(P[i].type, "gateway"))
           printf("gateway: http://%s:%d   (Ctrl-C stops everything)\n", host, P[i].port);
       fflush(stdout);
-    } else if (!announced && now_ms() - t0 > 60000) {
+    } else if (!announced && now_ms() - t0 > 60000 && !deployment) {
       fprintf(stderr, "dsys-cluster: not all processes became healthy within 60 s; see %s/logs/\n", datadir);
       stopping = 1;
+    } else if (!announced && deployment && (now_ms() - t0) / 1000 % 60 == 59 &&
+               (now_ms() - t0) % 1000 < 200) {
+      /* one host cannot tell a slow peer from a dead one: it waits */
+      fprintf(stderr, "dsys-cluster: not all of %s's processes are healthy after %lld s (the "
+              "other hosts must be up for etcd's quorum and Patroni); see %s/logs/\n", me,
+              (long long)(now_ms() - t0) / 1000, datadir);
     }
   }
   fprintf(stderr, "dsys-cluster: stopping\n");

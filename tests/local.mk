@@ -61,8 +61,21 @@ SCRIPT_TESTS = \
 	tests/integration/python-service.test tests/integration/etcd-registry.test \
 	tests/integration/compute-sweep.test \
 	tests/integration/hung-instance.test \
+	tests/integration/multihost-config.test tests/integration/multihost-history.test \
+	tests/integration/multihost-kill.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test
+
+# The multi-host scenarios (docs/reference/multi-host.md): three hosts as
+# network namespaces (root), real etcd, Patroni and PostgreSQL. make check
+# runs scenario 1 with a short load (multihost-kill.test, about a minute);
+# `make check-multihost` runs every scenario with longer load phases.
+MULTIHOST_TESTS = tests/integration/multihost-kill.test tests/integration/multihost-pause.test \
+	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test \
+	tests/integration/multihost-rolling.test
+check-multihost: all
+	MH_LOAD_S=20 $(MAKE) $(AM_MAKEFLAGS) check TESTS="$(MULTIHOST_TESTS)"
+.PHONY: check-multihost
 
 # Helper programs of the shell tests.
 TEST_HELPERS = tests/integration/queue-fixture
@@ -70,7 +83,10 @@ TEST_HELPERS = tests/integration/queue-fixture
 check_PROGRAMS += $(C_TESTS) $(FUZZ_CHECKS) $(TEST_HELPERS)
 TESTS += $(C_TESTS) $(SCRIPT_TESTS)
 EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests/helpers/conn-flood.py \
-	tests/helpers/pyenv.sh \
+	tests/helpers/pyenv.sh tests/helpers/history.py tests/helpers/test_history.py \
+	tests/integration/multihost-lib.sh tests/integration/multihost-pause.test \
+	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test \
+	tests/integration/multihost-rolling.test \
 	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.

@@ -248,6 +248,12 @@ int dsysi_etcd_post(dsysi_etcd *c, const char *path, json_object *req, json_obje
     size_t ep = (first + i) % c->neps;
     long left = c->timeout_ms - (long)(mono_ms() - start);
     if (i > 0 && left <= 0) break;
+    /* a member that takes the connection but does not answer (paused,
+     * overloaded) must not use up the whole bound: each member but the
+     * last gets an equal share of it (seen in multihost-etcd.test: one
+     * SIGSTOPped member made every new process listing it first fail) */
+    long share = c->timeout_ms / (long)c->neps;
+    if (i + 1 < c->neps && left > share) left = share;
     if (left < c->connect_ms) left = c->connect_ms;
     char url[300];
     snprintf(url, sizeof url, "%s%s", c->eps[ep], path);
