@@ -13,7 +13,7 @@ libdsys_testutil_la_SOURCES = tests/helpers/tap.c tests/helpers/tap.h \
 	tests/helpers/reaper.c tests/helpers/reaper.h
 
 C_TESTS = \
-	tests/core/test-core tests/core/test-plugin tests/core/test-log tests/core/test-pg \
+	tests/core/test-core tests/core/test-plugin tests/core/test-log tests/core/test-pg tests/core/test-group \
 	tests/security/test-identity \
 	tests/transport/test-transport tests/transport/test-h1 \
 	tests/transport/test-h1client tests/transport/test-http-stop \

@@ -2,31 +2,24 @@
  * Durable job queue front end: validation, backend selection (ops table)
  * and group commit.
  *
- * Every call becomes an operation (qop) appended to the handle's pending
- * list. The first caller that finds no group in progress becomes the
- * leader: it takes the pending list (up to max_batch ops), runs it as one
- * group on the backend (begin, the ops, commit; for SQLite one BEGIN
- * IMMEDIATE transaction on the handle's single connection), and wakes the
- * callers whose ops it committed, each once, on its own futex. Callers
- * that arrive meanwhile form the next group, which the same leader runs at
- * once (a bounded number of times, then it hands the lead to one waiter),
- * so under load every transaction carries the calls of all threads of the
- * process and the connection never waits for a thread to be scheduled.
- * When many threads use the handle, a leader first waits (without CPU, at
- * most one group's run time) until each has queued its call: see
- * gather_target(). A call returns after the commit of its group. A server
- * backend may run several groups at once (ops concurrent_groups, each on
- * its own connection): then up to that many leaders run, so commits that
- * wait for the server's disk overlap, and calls of different threads are
- * not ordered among themselves (as they never were). Operations that fail
- * (e.g. a stale token) change nothing, so the rest of the group still
- * commits, and each caller gets its own op's result.
+ * Every call becomes an operation (qop) queued into the handle's group
+ * commit (core/group.h, shared with the SQLite store): one caller at a
+ * time leads a group of the pending ops of all threads, runs it on the
+ * backend (begin, the ops, commit; for SQLite one BEGIN IMMEDIATE
+ * transaction on the handle's single connection), and wakes each caller
+ * whose ops it committed, once. A call returns after the commit of its
+ * group. With one group at a time (SQLite) the leader continues with the
+ * next group and, when many threads use the handle, gathers their calls
+ * first; a server backend may run several groups at once (ops
+ * concurrent_groups, each on its own connection): then up to that many
+ * leaders run, so commits that wait for the server's disk overlap, and
+ * calls of different threads are not ordered among themselves (as they
+ * never were). Operations that fail (e.g. a stale token) change nothing,
+ * so the rest of the group still commits, and each caller gets its own
+ * op's result.
  */
 #include <errno.h>
 #include <pthread.h>
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +28,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
+#include "core/group.h"
 #include "core/plugin.h"
 #include "state/store_int.h"
 #include "state/queue_int.h"
@@ -45,24 +39,10 @@ enum {
   K_LISTQUEUES, K_SETPAUSED, K_PURGEDEAD
 };
 
-/* A caller's ops in flight: word holds how many are not yet committed,
- * plus BATON when the caller is asked to lead. Both change under q->mu
- * (atomically, since the caller reads the word without the lock); the
- * caller sleeps on the word (a futex) until its count is 0 or it has the
- * baton. A baton is only given to a chain with ops pending, so a caller
- * that sees 0 without the baton knows nobody writes its chain again and
- * returns without the lock; a wake-up may still reach the futex after
- * that, which is harmless (the kernel only looks the address up). */
-enum { BATON = 1 << 30 };
-typedef struct qchain {
-  int word;
-} qchain;
-
 typedef struct qop qop;
 struct qop {
+  dsysi_group_op g; /* first: the group commit links ops through it */
   int kind;
-  qop *next;
-  struct qchain *chain; /* the caller's chain (in its frame) */
   int rc;
   /* arguments */
   const char *queue;
@@ -94,25 +74,16 @@ struct dsys_queue {
   const dsys_queue_ops *ops;
   void *st;
   dsys_clock *clock;
-  int max_batch;
-  pthread_mutex_t mu;
+  dsysi_group group; /* the group commit of every call */
+  pthread_mutex_t mu; /* work_seq, work_cv, waiters */
   pthread_cond_t work_cv; /* new work for local waiters */
-  qop *pending, **pending_tail;
-  int committing;  /* groups running */
-  int max_groups;  /* groups that may run at once (backend's choice) */
   uint64_t work_seq;
-  /* gathering (one group at a time only): see gather_target() */
-  int64_t group_us;    /* moving average of a group's run time */
-  uint64_t window;     /* counts windows of WINDOW chains */
-  int window_chains;   /* chains queued in the current window */
-  int callers, callers_prev; /* threads seen in the current / last window */
-  int arrived;         /* chains queued since the last group was taken */
-  int gather_want;     /* the gathering leader waits for this many */
-  int gathering;       /* a leader waits for gather_want */
-  int gather_seq;      /* futex the gathering leader sleeps on */
   waiter *waiters;
   size_t nwaiters, capwaiters;
 };
+
+/* The op after op in its group (or chain). */
+#define NEXT(op) ((qop *)(op)->g.next)
 
 static const char *const state_names[] = {"unknown",   "waiting", "delayed",
                                           "active",    "completed",
@@ -219,21 +190,21 @@ static qop *run_finish(dsys_queue *q, qop *first, int64_t now) {
   qop *end = first;
   while (finishable(end)) {
     n++;
-    end = end->next;
+    end = NEXT(end);
   }
   if (!fm || n < 2) return first;
   dsys_queue_finish stackf[16];
   dsys_queue_finish *f = n <= 16 ? stackf : calloc(n, sizeof *f);
   if (!f) return first; /* one by one instead */
   size_t i = 0;
-  for (qop *op = first; op != end; op = op->next, i++)
+  for (qop *op = first; op != end; op = NEXT(op), i++)
     f[i] = (dsys_queue_finish){
         .kind = op->kind == K_COMPLETE ? DSYS_QUEUE_FINISH_COMPLETE : DSYS_QUEUE_FINISH_HEARTBEAT,
         .id = op->id, .token = op->token, .result = op->text,
         .lease_until = now + op->num};
   int e = fm(q->st, f, n, now);
   i = 0;
-  for (qop *op = first; op != end; op = op->next, i++) op->rc = e ? e : f[i].rc;
+  for (qop *op = first; op != end; op = NEXT(op), i++) op->rc = e ? e : f[i].rc;
   if (f != stackf) free(f);
   return end;
 }
@@ -293,11 +264,11 @@ static int run_op(dsys_queue *q, qop *op, int64_t now) {
   }
 }
 
-static void run_group(dsys_queue *q, qop *group) {
+static void run_ops(dsys_queue *q, qop *group) {
   int64_t now = dsys_clock_wall_ms(q->clock);
   int e = q->ops->begin(q->st, now);
   if (e) {
-    for (qop *op = group; op; op = op->next) op->rc = e;
+    for (qop *op = group; op; op = NEXT(op)) op->rc = e;
     return;
   }
   for (qop *op = group; op;) {
@@ -308,213 +279,36 @@ static void run_group(dsys_queue *q, qop *group) {
     }
     op->rc = run_op(q, op, now);
     if (op->rc) free_results(op);
-    op = op->next;
+    op = NEXT(op);
   }
   e = q->ops->commit(q->st);
   if (e) {
     q->ops->rollback(q->st);
-    for (qop *op = group; op; op = op->next) {
+    for (qop *op = group; op; op = NEXT(op)) {
       if (!op->rc) op->rc = e;
       free_results(op);
     }
   }
 }
 
-/* A leader whose own chain is committed runs at most this many more
- * groups before it hands the lead to a waiting caller: enough that the
- * connection does not wait for the scheduler between groups, few enough
- * that no caller (e.g. a worker's dispatcher, which feeds its handlers)
- * is kept long serving others. Only with one group at a time: a server
- * backend's groups wait for the server (milliseconds each), and an
- * arriving caller can start one of its own anyway (measured on
- * PostgreSQL: continuing leaders cut one-job submits from 16 threads from
- * 1.9-2.8k to 0.1-0.8k jobs/s, the worker's dispatcher held up). */
-enum { LEAD_MORE = 2 };
+static void notify_work(dsys_queue *q);
 
-static int64_t mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-/* Callers are counted per window of this many chains. */
-enum { WINDOW = 64 };
-/* The handle and window in which this thread was last counted. */
-static __thread const dsys_queue *seen_q;
-static __thread uint64_t seen_window;
-
-/* Caller holds q->mu: count the calling thread among the window's callers. */
-static void count_caller(dsys_queue *q) {
-  if (++q->window_chains > WINDOW) {
-    q->window++;
-    q->window_chains = 1;
-    q->callers_prev = q->callers;
-    q->callers = 0;
-  }
-  if (seen_q != q || seen_window != q->window) {
-    seen_q = q;
-    seen_window = q->window;
-    q->callers++;
-  }
-}
-
-/* Caller holds q->mu. How many chains a leader should have queued before
- * it starts a group, 0 to start at once. A group costs about the same
- * whatever its size (its commit: WAL frames, locks, an fsync at FULL), so
- * with many threads calling one op at a time a leader that starts at once
- * commits one op per transaction and spends the CPU the other callers need
- * to arrive (measured: 1.4 jobs per transaction with 16 threads submitting
- * one job per call). When more threads than the leader and one other used
- * the handle lately (like commit_siblings), the leader waits, without CPU,
- * until every one of them has queued a chain or one group's run time has
- * passed, whichever is first. A lone caller, or two taking turns (they
- * batch by themselves: one queues while the other commits), never wait. */
-static int gather_target(const dsys_queue *q) {
-  if (q->max_groups > 1) return 0;
-  int n = q->callers_prev > q->callers ? q->callers_prev : q->callers;
-  if (n < 3) return 0;
-  return n > q->max_batch ? q->max_batch : n;
-}
-
-/* Sleep while *w == val, until abs (CLOCK_MONOTONIC, NULL: no limit).
- * @return 0, or -1 with errno (ETIMEDOUT, EAGAIN, EINTR). */
-static int futex_wait(int *w, int val, const struct timespec *abs) {
-  return (int)syscall(SYS_futex, w, FUTEX_WAIT_BITSET_PRIVATE, val, abs, NULL,
-                      FUTEX_BITSET_MATCH_ANY);
-}
-
-static void futex_wake(int *w) {
-  syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-}
-
-/* Caller holds q->mu. If ops wait and a group may start, give the owner
- * of the first of them the baton to lead it (one thread, not every
- * waiter). */
-static void hand_over(dsys_queue *q) {
-  if (q->pending && q->committing < q->max_groups) {
-    qchain *c = q->pending->chain;
-    __atomic_or_fetch(&c->word, BATON, __ATOMIC_RELEASE);
-    futex_wake(&c->word);
-  }
-}
-
-static void notify_locked(dsys_queue *q);
-
-/* Caller holds q->mu; my is the caller's chain. Run one group of up to
- * max_batch pending ops, then count its ops done, wake the callers whose
- * chains are complete (after dropping the lock: the wake-ups are system
- * calls that arriving callers need not wait behind) and, if one of its
- * ops may have made work available, the local workers. */
-static void lead_group(dsys_queue *q, qchain *my) {
-  int want = gather_target(q);
-  if (want > q->arrived) {
-    /* hold the group slot while gathering: arrivals queue behind */
-    q->committing++;
-    q->gathering = 1;
-    q->gather_want = want;
-    int64_t until = mono_us() + q->group_us;
-    struct timespec ts = {.tv_sec = until / 1000000,
-                          .tv_nsec = (until % 1000000) * 1000};
-    while (q->arrived < want && mono_us() < until) {
-      int seq = q->gather_seq;
-      pthread_mutex_unlock(&q->mu);
-      futex_wait(&q->gather_seq, seq, &ts);
-      pthread_mutex_lock(&q->mu);
+/* The group commit's run (core/group.h): one transaction for the group,
+ * then, if one of its ops may have made work available, one wake-up of
+ * the local workers for the whole group. */
+static void run_group(void *ud, dsysi_group_op *first) {
+  dsys_queue *q = ud;
+  run_ops(q, (qop *)first);
+  for (qop *o = (qop *)first; o; o = NEXT(o))
+    if (o->wakes && !o->rc && !(o->kind == K_SUBMIT && o->flag)) {
+      notify_work(q);
+      break;
     }
-    q->gathering = 0;
-    q->committing--;
-  }
-  qop *group = q->pending, **pp = &q->pending;
-  int n = 0;
-  while (*pp && n < q->max_batch) {
-    pp = &(*pp)->next;
-    n++;
-  }
-  q->pending = *pp;
-  *pp = NULL;
-  if (!q->pending) q->pending_tail = &q->pending;
-  q->arrived = 0;
-  q->committing++;
-  hand_over(q); /* a server backend may run another group meanwhile */
-  pthread_mutex_unlock(&q->mu);
-  int64_t t = mono_us();
-  run_group(q, group);
-  t = mono_us() - t;
-  pthread_mutex_lock(&q->mu);
-  q->group_us += (t - q->group_us) / 8; /* moving average over about 8 */
-  q->committing--;
-  int wake = 0;
-  int *done[64];
-  size_t ndone = 0;
-  for (qop *o = group, *nx; o; o = nx) {
-    nx = o->next; /* o may be gone once its chain's count reaches 0 */
-    if (o->wakes && !o->rc && !(o->kind == K_SUBMIT && o->flag)) wake = 1;
-    qchain *oc = o->chain;
-    if ((__atomic_sub_fetch(&oc->word, 1, __ATOMIC_RELEASE) & ~BATON) == 0 &&
-        oc != my) {
-      if (ndone < 64) done[ndone++] = &oc->word;
-      else futex_wake(&oc->word);
-    }
-  }
-  if (wake) notify_locked(q);
-  if (ndone) {
-    pthread_mutex_unlock(&q->mu);
-    for (size_t i = 0; i < ndone; i++) futex_wake(done[i]);
-    pthread_mutex_lock(&q->mu);
-  }
 }
 
-/* Queue the chain first..last (linked through next) and return when all of
- * it has been committed. A chain may be split between groups, and with
- * concurrent groups a later part may finish first: the caller waits for
- * every op of its chain (its ops live in its frame). Each waiter sleeps on
- * its own chain and is woken once when it is done, or to lead; a leader
- * that finds ops pending after its commit runs the next group itself (up
- * to LEAD_MORE groups beyond its own), so the connection goes from commit
- * to the next group without waiting for a thread to wake. */
-static void execute_chain(dsys_queue *q, qop *first, qop *last) {
-  last->next = NULL;
-  qchain c = {0};
-  for (qop *o = first; o; o = o->next) {
-    o->chain = &c;
-    c.word++;
-  }
-  pthread_mutex_lock(&q->mu);
-  *q->pending_tail = first;
-  q->pending_tail = &last->next;
-  count_caller(q);
-  if (++q->arrived >= q->gather_want && q->gathering) {
-    q->gathering = 0;
-    q->gather_seq++;
-    futex_wake(&q->gather_seq);
-  }
-  int more = 0; /* groups led after my chain was done */
-  int more_max = q->max_groups > 1 ? 0 : LEAD_MORE;
-  for (;;) {
-    int left = __atomic_load_n(&c.word, __ATOMIC_RELAXED) & ~BATON;
-    int can_lead = q->pending && q->committing < q->max_groups;
-    if (left == 0 && (!can_lead || more >= more_max)) break;
-    if (!can_lead) {
-      /* my ops are pending behind a running group, or in one */
-      __atomic_and_fetch(&c.word, ~BATON, __ATOMIC_RELAXED);
-      pthread_mutex_unlock(&q->mu);
-      int w;
-      while ((w = __atomic_load_n(&c.word, __ATOMIC_ACQUIRE)) != 0 &&
-             !(w & BATON))
-        futex_wait(&c.word, w, NULL);
-      if (w == 0) return; /* done, and not asked to lead */
-      pthread_mutex_lock(&q->mu);
-      continue;
-    }
-    if (left == 0) more++;
-    lead_group(q, &c);
-  }
-  hand_over(q);
-  pthread_mutex_unlock(&q->mu);
-}
-
+/* Run one call's op in the group commit; returns its own result. */
 static int execute(dsys_queue *q, qop *op) {
-  execute_chain(q, op, op);
+  dsysi_group_execute(&q->group, &op->g, &op->g);
   return op->rc;
 }
 
@@ -541,7 +335,6 @@ static int check_ops(const dsys_queue_ops *o) {
          o->get && o->counts;
 }
 
-static void notify_work(dsys_queue *q);
 /* A backend's wakeup (another process made jobs ready). */
 static void wake_cb(void *ud) { notify_work(ud); }
 
@@ -568,8 +361,6 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
   q->ops = ops;
   q->clock = o.clock ? o.clock : dsys_clock_real();
   o.clock = q->clock;
-  q->max_batch = o.max_batch ? o.max_batch : 256;
-  q->max_groups = ops->version >= 3 && ops->concurrent_groups > 1 ? ops->concurrent_groups : 1;
   char err[256] = "";
   int e = ops->open(q->st, location, &o, err, sizeof err);
   if (e) {
@@ -579,13 +370,16 @@ int dsys_queue_open_ops(dsys_queue **out, const dsys_queue_ops *ops,
     free(q);
     return e;
   }
+  dsysi_group_init(&q->group, o.max_batch ? o.max_batch : 256,
+                   ops->version >= 3 && ops->concurrent_groups > 1
+                       ? ops->concurrent_groups : 1,
+                   run_group, q);
   pthread_mutex_init(&q->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&q->work_cv, &ca);
   pthread_condattr_destroy(&ca);
-  q->pending_tail = &q->pending;
   if (OP3(ops, set_wake)) ops->set_wake(q->st, wake_cb, q);
   *out = q;
   return 0;
@@ -620,6 +414,7 @@ void dsys_queue_close(dsys_queue *q) {
   q->ops->close(q->st);
   free(q->st);
   free(q->waiters);
+  dsysi_group_destroy(&q->group);
   pthread_mutex_destroy(&q->mu);
   pthread_cond_destroy(&q->work_cv);
   free(q);
@@ -628,11 +423,7 @@ void dsys_queue_close(dsys_queue *q) {
 dsys_clock *dsysi_queue_clock(dsys_queue *q) { return q->clock; }
 
 size_t dsysi_queue_pending(dsys_queue *q) {
-  size_t n = 0;
-  pthread_mutex_lock(&q->mu);
-  for (qop *o = q->pending; o; o = o->next) n++;
-  pthread_mutex_unlock(&q->mu);
-  return n;
+  return (size_t)dsysi_group_pending(&q->group);
 }
 
 static void notify_locked(dsys_queue *q) {
@@ -818,8 +609,8 @@ int dsysi_queue_batch(dsys_queue *q, dsysi_qout *outs, size_t n,
     op->max = claim_max;
     op->jobs = jobs;
   }
-  for (size_t i = 0; i + 1 < total; i++) ops[i].next = &ops[i + 1];
-  execute_chain(q, &ops[0], &ops[total - 1]);
+  for (size_t i = 0; i + 1 < total; i++) ops[i].g.next = &ops[i + 1].g;
+  dsysi_group_execute(&q->group, &ops[0].g, &ops[total - 1].g);
   for (size_t i = 0; i < n; i++) {
     outs[i].rc = ops[i].rc;
     outs[i].dead = ops[i].flag;
