@@ -28,8 +28,15 @@ void reaper_track(pid_t pid) {
   if (pid <= 0) return;
   if (!hooked++) {
     atexit(kill_all);
-    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGABRT, SIGSEGV, SIGBUS};
-    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) signal(sigs[i], on_signal);
+    /* every signal whose default action ends the test; SIGPIPE too (a
+     * test whose output pipe closed left an etcd cluster running), but
+     * only where the test has not chosen to ignore one */
+    int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGPIPE};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
+      struct sigaction cur;
+      if (sigaction(sigs[i], NULL, &cur) == 0 && cur.sa_handler == SIG_IGN) continue;
+      signal(sigs[i], on_signal);
+    }
   }
   for (int i = 0; i < MAX_TRACKED; i++)
     if (tracked[i] == pid) return;
