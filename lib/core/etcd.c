@@ -390,9 +390,14 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
     long status = 0;
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     if (cc != CURLE_OK || c->body.oom) {
+      /* a member that wants a client certificate and gets none cuts the
+       * handshake: it looks like a network error, say what it may be */
+      int no_cert = c->tls && !c->cert && (cc == CURLE_SEND_ERROR || cc == CURLE_RECV_ERROR);
       snprintf(last, lastlen, "%s: %s%s", c->eps[ep],
                c->body.oom ? "out of memory" : curl_easy_strerror(cc),
-               tls_fatal(cc) ? " (TLS: check ca=, cert= and key=)" : "");
+               tls_fatal(cc) ? " (TLS: check ca=, cert= and key=)"
+               : no_cert     ? " (TLS: does etcd require a client certificate? cert=, key=)"
+                             : "");
       if (c->body.oom) return DSYS_ENOMEM;
       if (tls_fatal(cc) && cc != CURLE_SSL_CONNECT_ERROR) {
         dsysi_log(DSYS_LOG_ERROR, c->area, "etcd: %s", last);
