@@ -483,9 +483,7 @@ static int authenticate(dsysi_etcd *c) {
   if (!rc && (!tok || !*tok)) rc = DSYS_EPROTO;
   if (!rc && !(c->token = strdup(tok))) rc = DSYS_ENOMEM;
   if (resp) {
-    json_object *t;
-    if (json_object_object_get_ex(resp, "token", &t) && tok)
-      explicit_bzero((char *)tok, strlen(tok));
+    if (tok) explicit_bzero((char *)tok, strlen(tok)); /* json-c's own copy */
     json_object_put(resp);
   }
   if (!rc && (rc = set_headers(c))) {
@@ -511,8 +509,10 @@ int dsysi_etcd_post(dsysi_etcd *c, const char *path, json_object *req, json_obje
   int64_t code = 0;
   rc = post_body(c, path, body, resp, &code);
   /* a token expires (etcd's --auth-token-ttl, or a restart of the member
-   * for simple tokens): once more with a new one */
-  if (c->user && (code == 16 || (code == 3 && strstr(c->last, "invalid auth token")))) {
+   * for simple tokens), or predates a change of users or roles ("auth
+   * store is old"): once more with a new one */
+  if (c->user && (code == 16 || (code == 3 && (strstr(c->last, "invalid auth token") ||
+                                                strstr(c->last, "auth store is old"))))) {
     dsysi_log(DSYS_LOG_DEBUG, c->area, "etcd: token refused (%s): authenticating again", c->last);
     if (!(rc = authenticate(c))) rc = post_body(c, path, body, resp, &code);
   }

@@ -151,9 +151,12 @@ static int etcd_registry_url(const dsys_config *cfg, const char *reg, char **out
   return 0;
 }
 
-/* value as messages show it: a PostgreSQL URI without its password */
+/* value as messages show it: a PostgreSQL URI without its password, an
+ * etcd URL without the password= the etcd backend refuses (the same
+ * redaction: user:password@ and password=) */
 static void show(const char *value, char *out, size_t n) {
-  char *r = dsysi_pg_is_url(value) ? dsysi_pg_redact_url(value) : NULL;
+  int etcd = value && (!strncmp(value, "etcd://", 7) || !strncmp(value, "etcds://", 8));
+  char *r = dsysi_pg_is_url(value) || etcd ? dsysi_pg_redact_url(value) : NULL;
   snprintf(out, n, "%s", r ? r : value);
   free(r);
 }
