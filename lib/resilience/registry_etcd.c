@@ -813,37 +813,14 @@ static int et_attach(void *vst, const dsys_registry_env *env) {
   return 0;
 }
 
-static const dsys_registry_ops etcd_ops = {
-    .version = DSYS_REGISTRY_OPS_VERSION,
-    .name = "etcd",
-    .state_size = sizeof(et_state),
-    .open = et_open,
-    .close = et_close,
-    .put = et_put,
-    .heartbeat = et_heartbeat,
-    .remove = et_remove,
-    .get = et_get,
-    .list = et_list,
-    .expire = et_expire,
-    .index = et_index,
-    .changes = et_changes,
-    .attach = et_attach,
-};
-/* the same over TLS: etcds:// as https:// is to http:// */
-static const dsys_registry_ops etcds_ops = {
-    .version = DSYS_REGISTRY_OPS_VERSION,
-    .name = "etcds",
-    .state_size = sizeof(et_state),
-    .open = et_open_tls,
-    .close = et_close,
-    .put = et_put,
-    .heartbeat = et_heartbeat,
-    .remove = et_remove,
-    .get = et_get,
-    .list = et_list,
-    .expire = et_expire,
-    .index = et_index,
-    .changes = et_changes,
-    .attach = et_attach,
-};
+/* etcds:// is the same over TLS, as https:// is to http:// */
+#define ET_OPS(NAME, OPEN)                                                                  \
+  {                                                                                         \
+    .version = DSYS_REGISTRY_OPS_VERSION, .name = NAME, .state_size = sizeof(et_state),     \
+    .open = OPEN, .close = et_close, .put = et_put, .heartbeat = et_heartbeat,              \
+    .remove = et_remove, .get = et_get, .list = et_list, .expire = et_expire,               \
+    .index = et_index, .changes = et_changes, .attach = et_attach,                          \
+  }
+static const dsys_registry_ops etcd_ops = ET_OPS("etcd", et_open);
+static const dsys_registry_ops etcds_ops = ET_OPS("etcds", et_open_tls);
 DSYSI_PLUGINS(registry_etcd) = {{"registry", &etcd_ops}, {"registry", &etcds_ops}, {0}};

@@ -334,29 +334,14 @@ static int e_holder(void *state, const char *name, int64_t now, dsys_lock_info *
   return e;
 }
 
-static const dsys_lock_ops etcd_ops = {
-    .version = DSYS_LOCK_OPS_VERSION,
-    .name = "etcd",
-    .state_size = sizeof(el),
-    .open = e_open,
-    .close = e_close,
-    .acquire = e_acquire,
-    .renew = e_renew,
-    .release = e_release,
-    .holder = e_holder,
-};
-
-/* the same over TLS: etcds:// as https:// is to http:// */
-static const dsys_lock_ops etcds_ops = {
-    .version = DSYS_LOCK_OPS_VERSION,
-    .name = "etcds",
-    .state_size = sizeof(el),
-    .open = e_open_tls,
-    .close = e_close,
-    .acquire = e_acquire,
-    .renew = e_renew,
-    .release = e_release,
-    .holder = e_holder,
-};
+/* etcds:// is the same over TLS, as https:// is to http:// */
+#define E_OPS(NAME, OPEN)                                                                   \
+  {                                                                                         \
+    .version = DSYS_LOCK_OPS_VERSION, .name = NAME, .state_size = sizeof(el), .open = OPEN,  \
+    .close = e_close, .acquire = e_acquire, .renew = e_renew, .release = e_release,         \
+    .holder = e_holder,                                                                     \
+  }
+static const dsys_lock_ops etcd_ops = E_OPS("etcd", e_open);
+static const dsys_lock_ops etcds_ops = E_OPS("etcds", e_open_tls);
 
 DSYSI_PLUGINS(lock_etcd) = {{"lock", &etcd_ops}, {"lock", &etcds_ops}, {0}};
