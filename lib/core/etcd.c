@@ -171,10 +171,12 @@ static int parse_query(dsysi_etcd *c, const char *q, int tls, char *err, size_t 
                  "password-file)", c->area, (int)(kl > 40 ? 40 : kl), q);
       rc = DSYS_EINVAL;
     }
+    else if (eq && !v)
+      rc = DSYS_ENOMEM;
     else if (!v || !*v) {
       if (err && errlen)
         snprintf(err, errlen, "etcd %s: parameter %.*s needs a value", c->area, (int)kl, q);
-      rc = v ? DSYS_EINVAL : DSYS_ENOMEM;
+      rc = DSYS_EINVAL;
     }
     else if (*dst)
       rc = bad(err, errlen, DSYS_EINVAL, "etcd %s: a parameter is given twice%s", c->area, "");

@@ -401,7 +401,12 @@ static void test_secure(void) {
   is_int(acc, 0, "secure: etcd refuses it after %lld ms unused (token TTL 2 s)",
          (long long)(now_ms() - t0));
   is_int(count(r, "sec"), 1, "secure: after the token expired, a lookup authenticates again");
-  is_int(dsys_registry_heartbeat(r, "s-1"), 0, "secure: heartbeat");
+  t0 = now_ms();
+  int hb = 0;
+  for (int i = 0; i < 10; i++) hb += dsys_registry_heartbeat(r, "s-1") == 0;
+  is_int(hb, 10, "secure: heartbeats");
+  tap_diag("figure: heartbeat over TLS + auth %.1f ms on average (1 member)",
+           (double)(now_ms() - t0) / 10);
   n0 = s.n;
   is_int(reg(r, "s-2", "sec"), 0, "secure: register");
   ok(wait_more(&s, n0, 5000), "secure: the watch still delivers");
@@ -474,6 +479,7 @@ static void test_bad_urls(void) {
       {"etcds://127.0.0.1:1/p?cert=/x.pem", "cert= without key=", "together"},
       {"etcds://127.0.0.1:1/p?frobnicate=1", "an unknown parameter", "frobnicate"},
       {"etcds://127.0.0.1:1/p?ca=", "an empty value", "needs a value"},
+      {"etcds://127.0.0.1:1/p?ca", "a parameter without =", "needs a value"},
       {"etcds://127.0.0.1:1/p?ca=/a&ca=/b", "a parameter twice", "twice"},
       {"etcds://127.0.0.1:1/p?user=root&password-file=/nonexistent/pw", "a missing password file",
        "/nonexistent/pw"},
