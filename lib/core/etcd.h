@@ -10,6 +10,14 @@
  * bound (connect 1 s, whole request 3 s by default) has passed.
  *
  * Keys and values travel base64-encoded, int64s as JSON strings.
+ *
+ * Security (etcds://, query parameters of the target): TLS verified
+ * against ca= (default: the system store), a client certificate cert= and
+ * key= (etcd's --client-cert-auth); user= authenticates with etcd's auth
+ * (POST /v3/auth/authenticate) and sends the token in the Authorization
+ * header, authenticating again when etcd says it is no longer valid. The
+ * password comes from password-file= or DSYS_ETCD_PASSWORD, never from
+ * the URL (a password= parameter is refused), so URLs are safe to log.
  */
 #ifndef DSYSI_ETCD_H
 #define DSYSI_ETCD_H
@@ -35,29 +43,51 @@ typedef struct dsysi_etcd {
   int down;         /* an outage is being logged */
   char last[256];   /* why the last member tried failed */
   const char *area; /* log area, e.g. "registry" */
+  /* security: TLS material and etcd user; the token changes under mu */
+  int tls;
+  char *ca, *cert, *key;
+  char *user, *password;
+  char *token;      /* NULL: authenticate before the next request */
+  unsigned auths;   /* successful authentications (first one included) */
 } dsysi_etcd;
 
 /**
- * Parse "host:port[,host:port...]/prefix" and set up the request handle
- * (no request is made). *prefix gets a malloc'd copy of the prefix without
- * trailing slashes (default_prefix when the URL has none).
- * @return 0; DSYS_EINVAL (empty target or endpoint: err says which),
- *         DSYS_ENOMEM. On failure nothing needs closing.
+ * Parse "host:port[,host:port...]/prefix[?ca=F&cert=F&key=F&user=U&password-file=F]"
+ * and set up the request handle (no request is made). tls: endpoints are
+ * https:// (etcds://); ca, cert and key need it. *prefix gets a malloc'd
+ * copy of the prefix without trailing slashes (default_prefix when the
+ * URL has none).
+ * @return 0; DSYS_EINVAL (empty target or endpoint, unknown or misplaced
+ *         parameter, password in the URL, no password for user=: err says
+ *         which), DSYS_EIO (password file unreadable), DSYS_ENOMEM. On
+ *         failure nothing needs closing.
  */
-int dsysi_etcd_open(dsysi_etcd *c, const char *target, const char *area,
+int dsysi_etcd_open(dsysi_etcd *c, const char *target, int tls, const char *area,
                     const char *default_prefix, char **prefix, char *err, size_t errlen);
+
+/** A copy of the request headers (with the current token), for a thread
+ *  that makes its own requests (the registry's watch); NULL when out of
+ *  memory. When auth is on and there is no token, authenticates first.
+ *  Hold c->mu. Free with curl_slist_free_all. */
+struct curl_slist *dsysi_etcd_headers(dsysi_etcd *c);
+
+/** Forget the token (a stream was refused for it): the next request
+ *  authenticates again. Hold c->mu. */
+void dsysi_etcd_drop_token(dsysi_etcd *c);
 
 /** Free what open set up. Safe on a zeroed struct. */
 void dsysi_etcd_close(dsysi_etcd *c);
 
-/** Set up curl handle e for a POST of body to url with c's bounds and
- *  headers (timeout_ms 0: none, for streams). */
+/** Set up curl handle e for a POST of body to url with c's bounds, TLS
+ *  material and headers hdrs (timeout_ms 0: none, for streams). */
 void dsysi_etcd_setup_easy(dsysi_etcd *c, CURL *e, const char *url, const char *body,
-                           long timeout_ms);
+                           long timeout_ms, struct curl_slist *hdrs);
 
 /** POST req to path (e.g. "/v3/kv/range"). 0 with *resp owning the answer;
- *  DSYS_EUNAVAIL when no member answered within the bound; an etcd error
- *  mapped to a DSYS_E code. Hold c->mu. */
+ *  DSYS_EUNAVAIL when no member answered within the bound; DSYS_EAUTH
+ *  when a member's certificate does not verify, ours is refused, or the
+ *  user/password is wrong (c->last says which); an etcd error mapped to a
+ *  DSYS_E code. Hold c->mu. */
 int dsysi_etcd_post(dsysi_etcd *c, const char *path, json_object *req, json_object **resp);
 
 /** A txn of compares cmps (may be NULL) and success ops (and failure ops,

@@ -32,6 +32,17 @@
  * as well: the safety net for the watch bugs etcd 3.4 has after
  * partitions.
  *
+ * Last view: every list and every sweep reads all the instances; the
+ * backend keeps the last answer. When etcd cannot answer (no quorum, no
+ * member reachable: DSYS_EUNAVAIL), get and list answer from it (a
+ * warning is logged once per outage with the view's age, and an info
+ * when a fresh read succeeds again) while writes fail with DSYS_EUNAVAIL:
+ * services keep finding each other through an etcd outage. The generic
+ * layer still applies its TTL to the instances' last recorded heartbeats.
+ *
+ * "etcds://" is the same backend over TLS; TLS material and etcd auth are
+ * query parameters of the target (core/etcd.h).
+ *
  * Requests, member failover and their bounds: core/etcd.h (shared with
  * the etcd lock backend).
  */
@@ -65,6 +76,11 @@ typedef struct et_state {
   int th_started;
   CURLM *wm;
   _Atomic int stop;
+  /* the last good read of every instance (under c.mu) */
+  dsysi_etcd_kv *view;
+  size_t nview;
+  int have_view, stale;
+  int64_t view_ms;
 } et_state;
 
 static int64_t mono_ms(void) {
@@ -111,6 +127,35 @@ static int read_snap(et_state *s, const char *key, const char *end, snap *out) {
   if (!rc && key) rc = dsysi_etcd_decode_kvs(r1, &out->kvs, &out->n);
   json_object_put(resp);
   return rc;
+}
+
+/* Keep kvs (every instance, just read) as the last view; takes them.
+ * Hold c.mu. */
+static void keep_view(et_state *s, dsysi_etcd_kv *kvs, size_t n) {
+  dsysi_etcd_kvs_free(s->view, s->nview);
+  s->view = kvs;
+  s->nview = n;
+  s->have_view = 1;
+  s->view_ms = mono_ms();
+  if (s->stale) {
+    dsysi_log(DSYS_LOG_INFO, "registry", "etcd: answering again; lookups are fresh");
+    s->stale = 0;
+  }
+}
+
+/* rc of a read: when etcd could not answer and there is a view, 0 and
+ * *use_view (the caller answers from s->view). Hold c.mu. */
+static int fall_back(et_state *s, int rc, int *use_view) {
+  *use_view = 0;
+  if (rc != DSYS_EUNAVAIL || !s->have_view) return rc;
+  if (!s->stale)
+    dsysi_log(DSYS_LOG_WARN, "registry",
+              "etcd: no answer (%s): lookups answer from the last view, %lld ms old "
+              "(%zu instances); writes fail until etcd answers",
+              s->c.last, (long long)(mono_ms() - s->view_ms), s->nview);
+  s->stale = 1;
+  *use_view = 1;
+  return 0;
 }
 
 /* ---- the change log ---- */
@@ -306,11 +351,11 @@ static char *inst_key(et_state *s, const char *id) {
 static void et_close(void *vst);
 static int et_index(void *vst, uint64_t *out);
 
-/* "host:port[,host:port...]/prefix" */
-static int et_open(void *vst, const char *target, char *err, size_t errlen) {
+/* "host:port[,host:port...]/prefix[?params]" (core/etcd.h) */
+static int open_any(void *vst, const char *target, int tls, char *err, size_t errlen) {
   et_state *s = vst;
   char *prefix = NULL;
-  int rc = dsysi_etcd_open(&s->c, target, "registry", "/dsys/registry", &prefix, err, errlen);
+  int rc = dsysi_etcd_open(&s->c, target, tls, "registry", "/dsys/registry", &prefix, err, errlen);
   if (rc) return rc;
   s->lease_ttl_s = 330; /* attach sets it from the registry's reap time */
   dsysi_buf k = {0};
@@ -338,6 +383,14 @@ static int et_open(void *vst, const char *target, char *err, size_t errlen) {
   return rc;
 }
 
+static int et_open(void *vst, const char *target, char *err, size_t errlen) {
+  return open_any(vst, target, 0, err, errlen);
+}
+
+static int et_open_tls(void *vst, const char *target, char *err, size_t errlen) {
+  return open_any(vst, target, 1, err, errlen);
+}
+
 static void et_close(void *vst) {
   et_state *s = vst;
   if (s->th_started) {
@@ -349,6 +402,7 @@ static void et_close(void *vst) {
   free(s->k_index);
   free(s->k_inst);
   free(s->k_log);
+  dsysi_etcd_kvs_free(s->view, s->nview);
   dsysi_etcd_close(&s->c);
 }
 
@@ -485,10 +539,17 @@ static int et_get(void *vst, const char *id, dsys_instance **out) {
   if (!key) return DSYS_ENOMEM;
   pthread_mutex_lock(&s->c.mu);
   snap sn;
-  int rc = read_snap(s, key, NULL, &sn);
-  pthread_mutex_unlock(&s->c.mu);
+  int use_view = 0;
+  int rc = fall_back(s, read_snap(s, key, NULL, &sn), &use_view);
   size_t n = 0;
-  if (!rc) rc = kvs_instances(sn.kvs, sn.n, NULL, out, &n);
+  if (use_view) {
+    rc = DSYS_ENOTFOUND;
+    for (size_t i = 0; i < s->nview; i++)
+      if (!strcmp(s->view[i].key, key)) rc = kvs_instances(&s->view[i], 1, NULL, out, &n);
+    memset(&sn, 0, sizeof sn);
+  }
+  pthread_mutex_unlock(&s->c.mu);
+  if (!rc && !use_view) rc = kvs_instances(sn.kvs, sn.n, NULL, out, &n);
   if (!rc && n != 1) {
     dsys_free(*out);
     rc = DSYS_ENOTFOUND;
@@ -504,13 +565,15 @@ static int et_list(void *vst, const char *type, dsys_instance **out, size_t *n) 
   if (!end) return DSYS_ENOMEM;
   pthread_mutex_lock(&s->c.mu);
   snap sn;
-  int rc = read_snap(s, s->k_inst, end, &sn);
-  pthread_mutex_unlock(&s->c.mu);
+  int use_view = 0;
+  int rc = fall_back(s, read_snap(s, s->k_inst, end, &sn), &use_view);
   free(end);
-  if (rc) return rc;
   /* keys sort by bytes: by id, as the ops table asks */
-  rc = kvs_instances(sn.kvs, sn.n, type, out, n);
-  dsysi_etcd_kvs_free(sn.kvs, sn.n);
+  if (!rc) rc = use_view ? kvs_instances(s->view, s->nview, type, out, n)
+                         : kvs_instances(sn.kvs, sn.n, type, out, n);
+  if (!rc && !use_view) keep_view(s, sn.kvs, sn.n);
+  else if (!use_view) dsysi_etcd_kvs_free(sn.kvs, sn.n);
+  pthread_mutex_unlock(&s->c.mu);
   return rc;
 }
 
@@ -566,7 +629,7 @@ static int expire_round(et_state *s, int64_t unhealthy_before, int64_t reap_befo
     free(vals[i]);
     pinst_free(&p[i]);
   }
-  dsysi_etcd_kvs_free(sn.kvs, sn.n);
+  keep_view(s, sn.kvs, sn.n); /* as read: the next list sees the transitions */
   return rc;
 }
 
@@ -693,11 +756,17 @@ static void *watch_main(void *arg) {
   const char *body = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
   size_t ep = s->c.cur;
   long backoff = 50;
+  int refused = 0;
   while (e && body && !s->stop) {
     wstream w = {.s = s};
     char url[300];
     snprintf(url, sizeof url, "%s/v3/watch", s->c.eps[ep]);
-    dsysi_etcd_setup_easy(&s->c, e, url, body, 0);
+    /* its own copy of the headers: the ops may change the token meanwhile */
+    pthread_mutex_lock(&s->c.mu);
+    if (refused && s->c.user) dsysi_etcd_drop_token(&s->c); /* maybe for its token */
+    struct curl_slist *hdrs = dsysi_etcd_headers(&s->c);
+    pthread_mutex_unlock(&s->c.mu);
+    dsysi_etcd_setup_easy(&s->c, e, url, body, 0, hdrs);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_watch);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &w);
     curl_multi_add_handle(s->wm, e);
@@ -709,7 +778,9 @@ static void *watch_main(void *arg) {
       if (running) curl_multi_poll(s->wm, NULL, 0, 1000, NULL);
     }
     curl_multi_remove_handle(s->wm, e);
+    curl_slist_free_all(hdrs);
     dsysi_buf_free(&w.line);
+    refused = !w.created && w.reconnect;
     if (s->stop) break;
     if (w.created) backoff = 50;
     else backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
@@ -742,20 +813,14 @@ static int et_attach(void *vst, const dsys_registry_env *env) {
   return 0;
 }
 
-static const dsys_registry_ops etcd_ops = {
-    .version = DSYS_REGISTRY_OPS_VERSION,
-    .name = "etcd",
-    .state_size = sizeof(et_state),
-    .open = et_open,
-    .close = et_close,
-    .put = et_put,
-    .heartbeat = et_heartbeat,
-    .remove = et_remove,
-    .get = et_get,
-    .list = et_list,
-    .expire = et_expire,
-    .index = et_index,
-    .changes = et_changes,
-    .attach = et_attach,
-};
-DSYSI_PLUGINS(registry_etcd) = {{"registry", &etcd_ops}, {0}};
+/* etcds:// is the same over TLS, as https:// is to http:// */
+#define ET_OPS(NAME, OPEN)                                                                  \
+  {                                                                                         \
+    .version = DSYS_REGISTRY_OPS_VERSION, .name = NAME, .state_size = sizeof(et_state),     \
+    .open = OPEN, .close = et_close, .put = et_put, .heartbeat = et_heartbeat,              \
+    .remove = et_remove, .get = et_get, .list = et_list, .expire = et_expire,               \
+    .index = et_index, .changes = et_changes, .attach = et_attach,                          \
+  }
+static const dsys_registry_ops etcd_ops = ET_OPS("etcd", et_open);
+static const dsys_registry_ops etcds_ops = ET_OPS("etcds", et_open_tls);
+DSYSI_PLUGINS(registry_etcd) = {{"registry", &etcd_ops}, {"registry", &etcds_ops}, {0}};

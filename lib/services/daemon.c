@@ -109,9 +109,54 @@ int dsys_daemon_client_tls(const dsys_config *cfg, const char *prefix,
   return DSYS_EINVAL;
 }
 
-/* value as messages show it: a PostgreSQL URI without its password */
+/* --registry with the --etcd-* flags added as the etcd URL's query
+ * parameters (core/etcd.h), percent-encoded; *out NULL when there are
+ * none. DSYS_EINVAL (err says why) when they are given for another kind
+ * of registry. */
+static int etcd_registry_url(const dsys_config *cfg, const char *reg, char **out, char *err,
+                             size_t errlen) {
+  static const char *const flags[][2] = {{"etcd-ca", "ca"},
+                                         {"etcd-cert", "cert"},
+                                         {"etcd-key", "key"},
+                                         {"etcd-user", "user"},
+                                         {"etcd-password-file", "password-file"}};
+  *out = NULL;
+  int etcd = !strncmp(reg, "etcd://", 7) || !strncmp(reg, "etcds://", 8);
+  char sep = strchr(reg, '?') ? '&' : '?';
+  dsysi_buf b = {0};
+  dsysi_buf_puts(&b, reg);
+  int any = 0;
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+    const char *v = dsys_config_get(cfg, flags[i][0]);
+    if (!v || !*v) continue;
+    if (!etcd) {
+      snprintf(err, errlen, "--%s needs an etcd:// or etcds:// --registry", flags[i][0]);
+      dsysi_buf_free(&b);
+      return DSYS_EINVAL;
+    }
+    dsysi_buf_printf(&b, "%c%s=", sep, flags[i][1]);
+    for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+      if (isalnum(*c) || strchr("-._~/", *c)) dsysi_buf_append(&b, c, 1);
+      else dsysi_buf_printf(&b, "%%%02X", *c);
+    }
+    sep = '&';
+    any = 1;
+  }
+  if (b.oom) {
+    dsysi_buf_free(&b);
+    return DSYS_ENOMEM;
+  }
+  if (any) *out = dsysi_buf_steal(&b, NULL);
+  dsysi_buf_free(&b);
+  return 0;
+}
+
+/* value as messages show it: a PostgreSQL URI without its password, an
+ * etcd URL without the password= the etcd backend refuses (the same
+ * redaction: user:password@ and password=) */
 static void show(const char *value, char *out, size_t n) {
-  char *r = dsysi_pg_is_url(value) ? dsysi_pg_redact_url(value) : NULL;
+  int etcd = value && (!strncmp(value, "etcd://", 7) || !strncmp(value, "etcds://", 8));
+  char *r = dsysi_pg_is_url(value) || etcd ? dsysi_pg_redact_url(value) : NULL;
   snprintf(out, n, "%s", r ? r : value);
   free(r);
 }
@@ -229,7 +274,7 @@ static const dsys_option common_opts[] = {
      "SQLite file path (its directory is created) or postgresql:// URI"},
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
      "registry to register with: http://HOST:PORT (dsys-registryd), sqlite:///path, "
-     "postgresql://... or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"},
+     "postgresql://... or etcd[s]://HOST:PORT[,HOST:PORT...]/PREFIX (etcds: TLS, see --etcd-*)"},
     {"registry-ttl", "DSYS_REGISTRY_INSTANCE_TTL", DSYS_OPT_DURATION, "30s",
      "instances are unhealthy after this long without a heartbeat and reaped after "
      "ten times it (a registry opened directly, sqlite://, postgresql:// or etcd://: "
@@ -255,6 +300,17 @@ static const dsys_option common_opts[] = {
      "log one line per request"},
     DSYS_DAEMON_TLS_OPTIONS,
     DSYS_DAEMON_PEER_OPTIONS,
+    {"etcd-ca", "DSYS_ETCD_CA", DSYS_OPT_STRING, NULL,
+     "PEM CA trusted for an etcds:// --registry (default: the system store)"},
+    {"etcd-cert", "DSYS_ETCD_CERT", DSYS_OPT_STRING, NULL,
+     "PEM client certificate presented to an etcds:// --registry (etcd's "
+     "--client-cert-auth; no CommonName when etcd's auth is on)"},
+    {"etcd-key", "DSYS_ETCD_KEY", DSYS_OPT_STRING, NULL, "its PEM private key"},
+    {"etcd-user", "DSYS_ETCD_USER", DSYS_OPT_STRING, NULL,
+     "etcd user of an etcd:// or etcds:// --registry (etcd's auth); the password "
+     "comes from --etcd-password-file or DSYS_ETCD_PASSWORD, never from the URL"},
+    {"etcd-password-file", "DSYS_ETCD_PASSWORD_FILE", DSYS_OPT_STRING, NULL,
+     "file holding the --etcd-user's password (mode 0600)"},
     {"identity-token-file", "DSYS_IDENTITY_TOKEN_FILE", DSYS_OPT_STRING, NULL,
      "this instance's identity token (dsys-identity issue, or dsys-cluster "
      "--profile secure), presented to the registry; reread when the file changes"},
@@ -275,6 +331,7 @@ static int takes(const dsys_daemon_spec *sp, const char *name) {
   if (!strcmp(name, "advertise") || !strcmp(name, "host-id")) /* only what registers */
     return !(sp->without & DSYS_DAEMON_NO_REGISTRY) && sp->service_type;
   if (!strncmp(name, "peer-", 5)) return !(sp->without & DSYS_DAEMON_NO_PEER);
+  if (!strncmp(name, "etcd-", 5)) return !(sp->without & DSYS_DAEMON_NO_REGISTRY);
   if (!strcmp(name, "identity-token-file")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_TOKEN);
   if (!strcmp(name, "identity-public-key")) return !(sp->without & DSYS_DAEMON_NO_IDENTITY_KEY);
   if (!strcmp(name, "config")) return sp->reload != NULL;
@@ -398,9 +455,16 @@ static int run(dsys_daemon *d, const char *prog) {
       fprintf(stderr, "%s: --registry-ttl must be at least 300ms\n", prog);
       return 2;
     }
+    char *ereg = NULL;
+    if ((rc = etcd_registry_url(d->cfg, reg, &ereg, err, sizeof err))) {
+      fprintf(stderr, "%s: %s\n", prog, rc == DSYS_ENOMEM ? dsys_strerror(rc) : err);
+      return 2;
+    }
     dsys_registry_options ro = {.size = sizeof ro, .identity = d->identity, .client = &d->peer,
                                 .ttl_ms = ttl, .reap_ms = 10 * ttl};
-    if ((rc = dsys_registry_open(&d->registry, reg, NULL, &ro, err, sizeof err))) {
+    rc = dsys_registry_open(&d->registry, ereg ? ereg : reg, NULL, &ro, err, sizeof err);
+    free(ereg);
+    if (rc) {
       fprintf(stderr, "%s: cannot use the registry %s: %s%s%s\n", prog, reg_shown, dsys_strerror(rc),
               err[0] ? ": " : "", err);
       return 1;

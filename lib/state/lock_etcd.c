@@ -53,9 +53,9 @@ typedef struct el {
 
 static int64_t mono_ms(void) { return dsys_clock_now_us(dsys_clock_real()) / 1000; }
 
-static int e_open(void *state, const char *location, char *err, size_t errlen) {
+static int open_any(void *state, const char *location, int tls, char *err, size_t errlen) {
   el *s = state;
-  int e = dsysi_etcd_open(&s->c, location, "lock", "/dsys/locks", &s->prefix, err, errlen);
+  int e = dsysi_etcd_open(&s->c, location, tls, "lock", "/dsys/locks", &s->prefix, err, errlen);
   if (e) return e;
   /* one read, so that an unreachable cluster shows at open */
   json_object *req = json_object_new_object(), *resp = NULL;
@@ -72,6 +72,14 @@ static int e_open(void *state, const char *location, char *err, size_t errlen) {
     free(s->prefix);
   }
   return e;
+}
+
+static int e_open(void *state, const char *location, char *err, size_t errlen) {
+  return open_any(state, location, 0, err, errlen);
+}
+
+static int e_open_tls(void *state, const char *location, char *err, size_t errlen) {
+  return open_any(state, location, 1, err, errlen);
 }
 
 static void e_close(void *state) {
@@ -326,16 +334,14 @@ static int e_holder(void *state, const char *name, int64_t now, dsys_lock_info *
   return e;
 }
 
-static const dsys_lock_ops etcd_ops = {
-    .version = DSYS_LOCK_OPS_VERSION,
-    .name = "etcd",
-    .state_size = sizeof(el),
-    .open = e_open,
-    .close = e_close,
-    .acquire = e_acquire,
-    .renew = e_renew,
-    .release = e_release,
-    .holder = e_holder,
-};
+/* etcds:// is the same over TLS, as https:// is to http:// */
+#define E_OPS(NAME, OPEN)                                                                   \
+  {                                                                                         \
+    .version = DSYS_LOCK_OPS_VERSION, .name = NAME, .state_size = sizeof(el), .open = OPEN,  \
+    .close = e_close, .acquire = e_acquire, .renew = e_renew, .release = e_release,         \
+    .holder = e_holder,                                                                     \
+  }
+static const dsys_lock_ops etcd_ops = E_OPS("etcd", e_open);
+static const dsys_lock_ops etcds_ops = E_OPS("etcds", e_open_tls);
 
-DSYSI_PLUGINS(lock_etcd) = {{"lock", &etcd_ops}, {0}};
+DSYSI_PLUGINS(lock_etcd) = {{"lock", &etcd_ops}, {"lock", &etcds_ops}, {0}};

@@ -31,8 +31,12 @@ static int etcd_local(const char *cmd, const tetcd *t, const char *args, char *o
   return reaper_run_script("etcd-local", all, out, outlen);
 }
 
-int tetcd_start(tetcd *t, int members) {
+int tetcd_start(tetcd *t, int members) { return tetcd_start_with(t, members, ""); }
+
+int tetcd_start_with(tetcd *t, int members, const char *options) {
   memset(t, 0, sizeof *t);
+  t->tls = strstr(options, "--tls") != NULL;
+  t->auth = strstr(options, "--auth") != NULL;
   struct stat st;
   snprintf(t->dir, sizeof t->dir, "%s/dsys-etcd.XXXXXX",
            stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) ? "/dev/shm" : "/tmp");
@@ -41,8 +45,8 @@ int tetcd_start(tetcd *t, int members) {
     return -1;
   }
   t->members = members;
-  char args[32];
-  snprintf(args, sizeof args, "--members %d", members);
+  char args[160];
+  snprintf(args, sizeof args, "--members %d %s", members, options);
   if (etcd_local("start", t, args, t->endpoints, sizeof t->endpoints) ||
       strncmp(t->endpoints, "127.0.0.1:", 10)) {
     printf("# could not start etcd in %s (is etcd-server installed?)\n", t->dir);
@@ -50,6 +54,16 @@ int tetcd_start(tetcd *t, int members) {
   }
   note_pids(t);
   return 0;
+}
+
+void tetcd_url(const tetcd *t, const char *prefix, char *out, size_t n) {
+  int k = snprintf(out, n, "%s://%s/%s", t->tls ? "etcds" : "etcd", t->endpoints, prefix);
+  if (t->tls && k > 0 && (size_t)k < n)
+    k += snprintf(out + k, n - k, "?ca=%s/tls/ca.pem&cert=%s/tls/client.pem&key=%s/tls/client.key",
+                  t->dir, t->dir, t->dir);
+  if (t->auth && k > 0 && (size_t)k < n)
+    snprintf(out + k, n - k, "%cuser=root&password-file=%s/root-password", t->tls ? '&' : '?',
+             t->dir);
 }
 
 int tetcd_kill_member(tetcd *t, int i) {

@@ -1,14 +1,18 @@
 /* The etcd registry backend beyond the conformance suite, against a real
  * 3-member cluster on the real clock: push between two handles (as two
  * processes would be), the lease backstop, one member down (keeps
- * working), two members down (bounded DSYS_EUNAVAIL, no hang), members
- * back (works again without reopening). */
+ * working), two members down (writes: bounded DSYS_EUNAVAIL, no hang;
+ * lookups: the last view), members back (works again without reopening,
+ * fresh view). And a secured cluster (TLS with client certificates, etcd
+ * auth with a short token TTL): works, wrong CA / wrong password / bad
+ * URLs give clear errors, an expired token is replaced. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <distsys/distsys.h>
 #include "tap.h"
 #include "etcdserver.h"
@@ -233,6 +237,8 @@ static void test_failures(tetcd *et) {
   is_int(dsys_registry_deregister(a, "f-2"), 0, "one down: deregister works");
   /* B's watch was on member 1: it reconnects to another one */
   ok(wait_more(&s, n, 3000), "one down: B's watch (reconnected) saw it");
+  is_int(count(b, "fail"), 1, "one down: B lists f-1 (its last view before the quorum loss)");
+  is_int(count(a, "fail"), 1, "one down: so does A");
 
   /* two members down: no quorum */
   is_int(tetcd_kill_member(et, 2), 0, "failures: member 2 killed");
@@ -249,8 +255,20 @@ static void test_failures(tetcd *et) {
   size_t nv = 0;
   rc = dsys_registry_lookup(b, "fail", 0, &v, &nv);
   t1 = now_ms();
-  is_int(rc, DSYS_EUNAVAIL, "no quorum: lookup fails too (no cached view in this backend)");
+  is_int(rc, 0, "no quorum: lookup answers from the last view");
+  ok(nv == 1 && !strcmp(v[0].id, "f-1"), "no quorum: the view is the last one read: f-1 (n %zu)",
+     nv);
+  dsys_free(v);
   ok(t1 - t0 < 5000, "no quorum: lookup within %lld ms", (long long)(t1 - t0));
+  dsys_instance *one = NULL;
+  is_int(dsys_registry_get(b, "f-1", &one), 0, "no quorum: get f-1 from the view");
+  ok(one && !strcmp(one->url, "http://127.0.0.1:9"), "no quorum: with its URL");
+  dsys_free(one);
+  is_int(dsys_registry_get(b, "f-2", &one), DSYS_ENOTFOUND,
+         "no quorum: get of a deregistered one: DSYS_ENOTFOUND from the view");
+  is_int(count(a, "fail"), 1, "no quorum: A answers from its view too");
+  rc = dsys_registry_deregister(a, "f-1");
+  is_int(rc, DSYS_EUNAVAIL, "no quorum: deregister fails with DSYS_EUNAVAIL");
   t0 = now_ms();
   rc = dsys_registry_heartbeat(a, "f-1");
   t1 = now_ms();
@@ -266,7 +284,8 @@ static void test_failures(tetcd *et) {
   n = s.n;
   is_int(reg(a, "f-4", "fail"), 0, "back: another register");
   ok(wait_more(&s, n, 5000), "back: B's watch delivers again");
-  is_int(count(b, "fail"), 3, "back: B lists f-1, f-3, f-4");
+  is_int(count(b, "fail"), 3, "back: B lists f-1, f-3, f-4 (a fresh read: the same handle)");
+  is_int(count(a, "fail"), 3, "back: so does A");
   dsys_registry_close(a);
   dsys_registry_close(b);
 }
@@ -281,7 +300,203 @@ static void test_down(void) {
   ok(strstr(err, "no member answered") && strstr(err, "127.0.0.1:"), "down: errbuf: %s", err);
 }
 
+/* POST body to path on the first member of a TLS cluster with curl (not
+ * through the library), with header hdr (may be ""); the answer in out. */
+static int curl_etcd(tetcd *et, const char *hdr, const char *body, const char *path, char *out,
+                     size_t n) {
+  char cmd[1024], ep[64];
+  snprintf(ep, sizeof ep, "%.*s", (int)strcspn(et->endpoints, ","), et->endpoints);
+  snprintf(cmd, sizeof cmd,
+           "curl -s -m 5 --cacert %s/tls/ca.pem --cert %s/tls/client.pem --key %s/tls/client.key "
+           "%s -d '%s' https://%s%s",
+           et->dir, et->dir, et->dir, hdr, body, ep, path);
+  FILE *f = popen(cmd, "r");
+  if (!f) return -1;
+  size_t k = fread(out, 1, n - 1, f);
+  out[k] = 0;
+  pclose(f);
+  return 0;
+}
+
+/* Whether etcd accepts token tok for a range: 1 yes, 0 refused, -1
+ * cannot tell. */
+static int token_accepted(tetcd *et, const char *tok) {
+  char hdr[300], out[512];
+  snprintf(hdr, sizeof hdr, "-H 'Authorization: %s'", tok);
+  if (curl_etcd(et, hdr, "{\"key\":\"eA==\"}", "/v3/kv/range", out, sizeof out)) return -1;
+  if (strstr(out, "\"header\"")) return 1;
+  if (strstr(out, "token")) return 0; /* "invalid auth token" */
+  tap_diag("token check: %s", out);
+  return -1;
+}
+
+/* A token of root's, from the cluster itself (not through the library). */
+static int root_token(tetcd *et, char *tok, size_t n) {
+  char path[128], out[512], pw[128] = "", body[256];
+  snprintf(path, sizeof path, "%s/root-password", et->dir);
+  FILE *f = fopen(path, "r");
+  if (!f || !fgets(pw, sizeof pw, f)) {
+    if (f) fclose(f);
+    return -1;
+  }
+  fclose(f);
+  pw[strcspn(pw, "\n")] = 0;
+  snprintf(body, sizeof body, "{\"name\":\"root\",\"password\":\"%s\"}", pw);
+  if (curl_etcd(et, "", body, "/v3/auth/authenticate", out, sizeof out)) return -1;
+  char *t = strstr(out, "\"token\":\"");
+  if (!t) return -1;
+  t += 9;
+  snprintf(tok, n, "%.*s", (int)strcspn(t, "\""), t);
+  return 0;
+}
+
+static int open_err(const char *url, char *err, size_t n) {
+  dsys_registry *r = NULL;
+  err[0] = 0;
+  int rc = dsys_registry_open(&r, url, NULL, NULL, err, n);
+  dsys_registry_close(r);
+  return rc;
+}
+
+/* A cluster with TLS (client certificates required) and auth (token TTL
+ * 2 s). */
+static void test_secure(void) {
+  tetcd et;
+  if (!ok(tetcd_start_with(&et, 1, "--tls --auth --auth-token-ttl 2") == 0,
+          "secure: a TLS + auth etcd started")) {
+    tetcd_stop(&et);
+    return;
+  }
+  char url[1024], bad[1200], err[256];
+  tetcd_url(&et, "t/secure", url, sizeof url);
+  ok(!strncmp(url, "etcds://", 8) && strstr(url, "user=root"), "secure: URL %s", url);
+  dsys_registry *r = open_reg(url, 20000, 60000, -1), *w = open_reg(url, 20000, 60000, -1);
+  ok(r && w, "secure: open over TLS with a client certificate, as root");
+  if (!r || !w) {
+    dsys_registry_close(r);
+    dsys_registry_close(w);
+    tetcd_stop(&et);
+    return;
+  }
+  seen s = {0};
+  dsys_registry_watch(w, on_change, &s, NULL);
+  int n0 = s.n;
+  is_int(reg(r, "s-1", "sec"), 0, "secure: register");
+  ok(wait_more(&s, n0, 3000), "secure: the other handle's watch (its own token) saw it");
+  is_int(count(w, "sec"), 1, "secure: the other handle lists it");
+
+  /* tokens expire after 2 s unused: the handle's own (last used just
+   * now) as well as this one, taken now to prove it */
+  char tok[256];
+  ok(root_token(&et, tok, sizeof tok) == 0, "secure: a token taken to watch expiry");
+  is_int(token_accepted(&et, tok), 1, "secure: accepted at first");
+  /* every check uses the token, which keeps it alive: checks far apart
+   * (etcd's simple tokens are swept about every second) */
+  int64_t t0 = now_ms();
+  int acc = 1;
+  for (int i = 0; i < 3 && acc == 1; i++) {
+    usleep((3000 + 1000 * i) * 1000);
+    acc = token_accepted(&et, tok);
+  }
+  is_int(acc, 0, "secure: etcd refuses it after %lld ms unused (token TTL 2 s)",
+         (long long)(now_ms() - t0));
+  is_int(count(r, "sec"), 1, "secure: after the token expired, a lookup authenticates again");
+  t0 = now_ms();
+  int hb = 0;
+  for (int i = 0; i < 10; i++) hb += dsys_registry_heartbeat(r, "s-1") == 0;
+  is_int(hb, 10, "secure: heartbeats");
+  tap_diag("figure: heartbeat over TLS + auth %.1f ms on average (1 member)",
+           (double)(now_ms() - t0) / 10);
+  n0 = s.n;
+  is_int(reg(r, "s-2", "sec"), 0, "secure: register");
+  ok(wait_more(&s, n0, 5000), "secure: the watch still delivers");
+  dsys_registry_close(r);
+  dsys_registry_close(w);
+
+  /* wrong CA: the system store (no ca=), and a certificate that is no CA */
+  snprintf(bad, sizeof bad, "etcds://%s/t/x?cert=%s/tls/client.pem&key=%s/tls/client.key",
+           et.endpoints, et.dir, et.dir);
+  int64_t t1 = now_ms();
+  is_int(open_err(bad, err, sizeof err), DSYS_EAUTH, "wrong CA (system store): DSYS_EAUTH");
+  ok(strstr(err, "certificate") && strstr(err, "TLS"), "wrong CA: says so: %s", err);
+  ok(now_ms() - t1 < 4000, "wrong CA: at once (%lld ms)", (long long)(now_ms() - t1));
+  snprintf(bad, sizeof bad, "etcds://%s/t/x?ca=%s/tls/client.pem&cert=%s/tls/client.pem&key=%s/tls/client.key",
+           et.endpoints, et.dir, et.dir, et.dir);
+  is_int(open_err(bad, err, sizeof err), DSYS_EAUTH, "wrong CA (not a CA): DSYS_EAUTH: %s", err);
+  /* no client certificate: the member refuses the handshake */
+  snprintf(bad, sizeof bad, "etcds://%s/t/x?ca=%s/tls/ca.pem", et.endpoints, et.dir);
+  int rc = open_err(bad, err, sizeof err);
+  ok((rc == DSYS_EAUTH || rc == DSYS_EUNAVAIL) && strstr(err, "client certificate"),
+     "no client certificate: refused, says what it may be (%s): %s", dsys_strerror(rc), err);
+  /* plain http to a TLS member */
+  snprintf(bad, sizeof bad, "etcd://%s/t/x", et.endpoints);
+  ok(open_err(bad, err, sizeof err) != 0, "etcd:// to a TLS member fails: %s", err);
+  /* wrong password */
+  char pwf[128];
+  snprintf(pwf, sizeof pwf, "%s/wrong-password", et.dir);
+  FILE *f = fopen(pwf, "w");
+  if (f) {
+    fchmod(fileno(f), 0600);
+    fputs("not-the-password\n", f);
+    fclose(f);
+  }
+  snprintf(bad, sizeof bad,
+           "etcds://%s/t/x?ca=%s/tls/ca.pem&cert=%s/tls/client.pem&key=%s/tls/client.key"
+           "&user=root&password-file=%s",
+           et.endpoints, et.dir, et.dir, et.dir, pwf);
+  is_int(open_err(bad, err, sizeof err), DSYS_EAUTH, "wrong password: DSYS_EAUTH");
+  ok(strstr(err, "authentication failed") && strstr(err, "root"), "wrong password: says so: %s", err);
+  /* no user at all on an auth cluster: etcd refuses the requests */
+  snprintf(bad, sizeof bad, "etcds://%s/t/x?ca=%s/tls/ca.pem&cert=%s/tls/client.pem&key=%s/tls/client.key",
+           et.endpoints, et.dir, et.dir, et.dir);
+  rc = open_err(bad, err, sizeof err);
+  ok(rc == DSYS_EAUTH && strstr(err, "requires a user"), "no user: DSYS_EAUTH (%s): %s",
+     dsys_strerror(rc), err);
+  /* the password from the environment */
+  char pw[128] = "";
+  snprintf(pwf, sizeof pwf, "%s/root-password", et.dir);
+  f = fopen(pwf, "r");
+  if (f) {
+    if (fgets(pw, sizeof pw, f)) pw[strcspn(pw, "\n")] = 0;
+    fclose(f);
+  }
+  setenv("DSYS_ETCD_PASSWORD", pw, 1);
+  snprintf(bad, sizeof bad,
+           "etcds://%s/t/x?ca=%s/tls/ca.pem&cert=%s/tls/client.pem&key=%s/tls/client.key&user=root",
+           et.endpoints, et.dir, et.dir, et.dir);
+  is_int(open_err(bad, err, sizeof err), 0, "password from DSYS_ETCD_PASSWORD: opens (%s)", err);
+  unsetenv("DSYS_ETCD_PASSWORD");
+  is_int(open_err(bad, err, sizeof err), DSYS_EINVAL, "user= without a password: DSYS_EINVAL");
+  ok(strstr(err, "password-file") != NULL, "no password: says where it goes: %s", err);
+  tetcd_stop(&et);
+}
+
+/* URLs refused before any request. */
+static void test_bad_urls(void) {
+  static const struct { const char *url, *why, *says; } cases[] = {
+      {"etcds://127.0.0.1:1/p?user=root&password=hunter2", "a password in the URL", "never"},
+      {"etcd://127.0.0.1:1/p?ca=/x.pem", "ca= on etcd://", "etcds://"},
+      {"etcds://127.0.0.1:1/p?cert=/x.pem", "cert= without key=", "together"},
+      {"etcds://127.0.0.1:1/p?frobnicate=1", "an unknown parameter", "frobnicate"},
+      {"etcds://127.0.0.1:1/p?ca=", "an empty value", "needs a value"},
+      {"etcds://127.0.0.1:1/p?ca", "a parameter without =", "needs a value"},
+      {"etcds://127.0.0.1:1/p?ca=/a&ca=/b", "a parameter twice", "twice"},
+      {"etcds://127.0.0.1:1/p?user=root&password-file=/nonexistent/pw", "a missing password file",
+       "/nonexistent/pw"},
+      {"etcds://127.0.0.1:1/p?password-file=/x", "password-file= without user=", "user="},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char err[256];
+    int rc = open_err(cases[i].url, err, sizeof err);
+    ok((rc == DSYS_EINVAL || rc == DSYS_EIO) && strstr(err, cases[i].says) &&
+           !strstr(err, "hunter2"),
+       "bad URL, %s: %s: %s", cases[i].why, dsys_strerror(rc), err);
+  }
+}
+
 int main(void) {
+  test_bad_urls();
+  test_secure();
   test_down();
   tetcd et;
   if (tetcd_start(&et, 3)) tap_bail("cannot start etcd");

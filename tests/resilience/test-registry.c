@@ -491,6 +491,12 @@ int main(void) {
   snprintf(eurl, sizeof eurl, "%s/dsys-test/name", et.endpoints);
   conformance("etcd", eurl);
   tetcd_stop(&et);
+  /* the same over TLS with client certificates and etcd auth (etcds://) */
+  if (tetcd_start_with(&et, 1, "--tls --auth")) tap_bail("cannot start a TLS + auth etcd");
+  char surl[1024];
+  tetcd_url(&et, "dsys-test/secure", surl, sizeof surl);
+  conformance(surl, NULL);
+  tetcd_stop(&et);
   test_sqlite_sharing(path2);
   if (ok(tpg_start(&pgsrv) == 0, "start a throwaway PostgreSQL")) {
     atexit(stop_pg);

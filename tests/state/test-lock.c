@@ -547,6 +547,18 @@ int main(void) {
            "etcd: an empty endpoint: DSYS_EINVAL");
   }
   tetcd_stop(&et);
+  /* etcds:// with client certificates and etcd auth (user root) */
+  if (ok(tetcd_start_with(&et, 1, "--tls --auth") == 0, "start a TLS + auth etcd")) {
+    char surl[1024];
+    tetcd_url(&et, "dsys-test/locks", surl, sizeof surl);
+    ok(!strncmp(surl, "etcds://", 8), "etcd over TLS + auth: %s", surl);
+    rules(surl);
+    contention(surl);
+    dsys_locks *bad = NULL;
+    snprintf(surl, sizeof surl, "etcds://%s/p?ca=%s/tls/client.pem", et.endpoints, et.dir);
+    is_int(dsys_locks_open(&bad, surl, NULL), DSYS_EAUTH, "etcds: a wrong CA: DSYS_EAUTH");
+  }
+  tetcd_stop(&et);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd)) {}
