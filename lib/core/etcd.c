@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <distsys/clock.h>
 #include "core/internal.h"
 #include "core/base64.h"
@@ -377,16 +378,32 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
   char *last = c->last;
   size_t lastlen = sizeof c->last;
   last[0] = '\0';
-  for (size_t i = 0; i < c->neps; i++) {
+  /* Right after the leader died the others refuse at once ("no leader")
+   * until they have elected a new one (about 1 s; etcd's election timeout
+   * is 1 s): a single pass would report an outage. So while etcd was
+   * answering, passes repeat for up to ELECTION_MS; once an outage is
+   * declared (c->down), one pass and a fast error (no quorum: every call
+   * would otherwise wait). */
+  enum { ELECTION_MS = 2000 };
+  for (size_t i = 0;; i++) {
     size_t ep = (first + i) % c->neps;
     long left = c->timeout_ms - (long)(mono_ms() - start);
     if (i > 0 && left <= 0) break;
+    if (i > 0 && i % c->neps == 0) { /* a pass failed: pause, then again */
+      if (c->down || mono_ms() - start >= ELECTION_MS) break;
+      long pause = left < 100 ? left : 100;
+      struct timespec ts = {0, pause * 1000000L};
+      nanosleep(&ts, NULL);
+      left -= pause;
+      if (left <= 0) break;
+    }
     /* a member that takes the connection but does not answer (paused,
      * overloaded) must not use up the whole bound: each member but the
-     * last gets an equal share of it (seen in multihost-etcd.test: one
-     * SIGSTOPped member made every new process listing it first fail) */
+     * last of a pass gets an equal share of it (seen in
+     * multihost-etcd.test: one SIGSTOPped member made every new process
+     * listing it first fail) */
     long share = c->timeout_ms / (long)c->neps;
-    if (i + 1 < c->neps && left > share) left = share;
+    if ((i + 1) % c->neps != 0 && left > share) left = share;
     if (left < c->connect_ms) left = c->connect_ms;
     char url[300];
     snprintf(url, sizeof url, "%s%s", c->eps[ep], path);
