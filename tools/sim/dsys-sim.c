@@ -1,0 +1,237 @@
+/*
+ * dsys-sim: run the deployment in one process on the deterministic
+ * simulation (docs/reference/simulation.md).
+ *
+ *   dsys-sim --seed N [--steps M] [--faults LIST] [--scenario NAME]
+ *            [--plant BUG] [--trace]
+ *   dsys-sim --seeds A-B [-j J] [same options]   (a sweep: one child
+ *            process per seed, the failures listed at the end)
+ *
+ * One run prints one line: "seed N ok hash H ..." (exit 0), or on a broken
+ * invariant the seed, the failure and the trace (exit 1). The same seed
+ * and options give the same hash.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <distsys/distsys.h>
+#include "net.h"
+#include "scenarios.h"
+#include "sim.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "Usage: dsys-sim --seed N [options]\n"
+          "       dsys-sim --seeds A-B [-j J] [options]\n"
+          "Run the deployment in one process on a simulated clock, scheduler and\n"
+          "network; faults come from the seed, so a failure replays from its seed.\n\n"
+          "  --seed N          the seed of one run\n"
+          "  --seeds A-B       run seeds A..B, one child process each; print the\n"
+          "                    failing seeds and the rate\n"
+          "  -j J              children at a time in a sweep (default 2)\n"
+          "  --steps M         operations per simulated client (default 40)\n"
+          "  --scenario NAME   deploy (default: the reference deployment) or mini\n"
+          "  --faults LIST     none, all (default), or a comma list of: latency,\n"
+          "                    drop, dup, reorder, partition, pause, skew\n"
+          "  --plant BUG       run with a planted bug (test only): see\n"
+          "                    docs/reference/simulation.md\n"
+          "  --trace           print every trace event as it happens (stderr)\n"
+          "  --preempt P       per mille chance of a switch at each sync point\n"
+          "                    (default 50)\n"
+          "  -h, --help        this text\n");
+}
+
+typedef struct opts {
+  sim_config cfg;
+  const char *scenario;
+  uint64_t first, last;
+  int sweep, jobs, trace;
+  unsigned preempt;
+} opts;
+
+static int parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end || *s == '-') return -1;
+  *out = v;
+  return 0;
+}
+
+static int run_one(const opts *o) {
+  sim_options so = {.seed = o->cfg.seed, .trace_out = o->trace ? stderr : NULL,
+                    .preempt_permille = o->preempt};
+  int64_t t0 = sim_real_ns();
+  sim_start(&so);
+  dsys_log_set_level(DSYS_LOG_ERROR);
+  sim_result res = {0};
+  if (!strcmp(o->scenario, "mini")) scen_mini(&o->cfg, &res);
+  else scen_deploy(&o->cfg, &res);
+  sim_finishing();
+  sim_stats st;
+  sim_get_stats(&st);
+  double wall = (sim_real_ns() - t0) / 1e9;
+  printf("seed %llu ok hash %016llx requests %ld answered %ld timeouts %ld checks %ld "
+         "vtime %.3f wall %.3f switches %llu threads %llu\n",
+         (unsigned long long)o->cfg.seed, (unsigned long long)sim_trace_hash(), res.requests,
+         res.answered, res.timeouts, res.checks, (sim_now_ns() - 1000000000000LL) / 1e9, wall,
+         (unsigned long long)st.switches, (unsigned long long)st.threads);
+  fflush(stdout);
+  /* The deployment was stopped and freed by the scenario; leave without
+   * running exit handlers on other threads' behalf. */
+  _exit(0);
+}
+
+typedef struct child {
+  pid_t pid;
+  uint64_t seed;
+  int fd;
+} child;
+
+/* A sweep: each seed in a child process (exec of this program), J at a
+ * time; the line of each child is read back. */
+static int sweep(int argc, char **argv, const opts *o) {
+  int64_t t0 = sim_real_ns();
+  uint64_t next = o->first, failed = 0, done = 0;
+  long requests = 0;
+  child *kids = calloc(o->jobs, sizeof *kids);
+  uint64_t *fails = calloc(o->last - o->first + 1, sizeof *fails);
+  int running = 0;
+  char **cargv = calloc(argc + 3, sizeof *cargv);
+  int ca = 0;
+  cargv[ca++] = argv[0];
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--seeds") || !strcmp(argv[i], "-j")) {
+      i++;
+      continue;
+    }
+    cargv[ca++] = argv[i];
+  }
+  cargv[ca++] = "--seed";
+  char seedbuf[32];
+  cargv[ca++] = seedbuf;
+  cargv[ca] = NULL;
+  while (next <= o->last || running) {
+    while (running < o->jobs && next <= o->last) {
+      int p[2];
+      if (pipe(p)) return 2;
+      snprintf(seedbuf, sizeof seedbuf, "%llu", (unsigned long long)next);
+      pid_t pid = fork();
+      if (pid < 0) return 2;
+      if (pid == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        close(p[1]);
+        int dn = open("/dev/null", O_WRONLY);
+        if (!getenv("DSYS_SIM_SWEEP_STDERR")) dup2(dn, 2);
+        execv("/proc/self/exe", cargv);
+        _exit(127);
+      }
+      close(p[1]);
+      for (int k = 0; k < o->jobs; k++)
+        if (!kids[k].pid) {
+          kids[k] = (child){pid, next, p[0]};
+          break;
+        }
+      running++;
+      next++;
+    }
+    int status;
+    pid_t pid = wait(&status);
+    if (pid < 0) break;
+    for (int k = 0; k < o->jobs; k++) {
+      if (kids[k].pid != pid) continue;
+      char line[512] = "";
+      ssize_t n = read(kids[k].fd, line, sizeof line - 1);
+      if (n > 0) line[n] = 0;
+      close(kids[k].fd);
+      long rq = 0;
+      char *r = strstr(line, "requests ");
+      if (r) rq = atol(r + 9);
+      requests += rq;
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fails[failed++] = kids[k].seed;
+      done++;
+      kids[k].pid = 0;
+      running--;
+    }
+  }
+  double wall = (sim_real_ns() - t0) / 1e9;
+  printf("%llu seeds, %llu failed, %.1f s, %.0f seeds/min, %ld simulated requests (%.0f/s)\n",
+         (unsigned long long)done, (unsigned long long)failed, wall, done / wall * 60, requests,
+         requests / wall);
+  for (uint64_t i = 0; i < failed; i++)
+    printf("failed: seed %llu (replay: dsys-sim --seed %llu ...)\n", (unsigned long long)fails[i],
+           (unsigned long long)fails[i]);
+  return failed ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  opts o = {.cfg = {.steps = 40, .faults = "all"}, .scenario = "deploy", .jobs = 2};
+  int have_seed = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    uint64_t n;
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      usage(stdout);
+      return 0;
+    } else if (!strcmp(a, "--trace")) {
+      o.trace = 1;
+      continue;
+    }
+    if (!v) {
+      fprintf(stderr, "dsys-sim: %s needs a value (--help)\n", a);
+      return 2;
+    }
+    i++;
+    if (!strcmp(a, "--seed")) {
+      if (parse_u64(v, &o.cfg.seed)) goto bad;
+      have_seed = 1;
+    } else if (!strcmp(a, "--seeds")) {
+      char *dash = strchr(v, '-');
+      char buf[64];
+      if (!dash || dash - v >= (long)sizeof buf) goto bad;
+      snprintf(buf, sizeof buf, "%.*s", (int)(dash - v), v);
+      if (parse_u64(buf, &o.first) || parse_u64(dash + 1, &o.last) || o.last < o.first ||
+          o.last - o.first > 10000000)
+        goto bad;
+      o.sweep = 1;
+    } else if (!strcmp(a, "-j")) {
+      if (parse_u64(v, &n) || n < 1 || n > 64) goto bad;
+      o.jobs = (int)n;
+    } else if (!strcmp(a, "--steps")) {
+      if (parse_u64(v, &n) || n < 1 || n > 1000000) goto bad;
+      o.cfg.steps = (long)n;
+    } else if (!strcmp(a, "--scenario")) {
+      if (strcmp(v, "deploy") && strcmp(v, "mini")) goto bad;
+      o.scenario = v;
+    } else if (!strcmp(a, "--faults")) {
+      if (sim_faults_parse(v, NULL)) goto bad;
+      o.cfg.faults = v;
+    } else if (!strcmp(a, "--plant")) {
+      if (!scen_plant_known(v)) goto bad;
+      o.cfg.plant = v;
+    } else if (!strcmp(a, "--preempt")) {
+      if (parse_u64(v, &n) || n > 1000) goto bad;
+      o.preempt = (unsigned)n;
+    } else {
+      fprintf(stderr, "dsys-sim: unknown option %s (--help)\n", a);
+      return 2;
+    }
+    continue;
+  bad:
+    fprintf(stderr, "dsys-sim: bad value for %s: '%s' (--help)\n", a, v);
+    return 2;
+  }
+  if (o.sweep) return sweep(argc, argv, &o);
+  if (!have_seed) {
+    fprintf(stderr, "dsys-sim: --seed N or --seeds A-B is required (--help)\n");
+    return 2;
+  }
+  return run_one(&o);
+}

@@ -1,0 +1,196 @@
+/*
+ * The simulated network: the inproc transport's link hook
+ * (lib/transport/inproc.h) decides, from the simulation's random stream,
+ * each message's latency (which also reorders messages between the same
+ * nodes), whether it is lost, and whether its link is cut; and the fault
+ * driver, a thread of node 0, cuts links, pauses nodes and skews clocks
+ * for a while, then heals. All of it runs with the baton (sched.c), so it
+ * needs no lock.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "net.h"
+#include "sim.h"
+#include "transport/inproc.h"
+
+#define MAX_NAMES 128
+
+static struct {
+  unsigned mask;
+  struct {
+    char name[64];
+    int node;
+  } names[MAX_NAMES];
+  int nnames;
+  /* cut[a][b]: virtual time until which messages a -> b are lost */
+  int64_t cut[SIM_MAX_NODES][SIM_MAX_NODES];
+  int pick[SIM_MAX_NODES];
+  int npick;
+  int stop, running;
+  uint64_t dropped, faults;
+} N;
+
+int sim_faults_parse(const char *spec, unsigned *mask) {
+  static const struct {
+    const char *name;
+    unsigned bit;
+  } kinds[] = {{"latency", SIM_F_LATENCY}, {"drop", SIM_F_DROP}, {"partition", SIM_F_PARTITION},
+               {"pause", SIM_F_PAUSE},     {"skew", SIM_F_SKEW}};
+  unsigned m = 0;
+  if (!spec) return -1;
+  if (!strcmp(spec, "none")) m = 0;
+  else if (!strcmp(spec, "all")) m = SIM_F_ALL;
+  else {
+    const char *p = spec;
+    while (*p) {
+      size_t n = strcspn(p, ",");
+      size_t k = 0;
+      for (; k < sizeof kinds / sizeof *kinds; k++)
+        if (strlen(kinds[k].name) == n && !strncmp(p, kinds[k].name, n)) break;
+      if (k == sizeof kinds / sizeof *kinds) return -1;
+      m |= kinds[k].bit;
+      p += n;
+      if (*p == ',') p++;
+    }
+  }
+  if (mask) *mask = m;
+  return 0;
+}
+
+void sim_net_name(const char *name, int node) {
+  if (N.nnames >= MAX_NAMES) sim_fail("too many inproc names");
+  snprintf(N.names[N.nnames].name, sizeof N.names[N.nnames].name, "%s", name);
+  N.names[N.nnames++].node = node;
+}
+
+static int node_of(const char *name) {
+  for (int i = 0; i < N.nnames; i++)
+    if (!strcmp(N.names[i].name, name)) return N.names[i].node;
+  return 0;
+}
+
+/* One message a -> b: lost (1) or delivered after *delay (0). Messages
+ * inside a node, and those of node 0 (the timer thread, the driver), are
+ * never delayed or lost. */
+static int fate(int a, int b, int64_t *delay) {
+  *delay = 0;
+  if (a == b || a == 0 || b == 0) return 0;
+  if (N.cut[a][b] > sim_now_ns()) {
+    N.dropped++;
+    return 1;
+  }
+  if ((N.mask & SIM_F_DROP) && sim_chance(0.004)) {
+    N.dropped++;
+    sim_trace("net: lost %s -> %s", sim_node_name(a), sim_node_name(b));
+    return 1;
+  }
+  if (N.mask & SIM_F_LATENCY) {
+    /* 50-500 us usually; a spike of 5-400 ms one time in 50. */
+    *delay = 50 + (int64_t)sim_rand_below(450);
+    if (sim_chance(0.02)) *delay = 5000 + (int64_t)sim_rand_below(395000);
+  }
+  return 0;
+}
+
+static int on_request(const char *to, int *tag, int64_t *delay_us) {
+  int a = sim_node_current(), b = node_of(to);
+  *tag = a * SIM_MAX_NODES + b;
+  return fate(a, b, delay_us) ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
+}
+
+static int on_reply(int tag, int64_t *delay_us) {
+  int a = tag / SIM_MAX_NODES, b = tag % SIM_MAX_NODES;
+  return fate(b, a, delay_us) ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
+}
+
+static const dsysi_inproc_link link_ops = {.request = on_request, .reply = on_reply};
+
+void sim_net_start(unsigned mask) {
+  N.mask = mask;
+  dsysi_inproc_link_hook = &link_ops;
+}
+
+void sim_net_counts(uint64_t *dropped, uint64_t *faults) {
+  if (dropped) *dropped = N.dropped;
+  if (faults) *faults = N.faults;
+}
+
+/* ---- the fault driver ---- */
+
+static void vsleep_ms(int64_t ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+static void inject(void) {
+  unsigned kinds[3];
+  int nk = 0;
+  if (N.mask & SIM_F_PARTITION) kinds[nk++] = SIM_F_PARTITION;
+  if (N.mask & SIM_F_PAUSE) kinds[nk++] = SIM_F_PAUSE;
+  if (N.mask & SIM_F_SKEW) kinds[nk++] = SIM_F_SKEW;
+  if (!nk || N.npick < 2) return;
+  unsigned k = kinds[sim_rand_below(nk)];
+  int a = N.pick[sim_rand_below(N.npick)];
+  int64_t now = sim_now_ns();
+  N.faults++;
+  if (k == SIM_F_PARTITION) {
+    int64_t until = now + (200 + (int64_t)sim_rand_below(4800)) * 1000000;
+    if (sim_chance(0.5)) { /* isolate a */
+      for (int b = 1; b < sim_node_count(); b++)
+        if (b != a) N.cut[a][b] = N.cut[b][a] = until;
+      sim_trace("fault: %s isolated for %.3f s", sim_node_name(a), (until - now) / 1e9);
+    } else {
+      int b = N.pick[sim_rand_below(N.npick)];
+      if (b == a) return;
+      int oneway = sim_chance(0.3);
+      N.cut[a][b] = until;
+      if (!oneway) N.cut[b][a] = until;
+      sim_trace("fault: link %s %s %s cut for %.3f s", sim_node_name(a), oneway ? "->" : "<->",
+                sim_node_name(b), (until - now) / 1e9);
+    }
+  } else if (k == SIM_F_PAUSE) {
+    int64_t d = (50 + (int64_t)sim_rand_below(2950)) * 1000000;
+    sim_node_pause(a, now + d);
+  } else {
+    int64_t s = ((int64_t)sim_rand_below(4001) - 2000) * 1000000;
+    sim_node_skew(a, s);
+    sim_trace("fault: %s wall clock skewed %+.3f s", sim_node_name(a), s / 1e9);
+  }
+}
+
+static void *driver(void *arg) {
+  (void)arg;
+  while (!N.stop) {
+    vsleep_ms(100 + (int64_t)sim_rand_below(900));
+    if (!N.stop) inject();
+  }
+  N.running = 0;
+  return NULL;
+}
+
+void sim_faults_start(const int *nodes, int n) {
+  N.npick = n < SIM_MAX_NODES ? n : SIM_MAX_NODES;
+  memcpy(N.pick, nodes, N.npick * sizeof *nodes);
+  N.stop = 0;
+  N.running = 1;
+  int old = sim_node_enter(0);
+  pthread_t th;
+  pthread_create(&th, NULL, driver, NULL);
+  pthread_detach(th);
+  sim_node_enter(old);
+}
+
+void sim_faults_stop(void) {
+  N.stop = 1;
+  while (N.running) vsleep_ms(10);
+  memset(N.cut, 0, sizeof N.cut);
+  for (int i = 1; i < sim_node_count(); i++) {
+    if (sim_node_paused(i)) sim_node_pause(i, 0);
+    sim_node_skew(i, 0);
+  }
+  N.mask &= ~(unsigned)SIM_F_DROP;
+  sim_trace("faults stopped, network healed");
+}
