@@ -52,6 +52,7 @@ typedef struct client {
 } client;
 
 static int plant_retry_post, plant_stale_cache;
+static dsys_registry *gwreg_for_debug;
 
 int scen_plant_known(const char *name) {
   return !strcmp(name, "retry-post") || !strcmp(name, "stale-cache");
@@ -353,12 +354,45 @@ static int converged(dsys_registry *reg, dsys_gateway *gw, char *why, size_t n) 
     dsys_upstream *u = NULL;
     dsys_gateway_upstream_at(gw, i, &name, &u);
     dsys_endpoint_stats *st = NULL;
-    size_t ne = 0, usable = 0;
+    size_t ne = 0, usable = 0, ejected = 0;
     dsys_upstream_stats(u, &st, &ne);
-    for (size_t e = 0; e < ne; e++) usable += st[e].usable ? 1 : 0;
+    /* An endpoint ejected by outlier detection stays out for 30 s times
+     * its ejection count, one whose breaker opened for 30 s
+     * (reference/resilience.md): a policy, not a view that failed to
+     * converge. One unhealthy otherwise, 30 s after the faults (active
+     * checks every 500 ms), is. */
+    char bad[96] = "";
+    for (size_t e = 0; e < ne; e++) {
+      usable += st[e].usable ? 1 : 0;
+      /* out by policy: ejected, or its breaker open (30 s) or half-open */
+      int policy = st[e].ejected || st[e].breaker_state != DSYS_BREAKER_CLOSED;
+      ejected += !st[e].usable && policy ? 1 : 0;
+      if (!st[e].usable && !policy)
+        snprintf(bad, sizeof bad, "; %s: health state %d, breaker state %d", st[e].id,
+                 st[e].health_state, st[e].breaker_state);
+    }
     dsys_free(st);
-    if (usable != 3) {
-      snprintf(why, n, "gateway: %zu usable %s instances of %zu known", usable, name, ne);
+    if (ne != 3 || usable + ejected != 3) {
+      dsys_instance *in = NULL;
+      size_t k = 0;
+      if (gwreg_for_debug) dsys_registry_lookup(gwreg_for_debug, name, 1, &in, &k);
+      dsys_free(in);
+      if (getenv("DSYS_SIM_DEBUG") && gwreg_for_debug) {
+        size_t m = 0;
+        dsys_registry_lookup(gwreg_for_debug, name, 0, &in, &m);
+        for (size_t j = 0; j < m; j++) {
+          dsys_instance *d = NULL;
+          dsys_registry_get(reg, in[j].id, &d);
+          fprintf(stderr, "view %s health %d hb %lld | daemon health %d hb %lld | now %lld\n", in[j].id,
+                  in[j].health, (long long)in[j].last_heartbeat_ms, d ? d->health : -1,
+                  d ? (long long)d->last_heartbeat_ms : -1LL,
+                  (long long)dsys_clock_wall_ms(dsys_clock_real()));
+          dsys_free(d);
+        }
+        dsys_free(in);
+      }
+      snprintf(why, n, "gateway: %zu usable and %zu ejected or breaker-open %s instances of %zu known (its registry client lists %zu healthy)%s",
+               usable, ejected, name, ne, k, bad);
       return 0;
     }
   }
@@ -436,6 +470,7 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
   sim_instance_begin(&gwi, "gateway", "gateway");
   dsys_registry *gwreg;
   if (dsys_registry_open(&gwreg, "inproc://registry", NULL, NULL, NULL, 0)) sim_fail("gw registry");
+  gwreg_for_debug = gwreg;
   dsys_gateway_options go = {.size = sizeof go, .registry = gwreg, .try_timeout_ms = 1000,
                              .deadline_ms = 3000, .health_interval_ms = 500};
   dsys_gateway *gw;
@@ -491,11 +526,14 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
   run_clients(cls, client_main);
   if (mask) sim_faults_stop();
 
-  /* Convergence: within 20 s of the faults' end. */
-  char why[160] = "";
-  int64_t until = sim_now_ns() + 20000000000LL;
+  /* Convergence within 30 s of the faults' end: a registry client's
+   * blocking query that was lost is given up after its wait (ttl/3) plus
+   * 15 s, then retried after a backoff of at most 5 s; until then its view
+   * is frozen (registry_http.c). */
+  char why[320] = "";
+  int64_t until = sim_now_ns() + 30000000000LL;
   while (!converged(regdb, gw, why, sizeof why)) {
-    if (sim_now_ns() > until) sim_fail("views did not converge 20 s after the faults: %s", why);
+    if (sim_now_ns() > until) sim_fail("views did not converge 30 s after the faults: %s", why);
     usleep(250000);
   }
   res->checks++;

@@ -12,7 +12,6 @@
  * and options give the same hash.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,20 +89,26 @@ static int run_one(const opts *o) {
 typedef struct child {
   pid_t pid;
   uint64_t seed;
-  int fd;
+  FILE *out; /* the child's stdout and stderr (a temporary file) */
 } child;
 
-/* A sweep: each seed in a child process (exec of this program), J at a
- * time; the line of each child is read back. */
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* A sweep: each seed in a child process (exec of this program with
+ * --seed), J at a time; each child's line is read back from its file. */
 static int sweep(int argc, char **argv, const opts *o) {
   int64_t t0 = sim_real_ns();
-  uint64_t next = o->first, failed = 0, done = 0;
+  uint64_t next = o->first, nfail = 0, done = 0, span = o->last - o->first + 1;
   long requests = 0;
   child *kids = calloc(o->jobs, sizeof *kids);
-  uint64_t *fails = calloc(o->last - o->first + 1, sizeof *fails);
-  int running = 0;
+  uint64_t *fails = calloc(span, sizeof *fails);
+  char **why = calloc(span, sizeof *why);
   char **cargv = calloc(argc + 3, sizeof *cargv);
-  int ca = 0;
+  if (!kids || !fails || !why || !cargv) return 2;
+  int ca = 0, running = 0;
   cargv[ca++] = argv[0];
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--seeds") || !strcmp(argv[i], "-j")) {
@@ -112,30 +117,27 @@ static int sweep(int argc, char **argv, const opts *o) {
     }
     cargv[ca++] = argv[i];
   }
-  cargv[ca++] = "--seed";
   char seedbuf[32];
+  cargv[ca++] = "--seed";
   cargv[ca++] = seedbuf;
   cargv[ca] = NULL;
   while (next <= o->last || running) {
     while (running < o->jobs && next <= o->last) {
-      int p[2];
-      if (pipe(p)) return 2;
+      FILE *f = tmpfile();
+      if (!f) return 2;
       snprintf(seedbuf, sizeof seedbuf, "%llu", (unsigned long long)next);
+      fflush(stdout);
       pid_t pid = fork();
       if (pid < 0) return 2;
       if (pid == 0) {
-        dup2(p[1], 1);
-        close(p[0]);
-        close(p[1]);
-        int dn = open("/dev/null", O_WRONLY);
-        if (!getenv("DSYS_SIM_SWEEP_STDERR")) dup2(dn, 2);
+        dup2(fileno(f), 1);
+        dup2(fileno(f), 2);
         execv("/proc/self/exe", cargv);
         _exit(127);
       }
-      close(p[1]);
       for (int k = 0; k < o->jobs; k++)
         if (!kids[k].pid) {
-          kids[k] = (child){pid, next, p[0]};
+          kids[k] = (child){pid, next, f};
           break;
         }
       running++;
@@ -146,28 +148,38 @@ static int sweep(int argc, char **argv, const opts *o) {
     if (pid < 0) break;
     for (int k = 0; k < o->jobs; k++) {
       if (kids[k].pid != pid) continue;
-      char line[512] = "";
-      ssize_t n = read(kids[k].fd, line, sizeof line - 1);
-      if (n > 0) line[n] = 0;
-      close(kids[k].fd);
-      long rq = 0;
-      char *r = strstr(line, "requests ");
-      if (r) rq = atol(r + 9);
-      requests += rq;
-      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fails[failed++] = kids[k].seed;
+      char line[1024], failure[1024] = "";
+      rewind(kids[k].out);
+      while (fgets(line, sizeof line, kids[k].out)) {
+        char *r = strstr(line, " requests ");
+        if (!strncmp(line, "seed ", 5) && r) requests += atol(r + 10);
+        if (!failure[0] && !strncmp(line, "SIMULATION FAILED", 17)) {
+          line[strcspn(line, "\n")] = 0;
+          snprintf(failure, sizeof failure, "%s", line);
+        }
+      }
+      fclose(kids[k].out);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fails[nfail] = kids[k].seed;
+        why[kids[k].seed - o->first] = strdup(failure[0] ? failure : "exited without a report");
+        nfail++;
+      }
       done++;
       kids[k].pid = 0;
       running--;
     }
   }
   double wall = (sim_real_ns() - t0) / 1e9;
-  printf("%llu seeds, %llu failed, %.1f s, %.0f seeds/min, %ld simulated requests (%.0f/s)\n",
-         (unsigned long long)done, (unsigned long long)failed, wall, done / wall * 60, requests,
-         requests / wall);
-  for (uint64_t i = 0; i < failed; i++)
-    printf("failed: seed %llu (replay: dsys-sim --seed %llu ...)\n", (unsigned long long)fails[i],
-           (unsigned long long)fails[i]);
-  return failed ? 1 : 0;
+  qsort(fails, nfail, sizeof *fails, cmp_u64);
+  for (uint64_t i = 0; i < nfail; i++)
+    printf("failed: seed %llu: %s\n", (unsigned long long)fails[i], why[fails[i] - o->first]);
+  printf("%llu seeds, %llu failed, first failure at seed %s, %.1f s, %.0f seeds/min, "
+         "%ld simulated requests (%.0f/s)\n",
+         (unsigned long long)done, (unsigned long long)nfail,
+         nfail ? (snprintf(seedbuf, sizeof seedbuf, "%llu", (unsigned long long)fails[0]), seedbuf)
+               : "none",
+         wall, done / wall * 60, requests, requests / wall);
+  return nfail ? 1 : 0;
 }
 
 int main(int argc, char **argv) {

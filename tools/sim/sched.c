@@ -81,6 +81,7 @@ static struct {
   sim_options o;
   uint64_t rng[4];
   int64_t now;
+  int64_t next_deadline; /* earliest timed wait (a lower bound) */
   int64_t wall_base_ns;
   sthr **thr;
   int nthr, cap;
@@ -318,7 +319,24 @@ static int advance_time(void) {
   return 1;
 }
 
+/* Wake the timed waiters whose deadline passed while threads ran (each
+ * step and clock read moves time on): without this a thread that never
+ * stops being runnable would starve every timeout. */
+static void wake_due(void) {
+  if (S.now < S.next_deadline) return;
+  int64_t next = INT64_MAX;
+  for (int i = 0; i < S.nthr; i++) {
+    sthr *t = S.thr[i];
+    if (t->state != T_BLOCK || t->deadline < 0) continue;
+    if (t->deadline <= S.now) make_runnable(t, 1);
+    else if (t->deadline < next) next = t->deadline;
+  }
+  S.next_deadline = next;
+  if (S.on_time) S.on_time(S.now, S.on_time_ud);
+}
+
 static sthr *pick(void) {
+  wake_due();
   for (;;) {
     int n = 0;
     for (int i = 0; i < S.nthr; i++) {
@@ -367,6 +385,7 @@ static int block(int kind, const void *o, int64_t deadline) {
   me->wobj = o;
   me->deadline = deadline;
   me->timedout = 0;
+  if (deadline >= 0 && deadline < S.next_deadline) S.next_deadline = deadline;
   reschedule();
   me->wkind = W_NONE;
   me->wobj = NULL;
