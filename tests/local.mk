@@ -62,7 +62,7 @@ SCRIPT_TESTS = \
 	tests/integration/hung-instance.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test \
-	tests/sim/determinism.test tests/sim/seeds.test
+	tests/sim/determinism.test tests/sim/seeds.test tests/sim/example.test
 
 # Helper programs of the shell tests.
 TEST_HELPERS = tests/integration/queue-fixture

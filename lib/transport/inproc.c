@@ -425,7 +425,7 @@ static int link_call(dsysi_call *call) {
   if (rc) return rc;
   int tag = 0;
   int64_t delay = 0;
-  int act = dsysi_inproc_link_hook->request(u.host, &tag, &delay);
+  int act = dsysi_inproc_link_hook->request(u.host, call->path, &tag, &delay);
   dsysi_url_free(&u);
   if (act != DSYSI_LINK_DELIVER) /* lost: the timer owns the call's initial reference */
     return dsys_timer_add(call->clock, call->timeout_ms * 1000, timed_out, call, NULL);

@@ -12,10 +12,10 @@
 enum { DSYSI_LINK_DELIVER = 0, DSYSI_LINK_DROP = 1 };
 
 typedef struct dsysi_inproc_link {
-  /* A request from the calling thread to listener `to`: returns DELIVER
-   * (after *delay_us) or DROP; *tag is kept with the request and given to
-   * reply(). */
-  int (*request)(const char *to, int *tag, int64_t *delay_us);
+  /* A request (its path) from the calling thread to listener `to`:
+   * returns DELIVER (after *delay_us) or DROP; *tag is kept with the
+   * request and given to reply(). */
+  int (*request)(const char *to, const char *path, int *tag, int64_t *delay_us);
   /* The reply to a request sent with `tag`: DELIVER after *delay_us, or
    * DROP (the caller then sees its timeout). */
   int (*reply)(int tag, int64_t *delay_us);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <malloc.h>
 #include <json-c/json.h>
 #include "world.h"
 
@@ -342,6 +343,32 @@ static void run_clients(client *cls, void *(*fn)(void *)) {
   for (int i = 0; i < NCLIENTS; i++) pthread_join(th[i], NULL);
 }
 
+/* For the dead-instance checker: does the gateway have an instance of
+ * `group` other than `except` that takes traffic? */
+static int gw_other_usable(const char *group, const char *except, void *ud) {
+  dsys_gateway *gw = ud;
+  size_t nu = dsys_gateway_upstream_count(gw);
+  for (size_t i = 0; i < nu; i++) {
+    const char *name = NULL;
+    dsys_upstream *u = NULL;
+    if (dsys_gateway_upstream_at(gw, i, &name, &u) || strcmp(name, group)) continue;
+    dsys_endpoint_stats *st = NULL;
+    size_t ne = 0;
+    int any = 0;
+    dsys_upstream_stats(u, &st, &ne);
+    for (size_t e = 0; e < ne; e++) {
+      if (st[e].usable && strcmp(st[e].id, except)) any = 1;
+      if (getenv("DSYS_SIM_DEBUG"))
+        fprintf(stderr, "gw view %s: usable %d health %d ejected %d breaker %d requests %llu\n",
+                st[e].id, st[e].usable, st[e].health_state, st[e].ejected, st[e].breaker_state,
+                (unsigned long long)st[e].requests);
+    }
+    dsys_free(st);
+    return any;
+  }
+  return 0;
+}
+
 /* Registry views converge: every instance registered and healthy in the
  * registry, and the gateway's view of each upstream has every instance
  * usable. */
@@ -531,9 +558,30 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
   targets[nt++] = reg.node;
   targets[nt++] = gwi.node;
   targets[nt++] = fdi.node;
+  /* The gateway's health checks (every 500 ms, 1 s timeout, 3 failures)
+   * take an unreachable instance out within about 4.7 s: 6 s allowed. */
+  for (int i = 0; i < 3; i++) {
+    sim_net_group(auth[i].node, "auth");
+    sim_net_group(data[i].node, "data");
+    sim_net_group(comp[i].node, "compute");
+  }
+  sim_net_watch(gwi.node, 6000000000LL, gw_other_usable, gw);
   if (mask) sim_faults_start(targets, nt);
+  /* Memory: the heap in use once the deployment runs, and after the
+   * clients' run (before the state is freed). */
+  size_t heap0 = mallinfo2().uordblks;
   run_clients(cls, client_main);
   if (mask) sim_faults_stop();
+  size_t heap1 = mallinfo2().uordblks;
+  long reqs = 0;
+  for (int i = 0; i < NCLIENTS; i++) reqs += cls[i].res.requests;
+  /* The state keeps what the clients made (each job's record, a few
+   * values per key); 16 KiB per request more than 4 MiB is a leak. */
+  res->checks++;
+  res->heap_growth = (long)heap1 - (long)heap0;
+  if (heap1 > heap0 && heap1 - heap0 > ((size_t)4 << 20) + (size_t)reqs * 16384)
+    sim_fail("the heap grew by %zu bytes over %ld requests (more than 4 MiB + 16 KiB each)",
+             heap1 - heap0, reqs);
 
   /* Convergence within 30 s of the faults' end: a registry client's
    * blocking query that was lost is given up after its wait (ttl/3) plus

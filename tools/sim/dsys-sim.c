@@ -76,9 +76,10 @@ static int run_one(const opts *o) {
   sim_get_stats(&st);
   double wall = (sim_real_ns() - t0) / 1e9;
   printf("seed %llu ok hash %016llx requests %ld answered %ld timeouts %ld checks %ld "
-         "vtime %.3f wall %.3f switches %llu threads %llu\n",
+         "heap+ %ld vtime %.3f wall %.3f switches %llu threads %llu\n",
          (unsigned long long)o->cfg.seed, (unsigned long long)sim_trace_hash(), res.requests,
-         res.answered, res.timeouts, res.checks, (sim_now_ns() - 1000000000000LL) / 1e9, wall,
+         res.answered, res.timeouts, res.checks, res.heap_growth,
+         (sim_now_ns() - 1000000000000LL) / 1e9, wall,
          (unsigned long long)st.switches, (unsigned long long)st.threads);
   fflush(stdout);
   /* The deployment was stopped and freed by the scenario; leave without

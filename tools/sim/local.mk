@@ -16,3 +16,22 @@ tools_sim_dsys_sim_SOURCES = tools/sim/dsys-sim.c tools/sim/mini.c tools/sim/dep
 tools_sim_dsys_sim_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/sim
 tools_sim_dsys_sim_LDADD = $(SIM_LIBS)
 tools_sim_dsys_sim_LDFLAGS = $(AM_LDFLAGS) -export-dynamic
+# A user's own service in a simulation (docs/reference/simulation.md).
+noinst_PROGRAMS += examples/sim-counter
+examples_sim_counter_SOURCES = examples/sim-counter.c
+examples_sim_counter_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/sim
+examples_sim_counter_LDADD = $(SIM_LIBS)
+examples_sim_counter_LDFLAGS = $(AM_LDFLAGS) -export-dynamic
+
+# A long sweep (not part of make check): SIM_SEEDS seeds of the deployment
+# under every fault, SIM_JOBS at a time, then each planted bug over
+# SIM_PLANT_SEEDS seeds. Prints the failing seeds and the rates.
+SIM_SEEDS = 2000
+SIM_JOBS = 2
+SIM_STEPS = 40
+SIM_PLANT_SEEDS = 200
+sim-sweep: tools/sim/dsys-sim$(EXEEXT)
+	tools/sim/dsys-sim --seeds 1-$(SIM_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS)
+	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant retry-post | tail -1
+	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant stale-cache | tail -1
+.PHONY: sim-sweep

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include "net.h"
 #include "sim.h"
+#include "core/clock_hook.h"
 #include "transport/inproc.h"
 
 #define MAX_NAMES 128
@@ -31,7 +32,72 @@ static struct {
   int npick;
   int stop, running;
   uint64_t dropped, faults;
+  /* the dead-instance checker */
+  int watcher;
+  int64_t allow;
+  char group[SIM_MAX_NODES][24];
+  /* outages seen by the watcher: node unreachable over [from, until) */
+  struct outage {
+    int node;
+    int64_t from, until;
+  } out[4096];
+  int nout;
 } N;
+
+void sim_net_group(int node, const char *group) {
+  snprintf(N.group[node], sizeof N.group[node], "%s", group);
+}
+
+static int (*other_usable)(const char *, const char *, void *);
+static void *other_ud;
+
+void sim_net_watch(int watcher, int64_t allow_ns,
+                   int (*usable)(const char *group, const char *except, void *ud), void *ud) {
+  N.watcher = watcher;
+  N.allow = allow_ns;
+  other_usable = usable;
+  other_ud = ud;
+}
+
+static void outage(int node, int64_t from, int64_t until) {
+  if (!N.watcher || node == N.watcher || N.nout == (int)(sizeof N.out / sizeof *N.out)) return;
+  N.out[N.nout++] = (struct outage){node, from, until};
+}
+
+/* Since when has the watcher been unable to reach `node` without a break
+ * (INT64_MAX: it can now)? Outages chain when they overlap. */
+static int64_t down_since(int node, int64_t now) {
+  int64_t since = INT64_MAX;
+  for (int changed = 1; changed;) {
+    changed = 0;
+    for (int i = 0; i < N.nout; i++) {
+      struct outage *o = &N.out[i];
+      if (o->node != node || o->from >= since) continue;
+      if (since == INT64_MAX ? (o->from <= now && o->until > now) : o->until >= since) {
+        since = o->from;
+        changed = 1;
+      }
+    }
+  }
+  return since;
+}
+
+static void check_dead(int to, const char *path, int64_t now) {
+  size_t pl = path ? strcspn(path, "?") : 0;
+  if (!N.watcher || !N.group[to][0] || (pl >= 7 && !strncmp(path + pl - 7, "/health", 7))) return;
+  int64_t since = down_since(to, now);
+  if (since == INT64_MAX || now - since <= N.allow) return;
+  /* only if a sibling was reachable all along and takes traffic (else
+   * the balancer's panic mode rightly tries every instance) */
+  if (other_usable && !other_usable(N.group[to], sim_node_name(to), other_ud)) return;
+  for (int b = 1; b < sim_node_count(); b++)
+    if (b != to && !strcmp(N.group[b], N.group[to]) && down_since(b, now) == INT64_MAX &&
+        down_since(b, since) == INT64_MAX)
+      sim_fail("%s sent %.*s to %s, unreachable for %.3f s (health rules allow %.3f s) while %s "
+               "was reachable",
+               sim_node_name(N.watcher), (int)pl, path, sim_node_name(to), (now - since) / 1e9,
+               N.allow / 1e9, sim_node_name(b));
+}
 
 int sim_faults_parse(const char *spec, unsigned *mask) {
   static const struct {
@@ -95,8 +161,9 @@ static int fate(int a, int b, int64_t *delay) {
   return 0;
 }
 
-static int on_request(const char *to, int *tag, int64_t *delay_us) {
+static int on_request(const char *to, const char *path, int *tag, int64_t *delay_us) {
   int a = sim_node_current(), b = node_of(to);
+  if (a == N.watcher) check_dead(b, path, sim_now_ns());
   *tag = a * SIM_MAX_NODES + b;
   return fate(a, b, delay_us) ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
 }
@@ -108,9 +175,16 @@ static int on_reply(int tag, int64_t *delay_us) {
 
 static const dsysi_inproc_link link_ops = {.request = on_request, .reply = on_reply};
 
+/* A timer's callback acts for the node that added the timer (the clock's
+ * one timer thread serves every node). */
+static int timer_tag(void) { return sim_node_current(); }
+static int timer_enter(int node) { return sim_node_enter(node); }
+static const dsysi_timer_hook timer_hook = {.tag = timer_tag, .enter = timer_enter};
+
 void sim_net_start(unsigned mask) {
   N.mask = mask;
   dsysi_inproc_link_hook = &link_ops;
+  dsysi_timer_hook_ptr = &timer_hook;
 }
 
 void sim_net_counts(uint64_t *dropped, uint64_t *faults) {
@@ -138,9 +212,15 @@ static void inject(void) {
   N.faults++;
   if (k == SIM_F_PARTITION) {
     int64_t until = now + (200 + (int64_t)sim_rand_below(4800)) * 1000000;
+    if (sim_chance(0.1)) until += (int64_t)(5000 + sim_rand_below(10000)) * 1000000; /* long */
     if (sim_chance(0.5)) { /* isolate a */
       for (int b = 1; b < sim_node_count(); b++)
         if (b != a) N.cut[a][b] = N.cut[b][a] = until;
+      if (a == N.watcher) {
+        for (int b = 1; b < sim_node_count(); b++) outage(b, now, until);
+      } else {
+        outage(a, now, until);
+      }
       sim_trace("fault: %s isolated for %.3f s", sim_node_name(a), (until - now) / 1e9);
     } else {
       int b = N.pick[sim_rand_below(N.npick)];
@@ -148,12 +228,18 @@ static void inject(void) {
       int oneway = sim_chance(0.3);
       N.cut[a][b] = until;
       if (!oneway) N.cut[b][a] = until;
+      if (a == N.watcher) outage(b, now, until);
+      if (b == N.watcher) outage(a, now, until);
       sim_trace("fault: link %s %s %s cut for %.3f s", sim_node_name(a), oneway ? "->" : "<->",
                 sim_node_name(b), (until - now) / 1e9);
     }
   } else if (k == SIM_F_PAUSE) {
     int64_t d = (50 + (int64_t)sim_rand_below(2950)) * 1000000;
     sim_node_pause(a, now + d);
+    if (a == N.watcher) { /* sends nothing while paused */
+    } else {
+      outage(a, now, now + d);
+    }
   } else {
     int64_t s = ((int64_t)sim_rand_below(4001) - 2000) * 1000000;
     sim_node_skew(a, s);
@@ -187,6 +273,9 @@ void sim_faults_stop(void) {
   N.stop = 1;
   while (N.running) vsleep_ms(10);
   memset(N.cut, 0, sizeof N.cut);
+  int64_t now = sim_now_ns();
+  for (int i = 0; i < N.nout; i++)
+    if (N.out[i].until > now) N.out[i].until = now;
   for (int i = 1; i < sim_node_count(); i++) {
     if (sim_node_paused(i)) sim_node_pause(i, 0);
     sim_node_skew(i, 0);

@@ -28,6 +28,19 @@ void sim_faults_start(const int *nodes, int n);
 /** Stop injecting faults and heal: links restored, pauses ended, skews
  *  removed. Returns when done. */
 void sim_faults_stop(void);
+/** Checker: `node` is an instance of service `group` behind the watcher
+ *  (the gateway, sim_net_watch). */
+void sim_net_group(int node, const char *group);
+/** Checker: requests from node `watcher` other than health checks (path
+ *  ending in /health) must not go to an instance it cannot have reached
+ *  (link cut either way, or the instance paused) for longer than
+ *  allow_ns, while another instance of its group was reachable all along
+ *  and is usable in the watcher's view (other_usable: 1 when an instance
+ *  of group other than `except` takes traffic): by then its health rules
+ *  must have taken it out. */
+void sim_net_watch(int watcher, int64_t allow_ns,
+                   int (*other_usable)(const char *group, const char *except, void *ud), void *ud);
+
 /** Messages lost so far, faults injected so far. */
 void sim_net_counts(uint64_t *dropped, uint64_t *faults);
 

@@ -17,6 +17,7 @@ typedef struct sim_result {
   long answered;  /* of which answered (any status) */
   long timeouts;  /* of which ended by their deadline */
   long checks;    /* invariant checks evaluated */
+  long heap_growth; /* bytes of heap in use gained over the clients' run */
 } sim_result;
 
 /** Registry + one data instance + one client doing CRUD (the smallest

@@ -41,6 +41,7 @@ static const char *const wait_names[] = {"-", "mutex", "cond", "rwlock", "once",
 
 typedef struct sthr {
   int id, state, node;
+  int home; /* the node it was created in: pauses apply to it */
   sem_t sem;
   int wkind;
   const void *wobj;
@@ -218,8 +219,8 @@ static void dump_threads(FILE *f) {
       fprintf(f, " on %s %p%s", wait_names[t->wkind], t->wobj, t->deadline >= 0 ? " (timed)" : "");
     if (t->state == T_BLOCK && (t->wkind == W_MUTEX || t->wkind == W_RW) && ((const obj *)t->wobj)->owner)
       fprintf(f, " held by t%d", ((const obj *)t->wobj)->owner->id);
-    if (S.nodes[t->node].paused_until > S.now)
-      fprintf(f, " (node paused until %.6f)", S.nodes[t->node].paused_until / 1e9);
+    if (S.nodes[t->home].paused_until > S.now)
+      fprintf(f, " (node paused until %.6f)", S.nodes[t->home].paused_until / 1e9);
     fprintf(f, "\n");
   }
 }
@@ -341,7 +342,7 @@ static sthr *pick(void) {
     int n = 0;
     for (int i = 0; i < S.nthr; i++) {
       sthr *t = S.thr[i];
-      if (t->state == T_RUN && S.nodes[t->node].paused_until <= S.now) S.cand[n++] = t;
+      if (t->state == T_RUN && S.nodes[t->home].paused_until <= S.now) S.cand[n++] = t;
     }
     if (n) return S.cand[n == 1 ? 0 : sim_rand_below(n)];
     if (!advance_time()) {
@@ -658,7 +659,7 @@ int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *
   sem_init(&t->sem, 0, 0);
   t->fn = fn;
   t->arg = arg;
-  t->node = me ? me->node : 0;
+  t->node = t->home = me ? me->node : 0;
   t->deadline = -1;
   t->state = T_RUN;
   /* Always joinable (the reaper joins every thread); keep the stack size. */

@@ -57,7 +57,9 @@ int sim_node_new(const char *name);
 const char *sim_node_name(int node);
 int sim_node_count(void);
 /** The calling thread's node; threads it creates from now on belong to
- *  `node` (returns the previous one). */
+ *  `node`, and what it does counts as node's (its messages, its wall
+ *  clock); pauses still follow the node it was created in (returns the
+ *  previous one). */
 int sim_node_current(void);
 int sim_node_enter(int node);
 /** Pause a node: its threads are not scheduled until virtual time `until_ns`
