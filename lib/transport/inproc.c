@@ -175,14 +175,16 @@ static void free_ireq(inproc_req *ir) {
 
 typedef struct late_reply {
   dsysi_call *call;
-  int err;
+  int err, tag;
   dsys_reply *reply;
 } late_reply;
 
 static void reply_later(void *ud) {
   late_reply *lr = ud;
   dsysi_call *call = lr->call;
+  int prev = dsysi_inproc_link_hook->enter(lr->tag);
   dsysi_call_complete(call, lr->err, lr->reply);
+  dsysi_inproc_link_hook->leave(prev);
   if (call->timer && dsys_timer_cancel(call->clock, call->timer) == 0)
     dsysi_call_unref(call); /* the timer's reference */
   dsysi_call_unref(call);   /* ours */
@@ -197,7 +199,7 @@ static int link_reply(inproc_req *ir, int err, dsys_reply *reply) {
   if (dsysi_inproc_link_hook->reply(ir->tag, &delay) == DSYSI_LINK_DELIVER && delay <= 0) return 0;
   late_reply *lr = NULL;
   if (delay > 0 && (lr = malloc(sizeof *lr))) {
-    *lr = (late_reply){call, err, reply};
+    *lr = (late_reply){call, err, ir->tag, reply};
     atomic_fetch_add(&call->refs, 1);
     if (dsys_timer_add(call->clock, delay, reply_later, lr, NULL) == 0) return 1;
     atomic_fetch_sub(&call->refs, 1);
@@ -211,12 +213,19 @@ static int link_reply(inproc_req *ir, int err, dsys_reply *reply) {
 static void finish(dsys_request *r, inproc_req *ir, int err, dsys_reply *reply,
                    int ok) {
   dsysi_call *call = ir->call;
-  if (__builtin_expect(dsysi_inproc_link_hook != NULL, 0) && link_reply(ir, err, reply)) {
-    dsysi_request_transport_done(r, ok);
-    free_ireq(ir);
-    return;
+  const dsysi_inproc_link *lk = dsysi_inproc_link_hook;
+  if (__builtin_expect(lk != NULL, 0)) {
+    if (link_reply(ir, err, reply)) {
+      dsysi_request_transport_done(r, ok);
+      free_ireq(ir);
+      return;
+    }
+    int prev = lk->enter(ir->tag);
+    dsysi_call_complete(call, err, reply);
+    lk->leave(prev);
+  } else {
+    dsysi_call_complete(call, err, reply);
   }
-  dsysi_call_complete(call, err, reply);
   if (call->timer && dsys_timer_cancel(call->clock, call->timer) == 0)
     dsysi_call_unref(call); /* the timer's reference */
   dsysi_request_transport_done(r, ok);

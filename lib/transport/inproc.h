@@ -19,6 +19,11 @@ typedef struct dsysi_inproc_link {
   /* The reply to a request sent with `tag`: DELIVER after *delay_us, or
    * DROP (the caller then sees its timeout). */
   int (*reply)(int tag, int64_t *delay_us);
+  /* Around the caller's completion callback (it runs on the thread that
+   * answered, or a timer): act as the caller of `tag`; returns what
+   * leave() restores. */
+  int (*enter)(int tag);
+  void (*leave)(int prev);
 } dsysi_inproc_link;
 
 /** Set before any inproc call is made, and never changed while calls run. */

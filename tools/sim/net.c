@@ -165,7 +165,8 @@ static int on_request(const char *to, const char *path, int *tag, int64_t *delay
   int a = sim_node_current(), b = node_of(to);
   if (a == N.watcher) check_dead(b, path, sim_now_ns());
   *tag = a * SIM_MAX_NODES + b;
-  return fate(a, b, delay_us) ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
+  int lost = fate(a, b, delay_us);
+  return lost ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
 }
 
 static int on_reply(int tag, int64_t *delay_us) {
@@ -173,7 +174,13 @@ static int on_reply(int tag, int64_t *delay_us) {
   return fate(b, a, delay_us) ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
 }
 
-static const dsysi_inproc_link link_ops = {.request = on_request, .reply = on_reply};
+/* The caller's completion callback acts for the caller's node (it runs on
+ * the answering node's thread). */
+static int on_enter(int tag) { return sim_node_enter(tag / SIM_MAX_NODES); }
+static void on_leave(int prev) { sim_node_enter(prev); }
+
+static const dsysi_inproc_link link_ops = {
+    .request = on_request, .reply = on_reply, .enter = on_enter, .leave = on_leave};
 
 /* A timer's callback acts for the node that added the timer (the clock's
  * one timer thread serves every node). */
@@ -199,6 +206,11 @@ static void vsleep_ms(int64_t ms) {
   nanosleep(&ts, NULL);
 }
 
+/* Cut a -> b until then (a cut already longer stays). */
+static void cut(int a, int b, int64_t until) {
+  if (N.cut[a][b] < until) N.cut[a][b] = until;
+}
+
 static void inject(void) {
   unsigned kinds[3];
   int nk = 0;
@@ -215,7 +227,10 @@ static void inject(void) {
     if (sim_chance(0.1)) until += (int64_t)(5000 + sim_rand_below(10000)) * 1000000; /* long */
     if (sim_chance(0.5)) { /* isolate a */
       for (int b = 1; b < sim_node_count(); b++)
-        if (b != a) N.cut[a][b] = N.cut[b][a] = until;
+        if (b != a) {
+          cut(a, b, until);
+          cut(b, a, until);
+        }
       if (a == N.watcher) {
         for (int b = 1; b < sim_node_count(); b++) outage(b, now, until);
       } else {
@@ -226,8 +241,8 @@ static void inject(void) {
       int b = N.pick[sim_rand_below(N.npick)];
       if (b == a) return;
       int oneway = sim_chance(0.3);
-      N.cut[a][b] = until;
-      if (!oneway) N.cut[b][a] = until;
+      cut(a, b, until);
+      if (!oneway) cut(b, a, until);
       if (a == N.watcher) outage(b, now, until);
       if (b == N.watcher) outage(a, now, until);
       sim_trace("fault: link %s %s %s cut for %.3f s", sim_node_name(a), oneway ? "->" : "<->",
