@@ -31,6 +31,7 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#include "core/rng.h"
 #include "sim.h"
 
 /* ---- threads ---- */
@@ -123,21 +124,9 @@ static void load_real(void) {
   }
 }
 
-/* ---- random stream: xoshiro256** seeded by splitmix64 ---- */
+/* ---- random stream: xoshiro256** seeded by splitmix64 (core/rng.h) ---- */
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-uint64_t sim_rand(void) {
-  uint64_t *s = S.rng;
-  uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl(s[3], 45);
-  return r;
-}
+uint64_t sim_rand(void) { return dsysi_xoshiro_next(S.rng); }
 
 uint64_t sim_rand_below(uint64_t n) { return n ? sim_rand() % n : 0; }
 
@@ -474,13 +463,7 @@ static void seed_and_defaults(void) {
   if (!S.o.watchdog_s) S.o.watchdog_s = 20;
   if (!S.o.trace_keep) S.o.trace_keep = 4096;
   uint64_t z = S.o.seed;
-  for (int i = 0; i < 4; i++) {
-    z += 0x9e3779b97f4a7c15ULL;
-    uint64_t x = z;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    S.rng[i] = x ^ (x >> 31);
-  }
+  for (int i = 0; i < 4; i++) S.rng[i] = dsysi_rng_next(&z);
   S.hash = 0xcbf29ce484222325ULL;
   S.now = 1000000000000LL;                /* 1000 s: "0 means unset" stays usable */
   S.wall_base_ns = 1798761600000000000LL; /* 2027-01-01T00:00:00Z at virtual 0 */
