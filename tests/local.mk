@@ -64,7 +64,8 @@ SCRIPT_TESTS = \
 	tests/integration/multihost-config.test tests/integration/multihost-history.test \
 	tests/integration/multihost-kill.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
-	tests/fuzz/services.test tests/fuzz/gateway.test
+	tests/fuzz/services.test tests/fuzz/gateway.test \
+	tests/sim/determinism.test tests/sim/seeds.test tests/sim/example.test
 
 # The multi-host scenarios (docs/reference/multi-host.md): three hosts as
 # network namespaces (root), real etcd, Patroni and PostgreSQL. make check

@@ -10,7 +10,10 @@
 #include <string.h>
 #include <time.h>
 #include <distsys/clock.h>
+#include "core/clock_hook.h"
 #include "core/internal.h"
+
+const dsysi_timer_hook *dsysi_timer_hook_ptr;
 
 typedef struct timer_ent {
   int64_t deadline;
@@ -18,6 +21,7 @@ typedef struct timer_ent {
   uint64_t id;
   dsys_timer_fn fn;
   void *ud;
+  int tag; /* the timer hook's tag (simulation only) */
 } timer_ent;
 
 struct dsys_clock {
@@ -159,6 +163,18 @@ static void heap_remove_at(dsys_clock *c, size_t i) {
   heap_up(c->heap, i);
 }
 
+/* Run a timer's callback, under the timer hook when there is one. */
+static void run_timer(const timer_ent *e) {
+  const dsysi_timer_hook *h = dsysi_timer_hook_ptr;
+  if (__builtin_expect(h != NULL, 0)) {
+    int prev = h->enter(e->tag);
+    e->fn(e->ud);
+    h->enter(prev);
+    return;
+  }
+  e->fn(e->ud);
+}
+
 /* Real clock: one thread runs due timers. */
 static void *timer_thread(void *arg) {
   dsys_clock *c = arg;
@@ -179,7 +195,7 @@ static void *timer_thread(void *arg) {
     timer_ent e = c->heap[0];
     heap_remove_at(c, 0);
     pthread_mutex_unlock(&c->mu);
-    e.fn(e.ud);
+    run_timer(&e);
     pthread_mutex_lock(&c->mu);
   }
   return NULL;
@@ -216,7 +232,8 @@ int dsys_timer_add(dsys_clock *clk, int64_t delay_us, dsys_timer_fn fn,
                  .seq = clk->next_seq++,
                  .id = next_timer_id(),
                  .fn = fn,
-                 .ud = ud};
+                 .ud = ud,
+                 .tag = dsysi_timer_hook_ptr ? dsysi_timer_hook_ptr->tag() : 0};
   clk->heap[clk->n] = e;
   heap_up(clk->heap, clk->n++);
   if (id) *id = e.id;
@@ -248,7 +265,7 @@ int dsys_clock_advance(dsys_clock *clk, int64_t delta_us) {
     heap_remove_at(clk, 0);
     if (e.deadline > clk->fake_mono_us) clk->fake_mono_us = e.deadline;
     pthread_mutex_unlock(&clk->mu);
-    e.fn(e.ud);
+    run_timer(&e);
     pthread_mutex_lock(&clk->mu);
   }
   clk->fake_mono_us = target;

@@ -12,7 +12,7 @@ noinst_HEADERS += lib/core/internal.h lib/core/json.h lib/core/db.h lib/core/rng
 	lib/core/buf.h lib/core/file.h lib/core/lock.h lib/core/log.h \
 	lib/core/pool.h lib/core/proc.h lib/core/random.h lib/core/str.h \
 	lib/core/ticker.h lib/core/plugin.h lib/core/config.h \
-	lib/core/pg.h lib/core/base64.h lib/core/group.h lib/core/etcd.h
+	lib/core/pg.h lib/core/base64.h lib/core/group.h lib/core/etcd.h lib/core/clock_hook.h
 pkginclude_HEADERS += include/distsys/distsys.h include/distsys/common.h \
 	include/distsys/log.h include/distsys/clock.h include/distsys/util.h \
 	include/distsys/config.h

@@ -5,6 +5,7 @@
 #include <bsd/stdlib.h>
 #include <distsys/util.h>
 #include "core/random.h"
+#include "core/rng.h"
 
 void dsys_random_bytes(void *buf, size_t len) {
   if (buf && len) arc4random_buf(buf, len);
@@ -37,8 +38,6 @@ int dsys_random_hex(char *out, size_t outlen, size_t nbytes) {
  * call, not per word. s[4] != 0 once seeded. */
 static _Thread_local uint64_t xs[5];
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
 static uint64_t *rand_state(void) {
   uint64_t *s = xs;
   __asm__("" : "+r"(s)); /* keep this one address: no TLS lookup per use */
@@ -50,16 +49,7 @@ static uint64_t *rand_state(void) {
   return s;
 }
 
-static inline uint64_t rand_next(uint64_t *s) {
-  uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl(s[3], 45);
-  return r;
-}
+static inline uint64_t rand_next(uint64_t *s) { return dsysi_xoshiro_next(s); }
 
 uint64_t dsysi_fast_rand(void) { return rand_next(rand_state()); }
 

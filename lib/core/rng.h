@@ -13,6 +13,21 @@ static inline uint64_t dsysi_rng_next(uint64_t *s) {
   return z ^ (z >> 31);
 }
 
+/** xoshiro256** step (s: four words, not all zero): fast and well mixed
+ *  (not for secrets). Used by the thread-local generator of random.c and
+ *  by the simulation's stream (tools/sim). */
+static inline uint64_t dsysi_xoshiro_next(uint64_t *s) {
+  uint64_t x = s[1] * 5, t = s[1] << 17;
+  uint64_t r = ((x << 7) | (x >> 57)) * 9;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = (s[3] << 45) | (s[3] >> 19);
+  return r;
+}
+
 /** 64-bit hash of bytes (FNV-1a then a murmur3 finaliser), with a seed. */
 static inline uint64_t dsysi_hash64(const void *data, size_t len, uint64_t seed) {
   const unsigned char *p = data;

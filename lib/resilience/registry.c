@@ -502,7 +502,20 @@ int dsys_registry_sweep(dsys_registry *r) {
 
 static void sweep_cb(void *ud) {
   dsys_registry *r = ud;
-  pthread_mutex_lock(&r->mu);
+  /* This runs on the clock's one timer thread, which also ends inproc://
+   * calls that time out, and a remote backend holds r->mu across its
+   * network calls: waiting for r->mu here stalled every timer of the
+   * process, and deadlocked a heartbeat over inproc:// whose reply was
+   * lost (found by the simulation, tools/sim, seed 2). A busy registry
+   * skips the round: a fresh timer takes over this one's count in
+   * timers_out (close, which may cancel the old id in vain, waits for it,
+   * at most one interval). On a fake clock this runs inside
+   * dsys_clock_advance, which may wait, and nothing else would run the
+   * fresh timer. */
+  if (!dsys_clock_is_fake(r->clk) && pthread_mutex_trylock(&r->mu)) {
+    if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, NULL) == 0) return;
+    pthread_mutex_lock(&r->mu);
+  }
   r->timer = 0;
   int closing = r->closing;
   pthread_mutex_unlock(&r->mu);

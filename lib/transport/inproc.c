@@ -8,8 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/plugin.h"
+#include "transport/inproc.h"
 #include "transport/transport.h"
 #include "transport/url.h"
+
+const dsysi_inproc_link *dsysi_inproc_link_hook;
 
 typedef struct inproc_lst {
   dsys_server *srv;
@@ -29,6 +32,7 @@ typedef struct inproc_req {
   dsysi_call *call;
   dsysi_buf body; /* streamed bytes when the caller has no chunk callback */
   int pumping, again;
+  int tag; /* the link hook's tag (simulation only) */
 } inproc_req;
 
 static const dsysi_listener_ops listener_ops; /* at the end */
@@ -169,11 +173,59 @@ static void free_ireq(inproc_req *ir) {
   free(ir);
 }
 
+typedef struct late_reply {
+  dsysi_call *call;
+  int err, tag;
+  dsys_reply *reply;
+} late_reply;
+
+static void reply_later(void *ud) {
+  late_reply *lr = ud;
+  dsysi_call *call = lr->call;
+  int prev = dsysi_inproc_link_hook->enter(lr->tag);
+  dsysi_call_complete(call, lr->err, lr->reply);
+  dsysi_inproc_link_hook->leave(prev);
+  if (call->timer && dsys_timer_cancel(call->clock, call->timer) == 0)
+    dsysi_call_unref(call); /* the timer's reference */
+  dsysi_call_unref(call);   /* ours */
+  free(lr);
+}
+
+/* The link hook holds the reply back (returns 1) or lets it through now. A
+ * lost reply leaves the caller to its timeout timer. */
+static int link_reply(inproc_req *ir, int err, dsys_reply *reply) {
+  int64_t delay = 0;
+  dsysi_call *call = ir->call;
+  if (dsysi_inproc_link_hook->reply(ir->tag, &delay) == DSYSI_LINK_DELIVER && delay <= 0) return 0;
+  late_reply *lr = NULL;
+  if (delay > 0 && (lr = malloc(sizeof *lr))) {
+    *lr = (late_reply){call, err, ir->tag, reply};
+    atomic_fetch_add(&call->refs, 1);
+    if (dsys_timer_add(call->clock, delay, reply_later, lr, NULL) == 0) return 1;
+    atomic_fetch_sub(&call->refs, 1);
+    free(lr);
+  }
+  dsys_reply_free(reply);
+  return 1;
+}
+
 /* Complete the caller's side and then the transport side. */
 static void finish(dsys_request *r, inproc_req *ir, int err, dsys_reply *reply,
                    int ok) {
   dsysi_call *call = ir->call;
-  dsysi_call_complete(call, err, reply);
+  const dsysi_inproc_link *lk = dsysi_inproc_link_hook;
+  if (__builtin_expect(lk != NULL, 0)) {
+    if (link_reply(ir, err, reply)) {
+      dsysi_request_transport_done(r, ok);
+      free_ireq(ir);
+      return;
+    }
+    int prev = lk->enter(ir->tag);
+    dsysi_call_complete(call, err, reply);
+    lk->leave(prev);
+  } else {
+    dsysi_call_complete(call, err, reply);
+  }
   if (call->timer && dsys_timer_cancel(call->clock, call->timer) == 0)
     dsysi_call_unref(call); /* the timer's reference */
   dsysi_request_transport_done(r, ok);
@@ -294,7 +346,7 @@ static void timed_out(void *ud) {
   dsysi_call_unref(call);
 }
 
-static int inproc_call(dsysi_call *call) {
+static int deliver(dsysi_call *call, int tag, int add_timer) {
   dsysi_url u;
   int rc = dsysi_url_parse(call->url, &u);
   if (rc) return rc;
@@ -317,6 +369,7 @@ static int inproc_call(dsysi_call *call) {
   }
   /* ir owns the call's initial reference from here on. */
   ir->call = call;
+  ir->tag = tag;
   r->remote = "inproc";
   r->method = dsysi_arena_strndup(&r->ar, call->method, strlen(call->method));
   r->body = malloc(call->body_len + 1);
@@ -328,7 +381,7 @@ static int inproc_call(dsysi_call *call) {
       rc = dsysi_hdrs_add(&r->hdrs, call->hdrs.v[i].name, strlen(call->hdrs.v[i].name),
                           call->hdrs.v[i].value, strlen(call->hdrs.v[i].value));
   }
-  if (!rc) {
+  if (!rc && add_timer) {
     atomic_fetch_add(&call->refs, 1); /* the timer's reference */
     rc = dsys_timer_add(call->clock, call->timeout_ms * 1000, timed_out, call,
                         &call->timer);
@@ -351,6 +404,58 @@ static int inproc_call(dsysi_call *call) {
     return rc;
   }
   return 0;
+}
+
+typedef struct late_call {
+  dsysi_call *call;
+  int tag;
+} late_call;
+
+/* A late request reaches the server even after its caller gave up (as on
+ * a real network); the caller's timeout timer runs from the send. */
+static void deliver_later(void *ud) {
+  late_call *lc = ud;
+  dsysi_call *call = lc->call;
+  int rc = deliver(call, lc->tag, 0);
+  if (rc) {
+    dsysi_call_complete(call, rc, NULL);
+    if (call->timer && dsys_timer_cancel(call->clock, call->timer) == 0)
+      dsysi_call_unref(call); /* the timer's reference */
+    dsysi_call_unref(call);
+  }
+  free(lc);
+}
+
+/* A request through the link hook: lost (the caller's timeout answers),
+ * late, or delivered now. */
+static int link_call(dsysi_call *call) {
+  dsysi_url u;
+  int rc = dsysi_url_parse(call->url, &u);
+  if (rc) return rc;
+  int tag = 0;
+  int64_t delay = 0;
+  int act = dsysi_inproc_link_hook->request(u.host, call->path, &tag, &delay);
+  dsysi_url_free(&u);
+  if (act != DSYSI_LINK_DELIVER) /* lost: the timer owns the call's initial reference */
+    return dsys_timer_add(call->clock, call->timeout_ms * 1000, timed_out, call, NULL);
+  if (delay <= 0) return deliver(call, tag, 1);
+  late_call *lc = malloc(sizeof *lc);
+  if (!lc) return DSYS_ENOMEM;
+  *lc = (late_call){call, tag};
+  atomic_fetch_add(&call->refs, 1); /* the timeout timer's reference */
+  rc = dsys_timer_add(call->clock, call->timeout_ms * 1000, timed_out, call, &call->timer);
+  if (rc) {
+    atomic_fetch_sub(&call->refs, 1);
+  } else if ((rc = dsys_timer_add(call->clock, delay, deliver_later, lc, NULL))) {
+    if (dsys_timer_cancel(call->clock, call->timer) == 0) atomic_fetch_sub(&call->refs, 1);
+  }
+  if (rc) free(lc);
+  return rc;
+}
+
+static int inproc_call(dsysi_call *call) {
+  if (__builtin_expect(dsysi_inproc_link_hook != NULL, 0)) return link_call(call);
+  return deliver(call, 0, 1);
 }
 
 static void inproc_client_free(dsys_client *c) { (void)c; }

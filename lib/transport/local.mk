@@ -9,5 +9,6 @@ libdsys_internal_la_SOURCES += \
 DSYS_PLUGIN_SOURCES += lib/transport/http_server.c lib/transport/http_client.c \
 	lib/transport/inproc.c lib/transport/h1client.c
 noinst_HEADERS += lib/transport/transport.h lib/transport/url.h lib/transport/h1.h \
-	lib/transport/evloop.h lib/transport/h1client.h lib/transport/identity_guard.h
+	lib/transport/evloop.h lib/transport/h1client.h lib/transport/identity_guard.h \
+	lib/transport/inproc.h
 pkginclude_HEADERS += include/distsys/server.h include/distsys/client.h
