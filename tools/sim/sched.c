@@ -887,20 +887,27 @@ long syscall(long n, ...) {
   if (n != SYS_futex) return real_syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]);
   int *addr = (int *)a[0];
   int op = (int)a[1] & FUTEX_CMD_MASK;
-  if (op == FUTEX_WAIT) {
+  /* FUTEX_WAIT takes a relative timeout; FUTEX_WAIT_BITSET (lib/core/group.c)
+   * an absolute CLOCK_MONOTONIC one, which is S.now's clock here. Only
+   * FUTEX_BITSET_MATCH_ANY is used, so bitsets are otherwise ignored. */
+  if (op == FUTEX_WAIT || op == FUTEX_WAIT_BITSET) {
     if (*addr != (int)a[2]) {
       errno = EAGAIN;
       return -1;
     }
-    const struct timespec *rel = (const struct timespec *)a[3];
-    int64_t dl = rel ? S.now + ts_ns(rel) : -1;
+    const struct timespec *t = (const struct timespec *)a[3];
+    int64_t dl = !t ? -1 : op == FUTEX_WAIT ? S.now + ts_ns(t) : ts_ns(t);
+    if (dl >= 0 && dl <= S.now) {
+      errno = ETIMEDOUT;
+      return -1;
+    }
     if (block(W_FUTEX, addr, dl)) {
       errno = ETIMEDOUT;
       return -1;
     }
     return 0;
   }
-  if (op == FUTEX_WAKE) {
+  if (op == FUTEX_WAKE || op == FUTEX_WAKE_BITSET) {
     long want = a[2], woke = 0;
     while (woke < want && wake(addr, 1)) woke++;
     return woke;
