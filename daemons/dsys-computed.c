@@ -6,6 +6,7 @@
  */
 #include <stdio.h>
 #include <distsys/distsys.h>
+#include "leader.h"
 
 static const dsys_option extra[] = {
     {"workers", "DSYS_WORKERS", DSYS_OPT_INT, "2",
@@ -48,28 +49,15 @@ static int mount(dsys_daemon *d, void *ud) {
     return DSYS_EINVAL;
   }
   const dsys_config *cfg = dsys_daemon_config(d);
-  int64_t retention = 0, every = 0, ttl = 0;
+  int64_t retention = 0, every = 0;
   dsys_config_get_duration_ms(cfg, "retention", &retention);
   dsys_config_get_duration_ms(cfg, "sweep-interval", &every);
-  dsys_config_get_duration_ms(cfg, "leader-ttl", &ttl);
   if (retention < 0 || every < 0) {
     fprintf(stderr, "dsys-computed: --retention and --sweep-interval must not be negative\n");
     return DSYS_EINVAL;
   }
-  const char *ll = dsys_config_get(cfg, "leader-lock");
-  if (ll && *ll) {
-    if (ttl < 100) {
-      fprintf(stderr, "dsys-computed: --leader-ttl must be at least 100ms\n");
-      return DSYS_EINVAL;
-    }
-    dsys_election_options eo = {.size = sizeof eo, .ttl_ms = ttl, .on_change = on_role};
-    int rc = dsys_election_open(ll, "compute-sweep", &eo, &election);
-    if (rc) {
-      fprintf(stderr, "dsys-computed: cannot campaign on --leader-lock %s: %s\n", ll,
-              dsys_strerror(rc));
-      return rc == DSYS_EURL || rc == DSYS_ESCHEME ? DSYS_EINVAL : rc;
-    }
-  }
+  int lrc = daemon_leader_open(cfg, "dsys-computed", "compute-sweep", on_role, &election);
+  if (lrc) return lrc;
   dsys_compute_options o = {.size = sizeof o, .queue = dsys_daemon_queue(d),
                             .name = dsys_daemon_name(d),
                             .workers = (uint32_t)workers, .no_workers = workers == 0,

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <distsys/distsys.h>
+#include "leader.h"
 
 static const dsys_option extra[] = {
     {"registry", "DSYS_REGISTRY", DSYS_OPT_STRING, NULL,
@@ -86,23 +87,9 @@ static int mount(dsys_daemon *d, void *ud) {
   dsys_config_get_duration_ms(cfg, "interval", &fo.interval_ms);
   dsys_config_get_duration_ms(cfg, "timeout", &fo.timeout_ms);
   dsys_config_get_duration_ms(cfg, "slow", &fo.slow_ms);
-  const char *ll = dsys_config_get(cfg, "leader-lock");
-  int rc = 0;
-  if (ll && *ll) {
-    int64_t ttl = 0;
-    dsys_config_get_duration_ms(cfg, "leader-ttl", &ttl);
-    dsys_election_options eo = {.size = sizeof eo, .ttl_ms = ttl, .on_change = on_role};
-    if (ttl < 100) {
-      fprintf(stderr, "dsys-faultd: --leader-ttl must be at least 100ms\n");
-      return DSYS_EINVAL;
-    }
-    if ((rc = dsys_election_open(ll, "faultd-alerts", &eo, &election))) {
-      fprintf(stderr, "dsys-faultd: cannot campaign on --leader-lock %s: %s\n", ll,
-              dsys_strerror(rc));
-      return rc == DSYS_EURL || rc == DSYS_ESCHEME ? DSYS_EINVAL : rc;
-    }
-    fo.election = election;
-  }
+  int rc = daemon_leader_open(cfg, "dsys-faultd", "faultd-alerts", on_role, &election);
+  if (rc) return rc;
+  fo.election = election;
   rc = dsys_faultd_new(&fd, &fo);
   for (size_t i = 0; !rc && i < dsys_config_count(cfg, "target"); i++)
     if ((rc = add_target(dsys_config_get_nth(cfg, "target", i)))) {
