@@ -11,7 +11,7 @@
 static const dsys_option extra[] = {
     {"workers", "DSYS_WORKERS", DSYS_OPT_INT, "2",
      "job worker threads of this instance (0: submit and read only)"},
-    {"loops", "DSYS_LOOPS", DSYS_OPT_INT, "1",
+    {"loops", "DSYS_COMPUTE_LOOPS", DSYS_OPT_INT, "1",
      "event-loop threads serving HTTP (0: libmicrohttpd's thread pool)"},
     {"lease", "DSYS_JOB_LEASE", DSYS_OPT_DURATION, "30s",
      "job lease: a job held by an instance that died runs again after this long (at least 300ms)"},
