@@ -451,8 +451,8 @@ static char *job_payload(json_object *type, json_object *data, const char *trace
   const char *ts = json_object_to_json_string_length(type, JSON_FLAGS, &tl);
   const char *ds = json_object_to_json_string_length(data, JSON_FLAGS, &dl);
   if (!ts || !ds) return NULL;
-  /* a traceparent is hex digits and dashes (the server makes one when the
-   * request's is malformed); anything else goes through json-c */
+  /* the server builds the traceparent (a valid incoming trace id or a new
+   * one): hex digits and dashes; anything else goes through json-c */
   size_t pl = strlen(traceparent);
   json_object *tpo = NULL;
   const char *tp = traceparent;
