@@ -33,6 +33,7 @@ typedef struct watch {
 
 struct dsys_compute_service {
   dsysi_svc svc;
+  char *name_json; /* svc.name as a JSON string (quoted, escaped) */
   dsys_queue *q;
   dsys_worker *worker;
   int32_t max_attempts;
@@ -426,16 +427,51 @@ static void add_job_id(json_object *o, long long id) {
  * meanwhile with one dsys_queue_submit_many() (one transaction) and
  * answers each request after the commit. */
 
+/* The JSON texts of the submission path have a fixed shape: written
+ * directly, in the key order json-c gave them, instead of building and
+ * serializing an object tree per job (PERFORMANCE.md, jobs through HTTP). */
+#define JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+
 static void answer_submit(dsys_request *req, int rc, int64_t id) {
   if (rc) {
     dsysi_respond_storage_err(req, rc, "Could not queue the job");
     return;
   }
-  json_object *o = json_object_new_object();
-  json_object_object_add(o, "message", json_object_new_string("Job submitted successfully"));
-  add_job_id(o, (long long)id);
-  json_object_object_add(o, "status", json_object_new_string("pending"));
-  dsysi_respond_obj(req, 202, o);
+  char buf[112];
+  int n = snprintf(buf, sizeof buf,
+                   "{\"message\":\"Job submitted successfully\",\"jobId\":\"%lld\","
+                   "\"status\":\"pending\"}", (long long)id);
+  dsys_respond(req, 202, "application/json", buf, (size_t)n);
+}
+
+/* A job's payload: {"type":...,"data":...,"traceparent":"..."}. NULL when
+ * out of memory. */
+static char *job_payload(json_object *type, json_object *data, const char *traceparent) {
+  size_t tl = 0, dl = 0;
+  const char *ts = json_object_to_json_string_length(type, JSON_FLAGS, &tl);
+  const char *ds = json_object_to_json_string_length(data, JSON_FLAGS, &dl);
+  if (!ts || !ds) return NULL;
+  /* the server builds the traceparent (a valid incoming trace id or a new
+   * one): hex digits and dashes; anything else goes through json-c */
+  size_t pl = strlen(traceparent);
+  json_object *tpo = NULL;
+  const char *tp = traceparent;
+  if (strspn(traceparent, "0123456789abcdef-") != pl) {
+    tpo = json_object_new_string(traceparent);
+    tp = tpo ? json_object_to_json_string_length(tpo, JSON_FLAGS, &pl) : NULL;
+    if (!tp) {
+      json_object_put(tpo);
+      return NULL;
+    }
+  }
+  size_t cap = tl + dl + pl + 40;
+  char *out = malloc(cap);
+  if (out)
+    snprintf(out, cap, tpo ? "{\"type\":%s,\"data\":%s,\"traceparent\":%s}"
+                           : "{\"type\":%s,\"data\":%s,\"traceparent\":\"%s\"}",
+             ts, ds, tp);
+  json_object_put(tpo);
+  return out;
 }
 
 static void *submitter(void *ud) {
@@ -530,14 +566,8 @@ static void h_submit(dsys_request *req, void *ud) {
     } else if (rc) {
       dsysi_respond_err(req, 400, "DSYS_EINVAL", e.msg);
     } else {
-      json_object *p = json_object_new_object();
-      json_object_object_add(p, "type", json_object_get(type));
-      json_object_object_add(p, "data", json_object_get(data));
       /* the submitting request's trace: the worker's log lines carry it */
-      json_object_object_add(p, "traceparent",
-                             json_object_new_string(dsys_request_traceparent(req)));
-      char *text = dsysi_json_dump(p, NULL);
-      json_object_put(p);
+      char *text = job_payload(type, data, dsys_request_traceparent(req));
       if (!text)
         dsysi_respond_storage_err(req, DSYS_ENOMEM, "Could not queue the job");
       else if (strlen(text) > DSYS_QUEUE_MAX_PAYLOAD) /* before batching: it
@@ -893,13 +923,18 @@ static int run_job_inner(dsys_compute_service *c, dsys_job_ctx *ctx, const dsys_
                                 : *e.msg ? e.msg : "Operation and operands are required");
     return DSYS_EINVAL;
   }
-  json_object *o = json_object_new_object();
-  json_object_object_add(o, "operation", json_object_new_string(op));
-  json_object_object_add(o, "result", res);
-  json_object_object_add(o, "service", json_object_new_string(c->svc.name));
-  json_object_object_add(o, "computedAt", dsysi_json_time(dsysi_svc_now(&c->svc)));
-  char *text = dsysi_json_dump(o, NULL);
-  json_object_put(o);
+  /* {"operation","result","service","computedAt"}: op is one of OPS (plain
+   * words), the name was made JSON at mount, the time is ISO 8601 */
+  size_t rl = 0;
+  const char *rs = json_object_to_json_string_length(res, JSON_FLAGS, &rl);
+  char at[32];
+  dsys_time_iso8601(dsysi_svc_now(&c->svc), at, sizeof at);
+  size_t cap = rl + strlen(op) + strlen(c->name_json) + strlen(at) + 64;
+  char *text = rs ? malloc(cap) : NULL;
+  if (text)
+    snprintf(text, cap, "{\"operation\":\"%s\",\"result\":%s,\"service\":%s,"
+                        "\"computedAt\":\"%s\"}", op, rs, c->name_json, at);
+  json_object_put(res);
   if (!text) return DSYS_ENOMEM;
   report_progress(c, ctx, job, 100, "done", durable);
   rc = dsys_job_ctx_set_result(ctx, text);
@@ -1021,6 +1056,15 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     free(c);
     return rc;
   }
+  json_object *nm = json_object_new_string(c->svc.name);
+  const char *nj = nm ? json_object_to_json_string_ext(nm, JSON_FLAGS) : NULL;
+  c->name_json = nj ? strdup(nj) : NULL;
+  json_object_put(nm);
+  if (!c->name_json) {
+    dsysi_svc_fini(&c->svc);
+    free(c);
+    return DSYS_ENOMEM;
+  }
   pthread_mutex_init(&c->wmu, NULL);
   pthread_mutex_init(&c->smu, NULL);
   pthread_cond_init(&c->scv, NULL);
@@ -1073,6 +1117,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     submitter_stop(c);
     compute_free_streams(c);
     dsysi_svc_fini(&c->svc);
+    free(c->name_json);
     free(c);
     return rc;
   }
@@ -1087,5 +1132,6 @@ void dsys_service_compute_free(dsys_compute_service *c) {
   dsys_worker_stop(c->worker, DSYS_WORKER_STOP_FINISH);
   compute_free_streams(c);
   dsysi_svc_fini(&c->svc);
+  free(c->name_json);
   free(c);
 }

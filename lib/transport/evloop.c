@@ -273,7 +273,11 @@ int dsysi_loop_post(dsysi_loop *l, dsysi_loop_fn fn, void *ud) {
   else l->head = p;
   l->tail = p;
   pthread_mutex_unlock(&l->mu);
-  atomic_store_explicit(&l->pending, 1, memory_order_release);
+  /* Only the post that raises the flag wakes the loop: the loop clears it
+   * before it takes the queue and looks at it before it sleeps, so a post
+   * that finds it raised is taken with the one that raised it (a batch of
+   * answers from another thread costs one eventfd write, not one each). */
+  if (atomic_exchange_explicit(&l->pending, 1, memory_order_acq_rel)) return 0;
   uint64_t one = 1;
   ssize_t w = write(l->wake_fd, &one, sizeof one);
   (void)w;
