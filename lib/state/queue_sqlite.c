@@ -59,7 +59,8 @@ static const char *const sqls[S_COUNT] = {
                  "?9, ?10)",
     /* a paused queue hands out nothing (the subquery does not depend on
      * the row: SQLite runs it once per statement) */
-    [S_PICK] = "SELECT id, priority FROM dsys_jobs WHERE queue = ?1 AND "
+    /* the whole row: the claimed job is built from it (no read back) */
+    [S_PICK] = "SELECT " JCOLS " FROM dsys_jobs WHERE queue = ?1 AND "
                "state = 1 AND NOT EXISTS (SELECT 1 FROM dsys_queue_paused "
                "WHERE queue = ?1) ORDER BY priority DESC, id LIMIT ?2",
     /* no RETURNING: SQLite builds an ephemeral table for each statement
@@ -218,13 +219,20 @@ static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s) {
   else sqlite3_bind_null(st, i);
 }
 
-static dsys_job *row_job(sqlite3_stmt *st) {
+/* A job from a row of JCOLS; claimed_by non-NULL: as the claim by that
+ * worker will leave it (worker set, progress message cleared; the numbers
+ * are set by the caller once the claim is done). */
+static dsys_job *row_job_as(sqlite3_stmt *st, const char *claimed_by) {
   static const int scol[] = {1, 2, 8, 11, 12, 13, 14};
   size_t len[7], total = sizeof(dsys_job);
   const unsigned char *txt[7];
   for (int i = 0; i < 7; i++) {
     txt[i] = sqlite3_column_text(st, scol[i]);
-    len[i] = txt[i] ? (size_t)sqlite3_column_bytes(st, scol[i]) : 0;
+    if (claimed_by && i == 2) txt[i] = (const unsigned char *)claimed_by;
+    if (claimed_by && i == 3) txt[i] = NULL;
+    len[i] = !txt[i] ? 0
+             : claimed_by && i == 2 ? strlen(claimed_by)
+                                    : (size_t)sqlite3_column_bytes(st, scol[i]);
     if (txt[i]) total += len[i] + 1;
   }
   dsys_job *j = malloc(total);
@@ -260,6 +268,8 @@ static dsys_job *row_job(sqlite3_stmt *st) {
   j->finished_at = sqlite3_column_int64(st, 17);
   return j;
 }
+
+static dsys_job *row_job(sqlite3_stmt *st) { return row_job_as(st, NULL); }
 
 /* ---- open / close / groups ---- */
 
@@ -398,6 +408,7 @@ static int sq_get(void *p, int64_t id, dsys_job **out);
 typedef struct cand {
   int64_t id;
   int prio;
+  dsys_job *job; /* as claimed, once the claim is done */
 } cand;
 
 static int cand_cmp(const void *a, const void *b) {
@@ -426,14 +437,23 @@ static int sq_claim(void *p, const char *const *queues, size_t nqueues,
     sqlite3_bind_int64(st, 2, (int64_t)max);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-      c[nc].id = sqlite3_column_int64(st, 0);
-      c[nc].prio = sqlite3_column_int(st, 1);
+      if (!(c[nc].job = row_job_as(st, worker))) {
+        e = DSYS_ENOMEM;
+        break;
+      }
+      c[nc].id = c[nc].job->id;
+      c[nc].prio = c[nc].job->priority;
       nc++;
+    }
+    if (e) {
+      sqlite3_reset(st);
+      break;
     }
     if (rc != SQLITE_DONE) e = err_of(rc);
     sqlite3_reset(st);
   }
   if (!e && nqueues > 1) qsort(c, nc, sizeof *c, cand_cmp);
+  size_t picked = nc;
   if (nc > max) nc = max;
   /* Several claims: a savepoint makes the op all-or-nothing. */
   int sp = !e && nc > 1;
@@ -448,9 +468,18 @@ static int sq_claim(void *p, const char *const *queues, size_t nqueues,
     sqlite3_bind_text(st, 2, worker, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, lease_until);
     if ((e = run(st)) || !sqlite3_changes(q->db)) continue;
-    /* the write lock is held since the pick: the row is the one claimed */
-    if (!(e = sq_get(q, c[i].id, &jobs[*n]))) (*n)++;
+    /* the write lock is held since the pick: the row is the one picked,
+     * changed as the UPDATE did */
+    dsys_job *j = c[i].job;
+    c[i].job = NULL;
+    j->state = DSYS_JOB_ACTIVE;
+    j->token++;
+    j->attempts++;
+    j->lease_until = lease_until;
+    j->progress = 0;
+    jobs[(*n)++] = j;
   }
+  for (size_t i = 0; i < picked; i++) free(c[i].job); /* not claimed */
   if (sp) {
     if (e) run(stmt(q, S_ROLLBACK_SP));
     int e2 = run(stmt(q, S_RELEASE_SP));
