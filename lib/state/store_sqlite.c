@@ -173,44 +173,14 @@ static int err_of(int rc) {
   return e ? e : DSYS_EDB;
 }
 
-/* An item from its fields (one block: the strings follow the struct). */
-static dsys_item *make_item(int64_t id, const char *k, size_t kl,
-                            const char *v, size_t vl, const char *m,
-                            size_t ml, int64_t version, int64_t created,
-                            int64_t updated, int64_t exp) {
-  dsys_item *it = malloc(sizeof *it + kl + vl + ml + 3);
-  if (!it) return NULL;
-  char *p = (char *)(it + 1);
-  memcpy(p, k, kl);
-  p[kl] = 0;
-  it->key = p;
-  p += kl + 1;
-  memcpy(p, v, vl);
-  p[vl] = 0;
-  it->value = p;
-  p += vl + 1;
-  memcpy(p, m, ml);
-  p[ml] = 0;
-  it->metadata = p;
-  it->id = id;
-  it->version = version;
-  it->created_at = created;
-  it->updated_at = updated;
-  it->expires_at = exp;
-  return it;
-}
-
 static dsys_item *row_item(sqlite3_stmt *st) {
-  size_t kl = (size_t)sqlite3_column_bytes(st, 1);
   const char *k = (const char *)sqlite3_column_text(st, 1);
-  size_t vl = (size_t)sqlite3_column_bytes(st, 2);
   const char *v = (const char *)sqlite3_column_text(st, 2);
-  size_t ml = (size_t)sqlite3_column_bytes(st, 3);
   const char *m = (const char *)sqlite3_column_text(st, 3);
   if (!k || !v || !m) return NULL;
-  return make_item(sqlite3_column_int64(st, 0), k, kl, v, vl, m, ml,
-                   sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5),
-                   sqlite3_column_int64(st, 6), sqlite3_column_int64(st, 7));
+  return dsys_item_new(sqlite3_column_int64(st, 0), k, v, m,
+                       sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5),
+                       sqlite3_column_int64(st, 6), sqlite3_column_int64(st, 7));
 }
 
 static void run_group(void *ud, dsysi_group_op *first);
@@ -368,8 +338,8 @@ static int insert_row(conn *c, const char *key, const char *value,
   sqlite3_bind_int64(st, 4, now);
   sqlite3_bind_int64(st, 5, exp);
   if ((e = step_done(st))) return e;
-  *out = make_item(sqlite3_last_insert_rowid(c->db), key, strlen(key), value,
-                   strlen(value), meta, strlen(meta), 1, now, now, exp);
+  *out = dsys_item_new(sqlite3_last_insert_rowid(c->db), key, value, meta, 1,
+                       now, now, exp);
   return *out ? 0 : DSYS_ENOMEM;
 }
 
@@ -388,8 +358,8 @@ static int set_row(conn *c, const found *f, const char *key,
   sqlite3_bind_int64(st, 6, exp);
   int e = step_done(st);
   if (e) return e;
-  *out = make_item(f->id, key, strlen(key), value, strlen(value), meta,
-                   strlen(meta), f->version + 1, f->created_at, now, exp);
+  *out = dsys_item_new(f->id, key, value, meta, f->version + 1,
+                       f->created_at, now, exp);
   return *out ? 0 : DSYS_ENOMEM;
 }
 
