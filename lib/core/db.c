@@ -33,6 +33,18 @@ int dsysi_db_err(int rc) {
   }
 }
 
+/* SQLite keeps memory statistics by default: every allocation and free
+ * takes one process-wide mutex to count it. Debian's build also omits the
+ * per-connection lookaside allocator, so every cursor, record and value of
+ * every statement goes through that mutex (measured on the queue: 39
+ * allocations and 87 frees a job, 18% of its instructions). The library
+ * reads no memory statistic; turn them off once, at load, before any
+ * connection exists (sqlite3_config is refused, harmlessly, once SQLite
+ * is initialised, e.g. when the program used it before loading us). */
+__attribute__((constructor)) static void db_config(void) {
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 int dsysi_db_exec(sqlite3 *db, const char *sql, char *errbuf, size_t errlen) {
   char *msg = NULL;
   int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);

@@ -34,6 +34,13 @@ enum {
   "worker, lease_until, progress, progress_msg, result, error, idem_key, "  \
   "created_at, run_at, finished_at"
 
+#define COUNTS_SQL(q)                                                     \
+  "SELECT 1, count(*) FROM dsys_jobs WHERE " q " state = 1 UNION ALL "     \
+  "SELECT 2, count(*) FROM dsys_jobs WHERE " q " state = 2 UNION ALL "     \
+  "SELECT 3, count(*) FROM dsys_jobs WHERE " q " state = 3 UNION ALL "     \
+  "SELECT state, count(*) FROM dsys_jobs WHERE " q " state >= 4 "          \
+  "GROUP BY state"
+
 static const char *const sqls[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
@@ -52,7 +59,8 @@ static const char *const sqls[S_COUNT] = {
                  "?9, ?10)",
     /* a paused queue hands out nothing (the subquery does not depend on
      * the row: SQLite runs it once per statement) */
-    [S_PICK] = "SELECT id, priority FROM dsys_jobs WHERE queue = ?1 AND "
+    /* the whole row: the claimed job is built from it (no read back) */
+    [S_PICK] = "SELECT " JCOLS " FROM dsys_jobs WHERE queue = ?1 AND "
                "state = 1 AND NOT EXISTS (SELECT 1 FROM dsys_queue_paused "
                "WHERE queue = ?1) ORDER BY priority DESC, id LIMIT ?2",
     /* no RETURNING: SQLite builds an ephemeral table for each statement
@@ -82,9 +90,10 @@ static const char *const sqls[S_COUNT] = {
                  "lease_until = 0 WHERE id = ?1 AND state IN (1, 2, 3)",
     [S_GET] = "SELECT " JCOLS " FROM dsys_jobs WHERE id = ?1",
     [S_EXISTS] = "SELECT state FROM dsys_jobs WHERE id = ?1",
-    [S_COUNTS] = "SELECT state, count(*) FROM dsys_jobs WHERE queue = ?1 "
-                 "GROUP BY state",
-    [S_COUNTS_ALL] = "SELECT state, count(*) FROM dsys_jobs GROUP BY state",
+    /* one count per state, each through the partial index of its state
+     * (migration 3): waiting, delayed, active, then the finished states */
+    [S_COUNTS] = COUNTS_SQL("queue = ?1 AND"),
+    [S_COUNTS_ALL] = COUNTS_SQL(""),
     [S_DEADLIST] = "SELECT " JCOLS " FROM dsys_jobs WHERE state = 5 AND "
                    "queue = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     [S_DEADLIST_ALL] = "SELECT " JCOLS " FROM dsys_jobs WHERE state = 5 AND "
@@ -92,16 +101,24 @@ static const char *const sqls[S_COUNT] = {
     [S_REPLAY] = "UPDATE dsys_jobs SET state = 1, attempts = 0, error = NULL,"
                  " result = NULL, finished_at = 0, run_at = ?2 WHERE id = ?1 "
                  "AND state IN (5, 6)",
-    [S_PURGE] = "DELETE FROM dsys_jobs WHERE state IN (4, 5, 6) AND "
-                "finished_at > 0 AND finished_at <= ?1",
+    /* "state >= 4" spelled out: SQLite uses a partial index only when the
+     * query's terms contain its condition */
+    [S_PURGE] = "DELETE FROM dsys_jobs WHERE state >= 4 AND "
+                "state IN (4, 5, 6) AND finished_at > 0 AND finished_at <= ?1",
     [S_SAVEPOINT] = "SAVEPOINT dsys_many",
     [S_RELEASE_SP] = "RELEASE dsys_many",
     [S_ROLLBACK_SP] = "ROLLBACK TO dsys_many",
     /* one row per (queue, state) with jobs, one per paused queue; grouped
      * by name in sq_list_queues */
     [S_QUEUES] = "SELECT name, state, n, paused_at FROM ("
-                 "SELECT queue AS name, state, count(*) AS n, 0 AS paused_at "
-                 "FROM dsys_jobs GROUP BY queue, state UNION ALL "
+                 "SELECT queue AS name, 1 AS state, count(*) AS n, "
+                 "0 AS paused_at FROM dsys_jobs WHERE state = 1 GROUP BY queue "
+                 "UNION ALL SELECT queue, 2, count(*), 0 FROM dsys_jobs "
+                 "WHERE state = 2 GROUP BY queue "
+                 "UNION ALL SELECT queue, 3, count(*), 0 FROM dsys_jobs "
+                 "WHERE state = 3 GROUP BY queue "
+                 "UNION ALL SELECT queue, state, count(*), 0 FROM dsys_jobs "
+                 "WHERE state >= 4 GROUP BY queue, state UNION ALL "
                  "SELECT queue, 0, 0, paused_at FROM dsys_queue_paused) "
                  "ORDER BY name",
     [S_PAUSE] = "INSERT OR IGNORE INTO dsys_queue_paused(queue, paused_at) "
@@ -145,6 +162,20 @@ static const char *const migrations[] = {
     "CREATE TABLE dsys_queue_paused("
     " queue TEXT PRIMARY KEY,"
     " paused_at INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 3: narrower indexes. A job changes state three times (submitted,
+     * claimed, finished) and every index holding its state moved its
+     * entry at each change: (queue, state, priority, id) took five b-tree
+     * changes a job. The claim order is kept for waiting jobs only (an
+     * entry when submitted, gone when claimed), and the finished jobs get
+     * theirs once, with the queue and state for counting and purging;
+     * dead letters (few) one more, in id order for listing them. */
+    "DROP INDEX dsys_jobs_claim;"
+    "DROP INDEX dsys_jobs_finished;"
+    "CREATE INDEX dsys_jobs_wait ON dsys_jobs(queue, priority DESC, id) "
+    " WHERE state = 1;"
+    "CREATE INDEX dsys_jobs_done ON dsys_jobs(queue, state, finished_at) "
+    " WHERE state >= 4;"
+    "CREATE INDEX dsys_jobs_dead ON dsys_jobs(id) WHERE state = 5;",
 };
 
 
@@ -188,13 +219,20 @@ static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s) {
   else sqlite3_bind_null(st, i);
 }
 
-static dsys_job *row_job(sqlite3_stmt *st) {
+/* A job from a row of JCOLS; claimed_by non-NULL: as the claim by that
+ * worker will leave it (worker set, progress message cleared; the numbers
+ * are set by the caller once the claim is done). */
+static dsys_job *row_job_as(sqlite3_stmt *st, const char *claimed_by) {
   static const int scol[] = {1, 2, 8, 11, 12, 13, 14};
   size_t len[7], total = sizeof(dsys_job);
   const unsigned char *txt[7];
   for (int i = 0; i < 7; i++) {
     txt[i] = sqlite3_column_text(st, scol[i]);
-    len[i] = txt[i] ? (size_t)sqlite3_column_bytes(st, scol[i]) : 0;
+    if (claimed_by && i == 2) txt[i] = (const unsigned char *)claimed_by;
+    if (claimed_by && i == 3) txt[i] = NULL;
+    len[i] = !txt[i] ? 0
+             : claimed_by && i == 2 ? strlen(claimed_by)
+                                    : (size_t)sqlite3_column_bytes(st, scol[i]);
     if (txt[i]) total += len[i] + 1;
   }
   dsys_job *j = malloc(total);
@@ -230,6 +268,8 @@ static dsys_job *row_job(sqlite3_stmt *st) {
   j->finished_at = sqlite3_column_int64(st, 17);
   return j;
 }
+
+static dsys_job *row_job(sqlite3_stmt *st) { return row_job_as(st, NULL); }
 
 /* ---- open / close / groups ---- */
 
@@ -368,6 +408,7 @@ static int sq_get(void *p, int64_t id, dsys_job **out);
 typedef struct cand {
   int64_t id;
   int prio;
+  dsys_job *job; /* as claimed, once the claim is done */
 } cand;
 
 static int cand_cmp(const void *a, const void *b) {
@@ -396,14 +437,23 @@ static int sq_claim(void *p, const char *const *queues, size_t nqueues,
     sqlite3_bind_int64(st, 2, (int64_t)max);
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-      c[nc].id = sqlite3_column_int64(st, 0);
-      c[nc].prio = sqlite3_column_int(st, 1);
+      if (!(c[nc].job = row_job_as(st, worker))) {
+        e = DSYS_ENOMEM;
+        break;
+      }
+      c[nc].id = c[nc].job->id;
+      c[nc].prio = c[nc].job->priority;
       nc++;
+    }
+    if (e) {
+      sqlite3_reset(st);
+      break;
     }
     if (rc != SQLITE_DONE) e = err_of(rc);
     sqlite3_reset(st);
   }
   if (!e && nqueues > 1) qsort(c, nc, sizeof *c, cand_cmp);
+  size_t picked = nc;
   if (nc > max) nc = max;
   /* Several claims: a savepoint makes the op all-or-nothing. */
   int sp = !e && nc > 1;
@@ -418,9 +468,18 @@ static int sq_claim(void *p, const char *const *queues, size_t nqueues,
     sqlite3_bind_text(st, 2, worker, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, lease_until);
     if ((e = run(st)) || !sqlite3_changes(q->db)) continue;
-    /* the write lock is held since the pick: the row is the one claimed */
-    if (!(e = sq_get(q, c[i].id, &jobs[*n]))) (*n)++;
+    /* the write lock is held since the pick: the row is the one picked,
+     * changed as the UPDATE did */
+    dsys_job *j = c[i].job;
+    c[i].job = NULL;
+    j->state = DSYS_JOB_ACTIVE;
+    j->token++;
+    j->attempts++;
+    j->lease_until = lease_until;
+    j->progress = 0;
+    jobs[(*n)++] = j;
   }
+  for (size_t i = 0; i < picked; i++) free(c[i].job); /* not claimed */
   if (sp) {
     if (e) run(stmt(q, S_ROLLBACK_SP));
     int e2 = run(stmt(q, S_RELEASE_SP));

@@ -25,37 +25,32 @@
 #include "state/store_int.h"
 
 enum {
-  ST_GET_KEY, ST_GET_ID, ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_DEL_EXPIRED,
-  ST_PUT, ST_CREATE, ST_UPDATE, ST_DELETE, ST_VERSION, ST_LIST, ST_PURGE,
-  ST_SAVEPOINT, ST_RELEASE, ST_ROLLBACK_TO, ST_COUNT
+  ST_GET_KEY, ST_GET_ID, ST_BEGIN, ST_COMMIT, ST_ROLLBACK, ST_LOOK, ST_INSERT,
+  ST_SET, ST_DEL_ID, ST_LIST, ST_PURGE, ST_SAVEPOINT, ST_RELEASE,
+  ST_ROLLBACK_TO, ST_COUNT
 };
 
 #define COLS "id, key, value, metadata, version, created_at, updated_at, expires_at"
 
+/* A write looks its key up once (ST_LOOK), decides its outcome (absent,
+ * expired, version conflict) before it changes anything, then writes the
+ * row by id and builds its result from what it knows: no RETURNING (SQLite
+ * fills an ephemeral table for every execution of one) and no separate
+ * delete of an expired row before every write. */
 static const char *const sqls[ST_COUNT] = {
     [ST_GET_KEY] = "SELECT " COLS " FROM dsys_store_items WHERE key = ?1",
     [ST_GET_ID] = "SELECT " COLS " FROM dsys_store_items WHERE id = ?1",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_DEL_EXPIRED] = "DELETE FROM dsys_store_items WHERE key = ?1 AND "
-                       "expires_at > 0 AND expires_at <= ?2",
-    [ST_PUT] = "INSERT INTO dsys_store_items(key, value, metadata, version, "
-               "created_at, updated_at, expires_at) "
-               "VALUES(?1, ?2, ?3, 1, ?4, ?4, ?5) ON CONFLICT(key) DO UPDATE "
-               "SET value = excluded.value, metadata = excluded.metadata, "
-               "version = version + 1, updated_at = excluded.updated_at, "
-               "expires_at = excluded.expires_at RETURNING " COLS,
-    [ST_CREATE] = "INSERT INTO dsys_store_items(key, value, metadata, "
+    [ST_LOOK] = "SELECT id, version, created_at, expires_at, metadata "
+                "FROM dsys_store_items WHERE key = ?1",
+    [ST_INSERT] = "INSERT INTO dsys_store_items(key, value, metadata, "
                   "version, created_at, updated_at, expires_at) "
-                  "VALUES(?1, ?2, ?3, 1, ?4, ?4, ?5) RETURNING " COLS,
-    [ST_UPDATE] = "UPDATE dsys_store_items SET value = ?2, "
-                  "metadata = COALESCE(?3, metadata), version = version + 1, "
-                  "updated_at = ?4, expires_at = ?5 "
-                  "WHERE key = ?1 AND (?6 = 0 OR version = ?6) RETURNING " COLS,
-    [ST_DELETE] = "DELETE FROM dsys_store_items WHERE key = ?1 AND "
-                  "(?2 = 0 OR version = ?2) RETURNING " COLS,
-    [ST_VERSION] = "SELECT version FROM dsys_store_items WHERE key = ?1",
+                  "VALUES(?1, ?2, ?3, 1, ?4, ?4, ?5)",
+    [ST_SET] = "UPDATE dsys_store_items SET value = ?2, metadata = ?3, "
+               "version = ?4, updated_at = ?5, expires_at = ?6 WHERE id = ?1",
+    [ST_DEL_ID] = "DELETE FROM dsys_store_items WHERE id = ?1",
     [ST_LIST] = "SELECT " COLS " FROM dsys_store_items WHERE key >= ?1 AND "
                 "key > ?2 ORDER BY key",
     [ST_PURGE] = "DELETE FROM dsys_store_items WHERE id IN (SELECT id FROM "
@@ -179,30 +174,13 @@ static int err_of(int rc) {
 }
 
 static dsys_item *row_item(sqlite3_stmt *st) {
-  size_t kl = (size_t)sqlite3_column_bytes(st, 1);
-  const unsigned char *k = sqlite3_column_text(st, 1);
-  size_t vl = (size_t)sqlite3_column_bytes(st, 2);
-  const unsigned char *v = sqlite3_column_text(st, 2);
-  size_t ml = (size_t)sqlite3_column_bytes(st, 3);
-  const unsigned char *m = sqlite3_column_text(st, 3);
+  const char *k = (const char *)sqlite3_column_text(st, 1);
+  const char *v = (const char *)sqlite3_column_text(st, 2);
+  const char *m = (const char *)sqlite3_column_text(st, 3);
   if (!k || !v || !m) return NULL;
-  dsys_item *it = malloc(sizeof *it + kl + vl + ml + 3);
-  if (!it) return NULL;
-  char *p = (char *)(it + 1);
-  memcpy(p, k, kl + 1);
-  it->key = p;
-  p += kl + 1;
-  memcpy(p, v, vl + 1);
-  it->value = p;
-  p += vl + 1;
-  memcpy(p, m, ml + 1);
-  it->metadata = p;
-  it->id = sqlite3_column_int64(st, 0);
-  it->version = sqlite3_column_int64(st, 4);
-  it->created_at = sqlite3_column_int64(st, 5);
-  it->updated_at = sqlite3_column_int64(st, 6);
-  it->expires_at = sqlite3_column_int64(st, 7);
-  return it;
+  return dsys_item_new(sqlite3_column_int64(st, 0), k, v, m,
+                       sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5),
+                       sqlite3_column_int64(st, 6), sqlite3_column_int64(st, 7));
 }
 
 static void run_group(void *ud, dsysi_group_op *first);
@@ -283,29 +261,6 @@ static int sq_get(void *state, const char *key, int64_t id, int64_t now,
   return e;
 }
 
-/* Run a statement expected to return at most one row; *out gets the item
- * (NULL if no row). */
-static int step_item(sqlite3_stmt *st, dsys_item **out) {
-  int rc = sqlite3_step(st);
-  int e = 0;
-  *out = NULL;
-  if (rc == SQLITE_ROW) {
-    *out = row_item(st);
-    if (!*out) e = DSYS_ENOMEM;
-    else rc = sqlite3_step(st);
-    if (!e && rc != SQLITE_DONE && rc != SQLITE_ROW) e = err_of(rc);
-  } else if (rc != SQLITE_DONE) {
-    e = err_of(rc);
-  }
-  sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  if (e) {
-    free(*out);
-    *out = NULL;
-  }
-  return e;
-}
-
 static int run(conn *c, int i) {
   sqlite3_stmt *st = stmt(c, i);
   if (!st) return DSYS_EDB;
@@ -314,112 +269,192 @@ static int run(conn *c, int i) {
   return (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : err_of(rc);
 }
 
-static int del_expired(conn *c, const char *key, int64_t now) {
-  sqlite3_stmt *st = stmt(c, ST_DEL_EXPIRED);
-  if (!st) return DSYS_EDB;
-  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, now);
+/* Step a bound write statement to its end and reset it. */
+static int step_done(sqlite3_stmt *st) {
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   return rc == SQLITE_DONE ? 0 : err_of(rc);
 }
 
-/* 0 = absent, else version. */
-static int cur_version(conn *c, const char *key, int64_t *ver) {
-  sqlite3_stmt *st = stmt(c, ST_VERSION);
+/* What a write found under its key (the group holds the write lock: it
+ * cannot change before the write). */
+typedef struct found {
+  int64_t id; /* 0: absent, or expired (a write treats it as absent) */
+  int64_t expired_id; /* an expired row still there, else 0 */
+  int64_t version, created_at, expires_at;
+  char *meta; /* its metadata, when asked for (malloc'd) */
+} found;
+
+static int look(conn *c, const char *key, int64_t now, int want_meta,
+                found *f) {
+  *f = (found){0};
+  sqlite3_stmt *st = stmt(c, ST_LOOK);
   if (!st) return DSYS_EDB;
   sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  int rc = sqlite3_step(st);
-  int e = 0;
-  *ver = 0;
-  if (rc == SQLITE_ROW) *ver = sqlite3_column_int64(st, 0);
-  else if (rc != SQLITE_DONE) e = err_of(rc);
+  int rc = sqlite3_step(st), e = 0;
+  if (rc == SQLITE_ROW) {
+    int64_t id = sqlite3_column_int64(st, 0);
+    f->expires_at = sqlite3_column_int64(st, 3);
+    if (f->expires_at > 0 && f->expires_at <= now) {
+      f->expired_id = id;
+    } else {
+      f->id = id;
+      f->version = sqlite3_column_int64(st, 1);
+      f->created_at = sqlite3_column_int64(st, 2);
+      if (want_meta) {
+        const char *m = (const char *)sqlite3_column_text(st, 4);
+        if (!(f->meta = dsysi_strdup(m ? m : "{}"))) e = DSYS_ENOMEM;
+      }
+    }
+  } else if (rc != SQLITE_DONE) {
+    e = err_of(rc);
+  }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   return e;
 }
 
-static int write_locked(conn *c, int mode, const char *key, const char *value,
-                        const char *meta, int64_t exp, int64_t ev,
-                        int64_t now, dsys_item **out) {
-  int e = del_expired(c, key, now);
-  if (e) return e;
-  int si = mode == DSYS_STORE_W_PUT      ? ST_PUT
-           : mode == DSYS_STORE_W_CREATE ? ST_CREATE
-                                         : ST_UPDATE;
-  sqlite3_stmt *st = stmt(c, si);
+static int del_id(conn *c, int64_t id) {
+  sqlite3_stmt *st = stmt(c, ST_DEL_ID);
   if (!st) return DSYS_EDB;
+  sqlite3_bind_int64(st, 1, id);
+  return step_done(st);
+}
+
+/* Insert a new row (replacing an expired one of the same key). *dirty is
+ * set before the first change: the group then knows a failure may have
+ * left part of this write behind (see run_group). */
+static int insert_row(conn *c, const char *key, const char *value,
+                      const char *meta, int64_t exp, int64_t now,
+                      int64_t expired_id, int *dirty, dsys_item **out) {
+  *dirty = 1;
+  int e = expired_id ? del_id(c, expired_id) : 0;
+  sqlite3_stmt *st = e ? NULL : stmt(c, ST_INSERT);
+  if (e || !st) return e ? e : DSYS_EDB;
   sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-  if (meta) sqlite3_bind_text(st, 3, meta, -1, SQLITE_STATIC);
-  else sqlite3_bind_null(st, 3);
+  sqlite3_bind_text(st, 3, meta, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 4, now);
   sqlite3_bind_int64(st, 5, exp);
-  if (si == ST_UPDATE) sqlite3_bind_int64(st, 6, ev);
-  e = step_item(st, out);
-  if (e) return e; /* CONSTRAINT maps to DSYS_EEXIST for create */
-  if (!*out) {
-    if (mode != DSYS_STORE_W_UPDATE) return DSYS_EDB;
-    int64_t v;
-    e = cur_version(c, key, &v);
-    if (e) return e;
-    return v ? DSYS_ECONFLICT : DSYS_ENOTFOUND;
+  if ((e = step_done(st))) return e;
+  *out = dsys_item_new(sqlite3_last_insert_rowid(c->db), key, value, meta, 1,
+                       now, now, exp);
+  return *out ? 0 : DSYS_ENOMEM;
+}
+
+/* Replace the value of the live row f (its next version). */
+static int set_row(conn *c, const found *f, const char *key,
+                   const char *value, const char *meta, int64_t exp,
+                   int64_t now, int *dirty, dsys_item **out) {
+  sqlite3_stmt *st = stmt(c, ST_SET);
+  if (!st) return DSYS_EDB;
+  *dirty = 1;
+  sqlite3_bind_int64(st, 1, f->id);
+  sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, meta, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, f->version + 1);
+  sqlite3_bind_int64(st, 5, now);
+  sqlite3_bind_int64(st, 6, exp);
+  int e = step_done(st);
+  if (e) return e;
+  *out = dsys_item_new(f->id, key, value, meta, f->version + 1,
+                       f->created_at, now, exp);
+  return *out ? 0 : DSYS_ENOMEM;
+}
+
+/* put / create / update. meta NULL (update only): keep the row's. Every
+ * refusal (existing key, missing key, stale version) is decided before
+ * anything is written. */
+static int write_locked(conn *c, int mode, const char *key, const char *value,
+                        const char *meta, int64_t exp, int64_t ev,
+                        int64_t now, int *dirty, dsys_item **out) {
+  found f;
+  int e = look(c, key, now, meta == NULL, &f);
+  if (e) return e;
+  if (mode == DSYS_STORE_W_CREATE && f.id) e = DSYS_EEXIST;
+  else if (mode == DSYS_STORE_W_UPDATE && !f.id) e = DSYS_ENOTFOUND;
+  else if (mode == DSYS_STORE_W_UPDATE && ev && f.version != ev)
+    e = DSYS_ECONFLICT;
+  else if (!f.id)
+    e = insert_row(c, key, value, meta ? meta : "{}", exp, now, f.expired_id,
+                   dirty, out);
+  else
+    e = set_row(c, &f, key, value, meta ? meta : f.meta, exp, now, dirty,
+                out);
+  free(f.meta);
+  return e;
+}
+
+/* The live row of key, whole (NULL: absent or expired; *expired_id: the
+ * id of an expired row still there, else 0). */
+static int get_live(conn *c, const char *key, int64_t now, dsys_item **out,
+                    int64_t *expired_id) {
+  *out = NULL;
+  *expired_id = 0;
+  sqlite3_stmt *st = stmt(c, ST_GET_KEY);
+  if (!st) return DSYS_EDB;
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st), e = 0;
+  if (rc == SQLITE_ROW) {
+    int64_t exp = sqlite3_column_int64(st, 7);
+    if (exp > 0 && exp <= now) *expired_id = sqlite3_column_int64(st, 0);
+    else if (!(*out = row_item(st))) e = DSYS_ENOMEM;
+  } else if (rc != SQLITE_DONE) {
+    e = err_of(rc);
   }
-  return 0;
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return e;
 }
 
 static int del_locked(conn *c, const char *key, int64_t ev, int64_t now,
-                      dsys_item **out) {
-  int e = del_expired(c, key, now);
+                      int *dirty, dsys_item **out) {
+  int64_t expired;
+  int e = get_live(c, key, now, out, &expired);
   if (e) return e;
-  sqlite3_stmt *st = stmt(c, ST_DELETE);
-  if (!st) return DSYS_EDB;
-  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 2, ev);
-  e = step_item(st, out);
-  if (!e && !*out) {
-    int64_t v;
-    e = cur_version(c, key, &v);
-    if (!e) e = v ? DSYS_ECONFLICT : DSYS_ENOTFOUND;
+  if (!*out) return DSYS_ENOTFOUND;
+  if (ev && (*out)->version != ev) e = DSYS_ECONFLICT;
+  else {
+    *dirty = 1;
+    e = del_id(c, (*out)->id);
+  }
+  if (e) {
+    free(*out);
+    *out = NULL;
   }
   return e;
 }
 
 static int incr_locked(conn *c, const char *key, int64_t delta, int64_t now,
-                       dsys_item **out) {
+                       int *dirty, dsys_item **out) {
   dsys_item *cur = NULL;
-  int e = del_expired(c, key, now);
+  int64_t expired;
+  int e = get_live(c, key, now, &cur, &expired);
+  int64_t v = 0, nv;
+  char num[32];
+  if (!e && cur) e = dsysi_store_parse_int(cur->value, &v);
+  if (!e) e = dsysi_store_add(v, delta, &nv);
   if (!e) {
-    sqlite3_stmt *st = stmt(c, ST_GET_KEY);
-    if (!st) e = DSYS_EDB;
-    else {
-      sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-      e = step_item(st, &cur);
-    }
-  }
-  if (!e) {
-    int64_t v = 0, nv;
-    char num[32];
-    if (cur) e = dsysi_store_parse_int(cur->value, &v);
-    if (!e) e = dsysi_store_add(v, delta, &nv);
-    if (!e) {
-      snprintf(num, sizeof num, "%lld", (long long)nv);
-      if (cur)
-        e = write_locked(c, DSYS_STORE_W_UPDATE, key, num, NULL,
-                         cur->expires_at, cur->version, now, out);
-      else
-        e = write_locked(c, DSYS_STORE_W_CREATE, key, num, "{}", 0, 0, now,
-                         out);
+    snprintf(num, sizeof num, "%lld", (long long)nv);
+    if (cur) {
+      found f = {.id = cur->id, .version = cur->version,
+                 .created_at = cur->created_at};
+      e = set_row(c, &f, key, num, cur->metadata, cur->expires_at, now,
+                  dirty, out);
+    } else {
+      e = insert_row(c, key, num, "{}", 0, now, expired, dirty, out);
     }
   }
   free(cur);
   return e;
 }
 
-static int purge_locked(conn *c, int64_t now, size_t limit, size_t *removed) {
+static int purge_locked(conn *c, int64_t now, size_t limit, int *dirty,
+                        size_t *removed) {
   sqlite3_stmt *st = stmt(c, ST_PURGE);
   if (!st) return DSYS_EDB;
+  *dirty = 1;
   sqlite3_bind_int64(st, 1, now);
   sqlite3_bind_int64(st, 2, (int64_t)limit);
   int rc = sqlite3_step(st);
@@ -442,19 +477,21 @@ typedef struct wop {
   size_t limit, removed;
   dsys_item *item; /* result (write, incr; delete when wanted) */
   int rc;
+  int dirty; /* it changed something before it failed (run_group) */
 } wop;
 
 static int run_wop(conn *c, wop *op) {
+  op->dirty = 0;
   switch (op->kind) {
   case W_WRITE:
     return write_locked(c, op->mode, op->key, op->value, op->meta, op->exp,
-                        op->ev, op->now, &op->item);
+                        op->ev, op->now, &op->dirty, &op->item);
   case W_DEL:
-    return del_locked(c, op->key, op->ev, op->now, &op->item);
+    return del_locked(c, op->key, op->ev, op->now, &op->dirty, &op->item);
   case W_INCR:
-    return incr_locked(c, op->key, op->delta, op->now, &op->item);
+    return incr_locked(c, op->key, op->delta, op->now, &op->dirty, &op->item);
   default:
-    return purge_locked(c, op->now, op->limit, &op->removed);
+    return purge_locked(c, op->now, op->limit, &op->dirty, &op->removed);
   }
 }
 
@@ -464,6 +501,37 @@ static void fail_op(wop *op, int e) {
   free(op->item);
   op->item = NULL;
   op->removed = 0;
+}
+
+/* Run the group's ops in the open transaction. Without savepoints (fast):
+ * an op that refuses (conflict, existing or missing key, not a number)
+ * has changed nothing, so the others go on; returns 1 when an op failed
+ * after it had changed something, which only the whole transaction's
+ * rollback can undo. With savepoints (each op alone, undone alone): the
+ * fallback for such a group. *e gets a failure of the whole group. */
+static int run_ops(conn *c, dsysi_group_op *first, int savepoints,
+                   int *committed, int *e) {
+  *committed = 0;
+  for (dsysi_group_op *g = first; g && !*e; g = g->next) {
+    wop *op = (wop *)g;
+    if (savepoints && (*e = run(c, ST_SAVEPOINT))) break;
+    op->rc = run_wop(c, op);
+    if (op->rc) {
+      free(op->item);
+      op->item = NULL;
+    }
+    /* SQLite rolls the whole transaction back itself on some errors (I/O,
+     * full disk, out of memory): then nothing of the group stands. */
+    if (sqlite3_get_autocommit(c->db)) {
+      *e = op->rc ? op->rc : DSYS_EDB;
+      break;
+    }
+    if (!savepoints && op->rc && op->dirty) return 1;
+    if (!op->rc) (*committed)++;
+    if (savepoints && op->rc) *e = run(c, ST_ROLLBACK_TO);
+    if (savepoints && !*e) *e = run(c, ST_RELEASE);
+  }
+  return 0;
 }
 
 static void run_group(void *ud, dsysi_group_op *first) {
@@ -480,26 +548,16 @@ static void run_group(void *ud, dsysi_group_op *first) {
     for (dsysi_group_op *g = first; g; g = g->next) fail_op((wop *)g, e);
     return;
   }
+  int committed;
   /* One op alone needs no savepoint: the transaction is its own. */
-  int multi = first->next != NULL, committed = 0;
-  for (dsysi_group_op *g = first; g && !e; g = g->next) {
-    wop *op = (wop *)g;
-    if (multi) e = run(c, ST_SAVEPOINT);
-    if (e) break;
-    op->rc = run_wop(c, op);
-    if (op->rc) {
-      free(op->item);
-      op->item = NULL;
-    }
-    /* SQLite rolls the whole transaction back itself on some errors (I/O,
-     * full disk, out of memory): then nothing of the group stands. */
-    if (sqlite3_get_autocommit(c->db)) {
-      e = op->rc ? op->rc : DSYS_EDB;
-      break;
-    }
-    if (!op->rc) committed++;
-    if (multi && op->rc) e = run(c, ST_ROLLBACK_TO);
-    if (multi && !e) e = run(c, ST_RELEASE);
+  if (run_ops(c, first, 0, &committed, &e) && first->next) {
+    /* an op failed half-done: undo the group, run it again op by op */
+    run(c, ST_ROLLBACK);
+    for (dsysi_group_op *g = first; g; g = g->next) fail_op((wop *)g, 0);
+    e = run(c, ST_BEGIN);
+    if (!e) run_ops(c, first, 1, &committed, &e);
+  } else if (!e && first->next == NULL && ((wop *)first)->rc) {
+    committed = 0; /* the single op failed: roll its changes back */
   }
   if (!e && committed) {
     e = run(c, ST_COMMIT);

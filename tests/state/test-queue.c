@@ -114,6 +114,41 @@ static void conformance(const dsys_queue_ops *ops, const char *url) {
   dsys_job_free(j);
   is_int(dsys_queue_complete(q, 999999, 1, NULL), DSYS_ENOTFOUND, "complete unknown job");
 
+  /* A claimed job is the row as the claim left it, field by field (the
+   * SQLite backend builds it from the row it picked): a job with a
+   * progress message, a result-less failure and a previous worker. */
+  {
+    static const char *const QC[] = {"cmp"};
+    int64_t cid = submit(q, "cmp", "{\"c\":[1,2]}", 3, 0);
+    dsys_job *c1 = NULL, *c2 = NULL, *g = NULL;
+    int dead = 0;
+    dsys_queue_claim(q, QC, 1, "first", 10000, &c1);
+    if (c1) {
+      dsys_queue_progress(q, cid, c1->token, 50, "half");
+      dsys_queue_fail(q, cid, c1->token, "boom", &dead);
+    }
+    dsys_clock_advance(clk, 70000 * 1000); /* past any backoff */
+    is_int(dsys_queue_claim(q, QC, 1, "second", 7000, &c2), 0, "claim of a retried job");
+    is_int(dsys_queue_get(q, cid, &g), 0, "... and its row");
+    ok(c2 && g && c2->id == g->id && c2->state == g->state && c2->priority == g->priority &&
+           c2->attempts == g->attempts && c2->max_attempts == g->max_attempts &&
+           c2->token == g->token && c2->lease_until == g->lease_until &&
+           c2->progress == g->progress && c2->created_at == g->created_at &&
+           c2->run_at == g->run_at && c2->finished_at == g->finished_at &&
+           !strcmp(c2->queue, g->queue) && !strcmp(c2->payload, g->payload) &&
+           !strcmp(c2->worker, g->worker) && !c2->progress_msg && !g->progress_msg &&
+           !c2->result == !g->result && c2->error && g->error && !strcmp(c2->error, g->error) &&
+           !c2->idempotency_key && !g->idempotency_key,
+       "the claimed job equals its row, field by field");
+    ok(c2 && c2->attempts == 2 && c2->token == 2 && !strcmp(c2->worker, "second") &&
+           c2->progress == 0 && !strcmp(c2->error, "boom"),
+       "... second attempt, token 2, the new worker, progress reset, the last error kept");
+    if (c2) dsys_queue_complete(q, cid, c2->token, NULL);
+    dsys_job_free(c1);
+    dsys_job_free(c2);
+    dsys_job_free(g);
+  }
+
   /* delayed job ready on time */
   static const char *const QD[] = {"d"};
   int64_t d = submit(q, "d", "1", 0, 5000);

@@ -6,6 +6,10 @@
  *  2. per-caller results inside one shared group: a version conflict, an
  *     existing key, a non-integer increment and a missing key fail alone,
  *     the other writes of the same transaction commit;
+ *  2b. an op that fails after it changed something (a put over an expired
+ *     row deletes it, then its insert is refused by a trigger) is undone
+ *     whole: the group is rolled back and run again op by op, the other
+ *     writes commit and the expired row is still there;
  *  3. 8 threads putting in a child process SIGKILLed mid-run, at
  *     synchronous=NORMAL and FULL: every acknowledged put is there after
  *     reopening, PRAGMA integrity_check is ok.
@@ -251,6 +255,90 @@ static void test_shared_group(void) {
   dsys_store_close(s);
 }
 
+/* ---- 2b: an op failing half-done in a group without savepoints ---- */
+
+static int64_t raw_count(const char *path, const char *key) {
+  sqlite3 *db = NULL;
+  sqlite3_open(path, &db);
+  sqlite3_stmt *q = NULL;
+  sqlite3_prepare_v2(db, "SELECT count(*) FROM dsys_store_items WHERE key = ?1", -1, &q, NULL);
+  sqlite3_bind_text(q, 1, key, -1, SQLITE_STATIC);
+  int64_t n = q && sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -1;
+  sqlite3_finalize(q);
+  sqlite3_close(db);
+  return n;
+}
+
+static void test_half_done(void) {
+  char path[300], url[320];
+  snprintf(path, sizeof path, "%s/half.sqlite", dir);
+  snprintf(url, sizeof url, "sqlite://%s", path);
+  dsys_store *s = NULL;
+  is_int(dsys_store_open(&s, url, NULL), 0, "half-done: open");
+  dsys_store_put(s, "exists", "1", NULL, NULL);
+  dsys_store_put(s, "cas", "1", NULL, NULL);
+  /* An expired row of "boom" (expires_at 1 ms after the epoch), and a
+   * trigger that refuses every insert of "boom": a put of it deletes the
+   * expired row, then fails on its insert. */
+  sqlite3 *raw = NULL;
+  sqlite3_open(path, &raw);
+  is_int(sqlite3_exec(raw,
+                      "INSERT INTO dsys_store_items(key, value, metadata, version, created_at, "
+                      "updated_at, expires_at) VALUES('boom', '0', '{}', 1, 1, 1, 1);"
+                      "CREATE TRIGGER boom BEFORE INSERT ON dsys_store_items WHEN new.key = 'boom' "
+                      "BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+                      NULL, NULL, NULL),
+         SQLITE_OK, "half-done: an expired row and a refusing trigger");
+  is_int(dsys_store_put(s, "boom", "1", NULL, NULL), DSYS_EEXIST,
+         "half-done: a put alone fails with the trigger's constraint error");
+  is_int(raw_count(path, "boom"), 1, "half-done: ... and the expired row it deleted is back");
+  dsysi_group *g = dsysi_store_sqlite_group(s);
+  is_int(sqlite3_exec(raw, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK,
+         "half-done: a raw connection holds the write lock");
+  unsigned long long g0 = dsysi_group_count(g);
+  call lead = {s, 0, "lead", "1"};
+  call calls[] = {
+      {s, 0, "before", "2"},
+      {s, 0, "boom", "3"},      /* fails after its delete */
+      {s, 2, "exists", "4"},    /* refused before any change */
+      {s, 1, "cas", "5", 1},
+      {s, 3, "ctr", NULL, 7},
+  };
+  enum { N = sizeof calls / sizeof calls[0] };
+  pthread_t lt, th[N];
+  pthread_create(&lt, NULL, do_call, &lead);
+  int led = wait_running(g, 4000);
+  /* one by one, so that the group holds them in this order */
+  int queued = led;
+  for (int i = 0; i < N; i++) {
+    pthread_create(&th[i], NULL, do_call, &calls[i]);
+    queued &= wait_pending(g, i + 1, 4000);
+  }
+  ok(led && queued, "half-done: %d writes queued behind a leader", N);
+  sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL);
+  pthread_join(lt, NULL);
+  for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+  is_int(dsysi_group_count(g) - g0, 2, "half-done: two groups (the leader alone, then the five)");
+  is_int(lead.rc, 0, "half-done: the leader's put committed");
+  is_int(calls[0].rc, 0, "half-done: the put before the failing one committed");
+  is_int(calls[1].rc, DSYS_EEXIST, "half-done: the failing put got its own error");
+  is_int(calls[2].rc, DSYS_EEXIST, "half-done: the refused create got its own error");
+  is_int(calls[3].rc, 0, "half-done: the CAS after it committed");
+  is_int(calls[3].version, 2, "half-done: ... at version 2");
+  is_int(calls[4].rc, 0, "half-done: the increment after it committed");
+  is_int(calls[4].incr, 7, "half-done: ... with its own result");
+  is_int(raw_count(path, "boom"), 1, "half-done: the expired row the failing put deleted is back");
+  dsys_store_close(s);
+  is_int(dsys_store_open(&s, url, NULL), 0, "half-done: reopen");
+  is_int(version_of(s, "before"), 1, "half-done: the put before is on disk");
+  is_int(version_of(s, "cas"), 2, "half-done: the CAS is on disk, once");
+  is_int(version_of(s, "ctr"), 1, "half-done: the counter is on disk");
+  is_int(version_of(s, "exists"), 1, "half-done: the existing key is untouched");
+  is_int(version_of(s, "boom"), 0, "half-done: the expired key still reads as absent");
+  dsys_store_close(s);
+  sqlite3_close(raw);
+}
+
 /* ---- 3: 8 writing threads in a child killed mid-run ---- */
 
 #define NTH 8
@@ -351,6 +439,7 @@ int main(void) {
   if (!mkdtemp(dir)) tap_bail("mkdtemp");
   test_helper();
   test_shared_group();
+  test_half_done();
   test_killed(0);
   test_killed(1);
   char cmd[300];
