@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sqlite3.h>
 #include <distsys/distsys.h>
 #include "state/queue_int.h"
 #include "pgserver.h"
@@ -884,6 +885,96 @@ static void url_open(const char *url) {
   dsys_queue_close(q2);
 }
 
+/* Migration 3 (narrower indexes) on a file written with schema 2: jobs in
+ * every state are counted, listed and claimed as before. The version-2
+ * file is made from a current one by putting the old indexes back (the
+ * tables did not change). */
+static int64_t sql_int(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  int64_t v = -1;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+static void migration3(const char *path) {
+  char url[450];
+  snprintf(url, sizeof url, "sqlite://%s", path);
+  dsys_queue *q = NULL;
+  if (!ok(dsys_queue_open(&q, url, NULL) == 0, "migration: open a new file")) return;
+  const char *qs[] = {"m"};
+  int64_t id;
+  for (int i = 0; i < 6; i++) { /* priorities 0, 1, 2, 0, 1, 2 */
+    dsys_submit_options so = {.size = sizeof so, .priority = i % 3, .max_attempts = 1};
+    dsys_queue_submit(q, "m", "{}", &so, &id, NULL);
+  }
+  dsys_submit_options later = {.size = sizeof later, .delay_ms = 3600000};
+  dsys_queue_submit(q, "m", "{}", &later, &id, NULL);
+  dsys_job *j[3] = {0};
+  for (int i = 0; i < 3; i++) dsys_queue_claim(q, qs, 1, "w", 60000, &j[i]);
+  int dead = 0;
+  int okc = j[0] && j[1] && j[2] && dsys_queue_complete(q, j[0]->id, j[0]->token, "{}") == 0 &&
+            dsys_queue_fail(q, j[1]->id, j[1]->token, "boom", &dead) == 0 && dead;
+  ok(okc, "migration: jobs completed and dead-lettered");
+  dsys_queue_submit(q, "m", "{}", NULL, &id, NULL);
+  dsys_queue_cancel(q, id);
+  dsys_job_counts before = {0};
+  dsys_queue_counts(q, "m", &before);
+  for (int i = 0; i < 3; i++) dsys_job_free(j[i]);
+  dsys_queue_close(q);
+
+  sqlite3 *db = NULL;
+  int rc = sqlite3_open(path, &db);
+  if (!rc)
+    rc = sqlite3_exec(db,
+                      "BEGIN;"
+                      "DROP INDEX dsys_jobs_wait; DROP INDEX dsys_jobs_done; DROP INDEX dsys_jobs_dead;"
+                      "CREATE INDEX dsys_jobs_claim ON dsys_jobs(queue, state, priority DESC, id);"
+                      "CREATE INDEX dsys_jobs_finished ON dsys_jobs(finished_at) WHERE finished_at > 0;"
+                      "UPDATE dsys_schema SET version = 2 WHERE component = 'queue';"
+                      "COMMIT;",
+                      NULL, NULL, NULL);
+  sqlite3_close(db);
+  if (!is_int(rc, SQLITE_OK, "migration: the file set back to schema 2")) return;
+
+  if (!ok(dsys_queue_open(&q, url, NULL) == 0, "migration: open the schema-2 file")) return;
+  dsys_job_counts after = {0};
+  dsys_queue_counts(q, "m", &after);
+  ok(!memcmp(&before, &after, sizeof before) && after.waiting == 3 && after.delayed == 1 &&
+         after.active == 1 && after.completed == 1 && after.failed == 1 && after.canceled == 1,
+     "migration: the same counts (waiting %lld, delayed %lld, active %lld, completed %lld, "
+     "failed %lld, canceled %lld)",
+     (long long)after.waiting, (long long)after.delayed, (long long)after.active,
+     (long long)after.completed, (long long)after.failed, (long long)after.canceled);
+  dsys_job **dl = NULL;
+  size_t n = 0;
+  dsys_queue_list_dead(q, "m", 0, 10, &dl, &n);
+  ok(n == 1 && !strcmp(dl[0]->error ? dl[0]->error : "", "boom"), "migration: the dead letter listed");
+  dsys_job_list_free(dl, n);
+  dsys_job *c = NULL;
+  dsys_queue_claim(q, qs, 1, "w", 60000, &c);
+  ok(c && c->priority == 1, "migration: claims keep priority order (got priority %d)",
+     c ? c->priority : -1);
+  dsys_job_free(c);
+  dsys_queue_close(q);
+  sqlite3_open(path, &db);
+  is_int(sql_int(db, "SELECT version FROM dsys_schema WHERE component = 'queue'"), 3,
+         "migration: schema version 3");
+  is_int(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN "
+                     "('dsys_jobs_wait', 'dsys_jobs_done', 'dsys_jobs_dead')"),
+         3, "migration: the new indexes");
+  is_int(sql_int(db, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN "
+                     "('dsys_jobs_claim', 'dsys_jobs_finished')"),
+         0, "migration: the old ones dropped");
+  sqlite3_stmt *st = NULL;
+  sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL);
+  ok(st && sqlite3_step(st) == SQLITE_ROW && !strcmp((const char *)sqlite3_column_text(st, 0), "ok"),
+     "migration: integrity_check ok");
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
 int main(void) {
   char dir[256];
   snprintf(dir, sizeof dir, "%s/dsys-queue-XXXXXX",
@@ -903,6 +994,9 @@ int main(void) {
   char path3[400];
   snprintf(path3, sizeof path3, "%s/g.sqlite", dir);
   shared_groups(path3);
+  char path4[400];
+  snprintf(path4, sizeof path4, "%s/m.sqlite", dir);
+  migration3(path4);
   /* backoff distribution: within bounds, and not constant */
   int in = 1, distinct = 0;
   int64_t first = dsysi_queue_backoff(3, 100, 10000);
