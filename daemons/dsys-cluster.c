@@ -813,6 +813,8 @@ static void write_state(void) {
   FILE *f = fopen(tmp, "w");
   if (!f) return;
   fprintf(f, "supervisor %d\n", (int)getpid());
+  /* for `status`: the files its health checks present (TLS deployment) */
+  if (tls_dir[0]) fprintf(f, "tls-ca %s\ntls-cert %s\ntls-key %s\n", tls.ca, tls.cert, tls.key);
   for (int i = 0; i < NP; i++) {
     char url[128];
     url_of(&P[i], url, sizeof url);
@@ -831,9 +833,8 @@ static int status_cmd(void) {
     printf("no cluster state in %s (is dsys-cluster running with --data-dir %s?)\n", datadir, datadir);
     return 1;
   }
-  dsys_client *c;
-  dsys_client_new(&c, NULL);
-  char line[512], name[64], url[160], state[32];
+  dsys_client *c = NULL;
+  char line[PATH_MAX + 64], name[64], url[160], state[32];
   int pid, restarts, sup = 0, down = 0;
   if (fscanf(f, "supervisor %d\n", &sup) != 1 || kill(sup, 0) != 0)
     printf("supervisor %d is not running (state may be stale)\n", sup), down = 1;
@@ -841,12 +842,27 @@ static int status_cmd(void) {
     printf("supervisor pid %d\n", sup);
   printf("%-12s %-28s %8s %9s %s\n", "process", "url", "pid", "restarts", "health");
   while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = 0;
+    char *tf[3] = {tls.ca, tls.cert, tls.key};
+    static const char *const tk[3] = {"tls-ca ", "tls-cert ", "tls-key "};
+    for (int k = 0; k < 3; k++)
+      if (!strncmp(line, tk[k], strlen(tk[k])))
+        snprintf(tf[k], k ? sizeof tls.cert : sizeof tls.ca, "%s", line + strlen(tk[k]));
     if (sscanf(line, "%63s %159s %d %d %31s", name, url, &pid, &restarts, state) != 5) continue;
+    if (!c) {
+      dsys_client_options co = {.size = sizeof co, .tls_ca_file = tls.ca, .tls_cert_file = tls.cert,
+                                .tls_key_file = tls.key};
+      dsys_client_new(&c, tls.ca[0] ? &co : NULL);
+    }
+    snprintf(tls_dir, sizeof tls_dir, "%s", strncmp(url, "https:", 6) ? "" : "(state)");
     proc p = {0};
     const char *colon = strrchr(url, ':');
     p.port = colon ? atoi(colon + 1) : 0;
     int alive = pid > 0 && kill(pid, 0) == 0;
-    int h = alive && check_health(c, &p);
+    /* the address and scheme it serves on (url_of), as recorded */
+    const char *hp = strstr(url, "://"), *co = strrchr(url, ':');
+    if (hp && co > hp + 3) snprintf(host, sizeof host, "%.*s", (int)(co - hp - 3), hp + 3);
+    int h = alive && c && check_health(c, &p);
     if (!h) down = 1;
     printf("%-12s %-28s %8d %9d %s\n", name, url, pid, restarts, !alive ? "down" : h ? "healthy" : "unhealthy");
   }

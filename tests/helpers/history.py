@@ -206,13 +206,18 @@ def load(args):
 
 COMPLETED = re.compile(r" job (\d+) completed .*attempt=(\d+)")
 REFUSED = re.compile(r"job (\d+): recording outcome: ")
+# the fencing token's refusal (DSYS_ELEASE); any other error recording an
+# outcome (the database lost during the commit) leaves it unknown
+STALE = "lease lost"
 
 
-def completions(logs):
+def completions(logs, unknown=None):
     """{jobId: {instance: accepted completions}} from the compute logs
-    (name -> text): a "completed" line counts, a refusal of that job's
-    outcome in the same log takes one back (a refused outcome that was a
-    release, after the lease was lost, takes back nothing)."""
+    (name -> text): a "completed" line counts, a failure to record that
+    job's outcome in the same log takes one back (a refused outcome that
+    was a release, after the lease was lost, takes back nothing). A failure
+    other than the fencing token's refusal may have been applied all the
+    same: (jobId, instance) goes into the set `unknown` when given."""
     done, refused = {}, {}
     for name, text in logs.items():
         for m in COMPLETED.finditer(text):
@@ -221,6 +226,8 @@ def completions(logs):
         for m in REFUSED.finditer(text):
             r = refused.setdefault(m.group(1), {})
             r[name] = r.get(name, 0) + 1
+            if unknown is not None and not text.startswith(STALE, m.end()):
+                unknown.add((m.group(1), name))
     out = {}
     for job in set(done) | set(refused):
         for name in set(done.get(job, {})) | set(refused.get(job, {})):
@@ -229,11 +236,13 @@ def completions(logs):
     return out
 
 
-def check_history(ops, finals, jobs, comp, uncertain=()):
+def check_history(ops, finals, jobs, comp, uncertain=(), unknown=()):
     """The checks on data already fetched: ops (the history), finals
     {key: (version, value list)}, jobs {jobId: the job's JSON or None},
     comp (completions()), uncertain (instances whose logs may miss
-    lines: on a killed host). A list of problems, empty when all hold."""
+    lines: on a killed host), unknown ((jobId, instance) whose completion's
+    outcome is unknown: completions(unknown=)). A list of problems, empty
+    when all hold."""
     bad = []
     writes = [o for o in ops if o["op"] == "write"]
     for k, (ver, val) in sorted(finals.items()):
@@ -272,6 +281,9 @@ def check_history(ops, finals, jobs, comp, uncertain=()):
         if res.get("result") != o["expect"]:
             bad.append("job %s: result %r, expected %r" % (o["jobId"], res.get("result"), o["expect"]))
         by = {n: c for n, c in comp.get(str(o["jobId"]), {}).items() if c}
+        # an unknown outcome that the job's result shows was applied
+        if not by and (str(o["jobId"]), res.get("service")) in unknown:
+            by = {res.get("service"): 1}
         sure = {n: c for n, c in by.items() if n not in uncertain}
         if any(c > 1 for c in by.values()) or len(sure) > 1:
             bad.append("job %s: accepted completions %r (at most one)" % (o["jobId"], by))
@@ -316,7 +328,9 @@ def check(args):
         name, path = spec.split("=", 1)
         with open(path, errors="replace") as f:
             logs[name] = f.read()
-    bad = check_history(ops, finals, jobs, completions(logs), set(args.uncertain))
+    unknown = set()
+    comp = completions(logs, unknown)
+    bad = check_history(ops, finals, jobs, comp, set(args.uncertain), unknown)
     n = lambda op, st: sum(1 for o in ops if o["op"] == op and o["status"] == st)
     print("history: %d writes acknowledged (%d CAS conflicts, %d unknown), %d jobs acknowledged, "
           "%d reads; %d keys checked, %d jobs checked: %s"

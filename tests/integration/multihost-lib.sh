@@ -77,9 +77,11 @@ mh_up() {
   done
 }
 
-# mh_start I: host I's supervisor (its PID in $tmp/sup$i)
+# mh_start I: host I's supervisor (its PID in $tmp/sup$i); MH_ENV_I: more
+# environment for host I only
 mh_start() {
-  env ${MH_ENV:-} "$HOSTS" exec "$net" "$1" "$bld/daemons/dsys-cluster" --deployment "$tmp/deployment.conf" \
+  eval "_env=\${MH_ENV_$1:-}"
+  env ${MH_ENV:-} $_env "$HOSTS" exec "$net" "$1" "$bld/daemons/dsys-cluster" --deployment "$tmp/deployment.conf" \
     --host "h$1" --data-dir "$tmp/d$1" ${MH_FLAGS:-} >> "$tmp/s$1.out" 2>> "$tmp/s$1.err" &
   echo $! > "$tmp/sup$1"
   sups="$sups $!"
