@@ -885,7 +885,8 @@ static const dsys_option opts[] = {
     {"profile", "DSYS_CLUSTER_PROFILE", DSYS_OPT_STRING, "plain",
      "plain (the HTTP contract of docs/reference/http-api.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, "
      "idempotency; service identities: only the supervisor's processes can register, services "
-     "answer only peers such as the gateway)"},
+     "answer only peers such as the gateway; across hosts, --deployment with tls.dir: mutual TLS "
+     "with the deployment CA instead of identity tokens)"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
 };
