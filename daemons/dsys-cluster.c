@@ -1115,8 +1115,9 @@ static int run(dsys_config *cfg) {
   if (!strcmp(profile, "secure")) {
     secure = 1;
     for (int i = 0; i < NP; i++)
-      if (!strcmp(P[i].type, "faultd")) snprintf(cors_origin, sizeof cors_origin, "http://%s:%d", host, P[i].port);
-    if (!cors_origin[0]) snprintf(cors_origin, sizeof cors_origin, "http://%s", host);
+      if (!strcmp(P[i].type, "faultd")) url_of(&P[i], cors_origin, sizeof cors_origin); /* its page */
+    if (!cors_origin[0])
+      snprintf(cors_origin, sizeof cors_origin, "%s://%s", tls_dir[0] ? "https" : "http", host);
   }
   if (secure && !deployment) {
     /* the identity key pair, made once and kept with the data */
