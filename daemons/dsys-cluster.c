@@ -37,6 +37,7 @@
 #include <unistd.h>
 #include <distsys/distsys.h>
 #include <distsys/services.h>
+#include "cluster-tls.h"
 
 #define MAXP 32
 
@@ -269,6 +270,11 @@ static int NH, deployment;
 static char me[32];             /* --host */
 static char reg_prefix[200] = "/dsys/registry", db_name[64] = "postgres", db_trusted[64];
 static char patroni_tmpl[PATH_MAX + 64], jwt_file[PATH_MAX];
+/* tls.dir: every hop between hosts is TLS with the deployment's CA
+ * (multi-host.md, "TLS and identities across hosts"); tls holds this
+ * host's checked files */
+static char tls_dir[PATH_MAX];
+static cluster_tls tls;
 
 static int deployment_line(void *ud, const char *path, int ln, const char *k, const char *v) {
   (void)ud;
@@ -280,7 +286,8 @@ static int deployment_line(void *ud, const char *path, int ln, const char *k, co
                 {"db.name", db_name, sizeof db_name},
                 {"db.trusted", db_trusted, sizeof db_trusted},
                 {"patroni.template", patroni_tmpl, sizeof patroni_tmpl},
-                {"jwt-secret-file", jwt_file, sizeof jwt_file}};
+                {"jwt-secret-file", jwt_file, sizeof jwt_file},
+                {"tls.dir", tls_dir, sizeof tls_dir}};
   for (size_t i = 0; i < sizeof global / sizeof *global; i++)
     if (!strcmp(k, global[i].key)) {
       if (strlen(v) >= global[i].n) {
@@ -431,14 +438,16 @@ static int load_deployment(const char *path) {
     return -1;
   }
   snprintf(host, sizeof host, "%s", H[mine].addr);
-  snprintf(regurl, sizeof regurl, "etcd://%s%s", etcd, reg_prefix);
+  snprintf(regurl, sizeof regurl, "etcd%s://%s%s", tls_dir[0] ? "s" : "", etcd, reg_prefix);
   if (pgnodes)
     snprintf(dburi, sizeof dburi, "postgresql://postgres@%s/%s?target_session_attrs=read-write", pg,
              db_name);
   return 0;
 }
 
-static void url_of(const proc *p, char *buf, size_t n) { snprintf(buf, n, "http://%s:%d", host, p->port); }
+static void url_of(const proc *p, char *buf, size_t n) {
+  snprintf(buf, n, "%s://%s:%d", tls_dir[0] ? "https" : "http", host, p->port);
+}
 
 static void token_file(const proc *p, char *buf, size_t n) {
   snprintf(buf, n, "%s/identity/%s.token", datadir, p->name);
@@ -458,6 +467,9 @@ static int issue_identity(const proc *p) {
 /* Patroni's directory on this host (its data, socket and config), owned
  * by the postgres user when we are root (PostgreSQL refuses to run as root). */
 static void patroni_dir(char *buf, size_t n) { snprintf(buf, n, "%s/patroni", datadir); }
+/* with tls.dir: the copies of the TLS files that Patroni and PostgreSQL
+ * (user postgres) read, in patroni/tls */
+static cluster_tls pg_tls;
 
 /* This host's Patroni config, written from the template
  * (deploy/patroni/patroni.yml.in: the @FIELD@s it documents, the same that
@@ -472,9 +484,18 @@ static int patroni_config(const proc *p, const char *path, uid_t uid, gid_t gid)
     if (H[i].v[7] && el < sizeof etcd)
       el += (size_t)snprintf(etcd + el, sizeof etcd - el, "%s%s:%d", el ? "," : "", H[i].addr,
                              atoi(H[i].v[7]));
+  /* with tls.dir: TLS to etcd, on the REST API (client certificates
+   * required) and in PostgreSQL (hostssl, client certificates of the CA);
+   * without, the template's lines that name a @TLS...@ field are left out */
+  int t = tls_dir[0] != 0;
   const char *fields[][2] = {{"@NAME@", me}, {"@ADDR@", host}, {"@API_PORT@", api},
                              {"@PG_PORT@", pgp}, {"@ETCD@", etcd}, {"@DIR@", dir},
-                             {"@NET@", db_trusted}};
+                             {"@NET@", db_trusted},
+                             {"@PG_HBA@", t ? "hostssl" : "host"},
+                             {"@PG_AUTH@", t ? "trust clientcert=verify-ca" : "trust"},
+                             {"@ETCD_PROTOCOL@", t ? "https" : "http"},
+                             {"@TLS_CA@", pg_tls.ca}, {"@TLS_CERT@", pg_tls.cert},
+                             {"@TLS_KEY@", pg_tls.key}, {"@TLS@", ""}};
   FILE *in = fopen(patroni_tmpl, "r");
   if (!in) {
     fprintf(stderr, "dsys-cluster: cannot read the Patroni template %s: %s (patroni.template)\n",
@@ -486,6 +507,7 @@ static int patroni_config(const proc *p, const char *path, uid_t uid, gid_t gid)
   FILE *out = fopen(tmp, "w");
   char line[1024];
   while (out && fgets(line, sizeof line, in)) {
+    if (!t && strstr(line, "@TLS")) continue;
     for (const char *c = line; *c;) {
       size_t k = 0;
       while (k < sizeof fields / sizeof *fields && strncmp(c, fields[k][0], strlen(fields[k][0]))) k++;
@@ -512,14 +534,15 @@ static int infra_argv(proc *p, char **argv, int a, char bufs[][PATH_MAX + 64], u
     const char *bin = getenv("DSYS_ETCD");
     snprintf(bufs[0], sizeof bufs[0], "%s", bin && *bin ? bin : "/usr/bin/etcd");
     snprintf(bufs[1], sizeof bufs[1], "%s/etcd", datadir);
-    snprintf(bufs[2], sizeof bufs[2], "http://%s:%d", host, p->port);
-    snprintf(bufs[3], sizeof bufs[3], "http://%s:%d", host, p->port2);
+    const char *sch = tls_dir[0] ? "https" : "http";
+    snprintf(bufs[2], sizeof bufs[2], "%s://%s:%d", sch, host, p->port);
+    snprintf(bufs[3], sizeof bufs[3], "%s://%s:%d", sch, host, p->port2);
     size_t l = 0;
     for (int i = 0; i < NH; i++)
       if (H[i].v[7] && l < sizeof bufs[4]) {
         const char *c = strchr(H[i].v[7], ',');
-        l += (size_t)snprintf(bufs[4] + l, sizeof bufs[4] - l, "%s%s=http://%s:%s", l ? "," : "",
-                              H[i].name, H[i].addr, c ? c + 1 : "");
+        l += (size_t)snprintf(bufs[4] + l, sizeof bufs[4] - l, "%s%s=%s://%s:%s", l ? "," : "",
+                              H[i].name, sch, H[i].addr, c ? c + 1 : "");
       }
     /* the initial-* flags matter only for a new member: a restarted one
      * (its data dir kept) rejoins with what it stored */
@@ -531,6 +554,14 @@ static int infra_argv(proc *p, char **argv, int a, char bufs[][PATH_MAX + 64], u
                        "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m"};
     argv[0] = bufs[0];
     for (size_t i = 1; i < sizeof v / sizeof *v; i++) argv[a++] = v[i];
+    if (tls_dir[0]) {
+      /* clients and peers alike present a certificate of the deployment CA */
+      char *const t[] = {"--cert-file", tls.cert, "--key-file", tls.key, "--client-cert-auth",
+                         "--trusted-ca-file", tls.ca, "--peer-cert-file", tls.cert,
+                         "--peer-key-file", tls.key, "--peer-client-cert-auth",
+                         "--peer-trusted-ca-file", tls.ca};
+      for (size_t i = 0; i < sizeof t / sizeof *t; i++) argv[a++] = t[i];
+    }
     return a;
   }
   /* patroni */
@@ -554,6 +585,9 @@ static int infra_argv(proc *p, char **argv, int a, char bufs[][PATH_MAX + 64], u
     return -1;
   }
   snprintf(bufs[1], sizeof bufs[1], "%s/patroni.yml", dir);
+  char tdir[PATH_MAX + 32];
+  snprintf(tdir, sizeof tdir, "%s/tls", dir);
+  if (tls_dir[0] && cluster_tls_copy(&tls, tdir, *uid, *gid, &pg_tls)) return -1;
   if (patroni_config(p, bufs[1], *uid, *gid)) return -1;
   argv[0] = bufs[0];
   argv[a++] = bufs[1];
@@ -570,7 +604,7 @@ static void spawn(proc *p) {
   char store[PATH_MAX + 2048];
   if (dburi[0]) snprintf(store, sizeof store, "%s", dburi);
   else snprintf(store, sizeof store, "sqlite://%s", dbfile);
-  char *argv[40];
+  char *argv[64];
   int a = 0;
   argv[a++] = exe;
   char bufs[5][PATH_MAX + 64];
@@ -636,13 +670,28 @@ static void spawn(proc *p) {
       argv[a++] = secret_file;
     }
   }
+  if (tls_dir[0]) {
+    /* TLS on every hop between hosts: each process serves https with its
+     * host's certificate and presents it when it calls etcd, a peer or an
+     * upstream, trusting the deployment CA only; the services also demand
+     * a client certificate of that CA (gateways, supervisors and the
+     * other hosts' processes have one; nobody else may call them). */
+    int gwy = !strcmp(p->type, "gateway"), svc = !gwy && strcmp(p->type, "faultd");
+    char *const t[] = {"--tls-cert", tls.cert, "--tls-key", tls.key,
+                       "--etcd-ca", tls.ca, "--etcd-cert", tls.cert, "--etcd-key", tls.key,
+                       gwy ? "--upstream-ca" : "--peer-ca", tls.ca,
+                       gwy ? "--upstream-cert" : "--peer-cert", tls.cert,
+                       gwy ? "--upstream-key" : "--peer-key", tls.key,
+                       "--tls-client-ca", tls.ca};
+    for (size_t i = 0; i < sizeof t / sizeof *t - (svc ? 0 : 2); i++) argv[a++] = t[i];
+  }
   /* identities: the registry and the services verify, every process but
    * the registry and the fault detector (it only reads) presents one */
   char tf[PATH_MAX + 64];
   int verifies = !strcmp(p->type, "registry") || !strcmp(p->type, "auth") ||
                  !strcmp(p->type, "data") || !strcmp(p->type, "compute");
   int presents = strcmp(p->type, "registry") && strcmp(p->type, "faultd");
-  if (secure && presents) {
+  if (secure && !deployment && presents) {
     if (issue_identity(p)) { /* retried later, like a crash */
       p->pid = 0;
       p->started_ms = now_ms();
@@ -653,7 +702,7 @@ static void spawn(proc *p) {
     argv[a++] = "--identity-token-file";
     argv[a++] = tf;
   }
-  if (secure && verifies) {
+  if (secure && !deployment && verifies) {
     argv[a++] = "--identity-public-key";
     argv[a++] = id_pub;
   }
@@ -764,6 +813,8 @@ static void write_state(void) {
   FILE *f = fopen(tmp, "w");
   if (!f) return;
   fprintf(f, "supervisor %d\n", (int)getpid());
+  /* for `status`: the files its health checks present (TLS deployment) */
+  if (tls_dir[0]) fprintf(f, "tls-ca %s\ntls-cert %s\ntls-key %s\n", tls.ca, tls.cert, tls.key);
   for (int i = 0; i < NP; i++) {
     char url[128];
     url_of(&P[i], url, sizeof url);
@@ -782,9 +833,8 @@ static int status_cmd(void) {
     printf("no cluster state in %s (is dsys-cluster running with --data-dir %s?)\n", datadir, datadir);
     return 1;
   }
-  dsys_client *c;
-  dsys_client_new(&c, NULL);
-  char line[512], name[64], url[160], state[32];
+  dsys_client *c = NULL;
+  char line[PATH_MAX + 64], name[64], url[160], state[32];
   int pid, restarts, sup = 0, down = 0;
   if (fscanf(f, "supervisor %d\n", &sup) != 1 || kill(sup, 0) != 0)
     printf("supervisor %d is not running (state may be stale)\n", sup), down = 1;
@@ -792,12 +842,27 @@ static int status_cmd(void) {
     printf("supervisor pid %d\n", sup);
   printf("%-12s %-28s %8s %9s %s\n", "process", "url", "pid", "restarts", "health");
   while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = 0;
+    char *tf[3] = {tls.ca, tls.cert, tls.key};
+    static const char *const tk[3] = {"tls-ca ", "tls-cert ", "tls-key "};
+    for (int k = 0; k < 3; k++)
+      if (!strncmp(line, tk[k], strlen(tk[k])))
+        snprintf(tf[k], k ? sizeof tls.cert : sizeof tls.ca, "%s", line + strlen(tk[k]));
     if (sscanf(line, "%63s %159s %d %d %31s", name, url, &pid, &restarts, state) != 5) continue;
+    if (!c) {
+      dsys_client_options co = {.size = sizeof co, .tls_ca_file = tls.ca, .tls_cert_file = tls.cert,
+                                .tls_key_file = tls.key};
+      dsys_client_new(&c, tls.ca[0] ? &co : NULL);
+    }
+    snprintf(tls_dir, sizeof tls_dir, "%s", strncmp(url, "https:", 6) ? "" : "(state)");
     proc p = {0};
     const char *colon = strrchr(url, ':');
     p.port = colon ? atoi(colon + 1) : 0;
     int alive = pid > 0 && kill(pid, 0) == 0;
-    int h = alive && check_health(c, &p);
+    /* the address and scheme it serves on (url_of), as recorded */
+    const char *hp = strstr(url, "://"), *co = strrchr(url, ':');
+    if (hp && co > hp + 3) snprintf(host, sizeof host, "%.*s", (int)(co - hp - 3), hp + 3);
+    int h = alive && c && check_health(c, &p);
     if (!h) down = 1;
     printf("%-12s %-28s %8d %9d %s\n", name, url, pid, restarts, !alive ? "down" : h ? "healthy" : "unhealthy");
   }
@@ -820,7 +885,8 @@ static const dsys_option opts[] = {
     {"profile", "DSYS_CLUSTER_PROFILE", DSYS_OPT_STRING, "plain",
      "plain (the HTTP contract of docs/reference/http-api.md as is) or secure (gateway: rate limits, JWT on data/compute writes, CORS, "
      "idempotency; service identities: only the supervisor's processes can register, services "
-     "answer only peers such as the gateway)"},
+     "answer only peers such as the gateway; across hosts, --deployment with tls.dir: mutual TLS "
+     "with the deployment CA instead of identity tokens)"},
     {"help", NULL, DSYS_OPT_BOOL, NULL, "show this help"},
     {"version", NULL, DSYS_OPT_BOOL, NULL, "show the version"},
 };
@@ -857,6 +923,45 @@ static void stop_all(void) {
 }
 
 static int run(dsys_config *cfg);
+
+/* s percent-encoded for a URI's query (a file name in the libpq URL) */
+static size_t uri_put(char *out, size_t n, const char *s) {
+  size_t l = 0;
+  for (; *s; s++)
+    l += (size_t)snprintf(out + l, l < n ? n - l : 0,
+                          strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-", *s)
+                              ? "%c" : "%%%02X", (unsigned char)*s);
+  return l;
+}
+
+/* A deployment's TLS (tls.dir): this host's files checked, and the
+ * database URL made to verify the server (verify-full: the address is in
+ * its certificate) and present this host's certificate. --profile secure
+ * across hosts needs it: mutual TLS with the deployment CA is what stands
+ * for the single host's identity tokens there. 0, or -1 (said). */
+static int deployment_tls(const char *dep, const char *profile) {
+  if (!tls_dir[0]) {
+    if (strcmp(profile, "secure")) return 0;
+    fprintf(stderr, "dsys-cluster: %s: --profile secure across hosts needs tls.dir = DIR (the "
+            "deployment CA and each host's certificate: deploy/tls-certs makes them; multi-host.md)\n",
+            dep);
+    return -1;
+  }
+  if (cluster_tls_check(tls_dir, me, host, &tls)) return -1;
+  if (!dburi[0]) return 0;
+  size_t l = strlen(dburi);
+  const char *k[3] = {"&sslmode=verify-full&sslrootcert=", "&sslcert=", "&sslkey="};
+  const char *v[3] = {tls.ca, tls.cert, tls.key};
+  for (int i = 0; i < 3; i++) {
+    l += (size_t)snprintf(dburi + l, l < sizeof dburi ? sizeof dburi - l : 0, "%s", k[i]);
+    l += uri_put(dburi + l, l < sizeof dburi ? sizeof dburi - l : 0, v[i]);
+  }
+  if (l >= sizeof dburi) {
+    fprintf(stderr, "dsys-cluster: %s: the database URL with tls.dir's paths is too long\n", dep);
+    return -1;
+  }
+  return 0;
+}
 
 int main(int argc, char **argv) {
   dsys_config *cfg;
@@ -922,9 +1027,6 @@ static int run(dsys_config *cfg) {
     const char *why = !dep || !hn ? "--deployment FILE and --host NAME go together"
                       : dsys_config_get(cfg, "config") || dburi[0]
                           ? "--config and --db do not apply to a deployment (the file says it all)"
-                      : strcmp(dsys_config_get(cfg, "profile"), "plain")
-                          ? "--profile secure is not supported for a multi-host deployment yet "
-                            "(its identity key pair is per host; multi-host.md)"
                       : strlen(hn) >= sizeof me ? "--host: a name of at most 31 characters"
                       : NULL;
     if (why) {
@@ -947,6 +1049,7 @@ static int run(dsys_config *cfg) {
       fprintf(stderr, "dsys-cluster: cannot read jwt-secret-file %s: %s\n", jwt_file, strerror(errno));
       return 2;
     }
+    if (deployment_tls(dep, dsys_config_get(cfg, "profile"))) return 2;
   }
   if (!deployment) {
   char *cfv[7] = {strdup("3005"), strdup("3001,3002,3003"), strdup("4002,4003,4004"),
@@ -1012,8 +1115,11 @@ static int run(dsys_config *cfg) {
   if (!strcmp(profile, "secure")) {
     secure = 1;
     for (int i = 0; i < NP; i++)
-      if (!strcmp(P[i].type, "faultd")) snprintf(cors_origin, sizeof cors_origin, "http://%s:%d", host, P[i].port);
-    if (!cors_origin[0]) snprintf(cors_origin, sizeof cors_origin, "http://%s", host);
+      if (!strcmp(P[i].type, "faultd")) url_of(&P[i], cors_origin, sizeof cors_origin); /* its page */
+    if (!cors_origin[0])
+      snprintf(cors_origin, sizeof cors_origin, "%s://%s", tls_dir[0] ? "https" : "http", host);
+  }
+  if (secure && !deployment) {
     /* the identity key pair, made once and kept with the data */
     char iddir[PATH_MAX + 16];
     snprintf(iddir, sizeof iddir, "%s/identity", datadir);
@@ -1033,8 +1139,14 @@ static int run(dsys_config *cfg) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGCHLD);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
+  /* the health checks present this host's certificate (services demand one) */
+  dsys_client_options co = {.size = sizeof co, .tls_ca_file = tls.ca, .tls_cert_file = tls.cert,
+                            .tls_key_file = tls.key};
   dsys_client *c;
-  dsys_client_new(&c, NULL);
+  if (dsys_client_new(&c, tls_dir[0] ? &co : NULL)) {
+    fprintf(stderr, "dsys-cluster: cannot make the health checks' HTTP client\n");
+    return 1;
+  }
 
   int64_t t0 = now_ms();
   /* A deployment host starts its etcd member and Patroni node first and
@@ -1080,7 +1192,7 @@ static int run(dsys_config *cfg) {
                   (long long)(P[i].restart_at_ms - now_ms()));
           write_state();
         }
-    if (secure && now_ms() - id_issued_ms >= ID_REISSUE_MS) {
+    if (secure && !deployment && now_ms() - id_issued_ms >= ID_REISSUE_MS) {
       id_issued_ms = now_ms();
       for (int i = 0; i < NP; i++)
         if (P[i].pid && strcmp(P[i].type, "registry") && strcmp(P[i].type, "faultd"))

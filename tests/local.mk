@@ -62,7 +62,7 @@ SCRIPT_TESTS = \
 	tests/integration/compute-sweep.test \
 	tests/integration/hung-instance.test \
 	tests/integration/multihost-config.test tests/integration/multihost-history.test \
-	tests/integration/multihost-kill.test \
+	tests/integration/multihost-kill.test tests/integration/multihost-tls-config.test \
 	tests/fuzz/h1.test tests/fuzz/router.test tests/fuzz/jwt.test \
 	tests/fuzz/services.test tests/fuzz/gateway.test \
 	tests/sim/determinism.test tests/sim/seeds.test tests/sim/example.test
@@ -73,7 +73,8 @@ SCRIPT_TESTS = \
 # `make check-multihost` runs every scenario with longer load phases.
 MULTIHOST_TESTS = tests/integration/multihost-kill.test tests/integration/multihost-pause.test \
 	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test \
-	tests/integration/multihost-rolling.test
+	tests/integration/multihost-rolling.test tests/integration/multihost-tls.test \
+	tests/integration/multihost-skew.test
 check-multihost: all
 	MH_LOAD_S=20 $(MAKE) $(AM_MAKEFLAGS) check TESTS="$(MULTIHOST_TESTS)"
 .PHONY: check-multihost
@@ -87,8 +88,8 @@ EXTRA_DIST += $(SCRIPT_TESTS) tests/helpers/run-test tests/helpers/conn.sh tests
 	tests/helpers/pyenv.sh tests/helpers/history.py tests/helpers/test_history.py \
 	tests/integration/multihost-lib.sh tests/integration/multihost-pause.test \
 	tests/integration/multihost-etcd.test tests/integration/multihost-partition.test \
-	tests/integration/multihost-rolling.test \
-	tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
+	tests/integration/multihost-rolling.test tests/integration/multihost-tls.test \
+	tests/integration/multihost-skew.test tests/services/svc-test.h tests/integration/dashboard.py tests/fuzz/corpus \
 	tests/fuzz/lsan.supp tests/fuzz/fuzz-lines.h deploy
 # The dashboard test keeps two screenshots in tests/artifacts/.
 CLEANFILES += tests/artifacts/dashboard-healthy.png tests/artifacts/dashboard-unhealthy.png

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <distsys/clock.h>
 #include <distsys/store.h>
 #include "core/internal.h"
 #include "core/pg.h"
@@ -132,7 +134,24 @@ static const dsysi_pg_stmt st_purge = {
 typedef struct pgs {
   dsysi_pg *pool;
   atomic_int down; /* the last call found the server unavailable (logged once) */
+  atomic_llong lost_ms; /* monotonic ms when a call first found it unavailable; 0: up */
 } pgs;
+
+/* How long reads keep trying after the server was lost: a switchover
+ * (Patroni demotes the primary, then promotes the synchronous standby:
+ * 1 to 2.4 s without a primary in multihost-rolling.test) then delays them
+ * instead of failing them; past it, a real outage, a read fails after one
+ * more try as before. Below the gateways' health checks (3 failures 2 s
+ * apart), which would take the instances out of rotation anyway. */
+#define READ_GRACE_MS 3000
+
+static int64_t mono_ms(void) { return dsys_clock_now_ms(dsys_clock_real()); }
+
+/* When the server was found unavailable first (now, if this is the first). */
+static int64_t lost_since(pgs *s) {
+  long long zero = 0, now = mono_ms();
+  return atomic_compare_exchange_strong(&s->lost_ms, &zero, now) ? now : zero;
+}
 
 /* "\x" + hex: a bytea parameter in text format (raw bytes could be
  * rejected as invalid UTF-8 before they reach the bytea input). */
@@ -173,19 +192,24 @@ static dsys_item *row_item(const PGresult *r, int row) {
 /* Log the server going away and coming back once each, not per call. */
 static int note(pgs *s, int e, const char *why) {
   if (e == DSYS_EUNAVAIL) {
+    lost_since(s);
     if (!atomic_exchange(&s->down, 1))
       dsysi_log(DSYS_LOG_WARN, "store", "PostgreSQL %s unavailable: %s",
                 dsysi_pg_display_url(s->pool), why);
-  } else if (atomic_load(&s->down) && atomic_exchange(&s->down, 0)) {
-    dsysi_log(DSYS_LOG_INFO, "store", "PostgreSQL %s available again",
-              dsysi_pg_display_url(s->pool));
+  } else {
+    if (atomic_load(&s->lost_ms)) atomic_store(&s->lost_ms, 0);
+    if (atomic_load(&s->down) && atomic_exchange(&s->down, 0))
+      dsysi_log(DSYS_LOG_INFO, "store", "PostgreSQL %s available again",
+                dsysi_pg_display_url(s->pool));
   }
   return e;
 }
 
 /* Run one statement on a pooled connection. A read that found its pooled
  * connection dead (the server restarted since) is tried once more on a
- * fresh one; a write is not (it may have committed before the loss). */
+ * fresh one, and then every 100 ms while the server has been away for less
+ * than READ_GRACE_MS; a write is not (it may have committed before the
+ * loss). */
 static int run1(pgs *s, const dsysi_pg_stmt *st, const char *const *params, int retry,
                 PGresult **res) {
   for (int attempt = 0;; attempt++) {
@@ -202,7 +226,9 @@ static int run1(pgs *s, const dsysi_pg_stmt *st, const char *const *params, int 
       }
       dsysi_pg_release(c);
     }
-    if (e != DSYS_EUNAVAIL || !retry || attempt) return note(s, e, why);
+    if (e != DSYS_EUNAVAIL || !retry) return note(s, e, why);
+    if (attempt && mono_ms() - lost_since(s) >= READ_GRACE_MS) return note(s, e, why);
+    if (attempt) usleep(100 * 1000);
   }
 }
 

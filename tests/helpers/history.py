@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -39,20 +40,33 @@ def now_ms():
     return int(time.time() * 1000)
 
 
-def http(method, url, body=None, timeout=15.0):
+# https:// URLs: verified with the CA of --ca (the deployment's), else the
+# system store
+TLS = None
+# POST, PUT, DELETE carry "Authorization: Bearer TOKEN" (load --token: a
+# gateway that protects writes)
+TOKEN = None
+
+
+def http(method, url, body=None, timeout=15.0, refused=0):
     """(status, parsed JSON or None, elapsed ms); status 0 for a transport
-    failure or timeout (the client gave up: the outcome is unknown)."""
+    failure or timeout (the client gave up: the outcome is unknown), and
+    `refused` when the connection was refused (nothing was sent)."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    if TOKEN and method != "GET":
+        req.add_header("Authorization", "Bearer " + TOKEN)
     t0 = now_ms()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=TLS) as r:
             raw, status = r.read(), r.status
     except urllib.error.HTTPError as e:
         raw, status = e.read(), e.code
-    except Exception:  # refused, reset, timeout: unknown outcome
+    except urllib.error.URLError as e:
+        return (refused if isinstance(e.reason, ConnectionRefusedError) else 0), None, now_ms() - t0
+    except Exception:  # reset, timeout: unknown outcome
         return 0, None, now_ms() - t0
     try:
         doc = json.loads(raw) if raw else None
@@ -84,8 +98,25 @@ def read_history(path):
 def load(args):
     """Steady load through the gateways until the stop file appears (or
     --duration): per gateway a CAS writer on the shared keys, a reader and
-    a job submitter, each pausing --pause ms between operations."""
+    a job submitter, each pausing --pause ms between operations. With
+    --failover a client whose gateway refuses the connection (stopped:
+    nothing was sent, so even a write may go elsewhere) sends the request
+    to the next gateway of the list instead; the history records it as
+    "via"."""
     gws = dict(g.split("=", 1) for g in args.gateway)
+    order = list(gws)
+
+    def call(gw, method, url, path, body=None):
+        """(status, doc, ms, via): through gw's url, or with --failover the
+        next gateways in turn while they refuse the connection."""
+        i = order.index(gw)
+        for j in range(len(order) if args.failover else 1):
+            name = order[(i + j) % len(order)]
+            st, doc, ms = http(method, (url if j == 0 else gws[name]) + path, body,
+                               timeout=args.timeout, refused=-1 if args.failover else 0)
+            if st != -1:
+                return st, doc, ms, (name if j else None)
+        return 0, None, ms, None
     hist = History(args.out)
     keys = ["%s-k%d" % (args.prefix, i) for i in range(args.keys)]
     # the keys exist first (a 409 from a second loader is fine)
@@ -117,20 +148,19 @@ def load(args):
             k = keys[i % len(keys)]
             i += 1
             t0 = now_ms()
-            st, doc, ms = http("GET", "%s/api/data/%s" % (url, k), timeout=args.timeout)
+            st, doc, ms, via = call(gw, "GET", url, "/api/data/%s" % k)
             if st != 200:
-                hist.add(op="read", gw=gw, key=k, t0=t0, status=st, ms=ms)
+                hist.add(op="read", gw=gw, key=k, t0=t0, status=st, ms=ms, via=via)
                 time.sleep(args.pause / 1000)
                 continue
             d = doc["data"]
             wid = next_id(gw)
             t0 = now_ms()
-            st, doc, ms = http("PUT", "%s/api/data/%s" % (url, k),
-                               {"value": d["value"] + [wid], "expectedVersion": d["version"]},
-                               timeout=args.timeout)
+            st, doc, ms, via = call(gw, "PUT", url, "/api/data/%s" % k,
+                                    {"value": d["value"] + [wid], "expectedVersion": d["version"]})
             ver = doc["data"]["version"] if st == 200 and doc and "data" in doc else None
             hist.add(op="write", gw=gw, key=k, wid=wid, base=d["version"], version=ver,
-                     status=st, t0=t0, ms=ms, body=(doc if st not in (200, 412) else None))
+                     status=st, t0=t0, ms=ms, body=(doc if st not in (200, 412) else None), via=via)
             time.sleep(args.pause / 1000)
 
     def reader(gw, url):
@@ -139,8 +169,8 @@ def load(args):
             k = keys[i % len(keys)]
             i += 1
             t0 = now_ms()
-            st, doc, ms = http("GET", "%s/api/data/%s" % (url, k), timeout=args.timeout)
-            hist.add(op="read", gw=gw, key=k, t0=t0, ms=ms, status=st,
+            st, doc, ms, via = call(gw, "GET", url, "/api/data/%s" % k)
+            hist.add(op="read", gw=gw, key=k, t0=t0, ms=ms, status=st, via=via,
                      version=(doc or {}).get("data", {}).get("version") if st == 200 else None)
             time.sleep(args.pause / 1000)
 
@@ -150,9 +180,9 @@ def load(args):
             n += 1
             a = (hash(gw) % 1000) * 100000 + n
             t0 = now_ms()
-            st, doc, ms = http("POST", url + "/api/compute/job",
-                               {"type": "add", "data": {"operands": [a, 1]}}, timeout=args.timeout)
-            hist.add(op="submit", gw=gw, t0=t0, ms=ms, status=st, expect=a + 1,
+            st, doc, ms, via = call(gw, "POST", url, "/api/compute/job",
+                                    {"type": "add", "data": {"operands": [a, 1]}})
+            hist.add(op="submit", gw=gw, t0=t0, ms=ms, status=st, expect=a + 1, via=via,
                      jobId=(doc or {}).get("jobId") if st == 202 else None,
                      body=(doc if st != 202 else None))
             time.sleep(args.pause * 4 / 1000)
@@ -176,13 +206,18 @@ def load(args):
 
 COMPLETED = re.compile(r" job (\d+) completed .*attempt=(\d+)")
 REFUSED = re.compile(r"job (\d+): recording outcome: ")
+# the fencing token's refusal (DSYS_ELEASE); any other error recording an
+# outcome (the database lost during the commit) leaves it unknown
+STALE = "lease lost"
 
 
-def completions(logs):
+def completions(logs, unknown=None):
     """{jobId: {instance: accepted completions}} from the compute logs
-    (name -> text): a "completed" line counts, a refusal of that job's
-    outcome in the same log takes one back (a refused outcome that was a
-    release, after the lease was lost, takes back nothing)."""
+    (name -> text): a "completed" line counts, a failure to record that
+    job's outcome in the same log takes one back (a refused outcome that
+    was a release, after the lease was lost, takes back nothing). A failure
+    other than the fencing token's refusal may have been applied all the
+    same: (jobId, instance) goes into the set `unknown` when given."""
     done, refused = {}, {}
     for name, text in logs.items():
         for m in COMPLETED.finditer(text):
@@ -191,6 +226,8 @@ def completions(logs):
         for m in REFUSED.finditer(text):
             r = refused.setdefault(m.group(1), {})
             r[name] = r.get(name, 0) + 1
+            if unknown is not None and not text.startswith(STALE, m.end()):
+                unknown.add((m.group(1), name))
     out = {}
     for job in set(done) | set(refused):
         for name in set(done.get(job, {})) | set(refused.get(job, {})):
@@ -199,11 +236,13 @@ def completions(logs):
     return out
 
 
-def check_history(ops, finals, jobs, comp, uncertain=()):
+def check_history(ops, finals, jobs, comp, uncertain=(), unknown=()):
     """The checks on data already fetched: ops (the history), finals
     {key: (version, value list)}, jobs {jobId: the job's JSON or None},
     comp (completions()), uncertain (instances whose logs may miss
-    lines: on a killed host). A list of problems, empty when all hold."""
+    lines: on a killed host), unknown ((jobId, instance) whose completion's
+    outcome is unknown: completions(unknown=)). A list of problems, empty
+    when all hold."""
     bad = []
     writes = [o for o in ops if o["op"] == "write"]
     for k, (ver, val) in sorted(finals.items()):
@@ -242,6 +281,9 @@ def check_history(ops, finals, jobs, comp, uncertain=()):
         if res.get("result") != o["expect"]:
             bad.append("job %s: result %r, expected %r" % (o["jobId"], res.get("result"), o["expect"]))
         by = {n: c for n, c in comp.get(str(o["jobId"]), {}).items() if c}
+        # an unknown outcome that the job's result shows was applied
+        if not by and (str(o["jobId"]), res.get("service")) in unknown:
+            by = {res.get("service"): 1}
         sure = {n: c for n, c in by.items() if n not in uncertain}
         if any(c > 1 for c in by.values()) or len(sure) > 1:
             bad.append("job %s: accepted completions %r (at most one)" % (o["jobId"], by))
@@ -286,7 +328,9 @@ def check(args):
         name, path = spec.split("=", 1)
         with open(path, errors="replace") as f:
             logs[name] = f.read()
-    bad = check_history(ops, finals, jobs, completions(logs), set(args.uncertain))
+    unknown = set()
+    comp = completions(logs, unknown)
+    bad = check_history(ops, finals, jobs, comp, set(args.uncertain), unknown)
     n = lambda op, st: sum(1 for o in ops if o["op"] == op and o["status"] == st)
     print("history: %d writes acknowledged (%d CAS conflicts, %d unknown), %d jobs acknowledged, "
           "%d reads; %d keys checked, %d jobs checked: %s"
@@ -393,6 +437,7 @@ def converge(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ca", help="PEM CA that https:// gateways' certificates must verify with")
     sub = p.add_subparsers(dest="cmd", required=True)
     lp = sub.add_parser("load", help="steady load through the gateways, recorded")
     lp.add_argument("--gateway", action="append", required=True, help="NAME=URL (repeat)")
@@ -401,6 +446,10 @@ def main():
     lp.add_argument("--duration", type=float, default=300)
     lp.add_argument("--keys", type=int, default=4)
     lp.add_argument("--prefix", default="mh")
+    lp.add_argument("--token", help="bearer token sent with writes and submits (a gateway "
+                    "protecting writes)")
+    lp.add_argument("--failover", action="store_true",
+                    help="a refused connection goes to the next gateway of the list")
     lp.add_argument("--pause", type=float, default=50, help="ms between operations")
     lp.add_argument("--timeout", type=float, default=35,
                     help="s per request (above the gateway's 30 s deadline)")
@@ -421,6 +470,10 @@ def main():
     vp.add_argument("--timeout", type=float, default=30)
     vp.add_argument("--since", type=int, default=0, help="epoch ms to measure from (default now)")
     a = p.parse_args()
+    global TLS, TOKEN
+    if a.ca:
+        TLS = ssl.create_default_context(cafile=a.ca)
+    TOKEN = getattr(a, "token", None)
     return {"load": load, "check": check, "failures": failures, "converge": converge}[a.cmd](a) or 0
 
 

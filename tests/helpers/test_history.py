@@ -81,5 +81,23 @@ catches("a completion by another instance than the result's", "completed by 'com
 bad = history.check_history(good_ops, good_finals, good_jobs,
                             {"1": {"compute-1": 1}, "2": {"compute-2": 1, "dead-1": 1}}, {"dead-1"})
 t(bad == [], "a completion logged on a killed host (outcome unknown) is not held against it: %r" % bad)
+# the database lost while recording a completion (a switchover): the
+# outcome is unknown; applied all the same when the job's result says so
+lost = {"compute-2": ("x INFO  compute-2: job 2 completed jobId=2 attempt=1\n"
+                      "x WARN  worker: job 2: recording outcome: no healthy endpoint available\n")}
+unknown = set()
+comp = history.completions(dict(logs, **lost), unknown)
+bad = history.check_history(good_ops, good_finals, good_jobs, comp, (), unknown)
+t(unknown == {("2", "compute-2")} and bad == [],
+  "a completion whose recording failed otherwise than by the token is unknown, "
+  "accepted when the result names it: %r %r" % (unknown, bad))
+lost["compute-3"] = "x INFO  compute-3: job 2 completed jobId=2 attempt=2\n"
+good3 = dict(good_jobs, **{"2": {"status": "completed", "result": {"result": 5, "service": "compute-3"}}})
+unknown = set()
+bad = history.check_history(good_ops, good_finals, good3, history.completions(dict(logs, **lost), unknown), (), unknown)
+t(bad == [], "not applied (another instance completed the job after the lease): not counted: %r" % bad)
+unknown = set()
+history.completions(stale, unknown)
+t(unknown == set(), "the token's refusal is no unknown outcome: %r" % unknown)
 print("1..%d" % n)
 sys.exit(fail)

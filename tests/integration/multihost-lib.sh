@@ -36,9 +36,12 @@ trap 'exit 1' INT TERM
 # mh_up: creates the hosts, writes the deployment, starts the three
 # supervisors and waits (at most 120 s) until each reports all its
 # processes healthy. Environment for the daemons: MH_ENV ("VAR=value ...").
+# MH_TLS=1: the deployment with TLS (deploy/tls-certs makes the CA and
+# the hosts' certificates in $tmp/tls); then URLs are https and the
+# clients trust that CA (curl: mh_curl). MH_FLAGS: more dsys-cluster flags.
 mh_up() {
   X=$("$HOSTS" create "$net" 3) || { echo "Bail out! cannot create the hosts"; exit 1; }
-  head -c 32 /dev/urandom | base64 > "$tmp/jwt"
+  (umask 077 && head -c 32 /dev/urandom | base64 > "$tmp/jwt")
   {
     echo "registry.prefix = /dsys/mh"
     echo "db.trusted = $X.0/24"
@@ -54,7 +57,12 @@ mh_up() {
       echo "h$i.gateway.port = 3000"
       echo "h$i.faultd.port = 3004"
     done
+    [ -n "${MH_TLS:-}" ] && echo "tls.dir = $tmp/tls"
   } > "$tmp/deployment.conf"
+  if [ -n "${MH_TLS:-}" ]; then
+    "$src/deploy/tls-certs" "$tmp/deployment.conf" "$tmp/tls" 1 >/dev/null ||
+      { echo "Bail out! cannot make the certificates"; exit 1; }
+  fi
   for _h in 1 2 3; do mh_start $_h; done
   for _h in 1 2 3; do
     mh_wait_healthy $_h 120 || { mh_dump; echo "Bail out! host $_h did not come up within 120 s"; exit 1; }
@@ -69,10 +77,12 @@ mh_up() {
   done
 }
 
-# mh_start I: host I's supervisor (its PID in $tmp/sup$i)
+# mh_start I: host I's supervisor (its PID in $tmp/sup$i); MH_ENV_I: more
+# environment for host I only
 mh_start() {
-  env ${MH_ENV:-} "$HOSTS" exec "$net" "$1" "$bld/daemons/dsys-cluster" --deployment "$tmp/deployment.conf" \
-    --host "h$1" --data-dir "$tmp/d$1" >> "$tmp/s$1.out" 2>> "$tmp/s$1.err" &
+  eval "_env=\${MH_ENV_$1:-}"
+  env ${MH_ENV:-} $_env "$HOSTS" exec "$net" "$1" "$bld/daemons/dsys-cluster" --deployment "$tmp/deployment.conf" \
+    --host "h$1" --data-dir "$tmp/d$1" ${MH_FLAGS:-} >> "$tmp/s$1.out" 2>> "$tmp/s$1.err" &
   echo $! > "$tmp/sup$1"
   sups="$sups $!"
 }
@@ -88,17 +98,24 @@ mh_wait_healthy() {
 }
 
 mh_addr() { echo "$X.$1"; }
-mh_gw() { echo "http://$X.$1:3000"; }
+S=http
+[ -n "${MH_TLS:-}" ] && S=https HIST="$HIST --ca $tmp/tls/ca.pem"
+# curl as host 1's processes (its certificate) when TLS is on
+mh_curl() {
+  if [ -n "${MH_TLS:-}" ]; then curl --cacert "$tmp/tls/ca.pem" --cert "$tmp/tls/h1.pem" --key "$tmp/tls/h1.key" "$@"
+  else curl "$@"; fi
+}
+mh_gw() { echo "$S://$X.$1:3000"; }
 # the live instance URLs of the hosts given (auth, data, compute)
 mh_instances() {
   _out=""
-  for _h in "$@"; do _out="$_out${_out:+,}http://$X.$_h:3001,http://$X.$_h:4002,http://$X.$_h:5002"; done
+  for _h in "$@"; do _out="$_out${_out:+,}$S://$X.$_h:3001,$S://$X.$_h:4002,$S://$X.$_h:5002"; done
   echo "$_out"
 }
 # the host whose PostgreSQL is the primary (Patroni's GET /primary: 200)
 mh_leader() {
   for _h in 1 2 3; do
-    [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$X.$_h:8008/primary")" = 200 ] && { echo $_h; return 0; }
+    [ "$(mh_curl -s -o /dev/null -m 2 -w '%{http_code}' "$S://$X.$_h:8008/primary")" = 200 ] && { echo $_h; return 0; }
   done
   return 1
 }
@@ -106,7 +123,7 @@ mh_leader() {
 # the host of the streaming synchronous standby (Patroni's GET /cluster)
 mh_sync_standby() {
   for _h in 1 2 3; do
-    curl -s -m 2 "http://$X.$_h:8008/cluster" 2>/dev/null | $PY -c '
+    mh_curl -s -m 2 "$S://$X.$_h:8008/cluster" 2>/dev/null | $PY -c '
 import json, sys
 try:
     m = json.load(sys.stdin)["members"]
