@@ -447,7 +447,7 @@ static int load_deployment(const char *path) {
  * the children's environment unless the operator's sets them. */
 static void deployment_defaults(void) {
   static const char *const d[][2] = {
-      {"DSYS_HEALTH_INTERVAL", "500ms"}, {"DSYS_HEALTH_TIMEOUT", "400ms"}, {"DSYS_HEALTH_FALL", "2"}};
+      {"DSYS_HEALTH_INTERVAL", "300ms"}, {"DSYS_HEALTH_TIMEOUT", "400ms"}, {"DSYS_HEALTH_FALL", "2"}};
   for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) setenv(d[i][0], d[i][1], 0);
 }
 
