@@ -946,9 +946,9 @@ static int run(dsys_config *cfg) {
     }
     deployment = 1;
     snprintf(me, sizeof me, "%s", hn);
-    /* unless named: the one make install put in $(pkgdatadir), else the
-     * one beside the programs (an installed tree that was moved) */
-    snprintf(patroni_tmpl, sizeof patroni_tmpl, "%s/patroni.yml.in", DSYS_PKGDATADIR);
+    /* unless named: the one make install put in $(datadir)/distsys, else
+     * the one beside the programs (an installed tree that was moved) */
+    snprintf(patroni_tmpl, sizeof patroni_tmpl, "%s/patroni.yml.in", DSYS_DATADIR);
     if (access(patroni_tmpl, R_OK))
       snprintf(patroni_tmpl, sizeof patroni_tmpl, "%s/../share/distsys/patroni.yml.in", bindir);
     if (load_deployment(dep) || pick_ports()) return 2;

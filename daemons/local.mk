@@ -22,7 +22,7 @@ daemons_dsys_cluster_SOURCES = daemons/dsys-cluster.c
 daemons_dsys_cluster_LDADD = libdistsys.la
 # where make install puts the deployment files (deploy/local.mk): the
 # Patroni template of --deployment
-daemons_dsys_cluster_CPPFLAGS = $(AM_CPPFLAGS) -DDSYS_PKGDATADIR='"$(pkgdatadir)"'
+daemons_dsys_cluster_CPPFLAGS = $(AM_CPPFLAGS) -DDSYS_DATADIR='"$(datadir)/distsys"'
 # dsys-loadtest: the load generator; a client program, so it uses libcurl
 # directly. See docs/reference/loadtest.md.
 tools_dsys_loadtest_SOURCES = tools/dsys-loadtest.c tools/loadtest-hist.c tools/loadtest-hist.h

@@ -4,9 +4,10 @@
 
 # The deployment files (docs/reference/multi-host.md): the Patroni
 # template that dsys-cluster --deployment fills (it looks here first), the
-# three-host example, and the monitoring examples; in $(pkgdatadir),
-# PREFIX/share/distsys.
-dist_pkgdata_DATA = deploy/patroni/patroni.yml.in deploy/multihost.conf \
+# three-host example, and the monitoring examples; in PREFIX/share/distsys
+# (the daemons' name, not the package's).
+distsysdatadir = $(datadir)/distsys
+dist_distsysdata_DATA = deploy/patroni/patroni.yml.in deploy/multihost.conf \
 	deploy/prometheus.yml deploy/grafana-dashboard.json
 
 # systemd units: deploy/systemd/*.in with the real @bindir@; installed in
