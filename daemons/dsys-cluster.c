@@ -447,7 +447,10 @@ static int load_deployment(const char *path) {
  * the children's environment unless the operator's sets them. */
 static void deployment_defaults(void) {
   static const char *const d[][2] = {
-      {"DSYS_HEALTH_INTERVAL", "300ms"}, {"DSYS_HEALTH_TIMEOUT", "400ms"}, {"DSYS_HEALTH_FALL", "2"}};
+      {"DSYS_HEALTH_INTERVAL", "300ms"}, {"DSYS_HEALTH_TIMEOUT", "400ms"}, {"DSYS_HEALTH_FALL", "2"},
+      /* every instance's breaker opens while their database fails over
+       * (their 503s): closed again within 2 s of its return, not 30 */
+      {"DSYS_BREAKER_OPEN", "2s"}};
   for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) setenv(d[i][0], d[i][1], 0);
 }
 

@@ -48,6 +48,9 @@ static const dsys_option extra[] = {
     {"outlier-failures", "DSYS_OUTLIER_FAILURES", DSYS_OPT_INT, "5",
      "failed requests in a row (reset, timeout, 502/503/504) that eject an instance for 30 s, "
      "doubling (a refused connection ejects at once)"},
+    {"breaker-open", "DSYS_BREAKER_OPEN", DSYS_OPT_DURATION, "30s",
+     "an instance whose breaker opened (half or more of its recent requests failed) gets no "
+     "request this long, then a few trial ones"},
     {"hedge", "DSYS_HEDGE", DSYS_OPT_LIST, "off",
      "a second attempt of idempotent requests on another instance after DELAY (e.g. 20ms) or the "
      "upstream's percentile pPCT (e.g. p95), first answer wins; off"},
@@ -372,6 +375,9 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
   if (rise < 1 || rise > 100 || fall < 1 || fall > 100 || ofail < 1 || ofail > 10000)
     return fail("bad health threshold (--health-rise and --health-fall 1..100, "
                 "--outlier-failures 1..10000)", NULL);
+  dsys_config_get_duration_ms(cfg, "breaker-open", &go.breaker_open_ms);
+  if (go.breaker_open_ms < 100 || go.breaker_open_ms > 3600000)
+    return fail("bad --breaker-open (100ms..1h)", NULL);
   go.health_rise = (uint32_t)rise;
   go.health_fall = (uint32_t)fall;
   go.outlier_failures = (uint32_t)ofail;

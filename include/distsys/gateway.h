@@ -115,6 +115,9 @@ typedef struct dsys_gateway_options {
                                    timeout, 502/503/504) that eject an
                                    instance; default 5 (a refused
                                    connection ejects at once) */
+  int64_t breaker_open_ms;    /**< how long an instance's breaker, once
+                                   open, refuses calls before trial calls;
+                                   default 30000 */
 } dsys_gateway_options;
 
 /** dsys_gateway_route_options.protect: who needs a valid JWT. */
