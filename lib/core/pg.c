@@ -20,19 +20,7 @@ struct dsysi_pg {
   pthread_cond_t cv;
   dsysi_pg_conn *idle; /* stack of idle connections */
   int open;            /* connections existing (idle or in use) */
-  /* A multi-host URL (host=A,B,C): libpq tries the nodes in order, and a
-   * node that died answers nothing, so every new connection would wait
-   * connect_timeout on it first (during a failover, while no other node
-   * accepts writes, every call). The nodes are tried one by one here
-   * instead, and one that did not answer within connect_timeout is
-   * skipped for DOWN_MS (unless every node is). */
-  int nhosts;
-  char **hosts, **ports; /* ports: NULL, or one per host */
-  int64_t *down_until;   /* mono ms; under mu */
-  int timeout_ms;        /* the connect_timeout in effect */
 };
-
-#define DOWN_MS 5000
 
 /* Per-thread: the message of the calling thread's last failed connect. */
 static __thread char tl_err[256];
@@ -104,106 +92,9 @@ static PGconn *connect_one(dsysi_pg *p) {
   snprintf(tut, sizeof tut, "%d", DSYSI_PG_TCP_USER_TIMEOUT_MS);
   const char *keys[] = {"connect_timeout", "options", "tcp_user_timeout", "keepalives_idle",
                         "keepalives_interval", "keepalives_count", "application_name",
-                        "dbname", "host", "port", NULL};
-  const char *vals[] = {ct, opts, tut, "2", "1", "3", "libdistsys", p->url, NULL, NULL, NULL};
-  if (p->nhosts < 2) {
-    keys[8] = NULL;
-    return PQconnectdbParams(keys, vals, 1);
-  }
-  /* one node at a time, in the URL's order, but for those found silent
-   * (every one when all are) */
-  int order[64], n = 0;
-  int64_t now = mono_ms();
-  pthread_mutex_lock(&p->mu);
-  for (int i = 0; i < p->nhosts; i++)
-    if (p->down_until[i] <= now) order[n++] = i;
-  if (!n)
-    for (int i = 0; i < p->nhosts; i++) order[n++] = i;
-  pthread_mutex_unlock(&p->mu);
-  PGconn *pg = NULL;
-  for (int k = 0; k < n; k++) {
-    int i = order[k];
-    vals[8] = p->hosts[i];
-    vals[9] = p->ports ? p->ports[i] : NULL;
-    if (!vals[9]) keys[9] = NULL;
-    PQfinish(pg);
-    int64_t t0 = mono_ms();
-    pg = PQconnectdbParams(keys, vals, 1);
-    if (pg && PQstatus(pg) == CONNECTION_OK) break;
-    /* no answer within connect_timeout (a refusal or a read-only node
-     * answers at once) */
-    if (mono_ms() - t0 >= p->timeout_ms - 250) {
-      pthread_mutex_lock(&p->mu);
-      p->down_until[i] = mono_ms() + DOWN_MS;
-      pthread_mutex_unlock(&p->mu);
-    }
-  }
-  return pg;
-}
-
-/* Split a comma-separated libpq list; NULL on a count other than want
- * (0: any), or out of memory. */
-static char **split_list(const char *v, int *count, int want) {
-  int n = 1;
-  for (const char *c = v; *c; c++) n += *c == ',';
-  if ((want && n != want) || n > 64) return NULL;
-  char **out = calloc((size_t)n, sizeof *out);
-  const char *b = v;
-  for (int i = 0; out && i < n; i++) {
-    const char *e = strchr(b, ',');
-    size_t len = e ? (size_t)(e - b) : strlen(b);
-    if (!(out[i] = strndup(b, len))) {
-      for (int j = 0; j < i; j++) free(out[j]);
-      free(out);
-      return NULL;
-    }
-    b = e ? e + 1 : b + len;
-  }
-  *count = n;
-  return out;
-}
-
-/* The node list of a multi-host URL (see dsysi_pg.nhosts); none for a
- * single node or with hostaddr (libpq's own order then). */
-static void parse_hosts(dsysi_pg *p, PQconninfoOption *info) {
-  const char *host = NULL, *port = NULL, *hostaddr = NULL, *ct = NULL;
-  for (PQconninfoOption *o = info; o->keyword; o++) {
-    if (!o->val || !*o->val) continue;
-    if (!strcmp(o->keyword, "host")) host = o->val;
-    else if (!strcmp(o->keyword, "port")) port = o->val;
-    else if (!strcmp(o->keyword, "hostaddr")) hostaddr = o->val;
-    else if (!strcmp(o->keyword, "connect_timeout")) ct = o->val;
-  }
-  int t = ct ? atoi(ct) : p->o.connect_timeout_s;
-  p->timeout_ms = (t < 2 ? 2 : t) * 1000; /* libpq's least */
-  if (!host || !strchr(host, ',') || hostaddr) return;
-  int n = 0, np = 0;
-  char **h = split_list(host, &n, 0), **pp = NULL;
-  if (h && port && strchr(port, ',') && !(pp = split_list(port, &np, n))) {
-    for (int i = 0; i < n; i++) free(h[i]);
-    free(h);
-    return; /* libpq will say what is wrong */
-  }
-  int oom = 0;
-  if (h && port && !pp) { /* one port for every node */
-    pp = calloc((size_t)n, sizeof *pp);
-    for (int i = 0; pp && i < n; i++) oom |= !(pp[i] = strdup(port));
-  }
-  int64_t *d = calloc((size_t)n, sizeof *d);
-  if (!h || !d || (port && !pp) || oom) {
-    for (int i = 0; h && i < n; i++) {
-      free(h[i]);
-      if (pp) free(pp[i]);
-    }
-    free(h);
-    free(pp);
-    free(d);
-    return; /* out of memory: libpq's own order */
-  }
-  p->hosts = h;
-  p->ports = pp;
-  p->down_until = d;
-  p->nhosts = n;
+                        "dbname", NULL};
+  const char *vals[] = {ct, opts, tut, "2", "1", "3", "libdistsys", p->url, NULL};
+  return PQconnectdbParams(keys, vals, 1);
 }
 
 int dsysi_pg_open(dsysi_pg **out, const char *url, const dsysi_pg_options *o, char *err,
@@ -221,16 +112,12 @@ int dsysi_pg_open(dsysi_pg **out, const char *url, const dsysi_pg_options *o, ch
     PQfreemem(perr);
     return rc;
   }
+  PQconninfoFree(info);
   dsysi_pg *p = calloc(1, sizeof *p);
-  if (!p) {
-    PQconninfoFree(info);
-    return DSYS_ENOMEM;
-  }
+  if (!p) return DSYS_ENOMEM;
   if (o) p->o = *o;
   if (p->o.max_conns <= 0) p->o.max_conns = DSYSI_PG_MAX_CONNS;
   if (p->o.connect_timeout_s <= 0) p->o.connect_timeout_s = DSYSI_PG_CONNECT_TIMEOUT_S;
-  parse_hosts(p, info);
-  PQconninfoFree(info);
   if (p->o.statement_timeout_ms <= 0) p->o.statement_timeout_ms = DSYSI_PG_STATEMENT_TIMEOUT_MS;
   if (p->o.acquire_timeout_ms <= 0) p->o.acquire_timeout_ms = DSYSI_PG_ACQUIRE_TIMEOUT_MS;
   p->url = strdup(url);
@@ -269,13 +156,6 @@ void dsysi_pg_close(dsysi_pg *p) {
   }
   pthread_mutex_destroy(&p->mu);
   pthread_cond_destroy(&p->cv);
-  for (int i = 0; i < p->nhosts; i++) {
-    free(p->hosts[i]);
-    if (p->ports) free(p->ports[i]);
-  }
-  free(p->hosts);
-  free(p->ports);
-  free(p->down_until);
   free(p->url);
   free(p->display);
   free(p);

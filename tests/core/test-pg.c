@@ -8,10 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <distsys/distsys.h>
 #include "core/internal.h"
 #include "core/pg.h"
@@ -138,49 +134,6 @@ static void test_server(tpg *srv) {
   dsysi_pg_close(p);
 }
 
-/* A multi-host URL whose first node is silent (a listening socket that
- * never answers, as a host that died): the first connection waits
- * connect_timeout on it, later ones skip it. */
-static void test_silent_node(tpg *srv) {
-  int ls = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t al = sizeof a;
-  if (ls < 0 || bind(ls, (struct sockaddr *)&a, sizeof a) || listen(ls, 64) ||
-      getsockname(ls, (struct sockaddr *)&a, &al)) {
-    ok(0, "silent node: a listening socket");
-    return;
-  }
-  /* the server's URL is postgresql://postgres@/dsys?host=DIR&port=N */
-  const char *h = strstr(srv->url, "host="), *pt = strstr(srv->url, "port=");
-  char dir[200] = "", port[16] = "", url[512];
-  if (h) sscanf(h + 5, "%199[^&]", dir);
-  if (pt) sscanf(pt + 5, "%15[0-9]", port);
-  snprintf(url, sizeof url, "postgresql://postgres@/dsys?host=127.0.0.1,%s&port=%d,%s&connect_timeout=2",
-           dir, ntohs(a.sin_port), port);
-  dsysi_pg *p = NULL;
-  char err[256] = "";
-  int64_t t0 = mono_ms();
-  int rc = dsysi_pg_open(&p, url, NULL, err, sizeof err);
-  int64_t first = mono_ms() - t0;
-  ok(rc == 0 && first >= 1500, "silent first node: the first connection waits connect_timeout on it, "
-     "then uses the second (%d, %lld ms) %s", rc, (long long)first, err);
-  if (rc) {
-    close(ls);
-    return;
-  }
-  dsysi_pg_conn *c1 = NULL, *c2 = NULL;
-  dsysi_pg_acquire(p, &c1); /* the idle one */
-  t0 = mono_ms();
-  rc = dsysi_pg_acquire(p, &c2); /* a new connection */
-  int64_t second = mono_ms() - t0;
-  ok(rc == 0 && second < 1500, "... a new connection skips it (%d, %lld ms; 2 s without)", rc,
-     (long long)second);
-  dsysi_pg_release(c1);
-  dsysi_pg_release(c2);
-  dsysi_pg_close(p);
-  close(ls);
-}
-
 int main(void) {
   test_urls();
   tpg srv;
@@ -189,7 +142,6 @@ int main(void) {
     return tap_done();
   }
   test_server(&srv);
-  test_silent_node(&srv);
   tpg_stop(&srv);
   return tap_done();
 }
