@@ -440,9 +440,25 @@ static int load_deployment(const char *path) {
   snprintf(host, sizeof host, "%s", H[mine].addr);
   snprintf(regurl, sizeof regurl, "etcd%s://%s%s", tls_dir[0] ? "s" : "", etcd, reg_prefix);
   if (pgnodes)
-    snprintf(dburi, sizeof dburi, "postgresql://postgres@%s/%s?target_session_attrs=read-write", pg,
+    /* connect_timeout=2 (libpq's least): a dead host in the list costs
+     * each new connection this long while no other node accepts writes
+     * (multi-host.md, "Failure timings") */
+    snprintf(dburi, sizeof dburi,
+             "postgresql://postgres@%s/%s?target_session_attrs=read-write&connect_timeout=2", pg,
              db_name);
   return 0;
+}
+
+/* The gateways' health-check timings of a deployment (multi-host.md,
+ * "Tuning"): a dead host's instances out of every view within 2 s. Put in
+ * the children's environment unless the operator's sets them. */
+static void deployment_defaults(void) {
+  static const char *const d[][2] = {
+      {"DSYS_HEALTH_INTERVAL", "300ms"}, {"DSYS_HEALTH_TIMEOUT", "400ms"}, {"DSYS_HEALTH_FALL", "2"},
+      /* every instance's breaker opens while their database fails over
+       * (their 503s): closed again within 2 s of its return, not 30 */
+      {"DSYS_BREAKER_OPEN", "2s"}};
+  for (size_t i = 0; i < sizeof d / sizeof d[0]; i++) setenv(d[i][0], d[i][1], 0);
 }
 
 static void url_of(const proc *p, char *buf, size_t n) {
@@ -1035,9 +1051,13 @@ static int run(dsys_config *cfg) {
     }
     deployment = 1;
     snprintf(me, sizeof me, "%s", hn);
-    /* the template beside the installed programs (share/distsys/) unless named */
-    snprintf(patroni_tmpl, sizeof patroni_tmpl, "%s/../share/distsys/patroni.yml.in", bindir);
+    /* unless named: the one make install put in $(datadir)/distsys, else
+     * the one beside the programs (an installed tree that was moved) */
+    snprintf(patroni_tmpl, sizeof patroni_tmpl, "%s/patroni.yml.in", DSYS_DATADIR);
+    if (access(patroni_tmpl, R_OK))
+      snprintf(patroni_tmpl, sizeof patroni_tmpl, "%s/../share/distsys/patroni.yml.in", bindir);
     if (load_deployment(dep) || pick_ports()) return 2;
+    deployment_defaults();
     if (!jwt_file[0] && !getenv("DSYS_JWT_SECRET")) {
       fprintf(stderr, "dsys-cluster: %s: the auth instances of every host must share one JWT "
               "secret: set jwt-secret-file = PATH (the same file on every host) or "

@@ -36,6 +36,21 @@ static const dsys_option extra[] = {
      "its ceiling (default: --try-timeout)"},
     {"slow-ejection", "DSYS_SLOW_EJECTION", DSYS_OPT_LIST, "5",
      "N timeouts or too slow answers in a row eject an instance until a health check passes (0: off)"},
+    /* Instance health (docs/reference/gateway.md, "Health checks"). */
+    {"health-interval", "DSYS_HEALTH_INTERVAL", DSYS_OPT_DURATION, "2s",
+     "GET /health of every instance this often (one out of rotation: 8 times as often)"},
+    {"health-timeout", "DSYS_HEALTH_TIMEOUT", DSYS_OPT_DURATION, "1s",
+     "a health check without an answer this long fails"},
+    {"health-rise", "DSYS_HEALTH_RISE", DSYS_OPT_INT, "2",
+     "passing checks in a row that bring an unhealthy instance back"},
+    {"health-fall", "DSYS_HEALTH_FALL", DSYS_OPT_INT, "3",
+     "failed checks in a row that take a healthy instance out"},
+    {"outlier-failures", "DSYS_OUTLIER_FAILURES", DSYS_OPT_INT, "5",
+     "failed requests in a row (reset, timeout, 502/503/504) that eject an instance for 30 s, "
+     "doubling (a refused connection ejects at once)"},
+    {"breaker-open", "DSYS_BREAKER_OPEN", DSYS_OPT_DURATION, "30s",
+     "an instance whose breaker opened (half or more of its recent requests failed) gets no "
+     "request this long, then a few trial ones"},
     {"hedge", "DSYS_HEDGE", DSYS_OPT_LIST, "off",
      "a second attempt of idempotent requests on another instance after DELAY (e.g. 20ms) or the "
      "upstream's percentile pPCT (e.g. p95), first answer wins; off"},
@@ -345,6 +360,27 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
                              .upstream_key_file = uco.tls_key_file,
                              .identity = dsys_daemon_identity(d)};
   dsys_config_get_duration_ms(cfg, "try-timeout", &go.try_timeout_ms);
+  int64_t rise = 0, fall = 0, ofail = 0;
+  dsys_config_get_duration_ms(cfg, "health-interval", &go.health_interval_ms);
+  dsys_config_get_duration_ms(cfg, "health-timeout", &go.health_timeout_ms);
+  dsys_config_get_int(cfg, "health-rise", &rise);
+  dsys_config_get_int(cfg, "health-fall", &fall);
+  dsys_config_get_int(cfg, "outlier-failures", &ofail);
+  /* below 50 ms a check could not answer on a busy host; an hour bounds a
+   * typo (30000 meant as seconds is still accepted) */
+  if (go.health_interval_ms < 50 || go.health_interval_ms > 3600000 ||
+      go.health_timeout_ms < 10 || go.health_timeout_ms > 600000)
+    return fail("bad health check timing (--health-interval 50ms..1h, --health-timeout "
+                "10ms..10m)", NULL);
+  if (rise < 1 || rise > 100 || fall < 1 || fall > 100 || ofail < 1 || ofail > 10000)
+    return fail("bad health threshold (--health-rise and --health-fall 1..100, "
+                "--outlier-failures 1..10000)", NULL);
+  dsys_config_get_duration_ms(cfg, "breaker-open", &go.breaker_open_ms);
+  if (go.breaker_open_ms < 100 || go.breaker_open_ms > 3600000)
+    return fail("bad --breaker-open (100ms..1h)", NULL);
+  go.health_rise = (uint32_t)rise;
+  go.health_fall = (uint32_t)fall;
+  go.outlier_failures = (uint32_t)ofail;
   uint64_t csize = 0, cobj = 0;
   int64_t centries = 0;
   dsys_config_get_size(cfg, "cache-size", &csize);

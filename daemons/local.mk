@@ -20,6 +20,9 @@ daemons_dsys_identity_SOURCES = daemons/dsys-identity.c
 daemons_dsys_identity_LDADD = libdistsys.la
 daemons_dsys_cluster_SOURCES = daemons/dsys-cluster.c daemons/cluster-tls.c daemons/cluster-tls.h
 daemons_dsys_cluster_LDADD = libdistsys.la $(GNUTLS_LIBS)
+# where make install puts the deployment files (deploy/local.mk): the
+# Patroni template of --deployment
+daemons_dsys_cluster_CPPFLAGS = $(AM_CPPFLAGS) -DDSYS_DATADIR='"$(datadir)/distsys"'
 # dsys-loadtest: the load generator; a client program, so it uses libcurl
 # directly. See docs/reference/loadtest.md.
 tools_dsys_loadtest_SOURCES = tools/dsys-loadtest.c tools/loadtest-hist.c tools/loadtest-hist.h

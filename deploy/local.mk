@@ -2,6 +2,14 @@
 # the man pages made from each program's --help, and `make deb`.
 # docs/reference/systemd.md and docs/reference/packaging.md.
 
+# The deployment files (docs/reference/multi-host.md): the Patroni
+# template that dsys-cluster --deployment fills (it looks here first), the
+# three-host example, and the monitoring examples; in PREFIX/share/distsys
+# (the daemons' name, not the package's).
+distsysdatadir = $(datadir)/distsys
+dist_distsysdata_DATA = deploy/patroni/patroni.yml.in deploy/multihost.conf \
+	deploy/prometheus.yml deploy/grafana-dashboard.json
+
 # systemd units: deploy/systemd/*.in with the real @bindir@; installed in
 # --with-systemdsystemunitdir (default PREFIX/lib/systemd/system).
 SYSTEMD_UNITS = deploy/systemd/dsys-registryd.service deploy/systemd/dsys-gatewayd.service \

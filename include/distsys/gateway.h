@@ -102,6 +102,22 @@ typedef struct dsys_gateway_options {
   int64_t cache_max_ttl_ms;   /**< no response is kept longer than this
                                    after it was stored or revalidated,
                                    whatever its max-age; default 1 h */
+  /* Health of upstream instances (appended; docs/reference/gateway.md,
+   * "Health checks"): the active checks every health_interval_ms and the
+   * passive outlier detection of dsys_health. */
+  int64_t health_timeout_ms;  /**< a check without an answer this long
+                                   fails; default 1000 */
+  uint32_t health_rise;       /**< passing checks in a row that bring an
+                                   unhealthy instance back; default 2 */
+  uint32_t health_fall;       /**< failed checks in a row that take a
+                                   healthy instance out; default 3 */
+  uint32_t outlier_failures;  /**< failed requests in a row (reset,
+                                   timeout, 502/503/504) that eject an
+                                   instance; default 5 (a refused
+                                   connection ejects at once) */
+  int64_t breaker_open_ms;    /**< how long an instance's breaker, once
+                                   open, refuses calls before trial calls;
+                                   default 30000 */
 } dsys_gateway_options;
 
 /** dsys_gateway_route_options.protect: who needs a valid JWT. */

@@ -15,7 +15,10 @@
  *
  * Passive outlier detection (dsys_health_observe): a refused connection
  * (DSYS_OUTCOME_NOT_SENT) ejects the endpoint at once; consecutive failures
- * (timeouts, resets, protocol errors, 5xx; default 5) eject it. An ejection
+ * (timeouts, resets, protocol errors, 5xx; default 5) eject it, when at
+ * least half of the other usable endpoints have no failure streak (else
+ * they fail alike: something they share fails, e.g. their database;
+ * skipped, counted in skipped_ejections). An ejection
  * lasts base_ejection_ms times the endpoint's ejection count, capped at
  * max_ejection_ms; the count goes back to 0 after the endpoint has stayed
  * un-ejected for max_ejection_ms. The last usable endpoint is never ejected

@@ -80,13 +80,20 @@ static PGconn *connect_one(dsysi_pg *p) {
            "-c statement_timeout=%d -c idle_in_transaction_session_timeout=%d"
            " -c client_min_messages=warning",
            p->o.statement_timeout_ms, p->o.statement_timeout_ms * 3);
-  /* a peer that stops acknowledging (a host that died) fails the call
-   * instead of hanging it until TCP gives up (minutes) */
-  snprintf(tut, sizeof tut, "%d", p->o.statement_timeout_ms + 5000);
+  /* A host that died (no RST: its connections just go silent) must fail
+   * the calls on it, and the idle connections to it must be found dead
+   * before a failover is over (multi-host.md, "Failure timings"), not
+   * after TCP gives up (minutes). tcp_user_timeout bounds how long sent
+   * data may stay unacknowledged: the peer's kernel acknowledges at once
+   * even while a long statement runs, so it need not exceed
+   * statement_timeout. Keepalives (2 s idle, 1 s apart, 3 probes) find a
+   * silent peer of an idle connection, or one waiting for an answer,
+   * within 5 s: a few bytes a second per connection. */
+  snprintf(tut, sizeof tut, "%d", DSYSI_PG_TCP_USER_TIMEOUT_MS);
   const char *keys[] = {"connect_timeout", "options", "tcp_user_timeout", "keepalives_idle",
                         "keepalives_interval", "keepalives_count", "application_name",
                         "dbname", NULL};
-  const char *vals[] = {ct, opts, tut, "10", "5", "3", "libdistsys", p->url, NULL};
+  const char *vals[] = {ct, opts, tut, "2", "1", "3", "libdistsys", p->url, NULL};
   return PQconnectdbParams(keys, vals, 1);
 }
 

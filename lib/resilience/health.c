@@ -356,18 +356,23 @@ static void eject_cb(void *ud) {
   finish(h, e);
 }
 
-/* Hold mu. slow: for slowness (see the header). */
-static void eject(dsys_health *h, hep *e, evq *q, int slow) {
+/* Hold mu. slow: for slowness, streak: for consecutive failures (see the
+ * header); neither: a refused connection. */
+static void eject(dsys_health *h, hep *e, evq *q, int slow, int streak) {
   if (e->ejected) return;
-  size_t others = 0, in_time = 0;
+  size_t others = 0, in_time = 0, sound = 0;
   for (size_t i = 0; i < h->n; i++)
     if (h->eps[i] != e && usable(h->eps[i])) {
       others++;
       in_time += !h->eps[i]->oslow;
+      sound += !h->eps[i]->ofails;
     }
   /* slowness is relative: when half the others are slow too, the traffic
-   * is (a slow route), not this endpoint */
-  if (others == 0 || (slow && in_time * 2 < others)) {
+   * is (a slow route), not this endpoint. So are failures: when half the
+   * others fail too, something they share does (every instance answering
+   * 503 while their database fails over), and ejecting them one by one
+   * for 30 s left none once it was back. */
+  if (others == 0 || (slow && in_time * 2 < others) || (streak && sound * 2 < others)) {
     h->ctr.skipped_ejections++;
     return;
   }
@@ -410,18 +415,18 @@ int dsys_health_observe(dsys_health *h, const char *id, int outcome) {
       e->ofails = e->oslow = 0;
       break;
     case DSYS_OUTCOME_NOT_SENT:
-      eject(h, e, &q, 0);
+      eject(h, e, &q, 0, 0);
       break;
     case DSYS_OUTCOME_TIMEOUT:
       if (h->oslow_max && ++e->oslow >= h->oslow_max) {
-        eject(h, e, &q, 1);
+        eject(h, e, &q, 1, 0);
         break;
       }
       /* fall through */
     case DSYS_OUTCOME_RESET:
     case DSYS_OUTCOME_PROTOCOL:
     case DSYS_OUTCOME_SERVER_ERROR:
-      if (++e->ofails >= h->ofail_max) eject(h, e, &q, 0);
+      if (++e->ofails >= h->ofail_max) eject(h, e, &q, 0, 1);
       break;
     default:
       break;
@@ -437,7 +442,7 @@ int dsys_health_observe_slow(dsys_health *h, const char *id) {
   evq q = {0};
   pthread_mutex_lock(&h->mu);
   hep *e = find(h, id, NULL);
-  if (e && !h->outlier_off && h->oslow_max && ++e->oslow >= h->oslow_max) eject(h, e, &q, 1);
+  if (e && !h->outlier_off && h->oslow_max && ++e->oslow >= h->oslow_max) eject(h, e, &q, 1, 0);
   pthread_mutex_unlock(&h->mu);
   fire(h, &q);
   return e ? 0 : DSYS_ENOTFOUND;

@@ -37,6 +37,13 @@ struct dsys_registry {
   uint64_t timer;
   int timers_out, closing;
   int own_health;            /* backend applies health itself (ops flag) */
+  /* While the registry does not answer this process's sweeps, and for one
+   * TTL after it answers again, missing heartbeats make no instance
+   * unhealthy and none is reaped: they could not arrive meanwhile. (After
+   * an etcd quorum loss the first sweep marked every instance unhealthy,
+   * and the gateways answered 503 until the next heartbeats.) */
+  int unreachable;
+  int64_t grace_until_ms;
   char errmsg[256];
 };
 
@@ -440,8 +447,15 @@ int dsys_registry_deregister(dsys_registry *r, const char *id) {
 }
 
 /* Apply the TTL to stored health flags. */
+static int in_grace(dsys_registry *r, int64_t now) {
+  pthread_mutex_lock(&r->mu);
+  int g = r->unreachable || now < r->grace_until_ms;
+  pthread_mutex_unlock(&r->mu);
+  return g;
+}
+
 static void apply_ttl(dsys_registry *r, dsys_instance *v, size_t n, int64_t now) {
-  if (r->own_health) return;
+  if (r->own_health || in_grace(r, now)) return; /* the stored flags stand */
   for (size_t i = 0; i < n; i++)
     if (now - v[i].last_heartbeat_ms > r->ttl_ms) v[i].health = DSYS_INSTANCE_UNHEALTHY;
 }
@@ -493,7 +507,12 @@ int dsys_registry_sweep(dsys_registry *r) {
   if (!r) return DSYS_EINVAL;
   int64_t now = dsys_clock_wall_ms(r->clk);
   pthread_mutex_lock(&r->mu);
-  int rc = r->ops->expire(r->st, now - r->ttl_ms, now - r->reap_ms);
+  int grace = r->unreachable || now < r->grace_until_ms;
+  int rc = r->ops->expire(r->st, grace ? INT64_MIN : now - r->ttl_ms,
+                          grace ? INT64_MIN : now - r->reap_ms);
+  if (!rc && r->unreachable) r->grace_until_ms = now + r->ttl_ms; /* back */
+  if (rc == DSYS_EUNAVAIL || rc == DSYS_ETIMEDOUT) r->unreachable = 1;
+  else if (!rc) r->unreachable = 0;
   set_err(r, rc, "sweep");
   pthread_mutex_unlock(&r->mu);
   deliver(r);

@@ -257,9 +257,11 @@ static int register_instance(dsys_daemon *d, const char *name) {
            hostid);
   dsys_instance inst = {.id = id, .type = d->spec.service_type, .url = url,
                         .name = name, .metadata = meta, .weight = 1};
-  int64_t ttl = 30000;
+  int64_t ttl = 30000, hb = 0;
   dsys_config_get_duration_ms(d->cfg, "registry-ttl", &ttl);
-  dsys_registration_options ao = {.size = sizeof ao, .heartbeat_ms = ttl / 3};
+  if (dsys_config_get(d->cfg, "registry-heartbeat"))
+    dsys_config_get_duration_ms(d->cfg, "registry-heartbeat", &hb); /* checked at start */
+  dsys_registration_options ao = {.size = sizeof ao, .heartbeat_ms = hb ? hb : ttl / 3};
   rc = dsys_registration_start(&d->agent, d->registry, &inst, &ao);
   char shown[512];
   show(dsys_config_get(d->cfg, "registry"), shown, sizeof shown);
@@ -280,6 +282,9 @@ static const dsys_option common_opts[] = {
      "ten times it (a registry opened directly, sqlite://, postgresql:// or etcd://: "
      "every process on one registry must use the same); this instance heartbeats "
      "every third of it"},
+    {"registry-heartbeat", "DSYS_REGISTRY_HEARTBEAT", DSYS_OPT_DURATION, NULL,
+     "how often this instance heartbeats (default: a third of --registry-ttl; "
+     "at least 50ms, less than --registry-ttl)"},
     {"name", "DSYS_NAME", DSYS_OPT_STRING, NULL, "instance name (logs, /health)"},
     {"advertise", "DSYS_ADVERTISE", DSYS_OPT_STRING, NULL,
      "URL others should call, registered in the registry (default: the --listen URL; "
@@ -453,6 +458,14 @@ static int run(dsys_daemon *d, const char *prog) {
     dsys_config_get_duration_ms(d->cfg, "registry-ttl", &ttl);
     if (ttl < 300) {
       fprintf(stderr, "%s: --registry-ttl must be at least 300ms\n", prog);
+      return 2;
+    }
+    int64_t hb = 0;
+    if (dsys_config_get(d->cfg, "registry-heartbeat") &&
+        (dsys_config_get_duration_ms(d->cfg, "registry-heartbeat", &hb) || hb < 50 || hb >= ttl)) {
+      /* a heartbeat as slow as the TTL lets every instance expire between two */
+      fprintf(stderr, "%s: --registry-heartbeat must be at least 50ms and less than "
+              "--registry-ttl (%lld ms)\n", prog, (long long)ttl);
       return 2;
     }
     char *ereg = NULL;

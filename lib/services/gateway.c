@@ -212,6 +212,11 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   if (gw->o.deadline_ms <= 0) gw->o.deadline_ms = 30000;
   if (!gw->o.max_attempts) gw->o.max_attempts = 3;
   if (gw->o.health_interval_ms <= 0) gw->o.health_interval_ms = 2000;
+  if (gw->o.health_timeout_ms <= 0) gw->o.health_timeout_ms = 1000;
+  if (!gw->o.health_rise) gw->o.health_rise = 2;
+  if (!gw->o.health_fall) gw->o.health_fall = 3;
+  if (!gw->o.outlier_failures) gw->o.outlier_failures = 5;
+  if (gw->o.breaker_open_ms <= 0) gw->o.breaker_open_ms = 30000;
   if (!gw->o.max_response) gw->o.max_response = 64u * 1024 * 1024;
   if (!gw->o.max_buckets) gw->o.max_buckets = 65536;
   if (!gw->o.idempotency_max_keys) gw->o.idempotency_max_keys = 10000;
@@ -297,10 +302,14 @@ int dsys_gateway_add_upstream_ex(dsys_gateway *gw, const char *name,
    * that hung comes back soon after it answers again (a slowness
    * ejection ends with its first passing check). */
   dsys_health_options ho = {.size = sizeof ho, .interval_ms = gw->o.health_interval_ms,
-                            .timeout_ms = 1000, .clock = gw->o.clock, .start_healthy = n > 0,
+                            .timeout_ms = gw->o.health_timeout_ms, .rise = gw->o.health_rise,
+                            .fall = gw->o.health_fall,
+                            .consecutive_failures = gw->o.outlier_failures,
+                            .clock = gw->o.clock, .start_healthy = n > 0,
                             .consecutive_slow = x.slow_ejection < 0 ? 0
                                                 : x.slow_ejection ? (uint32_t)x.slow_ejection : 5,
                             .down_interval_ms = gw->o.health_interval_ms / 8 + 1};
+  dsys_breaker_options bro = {.size = sizeof bro, .open_wait_ms = gw->o.breaker_open_ms};
   dsys_retry_options ro = {.size = sizeof ro, .clock = gw->o.clock,
                            .max_attempts = gw->o.max_attempts,
                            .per_try_timeout_ms = gw->o.try_timeout_ms,
@@ -325,6 +334,7 @@ int dsys_gateway_add_upstream_ex(dsys_gateway *gw, const char *name,
   dsys_upstream_options uo = {.size = sizeof uo, .service = name,
                               .registry = n ? NULL : gw->o.registry,
                               .policy = pol, .health_check = 1, .health = &ho,
+                              .breaker = &bro,
                               .retry = &ro, .clock = gw->o.clock,
                               .client = tls ? t->tls_client : NULL,
                               .adaptive_timeout = x.adaptive_timeout >= 0,
@@ -349,6 +359,9 @@ int dsys_gateway_add_upstream_ex(dsys_gateway *gw, const char *name,
                    (double)x.timeout_percentile, (double)x.timeout_factor,
                    (long long)x.timeout_min_ms, (long long)x.timeout_max_ms, (int)x.slow_ejection,
                    (long long)x.hedge_delay_ms, (double)x.hedge_percentile);
+  dsysi_buf_printf(&def, " c%lld %u %u %u b%lld", (long long)gw->o.health_timeout_ms,
+                   (unsigned)gw->o.health_rise, (unsigned)gw->o.health_fall,
+                   (unsigned)gw->o.outlier_failures, (long long)gw->o.breaker_open_ms);
   for (size_t i = 0; !rc && i < n; i++) {
     char id[32];
     snprintf(id, sizeof id, "%s-%zu", name, i + 1);

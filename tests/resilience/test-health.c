@@ -215,6 +215,41 @@ static void test_outlier(void) {
   dsys_clock_free(clk);
 }
 
+/* Failures every endpoint shares (their database failing over: every
+ * instance answers 503) eject none of them; an endpoint that fails alone
+ * is still ejected. */
+static void test_shared_failures(void) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 0);
+  dsys_health_options o = {.size = sizeof o, .clock = clk};
+  dsys_health *h;
+  dsys_health_new(&h, &o);
+  const char *ids[] = {"a", "b", "c"};
+  for (int i = 0; i < 3; i++) dsys_health_add(h, ids[i], NULL);
+  for (int r = 0; r < 20; r++)
+    for (int i = 0; i < 3; i++) dsys_health_observe(h, ids[i], DSYS_OUTCOME_SERVER_ERROR);
+  ok(dsys_health_usable(h, "a") && dsys_health_usable(h, "b") && dsys_health_usable(h, "c"),
+     "shared failures: 20 in a row on each of 3 endpoints eject none");
+  dsys_health_counters c;
+  dsys_health_counters_get(h, &c);
+  is_int((int)c.ejections, 0, "... no ejection counted");
+  ok(c.skipped_ejections > 0, "... skipped ejections counted (%llu)",
+     (unsigned long long)c.skipped_ejections);
+  /* the shared outage ends: b and c answer again, a keeps failing */
+  dsys_health_observe(h, "b", DSYS_OUTCOME_OK);
+  dsys_health_observe(h, "c", DSYS_OUTCOME_OK);
+  for (int i = 0; i < 4; i++) dsys_health_observe(h, "a", DSYS_OUTCOME_SERVER_ERROR);
+  ok(!dsys_health_usable(h, "a"), "an endpoint failing alone is ejected");
+  /* one of two others failing too: half of them sound, still its own */
+  dsys_health_observe(h, "b", DSYS_OUTCOME_NOT_SENT); /* b ejected */
+  dsys_clock_advance(clk, 31 * 1000000LL);           /* a and b back */
+  dsys_health_observe(h, "a", DSYS_OUTCOME_RESET);
+  for (int i = 0; i < 5; i++) dsys_health_observe(h, "c", DSYS_OUTCOME_RESET);
+  ok(!dsys_health_usable(h, "c"), "5 resets on c while a has one and b none: c ejected");
+  dsys_health_free(h);
+  dsys_clock_free(clk);
+}
+
 /* Ejection for slowness: consecutive timeouts or slow answers; back by
  * time without checks, by a passing check (checked every down_interval)
  * with them. */
@@ -341,6 +376,7 @@ static void test_slowness(void) {
 int main(void) {
   test_active();
   test_outlier();
+  test_shared_failures();
   test_slowness();
   return tap_done();
 }

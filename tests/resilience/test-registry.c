@@ -472,6 +472,128 @@ out:
 static tpg pgsrv;
 static void stop_pg(void) { tpg_stop(&pgsrv); }
 
+/* ---- a registry that stops answering (as etcd without a quorum) ---- */
+
+/* A one-table backend whose expire fails DSYS_EUNAVAIL while down; its
+ * list keeps answering the stored table, as etcd's falls back to its last
+ * view. */
+static int flaky_down;
+typedef struct flaky {
+  dsys_instance in[4];
+  int64_t hb[4];
+  int n;
+} flaky;
+static int fk_open(void *st, const char *t, char *e, size_t el) {
+  (void)st, (void)t, (void)e, (void)el;
+  return 0;
+}
+static void fk_close(void *st) {
+  flaky *f = st;
+  for (int i = 0; i < f->n; i++) free((char *)f->in[i].id);
+}
+static int fk_put(void *st, const dsys_instance *in, int64_t now) {
+  flaky *f = st;
+  if (flaky_down || f->n == 4) return DSYS_EUNAVAIL;
+  f->in[f->n] = (dsys_instance){.id = strdup(in->id), .type = "t", .url = "u",
+                                .health = DSYS_INSTANCE_HEALTHY};
+  f->hb[f->n++] = now;
+  return 0;
+}
+static int fk_heartbeat(void *st, const char *id, int64_t now) {
+  flaky *f = st;
+  if (flaky_down) return DSYS_EUNAVAIL;
+  for (int i = 0; i < f->n; i++)
+    if (!strcmp(f->in[i].id, id)) {
+      f->hb[i] = now;
+      f->in[i].health = DSYS_INSTANCE_HEALTHY;
+      return 0;
+    }
+  return DSYS_ENOTFOUND;
+}
+static int fk_remove(void *st, const char *id) {
+  (void)st, (void)id;
+  return DSYS_ENOTFOUND;
+}
+static int fk_list(void *st, const char *type, dsys_instance **out, size_t *n) {
+  flaky *f = st;
+  (void)type;
+  for (int i = 0; i < f->n; i++) f->in[i].last_heartbeat_ms = f->hb[i];
+  *n = (size_t)f->n;
+  return dsys_instances_copy(f->in, (size_t)f->n, out);
+}
+static int fk_get(void *st, const char *id, dsys_instance **out) {
+  flaky *f = st;
+  for (int i = 0; i < f->n; i++)
+    if (!strcmp(f->in[i].id, id)) {
+      f->in[i].last_heartbeat_ms = f->hb[i];
+      return dsys_instances_copy(&f->in[i], 1, out);
+    }
+  return DSYS_ENOTFOUND;
+}
+static int fk_expire(void *st, int64_t unhealthy_before, int64_t reap_before) {
+  flaky *f = st;
+  (void)reap_before;
+  if (flaky_down) return DSYS_EUNAVAIL;
+  for (int i = 0; i < f->n; i++)
+    if (f->hb[i] < unhealthy_before) f->in[i].health = DSYS_INSTANCE_UNHEALTHY;
+  return 0;
+}
+static int fk_index(void *st, uint64_t *out) {
+  (void)st;
+  *out = 0;
+  return 0;
+}
+static int fk_changes(void *st, uint64_t after, dsys_registry_change_fn fn, void *ctx) {
+  (void)st, (void)after, (void)fn, (void)ctx;
+  return 0;
+}
+
+/* While the registry cannot be reached, and for one TTL after it answers
+ * again, heartbeats that could not arrive make no instance unhealthy: the
+ * gateways keep routing to them (after an etcd quorum loss the first
+ * sweep used to mark every instance unhealthy: 503s until the next
+ * heartbeats). Then the TTL applies again. */
+static void test_outage_grace(void) {
+  static const dsys_registry_ops ops = {
+      .version = DSYS_REGISTRY_OPS_VERSION, .name = "flaky", .state_size = sizeof(flaky),
+      .open = fk_open, .close = fk_close, .put = fk_put, .heartbeat = fk_heartbeat,
+      .remove = fk_remove, .get = fk_get, .list = fk_list, .expire = fk_expire,
+      .index = fk_index, .changes = fk_changes};
+  dsys_clock *clk;
+  dsys_registry *r;
+  dsys_clock_fake_new(&clk, 1000000);
+  dsys_registry_options o = {.size = sizeof o, .clock = clk, .ttl_ms = 3000, .reap_ms = 30000,
+                             .sweep_interval_ms = -1};
+  if (!ok(dsys_registry_open_ops(&r, &ops, NULL, &o, NULL, 0) == 0, "outage: open a flaky registry")) return;
+  reg(r, "a", "t", "u");
+  reg(r, "b", "t", "u");
+  is_int(dsys_registry_sweep(r), 0, "outage: a sweep while the registry answers");
+  flaky_down = 1;
+  dsys_clock_advance(clk, 5000 * 1000);
+  is_int(dsys_registry_sweep(r), DSYS_EUNAVAIL, "outage: the registry stops answering: the sweep fails");
+  is_int(count(r, "t", 1), 2, "outage: 5 s without heartbeats (TTL 3 s): both still healthy in lookups");
+  flaky_down = 0;
+  is_int(dsys_registry_sweep(r), 0, "outage: back: the first sweep succeeds");
+  is_int(count(r, "t", 1), 2, "outage: ... and marks no instance unhealthy");
+  dsys_clock_advance(clk, 2500 * 1000);
+  dsys_registry_sweep(r);
+  is_int(count(r, "t", 1), 2, "outage: 2.5 s after: both still healthy (grace of one TTL)");
+  is_int(dsys_registry_heartbeat(r, "a"), 0, "outage: a heartbeats again");
+  dsys_clock_advance(clk, 1000 * 1000);
+  dsys_registry_sweep(r);
+  dsys_instance *v = NULL;
+  size_t n = 0;
+  dsys_registry_lookup(r, "t", 1, &v, &n);
+  ok(n == 1 && !strcmp(v[0].id, "a"),
+     "outage: one TTL after: b, which never heartbeated since, is unhealthy; a is not (%zu)", n);
+  dsys_free(v);
+  dsys_clock_advance(clk, 3000 * 1000);
+  dsys_registry_sweep(r);
+  is_int(count(r, "t", 1), 0, "outage: and a too, 3 s after its last heartbeat (the TTL applies again)");
+  dsys_registry_close(r);
+  dsys_clock_free(clk);
+}
+
 int main(void) {
   char dir[] = "/tmp/dsys-reg-XXXXXX";
   if (!mkdtemp(dir)) tap_bail("mkdtemp");
@@ -505,6 +627,7 @@ int main(void) {
     test_pg_outage(&pgsrv);
   }
   test_misc();
+  test_outage_grace();
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd)) tap_diag("cleanup failed");
