@@ -6,7 +6,7 @@
 # that the runtime's definitions also serve the shared libraries (SQLite).
 noinst_LTLIBRARIES += libdsys_sim.la
 libdsys_sim_la_SOURCES = tools/sim/sim.h tools/sim/sched.c tools/sim/net.h tools/sim/net.c \
-	tools/sim/world.h tools/sim/world.c
+	tools/sim/world.h tools/sim/world.c tools/sim/disk.h tools/sim/disk.c
 libdsys_sim_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/sim
 libdsys_sim_la_LIBADD = -ldl
 SIM_LIBS = libdsys_sim.la libdsys_internal.la $(DEP_LIBS) -ldl

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <malloc.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
@@ -507,6 +508,10 @@ void sim_start(const sim_options *opts) {
   int cpu = sched_getcpu();
   CPU_SET(cpu >= 0 ? cpu : 0, &one);
   sched_setaffinity(0, sizeof one, &one);
+  /* One malloc arena: mallinfo2 (the memory checker) reports the main
+   * arena only, and the simulated disks' files are allocated by whichever
+   * thread writes them. */
+  mallopt(M_ARENA_MAX, 1);
   /* Started here, not at the first replaced call, so that a program may
    * fork before it starts a simulation. */
   sem_init(&reap_sem, 0, 0);

@@ -13,10 +13,22 @@ void sim_instance_begin(sim_instance *in, const char *name, const char *type) {
   snprintf(in->url, sizeof in->url, "inproc://%s", name);
   in->node = sim_node_new(name);
   sim_net_name(name, in->node);
+  sim_instance_restart(in);
+}
+
+void sim_instance_restart(sim_instance *in) {
   sim_node_enter(in->node);
   /* Two threads: the machine's processor count must not change a run. */
   dsys_server_options so = {.size = sizeof so, .threads = 2, .name = in->name};
-  if (dsys_server_new(&in->srv, &so)) sim_fail("server %s", name);
+  if (dsys_server_new(&in->srv, &so)) sim_fail("server %s", in->name);
+}
+
+void sim_instance_kill(sim_instance *in) {
+  /* A dead process does not deregister: the registry forgets it by its
+   * TTL. The agent's stop would try (its messages are lost anyway). */
+  if (in->agent) dsys_registration_stop(in->agent);
+  in->agent = NULL;
+  dsys_server_stop(in->srv, 0);
 }
 
 void sim_instance_end(sim_instance *in, int64_t heartbeat_ms) {

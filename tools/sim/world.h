@@ -25,6 +25,14 @@ typedef struct sim_instance {
  *  it, not yet listening. The calling thread is left in the new node: what
  *  it creates next (the service) belongs to the node. */
 void sim_instance_begin(sim_instance *in, const char *name, const char *type);
+/** The same node's process starts again (after sim_instance_kill and
+ *  sim_instance_free): a new server, not yet listening; the calling thread
+ *  is left in the node, as by sim_instance_begin. */
+void sim_instance_restart(sim_instance *in);
+/** The node crashed (its messages already lost, sim_net_down): stop its
+ *  heartbeats and its server at once, no drain. Then free the service and
+ *  call sim_instance_free. */
+void sim_instance_kill(sim_instance *in);
 /** Listen on inproc://name and register with the registry at
  *  inproc://registry (heartbeat_ms); back to node 0. */
 void sim_instance_end(sim_instance *in, int64_t heartbeat_ms);
