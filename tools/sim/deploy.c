@@ -492,6 +492,9 @@ static void member_boot(member *m) {
     snprintf(name, sizeof name, "%s-%d", kinds[m->kind], m->idx + 1);
   if (!m->boots) sim_instance_begin(&m->in, name, kinds[m->kind]);
   else sim_instance_restart(&m->in);
+  /* The new process is on the network (no listener yet: calls to it are
+   * refused until it listens). */
+  if (m->boots) sim_net_down(m->in.node, 0);
   /* Acknowledged means durable: FULL (PLANTED BUG sync-normal: NORMAL, a
    * WAL commit acknowledged before it is synced). */
   int full = !plant_sync_normal;
@@ -567,7 +570,6 @@ static void member_boot(member *m) {
     break;
   }
   }
-  if (m->boots) sim_net_down(m->in.node, 0);
   sim_instance_end(&m->in, hb);
   if (m->kind == K_GW) cur_gw = m->gw;
   m->up = 1;
@@ -629,6 +631,11 @@ typedef struct crash_job {
   int64_t until;
 } crash_job;
 
+static void *kill_main(void *arg) {
+  member_stop(arg, 1);
+  return NULL;
+}
+
 static void *crash_main(void *arg) {
   crash_job *c = arg;
   /* The instant of the crash: every message to or from the victims is
@@ -641,8 +648,11 @@ static void *crash_main(void *arg) {
     sim_trace("crash: %s killed (down until %.3f)", c->victims[i]->in.name, c->until / 1e9);
   }
   if (c->power_disk >= 0) sim_disk_power_loss(c->power_disk);
-  /* What the processes held in memory goes with them. */
-  for (int i = 0; i < c->n; i++) member_stop(c->victims[i], 1);
+  /* What the processes held in memory goes with them: torn down side by
+   * side (a stop waits for its node's bounded calls, lost from now on). */
+  pthread_t th[NMEMBERS];
+  for (int i = 0; i < c->n; i++) pthread_create(&th[i], NULL, kill_main, c->victims[i]);
+  for (int i = 0; i < c->n; i++) pthread_join(th[i], NULL);
   int64_t now = sim_now_ns();
   if (c->until > now) usleep((useconds_t)((c->until - now) / 1000));
   for (int i = 0; i < c->n; i++) {

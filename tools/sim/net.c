@@ -251,9 +251,13 @@ static void inject(void) {
   if (N.mask & SIM_F_PARTITION) kinds[nk++] = SIM_F_PARTITION;
   if (N.mask & SIM_F_PAUSE) kinds[nk++] = SIM_F_PAUSE;
   if (N.mask & SIM_F_SKEW) kinds[nk++] = SIM_F_SKEW;
-  if ((N.mask & SIM_F_CRASH) && N.crash) kinds[nk++] = SIM_F_CRASH;
-  if (!nk || N.npick < 2) return;
-  unsigned k = kinds[sim_rand_below(nk)];
+  if (N.npick < 2) return;
+  unsigned k;
+  /* A crash one time in ten: a restart costs the run seconds of outage
+   * (and the simulation a new process's threads). */
+  if ((N.mask & SIM_F_CRASH) && N.crash && (!nk || sim_chance(0.1))) k = SIM_F_CRASH;
+  else if (nk) k = kinds[sim_rand_below(nk)];
+  else return;
   int a = N.pick[sim_rand_below(N.npick)];
   int64_t now = sim_now_ns();
   N.faults++;
