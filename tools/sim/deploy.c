@@ -39,8 +39,18 @@ typedef struct job {
   char status[16];
 } job;
 
+/* A token a sign-up returned: asked for at `sent`, answered at `got`
+ * (virtual ns; the issuing node stamped it in between, on its clock). */
+typedef struct token {
+  char *tok;
+  int64_t sent, got;
+} token;
+#define MAXTOKENS 64
+
 typedef struct client {
   int idx, node;
+  token toks[MAXTOKENS];
+  int ntoks;
   dsys_client *c;
   key keys[NKEYS];
   key cnt;                 /* the counter: its value is a number */
@@ -216,9 +226,42 @@ static void counter_op(client *cl) {
   if (!plant_retry_post) cl->cnt_doubt++;
 }
 
+/* Tokens live TOKEN_S (so that a run sees them expire); the verifying
+ * node's wall clock may differ from the issuing one's by up to
+ * 2 x (2 s of skew fault + 200 ms offset + 100 ppm drift over the run) +
+ * 1 s (whole seconds in the token): a token younger than TOKEN_S -
+ * CLOCK_SLACK_S must be accepted, one older than TOKEN_S + CLOCK_SLACK_S
+ * refused. */
+#define TOKEN_S 20
+#define CLOCK_SLACK_S 6
+
+static void verify_token(client *cl) {
+  token *t = &cl->toks[sim_rand_below(cl->ntoks)];
+  char hv[600];
+  snprintf(hv, sizeof hv, "Bearer %s", t->tok);
+  int64_t s0 = sim_now_ns();
+  sim_answer a = sim_call_h(cl->c, &cl->res, "GET", GW, "/api/auth/verify", NULL, CALL_MS,
+                            "Authorization", hv);
+  int64_t s1 = sim_now_ns();
+  double young = (s1 - t->sent) / 1e9, old = (s0 - t->got) / 1e9;
+  sim_trace("%s verify token aged %.3f-%.3f s -> %d", sim_node_name(cl->node), old, young, a.status);
+  cl->res.checks++;
+  if (a.status == 200 && old > TOKEN_S + CLOCK_SLACK_S)
+    sim_fail("a token at least %.3f s old was accepted (lifetime %d s, clocks within %d s)", old,
+             TOKEN_S, CLOCK_SLACK_S);
+  else if (a.status == 401 && young < TOKEN_S - CLOCK_SLACK_S)
+    sim_fail("a token at most %.3f s old was refused (lifetime %d s, clocks within %d s), or "
+             "its acknowledged sign-up was lost: %.200s",
+             young, TOKEN_S, CLOCK_SLACK_S, a.body);
+  else if (a.status != 200 && a.status != 401 && !transient(a.status))
+    sim_fail("GET /api/auth/verify answered %d: %.200s", a.status, a.body);
+  sim_answer_free(&a);
+}
+
 static void signup(client *cl) {
   char body[256];
   int n = ++cl->signups;
+  int64_t sent = sim_now_ns();
   snprintf(body, sizeof body,
            "{\"username\":\"user%d-%d\",\"email\":\"user%d-%d@example.org\",\"password\":\"pw-%d-%d\"}",
            cl->idx, n, cl->idx, n, cl->idx, n);
@@ -228,6 +271,8 @@ static void signup(client *cl) {
   if (a.status == 201) {
     const char *tok = sim_json_str(&a, "token", NULL);
     if (!tok || !*tok) sim_fail("signup answered 201 without a token: %.200s", a.body);
+    if (cl->ntoks < MAXTOKENS)
+      cl->toks[cl->ntoks++] = (token){strdup(tok), sent, sim_now_ns()};
   } else if (!transient(a.status)) {
     sim_fail("signup of a new user answered %d: %.200s", a.status, a.body);
   }
@@ -295,6 +340,7 @@ static void *client_main(void *arg) {
     usleep((useconds_t)sim_rand_below(200000));
     unsigned r = (unsigned)sim_rand_below(100);
     if (r < 4) signup(cl);
+    else if (r < 9 && cl->ntoks) verify_token(cl);
     else if (r < 45) data_op(cl);
     else if (r < 65) counter_op(cl);
     else if (r < 82) submit_job(cl);
@@ -514,7 +560,8 @@ static void member_boot(member *m) {
     dsys_store_options so = {.size = sizeof so, .full_sync = full};
     if ((rc = dsys_store_open(&m->st, DB_USERS, &so))) sim_fail("open %s: %s", DB_USERS, dsys_strerror(rc));
     dsys_auth_options ao = {.size = sizeof ao, .store = m->st, .token_secret = secret,
-                            .token_secret_len = sizeof secret - 1, .hash_threads = 1};
+                            .token_secret_len = sizeof secret - 1, .hash_threads = 1,
+                            .token_lifetime_s = TOKEN_S};
     if (dsys_service_auth_mount(m->in.srv, &ao, &m->asvc)) sim_fail("auth mount");
     break;
   }
@@ -795,6 +842,7 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
       for (int d = 0; d < kk->ndoubt; d++) free(kk->doubt[d]);
       free(kk->doubt);
     }
+    for (int t = 0; t < cls[i].ntoks; t++) free(cls[i].toks[t].tok);
     dsys_client_free(cls[i].c);
     res->requests += cls[i].res.requests;
     res->answered += cls[i].res.answered;

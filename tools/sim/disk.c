@@ -44,7 +44,7 @@ typedef struct inode {
   void *reserved, *pending, *exclusive;
   /* WAL shared memory */
   char **shm;
-  int nshm, shm_size;
+  int nshm, shm_size, shm_refs; /* shm_refs: handles that mapped it */
   int shm_shared[NSHMLOCK];
   void *shm_excl[NSHMLOCK];
   struct inode *next;
@@ -55,6 +55,7 @@ typedef struct sfile {
   inode *ino;
   int lock, node, dead;
   unsigned char shm_sh, shm_ex; /* shared-memory locks held (bit per slot) */
+  int shm_mapped;
   struct sfile *next_open;
 } sfile;
 
@@ -162,9 +163,10 @@ static int x_close(sqlite3_file *f) {
   if (i->pending == s) i->pending = NULL;
   if (i->exclusive == s) i->exclusive = NULL;
   for (int k = 0; k < NSHMLOCK; k++) {
-    if (s->shm_sh & (1u << k)) i->shm_shared[k]--;
+    if ((s->shm_sh & (1u << k)) && !s->dead) i->shm_shared[k]--;
     if (i->shm_excl[k] == s) i->shm_excl[k] = NULL;
   }
+  if (s->shm_mapped) i->shm_refs--;
   sfile **pp = &D.open;
   while (*pp && *pp != s) pp = &(*pp)->next_open;
   if (*pp) *pp = s->next_open;
@@ -306,6 +308,10 @@ static int x_shm_map(sqlite3_file *f, int region, int size, int extend, void vol
   inode *i = s->ino;
   *pp = NULL;
   if (s->dead) return SQLITE_IOERR_SHMMAP;
+  if (!s->shm_mapped) {
+    s->shm_mapped = 1;
+    i->shm_refs++;
+  }
   if (i->nshm && i->shm_size != size) return SQLITE_IOERR_SHMSIZE;
   i->shm_size = size;
   if (region >= i->nshm) {
@@ -361,7 +367,13 @@ static int x_shm_unmap(sqlite3_file *f, int del) {
   sfile *s = (sfile *)f;
   inode *i = s->ino;
   x_shm_lock(f, 0, NSHMLOCK, SQLITE_SHM_UNLOCK | SQLITE_SHM_EXCLUSIVE);
-  if (del && !s->dead) {
+  if (s->shm_mapped) {
+    s->shm_mapped = 0;
+    i->shm_refs--;
+  }
+  /* As the unix VFS: the memory goes with its last mapping (a dead
+   * handle not yet closed may still read it), the file when asked. */
+  if (del && !i->shm_refs) {
     for (int k = 0; k < i->nshm; k++) free(i->shm[k]);
     free(i->shm);
     i->shm = NULL;

@@ -318,6 +318,13 @@ static void *driver(void *arg) {
 void sim_faults_start(const int *nodes, int n) {
   N.npick = n < SIM_MAX_NODES ? n : SIM_MAX_NODES;
   memcpy(N.pick, nodes, N.npick * sizeof *nodes);
+  /* Every node's wall clock is a little off for the whole run (as NTP
+   * leaves machines): up to 200 ms, and running up to 100 ppm fast or
+   * slow; the skew fault steps it by up to 2 s more for a while. */
+  if (N.mask & SIM_F_SKEW)
+    for (int i = 0; i < N.npick; i++)
+      sim_node_clock(N.pick[i], ((int64_t)sim_rand_below(401) - 200) * 1000000,
+                     (int64_t)sim_rand_below(201) - 100);
   N.stop = 0;
   N.running = 1;
   int old = sim_node_enter(0);

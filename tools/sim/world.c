@@ -79,10 +79,19 @@ static void check_flights(int64_t now, void *ud) {
 
 sim_answer sim_call(dsys_client *c, sim_result *res, const char *method, const char *url,
                     const char *path, const char *body, int64_t timeout_ms) {
+  return sim_call_h(c, res, method, url, path, body, timeout_ms, NULL, NULL);
+}
+
+sim_answer sim_call_h(dsys_client *c, sim_result *res, const char *method, const char *url,
+                      const char *path, const char *body, int64_t timeout_ms, const char *hname,
+                      const char *hvalue) {
   sim_answer a = {0};
-  dsys_header h = {"Content-Type", "application/json"};
+  dsys_header h[2];
+  size_t nh = 0;
+  if (body) h[nh++] = (dsys_header){"Content-Type", "application/json"};
+  if (hname) h[nh++] = (dsys_header){hname, hvalue};
   dsys_call call = {.size = sizeof call, .method = method, .url = url, .path = path,
-                    .headers = body ? &h : NULL, .nheaders = body ? 1 : 0, .body = body,
+                    .headers = nh ? h : NULL, .nheaders = nh, .body = body,
                     .body_len = body ? strlen(body) : 0, .timeout_ms = timeout_ms};
   dsys_reply *r = NULL;
   int64_t t0 = sim_now_ns();

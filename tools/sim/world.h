@@ -55,6 +55,10 @@ typedef struct sim_answer {
  *  Counts into res. */
 sim_answer sim_call(dsys_client *c, sim_result *res, const char *method, const char *url,
                     const char *path, const char *body, int64_t timeout_ms);
+/** The same with one more request header (hname: NULL for none). */
+sim_answer sim_call_h(dsys_client *c, sim_result *res, const char *method, const char *url,
+                      const char *path, const char *body, int64_t timeout_ms, const char *hname,
+                      const char *hvalue);
 void sim_answer_free(sim_answer *a);
 /** A string member of the answer's JSON (path of member names, NULL-ended)
  *  or NULL. */
