@@ -28,7 +28,10 @@ void sim_instance_kill(sim_instance *in) {
    * TTL. The agent's stop would try (its messages are lost anyway). */
   if (in->agent) dsys_registration_stop(in->agent);
   in->agent = NULL;
-  dsys_server_stop(in->srv, 0);
+  /* Its handlers still running end on their own bounded waits (what they
+   * send is lost): wait for them, up to 10 s, before the service under
+   * them is freed (a stop that cuts them off returns while they run). */
+  dsys_server_stop(in->srv, 10000);
 }
 
 void sim_instance_end(sim_instance *in, int64_t heartbeat_ms) {

@@ -30,7 +30,8 @@ void sim_instance_begin(sim_instance *in, const char *name, const char *type);
  *  is left in the node, as by sim_instance_begin. */
 void sim_instance_restart(sim_instance *in);
 /** The node crashed (its messages already lost, sim_net_down): stop its
- *  heartbeats and its server at once, no drain. Then free the service and
+ *  heartbeats and its server (waiting for its handlers, whose answers are
+ *  lost). Then free the service and
  *  call sim_instance_free. */
 void sim_instance_kill(sim_instance *in);
 /** Listen on inproc://name and register with the registry at
