@@ -13,6 +13,12 @@
  *    OPTIONS, PUT, DELETE) or requests with an Idempotency-Key are retried:
  *    on a timeout, reset or protocol error, or on a reply whose status is in
  *    the retryable list (default 502, 503, 504) — after a backoff;
+ *  - but after a timeout the abandoned attempt may still be on its way and
+ *    land later, after newer writes of other clients (a late PUT would
+ *    overwrite them): then only safe methods (GET, HEAD, OPTIONS), requests
+ *    with an Idempotency-Key and conditional requests (If-Match,
+ *    If-Unmodified-Since: a late duplicate fails its precondition) are
+ *    retried; a plain PUT or DELETE stops (DSYS_RETRY_R_MAY_LAND_LATE);
  *  - each retry must fit the retry budget: over a sliding window of
  *    budget_window_s seconds, retries <= budget_min_per_s * window +
  *    budget_ratio_pct% of the requests counted by dsys_retry_request().
@@ -69,7 +75,8 @@ typedef enum dsys_retry_reason {
   DSYS_RETRY_R_NOT_IDEMPOTENT = 3,
   DSYS_RETRY_R_ATTEMPTS = 4,
   DSYS_RETRY_R_DEADLINE = 5,
-  DSYS_RETRY_R_BUDGET = 6
+  DSYS_RETRY_R_BUDGET = 6,
+  DSYS_RETRY_R_MAY_LAND_LATE = 7 /**< a timed-out unconditional write: not resent */
 } dsys_retry_reason;
 
 /** The attempt that just finished. */
@@ -81,6 +88,7 @@ typedef struct dsys_retry_input {
   int32_t status;             /**< HTTP status when a reply came, else 0 */
   uint32_t attempt;           /**< 1 for the first attempt */
   int64_t elapsed_ms;         /**< since the request started */
+  int32_t has_precondition;   /**< If-Match or If-Unmodified-Since */
 } dsys_retry_input;
 
 /** The decision. */
@@ -125,6 +133,13 @@ DSYS_API int64_t dsys_retry_try_timeout_ms(dsys_retry *r, int64_t elapsed_ms);
 
 /** Nonzero when the method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE). */
 DSYS_API int dsys_method_idempotent(const char *method);
+
+/**
+ * Nonzero when the method is safe (GET, HEAD, OPTIONS; NULL = GET): it
+ * changes nothing, so a copy may be sent while an earlier attempt is still
+ * on its way.
+ */
+DSYS_API int dsys_method_safe(const char *method);
 
 /** Budget counters: requests and retries in the current window. */
 DSYS_API void dsys_retry_budget_get(dsys_retry *r, uint64_t *requests,

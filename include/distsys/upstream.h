@@ -51,8 +51,9 @@
  *  - adaptive_timeout: the upstream keeps a histogram of the latency of
  *    the answers of the last latency_window_ms (replies other than those
  *    counted against the endpoint; timeouts are not answers), derived
- *    again every 100 ms at most. An attempt of an idempotent request (or
- *    one with an Idempotency-Key) that another attempt could follow gets
+ *    again every 100 ms at most. An attempt of a safe request (GET, HEAD,
+ *    OPTIONS) or one with Idempotency-Key, If-Match or If-Unmodified-Since
+ *    (a late copy is harmless) that another attempt could follow gets
  *    the per-try timeout timeout_percentile x timeout_factor, within
  *    [timeout_min_ms, timeout_max_ms] and what is left of the deadline;
  *    with fewer than latency_min_samples answers in the window, the retry
@@ -68,7 +69,7 @@
  *  - attempts it cut and slow answers go to the health checker's slowness
  *    streak only (dsys_health_options.consecutive_slow: ejection for
  *    slowness; the breaker ignores them); other timeouts are failures.
- *  - hedge: an idempotent request started on an event loop without a body
+ *  - hedge: such a request (safe, keyed or conditional) started on an event loop without a body
  *    it lends (dsysi_usend.borrow) whose first attempt has no response head
  *    after the hedge delay gets a second attempt on another endpoint, if
  *    the retry budget allows; the first response head wins and the other
@@ -152,7 +153,7 @@ typedef struct dsys_upstream_options {
   uint32_t latency_min_samples;/**< fewer answers in the window: no
                                     adaptive timeout, no adaptive hedge;
                                     default 20 */
-  int32_t hedge;               /**< nonzero: hedge idempotent requests;
+  int32_t hedge;               /**< nonzero: hedge safe/keyed/conditional requests;
                                     0: off (default) */
   int64_t hedge_delay_ms;      /**< > 0: a fixed delay; 0: the window's
                                     hedge_percentile */

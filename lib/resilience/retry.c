@@ -36,13 +36,18 @@ struct dsys_retry {
 
 static const int32_t default_statuses[] = {502, 503, 504};
 
-int dsys_method_idempotent(const char *m) {
-  if (!m) return 1; /* default GET */
+/* The first nsafe entries are safe, all are idempotent. */
+static int method_in(const char *m, size_t n) {
   static const char *const idem[] = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"};
-  for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
+  if (!m) return 1; /* default GET */
+  for (size_t i = 0; i < n; i++)
     if (!strcmp(m, idem[i])) return 1;
   return 0;
 }
+
+int dsys_method_idempotent(const char *m) { return method_in(m, 5); }
+
+int dsys_method_safe(const char *m) { return method_in(m, 3); }
 
 int dsys_retry_new(dsys_retry **out, const dsys_retry_options *o) {
   if (!out) return DSYS_EINVAL;
@@ -226,6 +231,14 @@ int dsys_retry_decide(dsys_retry *r, const dsys_retry_input *in,
   }
   if (!now && !x.has_idempotency_key && !dsys_method_idempotent(x.method)) {
     out->reason = DSYS_RETRY_R_NOT_IDEMPOTENT;
+    return 0;
+  }
+  /* A timed-out attempt may still land after a retry was answered and
+   * after newer writes: resending a plain PUT or DELETE would let it
+   * overwrite them (found by the simulation, seed 37) */
+  if (x.outcome == DSYS_OUTCOME_TIMEOUT && !x.has_idempotency_key && !x.has_precondition &&
+      !dsys_method_safe(x.method)) {
+    out->reason = DSYS_RETRY_R_MAY_LAND_LATE;
     return 0;
   }
   if (x.attempt >= r->max_attempts) {

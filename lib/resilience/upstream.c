@@ -780,7 +780,8 @@ struct ucall {
   dsysi_usend o;
   void *own;             /* one block holding copies of the call's data */
   int idem_key;
-  int retryable;         /* idempotent or with a key (when u->lat_on) */
+  int precond;           /* If-Match or If-Unmodified-Since */
+  int resendable;        /* a copy may go while an attempt is out (when u->lat_on) */
   int hedgeable;
   int committed;         /* a streamed answer began: this attempt is final */
   uatt att[2];           /* [0] unless a hedge runs beside it */
@@ -802,11 +803,18 @@ struct ucall {
   char last_id[DSYS_UPSTREAM_ID_MAX + 1];
 };
 
-static int has_idem_key(const dsys_header *h, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (dsysi_lc[(unsigned char)h[i].name[0]] == 'i' && !strcasecmp(h[i].name, "Idempotency-Key"))
-      return 1;
-  return 0;
+/* The headers that make a resend harmless: Idempotency-Key, and the
+ * preconditions a late duplicate would fail (If-Match,
+ * If-Unmodified-Since). One pass; most requests have no 'i' header. */
+static void resend_headers(ucall *c) {
+  const dsys_header *h = c->call.headers;
+  c->idem_key = c->precond = 0;
+  for (size_t i = 0; i < c->call.nheaders; i++) {
+    if (dsysi_lc[(unsigned char)h[i].name[0]] != 'i') continue;
+    if (!strcasecmp(h[i].name, "Idempotency-Key")) c->idem_key = 1;
+    else if (!strcasecmp(h[i].name, "If-Match") || !strcasecmp(h[i].name, "If-Unmodified-Since"))
+      c->precond = 1;
+  }
 }
 
 static int ucall_key; /* finished calls kept per event loop */
@@ -878,10 +886,13 @@ static ucall *ucall_new(dsys_upstream *u, const dsys_call *call, const dsysi_use
     free(c);
     return NULL;
   }
-  c->idem_key = has_idem_key(c->call.headers, c->call.nheaders);
-  c->retryable = u->lat_on && (c->idem_key || dsys_method_idempotent(c->call.method));
+  resend_headers(c);
+  /* a hedge or a cut sends a copy while the first attempt is still out:
+   * a plain PUT or DELETE could land late, over newer writes (as after a
+   * timeout: dsys_retry_decide) */
+  c->resendable = u->lat_on && (c->idem_key || c->precond || dsys_method_safe(c->call.method));
   /* a lent body may be gone when a losing hedge still writes it */
-  c->hedgeable = u->hedge && c->retryable && !(c->o.borrow && c->call.body_len);
+  c->hedgeable = u->hedge && c->resendable && !(c->o.borrow && c->call.body_len);
   c->start_us = dsys_clock_now_us(u->clk);
   c->sh = shard(u);
   return c;
@@ -952,7 +963,7 @@ static int attempt_begin(ucall *c, uatt *a, dsys_call *dc) {
    * endpoint not tried yet: it moves requests, it does not fail them;
    * and once: when a second instance is slow too, the request is */
   a->head_ms = 0;
-  if (u->adaptive && !c->cut && c->retryable && c->attempt < u->max_attempts &&
+  if (u->adaptive && !c->cut && c->resendable && c->attempt < u->max_attempts &&
       c->ntried < members) {
     int64_t at = atomic_load_explicit(&u->to_us, memory_order_relaxed);
     int64_t ams = (at + 999) / 1000;
@@ -972,6 +983,7 @@ static int attempt_end(ucall *c, uatt *a, int err, dsys_reply *reply, dsys_retry
   report(u, &a->pick, err, status, cut);
   dsys_retry_input in = {.size = sizeof in, .method = c->call.method,
                          .has_idempotency_key = c->idem_key,
+                         .has_precondition = c->precond,
                          .outcome = dsys_classify(err, status), .status = status,
                          .attempt = c->attempt,
                          .elapsed_ms = (dsys_clock_now_us(u->clk) - c->start_us) / 1000};

@@ -7,7 +7,7 @@
 
 typedef struct row {
   const char *method;
-  int key;
+  int key; /* 1: Idempotency-Key, 2: If-Match (a precondition) */
   int outcome;
   int status;
   unsigned attempt;
@@ -39,6 +39,13 @@ static const row table[] = {
     {"PATCH", 0, DSYS_OUTCOME_RESET, 0, 1, 0, S, DSYS_RETRY_R_NOT_IDEMPOTENT},
     {"POST", 1, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, B, DSYS_RETRY_R_RETRYABLE},
     {"PATCH", 1, DSYS_OUTCOME_SERVER_ERROR, 503, 1, 0, B, DSYS_RETRY_R_RETRYABLE},
+    /* a timed-out attempt may land late: plain writes are not resent */
+    {"PUT", 0, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, S, DSYS_RETRY_R_MAY_LAND_LATE},
+    {"DELETE", 0, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, S, DSYS_RETRY_R_MAY_LAND_LATE},
+    {"PUT", 2, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, B, DSYS_RETRY_R_RETRYABLE},
+    {"DELETE", 1, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, B, DSYS_RETRY_R_RETRYABLE},
+    {"PUT", 0, DSYS_OUTCOME_RESET, 0, 1, 0, B, DSYS_RETRY_R_RETRYABLE},
+    {"POST", 2, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, S, DSYS_RETRY_R_NOT_IDEMPOTENT},
     {"get", 0, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, S, DSYS_RETRY_R_NOT_IDEMPOTENT},
     {NULL, 0, DSYS_OUTCOME_TIMEOUT, 0, 1, 0, B, DSYS_RETRY_R_RETRYABLE},
     {"GET", 0, DSYS_OUTCOME_TIMEOUT, 0, 3, 0, S, DSYS_RETRY_R_ATTEMPTS},
@@ -56,7 +63,8 @@ static void test_table(void) {
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
     const row *t = &table[i];
     dsys_retry_input in = {.size = sizeof in, .method = t->method,
-                           .has_idempotency_key = t->key, .outcome = t->outcome,
+                           .has_idempotency_key = t->key & 1,
+                           .has_precondition = (t->key & 2) != 0, .outcome = t->outcome,
                            .status = t->status, .attempt = t->attempt,
                            .elapsed_ms = t->elapsed};
     dsys_retry_decision d;
@@ -87,6 +95,11 @@ static void test_table(void) {
   dsys_retry_free(r);
   is_int(dsys_method_idempotent("DELETE"), 1, "DELETE idempotent");
   is_int(dsys_method_idempotent("POST"), 0, "POST not idempotent");
+  is_int(dsys_method_safe("GET"), 1, "GET safe");
+  is_int(dsys_method_safe(NULL), 1, "no method: GET, safe");
+  is_int(dsys_method_safe("OPTIONS"), 1, "OPTIONS safe");
+  is_int(dsys_method_safe("PUT"), 0, "PUT not safe");
+  is_int(dsys_method_safe("DELETE"), 0, "DELETE not safe");
   dsys_retry_options bad = {.size = sizeof bad, .n_retry_statuses = 2};
   is_int(dsys_retry_new(&r, &bad), DSYS_EINVAL, "statuses count without array");
   dsys_clock_free(clk);

@@ -500,6 +500,73 @@ static void test_async(void) {
   dsys_upstream_free(u);
 }
 
+/* One call to a (parked: never answers) then b, on a per-try timeout of
+ * 100 ms on the fake clock; its end. */
+typedef struct tres {
+  atomic_int done;
+  int status;
+  dsys_upstream_result res;
+} tres;
+
+static void on_tres(int err, dsys_reply *r, const dsys_upstream_result *res, void *ud) {
+  tres *t = ud;
+  t->status = err ? err : dsys_reply_status(r);
+  t->res = *res;
+  dsys_reply_free(r);
+  atomic_store(&t->done, 1);
+}
+
+static void call_past_timeout(dsys_client *fcli, const char *method, dsys_header *h, size_t nh,
+                              tres *t) {
+  dsys_retry_options ro = quick_retry;
+  ro.per_try_timeout_ms = 100;
+  dsys_upstream *u = mk(&ro, &lenient_breaker, fcli, 0);
+  dsys_upstream_add(u, "a", A.url, 1);
+  dsys_upstream_add(u, "b", B.url, 1);
+  atomic_store(&A.mode, M_PARK);
+  int parked = nparked(&A);
+  dsys_call c = {.size = sizeof c, .method = method, .path = "/who", .headers = h, .nheaders = nh};
+  memset(t, 0, sizeof *t);
+  is_int(dsys_upstream_send(u, &c, on_tres, t), 0, "%s sent to a slow endpoint", method);
+  WAIT_FOR(nparked(&A) == parked + 1, 2000);
+  for (int i = 0; i < 40 && !atomic_load(&t->done); i++) {
+    dsys_clock_advance(clk, 10000);
+    WAIT_FOR(atomic_load(&t->done), 10);
+  }
+  srv_unpark(&A);
+  atomic_store(&A.mode, M_OK);
+  dsys_upstream_free(u);
+}
+
+/* A timed-out attempt may still land after its retry was answered and
+ * after newer writes: a plain PUT or DELETE is not resent (the
+ * simulation's seed 37 saw the late PUT overwrite a newer one); a
+ * conditional or keyed one is, and a GET is. */
+static void test_late_writes(void) {
+  dsys_client *fcli;
+  dsys_client_options co = {.size = sizeof co, .clock = clk};
+  dsys_client_new(&fcli, &co);
+  tres t;
+  call_past_timeout(fcli, "PUT", NULL, 0, &t);
+  ok(atomic_load(&t.done) && t.status == DSYS_ETIMEDOUT && t.res.attempts == 1,
+     "PUT past its per-try timeout: DSYS_ETIMEDOUT, not resent (%s, %u attempts)",
+     t.status < 0 ? dsys_err_name(t.status) : "status", t.res.attempts);
+  is_int(t.res.last_retry_reason, DSYS_RETRY_R_MAY_LAND_LATE, "reason: may land late");
+  call_past_timeout(fcli, "DELETE", NULL, 0, &t);
+  ok(t.status == DSYS_ETIMEDOUT && t.res.attempts == 1, "DELETE likewise (%u attempts)",
+     t.res.attempts);
+  dsys_header im = {"if-match", "\"3\""};
+  call_past_timeout(fcli, "PUT", &im, 1, &t);
+  ok(t.status == 200 && t.res.attempts == 2 && !strcmp(t.res.endpoint, "b"),
+     "PUT with If-Match resent on b (%d, %u attempts)", t.status, t.res.attempts);
+  dsys_header ik = {"Idempotency-Key", "k-late"};
+  call_past_timeout(fcli, "PUT", &ik, 1, &t);
+  ok(t.status == 200 && t.res.attempts == 2, "PUT with Idempotency-Key resent (%d)", t.status);
+  call_past_timeout(fcli, "GET", NULL, 0, &t);
+  ok(t.status == 200 && t.res.attempts == 2, "GET resent (%d)", t.status);
+  dsys_client_free(fcli);
+}
+
 static void test_timeouts_and_free(void) {
   /* per-try timeout on the fake clock (client on the same clock) */
   dsys_client *fcli;
@@ -736,6 +803,7 @@ int main(void) {
   test_stats();
   test_async();
   test_timeouts_and_free();
+  test_late_writes();
   test_registry();
   test_churn();
   is_int(dsys_upstream_new(NULL, NULL), DSYS_EINVAL, "new(NULL) -> EINVAL");

@@ -135,27 +135,20 @@ static void data_op(client *cl) {
   snprintf(path, sizeof path, "/api/data/%s", k->name);
   if (sim_chance(0.5)) {
     snprintf(body, sizeof body, "{\"value\":\"%s\"}", val);
-    int64_t t0 = sim_now_ns();
     sim_answer a = sim_call(cl->c, &cl->res, "PUT", GW, path, body, CALL_MS);
-    int64_t took_ms = (sim_now_ns() - t0) / 1000000;
     sim_trace("%s put %s=%s -> %d", sim_node_name(cl->node), k->name, val, a.status);
     if (a.status == 200) {
+      /* The gateway does not resend a plain PUT after a per-try timeout:
+       * the timed-out attempt could land later, over newer acknowledged
+       * writes (it did, seeds 37 and 212, before dsys_retry_decide's
+       * DSYS_RETRY_R_MAY_LAND_LATE). So an acknowledged value is the
+       * key's value until the next acknowledged write. */
       k->created = 1;
       snprintf(k->acked, sizeof k->acked, "%s", val);
-      /* The gateway retries a PUT (idempotent) on another instance after
-       * a per-try timeout (250 ms at the least, adaptive); the attempt
-       * that timed out may still land later, after newer writes
-       * (reference/gateway.md; found by this simulation, seed 37 at 20
-       * steps). An answer that slow may have had such an attempt, so its
-       * value stays possible. */
-      if (took_ms >= 250) doubt_add(k, val);
     } else if (transient(a.status)) {
       doubt_add(k, val);
     } else if (a.status == 404 && !k->created) {
-      /* its creation is in doubt and did not land (yet); a slow 404 may
-       * be a retry's answer while the first attempt is still on its way
-       * and lands after the creation (seed 212) */
-      if (took_ms >= 250) doubt_add(k, val);
+      /* its creation is in doubt and did not land (yet) */
     } else {
       sim_fail("PUT %s answered %d: %.200s", path, a.status, a.body);
     }
