@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <malloc.h>
 #include <json-c/json.h>
+#include "disk.h"
 #include "world.h"
 
 #define NCLIENTS 3
@@ -38,8 +39,18 @@ typedef struct job {
   char status[16];
 } job;
 
+/* A token a sign-up returned: asked for at `sent`, answered at `got`
+ * (virtual ns; the issuing node stamped it in between, on its clock). */
+typedef struct token {
+  char *tok;
+  int64_t sent, got;
+} token;
+#define MAXTOKENS 64
+
 typedef struct client {
   int idx, node;
+  token toks[MAXTOKENS];
+  int ntoks;
   dsys_client *c;
   key keys[NKEYS];
   key cnt;                 /* the counter: its value is a number */
@@ -52,11 +63,14 @@ typedef struct client {
   long seq;
 } client;
 
-static int plant_retry_post, plant_stale_cache;
+static int plant_retry_post, plant_stale_cache, plant_sync_normal;
 static dsys_registry *gwreg_for_debug;
+/* The gateway the checkers look at (NULL while it is down). */
+static dsys_gateway *cur_gw;
 
 int scen_plant_known(const char *name) {
-  return !strcmp(name, "retry-post") || !strcmp(name, "stale-cache");
+  return !strcmp(name, "retry-post") || !strcmp(name, "stale-cache") ||
+         !strcmp(name, "sync-normal");
 }
 
 /* ---- the model of one client's keys ---- */
@@ -205,9 +219,41 @@ static void counter_op(client *cl) {
   if (!plant_retry_post) cl->cnt_doubt++;
 }
 
+/* Tokens live TOKEN_S (so that a run sees them expire); the verifying
+ * node's wall clock may differ from the issuing one's by up to
+ * 2 x (2 s of skew fault + 200 ms offset + 100 ppm drift over the run) +
+ * 1 s (whole seconds in the token): a token younger than TOKEN_S -
+ * CLOCK_SLACK_S must be accepted, one older than TOKEN_S + CLOCK_SLACK_S
+ * refused. */
+#define TOKEN_S 8
+#define CLOCK_SLACK_S 6
+
+static void verify_token(client *cl, token *t) {
+  char hv[600];
+  snprintf(hv, sizeof hv, "Bearer %s", t->tok);
+  int64_t s0 = sim_now_ns();
+  sim_answer a = sim_call_h(cl->c, &cl->res, "GET", GW, "/api/auth/verify", NULL, CALL_MS,
+                            "Authorization", hv);
+  int64_t s1 = sim_now_ns();
+  double young = (s1 - t->sent) / 1e9, old = (s0 - t->got) / 1e9;
+  sim_trace("%s verify token aged %.3f-%.3f s -> %d", sim_node_name(cl->node), old, young, a.status);
+  cl->res.checks++;
+  if (a.status == 200 && old > TOKEN_S + CLOCK_SLACK_S)
+    sim_fail("a token at least %.3f s old was accepted (lifetime %d s, clocks within %d s)", old,
+             TOKEN_S, CLOCK_SLACK_S);
+  else if (a.status == 401 && young < TOKEN_S - CLOCK_SLACK_S)
+    sim_fail("a token at most %.3f s old was refused (lifetime %d s, clocks within %d s), or "
+             "its acknowledged sign-up was lost: %.200s",
+             young, TOKEN_S, CLOCK_SLACK_S, a.body);
+  else if (a.status != 200 && a.status != 401 && !transient(a.status))
+    sim_fail("GET /api/auth/verify answered %d: %.200s", a.status, a.body);
+  sim_answer_free(&a);
+}
+
 static void signup(client *cl) {
   char body[256];
   int n = ++cl->signups;
+  int64_t sent = sim_now_ns();
   snprintf(body, sizeof body,
            "{\"username\":\"user%d-%d\",\"email\":\"user%d-%d@example.org\",\"password\":\"pw-%d-%d\"}",
            cl->idx, n, cl->idx, n, cl->idx, n);
@@ -217,6 +263,8 @@ static void signup(client *cl) {
   if (a.status == 201) {
     const char *tok = sim_json_str(&a, "token", NULL);
     if (!tok || !*tok) sim_fail("signup answered 201 without a token: %.200s", a.body);
+    if (cl->ntoks < MAXTOKENS)
+      cl->toks[cl->ntoks++] = (token){strdup(tok), sent, sim_now_ns()};
   } else if (!transient(a.status)) {
     sim_fail("signup of a new user answered %d: %.200s", a.status, a.body);
   }
@@ -284,6 +332,7 @@ static void *client_main(void *arg) {
     usleep((useconds_t)sim_rand_below(200000));
     unsigned r = (unsigned)sim_rand_below(100);
     if (r < 4) signup(cl);
+    else if (r < 9 && cl->ntoks) verify_token(cl, &cl->toks[sim_rand_below(cl->ntoks)]);
     else if (r < 45) data_op(cl);
     else if (r < 65) counter_op(cl);
     else if (r < 82) submit_job(cl);
@@ -315,6 +364,13 @@ static void *client_verify(void *arg) {
     }
     sim_answer_free(&a);
   }
+  /* every token once more, and the oldest once it must have expired */
+  for (int i = 0; i < cl->ntoks; i++) verify_token(cl, &cl->toks[i]);
+  if (cl->ntoks) {
+    int64_t due = cl->toks[0].got + (TOKEN_S + CLOCK_SLACK_S + 1) * 1000000000LL;
+    if (sim_now_ns() < due) usleep((useconds_t)((due - sim_now_ns()) / 1000));
+    verify_token(cl, &cl->toks[0]);
+  }
   int64_t until = sim_now_ns() + 60000000000LL;
   for (;;) {
     int open = 0;
@@ -342,7 +398,9 @@ static void run_clients(client *cls, void *(*fn)(void *)) {
 /* For the dead-instance checker: does the gateway have an instance of
  * `group` other than `except` that takes traffic? */
 static int gw_other_usable(const char *group, const char *except, void *ud) {
-  dsys_gateway *gw = ud;
+  (void)ud;
+  dsys_gateway *gw = cur_gw;
+  if (!gw) return 0;
   size_t nu = dsys_gateway_upstream_count(gw);
   for (size_t i = 0; i < nu; i++) {
     const char *name = NULL;
@@ -431,106 +489,287 @@ static int converged(dsys_registry *reg, dsys_gateway *gw, char *why, size_t n) 
   return 1;
 }
 
-void scen_deploy(const sim_config *cfg, sim_result *res) {
-  unsigned mask = 0;
-  sim_faults_parse(cfg->faults, &mask);
-  plant_retry_post = cfg->plant && !strcmp(cfg->plant, "retry-post");
-  plant_stale_cache = cfg->plant && !strcmp(cfg->plant, "stale-cache");
-  sim_net_start(mask);
-  /* The clock's timer thread belongs to node 0 (it serves every node). */
-  uint64_t tid;
-  dsys_timer_add(dsys_clock_real(), 1000000000, (dsys_timer_fn)free, NULL, &tid);
-  dsys_timer_cancel(dsys_clock_real(), tid);
+/* ---- the nodes: each a process that can crash and start again ---- */
 
-  /* Shared state, as the deployment's one database: in memory. */
-  dsys_store *users, *items;
-  dsys_queue *queue;
-  if (dsys_store_open(&users, "memory:", NULL) || dsys_store_open(&items, "memory:", NULL) ||
-      dsys_queue_open(&queue, "memory:", NULL))
-    sim_fail("open the shared state");
+enum { K_REG, K_AUTH, K_DATA, K_COMP, K_GW, K_FD };
 
-  /* Registry. */
-  sim_instance reg;
-  sim_instance_begin(&reg, "registry", "registry");
-  dsys_registry *regdb;
-  dsys_registry_options rgo = {.size = sizeof rgo, .ttl_ms = 3000, .reap_ms = 60000};
-  if (dsys_registry_open(&regdb, "memory", NULL, &rgo, NULL, 0)) sim_fail("registry");
+typedef struct member {
+  sim_instance in;
+  int kind, idx, up, boots;
+  dsys_store *st;
+  dsys_queue *q;
+  dsys_registry *r; /* K_REG: the registry itself; K_GW, K_FD: a client */
   dsys_registry_service *regsvc;
-  if (dsys_registry_service_mount(reg.srv, regdb, NULL, &regsvc)) sim_fail("registry mount");
-  sim_instance_end(&reg, 0);
+  dsys_auth_service *asvc;
+  dsys_data_service *dsvc;
+  dsys_compute_service *csvc;
+  dsys_cache *cache;
+  dsys_gateway *gw;
+  dsys_faultd *fd;
+} member;
 
-  static const char secret[] = "simulation-only-secret-0123456789abcdef";
-  sim_instance auth[3], data[3], comp[3];
-  dsys_auth_service *asvc[3];
-  dsys_data_service *dsvc[3];
-  dsys_compute_service *csvc[3];
-  dsys_cache *cache[3] = {0};
+#define NMEMBERS 12
+static member M[NMEMBERS];
+static int nmembers;
+static const char secret[] = "simulation-only-secret-0123456789abcdef";
+
+/* The state lives in SQLite files on simulated disks (disk.c): the
+ * shared database on the host "db" (every auth, data and compute process
+ * runs there, each with its own connection, as the daemons share a
+ * sqlite:// file), the registry's on its own host. */
+#define DB_USERS "sqlite:///db/users.sqlite"
+#define DB_ITEMS "sqlite:///db/items.sqlite"
+#define DB_QUEUE "sqlite:///db/queue.sqlite"
+#define DB_REGISTRY "/registry/registry.sqlite"
+
+static int on_db_host(const member *m) {
+  return m->kind == K_AUTH || m->kind == K_DATA || m->kind == K_COMP;
+}
+
+/* Start the member's process: the first time in a new node, afterwards in
+ * the same node from what its disk kept. */
+static void member_boot(member *m) {
+  static const char *const kinds[] = {"registry", "auth", "data", "compute", "gateway", "faultd"};
   char name[32];
-  for (int i = 0; i < 3; i++) {
-    snprintf(name, sizeof name, "auth-%d", i + 1);
-    sim_instance_begin(&auth[i], name, "auth");
-    dsys_auth_options ao = {.size = sizeof ao, .store = users, .token_secret = secret,
-                            .token_secret_len = sizeof secret - 1, .hash_threads = 1};
-    if (dsys_service_auth_mount(auth[i].srv, &ao, &asvc[i])) sim_fail("auth mount");
-    sim_instance_end(&auth[i], 1000);
-
-    snprintf(name, sizeof name, "data-%d", i + 1);
-    sim_instance_begin(&data[i], name, "data");
-    dsys_data_options dopt = {.size = sizeof dopt, .store = items, .no_seed = i > 0};
+  if (m->kind == K_REG || m->kind == K_GW || m->kind == K_FD)
+    snprintf(name, sizeof name, "%s", kinds[m->kind]);
+  else
+    snprintf(name, sizeof name, "%s-%d", kinds[m->kind], m->idx + 1);
+  if (!m->boots) sim_instance_begin(&m->in, name, kinds[m->kind]);
+  else sim_instance_restart(&m->in);
+  /* The new process is on the network (no listener yet: calls to it are
+   * refused until it listens). */
+  if (m->boots) sim_net_down(m->in.node, 0);
+  /* Acknowledged means durable: FULL (PLANTED BUG sync-normal: NORMAL, a
+   * WAL commit acknowledged before it is synced). */
+  int full = !plant_sync_normal;
+  int64_t hb = 1000;
+  int rc = 0;
+  switch (m->kind) {
+  case K_REG: {
+    dsys_registry_options rgo = {.size = sizeof rgo, .ttl_ms = 3000, .reap_ms = 60000};
+    char err[256] = "";
+    if ((rc = dsys_registry_open(&m->r, "sqlite", DB_REGISTRY, &rgo, err, sizeof err)))
+      sim_fail("registry open: %s: %s", dsys_strerror(rc), err);
+    if (dsys_registry_service_mount(m->in.srv, m->r, NULL, &m->regsvc)) sim_fail("registry mount");
+    hb = 0;
+    break;
+  }
+  case K_AUTH: {
+    dsys_store_options so = {.size = sizeof so, .full_sync = full};
+    if ((rc = dsys_store_open(&m->st, DB_USERS, &so))) sim_fail("open %s: %s", DB_USERS, dsys_strerror(rc));
+    dsys_auth_options ao = {.size = sizeof ao, .store = m->st, .token_secret = secret,
+                            .token_secret_len = sizeof secret - 1, .hash_threads = 1,
+                            .token_lifetime_s = TOKEN_S};
+    if (dsys_service_auth_mount(m->in.srv, &ao, &m->asvc)) sim_fail("auth mount");
+    break;
+  }
+  case K_DATA: {
+    dsys_store_options so = {.size = sizeof so, .full_sync = full};
+    if ((rc = dsys_store_open(&m->st, DB_ITEMS, &so))) sim_fail("open %s: %s", DB_ITEMS, dsys_strerror(rc));
+    dsys_data_options dopt = {.size = sizeof dopt, .store = m->st, .no_seed = m->idx > 0 || m->boots};
     if (plant_stale_cache) {
       /* PLANTED BUG (test only, --plant stale-cache): a read cache whose
        * entries live 30 s and are not evicted by other instances' writes
        * (the change-log poll every 60 s). */
       dsys_cache_options co = {.size = sizeof co, .ttl_ms = 30000};
-      if (dsys_cache_new(&cache[i], &co)) sim_fail("cache");
-      dopt.cache = cache[i];
+      if (dsys_cache_new(&m->cache, &co)) sim_fail("cache");
+      dopt.cache = m->cache;
       dopt.events_poll_ms = 60000;
     }
-    if (dsys_service_data_mount(data[i].srv, &dopt, &dsvc[i])) sim_fail("data mount");
-    sim_instance_end(&data[i], 1000);
-
-    snprintf(name, sizeof name, "compute-%d", i + 1);
-    sim_instance_begin(&comp[i], name, "compute");
-    dsys_compute_options co = {.size = sizeof co, .queue = queue, .workers = 2,
+    if (dsys_service_data_mount(m->in.srv, &dopt, &m->dsvc)) sim_fail("data mount");
+    break;
+  }
+  case K_COMP: {
+    dsys_queue_options qo = {.size = sizeof qo, .full_sync = full};
+    if ((rc = dsys_queue_open(&m->q, DB_QUEUE, &qo))) sim_fail("open %s: %s", DB_QUEUE, dsys_strerror(rc));
+    dsys_compute_options co = {.size = sizeof co, .queue = m->q, .workers = 2,
                                .max_attempts = 5, .worker_poll_ms = 100, .lease_ms = 3000};
-    if (dsys_service_compute_mount(comp[i].srv, &co, &csvc[i])) sim_fail("compute mount");
-    sim_instance_end(&comp[i], 1000);
+    if (dsys_service_compute_mount(m->in.srv, &co, &m->csvc)) sim_fail("compute mount");
+    break;
   }
+  case K_GW: {
+    /* discovers the instances through its own registry client */
+    if (dsys_registry_open(&m->r, "inproc://registry", NULL, NULL, NULL, 0)) sim_fail("gw registry");
+    gwreg_for_debug = m->r;
+    dsys_gateway_options go = {.size = sizeof go, .registry = m->r, .try_timeout_ms = 1000,
+                               .deadline_ms = 3000, .health_interval_ms = 500};
+    if (dsys_gateway_new(&m->gw, &go)) sim_fail("gateway");
+    static const char *const ups[] = {"auth", "data", "compute"};
+    for (int i = 0; i < 3; i++) {
+      char prefix[32];
+      snprintf(prefix, sizeof prefix, "/api/%s", ups[i]);
+      if (dsys_gateway_add_upstream(m->gw, ups[i], NULL, 0, NULL) ||
+          dsys_gateway_add_route(m->gw, prefix, ups[i]))
+        sim_fail("gateway upstream %s", ups[i]);
+    }
+    if (dsys_gateway_mount(m->gw, m->in.srv)) sim_fail("gateway mount");
+    hb = 0;
+    break;
+  }
+  case K_FD: {
+    if (dsys_registry_open(&m->r, "inproc://registry", NULL, NULL, NULL, 0)) sim_fail("fd registry");
+    dsys_faultd_options fo = {.size = sizeof fo, .registry = m->r, .gateway_url = GW,
+                              .interval_ms = 1000, .timeout_ms = 500};
+    if (dsys_faultd_new(&m->fd, &fo) || dsys_faultd_mount(m->fd, m->in.srv)) sim_fail("faultd");
+    hb = 0;
+    break;
+  }
+  }
+  sim_instance_end(&m->in, hb);
+  if (m->kind == K_GW) cur_gw = m->gw;
+  m->up = 1;
+  m->boots++;
+}
 
-  /* Gateway: discovers the instances through its own registry client. */
-  sim_instance gwi;
-  sim_instance_begin(&gwi, "gateway", "gateway");
-  dsys_registry *gwreg;
-  if (dsys_registry_open(&gwreg, "inproc://registry", NULL, NULL, NULL, 0)) sim_fail("gw registry");
-  gwreg_for_debug = gwreg;
-  dsys_gateway_options go = {.size = sizeof go, .registry = gwreg, .try_timeout_ms = 1000,
-                             .deadline_ms = 3000, .health_interval_ms = 500};
-  dsys_gateway *gw;
-  if (dsys_gateway_new(&gw, &go)) sim_fail("gateway");
-  static const char *const ups[] = {"auth", "data", "compute"};
+/* Stop the member's process: gracefully (the end of the run) or as a
+ * crash (its messages are already lost and its disk handles dead: what
+ * its threads do until they are joined has no effect outside). The
+ * library's own stop, free and close calls either way. */
+static void member_stop(member *m, int crash) {
+  m->up = 0;
+  if (m->kind == K_GW) cur_gw = NULL;
+  if (m->kind == K_REG) dsys_registry_service_drain(m->regsvc);
+  if (m->kind == K_FD) dsys_faultd_shutdown(m->fd);
+  if (crash) sim_instance_kill(&m->in);
+  else sim_instance_stop(&m->in);
+  switch (m->kind) {
+  case K_REG: dsys_registry_service_free(m->regsvc); break;
+  case K_AUTH: dsys_service_auth_free(m->asvc); break;
+  case K_DATA: dsys_service_data_free(m->dsvc); break;
+  case K_COMP: dsys_service_compute_free(m->csvc); break;
+  case K_GW: dsys_gateway_free(m->gw); break;
+  case K_FD: dsys_faultd_free(m->fd); break;
+  }
+  sim_instance_free(&m->in);
+  dsys_registry_close(m->r);
+  dsys_store_close(m->st);
+  dsys_queue_close(m->q);
+  dsys_cache_free(m->cache);
+  if (m->kind == K_GW) gwreg_for_debug = NULL;
+  m->r = NULL;
+  m->st = NULL;
+  m->q = NULL;
+  m->cache = NULL;
+  m->regsvc = NULL;
+  m->asvc = NULL;
+  m->dsvc = NULL;
+  m->csvc = NULL;
+  m->gw = NULL;
+  m->fd = NULL;
+}
+
+/* The heap in use (large blocks are mmapped: hblkhd), without the
+ * simulated disks' files (not the processes' memory). */
+static size_t heap_in_use(void) {
+  struct mallinfo2 mi = mallinfo2();
+  size_t used = mi.uordblks + mi.hblkhd, disk = sim_disk_bytes();
+  return used > disk ? used - disk : 0;
+}
+
+/* ---- crash and restart ---- */
+
+static int crash_busy; /* one crash (and its restart) at a time */
+
+typedef struct crash_job {
+  member *victims[NMEMBERS];
+  int n, power_disk;
+  int64_t until;
+} crash_job;
+
+static void *kill_main(void *arg) {
+  member_stop(arg, 1);
+  return NULL;
+}
+
+static void *crash_main(void *arg) {
+  crash_job *c = arg;
+  /* The instant of the crash: every message to or from the victims is
+   * lost from now on (those in flight too), their disk handles do nothing
+   * and their file locks are gone; the unsynced writes of a disk that
+   * lost power are gone. */
+  for (int i = 0; i < c->n; i++) {
+    sim_net_down(c->victims[i]->in.node, 1);
+    sim_disk_process_crash(c->victims[i]->in.node);
+    sim_trace("crash: %s killed (down until %.3f)", c->victims[i]->in.name, c->until / 1e9);
+  }
+  if (c->power_disk >= 0) sim_disk_power_loss(c->power_disk);
+  /* What the processes held in memory goes with them: torn down side by
+   * side (a stop waits for its node's bounded calls, lost from now on). */
+  pthread_t th[NMEMBERS];
+  for (int i = 0; i < c->n; i++) pthread_create(&th[i], NULL, kill_main, c->victims[i]);
+  for (int i = 0; i < c->n; i++) pthread_join(th[i], NULL);
+  int64_t now = sim_now_ns();
+  if (c->until > now) usleep((useconds_t)((c->until - now) / 1000));
+  for (int i = 0; i < c->n; i++) {
+    member_boot(c->victims[i]);
+    sim_trace("restart: %s up again (boot %d)", c->victims[i]->in.name, c->victims[i]->boots);
+  }
+  free(c);
+  crash_busy = 0;
+  return NULL;
+}
+
+/* The fault driver's crash: a process crash of the node (its disk's page
+ * cache survives), or one time in four a power loss of its host (every
+ * process of the host crashes and its disk loses what was not synced). */
+static int on_crash(int node, int64_t down_ns, void *ud) {
+  (void)ud;
+  if (crash_busy) return -1;
+  member *m = NULL;
+  for (int i = 0; i < nmembers; i++)
+    if (M[i].in.node == node) m = &M[i];
+  if (!m || !m->up) return -1;
+  crash_job *c = calloc(1, sizeof *c);
+  c->power_disk = -1;
+  c->until = sim_now_ns() + down_ns;
+  int power = (on_db_host(m) || m->kind == K_REG) && sim_chance(0.25);
+  if (power && on_db_host(m)) {
+    for (int i = 0; i < nmembers; i++)
+      if (on_db_host(&M[i])) c->victims[c->n++] = &M[i];
+    c->power_disk = sim_disk_id("db");
+  } else {
+    c->victims[c->n++] = m;
+    if (power) c->power_disk = sim_disk_id("registry");
+  }
+  if (power) sim_trace("crash: power loss of the host of %s", m->in.name);
+  crash_busy = 1;
+  pthread_t th;
+  int old = sim_node_enter(0);
+  pthread_create(&th, NULL, crash_main, c);
+  pthread_detach(th);
+  sim_node_enter(old);
+  return 0;
+}
+
+void scen_deploy(const sim_config *cfg, sim_result *res) {
+  unsigned mask = 0;
+  sim_faults_parse(cfg->faults, &mask);
+  plant_retry_post = cfg->plant && !strcmp(cfg->plant, "retry-post");
+  plant_stale_cache = cfg->plant && !strcmp(cfg->plant, "stale-cache");
+  plant_sync_normal = cfg->plant && !strcmp(cfg->plant, "sync-normal");
+  sim_net_start(mask);
+  sim_disk_install();
+  /* The clock's timer thread belongs to node 0 (it serves every node). */
+  uint64_t tid;
+  dsys_timer_add(dsys_clock_real(), 1000000000, (dsys_timer_fn)free, NULL, &tid);
+  dsys_timer_cancel(dsys_clock_real(), tid);
+
+  nmembers = 0;
+  M[nmembers++] = (member){.kind = K_REG};
   for (int i = 0; i < 3; i++) {
-    char prefix[32];
-    snprintf(prefix, sizeof prefix, "/api/%s", ups[i]);
-    if (dsys_gateway_add_upstream(gw, ups[i], NULL, 0, NULL) ||
-        dsys_gateway_add_route(gw, prefix, ups[i]))
-      sim_fail("gateway upstream %s", ups[i]);
+    M[nmembers++] = (member){.kind = K_AUTH, .idx = i};
+    M[nmembers++] = (member){.kind = K_DATA, .idx = i};
+    M[nmembers++] = (member){.kind = K_COMP, .idx = i};
   }
-  if (dsys_gateway_mount(gw, gwi.srv)) sim_fail("gateway mount");
-  sim_instance_end(&gwi, 0);
-
-  /* Fault detector. */
-  sim_instance fdi;
-  sim_instance_begin(&fdi, "faultd", "faultd");
-  dsys_registry *fdreg;
-  if (dsys_registry_open(&fdreg, "inproc://registry", NULL, NULL, NULL, 0)) sim_fail("fd registry");
-  dsys_faultd_options fo = {.size = sizeof fo, .registry = fdreg, .gateway_url = GW,
-                            .interval_ms = 1000, .timeout_ms = 500};
-  dsys_faultd *fd;
-  if (dsys_faultd_new(&fd, &fo) || dsys_faultd_mount(fd, fdi.srv)) sim_fail("faultd");
-  sim_instance_end(&fdi, 0);
+  M[nmembers++] = (member){.kind = K_GW};
+  M[nmembers++] = (member){.kind = K_FD};
+  member *regm = &M[0], *gwm = &M[nmembers - 2];
+  for (int i = 0; i < nmembers; i++) member_boot(&M[i]);
 
   /* Clients. */
   static client cls[NCLIENTS];
+  char name[32];
   for (int i = 0; i < NCLIENTS; i++) {
     client *cl = &cls[i];
     memset(cl, 0, sizeof *cl);
@@ -546,29 +785,29 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
   /* Let registrations land, then run the clients under faults. */
   usleep(1500000);
   int targets[SIM_MAX_NODES], nt = 0;
-  for (int i = 0; i < 3; i++) {
-    targets[nt++] = auth[i].node;
-    targets[nt++] = data[i].node;
-    targets[nt++] = comp[i].node;
-  }
-  targets[nt++] = reg.node;
-  targets[nt++] = gwi.node;
-  targets[nt++] = fdi.node;
+  for (int i = 0; i < nmembers; i++) targets[nt++] = M[i].in.node;
   /* The gateway's health checks (every 500 ms, 1 s timeout, 3 failures)
    * take an unreachable instance out within about 4.7 s: 6 s allowed. */
-  for (int i = 0; i < 3; i++) {
-    sim_net_group(auth[i].node, "auth");
-    sim_net_group(data[i].node, "data");
-    sim_net_group(comp[i].node, "compute");
-  }
-  sim_net_watch(gwi.node, 6000000000LL, gw_other_usable, gw);
+  static const char *const groups[] = {NULL, "auth", "data", "compute", NULL, NULL};
+  for (int i = 0; i < nmembers; i++)
+    if (groups[M[i].kind]) sim_net_group(M[i].in.node, groups[M[i].kind]);
+  sim_net_watch(gwm->in.node, 6000000000LL, gw_other_usable, NULL);
+  sim_faults_on_crash(on_crash, NULL);
   if (mask) sim_faults_start(targets, nt);
   /* Memory: the heap in use once the deployment runs, and after the
-   * clients' run (before the state is freed). */
-  size_t heap0 = mallinfo2().uordblks;
+   * clients' run (before the state is freed); the simulated disks' files
+   * are not the processes' memory and are left out. */
+  size_t heap0 = heap_in_use();
   run_clients(cls, client_main);
   if (mask) sim_faults_stop();
-  size_t heap1 = mallinfo2().uordblks;
+  /* a crash under way ends with its restart */
+  while (crash_busy) usleep(10000);
+  size_t heap1 = heap_in_use();
+  uint64_t syncs = 0, losses = 0;
+  sim_disk_counts(&syncs, &losses);
+  sim_trace("clients done: %llu crashes, %llu power losses, %llu disk syncs",
+            (unsigned long long)sim_net_crashes(), (unsigned long long)losses,
+            (unsigned long long)syncs);
   long reqs = 0;
   for (int i = 0; i < NCLIENTS; i++) reqs += cls[i].res.requests;
   /* The state keeps what the clients made (each job's record: about
@@ -586,7 +825,7 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
    * is frozen (registry_http.c). */
   char why[320] = "";
   int64_t until = sim_now_ns() + 30000000000LL;
-  while (!converged(regdb, gw, why, sizeof why)) {
+  while (!converged(regm->r, gwm->gw, why, sizeof why)) {
     if (sim_now_ns() > until) sim_fail("views did not converge 30 s after the faults: %s", why);
     usleep(250000);
   }
@@ -602,41 +841,12 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
       for (int d = 0; d < kk->ndoubt; d++) free(kk->doubt[d]);
       free(kk->doubt);
     }
+    for (int t = 0; t < cls[i].ntoks; t++) free(cls[i].toks[t].tok);
     dsys_client_free(cls[i].c);
     res->requests += cls[i].res.requests;
     res->answered += cls[i].res.answered;
     res->timeouts += cls[i].res.timeouts;
     res->checks += cls[i].res.checks;
   }
-  sim_instance_stop(&fdi);
-  dsys_faultd_shutdown(fd);
-  sim_instance_stop(&gwi);
-  for (int i = 0; i < 3; i++) {
-    sim_instance_stop(&auth[i]);
-    sim_instance_stop(&data[i]);
-    sim_instance_stop(&comp[i]);
-  }
-  dsys_registry_service_drain(regsvc);
-  sim_instance_stop(&reg);
-  dsys_faultd_free(fd);
-  sim_instance_free(&fdi);
-  dsys_registry_close(fdreg);
-  dsys_gateway_free(gw);
-  sim_instance_free(&gwi);
-  dsys_registry_close(gwreg);
-  for (int i = 0; i < 3; i++) {
-    dsys_service_auth_free(asvc[i]);
-    dsys_service_data_free(dsvc[i]);
-    dsys_service_compute_free(csvc[i]);
-    sim_instance_free(&auth[i]);
-    sim_instance_free(&data[i]);
-    sim_instance_free(&comp[i]);
-    dsys_cache_free(cache[i]);
-  }
-  dsys_registry_service_free(regsvc);
-  sim_instance_free(&reg);
-  dsys_registry_close(regdb);
-  dsys_queue_close(queue);
-  dsys_store_close(users);
-  dsys_store_close(items);
+  for (int i = nmembers - 1; i >= 0; i--) member_stop(&M[i], 0);
 }

@@ -36,7 +36,7 @@ static void usage(FILE *f) {
           "  --steps M         operations per simulated client (default 40)\n"
           "  --scenario NAME   deploy (default: the reference deployment) or mini\n"
           "  --faults LIST     none, all (default), or a comma list of: latency,\n"
-          "                    drop, dup, reorder, partition, pause, skew\n"
+          "                    drop, partition, pause, skew, crash\n"
           "  --plant BUG       run with a planted bug (test only): see\n"
           "                    docs/reference/simulation.md\n"
           "  --trace           print every trace event as it happens (stderr)\n"

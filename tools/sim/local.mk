@@ -6,7 +6,7 @@
 # that the runtime's definitions also serve the shared libraries (SQLite).
 noinst_LTLIBRARIES += libdsys_sim.la
 libdsys_sim_la_SOURCES = tools/sim/sim.h tools/sim/sched.c tools/sim/net.h tools/sim/net.c \
-	tools/sim/world.h tools/sim/world.c
+	tools/sim/world.h tools/sim/world.c tools/sim/disk.h tools/sim/disk.c
 libdsys_sim_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/sim
 libdsys_sim_la_LIBADD = -ldl
 SIM_LIBS = libdsys_sim.la libdsys_internal.la $(DEP_LIBS) -ldl
@@ -34,4 +34,5 @@ sim-sweep: tools/sim/dsys-sim$(EXEEXT)
 	tools/sim/dsys-sim --seeds 1-$(SIM_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS)
 	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant retry-post | tail -1
 	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant stale-cache | tail -1
+	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant sync-normal | tail -1
 .PHONY: sim-sweep

@@ -31,7 +31,11 @@ static struct {
   int pick[SIM_MAX_NODES];
   int npick;
   int stop, running;
-  uint64_t dropped, faults;
+  uint64_t dropped, faults, crashes;
+  int down[SIM_MAX_NODES];
+  int64_t watch_since; /* the watcher's current incarnation started then */
+  int (*crash)(int node, int64_t down_ns, void *ud);
+  void *crash_ud;
   /* the dead-instance checker */
   int watcher;
   int64_t allow;
@@ -85,8 +89,11 @@ static int64_t down_since(int node, int64_t now) {
 static void check_dead(int to, const char *path, int64_t now) {
   size_t pl = path ? strcspn(path, "?") : 0;
   if (!N.watcher || !N.group[to][0] || (pl >= 7 && !strncmp(path + pl - 7, "/health", 7))) return;
+  if (N.down[N.watcher]) return; /* a dead gateway's leftovers: lost anyway */
   int64_t since = down_since(to, now);
-  if (since == INT64_MAX || now - since <= N.allow) return;
+  if (since == INT64_MAX) return;
+  if (since < N.watch_since) since = N.watch_since; /* a new gateway knew nothing earlier */
+  if (now - since <= N.allow) return;
   /* only if a sibling was reachable all along and takes traffic (else
    * the balancer's panic mode rightly tries every instance) */
   if (other_usable && !other_usable(N.group[to], sim_node_name(to), other_ud)) return;
@@ -104,7 +111,8 @@ int sim_faults_parse(const char *spec, unsigned *mask) {
     const char *name;
     unsigned bit;
   } kinds[] = {{"latency", SIM_F_LATENCY}, {"drop", SIM_F_DROP}, {"partition", SIM_F_PARTITION},
-               {"pause", SIM_F_PAUSE},     {"skew", SIM_F_SKEW}};
+               {"pause", SIM_F_PAUSE},     {"skew", SIM_F_SKEW},
+               {"crash", SIM_F_CRASH}};
   unsigned m = 0;
   if (!spec) return -1;
   if (!strcmp(spec, "none")) m = 0;
@@ -144,6 +152,10 @@ static int node_of(const char *name) {
 static int fate(int a, int b, int64_t *delay) {
   *delay = 0;
   if (a == b || a == 0 || b == 0) return 0;
+  if (N.down[a] || N.down[b]) {
+    N.dropped++;
+    return 1;
+  }
   if (N.cut[a][b] > sim_now_ns()) {
     N.dropped++;
     return 1;
@@ -199,6 +211,8 @@ void sim_net_counts(uint64_t *dropped, uint64_t *faults) {
   if (faults) *faults = N.faults;
 }
 
+uint64_t sim_net_crashes(void) { return N.crashes; }
+
 /* ---- the fault driver ---- */
 
 static void vsleep_ms(int64_t ms) {
@@ -211,14 +225,39 @@ static void cut(int a, int b, int64_t until) {
   if (N.cut[a][b] < until) N.cut[a][b] = until;
 }
 
+void sim_faults_on_crash(int (*crash)(int, int64_t, void *), void *ud) {
+  N.crash = crash;
+  N.crash_ud = ud;
+}
+
+int sim_net_is_down(int node) { return N.down[node]; }
+
+void sim_net_down(int node, int down) {
+  int64_t now = sim_now_ns();
+  N.down[node] = down;
+  if (down) {
+    if (node != N.watcher) outage(node, now, INT64_MAX);
+    return;
+  }
+  /* up again: its open-ended outage ends now */
+  for (int i = 0; i < N.nout; i++)
+    if (N.out[i].node == node && N.out[i].until == INT64_MAX) N.out[i].until = now;
+  if (node == N.watcher) N.watch_since = now;
+}
+
 static void inject(void) {
-  unsigned kinds[3];
+  unsigned kinds[4];
   int nk = 0;
   if (N.mask & SIM_F_PARTITION) kinds[nk++] = SIM_F_PARTITION;
   if (N.mask & SIM_F_PAUSE) kinds[nk++] = SIM_F_PAUSE;
   if (N.mask & SIM_F_SKEW) kinds[nk++] = SIM_F_SKEW;
-  if (!nk || N.npick < 2) return;
-  unsigned k = kinds[sim_rand_below(nk)];
+  if (N.npick < 2) return;
+  unsigned k;
+  /* A crash one time in ten: a restart costs the run seconds of outage
+   * (and the simulation a new process's threads). */
+  if ((N.mask & SIM_F_CRASH) && N.crash && (!nk || sim_chance(0.1))) k = SIM_F_CRASH;
+  else if (nk) k = kinds[sim_rand_below(nk)];
+  else return;
   int a = N.pick[sim_rand_below(N.npick)];
   int64_t now = sim_now_ns();
   N.faults++;
@@ -255,6 +294,10 @@ static void inject(void) {
     } else {
       outage(a, now, now + d);
     }
+  } else if (k == SIM_F_CRASH) {
+    int64_t d = (200 + (int64_t)sim_rand_below(2800)) * 1000000;
+    if (N.crash(a, d, N.crash_ud)) N.faults--;
+    else N.crashes++;
   } else {
     int64_t s = ((int64_t)sim_rand_below(4001) - 2000) * 1000000;
     sim_node_skew(a, s);
@@ -275,6 +318,13 @@ static void *driver(void *arg) {
 void sim_faults_start(const int *nodes, int n) {
   N.npick = n < SIM_MAX_NODES ? n : SIM_MAX_NODES;
   memcpy(N.pick, nodes, N.npick * sizeof *nodes);
+  /* Every node's wall clock is a little off for the whole run (as NTP
+   * leaves machines): up to 200 ms, and running up to 100 ppm fast or
+   * slow; the skew fault steps it by up to 2 s more for a while. */
+  if (N.mask & SIM_F_SKEW)
+    for (int i = 0; i < N.npick; i++)
+      sim_node_clock(N.pick[i], ((int64_t)sim_rand_below(401) - 200) * 1000000,
+                     (int64_t)sim_rand_below(201) - 100);
   N.stop = 0;
   N.running = 1;
   int old = sim_node_enter(0);

@@ -11,11 +11,12 @@ enum {
   SIM_F_PARTITION = 4, /* links cut (a node isolated, or a pair) for a while */
   SIM_F_PAUSE = 8,     /* a node not scheduled for a while */
   SIM_F_SKEW = 16,     /* a node's wall clock off by up to 2 s */
-  SIM_F_ALL = 31
+  SIM_F_CRASH = 32,    /* a node crashed and restarted (the scenario's hook) */
+  SIM_F_ALL = 63
 };
 
 /** Parse "none", "all" or a comma list of latency, drop, partition, pause,
- *  skew. @return 0 or -1. */
+ *  skew, crash. @return 0 or -1. */
 int sim_faults_parse(const char *spec, unsigned *mask);
 
 /** Install the link model on the inproc transport with the faults of
@@ -41,7 +42,21 @@ void sim_net_group(int node, const char *group);
 void sim_net_watch(int watcher, int64_t allow_ns,
                    int (*other_usable)(const char *group, const char *except, void *ud), void *ud);
 
+/** The crash fault: the driver calls crash(node, down_ns, ud) on a node it
+ *  picked; the scenario kills it (sim_net_down), tears it down and brings
+ *  it back after about down_ns, in a thread of its own, and returns 0; or
+ *  returns -1 when it cannot now (another crash under way). */
+void sim_faults_on_crash(int (*crash)(int node, int64_t down_ns, void *ud), void *ud);
+/** A node is down (1: every message to or from it is lost from now on,
+ *  the ones in flight included; for the dead-instance checker it is
+ *  unreachable until it is up again) or up again (0). When the watcher
+ *  comes back, it is a new process: it knows nothing of earlier outages. */
+void sim_net_down(int node, int down);
+int sim_net_is_down(int node);
+
 /** Messages lost so far, faults injected so far. */
 void sim_net_counts(uint64_t *dropped, uint64_t *faults);
+/** Crashes injected so far. */
+uint64_t sim_net_crashes(void);
 
 #endif

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <malloc.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
@@ -57,7 +58,9 @@ typedef struct sthr {
 typedef struct node {
   char name[48];
   int64_t paused_until;
-  int64_t skew_ns;
+  int64_t skew_ns;   /* the skew fault's step, healed to 0 */
+  int64_t offset_ns; /* the node's own offset, for the whole run */
+  int64_t drift_ppm; /* its rate error: parts per million of virtual time */
 } node;
 
 /* ---- the side table of synchronisation objects ---- */
@@ -260,6 +263,13 @@ void sim_node_pause(int id, int64_t until_ns) {
 
 int sim_node_paused(int id) { return S.nodes[id].paused_until > S.now; }
 void sim_node_skew(int id, int64_t skew) { S.nodes[id].skew_ns = skew; }
+
+void sim_node_clock(int id, int64_t offset_ns, int64_t drift_ppm) {
+  S.nodes[id].offset_ns = offset_ns;
+  S.nodes[id].drift_ppm = drift_ppm;
+  sim_trace("node %s wall clock: offset %+.6f s, drift %+lld ppm", S.nodes[id].name,
+            offset_ns / 1e9, (long long)drift_ppm);
+}
 int64_t sim_now_ns(void) { return S.now; }
 uint64_t sim_seed(void) { return S.o.seed; }
 
@@ -446,6 +456,7 @@ static void *reaper_main(void *arg) {
         dead->reaped = 1;
         dead->state = T_DONE;
         me = NULL;
+        wake(dead, 0); /* joiners */
         hand_to(pick());
         break;
       }
@@ -507,6 +518,10 @@ void sim_start(const sim_options *opts) {
   int cpu = sched_getcpu();
   CPU_SET(cpu >= 0 ? cpu : 0, &one);
   sched_setaffinity(0, sizeof one, &one);
+  /* One malloc arena: mallinfo2 (the memory checker) reports the main
+   * arena only, and the simulated disks' files are allocated by whichever
+   * thread writes them. */
+  mallopt(M_ARENA_MAX, 1);
   /* Started here, not at the first replaced call, so that a program may
    * fork before it starts a simulation. */
   sem_init(&reap_sem, 0, 0);
@@ -604,24 +619,37 @@ static int64_t ts_ns(const struct timespec *ts) { return (int64_t)ts->tv_sec * 1
 
 static int is_realtime(clockid_t c) { return c == CLOCK_REALTIME || c == CLOCK_REALTIME_COARSE || c == CLOCK_TAI; }
 
-static int64_t skew(void) { return me ? S.nodes[me->node].skew_ns : 0; }
+/* The wall clock of the thread's current node at virtual time v: offset,
+ * skew and a rate error (drift); and back. */
+static int64_t wall_of(int64_t v) {
+  const node *n = &S.nodes[me ? me->node : 0];
+  return v + S.wall_base_ns + n->offset_ns + n->skew_ns +
+         (int64_t)((__int128)v * n->drift_ppm / 1000000);
+}
+
+static int64_t virtual_of_wall(int64_t w) {
+  const node *n = &S.nodes[me ? me->node : 0];
+  return (int64_t)((__int128)(w - S.wall_base_ns - n->offset_ns - n->skew_ns) * 1000000 /
+                   (1000000 + n->drift_ppm));
+}
 
 /* An absolute time on clock c (as this thread sees it) to virtual ns. */
 static int64_t abs_to_virtual(clockid_t c, const struct timespec *ts) {
   int64_t v = ts_ns(ts);
-  if (is_realtime(c)) v -= S.wall_base_ns + skew();
+  if (is_realtime(c)) v = virtual_of_wall(v);
   return v;
 }
 
 /* ---- replaced: threads ---- */
 
-/* The thread function returned: joiners may go on, but the thread stays
- * runnable (its thread-specific destructors run next) until the reaper
- * sees it gone. */
+/* The thread function returned: the thread stays runnable (its
+ * thread-specific destructors run next) until the reaper sees it gone;
+ * joiners go on only then, as pthread_join returns once the thread has
+ * terminated (a joiner that freed what a destructor still used: a store's
+ * per-thread connection closed twice, found by the crash fault). */
 static void thread_finish(void *ret) {
   me->ret = ret;
   me->exiting = 1;
-  wake(me, 0); /* joiners */
   sem_post(&reap_sem);
 }
 
@@ -677,7 +705,7 @@ int pthread_join(pthread_t th, void **ret) {
   sthr *t = find_thread(th);
   if (!t) return ESRCH;
   if (t == me) return EDEADLK;
-  while (!t->exiting) block(W_JOIN, t, -1);
+  while (!t->reaped) block(W_JOIN, t, -1);
   if (ret) *ret = t->ret;
   return 0;
 }
@@ -923,7 +951,7 @@ int clock_gettime(clockid_t c, struct timespec *ts) {
   S.now += S.o.clock_read_ns;
   S.st.clock_reads++;
   int64_t v = S.now;
-  if (is_realtime(c)) v += S.wall_base_ns + skew();
+  if (is_realtime(c)) v = wall_of(v);
   ts->tv_sec = v / 1000000000LL;
   ts->tv_nsec = v % 1000000000LL;
   return 0;

@@ -66,8 +66,13 @@ int sim_node_enter(int node);
  *  (0: resume now). */
 void sim_node_pause(int node, int64_t until_ns);
 int sim_node_paused(int node);
-/** Skew of a node's wall clock (CLOCK_REALTIME), nanoseconds. */
+/** Skew of a node's wall clock (CLOCK_REALTIME), nanoseconds: a step set
+ *  by the skew fault (0: healed). */
 void sim_node_skew(int node, int64_t skew_ns);
+/** The node's own wall clock error for the whole run: an offset and a rate
+ *  error (parts per million of virtual time), added to the skew. Monotonic
+ *  clocks are the same on every node (docs/reference/simulation.md). */
+void sim_node_clock(int node, int64_t offset_ns, int64_t drift_ppm);
 
 /** Virtual monotonic time in nanoseconds. */
 int64_t sim_now_ns(void);

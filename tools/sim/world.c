@@ -13,10 +13,25 @@ void sim_instance_begin(sim_instance *in, const char *name, const char *type) {
   snprintf(in->url, sizeof in->url, "inproc://%s", name);
   in->node = sim_node_new(name);
   sim_net_name(name, in->node);
+  sim_instance_restart(in);
+}
+
+void sim_instance_restart(sim_instance *in) {
   sim_node_enter(in->node);
   /* Two threads: the machine's processor count must not change a run. */
   dsys_server_options so = {.size = sizeof so, .threads = 2, .name = in->name};
-  if (dsys_server_new(&in->srv, &so)) sim_fail("server %s", name);
+  if (dsys_server_new(&in->srv, &so)) sim_fail("server %s", in->name);
+}
+
+void sim_instance_kill(sim_instance *in) {
+  /* A dead process does not deregister: the registry forgets it by its
+   * TTL. The agent's stop would try (its messages are lost anyway). */
+  if (in->agent) dsys_registration_stop(in->agent);
+  in->agent = NULL;
+  /* Its handlers still running end on their own bounded waits (what they
+   * send is lost): wait for them, up to 10 s, before the service under
+   * them is freed (a stop that cuts them off returns while they run). */
+  dsys_server_stop(in->srv, 10000);
 }
 
 void sim_instance_end(sim_instance *in, int64_t heartbeat_ms) {
@@ -67,10 +82,19 @@ static void check_flights(int64_t now, void *ud) {
 
 sim_answer sim_call(dsys_client *c, sim_result *res, const char *method, const char *url,
                     const char *path, const char *body, int64_t timeout_ms) {
+  return sim_call_h(c, res, method, url, path, body, timeout_ms, NULL, NULL);
+}
+
+sim_answer sim_call_h(dsys_client *c, sim_result *res, const char *method, const char *url,
+                      const char *path, const char *body, int64_t timeout_ms, const char *hname,
+                      const char *hvalue) {
   sim_answer a = {0};
-  dsys_header h = {"Content-Type", "application/json"};
+  dsys_header h[2];
+  size_t nh = 0;
+  if (body) h[nh++] = (dsys_header){"Content-Type", "application/json"};
+  if (hname) h[nh++] = (dsys_header){hname, hvalue};
   dsys_call call = {.size = sizeof call, .method = method, .url = url, .path = path,
-                    .headers = body ? &h : NULL, .nheaders = body ? 1 : 0, .body = body,
+                    .headers = nh ? h : NULL, .nheaders = nh, .body = body,
                     .body_len = body ? strlen(body) : 0, .timeout_ms = timeout_ms};
   dsys_reply *r = NULL;
   int64_t t0 = sim_now_ns();

@@ -25,6 +25,15 @@ typedef struct sim_instance {
  *  it, not yet listening. The calling thread is left in the new node: what
  *  it creates next (the service) belongs to the node. */
 void sim_instance_begin(sim_instance *in, const char *name, const char *type);
+/** The same node's process starts again (after sim_instance_kill and
+ *  sim_instance_free): a new server, not yet listening; the calling thread
+ *  is left in the node, as by sim_instance_begin. */
+void sim_instance_restart(sim_instance *in);
+/** The node crashed (its messages already lost, sim_net_down): stop its
+ *  heartbeats and its server (waiting for its handlers, whose answers are
+ *  lost). Then free the service and
+ *  call sim_instance_free. */
+void sim_instance_kill(sim_instance *in);
 /** Listen on inproc://name and register with the registry at
  *  inproc://registry (heartbeat_ms); back to node 0. */
 void sim_instance_end(sim_instance *in, int64_t heartbeat_ms);
@@ -47,6 +56,10 @@ typedef struct sim_answer {
  *  Counts into res. */
 sim_answer sim_call(dsys_client *c, sim_result *res, const char *method, const char *url,
                     const char *path, const char *body, int64_t timeout_ms);
+/** The same with one more request header (hname: NULL for none). */
+sim_answer sim_call_h(dsys_client *c, sim_result *res, const char *method, const char *url,
+                      const char *path, const char *body, int64_t timeout_ms, const char *hname,
+                      const char *hvalue);
 void sim_answer_free(sim_answer *a);
 /** A string member of the answer's JSON (path of member names, NULL-ended)
  *  or NULL. */
