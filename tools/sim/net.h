@@ -38,8 +38,11 @@ void sim_net_group(int node, const char *group);
  *  allow_ns, while another instance of its group was reachable all along
  *  and is usable in the watcher's view (other_usable: 1 when an instance
  *  of group other than `except` takes traffic): by then its health rules
- *  must have taken it out. */
-void sim_net_watch(int watcher, int64_t allow_ns,
+ *  must have taken it out. The outage's clock restarts when the answer
+ *  of a health check (sent by the watcher, answered within
+ *  health_timeout_ns) from the instance reaches the watcher: then the
+ *  watcher rightly saw it alive. */
+void sim_net_watch(int watcher, int64_t allow_ns, int64_t health_timeout_ns,
                    int (*other_usable)(const char *group, const char *except, void *ud), void *ud);
 
 /** The crash fault: the driver calls crash(node, down_ns, ud) on a node it
