@@ -64,7 +64,7 @@ typedef struct client {
   long seq;
 } client;
 
-static int plant_retry_post, plant_stale_cache, plant_sync_normal, plant_no_health;
+static int plant_retry_post, plant_stale_cache, plant_sync_normal, plant_ignore_health;
 /* The gateway's health check timeout (the dead-instance checker counts
  * an answer within it as the instance seen alive). */
 #define HEALTH_TIMEOUT_MS 1000
@@ -75,7 +75,7 @@ static dsys_gateway *cur_gw;
 int scen_plant_known(const char *name) {
   return !strcmp(name, "retry-post") || !strcmp(name, "stale-cache") ||
          !strcmp(name, "sync-normal") || !strcmp(name, "no-fencing") ||
-         !strcmp(name, "no-health");
+         !strcmp(name, "ignore-health");
 }
 
 /* ---- the model of one client's keys ---- */
@@ -279,8 +279,15 @@ static void signup(client *cl) {
 static void submit_job(client *cl) {
   if (cl->njobs == MAXJOBS) return;
   long long x = (long long)sim_rand_below(1000), y = (long long)sim_rand_below(1000);
+  /* One job in three runs for up to 2.5 s (delayMs), long enough for a
+   * pause, a crash or a clock step of its worker to end its 3 s lease
+   * while it runs: another worker claims it and the first one's
+   * completion must then be refused (the completion checker). */
+  long long delay = sim_rand_below(3) ? 0 : (long long)sim_rand_below(2501);
   char body[160];
-  snprintf(body, sizeof body, "{\"type\":\"add\",\"data\":{\"operands\":[%lld,%lld]}}", x, y);
+  snprintf(body, sizeof body,
+           "{\"type\":\"add\",\"data\":{\"operands\":[%lld,%lld],\"delayMs\":%lld}}", x, y,
+           delay);
   sim_answer a = sim_call(cl->c, &cl->res, "POST", GW, "/api/compute/job", body, CALL_MS);
   const char *jid = a.status == 202 ? sim_json_str(&a, "jobId", NULL) : NULL;
   long long id = jid ? atoll(jid) : 0;
@@ -636,6 +643,8 @@ static int fence_complete(void *st, int64_t id, int64_t token, const char *resul
   }
   int rc = f->in->complete(f->inner, id, use, result, now);
   if (!rc) fence_note_add(f, 1, id, token);
+  else sim_trace("queue: %s: completion of job %lld (token %lld) refused: %s",
+                 sim_node_name(f->node), (long long)id, (long long)token, dsys_strerror(rc));
   return rc;
 }
 static int fence_fail(void *st, int64_t id, int64_t token, const char *e, int64_t now, int *dead) {
@@ -816,10 +825,10 @@ static void member_boot(member *m) {
     dsys_gateway_options go = {.size = sizeof go, .registry = m->r, .try_timeout_ms = 1000,
                                .deadline_ms = 3000, .health_interval_ms = 500,
                                .health_timeout_ms = HEALTH_TIMEOUT_MS};
-    /* PLANTED BUG (test only, --plant no-health): active health checks
-     * off (one an hour); only outlier detection and the registry take a
-     * dead instance out. */
-    if (plant_no_health) go.health_interval_ms = 3600000;
+    /* PLANTED BUG (test only, --plant ignore-health): failed health
+     * checks never take an instance out (a million in a row needed); only
+     * outlier detection and the registry's TTL do. */
+    if (plant_ignore_health) go.health_fall = 1000000;
     if (dsys_gateway_new(&m->gw, &go)) sim_fail("gateway");
     static const char *const ups[] = {"auth", "data", "compute"};
     for (int i = 0; i < 3; i++) {
@@ -975,7 +984,7 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
   plant_stale_cache = cfg->plant && !strcmp(cfg->plant, "stale-cache");
   plant_sync_normal = cfg->plant && !strcmp(cfg->plant, "sync-normal");
   plant_no_fencing = cfg->plant && !strcmp(cfg->plant, "no-fencing");
-  plant_no_health = cfg->plant && !strcmp(cfg->plant, "no-health");
+  plant_ignore_health = cfg->plant && !strcmp(cfg->plant, "ignore-health");
   sim_net_start(mask);
   sim_disk_install();
   /* The clock's timer thread belongs to node 0 (it serves every node). */
