@@ -826,9 +826,10 @@ static void member_boot(member *m) {
                                .deadline_ms = 3000, .health_interval_ms = 500,
                                .health_timeout_ms = HEALTH_TIMEOUT_MS};
     /* PLANTED BUG (test only, --plant ignore-health): failed health
-     * checks never take an instance out (a million in a row needed); only
-     * outlier detection and the registry's TTL do. */
-    if (plant_ignore_health) go.health_fall = 1000000;
+     * checks and failed requests never take an instance out (a million
+     * in a row needed); only the registry's TTL does, which a cut link
+     * between the gateway and an instance does not end. */
+    if (plant_ignore_health) go.health_fall = go.outlier_failures = 1000000;
     if (dsys_gateway_new(&m->gw, &go)) sim_fail("gateway");
     static const char *const ups[] = {"auth", "data", "compute"};
     for (int i = 0; i < 3; i++) {
