@@ -31,6 +31,7 @@ static struct {
   int pick[SIM_MAX_NODES];
   int npick;
   int stop, running;
+  int64_t started, limit; /* the faults must have stopped by limit */
   uint64_t dropped, faults, crashes;
   int down[SIM_MAX_NODES];
   int64_t watch_since; /* the watcher's current incarnation started then */
@@ -355,11 +356,19 @@ static void *driver(void *arg) {
   (void)arg;
   while (!N.stop) {
     vsleep_ms(100 + (int64_t)sim_rand_below(900));
+    /* The clients' run is bounded (each call by its deadline): faults
+     * still going long after are a hang the deadline checks cannot see
+     * (e.g. the clock's timer thread blocked: nothing times out). */
+    if (N.limit && sim_now_ns() > N.limit)
+      sim_fail("the clients' run is still going %.0f s after it began (a hang)",
+               (N.limit - N.started) / 1e9);
     if (!N.stop) inject();
   }
   N.running = 0;
   return NULL;
 }
+
+void sim_faults_limit(int64_t run_ns) { N.limit = sim_now_ns() + run_ns; }
 
 void sim_faults_start(const int *nodes, int n) {
   N.npick = n < SIM_MAX_NODES ? n : SIM_MAX_NODES;
@@ -373,6 +382,7 @@ void sim_faults_start(const int *nodes, int n) {
                      (int64_t)sim_rand_below(201) - 100);
   N.stop = 0;
   N.running = 1;
+  N.started = sim_now_ns();
   int old = sim_node_enter(0);
   pthread_t th;
   pthread_create(&th, NULL, driver, NULL);

@@ -26,6 +26,9 @@ void sim_net_start(unsigned mask);
 void sim_net_name(const char *name, int node);
 /** Start the fault driver (a thread of node 0) over nodes[0..n). */
 void sim_faults_start(const int *nodes, int n);
+/** The fault driver fails the run when it still runs run_ns after now
+ *  (the clients' run hangs; 0: no limit). */
+void sim_faults_limit(int64_t run_ns);
 /** Stop injecting faults and heal: links restored, pauses ended, skews
  *  removed. Returns when done. */
 void sim_faults_stop(void);
