@@ -3,10 +3,18 @@
  * deregister; clients look them up by service type, watch changes with a
  * callback, or wait for the change index to pass a value (blocking queries).
  *
- * Health: an instance whose last heartbeat is older than ttl_ms is
- * unhealthy (evaluated on every read, so it is exact whenever you look);
- * after reap_ms without a heartbeat it is removed. A heartbeat makes it
- * healthy again. A periodic sweep (a timer on the registry's clock, every
+ * Health: an instance whose heartbeat this handle has not seen change for
+ * ttl_ms is unhealthy (evaluated on every read); after reap_ms without a
+ * change it is removed. Ages are on this process's monotonic clock (the
+ * registry clock's now), counted from when this handle saw the heartbeat
+ * value change (its own register/heartbeat calls count as seen), never by
+ * comparing the heartbeat's wall time, written by another host, with this
+ * host's: hosts whose wall clocks differ keep each other healthy. An
+ * instance first seen (by a handle just opened, or back from a backend
+ * outage) has one TTL before it can be judged. A heartbeat makes it
+ * healthy again. (Backends without the version-3 expire_ids op keep the
+ * older rule: heartbeat wall time + ttl_ms against this host's wall
+ * clock.) A periodic sweep (a timer on the registry's clock, every
  * sweep_interval_ms) records these transitions as changes, so that watchers
  * and index waiters see them, and polls the backend for changes made by
  * other processes.
@@ -128,8 +136,15 @@ typedef struct dsys_registry_env {
  *  backends whose instances are kept healthy by a remote registry). */
 #define DSYS_REGISTRY_OPS_OWN_HEALTH 1u
 
+/** One instance to expire (dsys_registry_ops.expire_ids), ordered by id. */
+typedef struct dsys_registry_expiry {
+  const char *id;
+  int64_t heartbeat_ms;      /**< its heartbeat as read: act only if unchanged */
+  int reap;                  /**< 1: remove it (REAPED); 0: mark it unhealthy */
+} dsys_registry_expiry;
+
 /**
- * Backend operations (version 2). Append-only: new members go at the end and
+ * Backend operations (version 3). Append-only: new members go at the end and
  * raise the version. The version-1 members are mandatory; a version-1
  * table (without the members marked "version 2") is still accepted. The
  * generic layer serialises calls on one state. Times are wall ms from the
@@ -168,9 +183,18 @@ typedef struct dsys_registry_ops {
    *  op; the env is copied by the backend if it keeps it. A nonzero return
    *  fails the open (close is then called). */
   int (*attach)(void *st, const dsys_registry_env *env);
+  /* ---- version 3 ---- */
+  /** Optional: expire the instances the generic layer judged silent (see
+   *  dsys_registry_expiry), each only if its stored heartbeat_ms is still
+   *  the one given (no heartbeat since it was read; else left alone), one
+   *  change each, none for an instance already unhealthy or gone. With it
+   *  the generic layer judges health by when this process saw each
+   *  heartbeat change, on its monotonic clock, and never calls expire:
+   *  hosts whose wall clocks differ keep each other healthy. */
+  int (*expire_ids)(void *st, const dsys_registry_expiry *v, size_t n);
 } dsys_registry_ops;
 
-#define DSYS_REGISTRY_OPS_VERSION 2
+#define DSYS_REGISTRY_OPS_VERSION 3
 
 /** Options. Zero fields take the defaults given. */
 typedef struct dsys_registry_options {

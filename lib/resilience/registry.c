@@ -13,6 +13,14 @@
 #include "resilience/registry_int.h"
 #include "transport/transport.h"
 
+/* When this handle saw an instance's heartbeat value (last written by its
+ * host's wall clock) change, on this process's monotonic clock. */
+typedef struct seen_hb {
+  char *id;
+  int64_t hb, at_ms;
+  uint64_t gen;              /* sweep that last listed it */
+} seen_hb;
+
 typedef struct watch {
   uint64_t id, from;
   dsys_registry_watch_fn fn;
@@ -44,6 +52,11 @@ struct dsys_registry {
    * and the gateways answered 503 until the next heartbeats.) */
   int unreachable;
   int64_t grace_until_ms;
+  /* version-3 backends (expire_ids): health from seen heartbeat changes */
+  int by_seen;
+  seen_hb *seen;             /* sorted by id */
+  size_t nseen, capseen;
+  uint64_t gen;
   char errmsg[256];
 };
 
@@ -167,6 +180,7 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
   if (!r) return DSYS_ENOMEM;
   r->ops = ops;
   r->own_health = ops->version >= 2 && (ops->flags & DSYS_REGISTRY_OPS_OWN_HEALTH);
+  r->by_seen = ops->version >= 3 && ops->expire_ids;
   r->clk = d.clock ? d.clock : dsys_clock_real();
   r->ttl_ms = d.ttl_ms ? d.ttl_ms : 30000;
   r->reap_ms = d.reap_ms ? d.reap_ms : 300000;
@@ -232,6 +246,8 @@ void dsys_registry_close(dsys_registry *r) {
   r->ops->close(r->st);
   free(r->st);
   free(r->w);
+  for (size_t i = 0; i < r->nseen; i++) free(r->seen[i].id);
+  free(r->seen);
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cv);
   free(r);
@@ -386,6 +402,61 @@ int dsys_registry_unwatch(dsys_registry *r, uint64_t id) {
   return rc;
 }
 
+/* ---- heartbeats seen (version-3 backends) ---- */
+
+/* Hold mu. The entry of id, NULL if none (*pos: where it would go). */
+static seen_hb *seen_find(dsys_registry *r, const char *id, size_t *pos) {
+  size_t lo = 0, hi = r->nseen;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = strcmp(r->seen[mid].id, id);
+    if (!c) {
+      *pos = mid;
+      return &r->seen[mid];
+    }
+    if (c < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  *pos = lo;
+  return NULL;
+}
+
+/* Hold mu. Record that id's heartbeat reads hb at now (monotonic ms); the
+ * clock of its age restarts when the value differs from the one seen.
+ * @return its age: ms since the value was first seen (0 on out of
+ * memory: judged fresh rather than wrongly dead). */
+static int64_t seen_age(dsys_registry *r, const char *id, int64_t hb, int64_t now) {
+  size_t pos;
+  seen_hb *e = seen_find(r, id, &pos);
+  if (!e) {
+    char *cp = strdup(id);
+    if (!cp || dsysi_grow(&r->seen, &r->capseen, r->nseen + 1, sizeof *r->seen, 16)) {
+      free(cp);
+      return 0;
+    }
+    memmove(&r->seen[pos + 1], &r->seen[pos], (r->nseen - pos) * sizeof *r->seen);
+    r->nseen++;
+    e = &r->seen[pos];
+    *e = (seen_hb){.id = cp, .hb = hb, .at_ms = now};
+  } else if (e->hb != hb) {
+    e->hb = hb;
+    e->at_ms = now;
+  }
+  e->gen = r->gen;
+  return now - e->at_ms;
+}
+
+/* Hold mu. Forget the instances the last full listing (gen) lacked, or
+ * every one (all): they count as first seen when they show up again. */
+static void seen_prune(dsys_registry *r, int all) {
+  size_t k = 0;
+  for (size_t i = 0; i < r->nseen; i++) {
+    if (all || r->seen[i].gen != r->gen) free(r->seen[i].id);
+    else r->seen[k++] = r->seen[i];
+  }
+  r->nseen = k;
+}
+
 /* ---- operations ---- */
 
 static int set_err(dsys_registry *r, int rc, const char *what) {
@@ -416,7 +487,10 @@ int dsys_registry_register(dsys_registry *r, const dsys_instance *in) {
   if (!n.weight) n.weight = 1;
   n.health = DSYS_INSTANCE_HEALTHY;
   pthread_mutex_lock(&r->mu);
-  int rc = r->ops->put(r->st, &n, dsys_clock_wall_ms(r->clk));
+  int64_t wall = dsys_clock_wall_ms(r->clk);
+  int rc = r->ops->put(r->st, &n, wall);
+  /* our own write: seen now (the backends store the time given) */
+  if (!rc && r->by_seen) seen_age(r, n.id, wall, dsys_clock_now_ms(r->clk));
   set_err(r, rc, "register");
   pthread_mutex_unlock(&r->mu);
   if (!rc) deliver(r);
@@ -428,7 +502,9 @@ int dsys_registry_heartbeat(dsys_registry *r, const char *id) {
   pthread_mutex_lock(&r->mu);
   uint64_t before = 0, after = 0;
   r->ops->index(r->st, &before);
-  int rc = r->ops->heartbeat(r->st, id, dsys_clock_wall_ms(r->clk));
+  int64_t wall = dsys_clock_wall_ms(r->clk);
+  int rc = r->ops->heartbeat(r->st, id, wall);
+  if (!rc && r->by_seen) seen_age(r, id, wall, dsys_clock_now_ms(r->clk));
   if (!rc) r->ops->index(r->st, &after);
   set_err(r, rc, "heartbeat");
   pthread_mutex_unlock(&r->mu);
@@ -454,8 +530,20 @@ static int in_grace(dsys_registry *r, int64_t now) {
   return g;
 }
 
-static void apply_ttl(dsys_registry *r, dsys_instance *v, size_t n, int64_t now) {
-  if (r->own_health || in_grace(r, now)) return; /* the stored flags stand */
+static void apply_ttl(dsys_registry *r, dsys_instance *v, size_t n) {
+  if (r->own_health) return; /* the stored flags stand */
+  if (r->by_seen) {
+    int64_t now = dsys_clock_now_ms(r->clk);
+    pthread_mutex_lock(&r->mu);
+    int grace = r->unreachable || now < r->grace_until_ms;
+    for (size_t i = 0; i < n; i++)
+      if (seen_age(r, v[i].id, v[i].last_heartbeat_ms, now) > r->ttl_ms && !grace)
+        v[i].health = DSYS_INSTANCE_UNHEALTHY;
+    pthread_mutex_unlock(&r->mu);
+    return;
+  }
+  int64_t now = dsys_clock_wall_ms(r->clk);
+  if (in_grace(r, now)) return;
   for (size_t i = 0; i < n; i++)
     if (now - v[i].last_heartbeat_ms > r->ttl_ms) v[i].health = DSYS_INSTANCE_UNHEALTHY;
 }
@@ -470,7 +558,7 @@ int dsys_registry_lookup(dsys_registry *r, const char *type, int healthy_only,
   set_err(r, rc, "lookup");
   pthread_mutex_unlock(&r->mu);
   if (rc) return rc;
-  apply_ttl(r, v, cnt, dsys_clock_wall_ms(r->clk));
+  apply_ttl(r, v, cnt);
   if (healthy_only) {
     size_t k = 0;
     for (size_t i = 0; i < cnt; i++)
@@ -491,7 +579,7 @@ int dsys_registry_get(dsys_registry *r, const char *id, dsys_instance **out) {
   pthread_mutex_lock(&r->mu);
   int rc = r->ops->get(r->st, id, out);
   pthread_mutex_unlock(&r->mu);
-  if (!rc) apply_ttl(r, *out, 1, dsys_clock_wall_ms(r->clk));
+  if (!rc) apply_ttl(r, *out, 1);
   return rc;
 }
 
@@ -503,8 +591,59 @@ int dsys_registry_index(dsys_registry *r, uint64_t *out) {
   return rc;
 }
 
+/* Hold mu. The sweep of a version-3 backend: list every instance, age
+ * each by when this handle saw its heartbeat change (monotonic clock), and
+ * expire those silent past the TTL / reap time, each only if its
+ * heartbeat is still the one read. The index read first is the
+ * reachability probe (a backend may answer list from a last view). */
+static int sweep_seen(dsys_registry *r) {
+  int64_t now = dsys_clock_now_ms(r->clk);
+  uint64_t idx;
+  int rc = r->ops->index(r->st, &idx);
+  dsys_instance *v = NULL;
+  size_t n = 0;
+  if (!rc) rc = r->ops->list(r->st, NULL, &v, &n);
+  if (rc) {
+    if (rc == DSYS_EUNAVAIL || rc == DSYS_ETIMEDOUT) r->unreachable = 1;
+    return rc;
+  }
+  if (r->unreachable) {
+    /* back: heartbeats could not arrive meanwhile; judge afresh */
+    r->unreachable = 0;
+    seen_prune(r, 1);
+    r->grace_until_ms = now + r->ttl_ms;
+  }
+  r->gen++;
+  dsys_registry_expiry *x = n ? malloc(n * sizeof *x) : NULL;
+  size_t nx = 0;
+  if (n && !x) rc = DSYS_ENOMEM;
+  int grace = now < r->grace_until_ms;
+  for (size_t i = 0; i < n && !rc; i++) {
+    int64_t age = seen_age(r, v[i].id, v[i].last_heartbeat_ms, now);
+    if (grace) continue;
+    if (age > r->reap_ms)
+      x[nx++] = (dsys_registry_expiry){v[i].id, v[i].last_heartbeat_ms, 1};
+    else if (age > r->ttl_ms && v[i].health == DSYS_INSTANCE_HEALTHY)
+      x[nx++] = (dsys_registry_expiry){v[i].id, v[i].last_heartbeat_ms, 0};
+  }
+  if (!rc) seen_prune(r, 0);
+  if (!rc && nx) rc = r->ops->expire_ids(r->st, x, nx);
+  if (rc == DSYS_EUNAVAIL || rc == DSYS_ETIMEDOUT) r->unreachable = 1;
+  free(x);
+  dsys_free(v);
+  return rc;
+}
+
 int dsys_registry_sweep(dsys_registry *r) {
   if (!r) return DSYS_EINVAL;
+  if (r->by_seen) {
+    pthread_mutex_lock(&r->mu);
+    int rc = sweep_seen(r);
+    set_err(r, rc, "sweep");
+    pthread_mutex_unlock(&r->mu);
+    deliver(r);
+    return rc;
+  }
   int64_t now = dsys_clock_wall_ms(r->clk);
   pthread_mutex_lock(&r->mu);
   int grace = r->unreachable || now < r->grace_until_ms;

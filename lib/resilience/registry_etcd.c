@@ -577,9 +577,40 @@ static int et_list(void *vst, const char *type, dsys_instance **out, size_t *n) 
   return rc;
 }
 
+/* What a sweep asks for: the thresholds of expire, or (v set) the
+ * instances of expire_ids. */
+typedef struct rule {
+  int64_t unhealthy_before, reap_before;
+  const dsys_registry_expiry *v;
+  size_t n;
+} rule;
+
+/* The transition rule asks of in: DSYS_REG_REAPED, DSYS_REG_UNHEALTHY or
+ * -1 (none). */
+static int decide(const rule *ru, const dsys_instance *in) {
+  int healthy = in->health == DSYS_INSTANCE_HEALTHY;
+  if (!ru->v) {
+    if (in->last_heartbeat_ms < ru->reap_before) return DSYS_REG_REAPED;
+    return healthy && in->last_heartbeat_ms < ru->unhealthy_before ? DSYS_REG_UNHEALTHY : -1;
+  }
+  size_t lo = 0, hi = ru->n; /* v is ordered by id */
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = strcmp(ru->v[mid].id, in->id);
+    if (!c) {
+      const dsys_registry_expiry *x = &ru->v[mid];
+      if (x->heartbeat_ms != in->last_heartbeat_ms) return -1; /* a heartbeat came */
+      return x->reap ? DSYS_REG_REAPED : healthy ? DSYS_REG_UNHEALTHY : -1;
+    }
+    if (c < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return -1;
+}
+
 /* One round of expiry: at most EXPIRE_BATCH transitions in one txn.
  * *more is set when some were left for another round. */
-static int expire_round(et_state *s, int64_t unhealthy_before, int64_t reap_before, int *more) {
+static int expire_round(et_state *s, const rule *ru, int *more) {
   *more = 0;
   char *end = dsysi_etcd_prefix_end(s->k_inst);
   if (!end) return DSYS_ENOMEM;
@@ -600,10 +631,11 @@ static int expire_round(et_state *s, int64_t unhealthy_before, int64_t reap_befo
     if (parse_inst(&sn.kvs[i], &p[n])) continue;
     dsys_instance *in = &p[n].in;
     vals[n] = NULL;
-    if (in->last_heartbeat_ms < reap_before) {
+    int kind = decide(ru, in);
+    if (kind == DSYS_REG_REAPED) {
       json_object_array_add(ops, dsysi_etcd_del_op(sn.kvs[i].key, NULL));
       c[n] = (change){DSYS_REG_REAPED, in->id, in->type};
-    } else if (in->health == DSYS_INSTANCE_HEALTHY && in->last_heartbeat_ms < unhealthy_before) {
+    } else if (kind == DSYS_REG_UNHEALTHY) {
       vals[n] = inst_json(in, 0, in->registered_ms, in->last_heartbeat_ms);
       if (!vals[n]) {
         pinst_free(&p[n]);
@@ -633,12 +665,11 @@ static int expire_round(et_state *s, int64_t unhealthy_before, int64_t reap_befo
   return rc;
 }
 
-static int et_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) {
-  et_state *s = vst;
+static int expire_rule(et_state *s, const rule *ru) {
   pthread_mutex_lock(&s->c.mu);
   int rc = 0, more = 1;
   for (int rounds = 0; more && rounds < MAX_RETRIES; rounds++) {
-    rc = expire_round(s, unhealthy_before, reap_before, &more);
+    rc = expire_round(s, ru, &more);
     if (rc == DSYS_ECONFLICT) { /* re-read: the next round sees what won */
       more = 1;
       rc = 0;
@@ -648,6 +679,16 @@ static int et_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) {
   }
   pthread_mutex_unlock(&s->c.mu);
   return rc;
+}
+
+static int et_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) {
+  rule ru = {.unhealthy_before = unhealthy_before, .reap_before = reap_before};
+  return expire_rule(vst, &ru);
+}
+
+static int et_expire_ids(void *vst, const dsys_registry_expiry *v, size_t n) {
+  rule ru = {.v = v, .n = n};
+  return expire_rule(vst, &ru);
 }
 
 static int et_index(void *vst, uint64_t *out) {
@@ -820,6 +861,7 @@ static int et_attach(void *vst, const dsys_registry_env *env) {
     .open = OPEN, .close = et_close, .put = et_put, .heartbeat = et_heartbeat,              \
     .remove = et_remove, .get = et_get, .list = et_list, .expire = et_expire,               \
     .index = et_index, .changes = et_changes, .attach = et_attach,                          \
+    .expire_ids = et_expire_ids,                                                            \
   }
 static const dsys_registry_ops etcd_ops = ET_OPS("etcd", et_open);
 static const dsys_registry_ops etcds_ops = ET_OPS("etcds", et_open_tls);

@@ -61,6 +61,10 @@ static int mem_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) 
   return dsysi_regtab_expire(&((mem_state *)vst)->t, unhealthy_before, reap_before);
 }
 
+static int mem_expire_ids(void *vst, const dsys_registry_expiry *v, size_t n) {
+  return dsysi_regtab_expire_ids(&((mem_state *)vst)->t, v, n);
+}
+
 static int mem_index(void *vst, uint64_t *out) {
   *out = ((mem_state *)vst)->t.index;
   return 0;
@@ -85,5 +89,6 @@ static const dsys_registry_ops memory_ops = {
     .expire = mem_expire,
     .index = mem_index,
     .changes = mem_changes,
+    .expire_ids = mem_expire_ids,
 };
 DSYSI_PLUGINS(registry_memory) = {{"registry", &memory_ops}, {0}};

@@ -100,6 +100,16 @@ static const dsysi_pg_stmt st_expire = {
     " AND heartbeat_ms < $1::bigint AND heartbeat_ms >= $2::bigint RETURNING id, type),"
     " ch AS (SELECT id, type, " "4" " AS kind, 0 AS ord FROM reaped"
     " UNION ALL SELECT id, type, " "2" ", 1 FROM unh)" RECORD, 2};
+/* One instance of expire_ids: $1 id, $2 its heartbeat as read (no row when
+ * a heartbeat came since), $3 1 to reap, 0 to mark unhealthy. */
+static const dsysi_pg_stmt st_expire_id = {
+    "registry_expire_id",
+    "WITH reaped AS (DELETE FROM registry_instances WHERE id = $1 AND heartbeat_ms = $2::bigint"
+    " AND $3::int = 1 RETURNING id, type),"
+    " unh AS (UPDATE registry_instances SET healthy = 0 WHERE id = $1 AND heartbeat_ms = $2::bigint"
+    " AND healthy = 1 AND $3::int = 0 RETURNING id, type),"
+    " ch AS (SELECT id, type, " "4" " AS kind, 0 AS ord FROM reaped"
+    " UNION ALL SELECT id, type, " "2" ", 1 FROM unh)" RECORD, 3};
 static const dsysi_pg_stmt st_get = {
     "registry_get", "SELECT " COLS " FROM registry_instances WHERE id = $1", 1};
 static const dsysi_pg_stmt st_list_type = {
@@ -317,6 +327,16 @@ static int pgr_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) 
   return e == DSYS_ENOTFOUND ? 0 : e;
 }
 
+static int pgr_expire_ids(void *vst, const dsys_registry_expiry *v, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    char h[24];
+    const char *p[] = {v[i].id, DSYSI_PG_I64(h, v[i].heartbeat_ms), v[i].reap ? "1" : "0"};
+    int e = run_record(vst, &st_expire_id, p);
+    if (e && e != DSYS_ENOTFOUND) return e; /* ENOTFOUND: gone or alive */
+  }
+  return 0;
+}
+
 static int pgr_index(void *vst, uint64_t *out) {
   PGresult *r = NULL;
   int e = run1(vst, &st_index, NULL, &r);
@@ -353,7 +373,8 @@ static int pgr_changes(void *vst, uint64_t after, dsys_registry_change_fn fn, vo
   {.version = DSYS_REGISTRY_OPS_VERSION, .name = scheme, .state_size = sizeof(pgr),  \
    .open = pgr_open, .close = pgr_close, .put = pgr_put, .heartbeat = pgr_heartbeat, \
    .remove = pgr_remove, .get = pgr_get, .list = pgr_list, .expire = pgr_expire,     \
-   .index = pgr_index, .changes = pgr_changes, .attach = pgr_attach}
+   .index = pgr_index, .changes = pgr_changes, .attach = pgr_attach,               \
+   .expire_ids = pgr_expire_ids}
 
 /* libpq takes both URI schemes; a family finds a backend by its name, so
  * the alias is a second table with the same ops. */

@@ -291,6 +291,38 @@ static int sq_expire(void *vst, int64_t unhealthy_before, int64_t reap_before) {
   return end(s, rc);
 }
 
+static int sq_expire_ids(void *vst, const dsys_registry_expiry *v, size_t n) {
+  sq_state *s = vst;
+  int rc = begin(s);
+  if (rc) return rc;
+  for (size_t i = 0; i < n && !rc; i++) {
+    char *type = NULL;
+    int healthy = 0;
+    rc = lookup_row(s, v[i].id, &type, &healthy);
+    if (rc == DSYS_ENOTFOUND) { /* gone meanwhile */
+      rc = 0;
+      continue;
+    }
+    sqlite3_stmt *st;
+    if (!rc && (v[i].reap || healthy))
+      rc = prep(s, v[i].reap ? "DELETE FROM registry_instances WHERE id = ? AND heartbeat_ms = ?"
+                             : "UPDATE registry_instances SET healthy = 0 WHERE id = ? AND heartbeat_ms = ?",
+                &st);
+    else
+      st = NULL;
+    if (!rc && st) {
+      sqlite3_bind_text(st, 1, v[i].id, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 2, v[i].heartbeat_ms);
+      rc = step_done(st);
+      /* no row changed: a heartbeat came since the caller read it */
+      if (!rc && sqlite3_changes(s->db) > 0)
+        rc = record(s, v[i].reap ? DSYS_REG_REAPED : DSYS_REG_UNHEALTHY, v[i].id, type);
+    }
+    free(type);
+  }
+  return end(s, rc);
+}
+
 static int sq_index(void *vst, uint64_t *out) {
   sq_state *s = vst;
   sqlite3_stmt *st;
@@ -352,5 +384,6 @@ static const dsys_registry_ops sqlite_ops = {
     .expire = sq_expire,
     .index = sq_index,
     .changes = sq_changes,
+    .expire_ids = sq_expire_ids,
 };
 DSYSI_PLUGINS(registry_sqlite) = {{"registry", &sqlite_ops}, {0}};

@@ -113,6 +113,24 @@ int dsysi_regtab_expire(dsysi_regtab *t, int64_t unhealthy_before, int64_t reap_
   return 0;
 }
 
+int dsysi_regtab_expire_ids(dsysi_regtab *t, const dsys_registry_expiry *v, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    int found;
+    size_t pos = dsysi_regtab_lower(t, v[i].id, &found);
+    if (!found || t->v[pos]->last_heartbeat_ms != v[i].heartbeat_ms) continue; /* gone or alive */
+    dsys_instance *e = t->v[pos];
+    int rc = 0;
+    if (v[i].reap) {
+      rc = dsysi_regtab_remove_at(t, pos, DSYS_REG_REAPED);
+    } else if (e->health == DSYS_INSTANCE_HEALTHY) {
+      rc = dsysi_regtab_record(t, DSYS_REG_UNHEALTHY, e->id, e->type);
+      if (!rc) e->health = DSYS_INSTANCE_UNHEALTHY;
+    }
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 int dsysi_regtab_changes(const dsysi_regtab *t, uint64_t after,
                          dsys_registry_change_fn fn, void *ctx) {
   if (after >= t->index) return 0;

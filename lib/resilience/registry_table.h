@@ -43,6 +43,10 @@ int dsysi_regtab_list(const dsysi_regtab *t, const char *type, dsys_instance **o
 /** TTL and reap: instances silent since reap_before go (REAPED); healthy
  *  ones silent since unhealthy_before turn unhealthy. @return 0 or ENOMEM. */
 int dsysi_regtab_expire(dsysi_regtab *t, int64_t unhealthy_before, int64_t reap_before);
+/** The version-3 expiry (dsys_registry_ops.expire_ids): each instance of v
+ *  whose heartbeat is still the one given is reaped or turned unhealthy.
+ *  @return 0 or DSYS_ENOMEM. */
+int dsysi_regtab_expire_ids(dsysi_regtab *t, const dsys_registry_expiry *v, size_t n);
 /** Replay the changes after index `after`. @return 0, DSYS_ERANGE (older
  *  than the log keeps). */
 int dsysi_regtab_changes(const dsysi_regtab *t, uint64_t after,

@@ -1,7 +1,8 @@
 /* Registry conformance suite, run against every backend (postgresql on a
  * real throwaway server), plus sharing between handles and processes
- * (sqlite, postgresql) and a PostgreSQL outage. All registry time runs on
- * a fake clock. */
+ * (sqlite, postgresql), handles whose wall clocks differ (sqlite,
+ * postgresql, etcd) and a PostgreSQL outage. All registry time runs on
+ * fake clocks. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -262,6 +263,111 @@ static void conformance(const char *backend, const char *target) {
   dsys_registry_close(r);
   if (with_daemon) daemon_stop(&d);
   dsys_clock_free(clk);
+}
+
+/* Health of the instance id in r's view: 1 healthy, 0 unhealthy, -1 gone. */
+static int health_of(dsys_registry *r, const char *id) {
+  dsys_instance *one;
+  if (dsys_registry_get(r, id, &one)) return -1;
+  int h = one->health == DSYS_INSTANCE_HEALTHY;
+  dsys_free(one);
+  return h;
+}
+
+/* Clock skew (issue 20): handle b's wall clock is skew_ms off a's (two
+ * fake clocks advanced together, as two hosts whose NTP disagrees), both
+ * sweeping the same store. Live instances heartbeat every second (TTL
+ * 3 s, reap 10 s); the dead ones of each handle never do. Live ones must
+ * stay healthy in both views (no UNHEALTHY change, none reaped); dead ones
+ * turn unhealthy after the TTL (within a sweep interval of it, counted
+ * from when each handle first saw them) and are reaped after the reap
+ * time. A handle opened late trusts the stored flags for a TTL, so it
+ * marks nothing live unhealthy at once. */
+static void test_skew(const char *backend, const char *target, const char *label,
+                      int64_t skew_ms) {
+  tap_diag("skew: %s, b %+lld ms", label, (long long)skew_ms);
+  dsys_clock *ca, *cb;
+  const int64_t w0 = 1700000000000LL;
+  dsys_clock_fake_new(&ca, w0);
+  dsys_clock_fake_new(&cb, w0 + skew_ms);
+  dsys_registry_options oa = {.size = sizeof oa, .clock = ca, .ttl_ms = 3000,
+                              .reap_ms = 10000, .sweep_interval_ms = 1000};
+  dsys_registry_options ob = oa;
+  ob.clock = cb;
+  dsys_registry *a, *b, *c = NULL;
+  char err[256] = "";
+  if (!ok(dsys_registry_open(&a, backend, target, &oa, err, sizeof err) == 0 &&
+              dsys_registry_open(&b, backend, target, &ob, err, sizeof err) == 0,
+          "skew %s: open two handles (%s)", label, err))
+    return;
+  seen sa = {0}, sb = {0};
+  dsys_registry_watch(a, on_change, &sa, NULL);
+  dsys_registry_watch(b, on_change, &sb, NULL);
+  char type[32], live_a[48], live_b[48], dead_a[48], dead_b[48];
+  snprintf(type, sizeof type, "skew%+lld", (long long)skew_ms);
+  snprintf(live_a, sizeof live_a, "%s-live-a", type);
+  snprintf(live_b, sizeof live_b, "%s-live-b", type);
+  snprintf(dead_a, sizeof dead_a, "%s-dead-a", type);
+  snprintf(dead_b, sizeof dead_b, "%s-dead-b", type);
+  int rc = reg(a, live_a, type, "http://a") | reg(a, dead_a, type, "http://a") |
+           reg(b, live_b, type, "http://b") | reg(b, dead_b, type, "http://b");
+  is_int(rc, 0, "skew %s: register two live and two dead instances", label);
+  const char *dead[] = {dead_a, dead_b};
+  dsys_registry *hs[] = {a, b};
+  /* first time (ms since start) each dead instance looked unhealthy / gone
+   * to each handle; whether a live one ever looked unhealthy */
+  int64_t unh_at[2][2] = {{-1, -1}, {-1, -1}}, gone_at[2][2] = {{-1, -1}, {-1, -1}};
+  int live_bad = 0, late_bad = -1, late_dead = -1;
+  for (int64_t t = 250; t <= 20000; t += 250) {
+    dsys_clock_advance(ca, 250 * 1000);
+    dsys_clock_advance(cb, 250 * 1000);
+    if (t % 1000 == 0) {
+      dsys_registry_heartbeat(a, live_a);
+      dsys_registry_heartbeat(b, live_b);
+    }
+    if (t == 5000) { /* a third handle, opened late, on a's clock */
+      dsys_registry_open(&c, backend, target, &oa, NULL, 0);
+      late_bad = c ? (health_of(c, live_a) != 1) + (health_of(c, live_b) != 1) : -1;
+      late_dead = c ? (health_of(c, dead_a) == 0) + (health_of(c, dead_b) == 0) : -1;
+    }
+    for (int h = 0; h < 2; h++) {
+      live_bad += (health_of(hs[h], live_a) != 1) + (health_of(hs[h], live_b) != 1);
+      for (int d = 0; d < 2; d++) {
+        int st = health_of(hs[h], dead[d]);
+        if (st == 0 && unh_at[h][d] < 0) unh_at[h][d] = t;
+        if (st == -1 && gone_at[h][d] < 0) gone_at[h][d] = t;
+      }
+    }
+  }
+  is_int(live_bad, 0, "skew %s: live instances of both handles stay healthy in both views for 20 s", label);
+  int bad_changes = 0;
+  seen *ws[] = {&sa, &sb};
+  for (int h = 0; h < 2; h++)
+    for (int i = 0; i < ws[h]->n && i < 128; i++)
+      if ((ws[h]->kind[i] == DSYS_REG_UNHEALTHY || ws[h]->kind[i] == DSYS_REG_REAPED) &&
+          (!strcmp(ws[h]->id[i], live_a) || !strcmp(ws[h]->id[i], live_b)))
+        bad_changes++;
+  is_int(bad_changes, 0, "skew %s: no UNHEALTHY or REAPED change for a live instance", label);
+  for (int h = 0; h < 2; h++)
+    for (int d = 0; d < 2; d++) {
+      /* seen at registration (t = 0) by its own handle, at the first
+       * sweep (t <= 1 s) by the other; a sweep each second */
+      ok(unh_at[h][d] > 3000 && unh_at[h][d] <= 5000,
+         "skew %s: handle %c sees %s unhealthy after the TTL (at %lld ms)", label, 'a' + h,
+         dead[d], (long long)unh_at[h][d]);
+      ok(gone_at[h][d] > 10000 && gone_at[h][d] <= 12000,
+         "skew %s: handle %c sees %s reaped after the reap time (at %lld ms)", label, 'a' + h,
+         dead[d], (long long)gone_at[h][d]);
+    }
+  is_int(late_bad, 0, "skew %s: a handle opened late sees the live instances healthy", label);
+  is_int(late_dead, 2, "skew %s: and the dead ones unhealthy (the stored flag)", label);
+  dsys_registry_deregister(a, live_a);
+  dsys_registry_deregister(b, live_b);
+  dsys_registry_close(c);
+  dsys_registry_close(a);
+  dsys_registry_close(b);
+  dsys_clock_free(ca);
+  dsys_clock_free(cb);
 }
 
 static void test_sqlite_sharing(const char *path) {
@@ -612,6 +718,9 @@ int main(void) {
   conformance(eurl, NULL);
   snprintf(eurl, sizeof eurl, "%s/dsys-test/name", et.endpoints);
   conformance("etcd", eurl);
+  snprintf(eurl, sizeof eurl, "etcd://%s/dsys-test/skew", et.endpoints);
+  test_skew(eurl, NULL, "etcd, b ahead", 30000);
+  test_skew(eurl, NULL, "etcd, b behind", -30000);
   tetcd_stop(&et);
   /* the same over TLS with client certificates and etcd auth (etcds://) */
   if (tetcd_start_with(&et, 1, "--tls --auth")) tap_bail("cannot start a TLS + auth etcd");
@@ -620,10 +729,14 @@ int main(void) {
   conformance(surl, NULL);
   tetcd_stop(&et);
   test_sqlite_sharing(path2);
+  test_skew("sqlite", path, "sqlite, b ahead", 30000);
+  test_skew("sqlite", path, "sqlite, b behind", -30000);
   if (ok(tpg_start(&pgsrv) == 0, "start a throwaway PostgreSQL")) {
     atexit(stop_pg);
     conformance("postgresql", pgsrv.url);
     test_pg_sharing(pgsrv.url);
+    test_skew("postgresql", pgsrv.url, "postgresql, b ahead", 30000);
+    test_skew("postgresql", pgsrv.url, "postgresql, b behind", -30000);
     test_pg_outage(&pgsrv);
   }
   test_misc();
