@@ -474,7 +474,11 @@ static int converged(dsys_registry *reg, dsys_gateway *gw, char *why, size_t n) 
                  st[e].health_state, st[e].breaker_state);
     }
     dsys_free(st);
-    if (ne != 3 || usable + ejected != 3) {
+    /* ... and at least one usable: every instance out by policy (seed 160:
+     * after a power loss of the database host every data instance's
+     * breaker open or unhealthy) is a deployment that answers 503, not
+     * yet recovered. */
+    if (ne != 3 || usable + ejected != 3 || !usable) {
       dsys_instance *in = NULL;
       size_t k = 0;
       if (gwreg_for_debug) dsys_registry_lookup(gwreg_for_debug, name, 1, &in, &k);
