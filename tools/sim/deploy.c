@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <malloc.h>
+#include <stddef.h>
 #include <json-c/json.h>
 #include "disk.h"
 #include "world.h"
@@ -63,14 +64,18 @@ typedef struct client {
   long seq;
 } client;
 
-static int plant_retry_post, plant_stale_cache, plant_sync_normal;
+static int plant_retry_post, plant_stale_cache, plant_sync_normal, plant_ignore_health;
+/* The gateway's health check timeout (the dead-instance checker counts
+ * an answer within it as the instance seen alive). */
+#define HEALTH_TIMEOUT_MS 1000
 static dsys_registry *gwreg_for_debug;
 /* The gateway the checkers look at (NULL while it is down). */
 static dsys_gateway *cur_gw;
 
 int scen_plant_known(const char *name) {
   return !strcmp(name, "retry-post") || !strcmp(name, "stale-cache") ||
-         !strcmp(name, "sync-normal");
+         !strcmp(name, "sync-normal") || !strcmp(name, "no-fencing") ||
+         !strcmp(name, "ignore-health");
 }
 
 /* ---- the model of one client's keys ---- */
@@ -274,8 +279,15 @@ static void signup(client *cl) {
 static void submit_job(client *cl) {
   if (cl->njobs == MAXJOBS) return;
   long long x = (long long)sim_rand_below(1000), y = (long long)sim_rand_below(1000);
+  /* One job in three runs for up to 2.5 s (delayMs), long enough for a
+   * pause, a crash or a clock step of its worker to end its 3 s lease
+   * while it runs: another worker claims it and the first one's
+   * completion must then be refused (the completion checker). */
+  long long delay = sim_rand_below(3) ? 0 : (long long)sim_rand_below(2501);
   char body[160];
-  snprintf(body, sizeof body, "{\"type\":\"add\",\"data\":{\"operands\":[%lld,%lld]}}", x, y);
+  snprintf(body, sizeof body,
+           "{\"type\":\"add\",\"data\":{\"operands\":[%lld,%lld],\"delayMs\":%lld}}", x, y,
+           delay);
   sim_answer a = sim_call(cl->c, &cl->res, "POST", GW, "/api/compute/job", body, CALL_MS);
   const char *jid = a.status == 202 ? sim_json_str(&a, "jobId", NULL) : NULL;
   long long id = jid ? atoll(jid) : 0;
@@ -462,7 +474,11 @@ static int converged(dsys_registry *reg, dsys_gateway *gw, char *why, size_t n) 
                  st[e].health_state, st[e].breaker_state);
     }
     dsys_free(st);
-    if (ne != 3 || usable + ejected != 3) {
+    /* ... and at least one usable: every instance out by policy (seed 160:
+     * after a power loss of the database host every data instance's
+     * breaker open or unhealthy) is a deployment that answers 503, not
+     * yet recovered. */
+    if (ne != 3 || usable + ejected != 3 || !usable) {
       dsys_instance *in = NULL;
       size_t k = 0;
       if (gwreg_for_debug) dsys_registry_lookup(gwreg_for_debug, name, 1, &in, &k);
@@ -492,6 +508,222 @@ static int converged(dsys_registry *reg, dsys_gateway *gw, char *why, size_t n) 
 /* ---- the nodes: each a process that can crash and start again ---- */
 
 enum { K_REG, K_AUTH, K_DATA, K_COMP, K_GW, K_FD };
+/* ---- The completion checker: at most one accepted completion per job,
+ * and only under the job's current lease. The compute processes open the
+ * queue through this backend, which forwards every op to the SQLite one
+ * (the same code below it) and notes the claims and completions of each
+ * group; what a group did counts once its commit succeeded (a failed
+ * commit rolls all of it back). Tokens grow by one per claim, so the
+ * job's current lease is the highest token a committed claim returned
+ * (a claim noted late, by a process paused after its commit, cannot
+ * lower it). All of it runs with the baton: no lock. */
+typedef struct fence_job {
+  int64_t token;     /* highest claimed token */
+  int64_t completed; /* token of the accepted completion, 0: none */
+} fence_job;
+static fence_job *fence_jobs;
+static int64_t fence_njobs;
+
+static fence_job *fence_at(int64_t id) {
+  if (id <= 0) sim_fail("queue: job id %lld", (long long)id);
+  if (id >= fence_njobs) {
+    int64_t n = fence_njobs ? fence_njobs : 256;
+    while (n <= id) n *= 2;
+    fence_job *p = realloc(fence_jobs, (size_t)n * sizeof *p);
+    if (!p) sim_fail("out of memory");
+    memset(p + fence_njobs, 0, (size_t)(n - fence_njobs) * sizeof *p);
+    fence_jobs = p;
+    fence_njobs = n;
+  }
+  return &fence_jobs[id];
+}
+
+typedef struct fence_note {
+  int complete; /* 0: a claim */
+  int64_t id, token;
+} fence_note;
+
+typedef struct fence_st {
+  const dsys_queue_ops *in;
+  int node;
+  fence_note *notes;
+  size_t nnotes, cap;
+  _Alignas(max_align_t) unsigned char inner[]; /* the SQLite backend's state */
+} fence_st;
+
+/* PLANTED BUG (test only, --plant no-fencing): completions skip the token
+ * check (an active job is completed whatever token the caller holds). */
+static int plant_no_fencing;
+
+static void fence_note_add(fence_st *f, int complete, int64_t id, int64_t token) {
+  if (f->nnotes == f->cap) {
+    size_t c = f->cap ? 2 * f->cap : 16;
+    fence_note *p = realloc(f->notes, c * sizeof *p);
+    if (!p) sim_fail("out of memory");
+    f->notes = p;
+    f->cap = c;
+  }
+  f->notes[f->nnotes++] = (fence_note){complete, id, token};
+}
+
+static int fence_open(void *st, const char *loc, const dsys_queue_options *o, char *err, size_t n) {
+  fence_st *f = st;
+  f->in = dsys_queue_ops_sqlite();
+  f->node = sim_node_current();
+  return f->in->open(f->inner, loc, o, err, n);
+}
+static void fence_close(void *st) {
+  fence_st *f = st;
+  f->in->close(f->inner);
+  free(f->notes);
+}
+static int fence_begin(void *st, int64_t now) {
+  fence_st *f = st;
+  f->nnotes = 0;
+  return f->in->begin(f->inner, now);
+}
+static int fence_commit(void *st) {
+  fence_st *f = st;
+  int rc = f->in->commit(f->inner);
+  if (rc) return rc;
+  for (size_t i = 0; i < f->nnotes; i++) {
+    fence_note *e = &f->notes[i];
+    fence_job *j = fence_at(e->id);
+    if (!e->complete) {
+      if (e->token > j->token) j->token = e->token;
+      if (j->completed)
+        sim_fail("queue: job %lld claimed (token %lld) after its completion was accepted",
+                 (long long)e->id, (long long)e->token);
+      continue;
+    }
+    sim_trace("queue: %s completed job %lld (token %lld)", sim_node_name(f->node),
+              (long long)e->id, (long long)e->token);
+    if (j->completed)
+      sim_fail("queue: job %lld: a second accepted completion (token %lld; the first had "
+               "token %lld)",
+               (long long)e->id, (long long)e->token, (long long)j->completed);
+    if (e->token != j->token)
+      sim_fail("queue: job %lld: a completion accepted with token %lld, not the job's "
+               "current lease (token %lld)",
+               (long long)e->id, (long long)e->token, (long long)j->token);
+    j->completed = e->token;
+  }
+  f->nnotes = 0;
+  return 0;
+}
+static void fence_rollback(void *st) {
+  fence_st *f = st;
+  f->nnotes = 0;
+  f->in->rollback(f->inner);
+}
+static int fence_submit(void *st, const char *queue, const char *const *p, size_t n,
+                        const dsys_submit_options *o, int64_t now, int64_t *ids, int *existed) {
+  fence_st *f = st;
+  return f->in->submit(f->inner, queue, p, n, o, now, ids, existed);
+}
+static int fence_claim(void *st, const char *const *queues, size_t nq, const char *worker,
+                       int64_t lease_until, size_t max, int64_t now, dsys_job **jobs, size_t *n) {
+  fence_st *f = st;
+  int rc = f->in->claim(f->inner, queues, nq, worker, lease_until, max, now, jobs, n);
+  if (!rc)
+    for (size_t i = 0; i < *n; i++) fence_note_add(f, 0, jobs[i]->id, jobs[i]->token);
+  return rc;
+}
+static int fence_heartbeat(void *st, int64_t id, int64_t token, int64_t lease_until) {
+  fence_st *f = st;
+  return f->in->heartbeat(f->inner, id, token, lease_until);
+}
+static int fence_progress(void *st, int64_t id, int64_t token, int32_t pct, const char *msg) {
+  fence_st *f = st;
+  return f->in->progress(f->inner, id, token, pct, msg);
+}
+static int fence_complete(void *st, int64_t id, int64_t token, const char *result, int64_t now) {
+  fence_st *f = st;
+  int64_t use = token;
+  if (plant_no_fencing) {
+    dsys_job *j = NULL;
+    if (!f->in->get(f->inner, id, &j) && j->state == DSYS_JOB_ACTIVE) use = j->token;
+    dsys_job_free(j);
+  }
+  int rc = f->in->complete(f->inner, id, use, result, now);
+  if (!rc) fence_note_add(f, 1, id, token);
+  else sim_trace("queue: %s: completion of job %lld (token %lld) refused: %s",
+                 sim_node_name(f->node), (long long)id, (long long)token, dsys_strerror(rc));
+  return rc;
+}
+static int fence_fail(void *st, int64_t id, int64_t token, const char *e, int64_t now, int *dead) {
+  fence_st *f = st;
+  return f->in->fail(f->inner, id, token, e, now, dead);
+}
+static int fence_release(void *st, int64_t id, int64_t token, int64_t now) {
+  fence_st *f = st;
+  return f->in->release(f->inner, id, token, now);
+}
+static int fence_cancel(void *st, int64_t id, int64_t now) {
+  fence_st *f = st;
+  return f->in->cancel(f->inner, id, now);
+}
+static int fence_get(void *st, int64_t id, dsys_job **out) {
+  fence_st *f = st;
+  return f->in->get(f->inner, id, out);
+}
+static int fence_counts(void *st, const char *queue, dsys_job_counts *out) {
+  fence_st *f = st;
+  return f->in->counts(f->inner, queue, out);
+}
+static int fence_list_dead(void *st, const char *queue, int64_t after, size_t limit,
+                           dsys_job ***jobs, size_t *n) {
+  fence_st *f = st;
+  return f->in->list_dead(f->inner, queue, after, limit, jobs, n);
+}
+static int fence_replay(void *st, int64_t id, int64_t now) {
+  fence_st *f = st;
+  return f->in->replay(f->inner, id, now);
+}
+static int fence_purge(void *st, int64_t before, int64_t *removed) {
+  fence_st *f = st;
+  return f->in->purge(f->inner, before, removed);
+}
+static int fence_list_queues(void *st, dsys_queue_info **out, size_t *n) {
+  fence_st *f = st;
+  return f->in->list_queues(f->inner, out, n);
+}
+static int fence_set_paused(void *st, const char *queue, int paused, int64_t now) {
+  fence_st *f = st;
+  return f->in->set_paused(f->inner, queue, paused, now);
+}
+static int fence_purge_dead(void *st, const char *queue, int64_t before, int64_t *removed) {
+  fence_st *f = st;
+  return f->in->purge_dead(f->inner, queue, before, removed);
+}
+
+static dsys_queue_ops fence_ops = {
+    .version = DSYS_QUEUE_OPS_VERSION, .name = "simfence", .open = fence_open,
+    .close = fence_close, .begin = fence_begin, .commit = fence_commit,
+    .rollback = fence_rollback, .submit = fence_submit, .claim = fence_claim,
+    .heartbeat = fence_heartbeat, .progress = fence_progress, .complete = fence_complete,
+    .fail = fence_fail, .release = fence_release, .cancel = fence_cancel, .get = fence_get,
+    .counts = fence_counts, .list_dead = fence_list_dead, .replay = fence_replay,
+    .purge = fence_purge, .list_queues = fence_list_queues, .set_paused = fence_set_paused,
+    .purge_dead = fence_purge_dead};
+
+/* The wrapper's table mirrors the SQLite one's optional ops: it forwards
+ * only what that backend has (the front end treats a present op as
+ * supported) and its state holds the SQLite state. */
+static const dsys_queue_ops *fence_table(void) {
+  const dsys_queue_ops *s = dsys_queue_ops_sqlite();
+  if (s->finish_many || s->set_wake || s->concurrent_groups > 1)
+    sim_fail("queue: the completion checker does not forward the SQLite backend's "
+             "finish_many / set_wake / concurrent groups");
+  fence_ops.state_size = sizeof(fence_st) + s->state_size;
+  if (!s->list_dead) fence_ops.list_dead = NULL;
+  if (!s->replay) fence_ops.replay = NULL;
+  if (!s->purge) fence_ops.purge = NULL;
+  if (!s->list_queues) fence_ops.list_queues = NULL;
+  if (!s->set_paused) fence_ops.set_paused = NULL;
+  if (!s->purge_dead) fence_ops.purge_dead = NULL;
+  return &fence_ops;
+}
 
 typedef struct member {
   sim_instance in;
@@ -582,7 +814,9 @@ static void member_boot(member *m) {
   }
   case K_COMP: {
     dsys_queue_options qo = {.size = sizeof qo, .full_sync = full};
-    if ((rc = dsys_queue_open(&m->q, DB_QUEUE, &qo))) sim_fail("open %s: %s", DB_QUEUE, dsys_strerror(rc));
+    /* through the completion checker's wrapper of the SQLite backend */
+    if ((rc = dsys_queue_open_ops(&m->q, fence_table(), DB_QUEUE + strlen("sqlite://"), &qo)))
+      sim_fail("open %s: %s", DB_QUEUE, dsys_strerror(rc));
     dsys_compute_options co = {.size = sizeof co, .queue = m->q, .workers = 2,
                                .max_attempts = 5, .worker_poll_ms = 100, .lease_ms = 3000};
     if (dsys_service_compute_mount(m->in.srv, &co, &m->csvc)) sim_fail("compute mount");
@@ -593,7 +827,13 @@ static void member_boot(member *m) {
     if (dsys_registry_open(&m->r, "inproc://registry", NULL, NULL, NULL, 0)) sim_fail("gw registry");
     gwreg_for_debug = m->r;
     dsys_gateway_options go = {.size = sizeof go, .registry = m->r, .try_timeout_ms = 1000,
-                               .deadline_ms = 3000, .health_interval_ms = 500};
+                               .deadline_ms = 3000, .health_interval_ms = 500,
+                               .health_timeout_ms = HEALTH_TIMEOUT_MS};
+    /* PLANTED BUG (test only, --plant ignore-health): failed health
+     * checks and failed requests never take an instance out (a million
+     * in a row needed); only the registry's TTL does, which a cut link
+     * between the gateway and an instance does not end. */
+    if (plant_ignore_health) go.health_fall = go.outlier_failures = 1000000;
     if (dsys_gateway_new(&m->gw, &go)) sim_fail("gateway");
     static const char *const ups[] = {"auth", "data", "compute"};
     for (int i = 0; i < 3; i++) {
@@ -748,6 +988,8 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
   plant_retry_post = cfg->plant && !strcmp(cfg->plant, "retry-post");
   plant_stale_cache = cfg->plant && !strcmp(cfg->plant, "stale-cache");
   plant_sync_normal = cfg->plant && !strcmp(cfg->plant, "sync-normal");
+  plant_no_fencing = cfg->plant && !strcmp(cfg->plant, "no-fencing");
+  plant_ignore_health = cfg->plant && !strcmp(cfg->plant, "ignore-health");
   sim_net_start(mask);
   sim_disk_install();
   /* The clock's timer thread belongs to node 0 (it serves every node). */
@@ -786,13 +1028,20 @@ void scen_deploy(const sim_config *cfg, sim_result *res) {
   usleep(1500000);
   int targets[SIM_MAX_NODES], nt = 0;
   for (int i = 0; i < nmembers; i++) targets[nt++] = M[i].in.node;
-  /* The gateway's health checks (every 500 ms, 1 s timeout, 3 failures)
-   * take an unreachable instance out within about 4.7 s: 6 s allowed. */
+  /* The gateway's health checks (500 ms after the last one ended, 1 s
+   * timeout, 3 failures) take an unreachable instance out within about
+   * 4.5 s of its last answer: 6 s allowed, counted from the last health
+   * answer that reached the gateway in time. */
   static const char *const groups[] = {NULL, "auth", "data", "compute", NULL, NULL};
   for (int i = 0; i < nmembers; i++)
     if (groups[M[i].kind]) sim_net_group(M[i].in.node, groups[M[i].kind]);
-  sim_net_watch(gwm->in.node, 6000000000LL, gw_other_usable, NULL);
+  sim_net_watch(gwm->in.node, 6000000000LL, HEALTH_TIMEOUT_MS * 1000000LL, gw_other_usable, NULL);
   sim_faults_on_crash(on_crash, NULL);
+  /* A client's step is at most 0.2 s and two 4 s calls; an hour of
+   * slack besides (seed 17 at 20 steps: the clients are done at 1008 s
+   * but the main thread's join of them returns only at 1411 s, not
+   * understood yet; seed 761 at 40 steps never ends: a hang). */
+  sim_faults_limit((cfg->steps * 8200LL + 3600000) * 1000000);
   if (mask) sim_faults_start(targets, nt);
   /* Memory: the heap in use once the deployment runs, and after the
    * clients' run (before the state is freed); the simulated disks' files

@@ -35,4 +35,6 @@ sim-sweep: tools/sim/dsys-sim$(EXEEXT)
 	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant retry-post | tail -1
 	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant stale-cache | tail -1
 	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant sync-normal | tail -1
+	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant no-fencing | tail -1
+	-tools/sim/dsys-sim --seeds 1-$(SIM_PLANT_SEEDS) -j $(SIM_JOBS) --steps $(SIM_STEPS) --plant ignore-health | tail -1
 .PHONY: sim-sweep

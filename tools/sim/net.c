@@ -31,6 +31,7 @@ static struct {
   int pick[SIM_MAX_NODES];
   int npick;
   int stop, running;
+  int64_t started, limit; /* the faults must have stopped by limit */
   uint64_t dropped, faults, crashes;
   int down[SIM_MAX_NODES];
   int64_t watch_since; /* the watcher's current incarnation started then */
@@ -38,7 +39,17 @@ static struct {
   void *crash_ud;
   /* the dead-instance checker */
   int watcher;
-  int64_t allow;
+  int64_t allow, health_timeout;
+  /* the watcher's health checks in flight (the reply's tag names the
+   * slot) and, per node, when their answers reached the watcher in time:
+   * the watcher then rightly saw the node alive */
+  struct probe {
+    int node;
+    int64_t sent;
+  } probes[256];
+  unsigned nprobes;
+  int64_t alive[SIM_MAX_NODES][8];
+  unsigned nalive[SIM_MAX_NODES];
   char group[SIM_MAX_NODES][24];
   /* outages seen by the watcher: node unreachable over [from, until) */
   struct outage {
@@ -55,10 +66,11 @@ void sim_net_group(int node, const char *group) {
 static int (*other_usable)(const char *, const char *, void *);
 static void *other_ud;
 
-void sim_net_watch(int watcher, int64_t allow_ns,
+void sim_net_watch(int watcher, int64_t allow_ns, int64_t health_timeout_ns,
                    int (*usable)(const char *group, const char *except, void *ud), void *ud) {
   N.watcher = watcher;
   N.allow = allow_ns;
+  N.health_timeout = health_timeout_ns;
   other_usable = usable;
   other_ud = ud;
 }
@@ -86,13 +98,32 @@ static int64_t down_since(int node, int64_t now) {
   return since;
 }
 
+static int is_health(const char *path) {
+  size_t pl = path ? strcspn(path, "?") : 0;
+  return pl >= 7 && !strncmp(path + pl - 7, "/health", 7);
+}
+
+/* The last time up to now a health check's answer from `node` reached the
+ * watcher within the check's timeout (INT64_MIN: never). */
+static int64_t seen_alive(int node, int64_t now) {
+  int64_t t = INT64_MIN;
+  for (unsigned i = 0; i < N.nalive[node] && i < 8; i++)
+    if (N.alive[node][i] <= now && N.alive[node][i] > t) t = N.alive[node][i];
+  return t;
+}
+
 static void check_dead(int to, const char *path, int64_t now) {
   size_t pl = path ? strcspn(path, "?") : 0;
-  if (!N.watcher || !N.group[to][0] || (pl >= 7 && !strncmp(path + pl - 7, "/health", 7))) return;
+  if (!N.watcher || !N.group[to][0] || is_health(path)) return;
   if (N.down[N.watcher]) return; /* a dead gateway's leftovers: lost anyway */
   int64_t since = down_since(to, now);
   if (since == INT64_MAX) return;
   if (since < N.watch_since) since = N.watch_since; /* a new gateway knew nothing earlier */
+  /* A health check's answer that got through (sent before a cut, or held
+   * by a paused node and answered when it resumed) shows the node alive
+   * to the gateway: its health rules start again from then. */
+  int64_t alive = seen_alive(to, now);
+  if (alive > since) since = alive;
   if (now - since <= N.allow) return;
   /* only if a sibling was reachable all along and takes traffic (else
    * the balancer's panic mode rightly tries every instance) */
@@ -173,22 +204,38 @@ static int fate(int a, int b, int64_t *delay) {
   return 0;
 }
 
+/* A message's tag: caller a, callee b, and 1 + the slot of a watcher's
+ * health check (0: another request). */
+#define TAG_NODES (SIM_MAX_NODES * SIM_MAX_NODES)
+#define NPROBES (sizeof N.probes / sizeof *N.probes)
+
 static int on_request(const char *to, const char *path, int *tag, int64_t *delay_us) {
   int a = sim_node_current(), b = node_of(to);
-  if (a == N.watcher) check_dead(b, path, sim_now_ns());
+  int64_t now = sim_now_ns();
+  if (a == N.watcher) check_dead(b, path, now);
   *tag = a * SIM_MAX_NODES + b;
+  if (N.watcher && a == N.watcher && b && is_health(path)) {
+    unsigned k = N.nprobes++ % NPROBES;
+    N.probes[k] = (struct probe){b, now};
+    *tag += (int)(k + 1) * TAG_NODES;
+  }
   int lost = fate(a, b, delay_us);
   return lost ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
 }
 
 static int on_reply(int tag, int64_t *delay_us) {
-  int a = tag / SIM_MAX_NODES, b = tag % SIM_MAX_NODES;
-  return fate(b, a, delay_us) ? DSYSI_LINK_DROP : DSYSI_LINK_DELIVER;
+  int p = tag / TAG_NODES, a = tag % TAG_NODES / SIM_MAX_NODES, b = tag % SIM_MAX_NODES;
+  if (fate(b, a, delay_us)) return DSYSI_LINK_DROP;
+  if (p && N.probes[p - 1].node == b) {
+    int64_t at = sim_now_ns() + *delay_us * 1000;
+    if (at - N.probes[p - 1].sent < N.health_timeout) N.alive[b][N.nalive[b]++ % 8] = at;
+  }
+  return DSYSI_LINK_DELIVER;
 }
 
 /* The caller's completion callback acts for the caller's node (it runs on
  * the answering node's thread). */
-static int on_enter(int tag) { return sim_node_enter(tag / SIM_MAX_NODES); }
+static int on_enter(int tag) { return sim_node_enter(tag % TAG_NODES / SIM_MAX_NODES); }
 static void on_leave(int prev) { sim_node_enter(prev); }
 
 static const dsysi_inproc_link link_ops = {
@@ -309,11 +356,19 @@ static void *driver(void *arg) {
   (void)arg;
   while (!N.stop) {
     vsleep_ms(100 + (int64_t)sim_rand_below(900));
+    /* The clients' run is bounded (each call by its deadline): faults
+     * still going long after are a hang the deadline checks cannot see
+     * (e.g. the clock's timer thread blocked: nothing times out). */
+    if (N.limit && sim_now_ns() > N.limit)
+      sim_fail("the clients' run is still going %.0f s after it began (a hang)",
+               (N.limit - N.started) / 1e9);
     if (!N.stop) inject();
   }
   N.running = 0;
   return NULL;
 }
+
+void sim_faults_limit(int64_t run_ns) { N.limit = sim_now_ns() + run_ns; }
 
 void sim_faults_start(const int *nodes, int n) {
   N.npick = n < SIM_MAX_NODES ? n : SIM_MAX_NODES;
@@ -327,6 +382,7 @@ void sim_faults_start(const int *nodes, int n) {
                      (int64_t)sim_rand_below(201) - 100);
   N.stop = 0;
   N.running = 1;
+  N.started = sim_now_ns();
   int old = sim_node_enter(0);
   pthread_t th;
   pthread_create(&th, NULL, driver, NULL);

@@ -26,6 +26,9 @@ void sim_net_start(unsigned mask);
 void sim_net_name(const char *name, int node);
 /** Start the fault driver (a thread of node 0) over nodes[0..n). */
 void sim_faults_start(const int *nodes, int n);
+/** The fault driver fails the run when it still runs run_ns after now
+ *  (the clients' run hangs; 0: no limit). */
+void sim_faults_limit(int64_t run_ns);
 /** Stop injecting faults and heal: links restored, pauses ended, skews
  *  removed. Returns when done. */
 void sim_faults_stop(void);
@@ -38,8 +41,11 @@ void sim_net_group(int node, const char *group);
  *  allow_ns, while another instance of its group was reachable all along
  *  and is usable in the watcher's view (other_usable: 1 when an instance
  *  of group other than `except` takes traffic): by then its health rules
- *  must have taken it out. */
-void sim_net_watch(int watcher, int64_t allow_ns,
+ *  must have taken it out. The outage's clock restarts when the answer
+ *  of a health check (sent by the watcher, answered within
+ *  health_timeout_ns) from the instance reaches the watcher: then the
+ *  watcher rightly saw it alive. */
+void sim_net_watch(int watcher, int64_t allow_ns, int64_t health_timeout_ns,
                    int (*other_usable)(const char *group, const char *except, void *ud), void *ud);
 
 /** The crash fault: the driver calls crash(node, down_ns, ud) on a node it
