@@ -48,7 +48,7 @@ static const dsys_option extra[] = {
     {"outlier-failures", "DSYS_OUTLIER_FAILURES", DSYS_OPT_INT, "5",
      "failed requests in a row (reset, timeout, 502/503/504) that eject an instance for 30 s, "
      "doubling (a refused connection ejects at once)"},
-    {"breaker-open", "DSYS_BREAKER_OPEN", DSYS_OPT_DURATION, "30s",
+    {"breaker-open", "DSYS_BREAKER_OPEN", DSYS_OPT_DURATION, "5s",
      "an instance whose breaker opened (half or more of its recent requests failed) gets no "
      "request this long, then a few trial ones"},
     {"hedge", "DSYS_HEDGE", DSYS_OPT_LIST, "off",

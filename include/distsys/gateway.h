@@ -117,7 +117,7 @@ typedef struct dsys_gateway_options {
                                    connection ejects at once) */
   int64_t breaker_open_ms;    /**< how long an instance's breaker, once
                                    open, refuses calls before trial calls;
-                                   default 30000 */
+                                   default 5000 */
 } dsys_gateway_options;
 
 /** dsys_gateway_route_options.protect: who needs a valid JWT. */
