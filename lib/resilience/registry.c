@@ -670,7 +670,9 @@ static void sweep_cb(void *ud) {
    * at most one interval). On a fake clock this runs inside
    * dsys_clock_advance, which may wait, and nothing else would run the
    * fresh timer. */
-  if (!dsys_clock_is_fake(r->clk) && pthread_mutex_trylock(&r->mu)) {
+  if (dsys_clock_is_fake(r->clk)) {
+    pthread_mutex_lock(&r->mu);
+  } else if (pthread_mutex_trylock(&r->mu)) {
     if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, NULL) == 0) return;
     pthread_mutex_lock(&r->mu);
   }
