@@ -742,6 +742,91 @@ static void test_churn(void) {
   dsys_upstream_free(u);
 }
 
+/* The state of each endpoint's breaker, as letters ('C'losed, 'O'pen,
+ * 'H'alf-open, '?'), in the order a, b, c. */
+static void breaker_states(dsys_upstream *u, char out[4]) {
+  dsys_endpoint_stats *s;
+  size_t n;
+  memcpy(out, "???", 4);
+  if (dsys_upstream_stats(u, &s, &n)) return;
+  static const char *ids[] = {"a", "b", "c"};
+  for (int i = 0; i < 3; i++) {
+    dsys_endpoint_stats *e = stat_of(s, n, ids[i]);
+    if (e) out[i] = "COH??"[e->breaker_state];
+  }
+  dsys_free(s);
+}
+
+/* n calls; how many were answered with status (the others: errors or
+ * other statuses). */
+static int calls_answered(dsys_upstream *u, int n, int status) {
+  int got = 0;
+  for (int i = 0; i < n; i++) {
+    dsys_reply *r = NULL;
+    dsys_upstream_result res;
+    if (get(u, "GET", "/who", NULL, 0, &r, &res) == 0) {
+      got += dsys_reply_status(r) == status;
+      dsys_reply_free(r);
+    }
+  }
+  return got;
+}
+
+/* The breakers' shared-cause rule (outlier detection's): when most
+ * instances fail together (their database down), no breaker opens, and
+ * the instances answer as soon as the cause is gone; one failing alone
+ * opens its own. Outlier ejection is held off (a high streak) so that
+ * only the breakers decide. */
+static void test_breakers_shared(void) {
+  dsys_retry_options ro = quick_retry;
+  ro.max_attempts = 1;
+  dsys_breaker_options bo = {.size = sizeof bo, .window_size = 10, .minimum_calls = 4,
+                             .open_wait_ms = 1000, .half_open_calls = 1};
+  dsys_health_options ho = {.size = sizeof ho, .consecutive_failures = 1000};
+  dsys_upstream_options o = {.size = sizeof o, .service = "svc", .clock = clk, .client = rcli,
+                             .retry = &ro, .breaker = &bo, .health = &ho, .seed = 7};
+  dsys_upstream *u = NULL;
+  if (dsys_upstream_new(&u, &o)) tap_bail("upstream_new");
+  dsys_upstream_add(u, "a", A.url, 1);
+  dsys_upstream_add(u, "b", B.url, 1);
+  dsys_upstream_add(u, "c", C.url, 1);
+  char st[4];
+  atomic_store(&A.mode, M_503);
+  atomic_store(&B.mode, M_503);
+  atomic_store(&C.mode, M_503);
+  is_int(calls_answered(u, 30, 503), 30, "shared cause: all three answer 503 to 30 calls");
+  breaker_states(u, st);
+  is_str(st, "CCC", "shared cause: no breaker opened (10 failures each)");
+  atomic_store(&A.mode, M_OK);
+  atomic_store(&B.mode, M_OK);
+  atomic_store(&C.mode, M_OK);
+  is_int(calls_answered(u, 6, 200), 6, "cause gone: the next calls are answered at once, no wait");
+  breaker_states(u, st);
+  is_str(st, "CCC", "cause gone: a success on a cleared window opens nothing");
+
+  /* a fails alone: the others answer, its breaker opens */
+  atomic_store(&A.mode, M_503);
+  for (int i = 0; i < 30 && (breaker_states(u, st), st[0] != 'O'); i++) calls_answered(u, 1, 200);
+  is_str(st, "OCC", "one instance failing alone: its breaker opens");
+  is_int(calls_answered(u, 4, 200), 4, "... and the others take the calls");
+
+  /* the cause becomes shared while a is open: b and c fail too; a's
+   * trial fails like theirs, and a closes instead of staying out */
+  atomic_store(&B.mode, M_503);
+  atomic_store(&C.mode, M_503);
+  is_int(calls_answered(u, 4, 503), 4, "b and c fail too");
+  dsys_clock_advance(clk, 1000 * 1000);
+  breaker_states(u, st);
+  is_str(st, "HCC", "a half-open after the wait");
+  for (int i = 0; i < 6 && (breaker_states(u, st), st[0] == 'H'); i++) calls_answered(u, 1, 503);
+  is_str(st, "CCC", "a's failed trial with a shared cause closes it (no second wait)");
+  atomic_store(&A.mode, M_OK);
+  atomic_store(&B.mode, M_OK);
+  atomic_store(&C.mode, M_OK);
+  is_int(calls_answered(u, 3, 200), 3, "cause gone: all three answer at once");
+  dsys_upstream_free(u);
+}
+
 /* Which 5xx answers count against an endpoint (count_5xx): by default a
  * 507 (a full storage every instance shares) keeps it in rotation, while a
  * 503 opens its breaker; with COUNT_ALL_5XX the 507 does too. */
@@ -799,6 +884,7 @@ int main(void) {
   test_budget();
   test_breakers();
   test_count_5xx();
+  test_breakers_shared();
   test_active_checks();
   test_stats();
   test_async();
