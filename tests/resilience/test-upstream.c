@@ -516,8 +516,12 @@ static void on_tres(int err, dsys_reply *r, const dsys_upstream_result *res, voi
   atomic_store(&t->done, 1);
 }
 
-static void call_past_timeout(dsys_client *fcli, const char *method, dsys_header *h, size_t nh,
-                              tres *t) {
+/* One call through a (parked: it never answers) and b, per-try timeout
+ * 100 ms, on the client fcli of the fake clock, which is advanced until
+ * the call ends (400 ms at most); t: how it ended. Returns the attempts
+ * that timed out on a. */
+static uint64_t call_past_timeout(dsys_client *fcli, const char *method, dsys_header *h,
+                                  size_t nh, tres *t) {
   dsys_retry_options ro = quick_retry;
   ro.per_try_timeout_ms = 100;
   dsys_upstream *u = mk(&ro, &lenient_breaker, fcli, 0);
@@ -533,9 +537,17 @@ static void call_past_timeout(dsys_client *fcli, const char *method, dsys_header
     dsys_clock_advance(clk, 10000);
     WAIT_FOR(atomic_load(&t->done), 10);
   }
+  dsys_endpoint_stats *s;
+  size_t n;
+  uint64_t timeouts = 0;
+  if (dsys_upstream_stats(u, &s, &n) == 0) {
+    timeouts = stat_of(s, n, "a")->by_outcome[DSYS_OUTCOME_TIMEOUT];
+    dsys_free(s);
+  }
   srv_unpark(&A);
   atomic_store(&A.mode, M_OK);
   dsys_upstream_free(u);
+  return timeouts;
 }
 
 /* A timed-out attempt may still land after its retry was answered and
@@ -572,35 +584,19 @@ static void test_timeouts_and_free(void) {
   dsys_client *fcli;
   dsys_client_options co = {.size = sizeof co, .clock = clk};
   dsys_client_new(&fcli, &co);
-  dsys_retry_options ro = quick_retry;
-  ro.per_try_timeout_ms = 100;
-  dsys_upstream *u = mk(&ro, &lenient_breaker, fcli, 0);
-  dsys_upstream_add(u, "a", A.url, 1);
-  dsys_upstream_add(u, "b", B.url, 1);
-  atomic_store(&A.mode, M_PARK);
-  static acount ac;
-  static aone one = {&ac, 0};
-  dsys_call c = {.size = sizeof c, .path = "/who"};
-  is_int(dsys_upstream_send(u, &c, on_done, &one), 0, "send to a slow endpoint");
-  WAIT_FOR(nparked(&A) == 1, 2000);
-  for (int i = 0; i < 40 && !atomic_load(&ac.done); i++) {
-    dsys_clock_advance(clk, 10000);
-    WAIT_FOR(atomic_load(&ac.done), 10);
-  }
-  ok(atomic_load(&ac.done) == 1 && ac.status[0] == 200,
-     "per-try timeout (100 ms fake) then retry on b: %d", ac.status[0]);
-  dsys_endpoint_stats *s;
-  size_t n;
-  dsys_upstream_stats(u, &s, &n);
-  ok(stat_of(s, n, "a")->by_outcome[DSYS_OUTCOME_TIMEOUT] == 1, "timeout recorded on a");
-  dsys_free(s);
-  srv_unpark(&A);
-  dsys_upstream_free(u);
+  tres t;
+  uint64_t a_timeouts = call_past_timeout(fcli, "GET", NULL, 0, &t);
+  ok(atomic_load(&t.done) && t.status == 200,
+     "per-try timeout (100 ms fake) then retry on b: %d", t.status);
+  ok(a_timeouts == 1, "timeout recorded on a (%llu)", (unsigned long long)a_timeouts);
   dsys_client_free(fcli);
 
   /* free with calls in flight (own client) and one waiting for a backoff */
+  atomic_store(&A.mode, M_PARK);
+  dsys_call c = {.size = sizeof c, .path = "/who"};
   dsys_upstream_options o = {.size = sizeof o, .clock = clk, .retry = &quick_retry,
                              .breaker = &lenient_breaker};
+  dsys_upstream *u;
   dsys_upstream_new(&u, &o);
   dsys_upstream_add(u, "a", A.url, 1);
   static acount ac2;
@@ -616,10 +612,10 @@ static void test_timeouts_and_free(void) {
   atomic_store(&B.mode, M_503);
   ones[8] = (aone){&ac2, 8};
   started += dsys_upstream_send(u, &c, on_done, &ones[8]) == 0;
-  dsys_upstream_totals t;
+  dsys_upstream_totals tot;
   for (int i = 0; i < 2000; i++) {
-    dsys_upstream_totals_get(u, &t);
-    if (t.attempts >= 9 && atomic_load(&B.hits) > 0) break;
+    dsys_upstream_totals_get(u, &tot);
+    if (tot.attempts >= 9 && atomic_load(&B.hits) > 0) break;
     usleep(1000);
   }
   usleep(10000); /* the 503 reached on_attempt: it now waits for a backoff */
