@@ -753,6 +753,13 @@ static void breaker_states(dsys_upstream *u, char out[4]) {
   dsys_free(s);
 }
 
+/* What a, b and c answer (M_...). */
+static void set_modes(int a, int b, int c) {
+  atomic_store(&A.mode, a);
+  atomic_store(&B.mode, b);
+  atomic_store(&C.mode, c);
+}
+
 /* n calls; how many were answered with status (the others: errors or
  * other statuses). */
 static int calls_answered(dsys_upstream *u, int n, int status) {
@@ -787,38 +794,31 @@ static void test_breakers_shared(void) {
   dsys_upstream_add(u, "b", B.url, 1);
   dsys_upstream_add(u, "c", C.url, 1);
   char st[4];
-  atomic_store(&A.mode, M_503);
-  atomic_store(&B.mode, M_503);
-  atomic_store(&C.mode, M_503);
+  set_modes(M_503, M_503, M_503);
   is_int(calls_answered(u, 30, 503), 30, "shared cause: all three answer 503 to 30 calls");
   breaker_states(u, st);
   is_str(st, "CCC", "shared cause: no breaker opened (10 failures each)");
-  atomic_store(&A.mode, M_OK);
-  atomic_store(&B.mode, M_OK);
-  atomic_store(&C.mode, M_OK);
+  set_modes(M_OK, M_OK, M_OK);
   is_int(calls_answered(u, 6, 200), 6, "cause gone: the next calls are answered at once, no wait");
   breaker_states(u, st);
   is_str(st, "CCC", "cause gone: a success on a cleared window opens nothing");
 
   /* a fails alone: the others answer, its breaker opens */
-  atomic_store(&A.mode, M_503);
+  set_modes(M_503, M_OK, M_OK);
   for (int i = 0; i < 30 && (breaker_states(u, st), st[0] != 'O'); i++) calls_answered(u, 1, 200);
   is_str(st, "OCC", "one instance failing alone: its breaker opens");
   is_int(calls_answered(u, 4, 200), 4, "... and the others take the calls");
 
   /* the cause becomes shared while a is open: b and c fail too; a's
    * trial fails like theirs, and a closes instead of staying out */
-  atomic_store(&B.mode, M_503);
-  atomic_store(&C.mode, M_503);
+  set_modes(M_503, M_503, M_503);
   is_int(calls_answered(u, 4, 503), 4, "b and c fail too");
   dsys_clock_advance(clk, 1000 * 1000);
   breaker_states(u, st);
   is_str(st, "HCC", "a half-open after the wait");
   for (int i = 0; i < 6 && (breaker_states(u, st), st[0] == 'H'); i++) calls_answered(u, 1, 503);
   is_str(st, "CCC", "a's failed trial with a shared cause closes it (no second wait)");
-  atomic_store(&A.mode, M_OK);
-  atomic_store(&B.mode, M_OK);
-  atomic_store(&C.mode, M_OK);
+  set_modes(M_OK, M_OK, M_OK);
   is_int(calls_answered(u, 3, 200), 3, "cause gone: all three answer at once");
   dsys_upstream_free(u);
 }

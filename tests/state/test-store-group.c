@@ -184,12 +184,19 @@ static int run_grouped(dsys_store *s, sqlite3 *raw, call *lead, call *calls, int
   return queued;
 }
 
+/* A store on the new file NAME.sqlite of dir: path[300] and url[320]
+ * receive its path and URL; label names the test's lines. */
+static dsys_store *open_new(const char *name, char *path, char *url, const char *label) {
+  snprintf(path, 300, "%s/%s.sqlite", dir, name);
+  snprintf(url, 320, "sqlite://%s", path);
+  dsys_store *s = NULL;
+  is_int(dsys_store_open(&s, url, NULL), 0, "%s: open", label);
+  return s;
+}
+
 static void test_shared_group(void) {
   char path[300], url[320];
-  snprintf(path, sizeof path, "%s/group.sqlite", dir);
-  snprintf(url, sizeof url, "sqlite://%s", path);
-  dsys_store *s = NULL;
-  is_int(dsys_store_open(&s, url, NULL), 0, "store: open");
+  dsys_store *s = open_new("group", path, url, "store");
   ok(dsysi_store_sqlite_group(s) != NULL, "store: the SQLite backend writes through a group");
   dsys_store_put(s, "cas", "1", NULL, NULL);
   dsys_store_put(s, "exists", "1", NULL, NULL);
@@ -273,10 +280,7 @@ static int64_t raw_count(const char *path, const char *key) {
 
 static void test_half_done(void) {
   char path[300], url[320];
-  snprintf(path, sizeof path, "%s/half.sqlite", dir);
-  snprintf(url, sizeof url, "sqlite://%s", path);
-  dsys_store *s = NULL;
-  is_int(dsys_store_open(&s, url, NULL), 0, "half-done: open");
+  dsys_store *s = open_new("half", path, url, "half-done");
   dsys_store_put(s, "exists", "1", NULL, NULL);
   dsys_store_put(s, "cas", "1", NULL, NULL);
   /* An expired row of "boom" (expires_at 1 ms after the epoch), and a
