@@ -3,6 +3,7 @@
  * the registry (or takes static upstreams), proxies /api/auth, /api/data and
  * /api/compute by default, on one event loop per core.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,21 +37,7 @@ static const dsys_option extra[] = {
      "its ceiling (default: --try-timeout)"},
     {"slow-ejection", "DSYS_SLOW_EJECTION", DSYS_OPT_LIST, "5",
      "N timeouts or too slow answers in a row eject an instance until a health check passes (0: off)"},
-    /* Instance health (docs/reference/gateway.md, "Health checks"). */
-    {"health-interval", "DSYS_HEALTH_INTERVAL", DSYS_OPT_DURATION, "2s",
-     "GET /health of every instance this often (one out of rotation: 8 times as often)"},
-    {"health-timeout", "DSYS_HEALTH_TIMEOUT", DSYS_OPT_DURATION, "1s",
-     "a health check without an answer this long fails"},
-    {"health-rise", "DSYS_HEALTH_RISE", DSYS_OPT_INT, "2",
-     "passing checks in a row that bring an unhealthy instance back"},
-    {"health-fall", "DSYS_HEALTH_FALL", DSYS_OPT_INT, "3",
-     "failed checks in a row that take a healthy instance out"},
-    {"outlier-failures", "DSYS_OUTLIER_FAILURES", DSYS_OPT_INT, "5",
-     "failed requests in a row (reset, timeout, 502/503/504) that eject an instance for 30 s, "
-     "doubling (a refused connection ejects at once)"},
-    {"breaker-open", "DSYS_BREAKER_OPEN", DSYS_OPT_DURATION, "5s",
-     "an instance whose breaker opened (half or more of its recent requests failed) gets no "
-     "request this long, then a few trial ones"},
+    /* here the rows of tunings[] (main) */
     {"hedge", "DSYS_HEDGE", DSYS_OPT_LIST, "off",
      "a second attempt of idempotent requests on another instance after DELAY (e.g. 20ms) or the "
      "upstream's percentile pPCT (e.g. p95), first answer wins; off"},
@@ -113,6 +100,62 @@ static const dsys_option extra[] = {
      "may any process of this user), and on SIGTERM keep answering requests on open "
      "connections, each answer closing its connection, until the clients left (at most 5 s)"},
 };
+
+/* Instance health, outlier detection and breakers (docs/reference/
+ * gateway.md, "Health checks"): a row a flag, its option (--help adds
+ * the range), the values it accepts (milliseconds for a duration) and the
+ * field of dsys_gateway_options it sets. Below 50 ms a check could not
+ * answer on a busy host; an hour bounds a typo (30000 meant as seconds is
+ * still accepted). */
+typedef struct tuning {
+  dsys_option opt;
+  int64_t min, max;
+  size_t field; /* offsetof in dsys_gateway_options */
+  int u32;      /* the field is a uint32_t, else an int64_t */
+} tuning;
+
+#define GW_FIELD(f) offsetof(dsys_gateway_options, f), sizeof(((dsys_gateway_options *)0)->f) == 4
+
+static const tuning tunings[] = {
+    {{"health-interval", "DSYS_HEALTH_INTERVAL", DSYS_OPT_DURATION, "2s",
+      "GET /health of every instance this often (one out of rotation: 8 times as often)"},
+     50, 3600000, GW_FIELD(health_interval_ms)},
+    {{"health-timeout", "DSYS_HEALTH_TIMEOUT", DSYS_OPT_DURATION, "1s",
+      "a health check without an answer this long fails"},
+     10, 600000, GW_FIELD(health_timeout_ms)},
+    {{"health-rise", "DSYS_HEALTH_RISE", DSYS_OPT_INT, "2",
+      "passing checks in a row that bring an unhealthy instance back"},
+     1, 100, GW_FIELD(health_rise)},
+    {{"health-fall", "DSYS_HEALTH_FALL", DSYS_OPT_INT, "3",
+      "failed checks in a row that take a healthy instance out"},
+     1, 100, GW_FIELD(health_fall)},
+    {{"outlier-failures", "DSYS_OUTLIER_FAILURES", DSYS_OPT_INT, "5",
+      "failed requests in a row (reset, timeout, 502/503/504) that eject an instance for 30 s, "
+      "doubling (a refused connection ejects at once)"},
+     1, 10000, GW_FIELD(outlier_failures)},
+    {{"breaker-open", "DSYS_BREAKER_OPEN", DSYS_OPT_DURATION, "5s",
+      "an instance whose breaker opened (half or more of its recent requests failed, while "
+      "most others did not) gets no request this long, then a few trial ones"},
+     100, 3600000, GW_FIELD(breaker_open_ms)},
+};
+#define NTUNINGS (sizeof tunings / sizeof tunings[0])
+
+/* "min..max" of a row, durations in the largest unit that says them
+ * exactly ("50ms..1h"). */
+static void tuning_range(const tuning *t, char *out, size_t len) {
+  static const struct { int64_t ms; const char *unit; } units[] = {
+      {3600000, "h"}, {60000, "m"}, {1000, "s"}, {1, "ms"}};
+  int64_t v[2] = {t->min, t->max};
+  char part[2][24];
+  for (int i = 0; i < 2; i++) {
+    size_t u = 0;
+    while (t->opt.type == DSYS_OPT_DURATION && v[i] % units[u].ms) u++;
+    if (t->opt.type == DSYS_OPT_DURATION)
+      snprintf(part[i], sizeof part[i], "%lld%s", (long long)(v[i] / units[u].ms), units[u].unit);
+    else snprintf(part[i], sizeof part[i], "%lld", (long long)v[i]);
+  }
+  snprintf(out, len, "%s..%s", part[0], part[1]);
+}
 
 /* What the gateway holds beyond the shell's, released on every way out,
  * so that a refused start or reload is as clean as a stop (sanitizer
@@ -360,27 +403,21 @@ static int build_gateway(dsys_daemon *d, const dsys_config *cfg, dsys_gateway **
                              .upstream_key_file = uco.tls_key_file,
                              .identity = dsys_daemon_identity(d)};
   dsys_config_get_duration_ms(cfg, "try-timeout", &go.try_timeout_ms);
-  int64_t rise = 0, fall = 0, ofail = 0;
-  dsys_config_get_duration_ms(cfg, "health-interval", &go.health_interval_ms);
-  dsys_config_get_duration_ms(cfg, "health-timeout", &go.health_timeout_ms);
-  dsys_config_get_int(cfg, "health-rise", &rise);
-  dsys_config_get_int(cfg, "health-fall", &fall);
-  dsys_config_get_int(cfg, "outlier-failures", &ofail);
-  /* below 50 ms a check could not answer on a busy host; an hour bounds a
-   * typo (30000 meant as seconds is still accepted) */
-  if (go.health_interval_ms < 50 || go.health_interval_ms > 3600000 ||
-      go.health_timeout_ms < 10 || go.health_timeout_ms > 600000)
-    return fail("bad health check timing (--health-interval 50ms..1h, --health-timeout "
-                "10ms..10m)", NULL);
-  if (rise < 1 || rise > 100 || fall < 1 || fall > 100 || ofail < 1 || ofail > 10000)
-    return fail("bad health threshold (--health-rise and --health-fall 1..100, "
-                "--outlier-failures 1..10000)", NULL);
-  dsys_config_get_duration_ms(cfg, "breaker-open", &go.breaker_open_ms);
-  if (go.breaker_open_ms < 100 || go.breaker_open_ms > 3600000)
-    return fail("bad --breaker-open (100ms..1h)", NULL);
-  go.health_rise = (uint32_t)rise;
-  go.health_fall = (uint32_t)fall;
-  go.outlier_failures = (uint32_t)ofail;
+  for (size_t i = 0; i < NTUNINGS; i++) {
+    const tuning *t = &tunings[i];
+    int64_t v = 0;
+    if (t->opt.type == DSYS_OPT_DURATION) dsys_config_get_duration_ms(cfg, t->opt.name, &v);
+    else dsys_config_get_int(cfg, t->opt.name, &v);
+    if (v < t->min || v > t->max) {
+      char msg[96], range[64];
+      tuning_range(t, range, sizeof range);
+      snprintf(msg, sizeof msg, "bad --%s (%s)", t->opt.name, range);
+      return fail(msg, dsys_config_get(cfg, t->opt.name));
+    }
+    char *f = (char *)&go + t->field;
+    if (t->u32) *(uint32_t *)f = (uint32_t)v;
+    else *(int64_t *)f = v;
+  }
   uint64_t csize = 0, cobj = 0;
   int64_t centries = 0;
   dsys_config_get_size(cfg, "cache-size", &csize);
@@ -556,11 +593,28 @@ static void unmount(dsys_daemon *d, void *ud) {
 }
 
 int main(int argc, char **argv) {
+  /* the option table: extra with the rows of tunings where it says so,
+   * each --help line ending with its range */
+  enum { NEXTRA = sizeof extra / sizeof extra[0] };
+  static dsys_option opts[NEXTRA + NTUNINGS];
+  static char help[NTUNINGS][400];
+  size_t n = 0;
+  for (size_t i = 0; i < NEXTRA; i++) {
+    opts[n++] = extra[i];
+    if (strcmp(extra[i].name, "slow-ejection")) continue;
+    for (size_t k = 0; k < NTUNINGS; k++) {
+      char range[64];
+      tuning_range(&tunings[k], range, sizeof range);
+      snprintf(help[k], sizeof help[k], "%s; %s", tunings[k].opt.help, range);
+      opts[n] = tunings[k].opt;
+      opts[n++].help = help[k];
+    }
+  }
   dsys_daemon_spec spec = {
       .size = sizeof spec, .progname = "dsys-gatewayd",
       .summary = "The load balancer of the reference deployment (docs/reference/http-api.md).",
       .default_name = "gateway", .default_listen = "http://127.0.0.1:3000",
-      .extra = extra, .nextra = sizeof extra / sizeof extra[0],
+      .extra = opts, .nextra = n,
       .prepare = prepare, .mount = mount, .unmount = unmount, .reload = reload,
       .without = DSYS_DAEMON_NO_PEER | DSYS_DAEMON_NO_IDENTITY_KEY, .peer_prefix = "upstream"};
   return dsys_daemon_main(&spec, argc, argv);

@@ -13,7 +13,10 @@
  * passive outlier detection on by default) and atomic statistics. An
  * endpoint takes traffic ("usable") when its health entry is usable and its
  * breaker is not open; when none is usable the balancer's when_none rule
- * applies (panic: pick among all; fail fast: DSYS_EUNAVAIL).
+ * applies (panic: pick among all; fail fast: DSYS_EUNAVAIL). Failures that
+ * more than half of the other usable endpoints share (a failure streak on
+ * each: their database down) neither eject an endpoint nor open its
+ * breaker (a half-open one closes): the cause is not the endpoint's.
  *
  * One call (dsys_upstream_call / dsys_upstream_send) makes attempts until
  * the retry policy says stop: each attempt picks an endpoint not yet tried

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <distsys/breaker.h>
 #include "core/internal.h"
+#include "resilience/shared_cause.h"
 
 #define OUT_FAIL 1
 #define OUT_SLOW 2
@@ -42,6 +43,9 @@ struct dsys_breaker {
   int64_t slow_us, n_window_us, open_wait_us;
   dsys_breaker_event_fn on_event;
   void *event_ud;
+  dsysi_breaker_shared_fn shared; /* see shared_cause.h */
+  void *shared_ud;
+  int in_shared; /* it last stayed closed for a shared cause, no success since */
 
   dsys_breaker_state state;
   uint64_t gen; /* bumped on every transition; permits carry it */
@@ -117,6 +121,37 @@ static void transition(dsys_breaker *b, dsys_breaker_state to, int64_t now,
   ev->to = to;
 }
 
+
+/* Must hold mu (released meanwhile while shared is asked). The failures
+ * say open: unless their cause is shared with the breaker's peers. Then
+ * none of them is this endpoint's own: the window starts afresh, a trial
+ * closes the breaker, and the failures until its next success belong to
+ * the same episode (dsys_breaker_record forgets them then: else the
+ * instance that reconnects last after the cause is gone would open with
+ * them and a stray failure of its own). */
+static void trip(dsys_breaker *b, int64_t now, pending_ev *ev) {
+  if (b->shared) {
+    uint64_t gen = b->gen;
+    pthread_mutex_unlock(&b->mu);
+    int shared = b->shared(b->shared_ud, b->name);
+    pthread_mutex_lock(&b->mu);
+    if (b->gen != gen) return; /* another call moved it meanwhile */
+    if (shared) {
+      if (b->state == DSYS_BREAKER_HALF_OPEN) transition(b, DSYS_BREAKER_CLOSED, now, ev);
+      else window_clear(b);
+      b->in_shared = 1;
+      return;
+    }
+  }
+  transition(b, DSYS_BREAKER_OPEN, now, ev);
+}
+
+void dsysi_breaker_set_shared(dsys_breaker *b, dsysi_breaker_shared_fn fn, void *ud) {
+  pthread_mutex_lock(&b->mu);
+  b->shared = fn;
+  b->shared_ud = ud;
+  pthread_mutex_unlock(&b->mu);
+}
 
 static void fire(dsys_breaker *b, const pending_ev *ev) {
   if (ev->fire && ev->from != ev->to && b->on_event)
@@ -324,7 +359,11 @@ int dsys_breaker_record(dsys_breaker *b, dsys_breaker_permit permit, int result,
   if (slow) b->st.slow_calls++;
   int64_t now = dsys_clock_now_us(b->clk);
   if (b->state == DSYS_BREAKER_CLOSED) {
-    if (record_closed(b, fail, slow, now)) transition(b, DSYS_BREAKER_OPEN, now, &ev);
+    if (b->in_shared && !fail) { /* the shared episode is over for it */
+      b->in_shared = 0;
+      window_clear(b);
+    }
+    if (record_closed(b, fail, slow, now)) trip(b, now, &ev);
   } else if (b->state == DSYS_BREAKER_HALF_OPEN) {
     b->ho_done++;
     if (fail) b->ho_fail++;
@@ -332,7 +371,8 @@ int dsys_breaker_record(dsys_breaker *b, dsys_breaker_permit permit, int result,
     if (b->ho_done >= b->half_calls) {
       int bad = (uint64_t)b->ho_fail * 100 >= (uint64_t)b->fail_pct * b->ho_done ||
                 (uint64_t)b->ho_slow * 100 >= (uint64_t)b->slow_pct * b->ho_done;
-      transition(b, bad ? DSYS_BREAKER_OPEN : DSYS_BREAKER_CLOSED, now, &ev);
+      if (bad) trip(b, now, &ev);
+      else transition(b, DSYS_BREAKER_CLOSED, now, &ev);
     }
   }
   publish(b);

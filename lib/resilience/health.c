@@ -7,6 +7,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/rng.h"
+#include "resilience/shared_cause.h"
 
 typedef struct hep hep;
 struct hep {
@@ -356,23 +357,43 @@ static void eject_cb(void *ud) {
   finish(h, e);
 }
 
+/* Hold mu. Whether e's trouble has a cause it shares with the others:
+ * more than half of the other usable endpoints (*others of them) are in
+ * a streak too (slow: of slowness; else of failures). Slowness is
+ * relative: when the others are slow too, the traffic is (a slow route),
+ * not this endpoint. So are failures: when the others fail too,
+ * something they share does (every instance answering 503 while their
+ * database fails over); ejecting them one by one for 30 s left none once
+ * it was back, and opening every breaker kept writes refused after it. */
+static int shared_cause(const dsys_health *h, const hep *e, int slow, size_t *others) {
+  size_t n = 0, sound = 0;
+  for (size_t i = 0; i < h->n; i++)
+    if (h->eps[i] != e && usable(h->eps[i])) {
+      n++;
+      sound += slow ? !h->eps[i]->oslow : !h->eps[i]->ofails;
+    }
+  *others = n;
+  return sound * 2 < n;
+}
+
+int dsysi_health_shared_failure(dsys_health *h, const char *id) {
+  if (!h || !id) return 0;
+  size_t others = 0;
+  pthread_mutex_lock(&h->mu);
+  hep *e = find(h, id, NULL);
+  /* without outlier detection no streak is counted: nothing to compare */
+  int shared = e && !h->outlier_off && shared_cause(h, e, 0, &others);
+  pthread_mutex_unlock(&h->mu);
+  return shared;
+}
+
 /* Hold mu. slow: for slowness, streak: for consecutive failures (see the
  * header); neither: a refused connection. */
 static void eject(dsys_health *h, hep *e, evq *q, int slow, int streak) {
   if (e->ejected) return;
-  size_t others = 0, in_time = 0, sound = 0;
-  for (size_t i = 0; i < h->n; i++)
-    if (h->eps[i] != e && usable(h->eps[i])) {
-      others++;
-      in_time += !h->eps[i]->oslow;
-      sound += !h->eps[i]->ofails;
-    }
-  /* slowness is relative: when half the others are slow too, the traffic
-   * is (a slow route), not this endpoint. So are failures: when half the
-   * others fail too, something they share does (every instance answering
-   * 503 while their database fails over), and ejecting them one by one
-   * for 30 s left none once it was back. */
-  if (others == 0 || (slow && in_time * 2 < others) || (streak && sound * 2 < others)) {
+  size_t others;
+  int shared = shared_cause(h, e, slow, &others);
+  if (others == 0 || ((slow || streak) && shared)) {
     h->ctr.skipped_ejections++;
     return;
   }

@@ -12,7 +12,8 @@ DSYS_PLUGIN_SOURCES += lib/resilience/registry_memory.c \
 	lib/resilience/registry_sqlite.c lib/resilience/registry_http.c \
 	lib/resilience/registry_pg.c lib/resilience/registry_etcd.c
 noinst_HEADERS += lib/resilience/registry_int.h lib/resilience/registry_table.h \
-	lib/resilience/upstream_int.h lib/resilience/retry.h
+	lib/resilience/upstream_int.h lib/resilience/retry.h \
+	lib/resilience/shared_cause.h
 pkginclude_HEADERS += include/distsys/breaker.h include/distsys/balancer.h \
 	include/distsys/retry.h include/distsys/health.h \
 	include/distsys/registry.h include/distsys/registration.h \

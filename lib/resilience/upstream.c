@@ -10,7 +10,9 @@
  *    condition free waits on. Rare events only; no call takes it on the
  *    hot path except when the last call in flight finishes.
  *  - the balancer's, breaker's and health checker's own mutexes, taken
- *    inside either of the above (they never call out while holding them).
+ *    inside either of the above (they never call out while holding them;
+ *    a breaker about to open releases its own before br_shared takes the
+ *    health checker's).
  * An endpoint (uep) is reference-counted: the set holds one reference, each
  * outstanding pick one, each pending reopen timer one.
  */
@@ -23,6 +25,7 @@
 #include <distsys/upstream.h>
 #include "core/internal.h"
 #include "resilience/retry.h"
+#include "resilience/shared_cause.h"
 #include "resilience/upstream_int.h"
 #include "transport/evloop.h"
 #include "transport/transport.h"
@@ -342,6 +345,16 @@ static void on_health(void *ud, const char *id, dsys_health_event ev, int usable
   if (u->user_h_ev) u->user_h_ev(u->user_h_ud, id, ev, usable);
 }
 
+/* Asked by e's breaker before it opens: not when most other instances
+ * fail too (outlier detection's rule, shared_cause.h): while their
+ * database was down every breaker opened, and writes stayed refused for
+ * the open time after it was back. */
+static int br_shared(void *ud, const char *name) {
+  uep *e = ud;
+  (void)name;
+  return !atomic_load(&e->gone) && dsysi_health_shared_failure(e->u->health, e->id);
+}
+
 static uep *ep_new(dsys_upstream *u, const char *id, const char *url,
                    uint32_t weight, int from_registry, int *rc) {
   uep *e = calloc(1, sizeof *e);
@@ -367,6 +380,7 @@ static uep *ep_new(dsys_upstream *u, const char *id, const char *url,
     free(e);
     return NULL;
   }
+  dsysi_breaker_set_shared(e->br, br_shared, e);
   return e;
 }
 

@@ -216,9 +216,10 @@ int dsys_gateway_new(dsys_gateway **out, const dsys_gateway_options *opts) {
   if (!gw->o.health_rise) gw->o.health_rise = 2;
   if (!gw->o.health_fall) gw->o.health_fall = 3;
   if (!gw->o.outlier_failures) gw->o.outlier_failures = 5;
-  /* 5 s, not 30: while a shared database is down every instance answers
-   * 503 and every breaker opens; writes must come back soon after it does
-   * (pg-deploy.test) */
+  /* 5 s, not 30: a shared cause (the instances' database down) opens no
+   * breaker any more (resilience/shared_cause.h), but an instance whose
+   * breaker did open, just before the others failed too, must be tried
+   * again soon after the cause is gone (pg-deploy.test) */
   if (gw->o.breaker_open_ms <= 0) gw->o.breaker_open_ms = 5000;
   if (!gw->o.max_response) gw->o.max_response = 64u * 1024 * 1024;
   if (!gw->o.max_buckets) gw->o.max_buckets = 65536;

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <distsys/distsys.h>
 #include "tap.h"
+#include "resilience/shared_cause.h"
 
 typedef struct evlog {
   int n;
@@ -260,12 +261,85 @@ static void test_threads(void) {
   dsys_clock_free(clk);
 }
 
+/* The shared-cause hook (what dsys_upstream asks its health checker):
+ * asked only when the breaker would open; a yes keeps it closed with a
+ * fresh window, or closes it from half-open; a no opens it as before. */
+typedef struct shq {
+  int answer, asked;
+} shq;
+
+static int ask_shared(void *ud, const char *name) {
+  shq *q = ud;
+  q->asked++;
+  return !strcmp(name, "s") && q->answer;
+}
+
+static void test_shared_cause(void) {
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, 0);
+  evlog ev = {0};
+  dsys_breaker_options o = {.size = sizeof o, .clock = clk, .name = "s", .window_size = 10,
+                            .minimum_calls = 4, .open_wait_ms = 1000, .half_open_calls = 1,
+                            .on_event = on_ev, .event_ud = &ev};
+  dsys_breaker *b;
+  is_int(dsys_breaker_new(&b, &o), 0, "shared: new");
+  shq q = {.answer = 1};
+  dsysi_breaker_set_shared(b, ask_shared, &q);
+  for (int i = 0; i < 3; i++) call(b, DSYS_BREAKER_FAILURE, 10);
+  is_int(q.asked, 0, "shared: not asked below the threshold");
+  call(b, DSYS_BREAKER_FAILURE, 10);
+  is_int(q.asked, 1, "shared: asked when the failures would open it");
+  is_int(dsys_breaker_state_get(b), DSYS_BREAKER_CLOSED, "shared: a shared cause keeps it closed");
+  dsys_breaker_stats st;
+  dsys_breaker_stats_get(b, &st);
+  ok(st.window_calls == 0 && st.window_failures == 0, "shared: ... with a fresh window (%u/%u)",
+     st.window_failures, st.window_calls);
+  is_int(ev.n, 0, "shared: no event");
+  /* two more failures of the episode, then the cause is gone: its first
+   * success forgets them (else a stray failure would open it) */
+  call(b, DSYS_BREAKER_FAILURE, 10);
+  call(b, DSYS_BREAKER_FAILURE, 10);
+  q.answer = 0;
+  call(b, DSYS_BREAKER_SUCCESS, 10);
+  dsys_breaker_stats_get(b, &st);
+  ok(st.window_calls == 1 && st.window_failures == 0,
+     "shared: the first success after it forgets the episode's failures (%u/%u)",
+     st.window_failures, st.window_calls);
+  for (int i = 0; i < 2; i++) call(b, DSYS_BREAKER_SUCCESS, 10);
+  call(b, DSYS_BREAKER_FAILURE, 10);
+  is_int(dsys_breaker_state_get(b), DSYS_BREAKER_CLOSED, "shared: then one failure in 4: closed");
+  call(b, DSYS_BREAKER_SUCCESS, 10);
+  is_int(q.asked, 1, "shared: successes ask nothing");
+  /* its own failures: 4 of 8 reach 50% -> asked, no -> open */
+  for (int i = 0; i < 3; i++) call(b, DSYS_BREAKER_FAILURE, 10);
+  is_int(dsys_breaker_state_get(b), DSYS_BREAKER_OPEN, "shared: a cause of its own opens it");
+  is_int(q.asked, 2, "shared: asked once more");
+  /* half-open trial fails while the cause has become shared: closed */
+  dsys_clock_advance(clk, 1000 * 1000);
+  is_int(dsys_breaker_state_get(b), DSYS_BREAKER_HALF_OPEN, "shared: half-open after the wait");
+  q.answer = 1;
+  call(b, DSYS_BREAKER_FAILURE, 10);
+  is_int(dsys_breaker_state_get(b), DSYS_BREAKER_CLOSED,
+         "shared: a failed trial with a shared cause closes it (no second wait)");
+  /* and a failed trial with a cause of its own reopens it */
+  q.answer = 0;
+  for (int i = 0; i < 4; i++) call(b, DSYS_BREAKER_FAILURE, 10);
+  is_int(dsys_breaker_state_get(b), DSYS_BREAKER_OPEN, "shared: own failures open it again");
+  dsys_clock_advance(clk, 1000 * 1000);
+  dsys_breaker_state_get(b);
+  call(b, DSYS_BREAKER_FAILURE, 10);
+  is_int(dsys_breaker_state_get(b), DSYS_BREAKER_OPEN, "shared: a failed trial of its own reopens it");
+  dsys_breaker_free(b);
+  dsys_clock_free(clk);
+}
+
 int main(void) {
   test_count_window();
   test_slow_calls();
   test_time_window();
   test_n_in_t();
   test_forced_disabled();
+  test_shared_cause();
   test_threads();
   return tap_done();
 }

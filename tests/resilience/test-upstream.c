@@ -516,8 +516,12 @@ static void on_tres(int err, dsys_reply *r, const dsys_upstream_result *res, voi
   atomic_store(&t->done, 1);
 }
 
-static void call_past_timeout(dsys_client *fcli, const char *method, dsys_header *h, size_t nh,
-                              tres *t) {
+/* One call through a (parked: it never answers) and b, per-try timeout
+ * 100 ms, on the client fcli of the fake clock, which is advanced until
+ * the call ends (400 ms at most); t: how it ended. Returns the attempts
+ * that timed out on a. */
+static uint64_t call_past_timeout(dsys_client *fcli, const char *method, dsys_header *h,
+                                  size_t nh, tres *t) {
   dsys_retry_options ro = quick_retry;
   ro.per_try_timeout_ms = 100;
   dsys_upstream *u = mk(&ro, &lenient_breaker, fcli, 0);
@@ -533,9 +537,17 @@ static void call_past_timeout(dsys_client *fcli, const char *method, dsys_header
     dsys_clock_advance(clk, 10000);
     WAIT_FOR(atomic_load(&t->done), 10);
   }
+  dsys_endpoint_stats *s;
+  size_t n;
+  uint64_t timeouts = 0;
+  if (dsys_upstream_stats(u, &s, &n) == 0) {
+    timeouts = stat_of(s, n, "a")->by_outcome[DSYS_OUTCOME_TIMEOUT];
+    dsys_free(s);
+  }
   srv_unpark(&A);
   atomic_store(&A.mode, M_OK);
   dsys_upstream_free(u);
+  return timeouts;
 }
 
 /* A timed-out attempt may still land after its retry was answered and
@@ -572,35 +584,19 @@ static void test_timeouts_and_free(void) {
   dsys_client *fcli;
   dsys_client_options co = {.size = sizeof co, .clock = clk};
   dsys_client_new(&fcli, &co);
-  dsys_retry_options ro = quick_retry;
-  ro.per_try_timeout_ms = 100;
-  dsys_upstream *u = mk(&ro, &lenient_breaker, fcli, 0);
-  dsys_upstream_add(u, "a", A.url, 1);
-  dsys_upstream_add(u, "b", B.url, 1);
-  atomic_store(&A.mode, M_PARK);
-  static acount ac;
-  static aone one = {&ac, 0};
-  dsys_call c = {.size = sizeof c, .path = "/who"};
-  is_int(dsys_upstream_send(u, &c, on_done, &one), 0, "send to a slow endpoint");
-  WAIT_FOR(nparked(&A) == 1, 2000);
-  for (int i = 0; i < 40 && !atomic_load(&ac.done); i++) {
-    dsys_clock_advance(clk, 10000);
-    WAIT_FOR(atomic_load(&ac.done), 10);
-  }
-  ok(atomic_load(&ac.done) == 1 && ac.status[0] == 200,
-     "per-try timeout (100 ms fake) then retry on b: %d", ac.status[0]);
-  dsys_endpoint_stats *s;
-  size_t n;
-  dsys_upstream_stats(u, &s, &n);
-  ok(stat_of(s, n, "a")->by_outcome[DSYS_OUTCOME_TIMEOUT] == 1, "timeout recorded on a");
-  dsys_free(s);
-  srv_unpark(&A);
-  dsys_upstream_free(u);
+  tres t;
+  uint64_t a_timeouts = call_past_timeout(fcli, "GET", NULL, 0, &t);
+  ok(atomic_load(&t.done) && t.status == 200,
+     "per-try timeout (100 ms fake) then retry on b: %d", t.status);
+  ok(a_timeouts == 1, "timeout recorded on a (%llu)", (unsigned long long)a_timeouts);
   dsys_client_free(fcli);
 
   /* free with calls in flight (own client) and one waiting for a backoff */
+  atomic_store(&A.mode, M_PARK);
+  dsys_call c = {.size = sizeof c, .path = "/who"};
   dsys_upstream_options o = {.size = sizeof o, .clock = clk, .retry = &quick_retry,
                              .breaker = &lenient_breaker};
+  dsys_upstream *u;
   dsys_upstream_new(&u, &o);
   dsys_upstream_add(u, "a", A.url, 1);
   static acount ac2;
@@ -616,10 +612,10 @@ static void test_timeouts_and_free(void) {
   atomic_store(&B.mode, M_503);
   ones[8] = (aone){&ac2, 8};
   started += dsys_upstream_send(u, &c, on_done, &ones[8]) == 0;
-  dsys_upstream_totals t;
+  dsys_upstream_totals tot;
   for (int i = 0; i < 2000; i++) {
-    dsys_upstream_totals_get(u, &t);
-    if (t.attempts >= 9 && atomic_load(&B.hits) > 0) break;
+    dsys_upstream_totals_get(u, &tot);
+    if (tot.attempts >= 9 && atomic_load(&B.hits) > 0) break;
     usleep(1000);
   }
   usleep(10000); /* the 503 reached on_attempt: it now waits for a backoff */
@@ -742,6 +738,91 @@ static void test_churn(void) {
   dsys_upstream_free(u);
 }
 
+/* The state of each endpoint's breaker, as letters ('C'losed, 'O'pen,
+ * 'H'alf-open, '?'), in the order a, b, c. */
+static void breaker_states(dsys_upstream *u, char out[4]) {
+  dsys_endpoint_stats *s;
+  size_t n;
+  memcpy(out, "???", 4);
+  if (dsys_upstream_stats(u, &s, &n)) return;
+  static const char *ids[] = {"a", "b", "c"};
+  for (int i = 0; i < 3; i++) {
+    dsys_endpoint_stats *e = stat_of(s, n, ids[i]);
+    if (e) out[i] = "COH??"[e->breaker_state];
+  }
+  dsys_free(s);
+}
+
+/* What a, b and c answer (M_...). */
+static void set_modes(int a, int b, int c) {
+  atomic_store(&A.mode, a);
+  atomic_store(&B.mode, b);
+  atomic_store(&C.mode, c);
+}
+
+/* n calls; how many were answered with status (the others: errors or
+ * other statuses). */
+static int calls_answered(dsys_upstream *u, int n, int status) {
+  int got = 0;
+  for (int i = 0; i < n; i++) {
+    dsys_reply *r = NULL;
+    dsys_upstream_result res;
+    if (get(u, "GET", "/who", NULL, 0, &r, &res) == 0) {
+      got += dsys_reply_status(r) == status;
+      dsys_reply_free(r);
+    }
+  }
+  return got;
+}
+
+/* The breakers' shared-cause rule (outlier detection's): when most
+ * instances fail together (their database down), no breaker opens, and
+ * the instances answer as soon as the cause is gone; one failing alone
+ * opens its own. Outlier ejection is held off (a high streak) so that
+ * only the breakers decide. */
+static void test_breakers_shared(void) {
+  dsys_retry_options ro = quick_retry;
+  ro.max_attempts = 1;
+  dsys_breaker_options bo = {.size = sizeof bo, .window_size = 10, .minimum_calls = 4,
+                             .open_wait_ms = 1000, .half_open_calls = 1};
+  dsys_health_options ho = {.size = sizeof ho, .consecutive_failures = 1000};
+  dsys_upstream_options o = {.size = sizeof o, .service = "svc", .clock = clk, .client = rcli,
+                             .retry = &ro, .breaker = &bo, .health = &ho, .seed = 7};
+  dsys_upstream *u = NULL;
+  if (dsys_upstream_new(&u, &o)) tap_bail("upstream_new");
+  dsys_upstream_add(u, "a", A.url, 1);
+  dsys_upstream_add(u, "b", B.url, 1);
+  dsys_upstream_add(u, "c", C.url, 1);
+  char st[4];
+  set_modes(M_503, M_503, M_503);
+  is_int(calls_answered(u, 30, 503), 30, "shared cause: all three answer 503 to 30 calls");
+  breaker_states(u, st);
+  is_str(st, "CCC", "shared cause: no breaker opened (10 failures each)");
+  set_modes(M_OK, M_OK, M_OK);
+  is_int(calls_answered(u, 6, 200), 6, "cause gone: the next calls are answered at once, no wait");
+  breaker_states(u, st);
+  is_str(st, "CCC", "cause gone: a success on a cleared window opens nothing");
+
+  /* a fails alone: the others answer, its breaker opens */
+  set_modes(M_503, M_OK, M_OK);
+  for (int i = 0; i < 30 && (breaker_states(u, st), st[0] != 'O'); i++) calls_answered(u, 1, 200);
+  is_str(st, "OCC", "one instance failing alone: its breaker opens");
+  is_int(calls_answered(u, 4, 200), 4, "... and the others take the calls");
+
+  /* the cause becomes shared while a is open: b and c fail too; a's
+   * trial fails like theirs, and a closes instead of staying out */
+  set_modes(M_503, M_503, M_503);
+  is_int(calls_answered(u, 4, 503), 4, "b and c fail too");
+  dsys_clock_advance(clk, 1000 * 1000);
+  breaker_states(u, st);
+  is_str(st, "HCC", "a half-open after the wait");
+  for (int i = 0; i < 6 && (breaker_states(u, st), st[0] == 'H'); i++) calls_answered(u, 1, 503);
+  is_str(st, "CCC", "a's failed trial with a shared cause closes it (no second wait)");
+  set_modes(M_OK, M_OK, M_OK);
+  is_int(calls_answered(u, 3, 200), 3, "cause gone: all three answer at once");
+  dsys_upstream_free(u);
+}
+
 /* Which 5xx answers count against an endpoint (count_5xx): by default a
  * 507 (a full storage every instance shares) keeps it in rotation, while a
  * 503 opens its breaker; with COUNT_ALL_5XX the 507 does too. */
@@ -799,6 +880,7 @@ int main(void) {
   test_budget();
   test_breakers();
   test_count_5xx();
+  test_breakers_shared();
   test_active_checks();
   test_stats();
   test_async();

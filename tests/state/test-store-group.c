@@ -157,26 +157,54 @@ static int64_t version_of(dsys_store *s, const char *key) {
   return v;
 }
 
+/* Runs lead, then the n calls, in one group of store s behind it: raw, a
+ * connection to the store's file, takes the write lock, so that the
+ * leader waits in BEGIN IMMEDIATE (busy timeout 5 s) while the calls
+ * queue, one by one so that the group holds them in this order; then raw
+ * commits and every call ends. *groups: the groups that ran meanwhile.
+ * 1 when the lock was taken, the leader led and all n queued (bounded
+ * waits). */
+static int run_grouped(dsys_store *s, sqlite3 *raw, call *lead, call *calls, int n,
+                       unsigned long long *groups) {
+  dsysi_group *g = dsysi_store_sqlite_group(s);
+  if (!g || n > 16 || sqlite3_exec(raw, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    return 0;
+  unsigned long long g0 = dsysi_group_count(g);
+  pthread_t lt, th[16];
+  pthread_create(&lt, NULL, do_call, lead);
+  int queued = wait_running(g, 4000);
+  for (int i = 0; i < n; i++) {
+    pthread_create(&th[i], NULL, do_call, &calls[i]);
+    queued &= wait_pending(g, i + 1, 4000);
+  }
+  sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL);
+  pthread_join(lt, NULL);
+  for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+  *groups = dsysi_group_count(g) - g0;
+  return queued;
+}
+
+/* A store on the new file NAME.sqlite of dir: path[300] and url[320]
+ * receive its path and URL; label names the test's lines. */
+static dsys_store *open_new(const char *name, char *path, char *url, const char *label) {
+  snprintf(path, 300, "%s/%s.sqlite", dir, name);
+  snprintf(url, 320, "sqlite://%s", path);
+  dsys_store *s = NULL;
+  is_int(dsys_store_open(&s, url, NULL), 0, "%s: open", label);
+  return s;
+}
+
 static void test_shared_group(void) {
   char path[300], url[320];
-  snprintf(path, sizeof path, "%s/group.sqlite", dir);
-  snprintf(url, sizeof url, "sqlite://%s", path);
-  dsys_store *s = NULL;
-  is_int(dsys_store_open(&s, url, NULL), 0, "store: open");
-  dsysi_group *g = dsysi_store_sqlite_group(s);
-  ok(g != NULL, "store: the SQLite backend writes through a group");
-  if (!g) tap_bail("no group");
+  dsys_store *s = open_new("group", path, url, "store");
+  ok(dsysi_store_sqlite_group(s) != NULL, "store: the SQLite backend writes through a group");
   dsys_store_put(s, "cas", "1", NULL, NULL);
   dsys_store_put(s, "exists", "1", NULL, NULL);
   dsys_store_put(s, "text", "\"abc\"", NULL, NULL);
   dsys_store_put(s, "gone", "1", NULL, NULL);
-  /* Hold the write lock so that the first call waits in BEGIN IMMEDIATE
-   * (busy timeout 5 s) while the others queue behind it. */
   sqlite3 *raw = NULL;
   sqlite3_open(path, &raw);
-  is_int(sqlite3_exec(raw, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK,
-         "store: a raw connection holds the write lock");
-  unsigned long long g0 = dsysi_group_count(g);
+  unsigned long long groups = 0;
   call lead = {s, 0, "lead", "{\"x\":1}"};
   call calls[] = {
       {s, 1, "cas", "2", 5},     /* stale version */
@@ -189,18 +217,10 @@ static void test_shared_group(void) {
       {s, 4, "gone", NULL, 1},
   };
   enum { N = sizeof calls / sizeof calls[0] };
-  pthread_t lt, th[N];
-  pthread_create(&lt, NULL, do_call, &lead);
-  int led = wait_running(g, 4000);
-  ok(led, "store: the first write leads a group, waiting for the lock");
-  for (int i = 0; i < N; i++) pthread_create(&th[i], NULL, do_call, &calls[i]);
-  int queued = wait_pending(g, N, 4000);
-  ok(queued, "store: %d writes of %d threads queued behind it", N, N);
-  sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL);
-  sqlite3_close(raw);
-  pthread_join(lt, NULL);
-  for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
-  is_int(dsysi_group_count(g) - g0, 2, "store: they ran as two groups (the first alone)");
+  ok(run_grouped(s, raw, &lead, calls, N, &groups),
+     "store: the first write leads a group, waiting for the lock; %d writes of %d threads "
+     "queued behind it", N, N);
+  is_int(groups, 2, "store: they ran as two groups (the first alone)");
   is_int(lead.rc, 0, "store: the leader's put committed");
   is_int(calls[0].rc, DSYS_ECONFLICT, "store: a stale CAS fails alone with DSYS_ECONFLICT");
   is_int(calls[1].rc, DSYS_EEXIST, "store: a create of an existing key fails alone with DSYS_EEXIST");
@@ -229,22 +249,11 @@ static void test_shared_group(void) {
   is_int(version_of(s, "gone"), 0, "store: the deleted key is gone");
 
   /* A group in which every write fails commits nothing and answers each. */
-  sqlite3_open(path, &raw);
-  sqlite3_exec(raw, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   call lead2 = {s, 2, "exists", "5"};
   call bad[] = {{s, 1, "cas", "9", 7}, {s, 2, "good", "1"}, {s, 4, "nope", NULL, 0}};
-  g = dsysi_store_sqlite_group(s);
-  g0 = dsysi_group_count(g);
-  pthread_t bt[3];
-  pthread_create(&lt, NULL, do_call, &lead2);
-  led = wait_running(g, 4000);
-  for (int i = 0; i < 3; i++) pthread_create(&bt[i], NULL, do_call, &bad[i]);
-  queued = wait_pending(g, 3, 4000);
-  sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL);
+  ok(run_grouped(s, raw, &lead2, bad, 3, &groups) && groups == 2,
+     "store: a group of failing writes formed");
   sqlite3_close(raw);
-  pthread_join(lt, NULL);
-  for (int i = 0; i < 3; i++) pthread_join(bt[i], NULL);
-  ok(led && queued && dsysi_group_count(g) - g0 == 2, "store: a group of failing writes formed");
   ok(lead2.rc == DSYS_EEXIST && bad[0].rc == DSYS_ECONFLICT && bad[1].rc == DSYS_EEXIST &&
          bad[2].rc == DSYS_ENOTFOUND,
      "store: each failing write got its own error (%s, %s, %s, %s)", dsys_strerror(lead2.rc),
@@ -271,10 +280,7 @@ static int64_t raw_count(const char *path, const char *key) {
 
 static void test_half_done(void) {
   char path[300], url[320];
-  snprintf(path, sizeof path, "%s/half.sqlite", dir);
-  snprintf(url, sizeof url, "sqlite://%s", path);
-  dsys_store *s = NULL;
-  is_int(dsys_store_open(&s, url, NULL), 0, "half-done: open");
+  dsys_store *s = open_new("half", path, url, "half-done");
   dsys_store_put(s, "exists", "1", NULL, NULL);
   dsys_store_put(s, "cas", "1", NULL, NULL);
   /* An expired row of "boom" (expires_at 1 ms after the epoch), and a
@@ -292,10 +298,7 @@ static void test_half_done(void) {
   is_int(dsys_store_put(s, "boom", "1", NULL, NULL), DSYS_EEXIST,
          "half-done: a put alone fails with the trigger's constraint error");
   is_int(raw_count(path, "boom"), 1, "half-done: ... and the expired row it deleted is back");
-  dsysi_group *g = dsysi_store_sqlite_group(s);
-  is_int(sqlite3_exec(raw, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK,
-         "half-done: a raw connection holds the write lock");
-  unsigned long long g0 = dsysi_group_count(g);
+  unsigned long long groups = 0;
   call lead = {s, 0, "lead", "1"};
   call calls[] = {
       {s, 0, "before", "2"},
@@ -305,20 +308,9 @@ static void test_half_done(void) {
       {s, 3, "ctr", NULL, 7},
   };
   enum { N = sizeof calls / sizeof calls[0] };
-  pthread_t lt, th[N];
-  pthread_create(&lt, NULL, do_call, &lead);
-  int led = wait_running(g, 4000);
-  /* one by one, so that the group holds them in this order */
-  int queued = led;
-  for (int i = 0; i < N; i++) {
-    pthread_create(&th[i], NULL, do_call, &calls[i]);
-    queued &= wait_pending(g, i + 1, 4000);
-  }
-  ok(led && queued, "half-done: %d writes queued behind a leader", N);
-  sqlite3_exec(raw, "COMMIT", NULL, NULL, NULL);
-  pthread_join(lt, NULL);
-  for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
-  is_int(dsysi_group_count(g) - g0, 2, "half-done: two groups (the leader alone, then the five)");
+  ok(run_grouped(s, raw, &lead, calls, N, &groups),
+     "half-done: %d writes queued in order behind a leader", N);
+  is_int(groups, 2, "half-done: two groups (the leader alone, then the five)");
   is_int(lead.rc, 0, "half-done: the leader's put committed");
   is_int(calls[0].rc, 0, "half-done: the put before the failing one committed");
   is_int(calls[1].rc, DSYS_EEXIST, "half-done: the failing put got its own error");
