@@ -91,7 +91,7 @@ typedef struct dsys_cache_stats {
   uint64_t loads;         /**< loader runs (misses sharing a load count once) */
   uint64_t load_errors;   /**< loader runs that failed (not ENOTFOUND) */
   uint64_t evictions;     /**< entries dropped for the bounds */
-  uint64_t invalidations; /**< entries dropped by dsys_cache_invalidate */
+  uint64_t invalidations; /**< entries dropped by dsys_cache_invalidate or _clear */
   uint64_t entries;       /**< now */
   uint64_t bytes;         /**< now */
 } dsys_cache_stats;

@@ -194,7 +194,10 @@ int dsys_cache_invalidate(dsys_cache *c, const char *key) {
 void dsys_cache_clear(dsys_cache *c) {
   if (!c) return;
   pthread_mutex_lock(&c->mu);
-  while (c->head) drop(c, c->head);
+  while (c->head) {
+    drop(c, c->head);
+    c->st.invalidations++;
+  }
   for (flight *f = c->flights; f; f = f->next) f->invalidated = 1;
   pthread_mutex_unlock(&c->mu);
 }

@@ -485,6 +485,30 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* GET path on I twice: 1 when the second is a hit of I's cache. The
+ * change log's poller may drop the entry in between (a record of an
+ * earlier write read late on a loaded machine, counted in invalidations):
+ * then the pair runs again, at most 20 times. */
+static int second_get_hits(inst *I, const char *path) {
+  for (int i = 0; i < 20; i++) {
+    resp_free(call(I->url, "GET", path, NULL));
+    dsys_cache_stats a, b;
+    dsys_cache_get_stats(I->cache, &a);
+    resp *r = call(I->url, "GET", path, NULL);
+    dsys_cache_get_stats(I->cache, &b);
+    int st = r->status;
+    resp_free(r);
+    if (st == 200 && b.hits == a.hits + 1) return 1;
+    if (b.invalidations == a.invalidations) {
+      tap_diag("%s: a miss with no invalidation (%llu -> %llu hits, status %d)", path,
+               (unsigned long long)a.hits, (unsigned long long)b.hits, st);
+      return 0;
+    }
+    usleep(20000);
+  }
+  return 0;
+}
+
 static void test_read_cache(void) {
   inst C, D;
   inst_start_cached(&C, "data-cc", 1, 1);
@@ -515,12 +539,7 @@ static void test_read_cache(void) {
   is_int(ji(r, "data.value"), 2, "a write through the same instance is read back at once");
   resp_free(r);
   /* a write through C: D's cache learns it from the change log */
-  resp_free(call(D.url, "GET", "/api/data/hotitem", NULL));
-  dsys_cache_get_stats(D.cache, &st);
-  uint64_t hits = st.hits;
-  resp_free(call(D.url, "GET", "/api/data/hotitem", NULL));
-  dsys_cache_get_stats(D.cache, &st);
-  is_int((int64_t)(st.hits - hits), 1, "D holds the item in its cache");
+  ok(second_get_hits(&D, "/api/data/hotitem"), "D holds the item in its cache");
   int64_t t0 = now_ms();
   resp_free(call(C.url, "PUT", "/api/data/hotitem", "{\"value\":3}"));
   int64_t seen = -1;

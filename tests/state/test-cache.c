@@ -124,9 +124,13 @@ static void bounds(void) {
   is_int(dsys_cache_get(c, "k0", NULL, NULL, &v, NULL), 0, "the recently used k0 survived (LRU)");
   dsys_free(v);
   is_int(dsys_cache_get(c, "k1", NULL, NULL, &v, NULL), DSYS_ENOTFOUND, "the old k1 was evicted");
+  dsys_cache_stats before;
+  dsys_cache_get_stats(c, &before);
   dsys_cache_clear(c);
   dsys_cache_get_stats(c, &st);
   ok(st.entries == 0 && st.bytes == 0, "clear empties it");
+  is_int((int64_t)(st.invalidations - before.invalidations), (int64_t)before.entries,
+         "and counts each entry it dropped as an invalidation");
   dsys_cache_free(c);
 
   o = (dsys_cache_options){.size = sizeof o, .max_bytes = 4096};
