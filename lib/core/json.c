@@ -38,6 +38,12 @@ static int tok_key_ok;
 static void tok_free(void *t) { json_tokener_free(t); }
 static void tok_init(void) { tok_key_ok = !pthread_key_create(&tok_key, tok_free); }
 
+/* At the library's unload (dlclose) no later thread exit may call tok_free
+ * in unmapped code: the key goes (the threads' tokeners are left). */
+__attribute__((destructor)) static void tok_fini(void) {
+  if (tok_key_ok) pthread_key_delete(tok_key);
+}
+
 static json_tokener *tok_new(void) {
   json_tokener *t = json_tokener_new_ex(DSYSI_JSON_MAX_DEPTH);
   if (t) json_tokener_set_flags(t, JSON_TOKENER_STRICT);
