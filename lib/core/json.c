@@ -26,8 +26,8 @@ static int has_single_quote(const char *t, size_t n) {
 }
 
 /* One tokener per thread, reused: a new one costs a zeroed 2 KiB stack
- * (DSYSI_JSON_MAX_DEPTH levels) and its frees, about a quarter of a small
- * request body's parse (PERFORMANCE.md, jobs through HTTP). Texts over
+ * (DSYSI_JSON_MAX_DEPTH levels) and its frees, 13-15% of a small text's
+ * parse in a tight loop (PERFORMANCE.md, jobs through HTTP). Texts over
  * TOK_KEEP_MAX get a tokener of their own: the string buffer a tokener
  * keeps grows to the longest string it met. Freed at the thread's exit. */
 #define TOK_KEEP_MAX (64 * 1024)
