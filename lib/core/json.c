@@ -1,5 +1,6 @@
 /* Internal JSON helpers over json-c: strict parsing of untrusted input. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <distsys/clock.h>
@@ -24,15 +25,60 @@ static int has_single_quote(const char *t, size_t n) {
   return 0;
 }
 
+/* One tokener per thread, reused: a new one costs a zeroed 2 KiB stack
+ * (DSYSI_JSON_MAX_DEPTH levels) and its frees, 13-15% of a small text's
+ * parse in a tight loop (PERFORMANCE.md, jobs through HTTP). Texts over
+ * TOK_KEEP_MAX get a tokener of their own: the string buffer a tokener
+ * keeps grows to the longest string it met. Freed at the thread's exit. */
+#define TOK_KEEP_MAX (64 * 1024)
+static pthread_key_t tok_key;
+static pthread_once_t tok_once = PTHREAD_ONCE_INIT;
+static int tok_key_ok;
+
+static void tok_free(void *t) { json_tokener_free(t); }
+static void tok_init(void) { tok_key_ok = !pthread_key_create(&tok_key, tok_free); }
+
+/* At the library's unload (dlclose) no later thread exit may call tok_free
+ * in unmapped code: the key goes (the threads' tokeners are left). */
+__attribute__((destructor)) static void tok_fini(void) {
+  if (tok_key_ok) pthread_key_delete(tok_key);
+}
+
+static json_tokener *tok_new(void) {
+  json_tokener *t = json_tokener_new_ex(DSYSI_JSON_MAX_DEPTH);
+  if (t) json_tokener_set_flags(t, JSON_TOKENER_STRICT);
+  return t;
+}
+
+/* The thread's tokener (taken off the thread until tok_put: a parse never
+ * nests, but a stray one must not share it). */
+static json_tokener *tok_get(size_t len) {
+  if (len > TOK_KEEP_MAX) return tok_new();
+  pthread_once(&tok_once, tok_init);
+  json_tokener *t = tok_key_ok ? pthread_getspecific(tok_key) : NULL;
+  if (!t) return tok_new();
+  pthread_setspecific(tok_key, NULL);
+  return t;
+}
+
+/* Keep the tokener, reset (what a failed parse left is freed now), for the
+ * thread's next parse of a text of len bytes at most TOK_KEEP_MAX. */
+static void tok_put(json_tokener *t, size_t len) {
+  if (len <= TOK_KEEP_MAX && tok_key_ok && !pthread_getspecific(tok_key)) {
+    json_tokener_reset(t);
+    if (!pthread_setspecific(tok_key, t)) return;
+  }
+  json_tokener_free(t);
+}
+
 int dsysi_json_parse(const char *text, size_t len, json_object **out) {
   if (!out || (!text && len)) return DSYS_EINVAL;
   *out = NULL;
   if (len == 0 || len > (size_t)INT32_MAX) return DSYS_EBADJSON;
   if (memchr(text, '\0', len) || has_single_quote(text, len))
     return DSYS_EBADJSON;
-  json_tokener *tok = json_tokener_new_ex(DSYSI_JSON_MAX_DEPTH);
+  json_tokener *tok = tok_get(len);
   if (!tok) return DSYS_ENOMEM;
-  json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
   json_object *obj = json_tokener_parse_ex(tok, text, (int)len);
   enum json_tokener_error jerr = json_tokener_get_error(tok);
   size_t used = json_tokener_get_parse_end(tok);
@@ -43,7 +89,7 @@ int dsysi_json_parse(const char *text, size_t len, json_object **out) {
     jerr = json_tokener_get_error(tok);
     used = len;
   }
-  json_tokener_free(tok);
+  tok_put(tok, len);
   if (jerr != json_tokener_success) {
     json_object_put(obj);
     return DSYS_EBADJSON;

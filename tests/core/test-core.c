@@ -419,6 +419,39 @@ static void test_json(void) {
   is_str(dsysi_json_str(o, "a"), "\xc3\xa9", "decoded to UTF-8");
   json_object_put(o);
   is_int(dsysi_json_parse_object("[1]", 3, &o), DSYS_ETYPE, "array is not an object");
+  /* The thread's tokener is reused: what a failed parse left (an open
+   * string, a deep stack, a bare number waiting for its end) must not
+   * reach the next text. */
+  static const char *const bad_then[] = {"{\"a\":\"unterminated", "[[[[[[[[", "{\"a\":1,",
+                                         "tru", "-"};
+  for (size_t i = 0; i < sizeof bad_then / sizeof bad_then[0]; i++) {
+    is_int(dsysi_json_parse(bad_then[i], strlen(bad_then[i]), &o), DSYS_EBADJSON, "bad text");
+    is_int(dsysi_json_parse("{\"b\":[2,\"x\"]}", 13, &o), 0, "next text parses");
+    json_object *b = NULL;
+    ok(json_object_object_get_ex(o, "b", &b) && json_object_array_length(b) == 2 &&
+           !json_object_object_get_ex(o, "a", NULL),
+       "next text alone");
+    json_object_put(o);
+  }
+  is_int(dsysi_json_parse("12", 2, &o), 0, "number after a failed number");
+  ok(json_object_get_int(o) == 12, "its value");
+  json_object_put(o);
+  /* Over the kept size (its own tokener), then small again. */
+  size_t big = 200 * 1024;
+  char *t = malloc(big + 8);
+  if (t) {
+    t[0] = '"';
+    memset(t + 1, 'x', big);
+    t[big + 1] = '"';
+    is_int(dsysi_json_parse(t, big + 2, &o), 0, "200 KiB string");
+    ok(json_object_get_string_len(o) == (int)big, "its length");
+    json_object_put(o);
+    t[big + 1] = 'x';
+    is_int(dsysi_json_parse(t, big + 2, &o), DSYS_EBADJSON, "200 KiB unterminated");
+    free(t);
+  }
+  is_int(dsysi_json_parse("[1]", 3, &o), 0, "small after big");
+  json_object_put(o);
 }
 
 static void test_log(void) {

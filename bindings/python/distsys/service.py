@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json as _json
 import logging
+import os
 import re
 import signal
 import threading
@@ -671,6 +672,9 @@ class Service:
         self._listening = False
         self._draining = False
         self._stop_event = threading.Event()
+        # serve_forever's wake-up pipe (write end), under _wake_lock
+        self._wake_w: Optional[int] = None
+        self._wake_lock = threading.RLock()
         self._lock = threading.RLock()
         self._with_metrics = bool(metrics)
         self._t0 = time.monotonic()
@@ -874,7 +878,7 @@ class Service:
         finally:
             self._life.leave()
         self._fin()
-        self._stop_event.set()
+        self.shutdown()
         return clean
 
     def close(self) -> None:
@@ -895,6 +899,14 @@ class Service:
     def shutdown(self) -> None:
         """Make :meth:`serve_forever` return (from any thread or handler)."""
         self._stop_event.set()
+        # a reentrant lock: a signal handler may run in the main thread
+        # while it holds the lock (serve_forever's cleanup)
+        with self._wake_lock:
+            if self._wake_w is not None:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except OSError:  # full: a wake-up is pending anyway
+                    pass
 
     def serve_forever(self, *urls: str, drain_ms: int = 5000,
                       signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
@@ -903,21 +915,34 @@ class Service:
         ``listening URL`` for each when ``announce`` (scripts read the
         port from it), then wait in the main thread until one of
         ``signals`` arrives or :meth:`shutdown` is called, and
-        :meth:`stop` with ``drain_ms``. The previous signal handlers are
-        restored. Returns what stop() returned."""
+        :meth:`stop` with ``drain_ms``. The previous signal handlers (and
+        signal wake-up descriptor) are restored. Returns what stop()
+        returned."""
         if threading.current_thread() is not threading.main_thread():
             raise errors.error_class(_ESTATE)(
                 _ESTATE, "serve_forever() handles signals: call it from the main thread")
+        # The main thread sleeps in a read of a pipe, woken by a byte: the
+        # signal's number, written by Python's C-level handler through
+        # set_wakeup_fd on whichever thread the kernel gave the signal to
+        # (a server thread as well as the main one), or 0 from shutdown().
+        # The Python-level handler does nothing: it runs in the main thread
+        # between two bytecodes, possibly while that thread holds a lock
+        # the handler would take (Event.set() there could leave the main
+        # thread waiting forever on its own lock), and only once the main
+        # thread wakes at all.
+        rfd, wfd = os.pipe()
+        os.set_blocking(wfd, False)
         old = {}
-
-        def on_signal(signum: int, frame: Any) -> None:
-            log.info("distsys: %s: signal %d, draining", self.name, signum)
-            self._stop_event.set()
-
-        # handlers first: whoever reads "listening" may signal at once
-        for s in signals:
-            old[s] = signal.signal(s, on_signal)
+        old_wakeup = None
+        wanted = {int(s) for s in signals}
+        got = None
         try:
+            old_wakeup = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+            # handlers first: whoever reads "listening" may signal at once
+            for s in signals:
+                old[s] = signal.signal(s, lambda signum, frame: None)
+            with self._wake_lock:
+                self._wake_w = wfd
             for u in urls:
                 self.listen(u)
             if not self._listening:
@@ -925,12 +950,21 @@ class Service:
             if announce:
                 for u in self.urls:
                     print(f"listening {u}", flush=True)
-            # Event.wait is interrupted by signals in the main thread: the
-            # handler above runs, sets the event, and the wait returns.
-            self._stop_event.wait()
+            while got is None and not self._stop_event.is_set():
+                # PEP 475: a read interrupted by a signal is retried after
+                # the (empty) handler, and finds that signal's byte
+                got = next((b for b in os.read(rfd, 64) if b in wanted), None)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
+            with self._wake_lock:
+                self._wake_w = None
+            os.close(rfd)
+            os.close(wfd)
+        if got is not None:
+            log.info("distsys: %s: signal %d, draining", self.name, got)
         return self.stop(drain_ms)
 
     def __repr__(self) -> str:

@@ -357,6 +357,38 @@ def test_serve_forever_drains_on_sigterm(tmp_path):
             p.wait()
 
 
+SERVE_KILL_FROM_THREAD = r"""
+import signal, sys, threading, distsys
+app = distsys.Service("sig", threads=2)
+@app.get("/stop")
+def stop(req):
+    # a process-wide signal may land on any thread that does not block it:
+    # here, deterministically, on one of the server's threads
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    return "signalled"
+clean = app.serve_forever("http://127.0.0.1:0", drain_ms=5000)
+print("stopped clean" if clean else "stopped cut", flush=True)
+"""
+
+
+def test_serve_forever_stops_on_a_signal_taken_by_another_thread():
+    """The main thread must wake although the signal's C handler ran on a
+    server thread (before: it slept in Event.wait, never interrupted)."""
+    p = subprocess.Popen([sys.executable, "-c", SERVE_KILL_FROM_THREAD], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("listening "), line + p.stderr.read()
+        st, _, body = call(line.split()[1], path="/stop")
+        assert (st, body) == (200, b"signalled")
+        assert p.wait(10) == 0
+        assert p.stdout.read().strip() == "stopped clean"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _pki(d):
     """A throwaway CA, a server/client certificate it signs, and a rogue
     self-signed one (openssl command line)."""
