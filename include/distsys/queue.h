@@ -60,7 +60,8 @@ typedef enum dsys_job_state {
 /**
  * A job, returned as one allocation (strings live in the same block):
  * release with dsys_job_free(). Optional strings are NULL when unset.
- * Times are wall-clock ms since the epoch (0 = unset).
+ * Times are wall-clock ms since the epoch (0 = unset): the queue's clock,
+ * or on PostgreSQL with a real clock the server's (postgresql-queue.md).
  */
 typedef struct dsys_job {
   int64_t id;

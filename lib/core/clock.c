@@ -26,6 +26,8 @@ typedef struct timer_ent {
 
 struct dsys_clock {
   int fake;
+  int offset;             /* a real clock with a wall offset: timers on g_real */
+  int64_t wall_offset_ms; /* added to the real wall time (offset clocks) */
   pthread_mutex_t mu;
   pthread_cond_t cv;  /* wakes the timer thread (real clock) */
   int64_t fake_mono_us;
@@ -69,6 +71,18 @@ int dsys_clock_fake_new(dsys_clock **out, int64_t start_wall_ms) {
   return 0;
 }
 
+int dsysi_clock_offset_new(dsys_clock **out, int64_t wall_offset_ms) {
+  if (!out) return DSYS_EINVAL;
+  dsys_clock *c = calloc(1, sizeof *c);
+  if (!c) return DSYS_ENOMEM;
+  c->offset = 1;
+  c->wall_offset_ms = wall_offset_ms;
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  *out = c;
+  return 0;
+}
+
 void dsys_clock_free(dsys_clock *clk) {
   if (!clk || clk == &g_real) return;
   pthread_mutex_destroy(&clk->mu);
@@ -104,7 +118,7 @@ int64_t dsys_clock_wall_ms(dsys_clock *clk) {
   }
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + (clk ? clk->wall_offset_ms : 0);
 }
 
 void dsys_time_iso8601(int64_t wall_ms, char *buf, size_t buflen) {
@@ -210,6 +224,7 @@ int dsys_timer_add(dsys_clock *clk, int64_t delay_us, dsys_timer_fn fn,
                    void *ud, uint64_t *id) {
   if (!clk || !fn) return DSYS_EINVAL;
   if (delay_us < 0) delay_us = 0;
+  if (clk->offset) clk = dsys_clock_real(); /* same monotonic time */
   pthread_mutex_lock(&clk->mu);
   if (!clk->fake && !clk->thread_started) {
     pthread_attr_t attr;
@@ -244,6 +259,7 @@ int dsys_timer_add(dsys_clock *clk, int64_t delay_us, dsys_timer_fn fn,
 
 int dsys_timer_cancel(dsys_clock *clk, uint64_t id) {
   if (!clk || !id) return DSYS_ENOTFOUND;
+  if (clk->offset) clk = dsys_clock_real();
   int rc = DSYS_ENOTFOUND;
   pthread_mutex_lock(&clk->mu);
   for (size_t i = 0; i < clk->n; i++)

@@ -322,10 +322,12 @@ static size_t on_body(char *p, size_t sz, size_t nm, void *ud) {
   return dsysi_buf_append(ud, p, sz * nm) ? 0 : sz * nm;
 }
 
-/* gRPC codes after which another member may do better: Unknown (the
- * gateway's "context deadline exceeded"), DeadlineExceeded, Unavailable
- * ("no leader", "request timed out", "leader changed") */
-static int failover_code(int64_t code) { return code == 2 || code == 4 || code == 14; }
+/* gRPC codes after which another member may do better: Canceled (we
+ * never cancel a request through the gateway: the member did, e.g. while
+ * stopping), Unknown (the gateway's "context deadline exceeded"),
+ * DeadlineExceeded, Unavailable ("no leader", "request timed out",
+ * "leader changed") */
+static int failover_code(int64_t code) { return code == 1 || code == 2 || code == 4 || code == 14; }
 
 static int grpc_err(int64_t code) {
   switch (code) {
@@ -451,8 +453,11 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
         answered = 1;
         continue;
       }
-      dsysi_log(DSYS_LOG_DEBUG, c->area, "etcd %s: %s", path, last);
-      return grpc_err(*code);
+      int ge = grpc_err(*code);
+      /* an answer this client does not expect: say what it was */
+      dsysi_log(ge == DSYS_EPROTO ? DSYS_LOG_WARN : DSYS_LOG_DEBUG, c->area, "etcd %s: %s", path,
+                last);
+      return ge;
     }
     if (ep != first) c->cur = ep;
     if (c->down) {

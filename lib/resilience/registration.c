@@ -18,6 +18,11 @@ struct dsys_registration {
   uint64_t timer;
   int timers_out, tick, stop;
   int down_logged;
+  /* the registry has the instance (registered, and no heartbeat since
+   * answered "not found"): a failed call does not change that, so the
+   * next try is a heartbeat, not a registration (which every watcher
+   * takes for a new process: the gateways start it over, health pending) */
+  int known;
   dsys_registration_stats st;
 };
 
@@ -49,8 +54,10 @@ static void outcome(dsys_registration *a, int rc, int was_register) {
     if (was_register) a->st.registrations++;
     else a->st.heartbeats++;
     if (a->down_logged)
-      dsysi_log(DSYS_LOG_INFO, "registration", "%s registered again", a->inst->id);
+      dsysi_log(DSYS_LOG_INFO, "registration", "%s %s", a->inst->id,
+                was_register ? "registered again" : "heartbeats accepted again");
     a->down_logged = 0;
+    a->known = 1;
     a->st.registered = 1;
     a->st.last_error = 0;
     return;
@@ -76,6 +83,9 @@ static void do_tick(dsys_registration *a, int registered) {
     }
     dsysi_log(DSYS_LOG_INFO, "registration", "%s unknown to the registry: registering again",
               a->inst->id);
+    pthread_mutex_lock(&a->mu);
+    a->known = 0;
+    pthread_mutex_unlock(&a->mu);
   }
   rc = dsys_registry_register(a->reg, a->inst);
   pthread_mutex_lock(&a->mu);
@@ -90,9 +100,9 @@ static void *agent_thread(void *arg) {
     while (!a->tick && !a->stop) pthread_cond_wait(&a->cv, &a->mu);
     if (a->stop) break;
     a->tick = 0;
-    int registered = a->st.registered;
+    int known = a->known;
     pthread_mutex_unlock(&a->mu);
-    do_tick(a, registered);
+    do_tick(a, known);
     pthread_mutex_lock(&a->mu);
     schedule(a);
   }

@@ -613,6 +613,13 @@ static int sweep_seen(dsys_registry *r) {
     seen_prune(r, 1);
     r->grace_until_ms = now + r->ttl_ms;
   }
+  /* A slow registry (these reads took over a sixth of the TTL, half a
+   * heartbeat interval): the heartbeats written through it may have been
+   * as slow, so silence says nothing of the instances; judge none until
+   * it has answered fast for a TTL (seen with etcd on an overloaded host:
+   * instances of every type marked unhealthy, 503s, in bursts) */
+  int64_t after = dsys_clock_now_ms(r->clk);
+  if (after - now > r->ttl_ms / 6) r->grace_until_ms = after + r->ttl_ms;
   r->gen++;
   dsys_registry_expiry *x = n ? malloc(n * sizeof *x) : NULL;
   size_t nx = 0;

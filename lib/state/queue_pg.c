@@ -98,6 +98,17 @@ static const char *const migrations[] = {
     " paused_at bigint NOT NULL);",
 };
 
+/* Job times (ms since the epoch: lease_until, run_at, created_at,
+ * finished_at, paused_at) are the server's clock: every statement's time
+ * is NOW($n), the statement's start on the server, and the caller passes
+ * durations (a lease, a delay, an age). Processes on several hosts then
+ * share one clock, so a host whose wall clock is off neither judges the
+ * others' leases expired nor writes leases that are already expired. On a
+ * fake clock (tests driving leases and delays by hand) $n is the caller's
+ * time instead, as on SQLite; NULL selects the server's. */
+#define SNOW "(extract(epoch from statement_timestamp()) * 1000)::bigint"
+#define NOW(P) "COALESCE(" P "::bigint, " SNOW ")"
+
 /* Due delayed jobs become waiting; expired leases go back to waiting (or
  * to failed after the last attempt). Rows locked by another transaction
  * are left for the next group rather than waited for. "id = ANY(ARRAY(
@@ -107,21 +118,22 @@ static const char *const migrations[] = {
 static const dsysi_pg_stmt st_house = {
     "dq_house",
     "WITH p AS (UPDATE dsys_jobs SET state = 1 WHERE id = ANY(ARRAY(SELECT id "
-    "FROM dsys_jobs WHERE state = 2 AND run_at <= $1 FOR UPDATE SKIP LOCKED))), "
-    "e AS (UPDATE dsys_jobs SET "
+    "FROM dsys_jobs WHERE state = 2 AND run_at <= " NOW("$1") " FOR UPDATE "
+    "SKIP LOCKED))), e AS (UPDATE dsys_jobs SET "
     "state = CASE WHEN attempts >= max_attempts THEN 5 ELSE 1 END, "
-    "error = 'lease expired', lease_until = 0, run_at = $1, "
-    "finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE 0 END "
-    "WHERE id = ANY(ARRAY(SELECT id FROM dsys_jobs WHERE state = 3 AND "
-    "lease_until <= $1 FOR UPDATE SKIP LOCKED))) SELECT 1",
+    "error = 'lease expired', lease_until = 0, run_at = " NOW("$1") ", "
+    "finished_at = CASE WHEN attempts >= max_attempts THEN " NOW("$1") " ELSE 0 "
+    "END WHERE id = ANY(ARRAY(SELECT id FROM dsys_jobs WHERE state = 3 AND "
+    "lease_until <= " NOW("$1") " FOR UPDATE SKIP LOCKED))) SELECT 1",
     1};
-/* n payloads of one queue in one statement (all or none), ids in order */
+/* n payloads of one queue in one statement (all or none), ids in order;
+ * $8 the time, $9 the delay */
 static const dsysi_pg_stmt st_insert = {
     "dq_insert",
     "INSERT INTO dsys_jobs(queue, payload, state, priority, max_attempts, "
     "backoff_base, backoff_cap, created_at, run_at) SELECT $1, t.p, $3, $4, "
-    "$5, $6, $7, $8, $9 FROM unnest($2::text[]) WITH ORDINALITY AS t(p, o) "
-    "ORDER BY t.o RETURNING id",
+    "$5, $6, $7, " NOW("$8") ", " NOW("$8") " + $9 FROM unnest($2::text[]) "
+    "WITH ORDINALITY AS t(p, o) ORDER BY t.o RETURNING id",
     9};
 /* a key inserted meanwhile by another transaction: wait for it, insert
  * nothing (no error, which would abort the group) */
@@ -129,42 +141,43 @@ static const dsysi_pg_stmt st_insert_key = {
     "dq_insert_key",
     "INSERT INTO dsys_jobs(queue, payload, state, priority, max_attempts, "
     "backoff_base, backoff_cap, created_at, run_at, idem_key) VALUES($1, $2, "
-    "$3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (queue, idem_key) WHERE "
+    "$3, $4, $5, $6, $7, " NOW("$8") ", " NOW("$8") " + $9, $10) ON CONFLICT (queue, idem_key) WHERE "
     "idem_key IS NOT NULL DO NOTHING RETURNING id",
     10};
 static const dsysi_pg_stmt st_idem = {
     "dq_idem", "SELECT id FROM dsys_jobs WHERE queue = $1 AND idem_key = $2", 2};
-/* One queue: the partial index gives the rows in claim order, so LIMIT
+/* $4 the lease, $5 the time. One queue: the partial index gives the rows in claim order, so LIMIT
  * stops early; with several, every ready row of them is sorted (use one
  * queue per worker for large backlogs). */
 #define CLAIM_SQL(WHERE_QUEUE)                                               \
   "UPDATE dsys_jobs j SET state = 3, token = j.token + 1, "                  \
-  "attempts = j.attempts + 1, worker = $3, lease_until = $4, progress = 0, " \
+  "attempts = j.attempts + 1, worker = $3, lease_until = " NOW("$5") " + $4, " \
+  "progress = 0, " \
   "progress_msg = NULL WHERE j.id = ANY(ARRAY(SELECT id FROM dsys_jobs "     \
   "WHERE " WHERE_QUEUE " AND state = 1 AND queue <> ALL (SELECT queue FROM " \
   "dsys_queue_paused) ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP "  \
   "LOCKED)) RETURNING " JCOLS_J
-static const dsysi_pg_stmt st_claim1 = {"dq_claim1", CLAIM_SQL("queue = $1"), 4};
-static const dsysi_pg_stmt st_claim = {"dq_claim", CLAIM_SQL("queue = ANY($1::text[])"), 4};
+static const dsysi_pg_stmt st_claim1 = {"dq_claim1", CLAIM_SQL("queue = $1"), 5};
+static const dsysi_pg_stmt st_claim = {"dq_claim", CLAIM_SQL("queue = ANY($1::text[])"), 5};
 static const dsysi_pg_stmt st_complete = {
     "dq_complete",
-    "UPDATE dsys_jobs SET state = 4, result = $3, finished_at = $4, "
+    "UPDATE dsys_jobs SET state = 4, result = $3, finished_at = " NOW("$4") ", "
     "lease_until = 0, progress = 100 WHERE id = $1 AND state = 3 AND "
     "token = $2",
     4};
 static const dsysi_pg_stmt st_complete_many = {
     "dq_complete_many",
-    "UPDATE dsys_jobs j SET state = 4, result = v.r, finished_at = $4, "
+    "UPDATE dsys_jobs j SET state = 4, result = v.r, finished_at = " NOW("$4") ", "
     "lease_until = 0, progress = 100 FROM unnest($1::bigint[], $2::bigint[], "
     "$3::text[]) AS v(id, tok, r) WHERE j.id = v.id AND j.state = 3 AND "
     "j.token = v.tok RETURNING j.id",
     4};
 static const dsysi_pg_stmt st_heartbeat_many = {
     "dq_heartbeat_many",
-    "UPDATE dsys_jobs j SET lease_until = v.l FROM unnest($1::bigint[], "
-    "$2::bigint[], $3::bigint[]) AS v(id, tok, l) WHERE j.id = v.id AND "
-    "j.state = 3 AND j.token = v.tok RETURNING j.id",
-    3};
+    "UPDATE dsys_jobs j SET lease_until = " NOW("$4") " + v.l FROM "
+    "unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, tok, l) WHERE "
+    "j.id = v.id AND j.state = 3 AND j.token = v.tok RETURNING j.id",
+    4};
 /* locked: nothing may change the row between this read and the update */
 static const dsysi_pg_stmt st_getfail = {
     "dq_getfail",
@@ -173,19 +186,19 @@ static const dsysi_pg_stmt st_getfail = {
     2};
 static const dsysi_pg_stmt st_retry = {
     "dq_retry",
-    "UPDATE dsys_jobs SET state = $2, run_at = $3, error = $4, "
+    "UPDATE dsys_jobs SET state = $2, run_at = " NOW("$5") " + $3, error = $4, "
     "lease_until = 0 WHERE id = $1",
-    4};
+    5};
 static const dsysi_pg_stmt st_dead = {
     "dq_dead",
-    "UPDATE dsys_jobs SET state = 5, error = $2, finished_at = $3, "
+    "UPDATE dsys_jobs SET state = 5, error = $2, finished_at = " NOW("$3") ", "
     "lease_until = 0 WHERE id = $1",
     3};
 static const dsysi_pg_stmt st_heartbeat = {
     "dq_heartbeat",
-    "UPDATE dsys_jobs SET lease_until = $3 WHERE id = $1 AND state = 3 AND "
-    "token = $2",
-    3};
+    "UPDATE dsys_jobs SET lease_until = " NOW("$4") " + $3 WHERE id = $1 AND "
+    "state = 3 AND token = $2",
+    4};
 static const dsysi_pg_stmt st_progress = {
     "dq_progress",
     "UPDATE dsys_jobs SET progress = $3, progress_msg = $4 WHERE id = $1 AND "
@@ -194,11 +207,12 @@ static const dsysi_pg_stmt st_progress = {
 static const dsysi_pg_stmt st_release = {
     "dq_release",
     "UPDATE dsys_jobs SET state = 1, attempts = attempts - 1, "
-    "lease_until = 0, run_at = $3 WHERE id = $1 AND state = 3 AND token = $2",
+    "lease_until = 0, run_at = " NOW("$3") " WHERE id = $1 AND state = 3 AND "
+    "token = $2",
     3};
 static const dsysi_pg_stmt st_cancel = {
     "dq_cancel",
-    "UPDATE dsys_jobs SET state = 6, finished_at = $2, lease_until = 0 "
+    "UPDATE dsys_jobs SET state = 6, finished_at = " NOW("$2") ", lease_until = 0 "
     "WHERE id = $1 AND state IN (1, 2, 3)",
     2};
 static const dsysi_pg_stmt st_get = {
@@ -218,14 +232,14 @@ static const dsysi_pg_stmt st_deadlist = {
 static const dsysi_pg_stmt st_replay = {
     "dq_replay",
     "UPDATE dsys_jobs SET state = 1, attempts = 0, error = NULL, "
-    "result = NULL, finished_at = 0, run_at = $2 WHERE id = $1 AND "
+    "result = NULL, finished_at = 0, run_at = " NOW("$2") " WHERE id = $1 AND "
     "state IN (5, 6)",
     2};
 static const dsysi_pg_stmt st_purge = {
     "dq_purge",
     "DELETE FROM dsys_jobs WHERE state IN (4, 5, 6) AND finished_at > 0 AND "
-    "finished_at <= $1",
-    1};
+    "finished_at <= " NOW("$2") " - $1", /* $1 the age */
+    2};
 static const dsysi_pg_stmt st_queues = {
     "dq_queues",
     "SELECT name, state, n, paused_at FROM (SELECT queue AS name, state, "
@@ -235,7 +249,7 @@ static const dsysi_pg_stmt st_queues = {
     0};
 static const dsysi_pg_stmt st_pause = {
     "dq_pause",
-    "INSERT INTO dsys_queue_paused(queue, paused_at) VALUES($1, $2) "
+    "INSERT INTO dsys_queue_paused(queue, paused_at) VALUES($1, " NOW("$2") ") "
     "ON CONFLICT (queue) DO NOTHING",
     2};
 static const dsysi_pg_stmt st_resume = {
@@ -243,8 +257,8 @@ static const dsysi_pg_stmt st_resume = {
 static const dsysi_pg_stmt st_purgedead = {
     "dq_purgedead",
     "DELETE FROM dsys_jobs WHERE state = 5 AND finished_at > 0 AND "
-    "finished_at <= $1 AND ($2::text IS NULL OR queue = $2)",
-    2};
+    "finished_at <= " NOW("$3") " - $1 AND ($2::text IS NULL OR queue = $2)",
+    3};
 
 #define NOTIFY_CHANNEL "dsys_queue"
 
@@ -252,6 +266,7 @@ typedef struct pq {
   dsysi_pg *pool;
   char *url;            /* full URI (for the listener) */
   char self[24];        /* this handle's id, the payload of its NOTIFYs */
+  int server_clock;     /* not a fake clock: job times are the server's */
   /* listener */
   void (*wake)(void *);
   void *wake_ud;
@@ -266,7 +281,8 @@ typedef struct pq {
 #define GROUPS 4
 typedef struct group {
   dsysi_pg_conn *c; /* between begin and commit / rollback */
-  int64_t now;      /* the group's time (housekeeping) */
+  int64_t now;      /* the group's time on the caller's clock */
+  int server_clock; /* job times on the server's clock (NOW($n) = NULL) */
   int begun;        /* BEGIN was sent (with the group's first statement) */
   int ready;        /* the group made jobs claimable: NOTIFY at commit */
   int broken;       /* an op changed rows it could not report: roll back */
@@ -276,6 +292,14 @@ static __thread group G;
 /* ---- helpers ---- */
 
 #define I64 DSYSI_PG_I64
+
+/* The NOW($n) parameter: NULL for the server's clock, else the group's
+ * time (buf: 24 bytes). */
+static const char *now_arg(char *buf) {
+  if (G.server_clock) return NULL;
+  snprintf(buf, 24, "%lld", (long long)G.now);
+  return buf;
+}
 
 /* PostgreSQL rejects invalid UTF-8 with an error that would abort the
  * group's transaction: refuse such text before sending it. */
@@ -376,8 +400,7 @@ static dsys_job *row_job(const PGresult *r, int row) {
 static int exec_pipelined(const dsysi_pg_stmt *st, const char *const *params, PGresult **res) {
   PGconn *pg = G.c->pg;
   char nv[24];
-  snprintf(nv, sizeof nv, "%lld", (long long)G.now);
-  const char *hp[] = {nv};
+  const char *hp[] = {now_arg(nv)};
   if (!PQenterPipelineMode(pg)) return DSYS_EUNAVAIL;
   int sent = PQsendQueryParams(pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
              PQsendQueryPrepared(pg, st_house.name, 1, hp, NULL, NULL, 0) &&
@@ -421,7 +444,7 @@ static int exec_first(const dsysi_pg_stmt *st, const char *const *params, PGresu
    * whole table, after a run that started empty): every statement here
    * has an index to use, so this connection never scans. */
   char a[24];
-  const char *pv[] = {I64(a, G.now)};
+  const char *pv[] = {now_arg(a)};
   int e = dsysi_pg_is_prepared(G.c, &st_house) ? 0 : dsysi_pg_run(G.c, "SET enable_seqscan = off");
   if (!e) e = dsysi_pg_run(G.c, "BEGIN");
   if (!e) e = dsysi_pg_exec(G.c, &st_house, pv, NULL);
@@ -548,7 +571,8 @@ static void pq_close(void *p) {
 static int open_scheme(void *p, const char *scheme, const char *location,
                        const dsys_queue_options *o, char *err, size_t errlen) {
   pq *q = p;
-  (void)o; /* durability is the server's synchronous_commit */
+  /* durability is the server's synchronous_commit */
+  q->server_clock = !dsys_clock_is_fake(o->clock);
   size_t n = strlen(scheme) + 3 + strlen(location) + 1;
   if (!(q->url = malloc(n))) return DSYS_ENOMEM;
   snprintf(q->url, n, "%s://%s", scheme, location);
@@ -599,6 +623,7 @@ static int pq_begin(void *p, int64_t now) {
   pq *q = p;
   G.ready = G.broken = G.begun = 0;
   G.now = now;
+  G.server_clock = q->server_clock;
   int e = dsysi_pg_acquire(q->pool, &G.c);
   if (e) G.c = NULL;
   return e;
@@ -638,12 +663,13 @@ static int pq_submit(void *p, const char *queue, const char *const *payloads, si
   I64(ma, o->max_attempts);
   I64(bb, o->backoff_base_ms);
   I64(bc, o->backoff_cap_ms);
-  I64(ca, now);
-  I64(ra, now + (delayed ? o->delay_ms : 0));
+  (void)now; /* G.now */
+  const char *cn = now_arg(ca);
+  I64(ra, delayed ? o->delay_ms : 0);
   PGresult *r = NULL;
   int e;
   if (o->idempotency_key) {
-    const char *pv[] = {queue, payloads[0], st_s, pr, ma, bb, bc, ca, ra, o->idempotency_key};
+    const char *pv[] = {queue, payloads[0], st_s, pr, ma, bb, bc, cn, ra, o->idempotency_key};
     e = exec(q, &st_insert_key, pv, &r);
     if (!e && PQntuples(r) == 1) {
       ids[0] = col64(r, 0, 0);
@@ -665,7 +691,7 @@ static int pq_submit(void *p, const char *queue, const char *const *payloads, si
   }
   char *arr = text_array(payloads, n);
   if (!arr) return DSYS_ENOMEM;
-  const char *pv[] = {queue, arr, st_s, pr, ma, bb, bc, ca, ra};
+  const char *pv[] = {queue, arr, st_s, pr, ma, bb, bc, cn, ra};
   e = exec(q, &st_insert, pv, &r);
   free(arr);
   if (!e && (size_t)PQntuples(r) != n) e = DSYS_EDB;
@@ -693,13 +719,13 @@ static int job_cmp(const void *a, const void *b) {
 static int pq_claim(void *p, const char *const *queues, size_t nqueues, const char *worker,
                     int64_t lease_until, size_t max, int64_t now, dsys_job **jobs, size_t *n) {
   pq *q = p;
-  (void)now;
   *n = 0;
   if (!texts_ok(queues, nqueues) || !utf8_ok(worker)) return DSYS_EINVAL;
   char *arr = nqueues > 1 ? text_array(queues, nqueues) : NULL;
   if (nqueues > 1 && !arr) return DSYS_ENOMEM;
-  char mx[24], lu[24];
-  const char *pv[] = {arr ? arr : queues[0], I64(mx, max), worker, I64(lu, lease_until)};
+  char mx[24], lu[24], nw[24];
+  const char *pv[] = {arr ? arr : queues[0], I64(mx, max), worker, I64(lu, lease_until - now),
+                      now_arg(nw)};
   PGresult *r = NULL;
   int e = exec(q, arr ? &st_claim : &st_claim1, pv, &r);
   free(arr);
@@ -728,14 +754,15 @@ static int pq_complete(void *p, int64_t id, int64_t token, const char *result, i
   pq *q = p;
   if (result && !utf8_ok(result)) return DSYS_EBADJSON;
   char a[24], b[24], c[24];
-  const char *pv[] = {I64(a, id), I64(b, token), result ? result : "null", I64(c, now)};
+  (void)now; /* G.now */
+  const char *pv[] = {I64(a, id), I64(b, token), result ? result : "null", now_arg(c)};
   return change_one(q, &st_complete, pv, id);
 }
 
 static int pq_heartbeat(void *p, int64_t id, int64_t token, int64_t lease_until) {
   pq *q = p;
-  char a[24], b[24], c[24];
-  const char *pv[] = {I64(a, id), I64(b, token), I64(c, lease_until)};
+  char a[24], b[24], c[24], d[24];
+  const char *pv[] = {I64(a, id), I64(b, token), I64(c, lease_until - G.now), now_arg(d)};
   return change_one(q, &st_heartbeat, pv, id);
 }
 
@@ -758,7 +785,7 @@ static int finish_kind(pq *q, dsys_queue_finish *f, size_t n, int kind, int64_t 
     if (kind == DSYS_QUEUE_FINISH_COMPLETE)
       arr_elem(&third, f[i].result ? f[i].result : "null", first);
     else
-      dsysi_buf_printf(&third, "%s%lld", first ? "" : ",", (long long)f[i].lease_until);
+      dsysi_buf_printf(&third, "%s%lld", first ? "" : ",", (long long)(f[i].lease_until - now));
     first = 0;
   }
   dsysi_buf_append(&ids, "}", 1);
@@ -768,7 +795,7 @@ static int finish_kind(pq *q, dsys_queue_finish *f, size_t n, int kind, int64_t 
   PGresult *r = NULL;
   if (!e) {
     char nw[24];
-    const char *pv[] = {ids.data, toks.data, third.data, I64(nw, now)};
+    const char *pv[] = {ids.data, toks.data, third.data, now_arg(nw)};
     e = exec(q, kind == DSYS_QUEUE_FINISH_COMPLETE ? &st_complete_many : &st_heartbeat_many, pv,
              &r);
   }
@@ -814,7 +841,8 @@ static int pq_fail(void *p, int64_t id, int64_t token, const char *msg, int64_t 
   pq *q = p;
   *dead = 0;
   if (!utf8_ok(msg)) return DSYS_EINVAL;
-  char a[24], b[24], c[24];
+  char a[24], b[24], c[24], d[24];
+  (void)now; /* G.now */
   const char *pv[] = {I64(a, id), I64(b, token)};
   PGresult *r = NULL;
   int e = exec(q, &st_getfail, pv, &r);
@@ -827,7 +855,7 @@ static int pq_fail(void *p, int64_t id, int64_t token, const char *msg, int64_t 
   int64_t base = col64(r, 0, 2), cap = col64(r, 0, 3);
   PQclear(r);
   if (attempts >= maxa) {
-    const char *pd[] = {a, msg, I64(c, now)};
+    const char *pd[] = {a, msg, now_arg(c)};
     e = exec(q, &st_dead, pd, NULL);
     if (!e) *dead = 1;
     return e;
@@ -835,7 +863,7 @@ static int pq_fail(void *p, int64_t id, int64_t token, const char *msg, int64_t 
   int64_t delay = dsys_queue_backoff_ms(attempts, base, cap);
   char s[8];
   snprintf(s, sizeof s, "%d", delay > 0 ? DSYS_JOB_DELAYED : DSYS_JOB_WAITING);
-  const char *pr[] = {a, s, I64(c, now + delay), msg};
+  const char *pr[] = {a, s, I64(c, delay), msg, now_arg(d)};
   e = exec(q, &st_retry, pr, NULL);
   if (!e && delay <= 0) G.ready = 1;
   return e;
@@ -853,7 +881,8 @@ static int pq_progress(void *p, int64_t id, int64_t token, int32_t percent,
 static int pq_release(void *p, int64_t id, int64_t token, int64_t now) {
   pq *q = p;
   char a[24], b[24], c[24];
-  const char *pv[] = {I64(a, id), I64(b, token), I64(c, now)};
+  (void)now; /* G.now */
+  const char *pv[] = {I64(a, id), I64(b, token), now_arg(c)};
   int e = change_one(q, &st_release, pv, id);
   if (!e) G.ready = 1;
   return e;
@@ -862,7 +891,8 @@ static int pq_release(void *p, int64_t id, int64_t token, int64_t now) {
 static int pq_cancel(void *p, int64_t id, int64_t now) {
   pq *q = p;
   char a[24], b[24];
-  const char *pv[] = {I64(a, id), I64(b, now)};
+  (void)now; /* G.now */
+  const char *pv[] = {I64(a, id), now_arg(b)};
   int e = change_one(q, &st_cancel, pv, id);
   return e == DSYS_ELEASE ? DSYS_ESTATE : e;
 }
@@ -870,7 +900,8 @@ static int pq_cancel(void *p, int64_t id, int64_t now) {
 static int pq_replay(void *p, int64_t id, int64_t now) {
   pq *q = p;
   char a[24], b[24];
-  const char *pv[] = {I64(a, id), I64(b, now)};
+  (void)now; /* G.now */
+  const char *pv[] = {I64(a, id), now_arg(b)};
   int e = change_one(q, &st_replay, pv, id);
   if (!e) G.ready = 1;
   return e == DSYS_ELEASE ? DSYS_ESTATE : e;
@@ -949,15 +980,15 @@ static int delete_count(pq *q, const dsysi_pg_stmt *st, const char *const *pv,
 }
 
 static int pq_purge(void *p, int64_t before, int64_t *removed) {
-  char a[24];
-  const char *pv[] = {I64(a, before)};
+  char a[24], b[24];
+  const char *pv[] = {I64(a, G.now - before), now_arg(b)};
   return delete_count(p, &st_purge, pv, removed);
 }
 
 static int pq_purge_dead(void *p, const char *queue, int64_t before, int64_t *removed) {
   if (queue && !utf8_ok(queue)) return DSYS_EINVAL;
-  char a[24];
-  const char *pv[] = {I64(a, before), queue};
+  char a[24], b[24];
+  const char *pv[] = {I64(a, G.now - before), queue, now_arg(b)};
   return delete_count(p, &st_purgedead, pv, removed);
 }
 
@@ -1013,7 +1044,8 @@ static int pq_set_paused(void *p, const char *queue, int paused, int64_t now) {
   pq *q = p;
   if (!utf8_ok(queue)) return DSYS_EINVAL;
   char a[24];
-  const char *pv[] = {queue, I64(a, now)};
+  (void)now; /* G.now */
+  const char *pv[] = {queue, now_arg(a)};
   int e = exec(q, paused ? &st_pause : &st_resume, pv, NULL);
   if (!e && !paused) G.ready = 1;
   return e;

@@ -430,8 +430,22 @@ def converge(args):
             if seen == live:
                 done[name] = now_ms() - t0
         time.sleep(0.05)
-    print(json.dumps({"gone": gone, "converged": done, "pending": {
-        n: sorted(last[n] ^ live) if n in last else None for n in names if n not in done}}))
+    out = {"gone": gone, "converged": done, "pending": {
+        n: sorted(last[n] ^ live) if n in last else None for n in names if n not in done}}
+    # what a view that did not converge shows of its pending instances:
+    # their /status entries ("absent": the gateway does not have it at all)
+    detail = {}
+    for g in args.gateway:
+        name, url = g.split("=", 1)
+        if name in done or not out["pending"].get(name):
+            continue
+        st, doc, _ = http("GET", url + "/status", timeout=3)
+        entries = [i for l in ((doc or {}).get("services") or {}).values() for i in l] if st == 200 else []
+        detail[name] = {u: next((i for i in entries if i.get("url") == u), "absent")
+                        for u in out["pending"][name]}
+    if detail:
+        out["detail"] = detail
+    print(json.dumps(out))
     return 0 if len(done) == len(names) and len(gone) == len(names) else 1
 
 

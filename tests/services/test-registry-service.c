@@ -452,6 +452,42 @@ static void test_agent(void) {
   dsys_clock_free(clk);
 }
 
+/* An outage that keeps the registry's data (the daemon restarts on its
+ * file; an etcd member stops): after failed heartbeats the agent
+ * heartbeats again, it does not register again (a registration is a new
+ * process to every watcher: the gateways would start the instance over,
+ * out of rotation until its health checks pass). */
+static void test_agent_outage(const char *dir) {
+  tap_diag("registration agent: an outage that keeps the data");
+  char db[256];
+  snprintf(db, sizeof db, "%s/agent.sqlite", dir);
+  dsys_clock *clk;
+  dsys_clock_fake_new(&clk, T0);
+  regd d;
+  is_int(daemon_start(&d, "inproc://reg-agent2", NULL, "sqlite", db, 0), 0, "daemon (sqlite store)");
+  dsys_registry *r;
+  is_int(dsys_registry_open(&r, "inproc://reg-agent2", NULL, NULL, NULL, 0), 0, "http backend over inproc");
+  dsys_instance in = {.id = "data-4002", .type = "data", .url = "http://127.0.0.1:4002"};
+  dsys_registration_options o = {.size = sizeof o, .clock = clk, .heartbeat_ms = 3000, .retry_ms = 1000};
+  dsys_registration *a = NULL;
+  is_int(dsys_registration_start(&a, r, &in, &o), 0, "start: registered");
+  daemon_stop(&d);
+  dsys_clock_advance(clk, 3000 * 1000);
+  ok(wait_stat(a, 2, 1, 3000), "a heartbeat fails while the daemon is down");
+  is_int(daemon_start(&d, "inproc://reg-agent2", NULL, "sqlite", db, 0), 0, "daemon back on its data");
+  for (int i = 0; i < 20 && !wait_stat(a, 1, 1, 100); i++) dsys_clock_advance(clk, 1000 * 1000);
+  ok(wait_stat(a, 1, 1, 3000), "the agent heartbeats again");
+  dsys_registration_stats st;
+  dsys_registration_stats_get(a, &st);
+  is_int(st.registrations, 1, "and did not register again (registrations: %llu)",
+         (unsigned long long)st.registrations);
+  ok(st.registered && !st.last_error, "registered, no error");
+  is_int(dsys_registration_stop(a), 0, "stop");
+  daemon_stop(&d);
+  dsys_registry_close(r);
+  dsys_clock_free(clk);
+}
+
 int main(void) {
   char dir[] = "/tmp/dsys-regsvc-XXXXXX";
   if (!mkdtemp(dir)) tap_bail("mkdtemp");
@@ -463,6 +499,7 @@ int main(void) {
   test_blocking();
   test_outage(dir);
   test_agent();
+  test_agent_outage(dir);
   dsys_client_free(cli);
   char cmd[300];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

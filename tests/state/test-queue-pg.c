@@ -18,7 +18,13 @@
  *     worker mid-job (its job is redelivered after the lease, completed
  *     once, its token fenced off) and a producer mid-loop (every
  *     acknowledged submit is there; the server rolls back the cut-off
- *     transaction).
+ *     transaction);
+ *  7. clock skew (issue 20): two handles whose wall clocks are 30 s apart
+ *     (real clocks with an offset, as two hosts whose NTP disagrees), one
+ *     claiming, heartbeating or delaying, the other sweeping: a lease is
+ *     neither reclaimed before it ends nor kept after it (the server's
+ *     clock judges both), a delayed job runs neither early nor late, and
+ *     the job's times are the server's, not the skewed writer's.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <distsys/distsys.h>
+#include "core/clock_hook.h"
 #include "state/queue_int.h"
 #include "pgserver.h"
 #include "tap.h"
@@ -541,6 +548,137 @@ static void test_split_chain(void) {
   dsys_queue_close(q);
 }
 
+/* ---- 7: clock skew between handles ---- */
+
+static int64_t real_wall_ms(void) {
+  return dsys_clock_wall_ms(dsys_clock_real());
+}
+
+/* Poll job id through h (each call runs the sweep: housekeeping goes
+ * with every group) every 50 ms until it is no longer active with token,
+ * at most limit_ms; returns the ms from t0 (monotonic) it took, or -1. */
+static int64_t wait_reclaimed(dsys_queue *h, int64_t id, int64_t token, int64_t t0,
+                              int64_t limit_ms) {
+  while (mono_ms() - t0 < limit_ms) {
+    dsys_job *j = NULL;
+    int e = dsys_queue_get(h, id, &j);
+    int active = !e && j && j->state == DSYS_JOB_ACTIVE && j->token == token;
+    dsys_job_free(j);
+    if (!e && !active) return mono_ms() - t0;
+    usleep(50 * 1000);
+  }
+  return -1;
+}
+
+/* claimer x holds a lease of L ms (first renewed by heartbeats for 2 L,
+ * then left to expire); sweeper y must not reclaim it meanwhile, and must
+ * once it ends. */
+static void skew_lease(dsys_queue *x, dsys_queue *y, const char *label) {
+  const int64_t L = 2000;
+  static const char *const QS[] = {"skew"};
+  int64_t id = 0;
+  is_int(dsys_queue_submit(y, "skew", "1", NULL, &id, NULL), 0, "%s: submit", label);
+  dsys_job *j = NULL;
+  int64_t t0 = mono_ms(), w0 = real_wall_ms();
+  if (!ok(dsys_queue_claim(x, QS, 1, "skewed", L, &j) == 0 && j && j->id == id,
+          "%s: claim with a %lld ms lease", label, (long long)L)) {
+    dsys_job_free(j);
+    return;
+  }
+  int64_t tok = j->token;
+  /* the stored lease end is the server's time + L, whatever x's clock says
+   * (the server runs on this machine: its clock is the real one) */
+  int64_t off = j->lease_until - (w0 + L);
+  ok(off > -500 && off < 3000, "%s: lease_until is the server's time + the lease (%+lld ms off)",
+     label, (long long)off);
+  dsys_job_free(j);
+  /* renewed every L/4 for 2 L: never reclaimed by y */
+  int early = 0, hb_fail = 0;
+  int64_t last_hb = t0;
+  while (mono_ms() - t0 < 2 * L) {
+    if (mono_ms() - last_hb >= L / 4) {
+      if (dsys_queue_heartbeat(x, id, tok, L)) hb_fail++;
+      else last_hb = mono_ms();
+    }
+    dsys_job *g = NULL;
+    if (!dsys_queue_get(y, id, &g) && g && (g->state != DSYS_JOB_ACTIVE || g->token != tok))
+      early++;
+    dsys_job_free(g);
+    usleep(50 * 1000);
+  }
+  is_int(early + hb_fail, 0, "%s: a renewed lease is never reclaimed by the other handle (2 x %lld ms)",
+         label, (long long)L);
+  /* left to expire: y reclaims it after L from the last renewal, not before and
+   * not (much) after; 30 s of skew would show as 0 or 30 s */
+  int64_t hb = mono_ms();
+  int hbe = dsys_queue_heartbeat(x, id, tok, L);
+  is_int(hbe, 0, "%s: last renewal", label);
+  int64_t took = wait_reclaimed(y, id, tok, hb, L + 10000);
+  tap_diag("%s: reclaimed %lld ms after the last renewal (lease %lld ms)", label, (long long)took,
+           (long long)L);
+  ok(took >= L - 50, "%s: not reclaimed before the lease ended (%lld ms >= %lld)", label,
+     (long long)took, (long long)L - 50);
+  ok(took >= 0 && took <= L + 5000, "%s: reclaimed once it ended (%lld ms <= %lld)", label,
+     (long long)took, (long long)L + 5000);
+  is_int(dsys_queue_complete(x, id, tok, "\"late\""), DSYS_ELEASE,
+         "%s: the old holder's complete refused by the fencing token", label);
+  dsys_job *k = NULL;
+  is_int(dsys_queue_claim(y, QS, 1, "other", L, &k), 0, "%s: the other handle claims it", label);
+  ok(k && k->id == id && k->token == tok + 1, "%s: same job, next token", label);
+  is_int(dsys_queue_complete(y, id, k ? k->token : 0, "\"ok\""), 0, "%s: completed once", label);
+  dsys_job_free(k);
+}
+
+/* x submits with a delay of D ms; y claims it not before D, and by D + 5 s */
+static void skew_delay(dsys_queue *x, dsys_queue *y, const char *label) {
+  const int64_t D = 1500;
+  static const char *const QS[] = {"skewd"};
+  dsys_submit_options so = {.size = sizeof so, .delay_ms = D};
+  int64_t id = 0, t0 = mono_ms(), w0 = real_wall_ms();
+  is_int(dsys_queue_submit(x, "skewd", "1", &so, &id, NULL), 0, "%s: submit delayed %lld ms",
+         label, (long long)D);
+  int64_t took = -1;
+  while (mono_ms() - t0 < D + 10000) {
+    dsys_job *j = NULL;
+    int e = dsys_queue_claim(y, QS, 1, "w", 5000, &j);
+    if (!e && j) {
+      took = mono_ms() - t0;
+      ok(j->id == id, "%s: the delayed job", label);
+      int64_t off = j->created_at - w0;
+      ok(off > -500 && off < 3000, "%s: created_at is the server's time (%+lld ms off)", label,
+         (long long)off);
+      dsys_queue_complete(y, j->id, j->token, NULL);
+      dsys_job_free(j);
+      break;
+    }
+    dsys_job_free(j);
+    usleep(50 * 1000);
+  }
+  tap_diag("%s: delayed job claimed after %lld ms (delay %lld ms)", label, (long long)took,
+           (long long)D);
+  ok(took >= D - 50, "%s: not run before its delay (%lld ms)", label, (long long)took);
+  ok(took >= 0 && took <= D + 5000, "%s: run once its delay passed (%lld ms)", label,
+     (long long)took);
+}
+
+static void test_skew(void) {
+  dsys_clock *ahead = NULL, *behind = NULL;
+  dsysi_clock_offset_new(&ahead, 15000);
+  dsysi_clock_offset_new(&behind, -15000);
+  dsys_queue *a = open_q(ahead), *b = open_q(behind);
+  if (ok(a && b && dsys_clock_wall_ms(ahead) - dsys_clock_wall_ms(behind) >= 29990,
+         "two handles whose wall clocks are 30 s apart")) {
+    skew_lease(b, a, "lease held behind, swept ahead");
+    skew_lease(a, b, "lease held ahead, swept behind");
+    skew_delay(a, b, "delay written ahead, claimed behind");
+    skew_delay(b, a, "delay written behind, claimed ahead");
+  }
+  dsys_queue_close(a);
+  dsys_queue_close(b);
+  dsys_clock_free(ahead);
+  dsys_clock_free(behind);
+}
+
 int main(void) {
   if (!ok(tpg_start(&srv) == 0, "start a throwaway PostgreSQL")) {
     tpg_stop(&srv);
@@ -551,6 +689,7 @@ int main(void) {
   test_split_chain();
   test_paused_worker();
   test_notify();
+  test_skew();
   test_kill_restart();
   tpg_stop(&srv);
   return tap_done();
