@@ -99,6 +99,7 @@ struct dsys_upstream {
   dsys_registry *reg;
   uint64_t watch_id;
   int watching;
+  atomic_int resync_due; /* a registry read failed: re-read the service */
   dsys_balancer *bal;
   dsys_health *health;
   dsys_retry *retry;
@@ -503,9 +504,22 @@ static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *ins
   reg_apply_ex(u, id, inst, 0);
 }
 
+static int reg_resync(dsys_upstream *u);
+
 static void reg_update(dsys_upstream *u, const char *id, int restart) {
   dsys_instance *inst = NULL;
   int rc = dsys_registry_get(u->reg, id, &inst);
+  /* A registry that did not answer (an etcd read timed out under load)
+   * says nothing of the instance: taking the failure for "gone" dropped a
+   * live instance that no later change brought back (heartbeats are not
+   * changes). Try again, then re-read the whole service; failing that,
+   * keep what we have and re-read at the next change. */
+  for (int i = 0; i < 2 && rc && rc != DSYS_ENOTFOUND; i++)
+    rc = dsys_registry_get(u->reg, id, &inst);
+  if (rc && rc != DSYS_ENOTFOUND) {
+    if (reg_resync(u)) atomic_store(&u->resync_due, 1);
+    return;
+  }
   int member = !rc && inst && !strcmp(inst->type, u->service) &&
                inst->health == DSYS_INSTANCE_HEALTHY;
   reg_apply_ex(u, id, member ? inst : NULL, restart);
@@ -541,9 +555,9 @@ static int reg_resync(dsys_upstream *u) {
 static void on_change(void *ud, const dsys_registry_change *c) {
   dsys_upstream *u = ud;
   if (atomic_load(&u->closing)) return;
-  if (c->kind == DSYS_REG_RESYNC) {
-    reg_resync(u);
-    return;
+  if (c->kind == DSYS_REG_RESYNC || atomic_exchange(&u->resync_due, 0)) {
+    if (reg_resync(u)) atomic_store(&u->resync_due, 1);
+    if (c->kind == DSYS_REG_RESYNC) return;
   }
   int ours = !c->type || !*c->type || !strcmp(c->type, u->service);
   switch (c->kind) {

@@ -689,6 +689,108 @@ static void test_registry(void) {
   dsys_registry_close(reg);
 }
 
+/* ---- a registry whose reads fail on demand (an etcd read timing out) ---- */
+
+static int rf_get_fail, rf_list_fail; /* how many of the next gets / lists fail */
+typedef struct rf {
+  dsys_instance in[4];
+  int n;
+  char *log_id[8];
+  uint64_t nlog;
+} rf;
+static int rf_open(void *st, const char *t, char *e, size_t el) {
+  (void)st, (void)t, (void)e, (void)el;
+  return 0;
+}
+static void rf_close(void *st) {
+  rf *f = st;
+  for (int i = 0; i < f->n; i++) free((char *)f->in[i].id), free((char *)f->in[i].url);
+  for (uint64_t i = 0; i < f->nlog; i++) free(f->log_id[i]);
+}
+static int rf_put(void *st, const dsys_instance *in, int64_t now) {
+  rf *f = st;
+  if (f->n == 4 || f->nlog == 8) return DSYS_ENOSPC;
+  f->in[f->n++] = (dsys_instance){.id = strdup(in->id), .type = "t", .url = strdup(in->url),
+                                  .health = DSYS_INSTANCE_HEALTHY, .last_heartbeat_ms = now};
+  f->log_id[f->nlog++] = strdup(in->id);
+  return 0;
+}
+static int rf_heartbeat(void *st, const char *id, int64_t now) {
+  (void)st, (void)id, (void)now;
+  return 0;
+}
+static int rf_remove(void *st, const char *id) {
+  (void)st, (void)id;
+  return DSYS_ENOTFOUND;
+}
+static int rf_get(void *st, const char *id, dsys_instance **out) {
+  rf *f = st;
+  if (rf_get_fail > 0 && rf_get_fail--) return DSYS_ETIMEDOUT;
+  for (int i = 0; i < f->n; i++)
+    if (!strcmp(f->in[i].id, id)) return dsys_instances_copy(&f->in[i], 1, out);
+  return DSYS_ENOTFOUND;
+}
+static int rf_list(void *st, const char *type, dsys_instance **out, size_t *n) {
+  rf *f = st;
+  (void)type;
+  if (rf_list_fail > 0 && rf_list_fail--) return DSYS_ETIMEDOUT;
+  *n = (size_t)f->n;
+  return dsys_instances_copy(f->in, (size_t)f->n, out);
+}
+static int rf_expire(void *st, int64_t a, int64_t b) {
+  (void)st, (void)a, (void)b;
+  return 0;
+}
+static int rf_index(void *st, uint64_t *out) {
+  *out = ((rf *)st)->nlog;
+  return 0;
+}
+static int rf_changes(void *st, uint64_t after, dsys_registry_change_fn fn, void *ctx) {
+  rf *f = st;
+  for (uint64_t i = after; i < f->nlog; i++) {
+    dsys_registry_change c = {.index = i + 1, .kind = DSYS_REG_REGISTERED, .id = f->log_id[i],
+                              .type = "t"};
+    fn(ctx, &c);
+  }
+  return 0;
+}
+
+/* A registry read that fails (timed out) is not "the instance is gone":
+ * the upstream reads again, or re-reads the whole service at the next
+ * change; a live instance it could not read is not lost for good. */
+static void test_registry_read_errors(void) {
+  static const dsys_registry_ops ops = {
+      .version = DSYS_REGISTRY_OPS_VERSION, .name = "readfail", .state_size = sizeof(rf),
+      .open = rf_open, .close = rf_close, .put = rf_put, .heartbeat = rf_heartbeat,
+      .remove = rf_remove, .get = rf_get, .list = rf_list, .expire = rf_expire,
+      .index = rf_index, .changes = rf_changes};
+  dsys_registry *reg;
+  dsys_registry_options ro = {.size = sizeof ro, .clock = clk, .ttl_ms = 100000,
+                              .reap_ms = 1000000, .sweep_interval_ms = -1};
+  if (!ok(dsys_registry_open_ops(&reg, &ops, NULL, &ro, NULL, 0) == 0, "read errors: open"))
+    return;
+  dsys_upstream_options o = {.size = sizeof o, .clock = clk, .client = rcli, .registry = reg,
+                             .retry = &quick_retry, .service = "t"};
+  dsys_upstream *u;
+  if (!ok(dsys_upstream_new(&u, &o) == 0, "read errors: upstream")) {
+    dsys_registry_close(reg);
+    return;
+  }
+  rf_get_fail = 2;
+  dsys_registry_register(reg, &(dsys_instance){.id = "x", .type = "t", .url = A.url});
+  is_int(dsys_upstream_count(u), 1, "read errors: a get that times out twice is tried again");
+  rf_get_fail = 3;
+  rf_list_fail = 1;
+  dsys_registry_register(reg, &(dsys_instance){.id = "y", .type = "t", .url = B.url});
+  is_int(dsys_upstream_count(u), 1, "read errors: y could not be read at all: not there yet");
+  dsys_registry_register(reg, &(dsys_instance){.id = "z", .type = "t", .url = C.url});
+  is_int(dsys_upstream_count(u), 3,
+         "read errors: the next change re-reads the service: y is there (not lost), and z");
+  dsys_upstream_free(u);
+  dsys_registry_close(reg);
+  rf_get_fail = rf_list_fail = 0;
+}
+
 typedef struct churn {
   dsys_upstream *u;
   atomic_int *stop;
@@ -887,6 +989,7 @@ int main(void) {
   test_timeouts_and_free();
   test_late_writes();
   test_registry();
+  test_registry_read_errors();
   test_churn();
   is_int(dsys_upstream_new(NULL, NULL), DSYS_EINVAL, "new(NULL) -> EINVAL");
   dsys_upstream_free(NULL);
