@@ -22,6 +22,7 @@ C_TESTS = \
 	tests/resilience/test-breaker tests/resilience/test-retry \
 	tests/resilience/test-balancer tests/resilience/test-health \
 	tests/resilience/test-registry tests/resilience/test-registry-etcd \
+	tests/resilience/test-registry-sweep \
 	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/resilience/test-upstream-slow \

@@ -42,8 +42,18 @@ struct dsys_registry {
   int delivering, pending;
   uint64_t rounds_started, rounds_done; /* of the delivering loop */
   pthread_t deliver_thread;
+  /* The sweep timer. On the real clock its callback only wakes the
+   * sweeper thread, under smu (never held across a call): the sweep needs
+   * mu, which a remote backend holds across its network calls, and those
+   * calls may end by a timer (inproc:// timeouts) on the clock's one timer
+   * thread, which must never wait for mu. On a fake clock the callback
+   * sweeps itself, inside dsys_clock_advance (tests expect the sweep done
+   * when it returns; nothing waits there on a timer). */
+  pthread_mutex_t smu;
+  pthread_cond_t scv;
   uint64_t timer;
-  int timers_out, closing;
+  int timers_out, sweep_due, stopping, has_sweeper;
+  pthread_t sweeper;
   int own_health;            /* backend applies health itself (ops flag) */
   /* While the registry does not answer this process's sweeps, and for one
    * TTL after it answers again, missing heartbeats make no instance
@@ -110,6 +120,7 @@ int dsys_instances_copy(const dsys_instance *src, size_t n, dsys_instance **out)
 /* ---- open / close ---- */
 
 static void sweep_cb(void *ud);
+static void *sweeper_main(void *arg);
 static void changed_cb(void *ctx);
 
 /* The ops checks of dsys_registry_open_ops: 0, DSYS_ENOTSUP or DSYS_EINVAL. */
@@ -156,9 +167,9 @@ int dsys_registry_open(dsys_registry **out, const char *backend,
   return dsys_registry_open_ops(out, ops, target, opts, errbuf, errlen);
 }
 
-/* Hold mu. */
+/* Hold smu. */
 static void schedule_sweep(dsys_registry *r) {
-  if (r->sweep_us < 0 || r->closing) return;
+  if (r->sweep_us < 0 || r->stopping) return;
   r->timers_out++;
   if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, &r->timer)) {
     r->timers_out--;
@@ -228,20 +239,44 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
       return rc;
     }
   }
-  pthread_mutex_lock(&r->mu);
+  pthread_mutex_init(&r->smu, NULL);
+  pthread_cond_init(&r->scv, NULL);
+  if (r->sweep_us >= 0 && !dsys_clock_is_fake(r->clk)) {
+    if (pthread_create(&r->sweeper, NULL, sweeper_main, r)) {
+      pthread_mutex_destroy(&r->smu);
+      pthread_cond_destroy(&r->scv);
+      ops->close(r->st);
+      pthread_mutex_destroy(&r->mu);
+      pthread_cond_destroy(&r->cv);
+      free(r->st);
+      free(r);
+      return DSYS_ENOMEM;
+    }
+    r->has_sweeper = 1;
+  }
+  pthread_mutex_lock(&r->smu);
   schedule_sweep(r);
-  pthread_mutex_unlock(&r->mu);
+  pthread_mutex_unlock(&r->smu);
   *out = r;
   return 0;
 }
 
 void dsys_registry_close(dsys_registry *r) {
   if (!r) return;
-  pthread_mutex_lock(&r->mu);
-  r->closing = 1;
+  /* No new sweep; wait for a timer that fired meanwhile (its callback is
+   * short on the real clock; on a fake clock it ends with its sweep) and
+   * for the sweeper's running sweep, bounded by the backend's timeouts. */
+  pthread_mutex_lock(&r->smu);
+  r->stopping = 1;
   if (r->timer && dsys_timer_cancel(r->clk, r->timer) == 0) r->timers_out--;
   r->timer = 0;
-  while (r->timers_out > 0 || r->delivering) pthread_cond_wait(&r->cv, &r->mu);
+  pthread_cond_broadcast(&r->scv);
+  while (r->timers_out > 0) pthread_cond_wait(&r->scv, &r->smu);
+  pthread_mutex_unlock(&r->smu);
+  if (r->has_sweeper) pthread_join(r->sweeper, NULL);
+  /* a backend's thread may be delivering (ops->close stops it) */
+  pthread_mutex_lock(&r->mu);
+  while (r->delivering) pthread_cond_wait(&r->cv, &r->mu);
   pthread_mutex_unlock(&r->mu);
   r->ops->close(r->st);
   free(r->st);
@@ -250,6 +285,8 @@ void dsys_registry_close(dsys_registry *r) {
   free(r->seen);
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cv);
+  pthread_mutex_destroy(&r->smu);
+  pthread_cond_destroy(&r->scv);
   free(r);
 }
 
@@ -660,29 +697,41 @@ int dsys_registry_sweep(dsys_registry *r) {
 
 static void sweep_cb(void *ud) {
   dsys_registry *r = ud;
-  /* This runs on the clock's one timer thread, which also ends inproc://
-   * calls that time out, and a remote backend holds r->mu across its
-   * network calls: waiting for r->mu here stalled every timer of the
-   * process, and deadlocked a heartbeat over inproc:// whose reply was
-   * lost (found by the simulation, tools/sim, seed 2). A busy registry
-   * skips the round: a fresh timer takes over this one's count in
-   * timers_out (close, which may cancel the old id in vain, waits for it,
-   * at most one interval). On a fake clock this runs inside
-   * dsys_clock_advance, which may wait, and nothing else would run the
-   * fresh timer. */
-  if (!dsys_clock_is_fake(r->clk) && pthread_mutex_trylock(&r->mu)) {
-    if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, NULL) == 0) return;
-    pthread_mutex_lock(&r->mu);
-  }
+  pthread_mutex_lock(&r->smu);
   r->timer = 0;
-  int closing = r->closing;
-  pthread_mutex_unlock(&r->mu);
-  if (!closing) dsys_registry_sweep(r);
-  pthread_mutex_lock(&r->mu);
+  if (r->has_sweeper) { /* real clock: wake the sweeper, never wait here */
+    r->sweep_due = 1;
+    r->timers_out--;
+    pthread_cond_broadcast(&r->scv);
+    pthread_mutex_unlock(&r->smu);
+    return;
+  }
+  int stopping = r->stopping;
+  pthread_mutex_unlock(&r->smu);
+  if (!stopping) dsys_registry_sweep(r);
+  pthread_mutex_lock(&r->smu);
   schedule_sweep(r);
   r->timers_out--;
-  pthread_cond_broadcast(&r->cv);
-  pthread_mutex_unlock(&r->mu);
+  pthread_cond_broadcast(&r->scv);
+  pthread_mutex_unlock(&r->smu);
+}
+
+/* The sweeper thread (real clock): one sweep per timer, the next timer
+ * set when it is done, so sweeps never overlap nor pile up. */
+static void *sweeper_main(void *arg) {
+  dsys_registry *r = arg;
+  pthread_mutex_lock(&r->smu);
+  for (;;) {
+    while (!r->sweep_due && !r->stopping) pthread_cond_wait(&r->scv, &r->smu);
+    if (r->stopping) break;
+    r->sweep_due = 0;
+    pthread_mutex_unlock(&r->smu);
+    dsys_registry_sweep(r);
+    pthread_mutex_lock(&r->smu);
+    schedule_sweep(r);
+  }
+  pthread_mutex_unlock(&r->smu);
+  return NULL;
 }
 
 int dsys_registry_wait(dsys_registry *r, uint64_t after, int64_t timeout_ms,
