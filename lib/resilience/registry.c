@@ -10,6 +10,7 @@
 #include "core/internal.h"
 #include "core/json.h"
 #include "core/plugin.h"
+#include "core/ticker.h"
 #include "resilience/registry_int.h"
 #include "transport/transport.h"
 
@@ -34,7 +35,7 @@ struct dsys_registry {
   void *st;
   int opened;
   dsys_clock *clk;
-  int64_t ttl_ms, reap_ms, sweep_us;
+  int64_t ttl_ms, reap_ms, sweep_ms;
   uint64_t delivered;
   watch *w;
   size_t nw, capw;
@@ -42,18 +43,13 @@ struct dsys_registry {
   int delivering, pending;
   uint64_t rounds_started, rounds_done; /* of the delivering loop */
   pthread_t deliver_thread;
-  /* The sweep timer. On the real clock its callback only wakes the
-   * sweeper thread, under smu (never held across a call): the sweep needs
-   * mu, which a remote backend holds across its network calls, and those
-   * calls may end by a timer (inproc:// timeouts) on the clock's one timer
-   * thread, which must never wait for mu. On a fake clock the callback
-   * sweeps itself, inside dsys_clock_advance (tests expect the sweep done
-   * when it returns; nothing waits there on a timer). */
-  pthread_mutex_t smu;
-  pthread_cond_t scv;
-  uint64_t timer;
-  int timers_out, sweep_due, stopping, has_sweeper;
-  pthread_t sweeper;
+  /* The periodic sweep, on a thread of its own on the real clock: it
+   * needs mu, which a remote backend holds across its network calls, and
+   * those calls may end by a timer (inproc:// timeouts) on the clock's one
+   * timer thread, which must never wait for mu (found by the simulation).
+   * On a fake clock it runs inside dsys_clock_advance (tests expect the
+   * sweep done when it returns). */
+  dsysi_ticker sweeper;
   int own_health;            /* backend applies health itself (ops flag) */
   /* While the registry does not answer this process's sweeps, and for one
    * TTL after it answers again, missing heartbeats make no instance
@@ -119,8 +115,7 @@ int dsys_instances_copy(const dsys_instance *src, size_t n, dsys_instance **out)
 
 /* ---- open / close ---- */
 
-static void sweep_cb(void *ud);
-static void *sweeper_main(void *arg);
+static void sweep_tick(void *ud);
 static void changed_cb(void *ctx);
 
 /* The ops checks of dsys_registry_open_ops: 0, DSYS_ENOTSUP or DSYS_EINVAL. */
@@ -167,16 +162,6 @@ int dsys_registry_open(dsys_registry **out, const char *backend,
   return dsys_registry_open_ops(out, ops, target, opts, errbuf, errlen);
 }
 
-/* Hold smu. */
-static void schedule_sweep(dsys_registry *r) {
-  if (r->sweep_us < 0 || r->stopping) return;
-  r->timers_out++;
-  if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, &r->timer)) {
-    r->timers_out--;
-    r->timer = 0;
-  }
-}
-
 int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
                            const char *target, const dsys_registry_options *o,
                            char *errbuf, size_t errlen) {
@@ -199,8 +184,8 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
     free(r);
     return DSYS_EINVAL;
   }
-  r->sweep_us = d.sweep_interval_ms == -1 ? -1
-                : (d.sweep_interval_ms ? d.sweep_interval_ms : 1000) * 1000;
+  r->sweep_ms = d.sweep_interval_ms == -1 ? -1
+                : d.sweep_interval_ms ? d.sweep_interval_ms : 1000;
   r->st = calloc(1, ops->state_size ? ops->state_size : 1);
   if (!r->st) {
     free(r);
@@ -230,50 +215,26 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
     pthread_mutex_lock(&r->mu);
     if (!rc) rc = ops->index(r->st, &r->delivered);
     pthread_mutex_unlock(&r->mu);
-    if (rc) {
-      ops->close(r->st);
-      pthread_mutex_destroy(&r->mu);
-      pthread_cond_destroy(&r->cv);
-      free(r->st);
-      free(r);
-      return rc;
-    }
+    if (rc) goto fail;
   }
-  pthread_mutex_init(&r->smu, NULL);
-  pthread_cond_init(&r->scv, NULL);
-  if (r->sweep_us >= 0 && !dsys_clock_is_fake(r->clk)) {
-    if (pthread_create(&r->sweeper, NULL, sweeper_main, r)) {
-      pthread_mutex_destroy(&r->smu);
-      pthread_cond_destroy(&r->scv);
-      ops->close(r->st);
-      pthread_mutex_destroy(&r->mu);
-      pthread_cond_destroy(&r->cv);
-      free(r->st);
-      free(r);
-      return DSYS_ENOMEM;
-    }
-    r->has_sweeper = 1;
-  }
-  pthread_mutex_lock(&r->smu);
-  schedule_sweep(r);
-  pthread_mutex_unlock(&r->smu);
+  if (r->sweep_ms >= 0 &&
+      (rc = dsysi_ticker_start_thread(&r->sweeper, r->clk, r->sweep_ms, sweep_tick, r)))
+    goto fail;
   *out = r;
   return 0;
+fail:
+  ops->close(r->st);
+  pthread_mutex_destroy(&r->mu);
+  pthread_cond_destroy(&r->cv);
+  free(r->st);
+  free(r);
+  return rc;
 }
 
 void dsys_registry_close(dsys_registry *r) {
   if (!r) return;
-  /* No new sweep; wait for a timer that fired meanwhile (its callback is
-   * short on the real clock; on a fake clock it ends with its sweep) and
-   * for the sweeper's running sweep, bounded by the backend's timeouts. */
-  pthread_mutex_lock(&r->smu);
-  r->stopping = 1;
-  if (r->timer && dsys_timer_cancel(r->clk, r->timer) == 0) r->timers_out--;
-  r->timer = 0;
-  pthread_cond_broadcast(&r->scv);
-  while (r->timers_out > 0) pthread_cond_wait(&r->scv, &r->smu);
-  pthread_mutex_unlock(&r->smu);
-  if (r->has_sweeper) pthread_join(r->sweeper, NULL);
+  /* waits for a running sweep, bounded by the backend's timeouts */
+  dsysi_ticker_stop(&r->sweeper);
   /* a backend's thread may be delivering (ops->close stops it) */
   pthread_mutex_lock(&r->mu);
   while (r->delivering) pthread_cond_wait(&r->cv, &r->mu);
@@ -285,8 +246,6 @@ void dsys_registry_close(dsys_registry *r) {
   free(r->seen);
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cv);
-  pthread_mutex_destroy(&r->smu);
-  pthread_cond_destroy(&r->scv);
   free(r);
 }
 
@@ -695,44 +654,7 @@ int dsys_registry_sweep(dsys_registry *r) {
   return rc;
 }
 
-static void sweep_cb(void *ud) {
-  dsys_registry *r = ud;
-  pthread_mutex_lock(&r->smu);
-  r->timer = 0;
-  if (r->has_sweeper) { /* real clock: wake the sweeper, never wait here */
-    r->sweep_due = 1;
-    r->timers_out--;
-    pthread_cond_broadcast(&r->scv);
-    pthread_mutex_unlock(&r->smu);
-    return;
-  }
-  int stopping = r->stopping;
-  pthread_mutex_unlock(&r->smu);
-  if (!stopping) dsys_registry_sweep(r);
-  pthread_mutex_lock(&r->smu);
-  schedule_sweep(r);
-  r->timers_out--;
-  pthread_cond_broadcast(&r->scv);
-  pthread_mutex_unlock(&r->smu);
-}
-
-/* The sweeper thread (real clock): one sweep per timer, the next timer
- * set when it is done, so sweeps never overlap nor pile up. */
-static void *sweeper_main(void *arg) {
-  dsys_registry *r = arg;
-  pthread_mutex_lock(&r->smu);
-  for (;;) {
-    while (!r->sweep_due && !r->stopping) pthread_cond_wait(&r->scv, &r->smu);
-    if (r->stopping) break;
-    r->sweep_due = 0;
-    pthread_mutex_unlock(&r->smu);
-    dsys_registry_sweep(r);
-    pthread_mutex_lock(&r->smu);
-    schedule_sweep(r);
-  }
-  pthread_mutex_unlock(&r->smu);
-  return NULL;
-}
+static void sweep_tick(void *ud) { dsys_registry_sweep(ud); }
 
 int dsys_registry_wait(dsys_registry *r, uint64_t after, int64_t timeout_ms,
                        uint64_t *index_out) {
