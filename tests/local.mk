@@ -22,6 +22,7 @@ C_TESTS = \
 	tests/resilience/test-breaker tests/resilience/test-retry \
 	tests/resilience/test-balancer tests/resilience/test-health \
 	tests/resilience/test-registry tests/resilience/test-registry-etcd \
+	tests/resilience/test-registry-sweep \
 	tests/resilience/test-upstream \
 	tests/resilience/test-upstream-http tests/resilience/test-upstream-loop \
 	tests/resilience/test-upstream-slow \
@@ -33,7 +34,8 @@ C_TESTS = \
 	tests/services/test-registry-service tests/services/test-faultd \
 	tests/services/test-streams tests/services/test-daemon-reload \
 	tests/integration/test-cluster \
-	tests/tools/test-loadtest-hist
+	tests/tools/test-loadtest-hist \
+	tests/sim/test-sched
 
 # The fuzz targets' replay programs, run by tests/fuzz/*.test.
 FUZZ_CHECKS = tests/fuzz/fuzz-h1-check tests/fuzz/fuzz-router-check tests/fuzz/fuzz-jwt-check \
@@ -97,6 +99,11 @@ CLEANFILES += tests/artifacts/dashboard-healthy.png tests/artifacts/dashboard-un
 # Programs of more than one source file.
 tests_tools_test_loadtest_hist_SOURCES = tests/tools/test-loadtest-hist.c tools/loadtest-hist.c
 tests_state_test_store_SOURCES = tests/state/test-store.c examples/toy-store.c examples/toy-store.h
+# A simulation program (tools/sim/local.mk): the runtime, the library
+# statically, its symbols exported.
+tests_sim_test_sched_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools/sim -I$(top_srcdir)/tests/helpers
+tests_sim_test_sched_LDADD = libdsys_testutil.la $(SIM_LIBS)
+tests_sim_test_sched_LDFLAGS = $(AM_LDFLAGS) -export-dynamic
 tests_fuzz_fuzz_h1_check_SOURCES = tests/fuzz/fuzz-h1.c tests/fuzz/driver.c
 tests_fuzz_fuzz_router_check_SOURCES = tests/fuzz/fuzz-router.c tests/fuzz/driver.c
 tests_fuzz_fuzz_jwt_check_SOURCES = tests/fuzz/fuzz-jwt.c tests/fuzz/driver.c

@@ -14,10 +14,12 @@
  * outage) has one TTL before it can be judged. A heartbeat makes it
  * healthy again. (Backends without the version-3 expire_ids op keep the
  * older rule: heartbeat wall time + ttl_ms against this host's wall
- * clock.) A periodic sweep (a timer on the registry's clock, every
- * sweep_interval_ms) records these transitions as changes, so that watchers
- * and index waiters see them, and polls the backend for changes made by
- * other processes.
+ * clock.) A periodic sweep (every sweep_interval_ms on the registry's
+ * clock: on the real clock a thread of the handle, woken by a timer, never
+ * the clock's timer thread; on a fake clock inside dsys_clock_advance)
+ * records these transitions as changes, so that watchers and index
+ * waiters see them, and polls the backend for changes made by other
+ * processes.
  *
  * The change index starts at 0 for an empty store and increases by at least
  * one with every change: register (new or replaced), deregister, turned
@@ -42,7 +44,8 @@
  * Thread-safety: all functions may be called from any thread; calls on one
  * handle are serialised. Watch callbacks run with no library lock held, in
  * change order, on the thread whose call made or noticed the change (the
- * clock's timer thread for sweeps), or on a thread already delivering
+ * sweeper thread or the thread advancing a fake clock for periodic
+ * sweeps), or on a thread already delivering
  * (then the call returns once they ran: a call's changes have reached the
  * watchers when it returns, unless it is made from a callback); a callback
  * may call registry functions except dsys_registry_close(). After
@@ -268,7 +271,8 @@ DSYS_API int dsys_registry_open_ops(dsys_registry **out,
                                     const dsys_registry_options *opts,
                                     char *errbuf, size_t errlen);
 
-/** Close: stops the sweep timer (waits for a running sweep). NULL-safe. */
+/** Close: stops the sweep timer and the sweeper thread (waits for a
+ *  running sweep, bounded by the backend's timeouts). NULL-safe. */
 DSYS_API void dsys_registry_close(dsys_registry *r);
 
 /**

@@ -10,6 +10,7 @@
 #include "core/internal.h"
 #include "core/json.h"
 #include "core/plugin.h"
+#include "core/ticker.h"
 #include "resilience/registry_int.h"
 #include "transport/transport.h"
 
@@ -34,7 +35,7 @@ struct dsys_registry {
   void *st;
   int opened;
   dsys_clock *clk;
-  int64_t ttl_ms, reap_ms, sweep_us;
+  int64_t ttl_ms, reap_ms, sweep_ms;
   uint64_t delivered;
   watch *w;
   size_t nw, capw;
@@ -42,8 +43,13 @@ struct dsys_registry {
   int delivering, pending;
   uint64_t rounds_started, rounds_done; /* of the delivering loop */
   pthread_t deliver_thread;
-  uint64_t timer;
-  int timers_out, closing;
+  /* The periodic sweep, on a thread of its own on the real clock: it
+   * needs mu, which a remote backend holds across its network calls, and
+   * those calls may end by a timer (inproc:// timeouts) on the clock's one
+   * timer thread, which must never wait for mu (found by the simulation).
+   * On a fake clock it runs inside dsys_clock_advance (tests expect the
+   * sweep done when it returns). */
+  dsysi_ticker sweeper;
   int own_health;            /* backend applies health itself (ops flag) */
   /* While the registry does not answer this process's sweeps, and for one
    * TTL after it answers again, missing heartbeats make no instance
@@ -109,7 +115,7 @@ int dsys_instances_copy(const dsys_instance *src, size_t n, dsys_instance **out)
 
 /* ---- open / close ---- */
 
-static void sweep_cb(void *ud);
+static void sweep_tick(void *ud);
 static void changed_cb(void *ctx);
 
 /* The ops checks of dsys_registry_open_ops: 0, DSYS_ENOTSUP or DSYS_EINVAL. */
@@ -156,16 +162,6 @@ int dsys_registry_open(dsys_registry **out, const char *backend,
   return dsys_registry_open_ops(out, ops, target, opts, errbuf, errlen);
 }
 
-/* Hold mu. */
-static void schedule_sweep(dsys_registry *r) {
-  if (r->sweep_us < 0 || r->closing) return;
-  r->timers_out++;
-  if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, &r->timer)) {
-    r->timers_out--;
-    r->timer = 0;
-  }
-}
-
 int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
                            const char *target, const dsys_registry_options *o,
                            char *errbuf, size_t errlen) {
@@ -188,8 +184,8 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
     free(r);
     return DSYS_EINVAL;
   }
-  r->sweep_us = d.sweep_interval_ms == -1 ? -1
-                : (d.sweep_interval_ms ? d.sweep_interval_ms : 1000) * 1000;
+  r->sweep_ms = d.sweep_interval_ms == -1 ? -1
+                : d.sweep_interval_ms ? d.sweep_interval_ms : 1000;
   r->st = calloc(1, ops->state_size ? ops->state_size : 1);
   if (!r->st) {
     free(r);
@@ -219,29 +215,29 @@ int dsys_registry_open_ops(dsys_registry **out, const dsys_registry_ops *ops,
     pthread_mutex_lock(&r->mu);
     if (!rc) rc = ops->index(r->st, &r->delivered);
     pthread_mutex_unlock(&r->mu);
-    if (rc) {
-      ops->close(r->st);
-      pthread_mutex_destroy(&r->mu);
-      pthread_cond_destroy(&r->cv);
-      free(r->st);
-      free(r);
-      return rc;
-    }
+    if (rc) goto fail;
   }
-  pthread_mutex_lock(&r->mu);
-  schedule_sweep(r);
-  pthread_mutex_unlock(&r->mu);
+  if (r->sweep_ms >= 0 &&
+      (rc = dsysi_ticker_start_thread(&r->sweeper, r->clk, r->sweep_ms, sweep_tick, r)))
+    goto fail;
   *out = r;
   return 0;
+fail:
+  ops->close(r->st);
+  pthread_mutex_destroy(&r->mu);
+  pthread_cond_destroy(&r->cv);
+  free(r->st);
+  free(r);
+  return rc;
 }
 
 void dsys_registry_close(dsys_registry *r) {
   if (!r) return;
+  /* waits for a running sweep, bounded by the backend's timeouts */
+  dsysi_ticker_stop(&r->sweeper);
+  /* a backend's thread may be delivering (ops->close stops it) */
   pthread_mutex_lock(&r->mu);
-  r->closing = 1;
-  if (r->timer && dsys_timer_cancel(r->clk, r->timer) == 0) r->timers_out--;
-  r->timer = 0;
-  while (r->timers_out > 0 || r->delivering) pthread_cond_wait(&r->cv, &r->mu);
+  while (r->delivering) pthread_cond_wait(&r->cv, &r->mu);
   pthread_mutex_unlock(&r->mu);
   r->ops->close(r->st);
   free(r->st);
@@ -665,34 +661,7 @@ int dsys_registry_sweep(dsys_registry *r) {
   return rc;
 }
 
-static void sweep_cb(void *ud) {
-  dsys_registry *r = ud;
-  /* This runs on the clock's one timer thread, which also ends inproc://
-   * calls that time out, and a remote backend holds r->mu across its
-   * network calls: waiting for r->mu here stalled every timer of the
-   * process, and deadlocked a heartbeat over inproc:// whose reply was
-   * lost (found by the simulation, tools/sim, seed 2). A busy registry
-   * skips the round: a fresh timer takes over this one's count in
-   * timers_out (close, which may cancel the old id in vain, waits for it,
-   * at most one interval). On a fake clock this runs inside
-   * dsys_clock_advance, which may wait, and nothing else would run the
-   * fresh timer. */
-  if (dsys_clock_is_fake(r->clk)) {
-    pthread_mutex_lock(&r->mu);
-  } else if (pthread_mutex_trylock(&r->mu)) {
-    if (dsys_timer_add(r->clk, r->sweep_us, sweep_cb, r, NULL) == 0) return;
-    pthread_mutex_lock(&r->mu);
-  }
-  r->timer = 0;
-  int closing = r->closing;
-  pthread_mutex_unlock(&r->mu);
-  if (!closing) dsys_registry_sweep(r);
-  pthread_mutex_lock(&r->mu);
-  schedule_sweep(r);
-  r->timers_out--;
-  pthread_cond_broadcast(&r->cv);
-  pthread_mutex_unlock(&r->mu);
-}
+static void sweep_tick(void *ud) { dsys_registry_sweep(ud); }
 
 int dsys_registry_wait(dsys_registry *r, uint64_t after, int64_t timeout_ms,
                        uint64_t *index_out) {

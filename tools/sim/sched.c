@@ -52,7 +52,11 @@ typedef struct sthr {
   void *(*fn)(void *);
   void *arg, *ret;
   pthread_t real;
+  pid_t tid;     /* the kernel's id, to see it gone */
   int exiting, reaped;
+  /* Joined or detached by the program (its glibc descriptor released):
+   * until then no new thread can get its pthread_t (below). */
+  int detached, collected;
 } sthr;
 
 typedef struct node {
@@ -437,6 +441,27 @@ static void *watchdog_main(void *arg) {
   return NULL;
 }
 
+/* Has the kernel thread ended (its thread-specific destructors ran)? Its
+ * glibc descriptor stays until the program joins or detaches it, as with
+ * glibc: joining it here (as the reaper did) let glibc give its pthread_t
+ * to the next thread created, and a later pthread_join of the old handle
+ * waited for that unrelated thread (seed 17 at 20 steps: the main thread's
+ * join of a client that had finished at 1003.8 s waited for a gateway
+ * thread until the gateway's crash at 1280 s). */
+static int thread_gone(const sthr *t) {
+  return real_syscall(SYS_tgkill, (long)getpid(), (long)t->tid, 0L) == -1 && errno == ESRCH;
+}
+
+/* Release the glibc descriptor of a thread that has ended. */
+static void collect(sthr *t) {
+  struct timespec ts = {0, 20000};
+  /* the kernel clears the thread's id (what tryjoin waits for) before it
+   * stops answering tgkill: this loop ends at once */
+  for (int i = 0; i < 100000 && real_tryjoin(t->real, NULL) == EBUSY; i++)
+    real_syscall(SYS_nanosleep, &ts, NULL);
+  t->collected = 1;
+}
+
 /* A finished thread keeps the baton while its thread-specific destructors
  * run (they may use the replaced functions); once it is really gone the
  * reaper hands the baton on. */
@@ -450,9 +475,10 @@ static void *reaper_main(void *arg) {
       sthr *dead = NULL;
       for (int i = 0; i < S.nthr && !dead; i++) {
         sthr *t = S.thr[i];
-        if (t->exiting && !t->reaped && real_tryjoin(t->real, NULL) == 0) dead = t;
+        if (t->exiting && !t->reaped && thread_gone(t)) dead = t;
       }
       if (dead) {
+        if (dead->detached) collect(dead);
         dead->reaped = 1;
         dead->state = T_DONE;
         me = NULL;
@@ -656,6 +682,7 @@ static void thread_finish(void *ret) {
 static void *trampoline(void *arg) {
   sthr *t = arg;
   me = t;
+  t->tid = (pid_t)real_syscall(SYS_gettid);
   while (sem_wait(&t->sem) && errno == EINTR) {
   }
   void *ret = t->fn(t->arg);
@@ -673,7 +700,11 @@ int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *
   t->node = t->home = me ? me->node : 0;
   t->deadline = -1;
   t->state = T_RUN;
-  /* Always joinable (the reaper joins every thread); keep the stack size. */
+  /* Always joinable (the reaper sees when it ends; a detached thread's
+   * descriptor is released then); keep the stack size. */
+  int ds = PTHREAD_CREATE_JOINABLE;
+  if (attr) pthread_attr_getdetachstate(attr, &ds);
+  t->detached = ds == PTHREAD_CREATE_DETACHED;
   pthread_attr_t a;
   pthread_attr_init(&a);
   size_t ss = 0;
@@ -692,11 +723,11 @@ int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *
   return 0;
 }
 
+/* The thread of a handle: the one not yet joined or detached (glibc
+ * gives no other thread its pthread_t until then). */
 static sthr *find_thread(pthread_t th) {
   for (int i = 0; i < S.nthr; i++)
-    if (S.thr[i]->real == th && !S.thr[i]->reaped) return S.thr[i];
-  for (int i = S.nthr - 1; i >= 0; i--)
-    if (S.thr[i]->real == th) return S.thr[i];
+    if (S.thr[i]->real == th && !S.thr[i]->collected && !S.thr[i]->detached) return S.thr[i];
   return NULL;
 }
 
@@ -706,12 +737,17 @@ int pthread_join(pthread_t th, void **ret) {
   if (!t) return ESRCH;
   if (t == me) return EDEADLK;
   while (!t->reaped) block(W_JOIN, t, -1);
+  collect(t);
   if (ret) *ret = t->ret;
   return 0;
 }
 
 int pthread_detach(pthread_t th) {
-  (void)th;
+  ensure();
+  sthr *t = find_thread(th);
+  if (!t) return ESRCH;
+  t->detached = 1;
+  if (t->reaped) collect(t);
   return 0;
 }
 
