@@ -12,9 +12,11 @@
  * local submit/release/fail wakes it or poll_ms passes (other processes'
  * work is seen at the next poll).
  *
- * One clock timer renews, every lease/3, the leases of every job the worker
+ * A ticker renews, every lease/3, the leases of every job the worker
  * holds (buffered, running, or with an outcome not yet committed) in one
- * group. A renewal that finds a job no longer held with its token (expired
+ * group, on a thread of its own (a renewal is a database write: on the
+ * clock's one timer thread a slow database held up every timer of the
+ * process, and a paused process kept renewing there). A renewal that finds a job no longer held with its token (expired
  * and reclaimed elsewhere, canceled) drops it from the buffer, or marks a
  * running one lost (dsys_job_ctx_stopping() becomes true). Fencing tokens
  * keep every outcome of a lost job from being recorded.
@@ -29,6 +31,7 @@
 #include <distsys/util.h>
 #include "core/internal.h"
 #include "core/json.h"
+#include "core/ticker.h"
 #include "state/queue_int.h"
 
 typedef struct slot slot;
@@ -70,7 +73,6 @@ struct dsys_worker {
   pthread_mutex_t mu;
   pthread_cond_t hcv; /* handlers: a buffered job, or stop */
   pthread_cond_t dcv; /* dispatcher: outcome, wake, stop (monotonic) */
-  pthread_cond_t tcv; /* renewal timer retired */
   /* protected by mu */
   dsys_job **ready; /* claim order; ready[0] runs next */
   size_t ready_n;
@@ -80,8 +82,8 @@ struct dsys_worker {
   size_t done_n, done_cap;
   int hot;       /* local work may be available */
   int d_waiting; /* dispatcher sleeps on dcv */
-  uint64_t timer_id;
-  int timer_armed, timers_pending, timer_stop, waiter_added;
+  dsysi_ticker renewer; /* zeroed until started */
+  int waiter_added;
   pthread_t dispatcher;
   int dstarted;
   int stopping; /* atomic */
@@ -111,21 +113,6 @@ static void wake_fn(void *ud) {
 
 /* ---- lease renewal ---- */
 
-static void renew_cb(void *p);
-
-/* Caller holds w->mu. */
-static void arm_timer(dsys_worker *w) {
-  if (dsys_timer_add(w->clock, w->lease_ms * 1000 / 3, renew_cb, w,
-                     &w->timer_id)) {
-    /* No renewal: leases may lapse; fencing keeps that safe. */
-    dsysi_log(DSYS_LOG_WARN, "worker", "cannot schedule lease renewal");
-    w->timers_pending--;
-    pthread_cond_broadcast(&w->tcv);
-    return;
-  }
-  w->timer_armed = 1;
-}
-
 /* Caller holds w->mu. Forget a held job that is no longer ours. */
 static void drop_lost(dsys_worker *w, int64_t id, int64_t token) {
   for (uint32_t i = 0; i < w->nthreads; i++) {
@@ -148,16 +135,9 @@ static void drop_lost(dsys_worker *w, int64_t id, int64_t token) {
   }
 }
 
-static void renew_cb(void *p) {
+static void renew_tick(void *p) {
   dsys_worker *w = p;
   pthread_mutex_lock(&w->mu);
-  w->timer_armed = 0;
-  if (w->timer_stop) {
-    w->timers_pending--;
-    pthread_cond_broadcast(&w->tcv);
-    pthread_mutex_unlock(&w->mu);
-    return;
-  }
   size_t n = 0, max = w->ready_n + w->nthreads + w->done_n;
   dsysi_qout *outs = max ? calloc(max, sizeof *outs) : NULL;
   if (outs) {
@@ -190,12 +170,6 @@ static void renew_cb(void *p) {
     if (e != DSYS_ELEASE)
       dsysi_log(DSYS_LOG_WARN, "worker", "lease renewal of job %lld: %s",
                 (long long)outs[i].id, dsys_strerror(e));
-  }
-  if (!w->timer_stop) {
-    arm_timer(w);
-  } else {
-    w->timers_pending--;
-    pthread_cond_broadcast(&w->tcv);
   }
   pthread_mutex_unlock(&w->mu);
   free(outs);
@@ -395,11 +369,10 @@ static void worker_free(dsys_worker *w) {
   pthread_mutex_destroy(&w->mu);
   pthread_cond_destroy(&w->hcv);
   pthread_cond_destroy(&w->dcv);
-  pthread_cond_destroy(&w->tcv);
   free(w);
 }
 
-/* Stop every thread started so far, the timer and the wakeups. After it
+/* Stop every thread started so far, the renewer and the wakeups. After it
  * returns nothing of the worker runs. */
 static void shutdown_all(dsys_worker *w) {
   __atomic_store_n(&w->stopping, 1, __ATOMIC_RELEASE);
@@ -410,14 +383,7 @@ static void shutdown_all(dsys_worker *w) {
   for (uint32_t i = 0; i < w->nthreads; i++)
     if (w->slots[i].started) pthread_join(w->slots[i].thread, NULL);
   if (w->dstarted) pthread_join(w->dispatcher, NULL);
-  pthread_mutex_lock(&w->mu);
-  w->timer_stop = 1;
-  if (w->timer_armed && dsys_timer_cancel(w->clock, w->timer_id) == 0) {
-    w->timer_armed = 0;
-    w->timers_pending--;
-  }
-  while (w->timers_pending > 0) pthread_cond_wait(&w->tcv, &w->mu);
-  pthread_mutex_unlock(&w->mu);
+  dsysi_ticker_stop(&w->renewer);
   if (w->waiter_added) dsysi_queue_remove_waiter(w->q, wake_fn, w);
 }
 
@@ -443,7 +409,6 @@ int dsys_worker_start(dsys_worker **out, dsys_queue *q,
   if (!w) return DSYS_ENOMEM;
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->hcv, NULL);
-  pthread_cond_init(&w->tcv, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -492,15 +457,11 @@ int dsys_worker_start(dsys_worker **out, dsys_queue *q,
     return e;
   }
   w->waiter_added = 1;
-  pthread_mutex_lock(&w->mu);
-  w->timers_pending = 1;
-  arm_timer(w);
-  int armed = w->timer_armed;
-  pthread_mutex_unlock(&w->mu);
-  if (!armed) {
+  e = dsysi_ticker_start_thread(&w->renewer, w->clock, w->lease_ms / 3, renew_tick, w);
+  if (e) {
     shutdown_all(w);
     worker_free(w);
-    return DSYS_ENOMEM;
+    return e;
   }
   if (pthread_create(&w->dispatcher, NULL, dispatch_main, w)) {
     shutdown_all(w);
