@@ -847,6 +847,99 @@ static void shared_groups(const char *path) {
   dsys_queue_close(q);
 }
 
+/* ---- merged submits: one-job submits of 12 callers queued behind an
+ * open group run as one backend submit; each caller gets its own id for
+ * its own payload; a keyed submit and one with other options in the run
+ * go alone; if the merged submit fails, each runs alone ---- */
+
+static int (*real_submit)(void *, const char *, const char *const *, size_t,
+                          const dsys_submit_options *, int64_t, int64_t *, int *);
+static int merged_fail, merged_calls;
+static int counting_submit(void *st, const char *queue, const char *const *pl,
+                           size_t n, const dsys_submit_options *o, int64_t now,
+                           int64_t *ids, int *existed) {
+  if (n > 1) {
+    __atomic_add_fetch(&merged_calls, 1, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&merged_fail, __ATOMIC_ACQUIRE)) return DSYS_EIO;
+  }
+  return real_submit(st, queue, pl, n, o, now, ids, existed);
+}
+
+typedef struct scall {
+  dsys_queue *q;
+  int i;
+  char payload[32];
+  int rc, existed;
+  int64_t id;
+} scall;
+
+static void *submit_caller(void *p) {
+  scall *c = p;
+  dsys_submit_options so = {.size = sizeof so};
+  if (c->i == 5) so.idempotency_key = "k5";
+  if (c->i == 8) so.priority = 9;
+  c->rc = dsys_queue_submit(c->q, "s", c->payload, &so, &c->id, &c->existed);
+  return NULL;
+}
+
+static int twelve_pending(void *q) { return dsysi_queue_pending(q) == 12; }
+
+static void merged_submits(const char *path, int fail) {
+  dsys_queue_ops o = *dsys_queue_ops_sqlite();
+  real_begin = o.begin;
+  real_submit = o.submit;
+  o.begin = gated_begin;
+  o.submit = counting_submit;
+  merged_fail = fail;
+  merged_calls = 0;
+  dsys_queue *q = NULL;
+  if (!ok(dsys_queue_open_ops(&q, &o, path, NULL) == 0, "open for merged submits"))
+    return;
+  pthread_mutex_lock(&gate_mu);
+  gate_closed = 1;
+  groups_begun = 0;
+  pthread_mutex_unlock(&gate_mu);
+  pthread_t blocker, th[12];
+  scall calls[12];
+  pthread_create(&blocker, NULL, group_blocker, q);
+  ok(wait_until(one_group_begun, NULL), "a group is held open");
+  for (int i = 0; i < 12; i++) {
+    calls[i] = (scall){.q = q, .i = i};
+    snprintf(calls[i].payload, sizeof calls[i].payload, "{\"c\":%d}", i);
+    pthread_create(&th[i], NULL, submit_caller, &calls[i]);
+  }
+  ok(wait_until(twelve_pending, q), "12 one-job submits queued behind it");
+  pthread_mutex_lock(&gate_mu);
+  gate_closed = 0;
+  pthread_cond_broadcast(&gate_cv);
+  pthread_mutex_unlock(&gate_mu);
+  pthread_join(blocker, NULL);
+  for (int i = 0; i < 12; i++) pthread_join(th[i], NULL);
+  is_int(groups_begun, 2, "the 12 submits ran as one group");
+  /* runs between the keyed (5) and other-priority (8) ones: at least the
+   * callers before 5 queued in order are merged; the queue order is the
+   * threads' arrival order, so count rather than name the runs */
+  ok(merged_calls >= 1, "merged into multi-job submits (%d)", merged_calls);
+  int own = 1, distinct = 1;
+  for (int i = 0; i < 12; i++) {
+    dsys_job *j = NULL;
+    if (calls[i].rc || calls[i].existed || dsys_queue_get(q, calls[i].id, &j) ||
+        strcmp(j->payload, calls[i].payload) ||
+        j->priority != (i == 8 ? 9 : 0) ||
+        (i == 5) != (j->idempotency_key != NULL))
+      own = 0;
+    dsys_job_free(j);
+    for (int k = 0; k < i; k++)
+      if (calls[k].id == calls[i].id) distinct = 0;
+  }
+  ok(own && distinct, "each caller: its own job, its payload and options%s",
+     fail ? " (the merged submit failed: one by one)" : "");
+  dsys_job_counts c = {0};
+  dsys_queue_counts(q, "s", &c);
+  is_int(c.waiting, 12, "12 jobs, none twice%s", fail ? " (nothing of the failed merge kept)" : "");
+  dsys_queue_close(q);
+}
+
 static void url_open(const char *url) {
   dsys_queue *q = NULL;
   is_int(dsys_queue_open(&q, "memory:", NULL), 0, "open memory: URL");
@@ -1223,6 +1316,11 @@ int main(void) {
   char path3[400];
   snprintf(path3, sizeof path3, "%s/g.sqlite", dir);
   shared_groups(path3);
+  char path8[400];
+  snprintf(path8, sizeof path8, "%s/s.sqlite", dir);
+  merged_submits(path8, 0);
+  snprintf(path8, sizeof path8, "%s/s2.sqlite", dir);
+  merged_submits(path8, 1);
   char path4[400];
   snprintf(path4, sizeof path4, "%s/m.sqlite", dir);
   migration3(path4);
