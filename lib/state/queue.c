@@ -230,9 +230,9 @@ static int run_op(dsys_queue *q, qop *op, int64_t now);
  * a submit_many: for SQLite a few multi-row INSERTs instead of one
  * statement per job. Only with one group at a time (a server backend's
  * groups are not merged). If the merged submit fails, nothing of it is
- * kept (all or nothing) and the calls of the run go one by one, each getting its own
- * result. Returns the op after the run, or first when there is nothing to
- * merge. */
+ * kept (all or nothing) and the calls of the run go one by one, each
+ * getting its own result. Returns the op after the run, or first when
+ * there is nothing to merge. */
 static qop *run_submits(dsys_queue *q, qop *first, int64_t now) {
   if (q->group.max_groups > 1 || !mergeable(first, first)) return first;
   const char *texts[MERGE_MAX];
