@@ -547,7 +547,10 @@ typedef struct dsys_worker_options {
   /** Jobs claimed ahead of the handler threads (in one transaction with
    *  the outcomes of finished jobs), leased to this worker and renewed
    *  like running ones; never-started ones are released on stop.
-   *  0 = default 32; negative = none (claim only for idle threads). */
+   *  0 = default: 32, growing up to 256 while the handlers run dry during
+   *  a claim round and shrinking back while half the buffer waits (fast
+   *  jobs get bigger rounds, slow ones are not held); a positive value is
+   *  kept fixed; negative = none (claim only for idle threads). */
   int32_t prefetch;
 } dsys_worker_options;
 

@@ -209,6 +209,57 @@ static qop *run_finish(dsys_queue *q, qop *first, int64_t now) {
   return end;
 }
 
+/* Single submits that can share one backend call: same queue and
+ * options, no idempotency key (a key is looked up per job). */
+static int mergeable(const qop *a, const qop *b) {
+  if (!b || b->kind != K_SUBMIT || b->ntexts != 1 || b->so->idempotency_key)
+    return 0;
+  const dsys_submit_options *x = a->so, *y = b->so;
+  return x->priority == y->priority && x->delay_ms == y->delay_ms &&
+         x->max_attempts == y->max_attempts &&
+         x->backoff_base_ms == y->backoff_base_ms &&
+         x->backoff_cap_ms == y->backoff_cap_ms && !strcmp(a->queue, b->queue);
+}
+
+enum { MERGE_MAX = 64 };
+
+static int run_op(dsys_queue *q, qop *op, int64_t now);
+
+/* A run of one-job submits of different calls (e.g. 16 threads submitting
+ * one job each) handed to the backend as one submit of many payloads, as
+ * a submit_many: for SQLite a few multi-row INSERTs instead of one
+ * statement per job. Only with one group at a time (a server backend's
+ * groups are not merged). If the merged submit fails, nothing of it is
+ * kept (all or nothing) and the calls of the run go one by one, each
+ * getting its own result. Returns the op after the run, or first when
+ * there is nothing to merge. */
+static qop *run_submits(dsys_queue *q, qop *first, int64_t now) {
+  if (q->group.max_groups > 1 || !mergeable(first, first)) return first;
+  const char *texts[MERGE_MAX];
+  int64_t ids[MERGE_MAX];
+  size_t n = 0;
+  qop *end = first;
+  while (n < MERGE_MAX && mergeable(first, end)) {
+    texts[n++] = end->texts[0];
+    end = NEXT(end);
+  }
+  if (n < 2) return first;
+  int existed = 0;
+  int e = q->ops->submit(q->st, first->queue, texts, n, first->so, now, ids,
+                         &existed);
+  size_t i = 0;
+  for (qop *op = first; op != end; op = NEXT(op), i++) {
+    if (e) { /* nothing of it was kept: each alone, with its own result */
+      op->rc = run_op(q, op, now);
+      continue;
+    }
+    op->rc = 0;
+    op->flag = 0;
+    op->ids[0] = ids[i];
+  }
+  return end;
+}
+
 static int run_op(dsys_queue *q, qop *op, int64_t now) {
   const dsys_queue_ops *o = q->ops;
   void *st = q->st;
@@ -273,6 +324,7 @@ static void run_ops(dsys_queue *q, qop *group) {
   }
   for (qop *op = group; op;) {
     qop *next = run_finish(q, op, now);
+    if (next == op) next = run_submits(q, op, now);
     if (next != op) {
       op = next;
       continue;

@@ -847,6 +847,99 @@ static void shared_groups(const char *path) {
   dsys_queue_close(q);
 }
 
+/* ---- merged submits: one-job submits of 12 callers queued behind an
+ * open group run as one backend submit; each caller gets its own id for
+ * its own payload; a keyed submit and one with other options in the run
+ * go alone; if the merged submit fails, each runs alone ---- */
+
+static int (*real_submit)(void *, const char *, const char *const *, size_t,
+                          const dsys_submit_options *, int64_t, int64_t *, int *);
+static int merged_fail, merged_calls;
+static int counting_submit(void *st, const char *queue, const char *const *pl,
+                           size_t n, const dsys_submit_options *o, int64_t now,
+                           int64_t *ids, int *existed) {
+  if (n > 1) {
+    __atomic_add_fetch(&merged_calls, 1, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&merged_fail, __ATOMIC_ACQUIRE)) return DSYS_EIO;
+  }
+  return real_submit(st, queue, pl, n, o, now, ids, existed);
+}
+
+typedef struct scall {
+  dsys_queue *q;
+  int i;
+  char payload[32];
+  int rc, existed;
+  int64_t id;
+} scall;
+
+static void *submit_caller(void *p) {
+  scall *c = p;
+  dsys_submit_options so = {.size = sizeof so};
+  if (c->i == 5) so.idempotency_key = "k5";
+  if (c->i == 8) so.priority = 9;
+  c->rc = dsys_queue_submit(c->q, "s", c->payload, &so, &c->id, &c->existed);
+  return NULL;
+}
+
+static int twelve_pending(void *q) { return dsysi_queue_pending(q) == 12; }
+
+static void merged_submits(const char *path, int fail) {
+  dsys_queue_ops o = *dsys_queue_ops_sqlite();
+  real_begin = o.begin;
+  real_submit = o.submit;
+  o.begin = gated_begin;
+  o.submit = counting_submit;
+  merged_fail = fail;
+  merged_calls = 0;
+  dsys_queue *q = NULL;
+  if (!ok(dsys_queue_open_ops(&q, &o, path, NULL) == 0, "open for merged submits"))
+    return;
+  pthread_mutex_lock(&gate_mu);
+  gate_closed = 1;
+  groups_begun = 0;
+  pthread_mutex_unlock(&gate_mu);
+  pthread_t blocker, th[12];
+  scall calls[12];
+  pthread_create(&blocker, NULL, group_blocker, q);
+  ok(wait_until(one_group_begun, NULL), "a group is held open");
+  for (int i = 0; i < 12; i++) {
+    calls[i] = (scall){.q = q, .i = i};
+    snprintf(calls[i].payload, sizeof calls[i].payload, "{\"c\":%d}", i);
+    pthread_create(&th[i], NULL, submit_caller, &calls[i]);
+  }
+  ok(wait_until(twelve_pending, q), "12 one-job submits queued behind it");
+  pthread_mutex_lock(&gate_mu);
+  gate_closed = 0;
+  pthread_cond_broadcast(&gate_cv);
+  pthread_mutex_unlock(&gate_mu);
+  pthread_join(blocker, NULL);
+  for (int i = 0; i < 12; i++) pthread_join(th[i], NULL);
+  is_int(groups_begun, 2, "the 12 submits ran as one group");
+  /* runs between the keyed (5) and other-priority (8) ones: at least the
+   * callers before 5 queued in order are merged; the queue order is the
+   * threads' arrival order, so count rather than name the runs */
+  ok(merged_calls >= 1, "merged into multi-job submits (%d)", merged_calls);
+  int own = 1, distinct = 1;
+  for (int i = 0; i < 12; i++) {
+    dsys_job *j = NULL;
+    if (calls[i].rc || calls[i].existed || dsys_queue_get(q, calls[i].id, &j) ||
+        strcmp(j->payload, calls[i].payload) ||
+        j->priority != (i == 8 ? 9 : 0) ||
+        (i == 5) != (j->idempotency_key != NULL))
+      own = 0;
+    dsys_job_free(j);
+    for (int k = 0; k < i; k++)
+      if (calls[k].id == calls[i].id) distinct = 0;
+  }
+  ok(own && distinct, "each caller: its own job, its payload and options%s",
+     fail ? " (the merged submit failed: one by one)" : "");
+  dsys_job_counts c = {0};
+  dsys_queue_counts(q, "s", &c);
+  is_int(c.waiting, 12, "12 jobs, none twice%s", fail ? " (nothing of the failed merge kept)" : "");
+  dsys_queue_close(q);
+}
+
 static void url_open(const char *url) {
   dsys_queue *q = NULL;
   is_int(dsys_queue_open(&q, "memory:", NULL), 0, "open memory: URL");
@@ -975,6 +1068,235 @@ static void migration3(const char *path) {
   sqlite3_close(db);
 }
 
+/* Several rows per statement (queue_sqlite.c): a submit_many of 45 (32 +
+ * 8 + 5 one by one) keeps each payload with its id; a claim of 40 (32 +
+ * 8 in two UPDATEs) hands out each job once, in order; a queue named
+ * twice in a claim hands out its jobs once; runs of completions in one
+ * group (dsysi_queue_batch: one finish_many) give each call its own
+ * result, with a stale token, a repeated job or an unknown id among good
+ * ones. */
+static void many_rows(const char *path) {
+  dsys_queue *q = NULL;
+  if (!ok(dsys_queue_open_ops(&q, dsys_queue_ops_sqlite(), path, NULL) == 0,
+          "open for rows per statement"))
+    return;
+  static const char *const R[] = {"r"};
+  char bufs[45][32];
+  const char *pl[45];
+  int64_t ids[45];
+  for (int i = 0; i < 45; i++) {
+    snprintf(bufs[i], sizeof bufs[i], "{\"i\":%d}", i);
+    pl[i] = bufs[i];
+  }
+  is_int(dsys_queue_submit_many(q, "r", pl, 45, NULL, ids), 0, "submit_many 45");
+  int match = 1;
+  for (int i = 0; i < 45; i++) {
+    dsys_job *j = NULL;
+    if (dsys_queue_get(q, ids[i], &j) || strcmp(j->payload, pl[i]) ||
+        strcmp(j->queue, "r") || j->state != DSYS_JOB_WAITING ||
+        (i && ids[i] != ids[i - 1] + 1))
+      match = 0;
+    dsys_job_free(j);
+  }
+  ok(match, "each id has its own payload, ids consecutive");
+  dsys_job *jobs[64] = {0};
+  size_t n = 0;
+  is_int(dsys_queue_claim_many(q, R, 1, "w", 60000, 40, jobs, &n), 0, "claim_many 40");
+  is_int(n, 40, "40 claimed");
+  int good = n == 40;
+  for (size_t i = 0; good && i < n; i++) {
+    dsys_job *row = NULL;
+    good = jobs[i]->id == ids[i] && jobs[i]->token == 1 &&
+           !strcmp(jobs[i]->payload, pl[i]) &&
+           dsys_queue_get(q, jobs[i]->id, &row) == 0 &&
+           row->state == DSYS_JOB_ACTIVE && row->token == 1 &&
+           row->attempts == 1 && !strcmp(row->worker, "w");
+    dsys_job_free(row);
+  }
+  ok(good, "claimed in order, each row active with token 1 and the worker");
+  static const char *const RR[] = {"r", "r"};
+  dsys_job *more[8] = {0};
+  size_t nm = 0;
+  is_int(dsys_queue_claim_many(q, RR, 2, "w", 60000, 8, more, &nm), 0,
+         "claim naming the queue twice");
+  is_int(nm, 5, "the 5 left, each once");
+  int once = nm == 5;
+  for (size_t i = 0; once && i < nm; i++) once = more[i]->id == ids[40 + i];
+  ok(once, "... in order");
+  /* one batch: 20 good completions, then a stale token, a repeat, an
+   * unknown id, a renewal, and good ones after them */
+  dsysi_qout outs[30];
+  size_t no = 0;
+  for (size_t i = 0; i < 20; i++)
+    outs[no++] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = jobs[i]->id,
+                              .token = jobs[i]->token, .text = "{\"ok\":1}"};
+  outs[no++] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = jobs[20]->id, .token = 7};
+  outs[no++] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = jobs[21]->id,
+                            .token = jobs[21]->token, .text = "2"};
+  outs[no++] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = jobs[21]->id,
+                            .token = jobs[21]->token, .text = "3"};
+  outs[no++] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = 999999, .token = 1};
+  outs[no++] = (dsysi_qout){.kind = DSYSI_Q_HEARTBEAT, .id = jobs[22]->id,
+                            .token = jobs[22]->token, .lease_ms = 90000};
+  outs[no++] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = jobs[23]->id,
+                            .token = jobs[23]->token};
+  outs[no++] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = jobs[24]->id,
+                            .token = jobs[24]->token};
+  is_int(dsysi_queue_batch(q, outs, no, NULL, 0, NULL, 0, 0, NULL, NULL), 0,
+         "a batch of %zu completions and a renewal", no);
+  int first = 1;
+  for (size_t i = 0; i < 20; i++) first = first && outs[i].rc == 0;
+  ok(first, "20 good completions in one run: each 0");
+  is_int(outs[20].rc, DSYS_ELEASE, "stale token among them: ELEASE");
+  is_int(outs[21].rc, 0, "a job completed ...");
+  is_int(outs[22].rc, DSYS_ELEASE, "... and again in the same run: ELEASE");
+  is_int(outs[23].rc, DSYS_ENOTFOUND, "unknown job among them: ENOTFOUND");
+  is_int(outs[24].rc, 0, "renewal among them");
+  ok(outs[25].rc == 0 && outs[26].rc == 0, "completions after them");
+  dsys_job *row = NULL;
+  int stored = 1;
+  for (size_t i = 0; i < 20; i++) {
+    stored = stored && dsys_queue_get(q, jobs[i]->id, &row) == 0 &&
+             row->state == DSYS_JOB_COMPLETED && !strcmp(row->result, "{\"ok\":1}");
+    dsys_job_free(row);
+    row = NULL;
+  }
+  ok(stored, "the 20 completed with their result");
+  dsys_queue_get(q, jobs[20]->id, &row);
+  ok(row && row->state == DSYS_JOB_ACTIVE, "the stale one still active");
+  dsys_job_free(row);
+  row = NULL;
+  dsys_queue_get(q, jobs[21]->id, &row);
+  ok(row && row->state == DSYS_JOB_COMPLETED && !strcmp(row->result, "2"),
+     "the repeated one completed once, with the first result");
+  dsys_job_free(row);
+  row = NULL;
+  dsys_queue_get(q, jobs[22]->id, &row);
+  ok(row && row->state == DSYS_JOB_ACTIVE && row->lease_until > dsys_clock_wall_ms(dsys_clock_real()) + 80000,
+     "the renewed one active with the new lease");
+  dsys_job_free(row);
+  row = NULL;
+  dsys_queue_get(q, jobs[24]->id, &row);
+  ok(row && row->state == DSYS_JOB_COMPLETED && !strcmp(row->result, "null"),
+     "a completion without result stores null");
+  dsys_job_free(row);
+  for (size_t i = 0; i < n; i++) dsys_job_free(jobs[i]);
+  for (size_t i = 0; i < nm; i++) dsys_job_free(more[i]);
+  dsys_queue_close(q);
+}
+
+/* A backend whose commit fails on demand (as on a full disk): what rode in
+ * the failed transaction is not acknowledged. */
+static int (*real_commit)(void *);
+static int commit_fails;
+static int failing_commit(void *st) {
+  if (__atomic_load_n(&commit_fails, __ATOMIC_ACQUIRE)) return DSYS_EIO;
+  return real_commit(st);
+}
+
+static void failed_commit(const char *path) {
+  dsys_queue_ops o = *dsys_queue_ops_sqlite();
+  real_commit = o.commit;
+  o.commit = failing_commit;
+  dsys_queue *q = NULL;
+  if (!ok(dsys_queue_open_ops(&q, &o, path, NULL) == 0, "open with a failing commit"))
+    return;
+  static const char *const F[] = {"f"};
+  const char *pl[6] = {"1", "2", "3", "4", "5", "6"};
+  dsys_queue_submit_many(q, "f", pl, 6, NULL, NULL);
+  dsys_job *jobs[6] = {0};
+  size_t n = 0;
+  dsys_queue_claim_many(q, F, 1, "w", 60000, 3, jobs, &n);
+  is_int(n, 3, "3 claimed");
+  if (n != 3) return;
+  /* completions riding with the next claim, as the worker sends them */
+  dsysi_qout outs[3];
+  for (int i = 0; i < 3; i++)
+    outs[i] = (dsysi_qout){.kind = DSYSI_Q_COMPLETE, .id = jobs[i]->id,
+                           .token = jobs[i]->token};
+  dsys_job *next[3] = {0};
+  size_t nn = 0;
+  __atomic_store_n(&commit_fails, 1, __ATOMIC_RELEASE);
+  int e = dsysi_queue_batch(q, outs, 3, F, 1, "w", 60000, 3, next, &nn);
+  __atomic_store_n(&commit_fails, 0, __ATOMIC_RELEASE);
+  is_int(e, DSYS_EIO, "the claim of a transaction that fails to commit gets its error");
+  ok(nn == 0 && !next[0], "... and no job");
+  ok(outs[0].rc == DSYS_EIO && outs[1].rc == DSYS_EIO && outs[2].rc == DSYS_EIO,
+     "the completions riding with it are not acknowledged (EIO each)");
+  dsys_job_counts c = {0};
+  dsys_queue_counts(q, "f", &c);
+  ok(c.completed == 0 && c.active == 3 && c.waiting == 3,
+     "nothing of it was kept: 3 active, 3 waiting, none completed");
+  is_int(dsysi_queue_batch(q, outs, 3, F, 1, "w", 60000, 3, next, &nn), 0,
+         "the same batch again, committed");
+  ok(outs[0].rc == 0 && outs[1].rc == 0 && outs[2].rc == 0 && nn == 3,
+     "now acknowledged, and 3 more jobs claimed");
+  dsys_queue_counts(q, "f", &c);
+  ok(c.completed == 3 && c.active == 3, "3 completed, 3 active");
+  for (int i = 0; i < 3; i++) dsys_job_free(jobs[i]);
+  for (size_t i = 0; i < nn; i++) dsys_job_free(next[i]);
+  dsys_queue_close(q);
+}
+
+/* The default prefetch follows the handlers (worker.c, adapt_prefetch):
+ * fast handlers get more than 32 jobs buffered, slow ones never more. */
+static long ap_handled;
+static int ap_sleep_us;
+static int ap_handler(dsys_job_ctx *ctx, const dsys_job *job, void *ud) {
+  (void)ctx, (void)job, (void)ud;
+  if (ap_sleep_us) usleep((useconds_t)ap_sleep_us);
+  __atomic_add_fetch(&ap_handled, 1, __ATOMIC_RELAXED);
+  return 0;
+}
+
+static int64_t mono_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Runs a worker of one thread with the default prefetch on jobs jobs;
+ * returns the most jobs seen active at once while it ran (sampled until
+ * all are done or for at most ms). */
+static int64_t ap_run(dsys_queue *q, const char *name, int jobs, int64_t ms) {
+  const char *pl[100];
+  for (int i = 0; i < 100; i++) pl[i] = "{}";
+  for (int i = 0; i < jobs; i += 100)
+    dsys_queue_submit_many(q, name, pl, (size_t)(jobs - i < 100 ? jobs - i : 100), NULL, NULL);
+  const char *const QN[] = {name};
+  dsys_worker_options wo = {.size = sizeof wo, .queues = QN, .nqueues = 1,
+                            .threads = 1, .lease_ms = 60000, .poll_ms = 20,
+                            .handler = ap_handler};
+  __atomic_store_n(&ap_handled, 0, __ATOMIC_RELAXED);
+  dsys_worker *w = NULL;
+  if (dsys_worker_start(&w, q, &wo)) return -1;
+  int64_t most = 0, until = mono_now_ms() + ms;
+  while (__atomic_load_n(&ap_handled, __ATOMIC_RELAXED) < jobs && mono_now_ms() < until) {
+    dsys_job_counts c = {0};
+    if (dsys_queue_counts(q, name, &c) == 0 && c.active > most) most = c.active;
+    usleep(500);
+  }
+  dsys_worker_stop(w, DSYS_WORKER_STOP_RELEASE);
+  return most;
+}
+
+static void auto_prefetch(const char *path) {
+  dsys_queue *q = NULL;
+  if (!ok(dsys_queue_open(&q, path, NULL) == 0, "open for the default prefetch"))
+    return;
+  ap_sleep_us = 0;
+  int64_t fast = ap_run(q, "fast", 5000, 60000);
+  ok(fast > 1 + 32, "fast handlers: more than 1 + 32 jobs held at once (%lld)", (long long)fast);
+  ok(fast <= 1 + 256, "... and at most 1 + 256");
+  dsys_job_counts c = {0};
+  dsys_queue_counts(q, "fast", &c);
+  is_int(c.completed, 5000, "all 5000 completed once");
+  ap_sleep_us = 10000;
+  int64_t slow = ap_run(q, "slow", 100, 400);
+  ok(slow >= 2 && slow <= 1 + 32, "10 ms handlers: at most 1 + 32 held (%lld)", (long long)slow);
+  dsys_queue_close(q);
+}
+
 int main(void) {
   char dir[256];
   snprintf(dir, sizeof dir, "%s/dsys-queue-XXXXXX",
@@ -994,9 +1316,24 @@ int main(void) {
   char path3[400];
   snprintf(path3, sizeof path3, "%s/g.sqlite", dir);
   shared_groups(path3);
+  char path8[400];
+  snprintf(path8, sizeof path8, "%s/s.sqlite", dir);
+  merged_submits(path8, 0);
+  snprintf(path8, sizeof path8, "%s/s2.sqlite", dir);
+  merged_submits(path8, 1);
   char path4[400];
   snprintf(path4, sizeof path4, "%s/m.sqlite", dir);
   migration3(path4);
+  char path5[400];
+  snprintf(path5, sizeof path5, "%s/r.sqlite", dir);
+  many_rows(path5);
+  many_rows(":memory:");
+  char path6[400];
+  snprintf(path6, sizeof path6, "%s/c.sqlite", dir);
+  failed_commit(path6);
+  char url7[400];
+  snprintf(url7, sizeof url7, "sqlite://%s/p.sqlite", dir);
+  auto_prefetch(url7);
   /* backoff distribution: within bounds, and not constant */
   int in = 1, distinct = 0;
   int64_t first = dsysi_queue_backoff(3, 100, 10000);
