@@ -1030,7 +1030,7 @@ static int start_sweeper(dsys_compute_service *c, const dsys_compute_options *op
                                 NULL, NULL, 0, &c->swept);
     if (rc) return rc;
   }
-  return dsysi_ticker_start(&c->sweeper, c->svc.clock, every, sweep, c);
+  return dsysi_ticker_start_thread(&c->sweeper, c->svc.clock, every, sweep, c);
 }
 
 static int compute_ready(void *ud, const char **what, char *err, size_t errlen) {
@@ -1075,7 +1075,7 @@ int dsys_service_compute_mount(dsys_server *srv, const dsys_compute_options *opt
     size_t osz = opts->size ? opts->size : sizeof *opts;
     int64_t poll = osz >= offsetof(dsys_compute_options, events_poll_ms) + sizeof(int64_t)
                        ? opts->events_poll_ms : 0;
-    rc = dsysi_ticker_start(&c->ticker, c->svc.clock, poll > 0 ? poll : 200, poll_jobs, c);
+    rc = dsysi_ticker_start_thread(&c->ticker, c->svc.clock, poll > 0 ? poll : 200, poll_jobs, c);
   }
   static const char *const slow[] = {"/compute-worker",
                                      "/api/compute/compute-worker"};

@@ -878,7 +878,7 @@ int dsys_service_data_mount(dsys_server *srv, const dsys_data_options *opts,
     int64_t poll = osz >= offsetof(dsys_data_options, events_poll_ms) + sizeof(int64_t)
                        ? opts->events_poll_ms : 0;
     if (osz >= offsetof(dsys_data_options, cache) + sizeof opts->cache) d->cache = opts->cache;
-    rc = dsysi_ticker_start(&d->ticker, d->svc.clock, poll > 0 ? poll : 200, poll_changes, d);
+    rc = dsysi_ticker_start_thread(&d->ticker, d->svc.clock, poll > 0 ? poll : 200, poll_changes, d);
   }
   if (rc) {
     dsys_events_free(d->ev);

@@ -284,7 +284,7 @@ int dsys_lock_acquire(dsys_locks *ls, const char *name, int64_t wait_ms,
   lk->lease_end = dsys_clock_wall_ms(ls->clock) + lk->ttl_ms;
   if (!o.manual_renew) {
     int64_t period = lk->ttl_ms / 3 > 0 ? lk->ttl_ms / 3 : 1;
-    e = dsysi_ticker_start(&lk->renewer, ls->clock, period, renew_tick, lk);
+    e = dsysi_ticker_start_thread(&lk->renewer, ls->clock, period, renew_tick, lk);
     if (e) {
       ls->ops->release(ls->state, lk->name, lk->owner, lk->token);
       pthread_mutex_destroy(&lk->mu);
@@ -433,7 +433,7 @@ int dsys_election_campaign(dsys_locks *ls, const char *name, const dsys_election
   else default_owner(e->candidate, sizeof e->candidate);
   pthread_mutex_init(&e->mu, NULL);
   election_tick(e); /* at once: a single candidate leads without waiting */
-  int rc = dsysi_ticker_start(&e->ticker, ls->clock, e->ttl_ms / 3, election_tick, e);
+  int rc = dsysi_ticker_start_thread(&e->ticker, ls->clock, e->ttl_ms / 3, election_tick, e);
   if (rc) {
     dsys_lock_release(e->lk);
     pthread_mutex_destroy(&e->mu);
