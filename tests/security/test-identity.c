@@ -289,7 +289,7 @@ static void test_registry(dsys_client *cli) {
   is_int(dsys_registry_service_mount(srv, reg, &so, &svc), 0, "registry with identities");
   is_int(dsys_server_listen(srv, "inproc://ident-reg"), 0, "listen");
   const char *u = "inproc://ident-reg";
-  char *d1 = NULL, *a1 = NULL, *rogue = NULL, body[1024];
+  char *d1 = NULL, *a1 = NULL, *rogue = NULL, body[4096];
   dsys_identity_issue(key, "data-1", "data", NULL, &d1);
   dsys_identity_issue(key, "auth-1", "auth", NULL, &a1);
   dsys_identity_issue(key2, "data-1", "data", NULL, &rogue);
@@ -331,7 +331,7 @@ static void test_registry(dsys_client *cli) {
   is_int(do_call(cli, u, "GET", "/api/registry/services", NULL, NULL, body, sizeof body), 200,
          "reads stay open");
   ok(strstr(body, "http://127.0.0.1:4001") != NULL && !strstr(body, "6666"),
-     "the list holds the real instance only");
+     "the list holds the real instance only: %s", body);
 
   /* the http backend presents a credential, and the registration agent
    * registers with it */
