@@ -470,7 +470,7 @@ size_t dsys_upstream_count(dsys_upstream *u) {
  * with fresh health, outlier and breaker state even if its URL is the same,
  * so an ejection of the dead process does not keep the new one out. */
 static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *inst,
-                         int restart) {
+                         int restart, const char *why) {
   uep *fresh = NULL;
   int rc;
   if (inst) {
@@ -493,15 +493,28 @@ static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *
       atomic_store(&cur->weight, w);
     }
   } else {
+    int had = cur != NULL, added = 0;
     if (cur) remove_locked(u, i);
-    if (fresh && (rc = add_locked(u, fresh)) == 0) fresh = NULL;
+    if (fresh && (rc = add_locked(u, fresh)) == 0) {
+      fresh = NULL;
+      added = 1;
+    }
+    pthread_rwlock_unlock(&u->lk);
+    /* membership is rare and what an operator asks first when a gateway
+     * does not route to an instance: say each change and its cause */
+    if (had || added)
+      dsysi_log(DSYS_LOG_INFO, "upstream", "%s: %s %s (%s)", u->service, id,
+                added ? (had ? "replaced" : "joined") : "left", why);
+    ep_unref(fresh);
+    return;
   }
   pthread_rwlock_unlock(&u->lk);
   ep_unref(fresh);
 }
 
-static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *inst) {
-  reg_apply_ex(u, id, inst, 0);
+static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *inst,
+                      const char *why) {
+  reg_apply_ex(u, id, inst, 0, why);
 }
 
 static int reg_resync(dsys_upstream *u);
@@ -522,7 +535,10 @@ static void reg_update(dsys_upstream *u, const char *id, int restart) {
   }
   int member = !rc && inst && !strcmp(inst->type, u->service) &&
                inst->health == DSYS_INSTANCE_HEALTHY;
-  reg_apply_ex(u, id, member ? inst : NULL, restart);
+  reg_apply_ex(u, id, member ? inst : NULL, restart,
+               member ? (restart ? "registered" : "healthy")
+               : rc ? "not in the registry" : strcmp(inst->type, u->service) ? "another type"
+                                                                              : "unhealthy on read");
   dsys_free(inst);
 }
 
@@ -532,7 +548,7 @@ static int reg_resync(dsys_upstream *u) {
   size_t n = 0;
   int rc = dsys_registry_lookup(u->reg, u->service, 1, &v, &n);
   if (rc) return rc;
-  for (size_t i = 0; i < n; i++) reg_apply(u, v[i].id, &v[i]);
+  for (size_t i = 0; i < n; i++) reg_apply(u, v[i].id, &v[i], "listed");
   /* registry members that are no longer listed leave */
   for (;;) {
     char *gone = NULL;
@@ -545,7 +561,7 @@ static int reg_resync(dsys_upstream *u) {
     }
     pthread_rwlock_unlock(&u->lk);
     if (!gone) break;
-    reg_apply(u, gone, NULL);
+    reg_apply(u, gone, NULL, "no longer listed");
     free(gone);
   }
   dsys_free(v);
@@ -564,10 +580,12 @@ static void on_change(void *ud, const dsys_registry_change *c) {
   case DSYS_REG_REGISTERED:
   case DSYS_REG_HEALTHY:
     if (ours) reg_update(u, c->id, c->kind == DSYS_REG_REGISTERED);
-    else reg_apply(u, c->id, NULL); /* re-registered under another type */
+    else reg_apply(u, c->id, NULL, "re-registered under another type");
     break;
   default: /* deregistered, unhealthy, reaped */
-    reg_apply(u, c->id, NULL);
+    reg_apply(u, c->id, NULL, c->kind == DSYS_REG_DEREGISTERED ? "deregistered"
+                              : c->kind == DSYS_REG_UNHEALTHY  ? "unhealthy"
+                                                               : "reaped");
     break;
   }
 }

@@ -161,9 +161,13 @@ mh_unload() {
   loader=""
 }
 
-# the logs of a failed run, briefly
+# the logs of a failed run, briefly; and every gateway's membership
+# changes (which instance joined or left which upstream, and why)
 mh_dump() {
   for f in "$tmp"/s*.err "$tmp"/d*/logs/*.log "$tmp"/load.out; do
     [ -s "$f" ] && tail -n 5 "$f" | cut -c1-240 | sed "s|^|# ${f#$tmp/}: |"
+  done
+  for f in "$tmp"/d*/logs/gateway.log; do
+    [ -s "$f" ] && grep ' upstream: ' "$f" | head -n 60 | cut -c1-240 | sed "s|^|# ${f#$tmp/} membership: |"
   done
 }
