@@ -385,7 +385,10 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
    * is 1 s): a single pass would report an outage. So while etcd was
    * answering, passes repeat for up to ELECTION_MS; once an outage is
    * declared (c->down), one pass and a fast error (no quorum: every call
-   * would otherwise wait). */
+   * would otherwise wait). The election wait counts from the first "no
+   * leader" of the episode: without quorum each request of a registry call
+   * (and the sweeper's before it, holding the handle) waited its own 2 s
+   * (test-registry-etcd: a register took 10 s). */
   enum { ELECTION_MS = 2000 };
   int answered = 0; /* a member answered "no leader" and the like */
   for (size_t i = 0;; i++) {
@@ -393,7 +396,8 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
     long left = c->timeout_ms - (long)(mono_ms() - start);
     if (i > 0 && left <= 0) break;
     if (i > 0 && i % c->neps == 0) { /* a pass failed: pause, then again */
-      if (c->down || mono_ms() - start >= ELECTION_MS) break;
+      int64_t since = c->noleader_since && c->noleader_since < start ? c->noleader_since : start;
+      if (c->down || mono_ms() - since >= ELECTION_MS) break;
       long pause = left < 100 ? left : 100;
       struct timespec ts = {0, pause * 1000000L};
       nanosleep(&ts, NULL);
@@ -451,8 +455,10 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
       json_object_put(j);
       if (failover_code(*code)) {
         answered = 1;
+        if (!c->noleader_since) c->noleader_since = mono_ms();
         continue;
       }
+      c->noleader_since = 0; /* a leader answered */
       int ge = grpc_err(*code);
       /* an answer this client does not expect: say what it was */
       dsysi_log(ge == DSYS_EPROTO ? DSYS_LOG_WARN : DSYS_LOG_DEBUG, c->area, "etcd %s: %s", path,
@@ -460,6 +466,11 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
       return ge;
     }
     if (ep != first) c->cur = ep;
+    if (c->noleader_since) {
+      if (mono_ms() - c->noleader_since >= ELECTION_MS)
+        dsysi_log(DSYS_LOG_INFO, c->area, "etcd: has a leader again (%s)", c->eps[ep]);
+      c->noleader_since = 0;
+    }
     if (c->down) {
       dsysi_log(DSYS_LOG_INFO, c->area, "etcd: reachable again through %s", c->eps[ep]);
       c->down = 0;
@@ -474,6 +485,12 @@ static int post_body(dsysi_etcd *c, const char *path, const char *body, json_obj
    * to fail fast on; the next call waits its bounded election time again
    * (test-registry-etcd: a sweep that met a leader's death declared the
    * cluster down, and the register after it failed at once). */
+  if (answered && c->noleader_since && mono_ms() - c->noleader_since >= ELECTION_MS &&
+      mono_ms() - start >= ELECTION_MS) /* once per episode: this request used up its wait */
+    dsysi_log(DSYS_LOG_WARN, c->area,
+              "etcd: members answer %s without a leader for %lld ms (last: %s): failing fast "
+              "until a leader answers",
+              path, (long long)(mono_ms() - c->noleader_since), last);
   if (!c->down && !answered) {
     dsysi_log(DSYS_LOG_WARN, c->area, "etcd: no member answered %s within %ld ms (last: %s)",
               path, c->timeout_ms, last);

@@ -41,6 +41,10 @@ typedef struct dsysi_etcd {
   struct curl_slist *hdrs;
   dsysi_buf body;
   int down;         /* an outage is being logged */
+  /* when members first answered "no leader" and the like with no answer
+   * from a leader since (0: none): the election wait is shared by every
+   * request from then on, not granted to each again */
+  int64_t noleader_since;
   char last[256];   /* why the last member tried failed */
   const char *area; /* log area, e.g. "registry" */
   /* security: TLS material and etcd user; the token changes under mu */
