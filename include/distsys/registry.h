@@ -178,7 +178,9 @@ typedef struct dsys_registry_ops {
   int (*expire)(void *st, int64_t unhealthy_before, int64_t reap_before);
   int (*index)(void *st, uint64_t *out);
   /** Call fn for each change with index > after, in order; DSYS_ERANGE when
-   *  some of them are no longer kept. */
+   *  some of them are no longer kept, or when the backend answered a read
+   *  from an old copy since (watchers then get DSYS_REG_RESYNC and re-read:
+   *  what they read may have lacked a change that is before their start). */
   int (*changes)(void *st, uint64_t after, dsys_registry_change_fn fn, void *ctx);
   /* ---- version 2 ---- */
   uint32_t flags;            /**< DSYS_REGISTRY_OPS_* flags */

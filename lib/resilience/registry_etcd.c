@@ -80,6 +80,10 @@ typedef struct et_state {
   dsysi_etcd_kv *view;
   size_t nview;
   int have_view, stale;
+  /* a read was answered from the view: the next fresh changes read tells
+   * the watchers to re-read (what they read then may lack a change from
+   * before their watch, which no change delivery brings) */
+  int resync_owed;
   int64_t view_ms;
 } et_state;
 
@@ -154,6 +158,7 @@ static int fall_back(et_state *s, int rc, int *use_view) {
               "(%zu instances); writes fail until etcd answers",
               s->c.last, (long long)(mono_ms() - s->view_ms), s->nview);
   s->stale = 1;
+  s->resync_owed = 1;
   *use_view = 1;
   return 0;
 }
@@ -717,8 +722,14 @@ static int et_changes(void *vst, uint64_t after, dsys_registry_change_fn fn, voi
   pthread_mutex_lock(&s->c.mu);
   snap sn;
   int rc = read_snap(s, from, end, &sn);
+  int resync = !rc && s->resync_owed;
+  if (resync) s->resync_owed = 0;
   pthread_mutex_unlock(&s->c.mu);
   free(end);
+  if (resync) { /* fresh again after an answer from the view */
+    dsysi_etcd_kvs_free(sn.kvs, sn.n);
+    return DSYS_ERANGE;
+  }
   if (rc) return rc;
   if (sn.index > after) {
     /* the first entry must be the one right after: else it was pruned */

@@ -279,6 +279,7 @@ static void test_failures(tetcd *et) {
      (long long)(t1 - t0), rc);
 
   /* back: same handles, no reopen */
+  int n_out = s.n;
   is_int(tetcd_start_member(et, 1), 0, "failures: member 1 restarted");
   is_int(tetcd_start_member(et, 2), 0, "failures: member 2 restarted");
   t0 = now_ms();
@@ -287,6 +288,11 @@ static void test_failures(tetcd *et) {
   n = s.n;
   is_int(reg(a, "f-4", "fail"), 0, "back: another register");
   ok(wait_more(&s, n, 5000), "back: B's watch delivers again");
+  /* B answered lookups from its view: its watchers are told to re-read
+   * (a reader that started then may lack a change before its watch) */
+  int resync = 0;
+  for (int i = n_out; i < s.n && i < 256; i++) resync += s.kind[i] == DSYS_REG_RESYNC;
+  ok(resync >= 1, "back: B's watch got a RESYNC (it answered from its view): %d", resync);
   is_int(count(b, "fail"), 3, "back: B lists f-1, f-3, f-4 (a fresh read: the same handle)");
   is_int(count(a, "fail"), 3, "back: so does A");
   dsys_registry_close(a);
