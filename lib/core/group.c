@@ -28,6 +28,13 @@ enum { BATON = 1 << 30 };
  * 1.9-2.8k to 0.1-0.8k jobs/s, the worker's dispatcher held up). */
 enum { LEAD_MORE = 2 };
 
+/* Gathering pays only when a group costs more than a woken caller takes
+ * to queue its next op (about 50 us on the 2-core test machine): store
+ * puts at synchronous=NORMAL run groups of about 30 us, and waiting for
+ * the callers took 40% of the time (4 threads: 22-27k puts/s gathering,
+ * 33-40k not; the queue's groups take 0.7-1.3 ms and still gather). */
+enum { GATHER_MIN_US = 100 };
+
 void dsysi_group_init(dsysi_group *g, int max_batch, int max_groups,
                       dsysi_group_run_fn run, void *ud) {
   *g = (dsysi_group){0};
@@ -88,7 +95,7 @@ static void count_caller(dsysi_group *g) {
  * taking turns (they batch by themselves: one queues while the other
  * runs), never wait. */
 static int gather_target(const dsysi_group *g) {
-  if (g->max_groups > 1) return 0;
+  if (g->max_groups > 1 || g->group_us < GATHER_MIN_US) return 0;
   int n = g->callers_prev > g->callers ? g->callers_prev : g->callers;
   if (n < 3) return 0;
   return n > g->max_batch ? g->max_batch : n;
@@ -109,11 +116,15 @@ static void hand_over(dsysi_group *g) {
  * max_batch pending ops, then count its ops done and wake the callers
  * whose chains are complete (after dropping the lock: the wake-ups are
  * system calls that arriving callers need not wait behind). */
-static void lead_group(dsysi_group *g, int *my) {
+static void lead_group(dsysi_group *g, int *my, int mine_done) {
   int want = gather_target(g);
+  /* leading after its own chain is done, the leader's thread cannot
+   * queue another: wait for the others only */
+  if (mine_done && want > 0) want--;
   if (want > g->arrived) {
     /* hold the group slot while gathering: arrivals queue behind */
     g->running++;
+    g->gathers++;
     g->gathering = 1;
     g->gather_want = want;
     int64_t until = mono_us() + g->group_us;
@@ -205,7 +216,7 @@ void dsysi_group_execute(dsysi_group *g, dsysi_group_op *first,
       continue;
     }
     if (left == 0) more++;
-    lead_group(g, &word);
+    lead_group(g, &word, left == 0);
   }
   hand_over(g);
   pthread_mutex_unlock(&g->mu);

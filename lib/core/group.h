@@ -51,6 +51,7 @@ typedef struct dsysi_group {
   dsysi_group_op *pending, **tail;
   int running, max_groups, max_batch;
   unsigned long long groups; /* groups run so far (tests, statistics) */
+  unsigned long long gathers; /* times a leader waited for callers (same) */
   dsysi_group_run_fn run;
   void *ud;
   /* gathering (one group at a time only): see gather_target() */

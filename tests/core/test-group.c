@@ -8,7 +8,7 @@
  *  3. gathering: with three threads using the handle lately, a leader
  *     waits (no group started) until the others have queued their calls,
  *     then runs them as one group; alone, it gives up after one group's
- *     average time.
+ *     average time; it does not wait when groups are cheap (50 us).
  * Groups are held in run() until the test releases them (waits bounded).
  */
 #include <pthread.h>
@@ -254,6 +254,23 @@ static void test_gather(void) {
   ok(a.done && right(&a), "gather: a lone call runs after the time limit");
   ok(took >= 90 && took < 5000, "gather: ... about one group's time later (%lld ms, gathering seen: %d)",
      (long long)took, seen);
+
+  /* groups cheaper than a caller's way back (store puts at NORMAL):
+   * waiting would cost more than it saves */
+  pthread_mutex_lock(&tg.mu);
+  tg.group_us = 50;
+  pthread_mutex_unlock(&tg.mu);
+  pthread_mutex_lock(&tg.mu);
+  unsigned long long gathers = tg.gathers;
+  pthread_mutex_unlock(&tg.mu);
+  ok(gathers >= 2, "gather: the leaders above gathered (%llu)", gathers);
+  start(&a, 1, 70);
+  pthread_join(a.th, NULL);
+  pthread_mutex_lock(&tg.mu);
+  unsigned long long after = tg.gathers;
+  pthread_mutex_unlock(&tg.mu);
+  ok(a.done && right(&a), "gather: a call when a group takes 50 us runs");
+  is_int(after, gathers, "gather: ... and its leader did not wait for the others");
   dsysi_group_destroy(&tg);
 }
 
