@@ -73,21 +73,26 @@ static int exec_retry_busy(sqlite3 *db, const char *sql, char *errbuf,
   return e;
 }
 
-/* Waits for another connection's lock (another process's writer): SQLite's
- * own busy_timeout sleeps 1, 2, 5, 10 ... 100 ms between tries, so a writer
- * that met a transaction of well under a millisecond lost one or more
- * milliseconds (three compute instances on one file: idle CPU and 7 ms a
- * request). Here: 50 us doubling to 1 ms, then every ms, for up to
- * DSYSI_DB_BUSY_MS in all (counted by the sleeps, like SQLite's). */
+long dsysi_db_busy_sleep_us(int count) {
+  enum { FIRST_US = 50, MAX_US = 1000, DOUBLINGS = 5 };
+  /* slept by the tries before this one: 50 + 100 + ... + 800 us, then
+   * 1 ms each */
+  long long slept = count < DOUBLINGS
+                        ? (long long)FIRST_US * ((1LL << count) - 1)
+                        : (long long)FIRST_US * ((1LL << DOUBLINGS) - 1) +
+                              (long long)(count - DOUBLINGS) * MAX_US;
+  if (count < 0 || slept >= (long long)DSYSI_DB_BUSY_MS * 1000) return -1;
+  return count < DOUBLINGS ? (long)FIRST_US << count : MAX_US;
+}
+
+/* SQLite's busy_timeout sleeps 1, 2, 5, 10 ... 100 ms between tries, so a
+ * writer that met another process's transaction of well under a
+ * millisecond lost milliseconds (three compute instances on one file: idle
+ * CPU, 7 ms a request, 9.2k jobs/s through HTTP; 13.9k with this). */
 static int busy_wait(void *ud, int count) {
   (void)ud;
-  enum { FIRST_US = 50, MAX_US = 1000 };
-  /* the time slept by the tries before this one: 50+100+...+800 us for
-   * the first 5, then 1 ms each */
-  long long slept = count < 5 ? (long long)FIRST_US * ((1LL << count) - 1)
-                              : (long long)FIRST_US * 31 + (long long)(count - 5) * MAX_US;
-  if (slept >= (long long)DSYSI_DB_BUSY_MS * 1000) return 0;
-  long us = count < 5 ? FIRST_US << count : MAX_US;
+  long us = dsysi_db_busy_sleep_us(count);
+  if (us < 0) return 0;
   struct timespec ts = {0, us * 1000L};
   nanosleep(&ts, NULL);
   return 1;

@@ -11,6 +11,14 @@
 #define DSYSI_DB_BUSY_MS 5000
 
 /**
+ * How long the busy handler of dsysi_db_open's connections sleeps before
+ * try count + 1 of a lock another connection holds (count from 0): 50 us
+ * doubling to 1 ms, then 1 ms, until the sleeps add up to DSYSI_DB_BUSY_MS.
+ * @return microseconds, or -1: give up (the statement gets SQLITE_BUSY).
+ */
+long dsysi_db_busy_sleep_us(int count);
+
+/**
  * Open (creating) a database with WAL, a busy timeout and the given
  * synchronous mode, suitable for one thread at a time.
  * @param path file path, or ":memory:".

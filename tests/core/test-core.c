@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <distsys/distsys.h>
 #include "core/config.h"
+#include "core/db.h"
 #include "core/internal.h"
 #include "core/json.h"
 #include "tap.h"
@@ -519,6 +520,55 @@ static void test_grow(void) {
   free(s);
 }
 
+/* The SQLite busy handler: short sleeps first (another process's write
+ * transactions last well under a millisecond), the bound unchanged; a
+ * writer waits for a lock held by another connection and gets it. */
+typedef struct holder {
+  sqlite3 *db;
+} holder;
+
+static void *release_later(void *p) {
+  holder *h = p;
+  usleep(30000);
+  sqlite3_exec(h->db, "COMMIT", NULL, NULL, NULL);
+  return NULL;
+}
+
+static void test_db_busy(void) {
+  is_int(dsysi_db_busy_sleep_us(0), 50, "busy: the first retry after 50 us");
+  is_int(dsysi_db_busy_sleep_us(4), 800, "busy: doubling: 800 us before the fifth");
+  is_int(dsysi_db_busy_sleep_us(5), 1000, "busy: then every ms");
+  long long total = 0;
+  int n = 0;
+  for (long us; n < 100000 && (us = dsysi_db_busy_sleep_us(n)) >= 0; n++) total += us;
+  ok(total >= DSYSI_DB_BUSY_MS * 1000LL && total < DSYSI_DB_BUSY_MS * 1000LL + 1000,
+     "busy: the sleeps add up to the bound: %lld us in %d tries", total, n);
+  is_int(dsysi_db_busy_sleep_us(-1), -1, "busy: a negative count gives up");
+
+  char dir[] = "/tmp/dsys-dbbusy.XXXXXX", path[64], err[200] = "";
+  ok(mkdtemp(dir) != NULL, "busy: a directory");
+  snprintf(path, sizeof path, "%s/x.db", dir);
+  holder h = {0};
+  sqlite3 *b = NULL;
+  ok(dsysi_db_open(path, 0, &h.db, err, sizeof err) == 0 &&
+         dsysi_db_open(path, 0, &b, err, sizeof err) == 0,
+     "busy: two connections on one file %s", err);
+  if (h.db && b) {
+    is_int(dsysi_db_exec(h.db, "BEGIN IMMEDIATE", err, sizeof err), 0, "busy: one takes the write lock");
+    pthread_t th;
+    pthread_create(&th, NULL, release_later, &h);
+    is_int(dsysi_db_exec(b, "BEGIN IMMEDIATE", err, sizeof err), 0,
+           "busy: the other waits and gets it once released (%s)", err);
+    pthread_join(th, NULL);
+    dsysi_db_exec(b, "COMMIT", err, sizeof err);
+  }
+  sqlite3_close(h.db);
+  sqlite3_close(b);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  ok(system(cmd) == 0, "busy: cleaned up");
+}
+
 int main(void) {
   test_errors();
   test_base64url();
@@ -530,5 +580,6 @@ int main(void) {
   test_json();
   test_log();
   test_grow();
+  test_db_busy();
   return tap_done();
 }
