@@ -161,6 +161,16 @@ typedef struct dsys_upstream_options {
   int64_t hedge_delay_ms;      /**< > 0: a fixed delay; 0: the window's
                                     hedge_percentile */
   uint32_t hedge_percentile;   /**< 1..100; default 95 */
+  /* appended */
+  int64_t registry_reread_ms;  /**< with a registry: read the service's
+                                    instances again this often besides the
+                                    delivered changes, so that membership
+                                    converges within it even if a change
+                                    was missed (a read that failed, an
+                                    answer from an old copy); an instance
+                                    it adds or removes is logged as a
+                                    warning. 0: default 10000; -1: never;
+                                    else >= 100 */
 } dsys_upstream_options;
 
 /** Values of dsys_upstream_options.count_5xx. */

@@ -24,6 +24,7 @@
 #include <strings.h>
 #include <distsys/upstream.h>
 #include "core/internal.h"
+#include "core/ticker.h"
 #include "resilience/retry.h"
 #include "resilience/shared_cause.h"
 #include "resilience/upstream_int.h"
@@ -100,6 +101,11 @@ struct dsys_upstream {
   uint64_t watch_id;
   int watching;
   atomic_int resync_due; /* a registry read failed: re-read the service */
+  /* membership changes from the registry, one at a time: the delivered
+   * changes and the periodic re-read (a re-read applied after a newer
+   * change would undo it) */
+  pthread_mutex_t reg_mu;
+  dsysi_ticker reread;
   dsys_balancer *bal;
   dsys_health *health;
   dsys_retry *retry;
@@ -470,7 +476,7 @@ size_t dsys_upstream_count(dsys_upstream *u) {
  * with fresh health, outlier and breaker state even if its URL is the same,
  * so an ejection of the dead process does not keep the new one out. */
 static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *inst,
-                         int restart, const char *why) {
+                         int restart, const char *why, dsys_log_level lvl) {
   uep *fresh = NULL;
   int rc;
   if (inst) {
@@ -503,7 +509,7 @@ static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *
     /* membership is rare and what an operator asks first when a gateway
      * does not route to an instance: say each change and its cause */
     if (had || added)
-      dsysi_log(DSYS_LOG_INFO, "upstream", "%s: %s %s (%s)", u->service, id,
+      dsysi_log(lvl, "upstream", "%s: %s %s (%s)", u->service, id,
                 added ? (had ? "replaced" : "joined") : "left", why);
     ep_unref(fresh);
     return;
@@ -514,10 +520,10 @@ static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *
 
 static void reg_apply(dsys_upstream *u, const char *id, const dsys_instance *inst,
                       const char *why) {
-  reg_apply_ex(u, id, inst, 0, why);
+  reg_apply_ex(u, id, inst, 0, why, DSYS_LOG_INFO);
 }
 
-static int reg_resync(dsys_upstream *u);
+static int reg_resync(dsys_upstream *u, int periodic);
 
 static void reg_update(dsys_upstream *u, const char *id, int restart) {
   dsys_instance *inst = NULL;
@@ -530,7 +536,7 @@ static void reg_update(dsys_upstream *u, const char *id, int restart) {
   for (int i = 0; i < 2 && rc && rc != DSYS_ENOTFOUND; i++)
     rc = dsys_registry_get(u->reg, id, &inst);
   if (rc && rc != DSYS_ENOTFOUND) {
-    if (reg_resync(u)) atomic_store(&u->resync_due, 1);
+    if (reg_resync(u, 0)) atomic_store(&u->resync_due, 1);
     return;
   }
   int member = !rc && inst && !strcmp(inst->type, u->service) &&
@@ -538,17 +544,23 @@ static void reg_update(dsys_upstream *u, const char *id, int restart) {
   reg_apply_ex(u, id, member ? inst : NULL, restart,
                member ? (restart ? "registered" : "healthy")
                : rc ? "not in the registry" : strcmp(inst->type, u->service) ? "another type"
-                                                                              : "unhealthy on read");
+                                                                              : "unhealthy on read",
+               DSYS_LOG_INFO);
   dsys_free(inst);
 }
 
-/* Re-read every instance of the service type. */
-static int reg_resync(dsys_upstream *u) {
+/* Re-read every instance of the service type. periodic: the re-read of
+ * registry_reread_ms, for which any change it makes is a change that was
+ * missed (a warning: worth finding out why). */
+static int reg_resync(dsys_upstream *u, int periodic) {
   dsys_instance *v = NULL;
   size_t n = 0;
   int rc = dsys_registry_lookup(u->reg, u->service, 1, &v, &n);
   if (rc) return rc;
-  for (size_t i = 0; i < n; i++) reg_apply(u, v[i].id, &v[i], "listed");
+  dsys_log_level lvl = periodic ? DSYS_LOG_WARN : DSYS_LOG_INFO;
+  for (size_t i = 0; i < n; i++)
+    reg_apply_ex(u, v[i].id, &v[i], 0, periodic ? "periodic re-read: a change was missed" : "listed",
+                 lvl);
   /* registry members that are no longer listed leave */
   for (;;) {
     char *gone = NULL;
@@ -561,18 +573,38 @@ static int reg_resync(dsys_upstream *u) {
     }
     pthread_rwlock_unlock(&u->lk);
     if (!gone) break;
-    reg_apply(u, gone, NULL, "no longer listed");
+    reg_apply_ex(u, gone, NULL, 0,
+                 periodic ? "periodic re-read: no longer listed, a change was missed"
+                          : "no longer listed",
+                 lvl);
     free(gone);
   }
   dsys_free(v);
   return 0;
 }
 
+static void on_change_locked(dsys_upstream *u, const dsys_registry_change *c);
+
 static void on_change(void *ud, const dsys_registry_change *c) {
   dsys_upstream *u = ud;
   if (atomic_load(&u->closing)) return;
+  pthread_mutex_lock(&u->reg_mu);
+  on_change_locked(u, c);
+  pthread_mutex_unlock(&u->reg_mu);
+}
+
+static void reread_tick(void *ud) {
+  dsys_upstream *u = ud;
+  if (atomic_load(&u->closing)) return;
+  pthread_mutex_lock(&u->reg_mu);
+  /* failing: the next tick or change tries again */
+  if (reg_resync(u, 1)) atomic_store(&u->resync_due, 1);
+  pthread_mutex_unlock(&u->reg_mu);
+}
+
+static void on_change_locked(dsys_upstream *u, const dsys_registry_change *c) {
   if (c->kind == DSYS_REG_RESYNC || atomic_exchange(&u->resync_due, 0)) {
-    if (reg_resync(u)) atomic_store(&u->resync_due, 1);
+    if (reg_resync(u, 0)) atomic_store(&u->resync_due, 1);
     if (c->kind == DSYS_REG_RESYNC) return;
   }
   int ours = !c->type || !*c->type || !strcmp(c->type, u->service);
@@ -1505,7 +1537,8 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
       (d.timeout_factor != 0 && !(d.timeout_factor >= 1 && d.timeout_factor <= 1000)) ||
       d.timeout_min_ms < 0 || d.timeout_max_ms < 0 || d.hedge_delay_ms < 0 ||
       (d.latency_window_ms && (d.latency_window_ms < 100 || d.latency_window_ms > 3600000)) ||
-      (d.timeout_max_ms && d.timeout_min_ms > d.timeout_max_ms))
+      (d.timeout_max_ms && d.timeout_min_ms > d.timeout_max_ms) ||
+      d.registry_reread_ms < -1 || (d.registry_reread_ms > 0 && d.registry_reread_ms < 100))
     return DSYS_EINVAL;
   dsys_upstream *u = calloc(1, sizeof *u);
   if (!u || !(u->sh = aligned_alloc(64, NSHARD * sizeof *u->sh))) {
@@ -1519,6 +1552,7 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
   pthread_rwlock_init(&u->lk, &ra);
   pthread_rwlockattr_destroy(&ra);
   pthread_mutex_init(&u->mu, NULL);
+  pthread_mutex_init(&u->reg_mu, NULL);
   pthread_cond_init(&u->cv, NULL);
   pthread_mutex_init(&u->lat_mu, NULL);
   u->clk = d.clock ? d.clock : dsys_clock_real();
@@ -1604,7 +1638,14 @@ int dsys_upstream_new(dsys_upstream **out, const dsys_upstream_options *o) {
     u->reg = d.registry;
     rc = dsys_registry_watch(u->reg, on_change, u, &u->watch_id);
     u->watching = !rc;
-    if (!rc) rc = reg_resync(u);
+    if (!rc) {
+      pthread_mutex_lock(&u->reg_mu);
+      rc = reg_resync(u, 0);
+      pthread_mutex_unlock(&u->reg_mu);
+    }
+    int64_t every = d.registry_reread_ms ? d.registry_reread_ms : 10000;
+    /* its own thread: a registry read may wait for the network */
+    if (!rc && every > 0) rc = dsysi_ticker_start_thread(&u->reread, u->clk, every, reread_tick, u);
   }
   if (rc) {
     dsys_upstream_free(u);
@@ -1620,6 +1661,7 @@ void dsys_upstream_free(dsys_upstream *u) {
   atomic_store(&u->closing, 1);
   pthread_rwlock_unlock(&u->lk);
   if (u->watching) dsys_registry_unwatch(u->reg, u->watch_id);
+  dsysi_ticker_stop(&u->reread);
   /* calls waiting for a backoff: cancel their timers and end them */
   ucall *canceled = NULL;
   pthread_mutex_lock(&u->mu);
@@ -1662,6 +1704,7 @@ void dsys_upstream_free(dsys_upstream *u) {
   dsys_retry_free(u->retry);
   pthread_rwlock_destroy(&u->lk);
   pthread_mutex_destroy(&u->mu);
+  pthread_mutex_destroy(&u->reg_mu);
   pthread_mutex_destroy(&u->lat_mu);
   pthread_cond_destroy(&u->cv);
   free(u->snap);

@@ -789,6 +789,32 @@ static void test_registry_read_errors(void) {
   dsys_upstream_free(u);
   dsys_registry_close(reg);
   rf_get_fail = rf_list_fail = 0;
+
+  /* A change missed for good (no later change to re-read at): the
+   * periodic re-read brings the instance in within its period. */
+  if (!ok(dsys_registry_open_ops(&reg, &ops, NULL, &ro, NULL, 0) == 0, "re-read: open")) return;
+  o.registry = reg;
+  o.registry_reread_ms = 2000;
+  if (!ok(dsys_upstream_new(&u, &o) == 0, "re-read: upstream every 2 s")) {
+    dsys_registry_close(reg);
+    return;
+  }
+  rf_get_fail = 3;
+  rf_list_fail = 1;
+  dsys_registry_register(reg, &(dsys_instance){.id = "w", .type = "t", .url = A.url});
+  rf_get_fail = rf_list_fail = 0;
+  is_int(dsys_upstream_count(u), 0, "re-read: w could not be read, and no change follows");
+  dsys_clock_advance(clk, 1000 * 1000);
+  is_int(dsys_upstream_count(u), 0, "re-read: not before the period");
+  dsys_clock_advance(clk, 1000 * 1000);
+  is_int(dsys_upstream_count(u), 1, "re-read: w is there after 2 s, without a change");
+  dsys_upstream_free(u);
+  dsys_registry_close(reg);
+  dsys_upstream_options bad = {.size = sizeof bad, .clock = clk, .client = rcli, .registry = reg,
+                               .service = "t", .registry_reread_ms = 50};
+  is_int(dsys_upstream_new(&u, &bad), DSYS_EINVAL, "re-read: a period under 100 ms is refused");
+  bad.registry_reread_ms = -2;
+  is_int(dsys_upstream_new(&u, &bad), DSYS_EINVAL, "re-read: below -1 is refused");
 }
 
 typedef struct churn {
