@@ -61,10 +61,12 @@ static const char *const sqls[S_COUNT] = {
                  " finished_at = CASE WHEN attempts >= max_attempts THEN ?1 "
                  "ELSE 0 END WHERE state = 3 AND lease_until <= ?1",
     [S_IDEM] = "SELECT id FROM dsys_jobs WHERE queue = ?1 AND idem_key = ?2",
+    /* ?1-?8 as in the generated multi-row inserts (bind_insert_options),
+     * then the payload and the idempotency key */
     [S_INSERT] = "INSERT INTO dsys_jobs(queue, payload, state, priority, "
                  "max_attempts, backoff_base, backoff_cap, idem_key, "
-                 "created_at, run_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-                 "?9, ?10)",
+                 "created_at, run_at) VALUES(?1, ?9, ?2, ?3, ?4, ?5, ?6, ?10, "
+                 "?7, ?8)",
     /* a paused queue hands out nothing (the subquery does not depend on
      * the row: SQLite runs it once per statement) */
     /* the whole row: the claimed job is built from it (no read back) */
@@ -199,7 +201,8 @@ static const char *gen_sql(int i, char *buf, size_t cap) {
   switch (i) {
   case S_INSERT_MANY:
   case S_INSERT_FEW: {
-    /* the options are the same for every row: ?1-?8; payloads ?9... */
+    /* the options are the same for every row: ?1-?8
+     * (bind_insert_options); payloads ?9... */
     int rows = i == S_INSERT_MANY ? INSERT_MANY : INSERT_FEW;
     ADD("INSERT INTO dsys_jobs(queue, payload, state, priority, max_attempts, "
         "backoff_base, backoff_cap, idem_key, created_at, run_at) VALUES");
@@ -399,22 +402,29 @@ static int changed_or(sq *q, int e, int64_t id) {
   return sqlite3_changes(q->db) ? 0 : not_active_reason(q, id);
 }
 
+/* The parameters every insert statement shares: ?1 queue, ?2 state,
+ * ?3 priority, ?4 max_attempts, ?5-?6 backoff, ?7 created_at, ?8 run_at. */
+static void bind_insert_options(sqlite3_stmt *st, const char *queue,
+                                const dsys_submit_options *o, int64_t now) {
+  int64_t delay = o->delay_ms;
+  sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 2, delay > 0 ? DSYS_JOB_DELAYED : DSYS_JOB_WAITING);
+  sqlite3_bind_int(st, 3, o->priority);
+  sqlite3_bind_int(st, 4, o->max_attempts);
+  sqlite3_bind_int64(st, 5, o->backoff_base_ms);
+  sqlite3_bind_int64(st, 6, o->backoff_cap_ms);
+  sqlite3_bind_int64(st, 7, now);
+  sqlite3_bind_int64(st, 8, now + (delay > 0 ? delay : 0));
+}
+
 static int insert_one(sq *q, const char *queue, const char *payload,
                       const dsys_submit_options *o, int64_t now,
                       int64_t *id) {
   sqlite3_stmt *st = stmt(q, S_INSERT);
   if (!st) return DSYS_EDB;
-  int64_t delay = o->delay_ms;
-  sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, payload, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 3, delay > 0 ? DSYS_JOB_DELAYED : DSYS_JOB_WAITING);
-  sqlite3_bind_int(st, 4, o->priority);
-  sqlite3_bind_int(st, 5, o->max_attempts);
-  sqlite3_bind_int64(st, 6, o->backoff_base_ms);
-  sqlite3_bind_int64(st, 7, o->backoff_cap_ms);
-  bind_text_or_null(st, 8, o->idempotency_key);
-  sqlite3_bind_int64(st, 9, now);
-  sqlite3_bind_int64(st, 10, now + (delay > 0 ? delay : 0));
+  bind_insert_options(st, queue, o, now);
+  sqlite3_bind_text(st, 9, payload, -1, SQLITE_STATIC);
+  bind_text_or_null(st, 10, o->idempotency_key);
   int e = run(st);
   if (!e) *id = sqlite3_last_insert_rowid(q->db);
   return e;
@@ -428,15 +438,7 @@ static int insert_rows(sq *q, const char *queue, const char *const *payloads,
                        int64_t *ids) {
   sqlite3_stmt *st = stmt(q, k == INSERT_MANY ? S_INSERT_MANY : S_INSERT_FEW);
   if (!st) return DSYS_EDB;
-  int64_t delay = o->delay_ms;
-  sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 2, delay > 0 ? DSYS_JOB_DELAYED : DSYS_JOB_WAITING);
-  sqlite3_bind_int(st, 3, o->priority);
-  sqlite3_bind_int(st, 4, o->max_attempts);
-  sqlite3_bind_int64(st, 5, o->backoff_base_ms);
-  sqlite3_bind_int64(st, 6, o->backoff_cap_ms);
-  sqlite3_bind_int64(st, 7, now);
-  sqlite3_bind_int64(st, 8, now + (delay > 0 ? delay : 0));
+  bind_insert_options(st, queue, o, now);
   for (size_t r = 0; r < k; r++)
     sqlite3_bind_text(st, 9 + (int)r, payloads[r], -1, SQLITE_STATIC);
   int e = run(st);
