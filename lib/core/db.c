@@ -75,13 +75,14 @@ static int exec_retry_busy(sqlite3 *db, const char *sql, char *errbuf,
 
 long dsysi_db_busy_sleep_us(int count) {
   enum { FIRST_US = 50, MAX_US = 1000, DOUBLINGS = 5 };
+  if (count < 0) return -1;
   /* slept by the tries before this one: 50 + 100 + ... + 800 us, then
    * 1 ms each */
   long long slept = count < DOUBLINGS
                         ? (long long)FIRST_US * ((1LL << count) - 1)
                         : (long long)FIRST_US * ((1LL << DOUBLINGS) - 1) +
                               (long long)(count - DOUBLINGS) * MAX_US;
-  if (count < 0 || slept >= (long long)DSYSI_DB_BUSY_MS * 1000) return -1;
+  if (slept >= (long long)DSYSI_DB_BUSY_MS * 1000) return -1;
   return count < DOUBLINGS ? (long)FIRST_US << count : MAX_US;
 }
 
