@@ -119,6 +119,7 @@ static long find_event(const char *name, const char *who, int nth) {
 }
 
 static json_object *event_data(long pos) {
+  if (pos < 0) return NULL; /* not found: the checks that follow fail, no crash */
   pthread_mutex_lock(&smu);
   const char *d = strstr(sse + pos, "data: ") + 6;
   const char *e = strchr(d, '\n');
@@ -133,6 +134,17 @@ static int wait_event(const char *name, const char *who, int nth) {
     if (find_event(name, who, nth) >= 0) return 1;
     msleep(5);
   }
+  /* failed once in a fresh-clone CI run (no event after the first):
+   * say whether the stream ended and what it last carried */
+  char tail[301];
+  pthread_mutex_lock(&smu);
+  size_t from = sse_len > 300 ? sse_len - 300 : 0, len = sse_len;
+  snprintf(tail, sizeof tail, "%s", sse + from);
+  pthread_mutex_unlock(&smu);
+  for (char *c = tail; *c; c++)
+    if (*c == '\n') *c = '|'; /* one TAP diagnostic line */
+  tap_diag("no '%s' event: stream %s, %zu bytes; its end: %s", name,
+           atomic_load(&sse_done) ? "ended" : "open", len, tail);
   return 0;
 }
 
