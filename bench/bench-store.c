@@ -9,6 +9,8 @@
  *   patch of the machine spreads over all of them; one line per row at
  *   the end gives its median, range and each round's figure (one line a
  *   row: bench/run-all picks the lines with "get" and "put").
+ * "put_many" rows: each thread puts the same random keys through
+ * dsys_store_put_many() in calls of MANY_BATCH (64) entries.
  * ONLY="put 4" in the environment runs that one row (for perf, strace).
  * Each line also gives the process's CPU time (user + system, all
  * threads) per operation: on a shared machine the ops/s follow the load
@@ -35,6 +37,8 @@
 #define NKEYS 10000
 #define MAXTH 16
 #define MAXROUNDS 15
+#define MANY_BATCH 64
+#define VALUE "{\"v\":\"some value of moderate size\"}"
 static dsys_store *s;
 static double secs = 5.0;
 static int do_put;
@@ -54,10 +58,28 @@ static void *loop(void *arg) {
   char key[32];
   double end = now_s() + secs;
   while (1) {
+    if (do_put == 3) { /* put_many: 256 puts in calls of MANY_BATCH */
+      char keys[MANY_BATCH][32];
+      dsys_store_entry ents[MANY_BATCH];
+      for (int c = 0; c < 256 / MANY_BATCH; c++) {
+        for (int i = 0; i < MANY_BATCH; i++) {
+          snprintf(keys[i], sizeof keys[i], "bench/%05u", rand_r(&seed) % NKEYS);
+          ents[i] = (dsys_store_entry){keys[i], VALUE, NULL, 0};
+        }
+        int e = dsys_store_put_many(s, ents, MANY_BATCH, NULL, NULL);
+        if (e) {
+          fprintf(stderr, "put_many: %s\n", dsys_strerror(e));
+          abort();
+        }
+      }
+      n += 256;
+      if (now_s() >= end) break;
+      continue;
+    }
     for (int i = 0; i < 256; i++) {
       snprintf(key, sizeof key, "bench/%05u", rand_r(&seed) % NKEYS);
       if (do_put) {
-        int e = dsys_store_put(s, key, "{\"v\":\"some value of moderate size\"}", NULL, NULL);
+        int e = dsys_store_put(s, key, VALUE, NULL, NULL);
         if (e) {
           fprintf(stderr, "put: %s\n", dsys_strerror(e));
           abort();
@@ -139,7 +161,7 @@ static double run_ceiling(double *us_per_op) {
       sqlite3_int64 id = sqlite3_column_int64(look, 0), v = sqlite3_column_int64(look, 1);
       sqlite3_reset(look);
       sqlite3_bind_int64(set, 1, id);
-      sqlite3_bind_text(set, 2, "{\"v\":\"some value of moderate size\"}", -1, SQLITE_STATIC);
+      sqlite3_bind_text(set, 2, VALUE, -1, SQLITE_STATIC);
       sqlite3_bind_int64(set, 3, v + 1);
       sqlite3_bind_int64(set, 4, (sqlite3_int64)(now_s() * 1000));
       sq_check(db, sqlite3_step(set), "update");
@@ -166,8 +188,9 @@ static int cmp_d(const void *a, const void *b) {
 static const struct row {
   const char *what;
   int put, threads;
-} rows[] = {{"get", 0, 1}, {"get", 0, 2}, {"put", 1, 1},
-            {"put", 1, 2}, {"put", 1, 4}, {"put", 1, 16}, {"ceiling", 2, 1}};
+} rows[] = {{"get", 0, 1},      {"get", 0, 2},      {"put", 1, 1},
+            {"put", 1, 2},      {"put", 1, 4},      {"put", 1, 16},
+            {"put_many", 3, 1}, {"put_many", 3, 4}, {"ceiling", 2, 1}};
 #define NROWS (sizeof rows / sizeof rows[0])
 
 int main(int argc, char **argv) {
@@ -199,14 +222,14 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < NKEYS; i++) {
       snprintf(key, sizeof key, "bench/%05d", i);
-      dsys_store_put(s, key, "{\"v\":\"some value of moderate size\"}", NULL, NULL);
+      dsys_store_put(s, key, VALUE, NULL, NULL);
     }
     if (!f) dsys_store_close(s);
   }
   const char *only = getenv("ONLY");
   int skip[NROWS] = {0};
   for (size_t i = 0; only && i < NROWS; i++) {
-    char name[16];
+    char name[24];
     snprintf(name, sizeof name, "%s %d", rows[i].what, rows[i].threads);
     skip[i] = strcmp(name, only) != 0;
   }
@@ -236,7 +259,7 @@ int main(int argc, char **argv) {
     qsort(cpu[i], (size_t)rounds, sizeof cpu[i][0], cmp_d);
     double med = (res[i][(rounds - 1) / 2] + res[i][rounds / 2]) / 2;
     char ratio[48] = "";
-    if (rows[i].put == 1 && ceil_med > 0)
+    if ((rows[i].put == 1 || rows[i].put == 3) && ceil_med > 0)
       snprintf(ratio, sizeof ratio, "; %.2f of ceiling", med / ceil_med);
     if (rows[i].put == 2)
       printf("store put ceiling (raw SQLite, 1 thread, 256 per transaction): %9.0f ops/s median, "

@@ -17,6 +17,8 @@
  * - An item whose expires_at is set and <= now is absent, for every op.
  * - Ids are never reused; version is 1 on creation and +1 on every change.
  * - Every op may run on several threads at once.
+ * - purge and put_many are optional, and left out here: without put_many,
+ *   dsys_store_put_many() on this backend answers DSYS_ENOTSUP.
  *
  * tests/state/test-store.c runs the store conformance suite on "toy:",
  * unchanged, exactly as on the built-in backends.

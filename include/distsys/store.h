@@ -96,12 +96,27 @@ typedef struct dsys_store_write {
   int64_t expected_version; /**< update/delete: > 0 = compare-and-swap */
 } dsys_store_write;
 
-/* ---- backend ops table (append-only; version 1) ---- */
+/**
+ * One item of dsys_store_put_many(). The layout is fixed: a later version
+ * of the library adds a call rather than a field.
+ */
+typedef struct dsys_store_entry {
+  const char *key;      /**< as for dsys_store_put() */
+  const char *value;    /**< JSON text (validated) */
+  const char *metadata; /**< JSON object text, NULL = "{}" */
+  int64_t ttl_ms;       /**< > 0: expires this long after the write; 0: no TTL */
+} dsys_store_entry;
+
+/** Most entries in one dsys_store_put_many(). */
+#define DSYS_STORE_MAX_MANY 1000
+
+/* ---- backend ops table (append-only; versions 1-2) ---- */
 
 /** Write modes passed to the backend write op. */
 enum { DSYS_STORE_W_PUT = 1, DSYS_STORE_W_CREATE = 2, DSYS_STORE_W_UPDATE = 3 };
 
-#define DSYS_STORE_OPS_VERSION 1
+/** Version 2 added put_many. */
+#define DSYS_STORE_OPS_VERSION 2
 
 /**
  * A store backend. The front end validates arguments (JSON, sizes) and
@@ -140,6 +155,16 @@ typedef struct dsys_store_ops {
               int64_t now, dsys_item ***items, size_t *count);
   /** Remove up to limit expired items; *removed gets the count. */
   int (*purge)(void *st, int64_t now, size_t limit, size_t *removed);
+  /* ---- version 2 ---- */
+  /** Put n entries (1..DSYS_STORE_MAX_MANY) in order, all or none, as
+   *  dsys_store_put_many(): every entry's metadata is set (never NULL) and
+   *  expires_at[i] is its computed expiry (0 = none). On success items[i]
+   *  receives each stored item; on failure none is kept and *failed gets
+   *  the index of the entry that failed (n when it was the commit).
+   *  Optional: without it dsys_store_put_many() returns DSYS_ENOTSUP. */
+  int (*put_many)(void *st, const dsys_store_entry *entries, size_t n,
+                  const int64_t *expires_at, int64_t now, dsys_item **items,
+                  size_t *failed);
 } dsys_store_ops;
 
 /** The built-in SQLite backend (scheme "sqlite"). */
@@ -246,6 +271,31 @@ DSYS_API int dsys_store_get_by_id(dsys_store *s, int64_t id, dsys_item **out);
  */
 DSYS_API int dsys_store_put(dsys_store *s, const char *key, const char *value,
                             const dsys_store_write *w, dsys_item **out);
+
+/**
+ * Put several items in one call: all of them are stored, or (on error)
+ * none, in one transaction. Entries are applied in order, so a key given
+ * twice ends with the later value (and its version counts both). Calls of
+ * several threads share transactions and commits (group commit), so
+ * batches of a few dozen entries per call reach about the rate the file
+ * can commit, where one dsys_store_put() per call pays a thread hand-over
+ * per item (docs/PERFORMANCE.md). The change hook sees each item as a
+ * DSYS_STORE_PUT, after the commit.
+ * @param entries n entries (see dsys_store_entry).
+ * @param n 1..DSYS_STORE_MAX_MANY.
+ * @param items array of n receiving the stored items (each freed with
+ *        dsys_item_free()), or NULL if not wanted. All NULL on error.
+ * @param failed receives the index of the entry that failed (n when
+ *        the whole transaction failed, e.g. DSYS_EDB on commit), or
+ *        NULL if not wanted; untouched on success.
+ * @return 0, DSYS_EINVAL (n out of range, NULL entries, a bad key or a
+ *         negative TTL), DSYS_EBADJSON, DSYS_ETYPE, DSYS_ETOOBIG,
+ *         DSYS_ENOMEM, DSYS_EDB, DSYS_EBUSY, DSYS_ENOTSUP (a backend
+ *         without put_many); on PostgreSQL also DSYS_EUNAVAIL,
+ *         DSYS_ETIMEDOUT. Thread: any.
+ */
+DSYS_API int dsys_store_put_many(dsys_store *s, const dsys_store_entry *entries,
+                                 size_t n, dsys_item **items, size_t *failed);
 
 /**
  * Create the item only if the key does not exist (atomic, also across

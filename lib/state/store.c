@@ -244,6 +244,48 @@ int dsys_store_put(dsys_store *s, const char *key, const char *value,
   return do_write(s, DSYS_STORE_W_PUT, key, value, w, out);
 }
 
+int dsys_store_put_many(dsys_store *s, const dsys_store_entry *entries,
+                        size_t n, dsys_item **items, size_t *failed) {
+  if (items)
+    for (size_t i = 0; i < n && i <= DSYS_STORE_MAX_MANY; i++) items[i] = NULL;
+  if (!s || !entries || n == 0 || n > DSYS_STORE_MAX_MANY) return DSYS_EINVAL;
+  if (s->ops->version < 2 || !s->ops->put_many) return DSYS_ENOTSUP;
+  /* the backend gets the entries with their defaults filled in */
+  dsys_store_entry *ents = malloc(n * sizeof *ents);
+  int64_t *exps = malloc(n * sizeof *exps);
+  dsys_item **its = calloc(n, sizeof *its);
+  int64_t now = now_ms(s);
+  size_t bad = 0;
+  int e = ents && exps && its ? 0 : DSYS_ENOMEM;
+  if (e) bad = n; /* not an entry's fault */
+  for (; !e && bad < n; bad++) {
+    const dsys_store_entry *en = &entries[bad];
+    e = check_key(en->key);
+    if (!e) e = check_value(s, en->value);
+    if (!e) e = check_meta(en->metadata);
+    if (!e && en->ttl_ms < 0) e = DSYS_EINVAL;
+    if (e) break;
+    ents[bad] = *en;
+    if (!ents[bad].metadata) ents[bad].metadata = "{}";
+    exps[bad] = en->ttl_ms > 0 ? now + en->ttl_ms : 0;
+  }
+  if (!e)
+    e = OBSERVED(s, DSYS_STORE_OP_WRITE,
+                 s->ops->put_many(s->state, ents, n, exps, now, its, &bad));
+  if (e) {
+    if (failed) *failed = bad;
+    if (its)
+      for (size_t i = 0; i < n; i++) free(its[i]);
+  } else {
+    for (size_t i = 0; i < n; i++)
+      after_write(s, DSYS_STORE_PUT, its[i], items ? &items[i] : NULL, now);
+  }
+  free(ents);
+  free(exps);
+  free(its);
+  return e;
+}
+
 int dsys_store_create(dsys_store *s, const char *key, const char *value,
                       const dsys_store_write *w, dsys_item **out) {
   return do_write(s, DSYS_STORE_W_CREATE, key, value, w, out);

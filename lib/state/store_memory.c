@@ -181,6 +181,84 @@ static int m_write(void *state, int mode, const char *key, const char *value,
   return e;
 }
 
+/* Undo the puts done[0..k) of m_put_many in reverse order (a key given
+ * twice comes back to its first value, then to before it). old[j] is the
+ * item put j replaced, NULL when it inserted a new key. */
+static void undo_puts(mem *m, const dsys_store_entry *ents, dsys_item **old,
+                      size_t k) {
+  while (k-- > 0) {
+    ptrdiff_t ki = find_key(m, ents[k].key);
+    if (!old[k]) {
+      remove_at(m, ki);
+      m->next_id--; /* never seen by anyone: the id may be drawn again */
+      continue;
+    }
+    ptrdiff_t ii = find_id(m, old[k]->id);
+    free(m->bykey[ki]);
+    m->bykey[ki] = old[k];
+    m->byid[ii] = old[k];
+  }
+}
+
+/* All or none: capacity for every entry is reserved first, so after that
+ * only allocations of new items can fail, and what was done is undone. */
+static int m_put_many(void *state, const dsys_store_entry *ents, size_t n,
+                      const int64_t *exps, int64_t now, dsys_item **items,
+                      size_t *failed) {
+  mem *m = state;
+  *failed = n;
+  dsys_item **old = calloc(n, sizeof *old);
+  if (!old) return DSYS_ENOMEM;
+  pthread_rwlock_wrlock(&m->lock);
+  size_t cap_id = m->cap, done = 0;
+  if (dsysi_grow(&m->byid, &cap_id, m->n + n, sizeof *m->byid, 16) ||
+      dsysi_grow(&m->bykey, &m->cap, m->n + n, sizeof *m->bykey, 16)) {
+    pthread_rwlock_unlock(&m->lock);
+    free(old);
+    return DSYS_ENOMEM;
+  }
+  for (; done < n; done++) {
+    const dsys_store_entry *en = &ents[done];
+    purge_key(m, en->key, now);
+    ptrdiff_t ki = find_key(m, en->key);
+    dsys_item *cur = ki >= 0 ? m->bykey[ki] : NULL;
+    dsys_item *nw =
+        cur ? dsys_item_new(cur->id, en->key, en->value, en->metadata,
+                            cur->version + 1, cur->created_at, now, exps[done])
+            : dsys_item_new(m->next_id, en->key, en->value, en->metadata, 1,
+                            now, now, exps[done]);
+    items[done] = nw ? item_clone(nw) : NULL;
+    if (!items[done]) {
+      free(nw);
+      break;
+    }
+    if (cur) {
+      m->byid[find_id(m, cur->id)] = nw;
+      m->bykey[ki] = nw;
+      old[done] = cur;
+    } else {
+      insert(m, nw); /* cannot fail: capacity reserved */
+      m->next_id++;
+    }
+  }
+  int e = done < n ? DSYS_ENOMEM : 0;
+  if (e) {
+    *failed = done;
+    undo_puts(m, ents, old, done);
+  }
+  pthread_rwlock_unlock(&m->lock);
+  for (size_t j = 0; j < done; j++) {
+    if (!e) {
+      free(old[j]); /* replaced for good */
+    } else {
+      free(items[j]);
+      items[j] = NULL;
+    }
+  }
+  free(old);
+  return e;
+}
+
 static int m_del(void *state, const char *key, int64_t ev, int64_t now,
                  dsys_item **out) {
   mem *m = state;
@@ -283,6 +361,7 @@ static const dsys_store_ops mem_ops = {
     .incr = m_incr,
     .list = m_list,
     .purge = m_purge,
+    .put_many = m_put_many,
 };
 
 const dsys_store_ops *dsys_store_ops_memory(void) { return &mem_ops; }

@@ -306,6 +306,51 @@ static int pgs_write(void *state, int mode, const char *key, const char *value, 
   return e == DSYS_ENOTFOUND ? (mode == DSYS_STORE_W_CREATE ? DSYS_EEXIST : DSYS_EDB) : e;
 }
 
+/* One transaction on one pooled connection, a statement per entry (round
+ * trips, not commits, are what it costs: one commit for the lot). Like
+ * every write, not retried after a lost connection. */
+static int pgs_put_many(void *state, const dsys_store_entry *ents, size_t n,
+                        const int64_t *exps, int64_t now, dsys_item **items,
+                        size_t *failed) {
+  pgs *s = state;
+  dsysi_pg_conn *c = NULL;
+  char why[200] = "";
+  *failed = n;
+  int e = dsysi_pg_acquire(s->pool, &c);
+  if (e) {
+    snprintf(why, sizeof why, "%s", dsysi_pg_last_error(s->pool));
+    return note(s, e, why);
+  }
+  e = dsysi_pg_run(c, "BEGIN");
+  size_t i = 0;
+  for (; !e && i < n; i++) {
+    char *hk = hex_key(ents[i].key);
+    char nows[24], exps_s[24];
+    const char *p[] = {hk, ents[i].value, ents[i].metadata, DSYSI_PG_I64(nows, now),
+                       DSYSI_PG_I64(exps_s, exps[i])};
+    PGresult *r = NULL;
+    e = hk ? dsysi_pg_exec(c, &st_put, p, &r) : DSYS_ENOMEM;
+    free(hk);
+    if (!e && (e = one_item(r, &items[i])) == DSYS_ENOTFOUND) e = DSYS_EDB;
+    if (e) *failed = i;
+  }
+  if (!e) e = dsysi_pg_run(c, "COMMIT");
+  if (e) {
+    if (e == DSYS_EUNAVAIL) {
+      snprintf(why, sizeof why, "%s", PQerrorMessage(c->pg));
+      why[strcspn(why, "\n")] = 0;
+    } else {
+      dsysi_pg_run(c, "ROLLBACK");
+    }
+    for (size_t j = 0; j < n; j++) {
+      free(items[j]);
+      items[j] = NULL;
+    }
+  }
+  dsysi_pg_release(c);
+  return note(s, e, why);
+}
+
 static int pgs_del(void *state, const char *key, int64_t ev, int64_t now, dsys_item **out) {
   char *hk = hex_key(key);
   if (!hk) return DSYS_ENOMEM;
@@ -396,7 +441,8 @@ static int pgs_purge(void *state, int64_t now, size_t limit, size_t *removed) {
 #define PG_STORE_OPS(scheme)                                                   \
   {.version = DSYS_STORE_OPS_VERSION, .name = scheme, .state_size = sizeof(pgs), \
    .open = pgs_open, .close = pgs_close, .get = pgs_get, .write = pgs_write,   \
-   .del = pgs_del, .incr = pgs_incr, .list = pgs_list, .purge = pgs_purge}
+   .del = pgs_del, .incr = pgs_incr, .list = pgs_list, .purge = pgs_purge, \
+   .put_many = pgs_put_many}
 
 /* libpq takes both URI schemes; a family finds a backend by its name, so
  * the alias is a second table with the same ops. */

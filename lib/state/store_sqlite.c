@@ -467,7 +467,7 @@ static int purge_locked(conn *c, int64_t now, size_t limit, int *dirty,
 
 /* ---- group commit of the writes ---- */
 
-enum { W_WRITE, W_DEL, W_INCR, W_PURGE };
+enum { W_WRITE, W_DEL, W_INCR, W_PURGE, W_MANY };
 
 typedef struct wop {
   dsysi_group_op g; /* first: the group links ops through it */
@@ -476,6 +476,10 @@ typedef struct wop {
   int64_t exp, ev, now, delta;
   size_t limit, removed;
   dsys_item *item; /* result (write, incr; delete when wanted) */
+  const dsys_store_entry *ents; /* put_many: n entries, their expiries, */
+  const int64_t *exps;          /* their items (results) and the index of */
+  dsys_item **items;            /* the one that failed */
+  size_t n, failed;
   int rc;
   int dirty; /* it changed something before it failed (run_group) */
 } wop;
@@ -490,17 +494,36 @@ static int run_wop(conn *c, wop *op) {
     return del_locked(c, op->key, op->ev, op->now, &op->dirty, &op->item);
   case W_INCR:
     return incr_locked(c, op->key, op->delta, op->now, &op->dirty, &op->item);
+  case W_MANY:
+    /* one op, so one savepoint: a failure undoes every entry (dirty stays
+     * set from the first change on) */
+    for (op->failed = 0; op->failed < op->n; op->failed++) {
+      const dsys_store_entry *en = &op->ents[op->failed];
+      int e = write_locked(c, DSYS_STORE_W_PUT, en->key, en->value,
+                           en->metadata, op->exps[op->failed], 0, op->now,
+                           &op->dirty, &op->items[op->failed]);
+      if (e) return e;
+    }
+    return 0;
   default:
     return purge_locked(c, op->now, op->limit, &op->dirty, &op->removed);
   }
 }
 
-/* A failed op keeps no result (its item, if any, was never committed). */
-static void fail_op(wop *op, int e) {
-  op->rc = e;
+/* A failed op keeps no result (its items, if any, were never committed). */
+static void drop_result(wop *op) {
   free(op->item);
   op->item = NULL;
   op->removed = 0;
+  for (size_t i = 0; op->items && i < op->n; i++) {
+    free(op->items[i]);
+    op->items[i] = NULL;
+  }
+}
+
+static void fail_op(wop *op, int e) {
+  op->rc = e;
+  drop_result(op);
 }
 
 /* Run the group's ops in the open transaction. Without savepoints (fast):
@@ -516,10 +539,7 @@ static int run_ops(conn *c, dsysi_group_op *first, int savepoints,
     wop *op = (wop *)g;
     if (savepoints && (*e = run(c, ST_SAVEPOINT))) break;
     op->rc = run_wop(c, op);
-    if (op->rc) {
-      free(op->item);
-      op->item = NULL;
-    }
+    if (op->rc) drop_result(op);
     /* SQLite rolls the whole transaction back itself on some errors (I/O,
      * full disk, out of memory): then nothing of the group stands. */
     if (sqlite3_get_autocommit(c->db)) {
@@ -606,6 +626,17 @@ static int sq_incr(void *state, const char *key, int64_t delta, int64_t now,
   return e;
 }
 
+static int sq_put_many(void *state, const dsys_store_entry *ents, size_t n,
+                       const int64_t *exps, int64_t now, dsys_item **items,
+                       size_t *failed) {
+  /* failed stays n unless an entry fails (a failed BEGIN or commit) */
+  wop op = {.kind = W_MANY, .ents = ents, .exps = exps, .n = n, .now = now,
+            .items = items, .failed = n};
+  int e = execute(state, &op);
+  if (e) *failed = op.failed;
+  return e;
+}
+
 static int sq_list(void *state, const char *prefix, const char *after,
                    size_t limit, int64_t now, dsys_item ***items,
                    size_t *count) {
@@ -665,6 +696,7 @@ static const dsys_store_ops sqlite_ops = {
     .incr = sq_incr,
     .list = sq_list,
     .purge = sq_purge,
+    .put_many = sq_put_many,
 };
 
 const dsys_store_ops *dsys_store_ops_sqlite(void) { return &sqlite_ops; }

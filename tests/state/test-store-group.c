@@ -7,9 +7,10 @@
  *     existing key, a non-integer increment and a missing key fail alone,
  *     the other writes of the same transaction commit;
  *  2b. an op that fails after it changed something (a put over an expired
- *     row deletes it, then its insert is refused by a trigger) is undone
- *     whole: the group is rolled back and run again op by op, the other
- *     writes commit and the expired row is still there;
+ *     row deletes it, then its insert is refused by a trigger; a put_many
+ *     whose second entry is that put) is undone whole: the group is rolled
+ *     back and run again op by op, the other writes commit and the expired
+ *     row is still there;
  *  3. 8 threads putting in a child process SIGKILLed mid-run, at
  *     synchronous=NORMAL and FULL: every acknowledged put is there after
  *     reopening, PRAGMA integrity_check is ok.
@@ -127,11 +128,13 @@ static void test_helper(void) {
 
 typedef struct call {
   dsys_store *s;
-  int kind; /* 0 put, 1 update (CAS), 2 create, 3 incr, 4 delete */
+  int kind; /* 0 put, 1 update (CAS), 2 create, 3 incr, 4 delete, 5 put_many */
   const char *key, *value;
-  int64_t num; /* expected version or delta */
+  int64_t num; /* expected version or delta; put_many: the entries' count */
   int rc;
   int64_t version, incr;
+  const dsys_store_entry *ents; /* put_many */
+  size_t failed;
 } call;
 
 static void *do_call(void *p) {
@@ -143,7 +146,8 @@ static void *do_call(void *p) {
   case 1: c->rc = dsys_store_update(c->s, c->key, c->value, &w, &it); break;
   case 2: c->rc = dsys_store_create(c->s, c->key, c->value, NULL, &it); break;
   case 3: c->rc = dsys_store_incr(c->s, c->key, c->num, &c->incr); break;
-  default: c->rc = dsys_store_delete(c->s, c->key, c->num); break;
+  case 4: c->rc = dsys_store_delete(c->s, c->key, c->num); break;
+  default: c->rc = dsys_store_put_many(c->s, c->ents, (size_t)c->num, NULL, &c->failed); break;
   }
   c->version = it ? it->version : 0;
   dsys_item_free(it);
@@ -206,6 +210,7 @@ static void test_shared_group(void) {
   sqlite3_open(path, &raw);
   unsigned long long groups = 0;
   call lead = {s, 0, "lead", "{\"x\":1}"};
+  const dsys_store_entry many[] = {{"m1", "1"}, {"m2", "2"}, {"good", "0"}};
   call calls[] = {
       {s, 1, "cas", "2", 5},     /* stale version */
       {s, 2, "exists", "2"},     /* create over an existing key */
@@ -215,6 +220,7 @@ static void test_shared_group(void) {
       {s, 1, "cas", "3", 1},     /* the right version */
       {s, 3, "ctr", NULL, 3},
       {s, 4, "gone", NULL, 1},
+      {s, 5, NULL, NULL, 3, .ents = many},
   };
   enum { N = sizeof calls / sizeof calls[0] };
   ok(run_grouped(s, raw, &lead, calls, N, &groups),
@@ -232,10 +238,12 @@ static void test_shared_group(void) {
   is_int(calls[6].rc, 0, "store: an increment in the same group commits");
   is_int(calls[6].incr, 3, "store: ... and returns its own result");
   is_int(calls[7].rc, 0, "store: a delete in the same group commits");
+  is_int(calls[8].rc, 0, "store: a put_many of 3 in the same group commits");
   /* What is on disk, read through a fresh handle. */
   dsys_store_close(s);
   is_int(dsys_store_open(&s, url, NULL), 0, "store: reopen");
-  is_int(version_of(s, "good"), 1, "store: the put is there");
+  is_int(version_of(s, "good"), 2, "store: the put is there, and the put_many's after it");
+  ok(version_of(s, "m1") == 1 && version_of(s, "m2") == 1, "store: the put_many's new keys are there");
   is_int(version_of(s, "cas"), 2, "store: cas at version 2 (one change, not two)");
   is_int(version_of(s, "exists"), 1, "store: the existing key is untouched");
   dsys_item *it = NULL;
@@ -300,17 +308,19 @@ static void test_half_done(void) {
   is_int(raw_count(path, "boom"), 1, "half-done: ... and the expired row it deleted is back");
   unsigned long long groups = 0;
   call lead = {s, 0, "lead", "1"};
+  const dsys_store_entry many[] = {{"many1", "1"}, {"boom", "2"}, {"many2", "3"}};
   call calls[] = {
       {s, 0, "before", "2"},
       {s, 0, "boom", "3"},      /* fails after its delete */
       {s, 2, "exists", "4"},    /* refused before any change */
       {s, 1, "cas", "5", 1},
       {s, 3, "ctr", NULL, 7},
+      {s, 5, NULL, NULL, 3, .ents = many}, /* fails at its second entry */
   };
   enum { N = sizeof calls / sizeof calls[0] };
   ok(run_grouped(s, raw, &lead, calls, N, &groups),
      "half-done: %d writes queued in order behind a leader", N);
-  is_int(groups, 2, "half-done: two groups (the leader alone, then the five)");
+  is_int(groups, 2, "half-done: two groups (the leader alone, then the six)");
   is_int(lead.rc, 0, "half-done: the leader's put committed");
   is_int(calls[0].rc, 0, "half-done: the put before the failing one committed");
   is_int(calls[1].rc, DSYS_EEXIST, "half-done: the failing put got its own error");
@@ -319,6 +329,10 @@ static void test_half_done(void) {
   is_int(calls[3].version, 2, "half-done: ... at version 2");
   is_int(calls[4].rc, 0, "half-done: the increment after it committed");
   is_int(calls[4].incr, 7, "half-done: ... with its own result");
+  is_int(calls[5].rc, DSYS_EEXIST, "half-done: a put_many failing at an entry got its error");
+  is_int(calls[5].failed, 1, "half-done: ... naming entry 1");
+  ok(raw_count(path, "many1") == 0 && raw_count(path, "many2") == 0,
+     "half-done: ... and none of its entries is stored");
   is_int(raw_count(path, "boom"), 1, "half-done: the expired row the failing put deleted is back");
   dsys_store_close(s);
   is_int(dsys_store_open(&s, url, NULL), 0, "half-done: reopen");

@@ -55,6 +55,101 @@ static void *incr_thread(void *p) {
   return NULL;
 }
 
+/* dsys_store_put_many: all or none, in order, each item returned and
+ * hooked; bad entries named by index. The toy backend has no put_many. */
+static void put_many_checks(const char *url, dsys_store *s, dsys_clock *clk,
+                            hookrec *h) {
+  dsys_store_entry one = {"many/x", "1", NULL, 0};
+  if (!strcmp(url, "toy:")) {
+    is_int(dsys_store_put_many(s, &one, 1, NULL, NULL), DSYS_ENOTSUP,
+           "[toy:] put_many on a backend without it: DSYS_ENOTSUP");
+    return;
+  }
+  is_int(dsys_store_put(s, "many/old", "0", NULL, NULL), 0, "[%s] put_many: an item to replace", url);
+  pthread_mutex_lock(&h->mu);
+  int hooks0 = h->n;
+  pthread_mutex_unlock(&h->mu);
+  int64_t now = dsys_clock_wall_ms(clk);
+  dsys_store_entry ents[] = {
+      {"many/a", "{\"n\":1}", NULL, 0},
+      {"many/b", "[2]", "{\"tag\":\"b\"}", 5000},
+      {"many/old", "3", NULL, 0},
+      {"many/a", "4", NULL, 0}, /* again: applied in order */
+  };
+  dsys_item *items[4] = {0};
+  size_t failed = 99;
+  is_int(dsys_store_put_many(s, ents, 4, items, &failed), 0, "[%s] put_many of 4", url);
+  is_int(failed, 99, "[%s] put_many: failed untouched on success", url);
+  ok(items[0] && items[0]->version == 1 && !strcmp(items[0]->value, "{\"n\":1}"),
+     "[%s] put_many: new key at version 1", url);
+  ok(items[1] && !strcmp(items[1]->metadata, "{\"tag\":\"b\"}") &&
+         items[1]->expires_at == now + 5000,
+     "[%s] put_many: metadata and TTL of an entry", url);
+  ok(items[2] && items[2]->version == 2 && !strcmp(items[2]->metadata, "{}"),
+     "[%s] put_many: a replaced key at version 2, metadata {}", url);
+  ok(items[3] && items[3]->version == 2 && items[0] && items[3]->id == items[0]->id,
+     "[%s] put_many: a key given twice: version 2, same id", url);
+  for (int i = 0; i < 4; i++) dsys_item_free(items[i]);
+  pthread_mutex_lock(&h->mu);
+  int hooks = h->n - hooks0, last = h->last_change;
+  char last_key[64];
+  snprintf(last_key, sizeof last_key, "%s", h->last_key);
+  pthread_mutex_unlock(&h->mu);
+  ok(hooks == 4 && last == DSYS_STORE_PUT && !strcmp(last_key, "many/a"),
+     "[%s] put_many: the hook saw 4 puts, in order (%d, last %s)", url, hooks, last_key);
+  dsys_item *it = NULL;
+  is_int(dsys_store_get(s, "many/a", &it), 0, "[%s] put_many: read back", url);
+  is_str(it ? it->value : NULL, "4", "[%s] put_many: ... the later value", url);
+  dsys_item_free(it);
+  is_int(dsys_store_put_many(s, &one, 1, NULL, NULL), 0, "[%s] put_many of 1, items not wanted", url);
+
+  /* bad input: nothing of the call is stored */
+  dsys_store_entry bad[] = {
+      {"many/c", "1", NULL, 0},
+      {"many/d", "{bad", NULL, 0},
+  };
+  items[0] = (dsys_item *)1; /* must come back NULL */
+  failed = 99;
+  is_int(dsys_store_put_many(s, bad, 2, items, &failed), DSYS_EBADJSON,
+         "[%s] put_many: bad JSON in entry 1", url);
+  ok(failed == 1 && items[0] == NULL && items[1] == NULL,
+     "[%s] put_many: ... named by index (%zu), no items", url, failed);
+  is_int(dsys_store_get(s, "many/c", &it), DSYS_ENOTFOUND, "[%s] put_many: ... entry 0 not stored", url);
+  bad[1] = (dsys_store_entry){"many/d", "1", "[1]", 0};
+  is_int(dsys_store_put_many(s, bad, 2, NULL, &failed), DSYS_ETYPE, "[%s] put_many: metadata not an object", url);
+  bad[1] = (dsys_store_entry){"many/d", "1", NULL, -1};
+  is_int(dsys_store_put_many(s, bad, 2, NULL, &failed), DSYS_EINVAL, "[%s] put_many: negative TTL", url);
+  bad[1] = (dsys_store_entry){"", "1", NULL, 0};
+  is_int(dsys_store_put_many(s, bad, 2, NULL, &failed), DSYS_EINVAL, "[%s] put_many: empty key", url);
+  bad[1] = (dsys_store_entry){"many/d", NULL, NULL, 0};
+  failed = 99;
+  is_int(dsys_store_put_many(s, bad, 2, NULL, &failed), DSYS_EINVAL, "[%s] put_many: NULL value", url);
+  is_int(failed, 1, "[%s] put_many: ... entry 1", url);
+  is_int(dsys_store_put_many(s, bad, 0, NULL, NULL), DSYS_EINVAL, "[%s] put_many: n = 0", url);
+  is_int(dsys_store_put_many(s, NULL, 1, NULL, NULL), DSYS_EINVAL, "[%s] put_many: NULL entries", url);
+  is_int(dsys_store_put_many(s, bad, DSYS_STORE_MAX_MANY + 1, NULL, NULL), DSYS_EINVAL,
+         "[%s] put_many: n over DSYS_STORE_MAX_MANY", url);
+  is_int(dsys_store_put_many(NULL, bad, 1, NULL, NULL), DSYS_EINVAL, "[%s] put_many: NULL store", url);
+  is_int(dsys_store_get(s, "many/c", &it), DSYS_ENOTFOUND, "[%s] put_many: nothing of the bad calls stored", url);
+
+  /* the most entries in one call */
+  dsys_store_entry *big = calloc(DSYS_STORE_MAX_MANY, sizeof *big);
+  char (*keys)[16] = calloc(DSYS_STORE_MAX_MANY, 16);
+  for (int i = 0; i < DSYS_STORE_MAX_MANY; i++) {
+    snprintf(keys[i], 16, "many/k%04d", i);
+    big[i] = (dsys_store_entry){keys[i], "true", NULL, 0};
+  }
+  is_int(dsys_store_put_many(s, big, DSYS_STORE_MAX_MANY, NULL, NULL), 0,
+         "[%s] put_many of DSYS_STORE_MAX_MANY entries", url);
+  dsys_item **list = NULL;
+  size_t nl = 0;
+  dsys_store_list(s, "many/k", NULL, 1000, &list, &nl, NULL);
+  is_int(nl, DSYS_STORE_MAX_MANY, "[%s] put_many: ... all listed", url);
+  dsys_item_list_free(list, nl);
+  free(big);
+  free(keys);
+}
+
 static void conformance(const char *url) {
   tap_diag("conformance on %s", url);
   dsys_clock *clk = NULL;
@@ -259,6 +354,7 @@ static void conformance(const char *url) {
   is_int(dsys_store_get(s, "a", &it), 0, "store intact after odd keys");
   dsys_item_free(it);
 
+  put_many_checks(url, s, clk, &h);
   dsys_store_close(s);
   dsys_clock_free(clk);
 }

@@ -155,6 +155,14 @@ _wr = (c_void_p, c_char_p, c_char_p, POINTER(dsys_store_write), POINTER(item_p))
 dsys_store_put = fn("dsys_store_put", c_int, *_wr)
 dsys_store_create = fn("dsys_store_create", c_int, *_wr)
 dsys_store_update = fn("dsys_store_update", c_int, *_wr)
+class dsys_store_entry(Structure):
+    _fields_ = [("key", c_char_p), ("value", c_char_p), ("metadata", c_char_p),
+                ("ttl_ms", c_int64)]
+
+
+dsys_store_put_many = fn("dsys_store_put_many", c_int, c_void_p,
+                         POINTER(dsys_store_entry), c_size_t, POINTER(item_p),
+                         c_size_t_p)
 dsys_store_delete = fn("dsys_store_delete", c_int, c_void_p, c_char_p, c_int64)
 dsys_store_incr = fn("dsys_store_incr", c_int, c_void_p, c_char_p, c_int64,
                      c_int64_p)

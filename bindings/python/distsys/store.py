@@ -6,7 +6,7 @@ import json
 from ctypes import byref, c_int64, c_size_t, c_void_p, POINTER
 from ctypes import sizeof as _sizeof
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple, MutableMapping
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, MutableMapping
 
 from . import _check, _lib, errors
 from ._handle import attach, Handle
@@ -68,7 +68,7 @@ class Store(Handle, MutableMapping[str, Any]):
     through the library's list cursor, so any size works) and the usual
     ``get``, ``pop``, ``setdefault``, ``update``, ``keys``, ``items``,
     ``values``. The richer calls return :class:`Item` (metadata, version,
-    times): :meth:`item`, :meth:`put`, :meth:`create`, :meth:`replace`
+    times): :meth:`item`, :meth:`put`, :meth:`put_many`, :meth:`create`, :meth:`replace`
     (compare-and-swap), :meth:`delete`, :meth:`incr`, :meth:`list`,
     :meth:`scan`.
 
@@ -143,6 +143,42 @@ class Store(Handle, MutableMapping[str, Any]):
         """Insert or replace; returns the stored item (version +1). A TTL
         of 0 means none."""
         return self._write(_lib.dsys_store_put, key, value, metadata, ttl_ms, 0)
+
+    def put_many(self, entries: Any) -> List[Item]:
+        """Insert or replace several items, all or none, in one transaction
+        (at most 1000 per call); returns the stored items in order.
+        ``entries`` is a mapping of key -> value, or an iterable of
+        ``(key, value)`` or ``(key, value, metadata, ttl_ms)`` tuples. A
+        key given twice ends with the later value. On error nothing is
+        stored and the exception's message names the failing entry."""
+        rows: List[Tuple[Any, ...]]
+        if isinstance(entries, Mapping):
+            rows = [(k, v, None, 0) for k, v in entries.items()]
+        else:
+            rows = []
+            for i, e in enumerate(entries):
+                if not isinstance(e, tuple) or len(e) not in (2, 4):
+                    raise TypeError(f"entries[{i}] must be a (key, value) or "
+                                    f"(key, value, metadata, ttl_ms) tuple")
+                rows.append(e if len(e) == 4 else (e[0], e[1], None, 0))
+        n = len(rows)
+        arr = (_lib.dsys_store_entry * max(n, 1))()
+        for i, (k, v, m, t) in enumerate(rows):
+            arr[i] = _lib.dsys_store_entry(
+                _check.text(k, f"entries[{i}] key"), _check.json_text(v, f"entries[{i}] value"),
+                _check.json_object(m, f"entries[{i}] metadata"),
+                _check.integer(t, f"entries[{i}] ttl_ms"))
+        out = (_lib.item_p * max(n, 1))()
+        failed = c_size_t(n)
+        with self._life as p:
+            rc = _lib.dsys_store_put_many(p, arr, n, out, byref(failed))
+            if rc:
+                where = (f"entry {failed.value} ({rows[failed.value][0]!r})"
+                         if failed.value < n else "the transaction")
+                detail = _lib.dsys_store_errmsg(p)
+                errors.raise_for(rc, f"put_many: {where}" +
+                                 (f": {detail.decode()}" if detail else ""))
+        return [_take_item(out[i]) for i in range(n)]
 
     def create(self, key: str, value: Any, *, metadata: Optional[Dict[str, Any]] = None,
                ttl_ms: int = 0) -> Item:

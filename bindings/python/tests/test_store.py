@@ -46,6 +46,28 @@ def test_incr_list_scan(dbfile):
         assert s2.item("p:03").value == 3
 
 
+def test_put_many(dbfile):
+    with distsys.Store("sqlite://" + dbfile) as s:
+        s.put("old", 0)
+        items = s.put_many([("a", {"n": 1}), ("b", [2], {"tag": "b"}, 5000), ("old", 3)])
+        assert [(i.key, i.version) for i in items] == [("a", 1), ("b", 1), ("old", 2)]
+        assert items[1].metadata == {"tag": "b"} and items[1].expires_at > 0
+        assert s["a"] == {"n": 1} and s["old"] == 3
+        assert [i.value for i in s.put_many({"m1": 1, "m2": 2})] == [1, 2]
+        # all or none: the bad entry is named, nothing of the call stored
+        with pytest.raises(distsys.InvalidArgumentError, match=r"entry 1 \('x'\)"):
+            s.put_many([("c", 1), ("x", 1, None, -1)])
+        assert "c" not in s
+        with pytest.raises(distsys.InvalidArgumentError):
+            s.put_many([])
+        with pytest.raises(distsys.InvalidArgumentError):
+            s.put_many({f"k{i}": i for i in range(1001)})
+        with pytest.raises(TypeError, match=r"entries\[0\] must be"):
+            s.put_many(["a"])
+        with pytest.raises(TypeError, match="not JSON-serializable"):
+            s.put_many([("k", object())])
+
+
 def test_bad_input():
     with distsys.Store() as s:
         with pytest.raises(distsys.InvalidArgumentError):
