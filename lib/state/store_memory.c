@@ -181,81 +181,60 @@ static int m_write(void *state, int mode, const char *key, const char *value,
   return e;
 }
 
-/* Undo the puts done[0..k) of m_put_many in reverse order (a key given
- * twice comes back to its first value, then to before it). old[j] is the
- * item put j replaced, NULL when it inserted a new key. */
-static void undo_puts(mem *m, const dsys_store_entry *ents, dsys_item **old,
-                      size_t k) {
-  while (k-- > 0) {
-    ptrdiff_t ki = find_key(m, ents[k].key);
-    if (!old[k]) {
-      remove_at(m, ki);
-      m->next_id--; /* never seen by anyone: the id may be drawn again */
-      continue;
-    }
-    ptrdiff_t ii = find_id(m, old[k]->id);
-    free(m->bykey[ki]);
-    m->bykey[ki] = old[k];
-    m->byid[ii] = old[k];
-  }
-}
-
-/* All or none: capacity for every entry is reserved first, so after that
- * only allocations of new items can fail, and what was done is undone. */
+/* All or none without an undo: every new item is made first (the plan:
+ * an entry's current item is the batch's earlier entry of the same key,
+ * else the stored live one), and capacity for every entry reserved; only
+ * then is the store changed, by steps that cannot fail. */
 static int m_put_many(void *state, const dsys_store_entry *ents, size_t n,
                       const int64_t *exps, int64_t now, dsys_item **items,
                       size_t *failed) {
   mem *m = state;
   *failed = n;
-  dsys_item **old = calloc(n, sizeof *old);
-  if (!old) return DSYS_ENOMEM;
+  dsys_item **nw = calloc(n, sizeof *nw);
+  if (!nw) return DSYS_ENOMEM;
   pthread_rwlock_wrlock(&m->lock);
-  size_t cap_id = m->cap, done = 0;
-  if (dsysi_grow(&m->byid, &cap_id, m->n + n, sizeof *m->byid, 16) ||
-      dsysi_grow(&m->bykey, &m->cap, m->n + n, sizeof *m->bykey, 16)) {
-    pthread_rwlock_unlock(&m->lock);
-    free(old);
-    return DSYS_ENOMEM;
-  }
-  for (; done < n; done++) {
-    const dsys_store_entry *en = &ents[done];
-    purge_key(m, en->key, now);
-    ptrdiff_t ki = find_key(m, en->key);
-    dsys_item *cur = ki >= 0 ? m->bykey[ki] : NULL;
-    dsys_item *nw =
-        cur ? dsys_item_new(cur->id, en->key, en->value, en->metadata,
-                            cur->version + 1, cur->created_at, now, exps[done])
-            : dsys_item_new(m->next_id, en->key, en->value, en->metadata, 1,
-                            now, now, exps[done]);
-    items[done] = nw ? item_clone(nw) : NULL;
-    if (!items[done]) {
-      free(nw);
-      break;
+  size_t cap_id = m->cap, i = 0;
+  int64_t next_id = m->next_id;
+  int e = dsysi_grow(&m->byid, &cap_id, m->n + n, sizeof *m->byid, 16) ||
+                  dsysi_grow(&m->bykey, &m->cap, m->n + n, sizeof *m->bykey, 16)
+              ? DSYS_ENOMEM
+              : 0;
+  for (; !e && i < n; i++) {
+    const dsys_store_entry *en = &ents[i];
+    const dsys_item *cur = NULL;
+    for (size_t j = i; j-- > 0 && !cur;) /* batches are small (<= 1000) */
+      if (!strcmp(ents[j].key, en->key)) cur = nw[j];
+    if (!cur) {
+      ptrdiff_t ki = find_key(m, en->key);
+      if (ki >= 0 && live(m->bykey[ki], now)) cur = m->bykey[ki];
     }
-    if (cur) {
-      m->byid[find_id(m, cur->id)] = nw;
-      m->bykey[ki] = nw;
-      old[done] = cur;
-    } else {
-      insert(m, nw); /* cannot fail: capacity reserved */
-      m->next_id++;
+    nw[i] = cur ? dsys_item_new(cur->id, en->key, en->value, en->metadata,
+                                cur->version + 1, cur->created_at, now, exps[i])
+                : dsys_item_new(next_id++, en->key, en->value, en->metadata, 1,
+                                now, now, exps[i]);
+    items[i] = nw[i] ? item_clone(nw[i]) : NULL;
+    if (!items[i]) {
+      *failed = i;
+      e = DSYS_ENOMEM;
     }
   }
-  int e = done < n ? DSYS_ENOMEM : 0;
-  if (e) {
-    *failed = done;
-    undo_puts(m, ents, old, done);
+  if (!e) {
+    for (i = 0; i < n; i++) {
+      purge_key(m, ents[i].key, now);
+      ptrdiff_t ki = find_key(m, ents[i].key);
+      if (ki >= 0) replace(m, ki, nw[i]); /* frees the item replaced */
+      else insert(m, nw[i]);              /* cannot fail: reserved */
+    }
+    m->next_id = next_id;
   }
   pthread_rwlock_unlock(&m->lock);
-  for (size_t j = 0; j < done; j++) {
-    if (!e) {
-      free(old[j]); /* replaced for good */
-    } else {
-      free(items[j]);
-      items[j] = NULL;
+  if (e)
+    for (i = 0; i < n; i++) {
+      free(nw[i]);
+      free(items[i]);
+      items[i] = NULL;
     }
-  }
-  free(old);
+  free(nw);
   return e;
 }
 
