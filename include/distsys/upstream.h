@@ -393,6 +393,19 @@ DSYS_API void dsys_upstream_report(dsys_upstream *u,
 DSYS_API dsys_retry *dsys_upstream_retry(dsys_upstream *u);
 
 /**
+ * The registry records of the upstream's registry members, as it last
+ * applied them (id, name, url, metadata, tags, weight, health at the
+ * time): its own view, read without asking the registry, so that a
+ * status page answers at once while the registry is slow or electing.
+ * Static endpoints (dsys_upstream_add) are not included.
+ * @param arr receives one allocation (dsys_instances_copy; NULL when *n
+ *        is 0) released with dsys_free().
+ * @return 0, DSYS_EINVAL, DSYS_ENOMEM. Thread: any.
+ */
+DSYS_API int dsys_upstream_instances(dsys_upstream *u, dsys_instance **arr,
+                                     size_t *n);
+
+/**
  * Per-endpoint statistics, ordered as the endpoints were added.
  * @param arr receives one allocation (NULL when *n is 0) released with
  *        dsys_free().

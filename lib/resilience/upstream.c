@@ -44,6 +44,8 @@ typedef struct uep {
   char *id, *url;
   _Atomic uint32_t weight;
   int from_registry;
+  dsys_instance *inst; /* registry members: the record applied (a copy, one
+                          block), under lk; read by dsys_upstream_instances */
   dsys_breaker *br;
   /* availability inputs and timer, under u->mu */
   int h_usable, removed;
@@ -244,6 +246,7 @@ static void ep_unref(uep *e) {
   dsys_breaker_free(e->br);
   free(e->id);
   free(e->url);
+  dsys_free(e->inst);
   free(e);
 }
 
@@ -461,6 +464,24 @@ int dsys_upstream_remove(dsys_upstream *u, const char *id) {
   return i == SIZE_MAX ? DSYS_ENOTFOUND : 0;
 }
 
+int dsys_upstream_instances(dsys_upstream *u, dsys_instance **arr, size_t *n) {
+  if (!u || !arr || !n) return DSYS_EINVAL;
+  *arr = NULL;
+  *n = 0;
+  pthread_rwlock_rdlock(&u->lk);
+  dsys_instance *v = u->n ? malloc(u->n * sizeof *v) : NULL;
+  int rc = u->n && !v ? DSYS_ENOMEM : 0;
+  size_t k = 0;
+  for (size_t i = 0; !rc && i < u->n; i++)
+    if (u->eps[i]->inst) v[k++] = *u->eps[i]->inst;
+  /* the copy takes the strings while lk keeps the records alive */
+  if (!rc && k) rc = dsys_instances_copy(v, k, arr);
+  pthread_rwlock_unlock(&u->lk);
+  free(v);
+  if (!rc) *n = k;
+  return rc;
+}
+
 size_t dsys_upstream_count(dsys_upstream *u) {
   if (!u) return 0;
   pthread_rwlock_rdlock(&u->lk);
@@ -481,6 +502,10 @@ static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *
   int rc;
   if (inst) {
     fresh = ep_new(u, inst->id, inst->url, inst->weight ? inst->weight : 1, 1, &rc);
+    if (fresh && (rc = dsys_instances_copy(inst, 1, &fresh->inst))) {
+      ep_unref(fresh);
+      fresh = NULL;
+    }
     if (!fresh) {
       dsysi_log(DSYS_LOG_WARN, "upstream", "%s: cannot add %s: %s", u->service, id,
                 dsys_strerror(rc));
@@ -498,6 +523,10 @@ static void reg_apply_ex(dsys_upstream *u, const char *id, const dsys_instance *
       dsys_balancer_set_weight(u->bal, cur->id, w);
       atomic_store(&cur->weight, w);
     }
+    /* the same member, its record as read now (metadata may differ) */
+    dsys_instance *old = cur->inst;
+    cur->inst = fresh->inst;
+    fresh->inst = old;
   } else {
     int had = cur != NULL, added = 0;
     if (cur) remove_locked(u, i);

@@ -1364,8 +1364,10 @@ static json_object *endpoints_json(dsys_gateway *gw, gw_upstream *up, int detail
   dsys_upstream_stats(up->u, &st, &n);
   dsys_instance *inst = NULL;
   size_t ni = 0;
-  if (detailed && up->from_registry && gw->o.registry)
-    dsys_registry_lookup(gw->o.registry, up->name, 0, &inst, &ni);
+  /* names and metadata from the upstream's own records: a registry read
+   * here made /status wait for a slow or electing etcd (up to its 2 s
+   * election wait, showing a view that old) */
+  if (detailed && up->from_registry) dsys_upstream_instances(up->u, &inst, &ni);
   for (size_t i = 0; i < n; i++) {
     json_object *e = json_object_new_object();
     json_object_object_add(e, "url", json_object_new_string(st[i].url));

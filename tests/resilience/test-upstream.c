@@ -636,7 +636,8 @@ static void test_registry(void) {
                               .reap_ms = 100000, .sweep_interval_ms = -1};
   if (dsys_registry_open(&reg, "memory", NULL, &ro, NULL, 0)) tap_bail("registry");
   dsys_instance ia = {.id = "a", .type = "svc", .url = A.url};
-  dsys_instance ib = {.id = "b", .type = "svc", .url = B.url, .weight = 2};
+  dsys_instance ib = {.id = "b", .type = "svc", .url = B.url, .weight = 2, .name = "bee",
+                      .metadata = "{\"zone\":\"z1\"}"};
   dsys_instance io = {.id = "o", .type = "other", .url = C.url};
   dsys_registry_register(reg, &ia);
   dsys_registry_register(reg, &ib);
@@ -649,6 +650,17 @@ static void test_registry(void) {
   o.service = "svc";
   is_int(dsys_upstream_new(&u, &o), 0, "upstream on the registry");
   is_int(dsys_upstream_count(u), 2, "loads the two svc instances (not the other type)");
+  dsys_instance *recs = NULL;
+  size_t nrecs = 0;
+  is_int(dsys_upstream_instances(u, &recs, &nrecs), 0, "instances: the upstream's records");
+  const dsys_instance *rb = NULL;
+  for (size_t i = 0; i < nrecs; i++)
+    if (!strcmp(recs[i].id, "b")) rb = &recs[i];
+  ok(nrecs == 2 && rb && !strcmp(rb->name, "bee") && !strcmp(rb->metadata, "{\"zone\":\"z1\"}") &&
+         rb->weight == 2,
+     "instances: both members, with the name, metadata and weight registered (%zu)", nrecs);
+  dsys_free(recs);
+  is_int(dsys_upstream_instances(u, NULL, &nrecs), DSYS_EINVAL, "instances: NULL array -> EINVAL");
   dsys_instance ic = {.id = "c", .type = "svc", .url = C.url};
   dsys_registry_register(reg, &ic);
   is_int(dsys_upstream_count(u), 3, "watch: a new instance joins at once");
@@ -675,6 +687,14 @@ static void test_registry(void) {
   dsys_upstream_stats(u, &s, &n);
   ok(stat_of(s, n, "b") && stat_of(s, n, "b")->weight == 2, "registry weight used");
   dsys_free(s);
+  ib.metadata = "{\"zone\":\"z2\"}"; /* the same URL, new metadata */
+  dsys_registry_register(reg, &ib);
+  dsys_upstream_instances(u, &recs, &nrecs);
+  rb = NULL;
+  for (size_t i = 0; i < nrecs; i++)
+    if (!strcmp(recs[i].id, "b")) rb = &recs[i];
+  ok(rb && !strcmp(rb->metadata, "{\"zone\":\"z2\"}"), "instances: a record registered again is the new one");
+  dsys_free(recs);
   dsys_instance ib2 = {.id = "b", .type = "svc", .url = A.url};
   dsys_registry_register(reg, &ib2);
   dsys_upstream_stats(u, &s, &n);
@@ -685,6 +705,9 @@ static void test_registry(void) {
   is_int(dsys_upstream_count(u), 1, "re-registered under another type: leaves");
   dsys_upstream_add(u, "static", B.url, 1);
   is_int(dsys_upstream_count(u), 2, "static endpoints mix with registry ones");
+  dsys_upstream_instances(u, &recs, &nrecs);
+  ok(nrecs == 1 && !strcmp(recs[0].id, "c"), "instances: registry members only, not a static endpoint");
+  dsys_free(recs);
   dsys_upstream_free(u);
   dsys_registry_close(reg);
 }
