@@ -320,7 +320,11 @@ DSYS_API int dsys_registry_wait(dsys_registry *r, uint64_t after,
 
 /**
  * Call fn for every change from now on (changes at or below the current
- * index are not replayed).
+ * index are not replayed). Deliveries follow the backend's change log
+ * (read at every push and at each sweep); a watcher that keeps a view of
+ * its own should also re-list now and then as a safety net, as
+ * dsys_upstream does (registry_reread_ms, 10 s) and the fault detector
+ * (each check round).
  * @param id receives a watch id for dsys_registry_unwatch (may be NULL).
  * @return 0, DSYS_EINVAL, DSYS_ENOMEM.
  */
