@@ -184,6 +184,16 @@ static int check_meta(const char *meta) {
   return e;
 }
 
+/* The checks every written item passes (put, create, update, put_many). */
+static int check_write(dsys_store *s, const char *key, const char *value,
+                       const char *meta, int64_t ttl_ms) {
+  int e = check_key(key);
+  if (!e) e = check_value(s, value);
+  if (!e) e = check_meta(meta);
+  if (!e && ttl_ms < 0) e = DSYS_EINVAL;
+  return e;
+}
+
 static int64_t now_ms(dsys_store *s) { return dsys_clock_wall_ms(s->clock); }
 
 int dsys_store_get(dsys_store *s, const char *key, dsys_item **out) {
@@ -218,12 +228,9 @@ static int do_write(dsys_store *s, int mode, const char *key,
                     dsys_item **out) {
   if (out) *out = NULL;
   if (!s) return DSYS_EINVAL;
-  int e = check_key(key);
-  if (!e) e = check_value(s, value);
   const char *meta = w ? w->metadata : NULL;
-  if (!e) e = check_meta(meta);
+  int e = check_write(s, key, value, meta, w ? w->ttl_ms : 0);
   if (e) return e;
-  if (w && w->ttl_ms < 0) return DSYS_EINVAL;
   int64_t now = now_ms(s);
   int64_t exp = (w && w->ttl_ms > 0) ? now + w->ttl_ms : 0;
   int64_t ev = (w && mode == DSYS_STORE_W_UPDATE) ? w->expected_version : 0;
@@ -247,7 +254,7 @@ int dsys_store_put(dsys_store *s, const char *key, const char *value,
 int dsys_store_put_many(dsys_store *s, const dsys_store_entry *entries,
                         size_t n, dsys_item **items, size_t *failed) {
   if (items)
-    for (size_t i = 0; i < n && i <= DSYS_STORE_MAX_MANY; i++) items[i] = NULL;
+    for (size_t i = 0; i < n && i < DSYS_STORE_MAX_MANY; i++) items[i] = NULL;
   if (!s || !entries || n == 0 || n > DSYS_STORE_MAX_MANY) return DSYS_EINVAL;
   if (s->ops->version < 2 || !s->ops->put_many) return DSYS_ENOTSUP;
   /* the backend gets the entries with their defaults filled in */
@@ -260,11 +267,7 @@ int dsys_store_put_many(dsys_store *s, const dsys_store_entry *entries,
   if (e) bad = n; /* not an entry's fault */
   for (; !e && bad < n; bad++) {
     const dsys_store_entry *en = &entries[bad];
-    e = check_key(en->key);
-    if (!e) e = check_value(s, en->value);
-    if (!e) e = check_meta(en->metadata);
-    if (!e && en->ttl_ms < 0) e = DSYS_EINVAL;
-    if (e) break;
+    if ((e = check_write(s, en->key, en->value, en->metadata, en->ttl_ms))) break;
     ents[bad] = *en;
     if (!ents[bad].metadata) ents[bad].metadata = "{}";
     exps[bad] = en->ttl_ms > 0 ? now + en->ttl_ms : 0;
