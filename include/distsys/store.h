@@ -20,7 +20,7 @@
  * caller answered with its own result after the commit: store.md). Several
  * processes may open the same file. The PostgreSQL backend shares a pool
  * of connections (8) between the threads; every operation is one
- * statement. dsys_store_close() must not run
+ * statement (a put_many one transaction). dsys_store_close() must not run
  * concurrently with any other call on the same store.
  */
 #ifndef DSYS_STORE_H

@@ -1,7 +1,7 @@
 /*
  * PostgreSQL store backend (postgresql:// and postgres:// URLs), on the
- * shared pool of core/pg.h. Every operation is one statement, so one round
- * trip in autocommit: upserts (INSERT ... ON CONFLICT ... RETURNING) and
+ * shared pool of core/pg.h. Every operation but put_many (one transaction
+ * of a put per entry) is one statement, so one round trip in autocommit: upserts (INSERT ... ON CONFLICT ... RETURNING) and
  * data-modifying CTEs replace the SQLite backend's explicit transactions,
  * and row locks taken by those statements make CAS and increments atomic
  * across processes and hosts.
