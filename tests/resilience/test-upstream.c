@@ -126,6 +126,12 @@ static dsys_endpoint_stats *stat_of(dsys_endpoint_stats *s, size_t n, const char
   return NULL;
 }
 
+static const dsys_instance *rec_of(const dsys_instance *v, size_t n, const char *id) {
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(v[i].id, id)) return &v[i];
+  return NULL;
+}
+
 static const dsys_retry_options quick_retry = {
     .size = sizeof(dsys_retry_options), .max_attempts = 3, .backoff_base_ms = 10,
     .backoff_cap_ms = 50, .budget_off = 1, .seed = 3};
@@ -653,9 +659,7 @@ static void test_registry(void) {
   dsys_instance *recs = NULL;
   size_t nrecs = 0;
   is_int(dsys_upstream_instances(u, &recs, &nrecs), 0, "instances: the upstream's records");
-  const dsys_instance *rb = NULL;
-  for (size_t i = 0; i < nrecs; i++)
-    if (!strcmp(recs[i].id, "b")) rb = &recs[i];
+  const dsys_instance *rb = rec_of(recs, nrecs, "b");
   ok(nrecs == 2 && rb && !strcmp(rb->name, "bee") && !strcmp(rb->metadata, "{\"zone\":\"z1\"}") &&
          rb->weight == 2,
      "instances: both members, with the name, metadata and weight registered (%zu)", nrecs);
@@ -690,9 +694,7 @@ static void test_registry(void) {
   ib.metadata = "{\"zone\":\"z2\"}"; /* the same URL, new metadata */
   dsys_registry_register(reg, &ib);
   dsys_upstream_instances(u, &recs, &nrecs);
-  rb = NULL;
-  for (size_t i = 0; i < nrecs; i++)
-    if (!strcmp(recs[i].id, "b")) rb = &recs[i];
+  rb = rec_of(recs, nrecs, "b");
   ok(rb && !strcmp(rb->metadata, "{\"zone\":\"z2\"}"), "instances: a record registered again is the new one");
   dsys_free(recs);
   dsys_instance ib2 = {.id = "b", .type = "svc", .url = A.url};

@@ -299,6 +299,15 @@ static json_object *status_data(dsys_client *c, const char *gurl, int64_t *ms) {
   return one;
 }
 
+/* one: the instance named "Data One" with metadata host "h9" */
+static int named_as_registered(json_object *one) {
+  json_object *md = NULL;
+  const char *name = one ? dsysi_json_str(one, "name") : NULL;
+  const char *host = one && json_object_object_get_ex(one, "metadata", &md) ? dsysi_json_str(md, "host")
+                                                                             : NULL;
+  return name && host && !strcmp(name, "Data One") && !strcmp(host, "h9");
+}
+
 /* /status names each registry instance from the gateway's own records (the
  * upstream's): it answers the same, at once, while the registry is down.
  * It read the registry on every request, and so waited for a slow or
@@ -333,18 +342,11 @@ static void status_from_registry(void) {
   dsys_client_new(&c, NULL);
   int64_t ms;
   json_object *one = status_data(c, "inproc://gateway-status", &ms);
-  json_object *md = NULL;
-  ok(one && !strcmp(dsysi_json_str(one, "name") ? dsysi_json_str(one, "name") : "", "Data One") &&
-         json_object_object_get_ex(one, "metadata", &md) &&
-         !strcmp(dsysi_json_str(md, "host") ? dsysi_json_str(md, "host") : "", "h9"),
-     "status: the instance's name and metadata, as registered");
+  ok(named_as_registered(one), "status: the instance's name and metadata, as registered");
   json_object_put(one);
   dsys_server_stop(rsrv, 0); /* the registry goes away */
   one = status_data(c, "inproc://gateway-status", &ms);
-  md = NULL;
-  ok(one && !strcmp(dsysi_json_str(one, "name") ? dsysi_json_str(one, "name") : "", "Data One") &&
-         json_object_object_get_ex(one, "metadata", &md) &&
-         !strcmp(dsysi_json_str(md, "host") ? dsysi_json_str(md, "host") : "", "h9"),
+  ok(named_as_registered(one),
      "status: the registry down: the same name and metadata (the gateway's own records)");
   ok(ms < 1000, "status: ... answered in %lld ms", (long long)ms);
   json_object_put(one);
